@@ -1,0 +1,7 @@
+module github.com/ferrydeploy/ferry/shared
+
+go 1.26.0
+
+require github.com/ferrydeploy/ferry/proto v0.0.0
+
+replace github.com/ferrydeploy/ferry/proto => ../proto
