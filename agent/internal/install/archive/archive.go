@@ -1,0 +1,612 @@
+// Package archive extracts tar, tar.gz and zip artifacts into a directory
+// without ever writing outside it, and records and verifies a manifest of
+// the tree it produced.
+//
+// Every write goes through an os.Root opened on the destination, so even a
+// bug in the checks below cannot place a file outside it. On top of that the
+// extractor refuses, with an error naming the entry: absolute names, names
+// with "..", symbolic links whose target (followed through the archive's own
+// links) leaves the destination, hard links to anything but a regular file
+// already extracted, device and fifo files, entries below a symbolic link,
+// duplicate entries (other than repeated directories), names longer than the
+// system allows, and archives that expand past a byte or entry limit. The
+// bytes actually written are counted, not the sizes the headers claim.
+//
+// Files are created by the extracting user (archive owners are not applied);
+// permission bits and modification times are kept; setuid and setgid bits are
+// stripped unless allowed.
+package archive
+
+import (
+	"archive/tar"
+	"archive/zip"
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/klauspost/pgzip"
+)
+
+// Formats the extractor reads.
+const (
+	FormatTar   = "tar"
+	FormatTarGz = "tar.gz"
+	FormatZip   = "zip"
+)
+
+// Limits on names, as Linux enforces them (PATH_MAX, NAME_MAX).
+const (
+	maxPathLen = 4095
+	maxNameLen = 255
+	// maxLinkHops bounds symbolic link resolution, as the kernel's ELOOP does.
+	maxLinkHops = 40
+)
+
+// ErrUnsafe is wrapped by every refusal of a hostile or malformed entry.
+var ErrUnsafe = errors.New("unsafe archive")
+
+// Options control one extraction.
+type Options struct {
+	// Format is FormatTar, FormatTarGz, FormatZip, or "" to detect it from
+	// the file's first bytes.
+	Format string
+	// StripComponents drops this many leading path components from every
+	// entry; entries with no more components than that are skipped.
+	StripComponents int
+	// MaxBytes refuses archives that expand past this many bytes (required).
+	MaxBytes int64
+	// MaxEntries refuses archives with more entries than this (required).
+	MaxEntries int64
+	// AllowSetuid keeps setuid and setgid bits.
+	AllowSetuid bool
+	// DryRun reads and checks every entry but writes nothing; dest may be "".
+	DryRun bool
+}
+
+// Result summarizes an extraction.
+type Result struct {
+	Format  string
+	Entries int64 // entries extracted (after strip_components)
+	Bytes   int64 // bytes of regular file content written
+}
+
+// Extract extracts the archive file src into the directory dest, which
+// must exist (it is normally a fresh, empty staging directory).
+func Extract(ctx context.Context, src, dest string, opts Options) (Result, error) {
+	if opts.MaxBytes <= 0 || opts.MaxEntries <= 0 {
+		return Result{}, fmt.Errorf("extract %s: MaxBytes and MaxEntries must be positive", src)
+	}
+	if opts.StripComponents < 0 {
+		return Result{}, fmt.Errorf("extract %s: negative strip_components", src)
+	}
+	f, err := os.Open(src)
+	if err != nil {
+		return Result{}, fmt.Errorf("extract: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return Result{}, fmt.Errorf("extract: %w", err)
+	}
+	format := opts.Format
+	if format == "" {
+		format, err = Detect(f)
+		if err != nil {
+			return Result{}, fmt.Errorf("extract %s: %w", src, err)
+		}
+	}
+	x := &extractor{ctx: ctx, opts: opts, seen: map[string]kind{}, links: map[string]string{}}
+	if !opts.DryRun {
+		root, err := os.OpenRoot(dest)
+		if err != nil {
+			return Result{}, fmt.Errorf("extract %s: open destination: %w", src, err)
+		}
+		defer root.Close()
+		x.root = root
+	}
+	x.buf = make([]byte, 256<<10)
+	switch format {
+	case FormatTar:
+		err = x.tar(bufio.NewReaderSize(f, 1<<20))
+	case FormatTarGz, "tgz":
+		format = FormatTarGz
+		var zr *pgzip.Reader
+		zr, err = pgzip.NewReaderN(bufio.NewReaderSize(f, 1<<20), 1<<20, 8)
+		if err != nil {
+			err = fmt.Errorf("%w: not gzip: %v", ErrUnsafe, err)
+			break
+		}
+		err = x.tar(zr)
+		zr.Close()
+	case FormatZip:
+		var zr *zip.Reader
+		zr, err = zip.NewReader(f, st.Size())
+		if err != nil {
+			err = fmt.Errorf("%w: not a zip file: %v", ErrUnsafe, err)
+			break
+		}
+		err = x.zip(zr)
+	default:
+		return Result{}, fmt.Errorf("extract %s: unknown archive format %q; use tar, tar.gz or zip", src, format)
+	}
+	if err == nil {
+		err = x.checkLinks()
+	}
+	if err == nil {
+		err = x.finishDirs()
+	}
+	if err != nil {
+		return Result{}, fmt.Errorf("extract %s: %w", src, err)
+	}
+	return Result{Format: format, Entries: x.entries, Bytes: x.bytes}, nil
+}
+
+// Detect names the format of an archive from its first bytes; the file
+// offset is restored.
+func Detect(f io.ReadSeeker) (string, error) {
+	var head [512]byte
+	n, err := io.ReadFull(f, head[:])
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("detect format: %w", err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return "", fmt.Errorf("detect format: %w", err)
+	}
+	h := head[:n]
+	switch {
+	case bytes.HasPrefix(h, []byte{0x1f, 0x8b}):
+		return FormatTarGz, nil
+	case bytes.HasPrefix(h, []byte("PK\x03\x04")), bytes.HasPrefix(h, []byte("PK\x05\x06")):
+		return FormatZip, nil
+	case n >= 262 && bytes.HasPrefix(h[257:], []byte("ustar")):
+		return FormatTar, nil
+	}
+	return "", fmt.Errorf("%w: not a tar, tar.gz or zip file; set the step's format if it is one", ErrUnsafe)
+}
+
+type kind uint8
+
+const (
+	kindDir kind = iota + 1
+	kindImplicitDir
+	kindFile
+	kindSymlink
+	kindHardlink
+)
+
+type dirMeta struct {
+	mode  fs.FileMode
+	mtime time.Time
+}
+
+type extractor struct {
+	ctx     context.Context
+	opts    Options
+	root    *os.Root // nil in dry-run mode
+	buf     []byte
+	seen    map[string]kind
+	links   map[string]string // symlink path -> target
+	dirs    map[string]dirMeta
+	total   int64 // entries read, stripped ones included
+	entries int64 // entries extracted
+	bytes   int64
+}
+
+// entryName turns an archive name into a clean relative path, applying
+// strip_components. skip is true for entries stripped away entirely.
+func (x *extractor) entryName(name string) (rel string, skip bool, err error) {
+	if len(name) > maxPathLen {
+		return "", false, fmt.Errorf("%w: entry name of %d bytes is longer than the %d the system allows", ErrUnsafe, len(name), maxPathLen)
+	}
+	if strings.IndexByte(name, 0) >= 0 {
+		return "", false, fmt.Errorf("%w: entry %q: name contains a NUL byte", ErrUnsafe, name)
+	}
+	if strings.HasPrefix(name, "/") {
+		return "", false, fmt.Errorf("%w: entry %q: absolute path", ErrUnsafe, name)
+	}
+	parts := make([]string, 0, 8)
+	for _, p := range strings.Split(name, "/") {
+		switch p {
+		case "", ".":
+			continue
+		case "..":
+			return "", false, fmt.Errorf("%w: entry %q: path contains \"..\"", ErrUnsafe, name)
+		}
+		if len(p) > maxNameLen {
+			return "", false, fmt.Errorf("%w: entry %q: a path component is longer than %d bytes", ErrUnsafe, trunc(name), maxNameLen)
+		}
+		parts = append(parts, p)
+	}
+	if len(parts) <= x.opts.StripComponents {
+		return "", true, nil
+	}
+	return strings.Join(parts[x.opts.StripComponents:], "/"), false, nil
+}
+
+func trunc(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
+}
+
+// admit counts an entry and checks that it may be created at rel.
+func (x *extractor) admit(rel string, k kind) error {
+	if err := x.count(); err != nil {
+		return err
+	}
+	x.entries++
+	if prev, ok := x.seen[rel]; ok {
+		if k == kindDir && (prev == kindDir || prev == kindImplicitDir) {
+			return nil
+		}
+		return fmt.Errorf("%w: entry %q appears twice in the archive; refusing an ambiguous archive", ErrUnsafe, rel)
+	}
+	// Every parent must be a directory of the archive, never one of its
+	// links: writing below a link would place the entry somewhere else.
+	for i := 0; i < len(rel); i++ {
+		if rel[i] != '/' {
+			continue
+		}
+		parent := rel[:i]
+		switch x.seen[parent] {
+		case 0:
+			x.seen[parent] = kindImplicitDir
+			if x.root != nil {
+				if err := x.root.Mkdir(parent, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+					return fmt.Errorf("entry %q: %w", rel, err)
+				}
+			}
+		case kindDir, kindImplicitDir:
+		default:
+			return fmt.Errorf("%w: entry %q lies below %q, which is not a directory", ErrUnsafe, rel, parent)
+		}
+	}
+	x.seen[rel] = k
+	return nil
+}
+
+func (x *extractor) mode(m fs.FileMode) fs.FileMode {
+	perm := m & (fs.ModePerm | fs.ModeSticky | fs.ModeSetuid | fs.ModeSetgid)
+	if !x.opts.AllowSetuid {
+		perm &^= fs.ModeSetuid | fs.ModeSetgid
+	}
+	return perm
+}
+
+func (x *extractor) dir(rel string, mode fs.FileMode, mtime time.Time) error {
+	if err := x.admit(rel, kindDir); err != nil {
+		return err
+	}
+	if x.dirs == nil {
+		x.dirs = map[string]dirMeta{}
+	}
+	x.dirs[rel] = dirMeta{mode: x.mode(mode), mtime: mtime}
+	if x.root == nil {
+		return nil
+	}
+	if err := x.root.Mkdir(rel, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("entry %q: %w", rel, err)
+	}
+	return nil
+}
+
+func (x *extractor) file(rel string, mode fs.FileMode, mtime time.Time, size int64, r io.Reader) error {
+	if err := x.admit(rel, kindFile); err != nil {
+		return err
+	}
+	remaining := x.opts.MaxBytes - x.bytes
+	if size > remaining {
+		return x.tooBig()
+	}
+	var w io.Writer = io.Discard
+	var f *os.File
+	if x.root != nil {
+		var err error
+		f, err = x.root.OpenFile(rel, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return fmt.Errorf("entry %q: %w", rel, err)
+		}
+		w = f
+	}
+	n, err := io.CopyBuffer(w, &ctxReader{ctx: x.ctx, r: io.LimitReader(r, remaining+1)}, x.buf)
+	x.bytes += n
+	if err == nil && x.bytes > x.opts.MaxBytes {
+		err = x.tooBig()
+	}
+	if err != nil {
+		if f != nil {
+			f.Close()
+		}
+		if errors.Is(err, ErrUnsafe) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return err
+		}
+		return fmt.Errorf("entry %q: %w", rel, err)
+	}
+	if f == nil {
+		return nil
+	}
+	if err := f.Chmod(x.mode(mode)); err != nil {
+		f.Close()
+		return fmt.Errorf("entry %q: %w", rel, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("entry %q: %w", rel, err)
+	}
+	if !mtime.IsZero() {
+		if err := x.root.Chtimes(rel, mtime, mtime); err != nil {
+			return fmt.Errorf("entry %q: %w", rel, err)
+		}
+	}
+	return nil
+}
+
+func (x *extractor) tooBig() error {
+	return fmt.Errorf("%w: expands past %d bytes; raise the step's max_bytes if this is expected", ErrUnsafe, x.opts.MaxBytes)
+}
+
+func (x *extractor) symlink(rel, target string) error {
+	if err := x.admit(rel, kindSymlink); err != nil {
+		return err
+	}
+	if target == "" || strings.IndexByte(target, 0) >= 0 || len(target) > maxPathLen {
+		return fmt.Errorf("%w: symbolic link %q has an empty, overlong or NUL-containing target", ErrUnsafe, rel)
+	}
+	if strings.HasPrefix(target, "/") {
+		return fmt.Errorf("%w: symbolic link %q -> %q: absolute targets point outside the destination", ErrUnsafe, rel, target)
+	}
+	// A first, lexical check; checkLinks follows chains once all links are known.
+	if t := path.Join(path.Dir(rel), target); t == ".." || strings.HasPrefix(t, "../") {
+		return fmt.Errorf("%w: symbolic link %q -> %q points outside the destination", ErrUnsafe, rel, target)
+	}
+	x.links[rel] = target
+	if x.root == nil {
+		return nil
+	}
+	if err := x.root.Symlink(target, rel); err != nil {
+		return fmt.Errorf("entry %q: %w", rel, err)
+	}
+	return nil
+}
+
+func (x *extractor) hardlink(rel, linkname string) error {
+	target, skip, err := x.entryName(linkname)
+	if err != nil {
+		return fmt.Errorf("hard link %q: %w", rel, err)
+	}
+	if skip || x.seen[target] != kindFile {
+		return fmt.Errorf("%w: hard link %q -> %q: the target must be a regular file extracted earlier from the archive", ErrUnsafe, rel, linkname)
+	}
+	if err := x.admit(rel, kindHardlink); err != nil {
+		return err
+	}
+	if x.root == nil {
+		return nil
+	}
+	if err := x.root.Link(target, rel); err != nil {
+		return fmt.Errorf("entry %q: %w", rel, err)
+	}
+	return nil
+}
+
+// checkLinks follows every symbolic link through the archive's own links,
+// as the kernel would, and refuses any that leaves the destination. It runs
+// after extraction so the order of entries does not matter.
+func (x *extractor) checkLinks() error {
+	names := make([]string, 0, len(x.links))
+	for l := range x.links {
+		names = append(names, l)
+	}
+	sort.Strings(names)
+	for _, l := range names {
+		if err := x.resolveInside(l); err != nil {
+			return fmt.Errorf("%w: symbolic link %q -> %q: %v", ErrUnsafe, l, x.links[l], err)
+		}
+	}
+	return nil
+}
+
+func (x *extractor) resolveInside(link string) error {
+	// pending holds the components still to walk; stack the resolved ones.
+	pending := strings.Split(link, "/")
+	var stack []string
+	hops := 0
+	for len(pending) > 0 {
+		c := pending[0]
+		pending = pending[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			if len(stack) == 0 {
+				return errors.New("points outside the destination")
+			}
+			stack = stack[:len(stack)-1]
+			continue
+		}
+		cur := strings.Join(append(stack, c), "/")
+		target, ok := x.links[cur]
+		if !ok {
+			stack = append(stack, c)
+			continue
+		}
+		hops++
+		if hops > maxLinkHops {
+			return errors.New("too many levels of symbolic links")
+		}
+		if strings.HasPrefix(target, "/") {
+			return errors.New("absolute target")
+		}
+		pending = append(strings.Split(target, "/"), pending...)
+	}
+	return nil
+}
+
+// finishDirs applies directory modes and times, deepest first, now that
+// nothing more is written inside them.
+func (x *extractor) finishDirs() error {
+	if x.root == nil {
+		return nil
+	}
+	names := make([]string, 0, len(x.dirs))
+	for d := range x.dirs {
+		names = append(names, d)
+	}
+	sort.Slice(names, func(i, j int) bool { return names[i] > names[j] })
+	for _, d := range names {
+		m := x.dirs[d]
+		if err := x.root.Chmod(d, m.mode); err != nil {
+			return fmt.Errorf("directory %q: %w", d, err)
+		}
+		if !m.mtime.IsZero() {
+			if err := x.root.Chtimes(d, m.mtime, m.mtime); err != nil {
+				return fmt.Errorf("directory %q: %w", d, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (x *extractor) tar(r io.Reader) error {
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%w: read tar: %v", ErrUnsafe, err)
+		}
+		rel, skip, err := x.entryName(h.Name)
+		if err != nil {
+			return err
+		}
+		if skip {
+			if err := x.count(); err != nil {
+				return err
+			}
+			continue
+		}
+		mode := fs.FileMode(h.Mode & 0o777)
+		if h.Mode&04000 != 0 {
+			mode |= fs.ModeSetuid
+		}
+		if h.Mode&02000 != 0 {
+			mode |= fs.ModeSetgid
+		}
+		if h.Mode&01000 != 0 {
+			mode |= fs.ModeSticky
+		}
+		switch h.Typeflag {
+		case tar.TypeDir:
+			err = x.dir(rel, mode, h.ModTime)
+		case tar.TypeReg, tar.TypeRegA, tar.TypeCont:
+			err = x.file(rel, mode, h.ModTime, h.Size, tr)
+		case tar.TypeSymlink:
+			err = x.symlink(rel, h.Linkname)
+		case tar.TypeLink:
+			err = x.hardlink(rel, h.Linkname)
+		case tar.TypeChar, tar.TypeBlock:
+			err = fmt.Errorf("%w: entry %q is a device file", ErrUnsafe, rel)
+		case tar.TypeFifo:
+			err = fmt.Errorf("%w: entry %q is a fifo", ErrUnsafe, rel)
+		default:
+			err = fmt.Errorf("%w: entry %q has unsupported tar type %q", ErrUnsafe, rel, h.Typeflag)
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// count counts an entry, stripped ones included (so a bomb of stripped
+// entries is refused too), against the entry limit.
+func (x *extractor) count() error {
+	x.total++
+	if x.total > x.opts.MaxEntries {
+		return fmt.Errorf("%w: more than %d entries; raise the step's max_entries if this is expected", ErrUnsafe, x.opts.MaxEntries)
+	}
+	return x.ctx.Err()
+}
+
+func (x *extractor) zip(zr *zip.Reader) error {
+	if int64(len(zr.File)) > x.opts.MaxEntries {
+		return fmt.Errorf("%w: more than %d entries; raise the step's max_entries if this is expected", ErrUnsafe, x.opts.MaxEntries)
+	}
+	for _, zf := range zr.File {
+		rel, skip, err := x.entryName(zf.Name)
+		if err != nil {
+			return err
+		}
+		if skip {
+			if err := x.count(); err != nil {
+				return err
+			}
+			continue
+		}
+		m := zf.Mode()
+		mtime := zf.Modified
+		switch {
+		case m.IsDir():
+			err = x.dir(rel, m, mtime)
+		case m&fs.ModeSymlink != 0:
+			err = x.zipSymlink(rel, zf)
+		case m.IsRegular():
+			if zf.UncompressedSize64 > uint64(x.opts.MaxBytes-x.bytes) {
+				return x.tooBig()
+			}
+			var rc io.ReadCloser
+			rc, err = zf.Open()
+			if err != nil {
+				return fmt.Errorf("%w: entry %q: %v", ErrUnsafe, rel, err)
+			}
+			err = x.file(rel, m, mtime, int64(zf.UncompressedSize64), rc)
+			rc.Close()
+		case m&(fs.ModeDevice|fs.ModeCharDevice) != 0:
+			err = fmt.Errorf("%w: entry %q is a device file", ErrUnsafe, rel)
+		case m&fs.ModeNamedPipe != 0:
+			err = fmt.Errorf("%w: entry %q is a fifo", ErrUnsafe, rel)
+		default:
+			err = fmt.Errorf("%w: entry %q has unsupported mode %v", ErrUnsafe, rel, m)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (x *extractor) zipSymlink(rel string, zf *zip.File) error {
+	rc, err := zf.Open()
+	if err != nil {
+		return fmt.Errorf("%w: entry %q: %v", ErrUnsafe, rel, err)
+	}
+	defer rc.Close()
+	target, err := io.ReadAll(io.LimitReader(rc, maxPathLen+1))
+	if err != nil {
+		return fmt.Errorf("%w: entry %q: %v", ErrUnsafe, rel, err)
+	}
+	return x.symlink(rel, string(target))
+}
+
+// ctxReader stops a long copy when the context ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
