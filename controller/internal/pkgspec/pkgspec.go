@@ -150,6 +150,39 @@ func (p *parser) add(n *yaml.Node, field, problem, fix string) {
 
 var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
+// yamlParserProblems are the YAML library's parser (not scanner) errors. It
+// reports their line counting from 0 and omits it when it is 0, so
+// syntaxError adds 1. (Scanner errors are counted from 1.) The tests pin
+// this behaviour for the library version in go.mod.
+var yamlParserProblems = []string{
+	"did not find expected ',' or ']'",
+	"did not find expected ',' or '}'",
+	"did not find expected '-' indicator",
+	"did not find expected <document start>",
+	"did not find expected <stream-start>",
+	"did not find expected key",
+	"did not find expected node content",
+	"found duplicate %TAG directive",
+	"found duplicate %YAML directive",
+	"found incompatible YAML document",
+	"found undefined tag handle",
+}
+
+// syntaxError turns the YAML library's error into a FieldError with the
+// line it names.
+func syntaxError(file string, err error) *FieldError {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 0
+	if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
+	}
+	if slices.Contains(yamlParserProblems, msg) {
+		line++
+	}
+	return &FieldError{File: file, Line: line, Problem: "invalid YAML: " + msg, Fix: "fix the YAML syntax; a quoted string or a {...} or [...] that is not closed is a common cause"}
+}
+
 // decode parses data into its single YAML document.
 func (p *parser) decode(data []byte) (doc *yaml.Node) {
 	defer func() {
@@ -167,12 +200,7 @@ func (p *parser) decode(data []byte) (doc *yaml.Node) {
 			p.errs = append(p.errs, &FieldError{File: p.file, Problem: "the file is empty", Fix: "a package needs at least name, version and steps"})
 			return nil
 		}
-		fe := &FieldError{File: p.file, Problem: "invalid YAML: " + strings.TrimPrefix(err.Error(), "yaml: "), Fix: "fix the YAML syntax"}
-		if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
-			fe.Line, _ = strconv.Atoi(m[1])
-			fe.Problem = "invalid YAML: " + m[2]
-		}
-		p.errs = append(p.errs, fe)
+		p.errs = append(p.errs, syntaxError(p.file, err))
 		return nil
 	}
 	var next yaml.Node
@@ -349,9 +377,9 @@ func (p *parser) step(n *yaml.Node, path string) *ferryv1.Step {
 	if !ok {
 		return nil
 	}
-	var present []string
-	for _, k := range stepKinds {
-		if _, ok := f[k]; ok {
+	var present []string // in the order written
+	for i := 0; i < len(n.Content); i += 2 {
+		if k := n.Content[i].Value; slices.Contains(stepKinds, k) && !slices.Contains(present, k) {
 			present = append(present, k)
 		}
 	}
@@ -575,6 +603,8 @@ func (p *parser) sudoers(n *yaml.Node, path string) *ferryv1.SudoersStep {
 	if v, ok := p.required(n, f, path, "name", "set name to the file name under /etc/sudoers.d, e.g. name: deploy"); ok {
 		if s, ok := p.str(v, path+".name"); ok {
 			switch {
+			case strings.Contains(s, "/"):
+				p.add(v, path+".name", fmt.Sprintf("%q is not a valid sudoers file name", s), "use 1 to 64 letters, digits, '_' and '-'")
 			case strings.Contains(s, "."):
 				p.add(v, path+".name", fmt.Sprintf("%q contains '.', and sudo silently ignores such files in /etc/sudoers.d", s), "use a name without '.', e.g. "+strings.ReplaceAll(s, ".", "-"))
 			case strings.HasSuffix(s, "~"):

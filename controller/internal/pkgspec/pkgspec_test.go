@@ -1,0 +1,539 @@
+package pkgspec
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+)
+
+func archiveStep(a *ferryv1.ArchiveStep) *ferryv1.Step {
+	return &ferryv1.Step{Kind: &ferryv1.Step_Archive{Archive: a}}
+}
+func envStep(e *ferryv1.EnvStep) *ferryv1.Step { return &ferryv1.Step{Kind: &ferryv1.Step_Env{Env: e}} }
+func sudoersStep(s *ferryv1.SudoersStep) *ferryv1.Step {
+	return &ferryv1.Step{Kind: &ferryv1.Step_Sudoers{Sudoers: s}}
+}
+func fileStep(f *ferryv1.FileStep) *ferryv1.Step {
+	return &ferryv1.Step{Kind: &ferryv1.Step_File{File: f}}
+}
+func checkStep(c *ferryv1.CheckStep) *ferryv1.Step {
+	return &ferryv1.Step{Kind: &ferryv1.Step_Check{Check: c}}
+}
+
+func readFile(t *testing.T, name string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func TestParseValidFiles(t *testing.T) {
+	tests := []struct {
+		file string
+		want *ferryv1.Package
+	}{
+		{"go.yaml", &ferryv1.Package{
+			Name:     "go",
+			Version:  "1.20.3",
+			Artifact: &ferryv1.ArtifactRef{Name: "go1.20.3.linux-amd64.tar.gz@1.20.3"},
+			Steps: []*ferryv1.Step{
+				archiveStep(&ferryv1.ArchiveStep{Dest: "/usr/local/go", StripComponents: 1, KeepPrevious: 2, MaxBytes: 1 << 30}),
+				envStep(&ferryv1.EnvStep{
+					Name: "go",
+					Vars: []*ferryv1.EnvVar{{Name: "GOROOT", Value: "/usr/local/go"}, {Name: "GOTOOLCHAIN", Value: "local"}},
+					Path: []string{"/usr/local/go/bin"},
+				}),
+				sudoersStep(&ferryv1.SudoersStep{Name: "deploy", Rules: []string{"deploy ALL=(root) NOPASSWD: /usr/local/go/bin/go version"}}),
+				checkStep(&ferryv1.CheckStep{Run: "go version", Expect: "go1.20.3", Timeout: durationpb.New(30 * time.Second)}),
+			},
+		}},
+		{"full.yaml", &ferryv1.Package{
+			Name:     "myapp",
+			Version:  "2.0.0-rc.1+build.7",
+			Artifact: &ferryv1.ArtifactRef{Name: "sha256:9796a2cbd1d6e3a4"},
+			Steps: []*ferryv1.Step{
+				archiveStep(&ferryv1.ArchiveStep{Dest: "/opt/myapp", StripComponents: 2, KeepPrevious: 3, AllowSetuid: true, MaxBytes: 500e6, MaxEntries: 10000, Format: "tar.gz"}),
+				envStep(&ferryv1.EnvStep{
+					Name: "myapp",
+					Vars: []*ferryv1.EnvVar{
+						// Order as written, not sorted.
+						{Name: "MYAPP_HOME", Value: "/opt/myapp"},
+						{Name: "MYAPP_GREETING", Value: "it's $(not) `run`\nsecond line"},
+						{Name: "A_NUMBER", Value: "0755"},
+					},
+					Path: []string{"/opt/myapp/bin", "/opt/myapp/sbin"},
+				}),
+				sudoersStep(&ferryv1.SudoersStep{Name: "myapp_deploy", Rules: []string{
+					"Cmnd_Alias MYAPP = /opt/myapp/bin/restart, /opt/myapp/bin/status",
+					"deploy ALL=(root) NOPASSWD: MYAPP",
+				}}),
+				fileStep(&ferryv1.FileStep{Path: "/etc/myapp/config.toml", Content: []byte("listen = \":8080\"\ndata = \"/var/lib/myapp\"\n"), Mode: 0o640, Owner: "root", Group: "myapp"}),
+				fileStep(&ferryv1.FileStep{Path: "/etc/myapp/key.bin", Content: []byte{0, 1, 2, 0xff}, Mode: 0o600}),
+				fileStep(&ferryv1.FileStep{Path: "/etc/myapp/empty", Content: []byte{}, Mode: 0o4755, Owner: "0", Group: "0"}),
+				checkStep(&ferryv1.CheckStep{Run: "/opt/myapp/bin/myapp --version", Expect: "2.0.0-rc.1", Timeout: durationpb.New(90 * time.Second)}),
+				checkStep(&ferryv1.CheckStep{Run: "test -f /etc/myapp/empty", Timeout: durationpb.New(30 * time.Second)}),
+			},
+		}},
+		{"config-bundle.yaml", &ferryv1.Package{
+			Name:    "motd",
+			Version: "1",
+			Steps:   []*ferryv1.Step{fileStep(&ferryv1.FileStep{Path: "/etc/motd", Content: []byte("Managed by Ferry.\n"), Mode: 0o644})},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			data := readFile(t, filepath.Join("testdata", "valid", tt.file))
+			got, err := Parse(tt.file, data)
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			if got.Source != string(data) {
+				t.Errorf("Source is not the file's text")
+			}
+			if got.ContentDigest != "" {
+				t.Errorf("ContentDigest = %q before resolving; want empty", got.ContentDigest)
+			}
+			got.Source = ""
+			if !proto.Equal(got, tt.want) {
+				t.Errorf("Parse mismatch\ngot:  %v\nwant: %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// wantErr is one expected problem: its exact line and field, and a
+// substring of its problem text.
+type wantErr struct {
+	line    int
+	field   string
+	problem string
+}
+
+func checkErrors(t *testing.T, file string, err error, want []wantErr) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("Parse succeeded; want %d errors", len(want))
+	}
+	var list ErrorList
+	if !errors.As(err, &list) {
+		t.Fatalf("error is %T, want ErrorList: %v", err, err)
+	}
+	if len(list) != len(want) {
+		t.Errorf("got %d errors, want %d:\n%v", len(list), len(want), err)
+	}
+	for i := range min(len(list), len(want)) {
+		g, w := list[i], want[i]
+		if g.File != file || g.Line != w.line || g.Field != w.field || !strings.Contains(g.Problem, w.problem) {
+			t.Errorf("error %d:\ngot  %s:%d: %s: %s\nwant %s:%d: %s: ...%s...", i, g.File, g.Line, g.Field, g.Problem, file, w.line, w.field, w.problem)
+		}
+		if g.Fix == "" {
+			t.Errorf("error %d (%v) has no fix", i, g)
+		}
+		if !strings.HasPrefix(g.Error(), file+":") {
+			t.Errorf("error %d does not start with the file name: %v", i, g)
+		}
+	}
+}
+
+func TestParseInvalidFiles(t *testing.T) {
+	tests := []struct {
+		file string
+		want []wantErr
+	}{
+		{"unknown-fields.yaml", []wantErr{
+			{4, "descripton", "unknown field"},
+			{8, "steps[0].archive.strip_component", "unknown field"},
+			{9, "steps[1].env.paths", "unknown field"},
+			{10, "steps[2].chek", "unknown step kind"},
+		}},
+		{"bad-types.yaml", []wantErr{
+			{1, "name", "expected a string, got a list"},
+			{7, "steps[0].archive.strip_components", `expected a whole number, got the string "1"`},
+			{8, "steps[0].archive.allow_setuid", `expected true or false, got the string "yes"`},
+			{9, "steps[0].archive.keep_previous", "expected a whole number, got the number 1.5"},
+			{10, "steps[0].archive.max_bytes", `"lots" is not a valid size`},
+			{13, "steps[1].env.vars", "expected a mapping of NAME: value, got a list"},
+			{14, "steps[2].sudoers.rules", "expected a list, got the string"},
+			{15, "steps[3].file.content", "expected a string, got a mapping"},
+			{15, "steps[3].file.mode", "expected a file mode, got the boolean true"},
+			{15, "steps[3].file.owner", "expected a string, got the boolean false"},
+			{16, "steps[4].check.expect", "expected a string, got the boolean true"},
+			{16, "steps[4].check.timeout", "expected a duration, got a list"},
+		}},
+		{"missing-required.yaml", []wantErr{
+			{2, "name", "missing"},
+			{2, "version", "missing"},
+			{2, "steps", "missing"},
+		}},
+		{"missing-in-steps.yaml", []wantErr{
+			{2, "version", "has no value"},
+			{4, "steps[0].archive.dest", "missing"},
+			{4, "steps[0].archive", "needs the package's artifact"},
+			{5, "steps[1].env.name", "missing"},
+			{7, "steps[2].sudoers.rules", "missing"},
+			{9, "steps[3].file.path", "missing"},
+			{10, "steps[4].check.run", "missing"},
+			{11, "steps[5].env", "would set nothing"},
+		}},
+		{"paths.yaml", []wantErr{
+			{5, "steps[0].archive.dest", "is a relative path"},
+			{6, "steps[1].file.path", "contains '..'"},
+			{7, "steps[2].file.path", "not in its simplest form"},
+			{8, "steps[3].file.path", "control characters"},
+			{9, "steps[4].file.path", "sudoers files cannot be written with a file step"},
+			{10, "steps[5].env.path[1]", "contains ':'"},
+			{10, "steps[5].env.path[2]", "listed twice"},
+			{11, "steps[6].file.path", "/ is a directory"},
+		}},
+		{"env.yaml", []wantErr{
+			{7, "steps[1].env.vars.PATH", "PATH cannot be set directly"},
+			{8, "steps[1].env.name", `"go.sh" ends in .sh`},
+			{10, "steps[2].env.name", "not a valid env file name"},
+			{13, "steps[2].env.vars.GO-FLAGS", "not a valid variable name"},
+			{14, "steps[2].env.vars.GOROOT", "set twice (first on line 12)"},
+			{15, "steps[2].env.vars.EMPTY", "has no value"},
+			{16, "steps[2].env.vars.9LIVES", "not a valid variable name"},
+		}},
+		{"sudoers.yaml", []wantErr{
+			{4, "steps[0].sudoers.name", "contains '.', and sudo silently ignores such files"},
+			{5, "steps[1].sudoers.name", "ends in '~', and sudo silently ignores such files"},
+			{6, "steps[2].sudoers.name", "not a valid sudoers file name"},
+			{11, "steps[3].sudoers.rules[1]", "empty rule"},
+			{12, "steps[3].sudoers.rules[2]", "include directives are not allowed"},
+			{13, "steps[3].sudoers.rules[3]", "spans several lines"},
+			{14, "steps[4].sudoers.name", "/etc/sudoers.d/deploy is also written by steps[3].sudoers.name (line 8)"},
+		}},
+		{"steps.yaml", []wantErr{
+			{6, "steps[1].archive", "a second archive step"},
+			{7, "steps[2]", `expected a step, got the string "check"`},
+			{8, "steps[3]", "empty step"},
+			{9, "steps[4]", "exactly one kind, got check and env"},
+			{11, "steps[5]", "expected a step, got a list"},
+		}},
+		{"conflicts.yaml", []wantErr{
+			{6, "steps[1].file.path", "/opt/app/config overlaps /opt/app written by steps[0].archive.dest (line 5)"},
+			{8, "steps[3].env.name", "/etc/profile.d/app.sh is also written by steps[2].file.path (line 7)"},
+			{9, "steps[4].file.path", "/opt overlaps /opt/app"},
+		}},
+		// The unclosed {...} opens on line 4; the YAML library's own
+		// message would say line 3.
+		{"syntax.yaml", []wantErr{{4, "", "invalid YAML: did not find expected ',' or '}'"}}},
+		{"multi-doc.yaml", []wantErr{{4, "", "more than one YAML document"}}},
+		{"aliases.yaml", []wantErr{{5, "", "YAML alias *c is not supported"}}},
+		{"empty.yaml", []wantErr{{0, "", "the file is empty"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			data := readFile(t, filepath.Join("testdata", "invalid", tt.file))
+			got, err := Parse(tt.file, data)
+			if got != nil {
+				t.Errorf("Parse returned a package with an error")
+			}
+			checkErrors(t, tt.file, err, tt.want)
+		})
+	}
+}
+
+// TestEveryInvalidFileIsTested keeps the table above in step with the
+// files in testdata/invalid.
+func TestEveryInvalidFileIsTested(t *testing.T) {
+	files, err := filepath.Glob("testdata/invalid/*.yaml")
+	if err != nil || len(files) < 10 {
+		t.Fatalf("glob: %v, %d files", err, len(files))
+	}
+	for _, f := range files {
+		if _, err := Parse(f, readFile(t, f)); err == nil {
+			t.Errorf("%s parses without error", f)
+		}
+	}
+	valid, _ := filepath.Glob("testdata/valid/*.yaml")
+	for _, f := range valid {
+		if _, err := Parse(f, readFile(t, f)); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}
+
+func TestErrorFormat(t *testing.T) {
+	const src = `name: go
+version: 1.20.3
+artifact: go1.20.3.linux-amd64.tar.gz
+steps:
+  - archive: {dest: /usr/local/go, strip_components: 1}
+  - env:
+      vars: {PATH: /usr/local/go/bin}
+      name: go
+`
+	_, err := Parse("go.yaml", []byte(src))
+	const want = "go.yaml:7: steps[1].env.vars.PATH: PATH cannot be set directly; use env.path to add directories"
+	if err == nil || err.Error() != want {
+		t.Errorf("got  %v\nwant %s", err, want)
+	}
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Line != 7 || fe.Column != 14 {
+		t.Errorf("errors.As(*FieldError) = %+v; want line 7 column 14", fe)
+	}
+
+	_, err = Parse("", []byte("name: go\n"))
+	if err == nil || !strings.HasPrefix(err.Error(), "<input>:1: version: missing;") {
+		t.Errorf("unnamed input: got %v", err)
+	}
+	if n := strings.Count(err.Error(), "\n"); n != 1 {
+		t.Errorf("want two problems on two lines, got %q", err)
+	}
+}
+
+// base is a valid package that the inline cases below break one field of.
+const base = `name: go
+version: 1.20.3
+artifact: go1.20.3.linux-amd64.tar.gz
+steps:
+`
+
+func TestParseInline(t *testing.T) {
+	bigContent := "  - file: {path: /etc/big, content: \"" + strings.Repeat("x", MaxContentSize+1) + "\"}\n"
+	var manySteps strings.Builder
+	manySteps.WriteString("name: many\nversion: 1\nsteps:\n")
+	for range MaxSteps + 1 {
+		manySteps.WriteString("  - check: {run: \"true\"}\n")
+	}
+	tests := []struct {
+		name string
+		src  string
+		want []wantErr // nil: valid
+	}{
+		// name and version
+		{"name upper case", "name: Go\nversion: 1\nsteps: [{check: {run: x}}]\n", []wantErr{{1, "name", `"Go" is not a valid package name`}}},
+		{"name with @", "name: go@1\nversion: 1\nsteps: [{check: {run: x}}]\n", []wantErr{{1, "name", "not a valid package name"}}},
+		{"name trailing dash", "name: go-\nversion: 1\nsteps: [{check: {run: x}}]\n", []wantErr{{1, "name", "not a valid package name"}}},
+		{"name too long", "name: " + strings.Repeat("a", 65) + "\nversion: 1\nsteps: [{check: {run: x}}]\n", []wantErr{{1, "name", "not a valid package name"}}},
+		{"name 64 chars", "name: " + strings.Repeat("a", 64) + "\nversion: 1\nsteps: [{check: {run: x}}]\n", nil},
+		{"name is null", "name: ~\nversion: 1\nsteps: [{check: {run: x}}]\n", []wantErr{{1, "name", "has no value"}}},
+		{"version with space", "name: go\nversion: 1.0 beta\nsteps: [{check: {run: x}}]\n", []wantErr{{2, "version", `"1.0 beta" is not a valid version`}}},
+		{"version with slash", "name: go\nversion: 1/2\nsteps: [{check: {run: x}}]\n", []wantErr{{2, "version", "not a valid version"}}},
+		{"version bool", "name: go\nversion: true\nsteps: [{check: {run: x}}]\n", []wantErr{{2, "version", "got the boolean true"}}},
+		{"version float kept as written", "name: go\nversion: 1.10\nsteps: [{check: {run: x}}]\n", nil},
+		{"version debian style", "name: go\nversion: 1.0~rc1-2\nsteps: [{check: {run: x}}]\n", nil},
+
+		// top level shape
+		{"top level list", "- name: go\n", []wantErr{{1, "", "expected a mapping, got a list"}}},
+		{"top level scalar", "go\n", []wantErr{{1, "", `expected a mapping, got the string "go"`}}},
+		{"top level null", "~\n", []wantErr{{1, "", "the file has no content"}}},
+		{"steps mapping", base + "  archive: {dest: /usr/local/go}\n", []wantErr{{5, "steps", "expected a list of steps, got a mapping"}}},
+		{"steps empty", "name: go\nversion: 1\nsteps: []\n", []wantErr{{3, "steps", "no steps"}}},
+		{"too many steps", manySteps.String(), []wantErr{{4, "steps", "more than the 100 allowed"}}},
+		{"duplicate top key", "name: go\nname: go2\nversion: 1\nsteps: [{check: {run: x}}]\n", []wantErr{{2, "name", "set twice (first on line 1)"}}},
+		{"merge key refused", "name: go\nversion: 1\nsteps:\n  - check: {<<: {run: x}}\n", []wantErr{{4, "steps[0].check.<<", "unknown field"}, {4, "steps[0].check.run", "missing"}}},
+		{"file too large", strings.Repeat("#", MaxFileSize+1), []wantErr{{0, "", "more than the 4194304 allowed"}}},
+		{"tab indentation", "name: go\nversion: 1\nsteps:\n\t- check: {run: x}\n", []wantErr{{4, "", "invalid YAML"}}},
+		{"unclosed quote", "name: \"go\nversion: 1\n", []wantErr{{3, "", "invalid YAML"}}},
+		{"unknown anchor", "name: *x\n", []wantErr{{0, "", "invalid YAML: unknown anchor 'x' referenced"}}},
+
+		// artifact references
+		{"artifact name@version", base + "  - archive: {dest: /usr/local/go}\n", nil},
+		{"artifact sha256 full", "name: go\nversion: 1\nartifact: sha256:" + strings.Repeat("ab", 32) + "\nsteps: [{archive: {dest: /opt/go}}]\n", nil},
+		{"artifact sha256 short", "name: go\nversion: 1\nartifact: sha256:abc\nsteps: [{archive: {dest: /opt/go}}]\n", []wantErr{{3, "artifact", "has 3 hex digits"}}},
+		{"artifact sha256 upper", "name: go\nversion: 1\nartifact: sha256:ABCDEF0123\nsteps: [{archive: {dest: /opt/go}}]\n", []wantErr{{3, "artifact", "upper-case hex"}}},
+		{"artifact sha256 not hex", "name: go\nversion: 1\nartifact: sha256:xyz12345\nsteps: [{archive: {dest: /opt/go}}]\n", []wantErr{{3, "artifact", "not a sha256 digest"}}},
+		{"artifact with space", "name: go\nversion: 1\nartifact: go 1.20\nsteps: [{archive: {dest: /opt/go}}]\n", []wantErr{{3, "artifact", "not a valid artifact reference"}}},
+		{"artifact empty version", "name: go\nversion: 1\nartifact: go@\nsteps: [{archive: {dest: /opt/go}}]\n", []wantErr{{3, "artifact", "not a valid artifact reference"}}},
+		{"artifact unused", "name: go\nversion: 1\nartifact: go.tar.gz\nsteps: [{check: {run: x}}]\n", []wantErr{{3, "artifact", "no archive step uses the artifact"}}},
+		{"archive without artifact", "name: go\nversion: 1\nsteps:\n  - archive: {dest: /opt/go}\n", []wantErr{{4, "steps[0].archive", "needs the package's artifact"}}},
+
+		// archive
+		{"dest root", base + "  - archive: {dest: /}\n", []wantErr{{5, "steps[0].archive.dest", "/ is a system directory"}}},
+		{"dest /usr", base + "  - archive: {dest: /usr}\n", []wantErr{{5, "steps[0].archive.dest", "/usr is a system directory"}}},
+		{"dest /usr/local", base + "  - archive: {dest: /usr/local}\n", []wantErr{{5, "steps[0].archive.dest", "system directory"}}},
+		{"dest /etc/sudoers.d", base + "  - archive: {dest: /etc/sudoers.d}\n", []wantErr{{5, "steps[0].archive.dest", "system directory"}}},
+		{"dest /opt/go", base + "  - archive: {dest: /opt/go}\n", nil},
+		{"dest empty", base + "  - archive: {dest: \"\"}\n", []wantErr{{5, "steps[0].archive.dest", "empty path"}}},
+		{"dest trailing slash", base + "  - archive: {dest: /usr/local/go/}\n", []wantErr{{5, "steps[0].archive.dest", `"/usr/local/go/" is not in its simplest form`}}},
+		{"dest dot", base + "  - archive: {dest: /usr/local/./go}\n", []wantErr{{5, "steps[0].archive.dest", "not in its simplest form"}}},
+		{"strip_components negative", base + "  - archive: {dest: /opt/go, strip_components: -1}\n", []wantErr{{5, "steps[0].archive.strip_components", "out of range"}}},
+		{"strip_components huge", base + "  - archive: {dest: /opt/go, strip_components: 256}\n", []wantErr{{5, "steps[0].archive.strip_components", "out of range"}}},
+		{"keep_previous 0", base + "  - archive: {dest: /opt/go, keep_previous: 0}\n", []wantErr{{5, "steps[0].archive.keep_previous", "nothing to roll back to"}}},
+		{"keep_previous 11", base + "  - archive: {dest: /opt/go, keep_previous: 11}\n", []wantErr{{5, "steps[0].archive.keep_previous", "out of range"}}},
+		{"max_bytes 0", base + "  - archive: {dest: /opt/go, max_bytes: 0}\n", []wantErr{{5, "steps[0].archive.max_bytes", "not a valid size"}}},
+		{"max_bytes bad unit", base + "  - archive: {dest: /opt/go, max_bytes: 2XB}\n", []wantErr{{5, "steps[0].archive.max_bytes", "not a valid size"}}},
+		{"max_bytes overflow", base + "  - archive: {dest: /opt/go, max_bytes: 99999999999TiB}\n", []wantErr{{5, "steps[0].archive.max_bytes", "not a valid size"}}},
+		{"max_bytes plain", base + "  - archive: {dest: /opt/go, max_bytes: 1048576}\n", nil},
+		{"max_entries 0", base + "  - archive: {dest: /opt/go, max_entries: 0}\n", []wantErr{{5, "steps[0].archive.max_entries", "out of range"}}},
+		{"format unknown", base + "  - archive: {dest: /opt/go, format: rar}\n", []wantErr{{5, "steps[0].archive.format", `unknown archive format "rar"`}}},
+
+		// env
+		{"env only path", base + "  - archive: {dest: /opt/go}\n  - env: {name: go, path: [/opt/go/bin]}\n", nil},
+		{"env empty vars and path", base + "  - archive: {dest: /opt/go}\n  - env: {name: go, vars: {}, path: []}\n", nil},
+		{"env path not list", base + "  - archive: {dest: /opt/go}\n  - env: {name: go, path: /opt/go/bin}\n", []wantErr{{6, "steps[1].env.path", "expected a list"}}},
+		{"env var nul", base + "  - archive: {dest: /opt/go}\n  - env: {name: go, vars: {A: \"x\\0y\"}}\n", []wantErr{{6, "steps[1].env.vars.A", "NUL"}}},
+		{"env var list value", base + "  - archive: {dest: /opt/go}\n  - env: {name: go, vars: {A: [x]}}\n", []wantErr{{6, "steps[1].env.vars.A", "expected a string, got a list"}}},
+		{"env var mapping key", base + "  - archive: {dest: /opt/go}\n  - env: {name: go, vars: {[A]: x}}\n", []wantErr{{6, "steps[1].env.vars", "a key is a list"}}},
+		{"env hostile value kept verbatim", base + "  - archive: {dest: /opt/go}\n  - env: {name: go, vars: {A: \"'; rm -rf / #\"}}\n", nil},
+		{"env name slash", base + "  - archive: {dest: /opt/go}\n  - env: {name: ../go}\n", []wantErr{{6, "steps[1].env.name", "not a valid env file name"}, {6, "steps[1].env", "would set nothing"}}},
+
+		// file
+		{"mode 0644", base + "  - archive: {dest: /opt/go}\n  - file: {path: /etc/a, content: x, mode: 0644}\n", nil},
+		{"mode 0o755", base + "  - archive: {dest: /opt/go}\n  - file: {path: /etc/a, content: x, mode: 0o755}\n", nil},
+		{"mode too big", base + "  - archive: {dest: /opt/go}\n  - file: {path: /etc/a, content: x, mode: 17777}\n", []wantErr{{6, "steps[1].file.mode", "more than 07777"}}},
+		{"mode not octal", base + "  - archive: {dest: /opt/go}\n  - file: {path: /etc/a, content: x, mode: \"0x1ff\"}\n", []wantErr{{6, "steps[1].file.mode", "not an octal mode"}}},
+		{"mode symbolic", base + "  - archive: {dest: /opt/go}\n  - file: {path: /etc/a, content: x, mode: u+rw}\n", []wantErr{{6, "steps[1].file.mode", "not an octal mode"}}},
+		{"mode zero", base + "  - archive: {dest: /opt/go}\n  - file: {path: /etc/a, content: x, mode: \"0000\"}\n", []wantErr{{6, "steps[1].file.mode", "unusable"}}},
+		{"content too big", base + "  - archive: {dest: /opt/go}\n" + bigContent, []wantErr{{6, "steps[1].file.content", "more than the 1048576 allowed"}}},
+		{"content bad base64", base + "  - archive: {dest: /opt/go}\n  - file: {path: /etc/a, content: !!binary \"@@@\"}\n", []wantErr{{6, "steps[1].file.content", "not valid base64"}}},
+		{"content custom tag", base + "  - archive: {dest: /opt/go}\n  - file: {path: /etc/a, content: !secret x}\n", []wantErr{{6, "steps[1].file.content", "unexpected tag !secret"}}},
+		{"owner with space", base + "  - archive: {dest: /opt/go}\n  - file: {path: /etc/a, content: x, owner: a b}\n", []wantErr{{6, "steps[1].file.owner", `"a b" is not a valid user name`}}},
+		{"group with colon", base + "  - archive: {dest: /opt/go}\n  - file: {path: /etc/a, content: x, group: \"a:b\"}\n", []wantErr{{6, "steps[1].file.group", "not a valid group name"}}},
+		{"file /etc/sudoers", base + "  - archive: {dest: /opt/go}\n  - file: {path: /etc/sudoers, content: x}\n", []wantErr{{6, "steps[1].file.path", "sudoers files cannot be written"}}},
+		{"file relative", base + "  - archive: {dest: /opt/go}\n  - file: {path: etc/a, content: x}\n", []wantErr{{6, "steps[1].file.path", "relative path"}}},
+		{"file path dotdot only", base + "  - archive: {dest: /opt/go}\n  - file: {path: /.., content: x}\n", []wantErr{{6, "steps[1].file.path", "contains '..'"}}},
+		{"file beside archive dest", base + "  - archive: {dest: /opt/go}\n  - file: {path: /opt/gopher, content: x}\n", nil},
+
+		// check
+		{"timeout zero", base + "  - archive: {dest: /opt/go}\n  - check: {run: x, timeout: 0s}\n", []wantErr{{6, "steps[1].check.timeout", "not more than zero"}}},
+		{"timeout negative", base + "  - archive: {dest: /opt/go}\n  - check: {run: x, timeout: -5s}\n", []wantErr{{6, "steps[1].check.timeout", "not more than zero"}}},
+		{"timeout too long", base + "  - archive: {dest: /opt/go}\n  - check: {run: x, timeout: 2h}\n", []wantErr{{6, "steps[1].check.timeout", "more than 1h0m0s"}}},
+		{"timeout garbage", base + "  - archive: {dest: /opt/go}\n  - check: {run: x, timeout: soon}\n", []wantErr{{6, "steps[1].check.timeout", `"soon" is not a duration`}}},
+		{"run blank", base + "  - archive: {dest: /opt/go}\n  - check: {run: \"  \"}\n", []wantErr{{6, "steps[1].check.run", "empty command"}}},
+		{"run multi-line", base + "  - archive: {dest: /opt/go}\n  - check:\n      run: |\n        set -e\n        go version\n", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Parse("p.yaml", []byte(tt.src))
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("Parse: %v", err)
+				}
+				if got == nil {
+					t.Fatal("Parse returned nil package and nil error")
+				}
+				return
+			}
+			checkErrors(t, "p.yaml", err, tt.want)
+		})
+	}
+}
+
+func TestParseDefaults(t *testing.T) {
+	src := base + "  - archive: {dest: /opt/go}\n  - file: {path: /etc/a, content: x}\n  - check: {run: x}\n"
+	p, err := Parse("p.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Steps[0].GetArchive().GetKeepPrevious(); got != 1 {
+		t.Errorf("keep_previous default = %d, want 1", got)
+	}
+	if got := p.Steps[1].GetFile().GetMode(); got != 0o644 {
+		t.Errorf("mode default = %o, want 644", got)
+	}
+	if got := p.Steps[2].GetCheck().GetTimeout().AsDuration(); got != 30*time.Second {
+		t.Errorf("timeout default = %v, want 30s", got)
+	}
+}
+
+func TestTooManyErrors(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(base)
+	for range 80 {
+		b.WriteString("  - check: {run: x, bogus: 1}\n")
+	}
+	_, err := Parse("p.yaml", []byte(b.String()))
+	var list ErrorList
+	if !errors.As(err, &list) {
+		t.Fatalf("got %v", err)
+	}
+	if len(list) != maxErrors+1 || !strings.Contains(list[maxErrors].Problem, "too many problems") {
+		t.Errorf("got %d errors, last %v; want %d and a 'too many problems' note", len(list), list[len(list)-1], maxErrors+1)
+	}
+}
+
+type fakeResolver map[string]*ferryv1.Artifact
+
+var errNotFound = errors.New("not found")
+
+func (f fakeResolver) ResolveArtifact(ref string) (*ferryv1.Artifact, error) {
+	if a, ok := f[ref]; ok {
+		return a, nil
+	}
+	return nil, errNotFound
+}
+
+var goDigest = "sha256:" + strings.Repeat("9796", 16)
+
+func TestParseAndResolve(t *testing.T) {
+	goArtifact := &ferryv1.Artifact{Digest: goDigest, Name: "go1.20.3.linux-amd64.tar.gz", Version: "1.20.3", Size: 100 << 20}
+	r := fakeResolver{
+		"go1.20.3.linux-amd64.tar.gz@1.20.3": goArtifact,
+		"sha256:97969796":                    goArtifact,
+		"broken":                             {Digest: "md5:abc", Name: "broken"},
+	}
+	t.Run("resolved", func(t *testing.T) {
+		p, err := ParseAndResolve("go.yaml", readFile(t, "testdata/valid/go.yaml"), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := &ferryv1.ArtifactRef{Digest: goDigest, Name: "go1.20.3.linux-amd64.tar.gz", Size: 100 << 20}
+		if !proto.Equal(p.Artifact, want) {
+			t.Errorf("artifact = %v, want %v", p.Artifact, want)
+		}
+		if p.ContentDigest != ContentDigest(p) || !digestRE.MatchString(p.ContentDigest) {
+			t.Errorf("ContentDigest = %q", p.ContentDigest)
+		}
+	})
+	t.Run("by digest prefix gives the same content", func(t *testing.T) {
+		archive := "  - archive: {dest: /usr/local/go}\n"
+		byName := strings.Replace(base, "go1.20.3.linux-amd64.tar.gz", "go1.20.3.linux-amd64.tar.gz@1.20.3", 1) + archive
+		byDigest := strings.Replace(base, "go1.20.3.linux-amd64.tar.gz", "sha256:97969796", 1) + archive
+		a, err := ParseAndResolve("a.yaml", []byte(byName), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := ParseAndResolve("b.yaml", []byte(byDigest), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.ContentDigest != b.ContentDigest {
+			t.Errorf("same artifact by name and by digest: content digests differ")
+		}
+		if b.Artifact.Name != "go1.20.3.linux-amd64.tar.gz" {
+			t.Errorf("artifact name after resolving by digest = %q, want the artifact's name", b.Artifact.Name)
+		}
+	})
+	t.Run("not found", func(t *testing.T) {
+		src := "# the Go toolchain\nname: go\nversion: 1.20.3\nartifact: go1.20.4.linux-amd64.tar.gz\nsteps:\n  - archive: {dest: /usr/local/go}\n"
+		_, err := ParseAndResolve("go.yaml", []byte(src), r)
+		checkErrors(t, "go.yaml", err, []wantErr{{4, "artifact", `cannot resolve "go1.20.4.linux-amd64.tar.gz": not found`}})
+		if !errors.Is(err, errNotFound) {
+			t.Errorf("error does not wrap the resolver's: %v", err)
+		}
+		if !strings.HasPrefix(err.Error(), "go.yaml:4: artifact: cannot resolve") {
+			t.Errorf("got %q", err)
+		}
+	})
+	t.Run("invalid digest from resolver", func(t *testing.T) {
+		src := "name: go\nversion: 1.20.3\nartifact: broken\nsteps:\n  - archive: {dest: /usr/local/go}\n"
+		_, err := ParseAndResolve("go.yaml", []byte(src), r)
+		checkErrors(t, "go.yaml", err, []wantErr{{3, "artifact", "invalid digest"}})
+	})
+	t.Run("no artifact needs no resolver", func(t *testing.T) {
+		p, err := ParseAndResolve("m.yaml", readFile(t, "testdata/valid/config-bundle.yaml"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.ContentDigest == "" {
+			t.Error("ContentDigest not set")
+		}
+	})
+	t.Run("parse errors come first", func(t *testing.T) {
+		_, err := ParseAndResolve("x.yaml", []byte("name: go\n"), r)
+		checkErrors(t, "x.yaml", err, []wantErr{{1, "version", "missing"}, {1, "steps", "missing"}})
+	})
+}
