@@ -537,3 +537,111 @@ func TestParseAndResolve(t *testing.T) {
 		checkErrors(t, "x.yaml", err, []wantErr{{1, "version", "missing"}, {1, "steps", "missing"}})
 	})
 }
+
+func parseDigest(t *testing.T, name string, src []byte) string {
+	t.Helper()
+	p, err := Parse(name, src)
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	return ContentDigest(p)
+}
+
+// goBlockDigest pins the canonical encoding: stored packages are compared
+// by this digest across controller versions, so it must never change by
+// accident. If the encoding has to change, bump contentVersion.
+const goBlockDigest = "sha256:61ae98353b7ba477105eb9e48f3d5f39e0befb4ef760300136e96716b35ef8f5"
+
+func TestContentDigestIgnoresFormatting(t *testing.T) {
+	want := parseDigest(t, "go-block.yaml", readFile(t, "testdata/digest/go-block.yaml"))
+	if want != goBlockDigest {
+		t.Errorf("digest of go-block.yaml = %s, want the pinned %s", want, goBlockDigest)
+	}
+	for _, f := range []string{"go-flow.yaml", "go-literal.yaml"} {
+		t.Run(f, func(t *testing.T) {
+			if got := parseDigest(t, f, readFile(t, filepath.Join("testdata", "digest", f))); got != want {
+				t.Errorf("digest %s, want %s (same content as go-block.yaml)", got, want)
+			}
+		})
+	}
+	t.Run("record fields and defaults", func(t *testing.T) {
+		p, err := Parse("go-block.yaml", readFile(t, "testdata/digest/go-block.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Source, p.CreatedBy, p.ContentDigest = "other text", "admin", "sha256:old"
+		// A package built in code with the defaults left zero.
+		p.Steps[0].GetArchive().KeepPrevious = 0
+		p.Steps[3].GetFile().Mode = 0
+		p.Steps[4].GetCheck().Timeout = nil
+		if got := ContentDigest(p); got != want {
+			t.Errorf("digest changed with Source/CreatedBy/ContentDigest or zero defaults: %s", got)
+		}
+	})
+}
+
+func TestContentDigestChangesWithContent(t *testing.T) {
+	src := string(readFile(t, "testdata/digest/go-block.yaml"))
+	orig := parseDigest(t, "go-block.yaml", []byte(src))
+	tests := []struct{ name, old, new string }{
+		{"name", "name: go", "name: golang"},
+		{"version", "version: 1.20.3", "version: 1.20.4"},
+		{"artifact ref", "artifact: go1.20.3.linux-amd64.tar.gz", "artifact: go1.20.4.linux-amd64.tar.gz"},
+		{"dest", "dest: /usr/local/go\n", "dest: /usr/local/go2\n"},
+		{"strip_components", "strip_components: 1", "strip_components: 2"},
+		{"keep_previous", "strip_components: 1", "strip_components: 1\n      keep_previous: 2"},
+		{"allow_setuid", "strip_components: 1", "strip_components: 1\n      allow_setuid: true"},
+		{"max_bytes", "strip_components: 1", "strip_components: 1\n      max_bytes: 1GiB"},
+		{"max_entries", "strip_components: 1", "strip_components: 1\n      max_entries: 5"},
+		{"format", "strip_components: 1", "strip_components: 1\n      format: tar.gz"},
+		{"env name", "name: go\n      vars", "name: golang\n      vars"},
+		{"env value", "GOFLAGS: -mod=readonly", "GOFLAGS: -mod=mod"},
+		{"env var order", "        GOROOT: /usr/local/go\n        GOFLAGS: -mod=readonly", "        GOFLAGS: -mod=readonly\n        GOROOT: /usr/local/go"},
+		{"env var moved into value", "        GOROOT: /usr/local/go\n        GOFLAGS: -mod=readonly", "        GOROOT: /usr/local/goGOFLAGS-mod=readonly"},
+		{"path added", "        - /usr/local/go/bin", "        - /usr/local/go/bin\n        - /usr/local/bin"},
+		{"sudoers name", "name: deploy", "name: deployer"},
+		{"sudoers rule", "/opt/myapp/bin/*", "/opt/myapp/bin/restart"},
+		{"sudoers rule split", `- "deploy ALL=(root) NOPASSWD: /opt/myapp/bin/*"`, `- "deploy ALL=(root)"` + "\n        - " + `"NOPASSWD: /opt/myapp/bin/*"`},
+		{"file path", "path: /etc/go/env", "path: /etc/go/env2"},
+		{"file content", `GOTOOLCHAIN=local\n`, `GOTOOLCHAIN=auto\n`},
+		{"file mode", `content: "GOTOOLCHAIN=local\n"`, `content: "GOTOOLCHAIN=local\n"` + "\n      mode: \"0600\""},
+		{"file owner", `content: "GOTOOLCHAIN=local\n"`, `content: "GOTOOLCHAIN=local\n"` + "\n      owner: root"},
+		{"file group", `content: "GOTOOLCHAIN=local\n"`, `content: "GOTOOLCHAIN=local\n"` + "\n      group: root"},
+		{"check run", "run: go version", "run: go version -m"},
+		{"check expect", "expect: go1.20.3", "expect: go1.20"},
+		{"check timeout", "expect: go1.20.3", "expect: go1.20.3\n      timeout: 31s"},
+		{"step order", "  - sudoers:\n      name: deploy\n      rules:\n        - \"deploy ALL=(root) NOPASSWD: /opt/myapp/bin/*\"\n", ""},
+	}
+	seen := map[string]string{orig: "original"}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if !strings.Contains(src, tt.old) {
+				t.Fatalf("test bug: %q not in the file", tt.old)
+			}
+			changed := strings.Replace(src, tt.old, tt.new, 1)
+			if tt.name == "step order" { // move the sudoers step to the end
+				changed += "  - sudoers:\n      name: deploy\n      rules:\n        - \"deploy ALL=(root) NOPASSWD: /opt/myapp/bin/*\"\n"
+			}
+			got := parseDigest(t, "changed.yaml", []byte(changed))
+			if prev, dup := seen[got]; dup {
+				t.Errorf("digest equals that of %s", prev)
+			}
+			seen[got] = tt.name
+		})
+	}
+	t.Run("resolved digest", func(t *testing.T) {
+		a := &ferryv1.Artifact{Digest: goDigest, Name: "go1.20.3.linux-amd64.tar.gz"}
+		b := &ferryv1.Artifact{Digest: "sha256:" + strings.Repeat("0", 64), Name: "go1.20.3.linux-amd64.tar.gz"}
+		p1, err1 := ParseAndResolve("a.yaml", []byte(src), fakeResolver{"go1.20.3.linux-amd64.tar.gz": a})
+		p2, err2 := ParseAndResolve("a.yaml", []byte(src), fakeResolver{"go1.20.3.linux-amd64.tar.gz": b})
+		if err1 != nil || err2 != nil {
+			t.Fatal(err1, err2)
+		}
+		if p1.ContentDigest == p2.ContentDigest {
+			t.Error("same YAML resolving to different artifacts gives the same content digest")
+		}
+		if p1.ContentDigest == orig {
+			t.Error("resolved and unresolved packages share a digest")
+		}
+	})
+}
