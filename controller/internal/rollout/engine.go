@@ -1,0 +1,304 @@
+// Package rollout is the controller's rollout engine: it applies a package
+// to the nodes a target selects, canaries first, then through a sliding
+// window of jobs in flight, counts failures over the whole rollout and acts
+// when they exceed the limit (pause, abort or roll back), and persists every
+// transition so a restarted controller carries on without sending any node a
+// job twice.
+//
+// The engine is a state machine over *ferryv1.Rollout records. It talks to
+// the rest of the controller only through the small interfaces in deps.go
+// (Store, Dispatcher, Fleet, Packages, Clock, Auditor) and is driven by
+// Tick (Run calls it on a ticker), by agents' job updates (HandleJobUpdate)
+// and by admin calls (Create, Promote, Pause, Resume, Abort, Undo).
+//
+// Node outcomes:
+//
+//   - PENDING: not started. DOWNLOADING / INSTALLING / CHECKING: the job is in
+//     flight (the job ID was persisted before it was sent). After the agent
+//     reports success the node stays CHECKING, with finished_at set to the
+//     time of the report, until it has been HEALTHY in the fleet view for
+//     healthy_for and a heartbeat arrived after that period; then SUCCEEDED.
+//   - UNCHANGED from the agent is a success. FAILED: a step failed, or the
+//     progress deadline passed while the node was connected (the job is then
+//     cancelled). UNREACHABLE: the node was not connected and healthy when
+//     the rollout started or when its turn came (no job was sent, job_id is
+//     empty), or it went away mid-job and the deadline passed (job_id set).
+//   - Failures counted against max_failures are FAILED nodes plus nodes that
+//     went unreachable mid-job (their state is unknown); nodes that were
+//     never sent a job are not counted, as SSM does for undeliverable
+//     targets, but they keep the rollout from ending SUCCEEDED.
+package rollout
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+// Errors the API returns, wrapped with the details; the gRPC layer maps them
+// to codes with errors.Is.
+var (
+	// ErrInvalid: the request is malformed (InvalidArgument).
+	ErrInvalid = errors.New("invalid rollout")
+	// ErrNotFound: no such rollout or package (NotFound).
+	ErrNotFound = errors.New("not found")
+	// ErrConflict: another rollout of the package is active on the same
+	// nodes (FailedPrecondition or AlreadyExists).
+	ErrConflict = errors.New("conflicting rollout")
+	// ErrState: the rollout is not in a state that allows the action
+	// (FailedPrecondition).
+	ErrState = errors.New("wrong rollout state")
+)
+
+// Config configures an Engine.
+type Config struct {
+	Store      Store
+	Dispatcher Dispatcher
+	Fleet      Fleet
+	Packages   Packages
+	// Clock defaults to the real clock.
+	Clock Clock
+	// Auditor, when set, receives every admin action (create, promote,
+	// pause, resume, abort, undo) with its outcome.
+	Auditor Auditor
+	// Logger defaults to a logger that discards.
+	Logger *slog.Logger
+	// TickInterval is how often Run advances rollouts (default 500ms).
+	TickInterval time.Duration
+	// PlanTimeout bounds how long a plan waits for agents (default 30s).
+	PlanTimeout time.Duration
+	// NewID returns a fresh rollout ID (default "ro-" and 8 random hex
+	// digits). IDs must not contain "/".
+	NewID func() string
+}
+
+// Engine runs rollouts. All methods are safe for concurrent use.
+type Engine struct {
+	cfg     Config
+	log     *slog.Logger
+	started time.Time
+
+	mu    sync.Mutex
+	runs  map[string]*run
+	plans map[string]*planWait // plan ID -> waiter
+}
+
+// New checks cfg and loads the stored rollouts; non-terminal ones carry on
+// at the first Tick. Jobs that were in flight are not sent again: the engine
+// waits for the agents to re-report them or for their progress deadline.
+func New(cfg Config) (*Engine, error) {
+	var missing []string
+	if cfg.Store == nil {
+		missing = append(missing, "Store")
+	}
+	if cfg.Dispatcher == nil {
+		missing = append(missing, "Dispatcher")
+	}
+	if cfg.Fleet == nil {
+		missing = append(missing, "Fleet")
+	}
+	if cfg.Packages == nil {
+		missing = append(missing, "Packages")
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("rollout engine: config is missing %v", missing)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = realClock{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.TickInterval <= 0 {
+		cfg.TickInterval = 500 * time.Millisecond
+	}
+	if cfg.PlanTimeout <= 0 {
+		cfg.PlanTimeout = 30 * time.Second
+	}
+	if cfg.NewID == nil {
+		cfg.NewID = randomID
+	}
+	e := &Engine{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		started: cfg.Clock.Now(),
+		runs:    map[string]*run{},
+		plans:   map[string]*planWait{},
+	}
+	stored, err := cfg.Store.Rollouts()
+	if err != nil {
+		return nil, fmt.Errorf("rollout engine: load rollouts: %w", err)
+	}
+	for _, r := range stored {
+		ru, err := newRun(r)
+		if err != nil {
+			// A record this engine cannot read is kept for history but
+			// not advanced.
+			e.log.Error("stored rollout has an invalid strategy; it will not advance", "rollout", r.GetId(), "err", err)
+			ru = &run{r: r, frozen: true}
+		}
+		e.runs[r.GetId()] = ru
+		if !ru.ended() {
+			e.log.Info("resuming rollout", "rollout", r.GetId(), "package", r.GetPackageName()+"@"+r.GetPackageVersion(), "state", r.GetState().String())
+		}
+	}
+	return e, nil
+}
+
+func randomID() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return "ro-" + hex.EncodeToString(b[:])
+}
+
+// Run advances rollouts every TickInterval until ctx ends.
+func (e *Engine) Run(ctx context.Context) error {
+	t := time.NewTicker(e.cfg.TickInterval)
+	defer t.Stop()
+	e.Tick(e.cfg.Clock.Now())
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			e.Tick(e.cfg.Clock.Now())
+		}
+	}
+}
+
+// Tick advances every rollout that has not ended to time now: deadlines,
+// healthy periods, the sliding window, the canary gate, the end state.
+func (e *Engine) Tick(now time.Time) {
+	e.mu.Lock()
+	fx := &effects{}
+	ids := make([]string, 0, len(e.runs))
+	for id, ru := range e.runs {
+		if !ru.ended() && !ru.frozen {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		ru := e.runs[id]
+		e.settle(ru, now, fx)
+		_ = e.commit(ru, now, fx) // logged; retried at the next tick
+	}
+	e.mu.Unlock()
+	e.apply(fx)
+}
+
+// Get returns a copy of a rollout.
+func (e *Engine) Get(id string) (*ferryv1.Rollout, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ru, ok := e.runs[id]
+	if !ok {
+		return nil, notFound(id)
+	}
+	return proto.Clone(ru.r).(*ferryv1.Rollout), nil
+}
+
+func notFound(id string) error {
+	return fmt.Errorf("rollout %q: %w; list rollouts with `ferryctl rollout list`", id, ErrNotFound)
+}
+
+// List returns rollouts newest first, without their per-node records, only
+// those of pkg when it is not empty, at most limit (default 50).
+func (e *Engine) List(pkg string, limit int) []*ferryv1.Rollout {
+	if limit <= 0 {
+		limit = 50
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var rs []*ferryv1.Rollout
+	for _, ru := range e.runs {
+		if pkg == "" || ru.r.GetPackageName() == pkg {
+			rs = append(rs, ru.r)
+		}
+	}
+	sortNewestFirst(rs)
+	if len(rs) > limit {
+		rs = rs[:limit]
+	}
+	out := make([]*ferryv1.Rollout, len(rs))
+	for i, r := range rs {
+		nodes := r.Nodes
+		r.Nodes = nil
+		out[i] = proto.Clone(r).(*ferryv1.Rollout)
+		r.Nodes = nodes
+	}
+	return out
+}
+
+func sortNewestFirst(rs []*ferryv1.Rollout) {
+	sort.Slice(rs, func(i, j int) bool {
+		ti, tj := rs[i].GetCreatedAt().AsTime(), rs[j].GetCreatedAt().AsTime()
+		if !ti.Equal(tj) {
+			return ti.After(tj)
+		}
+		return rs[i].GetId() > rs[j].GetId()
+	})
+}
+
+// Counts returns how many rollouts are in each state, for metrics.
+func (e *Engine) Counts() map[ferryv1.RolloutState]int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := map[ferryv1.RolloutState]int{}
+	for _, ru := range e.runs {
+		out[ru.r.GetState()]++
+	}
+	return out
+}
+
+// Progress is one rollout's node counts, for metrics.
+type Progress struct {
+	ID       string
+	Package  string // name@version
+	State    ferryv1.RolloutState
+	Outcomes map[ferryv1.NodeOutcome]int
+}
+
+// Progress returns the node counts of every rollout that has not ended.
+func (e *Engine) Progress() []Progress {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []Progress
+	for _, ru := range e.runs {
+		if ru.ended() {
+			continue
+		}
+		p := Progress{
+			ID:       ru.r.GetId(),
+			Package:  ru.r.GetPackageName() + "@" + ru.r.GetPackageVersion(),
+			State:    ru.r.GetState(),
+			Outcomes: map[ferryv1.NodeOutcome]int{},
+		}
+		for _, n := range ru.r.GetNodes() {
+			p.Outcomes[n.GetOutcome()]++
+		}
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+func (e *Engine) audit(actor, action, target string, err error, detail string) {
+	if e.cfg.Auditor == nil {
+		return
+	}
+	outcome := "ok"
+	if err != nil {
+		outcome = err.Error()
+	}
+	e.cfg.Auditor.Audit(actor, action, target, outcome, detail)
+}
