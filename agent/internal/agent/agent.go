@@ -1,0 +1,359 @@
+// Package agent is the ferry-agent daemon: it keeps one stream to the
+// controller (reconnecting with jittered exponential backoff), heartbeats,
+// renews its certificate before expiry, and runs the jobs it receives.
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/ferrydeploy/ferry/agent/internal/facts"
+	"github.com/ferrydeploy/ferry/agent/internal/identity"
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/pki"
+	"github.com/ferrydeploy/ferry/shared/rpc"
+	"github.com/ferrydeploy/ferry/shared/version"
+)
+
+// Config is the agent's configuration.
+type Config struct {
+	StateDir          string        // identity, installed packages, downloads
+	Root              string        // install root (default "/")
+	Controller        string        // overrides the address recorded at enrollment
+	HeartbeatInterval time.Duration // used until the controller's welcome says otherwise (default 5s)
+	BackoffBase       time.Duration // first reconnect delay (default 500ms)
+	BackoffMax        time.Duration // longest reconnect delay (default 30s)
+	Logger            *slog.Logger
+	Now               func() time.Time
+	Rand              *rand.Rand // jitter source
+}
+
+// Agent is a running agent.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	id      *identity.Identity
+	started time.Time
+
+	mu      sync.Mutex
+	rng     *rand.Rand
+	seq     uint64
+	sendMu  sync.Mutex
+	stream  grpc.BidiStreamingClient[ferryv1.ConnectRequest, ferryv1.ConnectResponse]
+	renewAt time.Time
+}
+
+// New loads the identity and checks the config.
+func New(cfg Config) (*Agent, error) {
+	if cfg.StateDir == "" {
+		return nil, errors.New("agent: --state-dir is required")
+	}
+	if cfg.Root == "" {
+		cfg.Root = "/"
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = 5 * time.Second
+	}
+	if cfg.BackoffBase <= 0 {
+		cfg.BackoffBase = 500 * time.Millisecond
+	}
+	if cfg.BackoffMax <= 0 {
+		cfg.BackoffMax = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	}
+	id, err := identity.Load(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Controller == "" {
+		cfg.Controller = id.Info.Controller
+	}
+	a := &Agent{cfg: cfg, id: id, rng: cfg.Rand, started: cfg.Now(),
+		log: cfg.Logger.With("node", id.Info.NodeID)}
+	if err := a.checkExpiry(); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// NodeID is the enrolled node ID.
+func (a *Agent) NodeID() string { return a.id.Info.NodeID }
+
+// checkExpiry refuses to run with an expired certificate: a silent
+// reconnect loop would never succeed.
+func (a *Agent) checkExpiry() error {
+	leaf := a.id.Certificate().Leaf
+	if a.cfg.Now().After(leaf.NotAfter) {
+		return fmt.Errorf("the node certificate expired at %s (the node was offline past its renewal window); re-enroll: get a token with `ferryctl token create --group %s`, remove %s and run `ferry-agent enroll` again", leaf.NotAfter.UTC().Format(time.RFC3339), a.id.Info.Group, a.cfg.StateDir)
+	}
+	return nil
+}
+
+// jitter returns d scaled by a random factor in [1-f, 1+f].
+func (a *Agent) jitter(d time.Duration, f float64) time.Duration {
+	a.mu.Lock()
+	x := a.rng.Float64()
+	a.mu.Unlock()
+	return time.Duration(float64(d) * (1 - f + 2*f*x))
+}
+
+// backoff is "full jitter" exponential backoff: a random delay up to
+// min(max, base*2^attempt), so a fleet reconnecting after a controller
+// restart spreads out instead of arriving at once.
+func (a *Agent) backoff(attempt int) time.Duration {
+	ceil := a.cfg.BackoffBase << min(attempt, 20)
+	if ceil > a.cfg.BackoffMax || ceil <= 0 {
+		ceil = a.cfg.BackoffMax
+	}
+	a.mu.Lock()
+	d := time.Duration(a.rng.Int64N(int64(ceil))) + a.cfg.BackoffBase/2
+	a.mu.Unlock()
+	return d
+}
+
+func (a *Agent) dial() (*grpc.ClientConn, error) {
+	tlsConf := rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		return a.id.Certificate(), nil
+	}, a.id.Pool())
+	return grpc.NewClient(a.cfg.Controller, rpc.DialOptions(tlsConf)...)
+}
+
+// Run connects and serves until ctx ends. On cancellation it closes its
+// stream gracefully so the controller records the node as left.
+func (a *Agent) Run(ctx context.Context) error {
+	conn, err := a.dial()
+	if err != nil {
+		return fmt.Errorf("controller %s: %w", a.cfg.Controller, err)
+	}
+	defer conn.Close()
+	client := ferryv1.NewAgentServiceClient(conn)
+
+	renewErr := make(chan error, 1)
+	go func() { renewErr <- a.renewLoop(ctx, client) }()
+
+	attempt := 0
+	for {
+		began := a.cfg.Now()
+		err := a.session(ctx, client)
+		if ctx.Err() != nil {
+			return nil
+		}
+		select {
+		case err := <-renewErr:
+			return err
+		default:
+		}
+		if a.cfg.Now().Sub(began) > time.Minute {
+			attempt = 0
+		}
+		delay := a.backoff(attempt)
+		attempt++
+		switch status.Code(err) {
+		case codes.PermissionDenied, codes.Unauthenticated:
+			a.log.Error("controller refused this node", "err", err, "retry_in", delay)
+		default:
+			a.log.Warn("stream to controller ended", "err", err, "retry_in", delay)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-renewErr:
+			return err
+		case <-time.After(delay):
+		}
+	}
+}
+
+func (a *Agent) send(m *ferryv1.ConnectRequest) error {
+	a.sendMu.Lock()
+	defer a.sendMu.Unlock()
+	if a.stream == nil {
+		return errors.New("not connected")
+	}
+	return a.stream.Send(m)
+}
+
+// session runs one stream until it fails or ctx ends.
+func (a *Agent) session(ctx context.Context, client ferryv1.AgentServiceClient) error {
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stream, err := client.Connect(sctx)
+	if err != nil {
+		return err
+	}
+	hello := &ferryv1.AgentHello{AgentVersion: version.Version, Facts: facts.Detect()}
+	if err := stream.Send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Hello{Hello: hello}}); err != nil {
+		return err
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	welcome := first.GetWelcome()
+	if welcome == nil {
+		return errors.New("controller did not answer the hello with a welcome")
+	}
+	interval := a.cfg.HeartbeatInterval
+	if d := welcome.GetHeartbeatInterval().AsDuration(); d > 0 {
+		interval = d
+	}
+	a.sendMu.Lock()
+	a.stream = stream
+	a.sendMu.Unlock()
+	defer func() {
+		a.sendMu.Lock()
+		a.stream = nil
+		a.sendMu.Unlock()
+	}()
+	a.log.Info("connected to controller", "controller", a.cfg.Controller, "heartbeat_interval", interval)
+
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			a.handle(sctx, m)
+		}
+	}()
+
+	if err := a.heartbeat(); err != nil {
+		return err
+	}
+	timer := time.NewTimer(a.jitter(interval, 0.1))
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			// Graceful: close our side and wait briefly for the controller
+			// to end the stream, so it records a clean leave.
+			a.sendMu.Lock()
+			_ = stream.CloseSend()
+			a.sendMu.Unlock()
+			select {
+			case <-recvErr:
+			case <-time.After(2 * time.Second):
+			}
+			return nil
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return errors.New("controller closed the stream")
+			}
+			return err
+		case <-timer.C:
+			if err := a.heartbeat(); err != nil {
+				return err
+			}
+			timer.Reset(a.jitter(interval, 0.1))
+		}
+	}
+}
+
+func (a *Agent) heartbeat() error {
+	a.mu.Lock()
+	a.seq++
+	seq := a.seq
+	a.mu.Unlock()
+	l1, l5, l15 := facts.Load()
+	hb := &ferryv1.Heartbeat{
+		Seq:           seq,
+		SentAt:        timestamppb.New(a.cfg.Now()),
+		AgentVersion:  version.Version,
+		Uptime:        durationpb.New(a.cfg.Now().Sub(a.started)),
+		Load1:         l1,
+		Load5:         l5,
+		Load15:        l15,
+		DiskFreeBytes: facts.DiskFree(a.cfg.Root),
+		Facts:         facts.Detect(),
+	}
+	return a.send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Heartbeat{Heartbeat: hb}})
+}
+
+// handle processes one controller message.
+func (a *Agent) handle(ctx context.Context, m *ferryv1.ConnectResponse) {
+	switch msg := m.Msg.(type) {
+	case *ferryv1.ConnectResponse_Job:
+		a.log.Warn("job received but this agent has no job runner", "job", msg.Job.GetId())
+	case *ferryv1.ConnectResponse_Cancel:
+		a.log.Info("job cancel received", "job", msg.Cancel.GetJobId())
+	}
+}
+
+// renewLoop renews the certificate once two thirds of its lifetime have
+// passed. It returns an error only when the certificate has expired.
+func (a *Agent) renewLoop(ctx context.Context, client ferryv1.AgentServiceClient) error {
+	for {
+		leaf := a.id.Certificate().Leaf
+		life := leaf.NotAfter.Sub(leaf.NotBefore)
+		due := leaf.NotBefore.Add(life * 2 / 3)
+		wait := due.Sub(a.cfg.Now())
+		if wait > 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(min(wait, time.Hour)):
+				continue
+			}
+		}
+		if err := a.renew(ctx, client); err != nil {
+			if err := a.checkExpiry(); err != nil {
+				return err
+			}
+			a.log.Warn("certificate renewal failed; will retry", "err", err, "expires", leaf.NotAfter)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(a.jitter(min(time.Minute, life/20+time.Second), 0.2)):
+			}
+		}
+	}
+}
+
+func (a *Agent) renew(ctx context.Context, client ferryv1.AgentServiceClient) error {
+	key, err := pki.NewKey()
+	if err != nil {
+		return err
+	}
+	csr, err := pki.CreateCSR(key, pki.Identity{Role: pki.RoleAgent, Name: a.id.Info.NodeID})
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := client.RenewCertificate(rctx, &ferryv1.RenewCertificateRequest{CsrDer: csr})
+	if err != nil {
+		return err
+	}
+	cert, err := parseAgentCert(resp.GetCertificateDer(), a.id, key)
+	if err != nil {
+		return err
+	}
+	if err := a.id.Replace(key, cert); err != nil {
+		return fmt.Errorf("store renewed certificate: %w", err)
+	}
+	a.log.Info("certificate renewed", "expires", cert.NotAfter)
+	return nil
+}

@@ -1,0 +1,111 @@
+// Package enroll performs an agent's first contact with the controller:
+// it pins the CA by hash (as kubeadm does), generates the node's key
+// locally, sends a CSR with the join token and stores the signed
+// certificate in the state dir.
+package enroll
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferrydeploy/ferry/agent/internal/identity"
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/pki"
+	"github.com/ferrydeploy/ferry/shared/rpc"
+)
+
+// Options are the enroll command's inputs.
+type Options struct {
+	Controller string // host:port
+	Token      string
+	CAPin      string // sha256:<hex>
+	NodeID     string
+	StateDir   string
+	Labels     map[string]string
+	Now        func() time.Time
+}
+
+// Enroll enrolls the node and saves its identity.
+func Enroll(ctx context.Context, o Options) (*identity.Info, error) {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if identity.Exists(o.StateDir) {
+		return nil, fmt.Errorf("state dir %s already holds an enrolled identity; run `ferry-agent run --state-dir %s`, or remove the state dir to enroll again", o.StateDir, o.StateDir)
+	}
+	if err := pki.ValidateName("node ID", o.NodeID); err != nil {
+		return nil, fmt.Errorf("%w (set it with --node-id)", err)
+	}
+	if o.Controller == "" || o.Token == "" || o.CAPin == "" {
+		return nil, errors.New("--controller, --token and --ca-pin are required; `ferryctl token create` prints the full command")
+	}
+	// Validate the pin's form before any network traffic.
+	if err := pki.ValidatePin(o.CAPin); err != nil {
+		return nil, err
+	}
+	key, err := pki.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	csr, err := pki.CreateCSR(key, pki.Identity{Role: pki.RoleAgent, Name: o.NodeID})
+	if err != nil {
+		return nil, err
+	}
+	var pinned *x509.Certificate
+	tlsConf := rpc.PinnedTLS(o.CAPin, func(ca *x509.Certificate) { pinned = ca })
+	conn, err := grpc.NewClient(o.Controller, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", o.Controller, err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := ferryv1.NewEnrollmentServiceClient(conn).Enroll(ctx, &ferryv1.EnrollRequest{
+		Token: o.Token, NodeId: o.NodeID, CsrDer: csr, Labels: o.Labels,
+	})
+	if err != nil {
+		if s, ok := status.FromError(err); ok {
+			return nil, fmt.Errorf("enroll at %s refused: %s", o.Controller, s.Message())
+		}
+		return nil, fmt.Errorf("enroll at %s: %w", o.Controller, err)
+	}
+	if pinned == nil {
+		return nil, errors.New("enroll: the controller's CA was not verified against the pin")
+	}
+	ca, err := x509.ParseCertificate(resp.GetCaCertificateDer())
+	if err != nil || !ca.Equal(pinned) {
+		return nil, errors.New("enroll: the CA in the response differs from the pinned CA the connection used; refusing")
+	}
+	cert, err := x509.ParseCertificate(resp.GetCertificateDer())
+	if err != nil {
+		return nil, fmt.Errorf("enroll: certificate in response: %w", err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, CurrentTime: o.Now()}); err != nil {
+		return nil, fmt.Errorf("enroll: issued certificate does not verify against the CA: %w", err)
+	}
+	id, err := pki.ParseIdentity(cert)
+	if err != nil || id.Role != pki.RoleAgent || id.Name != o.NodeID {
+		return nil, fmt.Errorf("enroll: issued certificate names %v, want agent/%s", id, o.NodeID)
+	}
+	if pk, ok := cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pk.Equal(key.Public()) {
+		return nil, errors.New("enroll: issued certificate is not for this node's key")
+	}
+	info := identity.Info{
+		NodeID: resp.GetNodeId(), Group: resp.GetGroup(), Controller: o.Controller,
+		GossipKey: resp.GetGossipKey(), GossipLabel: resp.GetGossipClusterLabel(), Labels: o.Labels, EnrolledAt: o.Now(),
+	}
+	if err := identity.Save(o.StateDir, info, key, cert, ca); err != nil {
+		return nil, err
+	}
+	return &info, nil
+}

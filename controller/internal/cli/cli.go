@@ -1,0 +1,189 @@
+// Package cli is ferryctl, the admin command line. Every command talks to
+// the controller's API over mTLS with an admin credential (--config or
+// FERRY_CONFIG).
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrydeploy/ferry/controller/internal/credential"
+	"github.com/ferrydeploy/ferry/shared/rpc"
+	"github.com/ferrydeploy/ferry/shared/version"
+)
+
+// app holds what every command shares.
+type app struct {
+	configPath string
+	output     string
+	timeout    time.Duration
+	stdout     io.Writer
+	stderr     io.Writer
+	cred       *credential.Credential
+	conn       *grpc.ClientConn
+}
+
+// ExitError carries a specific exit code (e.g. a failed rollout).
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string { return e.Err.Error() }
+
+// Main runs ferryctl and returns its exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	a := &app{stdout: stdout, stderr: stderr}
+	root := a.rootCmd()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.Execute()
+	if a.conn != nil {
+		a.conn.Close()
+	}
+	if err != nil {
+		code := 1
+		if ee, ok := err.(*ExitError); ok {
+			code = ee.Code
+			err = ee.Err
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "Error: %s\n", friendly(err))
+		}
+		return code
+	}
+	return 0
+}
+
+// friendly strips gRPC's "rpc error: code = X desc =" wrapper: the
+// controller's messages already name the thing and the fix.
+func friendly(err error) string {
+	if s, ok := status.FromError(err); ok {
+		return s.Message()
+	}
+	return err.Error()
+}
+
+func defaultConfig() string {
+	if p := os.Getenv("FERRY_CONFIG"); p != "" {
+		return p
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		p := filepath.Join(home, ".config", "ferry", "admin.yaml")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return "/etc/ferry/admin.yaml"
+}
+
+func (a *app) rootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "ferryctl",
+		Short:         "ferryctl controls a Ferry fleet: nodes, tokens, artifacts, packages and rollouts",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version.String("ferryctl"),
+	}
+	root.SetVersionTemplate("{{.Version}}\n")
+	root.PersistentFlags().StringVar(&a.configPath, "config", defaultConfig(), "admin credential file (env FERRY_CONFIG)")
+	root.PersistentFlags().StringVarP(&a.output, "output", "o", "table", "output format: table or json")
+	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 30*time.Second, "time limit for each request")
+	root.AddCommand(a.nodesCmd(), a.nodeCmd(), a.tokenCmd(), a.certCmd(), a.auditCmd(), a.versionCmd())
+	return root
+}
+
+func (a *app) versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the ferryctl version",
+		Args:  cobra.NoArgs,
+		Run:   func(*cobra.Command, []string) { fmt.Fprintln(a.stdout, version.String("ferryctl")) },
+	}
+}
+
+// connect loads the credential and dials the controller (lazily: the
+// connection is made by the first RPC).
+func (a *app) connect() (*grpc.ClientConn, error) {
+	if a.conn != nil {
+		return a.conn, nil
+	}
+	cred, err := credential.Load(a.configPath)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(cred.Controller, rpc.DialOptions(cred.TLS())...)
+	if err != nil {
+		return nil, fmt.Errorf("controller %s: %w", cred.Controller, err)
+	}
+	a.cred, a.conn = cred, conn
+	return conn, nil
+}
+
+func (a *app) ctx(cmd *cobra.Command) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(cmd.Context(), a.timeout)
+}
+
+func (a *app) checkOutput() error {
+	switch a.output {
+	case "table", "json":
+		return nil
+	}
+	return fmt.Errorf("--output %q is not supported: use table or json", a.output)
+}
+
+// printJSON writes protobuf messages as JSON (proto field names).
+func (a *app) printJSON(m proto.Message) error {
+	data, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: true, EmitUnpopulated: false}.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(a.stdout, string(data))
+	return err
+}
+
+func (a *app) printRawJSON(v any) error {
+	enc := json.NewEncoder(a.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func (a *app) table() *tabwriter.Writer {
+	return tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+}
+
+// age formats a duration the way kubectl does: 5s, 3m, 2h, 4d.
+func age(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "0s"
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
+
+func orDash(s string) string {
+	if strings.TrimSpace(s) == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,70 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/ferrydeploy/ferry/shared/version"
+)
+
+// Main is the ferry-controller command line; it returns the exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("ferry-controller", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg Config
+	var names, level string
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.StringVar(&cfg.DataDir, "data-dir", "/var/lib/ferry-controller", "state directory: store, CA, certificates, artifacts")
+	fs.StringVar(&cfg.GRPCAddr, "listen", ":7443", "gRPC (mTLS) listen address")
+	fs.StringVar(&cfg.HTTPAddr, "http-listen", "127.0.0.1:7080", "HTTP listen address for /metrics, /healthz, /readyz")
+	fs.StringVar(&cfg.AdvertiseAddress, "advertise", "", "HOST:PORT agents and ferryctl dial (default: host name and the gRPC port)")
+	fs.StringVar(&names, "server-names", "", "extra comma-separated DNS names or IPs for the serving certificate")
+	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", 0, "heartbeat interval agents are told to use (default 5s)")
+	fs.DurationVar(&cfg.AgentCertTTL, "agent-cert-ttl", 0, "agent certificate lifetime (default 720h; agents renew at two thirds)")
+	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, version.String("ferry-controller"))
+		return 0
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "ferry-controller takes no arguments, got %q\n", fs.Args())
+		return 2
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		fmt.Fprintf(stderr, "ferry-controller: --log-level %q: %v\n", level, err)
+		return 2
+	}
+	if names != "" {
+		cfg.ServerNames = strings.Split(names, ",")
+	}
+	cfg.Logger = slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	c, err := New(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "ferry-controller: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "ferry-controller %s\n  gRPC:             %s (advertised as %s)\n  HTTP:             %s\n  CA pin:           %s\n  admin credential: %s\n",
+		version.Version, c.GRPCAddr(), c.AdvertiseAddress(), c.HTTPAddr(), c.CAPin(), c.AdminCredentialPath())
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := c.Run(ctx); err != nil {
+		fmt.Fprintf(stderr, "ferry-controller: %v\n", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,300 @@
+// Package controller assembles the Ferry controller: it prepares the data
+// dir (CA, serving certificate, gossip key, bootstrap admin credential),
+// opens the store, and serves the gRPC API and the HTTP endpoints
+// (/metrics, /healthz, /readyz) until its context ends.
+package controller
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
+
+	"github.com/ferrydeploy/ferry/controller/internal/credential"
+	"github.com/ferrydeploy/ferry/controller/internal/fleet"
+	"github.com/ferrydeploy/ferry/controller/internal/metrics"
+	"github.com/ferrydeploy/ferry/controller/internal/server"
+	"github.com/ferrydeploy/ferry/controller/internal/store"
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/pki"
+	"github.com/ferrydeploy/ferry/shared/rpc"
+)
+
+// Config is the controller's configuration.
+type Config struct {
+	DataDir           string        // state: ferry.db, CA, certificates, artifacts
+	GRPCAddr          string        // gRPC listen address, e.g. ":7443"
+	HTTPAddr          string        // metrics/health listen address, e.g. "127.0.0.1:7080"
+	AdvertiseAddress  string        // host:port agents and ferryctl dial; default from GRPCAddr and the host name
+	ServerNames       []string      // extra DNS names / IPs for the serving certificate
+	HeartbeatInterval time.Duration // what agents are told (default 5s)
+	AgentCertTTL      time.Duration // default 30 days; agents renew at two thirds
+	AdminCertTTL      time.Duration // default 1 year
+	Logger            *slog.Logger
+	Now               func() time.Time
+}
+
+func (c *Config) setDefaults() error {
+	if c.DataDir == "" {
+		return errors.New("controller: --data-dir is required")
+	}
+	if c.GRPCAddr == "" {
+		c.GRPCAddr = ":7443"
+	}
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = "127.0.0.1:7080"
+	}
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = 5 * time.Second
+	}
+	if c.AgentCertTTL <= 0 {
+		c.AgentCertTTL = 30 * 24 * time.Hour
+	}
+	if c.AdminCertTTL <= 0 {
+		c.AdminCertTTL = 365 * 24 * time.Hour
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// Controller is a running controller.
+type Controller struct {
+	cfg       Config
+	log       *slog.Logger
+	ca        *pki.CA
+	store     *store.Store
+	fleet     *fleet.Registry
+	reg       *prometheus.Registry
+	grpcLis   net.Listener
+	httpLis   net.Listener
+	grpc      *grpc.Server
+	ready     atomic.Bool
+	gossipKey []byte
+	adminPath string
+	advertise string
+}
+
+// New prepares the data dir, opens the store and binds the listeners.
+func New(cfg Config) (*Controller, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	c := &Controller{cfg: cfg, log: cfg.Logger}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	ca, created, err := pki.LoadOrCreateCA(cfg.DataDir, cfg.Now())
+	if err != nil {
+		return nil, err
+	}
+	c.ca = ca
+	if created {
+		c.log.Info("created a new CA", "dir", cfg.DataDir, "ca_pin", ca.Pin())
+	}
+	if c.gossipKey, err = loadOrCreateKey(filepath.Join(cfg.DataDir, "gossip.key")); err != nil {
+		return nil, err
+	}
+	if c.store, err = store.Open(filepath.Join(cfg.DataDir, "ferry.db")); err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			c.Close()
+		}
+	}()
+	if c.fleet, err = fleet.New(fleet.Config{Store: c.store, Logger: c.log, Now: cfg.Now, HeartbeatInterval: cfg.HeartbeatInterval, Evaluate: evaluate}); err != nil {
+		return nil, err
+	}
+	if c.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
+		return nil, fmt.Errorf("listen for gRPC on %s: %w", cfg.GRPCAddr, err)
+	}
+	if c.httpLis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("listen for HTTP on %s: %w", cfg.HTTPAddr, err)
+	}
+	c.advertise = cfg.AdvertiseAddress
+	if c.advertise == "" {
+		c.advertise = advertiseFrom(c.grpcLis.Addr().(*net.TCPAddr))
+	}
+	serving, err := c.servingCert()
+	if err != nil {
+		return nil, err
+	}
+	c.adminPath = filepath.Join(cfg.DataDir, "admin.yaml")
+	if err := c.ensureAdminCredential(); err != nil {
+		return nil, err
+	}
+
+	c.reg = prometheus.NewRegistry()
+	c.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	grpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
+	c.reg.MustRegister(grpcMetrics)
+	m := metrics.New(c.reg, func() []*ferryv1.Node { return c.fleet.List(fleet.Filter{}) }, cfg.Now)
+
+	c.grpc = rpc.NewServer(rpc.ServerOptions{
+		TLS:     rpc.ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return serving, nil }, ca.Pool()),
+		Logger:  c.log,
+		Metrics: grpcMetrics,
+		Check: func(ctx context.Context, id pki.Identity, cert *x509.Certificate) error {
+			return c.fleet.CheckIdentity(id, cert)
+		},
+	})
+	deps := &server.Deps{
+		Store: c.store, Fleet: c.fleet, CA: ca, Logger: c.log, Now: cfg.Now,
+		GossipKey: c.gossipKey, GossipLabel: gossipLabel(ca),
+		AgentCertTTL: cfg.AgentCertTTL, AdminCertTTL: cfg.AdminCertTTL,
+		AdvertiseAddress: c.advertise, Observer: m,
+	}
+	server.Register(c.grpc, deps)
+	ferryv1.RegisterAgentServiceServer(c.grpc, server.NewAgentService(deps, nil))
+	grpcMetrics.InitializeMetrics(c.grpc)
+	ok = true
+	return c, nil
+}
+
+// evaluate adapts the health package's verdict to the fleet registry.
+func evaluate(now time.Time, s fleet.Signals) (ferryv1.NodeState, string) {
+	// TODO(lead): replace with health.Evaluate once it lands.
+	switch {
+	case s.Removed:
+		return ferryv1.NodeState_NODE_STATE_REMOVED, "removed by an admin"
+	case s.Left:
+		return ferryv1.NodeState_NODE_STATE_LEFT, "agent shut down gracefully"
+	case !s.EverConnected:
+		return ferryv1.NodeState_NODE_STATE_PENDING, "enrolled, never connected"
+	}
+	age := now.Sub(s.LastHeartbeat)
+	if age > 3*s.HeartbeatInterval {
+		return ferryv1.NodeState_NODE_STATE_STALE, fmt.Sprintf("heartbeat %s old", age.Round(time.Second))
+	}
+	return ferryv1.NodeState_NODE_STATE_HEALTHY, "stream up, heartbeat fresh"
+}
+
+// gossipLabel ties the gossip cluster to this installation's CA, so two
+// Ferry installations never merge.
+func gossipLabel(ca *pki.CA) string {
+	pin := ca.Pin()
+	return "ferry-" + pin[len("sha256:"):len("sha256:")+16]
+}
+
+func advertiseFrom(a *net.TCPAddr) string {
+	host := "127.0.0.1"
+	if !a.IP.IsUnspecified() {
+		host = a.IP.String()
+	} else if h, err := os.Hostname(); err == nil && h != "" {
+		host = h
+	}
+	return net.JoinHostPort(host, fmt.Sprint(a.Port))
+}
+
+func loadOrCreateKey(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err == nil {
+		if len(data) != 32 {
+			return nil, fmt.Errorf("gossip key %s has %d bytes, want 32; restore it from backup (agents hold the same key)", path, len(data))
+		}
+		return data, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("read gossip key: %w", err)
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	return key, pki.WriteFileAtomic(path, key, 0o600)
+}
+
+// servingCert reuses the controller's certificate while it has more than
+// 30 days left, and issues a new one otherwise.
+func (c *Controller) servingCert() (*tls.Certificate, error) {
+	certPath, keyPath := filepath.Join(c.cfg.DataDir, "controller.crt"), filepath.Join(c.cfg.DataDir, "controller.key")
+	if pair, err := tls.LoadX509KeyPair(certPath, keyPath); err == nil {
+		leaf, err := x509.ParseCertificate(pair.Certificate[0])
+		if err == nil && leaf.NotAfter.Sub(c.cfg.Now()) > 30*24*time.Hour && leaf.CheckSignatureFrom(c.ca.Cert) == nil {
+			pair.Leaf = leaf
+			pair.Certificate = append(pair.Certificate, c.ca.Cert.Raw)
+			return &pair, nil
+		}
+	}
+	key, err := pki.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	var dns []string
+	var ips []net.IP
+	names := append([]string{"localhost"}, c.cfg.ServerNames...)
+	if h, err := os.Hostname(); err == nil {
+		names = append(names, h)
+	}
+	if host, _, err := net.SplitHostPort(c.advertise); err == nil {
+		names = append(names, host)
+	}
+	for _, n := range names {
+		if ip := net.ParseIP(n); ip != nil {
+			ips = append(ips, ip)
+		} else if n != "" {
+			dns = append(dns, n)
+		}
+	}
+	ips = append(ips, net.IPv4(127, 0, 0, 1), net.IPv6loopback)
+	leaf, err := c.ca.Sign(pki.SignRequest{Identity: pki.Identity{Role: pki.RoleController}, PublicKey: key.Public(), TTL: 365 * 24 * time.Hour, Now: c.cfg.Now(), DNSNames: dns, IPs: ips})
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := pki.EncodeKey(key)
+	if err != nil {
+		return nil, err
+	}
+	if err := pki.WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
+		return nil, err
+	}
+	if err := pki.WriteFileAtomic(certPath, pki.EncodeCert(leaf), 0o644); err != nil {
+		return nil, err
+	}
+	return &tls.Certificate{Certificate: [][]byte{leaf.Raw, c.ca.Cert.Raw}, PrivateKey: key, Leaf: leaf}, nil
+}
+
+// ensureAdminCredential writes the bootstrap admin credential on first
+// start and keeps its controller address current on later starts.
+func (c *Controller) ensureAdminCredential() error {
+	if cred, err := credential.Load(c.adminPath); err == nil {
+		if cred.Controller == c.advertise {
+			return nil
+		}
+		return credential.SetController(c.adminPath, c.advertise)
+	} else if _, statErr := os.Stat(c.adminPath); statErr == nil {
+		return fmt.Errorf("bootstrap admin credential: %w; move it away to have a new one written", err)
+	}
+	key, err := pki.NewKey()
+	if err != nil {
+		return err
+	}
+	cert, err := c.ca.Sign(pki.SignRequest{Identity: pki.Identity{Role: pki.RoleAdmin, Name: "admin"}, PublicKey: key.Public(), TTL: c.cfg.AdminCertTTL, Now: c.cfg.Now()})
+	if err != nil {
+		return err
+	}
+	keyPEM, err := pki.EncodeKey(key)
+	if err != nil {
+		return err
+	}
+	return credential.Write(c.adminPath, c.advertise, c.ca.Cert, cert, keyPEM)
+}

@@ -1,0 +1,92 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// GRPCAddr is the bound gRPC address.
+func (c *Controller) GRPCAddr() string { return c.grpcLis.Addr().String() }
+
+// HTTPAddr is the bound HTTP address.
+func (c *Controller) HTTPAddr() string { return c.httpLis.Addr().String() }
+
+// AdvertiseAddress is the address agents and ferryctl are told to dial.
+func (c *Controller) AdvertiseAddress() string { return c.advertise }
+
+// CAPin is the CA's pin ("sha256:<hex>").
+func (c *Controller) CAPin() string { return c.ca.Pin() }
+
+// AdminCredentialPath is the bootstrap admin credential file.
+func (c *Controller) AdminCredentialPath() string { return c.adminPath }
+
+// Close releases what New acquired; Run calls it on return.
+func (c *Controller) Close() error {
+	if c.grpcLis != nil {
+		c.grpcLis.Close()
+	}
+	if c.httpLis != nil {
+		c.httpLis.Close()
+	}
+	if c.store != nil {
+		return c.store.Close()
+	}
+	return nil
+}
+
+// Run serves until ctx ends, then stops gracefully: new RPCs are refused,
+// agent streams are closed, in-flight unary calls finish (bounded).
+func (c *Controller) Run(ctx context.Context) error {
+	defer c.Close()
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(c.reg, promhttp.HandlerOpts{Registry: c.reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !c.ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	httpSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+
+	errc := make(chan error, 2)
+	go func() {
+		if err := c.grpc.Serve(c.grpcLis); err != nil {
+			errc <- err
+		}
+	}()
+	go func() {
+		if err := httpSrv.Serve(c.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	c.ready.Store(true)
+	c.log.Info("controller serving", "grpc", c.GRPCAddr(), "http", c.HTTPAddr(), "advertise", c.advertise, "ca_pin", c.ca.Pin(), "admin_credential", c.adminPath)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	c.ready.Store(false)
+	c.log.Info("controller shutting down")
+	// Agent streams are long-lived: close them first so the graceful stop
+	// only waits for short calls.
+	c.fleet.CloseAll()
+	stopped := make(chan struct{})
+	go func() { c.grpc.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		c.grpc.Stop()
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = httpSrv.Shutdown(sctx)
+	return runErr
+}

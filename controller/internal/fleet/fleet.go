@@ -1,0 +1,454 @@
+// Package fleet is the controller's live view of its nodes: the enrolled
+// records from the store joined with each agent's stream, heartbeats and
+// gossip state. It owns the one stream per node over which jobs are sent.
+package fleet
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/ferrydeploy/ferry/controller/internal/store"
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/pki"
+)
+
+// ErrNotConnected is returned when a job is sent to a node without a stream.
+var ErrNotConnected = errors.New("node is not connected")
+
+// ErrRemoved is returned for a node an admin removed.
+var ErrRemoved = errors.New("node was removed")
+
+// GossipView answers what gossip thinks of a member: "alive", "suspect",
+// "dead", "left"; ok is false when gossip has never seen it.
+type GossipView interface {
+	State(name string) (state string, ok bool)
+}
+
+// Evaluator combines the signals into a node state and its reason.
+type Evaluator func(now time.Time, s Signals) (ferryv1.NodeState, string)
+
+// Signals are the inputs of a node's health verdict.
+type Signals struct {
+	Removed, Left, Connected, EverConnected bool
+	LastHeartbeat                           time.Time
+	HeartbeatInterval                       time.Duration
+	GossipState                             string
+}
+
+// Config configures a Registry.
+type Config struct {
+	Store             *store.Store
+	Logger            *slog.Logger
+	Now               func() time.Time
+	HeartbeatInterval time.Duration
+	Evaluate          Evaluator
+	Gossip            GossipView // optional
+}
+
+// Registry is the fleet view.
+type Registry struct {
+	cfg Config
+
+	mu    sync.RWMutex
+	nodes map[string]*entry
+	gen   uint64 // bumped on every change, for watchers
+	cond  chan struct{}
+}
+
+type entry struct {
+	rec           store.NodeRecord
+	session       *Session
+	everConnected bool
+	left          bool
+	lastHeartbeat time.Time
+	hb            *ferryv1.Heartbeat
+	facts         *ferryv1.Facts
+	version       string
+	addr          string
+	installed     []*ferryv1.InstalledPackage
+}
+
+// Session is one agent stream.
+type Session struct {
+	NodeID string
+	Addr   string
+	send   chan *ferryv1.ConnectResponse
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+}
+
+// Outbox is the channel the stream's writer drains.
+func (s *Session) Outbox() <-chan *ferryv1.ConnectResponse { return s.send }
+
+// Done is closed when the session is replaced or the node removed.
+func (s *Session) Done() <-chan struct{} { return s.ctx.Done() }
+
+// Err says why the session ended.
+func (s *Session) Err() error { return context.Cause(s.ctx) }
+
+// New loads node records from the store.
+func New(cfg Config) (*Registry, error) {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = 5 * time.Second
+	}
+	if cfg.Evaluate == nil {
+		return nil, errors.New("fleet: Config.Evaluate is required")
+	}
+	r := &Registry{cfg: cfg, nodes: map[string]*entry{}, cond: make(chan struct{})}
+	recs, err := cfg.Store.Nodes()
+	if err != nil {
+		return nil, fmt.Errorf("load nodes: %w", err)
+	}
+	for _, rec := range recs {
+		r.nodes[rec.ID] = &entry{rec: rec}
+	}
+	return r, nil
+}
+
+// SetGossip attaches the gossip view once it is running.
+func (r *Registry) SetGossip(g GossipView) {
+	r.mu.Lock()
+	r.cfg.Gossip = g
+	r.mu.Unlock()
+}
+
+func (r *Registry) changed() {
+	r.gen++
+	close(r.cond)
+	r.cond = make(chan struct{})
+}
+
+// Changes returns a channel closed at the next change.
+func (r *Registry) Changes() <-chan struct{} {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.cond
+}
+
+// Added records a newly enrolled node.
+func (r *Registry) Added(rec store.NodeRecord) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if old, ok := r.nodes[rec.ID]; ok && old.session != nil {
+		old.session.cancel(ErrRemoved)
+	}
+	r.nodes[rec.ID] = &entry{rec: rec}
+	r.changed()
+}
+
+// CheckIdentity refuses agent certificates of removed or unknown nodes and
+// certificates that are not the node's current one.
+func (r *Registry) CheckIdentity(id pki.Identity, cert *x509.Certificate) error {
+	if id.Role != pki.RoleAgent {
+		return nil
+	}
+	r.mu.RLock()
+	e, ok := r.nodes[id.Name]
+	r.mu.RUnlock()
+	if !ok {
+		return fmt.Errorf("node %s is not enrolled; enroll it with `ferry-agent enroll`", id.Name)
+	}
+	if e.rec.Removed {
+		return fmt.Errorf("node %s was removed by %s; to bring it back, create a token and re-enroll it", id.Name, e.rec.RemovedBy)
+	}
+	serial := cert.SerialNumber.String()
+	for _, s := range e.rec.CertSerials {
+		if s == serial {
+			return nil
+		}
+	}
+	return fmt.Errorf("certificate %s is no longer valid for node %s (replaced by a renewal or re-enrollment)", serial, id.Name)
+}
+
+// Renewed records a node's new certificate; the old one stays accepted so
+// streams opened with it are not cut.
+func (r *Registry) Renewed(nodeID string, cert *x509.Certificate) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.nodes[nodeID]
+	if !ok || e.rec.Removed {
+		return ErrRemoved
+	}
+	rec := e.rec
+	serials := []string{cert.SerialNumber.String()}
+	if len(rec.CertSerials) > 0 {
+		serials = append(serials, rec.CertSerials[0])
+	}
+	rec.CertSerials = serials
+	rec.CertExpiresAt = cert.NotAfter
+	if err := r.cfg.Store.PutNode(rec); err != nil {
+		return err
+	}
+	e.rec = rec
+	r.changed()
+	return nil
+}
+
+// Attach opens a session for a node's new stream, closing any previous one.
+func (r *Registry) Attach(ctx context.Context, nodeID, addr string, hello *ferryv1.AgentHello) (*Session, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.nodes[nodeID]
+	if !ok {
+		return nil, fmt.Errorf("node %s is not enrolled", nodeID)
+	}
+	if e.rec.Removed {
+		return nil, ErrRemoved
+	}
+	if e.session != nil {
+		e.session.cancel(errors.New("replaced by a newer stream from the same node"))
+	}
+	sctx, cancel := context.WithCancelCause(ctx)
+	s := &Session{NodeID: nodeID, Addr: addr, send: make(chan *ferryv1.ConnectResponse, 64), ctx: sctx, cancel: cancel}
+	e.session = s
+	e.everConnected = true
+	e.left = false
+	e.addr = addr
+	e.lastHeartbeat = r.cfg.Now()
+	e.version = hello.GetAgentVersion()
+	if hello.GetFacts() != nil {
+		e.facts = hello.GetFacts()
+	}
+	e.installed = hello.GetInstalled()
+	r.changed()
+	return s, nil
+}
+
+// ErrShutdown ends sessions when the controller stops.
+var ErrShutdown = errors.New("controller is shutting down")
+
+// CloseAll ends every session (controller shutdown).
+func (r *Registry) CloseAll() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range r.nodes {
+		if e.session != nil {
+			e.session.cancel(ErrShutdown)
+		}
+	}
+}
+
+// Detach closes a session; left marks a graceful shutdown.
+func (r *Registry) Detach(s *Session, left bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s.cancel(errors.New("stream closed"))
+	e, ok := r.nodes[s.NodeID]
+	if !ok || e.session != s {
+		return
+	}
+	e.session = nil
+	e.left = left
+	r.changed()
+}
+
+// Heartbeat records a heartbeat and returns the age of the previous one.
+func (r *Registry) Heartbeat(nodeID string, hb *ferryv1.Heartbeat) time.Duration {
+	now := r.cfg.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.nodes[nodeID]
+	if !ok {
+		return 0
+	}
+	age := now.Sub(e.lastHeartbeat)
+	wasFresh := now.Sub(e.lastHeartbeat) <= 3*r.cfg.HeartbeatInterval
+	e.lastHeartbeat = now
+	e.hb = hb
+	if hb.GetFacts() != nil {
+		e.facts = hb.GetFacts()
+	}
+	if hb.GetAgentVersion() != "" {
+		e.version = hb.GetAgentVersion()
+	}
+	e.installed = hb.GetInstalled()
+	if !wasFresh {
+		r.changed()
+	}
+	return age
+}
+
+// Dispatch queues a message on a node's stream.
+func (r *Registry) Dispatch(nodeID string, msg *ferryv1.ConnectResponse) error {
+	r.mu.RLock()
+	e, ok := r.nodes[nodeID]
+	var s *Session
+	if ok {
+		s = e.session
+	}
+	r.mu.RUnlock()
+	if !ok {
+		return fmt.Errorf("node %s is not enrolled", nodeID)
+	}
+	if s == nil {
+		return fmt.Errorf("node %s: %w", nodeID, ErrNotConnected)
+	}
+	select {
+	case s.send <- msg:
+		return nil
+	case <-s.ctx.Done():
+		return fmt.Errorf("node %s: %w", nodeID, ErrNotConnected)
+	default:
+		return fmt.Errorf("node %s: stream send queue is full", nodeID)
+	}
+}
+
+// Remove revokes a node: its record is marked removed, its certificate is
+// refused from now on and its stream is closed.
+func (r *Registry) Remove(nodeID, actor string) (*ferryv1.Node, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.nodes[nodeID]
+	if !ok {
+		return nil, fmt.Errorf("node %q: %w; list nodes with `ferryctl nodes`", nodeID, store.ErrNotFound)
+	}
+	if e.rec.Removed {
+		return nil, fmt.Errorf("node %s was already removed", nodeID)
+	}
+	rec := e.rec
+	rec.Removed, rec.RemovedAt, rec.RemovedBy = true, r.cfg.Now(), actor
+	if err := r.cfg.Store.PutNode(rec); err != nil {
+		return nil, err
+	}
+	e.rec = rec
+	if e.session != nil {
+		e.session.cancel(ErrRemoved)
+		e.session = nil
+	}
+	r.changed()
+	return r.nodeLocked(e, r.cfg.Now()), nil
+}
+
+// Filter selects nodes.
+type Filter struct {
+	Group  string
+	States []ferryv1.NodeState
+}
+
+func (f Filter) match(n *ferryv1.Node) bool {
+	if f.Group != "" && n.Group != f.Group {
+		return false
+	}
+	if len(f.States) == 0 {
+		return true
+	}
+	for _, s := range f.States {
+		if n.State == s {
+			return true
+		}
+	}
+	return false
+}
+
+// List returns nodes matching f, sorted by ID.
+func (r *Registry) List(f Filter) []*ferryv1.Node {
+	now := r.cfg.Now()
+	r.mu.RLock()
+	out := make([]*ferryv1.Node, 0, len(r.nodes))
+	for _, e := range r.nodes {
+		n := r.nodeLocked(e, now)
+		if f.match(n) {
+			out = append(out, n)
+		}
+	}
+	r.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
+	return out
+}
+
+// Node returns one node.
+func (r *Registry) Node(id string) (*ferryv1.Node, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	e, ok := r.nodes[id]
+	if !ok {
+		return nil, false
+	}
+	return r.nodeLocked(e, r.cfg.Now()), true
+}
+
+// Match returns nodes of a rollout target: the group and every selector
+// label must match (labels include facts os, arch, hostname).
+func (r *Registry) Match(t *ferryv1.Target) []*ferryv1.Node {
+	var out []*ferryv1.Node
+	for _, n := range r.List(Filter{Group: t.GetGroup()}) {
+		if n.State == ferryv1.NodeState_NODE_STATE_REMOVED {
+			continue
+		}
+		ok := true
+		for k, v := range t.GetSelector() {
+			if n.Labels[k] != v {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// HeartbeatInterval is the interval agents are told to use.
+func (r *Registry) HeartbeatInterval() time.Duration { return r.cfg.HeartbeatInterval }
+
+func (r *Registry) nodeLocked(e *entry, now time.Time) *ferryv1.Node {
+	sig := Signals{
+		Removed:           e.rec.Removed,
+		Left:              e.left,
+		Connected:         e.session != nil,
+		EverConnected:     e.everConnected,
+		LastHeartbeat:     e.lastHeartbeat,
+		HeartbeatInterval: r.cfg.HeartbeatInterval,
+	}
+	if r.cfg.Gossip != nil {
+		sig.GossipState, _ = r.cfg.Gossip.State(e.rec.ID)
+	}
+	state, reason := r.cfg.Evaluate(now, sig)
+	labels := map[string]string{"group": e.rec.Group}
+	for k, v := range e.rec.Labels {
+		labels[k] = v
+	}
+	if e.facts != nil {
+		labels["os"], labels["arch"], labels["hostname"] = e.facts.Os, e.facts.Arch, e.facts.Hostname
+	}
+	n := &ferryv1.Node{
+		Id:                   e.rec.ID,
+		Group:                e.rec.Group,
+		Labels:               labels,
+		State:                state,
+		StateReason:          reason,
+		AgentVersion:         e.version,
+		Address:              e.addr,
+		Connected:            e.session != nil,
+		Facts:                e.facts,
+		EnrolledAt:           timestamppb.New(e.rec.EnrolledAt),
+		Installed:            e.installed,
+		GossipState:          sig.GossipState,
+		CertificateExpiresAt: timestamppb.New(e.rec.CertExpiresAt),
+	}
+	if !e.lastHeartbeat.IsZero() {
+		n.LastHeartbeat = timestamppb.New(e.lastHeartbeat)
+	}
+	if e.hb != nil {
+		n.Uptime = durationpb.New(e.hb.GetUptime().AsDuration())
+		n.Load1 = e.hb.GetLoad1()
+		n.DiskFreeBytes = e.hb.GetDiskFreeBytes()
+	}
+	return n
+}

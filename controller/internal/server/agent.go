@@ -1,0 +1,188 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/ferrydeploy/ferry/controller/internal/fleet"
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/pki"
+	"github.com/ferrydeploy/ferry/shared/rpc"
+)
+
+type agentServer struct {
+	ferryv1.UnimplementedAgentServiceServer
+	d  *Deps
+	dl Downloader
+}
+
+// agentID returns the calling node's ID, from its certificate only.
+func agentID(ctx context.Context) (rpc.Caller, error) {
+	c, err := caller(ctx)
+	if err != nil {
+		return c, err
+	}
+	if c.Identity.Role != pki.RoleAgent {
+		return c, status.Errorf(codes.PermissionDenied, "%s is not an agent", c.Identity)
+	}
+	return c, nil
+}
+
+func (s *agentServer) Connect(stream grpc.BidiStreamingServer[ferryv1.ConnectRequest, ferryv1.ConnectResponse]) error {
+	ctx := stream.Context()
+	c, err := agentID(ctx)
+	if err != nil {
+		return err
+	}
+	nodeID := c.Identity.Name
+	log := s.d.Logger.With("node", nodeID)
+
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	hello := first.GetHello()
+	if hello == nil {
+		return status.Error(codes.InvalidArgument, "the first message on the stream must be a hello")
+	}
+	sess, err := s.d.Fleet.Attach(ctx, nodeID, c.Addr, hello)
+	if err != nil {
+		if errors.Is(err, fleet.ErrRemoved) {
+			return status.Errorf(codes.PermissionDenied, "node %s was removed; re-enroll it with a new token", nodeID)
+		}
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	left := false
+	defer func() { s.d.Fleet.Detach(sess, left) }()
+	log.Info("agent connected", "addr", c.Addr, "version", hello.GetAgentVersion())
+
+	var seeds []string
+	if s.d.GossipSeeds != nil {
+		seeds = s.d.GossipSeeds()
+	}
+	nodeGroup := ""
+	if n, ok := s.d.Fleet.Node(nodeID); ok {
+		nodeGroup = n.Group
+	}
+	if err := stream.Send(&ferryv1.ConnectResponse{Msg: &ferryv1.ConnectResponse_Welcome{Welcome: &ferryv1.Welcome{
+		HeartbeatInterval: durationpb.New(s.d.Fleet.HeartbeatInterval()),
+		GossipSeeds:       seeds,
+		Group:             nodeGroup,
+	}}}); err != nil {
+		return err
+	}
+	if s.d.Jobs != nil {
+		s.d.Jobs.AgentHello(nodeID, hello.GetRecentJobs())
+	}
+
+	// Writer: drains the session's outbox until the session ends.
+	writeErr := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-sess.Done():
+				writeErr <- nil
+				return
+			case msg := <-sess.Outbox():
+				if err := stream.Send(msg); err != nil {
+					writeErr <- err
+					return
+				}
+			}
+		}
+	}()
+
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			switch msg := m.Msg.(type) {
+			case *ferryv1.ConnectRequest_Heartbeat:
+				age := s.d.Fleet.Heartbeat(nodeID, msg.Heartbeat)
+				if s.d.Observer != nil {
+					s.d.Observer.HeartbeatReceived(age)
+				}
+			case *ferryv1.ConnectRequest_JobUpdate:
+				if s.d.Jobs != nil {
+					s.d.Jobs.HandleJobUpdate(nodeID, msg.JobUpdate)
+				}
+			case *ferryv1.ConnectRequest_JobLog:
+				if s.d.Jobs != nil {
+					s.d.Jobs.HandleJobLog(nodeID, msg.JobLog)
+				}
+			case *ferryv1.ConnectRequest_Hello:
+				recvErr <- status.Error(codes.InvalidArgument, "hello sent twice on one stream")
+				return
+			}
+		}
+	}()
+
+	select {
+	case err := <-recvErr:
+		if errors.Is(err, io.EOF) {
+			// The agent closed its side: a graceful shutdown.
+			left = true
+			log.Info("agent left")
+			return nil
+		}
+		if status.Code(err) == codes.Canceled {
+			log.Info("agent disconnected")
+			return nil
+		}
+		log.Info("agent stream ended", "err", err)
+		return err
+	case err := <-writeErr:
+		if err != nil {
+			return err
+		}
+		cause := sess.Err()
+		if errors.Is(cause, fleet.ErrRemoved) {
+			log.Info("closing stream of removed node")
+			return status.Errorf(codes.PermissionDenied, "node %s was removed; re-enroll it with a new token", nodeID)
+		}
+		if errors.Is(cause, fleet.ErrShutdown) {
+			return status.Error(codes.Unavailable, "controller is shutting down; reconnect later")
+		}
+		return status.Errorf(codes.Aborted, "stream closed: %v", cause)
+	}
+}
+
+func (s *agentServer) RenewCertificate(ctx context.Context, req *ferryv1.RenewCertificateRequest) (*ferryv1.RenewCertificateResponse, error) {
+	c, err := agentID(ctx)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := pki.ParseCSR(req.GetCsrDer())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	cert, err := s.d.CA.Sign(pki.SignRequest{Identity: c.Identity, PublicKey: csr.PublicKey, TTL: s.d.AgentCertTTL, Now: s.d.Now()})
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	if err := s.d.Fleet.Renewed(c.Identity.Name, cert); err != nil {
+		return nil, status.Errorf(codes.PermissionDenied, "renew certificate for %s: %v", c.Identity.Name, err)
+	}
+	s.d.Logger.Info("agent certificate renewed", "node", c.Identity.Name, "expires", cert.NotAfter)
+	return &ferryv1.RenewCertificateResponse{CertificateDer: cert.Raw}, nil
+}
+
+func (s *agentServer) DownloadArtifact(req *ferryv1.DownloadArtifactRequest, stream grpc.ServerStreamingServer[ferryv1.DownloadArtifactResponse]) error {
+	if _, err := agentID(stream.Context()); err != nil {
+		return err
+	}
+	if s.dl == nil {
+		return status.Error(codes.Unimplemented, "this controller has no artifact store")
+	}
+	return s.dl.DownloadArtifact(req, stream)
+}

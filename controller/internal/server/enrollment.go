@@ -1,0 +1,118 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferrydeploy/ferry/controller/internal/store"
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/pki"
+)
+
+type enrollmentServer struct {
+	ferryv1.UnimplementedEnrollmentServiceServer
+	d *Deps
+}
+
+// Join tokens look like kubeadm's: "<6-char id>.<16-char secret>".
+const (
+	tokenIDLen     = 6
+	tokenSecretLen = 16
+	tokenAlphabet  = "abcdefghijklmnopqrstuvwxyz0123456789"
+)
+
+func randomString(n int) (string, error) {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	for i := range b {
+		b[i] = tokenAlphabet[int(b[i])%len(tokenAlphabet)]
+	}
+	return string(b), nil
+}
+
+func hashSecret(secret string) []byte {
+	h := sha256.Sum256([]byte(secret))
+	return h[:]
+}
+
+func splitToken(tok string) (id, secret string, err error) {
+	id, secret, ok := strings.Cut(strings.TrimSpace(tok), ".")
+	if !ok || len(id) != tokenIDLen || len(secret) != tokenSecretLen {
+		return "", "", errors.New("join token is malformed: want <6 chars>.<16 chars> as printed by `ferryctl token create`")
+	}
+	return id, secret, nil
+}
+
+func (s *enrollmentServer) Enroll(ctx context.Context, req *ferryv1.EnrollRequest) (*ferryv1.EnrollResponse, error) {
+	log := s.d.Logger.With("node", req.GetNodeId())
+	id, secret, err := splitToken(req.GetToken())
+	if err != nil {
+		return nil, status.Error(codes.Unauthenticated, err.Error())
+	}
+	if err := pki.ValidateName("node ID", req.GetNodeId()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if _, ok := req.GetLabels()["group"]; ok {
+		return nil, status.Error(codes.InvalidArgument, `label "group" is reserved: the group comes from the join token`)
+	}
+	csr, err := pki.ParseCSR(req.GetCsrDer())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	now := s.d.Now()
+	ident := pki.Identity{Role: pki.RoleAgent, Name: req.GetNodeId()}
+	var cert []byte
+	rec, err := s.d.Store.EnrollNode(id, func(t store.TokenRecord) error {
+		if subtle.ConstantTimeCompare(t.SecretHash, hashSecret(secret)) != 1 {
+			return store.ErrTokenInvalid
+		}
+		return nil
+	}, now, func(t store.TokenRecord) (store.NodeRecord, error) {
+		c, err := s.d.CA.Sign(pki.SignRequest{Identity: ident, PublicKey: csr.PublicKey, TTL: s.d.AgentCertTTL, Now: now})
+		if err != nil {
+			return store.NodeRecord{}, err
+		}
+		cert = c.Raw
+		return store.NodeRecord{
+			ID: req.GetNodeId(), Group: t.Group, Labels: req.GetLabels(), EnrolledAt: now, TokenID: t.ID,
+			CertSerials: []string{c.SerialNumber.String()}, CertExpiresAt: c.NotAfter,
+		}, nil
+	})
+	if err != nil {
+		addr := ""
+		if p, ok := peer.FromContext(ctx); ok {
+			addr = p.Addr.String()
+		}
+		log.Warn("enrollment refused", "token", id, "addr", addr, "err", err)
+		switch {
+		case errors.Is(err, store.ErrNodeExists):
+			return nil, status.Error(codes.AlreadyExists, err.Error())
+		case errors.Is(err, store.ErrTokenInvalid):
+			return nil, status.Error(codes.Unauthenticated, err.Error())
+		case strings.Contains(err.Error(), "join token"):
+			return nil, status.Error(codes.PermissionDenied, err.Error())
+		}
+		return nil, status.Error(codes.Internal, fmt.Sprintf("enroll node %s: %v", req.GetNodeId(), err))
+	}
+	s.d.Fleet.Added(rec)
+	log.Info("node enrolled", "group", rec.Group, "token", id)
+	return &ferryv1.EnrollResponse{
+		NodeId:             rec.ID,
+		Group:              rec.Group,
+		CertificateDer:     cert,
+		CaCertificateDer:   s.d.CA.Cert.Raw,
+		GossipKey:          s.d.GossipKey,
+		GossipClusterLabel: s.d.GossipLabel,
+	}, nil
+}

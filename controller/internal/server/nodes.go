@@ -1,0 +1,85 @@
+package server
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrydeploy/ferry/controller/internal/fleet"
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+)
+
+type nodeServer struct {
+	ferryv1.UnimplementedNodeServiceServer
+	d *Deps
+}
+
+func (s *nodeServer) ListNodes(ctx context.Context, req *ferryv1.ListNodesRequest) (*ferryv1.ListNodesResponse, error) {
+	return &ferryv1.ListNodesResponse{Nodes: s.d.Fleet.List(fleet.Filter{Group: req.GetGroup(), States: req.GetStates()})}, nil
+}
+
+// WatchNodes sends the current list, then each node whose view changed.
+// States also change by time passing (a heartbeat going stale), so the
+// watch re-evaluates every second as well as on every registry change.
+func (s *nodeServer) WatchNodes(req *ferryv1.WatchNodesRequest, stream grpc.ServerStreamingServer[ferryv1.WatchNodesResponse]) error {
+	f := fleet.Filter{Group: req.GetGroup(), States: req.GetStates()}
+	last := map[string]*ferryv1.Node{}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		changes := s.d.Fleet.Changes()
+		for _, n := range s.d.Fleet.List(fleet.Filter{Group: f.Group}) {
+			prev := last[n.Id]
+			cmp := proto.Clone(n).(*ferryv1.Node)
+			cmp.LastHeartbeat, cmp.Uptime, cmp.Load1, cmp.DiskFreeBytes = nil, nil, 0, 0
+			if prev != nil && proto.Equal(prev, cmp) {
+				continue
+			}
+			last[n.Id] = cmp
+			if !matchStates(f.States, n.State) && prev == nil {
+				continue
+			}
+			if err := stream.Send(&ferryv1.WatchNodesResponse{Node: n}); err != nil {
+				return err
+			}
+		}
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-changes:
+		case <-tick.C:
+		}
+	}
+}
+
+func matchStates(states []ferryv1.NodeState, s ferryv1.NodeState) bool {
+	if len(states) == 0 {
+		return true
+	}
+	for _, x := range states {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *nodeServer) RemoveNode(ctx context.Context, req *ferryv1.RemoveNodeRequest) (*ferryv1.RemoveNodeResponse, error) {
+	c, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	n, err := s.d.Fleet.Remove(req.GetId(), c.Identity.String())
+	s.d.Audit(ctx, "node.remove", req.GetId(), err, "")
+	if err != nil {
+		if _, ok := s.d.Fleet.Node(req.GetId()); ok {
+			return nil, status.Error(codes.FailedPrecondition, err.Error())
+		}
+		return nil, storeErr(err)
+	}
+	return &ferryv1.RemoveNodeResponse{Node: n}, nil
+}
