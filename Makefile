@@ -1,7 +1,7 @@
 # Ferry — the one entry point. `make help` lists the targets.
 
 SHELL := /bin/bash
-MODULES := proto shared controller agent
+MODULES := proto shared controller agent agent/integration
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -s -w -X github.com/ferrydeploy/ferry/shared/version.Version=$(VERSION) -X github.com/ferrydeploy/ferry/shared/version.Commit=$(COMMIT)
@@ -32,7 +32,7 @@ test: build ## Run every module's tests with -race (unit, in-process integration
 
 .PHONY: e2e
 e2e: build ## Run only the end-to-end tests against the built binaries
-	cd controller && FERRY_BIN=$(CURDIR)/bin $(GO) test -race -count=1 -run 'E2E' ./e2e/...
+	cd agent/integration && FERRY_BIN=$(CURDIR)/bin $(GO) test -race -count=1 ./e2e/...
 
 .PHONY: bench
 bench: build ## Run the benchmarks (throughput, memory, fleet scale) and print their figures

@@ -4,7 +4,7 @@ package main
 import (
 	"os"
 
-	"github.com/ferrydeploy/ferry/controller/internal/controller"
+	"github.com/ferrydeploy/ferry/controller/controller"
 )
 
 func main() { os.Exit(controller.Main(os.Args[1:], os.Stdout, os.Stderr)) }

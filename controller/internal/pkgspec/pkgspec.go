@@ -137,6 +137,9 @@ type target struct {
 	archive bool
 }
 
+// full reports whether no more problems will be recorded.
+func (p *parser) full() bool { return len(p.errs) > maxErrors }
+
 func (p *parser) add(n *yaml.Node, field, problem, fix string) {
 	if len(p.errs) > maxErrors {
 		return
