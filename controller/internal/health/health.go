@@ -92,7 +92,7 @@ func Evaluate(now time.Time, s Signals) (ferryv1.NodeState, string) {
 	staleAfter := StaleAfter * interval
 	hasHeartbeat := !s.LastHeartbeat.IsZero()
 	age := max(now.Sub(s.LastHeartbeat), 0)
-	fresh := hasHeartbeat && age < staleAfter
+	fresh := hasHeartbeat && age <= staleAfter
 	stream := describeStream(s, hasHeartbeat, fresh, age, staleAfter)
 	gossip := describeGossip(s.GossipState)
 
