@@ -25,6 +25,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/controller/internal/credential"
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
+	"github.com/ferrydeploy/ferry/controller/internal/health"
 	"github.com/ferrydeploy/ferry/controller/internal/metrics"
 	"github.com/ferrydeploy/ferry/controller/internal/server"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
@@ -172,20 +173,10 @@ func New(cfg Config) (*Controller, error) {
 
 // evaluate adapts the health package's verdict to the fleet registry.
 func evaluate(now time.Time, s fleet.Signals) (ferryv1.NodeState, string) {
-	// TODO(lead): replace with health.Evaluate once it lands.
-	switch {
-	case s.Removed:
-		return ferryv1.NodeState_NODE_STATE_REMOVED, "removed by an admin"
-	case s.Left:
-		return ferryv1.NodeState_NODE_STATE_LEFT, "agent shut down gracefully"
-	case !s.EverConnected:
-		return ferryv1.NodeState_NODE_STATE_PENDING, "enrolled, never connected"
-	}
-	age := now.Sub(s.LastHeartbeat)
-	if age > 3*s.HeartbeatInterval {
-		return ferryv1.NodeState_NODE_STATE_STALE, fmt.Sprintf("heartbeat %s old", age.Round(time.Second))
-	}
-	return ferryv1.NodeState_NODE_STATE_HEALTHY, "stream up, heartbeat fresh"
+	return health.Evaluate(now, health.Signals{
+		Removed: s.Removed, Left: s.Left, Connected: s.Connected, EverConnected: s.EverConnected,
+		LastHeartbeat: s.LastHeartbeat, HeartbeatInterval: s.HeartbeatInterval, GossipState: s.GossipState,
+	})
 }
 
 // gossipLabel ties the gossip cluster to this installation's CA, so two

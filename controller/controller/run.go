@@ -1,8 +1,11 @@
 package controller
 
 import (
+	"crypto/tls"
+
 	"context"
 	"errors"
+	"github.com/ferrydeploy/ferry/controller/internal/credential"
 	"net/http"
 	"time"
 
@@ -89,4 +92,14 @@ func (c *Controller) Run(ctx context.Context) error {
 	defer cancel()
 	_ = httpSrv.Shutdown(sctx)
 	return runErr
+}
+
+// AdminTLS returns a client TLS config from the bootstrap admin
+// credential, for embedding programs and tests.
+func (c *Controller) AdminTLS() (*tls.Config, error) {
+	cred, err := credential.Load(c.adminPath)
+	if err != nil {
+		return nil, err
+	}
+	return cred.TLS(), nil
 }

@@ -115,7 +115,7 @@ func New(cfg Config) (*Registry, error) {
 		return nil, fmt.Errorf("load nodes: %w", err)
 	}
 	for _, rec := range recs {
-		r.nodes[rec.ID] = &entry{rec: rec}
+		r.nodes[rec.ID] = &entry{rec: rec, everConnected: !rec.LastConnectedAt.IsZero()}
 	}
 	return r, nil
 }
@@ -201,6 +201,19 @@ func (r *Registry) Renewed(nodeID string, cert *x509.Certificate) error {
 
 // Attach opens a session for a node's new stream, closing any previous one.
 func (r *Registry) Attach(ctx context.Context, nodeID, addr string, hello *ferryv1.AgentHello) (*Session, error) {
+	s, err := r.attach(ctx, nodeID, addr, hello)
+	if err != nil {
+		return nil, err
+	}
+	// Recorded outside the registry lock and batched with other connects:
+	// a reconnect storm of thousands of agents costs a few transactions.
+	if err := r.cfg.Store.TouchNode(nodeID, r.cfg.Now()); err != nil {
+		r.cfg.Logger.Warn("record node connection", "node", nodeID, "err", err)
+	}
+	return s, nil
+}
+
+func (r *Registry) attach(ctx context.Context, nodeID, addr string, hello *ferryv1.AgentHello) (*Session, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e, ok := r.nodes[nodeID]
@@ -213,6 +226,7 @@ func (r *Registry) Attach(ctx context.Context, nodeID, addr string, hello *ferry
 	if e.session != nil {
 		e.session.cancel(errors.New("replaced by a newer stream from the same node"))
 	}
+	e.rec.LastConnectedAt = r.cfg.Now()
 	sctx, cancel := context.WithCancelCause(ctx)
 	s := &Session{NodeID: nodeID, Addr: addr, send: make(chan *ferryv1.ConnectResponse, 64), ctx: sctx, cancel: cancel}
 	e.session = s

@@ -23,9 +23,12 @@ type NodeRecord struct {
 	// and, during a renewal, the one it replaced.
 	CertSerials   []string  `json:"cert_serials"`
 	CertExpiresAt time.Time `json:"cert_expires_at"`
-	Removed       bool      `json:"removed,omitempty"`
-	RemovedAt     time.Time `json:"removed_at,omitempty"`
-	RemovedBy     string    `json:"removed_by,omitempty"`
+	// LastConnectedAt is when the agent last opened its stream (written on
+	// connect, not per heartbeat).
+	LastConnectedAt time.Time `json:"last_connected_at,omitempty"`
+	Removed         bool      `json:"removed,omitempty"`
+	RemovedAt       time.Time `json:"removed_at,omitempty"`
+	RemovedBy       string    `json:"removed_by,omitempty"`
 }
 
 // ErrNodeExists is returned when enrolling an ID an active node holds.
@@ -91,4 +94,18 @@ func (s *Store) EnrollNode(tokenID string, checkSecret func(TokenRecord) error, 
 		return putJSON(nb, n.ID, n)
 	})
 	return out, err
+}
+
+// TouchNode records when a node last connected. Concurrent calls are
+// coalesced into one transaction (bbolt's Batch).
+func (s *Store) TouchNode(id string, at time.Time) error {
+	return s.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketNodes)
+		var n NodeRecord
+		if err := getJSON(b, id, &n); err != nil {
+			return err
+		}
+		n.LastConnectedAt = at
+		return putJSON(b, id, n)
+	})
 }
