@@ -1,0 +1,518 @@
+package rollout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+	return c.t
+}
+
+// fakeStore keeps rollouts marshalled, as bbolt would, so nothing aliases.
+type fakeStore struct {
+	mu    sync.Mutex
+	data  map[string][]byte
+	saves int
+	fail  error
+	// afterSave, when set, runs after every successful save (with the
+	// save count); the crash tests use it.
+	afterSave func(n int)
+}
+
+func newFakeStore() *fakeStore { return &fakeStore{data: map[string][]byte{}} }
+
+func (s *fakeStore) SaveRollout(r *ferryv1.Rollout) error {
+	s.mu.Lock()
+	if s.fail != nil {
+		err := s.fail
+		s.mu.Unlock()
+		return err
+	}
+	b, err := proto.Marshal(r)
+	if err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	s.data[r.GetId()] = b
+	s.saves++
+	n, hook := s.saves, s.afterSave
+	s.mu.Unlock()
+	if hook != nil {
+		hook(n)
+	}
+	return nil
+}
+
+func (s *fakeStore) Rollouts() ([]*ferryv1.Rollout, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*ferryv1.Rollout
+	for _, b := range s.data {
+		r := &ferryv1.Rollout{}
+		if err := proto.Unmarshal(b, r); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func (s *fakeStore) get(id string) *ferryv1.Rollout {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := &ferryv1.Rollout{}
+	if err := proto.Unmarshal(s.data[id], r); err != nil {
+		panic(err)
+	}
+	return r
+}
+
+func (s *fakeStore) setFail(err error) {
+	s.mu.Lock()
+	s.fail = err
+	s.mu.Unlock()
+}
+
+func (s *fakeStore) saveCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.saves
+}
+
+// fakeFleet: every node heartbeats at "now" while it is healthy.
+type fakeFleet struct {
+	mu    sync.Mutex
+	clock *fakeClock
+	nodes map[string]*ferryv1.Node
+}
+
+func (f *fakeFleet) add(id, group string, labels map[string]string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l := map[string]string{"group": group}
+	maps.Copy(l, labels)
+	f.nodes[id] = &ferryv1.Node{Id: id, Group: group, Labels: l, State: ferryv1.NodeState_NODE_STATE_HEALTHY, Connected: true}
+}
+
+func (f *fakeFleet) setState(id string, s ferryv1.NodeState, connected bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := f.nodes[id]
+	n.State, n.Connected = s, connected
+	if s != ferryv1.NodeState_NODE_STATE_HEALTHY {
+		n.LastHeartbeat = timestamppb.New(f.clock.Now())
+		n.StateReason = "heartbeat stale"
+	} else {
+		n.StateReason = ""
+	}
+}
+
+func (f *fakeFleet) setInstalled(id, pkg, version, previous string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := f.nodes[id]
+	for _, p := range n.Installed {
+		if p.Name == pkg {
+			p.Version, p.PreviousVersion = version, previous
+			return
+		}
+	}
+	n.Installed = append(n.Installed, &ferryv1.InstalledPackage{Name: pkg, Version: version, PreviousVersion: previous})
+}
+
+func (f *fakeFleet) installed(id, pkg string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return installedVersion(f.nodes[id], pkg)
+}
+
+func (f *fakeFleet) view(n *ferryv1.Node) *ferryv1.Node {
+	c := proto.Clone(n).(*ferryv1.Node)
+	if reachable(c) {
+		c.LastHeartbeat = timestamppb.New(f.clock.Now())
+	}
+	return c
+}
+
+func (f *fakeFleet) Match(t *ferryv1.Target) []*ferryv1.Node {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []*ferryv1.Node
+	for _, n := range f.nodes {
+		if t.GetGroup() != "" && n.Group != t.GetGroup() {
+			continue
+		}
+		ok := true
+		for k, v := range t.GetSelector() {
+			if n.Labels[k] != v {
+				ok = false
+			}
+		}
+		if ok {
+			out = append(out, f.view(n))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
+	return out
+}
+
+func (f *fakeFleet) Node(id string) (*ferryv1.Node, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, ok := f.nodes[id]
+	if !ok {
+		return nil, false
+	}
+	return f.view(n), true
+}
+
+var errNotConnected = errors.New("not connected")
+
+// fakeDispatcher records deliveries; a node that is not connected in the
+// fleet refuses jobs.
+type fakeDispatcher struct {
+	mu      sync.Mutex
+	fleet   *fakeFleet
+	jobs    []delivery
+	cancels []cancelReq
+	fail    map[string]error
+	// onJob, when set, is called (without locks) after each delivery.
+	onJob func(nodeID string, job *ferryv1.Job)
+}
+
+type delivery struct {
+	node string
+	job  *ferryv1.Job
+}
+
+func (d *fakeDispatcher) Dispatch(nodeID string, job *ferryv1.Job) error {
+	d.mu.Lock()
+	if err := d.fail[nodeID]; err != nil {
+		d.mu.Unlock()
+		return err
+	}
+	if n, ok := d.fleet.Node(nodeID); !ok || !n.Connected {
+		d.mu.Unlock()
+		return fmt.Errorf("node %s: %w", nodeID, errNotConnected)
+	}
+	d.jobs = append(d.jobs, delivery{nodeID, proto.Clone(job).(*ferryv1.Job)})
+	hook := d.onJob
+	d.mu.Unlock()
+	if hook != nil {
+		hook(nodeID, job)
+	}
+	return nil
+}
+
+func (d *fakeDispatcher) Cancel(nodeID, jobID string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.cancels = append(d.cancels, cancelReq{nodeID, jobID})
+	return nil
+}
+
+func (d *fakeDispatcher) deliveries() []delivery {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]delivery(nil), d.jobs...)
+}
+
+func (d *fakeDispatcher) cancelled() []cancelReq {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]cancelReq(nil), d.cancels...)
+}
+
+// job returns the last job of a rollout delivered to a node.
+func (d *fakeDispatcher) job(rolloutID, nodeID string) *ferryv1.Job {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i := len(d.jobs) - 1; i >= 0; i-- {
+		if d.jobs[i].node == nodeID && d.jobs[i].job.RolloutId == rolloutID {
+			return d.jobs[i].job
+		}
+	}
+	return nil
+}
+
+type fakePackages struct{ pkgs map[string]*ferryv1.Package }
+
+func (p *fakePackages) Package(name, version string) (*ferryv1.Package, error) {
+	pkg, ok := p.pkgs[name+"@"+version]
+	if !ok {
+		return nil, fmt.Errorf("package %s@%s: %w", name, version, ErrNotFound)
+	}
+	return pkg, nil
+}
+
+func (p *fakePackages) Packages(name string) ([]*ferryv1.Package, error) {
+	var out []*ferryv1.Package
+	for _, pkg := range p.pkgs {
+		if pkg.Name == name {
+			out = append(out, pkg)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Version < out[j].Version })
+	return out, nil
+}
+
+type fakeAuditor struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func (a *fakeAuditor) Audit(actor, action, target, outcome, detail string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.events = append(a.events, actor+" "+action+" "+target+" "+outcome)
+}
+
+func (a *fakeAuditor) list() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]string(nil), a.events...)
+}
+
+// harness wires an engine to fakes.
+type harness struct {
+	t     *testing.T
+	clock *fakeClock
+	store *fakeStore
+	fleet *fakeFleet
+	disp  *fakeDispatcher
+	pkgs  *fakePackages
+	audit *fakeAuditor
+	e     *Engine
+	ids   int
+}
+
+// newHarness enrolls nodes n00..n(count-1) in group "prod", all healthy, and
+// stores go@1.20.2 and go@1.20.3.
+func newHarness(t *testing.T, count int) *harness {
+	t.Helper()
+	clock := &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	fleet := &fakeFleet{clock: clock, nodes: map[string]*ferryv1.Node{}}
+	for i := range count {
+		fleet.add(fmt.Sprintf("n%02d", i), "prod", nil)
+	}
+	h := &harness{
+		t:     t,
+		clock: clock,
+		store: newFakeStore(),
+		fleet: fleet,
+		disp:  &fakeDispatcher{fleet: fleet, fail: map[string]error{}},
+		pkgs: &fakePackages{pkgs: map[string]*ferryv1.Package{
+			"go@1.20.2": {Name: "go", Version: "1.20.2", Artifact: &ferryv1.ArtifactRef{Digest: "sha256:aa", Name: "go1.20.2.linux-amd64.tar.gz"}},
+			"go@1.20.3": {Name: "go", Version: "1.20.3", Artifact: &ferryv1.ArtifactRef{Digest: "sha256:bb", Name: "go1.20.3.linux-amd64.tar.gz"}},
+			"tool@1.0":  {Name: "tool", Version: "1.0"},
+		}},
+		audit: &fakeAuditor{},
+	}
+	h.e = h.newEngine()
+	return h
+}
+
+func (h *harness) newEngine() *Engine {
+	h.t.Helper()
+	e, err := New(Config{
+		Store:       h.store,
+		Dispatcher:  h.disp,
+		Fleet:       h.fleet,
+		Packages:    h.pkgs,
+		Clock:       h.clock,
+		Auditor:     h.audit,
+		PlanTimeout: 200 * time.Millisecond,
+		NewID: func() string {
+			h.ids++
+			return fmt.Sprintf("ro-%d", h.ids)
+		},
+	})
+	if err != nil {
+		h.t.Fatalf("New: %v", err)
+	}
+	return e
+}
+
+// restart replaces the engine with a new one over the same store, as a
+// controller restart does.
+func (h *harness) restart() { h.e = h.newEngine() }
+
+type strat struct {
+	canary           uint32
+	auto             bool
+	parallel         string
+	failures         string
+	onFailure        ferryv1.FailureAction
+	deadline         time.Duration
+	healthy          time.Duration
+	group            string
+	selector         map[string]string
+	pkg, version     string
+	wantErrSubstring string
+}
+
+func (s strat) request() *ferryv1.CreateRolloutRequest {
+	req := &ferryv1.CreateRolloutRequest{
+		PackageName:    "go",
+		PackageVersion: "1.20.3",
+		Target:         &ferryv1.Target{Group: "prod", Selector: s.selector},
+		Strategy: &ferryv1.Strategy{
+			Canary:      s.canary,
+			AutoPromote: s.auto,
+			MaxParallel: s.parallel,
+			MaxFailures: s.failures,
+			OnFailure:   s.onFailure,
+		},
+	}
+	if s.group != "" {
+		req.Target.Group = s.group
+	}
+	if s.pkg != "" {
+		req.PackageName = s.pkg
+	}
+	if s.version != "" {
+		req.PackageVersion = s.version
+	}
+	if s.deadline != 0 {
+		req.Strategy.ProgressDeadline = durationpb.New(s.deadline)
+	}
+	if s.healthy != 0 {
+		req.Strategy.HealthyFor = durationpb.New(s.healthy)
+	}
+	return req
+}
+
+func (h *harness) create(s strat) *ferryv1.Rollout {
+	h.t.Helper()
+	resp, err := h.e.Create(context.Background(), "admin/alice", s.request())
+	if err != nil {
+		h.t.Fatalf("Create: %v", err)
+	}
+	return resp.Rollout
+}
+
+func (h *harness) get(id string) *ferryv1.Rollout {
+	h.t.Helper()
+	r, err := h.e.Get(id)
+	if err != nil {
+		h.t.Fatalf("Get: %v", err)
+	}
+	return r
+}
+
+func nodeOf(r *ferryv1.Rollout, id string) *ferryv1.NodeJob {
+	for _, n := range r.Nodes {
+		if n.NodeId == id {
+			return n
+		}
+	}
+	return nil
+}
+
+func (h *harness) outcome(rolloutID, nodeID string) ferryv1.NodeOutcome {
+	h.t.Helper()
+	n := nodeOf(h.get(rolloutID), nodeID)
+	if n == nil {
+		h.t.Fatalf("rollout %s has no node %s", rolloutID, nodeID)
+	}
+	return n.Outcome
+}
+
+func (h *harness) state(id string) ferryv1.RolloutState {
+	h.t.Helper()
+	return h.get(id).State
+}
+
+// report sends an agent's update for the last job of the rollout the node
+// received.
+func (h *harness) report(rolloutID, nodeID string, phase ferryv1.JobPhase, msg string) {
+	h.t.Helper()
+	job := h.disp.job(rolloutID, nodeID)
+	if job == nil {
+		h.t.Fatalf("node %s got no job of rollout %s", nodeID, rolloutID)
+	}
+	u := &ferryv1.JobUpdate{JobId: job.Id, RolloutId: rolloutID, Phase: phase, Message: msg}
+	if phase == ferryv1.JobPhase_JOB_PHASE_FAILED {
+		u.FailedStep = "check: go version"
+		u.Steps = []*ferryv1.StepResult{{Index: 3, Kind: "check", Name: "go version", Error: msg}}
+	}
+	h.e.HandleJobUpdate(nodeID, u)
+	if phase == ferryv1.JobPhase_JOB_PHASE_SUCCEEDED {
+		switch job.Kind {
+		case kindInstall:
+			h.fleet.setInstalled(nodeID, job.Package.Name, job.Package.Version, h.fleet.installed(nodeID, job.Package.Name))
+		case kindRollback:
+			h.fleet.setInstalled(nodeID, job.Package.Name, "1.20.2", "")
+		}
+	}
+}
+
+func (h *harness) succeed(rolloutID, nodeID string) {
+	h.t.Helper()
+	h.report(rolloutID, nodeID, ferryv1.JobPhase_JOB_PHASE_SUCCEEDED, "")
+}
+
+func (h *harness) fail(rolloutID, nodeID string) {
+	h.t.Helper()
+	h.report(rolloutID, nodeID, ferryv1.JobPhase_JOB_PHASE_FAILED, "exit status 1")
+}
+
+func (h *harness) tick(d time.Duration) {
+	h.e.Tick(h.clock.Advance(d))
+}
+
+// inFlightNodes returns the nodes of a rollout with a job in flight.
+func inFlightNodes(r *ferryv1.Rollout) []string {
+	var out []string
+	for _, n := range r.Nodes {
+		if inFlight(n) {
+			out = append(out, n.NodeId)
+		}
+	}
+	return out
+}
+
+// sentTo returns the nodes that received jobs of a rollout, in order.
+func (h *harness) sentTo(rolloutID string) []string {
+	var out []string
+	for _, d := range h.disp.deliveries() {
+		if d.job.RolloutId == rolloutID {
+			out = append(out, d.node)
+		}
+	}
+	return out
+}
+
+func outcomes(r *ferryv1.Rollout) map[string]ferryv1.NodeOutcome {
+	out := map[string]ferryv1.NodeOutcome{}
+	for _, n := range r.Nodes {
+		out[n.NodeId] = n.Outcome
+	}
+	return out
+}
