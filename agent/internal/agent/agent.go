@@ -307,8 +307,12 @@ func (a *Agent) handle(ctx context.Context, m *ferryv1.ConnectResponse) {
 func (a *Agent) renewLoop(ctx context.Context, client ferryv1.AgentServiceClient) error {
 	for {
 		leaf := a.id.Certificate().Leaf
-		life := leaf.NotAfter.Sub(leaf.NotBefore)
-		due := leaf.NotBefore.Add(life * 2 / 3)
+		from := a.id.ReceivedAt()
+		if from.Before(leaf.NotBefore) || from.After(leaf.NotAfter) {
+			from = leaf.NotBefore
+		}
+		life := leaf.NotAfter.Sub(from)
+		due := from.Add(life * 2 / 3)
 		wait := due.Sub(a.cfg.Now())
 		if wait > 0 {
 			select {

@@ -45,8 +45,9 @@ type Identity struct {
 	Info Info
 	CA   *x509.Certificate
 
-	mu   sync.RWMutex
-	cert *tls.Certificate
+	mu         sync.RWMutex
+	cert       *tls.Certificate
+	receivedAt time.Time
 }
 
 // Exists reports whether dir holds an enrolled identity.
@@ -109,7 +110,11 @@ func Load(dir string) (*Identity, error) {
 	if pair.Leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
 		return nil, err
 	}
-	return &Identity{Dir: dir, Info: info, CA: ca, cert: &pair}, nil
+	received := pair.Leaf.NotBefore
+	if st, err := os.Stat(filepath.Join(dir, certFile)); err == nil {
+		received = st.ModTime()
+	}
+	return &Identity{Dir: dir, Info: info, CA: ca, cert: &pair, receivedAt: received}, nil
 }
 
 // Certificate is the current certificate.
@@ -117,6 +122,15 @@ func (id *Identity) Certificate() *tls.Certificate {
 	id.mu.RLock()
 	defer id.mu.RUnlock()
 	return id.cert
+}
+
+// ReceivedAt is when the node got its current certificate. Renewal is
+// scheduled from it rather than from NotBefore, which the CA backdates to
+// tolerate clock skew.
+func (id *Identity) ReceivedAt() time.Time {
+	id.mu.RLock()
+	defer id.mu.RUnlock()
+	return id.receivedAt
 }
 
 // Pool is a pool holding the pinned CA.
@@ -149,6 +163,7 @@ func (id *Identity) Replace(key crypto.Signer, cert *x509.Certificate) error {
 	}
 	id.mu.Lock()
 	id.cert = &tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert}
+	id.receivedAt = time.Now()
 	id.mu.Unlock()
 	return nil
 }
