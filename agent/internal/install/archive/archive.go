@@ -142,6 +142,9 @@ func Extract(ctx context.Context, src, dest string, opts Options) (Result, error
 		err = x.checkLinks()
 	}
 	if err == nil {
+		err = x.createLinks()
+	}
+	if err == nil {
 		err = x.finishDirs()
 	}
 	if err != nil {
@@ -368,13 +371,9 @@ func (x *extractor) symlink(rel, target string) error {
 	if t := path.Join(path.Dir(rel), target); t == ".." || strings.HasPrefix(t, "../") {
 		return fmt.Errorf("%w: symbolic link %q -> %q points outside the destination", ErrUnsafe, rel, target)
 	}
+	// Links are created after every entry is known and every chain is
+	// checked, so even a failed extraction never leaves an escaping link.
 	x.links[rel] = target
-	if x.root == nil {
-		return nil
-	}
-	if err := x.root.Symlink(target, rel); err != nil {
-		return fmt.Errorf("entry %q: %w", rel, err)
-	}
 	return nil
 }
 
@@ -410,6 +409,18 @@ func (x *extractor) checkLinks() error {
 	for _, l := range names {
 		if err := x.resolveInside(l); err != nil {
 			return fmt.Errorf("%w: symbolic link %q -> %q: %v", ErrUnsafe, l, x.links[l], err)
+		}
+	}
+	return nil
+}
+
+func (x *extractor) createLinks() error {
+	if x.root == nil {
+		return nil
+	}
+	for l, target := range x.links {
+		if err := x.root.Symlink(target, l); err != nil {
+			return fmt.Errorf("entry %q: %w", l, err)
 		}
 	}
 	return nil

@@ -1,0 +1,360 @@
+package install
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// jobCtx is the state of one running job.
+type jobCtx struct {
+	ctx       context.Context
+	jobID     string
+	rolloutID string
+	key       string
+	pkg       *ferryv1.Package
+	artifact  string
+	plan      bool
+	cur       *record // the package's installed record before the job
+	j         *journal
+	trees     []treeRecord
+	envs      []*ferryv1.EnvStep // env steps run so far, for checks
+	results   []*ferryv1.StepResult
+	changed   bool
+	progress  func(*ferryv1.JobUpdate)
+	logf      func(string)
+}
+
+// addAction journals a change before it is made.
+func (i *Installer) addAction(jc *jobCtx, kind string, a *action) error {
+	if jc.j == nil {
+		jc.j = &journal{
+			JobID:     jc.jobID,
+			RolloutID: jc.rolloutID,
+			Kind:      kind,
+			Package:   jc.pkg.GetName(),
+			Version:   jc.pkg.GetVersion(),
+			path:      filepath.Join(i.dir, "jobs", jc.key+".json"),
+		}
+	}
+	jc.j.Actions = append(jc.j.Actions, a)
+	return jc.j.save()
+}
+
+func (jc *jobCtx) save() error {
+	if jc.j == nil {
+		return nil
+	}
+	return jc.j.save()
+}
+
+func (jc *jobCtx) actions() []*action {
+	if jc.j == nil {
+		return nil
+	}
+	return jc.j.Actions
+}
+
+// Install runs the package's steps in order (or plans them). On any
+// failure it undoes the steps it applied so the node is as before.
+// progress receives intermediate updates, logf output lines; both may be
+// nil.
+func (i *Installer) Install(ctx context.Context, req Request, progress func(*ferryv1.JobUpdate), logf func(string)) *ferryv1.JobUpdate {
+	if progress == nil {
+		progress = func(*ferryv1.JobUpdate) {}
+	}
+	if logf == nil {
+		logf = func(string) {}
+	}
+	jc := &jobCtx{
+		ctx:       ctx,
+		jobID:     req.JobID,
+		rolloutID: req.RolloutID,
+		key:       jobKey(req.JobID),
+		pkg:       req.Package,
+		artifact:  req.ArtifactPath,
+		plan:      req.Plan,
+		progress:  progress,
+		logf:      logf,
+	}
+	if req.JobID == "" {
+		return i.update(jc, ferryv1.JobPhase_JOB_PHASE_FAILED, "job has no ID")
+	}
+	i.run.Lock()
+	defer i.run.Unlock()
+	if u, ok := i.JobResult(req.JobID); ok {
+		return u
+	}
+	log := i.log.With("job", req.JobID, "rollout", req.RolloutID, "package", req.Package.GetName(), "version", req.Package.GetVersion())
+	if err := i.validate(req); err != nil {
+		return i.finish(jc, i.update(jc, ferryv1.JobPhase_JOB_PHASE_FAILED, err.Error()), nil)
+	}
+	i.mu.Lock()
+	jc.cur = i.current(req.Package.GetName())
+	i.mu.Unlock()
+
+	progress(i.update(jc, ferryv1.JobPhase_JOB_PHASE_INSTALLING, ""))
+	for idx, step := range req.Package.GetSteps() {
+		res, err := i.runStep(jc, idx, step)
+		if err != nil {
+			log.Warn("step failed; undoing the job", "step", res.GetName(), "err", err)
+			return i.fail(jc, res.GetName(), err)
+		}
+	}
+	if jc.plan {
+		var n int
+		for _, r := range jc.results {
+			if r.GetChanged() {
+				n++
+			}
+		}
+		if n == 0 {
+			return i.finish(jc, i.update(jc, ferryv1.JobPhase_JOB_PHASE_UNCHANGED, "plan: nothing would change"), nil)
+		}
+		return i.finish(jc, i.update(jc, ferryv1.JobPhase_JOB_PHASE_SUCCEEDED, fmt.Sprintf("plan: %d of %d steps would change the node", n, len(jc.results))), nil)
+	}
+	name, version := req.Package.GetName(), req.Package.GetVersion()
+	same := jc.cur != nil && jc.cur.Version == version && jc.cur.ContentDigest == req.Package.GetContentDigest() &&
+		jc.cur.ArtifactDigest == req.Package.GetArtifact().GetDigest()
+	if !jc.changed && same {
+		return i.finish(jc, i.update(jc, ferryv1.JobPhase_JOB_PHASE_UNCHANGED, fmt.Sprintf("%s %s is installed and intact", name, version)), nil)
+	}
+	pkgBytes, err := proto.Marshal(req.Package)
+	if err != nil {
+		return i.fail(jc, "", fmt.Errorf("record package: %w", err))
+	}
+	rec := &record{
+		Name:           name,
+		Version:        version,
+		ArtifactDigest: req.Package.GetArtifact().GetDigest(),
+		ContentDigest:  req.Package.GetContentDigest(),
+		InstalledAt:    i.now(),
+		JobID:          req.JobID,
+		Package:        pkgBytes,
+		Trees:          jc.trees,
+		Undo:           slices.Clone(jc.actions()),
+	}
+	if jc.cur != nil {
+		rec.PreviousVersion = jc.cur.Version
+	}
+	msg := fmt.Sprintf("installed %s %s", name, version)
+	if jc.cur != nil && jc.cur.Version != version {
+		msg = fmt.Sprintf("upgraded %s from %s to %s", name, jc.cur.Version, version)
+	} else if jc.cur != nil {
+		msg = fmt.Sprintf("repaired %s %s", name, version)
+	}
+	if !jc.changed {
+		msg = fmt.Sprintf("recorded %s %s; no step changed anything", name, version)
+	}
+	keep := keepPrevious(req.Package)
+	var garbage []string
+	u := i.finish(jc, i.update(jc, ferryv1.JobPhase_JOB_PHASE_SUCCEEDED, msg), func() {
+		i.st.Packages[name] = append(i.st.Packages[name], rec)
+		garbage = i.prune(name, keep)
+		for _, t := range rec.Trees {
+			if h := holdDir(t.Dest); !slices.Contains(i.st.HoldDirs, h) {
+				i.st.HoldDirs = append(i.st.HoldDirs, h)
+			}
+		}
+	})
+	removeAll(i.log, garbage)
+	log.Info("job finished", "phase", u.GetPhase().String(), "message", u.GetMessage())
+	return u
+}
+
+// keepPrevious is how many replaced versions a package keeps for rollback:
+// the largest keep_previous of its archive steps, at least 1.
+func keepPrevious(p *ferryv1.Package) int {
+	keep := 1
+	for _, s := range p.GetSteps() {
+		if a := s.GetArchive(); a != nil && int(a.GetKeepPrevious()) > keep {
+			keep = int(a.GetKeepPrevious())
+		}
+	}
+	return keep
+}
+
+// finish commits a job's final result (and, via commit, its records) in
+// one state write, then drops the journal.
+func (i *Installer) finish(jc *jobCtx, u *ferryv1.JobUpdate, commit func()) *ferryv1.JobUpdate {
+	i.mu.Lock()
+	if commit != nil {
+		commit()
+	}
+	i.addResult(u)
+	err := i.saveState()
+	i.mu.Unlock()
+	if err != nil {
+		// The journal stays: the next start undoes the job and reports it.
+		i.log.Error("could not record a job's result", "job", jc.jobID, "err", err)
+		u.Message += fmt.Sprintf(" (but recording the result failed: %v)", err)
+		return u
+	}
+	if jc.j != nil {
+		if err := jc.j.remove(); err != nil {
+			i.log.Error("could not remove a job journal", "job", jc.jobID, "err", err)
+		}
+	}
+	return u
+}
+
+// fail undoes the job's applied changes, newest first, and reports it.
+func (i *Installer) fail(jc *jobCtx, failedStep string, cause error) *ferryv1.JobUpdate {
+	acts := jc.actions()
+	var undoErrs []error
+	for k := len(acts) - 1; k >= 0; k-- {
+		if err := undoAction(acts[k]); err != nil {
+			undoErrs = append(undoErrs, err)
+		}
+	}
+	msg := cause.Error()
+	if failedStep != "" {
+		msg = failedStep + ": " + msg
+	}
+	switch {
+	case len(undoErrs) > 0:
+		msg += fmt.Sprintf("; UNDO FAILED, the node may be half changed: %v", errors.Join(undoErrs...))
+	case len(acts) > 0:
+		msg += fmt.Sprintf("; the %d changes already applied were undone", len(acts))
+	}
+	u := i.update(jc, ferryv1.JobPhase_JOB_PHASE_FAILED, msg)
+	u.FailedStep = failedStep
+	var garbage []string
+	for _, a := range acts {
+		if a.Backup != "" {
+			garbage = append(garbage, a.Backup)
+		}
+	}
+	for k := range jc.pkg.GetSteps() {
+		garbage = append(garbage, filepath.Join(i.dir, "manifests", fmt.Sprintf("%s-%d", jc.key, k)))
+	}
+	if len(undoErrs) > 0 {
+		// Keep the journal and backups for the next start to retry the
+		// undo; remember the result in memory only, so that start does.
+		i.mu.Lock()
+		i.results[u.GetJobId()] = proto.Clone(u).(*ferryv1.JobUpdate)
+		i.mu.Unlock()
+		return u
+	}
+	u = i.finish(jc, u, nil)
+	removeAll(i.log, garbage)
+	return u
+}
+
+// validate refuses a malformed package before anything is touched.
+func (i *Installer) validate(req Request) error {
+	p := req.Package
+	if p == nil {
+		return errors.New("job has no package")
+	}
+	if !pkgNameRE.MatchString(p.GetName()) {
+		return fmt.Errorf("package name %q: use letters, digits and . _ + -", p.GetName())
+	}
+	if p.GetVersion() == "" || strings.ContainsAny(p.GetVersion(), "\x00\n") {
+		return fmt.Errorf("package %s: version %q is empty or has a newline", p.GetName(), p.GetVersion())
+	}
+	if len(p.GetSteps()) == 0 {
+		return fmt.Errorf("package %s %s has no steps", p.GetName(), p.GetVersion())
+	}
+	for idx, s := range p.GetSteps() {
+		if err := i.validateStep(req, s); err != nil {
+			return fmt.Errorf("step %d (%s): %w", idx+1, stepName(s), err)
+		}
+	}
+	return nil
+}
+
+func stepName(s *ferryv1.Step) string {
+	switch k := s.GetKind().(type) {
+	case *ferryv1.Step_Archive:
+		return "archive -> " + k.Archive.GetDest()
+	case *ferryv1.Step_Env:
+		return "env " + k.Env.GetName()
+	case *ferryv1.Step_Sudoers:
+		return "sudoers " + k.Sudoers.GetName()
+	case *ferryv1.Step_File:
+		return "file " + k.File.GetPath()
+	case *ferryv1.Step_Check:
+		return "check: " + k.Check.GetRun()
+	}
+	return "unknown step"
+}
+
+func stepKind(s *ferryv1.Step) string {
+	switch s.GetKind().(type) {
+	case *ferryv1.Step_Archive:
+		return "archive"
+	case *ferryv1.Step_Env:
+		return "env"
+	case *ferryv1.Step_Sudoers:
+		return "sudoers"
+	case *ferryv1.Step_File:
+		return "file"
+	case *ferryv1.Step_Check:
+		return "check"
+	}
+	return "unknown"
+}
+
+// runStep runs one step and appends its result.
+func (i *Installer) runStep(jc *jobCtx, idx int, step *ferryv1.Step) (*ferryv1.StepResult, error) {
+	res := &ferryv1.StepResult{Index: uint32(idx), Kind: stepKind(step), Name: stepName(step)}
+	phase := ferryv1.JobPhase_JOB_PHASE_INSTALLING
+	if step.GetCheck() != nil {
+		phase = ferryv1.JobPhase_JOB_PHASE_CHECKING
+	}
+	u := i.update(jc, phase, "running "+res.Name)
+	jc.progress(u)
+	start := time.Now()
+	var out stepOut
+	err := jc.ctx.Err()
+	if err == nil {
+		switch k := step.GetKind().(type) {
+		case *ferryv1.Step_Archive:
+			out, err = i.stepArchive(jc, idx, k.Archive)
+		case *ferryv1.Step_Env:
+			out, err = i.stepEnv(jc, idx, k.Env)
+		case *ferryv1.Step_Sudoers:
+			out, err = i.stepSudoers(jc, idx, k.Sudoers)
+		case *ferryv1.Step_File:
+			out, err = i.stepFile(jc, idx, k.File)
+		case *ferryv1.Step_Check:
+			out, err = i.stepCheck(jc, k.Check, jc.envs)
+		default:
+			err = errors.New("unknown step kind")
+		}
+	}
+	if errors.Is(err, context.Canceled) {
+		err = fmt.Errorf("job cancelled: %w", err)
+	}
+	res.Changed, res.Detail, res.Output = out.changed, out.detail, out.output
+	res.Duration = durationpb.New(time.Since(start))
+	if err != nil {
+		res.Error = err.Error()
+	}
+	if out.changed {
+		jc.changed = true
+	}
+	jc.results = append(jc.results, res)
+	if out.detail != "" {
+		jc.logf(res.Name + ": " + out.detail)
+	}
+	if err != nil {
+		jc.logf(res.Name + ": FAILED: " + err.Error())
+	}
+	return res, err
+}
+
+type stepOut struct {
+	changed bool
+	detail  string
+	output  string
+}

@@ -1,0 +1,248 @@
+package install
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// Rollback restores the version the package's last install replaced: the
+// kept trees are switched back in (atomically, with an exchange), env,
+// sudoers and other files get their previous content back, and the
+// restored version's checks run. If anything fails, the rollback itself
+// is undone. Rolling back a first install removes what it added.
+func (i *Installer) Rollback(ctx context.Context, jobID, rolloutID, pkgName string, progress func(*ferryv1.JobUpdate), logf func(string)) *ferryv1.JobUpdate {
+	if progress == nil {
+		progress = func(*ferryv1.JobUpdate) {}
+	}
+	if logf == nil {
+		logf = func(string) {}
+	}
+	jc := &jobCtx{
+		ctx: ctx, jobID: jobID, rolloutID: rolloutID, key: jobKey(jobID),
+		pkg: &ferryv1.Package{Name: pkgName}, progress: progress, logf: logf,
+	}
+	if jobID == "" {
+		return i.update(jc, ferryv1.JobPhase_JOB_PHASE_FAILED, "job has no ID")
+	}
+	i.run.Lock()
+	defer i.run.Unlock()
+	if u, ok := i.JobResult(jobID); ok {
+		return u
+	}
+	i.mu.Lock()
+	rs := i.st.Packages[pkgName]
+	var cur, prev *record
+	if len(rs) > 0 {
+		cur = rs[len(rs)-1]
+	}
+	if len(rs) > 1 {
+		prev = rs[len(rs)-2]
+	}
+	i.mu.Unlock()
+	switch {
+	case cur == nil:
+		return i.finish(jc, i.update(jc, ferryv1.JobPhase_JOB_PHASE_FAILED, fmt.Sprintf("package %s is not installed on this node; nothing to roll back", pkgName)), nil)
+	case cur.Pruned:
+		return i.finish(jc, i.update(jc, ferryv1.JobPhase_JOB_PHASE_FAILED, fmt.Sprintf("%s %s: no earlier version is kept (raise keep_previous); install the wanted version instead", pkgName, cur.Version)), nil)
+	}
+	jc.pkg.Version = cur.Version
+	var prevPkg *ferryv1.Package
+	if prev != nil {
+		prevPkg = &ferryv1.Package{}
+		if err := proto.Unmarshal(prev.Package, prevPkg); err != nil {
+			return i.finish(jc, i.update(jc, ferryv1.JobPhase_JOB_PHASE_FAILED, fmt.Sprintf("record of %s %s is unreadable: %v", pkgName, prev.Version, err)), nil)
+		}
+	}
+	progress(i.update(jc, ferryv1.JobPhase_JOB_PHASE_INSTALLING, "rolling back"))
+	var displaced []string
+	for k := len(cur.Undo) - 1; k >= 0; k-- {
+		a := cur.Undo[k]
+		start := time.Now()
+		res := &ferryv1.StepResult{Index: uint32(a.Step), Kind: "rollback", Name: "restore " + i.display(a.Target), Changed: true}
+		var err error
+		switch a.Kind {
+		case "tree":
+			var b *action
+			b, err = i.rollbackTree(jc, a)
+			if b != nil && b.HadOld {
+				displaced = append(displaced, b.Kept)
+			}
+			res.Detail = "previous tree switched back in"
+			if !a.HadOld {
+				res.Detail = "removed (it did not exist before)"
+			}
+		case "file":
+			err = i.rollbackFile(jc, a)
+			res.Detail = "previous content restored"
+			if !a.Existed {
+				res.Detail = "removed (it did not exist before)"
+			}
+		default:
+			err = fmt.Errorf("unknown action kind %q", a.Kind)
+		}
+		res.Duration = durationpb.New(time.Since(start))
+		if err != nil {
+			res.Error = err.Error()
+			jc.results = append(jc.results, res)
+			return i.fail(jc, res.Name, err)
+		}
+		jc.results = append(jc.results, res)
+		logf(res.Name + ": " + res.Detail)
+		progress(i.update(jc, ferryv1.JobPhase_JOB_PHASE_INSTALLING, ""))
+	}
+	if prevPkg != nil {
+		// The restored version must pass its own checks.
+		jc.pkg = prevPkg
+		for idx, s := range prevPkg.GetSteps() {
+			switch k := s.GetKind().(type) {
+			case *ferryv1.Step_Env:
+				jc.envs = append(jc.envs, k.Env)
+			case *ferryv1.Step_Check:
+				res, err := i.runStep(jc, idx, s)
+				if err != nil {
+					jc.pkg = &ferryv1.Package{Name: pkgName, Version: cur.Version}
+					return i.fail(jc, res.GetName(), err)
+				}
+			}
+		}
+	}
+	msg := fmt.Sprintf("rolled back %s from %s to %s", pkgName, cur.Version, prev.versionOrNone())
+	var garbage []string
+	u := i.finish(jc, i.update(jc, ferryv1.JobPhase_JOB_PHASE_SUCCEEDED, msg), func() {
+		rs := i.st.Packages[pkgName]
+		i.st.Packages[pkgName] = rs[:len(rs)-1]
+		if len(rs) == 1 {
+			delete(i.st.Packages, pkgName)
+		}
+		garbage = append(garbage, displaced...)
+		garbage = append(garbage, i.undoGarbage(cur)...)
+		garbage = append(garbage, i.manifestGarbage(cur)...)
+		for _, b := range jc.actions() {
+			garbage = append(garbage, b.Backup)
+		}
+	})
+	removeAll(i.log, garbage)
+	i.log.Info("rollback finished", "job", jobID, "package", pkgName, "phase", u.GetPhase().String(), "message", u.GetMessage())
+	return u
+}
+
+func (r *record) versionOrNone() string {
+	if r == nil {
+		return "nothing (first install removed)"
+	}
+	return r.Version
+}
+
+func (i *Installer) display(host string) string {
+	if i.root == "/" {
+		return host
+	}
+	if rel, err := filepath.Rel(i.root, host); err == nil {
+		return "/" + rel
+	}
+	return host
+}
+
+// rollbackTree switches the tree a kept by an install back in, keeping it
+// at its place should the rollback be undone.
+func (i *Installer) rollbackTree(jc *jobCtx, a *action) (*action, error) {
+	b := &action{
+		Kind:   "tree",
+		Step:   a.Step,
+		Target: a.Target,
+		Kept:   filepath.Join(holdDir(a.Target), fmt.Sprintf("rb-%s-%d", jc.key, a.Step)),
+		HasNew: a.HadOld,
+		State:  "prepared",
+	}
+	if a.HadOld {
+		id, ok := idOf(a.Kept)
+		if !ok {
+			return nil, fmt.Errorf("the kept previous tree %s is missing", a.Kept)
+		}
+		b.Stage, b.NewID, b.Preserve = a.Kept, id, true
+	}
+	b.OldID, b.HadOld = idOf(a.Target)
+	if !b.HasNew && !b.HadOld {
+		return b, nil
+	}
+	if err := i.addAction(jc, "rollback", b); err != nil {
+		return nil, err
+	}
+	b.State = "switching"
+	if err := jc.save(); err != nil {
+		return nil, err
+	}
+	if err := applyTree(b); err != nil {
+		return nil, err
+	}
+	b.State = "applied"
+	if err := jc.save(); err != nil {
+		return nil, err
+	}
+	// Directories the install created go again, as before it.
+	removeCreated(a.Created)
+	return b, nil
+}
+
+// rollbackFile puts back the content a file had before the install,
+// backing up the current content should the rollback be undone.
+func (i *Installer) rollbackFile(jc *jobCtx, a *action) error {
+	b := &action{Kind: "file", Step: a.Step, Target: a.Target, Temp: a.Temp, State: "prepared"}
+	st, err := os.Lstat(a.Target)
+	switch {
+	case err == nil && st.Mode().IsRegular():
+		cur, err := os.ReadFile(a.Target)
+		if err != nil {
+			return err
+		}
+		b.Existed = true
+		b.Mode = st.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+		if s, ok := st.Sys().(*syscall.Stat_t); ok {
+			b.UID, b.GID = int(s.Uid), int(s.Gid)
+		}
+		b.Backup = filepath.Join(i.dir, "backups", fmt.Sprintf("%s-rb-%d", jc.key, a.Step))
+		if err := writeFileSync(b.Backup, cur, 0o600); err != nil {
+			return fmt.Errorf("back up %s: %w", a.Target, err)
+		}
+	case err == nil:
+		return fmt.Errorf("%s is a %v now, not a regular file; Ferry will not replace it", a.Target, st.Mode().Type())
+	case !errors.Is(err, fs.ErrNotExist):
+		return err
+	}
+	if err := i.addAction(jc, "rollback", b); err != nil {
+		return err
+	}
+	if a.Existed {
+		if err := makeDirs(missingDirs(filepath.Dir(a.Target)), 0o755); err != nil {
+			return err
+		}
+		data, err := os.ReadFile(a.Backup)
+		if err != nil {
+			return fmt.Errorf("read the kept previous content: %w", err)
+		}
+		uid, gid := a.UID, a.GID
+		if os.Geteuid() != 0 {
+			uid, gid = -1, -1
+		}
+		if err := writeAtomic(a.Target, b.Temp, data, a.Mode, uid, gid); err != nil {
+			return err
+		}
+	} else {
+		if err := os.Remove(a.Target); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		removeCreated(a.Created)
+	}
+	b.State = "applied"
+	return jc.save()
+}
