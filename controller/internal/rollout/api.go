@@ -290,18 +290,20 @@ func (e *Engine) insertLocked(r *ferryv1.Rollout, pkg *ferryv1.Package, now time
 	return ru, nil
 }
 
-// advanceAndRelease settles a rollout, commits it, releases e.mu, performs
-// the effects and returns a copy of the rollout as it is then.
+// advanceAndRelease settles a newly saved rollout, commits it, releases
+// e.mu, performs the effects and returns a copy of the rollout as it is
+// then. The rollout exists once insertLocked saved it, so a failure to save
+// its first jobs is only logged: they are retried at the next tick.
 func (e *Engine) advanceAndRelease(ru *run, now time.Time) (*ferryv1.Rollout, error) {
 	fx := &effects{}
 	e.settle(ru, now, fx)
-	err := e.commit(ru, now, fx)
+	_ = e.commit(ru, now, fx)
 	e.mu.Unlock()
 	e.apply(fx)
 	e.mu.Lock()
 	out := proto.Clone(ru.r).(*ferryv1.Rollout)
 	e.mu.Unlock()
-	return out, err
+	return out, nil
 }
 
 // Promote lets a rollout waiting after its canaries start wave 1.

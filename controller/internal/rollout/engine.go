@@ -146,6 +146,10 @@ func New(cfg Config) (*Engine, error) {
 			e.log.Error("stored rollout has an invalid strategy; it will not advance", "rollout", r.GetId(), "err", err)
 			ru = &run{r: r, frozen: true}
 		}
+		switch r.GetState() {
+		case stAborted, stRolling:
+			ru.recancel = true
+		}
 		e.runs[r.GetId()] = ru
 		if !ru.ended() {
 			e.log.Info("resuming rollout", "rollout", r.GetId(), "package", r.GetPackageName()+"@"+r.GetPackageVersion(), "state", r.GetState().String())

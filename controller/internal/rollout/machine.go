@@ -52,6 +52,10 @@ type run struct {
 	// promoted is set by Promote until the first wave-1 node starts, which
 	// then records the promotion durably (a started wave-1 node).
 	promoted bool
+	// recancel: loaded after a restart while aborted or rolling back; the
+	// cancels sent before the restart may have been lost, and sending a
+	// cancel again is harmless, unlike sending a job again.
+	recancel bool
 
 	dirty    bool
 	events   []*ferryv1.WatchRolloutResponse
@@ -207,6 +211,14 @@ func (e *Engine) settle(ru *run, now time.Time, fx *effects) {
 	if ru.frozen {
 		return
 	}
+	if ru.recancel {
+		ru.recancel = false
+		for _, n := range ru.r.GetNodes() {
+			if inFlight(n) && n.GetFinishedAt() == nil && (ru.r.GetState() == stAborted || n.GetJobId() == mainJobID(ru.r.GetId(), n.GetNodeId())) {
+				fx.cancels = append(fx.cancels, cancelReq{n.GetNodeId(), n.GetJobId()})
+			}
+		}
+	}
 	for _, n := range ru.r.GetNodes() {
 		if inFlight(n) {
 			e.checkInFlight(ru, n, now, fx)
@@ -245,7 +257,11 @@ func (e *Engine) checkInFlight(ru *run, n *ferryv1.NodeJob, now time.Time, fx *e
 	case healthy:
 		e.finish(ru, n, ocFailed, now, fx, fmt.Sprintf("installed, but not healthy for %s within the progress deadline %s", ru.st.healthyFor, ru.st.progressDeadline))
 	default:
-		e.finish(ru, n, ocFailed, now, fx, fmt.Sprintf("no result within the progress deadline %s; job cancelled", ru.st.progressDeadline))
+		what := "job"
+		if n.GetJobId() == rollbackJobID(ru.r.GetId(), n.GetNodeId()) {
+			what = "rollback job"
+		}
+		e.finish(ru, n, ocFailed, now, fx, fmt.Sprintf("no result within the progress deadline %s; %s cancelled", ru.st.progressDeadline, what))
 	}
 	if !healthy {
 		fx.cancels = append(fx.cancels, cancelReq{n.GetNodeId(), n.GetJobId()})
