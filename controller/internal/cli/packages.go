@@ -1,0 +1,131 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+)
+
+// splitRef splits "name@version".
+func splitRef(ref string) (string, string, error) {
+	name, version, ok := strings.Cut(ref, "@")
+	if !ok || name == "" || version == "" {
+		return "", "", fmt.Errorf("%q is not a package reference: want NAME@VERSION, e.g. go@1.20.3", ref)
+	}
+	return name, version, nil
+}
+
+func (a *app) packageCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "package", Aliases: []string{"packages", "pkg"}, Short: "Manage packages (install recipes)"}
+	var file string
+	apply := &cobra.Command{
+		Use:   "apply -f FILE",
+		Short: "Validate a package file, resolve its artifact and store it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if file == "" {
+				return fmt.Errorf("-f FILE is required")
+			}
+			data, err := os.ReadFile(file)
+			if err != nil {
+				return err
+			}
+			conn, err := a.connect()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.ctx(cmd)
+			defer cancel()
+			resp, err := ferryv1.NewPackageServiceClient(conn).ApplyPackage(ctx, &ferryv1.ApplyPackageRequest{Yaml: string(data), Filename: filepath.Base(file)})
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return a.printJSON(resp)
+			}
+			p := resp.Package
+			verb := "created"
+			if !resp.Created {
+				verb = "unchanged (identical content already stored)"
+			}
+			fmt.Fprintf(a.stdout, "package %s@%s %s; artifact %s (%s), %d steps\n", p.Name, p.Version, verb, p.GetArtifact().GetName(), shortDigest(p.GetArtifact().GetDigest()), len(p.Steps))
+			return nil
+		},
+	}
+	apply.Flags().StringVarP(&file, "file", "f", "", "package YAML file")
+
+	var name string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List package versions",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			conn, err := a.connect()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.ctx(cmd)
+			defer cancel()
+			resp, err := ferryv1.NewPackageServiceClient(conn).ListPackages(ctx, &ferryv1.ListPackagesRequest{Name: name})
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return a.printJSON(resp)
+			}
+			w := a.table()
+			fmt.Fprintln(w, "PACKAGE\tARTIFACT\tDIGEST\tSTEPS\tCREATED\tBY")
+			for _, p := range resp.Packages {
+				fmt.Fprintf(w, "%s@%s\t%s\t%s\t%d\t%s\t%s\n", p.Name, p.Version, orDash(p.GetArtifact().GetName()), shortDigest(p.GetArtifact().GetDigest()), len(p.Steps), p.CreatedAt.AsTime().Local().Format(time.RFC3339), p.CreatedBy)
+			}
+			return w.Flush()
+		},
+	}
+	list.Flags().StringVar(&name, "name", "", "only this package")
+
+	show := &cobra.Command{
+		Use:   "show NAME@VERSION",
+		Short: "Show a package version as stored",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, v, err := splitRef(args[0])
+			if err != nil {
+				return err
+			}
+			conn, err := a.connect()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.ctx(cmd)
+			defer cancel()
+			resp, err := ferryv1.NewPackageServiceClient(conn).GetPackage(ctx, &ferryv1.GetPackageRequest{Name: n, Version: v})
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return a.printJSON(resp.Package)
+			}
+			p := resp.Package
+			fmt.Fprintf(a.stdout, "Package:   %s@%s\nArtifact:  %s %s (%d bytes)\nContent:   %s\nCreated:   %s by %s\n\n%s",
+				p.Name, p.Version, orDash(p.GetArtifact().GetName()), p.GetArtifact().GetDigest(), p.GetArtifact().GetSize(), p.ContentDigest,
+				p.CreatedAt.AsTime().Local().Format(time.RFC3339), p.CreatedBy, p.Source)
+			return nil
+		},
+	}
+	cmd.AddCommand(apply, list, show)
+	return cmd
+}
+
+// shortDigest abbreviates "sha256:<hex>" to 12 hex digits.
+func shortDigest(d string) string {
+	if len(d) > len("sha256:")+12 {
+		return d[:len("sha256:")+12]
+	}
+	return orDash(d)
+}
