@@ -1,7 +1,6 @@
 package pkgspec
 
 import (
-	"bytes"
 	"errors"
 	"os"
 	"path"
@@ -59,7 +58,7 @@ func checkFuzzError(t *testing.T, data []byte, p *ferryv1.Package, err error) {
 	if !errors.As(err, &list) || len(list) == 0 || len(list) > maxErrors+1 {
 		t.Fatalf("error is not a non-empty ErrorList of at most %d: %T %v", maxErrors+1, err, err)
 	}
-	lines := bytes.Count(data, []byte("\n")) + 1
+	lines := countLines(data)
 	for _, e := range list {
 		if e.File != "fuzz.yaml" || e.Problem == "" || e.Fix == "" {
 			t.Fatalf("incomplete error: %+v", e)
@@ -138,4 +137,11 @@ func checkPackage(t *testing.T, p *ferryv1.Package) {
 	if archives > 1 || (archives == 1) != (p.Artifact != nil) {
 		t.Fatalf("accepted %d archive steps with artifact %v", archives, p.Artifact)
 	}
+}
+
+// countLines counts lines as YAML does: \n, \r\n, a lone \r, and the
+// Unicode breaks NEL, LS and PS all end one.
+func countLines(data []byte) int {
+	s := strings.ReplaceAll(string(data), "\r\n", "\n")
+	return 1 + strings.Count(s, "\n") + strings.Count(s, "\r") + strings.Count(s, "\u0085") + strings.Count(s, "\u2028") + strings.Count(s, "\u2029")
 }

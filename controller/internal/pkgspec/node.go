@@ -113,7 +113,8 @@ func (p *parser) strList(n *yaml.Node, path, example string) ([]string, bool) {
 }
 
 func (p *parser) uint(n *yaml.Node, path string, lo, hi uint64) (uint64, bool) {
-	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" {
+	bigInt := n.Kind == yaml.ScalarNode && n.ShortTag() == "!!float" && strings.Trim(n.Value, "0123456789") == ""
+	if !bigInt && (n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int") {
 		p.add(n, path, "expected a whole number, got "+describe(n), "write a number without quotes, e.g. 1")
 		return 0, false
 	}

@@ -183,7 +183,11 @@ func syntaxError(file string, err error) *FieldError {
 	if slices.Contains(yamlParserProblems, msg) {
 		line++
 	}
-	return &FieldError{File: file, Line: line, Problem: "invalid YAML: " + msg, Fix: "fix the YAML syntax; a quoted string or a {...} or [...] that is not closed is a common cause"}
+	fix := "fix the YAML syntax"
+	if strings.HasPrefix(msg, "did not find expected ',' or") || msg == "found unexpected end of stream" {
+		fix += "; a quoted string or a {...} or [...] that is not closed is a common cause"
+	}
+	return &FieldError{File: file, Line: line, Problem: "invalid YAML: " + msg, Fix: fix}
 }
 
 // decode parses data into its single YAML document.
@@ -227,7 +231,7 @@ func parse(filename string, data []byte) (*ferryv1.Package, *yaml.Node, error) {
 	if doc == nil {
 		return nil, nil, p.errs
 	}
-	if p.refuseAliases(doc); len(p.errs) > 0 {
+	if p.refuseAliases(doc, map[string]bool{}); len(p.errs) > 0 {
 		return nil, nil, p.errs
 	}
 	var top *yaml.Node
@@ -246,15 +250,19 @@ func parse(filename string, data []byte) (*ferryv1.Package, *yaml.Node, error) {
 	return pkg, artifactNode, nil
 }
 
-// refuseAliases reports every alias: expanding them would let a small file
-// become a huge package, and a package file gains little from them.
-func (p *parser) refuseAliases(n *yaml.Node) {
+// refuseAliases reports the first use of each alias: expanding them would
+// let a small file become a huge package, and a package file gains little
+// from them.
+func (p *parser) refuseAliases(n *yaml.Node, seen map[string]bool) {
 	if n.Kind == yaml.AliasNode {
-		p.add(n, "", fmt.Sprintf("YAML alias *%s is not supported", n.Value), "write the value out in full")
+		if !seen[n.Value] {
+			seen[n.Value] = true
+			p.add(n, "", fmt.Sprintf("YAML alias *%s is not supported", n.Value), "write the value out in full")
+		}
 		return
 	}
 	for _, c := range n.Content {
-		p.refuseAliases(c)
+		p.refuseAliases(c, seen)
 	}
 }
 

@@ -368,6 +368,7 @@ func TestParseInline(t *testing.T) {
 		{"max_bytes overflow", base + "  - archive: {dest: /opt/go, max_bytes: 99999999999TiB}\n", []wantErr{{5, "steps[0].archive.max_bytes", "not a valid size"}}},
 		{"max_bytes plain", base + "  - archive: {dest: /opt/go, max_bytes: 1048576}\n", nil},
 		{"max_entries 0", base + "  - archive: {dest: /opt/go, max_entries: 0}\n", []wantErr{{5, "steps[0].archive.max_entries", "out of range"}}},
+		{"max_entries overflow", base + "  - archive: {dest: /opt/go, max_entries: 18446744073709551616}\n", []wantErr{{5, "steps[0].archive.max_entries", "18446744073709551616 is out of range"}}},
 		{"format unknown", base + "  - archive: {dest: /opt/go, format: rar}\n", []wantErr{{5, "steps[0].archive.format", `unknown archive format "rar"`}}},
 
 		// env
@@ -644,4 +645,10 @@ func TestContentDigestChangesWithContent(t *testing.T) {
 			t.Error("resolved and unresolved packages share a digest")
 		}
 	})
+}
+
+func TestAliasReportedOnce(t *testing.T) {
+	src := "x: &a [1, 2]\nname: [*a, *a, *a]\nversion: *a\n"
+	_, err := Parse("p.yaml", []byte(src))
+	checkErrors(t, "p.yaml", err, []wantErr{{2, "", "YAML alias *a is not supported"}})
 }
