@@ -27,6 +27,8 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
 	"github.com/ferrydeploy/ferry/controller/internal/health"
 	"github.com/ferrydeploy/ferry/controller/internal/metrics"
+	"github.com/ferrydeploy/ferry/controller/internal/packages"
+	"github.com/ferrydeploy/ferry/controller/internal/rollout"
 	"github.com/ferrydeploy/ferry/controller/internal/server"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
@@ -89,6 +91,8 @@ type Controller struct {
 	grpc      *grpc.Server
 	ready     atomic.Bool
 	gossipKey []byte
+	packages  *packages.Store
+	engine    *rollout.Engine
 	adminPath string
 	advertise string
 }
@@ -164,7 +168,20 @@ func New(cfg Config) (*Controller, error) {
 		AgentCertTTL: cfg.AgentCertTTL, AdminCertTTL: cfg.AdminCertTTL,
 		AdvertiseAddress: c.advertise, Observer: m,
 	}
+	if c.packages, err = packages.New(c.store, artifactResolver{c}, deps.Audit, cfg.Now); err != nil {
+		return nil, err
+	}
+	ferryv1.RegisterPackageServiceServer(c.grpc, c.packages)
+	c.engine, err = rollout.New(rollout.Config{
+		Store: c.store, Dispatcher: dispatcher{c.fleet}, Fleet: c.fleet, Packages: c.packages,
+		Auditor: auditor{store: c.store, log: c.log, now: cfg.Now}, Logger: c.log.With("component", "rollout"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	deps.Jobs = jobSink{engine: c.engine, store: c.store, metrics: m, log: c.log, now: cfg.Now}
 	server.Register(c.grpc, deps)
+	server.RegisterRollouts(c.grpc, deps, c.engine)
 	ferryv1.RegisterAgentServiceServer(c.grpc, server.NewAgentService(deps, nil))
 	grpcMetrics.InitializeMetrics(c.grpc)
 	ok = true
@@ -288,4 +305,12 @@ func (c *Controller) ensureAdminCredential() error {
 		return err
 	}
 	return credential.Write(c.adminPath, c.advertise, c.ca.Cert, cert, keyPEM)
+}
+
+// artifactResolver resolves package artifact references.
+// TODO(lead): replace with the artifact store once it lands.
+type artifactResolver struct{ c *Controller }
+
+func (r artifactResolver) ResolveArtifact(ref string) (*ferryv1.Artifact, error) {
+	return nil, fmt.Errorf("artifact %q: this controller has no artifact store", ref)
 }

@@ -68,6 +68,13 @@ func (c *Controller) Run(ctx context.Context) error {
 			errc <- err
 		}
 	}()
+	engineCtx, stopEngine := context.WithCancel(ctx)
+	defer stopEngine()
+	go func() {
+		if err := c.engine.Run(engineCtx); err != nil && engineCtx.Err() == nil {
+			errc <- err
+		}
+	}()
 	c.ready.Store(true)
 	c.log.Info("controller serving", "grpc", c.GRPCAddr(), "http", c.HTTPAddr(), "advertise", c.advertise, "ca_pin", c.ca.Pin(), "admin_credential", c.adminPath)
 

@@ -1,0 +1,80 @@
+package controller
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/ferrydeploy/ferry/controller/internal/fleet"
+	"github.com/ferrydeploy/ferry/controller/internal/metrics"
+	"github.com/ferrydeploy/ferry/controller/internal/rollout"
+	"github.com/ferrydeploy/ferry/controller/internal/store"
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// dispatcher sends the engine's jobs on the agents' streams.
+type dispatcher struct{ fleet *fleet.Registry }
+
+func (d dispatcher) Dispatch(nodeID string, job *ferryv1.Job) error {
+	return d.fleet.Dispatch(nodeID, &ferryv1.ConnectResponse{Msg: &ferryv1.ConnectResponse_Job{Job: job}})
+}
+
+func (d dispatcher) Cancel(nodeID, jobID string) error {
+	return d.fleet.Dispatch(nodeID, &ferryv1.ConnectResponse{Msg: &ferryv1.ConnectResponse_Cancel{Cancel: &ferryv1.JobCancel{JobId: jobID}}})
+}
+
+// auditor writes the engine's admin actions to the audit log.
+type auditor struct {
+	store *store.Store
+	log   *slog.Logger
+	now   func() time.Time
+}
+
+func (a auditor) Audit(actor, action, target, outcome, detail string) {
+	ev := &ferryv1.AuditEvent{At: timestamppb.New(a.now()), Actor: actor, Action: action, Target: target, Outcome: outcome, Detail: detail}
+	if err := a.store.AppendAudit(ev); err != nil {
+		a.log.Error("write audit event", "action", action, "err", err)
+	}
+}
+
+// jobSink routes what agents report to the engine, the log store and the
+// metrics.
+type jobSink struct {
+	engine  *rollout.Engine
+	store   *store.Store
+	metrics *metrics.Metrics
+	log     *slog.Logger
+	now     func() time.Time
+}
+
+func (j jobSink) AgentHello(nodeID string, recent []*ferryv1.JobUpdate) {
+	for _, u := range recent {
+		j.engine.HandleJobUpdate(nodeID, u)
+	}
+}
+
+func (j jobSink) HandleJobUpdate(nodeID string, u *ferryv1.JobUpdate) {
+	switch u.GetPhase() {
+	case ferryv1.JobPhase_JOB_PHASE_SUCCEEDED, ferryv1.JobPhase_JOB_PHASE_UNCHANGED, ferryv1.JobPhase_JOB_PHASE_FAILED:
+		var d time.Duration
+		for _, s := range u.GetSteps() {
+			d += s.GetDuration().AsDuration()
+		}
+		outcome := map[ferryv1.JobPhase]string{
+			ferryv1.JobPhase_JOB_PHASE_SUCCEEDED: "succeeded",
+			ferryv1.JobPhase_JOB_PHASE_UNCHANGED: "unchanged",
+			ferryv1.JobPhase_JOB_PHASE_FAILED:    "failed",
+		}[u.GetPhase()]
+		j.metrics.InstallDuration.WithLabelValues(outcome).Observe(d.Seconds())
+	}
+	j.engine.HandleJobUpdate(nodeID, u)
+}
+
+func (j jobSink) HandleJobLog(nodeID string, l *ferryv1.JobLog) {
+	if l.GetRolloutId() == "" {
+		return
+	}
+	if err := j.store.AppendJobLog(l.GetRolloutId(), nodeID, l.GetText(), j.now()); err != nil {
+		j.log.Warn("store job log", "node", nodeID, "rollout", l.GetRolloutId(), "err", err)
+	}
+}

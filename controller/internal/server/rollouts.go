@@ -1,0 +1,207 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/ferrydeploy/ferry/controller/internal/rollout"
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+)
+
+// Rollouts is the part of the rollout engine the API needs.
+type Rollouts interface {
+	Create(ctx context.Context, actor string, req *ferryv1.CreateRolloutRequest) (*ferryv1.CreateRolloutResponse, error)
+	Get(id string) (*ferryv1.Rollout, error)
+	List(pkg string, limit int) []*ferryv1.Rollout
+	Watch(ctx context.Context, id string) (<-chan *ferryv1.WatchRolloutResponse, error)
+	Promote(ctx context.Context, actor, id string) (*ferryv1.Rollout, error)
+	Pause(ctx context.Context, actor, id string) (*ferryv1.Rollout, error)
+	Resume(ctx context.Context, actor, id string) (*ferryv1.Rollout, error)
+	Abort(ctx context.Context, actor, id string) (*ferryv1.Rollout, error)
+	Undo(ctx context.Context, actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.Rollout, error)
+}
+
+// RegisterRollouts adds the rollout and log services.
+func RegisterRollouts(s *grpc.Server, d *Deps, r Rollouts) {
+	ferryv1.RegisterRolloutServiceServer(s, &rolloutServer{d: d, r: r})
+	ferryv1.RegisterLogServiceServer(s, &logServer{d: d, r: r})
+}
+
+type rolloutServer struct {
+	ferryv1.UnimplementedRolloutServiceServer
+	d *Deps
+	r Rollouts
+}
+
+func rolloutErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, rollout.ErrInvalid):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, rollout.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, rollout.ErrConflict):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, rollout.ErrState):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+func actorOf(ctx context.Context) string {
+	c, err := caller(ctx)
+	if err != nil {
+		return "unknown"
+	}
+	return c.Identity.String()
+}
+
+func (s *rolloutServer) CreateRollout(ctx context.Context, req *ferryv1.CreateRolloutRequest) (*ferryv1.CreateRolloutResponse, error) {
+	resp, err := s.r.Create(ctx, actorOf(ctx), req)
+	return resp, rolloutErr(err)
+}
+
+func (s *rolloutServer) GetRollout(ctx context.Context, req *ferryv1.GetRolloutRequest) (*ferryv1.GetRolloutResponse, error) {
+	r, err := s.r.Get(req.GetId())
+	if err != nil {
+		return nil, rolloutErr(err)
+	}
+	return &ferryv1.GetRolloutResponse{Rollout: r}, nil
+}
+
+func (s *rolloutServer) WatchRollout(req *ferryv1.WatchRolloutRequest, stream grpc.ServerStreamingServer[ferryv1.WatchRolloutResponse]) error {
+	ch, err := s.r.Watch(stream.Context(), req.GetId())
+	if err != nil {
+		return rolloutErr(err)
+	}
+	for ev := range ch {
+		if err := stream.Send(ev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *rolloutServer) ListRollouts(ctx context.Context, req *ferryv1.ListRolloutsRequest) (*ferryv1.ListRolloutsResponse, error) {
+	limit := int(req.GetLimit())
+	if limit == 0 {
+		limit = 50
+	}
+	return &ferryv1.ListRolloutsResponse{Rollouts: s.r.List(req.GetPackageName(), limit)}, nil
+}
+
+func (s *rolloutServer) PromoteRollout(ctx context.Context, req *ferryv1.PromoteRolloutRequest) (*ferryv1.PromoteRolloutResponse, error) {
+	r, err := s.r.Promote(ctx, actorOf(ctx), req.GetId())
+	if err != nil {
+		return nil, rolloutErr(err)
+	}
+	return &ferryv1.PromoteRolloutResponse{Rollout: r}, nil
+}
+
+func (s *rolloutServer) PauseRollout(ctx context.Context, req *ferryv1.PauseRolloutRequest) (*ferryv1.PauseRolloutResponse, error) {
+	r, err := s.r.Pause(ctx, actorOf(ctx), req.GetId())
+	if err != nil {
+		return nil, rolloutErr(err)
+	}
+	return &ferryv1.PauseRolloutResponse{Rollout: r}, nil
+}
+
+func (s *rolloutServer) ResumeRollout(ctx context.Context, req *ferryv1.ResumeRolloutRequest) (*ferryv1.ResumeRolloutResponse, error) {
+	r, err := s.r.Resume(ctx, actorOf(ctx), req.GetId())
+	if err != nil {
+		return nil, rolloutErr(err)
+	}
+	return &ferryv1.ResumeRolloutResponse{Rollout: r}, nil
+}
+
+func (s *rolloutServer) AbortRollout(ctx context.Context, req *ferryv1.AbortRolloutRequest) (*ferryv1.AbortRolloutResponse, error) {
+	r, err := s.r.Abort(ctx, actorOf(ctx), req.GetId())
+	if err != nil {
+		return nil, rolloutErr(err)
+	}
+	return &ferryv1.AbortRolloutResponse{Rollout: r}, nil
+}
+
+func (s *rolloutServer) UndoRollout(ctx context.Context, req *ferryv1.UndoRolloutRequest) (*ferryv1.UndoRolloutResponse, error) {
+	r, err := s.r.Undo(ctx, actorOf(ctx), req)
+	if err != nil {
+		return nil, rolloutErr(err)
+	}
+	return &ferryv1.UndoRolloutResponse{Rollout: r}, nil
+}
+
+type logServer struct {
+	ferryv1.UnimplementedLogServiceServer
+	d *Deps
+	r Rollouts
+}
+
+// GetJobLogs sends the stored output, then (with follow) new output until
+// the node's job in the rollout has ended.
+func (s *logServer) GetJobLogs(req *ferryv1.GetJobLogsRequest, stream grpc.ServerStreamingServer[ferryv1.GetJobLogsResponse]) error {
+	r, err := s.r.Get(req.GetRolloutId())
+	if err != nil {
+		return rolloutErr(err)
+	}
+	found := false
+	for _, n := range r.GetNodes() {
+		if n.GetNodeId() == req.GetNodeId() {
+			found = true
+		}
+	}
+	if !found {
+		return status.Errorf(codes.NotFound, "node %s is not part of rollout %s", req.GetNodeId(), req.GetRolloutId())
+	}
+	sent := 0
+	for {
+		text, err := s.d.Store.JobLog(req.GetRolloutId(), req.GetNodeId())
+		if err != nil {
+			return status.Error(codes.Internal, err.Error())
+		}
+		if len(text) < sent { // truncated at the front: resend what is kept
+			sent = 0
+		}
+		if len(text) > sent {
+			if err := stream.Send(&ferryv1.GetJobLogsResponse{Text: text[sent:], At: timestamppb.New(s.d.Now())}); err != nil {
+				return err
+			}
+			sent = len(text)
+		}
+		if !req.GetFollow() || jobEnded(s.r, req.GetRolloutId(), req.GetNodeId()) {
+			return nil
+		}
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
+func jobEnded(r Rollouts, rolloutID, nodeID string) bool {
+	ro, err := r.Get(rolloutID)
+	if err != nil {
+		return true
+	}
+	for _, n := range ro.GetNodes() {
+		if n.GetNodeId() == nodeID {
+			switch n.GetOutcome() {
+			case ferryv1.NodeOutcome_NODE_OUTCOME_PENDING, ferryv1.NodeOutcome_NODE_OUTCOME_DOWNLOADING,
+				ferryv1.NodeOutcome_NODE_OUTCOME_INSTALLING, ferryv1.NodeOutcome_NODE_OUTCOME_CHECKING:
+				return false
+			}
+			return true
+		}
+	}
+	return true
+}
