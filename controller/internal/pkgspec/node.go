@@ -41,7 +41,9 @@ func (p *parser) mapping(n *yaml.Node, path string, known []string, example, nou
 			continue
 		}
 		if !slices.Contains(known, name) {
-			if !p.full() { // suggest is not free; a huge file of typos must stay cheap
+			if p.full() { // suggest is not free; a huge file of typos must stay cheap
+				p.truncated = true
+			} else {
 				p.add(k, fp, "unknown "+noun, suggest(name, known, noun))
 			}
 			continue

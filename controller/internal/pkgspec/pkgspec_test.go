@@ -2,6 +2,7 @@ package pkgspec
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -443,6 +444,7 @@ func TestParseDefaults(t *testing.T) {
 func TestTooManyErrors(t *testing.T) {
 	var b strings.Builder
 	b.WriteString(base)
+	b.WriteString("  - archive: {dest: /opt/go}\n")
 	for range 80 {
 		b.WriteString("  - check: {run: x, bogus: 1}\n")
 	}
@@ -451,8 +453,13 @@ func TestTooManyErrors(t *testing.T) {
 	if !errors.As(err, &list) {
 		t.Fatalf("got %v", err)
 	}
-	if len(list) != maxErrors+1 || !strings.Contains(list[maxErrors].Problem, "too many problems") {
-		t.Errorf("got %d errors, last %v; want %d and a 'too many problems' note", len(list), list[len(list)-1], maxErrors+1)
+	if len(list) != maxErrors+1 || !strings.Contains(list[maxErrors].Problem, "more than 50 problems") {
+		t.Errorf("got %d errors, last %v; want %d and a 'more than 50 problems' note last", len(list), list[len(list)-1], maxErrors+1)
+	}
+	for i, e := range list[:maxErrors] {
+		if want := 6 + i; e.Line != want || e.Field != fmt.Sprintf("steps[%d].check.bogus", i+1) {
+			t.Errorf("error %d: %v; want line %d", i, e, want)
+		}
 	}
 }
 
