@@ -1,0 +1,580 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+)
+
+// strategyFlags are the rollout strategy knobs shared by create and undo.
+type strategyFlags struct {
+	canary           uint32
+	autoPromote      bool
+	maxParallel      string
+	maxFailures      string
+	onFailure        string
+	progressDeadline time.Duration
+	healthyFor       time.Duration
+}
+
+func (s *strategyFlags) add(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.Uint32Var(&s.canary, "canary", 1, "nodes that go first, alone; the rollout then waits for `rollout promote` unless --auto-promote")
+	f.BoolVar(&s.autoPromote, "auto-promote", false, "continue after the canaries without waiting for promotion")
+	f.StringVar(&s.maxParallel, "max-parallel", "1", "jobs in flight at once: a count (2) or a percent of the targets (25%); a sliding window")
+	f.StringVar(&s.maxFailures, "max-failures", "0", "failures tolerated over the whole rollout: a count or a percent")
+	f.StringVar(&s.onFailure, "on-failure", "pause", "what to do when max-failures is exceeded: pause, abort or rollback")
+	f.DurationVar(&s.progressDeadline, "progress-deadline", 10*time.Minute, "how long one node may take before it counts as failed")
+	f.DurationVar(&s.healthyFor, "healthy-for", 10*time.Second, "how long a node must keep heartbeating after its checks pass")
+}
+
+func (s *strategyFlags) proto() (*ferryv1.Strategy, error) {
+	var action ferryv1.FailureAction
+	switch s.onFailure {
+	case "pause":
+		action = ferryv1.FailureAction_FAILURE_ACTION_PAUSE
+	case "abort":
+		action = ferryv1.FailureAction_FAILURE_ACTION_ABORT
+	case "rollback":
+		action = ferryv1.FailureAction_FAILURE_ACTION_ROLLBACK
+	default:
+		return nil, fmt.Errorf("--on-failure %q: use pause, abort or rollback", s.onFailure)
+	}
+	return &ferryv1.Strategy{
+		Canary: s.canary, AutoPromote: s.autoPromote, MaxParallel: s.maxParallel, MaxFailures: s.maxFailures,
+		OnFailure: action, ProgressDeadline: durationpb.New(s.progressDeadline), HealthyFor: durationpb.New(s.healthyFor),
+	}, nil
+}
+
+func parseSelector(s string) (map[string]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	out := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--selector %q: want key=value[,key=value...]", s)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+func (a *app) rolloutCmd() *cobra.Command {
+	var group, selector, pkg string
+	var plan, detach bool
+	var strat strategyFlags
+	cmd := &cobra.Command{
+		Use:   "rollout --group G --package NAME@VERSION",
+		Short: "Roll a package out to a group (or a label selector) and watch it",
+		Long: `Roll a package out to a group and/or the nodes matching a label selector.
+
+Defaults are cautious: one canary, then a wait for 'ferryctl rollout promote';
+one node at a time; the first failure pauses the rollout; a node has 10m to
+finish and must keep heartbeating 10s after its checks pass. Nodes not
+connected at the start are reported unreachable, never waited on.
+
+On a terminal the command shows live progress until the rollout ends; it
+exits 0 only if the rollout succeeded. --detach prints the rollout ID and
+returns at once; --plan shows what would change and changes nothing.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := a.checkOutput(); err != nil {
+				return err
+			}
+			if pkg == "" {
+				return errors.New("--package NAME@VERSION is required (e.g. --package go@1.20.3)")
+			}
+			name, version, err := splitRef(pkg)
+			if err != nil {
+				return err
+			}
+			sel, err := parseSelector(selector)
+			if err != nil {
+				return err
+			}
+			if group == "" && len(sel) == 0 {
+				return errors.New("choose the nodes with --group and/or --selector")
+			}
+			st, err := strat.proto()
+			if err != nil {
+				return err
+			}
+			conn, err := a.connect()
+			if err != nil {
+				return err
+			}
+			client := ferryv1.NewRolloutServiceClient(conn)
+			ctx, cancel := context.WithTimeout(cmd.Context(), a.timeout+time.Minute)
+			defer cancel()
+			resp, err := client.CreateRollout(ctx, &ferryv1.CreateRolloutRequest{
+				PackageName: name, PackageVersion: version, Target: &ferryv1.Target{Group: group, Selector: sel}, Strategy: st, Plan: plan,
+			})
+			if err != nil {
+				return err
+			}
+			if plan {
+				return a.printPlan(resp.Plan)
+			}
+			if detach {
+				if a.output == "json" {
+					return a.printJSON(resp.Rollout)
+				}
+				fmt.Fprintln(a.stdout, resp.Rollout.Id)
+				return nil
+			}
+			return a.follow(cmd.Context(), resp.Rollout.Id)
+		},
+	}
+	cmd.Flags().StringVar(&group, "group", "", "target group")
+	cmd.Flags().StringVar(&selector, "selector", "", "target labels key=value[,key=value] (all must match)")
+	cmd.Flags().StringVar(&pkg, "package", "", "package NAME@VERSION (required)")
+	cmd.Flags().BoolVar(&plan, "plan", false, "print the nodes, waves and per-node changes; change nothing")
+	cmd.Flags().BoolVar(&detach, "detach", false, "print the rollout ID and return without watching")
+	strat.add(cmd)
+	cmd.AddCommand(a.rolloutStatusCmd(), a.rolloutListCmd(), a.rolloutHistoryCmd(), a.rolloutUndoCmd(),
+		a.rolloutActionCmd("promote", "Let a rollout waiting after its canaries go on"),
+		a.rolloutActionCmd("pause", "Stop starting new jobs; running jobs finish"),
+		a.rolloutActionCmd("resume", "Continue a paused rollout"),
+		a.rolloutActionCmd("abort", "Stop a rollout; nodes not started are skipped"))
+	return cmd
+}
+
+func (a *app) printPlan(plan []*ferryv1.NodePlan) error {
+	if a.output == "json" {
+		return a.printRawJSON(plan)
+	}
+	sort.SliceStable(plan, func(i, j int) bool { return plan[i].Wave < plan[j].Wave })
+	for _, p := range plan {
+		wave := "canary"
+		if p.Wave > 0 {
+			wave = fmt.Sprintf("wave %d", p.Wave)
+		}
+		fmt.Fprintf(a.stdout, "%s (%s)", p.NodeId, wave)
+		if p.Note != "" {
+			fmt.Fprintf(a.stdout, ": %s", p.Note)
+		}
+		fmt.Fprintln(a.stdout)
+		for _, s := range p.Steps {
+			mark := "  unchanged"
+			if s.Changed {
+				mark = "  ~ change "
+			}
+			line := s.Name
+			if s.Detail != "" {
+				line += ": " + s.Detail
+			}
+			fmt.Fprintf(a.stdout, "  %s %s\n", mark, line)
+		}
+	}
+	fmt.Fprintln(a.stdout, "\nplan only: nothing was changed")
+	return nil
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+func terminalState(s ferryv1.RolloutState) bool {
+	switch s {
+	case ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED, ferryv1.RolloutState_ROLLOUT_STATE_FAILED,
+		ferryv1.RolloutState_ROLLOUT_STATE_ABORTED, ferryv1.RolloutState_ROLLOUT_STATE_ROLLED_BACK:
+		return true
+	}
+	return false
+}
+
+func stateWord(s ferryv1.RolloutState) string {
+	return strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(s.String(), "ROLLOUT_STATE_"), "_", " "))
+}
+
+func outcomeWord(o ferryv1.NodeOutcome) string {
+	return strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(o.String(), "NODE_OUTCOME_"), "_", " "))
+}
+
+// follow watches a rollout until it ends and returns an ExitError unless it
+// succeeded.
+func (a *app) follow(ctx context.Context, id string) error {
+	conn, err := a.connect()
+	if err != nil {
+		return err
+	}
+	stream, err := ferryv1.NewRolloutServiceClient(conn).WatchRollout(ctx, &ferryv1.WatchRolloutRequest{Id: id})
+	if err != nil {
+		return err
+	}
+	tty := a.output != "json" && isTerminal(a.stdout)
+	var last *ferryv1.Rollout
+	if a.output != "json" {
+		fmt.Fprintf(a.stdout, "rollout %s started; follow it elsewhere with `ferryctl rollout status %s --watch`\n", id, id)
+	}
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			return err
+		}
+		last = ev.Rollout
+		switch {
+		case a.output == "json":
+			if err := a.printJSON(ev); err != nil {
+				return err
+			}
+		case tty:
+			fmt.Fprint(a.stdout, "\r\033[K")
+			if ev.Event != "" {
+				fmt.Fprintln(a.stdout, eventLine(ev))
+			}
+			fmt.Fprint(a.stdout, progressLine(ev.Rollout, true))
+		default:
+			if ev.Event != "" {
+				fmt.Fprintln(a.stdout, eventLine(ev))
+			}
+		}
+	}
+	if last == nil {
+		return fmt.Errorf("rollout %s: the watch ended without events", id)
+	}
+	if tty {
+		fmt.Fprintln(a.stdout)
+	}
+	if a.output != "json" {
+		fmt.Fprintln(a.stdout, progressLine(last, false))
+		a.printFailures(last)
+	}
+	if last.State != ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+		return &ExitError{Code: 1, Err: fmt.Errorf("rollout %s ended %s: %s", id, stateWord(last.State), last.Message)}
+	}
+	return nil
+}
+
+func eventLine(ev *ferryv1.WatchRolloutResponse) string {
+	at := time.Now()
+	if ev.At != nil {
+		at = ev.At.AsTime().Local()
+	}
+	if ev.NodeId != "" {
+		return fmt.Sprintf("%s  %-12s %s", at.Format("15:04:05"), ev.NodeId, ev.Event)
+	}
+	return fmt.Sprintf("%s  %-12s %s", at.Format("15:04:05"), "rollout", ev.Event)
+}
+
+// progressLine is "[#####-----] 3/6  succeeded 2  installing 1 ... state".
+func progressLine(r *ferryv1.Rollout, bar bool) string {
+	counts := map[ferryv1.NodeOutcome]int{}
+	done := 0
+	for _, n := range r.Nodes {
+		counts[n.Outcome]++
+		switch n.Outcome {
+		case ferryv1.NodeOutcome_NODE_OUTCOME_PENDING, ferryv1.NodeOutcome_NODE_OUTCOME_DOWNLOADING,
+			ferryv1.NodeOutcome_NODE_OUTCOME_INSTALLING, ferryv1.NodeOutcome_NODE_OUTCOME_CHECKING:
+		default:
+			done++
+		}
+	}
+	var b strings.Builder
+	if bar {
+		const width = 24
+		filled := 0
+		if len(r.Nodes) > 0 {
+			filled = done * width / len(r.Nodes)
+		}
+		b.WriteString("[" + strings.Repeat("#", filled) + strings.Repeat("-", width-filled) + "] ")
+	}
+	fmt.Fprintf(&b, "%d/%d done", done, len(r.Nodes))
+	for o := ferryv1.NodeOutcome(1); int(o) < len(ferryv1.NodeOutcome_name); o++ {
+		if c := counts[o]; c > 0 {
+			fmt.Fprintf(&b, "  %s %d", outcomeWord(o), c)
+		}
+	}
+	fmt.Fprintf(&b, "  | %s", stateWord(r.State))
+	if r.State == ferryv1.RolloutState_ROLLOUT_STATE_WAITING_PROMOTION {
+		fmt.Fprintf(&b, ": run `ferryctl rollout promote %s`", r.Id)
+	}
+	return b.String()
+}
+
+func (a *app) printFailures(r *ferryv1.Rollout) {
+	for _, n := range r.Nodes {
+		switch n.Outcome {
+		case ferryv1.NodeOutcome_NODE_OUTCOME_FAILED, ferryv1.NodeOutcome_NODE_OUTCOME_UNREACHABLE:
+			msg := n.Message
+			if n.FailedStep != "" {
+				msg = "step " + n.FailedStep + ": " + msg
+			}
+			fmt.Fprintf(a.stdout, "  %s %s: %s (logs: ferryctl logs %s %s)\n", n.NodeId, outcomeWord(n.Outcome), msg, r.Id, n.NodeId)
+		}
+	}
+}
+
+func (a *app) rolloutStatusCmd() *cobra.Command {
+	var watch bool
+	cmd := &cobra.Command{
+		Use:   "status ID",
+		Short: "Show a rollout and each node's outcome",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if watch {
+				return a.follow(cmd.Context(), args[0])
+			}
+			conn, err := a.connect()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.ctx(cmd)
+			defer cancel()
+			resp, err := ferryv1.NewRolloutServiceClient(conn).GetRollout(ctx, &ferryv1.GetRolloutRequest{Id: args[0]})
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return a.printJSON(resp.Rollout)
+			}
+			r := resp.Rollout
+			fmt.Fprintf(a.stdout, "Rollout:  %s\nPackage:  %s@%s\nTarget:   %s\nState:    %s  %s\nCreated:  %s by %s\n\n",
+				r.Id, r.PackageName, r.PackageVersion, targetString(r.Target), stateWord(r.State), r.Message,
+				r.CreatedAt.AsTime().Local().Format(time.RFC3339), r.CreatedBy)
+			w := a.table()
+			fmt.Fprintln(w, "NODE\tWAVE\tOUTCOME\tTOOK\tPREVIOUS\tDETAIL")
+			for _, n := range r.Nodes {
+				took := "-"
+				if n.StartedAt != nil && n.FinishedAt != nil {
+					took = n.FinishedAt.AsTime().Sub(n.StartedAt.AsTime()).Round(100 * time.Millisecond).String()
+				}
+				detail := n.Message
+				if n.FailedStep != "" {
+					detail = n.FailedStep + ": " + detail
+				}
+				fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\n", n.NodeId, n.Wave, outcomeWord(n.Outcome), took, orDash(n.PreviousVersion), oneLine(detail))
+			}
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			if r.State != ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED && terminalState(r.State) {
+				return &ExitError{Code: 1}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "watch until the rollout ends")
+	return cmd
+}
+
+func oneLine(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 120 {
+		s = s[:117] + "..."
+	}
+	return s
+}
+
+func targetString(t *ferryv1.Target) string {
+	var parts []string
+	if t.GetGroup() != "" {
+		parts = append(parts, "group="+t.GetGroup())
+	}
+	keys := make([]string, 0, len(t.GetSelector()))
+	for k := range t.GetSelector() {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		parts = append(parts, k+"="+t.GetSelector()[k])
+	}
+	return strings.Join(parts, ",")
+}
+
+func (a *app) listRollouts(cmd *cobra.Command, pkg string, limit uint32) error {
+	conn, err := a.connect()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := a.ctx(cmd)
+	defer cancel()
+	resp, err := ferryv1.NewRolloutServiceClient(conn).ListRollouts(ctx, &ferryv1.ListRolloutsRequest{PackageName: pkg, Limit: limit})
+	if err != nil {
+		return err
+	}
+	if a.output == "json" {
+		return a.printJSON(resp)
+	}
+	w := a.table()
+	fmt.Fprintln(w, "ROLLOUT\tPACKAGE\tKIND\tTARGET\tSTATE\tCREATED\tBY")
+	for _, r := range resp.Rollouts {
+		kind := "install"
+		if r.JobKind == ferryv1.JobKind_JOB_KIND_ROLLBACK {
+			kind = "undo " + r.UndoOf
+		}
+		fmt.Fprintf(w, "%s\t%s@%s\t%s\t%s\t%s\t%s\t%s\n", r.Id, r.PackageName, r.PackageVersion, kind, targetString(r.Target), stateWord(r.State), r.CreatedAt.AsTime().Local().Format(time.RFC3339), r.CreatedBy)
+	}
+	return w.Flush()
+}
+
+func (a *app) rolloutListCmd() *cobra.Command {
+	var pkg string
+	var limit uint32
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List rollouts, newest first",
+		Args:  cobra.NoArgs,
+		RunE:  func(cmd *cobra.Command, _ []string) error { return a.listRollouts(cmd, pkg, limit) },
+	}
+	cmd.Flags().StringVar(&pkg, "package", "", "only rollouts of this package name")
+	cmd.Flags().Uint32Var(&limit, "limit", 50, "at most this many")
+	return cmd
+}
+
+func (a *app) rolloutHistoryCmd() *cobra.Command {
+	var pkg string
+	cmd := &cobra.Command{
+		Use:   "history --package NAME",
+		Short: "Show the rollouts of a package, newest first",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if pkg == "" {
+				return errors.New("--package NAME is required")
+			}
+			return a.listRollouts(cmd, pkg, 1000)
+		},
+	}
+	cmd.Flags().StringVar(&pkg, "package", "", "package name (required)")
+	return cmd
+}
+
+func (a *app) rolloutActionCmd(verb, short string) *cobra.Command {
+	return &cobra.Command{
+		Use:   verb + " ID",
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			conn, err := a.connect()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.ctx(cmd)
+			defer cancel()
+			c := ferryv1.NewRolloutServiceClient(conn)
+			var r *ferryv1.Rollout
+			switch verb {
+			case "promote":
+				var resp *ferryv1.PromoteRolloutResponse
+				if resp, err = c.PromoteRollout(ctx, &ferryv1.PromoteRolloutRequest{Id: args[0]}); err == nil {
+					r = resp.Rollout
+				}
+			case "pause":
+				var resp *ferryv1.PauseRolloutResponse
+				if resp, err = c.PauseRollout(ctx, &ferryv1.PauseRolloutRequest{Id: args[0]}); err == nil {
+					r = resp.Rollout
+				}
+			case "resume":
+				var resp *ferryv1.ResumeRolloutResponse
+				if resp, err = c.ResumeRollout(ctx, &ferryv1.ResumeRolloutRequest{Id: args[0]}); err == nil {
+					r = resp.Rollout
+				}
+			case "abort":
+				var resp *ferryv1.AbortRolloutResponse
+				if resp, err = c.AbortRollout(ctx, &ferryv1.AbortRolloutRequest{Id: args[0]}); err == nil {
+					r = resp.Rollout
+				}
+			}
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return a.printJSON(r)
+			}
+			fmt.Fprintf(a.stdout, "rollout %s: %s\n", r.Id, stateWord(r.State))
+			return nil
+		},
+	}
+}
+
+func (a *app) rolloutUndoCmd() *cobra.Command {
+	var group, pkg string
+	var detach bool
+	var strat strategyFlags
+	cmd := &cobra.Command{
+		Use:   "undo --group G --package NAME",
+		Short: "Return every node the package's last rollout changed in a group to its previous version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if group == "" || pkg == "" {
+				return errors.New("--group and --package are required")
+			}
+			st, err := strat.proto()
+			if err != nil {
+				return err
+			}
+			conn, err := a.connect()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.ctx(cmd)
+			defer cancel()
+			resp, err := ferryv1.NewRolloutServiceClient(conn).UndoRollout(ctx, &ferryv1.UndoRolloutRequest{Group: group, PackageName: pkg, Strategy: st})
+			if err != nil {
+				return err
+			}
+			if detach {
+				fmt.Fprintln(a.stdout, resp.Rollout.Id)
+				return nil
+			}
+			return a.follow(cmd.Context(), resp.Rollout.Id)
+		},
+	}
+	cmd.Flags().StringVar(&group, "group", "", "group whose nodes go back (required)")
+	cmd.Flags().StringVar(&pkg, "package", "", "package name (required)")
+	cmd.Flags().BoolVar(&detach, "detach", false, "print the undo rollout's ID and return")
+	strat.add(cmd)
+	cmd.Flags().Lookup("auto-promote").DefValue = "false"
+	return cmd
+}
+
+func (a *app) logsCmd() *cobra.Command {
+	var follow bool
+	cmd := &cobra.Command{
+		Use:   "logs ROLLOUT NODE",
+		Short: "Print a node's job output for a rollout",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			conn, err := a.connect()
+			if err != nil {
+				return err
+			}
+			stream, err := ferryv1.NewLogServiceClient(conn).GetJobLogs(cmd.Context(), &ferryv1.GetJobLogsRequest{RolloutId: args[0], NodeId: args[1], Follow: follow})
+			if err != nil {
+				return err
+			}
+			for {
+				m, err := stream.Recv()
+				if errors.Is(err, io.EOF) {
+					return nil
+				}
+				if err != nil {
+					return err
+				}
+				fmt.Fprint(a.stdout, m.Text)
+			}
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing until the job ends")
+	return cmd
+}
