@@ -1,0 +1,119 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"sort"
+)
+
+// AgentOptions configure NewAgent.
+type AgentOptions struct {
+	// Controller overrides the address given to enroll and run
+	// (default: the current controller's advertised address for enroll,
+	// and what enrollment stored for run).
+	Controller string
+	// Labels are passed to enroll as --label k=v.
+	Labels map[string]string
+	// Args are extra flags for `ferry-agent run`.
+	Args []string
+	// Prefix runs the agent (enroll and run) under another command,
+	// e.g. []string{"ip", "netns", "exec", "ns2"}.
+	Prefix []string
+}
+
+// Agent is one ferry-agent with its own state dir and install root.
+type Agent struct {
+	*Process
+	opts     AgentOptions
+	NodeID   string
+	StateDir string // --state-dir
+	Root     string // --root, the install root packages land under
+}
+
+// NewAgent prepares an agent (folders, command line) without enrolling or
+// starting it.
+func (h *Harness) NewAgent(nodeID string, opts AgentOptions) *Agent {
+	h.t.Helper()
+	a := &Agent{opts: opts, NodeID: nodeID, StateDir: h.path("agents", nodeID, "state"), Root: h.path("agents", nodeID, "root")}
+	if err := os.MkdirAll(a.Root, 0o755); err != nil {
+		h.t.Fatal(err)
+	}
+	args := []string{"run", "--state-dir", a.StateDir, "--root", a.Root}
+	if opts.Controller != "" {
+		args = append(args, "--controller", opts.Controller)
+	}
+	a.Process = h.newProcess(nodeID, h.Bin(AgentBinary), append(args, opts.Args...), opts.Prefix)
+	return a
+}
+
+// Agent enrolls a new agent in group with a single-use token and starts it.
+// It does not wait for the node to be healthy: see WaitNodeState.
+func (h *Harness) Agent(nodeID, group string) *Agent {
+	h.t.Helper()
+	a := h.NewAgent(nodeID, AgentOptions{})
+	a.MustEnroll(h.Token(group, 1))
+	a.Start()
+	return a
+}
+
+// Enroll runs `ferry-agent enroll` with tok and returns what it printed
+// and its exit code.
+func (a *Agent) Enroll(tok Token) Result {
+	a.h.t.Helper()
+	addr := a.opts.Controller
+	if addr == "" {
+		addr = a.h.Controller().Advertise
+	}
+	args := []string{"enroll", "--controller", addr, "--token", tok.Secret, "--ca-pin", tok.CAPin, "--node-id", a.NodeID, "--state-dir", a.StateDir}
+	keys := make([]string, 0, len(a.opts.Labels))
+	for k := range a.opts.Labels {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		args = append(args, "--label", k+"="+a.opts.Labels[k])
+	}
+	argv := append(append(append([]string{}, a.opts.Prefix...), a.h.Bin(AgentBinary)), args...)
+	return a.h.Exec(nil, argv[0], argv[1:]...)
+}
+
+// MustEnroll enrolls and fails the test unless enrollment succeeds.
+func (a *Agent) MustEnroll(tok Token) {
+	a.h.t.Helper()
+	if r := a.Enroll(tok); r.Exit != 0 {
+		a.h.t.Fatalf("enroll %s: %s", a.NodeID, r)
+	}
+}
+
+// Start runs `ferry-agent run`. It returns once the process is started,
+// not when it is connected.
+func (a *Agent) Start() {
+	a.h.t.Helper()
+	a.start()
+}
+
+// Restart stops the agent gracefully (the test fails unless it exits 0)
+// and starts it again.
+func (a *Agent) Restart() {
+	a.h.t.Helper()
+	if code := a.Stop(); code != 0 {
+		a.h.t.Fatalf("agent %s exited %d after SIGTERM, want 0", a.NodeID, code)
+	}
+	a.Start()
+}
+
+// StateFiles lists the files under the agent's state dir (relative
+// paths); empty if the folder does not exist.
+func (a *Agent) StateFiles() []string {
+	var files []string
+	entries, err := os.ReadDir(a.StateDir)
+	if err != nil {
+		return nil
+	}
+	for _, e := range entries {
+		files = append(files, e.Name())
+	}
+	return files
+}
+
+func (a *Agent) String() string { return fmt.Sprintf("agent %s", a.NodeID) }

@@ -1,0 +1,114 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Node is one node as `ferryctl nodes -o json` shows it.
+type Node struct {
+	ID            string            `json:"id"`
+	Group         string            `json:"group"`
+	Labels        map[string]string `json:"labels"`
+	State         State             `json:"state"`
+	StateReason   string            `json:"state_reason"`
+	LastHeartbeat time.Time         `json:"last_heartbeat"`
+	AgentVersion  string            `json:"agent_version"`
+	Address       string            `json:"address"`
+	Connected     bool              `json:"connected"`
+}
+
+// State is a node state in the short form the table prints: healthy,
+// stale, unreachable, suspect, down, left, removed, pending.
+type State string
+
+// The node states.
+const (
+	Pending     State = "pending"
+	Healthy     State = "healthy"
+	Stale       State = "stale"
+	Unreachable State = "unreachable"
+	Suspect     State = "suspect"
+	Down        State = "down"
+	Left        State = "left"
+	Removed     State = "removed"
+)
+
+// UnmarshalJSON accepts the protojson enum name (NODE_STATE_HEALTHY).
+func (s *State) UnmarshalJSON(b []byte) error {
+	var v string
+	if err := json.Unmarshal(b, &v); err != nil {
+		return fmt.Errorf("node state %s: want a string: %w", b, err)
+	}
+	*s = State(strings.ToLower(strings.TrimPrefix(v, "NODE_STATE_")))
+	return nil
+}
+
+// Nodes runs `ferryctl nodes -o json` (with extra flags such as --group)
+// and returns the nodes by ID.
+func (h *Harness) Nodes(args ...string) map[string]Node {
+	h.t.Helper()
+	nodes, err := h.nodes(args...)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return nodes
+}
+
+func (h *Harness) nodes(args ...string) (map[string]Node, error) {
+	h.t.Helper()
+	r := h.ctlResult(append([]string{"nodes", "-o", "json"}, args...)...)
+	if r.Exit != 0 {
+		return nil, fmt.Errorf("ferryctl nodes -o json: %s", r)
+	}
+	var resp struct {
+		Nodes []Node `json:"nodes"`
+	}
+	if err := json.Unmarshal([]byte(r.Stdout), &resp); err != nil {
+		return nil, fmt.Errorf("ferryctl nodes -o json: %w\n%s", err, r.Stdout)
+	}
+	m := make(map[string]Node, len(resp.Nodes))
+	for _, n := range resp.Nodes {
+		m[n.ID] = n
+	}
+	return m, nil
+}
+
+// WaitNode polls `ferryctl nodes -o json` until node id satisfies cond and
+// returns it; it fails the test at timeout, naming what and the node's
+// last state. A failing ferryctl (e.g. the controller restarting) is
+// retried until the deadline.
+func (h *Harness) WaitNode(id string, timeout time.Duration, what string, cond func(Node) bool) Node {
+	h.t.Helper()
+	var got Node
+	h.WaitFor(fmt.Sprintf("node %s to be %s", id, what), timeout, func() (bool, string) {
+		nodes, err := h.nodes()
+		if err != nil {
+			return false, err.Error()
+		}
+		n, ok := nodes[id]
+		if !ok {
+			return false, "not listed"
+		}
+		got = n
+		return cond(n), fmt.Sprintf("%s (%s)", n.State, n.StateReason)
+	})
+	return got
+}
+
+// WaitNodeState waits until node id is in state want.
+func (h *Harness) WaitNodeState(id string, want State, timeout time.Duration) Node {
+	h.t.Helper()
+	return h.WaitNode(id, timeout, string(want), func(n Node) bool { return n.State == want })
+}
+
+// WaitNodesState waits until every listed node is in state want.
+func (h *Harness) WaitNodesState(want State, timeout time.Duration, ids ...string) {
+	h.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for _, id := range ids {
+		h.WaitNodeState(id, want, max(time.Until(deadline), PollInterval))
+	}
+}
