@@ -24,7 +24,7 @@ var reservedVars = map[string]bool{
 }
 
 // shellQuote quotes s for POSIX sh: inside single quotes nothing is
-// special, and a single quote is written as '\''.
+// special, and a single quote is written as '\”.
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

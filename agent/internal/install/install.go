@@ -103,6 +103,10 @@ type Installer struct {
 
 	run sync.Mutex // held for the whole of a job
 
+	// hook, when set by tests, is called at named points of a job (to
+	// simulate a crash there).
+	hook func(point string)
+
 	mu          sync.Mutex // guards the fields below
 	st          *state
 	results     map[string]*ferryv1.JobUpdate
@@ -381,6 +385,12 @@ func (i *Installer) gc() {
 	i.st.HoldDirs = live
 	i.saveState()
 	i.mu.Unlock()
+}
+
+func (i *Installer) at(point string) {
+	if i.hook != nil {
+		i.hook(point)
+	}
 }
 
 func removeAll(log *slog.Logger, paths []string) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -154,11 +155,23 @@ func (i *Installer) Install(ctx context.Context, req Request, progress func(*fer
 	if !jc.changed {
 		msg = fmt.Sprintf("recorded %s %s; no step changed anything", name, version)
 	}
+	i.at("commit")
 	keep := keepPrevious(req.Package)
 	var garbage []string
 	u := i.finish(jc, i.update(jc, ferryv1.JobPhase_JOB_PHASE_SUCCEEDED, msg), func() {
-		i.st.Packages[name] = append(i.st.Packages[name], rec)
-		garbage = i.prune(name, keep)
+		if same {
+			// A repair: what it replaced was a damaged copy of the same
+			// version, not worth a rollback. The rollback target stays the
+			// version before.
+			garbage = i.undoGarbage(rec)
+			rec.Undo, rec.Pruned, rec.PreviousVersion = jc.cur.Undo, jc.cur.Pruned, jc.cur.PreviousVersion
+			garbage = append(garbage, i.manifestGarbage(jc.cur)...)
+			rs := i.st.Packages[name]
+			rs[len(rs)-1] = rec
+		} else {
+			i.st.Packages[name] = append(i.st.Packages[name], rec)
+		}
+		garbage = append(garbage, i.prune(name, keep)...)
 		for _, t := range rec.Trees {
 			if h := holdDir(t.Dest); !slices.Contains(i.st.HoldDirs, h) {
 				i.st.HoldDirs = append(i.st.HoldDirs, h)
@@ -166,6 +179,9 @@ func (i *Installer) Install(ctx context.Context, req Request, progress func(*fer
 		}
 	})
 	removeAll(i.log, garbage)
+	for _, t := range jc.trees {
+		os.Remove(holdDir(t.Dest)) // only when empty: nothing kept
+	}
 	log.Info("job finished", "phase", u.GetPhase().String(), "message", u.GetMessage())
 	return u
 }

@@ -132,6 +132,14 @@ func (i *Installer) Rollback(ctx context.Context, jobID, rolloutID, pkgName stri
 		}
 	})
 	removeAll(i.log, garbage)
+	if u.GetPhase() == ferryv1.JobPhase_JOB_PHASE_SUCCEEDED {
+		for _, a := range cur.Undo {
+			if a.Kind == "tree" {
+				os.Remove(holdDir(a.Target)) // only when empty
+			}
+			removeCreated(a.Created)
+		}
+	}
 	i.log.Info("rollback finished", "job", jobID, "package", pkgName, "phase", u.GetPhase().String(), "message", u.GetMessage())
 	return u
 }
@@ -175,7 +183,11 @@ func (i *Installer) rollbackTree(jc *jobCtx, a *action) (*action, error) {
 	if !b.HasNew && !b.HadOld {
 		return b, nil
 	}
+	b.Created = missingDirs(holdDir(a.Target))
 	if err := i.addAction(jc, "rollback", b); err != nil {
+		return nil, err
+	}
+	if err := makeDirs(b.Created, 0o700); err != nil {
 		return nil, err
 	}
 	b.State = "switching"
@@ -185,12 +197,11 @@ func (i *Installer) rollbackTree(jc *jobCtx, a *action) (*action, error) {
 	if err := applyTree(b); err != nil {
 		return nil, err
 	}
+	i.at("rollback:switched")
 	b.State = "applied"
 	if err := jc.save(); err != nil {
 		return nil, err
 	}
-	// Directories the install created go again, as before it.
-	removeCreated(a.Created)
 	return b, nil
 }
 

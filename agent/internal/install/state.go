@@ -113,7 +113,7 @@ type journal struct {
 	Package   string    `json:"package"`
 	Version   string    `json:"version"`
 	Actions   []*action `json:"actions"`
-	path    string
+	path      string
 }
 
 func (j *journal) save() error {

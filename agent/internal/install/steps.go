@@ -154,6 +154,7 @@ func (i *Installer) stepArchive(jc *jobCtx, idx int, s *ferryv1.ArchiveStep) (st
 	if err := syncFS(a.Stage); err != nil {
 		return stepOut{}, fmt.Errorf("flush the new tree to disk: %w", err)
 	}
+	i.at("archive:extracted")
 	a.NewID, _ = idOf(a.Stage)
 	a.OldID, a.HadOld = idOf(dest)
 	a.State = "switching"
@@ -163,6 +164,7 @@ func (i *Installer) stepArchive(jc *jobCtx, idx int, s *ferryv1.ArchiveStep) (st
 	if err := applyTree(a); err != nil {
 		return stepOut{}, err
 	}
+	i.at("archive:switched")
 	a.State = "applied"
 	if err := jc.save(); err != nil {
 		return stepOut{}, err
@@ -314,9 +316,11 @@ func (i *Installer) writeStep(jc *jobCtx, idx int, label string, w wantFile) (st
 	if gid < 0 {
 		gid = curGID
 	}
+	i.at("file:prepared")
 	if err := writeAtomic(w.target, a.Temp, w.data, w.mode, uid, gid); err != nil {
 		return stepOut{}, fmt.Errorf("write %s: %w", label, err)
 	}
+	i.at("file:written")
 	a.State = "applied"
 	if err := jc.save(); err != nil {
 		return stepOut{}, err

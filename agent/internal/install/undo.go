@@ -103,6 +103,9 @@ func undoTree(a *action) error {
 		}
 	}
 	if oldAt != "" && oldAt != a.Target {
+		if err := makeDirs(missingDirs(filepath.Dir(a.Target)), 0o755); err != nil {
+			return err
+		}
 		if exists(a.Target) {
 			return fmt.Errorf("%s is occupied by something Ferry did not put there; move it away and restart the agent", a.Target)
 		}
@@ -150,6 +153,10 @@ func undoFile(a *action) error {
 	data, err := os.ReadFile(a.Backup)
 	if err != nil {
 		return fmt.Errorf("read the backup of the previous file: %w", err)
+	}
+	// A rollback may have removed directories the install had created.
+	if err := makeDirs(missingDirs(filepath.Dir(a.Target)), 0o755); err != nil {
+		return err
 	}
 	uid, gid := a.UID, a.GID
 	if os.Geteuid() != 0 {

@@ -27,9 +27,11 @@ type ent struct {
 	zipRaw fs.FileMode // zip: mode to set instead of one derived from typ
 }
 
-func file(name, body string) ent  { return ent{name: name, typ: tar.TypeReg, mode: 0o644, body: body} }
-func dir(name string) ent         { return ent{name: name, typ: tar.TypeDir, mode: 0o755} }
-func symlink(name, to string) ent { return ent{name: name, typ: tar.TypeSymlink, mode: 0o777, link: to} }
+func file(name, body string) ent { return ent{name: name, typ: tar.TypeReg, mode: 0o644, body: body} }
+func dir(name string) ent        { return ent{name: name, typ: tar.TypeDir, mode: 0o755} }
+func symlink(name, to string) ent {
+	return ent{name: name, typ: tar.TypeSymlink, mode: 0o777, link: to}
+}
 func hardlink(name, to string) ent {
 	return ent{name: name, typ: tar.TypeLink, mode: 0o644, link: to}
 }
