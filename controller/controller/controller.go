@@ -32,6 +32,7 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/server"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/gossip"
 	"github.com/ferrydeploy/ferry/shared/pki"
 	"github.com/ferrydeploy/ferry/shared/rpc"
 )
@@ -46,6 +47,9 @@ type Config struct {
 	HeartbeatInterval time.Duration // what agents are told (default 5s)
 	AgentCertTTL      time.Duration // default 30 days; agents renew at two thirds
 	AdminCertTTL      time.Duration // default 1 year
+	GossipAddr        string        // memberlist bind address; "" disables gossip
+	GossipAdvertise   string        // host:port peers dial (default: the bound address)
+	GossipProfile     string        // lan (default), local or wan
 	Logger            *slog.Logger
 	Now               func() time.Time
 }
@@ -93,6 +97,7 @@ type Controller struct {
 	gossipKey []byte
 	packages  *packages.Store
 	engine    *rollout.Engine
+	member    *gossip.Member
 	adminPath string
 	advertise string
 }
@@ -162,11 +167,14 @@ func New(cfg Config) (*Controller, error) {
 			return c.fleet.CheckIdentity(id, cert)
 		},
 	})
+	if err := c.startGossip(); err != nil {
+		return nil, fmt.Errorf("start gossip on %s: %w", cfg.GossipAddr, err)
+	}
 	deps := &server.Deps{
 		Store: c.store, Fleet: c.fleet, CA: ca, Logger: c.log, Now: cfg.Now,
 		GossipKey: c.gossipKey, GossipLabel: gossipLabel(ca),
 		AgentCertTTL: cfg.AgentCertTTL, AdminCertTTL: cfg.AdminCertTTL,
-		AdvertiseAddress: c.advertise, Observer: m,
+		AdvertiseAddress: c.advertise, Observer: m, GossipSeeds: c.gossipSeeds, OnHello: c.rejoin,
 	}
 	if c.packages, err = packages.New(c.store, artifactResolver{c}, deps.Audit, cfg.Now); err != nil {
 		return nil, err

@@ -29,6 +29,11 @@ func (c *Controller) AdminCredentialPath() string { return c.adminPath }
 
 // Close releases what New acquired; Run calls it on return.
 func (c *Controller) Close() error {
+	if c.member != nil {
+		_ = c.member.Leave(time.Second)
+		_ = c.member.Shutdown()
+		c.member = nil
+	}
 	if c.grpcLis != nil {
 		c.grpcLis.Close()
 	}

@@ -24,10 +24,11 @@ import (
 )
 
 const (
-	healthy = ferryv1.NodeState_NODE_STATE_HEALTHY
-	stale   = ferryv1.NodeState_NODE_STATE_STALE
-	left    = ferryv1.NodeState_NODE_STATE_LEFT
-	removed = ferryv1.NodeState_NODE_STATE_REMOVED
+	healthy     = ferryv1.NodeState_NODE_STATE_HEALTHY
+	stale       = ferryv1.NodeState_NODE_STATE_STALE
+	left        = ferryv1.NodeState_NODE_STATE_LEFT
+	removed     = ferryv1.NodeState_NODE_STATE_REMOVED
+	unreachable = ferryv1.NodeState_NODE_STATE_UNREACHABLE
 )
 
 func TestFleetConnectsAndHeartbeats(t *testing.T) {
@@ -311,4 +312,45 @@ func TestAgentRenewsCertificate(t *testing.T) {
 	a.proxy = newProxy(t, f.ctl.GRPCAddr())
 	f.start(a)
 	f.waitState("n1", healthy, 5*time.Second)
+}
+
+// With gossip, a node whose controller link is cut while its peers still
+// see it is unreachable, not down; it is healthy again when the link
+// returns. A graceful stop is left.
+func TestGossipTellsUnreachableFromLeft(t *testing.T) {
+	f := newFleet(t, func(c *controller.Config) {
+		c.GossipAddr, c.GossipProfile = "127.0.0.1:0", "local"
+	})
+	tok := f.token("production", 3)
+	agents := []*testAgent{f.enroll("g1", tok), f.enroll("g2", tok), f.enroll("g3", tok)}
+	for _, a := range agents {
+		f.start(a)
+	}
+	for _, a := range agents {
+		n := f.waitState(a.id, healthy, 5*time.Second)
+		_ = n
+	}
+	// Gossip converges: the controller sees every agent alive.
+	deadline := time.Now().Add(10 * time.Second)
+	for _, a := range agents {
+		for f.node(a.id).GossipState != "alive" {
+			if time.Now().After(deadline) {
+				t.Fatalf("gossip never saw %s alive: %s", a.id, f.node(a.id).StateReason)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	agents[0].proxy.cut()
+	n := f.waitState("g1", unreachable, 5*time.Second)
+	if !strings.Contains(n.StateReason, "gossip alive") {
+		t.Errorf("unreachable reason %q does not name the gossip signal", n.StateReason)
+	}
+	agents[0].proxy.restore()
+	f.waitState("g1", healthy, 5*time.Second)
+
+	agents[1].stop()
+	f.waitState("g2", left, 5*time.Second)
+	if n := f.node("g3"); n.State != healthy {
+		t.Errorf("g3 is %s (%s), want healthy", n.State, n.StateReason)
+	}
 }

@@ -31,6 +31,7 @@ type fleet struct {
 	admin   *grpc.ClientConn
 	agents  map[string]*testAgent
 	hbEvery time.Duration
+	gossip  bool
 }
 
 type testAgent struct {
@@ -62,6 +63,7 @@ func newFleet(t *testing.T, mod func(*controller.Config)) *fleet {
 	if mod != nil {
 		mod(&cfg)
 	}
+	f.gossip = cfg.GossipAddr != ""
 	ctl, err := controller.New(cfg)
 	if err != nil {
 		t.Fatalf("start controller: %v", err)
@@ -134,6 +136,7 @@ func (f *fleet) start(a *testAgent) {
 	ag, err := agent.New(agent.Config{
 		StateDir: a.stateDir, Root: filepath.Join(f.dir, "roots", a.id), Controller: a.proxy.addr(),
 		BackoffBase: 50 * time.Millisecond, BackoffMax: 300 * time.Millisecond, Logger: testLogger(f.t).With("agent", a.id),
+		Gossip: gossipConfig(f.gossip),
 	})
 	if err != nil {
 		f.t.Fatalf("agent %s: %v", a.id, err)
@@ -142,6 +145,13 @@ func (f *fleet) start(a *testAgent) {
 	a.cancel = cancel
 	a.done = make(chan error, 1)
 	go func() { a.done <- ag.Run(ctx) }()
+}
+
+func gossipConfig(on bool) agent.GossipConfig {
+	if !on {
+		return agent.GossipConfig{}
+	}
+	return agent.GossipConfig{Addr: "127.0.0.1:0", Profile: "local"}
 }
 
 // stop shuts the agent down gracefully.
@@ -251,6 +261,13 @@ func (p *proxy) cut() {
 		c.Close()
 	}
 	p.conns = nil
+}
+
+// restore accepts connections again after a cut.
+func (p *proxy) restore() {
+	p.mu.Lock()
+	p.down = false
+	p.mu.Unlock()
 }
 
 func (p *proxy) close() {

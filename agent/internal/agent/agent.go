@@ -23,6 +23,7 @@ import (
 	"github.com/ferrydeploy/ferry/agent/internal/facts"
 	"github.com/ferrydeploy/ferry/agent/internal/identity"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/gossip"
 	"github.com/ferrydeploy/ferry/shared/pki"
 	"github.com/ferrydeploy/ferry/shared/rpc"
 	"github.com/ferrydeploy/ferry/shared/version"
@@ -39,6 +40,7 @@ type Config struct {
 	Logger            *slog.Logger
 	Now               func() time.Time
 	Rand              *rand.Rand // jitter source
+	Gossip            GossipConfig
 }
 
 // Agent is a running agent.
@@ -48,12 +50,12 @@ type Agent struct {
 	id      *identity.Identity
 	started time.Time
 
-	mu      sync.Mutex
-	rng     *rand.Rand
-	seq     uint64
-	sendMu  sync.Mutex
-	stream  grpc.BidiStreamingClient[ferryv1.ConnectRequest, ferryv1.ConnectResponse]
-	renewAt time.Time
+	mu     sync.Mutex
+	rng    *rand.Rand
+	seq    uint64
+	sendMu sync.Mutex
+	stream grpc.BidiStreamingClient[ferryv1.ConnectRequest, ferryv1.ConnectResponse]
+	member *gossip.Member
 }
 
 // New loads the identity and checks the config.
@@ -149,6 +151,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer conn.Close()
 	client := ferryv1.NewAgentServiceClient(conn)
 
+	a.startGossip()
+	defer a.leaveGossip()
 	renewErr := make(chan error, 1)
 	go func() { renewErr <- a.renewLoop(ctx, client) }()
 
@@ -157,6 +161,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		began := a.cfg.Now()
 		err := a.session(ctx, client)
 		if ctx.Err() != nil {
+			a.leaveGossip()
 			return nil
 		}
 		select {
@@ -202,7 +207,7 @@ func (a *Agent) session(ctx context.Context, client ferryv1.AgentServiceClient) 
 	if err != nil {
 		return err
 	}
-	hello := &ferryv1.AgentHello{AgentVersion: version.Version, Facts: facts.Detect()}
+	hello := &ferryv1.AgentHello{AgentVersion: version.Version, Facts: facts.Detect(), GossipAddress: a.gossipAddr()}
 	if err := stream.Send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Hello{Hello: hello}}); err != nil {
 		return err
 	}
@@ -227,6 +232,7 @@ func (a *Agent) session(ctx context.Context, client ferryv1.AgentServiceClient) 
 		a.sendMu.Unlock()
 	}()
 	a.log.Info("connected to controller", "controller", a.cfg.Controller, "heartbeat_interval", interval)
+	a.joinGossip(ctx, welcome.GetGossipSeeds())
 
 	recvErr := make(chan error, 1)
 	go func() {
@@ -248,8 +254,10 @@ func (a *Agent) session(ctx context.Context, client ferryv1.AgentServiceClient) 
 	for {
 		select {
 		case <-ctx.Done():
-			// Graceful: close our side and wait briefly for the controller
-			// to end the stream, so it records a clean leave.
+			// Graceful: leave gossip first (so peers record "left", not
+			// "dead"), then close our side and wait briefly for the
+			// controller to end the stream, so it records a clean leave.
+			a.leaveGossip()
 			a.sendMu.Lock()
 			_ = stream.CloseSend()
 			a.sendMu.Unlock()

@@ -24,7 +24,7 @@ Ferry controller, heartbeats, and installs what rollouts send it.
 
 Usage:
   ferry-agent enroll --controller HOST:PORT --token T --ca-pin sha256:HEX [--node-id ID] [--state-dir DIR] [--label k=v ...]
-  ferry-agent run [--state-dir DIR] [--root DIR]
+  ferry-agent run [--state-dir DIR] [--root DIR] [--gossip-listen HOST:PORT]
   ferry-agent version
 
 Run "ferry-agent COMMAND -h" for a command's flags.
@@ -111,6 +111,9 @@ func runAgent(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.Root, "root", "/", "install root every package path resolves under")
 	fs.StringVar(&cfg.Controller, "controller", "", "controller address (default: the one used at enrollment)")
 	fs.DurationVar(&cfg.BackoffMax, "reconnect-max", 30*time.Second, "longest delay between reconnect attempts")
+	fs.StringVar(&cfg.Gossip.Addr, "gossip-listen", ":7946", `gossip (memberlist) bind address; "" disables gossip`)
+	fs.StringVar(&cfg.Gossip.AdvertiseAddr, "gossip-advertise", "", "gossip address peers dial (default: the bound address)")
+	fs.StringVar(&cfg.Gossip.Profile, "gossip-profile", "lan", "gossip timings: lan, local or wan")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -344,6 +344,9 @@ func (r *Registry) Remove(nodeID, actor string) (*ferryv1.Node, error) {
 		e.session.cancel(ErrRemoved)
 		e.session = nil
 	}
+	if f, ok := r.cfg.Gossip.(interface{ Forget(string) }); ok {
+		f.Forget(nodeID)
+	}
 	r.changed()
 	return r.nodeLocked(e, r.cfg.Now()), nil
 }

@@ -77,6 +77,9 @@ func (s *agentServer) Connect(stream grpc.BidiStreamingServer[ferryv1.ConnectReq
 	}}}); err != nil {
 		return err
 	}
+	if s.d.OnHello != nil {
+		s.d.OnHello(nodeID, hello.GetGossipAddress())
+	}
 	if s.d.Jobs != nil {
 		s.d.Jobs.AgentHello(nodeID, hello.GetRecentJobs())
 	}

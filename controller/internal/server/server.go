@@ -51,6 +51,8 @@ type Deps struct {
 	Jobs             JobSink
 	Observer         Observer
 	TokenDefaultTTL  time.Duration
+	// OnHello is told each connecting node's gossip address.
+	OnHello func(nodeID, gossipAddr string)
 }
 
 // Register adds the services this package implements to a gRPC server.
