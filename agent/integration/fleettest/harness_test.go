@@ -133,8 +133,12 @@ func (f *fleet) enroll(id string, tok *ferryv1.CreateTokenResponse) *testAgent {
 // start runs the agent's daemon in this process.
 func (f *fleet) start(a *testAgent) {
 	f.t.Helper()
+	root := filepath.Join(f.dir, "roots", a.id)
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		f.t.Fatal(err)
+	}
 	ag, err := agent.New(agent.Config{
-		StateDir: a.stateDir, Root: filepath.Join(f.dir, "roots", a.id), Controller: a.proxy.addr(),
+		StateDir: a.stateDir, Root: root, Controller: a.proxy.addr(),
 		BackoffBase: 50 * time.Millisecond, BackoffMax: 300 * time.Millisecond, Logger: testLogger(f.t).With("agent", a.id),
 		Gossip: gossipConfig(f.gossip),
 	})

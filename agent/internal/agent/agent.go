@@ -22,6 +22,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/agent/internal/facts"
 	"github.com/ferrydeploy/ferry/agent/internal/identity"
+	"github.com/ferrydeploy/ferry/agent/internal/install"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/gossip"
 	"github.com/ferrydeploy/ferry/shared/pki"
@@ -41,6 +42,8 @@ type Config struct {
 	Now               func() time.Time
 	Rand              *rand.Rand // jitter source
 	Gossip            GossipConfig
+	// NewFetcher builds the artifact downloader on the agent's connection.
+	NewFetcher func(ferryv1.AgentServiceClient) (Fetcher, error)
 }
 
 // Agent is a running agent.
@@ -56,7 +59,10 @@ type Agent struct {
 	sendMu sync.Mutex
 	stream grpc.BidiStreamingClient[ferryv1.ConnectRequest, ferryv1.ConnectResponse]
 	member *gossip.Member
+	jobs   *jobRunner
 }
+
+func (a *Agent) version() string { return version.Version }
 
 // New loads the identity and checks the config.
 func New(cfg Config) (*Agent, error) {
@@ -96,6 +102,11 @@ func New(cfg Config) (*Agent, error) {
 	if err := a.checkExpiry(); err != nil {
 		return nil, err
 	}
+	inst, err := install.New(install.Config{Root: cfg.Root, StateDir: cfg.StateDir, Logger: a.log.With("component", "install")})
+	if err != nil {
+		return nil, fmt.Errorf("installer: %w", err)
+	}
+	a.jobs = newJobRunner(a, inst)
 	return a, nil
 }
 
@@ -150,6 +161,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer conn.Close()
 	client := ferryv1.NewAgentServiceClient(conn)
+	if a.cfg.NewFetcher != nil {
+		f, err := a.cfg.NewFetcher(client)
+		if err != nil {
+			return fmt.Errorf("artifact fetcher: %w", err)
+		}
+		a.jobs.fetcher = f
+	}
+	jobsCtx, stopJobs := context.WithCancel(ctx)
+	defer stopJobs()
+	go a.jobs.run(jobsCtx)
 
 	a.startGossip()
 	defer a.leaveGossip()
@@ -207,7 +228,9 @@ func (a *Agent) session(ctx context.Context, client ferryv1.AgentServiceClient) 
 	if err != nil {
 		return err
 	}
-	hello := &ferryv1.AgentHello{AgentVersion: version.Version, Facts: facts.Detect(), GossipAddress: a.gossipAddr()}
+	recent := append(a.jobs.inst.Interrupted(), a.jobs.inst.RecentResults()...)
+	hello := &ferryv1.AgentHello{AgentVersion: version.Version, Facts: facts.Detect(), GossipAddress: a.gossipAddr(),
+		Installed: a.jobs.inst.Installed(), RecentJobs: recent}
 	if err := stream.Send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Hello{Hello: hello}}); err != nil {
 		return err
 	}
@@ -296,6 +319,7 @@ func (a *Agent) heartbeat() error {
 		Load15:        l15,
 		DiskFreeBytes: facts.DiskFree(a.cfg.Root),
 		Facts:         facts.Detect(),
+		Installed:     a.jobs.inst.Installed(),
 	}
 	return a.send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Heartbeat{Heartbeat: hb}})
 }
@@ -304,9 +328,10 @@ func (a *Agent) heartbeat() error {
 func (a *Agent) handle(ctx context.Context, m *ferryv1.ConnectResponse) {
 	switch msg := m.Msg.(type) {
 	case *ferryv1.ConnectResponse_Job:
-		a.log.Warn("job received but this agent has no job runner", "job", msg.Job.GetId())
+		a.jobs.submit(msg.Job)
 	case *ferryv1.ConnectResponse_Cancel:
 		a.log.Info("job cancel received", "job", msg.Cancel.GetJobId())
+		a.jobs.cancel(msg.Cancel.GetJobId())
 	}
 }
 

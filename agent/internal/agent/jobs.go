@@ -1,0 +1,178 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/ferrydeploy/ferry/agent/internal/install"
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+)
+
+// Fetcher makes an artifact available locally, verified.
+type Fetcher interface {
+	Ensure(ctx context.Context, digest string, size uint64, progress func(done, total uint64)) (string, error)
+}
+
+// jobRunner runs the jobs the controller sends, one at a time, and reports
+// their progress on whatever stream is up. Final results are kept by the
+// installer, so a job is never run twice: a repeated job (the controller
+// restarted, or re-sent it) gets its recorded result again.
+type jobRunner struct {
+	a       *Agent
+	inst    *install.Installer
+	fetcher Fetcher
+
+	mu      sync.Mutex
+	queue   chan *ferryv1.Job
+	known   map[string]bool // queued or running
+	cancels map[string]context.CancelFunc
+}
+
+func newJobRunner(a *Agent, inst *install.Installer) *jobRunner {
+	return &jobRunner{a: a, inst: inst, queue: make(chan *ferryv1.Job, 256), known: map[string]bool{}, cancels: map[string]context.CancelFunc{}}
+}
+
+// submit queues a job, or re-reports its result if it already ran.
+func (r *jobRunner) submit(job *ferryv1.Job) {
+	if res, ok := r.inst.JobResult(job.GetId()); ok {
+		r.a.log.Info("job already ran; re-reporting its result", "job", job.GetId(), "phase", res.GetPhase())
+		r.report(res)
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.known[job.GetId()] {
+		return
+	}
+	select {
+	case r.queue <- job:
+		r.known[job.GetId()] = true
+	default:
+		r.report(&ferryv1.JobUpdate{JobId: job.GetId(), RolloutId: job.GetRolloutId(), Phase: ferryv1.JobPhase_JOB_PHASE_FAILED,
+			Message: "agent job queue is full; try again later", At: timestamppb.Now()})
+	}
+}
+
+func (r *jobRunner) cancel(jobID string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c, ok := r.cancels[jobID]; ok {
+		c()
+	}
+}
+
+func (r *jobRunner) report(u *ferryv1.JobUpdate) {
+	if u.At == nil {
+		u.At = timestamppb.Now()
+	}
+	if err := r.a.send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_JobUpdate{JobUpdate: u}}); err != nil {
+		// Not connected: the final result is kept by the installer and
+		// sent again in the next hello.
+		r.a.log.Debug("job update not sent", "job", u.GetJobId(), "err", err)
+	}
+}
+
+func (r *jobRunner) logf(job *ferryv1.Job) func(string) {
+	return func(text string) {
+		_ = r.a.send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_JobLog{JobLog: &ferryv1.JobLog{
+			JobId: job.GetId(), RolloutId: job.GetRolloutId(), Text: text, At: timestamppb.Now()}}})
+	}
+}
+
+// run processes jobs until ctx ends.
+func (r *jobRunner) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case job := <-r.queue:
+			r.runJob(ctx, job)
+			r.mu.Lock()
+			delete(r.known, job.GetId())
+			delete(r.cancels, job.GetId())
+			r.mu.Unlock()
+		}
+	}
+}
+
+func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
+	log := r.a.log.With("job", job.GetId(), "rollout", job.GetRolloutId(), "package", job.GetPackage().GetName()+"@"+job.GetPackage().GetVersion(), "kind", job.GetKind())
+	jctx, cancel := context.WithCancel(ctx)
+	if d := job.GetDeadline().AsDuration(); d > 0 {
+		jctx, cancel = context.WithTimeout(ctx, d)
+	}
+	defer cancel()
+	r.mu.Lock()
+	r.cancels[job.GetId()] = cancel
+	r.mu.Unlock()
+
+	base := &ferryv1.JobUpdate{JobId: job.GetId(), RolloutId: job.GetRolloutId()}
+	update := func(phase ferryv1.JobPhase, msg string) *ferryv1.JobUpdate {
+		u := proto.Clone(base).(*ferryv1.JobUpdate)
+		u.Phase, u.Message, u.At = phase, msg, timestamppb.Now()
+		return u
+	}
+	log.Info("job started")
+	r.report(update(ferryv1.JobPhase_JOB_PHASE_ACCEPTED, "accepted"))
+	logf := r.logf(job)
+	progress := func(u *ferryv1.JobUpdate) { r.report(u) }
+
+	var final *ferryv1.JobUpdate
+	switch job.GetKind() {
+	case ferryv1.JobKind_JOB_KIND_ROLLBACK:
+		final = r.inst.Rollback(jctx, job.GetId(), job.GetRolloutId(), job.GetPackage().GetName(), progress, logf)
+	case ferryv1.JobKind_JOB_KIND_INSTALL, ferryv1.JobKind_JOB_KIND_PLAN:
+		path, err := r.fetch(jctx, job, update)
+		if err != nil {
+			final = update(ferryv1.JobPhase_JOB_PHASE_FAILED, err.Error())
+			final.FailedStep = "download " + job.GetPackage().GetArtifact().GetName()
+			logf(fmt.Sprintf("download failed: %v\n", err))
+			break
+		}
+		final = r.inst.Install(jctx, install.Request{
+			JobID: job.GetId(), RolloutID: job.GetRolloutId(), Package: job.GetPackage(), ArtifactPath: path,
+			Plan: job.GetKind() == ferryv1.JobKind_JOB_KIND_PLAN,
+		}, progress, logf)
+	default:
+		final = update(ferryv1.JobPhase_JOB_PHASE_FAILED, fmt.Sprintf("job kind %s is not supported by agent version %s", job.GetKind(), r.a.version()))
+	}
+	if final.JobId == "" {
+		final.JobId, final.RolloutId = job.GetId(), job.GetRolloutId()
+	}
+	log.Info("job finished", "phase", final.GetPhase(), "failed_step", final.GetFailedStep(), "message", final.GetMessage())
+	r.report(final)
+}
+
+// fetch downloads the package's artifact when it has an archive step,
+// reporting progress at most twice a second.
+func (r *jobRunner) fetch(ctx context.Context, job *ferryv1.Job, update func(ferryv1.JobPhase, string) *ferryv1.JobUpdate) (string, error) {
+	art := job.GetPackage().GetArtifact()
+	needs := false
+	for _, s := range job.GetPackage().GetSteps() {
+		if s.GetArchive() != nil {
+			needs = true
+		}
+	}
+	if !needs || art.GetDigest() == "" {
+		return "", nil
+	}
+	if r.fetcher == nil {
+		return "", fmt.Errorf("artifact %s: this agent cannot download artifacts", art.GetName())
+	}
+	r.report(update(ferryv1.JobPhase_JOB_PHASE_DOWNLOADING, "downloading "+art.GetName()))
+	var last time.Time
+	return r.fetcher.Ensure(ctx, art.GetDigest(), art.GetSize(), func(done, total uint64) {
+		if time.Since(last) < 500*time.Millisecond && done < total {
+			return
+		}
+		last = time.Now()
+		u := update(ferryv1.JobPhase_JOB_PHASE_DOWNLOADING, fmt.Sprintf("downloading %s: %d of %d bytes", art.GetName(), done, total))
+		u.BytesDone, u.BytesTotal = done, total
+		r.report(u)
+	})
+}
