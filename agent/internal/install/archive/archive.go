@@ -31,6 +31,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/klauspost/pgzip"
@@ -114,6 +115,7 @@ func Extract(ctx context.Context, src, dest string, opts Options) (Result, error
 		x.root = root
 	}
 	x.buf = make([]byte, 256<<10)
+	defer x.stopWriters()
 	switch format {
 	case FormatTar:
 		err = x.tar(bufio.NewReaderSize(f, 1<<20))
@@ -137,6 +139,9 @@ func Extract(ctx context.Context, src, dest string, opts Options) (Result, error
 		err = x.zip(zr)
 	default:
 		return Result{}, fmt.Errorf("extract %s: unknown archive format %q; use tar, tar.gz or zip", src, format)
+	}
+	if ferr := x.flush(); err == nil {
+		err = ferr
 	}
 	if err == nil {
 		err = x.checkLinks()
@@ -192,12 +197,19 @@ type dirMeta struct {
 }
 
 type extractor struct {
-	ctx     context.Context
-	opts    Options
-	root    *os.Root // nil in dry-run mode
-	buf     []byte
-	seen    map[string]kind
-	links   map[string]string // symlink path -> target
+	ctx   context.Context
+	opts  Options
+	root  *os.Root // nil in dry-run mode
+	buf   []byte
+	seen  map[string]kind
+	links map[string]string // symlink path -> target
+
+	jobs    chan writeJob // small files for the writers
+	pool    sync.Pool
+	pending sync.WaitGroup // queued, not yet written
+	workers sync.WaitGroup
+	errMu   sync.Mutex
+	werr    error // first writer error
 	dirs    map[string]dirMeta
 	total   int64 // entries read, stripped ones included
 	entries int64 // entries extracted
@@ -311,6 +323,9 @@ func (x *extractor) file(rel string, mode fs.FileMode, mtime time.Time, size int
 	if size > remaining {
 		return x.tooBig()
 	}
+	if x.root != nil && size <= smallFile {
+		return x.smallFile(rel, mode, mtime, size, r)
+	}
 	var w io.Writer = io.Discard
 	var f *os.File
 	if x.root != nil {
@@ -338,6 +353,11 @@ func (x *extractor) file(rel string, mode fs.FileMode, mtime time.Time, size int
 	if f == nil {
 		return nil
 	}
+	return x.finishFile(f, rel, mode, mtime)
+}
+
+// finishFile sets the mode and time of a written file and closes it.
+func (x *extractor) finishFile(f *os.File, rel string, mode fs.FileMode, mtime time.Time) error {
 	if err := f.Chmod(x.mode(mode)); err != nil {
 		f.Close()
 		return fmt.Errorf("entry %q: %w", rel, err)
@@ -351,6 +371,111 @@ func (x *extractor) file(rel string, mode fs.FileMode, mtime time.Time, size int
 		}
 	}
 	return nil
+}
+
+// Small files are read into memory by the decoding goroutine and written
+// by a few writer goroutines: creating files is where extraction waits on
+// the file system, and several creates in flight hide that latency.
+const (
+	smallFile = 1 << 20
+	writers   = 4
+)
+
+type writeJob struct {
+	rel   string
+	mode  fs.FileMode
+	mtime time.Time
+	data  *[]byte
+}
+
+func (x *extractor) smallFile(rel string, mode fs.FileMode, mtime time.Time, size int64, r io.Reader) error {
+	if err := x.writeErr(); err != nil {
+		return err
+	}
+	if x.jobs == nil {
+		x.jobs = make(chan writeJob, 2*writers)
+		x.pool.New = func() any { b := make([]byte, 0, 64<<10); return &b }
+		for w := 0; w < writers; w++ {
+			x.workers.Add(1)
+			go x.writer()
+		}
+	}
+	bp := x.pool.Get().(*[]byte)
+	b := (*bp)[:0]
+	if int64(cap(b)) < size+1 {
+		b = make([]byte, 0, size+1)
+	}
+	// One byte more than the header says, to catch an entry that lies.
+	n, err := io.ReadFull(r, b[:size+1])
+	b = b[:n]
+	*bp = b
+	x.bytes += int64(n)
+	switch {
+	case errors.Is(err, io.ErrUnexpectedEOF) && int64(n) == size, errors.Is(err, io.EOF) && size == 0:
+	case err == nil:
+		x.pool.Put(bp)
+		return fmt.Errorf("%w: entry %q holds more bytes than its header says", ErrUnsafe, rel)
+	default:
+		x.pool.Put(bp)
+		return fmt.Errorf("entry %q: %w", rel, err)
+	}
+	if x.bytes > x.opts.MaxBytes {
+		x.pool.Put(bp)
+		return x.tooBig()
+	}
+	x.pending.Add(1)
+	x.jobs <- writeJob{rel: rel, mode: mode, mtime: mtime, data: bp}
+	return nil
+}
+
+func (x *extractor) writer() {
+	defer x.workers.Done()
+	for j := range x.jobs {
+		if x.writeErr() == nil {
+			if err := x.writeSmall(j); err != nil {
+				x.errMu.Lock()
+				if x.werr == nil {
+					x.werr = err
+				}
+				x.errMu.Unlock()
+			}
+		}
+		x.pool.Put(j.data)
+		x.pending.Done()
+	}
+}
+
+func (x *extractor) writeSmall(j writeJob) error {
+	f, err := x.root.OpenFile(j.rel, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("entry %q: %w", j.rel, err)
+	}
+	if _, err := f.Write(*j.data); err != nil {
+		f.Close()
+		return fmt.Errorf("entry %q: %w", j.rel, err)
+	}
+	return x.finishFile(f, j.rel, j.mode, j.mtime)
+}
+
+func (x *extractor) writeErr() error {
+	x.errMu.Lock()
+	defer x.errMu.Unlock()
+	return x.werr
+}
+
+// flush waits until every queued file is written and returns the first
+// write error.
+func (x *extractor) flush() error {
+	x.pending.Wait()
+	return x.writeErr()
+}
+
+// stopWriters ends the writer goroutines; Extract defers it.
+func (x *extractor) stopWriters() {
+	if x.jobs != nil {
+		close(x.jobs)
+		x.workers.Wait()
+	}
 }
 
 func (x *extractor) tooBig() error {
@@ -390,6 +515,9 @@ func (x *extractor) hardlink(rel, linkname string) error {
 	}
 	if x.root == nil {
 		return nil
+	}
+	if err := x.flush(); err != nil { // the target may still be queued
+		return err
 	}
 	if err := x.root.Link(target, rel); err != nil {
 		return fmt.Errorf("entry %q: %w", rel, err)
