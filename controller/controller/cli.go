@@ -29,6 +29,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&names, "server-names", "", "extra comma-separated DNS names or IPs for the serving certificate")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", 0, "heartbeat interval agents are told to use (default 5s)")
 	fs.DurationVar(&cfg.AgentCertTTL, "agent-cert-ttl", 0, "agent certificate lifetime (default 720h; agents renew at two thirds)")
+	fs.IntVar(&cfg.MaxDownloads, "max-downloads", 0, "artifact downloads streamed at once; more agents wait their turn (default 8)")
 	fs.StringVar(&cfg.GossipAddr, "gossip-listen", ":7946", `gossip (memberlist) bind address; "" disables gossip`)
 	fs.StringVar(&cfg.GossipAdvertise, "gossip-advertise", "", "gossip address agents dial (default: the bound address)")
 	fs.StringVar(&cfg.GossipProfile, "gossip-profile", "lan", "gossip timings: lan, local or wan")

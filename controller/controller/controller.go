@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
 
+	"github.com/ferrydeploy/ferry/controller/internal/artifact"
 	"github.com/ferrydeploy/ferry/controller/internal/credential"
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
 	"github.com/ferrydeploy/ferry/controller/internal/health"
@@ -47,6 +48,7 @@ type Config struct {
 	HeartbeatInterval time.Duration // what agents are told (default 5s)
 	AgentCertTTL      time.Duration // default 30 days; agents renew at two thirds
 	AdminCertTTL      time.Duration // default 1 year
+	MaxDownloads      int           // artifact downloads streaming at once (default artifact.DefaultMaxDownloads)
 	GossipAddr        string        // memberlist bind address; "" disables gossip
 	GossipAdvertise   string        // host:port peers dial (default: the bound address)
 	GossipProfile     string        // lan (default), local or wan
@@ -97,6 +99,7 @@ type Controller struct {
 	gossipKey []byte
 	packages  *packages.Store
 	engine    *rollout.Engine
+	artifacts *artifact.Store
 	member    *gossip.Member
 	adminPath string
 	advertise string
@@ -176,7 +179,11 @@ func New(cfg Config) (*Controller, error) {
 		AgentCertTTL: cfg.AgentCertTTL, AdminCertTTL: cfg.AdminCertTTL,
 		AdvertiseAddress: c.advertise, Observer: m, GossipSeeds: c.gossipSeeds, OnHello: c.rejoin,
 	}
-	if c.packages, err = packages.New(c.store, artifactResolver{c}, deps.Audit, cfg.Now); err != nil {
+	if c.artifacts, err = artifact.Open(artifact.Config{Dir: filepath.Join(cfg.DataDir, "artifacts"), DB: c.store.DB(), Logger: c.log.With("component", "artifact"), Now: cfg.Now}); err != nil {
+		return nil, err
+	}
+	ferryv1.RegisterArtifactServiceServer(c.grpc, artifact.NewService(c.artifacts, deps, c.log.With("component", "artifact")))
+	if c.packages, err = packages.New(c.store, c.artifacts, deps.Audit, cfg.Now); err != nil {
 		return nil, err
 	}
 	ferryv1.RegisterPackageServiceServer(c.grpc, c.packages)
@@ -190,7 +197,8 @@ func New(cfg Config) (*Controller, error) {
 	deps.Jobs = jobSink{engine: c.engine, store: c.store, metrics: m, log: c.log, now: cfg.Now}
 	server.Register(c.grpc, deps)
 	server.RegisterRollouts(c.grpc, deps, c.engine)
-	ferryv1.RegisterAgentServiceServer(c.grpc, server.NewAgentService(deps, nil))
+	downloads := artifact.NewDownloader(artifact.DownloaderConfig{Store: c.artifacts, MaxConcurrent: cfg.MaxDownloads, BytesServed: m.ArtifactBytesServed, Logger: c.log.With("component", "artifact")})
+	ferryv1.RegisterAgentServiceServer(c.grpc, server.NewAgentService(deps, downloads))
 	grpcMetrics.InitializeMetrics(c.grpc)
 	ok = true
 	return c, nil
@@ -313,12 +321,4 @@ func (c *Controller) ensureAdminCredential() error {
 		return err
 	}
 	return credential.Write(c.adminPath, c.advertise, c.ca.Cert, cert, keyPEM)
-}
-
-// artifactResolver resolves package artifact references.
-// TODO(lead): replace with the artifact store once it lands.
-type artifactResolver struct{ c *Controller }
-
-func (r artifactResolver) ResolveArtifact(ref string) (*ferryv1.Artifact, error) {
-	return nil, fmt.Errorf("artifact %q: this controller has no artifact store", ref)
 }

@@ -104,7 +104,7 @@ func (a *app) rootCmd() *cobra.Command {
 	root.PersistentFlags().StringVarP(&a.output, "output", "o", "table", "output format: table or json")
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 30*time.Second, "time limit for each request")
 	root.AddCommand(a.nodesCmd(), a.nodeCmd(), a.tokenCmd(), a.certCmd(), a.auditCmd(), a.versionCmd())
-	root.AddCommand(a.packageCmd(), a.rolloutCmd(), a.logsCmd())
+	root.AddCommand(a.packageCmd(), a.rolloutCmd(), a.logsCmd(), a.artifactCmd())
 	return root
 }
 

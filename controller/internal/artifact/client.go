@@ -1,0 +1,83 @@
+package artifact
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+)
+
+// Push uploads body under hdr in ChunkSize messages and returns the
+// controller's answer. progress, if not nil, is called after each chunk
+// with the bytes sent so far. The bytes are hashed while they are sent;
+// when the whole body went out, the digest the controller stored must
+// match it.
+func Push(ctx context.Context, c ferryv1.ArtifactServiceClient, hdr *ferryv1.PushArtifactHeader, body io.Reader, progress func(sent uint64)) (*ferryv1.PushArtifactResponse, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // aborts the stream on an early return
+	stream, err := c.PushArtifact(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := stream.Send(&ferryv1.PushArtifactRequest{Msg: &ferryv1.PushArtifactRequest_Header{Header: hdr}}); err != nil {
+		return nil, closeErr(stream, err)
+	}
+	h := sha256.New()
+	buf := make([]byte, ChunkSize)
+	// One message, reused: SendMsg marshals it (copying the data) before it
+	// returns, and ferryctl installs no stats handler that keeps messages.
+	chunk := &ferryv1.PushArtifactRequest_Chunk{}
+	msg := &ferryv1.PushArtifactRequest{Msg: chunk}
+	var sent uint64
+	complete := false
+	for {
+		n, rerr := io.ReadFull(body, buf)
+		if n > 0 {
+			h.Write(buf[:n])
+			chunk.Chunk = buf[:n]
+			if err := stream.Send(msg); err != nil {
+				// The controller ended the push early: it already had
+				// these bytes, or refused them. Its answer says which.
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				return nil, err
+			}
+			sent += uint64(n)
+			if progress != nil {
+				progress(sent)
+			}
+		}
+		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
+			complete = true
+			break
+		}
+		if rerr != nil {
+			return nil, fmt.Errorf("read %s: %w", hdr.GetName(), rerr)
+		}
+	}
+	resp, err := stream.CloseAndRecv()
+	if err != nil {
+		return nil, err
+	}
+	if got := DigestPrefix + hex.EncodeToString(h.Sum(nil)); complete && resp.GetArtifact().GetDigest() != got {
+		return resp, fmt.Errorf("artifact %s: the controller stored %s but the file sent hashes to %s; the data changed in transit or while it was read: remove it with `ferryctl artifact rm %s` and push again",
+			Key(resp.GetArtifact()), resp.GetArtifact().GetDigest(), got, Key(resp.GetArtifact()))
+	}
+	return resp, nil
+}
+
+// closeErr returns the controller's status when a send failed because the
+// stream ended.
+func closeErr(stream ferryv1.ArtifactService_PushArtifactClient, err error) error {
+	if errors.Is(err, io.EOF) {
+		if _, rerr := stream.CloseAndRecv(); rerr != nil {
+			return rerr
+		}
+	}
+	return err
+}

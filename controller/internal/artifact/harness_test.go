@@ -1,0 +1,274 @@
+package artifact
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/ferrydeploy/ferry/controller/internal/server"
+	"github.com/ferrydeploy/ferry/controller/internal/store"
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/pki"
+	"github.com/ferrydeploy/ferry/shared/rpc"
+)
+
+// harness is a controller with the artifact services over real mTLS on
+// loopback, and an admin and an agent client.
+type harness struct {
+	t      testing.TB
+	dir    string
+	db     *store.Store
+	st     *Store
+	dl     *Downloader
+	audit  *auditLog
+	served *counter
+	addr   string
+	admin  *grpc.ClientConn
+	agent  *grpc.ClientConn
+	pki    *testPKI
+	srv    *grpc.Server
+}
+
+type harnessOpts struct {
+	maxDownloads int
+	wrapTemp     func(io.Writer) io.Writer
+	dialOpts     []grpc.DialOption
+	dataDir      string // default: a new temp dir
+}
+
+type counter struct{ n atomic.Int64 }
+
+func (c *counter) Add(f float64) { c.n.Add(int64(f)) }
+
+type auditLog struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func (a *auditLog) Audit(ctx context.Context, action, target string, err error, detail string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	actor := "?"
+	if c, ok := rpc.CallerFrom(ctx); ok {
+		actor = c.Identity.String()
+	}
+	outcome := "ok"
+	if err != nil {
+		outcome = "refused"
+	}
+	a.events = append(a.events, actor+" "+action+" "+target+" "+outcome)
+}
+
+func (a *auditLog) list() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]string(nil), a.events...)
+}
+
+type testPKI struct {
+	ca                   *pki.CA
+	server, admin, agent tls.Certificate
+}
+
+func newPKI(t testing.TB) *testPKI {
+	t.Helper()
+	now := time.Now()
+	ca, err := pki.NewCA(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(id pki.Identity) tls.Certificate {
+		key, err := pki.NewKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf, err := ca.Sign(pki.SignRequest{Identity: id, PublicKey: key.Public(), TTL: time.Hour, Now: now, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tls.Certificate{Certificate: [][]byte{leaf.Raw, ca.Cert.Raw}, PrivateKey: key, Leaf: leaf}
+	}
+	return &testPKI{
+		ca:     ca,
+		server: issue(pki.Identity{Role: pki.RoleController}),
+		admin:  issue(pki.Identity{Role: pki.RoleAdmin, Name: "alice"}),
+		agent:  issue(pki.Identity{Role: pki.RoleAgent, Name: "n1"}),
+	}
+}
+
+func (p *testPKI) serverTLS() *tls.Config {
+	return rpc.ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &p.server, nil }, p.ca.Pool())
+}
+
+func (p *testPKI) clientTLS(c tls.Certificate) *tls.Config {
+	return rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &c, nil }, p.ca.Pool())
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func newHarness(t testing.TB, o harnessOpts) *harness {
+	t.Helper()
+	h := &harness{t: t, dir: o.dataDir, audit: &auditLog{}, served: &counter{}, pki: newPKI(t)}
+	if h.dir == "" {
+		h.dir = t.TempDir()
+	}
+	h.open(o)
+	srv := rpc.NewServer(rpc.ServerOptions{TLS: h.pki.serverTLS(), Logger: quietLogger()})
+	ferryv1.RegisterArtifactServiceServer(srv, NewService(h.st, h.audit, quietLogger()))
+	ferryv1.RegisterAgentServiceServer(srv, server.NewAgentService(&server.Deps{Logger: quietLogger()}, h.dl))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.addr = lis.Addr().String()
+	h.srv = srv
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	h.admin = h.dial(h.pki.admin, o.dialOpts...)
+	h.agent = h.dial(h.pki.agent, o.dialOpts...)
+	return h
+}
+
+// open opens (or reopens) the store on the harness's data dir.
+func (h *harness) open(o harnessOpts) {
+	h.t.Helper()
+	if h.db != nil {
+		h.db.Close()
+	}
+	db, err := store.Open(filepath.Join(h.dir, "ferry.db"))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { db.Close() })
+	st, err := Open(Config{Dir: filepath.Join(h.dir, "artifacts"), DB: db.DB(), Logger: quietLogger(), wrapTemp: o.wrapTemp})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.db, h.st = db, st
+	h.dl = NewDownloader(DownloaderConfig{Store: st, MaxConcurrent: o.maxDownloads, BytesServed: h.served, Logger: quietLogger()})
+}
+
+func (h *harness) dial(cert tls.Certificate, extra ...grpc.DialOption) *grpc.ClientConn {
+	h.t.Helper()
+	conn, err := grpc.NewClient(h.addr, append(rpc.DialOptions(h.pki.clientTLS(cert)), extra...)...)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func (h *harness) artifacts() ferryv1.ArtifactServiceClient {
+	return ferryv1.NewArtifactServiceClient(h.admin)
+}
+
+func (h *harness) push(name, version string, data []byte, sum string) (*ferryv1.PushArtifactResponse, error) {
+	return Push(context.Background(), h.artifacts(), &ferryv1.PushArtifactHeader{Name: name, Version: version, Size: uint64(len(data)), Sha256: sum}, bytes.NewReader(data), nil)
+}
+
+// download fetches a digest from offset with the agent's certificate.
+func (h *harness) download(ctx context.Context, digest string, offset uint64) ([]byte, error) {
+	stream, err := ferryv1.NewAgentServiceClient(h.agent).DownloadArtifact(ctx, &ferryv1.DownloadArtifactRequest{Digest: digest, Offset: offset})
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	for {
+		m, err := stream.Recv()
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+		if m.Offset != offset+uint64(len(out)) {
+			h.t.Errorf("chunk at offset %d, want %d", m.Offset, offset+uint64(len(out)))
+		}
+		out = append(out, m.Data...)
+	}
+}
+
+// checkConsistent asserts what every fault test needs afterwards: no temp
+// files, every blob has a record and hashes to its name, every record has
+// its blob with the recorded size.
+func (h *harness) checkConsistent() {
+	h.t.Helper()
+	tmps, err := os.ReadDir(h.st.tmpDir)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for _, e := range tmps {
+		h.t.Errorf("temp file %s left behind", e.Name())
+	}
+	recs, err := h.st.List("")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	byDigest := map[string]*ferryv1.Artifact{}
+	for _, a := range recs {
+		byDigest[a.Digest] = a
+	}
+	blobs, err := os.ReadDir(h.st.blobDir)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, e := range blobs {
+		d := DigestPrefix + e.Name()
+		seen[d] = true
+		a, ok := byDigest[d]
+		if !ok {
+			h.t.Errorf("blob %s has no record", e.Name())
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(h.st.blobDir, e.Name()))
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if got := sha(data); got != d || uint64(len(data)) != a.Size {
+			h.t.Errorf("blob %s hashes to %s with %d bytes; record says %d bytes", e.Name(), got, len(data), a.Size)
+		}
+	}
+	for d, a := range byDigest {
+		if !seen[d] {
+			h.t.Errorf("record %s has no blob", Key(a))
+		}
+	}
+}
+
+func sha(data []byte) string {
+	s := sha256.Sum256(data)
+	return DigestPrefix + hex.EncodeToString(s[:])
+}
+
+func randomBytes(seed uint64, n int) []byte {
+	r := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), byte(seed >> 16)})
+	b := make([]byte, n)
+	r.Read(b)
+	return b
+}
+
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -1,0 +1,158 @@
+package artifact
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/rpc"
+)
+
+// Auditor records admin actions (server.Deps implements it).
+type Auditor interface {
+	Audit(ctx context.Context, action, target string, err error, detail string)
+}
+
+// Service implements ferryv1.ArtifactServiceServer on a Store.
+type Service struct {
+	ferryv1.UnimplementedArtifactServiceServer
+	store *Store
+	audit Auditor
+	log   *slog.Logger
+}
+
+// NewService returns the artifact service; audit may be nil.
+func NewService(st *Store, audit Auditor, log *slog.Logger) *Service {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Service{store: st, audit: audit, log: log}
+}
+
+func (s *Service) record(ctx context.Context, action, target string, err error, detail string) {
+	if s.audit != nil {
+		s.audit.Audit(ctx, action, target, err, detail)
+	}
+}
+
+// PushArtifact receives a header, then chunks, and stores the artifact.
+func (s *Service) PushArtifact(stream grpc.ClientStreamingServer[ferryv1.PushArtifactRequest, ferryv1.PushArtifactResponse]) error {
+	ctx := stream.Context()
+	first, err := stream.Recv()
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return status.Error(codes.InvalidArgument, "empty push: send the header first")
+		}
+		return err
+	}
+	h := first.GetHeader()
+	if h == nil {
+		return status.Error(codes.InvalidArgument, "the first message of a push must be the header (name, version, size, sha256)")
+	}
+	actor := "unknown"
+	if c, ok := rpc.CallerFrom(ctx); ok {
+		actor = c.Identity.String()
+	}
+	req := PutRequest{Name: h.GetName(), Version: h.GetVersion(), OS: h.GetOs(), Arch: h.GetArch(), Size: h.GetSize(), SHA256: h.GetSha256(), PushedBy: actor}
+	a, created, err := s.store.Put(ctx, req, &pushReader{stream: stream})
+	target := key(req.Name, req.Version)
+	if err != nil {
+		s.log.Info("artifact push refused", "artifact", target, "by", actor, "err", err)
+		s.record(ctx, "artifact.push", target, err, "")
+		return toStatus(err)
+	}
+	s.log.Info("artifact pushed", "artifact", target, "digest", a.Digest, "size", a.Size, "created", created, "by", actor)
+	s.record(ctx, "artifact.push", target, nil, fmt.Sprintf("digest=%s size=%d created=%v", a.Digest, a.Size, created))
+	return stream.SendAndClose(&ferryv1.PushArtifactResponse{Artifact: a, Created: created})
+}
+
+// pushReader reads the chunks of a push stream.
+type pushReader struct {
+	stream grpc.ClientStreamingServer[ferryv1.PushArtifactRequest, ferryv1.PushArtifactResponse]
+	rest   []byte
+	msg    ferryv1.PushArtifactRequest
+}
+
+func (r *pushReader) next() ([]byte, error) {
+	r.msg.Reset()
+	if err := r.stream.RecvMsg(&r.msg); err != nil {
+		return nil, err
+	}
+	if r.msg.GetHeader() != nil {
+		return nil, status.Error(codes.InvalidArgument, "a push carries one header, in its first message")
+	}
+	return r.msg.GetChunk(), nil
+}
+
+func (r *pushReader) Read(p []byte) (int, error) {
+	for len(r.rest) == 0 {
+		b, err := r.next()
+		if err != nil {
+			return 0, err
+		}
+		r.rest = b
+	}
+	n := copy(p, r.rest)
+	r.rest = r.rest[n:]
+	return n, nil
+}
+
+func (r *pushReader) copyChunks(w io.Writer) error {
+	for {
+		b, err := r.next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+	}
+}
+
+// ListArtifacts lists artifacts, newest first.
+func (s *Service) ListArtifacts(ctx context.Context, req *ferryv1.ListArtifactsRequest) (*ferryv1.ListArtifactsResponse, error) {
+	as, err := s.store.List(req.GetName())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.ListArtifactsResponse{Artifacts: as}, nil
+}
+
+// GetArtifact returns one artifact and the packages that use it.
+func (s *Service) GetArtifact(ctx context.Context, req *ferryv1.GetArtifactRequest) (*ferryv1.GetArtifactResponse, error) {
+	a, err := s.store.Resolve(req.GetRef())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	refs, err := s.store.ReferencedBy(a.Digest)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ferryv1.GetArtifactResponse{Artifact: a, ReferencedBy: refs}, nil
+}
+
+// DeleteArtifact removes an artifact no package references.
+func (s *Service) DeleteArtifact(ctx context.Context, req *ferryv1.DeleteArtifactRequest) (*ferryv1.DeleteArtifactResponse, error) {
+	a, err := s.store.Delete(req.GetRef())
+	target := req.GetRef()
+	detail := ""
+	if a != nil {
+		target, detail = Key(a), "digest="+a.Digest
+	}
+	s.record(ctx, "artifact.rm", target, err, detail)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	s.log.Info("artifact removed", "artifact", target, "digest", a.Digest)
+	return &ferryv1.DeleteArtifactResponse{Artifact: a}, nil
+}

@@ -1,0 +1,735 @@
+// Package artifact is the controller's artifact store: content-addressed
+// blobs under <data-dir>/artifacts/sha256/<hex>, their metadata (name,
+// version, platform, size, who pushed them and when) in the embedded store,
+// the ArtifactService admins push to, the download path agents stream from
+// (with a cap on concurrent downloads), and the client side of a push that
+// ferryctl uses.
+//
+// A blob becomes visible only through its metadata record, and a record is
+// written only after its blob was hashed, fsynced and renamed into place,
+// so a crash at any point never exposes a half-written artifact. Temp files
+// and blobs without metadata left by a crash are removed at startup.
+package artifact
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/ferrydeploy/ferry/controller/internal/packages"
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+)
+
+// Bucket holds artifact metadata keyed "name@version" (marshalled
+// *ferryv1.Artifact). Several records may share one blob.
+var Bucket = []byte("artifacts")
+
+// ChunkSize is the size of the messages a push and a download carry.
+const ChunkSize = 1 << 20
+
+// DigestPrefix starts every digest string.
+const DigestPrefix = "sha256:"
+
+// Errors callers tell apart with errors.Is; the wrapped messages name the
+// artifact and the fix.
+var (
+	ErrNotFound         = errors.New("artifact not found")
+	ErrInvalid          = errors.New("invalid artifact request")
+	ErrChecksumMismatch = errors.New("sha256 mismatch")
+	ErrSizeMismatch     = errors.New("size mismatch")
+	ErrConflict         = errors.New("artifact version exists with other content")
+	ErrAmbiguous        = errors.New("ambiguous artifact reference")
+	ErrReferenced       = errors.New("artifact is referenced by packages")
+	ErrDiskFull         = errors.New("controller disk full")
+)
+
+// Config configures a Store.
+type Config struct {
+	Dir    string   // <data-dir>/artifacts
+	DB     *bolt.DB // the controller's store (store.Store.DB())
+	Logger *slog.Logger
+	Now    func() time.Time
+
+	// wrapTemp wraps the writer of a push's temp file; tests use it to
+	// simulate a full disk.
+	wrapTemp func(io.Writer) io.Writer
+}
+
+// Store keeps artifacts: blobs on disk, metadata in bbolt.
+type Store struct {
+	blobDir  string
+	tmpDir   string
+	db       *bolt.DB
+	log      *slog.Logger
+	now      func() time.Time
+	wrapTemp func(io.Writer) io.Writer
+	chunks   *sync.Pool // ChunkSize buffers, shared by pushes and downloads
+
+	// commitMu serialises what links blobs and metadata: renaming a blob
+	// into place with writing its record, and deleting a record with
+	// unlinking its blob. Uploads themselves run concurrently.
+	commitMu sync.Mutex
+}
+
+// Open prepares the artifact directory, removes what a crash left behind
+// (temp files, blobs no record points to) and returns the store.
+func Open(cfg Config) (*Store, error) {
+	if cfg.Dir == "" || cfg.DB == nil {
+		return nil, errors.New("artifact store: Dir and DB are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Store{
+		blobDir:  filepath.Join(cfg.Dir, "sha256"),
+		tmpDir:   filepath.Join(cfg.Dir, "tmp"),
+		db:       cfg.DB,
+		log:      cfg.Logger,
+		now:      cfg.Now,
+		wrapTemp: cfg.wrapTemp,
+		chunks:   newChunkPool(),
+	}
+	for _, d := range []string{s.blobDir, s.tmpDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("artifact store: %w", err)
+		}
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(Bucket)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("artifact store: create bucket: %w", err)
+	}
+	if err := s.cleanup(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// cleanup removes temp files of interrupted pushes and blobs without a
+// metadata record (a crash between rename and commit), and reports records
+// whose blob is missing.
+func (s *Store) cleanup() error {
+	tmps, err := os.ReadDir(s.tmpDir)
+	if err != nil {
+		return fmt.Errorf("artifact store: %w", err)
+	}
+	for _, e := range tmps {
+		p := filepath.Join(s.tmpDir, e.Name())
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("artifact store: remove interrupted upload: %w", err)
+		}
+		s.log.Info("removed an interrupted artifact upload", "file", p)
+	}
+	known := map[string]bool{}
+	all, err := s.List("")
+	if err != nil {
+		return err
+	}
+	for _, a := range all {
+		known[strings.TrimPrefix(a.Digest, DigestPrefix)] = true
+	}
+	blobs, err := os.ReadDir(s.blobDir)
+	if err != nil {
+		return fmt.Errorf("artifact store: %w", err)
+	}
+	present := map[string]bool{}
+	for _, e := range blobs {
+		present[e.Name()] = true
+		if !known[e.Name()] {
+			if err := os.Remove(filepath.Join(s.blobDir, e.Name())); err != nil {
+				return fmt.Errorf("artifact store: remove unreferenced blob: %w", err)
+			}
+			s.log.Info("removed an artifact blob no record points to (an interrupted push or removal)", "artifact", DigestPrefix+e.Name())
+		}
+	}
+	for _, a := range all {
+		if !present[strings.TrimPrefix(a.Digest, DigestPrefix)] {
+			s.log.Error("artifact blob is missing; agents cannot download it: push the file again or remove the record", "artifact", key(a.Name, a.Version), "digest", a.Digest)
+		}
+	}
+	return nil
+}
+
+func key(name, version string) string { return name + "@" + version }
+
+// Key is an artifact's "name@version".
+func Key(a *ferryv1.Artifact) string { return key(a.GetName(), a.GetVersion()) }
+
+// PutRequest describes an upload.
+type PutRequest struct {
+	Name, Version, OS, Arch string
+	Size                    uint64 // expected size; 0 when unknown
+	SHA256                  string // expected digest (hex, optionally "sha256:"); "" accepts what arrives
+	PushedBy                string
+}
+
+func (r *PutRequest) normalize() error {
+	if err := validName("name", r.Name); err != nil {
+		return err
+	}
+	if err := validName("version", r.Version); err != nil {
+		return err
+	}
+	for _, f := range []struct{ what, v string }{{"os", r.OS}, {"arch", r.Arch}} {
+		if f.v != "" && validName(f.what, f.v) != nil {
+			return fmt.Errorf("%w: %s %q may not contain spaces, '/' or '@'", ErrInvalid, f.what, f.v)
+		}
+	}
+	if r.SHA256 != "" {
+		h, err := parseHex(r.SHA256)
+		if err != nil {
+			return err
+		}
+		r.SHA256 = h
+	}
+	return nil
+}
+
+func validName(what, v string) error {
+	switch {
+	case v == "":
+		return fmt.Errorf("%w: artifact %s is empty; give one (ferryctl artifact push --%s)", ErrInvalid, what, what)
+	case len(v) > 200:
+		return fmt.Errorf("%w: artifact %s is longer than 200 characters", ErrInvalid, what)
+	case strings.ContainsAny(v, "@/\\") || strings.IndexFunc(v, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0:
+		return fmt.Errorf("%w: artifact %s %q may not contain spaces, control characters, '/', '\\' or '@'", ErrInvalid, what, v)
+	}
+	return nil
+}
+
+// parseHex accepts "<64 hex>" or "sha256:<64 hex>" and returns lowercase hex.
+func parseHex(s string) (string, error) {
+	h := strings.ToLower(strings.TrimPrefix(strings.TrimSpace(s), DigestPrefix))
+	if len(h) != 64 {
+		return "", fmt.Errorf("%w: sha256 %q must be 64 hex digits", ErrInvalid, s)
+	}
+	if _, err := hex.DecodeString(h); err != nil {
+		return "", fmt.Errorf("%w: sha256 %q is not hex", ErrInvalid, s)
+	}
+	return h, nil
+}
+
+// ParseDigest checks a "sha256:<64 hex>" digest and returns the hex.
+func ParseDigest(d string) (string, error) {
+	if !strings.HasPrefix(d, DigestPrefix) {
+		return "", fmt.Errorf("%w: digest %q must start with %q", ErrInvalid, d, DigestPrefix)
+	}
+	return parseHex(d)
+}
+
+// sink writes a push's bytes to its temp file and remembers write errors,
+// so they can be told apart from receive errors.
+type sink struct {
+	w   io.Writer
+	n   uint64
+	max uint64 // 0: no limit
+	err error
+}
+
+var errTooLarge = errors.New("more bytes than declared")
+
+func (s *sink) Write(p []byte) (int, error) {
+	if s.max > 0 && s.n+uint64(len(p)) > s.max {
+		return 0, errTooLarge
+	}
+	n, err := s.w.Write(p)
+	s.n += uint64(n)
+	if err != nil {
+		s.err = err
+	}
+	return n, err
+}
+
+// Put stores an upload: it writes body to a temp file while hashing it,
+// fsyncs, checks the declared size and checksum, renames the file into
+// place by digest and records the metadata. On any failure nothing is
+// kept. created is false when name@version already held these bytes.
+func (s *Store) Put(ctx context.Context, req PutRequest, body io.Reader) (a *ferryv1.Artifact, created bool, err error) {
+	if err := req.normalize(); err != nil {
+		return nil, false, err
+	}
+	label := "artifact " + key(req.Name, req.Version)
+	if a, created, done, err := s.putKnown(req); done {
+		return a, created, err
+	}
+
+	f, err := os.CreateTemp(s.tmpDir, "push-*")
+	if err != nil {
+		return nil, false, diskErr(label, s.tmpDir, 0, err)
+	}
+	tmp := f.Name()
+	kept := false
+	defer func() {
+		if !kept {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	var w io.Writer = f
+	if s.wrapTemp != nil {
+		w = s.wrapTemp(w)
+	}
+	h := sha256.New()
+	out := &sink{w: w, max: req.Size}
+	dst := io.MultiWriter(out, h)
+	if src, ok := body.(chunkSource); ok {
+		err = src.copyChunks(dst)
+	} else {
+		bufp := s.chunks.Get().(*[]byte)
+		_, err = io.CopyBuffer(dst, ctxReader{ctx, body}, *bufp)
+		s.chunks.Put(bufp)
+	}
+	switch {
+	case errors.Is(err, errTooLarge):
+		return nil, false, fmt.Errorf("%w: %s: more than the declared %d bytes arrived; the upload was discarded", ErrSizeMismatch, label, req.Size)
+	case out.err != nil:
+		return nil, false, diskErr(label, s.tmpDir, out.n, out.err)
+	case err != nil:
+		return nil, false, fmt.Errorf("%s: receive: %w; the upload was discarded", label, err)
+	}
+	if req.Size > 0 && out.n != req.Size {
+		return nil, false, fmt.Errorf("%w: %s: %d bytes arrived, %d were declared; the upload was discarded", ErrSizeMismatch, label, out.n, req.Size)
+	}
+	if err := f.Sync(); err != nil {
+		return nil, false, diskErr(label, s.tmpDir, out.n, err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, false, diskErr(label, s.tmpDir, out.n, err)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	if req.SHA256 != "" && sum != req.SHA256 {
+		return nil, false, fmt.Errorf("%w: %s: got %s, want %s; the upload was discarded", ErrChecksumMismatch, label, DigestPrefix+sum, DigestPrefix+req.SHA256)
+	}
+	a = &ferryv1.Artifact{
+		Digest: DigestPrefix + sum, Name: req.Name, Version: req.Version, Os: req.OS, Arch: req.Arch,
+		Size: out.n, PushedBy: req.PushedBy, PushedAt: timestamppb.New(s.now()),
+	}
+	kept = true // commit owns the temp file from here
+	return s.commit(a, tmp)
+}
+
+// putKnown settles a push without reading its body when the declared
+// checksum already answers it: the same name@version with the same digest
+// is a no-op, with another digest a conflict; a known blob under another
+// name only needs a new record.
+func (s *Store) putKnown(req PutRequest) (a *ferryv1.Artifact, created, done bool, err error) {
+	if req.SHA256 == "" {
+		return nil, false, false, nil
+	}
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+	digest := DigestPrefix + req.SHA256
+	var blobRec *ferryv1.Artifact
+	err = s.db.View(func(tx *bolt.Tx) error {
+		if old, err := getRecord(tx, key(req.Name, req.Version)); err != nil {
+			return err
+		} else if old != nil {
+			a, done = old, true
+			if old.Digest != digest {
+				return conflict(old, digest)
+			}
+			return nil
+		}
+		return forEachRecord(tx, func(r *ferryv1.Artifact) error {
+			if r.Digest == digest {
+				blobRec = r
+			}
+			return nil
+		})
+	})
+	if err != nil || done {
+		return a, false, true, err
+	}
+	if blobRec == nil {
+		return nil, false, false, nil
+	}
+	if req.Size > 0 && req.Size != blobRec.Size {
+		return nil, false, true, fmt.Errorf("%w: artifact %s: declared %d bytes, but %s holds %d; the upload was discarded", ErrSizeMismatch, key(req.Name, req.Version), req.Size, digest, blobRec.Size)
+	}
+	if _, err := os.Stat(s.blobPath(req.SHA256)); err != nil {
+		return nil, false, false, nil // upload it again
+	}
+	a = &ferryv1.Artifact{
+		Digest: digest, Name: req.Name, Version: req.Version, Os: req.OS, Arch: req.Arch,
+		Size: blobRec.Size, PushedBy: req.PushedBy, PushedAt: timestamppb.New(s.now()),
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error { return putRecord(tx, a) }); err != nil {
+		return nil, false, true, fmt.Errorf("artifact %s: record metadata: %w", Key(a), err)
+	}
+	return a, true, true, nil
+}
+
+func conflict(old *ferryv1.Artifact, digest string) error {
+	return fmt.Errorf("%w: artifact %s already exists with different bytes (%s, pushed by %s at %s), these are %s; artifact versions are immutable: push under a new --version, or remove the old one with `ferryctl artifact rm %s`",
+		ErrConflict, Key(old), old.Digest, old.PushedBy, old.PushedAt.AsTime().UTC().Format(time.RFC3339), digest, Key(old))
+}
+
+// commit links a verified temp file to its record.
+func (s *Store) commit(a *ferryv1.Artifact, tmp string) (*ferryv1.Artifact, bool, error) {
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+	hexsum := strings.TrimPrefix(a.Digest, DigestPrefix)
+	removeTmp := true
+	defer func() {
+		if removeTmp {
+			os.Remove(tmp)
+		}
+	}()
+	var old *ferryv1.Artifact
+	if err := s.db.View(func(tx *bolt.Tx) (err error) {
+		old, err = getRecord(tx, Key(a))
+		return err
+	}); err != nil {
+		return nil, false, err
+	}
+	if old != nil {
+		if old.Digest == a.Digest {
+			return old, false, nil
+		}
+		return nil, false, conflict(old, a.Digest)
+	}
+	blob := s.blobPath(hexsum)
+	newBlob := false
+	if _, err := os.Stat(blob); errors.Is(err, os.ErrNotExist) {
+		if err := os.Rename(tmp, blob); err != nil {
+			return nil, false, fmt.Errorf("artifact %s: move into place: %w; the upload was discarded", Key(a), err)
+		}
+		removeTmp, newBlob = false, true
+		if err := syncDir(s.blobDir); err != nil {
+			os.Remove(blob)
+			return nil, false, diskErr("artifact "+Key(a), s.blobDir, a.Size, err)
+		}
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error { return putRecord(tx, a) }); err != nil {
+		if newBlob {
+			os.Remove(blob)
+		}
+		return nil, false, fmt.Errorf("artifact %s: record metadata: %w; the upload was discarded", Key(a), err)
+	}
+	return a, true, nil
+}
+
+func diskErr(label, dir string, written uint64, err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: %s: no space left in %s after %d bytes; free space there (remove unused artifacts with `ferryctl artifact rm`) and push again; the upload was discarded: %w", ErrDiskFull, label, dir, written, err)
+	}
+	return fmt.Errorf("%s: write to %s: %w; the upload was discarded", label, dir, err)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+func (s *Store) blobPath(hexsum string) string { return filepath.Join(s.blobDir, hexsum) }
+
+func getRecord(tx *bolt.Tx, k string) (*ferryv1.Artifact, error) {
+	data := tx.Bucket(Bucket).Get([]byte(k))
+	if data == nil {
+		return nil, nil
+	}
+	a := &ferryv1.Artifact{}
+	if err := proto.Unmarshal(data, a); err != nil {
+		return nil, fmt.Errorf("artifact record %s: %w", k, err)
+	}
+	return a, nil
+}
+
+func putRecord(tx *bolt.Tx, a *ferryv1.Artifact) error {
+	data, err := proto.Marshal(a)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(Bucket).Put([]byte(Key(a)), data)
+}
+
+func forEachRecord(tx *bolt.Tx, fn func(*ferryv1.Artifact) error) error {
+	return tx.Bucket(Bucket).ForEach(func(k, v []byte) error {
+		a := &ferryv1.Artifact{}
+		if err := proto.Unmarshal(v, a); err != nil {
+			return fmt.Errorf("artifact record %s: %w", k, err)
+		}
+		return fn(a)
+	})
+}
+
+// List returns the artifacts, all or those named name, newest first.
+func (s *Store) List(name string) ([]*ferryv1.Artifact, error) {
+	var out []*ferryv1.Artifact
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return forEachRecord(tx, func(a *ferryv1.Artifact) error {
+			if name == "" || a.Name == name {
+				out = append(out, a)
+			}
+			return nil
+		})
+	})
+	sortNewestFirst(out)
+	return out, err
+}
+
+func sortNewestFirst(as []*ferryv1.Artifact) {
+	sort.SliceStable(as, func(i, j int) bool {
+		ti, tj := as[i].PushedAt.AsTime(), as[j].PushedAt.AsTime()
+		if !ti.Equal(tj) {
+			return ti.After(tj)
+		}
+		return Key(as[i]) < Key(as[j])
+	})
+}
+
+// ResolveArtifact finds the artifact a reference names: "name@version",
+// "sha256:<hex prefix>" (which must match exactly one record), or a bare
+// name (the version pushed last). It is pkgspec.ArtifactResolver.
+func (s *Store) ResolveArtifact(ref string) (*ferryv1.Artifact, error) {
+	var a *ferryv1.Artifact
+	err := s.db.View(func(tx *bolt.Tx) (err error) {
+		a, err = resolve(tx, ref, true)
+		return err
+	})
+	return a, err
+}
+
+// Resolve is ResolveArtifact, except that a bare name must have exactly
+// one version: what the admin commands use before changing anything.
+func (s *Store) Resolve(ref string) (*ferryv1.Artifact, error) {
+	var a *ferryv1.Artifact
+	err := s.db.View(func(tx *bolt.Tx) (err error) {
+		a, err = resolve(tx, ref, false)
+		return err
+	})
+	return a, err
+}
+
+const notFoundHint = "list artifacts with `ferryctl artifact list`"
+
+func resolve(tx *bolt.Tx, ref string, latest bool) (*ferryv1.Artifact, error) {
+	ref = strings.TrimSpace(ref)
+	switch {
+	case ref == "":
+		return nil, fmt.Errorf("%w: empty artifact reference; use NAME@VERSION or sha256:PREFIX", ErrInvalid)
+	case strings.HasPrefix(ref, DigestPrefix):
+		prefix := strings.ToLower(strings.TrimPrefix(ref, DigestPrefix))
+		if prefix == "" || strings.Trim(prefix, "0123456789abcdef") != "" || len(prefix) > 64 {
+			return nil, fmt.Errorf("%w: %q: after %q give hex digits of the digest", ErrInvalid, ref, DigestPrefix)
+		}
+		var matches []*ferryv1.Artifact
+		if err := forEachRecord(tx, func(a *ferryv1.Artifact) error {
+			if strings.HasPrefix(strings.TrimPrefix(a.Digest, DigestPrefix), prefix) {
+				matches = append(matches, a)
+			}
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		return one(ref, matches)
+	case strings.Contains(ref, "@"):
+		a, err := getRecord(tx, ref)
+		if err != nil {
+			return nil, err
+		}
+		if a == nil {
+			return nil, fmt.Errorf("%w: %s; %s", ErrNotFound, ref, notFoundHint)
+		}
+		return a, nil
+	}
+	var matches []*ferryv1.Artifact
+	if err := forEachRecord(tx, func(a *ferryv1.Artifact) error {
+		if a.Name == ref {
+			matches = append(matches, a)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	sortNewestFirst(matches)
+	if latest && len(matches) > 0 {
+		return matches[0], nil
+	}
+	return one(ref, matches)
+}
+
+func one(ref string, matches []*ferryv1.Artifact) (*ferryv1.Artifact, error) {
+	switch len(matches) {
+	case 0:
+		return nil, fmt.Errorf("%w: %s; %s", ErrNotFound, ref, notFoundHint)
+	case 1:
+		return matches[0], nil
+	}
+	sortNewestFirst(matches)
+	names := make([]string, len(matches))
+	for i, a := range matches {
+		names[i] = Key(a) + " (" + ShortDigest(a.Digest) + ")"
+	}
+	return nil, fmt.Errorf("%w: %s matches %d artifacts: %s; name one as NAME@VERSION or give more digits", ErrAmbiguous, ref, len(matches), strings.Join(names, ", "))
+}
+
+// ShortDigest is "sha256:" and the first 12 hex digits.
+func ShortDigest(d string) string {
+	if len(d) > len(DigestPrefix)+12 {
+		return d[:len(DigestPrefix)+12]
+	}
+	return d
+}
+
+// ReferencedBy lists the packages ("name@version") whose artifact is digest.
+func (s *Store) ReferencedBy(digest string) ([]string, error) {
+	var out []string
+	err := s.db.View(func(tx *bolt.Tx) (err error) {
+		out, err = referencedBy(tx, digest)
+		return err
+	})
+	return out, err
+}
+
+func referencedBy(tx *bolt.Tx, digest string) ([]string, error) {
+	b := tx.Bucket(packages.Bucket)
+	if b == nil {
+		return nil, nil
+	}
+	var out []string
+	err := b.ForEach(func(k, v []byte) error {
+		p := &ferryv1.Package{}
+		if err := proto.Unmarshal(v, p); err != nil {
+			return fmt.Errorf("package record %s: %w", k, err)
+		}
+		if p.GetArtifact().GetDigest() == digest {
+			out = append(out, string(k))
+		}
+		return nil
+	})
+	sort.Strings(out)
+	return out, err
+}
+
+// Delete removes the record ref names, refusing while a package references
+// its digest, and unlinks the blob when no other record shares it.
+// Downloads already streaming it finish from their open file.
+func (s *Store) Delete(ref string) (*ferryv1.Artifact, error) {
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+	var a *ferryv1.Artifact
+	lastRef := true
+	err := s.db.Update(func(tx *bolt.Tx) (err error) {
+		if a, err = resolve(tx, ref, false); err != nil {
+			return err
+		}
+		refs, err := referencedBy(tx, a.Digest)
+		if err != nil {
+			return err
+		}
+		if len(refs) > 0 {
+			return fmt.Errorf("%w: artifact %s (%s) is used by package %s; remove or replace those packages first", ErrReferenced, Key(a), ShortDigest(a.Digest), strings.Join(refs, ", "))
+		}
+		if err := tx.Bucket(Bucket).Delete([]byte(Key(a))); err != nil {
+			return err
+		}
+		return forEachRecord(tx, func(o *ferryv1.Artifact) error {
+			if o.Digest == a.Digest {
+				lastRef = false
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	if lastRef {
+		if err := os.Remove(s.blobPath(strings.TrimPrefix(a.Digest, DigestPrefix))); err != nil && !errors.Is(err, os.ErrNotExist) {
+			// The record is gone; the blob is collected at the next start.
+			s.log.Warn("remove artifact blob", "artifact", Key(a), "err", err)
+		}
+	}
+	return a, nil
+}
+
+// Blob is an artifact's bytes opened for reading.
+type Blob struct {
+	*os.File
+	Size uint64
+}
+
+// OpenBlob opens the blob of a digest that some record names.
+func (s *Store) OpenBlob(digest string) (*Blob, error) {
+	hexsum, err := ParseDigest(digest)
+	if err != nil {
+		return nil, err
+	}
+	var rec *ferryv1.Artifact
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		return forEachRecord(tx, func(a *ferryv1.Artifact) error {
+			if a.Digest == DigestPrefix+hexsum {
+				rec = a
+			}
+			return nil
+		})
+	}); err != nil {
+		return nil, err
+	}
+	if rec == nil {
+		return nil, fmt.Errorf("%w: no artifact has digest %s; push it with `ferryctl artifact push`", ErrNotFound, digest)
+	}
+	f, err := os.Open(s.blobPath(hexsum))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: artifact %s: its blob was removed", ErrNotFound, Key(rec))
+		}
+		return nil, fmt.Errorf("artifact %s: %w", Key(rec), err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("artifact %s: %w", Key(rec), err)
+	}
+	if uint64(fi.Size()) != rec.Size {
+		f.Close()
+		return nil, fmt.Errorf("artifact %s: blob %s has %d bytes, its record says %d; the store is damaged: push the file again", Key(rec), f.Name(), fi.Size(), rec.Size)
+	}
+	return &Blob{File: f, Size: rec.Size}, nil
+}
+
+// ctxReader stops a copy when the context ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// chunkSource is a body that hands over its own chunks (a push stream),
+// which saves copying them through a buffer.
+type chunkSource interface {
+	copyChunks(w io.Writer) error
+}
+
+func newChunkPool() *sync.Pool {
+	return &sync.Pool{New: func() any { b := make([]byte, ChunkSize); return &b }}
+}

@@ -1,0 +1,352 @@
+package cli
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrydeploy/ferry/controller/internal/artifact"
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+)
+
+func (a *app) artifactCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "artifact", Aliases: []string{"artifacts"}, Short: "Manage artifacts (release tarballs, binaries) on the controller"}
+	cmd.AddCommand(a.artifactPushCmd(), a.artifactListCmd(), a.artifactInspectCmd(), a.artifactRmCmd())
+	return cmd
+}
+
+func (a *app) artifactPushCmd() *cobra.Command {
+	var meta artifact.Meta
+	var sum, sumFile string
+	push := &cobra.Command{
+		Use:   "push FILE [--sha256 HEX | --checksum-file FILE.sha256]",
+		Short: "Upload a file to the controller's artifact store, checked against its published checksum",
+		Long: `Upload a file to the controller's artifact store.
+
+The file is hashed here first: when a checksum is given (--sha256, or
+--checksum-file with sha256sum output as release pages publish it), a file
+that does not match is refused before anything is sent. The controller
+hashes what it receives again and keeps nothing unless it matches. Pushing
+the same bytes under the same name and version again changes nothing.
+
+Unless given, the name is the file's base name and the version, OS and
+architecture are read from it: the version is the first dotted number
+(go1.20.3.linux-amd64.tar.gz -> 1.20.3, node-v18.16.0-linux-x64.tar.xz ->
+18.16.0, terraform_1.5.7_linux_amd64.zip -> 1.5.7), OS and architecture the
+first known words (linux, darwin, ...; amd64, arm64, with x86_64 and x64
+read as amd64 and aarch64 as arm64). --timeout does not limit the upload.`,
+		Example: `  ferryctl artifact push go1.20.3.linux-amd64.tar.gz --checksum-file go1.20.3.linux-amd64.tar.gz.sha256
+  ferryctl artifact push ./myapp --name myapp --version 2.4.1 --os linux --arch amd64`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.checkOutput(); err != nil {
+				return err
+			}
+			path := args[0]
+			f, err := os.Open(path)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			fi, err := f.Stat()
+			if err != nil {
+				return err
+			}
+			if !fi.Mode().IsRegular() {
+				return fmt.Errorf("%s is not a regular file", path)
+			}
+			inferred := artifact.InferMeta(path)
+			m := inferred
+			for _, o := range []struct {
+				dst *string
+				v   string
+			}{{&m.Name, meta.Name}, {&m.Version, meta.Version}, {&m.OS, meta.OS}, {&m.Arch, meta.Arch}} {
+				if o.v != "" {
+					*o.dst = o.v
+				}
+			}
+			if m.Version == "" {
+				return fmt.Errorf("cannot tell a version from the file name %q; give one with --version", inferred.Name)
+			}
+			want, source, err := declaredChecksum(path, sum, sumFile)
+			if err != nil {
+				return err
+			}
+			conn, err := a.connect()
+			if err != nil {
+				return err
+			}
+			size := uint64(fi.Size())
+			ref := m.Name + "@" + m.Version
+
+			bar := a.progress("hashing "+m.Name, size)
+			got, err := hashFile(f, bar.update)
+			bar.done()
+			if err != nil {
+				return fmt.Errorf("read %s: %w", path, err)
+			}
+			if want != "" && got != want {
+				return fmt.Errorf("artifact %s: sha256 mismatch: got sha256:%s, want sha256:%s (from %s); the file differs from the published one, nothing was uploaded", m.Name, got, want, source)
+			}
+			if _, err := f.Seek(0, io.SeekStart); err != nil {
+				return err
+			}
+			hdr := &ferryv1.PushArtifactHeader{Name: m.Name, Version: m.Version, Os: m.OS, Arch: m.Arch, Size: size, Sha256: got}
+			bar = a.progress("pushing "+ref, size)
+			start := time.Now()
+			resp, err := artifact.Push(cmd.Context(), ferryv1.NewArtifactServiceClient(conn), hdr, f, bar.update)
+			bar.done()
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return a.printJSON(resp)
+			}
+			art := resp.Artifact
+			if !resp.Created {
+				fmt.Fprintf(a.stdout, "artifact %s unchanged: these bytes are already stored (%s)\n", artifact.Key(art), art.Digest)
+				return nil
+			}
+			secs := time.Since(start).Seconds()
+			fmt.Fprintf(a.stdout, "artifact %s pushed: %s, %s%s, %s in %.1fs\n", artifact.Key(art), art.Digest, humanBytes(art.Size), platform(art), checkedBy(source), secs)
+			return nil
+		},
+	}
+	fl := push.Flags()
+	fl.StringVar(&meta.Name, "name", "", "artifact name (default: the file's base name)")
+	fl.StringVar(&meta.Version, "version", "", "artifact version (default: read from the file name)")
+	fl.StringVar(&meta.OS, "os", "", "target OS, e.g. linux (default: read from the file name)")
+	fl.StringVar(&meta.Arch, "arch", "", "target architecture, e.g. amd64 (default: read from the file name)")
+	fl.StringVar(&sum, "sha256", "", "expected SHA-256 of the file (64 hex digits)")
+	fl.StringVar(&sumFile, "checksum-file", "", "file with the expected SHA-256 (sha256sum output, BSD style, or the bare digest)")
+	push.MarkFlagsMutuallyExclusive("sha256", "checksum-file")
+	return push
+}
+
+// declaredChecksum returns the expected digest (lowercase hex, "" when none
+// was given) and where it came from.
+func declaredChecksum(path, sum, sumFile string) (string, string, error) {
+	switch {
+	case sum != "":
+		h := strings.ToLower(strings.TrimPrefix(strings.TrimSpace(sum), artifact.DigestPrefix))
+		if len(h) != 64 || strings.Trim(h, "0123456789abcdef") != "" {
+			return "", "", fmt.Errorf("--sha256 %q must be 64 hex digits", sum)
+		}
+		return h, "--sha256", nil
+	case sumFile != "":
+		data, err := os.ReadFile(sumFile)
+		if err != nil {
+			return "", "", fmt.Errorf("--checksum-file: %w", err)
+		}
+		h, err := artifact.ParseChecksumFile(data, path)
+		if err != nil {
+			return "", "", fmt.Errorf("checksum file %s: %w", sumFile, err)
+		}
+		return h, sumFile, nil
+	}
+	return "", "", nil
+}
+
+func checkedBy(source string) string {
+	if source == "" {
+		return "no checksum given"
+	}
+	return "checksum matches " + source
+}
+
+func platform(a *ferryv1.Artifact) string {
+	if a.Os == "" && a.Arch == "" {
+		return ""
+	}
+	return " (" + orDash(a.Os) + "/" + orDash(a.Arch) + ")"
+}
+
+func hashFile(r io.Reader, progress func(uint64)) (string, error) {
+	h := sha256.New()
+	buf := make([]byte, artifact.ChunkSize)
+	var done uint64
+	for {
+		n, err := r.Read(buf)
+		h.Write(buf[:n])
+		done += uint64(n)
+		progress(done)
+		if err == io.EOF {
+			return hex.EncodeToString(h.Sum(nil)), nil
+		}
+		if err != nil {
+			return "", err
+		}
+	}
+}
+
+func (a *app) artifactListCmd() *cobra.Command {
+	var name string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List artifacts, newest first",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := a.checkOutput(); err != nil {
+				return err
+			}
+			conn, err := a.connect()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.ctx(cmd)
+			defer cancel()
+			resp, err := ferryv1.NewArtifactServiceClient(conn).ListArtifacts(ctx, &ferryv1.ListArtifactsRequest{Name: name})
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return a.printJSON(resp)
+			}
+			w := a.table()
+			fmt.Fprintln(w, "NAME\tVERSION\tOS/ARCH\tSIZE\tDIGEST\tPUSHED\tBY")
+			now := time.Now()
+			for _, art := range resp.Artifacts {
+				plat := "-"
+				if art.Os != "" || art.Arch != "" {
+					plat = orDash(art.Os) + "/" + orDash(art.Arch)
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s ago\t%s\n", art.Name, art.Version, plat, humanBytes(art.Size), shortDigest(art.Digest), age(now.Sub(art.PushedAt.AsTime())), orDash(art.PushedBy))
+			}
+			return w.Flush()
+		},
+	}
+	list.Flags().StringVar(&name, "name", "", "only artifacts with this name")
+	return list
+}
+
+const refHelp = "REF is NAME@VERSION, sha256:PREFIX (at least a few hex digits of the digest), or a NAME with a single version."
+
+func (a *app) artifactInspectCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "inspect REF",
+		Short: "Show an artifact's metadata and the packages that use it",
+		Long:  "Show an artifact's metadata and the packages that use it. " + refHelp,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.checkOutput(); err != nil {
+				return err
+			}
+			conn, err := a.connect()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.ctx(cmd)
+			defer cancel()
+			resp, err := ferryv1.NewArtifactServiceClient(conn).GetArtifact(ctx, &ferryv1.GetArtifactRequest{Ref: args[0]})
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return a.printJSON(resp)
+			}
+			art := resp.Artifact
+			refs := "-"
+			if len(resp.ReferencedBy) > 0 {
+				refs = strings.Join(resp.ReferencedBy, ", ")
+			}
+			fmt.Fprintf(a.stdout, "Name:      %s\nVersion:   %s\nOS/Arch:   %s/%s\nSize:      %s (%d bytes)\nDigest:    %s\nPushed:    %s by %s\nUsed by:   %s\n",
+				art.Name, art.Version, orDash(art.Os), orDash(art.Arch), humanBytes(art.Size), art.Size, art.Digest,
+				art.PushedAt.AsTime().Local().Format(time.RFC3339), orDash(art.PushedBy), refs)
+			return nil
+		},
+	}
+}
+
+func (a *app) artifactRmCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "rm REF",
+		Short: "Remove an artifact no package references",
+		Long:  "Remove an artifact. It is refused while a package references the artifact's bytes. " + refHelp,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			conn, err := a.connect()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.ctx(cmd)
+			defer cancel()
+			resp, err := ferryv1.NewArtifactServiceClient(conn).DeleteArtifact(ctx, &ferryv1.DeleteArtifactRequest{Ref: args[0]})
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return a.printJSON(resp)
+			}
+			fmt.Fprintf(a.stdout, "artifact %s (%s) removed\n", artifact.Key(resp.Artifact), shortDigest(resp.Artifact.Digest))
+			return nil
+		},
+	}
+}
+
+// humanBytes formats a size with binary units: 512 B, 1.5 KiB, 98.3 MiB.
+func humanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// progressBar draws a one-line progress report on a terminal, at most ten
+// times a second; elsewhere it draws nothing.
+type progressBar struct {
+	mu    sync.Mutex
+	w     io.Writer
+	label string
+	total uint64
+	start time.Time
+	last  time.Time
+	drawn bool
+}
+
+func (a *app) progress(label string, total uint64) *progressBar {
+	p := &progressBar{label: label, total: total, start: time.Now()}
+	if f, ok := a.stderr.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			p.w = f
+		}
+	}
+	return p
+}
+
+func (p *progressBar) update(done uint64) {
+	if p.w == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	if now.Sub(p.last) < 100*time.Millisecond && done < p.total {
+		return
+	}
+	p.last, p.drawn = now, true
+	pct := 100.0
+	if p.total > 0 {
+		pct = 100 * float64(done) / float64(p.total)
+	}
+	rate := float64(done) / now.Sub(p.start).Seconds()
+	fmt.Fprintf(p.w, "\r\033[K%s: %s / %s (%.0f%%) %s/s", p.label, humanBytes(done), humanBytes(p.total), pct, humanBytes(uint64(rate)))
+}
+
+func (p *progressBar) done() {
+	if p.w != nil && p.drawn {
+		fmt.Fprint(p.w, "\r\033[K")
+	}
+}
