@@ -3,6 +3,8 @@ package e2e_test
 import (
 	"bytes"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -323,4 +325,33 @@ func keys(m map[string]e2e.Node) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// TestE2EDemoScript runs `make demo`'s script against the built binaries in
+// a scratch folder, so the demo cannot rot unnoticed.
+func TestE2EDemoScript(t *testing.T) {
+	t.Parallel()
+	h := e2e.New(t)
+	script, err := filepath.Abs("../../../deployments/demo/demo.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	demoDir := filepath.Join(h.Dir(), "demo")
+	r := h.Exec([]string{"FERRY_BIN=" + filepath.Dir(h.Bin(e2e.CtlBinary)), "DEMO_DIR=" + demoDir, "DEMO_TIMEOUT=20"}, "bash", script)
+	if r.Exit != 0 {
+		t.Fatalf("demo.sh failed: %s", r)
+	}
+	// The fleet table while running, then again after the agents left.
+	for _, id := range []string{"staging-1", "prod-1", "prod-2"} {
+		if !regexp.MustCompile(`(?m)^` + id + `\s+\S+\s+healthy\s`).MatchString(r.Stdout) {
+			t.Errorf("demo output shows no healthy %s:\n%s", id, r.Stdout)
+		}
+		if !regexp.MustCompile(`(?m)^` + id + `\s+\S+\s+left\s`).MatchString(r.Stdout) {
+			t.Errorf("demo output does not show %s left after the agents stopped:\n%s", id, r.Stdout)
+		}
+	}
+	// Nothing it started is still running.
+	if out, _ := exec.Command("pgrep", "-f", demoDir).Output(); len(bytes.TrimSpace(out)) > 0 {
+		t.Errorf("processes still running after the demo: pids %s", out)
+	}
 }

@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# Ferry demo: a controller and a three-node fleet on this machine.
+#
+#   make demo          (builds first; or run this script after `make build`)
+#
+# Everything lives under ./.demo (wiped at start): the controller's data dir,
+# each agent's state dir and install root, and every process's log. All
+# daemons listen on loopback ports the kernel picks, so the demo never
+# collides with anything already running. Whatever the script started is
+# stopped when it exits, also on failure or Ctrl-C.
+#
+# Environment:
+#   FERRY_BIN        folder with the binaries (default: <repo>/bin)
+#   DEMO_DIR         working folder (default: <repo>/.demo)
+#   DEMO_HEARTBEAT   heartbeat interval agents are told to use (default 2s)
+#   DEMO_TIMEOUT     seconds to wait for each step (default 30)
+#   DEMO_KEEP=1      leave the fleet running until Ctrl-C instead of stopping
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BIN=$(realpath -m "${FERRY_BIN:-$REPO/bin}")
+DEMO=$(realpath -m "${DEMO_DIR:-$REPO/.demo}")
+HEARTBEAT=${DEMO_HEARTBEAT:-2s}
+TIMEOUT=${DEMO_TIMEOUT:-30}
+
+# The fleet: node ID and group.
+NODES=(staging-1:staging prod-1:production prod-2:production)
+
+CONTROLLER_PID=""
+CONTROLLER_GRPC=""   # set by start_controller
+CONTROLLER_HTTP=""
+CA_PIN=""
+declare -A AGENT_PID=()
+
+if [[ -t 1 ]]; then BOLD=$'\e[1m' DIM=$'\e[2m' RED=$'\e[31m' RESET=$'\e[0m'; else BOLD="" DIM="" RED="" RESET=""; fi
+
+# The binaries by name, as on an installed system.
+PATH=$BIN:$PATH
+
+step() { printf '\n%s==> %s%s\n' "$BOLD" "$*" "$RESET"; }
+# rel shortens paths under the repository for display.
+rel() { printf '%s' "${*//"$REPO"\//}"; }
+# say_cmd prints a command as a user would type it; show prints it and
+# runs it.
+say_cmd() { printf '%s$ %s%s\n' "$DIM" "$(rel "$*")" "$RESET"; }
+show() { say_cmd "$@"; "$@"; }
+die() { printf '%sdemo: %s%s\n' "$RED" "$*" "$RESET" >&2; exit 1; }
+
+# ferryctl runs the admin CLI with the controller's admin credential.
+ferryctl() { FERRY_CONFIG="$DEMO/controller/admin.yaml" command ferryctl "$@"; }
+
+# wait_for DESCRIPTION COMMAND... polls COMMAND (a quiet check) until it
+# succeeds or TIMEOUT seconds pass.
+wait_for() {
+	local what=$1; shift
+	local deadline=$((SECONDS + TIMEOUT))
+	until "$@"; do
+		if ((SECONDS >= deadline)); then
+			die "timed out after ${TIMEOUT}s waiting for $what"
+		fi
+		sleep 0.2
+	done
+}
+
+# stop_process NAME PID: SIGTERM (the daemons shut down gracefully), then
+# SIGKILL if it is still there after 10 s.
+stop_process() {
+	local name=$1 pid=$2 i
+	kill -TERM "$pid" 2>/dev/null || return 0
+	for ((i = 0; i < 50; i++)); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.2
+	done
+	if kill -0 "$pid" 2>/dev/null; then
+		echo "demo: $name (pid $pid) ignored SIGTERM for 10s; killing it" >&2
+		kill -KILL "$pid" 2>/dev/null || true
+	fi
+	wait "$pid" 2>/dev/null || true
+}
+
+stop_agents() {
+	local id
+	for id in "${!AGENT_PID[@]}"; do
+		stop_process "agent $id" "${AGENT_PID[$id]}"
+		unset "AGENT_PID[$id]"
+	done
+}
+
+stop_controller() {
+	if [[ -n $CONTROLLER_PID ]]; then
+		stop_process controller "$CONTROLLER_PID"
+		CONTROLLER_PID=""
+	fi
+}
+
+# cleanup runs on every exit: agents first (they say goodbye), then the
+# controller. On failure it shows the end of each log.
+cleanup() {
+	local status=$?
+	trap - EXIT INT TERM
+	stop_agents
+	stop_controller
+	if ((status == 130 || status == 143)); then
+		echo "demo: interrupted; everything it started is stopped" >&2
+	elif ((status != 0)) && [[ -d $DEMO/logs ]]; then
+		local f
+		for f in "$DEMO"/logs/*.log; do
+			[[ -e $f ]] || continue
+			printf '\n%s--- last lines of %s%s\n' "$BOLD" "$(rel "$f")" "$RESET" >&2
+			tail -n 15 "$f" >&2
+		done
+	fi
+	exit "$status"
+}
+
+check_binaries() {
+	local b
+	for b in ferry-controller ferry-agent ferryctl; do
+		[[ -x $BIN/$b ]] || die "$BIN/$b not found: run 'make build' first (or 'make demo')"
+	done
+}
+
+prepare_dir() {
+	case $DEMO in
+	/ | "$REPO" | "$HOME" | /tmp) die "DEMO_DIR=$DEMO would wipe more than the demo; pick a folder of its own" ;;
+	esac
+	step "Preparing $(rel "$DEMO") (removing any previous demo)"
+	rm -rf "$DEMO"
+	mkdir -p "$DEMO/logs" "$DEMO/agents"
+}
+
+# banner_value KEY reads a "  KEY: value" line the controller printed at start.
+banner_value() {
+	sed -n "s/^  $1: *//p" "$DEMO/logs/controller.log" | tail -n 1
+}
+
+# controller_started succeeds once the controller printed its banner and
+# stops the demo at once if the controller exited.
+controller_started() {
+	kill -0 "$CONTROLLER_PID" 2>/dev/null || die "the controller exited during start (see $(rel "$DEMO/logs/controller.log"))"
+	grep -q '^  admin credential:' "$DEMO/logs/controller.log"
+}
+
+controller_ready() { ferryctl nodes >/dev/null 2>&1; }
+
+start_controller() {
+	step "Starting the controller (a new CA, serving certificate and admin credential)"
+	# Port 0: the kernel picks free loopback ports; the controller prints them.
+	local listen=${CONTROLLER_GRPC:-127.0.0.1:0} http=${CONTROLLER_HTTP:-127.0.0.1:0}
+	local -a cmd=(ferry-controller --data-dir "$DEMO/controller" --listen "$listen" --http-listen "$http" --heartbeat-interval "$HEARTBEAT")
+	say_cmd "${cmd[@]}"
+	"${cmd[@]}" >>"$DEMO/logs/controller.log" 2>&1 &
+	CONTROLLER_PID=$!
+	wait_for "the controller to start (see $(rel "$DEMO/logs/controller.log"))" controller_started
+	CONTROLLER_GRPC=$(banner_value gRPC | cut -d' ' -f1)
+	CONTROLLER_HTTP=$(banner_value HTTP)
+	CA_PIN=$(banner_value 'CA pin')
+	wait_for "the controller to answer ferryctl" controller_ready
+	grep -v '^{' "$DEMO/logs/controller.log"
+}
+
+# enroll_group GROUP NODE... creates one join token for the group's nodes,
+# shows the enroll command ferryctl prints, and runs it on each node.
+enroll_group() {
+	local group=$1; shift
+	step "Enrolling $* into group $group"
+	local out
+	local -a create=(ferryctl token create --group "$group" --uses "$#" --ttl 10m)
+	say_cmd "${create[@]}"
+	out=$("${create[@]}")
+	printf '%s\n' "$out"
+	local -a enroll
+	read -ra enroll <<<"$(printf '%s\n' "$out" | grep -o 'ferry-agent enroll .*')"
+	((${#enroll[@]} > 0)) || die "ferryctl token create printed no enroll command"
+	[[ " ${enroll[*]} " == *" --ca-pin $CA_PIN "* ]] || die "the token's CA pin is not the controller's ($CA_PIN)"
+	local id
+	for id in "$@"; do
+		mkdir -p "$DEMO/agents/$id/root"
+		show "${enroll[@]}" --node-id "$id" --state-dir "$DEMO/agents/$id/state"
+	done
+}
+
+start_agent() {
+	local id=$1
+	local -a cmd=(ferry-agent run --state-dir "$DEMO/agents/$id/state" --root "$DEMO/agents/$id/root")
+	say_cmd "${cmd[@]}"
+	"${cmd[@]}" >>"$DEMO/logs/agent-$id.log" 2>&1 &
+	AGENT_PID[$id]=$!
+}
+
+# node_healthy ID succeeds when ferryctl lists the node as healthy.
+node_healthy() {
+	ferryctl nodes --state healthy 2>/dev/null | awk -v id="$1" 'NR > 1 && $1 == id { found = 1 } END { exit !found }'
+}
+
+start_fleet() {
+	local spec id group
+	declare -A members=()
+	local -a groups=()
+	for spec in "${NODES[@]}"; do
+		id=${spec%%:*} group=${spec#*:}
+		[[ -n ${members[$group]:-} ]] || groups+=("$group")
+		members[$group]="${members[$group]:-} $id"
+	done
+	for group in "${groups[@]}"; do
+		# shellcheck disable=SC2086 # word splitting of the member list is intended
+		enroll_group "$group" ${members[$group]}
+	done
+
+	step "Starting the agents (each with its own state dir and install root)"
+	for spec in "${NODES[@]}"; do
+		id=${spec%%:*}
+		start_agent "$id"
+	done
+	for spec in "${NODES[@]}"; do
+		id=${spec%%:*}
+		wait_for "node $id to be healthy (see $(rel "$DEMO/logs/agent-$id.log"))" node_healthy "$id"
+	done
+}
+
+show_fleet() {
+	step "The fleet"
+	show ferryctl nodes
+	echo
+	echo "metrics: curl http://$CONTROLLER_HTTP/metrics"
+	echo "admin:   FERRY_CONFIG=$(rel "$DEMO/controller/admin.yaml") bin/ferryctl nodes"
+	echo "logs:    $(rel "$DEMO/logs")/"
+}
+
+shutdown_fleet() {
+	step "Stopping the agents (SIGTERM: they leave gracefully)"
+	stop_agents
+	show ferryctl nodes
+	step "Stopping the controller"
+	stop_controller
+	echo "done; state and logs are in $(rel "$DEMO")"
+}
+
+main() {
+	check_binaries
+	trap cleanup EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+	prepare_dir
+	start_controller
+	start_fleet
+	show_fleet
+	if [[ ${DEMO_KEEP:-} == 1 ]]; then
+		step "Fleet running; press Ctrl-C to stop it"
+		while true; do sleep 1; done
+	fi
+	shutdown_fleet
+}
+
+main "$@"
