@@ -817,3 +817,23 @@ func TestNewValidates(t *testing.T) {
 		})
 	}
 }
+
+// A tree unchanged across versions shares its manifest; dropping the old
+// version's record must not drop the manifest the newer one still uses.
+func TestSharedManifestSurvivesPruning(t *testing.T) {
+	e := newEnv(t)
+	a1, d1 := artifact(t, goV1)
+	a2, d2 := artifact(t, goV2)
+	v := func(version, digest, goroot string) *ferryv1.Package {
+		return pkg("go", version, digest, archiveStep("/usr/local/go", 1), envStep("go", nil, "GOROOT", goroot))
+	}
+	wantPhase(t, e.install(v("1", d1, "/a"), a1), succeeded)
+	wantPhase(t, e.install(v("2", d1, "/b"), a1), succeeded) // same tree
+	wantPhase(t, e.install(v("3", d2, "/b"), a2), succeeded) // drops version 1
+	wantPhase(t, e.rollback("go"), succeeded)
+	u := e.install(v("2", d1, "/b"), a1)
+	wantPhase(t, u, unchanged)
+	// And after a restart (which cleans unreferenced files) too.
+	e.inst = e.open()
+	wantPhase(t, e.install(v("2", d1, "/b"), a1), unchanged)
+}

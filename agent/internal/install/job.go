@@ -165,9 +165,9 @@ func (i *Installer) Install(ctx context.Context, req Request, progress func(*fer
 			// version before.
 			garbage = i.undoGarbage(rec)
 			rec.Undo, rec.Pruned, rec.PreviousVersion = jc.cur.Undo, jc.cur.Pruned, jc.cur.PreviousVersion
-			garbage = append(garbage, i.manifestGarbage(jc.cur)...)
 			rs := i.st.Packages[name]
 			rs[len(rs)-1] = rec
+			garbage = append(garbage, i.unreferenced(i.manifestGarbage(jc.cur))...)
 		} else {
 			i.st.Packages[name] = append(i.st.Packages[name], rec)
 		}

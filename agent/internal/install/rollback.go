@@ -126,7 +126,7 @@ func (i *Installer) Rollback(ctx context.Context, jobID, rolloutID, pkgName stri
 		}
 		garbage = append(garbage, displaced...)
 		garbage = append(garbage, i.undoGarbage(cur)...)
-		garbage = append(garbage, i.manifestGarbage(cur)...)
+		garbage = append(garbage, i.unreferenced(i.manifestGarbage(cur))...)
 		for _, b := range jc.actions() {
 			garbage = append(garbage, b.Backup)
 		}

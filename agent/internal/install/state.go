@@ -236,6 +236,27 @@ func (i *Installer) manifestGarbage(r *record) []string {
 	return g
 }
 
+// unreferenced filters manifest paths down to those no record uses any
+// more (a tree unchanged across versions shares one manifest); callers
+// hold i.mu and have already updated the records.
+func (i *Installer) unreferenced(paths []string) []string {
+	used := map[string]bool{}
+	for _, rs := range i.st.Packages {
+		for _, r := range rs {
+			for _, p := range i.manifestGarbage(r) {
+				used[p] = true
+			}
+		}
+	}
+	var out []string
+	for _, p := range paths {
+		if !used[p] {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // prune keeps the rollback data of the newest keep records of a package
 // and drops the rest; it returns the paths to delete after the commit.
 func (i *Installer) prune(name string, keep int) []string {
@@ -255,15 +276,16 @@ func (i *Installer) prune(name string, keep int) []string {
 		r.Undo, r.Pruned = nil, true
 	}
 	// Below the newest pruned record nothing can be reached any more.
+	var manifests []string
 	for j := len(rs) - 1; j >= 0; j-- {
 		if rs[j].Pruned {
 			for _, old := range rs[:j] {
 				garbage = append(garbage, i.undoGarbage(old)...)
-				garbage = append(garbage, i.manifestGarbage(old)...)
+				manifests = append(manifests, i.manifestGarbage(old)...)
 			}
 			i.st.Packages[name] = rs[j:]
 			break
 		}
 	}
-	return garbage
+	return append(garbage, i.unreferenced(manifests)...)
 }
