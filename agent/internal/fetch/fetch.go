@@ -1,0 +1,589 @@
+// Package fetch makes artifacts available on the node: it downloads an
+// artifact from the controller into a staging file in the agent's state
+// dir, resumes from the bytes already there after a dropped stream or an
+// agent restart, verifies the SHA-256 of the whole file as it lies on disk
+// before exposing it, and keeps verified artifacts in a cache by digest,
+// collected by a size and count limit.
+//
+// Layout under the state dir:
+//
+//	downloads/<hex>.partial   bytes received so far (resumed by length)
+//	cache/<hex>               verified artifacts, read-only
+//
+// The staging file is trusted for nothing but its length: every byte of it
+// is hashed again from disk (by a reader trailing the writer, so hashing
+// overlaps the transfer and a reconnect never re-reads what was hashed),
+// and a file that does not match the digest is discarded and fetched again.
+package fetch
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+)
+
+// Errors callers tell apart with errors.Is.
+var (
+	// ErrNotFound: the controller has no artifact with this digest.
+	ErrNotFound = errors.New("artifact not found on the controller")
+	// ErrVerify: the bytes never matched the digest within the attempts.
+	ErrVerify = errors.New("artifact failed verification")
+	// ErrUnreachable: the stream kept failing without progress.
+	ErrUnreachable = errors.New("controller unreachable")
+)
+
+const digestPrefix = "sha256:"
+
+// Config configures a Fetcher.
+type Config struct {
+	// StateDir is the agent's state dir; downloads/ and cache/ are made
+	// under it.
+	StateDir string
+	// Client is the agent's connection to the controller.
+	Client ferryv1.AgentServiceClient
+	// MaxCacheEntries caps how many verified artifacts are kept (the most
+	// recently used win). 0 means 4; negative means no limit.
+	MaxCacheEntries int
+	// MaxCacheBytes caps their total size; 0 means no limit. An artifact
+	// in use is never removed, even when that exceeds a limit.
+	MaxCacheBytes int64
+	// Attempts is how many times an artifact is downloaded before a
+	// verification failure is final (default 3).
+	Attempts int
+	// Retries is how many consecutive stream failures without progress
+	// are retried before the controller counts as unreachable (default 10).
+	Retries int
+	// BackoffBase and BackoffMax bound the jittered exponential delay
+	// between reconnects (defaults 250ms and 15s).
+	BackoffBase, BackoffMax time.Duration
+	// StaleAfter removes staging files untouched for this long when the
+	// fetcher starts (default 7 days).
+	StaleAfter time.Duration
+	Logger     *slog.Logger
+	Now        func() time.Time
+	Rand       *rand.Rand // backoff jitter
+}
+
+// Fetcher downloads and caches artifacts. It is safe for concurrent use.
+type Fetcher struct {
+	cfg      Config
+	log      *slog.Logger
+	stageDir string
+	cacheDir string
+
+	mu    sync.Mutex
+	locks map[string]chan struct{} // one download per digest at a time
+	held  map[string]int           // digests in use: never collected
+	rng   *rand.Rand
+}
+
+// New prepares the directories and removes stale staging files.
+func New(cfg Config) (*Fetcher, error) {
+	if cfg.StateDir == "" || cfg.Client == nil {
+		return nil, errors.New("fetch: StateDir and Client are required")
+	}
+	if cfg.MaxCacheEntries == 0 {
+		cfg.MaxCacheEntries = 4
+	}
+	if cfg.Attempts <= 0 {
+		cfg.Attempts = 3
+	}
+	if cfg.Retries <= 0 {
+		cfg.Retries = 10
+	}
+	if cfg.BackoffBase <= 0 {
+		cfg.BackoffBase = 250 * time.Millisecond
+	}
+	if cfg.BackoffMax <= 0 {
+		cfg.BackoffMax = 15 * time.Second
+	}
+	if cfg.StaleAfter <= 0 {
+		cfg.StaleAfter = 7 * 24 * time.Hour
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	rng := cfg.Rand
+	if rng == nil {
+		rng = rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x5eed))
+	}
+	f := &Fetcher{
+		cfg: cfg, log: cfg.Logger, rng: rng,
+		stageDir: filepath.Join(cfg.StateDir, "downloads"),
+		cacheDir: filepath.Join(cfg.StateDir, "cache"),
+		locks:    map[string]chan struct{}{},
+		held:     map[string]int{},
+	}
+	for _, d := range []string{f.stageDir, f.cacheDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("fetch: %w", err)
+		}
+	}
+	f.removeStale()
+	return f, nil
+}
+
+func (f *Fetcher) removeStale() {
+	es, err := os.ReadDir(f.stageDir)
+	if err != nil {
+		return
+	}
+	for _, e := range es {
+		fi, err := e.Info()
+		if err != nil || f.cfg.Now().Sub(fi.ModTime()) < f.cfg.StaleAfter {
+			continue
+		}
+		if os.Remove(filepath.Join(f.stageDir, e.Name())) == nil {
+			f.log.Info("removed a stale partial download", "file", e.Name(), "modified", fi.ModTime())
+		}
+	}
+}
+
+func parseDigest(d string) (string, error) {
+	h, ok := strings.CutPrefix(d, digestPrefix)
+	if !ok || len(h) != 64 || strings.Trim(h, "0123456789abcdef") != "" {
+		return "", fmt.Errorf("artifact digest %q: want %s and 64 lowercase hex digits", d, digestPrefix)
+	}
+	return h, nil
+}
+
+// Path returns where a verified artifact is cached, and whether it is.
+func (f *Fetcher) Path(digest string) (string, bool) {
+	h, err := parseDigest(digest)
+	if err != nil {
+		return "", false
+	}
+	p := filepath.Join(f.cacheDir, h)
+	_, err = os.Stat(p)
+	return p, err == nil
+}
+
+// Hold marks a digest in use (an install reading it) so the cache never
+// collects it; call release when done.
+func (f *Fetcher) Hold(digest string) (release func()) {
+	f.mu.Lock()
+	f.held[digest]++
+	f.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			f.mu.Lock()
+			if f.held[digest]--; f.held[digest] <= 0 {
+				delete(f.held, digest)
+			}
+			f.mu.Unlock()
+		})
+	}
+}
+
+// lock serialises work on one digest; it honours ctx while waiting.
+func (f *Fetcher) lock(ctx context.Context, h string) (unlock func(), err error) {
+	f.mu.Lock()
+	ch, ok := f.locks[h]
+	if !ok {
+		ch = make(chan struct{}, 1)
+		f.locks[h] = ch
+	}
+	f.mu.Unlock()
+	select {
+	case ch <- struct{}{}:
+		return func() { <-ch }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Ensure makes the artifact with this digest available locally and
+// returns the path of the verified file. size is the expected size (0 if
+// unknown). progress, if not nil, is called as bytes arrive with the bytes
+// on disk and the total. A cached artifact is returned at once; otherwise
+// it is downloaded, resuming a partial download, verified, and cached.
+// Concurrent calls for one digest download it once.
+func (f *Fetcher) Ensure(ctx context.Context, digest string, size uint64, progress func(done, total uint64)) (string, error) {
+	h, err := parseDigest(digest)
+	if err != nil {
+		return "", err
+	}
+	release := f.Hold(digest)
+	defer release()
+	unlock, err := f.lock(ctx, h)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	if progress == nil {
+		progress = func(uint64, uint64) {}
+	}
+
+	final := filepath.Join(f.cacheDir, h)
+	if fi, err := os.Stat(final); err == nil {
+		if size == 0 || uint64(fi.Size()) == size {
+			now := f.cfg.Now()
+			os.Chtimes(final, now, now) // recently used: collected last
+			progress(uint64(fi.Size()), uint64(fi.Size()))
+			return final, nil
+		}
+		f.log.Warn("cached artifact has the wrong size; fetching it again", "artifact", digest, "size", fi.Size(), "want", size)
+		os.Remove(final)
+	}
+
+	var lastGot string
+	for attempt := 1; attempt <= f.cfg.Attempts; attempt++ {
+		got, err := f.download(ctx, h, size, progress)
+		if err != nil {
+			return "", err
+		}
+		if got == h {
+			if err := f.install(h); err != nil {
+				return "", err
+			}
+			f.collect()
+			return final, nil
+		}
+		lastGot = got
+		f.log.Warn("downloaded artifact does not match its digest; discarding it and fetching again",
+			"artifact", digest, "got", digestPrefix+got, "attempt", attempt, "of", f.cfg.Attempts)
+		os.Remove(f.stagePath(h))
+	}
+	return "", fmt.Errorf("%w: artifact %s: downloaded %d times and it never matched its digest (last got %s); the controller's copy may be damaged: check it with `ferryctl artifact inspect %s` or push it again",
+		ErrVerify, digest, f.cfg.Attempts, digestPrefix+lastGot, digest[:len(digestPrefix)+12])
+}
+
+func (f *Fetcher) stagePath(h string) string { return filepath.Join(f.stageDir, h+".partial") }
+
+// install moves a verified staging file into the cache.
+func (f *Fetcher) install(h string) error {
+	final := filepath.Join(f.cacheDir, h)
+	if err := os.Chmod(f.stagePath(h), 0o400); err != nil {
+		return fmt.Errorf("artifact %s%s: %w", digestPrefix, h, err)
+	}
+	if err := os.Rename(f.stagePath(h), final); err != nil {
+		return fmt.Errorf("artifact %s%s: move into the cache: %w", digestPrefix, h, err)
+	}
+	now := f.cfg.Now()
+	os.Chtimes(final, now, now)
+	if d, err := os.Open(f.cacheDir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// download brings the staging file to the artifact's full length and
+// returns the SHA-256 (hex) of the file as read back from disk.
+func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress func(done, total uint64)) (string, error) {
+	digest := digestPrefix + h
+	file, err := os.OpenFile(f.stagePath(h), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("artifact %s: open staging file: %w", digest, err)
+	}
+	defer file.Close()
+	fi, err := file.Stat()
+	if err != nil {
+		return "", fmt.Errorf("artifact %s: %w", digest, err)
+	}
+	off := uint64(fi.Size())
+	if size > 0 && off > size {
+		f.log.Warn("partial download is longer than the artifact; starting over", "artifact", digest, "have", off, "size", size)
+		if err := file.Truncate(0); err != nil {
+			return "", fmt.Errorf("artifact %s: %w", digest, err)
+		}
+		off = 0
+	}
+	if off > 0 {
+		f.log.Info("resuming download", "artifact", digest, "offset", off, "size", size)
+	}
+
+	hasher := newTrailingHasher(file, int64(off))
+	defer func() { hasher.stop() }()
+	total := size
+	progress(off, total)
+
+	failures := 0
+	for total == 0 || off < total {
+		before := off
+		err := f.stream(ctx, digest, file, &off, &total, hasher, progress)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		switch status.Code(err) {
+		case codes.NotFound:
+			if off == 0 {
+				os.Remove(f.stagePath(h))
+			}
+			return "", fmt.Errorf("%w: %s: %s", ErrNotFound, digest, status.Convert(err).Message())
+		case codes.OutOfRange:
+			// The staging file is longer than the artifact: it cannot be a
+			// prefix of it. Start again from nothing.
+			f.log.Warn("controller says the partial download is past the artifact's end; starting over", "artifact", digest, "offset", off)
+			hasher.stop()
+			if err := file.Truncate(0); err != nil {
+				return "", fmt.Errorf("artifact %s: %w", digest, err)
+			}
+			off = 0
+			hasher = newTrailingHasher(file, 0)
+			continue
+		case codes.PermissionDenied, codes.Unauthenticated, codes.InvalidArgument, codes.Unimplemented, codes.FailedPrecondition:
+			return "", fmt.Errorf("download artifact %s: %w", digest, err)
+		}
+		var fatal *fatalError
+		if errors.As(err, &fatal) {
+			return "", fatal.err
+		}
+		if off > before {
+			failures = 0
+		}
+		failures++
+		if failures > f.cfg.Retries {
+			return "", fmt.Errorf("%w: download artifact %s: %d attempts in a row failed without progress (%d of %d bytes on disk, kept for the next try): %w", ErrUnreachable, digest, failures, off, total, err)
+		}
+		d := f.backoff(failures)
+		f.log.Info("artifact stream broke; reconnecting", "artifact", digest, "offset", off, "size", total, "retry_in", d, "err", err)
+		if err := sleep(ctx, d); err != nil {
+			return "", err
+		}
+	}
+	if off != total {
+		return "", fmt.Errorf("artifact %s: stream ended at %d of %d bytes", digest, off, total)
+	}
+	if err := file.Sync(); err != nil {
+		return "", fmt.Errorf("artifact %s: sync staging file: %w", digest, err)
+	}
+	sum, err := hasher.finish(ctx, int64(total))
+	if err != nil {
+		return "", fmt.Errorf("artifact %s: verify: %w", digest, err)
+	}
+	return sum, nil
+}
+
+// fatalError ends a download without retrying.
+type fatalError struct{ err error }
+
+func (e *fatalError) Error() string { return e.err.Error() }
+
+// stream receives one DownloadArtifact stream into file from *off. It
+// returns nil when the stream ended with the artifact complete.
+func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off, total *uint64, hasher *trailingHasher, progress func(done, total uint64)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s, err := f.cfg.Client.DownloadArtifact(ctx, &ferryv1.DownloadArtifactRequest{Digest: digest, Offset: *off})
+	if err != nil {
+		return err
+	}
+	var msg ferryv1.DownloadArtifactResponse
+	for {
+		msg.Reset()
+		if err := s.RecvMsg(&msg); err != nil {
+			if errors.Is(err, io.EOF) {
+				if *total > 0 && *off == *total {
+					return nil
+				}
+				return status.Errorf(codes.Unavailable, "stream ended at %d of %d bytes", *off, *total)
+			}
+			return err
+		}
+		if *total == 0 {
+			*total = msg.Size
+		} else if msg.Size != *total {
+			return &fatalError{fmt.Errorf("artifact %s: the controller says it has %d bytes, %d were expected; the package and the artifact disagree: apply the package again", digest, msg.Size, *total)}
+		}
+		if msg.Offset != *off {
+			return status.Errorf(codes.DataLoss, "chunk at offset %d, expected %d", msg.Offset, *off)
+		}
+		if *off+uint64(len(msg.Data)) > *total {
+			return status.Errorf(codes.DataLoss, "chunk runs past the artifact's end (%d + %d > %d)", *off, len(msg.Data), *total)
+		}
+		if len(msg.Data) > 0 {
+			if _, err := file.WriteAt(msg.Data, int64(*off)); err != nil {
+				return &fatalError{fmt.Errorf("artifact %s: write staging file: %w", digest, err)}
+			}
+			*off += uint64(len(msg.Data))
+			hasher.advance(int64(*off))
+		}
+		progress(*off, *total)
+		if *off == *total {
+			return nil
+		}
+	}
+}
+
+func (f *Fetcher) backoff(failures int) time.Duration {
+	d := f.cfg.BackoffBase << min(failures-1, 20)
+	if d > f.cfg.BackoffMax || d <= 0 {
+		d = f.cfg.BackoffMax
+	}
+	f.mu.Lock()
+	j := time.Duration(f.rng.Int64N(int64(d)/2 + 1))
+	f.mu.Unlock()
+	return d/2 + j
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// collect removes the least recently used cached artifacts beyond the
+// limits, never one in use.
+func (f *Fetcher) collect() {
+	es, err := os.ReadDir(f.cacheDir)
+	if err != nil {
+		f.log.Warn("list artifact cache", "err", err)
+		return
+	}
+	type entry struct {
+		name string
+		size int64
+		used time.Time
+	}
+	var all []entry
+	for _, e := range es {
+		fi, err := e.Info()
+		if err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		all = append(all, entry{e.Name(), fi.Size(), fi.ModTime()})
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].used.After(all[j].used) })
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var count int
+	var bytes int64
+	for _, e := range all {
+		over := (f.cfg.MaxCacheEntries > 0 && count+1 > f.cfg.MaxCacheEntries) ||
+			(f.cfg.MaxCacheBytes > 0 && bytes+e.size > f.cfg.MaxCacheBytes)
+		if over && f.held[digestPrefix+e.name] == 0 {
+			if err := os.Remove(filepath.Join(f.cacheDir, e.name)); err != nil {
+				f.log.Warn("remove cached artifact", "artifact", digestPrefix+e.name, "err", err)
+				continue
+			}
+			f.log.Info("removed cached artifact (cache limit)", "artifact", digestPrefix+e.name, "size", e.size)
+			continue
+		}
+		count++
+		bytes += e.size
+	}
+}
+
+// trailingHasher hashes a file from disk while it is being written,
+// staying behind the writer: bytes already on disk when the download
+// starts are read back as well, so the digest covers the file as stored.
+type trailingHasher struct {
+	file *os.File
+	mu   sync.Mutex
+	cond *sync.Cond
+	// avail is how far the file is written, end its final length once
+	// known (-1 before). hashed is how far it is hashed (run's own).
+	avail, end int64
+	hashed     int64
+	stopped    bool
+	done       chan struct{}
+	sum        string
+	err        error
+}
+
+func newTrailingHasher(file *os.File, avail int64) *trailingHasher {
+	t := &trailingHasher{file: file, avail: avail, end: -1, done: make(chan struct{})}
+	t.cond = sync.NewCond(&t.mu)
+	go t.run()
+	return t
+}
+
+// advance says the file is written up to n bytes.
+func (t *trailingHasher) advance(n int64) {
+	t.mu.Lock()
+	if n > t.avail {
+		t.avail = n
+		t.cond.Signal()
+	}
+	t.mu.Unlock()
+}
+
+// stop ends the hasher (idempotent) and waits for it.
+func (t *trailingHasher) stop() {
+	t.mu.Lock()
+	t.stopped = true
+	t.cond.Signal()
+	t.mu.Unlock()
+	<-t.done
+}
+
+// finish says the file is complete at total bytes, waits until all of it
+// is hashed and returns the hex digest.
+func (t *trailingHasher) finish(ctx context.Context, total int64) (string, error) {
+	t.mu.Lock()
+	t.end = total
+	t.avail = max(t.avail, total)
+	t.cond.Signal()
+	t.mu.Unlock()
+	select {
+	case <-t.done:
+	case <-ctx.Done():
+		t.stop()
+		return "", ctx.Err()
+	}
+	return t.sum, t.err
+}
+
+func (t *trailingHasher) run() {
+	defer close(t.done)
+	h := sha256.New()
+	buf := make([]byte, 1<<20)
+	for {
+		t.mu.Lock()
+		for t.hashed >= t.avail && !t.stopped && t.end < 0 {
+			t.cond.Wait()
+		}
+		stopped, target, end := t.stopped, t.avail, t.end
+		t.mu.Unlock()
+		switch {
+		case stopped:
+			t.err = errors.New("hashing stopped")
+			return
+		case end >= 0 && t.hashed >= end:
+			t.sum = hex.EncodeToString(h.Sum(nil))
+			return
+		}
+		for t.hashed < target {
+			n := int(min(int64(len(buf)), target-t.hashed))
+			m, err := t.file.ReadAt(buf[:n], t.hashed)
+			h.Write(buf[:m])
+			t.hashed += int64(m)
+			if m < n {
+				if err == nil || errors.Is(err, io.EOF) {
+					err = io.ErrUnexpectedEOF
+				}
+				t.err = fmt.Errorf("read back at offset %d: %w", t.hashed, err)
+				return
+			}
+		}
+	}
+}

@@ -1,0 +1,251 @@
+package fetch
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/pki"
+	"github.com/ferrydeploy/ferry/shared/rpc"
+)
+
+// blob is what the fake controller serves for a digest.
+type blob interface {
+	io.ReaderAt
+	Size() int64
+}
+
+// fakeController serves DownloadArtifact like the controller does: from an
+// offset, in chunks, without waiting for the client. cut, when set, tells
+// how many bytes a stream carries before it breaks.
+type fakeController struct {
+	ferryv1.UnimplementedAgentServiceServer
+	chunk   int
+	mu      sync.Mutex
+	blobs   map[string]blob
+	cut     func() int64 // <0: never
+	served  atomic.Int64
+	streams atomic.Int64
+}
+
+func newFake() *fakeController {
+	return &fakeController{chunk: 1 << 20, blobs: map[string]blob{}}
+}
+
+// add serves data under its own digest and returns the digest.
+func (s *fakeController) add(data []byte) string {
+	d := digestOf(data)
+	s.serveAs(d, bytes.NewReader(data))
+	return d
+}
+
+func (s *fakeController) serveAs(digest string, b blob) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.blobs[digest] = b
+}
+
+func (s *fakeController) DownloadArtifact(req *ferryv1.DownloadArtifactRequest, stream grpc.ServerStreamingServer[ferryv1.DownloadArtifactResponse]) error {
+	s.streams.Add(1)
+	s.mu.Lock()
+	b, ok := s.blobs[req.Digest]
+	cut := s.cut
+	s.mu.Unlock()
+	if !ok {
+		return status.Errorf(codes.NotFound, "no artifact has digest %s", req.Digest)
+	}
+	size := uint64(b.Size())
+	off := req.Offset
+	if off > size {
+		return status.Errorf(codes.OutOfRange, "offset %d is past the end (%d)", off, size)
+	}
+	limit := int64(-1)
+	if cut != nil {
+		limit = cut()
+	}
+	buf := make([]byte, s.chunk)
+	var sent int64
+	if off == size {
+		return stream.Send(&ferryv1.DownloadArtifactResponse{Offset: off, Size: size})
+	}
+	for off < size {
+		n := int(min(uint64(len(buf)), size-off))
+		broken := false
+		if limit >= 0 && sent+int64(n) > limit {
+			n, broken = int(limit-sent), true
+		}
+		if n > 0 {
+			if _, err := b.ReadAt(buf[:n], int64(off)); err != nil && err != io.EOF {
+				return err
+			}
+			if err := stream.Send(&ferryv1.DownloadArtifactResponse{Offset: off, Data: buf[:n], Size: size}); err != nil {
+				return err
+			}
+			s.served.Add(int64(n))
+			sent += int64(n)
+			off += uint64(n)
+		}
+		if broken {
+			return status.Error(codes.Unavailable, "stream cut by the test")
+		}
+	}
+	return nil
+}
+
+func digestOf(data []byte) string {
+	s := sha256.Sum256(data)
+	return digestPrefix + hex.EncodeToString(s[:])
+}
+
+func randomBytes(seed uint64, n int) []byte {
+	r := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)})
+	b := make([]byte, n)
+	r.Read(b)
+	return b
+}
+
+type testPKI struct {
+	ca             *pki.CA
+	server, agent  tls.Certificate
+	serverTLS      *tls.Config
+	agentTLSConfig *tls.Config
+}
+
+func newPKI(t testing.TB) *testPKI {
+	t.Helper()
+	now := time.Now()
+	ca, err := pki.NewCA(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(id pki.Identity) tls.Certificate {
+		key, err := pki.NewKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf, err := ca.Sign(pki.SignRequest{Identity: id, PublicKey: key.Public(), TTL: time.Hour, Now: now, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tls.Certificate{Certificate: [][]byte{leaf.Raw, ca.Cert.Raw}, PrivateKey: key, Leaf: leaf}
+	}
+	p := &testPKI{ca: ca, server: issue(pki.Identity{Role: pki.RoleController}), agent: issue(pki.Identity{Role: pki.RoleAgent, Name: "n1"})}
+	p.serverTLS = rpc.ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &p.server, nil }, ca.Pool())
+	p.agentTLSConfig = rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &p.agent, nil }, ca.Pool())
+	return p
+}
+
+// serve runs the fake behind the real server middleware over mTLS and
+// returns its address.
+func serve(t testing.TB, p *testPKI, fake *fakeController) string {
+	t.Helper()
+	srv := rpc.NewServer(rpc.ServerOptions{TLS: p.serverTLS, Logger: slog.New(slog.DiscardHandler)})
+	ferryv1.RegisterAgentServiceServer(srv, fake)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	return lis.Addr().String()
+}
+
+// dial connects as the agent; reconnects are fast so tests that break
+// connections stay quick.
+func dial(t testing.TB, p *testPKI, addr string) ferryv1.AgentServiceClient {
+	t.Helper()
+	opts := append(rpc.DialOptions(p.agentTLSConfig), grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 1.5, MaxDelay: 50 * time.Millisecond},
+		MinConnectTimeout: time.Second,
+	}))
+	conn, err := grpc.NewClient(addr, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return ferryv1.NewAgentServiceClient(conn)
+}
+
+func newFetcher(t testing.TB, dir string, client ferryv1.AgentServiceClient, mod func(*Config)) *Fetcher {
+	t.Helper()
+	cfg := Config{
+		StateDir: dir, Client: client,
+		BackoffBase: time.Millisecond, BackoffMax: 20 * time.Millisecond,
+		Logger: slog.New(slog.DiscardHandler), Rand: rand.New(rand.NewPCG(1, 2)),
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	f, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// flakyProxy forwards TCP connections to target and cuts each one after
+// a random number of bytes from the server (between min and max).
+type flakyProxy struct {
+	lis      net.Listener
+	target   string
+	min, max int64
+	rng      *rand.Rand
+	mu       sync.Mutex
+	cuts     atomic.Int64
+}
+
+func newFlakyProxy(t testing.TB, target string, minBytes, maxBytes int64) *flakyProxy {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &flakyProxy{lis: lis, target: target, min: minBytes, max: maxBytes, rng: rand.New(rand.NewPCG(7, 8))}
+	t.Cleanup(func() { lis.Close() })
+	go p.run()
+	return p
+}
+
+func (p *flakyProxy) addr() string { return p.lis.Addr().String() }
+
+func (p *flakyProxy) run() {
+	for {
+		c, err := p.lis.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		limit := p.min + p.rng.Int64N(p.max-p.min+1)
+		p.mu.Unlock()
+		go p.forward(c, limit)
+	}
+}
+
+func (p *flakyProxy) forward(c net.Conn, limit int64) {
+	defer c.Close()
+	up, err := net.Dial("tcp", p.target)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	go io.Copy(up, c)
+	n, _ := io.CopyN(c, up, limit)
+	if n == limit {
+		p.cuts.Add(1)
+	}
+}
