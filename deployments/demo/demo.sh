@@ -147,7 +147,8 @@ start_controller() {
 	step "Starting the controller (a new CA, serving certificate and admin credential)"
 	# Port 0: the kernel picks free loopback ports; the controller prints them.
 	local listen=${CONTROLLER_GRPC:-127.0.0.1:0} http=${CONTROLLER_HTTP:-127.0.0.1:0}
-	local -a cmd=(ferry-controller --data-dir "$DEMO/controller" --listen "$listen" --http-listen "$http" --heartbeat-interval "$HEARTBEAT")
+	local -a cmd=(ferry-controller --data-dir "$DEMO/controller" --listen "$listen" --http-listen "$http"
+		--gossip-listen 127.0.0.1:0 --heartbeat-interval "$HEARTBEAT")
 	say_cmd "${cmd[@]}"
 	"${cmd[@]}" >>"$DEMO/logs/controller.log" 2>&1 &
 	CONTROLLER_PID=$!
@@ -182,7 +183,8 @@ enroll_group() {
 
 start_agent() {
 	local id=$1
-	local -a cmd=(ferry-agent run --state-dir "$DEMO/agents/$id/state" --root "$DEMO/agents/$id/root")
+	local -a cmd=(ferry-agent run --state-dir "$DEMO/agents/$id/state" --root "$DEMO/agents/$id/root"
+		--gossip-listen 127.0.0.1:0)
 	say_cmd "${cmd[@]}"
 	"${cmd[@]}" >>"$DEMO/logs/agent-$id.log" 2>&1 &
 	AGENT_PID[$id]=$!
@@ -191,6 +193,13 @@ start_agent() {
 # node_healthy ID succeeds when ferryctl lists the node as healthy.
 node_healthy() {
 	ferryctl nodes --state healthy 2>/dev/null | awk -v id="$1" 'NR > 1 && $1 == id { found = 1 } END { exit !found }'
+}
+
+# gossip_sees_fleet succeeds when gossip reports every node alive.
+gossip_sees_fleet() {
+	local alive
+	alive=$(ferryctl nodes -o json 2>/dev/null | grep -cE '"gossip_state": +"alive"') || return 1
+	((alive == ${#NODES[@]}))
 }
 
 start_fleet() {
@@ -216,6 +225,7 @@ start_fleet() {
 		id=${spec%%:*}
 		wait_for "node $id to be healthy (see $(rel "$DEMO/logs/agent-$id.log"))" node_healthy "$id"
 	done
+	wait_for "gossip to see all ${#NODES[@]} nodes alive" gossip_sees_fleet
 }
 
 show_fleet() {

@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"sort"
+	"strconv"
 )
 
 // AgentOptions configure NewAgent.
@@ -14,6 +16,9 @@ type AgentOptions struct {
 	Controller string
 	// Labels are passed to enroll as --label k=v.
 	Labels map[string]string
+	// NoGossip runs the agent without memberlist (--gossip-listen "");
+	// by default it gossips on a free loopback port, kept across restarts.
+	NoGossip bool
 	// Args are extra flags for `ferry-agent run`.
 	Args []string
 	// Prefix runs the agent (enroll and run) under another command,
@@ -28,6 +33,8 @@ type Agent struct {
 	NodeID   string
 	StateDir string // --state-dir
 	Root     string // --root, the install root packages land under
+	// GossipAddr is the memberlist bind address ("" without gossip).
+	GossipAddr string
 }
 
 // NewAgent prepares an agent (folders, command line) without enrolling or
@@ -38,7 +45,10 @@ func (h *Harness) NewAgent(nodeID string, opts AgentOptions) *Agent {
 	if err := os.MkdirAll(a.Root, 0o755); err != nil {
 		h.t.Fatal(err)
 	}
-	args := []string{"run", "--state-dir", a.StateDir, "--root", a.Root}
+	if !opts.NoGossip {
+		a.GossipAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(h.FreePort("127.0.0.1")))
+	}
+	args := []string{"run", "--state-dir", a.StateDir, "--root", a.Root, "--gossip-listen", a.GossipAddr}
 	if opts.Controller != "" {
 		args = append(args, "--controller", opts.Controller)
 	}

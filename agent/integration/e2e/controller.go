@@ -20,6 +20,9 @@ type ControllerOptions struct {
 	HeartbeatInterval time.Duration
 	// AgentCertTTL, when set, is passed as --agent-cert-ttl.
 	AgentCertTTL time.Duration
+	// NoGossip starts the controller without memberlist
+	// (--gossip-listen ""); by default it gossips on a free port of Host.
+	NoGossip bool
 	// Args are extra flags.
 	Args []string
 	// Prefix runs the controller under another command, e.g.
@@ -40,6 +43,7 @@ type Controller struct {
 	GRPCAddr    string // the gRPC listen address
 	Advertise   string // the address agents and ferryctl dial
 	HTTPAddr    string // /metrics, /healthz, /readyz
+	GossipAddr  string // memberlist bind address; "" without gossip
 	CAPin       string // sha256:HEX, as printed by the latest start
 	AdminConfig string // the admin credential ferryctl uses
 }
@@ -62,6 +66,9 @@ func (h *Harness) StartController(opts ControllerOptions) *Controller {
 		opts.StartTimeout = 15 * time.Second
 	}
 	c := &Controller{opts: opts, DataDir: h.path("controller")}
+	if !opts.NoGossip {
+		c.GossipAddr = net.JoinHostPort(opts.Host, strconv.Itoa(h.FreePort(opts.Host)))
+	}
 	// Port 0 on the first start: the kernel picks free ports and the
 	// controller prints them, so parallel tests never race for a port.
 	c.Process = h.newProcess("controller", h.Bin(ControllerBinary), c.args(net.JoinHostPort(opts.Host, "0"), net.JoinHostPort(opts.Host, "0")), opts.Prefix)
@@ -79,6 +86,7 @@ func (c *Controller) args(grpcAddr, httpAddr string) []string {
 		"--listen", grpcAddr,
 		"--http-listen", httpAddr,
 		"--heartbeat-interval", c.opts.HeartbeatInterval.String(),
+		"--gossip-listen", c.GossipAddr,
 	}
 	if c.opts.AgentCertTTL > 0 {
 		args = append(args, "--agent-cert-ttl", c.opts.AgentCertTTL.String())
@@ -107,7 +115,7 @@ func (c *Controller) Start() {
 	var banner map[string]string
 	c.h.WaitFor("controller to print its addresses", c.opts.StartTimeout, func() (bool, string) {
 		if !c.Running() {
-			code, _ := c.Wait(0)
+			code, _ := c.Wait(time.Second)
 			c.h.t.Fatalf("controller exited with code %d during start:\n%s", code, tail(c.Log(), 20))
 		}
 		banner = parseBanner(c.Log())

@@ -21,7 +21,7 @@ const hb = e2e.DefaultHeartbeatInterval
 const healthyWithin = 15 * time.Second
 
 // startFleet starts a controller and agents in groups (node ID -> group)
-// and waits until all are healthy.
+// and waits until all are healthy and alive in gossip.
 func startFleet(t *testing.T, nodes map[string]string) (*e2e.Harness, *e2e.Controller, map[string]*e2e.Agent) {
 	t.Helper()
 	h := e2e.New(t)
@@ -31,9 +31,13 @@ func startFleet(t *testing.T, nodes map[string]string) (*e2e.Harness, *e2e.Contr
 		agents[id] = h.Agent(id, group)
 	}
 	for id := range nodes {
-		h.WaitNodeState(id, e2e.Healthy, healthyWithin)
+		h.WaitNode(id, healthyWithin, "healthy and alive in gossip", healthyAndAlive)
 	}
 	return h, c, agents
+}
+
+func healthyAndAlive(n e2e.Node) bool {
+	return n.State == e2e.Healthy && n.GossipState == "alive"
 }
 
 func TestE2EFleetEnrollsAndShowsHealthy(t *testing.T) {
@@ -121,18 +125,19 @@ func TestE2EKilledAgentIsNotHealthyThenRecovers(t *testing.T) {
 		t.Errorf("bystander is %s (%s) after another agent died, want healthy", b.State, b.StateReason)
 	}
 
+	// Back on the same gossip port, it is healthy and alive in gossip again.
 	agents["victim"].Start()
-	h.WaitNodeState("victim", e2e.Healthy, healthyWithin)
+	h.WaitNode("victim", healthyWithin, "healthy and alive in gossip after a restart", healthyAndAlive)
 }
 
-func TestE2EFrozenAgentGoesStale(t *testing.T) {
+func TestE2EFrozenAgentIsNotHealthyThenRecovers(t *testing.T) {
 	t.Parallel()
 	h, _, agents := startFleet(t, map[string]string{"frozen": "staging"})
 	// SIGSTOP keeps the agent's connection open but stops its heartbeats:
 	// only the heartbeat deadline can notice.
 	agents["frozen"].Pause()
 	paused := time.Now()
-	n := h.WaitNode("frozen", 3*hb+3*time.Second, "stale after its heartbeats stopped", func(n e2e.Node) bool {
+	n := h.WaitNode("frozen", 3*hb+3*time.Second, "not healthy after its heartbeats stopped", func(n e2e.Node) bool {
 		return n.State != e2e.Healthy
 	})
 	t.Logf("frozen agent shown %s after %v (%s)", n.State, time.Since(paused).Round(10*time.Millisecond), n.StateReason)
@@ -143,7 +148,7 @@ func TestE2EFrozenAgentGoesStale(t *testing.T) {
 		t.Errorf("frozen agent declared %s after only %v: heartbeats are every %v", n.State, since, hb)
 	}
 	agents["frozen"].Resume()
-	h.WaitNodeState("frozen", e2e.Healthy, healthyWithin)
+	h.WaitNode("frozen", healthyWithin, "healthy and alive in gossip after resuming", healthyAndAlive)
 }
 
 func TestE2EStoppedAgentLeaves(t *testing.T) {
@@ -227,7 +232,7 @@ func TestE2EControllerRestart(t *testing.T) {
 			// on new connections (a new client port).
 			for _, id := range []string{"a1", "a2"} {
 				h.WaitNode(id, healthyWithin, "healthy on a new connection", func(n e2e.Node) bool {
-					return n.State == e2e.Healthy && n.Address != "" && n.Address != before[id].Address
+					return healthyAndAlive(n) && n.Address != "" && n.Address != before[id].Address
 				})
 			}
 			// Tokens created before the restart are still known.

@@ -18,6 +18,9 @@ type Node struct {
 	AgentVersion  string            `json:"agent_version"`
 	Address       string            `json:"address"`
 	Connected     bool              `json:"connected"`
+	// GossipState is memberlist's view: alive, suspect, dead, left, or ""
+	// when gossip does not know the node.
+	GossipState string `json:"gossip_state"`
 }
 
 // State is a node state in the short form the table prints: healthy,
