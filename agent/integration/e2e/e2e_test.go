@@ -161,6 +161,12 @@ func TestE2EStoppedAgentLeaves(t *testing.T) {
 	if n.Connected {
 		t.Errorf("left node still shown connected")
 	}
+	// It stays left: past the heartbeat deadline a goodbye must not turn
+	// into stale or down.
+	time.Sleep(3*hb + time.Second)
+	if n := h.Nodes()["leaver"]; n.State != e2e.Left {
+		t.Errorf("stopped agent is %s (%s) %v after leaving, want still left", n.State, n.StateReason, 3*hb+time.Second)
+	}
 }
 
 func TestE2ERemovedNodeIsRefused(t *testing.T) {
