@@ -10,6 +10,9 @@ import (
 // (gossip: memberlist refuses a member that comes back on a new address
 // while its old one is still thought alive). Listeners that may change
 // port between runs should bind port 0 instead, which cannot race.
+// The port is checked in the test's own network namespace; for a daemon
+// started in another one (Prefix: ip netns exec), it is only a likely
+// free port there.
 func (h *Harness) FreePort(host string) int {
 	h.t.Helper()
 	for range 20 {
