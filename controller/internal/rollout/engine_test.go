@@ -500,11 +500,8 @@ func TestAbortSkipsPendingAndCancelsRunning(t *testing.T) {
 	if final.State != stAborted || outcomes(final)["n01"] != ocFailed || outcomes(final)["n02"] != ocSucceeded {
 		t.Errorf("final = %v %v", final.State, outcomes(final))
 	}
-	var last *ferryv1.WatchRolloutResponse
-	for ev := range ch {
-		last = ev
-	}
-	if last == nil || last.Rollout.State != stAborted {
+	evs := drain(t, ch)
+	if last := evs[len(evs)-1]; last.Rollout.State != stAborted {
 		t.Errorf("watch ended with %v", last)
 	}
 	if got := h.sentTo(r.Id); len(got) != 3 {
@@ -514,19 +511,18 @@ func TestAbortSkipsPendingAndCancelsRunning(t *testing.T) {
 
 func TestProgressDeadline(t *testing.T) {
 	tests := []struct {
-		name      string
-		down      bool
-		want      ferryv1.NodeOutcome
-		wantMsg   string
-		wantCount bool
+		name    string
+		down    bool
+		want    ferryv1.NodeOutcome
+		wantMsg string
 	}{
-		{"silent but connected node fails", false, ocFailed, "no result within the progress deadline 1m0s", true},
-		{"node that went down is unreachable", true, ocUnreachable, "node went away mid-job (down, not connected", true},
+		{"silent but connected node fails", false, ocFailed, "no result within the progress deadline 1m0s; job cancelled"},
+		{"node that went down is unreachable", true, ocUnreachable, "node went away mid-job (down, not connected"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := newHarness(t, 3)
-			r := h.create(strat{canary: 1, auto: true, parallel: "2", failures: "1", deadline: time.Minute, healthy: time.Second})
+			h := newHarness(t, 4)
+			r := h.create(strat{canary: 1, auto: true, parallel: "2", failures: "0", deadline: time.Minute, healthy: time.Second})
 			h.succeed(r.Id, "n00")
 			h.tick(time.Second) // n01, n02 start
 			h.report(r.Id, "n01", phInstalling, "")
@@ -539,6 +535,7 @@ func TestProgressDeadline(t *testing.T) {
 			}
 			h.succeed(r.Id, "n02")
 			h.tick(time.Second)
+			h.tick(time.Second)
 			cur := h.get(r.Id)
 			n := nodeOf(cur, "n01")
 			if n.Outcome != tt.want || !strings.Contains(n.Message, tt.wantMsg) {
@@ -547,8 +544,9 @@ func TestProgressDeadline(t *testing.T) {
 			if c := h.disp.cancelled(); len(c) != 1 || c[0].jobID != r.Id+"/job/n01" {
 				t.Errorf("cancels = %v", c)
 			}
-			if cur.State != stFailed {
-				t.Errorf("state = %v, want failed", cur.State)
+			// Given up mid-job, either way it counts against max-failures 0.
+			if cur.State != stPaused || outcomes(cur)["n02"] != ocSucceeded || outcomes(cur)["n03"] != ocPending {
+				t.Errorf("state = %v %v, want paused before n03 started", cur.State, outcomes(cur))
 			}
 			// A late report does not change a final outcome.
 			h.succeed(r.Id, "n01")
@@ -656,8 +654,8 @@ func TestUnreachableAtStartIsNeverWaitedOn(t *testing.T) {
 }
 
 func TestUnreachableWhenItsTurnComes(t *testing.T) {
-	h := newHarness(t, 4)
-	r := h.create(strat{canary: 1, auto: true, parallel: "1", healthy: time.Second})
+	h := newHarness(t, 5)
+	r := h.create(strat{canary: 1, auto: true, parallel: "1", failures: "1", healthy: time.Second})
 	h.fleet.setState("n01", ferryv1.NodeState_NODE_STATE_SUSPECT, true)
 	h.disp.fail["n02"] = errors.New("stream send queue is full")
 	h.succeed(r.Id, "n00")
@@ -672,6 +670,16 @@ func TestUnreachableWhenItsTurnComes(t *testing.T) {
 	}
 	if cur.State != stRunning {
 		t.Errorf("state %v: nodes never sent a job are not failures", cur.State)
+	}
+	// With max-failures 1, one real failure does not pause: the two
+	// unreachable nodes are not counted.
+	h.fail(r.Id, "n03")
+	if cur := h.get(r.Id); cur.State != stRunning || outcomes(cur)["n04"] != ocDownloading {
+		t.Errorf("after one failure: %v %v (%s), want running with n04 started", cur.State, outcomes(cur), cur.Message)
+	}
+	h.fail(r.Id, "n04")
+	if cur := h.get(r.Id); !strings.Contains(cur.Message, "2 failed, 2 unreachable") {
+		t.Errorf("final message %q", cur.Message)
 	}
 }
 
@@ -922,10 +930,10 @@ func TestWatchReportsProgress(t *testing.T) {
 	h.succeed(r.Id, "n02")
 	h.tick(time.Second)
 	var lines []string
-	var last *ferryv1.WatchRolloutResponse
-	for ev := range ch {
+	evs := drain(t, ch)
+	last := evs[len(evs)-1]
+	for _, ev := range evs {
 		lines = append(lines, ev.NodeId+"|"+ev.Event)
-		last = ev
 	}
 	text := strings.Join(lines, "\n")
 	for _, want := range []string{
@@ -952,15 +960,33 @@ func TestWatchReportsProgress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := 0
-	for range ch {
-		n++
-	}
-	if n != 1 {
+	if n := len(drain(t, ch)); n != 1 {
 		t.Errorf("watch of an ended rollout sent %d events, want 1", n)
 	}
 	if _, err := h.e.Watch(ctx, "nope"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("watch unknown: %v", err)
+	}
+}
+
+// drain reads the events a watch channel holds and fails the test unless it
+// is closed: the engine sends events synchronously, so by the time a test
+// drains, an ended rollout's channel is already closed.
+func drain(t *testing.T, ch <-chan *ferryv1.WatchRolloutResponse) []*ferryv1.WatchRolloutResponse {
+	t.Helper()
+	var out []*ferryv1.WatchRolloutResponse
+	for {
+		select {
+		case ev, ok := <-ch:
+			if !ok {
+				if len(out) == 0 {
+					t.Fatal("watch channel closed without events")
+				}
+				return out
+			}
+			out = append(out, ev)
+		default:
+			t.Fatalf("watch channel still open after %d events; the rollout has not ended", len(out))
+		}
 	}
 }
 
