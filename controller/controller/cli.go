@@ -62,8 +62,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ferry-controller: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "ferry-controller %s\n  gRPC:             %s (advertised as %s)\n  HTTP:             %s\n  CA pin:           %s\n  admin credential: %s\n",
-		version.Version, c.GRPCAddr(), c.AdvertiseAddress(), c.HTTPAddr(), c.CAPin(), c.AdminCredentialPath())
+	gossipAddr := "off"
+	if a := c.GossipAddr(); a != "" {
+		gossipAddr = a
+	}
+	fmt.Fprintf(stdout, "ferry-controller %s\n  gRPC:             %s (advertised as %s)\n  HTTP:             %s\n  gossip:           %s\n  CA pin:           %s\n  admin credential: %s\n",
+		version.Version, c.GRPCAddr(), c.AdvertiseAddress(), c.HTTPAddr(), gossipAddr, c.CAPin(), c.AdminCredentialPath())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := c.Run(ctx); err != nil {

@@ -151,7 +151,10 @@ func New(cfg Config) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.adminPath = filepath.Join(cfg.DataDir, "admin.yaml")
+	c.adminPath, err = filepath.Abs(filepath.Join(cfg.DataDir, "admin.yaml"))
+	if err != nil {
+		return nil, err
+	}
 	if err := c.ensureAdminCredential(); err != nil {
 		return nil, err
 	}

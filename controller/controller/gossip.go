@@ -104,3 +104,11 @@ func (g *gossipCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(gossipMembersDesc, prometheus.GaugeValue, float64(n), st)
 	}
 }
+
+// GossipAddr is the controller member's advertised address, "" when off.
+func (c *Controller) GossipAddr() string {
+	if c.member == nil {
+		return ""
+	}
+	return c.member.Addr()
+}

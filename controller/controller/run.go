@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"github.com/ferrydeploy/ferry/controller/internal/credential"
+	"github.com/ferrydeploy/ferry/shared/sdnotify"
 	"net/http"
 	"time"
 
@@ -81,6 +82,9 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 	}()
 	c.ready.Store(true)
+	if err := sdnotify.Ready(); err != nil {
+		c.log.Warn("notify systemd", "err", err)
+	}
 	c.log.Info("controller serving", "grpc", c.GRPCAddr(), "http", c.HTTPAddr(), "advertise", c.advertise, "ca_pin", c.ca.Pin(), "admin_credential", c.adminPath)
 
 	var runErr error
@@ -89,6 +93,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	case runErr = <-errc:
 	}
 	c.ready.Store(false)
+	_ = sdnotify.Stopping()
 	c.log.Info("controller shutting down")
 	// Agent streams are long-lived: close them first so the graceful stop
 	// only waits for short calls.

@@ -169,7 +169,7 @@ func TestSystemdUnitsContent(t *testing.T) {
 				t.Errorf("ExecStart = %q, want %q (the StateDirectory)", exec, want)
 			}
 			for k, want := range map[string]string{
-				"Type":            "exec",
+				"Type":            "notify",
 				"Restart":         "on-failure",
 				"StateDirectory":  tc.stateDir,
 				"EnvironmentFile": "-" + tc.envFile,

@@ -27,6 +27,7 @@ import (
 	"github.com/ferrydeploy/ferry/shared/gossip"
 	"github.com/ferrydeploy/ferry/shared/pki"
 	"github.com/ferrydeploy/ferry/shared/rpc"
+	"github.com/ferrydeploy/ferry/shared/sdnotify"
 	"github.com/ferrydeploy/ferry/shared/version"
 )
 
@@ -174,6 +175,9 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	a.startGossip()
 	defer a.leaveGossip()
+	// Ready once the identity and installer are loaded: a node that cannot
+	// reach its controller is still a running agent that keeps trying.
+	_ = sdnotify.Ready()
 	renewErr := make(chan error, 1)
 	go func() { renewErr <- a.renewLoop(ctx, client) }()
 
@@ -197,7 +201,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		attempt++
 		switch status.Code(err) {
 		case codes.PermissionDenied, codes.Unauthenticated:
-			a.log.Error("controller refused this node", "err", err, "retry_in", delay)
+			// Retrying fast cannot help (the node was removed, or its
+			// certificate is refused): wait the longest delay.
+			delay = a.cfg.BackoffMax
+			a.log.Error("controller refused this node; it must be re-enrolled if it was removed", "err", err, "retry_in", delay)
 		default:
 			a.log.Warn("stream to controller ended", "err", err, "retry_in", delay)
 		}
