@@ -295,11 +295,11 @@ func (e *Engine) insertLocked(r *ferryv1.Rollout, pkg *ferryv1.Package, now time
 // then. The rollout exists once insertLocked saved it, so a failure to save
 // its first jobs is only logged: they are retried at the next tick.
 func (e *Engine) advanceAndRelease(ru *run, now time.Time) (*ferryv1.Rollout, error) {
-	fx := &effects{}
+	fx := &e.queue
 	e.settle(ru, now, fx)
 	_ = e.commit(ru, now, fx)
 	e.mu.Unlock()
-	e.apply(fx)
+	e.drain()
 	e.mu.Lock()
 	out := proto.Clone(ru.r).(*ferryv1.Rollout)
 	e.mu.Unlock()
@@ -379,10 +379,10 @@ func (e *Engine) admin(actor, action, id string, fn func(ru *run, now time.Time,
 		return nil, err
 	}
 	now := e.cfg.Clock.Now()
-	fx := &effects{}
+	fx := &e.queue
 	if err := fn(ru, now, fx); err != nil {
 		e.mu.Unlock()
-		e.apply(fx)
+		e.drain()
 		e.audit(actor, action, id, err, "")
 		return nil, err
 	}
@@ -390,7 +390,7 @@ func (e *Engine) admin(actor, action, id string, fn func(ru *run, now time.Time,
 	e.settle(ru, now, fx)
 	err = e.commit(ru, now, fx)
 	e.mu.Unlock()
-	e.apply(fx)
+	e.drain()
 	e.audit(actor, action, id, err, "")
 	out, gerr := e.Get(id)
 	if err != nil {
@@ -567,12 +567,12 @@ func (e *Engine) HandleJobUpdate(nodeID string, u *ferryv1.JobUpdate) {
 		return
 	}
 	now := e.cfg.Clock.Now()
-	fx := &effects{}
+	fx := &e.queue
 	e.update(ru, n, u, now, fx)
 	e.settle(ru, now, fx)
 	_ = e.commit(ru, now, fx) // logged; retried at the next tick
 	e.mu.Unlock()
-	e.apply(fx)
+	e.drain()
 }
 
 var phaseOutcome = map[ferryv1.JobPhase]ferryv1.NodeOutcome{

@@ -15,8 +15,10 @@ type Store interface {
 }
 
 // Dispatcher delivers jobs on the nodes' agent streams. The engine calls it
-// without holding its lock, so an implementation may call back into the
-// engine (for example HandleJobUpdate), but it should not block for long.
+// from one goroutine at a time, in the order its transitions were saved,
+// and without holding its lock, so an implementation may call back into the
+// engine (for example HandleJobUpdate). It should not block for long: queue
+// the message on the stream and return.
 type Dispatcher interface {
 	// Dispatch sends a job to a node; it fails when the node is not
 	// connected, and then the job was not delivered.

@@ -90,6 +90,9 @@ type Engine struct {
 	mu    sync.Mutex
 	runs  map[string]*run
 	plans map[string]*planWait // plan ID -> waiter
+	queue effects              // dispatcher calls not made yet, in commit order
+
+	draining sync.Mutex // held by the goroutine performing the queue
 }
 
 // New checks cfg and loads the stored rollouts; non-terminal ones carry on
@@ -183,7 +186,7 @@ func (e *Engine) Run(ctx context.Context) error {
 // healthy periods, the sliding window, the canary gate, the end state.
 func (e *Engine) Tick(now time.Time) {
 	e.mu.Lock()
-	fx := &effects{}
+	fx := &e.queue
 	ids := make([]string, 0, len(e.runs))
 	for id, ru := range e.runs {
 		if !ru.ended() && !ru.frozen {
@@ -197,7 +200,7 @@ func (e *Engine) Tick(now time.Time) {
 		_ = e.commit(ru, now, fx) // logged; retried at the next tick
 	}
 	e.mu.Unlock()
-	e.apply(fx)
+	e.drain()
 }
 
 // Get returns a copy of a rollout.

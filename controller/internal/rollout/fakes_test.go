@@ -201,10 +201,13 @@ type fakeDispatcher struct {
 	fleet   *fakeFleet
 	jobs    []delivery
 	cancels []cancelReq
+	log     []string // "send <job>" and "cancel <job>", in call order
 	fail    map[string]error
 	// onJob, when set, is called (without locks) after each delivery.
 	onJob func(nodeID string, job *ferryv1.Job)
 }
+
+type cancelReq struct{ nodeID, jobID string }
 
 type delivery struct {
 	node string
@@ -222,6 +225,7 @@ func (d *fakeDispatcher) Dispatch(nodeID string, job *ferryv1.Job) error {
 		return fmt.Errorf("node %s: %w", nodeID, errNotConnected)
 	}
 	d.jobs = append(d.jobs, delivery{nodeID, proto.Clone(job).(*ferryv1.Job)})
+	d.log = append(d.log, "send "+job.Id)
 	hook := d.onJob
 	d.mu.Unlock()
 	if hook != nil {
@@ -234,6 +238,7 @@ func (d *fakeDispatcher) Cancel(nodeID, jobID string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.cancels = append(d.cancels, cancelReq{nodeID, jobID})
+	d.log = append(d.log, "cancel "+jobID)
 	return nil
 }
 

@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -184,20 +185,26 @@ func outcomeName(o ferryv1.NodeOutcome) string {
 	return strings.ToLower(strings.TrimPrefix(o.String(), "NODE_OUTCOME_"))
 }
 
-// effects are calls the engine makes after releasing its lock.
+// effects are the calls to the dispatcher that transitions produce, in the
+// order they were committed. They are queued under e.mu and performed
+// without it, by one goroutine at a time (see drain), so a job is always
+// sent before a later transition's cancel of it.
 type effects struct {
-	sends   []send
-	cancels []cancelReq
+	ops []op
 }
 
-type send struct {
+// op is one call: a send when job is set, else a cancel of jobID.
+type op struct {
 	rolloutID string
 	nodeID    string
 	job       *ferryv1.Job
-	outcome   ferryv1.NodeOutcome // the outcome set when it was sent
+	outcome   ferryv1.NodeOutcome // for a send: the outcome set when it was sent
+	jobID     string
 }
 
-type cancelReq struct{ nodeID, jobID string }
+func (fx *effects) cancel(nodeID, jobID string) {
+	fx.ops = append(fx.ops, op{nodeID: nodeID, jobID: jobID})
+}
 
 // sentNode remembers a node record as it was before it was given a job, to
 // take the job back if the rollout cannot be saved.
@@ -215,7 +222,7 @@ func (e *Engine) settle(ru *run, now time.Time, fx *effects) {
 		ru.recancel = false
 		for _, n := range ru.r.GetNodes() {
 			if inFlight(n) && n.GetFinishedAt() == nil && (ru.r.GetState() == stAborted || n.GetJobId() == mainJobID(ru.r.GetId(), n.GetNodeId())) {
-				fx.cancels = append(fx.cancels, cancelReq{n.GetNodeId(), n.GetJobId()})
+				fx.cancel(n.GetNodeId(), n.GetJobId())
 			}
 		}
 	}
@@ -264,7 +271,7 @@ func (e *Engine) checkInFlight(ru *run, n *ferryv1.NodeJob, now time.Time, fx *e
 		e.finish(ru, n, ocFailed, now, fx, fmt.Sprintf("no result within the progress deadline %s; %s cancelled", ru.st.progressDeadline, what))
 	}
 	if !healthy {
-		fx.cancels = append(fx.cancels, cancelReq{n.GetNodeId(), n.GetJobId()})
+		fx.cancel(n.GetNodeId(), n.GetJobId())
 	}
 }
 
@@ -379,7 +386,7 @@ func (e *Engine) onFailure(ru *run, now time.Time, fx *effects) {
 		skipPending(ru, now, "skipped: the rollout is rolling back")
 		for _, n := range ru.r.GetNodes() {
 			if inFlight(n) && n.GetFinishedAt() == nil {
-				fx.cancels = append(fx.cancels, cancelReq{n.GetNodeId(), n.GetJobId()})
+				fx.cancel(n.GetNodeId(), n.GetJobId())
 			}
 		}
 	default:
@@ -394,7 +401,7 @@ func (e *Engine) abort(ru *run, now time.Time, fx *effects, msg string) {
 	skipPending(ru, now, "skipped: the rollout was aborted")
 	for _, n := range ru.r.GetNodes() {
 		if inFlight(n) && n.GetFinishedAt() == nil {
-			fx.cancels = append(fx.cancels, cancelReq{n.GetNodeId(), n.GetJobId()})
+			fx.cancel(n.GetNodeId(), n.GetJobId())
 		}
 	}
 }
@@ -512,7 +519,7 @@ func (e *Engine) start(ru *run, n *ferryv1.NodeJob, now time.Time, fx *effects, 
 	}
 	setOutcome(ru, n, o, now, msg)
 	ru.sent = append(ru.sent, sentNode{n: n, before: before})
-	fx.sends = append(fx.sends, send{
+	fx.ops = append(fx.ops, op{
 		rolloutID: ru.r.GetId(),
 		nodeID:    n.GetNodeId(),
 		outcome:   o,
@@ -656,13 +663,13 @@ func (e *Engine) commit(ru *run, now time.Time, fx *effects) error {
 			proto.Merge(s.n, s.before)
 			ru.event(now, s.n.GetNodeId(), "job not sent: could not save the rollout: %v", err)
 		}
-		kept := fx.sends[:0]
-		for _, s := range fx.sends {
-			if s.rolloutID != ru.r.GetId() || !taken[s.job.GetId()] {
-				kept = append(kept, s)
+		kept := fx.ops[:0]
+		for _, o := range fx.ops {
+			if o.job == nil || o.rolloutID != ru.r.GetId() || !taken[o.job.GetId()] {
+				kept = append(kept, o)
 			}
 		}
-		fx.sends = kept
+		fx.ops = kept
 		snap = proto.Clone(ru.r).(*ferryv1.Rollout)
 	} else {
 		ru.dirty = false
@@ -684,58 +691,92 @@ func (e *Engine) commit(ru *run, now time.Time, fx *effects) error {
 	return err
 }
 
-// apply performs the calls collected under the lock. A job the dispatcher
-// could not deliver marks its node unreachable and lets the window move on.
-func (e *Engine) apply(fx *effects) {
-	for len(fx.sends) > 0 || len(fx.cancels) > 0 {
-		for _, c := range fx.cancels {
-			if err := e.cfg.Dispatcher.Cancel(c.nodeID, c.jobID); err != nil {
-				e.log.Warn("cancel job", "node", c.nodeID, "job", c.jobID, "err", err)
-			}
-		}
-		fx.cancels = nil
-		var failed []send
-		var errs []error
-		for _, s := range fx.sends {
-			if err := e.cfg.Dispatcher.Dispatch(s.nodeID, s.job); err != nil {
-				failed = append(failed, s)
-				errs = append(errs, err)
-				continue
-			}
-			e.log.Info("job sent", "rollout", s.rolloutID, "node", s.nodeID, "job", s.job.GetId(), "kind", s.job.GetKind().String())
-		}
-		fx.sends = nil
-		if len(failed) == 0 {
+// drain performs the queued effects. Only one goroutine drains at a time, so
+// calls reach the dispatcher in commit order; a caller that finds another
+// draining leaves its effects to it (which also makes a dispatcher that
+// calls back into the engine safe). Called without e.mu.
+func (e *Engine) drain() {
+	for {
+		if !e.draining.TryLock() {
 			return
 		}
+		for {
+			e.mu.Lock()
+			ops := e.queue.ops
+			e.queue.ops = nil
+			e.mu.Unlock()
+			if len(ops) == 0 {
+				break
+			}
+			e.perform(ops)
+		}
+		e.draining.Unlock()
+		// Effects queued by a caller that found us draining just before we
+		// stopped would otherwise wait for the next drain.
 		e.mu.Lock()
-		now := e.cfg.Clock.Now()
-		touched := map[*run]bool{}
-		for i, s := range failed {
-			ru := e.runs[s.rolloutID]
-			if ru == nil {
-				continue
-			}
-			n := ru.node(s.nodeID)
-			if n == nil || n.GetJobId() != s.job.GetId() || n.GetOutcome() != s.outcome || n.GetFinishedAt() != nil {
-				continue // the agent answered after all
-			}
-			touched[ru] = true
-			e.log.Warn("job not delivered", "rollout", s.rolloutID, "node", s.nodeID, "err", errs[i])
-			if s.job.GetKind() == kindRollback && ru.r.GetJobKind() == kindInstall {
-				n.Outcome = ocSucceeded
-				n.FinishedAt = timestamppb.New(now)
-				n.Message = fmt.Sprintf("not rolled back: %v; it may still have %s", errs[i], ru.r.GetPackageVersion())
-				ru.event(now, n.GetNodeId(), "%s", n.GetMessage())
-				continue
-			}
-			n.JobId = "" // never delivered: not a failure
-			e.finish(ru, n, ocUnreachable, now, fx, fmt.Sprintf("not connected when its turn came: %v; no job sent", errs[i]))
-		}
-		for ru := range touched {
-			e.settle(ru, now, fx)
-			_ = e.commit(ru, now, fx) // logged; retried at the next tick
-		}
+		more := len(e.queue.ops) > 0
 		e.mu.Unlock()
+		if !more {
+			return
+		}
+	}
+}
+
+// perform makes the calls. A job the dispatcher could not deliver marks its
+// node unreachable (it was never sent, so it is not a failure) and lets the
+// window move on, which queues more effects.
+func (e *Engine) perform(ops []op) {
+	type undelivered struct {
+		op
+		err error
+	}
+	var failed []undelivered
+	for _, o := range ops {
+		if o.job == nil {
+			if err := e.cfg.Dispatcher.Cancel(o.nodeID, o.jobID); err != nil {
+				e.log.Warn("cancel job", "node", o.nodeID, "job", o.jobID, "err", err)
+			}
+			continue
+		}
+		if err := e.cfg.Dispatcher.Dispatch(o.nodeID, o.job); err != nil {
+			failed = append(failed, undelivered{o, err})
+			continue
+		}
+		e.log.Info("job sent", "rollout", o.rolloutID, "node", o.nodeID, "job", o.job.GetId(), "kind", o.job.GetKind().String())
+	}
+	if len(failed) == 0 {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := e.cfg.Clock.Now()
+	fx := &e.queue
+	var touched []*run
+	for _, f := range failed {
+		ru := e.runs[f.rolloutID]
+		if ru == nil {
+			continue
+		}
+		n := ru.node(f.nodeID)
+		if n == nil || n.GetJobId() != f.job.GetId() || n.GetOutcome() != f.outcome || n.GetFinishedAt() != nil {
+			continue // the agent answered after all
+		}
+		if !slices.Contains(touched, ru) {
+			touched = append(touched, ru)
+		}
+		e.log.Warn("job not delivered", "rollout", f.rolloutID, "node", f.nodeID, "err", f.err)
+		if f.job.GetKind() == kindRollback && ru.r.GetJobKind() == kindInstall {
+			n.Outcome = ocSucceeded
+			n.FinishedAt = timestamppb.New(now)
+			n.Message = fmt.Sprintf("not rolled back: %v; it may still have %s", f.err, ru.r.GetPackageVersion())
+			ru.event(now, n.GetNodeId(), "%s", n.GetMessage())
+			continue
+		}
+		n.JobId = "" // never delivered: not a failure
+		e.finish(ru, n, ocUnreachable, now, fx, fmt.Sprintf("not connected when its turn came: %v; no job sent", f.err))
+	}
+	for _, ru := range touched {
+		e.settle(ru, now, fx)
+		_ = e.commit(ru, now, fx) // logged; retried at the next tick
 	}
 }
