@@ -28,7 +28,8 @@ build: ## Build bin/ferry-controller, bin/ferry-agent and bin/ferryctl (static, 
 
 .PHONY: test
 test: build ## Run every module's tests with -race (unit, in-process integration, end-to-end)
-	@set -e; for m in $(MODULES); do echo "== $$m"; (cd $$m && FERRY_BIN=$(CURDIR)/bin $(GO) test -race -timeout $(TEST_TIMEOUT) ./...); done
+	@failed=""; for m in $(MODULES); do echo "== $$m"; (cd $$m && FERRY_BIN=$(CURDIR)/bin $(GO) test -race -timeout $(TEST_TIMEOUT) ./...) || failed="$$failed $$m"; done; \
+	if [ -n "$$failed" ]; then echo "FAILED modules:$$failed"; exit 1; fi
 
 .PHONY: e2e
 e2e: build ## Run only the end-to-end tests against the built binaries
