@@ -74,7 +74,8 @@ type Config struct {
 	Logger *slog.Logger
 	// TickInterval is how often Run advances rollouts (default 500ms).
 	TickInterval time.Duration
-	// PlanTimeout bounds how long a plan waits for agents (default 30s).
+	// PlanTimeout bounds how long a plan waits for agents (default 2m:
+	// agents download the artifact to plan an archive step).
 	PlanTimeout time.Duration
 	// NewID returns a fresh rollout ID (default "ro-" and 8 random hex
 	// digits). IDs must not contain "/".
@@ -125,7 +126,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg.TickInterval = 500 * time.Millisecond
 	}
 	if cfg.PlanTimeout <= 0 {
-		cfg.PlanTimeout = 30 * time.Second
+		cfg.PlanTimeout = 2 * time.Minute
 	}
 	if cfg.NewID == nil {
 		cfg.NewID = randomID

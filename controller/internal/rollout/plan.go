@@ -129,7 +129,10 @@ func (e *Engine) Plan(ctx context.Context, req *ferryv1.CreateRolloutRequest) ([
 func planNote(u *ferryv1.JobUpdate, name, version, have string) string {
 	switch u.GetPhase() {
 	case ferryv1.JobPhase_JOB_PHASE_UNCHANGED:
-		return fmt.Sprintf("already has %s@%s; nothing would change", name, version)
+		if have == version {
+			return fmt.Sprintf("already has %s@%s; nothing would change", name, version)
+		}
+		return "nothing would change"
 	case ferryv1.JobPhase_JOB_PHASE_FAILED:
 		msg := u.GetMessage()
 		if u.GetFailedStep() != "" {
