@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/ferrydeploy/ferry/agent/internal/facts"
+	"github.com/ferrydeploy/ferry/agent/internal/fetch"
 	"github.com/ferrydeploy/ferry/agent/internal/identity"
 	"github.com/ferrydeploy/ferry/agent/internal/install"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
@@ -162,13 +163,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer conn.Close()
 	client := ferryv1.NewAgentServiceClient(conn)
-	if a.cfg.NewFetcher != nil {
-		f, err := a.cfg.NewFetcher(client)
-		if err != nil {
-			return fmt.Errorf("artifact fetcher: %w", err)
+	newFetcher := a.cfg.NewFetcher
+	if newFetcher == nil {
+		newFetcher = func(c ferryv1.AgentServiceClient) (Fetcher, error) {
+			return fetch.New(fetch.Config{StateDir: a.cfg.StateDir, Client: c, Logger: a.log.With("component", "fetch")})
 		}
-		a.jobs.fetcher = f
 	}
+	f, err := newFetcher(client)
+	if err != nil {
+		return fmt.Errorf("artifact fetcher: %w", err)
+	}
+	a.jobs.fetcher = f
 	jobsCtx, stopJobs := context.WithCancel(ctx)
 	defer stopJobs()
 	go a.jobs.run(jobsCtx)

@@ -16,6 +16,8 @@ import (
 // Fetcher makes an artifact available locally, verified.
 type Fetcher interface {
 	Ensure(ctx context.Context, digest string, size uint64, progress func(done, total uint64)) (string, error)
+	// Hold keeps a cached artifact from being collected while it is used.
+	Hold(digest string) (release func())
 }
 
 // jobRunner runs the jobs the controller sends, one at a time, and reports
@@ -127,17 +129,23 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 	case ferryv1.JobKind_JOB_KIND_ROLLBACK:
 		final = r.inst.Rollback(jctx, job.GetId(), job.GetRolloutId(), job.GetPackage().GetName(), progress, logf)
 	case ferryv1.JobKind_JOB_KIND_INSTALL, ferryv1.JobKind_JOB_KIND_PLAN:
+		release := func() {}
+		if d := job.GetPackage().GetArtifact().GetDigest(); d != "" && r.fetcher != nil {
+			release = r.fetcher.Hold(d)
+		}
 		path, err := r.fetch(jctx, job, update)
 		if err != nil {
 			final = update(ferryv1.JobPhase_JOB_PHASE_FAILED, err.Error())
 			final.FailedStep = "download " + job.GetPackage().GetArtifact().GetName()
 			logf(fmt.Sprintf("download failed: %v\n", err))
+			release()
 			break
 		}
 		final = r.inst.Install(jctx, install.Request{
 			JobID: job.GetId(), RolloutID: job.GetRolloutId(), Package: job.GetPackage(), ArtifactPath: path,
 			Plan: job.GetKind() == ferryv1.JobKind_JOB_KIND_PLAN,
 		}, progress, logf)
+		release()
 	default:
 		final = update(ferryv1.JobPhase_JOB_PHASE_FAILED, fmt.Sprintf("job kind %s is not supported by agent version %s", job.GetKind(), r.a.version()))
 	}
