@@ -1,0 +1,276 @@
+package fetch
+
+import (
+	"bufio"
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/pki"
+	"github.com/ferrydeploy/ferry/shared/rpc"
+)
+
+// genBlob is size pseudo-random bytes computed from their offset, so a
+// gigabyte can be served without being held: block i comes from ChaCha8
+// keyed by (seed, i).
+type genBlob struct {
+	seed byte
+	size int64
+}
+
+const genBlock = 64 << 10
+
+func (g genBlob) Size() int64 { return g.size }
+
+func (g genBlob) ReadAt(p []byte, off int64) (int, error) {
+	block := make([]byte, genBlock)
+	n := 0
+	for n < len(p) && off < g.size {
+		var key [32]byte
+		key[0] = g.seed
+		binary.LittleEndian.PutUint64(key[8:], uint64(off/genBlock))
+		rand.NewChaCha8(key).Read(block)
+		c := copy(p[n:], block[off%genBlock:min(genBlock, g.size-off/genBlock*genBlock)])
+		n += c
+		off += int64(c)
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (g genBlob) digest() string {
+	h := sha256.New()
+	io.CopyBuffer(h, io.NewSectionReader(g, 0, g.size), make([]byte, 1<<20))
+	return digestPrefix + hex.EncodeToString(h.Sum(nil))
+}
+
+// benchServerEnv makes the test binary a fake controller in a process of
+// its own, so the agent side's RSS is measured alone.
+const benchServerEnv = "FERRY_FETCH_BENCHSERVER"
+
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(benchServerEnv); dir != "" {
+		if err := runBenchServer(dir); err != nil {
+			fmt.Fprintln(os.Stderr, "benchmark server:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func runBenchServer(dir string) error {
+	read := func(name string) []byte {
+		b, _ := os.ReadFile(filepath.Join(dir, name))
+		return b
+	}
+	caCert, err := pki.DecodeCert(read("ca.crt"))
+	if err != nil {
+		return err
+	}
+	leaf, err := pki.DecodeCert(read("server.crt"))
+	if err != nil {
+		return err
+	}
+	key, err := pki.DecodeKey(read("server.key"))
+	if err != nil {
+		return err
+	}
+	var g genBlob
+	var digest string
+	if _, err := fmt.Sscanf(string(read("blob")), "%d %d %s", &g.seed, &g.size, &digest); err != nil {
+		return err
+	}
+	cert := tls.Certificate{Certificate: [][]byte{leaf.Raw, caCert.Raw}, PrivateKey: key, Leaf: leaf}
+	fake := newFake()
+	fake.serveAs(digest, g)
+	srv := rpc.NewServer(rpc.ServerOptions{TLS: rpc.ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }, (&pki.CA{Cert: caCert}).Pool()), Logger: slog.New(slog.DiscardHandler)})
+	ferryv1.RegisterAgentServiceServer(srv, fake)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	go srv.Serve(lis)
+	defer srv.Stop()
+	fmt.Printf("addr %s\n", lis.Addr())
+	io.Copy(io.Discard, os.Stdin)
+	return nil
+}
+
+func procStatus() (rss, hwm int64) {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return -1, -1
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		if err != nil {
+			continue
+		}
+		switch k {
+		case "VmRSS":
+			rss = kb << 10
+		case "VmHWM":
+			hwm = kb << 10
+		}
+	}
+	return rss, hwm
+}
+
+// resetPeak makes VmHWM start again from the current RSS (Linux >= 4.0).
+func resetPeak() int64 {
+	runtime.GC()
+	debug.FreeOSMemory()
+	os.WriteFile("/proc/self/clear_refs", []byte("5"), 0)
+	rss, _ := procStatus()
+	return rss
+}
+
+// BenchmarkEnsureMemory1GiB downloads a generated 1 GiB artifact with a
+// Fetcher from a fake controller in a child process and reports how far
+// this process's RSS rose above its level before (VmHWM after resetting it
+// with /proc/self/clear_refs), and the throughput to a verified file on
+// disk. It fails when RSS grows by 64 MiB or more.
+func BenchmarkEnsureMemory1GiB(b *testing.B) {
+	if runtime.GOOS != "linux" {
+		b.Skip("reads /proc/self/status")
+	}
+	g := genBlob{seed: 9, size: 1 << 30}
+	digest := g.digest()
+	p := newPKI(b)
+	dir := b.TempDir()
+	keyPEM, err := pki.EncodeKey(p.server.PrivateKey.(crypto.Signer))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for name, data := range map[string][]byte{
+		"ca.crt": pki.EncodeCert(p.ca.Cert), "server.crt": pki.EncodeCert(p.server.Leaf), "server.key": keyPEM,
+		"blob": fmt.Appendf(nil, "%d %d %s", g.seed, g.size, digest),
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			b.Fatal(err)
+		}
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
+	cmd.Env = append(os.Environ(), benchServerEnv+"="+dir)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { stdin.Close(); cmd.Wait() }()
+	lines := bufio.NewScanner(stdout)
+	var addr string
+	if !lines.Scan() {
+		b.Fatalf("server did not start: %v", lines.Err())
+	}
+	if _, err := fmt.Sscanf(lines.Text(), "addr %s", &addr); err != nil {
+		b.Fatalf("server said %q: %v", lines.Text(), err)
+	}
+	client := dial(b, p, addr)
+
+	base := resetPeak()
+	var elapsed time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		f := newFetcher(b, filepath.Join(b.TempDir(), fmt.Sprint(i)), client, nil)
+		start := time.Now()
+		path, err := f.Ensure(context.Background(), digest, uint64(g.size), nil)
+		elapsed += time.Since(start)
+		if err != nil {
+			b.Fatal(err)
+		}
+		os.Remove(path)
+	}
+	b.StopTimer()
+	_, peak := procStatus()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	const mib = 1 << 20
+	growth := float64(peak-base) / mib
+	b.ReportMetric(growth, "agent-RSS-growth-MiB")
+	b.ReportMetric(float64(ms.HeapSys)/mib, "agent-HeapSys-MiB")
+	b.ReportMetric(float64(g.size)*float64(b.N)/1e6/elapsed.Seconds(), "ensure-MB/s")
+	b.Logf("agent RSS %.1f MiB before, peak %.1f MiB", float64(base)/mib, float64(peak)/mib)
+	if growth >= 64 {
+		b.Fatalf("agent RSS grew by %.1f MiB fetching 1 GiB; the limit is 64 MiB", growth)
+	}
+}
+
+// BenchmarkEnsure256MiB compares, in one run, a Fetcher's download of a
+// 256 MiB artifact (staging file, read-back verification, cache) with
+// draining the same stream into nothing: the cost of making it durable
+// and verified.
+func BenchmarkEnsure256MiB(b *testing.B) {
+	g := genBlob{seed: 3, size: 256 << 20}
+	digest := g.digest()
+	p := newPKI(b)
+	fake := newFake()
+	fake.serveAs(digest, g)
+	client := dial(b, p, serve(b, p, fake))
+	var ensure, stream time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		s, err := client.DownloadArtifact(context.Background(), &ferryv1.DownloadArtifactRequest{Digest: digest})
+		if err != nil {
+			b.Fatal(err)
+		}
+		var m ferryv1.DownloadArtifactResponse
+		for {
+			m.Reset()
+			if err := s.RecvMsg(&m); errors.Is(err, io.EOF) {
+				break
+			} else if err != nil {
+				b.Fatal(err)
+			}
+		}
+		stream += time.Since(start)
+
+		f := newFetcher(b, filepath.Join(b.TempDir(), fmt.Sprint(i)), client, nil)
+		start = time.Now()
+		path, err := f.Ensure(context.Background(), digest, uint64(g.size), nil)
+		ensure += time.Since(start)
+		if err != nil {
+			b.Fatal(err)
+		}
+		os.Remove(path)
+	}
+	b.StopTimer()
+	total := float64(g.size) * float64(b.N) / 1e6
+	b.ReportMetric(total/stream.Seconds(), "stream-MB/s")
+	b.ReportMetric(total/ensure.Seconds(), "ensure-MB/s")
+	b.ReportMetric(stream.Seconds()/ensure.Seconds(), "ensure/stream")
+}

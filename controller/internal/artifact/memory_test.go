@@ -1,0 +1,250 @@
+package artifact
+
+import (
+	"bufio"
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc"
+
+	"github.com/ferrydeploy/ferry/controller/internal/server"
+	"github.com/ferrydeploy/ferry/controller/internal/store"
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/pki"
+	"github.com/ferrydeploy/ferry/shared/rpc"
+)
+
+// memServerEnv makes the test binary a controller for the memory
+// benchmark, so the controller's RSS is measured in a process of its own.
+const memServerEnv = "FERRY_ARTIFACT_MEMSERVER"
+
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(memServerEnv); dir != "" {
+		if err := runMemServer(dir); err != nil {
+			fmt.Fprintln(os.Stderr, "memory benchmark server:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// procStatus reads VmRSS and VmHWM (peak RSS) in bytes.
+func procStatus() (rss, hwm int64) {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return -1, -1
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		if err != nil {
+			continue
+		}
+		switch k {
+		case "VmRSS":
+			rss = kb << 10
+		case "VmHWM":
+			hwm = kb << 10
+		}
+	}
+	return rss, hwm
+}
+
+// resetPeak makes VmHWM start again from the current RSS (Linux >= 4.0),
+// after a GC has returned what it can, and returns that RSS.
+func resetPeak() int64 {
+	runtime.GC()
+	debug.FreeOSMemory()
+	os.WriteFile("/proc/self/clear_refs", []byte("5"), 0)
+	rss, _ := procStatus()
+	return rss
+}
+
+// runMemServer serves the artifact services from dir with the PKI the
+// benchmark wrote there; it prints its address and RSS, and its peak RSS
+// when its stdin closes.
+func runMemServer(dir string) error {
+	read := func(name string) []byte {
+		b, _ := os.ReadFile(filepath.Join(dir, name))
+		return b
+	}
+	caCert, err := pki.DecodeCert(read("ca.crt"))
+	if err != nil {
+		return err
+	}
+	leaf, err := pki.DecodeCert(read("server.crt"))
+	if err != nil {
+		return err
+	}
+	key, err := pki.DecodeKey(read("server.key"))
+	if err != nil {
+		return err
+	}
+	cert := tls.Certificate{Certificate: [][]byte{leaf.Raw, caCert.Raw}, PrivateKey: key, Leaf: leaf}
+	pool := (&pki.CA{Cert: caCert}).Pool()
+	db, err := store.Open(filepath.Join(dir, "ferry.db"))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	st, err := Open(Config{Dir: filepath.Join(dir, "artifacts"), DB: db.DB(), Logger: quietLogger()})
+	if err != nil {
+		return err
+	}
+	srv := rpc.NewServer(rpc.ServerOptions{TLS: rpc.ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }, pool), Logger: quietLogger()})
+	ferryv1.RegisterArtifactServiceServer(srv, NewService(st, nil, quietLogger()))
+	ferryv1.RegisterAgentServiceServer(srv, server.NewAgentService(&server.Deps{Logger: quietLogger()}, NewDownloader(DownloaderConfig{Store: st, Logger: quietLogger()})))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	go srv.Serve(lis)
+	defer srv.Stop()
+	base := resetPeak()
+	fmt.Printf("addr %s base %d\n", lis.Addr(), base)
+	io.Copy(io.Discard, os.Stdin)
+	rss, hwm := procStatus()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	fmt.Printf("peak %d rss %d heapsys %d\n", hwm, rss, ms.HeapSys)
+	return nil
+}
+
+func writeServerPKI(tb testing.TB, p *testPKI, dir string) {
+	tb.Helper()
+	keyPEM, err := pki.EncodeKey(p.server.PrivateKey.(crypto.Signer))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for name, data := range map[string][]byte{"ca.crt": pki.EncodeCert(p.ca.Cert), "server.crt": pki.EncodeCert(p.server.Leaf), "server.key": keyPEM} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkMemory1GiB pushes a generated 1 GiB artifact (streamed, never
+// held) to a controller running in a child process, downloads it back,
+// and reports how far each process's RSS rose above its level before the
+// transfer (VmHWM after resetting it with /proc/self/clear_refs). It fails
+// when either side grows by 64 MiB or more. The client side is this
+// process: ferryctl's push path and an agent's download stream.
+func BenchmarkMemory1GiB(b *testing.B) {
+	if runtime.GOOS != "linux" {
+		b.Skip("reads /proc/self/status")
+	}
+	const size = 1 << 30
+	p := newPKI(b)
+	dir := b.TempDir()
+	writeServerPKI(b, p, dir)
+	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
+	cmd.Env = append(os.Environ(), memServerEnv+"="+dir)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	lines := bufio.NewScanner(stdout)
+	var addr string
+	var srvBase int64
+	if !lines.Scan() {
+		b.Fatalf("server did not start: %v", lines.Err())
+	}
+	if _, err := fmt.Sscanf(lines.Text(), "addr %s base %d", &addr, &srvBase); err != nil {
+		b.Fatalf("server said %q: %v", lines.Text(), err)
+	}
+	dialAs := func(c tls.Certificate) *grpc.ClientConn {
+		conn, err := grpc.NewClient(addr, rpc.DialOptions(p.clientTLS(c))...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	admin, agent := ferryv1.NewArtifactServiceClient(dialAs(p.admin)), ferryv1.NewAgentServiceClient(dialAs(p.agent))
+	ctx := context.Background()
+
+	cliBase := resetPeak()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		body := io.LimitReader(rand.NewChaCha8([32]byte{byte(i), 'm', 'e', 'm'}), size)
+		resp, err := Push(ctx, admin, &ferryv1.PushArtifactHeader{Name: "mem", Version: fmt.Sprint(i), Size: size}, body, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		s, err := agent.DownloadArtifact(ctx, &ferryv1.DownloadArtifactRequest{Digest: resp.Artifact.Digest})
+		if err != nil {
+			b.Fatal(err)
+		}
+		h := sha256.New()
+		var n int64
+		var m ferryv1.DownloadArtifactResponse
+		for {
+			m.Reset()
+			if err := s.RecvMsg(&m); errors.Is(err, io.EOF) {
+				break
+			} else if err != nil {
+				b.Fatal(err)
+			}
+			h.Write(m.Data)
+			n += int64(len(m.Data))
+		}
+		if got := DigestPrefix + hex.EncodeToString(h.Sum(nil)); n != size || got != resp.Artifact.Digest {
+			b.Fatalf("downloaded %d bytes hashing to %s, want %d bytes of %s", n, got, size, resp.Artifact.Digest)
+		}
+	}
+	b.StopTimer()
+	_, cliPeak := procStatus()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+
+	stdin.Close()
+	if !lines.Scan() {
+		b.Fatalf("server ended without a report: %v", lines.Err())
+	}
+	var srvPeak, srvRSS, srvHeapSys int64
+	if _, err := fmt.Sscanf(lines.Text(), "peak %d rss %d heapsys %d", &srvPeak, &srvRSS, &srvHeapSys); err != nil {
+		b.Fatalf("server said %q: %v", lines.Text(), err)
+	}
+	cmd.Wait()
+
+	const mib = 1 << 20
+	srvGrowth, cliGrowth := float64(srvPeak-srvBase)/mib, float64(cliPeak-cliBase)/mib
+	b.ReportMetric(srvGrowth, "controller-RSS-growth-MiB")
+	b.ReportMetric(float64(srvHeapSys)/mib, "controller-HeapSys-MiB")
+	b.ReportMetric(cliGrowth, "client-RSS-growth-MiB")
+	b.ReportMetric(float64(ms.HeapSys)/mib, "client-HeapSys-MiB")
+	b.Logf("controller RSS %0.1f MiB before, peak %0.1f MiB; client RSS %0.1f MiB before, peak %0.1f MiB",
+		float64(srvBase)/mib, float64(srvPeak)/mib, float64(cliBase)/mib, float64(cliPeak)/mib)
+	if srvGrowth >= 64 || cliGrowth >= 64 {
+		b.Fatalf("RSS grew by %.1f MiB (controller) and %.1f MiB (client) moving 1 GiB; the limit is 64 MiB", srvGrowth, cliGrowth)
+	}
+}
