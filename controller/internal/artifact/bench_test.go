@@ -161,4 +161,3 @@ func BenchmarkTransfer256MiB(b *testing.B) {
 	b.ReportMetric(bare.Seconds()/push.Seconds(), "push/bare")
 	b.ReportMetric(4*one.Seconds()/four.Seconds(), "4-downloads/one")
 }
-
