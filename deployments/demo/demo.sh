@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
-# Ferry demo: a controller and a three-node fleet on this machine.
+# Ferry demo: a controller and a four-node fleet on this machine, and the
+# whole story: pack the local Go toolchain as a release tarball with its
+# .sha256, push it with checksum verification (and see a tampered copy
+# refused), apply the package, roll it out to staging and then, with a
+# canary and a promotion, to production, run `go version` from a node's
+# install root, and undo the production rollout.
 #
 #   make demo          (builds first; or run this script after `make build`)
 #
@@ -24,7 +29,7 @@ HEARTBEAT=${DEMO_HEARTBEAT:-2s}
 TIMEOUT=${DEMO_TIMEOUT:-30}
 
 # The fleet: node ID and group.
-NODES=(staging-1:staging prod-1:production prod-2:production)
+NODES=(staging-1:staging prod-1:production prod-2:production prod-3:production)
 
 CONTROLLER_PID=""
 CONTROLLER_GRPC=""   # set by start_controller
@@ -237,6 +242,105 @@ show_fleet() {
 	echo "logs:    $(rel "$DEMO/logs")/"
 }
 
+GO_VERSION=""   # e.g. 1.26.8, set by pack_toolchain
+TARBALL=""
+
+# pack_toolchain makes go<version>.linux-<arch>.tar.gz from the local Go
+# installation, laid out like the official release (a top-level go/), and
+# its .sha256 as release pages publish it.
+pack_toolchain() {
+	local goroot arch
+	goroot=$(go env GOROOT) arch=$(go env GOARCH)
+	GO_VERSION=$(go env GOVERSION)
+	GO_VERSION=${GO_VERSION#go}
+	TARBALL="$DEMO/release/go$GO_VERSION.linux-$arch.tar.gz"
+	step "Packing the local Go toolchain ($goroot) as $(basename "$TARBALL")"
+	mkdir -p "$DEMO/release"
+	say_cmd "tar -C $(dirname "$goroot") -cf - $(basename "$goroot") | gzip -1 > $(rel "$TARBALL")"
+	tar -C "$(dirname "$goroot")" -cf - "$(basename "$goroot")" | gzip -1 >"$TARBALL"
+	(cd "$DEMO/release" && sha256sum "$(basename "$TARBALL")" >"$(basename "$TARBALL").sha256")
+	show cat "$TARBALL.sha256"
+	ls -la "$TARBALL"
+}
+
+push_artifact() {
+	step "Pushing a tampered copy: the controller must refuse it and keep nothing"
+	mkdir -p "$DEMO/tampered"
+	cp "$TARBALL" "$DEMO/tampered/"
+	printf 'x' | dd of="$DEMO/tampered/$(basename "$TARBALL")" bs=1 seek=1000 conv=notrunc status=none
+	say_cmd ferryctl artifact push "$(rel "$DEMO/tampered/$(basename "$TARBALL")")" --checksum-file "$(rel "$TARBALL.sha256")"
+	if ferryctl artifact push "$DEMO/tampered/$(basename "$TARBALL")" --checksum-file "$TARBALL.sha256"; then
+		die "the controller accepted a tampered tarball"
+	fi
+	step "Pushing the real tarball with its checksum file"
+	show ferryctl artifact push "$TARBALL" --checksum-file "$TARBALL.sha256"
+	show ferryctl artifact list
+}
+
+apply_package() {
+	step "Applying the package go@$GO_VERSION"
+	cat >"$DEMO/release/go.yaml" <<YAML
+# The Go toolchain, installed the way an operator would by hand.
+name: go
+version: $GO_VERSION
+artifact: $(basename "$TARBALL")
+steps:
+  - archive: {dest: /usr/local/go, strip_components: 1}
+  - env: {name: go, vars: {GOROOT: /usr/local/go}, path: [/usr/local/go/bin]}
+  - sudoers: {name: deploy, rules: ["deploy ALL=(root) NOPASSWD: /opt/myapp/bin/*"]}
+  - check: {run: "go version", expect: "go$GO_VERSION"}
+YAML
+	show cat "$DEMO/release/go.yaml"
+	show ferryctl package apply -f "$DEMO/release/go.yaml"
+}
+
+rollout_staging() {
+	step "Planning the staging rollout (changes nothing)"
+	show ferryctl rollout --group staging --package "go@$GO_VERSION" --plan
+	step "Rolling out to staging"
+	show ferryctl rollout --group staging --package "go@$GO_VERSION" --auto-promote --healthy-for 2s
+}
+
+rollout_state() {
+	ferryctl rollout status "$1" -o json 2>/dev/null | grep -q "\"state\": *\"$2\""
+}
+
+rollout_production() {
+	step "Rolling out to production: one canary, then a promotion, then two at a time"
+	local id watcher
+	say_cmd ferryctl rollout --group production --package "go@$GO_VERSION" --canary 1 --max-parallel 2 --healthy-for 2s --detach
+	id=$(ferryctl rollout --group production --package "go@$GO_VERSION" --canary 1 --max-parallel 2 --healthy-for 2s --detach)
+	echo "$id"
+	say_cmd ferryctl rollout status "$id" --watch
+	ferryctl rollout status "$id" --watch &
+	watcher=$!
+	wait_for "the canary to finish" rollout_state "$id" ROLLOUT_STATE_WAITING_PROMOTION
+	show ferryctl rollout promote "$id"
+	wait "$watcher" || die "the production rollout did not succeed"
+	show ferryctl rollout status "$id"
+}
+
+check_node() {
+	local id=prod-1 root="$DEMO/agents/prod-1/root"
+	step "What $id now has under its install root"
+	show "$root/usr/local/go/bin/go" version
+	show cat "$root/etc/profile.d/go.sh"
+	show ls -l "$root/etc/sudoers.d/deploy"
+}
+
+undo_production() {
+	step "Undoing the production rollout (back to what each node had before)"
+	show ferryctl rollout undo --group production --package go --canary 1 --auto-promote --max-parallel 3 --healthy-for 1s
+	local root="$DEMO/agents/prod-1/root"
+	if [[ -e $root/usr/local/go/bin/go ]]; then
+		die "prod-1 still has the toolchain after the undo"
+	fi
+	echo "prod-1: /usr/local/go is gone again; staging-1 keeps go$GO_VERSION:"
+	show "$DEMO/agents/staging-1/root/usr/local/go/bin/go" version
+	show ferryctl rollout history --package go
+	show ferryctl audit --limit 8
+}
+
 shutdown_fleet() {
 	step "Stopping the agents (SIGTERM: they leave gracefully)"
 	stop_agents
@@ -255,6 +359,13 @@ main() {
 	start_controller
 	start_fleet
 	show_fleet
+	pack_toolchain
+	push_artifact
+	apply_package
+	rollout_staging
+	rollout_production
+	check_node
+	undo_production
 	if [[ ${DEMO_KEEP:-} == 1 ]]; then
 		step "Fleet running; press Ctrl-C to stop it"
 		while true; do sleep 1; done
