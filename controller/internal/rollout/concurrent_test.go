@@ -16,14 +16,24 @@ func TestConcurrentUseKeepsDispatchOrder(t *testing.T) {
 	h := newHarness(t, 30)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// Nodes n00-n09 finish at once; the others hold their jobs until the
+	// rollout is aborted, so the window fills up and there is something to
+	// cancel.
 	var agents sync.WaitGroup
+	release := make(chan struct{})
 	h.disp.onJob = func(node string, job *ferryv1.Job) {
 		agents.Add(1)
 		go func() {
 			defer agents.Done()
-			for _, ph := range []ferryv1.JobPhase{phDownloading, phInstalling, phSucceeded} {
+			report := func(ph ferryv1.JobPhase) {
 				h.e.HandleJobUpdate(node, &ferryv1.JobUpdate{JobId: job.Id, RolloutId: job.RolloutId, Phase: ph})
 			}
+			report(phDownloading)
+			if node >= "n10" {
+				<-release
+			}
+			report(phInstalling)
+			report(phSucceeded)
 		}()
 	}
 	r := h.create(strat{canary: 1, auto: true, parallel: "5", failures: "100%", healthy: time.Millisecond, deadline: time.Hour})
@@ -48,12 +58,13 @@ func TestConcurrentUseKeepsDispatchOrder(t *testing.T) {
 		}()
 	}
 	admins.Wait()
-	for len(h.sentTo(r.Id)) < 10 {
+	for len(h.sentTo(r.Id)) < 12 {
 		time.Sleep(time.Millisecond)
 	}
 	if _, err := h.e.Abort(ctx, "admin/c", r.Id); err != nil {
 		t.Fatal(err)
 	}
+	close(release)
 	deadline := time.After(20 * time.Second)
 	for {
 		cur := h.get(r.Id)
@@ -88,5 +99,8 @@ func TestConcurrentUseKeepsDispatchOrder(t *testing.T) {
 		if n != 1 {
 			t.Errorf("job %s sent %d times", id, n)
 		}
+	}
+	if len(h.disp.cancels) == 0 {
+		t.Error("the abort cancelled nothing; the test did not exercise cancels")
 	}
 }
