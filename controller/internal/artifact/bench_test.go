@@ -94,7 +94,10 @@ func mbps(n int64, d time.Duration) float64 { return float64(n) / 1e6 / d.Second
 // real mTLS on loopback and, in the same run, copies the same bytes over a
 // bare TLS 1.3 connection. It reports MB/s for each (means over b.N) and
 // the ratios the issue sets goals for: download/bare >= 0.6, and four
-// concurrent downloads together faster than one.
+// concurrent downloads (four agents, four connections) together faster
+// than one. Both ends run in this process and share its CPUs, so on a
+// small machine one download already keeps most cores busy encrypting and
+// decrypting, and four cannot gain much over it.
 func BenchmarkTransfer256MiB(b *testing.B) {
 	const size = 256 << 20
 	h := newHarness(b, harnessOpts{maxDownloads: 8})
@@ -102,6 +105,11 @@ func BenchmarkTransfer256MiB(b *testing.B) {
 	writeRandomFile(b, path, size, 42)
 	ctx := context.Background()
 	agent := ferryv1.NewAgentServiceClient(h.agent)
+	// Four agents: four connections, as four nodes would have.
+	var agents [4]ferryv1.AgentServiceClient
+	for i := range agents {
+		agents[i] = ferryv1.NewAgentServiceClient(h.dial(h.pki.agent))
+	}
 
 	var bare, push, one, four time.Duration
 	var digest string
@@ -135,11 +143,11 @@ func BenchmarkTransfer256MiB(b *testing.B) {
 		start = time.Now()
 		var wg sync.WaitGroup
 		errs := make(chan error, 4)
-		for range 4 {
+		for _, c := range agents {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if n, err := drain(ctx, agent, digest); err != nil || n != size {
+				if n, err := drain(ctx, c, digest); err != nil || n != size {
 					errs <- fmt.Errorf("download: %d bytes, %v", n, err)
 				}
 			}()

@@ -6,16 +6,18 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
+	"strings"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 // Push uploads body under hdr in ChunkSize messages and returns the
 // controller's answer. progress, if not nil, is called after each chunk
-// with the bytes sent so far. The bytes are hashed while they are sent;
-// when the whole body went out, the digest the controller stored must
-// match it.
+// with the bytes sent so far. The digest the controller stored must be the
+// declared hdr.Sha256, or, when none was declared, the hash of the bytes
+// sent (computed while sending).
 func Push(ctx context.Context, c ferryv1.ArtifactServiceClient, hdr *ferryv1.PushArtifactHeader, body io.Reader, progress func(sent uint64)) (*ferryv1.PushArtifactResponse, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // aborts the stream on an early return
@@ -26,7 +28,10 @@ func Push(ctx context.Context, c ferryv1.ArtifactServiceClient, hdr *ferryv1.Pus
 	if err := stream.Send(&ferryv1.PushArtifactRequest{Msg: &ferryv1.PushArtifactRequest_Header{Header: hdr}}); err != nil {
 		return nil, closeErr(stream, err)
 	}
-	h := sha256.New()
+	var h hash.Hash
+	if hdr.GetSha256() == "" {
+		h = sha256.New()
+	}
 	buf := make([]byte, ChunkSize)
 	// One message, reused: SendMsg marshals it (copying the data) before it
 	// returns, and ferryctl installs no stats handler that keeps messages.
@@ -37,7 +42,9 @@ func Push(ctx context.Context, c ferryv1.ArtifactServiceClient, hdr *ferryv1.Pus
 	for {
 		n, rerr := io.ReadFull(body, buf)
 		if n > 0 {
-			h.Write(buf[:n])
+			if h != nil {
+				h.Write(buf[:n])
+			}
 			chunk.Chunk = buf[:n]
 			if err := stream.Send(msg); err != nil {
 				// The controller ended the push early: it already had
@@ -64,9 +71,16 @@ func Push(ctx context.Context, c ferryv1.ArtifactServiceClient, hdr *ferryv1.Pus
 	if err != nil {
 		return nil, err
 	}
-	if got := DigestPrefix + hex.EncodeToString(h.Sum(nil)); complete && resp.GetArtifact().GetDigest() != got {
-		return resp, fmt.Errorf("artifact %s: the controller stored %s but the file sent hashes to %s; the data changed in transit or while it was read: remove it with `ferryctl artifact rm %s` and push again",
-			Key(resp.GetArtifact()), resp.GetArtifact().GetDigest(), got, Key(resp.GetArtifact()))
+	want := DigestPrefix + strings.ToLower(strings.TrimPrefix(hdr.GetSha256(), DigestPrefix))
+	if h != nil {
+		if !complete {
+			return resp, nil // the controller answered before reading it all
+		}
+		want = DigestPrefix + hex.EncodeToString(h.Sum(nil))
+	}
+	if got := resp.GetArtifact().GetDigest(); got != want {
+		return resp, fmt.Errorf("artifact %s: the controller stored %s but %s was sent; the data changed in transit or while it was read: remove it with `ferryctl artifact rm %s` and push again",
+			Key(resp.GetArtifact()), got, want, Key(resp.GetArtifact()))
 	}
 	return resp, nil
 }
