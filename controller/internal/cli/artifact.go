@@ -313,6 +313,7 @@ type progressBar struct {
 	total uint64
 	start time.Time
 	last  time.Time
+	shown uint64
 	drawn bool
 }
 
@@ -333,10 +334,10 @@ func (p *progressBar) update(done uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := time.Now()
-	if now.Sub(p.last) < 100*time.Millisecond && done < p.total {
+	if (p.drawn && done == p.shown) || (now.Sub(p.last) < 100*time.Millisecond && done < p.total) {
 		return
 	}
-	p.last, p.drawn = now, true
+	p.last, p.shown, p.drawn = now, done, true
 	pct := 100.0
 	if p.total > 0 {
 		pct = 100 * float64(done) / float64(p.total)
