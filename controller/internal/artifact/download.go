@@ -59,22 +59,28 @@ func NewDownloader(cfg DownloaderConfig) *Downloader {
 // the agent service.
 func (d *Downloader) DownloadArtifact(req *ferryv1.DownloadArtifactRequest, stream grpc.ServerStreamingServer[ferryv1.DownloadArtifactResponse]) error {
 	ctx := stream.Context()
-	blob, err := d.store.OpenBlob(req.GetDigest())
+	rec, err := d.store.Lookup(req.GetDigest())
 	if err != nil {
 		return toStatus(err)
 	}
-	defer blob.Close()
 	off := req.GetOffset()
-	if off > blob.Size {
-		return status.Errorf(codes.OutOfRange, "artifact %s has %d bytes; offset %d is past its end: discard the partial download and start again", req.GetDigest(), blob.Size, off)
+	if off > rec.Size {
+		return status.Errorf(codes.OutOfRange, "artifact %s has %d bytes; offset %d is past its end: discard the partial download and start again", req.GetDigest(), rec.Size, off)
 	}
 
+	// Wait for a slot before opening anything: a queue of thousands of
+	// agents holds no file descriptors.
 	select {
 	case d.sem <- struct{}{}:
 	case <-ctx.Done():
 		return status.FromContextError(ctx.Err()).Err()
 	}
 	defer func() { <-d.sem }()
+	blob, err := d.store.OpenBlob(req.GetDigest())
+	if err != nil {
+		return toStatus(err)
+	}
+	defer blob.Close()
 
 	bufp := d.store.chunks.Get().(*[]byte)
 	defer d.store.chunks.Put(bufp)

@@ -672,8 +672,8 @@ type Blob struct {
 	Size uint64
 }
 
-// OpenBlob opens the blob of a digest that some record names.
-func (s *Store) OpenBlob(digest string) (*Blob, error) {
+// Lookup returns a record with this digest ("sha256:<hex>").
+func (s *Store) Lookup(digest string) (*ferryv1.Artifact, error) {
 	hexsum, err := ParseDigest(digest)
 	if err != nil {
 		return nil, err
@@ -692,7 +692,16 @@ func (s *Store) OpenBlob(digest string) (*Blob, error) {
 	if rec == nil {
 		return nil, fmt.Errorf("%w: no artifact has digest %s; push it with `ferryctl artifact push`", ErrNotFound, digest)
 	}
-	f, err := os.Open(s.blobPath(hexsum))
+	return rec, nil
+}
+
+// OpenBlob opens the blob of a digest that some record names.
+func (s *Store) OpenBlob(digest string) (*Blob, error) {
+	rec, err := s.Lookup(digest)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(s.blobPath(strings.TrimPrefix(rec.Digest, DigestPrefix)))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("%w: artifact %s: its blob was removed", ErrNotFound, Key(rec))
