@@ -112,6 +112,9 @@ var (
 // aarch64 arm64). Fields it cannot tell are empty.
 func InferMeta(fileName string) Meta {
 	base := filepath.Base(fileName)
+	if base == "/" || base == "." {
+		return Meta{}
+	}
 	m := Meta{Name: base}
 	if v := versionRE.FindStringSubmatch(base); v != nil {
 		m.Version = v[1]
