@@ -1,0 +1,311 @@
+package scale
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/rpc"
+)
+
+// AgentVersion is what simulated agents report.
+const AgentVersion = "scale-sim"
+
+// Backoff is the real agent's reconnect delay (agent/internal/agent,
+// Agent.backoff), copied so the simulated fleet storms exactly as a real
+// one would: "full jitter", a uniform delay below min(max, base·2^attempt),
+// plus base/2.
+func Backoff(rng *rand.Rand, base, maxDelay time.Duration, attempt int) time.Duration {
+	ceil := base << min(attempt, 20)
+	if ceil > maxDelay || ceil <= 0 {
+		ceil = maxDelay
+	}
+	return time.Duration(rng.Int64N(int64(ceil))) + base/2
+}
+
+// Jitter scales d by a uniform factor in [1-f, 1+f], as the real agent
+// spaces its heartbeats.
+func Jitter(rng *rand.Rand, d time.Duration, f float64) time.Duration {
+	return time.Duration(float64(d) * (1 - f + 2*f*rng.Float64()))
+}
+
+// Reconnect selects how a simulated agent gets its stream back. The
+// default is the real agent's way; the others are candidates measured
+// against it.
+type Reconnect string
+
+const (
+	// ReconnectAgent is the real agent: full-jitter backoff between
+	// session attempts, each attempt a Connect call that fails fast while
+	// gRPC's channel waits out its own connection backoff (1s·1.6^n ±20%,
+	// up to 120s).
+	ReconnectAgent Reconnect = "agent"
+	// ReconnectWaitForReady makes the Connect call wait for the channel
+	// (grpc.WaitForReady) and caps gRPC's connection backoff at the
+	// agent's 30s: one backoff, gRPC's, instead of two stacked.
+	ReconnectWaitForReady Reconnect = "wait-for-ready"
+	// ReconnectReset keeps the agent's full-jitter backoff as the only
+	// one: each attempt resets gRPC's connection backoff
+	// (ClientConn.ResetConnectBackoff) and waits up to ResetWait for the
+	// channel to connect.
+	ReconnectReset Reconnect = "reset"
+)
+
+// ResetWait bounds how long a ReconnectReset attempt waits for the channel.
+const ResetWait = 10 * time.Second
+
+// AgentConfig is what every simulated agent shares.
+type AgentConfig struct {
+	Controller        string         // host:port
+	CA                *x509.CertPool // the Ferry CA
+	HeartbeatInterval time.Duration  // used until the welcome names one (default 5s)
+	BackoffBase       time.Duration  // default 500ms, as the real agent
+	BackoffMax        time.Duration  // default 30s, as the real agent
+	Facts             *ferryv1.Facts // template; the hostname is set to the node ID
+	Reconnect         Reconnect      // default ReconnectAgent
+}
+
+func (c *AgentConfig) defaults() {
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = 5 * time.Second
+	}
+	if c.BackoffBase <= 0 {
+		c.BackoffBase = 500 * time.Millisecond
+	}
+	if c.BackoffMax <= 0 {
+		c.BackoffMax = 30 * time.Second
+	}
+	if c.Reconnect == "" {
+		c.Reconnect = ReconnectAgent
+	}
+	if c.Facts == nil {
+		c.Facts = &ferryv1.Facts{Os: "linux", Arch: "amd64"}
+	}
+}
+
+// Agent is one simulated agent: its own certificate and TLS connection,
+// the real agent's stream protocol (hello, welcome, heartbeats) and its
+// reconnect loop. It runs no jobs and does not gossip.
+type Agent struct {
+	ID    string
+	cfg   *AgentConfig
+	cert  *tls.Certificate
+	facts *ferryv1.Facts
+	rng   *rand.Rand // used by the agent's own goroutine only
+	start time.Time  // wall clock; heartbeats carry time since then as uptime
+
+	sessions    atomic.Int64 // streams established (welcome received)
+	failures    atomic.Int64 // streams that failed or ended, and failed attempts
+	heartbeats  atomic.Int64
+	lastWelcome atomic.Int64 // unix nanoseconds
+	lastAttempt atomic.Int64 // unix nanoseconds: the latest session's start
+	lastStream  atomic.Int64 // unix nanoseconds: the latest Connect call's return
+	lastErr     atomic.Pointer[string]
+}
+
+// NewAgent returns a simulated agent for node id with its certificate.
+func NewAgent(cfg *AgentConfig, id string, cert *tls.Certificate, seed uint64) *Agent {
+	f := proto.CloneOf(cfg.Facts)
+	f.Hostname = id
+	return &Agent{ID: id, cfg: cfg, cert: cert, facts: f, start: time.Now(),
+		rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))}
+}
+
+// Sessions is how many streams the agent has established.
+func (a *Agent) Sessions() int64 { return a.sessions.Load() }
+
+// Failures counts streams that ended and connection attempts that failed.
+func (a *Agent) Failures() int64 { return a.failures.Load() }
+
+// Heartbeats is how many heartbeats the agent has sent.
+func (a *Agent) Heartbeats() int64 { return a.heartbeats.Load() }
+
+// LastWelcome is when the agent last received a welcome (zero if never).
+func (a *Agent) LastWelcome() time.Time {
+	n := a.lastWelcome.Load()
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+// LastError is why the agent's last stream or attempt ended ("" if none).
+func (a *Agent) LastError() string {
+	if p := a.lastErr.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// LastAttempt is when the agent's latest stream attempt began and when
+// its Connect call returned (the transport ready and the stream open, or
+// an error).
+func (a *Agent) LastAttempt() (began, streamed time.Time) {
+	return time.Unix(0, a.lastAttempt.Load()), time.Unix(0, a.lastStream.Load())
+}
+
+// SentAt maps the uptime a heartbeat carried back to when it was sent.
+func (a *Agent) SentAt(uptime time.Duration) time.Time { return a.start.Add(uptime) }
+
+// Run connects and heartbeats until ctx ends, reconnecting as the real
+// agent does; then it closes its stream gracefully.
+func (a *Agent) Run(ctx context.Context) error {
+	conf := rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return a.cert, nil }, a.cfg.CA)
+	opts := rpc.DialOptions(conf)
+	if a.cfg.Reconnect == ReconnectWaitForReady {
+		opts = append(opts, grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: a.cfg.BackoffMax},
+			MinConnectTimeout: 20 * time.Second,
+		}))
+	}
+	conn, err := grpc.NewClient(a.cfg.Controller, opts...)
+	if err != nil {
+		return fmt.Errorf("agent %s: dial %s: %w", a.ID, a.cfg.Controller, err)
+	}
+	defer conn.Close()
+	attempt := 0
+	for {
+		began := time.Now()
+		err := a.session(ctx, conn)
+		if ctx.Err() != nil {
+			return nil
+		}
+		a.failures.Add(1)
+		if err != nil {
+			msg := err.Error()
+			a.lastErr.Store(&msg)
+		}
+		if time.Since(began) > time.Minute {
+			attempt = 0
+		}
+		delay := Backoff(a.rng, a.cfg.BackoffBase, a.cfg.BackoffMax, attempt)
+		attempt++
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(delay):
+		}
+	}
+}
+
+// session runs one stream until it fails or ctx ends.
+func (a *Agent) session(ctx context.Context, conn *grpc.ClientConn) error {
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	a.lastAttempt.Store(time.Now().UnixNano())
+	// Waiting for the channel (the variants) ends with ctx or ResetWait,
+	// but only until the welcome: then the session ends as the real
+	// agent's does, gracefully.
+	var opts []grpc.CallOption
+	var disarm []func() bool
+	defer func() {
+		for _, f := range disarm {
+			f()
+		}
+	}()
+	switch a.cfg.Reconnect {
+	case ReconnectWaitForReady:
+		opts = append(opts, grpc.WaitForReady(true))
+		disarm = append(disarm, context.AfterFunc(ctx, cancel))
+	case ReconnectReset:
+		conn.ResetConnectBackoff()
+		opts = append(opts, grpc.WaitForReady(true))
+		disarm = append(disarm, context.AfterFunc(ctx, cancel), time.AfterFunc(ResetWait, cancel).Stop)
+	}
+	stream, err := ferryv1.NewAgentServiceClient(conn).Connect(sctx, opts...)
+	a.lastStream.Store(time.Now().UnixNano())
+	if err != nil {
+		return err
+	}
+	hello := &ferryv1.AgentHello{AgentVersion: AgentVersion, Facts: a.facts}
+	if err := stream.Send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Hello{Hello: hello}}); err != nil {
+		return err
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	welcome := first.GetWelcome()
+	if welcome == nil {
+		return errors.New("controller did not answer the hello with a welcome")
+	}
+	interval := a.cfg.HeartbeatInterval
+	if d := welcome.GetHeartbeatInterval().AsDuration(); d > 0 {
+		interval = d
+	}
+	for _, f := range disarm {
+		f()
+	}
+	a.lastWelcome.Store(time.Now().UnixNano())
+	a.sessions.Add(1)
+
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := stream.Recv(); err != nil {
+				recvErr <- err
+				return
+			}
+		}
+	}()
+	if err := a.heartbeat(stream); err != nil {
+		return err
+	}
+	timer := time.NewTimer(Jitter(a.rng, interval, 0.1))
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			_ = stream.CloseSend()
+			select {
+			case <-recvErr:
+			case <-time.After(2 * time.Second):
+			}
+			return nil
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return errors.New("controller closed the stream")
+			}
+			return err
+		case <-timer.C:
+			if err := a.heartbeat(stream); err != nil {
+				return err
+			}
+			timer.Reset(Jitter(a.rng, interval, 0.1))
+		}
+	}
+}
+
+// heartbeat sends what the real agent sends: sequence, time, version,
+// uptime, load, free disk and facts. Uptime is measured right before the
+// send, so the controller's record of when it processed the heartbeat
+// minus SentAt(uptime) is the heartbeat's processing latency.
+func (a *Agent) heartbeat(stream grpc.BidiStreamingClient[ferryv1.ConnectRequest, ferryv1.ConnectResponse]) error {
+	seq := a.heartbeats.Add(1)
+	now := time.Now()
+	hb := &ferryv1.Heartbeat{
+		Seq:           uint64(seq),
+		SentAt:        timestamppb.New(now),
+		AgentVersion:  AgentVersion,
+		Uptime:        durationpb.New(now.Sub(a.start)),
+		Load1:         0.42,
+		Load5:         0.37,
+		Load15:        0.30,
+		DiskFreeBytes: 41 << 30,
+		Facts:         a.facts,
+	}
+	return stream.Send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Heartbeat{Heartbeat: hb}})
+}
