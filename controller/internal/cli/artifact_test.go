@@ -176,4 +176,18 @@ func TestArtifactCommands(t *testing.T) {
 	if code, _, errOut = run(t, cfg, "artifact", "inspect", "myapp@2.4.1"); code != 1 || !strings.Contains(errOut, "not found") {
 		t.Errorf("inspect after rm: exit %d, %q", code, errOut)
 	}
+
+	// A package that uses the tarball keeps it from being removed.
+	pkg := filepath.Join(dir, "go.yaml")
+	os.WriteFile(pkg, []byte("name: go\nversion: 1.20.3\nartifact: go1.20.3.linux-amd64.tar.gz@1.20.3\nsteps:\n  - archive: {dest: /usr/local/go, strip_components: 1}\n"), 0o644)
+	if code, out, errOut = run(t, cfg, "package", "apply", "-f", pkg); code != 0 {
+		t.Fatalf("package apply: exit %d, %s %s", code, out, errOut)
+	}
+	code, _, errOut = run(t, cfg, "artifact", "rm", "go1.20.3.linux-amd64.tar.gz@1.20.3")
+	if code != 1 || !strings.Contains(errOut, "used by package go@1.20.3") {
+		t.Errorf("rm of an artifact a package uses: exit %d, %q", code, errOut)
+	}
+	if code, out, _ = run(t, cfg, "artifact", "inspect", "go1.20.3.linux-amd64.tar.gz@1.20.3"); !strings.Contains(out, "Used by:   go@1.20.3") {
+		t.Errorf("inspect does not show the package: exit %d\n%s", code, out)
+	}
 }
