@@ -14,6 +14,8 @@
 // is hashed again from disk (by a reader trailing the writer, so hashing
 // overlaps the transfer and a reconnect never re-reads what was hashed),
 // and a file that does not match the digest is discarded and fetched again.
+// A cached file was verified when it entered the cache (it is read-only
+// from then on) and is not hashed again on every Ensure.
 package fetch
 
 import (
