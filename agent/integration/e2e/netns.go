@@ -63,8 +63,7 @@ type CutMode string
 const (
 	// CutDrop silently drops the peer's packets to the port and the
 	// host's replies: a partition. Neither side is told; each notices
-	// only through its own timeouts, and a connection resumes when the
-	// cut is restored soon enough.
+	// only through its own timeouts.
 	CutDrop CutMode = "drop"
 	// CutReset answers the peer's packets to the port with a TCP reset,
 	// as a firewall with a reject policy does: the peer learns at once

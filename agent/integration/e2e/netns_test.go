@@ -106,9 +106,12 @@ func TestE2ENetnsPartition(t *testing.T) {
 			id, cuts[id], unreachable.Round(10*time.Millisecond), (unreachable + age).Round(10*time.Millisecond), c.reason)
 	}
 
-	// Restore: both return to healthy. The dropped agent's connection
-	// resumes when its TCP retransmissions get through; the reset agent
-	// reconnects after its backoff (at most --reconnect-max, 30 s).
+	// Restore: both return to healthy, each on a new stream. The dropped
+	// agent gave up its connection about 10 s after its first heartbeat
+	// went unanswered (gRPC sets TCP_USER_TIMEOUT to its 10 s keepalive
+	// timeout) and is dialing: it is back as soon as a SYN gets through.
+	// The reset agent's dials were refused at once, so its backoff grew:
+	// it is back after its current delay (at most --reconnect-max, 30 s).
 	restored := newStateLog(h)
 	for id, mode := range cuts {
 		ctlHost.Restore(hosts[id].IP, port, mode)
