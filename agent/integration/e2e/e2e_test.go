@@ -348,7 +348,7 @@ func TestE2EDemoScript(t *testing.T) {
 		t.Fatal(err)
 	}
 	demoDir := filepath.Join(h.Dir(), "demo")
-	r := h.Exec([]string{"FERRY_BIN=" + filepath.Dir(h.Bin(e2e.CtlBinary)), "DEMO_DIR=" + demoDir, "DEMO_TIMEOUT=20"}, "bash", script)
+	r := h.ExecTimeout(4*time.Minute, []string{"FERRY_BIN=" + filepath.Dir(h.Bin(e2e.CtlBinary)), "DEMO_DIR=" + demoDir, "DEMO_TIMEOUT=20"}, "bash", script)
 	if r.Exit != 0 {
 		t.Fatalf("demo.sh failed: %s", r)
 	}
@@ -359,6 +359,19 @@ func TestE2EDemoScript(t *testing.T) {
 		}
 		if !regexp.MustCompile(`(?m)^` + id + `\s+\S+\s+left\s`).MatchString(r.Stdout) {
 			t.Errorf("demo output does not show %s left after the agents stopped:\n%s", id, r.Stdout)
+		}
+	}
+	// The story: a tampered push refused, staging and production rolled
+	// out, the toolchain runs from a node's install root, the undo worked.
+	for _, want := range []string{
+		"sha256 mismatch",
+		"go version go",
+		"3/3 done  succeeded 3  | succeeded",
+		"undo ro-",
+		"/usr/local/go is gone again",
+	} {
+		if !strings.Contains(r.Stdout+r.Stderr, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, r)
 		}
 	}
 	// Nothing it started is still running.

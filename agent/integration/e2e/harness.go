@@ -31,6 +31,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -144,9 +145,20 @@ const CommandTimeout = 30 * time.Second
 // started, or runs past CommandTimeout, fails the test.
 func (h *Harness) Exec(env []string, name string, args ...string) Result {
 	h.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), CommandTimeout)
+	return h.ExecTimeout(CommandTimeout, env, name, args...)
+}
+
+// ExecTimeout is Exec with its own time limit. The command runs in its own
+// process group, which is killed as a whole when the limit passes, so a
+// script's children cannot outlive it or hold its output open.
+func (h *Harness) ExecTimeout(timeout time.Duration, env []string, name string, args ...string) Result {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
 	cmd.Dir = h.dir
 	cmd.Env = append(os.Environ(), env...)
 	var stdout, stderr bytes.Buffer
@@ -156,7 +168,7 @@ func (h *Harness) Exec(env []string, name string, args ...string) Result {
 	var ee *exec.ExitError
 	switch {
 	case ctx.Err() != nil:
-		h.t.Fatalf("%s %s: still running after %v\n%s", name, strings.Join(args, " "), CommandTimeout, res)
+		h.t.Fatalf("%s %s: still running after %v\n%s", name, strings.Join(args, " "), timeout, res)
 	case err != nil && !errors.As(err, &ee):
 		h.t.Fatalf("%s %s: %v", name, strings.Join(args, " "), err)
 	}
