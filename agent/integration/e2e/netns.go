@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -40,6 +41,8 @@ type Network struct {
 	sw     string       // the switch namespace
 	uplink string       // the test side's veth, in the test's namespace
 	gw     netip.Addr   // the uplink's address (.254)
+	ip     string       // path of the ip command
+	nft    string       // path of the nft command
 
 	mu    sync.Mutex
 	hosts []*Host
@@ -91,12 +94,11 @@ func NewNetwork(t testing.TB) *Network {
 	if os.Geteuid() != 0 {
 		t.Skip("network namespace test skipped: needs root to create network namespaces and nftables rules (CI runs as root)")
 	}
-	for _, tool := range []string{"ip", "nft"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("network namespace test skipped: no %s command (install iproute2 and nftables)", tool)
-		}
+	ipCmd, nftCmd := findTool("ip"), findTool("nft")
+	if ipCmd == "" || nftCmd == "" {
+		t.Skip("network namespace test skipped: needs the ip and nft commands (install iproute2 and nftables)")
 	}
-	sweepStaleNamespaces(t)
+	sweepStaleNamespaces(t, ipCmd)
 
 	tag := make([]byte, 4)
 	if _, err := rand.Read(tag); err != nil {
@@ -107,24 +109,26 @@ func NewNetwork(t testing.TB) *Network {
 		t:      t,
 		name:   fmt.Sprintf("%s%d-%s", nsPrefix, os.Getpid(), hexTag),
 		uplink: "fe" + hexTag, // interface names are at most 15 bytes
+		ip:     ipCmd,
+		nft:    nftCmd,
 	}
 	n.prefix = n.pickPrefix()
 	n.gw = lastHost(n.prefix)
 	n.sw = n.name + "-sw"
 	t.Cleanup(n.cleanup)
 
-	if out, err := command(nil, "ip", "netns", "add", n.sw); err != nil {
+	if out, err := command(nil, n.ip, "netns", "add", n.sw); err != nil {
 		t.Skipf("network namespace test skipped: ip netns add failed (namespaces not permitted here?): %v: %s", err, out)
 	}
 	n.addNS(n.sw)
-	n.must("ip", "-n", n.sw, "link", "add", "br0", "type", "bridge")
-	n.must("ip", "-n", n.sw, "link", "set", "br0", "up")
+	n.must(n.ip, "-n", n.sw, "link", "add", "br0", "type", "bridge")
+	n.must(n.ip, "-n", n.sw, "link", "set", "br0", "up")
 	// The uplink: created in the test's namespace, its peer moved into the
 	// switch.
-	n.must("ip", "link", "add", n.uplink, "type", "veth", "peer", "name", "up0", "netns", n.sw)
-	n.must("ip", "-n", n.sw, "link", "set", "up0", "master", "br0", "up")
-	n.must("ip", "addr", "add", netip.PrefixFrom(n.gw, n.prefix.Bits()).String(), "dev", n.uplink)
-	n.must("ip", "link", "set", n.uplink, "up")
+	n.must(n.ip, "link", "add", n.uplink, "type", "veth", "peer", "name", "up0", "netns", n.sw)
+	n.must(n.ip, "-n", n.sw, "link", "set", "up0", "master", "br0", "up")
+	n.must(n.ip, "addr", "add", netip.PrefixFrom(n.gw, n.prefix.Bits()).String(), "dev", n.uplink)
+	n.must(n.ip, "link", "set", n.uplink, "up")
 	return n
 }
 
@@ -149,14 +153,14 @@ func (n *Network) AddHost(name string) *Host {
 		n.t.Fatalf("network %s is full", n.prefix)
 	}
 	h := &Host{n: n, Name: name, NS: n.name + "-" + name, IP: ip}
-	n.must("ip", "netns", "add", h.NS)
+	n.must(n.ip, "netns", "add", h.NS)
 	n.addNS(h.NS)
 	port := "h" + strconv.Itoa(idx)
-	n.must("ip", "-n", n.sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", h.NS)
-	n.must("ip", "-n", n.sw, "link", "set", port, "master", "br0", "up")
-	n.must("ip", "-n", h.NS, "link", "set", "lo", "up")
-	n.must("ip", "-n", h.NS, "addr", "add", netip.PrefixFrom(ip, n.prefix.Bits()).String(), "dev", "eth0")
-	n.must("ip", "-n", h.NS, "link", "set", "eth0", "up")
+	n.must(n.ip, "-n", n.sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", h.NS)
+	n.must(n.ip, "-n", n.sw, "link", "set", port, "master", "br0", "up")
+	n.must(n.ip, "-n", h.NS, "link", "set", "lo", "up")
+	n.must(n.ip, "-n", h.NS, "addr", "add", netip.PrefixFrom(ip, n.prefix.Bits()).String(), "dev", "eth0")
+	n.must(n.ip, "-n", h.NS, "link", "set", "eth0", "up")
 	n.mu.Lock()
 	n.hosts = append(n.hosts, h)
 	n.mu.Unlock()
@@ -165,7 +169,7 @@ func (n *Network) AddHost(name string) *Host {
 
 // Prefix is the command prefix that runs a program in the host's
 // namespace, for ControllerOptions.Prefix and AgentOptions.Prefix.
-func (h *Host) Prefix() []string { return []string{"ip", "netns", "exec", h.NS} }
+func (h *Host) Prefix() []string { return []string{h.n.ip, "netns", "exec", h.NS} }
 
 // Addr is the host's address with port, e.g. for a listen flag.
 func (h *Host) Addr(port int) string { return net.JoinHostPort(h.IP.String(), strconv.Itoa(port)) }
@@ -177,18 +181,18 @@ func (h *Host) Addr(port int) string { return net.JoinHostPort(h.IP.String(), st
 func (h *Host) Cut(peer netip.Addr, port int, mode CutMode) {
 	h.n.t.Helper()
 	h.ensureFirewall()
-	h.n.must("ip", "netns", "exec", h.NS, "nft", "add", "element", "inet", fwTable, h.setFor(mode), element(peer, port))
+	h.n.must(h.n.ip, "netns", "exec", h.NS, h.n.nft, "add", "element", "inet", fwTable, h.setFor(mode), element(peer, port))
 }
 
 // Restore removes a rule Cut added.
 func (h *Host) Restore(peer netip.Addr, port int, mode CutMode) {
 	h.n.t.Helper()
-	h.n.must("ip", "netns", "exec", h.NS, "nft", "delete", "element", "inet", fwTable, h.setFor(mode), element(peer, port))
+	h.n.must(h.n.ip, "netns", "exec", h.NS, h.n.nft, "delete", "element", "inet", fwTable, h.setFor(mode), element(peer, port))
 }
 
 // Ruleset is the host's nftables ruleset, for failure messages.
 func (h *Host) Ruleset() string {
-	out, err := command(nil, "ip", "netns", "exec", h.NS, "nft", "list", "ruleset")
+	out, err := command(nil, h.n.ip, "netns", "exec", h.NS, h.n.nft, "list", "ruleset")
 	if err != nil {
 		return fmt.Sprintf("nft list ruleset: %v: %s", err, out)
 	}
@@ -233,7 +237,7 @@ func (h *Host) ensureFirewall() {
 	}
 }
 `
-	if out, err := command([]byte(script), "ip", "netns", "exec", h.NS, "nft", "-f", "-"); err != nil {
+	if out, err := command([]byte(script), h.n.ip, "netns", "exec", h.NS, h.n.nft, "-f", "-"); err != nil {
 		h.n.t.Fatalf("nftables in namespace %s: %v: %s", h.NS, err, out)
 	}
 	h.fw = true
@@ -243,7 +247,7 @@ func (h *Host) ensureFirewall() {
 // test's namespace, so the uplink cannot capture anyone else's traffic.
 func (n *Network) pickPrefix() netip.Prefix {
 	n.t.Helper()
-	out, err := command(nil, "ip", "-4", "-o", "route", "show", "table", "all")
+	out, err := command(nil, n.ip, "-4", "-o", "route", "show", "table", "all")
 	if err != nil {
 		n.t.Fatalf("ip route show: %v: %s", err, out)
 	}
@@ -314,14 +318,14 @@ func (n *Network) cleanup() {
 	namespaces := append([]string(nil), n.ns...)
 	n.mu.Unlock()
 	for i := len(namespaces) - 1; i >= 0; i-- {
-		if out, err := command(nil, "ip", "netns", "delete", namespaces[i]); err != nil {
+		if out, err := command(nil, n.ip, "netns", "delete", namespaces[i]); err != nil {
 			n.t.Errorf("delete network namespace %s: %v: %s", namespaces[i], err, out)
 		}
 	}
 	// The uplink goes with its peer in the switch namespace; delete it
 	// explicitly in case the switch was never populated.
 	if _, err := net.InterfaceByName(n.uplink); err == nil {
-		if out, err := command(nil, "ip", "link", "delete", n.uplink); err != nil {
+		if out, err := command(nil, n.ip, "link", "delete", n.uplink); err != nil {
 			n.t.Errorf("delete uplink %s: %v: %s", n.uplink, err, out)
 		}
 	}
@@ -329,8 +333,8 @@ func (n *Network) cleanup() {
 
 // sweepStaleNamespaces deletes namespaces left by test processes that
 // are gone (a test binary killed before its cleanups ran).
-func sweepStaleNamespaces(t testing.TB) {
-	out, err := command(nil, "ip", "netns", "list")
+func sweepStaleNamespaces(t testing.TB, ipCmd string) {
+	out, err := command(nil, ipCmd, "netns", "list")
 	if err != nil {
 		return
 	}
@@ -347,12 +351,27 @@ func sweepStaleNamespaces(t testing.TB) {
 		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
 			continue // its test is still running
 		}
-		if out, err := command(nil, "ip", "netns", "delete", f[0]); err != nil {
+		if out, err := command(nil, ipCmd, "netns", "delete", f[0]); err != nil {
 			t.Logf("sweep stale network namespace %s: %v: %s", f[0], err, out)
 		} else {
 			t.Logf("deleted network namespace %s left by test process %d", f[0], pid)
 		}
 	}
+}
+
+// findTool returns the path of an administration command, looking in the
+// sbin folders too: they are often missing from PATH, even for root.
+func findTool(name string) string {
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/local/sbin"} {
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	return ""
 }
 
 // command runs a short command (ip, nft) with stdin and returns its
