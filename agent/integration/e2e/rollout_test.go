@@ -60,7 +60,8 @@ type rolloutFleet struct {
 	work   string // tarballs, checksum and package files
 }
 
-// agentArgs are extra `ferry-agent run` flags for every agent.
+// newRolloutFleet starts the controller and the six agents and waits until
+// all are healthy; agentArgs are extra `ferry-agent run` flags for each.
 func newRolloutFleet(t *testing.T, agentArgs ...string) *rolloutFleet {
 	t.Helper()
 	h := e2e.New(t)
@@ -564,9 +565,9 @@ func TestE2ERolloutStagingThenProductionAndUndo(t *testing.T) {
 		t.Errorf("waves: stage-1 %d, stage-2 %d; want the canary stage-1 in wave 0, stage-2 in wave 1", c.Wave, r.node("stage-2").Wave)
 	}
 	f.wantVersions("staging canary done, before promotion", map[string]string{"stage-1": "1.0.0", "stage-2": ""})
-	if !strings.Contains(bg.stdout.String(), "ferryctl rollout promote "+id) {
-		t.Errorf("ferryctl rollout does not tell how to promote (`ferryctl rollout promote %s`):\n%s", id, bg.stdout.String())
-	}
+	f.h.WaitFor("ferryctl rollout to say how to promote", 5*time.Second, func() (bool, string) {
+		return strings.Contains(bg.stdout.String(), "ferryctl rollout promote "+id), "output so far:\n" + bg.stdout.String()
+	})
 	f.h.MustCtl("rollout", "promote", id)
 	if res := bg.wait(t, rolloutTimeout); res.Exit != 0 {
 		t.Fatalf("ferryctl rollout to staging: %s\nstatus: %s", res, f.mustStatus(id).outcomes())
