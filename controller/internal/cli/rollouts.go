@@ -29,7 +29,7 @@ type strategyFlags struct {
 
 func (s *strategyFlags) add(cmd *cobra.Command) {
 	f := cmd.Flags()
-	f.Uint32Var(&s.canary, "canary", 1, "nodes that go first, alone; the rollout then waits for `rollout promote` unless --auto-promote")
+	f.Uint32Var(&s.canary, "canary", 1, "nodes that go first, alone; the rollout then waits for `rollout promote` unless --auto-promote (0: no canary wave)")
 	f.BoolVar(&s.autoPromote, "auto-promote", false, "continue after the canaries without waiting for promotion")
 	f.StringVar(&s.maxParallel, "max-parallel", "1", "jobs in flight at once: a count (2) or a percent of the targets (25%); a sliding window")
 	f.StringVar(&s.maxFailures, "max-failures", "0", "failures tolerated over the whole rollout: a count or a percent")
@@ -51,7 +51,7 @@ func (s *strategyFlags) proto() (*ferryv1.Strategy, error) {
 		return nil, fmt.Errorf("--on-failure %q: use pause, abort or rollback", s.onFailure)
 	}
 	return &ferryv1.Strategy{
-		Canary: s.canary, AutoPromote: s.autoPromote, MaxParallel: s.maxParallel, MaxFailures: s.maxFailures,
+		Canary: &s.canary, AutoPromote: s.autoPromote, MaxParallel: s.maxParallel, MaxFailures: s.maxFailures,
 		OnFailure: action, ProgressDeadline: durationpb.New(s.progressDeadline), HealthyFor: durationpb.New(s.healthyFor),
 	}, nil
 }

@@ -109,7 +109,7 @@ func TestCreateFillsCautiousDefaults(t *testing.T) {
 	h := newHarness(t, 3)
 	r := h.create(strat{})
 	s := r.Strategy
-	if s.Canary != 1 || s.AutoPromote || s.MaxParallel != "1" || s.MaxFailures != "0" ||
+	if s.GetCanary() != 1 || s.AutoPromote || s.MaxParallel != "1" || s.MaxFailures != "0" ||
 		s.OnFailure != actPause || s.ProgressDeadline.AsDuration() != 10*time.Minute || s.HealthyFor.AsDuration() != 10*time.Second {
 		t.Errorf("defaults = %v", s)
 	}
@@ -387,6 +387,24 @@ func TestAutoPromoteDoesNotWait(t *testing.T) {
 	}
 	if got := h.state(r.Id); got != stRunning {
 		t.Errorf("state %v", got)
+	}
+}
+
+// --canary 0 skips the canary wave: no promotion wait, the window starts
+// at once.
+func TestNoCanary(t *testing.T) {
+	h := newHarness(t, 3)
+	r := h.create(strat{noCanary: true, parallel: "2", healthy: time.Second})
+	if got := h.sentTo(r.Id); !slices.Equal(got, []string{"n00", "n01"}) {
+		t.Fatalf("without canaries: sent %v, want the first window at once", got)
+	}
+	for _, n := range r.Nodes {
+		if n.Wave != 1 {
+			t.Errorf("%s in wave %d, want 1", n.NodeId, n.Wave)
+		}
+	}
+	if got := h.state(r.Id); got != stRunning {
+		t.Errorf("state %v, want running", got)
 	}
 }
 

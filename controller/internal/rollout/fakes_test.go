@@ -370,6 +370,7 @@ func (h *harness) restart() { h.e = h.newEngine() }
 
 type strat struct {
 	canary           uint32
+	noCanary         bool // explicit --canary 0
 	auto             bool
 	parallel         string
 	failures         string
@@ -388,7 +389,7 @@ func (s strat) request() *ferryv1.CreateRolloutRequest {
 		PackageVersion: "1.20.3",
 		Target:         &ferryv1.Target{Group: "prod", Selector: s.selector},
 		Strategy: &ferryv1.Strategy{
-			Canary:      s.canary,
+			Canary:      canaryOf(s),
 			AutoPromote: s.auto,
 			MaxParallel: s.parallel,
 			MaxFailures: s.failures,
@@ -520,4 +521,16 @@ func outcomes(r *ferryv1.Rollout) map[string]ferryv1.NodeOutcome {
 		out[n.NodeId] = n.Outcome
 	}
 	return out
+}
+
+// canaryOf keeps the fakes' zero value meaning "unset"; noCanary asks for
+// an explicit 0.
+func canaryOf(s strat) *uint32 {
+	switch {
+	case s.noCanary:
+		return proto.Uint32(0)
+	case s.canary == 0:
+		return nil
+	}
+	return proto.Uint32(s.canary)
 }

@@ -423,8 +423,11 @@ func skipPending(ru *run, now time.Time, msg string) {
 func (e *Engine) fillWindow(ru *run, now time.Time, fx *effects) {
 	r := ru.r
 	slots := ru.st.maxParallel.parallel(len(r.GetNodes())) - ru.inFlightCount()
-	canariesDone, wave1Started := true, false
+	canariesDone, wave1Started, hasCanaries := true, false, false
 	for _, n := range r.GetNodes() {
+		if n.GetWave() == 0 {
+			hasCanaries = true
+		}
 		if n.GetWave() == 0 && !terminalOutcome(n.GetOutcome()) {
 			canariesDone = false
 		}
@@ -443,7 +446,8 @@ func (e *Engine) fillWindow(ru *run, now time.Time, fx *effects) {
 			if !canariesDone {
 				return
 			}
-			if !wave1Started && !ru.st.autoPromote && !ru.promoted {
+			// Without canaries (--canary 0) there is nothing to promote.
+			if hasCanaries && !wave1Started && !ru.st.autoPromote && !ru.promoted {
 				ru.setState(now, stWaiting, fmt.Sprintf("canaries done (%s); waiting for `ferryctl rollout promote %s`", canarySummary(r), r.GetId()))
 				return
 			}

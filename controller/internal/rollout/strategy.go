@@ -98,8 +98,8 @@ func withDefaults(s *ferryv1.Strategy) (*ferryv1.Strategy, strategy, error) {
 	if s != nil {
 		out = proto.Clone(s).(*ferryv1.Strategy)
 	}
-	if out.Canary == 0 {
-		out.Canary = DefaultCanary
+	if out.Canary == nil {
+		out.Canary = proto.Uint32(DefaultCanary)
 	}
 	if strings.TrimSpace(out.MaxParallel) == "" {
 		out.MaxParallel = DefaultMaxParallel
@@ -113,7 +113,7 @@ func withDefaults(s *ferryv1.Strategy) (*ferryv1.Strategy, strategy, error) {
 	if out.ProgressDeadline == nil || out.ProgressDeadline.AsDuration() == 0 {
 		out.ProgressDeadline = durationpb.New(DefaultProgressDeadline)
 	}
-	if out.HealthyFor == nil || out.HealthyFor.AsDuration() == 0 {
+	if out.HealthyFor == nil {
 		out.HealthyFor = durationpb.New(DefaultHealthyFor)
 	}
 	st, err := parseStrategy(out)

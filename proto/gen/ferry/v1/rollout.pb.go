@@ -301,8 +301,8 @@ func (x *Target) GetSelector() map[string]string {
 // Strategy controls pace and failure handling.
 type Strategy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Nodes that go first, alone (default 1).
-	Canary uint32 `protobuf:"varint,1,opt,name=canary,proto3" json:"canary,omitempty"`
+	// Nodes that go first, alone (unset: 1; 0: no canary wave).
+	Canary *uint32 `protobuf:"varint,1,opt,name=canary,proto3,oneof" json:"canary,omitempty"`
 	// Continue after the canaries without waiting for promotion.
 	AutoPromote bool `protobuf:"varint,2,opt,name=auto_promote,json=autoPromote,proto3" json:"auto_promote,omitempty"`
 	// Jobs in flight at once: a count ("2") or a percent of targets ("25%").
@@ -313,7 +313,8 @@ type Strategy struct {
 	OnFailure FailureAction `protobuf:"varint,5,opt,name=on_failure,json=onFailure,proto3,enum=ferry.v1.FailureAction" json:"on_failure,omitempty"`
 	// How long one node may take before it counts as failed.
 	ProgressDeadline *durationpb.Duration `protobuf:"bytes,6,opt,name=progress_deadline,json=progressDeadline,proto3" json:"progress_deadline,omitempty"`
-	// How long a node must keep heartbeating after its checks pass.
+	// How long a node must keep heartbeating after its checks pass (unset:
+	// 10s; 0s: no healthy period).
 	HealthyFor    *durationpb.Duration `protobuf:"bytes,7,opt,name=healthy_for,json=healthyFor,proto3" json:"healthy_for,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -350,8 +351,8 @@ func (*Strategy) Descriptor() ([]byte, []int) {
 }
 
 func (x *Strategy) GetCanary() uint32 {
-	if x != nil {
-		return x.Canary
+	if x != nil && x.Canary != nil {
+		return *x.Canary
 	}
 	return 0
 }
@@ -1698,9 +1699,9 @@ const file_ferry_v1_rollout_proto_rawDesc = "" +
 	"\bselector\x18\x02 \x03(\v2\x1e.ferry.v1.Target.SelectorEntryR\bselector\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc7\x02\n" +
-	"\bStrategy\x12\x16\n" +
-	"\x06canary\x18\x01 \x01(\rR\x06canary\x12!\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd7\x02\n" +
+	"\bStrategy\x12\x1b\n" +
+	"\x06canary\x18\x01 \x01(\rH\x00R\x06canary\x88\x01\x01\x12!\n" +
 	"\fauto_promote\x18\x02 \x01(\bR\vautoPromote\x12!\n" +
 	"\fmax_parallel\x18\x03 \x01(\tR\vmaxParallel\x12!\n" +
 	"\fmax_failures\x18\x04 \x01(\tR\vmaxFailures\x126\n" +
@@ -1708,7 +1709,8 @@ const file_ferry_v1_rollout_proto_rawDesc = "" +
 	"on_failure\x18\x05 \x01(\x0e2\x17.ferry.v1.FailureActionR\tonFailure\x12F\n" +
 	"\x11progress_deadline\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x10progressDeadline\x12:\n" +
 	"\vhealthy_for\x18\a \x01(\v2\x19.google.protobuf.DurationR\n" +
-	"healthyFor\"\xa7\x03\n" +
+	"healthyForB\t\n" +
+	"\a_canary\"\xa7\x03\n" +
 	"\aNodeJob\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12/\n" +
@@ -1946,6 +1948,7 @@ func file_ferry_v1_rollout_proto_init() {
 		return
 	}
 	file_ferry_v1_agent_proto_init()
+	file_ferry_v1_rollout_proto_msgTypes[1].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
