@@ -2,6 +2,7 @@ package fleettest
 
 import (
 	"context"
+	"google.golang.org/protobuf/proto"
 	"io"
 	"os"
 	"path/filepath"
@@ -65,7 +66,7 @@ func (f *fleet) wait(ctx context.Context, id string) *ferryv1.Rollout {
 }
 
 func fast() *ferryv1.Strategy {
-	return &ferryv1.Strategy{Canary: 1, AutoPromote: true, MaxParallel: "2", HealthyFor: durationpb.New(300 * time.Millisecond), ProgressDeadline: durationpb.New(30 * time.Second)}
+	return &ferryv1.Strategy{Canary: proto.Uint32(1), AutoPromote: true, MaxParallel: "2", HealthyFor: durationpb.New(300 * time.Millisecond), ProgressDeadline: durationpb.New(30 * time.Second)}
 }
 
 func TestRolloutInstallsAndUndoes(t *testing.T) {

@@ -345,10 +345,17 @@ func (a *app) rolloutStatusCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if a.output == "json" {
-				return a.printJSON(resp.Rollout)
-			}
 			r := resp.Rollout
+			failed := r.State != ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED && terminalState(r.State)
+			if a.output == "json" {
+				if err := a.printJSON(r); err != nil {
+					return err
+				}
+				if failed {
+					return &ExitError{Code: 1}
+				}
+				return nil
+			}
 			fmt.Fprintf(a.stdout, "Rollout:  %s\nPackage:  %s@%s\nTarget:   %s\nState:    %s  %s\nCreated:  %s by %s\n\n",
 				r.Id, r.PackageName, r.PackageVersion, targetString(r.Target), stateWord(r.State), r.Message,
 				r.CreatedAt.AsTime().Local().Format(time.RFC3339), r.CreatedBy)
@@ -368,7 +375,7 @@ func (a *app) rolloutStatusCmd() *cobra.Command {
 			if err := w.Flush(); err != nil {
 				return err
 			}
-			if r.State != ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED && terminalState(r.State) {
+			if failed {
 				return &ExitError{Code: 1}
 			}
 			return nil

@@ -74,6 +74,11 @@ type Config struct {
 	Logger *slog.Logger
 	// TickInterval is how often Run advances rollouts (default 500ms).
 	TickInterval time.Duration
+	// ReconnectGrace is how long after the engine starts a node whose turn
+	// comes but is not connected yet is waited for rather than marked
+	// unreachable (default 35s: the agents' longest reconnect delay plus
+	// slack; negative: none).
+	ReconnectGrace time.Duration
 	// PlanTimeout bounds how long a plan waits for agents (default 2m:
 	// agents download the artifact to plan an archive step).
 	PlanTimeout time.Duration
@@ -124,6 +129,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.TickInterval <= 0 {
 		cfg.TickInterval = 500 * time.Millisecond
+	}
+	if cfg.ReconnectGrace == 0 {
+		cfg.ReconnectGrace = 35 * time.Second
 	}
 	if cfg.PlanTimeout <= 0 {
 		cfg.PlanTimeout = 2 * time.Minute

@@ -1155,3 +1155,33 @@ func TestRunTicksUntilCancelled(t *testing.T) {
 		t.Errorf("Run = %v", err)
 	}
 }
+
+// Right after a controller restart, agents are still reconnecting: a node
+// whose turn comes then is waited for (within the grace), not marked
+// unreachable; after the grace it is.
+func TestReconnectGraceAfterRestart(t *testing.T) {
+	h := newHarness(t, 3)
+	r := h.create(strat{canary: 1, auto: true, parallel: "1", healthy: time.Second})
+	h.grace = 30 * time.Second
+	h.fleet.setState("n01", ferryv1.NodeState_NODE_STATE_STALE, false)
+	h.fleet.setState("n02", ferryv1.NodeState_NODE_STATE_STALE, false)
+	h.e = h.newEngine() // the restart
+	h.succeed(r.Id, "n00")
+	h.tick(time.Second)
+	h.tick(5 * time.Second)
+	if got := outcomes(h.get(r.Id)); got["n01"] != ocPending {
+		t.Fatalf("within the grace: outcomes %v, want n01 still pending", got)
+	}
+	// n01 reconnects and gets its job; n02 never does.
+	h.fleet.setState("n01", ferryv1.NodeState_NODE_STATE_HEALTHY, true)
+	h.tick(time.Second)
+	if sent := h.sentTo(r.Id); !slices.Contains(sent, "n01") {
+		t.Fatalf("n01 reconnected but got no job: sent %v", sent)
+	}
+	h.succeed(r.Id, "n01")
+	h.tick(time.Second)
+	h.tick(40 * time.Second)
+	if got := outcomes(h.get(r.Id)); got["n02"] != ocUnreachable {
+		t.Errorf("after the grace: outcomes %v, want n02 unreachable", got)
+	}
+}

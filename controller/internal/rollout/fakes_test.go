@@ -307,6 +307,7 @@ func (a *fakeAuditor) list() []string {
 // harness wires an engine to fakes.
 type harness struct {
 	t     *testing.T
+	grace time.Duration // Config.ReconnectGrace (default: none)
 	clock *fakeClock
 	store *fakeStore
 	fleet *fakeFleet
@@ -328,6 +329,7 @@ func newHarness(t *testing.T, count int) *harness {
 	}
 	h := &harness{
 		t:     t,
+		grace: -1,
 		clock: clock,
 		store: newFakeStore(),
 		fleet: fleet,
@@ -353,6 +355,9 @@ func (h *harness) newEngine() *Engine {
 		Clock:       h.clock,
 		Auditor:     h.audit,
 		PlanTimeout: 200 * time.Millisecond,
+		// Tests of "unreachable when its turn comes" run right after the
+		// engine starts; the grace has its own test.
+		ReconnectGrace: h.grace,
 		NewID: func() string {
 			h.ids++
 			return fmt.Sprintf("ro-%d", h.ids)

@@ -494,6 +494,14 @@ func (e *Engine) start(ru *run, n *ferryv1.NodeJob, now time.Time, fx *effects, 
 	before := proto.Clone(n).(*ferryv1.NodeJob)
 	n.StartedAt = timestamppb.New(now)
 	fn, ok := e.cfg.Fleet.Node(n.GetNodeId())
+	if ok && !reachable(fn) && fn.GetState() != ferryv1.NodeState_NODE_STATE_REMOVED && now.Sub(e.started) < e.cfg.ReconnectGrace {
+		// The controller has just (re)started and agents are still in
+		// their reconnect backoff: wait for them rather than mark a
+		// healthy fleet unreachable. The node stays pending and takes no
+		// window slot.
+		n.StartedAt = before.GetStartedAt()
+		return false
+	}
 	if !ok || !reachable(fn) {
 		e.finish(ru, n, ocUnreachable, now, fx, "not connected when its turn came ("+nodeStatus(fn, ok)+"); no job sent")
 		return false

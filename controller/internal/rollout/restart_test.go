@@ -130,6 +130,8 @@ func (w *world) newEngine() *Engine {
 		Packages:   w.pkgs,
 		Clock:      w.clock,
 		NewID:      func() string { return "ro-1" },
+		// Fleets here are connected; no grace needed.
+		ReconnectGrace: -1,
 	})
 	if err != nil {
 		w.t.Fatalf("New: %v", err)
