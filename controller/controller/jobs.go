@@ -48,9 +48,7 @@ type jobSink struct {
 }
 
 func (j jobSink) AgentHello(nodeID string, recent []*ferryv1.JobUpdate) {
-	for _, u := range recent {
-		j.engine.HandleJobUpdate(nodeID, u)
-	}
+	j.engine.NodeConnected(nodeID, recent)
 }
 
 func (j jobSink) HandleJobUpdate(nodeID string, u *ferryv1.JobUpdate) {

@@ -3,6 +3,7 @@ package rollout
 import (
 	"context"
 	"fmt"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"sort"
 	"strings"
 	"time"
@@ -723,4 +724,56 @@ func (w *watcher) close() {
 	if w.stop != nil {
 		w.stop()
 	}
+}
+
+// NodeConnected is called when a node's agent opens its stream, with the
+// job outcomes its hello re-reports. They are handled first; then every job
+// the engine has in flight on the node that the agent did not mention is
+// sent again under the same ID. The agent never runs a job twice (it keeps
+// the results of the jobs it ran, and ignores a job it is running), so this
+// only reaches jobs it never got or lost before installing anything: a job
+// sent just before a controller crash, or one whose download an agent
+// restart interrupted (the download then resumes from what is on disk).
+func (e *Engine) NodeConnected(nodeID string, reported []*ferryv1.JobUpdate) {
+	known := map[string]bool{}
+	for _, u := range reported {
+		known[u.GetJobId()] = true
+		e.HandleJobUpdate(nodeID, u)
+	}
+	e.mu.Lock()
+	for _, ru := range e.runs {
+		if ru.frozen || ru.ended() {
+			continue
+		}
+		n := ru.node(nodeID)
+		if n == nil || n.GetJobId() == "" || known[n.GetJobId()] {
+			continue
+		}
+		switch n.GetOutcome() {
+		case ocDownloading, ocInstalling, ocChecking:
+		default:
+			continue
+		}
+		pkg, err := e.loadPackage(ru)
+		if err != nil {
+			e.log.Error("cannot resend job", "rollout", ru.r.GetId(), "node", nodeID, "err", err)
+			continue
+		}
+		kind := ru.r.GetJobKind()
+		if n.GetJobId() == rollbackJobID(ru.r.GetId(), nodeID) {
+			kind = kindRollback
+		}
+		e.log.Info("resending in-flight job to a reconnected node", "rollout", ru.r.GetId(), "node", nodeID, "job", n.GetJobId())
+		e.queue.ops = append(e.queue.ops, op{
+			rolloutID: ru.r.GetId(),
+			nodeID:    nodeID,
+			outcome:   n.GetOutcome(),
+			job: &ferryv1.Job{
+				Id: n.GetJobId(), RolloutId: ru.r.GetId(), Kind: kind, Package: pkg,
+				Deadline: durationpb.New(ru.st.progressDeadline),
+			},
+		})
+	}
+	e.mu.Unlock()
+	e.drain()
 }

@@ -1185,3 +1185,31 @@ func TestReconnectGraceAfterRestart(t *testing.T) {
 		t.Errorf("after the grace: outcomes %v, want n02 unreachable", got)
 	}
 }
+
+// A node that reconnects without mentioning its in-flight job (its agent
+// restarted mid-download, or the job was lost in a controller crash) gets
+// the same job again; a node that re-reports it does not.
+func TestNodeConnectedResendsUnknownJobs(t *testing.T) {
+	h := newHarness(t, 2)
+	r := h.create(strat{canary: 1, auto: true, parallel: "1", healthy: time.Second})
+	if got := h.sentTo(r.Id); !slices.Equal(got, []string{"n00"}) {
+		t.Fatalf("sent %v", got)
+	}
+	jobID := nodeOf(h.get(r.Id), "n00").JobId
+	h.e.NodeConnected("n00", nil)
+	if got := h.sentTo(r.Id); !slices.Equal(got, []string{"n00", "n00"}) {
+		t.Fatalf("after a reconnect without the job: sent %v, want n00 twice", got)
+	}
+	if d := h.disp.deliveries(); d[1].job.Id != jobID {
+		t.Errorf("resent job %q, want the same ID %q", d[1].job.Id, jobID)
+	}
+	h.e.NodeConnected("n00", []*ferryv1.JobUpdate{{JobId: jobID, RolloutId: r.Id, Phase: ferryv1.JobPhase_JOB_PHASE_INSTALLING}})
+	if got := h.sentTo(r.Id); len(got) != 2 {
+		t.Errorf("a node that re-reports its job got it again: sent %v", got)
+	}
+	// Nodes with nothing in flight get nothing.
+	h.e.NodeConnected("n01", nil)
+	if got := h.sentTo(r.Id); len(got) != 2 {
+		t.Errorf("pending node n01 got a job on connect: sent %v", got)
+	}
+}
