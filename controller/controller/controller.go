@@ -197,6 +197,7 @@ func New(cfg Config) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.reg.MustRegister(rolloutCollector{engine: c.engine})
 	deps.Jobs = jobSink{engine: c.engine, store: c.store, metrics: m, log: c.log, now: cfg.Now}
 	server.Register(c.grpc, deps)
 	server.RegisterRollouts(c.grpc, deps, c.engine)

@@ -54,16 +54,27 @@ func (j jobSink) AgentHello(nodeID string, recent []*ferryv1.JobUpdate) {
 func (j jobSink) HandleJobUpdate(nodeID string, u *ferryv1.JobUpdate) {
 	switch u.GetPhase() {
 	case ferryv1.JobPhase_JOB_PHASE_SUCCEEDED, ferryv1.JobPhase_JOB_PHASE_UNCHANGED, ferryv1.JobPhase_JOB_PHASE_FAILED:
+		// From dispatch to the final report, as the engine recorded it.
 		var d time.Duration
-		for _, s := range u.GetSteps() {
-			d += s.GetDuration().AsDuration()
+		if r, err := j.engine.Get(u.GetRolloutId()); err == nil {
+			for _, n := range r.GetNodes() {
+				inFlight := n.GetOutcome() == ferryv1.NodeOutcome_NODE_OUTCOME_DOWNLOADING ||
+					n.GetOutcome() == ferryv1.NodeOutcome_NODE_OUTCOME_INSTALLING ||
+					n.GetOutcome() == ferryv1.NodeOutcome_NODE_OUTCOME_CHECKING && n.GetFinishedAt() == nil
+				// Only the first final report counts (re-reports are ignored).
+				if inFlight && n.GetNodeId() == nodeID && n.GetJobId() == u.GetJobId() && n.GetStartedAt() != nil {
+					d = j.now().Sub(n.GetStartedAt().AsTime())
+				}
+			}
 		}
 		outcome := map[ferryv1.JobPhase]string{
 			ferryv1.JobPhase_JOB_PHASE_SUCCEEDED: "succeeded",
 			ferryv1.JobPhase_JOB_PHASE_UNCHANGED: "unchanged",
 			ferryv1.JobPhase_JOB_PHASE_FAILED:    "failed",
 		}[u.GetPhase()]
-		j.metrics.InstallDuration.WithLabelValues(outcome).Observe(d.Seconds())
+		if d > 0 {
+			j.metrics.InstallDuration.WithLabelValues(outcome).Observe(d.Seconds())
+		}
 	}
 	j.engine.HandleJobUpdate(nodeID, u)
 }
