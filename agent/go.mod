@@ -10,7 +10,10 @@ require (
 	google.golang.org/protobuf v1.36.12
 )
 
-require github.com/klauspost/compress v1.20.3 // indirect
+require (
+	github.com/klauspost/compress v1.20.3 // indirect
+	github.com/prometheus/client_golang v1.25.0 // indirect
+)
 
 replace (
 	github.com/ferrydeploy/ferry/proto => ../proto

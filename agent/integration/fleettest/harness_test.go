@@ -35,11 +35,12 @@ type fleet struct {
 }
 
 type testAgent struct {
-	id       string
-	stateDir string
-	proxy    *proxy
-	cancel   context.CancelFunc
-	done     chan error
+	id          string
+	metricsAddr string // --metrics-listen, "" = off
+	stateDir    string
+	proxy       *proxy
+	cancel      context.CancelFunc
+	done        chan error
 }
 
 func testLogger(t *testing.T) *slog.Logger {
@@ -140,7 +141,7 @@ func (f *fleet) start(a *testAgent) {
 	ag, err := agent.New(agent.Config{
 		StateDir: a.stateDir, Root: root, Controller: a.proxy.addr(),
 		BackoffBase: 50 * time.Millisecond, BackoffMax: 300 * time.Millisecond, Logger: testLogger(f.t).With("agent", a.id),
-		Gossip: gossipConfig(f.gossip),
+		Gossip: gossipConfig(f.gossip), MetricsAddr: a.metricsAddr,
 	})
 	if err != nil {
 		f.t.Fatalf("agent %s: %v", a.id, err)

@@ -2,6 +2,7 @@ package fleettest
 
 import (
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -53,3 +54,32 @@ func TestMetricsArePromlintClean(t *testing.T) {
 }
 
 func body2(b []byte) string { return "\n" + string(b) }
+
+// The agent serves its own /metrics when asked to (off by default).
+func TestAgentMetrics(t *testing.T) {
+	f := newFleet(t, nil)
+	a := f.enroll("am1", f.token("staging", 1))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.metricsAddr = lis.Addr().String()
+	lis.Close()
+	f.start(a)
+	f.waitState("am1", healthy, 5*time.Second)
+	time.Sleep(3 * f.hbEvery)
+	resp, err := http.Get("http://" + a.metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"ferry_agent_connected 1", "ferry_agent_build_info{"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("agent /metrics lacks %q", want)
+		}
+	}
+	if strings.Contains(string(body), "ferry_agent_heartbeats_sent_total 0\n") {
+		t.Errorf("agent counted no heartbeats")
+	}
+}

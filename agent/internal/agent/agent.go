@@ -44,6 +44,8 @@ type Config struct {
 	Now               func() time.Time
 	Rand              *rand.Rand // jitter source
 	Gossip            GossipConfig
+	// MetricsAddr serves the agent's /metrics there ("" = off, the default).
+	MetricsAddr string
 	// NewFetcher builds the artifact downloader on the agent's connection.
 	NewFetcher func(ferryv1.AgentServiceClient) (Fetcher, error)
 }
@@ -55,13 +57,14 @@ type Agent struct {
 	id      *identity.Identity
 	started time.Time
 
-	mu     sync.Mutex
-	rng    *rand.Rand
-	seq    uint64
-	sendMu sync.Mutex
-	stream grpc.BidiStreamingClient[ferryv1.ConnectRequest, ferryv1.ConnectResponse]
-	member *gossip.Member
-	jobs   *jobRunner
+	mu      sync.Mutex
+	rng     *rand.Rand
+	seq     uint64
+	sendMu  sync.Mutex
+	stream  grpc.BidiStreamingClient[ferryv1.ConnectRequest, ferryv1.ConnectResponse]
+	member  *gossip.Member
+	jobs    *jobRunner
+	metrics *agentMetrics
 }
 
 func (a *Agent) version() string { return version.Version }
@@ -109,6 +112,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("installer: %w", err)
 	}
 	a.jobs = newJobRunner(a, inst)
+	a.metrics = newAgentMetrics()
 	return a, nil
 }
 
@@ -178,6 +182,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer stopJobs()
 	go a.jobs.run(jobsCtx)
 
+	if a.cfg.MetricsAddr != "" {
+		if err := a.serveMetrics(ctx, a.cfg.MetricsAddr); err != nil {
+			return fmt.Errorf("--metrics-listen %s: %w", a.cfg.MetricsAddr, err)
+		}
+	}
 	a.startGossip()
 	defer a.leaveGossip()
 	// Ready once the identity and installer are loaded: a node that cannot
@@ -204,6 +213,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		delay := a.backoff(attempt)
 		attempt++
+		a.metrics.reconnects.Inc()
 		switch status.Code(err) {
 		case codes.PermissionDenied, codes.Unauthenticated:
 			// Retrying fast cannot help (the node was removed, or its
@@ -261,7 +271,9 @@ func (a *Agent) session(ctx context.Context, client ferryv1.AgentServiceClient) 
 	a.sendMu.Lock()
 	a.stream = stream
 	a.sendMu.Unlock()
+	a.metrics.connected.Set(1)
 	defer func() {
+		a.metrics.connected.Set(0)
 		a.sendMu.Lock()
 		a.stream = nil
 		a.sendMu.Unlock()
@@ -333,7 +345,11 @@ func (a *Agent) heartbeat() error {
 		Facts:         facts.Detect(),
 		Installed:     a.jobs.inst.Installed(),
 	}
-	return a.send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Heartbeat{Heartbeat: hb}})
+	if err := a.send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Heartbeat{Heartbeat: hb}}); err != nil {
+		return err
+	}
+	a.metrics.heartbeats.Inc()
+	return nil
 }
 
 // handle processes one controller message.

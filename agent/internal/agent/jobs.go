@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -152,6 +153,7 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 	if final.JobId == "" {
 		final.JobId, final.RolloutId = job.GetId(), job.GetRolloutId()
 	}
+	r.a.metrics.jobs.WithLabelValues(strings.ToLower(strings.TrimPrefix(final.GetPhase().String(), "JOB_PHASE_"))).Inc()
 	log.Info("job finished", "phase", final.GetPhase(), "failed_step", final.GetFailedStep(), "message", final.GetMessage())
 	r.report(final)
 }

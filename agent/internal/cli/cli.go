@@ -114,6 +114,7 @@ func runAgent(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.Gossip.Addr, "gossip-listen", ":7946", `gossip (memberlist) bind address; "" disables gossip`)
 	fs.StringVar(&cfg.Gossip.AdvertiseAddr, "gossip-advertise", "", "gossip address peers dial (default: the bound address)")
 	fs.StringVar(&cfg.Gossip.Profile, "gossip-profile", "lan", "gossip timings: lan, local or wan")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-listen", "", `serve the agent's /metrics on this address, e.g. 127.0.0.1:9481 ("" = off)`)
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return err
