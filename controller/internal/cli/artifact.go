@@ -106,17 +106,16 @@ read as amd64 and aarch64 as arm64). --timeout does not limit the upload.`,
 			if err != nil {
 				return err
 			}
-			if a.output == "json" {
-				return a.printJSON(resp)
-			}
-			art := resp.Artifact
-			if !resp.Created {
-				fmt.Fprintf(a.stdout, "artifact %s unchanged: these bytes are already stored (%s)\n", artifact.Key(art), art.Digest)
+			return a.show(resp, func() error {
+				art := resp.Artifact
+				if !resp.Created {
+					fmt.Fprintf(a.stdout, "artifact %s unchanged: these bytes are already stored (%s)\n", artifact.Key(art), art.Digest)
+					return nil
+				}
+				secs := time.Since(start).Seconds()
+				fmt.Fprintf(a.stdout, "artifact %s pushed: %s, %s%s, %s in %.1fs\n", artifact.Key(art), art.Digest, humanBytes(art.Size), platform(art), checkedBy(source), secs)
 				return nil
-			}
-			secs := time.Since(start).Seconds()
-			fmt.Fprintf(a.stdout, "artifact %s pushed: %s, %s%s, %s in %.1fs\n", artifact.Key(art), art.Digest, humanBytes(art.Size), platform(art), checkedBy(source), secs)
-			return nil
+			})
 		},
 	}
 	fl := push.Flags()
@@ -196,30 +195,20 @@ func (a *app) artifactListCmd() *cobra.Command {
 			if err := a.checkOutput(); err != nil {
 				return err
 			}
-			conn, err := a.connect()
+			resp, err := call(a, cmd, ferryv1.NewArtifactServiceClient, ferryv1.ArtifactServiceClient.ListArtifacts, &ferryv1.ListArtifactsRequest{Name: name})
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := ferryv1.NewArtifactServiceClient(conn).ListArtifacts(ctx, &ferryv1.ListArtifactsRequest{Name: name})
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(resp)
-			}
-			w := a.table()
-			fmt.Fprintln(w, "NAME\tVERSION\tOS/ARCH\tSIZE\tDIGEST\tPUSHED\tBY")
-			now := time.Now()
-			for _, art := range resp.Artifacts {
-				plat := "-"
-				if art.Os != "" || art.Arch != "" {
-					plat = orDash(art.Os) + "/" + orDash(art.Arch)
-				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s ago\t%s\n", art.Name, art.Version, plat, humanBytes(art.Size), shortDigest(art.Digest), age(now.Sub(art.PushedAt.AsTime())), orDash(art.PushedBy))
-			}
-			return w.Flush()
+			return a.show(resp, func() error {
+				now := time.Now()
+				return printTable(a, []string{"NAME", "VERSION", "OS/ARCH", "SIZE", "DIGEST", "PUSHED", "BY"}, resp.Artifacts, func(art *ferryv1.Artifact) []string {
+					plat := "-"
+					if art.Os != "" || art.Arch != "" {
+						plat = orDash(art.Os) + "/" + orDash(art.Arch)
+					}
+					return []string{art.Name, art.Version, plat, humanBytes(art.Size), shortDigest(art.Digest), age(now.Sub(art.PushedAt.AsTime())) + " ago", orDash(art.PushedBy)}
+				})
+			})
 		},
 	}
 	list.Flags().StringVar(&name, "name", "", "only artifacts with this name")
@@ -238,28 +227,21 @@ func (a *app) artifactInspectCmd() *cobra.Command {
 			if err := a.checkOutput(); err != nil {
 				return err
 			}
-			conn, err := a.connect()
+			resp, err := call(a, cmd, ferryv1.NewArtifactServiceClient, ferryv1.ArtifactServiceClient.GetArtifact, &ferryv1.GetArtifactRequest{Ref: args[0]})
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := ferryv1.NewArtifactServiceClient(conn).GetArtifact(ctx, &ferryv1.GetArtifactRequest{Ref: args[0]})
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(resp)
-			}
-			art := resp.Artifact
-			refs := "-"
-			if len(resp.ReferencedBy) > 0 {
-				refs = strings.Join(resp.ReferencedBy, ", ")
-			}
-			fmt.Fprintf(a.stdout, "Name:      %s\nVersion:   %s\nOS/Arch:   %s/%s\nSize:      %s (%d bytes)\nDigest:    %s\nPushed:    %s by %s\nUsed by:   %s\n",
-				art.Name, art.Version, orDash(art.Os), orDash(art.Arch), humanBytes(art.Size), art.Size, art.Digest,
-				art.PushedAt.AsTime().Local().Format(time.RFC3339), orDash(art.PushedBy), refs)
-			return nil
+			return a.show(resp, func() error {
+				art := resp.Artifact
+				refs := "-"
+				if len(resp.ReferencedBy) > 0 {
+					refs = strings.Join(resp.ReferencedBy, ", ")
+				}
+				fmt.Fprintf(a.stdout, "Name:      %s\nVersion:   %s\nOS/Arch:   %s/%s\nSize:      %s (%d bytes)\nDigest:    %s\nPushed:    %s by %s\nUsed by:   %s\n",
+					art.Name, art.Version, orDash(art.Os), orDash(art.Arch), humanBytes(art.Size), art.Size, art.Digest,
+					art.PushedAt.AsTime().Local().Format(time.RFC3339), orDash(art.PushedBy), refs)
+				return nil
+			})
 		},
 	}
 }
@@ -271,21 +253,14 @@ func (a *app) artifactRmCmd() *cobra.Command {
 		Long:  "Remove an artifact. It is refused while a package references the artifact's bytes. " + refHelp,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			conn, err := a.connect()
+			resp, err := call(a, cmd, ferryv1.NewArtifactServiceClient, ferryv1.ArtifactServiceClient.DeleteArtifact, &ferryv1.DeleteArtifactRequest{Ref: args[0]})
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := ferryv1.NewArtifactServiceClient(conn).DeleteArtifact(ctx, &ferryv1.DeleteArtifactRequest{Ref: args[0]})
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(resp)
-			}
-			fmt.Fprintf(a.stdout, "artifact %s (%s) removed\n", artifact.Key(resp.Artifact), shortDigest(resp.Artifact.Digest))
-			return nil
+			return a.show(resp, func() error {
+				fmt.Fprintf(a.stdout, "artifact %s (%s) removed\n", artifact.Key(resp.Artifact), shortDigest(resp.Artifact.Digest))
+				return nil
+			})
 		},
 	}
 }

@@ -135,8 +135,36 @@ func (a *app) connect() (*grpc.ClientConn, error) {
 	return conn, nil
 }
 
-func (a *app) ctx(cmd *cobra.Command) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(cmd.Context(), a.timeout)
+// rpc runs fn with the controller connection and a context bounded by
+// --timeout: the frame of every unary call.
+func (a *app) rpc(cmd *cobra.Command, fn func(ctx context.Context, conn *grpc.ClientConn) error) error {
+	return a.rpcWithin(cmd, a.timeout, fn)
+}
+
+// rpcWithin is rpc with another time limit.
+func (a *app) rpcWithin(cmd *cobra.Command, limit time.Duration, fn func(ctx context.Context, conn *grpc.ClientConn) error) error {
+	conn, err := a.connect()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), limit)
+	defer cancel()
+	return fn(ctx, conn)
+}
+
+// call makes one unary RPC within --timeout. newClient is the service's
+// generated constructor and method the RPC as a method expression, e.g.
+//
+//	resp, err := call(a, cmd, ferryv1.NewTokenServiceClient, ferryv1.TokenServiceClient.ListTokens, req)
+func call[C, Req, Resp any](a *app, cmd *cobra.Command, newClient func(grpc.ClientConnInterface) C,
+	method func(C, context.Context, *Req, ...grpc.CallOption) (*Resp, error), req *Req) (*Resp, error) {
+	var resp *Resp
+	err := a.rpc(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+		var err error
+		resp, err = method(newClient(conn), ctx, req)
+		return err
+	})
+	return resp, err
 }
 
 func (a *app) checkOutput() error {
@@ -157,14 +185,29 @@ func (a *app) printJSON(m proto.Message) error {
 	return err
 }
 
+// show prints m as JSON with -o json, and otherwise runs text, the
+// command's human-readable form.
+func (a *app) show(m proto.Message, text func() error) error {
+	if a.output == "json" {
+		return a.printJSON(m)
+	}
+	return text()
+}
+
 func (a *app) printRawJSON(v any) error {
 	enc := json.NewEncoder(a.stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
 
-func (a *app) table() *tabwriter.Writer {
-	return tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+// printTable writes a header and one row per item as aligned columns.
+func printTable[T any](a *app, header []string, items []T, row func(T) []string) error {
+	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, strings.Join(header, "\t"))
+	for _, it := range items {
+		fmt.Fprintln(w, strings.Join(row(it), "\t"))
+	}
+	return w.Flush()
 }
 
 // age formats a duration the way kubectl does: 5s, 3m, 2h, 4d.

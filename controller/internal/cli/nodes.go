@@ -41,41 +41,14 @@ func (a *app) nodesCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			conn, err := a.connect()
-			if err != nil {
-				return err
-			}
-			client := ferryv1.NewNodeServiceClient(conn)
 			if watch {
-				stream, err := client.WatchNodes(cmd.Context(), &ferryv1.WatchNodesRequest{Group: group, States: st})
-				if err != nil {
-					return err
-				}
-				for {
-					m, err := stream.Recv()
-					if err != nil {
-						return err
-					}
-					if a.output == "json" {
-						if err := a.printJSON(m.Node); err != nil {
-							return err
-						}
-						continue
-					}
-					n := m.Node
-					fmt.Fprintf(a.stdout, "%s  %-10s %-12s %s\n", time.Now().Format("15:04:05"), n.Id, metrics.StateName(n.State), n.StateReason)
-				}
+				return a.watchNodes(cmd, &ferryv1.WatchNodesRequest{Group: group, States: st})
 			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := client.ListNodes(ctx, &ferryv1.ListNodesRequest{Group: group, States: st})
+			resp, err := call(a, cmd, ferryv1.NewNodeServiceClient, ferryv1.NodeServiceClient.ListNodes, &ferryv1.ListNodesRequest{Group: group, States: st})
 			if err != nil {
 				return err
 			}
-			if a.output == "json" {
-				return a.printJSON(resp)
-			}
-			return a.printNodes(resp.Nodes)
+			return a.show(resp, func() error { return a.printNodes(resp.Nodes) })
 		},
 	}
 	cmd.Flags().StringVar(&group, "group", "", "only nodes of this group")
@@ -84,18 +57,42 @@ func (a *app) nodesCmd() *cobra.Command {
 	return cmd
 }
 
+// watchNodes prints each change to a node until the stream ends (without
+// --timeout: a watch lasts until interrupted).
+func (a *app) watchNodes(cmd *cobra.Command, req *ferryv1.WatchNodesRequest) error {
+	conn, err := a.connect()
+	if err != nil {
+		return err
+	}
+	stream, err := ferryv1.NewNodeServiceClient(conn).WatchNodes(cmd.Context(), req)
+	if err != nil {
+		return err
+	}
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		if a.output == "json" {
+			if err := a.printJSON(m.Node); err != nil {
+				return err
+			}
+			continue
+		}
+		n := m.Node
+		fmt.Fprintf(a.stdout, "%s  %-10s %-12s %s\n", time.Now().Format("15:04:05"), n.Id, metrics.StateName(n.State), n.StateReason)
+	}
+}
+
 func (a *app) printNodes(nodes []*ferryv1.Node) error {
-	w := a.table()
-	fmt.Fprintln(w, "NODE\tGROUP\tSTATE\tHEARTBEAT\tVERSION\tADDRESS\tREASON")
 	now := time.Now()
-	for _, n := range nodes {
+	return printTable(a, []string{"NODE", "GROUP", "STATE", "HEARTBEAT", "VERSION", "ADDRESS", "REASON"}, nodes, func(n *ferryv1.Node) []string {
 		hb := "-"
 		if n.LastHeartbeat != nil {
 			hb = age(now.Sub(n.LastHeartbeat.AsTime())) + " ago"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Id, n.Group, metrics.StateName(n.State), hb, orDash(n.AgentVersion), orDash(n.Address), n.StateReason)
-	}
-	return w.Flush()
+		return []string{n.Id, n.Group, metrics.StateName(n.State), hb, orDash(n.AgentVersion), orDash(n.Address), n.StateReason}
+	})
 }
 
 func (a *app) nodeCmd() *cobra.Command {
@@ -105,13 +102,7 @@ func (a *app) nodeCmd() *cobra.Command {
 		Short: "Revoke a node: its stream is closed and its certificate refused",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			conn, err := a.connect()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			if _, err := ferryv1.NewNodeServiceClient(conn).RemoveNode(ctx, &ferryv1.RemoveNodeRequest{Id: args[0]}); err != nil {
+			if _, err := call(a, cmd, ferryv1.NewNodeServiceClient, ferryv1.NodeServiceClient.RemoveNode, &ferryv1.RemoveNodeRequest{Id: args[0]}); err != nil {
 				return err
 			}
 			fmt.Fprintf(a.stdout, "node %s removed; it can no longer connect\n", args[0])

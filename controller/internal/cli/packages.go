@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,26 +37,20 @@ func (a *app) packageCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			conn, err := a.connect()
+			resp, err := call(a, cmd, ferryv1.NewPackageServiceClient, ferryv1.PackageServiceClient.ApplyPackage,
+				&ferryv1.ApplyPackageRequest{Yaml: string(data), Filename: filepath.Base(file)})
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := ferryv1.NewPackageServiceClient(conn).ApplyPackage(ctx, &ferryv1.ApplyPackageRequest{Yaml: string(data), Filename: filepath.Base(file)})
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(resp)
-			}
-			p := resp.Package
-			verb := "created"
-			if !resp.Created {
-				verb = "unchanged (identical content already stored)"
-			}
-			fmt.Fprintf(a.stdout, "package %s@%s %s; artifact %s (%s), %d steps\n", p.Name, p.Version, verb, p.GetArtifact().GetName(), shortDigest(p.GetArtifact().GetDigest()), len(p.Steps))
-			return nil
+			return a.show(resp, func() error {
+				p := resp.Package
+				verb := "created"
+				if !resp.Created {
+					verb = "unchanged (identical content already stored)"
+				}
+				fmt.Fprintf(a.stdout, "package %s@%s %s; artifact %s (%s), %d steps\n", p.Name, p.Version, verb, p.GetArtifact().GetName(), shortDigest(p.GetArtifact().GetDigest()), len(p.Steps))
+				return nil
+			})
 		},
 	}
 	apply.Flags().StringVarP(&file, "file", "f", "", "package YAML file")
@@ -66,25 +61,16 @@ func (a *app) packageCmd() *cobra.Command {
 		Short: "List package versions",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			conn, err := a.connect()
+			resp, err := call(a, cmd, ferryv1.NewPackageServiceClient, ferryv1.PackageServiceClient.ListPackages, &ferryv1.ListPackagesRequest{Name: name})
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := ferryv1.NewPackageServiceClient(conn).ListPackages(ctx, &ferryv1.ListPackagesRequest{Name: name})
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(resp)
-			}
-			w := a.table()
-			fmt.Fprintln(w, "PACKAGE\tARTIFACT\tDIGEST\tSTEPS\tCREATED\tBY")
-			for _, p := range resp.Packages {
-				fmt.Fprintf(w, "%s@%s\t%s\t%s\t%d\t%s\t%s\n", p.Name, p.Version, orDash(p.GetArtifact().GetName()), shortDigest(p.GetArtifact().GetDigest()), len(p.Steps), p.CreatedAt.AsTime().Local().Format(time.RFC3339), p.CreatedBy)
-			}
-			return w.Flush()
+			return a.show(resp, func() error {
+				return printTable(a, []string{"PACKAGE", "ARTIFACT", "DIGEST", "STEPS", "CREATED", "BY"}, resp.Packages, func(p *ferryv1.Package) []string {
+					return []string{p.Name + "@" + p.Version, orDash(p.GetArtifact().GetName()), shortDigest(p.GetArtifact().GetDigest()),
+						strconv.Itoa(len(p.Steps)), p.CreatedAt.AsTime().Local().Format(time.RFC3339), p.CreatedBy}
+				})
+			})
 		},
 	}
 	list.Flags().StringVar(&name, "name", "", "only this package")
@@ -98,24 +84,17 @@ func (a *app) packageCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			conn, err := a.connect()
+			resp, err := call(a, cmd, ferryv1.NewPackageServiceClient, ferryv1.PackageServiceClient.GetPackage, &ferryv1.GetPackageRequest{Name: n, Version: v})
 			if err != nil {
 				return err
-			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := ferryv1.NewPackageServiceClient(conn).GetPackage(ctx, &ferryv1.GetPackageRequest{Name: n, Version: v})
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(resp.Package)
 			}
 			p := resp.Package
-			fmt.Fprintf(a.stdout, "Package:   %s@%s\nArtifact:  %s %s (%d bytes)\nContent:   %s\nCreated:   %s by %s\n\n%s",
-				p.Name, p.Version, orDash(p.GetArtifact().GetName()), p.GetArtifact().GetDigest(), p.GetArtifact().GetSize(), p.ContentDigest,
-				p.CreatedAt.AsTime().Local().Format(time.RFC3339), p.CreatedBy, p.Source)
-			return nil
+			return a.show(p, func() error {
+				fmt.Fprintf(a.stdout, "Package:   %s@%s\nArtifact:  %s %s (%d bytes)\nContent:   %s\nCreated:   %s by %s\n\n%s",
+					p.Name, p.Version, orDash(p.GetArtifact().GetName()), p.GetArtifact().GetDigest(), p.GetArtifact().GetSize(), p.ContentDigest,
+					p.CreatedAt.AsTime().Local().Format(time.RFC3339), p.CreatedBy, p.Source)
+				return nil
+			})
 		},
 	}
 	cmd.AddCommand(apply, list, show)

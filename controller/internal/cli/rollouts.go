@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
@@ -111,15 +112,14 @@ returns at once; --plan shows what would change and changes nothing.`,
 			if err != nil {
 				return err
 			}
-			conn, err := a.connect()
-			if err != nil {
+			var resp *ferryv1.CreateRolloutResponse
+			// CreateRollout is given a minute more than --timeout.
+			err = a.rpcWithin(cmd, a.timeout+time.Minute, func(ctx context.Context, conn *grpc.ClientConn) error {
+				var err error
+				resp, err = ferryv1.NewRolloutServiceClient(conn).CreateRollout(ctx, &ferryv1.CreateRolloutRequest{
+					PackageName: name, PackageVersion: version, Target: &ferryv1.Target{Group: group, Selector: sel}, Strategy: st, Plan: plan,
+				})
 				return err
-			}
-			client := ferryv1.NewRolloutServiceClient(conn)
-			ctx, cancel := context.WithTimeout(cmd.Context(), a.timeout+time.Minute)
-			defer cancel()
-			resp, err := client.CreateRollout(ctx, &ferryv1.CreateRolloutRequest{
-				PackageName: name, PackageVersion: version, Target: &ferryv1.Target{Group: group, Selector: sel}, Strategy: st, Plan: plan,
 			})
 			if err != nil {
 				return err
@@ -128,11 +128,10 @@ returns at once; --plan shows what would change and changes nothing.`,
 				return a.printPlan(resp.Plan)
 			}
 			if detach {
-				if a.output == "json" {
-					return a.printJSON(resp.Rollout)
-				}
-				fmt.Fprintln(a.stdout, resp.Rollout.Id)
-				return nil
+				return a.show(resp.Rollout, func() error {
+					fmt.Fprintln(a.stdout, resp.Rollout.Id)
+					return nil
+				})
 			}
 			return a.follow(cmd.Context(), resp.Rollout.Id)
 		},
@@ -143,11 +142,8 @@ returns at once; --plan shows what would change and changes nothing.`,
 	cmd.Flags().BoolVar(&plan, "plan", false, "print the nodes, waves and per-node changes; change nothing")
 	cmd.Flags().BoolVar(&detach, "detach", false, "print the rollout ID and return without watching")
 	strat.add(cmd)
-	cmd.AddCommand(a.rolloutStatusCmd(), a.rolloutListCmd(), a.rolloutHistoryCmd(), a.rolloutUndoCmd(),
-		a.rolloutActionCmd("promote", "Let a rollout waiting after its canaries go on"),
-		a.rolloutActionCmd("pause", "Stop starting new jobs; running jobs finish"),
-		a.rolloutActionCmd("resume", "Continue a paused rollout"),
-		a.rolloutActionCmd("abort", "Stop a rollout; nodes not started are skipped"))
+	cmd.AddCommand(a.rolloutStatusCmd(), a.rolloutListCmd(), a.rolloutHistoryCmd(), a.rolloutUndoCmd())
+	cmd.AddCommand(a.rolloutActionCmds()...)
 	return cmd
 }
 
@@ -335,47 +331,15 @@ func (a *app) rolloutStatusCmd() *cobra.Command {
 			if watch {
 				return a.follow(cmd.Context(), args[0])
 			}
-			conn, err := a.connect()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := ferryv1.NewRolloutServiceClient(conn).GetRollout(ctx, &ferryv1.GetRolloutRequest{Id: args[0]})
+			resp, err := call(a, cmd, ferryv1.NewRolloutServiceClient, ferryv1.RolloutServiceClient.GetRollout, &ferryv1.GetRolloutRequest{Id: args[0]})
 			if err != nil {
 				return err
 			}
 			r := resp.Rollout
-			failed := r.State != ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED && terminalState(r.State)
-			if a.output == "json" {
-				if err := a.printJSON(r); err != nil {
-					return err
-				}
-				if failed {
-					return &ExitError{Code: 1}
-				}
-				return nil
-			}
-			fmt.Fprintf(a.stdout, "Rollout:  %s\nPackage:  %s@%s\nTarget:   %s\nState:    %s  %s\nCreated:  %s by %s\n\n",
-				r.Id, r.PackageName, r.PackageVersion, targetString(r.Target), stateWord(r.State), r.Message,
-				r.CreatedAt.AsTime().Local().Format(time.RFC3339), r.CreatedBy)
-			w := a.table()
-			fmt.Fprintln(w, "NODE\tWAVE\tOUTCOME\tTOOK\tPREVIOUS\tDETAIL")
-			for _, n := range r.Nodes {
-				took := "-"
-				if n.StartedAt != nil && n.FinishedAt != nil {
-					took = n.FinishedAt.AsTime().Sub(n.StartedAt.AsTime()).Round(100 * time.Millisecond).String()
-				}
-				detail := n.Message
-				if n.FailedStep != "" {
-					detail = n.FailedStep + ": " + detail
-				}
-				fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\n", n.NodeId, n.Wave, outcomeWord(n.Outcome), took, orDash(n.PreviousVersion), oneLine(detail))
-			}
-			if err := w.Flush(); err != nil {
+			if err := a.show(r, func() error { return a.printRollout(r) }); err != nil {
 				return err
 			}
-			if failed {
+			if r.State != ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED && terminalState(r.State) {
 				return &ExitError{Code: 1}
 			}
 			return nil
@@ -383,6 +347,23 @@ func (a *app) rolloutStatusCmd() *cobra.Command {
 	}
 	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "watch until the rollout ends")
 	return cmd
+}
+
+func (a *app) printRollout(r *ferryv1.Rollout) error {
+	fmt.Fprintf(a.stdout, "Rollout:  %s\nPackage:  %s@%s\nTarget:   %s\nState:    %s  %s\nCreated:  %s by %s\n\n",
+		r.Id, r.PackageName, r.PackageVersion, targetString(r.Target), stateWord(r.State), r.Message,
+		r.CreatedAt.AsTime().Local().Format(time.RFC3339), r.CreatedBy)
+	return printTable(a, []string{"NODE", "WAVE", "OUTCOME", "TOOK", "PREVIOUS", "DETAIL"}, r.Nodes, func(n *ferryv1.NodeJob) []string {
+		took := "-"
+		if n.StartedAt != nil && n.FinishedAt != nil {
+			took = n.FinishedAt.AsTime().Sub(n.StartedAt.AsTime()).Round(100 * time.Millisecond).String()
+		}
+		detail := n.Message
+		if n.FailedStep != "" {
+			detail = n.FailedStep + ": " + detail
+		}
+		return []string{n.NodeId, fmt.Sprint(n.Wave), outcomeWord(n.Outcome), took, orDash(n.PreviousVersion), oneLine(detail)}
+	})
 }
 
 func oneLine(s string) string {
@@ -410,29 +391,19 @@ func targetString(t *ferryv1.Target) string {
 }
 
 func (a *app) listRollouts(cmd *cobra.Command, pkg string, limit uint32) error {
-	conn, err := a.connect()
+	resp, err := call(a, cmd, ferryv1.NewRolloutServiceClient, ferryv1.RolloutServiceClient.ListRollouts, &ferryv1.ListRolloutsRequest{PackageName: pkg, Limit: limit})
 	if err != nil {
 		return err
 	}
-	ctx, cancel := a.ctx(cmd)
-	defer cancel()
-	resp, err := ferryv1.NewRolloutServiceClient(conn).ListRollouts(ctx, &ferryv1.ListRolloutsRequest{PackageName: pkg, Limit: limit})
-	if err != nil {
-		return err
-	}
-	if a.output == "json" {
-		return a.printJSON(resp)
-	}
-	w := a.table()
-	fmt.Fprintln(w, "ROLLOUT\tPACKAGE\tKIND\tTARGET\tSTATE\tCREATED\tBY")
-	for _, r := range resp.Rollouts {
-		kind := "install"
-		if r.JobKind == ferryv1.JobKind_JOB_KIND_ROLLBACK {
-			kind = "undo " + r.UndoOf
-		}
-		fmt.Fprintf(w, "%s\t%s@%s\t%s\t%s\t%s\t%s\t%s\n", r.Id, r.PackageName, r.PackageVersion, kind, targetString(r.Target), stateWord(r.State), r.CreatedAt.AsTime().Local().Format(time.RFC3339), r.CreatedBy)
-	}
-	return w.Flush()
+	return a.show(resp, func() error {
+		return printTable(a, []string{"ROLLOUT", "PACKAGE", "KIND", "TARGET", "STATE", "CREATED", "BY"}, resp.Rollouts, func(r *ferryv1.Rollout) []string {
+			kind := "install"
+			if r.JobKind == ferryv1.JobKind_JOB_KIND_ROLLBACK {
+				kind = "undo " + r.UndoOf
+			}
+			return []string{r.Id, r.PackageName + "@" + r.PackageVersion, kind, targetString(r.Target), stateWord(r.State), r.CreatedAt.AsTime().Local().Format(time.RFC3339), r.CreatedBy}
+		})
+	})
 }
 
 func (a *app) rolloutListCmd() *cobra.Command {
@@ -466,52 +437,57 @@ func (a *app) rolloutHistoryCmd() *cobra.Command {
 	return cmd
 }
 
-func (a *app) rolloutActionCmd(verb, short string) *cobra.Command {
-	return &cobra.Command{
-		Use:   verb + " ID",
-		Short: short,
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			conn, err := a.connect()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			c := ferryv1.NewRolloutServiceClient(conn)
-			var r *ferryv1.Rollout
-			switch verb {
-			case "promote":
-				var resp *ferryv1.PromoteRolloutResponse
-				if resp, err = c.PromoteRollout(ctx, &ferryv1.PromoteRolloutRequest{Id: args[0]}); err == nil {
-					r = resp.Rollout
-				}
-			case "pause":
-				var resp *ferryv1.PauseRolloutResponse
-				if resp, err = c.PauseRollout(ctx, &ferryv1.PauseRolloutRequest{Id: args[0]}); err == nil {
-					r = resp.Rollout
-				}
-			case "resume":
-				var resp *ferryv1.ResumeRolloutResponse
-				if resp, err = c.ResumeRollout(ctx, &ferryv1.ResumeRolloutRequest{Id: args[0]}); err == nil {
-					r = resp.Rollout
-				}
-			case "abort":
-				var resp *ferryv1.AbortRolloutResponse
-				if resp, err = c.AbortRollout(ctx, &ferryv1.AbortRolloutRequest{Id: args[0]}); err == nil {
-					r = resp.Rollout
-				}
-			}
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(r)
-			}
-			fmt.Fprintf(a.stdout, "rollout %s: %s\n", r.Id, stateWord(r.State))
-			return nil
-		},
+// rolloutReply is the answer to a rollout action: the rollout after it.
+type rolloutReply interface{ GetRollout() *ferryv1.Rollout }
+
+// rolloutActionCmds are promote, pause, resume and abort: each takes a
+// rollout ID and prints the rollout's state after the action.
+func (a *app) rolloutActionCmds() []*cobra.Command {
+	type rolloutAction func(context.Context, ferryv1.RolloutServiceClient, string) (rolloutReply, error)
+	actions := []struct {
+		verb, short string
+		act         rolloutAction
+	}{
+		{"promote", "Let a rollout waiting after its canaries go on", func(ctx context.Context, c ferryv1.RolloutServiceClient, id string) (rolloutReply, error) {
+			return c.PromoteRollout(ctx, &ferryv1.PromoteRolloutRequest{Id: id})
+		}},
+		{"pause", "Stop starting new jobs; running jobs finish", func(ctx context.Context, c ferryv1.RolloutServiceClient, id string) (rolloutReply, error) {
+			return c.PauseRollout(ctx, &ferryv1.PauseRolloutRequest{Id: id})
+		}},
+		{"resume", "Continue a paused rollout", func(ctx context.Context, c ferryv1.RolloutServiceClient, id string) (rolloutReply, error) {
+			return c.ResumeRollout(ctx, &ferryv1.ResumeRolloutRequest{Id: id})
+		}},
+		{"abort", "Stop a rollout; nodes not started are skipped", func(ctx context.Context, c ferryv1.RolloutServiceClient, id string) (rolloutReply, error) {
+			return c.AbortRollout(ctx, &ferryv1.AbortRolloutRequest{Id: id})
+		}},
 	}
+	cmds := make([]*cobra.Command, 0, len(actions))
+	for _, ac := range actions {
+		cmds = append(cmds, &cobra.Command{
+			Use:   ac.verb + " ID",
+			Short: ac.short,
+			Args:  cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				var r *ferryv1.Rollout
+				err := a.rpc(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+					resp, err := ac.act(ctx, ferryv1.NewRolloutServiceClient(conn), args[0])
+					if err != nil {
+						return err
+					}
+					r = resp.GetRollout()
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+				return a.show(r, func() error {
+					fmt.Fprintf(a.stdout, "rollout %s: %s\n", r.Id, stateWord(r.State))
+					return nil
+				})
+			},
+		})
+	}
+	return cmds
 }
 
 func (a *app) rolloutUndoCmd() *cobra.Command {
@@ -530,13 +506,7 @@ func (a *app) rolloutUndoCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			conn, err := a.connect()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := ferryv1.NewRolloutServiceClient(conn).UndoRollout(ctx, &ferryv1.UndoRolloutRequest{Group: group, PackageName: pkg, Strategy: st})
+			resp, err := call(a, cmd, ferryv1.NewRolloutServiceClient, ferryv1.RolloutServiceClient.UndoRollout, &ferryv1.UndoRolloutRequest{Group: group, PackageName: pkg, Strategy: st})
 			if err != nil {
 				return err
 			}

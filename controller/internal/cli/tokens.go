@@ -27,26 +27,20 @@ func (a *app) tokenCmd() *cobra.Command {
 			if group == "" {
 				return fmt.Errorf("--group is required: the group nodes enrolled with this token join (e.g. --group production)")
 			}
-			conn, err := a.connect()
+			resp, err := call(a, cmd, ferryv1.NewTokenServiceClient, ferryv1.TokenServiceClient.CreateToken,
+				&ferryv1.CreateTokenRequest{Group: group, Ttl: durationpb.New(ttl), MaxUses: uses})
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := ferryv1.NewTokenServiceClient(conn).CreateToken(ctx, &ferryv1.CreateTokenRequest{Group: group, Ttl: durationpb.New(ttl), MaxUses: uses})
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(resp)
-			}
-			limit := "unlimited uses"
-			if uses > 0 {
-				limit = fmt.Sprintf("%d use(s)", uses)
-			}
-			fmt.Fprintf(a.stdout, "token %s for group %s, expires %s, %s\n\nOn the node, run:\n\n  ferry-agent enroll --controller %s --token %s --ca-pin %s\n",
-				resp.Token.Id, group, resp.Token.ExpiresAt.AsTime().Local().Format(time.RFC3339), limit, a.cred.Controller, resp.Secret, resp.CaPin)
-			return nil
+			return a.show(resp, func() error {
+				limit := "unlimited uses"
+				if uses > 0 {
+					limit = fmt.Sprintf("%d use(s)", uses)
+				}
+				fmt.Fprintf(a.stdout, "token %s for group %s, expires %s, %s\n\nOn the node, run:\n\n  ferry-agent enroll --controller %s --token %s --ca-pin %s\n",
+					resp.Token.Id, group, resp.Token.ExpiresAt.AsTime().Local().Format(time.RFC3339), limit, a.cred.Controller, resp.Secret, resp.CaPin)
+				return nil
+			})
 		},
 	}
 	create.Flags().StringVar(&group, "group", "", "group granted to nodes that enroll with the token (required)")
@@ -58,39 +52,16 @@ func (a *app) tokenCmd() *cobra.Command {
 		Short: "List join tokens (never their secrets)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			conn, err := a.connect()
+			resp, err := call(a, cmd, ferryv1.NewTokenServiceClient, ferryv1.TokenServiceClient.ListTokens, &ferryv1.ListTokensRequest{})
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := ferryv1.NewTokenServiceClient(conn).ListTokens(ctx, &ferryv1.ListTokensRequest{})
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(resp)
-			}
-			w := a.table()
-			fmt.Fprintln(w, "ID\tGROUP\tUSES\tEXPIRES\tSTATUS\tCREATED BY")
-			now := time.Now()
-			for _, t := range resp.Tokens {
-				st := "active"
-				switch {
-				case t.Revoked:
-					st = "revoked"
-				case !now.Before(t.ExpiresAt.AsTime()):
-					st = "expired"
-				case t.MaxUses > 0 && t.Uses >= t.MaxUses:
-					st = "used up"
-				}
-				max := "∞"
-				if t.MaxUses > 0 {
-					max = fmt.Sprint(t.MaxUses)
-				}
-				fmt.Fprintf(w, "%s\t%s\t%d/%s\t%s\t%s\t%s\n", t.Id, t.Group, t.Uses, max, t.ExpiresAt.AsTime().Local().Format(time.RFC3339), st, t.CreatedBy)
-			}
-			return w.Flush()
+			return a.show(resp, func() error {
+				now := time.Now()
+				return printTable(a, []string{"ID", "GROUP", "USES", "EXPIRES", "STATUS", "CREATED BY"}, resp.Tokens, func(t *ferryv1.Token) []string {
+					return []string{t.Id, t.Group, fmt.Sprintf("%d/%s", t.Uses, tokenMaxUses(t)), t.ExpiresAt.AsTime().Local().Format(time.RFC3339), tokenStatus(t, now), t.CreatedBy}
+				})
+			})
 		},
 	}
 	revoke := &cobra.Command{
@@ -98,13 +69,7 @@ func (a *app) tokenCmd() *cobra.Command {
 		Short: "Revoke a join token",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			conn, err := a.connect()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			if _, err := ferryv1.NewTokenServiceClient(conn).RevokeToken(ctx, &ferryv1.RevokeTokenRequest{Id: args[0]}); err != nil {
+			if _, err := call(a, cmd, ferryv1.NewTokenServiceClient, ferryv1.TokenServiceClient.RevokeToken, &ferryv1.RevokeTokenRequest{Id: args[0]}); err != nil {
 				return err
 			}
 			fmt.Fprintf(a.stdout, "token %s revoked\n", args[0])
@@ -113,6 +78,25 @@ func (a *app) tokenCmd() *cobra.Command {
 	}
 	cmd.AddCommand(create, list, revoke)
 	return cmd
+}
+
+func tokenStatus(t *ferryv1.Token, now time.Time) string {
+	switch {
+	case t.Revoked:
+		return "revoked"
+	case !now.Before(t.ExpiresAt.AsTime()):
+		return "expired"
+	case t.MaxUses > 0 && t.Uses >= t.MaxUses:
+		return "used up"
+	}
+	return "active"
+}
+
+func tokenMaxUses(t *ferryv1.Token) string {
+	if t.MaxUses > 0 {
+		return fmt.Sprint(t.MaxUses)
+	}
+	return "∞"
 }
 
 func (a *app) certCmd() *cobra.Command {
@@ -136,10 +120,6 @@ func (a *app) certCmd() *cobra.Command {
 			if _, err := os.Stat(out); err == nil {
 				return fmt.Errorf("%s exists; choose another --out or move it away", out)
 			}
-			conn, err := a.connect()
-			if err != nil {
-				return err
-			}
 			key, err := pki.NewKey()
 			if err != nil {
 				return err
@@ -148,13 +128,11 @@ func (a *app) certCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
 			req := &ferryv1.IssueAdminCertificateRequest{Name: name, CsrDer: csr}
 			if ttl > 0 {
 				req.Ttl = durationpb.New(ttl)
 			}
-			resp, err := ferryv1.NewCertificateServiceClient(conn).IssueAdminCertificate(ctx, req)
+			resp, err := call(a, cmd, ferryv1.NewCertificateServiceClient, ferryv1.CertificateServiceClient.IssueAdminCertificate, req)
 			if err != nil {
 				return err
 			}
@@ -191,25 +169,15 @@ func (a *app) auditCmd() *cobra.Command {
 		Short: "List admin actions, newest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			conn, err := a.connect()
+			resp, err := call(a, cmd, ferryv1.NewAuditServiceClient, ferryv1.AuditServiceClient.ListAuditEvents, &ferryv1.ListAuditEventsRequest{Limit: limit})
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := ferryv1.NewAuditServiceClient(conn).ListAuditEvents(ctx, &ferryv1.ListAuditEventsRequest{Limit: limit})
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(resp)
-			}
-			w := a.table()
-			fmt.Fprintln(w, "TIME\tACTOR\tACTION\tTARGET\tOUTCOME\tDETAIL")
-			for _, e := range resp.Events {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", e.At.AsTime().Local().Format(time.RFC3339), e.Actor, e.Action, e.Target, e.Outcome, e.Detail)
-			}
-			return w.Flush()
+			return a.show(resp, func() error {
+				return printTable(a, []string{"TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "DETAIL"}, resp.Events, func(e *ferryv1.AuditEvent) []string {
+					return []string{e.At.AsTime().Local().Format(time.RFC3339), e.Actor, e.Action, e.Target, e.Outcome, e.Detail}
+				})
+			})
 		},
 	}
 	cmd.Flags().Uint32Var(&limit, "limit", 100, "at most this many events")

@@ -1,0 +1,101 @@
+package cli
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func TestPrintTable(t *testing.T) {
+	type row struct {
+		name string
+		n    int
+	}
+	for _, tc := range []struct {
+		name  string
+		items []row
+		want  string
+	}{
+		{"header only", nil, "NAME  N\n"},
+		{"aligned", []row{{"a", 1}, {"longer", 22}}, "NAME    N\na       1\nlonger  22\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			a := &app{stdout: &out}
+			if err := printTable(a, []string{"NAME", "N"}, tc.items, func(r row) []string { return []string{r.name, strconv.Itoa(r.n)} }); err != nil {
+				t.Fatal(err)
+			}
+			if out.String() != tc.want {
+				t.Errorf("got %q, want %q", out.String(), tc.want)
+			}
+		})
+	}
+}
+
+// TestCommands runs the unary commands against a real controller and checks
+// what scripts parse: exit codes, table headers, text lines and errors.
+func TestCommands(t *testing.T) {
+	cfg := startController(t)
+	dir := t.TempDir()
+	tarball, sumFile, _ := goTarball(t, dir)
+	pkg := filepath.Join(dir, "go.yaml")
+	if err := os.WriteFile(pkg, []byte("name: go\nversion: 1.20.3\nartifact: go1.20.3.linux-amd64.tar.gz@1.20.3\nsteps:\n  - archive: {dest: /usr/local/go, strip_components: 1}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	notFound := "Error: rollout \"nope\": not found; list rollouts with `ferryctl rollout list`\n"
+	for _, tc := range []struct {
+		name       string
+		args       []string
+		code       int
+		stdout     []string // each must appear
+		stdoutOnly string   // when set, stdout must be exactly this
+		stderr     string   // exact
+	}{
+		{name: "push", args: []string{"artifact", "push", tarball, "--checksum-file", sumFile}, stdout: []string{"pushed: sha256:"}},
+		{name: "apply", args: []string{"package", "apply", "-f", pkg}, stdout: []string{"package go@1.20.3 created; artifact go1.20.3.linux-amd64.tar.gz (sha256:", "), 1 steps\n"}},
+		{name: "apply again", args: []string{"package", "apply", "-f", pkg}, stdout: []string{"package go@1.20.3 unchanged (identical content already stored)"}},
+		{name: "apply without -f", args: []string{"package", "apply"}, code: 1, stderr: "Error: -f FILE is required\n"},
+		{name: "package list", args: []string{"package", "list"}, stdout: []string{"PACKAGE    ARTIFACT                     DIGEST               STEPS  CREATED  ", "go@1.20.3  go1.20.3.linux-amd64.tar.gz  sha256:"}},
+		{name: "package list other", args: []string{"package", "list", "--name", "x"}, stdoutOnly: "PACKAGE  ARTIFACT  DIGEST  STEPS  CREATED  BY\n"},
+		{name: "package show", args: []string{"package", "show", "go@1.20.3"}, stdout: []string{"Package:   go@1.20.3\nArtifact:  go1.20.3.linux-amd64.tar.gz sha256:", "\n\nname: go\n"}},
+		{name: "package show json", args: []string{"-o", "json", "package", "show", "go@1.20.3"}, stdout: []string{`"name":`, `"content_digest":`}},
+		{name: "package show bad ref", args: []string{"package", "show", "go"}, code: 1, stderr: "Error: \"go\" is not a package reference: want NAME@VERSION, e.g. go@1.20.3\n"},
+		{name: "token create needs group", args: []string{"token", "create"}, code: 1, stderr: "Error: --group is required: the group nodes enrolled with this token join (e.g. --group production)\n"},
+		{name: "token create", args: []string{"token", "create", "--group", "staging", "--uses", "2"}, stdout: []string{" for group staging, expires ", ", 2 use(s)\n\nOn the node, run:\n\n  ferry-agent enroll --controller 127.0.0.1:", " --token ", " --ca-pin sha256:"}},
+		{name: "token list", args: []string{"token", "list"}, stdout: []string{"ID      GROUP    USES  EXPIRES   ", "  staging  0/2   ", "  active  admin/admin\n"}},
+		{name: "token revoke unknown", args: []string{"-o", "json", "token", "revoke", "nope"}, code: 1, stderr: "Error: token \"nope\": not found; list tokens with `ferryctl token list`\n"},
+		{name: "nodes", args: []string{"nodes"}, stdoutOnly: "NODE  GROUP  STATE  HEARTBEAT  VERSION  ADDRESS  REASON\n"},
+		{name: "nodes json", args: []string{"-o", "json", "nodes"}, stdoutOnly: "{}\n"},
+		{name: "nodes bad output", args: []string{"-o", "yaml", "nodes"}, code: 1, stderr: "Error: --output \"yaml\" is not supported: use table or json\n"},
+		{name: "node remove unknown", args: []string{"node", "remove", "nope"}, code: 1, stderr: "Error: node \"nope\": not found; list nodes with `ferryctl nodes`\n"},
+		{name: "rollout no nodes", args: []string{"rollout", "--group", "staging", "--package", "go@1.20.3", "--plan"}, code: 1, stderr: "Error: invalid rollout: no enrolled node matches group=staging; list nodes with `ferryctl nodes`\n"},
+		{name: "rollout list", args: []string{"rollout", "list"}, stdoutOnly: "ROLLOUT  PACKAGE  KIND  TARGET  STATE  CREATED  BY\n"},
+		{name: "rollout history", args: []string{"rollout", "history", "--package", "go"}, stdoutOnly: "ROLLOUT  PACKAGE  KIND  TARGET  STATE  CREATED  BY\n"},
+		{name: "status unknown", args: []string{"rollout", "status", "nope"}, code: 1, stderr: notFound},
+		{name: "promote unknown", args: []string{"rollout", "promote", "nope"}, code: 1, stderr: notFound},
+		{name: "pause unknown", args: []string{"rollout", "pause", "nope"}, code: 1, stderr: notFound},
+		{name: "resume unknown", args: []string{"rollout", "resume", "nope"}, code: 1, stderr: notFound},
+		{name: "abort unknown", args: []string{"-o", "json", "rollout", "abort", "nope"}, code: 1, stderr: notFound},
+		{name: "undo nothing", args: []string{"rollout", "undo", "--group", "staging", "--package", "go"}, code: 1, stderr: "Error: wrong rollout state: nothing to undo: package go was never rolled out to group staging\n"},
+		{name: "audit", args: []string{"audit", "--limit", "2"}, stdout: []string{"TIME  ", "ACTOR        ACTION ", "admin/admin  rollout.undo ", "admin/admin  rollout.abort "}},
+		{name: "no credential", args: []string{"--config", filepath.Join(dir, "none.yaml"), "rollout", "pause", "x"}, code: 1, stderr: "Error: admin credential " + filepath.Join(dir, "none.yaml") + " does not exist; pass --config or set FERRY_CONFIG to the admin.yaml the controller wrote in its data dir\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errOut := run(t, cfg, tc.args...)
+			if code != tc.code || errOut != tc.stderr {
+				t.Fatalf("exit %d, stderr %q; want exit %d, stderr %q", code, errOut, tc.code, tc.stderr)
+			}
+			if tc.stdoutOnly != "" && out != tc.stdoutOnly {
+				t.Errorf("stdout %q, want %q", out, tc.stdoutOnly)
+			}
+			for _, s := range tc.stdout {
+				if !strings.Contains(out, s) {
+					t.Errorf("stdout lacks %q:\n%s", s, out)
+				}
+			}
+		})
+	}
+}
