@@ -5,7 +5,17 @@
 // the controller costs (CPU, RSS), how fast it processes heartbeats and
 // how long a whole fleet takes to come back after a controller restart.
 //
+// Each simulated Agent enrolls with the real agent's code (enroll.Enroll),
+// holds its own certificate and its own gRPC connection, sends a hello,
+// waits for the welcome and heartbeats every interval ±10% with what the
+// real agent sends, on the real agent's dial options. It runs no jobs and
+// does not gossip. Its reconnect loop is the real agent's (Backoff is a
+// copy of it); the Reconnect modes other than ReconnectAgent are
+// candidate changes, measured against it.
+//
 // BenchmarkFleetScale runs it for 1,000 and 5,000 agents; `make bench`
 // runs it (FERRY_BIN names the folder with the built binaries; without it
-// the benchmark skips). FERRY_SCALE_AGENTS=200,1000 picks other sizes.
+// the benchmark skips). FERRY_SCALE_AGENTS=200,1000 picks other sizes,
+// FERRY_SCALE_WINDOW the steady-state window, FERRY_SCALE_RECONNECT a
+// reconnect mode, FERRY_SCALE_LOGS a folder to keep the controller's log.
 package scale
