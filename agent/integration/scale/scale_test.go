@@ -369,10 +369,12 @@ func peakCores(pid int, done <-chan struct{}) float64 {
 		over := false
 		select {
 		case <-done:
-			// A storm shorter than a step still gets a figure.
-			if over = true; time.Since(at) < 200*time.Millisecond {
+			// The last, shorter step still counts unless it is too short
+			// for the clock tick.
+			if time.Since(at) < 200*time.Millisecond {
 				return peak
 			}
+			over = true
 		case <-time.After(time.Second):
 		}
 		cur, err := ProcCPU(pid)
