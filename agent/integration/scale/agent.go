@@ -48,23 +48,26 @@ func Jitter(rng *rand.Rand, d time.Duration, f float64) time.Duration {
 type Reconnect string
 
 const (
-	// ReconnectAgent is the real agent: full-jitter backoff between
-	// session attempts, each attempt a Connect call that fails fast while
-	// gRPC's channel waits out its own connection backoff (1s·1.6^n ±20%,
-	// up to 120s).
+	// ReconnectAgent is the real agent: its full-jitter backoff is the
+	// only one; each attempt resets gRPC's connection backoff
+	// (ClientConn.ResetConnectBackoff) and waits up to ResetWait for the
+	// channel to connect (agent/internal/agent: session).
 	ReconnectAgent Reconnect = "agent"
+	// ReconnectStacked is the agent before that fix, kept for comparison:
+	// each attempt a Connect call that fails fast while gRPC's channel
+	// waits out its own connection backoff (1s·1.6^n ±20%, up to 120s),
+	// stacking two backoffs.
+	ReconnectStacked Reconnect = "stacked"
 	// ReconnectWaitForReady makes the Connect call wait for the channel
 	// (grpc.WaitForReady) and caps gRPC's connection backoff at the
 	// agent's 30s: one backoff, gRPC's, instead of two stacked.
 	ReconnectWaitForReady Reconnect = "wait-for-ready"
-	// ReconnectReset keeps the agent's full-jitter backoff as the only
-	// one: each attempt resets gRPC's connection backoff
-	// (ClientConn.ResetConnectBackoff) and waits up to ResetWait for the
-	// channel to connect.
+	// ReconnectReset is ReconnectAgent under the name it was measured as.
 	ReconnectReset Reconnect = "reset"
 )
 
-// ResetWait bounds how long a ReconnectReset attempt waits for the channel.
+// ResetWait bounds how long an attempt waits for the channel (the real
+// agent's connectTimeout).
 const ResetWait = 10 * time.Second
 
 // AgentConfig is what every simulated agent shares.
@@ -220,7 +223,7 @@ func (a *Agent) session(ctx context.Context, conn *grpc.ClientConn) error {
 	case ReconnectWaitForReady:
 		opts = append(opts, grpc.WaitForReady(true))
 		disarm = append(disarm, context.AfterFunc(ctx, cancel))
-	case ReconnectReset:
+	case ReconnectAgent, ReconnectReset:
 		conn.ResetConnectBackoff()
 		opts = append(opts, grpc.WaitForReady(true))
 		disarm = append(disarm, context.AfterFunc(ctx, cancel), time.AfterFunc(ResetWait, cancel).Stop)

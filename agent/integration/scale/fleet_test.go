@@ -49,7 +49,7 @@ func runController(t *testing.T, dir, addr string) (c *controller.Controller, st
 // latency the benchmark derives is sane) and all come back after the
 // controller restarts on the same data dir and port.
 func TestSimulatedFleet(t *testing.T) {
-	for _, mode := range []Reconnect{ReconnectAgent, ReconnectWaitForReady, ReconnectReset} {
+	for _, mode := range []Reconnect{ReconnectAgent, ReconnectStacked, ReconnectWaitForReady} {
 		t.Run(string(mode), func(t *testing.T) {
 			dir := t.TempDir()
 			ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)

@@ -75,9 +75,9 @@ func BenchmarkFleetScale(b *testing.B) {
 	if s := os.Getenv(envReconnect); s != "" {
 		mode = Reconnect(s)
 		switch mode {
-		case ReconnectAgent, ReconnectWaitForReady, ReconnectReset:
+		case ReconnectAgent, ReconnectStacked, ReconnectWaitForReady, ReconnectReset:
 		default:
-			b.Fatalf("%s=%q: want %s, %s or %s", envReconnect, s, ReconnectAgent, ReconnectWaitForReady, ReconnectReset)
+			b.Fatalf("%s=%q: want %s, %s, %s or %s", envReconnect, s, ReconnectAgent, ReconnectStacked, ReconnectWaitForReady, ReconnectReset)
 		}
 	}
 	for _, n := range sizes {

@@ -198,7 +198,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	attempt := 0
 	for {
 		began := a.cfg.Now()
-		err := a.session(ctx, client)
+		err := a.session(ctx, conn, client)
 		if ctx.Err() != nil {
 			a.leaveGossip()
 			return nil
@@ -243,10 +243,34 @@ func (a *Agent) send(m *ferryv1.ConnectRequest) error {
 }
 
 // session runs one stream until it fails or ctx ends.
-func (a *Agent) session(ctx context.Context, client ferryv1.AgentServiceClient) error {
+// connectTimeout bounds how long one attempt waits for the controller to
+// accept the stream (TLS handshake, hello, welcome).
+const connectTimeout = 10 * time.Second
+
+func (a *Agent) session(ctx context.Context, conn *grpc.ClientConn, client ferryv1.AgentServiceClient) error {
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	stream, err := client.Connect(sctx)
+	// Our own jittered backoff paces the attempts: reset gRPC's (which
+	// would otherwise stack on top of it, failing attempts at once while
+	// the channel waits) and let this attempt wait for the connection, up
+	// to connectTimeout or until the agent stops.
+	conn.ResetConnectBackoff()
+	welcomed := make(chan struct{})
+	var welcomeOnce sync.Once
+	markWelcomed := func() { welcomeOnce.Do(func() { close(welcomed) }) }
+	defer markWelcomed()
+	go func() {
+		t := time.NewTimer(connectTimeout)
+		defer t.Stop()
+		select {
+		case <-welcomed:
+		case <-t.C:
+			cancel()
+		case <-ctx.Done():
+			cancel()
+		}
+	}()
+	stream, err := client.Connect(sctx, grpc.WaitForReady(true))
 	if err != nil {
 		return err
 	}
@@ -264,6 +288,7 @@ func (a *Agent) session(ctx context.Context, client ferryv1.AgentServiceClient) 
 	if welcome == nil {
 		return errors.New("controller did not answer the hello with a welcome")
 	}
+	markWelcomed()
 	interval := a.cfg.HeartbeatInterval
 	if d := welcome.GetHeartbeatInterval().AsDuration(); d > 0 {
 		interval = d

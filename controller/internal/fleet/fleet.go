@@ -58,10 +58,11 @@ type Config struct {
 type Registry struct {
 	cfg Config
 
-	mu    sync.RWMutex
-	nodes map[string]*entry
-	gen   uint64 // bumped on every change, for watchers
-	cond  chan struct{}
+	mu     sync.RWMutex
+	nodes  map[string]*entry
+	closed bool   // CloseAll was called: no new sessions
+	gen    uint64 // bumped on every change, for watchers
+	cond   chan struct{}
 }
 
 type entry struct {
@@ -216,6 +217,9 @@ func (r *Registry) Attach(ctx context.Context, nodeID, addr string, hello *ferry
 func (r *Registry) attach(ctx context.Context, nodeID, addr string, hello *ferryv1.AgentHello) (*Session, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.closed {
+		return nil, ErrShutdown
+	}
 	e, ok := r.nodes[nodeID]
 	if !ok {
 		return nil, fmt.Errorf("node %s is not enrolled", nodeID)
@@ -246,10 +250,12 @@ func (r *Registry) attach(ctx context.Context, nodeID, addr string, hello *ferry
 // ErrShutdown ends sessions when the controller stops.
 var ErrShutdown = errors.New("controller is shutting down")
 
-// CloseAll ends every session (controller shutdown).
+// CloseAll ends every session and refuses new ones (controller shutdown):
+// agents reconnecting during the graceful stop would otherwise hold it.
 func (r *Registry) CloseAll() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.closed = true
 	for _, e := range r.nodes {
 		if e.session != nil {
 			e.session.cancel(ErrShutdown)
@@ -373,17 +379,26 @@ func (f Filter) match(n *ferryv1.Node) bool {
 }
 
 // List returns nodes matching f, sorted by ID.
+//
+// The entries are copied under the read lock and the messages built
+// outside it, so listing 5,000 nodes (ferryctl nodes, /metrics, watchers)
+// does not hold up heartbeats. Writers replace an entry's fields, never
+// mutate what they point to, so the shallow copies stay consistent.
 func (r *Registry) List(f Filter) []*ferryv1.Node {
 	now := r.cfg.Now()
 	r.mu.RLock()
-	out := make([]*ferryv1.Node, 0, len(r.nodes))
+	snap := make([]entry, 0, len(r.nodes))
 	for _, e := range r.nodes {
-		n := r.nodeLocked(e, now)
+		snap = append(snap, *e)
+	}
+	r.mu.RUnlock()
+	out := make([]*ferryv1.Node, 0, len(snap))
+	for i := range snap {
+		n := r.nodeLocked(&snap[i], now)
 		if f.match(n) {
 			out = append(out, n)
 		}
 	}
-	r.mu.RUnlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
 	return out
 }

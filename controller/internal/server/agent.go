@@ -56,6 +56,9 @@ func (s *agentServer) Connect(stream grpc.BidiStreamingServer[ferryv1.ConnectReq
 		if errors.Is(err, fleet.ErrRemoved) {
 			return status.Errorf(codes.PermissionDenied, "node %s was removed; re-enroll it with a new token", nodeID)
 		}
+		if errors.Is(err, fleet.ErrShutdown) {
+			return status.Error(codes.Unavailable, "controller is shutting down; reconnect later")
+		}
 		return status.Error(codes.FailedPrecondition, err.Error())
 	}
 	left := false
