@@ -35,7 +35,9 @@ func (s *nodeServer) WatchNodes(req *ferryv1.WatchNodesRequest, stream grpc.Serv
 		for _, n := range s.d.Fleet.List(fleet.Filter{Group: f.Group}) {
 			prev := last[n.Id]
 			cmp := proto.Clone(n).(*ferryv1.Node)
-			cmp.LastHeartbeat, cmp.Uptime, cmp.Load1, cmp.DiskFreeBytes = nil, nil, 0, 0
+			// Only a change a watcher cares about is sent: the reason
+			// names the heartbeat's age, which changes every second.
+			cmp.LastHeartbeat, cmp.Uptime, cmp.Load1, cmp.DiskFreeBytes, cmp.StateReason = nil, nil, 0, 0, ""
 			if prev != nil && proto.Equal(prev, cmp) {
 				continue
 			}
