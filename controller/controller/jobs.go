@@ -80,7 +80,19 @@ func (j jobSink) HandleJobUpdate(nodeID string, u *ferryv1.JobUpdate) {
 }
 
 func (j jobSink) HandleJobLog(nodeID string, l *ferryv1.JobLog) {
-	if l.GetRolloutId() == "" {
+	// Only output of a job the engine gave this node is kept: an agent
+	// cannot fill the store under other rollouts' names.
+	r, err := j.engine.Get(l.GetRolloutId())
+	if err != nil {
+		return
+	}
+	owned := false
+	for _, n := range r.GetNodes() {
+		if n.GetNodeId() == nodeID && n.GetJobId() != "" && n.GetJobId() == l.GetJobId() {
+			owned = true
+		}
+	}
+	if !owned {
 		return
 	}
 	if err := j.store.AppendJobLog(l.GetRolloutId(), nodeID, l.GetText(), j.now()); err != nil {

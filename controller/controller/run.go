@@ -75,11 +75,18 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 	}()
 	engineCtx, stopEngine := context.WithCancel(ctx)
-	defer stopEngine()
+	engineDone := make(chan struct{})
 	go func() {
+		defer close(engineDone)
 		if err := c.engine.Run(engineCtx); err != nil && engineCtx.Err() == nil {
 			errc <- err
 		}
+	}()
+	// The store is closed last (deferred Close): after the RPC handlers and
+	// the engine have stopped writing to it.
+	defer func() {
+		stopEngine()
+		<-engineDone
 	}()
 	c.ready.Store(true)
 	if err := sdnotify.Ready(); err != nil {

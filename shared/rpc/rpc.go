@@ -194,6 +194,8 @@ func NewServer(o ServerOptions) *grpc.Server {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.MaxRecvMsgSize(8<<20),
+		// Stop waits for running handlers, so the store is not closed under them.
+		grpc.WaitForHandlers(true),
 	)
 }
 

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -65,6 +66,8 @@ type Agent struct {
 	member  *gossip.Member
 	jobs    *jobRunner
 	metrics *agentMetrics
+	renewed chan struct{} // a renewal asks the session to redial
+	fatal   chan error    // the certificate expired: Run ends
 }
 
 func (a *Agent) version() string { return version.Version }
@@ -113,6 +116,8 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.jobs = newJobRunner(a, inst)
 	a.metrics = newAgentMetrics()
+	a.renewed = make(chan struct{}, 1)
+	a.fatal = make(chan error, 1)
 	return a, nil
 }
 
@@ -158,15 +163,27 @@ func (a *Agent) dial() (*grpc.ClientConn, error) {
 	return grpc.NewClient(a.cfg.Controller, rpc.DialOptions(tlsConf)...)
 }
 
-// Run connects and serves until ctx ends. On cancellation it closes its
-// stream gracefully so the controller records the node as left.
+// fatalError ends Run (e.g. the certificate expired).
+type fatalError struct{ err error }
+
+func (e *fatalError) Error() string { return e.err.Error() }
+func (e *fatalError) Unwrap() error { return e.err }
+
+// jobDrainTimeout bounds how long a graceful stop waits for a running job
+// (systemd's default stop timeout is 90 s).
+const jobDrainTimeout = 60 * time.Second
+
+// Run connects and serves until ctx ends. On cancellation it lets a
+// running job finish (bounded), then closes its stream gracefully so the
+// controller records the node as left.
 func (a *Agent) Run(ctx context.Context) error {
 	conn, err := a.dial()
 	if err != nil {
 		return fmt.Errorf("controller %s: %w", a.cfg.Controller, err)
 	}
-	defer conn.Close()
-	client := ferryv1.NewAgentServiceClient(conn)
+	client := &swapClient{}
+	client.set(conn)
+	defer func() { client.current().Close() }()
 	newFetcher := a.cfg.NewFetcher
 	if newFetcher == nil {
 		newFetcher = func(c ferryv1.AgentServiceClient) (Fetcher, error) {
@@ -178,9 +195,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("artifact fetcher: %w", err)
 	}
 	a.jobs.fetcher = f
-	jobsCtx, stopJobs := context.WithCancel(ctx)
-	defer stopJobs()
-	go a.jobs.run(jobsCtx)
+	// Jobs are not cancelled by the stop signal: Run waits for the running
+	// one (bounded) so a routine restart does not turn it into a failure.
+	jobsCtx, stopJobs := context.WithCancel(context.WithoutCancel(ctx))
+	jobsDone := make(chan struct{})
+	go func() { a.jobs.run(jobsCtx); close(jobsDone) }()
+	defer func() {
+		if !a.jobs.drain(jobDrainTimeout) {
+			a.log.Warn("a job is still running after the stop timeout; cancelling it", "timeout", jobDrainTimeout)
+		}
+		stopJobs()
+		<-jobsDone
+	}()
 
 	if a.cfg.MetricsAddr != "" {
 		if err := a.serveMetrics(ctx, a.cfg.MetricsAddr); err != nil {
@@ -192,21 +218,22 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Ready once the identity and installer are loaded: a node that cannot
 	// reach its controller is still a running agent that keeps trying.
 	_ = sdnotify.Ready()
-	renewErr := make(chan error, 1)
-	go func() { renewErr <- a.renewLoop(ctx, client) }()
+	go func() {
+		if err := a.renewLoop(ctx, client); err != nil {
+			a.fatal <- err
+		}
+	}()
 
 	attempt := 0
 	for {
 		began := a.cfg.Now()
-		err := a.session(ctx, conn, client)
+		err := a.session(ctx, client)
 		if ctx.Err() != nil {
-			a.leaveGossip()
 			return nil
 		}
-		select {
-		case err := <-renewErr:
-			return err
-		default:
+		var fe *fatalError
+		if errors.As(err, &fe) {
+			return fe.err
 		}
 		if a.cfg.Now().Sub(began) > time.Minute {
 			attempt = 0
@@ -226,11 +253,40 @@ func (a *Agent) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case err := <-renewErr:
+		case err := <-a.fatal:
 			return err
 		case <-time.After(delay):
 		}
 	}
+}
+
+// swapClient is the agent's AgentService client over whichever connection
+// is current. After a certificate renewal the agent dials a new connection
+// (it presents the new certificate) and new calls (downloads, renewals,
+// the next stream) use it, while the open stream finishes on the old one.
+type swapClient struct {
+	p    atomic.Pointer[ferryv1.AgentServiceClient]
+	conn atomic.Pointer[grpc.ClientConn]
+}
+
+func (c *swapClient) set(conn *grpc.ClientConn) {
+	cl := ferryv1.NewAgentServiceClient(conn)
+	c.p.Store(&cl)
+	c.conn.Store(conn)
+}
+
+func (c *swapClient) current() *grpc.ClientConn { return c.conn.Load() }
+
+func (c *swapClient) Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ferryv1.ConnectRequest, ferryv1.ConnectResponse], error) {
+	return (*c.p.Load()).Connect(ctx, opts...)
+}
+
+func (c *swapClient) RenewCertificate(ctx context.Context, in *ferryv1.RenewCertificateRequest, opts ...grpc.CallOption) (*ferryv1.RenewCertificateResponse, error) {
+	return (*c.p.Load()).RenewCertificate(ctx, in, opts...)
+}
+
+func (c *swapClient) DownloadArtifact(ctx context.Context, in *ferryv1.DownloadArtifactRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ferryv1.DownloadArtifactResponse], error) {
+	return (*c.p.Load()).DownloadArtifact(ctx, in, opts...)
 }
 
 func (a *Agent) send(m *ferryv1.ConnectRequest) error {
@@ -247,7 +303,14 @@ func (a *Agent) send(m *ferryv1.ConnectRequest) error {
 // accept the stream (TLS handshake, hello, welcome).
 const connectTimeout = 10 * time.Second
 
-func (a *Agent) session(ctx context.Context, conn *grpc.ClientConn, client ferryv1.AgentServiceClient) error {
+func (a *Agent) session(ctx context.Context, client *swapClient) error {
+	conn := client.current()
+	var retired []*grpc.ClientConn // connections replaced during this session
+	defer func() {
+		for _, c := range retired {
+			c.Close()
+		}
+	}()
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	// Our own jittered backoff paces the attempts: reset gRPC's (which
@@ -326,9 +389,11 @@ func (a *Agent) session(ctx context.Context, conn *grpc.ClientConn, client ferry
 	for {
 		select {
 		case <-ctx.Done():
-			// Graceful: leave gossip first (so peers record "left", not
-			// "dead"), then close our side and wait briefly for the
-			// controller to end the stream, so it records a clean leave.
+			// Graceful: let a running job finish and report (bounded),
+			// leave gossip (so peers record "left", not "dead"), then close
+			// our side and wait briefly for the controller to end the
+			// stream, so it records a clean leave.
+			a.jobs.drain(jobDrainTimeout)
 			a.leaveGossip()
 			a.sendMu.Lock()
 			_ = stream.CloseSend()
@@ -343,6 +408,20 @@ func (a *Agent) session(ctx context.Context, conn *grpc.ClientConn, client ferry
 				return errors.New("controller closed the stream")
 			}
 			return err
+		case <-a.renewed:
+			// Switch new calls to a connection with the new certificate
+			// now; this stream stays on the old one (it was authenticated
+			// when it opened), which is closed when the session ends.
+			next, err := a.dial()
+			if err != nil {
+				a.log.Warn("dial with the renewed certificate", "err", err)
+				break
+			}
+			retired = append(retired, client.current())
+			client.set(next)
+			a.log.Info("new calls use the renewed certificate")
+		case err := <-a.fatal:
+			return &fatalError{err}
 		case <-timer.C:
 			if err := a.heartbeat(); err != nil {
 				return err
@@ -445,5 +524,9 @@ func (a *Agent) renew(ctx context.Context, client ferryv1.AgentServiceClient) er
 		return fmt.Errorf("store renewed certificate: %w", err)
 	}
 	a.log.Info("certificate renewed", "expires", cert.NotAfter)
+	select {
+	case a.renewed <- struct{}{}:
+	default:
+	}
 	return nil
 }

@@ -30,14 +30,18 @@ type jobRunner struct {
 	inst    *install.Installer
 	fetcher Fetcher
 
-	mu      sync.Mutex
-	queue   chan *ferryv1.Job
-	known   map[string]bool // queued or running
-	cancels map[string]context.CancelFunc
+	mu        sync.Mutex
+	queue     chan *ferryv1.Job
+	known     map[string]bool // queued or running
+	cancels   map[string]context.CancelFunc
+	cancelled map[string]bool // cancelled while still queued
+	closed    bool            // shutting down: no new jobs
+	running   int             // jobs queued or running
 }
 
 func newJobRunner(a *Agent, inst *install.Installer) *jobRunner {
-	return &jobRunner{a: a, inst: inst, queue: make(chan *ferryv1.Job, 256), known: map[string]bool{}, cancels: map[string]context.CancelFunc{}}
+	return &jobRunner{a: a, inst: inst, queue: make(chan *ferryv1.Job, 256), known: map[string]bool{},
+		cancels: map[string]context.CancelFunc{}, cancelled: map[string]bool{}}
 }
 
 // submit queues a job, or re-reports its result if it already ran.
@@ -49,12 +53,15 @@ func (r *jobRunner) submit(job *ferryv1.Job) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.known[job.GetId()] {
+	if r.known[job.GetId()] || r.closed {
+		// Already queued or running; or the agent is stopping, and the
+		// controller re-sends the job when the agent is back.
 		return
 	}
 	select {
 	case r.queue <- job:
 		r.known[job.GetId()] = true
+		r.running++
 	default:
 		r.report(&ferryv1.JobUpdate{JobId: job.GetId(), RolloutId: job.GetRolloutId(), Phase: ferryv1.JobPhase_JOB_PHASE_FAILED,
 			Message: "agent job queue is full; try again later", At: timestamppb.Now()})
@@ -66,6 +73,35 @@ func (r *jobRunner) cancel(jobID string) {
 	defer r.mu.Unlock()
 	if c, ok := r.cancels[jobID]; ok {
 		c()
+	} else if r.known[jobID] {
+		r.cancelled[jobID] = true // still queued: skipped when its turn comes
+	}
+}
+
+// stopAccepting refuses new jobs (shutdown).
+func (r *jobRunner) stopAccepting() {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+}
+
+// drain stops accepting jobs and waits, up to timeout, for the queued and
+// running ones to finish, so their results go out on the stream. It
+// reports whether they did.
+func (r *jobRunner) drain(timeout time.Duration) bool {
+	r.stopAccepting()
+	deadline := time.Now().Add(timeout)
+	for {
+		r.mu.Lock()
+		n := r.running
+		r.mu.Unlock()
+		if n == 0 {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -94,10 +130,20 @@ func (r *jobRunner) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case job := <-r.queue:
-			r.runJob(ctx, job)
+			r.mu.Lock()
+			skip := r.cancelled[job.GetId()]
+			delete(r.cancelled, job.GetId())
+			r.mu.Unlock()
+			if skip {
+				r.report(&ferryv1.JobUpdate{JobId: job.GetId(), RolloutId: job.GetRolloutId(), Phase: ferryv1.JobPhase_JOB_PHASE_FAILED,
+					Message: "cancelled before it started; nothing was changed"})
+			} else {
+				r.runJob(ctx, job)
+			}
 			r.mu.Lock()
 			delete(r.known, job.GetId())
 			delete(r.cancels, job.GetId())
+			r.running--
 			r.mu.Unlock()
 		}
 	}

@@ -158,17 +158,28 @@ func (r *Registry) CheckIdentity(id pki.Identity, cert *x509.Certificate) error 
 	if id.Role != pki.RoleAgent {
 		return nil
 	}
+	// TLS checks expiry at the handshake only; a long-lived connection can
+	// outlive its certificate.
+	if now := r.cfg.Now(); now.After(cert.NotAfter) {
+		return fmt.Errorf("the certificate of node %s expired at %s; reconnect with the renewed one, or re-enroll the node", id.Name, cert.NotAfter.UTC().Format(time.RFC3339))
+	}
 	r.mu.RLock()
 	e, ok := r.nodes[id.Name]
+	var removed bool
+	var removedBy string
+	var serials []string
+	if ok {
+		removed, removedBy, serials = e.rec.Removed, e.rec.RemovedBy, e.rec.CertSerials
+	}
 	r.mu.RUnlock()
 	if !ok {
 		return fmt.Errorf("node %s is not enrolled; enroll it with `ferry-agent enroll`", id.Name)
 	}
-	if e.rec.Removed {
-		return fmt.Errorf("node %s was removed by %s; to bring it back, create a token and re-enroll it", id.Name, e.rec.RemovedBy)
+	if removed {
+		return fmt.Errorf("node %s was removed by %s; to bring it back, create a token and re-enroll it", id.Name, removedBy)
 	}
 	serial := cert.SerialNumber.String()
-	for _, s := range e.rec.CertSerials {
+	for _, s := range serials {
 		if s == serial {
 			return nil
 		}
@@ -176,9 +187,10 @@ func (r *Registry) CheckIdentity(id pki.Identity, cert *x509.Certificate) error 
 	return fmt.Errorf("certificate %s is no longer valid for node %s (replaced by a renewal or re-enrollment)", serial, id.Name)
 }
 
-// Renewed records a node's new certificate; the old one stays accepted so
-// streams opened with it are not cut.
-func (r *Registry) Renewed(nodeID string, cert *x509.Certificate) error {
+// Renewed records a node's new certificate. The certificate the renewal
+// was made with stays accepted too, so the connection that asked (which
+// still presents it) is not cut before the agent redials.
+func (r *Registry) Renewed(nodeID string, cert *x509.Certificate, callerSerial string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e, ok := r.nodes[nodeID]
@@ -186,10 +198,7 @@ func (r *Registry) Renewed(nodeID string, cert *x509.Certificate) error {
 		return ErrRemoved
 	}
 	rec := e.rec
-	serials := []string{cert.SerialNumber.String()}
-	if len(rec.CertSerials) > 0 {
-		serials = append(serials, rec.CertSerials[0])
-	}
+	serials := []string{cert.SerialNumber.String(), callerSerial}
 	rec.CertSerials = serials
 	rec.CertExpiresAt = cert.NotAfter
 	if err := r.cfg.Store.PutNode(rec); err != nil {
@@ -316,6 +325,9 @@ func (r *Registry) Dispatch(nodeID string, msg *ferryv1.ConnectResponse) error {
 		return fmt.Errorf("node %s is not enrolled", nodeID)
 	}
 	if s == nil {
+		return fmt.Errorf("node %s: %w", nodeID, ErrNotConnected)
+	}
+	if s.ctx.Err() != nil { // select picks at random among ready cases
 		return fmt.Errorf("node %s: %w", nodeID, ErrNotConnected)
 	}
 	select {

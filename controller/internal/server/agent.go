@@ -62,7 +62,14 @@ func (s *agentServer) Connect(stream grpc.BidiStreamingServer[ferryv1.ConnectReq
 		return status.Error(codes.FailedPrecondition, err.Error())
 	}
 	left := false
-	defer func() { s.d.Fleet.Detach(sess, left) }()
+	writerDone := make(chan struct{})
+	writerStarted := false
+	defer func() {
+		s.d.Fleet.Detach(sess, left) // ends the session: the writer stops
+		if writerStarted {
+			<-writerDone // never Send after the handler returned
+		}
+	}()
 	log.Info("agent connected", "addr", c.Addr, "version", hello.GetAgentVersion())
 
 	var seeds []string
@@ -89,7 +96,9 @@ func (s *agentServer) Connect(stream grpc.BidiStreamingServer[ferryv1.ConnectReq
 
 	// Writer: drains the session's outbox until the session ends.
 	writeErr := make(chan error, 1)
+	writerStarted = true
 	go func() {
+		defer close(writerDone)
 		for {
 			select {
 			case <-sess.Done():
@@ -176,7 +185,7 @@ func (s *agentServer) RenewCertificate(ctx context.Context, req *ferryv1.RenewCe
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	if err := s.d.Fleet.Renewed(c.Identity.Name, cert); err != nil {
+	if err := s.d.Fleet.Renewed(c.Identity.Name, cert, c.Cert.SerialNumber.String()); err != nil {
 		return nil, status.Errorf(codes.PermissionDenied, "renew certificate for %s: %v", c.Identity.Name, err)
 	}
 	s.d.Logger.Info("agent certificate renewed", "node", c.Identity.Name, "expires", cert.NotAfter)
