@@ -105,6 +105,18 @@ func Load(dir string) (*Identity, error) {
 	}
 	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, certFile), filepath.Join(dir, keyFile))
 	if err != nil {
+		// A crash between Replace's two renames leaves the new
+		// certificate with the old key and the new key still in
+		// node.key.new: finish the swap.
+		newKey := filepath.Join(dir, keyFile+".new")
+		if p2, err2 := tls.LoadX509KeyPair(filepath.Join(dir, certFile), newKey); err2 == nil {
+			if err := os.Rename(newKey, filepath.Join(dir, keyFile)); err != nil {
+				return nil, fmt.Errorf("finish an interrupted certificate renewal: %w", err)
+			}
+			pair, err = p2, nil
+		}
+	}
+	if err != nil {
 		return nil, fmt.Errorf("load node certificate: %w", err)
 	}
 	if pair.Leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
@@ -146,8 +158,9 @@ func (id *Identity) Replace(key crypto.Signer, cert *x509.Certificate) error {
 	if err != nil {
 		return err
 	}
-	// Write the certificate next to a new key name first, then swap both:
-	// a crash between the two renames leaves the old pair or the new pair.
+	// Write both next to the current files, then rename the certificate
+	// and the key: a crash between the two renames leaves the new
+	// certificate with node.key.new beside it, which Load completes.
 	newKey, newCert := filepath.Join(id.Dir, keyFile+".new"), filepath.Join(id.Dir, certFile+".new")
 	if err := pki.WriteFileAtomic(newKey, keyPEM, 0o600); err != nil {
 		return err

@@ -6,6 +6,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -57,7 +58,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	if err != nil {
 		code := 1
-		if ee, ok := err.(*ExitError); ok {
+		var ee *ExitError
+		if errors.As(err, &ee) {
 			code = ee.Code
 			err = ee.Err
 		}
@@ -93,11 +95,14 @@ func defaultConfig() string {
 
 func (a *app) rootCmd() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "ferryctl",
-		Short:         "ferryctl controls a Ferry fleet: nodes, tokens, artifacts, packages and rollouts",
-		SilenceUsage:  true,
-		SilenceErrors: true,
-		Version:       version.String("ferryctl"),
+		Use:          "ferryctl",
+		Short:        "ferryctl controls a Ferry fleet: nodes, tokens, artifacts, packages and rollouts",
+		SilenceUsage: true,
+		// Every command takes -o; an unsupported value is refused up front
+		// rather than silently printing a table.
+		PersistentPreRunE: func(*cobra.Command, []string) error { return a.checkOutput() },
+		SilenceErrors:     true,
+		Version:           version.String("ferryctl"),
 	}
 	root.SetVersionTemplate("{{.Version}}\n")
 	root.PersistentFlags().StringVar(&a.configPath, "config", defaultConfig(), "admin credential file (env FERRY_CONFIG)")

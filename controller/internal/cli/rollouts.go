@@ -133,7 +133,7 @@ returns at once; --plan shows what would change and changes nothing.`,
 					return nil
 				})
 			}
-			return a.follow(cmd.Context(), resp.Rollout.Id)
+			return a.follow(cmd.Context(), resp.Rollout.Id, true)
 		},
 	}
 	cmd.Flags().StringVar(&group, "group", "", "target group")
@@ -206,7 +206,7 @@ func outcomeWord(o ferryv1.NodeOutcome) string {
 
 // follow watches a rollout until it ends and returns an ExitError unless it
 // succeeded.
-func (a *app) follow(ctx context.Context, id string) error {
+func (a *app) follow(ctx context.Context, id string, started bool) error {
 	conn, err := a.connect()
 	if err != nil {
 		return err
@@ -217,7 +217,7 @@ func (a *app) follow(ctx context.Context, id string) error {
 	}
 	tty := a.output != "json" && isTerminal(a.stdout)
 	var last *ferryv1.Rollout
-	if a.output != "json" {
+	if a.output != "json" && started {
 		fmt.Fprintf(a.stdout, "rollout %s started; follow it elsewhere with `ferryctl rollout status %s --watch`\n", id, id)
 	}
 	for {
@@ -329,7 +329,7 @@ func (a *app) rolloutStatusCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if watch {
-				return a.follow(cmd.Context(), args[0])
+				return a.follow(cmd.Context(), args[0], false)
 			}
 			resp, err := call(a, cmd, ferryv1.NewRolloutServiceClient, ferryv1.RolloutServiceClient.GetRollout, &ferryv1.GetRolloutRequest{Id: args[0]})
 			if err != nil {
@@ -511,10 +511,13 @@ func (a *app) rolloutUndoCmd() *cobra.Command {
 				return err
 			}
 			if detach {
+				if a.output == "json" {
+					return a.printJSON(resp.Rollout)
+				}
 				fmt.Fprintln(a.stdout, resp.Rollout.Id)
 				return nil
 			}
-			return a.follow(cmd.Context(), resp.Rollout.Id)
+			return a.follow(cmd.Context(), resp.Rollout.Id, true)
 		},
 	}
 	cmd.Flags().StringVar(&group, "group", "", "group whose nodes go back (required)")

@@ -162,23 +162,33 @@ func (s *logServer) GetJobLogs(req *ferryv1.GetJobLogsRequest, stream grpc.Serve
 	if !found {
 		return status.Errorf(codes.NotFound, "node %s is not part of rollout %s", req.GetNodeId(), req.GetRolloutId())
 	}
-	sent := 0
+	var sent uint64 // bytes of the log already sent, by total offset
+	final := false
 	for {
-		text, err := s.d.Store.JobLog(req.GetRolloutId(), req.GetNodeId())
+		text, total, err := s.d.Store.JobLog(req.GetRolloutId(), req.GetNodeId())
 		if err != nil {
 			return status.Error(codes.Internal, err.Error())
 		}
-		if len(text) < sent { // truncated at the front: resend what is kept
-			sent = 0
-		}
-		if len(text) > sent {
-			if err := stream.Send(&ferryv1.GetJobLogsResponse{Text: text[sent:], At: timestamppb.New(s.d.Now())}); err != nil {
+		if total > sent {
+			chunk := text
+			if n := total - sent; n < uint64(len(text)) {
+				chunk = text[uint64(len(text))-n:]
+			} else if sent > 0 {
+				chunk = "[... output dropped: the stored log keeps the last 256 KiB ...]\n" + text
+			}
+			if err := stream.Send(&ferryv1.GetJobLogsResponse{Text: chunk, At: timestamppb.New(s.d.Now())}); err != nil {
 				return err
 			}
-			sent = len(text)
+			sent = total
 		}
-		if !req.GetFollow() || jobEnded(s.r, req.GetRolloutId(), req.GetNodeId()) {
+		if !req.GetFollow() || final {
 			return nil
+		}
+		// Output appended just before the job ended may land after its
+		// outcome: read once more after the end is seen.
+		final = jobEnded(s.r, req.GetRolloutId(), req.GetNodeId())
+		if final {
+			continue
 		}
 		select {
 		case <-stream.Context().Done():
