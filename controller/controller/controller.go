@@ -165,11 +165,18 @@ func New(cfg Config) (*Controller, error) {
 	c.reg.MustRegister(grpcMetrics)
 	m := metrics.New(c.reg, func() []*ferryv1.Node { return c.fleet.List(fleet.Filter{}) }, cfg.Now)
 
+	admins, err := server.NewAdmins(c.store)
+	if err != nil {
+		return nil, err
+	}
 	c.grpc = rpc.NewServer(rpc.ServerOptions{
 		TLS:     rpc.ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return serving, nil }, ca.Pool()),
 		Logger:  c.log,
 		Metrics: grpcMetrics,
 		Check: func(ctx context.Context, id pki.Identity, cert *x509.Certificate) error {
+			if err := admins.Check(id, cert); err != nil {
+				return err
+			}
 			return c.fleet.CheckIdentity(id, cert)
 		},
 	})
@@ -180,7 +187,7 @@ func New(cfg Config) (*Controller, error) {
 		Store: c.store, Fleet: c.fleet, CA: ca, Logger: c.log, Now: cfg.Now,
 		GossipKey: c.gossipKey, GossipLabel: gossipLabel(ca),
 		AgentCertTTL: cfg.AgentCertTTL, AdminCertTTL: cfg.AdminCertTTL,
-		AdvertiseAddress: c.advertise, Observer: m, GossipSeeds: c.gossipSeeds, OnHello: c.rejoin,
+		AdvertiseAddress: c.advertise, Observer: m, Admins: admins, GossipSeeds: c.gossipSeeds, OnHello: c.rejoin,
 	}
 	if c.artifacts, err = artifact.Open(artifact.Config{Dir: filepath.Join(cfg.DataDir, "artifacts"), DB: c.store.DB(), Logger: c.log.With("component", "artifact"), Now: cfg.Now}); err != nil {
 		return nil, err

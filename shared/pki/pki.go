@@ -29,6 +29,10 @@ import (
 // TrustDomain is the URI SAN host of every Ferry identity.
 const TrustDomain = "ferry"
 
+// Backdate is how far before its issuance a certificate's NotBefore is set,
+// to tolerate clock skew between the controller and the nodes.
+const Backdate = 5 * time.Minute
+
 // ControllerServerName is a DNS SAN every controller certificate carries;
 // clients verify the controller under this name, so they can dial it by
 // any address.
@@ -216,7 +220,7 @@ func (ca *CA) Sign(req SignRequest) (*x509.Certificate, error) {
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: req.Identity.String(), Organization: []string{"Ferry"}},
-		NotBefore:    req.Now.Add(-5 * time.Minute),
+		NotBefore:    req.Now.Add(-Backdate),
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		URIs:         []*url.URL{req.Identity.URI()},

@@ -158,7 +158,29 @@ func (a *app) certCmd() *cobra.Command {
 	issue.Flags().StringVar(&name, "admin", "", "admin name (required)")
 	issue.Flags().StringVar(&out, "out", "", "file to write (default NAME.yaml)")
 	issue.Flags().DurationVar(&ttl, "ttl", 0, "certificate lifetime (default: the controller's, 1 year)")
-	cmd.AddCommand(issue)
+	var revokeName string
+	revoke := &cobra.Command{
+		Use:   "revoke --admin NAME",
+		Short: "Refuse every credential issued to an admin name until now",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if revokeName == "" {
+				return fmt.Errorf("--admin NAME is required")
+			}
+			resp, err := call(a, cmd, ferryv1.NewCertificateServiceClient, ferryv1.CertificateServiceClient.RevokeAdmin, &ferryv1.RevokeAdminRequest{Name: revokeName})
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return a.printJSON(resp)
+			}
+			fmt.Fprintf(a.stdout, "admin %s revoked: credentials issued before %s are refused; issue a new one with `ferryctl cert issue --admin %s`\n",
+				revokeName, resp.RevokedAt.AsTime().Local().Format(time.RFC3339), revokeName)
+			return nil
+		},
+	}
+	revoke.Flags().StringVar(&revokeName, "admin", "", "admin name (required)")
+	cmd.AddCommand(issue, revoke)
 	return cmd
 }
 

@@ -30,15 +30,24 @@ const (
 	tokenAlphabet  = "abcdefghijklmnopqrstuvwxyz0123456789"
 )
 
+// randomString draws n characters uniformly from tokenAlphabet (bytes past
+// the largest multiple of its size are rejected, so there is no modulo
+// bias).
 func randomString(n int) (string, error) {
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		return "", err
+	limit := byte(256 - 256%len(tokenAlphabet))
+	out := make([]byte, 0, n)
+	buf := make([]byte, 2*n)
+	for len(out) < n {
+		if _, err := rand.Read(buf); err != nil {
+			return "", err
+		}
+		for _, c := range buf {
+			if c < limit && len(out) < n {
+				out = append(out, tokenAlphabet[int(c)%len(tokenAlphabet)])
+			}
+		}
 	}
-	for i := range b {
-		b[i] = tokenAlphabet[int(b[i])%len(tokenAlphabet)]
-	}
-	return string(b), nil
+	return string(out), nil
 }
 
 func hashSecret(secret string) []byte {

@@ -51,6 +51,8 @@ type Deps struct {
 	Jobs             JobSink
 	Observer         Observer
 	TokenDefaultTTL  time.Duration
+	// Admins tracks revoked admin credentials.
+	Admins *Admins
 	// OnHello is told each connecting node's gossip address.
 	OnHello func(nodeID, gossipAddr string)
 }

@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -21,6 +22,98 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// RevokeAdminRequest names the admin.
+type RevokeAdminRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Admin name, as in spiffe://ferry/admin/<name>.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAdminRequest) Reset() {
+	*x = RevokeAdminRequest{}
+	mi := &file_ferry_v1_certificate_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAdminRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAdminRequest) ProtoMessage() {}
+
+func (x *RevokeAdminRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_certificate_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAdminRequest.ProtoReflect.Descriptor instead.
+func (*RevokeAdminRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_certificate_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RevokeAdminRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// RevokeAdminResponse confirms the revocation.
+type RevokeAdminResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Certificates issued to the name before this time are refused.
+	RevokedAt     *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAdminResponse) Reset() {
+	*x = RevokeAdminResponse{}
+	mi := &file_ferry_v1_certificate_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAdminResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAdminResponse) ProtoMessage() {}
+
+func (x *RevokeAdminResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_certificate_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAdminResponse.ProtoReflect.Descriptor instead.
+func (*RevokeAdminResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_certificate_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RevokeAdminResponse) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return nil
+}
 
 // IssueAdminCertificateRequest names the admin.
 type IssueAdminCertificateRequest struct {
@@ -37,7 +130,7 @@ type IssueAdminCertificateRequest struct {
 
 func (x *IssueAdminCertificateRequest) Reset() {
 	*x = IssueAdminCertificateRequest{}
-	mi := &file_ferry_v1_certificate_proto_msgTypes[0]
+	mi := &file_ferry_v1_certificate_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -49,7 +142,7 @@ func (x *IssueAdminCertificateRequest) String() string {
 func (*IssueAdminCertificateRequest) ProtoMessage() {}
 
 func (x *IssueAdminCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_certificate_proto_msgTypes[0]
+	mi := &file_ferry_v1_certificate_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -62,7 +155,7 @@ func (x *IssueAdminCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueAdminCertificateRequest.ProtoReflect.Descriptor instead.
 func (*IssueAdminCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_certificate_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_certificate_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *IssueAdminCertificateRequest) GetName() string {
@@ -99,7 +192,7 @@ type IssueAdminCertificateResponse struct {
 
 func (x *IssueAdminCertificateResponse) Reset() {
 	*x = IssueAdminCertificateResponse{}
-	mi := &file_ferry_v1_certificate_proto_msgTypes[1]
+	mi := &file_ferry_v1_certificate_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -111,7 +204,7 @@ func (x *IssueAdminCertificateResponse) String() string {
 func (*IssueAdminCertificateResponse) ProtoMessage() {}
 
 func (x *IssueAdminCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_certificate_proto_msgTypes[1]
+	mi := &file_ferry_v1_certificate_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -124,7 +217,7 @@ func (x *IssueAdminCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueAdminCertificateResponse.ProtoReflect.Descriptor instead.
 func (*IssueAdminCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_certificate_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_certificate_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *IssueAdminCertificateResponse) GetCertificateDer() []byte {
@@ -150,7 +243,7 @@ type GetCAInfoRequest struct {
 
 func (x *GetCAInfoRequest) Reset() {
 	*x = GetCAInfoRequest{}
-	mi := &file_ferry_v1_certificate_proto_msgTypes[2]
+	mi := &file_ferry_v1_certificate_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -162,7 +255,7 @@ func (x *GetCAInfoRequest) String() string {
 func (*GetCAInfoRequest) ProtoMessage() {}
 
 func (x *GetCAInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_certificate_proto_msgTypes[2]
+	mi := &file_ferry_v1_certificate_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -175,7 +268,7 @@ func (x *GetCAInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCAInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetCAInfoRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_certificate_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_certificate_proto_rawDescGZIP(), []int{4}
 }
 
 // GetCAInfoResponse describes the CA.
@@ -191,7 +284,7 @@ type GetCAInfoResponse struct {
 
 func (x *GetCAInfoResponse) Reset() {
 	*x = GetCAInfoResponse{}
-	mi := &file_ferry_v1_certificate_proto_msgTypes[3]
+	mi := &file_ferry_v1_certificate_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -203,7 +296,7 @@ func (x *GetCAInfoResponse) String() string {
 func (*GetCAInfoResponse) ProtoMessage() {}
 
 func (x *GetCAInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_certificate_proto_msgTypes[3]
+	mi := &file_ferry_v1_certificate_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -216,7 +309,7 @@ func (x *GetCAInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCAInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetCAInfoResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_certificate_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_certificate_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetCAInfoResponse) GetCaCertificateDer() []byte {
@@ -237,7 +330,12 @@ var File_ferry_v1_certificate_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_certificate_proto_rawDesc = "" +
 	"\n" +
-	"\x1aferry/v1/certificate.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\"x\n" +
+	"\x1aferry/v1/certificate.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"(\n" +
+	"\x12RevokeAdminRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"P\n" +
+	"\x13RevokeAdminResponse\x129\n" +
+	"\n" +
+	"revoked_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\"x\n" +
 	"\x1cIssueAdminCertificateRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x17\n" +
 	"\acsr_der\x18\x02 \x01(\fR\x06csrDer\x12+\n" +
@@ -248,10 +346,11 @@ const file_ferry_v1_certificate_proto_rawDesc = "" +
 	"\x10GetCAInfoRequest\"X\n" +
 	"\x11GetCAInfoResponse\x12,\n" +
 	"\x12ca_certificate_der\x18\x01 \x01(\fR\x10caCertificateDer\x12\x15\n" +
-	"\x06ca_pin\x18\x02 \x01(\tR\x05caPin2\xc4\x01\n" +
+	"\x06ca_pin\x18\x02 \x01(\tR\x05caPin2\x90\x02\n" +
 	"\x12CertificateService\x12h\n" +
 	"\x15IssueAdminCertificate\x12&.ferry.v1.IssueAdminCertificateRequest\x1a'.ferry.v1.IssueAdminCertificateResponse\x12D\n" +
-	"\tGetCAInfo\x12\x1a.ferry.v1.GetCAInfoRequest\x1a\x1b.ferry.v1.GetCAInfoResponseB\x9a\x01\n" +
+	"\tGetCAInfo\x12\x1a.ferry.v1.GetCAInfoRequest\x1a\x1b.ferry.v1.GetCAInfoResponse\x12J\n" +
+	"\vRevokeAdmin\x12\x1c.ferry.v1.RevokeAdminRequest\x1a\x1d.ferry.v1.RevokeAdminResponseB\x9a\x01\n" +
 	"\fcom.ferry.v1B\x10CertificateProtoP\x01Z7github.com/ferrydeploy/ferry/proto/gen/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -266,25 +365,31 @@ func file_ferry_v1_certificate_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_certificate_proto_rawDescData
 }
 
-var file_ferry_v1_certificate_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_ferry_v1_certificate_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_ferry_v1_certificate_proto_goTypes = []any{
-	(*IssueAdminCertificateRequest)(nil),  // 0: ferry.v1.IssueAdminCertificateRequest
-	(*IssueAdminCertificateResponse)(nil), // 1: ferry.v1.IssueAdminCertificateResponse
-	(*GetCAInfoRequest)(nil),              // 2: ferry.v1.GetCAInfoRequest
-	(*GetCAInfoResponse)(nil),             // 3: ferry.v1.GetCAInfoResponse
-	(*durationpb.Duration)(nil),           // 4: google.protobuf.Duration
+	(*RevokeAdminRequest)(nil),            // 0: ferry.v1.RevokeAdminRequest
+	(*RevokeAdminResponse)(nil),           // 1: ferry.v1.RevokeAdminResponse
+	(*IssueAdminCertificateRequest)(nil),  // 2: ferry.v1.IssueAdminCertificateRequest
+	(*IssueAdminCertificateResponse)(nil), // 3: ferry.v1.IssueAdminCertificateResponse
+	(*GetCAInfoRequest)(nil),              // 4: ferry.v1.GetCAInfoRequest
+	(*GetCAInfoResponse)(nil),             // 5: ferry.v1.GetCAInfoResponse
+	(*timestamppb.Timestamp)(nil),         // 6: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),           // 7: google.protobuf.Duration
 }
 var file_ferry_v1_certificate_proto_depIdxs = []int32{
-	4, // 0: ferry.v1.IssueAdminCertificateRequest.ttl:type_name -> google.protobuf.Duration
-	0, // 1: ferry.v1.CertificateService.IssueAdminCertificate:input_type -> ferry.v1.IssueAdminCertificateRequest
-	2, // 2: ferry.v1.CertificateService.GetCAInfo:input_type -> ferry.v1.GetCAInfoRequest
-	1, // 3: ferry.v1.CertificateService.IssueAdminCertificate:output_type -> ferry.v1.IssueAdminCertificateResponse
-	3, // 4: ferry.v1.CertificateService.GetCAInfo:output_type -> ferry.v1.GetCAInfoResponse
-	3, // [3:5] is the sub-list for method output_type
-	1, // [1:3] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	6, // 0: ferry.v1.RevokeAdminResponse.revoked_at:type_name -> google.protobuf.Timestamp
+	7, // 1: ferry.v1.IssueAdminCertificateRequest.ttl:type_name -> google.protobuf.Duration
+	2, // 2: ferry.v1.CertificateService.IssueAdminCertificate:input_type -> ferry.v1.IssueAdminCertificateRequest
+	4, // 3: ferry.v1.CertificateService.GetCAInfo:input_type -> ferry.v1.GetCAInfoRequest
+	0, // 4: ferry.v1.CertificateService.RevokeAdmin:input_type -> ferry.v1.RevokeAdminRequest
+	3, // 5: ferry.v1.CertificateService.IssueAdminCertificate:output_type -> ferry.v1.IssueAdminCertificateResponse
+	5, // 6: ferry.v1.CertificateService.GetCAInfo:output_type -> ferry.v1.GetCAInfoResponse
+	1, // 7: ferry.v1.CertificateService.RevokeAdmin:output_type -> ferry.v1.RevokeAdminResponse
+	5, // [5:8] is the sub-list for method output_type
+	2, // [2:5] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_certificate_proto_init() }
@@ -298,7 +403,7 @@ func file_ferry_v1_certificate_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_certificate_proto_rawDesc), len(file_ferry_v1_certificate_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	CertificateService_IssueAdminCertificate_FullMethodName = "/ferry.v1.CertificateService/IssueAdminCertificate"
 	CertificateService_GetCAInfo_FullMethodName             = "/ferry.v1.CertificateService/GetCAInfo"
+	CertificateService_RevokeAdmin_FullMethodName           = "/ferry.v1.CertificateService/RevokeAdmin"
 )
 
 // CertificateServiceClient is the client API for CertificateService service.
@@ -34,6 +35,9 @@ type CertificateServiceClient interface {
 	IssueAdminCertificate(ctx context.Context, in *IssueAdminCertificateRequest, opts ...grpc.CallOption) (*IssueAdminCertificateResponse, error)
 	// GetCAInfo returns the CA certificate and its pin.
 	GetCAInfo(ctx context.Context, in *GetCAInfoRequest, opts ...grpc.CallOption) (*GetCAInfoResponse, error)
+	// RevokeAdmin refuses, from now on, every certificate issued to an admin
+	// name until now. Credentials issued to the name afterwards work.
+	RevokeAdmin(ctx context.Context, in *RevokeAdminRequest, opts ...grpc.CallOption) (*RevokeAdminResponse, error)
 }
 
 type certificateServiceClient struct {
@@ -64,6 +68,16 @@ func (c *certificateServiceClient) GetCAInfo(ctx context.Context, in *GetCAInfoR
 	return out, nil
 }
 
+func (c *certificateServiceClient) RevokeAdmin(ctx context.Context, in *RevokeAdminRequest, opts ...grpc.CallOption) (*RevokeAdminResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeAdminResponse)
+	err := c.cc.Invoke(ctx, CertificateService_RevokeAdmin_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CertificateServiceServer is the server API for CertificateService service.
 // All implementations must embed UnimplementedCertificateServiceServer
 // for forward compatibility.
@@ -75,6 +89,9 @@ type CertificateServiceServer interface {
 	IssueAdminCertificate(context.Context, *IssueAdminCertificateRequest) (*IssueAdminCertificateResponse, error)
 	// GetCAInfo returns the CA certificate and its pin.
 	GetCAInfo(context.Context, *GetCAInfoRequest) (*GetCAInfoResponse, error)
+	// RevokeAdmin refuses, from now on, every certificate issued to an admin
+	// name until now. Credentials issued to the name afterwards work.
+	RevokeAdmin(context.Context, *RevokeAdminRequest) (*RevokeAdminResponse, error)
 	mustEmbedUnimplementedCertificateServiceServer()
 }
 
@@ -90,6 +107,9 @@ func (UnimplementedCertificateServiceServer) IssueAdminCertificate(context.Conte
 }
 func (UnimplementedCertificateServiceServer) GetCAInfo(context.Context, *GetCAInfoRequest) (*GetCAInfoResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetCAInfo not implemented")
+}
+func (UnimplementedCertificateServiceServer) RevokeAdmin(context.Context, *RevokeAdminRequest) (*RevokeAdminResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeAdmin not implemented")
 }
 func (UnimplementedCertificateServiceServer) mustEmbedUnimplementedCertificateServiceServer() {}
 func (UnimplementedCertificateServiceServer) testEmbeddedByValue()                            {}
@@ -148,6 +168,24 @@ func _CertificateService_GetCAInfo_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CertificateService_RevokeAdmin_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeAdminRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CertificateServiceServer).RevokeAdmin(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CertificateService_RevokeAdmin_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CertificateServiceServer).RevokeAdmin(ctx, req.(*RevokeAdminRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // CertificateService_ServiceDesc is the grpc.ServiceDesc for CertificateService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -162,6 +200,10 @@ var CertificateService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetCAInfo",
 			Handler:    _CertificateService_GetCAInfo_Handler,
+		},
+		{
+			MethodName: "RevokeAdmin",
+			Handler:    _CertificateService_RevokeAdmin_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
