@@ -100,7 +100,7 @@ func tokenMaxUses(t *ferryv1.Token) string {
 }
 
 func (a *app) certCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "cert", Short: "Issue credentials"}
+	cmd := &cobra.Command{Use: "cert", Short: "Issue and revoke admin credentials"}
 	var name, out string
 	var ttl time.Duration
 	issue := &cobra.Command{
