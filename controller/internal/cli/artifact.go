@@ -46,9 +46,6 @@ read as amd64 and aarch64 as arm64). --timeout does not limit the upload.`,
   ferryctl artifact push ./myapp --name myapp --version 2.4.1 --os linux --arch amd64`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := a.checkOutput(); err != nil {
-				return err
-			}
 			path := args[0]
 			f, err := os.Open(path)
 			if err != nil {
@@ -160,11 +157,19 @@ func checkedBy(source string) string {
 	return "checksum matches " + source
 }
 
-func platform(a *ferryv1.Artifact) string {
+// osArch is "os/arch", or "" when the artifact names neither.
+func osArch(a *ferryv1.Artifact) string {
 	if a.Os == "" && a.Arch == "" {
 		return ""
 	}
-	return " (" + orDash(a.Os) + "/" + orDash(a.Arch) + ")"
+	return orDash(a.Os) + "/" + orDash(a.Arch)
+}
+
+func platform(a *ferryv1.Artifact) string {
+	if s := osArch(a); s != "" {
+		return " (" + s + ")"
+	}
+	return ""
 }
 
 func hashFile(r io.Reader, progress func(uint64)) (string, error) {
@@ -192,9 +197,6 @@ func (a *app) artifactListCmd() *cobra.Command {
 		Short: "List artifacts, newest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := a.checkOutput(); err != nil {
-				return err
-			}
 			resp, err := call(a, cmd, ferryv1.NewArtifactServiceClient, ferryv1.ArtifactServiceClient.ListArtifacts, &ferryv1.ListArtifactsRequest{Name: name})
 			if err != nil {
 				return err
@@ -202,11 +204,7 @@ func (a *app) artifactListCmd() *cobra.Command {
 			return a.show(resp, func() error {
 				now := time.Now()
 				return printTable(a, []string{"NAME", "VERSION", "OS/ARCH", "SIZE", "DIGEST", "PUSHED", "BY"}, resp.Artifacts, func(art *ferryv1.Artifact) []string {
-					plat := "-"
-					if art.Os != "" || art.Arch != "" {
-						plat = orDash(art.Os) + "/" + orDash(art.Arch)
-					}
-					return []string{art.Name, art.Version, plat, humanBytes(art.Size), shortDigest(art.Digest), age(now.Sub(art.PushedAt.AsTime())) + " ago", orDash(art.PushedBy)}
+					return []string{art.Name, art.Version, orDash(osArch(art)), humanBytes(art.Size), shortDigest(art.Digest), age(now.Sub(art.PushedAt.AsTime())) + " ago", orDash(art.PushedBy)}
 				})
 			})
 		},
@@ -224,9 +222,6 @@ func (a *app) artifactInspectCmd() *cobra.Command {
 		Long:  "Show an artifact's metadata and the packages that use it. " + refHelp,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := a.checkOutput(); err != nil {
-				return err
-			}
 			resp, err := call(a, cmd, ferryv1.NewArtifactServiceClient, ferryv1.ArtifactServiceClient.GetArtifact, &ferryv1.GetArtifactRequest{Ref: args[0]})
 			if err != nil {
 				return err
@@ -294,10 +289,8 @@ type progressBar struct {
 
 func (a *app) progress(label string, total uint64) *progressBar {
 	p := &progressBar{label: label, total: total, start: time.Now()}
-	if f, ok := a.stderr.(*os.File); ok {
-		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
-			p.w = f
-		}
+	if isTerminal(a.stderr) {
+		p.w = a.stderr
 	}
 	return p
 }

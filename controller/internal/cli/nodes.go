@@ -34,9 +34,6 @@ func (a *app) nodesCmd() *cobra.Command {
 		Short: "List nodes with their health state (and why)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := a.checkOutput(); err != nil {
-				return err
-			}
 			st, err := parseStates(states)
 			if err != nil {
 				return err

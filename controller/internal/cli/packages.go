@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ferrydeploy/ferry/controller/internal/artifact"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
@@ -101,10 +102,5 @@ func (a *app) packageCmd() *cobra.Command {
 	return cmd
 }
 
-// shortDigest abbreviates "sha256:<hex>" to 12 hex digits.
-func shortDigest(d string) string {
-	if len(d) > len("sha256:")+12 {
-		return d[:len("sha256:")+12]
-	}
-	return orDash(d)
-}
+// shortDigest abbreviates "sha256:<hex>" to 12 hex digits ("-" when empty).
+func shortDigest(d string) string { return orDash(artifact.ShortDigest(d)) }

@@ -91,9 +91,6 @@ exits 0 only if the rollout succeeded. --detach prints the rollout ID and
 returns at once; --plan shows what would change and changes nothing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := a.checkOutput(); err != nil {
-				return err
-			}
 			if pkg == "" {
 				return errors.New("--package NAME@VERSION is required (e.g. --package go@1.20.3)")
 			}
@@ -196,12 +193,14 @@ func terminalState(s ferryv1.RolloutState) bool {
 	return false
 }
 
-func stateWord(s ferryv1.RolloutState) string {
-	return strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(s.String(), "ROLLOUT_STATE_"), "_", " "))
-}
+func stateWord(s ferryv1.RolloutState) string { return enumWord(s.String(), "ROLLOUT_STATE_") }
 
-func outcomeWord(o ferryv1.NodeOutcome) string {
-	return strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(o.String(), "NODE_OUTCOME_"), "_", " "))
+func outcomeWord(o ferryv1.NodeOutcome) string { return enumWord(o.String(), "NODE_OUTCOME_") }
+
+// enumWord turns an enum value name such as ROLLOUT_STATE_ROLLED_BACK into
+// "rolled back".
+func enumWord(name, prefix string) string {
+	return strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(name, prefix), "_", " "))
 }
 
 // follow watches a rollout until it ends and returns an ExitError unless it
@@ -511,11 +510,10 @@ func (a *app) rolloutUndoCmd() *cobra.Command {
 				return err
 			}
 			if detach {
-				if a.output == "json" {
-					return a.printJSON(resp.Rollout)
-				}
-				fmt.Fprintln(a.stdout, resp.Rollout.Id)
-				return nil
+				return a.show(resp.Rollout, func() error {
+					fmt.Fprintln(a.stdout, resp.Rollout.Id)
+					return nil
+				})
 			}
 			return a.follow(cmd.Context(), resp.Rollout.Id, true)
 		},
@@ -524,7 +522,6 @@ func (a *app) rolloutUndoCmd() *cobra.Command {
 	cmd.Flags().StringVar(&pkg, "package", "", "package name (required)")
 	cmd.Flags().BoolVar(&detach, "detach", false, "print the undo rollout's ID and return")
 	strat.add(cmd)
-	cmd.Flags().Lookup("auto-promote").DefValue = "false"
 	return cmd
 }
 

@@ -171,12 +171,11 @@ func (a *app) certCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if a.output == "json" {
-				return a.printJSON(resp)
-			}
-			fmt.Fprintf(a.stdout, "admin %s revoked: credentials issued before %s are refused; issue a new one with `ferryctl cert issue --admin %s`\n",
-				revokeName, resp.RevokedAt.AsTime().Local().Format(time.RFC3339), revokeName)
-			return nil
+			return a.show(resp, func() error {
+				fmt.Fprintf(a.stdout, "admin %s revoked: credentials issued before %s are refused; issue a new one with `ferryctl cert issue --admin %s`\n",
+					revokeName, resp.RevokedAt.AsTime().Local().Format(time.RFC3339), revokeName)
+				return nil
+			})
 		},
 	}
 	revoke.Flags().StringVar(&revokeName, "admin", "", "admin name (required)")
