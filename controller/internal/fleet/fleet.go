@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -60,8 +61,7 @@ type Registry struct {
 
 	mu     sync.RWMutex
 	nodes  map[string]*entry
-	closed bool   // CloseAll was called: no new sessions
-	gen    uint64 // bumped on every change, for watchers
+	closed bool // CloseAll was called: no new sessions
 	cond   chan struct{}
 }
 
@@ -129,7 +129,6 @@ func (r *Registry) SetGossip(g GossipView) {
 }
 
 func (r *Registry) changed() {
-	r.gen++
 	close(r.cond)
 	r.cond = make(chan struct{})
 }
@@ -179,10 +178,8 @@ func (r *Registry) CheckIdentity(id pki.Identity, cert *x509.Certificate) error 
 		return fmt.Errorf("node %s was removed by %s; to bring it back, create a token and re-enroll it", id.Name, removedBy)
 	}
 	serial := cert.SerialNumber.String()
-	for _, s := range serials {
-		if s == serial {
-			return nil
-		}
+	if slices.Contains(serials, serial) {
+		return nil
 	}
 	return fmt.Errorf("certificate %s is no longer valid for node %s (replaced by a renewal or re-enrollment)", serial, id.Name)
 }
@@ -198,8 +195,7 @@ func (r *Registry) Renewed(nodeID string, cert *x509.Certificate, callerSerial s
 		return ErrRemoved
 	}
 	rec := e.rec
-	serials := []string{cert.SerialNumber.String(), callerSerial}
-	rec.CertSerials = serials
+	rec.CertSerials = []string{cert.SerialNumber.String(), callerSerial}
 	rec.CertExpiresAt = cert.NotAfter
 	if err := r.cfg.Store.PutNode(rec); err != nil {
 		return err
@@ -296,7 +292,7 @@ func (r *Registry) Heartbeat(nodeID string, hb *ferryv1.Heartbeat) time.Duration
 		return 0
 	}
 	age := now.Sub(e.lastHeartbeat)
-	wasFresh := now.Sub(e.lastHeartbeat) <= 3*r.cfg.HeartbeatInterval
+	wasFresh := age <= 3*r.cfg.HeartbeatInterval
 	e.lastHeartbeat = now
 	e.hb = hb
 	if hb.GetFacts() != nil {
@@ -379,15 +375,7 @@ func (f Filter) match(n *ferryv1.Node) bool {
 	if f.Group != "" && n.Group != f.Group {
 		return false
 	}
-	if len(f.States) == 0 {
-		return true
-	}
-	for _, s := range f.States {
-		if n.State == s {
-			return true
-		}
-	}
-	return false
+	return len(f.States) == 0 || slices.Contains(f.States, n.State)
 }
 
 // List returns nodes matching f, sorted by ID.
