@@ -76,7 +76,7 @@ func (d *Downloader) DownloadArtifact(req *ferryv1.DownloadArtifactRequest, stre
 		return status.FromContextError(ctx.Err()).Err()
 	}
 	defer func() { <-d.sem }()
-	blob, err := d.store.OpenBlob(req.GetDigest())
+	blob, err := d.store.OpenBlob(rec)
 	if err != nil {
 		return toStatus(err)
 	}

@@ -695,12 +695,8 @@ func (s *Store) Lookup(digest string) (*ferryv1.Artifact, error) {
 	return rec, nil
 }
 
-// OpenBlob opens the blob of a digest that some record names.
-func (s *Store) OpenBlob(digest string) (*Blob, error) {
-	rec, err := s.Lookup(digest)
-	if err != nil {
-		return nil, err
-	}
+// OpenBlob opens the blob of a record Lookup returned.
+func (s *Store) OpenBlob(rec *ferryv1.Artifact) (*Blob, error) {
 	f, err := os.Open(s.blobPath(strings.TrimPrefix(rec.Digest, DigestPrefix)))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
