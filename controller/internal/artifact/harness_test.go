@@ -40,7 +40,6 @@ type harness struct {
 	admin  *grpc.ClientConn
 	agent  *grpc.ClientConn
 	pki    *testPKI
-	srv    *grpc.Server
 }
 
 type harnessOpts struct {
@@ -135,7 +134,6 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		t.Fatal(err)
 	}
 	h.addr = lis.Addr().String()
-	h.srv = srv
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
 	h.admin = h.dial(h.pki.admin, o.dialOpts...)
