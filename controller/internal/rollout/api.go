@@ -3,7 +3,6 @@ package rollout
 import (
 	"context"
 	"fmt"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"sort"
 	"strings"
 	"time"
@@ -92,7 +91,7 @@ func (e *Engine) prepare(req *ferryv1.CreateRolloutRequest) (prepared, error) {
 	if req.GetTarget().GetGroup() == "" && len(req.GetTarget().GetSelector()) == 0 {
 		return p, fmt.Errorf("%w: no target: set a group and/or a selector", ErrInvalid)
 	}
-	strat, _, err := withDefaults(req.GetStrategy())
+	strat, err := withDefaults(req.GetStrategy())
 	if err != nil {
 		return p, err
 	}
@@ -152,7 +151,7 @@ func (e *Engine) create(actor string, req *ferryv1.CreateRolloutRequest) (*ferry
 		e.mu.Unlock()
 		return nil, err
 	}
-	return e.advanceAndRelease(ru, now)
+	return e.advanceAndRelease(ru, now), nil
 }
 
 func targetOrEmpty(t *ferryv1.Target) *ferryv1.Target {
@@ -183,11 +182,7 @@ func (e *Engine) matchLocked(pkg string, t *ferryv1.Target) ([]*ferryv1.Node, er
 	if len(nodes) == 0 {
 		return nil, fmt.Errorf("%w: no enrolled node matches %s; list nodes with `ferryctl nodes`", ErrInvalid, describe(t, nil))
 	}
-	ids := make([]string, len(nodes))
-	for i, n := range nodes {
-		ids[i] = n.GetId()
-	}
-	if err := e.conflictLocked(pkg, ids); err != nil {
+	if err := e.conflictLocked(pkg, nodes); err != nil {
 		return nil, err
 	}
 	return nodes, nil
@@ -197,10 +192,10 @@ func (e *Engine) matchLocked(pkg string, t *ferryv1.Target) ([]*ferryv1.Node, er
 // the same package is active: one that has not reached a final state covers
 // all of its nodes; an aborted one still covers the nodes whose cancelled
 // jobs have not reported yet.
-func (e *Engine) conflictLocked(pkg string, nodeIDs []string) error {
+func (e *Engine) conflictLocked(pkg string, nodes []*ferryv1.Node) error {
 	want := map[string]bool{}
-	for _, id := range nodeIDs {
-		want[id] = true
+	for _, n := range nodes {
+		want[n.GetId()] = true
 	}
 	var others []*ferryv1.Rollout
 	for _, ru := range e.runs {
@@ -295,7 +290,7 @@ func (e *Engine) insertLocked(r *ferryv1.Rollout, pkg *ferryv1.Package, now time
 // e.mu, performs the effects and returns a copy of the rollout as it is
 // then. The rollout exists once insertLocked saved it, so a failure to save
 // its first jobs is only logged: they are retried at the next tick.
-func (e *Engine) advanceAndRelease(ru *run, now time.Time) (*ferryv1.Rollout, error) {
+func (e *Engine) advanceAndRelease(ru *run, now time.Time) *ferryv1.Rollout {
 	fx := &e.queue
 	e.settle(ru, now, fx)
 	_ = e.commit(ru, now, fx)
@@ -304,7 +299,7 @@ func (e *Engine) advanceAndRelease(ru *run, now time.Time) (*ferryv1.Rollout, er
 	e.mu.Lock()
 	out := proto.Clone(ru.r).(*ferryv1.Rollout)
 	e.mu.Unlock()
-	return out, nil
+	return out
 }
 
 // Promote lets a rollout waiting after its canaries start wave 1.
@@ -422,7 +417,7 @@ func (e *Engine) undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.R
 	if name == "" || group == "" {
 		return nil, fmt.Errorf("%w: undo needs a package and a group, e.g. --package go --group production", ErrInvalid)
 	}
-	strat, _, err := withDefaults(req.GetStrategy())
+	strat, err := withDefaults(req.GetStrategy())
 	if err != nil {
 		return nil, err
 	}
@@ -448,11 +443,7 @@ func (e *Engine) undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.R
 		e.mu.Unlock()
 		return nil, err
 	}
-	ids := make([]string, len(nodes))
-	for i, n := range nodes {
-		ids[i] = n.GetId()
-	}
-	if err := e.conflictLocked(name, ids); err != nil {
+	if err := e.conflictLocked(name, nodes); err != nil {
 		e.mu.Unlock()
 		return nil, err
 	}
@@ -476,7 +467,7 @@ func (e *Engine) undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.R
 		e.mu.Unlock()
 		return nil, err
 	}
-	return e.advanceAndRelease(ru, now)
+	return e.advanceAndRelease(ru, now), nil
 }
 
 // undoTargetsLocked finds the package's last install rollout touching the
@@ -764,15 +755,7 @@ func (e *Engine) NodeConnected(nodeID string, reported []*ferryv1.JobUpdate) {
 			kind = kindRollback
 		}
 		e.log.Info("resending in-flight job to a reconnected node", "rollout", ru.r.GetId(), "node", nodeID, "job", n.GetJobId())
-		e.queue.ops = append(e.queue.ops, op{
-			rolloutID: ru.r.GetId(),
-			nodeID:    nodeID,
-			outcome:   n.GetOutcome(),
-			job: &ferryv1.Job{
-				Id: n.GetJobId(), RolloutId: ru.r.GetId(), Kind: kind, Package: pkg,
-				Deadline: durationpb.New(ru.st.progressDeadline),
-			},
-		})
+		e.queue.ops = append(e.queue.ops, sendOp(ru, nodeID, n.GetJobId(), kind, pkg, n.GetOutcome()))
 	}
 	e.mu.Unlock()
 	e.drain()

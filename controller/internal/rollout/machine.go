@@ -139,15 +139,7 @@ func (ru *run) inFlightCount() int {
 // An aborted rollout keeps tracking the jobs it cancelled until they report
 // or time out.
 func (ru *run) ended() bool {
-	if !terminalState(ru.r.GetState()) {
-		return false
-	}
-	for _, n := range ru.r.GetNodes() {
-		if inFlight(n) {
-			return false
-		}
-	}
-	return true
+	return terminalState(ru.r.GetState()) && ru.inFlightCount() == 0
 }
 
 func (ru *run) node(id string) *ferryv1.NodeJob {
@@ -346,14 +338,12 @@ func (e *Engine) finish(ru *run, n *ferryv1.NodeJob, o ferryv1.NodeOutcome, now 
 // setOutcome moves an in-flight node to a new non-final outcome.
 func setOutcome(ru *run, n *ferryv1.NodeJob, o ferryv1.NodeOutcome, now time.Time, msg string) {
 	n.Outcome = o
-	if msg != "" {
-		n.Message = msg
-	}
 	if msg == "" {
 		ru.event(now, n.GetNodeId(), "%s", outcomeName(o))
-	} else {
-		ru.event(now, n.GetNodeId(), "%s: %s", outcomeName(o), msg)
+		return
 	}
+	n.Message = msg
+	ru.event(now, n.GetNodeId(), "%s: %s", outcomeName(o), msg)
 }
 
 // onFailure acts once failures exceed max_failures. It runs at each new
@@ -384,11 +374,7 @@ func (e *Engine) onFailure(ru *run, now time.Time, fx *effects) {
 	case ferryv1.FailureAction_FAILURE_ACTION_ROLLBACK:
 		ru.setState(now, stRolling, why+"; rolling back the nodes that changed")
 		skipPending(ru, now, "skipped: the rollout is rolling back")
-		for _, n := range ru.r.GetNodes() {
-			if inFlight(n) && n.GetFinishedAt() == nil {
-				fx.cancel(n.GetNodeId(), n.GetJobId())
-			}
-		}
+		cancelRunning(ru, fx)
 	default:
 		ru.setState(now, stPaused, fmt.Sprintf("%s; paused: fix the cause, then `ferryctl rollout resume %s` or `ferryctl rollout abort %s`", why, ru.r.GetId(), ru.r.GetId()))
 	}
@@ -399,6 +385,12 @@ func (e *Engine) onFailure(ru *run, now time.Time, fx *effects) {
 func (e *Engine) abort(ru *run, now time.Time, fx *effects, msg string) {
 	ru.setState(now, stAborted, msg)
 	skipPending(ru, now, "skipped: the rollout was aborted")
+	cancelRunning(ru, fx)
+}
+
+// cancelRunning cancels the jobs the agents are still running (not those
+// that reported success and are serving out healthy_for).
+func cancelRunning(ru *run, fx *effects) {
 	for _, n := range ru.r.GetNodes() {
 		if inFlight(n) && n.GetFinishedAt() == nil {
 			fx.cancel(n.GetNodeId(), n.GetJobId())
@@ -531,10 +523,17 @@ func (e *Engine) start(ru *run, n *ferryv1.NodeJob, now time.Time, fx *effects, 
 	}
 	setOutcome(ru, n, o, now, msg)
 	ru.sent = append(ru.sent, sentNode{n: n, before: before})
-	fx.ops = append(fx.ops, op{
+	fx.ops = append(fx.ops, sendOp(ru, n.GetNodeId(), jobID, kind, pkg, o))
+	return true
+}
+
+// sendOp is the effect that sends a node a job of the rollout; outcome is
+// the node's outcome when the job is handed over.
+func sendOp(ru *run, nodeID, jobID string, kind ferryv1.JobKind, pkg *ferryv1.Package, outcome ferryv1.NodeOutcome) op {
+	return op{
 		rolloutID: ru.r.GetId(),
-		nodeID:    n.GetNodeId(),
-		outcome:   o,
+		nodeID:    nodeID,
+		outcome:   outcome,
 		job: &ferryv1.Job{
 			Id:        jobID,
 			RolloutId: ru.r.GetId(),
@@ -542,8 +541,7 @@ func (e *Engine) start(ru *run, n *ferryv1.NodeJob, now time.Time, fx *effects, 
 			Package:   pkg,
 			Deadline:  durationpb.New(ru.st.progressDeadline),
 		},
-	})
-	return true
+	}
 }
 
 func versionOrNone(v string) string {
@@ -610,16 +608,22 @@ func (e *Engine) fillRollbacks(ru *run, now time.Time, fx *effects) {
 		fn, ok := e.cfg.Fleet.Node(n.GetNodeId())
 		if !ok || !reachable(fn) {
 			n.JobId = rbID
-			n.Outcome = ocSucceeded
-			n.FinishedAt = timestamppb.New(now)
-			n.Message = "not rolled back: node not connected (" + nodeStatus(fn, ok) + "); it may still have " + r.GetPackageVersion()
-			ru.event(now, n.GetNodeId(), "%s", n.GetMessage())
+			notRolledBack(ru, n, now, "node not connected ("+nodeStatus(fn, ok)+")")
 			continue
 		}
 		if e.start(ru, n, now, fx, kindRollback, rbID) && !wasInFlight {
 			slots--
 		}
 	}
+}
+
+// notRolledBack ends a changed node whose rollback job could not be sent,
+// as SUCCEEDED, with a message saying why and that the version may remain.
+func notRolledBack(ru *run, n *ferryv1.NodeJob, now time.Time, why string) {
+	n.Outcome = ocSucceeded
+	n.FinishedAt = timestamppb.New(now)
+	n.Message = "not rolled back: " + why + "; it may still have " + ru.r.GetPackageVersion()
+	ru.event(now, n.GetNodeId(), "%s", n.GetMessage())
 }
 
 // maybeFinish gives the rollout its final state once no job is in flight
@@ -778,10 +782,7 @@ func (e *Engine) perform(ops []op) {
 		}
 		e.log.Warn("job not delivered", "rollout", f.rolloutID, "node", f.nodeID, "err", f.err)
 		if f.job.GetKind() == kindRollback && ru.r.GetJobKind() == kindInstall {
-			n.Outcome = ocSucceeded
-			n.FinishedAt = timestamppb.New(now)
-			n.Message = fmt.Sprintf("not rolled back: %v; it may still have %s", f.err, ru.r.GetPackageVersion())
-			ru.event(now, n.GetNodeId(), "%s", n.GetMessage())
+			notRolledBack(ru, n, now, f.err.Error())
 			continue
 		}
 		n.JobId = "" // never delivered: not a failure

@@ -15,6 +15,8 @@ type planWait struct {
 	reports chan planReport
 }
 
+func planJobID(planID, nodeID string) string { return planID + "/plan/" + nodeID }
+
 type planReport struct {
 	nodeID string
 	u      *ferryv1.JobUpdate
@@ -60,9 +62,7 @@ func (e *Engine) Plan(ctx context.Context, req *ferryv1.CreateRolloutRequest) ([
 	for _, n := range fleet {
 		installed[n.GetId()] = installedVersion(n, req.GetPackageName())
 	}
-	nodes := buildNodes(fleet, int(p.strat.GetCanary()), now, func(n *ferryv1.Node) string {
-		return installedVersion(n, req.GetPackageName())
-	})
+	nodes := buildNodes(fleet, int(p.strat.GetCanary()), now, func(n *ferryv1.Node) string { return installed[n.GetId()] })
 	planID := "plan-" + e.newIDLocked()
 	pw := &planWait{jobs: map[string]string{}, reports: make(chan planReport, 2*len(nodes))}
 	plans := make([]*ferryv1.NodePlan, len(nodes))
@@ -75,7 +75,7 @@ func (e *Engine) Plan(ctx context.Context, req *ferryv1.CreateRolloutRequest) ([
 			plans[i].Note = "unreachable: " + n.GetMessage() + "; it would not be waited on"
 			continue
 		}
-		pw.jobs[planID+"/plan/"+n.GetNodeId()] = n.GetNodeId()
+		pw.jobs[planJobID(planID, n.GetNodeId())] = n.GetNodeId()
 		send = append(send, n)
 	}
 	e.plans[planID] = pw
@@ -89,7 +89,7 @@ func (e *Engine) Plan(ctx context.Context, req *ferryv1.CreateRolloutRequest) ([
 	waiting := map[string]bool{}
 	for _, n := range send {
 		job := &ferryv1.Job{
-			Id:        planID + "/plan/" + n.GetNodeId(),
+			Id:        planJobID(planID, n.GetNodeId()),
 			RolloutId: planID,
 			Kind:      kindPlan,
 			Package:   p.pkg,
@@ -116,7 +116,7 @@ func (e *Engine) Plan(ctx context.Context, req *ferryv1.CreateRolloutRequest) ([
 		case <-ctx.Done():
 			for id := range waiting {
 				byNode[id].Note = fmt.Sprintf("no plan from the agent within %s", e.cfg.PlanTimeout.Round(time.Millisecond))
-				if err := e.cfg.Dispatcher.Cancel(id, planID+"/plan/"+id); err != nil {
+				if err := e.cfg.Dispatcher.Cancel(id, planJobID(planID, id)); err != nil {
 					e.log.Debug("cancel plan job", "node", id, "err", err)
 				}
 			}

@@ -79,9 +79,9 @@ func (l limit) exceeded(failures, total int) bool {
 	return failures > l.n
 }
 
-// strategy is a validated strategy in the engine's terms.
+// strategy is a validated strategy in the engine's terms (the canary count
+// is only read when the nodes are split into waves, from the record).
 type strategy struct {
-	canary           int
 	autoPromote      bool
 	maxParallel      limit
 	maxFailures      limit
@@ -93,7 +93,7 @@ type strategy struct {
 // withDefaults returns a copy of s with unset fields set to the defaults,
 // validated. The filled copy is what a rollout records, so its history shows
 // the values that applied.
-func withDefaults(s *ferryv1.Strategy) (*ferryv1.Strategy, strategy, error) {
+func withDefaults(s *ferryv1.Strategy) (*ferryv1.Strategy, error) {
 	out := &ferryv1.Strategy{}
 	if s != nil {
 		out = proto.Clone(s).(*ferryv1.Strategy)
@@ -116,15 +116,14 @@ func withDefaults(s *ferryv1.Strategy) (*ferryv1.Strategy, strategy, error) {
 	if out.HealthyFor == nil {
 		out.HealthyFor = durationpb.New(DefaultHealthyFor)
 	}
-	st, err := parseStrategy(out)
-	return out, st, err
+	_, err := parseStrategy(out)
+	return out, err
 }
 
 // parseStrategy validates a filled strategy.
 func parseStrategy(s *ferryv1.Strategy) (strategy, error) {
 	var errs []error
 	st := strategy{
-		canary:           int(s.GetCanary()),
 		autoPromote:      s.GetAutoPromote(),
 		onFailure:        s.GetOnFailure(),
 		progressDeadline: s.GetProgressDeadline().AsDuration(),
