@@ -45,6 +45,7 @@ import (
 	"time"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/gossip"
 )
 
 // StaleAfter is how many heartbeat intervals may pass before a heartbeat is
@@ -56,10 +57,10 @@ const DefaultHeartbeatInterval = 5 * time.Second
 
 // Gossip states as shared/gossip reports them.
 const (
-	GossipAlive   = "alive"
-	GossipSuspect = "suspect"
-	GossipDead    = "dead"
-	GossipLeft    = "left"
+	GossipAlive   = gossip.StateAlive
+	GossipSuspect = gossip.StateSuspect
+	GossipDead    = gossip.StateDead
+	GossipLeft    = gossip.StateLeft
 )
 
 // Signals are what the controller knows of one node. Its fields match
