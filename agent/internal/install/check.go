@@ -26,7 +26,7 @@ const (
 // package's env files sourced, a clean base environment, the install root
 // as working directory. See the package comment for how a non-"/" root
 // is handled.
-func (i *Installer) stepCheck(jc *jobCtx, s *ferryv1.CheckStep, envs []*ferryv1.EnvStep) (stepOut, error) {
+func (i *Installer) stepCheck(jc *jobCtx, s *ferryv1.CheckStep) (stepOut, error) {
 	if jc.plan {
 		return stepOut{detail: "would run " + s.GetRun()}, nil
 	}
@@ -35,7 +35,7 @@ func (i *Installer) stepCheck(jc *jobCtx, s *ferryv1.CheckStep, envs []*ferryv1.
 		timeout = defaultCheckTimeout
 	}
 	var script strings.Builder
-	for k, e := range envs {
+	for k, e := range jc.envs {
 		p, err := i.envFileForCheck(jc, k, e)
 		if err != nil {
 			return stepOut{}, err

@@ -61,38 +61,8 @@ func (i *Installer) resolve(p string) (string, error) {
 	return host, nil
 }
 
-// mkdirs creates the missing ancestors of dir (mode 0755) and returns the
-// ones it created, outermost first, so an undo can remove them.
-func mkdirs(dir string, perm fs.FileMode) ([]string, error) {
-	var missing []string
-	for d := dir; ; d = filepath.Dir(d) {
-		st, err := os.Lstat(d)
-		if err == nil {
-			if !st.IsDir() {
-				return nil, fmt.Errorf("%s is not a directory", d)
-			}
-			break
-		}
-		if !errors.Is(err, fs.ErrNotExist) {
-			return nil, err
-		}
-		missing = append(missing, d)
-		if d == filepath.Dir(d) {
-			break
-		}
-	}
-	var created []string
-	for j := len(missing) - 1; j >= 0; j-- {
-		if err := os.Mkdir(missing[j], perm); err != nil && !errors.Is(err, fs.ErrExist) {
-			return created, err
-		}
-		created = append(created, missing[j])
-	}
-	return created, nil
-}
-
-// removeCreated removes directories mkdirs created, innermost first, if
-// they are empty.
+// removeCreated removes the directories a change created (outermost
+// first, as missingDirs lists them), innermost first, if they are empty.
 func removeCreated(created []string) {
 	for j := len(created) - 1; j >= 0; j-- {
 		os.Remove(created[j]) // fails harmlessly when not empty
@@ -190,6 +160,9 @@ func idOf(p string) (fileID, bool) {
 	}
 	return fileID{Dev: uint64(s.Dev), Ino: s.Ino}, true
 }
+
+// permMask is the part of a file's mode a file step manages.
+const permMask = fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
 
 func exists(p string) bool {
 	_, err := os.Lstat(p)

@@ -343,7 +343,7 @@ func (i *Installer) runStep(jc *jobCtx, idx int, step *ferryv1.Step) (*ferryv1.S
 		case *ferryv1.Step_File:
 			out, err = i.stepFile(jc, idx, k.File)
 		case *ferryv1.Step_Check:
-			out, err = i.stepCheck(jc, k.Check, jc.envs)
+			out, err = i.stepCheck(jc, k.Check)
 		default:
 			err = errors.New("unknown step kind")
 		}

@@ -217,7 +217,7 @@ func (i *Installer) rollbackFile(jc *jobCtx, a *action) error {
 			return err
 		}
 		b.Existed = true
-		b.Mode = st.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+		b.Mode = st.Mode() & permMask
 		if s, ok := st.Sys().(*syscall.Stat_t); ok {
 			b.UID, b.GID = int(s.Uid), int(s.Gid)
 		}
@@ -234,18 +234,11 @@ func (i *Installer) rollbackFile(jc *jobCtx, a *action) error {
 		return err
 	}
 	if a.Existed {
-		if err := makeDirs(missingDirs(filepath.Dir(a.Target)), 0o755); err != nil {
-			return err
-		}
 		data, err := os.ReadFile(a.Backup)
 		if err != nil {
 			return fmt.Errorf("read the kept previous content: %w", err)
 		}
-		uid, gid := a.UID, a.GID
-		if os.Geteuid() != 0 {
-			uid, gid = -1, -1
-		}
-		if err := writeAtomic(a.Target, b.Temp, data, a.Mode, uid, gid); err != nil {
+		if err := restoreFile(a, data); err != nil {
 			return err
 		}
 	} else {

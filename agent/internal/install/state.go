@@ -210,7 +210,7 @@ func (i *Installer) current(name string) *record {
 	return rs[len(rs)-1]
 }
 
-// garbageOf lists what a record keeps on disk for a rollback.
+// undoGarbage lists what a record keeps on disk for a rollback.
 func (i *Installer) undoGarbage(r *record) []string {
 	var g []string
 	for _, a := range r.Undo {

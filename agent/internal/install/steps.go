@@ -258,7 +258,7 @@ func (i *Installer) writeStep(jc *jobCtx, idx int, label string, w wantFile) (st
 		if !bytes.Equal(cur, w.data) {
 			diffs = append(diffs, "content")
 		}
-		if m := st.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky); m != w.mode {
+		if m := st.Mode() & permMask; m != w.mode {
 			diffs = append(diffs, fmt.Sprintf("mode %04o -> %04o", unixMode(m), unixMode(w.mode)))
 		}
 		if (w.uid >= 0 && w.uid != curUID) || (w.gid >= 0 && w.gid != curGID) {
@@ -297,7 +297,7 @@ func (i *Installer) writeStep(jc *jobCtx, idx int, label string, w wantFile) (st
 	}
 	if existed {
 		a.Backup = filepath.Join(i.dir, "backups", fmt.Sprintf("%s-%d", jc.key, idx))
-		a.Mode = st.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+		a.Mode = st.Mode() & permMask
 		a.UID, a.GID = curUID, curGID
 		if err := writeFileSync(a.Backup, cur, 0o600); err != nil {
 			return stepOut{}, fmt.Errorf("back up %s: %w", label, err)

@@ -154,13 +154,19 @@ func undoFile(a *action) error {
 	if err != nil {
 		return fmt.Errorf("read the backup of the previous file: %w", err)
 	}
-	// A rollback may have removed directories the install had created.
+	return restoreFile(a, data)
+}
+
+// restoreFile writes a file's previous content back through a.Temp, with
+// the mode and owner a recorded, recreating missing directories (a
+// rollback may have removed those the install had created).
+func restoreFile(a *action, data []byte) error {
 	if err := makeDirs(missingDirs(filepath.Dir(a.Target)), 0o755); err != nil {
 		return err
 	}
 	uid, gid := a.UID, a.GID
 	if os.Geteuid() != 0 {
-		uid, gid = -1, -1
+		uid, gid = -1, -1 // only root can hand files to another owner
 	}
 	return writeAtomic(a.Target, a.Temp, data, a.Mode, uid, gid)
 }
