@@ -109,7 +109,7 @@ func (s *enrollmentServer) Enroll(ctx context.Context, req *ferryv1.EnrollReques
 			return nil, status.Error(codes.AlreadyExists, err.Error())
 		case errors.Is(err, store.ErrTokenInvalid):
 			return nil, status.Error(codes.Unauthenticated, err.Error())
-		case strings.Contains(err.Error(), "join token"):
+		case errors.Is(err, store.ErrTokenUnusable):
 			return nil, status.Error(codes.PermissionDenied, err.Error())
 		}
 		return nil, status.Error(codes.Internal, fmt.Sprintf("enroll node %s: %v", req.GetNodeId(), err))

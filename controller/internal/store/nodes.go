@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -40,7 +41,7 @@ func (s *Store) Nodes() ([]NodeRecord, error) {
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
 			var n NodeRecord
-			if err := getJSON(tx.Bucket(bucketNodes), string(k), &n); err != nil {
+			if err := json.Unmarshal(v, &n); err != nil {
 				return fmt.Errorf("node %s: %w", k, err)
 			}
 			out = append(out, n)
@@ -75,7 +76,7 @@ func (s *Store) EnrollNode(tokenID string, checkSecret func(TokenRecord) error, 
 			return err
 		}
 		if err := tok.Usable(now); err != nil {
-			return err
+			return unusableToken{err}
 		}
 		n, err := build(tok)
 		if err != nil {

@@ -80,21 +80,6 @@ func getJSON(b *bolt.Bucket, key string, v any) error {
 	return json.Unmarshal(data, v)
 }
 
-// PutProto stores a protobuf message under bucket/key.
-func (s *Store) PutProto(bucket []byte, key string, m proto.Message) error {
-	data, err := proto.Marshal(m)
-	if err != nil {
-		return fmt.Errorf("encode %s: %w", key, err)
-	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucket)
-		if err != nil {
-			return err
-		}
-		return b.Put([]byte(key), data)
-	})
-}
-
 // GetProto reads a protobuf message; ErrNotFound when absent.
 func (s *Store) GetProto(bucket []byte, key string, m proto.Message) error {
 	return s.db.View(func(tx *bolt.Tx) error {

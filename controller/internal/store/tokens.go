@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -14,6 +15,15 @@ var bucketTokens = []byte("tokens")
 // ErrTokenInvalid is returned for a token that does not exist or whose
 // secret is wrong; the two are not told apart.
 var ErrTokenInvalid = errors.New("join token is not valid; create a new one with `ferryctl token create`")
+
+// ErrTokenUnusable is matched (errors.Is) by EnrollNode's error for a
+// token that is valid but revoked, expired or used up.
+var ErrTokenUnusable = errors.New("join token cannot be used")
+
+// unusableToken keeps Usable's message and adds ErrTokenUnusable.
+type unusableToken struct{ error }
+
+func (unusableToken) Is(target error) bool { return target == ErrTokenUnusable }
 
 // TokenRecord is a join token as stored: the secret only as a hash.
 type TokenRecord struct {
@@ -56,10 +66,9 @@ func (s *Store) PutToken(t TokenRecord) error {
 func (s *Store) Tokens() ([]TokenRecord, error) {
 	var out []TokenRecord
 	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketTokens)
-		return b.ForEach(func(k, _ []byte) error {
+		return tx.Bucket(bucketTokens).ForEach(func(_, v []byte) error {
 			var t TokenRecord
-			if err := getJSON(b, string(k), &t); err != nil {
+			if err := json.Unmarshal(v, &t); err != nil {
 				return err
 			}
 			out = append(out, t)
