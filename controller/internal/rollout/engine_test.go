@@ -154,10 +154,10 @@ func TestCreateRefusesBadRequests(t *testing.T) {
 		{"max-failures over 100%", func(r *ferryv1.CreateRolloutRequest) { r.Strategy.MaxFailures = "150%" }, ErrInvalid, `max-failures "150%"`},
 		{"bad action", func(r *ferryv1.CreateRolloutRequest) { r.Strategy.OnFailure = 42 }, ErrInvalid, "on-failure"},
 		{"healthy-for past deadline", func(r *ferryv1.CreateRolloutRequest) {
-			r.Strategy.ProgressDeadline = durationOf(time.Minute)
-			r.Strategy.HealthyFor = durationOf(2 * time.Minute)
+			r.Strategy.ProgressDeadline = durationpb.New(time.Minute)
+			r.Strategy.HealthyFor = durationpb.New(2 * time.Minute)
 		}, ErrInvalid, "shorter than progress-deadline"},
-		{"negative deadline", func(r *ferryv1.CreateRolloutRequest) { r.Strategy.ProgressDeadline = durationOf(-time.Minute) }, ErrInvalid, "progress-deadline"},
+		{"negative deadline", func(r *ferryv1.CreateRolloutRequest) { r.Strategy.ProgressDeadline = durationpb.New(-time.Minute) }, ErrInvalid, "progress-deadline"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -267,10 +267,6 @@ func TestSlidingWindowNeverExceedsMaxParallel(t *testing.T) {
 		}
 	}
 }
-
-func durationOf(d time.Duration) *durationpb.Duration { return durationpb.New(d) }
-
-func timestampOf(t time.Time) *timestamppb.Timestamp { return timestamppb.New(t) }
 
 // The failure threshold acts exactly when failures exceed max-failures, not
 // before, counted over the whole rollout.
@@ -625,7 +621,7 @@ type staleHeartbeatFleet struct {
 func (f *staleHeartbeatFleet) Node(id string) (*ferryv1.Node, bool) {
 	n, ok := f.fakeFleet.Node(id)
 	if ok {
-		n.LastHeartbeat = timestampOf(f.at)
+		n.LastHeartbeat = timestamppb.New(f.at)
 	}
 	return n, ok
 }
@@ -831,7 +827,7 @@ func TestUndo(t *testing.T) {
 	h.succeed(s.Id, "s00")
 	h.tick(time.Second)
 
-	u, err := h.e.Undo(ctx, "admin/alice", &ferryv1.UndoRolloutRequest{Group: "prod", PackageName: "go", Strategy: &ferryv1.Strategy{AutoPromote: true, MaxParallel: "10", HealthyFor: durationOf(time.Second)}})
+	u, err := h.e.Undo(ctx, "admin/alice", &ferryv1.UndoRolloutRequest{Group: "prod", PackageName: "go", Strategy: &ferryv1.Strategy{AutoPromote: true, MaxParallel: "10", HealthyFor: durationpb.New(time.Second)}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -184,20 +185,10 @@ func (w *world) allJobs() []*simJob {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var out []*simJob
-	for _, node := range slices.Sorted(mapsKeys(w.agents)) {
+	for _, node := range slices.Sorted(maps.Keys(w.agents)) {
 		out = append(out, w.agents[node]...)
 	}
 	return out
-}
-
-func mapsKeys[V any](m map[string]V) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // stepAgents moves every unfinished job one phase on and reports it.
