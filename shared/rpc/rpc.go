@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -80,6 +81,15 @@ func CallerFrom(ctx context.Context) (Caller, bool) {
 	return c, ok
 }
 
+// CallerName is the caller's identity as the audit log names it
+// ("admin/alice"), or "unknown" when the RPC had no certificate.
+func CallerName(ctx context.Context) string {
+	if c, ok := CallerFrom(ctx); ok {
+		return c.Identity.String()
+	}
+	return "unknown"
+}
+
 // WithCaller returns a context carrying a caller, for tests of handlers.
 func WithCaller(ctx context.Context, c Caller) context.Context {
 	return context.WithValue(ctx, identityKey{}, c)
@@ -109,7 +119,7 @@ func Authenticate(policy Policy, check IdentityChecker) auth.AuthFunc {
 		if err != nil {
 			return nil, status.Errorf(codes.Unauthenticated, "client certificate: %v", err)
 		}
-		if !access.Public && !roleAllowed(id.Role, access.Roles) {
+		if !access.Public && !slices.Contains(access.Roles, id.Role) {
 			return nil, status.Errorf(codes.PermissionDenied, "%s is not allowed for %s (role %s); it needs role %s", method, id, id.Role, rolesString(access.Roles))
 		}
 		if check != nil {
@@ -122,15 +132,6 @@ func Authenticate(policy Policy, check IdentityChecker) auth.AuthFunc {
 		}
 		return context.WithValue(ctx, identityKey{}, Caller{Identity: id, Cert: cert, Addr: addr}), nil
 	}
-}
-
-func roleAllowed(r pki.Role, allowed []pki.Role) bool {
-	for _, a := range allowed {
-		if a == r {
-			return true
-		}
-	}
-	return false
 }
 
 func rolesString(rs []pki.Role) string {

@@ -131,20 +131,13 @@ func (s *Store) Packages(name string) ([]*ferryv1.Package, error) {
 	return out, err
 }
 
-func actor(ctx context.Context) string {
-	if c, ok := rpc.CallerFrom(ctx); ok {
-		return c.Identity.String()
-	}
-	return "unknown"
-}
-
 // ApplyPackage implements PackageService.
 func (s *Store) ApplyPackage(ctx context.Context, req *ferryv1.ApplyPackageRequest) (*ferryv1.ApplyPackageResponse, error) {
 	name := req.GetFilename()
 	if name == "" {
 		name = "package.yaml"
 	}
-	pkg, created, err := s.Apply(name, []byte(req.GetYaml()), actor(ctx))
+	pkg, created, err := s.Apply(name, []byte(req.GetYaml()), rpc.CallerName(ctx))
 	target := name
 	if pkg != nil {
 		target = key(pkg.Name, pkg.Version)

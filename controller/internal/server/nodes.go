@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc"
@@ -42,7 +43,7 @@ func (s *nodeServer) WatchNodes(req *ferryv1.WatchNodesRequest, stream grpc.Serv
 				continue
 			}
 			last[n.Id] = cmp
-			if !matchStates(f.States, n.State) && prev == nil {
+			if prev == nil && len(f.States) > 0 && !slices.Contains(f.States, n.State) {
 				continue
 			}
 			if err := stream.Send(&ferryv1.WatchNodesResponse{Node: n}); err != nil {
@@ -56,18 +57,6 @@ func (s *nodeServer) WatchNodes(req *ferryv1.WatchNodesRequest, stream grpc.Serv
 		case <-tick.C:
 		}
 	}
-}
-
-func matchStates(states []ferryv1.NodeState, s ferryv1.NodeState) bool {
-	if len(states) == 0 {
-		return true
-	}
-	for _, x := range states {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func (s *nodeServer) RemoveNode(ctx context.Context, req *ferryv1.RemoveNodeRequest) (*ferryv1.RemoveNodeResponse, error) {

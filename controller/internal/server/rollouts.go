@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/controller/internal/rollout"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/rpc"
 )
 
 // Rollouts is the part of the rollout engine the API needs.
@@ -58,16 +59,8 @@ func rolloutErr(err error) error {
 	return status.Error(codes.Internal, err.Error())
 }
 
-func actorOf(ctx context.Context) string {
-	c, err := caller(ctx)
-	if err != nil {
-		return "unknown"
-	}
-	return c.Identity.String()
-}
-
 func (s *rolloutServer) CreateRollout(ctx context.Context, req *ferryv1.CreateRolloutRequest) (*ferryv1.CreateRolloutResponse, error) {
-	resp, err := s.r.Create(ctx, actorOf(ctx), req)
+	resp, err := s.r.Create(ctx, rpc.CallerName(ctx), req)
 	return resp, rolloutErr(err)
 }
 
@@ -101,7 +94,7 @@ func (s *rolloutServer) ListRollouts(ctx context.Context, req *ferryv1.ListRollo
 }
 
 func (s *rolloutServer) PromoteRollout(ctx context.Context, req *ferryv1.PromoteRolloutRequest) (*ferryv1.PromoteRolloutResponse, error) {
-	r, err := s.r.Promote(ctx, actorOf(ctx), req.GetId())
+	r, err := s.r.Promote(ctx, rpc.CallerName(ctx), req.GetId())
 	if err != nil {
 		return nil, rolloutErr(err)
 	}
@@ -109,7 +102,7 @@ func (s *rolloutServer) PromoteRollout(ctx context.Context, req *ferryv1.Promote
 }
 
 func (s *rolloutServer) PauseRollout(ctx context.Context, req *ferryv1.PauseRolloutRequest) (*ferryv1.PauseRolloutResponse, error) {
-	r, err := s.r.Pause(ctx, actorOf(ctx), req.GetId())
+	r, err := s.r.Pause(ctx, rpc.CallerName(ctx), req.GetId())
 	if err != nil {
 		return nil, rolloutErr(err)
 	}
@@ -117,7 +110,7 @@ func (s *rolloutServer) PauseRollout(ctx context.Context, req *ferryv1.PauseRoll
 }
 
 func (s *rolloutServer) ResumeRollout(ctx context.Context, req *ferryv1.ResumeRolloutRequest) (*ferryv1.ResumeRolloutResponse, error) {
-	r, err := s.r.Resume(ctx, actorOf(ctx), req.GetId())
+	r, err := s.r.Resume(ctx, rpc.CallerName(ctx), req.GetId())
 	if err != nil {
 		return nil, rolloutErr(err)
 	}
@@ -125,7 +118,7 @@ func (s *rolloutServer) ResumeRollout(ctx context.Context, req *ferryv1.ResumeRo
 }
 
 func (s *rolloutServer) AbortRollout(ctx context.Context, req *ferryv1.AbortRolloutRequest) (*ferryv1.AbortRolloutResponse, error) {
-	r, err := s.r.Abort(ctx, actorOf(ctx), req.GetId())
+	r, err := s.r.Abort(ctx, rpc.CallerName(ctx), req.GetId())
 	if err != nil {
 		return nil, rolloutErr(err)
 	}
@@ -133,7 +126,7 @@ func (s *rolloutServer) AbortRollout(ctx context.Context, req *ferryv1.AbortRoll
 }
 
 func (s *rolloutServer) UndoRollout(ctx context.Context, req *ferryv1.UndoRolloutRequest) (*ferryv1.UndoRolloutResponse, error) {
-	r, err := s.r.Undo(ctx, actorOf(ctx), req)
+	r, err := s.r.Undo(ctx, rpc.CallerName(ctx), req)
 	if err != nil {
 		return nil, rolloutErr(err)
 	}

@@ -95,15 +95,11 @@ func caller(ctx context.Context) (rpc.Caller, error) {
 
 // Audit writes an admin action to the audit log.
 func (d *Deps) Audit(ctx context.Context, action, target string, err error, detail string) {
-	actor := "unknown"
-	if c, ok := rpc.CallerFrom(ctx); ok {
-		actor = c.Identity.String()
-	}
 	outcome := "ok"
 	if err != nil {
 		outcome = err.Error()
 	}
-	ev := &ferryv1.AuditEvent{At: timestamppb.New(d.Now()), Actor: actor, Action: action, Target: target, Outcome: outcome, Detail: detail}
+	ev := &ferryv1.AuditEvent{At: timestamppb.New(d.Now()), Actor: rpc.CallerName(ctx), Action: action, Target: target, Outcome: outcome, Detail: detail}
 	if aerr := d.Store.AppendAudit(ev); aerr != nil {
 		d.Logger.Error("write audit event", "action", action, "err", aerr)
 	}
