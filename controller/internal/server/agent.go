@@ -53,11 +53,8 @@ func (s *agentServer) Connect(stream grpc.BidiStreamingServer[ferryv1.ConnectReq
 	}
 	sess, err := s.d.Fleet.Attach(ctx, nodeID, c.Addr, hello)
 	if err != nil {
-		if errors.Is(err, fleet.ErrRemoved) {
-			return status.Errorf(codes.PermissionDenied, "node %s was removed; re-enroll it with a new token", nodeID)
-		}
-		if errors.Is(err, fleet.ErrShutdown) {
-			return status.Error(codes.Unavailable, "controller is shutting down; reconnect later")
+		if st := sessionEnded(nodeID, err); st != nil {
+			return st
 		}
 		return status.Error(codes.FailedPrecondition, err.Error())
 	}
@@ -163,13 +160,25 @@ func (s *agentServer) Connect(stream grpc.BidiStreamingServer[ferryv1.ConnectReq
 		cause := sess.Err()
 		if errors.Is(cause, fleet.ErrRemoved) {
 			log.Info("closing stream of removed node")
-			return status.Errorf(codes.PermissionDenied, "node %s was removed; re-enroll it with a new token", nodeID)
 		}
-		if errors.Is(cause, fleet.ErrShutdown) {
-			return status.Error(codes.Unavailable, "controller is shutting down; reconnect later")
+		if st := sessionEnded(nodeID, cause); st != nil {
+			return st
 		}
 		return status.Errorf(codes.Aborted, "stream closed: %v", cause)
 	}
+}
+
+// sessionEnded is the status an agent gets when the fleet refuses or ends
+// its session because the node was removed or the controller is stopping;
+// nil for any other reason.
+func sessionEnded(nodeID string, err error) error {
+	switch {
+	case errors.Is(err, fleet.ErrRemoved):
+		return status.Errorf(codes.PermissionDenied, "node %s was removed; re-enroll it with a new token", nodeID)
+	case errors.Is(err, fleet.ErrShutdown):
+		return status.Error(codes.Unavailable, "controller is shutting down; reconnect later")
+	}
+	return nil
 }
 
 func (s *agentServer) RenewCertificate(ctx context.Context, req *ferryv1.RenewCertificateRequest) (*ferryv1.RenewCertificateResponse, error) {
