@@ -3,9 +3,6 @@ package fleettest
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -31,11 +28,8 @@ func (f *fleet) issueAdmin(name string) *tls.Config {
 	if err != nil {
 		f.t.Fatalf("issue admin %s: %v", name, err)
 	}
-	pool := x509.NewCertPool()
-	caPEM, _ := os.ReadFile(filepath.Join(f.dir, "controller", "ca.crt"))
-	pool.AppendCertsFromPEM(caPEM)
 	cert := &tls.Certificate{Certificate: [][]byte{resp.CertificateDer}, PrivateKey: key}
-	return rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }, pool)
+	return rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }, f.caPool())
 }
 
 // A revoked admin credential is refused on every RPC, including on a

@@ -5,7 +5,6 @@ package fleettest
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"os"
 	"path/filepath"
 	"strings"
@@ -163,9 +162,7 @@ func TestRPCsRefused(t *testing.T) {
 	a1 := f.enroll("n1", tok)
 	f.enroll("n2", tok)
 	ctx := context.Background()
-	caPool := x509.NewCertPool()
-	caPEM, _ := os.ReadFile(filepath.Join(f.dir, "controller", "ca.crt"))
-	caPool.AppendCertsFromPEM(caPEM)
+	caPool := f.caPool()
 	agentCert, err := tls.LoadX509KeyPair(filepath.Join(a1.stateDir, "node.crt"), filepath.Join(a1.stateDir, "node.key"))
 	if err != nil {
 		t.Fatal(err)
@@ -326,8 +323,7 @@ func TestGossipTellsUnreachableFromLeft(t *testing.T) {
 		f.start(a)
 	}
 	for _, a := range agents {
-		n := f.waitState(a.id, healthy, 5*time.Second)
-		_ = n
+		f.waitState(a.id, healthy, 5*time.Second)
 	}
 	// Gossip converges: the controller sees every agent alive.
 	deadline := time.Now().Add(10 * time.Second)

@@ -3,6 +3,7 @@ package fleettest
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"log/slog"
 	"net"
@@ -105,6 +106,14 @@ func (f *fleet) stop() {
 	case <-time.After(15 * time.Second):
 		f.t.Error("controller did not stop within 15s")
 	}
+}
+
+// caPool is the controller's CA, as a client trusts it.
+func (f *fleet) caPool() *x509.CertPool {
+	pool := x509.NewCertPool()
+	caPEM, _ := os.ReadFile(filepath.Join(f.dir, "controller", "ca.crt"))
+	pool.AppendCertsFromPEM(caPEM)
+	return pool
 }
 
 func (f *fleet) token(group string, uses uint32) *ferryv1.CreateTokenResponse {

@@ -2,7 +2,6 @@ package fleettest
 
 import (
 	"context"
-	"google.golang.org/protobuf/proto"
 	"io"
 	"os"
 	"path/filepath"
@@ -10,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
@@ -153,7 +153,6 @@ func TestRolloutFailingCheckPausesAndKeepsPreviousVersion(t *testing.T) {
 	if r := f.rollout(&ferryv1.CreateRolloutRequest{PackageName: "motd", PackageVersion: "1.0", Target: &ferryv1.Target{Group: "staging"}, Strategy: fast()}); r.State != ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
 		t.Fatalf("1.0: %s %s", r.State, r.Message)
 	}
-	c := ferryv1.NewRolloutServiceClient(f.admin)
 	st := fast()
 	st.OnFailure = ferryv1.FailureAction_FAILURE_ACTION_ABORT
 	r := f.rollout(&ferryv1.CreateRolloutRequest{PackageName: "motd", PackageVersion: "2.0", Target: &ferryv1.Target{Group: "staging"}, Strategy: st})
@@ -173,5 +172,4 @@ func TestRolloutFailingCheckPausesAndKeepsPreviousVersion(t *testing.T) {
 			t.Errorf("%s: /etc/motd = %q, want the previous version intact", id, b)
 		}
 	}
-	_ = c
 }
