@@ -70,8 +70,6 @@ type Agent struct {
 	fatal   chan error    // the certificate expired: Run ends
 }
 
-func (a *Agent) version() string { return version.Version }
-
 // New loads the identity and checks the config.
 func New(cfg Config) (*Agent, error) {
 	if cfg.StateDir == "" {

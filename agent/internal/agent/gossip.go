@@ -23,37 +23,34 @@ func (a *Agent) startGossip() {
 	if a.cfg.Gossip.Addr == "" {
 		return
 	}
-	group := a.id.Info.Group
-	{
-		host, portStr, err := net.SplitHostPort(a.cfg.Gossip.Addr)
-		if err != nil {
-			a.log.Error("gossip disabled: bad --gossip-listen", "addr", a.cfg.Gossip.Addr, "err", err)
-			return
-		}
-		port, _ := strconv.Atoi(portStr)
-		cfg := gossip.Config{
-			NodeName: a.id.Info.NodeID, BindAddr: host, BindPort: port,
-			Key: a.id.Info.GossipKey, Label: a.id.Info.GossipLabel, Profile: a.cfg.Gossip.Profile,
-			Meta:   gossip.Meta{NodeID: a.id.Info.NodeID, Role: gossip.RoleAgent, Group: group, AgentVersion: version.Version},
-			Logger: a.log.With("component", "gossip"),
-		}
-		if adv := a.cfg.Gossip.AdvertiseAddr; adv != "" {
-			h, p, err := net.SplitHostPort(adv)
-			if err == nil {
-				cfg.AdvertiseAddr = h
-				cfg.AdvertisePort, _ = strconv.Atoi(p)
-			}
-		}
-		m, err := gossip.Start(cfg)
-		if err != nil {
-			a.log.Error("gossip disabled: cannot start member", "err", err)
-			return
-		}
-		a.mu.Lock()
-		a.member = m
-		a.mu.Unlock()
-		a.log.Info("gossip member started", "addr", m.Addr())
+	host, portStr, err := net.SplitHostPort(a.cfg.Gossip.Addr)
+	if err != nil {
+		a.log.Error("gossip disabled: bad --gossip-listen", "addr", a.cfg.Gossip.Addr, "err", err)
+		return
 	}
+	port, _ := strconv.Atoi(portStr)
+	cfg := gossip.Config{
+		NodeName: a.id.Info.NodeID, BindAddr: host, BindPort: port,
+		Key: a.id.Info.GossipKey, Label: a.id.Info.GossipLabel, Profile: a.cfg.Gossip.Profile,
+		Meta:   gossip.Meta{NodeID: a.id.Info.NodeID, Role: gossip.RoleAgent, Group: a.id.Info.Group, AgentVersion: version.Version},
+		Logger: a.log.With("component", "gossip"),
+	}
+	if adv := a.cfg.Gossip.AdvertiseAddr; adv != "" {
+		h, p, err := net.SplitHostPort(adv)
+		if err == nil {
+			cfg.AdvertiseAddr = h
+			cfg.AdvertisePort, _ = strconv.Atoi(p)
+		}
+	}
+	m, err := gossip.Start(cfg)
+	if err != nil {
+		a.log.Error("gossip disabled: cannot start member", "err", err)
+		return
+	}
+	a.mu.Lock()
+	a.member = m
+	a.mu.Unlock()
+	a.log.Info("gossip member started", "addr", m.Addr())
 }
 
 // joinGossip joins the seeds from a welcome when the member has no live

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/agent/internal/install"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/version"
 )
 
 // Fetcher makes an artifact available locally, verified.
@@ -35,7 +36,7 @@ type jobRunner struct {
 	known     map[string]bool // queued or running
 	cancels   map[string]context.CancelFunc
 	cancelled map[string]bool // cancelled while still queued
-	closed    bool            // shutting down: no new jobs
+	stopBy    time.Time       // set by the first drain: no new jobs after it, none waited for past it
 	running   int             // jobs queued or running
 }
 
@@ -53,7 +54,7 @@ func (r *jobRunner) submit(job *ferryv1.Job) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.known[job.GetId()] || r.closed {
+	if r.known[job.GetId()] || !r.stopBy.IsZero() {
 		// Already queued or running; or the agent is stopping, and the
 		// controller re-sends the job when the agent is back.
 		return
@@ -78,19 +79,17 @@ func (r *jobRunner) cancel(jobID string) {
 	}
 }
 
-// stopAccepting refuses new jobs (shutdown).
-func (r *jobRunner) stopAccepting() {
-	r.mu.Lock()
-	r.closed = true
-	r.mu.Unlock()
-}
-
 // drain stops accepting jobs and waits, up to timeout, for the queued and
 // running ones to finish, so their results go out on the stream. It
-// reports whether they did.
+// reports whether they did. The deadline is set by the first call, so a
+// later one (Run's, after the session's) does not wait a second timeout.
 func (r *jobRunner) drain(timeout time.Duration) bool {
-	r.stopAccepting()
-	deadline := time.Now().Add(timeout)
+	r.mu.Lock()
+	if r.stopBy.IsZero() {
+		r.stopBy = time.Now().Add(timeout)
+	}
+	deadline := r.stopBy
+	r.mu.Unlock()
 	for {
 		r.mu.Lock()
 		n := r.running
@@ -194,7 +193,7 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 		}, progress, logf)
 		release()
 	default:
-		final = update(ferryv1.JobPhase_JOB_PHASE_FAILED, fmt.Sprintf("job kind %s is not supported by agent version %s", job.GetKind(), r.a.version()))
+		final = update(ferryv1.JobPhase_JOB_PHASE_FAILED, fmt.Sprintf("job kind %s is not supported by agent version %s", job.GetKind(), version.Version))
 	}
 	if final.JobId == "" {
 		final.JobId, final.RolloutId = job.GetId(), job.GetRolloutId()
