@@ -4,12 +4,13 @@ import (
 	"log/slog"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
 	"github.com/ferrydeploy/ferry/controller/internal/metrics"
 	"github.com/ferrydeploy/ferry/controller/internal/rollout"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // dispatcher sends the engine's jobs on the agents' streams.
@@ -67,12 +68,8 @@ func (j jobSink) HandleJobUpdate(nodeID string, u *ferryv1.JobUpdate) {
 				}
 			}
 		}
-		outcome := map[ferryv1.JobPhase]string{
-			ferryv1.JobPhase_JOB_PHASE_SUCCEEDED: "succeeded",
-			ferryv1.JobPhase_JOB_PHASE_UNCHANGED: "unchanged",
-			ferryv1.JobPhase_JOB_PHASE_FAILED:    "failed",
-		}[u.GetPhase()]
 		if d > 0 {
+			outcome := lower(u.GetPhase().String(), "JOB_PHASE_") // succeeded, unchanged, failed
 			j.metrics.InstallDuration.WithLabelValues(outcome).Observe(d.Seconds())
 		}
 	}

@@ -1,16 +1,16 @@
 package controller
 
 import (
-	"crypto/tls"
-
 	"context"
+	"crypto/tls"
 	"errors"
-	"github.com/ferrydeploy/ferry/controller/internal/credential"
-	"github.com/ferrydeploy/ferry/shared/sdnotify"
 	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ferrydeploy/ferry/controller/internal/credential"
+	"github.com/ferrydeploy/ferry/shared/sdnotify"
 )
 
 // GRPCAddr is the bound gRPC address.

@@ -6,13 +6,13 @@
 package metrics
 
 import (
+	"runtime"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/version"
-	"runtime"
 )
 
 // Metrics are the controller's own collectors.
@@ -21,11 +21,6 @@ type Metrics struct {
 	HeartbeatAge        prometheus.Histogram
 	ArtifactBytesServed prometheus.Counter
 	InstallDuration     *prometheus.HistogramVec
-}
-
-// NodeLister is what the node-state collector reads at scrape time.
-type NodeLister interface {
-	AllNodes() []*ferryv1.Node
 }
 
 // New registers the metrics on reg.
