@@ -165,7 +165,7 @@ func NewCA(now time.Time) (*CA, error) {
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: "Ferry CA", Organization: []string{"Ferry"}},
-		NotBefore:             now.Add(-5 * time.Minute),
+		NotBefore:             now.Add(-Backdate),
 		NotAfter:              now.Add(10 * 365 * 24 * time.Hour),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true,
