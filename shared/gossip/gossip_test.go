@@ -78,21 +78,26 @@ func testKey(t *testing.T) []byte {
 	return k
 }
 
-// startCluster starts n members (node-0 ... node-n-1) and joins them to the
-// first one.
+// startCluster starts n members (node-0 ... node-n-1) and joins each to
+// every member started before it: a push/pull with each, so that forming
+// the cluster does not hang on gossip rounds when the machine is loaded.
 func startCluster(t *testing.T, n int, key []byte, label string) []*Member {
 	t.Helper()
 	ms := make([]*Member, n)
 	for i := range ms {
 		ms[i] = startMember(t, testConfig(t, fmt.Sprintf("node-%d", i), key, label))
+		var seeds []string
+		for _, prev := range ms[:i] {
+			seeds = append(seeds, prev.Addr())
+		}
 		if i > 0 {
-			if _, err := ms[i].Join([]string{ms[0].Addr()}); err != nil {
+			if _, err := ms[i].Join(seeds); err != nil {
 				t.Fatalf("node-%d join: %v", i, err)
 			}
 		}
 	}
 	for _, m := range ms {
-		waitFor(t, 10*time.Second, func() bool { return countState(m, StateAlive) == n },
+		waitFor(t, 20*time.Second, func() bool { return countState(m, StateAlive) == n },
 			func() string { return fmt.Sprintf("%s sees all %d alive: %v", m.Name(), n, m.Members()) })
 	}
 	return ms
