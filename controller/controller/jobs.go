@@ -57,15 +57,13 @@ func (j jobSink) HandleJobUpdate(nodeID string, u *ferryv1.JobUpdate) {
 	case ferryv1.JobPhase_JOB_PHASE_SUCCEEDED, ferryv1.JobPhase_JOB_PHASE_UNCHANGED, ferryv1.JobPhase_JOB_PHASE_FAILED:
 		// From dispatch to the final report, as the engine recorded it.
 		var d time.Duration
-		if r, err := j.engine.Get(u.GetRolloutId()); err == nil {
-			for _, n := range r.GetNodes() {
-				inFlight := n.GetOutcome() == ferryv1.NodeOutcome_NODE_OUTCOME_DOWNLOADING ||
-					n.GetOutcome() == ferryv1.NodeOutcome_NODE_OUTCOME_INSTALLING ||
-					n.GetOutcome() == ferryv1.NodeOutcome_NODE_OUTCOME_CHECKING && n.GetFinishedAt() == nil
-				// Only the first final report counts (re-reports are ignored).
-				if inFlight && n.GetNodeId() == nodeID && n.GetJobId() == u.GetJobId() && n.GetStartedAt() != nil {
-					d = j.now().Sub(n.GetStartedAt().AsTime())
-				}
+		if n, ok := j.engine.NodeJob(u.GetRolloutId(), nodeID); ok {
+			inFlight := n.GetOutcome() == ferryv1.NodeOutcome_NODE_OUTCOME_DOWNLOADING ||
+				n.GetOutcome() == ferryv1.NodeOutcome_NODE_OUTCOME_INSTALLING ||
+				n.GetOutcome() == ferryv1.NodeOutcome_NODE_OUTCOME_CHECKING && n.GetFinishedAt() == nil
+			// Only the first final report counts (re-reports are ignored).
+			if inFlight && n.GetJobId() == u.GetJobId() && n.GetStartedAt() != nil {
+				d = j.now().Sub(n.GetStartedAt().AsTime())
 			}
 		}
 		if d > 0 {
@@ -79,17 +77,8 @@ func (j jobSink) HandleJobUpdate(nodeID string, u *ferryv1.JobUpdate) {
 func (j jobSink) HandleJobLog(nodeID string, l *ferryv1.JobLog) {
 	// Only output of a job the engine gave this node is kept: an agent
 	// cannot fill the store under other rollouts' names.
-	r, err := j.engine.Get(l.GetRolloutId())
-	if err != nil {
-		return
-	}
-	owned := false
-	for _, n := range r.GetNodes() {
-		if n.GetNodeId() == nodeID && n.GetJobId() != "" && n.GetJobId() == l.GetJobId() {
-			owned = true
-		}
-	}
-	if !owned {
+	n, ok := j.engine.NodeJob(l.GetRolloutId(), nodeID)
+	if !ok || n.GetJobId() == "" || n.GetJobId() != l.GetJobId() {
 		return
 	}
 	if err := j.store.AppendJobLog(l.GetRolloutId(), nodeID, l.GetText(), j.now()); err != nil {

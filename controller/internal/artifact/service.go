@@ -56,10 +56,7 @@ func (s *Service) PushArtifact(stream grpc.ClientStreamingServer[ferryv1.PushArt
 	if h == nil {
 		return status.Error(codes.InvalidArgument, "the first message of a push must be the header (name, version, size, sha256)")
 	}
-	actor := "unknown"
-	if c, ok := rpc.CallerFrom(ctx); ok {
-		actor = c.Identity.String()
-	}
+	actor := rpc.CallerName(ctx)
 	req := PutRequest{Name: h.GetName(), Version: h.GetVersion(), OS: h.GetOs(), Arch: h.GetArch(), Size: h.GetSize(), SHA256: h.GetSha256(), PushedBy: actor}
 	a, created, err := s.store.Put(ctx, req, &pushReader{stream: stream})
 	target := key(req.Name, req.Version)

@@ -223,6 +223,23 @@ func (e *Engine) Get(id string) (*ferryv1.Rollout, error) {
 	return proto.Clone(ru.r).(*ferryv1.Rollout), nil
 }
 
+// NodeJob returns a copy of one node's record in a rollout, without
+// copying the whole rollout: it is read for every job report and log chunk
+// on the agents' streams.
+func (e *Engine) NodeJob(rolloutID, nodeID string) (*ferryv1.NodeJob, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ru, ok := e.runs[rolloutID]
+	if !ok {
+		return nil, false
+	}
+	n := ru.node(nodeID)
+	if n == nil {
+		return nil, false
+	}
+	return proto.Clone(n).(*ferryv1.NodeJob), true
+}
+
 func notFound(id string) error {
 	return fmt.Errorf("rollout %q: %w; list rollouts with `ferryctl rollout list`", id, ErrNotFound)
 }

@@ -19,6 +19,7 @@ import (
 type Rollouts interface {
 	Create(ctx context.Context, actor string, req *ferryv1.CreateRolloutRequest) (*ferryv1.CreateRolloutResponse, error)
 	Get(id string) (*ferryv1.Rollout, error)
+	NodeJob(rolloutID, nodeID string) (*ferryv1.NodeJob, bool)
 	List(pkg string, limit int) []*ferryv1.Rollout
 	Watch(ctx context.Context, id string) (<-chan *ferryv1.WatchRolloutResponse, error)
 	Promote(ctx context.Context, actor, id string) (*ferryv1.Rollout, error)
@@ -142,17 +143,10 @@ type logServer struct {
 // GetJobLogs sends the stored output, then (with follow) new output until
 // the node's job in the rollout has ended.
 func (s *logServer) GetJobLogs(req *ferryv1.GetJobLogsRequest, stream grpc.ServerStreamingServer[ferryv1.GetJobLogsResponse]) error {
-	r, err := s.r.Get(req.GetRolloutId())
-	if err != nil {
+	if _, err := s.r.Get(req.GetRolloutId()); err != nil {
 		return rolloutErr(err)
 	}
-	found := false
-	for _, n := range r.GetNodes() {
-		if n.GetNodeId() == req.GetNodeId() {
-			found = true
-		}
-	}
-	if !found {
+	if _, ok := s.r.NodeJob(req.GetRolloutId(), req.GetNodeId()); !ok {
 		return status.Errorf(codes.NotFound, "node %s is not part of rollout %s", req.GetNodeId(), req.GetRolloutId())
 	}
 	var sent uint64 // bytes of the log already sent, by total offset
@@ -192,19 +186,14 @@ func (s *logServer) GetJobLogs(req *ferryv1.GetJobLogsRequest, stream grpc.Serve
 }
 
 func jobEnded(r Rollouts, rolloutID, nodeID string) bool {
-	ro, err := r.Get(rolloutID)
-	if err != nil {
+	n, ok := r.NodeJob(rolloutID, nodeID)
+	if !ok {
 		return true
 	}
-	for _, n := range ro.GetNodes() {
-		if n.GetNodeId() == nodeID {
-			switch n.GetOutcome() {
-			case ferryv1.NodeOutcome_NODE_OUTCOME_PENDING, ferryv1.NodeOutcome_NODE_OUTCOME_DOWNLOADING,
-				ferryv1.NodeOutcome_NODE_OUTCOME_INSTALLING, ferryv1.NodeOutcome_NODE_OUTCOME_CHECKING:
-				return false
-			}
-			return true
-		}
+	switch n.GetOutcome() {
+	case ferryv1.NodeOutcome_NODE_OUTCOME_PENDING, ferryv1.NodeOutcome_NODE_OUTCOME_DOWNLOADING,
+		ferryv1.NodeOutcome_NODE_OUTCOME_INSTALLING, ferryv1.NodeOutcome_NODE_OUTCOME_CHECKING:
+		return false
 	}
 	return true
 }
