@@ -134,7 +134,7 @@ func New(cfg Config) (*Controller, error) {
 			c.Close()
 		}
 	}()
-	if c.fleet, err = fleet.New(fleet.Config{Store: c.store, Logger: c.log, Now: cfg.Now, HeartbeatInterval: cfg.HeartbeatInterval, Evaluate: evaluate}); err != nil {
+	if c.fleet, err = fleet.New(fleet.Config{Store: c.store, Logger: c.log, Now: cfg.Now, HeartbeatInterval: cfg.HeartbeatInterval, Evaluate: health.Evaluate}); err != nil {
 		return nil, err
 	}
 	if c.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
@@ -213,14 +213,6 @@ func New(cfg Config) (*Controller, error) {
 	grpcMetrics.InitializeMetrics(c.grpc)
 	ok = true
 	return c, nil
-}
-
-// evaluate adapts the health package's verdict to the fleet registry.
-func evaluate(now time.Time, s fleet.Signals) (ferryv1.NodeState, string) {
-	return health.Evaluate(now, health.Signals{
-		Removed: s.Removed, Left: s.Left, Connected: s.Connected, EverConnected: s.EverConnected,
-		LastHeartbeat: s.LastHeartbeat, HeartbeatInterval: s.HeartbeatInterval, GossipState: s.GossipState,
-	})
 }
 
 // gossipLabel ties the gossip cluster to this installation's CA, so two

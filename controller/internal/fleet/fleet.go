@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/ferrydeploy/ferry/controller/internal/health"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/pki"
@@ -37,13 +38,9 @@ type GossipView interface {
 // Evaluator combines the signals into a node state and its reason.
 type Evaluator func(now time.Time, s Signals) (ferryv1.NodeState, string)
 
-// Signals are the inputs of a node's health verdict.
-type Signals struct {
-	Removed, Left, Connected, EverConnected bool
-	LastHeartbeat                           time.Time
-	HeartbeatInterval                       time.Duration
-	GossipState                             string
-}
+// Signals are the inputs of a node's health verdict (the health package
+// decides; the registry only gathers them).
+type Signals = health.Signals
 
 // Config configures a Registry.
 type Config struct {

@@ -63,8 +63,8 @@ const (
 	GossipLeft    = gossip.StateLeft
 )
 
-// Signals are what the controller knows of one node. Its fields match
-// fleet.Signals, so one converts to the other.
+// Signals are what the controller knows of one node; the fleet registry
+// gathers them (fleet.Signals is this type).
 type Signals struct {
 	Removed       bool // an admin removed the node
 	Left          bool // the agent said goodbye on its stream before closing it
