@@ -2,9 +2,10 @@ package e2e
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"os"
-	"sort"
+	"slices"
 	"strconv"
 )
 
@@ -75,12 +76,7 @@ func (a *Agent) Enroll(tok Token) Result {
 		addr = a.h.Controller().Advertise
 	}
 	args := []string{"enroll", "--controller", addr, "--token", tok.Secret, "--ca-pin", tok.CAPin, "--node-id", a.NodeID, "--state-dir", a.StateDir}
-	keys := make([]string, 0, len(a.opts.Labels))
-	for k := range a.opts.Labels {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(a.opts.Labels)) {
 		args = append(args, "--label", k+"="+a.opts.Labels[k])
 	}
 	argv := append(append(append([]string{}, a.opts.Prefix...), a.h.Bin(AgentBinary)), args...)
@@ -100,16 +96,6 @@ func (a *Agent) MustEnroll(tok Token) {
 func (a *Agent) Start() {
 	a.h.t.Helper()
 	a.start()
-}
-
-// Restart stops the agent gracefully (the test fails unless it exits 0)
-// and starts it again.
-func (a *Agent) Restart() {
-	a.h.t.Helper()
-	if code := a.Stop(); code != 0 {
-		a.h.t.Fatalf("agent %s exited %d after SIGTERM, want 0", a.NodeID, code)
-	}
-	a.Start()
 }
 
 // StateFiles lists the files under the agent's state dir (relative

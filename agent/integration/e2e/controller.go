@@ -18,8 +18,6 @@ type ControllerOptions struct {
 	// HeartbeatInterval is the interval agents are told to use
 	// (default 1s, to keep detection tests short).
 	HeartbeatInterval time.Duration
-	// AgentCertTTL, when set, is passed as --agent-cert-ttl.
-	AgentCertTTL time.Duration
 	// NoGossip starts the controller without memberlist
 	// (--gossip-listen ""); by default it gossips on a free port of Host.
 	NoGossip bool
@@ -87,9 +85,6 @@ func (c *Controller) args(grpcAddr, httpAddr string) []string {
 		"--http-listen", httpAddr,
 		"--heartbeat-interval", c.opts.HeartbeatInterval.String(),
 		"--gossip-listen", c.GossipAddr,
-	}
-	if c.opts.AgentCertTTL > 0 {
-		args = append(args, "--agent-cert-ttl", c.opts.AgentCertTTL.String())
 	}
 	return append(args, c.opts.Args...)
 }
@@ -175,16 +170,6 @@ func (c *Controller) httpStatus(client *http.Client, path string) (int, error) {
 	}
 	resp.Body.Close()
 	return resp.StatusCode, nil
-}
-
-// Restart stops the controller gracefully (the test fails unless it exits
-// 0) and starts it again on the same data dir and ports.
-func (c *Controller) Restart() {
-	c.h.t.Helper()
-	if code := c.Stop(); code != 0 {
-		c.h.t.Fatalf("controller exited %d after SIGTERM, want 0", code)
-	}
-	c.Start()
 }
 
 // GRPCPort is the port of GRPCAddr, e.g. for a firewall rule.

@@ -76,7 +76,7 @@ func bytesServed(t *testing.T, c *e2e.Controller) int64 {
 func TestE2EAgentKilledMidDownloadResumes(t *testing.T) {
 	t.Parallel()
 	h := e2e.New(t)
-	c := h.StartController(e2e.ControllerOptions{Args: []string{"--heartbeat-interval", "1s"}})
+	c := h.StartController(e2e.ControllerOptions{})
 	a := h.Agent("dl-1", "staging")
 	h.WaitNodeState("dl-1", e2e.Healthy, 20*time.Second)
 

@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"bytes"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -83,10 +84,10 @@ func TestE2EFleetEnrollsAndShowsHealthy(t *testing.T) {
 	t.Run("filters", func(t *testing.T) {
 		prod := h.Nodes("--group", "production")
 		if len(prod) != 2 || prod["prod-1"].ID == "" || prod["prod-2"].ID == "" {
-			t.Errorf("ferryctl nodes --group production = %v, want prod-1 and prod-2", keys(prod))
+			t.Errorf("ferryctl nodes --group production = %v, want prod-1 and prod-2", slices.Sorted(maps.Keys(prod)))
 		}
 		if stale := h.Nodes("--state", "stale"); len(stale) != 0 {
-			t.Errorf("ferryctl nodes --state stale = %v, want none", keys(stale))
+			t.Errorf("ferryctl nodes --state stale = %v, want none", slices.Sorted(maps.Keys(stale)))
 		}
 	})
 
@@ -328,14 +329,6 @@ func TestE2EVersionFlags(t *testing.T) {
 	if len(versions) != 1 {
 		t.Errorf("the binaries print different versions: %v", versions)
 	}
-}
-
-func keys(m map[string]e2e.Node) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	return out
 }
 
 // TestE2EDemoScript runs `make demo`'s script against the built binaries in

@@ -86,9 +86,6 @@ func New(t testing.TB) *Harness {
 	return h
 }
 
-// T is the test the harness belongs to.
-func (h *Harness) T() testing.TB { return h.t }
-
 // Dir is the test's temporary folder; every state dir, root and log is
 // under it.
 func (h *Harness) Dir() string { return h.dir }

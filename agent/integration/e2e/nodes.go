@@ -106,12 +106,3 @@ func (h *Harness) WaitNodeState(id string, want State, timeout time.Duration) No
 	h.t.Helper()
 	return h.WaitNode(id, timeout, string(want), func(n Node) bool { return n.State == want })
 }
-
-// WaitNodesState waits until every listed node is in state want.
-func (h *Harness) WaitNodesState(want State, timeout time.Duration, ids ...string) {
-	h.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for _, id := range ids {
-		h.WaitNodeState(id, want, max(time.Until(deadline), PollInterval))
-	}
-}

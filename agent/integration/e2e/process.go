@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -47,16 +48,12 @@ func (h *Harness) newProcess(name, path string, args, prefix []string) *Process 
 	return p
 }
 
-// Name is the process's name in the harness (the node ID for agents,
-// "controller" for the controller).
-func (p *Process) Name() string { return p.name }
-
-// LogPath is the file holding the process's output, all runs appended.
-func (p *Process) LogPath() string { return p.logPath }
-
 // CommandLine is what the harness runs, for messages.
-func (p *Process) CommandLine() string {
-	return strings.Join(append(append(append([]string{}, p.prefix...), p.path), p.args...), " ")
+func (p *Process) CommandLine() string { return strings.Join(p.argv(), " ") }
+
+// argv is the prefix, the binary and its arguments.
+func (p *Process) argv() []string {
+	return append(append(append([]string{}, p.prefix...), p.path), p.args...)
 }
 
 // setArgs replaces the arguments for the next start.
@@ -80,7 +77,7 @@ func (p *Process) start() {
 		p.h.t.Fatalf("%s: open log: %v", p.name, err)
 	}
 	defer logf.Close()
-	off, err := logf.Seek(0, 2)
+	off, err := logf.Seek(0, io.SeekEnd)
 	if err != nil {
 		p.h.t.Fatalf("%s: seek log: %v", p.name, err)
 	}
@@ -89,7 +86,7 @@ func (p *Process) start() {
 	if _, err := logf.WriteString(header); err != nil {
 		p.h.t.Fatalf("%s: write log: %v", p.name, err)
 	}
-	argv := append(append(append([]string{}, p.prefix...), p.path), p.args...)
+	argv := p.argv()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = p.h.dir
 	cmd.Stdout = logf

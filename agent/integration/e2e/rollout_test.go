@@ -27,6 +27,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -231,7 +232,7 @@ func (f *rolloutFleet) installed(id string) (string, error) {
 // wantVersions checks each node's installed version ("" for none).
 func (f *rolloutFleet) wantVersions(when string, want map[string]string) {
 	f.t.Helper()
-	for _, id := range sortedKeys(want) {
+	for _, id := range slices.Sorted(maps.Keys(want)) {
 		got, err := f.installed(id)
 		switch {
 		case err != nil:
@@ -394,9 +395,9 @@ func inState(state string) func(rolloutStatus) bool {
 func (f *rolloutFleet) wantOutcomes(r rolloutStatus, want map[string]string) {
 	f.t.Helper()
 	if len(r.Nodes) != len(want) {
-		f.t.Errorf("rollout %s has %d nodes, want %d (%v): %s", r.ID, len(r.Nodes), len(want), sortedKeys(want), r.outcomes())
+		f.t.Errorf("rollout %s has %d nodes, want %d (%v): %s", r.ID, len(r.Nodes), len(want), slices.Sorted(maps.Keys(want)), r.outcomes())
 	}
-	for _, id := range sortedKeys(want) {
+	for _, id := range slices.Sorted(maps.Keys(want)) {
 		if got := r.node(id).Outcome; got != want[id] {
 			f.t.Errorf("rollout %s: %s is %s, want %s (%s)", r.ID, id, got, want[id], r.node(id).Message)
 		}
@@ -861,13 +862,4 @@ func TestE2ERolloutSurvivesControllerSIGKILL(t *testing.T) {
 	if _, stderr, code := f.h.Ctl("rollout", "status", id, "--watch"); code != 0 {
 		t.Errorf("ferryctl rollout status %s --watch: exit %d for a succeeded rollout: %s", id, code, stderr)
 	}
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
