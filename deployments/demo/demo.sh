@@ -268,8 +268,7 @@ push_artifact() {
 	mkdir -p "$DEMO/tampered"
 	cp "$TARBALL" "$DEMO/tampered/"
 	printf 'x' | dd of="$DEMO/tampered/$(basename "$TARBALL")" bs=1 seek=1000 conv=notrunc status=none
-	say_cmd ferryctl artifact push "$(rel "$DEMO/tampered/$(basename "$TARBALL")")" --checksum-file "$(rel "$TARBALL.sha256")"
-	if ferryctl artifact push "$DEMO/tampered/$(basename "$TARBALL")" --checksum-file "$TARBALL.sha256"; then
+	if show ferryctl artifact push "$DEMO/tampered/$(basename "$TARBALL")" --checksum-file "$TARBALL.sha256"; then
 		die "the controller accepted a tampered tarball"
 	fi
 	step "Pushing the real tarball with its checksum file"
@@ -308,8 +307,9 @@ rollout_state() {
 rollout_production() {
 	step "Rolling out to production: one canary, then a promotion, then two at a time"
 	local id watcher
-	say_cmd ferryctl rollout --group production --package "go@$GO_VERSION" --canary 1 --max-parallel 2 --healthy-for 2s --detach
-	id=$(ferryctl rollout --group production --package "go@$GO_VERSION" --canary 1 --max-parallel 2 --healthy-for 2s --detach)
+	local -a start=(ferryctl rollout --group production --package "go@$GO_VERSION" --canary 1 --max-parallel 2 --healthy-for 2s --detach)
+	say_cmd "${start[@]}"
+	id=$("${start[@]}")
 	echo "$id"
 	say_cmd ferryctl rollout status "$id" --watch
 	ferryctl rollout status "$id" --watch &
