@@ -12,35 +12,18 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/ferrydeploy/ferry/agent/internal/backoff"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/rpc"
 )
 
 // AgentVersion is what simulated agents report.
 const AgentVersion = "scale-sim"
-
-// Backoff is the real agent's reconnect delay (agent/internal/agent,
-// Agent.backoff), copied so the simulated fleet storms exactly as a real
-// one would: "full jitter", a uniform delay below min(max, base·2^attempt),
-// plus base/2.
-func Backoff(rng *rand.Rand, base, maxDelay time.Duration, attempt int) time.Duration {
-	ceil := base << min(attempt, 20)
-	if ceil > maxDelay || ceil <= 0 {
-		ceil = maxDelay
-	}
-	return time.Duration(rng.Int64N(int64(ceil))) + base/2
-}
-
-// Jitter scales d by a uniform factor in [1-f, 1+f], as the real agent
-// spaces its heartbeats.
-func Jitter(rng *rand.Rand, d time.Duration, f float64) time.Duration {
-	return time.Duration(float64(d) * (1 - f + 2*f*rng.Float64()))
-}
 
 // Reconnect selects how a simulated agent gets its stream back. The
 // default is the real agent's way; the others are candidates measured
@@ -170,7 +153,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	opts := rpc.DialOptions(conf)
 	if a.cfg.Reconnect == ReconnectWaitForReady {
 		opts = append(opts, grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: a.cfg.BackoffMax},
+			Backoff:           grpcbackoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: a.cfg.BackoffMax},
 			MinConnectTimeout: 20 * time.Second,
 		}))
 	}
@@ -194,7 +177,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if time.Since(began) > time.Minute {
 			attempt = 0
 		}
-		delay := Backoff(a.rng, a.cfg.BackoffBase, a.cfg.BackoffMax, attempt)
+		delay := backoff.FullJitter(a.rng, a.cfg.BackoffBase, a.cfg.BackoffMax, attempt)
 		attempt++
 		select {
 		case <-ctx.Done():
@@ -267,7 +250,7 @@ func (a *Agent) session(ctx context.Context, conn *grpc.ClientConn) error {
 	if err := a.heartbeat(stream); err != nil {
 		return err
 	}
-	timer := time.NewTimer(Jitter(a.rng, interval, 0.1))
+	timer := time.NewTimer(backoff.Jitter(a.rng, interval, 0.1))
 	defer timer.Stop()
 	for {
 		select {
@@ -287,7 +270,7 @@ func (a *Agent) session(ctx context.Context, conn *grpc.ClientConn) error {
 			if err := a.heartbeat(stream); err != nil {
 				return err
 			}
-			timer.Reset(Jitter(a.rng, interval, 0.1))
+			timer.Reset(backoff.Jitter(a.rng, interval, 0.1))
 		}
 	}
 }

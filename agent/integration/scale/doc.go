@@ -9,9 +9,9 @@
 // holds its own certificate and its own gRPC connection, sends a hello,
 // waits for the welcome and heartbeats every interval ±10% with what the
 // real agent sends, on the real agent's dial options. It runs no jobs and
-// does not gossip. Its reconnect loop is the real agent's (Backoff is a
-// copy of it); the Reconnect modes other than ReconnectAgent are
-// candidate changes, measured against it.
+// does not gossip. Its reconnect loop is the real agent's (it uses the
+// agent's own agent/internal/backoff); the Reconnect modes other than
+// ReconnectAgent are alternatives, measured against it.
 //
 // BenchmarkFleetScale runs it for 1,000 and 5,000 agents; `make bench`
 // runs it (FERRY_BIN names the folder with the built binaries; without it

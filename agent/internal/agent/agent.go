@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/ferrydeploy/ferry/agent/internal/backoff"
 	"github.com/ferrydeploy/ferry/agent/internal/facts"
 	"github.com/ferrydeploy/ferry/agent/internal/fetch"
 	"github.com/ferrydeploy/ferry/agent/internal/identity"
@@ -135,23 +136,15 @@ func (a *Agent) checkExpiry() error {
 // jitter returns d scaled by a random factor in [1-f, 1+f].
 func (a *Agent) jitter(d time.Duration, f float64) time.Duration {
 	a.mu.Lock()
-	x := a.rng.Float64()
-	a.mu.Unlock()
-	return time.Duration(float64(d) * (1 - f + 2*f*x))
+	defer a.mu.Unlock()
+	return backoff.Jitter(a.rng, d, f)
 }
 
-// backoff is "full jitter" exponential backoff: a random delay up to
-// min(max, base*2^attempt), so a fleet reconnecting after a controller
-// restart spreads out instead of arriving at once.
+// backoff is the reconnect delay (backoff.FullJitter).
 func (a *Agent) backoff(attempt int) time.Duration {
-	ceil := a.cfg.BackoffBase << min(attempt, 20)
-	if ceil > a.cfg.BackoffMax || ceil <= 0 {
-		ceil = a.cfg.BackoffMax
-	}
 	a.mu.Lock()
-	d := time.Duration(a.rng.Int64N(int64(ceil))) + a.cfg.BackoffBase/2
-	a.mu.Unlock()
-	return d
+	defer a.mu.Unlock()
+	return backoff.FullJitter(a.rng, a.cfg.BackoffBase, a.cfg.BackoffMax, attempt)
 }
 
 func (a *Agent) dial() (*grpc.ClientConn, error) {
