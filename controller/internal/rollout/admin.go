@@ -3,7 +3,6 @@
 package rollout
 
 import (
-	"context"
 	"fmt"
 	"time"
 
@@ -11,7 +10,7 @@ import (
 )
 
 // Promote lets a rollout waiting after its canaries start wave 1.
-func (e *Engine) Promote(ctx context.Context, actor, id string) (*ferryv1.Rollout, error) {
+func (e *Engine) Promote(actor, id string) (*ferryv1.Rollout, error) {
 	return e.admin(actor, "rollout.promote", id, func(ru *run, now time.Time, _ *effects) error {
 		if ru.r.GetState() != stWaiting {
 			return fmt.Errorf("rollout %s: %w: it is %s, not waiting for promotion", id, ErrState, stateName(ru.r.GetState()))
@@ -24,7 +23,7 @@ func (e *Engine) Promote(ctx context.Context, actor, id string) (*ferryv1.Rollou
 
 // Pause stops a rollout from starting jobs; jobs in flight finish. Pausing a
 // paused rollout is a no-op.
-func (e *Engine) Pause(ctx context.Context, actor, id string) (*ferryv1.Rollout, error) {
+func (e *Engine) Pause(actor, id string) (*ferryv1.Rollout, error) {
 	return e.admin(actor, "rollout.pause", id, func(ru *run, now time.Time, _ *effects) error {
 		switch ru.r.GetState() {
 		case stPaused:
@@ -40,7 +39,7 @@ func (e *Engine) Pause(ctx context.Context, actor, id string) (*ferryv1.Rollout,
 // Resume continues a paused rollout. A rollout paused by its failure
 // threshold goes on; the next failure past the limit pauses it again. A
 // rollout whose canaries finished while paused goes to WAITING_PROMOTION.
-func (e *Engine) Resume(ctx context.Context, actor, id string) (*ferryv1.Rollout, error) {
+func (e *Engine) Resume(actor, id string) (*ferryv1.Rollout, error) {
 	return e.admin(actor, "rollout.resume", id, func(ru *run, now time.Time, _ *effects) error {
 		switch ru.r.GetState() {
 		case stRunning:
@@ -57,7 +56,7 @@ func (e *Engine) Resume(ctx context.Context, actor, id string) (*ferryv1.Rollout
 
 // Abort stops a rollout: nodes not started are SKIPPED, jobs in flight are
 // cancelled (their outcomes are still recorded when the agents report).
-func (e *Engine) Abort(ctx context.Context, actor, id string) (*ferryv1.Rollout, error) {
+func (e *Engine) Abort(actor, id string) (*ferryv1.Rollout, error) {
 	return e.admin(actor, "rollout.abort", id, func(ru *run, now time.Time, fx *effects) error {
 		if terminalState(ru.r.GetState()) {
 			return fmt.Errorf("rollout %s: %w: it already ended %s", id, ErrState, stateName(ru.r.GetState()))

@@ -326,7 +326,7 @@ func TestCanaryGateAndPromote(t *testing.T) {
 	if got := h.sentTo(r.Id); !slices.Equal(got, []string{"n00", "n01"}) {
 		t.Fatalf("sent to %v, want the two canaries", got)
 	}
-	if _, err := h.e.Promote(context.Background(), "admin/alice", r.Id); !errors.Is(err, ErrState) {
+	if _, err := h.e.Promote("admin/alice", r.Id); !errors.Is(err, ErrState) {
 		t.Errorf("promote while canaries run: err = %v, want ErrState", err)
 	}
 	h.succeed(r.Id, "n00")
@@ -349,7 +349,7 @@ func TestCanaryGateAndPromote(t *testing.T) {
 	if got := h.sentTo(r.Id); len(got) != 2 {
 		t.Fatalf("jobs sent while waiting for promotion: %v", got)
 	}
-	p, err := h.e.Promote(context.Background(), "admin/carol", r.Id)
+	p, err := h.e.Promote("admin/carol", r.Id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -409,11 +409,11 @@ func TestPauseAndResume(t *testing.T) {
 	r := h.create(strat{canary: 1, auto: true, parallel: "2", healthy: time.Second})
 	h.succeed(r.Id, "n00")
 	h.tick(time.Second) // n01, n02 start
-	p, err := h.e.Pause(context.Background(), "admin/alice", r.Id)
+	p, err := h.e.Pause("admin/alice", r.Id)
 	if err != nil || p.State != stPaused {
 		t.Fatalf("Pause = %v, %v", p.GetState(), err)
 	}
-	if _, err := h.e.Pause(context.Background(), "admin/alice", r.Id); err != nil {
+	if _, err := h.e.Pause("admin/alice", r.Id); err != nil {
 		t.Errorf("pausing again: %v, want a no-op", err)
 	}
 	// Running jobs finish; nothing new starts.
@@ -430,7 +430,7 @@ func TestPauseAndResume(t *testing.T) {
 	if got := h.state(r.Id); got != stPaused {
 		t.Fatalf("state = %v", got)
 	}
-	if _, err := h.e.Resume(context.Background(), "admin/bob", r.Id); err != nil {
+	if _, err := h.e.Resume("admin/bob", r.Id); err != nil {
 		t.Fatal(err)
 	}
 	if got := h.sentTo(r.Id); !slices.Equal(got, []string{"n00", "n01", "n02", "n03"}) {
@@ -462,7 +462,7 @@ func TestResumeAfterThresholdPauseTripsAgainOnNextFailure(t *testing.T) {
 	}
 	// A restart does not trip it again either.
 	h.restart()
-	if _, err := h.e.Resume(context.Background(), "admin/alice", r.Id); err != nil {
+	if _, err := h.e.Resume("admin/alice", r.Id); err != nil {
 		t.Fatal(err)
 	}
 	if got := h.state(r.Id); got != stRunning {
@@ -485,7 +485,7 @@ func TestAbortSkipsPendingAndCancelsRunning(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := h.e.Abort(context.Background(), "admin/alice", r.Id)
+	a, err := h.e.Abort("admin/alice", r.Id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -500,7 +500,7 @@ func TestAbortSkipsPendingAndCancelsRunning(t *testing.T) {
 	if len(c) != 2 || c[0].jobID != r.Id+"/job/n01" || c[1].jobID != r.Id+"/job/n02" {
 		t.Errorf("cancelled = %v, want the two running jobs", c)
 	}
-	if _, err := h.e.Abort(context.Background(), "admin/alice", r.Id); !errors.Is(err, ErrState) {
+	if _, err := h.e.Abort("admin/alice", r.Id); !errors.Is(err, ErrState) {
 		t.Errorf("second abort: %v, want ErrState", err)
 	}
 	// While cancelled jobs have not reported, the nodes stay covered.
@@ -718,7 +718,7 @@ func TestConflictingRolloutIsRefused(t *testing.T) {
 		t.Errorf("other package: %v", err)
 	}
 	// Once the first ends, the package can be rolled out again.
-	if _, err := h.e.Abort(context.Background(), "admin/alice", r.Id); err != nil {
+	if _, err := h.e.Abort("admin/alice", r.Id); err != nil {
 		t.Fatal(err)
 	}
 	h.report(r.Id, "n00", phFailed, "cancelled")
@@ -805,14 +805,13 @@ func TestUndo(t *testing.T) {
 		h.fleet.setInstalled(n, "go", "1.20.2", "")
 	}
 	h.fleet.setInstalled("n03", "go", "1.20.3", "1.20.2") // already there
-	ctx := context.Background()
-	if _, err := h.e.Undo(ctx, "admin/alice", &ferryv1.UndoRolloutRequest{Group: "prod", PackageName: "go"}); !errors.Is(err, ErrState) {
+	if _, err := h.e.Undo("admin/alice", &ferryv1.UndoRolloutRequest{Group: "prod", PackageName: "go"}); !errors.Is(err, ErrState) {
 		t.Errorf("undo before any rollout: %v, want ErrState", err)
 	}
 	r := h.create(strat{canary: 1, auto: true, parallel: "4", failures: "1", healthy: time.Second})
 	h.succeed(r.Id, "n00")
 	h.tick(time.Second)
-	if _, err := h.e.Undo(ctx, "admin/alice", &ferryv1.UndoRolloutRequest{Group: "prod", PackageName: "go"}); !errors.Is(err, ErrConflict) {
+	if _, err := h.e.Undo("admin/alice", &ferryv1.UndoRolloutRequest{Group: "prod", PackageName: "go"}); !errors.Is(err, ErrConflict) {
 		t.Errorf("undo during the rollout: %v, want ErrConflict", err)
 	}
 	h.succeed(r.Id, "n01")
@@ -827,7 +826,7 @@ func TestUndo(t *testing.T) {
 	h.succeed(s.Id, "s00")
 	h.tick(time.Second)
 
-	u, err := h.e.Undo(ctx, "admin/alice", &ferryv1.UndoRolloutRequest{Group: "prod", PackageName: "go", Strategy: &ferryv1.Strategy{AutoPromote: true, MaxParallel: "10", HealthyFor: durationpb.New(time.Second)}})
+	u, err := h.e.Undo("admin/alice", &ferryv1.UndoRolloutRequest{Group: "prod", PackageName: "go", Strategy: &ferryv1.Strategy{AutoPromote: true, MaxParallel: "10", HealthyFor: durationpb.New(time.Second)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -855,7 +854,7 @@ func TestUndo(t *testing.T) {
 	if got := h.get(u.Id); got.State != stSucceeded {
 		t.Fatalf("undo ended %v (%s)", got.State, got.Message)
 	}
-	if _, err := h.e.Undo(ctx, "admin/alice", &ferryv1.UndoRolloutRequest{Group: "prod", PackageName: "go"}); !errors.Is(err, ErrState) || !strings.Contains(err.Error(), "nothing to undo") {
+	if _, err := h.e.Undo("admin/alice", &ferryv1.UndoRolloutRequest{Group: "prod", PackageName: "go"}); !errors.Is(err, ErrState) || !strings.Contains(err.Error(), "nothing to undo") {
 		t.Errorf("second undo: %v, want nothing to undo", err)
 	}
 	if ev := h.audit.list(); !slices.Contains(ev, "admin/alice rollout.undo "+u.Id+" ok") {
@@ -937,7 +936,7 @@ func TestWatchReportsProgress(t *testing.T) {
 	h.report(r.Id, "n00", phInstalling, "")
 	h.succeed(r.Id, "n00")
 	h.tick(time.Second)
-	if _, err := h.e.Promote(ctx, "admin/alice", r.Id); err != nil {
+	if _, err := h.e.Promote("admin/alice", r.Id); err != nil {
 		t.Fatal(err)
 	}
 	h.fail(r.Id, "n01")

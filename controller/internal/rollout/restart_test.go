@@ -265,15 +265,15 @@ func (w *world) isCrashed() bool {
 func promoteAndResume(e *Engine, r *ferryv1.Rollout) {
 	switch r.State {
 	case stWaiting:
-		_, _ = e.Promote(context.Background(), "admin/alice", r.Id)
+		_, _ = e.Promote("admin/alice", r.Id)
 	case stPaused:
-		_, _ = e.Resume(context.Background(), "admin/alice", r.Id)
+		_, _ = e.Resume("admin/alice", r.Id)
 	}
 }
 
 func abortWhenN02Runs(e *Engine, r *ferryv1.Rollout) {
 	if n := nodeOf(r, "n02"); r.State == stRunning && inFlight(n) {
-		_, _ = e.Abort(context.Background(), "admin/alice", r.Id)
+		_, _ = e.Abort("admin/alice", r.Id)
 	}
 }
 
@@ -436,7 +436,7 @@ func TestRestartResendsCancelsOfAnAbortedRollout(t *testing.T) {
 	h.succeed(r.Id, "n00")
 	h.tick(time.Second) // n01, n02 in flight
 	h.report(r.Id, "n02", phSucceeded, "")
-	if _, err := h.e.Abort(context.Background(), "admin/alice", r.Id); err != nil {
+	if _, err := h.e.Abort("admin/alice", r.Id); err != nil {
 		t.Fatal(err)
 	}
 	want := []cancelReq{{"n01", r.Id + "/job/n01"}}

@@ -4,7 +4,6 @@
 package rollout
 
 import (
-	"context"
 	"fmt"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
@@ -18,7 +17,7 @@ import (
 // records undo_of, the undone version as package_version and, per node, the
 // undone version as previous_version; its strategy takes the same defaults
 // as Create's.
-func (e *Engine) Undo(ctx context.Context, actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.Rollout, error) {
+func (e *Engine) Undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.Rollout, error) {
 	r, err := e.undo(actor, req)
 	target := req.GetPackageName() + " group=" + req.GetGroup()
 	if r != nil {
