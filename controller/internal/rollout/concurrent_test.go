@@ -1,3 +1,5 @@
+// Tests of concurrent use: the dispatch order under many callers.
+
 package rollout
 
 import (

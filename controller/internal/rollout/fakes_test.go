@@ -1,3 +1,6 @@
+// Test fakes and the harness: a fake clock, store, fleet, dispatcher,
+// packages and auditor, and the helpers tests drive an engine with.
+
 package rollout
 
 import (

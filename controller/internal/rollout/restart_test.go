@@ -1,3 +1,6 @@
+// Tests of restarts: a controller killed after any save carries on without
+// sending a job twice.
+
 package rollout
 
 import (
