@@ -21,11 +21,11 @@ func Parse(d string) (string, error) {
 	h, ok := strings.CutPrefix(d, Prefix)
 	switch {
 	case !ok:
-		return "", fmt.Errorf("digest %q must start with %q", d, Prefix)
+		return "", fmt.Errorf("digest %q must start with %q; want %s<64 lowercase hex digits>", d, Prefix, Prefix)
 	case strings.Trim(h, "0123456789abcdef") != "":
-		return "", fmt.Errorf("digest %q: want %s and 64 lowercase hex digits", d, Prefix)
+		return "", fmt.Errorf("digest %q has characters other than 0-9 and a-f after %q; want %s<64 lowercase hex digits>", d, Prefix, Prefix)
 	case len(h) != 64:
-		return "", fmt.Errorf("digest %q has %d hex digits after %s; want 64 hex digits", d, len(h), Prefix)
+		return "", fmt.Errorf("digest %q has %d hex digits after %q; want 64 hex digits", d, len(h), Prefix)
 	}
 	return h, nil
 }

@@ -22,11 +22,11 @@ func TestParse(t *testing.T) {
 		in, want, err string
 	}{
 		{in: Prefix + hexsum, want: hexsum},
-		{in: hexsum, err: `must start with "sha256:"`},
+		{in: hexsum, err: `must start with "sha256:"; want sha256:<64 lowercase hex digits>`},
 		{in: "md5:abc", err: "must start with"},
-		{in: "sha256:abc", err: "has 3 hex digits after sha256:; want 64 hex digits"},
+		{in: "sha256:abc", err: `has 3 hex digits after "sha256:"; want 64 hex digits`},
 		{in: "sha256:", err: "has 0 hex digits"},
-		{in: "sha256:XYZ", err: "64 lowercase hex digits"},
+		{in: "sha256:XYZ", err: `has characters other than 0-9 and a-f after "sha256:"; want sha256:<64 lowercase hex digits>`},
 		{in: Prefix + strings.ToUpper(hexsum), err: "64 lowercase hex digits"},
 		{in: " " + Prefix + hexsum, err: "must start with"},
 		{in: Prefix + hexsum + "0", err: "has 65 hex digits"},

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/atomicfile"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 )
@@ -147,7 +148,7 @@ func (j *journal) remove() error {
 	if err := os.Remove(j.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove job journal: %w", err)
 	}
-	return syncDir(filepath.Dir(j.path))
+	return atomicfile.SyncDir(filepath.Dir(j.path))
 }
 
 func (i *Installer) loadState() error {

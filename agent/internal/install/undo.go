@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/ferrydeploy/ferry/shared/atomicfile"
 )
 
 // applyTree switches a staged tree in (or an installed one out). The
@@ -36,7 +38,7 @@ func applyTree(a *action) error {
 			return fmt.Errorf("move %s aside: %w", a.Target, err)
 		}
 	}
-	return syncDir(filepath.Dir(a.Target))
+	return atomicfile.SyncDir(filepath.Dir(a.Target))
 }
 
 // undoAction reverts one action from whatever point it reached. It is
@@ -124,7 +126,7 @@ func undoTree(a *action) error {
 			return err
 		}
 	}
-	return syncDir(filepath.Dir(a.Target))
+	return atomicfile.SyncDir(filepath.Dir(a.Target))
 }
 
 // freeName returns p, or a variant of it, that is neither taken nor avoid.
@@ -148,7 +150,7 @@ func undoFile(a *action) error {
 		if err := os.Remove(a.Target); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
-		return syncDir(filepath.Dir(a.Target))
+		return atomicfile.SyncDir(filepath.Dir(a.Target))
 	}
 	data, err := os.ReadFile(a.Backup)
 	if err != nil {
