@@ -17,56 +17,40 @@ func TestFormat(t *testing.T) {
 	}
 }
 
+// Parse takes only the canonical form; ParseHex also what people paste.
 func TestParse(t *testing.T) {
 	for _, tc := range []struct {
-		in, want, err string
+		name      string
+		parse     func(string) (string, error)
+		in        string
+		want, err string
 	}{
-		{in: Prefix + hexsum, want: hexsum},
-		{in: hexsum, err: `must start with "sha256:"; want sha256:<64 lowercase hex digits>`},
-		{in: "md5:abc", err: "must start with"},
-		{in: "sha256:abc", err: `has 3 hex digits after "sha256:"; want 64 hex digits`},
-		{in: "sha256:", err: "has 0 hex digits"},
-		{in: "sha256:XYZ", err: `has characters other than 0-9 and a-f after "sha256:"; want sha256:<64 lowercase hex digits>`},
-		{in: Prefix + strings.ToUpper(hexsum), err: "64 lowercase hex digits"},
-		{in: " " + Prefix + hexsum, err: "must start with"},
-		{in: Prefix + hexsum + "0", err: "has 65 hex digits"},
+		{"Parse", Parse, Prefix + hexsum, hexsum, ""},
+		{"Parse", Parse, hexsum, "", `must start with "sha256:"; want sha256:<64 lowercase hex digits>`},
+		{"Parse", Parse, "md5:abc", "", "must start with"},
+		{"Parse", Parse, "sha256:abc", "", `has 3 hex digits after "sha256:"; want 64 hex digits`},
+		{"Parse", Parse, "sha256:", "", "has 0 hex digits"},
+		{"Parse", Parse, "sha256:XYZ", "", `has characters other than 0-9 and a-f after "sha256:"; want sha256:<64 lowercase hex digits>`},
+		{"Parse", Parse, Prefix + strings.ToUpper(hexsum), "", "64 lowercase hex digits"},
+		{"Parse", Parse, " " + Prefix + hexsum, "", "must start with"},
+		{"Parse", Parse, Prefix + hexsum + "0", "", "has 65 hex digits"},
+		{"ParseHex", ParseHex, hexsum, hexsum, ""},
+		{"ParseHex", ParseHex, Prefix + hexsum, hexsum, ""},
+		{"ParseHex", ParseHex, "  " + strings.ToUpper(hexsum) + "\n", hexsum, ""},
+		{"ParseHex", ParseHex, "xyz", "", "must be 64 hex digits"},
+		{"ParseHex", ParseHex, strings.Repeat("g", 64), "", "is not hex"},
+		{"ParseHex", ParseHex, "md5:" + hexsum, "", "must be 64 hex digits"},
 	} {
-		t.Run(tc.in, func(t *testing.T) {
-			got, err := Parse(tc.in)
+		t.Run(tc.name+"/"+tc.in, func(t *testing.T) {
+			got, err := tc.parse(tc.in)
 			if tc.err == "" {
 				if err != nil || got != tc.want {
-					t.Fatalf("Parse = %q, %v; want %q", got, err, tc.want)
+					t.Fatalf("%s(%q) = %q, %v; want %q", tc.name, tc.in, got, err, tc.want)
 				}
 				return
 			}
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
-				t.Fatalf("Parse = %q, %v; want an error containing %q", got, err, tc.err)
-			}
-		})
-	}
-}
-
-func TestParseHex(t *testing.T) {
-	for _, tc := range []struct {
-		in, want, err string
-	}{
-		{in: hexsum, want: hexsum},
-		{in: Prefix + hexsum, want: hexsum},
-		{in: "  " + strings.ToUpper(hexsum) + "\n", want: hexsum},
-		{in: "xyz", err: "must be 64 hex digits"},
-		{in: strings.Repeat("g", 64), err: "is not hex"},
-		{in: "md5:" + hexsum, err: "must be 64 hex digits"},
-	} {
-		t.Run(tc.in, func(t *testing.T) {
-			got, err := ParseHex(tc.in)
-			if tc.err == "" {
-				if err != nil || got != tc.want {
-					t.Fatalf("ParseHex = %q, %v; want %q", got, err, tc.want)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.err) {
-				t.Fatalf("ParseHex = %q, %v; want an error containing %q", got, err, tc.err)
+				t.Fatalf("%s(%q) = %q, %v; want an error containing %q", tc.name, tc.in, got, err, tc.err)
 			}
 		})
 	}
