@@ -127,9 +127,9 @@ var stepOneof = (&ferryv1.Step{}).ProtoReflect().Descriptor().Oneofs().ByName("k
 func stepKinds(i *Installer) map[protoreflect.Name]stepKind {
 	return map[protoreflect.Name]stepKind{
 		"archive": archiveKind{i},
-		"env":     envKind{i},
-		"sudoers": sudoersKind{i},
-		"file":    fileKind{i},
+		"env":     envKind{managedFile{i, wantEnvFile}},
+		"sudoers": sudoersKind{managedFile{i, wantSudoersFile}},
+		"file":    fileKind{managedFile{i, wantFileStep}},
 		"check":   checkKind{i},
 	}
 }

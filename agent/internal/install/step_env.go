@@ -1,7 +1,6 @@
 package install
 
 import (
-	"context"
 	"fmt"
 	"os/exec"
 	"regexp"
@@ -13,39 +12,24 @@ import (
 // envKind writes /etc/profile.d/<name>.sh (exported variables, PATH
 // additions), 0644, atomically, with every value quoted so nothing in it
 // executes. Later checks source it.
-type envKind struct{ i *Installer }
+type envKind struct{ managedFile }
 
 func (envKind) Describe(s *ferryv1.Step) string { return "env " + s.GetEnv().GetName() }
 
 func (envKind) Validate(r validateRequest) error { return validateEnv(r.step.GetEnv()) }
 
-func (k envKind) Plan(_ context.Context, r stepRequest) (stepResponse, error) {
-	w, err := k.want(r)
-	if err != nil {
-		return stepResponse{}, err
-	}
-	return k.i.planFile(r, w)
-}
-
-func (k envKind) Apply(_ context.Context, r stepRequest) (stepResponse, error) {
-	w, err := k.want(r)
-	if err != nil {
-		return stepResponse{}, err
-	}
-	return k.i.applyFile(r, w)
-}
-
-func (k envKind) want(r stepRequest) (wantFile, error) {
+// wantEnvFile is the profile script an env step wants.
+func wantEnvFile(i *Installer, r stepRequest) (wantFile, error) {
 	s := r.step.GetEnv()
 	label := profilePath(s)
-	target, err := k.i.resolve(label)
+	target, err := i.resolve(label)
 	if err != nil {
 		return wantFile{}, err
 	}
 	return wantFile{
 		label: label, target: target, data: renderEnv(r.job.pkg.GetName(), s, func(v string) string { return v }),
 		mode: 0o644, uid: -1, gid: -1, dirMode: 0o755,
-		validate: k.i.shellSyntax,
+		validate: i.shellSyntax,
 	}, nil
 }
 

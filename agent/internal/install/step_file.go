@@ -17,10 +17,10 @@ import (
 	"github.com/ferrydeploy/ferry/shared/atomicfile"
 )
 
-// fileKind writes a file with its content, mode and owner. Its writer
-// (planFile, applyFile) also writes the env and sudoers kinds' files, so
-// all their changes are file changes, undone and restored here.
-type fileKind struct{ i *Installer }
+// fileKind writes a file with its content, mode and owner. Its writer,
+// managedFile, also writes the env and sudoers kinds' files, so all their
+// changes are file changes, undone and restored here.
+type fileKind struct{ managedFile }
 
 // Change: file changes are journaled as file writes.
 func (fileKind) Change() string { return "file" }
@@ -41,24 +41,10 @@ func (k fileKind) Validate(r validateRequest) error {
 	return nil
 }
 
-func (k fileKind) Plan(_ context.Context, r stepRequest) (stepResponse, error) {
-	w, err := k.want(r.step.GetFile())
-	if err != nil {
-		return stepResponse{}, err
-	}
-	return k.i.planFile(r, w)
-}
-
-func (k fileKind) Apply(_ context.Context, r stepRequest) (stepResponse, error) {
-	w, err := k.want(r.step.GetFile())
-	if err != nil {
-		return stepResponse{}, err
-	}
-	return k.i.applyFile(r, w)
-}
-
-func (k fileKind) want(s *ferryv1.FileStep) (wantFile, error) {
-	target, err := k.i.resolve(s.GetPath())
+// wantFileStep is the file a file step wants.
+func wantFileStep(i *Installer, r stepRequest) (wantFile, error) {
+	s := r.step.GetFile()
+	target, err := i.resolve(s.GetPath())
 	if err != nil {
 		return wantFile{}, err
 	}
@@ -73,6 +59,14 @@ func (k fileKind) want(s *ferryv1.FileStep) (wantFile, error) {
 	return wantFile{
 		label: s.GetPath(), target: target, data: s.GetContent(), mode: fileMode(mode), uid: uid, gid: gid, dirMode: 0o755,
 	}, nil
+}
+
+// managedFile is Plan and Apply for a kind whose step manages one file
+// (file, env, sudoers): the kind says which file it wants, managedFile
+// compares it with the node's, validates it and writes it.
+type managedFile struct {
+	i    *Installer
+	want func(*Installer, stepRequest) (wantFile, error)
 }
 
 // wantFile describes a file a step manages.
@@ -99,9 +93,13 @@ type fileDiff struct {
 	what string
 }
 
-// diffFile compares w with the file on disk and, when they differ, runs
-// w's validation on a private copy.
-func (i *Installer) diffFile(r stepRequest, w wantFile) (fileDiff, error) {
+// diff compares the wanted file with the one on disk and, when they
+// differ, runs the file's validation on a private copy.
+func (m managedFile) diff(r stepRequest) (fileDiff, error) {
+	w, err := m.want(m.i, r)
+	if err != nil {
+		return fileDiff{}, err
+	}
 	d := fileDiff{want: w, curUID: -1, curGID: -1}
 	st, err := os.Lstat(w.target)
 	d.existed, d.st = err == nil, st
@@ -124,8 +122,8 @@ func (i *Installer) diffFile(r stepRequest, w wantFile) (fileDiff, error) {
 		if !bytes.Equal(d.cur, w.data) {
 			diffs = append(diffs, "content")
 		}
-		if m := st.Mode() & permMask; m != w.mode {
-			diffs = append(diffs, fmt.Sprintf("mode %04o -> %04o", unixMode(m), unixMode(w.mode)))
+		if mode := st.Mode() & permMask; mode != w.mode {
+			diffs = append(diffs, fmt.Sprintf("mode %04o -> %04o", unixMode(mode), unixMode(w.mode)))
 		}
 		if (w.uid >= 0 && w.uid != d.curUID) || (w.gid >= 0 && w.gid != d.curGID) {
 			diffs = append(diffs, fmt.Sprintf("owner %d:%d -> %d:%d", d.curUID, d.curGID, w.uid, w.gid))
@@ -135,7 +133,7 @@ func (i *Installer) diffFile(r stepRequest, w wantFile) (fileDiff, error) {
 		}
 	}
 	if w.validate != nil {
-		tmp := filepath.Join(i.dir, "tmp", fmt.Sprintf("%s-%d", r.job.key, r.index))
+		tmp := filepath.Join(m.i.dir, "tmp", fmt.Sprintf("%s-%d", r.job.key, r.index))
 		if err := os.WriteFile(tmp, w.data, 0o600); err != nil {
 			return fileDiff{}, err
 		}
@@ -152,29 +150,33 @@ func (i *Installer) diffFile(r stepRequest, w wantFile) (fileDiff, error) {
 	return d, nil
 }
 
-// planFile is Plan for a kind that manages one file.
-func (i *Installer) planFile(r stepRequest, w wantFile) (stepResponse, error) {
-	d, err := i.diffFile(r, w)
-	switch {
-	case err != nil:
-		return stepResponse{}, err
-	case d.what == "":
-		return stepResponse{detail: "unchanged"}, nil
+// plan is what writing the file would do.
+func (d fileDiff) plan() stepResponse {
+	if d.what == "" {
+		return stepResponse{detail: "unchanged"}
 	}
-	return stepResponse{changed: true, detail: "would " + d.what}, nil
+	return stepResponse{changed: true, detail: "would " + d.what}
 }
 
-// applyFile is Apply for a kind that manages one file: the previous
-// content is backed up, the change journaled, then the file is replaced
-// atomically.
-func (i *Installer) applyFile(r stepRequest, w wantFile) (stepResponse, error) {
-	d, err := i.diffFile(r, w)
-	switch {
-	case err != nil:
+func (m managedFile) Plan(_ context.Context, r stepRequest) (stepResponse, error) {
+	d, err := m.diff(r)
+	if err != nil {
 		return stepResponse{}, err
-	case d.what == "":
+	}
+	return d.plan(), nil
+}
+
+// Apply backs the previous content up, journals the change, then
+// replaces the file atomically.
+func (m managedFile) Apply(_ context.Context, r stepRequest) (stepResponse, error) {
+	d, err := m.diff(r)
+	if err != nil {
+		return stepResponse{}, err
+	}
+	if d.what == "" {
 		return stepResponse{detail: "unchanged"}, nil
 	}
+	i, w := m.i, d.want
 	jc, idx := r.job, r.index
 	a := &action{
 		Kind:    fileKind{}.Change(),

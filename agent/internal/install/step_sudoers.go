@@ -1,7 +1,6 @@
 package install
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,7 +13,7 @@ import (
 // sudoersKind writes /etc/sudoers.d/<name>, 0440 root:root, only after it
 // validates: Ferry's own checker always, visudo -cf where visudo exists.
 // An invalid fragment fails the step and leaves the old file untouched.
-type sudoersKind struct{ i *Installer }
+type sudoersKind struct{ managedFile }
 
 func (sudoersKind) Describe(s *ferryv1.Step) string { return "sudoers " + s.GetSudoers().GetName() }
 
@@ -26,29 +25,14 @@ func (sudoersKind) Validate(r validateRequest) error {
 	return sudoers.Check(string(renderSudoers(r.job.Package.GetName(), s)))
 }
 
-func (k sudoersKind) Plan(_ context.Context, r stepRequest) (stepResponse, error) {
-	w, err := k.want(r)
-	if err != nil {
-		return stepResponse{}, err
-	}
-	return k.i.planFile(r, w)
-}
-
-func (k sudoersKind) Apply(_ context.Context, r stepRequest) (stepResponse, error) {
-	w, err := k.want(r)
-	if err != nil {
-		return stepResponse{}, err
-	}
-	return k.i.applyFile(r, w)
-}
-
-func (k sudoersKind) want(r stepRequest) (wantFile, error) {
+// wantSudoersFile is the fragment a sudoers step wants.
+func wantSudoersFile(i *Installer, r stepRequest) (wantFile, error) {
 	s := r.step.GetSudoers()
 	if err := validateSudoersName(s.GetName()); err != nil {
 		return wantFile{}, err
 	}
 	label := "/etc/sudoers.d/" + s.GetName()
-	target, err := k.i.resolve(label)
+	target, err := i.resolve(label)
 	if err != nil {
 		return wantFile{}, err
 	}
@@ -62,7 +46,7 @@ func (k sudoersKind) want(r stepRequest) (wantFile, error) {
 	}
 	return wantFile{
 		label: label, target: target, data: data, mode: 0o440, uid: uid, gid: gid, dirMode: 0o750,
-		validate: k.i.visudoCheck,
+		validate: i.visudoCheck,
 	}, nil
 }
 
