@@ -63,6 +63,12 @@ func TestJobsRunOneAtATime(t *testing.T) {
 		t.Errorf("job dropped: %s %q, want failed: cancelled before it started", dropped.GetPhase(), dropped.GetMessage())
 	}
 
+	// Whatever is still queued runs before a new job: once it is done, a
+	// second run of the tool job would have shown.
+	dl.finish <- fetched{err: errors.New("a second download of the tool")}
+	s.send(t, jobMsg(fileJob("last", "/etc/last", "four\n")))
+	s.result(t, "last")
+
 	toolEnd := s.indexOf("tool", failed)
 	if i := s.indexOf("queued", accepted); i < toolEnd {
 		t.Errorf("job queued was accepted (update %d) before the tool job ended (update %d)", i, toolEnd)
