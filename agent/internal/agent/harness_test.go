@@ -535,6 +535,16 @@ func (ta *testAgent) redial() {
 	}
 }
 
+// startTool sends the tool job on s and returns its download once the
+// agent is running the job.
+func (ta *testAgent) startTool(s *agentStream) *download {
+	ta.t.Helper()
+	dl := ta.fetcher.download(toolDigest)
+	s.send(ta.t, jobMsg(toolJob("tool", toolDigest)))
+	waitClosed(ta.t, dl.started, "the tool's download")
+	return dl
+}
+
 // result waits for Run to end and returns its error.
 func (ta *testAgent) result() error {
 	ta.t.Helper()

@@ -31,9 +31,7 @@ func TestJobsRunOneAtATime(t *testing.T) {
 		t.Fatalf("job first: %s %q, want succeeded", u.GetPhase(), u.GetMessage())
 	}
 
-	dl := ta.fetcher.download(toolDigest)
-	s.send(t, jobMsg(toolJob("tool", toolDigest)))
-	waitClosed(t, dl.started, "the tool's download")
+	dl := ta.startTool(s)
 	s.send(t, jobMsg(fileJob("queued", "/etc/queued", "two\n")))
 	s.send(t, jobMsg(fileJob("dropped", "/etc/dropped", "three\n")))
 	s.send(t, cancelMsg("dropped"))
@@ -101,9 +99,7 @@ func TestCancelRunningJob(t *testing.T) {
 	ta := newTestAgent(t, agentOptions{})
 	ta.run()
 	s := ta.stream()
-	dl := ta.fetcher.download(toolDigest)
-	s.send(t, jobMsg(toolJob("tool", toolDigest)))
-	waitClosed(t, dl.started, "the tool's download")
+	ta.startTool(s)
 
 	s.send(t, cancelMsg("tool"))
 	u := s.result(t, "tool")
@@ -137,9 +133,7 @@ func TestJobResultSurvivesReconnect(t *testing.T) {
 			ta := newTestAgent(t, agentOptions{})
 			ta.run()
 			first := ta.stream()
-			dl := ta.fetcher.download(toolDigest)
-			first.send(t, jobMsg(toolJob("tool", toolDigest)))
-			waitClosed(t, dl.started, "the tool's download")
+			dl := ta.startTool(first)
 
 			first.end <- status.Error(codes.Unavailable, "replaced by a newer stream from the same node")
 			ta.nextWait()

@@ -142,9 +142,9 @@ func TestReconnectDelays(t *testing.T) {
 // to come back (re-enroll), instead of a reconnect loop that cannot
 // succeed.
 func TestExpiredCertificateStopsTheAgent(t *testing.T) {
-	wantErr := func(ta *testAgent) string {
+	wantErr := func(cert *x509.Certificate, stateDir string) string {
 		return fmt.Sprintf("the node certificate expired at %s (the node was offline past its renewal window); re-enroll: get a token with `ferryctl token create --group prod`, remove %s and run `ferry-agent enroll` again",
-			ta.cert.NotAfter.UTC().Format(time.RFC3339), ta.cfg.StateDir)
+			cert.NotAfter.UTC().Format(time.RFC3339), stateDir)
 	}
 
 	t.Run("at start", func(t *testing.T) {
@@ -152,9 +152,7 @@ func TestExpiredCertificateStopsTheAgent(t *testing.T) {
 		stateDir, cert := p.enroll(t, 0, time.Hour)
 		later := cert.NotAfter.Add(time.Second)
 		_, err := New(Config{StateDir: stateDir, Root: t.TempDir(), Now: func() time.Time { return later }})
-		want := fmt.Sprintf("the node certificate expired at %s (the node was offline past its renewal window); re-enroll: get a token with `ferryctl token create --group prod`, remove %s and run `ferry-agent enroll` again",
-			cert.NotAfter.UTC().Format(time.RFC3339), stateDir)
-		if err == nil || err.Error() != want {
+		if want := wantErr(cert, stateDir); err == nil || err.Error() != want {
 			t.Fatalf("New: %v\nwant: %s", err, want)
 		}
 	})
@@ -178,8 +176,8 @@ func TestExpiredCertificateStopsTheAgent(t *testing.T) {
 			ta.clock.Advance(2 * time.Hour) // the node was suspended past its certificate's expiry
 			ta.run()
 			err := ta.result()
-			if err == nil || err.Error() != wantErr(ta) {
-				t.Fatalf("Run: %v\nwant: %s", err, wantErr(ta))
+			if want := wantErr(ta.cert, ta.cfg.StateDir); err == nil || err.Error() != want {
+				t.Fatalf("Run: %v\nwant: %s", err, want)
 			}
 			if renewals.Load() == 0 {
 				t.Error("the agent gave up without trying to renew")
