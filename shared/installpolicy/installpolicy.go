@@ -44,8 +44,8 @@ type Refusal struct {
 
 func (r *Refusal) Error() string { return r.Problem + "; " + r.Fix }
 
-// within reports whether p is dir or inside it.
-func within(p, dir string) bool {
+// Within reports whether the clean path p is dir or inside it.
+func Within(p, dir string) bool {
 	return p == dir || strings.HasPrefix(p, dir+"/")
 }
 
@@ -59,7 +59,7 @@ var kernelDirs = []string{"/proc", "/sys", "/dev"}
 // contain the state directory either.
 func offLimits(p, stateDir string, tree bool) *Refusal {
 	for _, d := range kernelDirs {
-		if within(p, d) {
+		if Within(p, d) {
 			return &Refusal{
 				Problem: fmt.Sprintf("%s is in %s, which the kernel provides", p, d),
 				Fix:     "install into a directory of its own, e.g. /opt/NAME",
@@ -69,12 +69,12 @@ func offLimits(p, stateDir string, tree bool) *Refusal {
 	for _, d := range []string{DefaultStateDir, stateDir} {
 		switch {
 		case d == "":
-		case within(p, d):
+		case Within(p, d):
 			return &Refusal{
 				Problem: fmt.Sprintf("%s is in the agent's state directory %s (its identity, records and backups)", p, d),
 				Fix:     "install somewhere else, e.g. /opt/NAME",
 			}
-		case tree && within(d, p):
+		case tree && Within(d, p):
 			return &Refusal{
 				Problem: fmt.Sprintf("%s contains the agent's state directory %s, which replacing it would destroy", p, d),
 				Fix:     "extract into a directory of its own, e.g. /opt/NAME",
@@ -98,16 +98,29 @@ var systemDirs = []string{
 	"/etc/logrotate.d", "/etc/alternatives", "/etc/apt", "/etc/ferry",
 }
 
+// topLevelDirs are the top-level directories of a Linux system; an
+// archive step refuses any top-level dest, these or not.
+var topLevelDirs = []string{
+	"/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media", "/mnt",
+	"/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
+}
+
 // IsSystemDir reports directories an archive step must never replace
 // wholesale: "/", every top-level directory and the list above.
 func IsSystemDir(p string) bool {
 	return strings.Count(p, "/") == 1 || slices.Contains(systemDirs, p)
 }
 
+// isSystemDirName reports the system directories by name, for file
+// steps: a top-level file such as /.autorelabel is no directory.
+func isSystemDirName(p string) bool {
+	return p == "/" || slices.Contains(topLevelDirs, p) || slices.Contains(systemDirs, p)
+}
+
 // isCron reports cron's own files and directories: cron runs what they
 // say, as root.
 func isCron(p string) bool {
-	return strings.HasPrefix(p, "/etc/cron") || p == "/etc/anacrontab" || within(p, "/var/spool/cron")
+	return strings.HasPrefix(p, "/etc/cron") || p == "/etc/anacrontab" || Within(p, "/var/spool/cron")
 }
 
 // ArchiveDest says why an archive step may not extract into dest; nil
@@ -123,7 +136,7 @@ func ArchiveDest(dest, stateDir string) *Refusal {
 	switch {
 	case isCron(dest):
 		return &Refusal{Problem: fmt.Sprintf("%s belongs to cron, which runs what it finds there as root", dest), Fix: own}
-	case within(dest, "/etc/profile.d"), within(dest, "/etc/sudoers.d"):
+	case Within(dest, "/etc/profile.d"), Within(dest, "/etc/sudoers.d"):
 		return &Refusal{Problem: fmt.Sprintf("%s is inside %s, which only the %s step writes", dest, path.Dir(dest), managedBy(dest)), Fix: own}
 	}
 	return nil
@@ -131,7 +144,7 @@ func ArchiveDest(dest, stateDir string) *Refusal {
 
 // managedBy names the kind that alone writes in dir's tree.
 func managedBy(p string) string {
-	if within(p, "/etc/profile.d") {
+	if Within(p, "/etc/profile.d") {
 		return "env"
 	}
 	return "sudoers"
@@ -152,14 +165,14 @@ var sensitive = []struct {
 	}, "holds the node's accounts or password hashes"},
 	{func(p string) bool {
 		b := path.Base(p)
-		return b == "authorized_keys" || b == "authorized_keys2" || within(p, "/root/.ssh") ||
-			strings.HasPrefix(p, "/etc/ssh/ssh_host_") || within(p, "/etc/ssh/sshd_config") || within(p, "/etc/ssh/sshd_config.d")
+		return b == "authorized_keys" || b == "authorized_keys2" || Within(p, "/root/.ssh") ||
+			strings.HasPrefix(p, "/etc/ssh/ssh_host_") || Within(p, "/etc/ssh/sshd_config") || Within(p, "/etc/ssh/sshd_config.d")
 	}, "decides who can log in over SSH, or proves the node's identity"},
 	{func(p string) bool {
-		return p == "/etc/ld.so.preload" || p == "/etc/ld.so.conf" || within(p, "/etc/ld.so.conf.d")
+		return p == "/etc/ld.so.preload" || p == "/etc/ld.so.conf" || Within(p, "/etc/ld.so.conf.d")
 	}, "changes what every program on the node loads"},
-	{func(p string) bool { return within(p, "/etc/pam.d") }, "decides how logins are authenticated"},
-	{func(p string) bool { return within(p, "/etc/ssl/private") || p == "/etc/krb5.keytab" }, "holds private keys"},
+	{func(p string) bool { return Within(p, "/etc/pam.d") }, "decides how logins are authenticated"},
+	{func(p string) bool { return Within(p, "/etc/ssl/private") || p == "/etc/krb5.keytab" }, "holds private keys"},
 	{isCron, "is read by cron, which runs what it says as root"},
 }
 
@@ -174,11 +187,11 @@ func FilePath(p, stateDir string, allowSensitive bool) *Refusal {
 	switch {
 	case p == "/":
 		return &Refusal{Problem: "/ is a directory", Fix: "name the file to write"}
-	case p == "/etc/sudoers" || within(p, "/etc/sudoers.d"):
+	case p == "/etc/sudoers" || Within(p, "/etc/sudoers.d"):
 		return &Refusal{Problem: "sudoers files cannot be written with a file step", Fix: "use a sudoers step, which validates the rules before writing them"}
-	case within(p, "/etc/profile.d"):
+	case Within(p, "/etc/profile.d"):
 		return &Refusal{Problem: "files in /etc/profile.d cannot be written with a file step (every login shell runs them)", Fix: "use an env step, which quotes every value it writes"}
-	case IsSystemDir(p):
+	case isSystemDirName(p):
 		return &Refusal{Problem: fmt.Sprintf("%s is a system directory, not a file", p), Fix: "name the file to write inside it"}
 	}
 	if allowSensitive {

@@ -56,6 +56,7 @@ func TestFilePath(t *testing.T) {
 		{"/usr/local/bin/tool", "", false},
 		{"/home/deploy/.profile", "", false},
 		{"/etc/ssh/ssh_config", "", false},
+		{"/.autorelabel", "", false},
 		{"/", "/ is a directory", false},
 		{"/etc/sudoers", "use a sudoers step", false},
 		{"/etc/sudoers.d", "use a sudoers step", false},

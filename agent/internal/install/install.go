@@ -56,6 +56,7 @@ import (
 	"time"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/installpolicy"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -67,7 +68,8 @@ type Config struct {
 	// (default "/").
 	Root string
 	// StateDir is the agent's state directory; records live in
-	// StateDir/install.
+	// StateDir/install. No step may write in it (nor replace a directory
+	// holding it), wherever symbolic links lead.
 	StateDir string
 	Logger   *slog.Logger
 	// MaxArchiveBytes and MaxArchiveEntries apply when a step sets no
@@ -106,6 +108,10 @@ type Installer struct {
 	maxBytes int64
 	maxEnts  int64
 	kinds    map[protoreflect.Name]stepKind
+
+	// stateNode is the state directory as a node path, "" when it is
+	// outside the install root (no step path can reach it then).
+	stateNode string
 
 	run sync.Mutex // held for the whole of a job
 
@@ -188,6 +194,16 @@ func New(cfg Config) (*Installer, error) {
 	}
 	if err := os.Mkdir(filepath.Join(i.dir, "tmp"), 0o700); err != nil {
 		return nil, fmt.Errorf("install tmp dir: %w", err)
+	}
+	realState, err := filepath.EvalSymlinks(cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("install state dir: %w", err)
+	}
+	switch {
+	case realRoot == "/":
+		i.stateNode = realState
+	case installpolicy.Within(realState, realRoot):
+		i.stateNode = "/" + strings.TrimPrefix(realState[len(realRoot):], "/")
 	}
 	if err := i.loadState(); err != nil {
 		return nil, err
