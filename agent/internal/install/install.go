@@ -20,6 +20,13 @@
 //     has it, so the destination is never missing even for an instant.
 //   - What an install replaced is kept (keep_previous versions), and
 //     Rollback restores it: tree, env file, sudoers file and files.
+//   - Archive dests and file paths are checked where they lead, every
+//     symbolic link on the way resolved under the install root, against
+//     the same lists (shared/installpolicy) ferryctl package apply checks
+//     by name, plus the agent's actual state directory; a step writes in
+//     the directory a second walk just before the write opened, so a
+//     directory swapped for a link after the check is not followed
+//     (resolve.go).
 //
 // Each kind of step is one file (step_archive.go, step_env.go, ...)
 // implementing the hooks in step.go, and one line in its registry,
