@@ -186,16 +186,7 @@ func TestInstallRefusesWhatPathsResolveTo(t *testing.T) {
 			e := newEnvWithState(t, "srv/ferry-state")
 			lay(t, e.root, tc.tree)
 			before := nodeSnapshot(t, e)
-			a, d := artifact(t, map[string]string{"f": "x"})
-			p := pkg("x", "1", "", tc.step)
-			if tc.step.GetArchive() != nil {
-				p = pkg("x", "1", d, tc.step)
-			}
-			u := e.install(p, a)
-			wantPhase(t, u, failed)
-			if !strings.Contains(u.GetMessage(), tc.want) {
-				t.Errorf("message %q, want it to mention %q", u.GetMessage(), tc.want)
-			}
+			e.installRefused(tc.step, tc.want)
 			if after := nodeSnapshot(t, e); after != before {
 				t.Errorf("a refused job changed the node:\nbefore:\n%s\nafter:\n%s", before, after)
 			}
@@ -222,16 +213,7 @@ func TestInstallRefusesByNameToo(t *testing.T) {
 	} {
 		t.Run(describeStep(tc.step), func(t *testing.T) {
 			e := newEnv(t)
-			a, d := artifact(t, map[string]string{"f": "x"})
-			p := pkg("x", "1", "", tc.step)
-			if tc.step.GetArchive() != nil {
-				p = pkg("x", "1", d, tc.step)
-			}
-			u := e.install(p, a)
-			wantPhase(t, u, failed)
-			if !strings.Contains(u.GetMessage(), tc.want) {
-				t.Errorf("message %q, want it to mention %q", u.GetMessage(), tc.want)
-			}
+			e.installRefused(tc.step, tc.want)
 			if ents, _ := os.ReadDir(e.root); len(ents) != 0 {
 				t.Errorf("a refused job changed the root: %v", ents)
 			}
