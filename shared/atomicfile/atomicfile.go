@@ -55,6 +55,12 @@ func SyncDir(dir string) error {
 		return err
 	}
 	defer d.Close()
+	return SyncOpenDir(d)
+}
+
+// SyncOpenDir is SyncDir for a directory already open, e.g. one a caller
+// verified before writing in it.
+func SyncOpenDir(d *os.File) error {
 	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
 		return err
 	}
