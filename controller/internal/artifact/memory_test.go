@@ -102,12 +102,12 @@ func runMemServer(dir string) error {
 	}
 	cert := tls.Certificate{Certificate: [][]byte{leaf.Raw, caCert.Raw}, PrivateKey: key, Leaf: leaf}
 	pool := (&pki.CA{Cert: caCert}).Pool()
-	db, err := store.Open(filepath.Join(dir, "ferry.db"))
+	db, err := store.Open(filepath.Join(dir, "ferry.db"), store.Options{Create: true})
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	st, err := Open(Config{Dir: filepath.Join(dir, "artifacts"), DB: db.DB(), Logger: quietLogger()})
+	st, err := Open(Config{Dir: filepath.Join(dir, "artifacts"), Records: db, Logger: quietLogger()})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,246 @@
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"hash/fnv"
+	"io/fs"
+	"os"
+	"runtime/debug"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// Errors Open's callers tell apart with errors.Is; the messages name the
+// file.
+var (
+	// ErrNoStore: the file is missing or empty and Options.Create was not
+	// given.
+	ErrNoStore = errors.New("no store")
+	// ErrDamaged: the file is not a sound store (truncated, overwritten,
+	// not a bbolt file, or written by a newer controller).
+	ErrDamaged = errors.New("store damaged")
+	// ErrLocked: another process holds the store open.
+	ErrLocked = errors.New("store locked")
+)
+
+// openError carries the message a user sees and matches its kind with
+// errors.Is.
+type openError struct {
+	kind error
+	msg  string
+}
+
+func (e *openError) Error() string        { return e.msg }
+func (e *openError) Is(target error) bool { return target == e.kind }
+
+func damaged(path, format string, args ...any) error {
+	return &openError{ErrDamaged, fmt.Sprintf("store %s is damaged: %s; restore it from a backup", path, fmt.Sprintf(format, args...))}
+}
+
+func truncated(path string, have, want int64) error {
+	return damaged(path, "it has %d bytes but its header says %d: the file was truncated", have, want)
+}
+
+// lockTimeout bounds the wait for another process's lock: a second
+// controller on the same data dir fails fast instead of hanging.
+const lockTimeout = 2 * time.Second
+
+// openChecked opens the bbolt file at path and checks it before anything
+// writes to it: the file exists and has content (or create allows making
+// it), bbolt accepts its header, the file holds every page the header
+// claims, every bucket, key and value can be read, and bbolt's consistency
+// check passes. Whatever bbolt does on a damaged file (an error, a panic,
+// a fault on the memory-mapped pages) becomes an error matching
+// ErrDamaged that names the file.
+func openChecked(path string, create, readOnly bool) (*bolt.DB, error) {
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if !create {
+			return nil, &openError{ErrNoStore, fmt.Sprintf("store %s does not exist", path)}
+		}
+	case err != nil:
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	case !fi.Mode().IsRegular():
+		return nil, damaged(path, "it is not a regular file")
+	case fi.Size() == 0 && !create:
+		return nil, &openError{ErrNoStore, fmt.Sprintf("store %s is empty (0 bytes)", path)}
+	case fi.Size() > 0:
+		if want, ok := claimedSize(path); ok && want > fi.Size() {
+			return nil, truncated(path, fi.Size(), want)
+		}
+	}
+
+	var file *os.File // kept to release the lock if bbolt panics mid-open
+	opts := &bolt.Options{
+		Timeout:  lockTimeout,
+		ReadOnly: readOnly,
+		// Read the freelist here, under the panic guard, and not later
+		// in bbolt's own goroutine during Check.
+		PreLoadFreelist: true,
+		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
+			f, err := os.OpenFile(name, flag, perm)
+			file = f
+			return f, err
+		},
+	}
+	var db *bolt.DB
+	err = guard(path, func() error {
+		var err error
+		db, err = bolt.Open(path, 0o600, opts)
+		return err
+	})
+	if err != nil {
+		if db == nil && file != nil {
+			file.Close()
+		}
+		return nil, openErr(path, err)
+	}
+	if err := guard(path, func() error { return check(db, path) }); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+// openErr says what a failed bbolt.Open means for the operator.
+func openErr(path string, err error) error {
+	var oe *openError
+	switch {
+	case errors.As(err, &oe):
+		return err
+	case errors.Is(err, berrors.ErrTimeout):
+		return &openError{ErrLocked, fmt.Sprintf("store %s is locked by another process; is another ferry-controller using this --data-dir?", path)}
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("open store %s: %w; run as the user that owns the data dir", path, err)
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum), errors.Is(err, berrors.ErrVersionMismatch):
+		return damaged(path, "its header is not a valid bbolt header (%v)", err)
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("open store %s: %w", path, err)
+	}
+	// bbolt's other open errors ("file size too small", a failed map of
+	// the pages) come from the file's content.
+	return damaged(path, "%v", err)
+}
+
+// guard runs fn with faults on memory-mapped pages turned into panics,
+// and turns any panic into an ErrDamaged error: bbolt panics (or the
+// runtime faults) when it follows a damaged page.
+func guard(path string, fn func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = damaged(path, "reading it failed (%v)", r)
+		}
+	}()
+	return fn()
+}
+
+// check reads the whole file once. Walking every bucket here first, under
+// guard, means bbolt's Check (which runs in a goroutine of its own, where
+// a fault could not be recovered) only visits pages already read safely.
+func check(db *bolt.DB, path string) error {
+	return db.View(func(tx *bolt.Tx) error {
+		fi, err := os.Stat(path)
+		if err != nil {
+			return fmt.Errorf("open store %s: %w", path, err)
+		}
+		if tx.Size() > fi.Size() {
+			return truncated(path, fi.Size(), tx.Size())
+		}
+		if err := tx.ForEach(func(name []byte, b *bolt.Bucket) error { return walk(b) }); err != nil {
+			return damaged(path, "%v", err)
+		}
+		var problems []error
+		for err := range tx.Check() {
+			problems = append(problems, err)
+		}
+		switch len(problems) {
+		case 0:
+			return nil
+		case 1:
+			return damaged(path, "bbolt's check found: %v", problems[0])
+		}
+		return damaged(path, "bbolt's check found %d problems, the first: %v", len(problems), problems[0])
+	})
+}
+
+// walk reads every key and value of b and its nested buckets.
+func walk(b *bolt.Bucket) error {
+	h := crc32.NewIEEE()
+	c := b.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		h.Write(k)
+		if v != nil {
+			h.Write(v)
+			continue
+		}
+		if nested := b.Bucket(k); nested != nil {
+			if err := walk(nested); err != nil {
+				return fmt.Errorf("bucket %q: %w", k, err)
+			}
+		}
+	}
+	return nil
+}
+
+// bbolt's file header: two meta pages, each a 16-byte page header and then
+// the meta fields (go.etcd.io/bbolt/internal/common/meta.go).
+const (
+	boltMagic      = 0xED0CDAED
+	boltVersion    = 2
+	metaOffset     = 16 // after the page header
+	metaLen        = 64 // up to and including the checksum
+	metaChecksumAt = 56
+)
+
+// claimedSize reads the meta pages at the start of a bbolt file and
+// returns how long the newest valid one says the file is (its high water
+// mark in pages × the page size); ok is false when no meta page is valid,
+// and bbolt.Open then says why. Checking this before bbolt maps the file
+// turns a truncated file into a clear error instead of a fault on a page
+// past its end.
+func claimedSize(path string) (size int64, ok bool) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, false
+	}
+	defer f.Close()
+	var bestTxid uint64
+	// Meta page 0 is at offset 0; page 1 one page further, and the page
+	// size is only known from a valid meta page: try every size bbolt
+	// allows, as bbolt does.
+	offsets := []int64{0}
+	for i := 0; i <= 14; i++ {
+		offsets = append(offsets, 1024<<i)
+	}
+	for _, off := range offsets {
+		var buf [metaOffset + metaLen]byte
+		if _, err := f.ReadAt(buf[:], off); err != nil {
+			continue
+		}
+		m := buf[metaOffset:]
+		ne := binary.NativeEndian
+		h := fnv.New64a()
+		h.Write(m[:metaChecksumAt])
+		if ne.Uint32(m[0:]) != boltMagic || ne.Uint32(m[4:]) != boltVersion || ne.Uint64(m[metaChecksumAt:]) != h.Sum64() {
+			continue
+		}
+		pageSize := int64(ne.Uint32(m[8:]))
+		if off != 0 && off != pageSize {
+			continue
+		}
+		hwm, txid := int64(ne.Uint64(m[40:])), ne.Uint64(m[48:])
+		if !ok || txid > bestTxid {
+			size, bestTxid, ok = hwm*pageSize, txid, true
+		}
+	}
+	return size, ok
+}
