@@ -52,6 +52,7 @@ type Config struct {
 	GossipAddr        string        // memberlist bind address; "" disables gossip
 	GossipAdvertise   string        // host:port peers dial (default: the bound address)
 	GossipProfile     string        // lan (default), local or wan
+	AllowNewStore     bool          // create ferry.db although the data dir holds earlier state (store.go)
 	Logger            *slog.Logger
 	Now               func() time.Time
 }
@@ -114,6 +115,18 @@ func New(cfg Config) (*Controller, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
+	// The store first: what else the data dir holds tells a first start
+	// from a lost store only before anything is created.
+	var err error
+	if c.store, err = openStore(cfg); err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			c.Close()
+		}
+	}()
 	ca, created, err := pki.LoadOrCreateCA(cfg.DataDir, cfg.Now())
 	if err != nil {
 		return nil, err
@@ -125,15 +138,6 @@ func New(cfg Config) (*Controller, error) {
 	if c.gossipKey, err = loadOrCreateKey(filepath.Join(cfg.DataDir, "gossip.key")); err != nil {
 		return nil, err
 	}
-	if c.store, err = store.Open(filepath.Join(cfg.DataDir, "ferry.db")); err != nil {
-		return nil, err
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			c.Close()
-		}
-	}()
 	if c.fleet, err = fleet.New(fleet.Config{Store: c.store, Logger: c.log, Now: cfg.Now, HeartbeatInterval: cfg.HeartbeatInterval, Evaluate: health.Evaluate}); err != nil {
 		return nil, err
 	}
@@ -189,7 +193,7 @@ func New(cfg Config) (*Controller, error) {
 		AgentCertTTL: cfg.AgentCertTTL, AdminCertTTL: cfg.AdminCertTTL,
 		AdvertiseAddress: c.advertise, Observer: m, Admins: admins, GossipSeeds: c.gossipSeeds, OnHello: c.rejoin,
 	}
-	if c.artifacts, err = artifact.Open(artifact.Config{Dir: filepath.Join(cfg.DataDir, "artifacts"), DB: c.store.DB(), Logger: c.log.With("component", "artifact"), Now: cfg.Now}); err != nil {
+	if c.artifacts, err = artifact.Open(artifact.Config{Dir: filepath.Join(cfg.DataDir, "artifacts"), Records: c.store, Logger: c.log.With("component", "artifact"), Now: cfg.Now}); err != nil {
 		return nil, err
 	}
 	ferryv1.RegisterArtifactServiceServer(c.grpc, artifact.NewService(c.artifacts, deps, c.log.With("component", "artifact")))

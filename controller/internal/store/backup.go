@@ -23,6 +23,10 @@ func OpenReadOnly(path string) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := db.View(func(tx *bolt.Tx) error { _, err := format(tx, path); return err }); err != nil {
+		db.Close()
+		return nil, err
+	}
 	return &Store{db: db}, nil
 }
 

@@ -27,31 +27,53 @@ const (
 	schemaCurrent = schemaProto
 )
 
-// migrate brings the records of the store at path to schemaCurrent, in
-// Open's transaction: a store either opens fully converted or not at all.
-// fresh is true for a store Open has just created.
-func migrate(tx *bolt.Tx, path string, fresh bool) error {
+// format checks that the store at path is a Ferry store this version
+// reads and returns its record format: 0 for a file without buckets yet
+// (just created: it holds no records to lose).
+func format(tx *bolt.Tx, path string) (uint64, error) {
+	if first, _ := tx.Cursor().First(); first == nil {
+		return 0, nil
+	}
 	meta := tx.Bucket(bucketMeta)
-	if fresh {
-		return setSchema(meta, schemaCurrent)
+	if meta == nil {
+		return 0, &openError{ErrDamaged, fmt.Sprintf("store %s is a bbolt file but not a Ferry store (it has no %q bucket); restore ferry.db from a backup", path, bucketMeta)}
 	}
-	v := uint64(schemaJSON)
-	if data := meta.Get(schemaKey); data != nil {
-		if len(data) != 8 {
-			return damaged(path, "its schema marker has %d bytes, want 8", len(data))
-		}
-		v = binary.BigEndian.Uint64(data)
-	}
+	data := meta.Get(schemaKey)
 	switch {
-	case v == schemaCurrent:
+	case data == nil:
+		return schemaJSON, nil
+	case len(data) != 8:
+		return 0, damaged(path, "its schema marker has %d bytes, want 8", len(data))
+	}
+	v := binary.BigEndian.Uint64(data)
+	if v > schemaCurrent {
+		return 0, &openError{ErrDamaged, fmt.Sprintf("store %s was written by a newer ferry-controller (record format %d; this one reads up to %d): run that version, or restore a backup this version wrote", path, v, schemaCurrent)}
+	}
+	return v, nil
+}
+
+// prepare creates the buckets a store lacks and brings its records to
+// schemaCurrent, in Open's transaction: a store either opens fully
+// converted or not at all.
+func prepare(tx *bolt.Tx, path string) error {
+	v, err := format(tx, path)
+	if err != nil {
+		return err
+	}
+	for _, b := range allBuckets {
+		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+			return err
+		}
+	}
+	if v == schemaCurrent {
 		return nil
-	case v > schemaCurrent:
-		return &openError{ErrDamaged, fmt.Sprintf("store %s was written by a newer ferry-controller (record format %d; this one reads up to %d): run that version, or restore a backup this version wrote", path, v, schemaCurrent)}
 	}
-	if err := fromJSON(tx); err != nil {
-		return damaged(path, "converting its records to protobuf failed: %v", err)
+	if v == schemaJSON {
+		if err := fromJSON(tx); err != nil {
+			return damaged(path, "converting its records to protobuf failed: %v", err)
+		}
 	}
-	return setSchema(meta, schemaCurrent)
+	return setSchema(tx.Bucket(bucketMeta), schemaCurrent)
 }
 
 func setSchema(meta *bolt.Bucket, v uint64) error {

@@ -71,12 +71,15 @@ func openChecked(path string, create, readOnly bool) (*bolt.DB, error) {
 	case fi.Size() == 0 && !create:
 		return nil, &openError{ErrNoStore, fmt.Sprintf("store %s is empty (0 bytes)", path)}
 	case fi.Size() > 0:
-		if want, ok := claimedSize(path); ok && want > fi.Size() {
-			return nil, truncated(path, fi.Size(), want)
+		if err := checkHeader(path, fi.Size()); err != nil {
+			return nil, err
 		}
 	}
 
-	var file *os.File // kept to release the lock if bbolt panics mid-open
+	// Kept to close if bbolt panics mid-open. (Its memory map keeps the
+	// file, and so its lock, until the process ends; checkHeader catches
+	// what would make bbolt panic here.)
+	var file *os.File
 	opts := &bolt.Options{
 		Timeout:  lockTimeout,
 		ReadOnly: readOnly,
@@ -191,56 +194,96 @@ func walk(b *bolt.Bucket) error {
 	return nil
 }
 
-// bbolt's file header: two meta pages, each a 16-byte page header and then
-// the meta fields (go.etcd.io/bbolt/internal/common/meta.go).
+// bbolt's file layout (go.etcd.io/bbolt/internal/common): pages start
+// with a 16-byte header (id, flags, count, overflow); pages 0 and 1 are
+// meta pages, whose fields follow the header.
 const (
-	boltMagic      = 0xED0CDAED
-	boltVersion    = 2
-	metaOffset     = 16 // after the page header
-	metaLen        = 64 // up to and including the checksum
-	metaChecksumAt = 56
+	pageHeaderSize   = 16
+	boltMagic        = 0xED0CDAED
+	boltVersion      = 2
+	metaLen          = 64 // the meta fields up to and including the checksum
+	metaChecksumAt   = 56
+	freelistPageFlag = 0x10
+	noFreelist       = 0xFFFFFFFFFFFFFFFF
 )
 
-// claimedSize reads the meta pages at the start of a bbolt file and
-// returns how long the newest valid one says the file is (its high water
-// mark in pages × the page size); ok is false when no meta page is valid,
-// and bbolt.Open then says why. Checking this before bbolt maps the file
-// turns a truncated file into a clear error instead of a fault on a page
-// past its end.
-func claimedSize(path string) (size int64, ok bool) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, false
-	}
-	defer f.Close()
+// header is what the newest valid meta page says.
+type header struct {
+	pageSize, hwm, freelist uint64 // hwm: pages in use
+}
+
+// readHeader reads the meta pages at the start of a bbolt file; ok is
+// false when neither is valid (bbolt.Open then says why). Meta page 0 is
+// at offset 0 and page 1 one page further; the page size is only known
+// from a valid meta page, so every size bbolt allows is tried, as bbolt
+// does.
+func readHeader(f *os.File) (h header, ok bool) {
 	var bestTxid uint64
-	// Meta page 0 is at offset 0; page 1 one page further, and the page
-	// size is only known from a valid meta page: try every size bbolt
-	// allows, as bbolt does.
 	offsets := []int64{0}
-	for i := 0; i <= 14; i++ {
+	for i := range 15 {
 		offsets = append(offsets, 1024<<i)
 	}
+	ne := binary.NativeEndian
 	for _, off := range offsets {
-		var buf [metaOffset + metaLen]byte
+		var buf [pageHeaderSize + metaLen]byte
 		if _, err := f.ReadAt(buf[:], off); err != nil {
 			continue
 		}
-		m := buf[metaOffset:]
-		ne := binary.NativeEndian
-		h := fnv.New64a()
-		h.Write(m[:metaChecksumAt])
-		if ne.Uint32(m[0:]) != boltMagic || ne.Uint32(m[4:]) != boltVersion || ne.Uint64(m[metaChecksumAt:]) != h.Sum64() {
+		m := buf[pageHeaderSize:]
+		sum := fnv.New64a()
+		sum.Write(m[:metaChecksumAt])
+		if ne.Uint32(m[0:]) != boltMagic || ne.Uint32(m[4:]) != boltVersion || ne.Uint64(m[metaChecksumAt:]) != sum.Sum64() {
 			continue
 		}
-		pageSize := int64(ne.Uint32(m[8:]))
-		if off != 0 && off != pageSize {
+		pageSize := uint64(ne.Uint32(m[8:]))
+		if off != 0 && uint64(off) != pageSize {
 			continue
 		}
-		hwm, txid := int64(ne.Uint64(m[40:])), ne.Uint64(m[48:])
-		if !ok || txid > bestTxid {
-			size, bestTxid, ok = hwm*pageSize, txid, true
+		if txid := ne.Uint64(m[48:]); !ok || txid > bestTxid {
+			h = header{pageSize: pageSize, freelist: ne.Uint64(m[32:]), hwm: ne.Uint64(m[40:])}
+			bestTxid, ok = txid, true
 		}
 	}
-	return size, ok
+	return h, ok
+}
+
+// checkHeader looks at what bbolt.Open reads through its memory map,
+// before it does: a file shorter than its header says (bbolt would fault
+// on the pages past its end) or a freelist page that is not one (bbolt
+// would panic, and the panic would leave the file mapped and locked).
+func checkHeader(path string, size int64) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("open store %s: %w", path, err)
+	}
+	defer f.Close()
+	h, ok := readHeader(f)
+	if !ok {
+		return nil
+	}
+	if want := h.hwm * h.pageSize; want > uint64(size) {
+		return truncated(path, size, int64(want))
+	}
+	if h.freelist == noFreelist {
+		return nil
+	}
+	var page [pageHeaderSize + 8]byte
+	if h.freelist >= h.hwm {
+		return damaged(path, "its freelist page %d is past its last page %d", h.freelist, h.hwm)
+	}
+	if _, err := f.ReadAt(page[:], int64(h.freelist*h.pageSize)); err != nil {
+		return fmt.Errorf("open store %s: %w", path, err)
+	}
+	ne := binary.NativeEndian
+	flags, count, overflow := ne.Uint16(page[8:]), uint64(ne.Uint16(page[10:])), uint64(ne.Uint32(page[12:]))
+	if count == 0xFFFF { // a long freelist keeps its length in its first element
+		count = ne.Uint64(page[pageHeaderSize:]) + 1
+	}
+	switch {
+	case flags != freelistPageFlag:
+		return damaged(path, "page %d, which its header names as the freelist, is not a freelist page", h.freelist)
+	case h.freelist+overflow >= h.hwm || count > ((overflow+1)*h.pageSize-pageHeaderSize)/8:
+		return damaged(path, "its freelist (page %d, %d entries) runs past its pages", h.freelist, count)
+	}
+	return nil
 }

@@ -51,21 +51,7 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := db.Update(func(tx *bolt.Tx) error {
-		// A file without buckets was just created (or never got past
-		// bbolt's own header): it holds no records to lose.
-		first, _ := tx.Cursor().First()
-		fresh := first == nil
-		if !fresh && tx.Bucket(bucketMeta) == nil {
-			return &openError{ErrDamaged, fmt.Sprintf("store %s is a bbolt file but not a Ferry store (it has no %q bucket); restore ferry.db from a backup", path, bucketMeta)}
-		}
-		for _, b := range allBuckets {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		return migrate(tx, path, fresh)
-	}); err != nil {
+	if err := db.Update(func(tx *bolt.Tx) error { return prepare(tx, path) }); err != nil {
 		db.Close()
 		var oe *openError
 		if errors.As(err, &oe) {
