@@ -153,65 +153,60 @@ func fetchBackup(sock string, w io.Writer) (int64, error) {
 
 // backupMain is `ferry-controller backup`.
 func backupMain(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("ferry-controller backup", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	dataDir := fs.String("data-dir", defaultDataDir, "the controller's data dir")
-	out := fs.String("out", "", "file to write the backup to (required)")
-	if code, done := parseCommand(fs, args, stderr); done {
+	dataDir, out, code, done := parseFileCommand("backup", "out", "file to write the backup to", args, stderr)
+	if done {
 		return code
 	}
-	if *out == "" {
-		fmt.Fprintln(stderr, "ferry-controller backup: --out FILE is required")
-		return 2
-	}
-	source, size, counts, err := backupTo(*dataDir, *out)
+	source, size, counts, err := backupTo(dataDir, out)
 	if err != nil {
 		fmt.Fprintf(stderr, "ferry-controller backup: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "wrote %s (%d bytes, %s): %s\n", *out, size, source, counts)
+	fmt.Fprintf(stdout, "wrote %s (%d bytes, %s): %s\n", out, size, source, counts)
 	return 0
 }
 
 // restoreMain is `ferry-controller restore`.
 func restoreMain(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("ferry-controller restore", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	dataDir := fs.String("data-dir", defaultDataDir, "the controller's data dir")
-	from := fs.String("from", "", "backup file written by `ferry-controller backup` (required)")
-	if code, done := parseCommand(fs, args, stderr); done {
+	dataDir, from, code, done := parseFileCommand("restore", "from", "backup file written by `ferry-controller backup`", args, stderr)
+	if done {
 		return code
 	}
-	if *from == "" {
-		fmt.Fprintln(stderr, "ferry-controller restore: --from FILE is required")
-		return 2
-	}
-	path := filepath.Join(*dataDir, storeFile)
-	kept, counts, err := store.Restore(*from, path, time.Now())
+	path := filepath.Join(dataDir, storeFile)
+	kept, counts, err := store.Restore(from, path, time.Now())
 	if err != nil {
 		fmt.Fprintf(stderr, "ferry-controller restore: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "restored %s from %s: %s\n", path, *from, counts)
+	fmt.Fprintf(stdout, "restored %s from %s: %s\n", path, from, counts)
 	if kept != "" {
 		fmt.Fprintf(stdout, "the store it replaced is kept as %s\n", kept)
 	}
-	fmt.Fprintln(stdout, "start the controller; what changed after the backup was taken is not in it: nodes enrolled since must enroll again, artifacts pushed since be pushed again")
+	fmt.Fprintln(stdout, "start the controller; what changed after the backup was taken is not in it (docs/operations.md says what to redo)")
 	return 0
 }
 
-// parseCommand parses a subcommand's flags; done is true when the
-// command should exit with code.
-func parseCommand(fs *flag.FlagSet, args []string, stderr io.Writer) (code int, done bool) {
+// parseFileCommand parses the flags both commands take: --data-dir and
+// the required file flag. done is true when the command should exit with
+// code.
+func parseFileCommand(name, fileFlag, fileUsage string, args []string, stderr io.Writer) (dataDir, file string, code int, done bool) {
+	fs := flag.NewFlagSet("ferry-controller "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&dataDir, "data-dir", defaultDataDir, "the controller's data dir")
+	fs.StringVar(&file, fileFlag, "", fileUsage+" (required)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return 0, true
+			return "", "", 0, true
 		}
-		return 2, true
+		return "", "", 2, true
 	}
-	if fs.NArg() > 0 {
+	switch {
+	case fs.NArg() > 0:
 		fmt.Fprintf(stderr, "%s takes no arguments, got %q\n", fs.Name(), fs.Args())
-		return 2, true
+		return "", "", 2, true
+	case file == "":
+		fmt.Fprintf(stderr, "%s: --%s FILE is required\n", fs.Name(), fileFlag)
+		return "", "", 2, true
 	}
-	return 0, false
+	return dataDir, file, 0, false
 }
