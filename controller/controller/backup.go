@@ -13,8 +13,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/ferrydeploy/ferry/controller/internal/atomicfile"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
+	"github.com/ferrydeploy/ferry/shared/atomicfile"
 )
 
 // A running controller holds bbolt's exclusive lock on ferry.db, so no

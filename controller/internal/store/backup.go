@@ -11,7 +11,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/ferrydeploy/ferry/controller/internal/atomicfile"
+	"github.com/ferrydeploy/ferry/shared/atomicfile"
 )
 
 // OpenReadOnly opens an existing store to read it, checked like Open but
