@@ -1,0 +1,116 @@
+package identity
+
+import (
+	"crypto/x509"
+	"fmt"
+	"time"
+
+	"github.com/ferrydeploy/ferry/shared/approxdur"
+	"github.com/ferrydeploy/ferry/shared/pki"
+)
+
+// The controller's clock is the one that accepts or refuses the node's
+// certificate, so the agent judges the certificate by it: this node's
+// clock plus the skew, measured at every welcome and, before the first
+// one, estimated from when the certificate arrived. A node whose clock is
+// a month ahead then neither refuses to start nor renews late, and one
+// whose clock is behind renews before the controller sees the certificate
+// expire.
+
+// Skew is how far the controller's clock is ahead of this node's
+// (negative when this node's clock is ahead).
+func (id *Identity) Skew() time.Duration {
+	id.mu.RLock()
+	defer id.mu.RUnlock()
+	return id.skew
+}
+
+// SetSkew records a skew measured against the controller.
+func (id *Identity) SetSkew(d time.Duration) {
+	id.mu.Lock()
+	id.skew, id.skewMeasured = d, true
+	id.mu.Unlock()
+}
+
+// ControllerTime is the local time t by the controller's clock.
+func (id *Identity) ControllerTime(t time.Time) time.Time { return t.Add(id.Skew()) }
+
+// issuedAt is when the controller signed leaf, by its clock: the CA
+// backdates NotBefore by pki.Backdate to tolerate small skews.
+func issuedAt(leaf *x509.Certificate) time.Time {
+	t := leaf.NotBefore.Add(pki.Backdate)
+	if t.After(leaf.NotAfter) {
+		return leaf.NotBefore
+	}
+	return t
+}
+
+// RenewAt is when the certificate is due for renewal, by the controller's
+// clock: two thirds into the lifetime the controller gave it.
+func (id *Identity) RenewAt() time.Time {
+	leaf := id.Certificate().Leaf
+	from := issuedAt(leaf)
+	return from.Add(leaf.NotAfter.Sub(from) * 2 / 3)
+}
+
+// RenewIn is how long after now (this node's clock) renewal is due;
+// negative when it is overdue.
+func (id *Identity) RenewIn(now time.Time) time.Duration {
+	return id.RenewAt().Sub(id.ControllerTime(now))
+}
+
+// CheckClock is the start-time check of the certificate at now (this
+// node's clock). When this clock agrees with the certificate it is
+// trusted until a welcome measures the skew. When it does not, but did
+// agree with it when the certificate arrived (the clock was already off at
+// enrollment or renewal), the skew at arrival is assumed, and Skew reports
+// it so the caller can warn. Otherwise the certificate cannot be used: it
+// expired, or this node's clock jumped since it arrived.
+func (id *Identity) CheckClock(now time.Time) error {
+	leaf := id.Certificate().Leaf
+	if within(leaf, now) {
+		return nil
+	}
+	id.mu.Lock()
+	atArrival := issuedAt(leaf).Sub(id.receivedAt)
+	if within(leaf, now.Add(atArrival)) {
+		id.skew = atArrival
+		id.mu.Unlock()
+		return nil
+	}
+	id.mu.Unlock()
+	if now.Before(leaf.NotBefore) {
+		return fmt.Errorf("this node's clock is wrong: it says %s, but the node certificate was issued at %s by the controller's clock, so the clock is at least %s behind; fix the clock (enable NTP, e.g. `timedatectl set-ntp true`) and start the agent again; re-enrolling would not help",
+			now.UTC().Format(time.RFC3339), issuedAt(leaf).UTC().Format(time.RFC3339), approxdur.String(issuedAt(leaf).Sub(now)))
+	}
+	return id.expiredError(now)
+}
+
+// CheckExpiry returns an error once the certificate has expired by the
+// controller's clock.
+func (id *Identity) CheckExpiry(now time.Time) error {
+	if id.ControllerTime(now).After(id.Certificate().Leaf.NotAfter) {
+		return id.expiredError(now)
+	}
+	return nil
+}
+
+func (id *Identity) expiredError(now time.Time) error {
+	leaf := id.Certificate().Leaf
+	id.mu.RLock()
+	measured := id.skewMeasured
+	id.mu.RUnlock()
+	reenroll := fmt.Sprintf("re-enroll: get a token with `ferryctl token create --group %s`, remove %s and run `ferry-agent enroll` again", id.Info.Group, id.Dir)
+	expired := leaf.NotAfter.UTC().Format(time.RFC3339)
+	if measured {
+		return fmt.Errorf("the node certificate expired at %s by the controller's clock (the node could not renew it in time); %s", expired, reenroll)
+	}
+	// Nothing measured says whether time really passed or this node's
+	// clock jumped ahead since the certificate arrived.
+	return fmt.Errorf("the node certificate expired at %s, %s before now by this node's clock (%s); if that clock is right, the node was offline past its renewal window: %s; if the clock is wrong, fix it (enable NTP, e.g. `timedatectl set-ntp true`) and start the agent again instead",
+		expired, approxdur.String(now.Sub(leaf.NotAfter)), now.UTC().Format(time.RFC3339), reenroll)
+}
+
+func within(leaf *x509.Certificate, t time.Time) bool {
+	return !t.Before(leaf.NotBefore) && !t.After(leaf.NotAfter)
+}
