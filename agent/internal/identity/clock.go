@@ -17,6 +17,9 @@ import (
 // whose clock is behind renews before the controller sees the certificate
 // expire.
 
+// NTPAdvice is how a message tells the operator to fix a node's clock.
+const NTPAdvice = "enable NTP, e.g. `timedatectl set-ntp true`"
+
 // Skew is how far the controller's clock is ahead of this node's
 // (negative when this node's clock is ahead).
 func (id *Identity) Skew() time.Duration {
@@ -45,12 +48,18 @@ func issuedAt(leaf *x509.Certificate) time.Time {
 	return t
 }
 
+// Lifetime is how long the controller made the certificate valid for,
+// from when it issued it.
+func (id *Identity) Lifetime() time.Duration {
+	leaf := id.Certificate().Leaf
+	return leaf.NotAfter.Sub(issuedAt(leaf))
+}
+
 // RenewAt is when the certificate is due for renewal, by the controller's
-// clock: two thirds into the lifetime the controller gave it.
+// clock: two thirds into its lifetime.
 func (id *Identity) RenewAt() time.Time {
 	leaf := id.Certificate().Leaf
-	from := issuedAt(leaf)
-	return from.Add(leaf.NotAfter.Sub(from) * 2 / 3)
+	return issuedAt(leaf).Add(id.Lifetime() * 2 / 3)
 }
 
 // RenewIn is how long after now (this node's clock) renewal is due;
@@ -80,8 +89,8 @@ func (id *Identity) CheckClock(now time.Time) error {
 	}
 	id.mu.Unlock()
 	if now.Before(leaf.NotBefore) {
-		return fmt.Errorf("this node's clock is wrong: it says %s, but the node certificate was issued at %s by the controller's clock, so the clock is at least %s behind; fix the clock (enable NTP, e.g. `timedatectl set-ntp true`) and start the agent again; re-enrolling would not help",
-			now.UTC().Format(time.RFC3339), issuedAt(leaf).UTC().Format(time.RFC3339), approxdur.String(issuedAt(leaf).Sub(now)))
+		return fmt.Errorf("this node's clock is wrong: it says %s, but the node certificate was issued at %s by the controller's clock, so the clock is at least %s behind; fix the clock (%s) and start the agent again; re-enrolling would not help",
+			now.UTC().Format(time.RFC3339), issuedAt(leaf).UTC().Format(time.RFC3339), approxdur.String(issuedAt(leaf).Sub(now)), NTPAdvice)
 	}
 	return id.expiredError(now)
 }
@@ -107,8 +116,8 @@ func (id *Identity) expiredError(now time.Time) error {
 	}
 	// Nothing measured says whether time really passed or this node's
 	// clock jumped ahead since the certificate arrived.
-	return fmt.Errorf("the node certificate expired at %s, %s before now by this node's clock (%s); if that clock is right, the node was offline past its renewal window: %s; if the clock is wrong, fix it (enable NTP, e.g. `timedatectl set-ntp true`) and start the agent again instead",
-		expired, approxdur.String(now.Sub(leaf.NotAfter)), now.UTC().Format(time.RFC3339), reenroll)
+	return fmt.Errorf("the node certificate expired at %s, %s before now by this node's clock (%s); if that clock is right, the node was offline past its renewal window: %s; if the clock is wrong, fix it (%s) and start the agent again instead",
+		expired, approxdur.String(now.Sub(leaf.NotAfter)), now.UTC().Format(time.RFC3339), reenroll, NTPAdvice)
 }
 
 func within(leaf *x509.Certificate, t time.Time) bool {
