@@ -31,7 +31,7 @@ func TestAgentClockAheadOfController(t *testing.T) {
 	for {
 		n := f.node("n1")
 		skew := n.GetFacts().GetClockSkew().AsDuration()
-		if (skew + ahead).Abs() < time.Second && strings.Contains(n.StateReason, "node clock 3m0s ahead of the controller's: fix it (NTP)") {
+		if (skew+ahead).Abs() < time.Second && strings.Contains(n.StateReason, "node clock 3m0s ahead of the controller's: fix it (NTP)") {
 			break
 		}
 		if time.Now().After(deadline) {
