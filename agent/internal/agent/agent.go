@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,6 +71,11 @@ type Agent struct {
 	metrics *agentMetrics
 	renewed chan struct{} // a renewal asks the session to redial
 	fatal   chan error    // the certificate expired: Run ends
+
+	// Seams for tests: dialer, when set, makes the controller's
+	// connections (TLS still on top); after waits out a reconnect delay.
+	dialer func(ctx context.Context, addr string) (net.Conn, error)
+	after  func(time.Duration) <-chan time.Time
 }
 
 // New loads the identity and checks the config.
@@ -119,6 +125,7 @@ func New(cfg Config) (*Agent, error) {
 	a.metrics = newAgentMetrics()
 	a.renewed = make(chan struct{}, 1)
 	a.fatal = make(chan error, 1)
+	a.after = time.After
 	return a, nil
 }
 
@@ -156,9 +163,13 @@ func (a *Agent) dial() (*grpc.ClientConn, error) {
 	tlsConf := rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 		return a.id.Certificate(), nil
 	}, a.id.Pool())
-	// The controller's certificate is judged by the controller's clock too.
-	tlsConf.Time = func() time.Time { return a.id.ControllerTime(a.cfg.Now()) }
+	// The controller's certificate is judged by the controller's clock too:
+	// the system clock, as TLS reads it by default, plus the skew.
+	tlsConf.Time = func() time.Time { return a.id.ControllerTime(time.Now()) }
 	opts := append(rpc.DialOptions(tlsConf), grpc.WithKeepaliveParams(agentKeepalive))
+	if a.dialer != nil {
+		opts = append(opts, grpc.WithContextDialer(a.dialer))
+	}
 	return grpc.NewClient(a.cfg.Controller, opts...)
 }
 
@@ -253,7 +264,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case err := <-a.fatal:
 			return err
-		case <-time.After(delay):
+		case <-a.after(delay):
 		}
 	}
 }

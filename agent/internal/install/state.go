@@ -75,7 +75,7 @@ type treeRecord struct {
 // written to the job's journal before the change, so a crash at any point
 // can be undone.
 type action struct {
-	Kind string `json:"kind"` // "tree" or "file"
+	Kind string `json:"kind"` // the Change of the step kind that made it: "tree" or "file"
 	Step int    `json:"step"`
 	// Target is the host path changed.
 	Target string `json:"target"`
@@ -104,6 +104,16 @@ type action struct {
 
 	// Created lists directories created for the change, outermost first.
 	Created []string `json:"created,omitempty"`
+}
+
+// keptIn is the directory beside the target where a change keeps the
+// previous version (an archive's hold directory); "" when it keeps none
+// there.
+func (a *action) keptIn() string {
+	if a.Kept == "" {
+		return ""
+	}
+	return filepath.Dir(a.Kept)
 }
 
 // journal is the on-disk record of a job in progress.
@@ -215,15 +225,11 @@ func (i *Installer) current(name string) *record {
 func (i *Installer) undoGarbage(r *record) []string {
 	var g []string
 	for _, a := range r.Undo {
-		switch a.Kind {
-		case "tree":
-			if a.HadOld && !a.Preserve {
-				g = append(g, a.Kept)
-			}
-		case "file":
-			if a.Backup != "" {
-				g = append(g, a.Backup)
-			}
+		if a.HadOld && !a.Preserve {
+			g = append(g, a.Kept) // the previous tree
+		}
+		if a.Backup != "" {
+			g = append(g, a.Backup) // the previous file content
 		}
 	}
 	return g
