@@ -31,7 +31,7 @@ func (id *Identity) Skew() time.Duration {
 // SetSkew records a skew measured against the controller.
 func (id *Identity) SetSkew(d time.Duration) {
 	id.mu.Lock()
-	id.skew, id.skewMeasured = d, true
+	id.skew = d
 	id.mu.Unlock()
 }
 
@@ -73,8 +73,9 @@ func (id *Identity) RenewIn(now time.Time) time.Duration {
 // trusted until a welcome measures the skew. When it does not, but did
 // agree with it when the certificate arrived (the clock was already off at
 // enrollment or renewal), the skew at arrival is assumed, and Skew reports
-// it so the caller can warn. Otherwise the certificate cannot be used: it
-// expired, or this node's clock jumped since it arrived.
+// it so the caller can warn. Otherwise the certificate cannot be used:
+// this node's clock went back since it arrived (fix the clock), or it
+// expired (re-enroll).
 func (id *Identity) CheckClock(now time.Time) error {
 	leaf := id.Certificate().Leaf
 	if within(leaf, now) {
@@ -92,32 +93,25 @@ func (id *Identity) CheckClock(now time.Time) error {
 		return fmt.Errorf("this node's clock is wrong: it says %s, but the node certificate was issued at %s by the controller's clock, so the clock is at least %s behind; fix the clock (%s) and start the agent again; re-enrolling would not help",
 			now.UTC().Format(time.RFC3339), issuedAt(leaf).UTC().Format(time.RFC3339), approxdur.String(issuedAt(leaf).Sub(now)), NTPAdvice)
 	}
-	return id.expiredError(now)
+	return id.expiredError()
 }
 
 // CheckExpiry returns an error once the certificate has expired by the
 // controller's clock.
 func (id *Identity) CheckExpiry(now time.Time) error {
 	if id.ControllerTime(now).After(id.Certificate().Leaf.NotAfter) {
-		return id.expiredError(now)
+		return id.expiredError()
 	}
 	return nil
 }
 
-func (id *Identity) expiredError(now time.Time) error {
+// expiredError says how to come back from an expired certificate. When
+// this node's clock agreed with the certificate on arrival, the likeliest
+// cause of its expiry is time that really passed, not a clock jump.
+func (id *Identity) expiredError() error {
 	leaf := id.Certificate().Leaf
-	id.mu.RLock()
-	measured := id.skewMeasured
-	id.mu.RUnlock()
-	reenroll := fmt.Sprintf("re-enroll: get a token with `ferryctl token create --group %s`, remove %s and run `ferry-agent enroll` again", id.Info.Group, id.Dir)
-	expired := leaf.NotAfter.UTC().Format(time.RFC3339)
-	if measured {
-		return fmt.Errorf("the node certificate expired at %s by the controller's clock (the node could not renew it in time); %s", expired, reenroll)
-	}
-	// Nothing measured says whether time really passed or this node's
-	// clock jumped ahead since the certificate arrived.
-	return fmt.Errorf("the node certificate expired at %s, %s before now by this node's clock (%s); if that clock is right, the node was offline past its renewal window: %s; if the clock is wrong, fix it (%s) and start the agent again instead",
-		expired, approxdur.String(now.Sub(leaf.NotAfter)), now.UTC().Format(time.RFC3339), reenroll, NTPAdvice)
+	return fmt.Errorf("the node certificate expired at %s (the node was offline past its renewal window); re-enroll: get a token with `ferryctl token create --group %s`, remove %s and run `ferry-agent enroll` again",
+		leaf.NotAfter.UTC().Format(time.RFC3339), id.Info.Group, id.Dir)
 }
 
 func within(leaf *x509.Certificate, t time.Time) bool {

@@ -67,8 +67,8 @@ func TestCheckClock(t *testing.T) {
 			errHasNot: []string{"ferryctl token create"},
 		},
 		{
-			name: "expired, or the clock jumped ahead", received: issued, now: issued.Add(certTTL + 2*day),
-			errHas: []string{"expired at 2031-04-13T09:00:00Z", "2 days before now by this node's clock", "ferryctl token create --group web", "if the clock is wrong, fix it", "NTP"},
+			name: "expired", received: issued, now: issued.Add(certTTL + 2*day),
+			errHas: []string{"expired at 2031-04-13T09:00:00Z", "offline past its renewal window", "ferryctl token create --group web"},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -137,7 +137,7 @@ func TestRenewalByControllerClock(t *testing.T) {
 		// The node's clock still says the certificate is valid when the
 		// controller sees it expired: the controller's clock decides.
 		err := id.CheckExpiry(notAfter.Add(-10*day + time.Second))
-		if err == nil || !strings.Contains(err.Error(), "expired at 2031-04-13T09:00:00Z by the controller's clock") {
+		if err == nil || !strings.Contains(err.Error(), "expired at 2031-04-13T09:00:00Z") {
 			t.Errorf("CheckExpiry just past expiry by the controller's clock = %v", err)
 		}
 	})

@@ -46,11 +46,10 @@ type Identity struct {
 	Info Info
 	CA   *x509.Certificate
 
-	mu           sync.RWMutex
-	cert         *tls.Certificate
-	receivedAt   time.Time
-	skew         time.Duration // controller clock minus this node's (clock.go)
-	skewMeasured bool          // skew came from a welcome, not an estimate
+	mu         sync.RWMutex
+	cert       *tls.Certificate
+	receivedAt time.Time
+	skew       time.Duration // controller clock minus this node's (clock.go)
 }
 
 // Exists reports whether dir holds an enrolled identity.
