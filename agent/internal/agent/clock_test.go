@@ -19,37 +19,24 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/ferrydeploy/ferry/agent/internal/identity"
 	"github.com/ferrydeploy/ferry/shared/pki"
 )
 
 const clockDay = 24 * time.Hour
 
-// clockIssued is when the controller signed the node's certificate (30
-// days), by its clock.
-var clockIssued = time.Date(2031, 3, 14, 9, 0, 0, 0, time.UTC)
-
-// clockStateDir is a state dir enrolled at clockIssued whose certificate
-// file was written at received by the node's own clock.
-func clockStateDir(t *testing.T, received time.Time) string {
+// clockStateDir is the state dir of a node enrolled now with a 30-day
+// certificate, whose certificate file was written by the node's own clock
+// off by received from the controller's. It returns when the controller
+// issued the certificate.
+func clockStateDir(t *testing.T, received time.Duration) (string, time.Time) {
 	t.Helper()
-	ca, err := pki.NewCA(clockIssued)
-	if err != nil {
+	stateDir, cert := newPKI(t).enroll(t, 0, 30*clockDay)
+	issued := cert.NotBefore.Add(pki.Backdate)
+	at := issued.Add(received)
+	if err := os.Chtimes(filepath.Join(stateDir, "node.crt"), at, at); err != nil {
 		t.Fatal(err)
 	}
-	key, _ := pki.NewKey()
-	cert, err := ca.Sign(pki.SignRequest{Identity: pki.Identity{Role: pki.RoleAgent, Name: "n1"}, PublicKey: key.Public(), TTL: 30 * clockDay, Now: clockIssued})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	if err := identity.Save(dir, identity.Info{NodeID: "n1", Group: "web", Controller: "127.0.0.1:1"}, key, cert, ca.Cert); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chtimes(filepath.Join(dir, "node.crt"), received, received); err != nil {
-		t.Fatal(err)
-	}
-	return dir
+	return stateDir, issued
 }
 
 // clockAgent builds an agent whose clock says now, logging into the
@@ -66,15 +53,16 @@ func clockAgent(t *testing.T, stateDir string, now time.Time) (*Agent, *bytes.Bu
 // warns about the clock, and renews two thirds into the certificate's
 // lifetime by the controller's clock.
 func TestClockAheadAtEnrollmentStarts(t *testing.T) {
-	now := clockIssued.Add(30*clockDay + time.Minute)
-	a, logs, err := clockAgent(t, clockStateDir(t, clockIssued.Add(30*clockDay)), now)
+	stateDir, issued := clockStateDir(t, 30*clockDay)
+	now := issued.Add(30*clockDay + time.Minute)
+	a, logs, err := clockAgent(t, stateDir, now)
 	if err != nil {
 		t.Fatalf("the agent refuses to start: %v", err)
 	}
 	if !strings.Contains(logs.String(), "this node's clock is 30 days ahead of the controller's") || !strings.Contains(logs.String(), "NTP") {
 		t.Errorf("no warning about the clock; log:\n%s", logs)
 	}
-	renewAt := clockIssued.Add(20 * clockDay) // by the controller's clock
+	renewAt := issued.Add(20 * clockDay) // by the controller's clock
 	if got := now.Add(a.id.RenewIn(now)); !got.Equal(renewAt.Add(30 * clockDay)) {
 		t.Errorf("renewal due at %v by the node's clock, want %v (%v by the controller's)", got, renewAt.Add(30*clockDay), renewAt)
 	}
@@ -83,7 +71,8 @@ func TestClockAheadAtEnrollmentStarts(t *testing.T) {
 // An agent whose clock went back after enrollment is told to fix the
 // clock, not to re-enroll.
 func TestClockWentBackRefusesWithClockError(t *testing.T) {
-	_, _, err := clockAgent(t, clockStateDir(t, clockIssued), clockIssued.Add(-400*clockDay))
+	stateDir, issued := clockStateDir(t, 0)
+	_, _, err := clockAgent(t, stateDir, issued.Add(-400*clockDay))
 	if err == nil {
 		t.Fatal("the agent started with a certificate issued 400 days in its future")
 	}
@@ -100,8 +89,9 @@ func TestClockWentBackRefusesWithClockError(t *testing.T) {
 // The welcome's server time gives the skew, taken at the middle of the
 // round trip: it is exported as a metric and in the node's facts.
 func TestMeasureSkew(t *testing.T) {
-	now := clockIssued.Add(time.Hour)
-	a, logs, err := clockAgent(t, clockStateDir(t, clockIssued), now)
+	stateDir, issued := clockStateDir(t, 0)
+	now := issued.Add(time.Hour)
+	a, logs, err := clockAgent(t, stateDir, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,10 +119,13 @@ func TestMeasureSkew(t *testing.T) {
 // Connection errors caused by a certificate's validity period say that a
 // clock may be wrong; others get no hint.
 func TestClockHint(t *testing.T) {
-	a, _, err := clockAgent(t, clockStateDir(t, clockIssued), clockIssued.Add(time.Hour))
+	stateDir, issued := clockStateDir(t, 0)
+	a, _, err := clockAgent(t, stateDir, issued.Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
+	leaf := a.id.Certificate().Leaf
+	stamp := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 	for _, tc := range []struct {
 		name string
 		err  error
@@ -141,12 +134,12 @@ func TestClockHint(t *testing.T) {
 		{
 			name: "controller certificate invalid here",
 			err:  status.Error(codes.Unavailable, `connection error: desc = "transport: authentication handshake failed: tls: failed to verify certificate: x509: certificate has expired or is not yet valid: current time 2031-03-14T10:00:00Z is before 2031-03-20T08:55:00Z"`),
-			want: []string{"cannot verify the controller's certificate", "2031-03-14T10:00:00Z", "NTP", "restart the controller"},
+			want: []string{"cannot verify the controller's certificate", "not yet valid at " + stamp(issued.Add(time.Hour)) + ", this node's clock (not corrected", "NTP", "restart the controller"},
 		},
 		{
 			name: "node certificate refused there",
 			err:  status.Error(codes.Unavailable, `connection error: desc = "error reading server preface: remote error: tls: expired certificate"`),
-			want: []string{"the controller refused this node's certificate (valid 2031-03-14T08:55:00Z to 2031-04-13T09:00:00Z)", "clock", "NTP on both"},
+			want: []string{"the controller refused this node's certificate (valid " + stamp(leaf.NotBefore) + " to " + stamp(leaf.NotAfter) + ")", "clock", "NTP on both"},
 		},
 		{
 			name: "bad certificate alert",
