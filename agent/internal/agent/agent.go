@@ -123,6 +123,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.jobs = newJobRunner(a, inst)
 	a.metrics = newAgentMetrics()
+	a.metrics.reg.MustRegister(a.clockSkewMetric())
 	a.renewed = make(chan struct{}, 1)
 	a.fatal = make(chan error, 1)
 	a.after = time.After
@@ -397,6 +398,7 @@ func (a *Agent) session(ctx context.Context, client *swapClient) error {
 	}
 	timer := time.NewTimer(a.jitter(interval, 0.1))
 	defer timer.Stop()
+	ticked := a.cfg.Now() // to notice this node's clock stepping forward
 	for {
 		select {
 		case <-ctx.Done():
@@ -434,6 +436,11 @@ func (a *Agent) session(ctx context.Context, client *swapClient) error {
 		case err := <-a.fatal:
 			return backoff.Permanent(err) // ends Run (e.g. the certificate expired)
 		case <-timer.C:
+			now := a.cfg.Now()
+			if identity.ClockStep(ticked, now) > clockWarnAfter {
+				return errors.New("this node's clock jumped forward (or the host was suspended); reconnecting to measure its skew from the controller's clock again")
+			}
+			ticked = now
 			if err := a.heartbeat(); err != nil {
 				return err
 			}

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -29,15 +30,22 @@ func (a *Agent) measureSkew(helloSent, welcomed time.Time, server *timestamppb.T
 		return // a controller that does not send its time
 	}
 	skew := server.AsTime().Sub(helloSent.Add(welcomed.Sub(helloSent) / 2))
-	a.id.SetSkew(skew)
-	a.metrics.clockSkew.Set(skew.Seconds())
+	a.id.SetSkew(skew, welcomed)
 	a.warnClock("measured at the controller's welcome")
+}
+
+// clockSkewMetric exports the skew as it stands when scraped.
+func (a *Agent) clockSkewMetric() prometheus.GaugeFunc {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ferry_agent_clock_skew_seconds",
+		Help: "How far the controller's clock is ahead of this node's (negative: this node's clock is ahead), as measured at the last welcome.",
+	}, func() float64 { return a.id.Skew(a.cfg.Now()).Seconds() })
 }
 
 // warnClock warns when this node's clock is far off the controller's; how
 // says how the skew was found.
 func (a *Agent) warnClock(how string) {
-	skew := a.id.Skew()
+	skew := a.id.Skew(a.cfg.Now())
 	if skew.Abs() <= clockWarnAfter {
 		return
 	}
@@ -58,7 +66,7 @@ func aheadOrBehind(skew time.Duration) string {
 // view shows a node whose clock is off.
 func (a *Agent) facts() *ferryv1.Facts {
 	f := facts.Detect()
-	f.ClockSkew = durationpb.New(a.id.Skew())
+	f.ClockSkew = durationpb.New(a.id.Skew(a.cfg.Now()))
 	return f
 }
 
@@ -85,7 +93,7 @@ func (a *Agent) clockHint(err error) string {
 
 // skewNote says how this node's clock was corrected for the controller's.
 func (a *Agent) skewNote() string {
-	skew := a.id.Skew()
+	skew := a.id.Skew(a.cfg.Now())
 	if skew == 0 {
 		return "(not corrected: no skew measured against the controller)"
 	}

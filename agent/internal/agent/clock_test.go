@@ -97,11 +97,16 @@ func TestMeasureSkew(t *testing.T) {
 	}
 	sent, welcomed := now, now.Add(200*time.Millisecond)
 	a.measureSkew(sent, welcomed, timestamppb.New(now.Add(10*clockDay+100*time.Millisecond)))
-	if got := a.id.Skew(); got != 10*clockDay {
+	if got := a.id.Skew(now); got != 10*clockDay {
 		t.Errorf("Skew = %v, want 240h (the controller's time at the middle of the round trip)", got)
 	}
-	if got := testutil.ToFloat64(a.metrics.clockSkew); got != (10 * clockDay).Seconds() {
-		t.Errorf("ferry_agent_clock_skew_seconds = %v, want %v", got, (10 * clockDay).Seconds())
+	const exported = `
+# HELP ferry_agent_clock_skew_seconds How far the controller's clock is ahead of this node's (negative: this node's clock is ahead), as measured at the last welcome.
+# TYPE ferry_agent_clock_skew_seconds gauge
+ferry_agent_clock_skew_seconds 864000
+`
+	if err := testutil.GatherAndCompare(a.metrics.reg, strings.NewReader(exported), "ferry_agent_clock_skew_seconds"); err != nil {
+		t.Errorf("/metrics: %v", err)
 	}
 	if got := a.facts().GetClockSkew().AsDuration(); got != 10*clockDay {
 		t.Errorf("facts clock_skew = %v, want 240h", got)
@@ -111,7 +116,7 @@ func TestMeasureSkew(t *testing.T) {
 	}
 	// A controller that sends no time leaves the skew alone.
 	a.measureSkew(sent, welcomed, nil)
-	if got := a.id.Skew(); got != 10*clockDay {
+	if got := a.id.Skew(now); got != 10*clockDay {
 		t.Errorf("after a welcome without a time, Skew = %v, want 240h", got)
 	}
 }

@@ -24,7 +24,6 @@ type agentMetrics struct {
 	heartbeats prometheus.Counter
 	reconnects prometheus.Counter
 	jobs       *prometheus.CounterVec
-	clockSkew  prometheus.Gauge
 }
 
 func newAgentMetrics() *agentMetrics {
@@ -42,15 +41,12 @@ func newAgentMetrics() *agentMetrics {
 		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ferry_agent_jobs_total", Help: "Jobs finished, by final phase.",
 		}, []string{"phase"}),
-		clockSkew: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "ferry_agent_clock_skew_seconds", Help: "How far the controller's clock is ahead of this node's (negative: this node's clock is ahead), measured at the last welcome.",
-		}),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "ferry_agent_build_info", Help: "Build information of the agent; the value is always 1.",
 	}, []string{"version", "commit", "goversion"})
 	build.WithLabelValues(version.Version, version.Commit, runtime.Version()).Set(1)
-	m.reg.MustRegister(m.connected, m.heartbeats, m.reconnects, m.jobs, m.clockSkew, build,
+	m.reg.MustRegister(m.connected, m.heartbeats, m.reconnects, m.jobs, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

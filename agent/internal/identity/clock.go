@@ -15,28 +15,53 @@ import (
 // one, estimated from when the certificate arrived. A node whose clock is
 // a month ahead then neither refuses to start nor renews late, and one
 // whose clock is behind renews before the controller sees the certificate
-// expire.
+// expire. When the operator fixes the clock of a running agent (stepping
+// it back), the monotonic clock shows by how much, and the skew follows.
 
 // NTPAdvice is how a message tells the operator to fix a node's clock.
 const NTPAdvice = "enable NTP, e.g. `timedatectl set-ntp true`"
 
-// Skew is how far the controller's clock is ahead of this node's
+// Skew is how far the controller's clock is ahead of this node's at now
 // (negative when this node's clock is ahead).
-func (id *Identity) Skew() time.Duration {
+func (id *Identity) Skew(now time.Time) time.Duration {
 	id.mu.RLock()
-	defer id.mu.RUnlock()
-	return id.skew
+	skew, at := id.skew, id.skewAt
+	id.mu.RUnlock()
+	if at.IsZero() {
+		return skew
+	}
+	return skewSince(skew, ClockStep(at, now))
 }
 
-// SetSkew records a skew measured against the controller.
-func (id *Identity) SetSkew(d time.Duration) {
+// SetSkew records a skew measured against the controller at at (this
+// node's clock, read from time.Now so it carries a monotonic reading).
+func (id *Identity) SetSkew(d time.Duration, at time.Time) {
 	id.mu.Lock()
-	id.skew = d
+	id.skew, id.skewAt = d, at
 	id.mu.Unlock()
 }
 
 // ControllerTime is the local time t by the controller's clock.
-func (id *Identity) ControllerTime(t time.Time) time.Time { return t.Add(id.Skew()) }
+func (id *Identity) ControllerTime(t time.Time) time.Time { return t.Add(id.Skew(t)) }
+
+// ClockStep is how far this node's wall clock moved against its monotonic
+// clock from one reading of time.Now to a later one: positive when it was
+// stepped forward or the host was suspended, negative when it was stepped
+// back, zero for times without monotonic readings.
+func ClockStep(from, to time.Time) time.Duration {
+	return to.Round(0).Sub(from.Round(0)) - to.Sub(from)
+}
+
+// skewSince is a skew after this node's clock stepped by step: a step back
+// puts the controller's clock that much further ahead. A step forward is
+// left out, since a suspended host looks the same and its skew did not
+// change; the agent reconnects to measure again instead.
+func skewSince(skew, step time.Duration) time.Duration {
+	if step < 0 {
+		return skew - step
+	}
+	return skew
+}
 
 // issuedAt is when the controller signed leaf, by its clock: the CA
 // backdates NotBefore by pki.Backdate to tolerate small skews.
@@ -79,16 +104,13 @@ func (id *Identity) RenewIn(now time.Time) time.Duration {
 func (id *Identity) CheckClock(now time.Time) error {
 	leaf := id.Certificate().Leaf
 	if within(leaf, now) {
+		id.SetSkew(0, now)
 		return nil
 	}
-	id.mu.Lock()
-	atArrival := issuedAt(leaf).Sub(id.receivedAt)
-	if within(leaf, now.Add(atArrival)) {
-		id.skew = atArrival
-		id.mu.Unlock()
+	if atArrival := issuedAt(leaf).Sub(id.ReceivedAt()); within(leaf, now.Add(atArrival)) {
+		id.SetSkew(atArrival, now)
 		return nil
 	}
-	id.mu.Unlock()
 	if now.Before(leaf.NotBefore) {
 		return fmt.Errorf("this node's clock is wrong: it says %s, but the node certificate was issued at %s by the controller's clock, so the clock is at least %s behind; fix the clock (%s) and start the agent again; re-enrolling would not help",
 			now.UTC().Format(time.RFC3339), issuedAt(leaf).UTC().Format(time.RFC3339), approxdur.String(issuedAt(leaf).Sub(now)), NTPAdvice)

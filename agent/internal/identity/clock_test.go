@@ -78,7 +78,7 @@ func TestCheckClock(t *testing.T) {
 				if err != nil {
 					t.Fatalf("CheckClock: %v", err)
 				}
-				if got := id.Skew(); got != tc.skew {
+				if got := id.Skew(tc.now); got != tc.skew {
 					t.Errorf("Skew = %v, want %v", got, tc.skew)
 				}
 				return
@@ -123,8 +123,8 @@ func TestRenewalByControllerClock(t *testing.T) {
 	})
 	t.Run("10 days behind, measured", func(t *testing.T) {
 		id := skewedIdentity(t, issued)
-		id.SetSkew(10 * day)
 		local := issued.Add(-10*day + time.Hour)
+		id.SetSkew(10*day, local)
 		due := local.Add(id.RenewIn(local))
 		controllerAtDue := due.Add(10 * day)
 		if !controllerAtDue.Equal(renewAt) {
@@ -141,4 +141,34 @@ func TestRenewalByControllerClock(t *testing.T) {
 			t.Errorf("CheckExpiry just past expiry by the controller's clock = %v", err)
 		}
 	})
+}
+
+// A clock stepped back while the agent runs (the operator fixed it) moves
+// the skew by the step; a step forward, which a suspended host also shows,
+// leaves it for the next welcome to measure.
+func TestSkewSince(t *testing.T) {
+	for _, tc := range []struct {
+		name             string
+		skew, step, want time.Duration
+	}{
+		{"no step", -30 * day, 0, -30 * day},
+		{"30 days ahead, stepped back by NTP", -30 * day, -30 * day, 0},
+		{"stepped back half a second", 2 * time.Second, -500 * time.Millisecond, 2500 * time.Millisecond},
+		{"stepped forward or suspended", 10 * day, 10 * day, 10 * day},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := skewSince(tc.skew, tc.step); got != tc.want {
+				t.Errorf("skewSince(%v, %v) = %v, want %v", tc.skew, tc.step, got, tc.want)
+			}
+		})
+	}
+	// Readings of time.Now carry the monotonic clock, which steps never
+	// move; times without it (a test's clock) show no step.
+	now := time.Now()
+	if got := ClockStep(now, now.Add(time.Hour)); got != 0 {
+		t.Errorf("ClockStep over an hour of an unstepped clock = %v, want 0", got)
+	}
+	if got := ClockStep(issued, issued.Add(time.Hour)); got != 0 {
+		t.Errorf("ClockStep without monotonic readings = %v, want 0", got)
+	}
 }

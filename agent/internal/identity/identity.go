@@ -49,7 +49,8 @@ type Identity struct {
 	mu         sync.RWMutex
 	cert       *tls.Certificate
 	receivedAt time.Time
-	skew       time.Duration // controller clock minus this node's (clock.go)
+	skew       time.Duration // controller clock minus this node's at skewAt (clock.go)
+	skewAt     time.Time
 }
 
 // Exists reports whether dir holds an enrolled identity.
