@@ -14,8 +14,8 @@ import (
 	"syscall"
 
 	"github.com/ferrydeploy/ferry/agent/internal/install/archive"
-	"github.com/ferrydeploy/ferry/agent/internal/install/sudoers"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/sudoers"
 )
 
 // validateStep checks what can be checked before anything is touched, so
