@@ -1,23 +1,34 @@
-// Package sudoers checks sudoers fragments before Ferry installs them.
+// Package sudoers checks sudoers fragments before Ferry installs them, on
+// the controller when a package is applied and on the agent before the
+// fragment is written to /etc/sudoers.d.
 //
-// It parses the part of the sudoers grammar that fragments use in practice:
-// user specifications (user, %group, #uid, %#gid, +netgroup, aliases, ALL,
-// negation), host lists (names, addresses, masks, netgroups), Runas
-// specifications "(user:group)", option specs (TIMEOUT=, CWD=, ...), tags
-// (NOPASSWD:, PASSWD:, SETENV:, NOEXEC:, ...), commands (full paths with
-// arguments, "" for none, wildcards, digests, sudoedit, ALL, Cmnd_Alias),
-// the four alias kinds, Defaults with their bindings, comments and line
-// continuations. It refuses #include, #includedir, @include and
-// @includedir (a fragment must not pull in other files), aliases used but
-// not defined in the fragment, aliases defined twice or in a cycle, and
-// anything it does not understand. A refusal names the line and the fix.
+// Check is Ferry's own parser. It reads the sudoers grammar the way sudo
+// 1.9's lexer and parser do: user specifications (user, %group, #uid,
+// %#gid, +netgroup, aliases, ALL, negation), host lists (names, IPv4 and
+// IPv6 addresses and masks, netgroups), Runas specifications
+// "(user:group)", options (TIMEOUT=, CWD=, NOTBEFORE=, ...), tags
+// (NOPASSWD:, SETENV:, ...), commands (full paths with arguments,
+// wildcards, digests, sudoedit, list, ALL, Cmnd_Alias), the four alias
+// kinds, Defaults with their bindings checked against the settings sudo
+// 1.9 knows (defaults.go), comments and line continuations. A refusal names
+// the line and the fix.
 //
-// It is deliberately stricter than sudo: sudo treats a broken fragment as
-// fatal for every rule on the host, so doubt means no.
+// It is deliberately stricter than sudo where sudo's reading is surprising
+// or depends on the node, because a broken fragment stops sudo for every
+// rule on the host and a node may have no visudo to catch it: it refuses
+// #include, #includedir, @include and @includedir (a fragment must not pull
+// in other files), aliases used but not defined in the fragment, aliases
+// defined twice or in a cycle, regular-expression commands, and line
+// continuations that would join a line the reader takes for a separate
+// one (see continues).
+//
+// CheckPolicy adds visudo where it is installed: on the fragment alone and
+// on a staged copy of the node's whole policy with the fragment in place.
 package sudoers
 
 import (
 	"fmt"
+	"regexp"
 	"sort"
 	"strings"
 )
@@ -29,6 +40,12 @@ type Error struct {
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("sudoers line %d: %s", e.Line, e.Msg) }
+
+// headerPrefix starts the comment Ferry writes as the first line of every
+// fragment it installs (renderSudoers in agent/internal/install). Check
+// does not count that line, so the line numbers in its errors are those of
+// the package's rules.
+const headerPrefix = "# Managed by Ferry"
 
 type aliasKind int
 
@@ -67,10 +84,19 @@ var tags = map[string]bool{
 	"FOLLOW": true, "NOFOLLOW": true, "INTERCEPT": true, "NOINTERCEPT": true,
 }
 
+// options are the NAME=value settings a command spec may carry before its
+// tags. They are also the words sudo reserves: no alias may take their
+// names.
 var options = map[string]bool{
 	"ROLE": true, "TYPE": true, "APPARMOR_PROFILE": true, "PRIVS": true,
 	"LIMITPRIVS": true, "NOTBEFORE": true, "NOTAFTER": true, "TIMEOUT": true,
 	"CWD": true, "CHROOT": true,
+}
+
+// keywords are lower-case words sudo's lexer takes for something else
+// than a user or host name.
+var keywords = map[string]bool{
+	"sudoedit": true, "sha224": true, "sha256": true, "sha384": true, "sha512": true,
 }
 
 type aliasDef struct {
@@ -92,26 +118,43 @@ type checker struct {
 	cur    *aliasDef // alias being defined, collects references for cycles
 }
 
-// Check parses a sudoers fragment and returns nil when it is valid.
+// Check parses a sudoers fragment and returns nil when it is valid. A first
+// line starting with Ferry's header comment is not counted.
 func Check(text string) error {
-	c := &checker{defs: map[string]*aliasDef{}}
-	if strings.IndexByte(text, 0) >= 0 {
-		return &Error{Line: 1 + strings.Count(text[:strings.IndexByte(text, 0)], "\n"), Msg: "contains a NUL byte"}
-	}
-	if strings.Contains(text, "\r") {
-		return &Error{Line: 1 + strings.Count(text[:strings.IndexByte(text, '\r')], "\n"), Msg: "contains a carriage return; use Unix line endings"}
-	}
 	lines := strings.Split(text, "\n")
-	for i := 0; i < len(lines); i++ {
-		start := i + 1
+	if len(lines) > 1 && lines[len(lines)-1] == "" {
+		lines = lines[:len(lines)-1] // the newline that ends the last line
+	}
+	skip := 0
+	if isHeader(lines[0]) {
+		skip = 1
+	}
+	if i := strings.IndexByte(text, 0); i >= 0 {
+		return &Error{Line: 1 + strings.Count(text[:i], "\n") - skip, Msg: "contains a NUL byte"}
+	}
+	if i := strings.IndexByte(text, '\r'); i >= 0 {
+		return &Error{Line: 1 + strings.Count(text[:i], "\n") - skip, Msg: "contains a carriage return; use Unix line endings"}
+	}
+	c := &checker{defs: map[string]*aliasDef{}}
+	for i := skip; i < len(lines); i++ {
+		start := i + 1 - skip
 		line := lines[i]
-		// A backslash at the end of a line continues it on the next.
-		for endsWithEscape(line) && i+1 < len(lines) {
+		for {
+			more, err := continues(line)
+			if err != nil {
+				return &Error{Line: i + 1 - skip, Msg: err.Error()}
+			}
+			if !more {
+				break
+			}
+			if i+1 >= len(lines) {
+				return &Error{Line: i + 1 - skip, Msg: "the last line ends with a backslash, a line continuation into nothing; remove the backslash"}
+			}
 			i++
+			if err := continuedLine(lines[i]); err != nil {
+				return &Error{Line: i + 1 - skip, Msg: err.Error()}
+			}
 			line = line[:len(line)-1] + " " + lines[i]
-		}
-		if endsWithEscape(line) {
-			return &Error{Line: start, Msg: "line continuation (trailing backslash) at the end of the file"}
 		}
 		c.lineNo = start
 		if err := c.line(line); err != nil {
@@ -119,6 +162,46 @@ func Check(text string) error {
 		}
 	}
 	return c.resolve()
+}
+
+// isHeader reports whether a first line is the comment Ferry writes.
+func isHeader(line string) bool {
+	return strings.HasPrefix(line, headerPrefix) && !strings.ContainsAny(line, "\x00\r") && !strings.HasSuffix(line, `\`)
+}
+
+// continues reports whether a line ends with a line continuation. It
+// refuses the continuations sudo reads differently from how they look: a
+// backslash followed by blanks (sudo continues some and escapes the blank
+// in others) and a backslash on a line with a '#' (sudo does not continue
+// a comment, so the next line would stand on its own).
+func continues(line string) (bool, error) {
+	trimmed := strings.TrimRight(line, " \t")
+	if trimmed != line && endsWithEscape(trimmed) {
+		return false, fmt.Errorf("blanks after the backslash at the end of the line; remove them for a line continuation, or the backslash")
+	}
+	if !endsWithEscape(line) {
+		return false, nil
+	}
+	if strings.Contains(line, "#") {
+		return false, fmt.Errorf("the line ends with a backslash (a line continuation) but has a '#': sudo ends a comment at the end of its line and would read the next line on its own; remove the backslash or the comment")
+	}
+	return true, nil
+}
+
+// continuedLine checks the line a continuation joins: it must be indented,
+// so that a rule ending in a stray backslash does not swallow the rule
+// after it, and it must not be blank, a comment or an include.
+func continuedLine(line string) error {
+	rest := strings.TrimLeft(line, " \t")
+	switch {
+	case rest == "":
+		return fmt.Errorf("the line before ends with a backslash (a line continuation) but this line is blank; remove the backslash")
+	case rest == line:
+		return fmt.Errorf("the line before ends with a backslash (a line continuation), which joins this line to it; indent this line to continue, or remove the backslash if it is a line of its own")
+	case rest[0] == '#' || rest[0] == '@':
+		return fmt.Errorf("the line before ends with a backslash (a line continuation) but this line is a comment or an include; remove the backslash")
+	}
+	return nil
 }
 
 func endsWithEscape(s string) bool {
@@ -179,10 +262,9 @@ func (c *checker) line(line string) error {
 	switch {
 	case rest == "":
 		return nil
-	case hasWordPrefix(rest, "#include"), hasWordPrefix(rest, "#includedir"),
-		hasWordPrefix(rest, "@include"), hasWordPrefix(rest, "@includedir"):
+	case strings.HasPrefix(rest, "#include"), strings.HasPrefix(rest, "@include"):
 		return fmt.Errorf("include directives are refused: a fragment must not pull in other files")
-	case rest[0] == '#':
+	case p.comment():
 		return nil
 	case strings.HasPrefix(rest, "Defaults"):
 		return p.defaults()
@@ -193,13 +275,6 @@ func (c *checker) line(line string) error {
 		return p.alias(k)
 	}
 	return p.userSpec()
-}
-
-func hasWordPrefix(s, w string) bool {
-	if !strings.HasPrefix(s, w) {
-		return false
-	}
-	return len(s) == len(w) || s[len(w)] == ' ' || s[len(w)] == '\t'
 }
 
 type parser struct {
@@ -214,19 +289,34 @@ func (p *parser) space() {
 	}
 }
 
+// comment reports whether a comment starts at the cursor. As in sudo, '#'
+// followed by a digit, or by '-' and a digit, is a numeric ID instead.
+func (p *parser) comment() bool {
+	if p.peek() != '#' {
+		return false
+	}
+	next := p.s[p.i+1:]
+	switch {
+	case next != "" && isDigit(next[0]):
+		return false
+	case next == "-" || strings.HasPrefix(next, "-") && len(next) > 1 && isDigit(next[1]):
+		return false
+	}
+	return true
+}
+
 // end reports whether only blanks and a comment remain.
 func (p *parser) end() bool {
 	p.space()
-	return p.i >= len(p.s) || p.s[p.i] == '#' && !p.uidAhead()
+	return p.i >= len(p.s) || p.comment()
 }
 
-func (p *parser) uidAhead() bool {
-	return p.i+1 < len(p.s) && p.s[p.i] == '#' && isDigit(p.s[p.i+1])
-}
+func (p *parser) peek() byte { return p.peekAt(p.i) }
 
-func (p *parser) peek() byte {
-	if p.i < len(p.s) {
-		return p.s[p.i]
+// peekAt returns the byte at j, or 0 past the end of the line.
+func (p *parser) peekAt(j int) byte {
+	if j < len(p.s) {
+		return p.s[j]
 	}
 	return 0
 }
@@ -252,13 +342,23 @@ func (p *parser) errf(format string, args ...any) error {
 	return fmt.Errorf("%s at the end of the line", msg)
 }
 
+// negations consumes '!'s (and blanks between them) before a member or a
+// command.
+func (p *parser) negations() {
+	for p.peek() == '!' {
+		p.i++
+		p.space()
+	}
+}
+
 func isDigit(b byte) bool { return b >= '0' && b <= '9' }
 func isUpper(b byte) bool { return b >= 'A' && b <= 'Z' }
+func isLower(b byte) bool { return b >= 'a' && b <= 'z' }
 
 // peekIdent returns the run of letters, digits and underscores at the cursor.
 func (p *parser) peekIdent() string {
 	j := p.i
-	for j < len(p.s) && (isUpper(p.s[j]) || p.s[j] >= 'a' && p.s[j] <= 'z' || isDigit(p.s[j]) || p.s[j] == '_') {
+	for j < len(p.s) && (isUpper(p.s[j]) || isLower(p.s[j]) || isDigit(p.s[j]) || p.s[j] == '_') {
 		j++
 	}
 	return p.s[p.i:j]
@@ -277,7 +377,7 @@ func isAliasName(w string) bool {
 }
 
 // word scans a name: anything but blanks and the characters sudoers gives
-// a meaning to, which a backslash escapes.
+// a meaning to, which a backslash escapes; or a double-quoted string.
 func (p *parser) word() (string, error) {
 	if p.peek() == '"' {
 		return p.quoted()
@@ -286,7 +386,7 @@ func (p *parser) word() (string, error) {
 	for p.i < len(p.s) {
 		b := p.s[p.i]
 		if b == '\\' {
-			if p.i+1 >= len(p.s) || p.s[p.i+1] == ' ' || p.s[p.i+1] == '\t' {
+			if p.i+1 >= len(p.s) || p.s[p.i+1] == '\t' {
 				return "", p.errf("backslash escapes nothing")
 			}
 			p.i += 2
@@ -303,18 +403,27 @@ func (p *parser) word() (string, error) {
 	return p.s[start:p.i], nil
 }
 
+// quoted scans a double-quoted string and returns what is between the
+// quotes. Inside, a backslash escapes only a quote, as in sudo.
 func (p *parser) quoted() (string, error) {
 	start := p.i
 	p.i++
+	var b strings.Builder
 	for p.i < len(p.s) {
-		switch p.s[p.i] {
-		case '\\':
+		switch {
+		case strings.HasPrefix(p.s[p.i:], `\"`):
+			b.WriteByte('"')
 			p.i += 2
 			continue
-		case '"':
+		case p.s[p.i] == '"':
 			p.i++
-			return p.s[start:p.i], nil
+			if b.Len() == 0 {
+				p.i = start
+				return "", p.errf("empty string; write something between the quotes or drop them")
+			}
+			return b.String(), nil
 		}
+		b.WriteByte(p.s[p.i])
 		p.i++
 	}
 	p.i = start
@@ -331,45 +440,85 @@ func (p *parser) addRef(name string, k aliasKind) {
 // member parses one item of a user, runas or host list.
 func (p *parser) member(k aliasKind) error {
 	p.space()
-	for p.peek() == '!' {
-		p.i++
-		p.space()
-	}
+	p.negations()
 	switch b := p.peek(); {
-	case b == '#' && k != hostAlias:
+	case b == '#':
 		p.i++
-		return p.digits("a numeric ID after #")
-	case b == '%' && k != hostAlias:
+		return p.id("a numeric ID after #")
+	case b == '%' && k == hostAlias:
+		return p.errf("a %%group belongs in a user list; a host list takes host names, addresses and +netgroups")
+	case b == '%':
 		p.i++
 		if p.peek() == ':' {
 			p.i++
 		}
 		if p.peek() == '#' {
 			p.i++
-			return p.digits("a numeric group ID after %#")
+			return p.id("a numeric group ID after %#")
+		}
+		if strings.IndexByte(" \t\"\x00", p.peek()) >= 0 {
+			return p.errf("empty group name after %%; to quote a group, quote it whole: \"%%group name\"")
 		}
 		_, err := p.word()
 		return err
 	case b == '+':
 		p.i++
+		if p.peek() == ' ' || p.peek() == '\t' || p.peek() == 0 {
+			return p.errf("empty netgroup name after +")
+		}
 		_, err := p.word()
 		return err
+	case b == '/' && k == hostAlias:
+		return p.errf("a host is a name or an address; it cannot start with /")
+	case b == '"':
+		w, err := p.quoted()
+		if err == nil && (w == "%" || w == "%:" || w == "+") {
+			return fmt.Errorf("%q: empty group or netgroup name", w)
+		}
+		return err
+	}
+	if k == hostAlias {
+		if n := ipv6Len(p.s[p.i:]); n > 0 {
+			if strings.Count(p.s[p.i:p.i+n], "::") > 1+strings.Count(p.s[p.i:p.i+n], "/") {
+				return p.errf("invalid IPv6 address: '::' may appear only once")
+			}
+			p.i += n
+			return nil
+		}
 	}
 	w, err := p.word()
 	if err != nil {
 		return err
 	}
-	if w == "ALL" {
+	switch {
+	case w == "ALL":
 		return nil
-	}
-	if isAliasName(w) {
+	case isAliasName(w):
 		p.addRef(w, k)
 		return nil
-	}
-	if k == hostAlias {
+	case keywords[w]:
+		return fmt.Errorf("%s is a sudoers keyword, not a user or host name", w)
+	case k == hostAlias:
 		return checkHost(w, p)
 	}
 	return nil
+}
+
+// ipv6Re matches the IPv6 addresses and masks sudo's lexer knows (their
+// colons would otherwise end a host name).
+var ipv6Re = func() *regexp.Regexp {
+	const (
+		hex16 = `[0-9A-Fa-f]{1,4}`
+		octet = `(1?[0-9]{1,2}|2[0-4][0-9]|25[0-5])`
+		ipv4  = octet + `(\.` + octet + `){3}`
+		ipv6  = `((` + hex16 + `)?:){2,7}(` + hex16 + `)?|((` + hex16 + `)?:){2,6}:` + ipv4
+	)
+	return regexp.MustCompilePOSIX(`^(` + ipv6 + `)(/(` + ipv6 + `)|/([0-9]|[1-9][0-9]|1[01][0-9]|12[0-8]))?`)
+}()
+
+// ipv6Len returns the length of the IPv6 address at the start of s, or 0.
+func ipv6Len(s string) int {
+	return len(ipv6Re.FindString(s))
 }
 
 func checkHost(w string, p *parser) error {
@@ -379,7 +528,11 @@ func checkHost(w string, p *parser) error {
 	return nil
 }
 
-func (p *parser) digits(what string) error {
+// id parses the rest of a numeric ID, #-?[0-9]+.
+func (p *parser) id(what string) error {
+	if p.peek() == '-' {
+		p.i++
+	}
 	start := p.i
 	for p.i < len(p.s) && isDigit(p.s[p.i]) {
 		p.i++
@@ -411,8 +564,8 @@ func (p *parser) alias(k aliasKind) error {
 		if !isAliasName(name) {
 			return p.errf("expected an alias name (upper case letters, digits and _, starting with a letter)")
 		}
-		if name == "ALL" {
-			return p.errf("ALL is reserved and cannot name an alias")
+		if name == "ALL" || options[name] {
+			return p.errf("%s is reserved and cannot name an alias", name)
 		}
 		if _, dup := p.c.defs[name]; dup {
 			return p.errf("alias %s is defined twice", name)
@@ -446,25 +599,23 @@ func (p *parser) alias(k aliasKind) error {
 
 func (p *parser) defaults() error {
 	p.i += len("Defaults")
-	switch p.peek() {
-	case '@':
+	switch b := p.peek(); b {
+	case '@', ':', '>', '!':
 		p.i++
-		if err := p.list(hostAlias); err != nil {
-			return err
+		p.space()
+		if p.peek() == ':' {
+			return p.errf("expected a name after Defaults%c", b)
 		}
-	case ':':
-		p.i++
-		if err := p.list(userAlias); err != nil {
-			return err
+		var err error
+		switch b {
+		case '@':
+			err = p.list(hostAlias)
+		case '!':
+			err = p.cmndList()
+		default:
+			err = p.list(userAlias)
 		}
-	case '>':
-		p.i++
-		if err := p.list(runasAlias); err != nil {
-			return err
-		}
-	case '!':
-		p.i++
-		if err := p.cmndList(); err != nil {
+		if err != nil {
 			return err
 		}
 	case ' ', '\t':
@@ -477,34 +628,8 @@ func (p *parser) defaults() error {
 		return p.errf("Defaults needs at least one setting")
 	}
 	for {
-		p.space()
-		neg := false
-		for p.peek() == '!' {
-			neg = true
-			p.i++
-		}
-		name := p.peekIdent()
-		if name == "" || !(name[0] >= 'a' && name[0] <= 'z') {
-			return p.errf("expected a Defaults setting name (lower case)")
-		}
-		p.i += len(name)
-		p.space()
-		op := ""
-		switch {
-		case strings.HasPrefix(p.s[p.i:], "+="), strings.HasPrefix(p.s[p.i:], "-="):
-			op = p.s[p.i : p.i+2]
-		case p.peek() == '=':
-			op = "="
-		}
-		if op != "" {
-			if neg {
-				return p.errf("a negated setting (!%s) takes no value", name)
-			}
-			p.i += len(op)
-			p.space()
-			if err := p.defaultsValue(); err != nil {
-				return err
-			}
+		if err := p.setting(); err != nil {
+			return err
 		}
 		if p.end() {
 			return nil
@@ -516,10 +641,59 @@ func (p *parser) defaults() error {
 	}
 }
 
-func (p *parser) defaultsValue() error {
-	if p.peek() == '"' {
-		_, err := p.quoted()
-		return err
+// setting parses and checks one Defaults entry: [!]name, name=value,
+// name+=value or name-=value.
+func (p *parser) setting() error {
+	p.space()
+	bangs := 0
+	for p.peek() == '!' {
+		bangs++
+		p.i++
+	}
+	p.space()
+	neg := bangs%2 == 1 // "!!name" is name, as in sudo
+	start := p.i
+	for p.i < len(p.s) && (isLower(p.s[p.i]) || p.s[p.i] == '_') {
+		p.i++
+	}
+	name := p.s[start:p.i]
+	switch {
+	case name == "" && isDigit(p.peek()):
+		return p.errf("expected a Defaults setting name; a value with a comma (such as a soft,hard limit) must be in double quotes")
+	case name == "":
+		return p.errf("expected a Defaults setting name (lower case)")
+	}
+	p.space()
+	op := ""
+	switch {
+	case strings.HasPrefix(p.s[p.i:], "+="), strings.HasPrefix(p.s[p.i:], "-="):
+		op = p.s[p.i : p.i+2]
+	case p.peek() == '=':
+		op = "="
+	}
+	val := ""
+	if op != "" {
+		if neg {
+			return p.errf("a negated setting (!%s) takes no value", name)
+		}
+		p.i += len(op)
+		p.space()
+		var err error
+		if val, err = p.defaultsValue(); err != nil {
+			return err
+		}
+	}
+	return checkSetting(name, neg, op, val)
+}
+
+// defaultsValue scans a Defaults value, quoted or not, and returns it
+// without quotes.
+func (p *parser) defaultsValue() (string, error) {
+	switch p.peek() {
+	case '"':
+		return p.quoted()
+	case '!':
+		return "", p.errf("a value cannot start with '!'; put it in double quotes")
 	}
 	start := p.i
 	for p.i < len(p.s) {
@@ -531,12 +705,15 @@ func (p *parser) defaultsValue() error {
 		if b == ',' || b == ' ' || b == '\t' || b == '#' {
 			break
 		}
+		if b == '=' || b == '"' {
+			return "", p.errf("%q inside a value must be escaped with a backslash, or the value put in double quotes", b)
+		}
 		p.i++
 	}
 	if p.i == start {
-		return p.errf("expected a value")
+		return "", p.errf("expected a value")
 	}
-	return nil
+	return p.s[start:p.i], nil
 }
 
 // userSpec parses "User_List Host_List = Cmnd_Spec_List [: Host_List = ...]".
@@ -589,134 +766,255 @@ func (p *parser) commands(spec bool) error {
 }
 
 // cmndList parses the commands a Defaults! line binds to: no arguments,
-// the first blank ends the list.
+// the first blank not next to a comma ends the list.
 func (p *parser) cmndList() error {
 	for {
 		if err := p.command(false); err != nil {
 			return err
 		}
+		j := p.i
+		p.space()
 		if p.peek() != ',' {
+			p.i = j
 			return nil
 		}
 		p.i++
 	}
 }
 
-// specPrefix parses the optional Runas_Spec, Option_Specs and Tag_Specs
-// before a command.
+// specPrefix parses the optional Runas_Spec, options and tags before a
+// command, in that order.
 func (p *parser) specPrefix() error {
 	if p.peek() == '(' {
-		p.i++
-		p.space()
-		if p.peek() != ':' && p.peek() != ')' {
-			if err := p.list(runasAlias); err != nil {
-				return err
-			}
-		}
-		p.space()
-		if p.peek() == ':' {
-			p.i++
-			p.space()
-			if p.peek() != ')' {
-				if err := p.list(runasAlias); err != nil {
-					return err
-				}
-			}
-		}
-		if err := p.expect(')', "')' closing the Runas specification"); err != nil {
+		if err := p.runas(); err != nil {
 			return err
 		}
 	}
+	tagged := false
 	for {
 		p.space()
 		w := p.peekIdent()
-		if w == "" || !isAliasName(w) {
+		if !isAliasName(w) {
 			return nil
 		}
-		after := p.i + len(w)
+		j := p.skipBlanks(p.i + len(w))
 		switch {
-		case options[w] && after < len(p.s) && p.s[after] == '=':
-			p.i = after + 1
-			if err := p.defaultsValue(); err != nil {
+		case options[w] && j < len(p.s) && p.s[j] == '=':
+			if tagged {
+				return p.errf("%s= must come before the tags (such as NOPASSWD:)", w)
+			}
+			p.i = j + 1
+			p.space()
+			if err := p.option(w); err != nil {
 				return err
 			}
-		case after < len(p.s) && p.s[after] == ':':
-			if isDigest(w) {
-				return nil // a digest, parsed with the command
-			}
-			if !tags[w] {
-				return p.errf("unknown tag %s:; the tags are NOPASSWD, PASSWD, SETENV, NOSETENV, EXEC, NOEXEC, LOG_INPUT, LOG_OUTPUT, MAIL, FOLLOW, INTERCEPT and their NO forms", w)
-			}
-			p.i = after + 1
+		case tags[w] && j < len(p.s) && p.s[j] == ':':
+			p.i = j + 1
+			tagged = true
+		case w != "ALL" && p.peekAt(j) == ':' && strings.IndexByte("/\x00", p.peekAt(p.skipBlanks(j+1))) >= 0:
+			// A word, ':' and a path is a misspelt tag; a word, ':' and
+			// a host list is a Cmnd_Alias ending a privilege.
+			return p.errf("unknown tag %s:; the tags are NOPASSWD, PASSWD, SETENV, NOSETENV, EXEC, NOEXEC, LOG_INPUT, LOG_OUTPUT, MAIL, FOLLOW, INTERCEPT and their NO forms", w)
 		default:
-			return nil
+			return nil // a Cmnd_Alias or ALL
 		}
 	}
 }
 
-// digestLenOK checks the length of a hex or base64 digest.
-func digestLenOK(alg string, n int) bool {
-	size := map[string]int{"sha224": 28, "sha256": 32, "sha384": 48, "sha512": 64}[strings.ToLower(alg)]
-	return n == 2*size || n == 4*((size+2)/3)
+// runas parses "(users)", "(users:groups)", "(:groups)", "(:)" or "()".
+func (p *parser) runas() error {
+	p.i++
+	p.space()
+	users := p.peek() != ':' && p.peek() != ')'
+	if users {
+		if err := p.list(runasAlias); err != nil {
+			return err
+		}
+	}
+	p.space()
+	if p.peek() == ':' {
+		p.i++
+		p.space()
+		if p.peek() != ')' {
+			if err := p.list(runasAlias); err != nil {
+				return err
+			}
+		} else if users {
+			return p.errf("expected a group after ':' in the Runas specification; drop the ':' to run as the user's own group")
+		}
+	}
+	return p.expect(')', "')' closing the Runas specification")
 }
 
-func isDigest(w string) bool {
-	switch strings.ToLower(w) {
-	case "sha224", "sha256", "sha384", "sha512":
+// option parses the value of a command option (TIMEOUT=, CWD=, ...).
+func (p *parser) option(name string) error {
+	start := p.i
+	v, err := p.word()
+	if err != nil {
+		return err
+	}
+	bad := ""
+	switch name {
+	case "TIMEOUT":
+		if !validDuration(v) {
+			bad = "must be seconds, or a duration with units in the order d, h, m, s (such as 90 or 1h30m)"
+		}
+	case "NOTBEFORE", "NOTAFTER":
+		if !validGentime(v) {
+			bad = "must be a time as YYYYMMDDHH[MM[SS]] with an optional Z or +hhmm zone, such as 20260101000000Z"
+		}
+	case "CWD", "CHROOT":
+		if !strings.HasPrefix(v, "/") && !strings.HasPrefix(v, "~") && v != "*" {
+			bad = "must start with / or ~, or be *"
+		}
+	case "PRIVS", "LIMITPRIVS":
+		bad = "is for Solaris privileges; sudo on Linux refuses it"
+	case "APPARMOR_PROFILE":
+		bad = "needs a sudo built with AppArmor (1.9.11 or later); sudo without it refuses the line, so Ferry does too"
+	}
+	if bad != "" {
+		p.i = start
+		return p.errf("%s=%s: the value %s", name, v, bad)
+	}
+	return nil
+}
+
+// validGentime accepts the generalized time sudo's parse_gentime does:
+// 10 to 14 digits (even), an optional one-digit fraction, and an optional
+// zone (Z, +hh, +hhmm, -hh, -hhmm).
+func validGentime(v string) bool {
+	n := 0
+	for n < len(v) && isDigit(v[n]) {
+		n++
+	}
+	if n < 10 || n > 14 || n%2 == 1 {
+		return false
+	}
+	v = v[n:]
+	if len(v) >= 2 && (v[0] == '.' || v[0] == ',') && isDigit(v[1]) {
+		v = v[2:]
+	}
+	switch {
+	case v == "" || v == "Z":
 		return true
+	case v[0] == '+' || v[0] == '-':
+		tz := v[1:]
+		for i := 0; i < len(tz); i++ {
+			if !isDigit(tz[i]) {
+				return false
+			}
+		}
+		return len(tz) == 2 || len(tz) == 4
 	}
 	return false
 }
 
-// command parses one command: ALL, a Cmnd_Alias, sudoedit, list, or a
-// full path with optional arguments, each optionally negated and preceded
-// by digests.
-func (p *parser) command(withArgs bool) error {
-	p.space()
-	for p.peek() == '!' {
-		p.i++
-		p.space()
+// digestSizes are the digest lengths in bytes, by algorithm.
+var digestSizes = map[string]int{"sha224": 28, "sha256": 32, "sha384": 48, "sha512": 64}
+
+func isDigest(w string) bool { return digestSizes[w] != 0 }
+
+// digestOK checks the length of a digest the way sudo's lexer does: hex
+// when every character is a hex digit, base64 otherwise, padded or not.
+func digestOK(alg, d string) bool {
+	size := digestSizes[alg]
+	hex := true
+	for i := 0; i < len(d); i++ {
+		b := lower(d[i])
+		hex = hex && (isDigit(b) || b >= 'a' && b <= 'f')
 	}
+	switch {
+	case hex:
+		return len(d) == 2*size
+	case strings.HasSuffix(d, "="):
+		return len(d) == 4*((size+2)/3)
+	}
+	return len(d) == (4*size+2)/3
+}
+
+// digests parses "sha256:digest[, sha512:digest...]" before a command and
+// reports whether there was one.
+func (p *parser) digests() (bool, error) {
+	afterComma := false
 	for {
 		w := p.peekIdent()
-		if !isDigest(w) || p.i+len(w) >= len(p.s) || p.s[p.i+len(w)] != ':' {
-			break
+		j := p.skipBlanks(p.i + len(w))
+		if !isDigest(w) || j >= len(p.s) || p.s[j] != ':' {
+			if afterComma {
+				return true, p.errf("expected another digest after ','; a digest applies to the command after it")
+			}
+			return false, nil
 		}
-		p.i += len(w) + 1
+		p.i = j + 1
+		p.space()
 		start := p.i
-		for p.i < len(p.s) && (isDigit(p.s[p.i]) || isUpper(p.s[p.i]) || p.s[p.i] >= 'a' && p.s[p.i] <= 'z' || strings.IndexByte("+/=", p.s[p.i]) >= 0) {
+		for p.i < len(p.s) && (isDigit(p.s[p.i]) || isUpper(p.s[p.i]) || isLower(p.s[p.i]) || strings.IndexByte("+/=", p.s[p.i]) >= 0) {
 			p.i++
 		}
-		if !digestLenOK(w, p.i-start) {
+		if !digestOK(w, p.s[start:p.i]) {
 			p.i = start
-			return p.errf("expected a %s digest in hex or base64 after %s:", w, w)
+			return true, p.errf("expected a %s digest in hex or base64 after %s:", w, w)
 		}
 		p.space()
-		if p.peek() == ',' {
-			p.i++
-			p.space()
+		if p.peek() != ',' {
+			return true, nil
 		}
+		p.i++
+		p.space()
+		afterComma = true
 	}
+}
+
+// skipBlanks returns the index of the first non-blank at or after j.
+func (p *parser) skipBlanks(j int) int {
+	for j < len(p.s) && (p.s[j] == ' ' || p.s[j] == '\t') {
+		j++
+	}
+	return j
+}
+
+// command parses one command: ALL, a Cmnd_Alias, sudoedit, list, or a
+// full path with optional arguments, each optionally preceded by digests
+// and negated.
+func (p *parser) command(withArgs bool) error {
+	p.space()
+	digest, err := p.digests()
+	if err != nil {
+		return err
+	}
+	if digest && !withArgs {
+		return p.errf("sudo cannot read a digest in the commands of a Defaults! line; bind the Defaults to the command's path")
+	}
+	p.negations()
 	w := p.peekIdent()
 	switch {
 	case w == "ALL" && p.wordEnds(len(w)):
 		p.i += len(w)
 		return nil
 	case isAliasName(w) && p.wordEnds(len(w)):
+		if digest {
+			return p.errf("a digest must be followed by a full path or ALL, not the Cmnd_Alias %s; put the digest in the alias", w)
+		}
 		p.i += len(w)
 		p.addRef(w, cmndAlias)
 		return nil
-	case (w == "sudoedit" || w == "list") && p.wordEnds(len(w)):
+	case w == "sudoedit" && p.wordEnds(len(w)):
 		p.i += len(w)
-		return p.args()
-	case p.peek() == '/':
-		if err := p.path(); err != nil {
-			return err
-		}
 		if !withArgs {
 			return nil
 		}
 		return p.args()
+	case w == "list" && p.wordEnds(len(w)):
+		p.i += len(w)
+		return nil // sudo's "list" takes no arguments
+	case p.peek() == '/':
+		dir, err := p.path()
+		if err != nil || dir || !withArgs {
+			return err // a directory takes no arguments
+		}
+		return p.args()
+	case p.peek() == '^':
+		return p.errf("regular-expression commands (^...$) are refused (sudo before 1.9.10 does not know them); name the command by its full path")
 	case p.peek() == '"':
 		return p.errf("a command must be a full path, not a quoted string")
 	}
@@ -730,50 +1028,99 @@ func (p *parser) wordEnds(n int) bool {
 	return j >= len(p.s) || strings.IndexByte(" \t,:#", p.s[j]) >= 0
 }
 
-func (p *parser) path() error {
+// path scans a command path and reports whether it names a directory.
+// Sudo ends a path at a blank or one of , : = # unless a backslash
+// escapes it; no other backslash escape is allowed.
+func (p *parser) path() (bool, error) {
+	start := p.i
+	p.i++
 	for p.i < len(p.s) {
 		b := p.s[p.i]
 		if b == '\\' {
-			if p.i+1 >= len(p.s) {
-				return p.errf("backslash escapes nothing")
+			if p.i+1 >= len(p.s) || strings.IndexByte(",:= \t#", p.s[p.i+1]) < 0 {
+				return false, p.errf("a backslash in a command path may only escape a blank or one of , : = #")
 			}
 			p.i += 2
 			continue
 		}
-		if b == ' ' || b == '\t' || b == ',' || b == ':' {
-			return nil
+		if strings.IndexByte(" \t,:#", b) >= 0 {
+			break
 		}
-		if b == '=' || b == '(' || b == ')' || b == '!' {
-			return p.errf("%q in a command path must be escaped with a backslash", b)
+		if b == '=' {
+			return false, p.errf("'=' in a command path must be escaped with a backslash")
 		}
 		p.i++
 	}
-	return nil
+	path := p.s[start:p.i]
+	switch {
+	case path == "/":
+		p.i = start
+		return false, p.errf("expected a command after /")
+	case strings.HasSuffix(path, "/sudoedit"):
+		p.i = start
+		return false, p.errf("sudoedit is built into sudo: write sudoedit, not a path to it")
+	}
+	return strings.HasSuffix(path, "/"), nil
 }
 
-// args consumes command arguments up to an unescaped ',' or ':' or a
-// comment.
+// argEscapes are the characters a backslash may escape in command
+// arguments: glob characters (kept escaped) and sudoers' own.
+const argEscapes = "*?[]!^:\\,= \t#"
+
+// args consumes command arguments up to an unescaped ',', ':' or '#', or
+// an '=' standing alone, as sudo's lexer does. A first argument starting
+// with '^' is a regular expression that runs to the '$' ending it.
 func (p *parser) args() error {
 	p.space()
-	if strings.HasPrefix(p.s[p.i:], `""`) {
-		p.i += 2
-		return nil
+	if p.peek() == '^' {
+		return p.regexArg()
 	}
+	runStart := true // at the start of a run of plain characters
 	for p.i < len(p.s) {
 		b := p.s[p.i]
 		switch {
 		case b == '\\':
-			if p.i+1 >= len(p.s) {
-				return p.errf("backslash escapes nothing")
+			if p.i+1 >= len(p.s) || strings.IndexByte(argEscapes, p.s[p.i+1]) < 0 {
+				return p.errf("a backslash in command arguments may only escape a blank or one of * ? [ ] ! ^ : \\ , = #")
 			}
 			p.i += 2
+			runStart = true
 			continue
-		case b == ',' || b == ':':
+		case b == ' ' || b == '\t':
+			p.i++
+			runStart = true
+			continue
+		case b == ',' || b == ':' || b == '#':
 			return nil
-		case b == '#' && (p.s[p.i-1] == ' ' || p.s[p.i-1] == '\t'):
+		case b == '=' && runStart && strings.IndexByte("#\\:, \t\x00", p.peekAt(p.i+1)) >= 0:
+			return nil
+		}
+		p.i++
+		runStart = false
+	}
+	return nil
+}
+
+// regexArg scans "^...$" arguments and checks the expression compiles.
+func (p *parser) regexArg() error {
+	start := p.i
+	for p.i < len(p.s) {
+		switch p.s[p.i] {
+		case '\\':
+			p.i += 2
+			continue
+		case '#':
+			return p.errf("unterminated regular expression: arguments starting with ^ must end with $ (a '#' inside must be escaped)")
+		case '$':
+			p.i++
+			if _, err := regexp.CompilePOSIX(p.s[start:p.i]); err != nil {
+				p.i = start
+				return p.errf("invalid regular expression in the arguments: %v", err)
+			}
 			return nil
 		}
 		p.i++
 	}
-	return nil
+	p.i = start
+	return p.errf("unterminated regular expression: arguments starting with ^ must end with $")
 }
