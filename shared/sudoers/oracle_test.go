@@ -68,3 +68,31 @@ func (o *oracle) knows(since string) bool {
 	}
 	return true
 }
+
+// FuzzAcceptedByVisudo looks for text Ferry's checker accepts and visudo
+// refuses, the direction that breaks sudo on a node without visudo. It
+// needs visudo, and is slow (a visudo run per input): go test -fuzz
+// FuzzAcceptedByVisudo -parallel 2.
+func FuzzAcceptedByVisudo(f *testing.F) {
+	for _, tc := range valid {
+		f.Add(tc.text)
+	}
+	f.Fuzz(func(t *testing.T, text string) {
+		if Check(text) != nil {
+			return
+		}
+		v := newOracle(t)
+		if out, ok := v.check(t, text); !ok && !v.newerSetting(out) {
+			t.Fatalf("Ferry accepts what visudo refuses: %q: %s", text, out)
+		}
+	})
+}
+
+// newerSetting reports whether visudo's refusal is of a Defaults setting
+// that Ferry knows from a newer sudo than the installed one.
+func (o *oracle) newerSetting(out string) bool {
+	_, name, found := strings.Cut(out, `unknown defaults entry "`)
+	name, _, _ = strings.Cut(name, `"`)
+	s, ok := settings[name]
+	return found && ok && !o.knows(s.since)
+}

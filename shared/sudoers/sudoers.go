@@ -468,8 +468,8 @@ func (p *parser) member(k aliasKind) error {
 		}
 		_, err := p.word()
 		return err
-	case b == '/' && k == hostAlias:
-		return p.errf("a host is a name or an address; it cannot start with /")
+	case b == '/' || b == '^':
+		return p.errf("a user or host name cannot start with %c (sudo reads a command there)", b)
 	case b == '"':
 		w, err := p.quoted()
 		if err == nil && (w == "%" || w == "%:" || w == "+") {
@@ -477,9 +477,12 @@ func (p *parser) member(k aliasKind) error {
 		}
 		return err
 	}
+	if n := ipv6Len(p.s[p.i:]); n > 0 && k != hostAlias {
+		return p.errf("%s is an IPv6 address, which sudo reads as a host, not a user", p.s[p.i:p.i+n])
+	}
 	if k == hostAlias {
 		if n := ipv6Len(p.s[p.i:]); n > 0 {
-			if strings.Count(p.s[p.i:p.i+n], "::") > 1+strings.Count(p.s[p.i:p.i+n], "/") {
+			if !ipv6Valid(p.s[p.i : p.i+n]) {
 				return p.errf("invalid IPv6 address: '::' may appear only once")
 			}
 			p.i += n
@@ -500,17 +503,26 @@ func (p *parser) member(k aliasKind) error {
 		return fmt.Errorf("%s is a sudoers keyword, not a user or host name", w)
 	case k == hostAlias:
 		return checkHost(w, p)
+	case ipv4Re.MatchString(w):
+		return fmt.Errorf("%s is an address, which sudo reads as a host, not a user", w)
 	}
 	return nil
 }
+
+const (
+	octet = `(1?[0-9]{1,2}|2[0-4][0-9]|25[0-5])`
+	ipv4  = octet + `(\.` + octet + `){3}`
+)
+
+// ipv4Re matches a whole word sudo's lexer takes for an IPv4 address or
+// network.
+var ipv4Re = regexp.MustCompilePOSIX(`^` + ipv4 + `(/` + ipv4 + `|/([12]?[0-9]|3[0-2]))?$`)
 
 // ipv6Re matches the IPv6 addresses and masks sudo's lexer knows (their
 // colons would otherwise end a host name).
 var ipv6Re = func() *regexp.Regexp {
 	const (
 		hex16 = `[0-9A-Fa-f]{1,4}`
-		octet = `(1?[0-9]{1,2}|2[0-4][0-9]|25[0-5])`
-		ipv4  = octet + `(\.` + octet + `){3}`
 		ipv6  = `((` + hex16 + `)?:){2,7}(` + hex16 + `)?|((` + hex16 + `)?:){2,6}:` + ipv4
 	)
 	return regexp.MustCompilePOSIX(`^(` + ipv6 + `)(/(` + ipv6 + `)|/([0-9]|[1-9][0-9]|1[01][0-9]|12[0-8]))?`)
@@ -519,6 +531,23 @@ var ipv6Re = func() *regexp.Regexp {
 // ipv6Len returns the length of the IPv6 address at the start of s, or 0.
 func ipv6Len(s string) int {
 	return len(ipv6Re.FindString(s))
+}
+
+// ipv6Valid reports whether "::" appears at most once in the address and
+// at most once in the mask, as sudo's lexer checks.
+func ipv6Valid(s string) bool {
+	n := 0
+	for i := 0; i < len(s); i++ {
+		if strings.HasPrefix(s[i:], "::") {
+			if n++; n > 1 {
+				return false
+			}
+		}
+		if s[i] == '/' {
+			n = 0
+		}
+	}
+	return true
 }
 
 func checkHost(w string, p *parser) error {
@@ -590,10 +619,9 @@ func (p *parser) alias(k aliasKind) error {
 		if p.end() {
 			return nil
 		}
-		if p.peek() != ':' {
+		if !p.separator() {
 			return p.errf("expected ':' or the end of the line")
 		}
-		p.i++
 	}
 }
 
@@ -617,6 +645,9 @@ func (p *parser) defaults() error {
 		}
 		if err != nil {
 			return err
+		}
+		if c, prev := p.peek(), p.s[p.i-1]; c != ' ' && c != '\t' && c != 0 && prev != ' ' && prev != '\t' {
+			return p.errf("expected a blank between the Defaults%c list and the settings", b)
 		}
 	case ' ', '\t':
 	case 0:
@@ -738,11 +769,22 @@ func (p *parser) userSpec() error {
 		if p.end() {
 			return nil
 		}
-		if p.peek() != ':' {
+		if !p.separator() {
 			return p.errf("expected ',', ':' or the end of the line")
 		}
-		p.i++
 	}
+}
+
+// separator consumes a ':' between privileges, between alias
+// definitions, or between Runas users and groups. Where an IPv6 address
+// starts instead, as in ":::", sudo's lexer reads the address, so there is
+// no separator.
+func (p *parser) separator() bool {
+	if p.peek() != ':' || ipv6Len(p.s[p.i:]) > 0 {
+		return false
+	}
+	p.i++
+	return true
 }
 
 // commands parses a Cmnd_Spec_List (spec) or a Cmnd_List (!spec).
@@ -832,8 +874,7 @@ func (p *parser) runas() error {
 		}
 	}
 	p.space()
-	if p.peek() == ':' {
-		p.i++
+	if p.separator() {
 		p.space()
 		if p.peek() != ')' {
 			if err := p.list(runasAlias); err != nil {
@@ -854,6 +895,10 @@ func (p *parser) option(name string) error {
 		return err
 	}
 	bad := ""
+	switch {
+	case p.s[start] != '"' && (isAliasName(v) || keywords[v] || ipv4Re.MatchString(v) || ipv6Len(v) > 0):
+		bad = "is a word sudo reads as something else (an alias, keyword or address); quote it"
+	}
 	switch name {
 	case "TIMEOUT":
 		if !validDuration(v) {
