@@ -306,7 +306,7 @@ var cases = []checkCase{
 	{text: `%# ALL=ALL`, want: "expected a numeric group ID after %#"},
 	{text: `%:"x" ALL=ALL`, want: "empty group name after %"},
 	{text: `deploy fe80::1%eth0=ALL`, want: "expected '=' after the host list"},
-	{text: `deploy fe80::1:2::3=ALL`, want: "invalid IPv6 address: '::' may appear only once"},
+	{text: `deploy fe80::1:2::3=ALL`, want: "'::' may appear only once"},
 	{text: `deploy ::=ALL`},
 	{text: `deploy 1:2:3=ALL`},
 	{text: `deploy ::ffff:10.0.0.1=ALL`, want: "expected '=' after the host list"},

@@ -289,6 +289,13 @@ func (p *parser) space() {
 	}
 }
 
+// atBlank reports whether the cursor is at the end of the line, at a
+// blank or just after one.
+func (p *parser) atBlank() bool {
+	blank := func(b byte) bool { return b == ' ' || b == '\t' }
+	return p.i >= len(p.s) || blank(p.s[p.i]) || p.i > 0 && blank(p.s[p.i-1])
+}
+
 // comment reports whether a comment starts at the cursor. As in sudo, '#'
 // followed by a digit, or by '-' and a digit, is a numeric ID instead.
 func (p *parser) comment() bool {
@@ -477,17 +484,16 @@ func (p *parser) member(k aliasKind) error {
 		}
 		return err
 	}
-	if n := ipv6Len(p.s[p.i:]); n > 0 && k != hostAlias {
-		return p.errf("%s is an IPv6 address, which sudo reads as a host, not a user", p.s[p.i:p.i+n])
-	}
-	if k == hostAlias {
-		if n := ipv6Len(p.s[p.i:]); n > 0 {
-			if !ipv6Valid(p.s[p.i : p.i+n]) {
-				return p.errf("invalid IPv6 address: '::' may appear only once")
-			}
-			p.i += n
-			return nil
+	if n := ipv6Len(p.s[p.i:]); n > 0 {
+		addr := p.s[p.i : p.i+n]
+		switch {
+		case k != hostAlias:
+			return p.errf("%s is an IPv6 address, which sudo reads as a host, not a user", addr)
+		case !ipv6Valid(addr):
+			return p.errf("invalid IPv6 address %s: '::' may appear only once", addr)
 		}
+		p.i += n
+		return nil
 	}
 	w, err := p.word()
 	if err != nil {
@@ -646,7 +652,7 @@ func (p *parser) defaults() error {
 		if err != nil {
 			return err
 		}
-		if c, prev := p.peek(), p.s[p.i-1]; c != ' ' && c != '\t' && c != 0 && prev != ' ' && prev != '\t' {
+		if !p.atBlank() {
 			return p.errf("expected a blank between the Defaults%c list and the settings", b)
 		}
 	case ' ', '\t':
@@ -841,7 +847,7 @@ func (p *parser) specPrefix() error {
 		}
 		j := p.skipBlanks(p.i + len(w))
 		switch {
-		case options[w] && j < len(p.s) && p.s[j] == '=':
+		case options[w] && p.peekAt(j) == '=':
 			if tagged {
 				return p.errf("%s= must come before the tags (such as NOPASSWD:)", w)
 			}
@@ -850,7 +856,7 @@ func (p *parser) specPrefix() error {
 			if err := p.option(w); err != nil {
 				return err
 			}
-		case tags[w] && j < len(p.s) && p.s[j] == ':':
+		case tags[w] && p.peekAt(j) == ':':
 			p.i = j + 1
 			tagged = true
 		case w != "ALL" && p.peekAt(j) == ':' && strings.IndexByte("/\x00", p.peekAt(p.skipBlanks(j+1))) >= 0:
