@@ -1,8 +1,7 @@
 package sudoers
 
 import (
-	"errors"
-	"strings"
+	"slices"
 	"testing"
 )
 
@@ -618,38 +617,24 @@ type checkCase struct {
 	want     string // "" when Check accepts text, else a part of its error
 	stricter string // why Ferry refuses what visudo accepts
 	node     string // why visudo's verdict depends on the node; not compared
+	since    string // the sudo release that first accepts text, when after 1.9.0
 }
 
 func TestCheckCases(t *testing.T) {
-	for _, tc := range cases {
-		t.Run(tc.text, func(t *testing.T) {
-			err := Check(tc.text)
-			if tc.want == "" {
-				if err != nil {
-					t.Fatalf("Check(%q) = %v, want nil", tc.text, err)
-				}
-				return
-			}
-			if err == nil {
-				t.Fatalf("Check(%q) = nil, want an error containing %q", tc.text, tc.want)
-			}
-			var se *Error
-			if !errors.As(err, &se) || se.Line < 1 {
-				t.Errorf("error %v does not carry a line", err)
-			}
-			if !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("Check(%q) = %v, want it to mention %q", tc.text, err, tc.want)
-			}
-		})
+	for _, tc := range slices.Concat(cases, settingCases) {
+		t.Run(tc.text, func(t *testing.T) { wantCheck(t, tc.text, tc.want) })
 	}
 }
 
 func TestCasesAgreeWithVisudo(t *testing.T) {
 	v := newOracle(t)
-	for _, tc := range cases {
+	for _, tc := range slices.Concat(cases, settingCases) {
 		t.Run(tc.text, func(t *testing.T) {
 			if tc.node != "" {
 				t.Skip(tc.node)
+			}
+			if !v.knows(tc.since) {
+				t.Skipf("sudo %d.%d.%d predates %s", v.version[0], v.version[1], v.version[2], tc.since)
 			}
 			out, ok := v.check(t, tc.text)
 			switch {

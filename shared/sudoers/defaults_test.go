@@ -3,17 +3,13 @@ package sudoers
 import (
 	"fmt"
 	"sort"
-	"strings"
 	"testing"
 )
 
-// settingCases are Defaults entries with Ferry's verdict: each kind of
-// setting in each form, and values of each syntax.
-var settingCases = []struct {
-	text  string
-	want  string // "" when Check accepts it, else a part of its error
-	since string // the sudo release that knows the setting, when after 1.9.0
-}{
+// settingCases are Defaults entries with Ferry's verdict, checked with the
+// other cases (cases_test.go): each kind of setting in each form, and
+// values of each syntax.
+var settingCases = []checkCase{
 	{text: "Defaults env_reset"},
 	{text: "Defaults !env_reset"},
 	{text: "Defaults !!env_reset"},
@@ -112,36 +108,6 @@ var settingCases = []struct {
 	{text: `Defaults passprompt=a=b`, want: "must be escaped"},
 	{text: `Defaults passprompt=x"y"`, want: "must be escaped"},
 	{text: "Defaults iolog_dir=/var/log/sudo-io/%{user}"},
-}
-
-func TestSettings(t *testing.T) {
-	for _, tc := range settingCases {
-		t.Run(tc.text, func(t *testing.T) {
-			err := Check(tc.text)
-			switch {
-			case tc.want == "" && err != nil:
-				t.Errorf("Check(%q) = %v, want nil", tc.text, err)
-			case tc.want != "" && err == nil:
-				t.Errorf("Check(%q) = nil, want an error containing %q", tc.text, tc.want)
-			case tc.want != "" && !strings.Contains(err.Error(), tc.want):
-				t.Errorf("Check(%q) = %v, want it to mention %q", tc.text, err, tc.want)
-			}
-		})
-	}
-}
-
-func TestSettingsAgreeWithVisudo(t *testing.T) {
-	v := newOracle(t)
-	for _, tc := range settingCases {
-		t.Run(tc.text, func(t *testing.T) {
-			if !v.knows(tc.since) {
-				t.Skipf("sudo %d.%d.%d predates %s, which knows this", v.version[0], v.version[1], v.version[2], tc.since)
-			}
-			if out, ok := v.check(t, tc.text); ok != (tc.want == "") {
-				t.Errorf("visudo accepts=%v, Ferry accepts=%v: %q: %s", ok, tc.want == "", tc.text, out)
-			}
-		})
-	}
 }
 
 // goodValues and badValues are a value of each syntax that sudo accepts

@@ -84,26 +84,33 @@ var invalid = []struct{ name, text, want string }{
 
 func TestCheck(t *testing.T) {
 	for _, tc := range valid {
-		t.Run("valid/"+tc.name, func(t *testing.T) {
-			if err := Check(tc.text); err != nil {
-				t.Fatalf("Check(%q) = %v, want nil", tc.text, err)
-			}
-		})
+		t.Run("valid/"+tc.name, func(t *testing.T) { wantCheck(t, tc.text, "") })
 	}
 	for _, tc := range invalid {
-		t.Run("invalid/"+tc.name, func(t *testing.T) {
-			err := Check(tc.text)
-			if err == nil {
-				t.Fatalf("Check(%q) = nil, want an error containing %q", tc.text, tc.want)
-			}
-			var se *Error
-			if !errors.As(err, &se) || se.Line < 1 {
-				t.Errorf("error %v does not carry a line", err)
-			}
-			if !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("Check(%q) = %v, want it to mention %q", tc.text, err, tc.want)
-			}
-		})
+		t.Run("invalid/"+tc.name, func(t *testing.T) { wantCheck(t, tc.text, tc.want) })
+	}
+}
+
+// wantCheck checks Check's verdict on text: nil when want is "", else an
+// *Error with a line, whose message mentions want.
+func wantCheck(t *testing.T, text, want string) {
+	t.Helper()
+	err := Check(text)
+	if want == "" {
+		if err != nil {
+			t.Fatalf("Check(%q) = %v, want nil", text, err)
+		}
+		return
+	}
+	if err == nil {
+		t.Fatalf("Check(%q) = nil, want an error containing %q", text, want)
+	}
+	var se *Error
+	if !errors.As(err, &se) || se.Line < 1 {
+		t.Errorf("error %v does not carry a line", err)
+	}
+	if !strings.Contains(err.Error(), want) {
+		t.Errorf("Check(%q) = %v, want it to mention %q", text, err, want)
 	}
 }
 
