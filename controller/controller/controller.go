@@ -33,6 +33,7 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/server"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/atomicfile"
 	"github.com/ferrydeploy/ferry/shared/gossip"
 	"github.com/ferrydeploy/ferry/shared/pki"
 	"github.com/ferrydeploy/ferry/shared/rpc"
@@ -52,6 +53,7 @@ type Config struct {
 	GossipAddr        string        // memberlist bind address; "" disables gossip
 	GossipAdvertise   string        // host:port peers dial (default: the bound address)
 	GossipProfile     string        // lan (default), local or wan
+	AllowNewStore     bool          // create ferry.db although the data dir holds earlier state (store.go)
 	Logger            *slog.Logger
 	Now               func() time.Time
 }
@@ -114,6 +116,18 @@ func New(cfg Config) (*Controller, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
+	// The store first: what else the data dir holds tells a first start
+	// from a lost store only before anything is created.
+	var err error
+	if c.store, err = openStore(cfg); err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			c.Close()
+		}
+	}()
 	ca, created, err := pki.LoadOrCreateCA(cfg.DataDir, cfg.Now())
 	if err != nil {
 		return nil, err
@@ -125,15 +139,6 @@ func New(cfg Config) (*Controller, error) {
 	if c.gossipKey, err = loadOrCreateKey(filepath.Join(cfg.DataDir, "gossip.key")); err != nil {
 		return nil, err
 	}
-	if c.store, err = store.Open(filepath.Join(cfg.DataDir, "ferry.db")); err != nil {
-		return nil, err
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			c.Close()
-		}
-	}()
 	if c.fleet, err = fleet.New(fleet.Config{Store: c.store, Logger: c.log, Now: cfg.Now, HeartbeatInterval: cfg.HeartbeatInterval, Evaluate: health.Evaluate}); err != nil {
 		return nil, err
 	}
@@ -172,7 +177,7 @@ func New(cfg Config) (*Controller, error) {
 	c.grpc = rpc.NewServer(rpc.ServerOptions{
 		TLS:     rpc.ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return serving, nil }, ca.Pool()),
 		Logger:  c.log,
-		Metrics: grpcMetrics,
+		Metrics: &rpc.Interceptors{Unary: grpcMetrics.UnaryServerInterceptor(), Stream: grpcMetrics.StreamServerInterceptor()},
 		Check: func(ctx context.Context, id pki.Identity, cert *x509.Certificate) error {
 			if err := admins.Check(id, cert); err != nil {
 				return err
@@ -183,20 +188,12 @@ func New(cfg Config) (*Controller, error) {
 	if err := c.startGossip(); err != nil {
 		return nil, fmt.Errorf("start gossip on %s: %w", cfg.GossipAddr, err)
 	}
-	deps := &server.Deps{
-		Store: c.store, Fleet: c.fleet, CA: ca, Logger: c.log, Now: cfg.Now,
-		GossipKey: c.gossipKey, GossipLabel: gossipLabel(ca),
-		AgentCertTTL: cfg.AgentCertTTL, AdminCertTTL: cfg.AdminCertTTL,
-		AdvertiseAddress: c.advertise, Observer: m, Admins: admins, GossipSeeds: c.gossipSeeds, OnHello: c.rejoin,
-	}
-	if c.artifacts, err = artifact.Open(artifact.Config{Dir: filepath.Join(cfg.DataDir, "artifacts"), DB: c.store.DB(), Logger: c.log.With("component", "artifact"), Now: cfg.Now}); err != nil {
+	if c.artifacts, err = artifact.Open(artifact.Config{Dir: filepath.Join(cfg.DataDir, "artifacts"), Records: c.store, Logger: c.log.With("component", "artifact"), Now: cfg.Now}); err != nil {
 		return nil, err
 	}
-	ferryv1.RegisterArtifactServiceServer(c.grpc, artifact.NewService(c.artifacts, deps, c.log.With("component", "artifact")))
-	if c.packages, err = packages.New(c.store, c.artifacts, deps.Audit, cfg.Now); err != nil {
+	if c.packages, err = packages.New(c.store, c.artifacts, cfg.Now); err != nil {
 		return nil, err
 	}
-	ferryv1.RegisterPackageServiceServer(c.grpc, c.packages)
 	c.engine, err = rollout.New(rollout.Config{
 		Store: c.store, Dispatcher: dispatcher{c.fleet}, Fleet: c.fleet, Packages: c.packages,
 		Auditor: auditor{store: c.store, log: c.log, now: cfg.Now}, Logger: c.log.With("component", "rollout"),
@@ -205,11 +202,17 @@ func New(cfg Config) (*Controller, error) {
 		return nil, err
 	}
 	c.reg.MustRegister(rolloutCollector{engine: c.engine})
-	deps.Jobs = jobSink{engine: c.engine, store: c.store, metrics: m, log: c.log, now: cfg.Now}
-	server.Register(c.grpc, deps)
-	server.RegisterRollouts(c.grpc, deps, c.engine)
-	downloads := artifact.NewDownloader(artifact.DownloaderConfig{Store: c.artifacts, MaxConcurrent: cfg.MaxDownloads, BytesServed: m.ArtifactBytesServed, Logger: c.log.With("component", "artifact")})
-	ferryv1.RegisterAgentServiceServer(c.grpc, server.NewAgentService(deps, downloads))
+	server.Register(c.grpc, &server.Deps{
+		Store: c.store, Fleet: c.fleet, CA: ca, Logger: c.log, Now: cfg.Now,
+		GossipKey: c.gossipKey, GossipLabel: gossipLabel(ca),
+		AgentCertTTL: cfg.AgentCertTTL, AdminCertTTL: cfg.AdminCertTTL,
+		AdvertiseAddress: c.advertise, Observer: m, Admins: admins, GossipSeeds: c.gossipSeeds, OnHello: c.rejoin,
+		Jobs:      jobSink{engine: c.engine, store: c.store, metrics: m, log: c.log, now: cfg.Now},
+		Artifacts: c.artifacts,
+		Downloads: artifact.NewDownloader(artifact.DownloaderConfig{Store: c.artifacts, MaxConcurrent: cfg.MaxDownloads, BytesServed: m.ArtifactBytesServed, Logger: c.log.With("component", "artifact")}),
+		Packages:  c.packages,
+		Rollouts:  c.engine,
+	})
 	grpcMetrics.InitializeMetrics(c.grpc)
 	ok = true
 	return c, nil
@@ -247,7 +250,7 @@ func loadOrCreateKey(path string) ([]byte, error) {
 	if _, err := rand.Read(key); err != nil {
 		return nil, err
 	}
-	return key, pki.WriteFileAtomic(path, key, 0o600)
+	return key, atomicfile.WriteFile(path, key, 0o600)
 }
 
 // servingCert reuses the controller's certificate while it has more than
@@ -291,10 +294,10 @@ func (c *Controller) servingCert() (*tls.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := pki.WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
+	if err := atomicfile.WriteFile(keyPath, keyPEM, 0o600); err != nil {
 		return nil, err
 	}
-	if err := pki.WriteFileAtomic(certPath, pki.EncodeCert(leaf), 0o644); err != nil {
+	if err := atomicfile.WriteFile(certPath, pki.EncodeCert(leaf), 0o644); err != nil {
 		return nil, err
 	}
 	return &tls.Certificate{Certificate: [][]byte{leaf.Raw, c.ca.Cert.Raw}, PrivateKey: key, Leaf: leaf}, nil

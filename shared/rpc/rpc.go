@@ -17,7 +17,6 @@ import (
 	"strings"
 	"time"
 
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
@@ -153,9 +152,18 @@ func slogAdapter(l *slog.Logger) logging.Logger {
 type ServerOptions struct {
 	TLS     *tls.Config
 	Logger  *slog.Logger
-	Metrics *grpcprom.ServerMetrics // nil: no metrics
-	Policy  Policy                  // nil: DefaultPolicy
-	Check   IdentityChecker         // nil: no extra check
+	Metrics *Interceptors   // nil: no metrics
+	Policy  Policy          // nil: DefaultPolicy
+	Check   IdentityChecker // nil: no extra check
+}
+
+// Interceptors are a server's unary and stream interceptors for one
+// concern, such as those of go-grpc-middleware's Prometheus ServerMetrics.
+// Taking interceptors rather than that type keeps Prometheus out of this
+// package's clients, such as ferryctl.
+type Interceptors struct {
+	Unary  grpc.UnaryServerInterceptor
+	Stream grpc.StreamServerInterceptor
 }
 
 // NewServer builds a gRPC server with TLS and the interceptor chain.
@@ -177,8 +185,8 @@ func NewServer(o ServerOptions) *grpc.Server {
 	var unary []grpc.UnaryServerInterceptor
 	var stream []grpc.StreamServerInterceptor
 	if o.Metrics != nil {
-		unary = append(unary, o.Metrics.UnaryServerInterceptor())
-		stream = append(stream, o.Metrics.StreamServerInterceptor())
+		unary = append(unary, o.Metrics.Unary)
+		stream = append(stream, o.Metrics.Stream)
 	}
 	unary = append(unary,
 		logging.UnaryServerInterceptor(slogAdapter(logger), logOpts...),

@@ -6,14 +6,16 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/ferrydeploy/ferry/controller/internal/rolloutstate"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/enumword"
 )
 
 // Promote lets a rollout waiting after its canaries start wave 1.
 func (e *Engine) Promote(actor, id string) (*ferryv1.Rollout, error) {
 	return e.admin(actor, "rollout.promote", id, func(ru *run, now time.Time, _ *effects) error {
 		if ru.r.GetState() != stWaiting {
-			return fmt.Errorf("rollout %s: %w: it is %s, not waiting for promotion", id, ErrState, stateName(ru.r.GetState()))
+			return fmt.Errorf("rollout %s: %w: it is %s, not waiting for promotion", id, ErrState, enumword.Of(ru.r.GetState()))
 		}
 		ru.promoted = true
 		ru.setState(now, stRunning, "promoted by "+actor)
@@ -32,7 +34,7 @@ func (e *Engine) Pause(actor, id string) (*ferryv1.Rollout, error) {
 			ru.setState(now, stPaused, fmt.Sprintf("paused by %s; `ferryctl rollout resume %s` goes on", actor, id))
 			return nil
 		}
-		return fmt.Errorf("rollout %s: %w: it is %s and cannot be paused", id, ErrState, stateName(ru.r.GetState()))
+		return fmt.Errorf("rollout %s: %w: it is %s and cannot be paused", id, ErrState, enumword.Of(ru.r.GetState()))
 	})
 }
 
@@ -50,7 +52,7 @@ func (e *Engine) Resume(actor, id string) (*ferryv1.Rollout, error) {
 		case stWaiting:
 			return fmt.Errorf("rollout %s: %w: it is waiting for promotion; use `ferryctl rollout promote %s`", id, ErrState, id)
 		}
-		return fmt.Errorf("rollout %s: %w: it is %s and cannot be resumed", id, ErrState, stateName(ru.r.GetState()))
+		return fmt.Errorf("rollout %s: %w: it is %s and cannot be resumed", id, ErrState, enumword.Of(ru.r.GetState()))
 	})
 }
 
@@ -58,8 +60,8 @@ func (e *Engine) Resume(actor, id string) (*ferryv1.Rollout, error) {
 // cancelled (their outcomes are still recorded when the agents report).
 func (e *Engine) Abort(actor, id string) (*ferryv1.Rollout, error) {
 	return e.admin(actor, "rollout.abort", id, func(ru *run, now time.Time, fx *effects) error {
-		if terminalState(ru.r.GetState()) {
-			return fmt.Errorf("rollout %s: %w: it already ended %s", id, ErrState, stateName(ru.r.GetState()))
+		if rolloutstate.Terminal(ru.r.GetState()) {
+			return fmt.Errorf("rollout %s: %w: it already ended %s", id, ErrState, enumword.Of(ru.r.GetState()))
 		}
 		e.abort(ru, now, fx, "aborted by "+actor)
 		return nil

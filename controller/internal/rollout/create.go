@@ -10,7 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferrydeploy/ferry/controller/internal/rolloutstate"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/enumword"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -57,7 +59,7 @@ func describe(t *ferryv1.Target, s *ferryv1.Strategy) string {
 	if s != nil {
 		fmt.Fprintf(&b, "canary=%d auto-promote=%t max-parallel=%s max-failures=%s on-failure=%s progress-deadline=%s healthy-for=%s",
 			s.GetCanary(), s.GetAutoPromote(), s.GetMaxParallel(), s.GetMaxFailures(),
-			strings.ToLower(strings.TrimPrefix(s.GetOnFailure().String(), "FAILURE_ACTION_")),
+			enumword.Of(s.GetOnFailure()),
 			s.GetProgressDeadline().AsDuration(), s.GetHealthyFor().AsDuration())
 	}
 	return strings.TrimSpace(b.String())
@@ -210,7 +212,7 @@ func (e *Engine) conflictLocked(pkg string, nodes []*ferryv1.Node) error {
 	for _, o := range others {
 		var blocked []string
 		for _, n := range o.GetNodes() {
-			if want[n.GetNodeId()] && (!terminalState(o.GetState()) || inFlight(n)) {
+			if want[n.GetNodeId()] && (!rolloutstate.Terminal(o.GetState()) || inFlight(n)) {
 				blocked = append(blocked, n.GetNodeId())
 			}
 		}
@@ -222,7 +224,7 @@ func (e *Engine) conflictLocked(pkg string, nodes []*ferryv1.Node) error {
 			on = fmt.Sprintf("%s and %d more", strings.Join(blocked[:3], ", "), len(blocked)-3)
 		}
 		return fmt.Errorf("package %s: %w: rollout %s (%s@%s, %s) is still active on node %s; wait for it to end or abort it with `ferryctl rollout abort %s`",
-			pkg, ErrConflict, o.GetId(), o.GetPackageName(), o.GetPackageVersion(), stateName(o.GetState()), on, o.GetId())
+			pkg, ErrConflict, o.GetId(), o.GetPackageName(), o.GetPackageVersion(), enumword.Of(o.GetState()), on, o.GetId())
 	}
 	return nil
 }

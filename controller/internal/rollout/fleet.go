@@ -4,9 +4,8 @@
 package rollout
 
 import (
-	"strings"
-
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/enumword"
 )
 
 func reachable(n *ferryv1.Node) bool {
@@ -17,7 +16,7 @@ func nodeStatus(n *ferryv1.Node, ok bool) string {
 	if !ok {
 		return "no longer enrolled"
 	}
-	s := strings.ToLower(strings.TrimPrefix(n.GetState().String(), "NODE_STATE_"))
+	s := enumword.Of(n.GetState())
 	if !n.GetConnected() {
 		s += ", not connected"
 	}

@@ -8,7 +8,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferrydeploy/ferry/controller/internal/rolloutstate"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/enumword"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -38,14 +40,6 @@ const (
 	kindRollback = ferryv1.JobKind_JOB_KIND_ROLLBACK
 	kindPlan     = ferryv1.JobKind_JOB_KIND_PLAN
 )
-
-func terminalState(s ferryv1.RolloutState) bool {
-	switch s {
-	case stSucceeded, stFailed, stAborted, stRolled:
-		return true
-	}
-	return false
-}
 
 func terminalOutcome(o ferryv1.NodeOutcome) bool {
 	switch o {
@@ -101,18 +95,18 @@ func (ru *run) inFlightCount() int {
 // An aborted rollout keeps tracking the jobs it cancelled until they report
 // or time out.
 func (ru *run) ended() bool {
-	return terminalState(ru.r.GetState()) && ru.inFlightCount() == 0
+	return rolloutstate.Terminal(ru.r.GetState()) && ru.inFlightCount() == 0
 }
 
 // setOutcome moves an in-flight node to a new non-final outcome.
 func setOutcome(ru *run, n *ferryv1.NodeJob, o ferryv1.NodeOutcome, now time.Time, msg string) {
 	n.Outcome = o
 	if msg == "" {
-		ru.event(now, n.GetNodeId(), "%s", outcomeName(o))
+		ru.event(now, n.GetNodeId(), "%s", enumword.Of(o))
 		return
 	}
 	n.Message = msg
-	ru.event(now, n.GetNodeId(), "%s: %s", outcomeName(o), msg)
+	ru.event(now, n.GetNodeId(), "%s: %s", enumword.Of(o), msg)
 }
 
 // finish gives a node its final outcome and applies the failure threshold.
@@ -124,7 +118,7 @@ func (e *Engine) finish(ru *run, n *ferryv1.NodeJob, o ferryv1.NodeOutcome, now 
 	if o == ocFailed && n.GetFailedStep() != "" {
 		ru.event(now, n.GetNodeId(), "failed at %s: %s", n.GetFailedStep(), msg)
 	} else {
-		ru.event(now, n.GetNodeId(), "%s: %s", outcomeName(o), msg)
+		ru.event(now, n.GetNodeId(), "%s: %s", enumword.Of(o), msg)
 	}
 	if isFailure(n) && n.GetJobId() == mainJobID(ru.r.GetId(), n.GetNodeId()) {
 		e.onFailure(ru, now, fx)
@@ -172,20 +166,12 @@ func (e *Engine) maybeFinish(ru *run, now time.Time) {
 	}
 }
 
-func stateName(s ferryv1.RolloutState) string {
-	return strings.ToLower(strings.TrimPrefix(s.String(), "ROLLOUT_STATE_"))
-}
-
-func outcomeName(o ferryv1.NodeOutcome) string {
-	return strings.ToLower(strings.TrimPrefix(o.String(), "NODE_OUTCOME_"))
-}
-
 // countsText renders outcome counts in a fixed order, e.g. "2 succeeded, 1 failed".
 func countsText(c map[ferryv1.NodeOutcome]int) string {
 	var parts []string
 	for o := ocPending; o <= ocRolledBack; o++ {
 		if c[o] > 0 {
-			parts = append(parts, fmt.Sprintf("%d %s", c[o], outcomeName(o)))
+			parts = append(parts, fmt.Sprintf("%d %s", c[o], enumword.Of(o)))
 		}
 	}
 	if len(parts) == 0 {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrydeploy/ferry/controller/internal/rolloutstate"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
@@ -243,7 +244,7 @@ func (w *world) run(s strat, policy func(e *Engine, r *ferryv1.Rollout)) *ferryv
 		if err != nil {
 			w.t.Fatalf("Get after restart: %v", err)
 		}
-		if terminalState(r.State) && len(inFlightNodes(r)) == 0 {
+		if rolloutstate.Terminal(r.State) && len(inFlightNodes(r)) == 0 {
 			return r
 		}
 		if policy != nil {

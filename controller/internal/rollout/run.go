@@ -8,6 +8,7 @@ import (
 	"time"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/enumword"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -84,5 +85,5 @@ func (ru *run) event(now time.Time, nodeID, format string, args ...any) {
 func (ru *run) setState(now time.Time, s ferryv1.RolloutState, msg string) {
 	ru.r.State = s
 	ru.r.Message = msg
-	ru.event(now, "", "%s: %s", stateName(s), msg)
+	ru.event(now, "", "%s: %s", enumword.Of(s), msg)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/enumword"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -116,7 +117,7 @@ func (e *Engine) undoTargetsLocked(name, group string) (*ferryv1.Rollout, []*fer
 	sortNewestFirst(installs)
 	last := installs[0]
 	if !e.runs[last.GetId()].ended() {
-		return nil, nil, fmt.Errorf("package %s: %w: its last rollout %s in group %s is still %s; abort it first with `ferryctl rollout abort %s`", name, ErrConflict, last.GetId(), group, stateName(last.GetState()), last.GetId())
+		return nil, nil, fmt.Errorf("package %s: %w: its last rollout %s in group %s is still %s; abort it first with `ferryctl rollout abort %s`", name, ErrConflict, last.GetId(), group, enumword.Of(last.GetState()), last.GetId())
 	}
 	var nodes []*ferryv1.Node
 	for _, nj := range last.GetNodes() {

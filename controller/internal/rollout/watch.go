@@ -6,6 +6,7 @@ import (
 	"context"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/enumword"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -26,7 +27,7 @@ func (e *Engine) Watch(ctx context.Context, id string) (<-chan *ferryv1.WatchRol
 	w := &watcher{ch: make(chan *ferryv1.WatchRolloutResponse, watchBuffer)}
 	w.send(&ferryv1.WatchRolloutResponse{
 		Rollout: proto.Clone(ru.r).(*ferryv1.Rollout),
-		Event:   stateName(ru.r.GetState()) + ": " + ru.r.GetMessage(),
+		Event:   enumword.Of(ru.r.GetState()) + ": " + ru.r.GetMessage(),
 		At:      timestamppb.New(e.cfg.Clock.Now()),
 	})
 	if ru.ended() {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrydeploy/ferry/controller/internal/rolloutstate"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
@@ -59,7 +60,7 @@ func TestSlidingWindowNeverExceedsMaxParallel(t *testing.T) {
 					}
 				}
 				check("after create")
-				for step := 0; step < 2000 && !terminalState(h.state(r.Id)); step++ {
+				for step := 0; step < 2000 && !rolloutstate.Terminal(h.state(r.Id)); step++ {
 					for _, id := range inFlightNodes(h.get(r.Id)) {
 						if rng.IntN(3) != 0 {
 							continue
@@ -88,7 +89,7 @@ func TestSlidingWindowNeverExceedsMaxParallel(t *testing.T) {
 					check("after a tick")
 				}
 				final := h.get(r.Id)
-				if !terminalState(final.State) {
+				if !rolloutstate.Terminal(final.State) {
 					t.Fatalf("rollout did not end: %v", final.State)
 				}
 				sent := h.sentTo(r.Id)

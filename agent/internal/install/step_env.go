@@ -2,26 +2,57 @@ package install
 
 import (
 	"fmt"
+	"os/exec"
 	"regexp"
 	"strings"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/installpolicy"
 )
 
-var (
-	fileNameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$`)
-	envVarRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	pkgNameRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$`)
-)
+// envKind writes /etc/profile.d/<name>.sh (exported variables, PATH
+// additions), 0644, atomically, with every value single-quoted so nothing
+// in it expands when the file is sourced, and refuses the variable names
+// installpolicy lists, which would make a shell sourcing the file run
+// code (PROMPT_COMMAND, PS1, BASH_ENV, LD_PRELOAD, ...) or parse later
+// lines differently (IFS, SHELLOPTS, ...). Later checks source it.
+type envKind struct{ managedFile }
 
-// Variables a profile.d file must not set: PATH has its own field, the
-// others are read-only in common shells or change how every later line
-// of every login script is parsed.
-var reservedVars = map[string]bool{
-	"PATH": true, "IFS": true, "PWD": true, "OLDPWD": true, "PPID": true,
-	"UID": true, "EUID": true, "SHELLOPTS": true, "BASHOPTS": true,
-	"PS4": true, "ENV": true, "BASH_ENV": true, "HOME": true, "SHELL": true,
+func (envKind) Describe(s *ferryv1.Step) string { return "env " + s.GetEnv().GetName() }
+
+func (envKind) Validate(r validateRequest) error { return validateEnv(r.step.GetEnv()) }
+
+// wantEnvFile is the profile script an env step wants.
+func wantEnvFile(i *Installer, r stepRequest) (wantFile, error) {
+	s := r.step.GetEnv()
+	label := profilePath(s)
+	target, err := i.resolve(label)
+	if err != nil {
+		return wantFile{}, err
+	}
+	return wantFile{
+		label: label, target: target, data: renderEnv(r.job.pkg.GetName(), s, func(v string) string { return v }),
+		mode: 0o644, uid: -1, gid: -1, dirMode: 0o755,
+		validate: i.shellSyntax,
+	}, nil
 }
+
+func (envKind) Profile(pkg string, s *ferryv1.Step, mapPath func(string) string) (string, []byte) {
+	return profilePath(s.GetEnv()), renderEnv(pkg, s.GetEnv(), mapPath)
+}
+
+func profilePath(s *ferryv1.EnvStep) string { return "/etc/profile.d/" + s.GetName() + ".sh" }
+
+// shellSyntax runs sh -n on a script.
+func (i *Installer) shellSyntax(p string) error {
+	out, err := exec.Command(i.shell, "-n", p).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("generated profile script fails sh -n: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+var envVarRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // shellQuote quotes s for POSIX sh: inside single quotes nothing is
 // special, and a single quote is written as '\”.
@@ -35,14 +66,16 @@ func validateEnv(s *ferryv1.EnvStep) error {
 	}
 	seen := map[string]bool{}
 	for _, v := range s.GetVars() {
-		switch {
-		case !envVarRE.MatchString(v.GetName()):
+		if !envVarRE.MatchString(v.GetName()) {
 			return fmt.Errorf("env %s: variable name %q is not a shell identifier (letters, digits, '_', not starting with a digit)", s.GetName(), v.GetName())
-		case reservedVars[v.GetName()]:
-			if v.GetName() == "PATH" {
+		}
+		if r := installpolicy.EnvVar(v.GetName()); r != nil {
+			if v.GetName() == installpolicy.PathVar {
 				return fmt.Errorf("env %s: set PATH additions with the step's path list, not as a variable", s.GetName())
 			}
-			return fmt.Errorf("env %s: refusing to set %s from a profile script", s.GetName(), v.GetName())
+			return fmt.Errorf("env %s: refusing to set %s from a profile script: %s; %s", s.GetName(), v.GetName(), r.Problem, r.Fix)
+		}
+		switch {
 		case seen[v.GetName()]:
 			return fmt.Errorf("env %s: variable %s is set twice", s.GetName(), v.GetName())
 		case strings.IndexByte(v.GetValue(), 0) >= 0:
@@ -80,26 +113,4 @@ func renderEnv(pkg string, s *ferryv1.EnvStep, mapPath func(string) string) []by
 		b.WriteString("export PATH\n")
 	}
 	return []byte(b.String())
-}
-
-func renderSudoers(pkg string, s *ferryv1.SudoersStep) []byte {
-	var b strings.Builder
-	fmt.Fprintf(&b, "# Managed by Ferry (package %s). Local changes are overwritten.\n", pkg)
-	for _, r := range s.GetRules() {
-		b.WriteString(r)
-		b.WriteByte('\n')
-	}
-	return []byte(b.String())
-}
-
-func validateSudoersName(name string) error {
-	switch {
-	case strings.Contains(name, "."):
-		return fmt.Errorf("sudoers name %q contains '.', so sudo would silently ignore the file; drop the dot", name)
-	case strings.HasSuffix(name, "~"):
-		return fmt.Errorf("sudoers name %q ends in '~', so sudo would silently ignore the file", name)
-	case !fileNameRE.MatchString(name):
-		return fmt.Errorf("sudoers name %q: use letters, digits, '_' and '-'", name)
-	}
-	return nil
 }
