@@ -64,6 +64,7 @@ import (
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/installpolicy"
+	"github.com/ferrydeploy/ferry/shared/sudoers"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -83,8 +84,8 @@ type Config struct {
 	// limit (defaults 4 GiB and 200000).
 	MaxArchiveBytes   int64
 	MaxArchiveEntries int64
-	// Visudo is the path of visudo; "" looks it up in PATH and skips the
-	// visudo check when it is absent (Ferry's own check always runs).
+	// Visudo is the path of visudo; "" looks it up (sudoers.VisudoPath) and skips the
+	// visudo checks when it is absent (Ferry's own check always runs).
 	Visudo string
 	// Shell runs checks and validates env files (default "sh" from PATH).
 	Shell string
@@ -189,7 +190,7 @@ func New(cfg Config) (*Installer, error) {
 		}
 		i.visudo = cfg.Visudo
 	default:
-		i.visudo, _ = exec.LookPath("visudo") // absent: Ferry's own checker only
+		i.visudo, _ = sudoers.VisudoPath() // absent: Ferry's own checker only
 	}
 	for _, d := range []string{i.dir, filepath.Join(i.dir, "jobs"), filepath.Join(i.dir, "backups"), filepath.Join(i.dir, "manifests")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {

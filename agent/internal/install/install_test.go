@@ -502,11 +502,11 @@ func TestVisudoValidation(t *testing.T) {
 	e := newEnv(t)
 	e.inst.visudo = visudo
 	wantPhase(t, e.install(pkg("x", "1", "", sudoersStep("deploy", "deploy ALL=(root) NOPASSWD: /usr/bin/id")), ""), succeeded)
-	if err := e.inst.visudoCheck(e.path("/etc/sudoers.d/deploy")); err != nil {
-		t.Errorf("visudo refuses the installed file: %v", err)
+	if out, err := exec.Command(visudo, "-cf", e.path("/etc/sudoers.d/deploy")).CombinedOutput(); err != nil {
+		t.Errorf("visudo refuses the installed file: %v: %s", err, out)
 	}
-	// A fragment Ferry's own checker passes (it does not know every
-	// Defaults name) but visudo refuses.
+	// A fragment with an unknown Defaults name is refused, naming the
+	// setting (Ferry's checker knows sudo's Defaults list; visudo agrees).
 	u := e.install(pkg("x", "2", "", sudoersStep("deploy", "Defaults no_such_setting_ferry")), "")
 	wantPhase(t, u, failed)
 	if !strings.Contains(u.GetMessage(), "visudo") || !strings.Contains(u.GetMessage(), "no_such_setting_ferry") {
@@ -828,4 +828,41 @@ func TestSharedManifestSurvivesPruning(t *testing.T) {
 	// And after a restart (which cleans unreferenced files) too.
 	e.inst = e.open()
 	wantPhase(t, e.install(v("2", d1, "/b"), a1), unchanged)
+}
+
+// TestSudoersWholePolicy: a fragment that is fine alone but breaks the
+// node's whole policy (it redefines an alias of /etc/sudoers) is refused,
+// the old fragment stays, and a good fragment's output says which checks
+// ran.
+func TestSudoersWholePolicy(t *testing.T) {
+	visudo, err := exec.LookPath("visudo")
+	if err != nil {
+		t.Skip("visudo not installed (apt-get install sudo); the whole-policy check needs it")
+	}
+	e := newEnv(t)
+	e.inst.visudo = visudo
+	os.MkdirAll(e.path("/etc/sudoers.d"), 0o750)
+	main := "Defaults env_reset\nUser_Alias ADMINS = alice\nroot ALL=(ALL:ALL) ALL\n@includedir /etc/sudoers.d\n"
+	if err := os.WriteFile(e.path("/etc/sudoers"), []byte(main), 0o440); err != nil {
+		t.Fatal(err)
+	}
+	u := e.install(pkg("x", "1", "", sudoersStep("deploy", "deploy ALL=(root) NOPASSWD: /usr/bin/id")), "")
+	wantPhase(t, u, succeeded)
+	out := u.GetSteps()[0].GetOutput()
+	for _, want := range []string{"ferry checker", "visudo -cf fragment", "visudo -c whole policy"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("step output %q does not say %q ran", out, want)
+		}
+	}
+	u = e.install(pkg("x", "2", "", sudoersStep("deploy", "User_Alias ADMINS = bob", "ADMINS ALL=(root) NOPASSWD: /usr/bin/id")), "")
+	wantPhase(t, u, failed)
+	if !strings.Contains(u.GetMessage(), "ADMINS") {
+		t.Errorf("message %q does not name the redefined alias", u.GetMessage())
+	}
+	if !strings.Contains(u.GetMessage(), "whole policy") {
+		t.Errorf("message %q does not say the whole-policy check refused it", u.GetMessage())
+	}
+	if c := readFile(t, e.path("/etc/sudoers.d/deploy")); !strings.Contains(c, "/usr/bin/id") || strings.Contains(c, "bob") {
+		t.Errorf("a refused fragment replaced the old one:\n%s", c)
+	}
 }

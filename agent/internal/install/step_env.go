@@ -1,6 +1,7 @@
 package install
 
 import (
+	"context"
 	"fmt"
 	"os/exec"
 	"regexp"
@@ -44,12 +45,12 @@ func (envKind) Profile(pkg string, s *ferryv1.Step, mapPath func(string) string)
 func profilePath(s *ferryv1.EnvStep) string { return "/etc/profile.d/" + s.GetName() + ".sh" }
 
 // shellSyntax runs sh -n on a script.
-func (i *Installer) shellSyntax(p string) error {
+func (i *Installer) shellSyntax(_ context.Context, p string) (string, error) {
 	out, err := exec.Command(i.shell, "-n", p).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("generated profile script fails sh -n: %v: %s", err, strings.TrimSpace(string(out)))
+		return "", fmt.Errorf("generated profile script fails sh -n: %v: %s", err, strings.TrimSpace(string(out)))
 	}
-	return nil
+	return "", nil
 }
 
 var envVarRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)

@@ -96,8 +96,9 @@ type wantFile struct {
 	mode     fs.FileMode
 	uid, gid int // -1: keep the current owner (root for a new file)
 	dirMode  fs.FileMode
-	// validate runs on a private copy before anything is replaced.
-	validate func(path string) error
+	// validate runs on a private copy before anything is replaced; its
+	// note (which checks ran) goes to the step's output.
+	validate func(ctx context.Context, path string) (note string, err error)
 }
 
 // fileDiff is a wanted file compared with what is on disk.
@@ -110,11 +111,13 @@ type fileDiff struct {
 	// what the write does: "create ..." or "update ..."; "" when the file
 	// is as wanted.
 	what string
+	// note is what the validation said it checked.
+	note string
 }
 
 // diff compares the wanted file with the one on disk and, when they
 // differ, runs the file's validation on a private copy.
-func (m managedFile) diff(r stepRequest) (fileDiff, error) {
+func (m managedFile) diff(ctx context.Context, r stepRequest) (fileDiff, error) {
 	w, err := m.want(m.i, r)
 	if err != nil {
 		return fileDiff{}, err
@@ -156,11 +159,15 @@ func (m managedFile) diff(r stepRequest) (fileDiff, error) {
 		if err := os.WriteFile(tmp, w.data, 0o600); err != nil {
 			return fileDiff{}, err
 		}
-		err := w.validate(tmp)
+		note, err := w.validate(ctx, tmp)
 		os.Remove(tmp)
 		if err != nil {
+			if note != "" {
+				err = fmt.Errorf("%w (%s)", err, note)
+			}
 			return fileDiff{}, err
 		}
+		d.note = note
 	}
 	d.what = fmt.Sprintf("create %s (%d bytes, mode %04o)", w.label, len(w.data), unixMode(w.mode))
 	if d.existed {
@@ -174,11 +181,11 @@ func (d fileDiff) plan() stepResponse {
 	if d.what == "" {
 		return stepResponse{detail: "unchanged"}
 	}
-	return stepResponse{changed: true, detail: "would " + d.what}
+	return stepResponse{changed: true, detail: "would " + d.what, output: d.note}
 }
 
-func (m managedFile) Plan(_ context.Context, r stepRequest) (stepResponse, error) {
-	d, err := m.diff(r)
+func (m managedFile) Plan(ctx context.Context, r stepRequest) (stepResponse, error) {
+	d, err := m.diff(ctx, r)
 	if err != nil {
 		return stepResponse{}, err
 	}
@@ -187,8 +194,8 @@ func (m managedFile) Plan(_ context.Context, r stepRequest) (stepResponse, error
 
 // Apply backs the previous content up, journals the change, then
 // replaces the file atomically.
-func (m managedFile) Apply(_ context.Context, r stepRequest) (stepResponse, error) {
-	d, err := m.diff(r)
+func (m managedFile) Apply(ctx context.Context, r stepRequest) (stepResponse, error) {
+	d, err := m.diff(ctx, r)
 	if err != nil {
 		return stepResponse{}, err
 	}
@@ -241,7 +248,7 @@ func (m managedFile) Apply(_ context.Context, r stepRequest) (stepResponse, erro
 	if err := jc.save(); err != nil {
 		return stepResponse{}, err
 	}
-	return stepResponse{changed: true, detail: strings.Replace(strings.Replace(d.what, "create", "created", 1), "update", "updated", 1)}, nil
+	return stepResponse{changed: true, detail: strings.Replace(strings.Replace(d.what, "create", "created", 1), "update", "updated", 1), output: d.note}, nil
 }
 
 // Undo puts a written file's previous content back, or removes the file

@@ -1,9 +1,9 @@
 package install
 
 import (
+	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
@@ -11,7 +11,9 @@ import (
 )
 
 // sudoersKind writes /etc/sudoers.d/<name>, 0440 root:root, only after it
-// validates: Ferry's own checker always, visudo -cf where visudo exists.
+// validates: Ferry's own checker always; where visudo exists, visudo -cf on
+// the fragment and visudo -c on a staged copy of the whole policy with the
+// fragment in place. The step's output says which checks ran.
 // An invalid fragment fails the step and leaves the old file untouched.
 type sudoersKind struct{ managedFile }
 
@@ -46,23 +48,11 @@ func wantSudoersFile(i *Installer, r stepRequest) (wantFile, error) {
 	}
 	return wantFile{
 		label: label, target: target, data: data, mode: 0o440, uid: uid, gid: gid, dirMode: 0o750,
-		validate: i.visudoCheck,
+		validate: func(ctx context.Context, _ string) (string, error) {
+			checks, err := sudoers.CheckPolicy(ctx, i.visudo, sudoers.Fragment{Root: i.root, Name: s.GetName(), Content: data})
+			return checks.String(), err
+		},
 	}, nil
-}
-
-func (i *Installer) visudoCheck(p string) error {
-	if i.visudo == "" {
-		return nil
-	}
-	if err := os.Chmod(p, 0o440); err != nil {
-		return err
-	}
-	out, err := exec.Command(i.visudo, "-cf", p).CombinedOutput()
-	if err != nil {
-		msg := strings.ReplaceAll(strings.TrimSpace(string(out)), p, "fragment")
-		return fmt.Errorf("visudo -cf refuses the fragment: %s", msg)
-	}
-	return nil
 }
 
 func renderSudoers(pkg string, s *ferryv1.SudoersStep) []byte {

@@ -1,12 +1,14 @@
 package pkgspec
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/sudoers"
 )
 
 // sudoersKind writes /etc/sudoers.d/<name>.
@@ -48,6 +50,7 @@ func (p *parser) sudoers(n *yaml.Node, path string) *ferryv1.SudoersStep {
 	}
 	if v, ok := p.required(n, f, path, "rules", `add the sudoers lines, e.g. rules: ["deploy ALL=(root) NOPASSWD: /opt/myapp/bin/*"]`); ok {
 		items, ok := p.strList(v, path+".rules", `e.g. rules: ["deploy ALL=(root) NOPASSWD: /opt/myapp/bin/*"]`)
+		var kept []*yaml.Node
 		if ok && len(items) == 0 {
 			p.add(v, path+".rules", "no rules", "add at least one sudoers line")
 		}
@@ -70,6 +73,17 @@ func (p *parser) sudoers(n *yaml.Node, path string) *ferryv1.SudoersStep {
 				continue
 			}
 			st.Rules = append(st.Rules, s)
+			kept = append(kept, rn)
+		}
+		// The agent runs the same checker (and visudo) on every node; running
+		// it here refuses a bad rule once, at the rule's file:line.
+		if len(st.Rules) > 0 && len(kept) == len(items) {
+			var se *sudoers.Error
+			if err := sudoers.Check(strings.Join(st.Rules, "\n") + "\n"); errors.As(err, &se) && se.Line >= 1 && se.Line <= len(kept) {
+				p.add(kept[se.Line-1], fmt.Sprintf("%s.rules[%d]", path, se.Line-1), se.Msg, "fix the rule; it is checked as sudo's visudo would")
+			} else if err != nil {
+				p.add(v, path+".rules", err.Error(), "fix the rules; they are checked as sudo's visudo would")
+			}
 		}
 	}
 	return st

@@ -609,7 +609,9 @@ func TestContentDigestChangesWithContent(t *testing.T) {
 		{"path added", "        - /usr/local/go/bin", "        - /usr/local/go/bin\n        - /usr/local/bin"},
 		{"sudoers name", "name: deploy", "name: deployer"},
 		{"sudoers rule", "/opt/myapp/bin/*", "/opt/myapp/bin/restart"},
-		{"sudoers rule split", `- "deploy ALL=(root) NOPASSWD: /opt/myapp/bin/*"`, `- "deploy ALL=(root)"` + "\n        - " + `"NOPASSWD: /opt/myapp/bin/*"`},
+		// A rule added to the list changes the digest. (Split halves of one
+		// rule are no longer a valid package: apply runs the sudoers checker.)
+		{"sudoers rule split", `- "deploy ALL=(root) NOPASSWD: /opt/myapp/bin/*"`, `- "deploy ALL=(root) NOPASSWD: /opt/myapp/bin/x"` + "\n        - " + `"deploy ALL=(root) NOPASSWD: /opt/myapp/bin/*"`},
 		{"file path", "path: /etc/go/env", "path: /etc/go/env2"},
 		{"file content", `GOTOOLCHAIN=local\n`, `GOTOOLCHAIN=auto\n`},
 		{"file mode", `mode: "0644"`, `mode: "0600"`},
@@ -659,4 +661,26 @@ func TestAliasReportedOnce(t *testing.T) {
 	src := "x: &a [1, 2]\nname: [*a, *a, *a]\nversion: *a\n"
 	_, err := Parse("p.yaml", []byte(src))
 	checkErrors(t, "p.yaml", err, []wantErr{{2, "", "YAML alias *a is not supported"}})
+}
+
+// TestSudoersRulesCheckedAtApply: a rule visudo would refuse is refused at
+// apply with the rule's file:line, not node by node.
+func TestSudoersRulesCheckedAtApply(t *testing.T) {
+	tests := []struct{ name, rule, want string }{
+		{"continuation", `deploy ALL=(root) NOPASSWD: /opt/x \`, "rules[1]"},
+		{"unknown Defaults", `Defaults bogus_option_xyz`, "bogus_option_xyz"},
+		{"relative command", `deploy ALL=(root) NOPASSWD: ls`, "rules[1]"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			src := "name: x\nversion: \"1\"\nsteps:\n  - sudoers:\n      name: deploy\n      rules:\n        - \"deploy ALL=(root) NOPASSWD: /usr/bin/id\"\n        - '" + tc.rule + "'\n"
+			_, err := Parse("x.yaml", []byte(src))
+			if err == nil {
+				t.Fatalf("rule %q accepted at apply", tc.rule)
+			}
+			if !strings.Contains(err.Error(), "x.yaml:8") || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q, want x.yaml:8 and %q", err, tc.want)
+			}
+		})
+	}
 }
