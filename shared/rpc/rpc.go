@@ -2,7 +2,9 @@
 // for both ends, and the server interceptor chain (Prometheus metrics, slog
 // logging, authentication and per-RPC authorization from the caller's
 // certificate, panic recovery), in the order go-grpc-middleware's own
-// example uses.
+// example uses; and the limits that hold before authentication: a Front
+// routes connections without a client certificate to a server with small
+// buffers and per-address rate limits.
 package rpc
 
 import (
@@ -113,7 +115,7 @@ func Authenticate(policy Policy, check IdentityChecker) auth.AuthFunc {
 			if access.Public {
 				return ctx, nil
 			}
-			return nil, status.Errorf(codes.Unauthenticated, "%s requires a client certificate signed by the Ferry CA; use the credential written by the controller (ferryctl --config) or enroll the agent first", method)
+			return nil, errNeedsCertificate(method)
 		}
 		id, err := pki.ParseIdentity(cert)
 		if err != nil {
@@ -132,6 +134,10 @@ func Authenticate(policy Policy, check IdentityChecker) auth.AuthFunc {
 		}
 		return context.WithValue(ctx, identityKey{}, Caller{Identity: id, Cert: cert, Addr: addr}), nil
 	}
+}
+
+func errNeedsCertificate(method string) error {
+	return status.Errorf(codes.Unauthenticated, "%s requires a client certificate signed by the Ferry CA; use the credential written by the controller (ferryctl --config) or enroll the agent first", method)
 }
 
 func rolesString(rs []pki.Role) string {
@@ -156,10 +162,27 @@ type ServerOptions struct {
 	Metrics *grpcprom.ServerMetrics // nil: no metrics
 	Policy  Policy                  // nil: DefaultPolicy
 	Check   IdentityChecker         // nil: no extra check
+	Limits  Limits                  // zero fields: DefaultLimits
 }
 
-// NewServer builds a gRPC server with TLS and the interceptor chain.
+// NewServer builds the gRPC server for authenticated peers: TLS, the
+// interceptor chain and the limits of every connection. Serve it on a
+// Front, which keeps peers without a client certificate away from it;
+// served on a plain listener (as tests do) it makes its own TLS handshakes
+// and serves every peer.
 func NewServer(o ServerOptions) *grpc.Server {
+	l := o.Limits.withDefaults()
+	return grpc.NewServer(append(o.baseOptions(l),
+		grpc.MaxRecvMsgSize(maxRecvMsgSize),
+		grpc.MaxConcurrentStreams(l.MaxStreams),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: apiMaxIdle, Time: keepaliveTime, Timeout: keepaliveTimeout}),
+	)...)
+}
+
+// baseOptions are what every Ferry gRPC server has: credentials, the
+// interceptor chain (a default deadline first), keepalive enforcement and
+// the handshake timeout.
+func (o ServerOptions) baseOptions(l Limits) []grpc.ServerOption {
 	policy := o.Policy
 	if policy == nil {
 		policy = DefaultPolicy
@@ -174,7 +197,7 @@ func NewServer(o ServerOptions) *grpc.Server {
 		return status.Error(codes.Internal, "internal error; see the controller log")
 	})
 	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
-	var unary []grpc.UnaryServerInterceptor
+	unary := []grpc.UnaryServerInterceptor{unaryDeadline(l.UnaryTimeout)}
 	var stream []grpc.StreamServerInterceptor
 	if o.Metrics != nil {
 		unary = append(unary, o.Metrics.UnaryServerInterceptor())
@@ -188,16 +211,15 @@ func NewServer(o ServerOptions) *grpc.Server {
 		logging.StreamServerInterceptor(slogAdapter(logger), logOpts...),
 		auth.StreamServerInterceptor(authFn),
 		recovery.StreamServerInterceptor(recoverFn))
-	return grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(o.TLS)),
+	return []grpc.ServerOption{
+		grpc.Creds(frontCreds{credentials.NewTLS(o.TLS)}),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.MaxRecvMsgSize(8<<20),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime, PermitWithoutStream: true}),
+		grpc.ConnectionTimeout(l.HandshakeTimeout),
 		// Stop waits for running handlers, so the store is not closed under them.
 		grpc.WaitForHandlers(true),
-	)
+	}
 }
 
 // ServerTLS is the controller's TLS config: TLS 1.3 only, client
