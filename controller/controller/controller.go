@@ -169,7 +169,7 @@ func New(cfg Config) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.grpc = rpc.NewServer(rpc.ServerOptions{
+	grpcOpts := rpc.ServerOptions{
 		TLS:     rpc.ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return serving, nil }, ca.Pool()),
 		Logger:  c.log,
 		Metrics: grpcMetrics,
@@ -179,7 +179,8 @@ func New(cfg Config) (*Controller, error) {
 			}
 			return c.fleet.CheckIdentity(id, cert)
 		},
-	})
+	}
+	c.grpc = rpc.NewServer(grpcOpts)
 	if err := c.startGossip(); err != nil {
 		return nil, fmt.Errorf("start gossip on %s: %w", cfg.GossipAddr, err)
 	}
@@ -189,6 +190,11 @@ func New(cfg Config) (*Controller, error) {
 		AgentCertTTL: cfg.AgentCertTTL, AdminCertTTL: cfg.AdminCertTTL,
 		AdvertiseAddress: c.advertise, Observer: m, Admins: admins, GossipSeeds: c.gossipSeeds, OnHello: c.rejoin,
 	}
+	// c.grpc is served only peers with a client certificate; the others
+	// reach enrollment alone, on the Front's public server.
+	front := rpc.NewFront(c.grpcLis, grpcOpts)
+	c.grpcLis = front
+	ferryv1.RegisterEnrollmentServiceServer(front, server.NewEnrollmentService(deps, server.EnrollLimits{}))
 	if c.artifacts, err = artifact.Open(artifact.Config{Dir: filepath.Join(cfg.DataDir, "artifacts"), DB: c.store.DB(), Logger: c.log.With("component", "artifact"), Now: cfg.Now}); err != nil {
 		return nil, err
 	}
