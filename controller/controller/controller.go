@@ -190,8 +190,8 @@ func New(cfg Config) (*Controller, error) {
 		AgentCertTTL: cfg.AgentCertTTL, AdminCertTTL: cfg.AdminCertTTL,
 		AdvertiseAddress: c.advertise, Observer: m, Admins: admins, GossipSeeds: c.gossipSeeds, OnHello: c.rejoin,
 	}
-	// c.grpc is served only peers with a client certificate; the others
-	// reach enrollment alone, on the Front's public server.
+	// c.grpc serves only peers with a client certificate; the others reach
+	// enrollment alone, on the Front's public server.
 	front := rpc.NewFront(c.grpcLis, grpcOpts)
 	c.grpcLis = front
 	ferryv1.RegisterEnrollmentServiceServer(front, server.NewEnrollmentService(deps, server.EnrollLimits{}))

@@ -29,8 +29,9 @@ import (
 //     serves only what is registered on the Front (enrollment), with a
 //     small message limit and flow-control window, few streams, a deadline
 //     that covers reading the request, and per-address rate limits;
-//   - none, over a per-address limit: every call is answered with
-//     ResourceExhausted, then the connection is closed.
+//   - none, over a limit (per address, or on all such connections): every
+//     call is answered with ResourceExhausted, then the connection is
+//     closed.
 //
 // So a peer without a certificate never reaches the API server, whose
 // limits suit authenticated peers (8 MiB messages, windows that grow with
@@ -43,7 +44,7 @@ type Front struct {
 	log    *slog.Logger
 
 	public  *grpc.Server // peers without a certificate
-	refusal *grpc.Server // peers over a per-address limit
+	refusal *grpc.Server // peers over a limit
 	api     chan net.Conn
 	pub     chan net.Conn
 	refused chan net.Conn
@@ -53,8 +54,9 @@ type Front struct {
 	logs     *ratelimit.Limiter // refusal log lines per peer address
 	refusing chan struct{}      // a slot per refused connection still open
 
-	mu   sync.Mutex
-	open map[string]int // open public connections per peer address
+	mu      sync.Mutex
+	open    map[string]int // open public connections per peer address
+	openAll int            // open public connections in all
 
 	ctx        context.Context // ends with Close
 	cancel     context.CancelFunc
@@ -219,29 +221,38 @@ func (f *Front) handshake(raw net.Conn) {
 }
 
 // admit hands a connection without a certificate to the public server,
-// unless its address is over a limit.
+// unless it would be over a limit.
 func (f *Front) admit(conn *tls.Conn) {
 	key, limited := f.peerKey(conn.RemoteAddr())
-	if !limited {
-		f.hand(f.pub, &frontConn{Conn: conn})
-		return
-	}
 	f.mu.Lock()
-	ok := f.open[key] < f.limits.PublicConnsPerPeer && f.conns.Allow(key)
-	if ok {
-		f.open[key]++
+	var refusal error
+	switch {
+	case f.openAll >= f.limits.PublicConns:
+		refusal = status.Errorf(codes.ResourceExhausted, "the controller has %d connections without a client certificate open, its limit; wait a few seconds and retry", f.openAll)
+	case limited && f.open[key] >= f.limits.PublicConnsPerPeer:
+		refusal = status.Errorf(codes.ResourceExhausted, "the controller refuses more connections without a client certificate from %s: at most %d may be open at once; wait a few seconds and retry", key, f.limits.PublicConnsPerPeer)
+	case limited && !f.conns.Allow(key):
+		refusal = status.Errorf(codes.ResourceExhausted, "the controller refuses more connections without a client certificate from %s: new ones are allowed at %v; wait a few seconds and retry", key, f.limits.PublicConnRate)
+	default:
+		f.openAll++
+		if limited {
+			f.open[key]++
+		}
 	}
 	f.mu.Unlock()
-	if !ok {
-		f.refuseConn(conn, key)
+	if refusal != nil {
+		f.refuseConn(conn, key, refusal)
 		return
 	}
 	f.hand(f.pub, &frontConn{Conn: conn, onClose: func() {
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		f.open[key]--
-		if f.open[key] == 0 {
-			delete(f.open, key)
+		f.openAll--
+		if limited {
+			f.open[key]--
+			if f.open[key] == 0 {
+				delete(f.open, key)
+			}
 		}
 	}})
 }
@@ -253,29 +264,30 @@ func (f *Front) peerKey(a net.Addr) (key string, limited bool) {
 	return key, !loopback || f.limits.LimitLoopback
 }
 
-// refuseConn has the refusal server answer the connection's calls for a
-// moment, so the client learns why; past maxRefusals at once it is closed
-// without a word.
-func (f *Front) refuseConn(conn *tls.Conn, key string) {
-	f.warn("refused a connection without a client certificate: its address is over the limit", key)
+// refuseConn has the refusal server answer the connection's calls with
+// refusal for a moment, so the client learns why; past maxRefusals at once
+// it is closed without a word.
+func (f *Front) refuseConn(conn *tls.Conn, key string, refusal error) {
+	f.warn("refused a connection without a client certificate: over the limit", key)
 	select {
 	case f.refusing <- struct{}{}:
 	default:
 		conn.NetConn().Close()
 		return
 	}
-	fc := &frontConn{Conn: conn, onClose: func() { <-f.refusing }}
+	fc := &frontConn{Conn: conn, refusal: refusal, onClose: func() { <-f.refusing }}
 	time.AfterFunc(refusalLinger, func() { fc.Close() })
 	f.hand(f.refused, fc)
 }
 
+// refuse answers every call of a refused connection.
 func (f *Front) refuse(_ any, ss grpc.ServerStream) error {
-	key := "this address"
 	if p, ok := peer.FromContext(ss.Context()); ok {
-		key, _ = ratelimit.Peer(p.Addr)
+		if r, ok := p.AuthInfo.(refusedInfo); ok {
+			return r.refusal
+		}
 	}
-	return status.Errorf(codes.ResourceExhausted, "the controller refuses more connections without a client certificate from %s (at most %d open, and new ones at %v); wait a few seconds and retry",
-		key, f.limits.PublicConnsPerPeer, f.limits.PublicConnRate)
+	return status.Error(codes.ResourceExhausted, "the controller refuses connections without a client certificate for now; wait a few seconds and retry")
 }
 
 // tap runs when a public call's headers arrive, before a byte of its
@@ -354,6 +366,7 @@ func (q *queue) Addr() net.Addr { return q.addr }
 // frontConn is a connection whose TLS handshake a Front completed.
 type frontConn struct {
 	*tls.Conn
+	refusal error  // why the connection is refused, if it is
 	onClose func() // releases what admitting it took; may be nil
 	once    sync.Once
 }
@@ -378,7 +391,18 @@ func (c frontCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInf
 	if !ok {
 		return c.TransportCredentials.ServerHandshake(raw)
 	}
-	return fc, credentials.TLSInfo{State: fc.ConnectionState(), CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}, nil
+	info := credentials.TLSInfo{State: fc.ConnectionState(), CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}
+	if fc.refusal != nil {
+		return fc, refusedInfo{TLSInfo: info, refusal: fc.refusal}, nil
+	}
+	return fc, info, nil
+}
+
+// refusedInfo is a refused connection's AuthInfo: it carries the refusal
+// to the refusal server's handler.
+type refusedInfo struct {
+	credentials.TLSInfo
+	refusal error
 }
 
 func (c frontCreds) Clone() credentials.TransportCredentials {

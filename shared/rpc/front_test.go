@@ -229,7 +229,7 @@ func TestFrontPerAddressLimits(t *testing.T) {
 				t.Fatalf("Enroll within the limit: %v", err)
 			}
 		}
-		wantRefused(t, "third connection", enroll(tf.dial(t, tf.anonTLS), nil), codes.ResourceExhausted, "refuses more connections without a client certificate from 127.0.0.1 (at most 2 open")
+		wantRefused(t, "third connection", enroll(tf.dial(t, tf.anonTLS), nil), codes.ResourceExhausted, "refuses more connections without a client certificate from 127.0.0.1: at most 2 may be open at once")
 		if err := listNodes(tf.dial(t, tf.adminTLS)); err != nil {
 			t.Fatalf("admin call while the address is at its limit: %v", err)
 		}
@@ -251,7 +251,7 @@ func TestFrontPerAddressLimits(t *testing.T) {
 			}
 			c.Close()
 		}
-		wantRefused(t, "third connection", enroll(tf.dial(t, tf.anonTLS), nil), codes.ResourceExhausted, "new ones at 0.001 per second, bursts of 2")
+		wantRefused(t, "third connection", enroll(tf.dial(t, tf.anonTLS), nil), codes.ResourceExhausted, "new ones are allowed at 0.001 per second, bursts of 2")
 	})
 	t.Run("calls", func(t *testing.T) {
 		tf := startFront(t, Limits{LimitLoopback: true, PublicCallRate: none})
@@ -260,6 +260,15 @@ func TestFrontPerAddressLimits(t *testing.T) {
 			t.Fatalf("Enroll within the limit: %v", err)
 		}
 		wantRefused(t, "second call", enroll(c, nil), codes.ResourceExhausted, "too many enrollment requests from 127.0.0.1")
+	})
+	t.Run("open connections from all addresses", func(t *testing.T) {
+		tf := startFront(t, Limits{PublicConns: 2}) // loopback: the per-address limits do not apply, this one does
+		for range 2 {
+			if err := enroll(tf.dial(t, tf.anonTLS), nil); err != nil {
+				t.Fatalf("Enroll within the limit: %v", err)
+			}
+		}
+		wantRefused(t, "third connection", enroll(tf.dial(t, tf.anonTLS), nil), codes.ResourceExhausted, "the controller has 2 connections without a client certificate open, its limit")
 	})
 	t.Run("loopback is exempt by default", func(t *testing.T) {
 		tf := startFront(t, Limits{PublicConnsPerPeer: 1, PublicConnRate: none, PublicCallRate: none})

@@ -21,6 +21,7 @@ type Limits struct {
 	// Connections without a client certificate (enrollment).
 	PublicMaxRecvMsgSize int            // largest request message, bytes
 	PublicMaxStreams     uint32         // concurrent streams per connection
+	PublicConns          int            // open connections in all (per-address limits do not stop many addresses)
 	PublicConnsPerPeer   int            // open connections per peer address
 	PublicConnRate       ratelimit.Rate // new connections per peer address
 	PublicCallRate       ratelimit.Rate // calls per peer address
@@ -37,6 +38,7 @@ var DefaultLimits = Limits{
 	HandshakeTimeout:     10 * time.Second,
 	PublicMaxRecvMsgSize: 16 << 10,
 	PublicMaxStreams:     4,
+	PublicConns:          1024,
 	PublicConnsPerPeer:   32,
 	PublicConnRate:       ratelimit.Rate{PerSecond: 10, Burst: 100},
 	PublicCallRate:       ratelimit.Rate{PerSecond: 10, Burst: 100},
@@ -93,6 +95,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.PublicMaxStreams == 0 {
 		l.PublicMaxStreams = d.PublicMaxStreams
+	}
+	if l.PublicConns <= 0 {
+		l.PublicConns = d.PublicConns
 	}
 	if l.PublicConnsPerPeer <= 0 {
 		l.PublicConnsPerPeer = d.PublicConnsPerPeer

@@ -22,7 +22,7 @@ import (
 type enrollmentServer struct {
 	ferryv1.UnimplementedEnrollmentServiceServer
 	d      *Deps
-	limits *tokenLimits // nil: no limit per token
+	limits *tokenLimits // nil (Register's, for certificate holders): no limit per token
 }
 
 // NewEnrollmentService returns the enrollment service for peers without a

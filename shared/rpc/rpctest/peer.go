@@ -131,8 +131,9 @@ func (p *Peer) Flood(method string, n, announce, send int, stall time.Duration) 
 			}
 			pending = true
 			chunk := min(len(zeros), total-s.Sent, p.connWin, s.win)
-			if s.Sent == 0 {
-				chunk = min(chunk, len(msgHeader))
+			off := s.Sent
+			if off < len(msgHeader) { // the message header goes in frames of its own
+				chunk = min(chunk, len(msgHeader)-off)
 			}
 			if chunk <= 0 {
 				p.mu.Unlock()
@@ -140,12 +141,11 @@ func (p *Peer) Flood(method string, n, announce, send int, stall time.Duration) 
 			}
 			p.connWin -= chunk
 			s.win -= chunk
-			first := s.Sent == 0
 			s.Sent += chunk
 			p.mu.Unlock()
 			data := zeros[:chunk]
-			if first {
-				data = msgHeader[:chunk]
+			if off < len(msgHeader) {
+				data = msgHeader[off : off+chunk]
 			}
 			if err := p.write(func(f *http2.Framer) error { return f.WriteData(s.ID, false, data) }); err != nil {
 				return p.snapshot(opened), err
