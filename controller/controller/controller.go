@@ -33,6 +33,7 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/server"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/atomicfile"
 	"github.com/ferrydeploy/ferry/shared/gossip"
 	"github.com/ferrydeploy/ferry/shared/pki"
 	"github.com/ferrydeploy/ferry/shared/rpc"
@@ -253,7 +254,7 @@ func loadOrCreateKey(path string) ([]byte, error) {
 	if _, err := rand.Read(key); err != nil {
 		return nil, err
 	}
-	return key, pki.WriteFileAtomic(path, key, 0o600)
+	return key, atomicfile.WriteFile(path, key, 0o600)
 }
 
 // servingCert reuses the controller's certificate while it has more than
@@ -297,10 +298,10 @@ func (c *Controller) servingCert() (*tls.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := pki.WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
+	if err := atomicfile.WriteFile(keyPath, keyPEM, 0o600); err != nil {
 		return nil, err
 	}
-	if err := pki.WriteFileAtomic(certPath, pki.EncodeCert(leaf), 0o644); err != nil {
+	if err := atomicfile.WriteFile(certPath, pki.EncodeCert(leaf), 0o644); err != nil {
 		return nil, err
 	}
 	return &tls.Certificate{Certificate: [][]byte{leaf.Raw, c.ca.Cert.Raw}, PrivateKey: key, Leaf: leaf}, nil

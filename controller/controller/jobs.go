@@ -11,6 +11,7 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/rollout"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/enumword"
 )
 
 // dispatcher sends the engine's jobs on the agents' streams.
@@ -67,7 +68,7 @@ func (j jobSink) HandleJobUpdate(nodeID string, u *ferryv1.JobUpdate) {
 			}
 		}
 		if d > 0 {
-			outcome := lower(u.GetPhase().String(), "JOB_PHASE_") // succeeded, unchanged, failed
+			outcome := enumword.Of(u.GetPhase()) // succeeded, unchanged, failed
 			j.metrics.InstallDuration.WithLabelValues(outcome).Observe(d.Seconds())
 		}
 	}

@@ -1,12 +1,11 @@
 package controller
 
 import (
-	"strings"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ferrydeploy/ferry/controller/internal/rollout"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/enumword"
 )
 
 var (
@@ -24,15 +23,13 @@ func (c rolloutCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- lastProgressDesc
 }
 
-func lower(enum, prefix string) string { return strings.ToLower(strings.TrimPrefix(enum, prefix)) }
-
 func (c rolloutCollector) Collect(ch chan<- prometheus.Metric) {
 	counts := c.engine.Counts()
-	for v, name := range ferryv1.RolloutState_name {
+	for v := range ferryv1.RolloutState_name {
 		if v == 0 {
 			continue
 		}
-		ch <- prometheus.MustNewConstMetric(rolloutsDesc, prometheus.GaugeValue, float64(counts[ferryv1.RolloutState(v)]), lower(name, "ROLLOUT_STATE_"))
+		ch <- prometheus.MustNewConstMetric(rolloutsDesc, prometheus.GaugeValue, float64(counts[ferryv1.RolloutState(v)]), enumword.Of(ferryv1.RolloutState(v)))
 	}
 	outcomes := map[ferryv1.NodeOutcome]int{}
 	for _, p := range c.engine.Progress() {
@@ -46,10 +43,10 @@ func (c rolloutCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
-	for v, name := range ferryv1.NodeOutcome_name {
+	for v := range ferryv1.NodeOutcome_name {
 		if v == 0 {
 			continue
 		}
-		ch <- prometheus.MustNewConstMetric(rolloutNodesDesc, prometheus.GaugeValue, float64(outcomes[ferryv1.NodeOutcome(v)]), lower(name, "NODE_OUTCOME_"))
+		ch <- prometheus.MustNewConstMetric(rolloutNodesDesc, prometheus.GaugeValue, float64(outcomes[ferryv1.NodeOutcome(v)]), enumword.Of(ferryv1.NodeOutcome(v)))
 	}
 }

@@ -24,6 +24,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/ferrydeploy/ferry/shared/atomicfile"
 )
 
 // TrustDomain is the URI SAN host of every Ferry identity.
@@ -322,41 +324,6 @@ func DecodeKey(data []byte) (crypto.Signer, error) {
 	}
 }
 
-// WriteFileAtomic writes data to path via a temp file, fsync and rename, so
-// readers see the old or the new content, never a mix.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
-}
-
 // LoadOrCreateCA reads ca.crt and ca.key from dir, creating them on first
 // use. created reports whether a new CA was made.
 func LoadOrCreateCA(dir string, now time.Time) (ca *CA, created bool, err error) {
@@ -386,10 +353,10 @@ func LoadOrCreateCA(dir string, now time.Time) (ca *CA, created bool, err error)
 	if err != nil {
 		return nil, false, err
 	}
-	if err := WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
+	if err := atomicfile.WriteFile(keyPath, keyPEM, 0o600); err != nil {
 		return nil, false, err
 	}
-	if err := WriteFileAtomic(certPath, EncodeCert(ca.Cert), 0o644); err != nil {
+	if err := atomicfile.WriteFile(certPath, EncodeCert(ca.Cert), 0o644); err != nil {
 		return nil, false, err
 	}
 	return ca, true, nil

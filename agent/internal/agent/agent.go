@@ -154,12 +154,6 @@ func (a *Agent) dial() (*grpc.ClientConn, error) {
 	return grpc.NewClient(a.cfg.Controller, rpc.DialOptions(tlsConf)...)
 }
 
-// fatalError ends Run (e.g. the certificate expired).
-type fatalError struct{ err error }
-
-func (e *fatalError) Error() string { return e.err.Error() }
-func (e *fatalError) Unwrap() error { return e.err }
-
 // jobDrainTimeout bounds how long a graceful stop waits for a running job
 // (systemd's default stop timeout is 90 s).
 const jobDrainTimeout = 60 * time.Second
@@ -222,9 +216,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		var fe *fatalError
+		var fe *backoff.PermanentError
 		if errors.As(err, &fe) {
-			return fe.err
+			return fe.Err
 		}
 		if a.cfg.Now().Sub(began) > time.Minute {
 			attempt = 0
@@ -412,7 +406,7 @@ func (a *Agent) session(ctx context.Context, client *swapClient) error {
 			client.set(next)
 			a.log.Info("new calls use the renewed certificate")
 		case err := <-a.fatal:
-			return &fatalError{err}
+			return backoff.Permanent(err) // ends Run (e.g. the certificate expired)
 		case <-timer.C:
 			if err := a.heartbeat(); err != nil {
 				return err

@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/agent/internal/install"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/enumword"
 	"github.com/ferrydeploy/ferry/shared/version"
 )
 
@@ -198,7 +198,7 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 	if final.JobId == "" {
 		final.JobId, final.RolloutId = job.GetId(), job.GetRolloutId()
 	}
-	r.a.metrics.jobs.WithLabelValues(strings.ToLower(strings.TrimPrefix(final.GetPhase().String(), "JOB_PHASE_"))).Inc()
+	r.a.metrics.jobs.WithLabelValues(enumword.Of(final.GetPhase())).Inc()
 	log.Info("job finished", "phase", final.GetPhase(), "failed_step", final.GetFailedStep(), "message", final.GetMessage())
 	r.report(final)
 }

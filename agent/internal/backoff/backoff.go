@@ -1,6 +1,7 @@
 // Package backoff holds the agent's reconnect and heartbeat timing
 // formulas, shared by the agent and the fleet simulator that has to storm
-// exactly as a real fleet would.
+// exactly as a real fleet would, and the mark for errors its retry loops
+// must not retry (Permanent).
 package backoff
 
 import (

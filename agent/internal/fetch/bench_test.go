@@ -3,9 +3,7 @@ package fetch
 import (
 	"bufio"
 	"context"
-	"crypto"
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -18,14 +16,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
-	"github.com/ferrydeploy/ferry/shared/pki"
+	"github.com/ferrydeploy/ferry/shared/pki/pkitest"
+	"github.com/ferrydeploy/ferry/shared/proctest"
 	"github.com/ferrydeploy/ferry/shared/rpc"
 )
 
@@ -81,31 +77,22 @@ func TestMain(m *testing.M) {
 }
 
 func runBenchServer(dir string) error {
-	read := func(name string) []byte {
-		b, _ := os.ReadFile(filepath.Join(dir, name))
-		return b
-	}
-	caCert, err := pki.DecodeCert(read("ca.crt"))
+	serverTLS, err := pkitest.ReadServerTLS(dir)
 	if err != nil {
 		return err
 	}
-	leaf, err := pki.DecodeCert(read("server.crt"))
-	if err != nil {
-		return err
-	}
-	key, err := pki.DecodeKey(read("server.key"))
+	blob, err := os.ReadFile(filepath.Join(dir, "blob"))
 	if err != nil {
 		return err
 	}
 	var g genBlob
 	var digest string
-	if _, err := fmt.Sscanf(string(read("blob")), "%d %d %s", &g.seed, &g.size, &digest); err != nil {
+	if _, err := fmt.Sscanf(string(blob), "%d %d %s", &g.seed, &g.size, &digest); err != nil {
 		return err
 	}
-	cert := tls.Certificate{Certificate: [][]byte{leaf.Raw, caCert.Raw}, PrivateKey: key, Leaf: leaf}
 	fake := newFake()
 	fake.serveAs(digest, g)
-	srv := rpc.NewServer(rpc.ServerOptions{TLS: rpc.ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }, (&pki.CA{Cert: caCert}).Pool()), Logger: slog.New(slog.DiscardHandler)})
+	srv := rpc.NewServer(rpc.ServerOptions{TLS: serverTLS, Logger: slog.New(slog.DiscardHandler)})
 	ferryv1.RegisterAgentServiceServer(srv, fake)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -116,39 +103,6 @@ func runBenchServer(dir string) error {
 	fmt.Printf("addr %s\n", lis.Addr())
 	io.Copy(io.Discard, os.Stdin)
 	return nil
-}
-
-func procStatus() (rss, hwm int64) {
-	data, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return -1, -1
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		if err != nil {
-			continue
-		}
-		switch k {
-		case "VmRSS":
-			rss = kb << 10
-		case "VmHWM":
-			hwm = kb << 10
-		}
-	}
-	return rss, hwm
-}
-
-// resetPeak makes VmHWM start again from the current RSS (Linux >= 4.0).
-func resetPeak() int64 {
-	runtime.GC()
-	debug.FreeOSMemory()
-	os.WriteFile("/proc/self/clear_refs", []byte("5"), 0)
-	rss, _ := procStatus()
-	return rss
 }
 
 // BenchmarkEnsureMemory1GiB downloads a generated 1 GiB artifact with a
@@ -162,19 +116,11 @@ func BenchmarkEnsureMemory1GiB(b *testing.B) {
 	}
 	g := genBlob{seed: 9, size: 1 << 30}
 	digest := g.digest()
-	p := newPKI(b)
+	p := pkitest.New(b)
 	dir := b.TempDir()
-	keyPEM, err := pki.EncodeKey(p.server.PrivateKey.(crypto.Signer))
-	if err != nil {
+	p.WriteServerFiles(b, dir)
+	if err := os.WriteFile(filepath.Join(dir, "blob"), fmt.Appendf(nil, "%d %d %s", g.seed, g.size, digest), 0o600); err != nil {
 		b.Fatal(err)
-	}
-	for name, data := range map[string][]byte{
-		"ca.crt": pki.EncodeCert(p.ca.Cert), "server.crt": pki.EncodeCert(p.server.Leaf), "server.key": keyPEM,
-		"blob": fmt.Appendf(nil, "%d %d %s", g.seed, g.size, digest),
-	} {
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
-			b.Fatal(err)
-		}
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
 	cmd.Env = append(os.Environ(), benchServerEnv+"="+dir)
@@ -201,7 +147,7 @@ func BenchmarkEnsureMemory1GiB(b *testing.B) {
 	}
 	client := dial(b, p, addr)
 
-	base := resetPeak()
+	base := proctest.ResetPeak()
 	var elapsed time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -215,7 +161,7 @@ func BenchmarkEnsureMemory1GiB(b *testing.B) {
 		os.Remove(path)
 	}
 	b.StopTimer()
-	_, peak := procStatus()
+	_, peak := proctest.RSS()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	const mib = 1 << 20
@@ -236,7 +182,7 @@ func BenchmarkEnsureMemory1GiB(b *testing.B) {
 func BenchmarkEnsure256MiB(b *testing.B) {
 	g := genBlob{seed: 3, size: 256 << 20}
 	digest := g.digest()
-	p := newPKI(b)
+	p := pkitest.New(b)
 	fake := newFake()
 	fake.serveAs(digest, g)
 	client := dial(b, p, serve(b, p, fake))

@@ -30,14 +30,16 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrydeploy/ferry/agent/internal/backoff"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/atomicfile"
+	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
 
 // Errors callers tell apart with errors.Is.
@@ -50,7 +52,7 @@ var (
 	ErrUnreachable = errors.New("controller unreachable")
 )
 
-const digestPrefix = "sha256:"
+const digestPrefix = sha256digest.Prefix
 
 // Config configures a Fetcher.
 type Config struct {
@@ -160,17 +162,9 @@ func (f *Fetcher) removeStale() {
 	}
 }
 
-func parseDigest(d string) (string, error) {
-	h, ok := strings.CutPrefix(d, digestPrefix)
-	if !ok || len(h) != 64 || strings.Trim(h, "0123456789abcdef") != "" {
-		return "", fmt.Errorf("artifact digest %q: want %s and 64 lowercase hex digits", d, digestPrefix)
-	}
-	return h, nil
-}
-
 // Path returns where a verified artifact is cached, and whether it is.
 func (f *Fetcher) Path(digest string) (string, bool) {
-	h, err := parseDigest(digest)
+	h, err := sha256digest.Parse(digest)
 	if err != nil {
 		return "", false
 	}
@@ -221,9 +215,9 @@ func (f *Fetcher) lock(ctx context.Context, h string) (unlock func(), err error)
 // it is downloaded, resuming a partial download, verified, and cached.
 // Concurrent calls for one digest download it once.
 func (f *Fetcher) Ensure(ctx context.Context, digest string, size uint64, progress func(done, total uint64)) (string, error) {
-	h, err := parseDigest(digest)
+	h, err := sha256digest.Parse(digest)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("artifact %w", err)
 	}
 	release := f.Hold(digest)
 	defer release()
@@ -283,10 +277,7 @@ func (f *Fetcher) install(h string) error {
 	}
 	now := f.cfg.Now()
 	os.Chtimes(final, now, now)
-	if d, err := os.Open(f.cacheDir); err == nil {
-		d.Sync()
-		d.Close()
-	}
+	_ = atomicfile.SyncDir(f.cacheDir)
 	return nil
 }
 
@@ -350,9 +341,9 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 		case codes.PermissionDenied, codes.Unauthenticated, codes.InvalidArgument, codes.Unimplemented, codes.FailedPrecondition:
 			return "", fmt.Errorf("download artifact %s: %w", digest, err)
 		}
-		var fatal *fatalError
+		var fatal *backoff.PermanentError
 		if errors.As(err, &fatal) {
-			return "", fatal.err
+			return "", fatal.Err
 		}
 		if off > before {
 			failures = 0
@@ -380,11 +371,6 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 	return sum, nil
 }
 
-// fatalError ends a download without retrying.
-type fatalError struct{ err error }
-
-func (e *fatalError) Error() string { return e.err.Error() }
-
 // stream receives one DownloadArtifact stream into file from *off. It
 // returns nil when the stream ended with the artifact complete.
 func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off, total *uint64, hasher *trailingHasher, progress func(done, total uint64)) error {
@@ -409,7 +395,7 @@ func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off,
 		if *total == 0 {
 			*total = msg.Size
 		} else if msg.Size != *total {
-			return &fatalError{fmt.Errorf("artifact %s: the controller says it has %d bytes, %d were expected; the package and the artifact disagree: apply the package again", digest, msg.Size, *total)}
+			return backoff.Permanent(fmt.Errorf("artifact %s: the controller says it has %d bytes, %d were expected; the package and the artifact disagree: apply the package again", digest, msg.Size, *total))
 		}
 		if msg.Offset != *off {
 			return status.Errorf(codes.DataLoss, "chunk at offset %d, expected %d", msg.Offset, *off)
@@ -419,7 +405,7 @@ func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off,
 		}
 		if len(msg.Data) > 0 {
 			if _, err := file.WriteAt(msg.Data, int64(*off)); err != nil {
-				return &fatalError{fmt.Errorf("artifact %s: write staging file: %w", digest, err)}
+				return backoff.Permanent(fmt.Errorf("artifact %s: write staging file: %w", digest, err))
 			}
 			*off += uint64(len(msg.Data))
 			hasher.advance(int64(*off))

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ferrydeploy/ferry/shared/pki/pkitest"
 )
 
 func readFile(t *testing.T, path string) []byte {
@@ -36,7 +38,7 @@ func entries(t *testing.T, dir string) []string {
 }
 
 func TestEnsureDownloadsVerifiesAndCaches(t *testing.T) {
-	p := newPKI(t)
+	p := pkitest.New(t)
 	fake := newFake()
 	data := randomBytes(1, 5<<20+17)
 	digest := fake.add(data)
@@ -84,7 +86,7 @@ func TestEnsureDownloadsVerifiesAndCaches(t *testing.T) {
 }
 
 func TestEnsureUnknownSizeAndEmptyArtifact(t *testing.T) {
-	p := newPKI(t)
+	p := pkitest.New(t)
 	fake := newFake()
 	data := randomBytes(2, 300000)
 	digest, empty := fake.add(data), fake.add(nil)
@@ -104,7 +106,7 @@ func TestEnsureUnknownSizeAndEmptyArtifact(t *testing.T) {
 }
 
 func TestEnsureErrors(t *testing.T) {
-	p := newPKI(t)
+	p := pkitest.New(t)
 	fake := newFake()
 	data := randomBytes(3, 100000)
 	digest := fake.add(data)
@@ -142,7 +144,7 @@ func TestEnsureErrors(t *testing.T) {
 }
 
 func TestEnsureSurvivesStreamsCutAtRandomOffsets(t *testing.T) {
-	p := newPKI(t)
+	p := pkitest.New(t)
 	fake := newFake()
 	fake.chunk = 64 << 10
 	data := randomBytes(4, 4<<20+333)
@@ -172,7 +174,7 @@ func TestEnsureSurvivesStreamsCutAtRandomOffsets(t *testing.T) {
 }
 
 func TestEnsureThroughFlakyConnection(t *testing.T) {
-	p := newPKI(t)
+	p := pkitest.New(t)
 	fake := newFake()
 	// Progress needs whole messages: with the controller's 1 MiB chunks a
 	// link that breaks more often than every MiB gets nowhere, so the
@@ -219,7 +221,7 @@ func interrupt(t *testing.T, f *Fetcher, digest string, size uint64, n uint64) u
 }
 
 func TestEnsureResumesAfterRestart(t *testing.T) {
-	p := newPKI(t)
+	p := pkitest.New(t)
 	fake := newFake()
 	fake.chunk = 256 << 10
 	data := randomBytes(6, 8<<20)
@@ -246,7 +248,7 @@ func TestEnsureResumesAfterRestart(t *testing.T) {
 }
 
 func TestEnsureCompleteStagingFileIsVerifiedWithoutFetching(t *testing.T) {
-	p := newPKI(t)
+	p := pkitest.New(t)
 	fake := newFake()
 	data := randomBytes(7, 1<<20)
 	digest := fake.add(data)
@@ -280,7 +282,7 @@ func TestEnsureDetectsCorruptStagingFile(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			p := newPKI(t)
+			p := pkitest.New(t)
 			fake := newFake()
 			data := randomBytes(8, 2<<20)
 			digest := fake.add(data)
@@ -301,7 +303,7 @@ func TestEnsureDetectsCorruptStagingFile(t *testing.T) {
 }
 
 func TestEnsureGivesUpWhenBytesNeverMatch(t *testing.T) {
-	p := newPKI(t)
+	p := pkitest.New(t)
 	fake := newFake()
 	data := randomBytes(9, 500000)
 	digest := digestOf(data)
@@ -325,7 +327,7 @@ func TestEnsureGivesUpWhenBytesNeverMatch(t *testing.T) {
 }
 
 func TestEnsureControllerUnreachable(t *testing.T) {
-	p := newPKI(t)
+	p := pkitest.New(t)
 	f := newFetcher(t, t.TempDir(), dial(t, p, "127.0.0.1:1"), func(c *Config) { c.Retries = 3 })
 	_, err := f.Ensure(context.Background(), digestOf([]byte("x")), 1, nil)
 	if !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "4 attempts in a row failed") {
@@ -340,7 +342,7 @@ func TestEnsureControllerUnreachable(t *testing.T) {
 }
 
 func TestEnsureConcurrentCallsDownloadOnce(t *testing.T) {
-	p := newPKI(t)
+	p := pkitest.New(t)
 	fake := newFake()
 	data := randomBytes(10, 3<<20)
 	digest := fake.add(data)
@@ -367,7 +369,7 @@ func TestEnsureConcurrentCallsDownloadOnce(t *testing.T) {
 }
 
 func TestCacheCollection(t *testing.T) {
-	p := newPKI(t)
+	p := pkitest.New(t)
 	fake := newFake()
 	var digests []string
 	for i := range 5 {
@@ -440,7 +442,7 @@ func TestStaleStagingFilesRemovedAtStart(t *testing.T) {
 	os.WriteFile(fresh, []byte("x"), 0o600)
 	long := time.Now().Add(-8 * 24 * time.Hour)
 	os.Chtimes(old, long, long)
-	newFetcher(t, dir, dial(t, newPKI(t), "127.0.0.1:1"), nil)
+	newFetcher(t, dir, dial(t, pkitest.New(t), "127.0.0.1:1"), nil)
 	if _, err := os.Stat(old); err == nil {
 		t.Error("a staging file untouched for 8 days was kept")
 	}

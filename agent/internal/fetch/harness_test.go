@@ -3,7 +3,6 @@ package fetch
 import (
 	"bytes"
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/hex"
 	"io"
 	"log/slog"
@@ -20,7 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
-	"github.com/ferrydeploy/ferry/shared/pki"
+	"github.com/ferrydeploy/ferry/shared/pki/pkitest"
 	"github.com/ferrydeploy/ferry/shared/rpc"
 )
 
@@ -119,42 +118,11 @@ func randomBytes(seed uint64, n int) []byte {
 	return b
 }
 
-type testPKI struct {
-	ca             *pki.CA
-	server, agent  tls.Certificate
-	serverTLS      *tls.Config
-	agentTLSConfig *tls.Config
-}
-
-func newPKI(t testing.TB) *testPKI {
-	t.Helper()
-	now := time.Now()
-	ca, err := pki.NewCA(now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	issue := func(id pki.Identity) tls.Certificate {
-		key, err := pki.NewKey()
-		if err != nil {
-			t.Fatal(err)
-		}
-		leaf, err := ca.Sign(pki.SignRequest{Identity: id, PublicKey: key.Public(), TTL: time.Hour, Now: now, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tls.Certificate{Certificate: [][]byte{leaf.Raw, ca.Cert.Raw}, PrivateKey: key, Leaf: leaf}
-	}
-	p := &testPKI{ca: ca, server: issue(pki.Identity{Role: pki.RoleController}), agent: issue(pki.Identity{Role: pki.RoleAgent, Name: "n1"})}
-	p.serverTLS = rpc.ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &p.server, nil }, ca.Pool())
-	p.agentTLSConfig = rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &p.agent, nil }, ca.Pool())
-	return p
-}
-
 // serve runs the fake behind the real server middleware over mTLS and
 // returns its address.
-func serve(t testing.TB, p *testPKI, fake *fakeController) string {
+func serve(t testing.TB, p *pkitest.PKI, fake *fakeController) string {
 	t.Helper()
-	srv := rpc.NewServer(rpc.ServerOptions{TLS: p.serverTLS, Logger: slog.New(slog.DiscardHandler)})
+	srv := rpc.NewServer(rpc.ServerOptions{TLS: p.ServerTLS(), Logger: slog.New(slog.DiscardHandler)})
 	ferryv1.RegisterAgentServiceServer(srv, fake)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -167,9 +135,9 @@ func serve(t testing.TB, p *testPKI, fake *fakeController) string {
 
 // dial connects as the agent; reconnects are fast so tests that break
 // connections stay quick.
-func dial(t testing.TB, p *testPKI, addr string) ferryv1.AgentServiceClient {
+func dial(t testing.TB, p *pkitest.PKI, addr string) ferryv1.AgentServiceClient {
 	t.Helper()
-	opts := append(rpc.DialOptions(p.agentTLSConfig), grpc.WithConnectParams(grpc.ConnectParams{
+	opts := append(rpc.DialOptions(p.ClientTLS(p.Agent)), grpc.WithConnectParams(grpc.ConnectParams{
 		Backoff:           backoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 1.5, MaxDelay: 50 * time.Millisecond},
 		MinConnectTimeout: time.Second,
 	}))

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferrydeploy/ferry/shared/atomicfile"
 	"github.com/ferrydeploy/ferry/shared/pki"
 )
 
@@ -66,20 +67,20 @@ func Save(dir string, info Info, key crypto.Signer, cert, ca *x509.Certificate) 
 	if err != nil {
 		return err
 	}
-	if err := pki.WriteFileAtomic(filepath.Join(dir, keyFile), keyPEM, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, keyFile), keyPEM, 0o600); err != nil {
 		return err
 	}
-	if err := pki.WriteFileAtomic(filepath.Join(dir, certFile), pki.EncodeCert(cert), 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, certFile), pki.EncodeCert(cert), 0o644); err != nil {
 		return err
 	}
-	if err := pki.WriteFileAtomic(filepath.Join(dir, caFile), pki.EncodeCert(ca), 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, caFile), pki.EncodeCert(ca), 0o644); err != nil {
 		return err
 	}
 	data, err := json.MarshalIndent(info, "", "  ")
 	if err != nil {
 		return err
 	}
-	return pki.WriteFileAtomic(filepath.Join(dir, stateFile), data, 0o600)
+	return atomicfile.WriteFile(filepath.Join(dir, stateFile), data, 0o600)
 }
 
 // Load reads the identity from dir.
@@ -162,10 +163,10 @@ func (id *Identity) Replace(key crypto.Signer, cert *x509.Certificate) error {
 	// and the key: a crash between the two renames leaves the new
 	// certificate with node.key.new beside it, which Load completes.
 	newKey, newCert := filepath.Join(id.Dir, keyFile+".new"), filepath.Join(id.Dir, certFile+".new")
-	if err := pki.WriteFileAtomic(newKey, keyPEM, 0o600); err != nil {
+	if err := atomicfile.WriteFile(newKey, keyPEM, 0o600); err != nil {
 		return err
 	}
-	if err := pki.WriteFileAtomic(newCert, pki.EncodeCert(cert), 0o644); err != nil {
+	if err := atomicfile.WriteFile(newCert, pki.EncodeCert(cert), 0o644); err != nil {
 		return err
 	}
 	if err := os.Rename(newCert, filepath.Join(id.Dir, certFile)); err != nil {

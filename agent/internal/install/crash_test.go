@@ -133,7 +133,7 @@ func TestUndoTreeFromEveryPosition(t *testing.T) {
 			a.State = tc.state
 			tc.arrange(a)
 			for round := 0; round < 2; round++ { // idempotent
-				if err := undoAction(a); err != nil {
+				if err := newEnv(t).inst.undoAction(a); err != nil {
 					t.Fatalf("undo round %d: %v", round, err)
 				}
 				if got := readFile(t, filepath.Join(a.Target, "VERSION")); got != "old" {

@@ -11,6 +11,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ferrydeploy/ferry/shared/atomicfile"
 )
 
 // resolve maps a step path (absolute, as on the node) to the host path
@@ -97,24 +99,12 @@ func writeAtomic(target, temp string, data []byte, mode fs.FileMode, uid, gid in
 		os.Remove(temp)
 		return err
 	}
-	return syncDir(filepath.Dir(target))
+	return atomicfile.SyncDir(filepath.Dir(target))
 }
 
 // writeFileSync writes a private file (state, backups) and syncs it.
 func writeFileSync(p string, data []byte, mode fs.FileMode) error {
 	return writeAtomic(p, p+".tmp", data, mode, -1, -1)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
-		return err
-	}
-	return nil
 }
 
 // syncFS flushes the file system holding p, so a freshly extracted tree is

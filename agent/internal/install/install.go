@@ -21,6 +21,10 @@
 //   - What an install replaced is kept (keep_previous versions), and
 //     Rollback restores it: tree, env file, sudoers file and files.
 //
+// Each kind of step is one file (step_archive.go, step_env.go, ...)
+// implementing the hooks in step.go, and one line in its registry,
+// stepKinds; the job runner dispatches only through it.
+//
 // Checks and a non-"/" install root: env files are always written with the
 // node's real paths (GOROOT='/usr/local/go'), because that is what login
 // shells on the node must see. A check, though, must exercise the tree
@@ -53,6 +57,7 @@ import (
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -100,6 +105,7 @@ type Installer struct {
 	shell    string
 	maxBytes int64
 	maxEnts  int64
+	kinds    map[protoreflect.Name]stepKind
 
 	run sync.Mutex // held for the whole of a job
 
@@ -144,6 +150,7 @@ func New(cfg Config) (*Installer, error) {
 		maxEnts:  cfg.MaxArchiveEntries,
 		results:  map[string]*ferryv1.JobUpdate{},
 	}
+	i.kinds = stepKinds(i)
 	if i.log == nil {
 		i.log = slog.New(slog.DiscardHandler)
 	}
@@ -291,7 +298,7 @@ func (i *Installer) recover() error {
 		}
 		var undoErrs []error
 		for k := len(j.Actions) - 1; k >= 0; k-- {
-			if err := undoAction(j.Actions[k]); err != nil {
+			if err := i.undoAction(j.Actions[k]); err != nil {
 				undoErrs = append(undoErrs, err)
 			}
 		}
@@ -344,8 +351,8 @@ func (i *Installer) gc() {
 			for _, a := range r.Undo {
 				keep[a.Kept] = true
 				keep[a.Backup] = true
-				if a.Kind == "tree" {
-					holds[holdDir(a.Target)] = true
+				if d := a.keptIn(); d != "" {
+					holds[d] = true
 				}
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -27,7 +28,6 @@ type jobCtx struct {
 	cur       *record // the package's installed record before the job
 	j         *journal
 	trees     []treeRecord
-	envs      []*ferryv1.EnvStep // env steps run so far, for checks
 	results   []*ferryv1.StepResult
 	changed   bool
 	progress  func(*ferryv1.JobUpdate)
@@ -156,7 +156,7 @@ func (i *Installer) Install(ctx context.Context, req Request, progress func(*fer
 		msg = fmt.Sprintf("recorded %s %s; no step changed anything", name, version)
 	}
 	i.at("commit")
-	keep := keepPrevious(req.Package)
+	keep := i.keepPrevious(req.Package)
 	var garbage []string
 	u := i.finish(jc, i.update(jc, ferryv1.JobPhase_JOB_PHASE_SUCCEEDED, msg), func() {
 		if same {
@@ -187,12 +187,13 @@ func (i *Installer) Install(ctx context.Context, req Request, progress func(*fer
 }
 
 // keepPrevious is how many replaced versions a package keeps for rollback:
-// the largest keep_previous of its archive steps, at least 1.
-func keepPrevious(p *ferryv1.Package) int {
+// the largest its steps ask for (archive's keep_previous), at least 1.
+func (i *Installer) keepPrevious(p *ferryv1.Package) int {
 	keep := 1
 	for _, s := range p.GetSteps() {
-		if a := s.GetArchive(); a != nil && int(a.GetKeepPrevious()) > keep {
-			keep = int(a.GetKeepPrevious())
+		_, k := i.kindOf(s)
+		if r, ok := k.(retainer); ok {
+			keep = max(keep, r.KeepPrevious(s))
 		}
 	}
 	return keep
@@ -227,7 +228,7 @@ func (i *Installer) fail(jc *jobCtx, failedStep string, cause error) *ferryv1.Jo
 	acts := jc.actions()
 	var undoErrs []error
 	for k := len(acts) - 1; k >= 0; k-- {
-		if err := undoAction(acts[k]); err != nil {
+		if err := i.undoAction(acts[k]); err != nil {
 			undoErrs = append(undoErrs, err)
 		}
 	}
@@ -265,6 +266,8 @@ func (i *Installer) fail(jc *jobCtx, failedStep string, cause error) *ferryv1.Jo
 	return u
 }
 
+var pkgNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$`)
+
 // validate refuses a malformed package before anything is touched.
 func (i *Installer) validate(req Request) error {
 	p := req.Package
@@ -282,71 +285,34 @@ func (i *Installer) validate(req Request) error {
 	}
 	for idx, s := range p.GetSteps() {
 		if err := i.validateStep(req, s); err != nil {
-			return fmt.Errorf("step %d (%s): %w", idx+1, stepName(s), err)
+			return fmt.Errorf("step %d (%s): %w", idx+1, i.describe(s), err)
 		}
 	}
 	return nil
 }
 
-func stepName(s *ferryv1.Step) string {
-	switch k := s.GetKind().(type) {
-	case *ferryv1.Step_Archive:
-		return "archive -> " + k.Archive.GetDest()
-	case *ferryv1.Step_Env:
-		return "env " + k.Env.GetName()
-	case *ferryv1.Step_Sudoers:
-		return "sudoers " + k.Sudoers.GetName()
-	case *ferryv1.Step_File:
-		return "file " + k.File.GetPath()
-	case *ferryv1.Step_Check:
-		return "check: " + k.Check.GetRun()
-	}
-	return "unknown step"
-}
-
-func stepKind(s *ferryv1.Step) string {
-	switch s.GetKind().(type) {
-	case *ferryv1.Step_Archive:
-		return "archive"
-	case *ferryv1.Step_Env:
-		return "env"
-	case *ferryv1.Step_Sudoers:
-		return "sudoers"
-	case *ferryv1.Step_File:
-		return "file"
-	case *ferryv1.Step_Check:
-		return "check"
-	}
-	return "unknown"
-}
-
 // runStep runs one step and appends its result.
 func (i *Installer) runStep(jc *jobCtx, idx int, step *ferryv1.Step) (*ferryv1.StepResult, error) {
-	res := &ferryv1.StepResult{Index: uint32(idx), Kind: stepKind(step), Name: stepName(step)}
+	res := &ferryv1.StepResult{Index: uint32(idx), Kind: i.kindName(step), Name: i.describe(step)}
+	_, kind := i.kindOf(step)
 	phase := ferryv1.JobPhase_JOB_PHASE_INSTALLING
-	if step.GetCheck() != nil {
+	if isVerifier(kind) {
 		phase = ferryv1.JobPhase_JOB_PHASE_CHECKING
 	}
 	u := i.update(jc, phase, "running "+res.Name)
 	jc.progress(u)
 	start := time.Now()
-	var out stepOut
+	var out stepResponse
 	err := jc.ctx.Err()
-	if err == nil {
-		switch k := step.GetKind().(type) {
-		case *ferryv1.Step_Archive:
-			out, err = i.stepArchive(jc, idx, k.Archive)
-		case *ferryv1.Step_Env:
-			out, err = i.stepEnv(jc, idx, k.Env)
-		case *ferryv1.Step_Sudoers:
-			out, err = i.stepSudoers(jc, idx, k.Sudoers)
-		case *ferryv1.Step_File:
-			out, err = i.stepFile(jc, idx, k.File)
-		case *ferryv1.Step_Check:
-			out, err = i.stepCheck(jc, k.Check)
-		default:
-			err = errors.New("unknown step kind")
-		}
+	req := stepRequest{job: jc, index: idx, step: step}
+	switch {
+	case err != nil:
+	case kind == nil:
+		err = errors.New("unknown step kind")
+	case jc.plan:
+		out, err = kind.Plan(jc.ctx, req)
+	default:
+		out, err = kind.Apply(jc.ctx, req)
 	}
 	if errors.Is(err, context.Canceled) {
 		err = fmt.Errorf("job cancelled: %w", err)
@@ -367,10 +333,4 @@ func (i *Installer) runStep(jc *jobCtx, idx int, step *ferryv1.Step) (*ferryv1.S
 		jc.logf(res.Name + ": FAILED: " + err.Error())
 	}
 	return res, err
-}
-
-type stepOut struct {
-	changed bool
-	detail  string
-	output  string
 }

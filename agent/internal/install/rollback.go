@@ -2,12 +2,9 @@ package install
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
@@ -70,24 +67,14 @@ func (i *Installer) Rollback(ctx context.Context, jobID, rolloutID, pkgName stri
 		start := time.Now()
 		res := &ferryv1.StepResult{Index: uint32(a.Step), Kind: "rollback", Name: "restore " + i.display(a.Target), Changed: true}
 		var err error
-		switch a.Kind {
-		case "tree":
-			var b *action
-			b, err = i.rollbackTree(jc, a)
-			if b != nil && b.HadOld {
-				displaced = append(displaced, b.Kept)
+		if u, ok := i.undoer(a.Kind); ok {
+			var out restoreResponse
+			out, err = u.Restore(restoreRequest{job: jc, change: a})
+			res.Detail = out.detail
+			if out.displaced != "" {
+				displaced = append(displaced, out.displaced)
 			}
-			res.Detail = "previous tree switched back in"
-			if !a.HadOld {
-				res.Detail = "removed (it did not exist before)"
-			}
-		case "file":
-			err = i.rollbackFile(jc, a)
-			res.Detail = "previous content restored"
-			if !a.Existed {
-				res.Detail = "removed (it did not exist before)"
-			}
-		default:
+		} else {
 			err = fmt.Errorf("unknown action kind %q", a.Kind)
 		}
 		res.Duration = durationpb.New(time.Since(start))
@@ -104,15 +91,13 @@ func (i *Installer) Rollback(ctx context.Context, jobID, rolloutID, pkgName stri
 		// The restored version must pass its own checks.
 		jc.pkg = prevPkg
 		for idx, s := range prevPkg.GetSteps() {
-			switch k := s.GetKind().(type) {
-			case *ferryv1.Step_Env:
-				jc.envs = append(jc.envs, k.Env)
-			case *ferryv1.Step_Check:
-				res, err := i.runStep(jc, idx, s)
-				if err != nil {
-					jc.pkg = &ferryv1.Package{Name: pkgName, Version: cur.Version}
-					return i.fail(jc, res.GetName(), err)
-				}
+			if _, k := i.kindOf(s); !isVerifier(k) {
+				continue
+			}
+			res, err := i.runStep(jc, idx, s)
+			if err != nil {
+				jc.pkg = &ferryv1.Package{Name: pkgName, Version: cur.Version}
+				return i.fail(jc, res.GetName(), err)
 			}
 		}
 	}
@@ -134,8 +119,8 @@ func (i *Installer) Rollback(ctx context.Context, jobID, rolloutID, pkgName stri
 	removeAll(i.log, garbage)
 	if u.GetPhase() == ferryv1.JobPhase_JOB_PHASE_SUCCEEDED {
 		for _, a := range cur.Undo {
-			if a.Kind == "tree" {
-				os.Remove(holdDir(a.Target)) // only when empty
+			if d := a.keptIn(); d != "" {
+				os.Remove(d) // only when empty
 			}
 			removeCreated(a.Created)
 		}
@@ -159,94 +144,4 @@ func (i *Installer) display(host string) string {
 		return "/" + rel
 	}
 	return host
-}
-
-// rollbackTree switches the tree a kept by an install back in, keeping it
-// at its place should the rollback be undone.
-func (i *Installer) rollbackTree(jc *jobCtx, a *action) (*action, error) {
-	b := &action{
-		Kind:   "tree",
-		Step:   a.Step,
-		Target: a.Target,
-		Kept:   filepath.Join(holdDir(a.Target), fmt.Sprintf("rb-%s-%d", jc.key, a.Step)),
-		HasNew: a.HadOld,
-		State:  "prepared",
-	}
-	if a.HadOld {
-		id, ok := idOf(a.Kept)
-		if !ok {
-			return nil, fmt.Errorf("the kept previous tree %s is missing", a.Kept)
-		}
-		b.Stage, b.NewID, b.Preserve = a.Kept, id, true
-	}
-	b.OldID, b.HadOld = idOf(a.Target)
-	if !b.HasNew && !b.HadOld {
-		return b, nil
-	}
-	b.Created = missingDirs(holdDir(a.Target))
-	if err := i.addAction(jc, "rollback", b); err != nil {
-		return nil, err
-	}
-	if err := makeDirs(b.Created, 0o700); err != nil {
-		return nil, err
-	}
-	b.State = "switching"
-	if err := jc.save(); err != nil {
-		return nil, err
-	}
-	if err := applyTree(b); err != nil {
-		return nil, err
-	}
-	i.at("rollback:switched")
-	b.State = "applied"
-	if err := jc.save(); err != nil {
-		return nil, err
-	}
-	return b, nil
-}
-
-// rollbackFile puts back the content a file had before the install,
-// backing up the current content should the rollback be undone.
-func (i *Installer) rollbackFile(jc *jobCtx, a *action) error {
-	b := &action{Kind: "file", Step: a.Step, Target: a.Target, Temp: a.Temp, State: "prepared"}
-	st, err := os.Lstat(a.Target)
-	switch {
-	case err == nil && st.Mode().IsRegular():
-		cur, err := os.ReadFile(a.Target)
-		if err != nil {
-			return err
-		}
-		b.Existed = true
-		b.Mode = st.Mode() & permMask
-		if s, ok := st.Sys().(*syscall.Stat_t); ok {
-			b.UID, b.GID = int(s.Uid), int(s.Gid)
-		}
-		b.Backup = filepath.Join(i.dir, "backups", fmt.Sprintf("%s-rb-%d", jc.key, a.Step))
-		if err := writeFileSync(b.Backup, cur, 0o600); err != nil {
-			return fmt.Errorf("back up %s: %w", a.Target, err)
-		}
-	case err == nil:
-		return fmt.Errorf("%s is a %v now, not a regular file; Ferry will not replace it", a.Target, st.Mode().Type())
-	case !errors.Is(err, fs.ErrNotExist):
-		return err
-	}
-	if err := i.addAction(jc, "rollback", b); err != nil {
-		return err
-	}
-	if a.Existed {
-		data, err := os.ReadFile(a.Backup)
-		if err != nil {
-			return fmt.Errorf("read the kept previous content: %w", err)
-		}
-		if err := restoreFile(a, data); err != nil {
-			return err
-		}
-	} else {
-		if err := os.Remove(a.Target); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
-		removeCreated(a.Created)
-	}
-	b.State = "applied"
-	return jc.save()
 }

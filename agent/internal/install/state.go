@@ -10,6 +10,7 @@ import (
 	"time"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/atomicfile"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 )
@@ -74,7 +75,7 @@ type treeRecord struct {
 // written to the job's journal before the change, so a crash at any point
 // can be undone.
 type action struct {
-	Kind string `json:"kind"` // "tree" or "file"
+	Kind string `json:"kind"` // the Change of the step kind that made it: "tree" or "file"
 	Step int    `json:"step"`
 	// Target is the host path changed.
 	Target string `json:"target"`
@@ -103,6 +104,16 @@ type action struct {
 
 	// Created lists directories created for the change, outermost first.
 	Created []string `json:"created,omitempty"`
+}
+
+// keptIn is the directory beside the target where a change keeps the
+// previous version (an archive's hold directory); "" when it keeps none
+// there.
+func (a *action) keptIn() string {
+	if a.Kept == "" {
+		return ""
+	}
+	return filepath.Dir(a.Kept)
 }
 
 // journal is the on-disk record of a job in progress.
@@ -147,7 +158,7 @@ func (j *journal) remove() error {
 	if err := os.Remove(j.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove job journal: %w", err)
 	}
-	return syncDir(filepath.Dir(j.path))
+	return atomicfile.SyncDir(filepath.Dir(j.path))
 }
 
 func (i *Installer) loadState() error {
@@ -214,15 +225,11 @@ func (i *Installer) current(name string) *record {
 func (i *Installer) undoGarbage(r *record) []string {
 	var g []string
 	for _, a := range r.Undo {
-		switch a.Kind {
-		case "tree":
-			if a.HadOld && !a.Preserve {
-				g = append(g, a.Kept)
-			}
-		case "file":
-			if a.Backup != "" {
-				g = append(g, a.Backup)
-			}
+		if a.HadOld && !a.Preserve {
+			g = append(g, a.Kept) // the previous tree
+		}
+		if a.Backup != "" {
+			g = append(g, a.Backup) // the previous file content
 		}
 	}
 	return g

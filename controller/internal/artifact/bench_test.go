@@ -15,6 +15,7 @@ import (
 	"time"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/pki/pkitest"
 )
 
 // writeRandomFile writes n pseudo-random bytes to path in chunks (never
@@ -33,9 +34,9 @@ func writeRandomFile(tb testing.TB, path string, n int64, seed byte) {
 
 // bareTLSCopy sends the file over a plain TLS 1.3 connection (the same
 // certificates, no gRPC) with io.Copy on both ends: the reference.
-func bareTLSCopy(tb testing.TB, p *testPKI, path string) (int64, time.Duration) {
+func bareTLSCopy(tb testing.TB, p *pkitest.PKI, path string) (int64, time.Duration) {
 	tb.Helper()
-	srvConf := p.serverTLS()
+	srvConf := p.ServerTLS()
 	srvConf.ClientAuth = tls.RequireAndVerifyClientCert
 	lis, err := tls.Listen("tcp", "127.0.0.1:0", srvConf)
 	if err != nil {
@@ -56,7 +57,7 @@ func bareTLSCopy(tb testing.TB, p *testPKI, path string) (int64, time.Duration) 
 		io.Copy(c, f)
 	}()
 	start := time.Now()
-	c, err := tls.Dial("tcp", lis.Addr().String(), p.clientTLS(p.agent))
+	c, err := tls.Dial("tcp", lis.Addr().String(), p.ClientTLS(p.Agent))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -109,7 +110,7 @@ func BenchmarkTransfer256MiB(b *testing.B) {
 	// Four agents: four connections, as four nodes would have.
 	var agents [4]ferryv1.AgentServiceClient
 	for i := range agents {
-		agents[i] = ferryv1.NewAgentServiceClient(h.dial(h.pki.agent))
+		agents[i] = ferryv1.NewAgentServiceClient(h.dial(h.pki.Agent))
 	}
 
 	var bare, push, one, four time.Duration

@@ -3,7 +3,6 @@ package artifact
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
@@ -11,6 +10,7 @@ import (
 	"strings"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
 
 // Push uploads body under hdr in ChunkSize messages and returns the
@@ -76,7 +76,7 @@ func Push(ctx context.Context, c ferryv1.ArtifactServiceClient, hdr *ferryv1.Pus
 		if !complete {
 			return resp, nil // the controller answered before reading it all
 		}
-		want = DigestPrefix + hex.EncodeToString(h.Sum(nil))
+		want = sha256digest.Format(h.Sum(nil))
 	}
 	if got := resp.GetArtifact().GetDigest(); got != want {
 		return resp, fmt.Errorf("artifact %s: the controller stored %s but %s was sent; the data changed in transit or while it was read: remove it with `ferryctl artifact rm %s` and push again",

@@ -22,7 +22,7 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/server"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
-	"github.com/ferrydeploy/ferry/shared/pki"
+	"github.com/ferrydeploy/ferry/shared/pki/pkitest"
 	"github.com/ferrydeploy/ferry/shared/rpc"
 )
 
@@ -39,7 +39,7 @@ type harness struct {
 	addr   string
 	admin  *grpc.ClientConn
 	agent  *grpc.ClientConn
-	pki    *testPKI
+	pki    *pkitest.PKI
 }
 
 type harnessOpts struct {
@@ -78,55 +78,16 @@ func (a *auditLog) list() []string {
 	return append([]string(nil), a.events...)
 }
 
-type testPKI struct {
-	ca                   *pki.CA
-	server, admin, agent tls.Certificate
-}
-
-func newPKI(t testing.TB) *testPKI {
-	t.Helper()
-	now := time.Now()
-	ca, err := pki.NewCA(now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	issue := func(id pki.Identity) tls.Certificate {
-		key, err := pki.NewKey()
-		if err != nil {
-			t.Fatal(err)
-		}
-		leaf, err := ca.Sign(pki.SignRequest{Identity: id, PublicKey: key.Public(), TTL: time.Hour, Now: now, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tls.Certificate{Certificate: [][]byte{leaf.Raw, ca.Cert.Raw}, PrivateKey: key, Leaf: leaf}
-	}
-	return &testPKI{
-		ca:     ca,
-		server: issue(pki.Identity{Role: pki.RoleController}),
-		admin:  issue(pki.Identity{Role: pki.RoleAdmin, Name: "alice"}),
-		agent:  issue(pki.Identity{Role: pki.RoleAgent, Name: "n1"}),
-	}
-}
-
-func (p *testPKI) serverTLS() *tls.Config {
-	return rpc.ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &p.server, nil }, p.ca.Pool())
-}
-
-func (p *testPKI) clientTLS(c tls.Certificate) *tls.Config {
-	return rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &c, nil }, p.ca.Pool())
-}
-
 func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 func newHarness(t testing.TB, o harnessOpts) *harness {
 	t.Helper()
-	h := &harness{t: t, dir: o.dataDir, audit: &auditLog{}, served: &counter{}, pki: newPKI(t)}
+	h := &harness{t: t, dir: o.dataDir, audit: &auditLog{}, served: &counter{}, pki: pkitest.New(t)}
 	if h.dir == "" {
 		h.dir = t.TempDir()
 	}
 	h.open(o)
-	srv := rpc.NewServer(rpc.ServerOptions{TLS: h.pki.serverTLS(), Logger: quietLogger()})
+	srv := rpc.NewServer(rpc.ServerOptions{TLS: h.pki.ServerTLS(), Logger: quietLogger()})
 	ferryv1.RegisterArtifactServiceServer(srv, NewService(h.st, h.audit, quietLogger()))
 	ferryv1.RegisterAgentServiceServer(srv, server.NewAgentService(&server.Deps{Logger: quietLogger()}, h.dl))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -136,8 +97,8 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	h.addr = lis.Addr().String()
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
-	h.admin = h.dial(h.pki.admin, o.dialOpts...)
-	h.agent = h.dial(h.pki.agent, o.dialOpts...)
+	h.admin = h.dial(h.pki.Admin, o.dialOpts...)
+	h.agent = h.dial(h.pki.Agent, o.dialOpts...)
 	return h
 }
 
@@ -162,7 +123,7 @@ func (h *harness) open(o harnessOpts) {
 
 func (h *harness) dial(cert tls.Certificate, extra ...grpc.DialOption) *grpc.ClientConn {
 	h.t.Helper()
-	conn, err := grpc.NewClient(h.addr, append(rpc.DialOptions(h.pki.clientTLS(cert)), extra...)...)
+	conn, err := grpc.NewClient(h.addr, append(rpc.DialOptions(h.pki.ClientTLS(cert)), extra...)...)
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package artifact
 import (
 	"bufio"
 	"context"
-	"crypto"
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
@@ -16,9 +15,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
-	"strconv"
-	"strings"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -26,7 +22,8 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/server"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
-	"github.com/ferrydeploy/ferry/shared/pki"
+	"github.com/ferrydeploy/ferry/shared/pki/pkitest"
+	"github.com/ferrydeploy/ferry/shared/proctest"
 	"github.com/ferrydeploy/ferry/shared/rpc"
 )
 
@@ -45,63 +42,14 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// procStatus reads VmRSS and VmHWM (peak RSS) in bytes.
-func procStatus() (rss, hwm int64) {
-	data, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return -1, -1
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		if err != nil {
-			continue
-		}
-		switch k {
-		case "VmRSS":
-			rss = kb << 10
-		case "VmHWM":
-			hwm = kb << 10
-		}
-	}
-	return rss, hwm
-}
-
-// resetPeak makes VmHWM start again from the current RSS (Linux >= 4.0),
-// after a GC has returned what it can, and returns that RSS.
-func resetPeak() int64 {
-	runtime.GC()
-	debug.FreeOSMemory()
-	os.WriteFile("/proc/self/clear_refs", []byte("5"), 0)
-	rss, _ := procStatus()
-	return rss
-}
-
 // runMemServer serves the artifact services from dir with the PKI the
 // benchmark wrote there; it prints its address and RSS, and its peak RSS
 // when its stdin closes.
 func runMemServer(dir string) error {
-	read := func(name string) []byte {
-		b, _ := os.ReadFile(filepath.Join(dir, name))
-		return b
-	}
-	caCert, err := pki.DecodeCert(read("ca.crt"))
+	serverTLS, err := pkitest.ReadServerTLS(dir)
 	if err != nil {
 		return err
 	}
-	leaf, err := pki.DecodeCert(read("server.crt"))
-	if err != nil {
-		return err
-	}
-	key, err := pki.DecodeKey(read("server.key"))
-	if err != nil {
-		return err
-	}
-	cert := tls.Certificate{Certificate: [][]byte{leaf.Raw, caCert.Raw}, PrivateKey: key, Leaf: leaf}
-	pool := (&pki.CA{Cert: caCert}).Pool()
 	db, err := store.Open(filepath.Join(dir, "ferry.db"))
 	if err != nil {
 		return err
@@ -111,7 +59,7 @@ func runMemServer(dir string) error {
 	if err != nil {
 		return err
 	}
-	srv := rpc.NewServer(rpc.ServerOptions{TLS: rpc.ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }, pool), Logger: quietLogger()})
+	srv := rpc.NewServer(rpc.ServerOptions{TLS: serverTLS, Logger: quietLogger()})
 	ferryv1.RegisterArtifactServiceServer(srv, NewService(st, nil, quietLogger()))
 	ferryv1.RegisterAgentServiceServer(srv, server.NewAgentService(&server.Deps{Logger: quietLogger()}, NewDownloader(DownloaderConfig{Store: st, Logger: quietLogger()})))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -120,27 +68,14 @@ func runMemServer(dir string) error {
 	}
 	go srv.Serve(lis)
 	defer srv.Stop()
-	base := resetPeak()
+	base := proctest.ResetPeak()
 	fmt.Printf("addr %s base %d\n", lis.Addr(), base)
 	io.Copy(io.Discard, os.Stdin)
-	rss, hwm := procStatus()
+	rss, hwm := proctest.RSS()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	fmt.Printf("peak %d rss %d heapsys %d\n", hwm, rss, ms.HeapSys)
 	return nil
-}
-
-func writeServerPKI(tb testing.TB, p *testPKI, dir string) {
-	tb.Helper()
-	keyPEM, err := pki.EncodeKey(p.server.PrivateKey.(crypto.Signer))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	for name, data := range map[string][]byte{"ca.crt": pki.EncodeCert(p.ca.Cert), "server.crt": pki.EncodeCert(p.server.Leaf), "server.key": keyPEM} {
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
-			tb.Fatal(err)
-		}
-	}
 }
 
 // BenchmarkMemory1GiB pushes a generated 1 GiB artifact (streamed, never
@@ -154,9 +89,9 @@ func BenchmarkMemory1GiB(b *testing.B) {
 		b.Skip("reads /proc/self/status")
 	}
 	const size = 1 << 30
-	p := newPKI(b)
+	p := pkitest.New(b)
 	dir := b.TempDir()
-	writeServerPKI(b, p, dir)
+	p.WriteServerFiles(b, dir)
 	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
 	cmd.Env = append(os.Environ(), memServerEnv+"="+dir)
 	cmd.Stderr = os.Stderr
@@ -182,17 +117,17 @@ func BenchmarkMemory1GiB(b *testing.B) {
 		b.Fatalf("server said %q: %v", lines.Text(), err)
 	}
 	dialAs := func(c tls.Certificate) *grpc.ClientConn {
-		conn, err := grpc.NewClient(addr, rpc.DialOptions(p.clientTLS(c))...)
+		conn, err := grpc.NewClient(addr, rpc.DialOptions(p.ClientTLS(c))...)
 		if err != nil {
 			b.Fatal(err)
 		}
 		b.Cleanup(func() { conn.Close() })
 		return conn
 	}
-	admin, agent := ferryv1.NewArtifactServiceClient(dialAs(p.admin)), ferryv1.NewAgentServiceClient(dialAs(p.agent))
+	admin, agent := ferryv1.NewArtifactServiceClient(dialAs(p.Admin)), ferryv1.NewAgentServiceClient(dialAs(p.Agent))
 	ctx := context.Background()
 
-	cliBase := resetPeak()
+	cliBase := proctest.ResetPeak()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		body := io.LimitReader(rand.NewChaCha8([32]byte{byte(i), 'm', 'e', 'm'}), size)
@@ -222,7 +157,7 @@ func BenchmarkMemory1GiB(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	_, cliPeak := procStatus()
+	_, cliPeak := proctest.RSS()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 

@@ -33,6 +33,9 @@ import (
 
 	"github.com/ferrydeploy/ferry/controller/internal/packages"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/atomicfile"
+	"github.com/ferrydeploy/ferry/shared/ctxio"
+	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
 
 // Bucket holds artifact metadata keyed "name@version" (marshalled
@@ -43,7 +46,7 @@ var Bucket = []byte("artifacts")
 const ChunkSize = 1 << 20
 
 // DigestPrefix starts every digest string.
-const DigestPrefix = "sha256:"
+const DigestPrefix = sha256digest.Prefix
 
 // Errors callers tell apart with errors.Is; the wrapped messages name the
 // artifact and the fix.
@@ -195,9 +198,9 @@ func (r *PutRequest) normalize() error {
 		}
 	}
 	if r.SHA256 != "" {
-		h, err := parseHex(r.SHA256)
+		h, err := sha256digest.ParseHex(r.SHA256)
 		if err != nil {
-			return err
+			return fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
 		r.SHA256 = h
 	}
@@ -214,26 +217,6 @@ func validName(what, v string) error {
 		return fmt.Errorf("%w: artifact %s %q may not contain spaces, control characters, '/', '\\' or '@'", ErrInvalid, what, v)
 	}
 	return nil
-}
-
-// parseHex accepts "<64 hex>" or "sha256:<64 hex>" and returns lowercase hex.
-func parseHex(s string) (string, error) {
-	h := strings.ToLower(strings.TrimPrefix(strings.TrimSpace(s), DigestPrefix))
-	if len(h) != 64 {
-		return "", fmt.Errorf("%w: sha256 %q must be 64 hex digits", ErrInvalid, s)
-	}
-	if _, err := hex.DecodeString(h); err != nil {
-		return "", fmt.Errorf("%w: sha256 %q is not hex", ErrInvalid, s)
-	}
-	return h, nil
-}
-
-// ParseDigest checks a "sha256:<64 hex>" digest and returns the hex.
-func ParseDigest(d string) (string, error) {
-	if !strings.HasPrefix(d, DigestPrefix) {
-		return "", fmt.Errorf("%w: digest %q must start with %q", ErrInvalid, d, DigestPrefix)
-	}
-	return parseHex(d)
 }
 
 // sink writes a push's bytes to its temp file and remembers write errors,
@@ -295,7 +278,7 @@ func (s *Store) Put(ctx context.Context, req PutRequest, body io.Reader) (a *fer
 		err = src.copyChunks(dst)
 	} else {
 		bufp := s.chunks.Get().(*[]byte)
-		_, err = io.CopyBuffer(dst, ctxReader{ctx, body}, *bufp)
+		_, err = io.CopyBuffer(dst, ctxio.NewReader(ctx, body), *bufp)
 		s.chunks.Put(bufp)
 	}
 	switch {
@@ -414,7 +397,7 @@ func (s *Store) commit(a *ferryv1.Artifact, tmp string) (*ferryv1.Artifact, bool
 			return nil, false, fmt.Errorf("artifact %s: move into place: %w; the upload was discarded", Key(a), err)
 		}
 		removeTmp, newBlob = false, true
-		if err := syncDir(s.blobDir); err != nil {
+		if err := atomicfile.SyncDir(s.blobDir); err != nil {
 			os.Remove(blob)
 			return nil, false, diskErr("artifact "+Key(a), s.blobDir, a.Size, err)
 		}
@@ -433,15 +416,6 @@ func diskErr(label, dir string, written uint64, err error) error {
 		return fmt.Errorf("%w: %s: no space left in %s after %d bytes; free space there (remove unused artifacts with `ferryctl artifact rm`) and push again; the upload was discarded: %w", ErrDiskFull, label, dir, written, err)
 	}
 	return fmt.Errorf("%s: write to %s: %w; the upload was discarded", label, dir, err)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 func (s *Store) blobPath(hexsum string) string { return filepath.Join(s.blobDir, hexsum) }
@@ -674,9 +648,9 @@ type Blob struct {
 
 // Lookup returns a record with this digest ("sha256:<hex>").
 func (s *Store) Lookup(digest string) (*ferryv1.Artifact, error) {
-	hexsum, err := ParseDigest(digest)
+	hexsum, err := sha256digest.Parse(digest)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	var rec *ferryv1.Artifact
 	if err := s.db.View(func(tx *bolt.Tx) error {
@@ -714,19 +688,6 @@ func (s *Store) OpenBlob(rec *ferryv1.Artifact) (*Blob, error) {
 		return nil, fmt.Errorf("artifact %s: blob %s has %d bytes, its record says %d; the store is damaged: push the file again", Key(rec), f.Name(), fi.Size(), rec.Size)
 	}
 	return &Blob{File: f, Size: rec.Size}, nil
-}
-
-// ctxReader stops a copy when the context ends.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // chunkSource is a body that hands over its own chunks (a push stream),

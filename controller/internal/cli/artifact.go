@@ -14,6 +14,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/controller/internal/artifact"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
 
 func (a *app) artifactCmd() *cobra.Command {
@@ -131,8 +132,8 @@ read as amd64 and aarch64 as arm64). --timeout does not limit the upload.`,
 func declaredChecksum(path, sum, sumFile string) (string, string, error) {
 	switch {
 	case sum != "":
-		h := strings.ToLower(strings.TrimPrefix(strings.TrimSpace(sum), artifact.DigestPrefix))
-		if len(h) != 64 || strings.Trim(h, "0123456789abcdef") != "" {
+		h, err := sha256digest.ParseHex(sum)
+		if err != nil {
 			return "", "", fmt.Errorf("--sha256 %q must be 64 hex digits", sum)
 		}
 		return h, "--sha256", nil

@@ -14,7 +14,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/ferrydeploy/ferry/controller/internal/rolloutstate"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/enumword"
 )
 
 // strategyFlags are the rollout strategy knobs shared by create and undo.
@@ -184,25 +186,6 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
-func terminalState(s ferryv1.RolloutState) bool {
-	switch s {
-	case ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED, ferryv1.RolloutState_ROLLOUT_STATE_FAILED,
-		ferryv1.RolloutState_ROLLOUT_STATE_ABORTED, ferryv1.RolloutState_ROLLOUT_STATE_ROLLED_BACK:
-		return true
-	}
-	return false
-}
-
-func stateWord(s ferryv1.RolloutState) string { return enumWord(s.String(), "ROLLOUT_STATE_") }
-
-func outcomeWord(o ferryv1.NodeOutcome) string { return enumWord(o.String(), "NODE_OUTCOME_") }
-
-// enumWord turns an enum value name such as ROLLOUT_STATE_ROLLED_BACK into
-// "rolled back".
-func enumWord(name, prefix string) string {
-	return strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(name, prefix), "_", " "))
-}
-
 // follow watches a rollout until it ends and returns an ExitError unless it
 // succeeded.
 func (a *app) follow(ctx context.Context, id string, started bool) error {
@@ -256,7 +239,7 @@ func (a *app) follow(ctx context.Context, id string, started bool) error {
 		a.printFailures(last)
 	}
 	if last.State != ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
-		return &ExitError{Code: 1, Err: fmt.Errorf("rollout %s ended %s: %s", id, stateWord(last.State), last.Message)}
+		return &ExitError{Code: 1, Err: fmt.Errorf("rollout %s ended %s: %s", id, enumword.Spaced(last.State), last.Message)}
 	}
 	return nil
 }
@@ -297,10 +280,10 @@ func progressLine(r *ferryv1.Rollout, bar bool) string {
 	fmt.Fprintf(&b, "%d/%d done", done, len(r.Nodes))
 	for o := ferryv1.NodeOutcome(1); int(o) < len(ferryv1.NodeOutcome_name); o++ {
 		if c := counts[o]; c > 0 {
-			fmt.Fprintf(&b, "  %s %d", outcomeWord(o), c)
+			fmt.Fprintf(&b, "  %s %d", enumword.Spaced(o), c)
 		}
 	}
-	fmt.Fprintf(&b, "  | %s", stateWord(r.State))
+	fmt.Fprintf(&b, "  | %s", enumword.Spaced(r.State))
 	if r.State == ferryv1.RolloutState_ROLLOUT_STATE_WAITING_PROMOTION {
 		fmt.Fprintf(&b, ": run `ferryctl rollout promote %s`", r.Id)
 	}
@@ -315,7 +298,7 @@ func (a *app) printFailures(r *ferryv1.Rollout) {
 			if n.FailedStep != "" {
 				msg = "step " + n.FailedStep + ": " + msg
 			}
-			fmt.Fprintf(a.stdout, "  %s %s: %s (logs: ferryctl logs %s %s)\n", n.NodeId, outcomeWord(n.Outcome), msg, r.Id, n.NodeId)
+			fmt.Fprintf(a.stdout, "  %s %s: %s (logs: ferryctl logs %s %s)\n", n.NodeId, enumword.Spaced(n.Outcome), msg, r.Id, n.NodeId)
 		}
 	}
 }
@@ -338,7 +321,7 @@ func (a *app) rolloutStatusCmd() *cobra.Command {
 			if err := a.show(r, func() error { return a.printRollout(r) }); err != nil {
 				return err
 			}
-			if r.State != ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED && terminalState(r.State) {
+			if r.State != ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED && rolloutstate.Terminal(r.State) {
 				return &ExitError{Code: 1}
 			}
 			return nil
@@ -350,7 +333,7 @@ func (a *app) rolloutStatusCmd() *cobra.Command {
 
 func (a *app) printRollout(r *ferryv1.Rollout) error {
 	fmt.Fprintf(a.stdout, "Rollout:  %s\nPackage:  %s@%s\nTarget:   %s\nState:    %s  %s\nCreated:  %s by %s\n\n",
-		r.Id, r.PackageName, r.PackageVersion, targetString(r.Target), stateWord(r.State), r.Message,
+		r.Id, r.PackageName, r.PackageVersion, targetString(r.Target), enumword.Spaced(r.State), r.Message,
 		r.CreatedAt.AsTime().Local().Format(time.RFC3339), r.CreatedBy)
 	return printTable(a, []string{"NODE", "WAVE", "OUTCOME", "TOOK", "PREVIOUS", "DETAIL"}, r.Nodes, func(n *ferryv1.NodeJob) []string {
 		took := "-"
@@ -361,7 +344,7 @@ func (a *app) printRollout(r *ferryv1.Rollout) error {
 		if n.FailedStep != "" {
 			detail = n.FailedStep + ": " + detail
 		}
-		return []string{n.NodeId, fmt.Sprint(n.Wave), outcomeWord(n.Outcome), took, orDash(n.PreviousVersion), oneLine(detail)}
+		return []string{n.NodeId, fmt.Sprint(n.Wave), enumword.Spaced(n.Outcome), took, orDash(n.PreviousVersion), oneLine(detail)}
 	})
 }
 
@@ -400,7 +383,7 @@ func (a *app) listRollouts(cmd *cobra.Command, pkg string, limit uint32) error {
 			if r.JobKind == ferryv1.JobKind_JOB_KIND_ROLLBACK {
 				kind = "undo " + r.UndoOf
 			}
-			return []string{r.Id, r.PackageName + "@" + r.PackageVersion, kind, targetString(r.Target), stateWord(r.State), r.CreatedAt.AsTime().Local().Format(time.RFC3339), r.CreatedBy}
+			return []string{r.Id, r.PackageName + "@" + r.PackageVersion, kind, targetString(r.Target), enumword.Spaced(r.State), r.CreatedAt.AsTime().Local().Format(time.RFC3339), r.CreatedBy}
 		})
 	})
 }
@@ -480,7 +463,7 @@ func (a *app) rolloutActionCmds() []*cobra.Command {
 					return err
 				}
 				return a.show(r, func() error {
-					fmt.Fprintf(a.stdout, "rollout %s: %s\n", r.Id, stateWord(r.State))
+					fmt.Fprintf(a.stdout, "rollout %s: %s\n", r.Id, enumword.Spaced(r.State))
 					return nil
 				})
 			},

@@ -12,6 +12,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/ferrydeploy/ferry/shared/atomicfile"
 	"github.com/ferrydeploy/ferry/shared/pki"
 	"github.com/ferrydeploy/ferry/shared/rpc"
 )
@@ -43,7 +44,7 @@ func Write(path, controller string, ca, cert *x509.Certificate, keyPEM []byte) e
 	if err != nil {
 		return err
 	}
-	return pki.WriteFileAtomic(path, data, 0o600)
+	return atomicfile.WriteFile(path, data, 0o600)
 }
 
 // SetController rewrites the controller address of a credential file.
@@ -61,7 +62,7 @@ func SetController(path, controller string) error {
 	if err != nil {
 		return err
 	}
-	return pki.WriteFileAtomic(path, out, 0o600)
+	return atomicfile.WriteFile(path, out, 0o600)
 }
 
 // Load reads and checks a credential file.

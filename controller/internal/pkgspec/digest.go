@@ -15,7 +15,8 @@ const contentVersion = "ferry.package.content.v1"
 
 // ContentDigest returns "sha256:<hex>" of the package's canonical content:
 // name, version, the artifact (its digest once resolved, else the reference
-// as written) and every step field, in step order. It does not depend on
+// as written) and every step's kind and fields (written by the kind's
+// Digest), in step order. It does not depend on
 // YAML formatting, comments, field order within a mapping, or the Source,
 // ContentDigest, CreatedAt and CreatedBy fields; unset defaults count as
 // their default values, so keep_previous: 1 written out or left out give
@@ -39,51 +40,10 @@ func ContentDigest(p *ferryv1.Package) string {
 	}
 	c.num("steps", uint64(len(p.GetSteps())))
 	for _, s := range p.GetSteps() {
-		switch k := s.GetKind().(type) {
-		case *ferryv1.Step_Archive:
-			a := k.Archive
-			c.str("kind", "archive")
-			c.str("dest", a.GetDest())
-			c.num("strip_components", uint64(a.GetStripComponents()))
-			c.num("keep_previous", uint64(orDefault(a.GetKeepPrevious(), DefaultKeepPrevious)))
-			c.flag("allow_setuid", a.GetAllowSetuid())
-			c.num("max_bytes", a.GetMaxBytes())
-			c.num("max_entries", a.GetMaxEntries())
-			c.str("format", a.GetFormat())
-		case *ferryv1.Step_Env:
-			e := k.Env
-			c.str("kind", "env")
-			c.str("name", e.GetName())
-			c.num("vars", uint64(len(e.GetVars())))
-			for _, v := range e.GetVars() {
-				c.str("var.name", v.GetName())
-				c.str("var.value", v.GetValue())
-			}
-			c.list("path", e.GetPath())
-		case *ferryv1.Step_Sudoers:
-			c.str("kind", "sudoers")
-			c.str("name", k.Sudoers.GetName())
-			c.list("rules", k.Sudoers.GetRules())
-		case *ferryv1.Step_File:
-			f := k.File
-			c.str("kind", "file")
-			c.str("path", f.GetPath())
-			c.bytes("content", f.GetContent())
-			c.num("mode", uint64(orDefault(f.GetMode(), DefaultFileMode)))
-			c.str("owner", f.GetOwner())
-			c.str("group", f.GetGroup())
-		case *ferryv1.Step_Check:
-			ch := k.Check
-			c.str("kind", "check")
-			c.str("run", ch.GetRun())
-			c.str("expect", ch.GetExpect())
-			timeout := DefaultCheckTimeout
-			if ch.GetTimeout() != nil {
-				timeout = ch.GetTimeout().AsDuration()
-			}
-			c.num("timeout_ns", uint64(timeout))
-		default:
-			c.str("kind", "")
+		name, k := kindOf(s)
+		c.str("kind", string(name))
+		if k != nil {
+			k.Digest(&c, s)
 		}
 	}
 	return "sha256:" + hex.EncodeToString(c.h.Sum(nil))

@@ -1,3 +1,5 @@
+// Tests of concurrent use: the dispatch order under many callers.
+
 package rollout
 
 import (
@@ -52,8 +54,8 @@ func TestConcurrentUseKeepsDispatchOrder(t *testing.T) {
 		go func() {
 			defer admins.Done()
 			for range 20 {
-				_, _ = h.e.Pause(ctx, "admin/a", r.Id)
-				_, _ = h.e.Resume(ctx, "admin/b", r.Id)
+				_, _ = h.e.Pause("admin/a", r.Id)
+				_, _ = h.e.Resume("admin/b", r.Id)
 			}
 		}()
 	}
@@ -61,7 +63,7 @@ func TestConcurrentUseKeepsDispatchOrder(t *testing.T) {
 	for len(h.sentTo(r.Id)) < 12 {
 		time.Sleep(time.Millisecond)
 	}
-	if _, err := h.e.Abort(ctx, "admin/c", r.Id); err != nil {
+	if _, err := h.e.Abort("admin/c", r.Id); err != nil {
 		t.Fatal(err)
 	}
 	close(release)

@@ -1,3 +1,6 @@
+// Dependencies: the small interfaces through which the engine reaches the
+// rest of the controller.
+
 package rollout
 
 import (

@@ -1,3 +1,7 @@
+// The engine: its configuration, how it is built and driven (New, Run, Tick,
+// settle), and what can be read from it (Get, NodeJob, List, Counts,
+// Progress).
+
 // Package rollout is the controller's rollout engine: it applies a package
 // to the nodes a target selects, canaries first, then through a sliding
 // window of jobs in flight, counts failures over the whole rollout and acts
@@ -210,6 +214,33 @@ func (e *Engine) Tick(now time.Time) {
 	}
 	e.mu.Unlock()
 	e.drain()
+}
+
+// settle advances one rollout to now. Called with e.mu held.
+func (e *Engine) settle(ru *run, now time.Time, fx *effects) {
+	if ru.frozen {
+		return
+	}
+	if ru.recancel {
+		ru.recancel = false
+		for _, n := range ru.r.GetNodes() {
+			if inFlight(n) && n.GetFinishedAt() == nil && (ru.r.GetState() == stAborted || n.GetJobId() == mainJobID(ru.r.GetId(), n.GetNodeId())) {
+				fx.cancel(n.GetNodeId(), n.GetJobId())
+			}
+		}
+	}
+	for _, n := range ru.r.GetNodes() {
+		if inFlight(n) {
+			e.checkInFlight(ru, n, now, fx)
+		}
+	}
+	switch ru.r.GetState() {
+	case stRunning:
+		e.fillWindow(ru, now, fx)
+	case stRolling:
+		e.fillRollbacks(ru, now, fx)
+	}
+	e.maybeFinish(ru, now)
 }
 
 // Get returns a copy of a rollout.

@@ -1,3 +1,6 @@
+// Test fakes and the harness: a fake clock, store, fleet, dispatcher,
+// packages and auditor, and the helpers tests drive an engine with.
+
 package rollout
 
 import (
@@ -14,6 +17,19 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+const (
+	phDownloading = ferryv1.JobPhase_JOB_PHASE_DOWNLOADING
+	phInstalling  = ferryv1.JobPhase_JOB_PHASE_INSTALLING
+	phChecking    = ferryv1.JobPhase_JOB_PHASE_CHECKING
+	phSucceeded   = ferryv1.JobPhase_JOB_PHASE_SUCCEEDED
+	phUnchanged   = ferryv1.JobPhase_JOB_PHASE_UNCHANGED
+	phFailed      = ferryv1.JobPhase_JOB_PHASE_FAILED
+
+	actPause    = ferryv1.FailureAction_FAILURE_ACTION_PAUSE
+	actAbort    = ferryv1.FailureAction_FAILURE_ACTION_ABORT
+	actRollback = ferryv1.FailureAction_FAILURE_ACTION_ROLLBACK
 )
 
 type fakeClock struct {

@@ -1,3 +1,6 @@
+// Plans: what a rollout would do on each node, asked of the agents without
+// changing anything.
+
 package rollout
 
 import (

@@ -1,3 +1,6 @@
+// Tests of restarts: a controller killed after any save carries on without
+// sending a job twice.
+
 package rollout
 
 import (
@@ -11,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrydeploy/ferry/controller/internal/rolloutstate"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
@@ -240,7 +244,7 @@ func (w *world) run(s strat, policy func(e *Engine, r *ferryv1.Rollout)) *ferryv
 		if err != nil {
 			w.t.Fatalf("Get after restart: %v", err)
 		}
-		if terminalState(r.State) && len(inFlightNodes(r)) == 0 {
+		if rolloutstate.Terminal(r.State) && len(inFlightNodes(r)) == 0 {
 			return r
 		}
 		if policy != nil {
@@ -265,15 +269,15 @@ func (w *world) isCrashed() bool {
 func promoteAndResume(e *Engine, r *ferryv1.Rollout) {
 	switch r.State {
 	case stWaiting:
-		_, _ = e.Promote(context.Background(), "admin/alice", r.Id)
+		_, _ = e.Promote("admin/alice", r.Id)
 	case stPaused:
-		_, _ = e.Resume(context.Background(), "admin/alice", r.Id)
+		_, _ = e.Resume("admin/alice", r.Id)
 	}
 }
 
 func abortWhenN02Runs(e *Engine, r *ferryv1.Rollout) {
 	if n := nodeOf(r, "n02"); r.State == stRunning && inFlight(n) {
-		_, _ = e.Abort(context.Background(), "admin/alice", r.Id)
+		_, _ = e.Abort("admin/alice", r.Id)
 	}
 }
 
@@ -436,7 +440,7 @@ func TestRestartResendsCancelsOfAnAbortedRollout(t *testing.T) {
 	h.succeed(r.Id, "n00")
 	h.tick(time.Second) // n01, n02 in flight
 	h.report(r.Id, "n02", phSucceeded, "")
-	if _, err := h.e.Abort(context.Background(), "admin/alice", r.Id); err != nil {
+	if _, err := h.e.Abort("admin/alice", r.Id); err != nil {
 		t.Fatal(err)
 	}
 	want := []cancelReq{{"n01", r.Id + "/job/n01"}}

@@ -1,3 +1,6 @@
+// Strategy: the defaults for unset fields, validating a strategy, and the
+// limit arithmetic of max-parallel and max-failures.
+
 package rollout
 
 import (

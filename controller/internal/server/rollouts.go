@@ -22,11 +22,11 @@ type Rollouts interface {
 	NodeJob(rolloutID, nodeID string) (*ferryv1.NodeJob, bool)
 	List(pkg string, limit int) []*ferryv1.Rollout
 	Watch(ctx context.Context, id string) (<-chan *ferryv1.WatchRolloutResponse, error)
-	Promote(ctx context.Context, actor, id string) (*ferryv1.Rollout, error)
-	Pause(ctx context.Context, actor, id string) (*ferryv1.Rollout, error)
-	Resume(ctx context.Context, actor, id string) (*ferryv1.Rollout, error)
-	Abort(ctx context.Context, actor, id string) (*ferryv1.Rollout, error)
-	Undo(ctx context.Context, actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.Rollout, error)
+	Promote(actor, id string) (*ferryv1.Rollout, error)
+	Pause(actor, id string) (*ferryv1.Rollout, error)
+	Resume(actor, id string) (*ferryv1.Rollout, error)
+	Abort(actor, id string) (*ferryv1.Rollout, error)
+	Undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.Rollout, error)
 }
 
 // RegisterRollouts adds the rollout and log services.
@@ -95,7 +95,7 @@ func (s *rolloutServer) ListRollouts(ctx context.Context, req *ferryv1.ListRollo
 }
 
 func (s *rolloutServer) PromoteRollout(ctx context.Context, req *ferryv1.PromoteRolloutRequest) (*ferryv1.PromoteRolloutResponse, error) {
-	r, err := s.r.Promote(ctx, rpc.CallerName(ctx), req.GetId())
+	r, err := s.r.Promote(rpc.CallerName(ctx), req.GetId())
 	if err != nil {
 		return nil, rolloutErr(err)
 	}
@@ -103,7 +103,7 @@ func (s *rolloutServer) PromoteRollout(ctx context.Context, req *ferryv1.Promote
 }
 
 func (s *rolloutServer) PauseRollout(ctx context.Context, req *ferryv1.PauseRolloutRequest) (*ferryv1.PauseRolloutResponse, error) {
-	r, err := s.r.Pause(ctx, rpc.CallerName(ctx), req.GetId())
+	r, err := s.r.Pause(rpc.CallerName(ctx), req.GetId())
 	if err != nil {
 		return nil, rolloutErr(err)
 	}
@@ -111,7 +111,7 @@ func (s *rolloutServer) PauseRollout(ctx context.Context, req *ferryv1.PauseRoll
 }
 
 func (s *rolloutServer) ResumeRollout(ctx context.Context, req *ferryv1.ResumeRolloutRequest) (*ferryv1.ResumeRolloutResponse, error) {
-	r, err := s.r.Resume(ctx, rpc.CallerName(ctx), req.GetId())
+	r, err := s.r.Resume(rpc.CallerName(ctx), req.GetId())
 	if err != nil {
 		return nil, rolloutErr(err)
 	}
@@ -119,7 +119,7 @@ func (s *rolloutServer) ResumeRollout(ctx context.Context, req *ferryv1.ResumeRo
 }
 
 func (s *rolloutServer) AbortRollout(ctx context.Context, req *ferryv1.AbortRolloutRequest) (*ferryv1.AbortRolloutResponse, error) {
-	r, err := s.r.Abort(ctx, rpc.CallerName(ctx), req.GetId())
+	r, err := s.r.Abort(rpc.CallerName(ctx), req.GetId())
 	if err != nil {
 		return nil, rolloutErr(err)
 	}
@@ -127,7 +127,7 @@ func (s *rolloutServer) AbortRollout(ctx context.Context, req *ferryv1.AbortRoll
 }
 
 func (s *rolloutServer) UndoRollout(ctx context.Context, req *ferryv1.UndoRolloutRequest) (*ferryv1.UndoRolloutResponse, error) {
-	r, err := s.r.Undo(ctx, rpc.CallerName(ctx), req)
+	r, err := s.r.Undo(rpc.CallerName(ctx), req)
 	if err != nil {
 		return nil, rolloutErr(err)
 	}

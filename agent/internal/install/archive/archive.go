@@ -35,6 +35,8 @@ import (
 	"time"
 
 	"github.com/klauspost/pgzip"
+
+	"github.com/ferrydeploy/ferry/shared/ctxio"
 )
 
 // Formats the extractor reads.
@@ -336,7 +338,7 @@ func (x *extractor) file(rel string, mode fs.FileMode, mtime time.Time, size int
 		}
 		w = f
 	}
-	n, err := io.CopyBuffer(w, &ctxReader{ctx: x.ctx, r: io.LimitReader(r, remaining+1)}, x.buf)
+	n, err := io.CopyBuffer(w, ctxio.NewReader(x.ctx, io.LimitReader(r, remaining+1)), x.buf)
 	x.bytes += n
 	if err == nil && x.bytes > x.opts.MaxBytes {
 		err = x.tooBig()
@@ -735,17 +737,4 @@ func (x *extractor) zipSymlink(rel string, zf *zip.File) error {
 		return fmt.Errorf("%w: entry %q: %v", ErrUnsafe, rel, err)
 	}
 	return x.symlink(rel, string(target))
-}
-
-// ctxReader stops a long copy when the context ends.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }

@@ -22,32 +22,52 @@ const (
 	basePath            = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 )
 
-// stepCheck runs a check command in a login-like environment: the
-// package's env files sourced, a clean base environment, the install root
-// as working directory. See the package comment for how a non-"/" root
-// is handled.
-func (i *Installer) stepCheck(jc *jobCtx, s *ferryv1.CheckStep) (stepOut, error) {
-	if jc.plan {
-		return stepOut{detail: "would run " + s.GetRun()}, nil
+// checkKind runs a command with a timeout in a login-like environment:
+// the package's env files sourced, a clean base environment, the install
+// root as working directory. It expects exit 0 and, optionally, a string
+// in the output. See the package comment for how a non-"/" root is
+// handled.
+type checkKind struct{ i *Installer }
+
+func (checkKind) Verifies() {}
+
+func (checkKind) Describe(s *ferryv1.Step) string { return "check: " + s.GetCheck().GetRun() }
+
+func (checkKind) Validate(r validateRequest) error {
+	s := r.step.GetCheck()
+	if strings.TrimSpace(s.GetRun()) == "" {
+		return errors.New("check has no command")
 	}
+	if s.GetTimeout().AsDuration() < 0 {
+		return errors.New("negative timeout")
+	}
+	return nil
+}
+
+func (checkKind) Plan(_ context.Context, r stepRequest) (stepResponse, error) {
+	return stepResponse{detail: "would run " + r.step.GetCheck().GetRun()}, nil
+}
+
+func (k checkKind) Apply(ctx context.Context, r stepRequest) (stepResponse, error) {
+	i, jc, s := k.i, r.job, r.step.GetCheck()
 	timeout := s.GetTimeout().AsDuration()
 	if timeout <= 0 {
 		timeout = defaultCheckTimeout
 	}
 	var script strings.Builder
-	for k, e := range jc.envs {
-		p, err := i.envFileForCheck(jc, k, e)
-		if err != nil {
-			return stepOut{}, err
-		}
+	profiles, err := i.profilesForCheck(jc, r.index)
+	if err != nil {
+		return stepResponse{}, err
+	}
+	for _, p := range profiles {
 		fmt.Fprintf(&script, ". %s\n", shellQuote(p))
 	}
 	script.WriteString(s.GetRun())
 	script.WriteByte('\n')
 
-	ctx, cancel := context.WithTimeout(jc.ctx, timeout)
+	cmdCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, i.shell, "-c", script.String())
+	cmd := exec.CommandContext(cmdCtx, i.shell, "-c", script.String())
 	cmd.Dir = i.root
 	cmd.Env = i.checkEnv(jc.pkg)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -58,28 +78,28 @@ func (i *Installer) stepCheck(jc *jobCtx, s *ferryv1.CheckStep) (stepOut, error)
 	cmd.WaitDelay = 2 * time.Second
 	out := &outputLog{max: maxCheckOutput, logf: jc.logf}
 	cmd.Stdout, cmd.Stderr = out, out
-	err := cmd.Run()
+	err = cmd.Run()
 	out.flush()
 	output := out.String()
 	switch {
-	case ctx.Err() != nil && jc.ctx.Err() == nil:
-		return stepOut{output: output}, fmt.Errorf("check %q timed out after %v", s.GetRun(), timeout)
-	case jc.ctx.Err() != nil:
-		return stepOut{output: output}, jc.ctx.Err()
+	case cmdCtx.Err() != nil && ctx.Err() == nil:
+		return stepResponse{output: output}, fmt.Errorf("check %q timed out after %v", s.GetRun(), timeout)
+	case ctx.Err() != nil:
+		return stepResponse{output: output}, ctx.Err()
 	case err != nil:
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
-			return stepOut{output: output}, fmt.Errorf("check %q exited with status %d: %s", s.GetRun(), ee.ExitCode(), lastLine(output))
+			return stepResponse{output: output}, fmt.Errorf("check %q exited with status %d: %s", s.GetRun(), ee.ExitCode(), lastLine(output))
 		}
-		return stepOut{output: output}, fmt.Errorf("check %q: %w", s.GetRun(), err)
+		return stepResponse{output: output}, fmt.Errorf("check %q: %w", s.GetRun(), err)
 	case s.GetExpect() != "" && !strings.Contains(output, s.GetExpect()):
-		return stepOut{output: output}, fmt.Errorf("check %q: output does not contain %q: %s", s.GetRun(), s.GetExpect(), lastLine(output))
+		return stepResponse{output: output}, fmt.Errorf("check %q: output does not contain %q: %s", s.GetRun(), s.GetExpect(), lastLine(output))
 	}
 	detail := "passed"
 	if s.GetExpect() != "" {
 		detail = fmt.Sprintf("passed (output contains %q)", s.GetExpect())
 	}
-	return stepOut{detail: detail, output: output}, nil
+	return stepResponse{detail: detail, output: output}, nil
 }
 
 func lastLine(s string) string {
@@ -96,17 +116,33 @@ func lastLine(s string) string {
 	return s
 }
 
-// envFileForCheck returns the env file a check sources: the installed file
-// under "/", a copy with paths mapped under the root otherwise.
-func (i *Installer) envFileForCheck(jc *jobCtx, k int, e *ferryv1.EnvStep) (string, error) {
-	if i.root == "/" {
-		return i.resolve("/etc/profile.d/" + e.GetName() + ".sh")
+// profilesForCheck returns the profile scripts a check sources: those of
+// the steps before it, the installed files under "/", copies with paths
+// mapped under the root otherwise.
+func (i *Installer) profilesForCheck(jc *jobCtx, index int) ([]string, error) {
+	var paths []string
+	for _, s := range jc.pkg.GetSteps()[:index] {
+		_, k := i.kindOf(s)
+		pr, ok := k.(profiler)
+		if !ok {
+			continue
+		}
+		path, script := pr.Profile(jc.pkg.GetName(), s, i.mapUnderRoot)
+		if i.root == "/" {
+			p, err := i.resolve(path)
+			if err != nil {
+				return nil, err
+			}
+			paths = append(paths, p)
+			continue
+		}
+		p := filepath.Join(i.dir, "tmp", fmt.Sprintf("%s-env-%d.sh", jc.key, len(paths)))
+		if err := os.WriteFile(p, script, 0o644); err != nil {
+			return nil, fmt.Errorf("prepare env for the check: %w", err)
+		}
+		paths = append(paths, p)
 	}
-	p := filepath.Join(i.dir, "tmp", fmt.Sprintf("%s-env-%d.sh", jc.key, k))
-	if err := os.WriteFile(p, renderEnv(jc.pkg.GetName(), e, i.mapUnderRoot), 0o644); err != nil {
-		return "", fmt.Errorf("prepare env for the check: %w", err)
-	}
-	return p, nil
+	return paths, nil
 }
 
 // mapUnderRoot maps a value, or each element of a ':'-list, that is an

@@ -2,17 +2,53 @@ package install
 
 import (
 	"fmt"
+	"os/exec"
 	"regexp"
 	"strings"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
-var (
-	fileNameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$`)
-	envVarRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	pkgNameRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$`)
-)
+// envKind writes /etc/profile.d/<name>.sh (exported variables, PATH
+// additions), 0644, atomically, with every value quoted so nothing in it
+// executes. Later checks source it.
+type envKind struct{ managedFile }
+
+func (envKind) Describe(s *ferryv1.Step) string { return "env " + s.GetEnv().GetName() }
+
+func (envKind) Validate(r validateRequest) error { return validateEnv(r.step.GetEnv()) }
+
+// wantEnvFile is the profile script an env step wants.
+func wantEnvFile(i *Installer, r stepRequest) (wantFile, error) {
+	s := r.step.GetEnv()
+	label := profilePath(s)
+	target, err := i.resolve(label)
+	if err != nil {
+		return wantFile{}, err
+	}
+	return wantFile{
+		label: label, target: target, data: renderEnv(r.job.pkg.GetName(), s, func(v string) string { return v }),
+		mode: 0o644, uid: -1, gid: -1, dirMode: 0o755,
+		validate: i.shellSyntax,
+	}, nil
+}
+
+func (envKind) Profile(pkg string, s *ferryv1.Step, mapPath func(string) string) (string, []byte) {
+	return profilePath(s.GetEnv()), renderEnv(pkg, s.GetEnv(), mapPath)
+}
+
+func profilePath(s *ferryv1.EnvStep) string { return "/etc/profile.d/" + s.GetName() + ".sh" }
+
+// shellSyntax runs sh -n on a script.
+func (i *Installer) shellSyntax(p string) error {
+	out, err := exec.Command(i.shell, "-n", p).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("generated profile script fails sh -n: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+var envVarRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // Variables a profile.d file must not set: PATH has its own field, the
 // others are read-only in common shells or change how every later line
@@ -80,26 +116,4 @@ func renderEnv(pkg string, s *ferryv1.EnvStep, mapPath func(string) string) []by
 		b.WriteString("export PATH\n")
 	}
 	return []byte(b.String())
-}
-
-func renderSudoers(pkg string, s *ferryv1.SudoersStep) []byte {
-	var b strings.Builder
-	fmt.Fprintf(&b, "# Managed by Ferry (package %s). Local changes are overwritten.\n", pkg)
-	for _, r := range s.GetRules() {
-		b.WriteString(r)
-		b.WriteByte('\n')
-	}
-	return []byte(b.String())
-}
-
-func validateSudoersName(name string) error {
-	switch {
-	case strings.Contains(name, "."):
-		return fmt.Errorf("sudoers name %q contains '.', so sudo would silently ignore the file; drop the dot", name)
-	case strings.HasSuffix(name, "~"):
-		return fmt.Errorf("sudoers name %q ends in '~', so sudo would silently ignore the file", name)
-	case !fileNameRE.MatchString(name):
-		return fmt.Errorf("sudoers name %q: use letters, digits, '_' and '-'", name)
-	}
-	return nil
 }

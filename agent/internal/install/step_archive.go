@@ -1,0 +1,382 @@
+package install
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/ferrydeploy/ferry/agent/internal/install/archive"
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/atomicfile"
+)
+
+// archiveKind extracts the package's artifact into dest. The new tree is
+// built beside the old one (in dest's hold directory) and switched in with
+// one rename, or an exchange where the file system has it; the old tree is
+// kept there for rollback.
+type archiveKind struct{ i *Installer }
+
+// Change: archive changes are journaled as tree switches.
+func (archiveKind) Change() string { return "tree" }
+
+func (archiveKind) Describe(s *ferryv1.Step) string { return "archive -> " + s.GetArchive().GetDest() }
+
+func (archiveKind) KeepPrevious(s *ferryv1.Step) int { return int(s.GetArchive().GetKeepPrevious()) }
+
+func (k archiveKind) Validate(r validateRequest) error {
+	s := r.step.GetArchive()
+	if _, err := k.i.resolve(s.GetDest()); err != nil {
+		return err
+	}
+	switch s.GetFormat() {
+	case "", archive.FormatTar, archive.FormatTarGz, "tgz", archive.FormatZip:
+	default:
+		return fmt.Errorf("unknown archive format %q; use tar, tar.gz or zip", s.GetFormat())
+	}
+	if r.job.Package.GetArtifact().GetDigest() == "" {
+		return errors.New("the package has an archive step but no artifact")
+	}
+	if r.job.ArtifactPath == "" && !r.job.Plan {
+		return errors.New("the job carries no artifact file for the archive step")
+	}
+	return nil
+}
+
+// archiveWork is what Plan and Apply both find out first.
+type archiveWork struct {
+	dest string // host path
+	// current says what the step does to dest: "create ...", "replace
+	// ..." or "repair ...".
+	current string
+	opts    archive.Options
+	// intact is set when dest holds this very tree, untouched; tree is
+	// its record.
+	intact bool
+	tree   treeRecord
+}
+
+func (k archiveKind) work(r stepRequest) (archiveWork, error) {
+	s, jc := r.step.GetArchive(), r.job
+	dest, err := k.i.resolve(s.GetDest())
+	if err != nil {
+		return archiveWork{}, err
+	}
+	w := archiveWork{dest: dest, current: "create " + s.GetDest()}
+	if st, err := os.Lstat(dest); err == nil {
+		w.current = fmt.Sprintf("replace %s (not installed by Ferry, %v)", s.GetDest(), st.Mode().Type())
+	}
+	if tr, ok := jc.curTree(dest); ok {
+		w.current = fmt.Sprintf("replace %s (%s %s)", s.GetDest(), jc.cur.Name, jc.cur.Version)
+		if tr.Digest == jc.pkg.GetArtifact().GetDigest() && tr.Strip == s.GetStripComponents() && tr.AllowSetuid == s.GetAllowSetuid() {
+			err := k.i.verifyTree(tr)
+			if err == nil {
+				w.intact, w.tree = true, tr
+				return w, nil
+			}
+			w.current = fmt.Sprintf("repair %s (%v)", s.GetDest(), err)
+		}
+	}
+	w.opts = archive.Options{
+		Format:          s.GetFormat(),
+		StripComponents: int(s.GetStripComponents()),
+		MaxBytes:        k.i.maxBytes,
+		MaxEntries:      k.i.maxEnts,
+		AllowSetuid:     s.GetAllowSetuid(),
+	}
+	if s.GetMaxBytes() > 0 {
+		w.opts.MaxBytes = int64(min(s.GetMaxBytes(), 1<<62))
+	}
+	if s.GetMaxEntries() > 0 {
+		w.opts.MaxEntries = int64(min(s.GetMaxEntries(), 1<<62))
+	}
+	return w, nil
+}
+
+func (k archiveKind) Plan(ctx context.Context, r stepRequest) (stepResponse, error) {
+	w, err := k.work(r)
+	switch {
+	case err != nil:
+		return stepResponse{}, err
+	case w.intact:
+		return stepResponse{detail: "installed and intact"}, nil
+	case r.job.artifact == "":
+		return stepResponse{changed: true, detail: "would " + w.current + " from " + r.job.pkg.GetArtifact().GetName() + " (not downloaded yet, so not inspected)"}, nil
+	}
+	w.opts.DryRun = true
+	res, err := archive.Extract(ctx, r.job.artifact, "", w.opts)
+	if err != nil {
+		return stepResponse{}, err
+	}
+	return stepResponse{changed: true, detail: fmt.Sprintf("would %s with %d entries, %d bytes", w.current, res.Entries, res.Bytes)}, nil
+}
+
+func (k archiveKind) Apply(ctx context.Context, r stepRequest) (stepResponse, error) {
+	i, jc, idx, s := k.i, r.job, r.index, r.step.GetArchive()
+	w, err := k.work(r)
+	if err != nil {
+		return stepResponse{}, err
+	}
+	if w.intact {
+		jc.trees = append(jc.trees, w.tree)
+		return stepResponse{detail: "installed and intact"}, nil
+	}
+	dest := w.dest
+	hold := holdDir(dest)
+	a := &action{
+		Kind:    k.Change(),
+		Step:    idx,
+		Target:  dest,
+		Stage:   filepath.Join(hold, fmt.Sprintf("stage-%s-%d", jc.key, idx)),
+		Kept:    filepath.Join(hold, fmt.Sprintf("prev-%s-%d", jc.key, idx)),
+		HasNew:  true,
+		State:   "prepared",
+		Created: missingDirs(hold),
+	}
+	if err := i.addAction(jc, "install", a); err != nil {
+		return stepResponse{}, err
+	}
+	if err := makeDirs(a.Created, 0o755); err != nil {
+		return stepResponse{}, fmt.Errorf("create %s: %w", filepath.Dir(dest), err)
+	}
+	if err := os.Chmod(hold, 0o700); err != nil {
+		return stepResponse{}, err
+	}
+	if err := os.RemoveAll(a.Stage); err != nil {
+		return stepResponse{}, err
+	}
+	if err := os.Mkdir(a.Stage, 0o755); err != nil {
+		return stepResponse{}, fmt.Errorf("create staging directory: %w", err)
+	}
+	res, err := archive.Extract(ctx, jc.artifact, a.Stage, w.opts)
+	if err != nil {
+		return stepResponse{}, err
+	}
+	m, err := archive.Scan(a.Stage)
+	if err != nil {
+		return stepResponse{}, err
+	}
+	manifest := fmt.Sprintf("%s-%d", jc.key, idx)
+	if err := writeFileSync(filepath.Join(i.dir, "manifests", manifest), m.Encode(), 0o600); err != nil {
+		return stepResponse{}, fmt.Errorf("record manifest: %w", err)
+	}
+	if err := syncFS(a.Stage); err != nil {
+		return stepResponse{}, fmt.Errorf("flush the new tree to disk: %w", err)
+	}
+	i.at("archive:extracted")
+	a.NewID, _ = idOf(a.Stage)
+	a.OldID, a.HadOld = idOf(dest)
+	a.State = "switching"
+	if err := jc.save(); err != nil {
+		return stepResponse{}, err
+	}
+	if err := applyTree(a); err != nil {
+		return stepResponse{}, err
+	}
+	i.at("archive:switched")
+	a.State = "applied"
+	if err := jc.save(); err != nil {
+		return stepResponse{}, err
+	}
+	jc.trees = append(jc.trees, treeRecord{Dest: dest, Digest: jc.pkg.GetArtifact().GetDigest(), Strip: s.GetStripComponents(), AllowSetuid: s.GetAllowSetuid(), Manifest: manifest})
+	past := strings.Replace(strings.Replace(strings.Replace(w.current, "create", "created", 1), "replace", "replaced", 1), "repair", "repaired", 1)
+	return stepResponse{changed: true, detail: fmt.Sprintf("%s: %d entries, %d bytes (%s)", past, res.Entries, res.Bytes, res.Format)}, nil
+}
+
+func (jc *jobCtx) curTree(dest string) (treeRecord, bool) {
+	if jc.cur == nil {
+		return treeRecord{}, false
+	}
+	for _, t := range jc.cur.Trees {
+		if t.Dest == dest {
+			return t, true
+		}
+	}
+	return treeRecord{}, false
+}
+
+func (i *Installer) verifyTree(t treeRecord) error {
+	b, err := os.ReadFile(filepath.Join(i.dir, "manifests", t.Manifest))
+	if err != nil {
+		return fmt.Errorf("manifest missing: %w", err)
+	}
+	m, err := archive.DecodeManifest(b)
+	if err != nil {
+		return err
+	}
+	return m.Verify(t.Dest)
+}
+
+// applyTree switches a staged tree in (or an installed one out). The
+// action is in the journal with its identities before anything moves.
+func applyTree(a *action) error {
+	switch {
+	case a.HasNew && a.HadOld:
+		err := exchange(a.Stage, a.Target)
+		if errors.Is(err, errExchangeUnsupported) {
+			// Two renames; the journal lets a crash between them be undone.
+			if err := os.Rename(a.Target, a.Kept); err != nil {
+				return fmt.Errorf("move %s aside: %w", a.Target, err)
+			}
+			if err := os.Rename(a.Stage, a.Target); err != nil {
+				return fmt.Errorf("switch %s in: %w", a.Target, err)
+			}
+		} else if err != nil {
+			return err
+		} else if err := os.Rename(a.Stage, a.Kept); err != nil {
+			return fmt.Errorf("keep the previous %s: %w", a.Target, err)
+		}
+	case a.HasNew:
+		if err := os.Rename(a.Stage, a.Target); err != nil {
+			return fmt.Errorf("switch %s in: %w", a.Target, err)
+		}
+	case a.HadOld:
+		if err := os.Rename(a.Target, a.Kept); err != nil {
+			return fmt.Errorf("move %s aside: %w", a.Target, err)
+		}
+	}
+	return atomicfile.SyncDir(filepath.Dir(a.Target))
+}
+
+// Undo puts the trees of a tree switch back where they were.
+func (archiveKind) Undo(r undoRequest) error {
+	a := r.change
+	if a.State == "prepared" {
+		if !a.Preserve && a.HasNew {
+			return os.RemoveAll(a.Stage)
+		}
+		return nil
+	}
+	locate := func(id fileID) string {
+		for _, p := range []string{a.Target, a.Stage, a.Kept} {
+			if got, ok := idOf(p); ok && got == id {
+				return p
+			}
+		}
+		return ""
+	}
+	newAt, oldAt := "", ""
+	if a.HasNew {
+		newAt = locate(a.NewID)
+	}
+	if a.HadOld {
+		oldAt = locate(a.OldID)
+		if oldAt == "" {
+			return fmt.Errorf("the previous tree is gone from %s and %s; restore %s by hand", a.Target, a.Kept, a.Target)
+		}
+	}
+	// Make room at the target, swapping when both trees exist so the
+	// target is never missing.
+	if newAt == a.Target {
+		if oldAt != "" {
+			err := exchange(oldAt, a.Target)
+			if err == nil {
+				newAt, oldAt = oldAt, a.Target
+			} else if !errors.Is(err, errExchangeUnsupported) {
+				return err
+			}
+		}
+		if newAt == a.Target {
+			aside := freeName(a.Stage, oldAt)
+			if err := os.Rename(a.Target, aside); err != nil {
+				return err
+			}
+			newAt = aside
+		}
+	}
+	if oldAt != "" && oldAt != a.Target {
+		if err := makeDirs(missingDirs(filepath.Dir(a.Target)), 0o755); err != nil {
+			return err
+		}
+		if exists(a.Target) {
+			return fmt.Errorf("%s is occupied by something Ferry did not put there; move it away and restart the agent", a.Target)
+		}
+		if err := os.Rename(oldAt, a.Target); err != nil {
+			return err
+		}
+	}
+	if newAt != "" && newAt != a.Target {
+		if a.Preserve {
+			if newAt != a.Stage {
+				if err := os.Rename(newAt, a.Stage); err != nil {
+					return err
+				}
+			}
+		} else if err := os.RemoveAll(newAt); err != nil {
+			return err
+		}
+	}
+	return atomicfile.SyncDir(filepath.Dir(a.Target))
+}
+
+// freeName returns p, or a variant of it, that is neither taken nor avoid.
+func freeName(p, avoid string) string {
+	for n := 0; ; n++ {
+		c := p
+		if n > 0 {
+			c = fmt.Sprintf("%s.%d", p, n)
+		}
+		if c != avoid && !exists(c) {
+			return c
+		}
+	}
+}
+
+// Restore switches the tree an install kept back in, keeping the tree it
+// replaces at its place should the rollback be undone.
+func (k archiveKind) Restore(r restoreRequest) (restoreResponse, error) {
+	a := r.change
+	out := restoreResponse{detail: "previous tree switched back in"}
+	if !a.HadOld {
+		out.detail = "removed (it did not exist before)"
+	}
+	b, err := k.rollbackTree(r.job, a)
+	if b != nil && b.HadOld {
+		out.displaced = b.Kept
+	}
+	return out, err
+}
+
+func (k archiveKind) rollbackTree(jc *jobCtx, a *action) (*action, error) {
+	b := &action{
+		Kind:   k.Change(),
+		Step:   a.Step,
+		Target: a.Target,
+		Kept:   filepath.Join(holdDir(a.Target), fmt.Sprintf("rb-%s-%d", jc.key, a.Step)),
+		HasNew: a.HadOld,
+		State:  "prepared",
+	}
+	if a.HadOld {
+		id, ok := idOf(a.Kept)
+		if !ok {
+			return nil, fmt.Errorf("the kept previous tree %s is missing", a.Kept)
+		}
+		b.Stage, b.NewID, b.Preserve = a.Kept, id, true
+	}
+	b.OldID, b.HadOld = idOf(a.Target)
+	if !b.HasNew && !b.HadOld {
+		return b, nil
+	}
+	b.Created = missingDirs(holdDir(a.Target))
+	if err := k.i.addAction(jc, "rollback", b); err != nil {
+		return nil, err
+	}
+	if err := makeDirs(b.Created, 0o700); err != nil {
+		return nil, err
+	}
+	b.State = "switching"
+	if err := jc.save(); err != nil {
+		return nil, err
+	}
+	if err := applyTree(b); err != nil {
+		return nil, err
+	}
+	k.i.at("rollback:switched")
+	b.State = "applied"
+	if err := jc.save(); err != nil {
+		return nil, err
+	}
+	return b, nil
+}

@@ -1,0 +1,80 @@
+// Jobs in flight: when a node whose job is running ends without a final
+// report from its agent (the healthy period, the progress deadline).
+
+package rollout
+
+import (
+	"fmt"
+	"time"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+)
+
+// checkInFlight applies the healthy period and the progress deadline. The
+// deadline runs from the job's start; once the agent reported success it
+// runs again from that report, so a late success still gets its healthy
+// period, but a node that never settles is not waited on forever.
+func (e *Engine) checkInFlight(ru *run, n *ferryv1.NodeJob, now time.Time, fx *effects) {
+	healthy := waitingHealthy(n)
+	start := n.GetStartedAt().AsTime()
+	if healthy {
+		start = n.GetFinishedAt().AsTime()
+		if e.healthyDone(ru, n, now) {
+			e.finish(ru, n, ocSucceeded, now, fx, fmt.Sprintf("healthy for %s after the checks passed", ru.st.healthyFor))
+			return
+		}
+	}
+	if now.Sub(start) < ru.st.progressDeadline {
+		return
+	}
+	fn, ok := e.cfg.Fleet.Node(n.GetNodeId())
+	switch {
+	case !ok || !reachable(fn):
+		e.finish(ru, n, ocUnreachable, now, fx, fmt.Sprintf("node went away mid-job (%s); gave up at the progress deadline %s", nodeStatus(fn, ok), ru.st.progressDeadline))
+	case healthy:
+		e.finish(ru, n, ocFailed, now, fx, fmt.Sprintf("installed, but not healthy for %s within the progress deadline %s", ru.st.healthyFor, ru.st.progressDeadline))
+	default:
+		what := "job"
+		if n.GetJobId() == rollbackJobID(ru.r.GetId(), n.GetNodeId()) {
+			what = "rollback job"
+		}
+		e.finish(ru, n, ocFailed, now, fx, fmt.Sprintf("no result within the progress deadline %s; %s cancelled", ru.st.progressDeadline, what))
+	}
+	if !healthy {
+		fx.cancel(n.GetNodeId(), n.GetJobId())
+	}
+}
+
+// healthyDone: the node has been connected and HEALTHY at every look since
+// its healthy stretch began, for healthy_for, and a heartbeat arrived after
+// that (when the fleet reports heartbeat times).
+func (e *Engine) healthyDone(ru *run, n *ferryv1.NodeJob, now time.Time) bool {
+	id := n.GetNodeId()
+	fn, ok := e.cfg.Fleet.Node(id)
+	if !ok || !reachable(fn) {
+		ru.healthySince[id] = time.Time{}
+		return false
+	}
+	since, seen := ru.healthySince[id]
+	switch {
+	case !seen:
+		// First look since the report, or since a restart: the engine did
+		// not watch the node before, so count from now at the earliest.
+		since = n.GetFinishedAt().AsTime()
+		if e.started.After(since) {
+			since = e.started
+		}
+		ru.healthySince[id] = since
+	case since.IsZero():
+		since = now
+		ru.healthySince[id] = since
+	}
+	end := since.Add(ru.st.healthyFor)
+	if now.Before(end) {
+		return false
+	}
+	if hb := fn.GetLastHeartbeat(); hb != nil && hb.AsTime().Before(end) {
+		return false
+	}
+	return true
+}

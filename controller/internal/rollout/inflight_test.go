@@ -1,0 +1,116 @@
+// Tests of jobs in flight: the progress deadline and the healthy period
+// (inflight.go).
+
+package rollout
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+func TestProgressDeadline(t *testing.T) {
+	tests := []struct {
+		name    string
+		down    bool
+		want    ferryv1.NodeOutcome
+		wantMsg string
+	}{
+		{"silent but connected node fails", false, ocFailed, "no result within the progress deadline 1m0s; job cancelled"},
+		{"node that went down is unreachable", true, ocUnreachable, "node went away mid-job (down, not connected"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, 4)
+			r := h.create(strat{canary: 1, auto: true, parallel: "2", failures: "0", deadline: time.Minute, healthy: time.Second})
+			h.succeed(r.Id, "n00")
+			h.tick(time.Second) // n01, n02 start
+			h.report(r.Id, "n01", phInstalling, "")
+			if tt.down {
+				h.fleet.setState("n01", ferryv1.NodeState_NODE_STATE_DOWN, false)
+			}
+			h.tick(59 * time.Second)
+			if got := h.outcome(r.Id, "n01"); got != ocInstalling {
+				t.Fatalf("before the deadline n01 = %v, want still installing (never given up early)", got)
+			}
+			h.succeed(r.Id, "n02")
+			h.tick(time.Second)
+			h.tick(time.Second)
+			cur := h.get(r.Id)
+			n := nodeOf(cur, "n01")
+			if n.Outcome != tt.want || !strings.Contains(n.Message, tt.wantMsg) {
+				t.Fatalf("n01 = %v %q, want %v %q", n.Outcome, n.Message, tt.want, tt.wantMsg)
+			}
+			if c := h.disp.cancelled(); len(c) != 1 || c[0].jobID != r.Id+"/job/n01" {
+				t.Errorf("cancels = %v", c)
+			}
+			// Given up mid-job, either way it counts against max-failures 0.
+			if cur.State != stPaused || outcomes(cur)["n02"] != ocSucceeded || outcomes(cur)["n03"] != ocPending {
+				t.Errorf("state = %v %v, want paused before n03 started", cur.State, outcomes(cur))
+			}
+			// A late report does not change a final outcome.
+			h.succeed(r.Id, "n01")
+			if got := h.outcome(r.Id, "n01"); got != tt.want {
+				t.Errorf("after a late success n01 = %v", got)
+			}
+		})
+	}
+}
+
+func TestHealthyForNeedsUnbrokenHeartbeats(t *testing.T) {
+	h := newHarness(t, 2)
+	r := h.create(strat{canary: 1, healthy: 10 * time.Second})
+	h.succeed(r.Id, "n00")
+	h.tick(6 * time.Second)
+	h.fleet.setState("n00", ferryv1.NodeState_NODE_STATE_STALE, true)
+	h.tick(3 * time.Second)
+	h.fleet.setState("n00", ferryv1.NodeState_NODE_STATE_HEALTHY, true)
+	h.tick(time.Second) // healthy again at t=10s: the period restarts here
+	h.tick(5 * time.Second)
+	if got := h.outcome(r.Id, "n00"); got != ocChecking {
+		t.Fatalf("15s after success with a stale gap = %v, want still checking", got)
+	}
+	h.tick(5 * time.Second)
+	n := nodeOf(h.get(r.Id), "n00")
+	if n.Outcome != ocSucceeded || !strings.Contains(n.Message, "healthy for 10s") {
+		t.Fatalf("n00 = %v %q, want succeeded after 10s of heartbeats", n.Outcome, n.Message)
+	}
+}
+
+func TestHealthyForWaitsForAHeartbeatAfterThePeriod(t *testing.T) {
+	h := newHarness(t, 1)
+	r := h.create(strat{canary: 1, healthy: 10 * time.Second})
+	h.succeed(r.Id, "n00")
+	// A fleet that reports an old heartbeat: the period has passed, but no
+	// heartbeat arrived after it.
+	h.fleet.mu.Lock()
+	h.fleet.nodes["n00"].State = ferryv1.NodeState_NODE_STATE_HEALTHY
+	h.fleet.mu.Unlock()
+	stale := &staleHeartbeatFleet{fakeFleet: h.fleet, at: h.clock.Now().Add(5 * time.Second)}
+	h.e.cfg.Fleet = stale
+	h.tick(11 * time.Second)
+	if got := h.outcome(r.Id, "n00"); got != ocChecking {
+		t.Fatalf("with the last heartbeat inside the period n00 = %v, want checking", got)
+	}
+	stale.at = h.clock.Now()
+	h.tick(time.Second)
+	if got := h.outcome(r.Id, "n00"); got != ocSucceeded {
+		t.Fatalf("after a fresh heartbeat n00 = %v, want succeeded", got)
+	}
+}
+
+type staleHeartbeatFleet struct {
+	*fakeFleet
+	at time.Time
+}
+
+func (f *staleHeartbeatFleet) Node(id string) (*ferryv1.Node, bool) {
+	n, ok := f.fakeFleet.Node(id)
+	if ok {
+		n.LastHeartbeat = timestamppb.New(f.at)
+	}
+	return n, ok
+}

@@ -1,0 +1,52 @@
+package atomicfile
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestWriteFile(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "ca.key")
+	for _, tc := range []struct {
+		data string
+		mode os.FileMode
+	}{
+		{"first", 0o600},
+		{"second, replacing the first", 0o644},
+	} {
+		if err := WriteFile(p, []byte(tc.data), tc.mode); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(p)
+		if err != nil || string(got) != tc.data {
+			t.Fatalf("read back %q, %v; want %q", got, err, tc.data)
+		}
+		fi, err := os.Stat(p)
+		if err != nil || fi.Mode().Perm() != tc.mode {
+			t.Fatalf("mode %v, %v; want %v", fi.Mode().Perm(), err, tc.mode)
+		}
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("dir holds %v (%v); want only ca.key, no temp files left", entries, err)
+	}
+}
+
+func TestWriteFileMissingDir(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "missing", "ca.key")
+	if err := WriteFile(p, []byte("x"), 0o600); err == nil {
+		t.Fatal("WriteFile into a missing directory succeeded")
+	}
+}
+
+func TestSyncDir(t *testing.T) {
+	dir := t.TempDir()
+	if err := SyncDir(dir); err != nil {
+		t.Fatalf("SyncDir(%s): %v", dir, err)
+	}
+	if err := SyncDir(filepath.Join(dir, "missing")); !os.IsNotExist(err) {
+		t.Fatalf("SyncDir of a missing dir: %v, want not-exist", err)
+	}
+}
