@@ -1,4 +1,4 @@
-package rpc
+package rpc_test
 
 import (
 	"context"
@@ -15,7 +15,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
-	"github.com/ferrydeploy/ferry/shared/pki"
+	"github.com/ferrydeploy/ferry/shared/pki/pkitest"
+	"github.com/ferrydeploy/ferry/shared/rpc"
 	"github.com/ferrydeploy/ferry/shared/rpc/ratelimit"
 	"github.com/ferrydeploy/ferry/shared/rpc/rpctest"
 )
@@ -52,43 +53,26 @@ func (s nodesStub) ListNodes(ctx context.Context, _ *ferryv1.ListNodesRequest) (
 	return &ferryv1.ListNodesResponse{}, nil
 }
 
-func startFront(t *testing.T, l Limits) *testFront {
+func startFront(t *testing.T, l rpc.Limits) *testFront {
 	t.Helper()
-	now := time.Now()
-	ca, err := pki.NewCA(now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	issue := func(id pki.Identity) *tls.Certificate {
-		key, err := pki.NewKey()
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := ca.Sign(pki.SignRequest{Identity: id, PublicKey: key.Public(), TTL: time.Hour, Now: now, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return &tls.Certificate{Certificate: [][]byte{c.Raw, ca.Cert.Raw}, PrivateKey: key, Leaf: c}
-	}
-	serving := issue(pki.Identity{Role: pki.RoleController})
-	admin := issue(pki.Identity{Role: pki.RoleAdmin, Name: "alice"})
+	p := pkitest.New(t)
 	tf := &testFront{
-		adminTLS:  ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return admin, nil }, ca.Pool()),
-		anonTLS:   ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &tls.Certificate{}, nil }, ca.Pool()),
+		adminTLS:  p.ClientTLS(p.Admin),
+		anonTLS:   p.ClientTLS(tls.Certificate{}),
 		deadlines: make(chan time.Duration, 1),
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := ServerOptions{
-		TLS:    ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return serving, nil }, ca.Pool()),
+	o := rpc.ServerOptions{
+		TLS:    p.ServerTLS(),
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Limits: l,
 	}
-	api := NewServer(o)
+	api := rpc.NewServer(o)
 	ferryv1.RegisterNodeServiceServer(api, nodesStub{deadlines: tf.deadlines})
-	front := NewFront(lis, o)
+	front := rpc.NewFront(lis, o)
 	ferryv1.RegisterEnrollmentServiceServer(front, enrollStub{})
 	go api.Serve(front)
 	t.Cleanup(api.Stop) // closes the Front
@@ -98,7 +82,7 @@ func startFront(t *testing.T, l Limits) *testFront {
 
 func (tf *testFront) dial(t *testing.T, conf *tls.Config) *grpc.ClientConn {
 	t.Helper()
-	conn, err := grpc.NewClient(tf.addr, DialOptions(conf)...)
+	conn, err := grpc.NewClient(tf.addr, rpc.DialOptions(conf)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +112,7 @@ func wantRefused(t *testing.T, what string, err error, code codes.Code, msg stri
 }
 
 func TestFrontRoutesByCertificate(t *testing.T) {
-	tf := startFront(t, Limits{})
+	tf := startFront(t, rpc.Limits{})
 	admin, anon := tf.dial(t, tf.adminTLS), tf.dial(t, tf.anonTLS)
 	if err := listNodes(admin); err != nil {
 		t.Fatalf("admin ListNodes: %v", err)
@@ -143,9 +127,9 @@ func TestFrontRoutesByCertificate(t *testing.T) {
 }
 
 func TestFrontRefusesOversizedEnrollment(t *testing.T) {
-	tf := startFront(t, Limits{})
+	tf := startFront(t, rpc.Limits{})
 	anon := tf.dial(t, tf.anonTLS)
-	big := map[string]string{"note": strings.Repeat("x", DefaultLimits.PublicMaxRecvMsgSize)}
+	big := map[string]string{"note": strings.Repeat("x", rpc.DefaultLimits.PublicMaxRecvMsgSize)}
 	wantRefused(t, "oversized Enroll", enroll(anon, big), codes.ResourceExhausted, "larger than max")
 	if err := enroll(anon, map[string]string{"note": "small"}); err != nil {
 		t.Fatalf("Enroll after the refusal: %v", err)
@@ -156,7 +140,7 @@ func TestFrontRefusesOversizedEnrollment(t *testing.T) {
 // have, each announcing 8 MiB: the extra ones are refused and the others
 // answered ResourceExhausted as soon as their message header is read.
 func TestFrontCapsStreams(t *testing.T) {
-	tf := startFront(t, Limits{})
+	tf := startFront(t, rpc.Limits{})
 	p, err := rpctest.Dial(tf.addr, tf.anonTLS)
 	if err != nil {
 		t.Fatal(err)
@@ -177,7 +161,7 @@ func TestFrontCapsStreams(t *testing.T) {
 			t.Errorf("%v; want refused or ResourceExhausted", s)
 		}
 	}
-	if max := int(DefaultLimits.PublicMaxStreams); refused != n-max || exhausted != max {
+	if max := int(rpc.DefaultLimits.PublicMaxStreams); refused != n-max || exhausted != max {
 		t.Errorf("%d streams refused and %d answered ResourceExhausted; want %d and %d", refused, exhausted, n-max, max)
 	}
 }
@@ -186,7 +170,7 @@ func TestFrontCapsStreams(t *testing.T) {
 // request (a peer that stalls mid-message is cut off), and an API call
 // without a deadline gets the default one.
 func TestFrontDeadlines(t *testing.T) {
-	tf := startFront(t, Limits{UnaryTimeout: 300 * time.Millisecond})
+	tf := startFront(t, rpc.Limits{UnaryTimeout: 300 * time.Millisecond})
 	p, err := rpctest.Dial(tf.addr, tf.anonTLS)
 	if err != nil {
 		t.Fatal(err)
@@ -200,7 +184,7 @@ func TestFrontDeadlines(t *testing.T) {
 		t.Errorf("stalled request: %v; want DeadlineExceeded", s)
 	}
 
-	conn, err := grpc.NewClient(tf.addr, DialOptions(tf.adminTLS)...)
+	conn, err := grpc.NewClient(tf.addr, rpc.DialOptions(tf.adminTLS)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +206,7 @@ func TestFrontPerAddressLimits(t *testing.T) {
 	unlimited := ratelimit.Rate{PerSecond: 1000, Burst: 1000}
 	none := ratelimit.Rate{PerSecond: 0.001, Burst: 1} // one, then none during the test
 	t.Run("open connections", func(t *testing.T) {
-		tf := startFront(t, Limits{LimitLoopback: true, PublicConnsPerPeer: 2, PublicConnRate: unlimited, PublicCallRate: unlimited})
+		tf := startFront(t, rpc.Limits{LimitLoopback: true, PublicConnsPerPeer: 2, PublicConnRate: unlimited, PublicCallRate: unlimited})
 		first, second := tf.dial(t, tf.anonTLS), tf.dial(t, tf.anonTLS)
 		for _, c := range []*grpc.ClientConn{first, second} {
 			if err := enroll(c, nil); err != nil {
@@ -243,7 +227,7 @@ func TestFrontPerAddressLimits(t *testing.T) {
 		}
 	})
 	t.Run("new connections", func(t *testing.T) {
-		tf := startFront(t, Limits{LimitLoopback: true, PublicConnRate: ratelimit.Rate{PerSecond: 0.001, Burst: 2}, PublicCallRate: unlimited})
+		tf := startFront(t, rpc.Limits{LimitLoopback: true, PublicConnRate: ratelimit.Rate{PerSecond: 0.001, Burst: 2}, PublicCallRate: unlimited})
 		for range 2 {
 			c := tf.dial(t, tf.anonTLS)
 			if err := enroll(c, nil); err != nil {
@@ -254,7 +238,7 @@ func TestFrontPerAddressLimits(t *testing.T) {
 		wantRefused(t, "third connection", enroll(tf.dial(t, tf.anonTLS), nil), codes.ResourceExhausted, "new ones are allowed at 0.001 per second, bursts of 2")
 	})
 	t.Run("calls", func(t *testing.T) {
-		tf := startFront(t, Limits{LimitLoopback: true, PublicCallRate: none})
+		tf := startFront(t, rpc.Limits{LimitLoopback: true, PublicCallRate: none})
 		c := tf.dial(t, tf.anonTLS)
 		if err := enroll(c, nil); err != nil {
 			t.Fatalf("Enroll within the limit: %v", err)
@@ -262,7 +246,7 @@ func TestFrontPerAddressLimits(t *testing.T) {
 		wantRefused(t, "second call", enroll(c, nil), codes.ResourceExhausted, "too many enrollment requests from 127.0.0.1")
 	})
 	t.Run("open connections from all addresses", func(t *testing.T) {
-		tf := startFront(t, Limits{PublicConns: 2}) // loopback: the per-address limits do not apply, this one does
+		tf := startFront(t, rpc.Limits{PublicConns: 2}) // loopback: the per-address limits do not apply, this one does
 		for range 2 {
 			if err := enroll(tf.dial(t, tf.anonTLS), nil); err != nil {
 				t.Fatalf("Enroll within the limit: %v", err)
@@ -271,7 +255,7 @@ func TestFrontPerAddressLimits(t *testing.T) {
 		wantRefused(t, "third connection", enroll(tf.dial(t, tf.anonTLS), nil), codes.ResourceExhausted, "the controller has 2 connections without a client certificate open, its limit")
 	})
 	t.Run("loopback is exempt by default", func(t *testing.T) {
-		tf := startFront(t, Limits{PublicConnsPerPeer: 1, PublicConnRate: none, PublicCallRate: none})
+		tf := startFront(t, rpc.Limits{PublicConnsPerPeer: 1, PublicConnRate: none, PublicCallRate: none})
 		for range 3 {
 			if err := enroll(tf.dial(t, tf.anonTLS), nil); err != nil {
 				t.Fatalf("Enroll from loopback: %v", err)
