@@ -2,7 +2,6 @@ package controller
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"runtime"
 	"slices"
@@ -22,7 +21,7 @@ import (
 
 func runController(t *testing.T) *Controller {
 	t.Helper()
-	c, err := New(Config{DataDir: t.TempDir(), GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	c, err := New(Config{DataDir: t.TempDir(), GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

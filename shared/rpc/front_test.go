@@ -3,7 +3,6 @@ package rpc_test
 import (
 	"context"
 	"crypto/tls"
-	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -67,7 +66,7 @@ func startFront(t *testing.T, l rpc.Limits) *testFront {
 	}
 	o := rpc.ServerOptions{
 		TLS:    p.ServerTLS(),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger: slog.New(slog.DiscardHandler),
 		Limits: l,
 	}
 	api := rpc.NewServer(o)

@@ -1,6 +1,7 @@
 package rpc
 
 import (
+	"cmp"
 	"context"
 	"time"
 
@@ -81,34 +82,18 @@ const (
 
 func (l Limits) withDefaults() Limits {
 	d := DefaultLimits
-	if l.MaxStreams == 0 {
-		l.MaxStreams = d.MaxStreams
+	return Limits{
+		MaxStreams:           cmp.Or(l.MaxStreams, d.MaxStreams),
+		UnaryTimeout:         cmp.Or(l.UnaryTimeout, d.UnaryTimeout),
+		HandshakeTimeout:     cmp.Or(l.HandshakeTimeout, d.HandshakeTimeout),
+		PublicMaxRecvMsgSize: cmp.Or(l.PublicMaxRecvMsgSize, d.PublicMaxRecvMsgSize),
+		PublicMaxStreams:     cmp.Or(l.PublicMaxStreams, d.PublicMaxStreams),
+		PublicConns:          cmp.Or(l.PublicConns, d.PublicConns),
+		PublicConnsPerPeer:   cmp.Or(l.PublicConnsPerPeer, d.PublicConnsPerPeer),
+		PublicConnRate:       cmp.Or(l.PublicConnRate, d.PublicConnRate),
+		PublicCallRate:       cmp.Or(l.PublicCallRate, d.PublicCallRate),
+		LimitLoopback:        l.LimitLoopback,
 	}
-	if l.UnaryTimeout <= 0 {
-		l.UnaryTimeout = d.UnaryTimeout
-	}
-	if l.HandshakeTimeout <= 0 {
-		l.HandshakeTimeout = d.HandshakeTimeout
-	}
-	if l.PublicMaxRecvMsgSize <= 0 {
-		l.PublicMaxRecvMsgSize = d.PublicMaxRecvMsgSize
-	}
-	if l.PublicMaxStreams == 0 {
-		l.PublicMaxStreams = d.PublicMaxStreams
-	}
-	if l.PublicConns <= 0 {
-		l.PublicConns = d.PublicConns
-	}
-	if l.PublicConnsPerPeer <= 0 {
-		l.PublicConnsPerPeer = d.PublicConnsPerPeer
-	}
-	if l.PublicConnRate == (ratelimit.Rate{}) {
-		l.PublicConnRate = d.PublicConnRate
-	}
-	if l.PublicCallRate == (ratelimit.Rate{}) {
-		l.PublicCallRate = d.PublicCallRate
-	}
-	return l
 }
 
 // unaryDeadline gives unary calls that came without a deadline a default

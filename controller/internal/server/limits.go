@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"time"
 
@@ -34,9 +35,7 @@ type tokenLimits struct {
 }
 
 func newTokenLimits(l EnrollLimits, now func() time.Time) *tokenLimits {
-	if l.PerToken == (ratelimit.Rate{}) {
-		l.PerToken = DefaultEnrollLimits.PerToken
-	}
+	l.PerToken = cmp.Or(l.PerToken, DefaultEnrollLimits.PerToken)
 	return &tokenLimits{rate: l.PerToken, buckets: ratelimit.New(l.PerToken, now), limitLoopback: l.LimitLoopback}
 }
 

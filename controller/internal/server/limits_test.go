@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -46,7 +45,7 @@ func TestEnrollLimitPerToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	d := &Deps{Store: st, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: time.Now}
+	d := &Deps{Store: st, Logger: slog.New(slog.DiscardHandler), Now: time.Now}
 	csr := testCSR(t)
 	call := func(svc ferryv1.EnrollmentServiceServer, ctx context.Context, token string) codes.Code {
 		_, err := svc.Enroll(ctx, &ferryv1.EnrollRequest{Token: token, NodeId: "n1", CsrDer: csr})
