@@ -173,7 +173,7 @@ func New(cfg Config) (*Controller, error) {
 	grpcOpts := rpc.ServerOptions{
 		TLS:     rpc.ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return serving, nil }, ca.Pool()),
 		Logger:  c.log,
-		Metrics: grpcMetrics,
+		Metrics: &rpc.Interceptors{Unary: grpcMetrics.UnaryServerInterceptor(), Stream: grpcMetrics.StreamServerInterceptor()},
 		Check: func(ctx context.Context, id pki.Identity, cert *x509.Certificate) error {
 			if err := admins.Check(id, cert); err != nil {
 				return err
@@ -185,25 +185,12 @@ func New(cfg Config) (*Controller, error) {
 	if err := c.startGossip(); err != nil {
 		return nil, fmt.Errorf("start gossip on %s: %w", cfg.GossipAddr, err)
 	}
-	deps := &server.Deps{
-		Store: c.store, Fleet: c.fleet, CA: ca, Logger: c.log, Now: cfg.Now,
-		GossipKey: c.gossipKey, GossipLabel: gossipLabel(ca),
-		AgentCertTTL: cfg.AgentCertTTL, AdminCertTTL: cfg.AdminCertTTL,
-		AdvertiseAddress: c.advertise, Observer: m, Admins: admins, GossipSeeds: c.gossipSeeds, OnHello: c.rejoin,
-	}
-	// c.grpc serves only peers with a client certificate; the others reach
-	// enrollment alone, on the Front's public server.
-	front := rpc.NewFront(c.grpcLis, grpcOpts)
-	c.grpcLis = front
-	ferryv1.RegisterEnrollmentServiceServer(front, server.NewEnrollmentService(deps, server.EnrollLimits{}))
 	if c.artifacts, err = artifact.Open(artifact.Config{Dir: filepath.Join(cfg.DataDir, "artifacts"), DB: c.store.DB(), Logger: c.log.With("component", "artifact"), Now: cfg.Now}); err != nil {
 		return nil, err
 	}
-	ferryv1.RegisterArtifactServiceServer(c.grpc, artifact.NewService(c.artifacts, deps, c.log.With("component", "artifact")))
-	if c.packages, err = packages.New(c.store, c.artifacts, deps.Audit, cfg.Now); err != nil {
+	if c.packages, err = packages.New(c.store, c.artifacts, cfg.Now); err != nil {
 		return nil, err
 	}
-	ferryv1.RegisterPackageServiceServer(c.grpc, c.packages)
 	c.engine, err = rollout.New(rollout.Config{
 		Store: c.store, Dispatcher: dispatcher{c.fleet}, Fleet: c.fleet, Packages: c.packages,
 		Auditor: auditor{store: c.store, log: c.log, now: cfg.Now}, Logger: c.log.With("component", "rollout"),
@@ -212,11 +199,23 @@ func New(cfg Config) (*Controller, error) {
 		return nil, err
 	}
 	c.reg.MustRegister(rolloutCollector{engine: c.engine})
-	deps.Jobs = jobSink{engine: c.engine, store: c.store, metrics: m, log: c.log, now: cfg.Now}
+	deps := &server.Deps{
+		Store: c.store, Fleet: c.fleet, CA: ca, Logger: c.log, Now: cfg.Now,
+		GossipKey: c.gossipKey, GossipLabel: gossipLabel(ca),
+		AgentCertTTL: cfg.AgentCertTTL, AdminCertTTL: cfg.AdminCertTTL,
+		AdvertiseAddress: c.advertise, Observer: m, Admins: admins, GossipSeeds: c.gossipSeeds, OnHello: c.rejoin,
+		Jobs:      jobSink{engine: c.engine, store: c.store, metrics: m, log: c.log, now: cfg.Now},
+		Artifacts: c.artifacts,
+		Downloads: artifact.NewDownloader(artifact.DownloaderConfig{Store: c.artifacts, MaxConcurrent: cfg.MaxDownloads, BytesServed: m.ArtifactBytesServed, Logger: c.log.With("component", "artifact")}),
+		Packages:  c.packages,
+		Rollouts:  c.engine,
+	}
 	server.Register(c.grpc, deps)
-	server.RegisterRollouts(c.grpc, deps, c.engine)
-	downloads := artifact.NewDownloader(artifact.DownloaderConfig{Store: c.artifacts, MaxConcurrent: cfg.MaxDownloads, BytesServed: m.ArtifactBytesServed, Logger: c.log.With("component", "artifact")})
-	ferryv1.RegisterAgentServiceServer(c.grpc, server.NewAgentService(deps, downloads))
+	// c.grpc serves only peers with a client certificate; the others reach
+	// enrollment alone, on the Front's public server.
+	front := rpc.NewFront(c.grpcLis, grpcOpts)
+	c.grpcLis = front
+	ferryv1.RegisterEnrollmentServiceServer(front, server.NewEnrollmentService(deps, server.EnrollLimits{}))
 	grpcMetrics.InitializeMetrics(c.grpc)
 	ok = true
 	return c, nil

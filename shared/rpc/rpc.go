@@ -19,7 +19,6 @@ import (
 	"strings"
 	"time"
 
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
@@ -159,10 +158,19 @@ func slogAdapter(l *slog.Logger) logging.Logger {
 type ServerOptions struct {
 	TLS     *tls.Config
 	Logger  *slog.Logger
-	Metrics *grpcprom.ServerMetrics // nil: no metrics
-	Policy  Policy                  // nil: DefaultPolicy
-	Check   IdentityChecker         // nil: no extra check
-	Limits  Limits                  // zero fields: DefaultLimits
+	Metrics *Interceptors   // nil: no metrics
+	Policy  Policy          // nil: DefaultPolicy
+	Check   IdentityChecker // nil: no extra check
+	Limits  Limits          // zero fields: DefaultLimits
+}
+
+// Interceptors are a server's unary and stream interceptors for one
+// concern, such as those of go-grpc-middleware's Prometheus ServerMetrics.
+// Taking interceptors rather than that type keeps Prometheus out of this
+// package's clients, such as ferryctl.
+type Interceptors struct {
+	Unary  grpc.UnaryServerInterceptor
+	Stream grpc.StreamServerInterceptor
 }
 
 // NewServer builds the gRPC server for authenticated peers: TLS, the
@@ -200,8 +208,8 @@ func (o ServerOptions) baseOptions(l Limits) []grpc.ServerOption {
 	unary := []grpc.UnaryServerInterceptor{unaryDeadline(l.UnaryTimeout)}
 	var stream []grpc.StreamServerInterceptor
 	if o.Metrics != nil {
-		unary = append(unary, o.Metrics.UnaryServerInterceptor())
-		stream = append(stream, o.Metrics.StreamServerInterceptor())
+		unary = append(unary, o.Metrics.Unary)
+		stream = append(stream, o.Metrics.Stream)
 	}
 	unary = append(unary,
 		logging.UnaryServerInterceptor(slogAdapter(logger), logOpts...),

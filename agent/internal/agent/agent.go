@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,6 +70,11 @@ type Agent struct {
 	metrics *agentMetrics
 	renewed chan struct{} // a renewal asks the session to redial
 	fatal   chan error    // the certificate expired: Run ends
+
+	// Seams for tests: dialer, when set, makes the controller's
+	// connections (TLS still on top); after waits out a reconnect delay.
+	dialer func(ctx context.Context, addr string) (net.Conn, error)
+	after  func(time.Duration) <-chan time.Time
 }
 
 // New loads the identity and checks the config.
@@ -117,6 +123,7 @@ func New(cfg Config) (*Agent, error) {
 	a.metrics = newAgentMetrics()
 	a.renewed = make(chan struct{}, 1)
 	a.fatal = make(chan error, 1)
+	a.after = time.After
 	return a, nil
 }
 
@@ -151,7 +158,11 @@ func (a *Agent) dial() (*grpc.ClientConn, error) {
 	tlsConf := rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 		return a.id.Certificate(), nil
 	}, a.id.Pool())
-	return grpc.NewClient(a.cfg.Controller, rpc.DialOptions(tlsConf)...)
+	opts := rpc.DialOptions(tlsConf)
+	if a.dialer != nil {
+		opts = append(opts, grpc.WithContextDialer(a.dialer))
+	}
+	return grpc.NewClient(a.cfg.Controller, opts...)
 }
 
 // jobDrainTimeout bounds how long a graceful stop waits for a running job
@@ -240,7 +251,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case err := <-a.fatal:
 			return err
-		case <-time.After(delay):
+		case <-a.after(delay):
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package artifact
+package artifact_test
 
 import (
 	"bytes"
@@ -20,13 +20,15 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrydeploy/ferry/controller/internal/artifact"
 	"github.com/ferrydeploy/ferry/controller/internal/packages"
+	"github.com/ferrydeploy/ferry/controller/internal/pushclient"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 func TestPushThenDownload(t *testing.T) {
 	h := newHarness(t, harnessOpts{})
-	data := randomBytes(1, 3*ChunkSize+123)
+	data := randomBytes(1, 3*artifact.ChunkSize+123)
 	want := sha(data)
 	resp, err := h.push("go1.20.3.linux-amd64.tar.gz", "1.20.3", data, want)
 	if err != nil {
@@ -36,14 +38,14 @@ func TestPushThenDownload(t *testing.T) {
 	if !resp.Created || a.Digest != want || a.Size != uint64(len(data)) || a.PushedBy != "admin/alice" || a.PushedAt == nil {
 		t.Fatalf("push response = %v", resp)
 	}
-	blob, err := os.ReadFile(filepath.Join(h.dir, "artifacts", "sha256", strings.TrimPrefix(want, DigestPrefix)))
+	blob, err := os.ReadFile(filepath.Join(h.dir, "artifacts", "sha256", strings.TrimPrefix(want, artifact.DigestPrefix)))
 	if err != nil || !bytes.Equal(blob, data) {
 		t.Fatalf("blob on disk: %d bytes, err %v; want the pushed bytes", len(blob), err)
 	}
 	h.checkConsistent()
 
 	ctx := context.Background()
-	for _, off := range []uint64{0, 1, ChunkSize, uint64(len(data)) - 1, uint64(len(data))} {
+	for _, off := range []uint64{0, 1, artifact.ChunkSize, uint64(len(data)) - 1, uint64(len(data))} {
 		t.Run(fmt.Sprintf("offset %d", off), func(t *testing.T) {
 			before := h.served.n.Load()
 			got, err := h.download(ctx, want, off)
@@ -102,7 +104,7 @@ func TestDownloadErrors(t *testing.T) {
 		}
 	})
 	t.Run("agent certificate may not push", func(t *testing.T) {
-		_, err := Push(ctx, ferryv1.NewArtifactServiceClient(h.agent), &ferryv1.PushArtifactHeader{Name: "x", Version: "1"}, bytes.NewReader(data), nil)
+		_, err := pushclient.Push(ctx, ferryv1.NewArtifactServiceClient(h.agent), &ferryv1.PushArtifactHeader{Name: "x", Version: "1"}, bytes.NewReader(data), nil)
 		if status.Code(err) != codes.PermissionDenied {
 			t.Fatalf("err = %v, want PermissionDenied", err)
 		}
@@ -110,7 +112,7 @@ func TestDownloadErrors(t *testing.T) {
 }
 
 func TestPushRefusals(t *testing.T) {
-	good := randomBytes(3, 2*ChunkSize+7)
+	good := randomBytes(3, 2*artifact.ChunkSize+7)
 	other := randomBytes(4, 5000)
 	cases := []struct {
 		name    string
@@ -122,7 +124,7 @@ func TestPushRefusals(t *testing.T) {
 	}{
 		{
 			name: "wrong checksum",
-			hdr:  &ferryv1.PushArtifactHeader{Name: "b", Version: "1", Sha256: strings.TrimPrefix(sha(other), DigestPrefix)},
+			hdr:  &ferryv1.PushArtifactHeader{Name: "b", Version: "1", Sha256: strings.TrimPrefix(sha(other), artifact.DigestPrefix)},
 			body: good, code: codes.InvalidArgument,
 			want:    []string{"sha256 mismatch", "got " + sha(good), "want " + sha(other), "the upload was discarded"},
 			records: 1,
@@ -166,7 +168,7 @@ func TestPushRefusals(t *testing.T) {
 			if _, err := h.push("a", "1", good, ""); err != nil {
 				t.Fatal(err)
 			}
-			_, err := Push(context.Background(), h.artifacts(), tc.hdr, bytes.NewReader(tc.body), nil)
+			_, err := pushclient.Push(context.Background(), h.artifacts(), tc.hdr, bytes.NewReader(tc.body), nil)
 			if status.Code(err) != tc.code {
 				t.Fatalf("err = %v, want code %s", err, tc.code)
 			}
@@ -221,7 +223,7 @@ func TestPushHeaderMustComeFirst(t *testing.T) {
 
 func TestPushSameBytesAgain(t *testing.T) {
 	h := newHarness(t, harnessOpts{})
-	data := randomBytes(5, ChunkSize+1)
+	data := randomBytes(5, artifact.ChunkSize+1)
 	first, err := h.push("tool", "1.0", data, "")
 	if err != nil {
 		t.Fatal(err)
@@ -240,7 +242,7 @@ func TestPushSameBytesAgain(t *testing.T) {
 	if err != nil || !alias.Created || alias.Artifact.Digest != first.Artifact.Digest {
 		t.Fatalf("alias push = %v, %v", alias, err)
 	}
-	if blobs, _ := os.ReadDir(h.st.blobDir); len(blobs) != 1 {
+	if blobs, _ := os.ReadDir(h.st.BlobDir()); len(blobs) != 1 {
 		t.Errorf("%d blobs for one content, want 1", len(blobs))
 	}
 	h.checkConsistent()
@@ -273,24 +275,24 @@ func (r *slowReader) Read(p []byte) (int, error) {
 
 func TestPushClientDisconnects(t *testing.T) {
 	h := newHarness(t, harnessOpts{})
-	data := randomBytes(6, 4*ChunkSize)
-	r := &slowReader{data: data, limit: 2*ChunkSize + 100, reached: make(chan struct{}), release: make(chan struct{})}
+	data := randomBytes(6, 4*artifact.ChunkSize)
+	r := &slowReader{data: data, limit: 2*artifact.ChunkSize + 100, reached: make(chan struct{}), release: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		_, err := Push(ctx, h.artifacts(), &ferryv1.PushArtifactHeader{Name: "big", Version: "1", Size: uint64(len(data))}, r, nil)
+		_, err := pushclient.Push(ctx, h.artifacts(), &ferryv1.PushArtifactHeader{Name: "big", Version: "1", Size: uint64(len(data))}, r, nil)
 		done <- err
 	}()
 	<-r.reached
 	// Wait until the controller has written what was sent, so the cut
 	// happens mid-upload, with a temp file on disk.
 	waitFor(t, "a temp file with data", func() bool {
-		es, _ := os.ReadDir(h.st.tmpDir)
+		es, _ := os.ReadDir(h.st.TmpDir())
 		if len(es) != 1 {
 			return false
 		}
 		fi, err := es[0].Info()
-		return err == nil && fi.Size() >= ChunkSize
+		return err == nil && fi.Size() >= artifact.ChunkSize
 	})
 	cancel()
 	close(r.release)
@@ -298,11 +300,11 @@ func TestPushClientDisconnects(t *testing.T) {
 		t.Fatalf("push err = %v, want Canceled", err)
 	}
 	waitFor(t, "the controller to discard the upload", func() bool {
-		es, _ := os.ReadDir(h.st.tmpDir)
+		es, _ := os.ReadDir(h.st.TmpDir())
 		return len(es) == 0
 	})
 	waitFor(t, "the refusal to be audited", func() bool { return len(h.audit.list()) == 1 })
-	if _, err := h.st.Resolve("big@1"); !errors.Is(err, ErrNotFound) {
+	if _, err := h.st.Resolve("big@1"); !errors.Is(err, artifact.ErrNotFound) {
 		t.Errorf("after a cut push, resolve big@1: %v, want not found", err)
 	}
 	h.checkConsistent()
@@ -316,7 +318,7 @@ func TestPushClientDisconnects(t *testing.T) {
 func TestRacingPushes(t *testing.T) {
 	t.Run("same bytes", func(t *testing.T) {
 		h := newHarness(t, harnessOpts{})
-		data := randomBytes(7, 3*ChunkSize)
+		data := randomBytes(7, 3*artifact.ChunkSize)
 		const n = 4
 		var wg sync.WaitGroup
 		resps := make([]*ferryv1.PushArtifactResponse, n)
@@ -348,7 +350,7 @@ func TestRacingPushes(t *testing.T) {
 	})
 	t.Run("different bytes, same version", func(t *testing.T) {
 		h := newHarness(t, harnessOpts{})
-		bodies := [][]byte{randomBytes(8, 2*ChunkSize), randomBytes(9, 2*ChunkSize+1)}
+		bodies := [][]byte{randomBytes(8, 2*artifact.ChunkSize), randomBytes(9, 2*artifact.ChunkSize+1)}
 		errs := make([]error, 2)
 		var wg sync.WaitGroup
 		for i := range bodies {
@@ -402,8 +404,8 @@ func (f *fullDisk) Write(p []byte) (int, error) {
 }
 
 func TestPushDiskFull(t *testing.T) {
-	h := newHarness(t, harnessOpts{wrapTemp: enospcAfter(ChunkSize + 10)})
-	data := randomBytes(10, 3*ChunkSize)
+	h := newHarness(t, harnessOpts{wrapTemp: enospcAfter(artifact.ChunkSize + 10)})
+	data := randomBytes(10, 3*artifact.ChunkSize)
 	_, err := h.push("big", "1", data, sha(data))
 	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "no space left") || !strings.Contains(err.Error(), "discarded") {
 		t.Fatalf("err = %v, want ResourceExhausted naming the full disk", err)
@@ -431,13 +433,13 @@ func TestPushDiskFullTmpfs(t *testing.T) {
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
 	h := newHarness(t, harnessOpts{dataDir: dir})
-	data := randomBytes(12, 4*ChunkSize)
+	data := randomBytes(12, 4*artifact.ChunkSize)
 	_, err := h.push("big", "1", data, "")
 	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "no space left") {
 		t.Fatalf("err = %v, want ResourceExhausted", err)
 	}
 	h.checkConsistent()
-	small := randomBytes(13, ChunkSize)
+	small := randomBytes(13, artifact.ChunkSize)
 	if _, err := h.push("small", "1", small, sha(small)); err != nil {
 		t.Fatalf("a push that fits after the failure: %v", err)
 	}
@@ -452,11 +454,11 @@ func TestStartupRemovesLeftovers(t *testing.T) {
 	}
 	// What a crash leaves: a temp file mid-upload, and a blob renamed into
 	// place whose record was never committed.
-	if err := os.WriteFile(filepath.Join(h.st.tmpDir, "push-123"), []byte("half"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(h.st.TmpDir(), "push-123"), []byte("half"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	orphan := []byte("orphan")
-	if err := os.WriteFile(filepath.Join(h.st.blobDir, strings.TrimPrefix(sha(orphan), DigestPrefix)), orphan, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(h.st.BlobDir(), strings.TrimPrefix(sha(orphan), artifact.DigestPrefix)), orphan, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	h.open(harnessOpts{})
@@ -470,13 +472,13 @@ func TestResolve(t *testing.T) {
 	h := newHarness(t, harnessOpts{})
 	now := time.Now()
 	tick := 0
-	h.st.now = func() time.Time { tick++; return now.Add(time.Duration(tick) * time.Second) }
+	h.st.SetNow(func() time.Time { tick++; return now.Add(time.Duration(tick) * time.Second) })
 	// Find two contents whose digests share their first hex digit.
 	var first, second []byte
 	seen := map[byte][]byte{}
 	for i := 0; second == nil; i++ {
 		b := []byte(fmt.Sprint("content ", i))
-		c := sha(b)[len(DigestPrefix)]
+		c := sha(b)[len(artifact.DigestPrefix)]
 		if prev, ok := seen[c]; ok {
 			first, second = prev, b
 		}
@@ -500,10 +502,10 @@ func TestResolve(t *testing.T) {
 		{"app@3.0", "!not found", "!not found"},
 		{"app", "app@2.0", "!matches 2 artifacts"},
 		{"solo", "solo@1", "solo@1"},
-		{d1[:len(DigestPrefix)+20], "app@1.0", "app@1.0"},
-		{d2[:len(DigestPrefix)+20], "app@2.0", "app@2.0"},
-		{d1[:len(DigestPrefix)+1], "!matches", "!app@1.0"},
-		{ds[:len(DigestPrefix)+10], "!matches 2 artifacts", "!alias@1 ("},
+		{d1[:len(artifact.DigestPrefix)+20], "app@1.0", "app@1.0"},
+		{d2[:len(artifact.DigestPrefix)+20], "app@2.0", "app@2.0"},
+		{d1[:len(artifact.DigestPrefix)+1], "!matches", "!app@1.0"},
+		{ds[:len(artifact.DigestPrefix)+10], "!matches 2 artifacts", "!alias@1 ("},
 		{"sha256:", "!give hex digits", "!give hex digits"},
 		{"sha256:xyz", "!give hex digits", "!give hex digits"},
 		{"", "!empty", "!empty"},
@@ -518,7 +520,7 @@ func TestResolve(t *testing.T) {
 					}
 					return
 				}
-				if err != nil || Key(a) != want {
+				if err != nil || artifact.Key(a) != want {
 					t.Errorf("%s: %v, %v; want %s", what, a, err, want)
 				}
 			}
@@ -590,11 +592,11 @@ func TestDelete(t *testing.T) {
 	}
 	// Removing the last one removes the bytes; the prefix form works.
 	resp, err := h.artifacts().DeleteArtifact(ctx, &ferryv1.DeleteArtifactRequest{Ref: sha(data)[:20]})
-	if err != nil || Key(resp.Artifact) != "go-alias@1" {
+	if err != nil || artifact.Key(resp.Artifact) != "go-alias@1" {
 		t.Fatalf("rm by digest prefix: %v, %v", resp, err)
 	}
 	h.checkConsistent()
-	if blobs, _ := os.ReadDir(h.st.blobDir); len(blobs) != 0 {
+	if blobs, _ := os.ReadDir(h.st.BlobDir()); len(blobs) != 0 {
 		t.Errorf("%d blobs left after removing every artifact", len(blobs))
 	}
 	if _, err := h.download(ctx, sha(data), 0); status.Code(err) != codes.NotFound {
@@ -609,7 +611,7 @@ func TestListNewestFirst(t *testing.T) {
 	h := newHarness(t, harnessOpts{})
 	now := time.Now()
 	tick := 0
-	h.st.now = func() time.Time { tick++; return now.Add(time.Duration(tick) * time.Second) }
+	h.st.SetNow(func() time.Time { tick++; return now.Add(time.Duration(tick) * time.Second) })
 	for i, n := range []string{"a", "b", "a"} {
 		if _, err := h.push(n, fmt.Sprint(i), []byte{byte(i)}, ""); err != nil {
 			t.Fatal(err)
@@ -621,7 +623,7 @@ func TestListNewestFirst(t *testing.T) {
 	}
 	var got []string
 	for _, a := range resp.Artifacts {
-		got = append(got, Key(a))
+		got = append(got, artifact.Key(a))
 	}
 	if strings.Join(got, " ") != "a@2 b@1 a@0" {
 		t.Errorf("list = %v, want newest first", got)
@@ -636,7 +638,7 @@ func TestDownloadCap(t *testing.T) {
 	h := newHarness(t, harnessOpts{maxDownloads: 1})
 	// Big enough that the first download cannot complete into the
 	// transport's buffers while its reader is stopped.
-	data := randomBytes(17, 32*ChunkSize)
+	data := randomBytes(17, 32*artifact.ChunkSize)
 	if _, err := h.push("big", "1", data, ""); err != nil {
 		t.Fatal(err)
 	}
@@ -690,65 +692,4 @@ func TestDownloadCap(t *testing.T) {
 		t.Fatalf("queued download returned %d bytes, not the artifact", len(out))
 	}
 	waitFor(t, "slots to be released", func() bool { return h.dl.Active() == 0 })
-}
-
-func TestParseChecksumFile(t *testing.T) {
-	hexA := strings.Repeat("ab", 32)
-	hexB := strings.Repeat("cd", 32)
-	cases := []struct {
-		name, data, file, want, err string
-	}{
-		{"bare digest (go.dev/dl)", hexA + "\n", "go1.20.3.linux-amd64.tar.gz", hexA, ""},
-		{"text mode", hexA + "  go1.20.3.linux-amd64.tar.gz\n", "go1.20.3.linux-amd64.tar.gz", hexA, ""},
-		{"binary mode", hexA + " *go1.20.3.linux-amd64.tar.gz\n", "dl/go1.20.3.linux-amd64.tar.gz", hexA, ""},
-		{"several files", hexB + "  other.tar.gz\n" + hexA + "  ./sub/app.tar.gz\n", "/tmp/app.tar.gz", hexA, ""},
-		{"upper case", strings.ToUpper(hexA) + "  app", "app", hexA, ""},
-		{"BSD style", "SHA256 (app.zip) = " + hexA, "app.zip", hexA, ""},
-		{"comments and blank lines", "# release 1.0\n\n" + hexA + "  app\n", "app", hexA, ""},
-		{"CRLF", hexA + "  app\r\n", "app", hexA, ""},
-		{"no line for the file", hexB + "  other.tar.gz\n", "app.tar.gz", "", "no line for app.tar.gz (it lists other.tar.gz)"},
-		{"empty", "\n", "app", "", "no SHA-256"},
-		{"not a digest", "hello world\n", "app", "", "line 1"},
-		{"md5", "d41d8cd98f00b204e9800998ecf8427e  app\n", "app", "", "not sha256sum output"},
-		{"two bare digests", hexA + "\n" + hexB + "\n", "app", "", "2 digests without file names"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := ParseChecksumFile([]byte(tc.data), tc.file)
-			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("got %q, %v; want an error mentioning %q", got, err, tc.err)
-				}
-				return
-			}
-			if err != nil || got != tc.want {
-				t.Fatalf("got %q, %v; want %q", got, err, tc.want)
-			}
-		})
-	}
-}
-
-func TestInferMeta(t *testing.T) {
-	cases := []struct {
-		file string
-		want Meta
-	}{
-		{"go1.20.3.linux-amd64.tar.gz", Meta{"go1.20.3.linux-amd64.tar.gz", "1.20.3", "linux", "amd64"}},
-		{"/dl/go1.21.0.darwin-arm64.tar.gz", Meta{"go1.21.0.darwin-arm64.tar.gz", "1.21.0", "darwin", "arm64"}},
-		{"node-v18.16.0-linux-x64.tar.xz", Meta{"node-v18.16.0-linux-x64.tar.xz", "18.16.0", "linux", "amd64"}},
-		{"terraform_1.5.7_linux_amd64.zip", Meta{"terraform_1.5.7_linux_amd64.zip", "1.5.7", "linux", "amd64"}},
-		{"prometheus-2.45.0.linux-arm64.tar.gz", Meta{"prometheus-2.45.0.linux-arm64.tar.gz", "2.45.0", "linux", "arm64"}},
-		{"app-2.0.0-rc.1-linux-aarch64.tgz", Meta{"app-2.0.0-rc.1-linux-aarch64.tgz", "2.0.0-rc.1", "linux", "arm64"}},
-		{"myapp-linux-amd64-1.2.3.tar.gz", Meta{"myapp-linux-amd64-1.2.3.tar.gz", "1.2.3", "linux", "amd64"}},
-		{"tool_x86_64", Meta{"tool_x86_64", "", "", "amd64"}},
-		{"myapp", Meta{"myapp", "", "", ""}},
-		{"config-bundle.tar.gz", Meta{"config-bundle.tar.gz", "", "", ""}},
-	}
-	for _, tc := range cases {
-		t.Run(tc.file, func(t *testing.T) {
-			if got := InferMeta(tc.file); got != tc.want {
-				t.Errorf("InferMeta(%q) = %+v, want %+v", tc.file, got, tc.want)
-			}
-		})
-	}
 }

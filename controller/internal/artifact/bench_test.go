@@ -1,4 +1,4 @@
-package artifact
+package artifact_test
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrydeploy/ferry/controller/internal/pushclient"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/pki/pkitest"
 )
@@ -131,7 +132,7 @@ func BenchmarkTransfer256MiB(b *testing.B) {
 			b.Fatal(err)
 		}
 		start := time.Now()
-		resp, err := Push(ctx, h.artifacts(), &ferryv1.PushArtifactHeader{Name: "bench", Version: "1", Size: size}, f, nil)
+		resp, err := pushclient.Push(ctx, h.artifacts(), &ferryv1.PushArtifactHeader{Name: "bench", Version: "1", Size: size}, f, nil)
 		push += time.Since(start)
 		f.Close()
 		if err != nil {

@@ -1,16 +1,11 @@
 package artifact
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
-	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 // DefaultMaxDownloads is how many downloads stream at once unless
@@ -33,8 +28,7 @@ type DownloaderConfig struct {
 	Logger        *slog.Logger
 }
 
-// Downloader streams artifact bytes to agents. It implements
-// server.Downloader.
+// Downloader streams artifact bytes to agents, a bounded number at once.
 type Downloader struct {
 	store  *Store
 	sem    chan struct{}
@@ -53,19 +47,30 @@ func NewDownloader(cfg DownloaderConfig) *Downloader {
 	return &Downloader{store: cfg.Store, sem: make(chan struct{}, cfg.MaxConcurrent), served: cfg.BytesServed, log: cfg.Logger}
 }
 
-// DownloadArtifact streams an artifact from the requested offset in
-// ChunkSize messages, without waiting for the client between them (gRPC
-// flow control paces the stream). The caller's identity was checked by
-// the agent service.
-func (d *Downloader) DownloadArtifact(req *ferryv1.DownloadArtifactRequest, stream grpc.ServerStreamingServer[ferryv1.DownloadArtifactResponse]) error {
-	ctx := stream.Context()
-	rec, err := d.store.Lookup(req.GetDigest())
+// ErrPastEnd is matched (errors.Is) by Download's error for an offset
+// beyond the artifact's size.
+var ErrPastEnd = errors.New("past its end")
+
+// Chunk is one message of a download: Data at Offset in an artifact of
+// Size bytes.
+type Chunk struct {
+	Offset, Size uint64
+	Data         []byte // valid only until the send function returns
+}
+
+// Download streams the artifact with this digest ("sha256:<hex>") from
+// offset, calling send with each ChunkSize piece in order, without waiting
+// for the client between them (the caller's transport paces the stream).
+// A download from the artifact's end sends one chunk without data. A
+// caller beyond MaxConcurrent waits for a slot while ctx lasts. An error
+// send returns is returned unchanged.
+func (d *Downloader) Download(ctx context.Context, digest string, off uint64, send func(Chunk) error) error {
+	rec, err := d.store.Lookup(digest)
 	if err != nil {
-		return toStatus(err)
+		return err
 	}
-	off := req.GetOffset()
 	if off > rec.Size {
-		return status.Errorf(codes.OutOfRange, "artifact %s has %d bytes; offset %d is past its end: discard the partial download and start again", req.GetDigest(), rec.Size, off)
+		return fmt.Errorf("artifact %s has %d bytes; offset %d is %w: discard the partial download and start again", digest, rec.Size, off, ErrPastEnd)
 	}
 
 	// Wait for a slot before opening anything: a queue of thousands of
@@ -73,25 +78,20 @@ func (d *Downloader) DownloadArtifact(req *ferryv1.DownloadArtifactRequest, stre
 	select {
 	case d.sem <- struct{}{}:
 	case <-ctx.Done():
-		return status.FromContextError(ctx.Err()).Err()
+		return ctx.Err()
 	}
 	defer func() { <-d.sem }()
 	blob, err := d.store.OpenBlob(rec)
 	if err != nil {
-		return toStatus(err)
+		return err
 	}
 	defer blob.Close()
 
 	bufp := d.store.chunks.Get().(*[]byte)
 	defer d.store.chunks.Put(bufp)
 	buf := *bufp
-	// One message, reused: SendMsg marshals it (copying the data) before
-	// it returns, and this server has no stats handler that keeps
-	// messages, so the buffer may be refilled afterwards.
-	msg := &ferryv1.DownloadArtifactResponse{Size: blob.Size}
 	if off == blob.Size {
-		msg.Offset = off
-		return stream.Send(msg)
+		return send(Chunk{Offset: off, Size: blob.Size})
 	}
 	for off < blob.Size {
 		n, err := blob.ReadAt(buf, int64(off))
@@ -99,11 +99,10 @@ func (d *Downloader) DownloadArtifact(req *ferryv1.DownloadArtifactRequest, stre
 			if errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
 			}
-			d.log.Error("read artifact blob", "digest", req.GetDigest(), "offset", off, "err", err)
-			return status.Errorf(codes.Internal, "read artifact %s at offset %d: %v", req.GetDigest(), off, err)
+			d.log.Error("read artifact blob", "digest", digest, "offset", off, "err", err)
+			return fmt.Errorf("read artifact %s at offset %d: %w", digest, off, err)
 		}
-		msg.Offset, msg.Data = off, buf[:n]
-		if err := stream.Send(msg); err != nil {
+		if err := send(Chunk{Offset: off, Size: blob.Size, Data: buf[:n]}); err != nil {
 			return err
 		}
 		off += uint64(n)
@@ -116,34 +115,3 @@ func (d *Downloader) DownloadArtifact(req *ferryv1.DownloadArtifactRequest, stre
 
 // Active is how many downloads hold a slot now.
 func (d *Downloader) Active() int { return len(d.sem) }
-
-// toStatus converts the store's errors to gRPC status errors.
-func toStatus(err error) error {
-	if err == nil {
-		return nil
-	}
-	if _, ok := err.(interface{ GRPCStatus() *status.Status }); ok {
-		return err
-	}
-	code := codes.Internal
-	switch {
-	case errors.Is(err, ErrNotFound):
-		code = codes.NotFound
-	case errors.Is(err, ErrInvalid), errors.Is(err, ErrChecksumMismatch), errors.Is(err, ErrSizeMismatch), errors.Is(err, ErrAmbiguous):
-		code = codes.InvalidArgument
-	case errors.Is(err, ErrConflict):
-		code = codes.AlreadyExists
-	case errors.Is(err, ErrReferenced):
-		code = codes.FailedPrecondition
-	case errors.Is(err, ErrDiskFull):
-		code = codes.ResourceExhausted
-	default:
-		if s, ok := status.FromError(err); ok && s.Code() != codes.Unknown {
-			// A receive error: keep its code (Canceled, DeadlineExceeded, ...).
-			code = s.Code()
-		} else if c := status.FromContextError(err).Code(); c == codes.Canceled || c == codes.DeadlineExceeded {
-			code = c
-		}
-	}
-	return status.Error(code, fmt.Sprint(err))
-}

@@ -1,4 +1,4 @@
-package artifact
+package artifact_test
 
 import (
 	"bytes"
@@ -12,13 +12,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 
+	"github.com/ferrydeploy/ferry/controller/internal/artifact"
+	"github.com/ferrydeploy/ferry/controller/internal/pushclient"
 	"github.com/ferrydeploy/ferry/controller/internal/server"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
@@ -32,9 +33,9 @@ type harness struct {
 	t      testing.TB
 	dir    string
 	db     *store.Store
-	st     *Store
-	dl     *Downloader
-	audit  *auditLog
+	st     *artifact.Store
+	dl     *artifact.Downloader
+	audit  auditLog
 	served *counter
 	addr   string
 	admin  *grpc.ClientConn
@@ -53,43 +54,39 @@ type counter struct{ n atomic.Int64 }
 
 func (c *counter) Add(f float64) { c.n.Add(int64(f)) }
 
-type auditLog struct {
-	mu     sync.Mutex
-	events []string
-}
+// auditLog reads the audit events the services wrote to the store.
+type auditLog struct{ h *harness }
 
-func (a *auditLog) Audit(ctx context.Context, action, target string, err error, detail string) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	actor := "?"
-	if c, ok := rpc.CallerFrom(ctx); ok {
-		actor = c.Identity.String()
-	}
-	outcome := "ok"
+// list returns the events oldest first, each as "actor action target
+// ok|refused".
+func (a auditLog) list() []string {
+	evs, err := a.h.db.AuditEvents(0)
 	if err != nil {
-		outcome = "refused"
+		a.h.t.Fatal(err)
 	}
-	a.events = append(a.events, actor+" "+action+" "+target+" "+outcome)
-}
-
-func (a *auditLog) list() []string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return append([]string(nil), a.events...)
+	var out []string
+	for i := len(evs) - 1; i >= 0; i-- {
+		outcome := "ok"
+		if evs[i].Outcome != "ok" {
+			outcome = "refused"
+		}
+		out = append(out, evs[i].Actor+" "+evs[i].Action+" "+evs[i].Target+" "+outcome)
+	}
+	return out
 }
 
 func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 func newHarness(t testing.TB, o harnessOpts) *harness {
 	t.Helper()
-	h := &harness{t: t, dir: o.dataDir, audit: &auditLog{}, served: &counter{}, pki: pkitest.New(t)}
+	h := &harness{t: t, dir: o.dataDir, served: &counter{}, pki: pkitest.New(t)}
+	h.audit = auditLog{h}
 	if h.dir == "" {
 		h.dir = t.TempDir()
 	}
 	h.open(o)
 	srv := rpc.NewServer(rpc.ServerOptions{TLS: h.pki.ServerTLS(), Logger: quietLogger()})
-	ferryv1.RegisterArtifactServiceServer(srv, NewService(h.st, h.audit, quietLogger()))
-	ferryv1.RegisterAgentServiceServer(srv, server.NewAgentService(&server.Deps{Logger: quietLogger()}, h.dl))
+	server.Register(srv, &server.Deps{Store: h.db, Artifacts: h.st, Downloads: h.dl, Logger: quietLogger()})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -113,12 +110,12 @@ func (h *harness) open(o harnessOpts) {
 		h.t.Fatal(err)
 	}
 	h.t.Cleanup(func() { db.Close() })
-	st, err := Open(Config{Dir: filepath.Join(h.dir, "artifacts"), DB: db.DB(), Logger: quietLogger(), wrapTemp: o.wrapTemp})
+	st, err := artifact.Open(artifact.WithWrapTemp(artifact.Config{Dir: filepath.Join(h.dir, "artifacts"), DB: db.DB(), Logger: quietLogger()}, o.wrapTemp))
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	h.db, h.st = db, st
-	h.dl = NewDownloader(DownloaderConfig{Store: st, MaxConcurrent: o.maxDownloads, BytesServed: h.served, Logger: quietLogger()})
+	h.dl = artifact.NewDownloader(artifact.DownloaderConfig{Store: st, MaxConcurrent: o.maxDownloads, BytesServed: h.served, Logger: quietLogger()})
 }
 
 func (h *harness) dial(cert tls.Certificate, extra ...grpc.DialOption) *grpc.ClientConn {
@@ -136,7 +133,7 @@ func (h *harness) artifacts() ferryv1.ArtifactServiceClient {
 }
 
 func (h *harness) push(name, version string, data []byte, sum string) (*ferryv1.PushArtifactResponse, error) {
-	return Push(context.Background(), h.artifacts(), &ferryv1.PushArtifactHeader{Name: name, Version: version, Size: uint64(len(data)), Sha256: sum}, bytes.NewReader(data), nil)
+	return pushclient.Push(context.Background(), h.artifacts(), &ferryv1.PushArtifactHeader{Name: name, Version: version, Size: uint64(len(data)), Sha256: sum}, bytes.NewReader(data), nil)
 }
 
 // download fetches a digest from offset with the agent's certificate.
@@ -166,7 +163,7 @@ func (h *harness) download(ctx context.Context, digest string, offset uint64) ([
 // its blob with the recorded size.
 func (h *harness) checkConsistent() {
 	h.t.Helper()
-	tmps, err := os.ReadDir(h.st.tmpDir)
+	tmps, err := os.ReadDir(h.st.TmpDir())
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -181,20 +178,20 @@ func (h *harness) checkConsistent() {
 	for _, a := range recs {
 		byDigest[a.Digest] = a
 	}
-	blobs, err := os.ReadDir(h.st.blobDir)
+	blobs, err := os.ReadDir(h.st.BlobDir())
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	seen := map[string]bool{}
 	for _, e := range blobs {
-		d := DigestPrefix + e.Name()
+		d := artifact.DigestPrefix + e.Name()
 		seen[d] = true
 		a, ok := byDigest[d]
 		if !ok {
 			h.t.Errorf("blob %s has no record", e.Name())
 			continue
 		}
-		data, err := os.ReadFile(filepath.Join(h.st.blobDir, e.Name()))
+		data, err := os.ReadFile(filepath.Join(h.st.BlobDir(), e.Name()))
 		if err != nil {
 			h.t.Fatal(err)
 		}
@@ -204,14 +201,14 @@ func (h *harness) checkConsistent() {
 	}
 	for d, a := range byDigest {
 		if !seen[d] {
-			h.t.Errorf("record %s has no blob", Key(a))
+			h.t.Errorf("record %s has no blob", artifact.Key(a))
 		}
 	}
 }
 
 func sha(data []byte) string {
 	s := sha256.Sum256(data)
-	return DigestPrefix + hex.EncodeToString(s[:])
+	return artifact.DigestPrefix + hex.EncodeToString(s[:])
 }
 
 func randomBytes(seed uint64, n int) []byte {

@@ -1,4 +1,4 @@
-package artifact
+package artifact_test
 
 import (
 	"bufio"
@@ -19,6 +19,8 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/ferrydeploy/ferry/controller/internal/artifact"
+	"github.com/ferrydeploy/ferry/controller/internal/pushclient"
 	"github.com/ferrydeploy/ferry/controller/internal/server"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
@@ -55,13 +57,12 @@ func runMemServer(dir string) error {
 		return err
 	}
 	defer db.Close()
-	st, err := Open(Config{Dir: filepath.Join(dir, "artifacts"), DB: db.DB(), Logger: quietLogger()})
+	st, err := artifact.Open(artifact.Config{Dir: filepath.Join(dir, "artifacts"), DB: db.DB(), Logger: quietLogger()})
 	if err != nil {
 		return err
 	}
 	srv := rpc.NewServer(rpc.ServerOptions{TLS: serverTLS, Logger: quietLogger()})
-	ferryv1.RegisterArtifactServiceServer(srv, NewService(st, nil, quietLogger()))
-	ferryv1.RegisterAgentServiceServer(srv, server.NewAgentService(&server.Deps{Logger: quietLogger()}, NewDownloader(DownloaderConfig{Store: st, Logger: quietLogger()})))
+	server.Register(srv, &server.Deps{Store: db, Artifacts: st, Downloads: artifact.NewDownloader(artifact.DownloaderConfig{Store: st, Logger: quietLogger()}), Logger: quietLogger()})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -131,7 +132,7 @@ func BenchmarkMemory1GiB(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		body := io.LimitReader(rand.NewChaCha8([32]byte{byte(i), 'm', 'e', 'm'}), size)
-		resp, err := Push(ctx, admin, &ferryv1.PushArtifactHeader{Name: "mem", Version: fmt.Sprint(i), Size: size}, body, nil)
+		resp, err := pushclient.Push(ctx, admin, &ferryv1.PushArtifactHeader{Name: "mem", Version: fmt.Sprint(i), Size: size}, body, nil)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -152,7 +153,7 @@ func BenchmarkMemory1GiB(b *testing.B) {
 			h.Write(m.Data)
 			n += int64(len(m.Data))
 		}
-		if got := DigestPrefix + hex.EncodeToString(h.Sum(nil)); n != size || got != resp.Artifact.Digest {
+		if got := artifact.DigestPrefix + hex.EncodeToString(h.Sum(nil)); n != size || got != resp.Artifact.Digest {
 			b.Fatalf("downloaded %d bytes hashing to %s, want %d bytes of %s", n, got, size, resp.Artifact.Digest)
 		}
 	}

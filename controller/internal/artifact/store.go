@@ -1,9 +1,9 @@
 // Package artifact is the controller's artifact store: content-addressed
 // blobs under <data-dir>/artifacts/sha256/<hex>, their metadata (name,
 // version, platform, size, who pushed them and when) in the embedded store,
-// the ArtifactService admins push to, the download path agents stream from
-// (with a cap on concurrent downloads), and the client side of a push that
-// ferryctl uses.
+// and the download path agents stream from (with a cap on concurrent
+// downloads). Package server serves it over gRPC; ferryctl's side of a
+// push is package pushclient.
 //
 // A blob becomes visible only through its metadata record, and a record is
 // written only after its blob was hashed, fsynced and renamed into place,
@@ -274,8 +274,8 @@ func (s *Store) Put(ctx context.Context, req PutRequest, body io.Reader) (a *fer
 	h := sha256.New()
 	out := &sink{w: w, max: req.Size}
 	dst := io.MultiWriter(out, h)
-	if src, ok := body.(chunkSource); ok {
-		err = src.copyChunks(dst)
+	if src, ok := body.(ChunkSource); ok {
+		err = src.CopyChunks(dst)
 	} else {
 		bufp := s.chunks.Get().(*[]byte)
 		_, err = io.CopyBuffer(dst, ctxio.NewReader(ctx, body), *bufp)
@@ -690,10 +690,10 @@ func (s *Store) OpenBlob(rec *ferryv1.Artifact) (*Blob, error) {
 	return &Blob{File: f, Size: rec.Size}, nil
 }
 
-// chunkSource is a body that hands over its own chunks (a push stream),
+// ChunkSource is a body that hands over its own chunks (a push stream),
 // which saves copying them through a buffer.
-type chunkSource interface {
-	copyChunks(w io.Writer) error
+type ChunkSource interface {
+	CopyChunks(w io.Writer) error
 }
 
 func newChunkPool() *sync.Pool {

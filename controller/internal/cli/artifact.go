@@ -12,7 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ferrydeploy/ferry/controller/internal/artifact"
+	"github.com/ferrydeploy/ferry/controller/internal/pushclient"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
@@ -24,7 +24,7 @@ func (a *app) artifactCmd() *cobra.Command {
 }
 
 func (a *app) artifactPushCmd() *cobra.Command {
-	var meta artifact.Meta
+	var meta pushclient.Meta
 	var sum, sumFile string
 	push := &cobra.Command{
 		Use:   "push FILE [--sha256 HEX | --checksum-file FILE.sha256]",
@@ -60,7 +60,7 @@ read as amd64 and aarch64 as arm64). --timeout does not limit the upload.`,
 			if !fi.Mode().IsRegular() {
 				return fmt.Errorf("%s is not a regular file", path)
 			}
-			inferred := artifact.InferMeta(path)
+			inferred := pushclient.InferMeta(path)
 			m := inferred
 			for _, o := range []struct {
 				dst *string
@@ -99,7 +99,7 @@ read as amd64 and aarch64 as arm64). --timeout does not limit the upload.`,
 			hdr := &ferryv1.PushArtifactHeader{Name: m.Name, Version: m.Version, Os: m.OS, Arch: m.Arch, Size: size, Sha256: got}
 			bar = a.progress("pushing "+ref, size)
 			start := time.Now()
-			resp, err := artifact.Push(cmd.Context(), ferryv1.NewArtifactServiceClient(conn), hdr, f, bar.update)
+			resp, err := pushclient.Push(cmd.Context(), ferryv1.NewArtifactServiceClient(conn), hdr, f, bar.update)
 			bar.done()
 			if err != nil {
 				return err
@@ -107,11 +107,11 @@ read as amd64 and aarch64 as arm64). --timeout does not limit the upload.`,
 			return a.show(resp, func() error {
 				art := resp.Artifact
 				if !resp.Created {
-					fmt.Fprintf(a.stdout, "artifact %s unchanged: these bytes are already stored (%s)\n", artifact.Key(art), art.Digest)
+					fmt.Fprintf(a.stdout, "artifact %s unchanged: these bytes are already stored (%s)\n", pushclient.Key(art), art.Digest)
 					return nil
 				}
 				secs := time.Since(start).Seconds()
-				fmt.Fprintf(a.stdout, "artifact %s pushed: %s, %s%s, %s in %.1fs\n", artifact.Key(art), art.Digest, humanBytes(art.Size), platform(art), checkedBy(source), secs)
+				fmt.Fprintf(a.stdout, "artifact %s pushed: %s, %s%s, %s in %.1fs\n", pushclient.Key(art), art.Digest, humanBytes(art.Size), platform(art), checkedBy(source), secs)
 				return nil
 			})
 		},
@@ -142,7 +142,7 @@ func declaredChecksum(path, sum, sumFile string) (string, string, error) {
 		if err != nil {
 			return "", "", fmt.Errorf("--checksum-file: %w", err)
 		}
-		h, err := artifact.ParseChecksumFile(data, path)
+		h, err := pushclient.ParseChecksumFile(data, path)
 		if err != nil {
 			return "", "", fmt.Errorf("checksum file %s: %w", sumFile, err)
 		}
@@ -175,7 +175,7 @@ func platform(a *ferryv1.Artifact) string {
 
 func hashFile(r io.Reader, progress func(uint64)) (string, error) {
 	h := sha256.New()
-	buf := make([]byte, artifact.ChunkSize)
+	buf := make([]byte, pushclient.ChunkSize)
 	var done uint64
 	for {
 		n, err := r.Read(buf)
@@ -254,7 +254,7 @@ func (a *app) artifactRmCmd() *cobra.Command {
 				return err
 			}
 			return a.show(resp, func() error {
-				fmt.Fprintf(a.stdout, "artifact %s (%s) removed\n", artifact.Key(resp.Artifact), shortDigest(resp.Artifact.Digest))
+				fmt.Fprintf(a.stdout, "artifact %s (%s) removed\n", pushclient.Key(resp.Artifact), shortDigest(resp.Artifact.Digest))
 				return nil
 			})
 		},

@@ -7,7 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ferrydeploy/ferry/controller/internal/metrics"
+	"github.com/ferrydeploy/ferry/controller/internal/nodestate"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
@@ -77,7 +77,7 @@ func (a *app) watchNodes(cmd *cobra.Command, req *ferryv1.WatchNodesRequest) err
 			continue
 		}
 		n := m.Node
-		fmt.Fprintf(a.stdout, "%s  %-10s %-12s %s\n", time.Now().Format("15:04:05"), n.Id, metrics.StateName(n.State), n.StateReason)
+		fmt.Fprintf(a.stdout, "%s  %-10s %-12s %s\n", time.Now().Format("15:04:05"), n.Id, nodestate.Name(n.State), n.StateReason)
 	}
 }
 
@@ -88,7 +88,7 @@ func (a *app) printNodes(nodes []*ferryv1.Node) error {
 		if n.LastHeartbeat != nil {
 			hb = age(now.Sub(n.LastHeartbeat.AsTime())) + " ago"
 		}
-		return []string{n.Id, n.Group, metrics.StateName(n.State), hb, orDash(n.AgentVersion), orDash(n.Address), n.StateReason}
+		return []string{n.Id, n.Group, nodestate.Name(n.State), hb, orDash(n.AgentVersion), orDash(n.Address), n.StateReason}
 	})
 }
 

@@ -10,8 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ferrydeploy/ferry/controller/internal/artifact"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
 
 // splitRef splits "name@version".
@@ -103,4 +103,9 @@ func (a *app) packageCmd() *cobra.Command {
 }
 
 // shortDigest abbreviates "sha256:<hex>" to 12 hex digits ("-" when empty).
-func shortDigest(d string) string { return orDash(artifact.ShortDigest(d)) }
+func shortDigest(d string) string {
+	if n := len(sha256digest.Prefix) + 12; len(d) > n {
+		d = d[:n]
+	}
+	return orDash(d)
+}

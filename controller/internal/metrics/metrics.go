@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ferrydeploy/ferry/controller/internal/nodestate"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/version"
 )
@@ -75,36 +76,13 @@ func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- maxAge
 }
 
-// StateName is the lowercase label value of a node state.
-func StateName(s ferryv1.NodeState) string {
-	switch s {
-	case ferryv1.NodeState_NODE_STATE_HEALTHY:
-		return "healthy"
-	case ferryv1.NodeState_NODE_STATE_STALE:
-		return "stale"
-	case ferryv1.NodeState_NODE_STATE_UNREACHABLE:
-		return "unreachable"
-	case ferryv1.NodeState_NODE_STATE_SUSPECT:
-		return "suspect"
-	case ferryv1.NodeState_NODE_STATE_DOWN:
-		return "down"
-	case ferryv1.NodeState_NODE_STATE_LEFT:
-		return "left"
-	case ferryv1.NodeState_NODE_STATE_REMOVED:
-		return "removed"
-	case ferryv1.NodeState_NODE_STATE_PENDING:
-		return "pending"
-	}
-	return "unknown"
-}
-
 func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	type key struct{ state, group string }
 	counts := map[key]int{}
 	now := c.now()
 	var oldest time.Duration
 	for _, n := range c.nodes() {
-		counts[key{StateName(n.State), n.Group}]++
+		counts[key{nodestate.Name(n.State), n.Group}]++
 		switch n.State {
 		case ferryv1.NodeState_NODE_STATE_REMOVED, ferryv1.NodeState_NODE_STATE_LEFT, ferryv1.NodeState_NODE_STATE_PENDING:
 			continue

@@ -1,10 +1,10 @@
 // Package packages stores install recipes: immutable package versions
 // parsed from YAML by pkgspec, with their artifact resolved to a digest.
-// It serves the PackageService API and gives the rollout engine read access.
+// Package server serves it as the PackageService; the rollout engine reads
+// it.
 package packages
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"sort"
@@ -12,45 +12,43 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/ferrydeploy/ferry/controller/internal/pkgspec"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
-	"github.com/ferrydeploy/ferry/shared/rpc"
 )
 
 // Bucket is the bbolt bucket holding packages, keyed "name@version". The
 // artifact store reads it to refuse removing a referenced artifact.
 var Bucket = []byte("packages")
 
-// ErrNotFound is returned for an unknown package version.
-var ErrNotFound = errors.New("package not found")
+// Errors callers tell apart with errors.Is.
+var (
+	// ErrNotFound is returned for an unknown package version.
+	ErrNotFound = errors.New("package not found")
+	// ErrImmutable is returned when a version is applied again with other
+	// content.
+	ErrImmutable = errors.New("package versions are immutable")
+)
 
-// Auditor records admin actions.
-type Auditor func(ctx context.Context, action, target string, err error, detail string)
-
-// Store is the package store and PackageService implementation.
+// Store is the package store.
 type Store struct {
-	ferryv1.UnimplementedPackageServiceServer
 	db       *store.Store
 	resolver pkgspec.ArtifactResolver
-	audit    Auditor
 	now      func() time.Time
 }
 
 // New returns a package store.
-func New(db *store.Store, resolver pkgspec.ArtifactResolver, audit Auditor, now func() time.Time) (*Store, error) {
+func New(db *store.Store, resolver pkgspec.ArtifactResolver, now func() time.Time) (*Store, error) {
 	if err := db.EnsureBucket(Bucket); err != nil {
 		return nil, fmt.Errorf("package store: %w", err)
 	}
 	if now == nil {
 		now = time.Now
 	}
-	return &Store{db: db, resolver: resolver, audit: audit, now: now}, nil
+	return &Store{db: db, resolver: resolver, now: now}, nil
 }
 
 func key(name, version string) string { return name + "@" + version }
@@ -78,7 +76,7 @@ func (s *Store) Apply(filename string, data []byte, actor string) (*ferryv1.Pack
 				stored = prev
 				return nil
 			}
-			return fmt.Errorf("%w: package %s@%s already exists with different content (applied by %s at %s); package versions are immutable: give this content a new version", errImmutable, pkg.Name, pkg.Version, prev.CreatedBy, prev.CreatedAt.AsTime().UTC().Format(time.RFC3339))
+			return fmt.Errorf("package %s@%s already exists with different content (applied by %s at %s); %w: give this content a new version", pkg.Name, pkg.Version, prev.CreatedBy, prev.CreatedAt.AsTime().UTC().Format(time.RFC3339), ErrImmutable)
 		}
 		data, err := proto.Marshal(pkg)
 		if err != nil {
@@ -92,8 +90,6 @@ func (s *Store) Apply(filename string, data []byte, actor string) (*ferryv1.Pack
 	}
 	return stored, created, nil
 }
-
-var errImmutable = errors.New("immutable")
 
 // Package returns one version (rollout.Packages).
 func (s *Store) Package(name, version string) (*ferryv1.Package, error) {
@@ -129,53 +125,4 @@ func (s *Store) Packages(name string) ([]*ferryv1.Package, error) {
 		return out[i].CreatedAt.AsTime().Before(out[j].CreatedAt.AsTime())
 	})
 	return out, err
-}
-
-// ApplyPackage implements PackageService.
-func (s *Store) ApplyPackage(ctx context.Context, req *ferryv1.ApplyPackageRequest) (*ferryv1.ApplyPackageResponse, error) {
-	name := req.GetFilename()
-	if name == "" {
-		name = "package.yaml"
-	}
-	pkg, created, err := s.Apply(name, []byte(req.GetYaml()), rpc.CallerName(ctx))
-	target := name
-	if pkg != nil {
-		target = key(pkg.Name, pkg.Version)
-	}
-	if s.audit != nil {
-		s.audit(ctx, "package.apply", target, err, fmt.Sprintf("created=%v", created))
-	}
-	if err != nil {
-		if errors.Is(err, errImmutable) {
-			return nil, status.Error(codes.AlreadyExists, strings.TrimPrefix(err.Error(), errImmutable.Error()+": "))
-		}
-		var list pkgspec.ErrorList
-		var fe *pkgspec.FieldError
-		if errors.As(err, &list) || errors.As(err, &fe) {
-			return nil, status.Error(codes.InvalidArgument, err.Error())
-		}
-		return nil, status.Error(codes.Internal, err.Error())
-	}
-	return &ferryv1.ApplyPackageResponse{Package: pkg, Created: created}, nil
-}
-
-// ListPackages implements PackageService.
-func (s *Store) ListPackages(ctx context.Context, req *ferryv1.ListPackagesRequest) (*ferryv1.ListPackagesResponse, error) {
-	ps, err := s.Packages(req.GetName())
-	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
-	}
-	return &ferryv1.ListPackagesResponse{Packages: ps}, nil
-}
-
-// GetPackage implements PackageService.
-func (s *Store) GetPackage(ctx context.Context, req *ferryv1.GetPackageRequest) (*ferryv1.GetPackageResponse, error) {
-	p, err := s.Package(req.GetName(), req.GetVersion())
-	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return nil, status.Error(codes.NotFound, err.Error())
-		}
-		return nil, status.Error(codes.Internal, err.Error())
-	}
-	return &ferryv1.GetPackageResponse{Package: p}, nil
 }

@@ -35,7 +35,7 @@ func newStore(t *testing.T) *Store {
 	}
 	t.Cleanup(func() { db.Close() })
 	r := resolver{"go1.20.3.linux-amd64.tar.gz": {Digest: "sha256:" + strings.Repeat("ab", 32), Name: "go1.20.3.linux-amd64.tar.gz", Size: 100}}
-	s, err := New(db, r, nil, nil)
+	s, err := New(db, r, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -74,7 +74,7 @@ func (s *certificateServer) RevokeAdmin(ctx context.Context, req *ferryv1.Revoke
 	err = s.d.Admins.revoke(req.GetName(), at)
 	s.d.Audit(ctx, "cert.revoke", "admin/"+req.GetName(), err, "")
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, toStatus(err)
 	}
 	return &ferryv1.RevokeAdminResponse{RevokedAt: timestamppb.New(at)}, nil
 }

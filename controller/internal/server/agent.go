@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/ferrydeploy/ferry/controller/internal/artifact"
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/pki"
@@ -18,8 +19,7 @@ import (
 
 type agentServer struct {
 	ferryv1.UnimplementedAgentServiceServer
-	d  *Deps
-	dl Downloader
+	d *Deps
 }
 
 // agentID returns the calling node's ID, from its certificate only.
@@ -192,7 +192,7 @@ func (s *agentServer) RenewCertificate(ctx context.Context, req *ferryv1.RenewCe
 	}
 	cert, err := s.d.CA.Sign(pki.SignRequest{Identity: c.Identity, PublicKey: csr.PublicKey, TTL: s.d.AgentCertTTL, Now: s.d.Now()})
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, toStatus(err)
 	}
 	if err := s.d.Fleet.Renewed(c.Identity.Name, cert, c.Cert.SerialNumber.String()); err != nil {
 		return nil, status.Errorf(codes.PermissionDenied, "renew certificate for %s: %v", c.Identity.Name, err)
@@ -205,8 +205,15 @@ func (s *agentServer) DownloadArtifact(req *ferryv1.DownloadArtifactRequest, str
 	if _, err := agentID(stream.Context()); err != nil {
 		return err
 	}
-	if s.dl == nil {
+	if s.d.Downloads == nil {
 		return status.Error(codes.Unimplemented, "this controller has no artifact store")
 	}
-	return s.dl.DownloadArtifact(req, stream)
+	// One message, reused: SendMsg marshals it (copying the data) before
+	// it returns, and this server has no stats handler that keeps
+	// messages, so the downloader may refill the buffer afterwards.
+	msg := &ferryv1.DownloadArtifactResponse{}
+	return toStatus(s.d.Downloads.Download(stream.Context(), req.GetDigest(), req.GetOffset(), func(c artifact.Chunk) error {
+		msg.Offset, msg.Size, msg.Data = c.Offset, c.Size, c.Data
+		return stream.Send(msg)
+	}))
 }

@@ -7,7 +7,6 @@ import (
 	"crypto/subtle"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"strings"
 
 	"google.golang.org/grpc/codes"
@@ -131,15 +130,7 @@ func (s *enrollmentServer) Enroll(ctx context.Context, req *ferryv1.EnrollReques
 			addr = p.Addr.String()
 		}
 		log.Warn("enrollment refused", "token", e.tokenID, "addr", addr, "err", err)
-		switch {
-		case errors.Is(err, store.ErrNodeExists):
-			return nil, status.Error(codes.AlreadyExists, err.Error())
-		case errors.Is(err, store.ErrTokenInvalid):
-			return nil, status.Error(codes.Unauthenticated, err.Error())
-		case errors.Is(err, store.ErrTokenUnusable):
-			return nil, status.Error(codes.PermissionDenied, err.Error())
-		}
-		return nil, status.Error(codes.Internal, fmt.Sprintf("enroll node %s: %v", req.GetNodeId(), err))
+		return nil, toStatus(err)
 	}
 	s.d.Fleet.Added(rec)
 	log.Info("node enrolled", "group", rec.Group, "token", e.tokenID)

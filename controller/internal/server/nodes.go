@@ -70,7 +70,7 @@ func (s *nodeServer) RemoveNode(ctx context.Context, req *ferryv1.RemoveNodeRequ
 		if _, ok := s.d.Fleet.Node(req.GetId()); ok {
 			return nil, status.Error(codes.FailedPrecondition, err.Error())
 		}
-		return nil, storeErr(err)
+		return nil, toStatus(err)
 	}
 	return &ferryv1.RemoveNodeResponse{Node: n}, nil
 }

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"google.golang.org/grpc"
@@ -10,7 +9,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/ferrydeploy/ferry/controller/internal/rollout"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/rpc"
 )
@@ -29,46 +27,21 @@ type Rollouts interface {
 	Undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.Rollout, error)
 }
 
-// RegisterRollouts adds the rollout and log services.
-func RegisterRollouts(s *grpc.Server, d *Deps, r Rollouts) {
-	ferryv1.RegisterRolloutServiceServer(s, &rolloutServer{d: d, r: r})
-	ferryv1.RegisterLogServiceServer(s, &logServer{d: d, r: r})
-}
-
 type rolloutServer struct {
 	ferryv1.UnimplementedRolloutServiceServer
 	d *Deps
 	r Rollouts
 }
 
-func rolloutErr(err error) error {
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, rollout.ErrInvalid):
-		return status.Error(codes.InvalidArgument, err.Error())
-	case errors.Is(err, rollout.ErrNotFound):
-		return status.Error(codes.NotFound, err.Error())
-	case errors.Is(err, rollout.ErrConflict):
-		return status.Error(codes.AlreadyExists, err.Error())
-	case errors.Is(err, rollout.ErrState):
-		return status.Error(codes.FailedPrecondition, err.Error())
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	return status.Error(codes.Internal, err.Error())
-}
-
 func (s *rolloutServer) CreateRollout(ctx context.Context, req *ferryv1.CreateRolloutRequest) (*ferryv1.CreateRolloutResponse, error) {
 	resp, err := s.r.Create(ctx, rpc.CallerName(ctx), req)
-	return resp, rolloutErr(err)
+	return resp, toStatus(err)
 }
 
 func (s *rolloutServer) GetRollout(ctx context.Context, req *ferryv1.GetRolloutRequest) (*ferryv1.GetRolloutResponse, error) {
 	r, err := s.r.Get(req.GetId())
 	if err != nil {
-		return nil, rolloutErr(err)
+		return nil, toStatus(err)
 	}
 	return &ferryv1.GetRolloutResponse{Rollout: r}, nil
 }
@@ -76,7 +49,7 @@ func (s *rolloutServer) GetRollout(ctx context.Context, req *ferryv1.GetRolloutR
 func (s *rolloutServer) WatchRollout(req *ferryv1.WatchRolloutRequest, stream grpc.ServerStreamingServer[ferryv1.WatchRolloutResponse]) error {
 	ch, err := s.r.Watch(stream.Context(), req.GetId())
 	if err != nil {
-		return rolloutErr(err)
+		return toStatus(err)
 	}
 	for ev := range ch {
 		if err := stream.Send(ev); err != nil {
@@ -97,7 +70,7 @@ func (s *rolloutServer) ListRollouts(ctx context.Context, req *ferryv1.ListRollo
 func (s *rolloutServer) PromoteRollout(ctx context.Context, req *ferryv1.PromoteRolloutRequest) (*ferryv1.PromoteRolloutResponse, error) {
 	r, err := s.r.Promote(rpc.CallerName(ctx), req.GetId())
 	if err != nil {
-		return nil, rolloutErr(err)
+		return nil, toStatus(err)
 	}
 	return &ferryv1.PromoteRolloutResponse{Rollout: r}, nil
 }
@@ -105,7 +78,7 @@ func (s *rolloutServer) PromoteRollout(ctx context.Context, req *ferryv1.Promote
 func (s *rolloutServer) PauseRollout(ctx context.Context, req *ferryv1.PauseRolloutRequest) (*ferryv1.PauseRolloutResponse, error) {
 	r, err := s.r.Pause(rpc.CallerName(ctx), req.GetId())
 	if err != nil {
-		return nil, rolloutErr(err)
+		return nil, toStatus(err)
 	}
 	return &ferryv1.PauseRolloutResponse{Rollout: r}, nil
 }
@@ -113,7 +86,7 @@ func (s *rolloutServer) PauseRollout(ctx context.Context, req *ferryv1.PauseRoll
 func (s *rolloutServer) ResumeRollout(ctx context.Context, req *ferryv1.ResumeRolloutRequest) (*ferryv1.ResumeRolloutResponse, error) {
 	r, err := s.r.Resume(rpc.CallerName(ctx), req.GetId())
 	if err != nil {
-		return nil, rolloutErr(err)
+		return nil, toStatus(err)
 	}
 	return &ferryv1.ResumeRolloutResponse{Rollout: r}, nil
 }
@@ -121,7 +94,7 @@ func (s *rolloutServer) ResumeRollout(ctx context.Context, req *ferryv1.ResumeRo
 func (s *rolloutServer) AbortRollout(ctx context.Context, req *ferryv1.AbortRolloutRequest) (*ferryv1.AbortRolloutResponse, error) {
 	r, err := s.r.Abort(rpc.CallerName(ctx), req.GetId())
 	if err != nil {
-		return nil, rolloutErr(err)
+		return nil, toStatus(err)
 	}
 	return &ferryv1.AbortRolloutResponse{Rollout: r}, nil
 }
@@ -129,7 +102,7 @@ func (s *rolloutServer) AbortRollout(ctx context.Context, req *ferryv1.AbortRoll
 func (s *rolloutServer) UndoRollout(ctx context.Context, req *ferryv1.UndoRolloutRequest) (*ferryv1.UndoRolloutResponse, error) {
 	r, err := s.r.Undo(rpc.CallerName(ctx), req)
 	if err != nil {
-		return nil, rolloutErr(err)
+		return nil, toStatus(err)
 	}
 	return &ferryv1.UndoRolloutResponse{Rollout: r}, nil
 }
@@ -144,7 +117,7 @@ type logServer struct {
 // the node's job in the rollout has ended.
 func (s *logServer) GetJobLogs(req *ferryv1.GetJobLogsRequest, stream grpc.ServerStreamingServer[ferryv1.GetJobLogsResponse]) error {
 	if _, err := s.r.Get(req.GetRolloutId()); err != nil {
-		return rolloutErr(err)
+		return toStatus(err)
 	}
 	if _, ok := s.r.NodeJob(req.GetRolloutId(), req.GetNodeId()); !ok {
 		return status.Errorf(codes.NotFound, "node %s is not part of rollout %s", req.GetNodeId(), req.GetRolloutId())
@@ -154,7 +127,7 @@ func (s *logServer) GetJobLogs(req *ferryv1.GetJobLogsRequest, stream grpc.Serve
 	for {
 		text, total, err := s.d.Store.JobLog(req.GetRolloutId(), req.GetNodeId())
 		if err != nil {
-			return status.Error(codes.Internal, err.Error())
+			return toStatus(err)
 		}
 		if total > sent {
 			chunk := text

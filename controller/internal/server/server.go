@@ -1,11 +1,13 @@
-// Package server implements the controller's gRPC services on top of the
-// fleet registry, the store and the CA. Handlers convert to status errors
-// at this boundary only.
+// Package server is the controller's one gRPC layer: every service's
+// handlers live here, on top of the domain packages (fleet, store,
+// artifact, packages, rollout) and the CA, which speak plain Go and return
+// sentinel or typed errors. Handlers turn those into status errors here
+// only, through the one table in errors.go; a test keeps the status and
+// codes packages out of the rest of the module.
 package server
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"time"
 
@@ -14,7 +16,9 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/ferrydeploy/ferry/controller/internal/artifact"
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
+	"github.com/ferrydeploy/ferry/controller/internal/packages"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/pki"
@@ -55,9 +59,14 @@ type Deps struct {
 	Admins *Admins
 	// OnHello is told each connecting node's gossip address.
 	OnHello func(nodeID, gossipAddr string)
+
+	Artifacts *artifact.Store
+	Downloads *artifact.Downloader // nil: agents are told there is no artifact store
+	Packages  *packages.Store
+	Rollouts  Rollouts
 }
 
-// Register adds the services this package implements to a gRPC server.
+// Register adds every Ferry service to a gRPC server.
 func Register(s *grpc.Server, d *Deps) {
 	if d.Now == nil {
 		d.Now = time.Now
@@ -66,21 +75,15 @@ func Register(s *grpc.Server, d *Deps) {
 		d.Logger = slog.Default()
 	}
 	ferryv1.RegisterEnrollmentServiceServer(s, &enrollmentServer{d: d})
+	ferryv1.RegisterAgentServiceServer(s, &agentServer{d: d})
 	ferryv1.RegisterNodeServiceServer(s, &nodeServer{d: d})
 	ferryv1.RegisterTokenServiceServer(s, &tokenServer{d: d})
 	ferryv1.RegisterCertificateServiceServer(s, &certificateServer{d: d})
 	ferryv1.RegisterAuditServiceServer(s, &auditServer{d: d})
-}
-
-// NewAgentService returns the agent service; the artifact download is
-// delegated to dl.
-func NewAgentService(d *Deps, dl Downloader) ferryv1.AgentServiceServer {
-	return &agentServer{d: d, dl: dl}
-}
-
-// Downloader serves artifact bytes to agents.
-type Downloader interface {
-	DownloadArtifact(*ferryv1.DownloadArtifactRequest, grpc.ServerStreamingServer[ferryv1.DownloadArtifactResponse]) error
+	ferryv1.RegisterArtifactServiceServer(s, &artifactServer{d: d, log: d.Logger.With("component", "artifact")})
+	ferryv1.RegisterPackageServiceServer(s, &packageServer{d: d})
+	ferryv1.RegisterRolloutServiceServer(s, &rolloutServer{d: d, r: d.Rollouts})
+	ferryv1.RegisterLogServiceServer(s, &logServer{d: d, r: d.Rollouts})
 }
 
 // caller returns the authenticated caller; handlers behind the auth
@@ -105,20 +108,6 @@ func (d *Deps) Audit(ctx context.Context, action, target string, err error, deta
 	}
 }
 
-func storeErr(err error) error {
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, store.ErrNotFound):
-		return status.Error(codes.NotFound, err.Error())
-	default:
-		if _, ok := status.FromError(err); ok {
-			return err
-		}
-		return status.Error(codes.Internal, err.Error())
-	}
-}
-
 type auditServer struct {
 	ferryv1.UnimplementedAuditServiceServer
 	d *Deps
@@ -131,7 +120,7 @@ func (s *auditServer) ListAuditEvents(ctx context.Context, req *ferryv1.ListAudi
 	}
 	evs, err := s.d.Store.AuditEvents(limit)
 	if err != nil {
-		return nil, storeErr(err)
+		return nil, toStatus(err)
 	}
 	return &ferryv1.ListAuditEventsResponse{Events: evs}, nil
 }

@@ -45,11 +45,11 @@ func (s *tokenServer) CreateToken(ctx context.Context, req *ferryv1.CreateTokenR
 	}
 	id, err := randomString(tokenIDLen)
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, toStatus(err)
 	}
 	secret, err := randomString(tokenSecretLen)
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, toStatus(err)
 	}
 	now := s.d.Now()
 	rec := store.TokenRecord{ID: id, SecretHash: hashSecret(secret), Group: req.GetGroup(), ExpiresAt: now.Add(ttl),
@@ -57,7 +57,7 @@ func (s *tokenServer) CreateToken(ctx context.Context, req *ferryv1.CreateTokenR
 	err = s.d.Store.PutToken(rec)
 	s.d.Audit(ctx, "token.create", id, err, "group="+req.GetGroup())
 	if err != nil {
-		return nil, storeErr(err)
+		return nil, toStatus(err)
 	}
 	return &ferryv1.CreateTokenResponse{Token: tokenProto(rec), Secret: id + "." + secret, CaPin: s.d.CA.Pin()}, nil
 }
@@ -65,7 +65,7 @@ func (s *tokenServer) CreateToken(ctx context.Context, req *ferryv1.CreateTokenR
 func (s *tokenServer) ListTokens(ctx context.Context, _ *ferryv1.ListTokensRequest) (*ferryv1.ListTokensResponse, error) {
 	ts, err := s.d.Store.Tokens()
 	if err != nil {
-		return nil, storeErr(err)
+		return nil, toStatus(err)
 	}
 	out := make([]*ferryv1.Token, len(ts))
 	for i, t := range ts {
@@ -78,7 +78,7 @@ func (s *tokenServer) RevokeToken(ctx context.Context, req *ferryv1.RevokeTokenR
 	t, err := s.d.Store.RevokeToken(req.GetId())
 	s.d.Audit(ctx, "token.revoke", req.GetId(), err, "")
 	if err != nil {
-		return nil, storeErr(err)
+		return nil, toStatus(err)
 	}
 	return &ferryv1.RevokeTokenResponse{Token: tokenProto(t)}, nil
 }
@@ -106,7 +106,7 @@ func (s *certificateServer) IssueAdminCertificate(ctx context.Context, req *ferr
 	cert, err := s.d.CA.Sign(pki.SignRequest{Identity: pki.Identity{Role: pki.RoleAdmin, Name: req.GetName()}, PublicKey: csr.PublicKey, TTL: ttl, Now: s.d.Now()})
 	s.d.Audit(ctx, "cert.issue", "admin/"+req.GetName(), err, "")
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, toStatus(err)
 	}
 	return &ferryv1.IssueAdminCertificateResponse{CertificateDer: cert.Raw, CaCertificateDer: s.d.CA.Cert.Raw}, nil
 }

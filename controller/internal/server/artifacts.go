@@ -1,4 +1,4 @@
-package artifact
+package server
 
 import (
 	"context"
@@ -11,39 +11,21 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrydeploy/ferry/controller/internal/artifact"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/rpc"
 )
 
-// Auditor records admin actions (server.Deps implements it).
-type Auditor interface {
-	Audit(ctx context.Context, action, target string, err error, detail string)
-}
-
-// Service implements ferryv1.ArtifactServiceServer on a Store.
-type Service struct {
+// artifactServer is the ArtifactService admins push to, on the artifact
+// store.
+type artifactServer struct {
 	ferryv1.UnimplementedArtifactServiceServer
-	store *Store
-	audit Auditor
-	log   *slog.Logger
-}
-
-// NewService returns the artifact service; audit may be nil.
-func NewService(st *Store, audit Auditor, log *slog.Logger) *Service {
-	if log == nil {
-		log = slog.Default()
-	}
-	return &Service{store: st, audit: audit, log: log}
-}
-
-func (s *Service) record(ctx context.Context, action, target string, err error, detail string) {
-	if s.audit != nil {
-		s.audit.Audit(ctx, action, target, err, detail)
-	}
+	d   *Deps
+	log *slog.Logger
 }
 
 // PushArtifact receives a header, then chunks, and stores the artifact.
-func (s *Service) PushArtifact(stream grpc.ClientStreamingServer[ferryv1.PushArtifactRequest, ferryv1.PushArtifactResponse]) error {
+func (s *artifactServer) PushArtifact(stream grpc.ClientStreamingServer[ferryv1.PushArtifactRequest, ferryv1.PushArtifactResponse]) error {
 	ctx := stream.Context()
 	first, err := stream.Recv()
 	if err != nil {
@@ -57,20 +39,21 @@ func (s *Service) PushArtifact(stream grpc.ClientStreamingServer[ferryv1.PushArt
 		return status.Error(codes.InvalidArgument, "the first message of a push must be the header (name, version, size, sha256)")
 	}
 	actor := rpc.CallerName(ctx)
-	req := PutRequest{Name: h.GetName(), Version: h.GetVersion(), OS: h.GetOs(), Arch: h.GetArch(), Size: h.GetSize(), SHA256: h.GetSha256(), PushedBy: actor}
-	a, created, err := s.store.Put(ctx, req, &pushReader{stream: stream})
-	target := key(req.Name, req.Version)
+	req := artifact.PutRequest{Name: h.GetName(), Version: h.GetVersion(), OS: h.GetOs(), Arch: h.GetArch(), Size: h.GetSize(), SHA256: h.GetSha256(), PushedBy: actor}
+	a, created, err := s.d.Artifacts.Put(ctx, req, &pushReader{stream: stream})
+	target := req.Name + "@" + req.Version
 	if err != nil {
 		s.log.Info("artifact push refused", "artifact", target, "by", actor, "err", err)
-		s.record(ctx, "artifact.push", target, err, "")
+		s.d.Audit(ctx, "artifact.push", target, err, "")
 		return toStatus(err)
 	}
 	s.log.Info("artifact pushed", "artifact", target, "digest", a.Digest, "size", a.Size, "created", created, "by", actor)
-	s.record(ctx, "artifact.push", target, nil, fmt.Sprintf("digest=%s size=%d created=%v", a.Digest, a.Size, created))
+	s.d.Audit(ctx, "artifact.push", target, nil, fmt.Sprintf("digest=%s size=%d created=%v", a.Digest, a.Size, created))
 	return stream.SendAndClose(&ferryv1.PushArtifactResponse{Artifact: a, Created: created})
 }
 
-// pushReader reads the chunks of a push stream.
+// pushReader reads the chunks of a push stream. It is an
+// artifact.ChunkSource, so the store takes the chunks as they arrive.
 type pushReader struct {
 	stream grpc.ClientStreamingServer[ferryv1.PushArtifactRequest, ferryv1.PushArtifactResponse]
 	rest   []byte
@@ -101,7 +84,7 @@ func (r *pushReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (r *pushReader) copyChunks(w io.Writer) error {
+func (r *pushReader) CopyChunks(w io.Writer) error {
 	for {
 		b, err := r.next()
 		if errors.Is(err, io.EOF) {
@@ -117,8 +100,8 @@ func (r *pushReader) copyChunks(w io.Writer) error {
 }
 
 // ListArtifacts lists artifacts, newest first.
-func (s *Service) ListArtifacts(ctx context.Context, req *ferryv1.ListArtifactsRequest) (*ferryv1.ListArtifactsResponse, error) {
-	as, err := s.store.List(req.GetName())
+func (s *artifactServer) ListArtifacts(ctx context.Context, req *ferryv1.ListArtifactsRequest) (*ferryv1.ListArtifactsResponse, error) {
+	as, err := s.d.Artifacts.List(req.GetName())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -126,12 +109,12 @@ func (s *Service) ListArtifacts(ctx context.Context, req *ferryv1.ListArtifactsR
 }
 
 // GetArtifact returns one artifact and the packages that use it.
-func (s *Service) GetArtifact(ctx context.Context, req *ferryv1.GetArtifactRequest) (*ferryv1.GetArtifactResponse, error) {
-	a, err := s.store.Resolve(req.GetRef())
+func (s *artifactServer) GetArtifact(ctx context.Context, req *ferryv1.GetArtifactRequest) (*ferryv1.GetArtifactResponse, error) {
+	a, err := s.d.Artifacts.Resolve(req.GetRef())
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	refs, err := s.store.ReferencedBy(a.Digest)
+	refs, err := s.d.Artifacts.ReferencedBy(a.Digest)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -139,14 +122,14 @@ func (s *Service) GetArtifact(ctx context.Context, req *ferryv1.GetArtifactReque
 }
 
 // DeleteArtifact removes an artifact no package references.
-func (s *Service) DeleteArtifact(ctx context.Context, req *ferryv1.DeleteArtifactRequest) (*ferryv1.DeleteArtifactResponse, error) {
-	a, err := s.store.Delete(req.GetRef())
+func (s *artifactServer) DeleteArtifact(ctx context.Context, req *ferryv1.DeleteArtifactRequest) (*ferryv1.DeleteArtifactResponse, error) {
+	a, err := s.d.Artifacts.Delete(req.GetRef())
 	target := req.GetRef()
 	detail := ""
 	if a != nil {
-		target, detail = Key(a), "digest="+a.Digest
+		target, detail = artifact.Key(a), "digest="+a.Digest
 	}
-	s.record(ctx, "artifact.rm", target, err, detail)
+	s.d.Audit(ctx, "artifact.rm", target, err, detail)
 	if err != nil {
 		return nil, toStatus(err)
 	}

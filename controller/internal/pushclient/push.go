@@ -1,4 +1,9 @@
-package artifact
+// Package pushclient is ferryctl's side of an artifact push: it reads what
+// a release file's name and its published checksum file say, and streams
+// the file to the controller's ArtifactService, checking the digest the
+// controller stored. It is client code only: ferryctl links none of the
+// controller's server packages (see cmd/ferryctl's deps test).
+package pushclient
 
 import (
 	"context"
@@ -12,6 +17,10 @@ import (
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
+
+// ChunkSize is the size of the messages a push carries (the controller's
+// downloads use the same).
+const ChunkSize = 1 << 20
 
 // Push uploads body under hdr in ChunkSize messages and returns the
 // controller's answer. progress, if not nil, is called after each chunk
@@ -71,7 +80,7 @@ func Push(ctx context.Context, c ferryv1.ArtifactServiceClient, hdr *ferryv1.Pus
 	if err != nil {
 		return nil, err
 	}
-	want := DigestPrefix + strings.ToLower(strings.TrimPrefix(hdr.GetSha256(), DigestPrefix))
+	want := sha256digest.Prefix + strings.ToLower(strings.TrimPrefix(hdr.GetSha256(), sha256digest.Prefix))
 	if h != nil {
 		if !complete {
 			return resp, nil // the controller answered before reading it all
@@ -95,3 +104,6 @@ func closeErr(stream ferryv1.ArtifactService_PushArtifactClient, err error) erro
 	}
 	return err
 }
+
+// Key is an artifact's "name@version", as the controller keys it.
+func Key(a *ferryv1.Artifact) string { return a.GetName() + "@" + a.GetVersion() }

@@ -1,0 +1,86 @@
+package server
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferrydeploy/ferry/controller/internal/artifact"
+	"github.com/ferrydeploy/ferry/controller/internal/packages"
+	"github.com/ferrydeploy/ferry/controller/internal/pkgspec"
+	"github.com/ferrydeploy/ferry/controller/internal/rollout"
+	"github.com/ferrydeploy/ferry/controller/internal/store"
+)
+
+// errorCodes maps what the domain packages return to the status code a
+// client sees (after etcd's v3rpc toGRPCErrorMap). The first entry that
+// matches wins, so a package file problem caused by an unknown artifact
+// is an invalid argument, not a missing artifact. Anything else is
+// Internal.
+var errorCodes = []struct {
+	match func(error) bool
+	code  codes.Code
+}{
+	{as[*pkgspec.FieldError], codes.InvalidArgument},
+	{as[pkgspec.ErrorList], codes.InvalidArgument},
+	{is(packages.ErrImmutable), codes.AlreadyExists},
+	{is(packages.ErrNotFound), codes.NotFound},
+
+	{is(artifact.ErrNotFound), codes.NotFound},
+	{is(artifact.ErrInvalid), codes.InvalidArgument},
+	{is(artifact.ErrChecksumMismatch), codes.InvalidArgument},
+	{is(artifact.ErrSizeMismatch), codes.InvalidArgument},
+	{is(artifact.ErrAmbiguous), codes.InvalidArgument},
+	{is(artifact.ErrConflict), codes.AlreadyExists},
+	{is(artifact.ErrReferenced), codes.FailedPrecondition},
+	{is(artifact.ErrDiskFull), codes.ResourceExhausted},
+	{is(artifact.ErrPastEnd), codes.OutOfRange},
+
+	{is(rollout.ErrInvalid), codes.InvalidArgument},
+	{is(rollout.ErrNotFound), codes.NotFound},
+	{is(rollout.ErrConflict), codes.AlreadyExists},
+	{is(rollout.ErrState), codes.FailedPrecondition},
+
+	{is(store.ErrNotFound), codes.NotFound},
+	{is(store.ErrNodeExists), codes.AlreadyExists},
+	{is(store.ErrTokenInvalid), codes.Unauthenticated},
+	{is(store.ErrTokenUnusable), codes.PermissionDenied},
+
+	// A call whose client went away or ran out of time.
+	{is(context.Canceled), codes.Canceled},
+	{is(context.DeadlineExceeded), codes.DeadlineExceeded},
+}
+
+func is(target error) func(error) bool {
+	return func(err error) bool { return errors.Is(err, target) }
+}
+
+func as[T error](err error) bool {
+	var target T
+	return errors.As(err, &target)
+}
+
+// toStatus is how every handler returns an error: a status error passes
+// unchanged (one a handler made, or a stream's receive error); others get
+// the code errorCodes gives them, or the code of a status error they wrap
+// (a receive error inside a push's "upload was discarded"), or Internal.
+// The message stays the error's own: it names the thing and the fix.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := err.(interface{ GRPCStatus() *status.Status }); ok {
+		return err
+	}
+	for _, e := range errorCodes {
+		if e.match(err) {
+			return status.Error(e.code, err.Error())
+		}
+	}
+	if s, ok := status.FromError(err); ok && s.Code() != codes.Unknown {
+		return status.Error(s.Code(), err.Error())
+	}
+	return status.Error(codes.Internal, err.Error())
+}
