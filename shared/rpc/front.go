@@ -72,19 +72,12 @@ type Front struct {
 // (ServerTLS); o.Limits the limits; the rest configure the public server as
 // NewServer's.
 func NewFront(lis net.Listener, o ServerOptions) *Front {
-	l := o.Limits.withDefaults()
+	o = o.withDefaults()
+	l := o.Limits
 	conf := o.TLS.Clone()
 	conf.NextProtos = []string{"h2"}
-	logger := o.Logger
-	if logger == nil {
-		logger = slog.Default()
-	}
-	policy := o.Policy
-	if policy == nil {
-		policy = DefaultPolicy
-	}
 	f := &Front{
-		lis: lis, tls: conf, limits: l, policy: policy, log: logger,
+		lis: lis, tls: conf, limits: l, policy: o.Policy, log: o.Logger,
 		api: make(chan net.Conn), pub: make(chan net.Conn), refused: make(chan net.Conn),
 		conns:      ratelimit.New(l.PublicConnRate, nil),
 		calls:      ratelimit.New(l.PublicCallRate, nil),
@@ -99,7 +92,7 @@ func NewFront(lis net.Listener, o ServerOptions) *Front {
 		grpc.InitialConnWindowSize(publicWindow),
 		grpc.MaxHeaderListSize(publicMaxHeaderList),
 	}
-	f.public = grpc.NewServer(append(append(o.baseOptions(l), small...),
+	f.public = grpc.NewServer(append(append(o.baseOptions(), small...),
 		grpc.MaxRecvMsgSize(l.PublicMaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(l.PublicMaxStreams),
 		grpc.KeepaliveParams(keepalive.ServerParameters{

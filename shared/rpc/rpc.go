@@ -179,33 +179,38 @@ type Interceptors struct {
 // served on a plain listener (as tests do) it makes its own TLS handshakes
 // and serves every peer.
 func NewServer(o ServerOptions) *grpc.Server {
-	l := o.Limits.withDefaults()
-	return grpc.NewServer(append(o.baseOptions(l),
+	o = o.withDefaults()
+	return grpc.NewServer(append(o.baseOptions(),
 		grpc.MaxRecvMsgSize(maxRecvMsgSize),
-		grpc.MaxConcurrentStreams(l.MaxStreams),
+		grpc.MaxConcurrentStreams(o.Limits.MaxStreams),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: apiMaxIdle, Time: keepaliveTime, Timeout: keepaliveTimeout}),
 	)...)
 }
 
+// withDefaults fills in what the options' zero values stand for.
+func (o ServerOptions) withDefaults() ServerOptions {
+	if o.Policy == nil {
+		o.Policy = DefaultPolicy
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	o.Limits = o.Limits.withDefaults()
+	return o
+}
+
 // baseOptions are what every Ferry gRPC server has: credentials, the
 // interceptor chain (a default deadline first), keepalive enforcement and
-// the handshake timeout.
-func (o ServerOptions) baseOptions(l Limits) []grpc.ServerOption {
-	policy := o.Policy
-	if policy == nil {
-		policy = DefaultPolicy
-	}
+// the handshake timeout. o has its defaults.
+func (o ServerOptions) baseOptions() []grpc.ServerOption {
 	logger := o.Logger
-	if logger == nil {
-		logger = slog.Default()
-	}
-	authFn := Authenticate(policy, o.Check)
+	authFn := Authenticate(o.Policy, o.Check)
 	recoverFn := recovery.WithRecoveryHandler(func(p any) error {
 		logger.Error("panic in RPC handler", "panic", p, "stack", string(debug.Stack()))
 		return status.Error(codes.Internal, "internal error; see the controller log")
 	})
 	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
-	unary := []grpc.UnaryServerInterceptor{unaryDeadline(l.UnaryTimeout)}
+	unary := []grpc.UnaryServerInterceptor{unaryDeadline(o.Limits.UnaryTimeout)}
 	var stream []grpc.StreamServerInterceptor
 	if o.Metrics != nil {
 		unary = append(unary, o.Metrics.Unary)
@@ -224,7 +229,7 @@ func (o ServerOptions) baseOptions(l Limits) []grpc.ServerOption {
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime, PermitWithoutStream: true}),
-		grpc.ConnectionTimeout(l.HandshakeTimeout),
+		grpc.ConnectionTimeout(o.Limits.HandshakeTimeout),
 		// Stop waits for running handlers, so the store is not closed under them.
 		grpc.WaitForHandlers(true),
 	}
