@@ -53,6 +53,7 @@ type Config struct {
 	GossipAddr        string        // memberlist bind address; "" disables gossip
 	GossipAdvertise   string        // host:port peers dial (default: the bound address)
 	GossipProfile     string        // lan (default), local or wan
+	AllowNewStore     bool          // create ferry.db although the data dir holds earlier state (store.go)
 	Logger            *slog.Logger
 	Now               func() time.Time
 }
@@ -115,6 +116,18 @@ func New(cfg Config) (*Controller, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
+	// The store first: what else the data dir holds tells a first start
+	// from a lost store only before anything is created.
+	var err error
+	if c.store, err = openStore(cfg); err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			c.Close()
+		}
+	}()
 	ca, created, err := pki.LoadOrCreateCA(cfg.DataDir, cfg.Now())
 	if err != nil {
 		return nil, err
@@ -126,15 +139,6 @@ func New(cfg Config) (*Controller, error) {
 	if c.gossipKey, err = loadOrCreateKey(filepath.Join(cfg.DataDir, "gossip.key")); err != nil {
 		return nil, err
 	}
-	if c.store, err = store.Open(filepath.Join(cfg.DataDir, "ferry.db")); err != nil {
-		return nil, err
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			c.Close()
-		}
-	}()
 	if c.fleet, err = fleet.New(fleet.Config{Store: c.store, Logger: c.log, Now: cfg.Now, HeartbeatInterval: cfg.HeartbeatInterval, Evaluate: health.Evaluate}); err != nil {
 		return nil, err
 	}
@@ -185,7 +189,7 @@ func New(cfg Config) (*Controller, error) {
 	if err := c.startGossip(); err != nil {
 		return nil, fmt.Errorf("start gossip on %s: %w", cfg.GossipAddr, err)
 	}
-	if c.artifacts, err = artifact.Open(artifact.Config{Dir: filepath.Join(cfg.DataDir, "artifacts"), DB: c.store.DB(), Logger: c.log.With("component", "artifact"), Now: cfg.Now}); err != nil {
+	if c.artifacts, err = artifact.Open(artifact.Config{Dir: filepath.Join(cfg.DataDir, "artifacts"), Records: c.store, Logger: c.log.With("component", "artifact"), Now: cfg.Now}); err != nil {
 		return nil, err
 	}
 	if c.packages, err = packages.New(c.store, c.artifacts, cfg.Now); err != nil {

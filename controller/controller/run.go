@@ -88,6 +88,8 @@ func (c *Controller) Run(ctx context.Context) error {
 		stopEngine()
 		<-engineDone
 	}()
+	stopBackups := c.serveBackups()
+	defer stopBackups()
 	c.ready.Store(true)
 	if err := sdnotify.Ready(); err != nil {
 		c.log.Warn("notify systemd", "err", err)
