@@ -40,7 +40,7 @@ func fromPeer(ip string) context.Context {
 // its burst, whoever sends them; other tokens are not affected; loopback
 // peers are exempt unless asked.
 func TestEnrollLimitPerToken(t *testing.T) {
-	st, err := store.Open(filepath.Join(t.TempDir(), "ferry.db"))
+	st, err := store.Open(filepath.Join(t.TempDir(), "ferry.db"), store.Options{Create: true})
 	if err != nil {
 		t.Fatal(err)
 	}
