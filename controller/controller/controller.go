@@ -180,7 +180,7 @@ func New(cfg Config) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.grpc = rpc.NewServer(rpc.ServerOptions{
+	grpcOpts := rpc.ServerOptions{
 		TLS:     rpc.ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.serving.Load(), nil }, ca.Pool()),
 		Logger:  c.log,
 		Metrics: &rpc.Interceptors{Unary: grpcMetrics.UnaryServerInterceptor(), Stream: grpcMetrics.StreamServerInterceptor()},
@@ -190,7 +190,8 @@ func New(cfg Config) (*Controller, error) {
 			}
 			return c.fleet.CheckIdentity(id, cert)
 		},
-	})
+	}
+	c.grpc = rpc.NewServer(grpcOpts)
 	if err := c.startGossip(); err != nil {
 		return nil, fmt.Errorf("start gossip on %s: %w", cfg.GossipAddr, err)
 	}
@@ -208,7 +209,7 @@ func New(cfg Config) (*Controller, error) {
 		return nil, err
 	}
 	c.reg.MustRegister(rolloutCollector{engine: c.engine})
-	server.Register(c.grpc, &server.Deps{
+	deps := &server.Deps{
 		Store: c.store, Fleet: c.fleet, CA: ca, Logger: c.log, Now: cfg.Now,
 		GossipKey: c.gossipKey, GossipLabel: gossipLabel(ca),
 		AgentCertTTL: cfg.AgentCertTTL, AdminCertTTL: cfg.AdminCertTTL,
@@ -218,7 +219,13 @@ func New(cfg Config) (*Controller, error) {
 		Downloads: artifact.NewDownloader(artifact.DownloaderConfig{Store: c.artifacts, MaxConcurrent: cfg.MaxDownloads, BytesServed: m.ArtifactBytesServed, Logger: c.log.With("component", "artifact")}),
 		Packages:  c.packages,
 		Rollouts:  c.engine,
-	})
+	}
+	server.Register(c.grpc, deps)
+	// c.grpc serves only peers with a client certificate; the others reach
+	// enrollment alone, on the Front's public server.
+	front := rpc.NewFront(c.grpcLis, grpcOpts)
+	c.grpcLis = front
+	ferryv1.RegisterEnrollmentServiceServer(front, server.NewEnrollmentService(deps, server.EnrollLimits{}))
 	grpcMetrics.InitializeMetrics(c.grpc)
 	ok = true
 	return c, nil

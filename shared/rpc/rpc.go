@@ -2,7 +2,9 @@
 // for both ends, and the server interceptor chain (Prometheus metrics, slog
 // logging, authentication and per-RPC authorization from the caller's
 // certificate, panic recovery), in the order go-grpc-middleware's own
-// example uses.
+// example uses; and the limits that hold before authentication: a Front
+// routes connections without a client certificate to a server with small
+// buffers and per-address rate limits.
 package rpc
 
 import (
@@ -112,7 +114,7 @@ func Authenticate(policy Policy, check IdentityChecker) auth.AuthFunc {
 			if access.Public {
 				return ctx, nil
 			}
-			return nil, status.Errorf(codes.Unauthenticated, "%s requires a client certificate signed by the Ferry CA; use the credential written by the controller (ferryctl --config) or enroll the agent first", method)
+			return nil, errNeedsCertificate(method)
 		}
 		id, err := pki.ParseIdentity(cert)
 		if err != nil {
@@ -131,6 +133,10 @@ func Authenticate(policy Policy, check IdentityChecker) auth.AuthFunc {
 		}
 		return context.WithValue(ctx, identityKey{}, Caller{Identity: id, Cert: cert, Addr: addr}), nil
 	}
+}
+
+func errNeedsCertificate(method string) error {
+	return status.Errorf(codes.Unauthenticated, "%s requires a client certificate signed by the Ferry CA; use the credential written by the controller (ferryctl --config) or enroll the agent first", method)
 }
 
 func rolesString(rs []pki.Role) string {
@@ -155,6 +161,7 @@ type ServerOptions struct {
 	Metrics *Interceptors   // nil: no metrics
 	Policy  Policy          // nil: DefaultPolicy
 	Check   IdentityChecker // nil: no extra check
+	Limits  Limits          // zero fields: DefaultLimits
 }
 
 // Interceptors are a server's unary and stream interceptors for one
@@ -166,23 +173,44 @@ type Interceptors struct {
 	Stream grpc.StreamServerInterceptor
 }
 
-// NewServer builds a gRPC server with TLS and the interceptor chain.
+// NewServer builds the gRPC server for authenticated peers: TLS, the
+// interceptor chain and the limits of every connection. Serve it on a
+// Front, which keeps peers without a client certificate away from it;
+// served on a plain listener (as tests do) it makes its own TLS handshakes
+// and serves every peer.
 func NewServer(o ServerOptions) *grpc.Server {
-	policy := o.Policy
-	if policy == nil {
-		policy = DefaultPolicy
+	o = o.withDefaults()
+	return grpc.NewServer(append(o.baseOptions(),
+		grpc.MaxRecvMsgSize(maxRecvMsgSize),
+		grpc.MaxConcurrentStreams(o.Limits.MaxStreams),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: apiMaxIdle, Time: keepaliveTime, Timeout: keepaliveTimeout}),
+	)...)
+}
+
+// withDefaults fills in what the options' zero values stand for.
+func (o ServerOptions) withDefaults() ServerOptions {
+	if o.Policy == nil {
+		o.Policy = DefaultPolicy
 	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	o.Limits = o.Limits.withDefaults()
+	return o
+}
+
+// baseOptions are what every Ferry gRPC server has: credentials, the
+// interceptor chain (a default deadline first), keepalive enforcement and
+// the handshake timeout. o has its defaults.
+func (o ServerOptions) baseOptions() []grpc.ServerOption {
 	logger := o.Logger
-	if logger == nil {
-		logger = slog.Default()
-	}
-	authFn := Authenticate(policy, o.Check)
+	authFn := Authenticate(o.Policy, o.Check)
 	recoverFn := recovery.WithRecoveryHandler(func(p any) error {
 		logger.Error("panic in RPC handler", "panic", p, "stack", string(debug.Stack()))
 		return status.Error(codes.Internal, "internal error; see the controller log")
 	})
 	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
-	var unary []grpc.UnaryServerInterceptor
+	unary := []grpc.UnaryServerInterceptor{unaryDeadline(o.Limits.UnaryTimeout)}
 	var stream []grpc.StreamServerInterceptor
 	if o.Metrics != nil {
 		unary = append(unary, o.Metrics.Unary)
@@ -196,16 +224,15 @@ func NewServer(o ServerOptions) *grpc.Server {
 		logging.StreamServerInterceptor(slogAdapter(logger), logOpts...),
 		auth.StreamServerInterceptor(authFn),
 		recovery.StreamServerInterceptor(recoverFn))
-	return grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(o.TLS)),
+	return []grpc.ServerOption{
+		grpc.Creds(frontCreds{credentials.NewTLS(o.TLS)}),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.MaxRecvMsgSize(8<<20),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime, PermitWithoutStream: true}),
+		grpc.ConnectionTimeout(o.Limits.HandshakeTimeout),
 		// Stop waits for running handlers, so the store is not closed under them.
 		grpc.WaitForHandlers(true),
-	)
+	}
 }
 
 // ServerTLS is the controller's TLS config: TLS 1.3 only, client

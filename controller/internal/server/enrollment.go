@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/x509"
 	"errors"
 	"strings"
 
@@ -19,7 +20,14 @@ import (
 
 type enrollmentServer struct {
 	ferryv1.UnimplementedEnrollmentServiceServer
-	d *Deps
+	d      *Deps
+	limits *tokenLimits // nil (Register's, for certificate holders): no limit per token
+}
+
+// NewEnrollmentService returns the enrollment service for peers without a
+// client certificate (rpc.Front's public server), limited per join token.
+func NewEnrollmentService(d *Deps, l EnrollLimits) ferryv1.EnrollmentServiceServer {
+	return &enrollmentServer{d: d, limits: newTokenLimits(l, d.Now)}
 }
 
 // Join tokens look like kubeadm's: "<6-char id>.<16-char secret>".
@@ -62,32 +70,51 @@ func splitToken(tok string) (id, secret string, err error) {
 	return id, secret, nil
 }
 
-func (s *enrollmentServer) Enroll(ctx context.Context, req *ferryv1.EnrollRequest) (*ferryv1.EnrollResponse, error) {
-	log := s.d.Logger.With("node", req.GetNodeId())
+// enrollment is an EnrollRequest that passed validation.
+type enrollment struct {
+	tokenID, secret string
+	csr             *x509.CertificateRequest
+}
+
+// parseEnroll validates an EnrollRequest from anyone on the network; its
+// errors are status errors.
+func parseEnroll(req *ferryv1.EnrollRequest) (enrollment, error) {
 	id, secret, err := splitToken(req.GetToken())
 	if err != nil {
-		return nil, status.Error(codes.Unauthenticated, err.Error())
+		return enrollment{}, status.Error(codes.Unauthenticated, err.Error())
 	}
 	if err := pki.ValidateName("node ID", req.GetNodeId()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return enrollment{}, status.Error(codes.InvalidArgument, err.Error())
 	}
 	if _, ok := req.GetLabels()["group"]; ok {
-		return nil, status.Error(codes.InvalidArgument, `label "group" is reserved: the group comes from the join token`)
+		return enrollment{}, status.Error(codes.InvalidArgument, `label "group" is reserved: the group comes from the join token`)
 	}
 	csr, err := pki.ParseCSR(req.GetCsrDer())
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return enrollment{}, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return enrollment{tokenID: id, secret: secret, csr: csr}, nil
+}
+
+func (s *enrollmentServer) Enroll(ctx context.Context, req *ferryv1.EnrollRequest) (*ferryv1.EnrollResponse, error) {
+	log := s.d.Logger.With("node", req.GetNodeId())
+	e, err := parseEnroll(req)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.limits.allow(ctx, e.tokenID); err != nil {
+		return nil, err
 	}
 	now := s.d.Now()
 	ident := pki.Identity{Role: pki.RoleAgent, Name: req.GetNodeId()}
 	var cert []byte
-	rec, err := s.d.Store.EnrollNode(id, func(t store.TokenRecord) error {
-		if subtle.ConstantTimeCompare(t.SecretHash, hashSecret(secret)) != 1 {
+	rec, err := s.d.Store.EnrollNode(e.tokenID, func(t store.TokenRecord) error {
+		if subtle.ConstantTimeCompare(t.SecretHash, hashSecret(e.secret)) != 1 {
 			return store.ErrTokenInvalid
 		}
 		return nil
 	}, now, func(t store.TokenRecord) (store.NodeRecord, error) {
-		c, err := s.d.CA.Sign(pki.SignRequest{Identity: ident, PublicKey: csr.PublicKey, TTL: s.d.AgentCertTTL, Now: now})
+		c, err := s.d.CA.Sign(pki.SignRequest{Identity: ident, PublicKey: e.csr.PublicKey, TTL: s.d.AgentCertTTL, Now: now})
 		if err != nil {
 			return store.NodeRecord{}, err
 		}
@@ -102,11 +129,11 @@ func (s *enrollmentServer) Enroll(ctx context.Context, req *ferryv1.EnrollReques
 		if p, ok := peer.FromContext(ctx); ok {
 			addr = p.Addr.String()
 		}
-		log.Warn("enrollment refused", "token", id, "addr", addr, "err", err)
+		log.Warn("enrollment refused", "token", e.tokenID, "addr", addr, "err", err)
 		return nil, toStatus(err)
 	}
 	s.d.Fleet.Added(rec)
-	log.Info("node enrolled", "group", rec.Group, "token", id)
+	log.Info("node enrolled", "group", rec.Group, "token", e.tokenID)
 	return &ferryv1.EnrollResponse{
 		NodeId:             rec.ID,
 		Group:              rec.Group,
