@@ -42,6 +42,9 @@ type testAgent struct {
 	proxy       *proxy
 	cancel      context.CancelFunc
 	done        chan error
+
+	// configure, when set, adjusts the agent's config before it starts.
+	configure func(*agent.Config)
 }
 
 func testLogger(t *testing.T) *slog.Logger {
@@ -157,6 +160,9 @@ func (f *fleet) startWith(a *testAgent, mod func(*agent.Config)) {
 		StateDir: a.stateDir, Root: root, Controller: a.proxy.addr(),
 		BackoffBase: 50 * time.Millisecond, BackoffMax: 300 * time.Millisecond, Logger: testLogger(f.t).With("agent", a.id),
 		Gossip: gossipConfig(f.gossip), MetricsAddr: a.metricsAddr,
+	}
+	if a.configure != nil {
+		a.configure(&cfg)
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -278,6 +284,18 @@ func (p *proxy) cut() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.down = true
+	p.resetLocked()
+}
+
+// reset drops every connection at once (TCP reset), as a flapping switch
+// port does, and keeps accepting new ones.
+func (p *proxy) reset() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.resetLocked()
+}
+
+func (p *proxy) resetLocked() {
 	for _, c := range p.conns {
 		if tc, ok := c.(*net.TCPConn); ok {
 			tc.SetLinger(0)

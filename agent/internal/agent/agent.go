@@ -18,6 +18,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -229,10 +230,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}()
 
-	attempt := 0
+	attempt := 0 // attempts since the last established session
 	for {
-		began := a.cfg.Now()
-		err := a.session(ctx, client)
+		var welcomedAt time.Time
+		err := a.session(ctx, client, &welcomedAt)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -240,7 +241,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		if errors.As(err, &fe) {
 			return fe.Err
 		}
-		if a.cfg.Now().Sub(began) > time.Minute {
+		// An established session starts the count over, so a link that
+		// drops every few seconds reconnects after the shortest delays
+		// (still fully jittered); a stream dropped within MinSession of
+		// its welcome counts as a failure (see package backoff).
+		if !welcomedAt.IsZero() && a.cfg.Now().Sub(welcomedAt) >= backoff.MinSession {
 			attempt = 0
 		}
 		delay := a.backoff(attempt)
@@ -308,12 +313,13 @@ func (a *Agent) send(m *ferryv1.ConnectRequest) error {
 	return a.stream.Send(m)
 }
 
-// session runs one stream until it fails or ctx ends.
 // connectTimeout bounds how long one attempt waits for the controller to
 // accept the stream (TLS handshake, hello, welcome).
 const connectTimeout = 10 * time.Second
 
-func (a *Agent) session(ctx context.Context, client *swapClient) error {
+// session runs one stream until it fails or ctx ends. It sets *welcomedAt
+// to the agent's time when the controller's welcome arrives.
+func (a *Agent) session(ctx context.Context, client *swapClient, welcomedAt *time.Time) error {
 	conn := client.current()
 	var retired []*grpc.ClientConn // connections replaced during this session
 	defer func() {
@@ -323,11 +329,10 @@ func (a *Agent) session(ctx context.Context, client *swapClient) error {
 	}()
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	// Our own jittered backoff paces the attempts: reset gRPC's (which
-	// would otherwise stack on top of it, failing attempts at once while
-	// the channel waits) and let this attempt wait for the connection, up
-	// to connectTimeout or until the agent stops.
-	conn.ResetConnectBackoff()
+	// Our own jittered backoff paces the attempts: cut gRPC's and let this
+	// attempt wait for the connection, up to connectTimeout or until the
+	// agent stops.
+	resetConnectBackoff(conn)
 	welcomed := make(chan struct{})
 	var welcomeOnce sync.Once
 	markWelcomed := func() { welcomeOnce.Do(func() { close(welcomed) }) }
@@ -364,6 +369,7 @@ func (a *Agent) session(ctx context.Context, client *swapClient) error {
 	}
 	markWelcomed()
 	a.measureSkew(helloSent, a.cfg.Now(), welcome.GetServerTime())
+	*welcomedAt = a.cfg.Now()
 	interval := a.cfg.HeartbeatInterval
 	if d := welcome.GetHeartbeatInterval().AsDuration(); d > 0 {
 		interval = d
@@ -446,6 +452,23 @@ func (a *Agent) session(ctx context.Context, client *swapClient) error {
 			}
 			timer.Reset(a.jitter(interval, 0.1))
 		}
+	}
+}
+
+// resetConnectBackoff cuts gRPC's own reconnect backoff, which would
+// otherwise stack on top of the agent's (an attempt would wait out the
+// channel's delay as well). Only a channel in TRANSIENT_FAILURE is backing
+// off; in any other state there is nothing to cut and the call is skipped
+// on purpose: grpc-go 1.85, the newest release, reads the channel's
+// subchannel map in ResetConnectBackoff without its lock
+// (grpc/grpc-go#9155), and a channel that is idle or connecting may be
+// adding its subchannel at that moment, for a renewal or download that
+// starts with the session. A channel in TRANSIENT_FAILURE already has its
+// subchannel, replaced only if the controller's name resolves to other
+// addresses. Drop the guard once a grpc-go release has the fix.
+func resetConnectBackoff(conn *grpc.ClientConn) {
+	if conn.GetState() == connectivity.TransientFailure {
+		conn.ResetConnectBackoff()
 	}
 }
 

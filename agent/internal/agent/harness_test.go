@@ -465,7 +465,6 @@ func newTestAgent(t *testing.T, o agentOptions) *testAgent {
 		Logger: slog.New(slog.NewTextHandler(ta.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Now:    ta.clock.Now, Rand: rand.New(o.rand),
 		NewFetcher: func(c ferryv1.AgentServiceClient) (Fetcher, error) {
-			bringUp(c)
 			return ta.fetcher, nil
 		},
 	}
@@ -483,19 +482,6 @@ func newTestAgent(t *testing.T, o agentOptions) *testAgent {
 	}
 	ta.Agent = a
 	return ta
-}
-
-// bringUp connects the agent's channel before Run goes on. grpc-go
-// 1.85's ResetConnectBackoff, which each session calls, reads the
-// channel's subchannels without its lock (grpc/grpc-go#9155), and a
-// renewal due at start brings the channel out of idle at the same moment;
-// connected first, the race detector is left to judge the agent's code.
-func bringUp(c ferryv1.AgentServiceClient) {
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	if s, err := c.DownloadArtifact(ctx, &ferryv1.DownloadArtifactRequest{}, grpc.WaitForReady(true)); err == nil {
-		_, _ = s.Recv()
-	}
 }
 
 // run starts the agent; it is stopped when the test ends.

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrydeploy/ferry/agent/internal/backoff"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/pki"
 )
@@ -33,6 +34,17 @@ func (o outcome) play(clock *fakeClock, s *agentStream) error {
 	if o.welcome {
 		if err := s.welcome(); err != nil {
 			return err
+		}
+		// The agent heartbeats once it has the welcome: from then on, by
+		// its clock, the stream is up.
+		for {
+			m, err := s.stream.Recv()
+			if err != nil {
+				return err
+			}
+			if m.GetHeartbeat() != nil {
+				break
+			}
 		}
 	}
 	clock.Advance(o.lasted)
@@ -65,8 +77,9 @@ func (ta *testAgent) counter(name string) float64 {
 
 // After each failed stream the agent waits before it redials: full jitter
 // under a ceiling that doubles per failure up to BackoffMax, the count
-// starting over after a stream that lasted over a minute, and the longest
-// delay when the controller refuses the node itself.
+// starting over after an established session (welcomed, then up for
+// backoff.MinSession), and the longest delay when the controller refuses
+// the node itself.
 func TestReconnectDelays(t *testing.T) {
 	const base, maxDelay = time.Second, 10 * time.Second // the test agent's BackoffBase, BackoffMax
 	// highest is the delay the highest jitter draw gives under a ceiling.
@@ -86,15 +99,18 @@ func TestReconnectDelays(t *testing.T) {
 			"stream to controller ended"},
 		{"the lowest draw waits half the base", lowDraw, repeat(down, 4),
 			[]time.Duration{base / 2, base / 2, base / 2, base / 2}, "controller is shutting down"},
-		{"a stream that lasted over a minute starts the count over", highDraw,
-			[]outcome{down, down, {welcome: true, lasted: time.Minute + time.Second, code: codes.Unavailable}, down},
+		{"an established session starts the count over", highDraw,
+			[]outcome{down, down, {welcome: true, lasted: 3 * time.Second, code: codes.Unavailable}, down},
 			[]time.Duration{highest(base), highest(2 * base), highest(base), highest(2 * base)}, ""},
-		{"a refused attempt that took over a minute starts the count over too", highDraw,
+		{"a stream up for exactly MinSession after its welcome is established", highDraw,
+			[]outcome{down, {welcome: true, lasted: backoff.MinSession, code: codes.Unavailable}, down},
+			[]time.Duration{highest(base), highest(base), highest(2 * base)}, ""},
+		{"a stream dropped right after its welcome counts as a failure", highDraw,
+			[]outcome{down, {welcome: true, code: codes.Unavailable}, {welcome: true, lasted: backoff.MinSession - time.Millisecond, code: codes.Unavailable}, down},
+			[]time.Duration{highest(base), highest(2 * base), highest(4 * base), highest(8 * base)}, ""},
+		{"an attempt without a welcome never starts the count over, however long", highDraw,
 			[]outcome{down, {lasted: 2 * time.Minute, code: codes.Unavailable}},
-			[]time.Duration{highest(base), highest(base)}, ""},
-		{"a stream of exactly a minute does not", highDraw,
-			[]outcome{down, {welcome: true, lasted: time.Minute, code: codes.Unavailable}, down},
-			[]time.Duration{highest(base), highest(2 * base), highest(4 * base)}, ""},
+			[]time.Duration{highest(base), highest(2 * base)}, ""},
 		{"a removed node waits the longest delay, and keeps trying", lowDraw, repeat(removed, 3),
 			[]time.Duration{maxDelay, maxDelay, maxDelay},
 			"controller refused this node; it must be re-enrolled if it was removed"},
@@ -135,6 +151,41 @@ func TestReconnectDelays(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A link that drops the stream every 3 to 8 seconds (the controller is
+// fine) costs the agent only the shortest reconnect delays, fully
+// jittered, however long it goes on: each session was established.
+func TestFlappingLinkKeepsDelaysShort(t *testing.T) {
+	const base = time.Second // the test agent's BackoffBase
+	var flaps []outcome
+	for i := range 30 {
+		flaps = append(flaps, outcome{welcome: true, lasted: time.Duration(3000+i*1733%5000) * time.Millisecond, code: codes.Unavailable})
+	}
+	var ta *testAgent
+	ta = newTestAgent(t, agentOptions{script: func(s *agentStream) error {
+		if s.n >= len(flaps) {
+			return status.Error(codes.Internal, "the test did not expect another stream")
+		}
+		return flaps[s.n].play(ta.clock, s)
+	}})
+	ta.run()
+	lo, hi := time.Duration(1<<62), time.Duration(0)
+	for i := range flaps {
+		d := ta.nextWait()
+		lo, hi = min(lo, d), max(hi, d)
+		if d < base/2 || d >= base+base/2 {
+			t.Errorf("wait after flap %d: %v, want within [%v, %v)", i+1, d, base/2, base+base/2)
+		}
+		if i < len(flaps)-1 {
+			ta.redial()
+		}
+	}
+	// Full jitter: a fleet on the same flapping switch does not redial in
+	// step.
+	if hi-lo < base/2 {
+		t.Errorf("waits in [%v, %v]: not spread over [%v, %v)", lo, hi, base/2, base+base/2)
 	}
 }
 

@@ -73,6 +73,11 @@ type entry struct {
 	version       string
 	addr          string
 	installed     []*ferryv1.InstalledPackage
+
+	// heartbeatsSince starts the node's current run of heartbeats, none
+	// more than MaxHeartbeatGap intervals after the one before, across
+	// stream reconnects (see HeartbeatsSince).
+	heartbeatsSince time.Time
 }
 
 // Session is one agent stream.
@@ -239,7 +244,7 @@ func (r *Registry) attach(ctx context.Context, nodeID, addr string, hello *ferry
 	e.everConnected = true
 	e.left = false
 	e.addr = addr
-	e.lastHeartbeat = r.cfg.Now()
+	r.heard(e, r.cfg.Now()) // opening the stream counts as a heartbeat
 	e.version = hello.GetAgentVersion()
 	if hello.GetFacts() != nil {
 		e.facts = hello.GetFacts()
@@ -290,7 +295,7 @@ func (r *Registry) Heartbeat(nodeID string, hb *ferryv1.Heartbeat) time.Duration
 	}
 	age := now.Sub(e.lastHeartbeat)
 	wasFresh := age <= 3*r.cfg.HeartbeatInterval
-	e.lastHeartbeat = now
+	r.heard(e, now)
 	e.hb = hb
 	if hb.GetFacts() != nil {
 		e.facts = hb.GetFacts()
@@ -303,6 +308,42 @@ func (r *Registry) Heartbeat(nodeID string, hb *ferryv1.Heartbeat) time.Duration
 		r.changed()
 	}
 	return age
+}
+
+// MaxHeartbeatGap is how many heartbeat intervals may separate two
+// heartbeats that still count as continuous: enough for a stream that
+// drops and is redialled at once (the agent reconnects within a second
+// after an established session), not for one missed heartbeat more.
+const MaxHeartbeatGap = 2
+
+// heard records a heartbeat at now, starting a new run of heartbeats
+// after a gap. Called with r.mu held.
+func (r *Registry) heard(e *entry, now time.Time) {
+	if !r.continuous(e, now) {
+		e.heartbeatsSince = now
+	}
+	e.lastHeartbeat = now
+}
+
+// continuous: a heartbeat at now would continue the node's run.
+func (r *Registry) continuous(e *entry, now time.Time) bool {
+	return !e.lastHeartbeat.IsZero() && now.Sub(e.lastHeartbeat) <= MaxHeartbeatGap*r.cfg.HeartbeatInterval
+}
+
+// HeartbeatsSince is when the node's heartbeats became continuous: the
+// first heartbeat (or stream opening) after a gap of more than
+// MaxHeartbeatGap intervals. Stream reconnects in between do not matter.
+// It is zero when the last heartbeat is already older than that gap, or
+// there is none.
+func (r *Registry) HeartbeatsSince(id string) time.Time {
+	now := r.cfg.Now()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	e, ok := r.nodes[id]
+	if !ok || !r.continuous(e, now) {
+		return time.Time{}
+	}
+	return e.heartbeatsSince
 }
 
 // Dispatch queues a message on a node's stream.

@@ -678,3 +678,58 @@ func TestRenewedIsStored(t *testing.T) {
 		t.Errorf("renewal of a removed node: %v, want %v", err, ErrRemoved)
 	}
 }
+
+// HeartbeatsSince follows the node's heartbeats, not its stream: a stream
+// that drops and is redialled within MaxHeartbeatGap intervals keeps the
+// run going; a longer silence ends it at once and the next heartbeat
+// starts a new one.
+func TestHeartbeatsSince(t *testing.T) {
+	f := newFleet(t, enrolled("n1", "prod"))
+	beat := func() { f.Heartbeat("n1", &ferryv1.Heartbeat{}) }
+	step := func(d time.Duration) { f.clock.Advance(d) }
+	want := func(what string, at time.Time) {
+		t.Helper()
+		if got := f.HeartbeatsSince("n1"); !got.Equal(at) {
+			t.Errorf("%s: HeartbeatsSince = %v, want %v", what, got, at)
+		}
+	}
+	want("never connected", time.Time{})
+	if got := f.HeartbeatsSince("nobody"); !got.IsZero() {
+		t.Errorf("unknown node: HeartbeatsSince = %v, want zero", got)
+	}
+
+	s := f.attach("n1") // t0: opening the stream counts
+	want("stream opened", t0)
+	for range 4 {
+		step(hb)
+		beat()
+	}
+	want("heartbeats every interval", t0)
+
+	// The link resets at t0+22s; the agent is back at t0+24s, 4s after
+	// its last heartbeat.
+	step(2 * time.Second)
+	f.Detach(s, false)
+	step(time.Second)
+	want("stream down, last heartbeat 3s old", t0)
+	s = f.attach("n1")
+	want("reconnected within the gap", t0)
+	step(hb)
+	beat()
+	want("after the reconnect", t0)
+
+	// Then silence past the gap, stream up or not.
+	step(MaxHeartbeatGap*hb + time.Second)
+	want("silent for more than the gap", time.Time{})
+	beat()
+	want("heartbeats again", f.clock.Now())
+	run := f.clock.Now()
+
+	// A reconnect that takes longer than the gap also starts a new run.
+	f.Detach(s, false)
+	step(MaxHeartbeatGap*hb + time.Second)
+	f.attach("n1")
+	if got := f.HeartbeatsSince("n1"); !got.Equal(f.clock.Now()) || got.Equal(run) {
+		t.Errorf("after a slow reconnect: HeartbeatsSince = %v, want the reconnect at %v", got, f.clock.Now())
+	}
+}

@@ -24,8 +24,9 @@ import (
 // the same nodes (the error names that rollout). Unset strategy fields take
 // the Default* values. Reachable nodes are split into wave 0 (the first
 // `canary` by node ID) and wave 1; nodes not connected and healthy now are
-// UNREACHABLE at once and never waited on. The canaries' jobs are sent
-// before Create returns.
+// UNREACHABLE at once and never waited on, except nodes whose stream
+// dropped within DisconnectGrace (they are waited for that long, see
+// reconnecting). The canaries' jobs are sent before Create returns.
 func (e *Engine) Create(ctx context.Context, actor string, req *ferryv1.CreateRolloutRequest) (*ferryv1.CreateRolloutResponse, error) {
 	if req.GetPlan() {
 		plan, err := e.Plan(ctx, req)
@@ -147,7 +148,7 @@ func (e *Engine) create(actor string, req *ferryv1.CreateRolloutRequest) (*ferry
 		UpdatedAt:      timestamppb.New(now),
 		JobKind:        kindInstall,
 	}
-	r.Nodes = buildNodes(nodes, int(p.strat.GetCanary()), now, func(n *ferryv1.Node) string {
+	r.Nodes = buildNodes(nodes, int(p.strat.GetCanary()), now, e.cfg.DisconnectGrace, func(n *ferryv1.Node) string {
 		return installedVersion(n, r.GetPackageName())
 	})
 	r.Message = "started by " + actor + ": " + startSummary(r)
@@ -230,27 +231,32 @@ func (e *Engine) conflictLocked(pkg string, nodes []*ferryv1.Node) error {
 }
 
 // buildNodes orders a rollout's node records: canaries (the first `canary`
-// reachable nodes by ID) in wave 0, the other reachable nodes in wave 1,
+// reachable nodes by ID, then nodes reconnecting within grace if there are
+// too few) in wave 0, the other reachable and reconnecting nodes in wave 1,
 // then the unreachable ones, already UNREACHABLE.
-func buildNodes(nodes []*ferryv1.Node, canary int, now time.Time, previous func(*ferryv1.Node) string) []*ferryv1.NodeJob {
+func buildNodes(nodes []*ferryv1.Node, canary int, now time.Time, grace time.Duration, previous func(*ferryv1.Node) string) []*ferryv1.NodeJob {
 	sorted := append([]*ferryv1.Node(nil), nodes...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].GetId() < sorted[j].GetId() })
-	var up, down []*ferryv1.NodeJob
+	var up, back, down []*ferryv1.NodeJob
 	for _, n := range sorted {
 		nj := &ferryv1.NodeJob{NodeId: n.GetId(), Outcome: ocPending, Wave: 1, PreviousVersion: previous(n)}
-		if reachable(n) {
-			if len(up) < canary {
-				nj.Wave = 0
-			}
+		switch {
+		case reachable(n):
 			up = append(up, nj)
-			continue
+		case reconnecting(n, now, grace):
+			back = append(back, nj)
+		default:
+			nj.Outcome = ocUnreachable
+			nj.FinishedAt = timestamppb.New(now)
+			nj.Message = "not connected at the start (" + nodeStatus(n, true) + "); no job sent"
+			down = append(down, nj)
 		}
-		nj.Outcome = ocUnreachable
-		nj.FinishedAt = timestamppb.New(now)
-		nj.Message = "not connected at the start (" + nodeStatus(n, true) + "); no job sent"
-		down = append(down, nj)
 	}
-	return append(up, down...)
+	waves := append(up, back...)
+	for _, nj := range waves[:min(canary, len(waves))] {
+		nj.Wave = 0
+	}
+	return append(waves, down...)
 }
 
 func startSummary(r *ferryv1.Rollout) string {

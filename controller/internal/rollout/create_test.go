@@ -6,6 +6,7 @@ package rollout
 import (
 	"context"
 	"errors"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -118,6 +119,62 @@ func TestUnreachableAtStartIsNeverWaitedOn(t *testing.T) {
 	final := h.get(r.Id)
 	if final.State != stFailed || !strings.Contains(final.Message, "1 succeeded, 3 unreachable") {
 		t.Errorf("final %v %q, want failed: not every node succeeded", final.State, final.Message)
+	}
+}
+
+// A node whose stream dropped moments before the rollout was created (a
+// flapping link) is waited for, not marked unreachable, and gets its job
+// when its agent is back; the canary is a node connected now. A node gone
+// for longer than the grace, or that gossip reports down, is unreachable
+// at once as before, and one that does not come back within the grace is
+// unreachable when its turn comes.
+func TestNodeReconnectingAtStartIsWaitedFor(t *testing.T) {
+	h := newHarness(t, 5)
+	h.disconnectGrace = 15 * time.Second
+	h.e = h.newEngine()
+	unreachable := ferryv1.NodeState_NODE_STATE_UNREACHABLE // stream closed, gossip alive
+	h.fleet.setState("n03", unreachable, false)
+	h.tick(time.Minute)
+	h.fleet.setState("n00", unreachable, false)
+	h.fleet.setState("n02", unreachable, false)
+	h.fleet.setState("n04", ferryv1.NodeState_NODE_STATE_DOWN, false)
+	h.clock.Advance(2 * time.Second)
+
+	r := h.create(strat{canary: 1, auto: true, parallel: "3", healthy: time.Second})
+	want := map[string]ferryv1.NodeOutcome{"n00": ocPending, "n01": ocDownloading, "n02": ocPending, "n03": ocUnreachable, "n04": ocUnreachable}
+	if got := outcomes(r); !maps.Equal(got, want) {
+		t.Fatalf("at creation: outcomes %v, want %v", got, want)
+	}
+	if n := nodeOf(r, "n01"); n.Wave != 0 {
+		t.Errorf("canary: n01 in wave %d, want the connected node as the canary", n.Wave)
+	}
+	if !strings.Contains(nodeOf(r, "n03").Message, "not connected at the start (unreachable, not connected") {
+		t.Errorf("n03 message %q", nodeOf(r, "n03").Message)
+	}
+
+	h.succeed(r.Id, "n01")
+	h.tick(time.Second)
+	h.tick(time.Second)
+	if got := outcomes(h.get(r.Id)); got["n00"] != ocPending || got["n02"] != ocPending {
+		t.Fatalf("while reconnecting: outcomes %v, want n00 and n02 still pending", got)
+	}
+	// n00's agent is back 5 s after its stream dropped; n02's never is.
+	h.fleet.setState("n00", ferryv1.NodeState_NODE_STATE_HEALTHY, true)
+	h.tick(time.Second)
+	if got := h.outcome(r.Id, "n00"); got != ocDownloading || h.disp.job(r.Id, "n00") == nil {
+		t.Fatalf("after it reconnected n00 = %v (job %v), want its job sent", got, h.disp.job(r.Id, "n00"))
+	}
+	h.succeed(r.Id, "n00")
+	for range 12 {
+		h.tick(time.Second)
+	}
+	cur := h.get(r.Id)
+	n02 := nodeOf(cur, "n02")
+	if n02.Outcome != ocUnreachable || !strings.Contains(n02.Message, "not connected when its turn came") {
+		t.Errorf("n02 past the grace = %v %q, want unreachable", n02.Outcome, n02.Message)
+	}
+	if got := outcomes(cur); got["n00"] != ocSucceeded || got["n01"] != ocSucceeded {
+		t.Errorf("outcomes %v, want n00 and n01 succeeded", got)
 	}
 }
 

@@ -38,6 +38,11 @@ type Fleet interface {
 	Match(t *ferryv1.Target) []*ferryv1.Node
 	// Node returns one node.
 	Node(id string) (*ferryv1.Node, bool)
+	// HeartbeatsSince is when the node's heartbeats became continuous
+	// (none more than two heartbeat intervals after the one before,
+	// whatever happened to its stream in between); zero when they are not
+	// now.
+	HeartbeatsSince(id string) time.Time
 }
 
 // Packages reads stored package versions.

@@ -20,13 +20,16 @@
 //   - PENDING: not started. DOWNLOADING / INSTALLING / CHECKING: the job is in
 //     flight (the job ID was persisted before it was sent). After the agent
 //     reports success the node stays CHECKING, with finished_at set to the
-//     time of the report, until it has been HEALTHY in the fleet view for
-//     healthy_for and a heartbeat arrived after that period; then SUCCEEDED.
+//     time of the report, until it has been healthy for healthy_for (its
+//     heartbeats continuous and its state HEALTHY whenever its stream was
+//     up; brief reconnects do not count against it, see healthyDone) and a
+//     heartbeat arrived after that period; then SUCCEEDED.
 //   - UNCHANGED from the agent is a success. FAILED: a step failed, or the
 //     progress deadline passed while the node was connected (the job is then
 //     cancelled). UNREACHABLE: the node was not connected and healthy when
-//     the rollout started or when its turn came (no job was sent, job_id is
-//     empty), or it went away mid-job and the deadline passed (job_id set).
+//     the rollout started or when its turn came, nor reconnecting within
+//     DisconnectGrace (no job was sent, job_id is empty), or it went away
+//     mid-job and the deadline passed (job_id set).
 //   - Failures counted against max_failures are FAILED nodes plus nodes that
 //     went unreachable mid-job (their state is unknown); nodes that were
 //     never sent a job are not counted, as SSM does for undeliverable
@@ -83,6 +86,13 @@ type Config struct {
 	// unreachable (default 35s: the agents' longest reconnect delay plus
 	// slack; negative: none).
 	ReconnectGrace time.Duration
+	// DisconnectGrace is how long after its last heartbeat a node whose
+	// stream is down (and that gossip does not report down or left) is
+	// still waited for, at the rollout's start and when its turn comes,
+	// rather than marked unreachable: its agent is most likely redialling
+	// a dropped connection (default 15s: three heartbeat intervals;
+	// negative: none).
+	DisconnectGrace time.Duration
 	// PlanTimeout bounds how long a plan waits for agents (default 2m:
 	// agents download the artifact to plan an archive step).
 	PlanTimeout time.Duration
@@ -136,6 +146,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.ReconnectGrace == 0 {
 		cfg.ReconnectGrace = 35 * time.Second
+	}
+	if cfg.DisconnectGrace == 0 {
+		cfg.DisconnectGrace = 15 * time.Second
 	}
 	if cfg.PlanTimeout <= 0 {
 		cfg.PlanTimeout = 2 * time.Minute

@@ -121,11 +121,20 @@ func (s *fakeStore) saveCount() int {
 	return s.saves
 }
 
-// fakeFleet: every node heartbeats at "now" while it is healthy.
+// fakeHeartbeatGap is the fake fleet's MaxHeartbeatGap (two 5 s heartbeat
+// intervals).
+const fakeHeartbeatGap = 10 * time.Second
+
+// fakeFleet: every node heartbeats at "now" while it is healthy and
+// connected. A node set otherwise last heartbeated when it was set so; its
+// run of heartbeats (HeartbeatsSince) survives a dropped stream for
+// fakeHeartbeatGap, and ends at once when its stream is up but it is not
+// healthy (its heartbeats stopped).
 type fakeFleet struct {
 	mu    sync.Mutex
 	clock *fakeClock
 	nodes map[string]*ferryv1.Node
+	runs  map[string]time.Time // when each node's run of heartbeats began
 }
 
 func (f *fakeFleet) add(id, group string, labels map[string]string) {
@@ -134,12 +143,24 @@ func (f *fakeFleet) add(id, group string, labels map[string]string) {
 	l := map[string]string{"group": group}
 	maps.Copy(l, labels)
 	f.nodes[id] = &ferryv1.Node{Id: id, Group: group, Labels: l, State: ferryv1.NodeState_NODE_STATE_HEALTHY, Connected: true}
+	if f.runs == nil {
+		f.runs = map[string]time.Time{}
+	}
+	f.runs[id] = f.clock.Now()
 }
 
 func (f *fakeFleet) setState(id string, s ferryv1.NodeState, connected bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	n := f.nodes[id]
+	switch {
+	case s == ferryv1.NodeState_NODE_STATE_HEALTHY && connected:
+		if f.heartbeatsSinceLocked(id).IsZero() {
+			f.runs[id] = f.clock.Now()
+		}
+	case connected:
+		f.runs[id] = time.Time{}
+	}
 	n.State, n.Connected = s, connected
 	if s != ferryv1.NodeState_NODE_STATE_HEALTHY {
 		n.LastHeartbeat = timestamppb.New(f.clock.Now())
@@ -196,6 +217,25 @@ func (f *fakeFleet) Match(t *ferryv1.Target) []*ferryv1.Node {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
 	return out
+}
+
+func (f *fakeFleet) HeartbeatsSince(id string) time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.heartbeatsSinceLocked(id)
+}
+
+func (f *fakeFleet) heartbeatsSinceLocked(id string) time.Time {
+	n, ok := f.nodes[id]
+	switch {
+	case !ok:
+		return time.Time{}
+	case reachable(n):
+		return f.runs[id]
+	case n.LastHeartbeat != nil && f.clock.Now().Sub(n.LastHeartbeat.AsTime()) <= fakeHeartbeatGap:
+		return f.runs[id]
+	}
+	return time.Time{}
 }
 
 func (f *fakeFleet) Node(id string) (*ferryv1.Node, bool) {
@@ -332,6 +372,9 @@ type harness struct {
 	audit *fakeAuditor
 	e     *Engine
 	ids   int
+
+	// disconnectGrace is Config.DisconnectGrace (default: none).
+	disconnectGrace time.Duration
 }
 
 // newHarness enrolls nodes n00..n(count-1) in group "prod", all healthy, and
@@ -357,6 +400,7 @@ func newHarness(t *testing.T, count int) *harness {
 		}},
 		audit: &fakeAuditor{},
 	}
+	h.disconnectGrace = -1
 	h.e = h.newEngine()
 	return h
 }
@@ -378,6 +422,8 @@ func (h *harness) newEngine() *Engine {
 			h.ids++
 			return fmt.Sprintf("ro-%d", h.ids)
 		},
+		// Likewise for nodes whose stream dropped moments ago.
+		DisconnectGrace: h.disconnectGrace,
 	})
 	if err != nil {
 		h.t.Fatalf("New: %v", err)

@@ -45,13 +45,19 @@ func (e *Engine) checkInFlight(ru *run, n *ferryv1.NodeJob, now time.Time, fx *e
 	}
 }
 
-// healthyDone: the node has been connected and HEALTHY at every look since
-// its healthy stretch began, for healthy_for, and a heartbeat arrived after
-// that (when the fleet reports heartbeat times).
+// healthyDone: the node has been healthy for healthy_for since its
+// report, and a heartbeat arrived after that (when the fleet reports
+// heartbeat times). Healthy for D means: for the last D its heartbeats
+// kept coming, never more than two heartbeat intervals apart (the fleet's
+// HeartbeatsSince), it was HEALTHY at every look while its stream was up,
+// and it was never gone (down, left, removed). A stream that drops and is
+// redialled within that gap, as on a flapping link, does not restart the
+// period.
 func (e *Engine) healthyDone(ru *run, n *ferryv1.NodeJob, now time.Time) bool {
 	id := n.GetNodeId()
 	fn, ok := e.cfg.Fleet.Node(id)
-	if !ok || !reachable(fn) {
+	beating := e.cfg.Fleet.HeartbeatsSince(id)
+	if !ok || beating.IsZero() || gone(fn) || fn.GetConnected() && !reachable(fn) {
 		ru.healthySince[id] = time.Time{}
 		return false
 	}
@@ -68,6 +74,9 @@ func (e *Engine) healthyDone(ru *run, n *ferryv1.NodeJob, now time.Time) bool {
 	case since.IsZero():
 		since = now
 		ru.healthySince[id] = since
+	}
+	if beating.After(since) {
+		since = beating
 	}
 	end := since.Add(ru.st.healthyFor)
 	if now.Before(end) {

@@ -80,6 +80,61 @@ func TestHealthyForNeedsUnbrokenHeartbeats(t *testing.T) {
 	}
 }
 
+// The healthy period tolerates reconnects that keep heartbeats flowing: a
+// stream that drops every 4 s and is back a second later does not restart
+// it. Heartbeats that stop for more than two intervals (10 s) do, whatever
+// the stream does.
+func TestHealthyForAcrossReconnects(t *testing.T) {
+	const healthyFor = 10 * time.Second
+	type change struct {
+		at   time.Duration // after the agent's report
+		drop bool          // the stream drops; else it is back
+	}
+	var flapping []change
+	for at := 3 * time.Second; at < 20*time.Second; at += 4 * time.Second {
+		flapping = append(flapping, change{at, true}, change{at + time.Second, false})
+	}
+	silent := []change{{3 * time.Second, true}, {14500 * time.Millisecond, false}}
+	tests := []struct {
+		name    string
+		changes []change
+		at      time.Duration // when the outcome is read
+		want    ferryv1.NodeOutcome
+	}{
+		{"dropped every 4 s, back within a second: not yet at 9.5 s", flapping, 9500 * time.Millisecond, ocChecking},
+		{"dropped every 4 s, back within a second: done by 10.5 s", flapping, 10500 * time.Millisecond, ocSucceeded},
+		{"silent for 11.5 s: not done at 20 s", silent, 20 * time.Second, ocChecking},
+		{"silent for 11.5 s: done 10 s after it is back", silent, 25 * time.Second, ocSucceeded},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, 2)
+			r := h.create(strat{canary: 1, healthy: healthyFor})
+			h.succeed(r.Id, "n00")
+			changes := tt.changes
+			for el := 500 * time.Millisecond; el <= tt.at; el += 500 * time.Millisecond {
+				h.clock.Advance(500 * time.Millisecond)
+				for len(changes) > 0 && changes[0].at <= el {
+					if changes[0].drop {
+						h.fleet.setState("n00", ferryv1.NodeState_NODE_STATE_UNREACHABLE, false) // gossip alive
+					} else {
+						h.fleet.setState("n00", ferryv1.NodeState_NODE_STATE_HEALTHY, true)
+					}
+					changes = changes[1:]
+				}
+				h.e.Tick(h.clock.Now())
+			}
+			n := nodeOf(h.get(r.Id), "n00")
+			if n.Outcome != tt.want {
+				t.Fatalf("n00 %v after the report = %v %q, want %v", tt.at, n.Outcome, n.Message, tt.want)
+			}
+			if tt.want == ocSucceeded && !strings.Contains(n.Message, "healthy for 10s") {
+				t.Errorf("n00 message %q, want it to name the healthy period", n.Message)
+			}
+		})
+	}
+}
+
 func TestHealthyForWaitsForAHeartbeatAfterThePeriod(t *testing.T) {
 	h := newHarness(t, 1)
 	r := h.create(strat{canary: 1, healthy: 10 * time.Second})

@@ -65,7 +65,7 @@ func (e *Engine) Plan(ctx context.Context, req *ferryv1.CreateRolloutRequest) ([
 	for _, n := range fleet {
 		installed[n.GetId()] = installedVersion(n, req.GetPackageName())
 	}
-	nodes := buildNodes(fleet, int(p.strat.GetCanary()), now, func(n *ferryv1.Node) string { return installed[n.GetId()] })
+	nodes := buildNodes(fleet, int(p.strat.GetCanary()), now, e.cfg.DisconnectGrace, func(n *ferryv1.Node) string { return installed[n.GetId()] })
 	planID := "plan-" + e.newIDLocked()
 	pw := &planWait{jobs: map[string]string{}, reports: make(chan planReport, 2*len(nodes))}
 	plans := make([]*ferryv1.NodePlan, len(nodes))

@@ -76,7 +76,7 @@ func (e *Engine) undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.R
 		JobKind:        kindRollback,
 		UndoOf:         last.GetId(),
 	}
-	r.Nodes = buildNodes(nodes, int(strat.GetCanary()), now, func(*ferryv1.Node) string { return last.GetPackageVersion() })
+	r.Nodes = buildNodes(nodes, int(strat.GetCanary()), now, e.cfg.DisconnectGrace, func(*ferryv1.Node) string { return last.GetPackageVersion() })
 	r.Message = fmt.Sprintf("undo of %s by %s: %s", last.GetId(), actor, startSummary(r))
 	ru, err := e.insertLocked(r, pkg, now)
 	if err != nil {

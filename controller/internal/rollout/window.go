@@ -75,11 +75,13 @@ func (e *Engine) start(ru *run, n *ferryv1.NodeJob, now time.Time, fx *effects, 
 	before := proto.Clone(n).(*ferryv1.NodeJob)
 	n.StartedAt = timestamppb.New(now)
 	fn, ok := e.cfg.Fleet.Node(n.GetNodeId())
-	if ok && !reachable(fn) && fn.GetState() != ferryv1.NodeState_NODE_STATE_REMOVED && now.Sub(e.started) < e.cfg.ReconnectGrace {
+	restarted := now.Sub(e.started) < e.cfg.ReconnectGrace && fn.GetState() != ferryv1.NodeState_NODE_STATE_REMOVED
+	if ok && !reachable(fn) && (restarted || reconnecting(fn, now, e.cfg.DisconnectGrace)) {
 		// The controller has just (re)started and agents are still in
-		// their reconnect backoff: wait for them rather than mark a
-		// healthy fleet unreachable. The node stays pending and takes no
-		// window slot.
+		// their reconnect backoff, or this node's stream dropped moments
+		// ago and its agent is redialling: wait for it rather than mark
+		// a healthy node unreachable. The node stays pending and takes
+		// no window slot.
 		n.StartedAt = before.GetStartedAt()
 		return false
 	}
