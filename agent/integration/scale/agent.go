@@ -164,7 +164,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer conn.Close()
 	attempt := 0
 	for {
-		began := time.Now()
+		welcomesBefore := a.sessions.Load()
 		err := a.session(ctx, conn)
 		if ctx.Err() != nil {
 			return nil
@@ -174,7 +174,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			msg := err.Error()
 			a.lastErr.Store(&msg)
 		}
-		if time.Since(began) > time.Minute {
+		// The real agent's rule: a welcomed session that stayed up for
+		// backoff.MinSession resets the counter.
+		if a.sessions.Load() > welcomesBefore && time.Since(a.LastWelcome()) > backoff.MinSession {
 			attempt = 0
 		}
 		delay := backoff.FullJitter(a.rng, a.cfg.BackoffBase, a.cfg.BackoffMax, attempt)
