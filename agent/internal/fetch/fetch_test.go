@@ -184,15 +184,7 @@ func TestEnsureThroughFlakyConnection(t *testing.T) {
 	digest := fake.add(data)
 	proxy := faultproxy.New(t, faultproxy.Config{Target: serve(t, p, fake), Faults: faultproxy.ResetBetween(64<<10, 768<<10, 7)})
 	f := newFetcher(t, t.TempDir(), dial(t, p, proxy.Addr()), func(c *Config) { c.Retries = 20 })
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	path, err := f.Ensure(ctx, digest, uint64(len(data)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(readFile(t, path), data) {
-		t.Fatal("the reassembled file differs from the artifact")
-	}
+	ensureWithin(t, f, 30*time.Second, digest, data)
 	if proxy.Resets() < 3 {
 		t.Errorf("only %d connections were cut", proxy.Resets())
 	}

@@ -2,6 +2,7 @@ package fetch
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"io"
@@ -194,4 +195,19 @@ func newFetcher(t testing.TB, dir string, client ferryv1.AgentServiceClient, mod
 		t.Fatal(err)
 	}
 	return f
+}
+
+// ensureWithin runs Ensure under a timeout and fails unless it returns
+// the artifact, byte for byte.
+func ensureWithin(t *testing.T, f *Fetcher, timeout time.Duration, digest string, data []byte) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	path, err := f.Ensure(ctx, digest, uint64(len(data)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(readFile(t, path), data) {
+		t.Fatal("the reassembled file differs from the artifact")
+	}
 }

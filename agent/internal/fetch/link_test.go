@@ -1,7 +1,6 @@
 package fetch
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -38,15 +37,7 @@ func TestEnsureOverLinkResettingEvery512KiB(t *testing.T) {
 		return faultproxy.Faults{ResetAfter: 512 << 10}
 	}})
 	f := newFetcher(t, t.TempDir(), dial(t, p, proxy.Addr()), nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	path, err := f.Ensure(ctx, digest, uint64(len(data)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(readFile(t, path), data) {
-		t.Fatal("the reassembled file differs from the artifact")
-	}
+	ensureWithin(t, f, 2*time.Minute, digest, data)
 	fake.idle(t)
 	ratio := float64(fake.served.Load()) / float64(len(data))
 	t.Logf("%d streams over %d connections; served %.2f× the artifact", fake.streams.Load(), proxy.Conns(), ratio)
@@ -64,9 +55,7 @@ func TestEnsureOverLinkResettingEvery512KiB(t *testing.T) {
 	healthy.Store(true)
 	for i := range 2 {
 		next := randomBytes(uint64(12+i), 2<<20)
-		if _, err := f.Ensure(ctx, fake.add(next), uint64(len(next)), nil); err != nil {
-			t.Fatal(err)
-		}
+		ensureWithin(t, f, time.Minute, fake.add(next), next)
 	}
 	fake.mu.Lock()
 	got := fake.asked[len(fake.asked)-1]
@@ -92,15 +81,7 @@ func TestEnsureResumesStalledStream(t *testing.T) {
 		return -1
 	}
 	f := newFetcher(t, t.TempDir(), dial(t, p, serve(t, p, fake)), func(c *Config) { c.StallTimeout = 200 * time.Millisecond })
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	path, err := f.Ensure(ctx, digest, uint64(len(data)), nil)
-	if err != nil {
-		t.Fatalf("Ensure over a stalled stream: %v", err)
-	}
-	if !bytes.Equal(readFile(t, path), data) {
-		t.Fatal("the reassembled file differs from the artifact")
-	}
+	ensureWithin(t, f, 20*time.Second, digest, data) // the hang lasts longer
 	fake.idle(t)
 	if fake.streams.Load() != 2 || fake.served.Load() != int64(len(data)) {
 		t.Errorf("%d streams served %d bytes, want 2 streams and each byte once (%d)", fake.streams.Load(), fake.served.Load(), len(data))
