@@ -213,11 +213,11 @@ func TestEnsureOnFullFileSystem(t *testing.T) {
 	}
 
 	// Something else fills the file system while the next one downloads.
-	filler := filepath.Join(t.TempDir(), "filler")
+	filled := false
 	_, err = f.Ensure(ctx, digests[1], uint64(len(fits)), func(done, _ uint64) {
-		if done > 0 && filler != "" {
+		if done > 0 && !filled {
 			fill(t, filepath.Join(dir, "filler"))
-			filler = ""
+			filled = true
 		}
 	})
 	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "the partial download was removed") {
