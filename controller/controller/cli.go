@@ -15,14 +15,30 @@ import (
 	"github.com/ferrydeploy/ferry/shared/version"
 )
 
+const defaultDataDir = "/var/lib/ferry-controller"
+
 // Main is the ferry-controller command line; it returns the exit code.
+// Without a command it runs the controller; `backup` and `restore` copy
+// its store (backup.go).
 func Main(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "backup":
+			return backupMain(args[1:], stdout, stderr)
+		case "restore":
+			return restoreMain(args[1:], stdout, stderr)
+		}
+	}
 	fs := flag.NewFlagSet("ferry-controller", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "Usage:\n  ferry-controller [flags]                            run the controller\n  ferry-controller backup --data-dir D --out FILE     copy the store, also while it runs\n  ferry-controller restore --data-dir D --from FILE   replace the stopped controller's store with a backup\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
 	var cfg Config
 	var names, level string
 	showVersion := fs.Bool("version", false, "print the version and exit")
-	fs.StringVar(&cfg.DataDir, "data-dir", "/var/lib/ferry-controller", "state directory: store, CA, certificates, artifacts")
+	fs.StringVar(&cfg.DataDir, "data-dir", defaultDataDir, "state directory: store, CA, certificates, artifacts")
 	fs.StringVar(&cfg.GRPCAddr, "listen", ":7443", "gRPC (mTLS) listen address")
 	fs.StringVar(&cfg.HTTPAddr, "http-listen", "127.0.0.1:7080", "HTTP listen address for /metrics, /healthz, /readyz")
 	fs.StringVar(&cfg.AdvertiseAddress, "advertise", "", "HOST:PORT agents and ferryctl dial (default: host name and the gRPC port)")
@@ -34,6 +50,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.GossipAdvertise, "gossip-advertise", "", "gossip address agents dial (default: the bound address)")
 	fs.StringVar(&cfg.GossipProfile, "gossip-profile", "lan", "gossip timings: lan, local or wan")
 	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn, error")
+	fs.BoolVar(&cfg.AllowNewStore, "new-store", false, "start with a new, empty store when ferry.db is missing or empty although the data dir holds a CA, admin credential or artifacts (every node must enroll again); without it that is an error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -45,7 +62,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "ferry-controller takes no arguments, got %q\n", fs.Args())
+		fmt.Fprintf(stderr, "ferry-controller takes no arguments but the commands backup and restore, got %q\n", fs.Args())
 		return 2
 	}
 	var lvl slog.Level

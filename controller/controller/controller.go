@@ -53,6 +53,7 @@ type Config struct {
 	GossipAddr        string        // memberlist bind address; "" disables gossip
 	GossipAdvertise   string        // host:port peers dial (default: the bound address)
 	GossipProfile     string        // lan (default), local or wan
+	AllowNewStore     bool          // create ferry.db although the data dir holds earlier state (store.go)
 	Logger            *slog.Logger
 	Now               func() time.Time
 }
@@ -104,6 +105,10 @@ type Controller struct {
 	member    *gossip.Member
 	adminPath string
 	advertise string
+	// serving is the controller's TLS certificate, replaced while running
+	// before it expires (serving.go).
+	serving    atomic.Pointer[tls.Certificate]
+	renewEvery time.Duration // how often Run checks whether it is due
 }
 
 // New prepares the data dir, opens the store and binds the listeners.
@@ -115,6 +120,18 @@ func New(cfg Config) (*Controller, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
+	// The store first: what else the data dir holds tells a first start
+	// from a lost store only before anything is created.
+	var err error
+	if c.store, err = openStore(cfg); err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			c.Close()
+		}
+	}()
 	ca, created, err := pki.LoadOrCreateCA(cfg.DataDir, cfg.Now())
 	if err != nil {
 		return nil, err
@@ -126,15 +143,6 @@ func New(cfg Config) (*Controller, error) {
 	if c.gossipKey, err = loadOrCreateKey(filepath.Join(cfg.DataDir, "gossip.key")); err != nil {
 		return nil, err
 	}
-	if c.store, err = store.Open(filepath.Join(cfg.DataDir, "ferry.db")); err != nil {
-		return nil, err
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			c.Close()
-		}
-	}()
 	if c.fleet, err = fleet.New(fleet.Config{Store: c.store, Logger: c.log, Now: cfg.Now, HeartbeatInterval: cfg.HeartbeatInterval, Evaluate: health.Evaluate}); err != nil {
 		return nil, err
 	}
@@ -152,6 +160,8 @@ func New(cfg Config) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.serving.Store(serving)
+	c.renewEvery = servingCheckEvery
 	c.adminPath, err = filepath.Abs(filepath.Join(cfg.DataDir, "admin.yaml"))
 	if err != nil {
 		return nil, err
@@ -171,7 +181,7 @@ func New(cfg Config) (*Controller, error) {
 		return nil, err
 	}
 	c.grpc = rpc.NewServer(rpc.ServerOptions{
-		TLS:     rpc.ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return serving, nil }, ca.Pool()),
+		TLS:     rpc.ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.serving.Load(), nil }, ca.Pool()),
 		Logger:  c.log,
 		Metrics: &rpc.Interceptors{Unary: grpcMetrics.UnaryServerInterceptor(), Stream: grpcMetrics.StreamServerInterceptor()},
 		Check: func(ctx context.Context, id pki.Identity, cert *x509.Certificate) error {
@@ -184,7 +194,7 @@ func New(cfg Config) (*Controller, error) {
 	if err := c.startGossip(); err != nil {
 		return nil, fmt.Errorf("start gossip on %s: %w", cfg.GossipAddr, err)
 	}
-	if c.artifacts, err = artifact.Open(artifact.Config{Dir: filepath.Join(cfg.DataDir, "artifacts"), DB: c.store.DB(), Logger: c.log.With("component", "artifact"), Now: cfg.Now}); err != nil {
+	if c.artifacts, err = artifact.Open(artifact.Config{Dir: filepath.Join(cfg.DataDir, "artifacts"), Records: c.store, Logger: c.log.With("component", "artifact"), Now: cfg.Now}); err != nil {
 		return nil, err
 	}
 	if c.packages, err = packages.New(c.store, c.artifacts, cfg.Now); err != nil {
@@ -247,56 +257,6 @@ func loadOrCreateKey(path string) ([]byte, error) {
 		return nil, err
 	}
 	return key, atomicfile.WriteFile(path, key, 0o600)
-}
-
-// servingCert reuses the controller's certificate while it has more than
-// 30 days left, and issues a new one otherwise.
-func (c *Controller) servingCert() (*tls.Certificate, error) {
-	certPath, keyPath := filepath.Join(c.cfg.DataDir, "controller.crt"), filepath.Join(c.cfg.DataDir, "controller.key")
-	if pair, err := tls.LoadX509KeyPair(certPath, keyPath); err == nil {
-		leaf, err := x509.ParseCertificate(pair.Certificate[0])
-		if err == nil && leaf.NotAfter.Sub(c.cfg.Now()) > 30*24*time.Hour && leaf.CheckSignatureFrom(c.ca.Cert) == nil {
-			pair.Leaf = leaf
-			pair.Certificate = append(pair.Certificate, c.ca.Cert.Raw)
-			return &pair, nil
-		}
-	}
-	key, err := pki.NewKey()
-	if err != nil {
-		return nil, err
-	}
-	var dns []string
-	var ips []net.IP
-	names := append([]string{"localhost"}, c.cfg.ServerNames...)
-	if h, err := os.Hostname(); err == nil {
-		names = append(names, h)
-	}
-	if host, _, err := net.SplitHostPort(c.advertise); err == nil {
-		names = append(names, host)
-	}
-	for _, n := range names {
-		if ip := net.ParseIP(n); ip != nil {
-			ips = append(ips, ip)
-		} else if n != "" {
-			dns = append(dns, n)
-		}
-	}
-	ips = append(ips, net.IPv4(127, 0, 0, 1), net.IPv6loopback)
-	leaf, err := c.ca.Sign(pki.SignRequest{Identity: pki.Identity{Role: pki.RoleController}, PublicKey: key.Public(), TTL: 365 * 24 * time.Hour, Now: c.cfg.Now(), DNSNames: dns, IPs: ips})
-	if err != nil {
-		return nil, err
-	}
-	keyPEM, err := pki.EncodeKey(key)
-	if err != nil {
-		return nil, err
-	}
-	if err := atomicfile.WriteFile(keyPath, keyPEM, 0o600); err != nil {
-		return nil, err
-	}
-	if err := atomicfile.WriteFile(certPath, pki.EncodeCert(leaf), 0o644); err != nil {
-		return nil, err
-	}
-	return &tls.Certificate{Certificate: [][]byte{leaf.Raw, c.ca.Cert.Raw}, PrivateKey: key, Leaf: leaf}, nil
 }
 
 // ensureAdminCredential writes the bootstrap admin credential on first

@@ -88,6 +88,15 @@ func (c *Controller) Run(ctx context.Context) error {
 		stopEngine()
 		<-engineDone
 	}()
+	stopBackups := c.serveBackups()
+	defer stopBackups()
+	servingCtx, stopServing := context.WithCancel(ctx)
+	servingDone := make(chan struct{})
+	go func() { defer close(servingDone); c.renewServingLoop(servingCtx) }()
+	defer func() {
+		stopServing()
+		<-servingDone
+	}()
 	c.ready.Store(true)
 	if err := sdnotify.Ready(); err != nil {
 		c.log.Warn("notify systemd", "err", err)

@@ -7,6 +7,7 @@ package atomicfile
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -15,6 +16,18 @@ import (
 // WriteFile writes data to path via a temp file in the same directory,
 // fsync and rename.
 func WriteFile(path string, data []byte, mode os.FileMode) error {
+	return Write(path, mode, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	}, nil)
+}
+
+// Write is WriteFile for content that is streamed: write writes it to the
+// temp file. beforeRename, when not nil, is called with the finished temp
+// file's name just before it replaces path, to check it or to keep the
+// old file; its error aborts the write. On any error path is left as it
+// was.
+func Write(path string, mode os.FileMode, write func(io.Writer) error, beforeRename func(tmp string) error) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -22,20 +35,23 @@ func WriteFile(path string, data []byte, mode os.FileMode) error {
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp)
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
+	err = f.Chmod(mode)
+	if err == nil {
+		err = write(f)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
+	if beforeRename != nil {
+		if err := beforeRename(tmp); err != nil {
+			return err
+		}
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
@@ -55,6 +71,12 @@ func SyncDir(dir string) error {
 		return err
 	}
 	defer d.Close()
+	return SyncOpenDir(d)
+}
+
+// SyncOpenDir is SyncDir for a directory already open, e.g. one a caller
+// verified before writing in it.
+func SyncOpenDir(d *os.File) error {
 	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
 		return err
 	}

@@ -1,6 +1,9 @@
 package atomicfile
 
 import (
+	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -48,5 +51,45 @@ func TestSyncDir(t *testing.T) {
 	}
 	if err := SyncDir(filepath.Join(dir, "missing")); !os.IsNotExist(err) {
 		t.Fatalf("SyncDir of a missing dir: %v, want not-exist", err)
+	}
+}
+
+func TestWriteLeavesPathAsItWasOnError(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "f")
+	if err := os.WriteFile(path, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	failed := errors.New("failed")
+	newContent := func(w io.Writer) error { _, err := io.WriteString(w, "new"); return err }
+	cases := []struct {
+		name         string
+		write        func(io.Writer) error
+		beforeRename func(string) error
+		want         string
+		wantErr      error
+	}{
+		{"write fails", func(w io.Writer) error { io.WriteString(w, "partial"); return failed }, nil, "old", failed},
+		{"check refuses", newContent, func(string) error { return failed }, "old", failed},
+		{"check sees the new content", newContent, func(tmp string) error {
+			if got, _ := os.ReadFile(tmp); string(got) != "new" {
+				return fmt.Errorf("temp file holds %q", got)
+			}
+			return nil
+		}, "new", nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := Write(path, 0o600, tc.write, tc.beforeRename)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("Write = %v, want %v", err, tc.wantErr)
+			}
+			if got, _ := os.ReadFile(path); string(got) != tc.want {
+				t.Errorf("%s holds %q, want %q", path, got, tc.want)
+			}
+			if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+				t.Errorf("temp files left behind: %v", entries)
+			}
+		})
 	}
 }

@@ -143,15 +143,25 @@ func (f *fleet) enroll(id string, tok *ferryv1.CreateTokenResponse) *testAgent {
 // start runs the agent's daemon in this process.
 func (f *fleet) start(a *testAgent) {
 	f.t.Helper()
+	f.startWith(a, nil)
+}
+
+// startWith is start with the agent's config changed by mod.
+func (f *fleet) startWith(a *testAgent, mod func(*agent.Config)) {
+	f.t.Helper()
 	root := filepath.Join(f.dir, "roots", a.id)
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		f.t.Fatal(err)
 	}
-	ag, err := agent.New(agent.Config{
+	cfg := agent.Config{
 		StateDir: a.stateDir, Root: root, Controller: a.proxy.addr(),
 		BackoffBase: 50 * time.Millisecond, BackoffMax: 300 * time.Millisecond, Logger: testLogger(f.t).With("agent", a.id),
 		Gossip: gossipConfig(f.gossip), MetricsAddr: a.metricsAddr,
-	})
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	ag, err := agent.New(cfg)
 	if err != nil {
 		f.t.Fatalf("agent %s: %v", a.id, err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -112,15 +113,17 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, id: id, rng: cfg.Rand, started: cfg.Now(),
 		log: cfg.Logger.With("node", id.Info.NodeID)}
-	if err := a.checkExpiry(); err != nil {
+	if err := a.id.CheckClock(cfg.Now()); err != nil {
 		return nil, err
 	}
+	a.warnClock("when its certificate arrived")
 	inst, err := install.New(install.Config{Root: cfg.Root, StateDir: cfg.StateDir, Logger: a.log.With("component", "install")})
 	if err != nil {
 		return nil, fmt.Errorf("installer: %w", err)
 	}
 	a.jobs = newJobRunner(a, inst)
 	a.metrics = newAgentMetrics()
+	a.metrics.reg.MustRegister(a.clockSkewMetric())
 	a.renewed = make(chan struct{}, 1)
 	a.fatal = make(chan error, 1)
 	a.after = time.After
@@ -130,14 +133,10 @@ func New(cfg Config) (*Agent, error) {
 // NodeID is the enrolled node ID.
 func (a *Agent) NodeID() string { return a.id.Info.NodeID }
 
-// checkExpiry refuses to run with an expired certificate: a silent
-// reconnect loop would never succeed.
+// checkExpiry refuses to run with an expired certificate (by the
+// controller's clock): a silent reconnect loop would never succeed.
 func (a *Agent) checkExpiry() error {
-	leaf := a.id.Certificate().Leaf
-	if a.cfg.Now().After(leaf.NotAfter) {
-		return fmt.Errorf("the node certificate expired at %s (the node was offline past its renewal window); re-enroll: get a token with `ferryctl token create --group %s`, remove %s and run `ferry-agent enroll` again", leaf.NotAfter.UTC().Format(time.RFC3339), a.id.Info.Group, a.cfg.StateDir)
-	}
-	return nil
+	return a.id.CheckExpiry(a.cfg.Now())
 }
 
 // jitter returns d scaled by a random factor in [1-f, 1+f].
@@ -154,11 +153,21 @@ func (a *Agent) backoff(attempt int) time.Duration {
 	return backoff.FullJitter(a.rng, a.cfg.BackoffBase, a.cfg.BackoffMax, attempt)
 }
 
+// agentKeepalive notices a half-open stream (the controller's host died,
+// a NAT or firewall dropped the flow) within about 15 s: a ping after 10 s
+// with nothing read, and the connection is dropped when no answer comes
+// within 5 s. The controller's keepalive EnforcementPolicy.MinTime must be
+// at most 10 s, or it answers these pings with GOAWAY "too_many_pings".
+var agentKeepalive = keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}
+
 func (a *Agent) dial() (*grpc.ClientConn, error) {
 	tlsConf := rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 		return a.id.Certificate(), nil
 	}, a.id.Pool())
-	opts := rpc.DialOptions(tlsConf)
+	// The controller's certificate is judged by the controller's clock too:
+	// the system clock, as TLS reads it by default, plus the skew.
+	tlsConf.Time = func() time.Time { return a.id.ControllerTime(time.Now()) }
+	opts := append(rpc.DialOptions(tlsConf), grpc.WithKeepaliveParams(agentKeepalive))
 	if a.dialer != nil {
 		opts = append(opts, grpc.WithContextDialer(a.dialer))
 	}
@@ -237,8 +246,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		delay := a.backoff(attempt)
 		attempt++
 		a.metrics.reconnects.Inc()
-		switch status.Code(err) {
-		case codes.PermissionDenied, codes.Unauthenticated:
+		hint := a.clockHint(err)
+		switch {
+		case hint != "":
+			// Retrying fast cannot help until a clock is fixed.
+			delay = a.cfg.BackoffMax
+			a.log.Error(hint, "err", err, "retry_in", delay)
+		case status.Code(err) == codes.PermissionDenied, status.Code(err) == codes.Unauthenticated:
 			// Retrying fast cannot help (the node was removed, or its
 			// certificate is refused): wait the longest delay.
 			delay = a.cfg.BackoffMax
@@ -334,8 +348,9 @@ func (a *Agent) session(ctx context.Context, client *swapClient) error {
 		return err
 	}
 	recent := append(a.jobs.inst.Interrupted(), a.jobs.inst.RecentResults()...)
-	hello := &ferryv1.AgentHello{AgentVersion: version.Version, Facts: facts.Detect(), GossipAddress: a.gossipAddr(),
+	hello := &ferryv1.AgentHello{AgentVersion: version.Version, Facts: a.facts(), GossipAddress: a.gossipAddr(),
 		Installed: a.jobs.inst.Installed(), RecentJobs: recent}
+	helloSent := a.cfg.Now()
 	if err := stream.Send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Hello{Hello: hello}}); err != nil {
 		return err
 	}
@@ -348,6 +363,7 @@ func (a *Agent) session(ctx context.Context, client *swapClient) error {
 		return errors.New("controller did not answer the hello with a welcome")
 	}
 	markWelcomed()
+	a.measureSkew(helloSent, a.cfg.Now(), welcome.GetServerTime())
 	interval := a.cfg.HeartbeatInterval
 	if d := welcome.GetHeartbeatInterval().AsDuration(); d > 0 {
 		interval = d
@@ -382,6 +398,7 @@ func (a *Agent) session(ctx context.Context, client *swapClient) error {
 	}
 	timer := time.NewTimer(a.jitter(interval, 0.1))
 	defer timer.Stop()
+	ticked := a.cfg.Now() // to notice this node's clock stepping forward
 	for {
 		select {
 		case <-ctx.Done():
@@ -419,6 +436,11 @@ func (a *Agent) session(ctx context.Context, client *swapClient) error {
 		case err := <-a.fatal:
 			return backoff.Permanent(err) // ends Run (e.g. the certificate expired)
 		case <-timer.C:
+			now := a.cfg.Now()
+			if identity.ClockStep(ticked, now) > clockWarnAfter {
+				return errors.New("this node's clock jumped forward (or the host was suspended); reconnecting to measure its skew from the controller's clock again")
+			}
+			ticked = now
 			if err := a.heartbeat(); err != nil {
 				return err
 			}
@@ -442,7 +464,7 @@ func (a *Agent) heartbeat() error {
 		Load5:         l5,
 		Load15:        l15,
 		DiskFreeBytes: facts.DiskFree(a.cfg.Root),
-		Facts:         facts.Detect(),
+		Facts:         a.facts(),
 		Installed:     a.jobs.inst.Installed(),
 		Disks:         facts.Disks(a.cfg.StateDir, a.cfg.Root, a.jobs.inst.Destinations()),
 	}
@@ -465,17 +487,13 @@ func (a *Agent) handle(ctx context.Context, m *ferryv1.ConnectResponse) {
 }
 
 // renewLoop renews the certificate once two thirds of its lifetime have
-// passed. It returns an error only when the certificate has expired.
+// passed by the controller's clock. It returns an error only when the
+// certificate has expired.
 func (a *Agent) renewLoop(ctx context.Context, client ferryv1.AgentServiceClient) error {
 	for {
 		leaf := a.id.Certificate().Leaf
-		from := a.id.ReceivedAt()
-		if from.Before(leaf.NotBefore) || from.After(leaf.NotAfter) {
-			from = leaf.NotBefore
-		}
-		life := leaf.NotAfter.Sub(from)
-		due := from.Add(life * 2 / 3)
-		wait := due.Sub(a.cfg.Now())
+		life := a.id.Lifetime()
+		wait := a.id.RenewIn(a.cfg.Now())
 		if wait > 0 {
 			select {
 			case <-ctx.Done():

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/agent/internal/agent"
 	"github.com/ferrydeploy/ferry/agent/internal/enroll"
+	"github.com/ferrydeploy/ferry/shared/installpolicy"
 	"github.com/ferrydeploy/ferry/shared/version"
 )
 
@@ -30,7 +31,9 @@ Usage:
 Run "ferry-agent COMMAND -h" for a command's flags.
 `
 
-const defaultStateDir = "/var/lib/ferry-agent"
+// defaultStateDir is the one package apply refuses steps to write in by
+// name; the agent refuses its actual --state-dir too.
+const defaultStateDir = installpolicy.DefaultStateDir
 
 // Main runs the command line and returns the exit code.
 func Main(args []string, stdout, stderr io.Writer) int {

@@ -49,6 +49,8 @@ type Identity struct {
 	mu         sync.RWMutex
 	cert       *tls.Certificate
 	receivedAt time.Time
+	skew       time.Duration // controller clock minus this node's at skewAt (clock.go)
+	skewAt     time.Time
 }
 
 // Exists reports whether dir holds an enrolled identity.
@@ -137,9 +139,9 @@ func (id *Identity) Certificate() *tls.Certificate {
 	return id.cert
 }
 
-// ReceivedAt is when the node got its current certificate. Renewal is
-// scheduled from it rather than from NotBefore, which the CA backdates to
-// tolerate clock skew.
+// ReceivedAt is when the node got its current certificate, by this node's
+// clock. Set against when the controller issued it, it estimates the clock
+// skew until a welcome measures it (CheckClock).
 func (id *Identity) ReceivedAt() time.Time {
 	id.mu.RLock()
 	defer id.mu.RUnlock()

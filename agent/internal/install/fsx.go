@@ -5,63 +5,13 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
-	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ferrydeploy/ferry/shared/atomicfile"
 )
-
-// resolve maps a step path (absolute, as on the node) to the host path
-// under the install root. It refuses relative paths, "..", NUL bytes and,
-// under a root other than "/", ancestors that are symbolic links leading
-// out of the root.
-func (i *Installer) resolve(p string) (string, error) {
-	if p == "" {
-		return "", errors.New("path is empty")
-	}
-	if strings.IndexByte(p, 0) >= 0 {
-		return "", fmt.Errorf("path %q contains a NUL byte", p)
-	}
-	if !strings.HasPrefix(p, "/") {
-		return "", fmt.Errorf("path %q must be absolute (it is resolved under the install root)", p)
-	}
-	for _, c := range strings.Split(p, "/") {
-		if c == ".." {
-			return "", fmt.Errorf("path %q contains \"..\" and could leave the install root", p)
-		}
-	}
-	clean := path.Clean(p)
-	if clean == "/" {
-		return "", fmt.Errorf("path %q is the install root itself", p)
-	}
-	host := filepath.Join(i.root, clean)
-	if i.root == "/" {
-		return host, nil
-	}
-	// The deepest existing ancestor must really be inside the root.
-	dir := filepath.Dir(host)
-	for {
-		real, err := filepath.EvalSymlinks(dir)
-		if err == nil {
-			if real != i.realRoot && !strings.HasPrefix(real, i.realRoot+"/") {
-				return "", fmt.Errorf("path %q leaves the install root: %s resolves to %s", p, dir, real)
-			}
-			break
-		}
-		if !errors.Is(err, fs.ErrNotExist) {
-			return "", fmt.Errorf("path %q: %w", p, err)
-		}
-		if dir == i.root {
-			break
-		}
-		dir = filepath.Dir(dir)
-	}
-	return host, nil
-}
 
 // removeCreated removes the directories a change created (outermost
 // first, as missingDirs lists them), innermost first, if they are empty.
@@ -74,11 +24,25 @@ func removeCreated(created []string) {
 // writeAtomic writes data to target through temp (in the same directory):
 // write, chmod, chown (uid/gid -1: leave), fsync, rename, fsync the dir.
 func writeAtomic(target, temp string, data []byte, mode fs.FileMode, uid, gid int) error {
-	os.Remove(temp)
-	f, err := os.OpenFile(temp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	dir, err := os.Open(filepath.Dir(target))
 	if err != nil {
 		return err
 	}
+	defer dir.Close()
+	return writeAtomicIn(dir, filepath.Base(target), filepath.Base(temp), data, mode, uid, gid)
+}
+
+// writeAtomicIn is writeAtomic for names in a directory already open
+// (and verified: see openParent), never following a link at temp.
+func writeAtomicIn(dir *os.File, name, temp string, data []byte, mode fs.FileMode, uid, gid int) error {
+	dfd := int(dir.Fd())
+	tempPath := filepath.Join(dir.Name(), temp)
+	unix.Unlinkat(dfd, temp, 0)
+	fd, err := unix.Openat(dfd, temp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return &fs.PathError{Op: "open", Path: tempPath, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), tempPath)
 	_, err = f.Write(data)
 	if err == nil && (uid >= 0 || gid >= 0) {
 		err = f.Chown(uid, gid)
@@ -93,13 +57,15 @@ func writeAtomic(target, temp string, data []byte, mode fs.FileMode, uid, gid in
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(temp, target)
+		if rerr := unix.Renameat(dfd, temp, dfd, name); rerr != nil {
+			err = &os.LinkError{Op: "rename", Old: tempPath, New: filepath.Join(dir.Name(), name), Err: rerr}
+		}
 	}
 	if err != nil {
-		os.Remove(temp)
+		unix.Unlinkat(dfd, temp, 0)
 		return err
 	}
-	return atomicfile.SyncDir(filepath.Dir(target))
+	return atomicfile.SyncOpenDir(dir)
 }
 
 // writeFileSync writes a private file (state, backups) and syncs it.
@@ -121,14 +87,21 @@ func syncFS(p string) error {
 // exchange swaps two paths atomically (renameat2 RENAME_EXCHANGE). It
 // returns errExchangeUnsupported where the file system cannot.
 func exchange(a, b string) error {
-	err := unix.Renameat2(unix.AT_FDCWD, a, unix.AT_FDCWD, b, unix.RENAME_EXCHANGE)
+	err := exchangeAt(unix.AT_FDCWD, a, unix.AT_FDCWD, b)
+	if err != nil && !errors.Is(err, errExchangeUnsupported) {
+		return fmt.Errorf("exchange %s and %s: %w", a, b, err)
+	}
+	return err
+}
+
+// exchangeAt is exchange for names relative to directories (AT_FDCWD:
+// the paths as given), returning the system's error as it is.
+func exchangeAt(dirA int, a string, dirB int, b string) error {
+	err := unix.Renameat2(dirA, a, dirB, b, unix.RENAME_EXCHANGE)
 	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP) {
 		return errExchangeUnsupported
 	}
-	if err != nil {
-		return fmt.Errorf("exchange %s and %s: %w", a, b, err)
-	}
-	return nil
+	return err
 }
 
 var errExchangeUnsupported = errors.New("atomic exchange not supported")
@@ -144,6 +117,18 @@ func idOf(p string) (fileID, bool) {
 	if err != nil {
 		return fileID{}, false
 	}
+	return idOfInfo(st)
+}
+
+func fileIDOf(f *os.File) (fileID, bool) {
+	st, err := f.Stat()
+	if err != nil {
+		return fileID{}, false
+	}
+	return idOfInfo(st)
+}
+
+func idOfInfo(st fs.FileInfo) (fileID, bool) {
 	s, ok := st.Sys().(*syscall.Stat_t)
 	if !ok {
 		return fileID{}, false

@@ -116,6 +116,23 @@ func artifact(t testing.TB, files map[string]string) (string, string) {
 	return p, "sha256:" + hex.EncodeToString(sum[:])
 }
 
+// installRefused installs a package of the one step (with an artifact
+// when it is an archive step) and wants the job to fail with a message
+// mentioning want.
+func (e *env) installRefused(step *ferryv1.Step, want string) {
+	e.t.Helper()
+	a, d := artifact(e.t, map[string]string{"f": "x"})
+	p := pkg("x", "1", "", step)
+	if step.GetArchive() != nil {
+		p = pkg("x", "1", d, step)
+	}
+	u := e.install(p, a)
+	wantPhase(e.t, u, failed)
+	if !strings.Contains(u.GetMessage(), want) {
+		e.t.Errorf("message %q, want it to mention %q", u.GetMessage(), want)
+	}
+}
+
 func pkg(name, version, digest string, steps ...*ferryv1.Step) *ferryv1.Package {
 	p := &ferryv1.Package{Name: name, Version: version, Steps: steps, ContentDigest: "content-" + version}
 	if digest != "" {

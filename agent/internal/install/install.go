@@ -20,6 +20,13 @@
 //     has it, so the destination is never missing even for an instant.
 //   - What an install replaced is kept (keep_previous versions), and
 //     Rollback restores it: tree, env file, sudoers file and files.
+//   - Archive dests and file paths are checked where they lead, every
+//     symbolic link on the way resolved under the install root, against
+//     the same lists (shared/installpolicy) ferryctl package apply checks
+//     by name, plus the agent's actual state directory; a step writes in
+//     the directory a second walk just before the write opened, so a
+//     directory swapped for a link after the check is not followed
+//     (resolve.go).
 //
 // Each kind of step is one file (step_archive.go, step_env.go, ...)
 // implementing the hooks in step.go, and one line in its registry,
@@ -56,6 +63,7 @@ import (
 	"time"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/installpolicy"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -67,7 +75,8 @@ type Config struct {
 	// (default "/").
 	Root string
 	// StateDir is the agent's state directory; records live in
-	// StateDir/install.
+	// StateDir/install. No step may write in it (nor replace a directory
+	// holding it), wherever symbolic links lead.
 	StateDir string
 	Logger   *slog.Logger
 	// MaxArchiveBytes and MaxArchiveEntries apply when a step sets no
@@ -106,6 +115,10 @@ type Installer struct {
 	maxBytes int64
 	maxEnts  int64
 	kinds    map[protoreflect.Name]stepKind
+
+	// stateNode is the state directory as a node path, "" when it is
+	// outside the install root (no step path can reach it then).
+	stateNode string
 
 	run sync.Mutex // held for the whole of a job
 
@@ -188,6 +201,16 @@ func New(cfg Config) (*Installer, error) {
 	}
 	if err := os.Mkdir(filepath.Join(i.dir, "tmp"), 0o700); err != nil {
 		return nil, fmt.Errorf("install tmp dir: %w", err)
+	}
+	realState, err := filepath.EvalSymlinks(cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("install state dir: %w", err)
+	}
+	switch {
+	case realRoot == "/":
+		i.stateNode = realState
+	case installpolicy.Within(realState, realRoot):
+		i.stateNode = "/" + strings.TrimPrefix(realState[len(realRoot):], "/")
 	}
 	if err := i.loadState(); err != nil {
 		return nil, err

@@ -4,13 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ferrydeploy/ferry/agent/internal/install/archive"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/atomicfile"
+	"github.com/ferrydeploy/ferry/shared/installpolicy"
 )
 
 // archiveKind extracts the package's artifact into dest. The new tree is
@@ -28,9 +32,6 @@ func (archiveKind) KeepPrevious(s *ferryv1.Step) int { return int(s.GetArchive()
 
 func (k archiveKind) Validate(r validateRequest) error {
 	s := r.step.GetArchive()
-	if _, err := k.i.resolve(s.GetDest()); err != nil {
-		return err
-	}
 	switch s.GetFormat() {
 	case "", archive.FormatTar, archive.FormatTarGz, "tgz", archive.FormatZip:
 	default:
@@ -42,7 +43,21 @@ func (k archiveKind) Validate(r validateRequest) error {
 	if r.job.ArtifactPath == "" && !r.job.Plan {
 		return errors.New("the job carries no artifact file for the archive step")
 	}
-	return nil
+	_, err := k.dest(s)
+	return err
+}
+
+// dest resolves the step's dest and checks where it leads against the
+// install policy: a symbolic link on the way must not make it a system
+// directory, the agent's state directory or /etc/sudoers.d.
+func (k archiveKind) dest(s *ferryv1.ArchiveStep) (resolved, error) {
+	r, err := k.i.resolvePath(s.GetDest())
+	if err != nil {
+		return resolved{}, err
+	}
+	return r, policy("archive dest", s.GetDest(), r, func(p string) *installpolicy.Refusal {
+		return installpolicy.ArchiveDest(p, k.i.stateNode)
+	})
 }
 
 // archiveWork is what Plan and Apply both find out first.
@@ -60,10 +75,11 @@ type archiveWork struct {
 
 func (k archiveKind) work(r stepRequest) (archiveWork, error) {
 	s, jc := r.step.GetArchive(), r.job
-	dest, err := k.i.resolve(s.GetDest())
+	res, err := k.dest(s)
 	if err != nil {
 		return archiveWork{}, err
 	}
+	dest := res.host
 	w := archiveWork{dest: dest, current: "create " + s.GetDest()}
 	if st, err := os.Lstat(dest); err == nil {
 		w.current = fmt.Sprintf("replace %s (not installed by Ferry, %v)", s.GetDest(), st.Mode().Type())
@@ -138,8 +154,17 @@ func (k archiveKind) Apply(ctx context.Context, r stepRequest) (stepResponse, er
 	if err := i.addAction(jc, "install", a); err != nil {
 		return stepResponse{}, err
 	}
-	if err := makeDirs(a.Created, 0o755); err != nil {
-		return stepResponse{}, fmt.Errorf("create %s: %w", filepath.Dir(dest), err)
+	// Create dest's directories by walking to them again, so the tree is
+	// built where dest was checked to lead.
+	parent, err := i.openParent(dest, 0o755)
+	if err != nil {
+		return stepResponse{}, err
+	}
+	parentID, _ := fileIDOf(parent)
+	err = unix.Mkdirat(int(parent.Fd()), filepath.Base(hold), 0o700)
+	parent.Close()
+	if err != nil && !errors.Is(err, unix.EEXIST) {
+		return stepResponse{}, fmt.Errorf("create %s: %w", hold, err)
 	}
 	if err := os.Chmod(hold, 0o700); err != nil {
 		return stepResponse{}, err
@@ -166,13 +191,24 @@ func (k archiveKind) Apply(ctx context.Context, r stepRequest) (stepResponse, er
 		return stepResponse{}, fmt.Errorf("flush the new tree to disk: %w", err)
 	}
 	i.at("archive:extracted")
+	// Extracting takes a while: check again that dest leads where it did
+	// and that its directory is the one the tree was built in, then
+	// switch relative to that directory.
+	parent, err = i.openParent(dest, 0)
+	if err != nil {
+		return stepResponse{}, err
+	}
+	defer parent.Close()
+	if id, _ := fileIDOf(parent); id != parentID {
+		return stepResponse{}, fmt.Errorf("the directory %s was replaced while the archive was extracted; nothing was switched in, run the job again", filepath.Dir(s.GetDest()))
+	}
 	a.NewID, _ = idOf(a.Stage)
 	a.OldID, a.HadOld = idOf(dest)
 	a.State = "switching"
 	if err := jc.save(); err != nil {
 		return stepResponse{}, err
 	}
-	if err := applyTree(a); err != nil {
+	if err := applyTree(a, parent); err != nil {
 		return stepResponse{}, err
 	}
 	i.at("archive:switched")
@@ -211,33 +247,81 @@ func (i *Installer) verifyTree(t treeRecord) error {
 
 // applyTree switches a staged tree in (or an installed one out). The
 // action is in the journal with its identities before anything moves.
-func applyTree(a *action) error {
+// parent, when not nil, is the target's directory, opened and verified
+// by the caller: the renames are then made relative to it and to the
+// hold directory opened from it, so a directory replaced after the check
+// is not followed.
+func applyTree(a *action, parent *os.File) error {
+	at, done, err := treeDirs(a, parent)
+	if err != nil {
+		return err
+	}
+	defer done()
+	rename := func(from, to string) error {
+		fromDir, fromName := at(from)
+		toDir, toName := at(to)
+		if err := unix.Renameat(fromDir, fromName, toDir, toName); err != nil {
+			return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
+		}
+		return nil
+	}
 	switch {
 	case a.HasNew && a.HadOld:
-		err := exchange(a.Stage, a.Target)
+		stageDir, stage := at(a.Stage)
+		targetDir, target := at(a.Target)
+		err := exchangeAt(stageDir, stage, targetDir, target)
 		if errors.Is(err, errExchangeUnsupported) {
 			// Two renames; the journal lets a crash between them be undone.
-			if err := os.Rename(a.Target, a.Kept); err != nil {
+			if err := rename(a.Target, a.Kept); err != nil {
 				return fmt.Errorf("move %s aside: %w", a.Target, err)
 			}
-			if err := os.Rename(a.Stage, a.Target); err != nil {
+			if err := rename(a.Stage, a.Target); err != nil {
 				return fmt.Errorf("switch %s in: %w", a.Target, err)
 			}
 		} else if err != nil {
-			return err
-		} else if err := os.Rename(a.Stage, a.Kept); err != nil {
+			return fmt.Errorf("exchange %s and %s: %w", a.Stage, a.Target, err)
+		} else if err := rename(a.Stage, a.Kept); err != nil {
 			return fmt.Errorf("keep the previous %s: %w", a.Target, err)
 		}
 	case a.HasNew:
-		if err := os.Rename(a.Stage, a.Target); err != nil {
+		if err := rename(a.Stage, a.Target); err != nil {
 			return fmt.Errorf("switch %s in: %w", a.Target, err)
 		}
 	case a.HadOld:
-		if err := os.Rename(a.Target, a.Kept); err != nil {
+		if err := rename(a.Target, a.Kept); err != nil {
 			return fmt.Errorf("move %s aside: %w", a.Target, err)
 		}
 	}
+	if parent != nil {
+		return atomicfile.SyncOpenDir(parent)
+	}
 	return atomicfile.SyncDir(filepath.Dir(a.Target))
+}
+
+// treeDirs maps the paths of a tree switch to a directory and a name for
+// the *at calls: with parent, names in the target's directory and in its
+// hold directory (opened from parent, not following a link) are taken
+// relative to those; without, paths are used as they are.
+func treeDirs(a *action, parent *os.File) (at func(p string) (int, string), done func(), err error) {
+	if parent == nil {
+		return func(p string) (int, string) { return unix.AT_FDCWD, p }, func() {}, nil
+	}
+	hold := holdDir(a.Target)
+	holdFD, err := unix.Openat(int(parent.Fd()), filepath.Base(hold), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, &fs.PathError{Op: "open", Path: hold, Err: err}
+	}
+	parentFD := int(parent.Fd())
+	at = func(p string) (int, string) {
+		switch filepath.Dir(p) {
+		case filepath.Dir(a.Target):
+			return parentFD, filepath.Base(p)
+		case hold:
+			return holdFD, filepath.Base(p)
+		}
+		return unix.AT_FDCWD, p
+	}
+	return at, func() { unix.Close(holdFD) }, nil
 }
 
 // Undo puts the trees of a tree switch back where they were.
@@ -370,7 +454,7 @@ func (k archiveKind) rollbackTree(jc *jobCtx, a *action) (*action, error) {
 	if err := jc.save(); err != nil {
 		return nil, err
 	}
-	if err := applyTree(b); err != nil {
+	if err := applyTree(b, nil); err != nil {
 		return nil, err
 	}
 	k.i.at("rollback:switched")

@@ -7,11 +7,15 @@ import (
 	"strings"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/installpolicy"
 )
 
 // envKind writes /etc/profile.d/<name>.sh (exported variables, PATH
-// additions), 0644, atomically, with every value quoted so nothing in it
-// executes. Later checks source it.
+// additions), 0644, atomically, with every value single-quoted so nothing
+// in it expands when the file is sourced, and refuses the variable names
+// installpolicy lists, which would make a shell sourcing the file run
+// code (PROMPT_COMMAND, PS1, BASH_ENV, LD_PRELOAD, ...) or parse later
+// lines differently (IFS, SHELLOPTS, ...). Later checks source it.
 type envKind struct{ managedFile }
 
 func (envKind) Describe(s *ferryv1.Step) string { return "env " + s.GetEnv().GetName() }
@@ -50,15 +54,6 @@ func (i *Installer) shellSyntax(p string) error {
 
 var envVarRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
-// Variables a profile.d file must not set: PATH has its own field, the
-// others are read-only in common shells or change how every later line
-// of every login script is parsed.
-var reservedVars = map[string]bool{
-	"PATH": true, "IFS": true, "PWD": true, "OLDPWD": true, "PPID": true,
-	"UID": true, "EUID": true, "SHELLOPTS": true, "BASHOPTS": true,
-	"PS4": true, "ENV": true, "BASH_ENV": true, "HOME": true, "SHELL": true,
-}
-
 // shellQuote quotes s for POSIX sh: inside single quotes nothing is
 // special, and a single quote is written as '\”.
 func shellQuote(s string) string {
@@ -71,14 +66,16 @@ func validateEnv(s *ferryv1.EnvStep) error {
 	}
 	seen := map[string]bool{}
 	for _, v := range s.GetVars() {
-		switch {
-		case !envVarRE.MatchString(v.GetName()):
+		if !envVarRE.MatchString(v.GetName()) {
 			return fmt.Errorf("env %s: variable name %q is not a shell identifier (letters, digits, '_', not starting with a digit)", s.GetName(), v.GetName())
-		case reservedVars[v.GetName()]:
-			if v.GetName() == "PATH" {
+		}
+		if r := installpolicy.EnvVar(v.GetName()); r != nil {
+			if v.GetName() == installpolicy.PathVar {
 				return fmt.Errorf("env %s: set PATH additions with the step's path list, not as a variable", s.GetName())
 			}
-			return fmt.Errorf("env %s: refusing to set %s from a profile script", s.GetName(), v.GetName())
+			return fmt.Errorf("env %s: refusing to set %s from a profile script: %s; %s", s.GetName(), v.GetName(), r.Problem, r.Fix)
+		}
+		switch {
 		case seen[v.GetName()]:
 			return fmt.Errorf("env %s: variable %s is set twice", s.GetName(), v.GetName())
 		case strings.IndexByte(v.GetValue(), 0) >= 0:

@@ -15,6 +15,7 @@ import (
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/atomicfile"
+	"github.com/ferrydeploy/ferry/shared/installpolicy"
 )
 
 // fileKind writes a file with its content, mode and owner. Its writer,
@@ -29,7 +30,7 @@ func (fileKind) Describe(s *ferryv1.Step) string { return "file " + s.GetFile().
 
 func (k fileKind) Validate(r validateRequest) error {
 	s := r.step.GetFile()
-	if _, err := k.i.resolve(s.GetPath()); err != nil {
+	if _, err := k.i.filePath(s); err != nil {
 		return err
 	}
 	if s.GetMode() > 0o7777 {
@@ -41,10 +42,28 @@ func (k fileKind) Validate(r validateRequest) error {
 	return nil
 }
 
+// defaultFileMode is a file step's mode when it gives none: private,
+// since what a package writes is often a secret.
+const defaultFileMode = 0o600
+
+// filePath resolves a file step's path and checks where it leads against
+// the install policy: not in /proc, /sys, /dev or the agent's state
+// directory, not in /etc/sudoers.d or /etc/profile.d (the sudoers and env
+// kinds' job), and no credential file unless the step allows it.
+func (i *Installer) filePath(s *ferryv1.FileStep) (resolved, error) {
+	r, err := i.resolvePath(s.GetPath())
+	if err != nil {
+		return resolved{}, err
+	}
+	return r, policy("file", s.GetPath(), r, func(p string) *installpolicy.Refusal {
+		return installpolicy.FilePath(p, i.stateNode, s.GetAllowSensitive())
+	})
+}
+
 // wantFileStep is the file a file step wants.
 func wantFileStep(i *Installer, r stepRequest) (wantFile, error) {
 	s := r.step.GetFile()
-	target, err := i.resolve(s.GetPath())
+	target, err := i.filePath(s)
 	if err != nil {
 		return wantFile{}, err
 	}
@@ -54,10 +73,10 @@ func wantFileStep(i *Installer, r stepRequest) (wantFile, error) {
 	}
 	mode := s.GetMode()
 	if mode == 0 {
-		mode = 0o644
+		mode = defaultFileMode
 	}
 	return wantFile{
-		label: s.GetPath(), target: target, data: s.GetContent(), mode: fileMode(mode), uid: uid, gid: gid, dirMode: 0o755,
+		label: s.GetPath(), target: target.host, data: s.GetContent(), mode: fileMode(mode), uid: uid, gid: gid, dirMode: 0o755,
 	}, nil
 }
 
@@ -198,9 +217,14 @@ func (m managedFile) Apply(_ context.Context, r stepRequest) (stepResponse, erro
 	if err := i.addAction(jc, "install", a); err != nil {
 		return stepResponse{}, err
 	}
-	if err := makeDirs(a.Created, w.dirMode); err != nil {
-		return stepResponse{}, fmt.Errorf("create %s: %w", filepath.Dir(w.target), err)
+	// Walk to the file again, creating its directories, and write in the
+	// directory that walk opened: a directory on the way replaced by a
+	// symbolic link since the check is caught, not followed.
+	dir, err := i.openParent(w.target, w.dirMode)
+	if err != nil {
+		return stepResponse{}, fmt.Errorf("write %s: %w", w.label, err)
 	}
+	defer dir.Close()
 	uid, gid := w.uid, w.gid
 	if uid < 0 {
 		uid = d.curUID
@@ -209,7 +233,7 @@ func (m managedFile) Apply(_ context.Context, r stepRequest) (stepResponse, erro
 		gid = d.curGID
 	}
 	i.at("file:prepared")
-	if err := writeAtomic(w.target, a.Temp, w.data, w.mode, uid, gid); err != nil {
+	if err := writeAtomicIn(dir, filepath.Base(w.target), filepath.Base(a.Temp), w.data, w.mode, uid, gid); err != nil {
 		return stepResponse{}, fmt.Errorf("write %s: %w", w.label, err)
 	}
 	i.at("file:written")

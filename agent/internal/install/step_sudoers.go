@@ -6,8 +6,8 @@ import (
 	"os/exec"
 	"strings"
 
-	"github.com/ferrydeploy/ferry/agent/internal/install/sudoers"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/sudoers"
 )
 
 // sudoersKind writes /etc/sudoers.d/<name>, 0440 root:root, only after it

@@ -15,14 +15,13 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrydeploy/ferry/controller/internal/artifact"
-	"github.com/ferrydeploy/ferry/controller/internal/packages"
 	"github.com/ferrydeploy/ferry/controller/internal/pushclient"
+	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/chunk"
 )
@@ -579,19 +578,9 @@ func TestResolve(t *testing.T) {
 	}
 }
 
-func putPackage(t *testing.T, db *bolt.DB, name, version, digest string) {
+func putPackage(t *testing.T, db *store.Store, name, version, digest string) {
 	t.Helper()
-	data, err := proto.Marshal(&ferryv1.Package{Name: name, Version: version, Artifact: &ferryv1.ArtifactRef{Digest: digest}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(packages.Bucket)
-		if err != nil {
-			return err
-		}
-		return b.Put([]byte(name+"@"+version), data)
-	}); err != nil {
+	if _, err := db.AddPackage(&ferryv1.Package{Name: name, Version: version, Artifact: &ferryv1.ArtifactRef{Digest: digest}}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -608,14 +597,14 @@ func TestDelete(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Without a packages bucket nothing references anything.
+	// Without packages nothing references anything.
 	if _, err := h.artifacts().DeleteArtifact(ctx, &ferryv1.DeleteArtifactRequest{Ref: "other@1"}); err != nil {
 		t.Fatal(err)
 	}
 	h.checkConsistent()
 
-	putPackage(t, h.db.DB(), "go", "1.20.3", sha(data))
-	putPackage(t, h.db.DB(), "unrelated", "1", sha(other))
+	putPackage(t, h.db, "go", "1.20.3", sha(data))
+	putPackage(t, h.db, "unrelated", "1", sha(other))
 	for _, ref := range []string{"go@1", "go-alias@1"} {
 		_, err := h.artifacts().DeleteArtifact(ctx, &ferryv1.DeleteArtifactRequest{Ref: ref})
 		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "used by package go@1.20.3") {
@@ -626,7 +615,7 @@ func TestDelete(t *testing.T) {
 	if err != nil || len(got.ReferencedBy) != 1 || got.ReferencedBy[0] != "go@1.20.3" {
 		t.Fatalf("inspect go@1 = %v, %v; want referenced by go@1.20.3", got, err)
 	}
-	if err := h.db.Delete(packages.Bucket, "go@1.20.3"); err != nil {
+	if err := h.db.DeletePackage("go", "1.20.3"); err != nil {
 		t.Fatal(err)
 	}
 	// Removing one of two names keeps the shared blob.

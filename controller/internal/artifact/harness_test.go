@@ -105,12 +105,12 @@ func (h *harness) open(o harnessOpts) {
 	if h.db != nil {
 		h.db.Close()
 	}
-	db, err := store.Open(filepath.Join(h.dir, "ferry.db"))
+	db, err := store.Open(filepath.Join(h.dir, "ferry.db"), store.Options{Create: true})
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	h.t.Cleanup(func() { db.Close() })
-	st, err := artifact.Open(artifact.WithWrapTemp(artifact.Config{Dir: filepath.Join(h.dir, "artifacts"), DB: db.DB(), Logger: quietLogger()}, o.wrapTemp))
+	st, err := artifact.Open(artifact.WithWrapTemp(artifact.Config{Dir: filepath.Join(h.dir, "artifacts"), Records: db, Logger: quietLogger()}, o.wrapTemp))
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -52,12 +52,12 @@ func runMemServer(dir string) error {
 	if err != nil {
 		return err
 	}
-	db, err := store.Open(filepath.Join(dir, "ferry.db"))
+	db, err := store.Open(filepath.Join(dir, "ferry.db"), store.Options{Create: true})
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	st, err := artifact.Open(artifact.Config{Dir: filepath.Join(dir, "artifacts"), DB: db.DB(), Logger: quietLogger()})
+	st, err := artifact.Open(artifact.Config{Dir: filepath.Join(dir, "artifacts"), Records: db, Logger: quietLogger()})
 	if err != nil {
 		return err
 	}

@@ -27,20 +27,14 @@ import (
 	"syscall"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/ferrydeploy/ferry/controller/internal/packages"
+	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/atomicfile"
 	"github.com/ferrydeploy/ferry/shared/ctxio"
 	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
-
-// Bucket holds artifact metadata keyed "name@version" (marshalled
-// *ferryv1.Artifact). Several records may share one blob.
-var Bucket = []byte("artifacts")
 
 // ChunkSize is the size of the messages a push and a download carry.
 const ChunkSize = 1 << 20
@@ -61,23 +55,39 @@ var (
 	ErrDiskFull         = errors.New("controller disk full")
 )
 
+// Records keeps artifact metadata, keyed "name@version" (several records
+// may share one blob), and answers which packages use a digest: the
+// controller's store.Store.
+type Records interface {
+	// Artifact returns one record; store.ErrNotFound when absent.
+	Artifact(key string) (*ferryv1.Artifact, error)
+	// Artifacts returns every record.
+	Artifacts() ([]*ferryv1.Artifact, error)
+	PutArtifact(a *ferryv1.Artifact) error
+	// DeleteArtifact removes a record unless packages use its digest;
+	// then it removes nothing and returns them.
+	DeleteArtifact(key string) (usedBy []string, err error)
+	// PackagesUsing lists the packages ("name@version") using digest.
+	PackagesUsing(digest string) ([]string, error)
+}
+
 // Config configures a Store.
 type Config struct {
-	Dir    string   // <data-dir>/artifacts
-	DB     *bolt.DB // the controller's store (store.Store.DB())
-	Logger *slog.Logger
-	Now    func() time.Time
+	Dir     string  // <data-dir>/artifacts
+	Records Records // the controller's store
+	Logger  *slog.Logger
+	Now     func() time.Time
 
 	// wrapTemp wraps the writer of a push's temp file; tests use it to
 	// simulate a full disk.
 	wrapTemp func(io.Writer) io.Writer
 }
 
-// Store keeps artifacts: blobs on disk, metadata in bbolt.
+// Store keeps artifacts: blobs on disk, metadata in the controller's store.
 type Store struct {
 	blobDir  string
 	tmpDir   string
-	db       *bolt.DB
+	records  Records
 	log      *slog.Logger
 	now      func() time.Time
 	wrapTemp func(io.Writer) io.Writer
@@ -92,8 +102,8 @@ type Store struct {
 // Open prepares the artifact directory, removes what a crash left behind
 // (temp files, blobs no record points to) and returns the store.
 func Open(cfg Config) (*Store, error) {
-	if cfg.Dir == "" || cfg.DB == nil {
-		return nil, errors.New("artifact store: Dir and DB are required")
+	if cfg.Dir == "" || cfg.Records == nil {
+		return nil, errors.New("artifact store: Dir and Records are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -104,7 +114,7 @@ func Open(cfg Config) (*Store, error) {
 	s := &Store{
 		blobDir:  filepath.Join(cfg.Dir, "sha256"),
 		tmpDir:   filepath.Join(cfg.Dir, "tmp"),
-		db:       cfg.DB,
+		records:  cfg.Records,
 		log:      cfg.Logger,
 		now:      cfg.Now,
 		wrapTemp: cfg.wrapTemp,
@@ -114,12 +124,6 @@ func Open(cfg Config) (*Store, error) {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("artifact store: %w", err)
 		}
-	}
-	if err := s.db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(Bucket)
-		return err
-	}); err != nil {
-		return nil, fmt.Errorf("artifact store: create bucket: %w", err)
 	}
 	if err := s.cleanup(); err != nil {
 		return nil, err
@@ -172,7 +176,7 @@ func (s *Store) cleanup() error {
 	return nil
 }
 
-func key(name, version string) string { return name + "@" + version }
+func key(name, version string) string { return store.VersionKey(name, version) }
 
 // Key is an artifact's "name@version".
 func Key(a *ferryv1.Artifact) string { return key(a.GetName(), a.GetVersion()) }
@@ -321,26 +325,21 @@ func (s *Store) putKnown(req PutRequest) (a *ferryv1.Artifact, created, done boo
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 	digest := DigestPrefix + req.SHA256
+	all, err := s.records.Artifacts()
+	if err != nil {
+		return nil, false, true, err
+	}
 	var blobRec *ferryv1.Artifact
-	err = s.db.View(func(tx *bolt.Tx) error {
-		if old, err := getRecord(tx, key(req.Name, req.Version)); err != nil {
-			return err
-		} else if old != nil {
-			a, done = old, true
-			if old.Digest != digest {
-				return conflict(old, digest)
+	for _, r := range all {
+		if Key(r) == key(req.Name, req.Version) {
+			if r.Digest != digest {
+				return r, false, true, conflict(r, digest)
 			}
-			return nil
+			return r, false, true, nil
 		}
-		return forEachRecord(tx, func(r *ferryv1.Artifact) error {
-			if r.Digest == digest {
-				blobRec = r
-			}
-			return nil
-		})
-	})
-	if err != nil || done {
-		return a, false, true, err
+		if r.Digest == digest {
+			blobRec = r
+		}
 	}
 	if blobRec == nil {
 		return nil, false, false, nil
@@ -355,7 +354,7 @@ func (s *Store) putKnown(req PutRequest) (a *ferryv1.Artifact, created, done boo
 		Digest: digest, Name: req.Name, Version: req.Version, Os: req.OS, Arch: req.Arch,
 		Size: blobRec.Size, PushedBy: req.PushedBy, PushedAt: timestamppb.New(s.now()),
 	}
-	if err := s.db.Update(func(tx *bolt.Tx) error { return putRecord(tx, a) }); err != nil {
+	if err := s.records.PutArtifact(a); err != nil {
 		return nil, false, true, fmt.Errorf("artifact %s: record metadata: %w", Key(a), err)
 	}
 	return a, true, true, nil
@@ -377,14 +376,12 @@ func (s *Store) commit(a *ferryv1.Artifact, tmp string) (*ferryv1.Artifact, bool
 			os.Remove(tmp)
 		}
 	}()
-	var old *ferryv1.Artifact
-	if err := s.db.View(func(tx *bolt.Tx) (err error) {
-		old, err = getRecord(tx, Key(a))
-		return err
-	}); err != nil {
+	old, err := s.records.Artifact(Key(a))
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
 		return nil, false, err
-	}
-	if old != nil {
+	default:
 		if old.Digest == a.Digest {
 			return old, false, nil
 		}
@@ -402,7 +399,7 @@ func (s *Store) commit(a *ferryv1.Artifact, tmp string) (*ferryv1.Artifact, bool
 			return nil, false, diskErr("artifact "+Key(a), s.blobDir, a.Size, err)
 		}
 	}
-	if err := s.db.Update(func(tx *bolt.Tx) error { return putRecord(tx, a) }); err != nil {
+	if err := s.records.PutArtifact(a); err != nil {
 		if newBlob {
 			os.Remove(blob)
 		}
@@ -420,47 +417,24 @@ func diskErr(label, dir string, written uint64, err error) error {
 
 func (s *Store) blobPath(hexsum string) string { return filepath.Join(s.blobDir, hexsum) }
 
-func getRecord(tx *bolt.Tx, k string) (*ferryv1.Artifact, error) {
-	data := tx.Bucket(Bucket).Get([]byte(k))
-	if data == nil {
-		return nil, nil
-	}
-	a := &ferryv1.Artifact{}
-	if err := proto.Unmarshal(data, a); err != nil {
-		return nil, fmt.Errorf("artifact record %s: %w", k, err)
-	}
-	return a, nil
-}
-
-func putRecord(tx *bolt.Tx, a *ferryv1.Artifact) error {
-	data, err := proto.Marshal(a)
+// matching returns the records match accepts, in key order.
+func (s *Store) matching(match func(*ferryv1.Artifact) bool) ([]*ferryv1.Artifact, error) {
+	all, err := s.records.Artifacts()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return tx.Bucket(Bucket).Put([]byte(Key(a)), data)
-}
-
-func forEachRecord(tx *bolt.Tx, fn func(*ferryv1.Artifact) error) error {
-	return tx.Bucket(Bucket).ForEach(func(k, v []byte) error {
-		a := &ferryv1.Artifact{}
-		if err := proto.Unmarshal(v, a); err != nil {
-			return fmt.Errorf("artifact record %s: %w", k, err)
+	var out []*ferryv1.Artifact
+	for _, a := range all {
+		if match(a) {
+			out = append(out, a)
 		}
-		return fn(a)
-	})
+	}
+	return out, nil
 }
 
 // List returns the artifacts, all or those named name, newest first.
 func (s *Store) List(name string) ([]*ferryv1.Artifact, error) {
-	var out []*ferryv1.Artifact
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return forEachRecord(tx, func(a *ferryv1.Artifact) error {
-			if name == "" || a.Name == name {
-				out = append(out, a)
-			}
-			return nil
-		})
-	})
+	out, err := s.matching(func(a *ferryv1.Artifact) bool { return name == "" || a.Name == name })
 	sortNewestFirst(out)
 	return out, err
 }
@@ -479,28 +453,18 @@ func sortNewestFirst(as []*ferryv1.Artifact) {
 // "sha256:<hex prefix>" (which must match exactly one record), or a bare
 // name (the version pushed last). It is pkgspec.ArtifactResolver.
 func (s *Store) ResolveArtifact(ref string) (*ferryv1.Artifact, error) {
-	var a *ferryv1.Artifact
-	err := s.db.View(func(tx *bolt.Tx) (err error) {
-		a, err = resolve(tx, ref, true)
-		return err
-	})
-	return a, err
+	return s.resolve(ref, true)
 }
 
 // Resolve is ResolveArtifact, except that a bare name must have exactly
 // one version: what the admin commands use before changing anything.
 func (s *Store) Resolve(ref string) (*ferryv1.Artifact, error) {
-	var a *ferryv1.Artifact
-	err := s.db.View(func(tx *bolt.Tx) (err error) {
-		a, err = resolve(tx, ref, false)
-		return err
-	})
-	return a, err
+	return s.resolve(ref, false)
 }
 
 const notFoundHint = "list artifacts with `ferryctl artifact list`"
 
-func resolve(tx *bolt.Tx, ref string, latest bool) (*ferryv1.Artifact, error) {
+func (s *Store) resolve(ref string, latest bool) (*ferryv1.Artifact, error) {
 	ref = strings.TrimSpace(ref)
 	switch {
 	case ref == "":
@@ -510,33 +474,22 @@ func resolve(tx *bolt.Tx, ref string, latest bool) (*ferryv1.Artifact, error) {
 		if prefix == "" || strings.Trim(prefix, "0123456789abcdef") != "" || len(prefix) > 64 {
 			return nil, fmt.Errorf("%w: %q: after %q give hex digits of the digest", ErrInvalid, ref, DigestPrefix)
 		}
-		var matches []*ferryv1.Artifact
-		if err := forEachRecord(tx, func(a *ferryv1.Artifact) error {
-			if strings.HasPrefix(strings.TrimPrefix(a.Digest, DigestPrefix), prefix) {
-				matches = append(matches, a)
-			}
-			return nil
-		}); err != nil {
+		matches, err := s.matching(func(a *ferryv1.Artifact) bool {
+			return strings.HasPrefix(strings.TrimPrefix(a.Digest, DigestPrefix), prefix)
+		})
+		if err != nil {
 			return nil, err
 		}
 		return one(ref, matches)
 	case strings.Contains(ref, "@"):
-		a, err := getRecord(tx, ref)
-		if err != nil {
-			return nil, err
-		}
-		if a == nil {
+		a, err := s.records.Artifact(ref)
+		if errors.Is(err, store.ErrNotFound) {
 			return nil, fmt.Errorf("%w: %s; %s", ErrNotFound, ref, notFoundHint)
 		}
-		return a, nil
+		return a, err
 	}
-	var matches []*ferryv1.Artifact
-	if err := forEachRecord(tx, func(a *ferryv1.Artifact) error {
-		if a.Name == ref {
-			matches = append(matches, a)
-		}
-		return nil
-	}); err != nil {
+	matches, err := s.matching(func(a *ferryv1.Artifact) bool { return a.Name == ref })
+	if err != nil {
 		return nil, err
 	}
 	sortNewestFirst(matches)
@@ -571,32 +524,7 @@ func ShortDigest(d string) string {
 
 // ReferencedBy lists the packages ("name@version") whose artifact is digest.
 func (s *Store) ReferencedBy(digest string) ([]string, error) {
-	var out []string
-	err := s.db.View(func(tx *bolt.Tx) (err error) {
-		out, err = referencedBy(tx, digest)
-		return err
-	})
-	return out, err
-}
-
-func referencedBy(tx *bolt.Tx, digest string) ([]string, error) {
-	b := tx.Bucket(packages.Bucket)
-	if b == nil {
-		return nil, nil
-	}
-	var out []string
-	err := b.ForEach(func(k, v []byte) error {
-		p := &ferryv1.Package{}
-		if err := proto.Unmarshal(v, p); err != nil {
-			return fmt.Errorf("package record %s: %w", k, err)
-		}
-		if p.GetArtifact().GetDigest() == digest {
-			out = append(out, string(k))
-		}
-		return nil
-	})
-	sort.Strings(out)
-	return out, err
+	return s.records.PackagesUsing(digest)
 }
 
 // Delete removes the record ref names, refusing while a package references
@@ -605,33 +533,25 @@ func referencedBy(tx *bolt.Tx, digest string) ([]string, error) {
 func (s *Store) Delete(ref string) (*ferryv1.Artifact, error) {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
-	var a *ferryv1.Artifact
-	lastRef := true
-	err := s.db.Update(func(tx *bolt.Tx) (err error) {
-		if a, err = resolve(tx, ref, false); err != nil {
-			return err
-		}
-		refs, err := referencedBy(tx, a.Digest)
-		if err != nil {
-			return err
-		}
-		if len(refs) > 0 {
-			return fmt.Errorf("%w: artifact %s (%s) is used by package %s; remove or replace those packages first", ErrReferenced, Key(a), ShortDigest(a.Digest), strings.Join(refs, ", "))
-		}
-		if err := tx.Bucket(Bucket).Delete([]byte(Key(a))); err != nil {
-			return err
-		}
-		return forEachRecord(tx, func(o *ferryv1.Artifact) error {
-			if o.Digest == a.Digest {
-				lastRef = false
-			}
-			return nil
-		})
-	})
+	// commitMu keeps every other artifact write out until the end, so the
+	// record resolved here is the one removed, and the blob's other users
+	// are counted after.
+	a, err := s.resolve(ref, false)
 	if err != nil {
 		return nil, err
 	}
-	if lastRef {
+	refs, err := s.records.DeleteArtifact(Key(a))
+	if err != nil {
+		return nil, err
+	}
+	if len(refs) > 0 {
+		return nil, fmt.Errorf("%w: artifact %s (%s) is used by package %s; remove or replace those packages first", ErrReferenced, Key(a), ShortDigest(a.Digest), strings.Join(refs, ", "))
+	}
+	shared, err := s.matching(func(o *ferryv1.Artifact) bool { return o.Digest == a.Digest })
+	if err != nil {
+		return nil, err
+	}
+	if len(shared) == 0 {
 		if err := os.Remove(s.blobPath(strings.TrimPrefix(a.Digest, DigestPrefix))); err != nil && !errors.Is(err, os.ErrNotExist) {
 			// The record is gone; the blob is collected at the next start.
 			s.log.Warn("remove artifact blob", "artifact", Key(a), "err", err)
@@ -652,21 +572,14 @@ func (s *Store) Lookup(digest string) (*ferryv1.Artifact, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	var rec *ferryv1.Artifact
-	if err := s.db.View(func(tx *bolt.Tx) error {
-		return forEachRecord(tx, func(a *ferryv1.Artifact) error {
-			if a.Digest == DigestPrefix+hexsum {
-				rec = a
-			}
-			return nil
-		})
-	}); err != nil {
+	recs, err := s.matching(func(a *ferryv1.Artifact) bool { return a.Digest == DigestPrefix+hexsum })
+	if err != nil {
 		return nil, err
 	}
-	if rec == nil {
+	if len(recs) == 0 {
 		return nil, fmt.Errorf("%w: no artifact has digest %s; push it with `ferryctl artifact push`", ErrNotFound, digest)
 	}
-	return rec, nil
+	return recs[len(recs)-1], nil
 }
 
 // OpenBlob opens the blob of a record Lookup returned.

@@ -444,6 +444,7 @@ func (r *Registry) nodeLocked(e *entry, now time.Time) *ferryv1.Node {
 		EverConnected:     e.everConnected,
 		LastHeartbeat:     e.lastHeartbeat,
 		HeartbeatInterval: r.cfg.HeartbeatInterval,
+		ClockSkew:         e.facts.GetClockSkew().AsDuration(),
 	}
 	if r.cfg.Gossip != nil {
 		sig.GossipState, _ = r.cfg.Gossip.State(e.rec.ID)

@@ -98,7 +98,7 @@ func enrolled(id, group string) store.NodeRecord {
 
 func newFleet(t *testing.T, nodes ...store.NodeRecord) *testFleet {
 	t.Helper()
-	st, err := store.Open(filepath.Join(t.TempDir(), "ferry.db"))
+	st, err := store.Open(filepath.Join(t.TempDir(), "ferry.db"), store.Options{Create: true})
 	if err != nil {
 		t.Fatal(err)
 	}

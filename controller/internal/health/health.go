@@ -19,6 +19,11 @@
 //	goodbye on the stream (Left), not reconnected       -> LEFT
 //	removed by an admin                                 -> REMOVED
 //
+// A node whose clock is more than ClockSkewTolerance off the controller's
+// keeps its state, and the reason says so: its certificate is judged by
+// the controller's clock, so a wrong clock shows up late, as refused
+// connections.
+//
 // A heartbeat is fresh while it is at most StaleAfter heartbeat intervals
 // old. A closed stream makes the stream signal bad at once, whatever the
 // heartbeat's age: a node whose stream is closed cannot be sent a job, and
@@ -45,12 +50,17 @@ import (
 	"time"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/approxdur"
 	"github.com/ferrydeploy/ferry/shared/gossip"
 )
 
 // StaleAfter is how many heartbeat intervals may pass before a heartbeat is
 // stale: three missed heartbeats, so one lost or late one does not count.
 const StaleAfter = 3
+
+// ClockSkewTolerance is how far a node's clock may be off the controller's
+// before the node's reason mentions it.
+const ClockSkewTolerance = 30 * time.Second
 
 // DefaultHeartbeatInterval applies when Signals.HeartbeatInterval is zero.
 const DefaultHeartbeatInterval = 5 * time.Second
@@ -77,12 +87,23 @@ type Signals struct {
 	// GossipState is gossip's view of the node: GossipAlive, GossipSuspect,
 	// GossipDead, GossipLeft, or "" when gossip has never seen it.
 	GossipState string
+	// ClockSkew is how far the controller's clock is ahead of the node's
+	// (negative: the node's is ahead), as the agent last measured it.
+	ClockSkew time.Duration
 }
 
 // Evaluate returns the node's state and a short reason naming the signals,
 // e.g. "stream up, heartbeat 21s old (stale after 15s); gossip alive:
 // partition or broken controller link".
 func Evaluate(now time.Time, s Signals) (ferryv1.NodeState, string) {
+	state, reason := evaluate(now, s)
+	if clock := describeClock(s.ClockSkew); clock != "" && state != ferryv1.NodeState_NODE_STATE_REMOVED {
+		reason += "; " + clock
+	}
+	return state, reason
+}
+
+func evaluate(now time.Time, s Signals) (ferryv1.NodeState, string) {
 	if s.Removed {
 		return ferryv1.NodeState_NODE_STATE_REMOVED, "removed by an admin"
 	}
@@ -157,6 +178,19 @@ func describeGossip(state string) string {
 		return "gossip says left"
 	}
 	return fmt.Sprintf("gossip state %q not understood", state)
+}
+
+// describeClock names a node clock that is off the controller's by more
+// than ClockSkewTolerance, or returns "".
+func describeClock(skew time.Duration) string {
+	if skew.Abs() <= ClockSkewTolerance {
+		return ""
+	}
+	side := "ahead of"
+	if skew > 0 {
+		side = "behind"
+	}
+	return "node clock " + approxdur.String(skew) + " " + side + " the controller's: fix it (NTP)"
 }
 
 // formatAge rounds to what a reader needs: whole seconds, tenths below ten

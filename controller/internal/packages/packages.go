@@ -8,21 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/ferrydeploy/ferry/controller/internal/pkgspec"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
-
-// Bucket is the bbolt bucket holding packages, keyed "name@version". The
-// artifact store reads it to refuse removing a referenced artifact.
-var Bucket = []byte("packages")
 
 // Errors callers tell apart with errors.Is.
 var (
@@ -40,18 +33,15 @@ type Store struct {
 	now      func() time.Time
 }
 
-// New returns a package store.
+// New returns a package store keeping its records in db.
 func New(db *store.Store, resolver pkgspec.ArtifactResolver, now func() time.Time) (*Store, error) {
-	if err := db.EnsureBucket(Bucket); err != nil {
-		return nil, fmt.Errorf("package store: %w", err)
-	}
 	if now == nil {
 		now = time.Now
 	}
 	return &Store{db: db, resolver: resolver, now: now}, nil
 }
 
-func key(name, version string) string { return name + "@" + version }
+func key(name, version string) string { return store.VersionKey(name, version) }
 
 // Apply validates and stores a package file. Identical content is a no-op;
 // different content under an existing version is refused.
@@ -62,39 +52,22 @@ func (s *Store) Apply(filename string, data []byte, actor string) (*ferryv1.Pack
 	}
 	pkg.CreatedAt = timestamppb.New(s.now())
 	pkg.CreatedBy = actor
-	created := false
-	var stored *ferryv1.Package
-	err = s.db.DB().Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(Bucket)
-		k := []byte(key(pkg.Name, pkg.Version))
-		if old := b.Get(k); old != nil {
-			prev := &ferryv1.Package{}
-			if err := proto.Unmarshal(old, prev); err != nil {
-				return err
-			}
-			if prev.ContentDigest == pkg.ContentDigest {
-				stored = prev
-				return nil
-			}
-			return fmt.Errorf("package %s@%s already exists with different content (applied by %s at %s); %w: give this content a new version", pkg.Name, pkg.Version, prev.CreatedBy, prev.CreatedAt.AsTime().UTC().Format(time.RFC3339), ErrImmutable)
-		}
-		data, err := proto.Marshal(pkg)
-		if err != nil {
-			return err
-		}
-		created, stored = true, pkg
-		return b.Put(k, data)
-	})
-	if err != nil {
+	prev, err := s.db.AddPackage(pkg)
+	switch {
+	case err != nil:
 		return nil, false, err
+	case prev == nil:
+		return pkg, true, nil
+	case prev.ContentDigest == pkg.ContentDigest:
+		return prev, false, nil
 	}
-	return stored, created, nil
+	return nil, false, fmt.Errorf("package %s@%s already exists with different content (applied by %s at %s); %w: give this content a new version", pkg.Name, pkg.Version, prev.CreatedBy, prev.CreatedAt.AsTime().UTC().Format(time.RFC3339), ErrImmutable)
 }
 
 // Package returns one version (rollout.Packages).
 func (s *Store) Package(name, version string) (*ferryv1.Package, error) {
-	p := &ferryv1.Package{}
-	if err := s.db.GetProto(Bucket, key(name, version), p); err != nil {
+	p, err := s.db.Package(name, version)
+	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, fmt.Errorf("%w: %s@%s; list packages with `ferryctl package list`", ErrNotFound, name, version)
 		}
@@ -106,18 +79,7 @@ func (s *Store) Package(name, version string) (*ferryv1.Package, error) {
 // Packages lists versions of a package, or all packages for name "",
 // sorted by name then creation time.
 func (s *Store) Packages(name string) ([]*ferryv1.Package, error) {
-	var out []*ferryv1.Package
-	err := s.db.ForEachProto(Bucket, func(k string, data []byte) error {
-		if name != "" && !strings.HasPrefix(k, name+"@") {
-			return nil
-		}
-		p := &ferryv1.Package{}
-		if err := proto.Unmarshal(data, p); err != nil {
-			return fmt.Errorf("package %s: %w", k, err)
-		}
-		out = append(out, p)
-		return nil
-	})
+	out, err := s.db.Packages(name)
 	sort.SliceStable(out, func(i, j int) bool {
 		if out[i].Name != out[j].Name {
 			return out[i].Name < out[j].Name

@@ -29,7 +29,7 @@ steps:
 
 func newStore(t *testing.T) *Store {
 	t.Helper()
-	db, err := store.Open(filepath.Join(t.TempDir(), "ferry.db"))
+	db, err := store.Open(filepath.Join(t.TempDir(), "ferry.db"), store.Options{Create: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/installpolicy"
 )
 
 // FuzzParse checks that Parse never panics, that every error it returns
@@ -92,7 +93,7 @@ func checkPackage(t *testing.T, p *ferryv1.Package) {
 		case *ferryv1.Step_Archive:
 			archives++
 			cleanAbs(k.Archive.Dest)
-			if isSystemDir(k.Archive.Dest) || k.Archive.KeepPrevious < 1 || k.Archive.KeepPrevious > MaxKeepPrevious {
+			if installpolicy.ArchiveDest(k.Archive.Dest, "") != nil || k.Archive.KeepPrevious < 1 || k.Archive.KeepPrevious > MaxKeepPrevious {
 				t.Fatalf("accepted archive %v", k.Archive)
 			}
 		case *ferryv1.Step_Env:
@@ -100,7 +101,7 @@ func checkPackage(t *testing.T, p *ferryv1.Package) {
 				t.Fatalf("accepted env name %q", k.Env.Name)
 			}
 			for _, v := range k.Env.Vars {
-				if !envVarRE.MatchString(v.Name) || v.Name == "PATH" || strings.ContainsRune(v.Value, 0) {
+				if !envVarRE.MatchString(v.Name) || installpolicy.EnvVar(v.Name) != nil || strings.ContainsRune(v.Value, 0) {
 					t.Fatalf("accepted env var %q=%q", v.Name, v.Value)
 				}
 			}
@@ -122,7 +123,7 @@ func checkPackage(t *testing.T, p *ferryv1.Package) {
 			}
 		case *ferryv1.Step_File:
 			cleanAbs(k.File.Path)
-			if k.File.Mode == 0 || k.File.Mode > 0o7777 || len(k.File.Content) > MaxContentSize {
+			if k.File.Mode == 0 || k.File.Mode > 0o7777 || len(k.File.Content) > MaxContentSize || installpolicy.FilePath(k.File.Path, "", k.File.AllowSensitive) != nil {
 				t.Fatalf("accepted file %v", k.File)
 			}
 		case *ferryv1.Step_Check:

@@ -2,12 +2,11 @@ package pkgspec
 
 import (
 	"fmt"
-	"slices"
-	"strings"
 
 	"go.yaml.in/yaml/v3"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/installpolicy"
 )
 
 // archiveKind extracts the package's artifact into a directory of its own.
@@ -60,8 +59,9 @@ func (p *parser) archive(n *yaml.Node, path string) *ferryv1.ArchiveStep {
 	if v, ok := p.required(n, f, path, "dest", "set dest to the directory to extract into, e.g. /usr/local/go"); ok {
 		if s, ok := p.str(v, path+".dest"); ok {
 			if p.absPath(v, path+".dest", s) {
-				if isSystemDir(s) {
-					p.add(v, path+".dest", fmt.Sprintf("%s is a system directory; the archive step replaces dest as a whole", s), "extract into a directory of its own, e.g. /usr/local/NAME or /opt/NAME")
+				// By name: the node resolves symbolic links and checks again.
+				if r := installpolicy.ArchiveDest(s, ""); r != nil {
+					p.add(v, path+".dest", r.Problem, r.Fix)
 				} else {
 					p.claim(v, path+".dest", s, true)
 				}
@@ -104,20 +104,4 @@ func (p *parser) archive(n *yaml.Node, path string) *ferryv1.ArchiveStep {
 		}
 	}
 	return st
-}
-
-// isSystemDir reports directories an archive step must never replace
-// wholesale.
-func isSystemDir(p string) bool {
-	if strings.Count(p, "/") == 1 { // "/", "/usr", "/opt", ...
-		return true
-	}
-	return slices.Contains([]string{
-		"/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libexec",
-		"/usr/include", "/usr/share", "/usr/src", "/usr/local",
-		"/usr/local/bin", "/usr/local/sbin", "/usr/local/lib", "/usr/local/lib64",
-		"/usr/local/libexec", "/usr/local/include", "/usr/local/share", "/usr/local/etc", "/usr/local/src",
-		"/var/lib", "/var/log", "/var/cache", "/var/spool", "/var/tmp", "/var/run", "/var/mail", "/var/opt",
-		"/etc/profile.d", "/etc/sudoers.d", "/etc/systemd", "/etc/ssh", "/etc/ssl", "/etc/pam.d", "/etc/security",
-	}, p)
 }

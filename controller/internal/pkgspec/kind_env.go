@@ -8,6 +8,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/installpolicy"
 )
 
 // envKind writes /etc/profile.d/<name>.sh.
@@ -82,12 +83,12 @@ func (p *parser) envVars(n *yaml.Node, path string) []*ferryv1.EnvVar {
 			continue
 		}
 		seen[name] = k.Line
-		switch {
-		case name == "PATH":
-			p.add(k, field, "PATH cannot be set directly", "use env.path to add directories")
-			continue
-		case !envVarRE.MatchString(name):
+		if !envVarRE.MatchString(name) {
 			p.add(k, field, fmt.Sprintf("%q is not a valid variable name", name), "use letters, digits and '_', not starting with a digit")
+			continue
+		}
+		if r := installpolicy.EnvVar(name); r != nil {
+			p.add(k, field, r.Problem, r.Fix)
 			continue
 		}
 		if isNull(v) {

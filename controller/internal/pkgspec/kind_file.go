@@ -3,11 +3,11 @@ package pkgspec
 import (
 	"fmt"
 	"regexp"
-	"strings"
 
 	"go.yaml.in/yaml/v3"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/installpolicy"
 )
 
 // fileKind writes a file with its content, mode and owner.
@@ -24,9 +24,14 @@ func (fileKind) Digest(c *canon, s *ferryv1.Step) {
 	c.num("mode", uint64(orDefault(f.GetMode(), DefaultFileMode)))
 	c.str("owner", f.GetOwner())
 	c.str("group", f.GetGroup())
+	if f.GetAllowSensitive() {
+		// Written only when set, so the digests of packages stored before
+		// the field existed do not change.
+		c.flag("allow_sensitive", true)
+	}
 }
 
-var fileFields = []string{"path", "content", "mode", "owner", "group"}
+var fileFields = []string{"path", "content", "mode", "owner", "group", "allow_sensitive"}
 
 var ownerRE = regexp.MustCompile(`^([A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10})$`)
 
@@ -36,15 +41,16 @@ func (p *parser) file_(n *yaml.Node, path string) *ferryv1.FileStep {
 	if !ok {
 		return st
 	}
+	if v := f["allow_sensitive"].val; v != nil {
+		st.AllowSensitive, _ = p.bool(v, path+".allow_sensitive")
+	}
 	if v, ok := p.required(n, f, path, "path", "set path to the absolute file path, e.g. /etc/myapp/config"); ok {
 		if s, ok := p.str(v, path+".path"); ok {
 			if p.absPath(v, path+".path", s) {
-				switch {
-				case s == "/":
-					p.add(v, path+".path", "/ is a directory", "name the file to write")
-				case s == "/etc/sudoers" || strings.HasPrefix(s, "/etc/sudoers.d/"):
-					p.add(v, path+".path", "sudoers files cannot be written with a file step", "use a sudoers step, which validates the rules before writing them")
-				default:
+				// By name: the node resolves symbolic links and checks again.
+				if r := installpolicy.FilePath(s, "", st.AllowSensitive); r != nil {
+					p.add(v, path+".path", r.Problem, r.Fix)
+				} else {
 					p.claim(v, path+".path", s, false)
 				}
 			}

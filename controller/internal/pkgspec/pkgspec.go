@@ -38,7 +38,7 @@ const (
 	MaxCheckTimeout = time.Hour
 
 	DefaultKeepPrevious = 1
-	DefaultFileMode     = 0o644
+	DefaultFileMode     = 0o600
 	DefaultCheckTimeout = 30 * time.Second
 
 	// maxErrors bounds how many problems one Parse reports.
@@ -55,7 +55,7 @@ type ArtifactResolver interface {
 // Parse validates a package file and returns the package with its artifact
 // unresolved: Artifact.Name holds the reference as written, Digest and Size
 // are empty, and ContentDigest is not set. Source holds data. Defaults are
-// filled in (archive.keep_previous 1, file.mode 0644, check.timeout 30s).
+// filled in (archive.keep_previous 1, file.mode 0600, check.timeout 30s).
 //
 // On failure the error is an ErrorList with every problem found (up to 50),
 // in file order.

@@ -88,7 +88,8 @@ func TestParseValidFiles(t *testing.T) {
 		{"config-bundle.yaml", &ferryv1.Package{
 			Name:    "motd",
 			Version: "1",
-			Steps:   []*ferryv1.Step{fileStep(&ferryv1.FileStep{Path: "/etc/motd", Content: []byte("Managed by Ferry.\n"), Mode: 0o644})},
+			// No mode in the file: the default, 0600 (it was 0644).
+			Steps: []*ferryv1.Step{fileStep(&ferryv1.FileStep{Path: "/etc/motd", Content: []byte("Managed by Ferry.\n"), Mode: 0o600})},
 		}},
 	}
 	for _, tt := range tests {
@@ -222,9 +223,9 @@ func TestParseInvalidFiles(t *testing.T) {
 			{11, "steps[5]", "expected a step, got a list"},
 		}},
 		{"conflicts.yaml", []wantErr{
-			{6, "steps[1].file.path", "/opt/app/config overlaps /opt/app written by steps[0].archive.dest (line 5)"},
-			{8, "steps[3].env.name", "/etc/profile.d/app.sh is also written by steps[2].file.path (line 7)"},
-			{9, "steps[4].file.path", "/opt overlaps /opt/app"},
+			{6, "steps[1].file.path", "/opt/app/current/config overlaps /opt/app/current written by steps[0].archive.dest (line 5)"},
+			{8, "steps[3].env.name", "/etc/profile.d/app.sh is also written by steps[2].env.name (line 7)"},
+			{9, "steps[4].file.path", "/opt/app overlaps /opt/app/current"},
 		}},
 		// The unclosed {...} opens on line 4; the YAML library's own
 		// message would say line 3.
@@ -433,8 +434,8 @@ func TestParseDefaults(t *testing.T) {
 	if got := p.Steps[0].GetArchive().GetKeepPrevious(); got != 1 {
 		t.Errorf("keep_previous default = %d, want 1", got)
 	}
-	if got := p.Steps[1].GetFile().GetMode(); got != 0o644 {
-		t.Errorf("mode default = %o, want 644", got)
+	if got := p.Steps[1].GetFile().GetMode(); got != 0o600 {
+		t.Errorf("mode default = %o, want 600", got)
 	}
 	if got := p.Steps[2].GetCheck().GetTimeout().AsDuration(); got != 30*time.Second {
 		t.Errorf("timeout default = %v, want 30s", got)
@@ -580,7 +581,6 @@ func TestContentDigestIgnoresFormatting(t *testing.T) {
 		p.Source, p.CreatedBy, p.ContentDigest = "other text", "admin", "sha256:old"
 		// A package built in code with the defaults left zero.
 		p.Steps[0].GetArchive().KeepPrevious = 0
-		p.Steps[3].GetFile().Mode = 0
 		p.Steps[4].GetCheck().Timeout = nil
 		if got := ContentDigest(p); got != want {
 			t.Errorf("digest changed with Source/CreatedBy/ContentDigest or zero defaults: %s", got)
@@ -612,7 +612,8 @@ func TestContentDigestChangesWithContent(t *testing.T) {
 		{"sudoers rule split", `- "deploy ALL=(root) NOPASSWD: /opt/myapp/bin/*"`, `- "deploy ALL=(root)"` + "\n        - " + `"NOPASSWD: /opt/myapp/bin/*"`},
 		{"file path", "path: /etc/go/env", "path: /etc/go/env2"},
 		{"file content", `GOTOOLCHAIN=local\n`, `GOTOOLCHAIN=auto\n`},
-		{"file mode", `content: "GOTOOLCHAIN=local\n"`, `content: "GOTOOLCHAIN=local\n"` + "\n      mode: \"0600\""},
+		{"file mode", `mode: "0644"`, `mode: "0600"`},
+		{"file allow_sensitive", `content: "GOTOOLCHAIN=local\n"`, `content: "GOTOOLCHAIN=local\n"` + "\n      allow_sensitive: true"},
 		{"file owner", `content: "GOTOOLCHAIN=local\n"`, `content: "GOTOOLCHAIN=local\n"` + "\n      owner: root"},
 		{"file group", `content: "GOTOOLCHAIN=local\n"`, `content: "GOTOOLCHAIN=local\n"` + "\n      group: root"},
 		{"check run", "run: go version", "run: go version -m"},

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/ferrydeploy/ferry/controller/internal/artifact"
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
@@ -81,6 +82,7 @@ func (s *agentServer) Connect(stream grpc.BidiStreamingServer[ferryv1.ConnectReq
 		HeartbeatInterval: durationpb.New(s.d.Fleet.HeartbeatInterval()),
 		GossipSeeds:       seeds,
 		Group:             nodeGroup,
+		ServerTime:        timestamppb.New(s.d.Now()),
 	}}}); err != nil {
 		return err
 	}

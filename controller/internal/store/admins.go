@@ -4,6 +4,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 var bucketRevokedAdmins = []byte("revoked_admins")
@@ -12,11 +14,7 @@ var bucketRevokedAdmins = []byte("revoked_admins")
 // refused.
 func (s *Store) RevokeAdmin(name string, at time.Time) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucketRevokedAdmins)
-		if err != nil {
-			return err
-		}
-		return b.Put([]byte(name), []byte(at.UTC().Format(time.RFC3339Nano)))
+		return put(tx.Bucket(bucketRevokedAdmins), "admin revocation", name, &ferryv1.AdminRevocation{RevokedBefore: timestamp(at)})
 	})
 }
 
@@ -24,16 +22,8 @@ func (s *Store) RevokeAdmin(name string, at time.Time) error {
 func (s *Store) RevokedAdmins() (map[string]time.Time, error) {
 	out := map[string]time.Time{}
 	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketRevokedAdmins)
-		if b == nil {
-			return nil
-		}
-		return b.ForEach(func(k, v []byte) error {
-			t, err := time.Parse(time.RFC3339Nano, string(v))
-			if err != nil {
-				return err
-			}
-			out[string(k)] = t
+		return forEach(tx.Bucket(bucketRevokedAdmins), "admin revocation", func(name string, r *ferryv1.AdminRevocation) error {
+			out[name] = fromTimestamp(r.GetRevokedBefore())
 			return nil
 		})
 	})

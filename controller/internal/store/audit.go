@@ -9,10 +9,7 @@ import (
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
-var (
-	bucketAudit = []byte("audit")
-	bucketMeta  = []byte("meta")
-)
+var bucketAudit = []byte("audit")
 
 // AppendAudit adds an event to the audit log (append-only, keyed by a
 // monotonically increasing sequence).

@@ -8,7 +8,7 @@ import (
 )
 
 func TestJobLogKeepsTheTailAndCountsEverything(t *testing.T) {
-	s, err := Open(filepath.Join(t.TempDir(), "ferry.db"))
+	s, err := Open(filepath.Join(t.TempDir(), "ferry.db"), Options{Create: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,19 +1,22 @@
 package store
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 var bucketNodes = []byte("nodes")
 
 // NodeRecord is what the controller persists about an enrolled node. Live
-// state (stream, heartbeats) is kept in memory by the fleet registry.
+// state (stream, heartbeats) is kept in memory by the fleet registry. It is
+// stored as a ferryv1.NodeRecord; the JSON tags are the format of schema 1
+// stores, which migrate reads once.
 type NodeRecord struct {
 	ID         string            `json:"id"`
 	Group      string            `json:"group"`
@@ -39,14 +42,11 @@ var ErrNodeExists = errors.New("node exists")
 func (s *Store) Nodes() ([]NodeRecord, error) {
 	var out []NodeRecord
 	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
-			var n NodeRecord
-			if err := json.Unmarshal(v, &n); err != nil {
-				return fmt.Errorf("node %s: %w", k, err)
-			}
-			out = append(out, n)
-			return nil
-		})
+		recs, err := list[ferryv1.NodeRecord](tx.Bucket(bucketNodes), "node")
+		for _, r := range recs {
+			out = append(out, nodeFromProto(r))
+		}
+		return err
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, err
@@ -55,7 +55,7 @@ func (s *Store) Nodes() ([]NodeRecord, error) {
 // PutNode writes a node record.
 func (s *Store) PutNode(n NodeRecord) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		return putJSON(tx.Bucket(bucketNodes), n.ID, n)
+		return putNode(tx.Bucket(bucketNodes), n)
 	})
 }
 
@@ -65,8 +65,8 @@ func (s *Store) EnrollNode(tokenID string, checkSecret func(TokenRecord) error, 
 	var out NodeRecord
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		tb := tx.Bucket(bucketTokens)
-		var tok TokenRecord
-		if err := getJSON(tb, tokenID, &tok); err != nil {
+		tok, err := getToken(tb, tokenID)
+		if err != nil {
 			if errors.Is(err, ErrNotFound) {
 				return ErrTokenInvalid
 			}
@@ -83,16 +83,15 @@ func (s *Store) EnrollNode(tokenID string, checkSecret func(TokenRecord) error, 
 			return err
 		}
 		nb := tx.Bucket(bucketNodes)
-		var existing NodeRecord
-		if err := getJSON(nb, n.ID, &existing); err == nil && !existing.Removed {
+		if existing, err := getNode(nb, n.ID); err == nil && !existing.Removed {
 			return fmt.Errorf("%w: node ID %q is already enrolled; choose another --node-id, or remove the old node first with `ferryctl node remove %s`", ErrNodeExists, n.ID, n.ID)
 		}
 		tok.Uses++
-		if err := putJSON(tb, tok.ID, tok); err != nil {
+		if err := putToken(tb, tok); err != nil {
 			return err
 		}
 		out = n
-		return putJSON(nb, n.ID, n)
+		return putNode(nb, n)
 	})
 	return out, err
 }
@@ -102,11 +101,37 @@ func (s *Store) EnrollNode(tokenID string, checkSecret func(TokenRecord) error, 
 func (s *Store) TouchNode(id string, at time.Time) error {
 	return s.db.Batch(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketNodes)
-		var n NodeRecord
-		if err := getJSON(b, id, &n); err != nil {
+		n, err := getNode(b, id)
+		if err != nil {
 			return err
 		}
 		n.LastConnectedAt = at
-		return putJSON(b, id, n)
+		return putNode(b, n)
 	})
+}
+
+func getNode(b *bolt.Bucket, id string) (NodeRecord, error) {
+	r, err := get[ferryv1.NodeRecord](b, "node", id)
+	if err != nil {
+		return NodeRecord{}, err
+	}
+	return nodeFromProto(r), nil
+}
+
+func putNode(b *bolt.Bucket, n NodeRecord) error { return put(b, "node", n.ID, nodeToProto(n)) }
+
+func nodeToProto(n NodeRecord) *ferryv1.NodeRecord {
+	return &ferryv1.NodeRecord{
+		Id: n.ID, Group: n.Group, Labels: n.Labels, EnrolledAt: timestamp(n.EnrolledAt), TokenId: n.TokenID,
+		CertSerials: n.CertSerials, CertExpiresAt: timestamp(n.CertExpiresAt), LastConnectedAt: timestamp(n.LastConnectedAt),
+		Removed: n.Removed, RemovedAt: timestamp(n.RemovedAt), RemovedBy: n.RemovedBy,
+	}
+}
+
+func nodeFromProto(r *ferryv1.NodeRecord) NodeRecord {
+	return NodeRecord{
+		ID: r.GetId(), Group: r.GetGroup(), Labels: r.GetLabels(), EnrolledAt: fromTimestamp(r.GetEnrolledAt()), TokenID: r.GetTokenId(),
+		CertSerials: r.GetCertSerials(), CertExpiresAt: fromTimestamp(r.GetCertExpiresAt()), LastConnectedAt: fromTimestamp(r.GetLastConnectedAt()),
+		Removed: r.GetRemoved(), RemovedAt: fromTimestamp(r.GetRemovedAt()), RemovedBy: r.GetRemovedBy(),
+	}
 }

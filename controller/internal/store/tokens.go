@@ -1,13 +1,14 @@
 package store
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 var bucketTokens = []byte("tokens")
@@ -25,7 +26,9 @@ type unusableToken struct{ error }
 
 func (unusableToken) Is(target error) bool { return target == ErrTokenUnusable }
 
-// TokenRecord is a join token as stored: the secret only as a hash.
+// TokenRecord is a join token as stored: the secret only as a hash. It is
+// stored as a ferryv1.TokenRecord; the JSON tags are the format of schema
+// 1 stores, which migrate reads once.
 type TokenRecord struct {
 	ID         string    `json:"id"`
 	SecretHash []byte    `json:"secret_hash"`
@@ -58,7 +61,7 @@ func (s *Store) PutToken(t TokenRecord) error {
 		if b.Get([]byte(t.ID)) != nil {
 			return fmt.Errorf("token %s exists", t.ID)
 		}
-		return putJSON(b, t.ID, t)
+		return putToken(b, t)
 	})
 }
 
@@ -66,14 +69,11 @@ func (s *Store) PutToken(t TokenRecord) error {
 func (s *Store) Tokens() ([]TokenRecord, error) {
 	var out []TokenRecord
 	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketTokens).ForEach(func(_, v []byte) error {
-			var t TokenRecord
-			if err := json.Unmarshal(v, &t); err != nil {
-				return err
-			}
-			out = append(out, t)
-			return nil
-		})
+		recs, err := list[ferryv1.TokenRecord](tx.Bucket(bucketTokens), "token")
+		for _, r := range recs {
+			out = append(out, tokenFromProto(r))
+		}
+		return err
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.After(out[j].CreatedAt) })
 	return out, err
@@ -82,16 +82,40 @@ func (s *Store) Tokens() ([]TokenRecord, error) {
 // RevokeToken marks a token revoked.
 func (s *Store) RevokeToken(id string) (TokenRecord, error) {
 	var t TokenRecord
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bolt.Tx) (err error) {
 		b := tx.Bucket(bucketTokens)
-		if err := getJSON(b, id, &t); err != nil {
+		if t, err = getToken(b, id); err != nil {
 			if errors.Is(err, ErrNotFound) {
 				return fmt.Errorf("token %q: %w; list tokens with `ferryctl token list`", id, ErrNotFound)
 			}
 			return err
 		}
 		t.Revoked = true
-		return putJSON(b, id, t)
+		return putToken(b, t)
 	})
 	return t, err
+}
+
+func getToken(b *bolt.Bucket, id string) (TokenRecord, error) {
+	r, err := get[ferryv1.TokenRecord](b, "token", id)
+	if err != nil {
+		return TokenRecord{}, err
+	}
+	return tokenFromProto(r), nil
+}
+
+func putToken(b *bolt.Bucket, t TokenRecord) error { return put(b, "token", t.ID, tokenToProto(t)) }
+
+func tokenToProto(t TokenRecord) *ferryv1.TokenRecord {
+	return &ferryv1.TokenRecord{
+		Id: t.ID, SecretHash: t.SecretHash, Group: t.Group, ExpiresAt: timestamp(t.ExpiresAt), MaxUses: t.MaxUses,
+		Uses: t.Uses, Revoked: t.Revoked, CreatedAt: timestamp(t.CreatedAt), CreatedBy: t.CreatedBy,
+	}
+}
+
+func tokenFromProto(r *ferryv1.TokenRecord) TokenRecord {
+	return TokenRecord{
+		ID: r.GetId(), SecretHash: r.GetSecretHash(), Group: r.GetGroup(), ExpiresAt: fromTimestamp(r.GetExpiresAt()), MaxUses: r.GetMaxUses(),
+		Uses: r.GetUses(), Revoked: r.GetRevoked(), CreatedAt: fromTimestamp(r.GetCreatedAt()), CreatedBy: r.GetCreatedBy(),
+	}
 }

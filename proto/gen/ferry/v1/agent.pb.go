@@ -470,7 +470,12 @@ type Welcome struct {
 	// Gossip members the agent should join ("host:port").
 	GossipSeeds []string `protobuf:"bytes,2,rep,name=gossip_seeds,json=gossipSeeds,proto3" json:"gossip_seeds,omitempty"`
 	// The node's group, as recorded by the controller.
-	Group         string `protobuf:"bytes,3,opt,name=group,proto3" json:"group,omitempty"`
+	Group string `protobuf:"bytes,3,opt,name=group,proto3" json:"group,omitempty"`
+	// The controller's clock when it sent the welcome. The agent measures how
+	// far its own clock is off from it and judges its certificate's lifetime
+	// (renewal, expiry) by the controller's clock, which is the one that
+	// accepts or refuses the certificate.
+	ServerTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -524,6 +529,13 @@ func (x *Welcome) GetGroup() string {
 		return x.Group
 	}
 	return ""
+}
+
+func (x *Welcome) GetServerTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ServerTime
+	}
+	return nil
 }
 
 // Heartbeat is the agent's periodic status report.
@@ -1339,11 +1351,13 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\tinstalled\x18\x03 \x03(\v2\x1a.ferry.v1.InstalledPackageR\tinstalled\x124\n" +
 	"\vrecent_jobs\x18\x04 \x03(\v2\x13.ferry.v1.JobUpdateR\n" +
 	"recentJobs\x12%\n" +
-	"\x0egossip_address\x18\x05 \x01(\tR\rgossipAddress\"\x8c\x01\n" +
+	"\x0egossip_address\x18\x05 \x01(\tR\rgossipAddress\"\xc9\x01\n" +
 	"\aWelcome\x12H\n" +
 	"\x12heartbeat_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12!\n" +
 	"\fgossip_seeds\x18\x02 \x03(\tR\vgossipSeeds\x12\x14\n" +
-	"\x05group\x18\x03 \x01(\tR\x05group\"\xa2\x03\n" +
+	"\x05group\x18\x03 \x01(\tR\x05group\x12;\n" +
+	"\vserver_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"serverTime\"\xa2\x03\n" +
 	"\tHeartbeat\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x123\n" +
 	"\asent_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\x12#\n" +
@@ -1479,30 +1493,31 @@ var file_ferry_v1_agent_proto_depIdxs = []int32{
 	17, // 8: ferry.v1.AgentHello.installed:type_name -> ferry.v1.InstalledPackage
 	10, // 9: ferry.v1.AgentHello.recent_jobs:type_name -> ferry.v1.JobUpdate
 	18, // 10: ferry.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	19, // 11: ferry.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	18, // 12: ferry.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
-	16, // 13: ferry.v1.Heartbeat.facts:type_name -> ferry.v1.Facts
-	17, // 14: ferry.v1.Heartbeat.installed:type_name -> ferry.v1.InstalledPackage
-	20, // 15: ferry.v1.Heartbeat.disks:type_name -> ferry.v1.DiskSpace
-	0,  // 16: ferry.v1.Job.kind:type_name -> ferry.v1.JobKind
-	21, // 17: ferry.v1.Job.package:type_name -> ferry.v1.Package
-	18, // 18: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
-	18, // 19: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
-	1,  // 20: ferry.v1.JobUpdate.phase:type_name -> ferry.v1.JobPhase
-	9,  // 21: ferry.v1.JobUpdate.steps:type_name -> ferry.v1.StepResult
-	19, // 22: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
-	19, // 23: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
-	2,  // 24: ferry.v1.AgentService.Connect:input_type -> ferry.v1.ConnectRequest
-	12, // 25: ferry.v1.AgentService.RenewCertificate:input_type -> ferry.v1.RenewCertificateRequest
-	14, // 26: ferry.v1.AgentService.DownloadArtifact:input_type -> ferry.v1.DownloadArtifactRequest
-	3,  // 27: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
-	13, // 28: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
-	15, // 29: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
-	27, // [27:30] is the sub-list for method output_type
-	24, // [24:27] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	19, // 11: ferry.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
+	19, // 12: ferry.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	18, // 13: ferry.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
+	16, // 14: ferry.v1.Heartbeat.facts:type_name -> ferry.v1.Facts
+	17, // 15: ferry.v1.Heartbeat.installed:type_name -> ferry.v1.InstalledPackage
+	20, // 16: ferry.v1.Heartbeat.disks:type_name -> ferry.v1.DiskSpace
+	0,  // 17: ferry.v1.Job.kind:type_name -> ferry.v1.JobKind
+	21, // 18: ferry.v1.Job.package:type_name -> ferry.v1.Package
+	18, // 19: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
+	18, // 20: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
+	1,  // 21: ferry.v1.JobUpdate.phase:type_name -> ferry.v1.JobPhase
+	9,  // 22: ferry.v1.JobUpdate.steps:type_name -> ferry.v1.StepResult
+	19, // 23: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
+	19, // 24: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
+	2,  // 25: ferry.v1.AgentService.Connect:input_type -> ferry.v1.ConnectRequest
+	12, // 26: ferry.v1.AgentService.RenewCertificate:input_type -> ferry.v1.RenewCertificateRequest
+	14, // 27: ferry.v1.AgentService.DownloadArtifact:input_type -> ferry.v1.DownloadArtifactRequest
+	3,  // 28: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
+	13, // 29: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
+	15, // 30: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
+	28, // [28:31] is the sub-list for method output_type
+	25, // [25:28] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_agent_proto_init() }

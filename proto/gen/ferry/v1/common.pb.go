@@ -9,6 +9,7 @@ package ferryv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -36,7 +37,11 @@ type Facts struct {
 	// Kernel release (uname -r), empty when unknown.
 	Kernel string `protobuf:"bytes,4,opt,name=kernel,proto3" json:"kernel,omitempty"`
 	// Number of logical CPUs.
-	Cpus          uint32 `protobuf:"varint,5,opt,name=cpus,proto3" json:"cpus,omitempty"`
+	Cpus uint32 `protobuf:"varint,5,opt,name=cpus,proto3" json:"cpus,omitempty"`
+	// How far the controller's clock is ahead of the node's (negative when the
+	// node's clock is ahead), as the agent last measured it from a welcome.
+	// Unset when the agent has not measured it.
+	ClockSkew     *durationpb.Duration `protobuf:"bytes,6,opt,name=clock_skew,json=clockSkew,proto3" json:"clock_skew,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -104,6 +109,13 @@ func (x *Facts) GetCpus() uint32 {
 		return x.Cpus
 	}
 	return 0
+}
+
+func (x *Facts) GetClockSkew() *durationpb.Duration {
+	if x != nil {
+		return x.ClockSkew
+	}
+	return nil
 }
 
 // DiskSpace is the space on one file system the agent writes to.
@@ -268,13 +280,15 @@ var File_ferry_v1_common_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_common_proto_rawDesc = "" +
 	"\n" +
-	"\x15ferry/v1/common.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"s\n" +
+	"\x15ferry/v1/common.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xad\x01\n" +
 	"\x05Facts\x12\x0e\n" +
 	"\x02os\x18\x01 \x01(\tR\x02os\x12\x12\n" +
 	"\x04arch\x18\x02 \x01(\tR\x04arch\x12\x1a\n" +
 	"\bhostname\x18\x03 \x01(\tR\bhostname\x12\x16\n" +
 	"\x06kernel\x18\x04 \x01(\tR\x06kernel\x12\x12\n" +
-	"\x04cpus\x18\x05 \x01(\rR\x04cpus\"s\n" +
+	"\x04cpus\x18\x05 \x01(\rR\x04cpus\x128\n" +
+	"\n" +
+	"clock_skew\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\tclockSkew\"s\n" +
 	"\tDiskSpace\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
 	"\x04uses\x18\x02 \x03(\tR\x04uses\x12\x1d\n" +
@@ -307,15 +321,17 @@ var file_ferry_v1_common_proto_goTypes = []any{
 	(*Facts)(nil),                 // 0: ferry.v1.Facts
 	(*DiskSpace)(nil),             // 1: ferry.v1.DiskSpace
 	(*InstalledPackage)(nil),      // 2: ferry.v1.InstalledPackage
-	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 3: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
 }
 var file_ferry_v1_common_proto_depIdxs = []int32{
-	3, // 0: ferry.v1.InstalledPackage.installed_at:type_name -> google.protobuf.Timestamp
-	1, // [1:1] is the sub-list for method output_type
-	1, // [1:1] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	3, // 0: ferry.v1.Facts.clock_skew:type_name -> google.protobuf.Duration
+	4, // 1: ferry.v1.InstalledPackage.installed_at:type_name -> google.protobuf.Timestamp
+	2, // [2:2] is the sub-list for method output_type
+	2, // [2:2] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_common_proto_init() }

@@ -616,14 +616,17 @@ type FileStep struct {
 	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	// File content.
 	Content []byte `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
-	// Permission bits (default 0644).
+	// Permission bits (default 0600).
 	Mode uint32 `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"`
 	// Owner user name (default: unchanged / root).
 	Owner string `protobuf:"bytes,4,opt,name=owner,proto3" json:"owner,omitempty"`
 	// Owner group name.
-	Group         string `protobuf:"bytes,5,opt,name=group,proto3" json:"group,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Group string `protobuf:"bytes,5,opt,name=group,proto3" json:"group,omitempty"`
+	// Lets the step write a credential file (/etc/shadow, authorized_keys,
+	// /etc/ld.so.preload, cron tables, ...), which is refused otherwise.
+	AllowSensitive bool `protobuf:"varint,6,opt,name=allow_sensitive,json=allowSensitive,proto3" json:"allow_sensitive,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *FileStep) Reset() {
@@ -689,6 +692,13 @@ func (x *FileStep) GetGroup() string {
 		return x.Group
 	}
 	return ""
+}
+
+func (x *FileStep) GetAllowSensitive() bool {
+	if x != nil {
+		return x.AllowSensitive
+	}
+	return false
 }
 
 // CheckStep runs a command in a login-like environment.
@@ -1103,13 +1113,14 @@ const file_ferry_v1_package_proto_rawDesc = "" +
 	"\x04path\x18\x03 \x03(\tR\x04path\"7\n" +
 	"\vSudoersStep\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05rules\x18\x02 \x03(\tR\x05rules\"x\n" +
+	"\x05rules\x18\x02 \x03(\tR\x05rules\"\xa1\x01\n" +
 	"\bFileStep\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x18\n" +
 	"\acontent\x18\x02 \x01(\fR\acontent\x12\x12\n" +
 	"\x04mode\x18\x03 \x01(\rR\x04mode\x12\x14\n" +
 	"\x05owner\x18\x04 \x01(\tR\x05owner\x12\x14\n" +
-	"\x05group\x18\x05 \x01(\tR\x05group\"j\n" +
+	"\x05group\x18\x05 \x01(\tR\x05group\x12'\n" +
+	"\x0fallow_sensitive\x18\x06 \x01(\bR\x0eallowSensitive\"j\n" +
 	"\tCheckStep\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12\x16\n" +
 	"\x06expect\x18\x02 \x01(\tR\x06expect\x123\n" +

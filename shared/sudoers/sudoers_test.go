@@ -2,9 +2,6 @@ package sudoers
 
 import (
 	"errors"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -87,26 +84,33 @@ var invalid = []struct{ name, text, want string }{
 
 func TestCheck(t *testing.T) {
 	for _, tc := range valid {
-		t.Run("valid/"+tc.name, func(t *testing.T) {
-			if err := Check(tc.text); err != nil {
-				t.Fatalf("Check(%q) = %v, want nil", tc.text, err)
-			}
-		})
+		t.Run("valid/"+tc.name, func(t *testing.T) { wantCheck(t, tc.text, "") })
 	}
 	for _, tc := range invalid {
-		t.Run("invalid/"+tc.name, func(t *testing.T) {
-			err := Check(tc.text)
-			if err == nil {
-				t.Fatalf("Check(%q) = nil, want an error containing %q", tc.text, tc.want)
-			}
-			var se *Error
-			if !errors.As(err, &se) || se.Line < 1 {
-				t.Errorf("error %v does not carry a line", err)
-			}
-			if !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("Check(%q) = %v, want it to mention %q", tc.text, err, tc.want)
-			}
-		})
+		t.Run("invalid/"+tc.name, func(t *testing.T) { wantCheck(t, tc.text, tc.want) })
+	}
+}
+
+// wantCheck checks Check's verdict on text: nil when want is "", else an
+// *Error with a line, whose message mentions want.
+func wantCheck(t *testing.T, text, want string) {
+	t.Helper()
+	err := Check(text)
+	if want == "" {
+		if err != nil {
+			t.Fatalf("Check(%q) = %v, want nil", text, err)
+		}
+		return
+	}
+	if err == nil {
+		t.Fatalf("Check(%q) = nil, want an error containing %q", text, want)
+	}
+	var se *Error
+	if !errors.As(err, &se) || se.Line < 1 {
+		t.Errorf("error %v does not carry a line", err)
+	}
+	if !strings.Contains(err.Error(), want) {
+		t.Errorf("Check(%q) = %v, want it to mention %q", text, err, want)
 	}
 }
 
@@ -114,31 +118,16 @@ func TestCheck(t *testing.T) {
 // installed, so the checker does not drift from sudo's own parser on the
 // cases above. Cases where Ferry is deliberately stricter are skipped.
 func TestAgreesWithVisudo(t *testing.T) {
-	visudo, err := exec.LookPath("visudo")
-	if err != nil {
-		t.Skip("visudo not installed; the checker's own cases still run")
-	}
+	v := newOracle(t)
 	stricter := map[string]bool{
 		"include": true, "includedir": true, "at include": true, "at includedir": true,
 		"undefined alias": true, "undefined cmnd alias": true, "carriage return": true,
 		"alias wrong kind": true, "nul": true, "alias cycle": true,
 	}
-	dir := t.TempDir()
-	run := func(text string) error {
-		p := filepath.Join(dir, "frag")
-		if err := os.WriteFile(p, []byte(text+"\n"), 0o440); err != nil {
-			t.Fatal(err)
-		}
-		out, err := exec.Command(visudo, "-cf", p).CombinedOutput()
-		if err != nil {
-			return errors.New(string(out))
-		}
-		return nil
-	}
 	for _, tc := range valid {
 		t.Run("valid/"+tc.name, func(t *testing.T) {
-			if err := run(tc.text); err != nil {
-				t.Errorf("visudo refuses what Ferry accepts: %q: %v", tc.text, err)
+			if out, ok := v.check(t, tc.text); !ok {
+				t.Errorf("visudo refuses what Ferry accepts: %q: %v", tc.text, out)
 			}
 		})
 	}
@@ -147,7 +136,7 @@ func TestAgreesWithVisudo(t *testing.T) {
 			continue
 		}
 		t.Run("invalid/"+tc.name, func(t *testing.T) {
-			if err := run(tc.text); err == nil {
+			if _, ok := v.check(t, tc.text); ok {
 				t.Errorf("visudo accepts what Ferry refuses: %q", tc.text)
 			}
 		})
@@ -184,4 +173,11 @@ func FuzzSudoersCheck(f *testing.F) {
 			t.Fatalf("accepted NUL or CR: %q", text)
 		}
 	})
+}
+
+func hasWordPrefix(s, w string) bool {
+	if !strings.HasPrefix(s, w) {
+		return false
+	}
+	return len(s) == len(w) || s[len(w)] == ' ' || s[len(w)] == '\t'
 }

@@ -1,0 +1,85 @@
+package store
+
+import (
+	"sort"
+
+	bolt "go.etcd.io/bbolt"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+)
+
+// bucketArtifacts holds artifact metadata keyed "name@version". Several
+// records may share one blob (the same digest).
+var bucketArtifacts = []byte("artifacts")
+
+const artifactRecord = "artifact record"
+
+// Artifact returns the record stored under "name@version"; ErrNotFound
+// when there is none.
+func (s *Store) Artifact(key string) (*ferryv1.Artifact, error) {
+	var a *ferryv1.Artifact
+	err := s.db.View(func(tx *bolt.Tx) (err error) {
+		a, err = get[ferryv1.Artifact](tx.Bucket(bucketArtifacts), artifactRecord, key)
+		return err
+	})
+	return a, err
+}
+
+// Artifacts returns every artifact record, in key order.
+func (s *Store) Artifacts() ([]*ferryv1.Artifact, error) {
+	var out []*ferryv1.Artifact
+	err := s.db.View(func(tx *bolt.Tx) (err error) {
+		out, err = list[ferryv1.Artifact](tx.Bucket(bucketArtifacts), artifactRecord)
+		return err
+	})
+	return out, err
+}
+
+// PutArtifact writes a's record under its name@version.
+func (s *Store) PutArtifact(a *ferryv1.Artifact) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return put(tx.Bucket(bucketArtifacts), artifactRecord, VersionKey(a.GetName(), a.GetVersion()), a)
+	})
+}
+
+// DeleteArtifact removes the record under "name@version" unless a package
+// uses its digest: then it removes nothing and returns those packages
+// ("name@version", sorted). The check and the removal are one
+// transaction. ErrNotFound when there is no such record.
+func (s *Store) DeleteArtifact(key string) (usedBy []string, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketArtifacts)
+		a, err := get[ferryv1.Artifact](b, artifactRecord, key)
+		if err != nil {
+			return err
+		}
+		if usedBy, err = packagesUsing(tx, a.GetDigest()); err != nil || len(usedBy) > 0 {
+			return err
+		}
+		return b.Delete([]byte(key))
+	})
+	return usedBy, err
+}
+
+// PackagesUsing lists the packages ("name@version", sorted) whose
+// artifact has digest.
+func (s *Store) PackagesUsing(digest string) ([]string, error) {
+	var out []string
+	err := s.db.View(func(tx *bolt.Tx) (err error) {
+		out, err = packagesUsing(tx, digest)
+		return err
+	})
+	return out, err
+}
+
+func packagesUsing(tx *bolt.Tx, digest string) ([]string, error) {
+	var out []string
+	err := forEach(tx.Bucket(bucketPackages), packageRecord, func(k string, p *ferryv1.Package) error {
+		if p.GetArtifact().GetDigest() == digest {
+			out = append(out, k)
+		}
+		return nil
+	})
+	sort.Strings(out)
+	return out, err
+}

@@ -1,0 +1,63 @@
+package store
+
+import (
+	"strings"
+
+	bolt "go.etcd.io/bbolt"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+)
+
+// bucketPackages holds package versions keyed "name@version".
+var bucketPackages = []byte("packages")
+
+const packageRecord = "package"
+
+// Package returns one package version; ErrNotFound when absent.
+func (s *Store) Package(name, version string) (*ferryv1.Package, error) {
+	var p *ferryv1.Package
+	err := s.db.View(func(tx *bolt.Tx) (err error) {
+		p, err = get[ferryv1.Package](tx.Bucket(bucketPackages), packageRecord, VersionKey(name, version))
+		return err
+	})
+	return p, err
+}
+
+// Packages returns the versions of the package called name, or every
+// package for "", in key order.
+func (s *Store) Packages(name string) ([]*ferryv1.Package, error) {
+	var out []*ferryv1.Package
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return forEach(tx.Bucket(bucketPackages), packageRecord, func(k string, p *ferryv1.Package) error {
+			if name == "" || strings.HasPrefix(k, name+"@") {
+				out = append(out, p)
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+// AddPackage stores p under its name@version unless that version exists:
+// then it stores nothing and returns the existing record (versions are
+// immutable; the caller tells an identical re-apply from a conflict).
+func (s *Store) AddPackage(p *ferryv1.Package) (existing *ferryv1.Package, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketPackages)
+		key := VersionKey(p.GetName(), p.GetVersion())
+		if b.Get([]byte(key)) != nil {
+			existing, err = get[ferryv1.Package](b, packageRecord, key)
+			return err
+		}
+		return put(b, packageRecord, key, p)
+	})
+	return existing, err
+}
+
+// DeletePackage removes a package version. The API has no way to remove
+// one yet; tests use it to drop an artifact's last reference.
+func (s *Store) DeletePackage(name, version string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketPackages).Delete([]byte(VersionKey(name, version)))
+	})
+}
