@@ -489,6 +489,7 @@ func (a *Agent) heartbeat() error {
 		DiskFreeBytes: facts.DiskFree(a.cfg.Root),
 		Facts:         a.facts(),
 		Installed:     a.jobs.inst.Installed(),
+		Disks:         facts.Disks(a.cfg.StateDir, a.cfg.Root, a.jobs.inst.Destinations()),
 	}
 	if err := a.send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Heartbeat{Heartbeat: hb}}); err != nil {
 		return err

@@ -24,8 +24,9 @@ type Fetcher interface {
 
 // jobRunner runs the jobs the controller sends, one at a time, and reports
 // their progress on whatever stream is up. Final results are kept by the
-// installer, so a job is never run twice: a repeated job (the controller
-// restarted, or re-sent it) gets its recorded result again.
+// installer (those it did not produce, such as a failed download, are
+// recorded with it), so a job is never run twice: a repeated job (the
+// controller restarted, or re-sent it) gets its recorded result again.
 type jobRunner struct {
 	a       *Agent
 	inst    *install.Installer
@@ -171,9 +172,11 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 	progress := func(u *ferryv1.JobUpdate) { r.report(u) }
 
 	var final *ferryv1.JobUpdate
+	record := true // a final result the installer did not record itself
 	switch job.GetKind() {
 	case ferryv1.JobKind_JOB_KIND_ROLLBACK:
 		final = r.inst.Rollback(jctx, job.GetId(), job.GetRolloutId(), job.GetPackage().GetName(), progress, logf)
+		record = false
 	case ferryv1.JobKind_JOB_KIND_INSTALL, ferryv1.JobKind_JOB_KIND_PLAN:
 		release := func() {}
 		if d := job.GetPackage().GetArtifact().GetDigest(); d != "" && r.fetcher != nil {
@@ -192,11 +195,21 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 			Plan: job.GetKind() == ferryv1.JobKind_JOB_KIND_PLAN,
 		}, progress, logf)
 		release()
+		record = false
 	default:
 		final = update(ferryv1.JobPhase_JOB_PHASE_FAILED, fmt.Sprintf("job kind %s is not supported by agent version %s", job.GetKind(), version.Version))
 	}
 	if final.JobId == "" {
 		final.JobId, final.RolloutId = job.GetId(), job.GetRolloutId()
+	}
+	// A job the agent's own stop interrupted is not over: the controller
+	// sends it again and the download resumes. Any other end is final and
+	// kept before it is sent, since the stream may be down.
+	if record && ctx.Err() == nil {
+		if err := r.inst.Record(final); err != nil {
+			log.Error("could not record a job's result", "err", err)
+			final.Message += fmt.Sprintf(" (but recording the result failed: %v)", err)
+		}
 	}
 	r.a.metrics.jobs.WithLabelValues(enumword.Of(final.GetPhase())).Inc()
 	log.Info("job finished", "phase", final.GetPhase(), "failed_step", final.GetFailedStep(), "message", final.GetMessage())

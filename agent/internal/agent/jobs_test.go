@@ -2,12 +2,14 @@ package agent
 
 import (
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrydeploy/ferry/agent/internal/install"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
@@ -175,5 +177,54 @@ func TestJobResultSurvivesReconnect(t *testing.T) {
 				t.Errorf("the artifact was fetched %d times, want once", n)
 			}
 		})
+	}
+}
+
+// A failed download is a final result like any other: kept in the
+// agent's state before it is sent (the stream may be down, as it is
+// here), carried by the next hello, given again to a job sent again
+// without downloading again, and still there for a restarted agent.
+func TestDownloadFailureIsRecorded(t *testing.T) {
+	ta := newTestAgent(t, agentOptions{})
+	ta.run()
+	first := ta.stream()
+	dl := ta.startTool(first)
+
+	first.end <- status.Error(codes.Unavailable, "the link broke")
+	ta.nextWait()
+	dl.finish <- fetched{err: errors.New("artifact tool-1.0.tar.gz: needs 65.0 MiB in /var/lib/ferry-agent, 12.3 MiB free; free space or move the state dir")}
+	waitClosed(t, dl.released, "the end of the tool job")
+	ta.redial()
+	second := ta.stream()
+
+	var res *ferryv1.JobUpdate
+	for _, u := range second.hello.GetRecentJobs() {
+		if u.GetJobId() == "tool" {
+			res = u
+		}
+	}
+	if res.GetPhase() != failed || res.GetFailedStep() != "download tool-1.0.tar.gz" || !strings.Contains(res.GetMessage(), "12.3 MiB free") {
+		t.Fatalf("the hello after the download failed carries %v for the tool job, want its failure at the download", res)
+	}
+
+	second.send(t, jobMsg(toolJob("tool", toolDigest)))
+	if u := second.result(t, "tool"); u.GetPhase() != failed || u.GetMessage() != res.GetMessage() {
+		t.Errorf("tool job sent again: %s %q, want its recorded failure", u.GetPhase(), u.GetMessage())
+	}
+	if n := dl.calls.Load(); n != 1 {
+		t.Errorf("the artifact was fetched %d times, want once", n)
+	}
+	for _, u := range second.updatesOf("tool") {
+		if u.GetPhase() == accepted {
+			t.Error("the tool job was accepted again after its recorded failure")
+		}
+	}
+
+	inst, err := install.New(install.Config{Root: ta.root, StateDir: ta.cfg.StateDir, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, ok := inst.JobResult("tool"); !ok || u.GetMessage() != res.GetMessage() {
+		t.Errorf("a restarted agent's installer has %v for the tool job (found %v), want the recorded failure", u, ok)
 	}
 }

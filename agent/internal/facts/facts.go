@@ -1,9 +1,11 @@
 // Package facts detects what the agent reports about its host: OS, arch,
-// host name, kernel, CPUs, load averages and free disk space.
+// host name, kernel, CPUs, load averages and free disk space (of the file
+// systems the agent writes to).
 package facts
 
 import (
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -39,11 +41,68 @@ func Load() (l1, l5, l15 float64) {
 }
 
 // DiskFree returns the bytes available to unprivileged users on the file
-// system holding path.
+// system holding path (0 if unknown).
 func DiskFree(path string) uint64 {
+	free, _, _ := Space(path)
+	return free
+}
+
+// Space returns the bytes available to unprivileged users on the file
+// system holding path, and its size.
+func Space(path string) (free, total uint64, err error) {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(path, &st); err != nil {
-		return 0
+		return 0, 0, err
 	}
-	return st.Bavail * uint64(st.Bsize)
+	return st.Bavail * uint64(st.Bsize), st.Blocks * uint64(st.Bsize), nil
+}
+
+// Disks returns the space on the file systems the agent writes to: its
+// state dir (where downloads are staged), the install root and each
+// installed archive's destination (host paths), one entry per file system
+// naming what it holds, so a full state dir shows apart from a full
+// install destination. A path that does not exist yet counts on the file
+// system of its nearest existing parent; one that cannot be examined is
+// left out.
+func Disks(stateDir, root string, dests []string) []*ferryv1.DiskSpace {
+	type use struct{ path, what string }
+	uses := []use{{stateDir, "state dir"}, {root, "install root"}}
+	for _, d := range dests {
+		uses = append(uses, use{d, d})
+	}
+	var out []*ferryv1.DiskSpace
+	byDev := map[uint64]*ferryv1.DiskSpace{}
+	for _, u := range uses {
+		path := existing(u.path)
+		var st syscall.Stat_t
+		if err := syscall.Stat(path, &st); err != nil {
+			continue
+		}
+		if d, ok := byDev[uint64(st.Dev)]; ok {
+			d.Uses = append(d.Uses, u.what)
+			continue
+		}
+		free, total, err := Space(path)
+		if err != nil {
+			continue
+		}
+		d := &ferryv1.DiskSpace{Path: u.path, Uses: []string{u.what}, FreeBytes: free, TotalBytes: total}
+		byDev[uint64(st.Dev)] = d
+		out = append(out, d)
+	}
+	return out
+}
+
+// existing returns path or its nearest parent that exists.
+func existing(path string) string {
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return path
+		}
+		parent := filepath.Dir(path)
+		if parent == path {
+			return path
+		}
+		path = parent
+	}
 }

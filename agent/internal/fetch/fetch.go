@@ -16,6 +16,15 @@
 // and a file that does not match the digest is discarded and fetched again.
 // A cached file was verified when it entered the cache (it is read-only
 // from then on) and is not hashed again on every Ensure.
+//
+// Progress on a bad link: gRPC hands over whole messages only, so what a
+// broken stream carried of its last chunk is lost. The chunk size asked
+// for adapts to the link (see adapt): a stream that breaks within a few
+// chunks halves it, down to chunk.Min; one that lasts doubles it again.
+// Every chunk is written to the staging file as it arrives, a stream that
+// brought bytes is resumed at once, and only streams that brought nothing
+// count against the retry budget. A stream that brings nothing for
+// StallTimeout is abandoned and resumed on a fresh one.
 package fetch
 
 import (
@@ -31,14 +40,18 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydeploy/ferry/agent/internal/backoff"
+	"github.com/ferrydeploy/ferry/agent/internal/facts"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/atomicfile"
+	"github.com/ferrydeploy/ferry/shared/bytesize"
+	"github.com/ferrydeploy/ferry/shared/chunk"
 	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
 
@@ -50,6 +63,22 @@ var (
 	ErrVerify = errors.New("artifact failed verification")
 	// ErrUnreachable: the stream kept failing without progress.
 	ErrUnreachable = errors.New("controller unreachable")
+	// ErrNoSpace: the state dir's file system has no room for the
+	// artifact.
+	ErrNoSpace = errors.New("no space for the artifact")
+)
+
+// errStalled ends a stream that brought nothing for StallTimeout.
+var errStalled = errors.New("download stalled")
+
+// The chunk size adapts to the link by what each stream brought. A stream
+// that broke within shrinkBelow chunks lost a large share of what the
+// controller sent (the chunk it was in, and those queued behind it), so
+// the next asks for half; one that brought growAfter chunks asks for
+// twice. Bounded by chunk.Min and chunk.Max.
+const (
+	shrinkBelow = 4
+	growAfter   = 16
 )
 
 const digestPrefix = sha256digest.Prefix
@@ -74,8 +103,15 @@ type Config struct {
 	// are retried before the controller counts as unreachable (default 10).
 	Retries int
 	// BackoffBase and BackoffMax bound the jittered exponential delay
-	// between reconnects (defaults 250ms and 15s).
+	// between reconnects after streams that brought nothing (defaults
+	// 250ms and 15s); a stream that brought bytes is resumed at once.
 	BackoffBase, BackoffMax time.Duration
+	// StallTimeout abandons a stream that brought no bytes for this long
+	// since its last chunk and resumes on a fresh one (default 15s). The
+	// wait for a stream's first chunk is not timed: the controller queues
+	// downloads beyond its limit, and a dead connection is found by the
+	// connection's keepalive.
+	StallTimeout time.Duration
 	// StaleAfter removes staging files untouched for this long when the
 	// fetcher starts (default 7 days).
 	StaleAfter time.Duration
@@ -95,6 +131,11 @@ type Fetcher struct {
 	locks map[string]chan struct{} // one download per digest at a time
 	held  map[string]int           // digests in use: never collected
 	rng   *rand.Rand
+	chunk int // chunk size to ask for, learnt from the link (see adapt)
+
+	// free and writeAt reach the file system; tests replace them.
+	free    func(dir string) (uint64, error)
+	writeAt func(file *os.File, b []byte, off int64) (int, error)
 }
 
 // New prepares the directories and removes stale staging files.
@@ -117,6 +158,9 @@ func New(cfg Config) (*Fetcher, error) {
 	if cfg.BackoffMax <= 0 {
 		cfg.BackoffMax = 15 * time.Second
 	}
+	if cfg.StallTimeout <= 0 {
+		cfg.StallTimeout = 15 * time.Second
+	}
 	if cfg.StaleAfter <= 0 {
 		cfg.StaleAfter = 7 * 24 * time.Hour
 	}
@@ -136,6 +180,12 @@ func New(cfg Config) (*Fetcher, error) {
 		cacheDir: filepath.Join(cfg.StateDir, "cache"),
 		locks:    map[string]chan struct{}{},
 		held:     map[string]int{},
+		chunk:    chunk.Max,
+		free: func(dir string) (uint64, error) {
+			free, _, err := facts.Space(dir)
+			return free, err
+		},
+		writeAt: (*os.File).WriteAt,
 	}
 	for _, d := range []string{f.stageDir, f.cacheDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -310,6 +360,14 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 	defer func() { hasher.stop() }()
 	total := size
 	progress(off, total)
+	if total > 0 {
+		if err := f.checkRoom(digest, total-off); err != nil {
+			if off == 0 {
+				os.Remove(f.stagePath(h))
+			}
+			return "", err
+		}
+	}
 
 	failures := 0
 	for total == 0 || off < total {
@@ -320,6 +378,9 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 		}
 		if ctx.Err() != nil {
 			return "", ctx.Err()
+		}
+		if errors.Is(err, syscall.ENOSPC) {
+			return "", f.noSpace(h, file, off, total, err)
 		}
 		switch status.Code(err) {
 		case codes.NotFound:
@@ -343,10 +404,24 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 		}
 		var fatal *backoff.PermanentError
 		if errors.As(err, &fatal) {
+			if errors.Is(fatal.Err, ErrNoSpace) && off == 0 {
+				os.Remove(f.stagePath(h))
+			}
 			return "", fatal.Err
 		}
 		if off > before {
+			// Bytes arrived: the controller is there and the link moves
+			// data. Make them the resume point (a restart keeps only what
+			// is on disk) and go on at once.
 			failures = 0
+			if err := file.Sync(); err != nil {
+				if errors.Is(err, syscall.ENOSPC) {
+					return "", f.noSpace(h, file, off, total, err)
+				}
+				return "", fmt.Errorf("artifact %s: sync staging file: %w", digest, err)
+			}
+			f.log.Debug("artifact stream broke after bringing bytes; resuming", "artifact", digest, "offset", off, "size", total, "err", err)
+			continue
 		}
 		failures++
 		if failures > f.cfg.Retries {
@@ -362,6 +437,9 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 		return "", fmt.Errorf("artifact %s: stream ended at %d of %d bytes", digest, off, total)
 	}
 	if err := file.Sync(); err != nil {
+		if errors.Is(err, syscall.ENOSPC) {
+			return "", f.noSpace(h, file, off, total, err)
+		}
 		return "", fmt.Errorf("artifact %s: sync staging file: %w", digest, err)
 	}
 	sum, err := hasher.finish(ctx, int64(total))
@@ -371,19 +449,73 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 	return sum, nil
 }
 
+// checkRoom fails early when the state dir's file system has less free
+// space than the need bytes still to download.
+func (f *Fetcher) checkRoom(digest string, need uint64) error {
+	free, err := f.free(f.stageDir)
+	if err != nil || free >= need {
+		return nil // when it cannot tell, the writes will
+	}
+	return fmt.Errorf("%w: artifact %s: needs %s in %s, %s free; free space or move the state dir",
+		ErrNoSpace, digest, bytesize.IEC(need), f.cfg.StateDir, bytesize.IEC(free))
+}
+
+// noSpace handles a full state dir mid-download: the partial download is
+// removed, so the file system is not left full for everything else,
+// unless there is room now for the rest of the artifact.
+func (f *Fetcher) noSpace(h string, file *os.File, off, total uint64, cause error) error {
+	digest := digestPrefix + h
+	free, ferr := f.free(f.stageDir)
+	if ferr == nil && free >= total-off {
+		return fmt.Errorf("%w: artifact %s: the state dir %s filled up after %s of %s; %s are free now, so the partial download is kept to resume: %v",
+			ErrNoSpace, digest, f.cfg.StateDir, bytesize.IEC(off), bytesize.IEC(total), bytesize.IEC(free), cause)
+	}
+	if err := file.Truncate(0); err != nil {
+		f.log.Warn("could not truncate the partial download", "artifact", digest, "err", err)
+	}
+	if err := os.Remove(f.stagePath(h)); err != nil {
+		f.log.Warn("could not remove the partial download", "artifact", digest, "err", err)
+	}
+	f.log.Warn("state dir full; removed the partial download", "artifact", digest, "had", off, "size", total)
+	return fmt.Errorf("%w: artifact %s: the state dir %s filled up after %s of %s; the partial download was removed to free the space again; free %s there or move the state dir",
+		ErrNoSpace, digest, f.cfg.StateDir, bytesize.IEC(off), bytesize.IEC(total), bytesize.IEC(total))
+}
+
 // stream receives one DownloadArtifact stream into file from *off. It
 // returns nil when the stream ended with the artifact complete.
 func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off, total *uint64, hasher *trailingHasher, progress func(done, total uint64)) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	s, err := f.cfg.Client.DownloadArtifact(ctx, &ferryv1.DownloadArtifactRequest{Digest: digest, Offset: *off})
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	f.mu.Lock()
+	size := f.chunk
+	f.mu.Unlock()
+	s, err := f.cfg.Client.DownloadArtifact(ctx, &ferryv1.DownloadArtifactRequest{Digest: digest, Offset: *off, MaxChunkSize: uint32(size)})
 	if err != nil {
 		return err
 	}
+	if _, err := s.Header(); err != nil {
+		return err // the stream never opened: no bytes moved, nothing to learn
+	}
+	chunks := 0
+	defer func() {
+		// A stall or the caller's end says nothing about the link's
+		// breaks; only a stream that broke on its own does.
+		broke := (*total == 0 || *off < *total) && ctx.Err() == nil
+		f.adapt(size, chunks, broke)
+	}()
+	var stall *time.Timer // armed by the first chunk, reset by each
+	defer func() {
+		if stall != nil {
+			stall.Stop()
+		}
+	}()
 	var msg ferryv1.DownloadArtifactResponse
 	for {
 		msg.Reset()
 		if err := s.RecvMsg(&msg); err != nil {
+			if errors.Is(context.Cause(ctx), errStalled) {
+				return status.Errorf(codes.Unavailable, "no bytes for %v at %d of %d bytes; abandoned the stream", f.cfg.StallTimeout, *off, *total)
+			}
 			if errors.Is(err, io.EOF) {
 				if *total > 0 && *off == *total {
 					return nil
@@ -392,8 +524,16 @@ func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off,
 			}
 			return err
 		}
+		if stall == nil {
+			stall = time.AfterFunc(f.cfg.StallTimeout, func() { cancel(errStalled) })
+		} else {
+			stall.Reset(f.cfg.StallTimeout)
+		}
 		if *total == 0 {
 			*total = msg.Size
+			if err := f.checkRoom(digest, *total-*off); err != nil {
+				return backoff.Permanent(err)
+			}
 		} else if msg.Size != *total {
 			return backoff.Permanent(fmt.Errorf("artifact %s: the controller says it has %d bytes, %d were expected; the package and the artifact disagree: apply the package again", digest, msg.Size, *total))
 		}
@@ -404,16 +544,41 @@ func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off,
 			return status.Errorf(codes.DataLoss, "chunk runs past the artifact's end (%d + %d > %d)", *off, len(msg.Data), *total)
 		}
 		if len(msg.Data) > 0 {
-			if _, err := file.WriteAt(msg.Data, int64(*off)); err != nil {
+			if _, err := f.writeAt(file, msg.Data, int64(*off)); err != nil {
+				if errors.Is(err, syscall.ENOSPC) {
+					return err // the caller decides what to keep
+				}
 				return backoff.Permanent(fmt.Errorf("artifact %s: write staging file: %w", digest, err))
 			}
 			*off += uint64(len(msg.Data))
+			chunks++
 			hasher.advance(int64(*off))
 		}
 		progress(*off, *total)
 		if *off == *total {
 			return nil
 		}
+	}
+}
+
+// adapt learns the chunk size from a stream that asked for size and
+// brought chunks of it before it ended (broke: before the artifact was
+// complete).
+func (f *Fetcher) adapt(size, chunks int, broke bool) {
+	next := size
+	switch {
+	case chunks >= growAfter:
+		next = min(size*2, chunk.Max)
+	case broke && chunks < shrinkBelow:
+		next = max(size/2, chunk.Min)
+	default:
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if next != f.chunk {
+		f.log.Debug("download chunk size adapted to the link", "from", f.chunk, "to", next, "chunks", chunks, "broke", broke)
+		f.chunk = next
 	}
 }
 

@@ -2,6 +2,7 @@ package fetch
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/chunk"
 	"github.com/ferrydeploy/ferry/shared/pki/pkitest"
 	"github.com/ferrydeploy/ferry/shared/rpc"
 )
@@ -30,20 +32,39 @@ type blob interface {
 }
 
 // fakeController serves DownloadArtifact like the controller does: from an
-// offset, in chunks, without waiting for the client. cut, when set, tells
-// how many bytes a stream carries before it breaks.
+// offset, in chunks of the size asked for (bounded by chunk.Size, and by
+// chunk when the test sets it smaller), without waiting for the client.
+// cut, when set, tells how many bytes a stream carries before it breaks;
+// hang, when set, tells after how many bytes a stream stops sending until
+// the client gives up on it.
 type fakeController struct {
 	ferryv1.UnimplementedAgentServiceServer
 	chunk   int
 	mu      sync.Mutex
 	blobs   map[string]blob
 	cut     func() int64 // <0: never
+	hang    func() int64 // <0: never
 	served  atomic.Int64
 	streams atomic.Int64
+	active  atomic.Int64 // streams being served now
+	asked   []uint32     // each stream's max_chunk_size
 }
 
 func newFake() *fakeController {
-	return &fakeController{chunk: 1 << 20, blobs: map[string]blob{}}
+	return &fakeController{chunk: chunk.Max, blobs: map[string]blob{}}
+}
+
+// idle waits until no stream is being served, so served counts every
+// byte the streams so far will ever send.
+func (s *fakeController) idle(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.active.Load() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the fake controller is still serving a stream after 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // add serves data under its own digest and returns the digest.
@@ -61,9 +82,12 @@ func (s *fakeController) serveAs(digest string, b blob) {
 
 func (s *fakeController) DownloadArtifact(req *ferryv1.DownloadArtifactRequest, stream grpc.ServerStreamingServer[ferryv1.DownloadArtifactResponse]) error {
 	s.streams.Add(1)
+	s.active.Add(1)
+	defer s.active.Add(-1)
 	s.mu.Lock()
 	b, ok := s.blobs[req.Digest]
-	cut := s.cut
+	cut, hang := s.cut, s.hang
+	s.asked = append(s.asked, req.MaxChunkSize)
 	s.mu.Unlock()
 	if !ok {
 		return status.Errorf(codes.NotFound, "no artifact has digest %s", req.Digest)
@@ -73,16 +97,23 @@ func (s *fakeController) DownloadArtifact(req *ferryv1.DownloadArtifactRequest, 
 	if off > size {
 		return status.Errorf(codes.OutOfRange, "offset %d is past the end (%d)", off, size)
 	}
-	limit := int64(-1)
+	limit, hangAt := int64(-1), int64(-1)
 	if cut != nil {
 		limit = cut()
 	}
-	buf := make([]byte, s.chunk)
+	if hang != nil {
+		hangAt = hang()
+	}
+	buf := make([]byte, min(s.chunk, chunk.Size(req.MaxChunkSize)))
 	var sent int64
 	if off == size {
 		return stream.Send(&ferryv1.DownloadArtifactResponse{Offset: off, Size: size})
 	}
 	for off < size {
+		if hangAt >= 0 && sent >= hangAt {
+			<-stream.Context().Done()
+			return stream.Context().Err()
+		}
 		n := int(min(uint64(len(buf)), size-off))
 		broken := false
 		if limit >= 0 && sent+int64(n) > limit {
@@ -166,54 +197,17 @@ func newFetcher(t testing.TB, dir string, client ferryv1.AgentServiceClient, mod
 	return f
 }
 
-// flakyProxy forwards TCP connections to target and cuts each one after
-// a random number of bytes from the server (between min and max).
-type flakyProxy struct {
-	lis      net.Listener
-	target   string
-	min, max int64
-	rng      *rand.Rand
-	mu       sync.Mutex
-	cuts     atomic.Int64
-}
-
-func newFlakyProxy(t testing.TB, target string, minBytes, maxBytes int64) *flakyProxy {
+// ensureWithin runs Ensure under a timeout and fails unless it returns
+// the artifact, byte for byte.
+func ensureWithin(t *testing.T, f *Fetcher, timeout time.Duration, digest string, data []byte) {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	path, err := f.Ensure(ctx, digest, uint64(len(data)), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &flakyProxy{lis: lis, target: target, min: minBytes, max: maxBytes, rng: rand.New(rand.NewPCG(7, 8))}
-	t.Cleanup(func() { lis.Close() })
-	go p.run()
-	return p
-}
-
-func (p *flakyProxy) addr() string { return p.lis.Addr().String() }
-
-func (p *flakyProxy) run() {
-	for {
-		c, err := p.lis.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		limit := p.min + p.rng.Int64N(p.max-p.min+1)
-		p.mu.Unlock()
-		go p.forward(c, limit)
-	}
-}
-
-func (p *flakyProxy) forward(c net.Conn, limit int64) {
-	defer c.Close()
-	up, err := net.Dial("tcp", p.target)
-	if err != nil {
-		return
-	}
-	defer up.Close()
-	go io.Copy(up, c)
-	n, _ := io.CopyN(c, up, limit)
-	if n == limit {
-		p.cuts.Add(1)
+	if !bytes.Equal(readFile(t, path), data) {
+		t.Fatal("the reassembled file differs from the artifact")
 	}
 }

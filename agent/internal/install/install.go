@@ -286,6 +286,44 @@ func (i *Installer) RecentResults() []*ferryv1.JobUpdate {
 	return out
 }
 
+// Record keeps a final result the installer did not produce (a download
+// that failed, a job kind this agent does not run) as it keeps its own: in
+// state.json, so the next hello reports it and a job sent again gets it
+// instead of running again. A job's first recorded result stands.
+func (i *Installer) Record(u *ferryv1.JobUpdate) error {
+	if u.GetJobId() == "" {
+		return errors.New("record job result: it names no job")
+	}
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if _, ok := i.results[u.GetJobId()]; ok {
+		return nil
+	}
+	i.addResult(u)
+	if err := i.saveState(); err != nil {
+		return fmt.Errorf("record the result of job %s: %w", u.GetJobId(), err)
+	}
+	return nil
+}
+
+// Destinations lists where the installed packages' archives lie (host
+// paths), for reporting the free space of their file systems.
+func (i *Installer) Destinations() []string {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	var out []string
+	for _, rs := range i.st.Packages {
+		if len(rs) == 0 {
+			continue
+		}
+		for _, t := range rs[len(rs)-1].Trees {
+			out = append(out, t.Dest)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
 // jobKey turns any job ID into a safe, fixed-length file name part.
 func jobKey(jobID string) string {
 	h := sha256.Sum256([]byte(jobID))

@@ -23,6 +23,7 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/pushclient"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/chunk"
 )
 
 func TestPushThenDownload(t *testing.T) {
@@ -63,6 +64,52 @@ func TestPushThenDownload(t *testing.T) {
 	ev := h.audit.list()
 	if len(ev) != 1 || ev[0] != "admin/alice artifact.push go1.20.3.linux-amd64.tar.gz@1.20.3 ok" {
 		t.Errorf("audit = %q", ev)
+	}
+}
+
+// An agent may ask for smaller chunks; the controller bounds what it
+// asks for to [64 KiB, 1 MiB], and 0 (an agent from before the field)
+// gets 1 MiB.
+func TestDownloadChunkSize(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	data := randomBytes(2, 2*artifact.ChunkSize+777)
+	want := sha(data)
+	if _, err := h.push("tool.tar.gz", "1", data, want); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		ask  uint32
+		want int
+	}{
+		{0, chunk.Max},
+		{1000, chunk.Min},
+		{200 << 10, 200 << 10},
+		{8 << 20, chunk.Max},
+	} {
+		t.Run(fmt.Sprintf("ask %d", tc.ask), func(t *testing.T) {
+			stream, err := ferryv1.NewAgentServiceClient(h.agent).DownloadArtifact(context.Background(), &ferryv1.DownloadArtifactRequest{Digest: want, Offset: 5, MaxChunkSize: tc.ask})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []byte
+			for {
+				m, err := stream.Recv()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				last := m.Offset+uint64(len(m.Data)) == m.Size
+				if len(m.Data) != tc.want && !(last && len(m.Data) < tc.want) {
+					t.Fatalf("chunk at %d has %d bytes, want %d", m.Offset, len(m.Data), tc.want)
+				}
+				got = append(got, m.Data...)
+			}
+			if !bytes.Equal(got, data[5:]) {
+				t.Errorf("downloaded %d bytes, not the artifact's tail (%d bytes)", len(got), len(data)-5)
+			}
+		})
 	}
 }
 

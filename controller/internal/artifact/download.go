@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+
+	"github.com/ferrydeploy/ferry/shared/chunk"
 )
 
 // DefaultMaxDownloads is how many downloads stream at once unless
@@ -47,6 +49,10 @@ func NewDownloader(cfg DownloaderConfig) *Downloader {
 	return &Downloader{store: cfg.Store, sem: make(chan struct{}, cfg.MaxConcurrent), served: cfg.BytesServed, log: cfg.Logger}
 }
 
+// The pool's ChunkSize buffers must hold the largest chunk an agent may
+// ask for (this does not compile otherwise).
+const _ = uint(ChunkSize - chunk.Max)
+
 // ErrPastEnd is matched (errors.Is) by Download's error for an offset
 // beyond the artifact's size.
 var ErrPastEnd = errors.New("past its end")
@@ -59,12 +65,14 @@ type Chunk struct {
 }
 
 // Download streams the artifact with this digest ("sha256:<hex>") from
-// offset, calling send with each ChunkSize piece in order, without waiting
-// for the client between them (the caller's transport paces the stream).
-// A download from the artifact's end sends one chunk without data. A
+// offset, calling send with each piece in order, without waiting for the
+// client between them (the caller's transport paces the stream). Pieces
+// are maxChunk bytes, bounded by chunk.Size (0: ChunkSize), so an agent
+// on a link that breaks often can ask for pieces it receives whole. A
+// download from the artifact's end sends one chunk without data. A
 // caller beyond MaxConcurrent waits for a slot while ctx lasts. An error
 // send returns is returned unchanged.
-func (d *Downloader) Download(ctx context.Context, digest string, off uint64, send func(Chunk) error) error {
+func (d *Downloader) Download(ctx context.Context, digest string, off uint64, maxChunk uint32, send func(Chunk) error) error {
 	rec, err := d.store.Lookup(digest)
 	if err != nil {
 		return err
@@ -89,7 +97,7 @@ func (d *Downloader) Download(ctx context.Context, digest string, off uint64, se
 
 	bufp := d.store.chunks.Get().(*[]byte)
 	defer d.store.chunks.Put(bufp)
-	buf := *bufp
+	buf := (*bufp)[:chunk.Size(maxChunk)] // the pool holds ChunkSize buffers, the largest chunk
 	if off == blob.Size {
 		return send(Chunk{Offset: off, Size: blob.Size})
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/controller/internal/pushclient"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/bytesize"
 	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
 
@@ -111,7 +112,7 @@ read as amd64 and aarch64 as arm64). --timeout does not limit the upload.`,
 					return nil
 				}
 				secs := time.Since(start).Seconds()
-				fmt.Fprintf(a.stdout, "artifact %s pushed: %s, %s%s, %s in %.1fs\n", pushclient.Key(art), art.Digest, humanBytes(art.Size), platform(art), checkedBy(source), secs)
+				fmt.Fprintf(a.stdout, "artifact %s pushed: %s, %s%s, %s in %.1fs\n", pushclient.Key(art), art.Digest, bytesize.IEC(art.Size), platform(art), checkedBy(source), secs)
 				return nil
 			})
 		},
@@ -205,7 +206,7 @@ func (a *app) artifactListCmd() *cobra.Command {
 			return a.show(resp, func() error {
 				now := time.Now()
 				return printTable(a, []string{"NAME", "VERSION", "OS/ARCH", "SIZE", "DIGEST", "PUSHED", "BY"}, resp.Artifacts, func(art *ferryv1.Artifact) []string {
-					return []string{art.Name, art.Version, orDash(osArch(art)), humanBytes(art.Size), shortDigest(art.Digest), age(now.Sub(art.PushedAt.AsTime())) + " ago", orDash(art.PushedBy)}
+					return []string{art.Name, art.Version, orDash(osArch(art)), bytesize.IEC(art.Size), shortDigest(art.Digest), age(now.Sub(art.PushedAt.AsTime())) + " ago", orDash(art.PushedBy)}
 				})
 			})
 		},
@@ -234,7 +235,7 @@ func (a *app) artifactInspectCmd() *cobra.Command {
 					refs = strings.Join(resp.ReferencedBy, ", ")
 				}
 				fmt.Fprintf(a.stdout, "Name:      %s\nVersion:   %s\nOS/Arch:   %s/%s\nSize:      %s (%d bytes)\nDigest:    %s\nPushed:    %s by %s\nUsed by:   %s\n",
-					art.Name, art.Version, orDash(art.Os), orDash(art.Arch), humanBytes(art.Size), art.Size, art.Digest,
+					art.Name, art.Version, orDash(art.Os), orDash(art.Arch), bytesize.IEC(art.Size), art.Size, art.Digest,
 					art.PushedAt.AsTime().Local().Format(time.RFC3339), orDash(art.PushedBy), refs)
 				return nil
 			})
@@ -259,20 +260,6 @@ func (a *app) artifactRmCmd() *cobra.Command {
 			})
 		},
 	}
-}
-
-// humanBytes formats a size with binary units: 512 B, 1.5 KiB, 98.3 MiB.
-func humanBytes(n uint64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := uint64(unit), 0
-	for m := n / unit; m >= unit && exp < 5; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 // progressBar draws a one-line progress report on a terminal, at most ten
@@ -312,7 +299,7 @@ func (p *progressBar) update(done uint64) {
 		pct = 100 * float64(done) / float64(p.total)
 	}
 	rate := float64(done) / now.Sub(p.start).Seconds()
-	fmt.Fprintf(p.w, "\r\033[K%s: %s / %s (%.0f%%) %s/s", p.label, humanBytes(done), humanBytes(p.total), pct, humanBytes(uint64(rate)))
+	fmt.Fprintf(p.w, "\r\033[K%s: %s / %s (%.0f%%) %s/s", p.label, bytesize.IEC(done), bytesize.IEC(p.total), pct, bytesize.IEC(uint64(rate)))
 }
 
 func (p *progressBar) done() {

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 func TestPrintTable(t *testing.T) {
@@ -32,6 +34,32 @@ func TestPrintTable(t *testing.T) {
 				t.Errorf("got %q, want %q", out.String(), tc.want)
 			}
 		})
+	}
+}
+
+// ferryctl nodes --disk shows each file system apart, so a full state dir
+// is seen as such; an agent that reports only the install root's free
+// space still gets a row.
+func TestPrintDisks(t *testing.T) {
+	var out bytes.Buffer
+	a := &app{stdout: &out}
+	nodes := []*ferryv1.Node{
+		{Id: "n1", DiskFreeBytes: 40 << 30, Disks: []*ferryv1.DiskSpace{
+			{Path: "/var/lib/ferry-agent", Uses: []string{"state dir"}, FreeBytes: 12897484, TotalBytes: 50 << 20},
+			{Path: "/", Uses: []string{"install root", "/usr/local/go"}, FreeBytes: 40 << 30, TotalBytes: 100 << 30},
+		}},
+		{Id: "old", DiskFreeBytes: 3 << 30},
+		{Id: "new"},
+	}
+	if err := a.printDisks(nodes); err != nil {
+		t.Fatal(err)
+	}
+	want := "NODE  FREE      SIZE       PATH                  HOLDS\n" +
+		"n1    12.3 MiB  50.0 MiB   /var/lib/ferry-agent  state dir\n" +
+		"n1    40.0 GiB  100.0 GiB  /                     install root, /usr/local/go\n" +
+		"old   3.0 GiB   -          -                     install root\n"
+	if out.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", out.String(), want)
 	}
 }
 
@@ -68,6 +96,7 @@ func TestCommands(t *testing.T) {
 		{name: "token list", args: []string{"token", "list"}, stdout: []string{"ID      GROUP    USES  EXPIRES   ", "  staging  0/2   ", "  active  admin/admin\n"}},
 		{name: "token revoke unknown", args: []string{"-o", "json", "token", "revoke", "nope"}, code: 1, stderr: "Error: token \"nope\": not found; list tokens with `ferryctl token list`\n"},
 		{name: "nodes", args: []string{"nodes"}, stdoutOnly: "NODE  GROUP  STATE  HEARTBEAT  VERSION  ADDRESS  REASON\n"},
+		{name: "nodes disk", args: []string{"nodes", "--disk"}, stdoutOnly: "NODE  FREE  SIZE  PATH  HOLDS\n"},
 		{name: "nodes json", args: []string{"-o", "json", "nodes"}, stdoutOnly: "{}\n"},
 		{name: "nodes bad output", args: []string{"-o", "yaml", "nodes"}, code: 1, stderr: "Error: --output \"yaml\" is not supported: use table or json\n"},
 		{name: "node remove unknown", args: []string{"node", "remove", "nope"}, code: 1, stderr: "Error: node \"nope\": not found; list nodes with `ferryctl nodes`\n"},

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/controller/internal/nodestate"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/bytesize"
 )
 
 func parseStates(s string) ([]ferryv1.NodeState, error) {
@@ -28,7 +29,7 @@ func parseStates(s string) ([]ferryv1.NodeState, error) {
 
 func (a *app) nodesCmd() *cobra.Command {
 	var group, states string
-	var watch bool
+	var watch, disks bool
 	cmd := &cobra.Command{
 		Use:   "nodes",
 		Short: "List nodes with their health state (and why)",
@@ -45,12 +46,18 @@ func (a *app) nodesCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.show(resp, func() error { return a.printNodes(resp.Nodes) })
+			return a.show(resp, func() error {
+				if disks {
+					return a.printDisks(resp.Nodes)
+				}
+				return a.printNodes(resp.Nodes)
+			})
 		},
 	}
 	cmd.Flags().StringVar(&group, "group", "", "only nodes of this group")
 	cmd.Flags().StringVar(&states, "state", "", "only nodes in these states (comma separated)")
 	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "watch for changes")
+	cmd.Flags().BoolVar(&disks, "disk", false, "list the free space of each file system the nodes' agents write to (state dir, install root, archive destinations)")
 	return cmd
 }
 
@@ -89,6 +96,32 @@ func (a *app) printNodes(nodes []*ferryv1.Node) error {
 			hb = age(now.Sub(n.LastHeartbeat.AsTime())) + " ago"
 		}
 		return []string{n.Id, n.Group, nodestate.Name(n.State), hb, orDash(n.AgentVersion), orDash(n.Address), n.StateReason}
+	})
+}
+
+// printDisks lists each node's file systems, one row each, with what the
+// agent keeps there; a node whose agent reports only the install root's
+// free space gets that row.
+func (a *app) printDisks(nodes []*ferryv1.Node) error {
+	type row struct {
+		node string
+		disk *ferryv1.DiskSpace
+	}
+	var rows []row
+	for _, n := range nodes {
+		for _, d := range n.Disks {
+			rows = append(rows, row{n.Id, d})
+		}
+		if len(n.Disks) == 0 && n.DiskFreeBytes > 0 {
+			rows = append(rows, row{n.Id, &ferryv1.DiskSpace{Uses: []string{"install root"}, FreeBytes: n.DiskFreeBytes}})
+		}
+	}
+	return printTable(a, []string{"NODE", "FREE", "SIZE", "PATH", "HOLDS"}, rows, func(r row) []string {
+		size := "-"
+		if r.disk.TotalBytes > 0 {
+			size = bytesize.IEC(r.disk.TotalBytes)
+		}
+		return []string{r.node, bytesize.IEC(r.disk.FreeBytes), size, orDash(r.disk.Path), strings.Join(r.disk.Uses, ", ")}
 	})
 }
 

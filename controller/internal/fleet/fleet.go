@@ -520,6 +520,7 @@ func (r *Registry) nodeLocked(e *entry, now time.Time) *ferryv1.Node {
 		n.Uptime = durationpb.New(e.hb.GetUptime().AsDuration())
 		n.Load1 = e.hb.GetLoad1()
 		n.DiskFreeBytes = e.hb.GetDiskFreeBytes()
+		n.Disks = e.hb.GetDisks()
 	}
 	return n
 }

@@ -236,7 +236,8 @@ func TestNodeShowsStreamAndHeartbeat(t *testing.T) {
 	f.attach("n1")
 	f.clock.Advance(7 * time.Second)
 	age := f.Heartbeat("n1", &ferryv1.Heartbeat{AgentVersion: "1.5.0", Load1: 0.5, DiskFreeBytes: 1 << 30,
-		Installed: []*ferryv1.InstalledPackage{{Name: "go", Version: "1.20.3"}}})
+		Installed: []*ferryv1.InstalledPackage{{Name: "go", Version: "1.20.3"}},
+		Disks:     []*ferryv1.DiskSpace{{Path: "/var/lib/ferry-agent", Uses: []string{"state dir"}, FreeBytes: 12 << 20}}})
 	if age != 7*time.Second {
 		t.Errorf("Heartbeat returned age %v, want the 7s since the stream opened", age)
 	}
@@ -252,6 +253,9 @@ func TestNodeShowsStreamAndHeartbeat(t *testing.T) {
 	}
 	if len(n.Installed) != 1 || n.Installed[0].Name != "go" || n.Installed[0].Version != "1.20.3" {
 		t.Errorf("installed %v, want go 1.20.3", n.Installed)
+	}
+	if len(n.Disks) != 1 || n.Disks[0].Path != "/var/lib/ferry-agent" || n.Disks[0].FreeBytes != 12<<20 {
+		t.Errorf("disks %v, want the heartbeat's state dir with 12 MiB free", n.Disks)
 	}
 	want := map[string]string{"group": "prod", "os": "linux", "arch": "amd64", "hostname": "n1.example"}
 	for k, v := range want {

@@ -214,7 +214,7 @@ func (s *agentServer) DownloadArtifact(req *ferryv1.DownloadArtifactRequest, str
 	// it returns, and this server has no stats handler that keeps
 	// messages, so the downloader may refill the buffer afterwards.
 	msg := &ferryv1.DownloadArtifactResponse{}
-	return toStatus(s.d.Downloads.Download(stream.Context(), req.GetDigest(), req.GetOffset(), func(c artifact.Chunk) error {
+	return toStatus(s.d.Downloads.Download(stream.Context(), req.GetDigest(), req.GetOffset(), req.GetMaxChunkSize(), func(c artifact.Chunk) error {
 		msg.Offset, msg.Size, msg.Data = c.Offset, c.Size, c.Data
 		return stream.Send(msg)
 	}))

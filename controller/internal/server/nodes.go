@@ -39,6 +39,7 @@ func (s *nodeServer) WatchNodes(req *ferryv1.WatchNodesRequest, stream grpc.Serv
 			// Only a change a watcher cares about is sent: the reason
 			// names the heartbeat's age, which changes every second.
 			cmp.LastHeartbeat, cmp.Uptime, cmp.Load1, cmp.DiskFreeBytes, cmp.StateReason = nil, nil, 0, 0, ""
+			cmp.Disks = nil
 			if prev != nil && proto.Equal(prev, cmp) {
 				continue
 			}

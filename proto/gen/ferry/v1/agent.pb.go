@@ -560,7 +560,11 @@ type Heartbeat struct {
 	// Detected host facts.
 	Facts *Facts `protobuf:"bytes,9,opt,name=facts,proto3" json:"facts,omitempty"`
 	// Packages installed on the node.
-	Installed     []*InstalledPackage `protobuf:"bytes,10,rep,name=installed,proto3" json:"installed,omitempty"`
+	Installed []*InstalledPackage `protobuf:"bytes,10,rep,name=installed,proto3" json:"installed,omitempty"`
+	// Space on each file system the agent writes to: its state dir (where
+	// downloads are staged), the install root and each installed archive's
+	// destination, one entry per file system.
+	Disks         []*DiskSpace `protobuf:"bytes,11,rep,name=disks,proto3" json:"disks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -661,6 +665,13 @@ func (x *Heartbeat) GetFacts() *Facts {
 func (x *Heartbeat) GetInstalled() []*InstalledPackage {
 	if x != nil {
 		return x.Installed
+	}
+	return nil
+}
+
+func (x *Heartbeat) GetDisks() []*DiskSpace {
+	if x != nil {
+		return x.Disks
 	}
 	return nil
 }
@@ -1191,7 +1202,12 @@ type DownloadArtifactRequest struct {
 	// Digest of the artifact ("sha256:<hex>").
 	Digest string `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
 	// Byte offset to start from, for resuming.
-	Offset        uint64 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	Offset uint64 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	// Largest chunk the agent wants, in bytes: a link that breaks often
+	// keeps more of what it received with smaller chunks. 0 means the
+	// controller's default of 1 MiB; the controller bounds it to
+	// [64 KiB, 1 MiB].
+	MaxChunkSize  uint32 `protobuf:"varint,3,opt,name=max_chunk_size,json=maxChunkSize,proto3" json:"max_chunk_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1240,12 +1256,19 @@ func (x *DownloadArtifactRequest) GetOffset() uint64 {
 	return 0
 }
 
+func (x *DownloadArtifactRequest) GetMaxChunkSize() uint32 {
+	if x != nil {
+		return x.MaxChunkSize
+	}
+	return 0
+}
+
 // DownloadArtifactResponse is one chunk.
 type DownloadArtifactResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Offset of this chunk in the artifact.
 	Offset uint64 `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
-	// The bytes (about 1 MiB, less for the last chunk).
+	// The bytes (the chunk size asked for, less for the last chunk).
 	Data []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
 	// Total size of the artifact (set on every chunk).
 	Size          uint64 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
@@ -1334,7 +1357,7 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\fgossip_seeds\x18\x02 \x03(\tR\vgossipSeeds\x12\x14\n" +
 	"\x05group\x18\x03 \x01(\tR\x05group\x12;\n" +
 	"\vserver_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"serverTime\"\xf7\x02\n" +
+	"serverTime\"\xa2\x03\n" +
 	"\tHeartbeat\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x123\n" +
 	"\asent_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\x12#\n" +
@@ -1346,7 +1369,8 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\x0fdisk_free_bytes\x18\b \x01(\x04R\rdiskFreeBytes\x12%\n" +
 	"\x05facts\x18\t \x01(\v2\x0f.ferry.v1.FactsR\x05facts\x128\n" +
 	"\tinstalled\x18\n" +
-	" \x03(\v2\x1a.ferry.v1.InstalledPackageR\tinstalled\"\xbf\x01\n" +
+	" \x03(\v2\x1a.ferry.v1.InstalledPackageR\tinstalled\x12)\n" +
+	"\x05disks\x18\v \x03(\v2\x13.ferry.v1.DiskSpaceR\x05disks\"\xbf\x01\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
@@ -1389,10 +1413,11 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\x17RenewCertificateRequest\x12\x17\n" +
 	"\acsr_der\x18\x01 \x01(\fR\x06csrDer\"C\n" +
 	"\x18RenewCertificateResponse\x12'\n" +
-	"\x0fcertificate_der\x18\x01 \x01(\fR\x0ecertificateDer\"I\n" +
+	"\x0fcertificate_der\x18\x01 \x01(\fR\x0ecertificateDer\"o\n" +
 	"\x17DownloadArtifactRequest\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x16\n" +
-	"\x06offset\x18\x02 \x01(\x04R\x06offset\"Z\n" +
+	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12$\n" +
+	"\x0emax_chunk_size\x18\x03 \x01(\rR\fmaxChunkSize\"Z\n" +
 	"\x18DownloadArtifactResponse\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x12\n" +
@@ -1453,7 +1478,8 @@ var file_ferry_v1_agent_proto_goTypes = []any{
 	(*InstalledPackage)(nil),         // 17: ferry.v1.InstalledPackage
 	(*durationpb.Duration)(nil),      // 18: google.protobuf.Duration
 	(*timestamppb.Timestamp)(nil),    // 19: google.protobuf.Timestamp
-	(*Package)(nil),                  // 20: ferry.v1.Package
+	(*DiskSpace)(nil),                // 20: ferry.v1.DiskSpace
+	(*Package)(nil),                  // 21: ferry.v1.Package
 }
 var file_ferry_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: ferry.v1.ConnectRequest.hello:type_name -> ferry.v1.AgentHello
@@ -1472,25 +1498,26 @@ var file_ferry_v1_agent_proto_depIdxs = []int32{
 	18, // 13: ferry.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
 	16, // 14: ferry.v1.Heartbeat.facts:type_name -> ferry.v1.Facts
 	17, // 15: ferry.v1.Heartbeat.installed:type_name -> ferry.v1.InstalledPackage
-	0,  // 16: ferry.v1.Job.kind:type_name -> ferry.v1.JobKind
-	20, // 17: ferry.v1.Job.package:type_name -> ferry.v1.Package
-	18, // 18: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
-	18, // 19: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
-	1,  // 20: ferry.v1.JobUpdate.phase:type_name -> ferry.v1.JobPhase
-	9,  // 21: ferry.v1.JobUpdate.steps:type_name -> ferry.v1.StepResult
-	19, // 22: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
-	19, // 23: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
-	2,  // 24: ferry.v1.AgentService.Connect:input_type -> ferry.v1.ConnectRequest
-	12, // 25: ferry.v1.AgentService.RenewCertificate:input_type -> ferry.v1.RenewCertificateRequest
-	14, // 26: ferry.v1.AgentService.DownloadArtifact:input_type -> ferry.v1.DownloadArtifactRequest
-	3,  // 27: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
-	13, // 28: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
-	15, // 29: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
-	27, // [27:30] is the sub-list for method output_type
-	24, // [24:27] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	20, // 16: ferry.v1.Heartbeat.disks:type_name -> ferry.v1.DiskSpace
+	0,  // 17: ferry.v1.Job.kind:type_name -> ferry.v1.JobKind
+	21, // 18: ferry.v1.Job.package:type_name -> ferry.v1.Package
+	18, // 19: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
+	18, // 20: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
+	1,  // 21: ferry.v1.JobUpdate.phase:type_name -> ferry.v1.JobPhase
+	9,  // 22: ferry.v1.JobUpdate.steps:type_name -> ferry.v1.StepResult
+	19, // 23: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
+	19, // 24: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
+	2,  // 25: ferry.v1.AgentService.Connect:input_type -> ferry.v1.ConnectRequest
+	12, // 26: ferry.v1.AgentService.RenewCertificate:input_type -> ferry.v1.RenewCertificateRequest
+	14, // 27: ferry.v1.AgentService.DownloadArtifact:input_type -> ferry.v1.DownloadArtifactRequest
+	3,  // 28: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
+	13, // 29: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
+	15, // 30: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
+	28, // [28:31] is the sub-list for method output_type
+	25, // [25:28] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_agent_proto_init() }

@@ -40,7 +40,8 @@ type AgentServiceClient interface {
 	// new key generated on the node, before the current one expires.
 	RenewCertificate(ctx context.Context, in *RenewCertificateRequest, opts ...grpc.CallOption) (*RenewCertificateResponse, error)
 	// DownloadArtifact streams an artifact's bytes from an offset in messages
-	// of about 1 MiB, with no round trip per chunk.
+	// of at most 1 MiB (smaller when the agent asks), with no round trip per
+	// chunk.
 	DownloadArtifact(ctx context.Context, in *DownloadArtifactRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DownloadArtifactResponse], error)
 }
 
@@ -110,7 +111,8 @@ type AgentServiceServer interface {
 	// new key generated on the node, before the current one expires.
 	RenewCertificate(context.Context, *RenewCertificateRequest) (*RenewCertificateResponse, error)
 	// DownloadArtifact streams an artifact's bytes from an offset in messages
-	// of about 1 MiB, with no round trip per chunk.
+	// of at most 1 MiB (smaller when the agent asks), with no round trip per
+	// chunk.
 	DownloadArtifact(*DownloadArtifactRequest, grpc.ServerStreamingServer[DownloadArtifactResponse]) error
 	mustEmbedUnimplementedAgentServiceServer()
 }

@@ -118,6 +118,80 @@ func (x *Facts) GetClockSkew() *durationpb.Duration {
 	return nil
 }
 
+// DiskSpace is the space on one file system the agent writes to.
+type DiskSpace struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A path on the file system, as the host sees it.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// What the agent keeps there: "state dir", "install root" or an
+	// archive destination's path; several when they share the file system.
+	Uses []string `protobuf:"bytes,2,rep,name=uses,proto3" json:"uses,omitempty"`
+	// Bytes available to the agent.
+	FreeBytes uint64 `protobuf:"varint,3,opt,name=free_bytes,json=freeBytes,proto3" json:"free_bytes,omitempty"`
+	// Size of the file system in bytes.
+	TotalBytes    uint64 `protobuf:"varint,4,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiskSpace) Reset() {
+	*x = DiskSpace{}
+	mi := &file_ferry_v1_common_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiskSpace) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiskSpace) ProtoMessage() {}
+
+func (x *DiskSpace) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_common_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiskSpace.ProtoReflect.Descriptor instead.
+func (*DiskSpace) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_common_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DiskSpace) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *DiskSpace) GetUses() []string {
+	if x != nil {
+		return x.Uses
+	}
+	return nil
+}
+
+func (x *DiskSpace) GetFreeBytes() uint64 {
+	if x != nil {
+		return x.FreeBytes
+	}
+	return 0
+}
+
+func (x *DiskSpace) GetTotalBytes() uint64 {
+	if x != nil {
+		return x.TotalBytes
+	}
+	return 0
+}
+
 // InstalledPackage is one package version an agent has installed, as
 // recorded in the agent's state directory.
 type InstalledPackage struct {
@@ -139,7 +213,7 @@ type InstalledPackage struct {
 
 func (x *InstalledPackage) Reset() {
 	*x = InstalledPackage{}
-	mi := &file_ferry_v1_common_proto_msgTypes[1]
+	mi := &file_ferry_v1_common_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -151,7 +225,7 @@ func (x *InstalledPackage) String() string {
 func (*InstalledPackage) ProtoMessage() {}
 
 func (x *InstalledPackage) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_common_proto_msgTypes[1]
+	mi := &file_ferry_v1_common_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -164,7 +238,7 @@ func (x *InstalledPackage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstalledPackage.ProtoReflect.Descriptor instead.
 func (*InstalledPackage) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_common_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_common_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *InstalledPackage) GetName() string {
@@ -214,7 +288,14 @@ const file_ferry_v1_common_proto_rawDesc = "" +
 	"\x06kernel\x18\x04 \x01(\tR\x06kernel\x12\x12\n" +
 	"\x04cpus\x18\x05 \x01(\rR\x04cpus\x128\n" +
 	"\n" +
-	"clock_skew\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\tclockSkew\"\xd3\x01\n" +
+	"clock_skew\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\tclockSkew\"s\n" +
+	"\tDiskSpace\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
+	"\x04uses\x18\x02 \x03(\tR\x04uses\x12\x1d\n" +
+	"\n" +
+	"free_bytes\x18\x03 \x01(\x04R\tfreeBytes\x12\x1f\n" +
+	"\vtotal_bytes\x18\x04 \x01(\x04R\n" +
+	"totalBytes\"\xd3\x01\n" +
 	"\x10InstalledPackage\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12'\n" +
@@ -235,16 +316,17 @@ func file_ferry_v1_common_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_common_proto_rawDescData
 }
 
-var file_ferry_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_ferry_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_ferry_v1_common_proto_goTypes = []any{
 	(*Facts)(nil),                 // 0: ferry.v1.Facts
-	(*InstalledPackage)(nil),      // 1: ferry.v1.InstalledPackage
-	(*durationpb.Duration)(nil),   // 2: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
+	(*DiskSpace)(nil),             // 1: ferry.v1.DiskSpace
+	(*InstalledPackage)(nil),      // 2: ferry.v1.InstalledPackage
+	(*durationpb.Duration)(nil),   // 3: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
 }
 var file_ferry_v1_common_proto_depIdxs = []int32{
-	2, // 0: ferry.v1.Facts.clock_skew:type_name -> google.protobuf.Duration
-	3, // 1: ferry.v1.InstalledPackage.installed_at:type_name -> google.protobuf.Timestamp
+	3, // 0: ferry.v1.Facts.clock_skew:type_name -> google.protobuf.Duration
+	4, // 1: ferry.v1.InstalledPackage.installed_at:type_name -> google.protobuf.Timestamp
 	2, // [2:2] is the sub-list for method output_type
 	2, // [2:2] is the sub-list for method input_type
 	2, // [2:2] is the sub-list for extension type_name
@@ -263,7 +345,7 @@ func file_ferry_v1_common_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_common_proto_rawDesc), len(file_ferry_v1_common_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

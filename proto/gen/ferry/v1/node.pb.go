@@ -139,8 +139,10 @@ type Node struct {
 	GossipState string `protobuf:"bytes,16,opt,name=gossip_state,json=gossipState,proto3" json:"gossip_state,omitempty"`
 	// When the node's agent certificate expires.
 	CertificateExpiresAt *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=certificate_expires_at,json=certificateExpiresAt,proto3" json:"certificate_expires_at,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Space on the file systems the agent writes to, at the last heartbeat.
+	Disks         []*DiskSpace `protobuf:"bytes,18,rep,name=disks,proto3" json:"disks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
@@ -288,6 +290,13 @@ func (x *Node) GetGossipState() string {
 func (x *Node) GetCertificateExpiresAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.CertificateExpiresAt
+	}
+	return nil
+}
+
+func (x *Node) GetDisks() []*DiskSpace {
+	if x != nil {
+		return x.Disks
 	}
 	return nil
 }
@@ -590,7 +599,7 @@ var File_ferry_v1_node_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_node_proto_rawDesc = "" +
 	"\n" +
-	"\x13ferry/v1/node.proto\x12\bferry.v1\x1a\x15ferry/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x06\n" +
+	"\x13ferry/v1/node.proto\x12\bferry.v1\x1a\x15ferry/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb8\x06\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x122\n" +
@@ -610,7 +619,8 @@ const file_ferry_v1_node_proto_rawDesc = "" +
 	"\x05load1\x18\x0e \x01(\x01R\x05load1\x12&\n" +
 	"\x0fdisk_free_bytes\x18\x0f \x01(\x04R\rdiskFreeBytes\x12!\n" +
 	"\fgossip_state\x18\x10 \x01(\tR\vgossipState\x12P\n" +
-	"\x16certificate_expires_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\x14certificateExpiresAt\x1a9\n" +
+	"\x16certificate_expires_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\x14certificateExpiresAt\x12)\n" +
+	"\x05disks\x18\x12 \x03(\v2\x13.ferry.v1.DiskSpaceR\x05disks\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"U\n" +
@@ -674,6 +684,7 @@ var file_ferry_v1_node_proto_goTypes = []any{
 	(*Facts)(nil),                 // 10: ferry.v1.Facts
 	(*InstalledPackage)(nil),      // 11: ferry.v1.InstalledPackage
 	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
+	(*DiskSpace)(nil),             // 13: ferry.v1.DiskSpace
 }
 var file_ferry_v1_node_proto_depIdxs = []int32{
 	8,  // 0: ferry.v1.Node.labels:type_name -> ferry.v1.Node.LabelsEntry
@@ -684,22 +695,23 @@ var file_ferry_v1_node_proto_depIdxs = []int32{
 	11, // 5: ferry.v1.Node.installed:type_name -> ferry.v1.InstalledPackage
 	12, // 6: ferry.v1.Node.uptime:type_name -> google.protobuf.Duration
 	9,  // 7: ferry.v1.Node.certificate_expires_at:type_name -> google.protobuf.Timestamp
-	0,  // 8: ferry.v1.ListNodesRequest.states:type_name -> ferry.v1.NodeState
-	1,  // 9: ferry.v1.ListNodesResponse.nodes:type_name -> ferry.v1.Node
-	0,  // 10: ferry.v1.WatchNodesRequest.states:type_name -> ferry.v1.NodeState
-	1,  // 11: ferry.v1.WatchNodesResponse.node:type_name -> ferry.v1.Node
-	1,  // 12: ferry.v1.RemoveNodeResponse.node:type_name -> ferry.v1.Node
-	2,  // 13: ferry.v1.NodeService.ListNodes:input_type -> ferry.v1.ListNodesRequest
-	4,  // 14: ferry.v1.NodeService.WatchNodes:input_type -> ferry.v1.WatchNodesRequest
-	6,  // 15: ferry.v1.NodeService.RemoveNode:input_type -> ferry.v1.RemoveNodeRequest
-	3,  // 16: ferry.v1.NodeService.ListNodes:output_type -> ferry.v1.ListNodesResponse
-	5,  // 17: ferry.v1.NodeService.WatchNodes:output_type -> ferry.v1.WatchNodesResponse
-	7,  // 18: ferry.v1.NodeService.RemoveNode:output_type -> ferry.v1.RemoveNodeResponse
-	16, // [16:19] is the sub-list for method output_type
-	13, // [13:16] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	13, // 8: ferry.v1.Node.disks:type_name -> ferry.v1.DiskSpace
+	0,  // 9: ferry.v1.ListNodesRequest.states:type_name -> ferry.v1.NodeState
+	1,  // 10: ferry.v1.ListNodesResponse.nodes:type_name -> ferry.v1.Node
+	0,  // 11: ferry.v1.WatchNodesRequest.states:type_name -> ferry.v1.NodeState
+	1,  // 12: ferry.v1.WatchNodesResponse.node:type_name -> ferry.v1.Node
+	1,  // 13: ferry.v1.RemoveNodeResponse.node:type_name -> ferry.v1.Node
+	2,  // 14: ferry.v1.NodeService.ListNodes:input_type -> ferry.v1.ListNodesRequest
+	4,  // 15: ferry.v1.NodeService.WatchNodes:input_type -> ferry.v1.WatchNodesRequest
+	6,  // 16: ferry.v1.NodeService.RemoveNode:input_type -> ferry.v1.RemoveNodeRequest
+	3,  // 17: ferry.v1.NodeService.ListNodes:output_type -> ferry.v1.ListNodesResponse
+	5,  // 18: ferry.v1.NodeService.WatchNodes:output_type -> ferry.v1.WatchNodesResponse
+	7,  // 19: ferry.v1.NodeService.RemoveNode:output_type -> ferry.v1.RemoveNodeResponse
+	17, // [17:20] is the sub-list for method output_type
+	14, // [14:17] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_node_proto_init() }
