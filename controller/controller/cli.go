@@ -46,6 +46,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", 0, "heartbeat interval agents are told to use (default 5s)")
 	fs.DurationVar(&cfg.AgentCertTTL, "agent-cert-ttl", 0, "agent certificate lifetime (default 720h; agents renew at two thirds)")
 	fs.IntVar(&cfg.MaxDownloads, "max-downloads", 0, "artifact downloads streamed at once; more agents wait their turn (default 8)")
+	fs.IntVar(&cfg.MaxNodeDownloads, "max-downloads-per-node", 0, "artifact downloads one node may stream or wait for at once; more are refused (default 2)")
+	fs.DurationVar(&cfg.DownloadStall, "download-stall-timeout", 0, "end a download whose agent has taken no data for this long, so its slot serves others; the agent resumes later (default 15s)")
 	fs.StringVar(&cfg.GossipAddr, "gossip-listen", ":7946", `gossip (memberlist) bind address; "" disables gossip`)
 	fs.StringVar(&cfg.GossipAdvertise, "gossip-advertise", "", "gossip address agents dial (default: the bound address)")
 	fs.StringVar(&cfg.GossipProfile, "gossip-profile", "lan", "gossip timings: lan, local or wan")

@@ -50,6 +50,8 @@ type Config struct {
 	AgentCertTTL      time.Duration // default 30 days; agents renew at two thirds
 	AdminCertTTL      time.Duration // default 1 year
 	MaxDownloads      int           // artifact downloads streaming at once (default artifact.DefaultMaxDownloads)
+	MaxNodeDownloads  int           // of those, how many one node may stream or wait for (default artifact.DefaultMaxDownloadsPerNode)
+	DownloadStall     time.Duration // a download whose agent takes no chunk for this long ends, freeing its slot (default artifact.DefaultStallTimeout)
 	GossipAddr        string        // memberlist bind address; "" disables gossip
 	GossipAdvertise   string        // host:port peers dial (default: the bound address)
 	GossipProfile     string        // lan (default), local or wan
@@ -216,9 +218,11 @@ func New(cfg Config) (*Controller, error) {
 		AdvertiseAddress: c.advertise, Observer: m, Admins: admins, GossipSeeds: c.gossipSeeds, OnHello: c.rejoin,
 		Jobs:      jobSink{engine: c.engine, store: c.store, metrics: m, log: c.log, now: cfg.Now},
 		Artifacts: c.artifacts,
-		Downloads: artifact.NewDownloader(artifact.DownloaderConfig{Store: c.artifacts, MaxConcurrent: cfg.MaxDownloads, BytesServed: m.ArtifactBytesServed, Logger: c.log.With("component", "artifact")}),
+		Downloads: artifact.NewDownloader(artifact.DownloaderConfig{Store: c.artifacts, MaxConcurrent: cfg.MaxDownloads, MaxPerNode: cfg.MaxNodeDownloads, StallTimeout: cfg.DownloadStall, BytesServed: m.ArtifactBytesServed, Logger: c.log.With("component", "artifact")}),
 		Packages:  c.packages,
 		Rollouts:  c.engine,
+
+		JobArtifacts: c.engine, // downloads follow the jobs the engine sent
 	}
 	server.Register(c.grpc, deps)
 	// c.grpc serves only peers with a client certificate; the others reach

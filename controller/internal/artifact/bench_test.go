@@ -111,7 +111,7 @@ func BenchmarkTransfer256MiB(b *testing.B) {
 	// Four agents: four connections, as four nodes would have.
 	var agents [4]ferryv1.AgentServiceClient
 	for i := range agents {
-		agents[i] = ferryv1.NewAgentServiceClient(h.dial(h.pki.Agent))
+		agents[i] = h.dialAgent(fmt.Sprintf("bench-%d", i))
 	}
 
 	var bare, push, one, four time.Duration

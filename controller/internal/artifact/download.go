@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
+	"time"
 
 	"github.com/ferrydeploy/ferry/shared/chunk"
 )
@@ -14,6 +16,18 @@ import (
 // configured. A few streams already fill a link or a core with TLS; more
 // only split the same bandwidth while costing file descriptors and memory.
 const DefaultMaxDownloads = 8
+
+// DefaultMaxDownloadsPerNode is how many of those one node may hold or
+// wait for unless configured: an agent downloads one artifact per job, so
+// two leave room for a plan beside an install, and a node that opens more
+// cannot take the slots of the rest of the fleet.
+const DefaultMaxDownloadsPerNode = 2
+
+// DefaultStallTimeout is how long a download may go without a chunk being
+// taken by the client before it gives its slot back: a client that stopped
+// reading blocks the send, and the agent's download resumes later from its
+// staging file.
+const DefaultStallTimeout = 15 * time.Second
 
 // Counter is the part of a Prometheus counter the downloader uses.
 type Counter interface{ Add(float64) }
@@ -26,16 +40,30 @@ type DownloaderConfig struct {
 	// heartbeats and admin calls of CPU and bandwidth. Default
 	// DefaultMaxDownloads.
 	MaxConcurrent int
-	BytesServed   Counter // may be nil
-	Logger        *slog.Logger
+	// MaxPerNode caps the downloads one node streams or waits for at
+	// once; one more is refused with ErrNodeBusy. Default
+	// DefaultMaxDownloadsPerNode.
+	MaxPerNode int
+	// StallTimeout ends a download whose client has taken no chunk for
+	// this long with ErrStalled, freeing its slot. Default
+	// DefaultStallTimeout.
+	StallTimeout time.Duration
+	BytesServed  Counter // may be nil
+	Logger       *slog.Logger
 }
 
-// Downloader streams artifact bytes to agents, a bounded number at once.
+// Downloader streams artifact bytes to agents, a bounded number at once
+// and a bounded number per node, and ends downloads that stall.
 type Downloader struct {
-	store  *Store
-	sem    chan struct{}
-	served Counter
-	log    *slog.Logger
+	store      *Store
+	sem        chan struct{}
+	maxPerNode int
+	stall      time.Duration
+	served     Counter
+	log        *slog.Logger
+
+	mu     sync.Mutex
+	byNode map[string]int // downloads streaming or waiting, per node
 }
 
 // NewDownloader returns a downloader.
@@ -43,10 +71,19 @@ func NewDownloader(cfg DownloaderConfig) *Downloader {
 	if cfg.MaxConcurrent <= 0 {
 		cfg.MaxConcurrent = DefaultMaxDownloads
 	}
+	if cfg.MaxPerNode <= 0 {
+		cfg.MaxPerNode = DefaultMaxDownloadsPerNode
+	}
+	if cfg.StallTimeout <= 0 {
+		cfg.StallTimeout = DefaultStallTimeout
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Downloader{store: cfg.Store, sem: make(chan struct{}, cfg.MaxConcurrent), served: cfg.BytesServed, log: cfg.Logger}
+	return &Downloader{
+		store: cfg.Store, sem: make(chan struct{}, cfg.MaxConcurrent), maxPerNode: cfg.MaxPerNode, stall: cfg.StallTimeout,
+		served: cfg.BytesServed, log: cfg.Logger, byNode: map[string]int{},
+	}
 }
 
 // The pool's ChunkSize buffers must hold the largest chunk an agent may
@@ -56,6 +93,14 @@ const _ = uint(ChunkSize - chunk.Max)
 // ErrPastEnd is matched (errors.Is) by Download's error for an offset
 // beyond the artifact's size.
 var ErrPastEnd = errors.New("past its end")
+
+// ErrNodeBusy is matched by Download's error when the node already has
+// MaxPerNode downloads streaming or waiting.
+var ErrNodeBusy = errors.New("too many downloads from one node")
+
+// ErrStalled is matched by Download's error when the client took no chunk
+// for StallTimeout.
+var ErrStalled = errors.New("download stalled")
 
 // Chunk is one message of a download: Data at Offset in an artifact of
 // Size bytes.
@@ -70,9 +115,13 @@ type Chunk struct {
 // are maxChunk bytes, bounded by chunk.Size (0: ChunkSize), so an agent
 // on a link that breaks often can ask for pieces it receives whole. A
 // download from the artifact's end sends one chunk without data. A
-// caller beyond MaxConcurrent waits for a slot while ctx lasts. An error
-// send returns is returned unchanged.
-func (d *Downloader) Download(ctx context.Context, digest string, off uint64, maxChunk uint32, send func(Chunk) error) error {
+// caller beyond MaxConcurrent waits for a slot while ctx lasts; one beyond
+// node's MaxPerNode is refused. An error send returns is returned
+// unchanged. A send that has not returned after StallTimeout ends the
+// download with ErrStalled while it is still running, on a goroutine of
+// its own: the caller must then end the stream, which must make that send
+// return.
+func (d *Downloader) Download(ctx context.Context, node, digest string, off uint64, maxChunk uint32, send func(Chunk) error) error {
 	rec, err := d.store.Lookup(digest)
 	if err != nil {
 		return err
@@ -81,6 +130,11 @@ func (d *Downloader) Download(ctx context.Context, digest string, off uint64, ma
 		return fmt.Errorf("artifact %s has %d bytes; offset %d is %w: discard the partial download and start again", digest, rec.Size, off, ErrPastEnd)
 	}
 
+	leave, err := d.enter(node)
+	if err != nil {
+		return err
+	}
+	defer leave()
 	// Wait for a slot before opening anything: a queue of thousands of
 	// agents holds no file descriptors.
 	select {
@@ -95,8 +149,15 @@ func (d *Downloader) Download(ctx context.Context, digest string, off uint64, ma
 	}
 	defer blob.Close()
 
+	guard := newStallGuard(d.stall, send, d.log.With("node", node, "artifact", digest))
+	defer guard.stop()
+	send = guard.send
 	bufp := d.store.chunks.Get().(*[]byte)
-	defer d.store.chunks.Put(bufp)
+	defer func() {
+		if !guard.stalled { // else the stalled send may still read it
+			d.store.chunks.Put(bufp)
+		}
+	}()
 	buf := (*bufp)[:chunk.Size(maxChunk)] // the pool holds ChunkSize buffers, the largest chunk
 	if off == blob.Size {
 		return send(Chunk{Offset: off, Size: blob.Size})
@@ -123,3 +184,63 @@ func (d *Downloader) Download(ctx context.Context, digest string, off uint64, ma
 
 // Active is how many downloads hold a slot now.
 func (d *Downloader) Active() int { return len(d.sem) }
+
+// enter counts a download of node against MaxPerNode, or refuses it.
+func (d *Downloader) enter(node string) (leave func(), err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.byNode[node] >= d.maxPerNode {
+		return nil, fmt.Errorf("%w: node %s already has %d downloads streaming or waiting, the most one node may have (--max-downloads-per-node); let one finish and try again", ErrNodeBusy, node, d.maxPerNode)
+	}
+	d.byNode[node]++
+	return func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if d.byNode[node]--; d.byNode[node] <= 0 {
+			delete(d.byNode, node)
+		}
+	}, nil
+}
+
+// stallGuard makes a download's sends on a goroutine of its own and gives
+// up on one that has not returned within the timeout: the client stopped
+// reading and flow control holds the send. The download then ends, freeing
+// its slots, and its caller ends the stream, which ends the send.
+type stallGuard struct {
+	timeout time.Duration
+	next    func(Chunk) error
+	chunks  chan Chunk
+	done    chan error
+	timer   *time.Timer
+	log     *slog.Logger
+	stalled bool // a send did not return in time; it may still be running
+}
+
+func newStallGuard(timeout time.Duration, send func(Chunk) error, log *slog.Logger) *stallGuard {
+	g := &stallGuard{timeout: timeout, next: send, chunks: make(chan Chunk), done: make(chan error, 1), timer: time.NewTimer(timeout), log: log}
+	g.timer.Stop()
+	go func() {
+		for c := range g.chunks {
+			g.done <- g.next(c)
+		}
+	}()
+	return g
+}
+
+// send has c sent and waits until it is, or for the timeout.
+func (g *stallGuard) send(c Chunk) error {
+	g.chunks <- c
+	g.timer.Reset(g.timeout)
+	defer g.timer.Stop()
+	select {
+	case err := <-g.done:
+		return err
+	case <-g.timer.C:
+		g.stalled = true
+		g.log.Warn("download stalled; ending it to free its slot", "offset", c.Offset, "after", g.timeout)
+		return fmt.Errorf("%w: no progress for %s; resume later", ErrStalled, g.timeout)
+	}
+}
+
+// stop lets the sending goroutine end once its send, if any, returns.
+func (g *stallGuard) stop() { close(g.chunks) }

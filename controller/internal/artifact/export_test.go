@@ -19,3 +19,10 @@ func WithWrapTemp(cfg Config, wrap func(io.Writer) io.Writer) Config {
 	cfg.wrapTemp = wrap
 	return cfg
 }
+
+// NodeDownloads is how many downloads of node stream or wait now.
+func (d *Downloader) NodeDownloads(node string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.byNode[node]
+}

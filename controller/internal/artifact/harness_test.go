@@ -23,6 +23,7 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/server"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/pki"
 	"github.com/ferrydeploy/ferry/shared/pki/pkitest"
 	"github.com/ferrydeploy/ferry/shared/rpc"
 )
@@ -45,6 +46,9 @@ type harness struct {
 
 type harnessOpts struct {
 	maxDownloads int
+	perNode      int                 // DownloaderConfig.MaxPerNode
+	stall        time.Duration       // DownloaderConfig.StallTimeout
+	jobs         server.JobArtifacts // default: every node has a job for every artifact
 	wrapTemp     func(io.Writer) io.Writer
 	dialOpts     []grpc.DialOption
 	dataDir      string // default: a new temp dir
@@ -86,7 +90,11 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	}
 	h.open(o)
 	srv := rpc.NewServer(rpc.ServerOptions{TLS: h.pki.ServerTLS(), Logger: quietLogger()})
-	server.Register(srv, &server.Deps{Store: h.db, Artifacts: h.st, Downloads: h.dl, Logger: quietLogger()})
+	jobs := o.jobs
+	if jobs == nil {
+		jobs = anyJob{}
+	}
+	server.Register(srv, &server.Deps{Store: h.db, Artifacts: h.st, Downloads: h.dl, JobArtifacts: jobs, Logger: quietLogger()})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -115,7 +123,7 @@ func (h *harness) open(o harnessOpts) {
 		h.t.Fatal(err)
 	}
 	h.db, h.st = db, st
-	h.dl = artifact.NewDownloader(artifact.DownloaderConfig{Store: st, MaxConcurrent: o.maxDownloads, BytesServed: h.served, Logger: quietLogger()})
+	h.dl = artifact.NewDownloader(artifact.DownloaderConfig{Store: st, MaxConcurrent: o.maxDownloads, MaxPerNode: o.perNode, StallTimeout: o.stall, BytesServed: h.served, Logger: quietLogger()})
 }
 
 func (h *harness) dial(cert tls.Certificate, extra ...grpc.DialOption) *grpc.ClientConn {
@@ -128,6 +136,18 @@ func (h *harness) dial(cert tls.Certificate, extra ...grpc.DialOption) *grpc.Cli
 	return conn
 }
 
+// dialAgent connects with a new agent certificate for node.
+func (h *harness) dialAgent(node string, extra ...grpc.DialOption) ferryv1.AgentServiceClient {
+	h.t.Helper()
+	return ferryv1.NewAgentServiceClient(h.dial(h.pki.Issue(h.t, pki.Identity{Role: pki.RoleAgent, Name: node}), extra...))
+}
+
+// anyJob lets every node download every artifact, for the tests of the
+// transfer itself.
+type anyJob struct{}
+
+func (anyJob) NodeMayFetch(string, string) bool { return true }
+
 func (h *harness) artifacts() ferryv1.ArtifactServiceClient {
 	return ferryv1.NewArtifactServiceClient(h.admin)
 }
@@ -138,7 +158,12 @@ func (h *harness) push(name, version string, data []byte, sum string) (*ferryv1.
 
 // download fetches a digest from offset with the agent's certificate.
 func (h *harness) download(ctx context.Context, digest string, offset uint64) ([]byte, error) {
-	stream, err := ferryv1.NewAgentServiceClient(h.agent).DownloadArtifact(ctx, &ferryv1.DownloadArtifactRequest{Digest: digest, Offset: offset})
+	return h.downloadAs(ctx, ferryv1.NewAgentServiceClient(h.agent), digest, offset)
+}
+
+// downloadAs fetches a digest from offset with an agent's client.
+func (h *harness) downloadAs(ctx context.Context, agent ferryv1.AgentServiceClient, digest string, offset uint64) ([]byte, error) {
+	stream, err := agent.DownloadArtifact(ctx, &ferryv1.DownloadArtifactRequest{Digest: digest, Offset: offset})
 	if err != nil {
 		return nil, err
 	}

@@ -62,7 +62,7 @@ func runMemServer(dir string) error {
 		return err
 	}
 	srv := rpc.NewServer(rpc.ServerOptions{TLS: serverTLS, Logger: quietLogger()})
-	server.Register(srv, &server.Deps{Store: db, Artifacts: st, Downloads: artifact.NewDownloader(artifact.DownloaderConfig{Store: st, Logger: quietLogger()}), Logger: quietLogger()})
+	server.Register(srv, &server.Deps{Store: db, Artifacts: st, Downloads: artifact.NewDownloader(artifact.DownloaderConfig{Store: st, Logger: quietLogger()}), JobArtifacts: anyJob{}, Logger: quietLogger()})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err

@@ -1,6 +1,6 @@
 // The engine: its configuration, how it is built and driven (New, Run, Tick,
 // settle), and what can be read from it (Get, NodeJob, List, Counts,
-// Progress).
+// Progress; NodeMayFetch in artifacts.go).
 
 // Package rollout is the controller's rollout engine: it applies a package
 // to the nodes a target selects, canaries first, then through a sliding
@@ -96,6 +96,10 @@ type Config struct {
 	// PlanTimeout bounds how long a plan waits for agents (default 2m:
 	// agents download the artifact to plan an archive step).
 	PlanTimeout time.Duration
+	// FetchGrace is how long after its job ended a node may still
+	// download the job's artifact (NodeMayFetch), for an agent that
+	// resumes a download the engine already gave up on (default 10m).
+	FetchGrace time.Duration
 	// NewID returns a fresh rollout ID (default "ro-" and 8 random hex
 	// digits). IDs must not contain "/".
 	NewID func() string
@@ -152,6 +156,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.PlanTimeout <= 0 {
 		cfg.PlanTimeout = 2 * time.Minute
+	}
+	if cfg.FetchGrace <= 0 {
+		cfg.FetchGrace = 10 * time.Minute
 	}
 	if cfg.NewID == nil {
 		cfg.NewID = randomID

@@ -16,6 +16,7 @@ import (
 type planWait struct {
 	jobs    map[string]string // job ID -> node ID
 	reports chan planReport
+	digest  string // the package's artifact, which plan jobs may download
 }
 
 func planJobID(planID, nodeID string) string { return planID + "/plan/" + nodeID }
@@ -67,7 +68,7 @@ func (e *Engine) Plan(ctx context.Context, req *ferryv1.CreateRolloutRequest) ([
 	}
 	nodes := buildNodes(fleet, int(p.strat.GetCanary()), now, e.cfg.DisconnectGrace, func(n *ferryv1.Node) string { return installed[n.GetId()] })
 	planID := "plan-" + e.newIDLocked()
-	pw := &planWait{jobs: map[string]string{}, reports: make(chan planReport, 2*len(nodes))}
+	pw := &planWait{jobs: map[string]string{}, reports: make(chan planReport, 2*len(nodes)), digest: p.pkg.GetArtifact().GetDigest()}
 	plans := make([]*ferryv1.NodePlan, len(nodes))
 	byNode := map[string]*ferryv1.NodePlan{}
 	var send []*ferryv1.NodeJob

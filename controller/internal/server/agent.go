@@ -16,6 +16,7 @@ import (
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/pki"
 	"github.com/ferrydeploy/ferry/shared/rpc"
+	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
 
 type agentServer struct {
@@ -204,18 +205,36 @@ func (s *agentServer) RenewCertificate(ctx context.Context, req *ferryv1.RenewCe
 }
 
 func (s *agentServer) DownloadArtifact(req *ferryv1.DownloadArtifactRequest, stream grpc.ServerStreamingServer[ferryv1.DownloadArtifactResponse]) error {
-	if _, err := agentID(stream.Context()); err != nil {
+	c, err := agentID(stream.Context())
+	if err != nil {
 		return err
 	}
 	if s.d.Downloads == nil {
 		return status.Error(codes.Unimplemented, "this controller has no artifact store")
 	}
+	node, digest := c.Identity.Name, req.GetDigest()
+	if err := s.mayFetch(node, digest); err != nil {
+		return err
+	}
 	// One message, reused: SendMsg marshals it (copying the data) before
 	// it returns, and this server has no stats handler that keeps
 	// messages, so the downloader may refill the buffer afterwards.
 	msg := &ferryv1.DownloadArtifactResponse{}
-	return toStatus(s.d.Downloads.Download(stream.Context(), req.GetDigest(), req.GetOffset(), req.GetMaxChunkSize(), func(c artifact.Chunk) error {
+	return toStatus(s.d.Downloads.Download(stream.Context(), node, digest, req.GetOffset(), req.GetMaxChunkSize(), func(c artifact.Chunk) error {
 		msg.Offset, msg.Size, msg.Data = c.Offset, c.Size, c.Data
 		return stream.Send(msg)
 	}))
+}
+
+// mayFetch refuses a download the node's jobs do not need: artifacts
+// follow jobs, so a node's certificate reaches no other group's software.
+// The digest is checked first so that the refusal names a well-formed one.
+func (s *agentServer) mayFetch(node, digest string) error {
+	if _, err := sha256digest.Parse(digest); err != nil {
+		return status.Errorf(codes.InvalidArgument, "download artifact: %v", err)
+	}
+	if s.d.JobArtifacts == nil || !s.d.JobArtifacts.NodeMayFetch(node, digest) {
+		return status.Errorf(codes.PermissionDenied, "node %s has no job that uses artifact %s; a node downloads only the artifacts of the rollout jobs sent to it", node, digest)
+	}
+	return nil
 }

@@ -37,6 +37,8 @@ var errorCodes = []struct {
 	{is(artifact.ErrReferenced), codes.FailedPrecondition},
 	{is(artifact.ErrDiskFull), codes.ResourceExhausted},
 	{is(artifact.ErrPastEnd), codes.OutOfRange},
+	{is(artifact.ErrNodeBusy), codes.ResourceExhausted},
+	{is(artifact.ErrStalled), codes.Unavailable},
 
 	{is(rollout.ErrInvalid), codes.InvalidArgument},
 	{is(rollout.ErrNotFound), codes.NotFound},

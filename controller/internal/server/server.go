@@ -34,6 +34,14 @@ type JobSink interface {
 	HandleJobLog(nodeID string, l *ferryv1.JobLog)
 }
 
+// JobArtifacts says which artifacts a node may download (the rollout
+// engine): only those of the jobs sent to it.
+type JobArtifacts interface {
+	// NodeMayFetch reports whether a job sent to the node uses the
+	// artifact with this digest and is running or ended only recently.
+	NodeMayFetch(nodeID, digest string) bool
+}
+
 // Observer receives per-heartbeat measurements (metrics).
 type Observer interface {
 	HeartbeatReceived(age time.Duration)
@@ -64,6 +72,10 @@ type Deps struct {
 	Downloads *artifact.Downloader // nil: agents are told there is no artifact store
 	Packages  *packages.Store
 	Rollouts  Rollouts
+
+	// JobArtifacts scopes downloads to the nodes' jobs; nil: every
+	// download is refused.
+	JobArtifacts JobArtifacts
 }
 
 // Register adds every Ferry service to a gRPC server.
