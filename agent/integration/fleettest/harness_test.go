@@ -26,6 +26,7 @@ import (
 type fleet struct {
 	t       *testing.T
 	dir     string
+	cfg     controller.Config // what the controller was started with
 	ctl     *controller.Controller
 	cancel  context.CancelFunc
 	done    chan error
@@ -69,22 +70,38 @@ func newFleet(t *testing.T, mod func(*controller.Config)) *fleet {
 		mod(&cfg)
 	}
 	f.gossip = cfg.GossipAddr != ""
-	ctl, err := controller.New(cfg)
-	if err != nil {
-		t.Fatalf("start controller: %v", err)
-	}
-	f.ctl = ctl
-	ctx, cancel := context.WithCancel(context.Background())
-	f.cancel = cancel
-	f.done = make(chan error, 1)
-	go func() { f.done <- ctl.Run(ctx) }()
-	tlsConf, err := ctl.AdminTLS()
+	f.cfg = cfg
+	f.startController()
+	tlsConf, err := f.ctl.AdminTLS()
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.admin = f.dial(tlsConf)
 	t.Cleanup(f.stop)
 	return f
+}
+
+func (f *fleet) startController() {
+	f.t.Helper()
+	ctl, err := controller.New(f.cfg)
+	if err != nil {
+		f.t.Fatalf("start controller: %v", err)
+	}
+	f.ctl = ctl
+	ctx, cancel := context.WithCancel(context.Background())
+	f.cancel = cancel
+	f.done = make(chan error, 1)
+	go func() { f.done <- ctl.Run(ctx) }()
+}
+
+// restartController stops the controller and starts a new one on the same
+// data dir and gRPC address, as a restart of its process would; agents and
+// the admin connection reconnect.
+func (f *fleet) restartController() {
+	f.t.Helper()
+	f.cfg.GRPCAddr = f.ctl.GRPCAddr()
+	f.stopController()
+	f.startController()
 }
 
 func (f *fleet) dial(tlsConf *tls.Config) *grpc.ClientConn {
@@ -100,6 +117,10 @@ func (f *fleet) stop() {
 	for _, a := range f.agents {
 		a.stop()
 	}
+	f.stopController()
+}
+
+func (f *fleet) stopController() {
 	f.cancel()
 	select {
 	case err := <-f.done:

@@ -9,6 +9,11 @@ import (
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
+// defaultFetchGrace is Config.FetchGrace unless set: a job's deadline is
+// minutes, and an agent that reconnects after it was given up on resumes
+// its download within that.
+const defaultFetchGrace = 10 * time.Minute
+
 // NodeMayFetch reports whether the artifact with this digest belongs to a
 // job sent to the node: an install or rollback job of a rollout that is
 // in flight or ended less than FetchGrace ago, or a plan job still waited

@@ -158,7 +158,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg.PlanTimeout = 2 * time.Minute
 	}
 	if cfg.FetchGrace <= 0 {
-		cfg.FetchGrace = 10 * time.Minute
+		cfg.FetchGrace = defaultFetchGrace
 	}
 	if cfg.NewID == nil {
 		cfg.NewID = randomID
