@@ -77,6 +77,16 @@ func TestDownloadOnlyWithAJob(t *testing.T) {
 	})
 }
 
+// pushRandom pushes size random bytes and returns them and their digest.
+func pushRandom(h *harness, seed uint64, size int) ([]byte, string) {
+	h.t.Helper()
+	data := randomBytes(seed, size)
+	if _, err := h.push(fmt.Sprintf("random-%d.tar.gz", seed), "1", data, ""); err != nil {
+		h.t.Fatal(err)
+	}
+	return data, sha(data)
+}
+
 // stallingClient dials as node with the smallest flow-control windows
 // grpc-go allows (which also turns off its window growth), so a stream it
 // stops reading holds the controller's sends.
@@ -123,11 +133,7 @@ func TestHostileNodeCannotStarveDownloads(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			const stall = 400 * time.Millisecond
 			h := newHarness(t, harnessOpts{perNode: tc.perNode, stall: stall})
-			data := randomBytes(32, 8*artifact.ChunkSize)
-			if _, err := h.push("big.tar.gz", "1", data, ""); err != nil {
-				t.Fatal(err)
-			}
-			digest := sha(data)
+			data, digest := pushRandom(h, 32, 8*artifact.ChunkSize)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 
@@ -173,11 +179,7 @@ func TestHostileNodeCannotStarveDownloads(t *testing.T) {
 // wait for a slot too; once one ends, the node may open another.
 func TestPerNodeCapRefusesThirdStream(t *testing.T) {
 	h := newHarness(t, harnessOpts{maxDownloads: 1})
-	data := randomBytes(33, 8*artifact.ChunkSize)
-	if _, err := h.push("big.tar.gz", "1", data, ""); err != nil {
-		t.Fatal(err)
-	}
-	digest := sha(data)
+	data, digest := pushRandom(h, 33, 8*artifact.ChunkSize)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	node := stallingClient(h, "n7")
