@@ -16,7 +16,8 @@ import (
 
 // Detect returns the host's facts.
 func Detect() *ferryv1.Facts {
-	f := &ferryv1.Facts{Os: runtime.GOOS, Arch: runtime.GOARCH, Cpus: uint32(runtime.NumCPU())}
+	cpus := uint32(runtime.NumCPU()) //nolint:gosec // G115: a CPU count is positive and far below 2^32.
+	f := &ferryv1.Facts{Os: runtime.GOOS, Arch: runtime.GOARCH, Cpus: cpus}
 	f.Hostname, _ = os.Hostname()
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		f.Kernel = strings.TrimSpace(string(b))
