@@ -59,7 +59,8 @@ lint: tools ## golangci-lint (.golangci.yaml) over every module, buf lint, buf b
 
 # Proto messages are also the records the controller and agents store, so a
 # breaking change to them is a storage migration: buf breaking (FILE rules,
-# buf.yaml) refuses it unless BUF_AGAINST names an older baseline on purpose.
+# buf.yaml) refuses it. A repository without a parent commit (one commit, a
+# shallow clone) has nothing to compare with and is skipped.
 .PHONY: breaking
 breaking: $(TOOLS)/buf ## buf breaking against BUF_AGAINST, default the merge-base with main (HEAD~1 on main)
 	@echo "== buf breaking"; base="$(BUF_AGAINST)"; what="BUF_AGAINST=$$base"; \
@@ -71,7 +72,7 @@ breaking: $(TOOLS)/buf ## buf breaking against BUF_AGAINST, default the merge-ba
 	sha=$$(git rev-parse -q --verify "$$base^{commit}") || { echo "BUF_AGAINST=$$base is not a commit in this repository"; exit 1; }; \
 	echo "against $$what: $$sha"; \
 	$(TOOLS)/buf breaking --against ".git#ref=$$sha" || { \
-		echo "proto/ changes the API incompatibly with $$sha; these messages are also stored records, so keep old fields (reserve removed numbers and names) or plan the migration"; exit 1; }
+		echo "proto/ breaks compatibility with $$sha; these messages are also stored records: keep the old fields (reserve removed numbers and names), or ship a migration and list the rule under breaking.ignore_only in buf.yaml with it"; exit 1; }
 
 .PHONY: tools
 tools: $(GEN_TOOLS) $(TOOLS)/golangci-lint ## Install the pinned code generators and golangci-lint into .tools/bin
