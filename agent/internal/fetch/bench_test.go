@@ -278,7 +278,9 @@ func timeEnsures(b *testing.B, client ferryv1.AgentServiceClient, digest string,
 		if err != nil {
 			b.Fatal(err)
 		}
-		os.Remove(path)
+		if err := os.Remove(path); err != nil {
+			b.Fatal(err)
+		}
 	}
 	return elapsed
 }

@@ -392,7 +392,7 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 	if total > 0 {
 		if err := f.checkRoom(digest, total-off); err != nil {
 			if off == 0 {
-				os.Remove(f.stagePath(h))
+				_ = os.Remove(f.stagePath(h)) // an empty file, tidied up
 			}
 			return "", err
 		}
@@ -434,7 +434,7 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 		var fatal *backoff.PermanentError
 		if errors.As(err, &fatal) {
 			if errors.Is(fatal.Err, ErrNoSpace) && off == 0 {
-				os.Remove(f.stagePath(h))
+				_ = os.Remove(f.stagePath(h)) // an empty file, tidied up
 			}
 			return "", fatal.Err
 		}
@@ -496,7 +496,7 @@ func (f *Fetcher) noSpace(h string, file *os.File, off, total uint64, cause erro
 	digest := digestPrefix + h
 	free, ferr := f.free(f.stageDir)
 	if ferr == nil && free >= total-off {
-		return fmt.Errorf("%w: artifact %s: the state dir %s filled up after %s of %s; %s are free now, so the partial download is kept to resume: %v",
+		return fmt.Errorf("%w: artifact %s: the state dir %s filled up after %s of %s; %s are free now, so the partial download is kept to resume: %w",
 			ErrNoSpace, digest, f.cfg.StateDir, bytesize.IEC(off), bytesize.IEC(total), bytesize.IEC(free), cause)
 	}
 	if err := file.Truncate(0); err != nil {
@@ -518,7 +518,7 @@ func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off,
 	f.mu.Lock()
 	size := f.chunk
 	f.mu.Unlock()
-	s, err := f.cfg.Client.DownloadArtifact(ctx, &ferryv1.DownloadArtifactRequest{Digest: digest, Offset: *off, MaxChunkSize: uint32(size)})
+	s, err := f.cfg.Client.DownloadArtifact(ctx, &ferryv1.DownloadArtifactRequest{Digest: digest, Offset: *off, MaxChunkSize: uint32(size)}) //nolint:gosec // G115: adapt keeps size within chunk.Min..chunk.Max.
 	if err != nil {
 		return err
 	}
@@ -597,7 +597,7 @@ func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off,
 // brought chunks of it before it ended (broke: before the artifact was
 // complete).
 func (f *Fetcher) adapt(size, chunks int, broke bool) {
-	next := size
+	var next int
 	switch {
 	case chunks >= growAfter:
 		next = min(size*2, chunk.Max)
