@@ -7,10 +7,16 @@ COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -s -w -X github.com/ferrydeploy/ferry/shared/version.Version=$(VERSION) -X github.com/ferrydeploy/ferry/shared/version.Commit=$(COMMIT)
 GO ?= go
 TOOLS := $(CURDIR)/.tools/bin
-# Pinned code generators (installed into .tools/bin by `make tools`).
+# Pinned tools (installed into .tools/bin by `make tools`): the code
+# generators and the linter.
 BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
+GOLANGCI_LINT_VERSION := v2.15.0
+GEN_TOOLS := $(TOOLS)/buf $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc
+# buf breaking compares proto/ with this commit; empty means the merge-base
+# with main or, on main itself, the previous commit (HEAD~1).
+BUF_AGAINST ?=
 TEST_TIMEOUT ?= 15m
 
 .DEFAULT_GOAL := help
@@ -43,14 +49,33 @@ bench: build ## Run the benchmarks (throughput, memory, fleet scale) and print t
 	@set -e; for m in $(MODULES); do (cd $$m && FERRY_BIN=$(CURDIR)/bin $(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./...); done
 
 .PHONY: lint
-lint: ## go vet, gofmt check and buf lint
-	@set -e; for m in $(MODULES); do (cd $$m && $(GO) vet ./...); done
-	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
-	$(MAKE) --no-print-directory tools
-	$(TOOLS)/buf lint
+lint: tools ## golangci-lint (.golangci.yaml) over every module, buf lint, buf breaking
+	@failed=""; \
+	for m in $(MODULES); do echo "== golangci-lint $$m"; \
+		(cd $$m && $(TOOLS)/golangci-lint run --config $(CURDIR)/.golangci.yaml ./...) || failed="$$failed golangci-lint:$$m"; done; \
+	echo "== buf lint"; $(TOOLS)/buf lint || failed="$$failed buf-lint"; \
+	$(MAKE) --no-print-directory breaking || failed="$$failed buf-breaking"; \
+	if [ -n "$$failed" ]; then echo "lint FAILED:$$failed"; exit 1; fi
+
+# Proto messages are also the records the controller and agents store, so a
+# breaking change to them is a storage migration: buf breaking (FILE rules,
+# buf.yaml) refuses it. A repository without a parent commit (one commit, a
+# shallow clone) has nothing to compare with and is skipped.
+.PHONY: breaking
+breaking: $(TOOLS)/buf ## buf breaking against BUF_AGAINST, default the merge-base with main (HEAD~1 on main)
+	@echo "== buf breaking"; base="$(BUF_AGAINST)"; what="BUF_AGAINST=$$base"; \
+	if [ -z "$$base" ]; then \
+		for b in main origin/main; do base=$$(git merge-base HEAD $$b 2>/dev/null) && what="the merge-base with $$b" && break; done; \
+		if [ -z "$$base" ] || [ "$$base" = "$$(git rev-parse HEAD)" ]; then base=$$(git rev-parse -q --verify 'HEAD~1^{commit}') && what="the previous commit (HEAD~1)" || base=""; fi; \
+	fi; \
+	if [ -z "$$base" ]; then echo "skipped: HEAD has no parent commit to compare proto/ with (a single-commit or shallow clone)"; exit 0; fi; \
+	sha=$$(git rev-parse -q --verify "$$base^{commit}") || { echo "BUF_AGAINST=$$base is not a commit in this repository"; exit 1; }; \
+	echo "against $$what: $$sha"; \
+	$(TOOLS)/buf breaking --against ".git#ref=$$sha" || { \
+		echo "proto/ breaks compatibility with $$sha; these messages are also stored records: keep the old fields (reserve removed numbers and names), or ship a migration and list the rule under breaking.ignore_only in buf.yaml with it"; exit 1; }
 
 .PHONY: tools
-tools: $(TOOLS)/buf $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc ## Install the pinned code generators into .tools/bin
+tools: $(GEN_TOOLS) $(TOOLS)/golangci-lint ## Install the pinned code generators and golangci-lint into .tools/bin
 
 $(TOOLS)/buf:
 	GOBIN=$(TOOLS) GOWORK=off $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
@@ -58,9 +83,11 @@ $(TOOLS)/protoc-gen-go:
 	GOBIN=$(TOOLS) GOWORK=off $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 $(TOOLS)/protoc-gen-go-grpc:
 	GOBIN=$(TOOLS) GOWORK=off $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+$(TOOLS)/golangci-lint:
+	GOBIN=$(TOOLS) GOWORK=off $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 
 .PHONY: generate
-generate: tools ## Regenerate proto/gen from proto/ferry/v1 with the pinned tools
+generate: $(GEN_TOOLS) ## Regenerate proto/gen from proto/ferry/v1 with the pinned tools
 	$(TOOLS)/buf lint
 	$(TOOLS)/buf generate
 

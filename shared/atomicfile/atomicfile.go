@@ -34,7 +34,8 @@ func Write(path string, mode os.FileMode, write func(io.Writer) error, beforeRen
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	tmp := f.Name()
-	defer os.Remove(tmp)
+	// After the rename there is no temp file left to remove.
+	defer func() { _ = os.Remove(tmp) }()
 	err = f.Chmod(mode)
 	if err == nil {
 		err = write(f)
@@ -70,7 +71,7 @@ func SyncDir(dir string) error {
 	if err != nil {
 		return err
 	}
-	defer d.Close()
+	defer func() { _ = d.Close() }() // opened read-only, for Sync
 	return SyncOpenDir(d)
 }
 

@@ -69,7 +69,7 @@ func TestWriteLeavesPathAsItWasOnError(t *testing.T) {
 		want         string
 		wantErr      error
 	}{
-		{"write fails", func(w io.Writer) error { io.WriteString(w, "partial"); return failed }, nil, "old", failed},
+		{"write fails", func(w io.Writer) error { _, _ = io.WriteString(w, "partial"); return failed }, nil, "old", failed},
 		{"check refuses", newContent, func(string) error { return failed }, "old", failed},
 		{"check sees the new content", newContent, func(tmp string) error {
 			if got, _ := os.ReadFile(tmp); string(got) != "new" {

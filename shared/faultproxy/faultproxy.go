@@ -163,7 +163,8 @@ func (p *Proxy) forward(client net.Conn, f Faults) {
 	}
 	defer p.untrack(server)
 	go func() {
-		io.Copy(server, client)
+		// Client to server is forwarded untouched until either side ends.
+		_, _ = io.Copy(server, client)
 		if tc, ok := server.(*net.TCPConn); ok {
 			tc.CloseWrite()
 		}
@@ -232,7 +233,7 @@ func (p *Proxy) pace(n int) {
 // middlebox dropping state does.
 func reset(c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
-		tc.SetLinger(0)
+		_ = tc.SetLinger(0) // a plain close, should the socket refuse
 	}
 	c.Close()
 }

@@ -3,8 +3,10 @@ package gossip
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"math"
 	"reflect"
 	"slices"
 	"strings"
@@ -78,14 +80,15 @@ func testKey(t *testing.T) []byte {
 	return k
 }
 
-// startCluster starts n members (node-0 ... node-n-1) and joins each to
-// every member started before it: a push/pull with each, so that forming
-// the cluster does not hang on gossip rounds when the machine is loaded.
-func startCluster(t *testing.T, n int, key []byte, label string) []*Member {
+// startCluster starts n members (node-0 ... node-n-1) labelled ferry-test
+// and joins each to every member started before it: a push/pull with each,
+// so that forming the cluster does not hang on gossip rounds when the
+// machine is loaded.
+func startCluster(t *testing.T, n int, key []byte) []*Member {
 	t.Helper()
 	ms := make([]*Member, n)
 	for i := range ms {
-		ms[i] = startMember(t, testConfig(t, fmt.Sprintf("node-%d", i), key, label))
+		ms[i] = startMember(t, testConfig(t, fmt.Sprintf("node-%d", i), key, "ferry-test"))
 		var seeds []string
 		for _, prev := range ms[:i] {
 			seeds = append(seeds, prev.Addr())
@@ -97,16 +100,16 @@ func startCluster(t *testing.T, n int, key []byte, label string) []*Member {
 		}
 	}
 	for _, m := range ms {
-		waitFor(t, 20*time.Second, func() bool { return countState(m, StateAlive) == n },
+		waitFor(t, 20*time.Second, func() bool { return countAlive(m) == n },
 			func() string { return fmt.Sprintf("%s sees all %d alive: %v", m.Name(), n, m.Members()) })
 	}
 	return ms
 }
 
-func countState(m *Member, state string) int {
+func countAlive(m *Member) int {
 	n := 0
 	for _, s := range m.Members() {
-		if s.State == state {
+		if s.State == StateAlive {
 			n++
 		}
 	}
@@ -157,7 +160,7 @@ func (r *recorder) kinds(name string) []EventKind {
 
 func TestClusterFormsWithMeta(t *testing.T) {
 	key := testKey(t)
-	ms := startCluster(t, 3, key, "ferry-test")
+	ms := startCluster(t, 3, key)
 	for _, m := range ms {
 		for _, other := range ms {
 			s, ok := m.Member(other.Name())
@@ -185,7 +188,7 @@ func TestClusterFormsWithMeta(t *testing.T) {
 }
 
 func TestUpdateMetaReachesPeers(t *testing.T) {
-	ms := startCluster(t, 2, testKey(t), "ferry-test")
+	ms := startCluster(t, 2, testKey(t))
 	rec := record(ms[1])
 	want := Meta{NodeID: "node-0", Role: RoleAgent, Group: "production", AgentVersion: "v0.2.0"}
 	if err := ms[0].UpdateMeta(want, time.Second); err != nil {
@@ -200,7 +203,7 @@ func TestUpdateMetaReachesPeers(t *testing.T) {
 }
 
 func TestKilledMemberIsSuspectThenDead(t *testing.T) {
-	ms := startCluster(t, 4, testKey(t), "ferry-test")
+	ms := startCluster(t, 4, testKey(t))
 	victim := ms[3]
 	observers := ms[:3]
 	recs := make([]*recorder, len(observers))
@@ -229,13 +232,13 @@ func TestKilledMemberIsSuspectThenDead(t *testing.T) {
 	if !ok || s.State != StateDead || s.Since.IsZero() {
 		t.Errorf("node-0's record of node-3 = %+v, %v", s, ok)
 	}
-	if countState(observers[0], StateAlive) != 3 {
-		t.Errorf("node-0 sees %d alive, want 3: %v", countState(observers[0], StateAlive), observers[0].Members())
+	if countAlive(observers[0]) != 3 {
+		t.Errorf("node-0 sees %d alive, want 3: %v", countAlive(observers[0]), observers[0].Members())
 	}
 }
 
 func TestGracefulLeaveIsLeft(t *testing.T) {
-	ms := startCluster(t, 3, testKey(t), "ferry-test")
+	ms := startCluster(t, 3, testKey(t))
 	rec := record(ms[0])
 	if err := ms[2].Leave(2 * time.Second); err != nil {
 		t.Fatal(err)
@@ -267,7 +270,7 @@ func TestGracefulLeaveIsLeft(t *testing.T) {
 
 func TestForgetRemovesUntilNewState(t *testing.T) {
 	key := testKey(t)
-	ms := startCluster(t, 3, key, "ferry-test")
+	ms := startCluster(t, 3, key)
 	if err := ms[2].Leave(2 * time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -327,7 +330,7 @@ func TestEventsBoundedAndClosed(t *testing.T) {
 		}
 	}
 	// Nobody reads first's events: gossip must not block, extras are dropped.
-	waitFor(t, 10*time.Second, func() bool { return countState(first, StateAlive) == 3 },
+	waitFor(t, 10*time.Second, func() bool { return countAlive(first) == 3 },
 		func() string { return "node-0 sees 3 alive without its events being read" })
 	if first.DroppedEvents() == 0 {
 		t.Error("no events dropped with a 1-event buffer and 3 joins")
@@ -452,6 +455,8 @@ func TestDecodeMeta(t *testing.T) {
 		{"newer encoder with an extra field", append(slices.Clone(good), 2, 'x', 'y'), Meta{NodeID: "a", Role: "agent", Group: "g", AgentVersion: "v"}, ""},
 		{"unknown version", []byte{9, 1, 'a'}, Meta{}, "version 9"},
 		{"truncated", []byte{1, 5, 'a'}, Meta{}, "truncated"},
+		{"length beyond any slice", binary.AppendUvarint([]byte{1}, math.MaxUint64), Meta{}, "truncated"},
+		{"bad length varint", []byte{1, 0x80}, Meta{}, "truncated"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

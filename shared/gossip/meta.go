@@ -63,11 +63,14 @@ func DecodeMeta(b []byte) (Meta, error) {
 			break
 		}
 		n, w := binary.Uvarint(b)
-		if w <= 0 || uint64(len(b)-w) < n {
+		if w <= 0 {
 			return Meta{}, errMetaTruncated
 		}
-		fields[i] = string(b[w : w+int(n)])
-		b = b[w+int(n):]
+		b = b[w:]
+		if n > uint64(len(b)) {
+			return Meta{}, errMetaTruncated
+		}
+		fields[i], b = string(b[:n]), b[n:]
 	}
 	return Meta{NodeID: fields[0], Role: fields[1], Group: fields[2], AgentVersion: fields[3]}, nil
 }

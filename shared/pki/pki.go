@@ -343,7 +343,9 @@ func LoadOrCreateCA(dir string, now time.Time) (ca *CA, created bool, err error)
 		return &CA{Cert: cert, Key: key}, false, nil
 	case errors.Is(errC, os.ErrNotExist) && errors.Is(errK, os.ErrNotExist):
 	default:
-		return nil, false, fmt.Errorf("CA in %s is incomplete (ca.crt: %v, ca.key: %v); restore both files from backup or remove both to create a new CA (every node must then re-enroll)", dir, errC, errK)
+		// One file is missing or unreadable; errors.Join keeps the one or
+		// two errors, each naming its file, and drops the nil.
+		return nil, false, fmt.Errorf("CA in %s is incomplete: %w; restore both files from backup or remove both to create a new CA (every node must then re-enroll)", dir, errors.Join(errC, errK))
 	}
 	ca, err = NewCA(now)
 	if err != nil {

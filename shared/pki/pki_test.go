@@ -106,7 +106,9 @@ func TestLoadOrCreateCA(t *testing.T) {
 	if st, _ := os.Stat(filepath.Join(dir, "ca.key")); st.Mode().Perm() != 0o600 {
 		t.Errorf("ca.key mode %v, want 0600", st.Mode().Perm())
 	}
-	os.Remove(filepath.Join(dir, "ca.crt"))
+	if err := os.Remove(filepath.Join(dir, "ca.crt")); err != nil {
+		t.Fatal(err)
+	}
 	if _, _, err := LoadOrCreateCA(dir, time.Now()); err == nil || !strings.Contains(err.Error(), "incomplete") {
 		t.Errorf("half a CA: %v, want an error (never a silent new CA)", err)
 	}

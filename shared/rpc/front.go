@@ -203,7 +203,7 @@ func (f *Front) handshake(raw net.Conn) {
 	}
 	if err != nil {
 		f.log.Debug("TLS handshake failed", "addr", raw.RemoteAddr().String(), "err", err)
-		raw.Close()
+		_ = raw.Close() // dropped: how the close went tells nothing more
 		return
 	}
 	if len(conn.ConnectionState().VerifiedChains) > 0 {
@@ -265,11 +265,11 @@ func (f *Front) refuseConn(conn *tls.Conn, key string, refusal error) {
 	select {
 	case f.refusing <- struct{}{}:
 	default:
-		conn.NetConn().Close()
+		_ = conn.NetConn().Close() // closed without a word, as said above
 		return
 	}
 	fc := &frontConn{Conn: conn, refusal: refusal, onClose: func() { <-f.refusing }}
-	time.AfterFunc(refusalLinger, func() { fc.Close() })
+	time.AfterFunc(refusalLinger, func() { _ = fc.Close() })
 	f.hand(f.refused, fc)
 }
 
@@ -318,7 +318,7 @@ func (f *Front) hand(q chan net.Conn, c *frontConn) {
 	select {
 	case q <- c:
 	case <-f.ctx.Done():
-		c.Close()
+		_ = c.Close() // the Front is closing: nobody serves it
 	}
 }
 

@@ -73,8 +73,8 @@ func startFront(t *testing.T, l rpc.Limits) *testFront {
 	ferryv1.RegisterNodeServiceServer(api, nodesStub{deadlines: tf.deadlines})
 	front := rpc.NewFront(lis, o)
 	ferryv1.RegisterEnrollmentServiceServer(front, enrollStub{})
-	go api.Serve(front)
-	t.Cleanup(api.Stop) // closes the Front
+	go func() { _ = api.Serve(front) }() // returns at Stop
+	t.Cleanup(api.Stop)                  // closes the Front
 	tf.addr = lis.Addr().String()
 	return tf
 }
@@ -160,8 +160,8 @@ func TestFrontCapsStreams(t *testing.T) {
 			t.Errorf("%v; want refused or ResourceExhausted", s)
 		}
 	}
-	if max := int(rpc.DefaultLimits.PublicMaxStreams); refused != n-max || exhausted != max {
-		t.Errorf("%d streams refused and %d answered ResourceExhausted; want %d and %d", refused, exhausted, n-max, max)
+	if most := int(rpc.DefaultLimits.PublicMaxStreams); refused != n-most || exhausted != most {
+		t.Errorf("%d streams refused and %d answered ResourceExhausted; want %d and %d", refused, exhausted, n-most, most)
 	}
 }
 

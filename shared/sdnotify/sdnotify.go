@@ -23,7 +23,8 @@ func Notify(state string) error {
 	if err != nil {
 		return fmt.Errorf("sd_notify: %w", err)
 	}
-	defer conn.Close()
+	// Write sends the datagram or fails; Close has nothing left to flush.
+	defer func() { _ = conn.Close() }()
 	if _, err := conn.Write([]byte(state)); err != nil {
 		return fmt.Errorf("sd_notify: %w", err)
 	}

@@ -19,7 +19,9 @@ func TestNotify(t *testing.T) {
 		t.Fatal(err)
 	}
 	buf := make([]byte, 64)
-	conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if err := conn.SetReadDeadline(time.Now().Add(2 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
 	n, err := conn.Read(buf)
 	if err != nil || string(buf[:n]) != "READY=1" {
 		t.Fatalf("got %q, %v; want READY=1", buf[:n], err)

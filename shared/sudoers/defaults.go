@@ -270,11 +270,11 @@ func badValue(s setting, v string) string {
 			return "the value must start with / or ~, or be *"
 		}
 	case intValue:
-		if _, ok := parseNumber(v, math.MinInt32, math.MaxInt32); !ok {
+		if !validNumber(v, math.MinInt32, math.MaxInt32) {
 			return "the value must be a whole number"
 		}
 	case uintValue:
-		if _, ok := parseNumber(v, 0, math.MaxUint32); !ok {
+		if !validNumber(v, 0, math.MaxUint32) {
 			return "the value must be a whole number, 0 or more"
 		}
 	case modeValue:
@@ -309,11 +309,12 @@ func badValue(s setting, v string) string {
 	return ""
 }
 
-// parseNumber reads a decimal number the way sudo's strtonum does: leading
-// blanks and a sign are allowed, nothing may follow the digits.
-func parseNumber(v string, lo, hi int64) (int64, bool) {
+// validNumber accepts a decimal number in [lo, hi] the way sudo's
+// strtonum reads it: leading blanks and a sign are allowed, nothing may
+// follow the digits.
+func validNumber(v string, lo, hi int64) bool {
 	n, err := strconv.ParseInt(strings.TrimLeft(v, " \t\n\v\f\r"), 10, 64)
-	return n, err == nil && n >= lo && n <= hi
+	return err == nil && n >= lo && n <= hi
 }
 
 // validMode accepts an octal mode up to 0777, as sudo's strtomode does.

@@ -60,7 +60,9 @@ func (o *oracle) knows(since string) bool {
 	if since == "" {
 		return true
 	}
-	fmt.Sscanf(since, "%d.%d.%d", &v[0], &v[1], &v[2])
+	if _, err := fmt.Sscanf(since, "%d.%d.%d", &v[0], &v[1], &v[2]); err != nil {
+		panic(fmt.Sprintf("sudo release %q in the test table: %v", since, err))
+	}
 	for i := range v {
 		if o.version[i] != v[i] {
 			return o.version[i] > v[i]

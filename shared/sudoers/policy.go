@@ -85,7 +85,7 @@ func CheckPolicy(ctx context.Context, visudo string, f Fragment) (Checks, error)
 	if err != nil {
 		return checks, fmt.Errorf("stage the sudo policy: %w", err)
 	}
-	defer os.RemoveAll(dir)
+	defer func() { _ = os.RemoveAll(dir) }() // a temp copy; the check's verdict stands either way
 	if strings.ContainsAny(dir, " \t\n\"%") {
 		return checks, fmt.Errorf("stage the sudo policy: temporary directory %q has a blank, quote or %% that sudo's includes cannot name; set TMPDIR to a plain path", dir)
 	}
@@ -160,6 +160,8 @@ type stager struct {
 }
 
 // stagedPath is where the node file p goes in the copy.
+// Node paths p are absolute and clean (expandInclude), so joined under the
+// root or the staging dir they stay inside it.
 func (s *stager) stagedPath(p string) string { return filepath.Join(s.dir, filepath.FromSlash(p)) }
 
 // file stages the node file p, and the files it includes, and returns the
@@ -177,7 +179,7 @@ func (s *stager) file(p string) (string, error) {
 	data, ok := s.files[p]
 	if !ok {
 		var err error
-		data, err = os.ReadFile(filepath.Join(s.root, filepath.FromSlash(p)))
+		data, err = os.ReadFile(filepath.Join(s.root, filepath.FromSlash(p))) //nolint:gosec // G703: p is absolute and clean, so it stays under the root.
 		if errors.Is(err, fs.ErrNotExist) {
 			return sp, nil
 		}
@@ -193,7 +195,7 @@ func (s *stager) file(p string) (string, error) {
 	if err := os.MkdirAll(filepath.Dir(sp), 0o700); err != nil {
 		return "", fmt.Errorf("stage the sudo policy: %w", err)
 	}
-	if err := os.WriteFile(sp, out, 0o440); err != nil {
+	if err := os.WriteFile(sp, out, 0o440); err != nil { //nolint:gosec // G703: sp is stagedPath of an absolute, clean path.
 		return "", fmt.Errorf("stage the sudo policy: %w", err)
 	}
 	return sp, nil
@@ -253,7 +255,7 @@ func (s *stager) includeDir(d string) (string, error) {
 		if strings.Contains(n, ".") || strings.HasSuffix(n, "~") {
 			continue
 		}
-		st, err := os.Stat(filepath.Join(s.root, filepath.FromSlash(d), n))
+		st, err := os.Stat(filepath.Join(s.root, filepath.FromSlash(d), n)) //nolint:gosec // G703: d is absolute and clean, n a directory entry.
 		if err == nil && st.Mode().IsRegular() {
 			names[n] = true
 		}

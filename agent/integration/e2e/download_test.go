@@ -32,9 +32,15 @@ func bigTarball(t *testing.T, dir, version string, size int64) (path, digest str
 	gz, _ := gzip.NewWriterLevel(io.MultiWriter(f, h), gzip.NoCompression)
 	tw := tar.NewWriter(gz)
 	script := "#!/bin/sh\necho blob " + version + "\n"
-	tw.WriteHeader(&tar.Header{Name: "blob/bin/blob", Mode: 0o755, Size: int64(len(script)), Typeflag: tar.TypeReg})
-	tw.Write([]byte(script))
-	tw.WriteHeader(&tar.Header{Name: "blob/data", Mode: 0o644, Size: size, Typeflag: tar.TypeReg})
+	if err := tw.WriteHeader(&tar.Header{Name: "blob/bin/blob", Mode: 0o755, Size: int64(len(script)), Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write([]byte(script)); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.WriteHeader(&tar.Header{Name: "blob/data", Mode: 0o644, Size: size, Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := io.CopyN(tw, rand.Reader, size); err != nil {
 		t.Fatal(err)
 	}
@@ -84,13 +90,16 @@ func TestE2EAgentKilledMidDownloadResumes(t *testing.T) {
 	tarball, digest := bigTarball(t, h.Dir(), "1.0.0", size)
 	h.MustCtl("artifact", "push", tarball, "--checksum-file", tarball+".sha256")
 	pkg := filepath.Join(h.Dir(), "blob.yaml")
-	os.WriteFile(pkg, []byte(fmt.Sprintf(`name: blob
+	err := os.WriteFile(pkg, []byte(fmt.Sprintf(`name: blob
 version: 1.0.0
 artifact: %s
 steps:
   - archive: {dest: /opt/blob, strip_components: 1}
   - check: {run: "$FERRY_ROOT/opt/blob/bin/blob", expect: "blob 1.0.0"}
 `, filepath.Base(tarball))), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
 	h.MustCtl("package", "apply", "-f", pkg)
 	artifactSize := fileSize(t, tarball)
 

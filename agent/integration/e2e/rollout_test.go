@@ -193,7 +193,7 @@ func (f *rolloutFleet) installed(id string) (string, error) {
 	if _, err := os.Stat(toolPath); err == nil {
 		out, err := exec.Command(toolPath).CombinedOutput()
 		if err != nil {
-			return "", fmt.Errorf("%s: %v: %s", toolPath, err, out)
+			return "", fmt.Errorf("%s: %w: %s", toolPath, err, out)
 		}
 		add("bin/tool", strings.TrimPrefix(strings.TrimSpace(string(out)), "tool "))
 	} else if !errors.Is(err, os.ErrNotExist) {
@@ -342,7 +342,7 @@ func (f *rolloutFleet) status(id string) (rolloutStatus, error) {
 	out, stderr, code := f.h.Ctl("rollout", "status", id, "-o", "json")
 	var r rolloutStatus
 	if err := json.Unmarshal([]byte(out), &r); err != nil {
-		return r, fmt.Errorf("ferryctl rollout status %s -o json: exit %d: %v\nstdout: %s\nstderr: %s", id, code, err, out, stderr)
+		return r, fmt.Errorf("ferryctl rollout status %s -o json: exit %d: %w\nstdout: %s\nstderr: %s", id, code, err, out, stderr)
 	}
 	r.State = strings.ToLower(strings.TrimPrefix(r.State, "ROLLOUT_STATE_"))
 	r.JobKind = strings.ToLower(strings.TrimPrefix(r.JobKind, "JOB_KIND_"))
@@ -372,11 +372,11 @@ func (f *rolloutFleet) mustStatus(id string) rolloutStatus {
 	return r
 }
 
-// waitRollout polls the rollout until cond holds.
-func (f *rolloutFleet) waitRollout(id, what string, timeout time.Duration, cond func(rolloutStatus) bool) rolloutStatus {
+// waitRollout polls the rollout until cond holds, for up to rolloutTimeout.
+func (f *rolloutFleet) waitRollout(id, what string, cond func(rolloutStatus) bool) rolloutStatus {
 	f.t.Helper()
 	var last rolloutStatus
-	f.h.WaitFor("rollout "+id+" to be "+what, timeout, func() (bool, string) {
+	f.h.WaitFor("rollout "+id+" to be "+what, rolloutTimeout, func() (bool, string) {
 		r, err := f.status(id)
 		if err != nil {
 			return false, err.Error()
@@ -560,7 +560,7 @@ func TestE2ERolloutStagingThenProductionAndUndo(t *testing.T) {
 	// Staging: the canary goes first, then the rollout waits for promotion.
 	bg := f.startCtl(rolloutArgs("staging", "tool@1.0.0", "--canary", "1", "--max-parallel", "2")...)
 	id := bg.id(t)
-	r := f.waitRollout(id, "waiting for promotion", rolloutTimeout, inState("waiting_promotion"))
+	r := f.waitRollout(id, "waiting for promotion", inState("waiting_promotion"))
 	f.wantOutcomes(r, map[string]string{"stage-1": "succeeded", "stage-2": "pending"})
 	if c := r.node("stage-1"); c.Wave != 0 || r.node("stage-2").Wave != 1 {
 		t.Errorf("waves: stage-1 %d, stage-2 %d; want the canary stage-1 in wave 0, stage-2 in wave 1", c.Wave, r.node("stage-2").Wave)
@@ -685,7 +685,7 @@ func TestE2ERolloutFailingCheckKeepsPreviousVersion(t *testing.T) {
 	t.Log("--on-failure pause, then abort")
 	bg := f.startCtl(rolloutArgs("production", "tool@2.0.0", append(strategy, "--on-failure", "pause")...)...)
 	id = bg.id(t)
-	r = f.waitRollout(id, "paused", rolloutTimeout, inState("paused"))
+	r = f.waitRollout(id, "paused", inState("paused"))
 	f.wantOutcomes(r, map[string]string{"prod-1": "succeeded", "prod-2": "succeeded", "prod-3": "failed", "prod-4": "pending"})
 	f.wantVersions("while paused", map[string]string{"prod-1": "2.0.0", "prod-2": "2.0.0", "prod-3": "1.0.0", "prod-4": "1.0.0"})
 	// Paused is not the end: it stays paused and ferryctl keeps watching.
@@ -810,7 +810,7 @@ func TestE2ERolloutSurvivesControllerSIGKILL(t *testing.T) {
 	f.c.WaitLog("resuming rollout", 5*time.Second)
 
 	var phase string
-	f.waitRollout(id, "at prod-3's healthy period, or past it", rolloutTimeout, func(r rolloutStatus) bool {
+	f.waitRollout(id, "at prod-3's healthy period, or past it", func(r rolloutStatus) bool {
 		n := r.node("prod-3")
 		switch {
 		case n.Outcome == "checking" && n.FinishedAt != nil:
@@ -826,7 +826,7 @@ func TestE2ERolloutSurvivesControllerSIGKILL(t *testing.T) {
 	t.Logf("controller killed again: %s", phase)
 	f.c.Start()
 
-	r := f.waitRollout(id, "ended", rolloutTimeout, func(r rolloutStatus) bool {
+	r := f.waitRollout(id, "ended", func(r rolloutStatus) bool {
 		switch r.State {
 		case "running", "paused", "waiting_promotion", "rolling_back":
 			return false

@@ -239,7 +239,9 @@ func TestRPCsRefused(t *testing.T) {
 		if n := f.node("n2"); n.State == healthy || n.AgentVersion != "" {
 			t.Errorf("n2 = %s version %q, want untouched by n1's stream", n.State, n.AgentVersion)
 		}
-		stream.CloseSend()
+		if err := stream.CloseSend(); err != nil {
+			t.Fatal(err)
+		}
 	})
 
 	t.Run("removed node reconnecting", func(t *testing.T) {
@@ -269,9 +271,9 @@ func TestRemoveClosesLiveStream(t *testing.T) {
 	if _, err := ferryv1.NewNodeServiceClient(f.admin).RemoveNode(context.Background(), &ferryv1.RemoveNodeRequest{Id: "n1"}); err != nil {
 		t.Fatal(err)
 	}
-	n := f.waitState("n1", removed, 2*time.Second)
+	f.waitState("n1", removed, 2*time.Second)
 	time.Sleep(4 * f.hbEvery)
-	if n = f.node("n1"); n.Connected {
+	if n := f.node("n1"); n.Connected {
 		t.Errorf("removed node n1 still has a stream")
 	}
 }

@@ -37,6 +37,7 @@ type fleet struct {
 }
 
 type testAgent struct {
+	t           *testing.T
 	id          string
 	metricsAddr string // --metrics-listen, "" = off
 	stateDir    string
@@ -48,7 +49,7 @@ type testAgent struct {
 	configure func(*agent.Config)
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger() *slog.Logger {
 	if testing.Verbose() {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -64,7 +65,7 @@ func newFleet(t *testing.T, mod func(*controller.Config)) *fleet {
 		GRPCAddr:          "127.0.0.1:0",
 		HTTPAddr:          "127.0.0.1:0",
 		HeartbeatInterval: f.hbEvery,
-		Logger:            testLogger(t),
+		Logger:            testLogger(),
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -152,7 +153,7 @@ func (f *fleet) token(group string, uses uint32) *ferryv1.CreateTokenResponse {
 // enroll enrolls a node through a proxy the test can cut.
 func (f *fleet) enroll(id string, tok *ferryv1.CreateTokenResponse) *testAgent {
 	f.t.Helper()
-	a := &testAgent{id: id, stateDir: filepath.Join(f.dir, "agents", id)}
+	a := &testAgent{t: f.t, id: id, stateDir: filepath.Join(f.dir, "agents", id)}
 	_, err := enroll.Enroll(context.Background(), enroll.Options{
 		Controller: f.ctl.GRPCAddr(), Token: tok.Secret, CAPin: tok.CaPin, NodeID: id, StateDir: a.stateDir,
 	})
@@ -179,7 +180,7 @@ func (f *fleet) startWith(a *testAgent, mod func(*agent.Config)) {
 	}
 	cfg := agent.Config{
 		StateDir: a.stateDir, Root: root, Controller: a.proxy.addr(),
-		BackoffBase: 50 * time.Millisecond, BackoffMax: 300 * time.Millisecond, Logger: testLogger(f.t).With("agent", a.id),
+		BackoffBase: 50 * time.Millisecond, BackoffMax: 300 * time.Millisecond, Logger: testLogger().With("agent", a.id),
 		Gossip: gossipConfig(f.gossip), MetricsAddr: a.metricsAddr,
 	}
 	if a.configure != nil {
@@ -211,7 +212,9 @@ func (a *testAgent) stop() {
 		return
 	}
 	a.cancel()
-	<-a.done
+	if err := <-a.done; err != nil {
+		a.t.Errorf("agent %s Run: %v", a.id, err)
+	}
 	a.cancel = nil
 	a.proxy.close()
 }
@@ -295,8 +298,9 @@ func (p *proxy) serve() {
 		}
 		p.conns = append(p.conns, c, up)
 		p.mu.Unlock()
-		go func() { io.Copy(up, c); up.Close() }()
-		go func() { io.Copy(c, up); c.Close() }()
+		// Each direction ends when either side closes or the test cuts it.
+		go func() { _, _ = io.Copy(up, c); up.Close() }()
+		go func() { _, _ = io.Copy(c, up); c.Close() }()
 	}
 }
 
@@ -319,7 +323,7 @@ func (p *proxy) reset() {
 func (p *proxy) resetLocked() {
 	for _, c := range p.conns {
 		if tc, ok := c.(*net.TCPConn); ok {
-			tc.SetLinger(0)
+			_ = tc.SetLinger(0) // a reset rather than a FIN, where the socket allows it
 		}
 		c.Close()
 	}

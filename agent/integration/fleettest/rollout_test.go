@@ -2,6 +2,7 @@ package fleettest
 
 import (
 	"context"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -55,7 +56,7 @@ func (f *fleet) wait(ctx context.Context, id string) *ferryv1.Rollout {
 	var last *ferryv1.Rollout
 	for {
 		ev, err := stream.Recv()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return last
 		}
 		if err != nil {

@@ -259,7 +259,7 @@ func (a *Agent) session(ctx context.Context, conn *grpc.ClientConn) error {
 		case <-ctx.Done():
 			_ = stream.CloseSend()
 			select {
-			case <-recvErr:
+			case <-recvErr: //nolint:errcheck // waiting for the stream to end; how it ends does not matter now
 			case <-time.After(2 * time.Second):
 			}
 			return nil

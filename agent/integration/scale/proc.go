@@ -104,7 +104,7 @@ func parseStatus(data []byte) (Memory, error) {
 		case "Threads":
 			n, err := strconv.Atoi(strings.TrimSpace(v))
 			if err != nil {
-				return m, fmt.Errorf("Threads %q: %w", v, err)
+				return m, fmt.Errorf("%s %q: %w", k, v, err)
 			}
 			m.Threads = n
 			continue

@@ -13,7 +13,7 @@ func TestPermanent(t *testing.T) {
 	inner := fmt.Errorf("write staging file: %w", fs.ErrPermission)
 	err := fmt.Errorf("stream: %w", Permanent(inner))
 	var pe *PermanentError
-	if !errors.As(err, &pe) || pe.Err != inner {
+	if !errors.As(err, &pe) || pe.Err != inner { //nolint:errorlint // the very error wrapped, not one that matches it
 		t.Fatalf("errors.As(%v) found %v, want the permanent error around %v", err, pe, inner)
 	}
 	if err.Error() != "stream: write staging file: permission denied" {

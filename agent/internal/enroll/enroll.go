@@ -65,7 +65,7 @@ func Enroll(ctx context.Context, o Options) (*identity.Info, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", o.Controller, err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }() // one call, made or failed by then
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	resp, err := ferryv1.NewEnrollmentServiceClient(conn).Enroll(ctx, &ferryv1.EnrollRequest{

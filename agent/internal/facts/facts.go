@@ -16,7 +16,8 @@ import (
 
 // Detect returns the host's facts.
 func Detect() *ferryv1.Facts {
-	f := &ferryv1.Facts{Os: runtime.GOOS, Arch: runtime.GOARCH, Cpus: uint32(runtime.NumCPU())}
+	cpus := uint32(runtime.NumCPU()) //nolint:gosec // G115: a CPU count is positive and far below 2^32.
+	f := &ferryv1.Facts{Os: runtime.GOOS, Arch: runtime.GOARCH, Cpus: cpus}
 	f.Hostname, _ = os.Hostname()
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		f.Kernel = strings.TrimSpace(string(b))
@@ -54,7 +55,8 @@ func Space(path string) (free, total uint64, err error) {
 	if err := syscall.Statfs(path, &st); err != nil {
 		return 0, 0, err
 	}
-	return st.Bavail * uint64(st.Bsize), st.Blocks * uint64(st.Bsize), nil
+	bsize := uint64(st.Bsize) //nolint:gosec // G115: a block size is positive.
+	return st.Bavail * bsize, st.Blocks * bsize, nil
 }
 
 // Disks returns the space on the file systems the agent writes to: its
@@ -78,7 +80,8 @@ func Disks(stateDir, root string, dests []string) []*ferryv1.DiskSpace {
 		if err := syscall.Stat(path, &st); err != nil {
 			continue
 		}
-		if d, ok := byDev[uint64(st.Dev)]; ok {
+		dev := uint64(st.Dev) //nolint:unconvert // Dev is a uint32 on some Linux platforms (mips).
+		if d, ok := byDev[dev]; ok {
 			d.Uses = append(d.Uses, u.what)
 			continue
 		}
@@ -87,7 +90,7 @@ func Disks(stateDir, root string, dests []string) []*ferryv1.DiskSpace {
 			continue
 		}
 		d := &ferryv1.DiskSpace{Path: u.path, Uses: []string{u.what}, FreeBytes: free, TotalBytes: total}
-		byDev[uint64(st.Dev)] = d
+		byDev[dev] = d
 		out = append(out, d)
 	}
 	return out

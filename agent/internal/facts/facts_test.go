@@ -11,8 +11,11 @@ import (
 func TestDisksOneEntryPerFileSystem(t *testing.T) {
 	dir := t.TempDir()
 	state, root := filepath.Join(dir, "state"), filepath.Join(dir, "root")
-	os.Mkdir(state, 0o700)
-	os.Mkdir(root, 0o755)
+	for _, d := range []string{state, root} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	goroot := filepath.Join(root, "usr/local/go") // not there yet: its parent counts
 	dests := []string{goroot}
 	other := "/dev/shm" // a tmpfs on most Linux hosts

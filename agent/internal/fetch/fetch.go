@@ -35,6 +35,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -172,7 +173,7 @@ func New(cfg Config) (*Fetcher, error) {
 	}
 	rng := cfg.Rand
 	if rng == nil {
-		rng = rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x5eed))
+		rng = rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x5eed)) //nolint:gosec // G404: retry jitter, not a secret.
 	}
 	f := &Fetcher{
 		cfg: cfg, log: cfg.Logger, rng: rng,
@@ -282,14 +283,17 @@ func (f *Fetcher) Ensure(ctx context.Context, digest string, size uint64, progre
 
 	final := filepath.Join(f.cacheDir, h)
 	if fi, err := os.Stat(final); err == nil {
-		if size == 0 || uint64(fi.Size()) == size {
+		if size == 0 || fileSize(fi) == size {
+			// Recently used: collected last. A cache whose times cannot be
+			// set still serves the file; it is only collected earlier.
 			now := f.cfg.Now()
-			os.Chtimes(final, now, now) // recently used: collected last
-			progress(uint64(fi.Size()), uint64(fi.Size()))
+			_ = os.Chtimes(final, now, now)
+			progress(fileSize(fi), fileSize(fi))
 			return final, nil
 		}
 		f.log.Warn("cached artifact has the wrong size; fetching it again", "artifact", digest, "size", fi.Size(), "want", size)
-		os.Remove(final)
+		// install's rename replaces it should the removal fail.
+		_ = os.Remove(final)
 	}
 
 	var lastGot string
@@ -308,7 +312,9 @@ func (f *Fetcher) Ensure(ctx context.Context, digest string, size uint64, progre
 		lastGot = got
 		f.log.Warn("downloaded artifact does not match its digest; discarding it and fetching again",
 			"artifact", digest, "got", digestPrefix+got, "attempt", attempt, "of", f.cfg.Attempts)
-		os.Remove(f.stagePath(h))
+		if err := os.Remove(f.stagePath(h)); err != nil {
+			return "", fmt.Errorf("artifact %s: discard the download that did not match its digest: %w", digest, err)
+		}
 	}
 	return "", fmt.Errorf("%w: artifact %s: downloaded %d times and it never matched its digest (last got %s); the controller's copy may be damaged: check it with `ferryctl artifact inspect %s` or push it again",
 		ErrVerify, digest, f.cfg.Attempts, digestPrefix+lastGot, digest[:len(digestPrefix)+12])
@@ -325,26 +331,49 @@ func (f *Fetcher) install(h string) error {
 	if err := os.Rename(f.stagePath(h), final); err != nil {
 		return fmt.Errorf("artifact %s%s: move into the cache: %w", digestPrefix, h, err)
 	}
+	// The times order collection and the directory sync makes the rename
+	// durable; the verified file is in the cache either way.
 	now := f.cfg.Now()
-	os.Chtimes(final, now, now)
+	_ = os.Chtimes(final, now, now)
 	_ = atomicfile.SyncDir(f.cacheDir)
 	return nil
+}
+
+// Artifact sizes and offsets are uint64 on the wire and int64 in the
+// os.File API. A file's size is never negative, and download refuses an
+// artifact of more than math.MaxInt64 bytes, so both conversions are exact.
+
+func fileSize(fi os.FileInfo) uint64 {
+	return uint64(fi.Size()) //nolint:gosec // G115: a file's size is never negative.
+}
+
+func fileOffset(off uint64) int64 {
+	return int64(off) //nolint:gosec // G115: download refuses sizes past math.MaxInt64.
+}
+
+// errTooLarge is the error for a size no file can hold.
+func errTooLarge(digest string, size uint64) error {
+	return fmt.Errorf("artifact %s: size %d is more than a file can hold; check it with `ferryctl artifact inspect` and push it again", digest, size)
 }
 
 // download brings the staging file to the artifact's full length and
 // returns the SHA-256 (hex) of the file as read back from disk.
 func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress func(done, total uint64)) (string, error) {
 	digest := digestPrefix + h
+	if size > math.MaxInt64 {
+		return "", errTooLarge(digest, size)
+	}
 	file, err := os.OpenFile(f.stagePath(h), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return "", fmt.Errorf("artifact %s: open staging file: %w", digest, err)
 	}
-	defer file.Close()
+	// The writes that matter are made durable by file.Sync below.
+	defer func() { _ = file.Close() }()
 	fi, err := file.Stat()
 	if err != nil {
 		return "", fmt.Errorf("artifact %s: %w", digest, err)
 	}
-	off := uint64(fi.Size())
+	off := fileSize(fi)
 	if size > 0 && off > size {
 		f.log.Warn("partial download is longer than the artifact; starting over", "artifact", digest, "have", off, "size", size)
 		if err := file.Truncate(0); err != nil {
@@ -356,14 +385,14 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 		f.log.Info("resuming download", "artifact", digest, "offset", off, "size", size)
 	}
 
-	hasher := newTrailingHasher(file, int64(off))
+	hasher := newTrailingHasher(file, fileOffset(off))
 	defer func() { hasher.stop() }()
 	total := size
 	progress(off, total)
 	if total > 0 {
 		if err := f.checkRoom(digest, total-off); err != nil {
 			if off == 0 {
-				os.Remove(f.stagePath(h))
+				_ = os.Remove(f.stagePath(h)) // an empty file, tidied up
 			}
 			return "", err
 		}
@@ -385,7 +414,7 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 		switch status.Code(err) {
 		case codes.NotFound:
 			if off == 0 {
-				os.Remove(f.stagePath(h))
+				_ = os.Remove(f.stagePath(h)) // an empty file, tidied up
 			}
 			return "", fmt.Errorf("%w: %s: %s", ErrNotFound, digest, status.Convert(err).Message())
 		case codes.OutOfRange:
@@ -405,7 +434,7 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 		var fatal *backoff.PermanentError
 		if errors.As(err, &fatal) {
 			if errors.Is(fatal.Err, ErrNoSpace) && off == 0 {
-				os.Remove(f.stagePath(h))
+				_ = os.Remove(f.stagePath(h)) // an empty file, tidied up
 			}
 			return "", fatal.Err
 		}
@@ -442,7 +471,7 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 		}
 		return "", fmt.Errorf("artifact %s: sync staging file: %w", digest, err)
 	}
-	sum, err := hasher.finish(ctx, int64(total))
+	sum, err := hasher.finish(ctx, fileOffset(total))
 	if err != nil {
 		return "", fmt.Errorf("artifact %s: verify: %w", digest, err)
 	}
@@ -467,7 +496,7 @@ func (f *Fetcher) noSpace(h string, file *os.File, off, total uint64, cause erro
 	digest := digestPrefix + h
 	free, ferr := f.free(f.stageDir)
 	if ferr == nil && free >= total-off {
-		return fmt.Errorf("%w: artifact %s: the state dir %s filled up after %s of %s; %s are free now, so the partial download is kept to resume: %v",
+		return fmt.Errorf("%w: artifact %s: the state dir %s filled up after %s of %s; %s are free now, so the partial download is kept to resume: %w",
 			ErrNoSpace, digest, f.cfg.StateDir, bytesize.IEC(off), bytesize.IEC(total), bytesize.IEC(free), cause)
 	}
 	if err := file.Truncate(0); err != nil {
@@ -489,7 +518,7 @@ func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off,
 	f.mu.Lock()
 	size := f.chunk
 	f.mu.Unlock()
-	s, err := f.cfg.Client.DownloadArtifact(ctx, &ferryv1.DownloadArtifactRequest{Digest: digest, Offset: *off, MaxChunkSize: uint32(size)})
+	s, err := f.cfg.Client.DownloadArtifact(ctx, &ferryv1.DownloadArtifactRequest{Digest: digest, Offset: *off, MaxChunkSize: uint32(size)}) //nolint:gosec // G115: adapt keeps size within chunk.Min..chunk.Max.
 	if err != nil {
 		return err
 	}
@@ -530,6 +559,9 @@ func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off,
 			stall.Reset(f.cfg.StallTimeout)
 		}
 		if *total == 0 {
+			if msg.Size > math.MaxInt64 {
+				return backoff.Permanent(errTooLarge(digest, msg.Size))
+			}
 			*total = msg.Size
 			if err := f.checkRoom(digest, *total-*off); err != nil {
 				return backoff.Permanent(err)
@@ -544,7 +576,7 @@ func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off,
 			return status.Errorf(codes.DataLoss, "chunk runs past the artifact's end (%d + %d > %d)", *off, len(msg.Data), *total)
 		}
 		if len(msg.Data) > 0 {
-			if _, err := f.writeAt(file, msg.Data, int64(*off)); err != nil {
+			if _, err := f.writeAt(file, msg.Data, fileOffset(*off)); err != nil {
 				if errors.Is(err, syscall.ENOSPC) {
 					return err // the caller decides what to keep
 				}
@@ -552,7 +584,7 @@ func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off,
 			}
 			*off += uint64(len(msg.Data))
 			chunks++
-			hasher.advance(int64(*off))
+			hasher.advance(fileOffset(*off))
 		}
 		progress(*off, *total)
 		if *off == *total {
@@ -565,7 +597,7 @@ func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off,
 // brought chunks of it before it ended (broke: before the artifact was
 // complete).
 func (f *Fetcher) adapt(size, chunks int, broke bool) {
-	next := size
+	var next int
 	switch {
 	case chunks >= growAfter:
 		next = min(size*2, chunk.Max)

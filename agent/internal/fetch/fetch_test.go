@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -23,6 +24,17 @@ func readFile(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// writeFile creates path, and its directory, with data.
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func entries(t *testing.T, dir string) []string {
@@ -126,6 +138,7 @@ func TestEnsureErrors(t *testing.T) {
 		{"malformed digest", "sha256:XYZ", 0, nil, "64 lowercase hex"},
 		{"md5 digest", "md5:" + strings.Repeat("a", 32), 0, nil, "want sha256:"},
 		{"wrong size", digest, uint64(len(data)) + 1, nil, "the controller says it has 100000 bytes, 100001 were expected"},
+		{"size no file can hold", digest, math.MaxUint64, nil, "more than a file can hold"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -248,8 +261,7 @@ func TestEnsureCompleteStagingFileIsVerifiedWithoutFetching(t *testing.T) {
 	dir := t.TempDir()
 	// A crash after the last byte was written, before the file was moved
 	// into the cache.
-	os.MkdirAll(filepath.Join(dir, "downloads"), 0o700)
-	os.WriteFile(filepath.Join(dir, "downloads", digest[len(digestPrefix):]+".partial"), data, 0o600)
+	writeFile(t, filepath.Join(dir, "downloads", digest[len(digestPrefix):]+".partial"), data)
 	path, err := newFetcher(t, dir, dial(t, p, serve(t, p, fake)), nil).Ensure(context.Background(), digest, uint64(len(data)), nil)
 	if err != nil || !bytes.Equal(readFile(t, path), data) {
 		t.Fatalf("Ensure = %s, %v", path, err)
@@ -267,10 +279,10 @@ func TestEnsureDetectsCorruptStagingFile(t *testing.T) {
 		{"flipped byte", func(t *testing.T, path string, have int64) {
 			b := readFile(t, path)
 			b[have/2] ^= 0x40
-			os.WriteFile(path, b, 0o600)
+			writeFile(t, path, b)
 		}},
 		{"longer than the artifact", func(t *testing.T, path string, have int64) {
-			os.WriteFile(path, randomBytes(99, 3<<20), 0o600)
+			writeFile(t, path, randomBytes(99, 3<<20))
 		}},
 	}
 	for _, tc := range cases {
@@ -429,12 +441,13 @@ func TestCacheCollection(t *testing.T) {
 func TestStaleStagingFilesRemovedAtStart(t *testing.T) {
 	dir := t.TempDir()
 	stage := filepath.Join(dir, "downloads")
-	os.MkdirAll(stage, 0o700)
 	old, fresh := filepath.Join(stage, "old.partial"), filepath.Join(stage, "fresh.partial")
-	os.WriteFile(old, []byte("x"), 0o600)
-	os.WriteFile(fresh, []byte("x"), 0o600)
+	writeFile(t, old, []byte("x"))
+	writeFile(t, fresh, []byte("x"))
 	long := time.Now().Add(-8 * 24 * time.Hour)
-	os.Chtimes(old, long, long)
+	if err := os.Chtimes(old, long, long); err != nil {
+		t.Fatal(err)
+	}
 	newFetcher(t, dir, dial(t, pkitest.New(t), "127.0.0.1:1"), nil)
 	if _, err := os.Stat(old); err == nil {
 		t.Error("a staging file untouched for 8 days was kept")

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -120,7 +121,7 @@ func (s *fakeController) DownloadArtifact(req *ferryv1.DownloadArtifactRequest, 
 			n, broken = int(limit-sent), true
 		}
 		if n > 0 {
-			if _, err := b.ReadAt(buf[:n], int64(off)); err != nil && err != io.EOF {
+			if _, err := b.ReadAt(buf[:n], int64(off)); err != nil && !errors.Is(err, io.EOF) {
 				return err
 			}
 			if err := stream.Send(&ferryv1.DownloadArtifactResponse{Offset: off, Data: buf[:n], Size: size}); err != nil {
@@ -159,7 +160,7 @@ func serve(t testing.TB, p *pkitest.PKI, fake *fakeController) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go srv.Serve(lis)
+	go func() { _ = srv.Serve(lis) }() // returns at Stop
 	t.Cleanup(srv.Stop)
 	return lis.Addr().String()
 }

@@ -115,7 +115,7 @@ func TestEnsureChecksFreeSpace(t *testing.T) {
 			f := newFetcher(t, dir, client, nil)
 			f.free = func(string) (uint64, error) { return tc.free, nil }
 			if tc.partial > 0 {
-				os.WriteFile(f.stagePath(digest[len(digestPrefix):]), data[:tc.partial], 0o600)
+				writeFile(t, f.stagePath(digest[len(digestPrefix):]), data[:tc.partial])
 			}
 			streams := fake.streams.Load()
 			_, err := f.Ensure(context.Background(), digest, tc.size, nil)
@@ -197,7 +197,11 @@ func TestEnsureOnFullFileSystem(t *testing.T) {
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", dir).CombinedOutput(); err != nil {
 		t.Skipf("cannot mount a tmpfs: %v: %s", err, out)
 	}
-	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", dir, err, out)
+		}
+	})
 
 	p := pkitest.New(t)
 	fake := newFake()
@@ -226,7 +230,9 @@ func TestEnsureOnFullFileSystem(t *testing.T) {
 	if staged := entries(t, filepath.Join(dir, "downloads")); len(staged) != 0 {
 		t.Errorf("staging holds %v after running out of space", staged)
 	}
-	os.Remove(filepath.Join(dir, "filler"))
+	if err := os.Remove(filepath.Join(dir, "filler")); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := f.Ensure(ctx, digests[2], uint64(len(small)), nil); err != nil {
 		t.Errorf("an unrelated 1 MiB download after the full one: %v", err)
 	}
