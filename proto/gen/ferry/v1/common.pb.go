@@ -24,8 +24,8 @@ const (
 )
 
 // Facts are what an agent detects about its host. They are reported with
-// every heartbeat and can be matched by rollout selectors as labels
-// ("os", "arch", "hostname").
+// every heartbeat and shown, never trusted: rollout selectors match labels
+// only. Each string is at most 256 bytes.
 type Facts struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Operating system as Go names it, e.g. "linux".

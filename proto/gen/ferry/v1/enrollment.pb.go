@@ -32,8 +32,10 @@ type EnrollRequest struct {
 	// DER-encoded PKCS#10 certificate signing request for a key generated on
 	// the node. The private key never leaves the node.
 	CsrDer []byte `protobuf:"bytes,3,opt,name=csr_der,json=csrDer,proto3" json:"csr_der,omitempty"`
-	// Free labels the node declares for itself (e.g. dc=sh1). The "group"
-	// label is reserved: it comes from the token.
+	// Labels the node asks for (e.g. rack=r12). Each must be allowed by the
+	// token's allow-list, or enrollment is refused; the token's own labels
+	// replace asked-for ones of the same key. The "group" key is reserved:
+	// the group comes from the token.
 	Labels        map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -112,8 +114,11 @@ type EnrollResponse struct {
 	GossipKey []byte `protobuf:"bytes,5,opt,name=gossip_key,json=gossipKey,proto3" json:"gossip_key,omitempty"`
 	// Label that keeps two Ferry installations from merging gossip clusters.
 	GossipClusterLabel string `protobuf:"bytes,6,opt,name=gossip_cluster_label,json=gossipClusterLabel,proto3" json:"gossip_cluster_label,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The node's labels as granted (the token's and the allowed asked-for
+	// ones).
+	Labels        map[string]string `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EnrollResponse) Reset() {
@@ -188,6 +193,13 @@ func (x *EnrollResponse) GetGossipClusterLabel() string {
 	return ""
 }
 
+func (x *EnrollResponse) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
 var File_ferry_v1_enrollment_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_enrollment_proto_rawDesc = "" +
@@ -200,7 +212,7 @@ const file_ferry_v1_enrollment_proto_rawDesc = "" +
 	"\x06labels\x18\x04 \x03(\v2#.ferry.v1.EnrollRequest.LabelsEntryR\x06labels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe7\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe0\x02\n" +
 	"\x0eEnrollResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x12'\n" +
@@ -208,7 +220,11 @@ const file_ferry_v1_enrollment_proto_rawDesc = "" +
 	"\x12ca_certificate_der\x18\x04 \x01(\fR\x10caCertificateDer\x12\x1d\n" +
 	"\n" +
 	"gossip_key\x18\x05 \x01(\fR\tgossipKey\x120\n" +
-	"\x14gossip_cluster_label\x18\x06 \x01(\tR\x12gossipClusterLabel2P\n" +
+	"\x14gossip_cluster_label\x18\x06 \x01(\tR\x12gossipClusterLabel\x12<\n" +
+	"\x06labels\x18\a \x03(\v2$.ferry.v1.EnrollResponse.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012P\n" +
 	"\x11EnrollmentService\x12;\n" +
 	"\x06Enroll\x12\x17.ferry.v1.EnrollRequest\x1a\x18.ferry.v1.EnrollResponseB\x99\x01\n" +
 	"\fcom.ferry.v1B\x0fEnrollmentProtoP\x01Z7github.com/ferrydeploy/ferry/proto/gen/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
@@ -225,21 +241,23 @@ func file_ferry_v1_enrollment_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_enrollment_proto_rawDescData
 }
 
-var file_ferry_v1_enrollment_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_ferry_v1_enrollment_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_ferry_v1_enrollment_proto_goTypes = []any{
 	(*EnrollRequest)(nil),  // 0: ferry.v1.EnrollRequest
 	(*EnrollResponse)(nil), // 1: ferry.v1.EnrollResponse
 	nil,                    // 2: ferry.v1.EnrollRequest.LabelsEntry
+	nil,                    // 3: ferry.v1.EnrollResponse.LabelsEntry
 }
 var file_ferry_v1_enrollment_proto_depIdxs = []int32{
 	2, // 0: ferry.v1.EnrollRequest.labels:type_name -> ferry.v1.EnrollRequest.LabelsEntry
-	0, // 1: ferry.v1.EnrollmentService.Enroll:input_type -> ferry.v1.EnrollRequest
-	1, // 2: ferry.v1.EnrollmentService.Enroll:output_type -> ferry.v1.EnrollResponse
-	2, // [2:3] is the sub-list for method output_type
-	1, // [1:2] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	3, // 1: ferry.v1.EnrollResponse.labels:type_name -> ferry.v1.EnrollResponse.LabelsEntry
+	0, // 2: ferry.v1.EnrollmentService.Enroll:input_type -> ferry.v1.EnrollRequest
+	1, // 3: ferry.v1.EnrollmentService.Enroll:output_type -> ferry.v1.EnrollResponse
+	3, // [3:4] is the sub-list for method output_type
+	2, // [2:3] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_enrollment_proto_init() }
@@ -253,7 +271,7 @@ func file_ferry_v1_enrollment_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_enrollment_proto_rawDesc), len(file_ferry_v1_enrollment_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -33,7 +33,8 @@ type EnrollmentServiceClient interface {
 	// Enroll exchanges a join token and a certificate signing request for an
 	// agent certificate bound to the node ID. The token's group becomes the
 	// node's group. Refused when the token is unknown, expired, revoked or
-	// used up, or when the node ID is taken by an enrolled node.
+	// used up, when the node ID is taken by an enrolled node, or when the
+	// node asks for a label the token does not allow.
 	Enroll(ctx context.Context, in *EnrollRequest, opts ...grpc.CallOption) (*EnrollResponse, error)
 }
 
@@ -66,7 +67,8 @@ type EnrollmentServiceServer interface {
 	// Enroll exchanges a join token and a certificate signing request for an
 	// agent certificate bound to the node ID. The token's group becomes the
 	// node's group. Refused when the token is unknown, expired, revoked or
-	// used up, or when the node ID is taken by an enrolled node.
+	// used up, when the node ID is taken by an enrolled node, or when the
+	// node asks for a label the token does not allow.
 	Enroll(context.Context, *EnrollRequest) (*EnrollResponse, error)
 	mustEmbedUnimplementedEnrollmentServiceServer()
 }

@@ -108,7 +108,10 @@ type Node struct {
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// Group granted at enrollment.
 	Group string `protobuf:"bytes,2,opt,name=group,proto3" json:"group,omitempty"`
-	// Labels: declared at enrollment plus detected facts.
+	// Labels rollout selectors match: "group", the join token's labels, the
+	// labels the token allowed the node to ask for, and what admins set with
+	// LabelNode. Facts the agent detects are in facts, never here: a node
+	// cannot label itself into a rollout.
 	Labels map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Combined health state.
 	State NodeState `protobuf:"varint,4,opt,name=state,proto3,enum=ferry.v1.NodeState" json:"state,omitempty"`
@@ -301,13 +304,20 @@ func (x *Node) GetDisks() []*DiskSpace {
 	return nil
 }
 
-// ListNodesRequest filters the listing.
+// ListNodesRequest filters the listing and asks for one page.
 type ListNodesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only nodes of this group.
 	Group string `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
 	// Only nodes in these states.
-	States        []NodeState `protobuf:"varint,2,rep,packed,name=states,proto3,enum=ferry.v1.NodeState" json:"states,omitempty"`
+	States []NodeState `protobuf:"varint,2,rep,packed,name=states,proto3,enum=ferry.v1.NodeState" json:"states,omitempty"`
+	// Most nodes to return (0: the server's default, 500; at most 1000). A
+	// page also ends before it passes 2 MiB, whatever the count.
+	PageSize uint32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page; empty for the first.
+	PageToken string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Leave out removed nodes (unless states asks for them).
+	HideRemoved   bool `protobuf:"varint,5,opt,name=hide_removed,json=hideRemoved,proto3" json:"hide_removed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -356,11 +366,34 @@ func (x *ListNodesRequest) GetStates() []NodeState {
 	return nil
 }
 
-// ListNodesResponse lists nodes.
+func (x *ListNodesRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListNodesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListNodesRequest) GetHideRemoved() bool {
+	if x != nil {
+		return x.HideRemoved
+	}
+	return false
+}
+
+// ListNodesResponse is one page of nodes.
 type ListNodesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Nodes sorted by ID.
-	Nodes         []*Node `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Nodes []*Node `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// Token of the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -402,13 +435,22 @@ func (x *ListNodesResponse) GetNodes() []*Node {
 	return nil
 }
 
+func (x *ListNodesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 // WatchNodesRequest filters the watch.
 type WatchNodesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only nodes of this group.
 	Group string `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
 	// Only nodes in these states.
-	States        []NodeState `protobuf:"varint,2,rep,packed,name=states,proto3,enum=ferry.v1.NodeState" json:"states,omitempty"`
+	States []NodeState `protobuf:"varint,2,rep,packed,name=states,proto3,enum=ferry.v1.NodeState" json:"states,omitempty"`
+	// Leave out nodes that were already removed when the watch began.
+	HideRemoved   bool `protobuf:"varint,3,opt,name=hide_removed,json=hideRemoved,proto3" json:"hide_removed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -457,11 +499,23 @@ func (x *WatchNodesRequest) GetStates() []NodeState {
 	return nil
 }
 
+func (x *WatchNodesRequest) GetHideRemoved() bool {
+	if x != nil {
+		return x.HideRemoved
+	}
+	return false
+}
+
 // WatchNodesResponse is one node's new state.
 type WatchNodesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The node as it is now.
-	Node          *Node `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// No longer sent: the whole node made watches of large fleets heavy.
+	// Read event, and ListNodes for the details.
+	//
+	// Deprecated: Marked as deprecated in ferry/v1/node.proto.
+	Node *Node `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// What changed.
+	Event         *NodeEvent `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -496,6 +550,7 @@ func (*WatchNodesResponse) Descriptor() ([]byte, []int) {
 	return file_ferry_v1_node_proto_rawDescGZIP(), []int{4}
 }
 
+// Deprecated: Marked as deprecated in ferry/v1/node.proto.
 func (x *WatchNodesResponse) GetNode() *Node {
 	if x != nil {
 		return x.Node
@@ -503,18 +558,118 @@ func (x *WatchNodesResponse) GetNode() *Node {
 	return nil
 }
 
+func (x *WatchNodesResponse) GetEvent() *NodeEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+// NodeEvent is a node's state as a watch reports it.
+type NodeEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Node ID.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The node's group.
+	Group string `protobuf:"bytes,2,opt,name=group,proto3" json:"group,omitempty"`
+	// Combined health state.
+	State NodeState `protobuf:"varint,3,opt,name=state,proto3,enum=ferry.v1.NodeState" json:"state,omitempty"`
+	// Why the node is in this state.
+	StateReason string `protobuf:"bytes,4,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
+	// Whether the agent's stream is open now.
+	Connected bool `protobuf:"varint,5,opt,name=connected,proto3" json:"connected,omitempty"`
+	// The node's record was purged: it is gone from the fleet.
+	Purged        bool `protobuf:"varint,6,opt,name=purged,proto3" json:"purged,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeEvent) Reset() {
+	*x = NodeEvent{}
+	mi := &file_ferry_v1_node_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeEvent) ProtoMessage() {}
+
+func (x *NodeEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_node_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeEvent.ProtoReflect.Descriptor instead.
+func (*NodeEvent) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_node_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *NodeEvent) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *NodeEvent) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *NodeEvent) GetState() NodeState {
+	if x != nil {
+		return x.State
+	}
+	return NodeState_NODE_STATE_UNSPECIFIED
+}
+
+func (x *NodeEvent) GetStateReason() string {
+	if x != nil {
+		return x.StateReason
+	}
+	return ""
+}
+
+func (x *NodeEvent) GetConnected() bool {
+	if x != nil {
+		return x.Connected
+	}
+	return false
+}
+
+func (x *NodeEvent) GetPurged() bool {
+	if x != nil {
+		return x.Purged
+	}
+	return false
+}
+
 // RemoveNodeRequest names the node.
 type RemoveNodeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Node ID.
-	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Also delete the node's record (it may have been removed before).
+	Purge         bool `protobuf:"varint,2,opt,name=purge,proto3" json:"purge,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_ferry_v1_node_proto_msgTypes[5]
+	mi := &file_ferry_v1_node_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -526,7 +681,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_node_proto_msgTypes[5]
+	mi := &file_ferry_v1_node_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -539,7 +694,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_node_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_node_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RemoveNodeRequest) GetId() string {
@@ -549,18 +704,27 @@ func (x *RemoveNodeRequest) GetId() string {
 	return ""
 }
 
+func (x *RemoveNodeRequest) GetPurge() bool {
+	if x != nil {
+		return x.Purge
+	}
+	return false
+}
+
 // RemoveNodeResponse confirms the removal.
 type RemoveNodeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The node as it was removed.
-	Node          *Node `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Node *Node `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// Whether the record was deleted.
+	Purged        bool `protobuf:"varint,2,opt,name=purged,proto3" json:"purged,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_ferry_v1_node_proto_msgTypes[6]
+	mi := &file_ferry_v1_node_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -572,7 +736,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_node_proto_msgTypes[6]
+	mi := &file_ferry_v1_node_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -585,10 +749,228 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_node_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_node_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RemoveNodeResponse) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+func (x *RemoveNodeResponse) GetPurged() bool {
+	if x != nil {
+		return x.Purged
+	}
+	return false
+}
+
+// LabelNodeRequest changes a node's labels.
+type LabelNodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Node ID.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Labels to set (added or replaced).
+	Set map[string]string `protobuf:"bytes,2,rep,name=set,proto3" json:"set,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Label keys to remove; an absent key is no error.
+	Remove        []string `protobuf:"bytes,3,rep,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LabelNodeRequest) Reset() {
+	*x = LabelNodeRequest{}
+	mi := &file_ferry_v1_node_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LabelNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LabelNodeRequest) ProtoMessage() {}
+
+func (x *LabelNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_node_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LabelNodeRequest.ProtoReflect.Descriptor instead.
+func (*LabelNodeRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_node_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *LabelNodeRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *LabelNodeRequest) GetSet() map[string]string {
+	if x != nil {
+		return x.Set
+	}
+	return nil
+}
+
+func (x *LabelNodeRequest) GetRemove() []string {
+	if x != nil {
+		return x.Remove
+	}
+	return nil
+}
+
+// LabelNodeResponse is the node after the change.
+type LabelNodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node as it is now.
+	Node          *Node `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LabelNodeResponse) Reset() {
+	*x = LabelNodeResponse{}
+	mi := &file_ferry_v1_node_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LabelNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LabelNodeResponse) ProtoMessage() {}
+
+func (x *LabelNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_node_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LabelNodeResponse.ProtoReflect.Descriptor instead.
+func (*LabelNodeResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_node_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *LabelNodeResponse) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+// MoveNodeRequest puts a node in another group.
+type MoveNodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Node ID.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The new group.
+	Group         string `protobuf:"bytes,2,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveNodeRequest) Reset() {
+	*x = MoveNodeRequest{}
+	mi := &file_ferry_v1_node_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveNodeRequest) ProtoMessage() {}
+
+func (x *MoveNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_node_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveNodeRequest.ProtoReflect.Descriptor instead.
+func (*MoveNodeRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_node_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *MoveNodeRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *MoveNodeRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+// MoveNodeResponse is the node after the move.
+type MoveNodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node as it is now.
+	Node          *Node `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveNodeResponse) Reset() {
+	*x = MoveNodeResponse{}
+	mi := &file_ferry_v1_node_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveNodeResponse) ProtoMessage() {}
+
+func (x *MoveNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_node_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveNodeResponse.ProtoReflect.Descriptor instead.
+func (*MoveNodeResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_node_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *MoveNodeResponse) GetNode() *Node {
 	if x != nil {
 		return x.Node
 	}
@@ -623,20 +1005,50 @@ const file_ferry_v1_node_proto_rawDesc = "" +
 	"\x05disks\x18\x12 \x03(\v2\x13.ferry.v1.DiskSpaceR\x05disks\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"U\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb4\x01\n" +
 	"\x10ListNodesRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12+\n" +
-	"\x06states\x18\x02 \x03(\x0e2\x13.ferry.v1.NodeStateR\x06states\"9\n" +
+	"\x06states\x18\x02 \x03(\x0e2\x13.ferry.v1.NodeStateR\x06states\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\x12!\n" +
+	"\fhide_removed\x18\x05 \x01(\bR\vhideRemoved\"a\n" +
 	"\x11ListNodesResponse\x12$\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x0e.ferry.v1.NodeR\x05nodes\"V\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x0e.ferry.v1.NodeR\x05nodes\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"y\n" +
 	"\x11WatchNodesRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12+\n" +
-	"\x06states\x18\x02 \x03(\x0e2\x13.ferry.v1.NodeStateR\x06states\"8\n" +
-	"\x12WatchNodesResponse\x12\"\n" +
-	"\x04node\x18\x01 \x01(\v2\x0e.ferry.v1.NodeR\x04node\"#\n" +
+	"\x06states\x18\x02 \x03(\x0e2\x13.ferry.v1.NodeStateR\x06states\x12!\n" +
+	"\fhide_removed\x18\x03 \x01(\bR\vhideRemoved\"g\n" +
+	"\x12WatchNodesResponse\x12&\n" +
+	"\x04node\x18\x01 \x01(\v2\x0e.ferry.v1.NodeB\x02\x18\x01R\x04node\x12)\n" +
+	"\x05event\x18\x02 \x01(\v2\x13.ferry.v1.NodeEventR\x05event\"\xb5\x01\n" +
+	"\tNodeEvent\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\tR\x05group\x12)\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x13.ferry.v1.NodeStateR\x05state\x12!\n" +
+	"\fstate_reason\x18\x04 \x01(\tR\vstateReason\x12\x1c\n" +
+	"\tconnected\x18\x05 \x01(\bR\tconnected\x12\x16\n" +
+	"\x06purged\x18\x06 \x01(\bR\x06purged\"9\n" +
 	"\x11RemoveNodeRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"8\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05purge\x18\x02 \x01(\bR\x05purge\"P\n" +
 	"\x12RemoveNodeResponse\x12\"\n" +
+	"\x04node\x18\x01 \x01(\v2\x0e.ferry.v1.NodeR\x04node\x12\x16\n" +
+	"\x06purged\x18\x02 \x01(\bR\x06purged\"\xa9\x01\n" +
+	"\x10LabelNodeRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x125\n" +
+	"\x03set\x18\x02 \x03(\v2#.ferry.v1.LabelNodeRequest.SetEntryR\x03set\x12\x16\n" +
+	"\x06remove\x18\x03 \x03(\tR\x06remove\x1a6\n" +
+	"\bSetEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"7\n" +
+	"\x11LabelNodeResponse\x12\"\n" +
+	"\x04node\x18\x01 \x01(\v2\x0e.ferry.v1.NodeR\x04node\"7\n" +
+	"\x0fMoveNodeRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\tR\x05group\"6\n" +
+	"\x10MoveNodeResponse\x12\"\n" +
 	"\x04node\x18\x01 \x01(\v2\x0e.ferry.v1.NodeR\x04node*\xe3\x01\n" +
 	"\tNodeState\x12\x1a\n" +
 	"\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
@@ -647,13 +1059,15 @@ const file_ferry_v1_node_proto_rawDesc = "" +
 	"\x0fNODE_STATE_DOWN\x10\x05\x12\x13\n" +
 	"\x0fNODE_STATE_LEFT\x10\x06\x12\x16\n" +
 	"\x12NODE_STATE_REMOVED\x10\a\x12\x16\n" +
-	"\x12NODE_STATE_PENDING\x10\b2\xe7\x01\n" +
+	"\x12NODE_STATE_PENDING\x10\b2\xf0\x02\n" +
 	"\vNodeService\x12D\n" +
 	"\tListNodes\x12\x1a.ferry.v1.ListNodesRequest\x1a\x1b.ferry.v1.ListNodesResponse\x12I\n" +
 	"\n" +
 	"WatchNodes\x12\x1b.ferry.v1.WatchNodesRequest\x1a\x1c.ferry.v1.WatchNodesResponse0\x01\x12G\n" +
 	"\n" +
-	"RemoveNode\x12\x1b.ferry.v1.RemoveNodeRequest\x1a\x1c.ferry.v1.RemoveNodeResponseB\x93\x01\n" +
+	"RemoveNode\x12\x1b.ferry.v1.RemoveNodeRequest\x1a\x1c.ferry.v1.RemoveNodeResponse\x12D\n" +
+	"\tLabelNode\x12\x1a.ferry.v1.LabelNodeRequest\x1a\x1b.ferry.v1.LabelNodeResponse\x12A\n" +
+	"\bMoveNode\x12\x19.ferry.v1.MoveNodeRequest\x1a\x1a.ferry.v1.MoveNodeResponseB\x93\x01\n" +
 	"\fcom.ferry.v1B\tNodeProtoP\x01Z7github.com/ferrydeploy/ferry/proto/gen/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -669,7 +1083,7 @@ func file_ferry_v1_node_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_node_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ferry_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_ferry_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_ferry_v1_node_proto_goTypes = []any{
 	(NodeState)(0),                // 0: ferry.v1.NodeState
 	(*Node)(nil),                  // 1: ferry.v1.Node
@@ -677,41 +1091,56 @@ var file_ferry_v1_node_proto_goTypes = []any{
 	(*ListNodesResponse)(nil),     // 3: ferry.v1.ListNodesResponse
 	(*WatchNodesRequest)(nil),     // 4: ferry.v1.WatchNodesRequest
 	(*WatchNodesResponse)(nil),    // 5: ferry.v1.WatchNodesResponse
-	(*RemoveNodeRequest)(nil),     // 6: ferry.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),    // 7: ferry.v1.RemoveNodeResponse
-	nil,                           // 8: ferry.v1.Node.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
-	(*Facts)(nil),                 // 10: ferry.v1.Facts
-	(*InstalledPackage)(nil),      // 11: ferry.v1.InstalledPackage
-	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
-	(*DiskSpace)(nil),             // 13: ferry.v1.DiskSpace
+	(*NodeEvent)(nil),             // 6: ferry.v1.NodeEvent
+	(*RemoveNodeRequest)(nil),     // 7: ferry.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),    // 8: ferry.v1.RemoveNodeResponse
+	(*LabelNodeRequest)(nil),      // 9: ferry.v1.LabelNodeRequest
+	(*LabelNodeResponse)(nil),     // 10: ferry.v1.LabelNodeResponse
+	(*MoveNodeRequest)(nil),       // 11: ferry.v1.MoveNodeRequest
+	(*MoveNodeResponse)(nil),      // 12: ferry.v1.MoveNodeResponse
+	nil,                           // 13: ferry.v1.Node.LabelsEntry
+	nil,                           // 14: ferry.v1.LabelNodeRequest.SetEntry
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*Facts)(nil),                 // 16: ferry.v1.Facts
+	(*InstalledPackage)(nil),      // 17: ferry.v1.InstalledPackage
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(*DiskSpace)(nil),             // 19: ferry.v1.DiskSpace
 }
 var file_ferry_v1_node_proto_depIdxs = []int32{
-	8,  // 0: ferry.v1.Node.labels:type_name -> ferry.v1.Node.LabelsEntry
+	13, // 0: ferry.v1.Node.labels:type_name -> ferry.v1.Node.LabelsEntry
 	0,  // 1: ferry.v1.Node.state:type_name -> ferry.v1.NodeState
-	9,  // 2: ferry.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
-	10, // 3: ferry.v1.Node.facts:type_name -> ferry.v1.Facts
-	9,  // 4: ferry.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
-	11, // 5: ferry.v1.Node.installed:type_name -> ferry.v1.InstalledPackage
-	12, // 6: ferry.v1.Node.uptime:type_name -> google.protobuf.Duration
-	9,  // 7: ferry.v1.Node.certificate_expires_at:type_name -> google.protobuf.Timestamp
-	13, // 8: ferry.v1.Node.disks:type_name -> ferry.v1.DiskSpace
+	15, // 2: ferry.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
+	16, // 3: ferry.v1.Node.facts:type_name -> ferry.v1.Facts
+	15, // 4: ferry.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
+	17, // 5: ferry.v1.Node.installed:type_name -> ferry.v1.InstalledPackage
+	18, // 6: ferry.v1.Node.uptime:type_name -> google.protobuf.Duration
+	15, // 7: ferry.v1.Node.certificate_expires_at:type_name -> google.protobuf.Timestamp
+	19, // 8: ferry.v1.Node.disks:type_name -> ferry.v1.DiskSpace
 	0,  // 9: ferry.v1.ListNodesRequest.states:type_name -> ferry.v1.NodeState
 	1,  // 10: ferry.v1.ListNodesResponse.nodes:type_name -> ferry.v1.Node
 	0,  // 11: ferry.v1.WatchNodesRequest.states:type_name -> ferry.v1.NodeState
 	1,  // 12: ferry.v1.WatchNodesResponse.node:type_name -> ferry.v1.Node
-	1,  // 13: ferry.v1.RemoveNodeResponse.node:type_name -> ferry.v1.Node
-	2,  // 14: ferry.v1.NodeService.ListNodes:input_type -> ferry.v1.ListNodesRequest
-	4,  // 15: ferry.v1.NodeService.WatchNodes:input_type -> ferry.v1.WatchNodesRequest
-	6,  // 16: ferry.v1.NodeService.RemoveNode:input_type -> ferry.v1.RemoveNodeRequest
-	3,  // 17: ferry.v1.NodeService.ListNodes:output_type -> ferry.v1.ListNodesResponse
-	5,  // 18: ferry.v1.NodeService.WatchNodes:output_type -> ferry.v1.WatchNodesResponse
-	7,  // 19: ferry.v1.NodeService.RemoveNode:output_type -> ferry.v1.RemoveNodeResponse
-	17, // [17:20] is the sub-list for method output_type
-	14, // [14:17] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	6,  // 13: ferry.v1.WatchNodesResponse.event:type_name -> ferry.v1.NodeEvent
+	0,  // 14: ferry.v1.NodeEvent.state:type_name -> ferry.v1.NodeState
+	1,  // 15: ferry.v1.RemoveNodeResponse.node:type_name -> ferry.v1.Node
+	14, // 16: ferry.v1.LabelNodeRequest.set:type_name -> ferry.v1.LabelNodeRequest.SetEntry
+	1,  // 17: ferry.v1.LabelNodeResponse.node:type_name -> ferry.v1.Node
+	1,  // 18: ferry.v1.MoveNodeResponse.node:type_name -> ferry.v1.Node
+	2,  // 19: ferry.v1.NodeService.ListNodes:input_type -> ferry.v1.ListNodesRequest
+	4,  // 20: ferry.v1.NodeService.WatchNodes:input_type -> ferry.v1.WatchNodesRequest
+	7,  // 21: ferry.v1.NodeService.RemoveNode:input_type -> ferry.v1.RemoveNodeRequest
+	9,  // 22: ferry.v1.NodeService.LabelNode:input_type -> ferry.v1.LabelNodeRequest
+	11, // 23: ferry.v1.NodeService.MoveNode:input_type -> ferry.v1.MoveNodeRequest
+	3,  // 24: ferry.v1.NodeService.ListNodes:output_type -> ferry.v1.ListNodesResponse
+	5,  // 25: ferry.v1.NodeService.WatchNodes:output_type -> ferry.v1.WatchNodesResponse
+	8,  // 26: ferry.v1.NodeService.RemoveNode:output_type -> ferry.v1.RemoveNodeResponse
+	10, // 27: ferry.v1.NodeService.LabelNode:output_type -> ferry.v1.LabelNodeResponse
+	12, // 28: ferry.v1.NodeService.MoveNode:output_type -> ferry.v1.MoveNodeResponse
+	24, // [24:29] is the sub-list for method output_type
+	19, // [19:24] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_node_proto_init() }
@@ -726,7 +1155,7 @@ func file_ferry_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_node_proto_rawDesc), len(file_ferry_v1_node_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   8,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,6 +22,8 @@ const (
 	NodeService_ListNodes_FullMethodName  = "/ferry.v1.NodeService/ListNodes"
 	NodeService_WatchNodes_FullMethodName = "/ferry.v1.NodeService/WatchNodes"
 	NodeService_RemoveNode_FullMethodName = "/ferry.v1.NodeService/RemoveNode"
+	NodeService_LabelNode_FullMethodName  = "/ferry.v1.NodeService/LabelNode"
+	NodeService_MoveNode_FullMethodName   = "/ferry.v1.NodeService/MoveNode"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -30,13 +32,22 @@ const (
 //
 // NodeService is the admin's view of the fleet.
 type NodeServiceClient interface {
-	// ListNodes lists enrolled nodes with their health.
+	// ListNodes lists enrolled nodes with their health, one page at a time
+	// (sorted by ID); a client follows next_page_token to the end.
 	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
-	// WatchNodes streams the node list, then every change.
+	// WatchNodes streams a compact event per node (its state and why), then
+	// one per change of a node's state, group or connection. An admin may
+	// hold at most 16 watches at once; more are refused (RESOURCE_EXHAUSTED).
 	WatchNodes(ctx context.Context, in *WatchNodesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchNodesResponse], error)
 	// RemoveNode revokes a node: its certificate is refused from now on and
-	// its stream is closed. Re-enrolling needs a new token.
+	// its stream is closed. Re-enrolling needs a new token. With purge, the
+	// node's record is deleted as well (a removed node can be purged later).
 	RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error)
+	// LabelNode sets and removes a node's labels, the ones rollout selectors
+	// match. Audited.
+	LabelNode(ctx context.Context, in *LabelNodeRequest, opts ...grpc.CallOption) (*LabelNodeResponse, error)
+	// MoveNode puts a node in another group. Audited.
+	MoveNode(ctx context.Context, in *MoveNodeRequest, opts ...grpc.CallOption) (*MoveNodeResponse, error)
 }
 
 type nodeServiceClient struct {
@@ -86,19 +97,48 @@ func (c *nodeServiceClient) RemoveNode(ctx context.Context, in *RemoveNodeReques
 	return out, nil
 }
 
+func (c *nodeServiceClient) LabelNode(ctx context.Context, in *LabelNodeRequest, opts ...grpc.CallOption) (*LabelNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LabelNodeResponse)
+	err := c.cc.Invoke(ctx, NodeService_LabelNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeServiceClient) MoveNode(ctx context.Context, in *MoveNodeRequest, opts ...grpc.CallOption) (*MoveNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MoveNodeResponse)
+	err := c.cc.Invoke(ctx, NodeService_MoveNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
 //
 // NodeService is the admin's view of the fleet.
 type NodeServiceServer interface {
-	// ListNodes lists enrolled nodes with their health.
+	// ListNodes lists enrolled nodes with their health, one page at a time
+	// (sorted by ID); a client follows next_page_token to the end.
 	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
-	// WatchNodes streams the node list, then every change.
+	// WatchNodes streams a compact event per node (its state and why), then
+	// one per change of a node's state, group or connection. An admin may
+	// hold at most 16 watches at once; more are refused (RESOURCE_EXHAUSTED).
 	WatchNodes(*WatchNodesRequest, grpc.ServerStreamingServer[WatchNodesResponse]) error
 	// RemoveNode revokes a node: its certificate is refused from now on and
-	// its stream is closed. Re-enrolling needs a new token.
+	// its stream is closed. Re-enrolling needs a new token. With purge, the
+	// node's record is deleted as well (a removed node can be purged later).
 	RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error)
+	// LabelNode sets and removes a node's labels, the ones rollout selectors
+	// match. Audited.
+	LabelNode(context.Context, *LabelNodeRequest) (*LabelNodeResponse, error)
+	// MoveNode puts a node in another group. Audited.
+	MoveNode(context.Context, *MoveNodeRequest) (*MoveNodeResponse, error)
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -117,6 +157,12 @@ func (UnimplementedNodeServiceServer) WatchNodes(*WatchNodesRequest, grpc.Server
 }
 func (UnimplementedNodeServiceServer) RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveNode not implemented")
+}
+func (UnimplementedNodeServiceServer) LabelNode(context.Context, *LabelNodeRequest) (*LabelNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LabelNode not implemented")
+}
+func (UnimplementedNodeServiceServer) MoveNode(context.Context, *MoveNodeRequest) (*MoveNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MoveNode not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -186,6 +232,42 @@ func _NodeService_RemoveNode_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_LabelNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LabelNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).LabelNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_LabelNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).LabelNode(ctx, req.(*LabelNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NodeService_MoveNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MoveNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).MoveNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_MoveNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).MoveNode(ctx, req.(*MoveNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -200,6 +282,14 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveNode",
 			Handler:    _NodeService_RemoveNode_Handler,
+		},
+		{
+			MethodName: "LabelNode",
+			Handler:    _NodeService_LabelNode_Handler,
+		},
+		{
+			MethodName: "MoveNode",
+			Handler:    _NodeService_MoveNode_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

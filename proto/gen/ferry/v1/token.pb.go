@@ -41,7 +41,13 @@ type Token struct {
 	// When it was created.
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	// Admin who created it.
-	CreatedBy     string `protobuf:"bytes,8,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	CreatedBy string `protobuf:"bytes,8,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// Labels nodes that enroll with it get (they override what a node asks
+	// for).
+	Labels map[string]string `protobuf:"bytes,9,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Labels a node may ask for at enrollment, each "key=glob" (exact key,
+	// '*' and '?' in the value), e.g. "rack=*". Any other is refused.
+	AllowLabels   []string `protobuf:"bytes,10,rep,name=allow_labels,json=allowLabels,proto3" json:"allow_labels,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -132,6 +138,20 @@ func (x *Token) GetCreatedBy() string {
 	return ""
 }
 
+func (x *Token) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *Token) GetAllowLabels() []string {
+	if x != nil {
+		return x.AllowLabels
+	}
+	return nil
+}
+
 // CreateTokenRequest sets the token's grant and limits.
 type CreateTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -140,7 +160,12 @@ type CreateTokenRequest struct {
 	// Lifetime (default 1h).
 	Ttl *durationpb.Duration `protobuf:"bytes,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	// Enrollments allowed; 0 for unlimited.
-	MaxUses       uint32 `protobuf:"varint,3,opt,name=max_uses,json=maxUses,proto3" json:"max_uses,omitempty"`
+	MaxUses uint32 `protobuf:"varint,3,opt,name=max_uses,json=maxUses,proto3" json:"max_uses,omitempty"`
+	// Labels granted to nodes that enroll with it.
+	Labels map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Labels a node may ask for itself, each "key=glob", e.g. "rack=*";
+	// empty: none.
+	AllowLabels   []string `protobuf:"bytes,5,rep,name=allow_labels,json=allowLabels,proto3" json:"allow_labels,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -194,6 +219,20 @@ func (x *CreateTokenRequest) GetMaxUses() uint32 {
 		return x.MaxUses
 	}
 	return 0
+}
+
+func (x *CreateTokenRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *CreateTokenRequest) GetAllowLabels() []string {
+	if x != nil {
+		return x.AllowLabels
+	}
+	return nil
 }
 
 // CreateTokenResponse carries the secret, shown once.
@@ -439,7 +478,7 @@ var File_ferry_v1_token_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_token_proto_rawDesc = "" +
 	"\n" +
-	"\x14ferry/v1/token.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8b\x02\n" +
+	"\x14ferry/v1/token.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x03\n" +
 	"\x05Token\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x129\n" +
@@ -451,11 +490,22 @@ const file_ferry_v1_token_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1d\n" +
 	"\n" +
-	"created_by\x18\b \x01(\tR\tcreatedBy\"r\n" +
+	"created_by\x18\b \x01(\tR\tcreatedBy\x123\n" +
+	"\x06labels\x18\t \x03(\v2\x1b.ferry.v1.Token.LabelsEntryR\x06labels\x12!\n" +
+	"\fallow_labels\x18\n" +
+	" \x03(\tR\vallowLabels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x92\x02\n" +
 	"\x12CreateTokenRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12+\n" +
 	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x19\n" +
-	"\bmax_uses\x18\x03 \x01(\rR\amaxUses\"k\n" +
+	"\bmax_uses\x18\x03 \x01(\rR\amaxUses\x12@\n" +
+	"\x06labels\x18\x04 \x03(\v2(.ferry.v1.CreateTokenRequest.LabelsEntryR\x06labels\x12!\n" +
+	"\fallow_labels\x18\x05 \x03(\tR\vallowLabels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"k\n" +
 	"\x13CreateTokenResponse\x12%\n" +
 	"\x05token\x18\x01 \x01(\v2\x0f.ferry.v1.TokenR\x05token\x12\x16\n" +
 	"\x06secret\x18\x02 \x01(\tR\x06secret\x12\x15\n" +
@@ -487,7 +537,7 @@ func file_ferry_v1_token_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_token_proto_rawDescData
 }
 
-var file_ferry_v1_token_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_ferry_v1_token_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_ferry_v1_token_proto_goTypes = []any{
 	(*Token)(nil),                 // 0: ferry.v1.Token
 	(*CreateTokenRequest)(nil),    // 1: ferry.v1.CreateTokenRequest
@@ -496,27 +546,31 @@ var file_ferry_v1_token_proto_goTypes = []any{
 	(*ListTokensResponse)(nil),    // 4: ferry.v1.ListTokensResponse
 	(*RevokeTokenRequest)(nil),    // 5: ferry.v1.RevokeTokenRequest
 	(*RevokeTokenResponse)(nil),   // 6: ferry.v1.RevokeTokenResponse
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
+	nil,                           // 7: ferry.v1.Token.LabelsEntry
+	nil,                           // 8: ferry.v1.CreateTokenRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 10: google.protobuf.Duration
 }
 var file_ferry_v1_token_proto_depIdxs = []int32{
-	7, // 0: ferry.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	7, // 1: ferry.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	8, // 2: ferry.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
-	0, // 3: ferry.v1.CreateTokenResponse.token:type_name -> ferry.v1.Token
-	0, // 4: ferry.v1.ListTokensResponse.tokens:type_name -> ferry.v1.Token
-	0, // 5: ferry.v1.RevokeTokenResponse.token:type_name -> ferry.v1.Token
-	1, // 6: ferry.v1.TokenService.CreateToken:input_type -> ferry.v1.CreateTokenRequest
-	3, // 7: ferry.v1.TokenService.ListTokens:input_type -> ferry.v1.ListTokensRequest
-	5, // 8: ferry.v1.TokenService.RevokeToken:input_type -> ferry.v1.RevokeTokenRequest
-	2, // 9: ferry.v1.TokenService.CreateToken:output_type -> ferry.v1.CreateTokenResponse
-	4, // 10: ferry.v1.TokenService.ListTokens:output_type -> ferry.v1.ListTokensResponse
-	6, // 11: ferry.v1.TokenService.RevokeToken:output_type -> ferry.v1.RevokeTokenResponse
-	9, // [9:12] is the sub-list for method output_type
-	6, // [6:9] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	9,  // 0: ferry.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	9,  // 1: ferry.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	7,  // 2: ferry.v1.Token.labels:type_name -> ferry.v1.Token.LabelsEntry
+	10, // 3: ferry.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	8,  // 4: ferry.v1.CreateTokenRequest.labels:type_name -> ferry.v1.CreateTokenRequest.LabelsEntry
+	0,  // 5: ferry.v1.CreateTokenResponse.token:type_name -> ferry.v1.Token
+	0,  // 6: ferry.v1.ListTokensResponse.tokens:type_name -> ferry.v1.Token
+	0,  // 7: ferry.v1.RevokeTokenResponse.token:type_name -> ferry.v1.Token
+	1,  // 8: ferry.v1.TokenService.CreateToken:input_type -> ferry.v1.CreateTokenRequest
+	3,  // 9: ferry.v1.TokenService.ListTokens:input_type -> ferry.v1.ListTokensRequest
+	5,  // 10: ferry.v1.TokenService.RevokeToken:input_type -> ferry.v1.RevokeTokenRequest
+	2,  // 11: ferry.v1.TokenService.CreateToken:output_type -> ferry.v1.CreateTokenResponse
+	4,  // 12: ferry.v1.TokenService.ListTokens:output_type -> ferry.v1.ListTokensResponse
+	6,  // 13: ferry.v1.TokenService.RevokeToken:output_type -> ferry.v1.RevokeTokenResponse
+	11, // [11:14] is the sub-list for method output_type
+	8,  // [8:11] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_token_proto_init() }
@@ -530,7 +584,7 @@ func file_ferry_v1_token_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_token_proto_rawDesc), len(file_ferry_v1_token_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

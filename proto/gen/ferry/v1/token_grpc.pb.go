@@ -31,7 +31,8 @@ const (
 // TokenService manages join tokens. Tokens are stored hashed; the secret is
 // shown once, at creation.
 type TokenServiceClient interface {
-	// CreateToken makes a join token granting a group.
+	// CreateToken makes a join token granting a group and labels, and
+	// saying which labels a node may ask for.
 	CreateToken(ctx context.Context, in *CreateTokenRequest, opts ...grpc.CallOption) (*CreateTokenResponse, error)
 	// ListTokens lists tokens (never their secrets).
 	ListTokens(ctx context.Context, in *ListTokensRequest, opts ...grpc.CallOption) (*ListTokensResponse, error)
@@ -84,7 +85,8 @@ func (c *tokenServiceClient) RevokeToken(ctx context.Context, in *RevokeTokenReq
 // TokenService manages join tokens. Tokens are stored hashed; the secret is
 // shown once, at creation.
 type TokenServiceServer interface {
-	// CreateToken makes a join token granting a group.
+	// CreateToken makes a join token granting a group and labels, and
+	// saying which labels a node may ask for.
 	CreateToken(context.Context, *CreateTokenRequest) (*CreateTokenResponse, error)
 	// ListTokens lists tokens (never their secrets).
 	ListTokens(context.Context, *ListTokensRequest) (*ListTokensResponse, error)
