@@ -94,6 +94,15 @@ func Validate(set map[string]string) error {
 	return nil
 }
 
+// Format writes a label set as "k=v,k2=v2", sorted by key.
+func Format(set map[string]string) string {
+	parts := make([]string, 0, len(set))
+	for _, k := range slices.Sorted(maps.Keys(set)) {
+		parts = append(parts, k+"="+set[k])
+	}
+	return strings.Join(parts, ",")
+}
+
 // Parse splits "key=value" and validates both parts.
 func Parse(s string) (key, value string, err error) {
 	key, value, ok := strings.Cut(s, "=")

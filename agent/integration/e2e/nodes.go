@@ -49,7 +49,7 @@ func (s *State) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Nodes runs `ferryctl nodes -o json` (with extra flags such as --group)
+// Nodes runs `ferryctl nodes -o json --all` (with extra flags such as --group)
 // and returns the nodes by ID.
 func (h *Harness) Nodes(args ...string) map[string]Node {
 	h.t.Helper()
@@ -62,7 +62,8 @@ func (h *Harness) Nodes(args ...string) map[string]Node {
 
 func (h *Harness) nodes(args ...string) (map[string]Node, error) {
 	h.t.Helper()
-	r := h.ctlResult(append([]string{"nodes", "-o", "json"}, args...)...)
+	// --all: tests wait for nodes to be removed, too.
+	r := h.ctlResult(append([]string{"nodes", "-o", "json", "--all"}, args...)...)
 	if r.Exit != 0 {
 		return nil, fmt.Errorf("ferryctl nodes -o json: %s", r)
 	}

@@ -73,7 +73,8 @@ func newRolloutFleet(t *testing.T, agentArgs ...string) *rolloutFleet {
 	f.c = h.StartController(e2e.ControllerOptions{HeartbeatInterval: hb})
 	groups := map[string][]string{"staging": stagingNodes, "production": productionNodes}
 	for group, ids := range groups {
-		tok := h.Token(group, len(ids))
+		// Each node asks for its own node=ID label, which rollouts select.
+		tok := h.CreateToken(e2e.TokenOptions{Group: group, Uses: len(ids), AllowLabels: []string{"node=*"}})
 		for _, id := range ids {
 			a := h.NewAgent(id, e2e.AgentOptions{Labels: map[string]string{"node": id}, Args: agentArgs})
 			a.MustEnroll(tok)

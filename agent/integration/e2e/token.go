@@ -19,6 +19,10 @@ type TokenOptions struct {
 	Group string
 	Uses  int           // 0: unlimited
 	TTL   time.Duration // 0: ferryctl's default
+	// Labels are granted to every node (--label); AllowLabels are what a
+	// node may ask for (--allow-label KEY=GLOB).
+	Labels      []string
+	AllowLabels []string
 }
 
 // CreateToken runs `ferryctl token create` and fails the test unless it
@@ -31,6 +35,12 @@ func (h *Harness) CreateToken(o TokenOptions) Token {
 	}
 	if o.TTL > 0 {
 		args = append(args, "--ttl", o.TTL.String())
+	}
+	for _, l := range o.Labels {
+		args = append(args, "--label", l)
+	}
+	for _, l := range o.AllowLabels {
+		args = append(args, "--allow-label", l)
 	}
 	out := h.MustCtl(args...)
 	var resp struct {

@@ -17,6 +17,7 @@ import (
 	"github.com/ferrydeploy/ferry/agent/internal/agent"
 	"github.com/ferrydeploy/ferry/agent/internal/enroll"
 	"github.com/ferrydeploy/ferry/shared/installpolicy"
+	"github.com/ferrydeploy/ferry/shared/labels"
 	"github.com/ferrydeploy/ferry/shared/version"
 )
 
@@ -70,13 +71,13 @@ type labelFlag map[string]string
 func (l labelFlag) String() string { return "" }
 func (l labelFlag) Set(v string) error {
 	for _, kv := range strings.Split(v, ",") {
-		k, val, ok := strings.Cut(kv, "=")
-		if !ok || k == "" {
-			return fmt.Errorf("label %q: want key=value", kv)
+		k, val, err := labels.Parse(kv)
+		if err != nil {
+			return err
 		}
 		l[k] = val
 	}
-	return nil
+	return labels.Validate(l)
 }
 
 func runEnroll(args []string, stdout, stderr io.Writer) error {
@@ -89,7 +90,7 @@ func runEnroll(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.CAPin, "ca-pin", "", "CA pin sha256:HEX from `ferryctl token create` (required)")
 	fs.StringVar(&o.NodeID, "node-id", strings.ToLower(host), "node ID (default: host name)")
 	fs.StringVar(&o.StateDir, "state-dir", defaultStateDir, "where the agent keeps its identity and state")
-	fs.Var(labelFlag(o.Labels), "label", "node label key=value (repeatable)")
+	fs.Var(labelFlag(o.Labels), "label", "label key=value to ask for (repeatable); the join token must allow it")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

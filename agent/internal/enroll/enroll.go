@@ -18,6 +18,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/agent/internal/identity"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/labels"
 	"github.com/ferrydeploy/ferry/shared/pki"
 	"github.com/ferrydeploy/ferry/shared/rpc"
 )
@@ -43,6 +44,9 @@ func Enroll(ctx context.Context, o Options) (*identity.Info, error) {
 	}
 	if err := pki.ValidateName("node ID", o.NodeID); err != nil {
 		return nil, fmt.Errorf("%w (set it with --node-id)", err)
+	}
+	if err := labels.Validate(o.Labels); err != nil {
+		return nil, fmt.Errorf("%w (set with --label)", err)
 	}
 	if o.Controller == "" || o.Token == "" || o.CAPin == "" {
 		return nil, errors.New("--controller, --token and --ca-pin are required; `ferryctl token create` prints the full command")
@@ -102,7 +106,7 @@ func Enroll(ctx context.Context, o Options) (*identity.Info, error) {
 	}
 	info := identity.Info{
 		NodeID: resp.GetNodeId(), Group: resp.GetGroup(), Controller: o.Controller,
-		GossipKey: resp.GetGossipKey(), GossipLabel: resp.GetGossipClusterLabel(), Labels: o.Labels, EnrolledAt: o.Now(),
+		GossipKey: resp.GetGossipKey(), GossipLabel: resp.GetGossipClusterLabel(), Labels: resp.GetLabels(), EnrolledAt: o.Now(),
 	}
 	if err := identity.Save(o.StateDir, info, key, cert, ca); err != nil {
 		return nil, err

@@ -2,14 +2,17 @@ package cli
 
 import (
 	"fmt"
+	"maps"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrydeploy/ferry/controller/internal/nodestate"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/bytesize"
+	"github.com/ferrydeploy/ferry/shared/labels"
 )
 
 func parseStates(s string) ([]ferryv1.NodeState, error) {
@@ -29,20 +32,23 @@ func parseStates(s string) ([]ferryv1.NodeState, error) {
 
 func (a *app) nodesCmd() *cobra.Command {
 	var group, states string
-	var watch, disks bool
+	var watch, disks, all, showLabels bool
 	cmd := &cobra.Command{
 		Use:   "nodes",
 		Short: "List nodes with their health state (and why)",
-		Args:  cobra.NoArgs,
+		Long: `List nodes with their health state and why. Removed nodes are left out
+unless --all (or --state removed) is given. Large fleets are fetched a page
+at a time.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, err := parseStates(states)
 			if err != nil {
 				return err
 			}
 			if watch {
-				return a.watchNodes(cmd, &ferryv1.WatchNodesRequest{Group: group, States: st})
+				return a.watchNodes(cmd, &ferryv1.WatchNodesRequest{Group: group, States: st, HideRemoved: !all})
 			}
-			resp, err := call(a, cmd, ferryv1.NewNodeServiceClient, ferryv1.NodeServiceClient.ListNodes, &ferryv1.ListNodesRequest{Group: group, States: st})
+			resp, err := a.listNodes(cmd, &ferryv1.ListNodesRequest{Group: group, States: st, HideRemoved: !all})
 			if err != nil {
 				return err
 			}
@@ -50,7 +56,7 @@ func (a *app) nodesCmd() *cobra.Command {
 				if disks {
 					return a.printDisks(resp.Nodes)
 				}
-				return a.printNodes(resp.Nodes)
+				return a.printNodes(resp.Nodes, showLabels)
 			})
 		},
 	}
@@ -58,7 +64,30 @@ func (a *app) nodesCmd() *cobra.Command {
 	cmd.Flags().StringVar(&states, "state", "", "only nodes in these states (comma separated)")
 	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "watch for changes")
 	cmd.Flags().BoolVar(&disks, "disk", false, "list the free space of each file system the nodes' agents write to (state dir, install root, archive destinations)")
+	cmd.Flags().BoolVar(&all, "all", false, "include removed nodes")
+	cmd.Flags().BoolVar(&showLabels, "show-labels", false, "add a LABELS column (the labels rollout selectors match)")
 	return cmd
+}
+
+// listNodes fetches every page of a listing, each page one call within
+// --timeout, and returns them as one response.
+func (a *app) listNodes(cmd *cobra.Command, req *ferryv1.ListNodesRequest) (*ferryv1.ListNodesResponse, error) {
+	all := &ferryv1.ListNodesResponse{}
+	for {
+		resp, err := call(a, cmd, ferryv1.NewNodeServiceClient, ferryv1.NodeServiceClient.ListNodes, req)
+		if err != nil {
+			return nil, err
+		}
+		all.Nodes = append(all.Nodes, resp.Nodes...)
+		if resp.NextPageToken == "" {
+			return all, nil
+		}
+		if resp.NextPageToken == req.PageToken {
+			return nil, fmt.Errorf("the controller returned page token %q twice; list again", resp.NextPageToken)
+		}
+		req = proto.CloneOf(req)
+		req.PageToken = resp.NextPageToken
+	}
 }
 
 // watchNodes prints each change to a node until the stream ends (without
@@ -77,25 +106,39 @@ func (a *app) watchNodes(cmd *cobra.Command, req *ferryv1.WatchNodesRequest) err
 		if err != nil {
 			return err
 		}
+		ev := m.GetEvent()
 		if a.output == "json" {
-			if err := a.printJSON(m.Node); err != nil {
+			if err := a.printJSON(ev); err != nil {
 				return err
 			}
 			continue
 		}
-		n := m.Node
-		fmt.Fprintf(a.stdout, "%s  %-10s %-12s %s\n", time.Now().Format("15:04:05"), n.Id, nodestate.Name(n.State), n.StateReason)
+		state, reason := nodestate.Name(ev.GetState()), ev.GetStateReason()
+		if ev.GetPurged() {
+			state, reason = "purged", "its record was deleted"
+		}
+		fmt.Fprintf(a.stdout, "%s  %-10s %-12s %s\n", time.Now().Format("15:04:05"), ev.GetId(), state, reason)
 	}
 }
 
-func (a *app) printNodes(nodes []*ferryv1.Node) error {
+func (a *app) printNodes(nodes []*ferryv1.Node, showLabels bool) error {
 	now := time.Now()
-	return printTable(a, []string{"NODE", "GROUP", "STATE", "HEARTBEAT", "VERSION", "ADDRESS", "REASON"}, nodes, func(n *ferryv1.Node) []string {
+	header := []string{"NODE", "GROUP", "STATE", "HEARTBEAT", "VERSION", "ADDRESS", "REASON"}
+	if showLabels {
+		header = append(header, "LABELS")
+	}
+	return printTable(a, header, nodes, func(n *ferryv1.Node) []string {
 		hb := "-"
 		if n.LastHeartbeat != nil {
 			hb = age(now.Sub(n.LastHeartbeat.AsTime())) + " ago"
 		}
-		return []string{n.Id, n.Group, nodestate.Name(n.State), hb, orDash(n.AgentVersion), orDash(n.Address), n.StateReason}
+		row := []string{n.Id, n.Group, nodestate.Name(n.State), hb, orDash(n.AgentVersion), orDash(n.Address), n.StateReason}
+		if showLabels {
+			l := maps.Clone(n.Labels)
+			delete(l, labels.Reserved) // the GROUP column
+			row = append(row, orDash(labels.Format(l)))
+		}
+		return row
 	})
 }
 
@@ -127,17 +170,68 @@ func (a *app) printDisks(nodes []*ferryv1.Node) error {
 
 func (a *app) nodeCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "node", Short: "Act on one node"}
-	cmd.AddCommand(&cobra.Command{
+	var purge bool
+	remove := &cobra.Command{
 		Use:   "remove ID",
 		Short: "Revoke a node: its stream is closed and its certificate refused",
-		Args:  cobra.ExactArgs(1),
+		Long: `Revoke a node: its stream is closed and its certificate refused. The
+record stays (ferryctl nodes --all lists it) unless --purge deletes it; a
+removed node can be purged later the same way.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := call(a, cmd, ferryv1.NewNodeServiceClient, ferryv1.NodeServiceClient.RemoveNode, &ferryv1.RemoveNodeRequest{Id: args[0]}); err != nil {
+			if _, err := call(a, cmd, ferryv1.NewNodeServiceClient, ferryv1.NodeServiceClient.RemoveNode, &ferryv1.RemoveNodeRequest{Id: args[0], Purge: purge}); err != nil {
 				return err
+			}
+			if purge {
+				fmt.Fprintf(a.stdout, "node %s removed and purged; its record is deleted\n", args[0])
+				return nil
 			}
 			fmt.Fprintf(a.stdout, "node %s removed; it can no longer connect\n", args[0])
 			return nil
 		},
-	})
+	}
+	remove.Flags().BoolVar(&purge, "purge", false, "also delete the node's record")
+	label := &cobra.Command{
+		Use:   "label ID KEY=VALUE... KEY-...",
+		Short: "Set (KEY=VALUE) and remove (KEY-) a node's labels, the ones rollout selectors match",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			set, remove, err := labels.ParseChanges(args[1:])
+			if err != nil {
+				return err
+			}
+			resp, err := call(a, cmd, ferryv1.NewNodeServiceClient, ferryv1.NodeServiceClient.LabelNode, &ferryv1.LabelNodeRequest{Id: args[0], Set: set, Remove: remove})
+			if err != nil {
+				return err
+			}
+			return a.show(resp, func() error {
+				l := maps.Clone(resp.Node.GetLabels())
+				delete(l, labels.Reserved)
+				fmt.Fprintf(a.stdout, "node %s labeled: %s\n", args[0], orDash(labels.Format(l)))
+				return nil
+			})
+		},
+	}
+	var group string
+	move := &cobra.Command{
+		Use:   "move ID --group GROUP",
+		Short: "Put a node in another group",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if group == "" {
+				return fmt.Errorf("--group is required: the group to move node %s to", args[0])
+			}
+			resp, err := call(a, cmd, ferryv1.NewNodeServiceClient, ferryv1.NodeServiceClient.MoveNode, &ferryv1.MoveNodeRequest{Id: args[0], Group: group})
+			if err != nil {
+				return err
+			}
+			return a.show(resp, func() error {
+				fmt.Fprintf(a.stdout, "node %s moved to group %s\n", args[0], resp.Node.GetGroup())
+				return nil
+			})
+		},
+	}
+	move.Flags().StringVar(&group, "group", "", "the new group (required)")
+	cmd.AddCommand(remove, label, move)
 	return cmd
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/controller/internal/credential"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/labels"
 	"github.com/ferrydeploy/ferry/shared/pki"
 )
 
@@ -19,16 +21,38 @@ func (a *app) tokenCmd() *cobra.Command {
 	var group string
 	var ttl time.Duration
 	var uses uint32
+	var grant, allow []string
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Create a join token and print the enroll command for a node",
-		Args:  cobra.NoArgs,
+		Long: `Create a join token and print the enroll command for a node. The token
+grants its group and --label labels to every node that enrolls with it. A
+node may ask for more labels (ferry-agent enroll --label) only where
+--allow-label allows them: KEY=GLOB, an exact key and a glob on the value,
+e.g. --allow-label 'rack=*' --allow-label dc=sh1. Any other label is refused
+at enrollment. Rollout selectors match only these labels, never the facts a
+node reports.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if group == "" {
 				return fmt.Errorf("--group is required: the group nodes enrolled with this token join (e.g. --group production)")
 			}
+			set := map[string]string{}
+			for _, kv := range grant {
+				k, v, err := labels.Parse(kv)
+				if err != nil {
+					return fmt.Errorf("--label: %w", err)
+				}
+				set[k] = v
+			}
+			if err := labels.Validate(set); err != nil {
+				return fmt.Errorf("--label: %w", err)
+			}
+			if err := labels.ValidatePatterns(allow); err != nil {
+				return fmt.Errorf("--allow-label: %w", err)
+			}
 			resp, err := call(a, cmd, ferryv1.NewTokenServiceClient, ferryv1.TokenServiceClient.CreateToken,
-				&ferryv1.CreateTokenRequest{Group: group, Ttl: durationpb.New(ttl), MaxUses: uses})
+				&ferryv1.CreateTokenRequest{Group: group, Ttl: durationpb.New(ttl), MaxUses: uses, Labels: set, AllowLabels: allow})
 			if err != nil {
 				return err
 			}
@@ -39,6 +63,10 @@ func (a *app) tokenCmd() *cobra.Command {
 				}
 				fmt.Fprintf(a.stdout, "token %s for group %s, expires %s, %s\n\nOn the node, run:\n\n  ferry-agent enroll --controller %s --token %s --ca-pin %s\n",
 					resp.Token.Id, group, resp.Token.ExpiresAt.AsTime().Local().Format(time.RFC3339), limit, a.cred.Controller, resp.Secret, resp.CaPin)
+				if len(set) > 0 || len(allow) > 0 {
+					fmt.Fprintf(a.stdout, "\nNodes get the labels %s and may ask for %s (with --label KEY=VALUE); any other label is refused.\n",
+						orDash(labels.Format(set)), orNothing(strings.Join(allow, ", ")))
+				}
 				return nil
 			})
 		},
@@ -46,6 +74,8 @@ func (a *app) tokenCmd() *cobra.Command {
 	create.Flags().StringVar(&group, "group", "", "group granted to nodes that enroll with the token (required)")
 	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token works")
 	create.Flags().Uint32Var(&uses, "uses", 0, "how many nodes may enroll with it (0: unlimited until it expires)")
+	create.Flags().StringArrayVar(&grant, "label", nil, "label KEY=VALUE every node enrolled with the token gets (repeatable)")
+	create.Flags().StringArrayVar(&allow, "allow-label", nil, "label KEY=GLOB a node may ask for at enrollment, e.g. 'rack=*' (repeatable)")
 
 	list := &cobra.Command{
 		Use:   "list",
@@ -58,8 +88,9 @@ func (a *app) tokenCmd() *cobra.Command {
 			}
 			return a.show(resp, func() error {
 				now := time.Now()
-				return printTable(a, []string{"ID", "GROUP", "USES", "EXPIRES", "STATUS", "CREATED BY"}, resp.Tokens, func(t *ferryv1.Token) []string {
-					return []string{t.Id, t.Group, fmt.Sprintf("%d/%s", t.Uses, tokenMaxUses(t)), t.ExpiresAt.AsTime().Local().Format(time.RFC3339), tokenStatus(t, now), t.CreatedBy}
+				return printTable(a, []string{"ID", "GROUP", "USES", "EXPIRES", "LABELS", "ALLOWS", "STATUS", "CREATED BY"}, resp.Tokens, func(t *ferryv1.Token) []string {
+					return []string{t.Id, t.Group, fmt.Sprintf("%d/%s", t.Uses, tokenMaxUses(t)), t.ExpiresAt.AsTime().Local().Format(time.RFC3339),
+						orDash(labels.Format(t.Labels)), orDash(strings.Join(t.AllowLabels, ",")), tokenStatus(t, now), t.CreatedBy}
 				})
 			})
 		},
@@ -78,6 +109,13 @@ func (a *app) tokenCmd() *cobra.Command {
 	}
 	cmd.AddCommand(create, list, revoke)
 	return cmd
+}
+
+func orNothing(s string) string {
+	if s == "" {
+		return "nothing more"
+	}
+	return s
 }
 
 func tokenStatus(t *ferryv1.Token, now time.Time) string {

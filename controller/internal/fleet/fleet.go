@@ -381,7 +381,7 @@ func (r *Registry) Remove(nodeID, actor string) (*ferryv1.Node, error) {
 	defer r.mu.Unlock()
 	e, ok := r.nodes[nodeID]
 	if !ok {
-		return nil, fmt.Errorf("node %q: %w; list nodes with `ferryctl nodes`", nodeID, store.ErrNotFound)
+		return nil, notFound(nodeID)
 	}
 	if e.rec.Removed {
 		return nil, fmt.Errorf("node %s was already removed", nodeID)
@@ -407,13 +407,21 @@ func (r *Registry) Remove(nodeID, actor string) (*ferryv1.Node, error) {
 type Filter struct {
 	Group  string
 	States []ferryv1.NodeState
+	// HideRemoved leaves out removed nodes unless States names them.
+	HideRemoved bool
 }
 
-func (f Filter) match(n *ferryv1.Node) bool {
-	if f.Group != "" && n.Group != f.Group {
+func (f Filter) match(n *ferryv1.Node) bool { return f.Match(n.Group, n.State) }
+
+// Match says whether a node of group in state passes the filter.
+func (f Filter) Match(group string, state ferryv1.NodeState) bool {
+	if f.Group != "" && group != f.Group {
 		return false
 	}
-	return len(f.States) == 0 || slices.Contains(f.States, n.State)
+	if len(f.States) > 0 {
+		return slices.Contains(f.States, state)
+	}
+	return !f.HideRemoved || state != ferryv1.NodeState_NODE_STATE_REMOVED
 }
 
 // List returns nodes matching f, sorted by ID.
@@ -453,7 +461,9 @@ func (r *Registry) Node(id string) (*ferryv1.Node, bool) {
 }
 
 // Match returns nodes of a rollout target: the group and every selector
-// label must match (labels include facts os, arch, hostname).
+// label must match. Labels are the ones admins granted (the join token's,
+// those it allowed the node to ask for, `ferryctl node label`), never the
+// facts a node reports.
 func (r *Registry) Match(t *ferryv1.Target) []*ferryv1.Node {
 	var out []*ferryv1.Node
 	for _, n := range r.List(Filter{Group: t.GetGroup()}) {
@@ -477,7 +487,7 @@ func (r *Registry) Match(t *ferryv1.Target) []*ferryv1.Node {
 // HeartbeatInterval is the interval agents are told to use.
 func (r *Registry) HeartbeatInterval() time.Duration { return r.cfg.HeartbeatInterval }
 
-func (r *Registry) nodeLocked(e *entry, now time.Time) *ferryv1.Node {
+func (r *Registry) signalsLocked(e *entry) Signals {
 	sig := Signals{
 		Removed:           e.rec.Removed,
 		Left:              e.left,
@@ -490,13 +500,17 @@ func (r *Registry) nodeLocked(e *entry, now time.Time) *ferryv1.Node {
 	if r.cfg.Gossip != nil {
 		sig.GossipState, _ = r.cfg.Gossip.State(e.rec.ID)
 	}
+	return sig
+}
+
+func (r *Registry) nodeLocked(e *entry, now time.Time) *ferryv1.Node {
+	sig := r.signalsLocked(e)
 	state, reason := r.cfg.Evaluate(now, sig)
+	// Labels are the admin's only (the record's and the group): facts are
+	// what the node says and stay in Facts, out of reach of selectors.
 	labels := map[string]string{"group": e.rec.Group}
 	for k, v := range e.rec.Labels {
 		labels[k] = v
-	}
-	if e.facts != nil {
-		labels["os"], labels["arch"], labels["hostname"] = e.facts.Os, e.facts.Arch, e.facts.Hostname
 	}
 	n := &ferryv1.Node{
 		Id:                   e.rec.ID,

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"log/slog"
+	"maps"
 	"math/big"
 	"path/filepath"
 	"slices"
@@ -257,11 +258,12 @@ func TestNodeShowsStreamAndHeartbeat(t *testing.T) {
 	if len(n.Disks) != 1 || n.Disks[0].Path != "/var/lib/ferry-agent" || n.Disks[0].FreeBytes != 12<<20 {
 		t.Errorf("disks %v, want the heartbeat's state dir with 12 MiB free", n.Disks)
 	}
-	want := map[string]string{"group": "prod", "os": "linux", "arch": "amd64", "hostname": "n1.example"}
-	for k, v := range want {
-		if n.Labels[k] != v {
-			t.Errorf("label %s = %q, want %q (from the hello's facts)", k, n.Labels[k], v)
-		}
+	if f := n.Facts; f.GetOs() != "linux" || f.GetArch() != "amd64" || f.GetHostname() != "n1.example" {
+		t.Errorf("facts %v, want the hello's linux, amd64, n1.example", f)
+	}
+	// Facts are what the node says: shown, never labels a selector matches.
+	if want := map[string]string{"group": "prod"}; !maps.Equal(n.Labels, want) {
+		t.Errorf("labels %v, want only %v (facts are not labels)", n.Labels, want)
 	}
 }
 
@@ -389,11 +391,11 @@ func TestList(t *testing.T) {
 	}
 }
 
-// A rollout targets nodes by group and labels (enrolled ones and facts),
-// never removed nodes.
+// A rollout targets nodes by group and the labels admins granted, never
+// by the facts a node reports, and never removed nodes.
 func TestMatch(t *testing.T) {
 	web := enrolled("web1", "prod")
-	web.Labels = map[string]string{"dc": "sh1"}
+	web.Labels = map[string]string{"dc": "sh1", "tier": "web"}
 	gone := enrolled("web2", "prod")
 	gone.Labels = map[string]string{"dc": "sh1"}
 	f := newFleet(t, web, gone, enrolled("db1", "prod"), enrolled("ci1", "staging"))
@@ -409,8 +411,9 @@ func TestMatch(t *testing.T) {
 	}{
 		{"group", &ferryv1.Target{Group: "prod"}, []string{"db1", "web1"}},
 		{"enrolled label", &ferryv1.Target{Group: "prod", Selector: map[string]string{"dc": "sh1"}}, []string{"web1"}},
-		{"fact label", &ferryv1.Target{Selector: map[string]string{"os": "linux"}}, []string{"ci1", "web1"}},
-		{"every label must match", &ferryv1.Target{Selector: map[string]string{"os": "linux", "dc": "sh1"}}, []string{"web1"}},
+		{"a fact is not a label", &ferryv1.Target{Selector: map[string]string{"os": "linux"}}, nil},
+		{"every label must match", &ferryv1.Target{Selector: map[string]string{"tier": "web", "dc": "sh1"}}, []string{"web1"}},
+		{"one label differs", &ferryv1.Target{Selector: map[string]string{"tier": "db", "dc": "sh1"}}, nil},
 		{"no match", &ferryv1.Target{Selector: map[string]string{"dc": "fra"}}, nil},
 	}
 	for _, tt := range tests {

@@ -53,6 +53,10 @@ func (s *agentServer) Connect(stream grpc.BidiStreamingServer[ferryv1.ConnectReq
 	if hello == nil {
 		return status.Error(codes.InvalidArgument, "the first message on the stream must be a hello")
 	}
+	if err := fleet.CheckHello(hello); err != nil {
+		log.Warn("hello refused", "err", err)
+		return toStatus(err)
+	}
 	sess, err := s.d.Fleet.Attach(ctx, nodeID, c.Addr, hello)
 	if err != nil {
 		if st := sessionEnded(nodeID, err); st != nil {
@@ -121,6 +125,10 @@ func (s *agentServer) Connect(stream grpc.BidiStreamingServer[ferryv1.ConnectReq
 				recvErr <- err
 				return
 			}
+			if err := checkReport(m); err != nil {
+				recvErr <- toStatus(err)
+				return
+			}
 			switch msg := m.Msg.(type) {
 			case *ferryv1.ConnectRequest_Heartbeat:
 				age := s.d.Fleet.Heartbeat(nodeID, msg.Heartbeat)
@@ -169,6 +177,19 @@ func (s *agentServer) Connect(stream grpc.BidiStreamingServer[ferryv1.ConnectReq
 		}
 		return status.Errorf(codes.Aborted, "stream closed: %v", cause)
 	}
+}
+
+// checkReport refuses a message over the limits on what a node reports.
+func checkReport(m *ferryv1.ConnectRequest) error {
+	switch msg := m.Msg.(type) {
+	case *ferryv1.ConnectRequest_Heartbeat:
+		return fleet.CheckHeartbeat(msg.Heartbeat)
+	case *ferryv1.ConnectRequest_JobUpdate:
+		return fleet.CheckJobUpdate(msg.JobUpdate)
+	case *ferryv1.ConnectRequest_JobLog:
+		return fleet.CheckJobLog(msg.JobLog)
+	}
+	return nil
 }
 
 // sessionEnded is the status an agent gets when the fleet refuses or ends

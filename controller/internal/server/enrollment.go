@@ -7,6 +7,7 @@ import (
 	"crypto/subtle"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"strings"
 
 	"google.golang.org/grpc/codes"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/labels"
 	"github.com/ferrydeploy/ferry/shared/pki"
 )
 
@@ -86,8 +88,8 @@ func parseEnroll(req *ferryv1.EnrollRequest) (enrollment, error) {
 	if err := pki.ValidateName("node ID", req.GetNodeId()); err != nil {
 		return enrollment{}, status.Error(codes.InvalidArgument, err.Error())
 	}
-	if _, ok := req.GetLabels()["group"]; ok {
-		return enrollment{}, status.Error(codes.InvalidArgument, `label "group" is reserved: the group comes from the join token`)
+	if err := labels.Validate(req.GetLabels()); err != nil {
+		return enrollment{}, toStatus(err)
 	}
 	csr, err := pki.ParseCSR(req.GetCsrDer())
 	if err != nil {
@@ -114,13 +116,17 @@ func (s *enrollmentServer) Enroll(ctx context.Context, req *ferryv1.EnrollReques
 		}
 		return nil
 	}, now, func(t store.TokenRecord) (store.NodeRecord, error) {
+		granted, err := labels.Grant(req.GetLabels(), t.Labels, t.AllowLabels)
+		if err != nil {
+			return store.NodeRecord{}, fmt.Errorf("join token %s: %w", t.ID, err)
+		}
 		c, err := s.d.CA.Sign(pki.SignRequest{Identity: ident, PublicKey: e.csr.PublicKey, TTL: s.d.AgentCertTTL, Now: now})
 		if err != nil {
 			return store.NodeRecord{}, err
 		}
 		cert = c.Raw
 		return store.NodeRecord{
-			ID: req.GetNodeId(), Group: t.Group, Labels: req.GetLabels(), EnrolledAt: now, TokenID: t.ID,
+			ID: req.GetNodeId(), Group: t.Group, Labels: granted, EnrolledAt: now, TokenID: t.ID,
 			CertSerials: []string{c.SerialNumber.String()}, CertExpiresAt: c.NotAfter,
 		}, nil
 	})
@@ -141,5 +147,6 @@ func (s *enrollmentServer) Enroll(ctx context.Context, req *ferryv1.EnrollReques
 		CaCertificateDer:   s.d.CA.Cert.Raw,
 		GossipKey:          s.d.GossipKey,
 		GossipClusterLabel: s.d.GossipLabel,
+		Labels:             rec.Labels,
 	}, nil
 }

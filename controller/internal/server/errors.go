@@ -8,10 +8,12 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydeploy/ferry/controller/internal/artifact"
+	"github.com/ferrydeploy/ferry/controller/internal/fleet"
 	"github.com/ferrydeploy/ferry/controller/internal/packages"
 	"github.com/ferrydeploy/ferry/controller/internal/pkgspec"
 	"github.com/ferrydeploy/ferry/controller/internal/rollout"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
+	"github.com/ferrydeploy/ferry/shared/labels"
 )
 
 // errorCodes maps what the domain packages return to the status code a
@@ -49,6 +51,12 @@ var errorCodes = []struct {
 	{is(store.ErrNodeExists), codes.AlreadyExists},
 	{is(store.ErrTokenInvalid), codes.Unauthenticated},
 	{is(store.ErrTokenUnusable), codes.PermissionDenied},
+
+	// What a node or an admin sends, over a limit or not allowed.
+	{is(labels.ErrInvalid), codes.InvalidArgument},
+	{is(labels.ErrNotAllowed), codes.PermissionDenied},
+	{is(fleet.ErrReportTooLarge), codes.InvalidArgument},
+	{is(fleet.ErrRemoved), codes.FailedPrecondition},
 
 	// A call whose client went away or ran out of time.
 	{is(context.Canceled), codes.Canceled},

@@ -88,7 +88,7 @@ func Register(s *grpc.Server, d *Deps) {
 	}
 	ferryv1.RegisterEnrollmentServiceServer(s, &enrollmentServer{d: d})
 	ferryv1.RegisterAgentServiceServer(s, &agentServer{d: d})
-	ferryv1.RegisterNodeServiceServer(s, &nodeServer{d: d})
+	ferryv1.RegisterNodeServiceServer(s, &nodeServer{d: d, watches: newWatchLimit(maxWatchesPerAdmin)})
 	ferryv1.RegisterTokenServiceServer(s, &tokenServer{d: d})
 	ferryv1.RegisterCertificateServiceServer(s, &certificateServer{d: d})
 	ferryv1.RegisterAuditServiceServer(s, &auditServer{d: d})
@@ -110,14 +110,19 @@ func caller(ctx context.Context) (rpc.Caller, error) {
 
 // Audit writes an admin action to the audit log.
 func (d *Deps) Audit(ctx context.Context, action, target string, err error, detail string) {
-	outcome := "ok"
+	ev := d.auditEvent(ctx, action, target, detail)
 	if err != nil {
-		outcome = err.Error()
+		ev.Outcome = err.Error()
 	}
-	ev := &ferryv1.AuditEvent{At: timestamppb.New(d.Now()), Actor: rpc.CallerName(ctx), Action: action, Target: target, Outcome: outcome, Detail: detail}
 	if aerr := d.Store.AppendAudit(ev); aerr != nil {
 		d.Logger.Error("write audit event", "action", action, "err", aerr)
 	}
+}
+
+// auditEvent is a successful admin action's audit event, for changes the
+// store writes in the transaction that audits them.
+func (d *Deps) auditEvent(ctx context.Context, action, target, detail string) *ferryv1.AuditEvent {
+	return &ferryv1.AuditEvent{At: timestamppb.New(d.Now()), Actor: rpc.CallerName(ctx), Action: action, Target: target, Outcome: "ok", Detail: detail}
 }
 
 type auditServer struct {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/labels"
 	"github.com/ferrydeploy/ferry/shared/pki"
 )
 
@@ -22,6 +24,7 @@ func tokenProto(t store.TokenRecord) *ferryv1.Token {
 	return &ferryv1.Token{
 		Id: t.ID, Group: t.Group, ExpiresAt: timestamppb.New(t.ExpiresAt), MaxUses: t.MaxUses, Uses: t.Uses,
 		Revoked: t.Revoked, CreatedAt: timestamppb.New(t.CreatedAt), CreatedBy: t.CreatedBy,
+		Labels: t.Labels, AllowLabels: t.AllowLabels,
 	}
 }
 
@@ -32,6 +35,12 @@ func (s *tokenServer) CreateToken(ctx context.Context, req *ferryv1.CreateTokenR
 	}
 	if err := pki.ValidateName("group", req.GetGroup()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := labels.Validate(req.GetLabels()); err != nil {
+		return nil, toStatus(err)
+	}
+	if err := labels.ValidatePatterns(req.GetAllowLabels()); err != nil {
+		return nil, toStatus(err)
 	}
 	ttl := s.d.TokenDefaultTTL
 	if ttl <= 0 {
@@ -53,13 +62,26 @@ func (s *tokenServer) CreateToken(ctx context.Context, req *ferryv1.CreateTokenR
 	}
 	now := s.d.Now()
 	rec := store.TokenRecord{ID: id, SecretHash: hashSecret(secret), Group: req.GetGroup(), ExpiresAt: now.Add(ttl),
-		MaxUses: req.GetMaxUses(), CreatedAt: now, CreatedBy: c.Identity.String()}
+		MaxUses: req.GetMaxUses(), CreatedAt: now, CreatedBy: c.Identity.String(),
+		Labels: req.GetLabels(), AllowLabels: req.GetAllowLabels()}
 	err = s.d.Store.PutToken(rec)
-	s.d.Audit(ctx, "token.create", id, err, "group="+req.GetGroup())
+	s.d.Audit(ctx, "token.create", id, err, tokenDetail(rec))
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	return &ferryv1.CreateTokenResponse{Token: tokenProto(rec), Secret: id + "." + secret, CaPin: s.d.CA.Pin()}, nil
+}
+
+// tokenDetail is what a token grants, for the audit log.
+func tokenDetail(t store.TokenRecord) string {
+	d := "group=" + t.Group
+	if len(t.Labels) > 0 {
+		d += " labels=" + labels.Format(t.Labels)
+	}
+	if len(t.AllowLabels) > 0 {
+		d += " allow=" + strings.Join(t.AllowLabels, ",")
+	}
+	return d
 }
 
 func (s *tokenServer) ListTokens(ctx context.Context, _ *ferryv1.ListTokensRequest) (*ferryv1.ListTokensResponse, error) {

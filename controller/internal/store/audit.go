@@ -14,20 +14,24 @@ var bucketAudit = []byte("audit")
 // AppendAudit adds an event to the audit log (append-only, keyed by a
 // monotonically increasing sequence).
 func (s *Store) AppendAudit(ev *ferryv1.AuditEvent) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return appendAudit(tx, ev) })
+}
+
+// appendAudit adds ev within tx, for writes audited in the transaction
+// that makes them.
+func appendAudit(tx *bolt.Tx, ev *ferryv1.AuditEvent) error {
 	data, err := proto.Marshal(ev)
 	if err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketAudit)
-		seq, err := b.NextSequence()
-		if err != nil {
-			return err
-		}
-		var k [8]byte
-		binary.BigEndian.PutUint64(k[:], seq)
-		return b.Put(k[:], data)
-	})
+	b := tx.Bucket(bucketAudit)
+	seq, err := b.NextSequence()
+	if err != nil {
+		return err
+	}
+	var k [8]byte
+	binary.BigEndian.PutUint64(k[:], seq)
+	return b.Put(k[:], data)
 }
 
 // AuditEvents returns up to limit events, newest first.

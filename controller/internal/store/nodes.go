@@ -96,6 +96,43 @@ func (s *Store) EnrollNode(tokenID string, checkSecret func(TokenRecord) error, 
 	return out, err
 }
 
+// UpdateNode changes a node's record with change and appends ev to the
+// audit log, in one transaction: if change fails, nothing is written.
+func (s *Store) UpdateNode(id string, change func(*NodeRecord) error, ev *ferryv1.AuditEvent) (NodeRecord, error) {
+	var out NodeRecord
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketNodes)
+		n, err := getNode(b, id)
+		if err != nil {
+			return err
+		}
+		if err := change(&n); err != nil {
+			return err
+		}
+		if err := putNode(b, n); err != nil {
+			return err
+		}
+		out = n
+		return appendAudit(tx, ev)
+	})
+	return out, err
+}
+
+// DeleteNode deletes a node's record and appends ev to the audit log, in
+// one transaction.
+func (s *Store) DeleteNode(id string, ev *ferryv1.AuditEvent) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketNodes)
+		if b.Get([]byte(id)) == nil {
+			return ErrNotFound
+		}
+		if err := b.Delete([]byte(id)); err != nil {
+			return err
+		}
+		return appendAudit(tx, ev)
+	})
+}
+
 // TouchNode records when a node last connected. Concurrent calls are
 // coalesced into one transaction (bbolt's Batch).
 func (s *Store) TouchNode(id string, at time.Time) error {

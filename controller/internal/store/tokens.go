@@ -39,6 +39,10 @@ type TokenRecord struct {
 	Revoked    bool      `json:"revoked"`
 	CreatedAt  time.Time `json:"created_at"`
 	CreatedBy  string    `json:"created_by"`
+	// Labels are given to every node enrolled with the token; AllowLabels
+	// ("key=glob") are the labels such a node may ask for itself.
+	Labels      map[string]string `json:"labels,omitempty"`
+	AllowLabels []string          `json:"allow_labels,omitempty"`
 }
 
 // Usable says why a token cannot be used now, or nil.
@@ -110,6 +114,7 @@ func tokenToProto(t TokenRecord) *ferryv1.TokenRecord {
 	return &ferryv1.TokenRecord{
 		Id: t.ID, SecretHash: t.SecretHash, Group: t.Group, ExpiresAt: timestamp(t.ExpiresAt), MaxUses: t.MaxUses,
 		Uses: t.Uses, Revoked: t.Revoked, CreatedAt: timestamp(t.CreatedAt), CreatedBy: t.CreatedBy,
+		Labels: t.Labels, AllowLabels: t.AllowLabels,
 	}
 }
 
@@ -117,5 +122,6 @@ func tokenFromProto(r *ferryv1.TokenRecord) TokenRecord {
 	return TokenRecord{
 		ID: r.GetId(), SecretHash: r.GetSecretHash(), Group: r.GetGroup(), ExpiresAt: fromTimestamp(r.GetExpiresAt()), MaxUses: r.GetMaxUses(),
 		Uses: r.GetUses(), Revoked: r.GetRevoked(), CreatedAt: fromTimestamp(r.GetCreatedAt()), CreatedBy: r.GetCreatedBy(),
+		Labels: r.GetLabels(), AllowLabels: r.GetAllowLabels(),
 	}
 }

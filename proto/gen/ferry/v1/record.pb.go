@@ -30,7 +30,8 @@ type NodeRecord struct {
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// Group granted at enrollment.
 	Group string `protobuf:"bytes,2,opt,name=group,proto3" json:"group,omitempty"`
-	// Labels declared at enrollment.
+	// Labels rollout selectors match: the token's, the allowed ones the node
+	// asked for at enrollment, and what admins set since.
 	Labels map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// When the node enrolled.
 	EnrolledAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=enrolled_at,json=enrolledAt,proto3" json:"enrolled_at,omitempty"`
@@ -181,7 +182,11 @@ type TokenRecord struct {
 	// When it was created.
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	// Admin who created it.
-	CreatedBy     string `protobuf:"bytes,9,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	CreatedBy string `protobuf:"bytes,9,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// Labels nodes that enroll with it get.
+	Labels map[string]string `protobuf:"bytes,10,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Labels a node may ask for, each "key=glob".
+	AllowLabels   []string `protobuf:"bytes,11,rep,name=allow_labels,json=allowLabels,proto3" json:"allow_labels,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -279,6 +284,20 @@ func (x *TokenRecord) GetCreatedBy() string {
 	return ""
 }
 
+func (x *TokenRecord) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *TokenRecord) GetAllowLabels() []string {
+	if x != nil {
+		return x.AllowLabels
+	}
+	return nil
+}
+
 // AdminRevocation refuses the certificates issued to an admin before a
 // time; it is keyed by the admin's name.
 type AdminRevocation struct {
@@ -350,7 +369,7 @@ const file_ferry_v1_record_proto_rawDesc = "" +
 	"removed_by\x18\v \x01(\tR\tremovedBy\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb2\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcb\x03\n" +
 	"\vTokenRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vsecret_hash\x18\x02 \x01(\fR\n" +
@@ -364,7 +383,13 @@ const file_ferry_v1_record_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1d\n" +
 	"\n" +
-	"created_by\x18\t \x01(\tR\tcreatedBy\"T\n" +
+	"created_by\x18\t \x01(\tR\tcreatedBy\x129\n" +
+	"\x06labels\x18\n" +
+	" \x03(\v2!.ferry.v1.TokenRecord.LabelsEntryR\x06labels\x12!\n" +
+	"\fallow_labels\x18\v \x03(\tR\vallowLabels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"T\n" +
 	"\x0fAdminRevocation\x12A\n" +
 	"\x0erevoked_before\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\rrevokedBeforeB\x95\x01\n" +
 	"\fcom.ferry.v1B\vRecordProtoP\x01Z7github.com/ferrydeploy/ferry/proto/gen/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
@@ -381,28 +406,30 @@ func file_ferry_v1_record_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_record_proto_rawDescData
 }
 
-var file_ferry_v1_record_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_ferry_v1_record_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_ferry_v1_record_proto_goTypes = []any{
 	(*NodeRecord)(nil),            // 0: ferry.v1.NodeRecord
 	(*TokenRecord)(nil),           // 1: ferry.v1.TokenRecord
 	(*AdminRevocation)(nil),       // 2: ferry.v1.AdminRevocation
 	nil,                           // 3: ferry.v1.NodeRecord.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
+	nil,                           // 4: ferry.v1.TokenRecord.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
 }
 var file_ferry_v1_record_proto_depIdxs = []int32{
 	3, // 0: ferry.v1.NodeRecord.labels:type_name -> ferry.v1.NodeRecord.LabelsEntry
-	4, // 1: ferry.v1.NodeRecord.enrolled_at:type_name -> google.protobuf.Timestamp
-	4, // 2: ferry.v1.NodeRecord.cert_expires_at:type_name -> google.protobuf.Timestamp
-	4, // 3: ferry.v1.NodeRecord.last_connected_at:type_name -> google.protobuf.Timestamp
-	4, // 4: ferry.v1.NodeRecord.removed_at:type_name -> google.protobuf.Timestamp
-	4, // 5: ferry.v1.TokenRecord.expires_at:type_name -> google.protobuf.Timestamp
-	4, // 6: ferry.v1.TokenRecord.created_at:type_name -> google.protobuf.Timestamp
-	4, // 7: ferry.v1.AdminRevocation.revoked_before:type_name -> google.protobuf.Timestamp
-	8, // [8:8] is the sub-list for method output_type
-	8, // [8:8] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	5, // 1: ferry.v1.NodeRecord.enrolled_at:type_name -> google.protobuf.Timestamp
+	5, // 2: ferry.v1.NodeRecord.cert_expires_at:type_name -> google.protobuf.Timestamp
+	5, // 3: ferry.v1.NodeRecord.last_connected_at:type_name -> google.protobuf.Timestamp
+	5, // 4: ferry.v1.NodeRecord.removed_at:type_name -> google.protobuf.Timestamp
+	5, // 5: ferry.v1.TokenRecord.expires_at:type_name -> google.protobuf.Timestamp
+	5, // 6: ferry.v1.TokenRecord.created_at:type_name -> google.protobuf.Timestamp
+	4, // 7: ferry.v1.TokenRecord.labels:type_name -> ferry.v1.TokenRecord.LabelsEntry
+	5, // 8: ferry.v1.AdminRevocation.revoked_before:type_name -> google.protobuf.Timestamp
+	9, // [9:9] is the sub-list for method output_type
+	9, // [9:9] is the sub-list for method input_type
+	9, // [9:9] is the sub-list for extension type_name
+	9, // [9:9] is the sub-list for extension extendee
+	0, // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_record_proto_init() }
@@ -416,7 +443,7 @@ func file_ferry_v1_record_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_record_proto_rawDesc), len(file_ferry_v1_record_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
