@@ -190,7 +190,9 @@ func TestCheckReports(t *testing.T) {
 		{"huge job report in a hello", func() error {
 			return CheckHello(&ferryv1.AgentHello{RecentJobs: []*ferryv1.JobUpdate{{JobId: "j1", Message: strings.Repeat("m", MaxJobUpdate)}}})
 		}, "job j1 report is"},
-		{"huge log", func() error { return CheckJobLog(&ferryv1.JobLog{JobId: "j1", Text: strings.Repeat("l", MaxJobUpdate+1)}) }, "at most 1048576"},
+		{"huge log", func() error {
+			return CheckJobLog(&ferryv1.JobLog{JobId: "j1", Text: strings.Repeat("l", MaxJobUpdate+1)})
+		}, "at most 1048576"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
