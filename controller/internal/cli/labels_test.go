@@ -1,0 +1,331 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ferrydeploy/ferry/controller/internal/credential"
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/labels"
+	"github.com/ferrydeploy/ferry/shared/pki"
+	"github.com/ferrydeploy/ferry/shared/rpc"
+)
+
+// dialAdmin connects to the controller with its admin credential, for
+// the calls a test makes in an agent's place (enrolling).
+func dialAdmin(t *testing.T, cfg string) *grpc.ClientConn {
+	t.Helper()
+	cred, err := credential.Load(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(cred.Controller, rpc.DialOptions(cred.TLS())...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// enroller enrolls nodes as ferry-agent enroll does, with one key for all
+// of them (the controller signs whatever key the CSR carries).
+type enroller struct {
+	client ferryv1.EnrollmentServiceClient
+	csr    []byte
+}
+
+func newEnroller(t *testing.T, conn *grpc.ClientConn) *enroller {
+	t.Helper()
+	key, err := pki.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := pki.CreateCSR(key, pki.Identity{Role: pki.RoleAgent, Name: "node"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &enroller{client: ferryv1.NewEnrollmentServiceClient(conn), csr: csr}
+}
+
+func (e *enroller) enroll(token, id string, asked map[string]string) (*ferryv1.EnrollResponse, error) {
+	return e.client.Enroll(context.Background(), &ferryv1.EnrollRequest{Token: token, NodeId: id, CsrDer: e.csr, Labels: asked})
+}
+
+// createToken runs `ferryctl token create -o json` with args and returns
+// the secret.
+func createToken(t *testing.T, cfg string, args ...string) string {
+	t.Helper()
+	code, out, errOut := run(t, cfg, append([]string{"-o", "json", "token", "create"}, args...)...)
+	if code != 0 {
+		t.Fatalf("token create %v: exit %d: %s", args, code, errOut)
+	}
+	var resp struct {
+		Secret string `json:"secret"`
+	}
+	if err := json.Unmarshal([]byte(out), &resp); err != nil || resp.Secret == "" {
+		t.Fatalf("token create: %v\n%s", err, out)
+	}
+	return resp.Secret
+}
+
+// mustRun runs ferryctl and fails unless it exits 0 with every want in
+// its output.
+func mustRun(t *testing.T, cfg string, args []string, want ...string) string {
+	t.Helper()
+	code, out, errOut := run(t, cfg, args...)
+	if code != 0 {
+		t.Fatalf("ferryctl %s: exit %d: %s", strings.Join(args, " "), code, errOut)
+	}
+	for _, w := range want {
+		if !strings.Contains(out, w) {
+			t.Errorf("ferryctl %s: output lacks %q:\n%s", strings.Join(args, " "), w, out)
+		}
+	}
+	return out
+}
+
+// wantAudit fails unless a row of `ferryctl audit` has the words of want
+// after its time column.
+func wantAudit(t *testing.T, table, want string) {
+	t.Helper()
+	for _, line := range strings.Split(table, "\n") {
+		if f := strings.Fields(line); len(f) > 1 && strings.Join(f[1:], " ") == want {
+			return
+		}
+	}
+	t.Errorf("no audit row %q in\n%s", want, table)
+}
+
+func applyGoPackage(t *testing.T, cfg string) {
+	t.Helper()
+	dir := t.TempDir()
+	tarball, sumFile, _ := goTarball(t, dir)
+	pkg := filepath.Join(dir, "go.yaml")
+	if err := os.WriteFile(pkg, []byte("name: go\nversion: 1.20.3\nartifact: go1.20.3.linux-amd64.tar.gz@1.20.3\nsteps:\n  - archive: {dest: /usr/local/go, strip_components: 1}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, cfg, []string{"artifact", "push", tarball, "--checksum-file", sumFile})
+	mustRun(t, cfg, []string{"package", "apply", "-f", pkg})
+}
+
+// The labels rollouts select are the admin's: a join token grants some and
+// allows others, a node cannot choose any other, and admins change them
+// (and the group) later, each change audited; removed nodes are hidden
+// and can be purged.
+func TestLabelsAreTheAdmins(t *testing.T) {
+	cfg := startController(t)
+	conn := dialAdmin(t, cfg)
+	e := newEnroller(t, conn)
+	applyGoPackage(t, cfg)
+	tok := createToken(t, cfg, "--group", "staging", "--label", "tier=web", "--allow-label", "rack=*", "--allow-label", "dc=sh1")
+	mustRun(t, cfg, []string{"token", "list"}, "  tier=web  rack=*,dc=sh1  active  ")
+
+	// A label the token does not allow: refused, nothing stored, no use
+	// of the token spent.
+	_, err := e.enroll(tok, "n1", map[string]string{"rack": "r1", "role": "db"})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("enroll asking for role=db: %v, want PermissionDenied", err)
+	}
+	for _, want := range []string{"label role=db is not allowed by the join token", "(it allows rack=*, dc=sh1)"} {
+		if !strings.Contains(status.Convert(err).Message(), want) {
+			t.Errorf("refusal %q does not say %q", status.Convert(err).Message(), want)
+		}
+	}
+	if out := mustRun(t, cfg, []string{"nodes", "--all"}); strings.Count(out, "\n") != 1 {
+		t.Errorf("a refused enrollment left a node:\n%s", out)
+	}
+	mustRun(t, cfg, []string{"token", "list"}, " 0/∞ ")
+	// Past the syntax's limits: refused before the token is even looked at.
+	_, err = e.enroll(tok, "n1", map[string]string{"rack": strings.Repeat("r", 120<<10)})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "at most 63 characters") {
+		t.Errorf("enroll with a 120 KB label: %v, want InvalidArgument naming the 63-character limit", err)
+	}
+
+	// Allowed labels are granted; the token's own replace the node's.
+	resp, err := e.enroll(tok, "n1", map[string]string{"rack": "r1", "tier": "db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]string{"rack": "r1", "tier": "web"}; !maps.Equal(resp.Labels, want) {
+		t.Errorf("granted labels %v, want %v", resp.Labels, want)
+	}
+	mustRun(t, cfg, []string{"nodes", "--show-labels"}, "n1  ", "  rack=r1,tier=web\n")
+
+	plan := func(target ...string) (int, string) {
+		code, out, errOut := run(t, cfg, append([]string{"rollout", "--package", "go@1.20.3", "--plan"}, target...)...)
+		return code, out + errOut
+	}
+	// What the node asked for but the token overrode is not selectable.
+	if code, out := plan("--selector", "tier=db"); code == 0 || !strings.Contains(out, "no enrolled node matches selector=tier=db") {
+		t.Errorf("plan for tier=db (asked for by the node, not granted): exit %d\n%s", code, out)
+	}
+	if code, out := plan("--selector", "rack=r1"); code != 0 || !strings.Contains(out, "n1") {
+		t.Errorf("plan for rack=r1: exit %d, want n1 planned\n%s", code, out)
+	}
+
+	// An admin relabels the node: selection follows.
+	mustRun(t, cfg, []string{"node", "label", "n1", "role=db", "rack-"}, "node n1 labeled: role=db,tier=web\n")
+	if code, out := plan("--selector", "role=db"); code != 0 || !strings.Contains(out, "n1") {
+		t.Errorf("plan for role=db after labeling: exit %d\n%s", code, out)
+	}
+	if code, _ := plan("--selector", "rack=r1"); code == 0 {
+		t.Error("plan for the removed label rack=r1 still matched")
+	}
+	if code, _, errOut := run(t, cfg, "node", "label", "n1", "group=prod"); code == 0 || !strings.Contains(errOut, `"group" is reserved`) {
+		t.Errorf("label group=prod: exit %d, %s; want refused as reserved", code, errOut)
+	}
+	if code, _, errOut := run(t, cfg, "node", "label", "nope", "a=b"); code == 0 || !strings.Contains(errOut, `node "nope": not found`) {
+		t.Errorf("label of an unknown node: exit %d, %s", code, errOut)
+	}
+
+	// And moves it to another group.
+	mustRun(t, cfg, []string{"node", "move", "n1", "--group", "production"}, "node n1 moved to group production\n")
+	if code, _ := plan("--group", "staging"); code == 0 {
+		t.Error("plan for group staging still matched the moved node")
+	}
+	if code, out := plan("--group", "production", "--selector", "role=db"); code != 0 || !strings.Contains(out, "n1") {
+		t.Errorf("plan for production role=db: exit %d\n%s", code, out)
+	}
+	audit := mustRun(t, cfg, []string{"audit", "--limit", "20"})
+	wantAudit(t, audit, "admin/admin node.move n1 ok group=production")
+	wantAudit(t, audit, "admin/admin node.label n1 ok set role=db remove rack")
+	wantAudit(t, audit, "admin/admin node.label nope node \"nope\": not found; list nodes with `ferryctl nodes` set a=b")
+	if !strings.Contains(audit, " ok ") || !strings.Contains(audit, "  group=staging labels=tier=web allow=rack=*,dc=sh1\n") {
+		t.Errorf("audit of token create lacks what it grants:\n%s", audit)
+	}
+
+	// Removed nodes are hidden unless asked for, and can be purged.
+	mustRun(t, cfg, []string{"node", "remove", "n1"})
+	if out := mustRun(t, cfg, []string{"nodes"}); strings.Contains(out, "n1") {
+		t.Errorf("ferryctl nodes lists the removed node:\n%s", out)
+	}
+	mustRun(t, cfg, []string{"nodes", "--all"}, "n1  ", " removed ")
+	mustRun(t, cfg, []string{"nodes", "--state", "removed"}, "n1  ")
+	mustRun(t, cfg, []string{"node", "remove", "n1", "--purge"}, "node n1 removed and purged")
+	if out := mustRun(t, cfg, []string{"nodes", "--all"}); strings.Contains(out, "n1") {
+		t.Errorf("the purged node is still listed:\n%s", out)
+	}
+	wantAudit(t, mustRun(t, cfg, []string{"audit", "--limit", "3"}), "admin/admin node.purge n1 ok")
+	// The ID is free again for a new enrollment.
+	if _, err := e.enroll(tok, "n1", nil); err != nil {
+		t.Errorf("enroll n1 again after the purge: %v", err)
+	}
+}
+
+// An admin holds at most 16 watches; the 17th is refused until one ends.
+func TestWatchLimit(t *testing.T) {
+	cfg := startController(t)
+	conn := dialAdmin(t, cfg)
+	if _, err := newEnroller(t, conn).enroll(createToken(t, cfg, "--group", "staging"), "n1", nil); err != nil {
+		t.Fatal(err)
+	}
+	nodes := ferryv1.NewNodeServiceClient(conn)
+	watch := func() (context.CancelFunc, error) {
+		ctx, cancel := context.WithCancel(context.Background())
+		s, err := nodes.WatchNodes(ctx, &ferryv1.WatchNodesRequest{})
+		if err == nil {
+			var m *ferryv1.WatchNodesResponse
+			if m, err = s.Recv(); err == nil && (m.GetEvent().GetId() != "n1" || m.GetNode() != nil) {
+				err = fmt.Errorf("first event %v, want a compact event for n1", m)
+			}
+		}
+		return cancel, err
+	}
+	var cancels []context.CancelFunc
+	defer func() {
+		for _, c := range cancels {
+			c()
+		}
+	}()
+	for i := range 16 {
+		cancel, err := watch()
+		cancels = append(cancels, cancel)
+		if err != nil {
+			t.Fatalf("watch %d: %v", i+1, err)
+		}
+	}
+	cancel, err := watch()
+	cancel()
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "16 node watches") {
+		t.Fatalf("17th watch: %v, want ResourceExhausted naming the limit of 16", err)
+	}
+	cancels[0]()
+	for range 100 { // the server sees the cancellation shortly after
+		if cancel, err = watch(); err == nil {
+			break
+		}
+		cancel()
+	}
+	cancels = append(cancels, cancel)
+	if err != nil {
+		t.Errorf("watch after one ended: %v", err)
+	}
+}
+
+// 2,000 nodes with the most and longest labels a node can have list
+// through ferryctl's paging, in pages far below the message limit.
+func TestNodesPagesLargeFleet(t *testing.T) {
+	if testing.Short() {
+		t.Skip("enrolls 2,000 nodes")
+	}
+	const fleet = 2000
+	cfg := startController(t)
+	conn := dialAdmin(t, cfg)
+	e := newEnroller(t, conn)
+	prefix := strings.Repeat(strings.Repeat("p", 63)+".", 3) + strings.Repeat("p", 61) // 253 characters
+	args := []string{"--group", "staging"}
+	for i := range labels.MaxLabels {
+		args = append(args, "--label", fmt.Sprintf("%s/%s=%s", prefix, strings.Repeat("k", 60)+fmt.Sprintf("%03d", i), strings.Repeat("v", labels.MaxValueLen)))
+	}
+	tok := createToken(t, cfg, args...)
+	var wg sync.WaitGroup
+	errs := make(chan error, fleet)
+	for w := range 8 {
+		wg.Go(func() {
+			for i := w; i < fleet; i += 8 {
+				if _, err := e.enroll(tok, fmt.Sprintf("node-%04d", i), nil); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+
+	page, err := ferryv1.NewNodeServiceClient(conn).ListNodes(context.Background(), &ferryv1.ListNodesRequest{PageSize: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(page.Nodes); n == 0 || n >= fleet || page.NextPageToken == "" {
+		t.Fatalf("one ListNodes call returned %d nodes and next page %q; want a partial page", n, page.NextPageToken)
+	}
+	if size := len(page.Nodes[0].Labels); size != labels.MaxLabels+1 {
+		t.Fatalf("node has %d labels, want %d and the group", size, labels.MaxLabels)
+	}
+
+	out := mustRun(t, cfg, []string{"nodes"})
+	if lines := strings.Count(out, "\n"); lines != fleet+1 {
+		t.Errorf("ferryctl nodes printed %d lines, want a header and %d nodes", lines, fleet)
+	}
+	for _, id := range []string{"node-0000 ", "node-1000 ", "node-1999 "} {
+		if !strings.Contains(out, id) {
+			t.Errorf("ferryctl nodes does not list %s", id)
+		}
+	}
+}
+
