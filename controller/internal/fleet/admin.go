@@ -20,9 +20,9 @@ import (
 func (r *Registry) Update(nodeID string, change func(*store.NodeRecord) error, ev *ferryv1.AuditEvent) (*ferryv1.Node, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e, ok := r.nodes[nodeID]
-	if !ok {
-		return nil, notFound(nodeID)
+	e, err := r.entryLocked(nodeID)
+	if err != nil {
+		return nil, err
 	}
 	if e.rec.Removed {
 		return nil, fmt.Errorf("node %s: %w; re-enroll it, or purge it with `ferryctl node remove %s --purge`", nodeID, ErrRemoved, nodeID)
@@ -42,26 +42,37 @@ func (r *Registry) Update(nodeID string, change func(*store.NodeRecord) error, e
 func (r *Registry) Purge(nodeID string, ev *ferryv1.AuditEvent) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e, ok := r.nodes[nodeID]
-	if !ok {
-		return notFound(nodeID)
+	e, err := r.entryLocked(nodeID)
+	if err != nil {
+		return err
 	}
 	if err := r.cfg.Store.DeleteNode(nodeID, ev); err != nil {
 		return err
 	}
-	if e.session != nil {
-		e.session.cancel(ErrRemoved)
-	}
-	if f, ok := r.cfg.Gossip.(interface{ Forget(string) }); ok {
-		f.Forget(nodeID)
-	}
+	r.disconnectLocked(e)
 	delete(r.nodes, nodeID)
 	r.changed()
 	return nil
 }
 
-func notFound(nodeID string) error {
-	return fmt.Errorf("node %q: %w; list nodes with `ferryctl nodes`", nodeID, store.ErrNotFound)
+func (r *Registry) entryLocked(nodeID string) (*entry, error) {
+	e, ok := r.nodes[nodeID]
+	if !ok {
+		return nil, fmt.Errorf("node %q: %w; list nodes with `ferryctl nodes`", nodeID, store.ErrNotFound)
+	}
+	return e, nil
+}
+
+// disconnectLocked closes a removed or purged node's stream and makes
+// gossip forget it.
+func (r *Registry) disconnectLocked(e *entry) {
+	if e.session != nil {
+		e.session.cancel(ErrRemoved)
+		e.session = nil
+	}
+	if f, ok := r.cfg.Gossip.(interface{ Forget(string) }); ok {
+		f.Forget(e.rec.ID)
+	}
 }
 
 // Page returns up to limit nodes matching f with IDs after the cursor

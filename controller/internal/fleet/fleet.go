@@ -379,9 +379,9 @@ func (r *Registry) Dispatch(nodeID string, msg *ferryv1.ConnectResponse) error {
 func (r *Registry) Remove(nodeID, actor string) (*ferryv1.Node, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e, ok := r.nodes[nodeID]
-	if !ok {
-		return nil, notFound(nodeID)
+	e, err := r.entryLocked(nodeID)
+	if err != nil {
+		return nil, err
 	}
 	if e.rec.Removed {
 		return nil, fmt.Errorf("node %s was already removed", nodeID)
@@ -392,13 +392,7 @@ func (r *Registry) Remove(nodeID, actor string) (*ferryv1.Node, error) {
 		return nil, err
 	}
 	e.rec = rec
-	if e.session != nil {
-		e.session.cancel(ErrRemoved)
-		e.session = nil
-	}
-	if f, ok := r.cfg.Gossip.(interface{ Forget(string) }); ok {
-		f.Forget(nodeID)
-	}
+	r.disconnectLocked(e)
 	r.changed()
 	return r.nodeLocked(e, r.cfg.Now()), nil
 }
