@@ -2,6 +2,9 @@ package cli
 
 import (
 	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -10,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -42,6 +46,7 @@ func dialAdmin(t *testing.T, cfg string) *grpc.ClientConn {
 // of them (the controller signs whatever key the CSR carries).
 type enroller struct {
 	client ferryv1.EnrollmentServiceClient
+	key    crypto.Signer
 	csr    []byte
 }
 
@@ -55,11 +60,30 @@ func newEnroller(t *testing.T, conn *grpc.ClientConn) *enroller {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &enroller{client: ferryv1.NewEnrollmentServiceClient(conn), csr: csr}
+	return &enroller{client: ferryv1.NewEnrollmentServiceClient(conn), key: key, csr: csr}
 }
 
 func (e *enroller) enroll(token, id string, asked map[string]string) (*ferryv1.EnrollResponse, error) {
 	return e.client.Enroll(context.Background(), &ferryv1.EnrollRequest{Token: token, NodeId: id, CsrDer: e.csr, Labels: asked})
+}
+
+// dialAgent connects as the enrolled node of resp.
+func (e *enroller) dialAgent(t *testing.T, controller string, resp *ferryv1.EnrollResponse) *grpc.ClientConn {
+	t.Helper()
+	ca, err := x509.ParseCertificate(resp.CaCertificateDer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca)
+	cert := &tls.Certificate{Certificate: [][]byte{resp.CertificateDer}, PrivateKey: e.key}
+	conf := rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }, roots)
+	conn, err := grpc.NewClient(controller, rpc.DialOptions(conf)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 // createToken runs `ferryctl token create -o json` with args and returns
@@ -130,6 +154,17 @@ func TestLabelsAreTheAdmins(t *testing.T) {
 	applyGoPackage(t, cfg)
 	tok := createToken(t, cfg, "--group", "staging", "--label", "tier=web", "--allow-label", "rack=*", "--allow-label", "dc=sh1")
 	mustRun(t, cfg, []string{"token", "list"}, "  tier=web  rack=*,dc=sh1  active  ")
+	for _, bad := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--allow-label", "rack"}, `Error: --allow-label: allowed label "rack": want key=value-glob, e.g. rack=* or dc=sh1` + "\n"},
+		{[]string{"--label", "group=prod"}, "Error: --label: label key \"group\" is reserved: the group comes from the join token; change it with ferryctl node move\n"},
+	} {
+		if code, _, errOut := run(t, cfg, append([]string{"token", "create", "--group", "staging"}, bad.args...)...); code != 1 || errOut != bad.want {
+			t.Errorf("token create %v: exit %d, stderr %q; want exit 1, %q", bad.args, code, errOut, bad.want)
+		}
+	}
 
 	// A label the token does not allow: refused, nothing stored, no use
 	// of the token spent.
@@ -329,3 +364,65 @@ func TestNodesPagesLargeFleet(t *testing.T) {
 	}
 }
 
+// An enrolled node cannot grow the fleet view with what it reports: a
+// hello or heartbeat past a limit is refused with the limit named, and
+// nothing of it is kept.
+func TestNodeReportsAreBounded(t *testing.T) {
+	cfg := startController(t)
+	conn := dialAdmin(t, cfg)
+	e := newEnroller(t, conn)
+	resp, err := e.enroll(createToken(t, cfg, "--group", "staging"), "n1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cred, err := credential.Load(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := ferryv1.NewAgentServiceClient(e.dialAgent(t, cred.Controller, resp))
+	long := strings.Repeat("h", 120<<10)
+	many := make([]*ferryv1.InstalledPackage, 257)
+	for i := range many {
+		many[i] = &ferryv1.InstalledPackage{Name: "p", Version: "1"}
+	}
+	hello := &ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Hello{Hello: &ferryv1.AgentHello{AgentVersion: "1.0", Facts: &ferryv1.Facts{Os: "linux", Hostname: "n1"}}}}
+	for _, tc := range []struct {
+		name string
+		msgs []*ferryv1.ConnectRequest
+		want string
+	}{
+		{"hello with a 120 KB host name", []*ferryv1.ConnectRequest{{Msg: &ferryv1.ConnectRequest_Hello{Hello: &ferryv1.AgentHello{Facts: &ferryv1.Facts{Hostname: long}}}}},
+			"hello: host name is 122880 bytes: at most 256 are accepted"},
+		{"heartbeat listing 257 packages", []*ferryv1.ConnectRequest{hello, {Msg: &ferryv1.ConnectRequest_Heartbeat{Heartbeat: &ferryv1.Heartbeat{Installed: many}}}},
+			"heartbeat lists 257 installed packages: at most 256 are accepted"},
+		{"heartbeat with a 120 KB kernel", []*ferryv1.ConnectRequest{hello, {Msg: &ferryv1.ConnectRequest_Heartbeat{Heartbeat: &ferryv1.Heartbeat{Facts: &ferryv1.Facts{Kernel: long}}}}},
+			"heartbeat: kernel is 122880 bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			stream, err := agent.Connect(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range tc.msgs {
+				if err := stream.Send(m); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for {
+				_, err = stream.Recv() // the welcome, then the refusal
+				if err != nil {
+					break
+				}
+			}
+			if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("stream ended with %v, want InvalidArgument saying %q", err, tc.want)
+			}
+			code, out, errOut := run(t, cfg, "-o", "json", "nodes")
+			if code != 0 || strings.Contains(out, "hhhhhhhh") || len(out) > 4096 {
+				t.Errorf("ferryctl nodes after the refusal: exit %d, %d bytes (%s)", code, len(out), errOut)
+			}
+		})
+	}
+}
