@@ -180,6 +180,14 @@ func TestCheckReports(t *testing.T) {
 		{"long package version", func() error {
 			return CheckHeartbeat(&ferryv1.Heartbeat{Installed: []*ferryv1.InstalledPackage{{Name: "go", Version: long}}})
 		}, "package version is 257 bytes"},
+		{"heartbeat with disks", func() error {
+			return CheckHeartbeat(&ferryv1.Heartbeat{Disks: []*ferryv1.DiskSpace{{Path: "/var/lib/ferry-agent", Uses: []string{"state dir", "install root"}}}})
+		}, ""},
+		{"too many disks", func() error { return CheckHeartbeat(&ferryv1.Heartbeat{Disks: make([]*ferryv1.DiskSpace, MaxDisks+1)}) }, "65 file systems: at most 64"},
+		{"long disk path", func() error { return CheckHeartbeat(&ferryv1.Heartbeat{Disks: []*ferryv1.DiskSpace{{Path: long}}}) }, "file system path is 257 bytes"},
+		{"long disk use", func() error {
+			return CheckHeartbeat(&ferryv1.Heartbeat{Disks: []*ferryv1.DiskSpace{{Path: "/", Uses: []string{long}}}})
+		}, "file system use is 257 bytes"},
 		{"long gossip address", func() error { return CheckHello(&ferryv1.AgentHello{GossipAddress: long}) }, "gossip address is 257 bytes"},
 		{"huge job report", func() error {
 			return CheckJobUpdate(&ferryv1.JobUpdate{JobId: "j1", Message: strings.Repeat("m", MaxJobUpdate)})

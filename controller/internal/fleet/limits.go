@@ -28,6 +28,10 @@ const (
 	MaxJobUpdate = 1 << 20
 	// MaxJobSteps bounds the step results of one job report.
 	MaxJobSteps = 256
+	// MaxDisks bounds the file systems a heartbeat reports, and MaxDiskUses
+	// what each says the agent keeps there.
+	MaxDisks    = 64
+	MaxDiskUses = 64
 )
 
 // ErrReportTooLarge is matched (errors.Is) by the errors of the Check
@@ -61,7 +65,26 @@ func CheckHello(h *ferryv1.AgentHello) error {
 
 // CheckHeartbeat refuses a heartbeat over a limit.
 func CheckHeartbeat(hb *ferryv1.Heartbeat) error {
-	return checkReport("heartbeat", hb.GetAgentVersion(), hb.GetFacts(), hb.GetInstalled())
+	if err := checkReport("heartbeat", hb.GetAgentVersion(), hb.GetFacts(), hb.GetInstalled()); err != nil {
+		return err
+	}
+	if n := len(hb.GetDisks()); n > MaxDisks {
+		return tooLargef("heartbeat reports %d file systems: at most %d are accepted", n, MaxDisks)
+	}
+	for _, d := range hb.GetDisks() {
+		if err := checkString("heartbeat", "file system path", d.GetPath()); err != nil {
+			return err
+		}
+		if n := len(d.GetUses()); n > MaxDiskUses {
+			return tooLargef("heartbeat: file system %.64s has %d uses: at most %d are accepted", d.GetPath(), n, MaxDiskUses)
+		}
+		for _, u := range d.GetUses() {
+			if err := checkString("heartbeat", "file system use", u); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // CheckJobUpdate refuses a job report over a limit.
