@@ -1,6 +1,7 @@
 package scale
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/grpc"
 
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/rpc"
 )
 
@@ -54,4 +56,22 @@ func DialAdmin(path, addr string) (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("dial controller %s: %w", addr, err)
 	}
 	return conn, nil
+}
+
+// ListNodes returns every node, following ListNodes' pages as ferryctl
+// does.
+func ListNodes(ctx context.Context, nodes ferryv1.NodeServiceClient, opts ...grpc.CallOption) ([]*ferryv1.Node, error) {
+	var all []*ferryv1.Node
+	req := &ferryv1.ListNodesRequest{}
+	for {
+		resp, err := nodes.ListNodes(ctx, req, opts...)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, resp.GetNodes()...)
+		if resp.GetNextPageToken() == "" {
+			return all, nil
+		}
+		req.PageToken = resp.GetNextPageToken()
+	}
 }

@@ -448,14 +448,14 @@ func heartbeatLatency(b *testing.B, ctx context.Context, pid int, nodes ferryv1.
 	end := began.Add(d)
 	for time.Now().Before(end) {
 		t0 := time.Now()
-		resp, err := nodes.ListNodes(ctx, &ferryv1.ListNodesRequest{}, grpc.WaitForReady(true))
+		list, err := ListNodes(ctx, nodes, grpc.WaitForReady(true))
 		if err != nil {
 			b.Fatalf("ListNodes: %v", err)
 		}
 		t1 := time.Now()
 		out.list = append(out.list, t1.Sub(t0))
 		calls = append(calls, [2]time.Time{t0, t1})
-		for _, n := range resp.GetNodes() {
+		for _, n := range list {
 			a, ok := fleet.Agent(n.GetId())
 			if !ok || n.GetUptime() == nil || n.GetLastHeartbeat() == nil || !n.GetConnected() {
 				continue
@@ -496,12 +496,12 @@ func waitHeartbeats(b *testing.B, ctx context.Context, nodes ferryv1.NodeService
 	b.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		resp, err := nodes.ListNodes(ctx, &ferryv1.ListNodesRequest{}, grpc.WaitForReady(true))
+		list, err := ListNodes(ctx, nodes, grpc.WaitForReady(true))
 		if err != nil {
 			b.Fatalf("ListNodes: %v", err)
 		}
 		ok := 0
-		for _, nd := range resp.GetNodes() {
+		for _, nd := range list {
 			if nd.GetConnected() && nd.GetUptime() != nil {
 				ok++
 			}
