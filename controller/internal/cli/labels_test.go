@@ -426,3 +426,51 @@ func TestNodeReportsAreBounded(t *testing.T) {
 		})
 	}
 }
+
+// A watch sends compact events: one per node, then its changes: a node
+// moved out of the watched group once, with its new group, and a purged
+// node as purged.
+func TestWatchEvents(t *testing.T) {
+	cfg := startController(t)
+	conn := dialAdmin(t, cfg)
+	e := newEnroller(t, conn)
+	tok := createToken(t, cfg, "--group", "staging")
+	for _, id := range []string{"n1", "n2"} {
+		if _, err := e.enroll(tok, id, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	stream, err := ferryv1.NewNodeServiceClient(conn).WatchNodes(ctx, &ferryv1.WatchNodesRequest{Group: "staging"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func() string {
+		t.Helper()
+		m, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev := m.GetEvent()
+		return fmt.Sprintf("%s %s %s purged=%v", ev.GetId(), ev.GetGroup(), ev.GetState(), ev.GetPurged())
+	}
+	for _, want := range []string{"n1 staging NODE_STATE_PENDING purged=false", "n2 staging NODE_STATE_PENDING purged=false"} {
+		if got := next(); got != want {
+			t.Fatalf("event %q, want %q", got, want)
+		}
+	}
+	mustRun(t, cfg, []string{"node", "move", "n1", "--group", "production"})
+	if got, want := next(), "n1 production NODE_STATE_PENDING purged=false"; got != want {
+		t.Fatalf("after the move: event %q, want %q", got, want)
+	}
+	mustRun(t, cfg, []string{"node", "label", "n1", "a=b"}) // outside the group now: no event
+	mustRun(t, cfg, []string{"node", "remove", "n2", "--purge"})
+	got := next()
+	if got == "n2 staging NODE_STATE_REMOVED purged=false" {
+		got = next()
+	}
+	if want := "n2 staging NODE_STATE_UNSPECIFIED purged=true"; got != want {
+		t.Fatalf("after the purge: event %q, want %q", got, want)
+	}
+}

@@ -69,7 +69,8 @@ func decodePageToken(tok string) (string, error) {
 }
 
 // WatchNodes sends a compact event per node, then one for each node whose
-// state, group or connection changed, and one when a node is purged.
+// state, group or connection changed, and one when a node is purged. With
+// a group, a node moved out of it is reported once, with its new group.
 // States also change by time passing (a heartbeat going stale), so the
 // watch re-evaluates every second as well as on every registry change. It
 // keeps a few words per node, never whole nodes.
@@ -94,13 +95,18 @@ func (s *nodeServer) WatchNodes(req *ferryv1.WatchNodesRequest, stream grpc.Serv
 	defer tick.Stop()
 	for {
 		changes := s.d.Fleet.Changes()
-		cur := s.d.Fleet.Statuses(fleet.Filter{Group: req.GetGroup()})
+		// Every node is followed, so one moved out of the group is told
+		// apart from one purged.
+		cur := s.d.Fleet.Statuses(fleet.Filter{})
 		next := make(map[string]seen, len(cur))
 		for _, n := range cur {
 			now := seen{n.Group, n.State, n.Connected}
 			next[n.ID] = now
 			prev, known := last[n.ID]
 			if known && prev == now {
+				continue
+			}
+			if g := req.GetGroup(); g != "" && n.Group != g && (!known || prev.group != g) {
 				continue
 			}
 			// The filter on states picks what the first listing shows;
@@ -114,6 +120,9 @@ func (s *nodeServer) WatchNodes(req *ferryv1.WatchNodesRequest, stream grpc.Serv
 			}
 		}
 		for id, prev := range last {
+			if g := req.GetGroup(); g != "" && prev.group != g {
+				continue
+			}
 			if _, ok := next[id]; !ok {
 				if err := stream.Send(&ferryv1.WatchNodesResponse{Event: &ferryv1.NodeEvent{Id: id, Group: prev.group, Purged: true}}); err != nil {
 					return err
