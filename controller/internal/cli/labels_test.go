@@ -271,7 +271,8 @@ func TestWatchLimit(t *testing.T) {
 		s, err := nodes.WatchNodes(ctx, &ferryv1.WatchNodesRequest{})
 		if err == nil {
 			var m *ferryv1.WatchNodesResponse
-			if m, err = s.Recv(); err == nil && (m.GetEvent().GetId() != "n1" || m.GetNode() != nil) {
+			//nolint:staticcheck // checks that the deprecated field stays empty
+			if m, err = s.Recv(); err == nil && (m.GetEvent().GetId() != "n1" || m.Node != nil) {
 				err = fmt.Errorf("first event %v, want a compact event for n1", m)
 			}
 		}

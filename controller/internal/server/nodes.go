@@ -146,7 +146,7 @@ type watchLimit struct {
 	n   map[string]int
 }
 
-func newWatchLimit(max int) *watchLimit { return &watchLimit{max: max, n: map[string]int{}} }
+func newWatchLimit(limit int) *watchLimit { return &watchLimit{max: limit, n: map[string]int{}} }
 
 func (w *watchLimit) acquire(who string) (release func(), err error) {
 	w.mu.Lock()
