@@ -580,7 +580,7 @@ func TestResolve(t *testing.T) {
 
 func putPackage(t *testing.T, db *store.Store, name, version, digest string) {
 	t.Helper()
-	if _, err := db.AddPackage(&ferryv1.Package{Name: name, Version: version, Artifact: &ferryv1.ArtifactRef{Digest: digest}}); err != nil {
+	if _, err := db.AddPackage(&ferryv1.Package{Name: name, Version: version, Artifact: &ferryv1.ArtifactRef{Digest: digest}}, nil); err != nil {
 		t.Fatal(err)
 	}
 }

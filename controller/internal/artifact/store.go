@@ -63,10 +63,13 @@ type Records interface {
 	Artifact(key string) (*ferryv1.Artifact, error)
 	// Artifacts returns every record.
 	Artifacts() ([]*ferryv1.Artifact, error)
-	PutArtifact(a *ferryv1.Artifact) error
-	// DeleteArtifact removes a record unless packages use its digest;
-	// then it removes nothing and returns them.
-	DeleteArtifact(key string) (usedBy []string, err error)
+	// PutArtifact writes a record and the push's audit entry in one
+	// transaction: both or neither.
+	PutArtifact(a *ferryv1.Artifact, ev *ferryv1.AuditEvent) error
+	// DeleteArtifact removes a record and writes the removal's audit
+	// entry, in one transaction, unless packages use its digest; then it
+	// writes nothing and returns them.
+	DeleteArtifact(key string, ev *ferryv1.AuditEvent) (usedBy []string, err error)
 	// PackagesUsing lists the packages ("name@version") using digest.
 	PackagesUsing(digest string) ([]string, error)
 }
@@ -187,6 +190,20 @@ type PutRequest struct {
 	Size                    uint64 // expected size; 0 when unknown
 	SHA256                  string // expected digest (hex, optionally "sha256:"); "" accepts what arrives
 	PushedBy                string
+	// Audit, when set, returns the push's audit entry for the record
+	// about to be written; it is written in the same transaction, so a
+	// push whose entry cannot be written keeps nothing. A push that finds
+	// its bytes already stored under its name@version writes nothing, and
+	// Audit is not called.
+	Audit func(*ferryv1.Artifact) *ferryv1.AuditEvent
+}
+
+// audit is the entry for the record a; nil without req.Audit.
+func (r *PutRequest) audit(a *ferryv1.Artifact) *ferryv1.AuditEvent {
+	if r.Audit == nil {
+		return nil
+	}
+	return r.Audit(a)
 }
 
 func (r *PutRequest) normalize() error {
@@ -311,7 +328,7 @@ func (s *Store) Put(ctx context.Context, req PutRequest, body io.Reader) (a *fer
 		Size: out.n, PushedBy: req.PushedBy, PushedAt: timestamppb.New(s.now()),
 	}
 	kept = true // commit owns the temp file from here
-	return s.commit(a, tmp)
+	return s.commit(a, tmp, req.audit)
 }
 
 // putKnown settles a push without reading its body when the declared
@@ -354,7 +371,7 @@ func (s *Store) putKnown(req PutRequest) (a *ferryv1.Artifact, created, done boo
 		Digest: digest, Name: req.Name, Version: req.Version, Os: req.OS, Arch: req.Arch,
 		Size: blobRec.Size, PushedBy: req.PushedBy, PushedAt: timestamppb.New(s.now()),
 	}
-	if err := s.records.PutArtifact(a); err != nil {
+	if err := s.records.PutArtifact(a, req.audit(a)); err != nil {
 		return nil, false, true, fmt.Errorf("artifact %s: record metadata: %w", Key(a), err)
 	}
 	return a, true, true, nil
@@ -365,8 +382,10 @@ func conflict(old *ferryv1.Artifact, digest string) error {
 		ErrConflict, Key(old), old.Digest, old.PushedBy, old.PushedAt.AsTime().UTC().Format(time.RFC3339), digest, Key(old))
 }
 
-// commit links a verified temp file to its record.
-func (s *Store) commit(a *ferryv1.Artifact, tmp string) (*ferryv1.Artifact, bool, error) {
+// commit links a verified temp file to its record, written with the audit
+// entry audit returns for it: the blob is moved into place first, and
+// removed again when the record and entry cannot be written.
+func (s *Store) commit(a *ferryv1.Artifact, tmp string, audit func(*ferryv1.Artifact) *ferryv1.AuditEvent) (*ferryv1.Artifact, bool, error) {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 	hexsum := strings.TrimPrefix(a.Digest, DigestPrefix)
@@ -399,7 +418,7 @@ func (s *Store) commit(a *ferryv1.Artifact, tmp string) (*ferryv1.Artifact, bool
 			return nil, false, diskErr("artifact "+Key(a), s.blobDir, a.Size, err)
 		}
 	}
-	if err := s.records.PutArtifact(a); err != nil {
+	if err := s.records.PutArtifact(a, audit(a)); err != nil {
 		if newBlob {
 			os.Remove(blob)
 		}
@@ -529,8 +548,11 @@ func (s *Store) ReferencedBy(digest string) ([]string, error) {
 
 // Delete removes the record ref names, refusing while a package references
 // its digest, and unlinks the blob when no other record shares it.
-// Downloads already streaming it finish from their open file.
-func (s *Store) Delete(ref string) (*ferryv1.Artifact, error) {
+// Downloads already streaming it finish from their open file. audit, when
+// set, returns the removal's audit entry for the record; it is written in
+// the transaction that removes the record, and the blob is unlinked only
+// after that committed.
+func (s *Store) Delete(ref string, audit func(*ferryv1.Artifact) *ferryv1.AuditEvent) (*ferryv1.Artifact, error) {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 	// commitMu keeps every other artifact write out until the end, so the
@@ -540,7 +562,11 @@ func (s *Store) Delete(ref string) (*ferryv1.Artifact, error) {
 	if err != nil {
 		return nil, err
 	}
-	refs, err := s.records.DeleteArtifact(Key(a))
+	var ev *ferryv1.AuditEvent
+	if audit != nil {
+		ev = audit(a)
+	}
+	refs, err := s.records.DeleteArtifact(Key(a), ev)
 	if err != nil {
 		return nil, err
 	}

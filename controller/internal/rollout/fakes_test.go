@@ -59,11 +59,14 @@ type fakeStore struct {
 	// afterSave, when set, runs after every successful save (with the
 	// save count); the crash tests use it.
 	afterSave func(n int)
+	// audit receives the audit entries saved with a rollout, as the
+	// controller's store writes both in one transaction.
+	audit *fakeAuditor
 }
 
 func newFakeStore() *fakeStore { return &fakeStore{data: map[string][]byte{}} }
 
-func (s *fakeStore) SaveRollout(r *ferryv1.Rollout) error {
+func (s *fakeStore) SaveRollout(r *ferryv1.Rollout, ev *ferryv1.AuditEvent) error {
 	s.mu.Lock()
 	if s.fail != nil {
 		err := s.fail
@@ -74,6 +77,12 @@ func (s *fakeStore) SaveRollout(r *ferryv1.Rollout) error {
 	if err != nil {
 		s.mu.Unlock()
 		return err
+	}
+	if ev != nil {
+		if err := s.audit.AppendAudit(ev); err != nil {
+			s.mu.Unlock()
+			return err
+		}
 	}
 	s.data[r.GetId()] = b
 	s.saves++
@@ -346,12 +355,23 @@ func (p *fakePackages) Packages(name string) ([]*ferryv1.Package, error) {
 type fakeAuditor struct {
 	mu     sync.Mutex
 	events []string
+	fail   error // every write fails with it
 }
 
-func (a *fakeAuditor) Audit(actor, action, target, outcome, detail string) {
+func (a *fakeAuditor) AppendAudit(ev *ferryv1.AuditEvent) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.events = append(a.events, actor+" "+action+" "+target+" "+outcome)
+	if a.fail != nil {
+		return a.fail
+	}
+	a.events = append(a.events, ev.Actor+" "+ev.Action+" "+ev.Target+" "+ev.Outcome)
+	return nil
+}
+
+func (a *fakeAuditor) setFail(err error) {
+	a.mu.Lock()
+	a.fail = err
+	a.mu.Unlock()
 }
 
 func (a *fakeAuditor) list() []string {
@@ -401,6 +421,7 @@ func newHarness(t *testing.T, count int) *harness {
 		audit: &fakeAuditor{},
 	}
 	h.disconnectGrace = -1
+	h.store.audit = h.audit
 	h.e = h.newEngine()
 	return h
 }

@@ -52,6 +52,8 @@ func TestToStatus(t *testing.T) {
 		{"node ID taken", wrap(store.ErrNodeExists), codes.AlreadyExists},
 		{"wrong join token", store.ErrTokenInvalid, codes.Unauthenticated},
 		{"used-up join token", wrap(store.ErrTokenUnusable), codes.PermissionDenied},
+		// Whatever else the error says, the action was not made.
+		{"audit entry not written", fmt.Errorf("%w: %w: no space left on device; nothing was changed", artifact.ErrDiskFull, store.ErrAudit), codes.Unavailable},
 
 		{"client went away", wrap(context.Canceled), codes.Canceled},
 		{"client ran out of time", context.DeadlineExceeded, codes.DeadlineExceeded},

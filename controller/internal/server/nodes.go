@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"time"
 
@@ -11,7 +12,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
+	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/pki"
 )
 
 type nodeServer struct {
@@ -65,13 +68,15 @@ func (s *nodeServer) RemoveNode(ctx context.Context, req *ferryv1.RemoveNodeRequ
 	if err != nil {
 		return nil, err
 	}
-	n, err := s.d.Fleet.Remove(req.GetId(), c.Identity.String())
-	s.d.Audit(ctx, "node.remove", req.GetId(), err, "")
+	ev := s.d.auditEntry(ctx, "node.remove", req.GetId(), "")
+	n, err := s.d.Fleet.Remove(req.GetId(), c.Identity.String(), ev)
 	if err != nil {
-		if _, ok := s.d.Fleet.Node(req.GetId()); ok {
+		s.d.refused(ev, err)
+		if _, ok := s.d.Fleet.Node(req.GetId()); ok && !errors.Is(err, store.ErrAudit) {
 			return nil, status.Error(codes.FailedPrecondition, err.Error())
 		}
 		return nil, toStatus(err)
 	}
+	s.d.streams.recheck(pki.Identity{Role: pki.RoleAgent, Name: req.GetId()})
 	return &ferryv1.RemoveNodeResponse{Node: n}, nil
 }

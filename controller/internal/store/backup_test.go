@@ -22,7 +22,7 @@ func TestBackupWhileWriting(t *testing.T) {
 	}
 	defer s.Close()
 	for i := range 50 {
-		if err := s.PutToken(TokenRecord{ID: fmt.Sprintf("tok%03d", i), Group: "g"}); err != nil {
+		if err := s.PutToken(TokenRecord{ID: fmt.Sprintf("tok%03d", i), Group: "g"}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -38,7 +38,7 @@ func TestBackupWhileWriting(t *testing.T) {
 				return
 			default:
 			}
-			if err := s.SaveRollout(&ferryv1.Rollout{Id: fmt.Sprintf("ro-%d", i), Message: strings.Repeat("m", 500)}); err != nil {
+			if err := s.SaveRollout(&ferryv1.Rollout{Id: fmt.Sprintf("ro-%d", i), Message: strings.Repeat("m", 500)}, nil); err != nil {
 				t.Error(err)
 				return
 			}
@@ -83,7 +83,7 @@ func TestRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"tok001", "tok002"} {
-		if err := s.PutToken(TokenRecord{ID: id}); err != nil {
+		if err := s.PutToken(TokenRecord{ID: id}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -96,7 +96,7 @@ func TestRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	if err := s.PutToken(TokenRecord{ID: "tok003"}); err != nil { // after the backup
+	if err := s.PutToken(TokenRecord{ID: "tok003"}, nil); err != nil { // after the backup
 		t.Fatal(err)
 	}
 	now := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)

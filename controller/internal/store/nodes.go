@@ -52,18 +52,20 @@ func (s *Store) Nodes() ([]NodeRecord, error) {
 	return out, err
 }
 
-// PutNode writes a node record.
-func (s *Store) PutNode(n NodeRecord) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+// PutNode writes a node record, with the audit entry of the admin action
+// that changed it (audit.go; nil for a renewal).
+func (s *Store) PutNode(n NodeRecord, ev *ferryv1.AuditEvent) error {
+	return s.audited(ev, func(tx *bolt.Tx) error {
 		return putNode(tx.Bucket(bucketNodes), n)
 	})
 }
 
-// EnrollNode consumes one use of a join token and records the node, in one
-// transaction: if either fails, neither happens.
-func (s *Store) EnrollNode(tokenID string, checkSecret func(TokenRecord) error, now time.Time, build func(TokenRecord) (NodeRecord, error)) (NodeRecord, error) {
+// EnrollNode consumes one use of a join token, records the node and writes
+// the enrollment's audit entry ev (audit.go), in one transaction: if one
+// fails, none happens.
+func (s *Store) EnrollNode(tokenID string, checkSecret func(TokenRecord) error, now time.Time, build func(TokenRecord) (NodeRecord, error), ev *ferryv1.AuditEvent) (NodeRecord, error) {
 	var out NodeRecord
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.audited(ev, func(tx *bolt.Tx) error {
 		tb := tx.Bucket(bucketTokens)
 		tok, err := getToken(tb, tokenID)
 		if err != nil {

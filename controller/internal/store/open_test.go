@@ -28,14 +28,14 @@ func fullStore(t *testing.T) []byte {
 	now := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
 	for i := range 200 {
 		id := fmt.Sprintf("web-%03d", i)
-		if err := s.PutNode(NodeRecord{ID: id, Group: "production", EnrolledAt: now, CertSerials: []string{"1f"}}); err != nil {
+		if err := s.PutNode(NodeRecord{ID: id, Group: "production", EnrolledAt: now, CertSerials: []string{"1f"}}, nil); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.SaveRollout(&ferryv1.Rollout{Id: fmt.Sprintf("ro-%03d", i), PackageName: "go", Message: strings.Repeat("x", 300)}); err != nil {
+		if err := s.SaveRollout(&ferryv1.Rollout{Id: fmt.Sprintf("ro-%03d", i), PackageName: "go", Message: strings.Repeat("x", 300)}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := s.PutToken(TokenRecord{ID: "tok001", Group: "production", ExpiresAt: now.Add(time.Hour)}); err != nil {
+	if err := s.PutToken(TokenRecord{ID: "tok001", Group: "production", ExpiresAt: now.Add(time.Hour)}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {
@@ -147,7 +147,7 @@ func TestOpenCreatesOnlyWhenAsked(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := s.PutToken(TokenRecord{ID: "tok001"}); err != nil {
+			if err := s.PutToken(TokenRecord{ID: "tok001"}, nil); err != nil {
 				t.Fatal(err)
 			}
 			s.Close()

@@ -17,6 +17,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -27,6 +28,8 @@ var ErrNotFound = errors.New("not found")
 // Store wraps the bbolt database.
 type Store struct {
 	db *bolt.DB
+	// auditFault is the error FailAuditWrites set; nil normally.
+	auditFault atomic.Pointer[error]
 }
 
 var allBuckets = [][]byte{
