@@ -73,7 +73,7 @@ func (s *certificateServer) RevokeAdmin(ctx context.Context, req *ferryv1.Revoke
 	// A second later than now, so a certificate issued this very second
 	// (NotBefore has second precision) is covered too.
 	at := s.d.Now().Add(time.Second).Truncate(time.Second)
-	ev := s.d.auditEntry(ctx, "cert.revoke", "admin/"+req.GetName(), "")
+	ev := s.d.auditEvent(ctx, "cert.revoke", "admin/"+req.GetName(), "")
 	if err := s.d.Admins.revoke(req.GetName(), at, ev); err != nil {
 		s.d.refused(ev, err)
 		return nil, toStatus(err)

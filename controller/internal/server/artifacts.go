@@ -40,7 +40,7 @@ func (s *artifactServer) PushArtifact(stream grpc.ClientStreamingServer[ferryv1.
 	}
 	actor := rpc.CallerName(ctx)
 	target := h.GetName() + "@" + h.GetVersion()
-	ev := s.d.auditEntry(ctx, "artifact.push", target, "")
+	ev := s.d.auditEvent(ctx, "artifact.push", target, "")
 	pushed := func(a *ferryv1.Artifact, created bool) *ferryv1.AuditEvent {
 		ev.Detail = fmt.Sprintf("digest=%s size=%d created=%v", a.Digest, a.Size, created)
 		return ev
@@ -134,7 +134,7 @@ func (s *artifactServer) GetArtifact(ctx context.Context, req *ferryv1.GetArtifa
 
 // DeleteArtifact removes an artifact no package references.
 func (s *artifactServer) DeleteArtifact(ctx context.Context, req *ferryv1.DeleteArtifactRequest) (*ferryv1.DeleteArtifactResponse, error) {
-	ev := s.d.auditEntry(ctx, "artifact.rm", req.GetRef(), "")
+	ev := s.d.auditEvent(ctx, "artifact.rm", req.GetRef(), "")
 	a, err := s.d.Artifacts.Delete(req.GetRef(), func(a *ferryv1.Artifact) *ferryv1.AuditEvent {
 		ev.Target, ev.Detail = artifact.Key(a), "digest="+a.Digest
 		return ev

@@ -114,7 +114,7 @@ func (s *enrollmentServer) Enroll(ctx context.Context, req *ferryv1.EnrollReques
 	}
 	// The token ID names who acts (never its secret); the group is the
 	// token's, filled in once it is read.
-	ev := s.d.auditEntryBy("token/"+e.tokenID, "node.enroll", req.GetNodeId(), "addr="+addr)
+	ev := s.d.auditEventBy("token/"+e.tokenID, "node.enroll", req.GetNodeId(), "addr="+addr)
 	rec, err := s.d.Store.EnrollNode(e.tokenID, func(t store.TokenRecord) error {
 		if subtle.ConstantTimeCompare(t.SecretHash, hashSecret(e.secret)) != 1 {
 			return store.ErrTokenInvalid

@@ -68,7 +68,7 @@ func (s *nodeServer) RemoveNode(ctx context.Context, req *ferryv1.RemoveNodeRequ
 	if err != nil {
 		return nil, err
 	}
-	ev := s.d.auditEntry(ctx, "node.remove", req.GetId(), "")
+	ev := s.d.auditEvent(ctx, "node.remove", req.GetId(), "")
 	n, err := s.d.Fleet.Remove(req.GetId(), c.Identity.String(), ev)
 	if err != nil {
 		s.d.refused(ev, err)

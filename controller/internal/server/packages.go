@@ -18,7 +18,7 @@ func (s *packageServer) ApplyPackage(ctx context.Context, req *ferryv1.ApplyPack
 	if name == "" {
 		name = "package.yaml"
 	}
-	ev := s.d.auditEntry(ctx, "package.apply", name, "created=true")
+	ev := s.d.auditEvent(ctx, "package.apply", name, "created=true")
 	pkg, created, err := s.d.Packages.Apply(name, []byte(req.GetYaml()), rpc.CallerName(ctx), func(p *ferryv1.Package) *ferryv1.AuditEvent {
 		ev.Target = p.Name + "@" + p.Version
 		return ev

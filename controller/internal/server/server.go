@@ -114,20 +114,22 @@ func caller(ctx context.Context) (rpc.Caller, error) {
 
 // Every admin action is audited with its actor and outcome, in the
 // transaction that makes its change: a handler builds the entry with
-// auditEntry and hands it to the store method that makes the change (each
+// auditEvent and hands it to the store method that makes the change (each
 // takes one; see store/audit.go), so an action whose entry cannot be
 // written fails ("could not record the audit entry: …; nothing was
 // changed") and changes nothing. A refused action records its entry with
 // refused; one that succeeds without changing anything (an identical
 // re-apply) with unchanged, and fails when that cannot be written.
 
-// auditEntry is the audit entry of an action by the caller of ctx, with
+// auditEvent is the audit entry of an action by the caller of ctx, with
 // outcome "ok".
-func (d *Deps) auditEntry(ctx context.Context, action, target, detail string) *ferryv1.AuditEvent {
-	return d.auditEntryBy(rpc.CallerName(ctx), action, target, detail)
+func (d *Deps) auditEvent(ctx context.Context, action, target, detail string) *ferryv1.AuditEvent {
+	return d.auditEventBy(rpc.CallerName(ctx), action, target, detail)
 }
 
-func (d *Deps) auditEntryBy(actor, action, target, detail string) *ferryv1.AuditEvent {
+// auditEventBy is auditEvent for an actor without a certificate (a join
+// token's holder).
+func (d *Deps) auditEventBy(actor, action, target, detail string) *ferryv1.AuditEvent {
 	return &ferryv1.AuditEvent{At: timestamppb.New(d.Now()), Actor: actor, Action: action, Target: target, Outcome: "ok", Detail: detail}
 }
 

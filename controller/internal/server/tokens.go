@@ -54,7 +54,7 @@ func (s *tokenServer) CreateToken(ctx context.Context, req *ferryv1.CreateTokenR
 	now := s.d.Now()
 	rec := store.TokenRecord{ID: id, SecretHash: hashSecret(secret), Group: req.GetGroup(), ExpiresAt: now.Add(ttl),
 		MaxUses: req.GetMaxUses(), CreatedAt: now, CreatedBy: c.Identity.String()}
-	ev := s.d.auditEntry(ctx, "token.create", id, "group="+req.GetGroup())
+	ev := s.d.auditEvent(ctx, "token.create", id, "group="+req.GetGroup())
 	if err := s.d.Store.PutToken(rec, ev); err != nil {
 		s.d.refused(ev, err)
 		return nil, toStatus(err)
@@ -75,7 +75,7 @@ func (s *tokenServer) ListTokens(ctx context.Context, _ *ferryv1.ListTokensReque
 }
 
 func (s *tokenServer) RevokeToken(ctx context.Context, req *ferryv1.RevokeTokenRequest) (*ferryv1.RevokeTokenResponse, error) {
-	ev := s.d.auditEntry(ctx, "token.revoke", req.GetId(), "")
+	ev := s.d.auditEvent(ctx, "token.revoke", req.GetId(), "")
 	t, err := s.d.Store.RevokeToken(req.GetId(), ev)
 	if err != nil {
 		s.d.refused(ev, err)
@@ -104,7 +104,7 @@ func (s *certificateServer) IssueAdminCertificate(ctx context.Context, req *ferr
 			return nil, status.Errorf(codes.InvalidArgument, "certificate TTL %s is out of range: use more than 0 and at most 5 years", ttl)
 		}
 	}
-	ev := s.d.auditEntry(ctx, "cert.issue", "admin/"+req.GetName(), "")
+	ev := s.d.auditEvent(ctx, "cert.issue", "admin/"+req.GetName(), "")
 	cert, err := s.d.CA.Sign(pki.SignRequest{Identity: pki.Identity{Role: pki.RoleAdmin, Name: req.GetName()}, PublicKey: csr.PublicKey, TTL: ttl, Now: s.d.Now()})
 	if err != nil {
 		s.d.refused(ev, err)

@@ -64,7 +64,10 @@ func (s *Store) audited(ev *ferryv1.AuditEvent, change func(tx *bolt.Tx) error) 
 		if ev == nil {
 			return nil
 		}
-		return s.appendAudit(tx, ev)
+		if err := s.injectedFault(); err != nil {
+			return err
+		}
+		return appendAudit(tx, ev)
 	})
 	switch {
 	case errors.Is(err, errNoChange):
@@ -79,18 +82,21 @@ func (s *Store) audited(ev *ferryv1.AuditEvent, change func(tx *bolt.Tx) error) 
 // or one that succeeded without changing anything. Its error is an
 // auditError.
 func (s *Store) AppendAudit(ev *ferryv1.AuditEvent) error {
-	if err := s.db.Update(func(tx *bolt.Tx) error { return s.appendAudit(tx, ev) }); err != nil {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := s.injectedFault(); err != nil {
+			return err
+		}
+		return appendAudit(tx, ev)
+	})
+	if err != nil {
 		return auditError{err}
 	}
 	return nil
 }
 
-// appendAudit adds ev under the next sequence number (the log is
-// append-only, in order).
-func (s *Store) appendAudit(tx *bolt.Tx, ev *ferryv1.AuditEvent) error {
-	if p := s.auditFault.Load(); p != nil {
-		return *p
-	}
+// appendAudit adds ev in tx under the next sequence number (the log is
+// append-only, in order). Methods call it through audited.
+func appendAudit(tx *bolt.Tx, ev *ferryv1.AuditEvent) error {
 	data, err := proto.Marshal(ev)
 	if err != nil {
 		return err
@@ -114,6 +120,13 @@ func (s *Store) FailAuditWrites(err error) {
 		return
 	}
 	s.auditFault.Store(&err)
+}
+
+func (s *Store) injectedFault() error {
+	if p := s.auditFault.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // AuditEvents returns up to limit events, newest first.
