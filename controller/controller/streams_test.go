@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/pki"
 	"github.com/ferrydeploy/ferry/shared/rpc"
 )
 
@@ -98,5 +100,55 @@ func TestRemovingANodeEndsItsStreams(t *testing.T) {
 	}
 	if got == len(data) {
 		t.Errorf("the removed node received the whole artifact")
+	}
+}
+
+// Revoking an admin ends a push it has under way: nothing of it is kept,
+// and the pusher is told why.
+func TestRevokingAnAdminEndsItsPush(t *testing.T) {
+	c, _ := start(t, testConfig(t.TempDir()))
+	admin := adminConn(t, c)
+	ctx := context.Background()
+	key, _ := pki.NewKey()
+	csr, err := pki.CreateCSR(key, pki.Identity{Role: pki.RoleAdmin, Name: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := ferryv1.NewCertificateServiceClient(admin).IssueAdminCertificate(ctx, &ferryv1.IssueAdminCertificateRequest{Name: "alice", CsrDer: csr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := &tls.Certificate{Certificate: [][]byte{resp.CertificateDer}, PrivateKey: key}
+	alice, err := grpc.NewClient(c.GRPCAddr(), rpc.DialOptions(rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }, c.ca.Pool()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { alice.Close() })
+
+	chunk := make([]byte, 1<<20)
+	s, err := ferryv1.NewArtifactServiceClient(alice).PushArtifact(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&ferryv1.PushArtifactRequest{Msg: &ferryv1.PushArtifactRequest_Header{Header: &ferryv1.PushArtifactHeader{Name: "big.bin", Version: "1", Size: 4 << 20}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&ferryv1.PushArtifactRequest{Msg: &ferryv1.PushArtifactRequest_Chunk{Chunk: chunk}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ferryv1.NewCertificateServiceClient(admin).RevokeAdmin(ctx, &ferryv1.RevokeAdminRequest{Name: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if s.Send(&ferryv1.PushArtifactRequest{Msg: &ferryv1.PushArtifactRequest_Chunk{Chunk: chunk}}) != nil {
+			break // the server ended the stream
+		}
+	}
+	_, err = s.CloseAndRecv()
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "admin alice was revoked at") {
+		t.Errorf("push after the revocation: %v, want PermissionDenied naming the revocation", err)
+	}
+	if arts, err := c.store.Artifacts(); err != nil || len(arts) != 0 {
+		t.Errorf("artifacts %v, %v; want none", arts, err)
 	}
 }

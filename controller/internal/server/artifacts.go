@@ -72,6 +72,11 @@ type pushReader struct {
 }
 
 func (r *pushReader) next() ([]byte, error) {
+	// RecvMsg does not see the stream's context end when the pusher's
+	// credential is revoked (streams.go); the push stops here.
+	if ctx := r.stream.Context(); ctx.Err() != nil {
+		return nil, context.Cause(ctx)
+	}
 	r.msg.Reset()
 	if err := r.stream.RecvMsg(&r.msg); err != nil {
 		return nil, err
