@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"crypto"
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
@@ -24,6 +25,17 @@ import (
 	"github.com/ferrydeploy/ferry/shared/rpc"
 )
 
+// startForRawAgents runs a controller for tests whose agents are bare
+// streams (connect), which send no heartbeats, and returns it with an
+// admin connection.
+func startForRawAgents(t *testing.T) (*Controller, *grpc.ClientConn) {
+	t.Helper()
+	cfg := testConfig(t.TempDir())
+	cfg.HeartbeatInterval = time.Minute
+	c, _ := start(t, cfg)
+	return c, adminConn(t, c)
+}
+
 // enroll enrolls node id with a join token over the API, as ferry-agent
 // enroll does, and returns the TLS config of its credential.
 func enroll(c *Controller, secret, id string) (*tls.Config, error) {
@@ -44,20 +56,32 @@ func enroll(c *Controller, secret, id string) (*tls.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	cert := &tls.Certificate{Certificate: [][]byte{resp.CertificateDer}, PrivateKey: key}
-	return rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }, c.ca.Pool()), nil
+	return clientTLS(c, resp.CertificateDer, key), nil
+}
+
+// clientTLS is the TLS config of a client presenting the certificate der
+// for key.
+func clientTLS(c *Controller, der []byte, key crypto.Signer) *tls.Config {
+	cert := &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }, c.ca.Pool())
+}
+
+// dial connects to the controller with tlsConf until the test ends.
+func dial(t *testing.T, c *Controller, tlsConf *tls.Config) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(c.GRPCAddr(), rpc.DialOptions(tlsConf)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 // connect opens a node's agent stream and reads the welcome; the stream
 // stays open until ctx ends.
 func connect(t *testing.T, ctx context.Context, c *Controller, agentTLS *tls.Config) grpc.BidiStreamingClient[ferryv1.ConnectRequest, ferryv1.ConnectResponse] {
 	t.Helper()
-	conn, err := grpc.NewClient(c.GRPCAddr(), rpc.DialOptions(agentTLS)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	s, err := ferryv1.NewAgentServiceClient(conn).Connect(ctx)
+	s, err := ferryv1.NewAgentServiceClient(dial(t, c, agentTLS)).Connect(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,10 +198,7 @@ func state(t *testing.T, c *Controller) string {
 // audit log failing (as on a full disk) each one fails with a clear error
 // and changes nothing.
 func TestEveryAdminActionIsAuditedOrNotDone(t *testing.T) {
-	cfg := testConfig(t.TempDir())
-	cfg.HeartbeatInterval = time.Minute // the test's agent sends none
-	c, _ := start(t, cfg)
-	conn := adminConn(t, c)
+	c, conn := startForRawAgents(t)
 	ctx := context.Background()
 	tokens := ferryv1.NewTokenServiceClient(conn)
 	certs := ferryv1.NewCertificateServiceClient(conn)

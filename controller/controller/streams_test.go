@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -12,23 +11,18 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/pki"
-	"github.com/ferrydeploy/ferry/shared/rpc"
 )
 
 // Removing a node ends its open streams at once: the agent stream and a
 // download in the middle of an artifact, each with PermissionDenied
 // naming the removal.
 func TestRemovingANodeEndsItsStreams(t *testing.T) {
-	cfg := testConfig(t.TempDir())
-	cfg.HeartbeatInterval = time.Minute // the test's agent sends none
-	c, _ := start(t, cfg)
-	admin := adminConn(t, c)
+	c, admin := startForRawAgents(t)
 	ctx := context.Background()
 	tok, err := ferryv1.NewTokenServiceClient(admin).CreateToken(ctx, &ferryv1.CreateTokenRequest{Group: "staging"})
 	if err != nil {
@@ -38,11 +32,7 @@ func TestRemovingANodeEndsItsStreams(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	agentConn, err := grpc.NewClient(c.GRPCAddr(), rpc.DialOptions(agentTLS)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { agentConn.Close() })
+	agentConn := dial(t, c, agentTLS)
 	agentStream := connect(t, t.Context(), c, agentTLS)
 
 	// A job for the node, so it may download the artifact.
@@ -118,12 +108,7 @@ func TestRevokingAnAdminEndsItsPush(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert := &tls.Certificate{Certificate: [][]byte{resp.CertificateDer}, PrivateKey: key}
-	alice, err := grpc.NewClient(c.GRPCAddr(), rpc.DialOptions(rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }, c.ca.Pool()))...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { alice.Close() })
+	alice := dial(t, c, clientTLS(c, resp.CertificateDer, key))
 
 	chunk := make([]byte, 1<<20)
 	s, err := ferryv1.NewArtifactServiceClient(alice).PushArtifact(ctx)
