@@ -47,9 +47,10 @@ import (
 	"sync"
 	"time"
 
-	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 // Errors the API returns, wrapped with the details; the gRPC layer maps them
