@@ -6,9 +6,10 @@ package rollout
 import (
 	"fmt"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/enumword"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Undo starts a rollout of JOB_KIND_ROLLBACK jobs that returns to their
