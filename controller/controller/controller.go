@@ -131,7 +131,7 @@ func New(cfg Config) (*Controller, error) {
 	ok := false
 	defer func() {
 		if !ok {
-			c.Close()
+			_ = c.Close() // New returns the error that made it fail
 		}
 	}()
 	ca, created, err := pki.LoadOrCreateCA(cfg.DataDir, cfg.Now())
