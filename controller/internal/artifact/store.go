@@ -256,7 +256,7 @@ func (s *sink) Write(p []byte) (int, error) {
 		return 0, errTooLarge
 	}
 	n, err := s.w.Write(p)
-	s.n += uint64(n)
+	s.n += uint64(n) //nolint:gosec // Write never returns a negative count
 	if err != nil {
 		s.err = err
 	}
@@ -284,8 +284,8 @@ func (s *Store) Put(ctx context.Context, req PutRequest, body io.Reader) (a *fer
 	kept := false
 	defer func() {
 		if !kept {
-			f.Close()
-			os.Remove(tmp)
+			_ = f.Close() // closed already once written; the file is discarded
+			s.discard(tmp)
 		}
 	}()
 	var w io.Writer = f
@@ -392,7 +392,7 @@ func (s *Store) commit(a *ferryv1.Artifact, tmp string, audit func(*ferryv1.Arti
 	removeTmp := true
 	defer func() {
 		if removeTmp {
-			os.Remove(tmp)
+			s.discard(tmp)
 		}
 	}()
 	old, err := s.records.Artifact(Key(a))
@@ -414,13 +414,13 @@ func (s *Store) commit(a *ferryv1.Artifact, tmp string, audit func(*ferryv1.Arti
 		}
 		removeTmp, newBlob = false, true
 		if err := atomicfile.SyncDir(s.blobDir); err != nil {
-			os.Remove(blob)
+			s.discard(blob)
 			return nil, false, diskErr("artifact "+Key(a), s.blobDir, a.Size, err)
 		}
 	}
 	if err := s.records.PutArtifact(a, audit(a)); err != nil {
 		if newBlob {
-			os.Remove(blob)
+			s.discard(blob)
 		}
 		return nil, false, fmt.Errorf("artifact %s: record metadata: %w; the upload was discarded", Key(a), err)
 	}
@@ -608,6 +608,15 @@ func (s *Store) Lookup(digest string) (*ferryv1.Artifact, error) {
 	return recs[len(recs)-1], nil
 }
 
+// discard removes a file a failed push leaves behind. One it cannot
+// remove is only logged: Open removes temp files and blobs without a
+// record on the next start.
+func (s *Store) discard(path string) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.log.Warn("remove a discarded upload; the next start removes it", "file", path, "err", err)
+	}
+}
+
 // OpenBlob opens the blob of a record Lookup returned.
 func (s *Store) OpenBlob(rec *ferryv1.Artifact) (*Blob, error) {
 	f, err := os.Open(s.blobPath(strings.TrimPrefix(rec.Digest, DigestPrefix)))
@@ -619,11 +628,11 @@ func (s *Store) OpenBlob(rec *ferryv1.Artifact) (*Blob, error) {
 	}
 	fi, err := f.Stat()
 	if err != nil {
-		f.Close()
+		_ = f.Close() // read-only
 		return nil, fmt.Errorf("artifact %s: %w", Key(rec), err)
 	}
-	if uint64(fi.Size()) != rec.Size {
-		f.Close()
+	if uint64(fi.Size()) != rec.Size { //nolint:gosec // a file's size is never negative
+		_ = f.Close() // read-only
 		return nil, fmt.Errorf("artifact %s: blob %s has %d bytes, its record says %d; the store is damaged: push the file again", Key(rec), f.Name(), fi.Size(), rec.Size)
 	}
 	return &Blob{File: f, Size: rec.Size}, nil
