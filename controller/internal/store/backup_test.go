@@ -109,7 +109,9 @@ func TestRestore(t *testing.T) {
 
 	// Not from something that is not a store.
 	bad := filepath.Join(dir, "bad.db")
-	os.WriteFile(bad, []byte("not a store"), 0o600)
+	if err := os.WriteFile(bad, []byte("not a store"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if _, _, err := Restore(bad, path, now); !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), bad) {
 		t.Errorf("Restore from a damaged backup = %v, want ErrDamaged naming %s", err, bad)
 	}
@@ -141,7 +143,9 @@ func TestRestore(t *testing.T) {
 	}
 
 	// Into a data dir that lost its store.
-	os.Remove(path)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
 	if kept, _, err := Restore(backup, path, now); err != nil || kept != "" {
 		t.Errorf("Restore where no store is = %q, %v", kept, err)
 	}

@@ -55,7 +55,7 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	if err := db.Update(func(tx *bolt.Tx) error { return prepare(tx, path) }); err != nil {
-		db.Close()
+		_ = db.Close() // the error returned is prepare's
 		var oe *openError
 		if errors.As(err, &oe) {
 			return nil, err

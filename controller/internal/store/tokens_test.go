@@ -39,7 +39,7 @@ func TestEnrollNodeTellsUnusableTokensApart(t *testing.T) {
 			if !errors.Is(err, tc.is) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("EnrollNode = %v, want %v mentioning %q", err, tc.is, tc.want)
 			}
-			if tc.is == ErrTokenInvalid && errors.Is(err, ErrTokenUnusable) {
+			if errors.Is(tc.is, ErrTokenInvalid) && errors.Is(err, ErrTokenUnusable) {
 				t.Errorf("a wrong secret counts as an unusable token: %v", err)
 			}
 			if nodes, _ := s.Nodes(); len(nodes) != 0 {
