@@ -41,8 +41,6 @@ func New(db *store.Store, resolver pkgspec.ArtifactResolver, now func() time.Tim
 	return &Store{db: db, resolver: resolver, now: now}, nil
 }
 
-func key(name, version string) string { return store.VersionKey(name, version) }
-
 // Apply validates and stores a package file. Identical content is a no-op;
 // different content under an existing version is refused. audit, when
 // set, returns the apply's audit entry for the new version; it is written
