@@ -76,7 +76,7 @@ func (g *fakeGossip) Forget(name string) {
 	g.forgot = append(g.forgot, name)
 }
 
-func (g *fakeGossip) set(name, state string) {
+func (g *fakeGossip) set(name, state string) { //nolint:unparam // keyed by node like the gossip it fakes, so a test reads attach("n1"), set("n1", ...)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.states[name] = state

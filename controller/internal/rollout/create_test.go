@@ -181,7 +181,7 @@ func TestNodeReconnectingAtStartIsWaitedFor(t *testing.T) {
 
 func TestConflictingRolloutIsRefused(t *testing.T) {
 	h := newHarness(t, 3)
-	h.fleet.add("s00", "staging", nil)
+	h.fleet.add("s00", "staging")
 	r := h.create(strat{healthy: time.Second})
 	_, err := h.e.Create(context.Background(), "admin/bob", strat{version: "1.20.2"}.request())
 	if !errors.Is(err, ErrConflict) {

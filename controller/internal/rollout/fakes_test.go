@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"sort"
 	"sync"
 	"testing"
@@ -147,12 +146,10 @@ type fakeFleet struct {
 	runs  map[string]time.Time // when each node's run of heartbeats began
 }
 
-func (f *fakeFleet) add(id, group string, labels map[string]string) {
+func (f *fakeFleet) add(id, group string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	l := map[string]string{"group": group}
-	maps.Copy(l, labels)
-	f.nodes[id] = &ferryv1.Node{Id: id, Group: group, Labels: l, State: ferryv1.NodeState_NODE_STATE_HEALTHY, Connected: true}
+	f.nodes[id] = &ferryv1.Node{Id: id, Group: group, Labels: map[string]string{"group": group}, State: ferryv1.NodeState_NODE_STATE_HEALTHY, Connected: true}
 	if f.runs == nil {
 		f.runs = map[string]time.Time{}
 	}
@@ -405,7 +402,7 @@ func newHarness(t *testing.T, count int) *harness {
 	clock := &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
 	fleet := &fakeFleet{clock: clock, nodes: map[string]*ferryv1.Node{}}
 	for i := range count {
-		fleet.add(fmt.Sprintf("n%02d", i), "prod", nil)
+		fleet.add(fmt.Sprintf("n%02d", i), "prod")
 	}
 	h := &harness{
 		t:     t,
@@ -458,18 +455,17 @@ func (h *harness) newEngine() *Engine {
 func (h *harness) restart() { h.e = h.newEngine() }
 
 type strat struct {
-	canary           uint32
-	noCanary         bool // explicit --canary 0
-	auto             bool
-	parallel         string
-	failures         string
-	onFailure        ferryv1.FailureAction
-	deadline         time.Duration
-	healthy          time.Duration
-	group            string
-	selector         map[string]string
-	pkg, version     string
-	wantErrSubstring string
+	canary       uint32
+	noCanary     bool // explicit --canary 0
+	auto         bool
+	parallel     string
+	failures     string
+	onFailure    ferryv1.FailureAction
+	deadline     time.Duration
+	healthy      time.Duration
+	group        string
+	selector     map[string]string
+	pkg, version string
 }
 
 func (s strat) request() *ferryv1.CreateRolloutRequest {

@@ -40,7 +40,7 @@ func (e *Engine) undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.R
 	}
 	e.mu.Lock()
 	now := e.cfg.Clock.Now()
-	last, nodes, err := e.undoTargetsLocked(name, group)
+	last, _, err := e.undoTargetsLocked(name, group)
 	if err != nil {
 		e.mu.Unlock()
 		return nil, err
@@ -55,7 +55,7 @@ func (e *Engine) undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.R
 	}
 	e.mu.Lock()
 	// Look again under the lock: something may have started meanwhile.
-	last, nodes, err = e.undoTargetsLocked(name, group)
+	last, nodes, err := e.undoTargetsLocked(name, group)
 	if err != nil {
 		e.mu.Unlock()
 		return nil, err

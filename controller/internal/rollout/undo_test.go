@@ -16,7 +16,7 @@ import (
 
 func TestUndo(t *testing.T) {
 	h := newHarness(t, 4)
-	h.fleet.add("s00", "staging", nil)
+	h.fleet.add("s00", "staging")
 	for _, n := range []string{"n00", "n01", "n02", "n03", "s00"} {
 		h.fleet.setInstalled(n, "go", "1.20.2", "")
 	}

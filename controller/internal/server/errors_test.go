@@ -84,7 +84,7 @@ func TestToStatusKeepsStatusErrors(t *testing.T) {
 	}
 	for _, c := range []codes.Code{codes.InvalidArgument, codes.Unknown, codes.Canceled} {
 		err := status.Error(c, "the first message of a push must be the header")
-		if got := toStatus(err); got != err {
+		if got := toStatus(err); got != err { //nolint:errorlint // the very same error value, not only one that matches
 			t.Errorf("toStatus(%v) = %v, want it unchanged", err, got)
 		}
 	}
