@@ -32,11 +32,11 @@ const (
 // serveBackups listens on the backup socket until stop is called. A data
 // dir whose socket path is too long for a Unix socket only loses backups
 // while running: that is logged, not fatal.
-func (c *Controller) serveBackups() (stop func()) {
+func (c *Controller) serveBackups(ctx context.Context) (stop func()) {
 	path := filepath.Join(c.cfg.DataDir, backupSocket)
 	// A socket left by a crash: no other controller uses this data dir,
 	// since this one holds the store's lock.
-	os.Remove(path)
+	_ = os.Remove(path) // a path Listen cannot use is reported below
 	lis, err := net.Listen("unix", path)
 	if err == nil {
 		err = os.Chmod(path, 0o600)
@@ -44,7 +44,7 @@ func (c *Controller) serveBackups() (stop func()) {
 	if err != nil {
 		c.log.Warn("cannot serve backups; `ferry-controller backup` works only while the controller is stopped", "socket", path, "err", err)
 		if lis != nil {
-			lis.Close()
+			_ = lis.Close() // the error that matters is logged above
 		}
 		return func() {}
 	}
@@ -61,12 +61,17 @@ func (c *Controller) serveBackups() (stop func()) {
 		c.log.Info("store backed up", "bytes", n)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(lis)
+	go func() {
+		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			c.log.Warn("stopped serving backups; `ferry-controller backup` works only while the controller is stopped", "socket", path, "err", err)
+		}
+	}()
 	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		// The controller is stopping, ctx is done: the shutdown gets its own time.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if srv.Shutdown(ctx) != nil {
-			srv.Close() // ends a backup still streaming, so the store can close
+			_ = srv.Close() // ends a backup still streaming, so the store can close
 		}
 	}
 }
@@ -91,7 +96,7 @@ func backupTo(dataDir, out string) (source string, size int64, counts store.Coun
 		if err != nil {
 			return fmt.Errorf("the copy does not open as a store, %s was not written: %w", out, err)
 		}
-		defer s.Close()
+		defer func() { _ = s.Close() }() // read-only: nothing to flush
 		counts, err = s.Count()
 		return err
 	})
@@ -112,7 +117,7 @@ func copyStore(dataDir string, w io.Writer) (source string, size int64, err erro
 	if err != nil {
 		return "", 0, err
 	}
-	defer s.Close()
+	defer func() { _ = s.Close() }() // read-only: nothing to flush
 	size, err = s.Backup(w)
 	return "from the stopped controller's store", size, err
 }
@@ -139,7 +144,7 @@ func fetchBackup(sock string, w io.Writer) (int64, error) {
 	case err != nil:
 		return 0, fmt.Errorf("ask the controller on %s for a backup: %w", sock, err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 		return 0, fmt.Errorf("the controller on %s refused the backup: %s %s", sock, resp.Status, msg)

@@ -62,10 +62,10 @@ func TestBackupWhileRunningThenRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	enrolled := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
-	if err := c.store.PutNode(store.NodeRecord{ID: "web-01", Group: "production", EnrolledAt: enrolled, TokenID: tokens[0], CertSerials: []string{"1f"}}); err != nil {
+	if err := c.store.PutNode(store.NodeRecord{ID: "web-01", Group: "production", EnrolledAt: enrolled, TokenID: tokens[0], CertSerials: []string{"1f"}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.store.SaveRollout(&ferryv1.Rollout{Id: "ro-1", PackageName: "motd", PackageVersion: "1", State: ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED}); err != nil {
+	if err := c.store.SaveRollout(&ferryv1.Rollout{Id: "ro-1", PackageName: "motd", PackageVersion: "1", State: ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED}, nil); err != nil {
 		t.Fatal(err)
 	}
 

@@ -131,7 +131,7 @@ func New(cfg Config) (*Controller, error) {
 	ok := false
 	defer func() {
 		if !ok {
-			c.Close()
+			_ = c.Close() // New returns the error that made it fail
 		}
 	}()
 	ca, created, err := pki.LoadOrCreateCA(cfg.DataDir, cfg.Now())
@@ -205,7 +205,7 @@ func New(cfg Config) (*Controller, error) {
 	}
 	c.engine, err = rollout.New(rollout.Config{
 		Store: c.store, Dispatcher: dispatcher{c.fleet}, Fleet: c.fleet, Packages: c.packages,
-		Auditor: auditor{store: c.store, log: c.log, now: cfg.Now}, Logger: c.log.With("component", "rollout"),
+		Auditor: c.store, Logger: c.log.With("component", "rollout"),
 	})
 	if err != nil {
 		return nil, err

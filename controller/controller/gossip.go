@@ -61,7 +61,7 @@ func (c *Controller) gossipSeeds() []string {
 			alive = append(alive, ms.Addr)
 		}
 	}
-	rand.Shuffle(len(alive), func(i, j int) { alive[i], alive[j] = alive[j], alive[i] })
+	rand.Shuffle(len(alive), func(i, j int) { alive[i], alive[j] = alive[j], alive[i] }) //nolint:gosec // spreads joins over the seeds; nothing depends on it being unpredictable
 	return append(seeds, alive[:min(3, len(alive))]...)
 }
 

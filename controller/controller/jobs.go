@@ -4,8 +4,6 @@ import (
 	"log/slog"
 	"time"
 
-	"google.golang.org/protobuf/types/known/timestamppb"
-
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
 	"github.com/ferrydeploy/ferry/controller/internal/metrics"
 	"github.com/ferrydeploy/ferry/controller/internal/rollout"
@@ -23,20 +21,6 @@ func (d dispatcher) Dispatch(nodeID string, job *ferryv1.Job) error {
 
 func (d dispatcher) Cancel(nodeID, jobID string) error {
 	return d.fleet.Dispatch(nodeID, &ferryv1.ConnectResponse{Msg: &ferryv1.ConnectResponse_Cancel{Cancel: &ferryv1.JobCancel{JobId: jobID}}})
-}
-
-// auditor writes the engine's admin actions to the audit log.
-type auditor struct {
-	store *store.Store
-	log   *slog.Logger
-	now   func() time.Time
-}
-
-func (a auditor) Audit(actor, action, target, outcome, detail string) {
-	ev := &ferryv1.AuditEvent{At: timestamppb.New(a.now()), Actor: actor, Action: action, Target: target, Outcome: outcome, Detail: detail}
-	if err := a.store.AppendAudit(ev); err != nil {
-		a.log.Error("write audit event", "action", action, "err", err)
-	}
 }
 
 // jobSink routes what agents report to the engine, the log store and the

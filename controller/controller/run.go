@@ -36,10 +36,10 @@ func (c *Controller) Close() error {
 		c.member = nil
 	}
 	if c.grpcLis != nil {
-		c.grpcLis.Close()
+		_ = c.grpcLis.Close() // already closed once grpc.Serve has run
 	}
 	if c.httpLis != nil {
-		c.httpLis.Close()
+		_ = c.httpLis.Close() // already closed once the HTTP server has shut down
 	}
 	if c.store != nil {
 		return c.store.Close()
@@ -49,17 +49,17 @@ func (c *Controller) Close() error {
 
 // Run serves until ctx ends, then stops gracefully: new RPCs are refused,
 // agent streams are closed, in-flight unary calls finish (bounded).
-func (c *Controller) Run(ctx context.Context) error {
-	defer c.Close()
+func (c *Controller) Run(ctx context.Context) (err error) {
+	defer func() { err = errors.Join(err, c.Close()) }()
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(c.reg, promhttp.HandlerOpts{Registry: c.reg}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !c.ready.Load() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
 		}
-		w.Write([]byte("ok\n"))
+		_, _ = w.Write([]byte("ok\n")) // a prober that hung up has no use for an error
 	})
 	httpSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 
@@ -88,7 +88,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		stopEngine()
 		<-engineDone
 	}()
-	stopBackups := c.serveBackups()
+	stopBackups := c.serveBackups(ctx)
 	defer stopBackups()
 	servingCtx, stopServing := context.WithCancel(ctx)
 	servingDone := make(chan struct{})
@@ -121,7 +121,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	case <-time.After(5 * time.Second):
 		c.grpc.Stop()
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	_ = httpSrv.Shutdown(sctx)
 	return runErr

@@ -62,16 +62,36 @@ func TestNewRefusesALostStore(t *testing.T) {
 		want     []string
 		newStore bool // whether --new-store then starts the controller
 	}{
-		{"missing", func(t *testing.T, path string) { os.Remove(path) }, []string{"does not exist"}, true},
-		{"empty", func(t *testing.T, path string) { os.Truncate(path, 0) }, []string{"is empty (0 bytes)"}, true},
+		{"missing", func(t *testing.T, path string) {
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+		}, []string{"does not exist"}, true},
+		{"empty", func(t *testing.T, path string) {
+			if err := os.Truncate(path, 0); err != nil {
+				t.Fatal(err)
+			}
+		}, []string{"is empty (0 bytes)"}, true},
 		{"truncated", func(t *testing.T, path string) {
-			fi, _ := os.Stat(path)
-			os.Truncate(path, fi.Size()/2)
+			fi, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(path, fi.Size()/2); err != nil {
+				t.Fatal(err)
+			}
 		}, []string{"is damaged", "truncated"}, false},
 		{"garbled", func(t *testing.T, path string) {
-			f, _ := os.OpenFile(path, os.O_WRONLY, 0)
-			f.WriteAt([]byte(strings.Repeat("garbage!", 2048)), 0)
-			f.Close()
+			f, err := os.OpenFile(path, os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteAt([]byte(strings.Repeat("garbage!", 2048)), 0); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
 		}, []string{"is damaged"}, false},
 	}
 	for _, tc := range cases {
@@ -124,7 +144,9 @@ func TestNewCreatesTheStoreOnlyOnAFirstStart(t *testing.T) {
 	if err := os.MkdirAll(blobs, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(blobs, strings.Repeat("ab", 32)), []byte("blob"), 0o600)
+	if err := os.WriteFile(filepath.Join(blobs, strings.Repeat("ab", 32)), []byte("blob"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := New(testConfig(dir)); err == nil || !strings.Contains(err.Error(), "1 artifact blob") {
 		t.Errorf("New beside artifact blobs = %v, want an error naming them", err)
 	}

@@ -71,3 +71,35 @@ func TestAdminRevocation(t *testing.T) {
 		t.Errorf("the revocation is not in the audit log: %v", evs.Events)
 	}
 }
+
+// Revoking an admin ends the streams its credential holds open (here
+// `ferryctl nodes -w`) within seconds, with PermissionDenied naming the
+// revocation, as a new call gets.
+func TestRevocationEndsOpenStreams(t *testing.T) {
+	f := newFleet(t, nil)
+	f.enroll("n1", f.token("staging", 1))
+	ctx := context.Background()
+	alice := f.dial(f.issueAdmin("alice"))
+	watch, err := ferryv1.NewNodeServiceClient(alice).WatchNodes(ctx, &ferryv1.WatchNodesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watch.Recv(); err != nil { // n1, as it is now
+		t.Fatalf("watch before the revocation: %v", err)
+	}
+	revoked := time.Now()
+	if _, err := ferryv1.NewCertificateServiceClient(f.admin).RevokeAdmin(ctx, &ferryv1.RevokeAdminRequest{Name: "alice"}); err != nil {
+		t.Fatalf("revoke alice: %v", err)
+	}
+	for err == nil {
+		_, err = watch.Recv()
+	}
+	took := time.Since(revoked)
+	t.Logf("alice's watch ended %v after the revocation: %v", took, err)
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "admin alice was revoked at") {
+		t.Errorf("alice's watch ended with %v, want PermissionDenied naming the revocation", err)
+	}
+	if took > 5*time.Second {
+		t.Errorf("alice's watch ended %v after the revocation, want within 5s", took)
+	}
+}

@@ -94,7 +94,7 @@ func TestDownloadChunkSize(t *testing.T) {
 			var got []byte
 			for {
 				m, err := stream.Recv()
-				if err == io.EOF {
+				if errors.Is(err, io.EOF) {
 					break
 				}
 				if err != nil {
@@ -477,7 +477,11 @@ func TestPushDiskFullTmpfs(t *testing.T) {
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", dir).CombinedOutput(); err != nil {
 		t.Skipf("cannot mount a tmpfs here: %v: %s", err, out)
 	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", "-l", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", dir, err, out)
+		}
+	})
 	h := newHarness(t, harnessOpts{dataDir: dir})
 	data := randomBytes(12, 4*artifact.ChunkSize)
 	_, err := h.push("big", "1", data, "")
@@ -580,7 +584,7 @@ func TestResolve(t *testing.T) {
 
 func putPackage(t *testing.T, db *store.Store, name, version, digest string) {
 	t.Helper()
-	if _, err := db.AddPackage(&ferryv1.Package{Name: name, Version: version, Artifact: &ferryv1.ArtifactRef{Digest: digest}}); err != nil {
+	if _, err := db.AddPackage(&ferryv1.Package{Name: name, Version: version, Artifact: &ferryv1.ArtifactRef{Digest: digest}}, nil); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -147,7 +147,7 @@ func (d *Downloader) Download(ctx context.Context, node, digest string, off uint
 	if err != nil {
 		return err
 	}
-	defer blob.Close()
+	defer func() { _ = blob.Close() }() // read-only
 
 	guard := newStallGuard(d.stall, send, d.log.With("node", node, "artifact", digest))
 	defer guard.stop()
@@ -163,7 +163,7 @@ func (d *Downloader) Download(ctx context.Context, node, digest string, off uint
 		return send(Chunk{Offset: off, Size: blob.Size})
 	}
 	for off < blob.Size {
-		n, err := blob.ReadAt(buf, int64(off))
+		n, err := blob.ReadAt(buf, int64(off)) //nolint:gosec // off < blob.Size, which came from an int64 file size
 		if n == 0 && err != nil {
 			if errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
@@ -174,7 +174,7 @@ func (d *Downloader) Download(ctx context.Context, node, digest string, off uint
 		if err := send(Chunk{Offset: off, Size: blob.Size, Data: buf[:n]}); err != nil {
 			return err
 		}
-		off += uint64(n)
+		off += uint64(n) //nolint:gosec // ReadAt never returns a negative count
 		if d.served != nil {
 			d.served.Add(float64(n))
 		}

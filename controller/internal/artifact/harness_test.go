@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
+	"errors"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -100,7 +101,11 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		t.Fatal(err)
 	}
 	h.addr = lis.Addr().String()
-	go srv.Serve(lis)
+	go func() {
+		if err := srv.Serve(lis); err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
 	t.Cleanup(srv.Stop)
 	h.admin = h.dial(h.pki.Admin, o.dialOpts...)
 	h.agent = h.dial(h.pki.Agent, o.dialOpts...)
@@ -170,7 +175,7 @@ func (h *harness) downloadAs(ctx context.Context, agent ferryv1.AgentServiceClie
 	var out []byte
 	for {
 		m, err := stream.Recv()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return out, nil
 		}
 		if err != nil {

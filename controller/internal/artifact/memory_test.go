@@ -67,11 +67,17 @@ func runMemServer(dir string) error {
 	if err != nil {
 		return err
 	}
-	go srv.Serve(lis)
+	go func() {
+		if err := srv.Serve(lis); err != nil {
+			fmt.Fprintln(os.Stderr, "memory benchmark server: serve:", err)
+		}
+	}()
 	defer srv.Stop()
 	base := proctest.ResetPeak()
 	fmt.Printf("addr %s base %d\n", lis.Addr(), base)
-	io.Copy(io.Discard, os.Stdin)
+	if _, err := io.Copy(io.Discard, os.Stdin); err != nil {
+		return fmt.Errorf("wait for stdin to close: %w", err)
+	}
 	rss, hwm := proctest.RSS()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -107,7 +113,7 @@ func BenchmarkMemory1GiB(b *testing.B) {
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	defer cmd.Process.Kill()
+	defer func() { _ = cmd.Process.Kill() }() // fails once the server has exited, as it should
 	lines := bufio.NewScanner(stdout)
 	var addr string
 	var srvBase int64
@@ -170,7 +176,9 @@ func BenchmarkMemory1GiB(b *testing.B) {
 	if _, err := fmt.Sscanf(lines.Text(), "peak %d rss %d heapsys %d", &srvPeak, &srvRSS, &srvHeapSys); err != nil {
 		b.Fatalf("server said %q: %v", lines.Text(), err)
 	}
-	cmd.Wait()
+	if err := cmd.Wait(); err != nil {
+		b.Fatalf("server: %v", err)
+	}
 
 	const mib = 1 << 20
 	srvGrowth, cliGrowth := float64(srvPeak-srvBase)/mib, float64(cliPeak-cliBase)/mib

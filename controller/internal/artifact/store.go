@@ -63,10 +63,13 @@ type Records interface {
 	Artifact(key string) (*ferryv1.Artifact, error)
 	// Artifacts returns every record.
 	Artifacts() ([]*ferryv1.Artifact, error)
-	PutArtifact(a *ferryv1.Artifact) error
-	// DeleteArtifact removes a record unless packages use its digest;
-	// then it removes nothing and returns them.
-	DeleteArtifact(key string) (usedBy []string, err error)
+	// PutArtifact writes a record and the push's audit entry in one
+	// transaction: both or neither.
+	PutArtifact(a *ferryv1.Artifact, ev *ferryv1.AuditEvent) error
+	// DeleteArtifact removes a record and writes the removal's audit
+	// entry, in one transaction, unless packages use its digest; then it
+	// writes nothing and returns them.
+	DeleteArtifact(key string, ev *ferryv1.AuditEvent) (usedBy []string, err error)
 	// PackagesUsing lists the packages ("name@version") using digest.
 	PackagesUsing(digest string) ([]string, error)
 }
@@ -187,6 +190,20 @@ type PutRequest struct {
 	Size                    uint64 // expected size; 0 when unknown
 	SHA256                  string // expected digest (hex, optionally "sha256:"); "" accepts what arrives
 	PushedBy                string
+	// Audit, when set, returns the push's audit entry for the record
+	// about to be written; it is written in the same transaction, so a
+	// push whose entry cannot be written keeps nothing. A push that finds
+	// its bytes already stored under its name@version writes nothing, and
+	// Audit is not called.
+	Audit func(*ferryv1.Artifact) *ferryv1.AuditEvent
+}
+
+// audit is the entry for the record a; nil without req.Audit.
+func (r *PutRequest) audit(a *ferryv1.Artifact) *ferryv1.AuditEvent {
+	if r.Audit == nil {
+		return nil
+	}
+	return r.Audit(a)
 }
 
 func (r *PutRequest) normalize() error {
@@ -239,7 +256,7 @@ func (s *sink) Write(p []byte) (int, error) {
 		return 0, errTooLarge
 	}
 	n, err := s.w.Write(p)
-	s.n += uint64(n)
+	s.n += uint64(n) //nolint:gosec // Write never returns a negative count
 	if err != nil {
 		s.err = err
 	}
@@ -267,8 +284,8 @@ func (s *Store) Put(ctx context.Context, req PutRequest, body io.Reader) (a *fer
 	kept := false
 	defer func() {
 		if !kept {
-			f.Close()
-			os.Remove(tmp)
+			_ = f.Close() // closed already once written; the file is discarded
+			s.discard(tmp)
 		}
 	}()
 	var w io.Writer = f
@@ -311,7 +328,7 @@ func (s *Store) Put(ctx context.Context, req PutRequest, body io.Reader) (a *fer
 		Size: out.n, PushedBy: req.PushedBy, PushedAt: timestamppb.New(s.now()),
 	}
 	kept = true // commit owns the temp file from here
-	return s.commit(a, tmp)
+	return s.commit(a, tmp, req.audit)
 }
 
 // putKnown settles a push without reading its body when the declared
@@ -354,7 +371,7 @@ func (s *Store) putKnown(req PutRequest) (a *ferryv1.Artifact, created, done boo
 		Digest: digest, Name: req.Name, Version: req.Version, Os: req.OS, Arch: req.Arch,
 		Size: blobRec.Size, PushedBy: req.PushedBy, PushedAt: timestamppb.New(s.now()),
 	}
-	if err := s.records.PutArtifact(a); err != nil {
+	if err := s.records.PutArtifact(a, req.audit(a)); err != nil {
 		return nil, false, true, fmt.Errorf("artifact %s: record metadata: %w", Key(a), err)
 	}
 	return a, true, true, nil
@@ -365,15 +382,17 @@ func conflict(old *ferryv1.Artifact, digest string) error {
 		ErrConflict, Key(old), old.Digest, old.PushedBy, old.PushedAt.AsTime().UTC().Format(time.RFC3339), digest, Key(old))
 }
 
-// commit links a verified temp file to its record.
-func (s *Store) commit(a *ferryv1.Artifact, tmp string) (*ferryv1.Artifact, bool, error) {
+// commit links a verified temp file to its record, written with the audit
+// entry audit returns for it: the blob is moved into place first, and
+// removed again when the record and entry cannot be written.
+func (s *Store) commit(a *ferryv1.Artifact, tmp string, audit func(*ferryv1.Artifact) *ferryv1.AuditEvent) (*ferryv1.Artifact, bool, error) {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 	hexsum := strings.TrimPrefix(a.Digest, DigestPrefix)
 	removeTmp := true
 	defer func() {
 		if removeTmp {
-			os.Remove(tmp)
+			s.discard(tmp)
 		}
 	}()
 	old, err := s.records.Artifact(Key(a))
@@ -395,13 +414,13 @@ func (s *Store) commit(a *ferryv1.Artifact, tmp string) (*ferryv1.Artifact, bool
 		}
 		removeTmp, newBlob = false, true
 		if err := atomicfile.SyncDir(s.blobDir); err != nil {
-			os.Remove(blob)
+			s.discard(blob)
 			return nil, false, diskErr("artifact "+Key(a), s.blobDir, a.Size, err)
 		}
 	}
-	if err := s.records.PutArtifact(a); err != nil {
+	if err := s.records.PutArtifact(a, audit(a)); err != nil {
 		if newBlob {
-			os.Remove(blob)
+			s.discard(blob)
 		}
 		return nil, false, fmt.Errorf("artifact %s: record metadata: %w; the upload was discarded", Key(a), err)
 	}
@@ -529,8 +548,11 @@ func (s *Store) ReferencedBy(digest string) ([]string, error) {
 
 // Delete removes the record ref names, refusing while a package references
 // its digest, and unlinks the blob when no other record shares it.
-// Downloads already streaming it finish from their open file.
-func (s *Store) Delete(ref string) (*ferryv1.Artifact, error) {
+// Downloads already streaming it finish from their open file. audit, when
+// set, returns the removal's audit entry for the record; it is written in
+// the transaction that removes the record, and the blob is unlinked only
+// after that committed.
+func (s *Store) Delete(ref string, audit func(*ferryv1.Artifact) *ferryv1.AuditEvent) (*ferryv1.Artifact, error) {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 	// commitMu keeps every other artifact write out until the end, so the
@@ -540,7 +562,11 @@ func (s *Store) Delete(ref string) (*ferryv1.Artifact, error) {
 	if err != nil {
 		return nil, err
 	}
-	refs, err := s.records.DeleteArtifact(Key(a))
+	var ev *ferryv1.AuditEvent
+	if audit != nil {
+		ev = audit(a)
+	}
+	refs, err := s.records.DeleteArtifact(Key(a), ev)
 	if err != nil {
 		return nil, err
 	}
@@ -582,6 +608,15 @@ func (s *Store) Lookup(digest string) (*ferryv1.Artifact, error) {
 	return recs[len(recs)-1], nil
 }
 
+// discard removes a file a failed push leaves behind. One it cannot
+// remove is only logged: Open removes temp files and blobs without a
+// record on the next start.
+func (s *Store) discard(path string) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.log.Warn("remove a discarded upload; the next start removes it", "file", path, "err", err)
+	}
+}
+
 // OpenBlob opens the blob of a record Lookup returned.
 func (s *Store) OpenBlob(rec *ferryv1.Artifact) (*Blob, error) {
 	f, err := os.Open(s.blobPath(strings.TrimPrefix(rec.Digest, DigestPrefix)))
@@ -593,11 +628,11 @@ func (s *Store) OpenBlob(rec *ferryv1.Artifact) (*Blob, error) {
 	}
 	fi, err := f.Stat()
 	if err != nil {
-		f.Close()
+		_ = f.Close() // read-only
 		return nil, fmt.Errorf("artifact %s: %w", Key(rec), err)
 	}
-	if uint64(fi.Size()) != rec.Size {
-		f.Close()
+	if uint64(fi.Size()) != rec.Size { //nolint:gosec // a file's size is never negative
+		_ = f.Close() // read-only
 		return nil, fmt.Errorf("artifact %s: blob %s has %d bytes, its record says %d; the store is damaged: push the file again", Key(rec), f.Name(), fi.Size(), rec.Size)
 	}
 	return &Blob{File: f, Size: rec.Size}, nil

@@ -118,7 +118,9 @@ func TestArtifactCommands(t *testing.T) {
 	}
 	// sha256sum format naming several files, and --sha256.
 	multi := filepath.Join(dir, "SHA256SUMS")
-	os.WriteFile(multi, []byte(strings.Repeat("0", 64)+"  other.tar.gz\n"+digest[7:]+" *go1.20.3.linux-amd64.tar.gz\n"), 0o644)
+	if err := os.WriteFile(multi, []byte(strings.Repeat("0", 64)+"  other.tar.gz\n"+digest[7:]+" *go1.20.3.linux-amd64.tar.gz\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, args := range [][]string{
 		{"--checksum-file", multi, "--version", "1.20.3-b"},
 		{"--sha256", digest[7:], "--version", "1.20.3-c"},
@@ -139,7 +141,9 @@ func TestArtifactCommands(t *testing.T) {
 
 	// Without a version in the file name, --version is needed.
 	plain := filepath.Join(dir, "myapp")
-	os.WriteFile(plain, []byte("binary"), 0o755)
+	if err := os.WriteFile(plain, []byte("binary"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	if code, _, errOut = run(t, cfg, "artifact", "push", plain); code != 1 || !strings.Contains(errOut, "--version") {
 		t.Errorf("push without a version: exit %d, %q", code, errOut)
 	}
@@ -179,7 +183,9 @@ func TestArtifactCommands(t *testing.T) {
 
 	// A package that uses the tarball keeps it from being removed.
 	pkg := filepath.Join(dir, "go.yaml")
-	os.WriteFile(pkg, []byte("name: go\nversion: 1.20.3\nartifact: go1.20.3.linux-amd64.tar.gz@1.20.3\nsteps:\n  - archive: {dest: /usr/local/go, strip_components: 1}\n"), 0o644)
+	if err := os.WriteFile(pkg, []byte("name: go\nversion: 1.20.3\nartifact: go1.20.3.linux-amd64.tar.gz@1.20.3\nsteps:\n  - archive: {dest: /usr/local/go, strip_components: 1}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if code, out, errOut = run(t, cfg, "package", "apply", "-f", pkg); code != 0 {
 		t.Fatalf("package apply: exit %d, %s %s", code, out, errOut)
 	}

@@ -54,7 +54,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	root.SetErr(stderr)
 	err := root.Execute()
 	if a.conn != nil {
-		a.conn.Close()
+		_ = a.conn.Close() // ferryctl exits next; the command's error is what it reports
 	}
 	if err != nil {
 		code := 1

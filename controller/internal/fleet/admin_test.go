@@ -27,7 +27,7 @@ func TestPage(t *testing.T) {
 		recs = append(recs, r)
 	}
 	f := newFleet(t, recs...)
-	if _, err := f.Remove("n03", "admin/alice"); err != nil {
+	if _, err := f.Remove("n03", "admin/alice", nil); err != nil {
 		t.Fatal(err)
 	}
 	all := ids(f.List(Filter{Group: "prod", HideRemoved: true}))
@@ -72,7 +72,7 @@ func TestPage(t *testing.T) {
 // a refused change stores neither; a removed node cannot be changed.
 func TestUpdate(t *testing.T) {
 	f := newFleet(t, enrolled("n1", "prod"), enrolled("gone", "prod"))
-	if _, err := f.Remove("gone", "admin/alice"); err != nil {
+	if _, err := f.Remove("gone", "admin/alice", nil); err != nil {
 		t.Fatal(err)
 	}
 	changes := f.Changes()

@@ -199,7 +199,7 @@ func (r *Registry) Renewed(nodeID string, cert *x509.Certificate, callerSerial s
 	rec := e.rec
 	rec.CertSerials = []string{cert.SerialNumber.String(), callerSerial}
 	rec.CertExpiresAt = cert.NotAfter
-	if err := r.cfg.Store.PutNode(rec); err != nil {
+	if err := r.cfg.Store.PutNode(rec, nil); err != nil {
 		return err
 	}
 	e.rec = rec
@@ -375,8 +375,10 @@ func (r *Registry) Dispatch(nodeID string, msg *ferryv1.ConnectResponse) error {
 }
 
 // Remove revokes a node: its record is marked removed, its certificate is
-// refused from now on and its stream is closed.
-func (r *Registry) Remove(nodeID, actor string) (*ferryv1.Node, error) {
+// refused from now on and its stream is closed. audit is the removal's
+// audit entry, written with the record: when it cannot be written, the
+// node stays as it was.
+func (r *Registry) Remove(nodeID, actor string, audit *ferryv1.AuditEvent) (*ferryv1.Node, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e, err := r.entryLocked(nodeID)
@@ -388,7 +390,7 @@ func (r *Registry) Remove(nodeID, actor string) (*ferryv1.Node, error) {
 	}
 	rec := e.rec
 	rec.Removed, rec.RemovedAt, rec.RemovedBy = true, r.cfg.Now(), actor
-	if err := r.cfg.Store.PutNode(rec); err != nil {
+	if err := r.cfg.Store.PutNode(rec, audit); err != nil {
 		return nil, err
 	}
 	e.rec = rec

@@ -77,7 +77,7 @@ func (g *fakeGossip) Forget(name string) {
 	g.forgot = append(g.forgot, name)
 }
 
-func (g *fakeGossip) set(name, state string) {
+func (g *fakeGossip) set(name, state string) { //nolint:unparam // keyed by node like the gossip it fakes, so a test reads attach("n1"), set("n1", ...)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.states[name] = state
@@ -105,7 +105,7 @@ func newFleet(t *testing.T, nodes ...store.NodeRecord) *testFleet {
 	}
 	t.Cleanup(func() { st.Close() })
 	for _, n := range nodes {
-		if err := st.PutNode(n); err != nil {
+		if err := st.PutNode(n, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -367,7 +367,7 @@ func TestList(t *testing.T) {
 	f := newFleet(t, enrolled("db2", "prod"), web, enrolled("ci3", "staging"), enrolled("old4", "prod"))
 	f.attach("web1")
 	f.attach("ci3")
-	if _, err := f.Remove("old4", "admin/alice"); err != nil {
+	if _, err := f.Remove("old4", "admin/alice", nil); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -401,7 +401,7 @@ func TestMatch(t *testing.T) {
 	f := newFleet(t, web, gone, enrolled("db1", "prod"), enrolled("ci1", "staging"))
 	f.attach("web1")
 	f.attach("ci1")
-	if _, err := f.Remove("web2", "admin/alice"); err != nil {
+	if _, err := f.Remove("web2", "admin/alice", nil); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -452,7 +452,7 @@ func TestChanges(t *testing.T) {
 		}, true},
 		{"node enrolled", nil, func(f *testFleet, _ *Session) { f.Added(enrolled("n2", "prod")) }, true},
 		{"node removed", nil, func(f *testFleet, _ *Session) {
-			if _, err := f.Remove("n1", "admin/alice"); err != nil {
+			if _, err := f.Remove("n1", "admin/alice", nil); err != nil {
 				f.t.Fatal(err)
 			}
 		}, true},
@@ -507,7 +507,7 @@ func TestRemove(t *testing.T) {
 	f.gossip.set("n1", health.GossipAlive)
 	f.clock.Advance(time.Minute)
 
-	n, err := f.Remove("n1", "admin/alice")
+	n, err := f.Remove("n1", "admin/alice", nil)
 	if err != nil {
 		t.Fatalf("Remove: %v", err)
 	}
@@ -558,7 +558,7 @@ func TestRemove(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := f.Remove(tt.node, "admin/alice")
+			_, err := f.Remove(tt.node, "admin/alice", nil)
 			if err == nil || err.Error() != tt.want {
 				t.Fatalf("Remove(%s): %v, want %q", tt.node, err, tt.want)
 			}
@@ -678,7 +678,7 @@ func TestRenewedIsStored(t *testing.T) {
 	if n, _ := restarted.Node("n1"); !n.CertificateExpiresAt.AsTime().Equal(expires) {
 		t.Errorf("certificate expires at %v, want %v", n.CertificateExpiresAt.AsTime(), expires)
 	}
-	if _, err := f.Remove("gone", "admin/alice"); err != nil {
+	if _, err := f.Remove("gone", "admin/alice", nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.Renewed("gone", &x509.Certificate{SerialNumber: big.NewInt(102), NotAfter: expires}, "100"); !errors.Is(err, ErrRemoved) {

@@ -41,18 +41,22 @@ func New(db *store.Store, resolver pkgspec.ArtifactResolver, now func() time.Tim
 	return &Store{db: db, resolver: resolver, now: now}, nil
 }
 
-func key(name, version string) string { return store.VersionKey(name, version) }
-
 // Apply validates and stores a package file. Identical content is a no-op;
-// different content under an existing version is refused.
-func (s *Store) Apply(filename string, data []byte, actor string) (*ferryv1.Package, bool, error) {
+// different content under an existing version is refused. audit, when
+// set, returns the apply's audit entry for the new version; it is written
+// in the transaction that stores it (a no-op or a refusal writes nothing).
+func (s *Store) Apply(filename string, data []byte, actor string, audit func(*ferryv1.Package) *ferryv1.AuditEvent) (*ferryv1.Package, bool, error) {
 	pkg, err := pkgspec.ParseAndResolve(filename, data, s.resolver)
 	if err != nil {
 		return nil, false, err
 	}
 	pkg.CreatedAt = timestamppb.New(s.now())
 	pkg.CreatedBy = actor
-	prev, err := s.db.AddPackage(pkg)
+	var ev *ferryv1.AuditEvent
+	if audit != nil {
+		ev = audit(pkg)
+	}
+	prev, err := s.db.AddPackage(pkg, ev)
 	switch {
 	case err != nil:
 		return nil, false, err

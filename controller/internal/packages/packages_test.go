@@ -44,7 +44,7 @@ func newStore(t *testing.T) *Store {
 
 func TestApply(t *testing.T) {
 	s := newStore(t)
-	p, created, err := s.Apply("go.yaml", []byte(goYAML), "admin/alice")
+	p, created, err := s.Apply("go.yaml", []byte(goYAML), "admin/alice", nil)
 	if err != nil || !created {
 		t.Fatalf("first apply: created=%v err=%v", created, err)
 	}
@@ -53,13 +53,13 @@ func TestApply(t *testing.T) {
 	}
 	// Identical content, formatted differently, is a no-op.
 	reformatted := strings.Replace(goYAML, "name: go\n", "# the Go toolchain\nname:   go\n", 1)
-	if _, created, err := s.Apply("go.yaml", []byte(reformatted), "admin/bob"); err != nil || created {
+	if _, created, err := s.Apply("go.yaml", []byte(reformatted), "admin/bob", nil); err != nil || created {
 		t.Fatalf("re-apply: created=%v err=%v, want a no-op", created, err)
 	}
 	// Different content under the same version is refused, and the stored
 	// version is untouched.
 	changed := strings.Replace(goYAML, `expect: "go1.20.3"`, `expect: "go1.20"`, 1)
-	_, _, err = s.Apply("go.yaml", []byte(changed), "admin/bob")
+	_, _, err = s.Apply("go.yaml", []byte(changed), "admin/bob", nil)
 	if err == nil || !strings.Contains(err.Error(), "immutable") || !strings.Contains(err.Error(), "go@1.20.3") {
 		t.Fatalf("changed re-apply: %v, want an immutability error naming go@1.20.3", err)
 	}
@@ -79,7 +79,7 @@ func TestApplyRefusesBadInput(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newStore(t)
-			_, _, err := s.Apply("go.yaml", []byte(tc.yaml), "admin/alice")
+			_, _, err := s.Apply("go.yaml", []byte(tc.yaml), "admin/alice", nil)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("apply: %v, want an error at %s", err, tc.want)
 			}

@@ -71,7 +71,7 @@ func (p *parser) archive(n *yaml.Node, path string) *ferryv1.ArchiveStep {
 	}
 	if v := f["strip_components"].val; v != nil {
 		if u, ok := p.uint(v, path+".strip_components", 0, 255); ok {
-			st.StripComponents = uint32(u)
+			st.StripComponents = uint32(u) //nolint:gosec // p.uint checked 0..255
 		}
 	}
 	if v := f["keep_previous"].val; v != nil {
@@ -79,11 +79,11 @@ func (p *parser) archive(n *yaml.Node, path string) *ferryv1.ArchiveStep {
 			if u == 0 {
 				p.add(v, path+".keep_previous", "0 would leave nothing to roll back to", fmt.Sprintf("keep at least 1 (and at most %d) previous versions", MaxKeepPrevious))
 			}
-			st.KeepPrevious = uint32(u)
+			st.KeepPrevious = uint32(u) //nolint:gosec // p.uint checked 0..MaxKeepPrevious
 		}
 	}
 	if v := f["allow_setuid"].val; v != nil {
-		st.AllowSetuid, _ = p.bool(v, path+".allow_setuid")
+		st.AllowSetuid = p.bool(v, path+".allow_setuid")
 	}
 	if v := f["max_bytes"].val; v != nil {
 		st.MaxBytes, _ = p.size(v, path+".max_bytes")

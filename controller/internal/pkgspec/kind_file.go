@@ -14,7 +14,7 @@ import (
 type fileKind struct{}
 
 func (fileKind) Parse(p *parser, n *yaml.Node, path string) *ferryv1.Step {
-	return &ferryv1.Step{Kind: &ferryv1.Step_File{File: p.file_(n, path)}}
+	return &ferryv1.Step{Kind: &ferryv1.Step_File{File: p.fileStep(n, path)}}
 }
 
 func (fileKind) Digest(c *canon, s *ferryv1.Step) {
@@ -35,14 +35,14 @@ var fileFields = []string{"path", "content", "mode", "owner", "group", "allow_se
 
 var ownerRE = regexp.MustCompile(`^([A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10})$`)
 
-func (p *parser) file_(n *yaml.Node, path string) *ferryv1.FileStep {
+func (p *parser) fileStep(n *yaml.Node, path string) *ferryv1.FileStep {
 	st := &ferryv1.FileStep{Mode: DefaultFileMode}
 	f, ok := p.mapping(n, path, fileFields, `e.g. file: {path: /etc/myapp/config, content: "...", mode: "0644"}`, "field")
 	if !ok {
 		return st
 	}
 	if v := f["allow_sensitive"].val; v != nil {
-		st.AllowSensitive, _ = p.bool(v, path+".allow_sensitive")
+		st.AllowSensitive = p.bool(v, path+".allow_sensitive")
 	}
 	if v, ok := p.required(n, f, path, "path", "set path to the absolute file path, e.g. /etc/myapp/config"); ok {
 		if s, ok := p.str(v, path+".path"); ok {

@@ -128,12 +128,12 @@ func (p *parser) uint(n *yaml.Node, path string, lo, hi uint64) (uint64, bool) {
 	return u, true
 }
 
-func (p *parser) bool(n *yaml.Node, path string) (bool, bool) {
+func (p *parser) bool(n *yaml.Node, path string) bool {
 	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!bool" {
 		p.add(n, path, "expected true or false, got "+describe(n), "write true or false without quotes")
-		return false, false
+		return false
 	}
-	return strings.EqualFold(n.Value, "true"), true
+	return strings.EqualFold(n.Value, "true")
 }
 
 // sizeUnits are the suffixes a size may carry, decimal and binary.

@@ -68,7 +68,11 @@ func (e *Engine) Abort(actor, id string) (*ferryv1.Rollout, error) {
 	})
 }
 
+// admin runs fn, an admin action on rollout id, and commits what it
+// changed with the action's audit entry (commitAction): if the two cannot
+// be saved together, the action fails and changes nothing.
 func (e *Engine) admin(actor, action, id string, fn func(ru *run, now time.Time, fx *effects) error) (*ferryv1.Rollout, error) {
+	ev := e.auditEntry(actor, action, id, "")
 	e.mu.Lock()
 	ru, ok := e.runs[id]
 	var err error
@@ -80,26 +84,25 @@ func (e *Engine) admin(actor, action, id string, fn func(ru *run, now time.Time,
 	}
 	if err != nil {
 		e.mu.Unlock()
-		e.audit(actor, action, id, err, "")
+		e.refused(ev, err)
 		return nil, err
 	}
 	now := e.cfg.Clock.Now()
 	fx := &e.queue
+	before := checkpointOf(ru, fx)
 	if err := fn(ru, now, fx); err != nil {
 		e.mu.Unlock()
 		e.drain()
-		e.audit(actor, action, id, err, "")
+		e.refused(ev, err)
+		return nil, err
+	}
+	e.settle(ru, now, fx)
+	err = e.commitAction(ru, now, fx, ev, before)
+	e.mu.Unlock()
+	e.drain()
+	if err != nil {
 		return nil, err
 	}
 	e.log.Info("rollout admin action", "rollout", id, "action", action, "by", actor)
-	e.settle(ru, now, fx)
-	err = e.commit(ru, now, fx)
-	e.mu.Unlock()
-	e.drain()
-	e.audit(actor, action, id, err, "")
-	out, gerr := e.Get(id)
-	if err != nil {
-		return out, err
-	}
-	return out, gerr
+	return e.Get(id)
 }

@@ -80,7 +80,9 @@ func TestConcurrentUseKeepsDispatchOrder(t *testing.T) {
 		}
 	}
 	cancel()
-	<-runDone
+	if err := <-runDone; err != nil {
+		t.Errorf("Run = %v", err)
+	}
 	agents.Wait()
 
 	h.disp.mu.Lock()

@@ -10,11 +10,12 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/ferrydeploy/ferry/controller/internal/rolloutstate"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/enumword"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Create starts a rollout, or with req.Plan only plans it (see Plan). It
@@ -36,14 +37,8 @@ func (e *Engine) Create(ctx context.Context, actor string, req *ferryv1.CreateRo
 		return &ferryv1.CreateRolloutResponse{Plan: plan}, nil
 	}
 	r, err := e.create(actor, req)
-	target := req.GetPackageName() + "@" + req.GetPackageVersion()
-	detail := describe(req.GetTarget(), r.GetStrategy())
-	if r != nil {
-		target = r.GetId()
-		detail = r.GetPackageName() + "@" + r.GetPackageVersion() + " " + detail
-	}
-	e.audit(actor, "rollout.create", target, err, detail)
 	if err != nil {
+		e.refused(e.auditEntry(actor, "rollout.create", req.GetPackageName()+"@"+req.GetPackageVersion(), describe(req.GetTarget(), nil)), err)
 		return nil, err
 	}
 	return &ferryv1.CreateRolloutResponse{Rollout: r}, nil
@@ -152,7 +147,8 @@ func (e *Engine) create(actor string, req *ferryv1.CreateRolloutRequest) (*ferry
 		return installedVersion(n, r.GetPackageName())
 	})
 	r.Message = "started by " + actor + ": " + startSummary(r)
-	ru, err := e.insertLocked(r, p.pkg, now)
+	ev := e.auditEntry(actor, "rollout.create", r.GetId(), r.GetPackageName()+"@"+r.GetPackageVersion()+" "+describe(r.GetTarget(), r.GetStrategy()))
+	ru, err := e.insertLocked(r, p.pkg, now, ev)
 	if err != nil {
 		e.mu.Unlock()
 		return nil, err
@@ -275,15 +271,16 @@ func startSummary(r *ferryv1.Rollout) string {
 	return s
 }
 
-// insertLocked saves a new rollout and adds it to the engine. Called with
-// e.mu held; on error nothing was added.
-func (e *Engine) insertLocked(r *ferryv1.Rollout, pkg *ferryv1.Package, now time.Time) (*run, error) {
+// insertLocked saves a new rollout with the audit entry of the action that
+// created it, and adds it to the engine. Called with e.mu held; on error
+// nothing was added.
+func (e *Engine) insertLocked(r *ferryv1.Rollout, pkg *ferryv1.Package, now time.Time, audit *ferryv1.AuditEvent) (*run, error) {
 	ru, err := newRun(r)
 	if err != nil {
 		return nil, err
 	}
 	ru.pkg = pkg
-	if err := e.cfg.Store.SaveRollout(proto.Clone(r).(*ferryv1.Rollout)); err != nil {
+	if err := e.cfg.Store.SaveRollout(proto.Clone(r).(*ferryv1.Rollout), audit); err != nil {
 		return nil, fmt.Errorf("rollout %s: save: %w", r.GetId(), err)
 	}
 	e.runs[r.GetId()] = ru

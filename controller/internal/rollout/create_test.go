@@ -12,8 +12,9 @@ import (
 	"testing"
 	"time"
 
-	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 func TestCreateFillsCautiousDefaults(t *testing.T) {
@@ -180,7 +181,7 @@ func TestNodeReconnectingAtStartIsWaitedFor(t *testing.T) {
 
 func TestConflictingRolloutIsRefused(t *testing.T) {
 	h := newHarness(t, 3)
-	h.fleet.add("s00", "staging", nil)
+	h.fleet.add("s00", "staging")
 	r := h.create(strat{healthy: time.Second})
 	_, err := h.e.Create(context.Background(), "admin/bob", strat{version: "1.20.2"}.request())
 	if !errors.Is(err, ErrConflict) {

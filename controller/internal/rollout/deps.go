@@ -12,7 +12,10 @@ import (
 // Store persists rollouts. The engine calls SaveRollout at every transition,
 // always with a fresh copy it does not touch again, so the store may keep it.
 type Store interface {
-	SaveRollout(r *ferryv1.Rollout) error
+	// SaveRollout writes r. With audit (the entry of the admin action
+	// that made the transition) it writes both in one transaction or
+	// neither; audit is nil for the engine's own transitions.
+	SaveRollout(r *ferryv1.Rollout, audit *ferryv1.AuditEvent) error
 	// Rollouts returns every stored rollout (for restart and history).
 	Rollouts() ([]*ferryv1.Rollout, error)
 }
@@ -57,9 +60,11 @@ type Clock interface {
 	Now() time.Time
 }
 
-// Auditor records admin actions. Outcome is "ok" or the error text.
+// Auditor writes the audit entries of admin actions that save no rollout:
+// refusals, and actions that change nothing (pausing a paused rollout).
+// The entries of the others go with their save (Store.SaveRollout).
 type Auditor interface {
-	Audit(actor, action, target, outcome, detail string)
+	AppendAudit(ev *ferryv1.AuditEvent) error
 }
 
 type realClock struct{}

@@ -5,13 +5,15 @@ package rollout
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
-	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 // effects are the calls to the dispatcher that transitions produce, in the
@@ -69,7 +71,7 @@ func (e *Engine) commit(ru *run, now time.Time, fx *effects) error {
 	}
 	ru.r.UpdatedAt = timestamppb.New(now)
 	snap := proto.Clone(ru.r).(*ferryv1.Rollout)
-	err := e.cfg.Store.SaveRollout(snap)
+	err := e.cfg.Store.SaveRollout(snap, nil)
 	if err != nil {
 		err = fmt.Errorf("rollout %s: save: %w; it is retried at the next tick", ru.r.GetId(), err)
 		e.log.Error("save rollout", "rollout", ru.r.GetId(), "err", err)
@@ -91,6 +93,14 @@ func (e *Engine) commit(ru *run, now time.Time, fx *effects) error {
 	} else {
 		ru.dirty = false
 	}
+	publish(ru, snap)
+	return err
+}
+
+// publish sends the events queued since the last commit to the watchers,
+// each with snap (the rollout as saved), and closes them when the rollout
+// has ended. Called with e.mu held.
+func publish(ru *run, snap *ferryv1.Rollout) {
 	ru.sent = nil
 	for _, ev := range ru.events {
 		ev.Rollout = snap
@@ -105,7 +115,67 @@ func (e *Engine) commit(ru *run, now time.Time, fx *effects) error {
 		}
 		ru.watchers = nil
 	}
-	return err
+}
+
+// checkpoint is a run as it was before an admin action: what
+// commitAction goes back to when the action cannot be saved. At the start
+// of an action the run has no uncommitted events or sends: every
+// transition is committed before e.mu is released.
+type checkpoint struct {
+	r                         *ferryv1.Rollout
+	promoted, recancel, dirty bool
+	healthySince              map[string]time.Time
+	ops                       []op
+}
+
+func checkpointOf(ru *run, fx *effects) checkpoint {
+	return checkpoint{
+		r:        proto.Clone(ru.r).(*ferryv1.Rollout),
+		promoted: ru.promoted, recancel: ru.recancel, dirty: ru.dirty,
+		healthySince: maps.Clone(ru.healthySince),
+		ops:          slices.Clone(fx.ops),
+	}
+}
+
+func (cp checkpoint) restore(ru *run, fx *effects) {
+	ru.r = cp.r
+	ru.promoted, ru.recancel, ru.dirty = cp.promoted, cp.recancel, cp.dirty
+	ru.healthySince = cp.healthySince
+	ru.events, ru.sent = nil, nil
+	fx.ops = cp.ops
+}
+
+// commitAction commits an admin action's transition and its audit entry
+// ev (nil without an Auditor) in one transaction. If that fails, the run
+// goes back to before, the action's events never reach the watchers and
+// its jobs and cancels are not sent: the action changed nothing. An action
+// that left the rollout as it was only writes ev, and fails if ev cannot
+// be written. Called with e.mu held.
+func (e *Engine) commitAction(ru *run, now time.Time, fx *effects, ev *ferryv1.AuditEvent, before checkpoint) error {
+	id := ru.r.GetId()
+	if !ru.dirty {
+		if ev == nil {
+			return nil
+		}
+		if err := e.cfg.Auditor.AppendAudit(ev); err != nil {
+			return fmt.Errorf("rollout %s: %w", id, err)
+		}
+		return nil
+	}
+	ru.r.UpdatedAt = timestamppb.New(now)
+	snap := proto.Clone(ru.r).(*ferryv1.Rollout)
+	if err := e.cfg.Store.SaveRollout(snap, ev); err != nil {
+		before.restore(ru, fx)
+		if ev == nil { // the store's audit error says as much itself
+			err = fmt.Errorf("save: %w; nothing was changed", err)
+		}
+		err = fmt.Errorf("rollout %s: %w", id, err)
+		e.log.Error("save rollout", "rollout", id, "err", err)
+		return err
+	}
+	ru.dirty = false
+	publish(ru, snap)
+	return nil
 }
 
 // drain performs the queued effects. Only one goroutine drains at a time, so

@@ -47,8 +47,10 @@ import (
 	"sync"
 	"time"
 
-	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 // Errors the API returns, wrapped with the details; the gRPC layer maps them
@@ -74,8 +76,10 @@ type Config struct {
 	Packages   Packages
 	// Clock defaults to the real clock.
 	Clock Clock
-	// Auditor, when set, receives every admin action (create, promote,
-	// pause, resume, abort, undo) with its outcome.
+	// Auditor, when set, turns on the audit log: every admin action
+	// (create, promote, pause, resume, abort, undo) is recorded with its
+	// outcome, in the transaction that saves its change, so an action
+	// whose entry cannot be written fails and changes nothing.
 	Auditor Auditor
 	// Logger defaults to a logger that discards.
 	Logger *slog.Logger
@@ -376,13 +380,24 @@ func (e *Engine) Progress() []Progress {
 	return out
 }
 
-func (e *Engine) audit(actor, action, target string, err error, detail string) {
+// auditEntry is the audit entry of an admin action, outcome "ok"; nil
+// without an Auditor.
+func (e *Engine) auditEntry(actor, action, target, detail string) *ferryv1.AuditEvent {
 	if e.cfg.Auditor == nil {
+		return nil
+	}
+	return &ferryv1.AuditEvent{At: timestamppb.New(e.cfg.Clock.Now()), Actor: actor, Action: action, Target: target, Outcome: "ok", Detail: detail}
+}
+
+// refused records an admin action that failed with err and changed
+// nothing. An entry that cannot be written is logged: the action fails
+// either way.
+func (e *Engine) refused(ev *ferryv1.AuditEvent, err error) {
+	if ev == nil {
 		return
 	}
-	outcome := "ok"
-	if err != nil {
-		outcome = err.Error()
+	ev.Outcome = err.Error()
+	if aerr := e.cfg.Auditor.AppendAudit(ev); aerr != nil {
+		e.log.Error("write audit entry", "action", ev.GetAction(), "target", ev.GetTarget(), "err", aerr)
 	}
-	e.cfg.Auditor.Audit(actor, action, target, outcome, detail)
 }

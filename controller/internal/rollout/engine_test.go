@@ -13,7 +13,7 @@ import (
 
 func TestListAndCounts(t *testing.T) {
 	h := newHarness(t, 2)
-	h.fleet.add("s00", "staging", nil)
+	h.fleet.add("s00", "staging")
 	a := h.create(strat{group: "staging", healthy: time.Second})
 	h.clock.Advance(time.Second)
 	b := h.create(strat{pkg: "tool", version: "1.0", healthy: time.Second})

@@ -7,8 +7,9 @@ import (
 	"fmt"
 	"time"
 
-	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 // onFailure acts once failures exceed max_failures. It runs at each new

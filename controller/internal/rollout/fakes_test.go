@@ -7,16 +7,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"sort"
 	"sync"
 	"testing"
 	"time"
 
-	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 const (
@@ -59,11 +59,14 @@ type fakeStore struct {
 	// afterSave, when set, runs after every successful save (with the
 	// save count); the crash tests use it.
 	afterSave func(n int)
+	// audit receives the audit entries saved with a rollout, as the
+	// controller's store writes both in one transaction.
+	audit *fakeAuditor
 }
 
 func newFakeStore() *fakeStore { return &fakeStore{data: map[string][]byte{}} }
 
-func (s *fakeStore) SaveRollout(r *ferryv1.Rollout) error {
+func (s *fakeStore) SaveRollout(r *ferryv1.Rollout, ev *ferryv1.AuditEvent) error {
 	s.mu.Lock()
 	if s.fail != nil {
 		err := s.fail
@@ -74,6 +77,12 @@ func (s *fakeStore) SaveRollout(r *ferryv1.Rollout) error {
 	if err != nil {
 		s.mu.Unlock()
 		return err
+	}
+	if ev != nil {
+		if err := s.audit.AppendAudit(ev); err != nil {
+			s.mu.Unlock()
+			return err
+		}
 	}
 	s.data[r.GetId()] = b
 	s.saves++
@@ -137,12 +146,10 @@ type fakeFleet struct {
 	runs  map[string]time.Time // when each node's run of heartbeats began
 }
 
-func (f *fakeFleet) add(id, group string, labels map[string]string) {
+func (f *fakeFleet) add(id, group string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	l := map[string]string{"group": group}
-	maps.Copy(l, labels)
-	f.nodes[id] = &ferryv1.Node{Id: id, Group: group, Labels: l, State: ferryv1.NodeState_NODE_STATE_HEALTHY, Connected: true}
+	f.nodes[id] = &ferryv1.Node{Id: id, Group: group, Labels: map[string]string{"group": group}, State: ferryv1.NodeState_NODE_STATE_HEALTHY, Connected: true}
 	if f.runs == nil {
 		f.runs = map[string]time.Time{}
 	}
@@ -346,12 +353,23 @@ func (p *fakePackages) Packages(name string) ([]*ferryv1.Package, error) {
 type fakeAuditor struct {
 	mu     sync.Mutex
 	events []string
+	fail   error // every write fails with it
 }
 
-func (a *fakeAuditor) Audit(actor, action, target, outcome, detail string) {
+func (a *fakeAuditor) AppendAudit(ev *ferryv1.AuditEvent) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.events = append(a.events, actor+" "+action+" "+target+" "+outcome)
+	if a.fail != nil {
+		return a.fail
+	}
+	a.events = append(a.events, ev.Actor+" "+ev.Action+" "+ev.Target+" "+ev.Outcome)
+	return nil
+}
+
+func (a *fakeAuditor) setFail(err error) {
+	a.mu.Lock()
+	a.fail = err
+	a.mu.Unlock()
 }
 
 func (a *fakeAuditor) list() []string {
@@ -384,7 +402,7 @@ func newHarness(t *testing.T, count int) *harness {
 	clock := &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
 	fleet := &fakeFleet{clock: clock, nodes: map[string]*ferryv1.Node{}}
 	for i := range count {
-		fleet.add(fmt.Sprintf("n%02d", i), "prod", nil)
+		fleet.add(fmt.Sprintf("n%02d", i), "prod")
 	}
 	h := &harness{
 		t:     t,
@@ -401,6 +419,7 @@ func newHarness(t *testing.T, count int) *harness {
 		audit: &fakeAuditor{},
 	}
 	h.disconnectGrace = -1
+	h.store.audit = h.audit
 	h.e = h.newEngine()
 	return h
 }
@@ -436,18 +455,17 @@ func (h *harness) newEngine() *Engine {
 func (h *harness) restart() { h.e = h.newEngine() }
 
 type strat struct {
-	canary           uint32
-	noCanary         bool // explicit --canary 0
-	auto             bool
-	parallel         string
-	failures         string
-	onFailure        ferryv1.FailureAction
-	deadline         time.Duration
-	healthy          time.Duration
-	group            string
-	selector         map[string]string
-	pkg, version     string
-	wantErrSubstring string
+	canary       uint32
+	noCanary     bool // explicit --canary 0
+	auto         bool
+	parallel     string
+	failures     string
+	onFailure    ferryv1.FailureAction
+	deadline     time.Duration
+	healthy      time.Duration
+	group        string
+	selector     map[string]string
+	pkg, version string
 }
 
 func (s strat) request() *ferryv1.CreateRolloutRequest {

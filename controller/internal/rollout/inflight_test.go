@@ -8,8 +8,9 @@ import (
 	"testing"
 	"time"
 
-	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 func TestProgressDeadline(t *testing.T) {

@@ -8,10 +8,11 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/ferrydeploy/ferry/controller/internal/rolloutstate"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/enumword"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Shorter names for the enums the state machine uses everywhere.

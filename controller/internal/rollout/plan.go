@@ -8,8 +8,9 @@ import (
 	"fmt"
 	"time"
 
-	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 // planWait collects the answers to one plan's JOB_KIND_PLAN jobs.

@@ -72,7 +72,7 @@ func newWorld(t *testing.T, nodes int, failing ...string) *world {
 	}
 	for i := range nodes {
 		id := fmt.Sprintf("n%02d", i)
-		w.fleet.add(id, "prod", nil)
+		w.fleet.add(id, "prod")
 		w.fleet.setInstalled(id, "go", "1.20.2", "")
 	}
 	for _, f := range failing {

@@ -7,9 +7,10 @@ import (
 	"fmt"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/enumword"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // run is the engine's working state for one rollout. Only r is persisted;

@@ -10,9 +10,10 @@ import (
 	"strings"
 	"time"
 
-	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 // Defaults for strategy fields left unset. They are what a cautious operator
@@ -41,9 +42,9 @@ func (l limit) String() string {
 	return strconv.Itoa(l.n)
 }
 
-// parseLimit reads "N" or "P%" (P at most 100). min is the smallest value
-// allowed (1 for max-parallel, 0 for max-failures).
-func parseLimit(flag, s string, min int) (limit, error) {
+// parseLimit reads "N" or "P%" (P at most 100). least is the smallest
+// value allowed (1 for max-parallel, 0 for max-failures).
+func parseLimit(flag, s string, least int) (limit, error) {
 	s = strings.TrimSpace(s)
 	l := limit{}
 	num := s
@@ -52,10 +53,10 @@ func parseLimit(flag, s string, min int) (limit, error) {
 		num = strings.TrimSpace(strings.TrimSuffix(s, "%"))
 	}
 	n, err := strconv.Atoi(num)
-	if err != nil || n < min || (l.percent && n > 100) {
-		want := fmt.Sprintf("a count like %d or a percent like 25%%", max(min, 2))
-		if min > 0 {
-			want += fmt.Sprintf(" (at least %d)", min)
+	if err != nil || n < least || (l.percent && n > 100) {
+		want := fmt.Sprintf("a count like %d or a percent like 25%%", max(least, 2))
+		if least > 0 {
+			want += fmt.Sprintf(" (at least %d)", least)
 		}
 		return limit{}, fmt.Errorf("%w: %s %q: want %s", ErrInvalid, flag, s, want)
 	}

@@ -6,9 +6,10 @@ package rollout
 import (
 	"fmt"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/enumword"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Undo starts a rollout of JOB_KIND_ROLLBACK jobs that returns to their
@@ -20,13 +21,13 @@ import (
 // as Create's.
 func (e *Engine) Undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.Rollout, error) {
 	r, err := e.undo(actor, req)
-	target := req.GetPackageName() + " group=" + req.GetGroup()
-	if r != nil {
-		target = r.GetId()
+	if err != nil {
+		e.refused(e.auditEntry(actor, "rollout.undo", req.GetPackageName()+" group="+req.GetGroup(), undoDetail(req.GetPackageName(), req.GetGroup())), err)
 	}
-	e.audit(actor, "rollout.undo", target, err, "package "+req.GetPackageName()+" group "+req.GetGroup())
 	return r, err
 }
+
+func undoDetail(pkg, group string) string { return "package " + pkg + " group " + group }
 
 func (e *Engine) undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.Rollout, error) {
 	name, group := req.GetPackageName(), req.GetGroup()
@@ -39,7 +40,7 @@ func (e *Engine) undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.R
 	}
 	e.mu.Lock()
 	now := e.cfg.Clock.Now()
-	last, nodes, err := e.undoTargetsLocked(name, group)
+	last, _, err := e.undoTargetsLocked(name, group)
 	if err != nil {
 		e.mu.Unlock()
 		return nil, err
@@ -54,7 +55,7 @@ func (e *Engine) undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.R
 	}
 	e.mu.Lock()
 	// Look again under the lock: something may have started meanwhile.
-	last, nodes, err = e.undoTargetsLocked(name, group)
+	last, nodes, err := e.undoTargetsLocked(name, group)
 	if err != nil {
 		e.mu.Unlock()
 		return nil, err
@@ -78,7 +79,7 @@ func (e *Engine) undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.R
 	}
 	r.Nodes = buildNodes(nodes, int(strat.GetCanary()), now, e.cfg.DisconnectGrace, func(*ferryv1.Node) string { return last.GetPackageVersion() })
 	r.Message = fmt.Sprintf("undo of %s by %s: %s", last.GetId(), actor, startSummary(r))
-	ru, err := e.insertLocked(r, pkg, now)
+	ru, err := e.insertLocked(r, pkg, now, e.auditEntry(actor, "rollout.undo", r.GetId(), undoDetail(name, group)))
 	if err != nil {
 		e.mu.Unlock()
 		return nil, err

@@ -9,13 +9,14 @@ import (
 	"testing"
 	"time"
 
-	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 func TestUndo(t *testing.T) {
 	h := newHarness(t, 4)
-	h.fleet.add("s00", "staging", nil)
+	h.fleet.add("s00", "staging")
 	for _, n := range []string{"n00", "n01", "n02", "n03", "s00"} {
 		h.fleet.setInstalled(n, "go", "1.20.2", "")
 	}

@@ -5,10 +5,11 @@ package rollout
 import (
 	"context"
 
-	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
-	"github.com/ferrydeploy/ferry/shared/enumword"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/enumword"
 )
 
 // Watch streams a rollout's events: node outcome changes (failures with the

@@ -7,9 +7,10 @@ import (
 	"fmt"
 	"time"
 
-	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 // fillWindow starts pending nodes while fewer than max_parallel jobs are in

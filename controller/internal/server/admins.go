@@ -47,8 +47,10 @@ func (a *Admins) Check(id pki.Identity, cert *x509.Certificate) error {
 	return nil
 }
 
-func (a *Admins) revoke(name string, at time.Time) error {
-	if err := a.store.RevokeAdmin(name, at); err != nil {
+// revoke records the revocation with its audit entry ev, then refuses the
+// name's older certificates.
+func (a *Admins) revoke(name string, at time.Time, ev *ferryv1.AuditEvent) error {
+	if err := a.store.RevokeAdmin(name, at, ev); err != nil {
 		return err
 	}
 	a.mu.Lock()
@@ -71,10 +73,11 @@ func (s *certificateServer) RevokeAdmin(ctx context.Context, req *ferryv1.Revoke
 	// A second later than now, so a certificate issued this very second
 	// (NotBefore has second precision) is covered too.
 	at := s.d.Now().Add(time.Second).Truncate(time.Second)
-	err = s.d.Admins.revoke(req.GetName(), at)
-	s.d.Audit(ctx, "cert.revoke", "admin/"+req.GetName(), err, "")
-	if err != nil {
+	ev := s.d.auditEvent(ctx, "cert.revoke", "admin/"+req.GetName(), "")
+	if err := s.d.Admins.revoke(req.GetName(), at, ev); err != nil {
+		s.d.refused(ev, err)
 		return nil, toStatus(err)
 	}
+	s.d.streams.recheck(pki.Identity{Role: pki.RoleAdmin, Name: req.GetName()})
 	return &ferryv1.RevokeAdminResponse{RevokedAt: timestamppb.New(at)}, nil
 }

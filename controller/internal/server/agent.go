@@ -241,7 +241,11 @@ func (s *agentServer) DownloadArtifact(req *ferryv1.DownloadArtifactRequest, str
 	// it returns, and this server has no stats handler that keeps
 	// messages, so the downloader may refill the buffer afterwards.
 	msg := &ferryv1.DownloadArtifactResponse{}
-	return toStatus(s.d.Downloads.Download(stream.Context(), node, digest, req.GetOffset(), req.GetMaxChunkSize(), func(c artifact.Chunk) error {
+	ctx := stream.Context()
+	return toStatus(s.d.Downloads.Download(ctx, node, digest, req.GetOffset(), req.GetMaxChunkSize(), func(c artifact.Chunk) error {
+		if err := ctx.Err(); err != nil { // the node was removed (streams.go)
+			return err
+		}
 		msg.Offset, msg.Size, msg.Data = c.Offset, c.Size, c.Data
 		return stream.Send(msg)
 	}))

@@ -39,16 +39,27 @@ func (s *artifactServer) PushArtifact(stream grpc.ClientStreamingServer[ferryv1.
 		return status.Error(codes.InvalidArgument, "the first message of a push must be the header (name, version, size, sha256)")
 	}
 	actor := rpc.CallerName(ctx)
-	req := artifact.PutRequest{Name: h.GetName(), Version: h.GetVersion(), OS: h.GetOs(), Arch: h.GetArch(), Size: h.GetSize(), SHA256: h.GetSha256(), PushedBy: actor}
+	target := h.GetName() + "@" + h.GetVersion()
+	ev := s.d.auditEvent(ctx, "artifact.push", target, "")
+	pushed := func(a *ferryv1.Artifact, created bool) *ferryv1.AuditEvent {
+		ev.Detail = fmt.Sprintf("digest=%s size=%d created=%v", a.Digest, a.Size, created)
+		return ev
+	}
+	req := artifact.PutRequest{
+		Name: h.GetName(), Version: h.GetVersion(), OS: h.GetOs(), Arch: h.GetArch(), Size: h.GetSize(), SHA256: h.GetSha256(), PushedBy: actor,
+		Audit: func(a *ferryv1.Artifact) *ferryv1.AuditEvent { return pushed(a, true) },
+	}
 	a, created, err := s.d.Artifacts.Put(ctx, req, &pushReader{stream: stream})
-	target := req.Name + "@" + req.Version
+	if err == nil && !created {
+		err = s.d.unchanged(pushed(a, false))
+	}
 	if err != nil {
 		s.log.Info("artifact push refused", "artifact", target, "by", actor, "err", err)
-		s.d.Audit(ctx, "artifact.push", target, err, "")
+		ev.Detail = ""
+		s.d.refused(ev, err)
 		return toStatus(err)
 	}
 	s.log.Info("artifact pushed", "artifact", target, "digest", a.Digest, "size", a.Size, "created", created, "by", actor)
-	s.d.Audit(ctx, "artifact.push", target, nil, fmt.Sprintf("digest=%s size=%d created=%v", a.Digest, a.Size, created))
 	return stream.SendAndClose(&ferryv1.PushArtifactResponse{Artifact: a, Created: created})
 }
 
@@ -61,6 +72,11 @@ type pushReader struct {
 }
 
 func (r *pushReader) next() ([]byte, error) {
+	// RecvMsg does not see the stream's context end when the pusher's
+	// credential is revoked (streams.go); the push stops here.
+	if ctx := r.stream.Context(); ctx.Err() != nil {
+		return nil, context.Cause(ctx)
+	}
 	r.msg.Reset()
 	if err := r.stream.RecvMsg(&r.msg); err != nil {
 		return nil, err
@@ -123,16 +139,15 @@ func (s *artifactServer) GetArtifact(ctx context.Context, req *ferryv1.GetArtifa
 
 // DeleteArtifact removes an artifact no package references.
 func (s *artifactServer) DeleteArtifact(ctx context.Context, req *ferryv1.DeleteArtifactRequest) (*ferryv1.DeleteArtifactResponse, error) {
-	a, err := s.d.Artifacts.Delete(req.GetRef())
-	target := req.GetRef()
-	detail := ""
-	if a != nil {
-		target, detail = artifact.Key(a), "digest="+a.Digest
-	}
-	s.d.Audit(ctx, "artifact.rm", target, err, detail)
+	ev := s.d.auditEvent(ctx, "artifact.rm", req.GetRef(), "")
+	a, err := s.d.Artifacts.Delete(req.GetRef(), func(a *ferryv1.Artifact) *ferryv1.AuditEvent {
+		ev.Target, ev.Detail = artifact.Key(a), "digest="+a.Digest
+		return ev
+	})
 	if err != nil {
+		s.d.refused(ev, err)
 		return nil, toStatus(err)
 	}
-	s.log.Info("artifact removed", "artifact", target, "digest", a.Digest)
+	s.log.Info("artifact removed", "artifact", ev.Target, "digest", a.Digest)
 	return &ferryv1.DeleteArtifactResponse{Artifact: a}, nil
 }

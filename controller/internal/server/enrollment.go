@@ -110,6 +110,13 @@ func (s *enrollmentServer) Enroll(ctx context.Context, req *ferryv1.EnrollReques
 	now := s.d.Now()
 	ident := pki.Identity{Role: pki.RoleAgent, Name: req.GetNodeId()}
 	var cert []byte
+	addr := ""
+	if p, ok := peer.FromContext(ctx); ok {
+		addr = p.Addr.String()
+	}
+	// The token ID names who acts (never its secret); the group is the
+	// token's, filled in once it is read.
+	ev := s.d.auditEventBy("token/"+e.tokenID, "node.enroll", req.GetNodeId(), "addr="+addr)
 	rec, err := s.d.Store.EnrollNode(e.tokenID, func(t store.TokenRecord) error {
 		if subtle.ConstantTimeCompare(t.SecretHash, hashSecret(e.secret)) != 1 {
 			return store.ErrTokenInvalid
@@ -125,17 +132,15 @@ func (s *enrollmentServer) Enroll(ctx context.Context, req *ferryv1.EnrollReques
 			return store.NodeRecord{}, err
 		}
 		cert = c.Raw
+		ev.Detail = "group=" + t.Group + " addr=" + addr
 		return store.NodeRecord{
 			ID: req.GetNodeId(), Group: t.Group, Labels: granted, EnrolledAt: now, TokenID: t.ID,
 			CertSerials: []string{c.SerialNumber.String()}, CertExpiresAt: c.NotAfter,
 		}, nil
-	})
+	}, ev)
 	if err != nil {
-		addr := ""
-		if p, ok := peer.FromContext(ctx); ok {
-			addr = p.Addr.String()
-		}
 		log.Warn("enrollment refused", "token", e.tokenID, "addr", addr, "err", err)
+		s.d.refused(ev, err)
 		return nil, toStatus(err)
 	}
 	s.d.Fleet.Added(rec)

@@ -25,6 +25,10 @@ var errorCodes = []struct {
 	match func(error) bool
 	code  codes.Code
 }{
+	// The action was not made because its audit entry could not be
+	// written (a full disk): retry once that is fixed.
+	{is(store.ErrAudit), codes.Unavailable},
+
 	{as[*pkgspec.FieldError], codes.InvalidArgument},
 	{as[pkgspec.ErrorList], codes.InvalidArgument},
 	{is(packages.ErrImmutable), codes.AlreadyExists},

@@ -52,6 +52,8 @@ func TestToStatus(t *testing.T) {
 		{"node ID taken", wrap(store.ErrNodeExists), codes.AlreadyExists},
 		{"wrong join token", store.ErrTokenInvalid, codes.Unauthenticated},
 		{"used-up join token", wrap(store.ErrTokenUnusable), codes.PermissionDenied},
+		// Whatever else the error says, the action was not made.
+		{"audit entry not written", fmt.Errorf("%w: %w: no space left on device; nothing was changed", artifact.ErrDiskFull, store.ErrAudit), codes.Unavailable},
 
 		{"client went away", wrap(context.Canceled), codes.Canceled},
 		{"client ran out of time", context.DeadlineExceeded, codes.DeadlineExceeded},
@@ -82,7 +84,7 @@ func TestToStatusKeepsStatusErrors(t *testing.T) {
 	}
 	for _, c := range []codes.Code{codes.InvalidArgument, codes.Unknown, codes.Canceled} {
 		err := status.Error(c, "the first message of a push must be the header")
-		if got := toStatus(err); got != err {
+		if got := toStatus(err); got != err { //nolint:errorlint // the very same error value, not only one that matches
 			t.Errorf("toStatus(%v) = %v, want it unchanged", err, got)
 		}
 	}

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -172,20 +173,23 @@ func (s *nodeServer) RemoveNode(ctx context.Context, req *ferryv1.RemoveNodeRequ
 	id := req.GetId()
 	n, ok := s.d.Fleet.Node(id)
 	if !req.GetPurge() || !ok || n.GetState() != ferryv1.NodeState_NODE_STATE_REMOVED {
-		n, err = s.d.Fleet.Remove(id, c.Identity.String())
-		s.d.Audit(ctx, "node.remove", id, err, "")
+		ev := s.d.auditEvent(ctx, "node.remove", id, "")
+		n, err = s.d.Fleet.Remove(id, c.Identity.String(), ev)
 		if err != nil {
-			if _, ok := s.d.Fleet.Node(id); ok {
+			s.d.refused(ev, err)
+			if _, ok := s.d.Fleet.Node(id); ok && !errors.Is(err, store.ErrAudit) {
 				return nil, status.Error(codes.FailedPrecondition, err.Error())
 			}
 			return nil, toStatus(err)
 		}
+		s.d.streams.recheck(pki.Identity{Role: pki.RoleAgent, Name: id})
 	}
 	if !req.GetPurge() {
 		return &ferryv1.RemoveNodeResponse{Node: n}, nil
 	}
-	if err := s.d.Fleet.Purge(id, s.d.auditEvent(ctx, "node.purge", id, "")); err != nil {
-		s.d.Audit(ctx, "node.purge", id, err, "")
+	ev := s.d.auditEvent(ctx, "node.purge", id, "")
+	if err := s.d.Fleet.Purge(id, ev); err != nil {
+		s.d.refused(ev, err)
 		return nil, toStatus(err)
 	}
 	return &ferryv1.RemoveNodeResponse{Node: n, Purged: true}, nil
@@ -235,9 +239,10 @@ func (s *nodeServer) MoveNode(ctx context.Context, req *ferryv1.MoveNodeRequest)
 // updateNode applies an admin's change to a node's record, audited in the
 // same store transaction; a refused change is audited with its error.
 func (s *nodeServer) updateNode(ctx context.Context, action, id, detail string, change func(*store.NodeRecord) error) (*ferryv1.Node, error) {
-	n, err := s.d.Fleet.Update(id, change, s.d.auditEvent(ctx, action, id, detail))
+	ev := s.d.auditEvent(ctx, action, id, detail)
+	n, err := s.d.Fleet.Update(id, change, ev)
 	if err != nil {
-		s.d.Audit(ctx, action, id, err, detail)
+		s.d.refused(ev, err)
 		return nil, toStatus(err)
 	}
 	return n, nil

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"fmt"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/rpc"
@@ -19,14 +18,21 @@ func (s *packageServer) ApplyPackage(ctx context.Context, req *ferryv1.ApplyPack
 	if name == "" {
 		name = "package.yaml"
 	}
-	pkg, created, err := s.d.Packages.Apply(name, []byte(req.GetYaml()), rpc.CallerName(ctx))
-	target := name
-	if pkg != nil {
-		target = pkg.Name + "@" + pkg.Version
-	}
-	s.d.Audit(ctx, "package.apply", target, err, fmt.Sprintf("created=%v", created))
+	ev := s.d.auditEvent(ctx, "package.apply", name, "created=true")
+	pkg, created, err := s.d.Packages.Apply(name, []byte(req.GetYaml()), rpc.CallerName(ctx), func(p *ferryv1.Package) *ferryv1.AuditEvent {
+		ev.Target = p.Name + "@" + p.Version
+		return ev
+	})
 	if err != nil {
+		ev.Detail = "created=false"
+		s.d.refused(ev, err)
 		return nil, toStatus(err)
+	}
+	if !created {
+		ev.Detail = "created=false"
+		if err := s.d.unchanged(ev); err != nil {
+			return nil, toStatus(err)
+		}
 	}
 	return &ferryv1.ApplyPackageResponse{Package: pkg, Created: created}, nil
 }

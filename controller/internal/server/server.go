@@ -76,6 +76,8 @@ type Deps struct {
 	// JobArtifacts scopes downloads to the nodes' jobs; nil: every
 	// download is refused.
 	JobArtifacts JobArtifacts
+
+	streams *streams // set by Register
 }
 
 // Register adds every Ferry service to a gRPC server.
@@ -86,16 +88,18 @@ func Register(s *grpc.Server, d *Deps) {
 	if d.Logger == nil {
 		d.Logger = slog.Default()
 	}
-	ferryv1.RegisterEnrollmentServiceServer(s, &enrollmentServer{d: d})
-	ferryv1.RegisterAgentServiceServer(s, &agentServer{d: d})
-	ferryv1.RegisterNodeServiceServer(s, &nodeServer{d: d, watches: newWatchLimit(maxWatchesPerAdmin)})
-	ferryv1.RegisterTokenServiceServer(s, &tokenServer{d: d})
-	ferryv1.RegisterCertificateServiceServer(s, &certificateServer{d: d})
-	ferryv1.RegisterAuditServiceServer(s, &auditServer{d: d})
-	ferryv1.RegisterArtifactServiceServer(s, &artifactServer{d: d, log: d.Logger.With("component", "artifact")})
-	ferryv1.RegisterPackageServiceServer(s, &packageServer{d: d})
-	ferryv1.RegisterRolloutServiceServer(s, &rolloutServer{d: d, r: d.Rollouts})
-	ferryv1.RegisterLogServiceServer(s, &logServer{d: d, r: d.Rollouts})
+	d.streams = newStreams(d.recheck)
+	reg := streamRegistrar{s: s, streams: d.streams}
+	ferryv1.RegisterEnrollmentServiceServer(reg, &enrollmentServer{d: d})
+	ferryv1.RegisterAgentServiceServer(reg, &agentServer{d: d})
+	ferryv1.RegisterNodeServiceServer(reg, &nodeServer{d: d, watches: newWatchLimit(maxWatchesPerAdmin)})
+	ferryv1.RegisterTokenServiceServer(reg, &tokenServer{d: d})
+	ferryv1.RegisterCertificateServiceServer(reg, &certificateServer{d: d})
+	ferryv1.RegisterAuditServiceServer(reg, &auditServer{d: d})
+	ferryv1.RegisterArtifactServiceServer(reg, &artifactServer{d: d, log: d.Logger.With("component", "artifact")})
+	ferryv1.RegisterPackageServiceServer(reg, &packageServer{d: d})
+	ferryv1.RegisterRolloutServiceServer(reg, &rolloutServer{d: d, r: d.Rollouts})
+	ferryv1.RegisterLogServiceServer(reg, &logServer{d: d, r: d.Rollouts})
 }
 
 // caller returns the authenticated caller; handlers behind the auth
@@ -108,21 +112,41 @@ func caller(ctx context.Context) (rpc.Caller, error) {
 	return c, nil
 }
 
-// Audit writes an admin action to the audit log.
-func (d *Deps) Audit(ctx context.Context, action, target string, err error, detail string) {
-	ev := d.auditEvent(ctx, action, target, detail)
-	if err != nil {
-		ev.Outcome = err.Error()
-	}
+// Every admin action is audited with its actor and outcome, in the
+// transaction that makes its change: a handler builds the entry with
+// auditEvent and hands it to the store method that makes the change (each
+// takes one; see store/audit.go), so an action whose entry cannot be
+// written fails ("could not record the audit entry: …; nothing was
+// changed") and changes nothing. A refused action records its entry with
+// refused; one that succeeds without changing anything (an identical
+// re-apply) with unchanged, and fails when that cannot be written.
+
+// auditEvent is the audit entry of an action by the caller of ctx, with
+// outcome "ok".
+func (d *Deps) auditEvent(ctx context.Context, action, target, detail string) *ferryv1.AuditEvent {
+	return d.auditEventBy(rpc.CallerName(ctx), action, target, detail)
+}
+
+// auditEventBy is auditEvent for an actor without a certificate (a join
+// token's holder).
+func (d *Deps) auditEventBy(actor, action, target, detail string) *ferryv1.AuditEvent {
+	return &ferryv1.AuditEvent{At: timestamppb.New(d.Now()), Actor: actor, Action: action, Target: target, Outcome: "ok", Detail: detail}
+}
+
+// refused records that the action of ev failed with err. The action
+// changed nothing either way, so an entry that cannot be written is only
+// logged.
+func (d *Deps) refused(ev *ferryv1.AuditEvent, err error) {
+	ev.Outcome = err.Error()
 	if aerr := d.Store.AppendAudit(ev); aerr != nil {
-		d.Logger.Error("write audit event", "action", action, "err", aerr)
+		d.Logger.Error("write audit entry", "action", ev.GetAction(), "target", ev.GetTarget(), "err", aerr)
 	}
 }
 
-// auditEvent is a successful admin action's audit event, for changes the
-// store writes in the transaction that audits them.
-func (d *Deps) auditEvent(ctx context.Context, action, target, detail string) *ferryv1.AuditEvent {
-	return &ferryv1.AuditEvent{At: timestamppb.New(d.Now()), Actor: rpc.CallerName(ctx), Action: action, Target: target, Outcome: "ok", Detail: detail}
+// unchanged records an action that succeeded without changing anything;
+// its error fails the action.
+func (d *Deps) unchanged(ev *ferryv1.AuditEvent) error {
+	return d.Store.AppendAudit(ev)
 }
 
 type auditServer struct {

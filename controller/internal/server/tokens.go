@@ -64,9 +64,9 @@ func (s *tokenServer) CreateToken(ctx context.Context, req *ferryv1.CreateTokenR
 	rec := store.TokenRecord{ID: id, SecretHash: hashSecret(secret), Group: req.GetGroup(), ExpiresAt: now.Add(ttl),
 		MaxUses: req.GetMaxUses(), CreatedAt: now, CreatedBy: c.Identity.String(),
 		Labels: req.GetLabels(), AllowLabels: req.GetAllowLabels()}
-	err = s.d.Store.PutToken(rec)
-	s.d.Audit(ctx, "token.create", id, err, tokenDetail(rec))
-	if err != nil {
+	ev := s.d.auditEvent(ctx, "token.create", id, tokenDetail(rec))
+	if err := s.d.Store.PutToken(rec, ev); err != nil {
+		s.d.refused(ev, err)
 		return nil, toStatus(err)
 	}
 	return &ferryv1.CreateTokenResponse{Token: tokenProto(rec), Secret: id + "." + secret, CaPin: s.d.CA.Pin()}, nil
@@ -97,9 +97,10 @@ func (s *tokenServer) ListTokens(ctx context.Context, _ *ferryv1.ListTokensReque
 }
 
 func (s *tokenServer) RevokeToken(ctx context.Context, req *ferryv1.RevokeTokenRequest) (*ferryv1.RevokeTokenResponse, error) {
-	t, err := s.d.Store.RevokeToken(req.GetId())
-	s.d.Audit(ctx, "token.revoke", req.GetId(), err, "")
+	ev := s.d.auditEvent(ctx, "token.revoke", req.GetId(), "")
+	t, err := s.d.Store.RevokeToken(req.GetId(), ev)
 	if err != nil {
+		s.d.refused(ev, err)
 		return nil, toStatus(err)
 	}
 	return &ferryv1.RevokeTokenResponse{Token: tokenProto(t)}, nil
@@ -125,9 +126,16 @@ func (s *certificateServer) IssueAdminCertificate(ctx context.Context, req *ferr
 			return nil, status.Errorf(codes.InvalidArgument, "certificate TTL %s is out of range: use more than 0 and at most 5 years", ttl)
 		}
 	}
+	ev := s.d.auditEvent(ctx, "cert.issue", "admin/"+req.GetName(), "")
 	cert, err := s.d.CA.Sign(pki.SignRequest{Identity: pki.Identity{Role: pki.RoleAdmin, Name: req.GetName()}, PublicKey: csr.PublicKey, TTL: ttl, Now: s.d.Now()})
-	s.d.Audit(ctx, "cert.issue", "admin/"+req.GetName(), err, "")
 	if err != nil {
+		s.d.refused(ev, err)
+		return nil, toStatus(err)
+	}
+	// Signing stores nothing: the entry is the whole record, and a
+	// certificate whose issue is not on it is never handed out.
+	ev.Detail = "serial=" + cert.SerialNumber.String()
+	if err := s.d.unchanged(ev); err != nil {
 		return nil, toStatus(err)
 	}
 	return &ferryv1.IssueAdminCertificateResponse{CertificateDer: cert.Raw, CaCertificateDer: s.d.CA.Cert.Raw}, nil

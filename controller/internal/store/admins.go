@@ -11,9 +11,9 @@ import (
 var bucketRevokedAdmins = []byte("revoked_admins")
 
 // RevokeAdmin records that certificates issued to name before at are
-// refused.
-func (s *Store) RevokeAdmin(name string, at time.Time) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+// refused, with the action's audit entry (audit.go).
+func (s *Store) RevokeAdmin(name string, at time.Time, ev *ferryv1.AuditEvent) error {
+	return s.audited(ev, func(tx *bolt.Tx) error {
 		return put(tx.Bucket(bucketRevokedAdmins), "admin revocation", name, &ferryv1.AdminRevocation{RevokedBefore: timestamp(at)})
 	})
 }

@@ -35,26 +35,31 @@ func (s *Store) Artifacts() ([]*ferryv1.Artifact, error) {
 	return out, err
 }
 
-// PutArtifact writes a's record under its name@version.
-func (s *Store) PutArtifact(a *ferryv1.Artifact) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+// PutArtifact writes a's record under its name@version, with the push's
+// audit entry (audit.go).
+func (s *Store) PutArtifact(a *ferryv1.Artifact, ev *ferryv1.AuditEvent) error {
+	return s.audited(ev, func(tx *bolt.Tx) error {
 		return put(tx.Bucket(bucketArtifacts), artifactRecord, VersionKey(a.GetName(), a.GetVersion()), a)
 	})
 }
 
 // DeleteArtifact removes the record under "name@version" unless a package
 // uses its digest: then it removes nothing and returns those packages
-// ("name@version", sorted). The check and the removal are one
-// transaction. ErrNotFound when there is no such record.
-func (s *Store) DeleteArtifact(key string) (usedBy []string, err error) {
-	err = s.db.Update(func(tx *bolt.Tx) error {
+// ("name@version", sorted). The check, the removal and the audit entry
+// ev (audit.go) are one transaction. ErrNotFound when there is no such
+// record.
+func (s *Store) DeleteArtifact(key string, ev *ferryv1.AuditEvent) (usedBy []string, err error) {
+	err = s.audited(ev, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketArtifacts)
 		a, err := get[ferryv1.Artifact](b, artifactRecord, key)
 		if err != nil {
 			return err
 		}
-		if usedBy, err = packagesUsing(tx, a.GetDigest()); err != nil || len(usedBy) > 0 {
+		if usedBy, err = packagesUsing(tx, a.GetDigest()); err != nil {
 			return err
+		}
+		if len(usedBy) > 0 {
+			return errNoChange
 		}
 		return b.Delete([]byte(key))
 	})

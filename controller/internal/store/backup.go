@@ -24,7 +24,7 @@ func OpenReadOnly(path string) (*Store, error) {
 		return nil, err
 	}
 	if err := db.View(func(tx *bolt.Tx) error { _, err := format(tx, path); return err }); err != nil {
-		db.Close()
+		_ = db.Close() // read-only; the error returned is the one that matters
 		return nil, err
 	}
 	return &Store{db: db}, nil
@@ -93,7 +93,7 @@ func Restore(from, path string, now time.Time) (kept string, counts Counts, err 
 		return "", Counts{}, fmt.Errorf("backup %s cannot be restored: %w", from, err)
 	}
 	counts, err = b.Count()
-	b.Close()
+	_ = b.Close() // read-only: nothing to flush
 	if err != nil {
 		return "", Counts{}, err
 	}
@@ -106,7 +106,7 @@ func Restore(from, path string, now time.Time) (kept string, counts Counts, err 
 	if err != nil {
 		return "", Counts{}, fmt.Errorf("restore %s: %w", path, err)
 	}
-	defer src.Close()
+	defer func() { _ = src.Close() }() // read-only
 	err = atomicfile.Write(path, 0o600, func(w io.Writer) error {
 		_, err := io.Copy(w, src)
 		return err
@@ -134,11 +134,11 @@ func lockIdle(path string) (unlock func(), err error) {
 		return nil, fmt.Errorf("restore %s: %w", path, err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
+		_ = f.Close() // read-only, not locked
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, &openError{ErrLocked, fmt.Sprintf("store %s is in use by a running ferry-controller; stop it before restoring", path)}
 		}
 		return nil, fmt.Errorf("restore %s: lock: %w", path, err)
 	}
-	return func() { f.Close() }, nil
+	return func() { _ = f.Close() }, nil // closing the file releases the lock
 }

@@ -22,7 +22,7 @@ func TestBackupWhileWriting(t *testing.T) {
 	}
 	defer s.Close()
 	for i := range 50 {
-		if err := s.PutToken(TokenRecord{ID: fmt.Sprintf("tok%03d", i), Group: "g"}); err != nil {
+		if err := s.PutToken(TokenRecord{ID: fmt.Sprintf("tok%03d", i), Group: "g"}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -38,7 +38,7 @@ func TestBackupWhileWriting(t *testing.T) {
 				return
 			default:
 			}
-			if err := s.SaveRollout(&ferryv1.Rollout{Id: fmt.Sprintf("ro-%d", i), Message: strings.Repeat("m", 500)}); err != nil {
+			if err := s.SaveRollout(&ferryv1.Rollout{Id: fmt.Sprintf("ro-%d", i), Message: strings.Repeat("m", 500)}, nil); err != nil {
 				t.Error(err)
 				return
 			}
@@ -83,7 +83,7 @@ func TestRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"tok001", "tok002"} {
-		if err := s.PutToken(TokenRecord{ID: id}); err != nil {
+		if err := s.PutToken(TokenRecord{ID: id}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -96,7 +96,7 @@ func TestRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	if err := s.PutToken(TokenRecord{ID: "tok003"}); err != nil { // after the backup
+	if err := s.PutToken(TokenRecord{ID: "tok003"}, nil); err != nil { // after the backup
 		t.Fatal(err)
 	}
 	now := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
@@ -109,7 +109,9 @@ func TestRestore(t *testing.T) {
 
 	// Not from something that is not a store.
 	bad := filepath.Join(dir, "bad.db")
-	os.WriteFile(bad, []byte("not a store"), 0o600)
+	if err := os.WriteFile(bad, []byte("not a store"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if _, _, err := Restore(bad, path, now); !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), bad) {
 		t.Errorf("Restore from a damaged backup = %v, want ErrDamaged naming %s", err, bad)
 	}
@@ -141,7 +143,9 @@ func TestRestore(t *testing.T) {
 	}
 
 	// Into a data dir that lost its store.
-	os.Remove(path)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
 	if kept, _, err := Restore(backup, path, now); err != nil || kept != "" {
 		t.Errorf("Restore where no store is = %q, %v", kept, err)
 	}

@@ -52,18 +52,20 @@ func (s *Store) Nodes() ([]NodeRecord, error) {
 	return out, err
 }
 
-// PutNode writes a node record.
-func (s *Store) PutNode(n NodeRecord) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+// PutNode writes a node record, with the audit entry of the admin action
+// that changed it (audit.go; nil for a renewal).
+func (s *Store) PutNode(n NodeRecord, ev *ferryv1.AuditEvent) error {
+	return s.audited(ev, func(tx *bolt.Tx) error {
 		return putNode(tx.Bucket(bucketNodes), n)
 	})
 }
 
-// EnrollNode consumes one use of a join token and records the node, in one
-// transaction: if either fails, neither happens.
-func (s *Store) EnrollNode(tokenID string, checkSecret func(TokenRecord) error, now time.Time, build func(TokenRecord) (NodeRecord, error)) (NodeRecord, error) {
+// EnrollNode consumes one use of a join token, records the node and writes
+// the enrollment's audit entry ev (audit.go), in one transaction: if one
+// fails, none happens.
+func (s *Store) EnrollNode(tokenID string, checkSecret func(TokenRecord) error, now time.Time, build func(TokenRecord) (NodeRecord, error), ev *ferryv1.AuditEvent) (NodeRecord, error) {
 	var out NodeRecord
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.audited(ev, func(tx *bolt.Tx) error {
 		tb := tx.Bucket(bucketTokens)
 		tok, err := getToken(tb, tokenID)
 		if err != nil {
@@ -96,11 +98,12 @@ func (s *Store) EnrollNode(tokenID string, checkSecret func(TokenRecord) error, 
 	return out, err
 }
 
-// UpdateNode changes a node's record with change and appends ev to the
-// audit log, in one transaction: if change fails, nothing is written.
+// UpdateNode changes a node's record with change, with the audit entry ev
+// of the admin action (audit.go): if change fails or ev cannot be written,
+// nothing is.
 func (s *Store) UpdateNode(id string, change func(*NodeRecord) error, ev *ferryv1.AuditEvent) (NodeRecord, error) {
 	var out NodeRecord
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.audited(ev, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketNodes)
 		n, err := getNode(b, id)
 		if err != nil {
@@ -109,27 +112,24 @@ func (s *Store) UpdateNode(id string, change func(*NodeRecord) error, ev *ferryv
 		if err := change(&n); err != nil {
 			return err
 		}
-		if err := putNode(b, n); err != nil {
-			return err
-		}
 		out = n
-		return appendAudit(tx, ev)
+		return putNode(b, n)
 	})
-	return out, err
+	if err != nil {
+		return NodeRecord{}, err
+	}
+	return out, nil
 }
 
-// DeleteNode deletes a node's record and appends ev to the audit log, in
-// one transaction.
+// DeleteNode deletes a node's record, with the audit entry ev of the
+// admin action (audit.go).
 func (s *Store) DeleteNode(id string, ev *ferryv1.AuditEvent) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.audited(ev, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketNodes)
 		if b.Get([]byte(id)) == nil {
 			return ErrNotFound
 		}
-		if err := b.Delete([]byte(id)); err != nil {
-			return err
-		}
-		return appendAudit(tx, ev)
+		return b.Delete([]byte(id))
 	})
 }
 

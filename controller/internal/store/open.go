@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"hash/fnv"
 	"io/fs"
+	"math"
 	"os"
 	"runtime/debug"
 	"time"
@@ -100,12 +101,12 @@ func openChecked(path string, create, readOnly bool) (*bolt.DB, error) {
 	})
 	if err != nil {
 		if db == nil && file != nil {
-			file.Close()
+			_ = file.Close() // the open failed; its error is the one returned
 		}
 		return nil, openErr(path, err)
 	}
 	if err := guard(path, func() error { return check(db, path) }); err != nil {
-		db.Close()
+		_ = db.Close() // the check's error is the one returned
 		return nil, err
 	}
 	return db, nil
@@ -182,9 +183,9 @@ func walk(b *bolt.Bucket) {
 	h := crc32.NewIEEE()
 	c := b.Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
-		h.Write(k)
+		_, _ = h.Write(k) // a hash.Hash's Write never fails
 		if v != nil {
-			h.Write(v)
+			_, _ = h.Write(v)
 		} else if nested := b.Bucket(k); nested != nil {
 			walk(nested)
 		}
@@ -228,12 +229,12 @@ func readHeader(f *os.File) (h header, ok bool) {
 		}
 		m := buf[pageHeaderSize:]
 		sum := fnv.New64a()
-		sum.Write(m[:metaChecksumAt])
+		_, _ = sum.Write(m[:metaChecksumAt]) // a hash.Hash's Write never fails
 		if ne.Uint32(m[0:]) != boltMagic || ne.Uint32(m[4:]) != boltVersion || ne.Uint64(m[metaChecksumAt:]) != sum.Sum64() {
 			continue
 		}
 		pageSize := uint64(ne.Uint32(m[8:]))
-		if off != 0 && uint64(off) != pageSize {
+		if off != 0 && uint64(off) != pageSize { //nolint:gosec // the offsets are positive constants
 			continue
 		}
 		if txid := ne.Uint64(m[48:]); !ok || txid > bestTxid {
@@ -253,13 +254,15 @@ func checkHeader(path string, size int64) error {
 	if err != nil {
 		return fmt.Errorf("open store %s: %w", path, err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read-only
 	h, ok := readHeader(f)
 	if !ok {
 		return nil
 	}
-	if want := h.hwm * h.pageSize; want > uint64(size) {
-		return truncated(path, size, int64(want))
+	// hwm*pageSize > size, tested so that a damaged header's hwm cannot
+	// overflow the product and pass.
+	if h.pageSize != 0 && h.hwm > uint64(size)/h.pageSize { //nolint:gosec // a file's size is never negative
+		return truncated(path, size, int64(min(h.hwm, math.MaxInt64/h.pageSize)*h.pageSize)) //nolint:gosec // capped at MaxInt64
 	}
 	if h.freelist == noFreelist {
 		return nil
@@ -268,7 +271,7 @@ func checkHeader(path string, size int64) error {
 	if h.freelist >= h.hwm {
 		return damaged(path, "its freelist page %d is past its last page %d", h.freelist, h.hwm)
 	}
-	if _, err := f.ReadAt(page[:], int64(h.freelist*h.pageSize)); err != nil {
+	if _, err := f.ReadAt(page[:], int64(h.freelist*h.pageSize)); err != nil { //nolint:gosec // freelist < hwm, and hwm*pageSize <= size, an int64
 		return fmt.Errorf("open store %s: %w", path, err)
 	}
 	ne := binary.NativeEndian

@@ -38,16 +38,19 @@ func (s *Store) Packages(name string) ([]*ferryv1.Package, error) {
 	return out, err
 }
 
-// AddPackage stores p under its name@version unless that version exists:
-// then it stores nothing and returns the existing record (versions are
-// immutable; the caller tells an identical re-apply from a conflict).
-func (s *Store) AddPackage(p *ferryv1.Package) (existing *ferryv1.Package, err error) {
-	err = s.db.Update(func(tx *bolt.Tx) error {
+// AddPackage stores p under its name@version, with the apply's audit entry
+// ev (audit.go), unless that version exists: then it stores nothing, not
+// ev either, and returns the existing record (versions are immutable; the
+// caller tells an identical re-apply from a conflict and records it).
+func (s *Store) AddPackage(p *ferryv1.Package, ev *ferryv1.AuditEvent) (existing *ferryv1.Package, err error) {
+	err = s.audited(ev, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketPackages)
 		key := VersionKey(p.GetName(), p.GetVersion())
 		if b.Get([]byte(key)) != nil {
-			existing, err = get[ferryv1.Package](b, packageRecord, key)
-			return err
+			if existing, err = get[ferryv1.Package](b, packageRecord, key); err != nil {
+				return err
+			}
+			return errNoChange
 		}
 		return put(b, packageRecord, key, p)
 	})

@@ -8,9 +8,11 @@ import (
 
 var bucketRollouts = []byte("rollouts")
 
-// SaveRollout writes a rollout (the engine calls it at every transition).
-func (s *Store) SaveRollout(r *ferryv1.Rollout) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+// SaveRollout writes a rollout (the engine calls it at every transition),
+// with the audit entry of the admin action that made the transition
+// (audit.go; nil for the engine's own).
+func (s *Store) SaveRollout(r *ferryv1.Rollout, ev *ferryv1.AuditEvent) error {
+	return s.audited(ev, func(tx *bolt.Tx) error {
 		return put(tx.Bucket(bucketRollouts), "rollout", r.GetId(), r)
 	})
 }

@@ -17,6 +17,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -27,6 +28,8 @@ var ErrNotFound = errors.New("not found")
 // Store wraps the bbolt database.
 type Store struct {
 	db *bolt.DB
+	// auditFault is the error FailAuditWrites set; nil normally.
+	auditFault atomic.Pointer[error]
 }
 
 var allBuckets = [][]byte{
@@ -52,7 +55,7 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	if err := db.Update(func(tx *bolt.Tx) error { return prepare(tx, path) }); err != nil {
-		db.Close()
+		_ = db.Close() // the error returned is prepare's
 		var oe *openError
 		if errors.As(err, &oe) {
 			return nil, err

@@ -58,9 +58,10 @@ func (t TokenRecord) Usable(now time.Time) error {
 	return nil
 }
 
-// PutToken stores a new token; an existing ID is an error.
-func (s *Store) PutToken(t TokenRecord) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+// PutToken stores a new token, with the action's audit entry (audit.go);
+// an existing ID is an error.
+func (s *Store) PutToken(t TokenRecord, ev *ferryv1.AuditEvent) error {
+	return s.audited(ev, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketTokens)
 		if b.Get([]byte(t.ID)) != nil {
 			return fmt.Errorf("token %s exists", t.ID)
@@ -83,10 +84,11 @@ func (s *Store) Tokens() ([]TokenRecord, error) {
 	return out, err
 }
 
-// RevokeToken marks a token revoked.
-func (s *Store) RevokeToken(id string) (TokenRecord, error) {
+// RevokeToken marks a token revoked, with the action's audit entry
+// (audit.go).
+func (s *Store) RevokeToken(id string, ev *ferryv1.AuditEvent) (TokenRecord, error) {
 	var t TokenRecord
-	err := s.db.Update(func(tx *bolt.Tx) (err error) {
+	err := s.audited(ev, func(tx *bolt.Tx) (err error) {
 		b := tx.Bucket(bucketTokens)
 		if t, err = getToken(b, id); err != nil {
 			if errors.Is(err, ErrNotFound) {

@@ -30,16 +30,16 @@ func TestEnrollNodeTellsUnusableTokensApart(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if err := s.PutToken(tc.tok); err != nil {
+			if err := s.PutToken(tc.tok, nil); err != nil {
 				t.Fatal(err)
 			}
 			_, err := s.EnrollNode(tc.tok.ID, tc.check, now, func(TokenRecord) (NodeRecord, error) {
 				return NodeRecord{ID: "n-" + tc.tok.ID}, nil
-			})
+			}, nil)
 			if !errors.Is(err, tc.is) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("EnrollNode = %v, want %v mentioning %q", err, tc.is, tc.want)
 			}
-			if tc.is == ErrTokenInvalid && errors.Is(err, ErrTokenUnusable) {
+			if errors.Is(tc.is, ErrTokenInvalid) && errors.Is(err, ErrTokenUnusable) {
 				t.Errorf("a wrong secret counts as an unusable token: %v", err)
 			}
 			if nodes, _ := s.Nodes(); len(nodes) != 0 {
