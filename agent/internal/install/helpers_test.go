@@ -16,9 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+
 	"github.com/ferrydeploy/ferry/agent/internal/install/archive"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
-	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // env is one test node: an install root and a state dir.

@@ -62,12 +62,13 @@ import (
 	"sync"
 	"time"
 
-	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
-	"github.com/ferrydeploy/ferry/shared/installpolicy"
-	"github.com/ferrydeploy/ferry/shared/sudoers"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/installpolicy"
+	"github.com/ferrydeploy/ferry/shared/sudoers"
 )
 
 // Config configures an Installer.
