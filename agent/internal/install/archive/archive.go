@@ -715,7 +715,9 @@ func (x *extractor) zip(zr *zip.Reader) error {
 				return fmt.Errorf("%w: entry %q: %w", ErrUnsafe, rel, err)
 			}
 			err = x.file(rel, m, mtime, int64(zf.UncompressedSize64), rc) //nolint:gosec // at most remaining, an int64, as checked above
-			_ = rc.Close() // read to its end, where zip checks the CRC: Close has nothing to add
+			// Read to its end, where zip checks the CRC: Close has
+			// nothing to add.
+			_ = rc.Close()
 		case m&(fs.ModeDevice|fs.ModeCharDevice) != 0:
 			err = fmt.Errorf("%w: entry %q is a device file", ErrUnsafe, rel)
 		case m&fs.ModeNamedPipe != 0:
