@@ -259,8 +259,8 @@ func (fileKind) Undo(r undoRequest) error {
 	a := r.change
 	var tempErr error
 	if a.Temp != "" {
-		// The temporary file of a write that did not finish, if any. The
-		// file itself is put back first, whatever happens to this one.
+		// The temporary file of a write that did not finish, if any. Its
+		// removal failing does not stop the file itself being put back.
 		if err := os.Remove(a.Temp); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			tempErr = err
 		}
