@@ -219,7 +219,8 @@ func (s *Store) ReportMismatch(ctx context.Context, digest, got, node string) (C
 	log := s.log.With("node", node, "artifact", Key(rec), "digest", rec.Digest, "node_got", got)
 	if at, recent := s.recent(rec.Digest); recent {
 		rec = s.current(rec)
-		log.Warn("node reports a download that did not match its digest; the stored blob was hashed recently, so not again", "hashed_at", at, "damaged", damaged(rec))
+		// Debug: a node repeating itself must not flood the log either.
+		log.Debug("node reports a download that did not match its digest; the stored blob was hashed recently, so not again", "hashed_at", at, "damaged", damaged(rec))
 		return Check{Artifact: rec, Got: rec.StoredDigest}, nil
 	}
 	stored, readErr, shared, err := s.verify(ctx, rec.Digest, 0)
