@@ -391,3 +391,28 @@ func TestVerifyStoredAfterStart(t *testing.T) {
 		t.Errorf("tool@2 is %s after the check at start, want ok", a.State)
 	}
 }
+
+// A node reports only about its own jobs' artifacts: another node's
+// report about the same damaged blob is refused and hashes nothing.
+func TestMismatchReportOnlyWithAJob(t *testing.T) {
+	data := randomBytes(36, 5000)
+	digest := sha(data)
+	h := newHarness(t, harnessOpts{jobs: nodeJobs{"prod-1": {digest}}})
+	if _, err := h.push("tool", "1", data, digest); err != nil {
+		t.Fatal(err)
+	}
+	pushed := h.record("tool@1").CheckedAt.AsTime()
+	got := h.flip(digest)
+	req := &ferryv1.ReportArtifactMismatchRequest{Digest: digest, GotDigest: got}
+	_, err := h.dialAgent("stage-1").ReportArtifactMismatch(context.Background(), req)
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("report without a job: %v, want PermissionDenied", err)
+	}
+	if a := h.record("tool@1"); a.State != stateOK || !a.CheckedAt.AsTime().Equal(pushed) {
+		t.Errorf("record after a refused report = %v, want untouched", a)
+	}
+	resp, err := h.dialAgent("prod-1").ReportArtifactMismatch(context.Background(), req)
+	if err != nil || !resp.Damaged {
+		t.Fatalf("report of the node with the job = %v, %v; want damaged", resp, err)
+	}
+}

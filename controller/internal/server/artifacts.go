@@ -203,10 +203,10 @@ func (s *artifactServer) VerifyArtifacts(req *ferryv1.VerifyArtifactsRequest, st
 	return nil
 }
 
-// ReportArtifactMismatch hears a node whose download did not hash to the
-// artifact's digest. The node is not trusted: the artifact store hashes
-// its own copy (at most once per recheck interval per blob) and
-// quarantines it only when that copy is damaged too.
+// ReportArtifactMismatch hears a node whose download of one of its jobs'
+// artifacts did not hash to the digest. The node is not trusted: the
+// artifact store hashes its own copy (at most once per recheck interval
+// per blob) and quarantines it only when that copy is damaged too.
 func (s *agentServer) ReportArtifactMismatch(ctx context.Context, req *ferryv1.ReportArtifactMismatchRequest) (*ferryv1.ReportArtifactMismatchResponse, error) {
 	c, err := agentID(ctx)
 	if err != nil {
@@ -214,6 +214,10 @@ func (s *agentServer) ReportArtifactMismatch(ctx context.Context, req *ferryv1.R
 	}
 	if s.d.Artifacts == nil {
 		return nil, status.Error(codes.Unimplemented, "this controller has no artifact store")
+	}
+	// A node speaks only of what it may download: its own jobs' artifacts.
+	if err := s.mayFetch(c.Identity.Name, req.GetDigest()); err != nil {
+		return nil, err
 	}
 	got := req.GetGotDigest()
 	if _, err := sha256digest.Parse(got); err != nil {
