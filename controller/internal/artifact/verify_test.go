@@ -236,6 +236,9 @@ func TestPushRestoresDamaged(t *testing.T) {
 			if a := h.record("go.tar.gz@1.20.3"); a.State != stateOK || a.PushedBy != "admin/alice" {
 				t.Errorf("record after the restore = %v, want ok", a)
 			}
+			if evs, err := h.db.AuditEvents(1); err != nil || len(evs) != 1 || evs[0].Action != "artifact.push" || !strings.Contains(evs[0].Detail, "restored=true") {
+				t.Errorf("last audit entry = %v, %v; want the push, restored", evs, err)
+			}
 			h.checkDownload(digest, data)
 			h.checkConsistent()
 			if n, _ := h.st.Damaged(); n != 0 {
