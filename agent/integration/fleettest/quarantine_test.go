@@ -86,7 +86,7 @@ func TestDamagedBlobIsQuarantined(t *testing.T) {
 	}
 	abort := fast()
 	abort.OnFailure = ferryv1.FailureAction_FAILURE_ACTION_ABORT
-	failed := func(group string) *ferryv1.Rollout {
+	failed := func(group string) {
 		t.Helper()
 		r := f.rollout(&ferryv1.CreateRolloutRequest{PackageName: "tool", PackageVersion: "1.0", Target: &ferryv1.Target{Group: group}, Strategy: abort})
 		if r.State == ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED || len(r.Nodes) != 1 {
@@ -101,7 +101,6 @@ func TestDamagedBlobIsQuarantined(t *testing.T) {
 		if strings.Contains(n.Message, "rpc error") {
 			t.Errorf("%s failed with raw gRPC words: %q", n.NodeId, n.Message)
 		}
-		return r
 	}
 
 	servedBefore := f.metric("ferry_artifact_bytes_served_total")

@@ -320,7 +320,7 @@ func (s *Store) hash(ctx context.Context, digest string, rate int64) (got string
 		readErr, err = unreadable(err)
 		return "", nil, readErr, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read-only
 	if file, err = f.Stat(); err != nil {
 		return "", nil, nil, err
 	}
