@@ -306,6 +306,10 @@ func (c *swapClient) DownloadArtifact(ctx context.Context, in *ferryv1.DownloadA
 	return (*c.p.Load()).DownloadArtifact(ctx, in, opts...)
 }
 
+func (c *swapClient) ReportArtifactMismatch(ctx context.Context, in *ferryv1.ReportArtifactMismatchRequest, opts ...grpc.CallOption) (*ferryv1.ReportArtifactMismatchResponse, error) {
+	return (*c.p.Load()).ReportArtifactMismatch(ctx, in, opts...)
+}
+
 func (a *Agent) send(m *ferryv1.ConnectRequest) error {
 	a.sendMu.Lock()
 	defer a.sendMu.Unlock()
