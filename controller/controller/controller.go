@@ -200,6 +200,7 @@ func New(cfg Config) (*Controller, error) {
 	if c.artifacts, err = artifact.Open(artifact.Config{Dir: filepath.Join(cfg.DataDir, "artifacts"), Records: c.store, Logger: c.log.With("component", "artifact"), Now: cfg.Now}); err != nil {
 		return nil, err
 	}
+	metrics.RegisterArtifacts(c.reg, c.artifacts.Damaged)
 	if c.packages, err = packages.New(c.store, c.artifacts, cfg.Now); err != nil {
 		return nil, err
 	}

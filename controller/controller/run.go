@@ -88,6 +88,15 @@ func (c *Controller) Run(ctx context.Context) (err error) {
 		stopEngine()
 		<-engineDone
 	}()
+	// Blobs damaged while the controller was down are found before agents
+	// download them (throttled; the artifact store's VerifyRate).
+	verifyCtx, stopVerify := context.WithCancel(ctx)
+	verifyDone := make(chan struct{})
+	go func() { defer close(verifyDone); c.artifacts.VerifyStored(verifyCtx) }()
+	defer func() {
+		stopVerify()
+		<-verifyDone
+	}()
 	stopBackups := c.serveBackups(ctx)
 	defer stopBackups()
 	servingCtx, stopServing := context.WithCancel(ctx)

@@ -43,7 +43,7 @@ func TestMetricsArePromlintClean(t *testing.T) {
 	lines := "\n" + text // each metric name follows a newline
 	for _, name := range []string{
 		"ferry_nodes", "ferry_heartbeats_received_total", "ferry_heartbeat_age_seconds_bucket", "ferry_heartbeat_max_age_seconds",
-		"ferry_rollouts", "ferry_rollout_nodes", "ferry_artifact_bytes_served_total", "ferry_install_duration_seconds_bucket",
+		"ferry_rollouts", "ferry_rollout_nodes", "ferry_artifact_bytes_served_total", "ferry_artifacts_damaged", "ferry_install_duration_seconds_bucket",
 		"ferry_gossip_health_score", "ferry_gossip_members", "ferry_build_info", "grpc_server_handled_total", "grpc_server_handling_seconds_bucket",
 	} {
 		if !strings.Contains(lines, "\n"+name) {

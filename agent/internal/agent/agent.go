@@ -103,7 +103,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Now = time.Now
 	}
 	if cfg.Rand == nil {
-		cfg.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+		cfg.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())) //nolint:gosec // jitters backoff and timers; nothing secret depends on it
 	}
 	id, err := identity.Load(cfg.StateDir)
 	if err != nil {
@@ -189,7 +189,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	client := &swapClient{}
 	client.set(conn)
-	defer func() { client.current().Close() }()
+	// Close fails only on a connection already closed; at shutdown there
+	// is nothing left to do about it.
+	defer func() { _ = client.current().Close() }()
 	newFetcher := a.cfg.NewFetcher
 	if newFetcher == nil {
 		newFetcher = func(c ferryv1.AgentServiceClient) (Fetcher, error) {
@@ -304,6 +306,10 @@ func (c *swapClient) DownloadArtifact(ctx context.Context, in *ferryv1.DownloadA
 	return (*c.p.Load()).DownloadArtifact(ctx, in, opts...)
 }
 
+func (c *swapClient) ReportArtifactMismatch(ctx context.Context, in *ferryv1.ReportArtifactMismatchRequest, opts ...grpc.CallOption) (*ferryv1.ReportArtifactMismatchResponse, error) {
+	return (*c.p.Load()).ReportArtifactMismatch(ctx, in, opts...)
+}
+
 func (a *Agent) send(m *ferryv1.ConnectRequest) error {
 	a.sendMu.Lock()
 	defer a.sendMu.Unlock()
@@ -324,7 +330,7 @@ func (a *Agent) session(ctx context.Context, client *swapClient, welcomedAt *tim
 	var retired []*grpc.ClientConn // connections replaced during this session
 	defer func() {
 		for _, c := range retired {
-			c.Close()
+			_ = c.Close() // fails only when already closed
 		}
 	}()
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -395,7 +401,7 @@ func (a *Agent) session(ctx context.Context, client *swapClient, welcomedAt *tim
 				recvErr <- err
 				return
 			}
-			a.handle(sctx, m)
+			a.handle(m)
 		}
 	}()
 
@@ -418,7 +424,9 @@ func (a *Agent) session(ctx context.Context, client *swapClient, welcomedAt *tim
 			_ = stream.CloseSend()
 			a.sendMu.Unlock()
 			select {
-			case <-recvErr:
+			case err := <-recvErr:
+				// The end we asked for: EOF, or the stream's context ending.
+				a.log.Debug("stream ended after leaving", "err", err)
 			case <-time.After(2 * time.Second):
 			}
 			return nil
@@ -499,7 +507,7 @@ func (a *Agent) heartbeat() error {
 }
 
 // handle processes one controller message.
-func (a *Agent) handle(ctx context.Context, m *ferryv1.ConnectResponse) {
+func (a *Agent) handle(m *ferryv1.ConnectResponse) {
 	switch msg := m.Msg.(type) {
 	case *ferryv1.ConnectResponse_Job:
 		a.jobs.submit(msg.Job)

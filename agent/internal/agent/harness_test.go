@@ -279,7 +279,10 @@ func (s *agentStream) next(t *testing.T) *ferryv1.ConnectRequest {
 // as soon as the stream is up.
 func (s *agentStream) heartbeat(t *testing.T) {
 	t.Helper()
-	for s.next(t).GetHeartbeat() == nil {
+	for {
+		if s.next(t).GetHeartbeat() != nil {
+			return
+		}
 	}
 }
 
@@ -456,7 +459,12 @@ func newTestAgent(t *testing.T, o agentOptions) *testAgent {
 	serverTLS := rpc.ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &p.server, nil }, p.ca.Pool())
 	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(serverTLS)))
 	ferryv1.RegisterAgentServiceServer(srv, ta.ctl)
-	go srv.Serve(lis)
+	go func() {
+		// Serve returns nil once the cleanup's Stop ends it.
+		if err := srv.Serve(lis); err != nil {
+			t.Errorf("fake controller: serve: %v", err)
+		}
+	}()
 	t.Cleanup(srv.Stop)
 
 	cfg := Config{
@@ -493,7 +501,9 @@ func (ta *testAgent) run() {
 		ta.fetcher.close()
 		cancel()
 		select {
-		case <-ta.done:
+		case err := <-ta.done:
+			// A test that expects Run to fail checks it with result().
+			ta.t.Logf("Run returned %v", err)
 		case <-time.After(waitFor):
 			ta.t.Errorf("the agent did not stop within %v", waitFor)
 		}
@@ -542,7 +552,7 @@ func (ta *testAgent) redial() {
 func (ta *testAgent) startTool(s *agentStream) *download {
 	ta.t.Helper()
 	dl := ta.fetcher.download(toolDigest)
-	s.send(ta.t, jobMsg(toolJob("tool", toolDigest)))
+	s.send(ta.t, jobMsg(toolJob(toolDigest)))
 	waitClosed(ta.t, dl.started, "the tool's download")
 	return dl
 }
@@ -583,8 +593,8 @@ func fileJob(id, path, content string) *ferryv1.Job {
 }
 
 // toolJob installs tool@1.0 from an artifact into /opt/tool.
-func toolJob(id, digest string) *ferryv1.Job {
-	return &ferryv1.Job{Id: id, RolloutId: "r1", Kind: ferryv1.JobKind_JOB_KIND_INSTALL, Package: &ferryv1.Package{
+func toolJob(digest string) *ferryv1.Job {
+	return &ferryv1.Job{Id: "tool", RolloutId: "r1", Kind: ferryv1.JobKind_JOB_KIND_INSTALL, Package: &ferryv1.Package{
 		Name: "tool", Version: "1.0", Artifact: &ferryv1.ArtifactRef{Digest: digest, Name: "tool-1.0.tar.gz", Size: 100},
 		Steps: []*ferryv1.Step{{Kind: &ferryv1.Step_Archive{Archive: &ferryv1.ArchiveStep{Dest: "/opt/tool", Format: "tar.gz"}}}},
 	}}

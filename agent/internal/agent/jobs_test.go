@@ -37,7 +37,7 @@ func TestJobsRunOneAtATime(t *testing.T) {
 	s.send(t, jobMsg(fileJob("queued", "/etc/queued", "two\n")))
 	s.send(t, jobMsg(fileJob("dropped", "/etc/dropped", "three\n")))
 	s.send(t, cancelMsg("dropped"))
-	s.send(t, jobMsg(toolJob("tool", toolDigest))) // the controller re-sends the running job
+	s.send(t, jobMsg(toolJob(toolDigest))) // the controller re-sends the running job
 	// A job that already ran gets its recorded result again, at once: once
 	// it is back, the agent has taken every message above.
 	s.send(t, jobMsg(fileJob("first", "/etc/first", "one\n")))
@@ -169,7 +169,7 @@ func TestJobResultSurvivesReconnect(t *testing.T) {
 
 			// The controller re-sends the job: the agent answers with the
 			// result instead of running it again.
-			second.send(t, jobMsg(toolJob("tool", toolDigest)))
+			second.send(t, jobMsg(toolJob(toolDigest)))
 			if u := second.result(t, "tool"); u.GetPhase() != succeeded {
 				t.Errorf("tool job sent again: %s, want its recorded success", u.GetPhase())
 			}
@@ -207,7 +207,7 @@ func TestDownloadFailureIsRecorded(t *testing.T) {
 		t.Fatalf("the hello after the download failed carries %v for the tool job, want its failure at the download", res)
 	}
 
-	second.send(t, jobMsg(toolJob("tool", toolDigest)))
+	second.send(t, jobMsg(toolJob(toolDigest)))
 	if u := second.result(t, "tool"); u.GetPhase() != failed || u.GetMessage() != res.GetMessage() {
 		t.Errorf("tool job sent again: %s %q, want its recorded failure", u.GetPhase(), u.GetMessage())
 	}

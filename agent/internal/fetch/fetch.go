@@ -67,6 +67,9 @@ var (
 	// ErrNoSpace: the state dir's file system has no room for the
 	// artifact.
 	ErrNoSpace = errors.New("no space for the artifact")
+	// ErrDamaged: the controller's stored copy is damaged (quarantined);
+	// it serves the artifact again once an admin pushes it again.
+	ErrDamaged = errors.New("artifact damaged on the controller")
 )
 
 // errStalled ends a stream that brought nothing for StallTimeout.
@@ -315,8 +318,11 @@ func (f *Fetcher) Ensure(ctx context.Context, digest string, size uint64, progre
 		if err := os.Remove(f.stagePath(h)); err != nil {
 			return "", fmt.Errorf("artifact %s: discard the download that did not match its digest: %w", digest, err)
 		}
+		if err := f.reportMismatch(ctx, digest, got); err != nil {
+			return "", err
+		}
 	}
-	return "", fmt.Errorf("%w: artifact %s: downloaded %d times and it never matched its digest (last got %s); the controller's copy may be damaged: check it with `ferryctl artifact inspect %s` or push it again",
+	return "", fmt.Errorf("%w: artifact %s: downloaded %d times and it never matched its digest (last got %s); the controller's copy may be damaged: check it with `ferryctl artifact verify %s` or push it again",
 		ErrVerify, digest, f.cfg.Attempts, digestPrefix+lastGot, digest[:len(digestPrefix)+12])
 }
 
@@ -428,7 +434,11 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 			off = 0
 			hasher = newTrailingHasher(file, 0)
 			continue
-		case codes.PermissionDenied, codes.Unauthenticated, codes.InvalidArgument, codes.Unimplemented, codes.FailedPrecondition:
+		case codes.FailedPrecondition:
+			// The controller quarantined its copy; its message names the
+			// artifact and the fix.
+			return "", &damagedError{msg: status.Convert(err).Message()}
+		case codes.PermissionDenied, codes.Unauthenticated, codes.InvalidArgument, codes.Unimplemented:
 			return "", fmt.Errorf("download artifact %s: %w", digest, err)
 		}
 		var fatal *backoff.PermanentError

@@ -152,7 +152,7 @@ func randomBytes(seed uint64, n int) []byte {
 
 // serve runs the fake behind the real server middleware over mTLS and
 // returns its address.
-func serve(t testing.TB, p *pkitest.PKI, fake *fakeController) string {
+func serve(t testing.TB, p *pkitest.PKI, fake ferryv1.AgentServiceServer) string {
 	t.Helper()
 	srv := rpc.NewServer(rpc.ServerOptions{TLS: p.ServerTLS(), Logger: slog.New(slog.DiscardHandler)})
 	ferryv1.RegisterAgentServiceServer(srv, fake)

@@ -17,8 +17,21 @@ import (
 // first, as missingDirs lists them), innermost first, if they are empty.
 func removeCreated(created []string) {
 	for j := len(created) - 1; j >= 0; j-- {
-		os.Remove(created[j]) // fails harmlessly when not empty
+		removeIfEmpty(created[j])
 	}
+}
+
+// removeIfEmpty removes the directory p if it is empty. A directory that
+// still holds something (or is gone already) stays as it is: that is the
+// point, so the error is dropped; gc removes what no record refers to.
+func removeIfEmpty(p string) {
+	_ = os.Remove(p)
+}
+
+// closeFD closes a descriptor opened for reading or as O_PATH: nothing
+// written can be lost, so there is no error to act on.
+func closeFD(fd int) {
+	_ = unix.Close(fd)
 }
 
 // writeAtomic writes data to target through temp (in the same directory):
@@ -28,7 +41,7 @@ func writeAtomic(target, temp string, data []byte, mode fs.FileMode, uid, gid in
 	if err != nil {
 		return err
 	}
-	defer dir.Close()
+	defer func() { _ = dir.Close() }() // read-only; the write is synced through it
 	return writeAtomicIn(dir, filepath.Base(target), filepath.Base(temp), data, mode, uid, gid)
 }
 
@@ -37,7 +50,9 @@ func writeAtomic(target, temp string, data []byte, mode fs.FileMode, uid, gid in
 func writeAtomicIn(dir *os.File, name, temp string, data []byte, mode fs.FileMode, uid, gid int) error {
 	dfd := int(dir.Fd())
 	tempPath := filepath.Join(dir.Name(), temp)
-	unix.Unlinkat(dfd, temp, 0)
+	// A temporary file a crash left behind; when this fails, the O_EXCL
+	// open below reports why.
+	_ = unix.Unlinkat(dfd, temp, 0)
 	fd, err := unix.Openat(dfd, temp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return &fs.PathError{Op: "open", Path: tempPath, Err: err}
@@ -62,15 +77,16 @@ func writeAtomicIn(dir *os.File, name, temp string, data []byte, mode fs.FileMod
 		}
 	}
 	if err != nil {
-		unix.Unlinkat(dfd, temp, 0)
+		_ = unix.Unlinkat(dfd, temp, 0) // best effort: err is what went wrong
 		return err
 	}
 	return atomicfile.SyncOpenDir(dir)
 }
 
-// writeFileSync writes a private file (state, backups) and syncs it.
-func writeFileSync(p string, data []byte, mode fs.FileMode) error {
-	return writeAtomic(p, p+".tmp", data, mode, -1, -1)
+// writeFileSync writes a private file (state, backups, manifests; mode
+// 0600) and syncs it.
+func writeFileSync(p string, data []byte) error {
+	return writeAtomic(p, p+".tmp", data, 0o600, -1, -1)
 }
 
 // syncFS flushes the file system holding p, so a freshly extracted tree is
@@ -80,7 +96,7 @@ func syncFS(p string) error {
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // opened read-only, to name the file system
 	return unix.Syncfs(int(f.Fd()))
 }
 
@@ -120,12 +136,16 @@ func idOf(p string) (fileID, bool) {
 	return idOfInfo(st)
 }
 
-func fileIDOf(f *os.File) (fileID, bool) {
+func fileIDOf(f *os.File) (fileID, error) {
 	st, err := f.Stat()
 	if err != nil {
-		return fileID{}, false
+		return fileID{}, err
 	}
-	return idOfInfo(st)
+	id, ok := idOfInfo(st)
+	if !ok {
+		return fileID{}, fmt.Errorf("%s: no device and inode number", f.Name())
+	}
+	return id, nil
 }
 
 func idOfInfo(st fs.FileInfo) (fileID, bool) {
@@ -133,7 +153,7 @@ func idOfInfo(st fs.FileInfo) (fileID, bool) {
 	if !ok {
 		return fileID{}, false
 	}
-	return fileID{Dev: uint64(s.Dev), Ino: s.Ino}, true
+	return fileID{Dev: uint64(s.Dev), Ino: s.Ino}, true //nolint:unconvert // Dev is a uint32 on linux/mips*
 }
 
 // permMask is the part of a file's mode a file step manages.

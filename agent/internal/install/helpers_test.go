@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -16,9 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+
 	"github.com/ferrydeploy/ferry/agent/internal/install/archive"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
-	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // env is one test node: an install root and a state dir.
@@ -103,11 +105,12 @@ func artifact(t testing.TB, files map[string]string) (string, string) {
 			t.Fatal(err)
 		}
 		if h.Typeflag == tar.TypeReg {
-			tw.Write([]byte(c))
+			if _, err := tw.Write([]byte(c)); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
-	tw.Close()
-	zw.Close()
+	must(t, errors.Join(tw.Close(), zw.Close()))
 	sum := sha256.Sum256(buf.Bytes())
 	p := filepath.Join(t.TempDir(), "artifact.tar.gz")
 	if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
@@ -175,7 +178,7 @@ func checkStep(run, expect string, timeout time.Duration) *ferryv1.Step {
 func snapshot(t testing.TB, dir string) string {
 	t.Helper()
 	var b strings.Builder
-	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -193,7 +196,18 @@ func snapshot(t testing.TB, dir string) string {
 		b.WriteString("\n")
 		return nil
 	})
+	if err != nil {
+		t.Fatalf("snapshot %s: %v", dir, err)
+	}
 	return b.String()
+}
+
+// must fails the test at once when a setup step fails.
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 func readFile(t testing.TB, p string) string {
@@ -216,7 +230,8 @@ func assertAbsent(t testing.TB, p string) {
 // left after a job ended.
 func assertNoLeftovers(t testing.TB, e *env) {
 	t.Helper()
-	filepath.WalkDir(e.root, func(p string, d fs.DirEntry, err error) error {
+	// The walk's errors are skipped (return nil), so WalkDir returns none.
+	_ = filepath.WalkDir(e.root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return nil
 		}

@@ -62,12 +62,13 @@ import (
 	"sync"
 	"time"
 
-	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
-	"github.com/ferrydeploy/ferry/shared/installpolicy"
-	"github.com/ferrydeploy/ferry/shared/sudoers"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/installpolicy"
+	"github.com/ferrydeploy/ferry/shared/sudoers"
 )
 
 // Config configures an Installer.
@@ -144,8 +145,10 @@ func New(cfg Config) (*Installer, error) {
 		return nil, fmt.Errorf("install root %q must be an absolute path", root)
 	}
 	root = filepath.Clean(root)
-	if st, err := os.Stat(root); err != nil || !st.IsDir() {
-		return nil, fmt.Errorf("install root %s is not a directory: %v", root, err)
+	if st, err := os.Stat(root); err != nil {
+		return nil, fmt.Errorf("install root %s is not a directory: %w", root, err)
+	} else if !st.IsDir() {
+		return nil, fmt.Errorf("install root %s is not a directory", root)
 	}
 	realRoot, err := filepath.EvalSymlinks(root)
 	if err != nil {
@@ -344,18 +347,27 @@ func (i *Installer) recover() error {
 	for _, e := range ents {
 		p := filepath.Join(dir, e.Name())
 		if !strings.HasSuffix(e.Name(), ".json") {
-			os.Remove(p) // a journal's temporary file
+			// A journal's temporary file.
+			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				i.log.Warn("could not remove a job journal's temporary file", "path", p, "err", err)
+			}
 			continue
 		}
 		j, err := readJournal(p)
 		if err != nil {
 			i.log.Error("unreadable job journal; moving it aside", "path", p, "err", err)
-			os.Rename(p, p+".corrupt")
+			if err := os.Rename(p, p+".corrupt"); err != nil {
+				i.log.Error("could not move the unreadable job journal aside; it is read again at the next start", "path", p, "err", err)
+			}
 			continue
 		}
 		if _, done := i.results[j.JobID]; done {
-			// Committed before the crash; only the journal was left.
-			j.remove()
+			// Committed before the crash; only the journal was left. It
+			// must go: once the result ages out of the history, a journal
+			// still there would be taken for an interrupted job and undone.
+			if err := j.remove(); err != nil {
+				return err
+			}
 			continue
 		}
 		var undoErrs []error
@@ -388,8 +400,10 @@ func (i *Installer) recover() error {
 			if err := j.remove(); err != nil {
 				return err
 			}
-		} else {
-			os.Rename(p, p+".failed-undo")
+		} else if err := os.Rename(p, p+".failed-undo"); err != nil {
+			// Left as it is, the journal would be undone and reported again
+			// at every start.
+			return fmt.Errorf("set aside the journal of job %s, whose undo failed: %w", j.JobID, err)
 		}
 	}
 	return nil
@@ -452,7 +466,11 @@ func (i *Installer) gc() {
 	}
 	i.mu.Lock()
 	i.st.HoldDirs = live
-	i.saveState()
+	if err := i.saveState(); err != nil {
+		// Only the list of hold directories is stale: the next gc reads
+		// them again and skips the ones that are gone.
+		i.log.Error("could not record the cleaned-up hold directories", "err", err)
+	}
 	i.mu.Unlock()
 }
 

@@ -109,7 +109,7 @@ func TestGoLifecycle(t *testing.T) {
 	})
 
 	t.Run("tampered tree is repaired", func(t *testing.T) {
-		os.WriteFile(filepath.Join(dest, "VERSION"), []byte("tampered"), 0o644)
+		must(t, os.WriteFile(filepath.Join(dest, "VERSION"), []byte("tampered"), 0o644))
 		u := e.install(goPackage("1.20.2", d1), a1)
 		wantPhase(t, u, succeeded)
 		if !u.GetSteps()[0].GetChanged() || u.GetSteps()[1].GetChanged() {
@@ -194,7 +194,7 @@ func TestGoLifecycle(t *testing.T) {
 
 func TestRollbackOfFirstInstallRemovesIt(t *testing.T) {
 	e := newEnv(t)
-	os.MkdirAll(e.path("/etc"), 0o755)
+	must(t, os.MkdirAll(e.path("/etc"), 0o755))
 	before := snapshot(t, e.root)
 	a1, d1 := artifact(t, goV1)
 	wantPhase(t, e.install(goPackage("1.20.2", d1), a1), succeeded)
@@ -214,8 +214,8 @@ func TestRollbackOfFirstInstallRemovesIt(t *testing.T) {
 
 func TestRollbackRestoresUnmanagedTree(t *testing.T) {
 	e := newEnv(t)
-	os.MkdirAll(e.path("/usr/local/go/bin"), 0o755)
-	os.WriteFile(e.path("/usr/local/go/bin/go"), []byte("hand-installed"), 0o755)
+	must(t, os.MkdirAll(e.path("/usr/local/go/bin"), 0o755))
+	must(t, os.WriteFile(e.path("/usr/local/go/bin/go"), []byte("hand-installed"), 0o755))
 	before := snapshot(t, e.root)
 	a1, d1 := artifact(t, goV1)
 	u := e.install(goPackage("1.20.2", d1), a1)
@@ -235,7 +235,7 @@ func TestRepairKeepsRollbackTarget(t *testing.T) {
 	a2, d2 := artifact(t, goV2)
 	wantPhase(t, e.install(goPackage("1.20.2", d1), a1), succeeded)
 	wantPhase(t, e.install(goPackage("1.20.3", d2), a2), succeeded)
-	os.Remove(e.path("/usr/local/go/VERSION"))
+	must(t, os.Remove(e.path("/usr/local/go/VERSION")))
 	wantPhase(t, e.install(goPackage("1.20.3", d2), a2), succeeded)
 	verifyTree(t, e.path("/usr/local/go"), stripGo(goV2))
 	if p := e.inst.Installed()[0].GetPreviousVersion(); p != "1.20.2" {
@@ -371,9 +371,9 @@ func TestFileStepKeepsAndSetsOwner(t *testing.T) {
 	}
 	e := newEnv(t)
 	target := e.path("/etc/app.conf")
-	os.MkdirAll(filepath.Dir(target), 0o755)
-	os.WriteFile(target, []byte("old"), 0o644)
-	os.Chown(target, 1234, 1234)
+	must(t, os.MkdirAll(filepath.Dir(target), 0o755))
+	must(t, os.WriteFile(target, []byte("old"), 0o644))
+	must(t, os.Chown(target, 1234, 1234))
 	wantPhase(t, e.install(pkg("app", "1", "", fileStep("/etc/app.conf", "new", 0o644)), ""), succeeded)
 	assertOwner(t, target, 1234, 1234) // no owner given: kept
 	step := fileStep("/etc/app.conf", "new", 0o644)
@@ -478,8 +478,8 @@ func TestSudoersRefusals(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
 			target := e.path("/etc/sudoers.d/deploy")
-			os.MkdirAll(filepath.Dir(target), 0o750)
-			os.WriteFile(target, []byte("# previous\ndeploy ALL=/bin/true\n"), 0o440)
+			must(t, os.MkdirAll(filepath.Dir(target), 0o750))
+			must(t, os.WriteFile(target, []byte("# previous\ndeploy ALL=/bin/true\n"), 0o440))
 			before := snapshot(t, e.root)
 			// The bad step comes after a good one: nothing may be applied.
 			u := e.install(pkg("x", "1", "", fileStep("/etc/first", "x", 0), tc.step), "")
@@ -529,15 +529,15 @@ func TestPathsLeavingTheRoot(t *testing.T) {
 		{"dot dot file path", nil, fileStep("/etc/../../x", "x", 0), `".."`},
 		{"dot dot archive dest", nil, archiveStep("/opt/../../x", 0), `".."`},
 		{"root itself", nil, archiveStep("/", 0), "install root itself"},
-		{"symlinked parent", func(e *env) { os.Symlink(outside, e.path("etc")) }, fileStep("/etc/x", "x", 0), "leaves the install root"},
-		{"symlinked grandparent", func(e *env) { os.Symlink(outside, e.path("opt")) }, archiveStep("/opt/app/current", 0), "leaves the install root"},
+		{"symlinked parent", func(e *env) { must(e.t, os.Symlink(outside, e.path("etc"))) }, fileStep("/etc/x", "x", 0), "leaves the install root"},
+		{"symlinked grandparent", func(e *env) { must(e.t, os.Symlink(outside, e.path("opt"))) }, archiveStep("/opt/app/current", 0), "leaves the install root"},
 		{"symlinked profile.d", func(e *env) {
-			os.MkdirAll(e.path("etc"), 0o755)
-			os.Symlink(outside, e.path("etc/profile.d"))
+			must(e.t, os.MkdirAll(e.path("etc"), 0o755))
+			must(e.t, os.Symlink(outside, e.path("etc/profile.d")))
 		}, envStep("x", nil, "A", "b"), "leaves the install root"},
 		{"target is a symlink", func(e *env) {
-			os.MkdirAll(e.path("etc"), 0o755)
-			os.Symlink(filepath.Join(outside, "f"), e.path("etc/f"))
+			must(e.t, os.MkdirAll(e.path("etc"), 0o755))
+			must(e.t, os.Symlink(filepath.Join(outside, "f"), e.path("etc/f")))
 		}, fileStep("/etc/f", "x", 0), "not a regular file"},
 	}
 	for _, tc := range tests {
@@ -598,8 +598,8 @@ func TestChecks(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
-			os.MkdirAll(e.path("/opt/app/bin"), 0o755)
-			os.WriteFile(e.path("/opt/app/bin/apptool"), []byte("#!/bin/sh\necho tool ran\n"), 0o755)
+			must(t, os.MkdirAll(e.path("/opt/app/bin"), 0o755))
+			must(t, os.WriteFile(e.path("/opt/app/bin/apptool"), []byte("#!/bin/sh\necho tool ran\n"), 0o755))
 			env := envStep("app", []string{"/opt/app/bin"}, "APP", "/opt/app")
 			wantPhase(t, e.install(pkg("app", "1", "", env), ""), succeeded)
 			p := pkg("app", "1", "", env, tc.check)
@@ -630,7 +630,7 @@ func TestJobsRunOnce(t *testing.T) {
 	req := Request{JobID: "once", Package: p}
 	u1 := e.inst.Install(context.Background(), req, nil, nil)
 	wantPhase(t, u1, succeeded)
-	os.Remove(e.path("/etc/app"))
+	must(t, os.Remove(e.path("/etc/app")))
 	u2 := e.inst.Install(context.Background(), req, nil, nil)
 	wantPhase(t, u2, succeeded)
 	assertAbsent(t, e.path("/etc/app")) // not run again
@@ -682,10 +682,8 @@ func TestKeepPrevious(t *testing.T) {
 	for _, tc := range tests {
 		t.Run("keep "+string(rune('0'+tc.keep)), func(t *testing.T) {
 			e := newEnv(t)
-			var arts, digs []string
 			for v := 1; v <= 3; v++ {
 				a, d := artifact(t, map[string]string{"VERSION": string(rune('0' + v))})
-				arts, digs = append(arts, a), append(digs, d)
 				step := archiveStep("/opt/app", 0)
 				step.GetArchive().KeepPrevious = tc.keep
 				wantPhase(t, e.install(pkg("app", string(rune('0'+v)), d, step), a), succeeded)
@@ -715,18 +713,18 @@ func TestRollbackRunsChecksAndUndoesOnFailure(t *testing.T) {
 	a2, d2 := artifact(t, map[string]string{"VERSION": "2"})
 	// Version 1's check only passes while the marker file exists.
 	marker := filepath.Join(t.TempDir(), "ok")
-	os.WriteFile(marker, nil, 0o644)
+	must(t, os.WriteFile(marker, nil, 0o644))
 	wantPhase(t, e.install(pkg("app", "1", d1, archiveStep("/opt/app", 0), checkStep("test -e "+marker, "", 0)), a1), succeeded)
 	wantPhase(t, e.install(pkg("app", "2", d2, archiveStep("/opt/app", 0)), a2), succeeded)
 	before := snapshot(t, e.root)
-	os.Remove(marker)
+	must(t, os.Remove(marker))
 	u := e.rollback("app")
 	wantPhase(t, u, failed)
 	if snapshot(t, e.root) != before {
 		t.Error("a failed rollback was not undone")
 	}
 	assertNoLeftovers(t, e)
-	os.WriteFile(marker, nil, 0o644)
+	must(t, os.WriteFile(marker, nil, 0o644))
 	wantPhase(t, e.rollback("app"), succeeded)
 	if got := readFile(t, e.path("/opt/app/VERSION")); got != "1" {
 		t.Errorf("VERSION %s after rollback", got)
@@ -794,7 +792,7 @@ func TestRequestValidation(t *testing.T) {
 func TestNewValidates(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "f")
-	os.WriteFile(file, nil, 0o644)
+	must(t, os.WriteFile(file, nil, 0o644))
 	for name, cfg := range map[string]Config{
 		"relative root":  {Root: "root", StateDir: dir},
 		"missing root":   {Root: filepath.Join(dir, "nope"), StateDir: dir},
@@ -841,7 +839,7 @@ func TestSudoersWholePolicy(t *testing.T) {
 	}
 	e := newEnv(t)
 	e.inst.visudo = visudo
-	os.MkdirAll(e.path("/etc/sudoers.d"), 0o750)
+	must(t, os.MkdirAll(e.path("/etc/sudoers.d"), 0o750))
 	main := "Defaults env_reset\nUser_Alias ADMINS = alice\nroot ALL=(ALL:ALL) ALL\n@includedir /etc/sudoers.d\n"
 	if err := os.WriteFile(e.path("/etc/sudoers"), []byte(main), 0o440); err != nil {
 		t.Fatal(err)

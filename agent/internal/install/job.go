@@ -4,16 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"time"
 
-	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 // jobCtx is the state of one running job.
@@ -180,7 +180,7 @@ func (i *Installer) Install(ctx context.Context, req Request, progress func(*fer
 	})
 	removeAll(i.log, garbage)
 	for _, t := range jc.trees {
-		os.Remove(holdDir(t.Dest)) // only when empty: nothing kept
+		removeIfEmpty(holdDir(t.Dest)) // nothing kept
 	}
 	log.Info("job finished", "phase", u.GetPhase().String(), "message", u.GetMessage())
 	return u
@@ -291,9 +291,14 @@ func (i *Installer) validate(req Request) error {
 	return nil
 }
 
+// stepIndex is a step's index in its package as a StepResult reports it.
+func stepIndex(idx int) uint32 {
+	return uint32(idx) //nolint:gosec // an index into a Package's steps: a protobuf message (under 2 GiB) holds fewer than 2^31
+}
+
 // runStep runs one step and appends its result.
 func (i *Installer) runStep(jc *jobCtx, idx int, step *ferryv1.Step) (*ferryv1.StepResult, error) {
-	res := &ferryv1.StepResult{Index: uint32(idx), Kind: i.kindName(step), Name: i.describe(step)}
+	res := &ferryv1.StepResult{Index: stepIndex(idx), Kind: i.kindName(step), Name: i.describe(step)}
 	_, kind := i.kindOf(step)
 	phase := ferryv1.JobPhase_JOB_PHASE_INSTALLING
 	if isVerifier(kind) {

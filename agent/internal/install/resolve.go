@@ -55,7 +55,7 @@ func (i *Installer) resolvePath(p string) (resolved, error) {
 	}
 	node, dir, err := i.walk(clean, 0)
 	if dir != nil {
-		dir.Close()
+		_ = dir.Close() // read-only
 	}
 	if err != nil {
 		return resolved{}, fmt.Errorf("path %s: %w", p, err)
@@ -134,7 +134,7 @@ func (i *Installer) openParent(host string, mkdir fs.FileMode) (*os.File, error)
 	}
 	if got != node {
 		if dir != nil {
-			dir.Close()
+			_ = dir.Close() // read-only
 		}
 		return nil, fmt.Errorf("path %s changed while the step ran: it now resolves to %s through a symbolic link; nothing was written there", node, got)
 	}
@@ -167,7 +167,7 @@ func (i *Installer) walk(p string, mkdir fs.FileMode) (string, *os.File, error) 
 	stack := []dir{{fd: rootFD}} // the directories walked, root first
 	defer func() {
 		for _, d := range stack {
-			unix.Close(d.fd)
+			closeFD(d.fd)
 		}
 	}()
 	nodeOf := func(extra ...string) string {
@@ -191,7 +191,7 @@ func (i *Installer) walk(p string, mkdir fs.FileMode) (string, *os.File, error) 
 			case len(missing) > 0:
 				missing = missing[:len(missing)-1]
 			case len(stack) > 1:
-				unix.Close(stack[len(stack)-1].fd)
+				closeFD(stack[len(stack)-1].fd)
 				stack = stack[:len(stack)-1]
 			}
 			continue
@@ -219,7 +219,7 @@ func (i *Installer) walk(p string, mkdir fs.FileMode) (string, *os.File, error) 
 		}
 		var st unix.Stat_t
 		if err := unix.Fstat(fd, &st); err != nil {
-			unix.Close(fd)
+			closeFD(fd)
 			return "", nil, &fs.PathError{Op: "stat", Path: i.hostPath(nodeOf(c)), Err: err}
 		}
 		switch st.Mode & unix.S_IFMT {
@@ -228,7 +228,7 @@ func (i *Installer) walk(p string, mkdir fs.FileMode) (string, *os.File, error) 
 		case unix.S_IFLNK:
 			link := nodeOf(c)
 			target, err := readlinkFD(fd)
-			unix.Close(fd)
+			closeFD(fd)
 			if err != nil {
 				return "", nil, &fs.PathError{Op: "readlink", Path: i.hostPath(link), Err: err}
 			}
@@ -240,13 +240,13 @@ func (i *Installer) walk(p string, mkdir fs.FileMode) (string, *os.File, error) 
 					return "", nil, err
 				}
 				for _, d := range stack[1:] {
-					unix.Close(d.fd)
+					closeFD(d.fd)
 				}
 				stack = stack[:1]
 			}
 			todo = append(strings.Split(target, "/"), todo...)
 		default:
-			unix.Close(fd)
+			closeFD(fd)
 			return "", nil, fmt.Errorf("%s is not a directory", nodeOf(c))
 		}
 	}

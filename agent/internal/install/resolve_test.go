@@ -274,11 +274,11 @@ func TestFileModeDefaultsTo0600(t *testing.T) {
 func TestArchiveParentReplacedWhileExtracting(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
-		replace func(e *env)
+		replace func(e *env) error
 		want    string
 	}{
-		{"by a symbolic link", func(e *env) { os.Symlink("../etc", e.path("opt/app")) }, "changed while the step ran: it now resolves to /etc/current"},
-		{"by another directory", func(e *env) { os.Mkdir(e.path("opt/app"), 0o755) }, "was replaced while the archive was extracted"},
+		{"by a symbolic link", func(e *env) error { return os.Symlink("../etc", e.path("opt/app")) }, "changed while the step ran: it now resolves to /etc/current"},
+		{"by another directory", func(e *env) error { return os.Mkdir(e.path("opt/app"), 0o755) }, "was replaced while the archive was extracted"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
@@ -291,7 +291,9 @@ func TestArchiveParentReplacedWhileExtracting(t *testing.T) {
 				if err := os.Rename(e.path("opt/app"), e.path("opt/app-moved")); err != nil {
 					t.Error(err)
 				}
-				tc.replace(e)
+				if err := tc.replace(e); err != nil {
+					t.Error(err)
+				}
 			}
 			u := e.install(pkg("app", "1", d, archiveStep("/opt/app/current", 0)), a)
 			wantPhase(t, u, failed)

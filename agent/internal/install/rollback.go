@@ -3,13 +3,13 @@ package install
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
-	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 // Rollback restores the version the package's last install replaced: the
@@ -65,7 +65,7 @@ func (i *Installer) Rollback(ctx context.Context, jobID, rolloutID, pkgName stri
 	for k := len(cur.Undo) - 1; k >= 0; k-- {
 		a := cur.Undo[k]
 		start := time.Now()
-		res := &ferryv1.StepResult{Index: uint32(a.Step), Kind: "rollback", Name: "restore " + i.display(a.Target), Changed: true}
+		res := &ferryv1.StepResult{Index: stepIndex(a.Step), Kind: "rollback", Name: "restore " + i.display(a.Target), Changed: true}
 		var err error
 		if u, ok := i.undoer(a.Kind); ok {
 			var out restoreResponse
@@ -120,7 +120,7 @@ func (i *Installer) Rollback(ctx context.Context, jobID, rolloutID, pkgName stri
 	if u.GetPhase() == ferryv1.JobPhase_JOB_PHASE_SUCCEEDED {
 		for _, a := range cur.Undo {
 			if d := a.keptIn(); d != "" {
-				os.Remove(d) // only when empty
+				removeIfEmpty(d)
 			}
 			removeCreated(a.Created)
 		}

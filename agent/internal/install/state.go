@@ -9,10 +9,11 @@ import (
 	"path/filepath"
 	"time"
 
-	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
-	"github.com/ferrydeploy/ferry/shared/atomicfile"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/atomicfile"
 )
 
 // The state directory (StateDir/install) holds:
@@ -132,7 +133,7 @@ func (j *journal) save() error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileSync(j.path, b, 0o600); err != nil {
+	if err := writeFileSync(j.path, b); err != nil {
 		return fmt.Errorf("write job journal: %w", err)
 	}
 	return nil
@@ -191,7 +192,7 @@ func (i *Installer) saveState() error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileSync(i.statePath(), b, 0o600); err != nil {
+	if err := writeFileSync(i.statePath(), b); err != nil {
 		return fmt.Errorf("write install state: %w", err)
 	}
 	return nil

@@ -9,8 +9,9 @@ import (
 	"regexp"
 	"strings"
 
-	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 // A stepKind is one kind of install step. Each kind lives in a file of its

@@ -160,9 +160,12 @@ func (k archiveKind) Apply(ctx context.Context, r stepRequest) (stepResponse, er
 	if err != nil {
 		return stepResponse{}, err
 	}
-	parentID, _ := fileIDOf(parent)
+	parentID, idErr := fileIDOf(parent)
 	err = unix.Mkdirat(int(parent.Fd()), filepath.Base(hold), 0o700)
-	parent.Close()
+	_ = parent.Close() // read-only
+	if idErr != nil {
+		return stepResponse{}, fmt.Errorf("identify the directory of %s: %w", s.GetDest(), idErr)
+	}
 	if err != nil && !errors.Is(err, unix.EEXIST) {
 		return stepResponse{}, fmt.Errorf("create %s: %w", hold, err)
 	}
@@ -184,7 +187,7 @@ func (k archiveKind) Apply(ctx context.Context, r stepRequest) (stepResponse, er
 		return stepResponse{}, err
 	}
 	manifest := fmt.Sprintf("%s-%d", jc.key, idx)
-	if err := writeFileSync(filepath.Join(i.dir, "manifests", manifest), m.Encode(), 0o600); err != nil {
+	if err := writeFileSync(filepath.Join(i.dir, "manifests", manifest), m.Encode()); err != nil {
 		return stepResponse{}, fmt.Errorf("record manifest: %w", err)
 	}
 	if err := syncFS(a.Stage); err != nil {
@@ -198,8 +201,12 @@ func (k archiveKind) Apply(ctx context.Context, r stepRequest) (stepResponse, er
 	if err != nil {
 		return stepResponse{}, err
 	}
-	defer parent.Close()
-	if id, _ := fileIDOf(parent); id != parentID {
+	defer func() { _ = parent.Close() }() // read-only
+	id, err := fileIDOf(parent)
+	if err != nil {
+		return stepResponse{}, fmt.Errorf("identify the directory of %s: %w", s.GetDest(), err)
+	}
+	if id != parentID {
 		return stepResponse{}, fmt.Errorf("the directory %s was replaced while the archive was extracted; nothing was switched in, run the job again", filepath.Dir(s.GetDest()))
 	}
 	a.NewID, _ = idOf(a.Stage)
@@ -321,7 +328,7 @@ func treeDirs(a *action, parent *os.File) (at func(p string) (int, string), done
 		}
 		return unix.AT_FDCWD, p
 	}
-	return at, func() { unix.Close(holdFD) }, nil
+	return at, func() { closeFD(holdFD) }, nil
 }
 
 // Undo puts the trees of a tree switch back where they were.

@@ -48,7 +48,7 @@ func profilePath(s *ferryv1.EnvStep) string { return "/etc/profile.d/" + s.GetNa
 func (i *Installer) shellSyntax(_ context.Context, p string) (string, error) {
 	out, err := exec.Command(i.shell, "-n", p).CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("generated profile script fails sh -n: %v: %s", err, strings.TrimSpace(string(out)))
+		return "", fmt.Errorf("generated profile script fails sh -n: %w: %s", err, strings.TrimSpace(string(out)))
 	}
 	return "", nil
 }

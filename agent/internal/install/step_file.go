@@ -160,7 +160,9 @@ func (m managedFile) diff(ctx context.Context, r stepRequest) (fileDiff, error) 
 			return fileDiff{}, err
 		}
 		note, err := w.validate(ctx, tmp)
-		os.Remove(tmp)
+		if rerr := os.Remove(tmp); rerr != nil {
+			m.i.log.Warn("could not remove a file checked before writing", "path", tmp, "err", rerr)
+		}
 		if err != nil {
 			if note != "" {
 				err = fmt.Errorf("%w (%s)", err, note)
@@ -217,7 +219,7 @@ func (m managedFile) Apply(ctx context.Context, r stepRequest) (stepResponse, er
 		a.Backup = filepath.Join(i.dir, "backups", fmt.Sprintf("%s-%d", jc.key, idx))
 		a.Mode = d.st.Mode() & permMask
 		a.UID, a.GID = d.curUID, d.curGID
-		if err := writeFileSync(a.Backup, d.cur, 0o600); err != nil {
+		if err := writeFileSync(a.Backup, d.cur); err != nil {
 			return stepResponse{}, fmt.Errorf("back up %s: %w", w.label, err)
 		}
 	}
@@ -231,7 +233,7 @@ func (m managedFile) Apply(ctx context.Context, r stepRequest) (stepResponse, er
 	if err != nil {
 		return stepResponse{}, fmt.Errorf("write %s: %w", w.label, err)
 	}
-	defer dir.Close()
+	defer func() { _ = dir.Close() }() // read-only; writeAtomicIn syncs through it
 	uid, gid := w.uid, w.gid
 	if uid < 0 {
 		uid = d.curUID
@@ -255,9 +257,19 @@ func (m managedFile) Apply(ctx context.Context, r stepRequest) (stepResponse, er
 // when there was none.
 func (fileKind) Undo(r undoRequest) error {
 	a := r.change
+	var tempErr error
 	if a.Temp != "" {
-		os.Remove(a.Temp)
+		// The temporary file of a write that did not finish, if any. Its
+		// removal failing does not stop the file itself being put back.
+		if err := os.Remove(a.Temp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			tempErr = err
+		}
 	}
+	return errors.Join(undoFile(a), tempErr)
+}
+
+// undoFile is Undo for the file itself.
+func undoFile(a *action) error {
 	if !a.Existed {
 		if err := os.Remove(a.Target); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
@@ -297,7 +309,7 @@ func (k fileKind) rollbackFile(jc *jobCtx, a *action) error {
 			b.UID, b.GID = int(s.Uid), int(s.Gid)
 		}
 		b.Backup = filepath.Join(k.i.dir, "backups", fmt.Sprintf("%s-rb-%d", jc.key, a.Step))
-		if err := writeFileSync(b.Backup, cur, 0o600); err != nil {
+		if err := writeFileSync(b.Backup, cur); err != nil {
 			return fmt.Errorf("back up %s: %w", a.Target, err)
 		}
 	case err == nil:

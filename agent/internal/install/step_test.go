@@ -10,8 +10,9 @@ import (
 	"strings"
 	"testing"
 
-	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
 // TestStepKindsRegistered fails when a kind of the Step oneof has no

@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -19,7 +20,15 @@ import (
 // tarball is) and runs ROOT/usr/local/go/bin/go version, through a check
 // and directly.
 func TestInstallGoToolchain(t *testing.T) {
-	goroot := runtime.GOROOT()
+	// `go test` puts the go command that runs it first on PATH.
+	goenv, err := exec.Command("go", "env", "GOROOT", "GOVERSION").Output()
+	if err != nil {
+		t.Skipf("no local Go toolchain: go env: %v", err)
+	}
+	goroot, goversion, _ := strings.Cut(strings.TrimSpace(string(goenv)), "\n")
+	if goversion != runtime.Version() {
+		t.Skipf("the go command on PATH is %s, not the %s that built this test", goversion, runtime.Version())
+	}
 	if _, err := os.Stat(filepath.Join(goroot, "bin", "go")); err != nil {
 		t.Skipf("no local Go toolchain at %s", goroot)
 	}
@@ -57,7 +66,7 @@ func writeToolchainTarball(t *testing.T, dst, goroot string) string {
 	tw := tar.NewWriter(zw)
 	// pkg/tool is how a go binary recognises the GOROOT it sits in.
 	for _, d := range []string{"go/", "go/bin/", "go/pkg/", "go/pkg/tool/"} {
-		tw.WriteHeader(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755})
+		must(t, tw.WriteHeader(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755}))
 	}
 	for _, name := range []string{"VERSION", "bin/go"} {
 		src, err := os.Open(filepath.Join(goroot, name))
@@ -70,11 +79,11 @@ func writeToolchainTarball(t *testing.T, dst, goroot string) string {
 		if err := tw.WriteHeader(hdr); err != nil {
 			t.Fatal(err)
 		}
-		io.Copy(tw, src)
+		_, err = io.Copy(tw, src)
 		src.Close()
+		must(t, err)
 	}
-	tw.Close()
-	zw.Close()
+	must(t, errors.Join(tw.Close(), zw.Close()))
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}

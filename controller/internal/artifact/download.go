@@ -116,7 +116,8 @@ type Chunk struct {
 // on a link that breaks often can ask for pieces it receives whole. A
 // download from the artifact's end sends one chunk without data. A
 // caller beyond MaxConcurrent waits for a slot while ctx lasts; one beyond
-// node's MaxPerNode is refused. An error send returns is returned
+// node's MaxPerNode is refused, and a quarantined artifact (ErrDamaged)
+// before anything is sent. An error send returns is returned
 // unchanged. A send that has not returned after StallTimeout ends the
 // download with ErrStalled while it is still running, on a goroutine of
 // its own: the caller must then end the stream, which must make that send
@@ -124,6 +125,9 @@ type Chunk struct {
 func (d *Downloader) Download(ctx context.Context, node, digest string, off uint64, maxChunk uint32, send func(Chunk) error) error {
 	rec, err := d.store.Lookup(digest)
 	if err != nil {
+		return err
+	}
+	if err := Quarantined(rec); err != nil {
 		return err
 	}
 	if off > rec.Size {

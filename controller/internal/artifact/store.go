@@ -9,6 +9,11 @@
 // written only after its blob was hashed, fsynced and renamed into place,
 // so a crash at any point never exposes a half-written artifact. Temp files
 // and blobs without metadata left by a crash are removed at startup.
+//
+// Stored blobs are hashed again (verify.go): by an admin, when a node
+// reports a download that did not match, and in the background after
+// start. A blob that no longer matches its digest is quarantined, refused
+// to agents with ErrDamaged, until a push brings the same bytes again.
 package artifact
 
 import (
@@ -53,6 +58,9 @@ var (
 	ErrAmbiguous        = errors.New("ambiguous artifact reference")
 	ErrReferenced       = errors.New("artifact is referenced by packages")
 	ErrDiskFull         = errors.New("controller disk full")
+	// ErrDamaged: the stored bytes no longer match the digest; the
+	// artifact is quarantined until the same bytes are pushed again.
+	ErrDamaged = errors.New("damaged on the controller")
 )
 
 // Records keeps artifact metadata, keyed "name@version" (several records
@@ -72,6 +80,10 @@ type Records interface {
 	DeleteArtifact(key string, ev *ferryv1.AuditEvent) (usedBy []string, err error)
 	// PackagesUsing lists the packages ("name@version") using digest.
 	PackagesUsing(digest string) ([]string, error)
+	// UpdateArtifacts applies update to every record with digest and
+	// writes the audit entry ev (nil: none) in one transaction, and
+	// returns the records as written.
+	UpdateArtifacts(digest string, update func(*ferryv1.Artifact), ev *ferryv1.AuditEvent) ([]*ferryv1.Artifact, error)
 }
 
 // Config configures a Store.
@@ -80,6 +92,14 @@ type Config struct {
 	Records Records // the controller's store
 	Logger  *slog.Logger
 	Now     func() time.Time
+	// RecheckEvery is how often at most a blob is hashed again because
+	// nodes report downloads of it that did not match (default
+	// DefaultRecheckEvery): a node cannot make the controller read a blob
+	// more often, whatever it sends.
+	RecheckEvery time.Duration
+	// VerifyRate caps the bytes per second the check after start reads
+	// (default DefaultVerifyRate; negative: no cap).
+	VerifyRate int64
 
 	// wrapTemp wraps the writer of a push's temp file; tests use it to
 	// simulate a full disk.
@@ -95,6 +115,7 @@ type Store struct {
 	now      func() time.Time
 	wrapTemp func(io.Writer) io.Writer
 	chunks   *sync.Pool // ChunkSize buffers, shared by pushes and downloads
+	checks   *checks    // re-hashing stored blobs (verify.go)
 
 	// commitMu serialises what links blobs and metadata: renaming a blob
 	// into place with writing its record, and deleting a record with
@@ -122,6 +143,7 @@ func Open(cfg Config) (*Store, error) {
 		now:      cfg.Now,
 		wrapTemp: cfg.wrapTemp,
 		chunks:   newChunkPool(),
+		checks:   newChecks(cfg.RecheckEvery, cfg.VerifyRate),
 	}
 	for _, d := range []string{s.blobDir, s.tmpDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -191,19 +213,19 @@ type PutRequest struct {
 	SHA256                  string // expected digest (hex, optionally "sha256:"); "" accepts what arrives
 	PushedBy                string
 	// Audit, when set, returns the push's audit entry for the record
-	// about to be written; it is written in the same transaction, so a
-	// push whose entry cannot be written keeps nothing. A push that finds
-	// its bytes already stored under its name@version writes nothing, and
-	// Audit is not called.
-	Audit func(*ferryv1.Artifact) *ferryv1.AuditEvent
+	// about to be written and what the push does (Created, Restored); it
+	// is written in the same transaction, so a push whose entry cannot be
+	// written keeps nothing. A push that finds its bytes already stored
+	// under its name@version writes nothing, and Audit is not called.
+	Audit func(*ferryv1.Artifact, Pushed) *ferryv1.AuditEvent
 }
 
 // audit is the entry for the record a; nil without req.Audit.
-func (r *PutRequest) audit(a *ferryv1.Artifact) *ferryv1.AuditEvent {
+func (r *PutRequest) audit(a *ferryv1.Artifact, p Pushed) *ferryv1.AuditEvent {
 	if r.Audit == nil {
 		return nil
 	}
-	return r.Audit(a)
+	return r.Audit(a, p)
 }
 
 func (r *PutRequest) normalize() error {
@@ -263,22 +285,35 @@ func (s *sink) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// Pushed says what a push changed.
+type Pushed int
+
+const (
+	// Unchanged: name@version already held these bytes, intact.
+	Unchanged Pushed = iota
+	// Created: a new record, and the blob unless another record shares it.
+	Created
+	// Restored: the bytes replaced a damaged copy of them, and every
+	// record sharing them is served again.
+	Restored
+)
+
 // Put stores an upload: it writes body to a temp file while hashing it,
 // fsyncs, checks the declared size and checksum, renames the file into
 // place by digest and records the metadata. On any failure nothing is
-// kept. created is false when name@version already held these bytes.
-func (s *Store) Put(ctx context.Context, req PutRequest, body io.Reader) (a *ferryv1.Artifact, created bool, err error) {
+// kept. Bytes whose stored copy is damaged replace it.
+func (s *Store) Put(ctx context.Context, req PutRequest, body io.Reader) (a *ferryv1.Artifact, pushed Pushed, err error) {
 	if err := req.normalize(); err != nil {
-		return nil, false, err
+		return nil, Unchanged, err
 	}
 	label := "artifact " + key(req.Name, req.Version)
-	if a, created, done, err := s.putKnown(req); done {
-		return a, created, err
+	if a, pushed, done, err := s.putKnown(req); done {
+		return a, pushed, err
 	}
 
 	f, err := os.CreateTemp(s.tmpDir, "push-*")
 	if err != nil {
-		return nil, false, diskErr(label, s.tmpDir, 0, err)
+		return nil, Unchanged, diskErr(label, s.tmpDir, 0, err)
 	}
 	tmp := f.Name()
 	kept := false
@@ -304,24 +339,24 @@ func (s *Store) Put(ctx context.Context, req PutRequest, body io.Reader) (a *fer
 	}
 	switch {
 	case errors.Is(err, errTooLarge):
-		return nil, false, fmt.Errorf("%w: %s: more than the declared %d bytes arrived; the upload was discarded", ErrSizeMismatch, label, req.Size)
+		return nil, Unchanged, fmt.Errorf("%w: %s: more than the declared %d bytes arrived; the upload was discarded", ErrSizeMismatch, label, req.Size)
 	case out.err != nil:
-		return nil, false, diskErr(label, s.tmpDir, out.n, out.err)
+		return nil, Unchanged, diskErr(label, s.tmpDir, out.n, out.err)
 	case err != nil:
-		return nil, false, fmt.Errorf("%s: receive: %w; the upload was discarded", label, err)
+		return nil, Unchanged, fmt.Errorf("%s: receive: %w; the upload was discarded", label, err)
 	}
 	if req.Size > 0 && out.n != req.Size {
-		return nil, false, fmt.Errorf("%w: %s: %d bytes arrived, %d were declared; the upload was discarded", ErrSizeMismatch, label, out.n, req.Size)
+		return nil, Unchanged, fmt.Errorf("%w: %s: %d bytes arrived, %d were declared; the upload was discarded", ErrSizeMismatch, label, out.n, req.Size)
 	}
 	if err := f.Sync(); err != nil {
-		return nil, false, diskErr(label, s.tmpDir, out.n, err)
+		return nil, Unchanged, diskErr(label, s.tmpDir, out.n, err)
 	}
 	if err := f.Close(); err != nil {
-		return nil, false, diskErr(label, s.tmpDir, out.n, err)
+		return nil, Unchanged, diskErr(label, s.tmpDir, out.n, err)
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
 	if req.SHA256 != "" && sum != req.SHA256 {
-		return nil, false, fmt.Errorf("%w: %s: got %s, want %s; the upload was discarded", ErrChecksumMismatch, label, DigestPrefix+sum, DigestPrefix+req.SHA256)
+		return nil, Unchanged, fmt.Errorf("%w: %s: got %s, want %s; the upload was discarded", ErrChecksumMismatch, label, DigestPrefix+sum, DigestPrefix+req.SHA256)
 	}
 	a = &ferryv1.Artifact{
 		Digest: DigestPrefix + sum, Name: req.Name, Version: req.Version, Os: req.OS, Arch: req.Arch,
@@ -334,47 +369,51 @@ func (s *Store) Put(ctx context.Context, req PutRequest, body io.Reader) (a *fer
 // putKnown settles a push without reading its body when the declared
 // checksum already answers it: the same name@version with the same digest
 // is a no-op, with another digest a conflict; a known blob under another
-// name only needs a new record.
-func (s *Store) putKnown(req PutRequest) (a *ferryv1.Artifact, created, done bool, err error) {
+// name only needs a new record. A damaged blob needs the body.
+func (s *Store) putKnown(req PutRequest) (a *ferryv1.Artifact, pushed Pushed, done bool, err error) {
 	if req.SHA256 == "" {
-		return nil, false, false, nil
+		return nil, Unchanged, false, nil
 	}
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 	digest := DigestPrefix + req.SHA256
 	all, err := s.records.Artifacts()
 	if err != nil {
-		return nil, false, true, err
+		return nil, Unchanged, true, err
 	}
 	var blobRec *ferryv1.Artifact
 	for _, r := range all {
 		if Key(r) == key(req.Name, req.Version) {
 			if r.Digest != digest {
-				return r, false, true, conflict(r, digest)
+				return r, Unchanged, true, conflict(r, digest)
 			}
-			return r, false, true, nil
+			if damaged(r) {
+				return nil, Unchanged, false, nil // the upload replaces the damaged copy
+			}
+			return r, Unchanged, true, nil
 		}
 		if r.Digest == digest {
 			blobRec = r
 		}
 	}
-	if blobRec == nil {
-		return nil, false, false, nil
+	if blobRec == nil || damaged(blobRec) {
+		return nil, Unchanged, false, nil
 	}
 	if req.Size > 0 && req.Size != blobRec.Size {
-		return nil, false, true, fmt.Errorf("%w: artifact %s: declared %d bytes, but %s holds %d; the upload was discarded", ErrSizeMismatch, key(req.Name, req.Version), req.Size, digest, blobRec.Size)
+		return nil, Unchanged, true, fmt.Errorf("%w: artifact %s: declared %d bytes, but %s holds %d; the upload was discarded", ErrSizeMismatch, key(req.Name, req.Version), req.Size, digest, blobRec.Size)
 	}
 	if _, err := os.Stat(s.blobPath(req.SHA256)); err != nil {
-		return nil, false, false, nil // upload it again
+		return nil, Unchanged, false, nil // upload it again
 	}
 	a = &ferryv1.Artifact{
 		Digest: digest, Name: req.Name, Version: req.Version, Os: req.OS, Arch: req.Arch,
 		Size: blobRec.Size, PushedBy: req.PushedBy, PushedAt: timestamppb.New(s.now()),
+		State: blobRec.State, CheckedAt: blobRec.CheckedAt, // the blob's, which this record shares
 	}
-	if err := s.records.PutArtifact(a, req.audit(a)); err != nil {
-		return nil, false, true, fmt.Errorf("artifact %s: record metadata: %w", Key(a), err)
+	if err := s.records.PutArtifact(a, req.audit(a, Created)); err != nil {
+		return nil, Unchanged, true, fmt.Errorf("artifact %s: record metadata: %w", Key(a), err)
 	}
-	return a, true, true, nil
+	return a, Created, true, nil
 }
 
 func conflict(old *ferryv1.Artifact, digest string) error {
@@ -383,9 +422,11 @@ func conflict(old *ferryv1.Artifact, digest string) error {
 }
 
 // commit links a verified temp file to its record, written with the audit
-// entry audit returns for it: the blob is moved into place first, and
-// removed again when the record and entry cannot be written.
-func (s *Store) commit(a *ferryv1.Artifact, tmp string, audit func(*ferryv1.Artifact) *ferryv1.AuditEvent) (*ferryv1.Artifact, bool, error) {
+// entry audit returns for it. The file takes the blob's place when there
+// is none (or no record vouches for the one there), and when the stored
+// copy is damaged: then every record sharing it is served again. A new
+// blob is removed again when the record and entry cannot be written.
+func (s *Store) commit(a *ferryv1.Artifact, tmp string, audit func(*ferryv1.Artifact, Pushed) *ferryv1.AuditEvent) (*ferryv1.Artifact, Pushed, error) {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 	hexsum := strings.TrimPrefix(a.Digest, DigestPrefix)
@@ -398,33 +439,78 @@ func (s *Store) commit(a *ferryv1.Artifact, tmp string, audit func(*ferryv1.Arti
 	old, err := s.records.Artifact(Key(a))
 	switch {
 	case errors.Is(err, store.ErrNotFound):
+		old = nil
 	case err != nil:
-		return nil, false, err
-	default:
-		if old.Digest == a.Digest {
-			return old, false, nil
-		}
-		return nil, false, conflict(old, a.Digest)
+		return nil, Unchanged, err
+	case old.Digest != a.Digest:
+		return nil, Unchanged, conflict(old, a.Digest)
+	case !damaged(old):
+		return old, Unchanged, nil
 	}
+	shared, err := s.matching(func(o *ferryv1.Artifact) bool { return o.Digest == a.Digest })
+	if err != nil {
+		return nil, Unchanged, err
+	}
+	restore := len(shared) > 0 && damaged(shared[0])
 	blob := s.blobPath(hexsum)
-	newBlob := false
-	if _, err := os.Stat(blob); errors.Is(err, os.ErrNotExist) {
+	_, statErr := os.Stat(blob)
+	newBlob := errors.Is(statErr, os.ErrNotExist)
+	if statErr != nil || len(shared) == 0 || restore {
+		// A rename over a damaged copy is atomic: a download streaming
+		// it keeps reading the old file.
 		if err := os.Rename(tmp, blob); err != nil {
-			return nil, false, fmt.Errorf("artifact %s: move into place: %w; the upload was discarded", Key(a), err)
+			return nil, Unchanged, fmt.Errorf("artifact %s: move into place: %w; the upload was discarded", Key(a), err)
 		}
-		removeTmp, newBlob = false, true
+		removeTmp = false
 		if err := atomicfile.SyncDir(s.blobDir); err != nil {
-			s.discard(blob)
-			return nil, false, diskErr("artifact "+Key(a), s.blobDir, a.Size, err)
+			if newBlob {
+				s.discard(blob)
+			}
+			return nil, Unchanged, diskErr("artifact "+Key(a), s.blobDir, a.Size, err)
+		}
+		a.State, a.CheckedAt = ferryv1.ArtifactState_ARTIFACT_STATE_OK, timestamppb.New(s.now())
+	} else {
+		a.State, a.CheckedAt = shared[0].State, shared[0].CheckedAt // the blob's, which this record shares
+	}
+	if restore {
+		// The push's entry goes with the restore when it names a damaged
+		// record, else with the new record below.
+		var ev *ferryv1.AuditEvent
+		if old != nil {
+			ev = audit(old, Restored)
+		}
+		restored, err := s.records.UpdateArtifacts(a.Digest, func(r *ferryv1.Artifact) {
+			r.State, r.CheckedAt, r.StoredDigest = a.State, a.CheckedAt, ""
+		}, ev)
+		if err != nil {
+			return nil, Unchanged, fmt.Errorf("artifact %s: the pushed bytes replaced the damaged copy, but recording that failed: %w; push again", Key(a), err)
+		}
+		s.log.Info("damaged artifact restored by a push; serving it again", "artifact", Key(a), "digest", a.Digest, "records", len(restored))
+		if old != nil {
+			return byKey(restored, Key(a), old), Restored, nil
 		}
 	}
-	if err := s.records.PutArtifact(a, audit(a)); err != nil {
+	pushed := Created
+	if restore {
+		pushed = Restored
+	}
+	if err := s.records.PutArtifact(a, audit(a, pushed)); err != nil {
 		if newBlob {
 			s.discard(blob)
 		}
-		return nil, false, fmt.Errorf("artifact %s: record metadata: %w; the upload was discarded", Key(a), err)
+		return nil, Unchanged, fmt.Errorf("artifact %s: record metadata: %w; the upload was discarded", Key(a), err)
 	}
-	return a, true, nil
+	return a, pushed, nil
+}
+
+// byKey returns the record of recs named key, or def.
+func byKey(recs []*ferryv1.Artifact, key string, def *ferryv1.Artifact) *ferryv1.Artifact {
+	for _, r := range recs {
+		if Key(r) == key {
+			return r
+		}
+	}
+	return def
 }
 
 func diskErr(label, dir string, written uint64, err error) error {

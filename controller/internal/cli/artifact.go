@@ -3,6 +3,7 @@ package cli
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -20,7 +21,7 @@ import (
 
 func (a *app) artifactCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "artifact", Aliases: []string{"artifacts"}, Short: "Manage artifacts (release tarballs, binaries) on the controller"}
-	cmd.AddCommand(a.artifactPushCmd(), a.artifactListCmd(), a.artifactInspectCmd(), a.artifactRmCmd())
+	cmd.AddCommand(a.artifactPushCmd(), a.artifactListCmd(), a.artifactInspectCmd(), a.artifactRmCmd(), a.artifactVerifyCmd())
 	return cmd
 }
 
@@ -107,6 +108,10 @@ read as amd64 and aarch64 as arm64). --timeout does not limit the upload.`,
 			}
 			return a.show(resp, func() error {
 				art := resp.Artifact
+				if resp.Restored {
+					fmt.Fprintf(a.stdout, "artifact %s restored: these bytes (%s) replaced the damaged copy on the controller, which serves it again\n", pushclient.Key(art), art.Digest)
+					return nil
+				}
 				if !resp.Created {
 					fmt.Fprintf(a.stdout, "artifact %s unchanged: these bytes are already stored (%s)\n", pushclient.Key(art), art.Digest)
 					return nil
@@ -205,8 +210,8 @@ func (a *app) artifactListCmd() *cobra.Command {
 			}
 			return a.show(resp, func() error {
 				now := time.Now()
-				return printTable(a, []string{"NAME", "VERSION", "OS/ARCH", "SIZE", "DIGEST", "PUSHED", "BY"}, resp.Artifacts, func(art *ferryv1.Artifact) []string {
-					return []string{art.Name, art.Version, orDash(osArch(art)), bytesize.IEC(art.Size), shortDigest(art.Digest), age(now.Sub(art.PushedAt.AsTime())) + " ago", orDash(art.PushedBy)}
+				return printTable(a, []string{"NAME", "VERSION", "OS/ARCH", "SIZE", "DIGEST", "STATE", "PUSHED", "BY"}, resp.Artifacts, func(art *ferryv1.Artifact) []string {
+					return []string{art.Name, art.Version, orDash(osArch(art)), bytesize.IEC(art.Size), shortDigest(art.Digest), stateWord(art), age(now.Sub(art.PushedAt.AsTime())) + " ago", orDash(art.PushedBy)}
 				})
 			})
 		},
@@ -234,8 +239,8 @@ func (a *app) artifactInspectCmd() *cobra.Command {
 				if len(resp.ReferencedBy) > 0 {
 					refs = strings.Join(resp.ReferencedBy, ", ")
 				}
-				fmt.Fprintf(a.stdout, "Name:      %s\nVersion:   %s\nOS/Arch:   %s/%s\nSize:      %s (%d bytes)\nDigest:    %s\nPushed:    %s by %s\nUsed by:   %s\n",
-					art.Name, art.Version, orDash(art.Os), orDash(art.Arch), bytesize.IEC(art.Size), art.Size, art.Digest,
+				fmt.Fprintf(a.stdout, "Name:      %s\nVersion:   %s\nOS/Arch:   %s/%s\nSize:      %s (%d bytes)\nDigest:    %s\nState:     %s\nPushed:    %s by %s\nUsed by:   %s\n",
+					art.Name, art.Version, orDash(art.Os), orDash(art.Arch), bytesize.IEC(art.Size), art.Size, art.Digest, stateLine(art),
 					art.PushedAt.AsTime().Local().Format(time.RFC3339), orDash(art.PushedBy), refs)
 				return nil
 			})
@@ -260,6 +265,124 @@ func (a *app) artifactRmCmd() *cobra.Command {
 			})
 		},
 	}
+}
+
+func (a *app) artifactVerifyCmd() *cobra.Command {
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "verify [REF | --all]",
+		Short: "Hash stored artifacts again on the controller and quarantine damaged ones",
+		Long: `Hash stored artifacts again on the controller and compare each with its digest.
+
+An artifact whose stored bytes no longer match is quarantined: agents are
+refused it (their jobs fail saying so) until the same file is pushed again
+with ` + "`ferryctl artifact push`" + `, which restores it. One that matches again is
+served again. Exits 1 when an artifact is damaged or could not be checked.
+--timeout does not limit the hashing. ` + refHelp,
+		Example: `  ferryctl artifact verify go1.20.3.linux-amd64.tar.gz@1.20.3
+  ferryctl artifact verify --all`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ref := ""
+			if len(args) == 1 {
+				ref = args[0]
+			}
+			switch {
+			case ref == "" && !all:
+				return errors.New("name the artifact to verify (REF), or verify all of them with --all")
+			case ref != "" && all:
+				return errors.New("give REF or --all, not both")
+			}
+			conn, err := a.connect()
+			if err != nil {
+				return err
+			}
+			stream, err := ferryv1.NewArtifactServiceClient(conn).VerifyArtifacts(cmd.Context(), &ferryv1.VerifyArtifactsRequest{Ref: ref, All: all})
+			if err != nil {
+				return err
+			}
+			var checked int
+			var bad, unchecked []string
+			for {
+				r, err := stream.Recv()
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				if err != nil {
+					return err
+				}
+				checked++
+				key := pushclient.Key(r.Artifact)
+				switch {
+				case r.Artifact.GetState() == ferryv1.ArtifactState_ARTIFACT_STATE_DAMAGED:
+					bad = append(bad, key)
+				case r.Error != "":
+					unchecked = append(unchecked, key)
+				}
+				if a.output == "json" {
+					if err := a.printJSON(r); err != nil {
+						return err
+					}
+					continue
+				}
+				fmt.Fprintln(a.stdout, verifyLine(r))
+			}
+			if a.output != "json" {
+				fmt.Fprintf(a.stdout, "verified %d artifact(s): %d ok, %d damaged, %d not checked\n", checked, checked-len(bad)-len(unchecked), len(bad), len(unchecked))
+			}
+			switch {
+			case len(bad) > 0:
+				return &ExitError{Code: 1, Err: fmt.Errorf("%d artifact(s) damaged on the controller (%s): agents are refused them until you push each again from its original file with `ferryctl artifact push FILE --name NAME --version VERSION`", len(bad), strings.Join(bad, ", "))}
+			case len(unchecked) > 0:
+				return &ExitError{Code: 1, Err: fmt.Errorf("%d artifact(s) could not be checked (%s): run `ferryctl artifact verify` on them again", len(unchecked), strings.Join(unchecked, ", "))}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "verify every stored artifact")
+	return cmd
+}
+
+// verifyLine is one artifact's check: ok, or damaged with both digests.
+func verifyLine(r *ferryv1.VerifyArtifactsResponse) string {
+	art := r.Artifact
+	label := "artifact " + pushclient.Key(art)
+	switch {
+	case art.GetState() == ferryv1.ArtifactState_ARTIFACT_STATE_DAMAGED && r.GotDigest != "":
+		return fmt.Sprintf("%s: damaged: got %s, want %s; quarantined until pushed again", label, r.GotDigest, art.Digest)
+	case art.GetState() == ferryv1.ArtifactState_ARTIFACT_STATE_DAMAGED:
+		return fmt.Sprintf("%s: damaged: %s (want %s); quarantined until pushed again", label, orDash(r.Error), art.Digest)
+	case r.Error != "":
+		return fmt.Sprintf("%s: not checked: %s", label, r.Error)
+	}
+	return fmt.Sprintf("%s: ok, %s", label, art.Digest)
+}
+
+// stateWord is an artifact's state in a table: ok or damaged.
+func stateWord(art *ferryv1.Artifact) string {
+	if art.GetState() == ferryv1.ArtifactState_ARTIFACT_STATE_DAMAGED {
+		return "damaged"
+	}
+	return "ok"
+}
+
+// stateLine is an artifact's state with when it was found and the fix.
+func stateLine(art *ferryv1.Artifact) string {
+	checked := ""
+	if art.CheckedAt != nil {
+		checked = art.CheckedAt.AsTime().Local().Format(time.RFC3339)
+	}
+	if art.GetState() != ferryv1.ArtifactState_ARTIFACT_STATE_DAMAGED {
+		if checked == "" {
+			return "ok"
+		}
+		return "ok (hashed " + checked + ")"
+	}
+	found := "its blob file is missing"
+	if art.StoredDigest != "" {
+		found = "its stored bytes hash to " + art.StoredDigest
+	}
+	return fmt.Sprintf("damaged (found %s): %s; agents are refused it until you push the same file again (`ferryctl artifact push FILE --name %s --version %s`)", orDash(checked), found, art.Name, art.Version)
 }
 
 // progressBar draws a one-line progress report on a terminal, at most ten

@@ -197,3 +197,55 @@ func TestArtifactCommands(t *testing.T) {
 		t.Errorf("inspect does not show the package: exit %d\n%s", code, out)
 	}
 }
+
+// A byte flipped in a stored blob: verify says damaged with both digests
+// and exits 1, list and inspect show it, a re-push restores it.
+func TestArtifactVerify(t *testing.T) {
+	cfg := startController(t)
+	dir := t.TempDir()
+	tarball, sumFile, data := goTarball(t, dir)
+	sum := sha256.Sum256(data)
+	digest := "sha256:" + hex.EncodeToString(sum[:])
+	if code, out, errOut := run(t, cfg, "artifact", "push", tarball, "--checksum-file", sumFile); code != 0 {
+		t.Fatalf("push: exit %d\n%s%s", code, out, errOut)
+	}
+	if code, out, errOut := run(t, cfg, "artifact", "verify", "--all"); code != 0 || out != "artifact go1.20.3.linux-amd64.tar.gz@1.20.3: ok, "+digest+"\nverified 1 artifact(s): 1 ok, 0 damaged, 0 not checked\n" {
+		t.Errorf("verify of an intact store: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+
+	// The admin credential lies in the controller's data dir.
+	blob := filepath.Join(filepath.Dir(cfg), "artifacts", "sha256", digest[len("sha256:"):])
+	bad := bytes.Clone(data)
+	bad[100] ^= 0x80
+	if err := os.WriteFile(blob, bad, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	badSum := sha256.Sum256(bad)
+	got := "sha256:" + hex.EncodeToString(badSum[:])
+	code, out, errOut := run(t, cfg, "artifact", "verify", "go1.20.3.linux-amd64.tar.gz@1.20.3")
+	if code != 1 || !strings.Contains(out, "artifact go1.20.3.linux-amd64.tar.gz@1.20.3: damaged: got "+got+", want "+digest+"; quarantined until pushed again\n") ||
+		!strings.Contains(out, "1 damaged") ||
+		errOut != "Error: 1 artifact(s) damaged on the controller (go1.20.3.linux-amd64.tar.gz@1.20.3): agents are refused them until you push each again from its original file with `ferryctl artifact push FILE --name NAME --version VERSION`\n" {
+		t.Errorf("verify of a flipped byte: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if code, out, _ = run(t, cfg, "artifact", "list"); code != 0 || !strings.Contains(out, " STATE ") || !strings.Contains(out, " damaged ") {
+		t.Errorf("list: exit %d\n%s", code, out)
+	}
+	if code, out, _ = run(t, cfg, "artifact", "inspect", "go1.20.3.linux-amd64.tar.gz@1.20.3"); code != 0 || !strings.Contains(out, "State:     damaged (found ") || !strings.Contains(out, "its stored bytes hash to "+got) {
+		t.Errorf("inspect: exit %d\n%s", code, out)
+	}
+	if code, out, errOut = run(t, cfg, "-o", "json", "artifact", "verify", "--all"); code != 1 || !strings.Contains(out, `"ARTIFACT_STATE_DAMAGED"`) || !strings.Contains(out, `"`+got+`"`) {
+		t.Errorf("verify -o json: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+
+	code, out, errOut = run(t, cfg, "artifact", "push", tarball, "--checksum-file", sumFile)
+	if code != 0 || out != "artifact go1.20.3.linux-amd64.tar.gz@1.20.3 restored: these bytes ("+digest+") replaced the damaged copy on the controller, which serves it again\n" {
+		t.Errorf("re-push: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if code, out, _ = run(t, cfg, "artifact", "list"); code != 0 || strings.Contains(out, "damaged") || !strings.Contains(out, " ok ") {
+		t.Errorf("list after the re-push: exit %d\n%s", code, out)
+	}
+	if code, _, errOut = run(t, cfg, "artifact", "verify"); code != 1 || errOut != "Error: name the artifact to verify (REF), or verify all of them with --all\n" {
+		t.Errorf("verify without REF: exit %d, %q", code, errOut)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -14,6 +15,7 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/artifact"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/rpc"
+	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
 
 // artifactServer is the ArtifactService admins push to, on the artifact
@@ -41,17 +43,20 @@ func (s *artifactServer) PushArtifact(stream grpc.ClientStreamingServer[ferryv1.
 	actor := rpc.CallerName(ctx)
 	target := h.GetName() + "@" + h.GetVersion()
 	ev := s.d.auditEvent(ctx, "artifact.push", target, "")
-	pushed := func(a *ferryv1.Artifact, created bool) *ferryv1.AuditEvent {
-		ev.Detail = fmt.Sprintf("digest=%s size=%d created=%v", a.Digest, a.Size, created)
+	audit := func(a *ferryv1.Artifact, p artifact.Pushed) *ferryv1.AuditEvent {
+		ev.Detail = fmt.Sprintf("digest=%s size=%d created=%v", a.Digest, a.Size, p != artifact.Unchanged)
+		if p == artifact.Restored {
+			ev.Detail += " restored=true"
+		}
 		return ev
 	}
 	req := artifact.PutRequest{
 		Name: h.GetName(), Version: h.GetVersion(), OS: h.GetOs(), Arch: h.GetArch(), Size: h.GetSize(), SHA256: h.GetSha256(), PushedBy: actor,
-		Audit: func(a *ferryv1.Artifact) *ferryv1.AuditEvent { return pushed(a, true) },
+		Audit: audit,
 	}
-	a, created, err := s.d.Artifacts.Put(ctx, req, &pushReader{stream: stream})
-	if err == nil && !created {
-		err = s.d.unchanged(pushed(a, false))
+	a, pushed, err := s.d.Artifacts.Put(ctx, req, &pushReader{stream: stream})
+	if err == nil && pushed == artifact.Unchanged {
+		err = s.d.unchanged(audit(a, pushed))
 	}
 	if err != nil {
 		s.log.Info("artifact push refused", "artifact", target, "by", actor, "err", err)
@@ -59,8 +64,9 @@ func (s *artifactServer) PushArtifact(stream grpc.ClientStreamingServer[ferryv1.
 		s.d.refused(ev, err)
 		return toStatus(err)
 	}
-	s.log.Info("artifact pushed", "artifact", target, "digest", a.Digest, "size", a.Size, "created", created, "by", actor)
-	return stream.SendAndClose(&ferryv1.PushArtifactResponse{Artifact: a, Created: created})
+	created, restored := pushed != artifact.Unchanged, pushed == artifact.Restored
+	s.log.Info("artifact pushed", "artifact", target, "digest", a.Digest, "size", a.Size, "created", created, "restored", restored, "by", actor)
+	return stream.SendAndClose(&ferryv1.PushArtifactResponse{Artifact: a, Created: created, Restored: restored})
 }
 
 // pushReader reads the chunks of a push stream. It is an
@@ -150,4 +156,81 @@ func (s *artifactServer) DeleteArtifact(ctx context.Context, req *ferryv1.Delete
 	}
 	s.log.Info("artifact removed", "artifact", ev.Target, "digest", a.Digest)
 	return &ferryv1.DeleteArtifactResponse{Artifact: a}, nil
+}
+
+// VerifyArtifacts hashes the stored blobs of one artifact, or of all,
+// again and streams each artifact's check as it is done.
+func (s *artifactServer) VerifyArtifacts(req *ferryv1.VerifyArtifactsRequest, stream grpc.ServerStreamingServer[ferryv1.VerifyArtifactsResponse]) error {
+	ctx := stream.Context()
+	ref, target := strings.TrimSpace(req.GetRef()), strings.TrimSpace(req.GetRef())
+	switch {
+	case ref == "" && !req.GetAll():
+		return status.Error(codes.InvalidArgument, "name the artifact to verify (NAME@VERSION or sha256:PREFIX), or verify all of them with --all")
+	case ref != "" && req.GetAll():
+		return status.Error(codes.InvalidArgument, "name one artifact to verify or ask for all of them, not both")
+	case req.GetAll():
+		target = "all"
+	}
+	checked := 0
+	var bad []string
+	err := s.d.Artifacts.Verify(ctx, ref, func(c artifact.Check) error {
+		checked++
+		if c.Damaged() {
+			bad = append(bad, artifact.Key(c.Artifact))
+		}
+		resp := &ferryv1.VerifyArtifactsResponse{Artifact: c.Artifact, GotDigest: c.Got}
+		if c.Err != nil {
+			resp.Error = c.Err.Error()
+		}
+		return stream.Send(resp)
+	})
+	detail := fmt.Sprintf("checked=%d damaged=%d", checked, len(bad))
+	if len(bad) > 0 {
+		detail += " (" + strings.Join(bad, ", ") + ")"
+	}
+	// What the checks recorded (damaged, ok again) is the controller's own
+	// finding, which it also makes without an admin (reports, the check
+	// after start); the entry says who asked and what was found.
+	ev := s.d.auditEvent(ctx, "artifact.verify", target, detail)
+	if err != nil {
+		s.d.refused(ev, err)
+		return toStatus(err)
+	}
+	if err := s.d.unchanged(ev); err != nil {
+		return toStatus(err)
+	}
+	s.log.Info("artifacts verified", "target", target, "checked", checked, "damaged", len(bad), "by", rpc.CallerName(ctx))
+	return nil
+}
+
+// ReportArtifactMismatch hears a node whose download of one of its jobs'
+// artifacts did not hash to the digest. The node is not trusted: the
+// artifact store hashes its own copy (at most once per recheck interval
+// per blob) and quarantines it only when that copy is damaged too.
+func (s *agentServer) ReportArtifactMismatch(ctx context.Context, req *ferryv1.ReportArtifactMismatchRequest) (*ferryv1.ReportArtifactMismatchResponse, error) {
+	c, err := agentID(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if s.d.Artifacts == nil {
+		return nil, status.Error(codes.Unimplemented, "this controller has no artifact store")
+	}
+	// A node speaks only of what it may download: its own jobs' artifacts.
+	if err := s.mayFetch(c.Identity.Name, req.GetDigest()); err != nil {
+		return nil, err
+	}
+	got := req.GetGotDigest()
+	if _, err := sha256digest.Parse(got); err != nil {
+		got = "" // only ever logged, and only when it is a digest
+	}
+	check, err := s.d.Artifacts.ReportMismatch(ctx, req.GetDigest(), got, c.Identity.Name)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if err := artifact.Quarantined(check.Artifact); err != nil {
+		return &ferryv1.ReportArtifactMismatchResponse{Damaged: true, Message: err.Error()}, nil
+	}
+	a := check.Artifact
+	return &ferryv1.ReportArtifactMismatchResponse{Message: fmt.Sprintf(
+		"the controller's copy of artifact %s (%s) matches its digest: the bytes changed on the way or on the node; download it again", artifact.Key(a), artifact.ShortDigest(a.Digest))}, nil
 }

@@ -41,6 +41,7 @@ var errorCodes = []struct {
 	{is(artifact.ErrAmbiguous), codes.InvalidArgument},
 	{is(artifact.ErrConflict), codes.AlreadyExists},
 	{is(artifact.ErrReferenced), codes.FailedPrecondition},
+	{is(artifact.ErrDamaged), codes.FailedPrecondition},
 	{is(artifact.ErrDiskFull), codes.ResourceExhausted},
 	{is(artifact.ErrPastEnd), codes.OutOfRange},
 	{is(artifact.ErrNodeBusy), codes.ResourceExhausted},

@@ -38,6 +38,7 @@ func TestToStatus(t *testing.T) {
 		{"ambiguous reference", wrap(artifact.ErrAmbiguous), codes.InvalidArgument},
 		{"artifact version with other bytes", wrap(artifact.ErrConflict), codes.AlreadyExists},
 		{"artifact a package uses", wrap(artifact.ErrReferenced), codes.FailedPrecondition},
+		{"quarantined artifact", wrap(artifact.ErrDamaged), codes.FailedPrecondition},
 		{"full disk", wrap(artifact.ErrDiskFull), codes.ResourceExhausted},
 		{"download offset past the end", wrap(artifact.ErrPastEnd), codes.OutOfRange},
 

@@ -43,6 +43,33 @@ func (s *Store) PutArtifact(a *ferryv1.Artifact, ev *ferryv1.AuditEvent) error {
 	})
 }
 
+// UpdateArtifacts applies update to every record whose digest is digest
+// (the records sharing one blob) and writes the audit entry ev (nil: none;
+// audit.go), in one transaction, and returns the records as written, in
+// key order.
+func (s *Store) UpdateArtifacts(digest string, update func(*ferryv1.Artifact), ev *ferryv1.AuditEvent) ([]*ferryv1.Artifact, error) {
+	var out []*ferryv1.Artifact
+	err := s.audited(ev, func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketArtifacts)
+		all, err := list[ferryv1.Artifact](b, artifactRecord)
+		if err != nil {
+			return err
+		}
+		for _, a := range all {
+			if a.GetDigest() != digest {
+				continue
+			}
+			update(a)
+			if err := put(b, artifactRecord, VersionKey(a.GetName(), a.GetVersion()), a); err != nil {
+				return err
+			}
+			out = append(out, a)
+		}
+		return nil
+	})
+	return out, err
+}
+
 // DeleteArtifact removes the record under "name@version" unless a package
 // uses its digest: then it removes nothing and returns those packages
 // ("name@version", sorted). The check, the removal and the audit entry

@@ -7,6 +7,7 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -22,7 +23,6 @@ type ent struct {
 	mode   int64
 	body   string
 	link   string
-	size   int64 // overrides len(body) in the header when > 0
 	mtime  time.Time
 	zipRaw fs.FileMode // zip: mode to set instead of one derived from typ
 }
@@ -68,8 +68,12 @@ func gz(t testing.TB, b []byte) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	zw := gzip.NewWriter(&buf)
-	zw.Write(b)
-	zw.Close()
+	if _, err := zw.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
 	return buf.Bytes()
 }
 
@@ -96,10 +100,12 @@ func zipBytes(t testing.TB, ents ...ent) []byte {
 		if err != nil {
 			t.Fatal(err)
 		}
+		body := e.body
 		if e.typ == tar.TypeSymlink {
-			w.Write([]byte(e.link))
-		} else {
-			w.Write([]byte(e.body))
+			body = e.link
+		}
+		if _, err := io.WriteString(w, body); err != nil {
+			t.Fatal(err)
 		}
 	}
 	if err := zw.Close(); err != nil {
@@ -356,7 +362,9 @@ func TestManifestDetectsChanges(t *testing.T) {
 		}},
 		{"mode changed", func(d string) error { return os.Chmod(filepath.Join(d, "a/f"), 0o600) }},
 		{"link retargeted", func(d string) error {
-			os.Remove(filepath.Join(d, "l"))
+			if err := os.Remove(filepath.Join(d, "l")); err != nil {
+				return err
+			}
 			return os.Symlink("a/g", filepath.Join(d, "l"))
 		}},
 		{"dir removed", func(d string) error { return os.RemoveAll(filepath.Join(d, "a")) }},
@@ -407,7 +415,7 @@ func assertContained(t testing.TB, parent, dest string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	filepath.WalkDir(dest, func(p string, d fs.DirEntry, err error) error {
+	err = filepath.WalkDir(dest, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.Type()&fs.ModeSymlink == 0 {
 			return nil
 		}
@@ -420,6 +428,9 @@ func assertContained(t testing.TB, parent, dest string) {
 		}
 		return nil
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 func mustRead(t testing.TB, p, want string) {
@@ -459,7 +470,11 @@ func FuzzExtract(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer os.RemoveAll(tmp)
+		defer func() {
+			if err := os.RemoveAll(tmp); err != nil {
+				t.Error(err)
+			}
+		}()
 		src, parent, dest := filepath.Join(tmp, "artifact"), filepath.Join(tmp, "parent"), filepath.Join(tmp, "parent", "dest")
 		if err := os.WriteFile(src, data, 0o644); err != nil {
 			t.Fatal(err)

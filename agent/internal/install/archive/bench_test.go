@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"compress/gzip"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -11,7 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
+	"strings"
 	"testing"
 	"time"
 )
@@ -33,8 +34,18 @@ func BenchmarkExtractToolchain(b *testing.B) {
 		b.Skip("builds a toolchain-sized tarball")
 	}
 	src := filepath.Join(b.TempDir(), "go.tar.gz")
-	writeTree(b, src, runtime.GOROOT(), "go")
+	writeTree(b, src, goroot(b), "go")
 	benchAgainstTar(b, src, 1)
+}
+
+// goroot is the GOROOT of the go command on PATH, where `go test` puts
+// the toolchain that runs it first.
+func goroot(b *testing.B) string {
+	out, err := exec.Command("go", "env", "GOROOT").Output()
+	if err != nil {
+		b.Skipf("go env GOROOT: %v", err)
+	}
+	return strings.TrimSpace(string(out))
 }
 
 func benchAgainstTar(b *testing.B, src string, strip int) {
@@ -49,7 +60,9 @@ func benchAgainstTar(b *testing.B, src string, strip int) {
 	b.ResetTimer()
 	for n := 0; n < b.N; n++ {
 		dest := filepath.Join(work, fmt.Sprintf("ferry-%d", n))
-		os.Mkdir(dest, 0o755)
+		if err := os.Mkdir(dest, 0o755); err != nil {
+			b.Fatal(err)
+		}
 		start := time.Now()
 		if _, err := Extract(context.Background(), src, dest, Options{MaxBytes: 8 << 30, MaxEntries: 1 << 20, StripComponents: strip}); err != nil {
 			b.Fatal(err)
@@ -58,15 +71,18 @@ func benchAgainstTar(b *testing.B, src string, strip int) {
 
 		b.StopTimer()
 		tdest := filepath.Join(work, fmt.Sprintf("tar-%d", n))
-		os.Mkdir(tdest, 0o755)
+		if err := os.Mkdir(tdest, 0o755); err != nil {
+			b.Fatal(err)
+		}
 		start = time.Now()
 		cmd := exec.Command(tarBin, "-xzf", src, "-C", tdest, fmt.Sprintf("--strip-components=%d", strip))
 		if out, err := cmd.CombinedOutput(); err != nil {
 			b.Fatalf("tar: %v: %s", err, out)
 		}
 		gnu += time.Since(start)
-		os.RemoveAll(dest)
-		os.RemoveAll(tdest)
+		if err := errors.Join(os.RemoveAll(dest), os.RemoveAll(tdest)); err != nil {
+			b.Fatal(err)
+		}
 		b.StartTimer()
 	}
 	b.ReportMetric(float64(ferry.Milliseconds())/float64(b.N), "ferry-ms/op")
@@ -89,7 +105,9 @@ func writeGenerated(b *testing.B, dst string, files, size int) {
 	buf := make([]byte, 0, size)
 	for k := 0; k < files; k++ {
 		if k%100 == 0 {
-			tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("pkg/d%d/", k/100), Typeflag: tar.TypeDir, Mode: 0o755})
+			if err := tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("pkg/d%d/", k/100), Typeflag: tar.TypeDir, Mode: 0o755}); err != nil {
+				b.Fatal(err)
+			}
 		}
 		buf = buf[:0]
 		for len(buf) < size {
@@ -100,11 +118,16 @@ func writeGenerated(b *testing.B, dst string, files, size int) {
 			}
 		}
 		buf = buf[:size]
-		tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("pkg/d%d/f%d.go", k/100, k), Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(size)})
-		tw.Write(buf)
+		if err := tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("pkg/d%d/f%d.go", k/100, k), Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(size)}); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := tw.Write(buf); err != nil {
+			b.Fatal(err)
+		}
 	}
-	tw.Close()
-	zw.Close()
+	if err := errors.Join(tw.Close(), zw.Close()); err != nil {
+		b.Fatal(err)
+	}
 }
 
 // writeTree writes a tar.gz of the directory src under the name prefix.

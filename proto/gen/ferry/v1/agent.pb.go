@@ -1327,6 +1327,117 @@ func (x *DownloadArtifactResponse) GetSize() uint64 {
 	return 0
 }
 
+// ReportArtifactMismatchRequest reports a download that failed verification.
+type ReportArtifactMismatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Digest the node asked for ("sha256:<hex>").
+	Digest string `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
+	// What the downloaded bytes hashed to ("sha256:<hex>").
+	GotDigest     string `protobuf:"bytes,2,opt,name=got_digest,json=gotDigest,proto3" json:"got_digest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportArtifactMismatchRequest) Reset() {
+	*x = ReportArtifactMismatchRequest{}
+	mi := &file_ferry_v1_agent_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportArtifactMismatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportArtifactMismatchRequest) ProtoMessage() {}
+
+func (x *ReportArtifactMismatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_agent_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportArtifactMismatchRequest.ProtoReflect.Descriptor instead.
+func (*ReportArtifactMismatchRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ReportArtifactMismatchRequest) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *ReportArtifactMismatchRequest) GetGotDigest() string {
+	if x != nil {
+		return x.GotDigest
+	}
+	return ""
+}
+
+// ReportArtifactMismatchResponse says what the controller found.
+type ReportArtifactMismatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True when the controller's stored copy is damaged: it is quarantined,
+	// and downloading it again is pointless until an admin re-pushes it.
+	Damaged bool `protobuf:"varint,1,opt,name=damaged,proto3" json:"damaged,omitempty"`
+	// What the controller found, naming the artifact and the fix.
+	Message       string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportArtifactMismatchResponse) Reset() {
+	*x = ReportArtifactMismatchResponse{}
+	mi := &file_ferry_v1_agent_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportArtifactMismatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportArtifactMismatchResponse) ProtoMessage() {}
+
+func (x *ReportArtifactMismatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_agent_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportArtifactMismatchResponse.ProtoReflect.Descriptor instead.
+func (*ReportArtifactMismatchResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ReportArtifactMismatchResponse) GetDamaged() bool {
+	if x != nil {
+		return x.Damaged
+	}
+	return false
+}
+
+func (x *ReportArtifactMismatchResponse) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 var File_ferry_v1_agent_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_agent_proto_rawDesc = "" +
@@ -1421,7 +1532,14 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\x18DownloadArtifactResponse\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x12\n" +
-	"\x04size\x18\x03 \x01(\x04R\x04size*c\n" +
+	"\x04size\x18\x03 \x01(\x04R\x04size\"V\n" +
+	"\x1dReportArtifactMismatchRequest\x12\x16\n" +
+	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x1d\n" +
+	"\n" +
+	"got_digest\x18\x02 \x01(\tR\tgotDigest\"T\n" +
+	"\x1eReportArtifactMismatchResponse\x12\x18\n" +
+	"\adamaged\x18\x01 \x01(\bR\adamaged\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage*c\n" +
 	"\aJobKind\x12\x18\n" +
 	"\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10JOB_KIND_INSTALL\x10\x01\x12\x15\n" +
@@ -1435,11 +1553,12 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\x12JOB_PHASE_CHECKING\x10\x04\x12\x17\n" +
 	"\x13JOB_PHASE_SUCCEEDED\x10\x05\x12\x17\n" +
 	"\x13JOB_PHASE_UNCHANGED\x10\x06\x12\x14\n" +
-	"\x10JOB_PHASE_FAILED\x10\a2\x8a\x02\n" +
+	"\x10JOB_PHASE_FAILED\x10\a2\xf7\x02\n" +
 	"\fAgentService\x12B\n" +
 	"\aConnect\x12\x18.ferry.v1.ConnectRequest\x1a\x19.ferry.v1.ConnectResponse(\x010\x01\x12Y\n" +
 	"\x10RenewCertificate\x12!.ferry.v1.RenewCertificateRequest\x1a\".ferry.v1.RenewCertificateResponse\x12[\n" +
-	"\x10DownloadArtifact\x12!.ferry.v1.DownloadArtifactRequest\x1a\".ferry.v1.DownloadArtifactResponse0\x01B\x94\x01\n" +
+	"\x10DownloadArtifact\x12!.ferry.v1.DownloadArtifactRequest\x1a\".ferry.v1.DownloadArtifactResponse0\x01\x12k\n" +
+	"\x16ReportArtifactMismatch\x12'.ferry.v1.ReportArtifactMismatchRequest\x1a(.ferry.v1.ReportArtifactMismatchResponseB\x94\x01\n" +
 	"\fcom.ferry.v1B\n" +
 	"AgentProtoP\x01Z7github.com/ferrydeploy/ferry/proto/gen/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
@@ -1456,30 +1575,32 @@ func file_ferry_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ferry_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_ferry_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_ferry_v1_agent_proto_goTypes = []any{
-	(JobKind)(0),                     // 0: ferry.v1.JobKind
-	(JobPhase)(0),                    // 1: ferry.v1.JobPhase
-	(*ConnectRequest)(nil),           // 2: ferry.v1.ConnectRequest
-	(*ConnectResponse)(nil),          // 3: ferry.v1.ConnectResponse
-	(*AgentHello)(nil),               // 4: ferry.v1.AgentHello
-	(*Welcome)(nil),                  // 5: ferry.v1.Welcome
-	(*Heartbeat)(nil),                // 6: ferry.v1.Heartbeat
-	(*Job)(nil),                      // 7: ferry.v1.Job
-	(*JobCancel)(nil),                // 8: ferry.v1.JobCancel
-	(*StepResult)(nil),               // 9: ferry.v1.StepResult
-	(*JobUpdate)(nil),                // 10: ferry.v1.JobUpdate
-	(*JobLog)(nil),                   // 11: ferry.v1.JobLog
-	(*RenewCertificateRequest)(nil),  // 12: ferry.v1.RenewCertificateRequest
-	(*RenewCertificateResponse)(nil), // 13: ferry.v1.RenewCertificateResponse
-	(*DownloadArtifactRequest)(nil),  // 14: ferry.v1.DownloadArtifactRequest
-	(*DownloadArtifactResponse)(nil), // 15: ferry.v1.DownloadArtifactResponse
-	(*Facts)(nil),                    // 16: ferry.v1.Facts
-	(*InstalledPackage)(nil),         // 17: ferry.v1.InstalledPackage
-	(*durationpb.Duration)(nil),      // 18: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 19: google.protobuf.Timestamp
-	(*DiskSpace)(nil),                // 20: ferry.v1.DiskSpace
-	(*Package)(nil),                  // 21: ferry.v1.Package
+	(JobKind)(0),                           // 0: ferry.v1.JobKind
+	(JobPhase)(0),                          // 1: ferry.v1.JobPhase
+	(*ConnectRequest)(nil),                 // 2: ferry.v1.ConnectRequest
+	(*ConnectResponse)(nil),                // 3: ferry.v1.ConnectResponse
+	(*AgentHello)(nil),                     // 4: ferry.v1.AgentHello
+	(*Welcome)(nil),                        // 5: ferry.v1.Welcome
+	(*Heartbeat)(nil),                      // 6: ferry.v1.Heartbeat
+	(*Job)(nil),                            // 7: ferry.v1.Job
+	(*JobCancel)(nil),                      // 8: ferry.v1.JobCancel
+	(*StepResult)(nil),                     // 9: ferry.v1.StepResult
+	(*JobUpdate)(nil),                      // 10: ferry.v1.JobUpdate
+	(*JobLog)(nil),                         // 11: ferry.v1.JobLog
+	(*RenewCertificateRequest)(nil),        // 12: ferry.v1.RenewCertificateRequest
+	(*RenewCertificateResponse)(nil),       // 13: ferry.v1.RenewCertificateResponse
+	(*DownloadArtifactRequest)(nil),        // 14: ferry.v1.DownloadArtifactRequest
+	(*DownloadArtifactResponse)(nil),       // 15: ferry.v1.DownloadArtifactResponse
+	(*ReportArtifactMismatchRequest)(nil),  // 16: ferry.v1.ReportArtifactMismatchRequest
+	(*ReportArtifactMismatchResponse)(nil), // 17: ferry.v1.ReportArtifactMismatchResponse
+	(*Facts)(nil),                          // 18: ferry.v1.Facts
+	(*InstalledPackage)(nil),               // 19: ferry.v1.InstalledPackage
+	(*durationpb.Duration)(nil),            // 20: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),          // 21: google.protobuf.Timestamp
+	(*DiskSpace)(nil),                      // 22: ferry.v1.DiskSpace
+	(*Package)(nil),                        // 23: ferry.v1.Package
 }
 var file_ferry_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: ferry.v1.ConnectRequest.hello:type_name -> ferry.v1.AgentHello
@@ -1489,32 +1610,34 @@ var file_ferry_v1_agent_proto_depIdxs = []int32{
 	5,  // 4: ferry.v1.ConnectResponse.welcome:type_name -> ferry.v1.Welcome
 	7,  // 5: ferry.v1.ConnectResponse.job:type_name -> ferry.v1.Job
 	8,  // 6: ferry.v1.ConnectResponse.cancel:type_name -> ferry.v1.JobCancel
-	16, // 7: ferry.v1.AgentHello.facts:type_name -> ferry.v1.Facts
-	17, // 8: ferry.v1.AgentHello.installed:type_name -> ferry.v1.InstalledPackage
+	18, // 7: ferry.v1.AgentHello.facts:type_name -> ferry.v1.Facts
+	19, // 8: ferry.v1.AgentHello.installed:type_name -> ferry.v1.InstalledPackage
 	10, // 9: ferry.v1.AgentHello.recent_jobs:type_name -> ferry.v1.JobUpdate
-	18, // 10: ferry.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	19, // 11: ferry.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
-	19, // 12: ferry.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	18, // 13: ferry.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
-	16, // 14: ferry.v1.Heartbeat.facts:type_name -> ferry.v1.Facts
-	17, // 15: ferry.v1.Heartbeat.installed:type_name -> ferry.v1.InstalledPackage
-	20, // 16: ferry.v1.Heartbeat.disks:type_name -> ferry.v1.DiskSpace
+	20, // 10: ferry.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	21, // 11: ferry.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
+	21, // 12: ferry.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	20, // 13: ferry.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
+	18, // 14: ferry.v1.Heartbeat.facts:type_name -> ferry.v1.Facts
+	19, // 15: ferry.v1.Heartbeat.installed:type_name -> ferry.v1.InstalledPackage
+	22, // 16: ferry.v1.Heartbeat.disks:type_name -> ferry.v1.DiskSpace
 	0,  // 17: ferry.v1.Job.kind:type_name -> ferry.v1.JobKind
-	21, // 18: ferry.v1.Job.package:type_name -> ferry.v1.Package
-	18, // 19: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
-	18, // 20: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
+	23, // 18: ferry.v1.Job.package:type_name -> ferry.v1.Package
+	20, // 19: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
+	20, // 20: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
 	1,  // 21: ferry.v1.JobUpdate.phase:type_name -> ferry.v1.JobPhase
 	9,  // 22: ferry.v1.JobUpdate.steps:type_name -> ferry.v1.StepResult
-	19, // 23: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
-	19, // 24: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
+	21, // 23: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
+	21, // 24: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
 	2,  // 25: ferry.v1.AgentService.Connect:input_type -> ferry.v1.ConnectRequest
 	12, // 26: ferry.v1.AgentService.RenewCertificate:input_type -> ferry.v1.RenewCertificateRequest
 	14, // 27: ferry.v1.AgentService.DownloadArtifact:input_type -> ferry.v1.DownloadArtifactRequest
-	3,  // 28: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
-	13, // 29: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
-	15, // 30: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
-	28, // [28:31] is the sub-list for method output_type
-	25, // [25:28] is the sub-list for method input_type
+	16, // 28: ferry.v1.AgentService.ReportArtifactMismatch:input_type -> ferry.v1.ReportArtifactMismatchRequest
+	3,  // 29: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
+	13, // 30: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
+	15, // 31: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
+	17, // 32: ferry.v1.AgentService.ReportArtifactMismatch:output_type -> ferry.v1.ReportArtifactMismatchResponse
+	29, // [29:33] is the sub-list for method output_type
+	25, // [25:29] is the sub-list for method input_type
 	25, // [25:25] is the sub-list for extension type_name
 	25, // [25:25] is the sub-list for extension extendee
 	0,  // [0:25] is the sub-list for field type_name
@@ -1544,7 +1667,7 @@ func file_ferry_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_agent_proto_rawDesc), len(file_ferry_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,9 +19,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AgentService_Connect_FullMethodName          = "/ferry.v1.AgentService/Connect"
-	AgentService_RenewCertificate_FullMethodName = "/ferry.v1.AgentService/RenewCertificate"
-	AgentService_DownloadArtifact_FullMethodName = "/ferry.v1.AgentService/DownloadArtifact"
+	AgentService_Connect_FullMethodName                = "/ferry.v1.AgentService/Connect"
+	AgentService_RenewCertificate_FullMethodName       = "/ferry.v1.AgentService/RenewCertificate"
+	AgentService_DownloadArtifact_FullMethodName       = "/ferry.v1.AgentService/DownloadArtifact"
+	AgentService_ReportArtifactMismatch_FullMethodName = "/ferry.v1.AgentService/ReportArtifactMismatch"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -41,8 +42,14 @@ type AgentServiceClient interface {
 	RenewCertificate(ctx context.Context, in *RenewCertificateRequest, opts ...grpc.CallOption) (*RenewCertificateResponse, error)
 	// DownloadArtifact streams an artifact's bytes from an offset in messages
 	// of at most 1 MiB (smaller when the agent asks), with no round trip per
-	// chunk.
+	// chunk. An artifact whose stored copy is damaged (quarantined) is
+	// refused with FAILED_PRECONDITION.
 	DownloadArtifact(ctx context.Context, in *DownloadArtifactRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DownloadArtifactResponse], error)
+	// ReportArtifactMismatch tells the controller that bytes the node
+	// downloaded did not hash to the artifact's digest. The controller hashes
+	// its stored copy again (at most once a minute per artifact, whoever
+	// reports) and quarantines it only when that copy is damaged too.
+	ReportArtifactMismatch(ctx context.Context, in *ReportArtifactMismatchRequest, opts ...grpc.CallOption) (*ReportArtifactMismatchResponse, error)
 }
 
 type agentServiceClient struct {
@@ -95,6 +102,16 @@ func (c *agentServiceClient) DownloadArtifact(ctx context.Context, in *DownloadA
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AgentService_DownloadArtifactClient = grpc.ServerStreamingClient[DownloadArtifactResponse]
 
+func (c *agentServiceClient) ReportArtifactMismatch(ctx context.Context, in *ReportArtifactMismatchRequest, opts ...grpc.CallOption) (*ReportArtifactMismatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportArtifactMismatchResponse)
+	err := c.cc.Invoke(ctx, AgentService_ReportArtifactMismatch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
@@ -112,8 +129,14 @@ type AgentServiceServer interface {
 	RenewCertificate(context.Context, *RenewCertificateRequest) (*RenewCertificateResponse, error)
 	// DownloadArtifact streams an artifact's bytes from an offset in messages
 	// of at most 1 MiB (smaller when the agent asks), with no round trip per
-	// chunk.
+	// chunk. An artifact whose stored copy is damaged (quarantined) is
+	// refused with FAILED_PRECONDITION.
 	DownloadArtifact(*DownloadArtifactRequest, grpc.ServerStreamingServer[DownloadArtifactResponse]) error
+	// ReportArtifactMismatch tells the controller that bytes the node
+	// downloaded did not hash to the artifact's digest. The controller hashes
+	// its stored copy again (at most once a minute per artifact, whoever
+	// reports) and quarantines it only when that copy is damaged too.
+	ReportArtifactMismatch(context.Context, *ReportArtifactMismatchRequest) (*ReportArtifactMismatchResponse, error)
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -132,6 +155,9 @@ func (UnimplementedAgentServiceServer) RenewCertificate(context.Context, *RenewC
 }
 func (UnimplementedAgentServiceServer) DownloadArtifact(*DownloadArtifactRequest, grpc.ServerStreamingServer[DownloadArtifactResponse]) error {
 	return status.Error(codes.Unimplemented, "method DownloadArtifact not implemented")
+}
+func (UnimplementedAgentServiceServer) ReportArtifactMismatch(context.Context, *ReportArtifactMismatchRequest) (*ReportArtifactMismatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportArtifactMismatch not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -190,6 +216,24 @@ func _AgentService_DownloadArtifact_Handler(srv interface{}, stream grpc.ServerS
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AgentService_DownloadArtifactServer = grpc.ServerStreamingServer[DownloadArtifactResponse]
 
+func _AgentService_ReportArtifactMismatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportArtifactMismatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).ReportArtifactMismatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_ReportArtifactMismatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).ReportArtifactMismatch(ctx, req.(*ReportArtifactMismatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -200,6 +244,10 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RenewCertificate",
 			Handler:    _AgentService_RenewCertificate_Handler,
+		},
+		{
+			MethodName: "ReportArtifactMismatch",
+			Handler:    _AgentService_ReportArtifactMismatch_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

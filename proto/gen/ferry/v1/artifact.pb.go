@@ -22,6 +22,61 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ArtifactState says whether the controller serves an artifact's bytes.
+type ArtifactState int32
+
+const (
+	// Not set: a record written before states existed. Served, as OK is.
+	ArtifactState_ARTIFACT_STATE_UNSPECIFIED ArtifactState = 0
+	// The stored bytes matched the digest when last hashed.
+	ArtifactState_ARTIFACT_STATE_OK ArtifactState = 1
+	// The stored bytes no longer match the digest (or are gone): the
+	// artifact is quarantined, not served to agents, until the same bytes
+	// are pushed again.
+	ArtifactState_ARTIFACT_STATE_DAMAGED ArtifactState = 2
+)
+
+// Enum value maps for ArtifactState.
+var (
+	ArtifactState_name = map[int32]string{
+		0: "ARTIFACT_STATE_UNSPECIFIED",
+		1: "ARTIFACT_STATE_OK",
+		2: "ARTIFACT_STATE_DAMAGED",
+	}
+	ArtifactState_value = map[string]int32{
+		"ARTIFACT_STATE_UNSPECIFIED": 0,
+		"ARTIFACT_STATE_OK":          1,
+		"ARTIFACT_STATE_DAMAGED":     2,
+	}
+)
+
+func (x ArtifactState) Enum() *ArtifactState {
+	p := new(ArtifactState)
+	*p = x
+	return p
+}
+
+func (x ArtifactState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ArtifactState) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_artifact_proto_enumTypes[0].Descriptor()
+}
+
+func (ArtifactState) Type() protoreflect.EnumType {
+	return &file_ferry_v1_artifact_proto_enumTypes[0]
+}
+
+func (x ArtifactState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ArtifactState.Descriptor instead.
+func (ArtifactState) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{0}
+}
+
 // Artifact is an immutable blob's metadata.
 type Artifact struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -40,7 +95,15 @@ type Artifact struct {
 	// Admin who pushed it.
 	PushedBy string `protobuf:"bytes,7,opt,name=pushed_by,json=pushedBy,proto3" json:"pushed_by,omitempty"`
 	// When it was pushed.
-	PushedAt      *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=pushed_at,json=pushedAt,proto3" json:"pushed_at,omitempty"`
+	PushedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=pushed_at,json=pushedAt,proto3" json:"pushed_at,omitempty"`
+	// Whether the stored bytes are intact or damaged (quarantined).
+	State ArtifactState `protobuf:"varint,9,opt,name=state,proto3,enum=ferry.v1.ArtifactState" json:"state,omitempty"`
+	// When the controller last hashed the stored bytes (push, verify, or a
+	// node's mismatch report).
+	CheckedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=checked_at,json=checkedAt,proto3" json:"checked_at,omitempty"`
+	// For a damaged artifact: the digest its stored bytes hash to
+	// ("sha256:<hex>"); empty when the blob file is missing.
+	StoredDigest  string `protobuf:"bytes,11,opt,name=stored_digest,json=storedDigest,proto3" json:"stored_digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -129,6 +192,27 @@ func (x *Artifact) GetPushedAt() *timestamppb.Timestamp {
 		return x.PushedAt
 	}
 	return nil
+}
+
+func (x *Artifact) GetState() ArtifactState {
+	if x != nil {
+		return x.State
+	}
+	return ArtifactState_ARTIFACT_STATE_UNSPECIFIED
+}
+
+func (x *Artifact) GetCheckedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CheckedAt
+	}
+	return nil
+}
+
+func (x *Artifact) GetStoredDigest() string {
+	if x != nil {
+		return x.StoredDigest
+	}
+	return ""
 }
 
 // PushArtifactHeader opens a push.
@@ -315,7 +399,10 @@ type PushArtifactResponse struct {
 	// The artifact.
 	Artifact *Artifact `protobuf:"bytes,1,opt,name=artifact,proto3" json:"artifact,omitempty"`
 	// False when the same bytes and name were already stored.
-	Created       bool `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
+	Created bool `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
+	// True when these bytes replaced a damaged copy of them, which the
+	// controller serves again.
+	Restored      bool `protobuf:"varint,3,opt,name=restored,proto3" json:"restored,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -360,6 +447,13 @@ func (x *PushArtifactResponse) GetArtifact() *Artifact {
 func (x *PushArtifactResponse) GetCreated() bool {
 	if x != nil {
 		return x.Created
+	}
+	return false
+}
+
+func (x *PushArtifactResponse) GetRestored() bool {
+	if x != nil {
+		return x.Restored
 	}
 	return false
 }
@@ -649,11 +743,133 @@ func (x *DeleteArtifactResponse) GetArtifact() *Artifact {
 	return nil
 }
 
+// VerifyArtifactsRequest names the artifacts to check.
+type VerifyArtifactsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "name@version", "sha256:<hex prefix>" or a name with one version;
+	// empty with all set.
+	Ref string `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	// Check every stored artifact.
+	All           bool `protobuf:"varint,2,opt,name=all,proto3" json:"all,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyArtifactsRequest) Reset() {
+	*x = VerifyArtifactsRequest{}
+	mi := &file_ferry_v1_artifact_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyArtifactsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyArtifactsRequest) ProtoMessage() {}
+
+func (x *VerifyArtifactsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_artifact_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyArtifactsRequest.ProtoReflect.Descriptor instead.
+func (*VerifyArtifactsRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *VerifyArtifactsRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+func (x *VerifyArtifactsRequest) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+// VerifyArtifactsResponse is one artifact's check.
+type VerifyArtifactsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The artifact after the check; its state says ok or damaged.
+	Artifact *Artifact `protobuf:"bytes,1,opt,name=artifact,proto3" json:"artifact,omitempty"`
+	// What the stored bytes hash to ("sha256:<hex>"); empty when they could
+	// not be read.
+	GotDigest string `protobuf:"bytes,2,opt,name=got_digest,json=gotDigest,proto3" json:"got_digest,omitempty"`
+	// Why the stored bytes could not be hashed (e.g. the blob file is
+	// missing); empty when they were.
+	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyArtifactsResponse) Reset() {
+	*x = VerifyArtifactsResponse{}
+	mi := &file_ferry_v1_artifact_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyArtifactsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyArtifactsResponse) ProtoMessage() {}
+
+func (x *VerifyArtifactsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_artifact_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyArtifactsResponse.ProtoReflect.Descriptor instead.
+func (*VerifyArtifactsResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *VerifyArtifactsResponse) GetArtifact() *Artifact {
+	if x != nil {
+		return x.Artifact
+	}
+	return nil
+}
+
+func (x *VerifyArtifactsResponse) GetGotDigest() string {
+	if x != nil {
+		return x.GotDigest
+	}
+	return ""
+}
+
+func (x *VerifyArtifactsResponse) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 var File_ferry_v1_artifact_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_artifact_proto_rawDesc = "" +
 	"\n" +
-	"\x17ferry/v1/artifact.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\x01\n" +
+	"\x17ferry/v1/artifact.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xed\x02\n" +
 	"\bArtifact\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -662,7 +878,12 @@ const file_ferry_v1_artifact_proto_rawDesc = "" +
 	"\x04arch\x18\x05 \x01(\tR\x04arch\x12\x12\n" +
 	"\x04size\x18\x06 \x01(\x04R\x04size\x12\x1b\n" +
 	"\tpushed_by\x18\a \x01(\tR\bpushedBy\x127\n" +
-	"\tpushed_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\bpushedAt\"\x92\x01\n" +
+	"\tpushed_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\bpushedAt\x12-\n" +
+	"\x05state\x18\t \x01(\x0e2\x17.ferry.v1.ArtifactStateR\x05state\x129\n" +
+	"\n" +
+	"checked_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tcheckedAt\x12#\n" +
+	"\rstored_digest\x18\v \x01(\tR\fstoredDigest\"\x92\x01\n" +
 	"\x12PushArtifactHeader\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x0e\n" +
@@ -673,10 +894,11 @@ const file_ferry_v1_artifact_proto_rawDesc = "" +
 	"\x13PushArtifactRequest\x126\n" +
 	"\x06header\x18\x01 \x01(\v2\x1c.ferry.v1.PushArtifactHeaderH\x00R\x06header\x12\x16\n" +
 	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunkB\x05\n" +
-	"\x03msg\"`\n" +
+	"\x03msg\"|\n" +
 	"\x14PushArtifactResponse\x12.\n" +
 	"\bartifact\x18\x01 \x01(\v2\x12.ferry.v1.ArtifactR\bartifact\x12\x18\n" +
-	"\acreated\x18\x02 \x01(\bR\acreated\"*\n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\x12\x1a\n" +
+	"\brestored\x18\x03 \x01(\bR\brestored\"*\n" +
 	"\x14ListArtifactsRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"I\n" +
 	"\x15ListArtifactsResponse\x120\n" +
@@ -689,12 +911,25 @@ const file_ferry_v1_artifact_proto_rawDesc = "" +
 	"\x15DeleteArtifactRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\"H\n" +
 	"\x16DeleteArtifactResponse\x12.\n" +
-	"\bartifact\x18\x01 \x01(\v2\x12.ferry.v1.ArtifactR\bartifact2\xd5\x02\n" +
+	"\bartifact\x18\x01 \x01(\v2\x12.ferry.v1.ArtifactR\bartifact\"<\n" +
+	"\x16VerifyArtifactsRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x10\n" +
+	"\x03all\x18\x02 \x01(\bR\x03all\"~\n" +
+	"\x17VerifyArtifactsResponse\x12.\n" +
+	"\bartifact\x18\x01 \x01(\v2\x12.ferry.v1.ArtifactR\bartifact\x12\x1d\n" +
+	"\n" +
+	"got_digest\x18\x02 \x01(\tR\tgotDigest\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error*b\n" +
+	"\rArtifactState\x12\x1e\n" +
+	"\x1aARTIFACT_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11ARTIFACT_STATE_OK\x10\x01\x12\x1a\n" +
+	"\x16ARTIFACT_STATE_DAMAGED\x10\x022\xaf\x03\n" +
 	"\x0fArtifactService\x12O\n" +
 	"\fPushArtifact\x12\x1d.ferry.v1.PushArtifactRequest\x1a\x1e.ferry.v1.PushArtifactResponse(\x01\x12P\n" +
 	"\rListArtifacts\x12\x1e.ferry.v1.ListArtifactsRequest\x1a\x1f.ferry.v1.ListArtifactsResponse\x12J\n" +
 	"\vGetArtifact\x12\x1c.ferry.v1.GetArtifactRequest\x1a\x1d.ferry.v1.GetArtifactResponse\x12S\n" +
-	"\x0eDeleteArtifact\x12\x1f.ferry.v1.DeleteArtifactRequest\x1a .ferry.v1.DeleteArtifactResponseB\x97\x01\n" +
+	"\x0eDeleteArtifact\x12\x1f.ferry.v1.DeleteArtifactRequest\x1a .ferry.v1.DeleteArtifactResponse\x12X\n" +
+	"\x0fVerifyArtifacts\x12 .ferry.v1.VerifyArtifactsRequest\x1a!.ferry.v1.VerifyArtifactsResponse0\x01B\x97\x01\n" +
 	"\fcom.ferry.v1B\rArtifactProtoP\x01Z7github.com/ferrydeploy/ferry/proto/gen/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -709,40 +944,49 @@ func file_ferry_v1_artifact_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_artifact_proto_rawDescData
 }
 
-var file_ferry_v1_artifact_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_ferry_v1_artifact_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_ferry_v1_artifact_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_ferry_v1_artifact_proto_goTypes = []any{
-	(*Artifact)(nil),               // 0: ferry.v1.Artifact
-	(*PushArtifactHeader)(nil),     // 1: ferry.v1.PushArtifactHeader
-	(*PushArtifactRequest)(nil),    // 2: ferry.v1.PushArtifactRequest
-	(*PushArtifactResponse)(nil),   // 3: ferry.v1.PushArtifactResponse
-	(*ListArtifactsRequest)(nil),   // 4: ferry.v1.ListArtifactsRequest
-	(*ListArtifactsResponse)(nil),  // 5: ferry.v1.ListArtifactsResponse
-	(*GetArtifactRequest)(nil),     // 6: ferry.v1.GetArtifactRequest
-	(*GetArtifactResponse)(nil),    // 7: ferry.v1.GetArtifactResponse
-	(*DeleteArtifactRequest)(nil),  // 8: ferry.v1.DeleteArtifactRequest
-	(*DeleteArtifactResponse)(nil), // 9: ferry.v1.DeleteArtifactResponse
-	(*timestamppb.Timestamp)(nil),  // 10: google.protobuf.Timestamp
+	(ArtifactState)(0),              // 0: ferry.v1.ArtifactState
+	(*Artifact)(nil),                // 1: ferry.v1.Artifact
+	(*PushArtifactHeader)(nil),      // 2: ferry.v1.PushArtifactHeader
+	(*PushArtifactRequest)(nil),     // 3: ferry.v1.PushArtifactRequest
+	(*PushArtifactResponse)(nil),    // 4: ferry.v1.PushArtifactResponse
+	(*ListArtifactsRequest)(nil),    // 5: ferry.v1.ListArtifactsRequest
+	(*ListArtifactsResponse)(nil),   // 6: ferry.v1.ListArtifactsResponse
+	(*GetArtifactRequest)(nil),      // 7: ferry.v1.GetArtifactRequest
+	(*GetArtifactResponse)(nil),     // 8: ferry.v1.GetArtifactResponse
+	(*DeleteArtifactRequest)(nil),   // 9: ferry.v1.DeleteArtifactRequest
+	(*DeleteArtifactResponse)(nil),  // 10: ferry.v1.DeleteArtifactResponse
+	(*VerifyArtifactsRequest)(nil),  // 11: ferry.v1.VerifyArtifactsRequest
+	(*VerifyArtifactsResponse)(nil), // 12: ferry.v1.VerifyArtifactsResponse
+	(*timestamppb.Timestamp)(nil),   // 13: google.protobuf.Timestamp
 }
 var file_ferry_v1_artifact_proto_depIdxs = []int32{
-	10, // 0: ferry.v1.Artifact.pushed_at:type_name -> google.protobuf.Timestamp
-	1,  // 1: ferry.v1.PushArtifactRequest.header:type_name -> ferry.v1.PushArtifactHeader
-	0,  // 2: ferry.v1.PushArtifactResponse.artifact:type_name -> ferry.v1.Artifact
-	0,  // 3: ferry.v1.ListArtifactsResponse.artifacts:type_name -> ferry.v1.Artifact
-	0,  // 4: ferry.v1.GetArtifactResponse.artifact:type_name -> ferry.v1.Artifact
-	0,  // 5: ferry.v1.DeleteArtifactResponse.artifact:type_name -> ferry.v1.Artifact
-	2,  // 6: ferry.v1.ArtifactService.PushArtifact:input_type -> ferry.v1.PushArtifactRequest
-	4,  // 7: ferry.v1.ArtifactService.ListArtifacts:input_type -> ferry.v1.ListArtifactsRequest
-	6,  // 8: ferry.v1.ArtifactService.GetArtifact:input_type -> ferry.v1.GetArtifactRequest
-	8,  // 9: ferry.v1.ArtifactService.DeleteArtifact:input_type -> ferry.v1.DeleteArtifactRequest
-	3,  // 10: ferry.v1.ArtifactService.PushArtifact:output_type -> ferry.v1.PushArtifactResponse
-	5,  // 11: ferry.v1.ArtifactService.ListArtifacts:output_type -> ferry.v1.ListArtifactsResponse
-	7,  // 12: ferry.v1.ArtifactService.GetArtifact:output_type -> ferry.v1.GetArtifactResponse
-	9,  // 13: ferry.v1.ArtifactService.DeleteArtifact:output_type -> ferry.v1.DeleteArtifactResponse
-	10, // [10:14] is the sub-list for method output_type
-	6,  // [6:10] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	13, // 0: ferry.v1.Artifact.pushed_at:type_name -> google.protobuf.Timestamp
+	0,  // 1: ferry.v1.Artifact.state:type_name -> ferry.v1.ArtifactState
+	13, // 2: ferry.v1.Artifact.checked_at:type_name -> google.protobuf.Timestamp
+	2,  // 3: ferry.v1.PushArtifactRequest.header:type_name -> ferry.v1.PushArtifactHeader
+	1,  // 4: ferry.v1.PushArtifactResponse.artifact:type_name -> ferry.v1.Artifact
+	1,  // 5: ferry.v1.ListArtifactsResponse.artifacts:type_name -> ferry.v1.Artifact
+	1,  // 6: ferry.v1.GetArtifactResponse.artifact:type_name -> ferry.v1.Artifact
+	1,  // 7: ferry.v1.DeleteArtifactResponse.artifact:type_name -> ferry.v1.Artifact
+	1,  // 8: ferry.v1.VerifyArtifactsResponse.artifact:type_name -> ferry.v1.Artifact
+	3,  // 9: ferry.v1.ArtifactService.PushArtifact:input_type -> ferry.v1.PushArtifactRequest
+	5,  // 10: ferry.v1.ArtifactService.ListArtifacts:input_type -> ferry.v1.ListArtifactsRequest
+	7,  // 11: ferry.v1.ArtifactService.GetArtifact:input_type -> ferry.v1.GetArtifactRequest
+	9,  // 12: ferry.v1.ArtifactService.DeleteArtifact:input_type -> ferry.v1.DeleteArtifactRequest
+	11, // 13: ferry.v1.ArtifactService.VerifyArtifacts:input_type -> ferry.v1.VerifyArtifactsRequest
+	4,  // 14: ferry.v1.ArtifactService.PushArtifact:output_type -> ferry.v1.PushArtifactResponse
+	6,  // 15: ferry.v1.ArtifactService.ListArtifacts:output_type -> ferry.v1.ListArtifactsResponse
+	8,  // 16: ferry.v1.ArtifactService.GetArtifact:output_type -> ferry.v1.GetArtifactResponse
+	10, // 17: ferry.v1.ArtifactService.DeleteArtifact:output_type -> ferry.v1.DeleteArtifactResponse
+	12, // 18: ferry.v1.ArtifactService.VerifyArtifacts:output_type -> ferry.v1.VerifyArtifactsResponse
+	14, // [14:19] is the sub-list for method output_type
+	9,  // [9:14] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_artifact_proto_init() }
@@ -759,13 +1003,14 @@ func file_ferry_v1_artifact_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_artifact_proto_rawDesc), len(file_ferry_v1_artifact_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   10,
+			NumEnums:      1,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_ferry_v1_artifact_proto_goTypes,
 		DependencyIndexes: file_ferry_v1_artifact_proto_depIdxs,
+		EnumInfos:         file_ferry_v1_artifact_proto_enumTypes,
 		MessageInfos:      file_ferry_v1_artifact_proto_msgTypes,
 	}.Build()
 	File_ferry_v1_artifact_proto = out.File

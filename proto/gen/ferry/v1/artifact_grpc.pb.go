@@ -19,10 +19,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ArtifactService_PushArtifact_FullMethodName   = "/ferry.v1.ArtifactService/PushArtifact"
-	ArtifactService_ListArtifacts_FullMethodName  = "/ferry.v1.ArtifactService/ListArtifacts"
-	ArtifactService_GetArtifact_FullMethodName    = "/ferry.v1.ArtifactService/GetArtifact"
-	ArtifactService_DeleteArtifact_FullMethodName = "/ferry.v1.ArtifactService/DeleteArtifact"
+	ArtifactService_PushArtifact_FullMethodName    = "/ferry.v1.ArtifactService/PushArtifact"
+	ArtifactService_ListArtifacts_FullMethodName   = "/ferry.v1.ArtifactService/ListArtifacts"
+	ArtifactService_GetArtifact_FullMethodName     = "/ferry.v1.ArtifactService/GetArtifact"
+	ArtifactService_DeleteArtifact_FullMethodName  = "/ferry.v1.ArtifactService/DeleteArtifact"
+	ArtifactService_VerifyArtifacts_FullMethodName = "/ferry.v1.ArtifactService/VerifyArtifacts"
 )
 
 // ArtifactServiceClient is the client API for ArtifactService service.
@@ -42,6 +43,11 @@ type ArtifactServiceClient interface {
 	GetArtifact(ctx context.Context, in *GetArtifactRequest, opts ...grpc.CallOption) (*GetArtifactResponse, error)
 	// DeleteArtifact removes an artifact no package references.
 	DeleteArtifact(ctx context.Context, in *DeleteArtifactRequest, opts ...grpc.CallOption) (*DeleteArtifactResponse, error)
+	// VerifyArtifacts hashes stored blobs again on the controller, one message
+	// per artifact as each is done. A blob whose bytes no longer match its
+	// digest is quarantined (agents are refused it) until the same bytes are
+	// pushed again; a quarantined blob that matches again is served again.
+	VerifyArtifacts(ctx context.Context, in *VerifyArtifactsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[VerifyArtifactsResponse], error)
 }
 
 type artifactServiceClient struct {
@@ -95,6 +101,25 @@ func (c *artifactServiceClient) DeleteArtifact(ctx context.Context, in *DeleteAr
 	return out, nil
 }
 
+func (c *artifactServiceClient) VerifyArtifacts(ctx context.Context, in *VerifyArtifactsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[VerifyArtifactsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ArtifactService_ServiceDesc.Streams[1], ArtifactService_VerifyArtifacts_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[VerifyArtifactsRequest, VerifyArtifactsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ArtifactService_VerifyArtifactsClient = grpc.ServerStreamingClient[VerifyArtifactsResponse]
+
 // ArtifactServiceServer is the server API for ArtifactService service.
 // All implementations must embed UnimplementedArtifactServiceServer
 // for forward compatibility.
@@ -112,6 +137,11 @@ type ArtifactServiceServer interface {
 	GetArtifact(context.Context, *GetArtifactRequest) (*GetArtifactResponse, error)
 	// DeleteArtifact removes an artifact no package references.
 	DeleteArtifact(context.Context, *DeleteArtifactRequest) (*DeleteArtifactResponse, error)
+	// VerifyArtifacts hashes stored blobs again on the controller, one message
+	// per artifact as each is done. A blob whose bytes no longer match its
+	// digest is quarantined (agents are refused it) until the same bytes are
+	// pushed again; a quarantined blob that matches again is served again.
+	VerifyArtifacts(*VerifyArtifactsRequest, grpc.ServerStreamingServer[VerifyArtifactsResponse]) error
 	mustEmbedUnimplementedArtifactServiceServer()
 }
 
@@ -133,6 +163,9 @@ func (UnimplementedArtifactServiceServer) GetArtifact(context.Context, *GetArtif
 }
 func (UnimplementedArtifactServiceServer) DeleteArtifact(context.Context, *DeleteArtifactRequest) (*DeleteArtifactResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteArtifact not implemented")
+}
+func (UnimplementedArtifactServiceServer) VerifyArtifacts(*VerifyArtifactsRequest, grpc.ServerStreamingServer[VerifyArtifactsResponse]) error {
+	return status.Error(codes.Unimplemented, "method VerifyArtifacts not implemented")
 }
 func (UnimplementedArtifactServiceServer) mustEmbedUnimplementedArtifactServiceServer() {}
 func (UnimplementedArtifactServiceServer) testEmbeddedByValue()                         {}
@@ -216,6 +249,17 @@ func _ArtifactService_DeleteArtifact_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ArtifactService_VerifyArtifacts_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(VerifyArtifactsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ArtifactServiceServer).VerifyArtifacts(m, &grpc.GenericServerStream[VerifyArtifactsRequest, VerifyArtifactsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ArtifactService_VerifyArtifactsServer = grpc.ServerStreamingServer[VerifyArtifactsResponse]
+
 // ArtifactService_ServiceDesc is the grpc.ServiceDesc for ArtifactService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -241,6 +285,11 @@ var ArtifactService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "PushArtifact",
 			Handler:       _ArtifactService_PushArtifact_Handler,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "VerifyArtifacts",
+			Handler:       _ArtifactService_VerifyArtifacts_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "ferry/v1/artifact.proto",
