@@ -37,7 +37,8 @@ func fetch(t *testing.T, addr string) (int, error) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
-		t.Fatal(err)
+		// A reset can beat the client's connect() to userspace.
+		return 0, err
 	}
 	defer c.Close()
 	n, err := io.Copy(io.Discard, c)
@@ -80,17 +81,24 @@ func TestProxy(t *testing.T) {
 			} else if err != nil {
 				t.Errorf("client error %v", err)
 			}
+			// What the proxy sent before a reset is exact; the client may
+			// get less of it, since a reset discards what it had not read.
+			sent := int(p.Bytes())
 			switch {
-			case tc.want >= 0 && n != tc.want:
-				t.Errorf("client got %d bytes, want %d", n, tc.want)
-			case tc.want < 0 && (n < 1000 || n > 2000):
-				t.Errorf("client got %d bytes, want between 1000 and 2000", n)
+			case tc.want >= 0 && sent != tc.want:
+				t.Errorf("proxy sent %d bytes, want %d", sent, tc.want)
+			case tc.want < 0 && (sent < 1000 || sent > 2000):
+				t.Errorf("proxy sent %d bytes, want between 1000 and 2000", sent)
+			case !tc.reset && n != sent:
+				t.Errorf("client got %d bytes, proxy sent %d", n, sent)
+			case tc.reset && n > sent:
+				t.Errorf("client got %d bytes, more than the %d the proxy sent", n, sent)
 			}
 			if took < tc.minTime {
 				t.Errorf("took %v, want at least %v", took, tc.minTime)
 			}
-			if p.Bytes() != int64(n) || p.Conns() != 1 {
-				t.Errorf("proxy counts %d bytes over %d connections, want %d over 1", p.Bytes(), p.Conns(), n)
+			if p.Conns() != 1 {
+				t.Errorf("proxy counts %d connections, want 1", p.Conns())
 			}
 		})
 	}
