@@ -70,6 +70,10 @@ var (
 	// ErrDamaged: the controller's stored copy is damaged (quarantined);
 	// it serves the artifact again once an admin pushes it again.
 	ErrDamaged = errors.New("artifact damaged on the controller")
+	// ErrRefused: the controller refused the download (the node may not
+	// have the artifact, or its certificate is no longer accepted);
+	// asking again would not help.
+	ErrRefused = errors.New("the controller refused the download")
 )
 
 // errStalled ends a stream that brought nothing for StallTimeout.
@@ -438,8 +442,9 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 			// The controller quarantined its copy; its message names the
 			// artifact and the fix.
 			return "", &damagedError{msg: status.Convert(err).Message()}
-		case codes.PermissionDenied, codes.Unauthenticated, codes.InvalidArgument, codes.Unimplemented:
-			return "", fmt.Errorf("download artifact %s: %w", digest, err)
+		}
+		if refusal(err) {
+			return "", refused(digest, err)
 		}
 		var fatal *backoff.PermanentError
 		if errors.As(err, &fatal) {
@@ -464,7 +469,8 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 		}
 		failures++
 		if failures > f.cfg.Retries {
-			return "", fmt.Errorf("%w: download artifact %s: %d attempts in a row failed without progress (%d of %d bytes on disk, kept for the next try): %w", ErrUnreachable, digest, failures, off, total, err)
+			return "", fmt.Errorf("%w: download artifact %s: %d attempts in a row failed without progress (%d of %d bytes on disk, kept for the next try); the last one: %s",
+				ErrUnreachable, digest, failures, off, total, reason(err))
 		}
 		d := f.backoff(failures)
 		f.log.Info("artifact stream broke; reconnecting", "artifact", digest, "offset", off, "size", total, "retry_in", d, "err", err)

@@ -45,6 +45,7 @@ type fakeController struct {
 	blobs   map[string]blob
 	cut     func() int64 // <0: never
 	hang    func() int64 // <0: never
+	refuse  error        // when set, every stream ends with it before a byte
 	served  atomic.Int64
 	streams atomic.Int64
 	active  atomic.Int64 // streams being served now
@@ -87,9 +88,12 @@ func (s *fakeController) DownloadArtifact(req *ferryv1.DownloadArtifactRequest, 
 	defer s.active.Add(-1)
 	s.mu.Lock()
 	b, ok := s.blobs[req.Digest]
-	cut, hang := s.cut, s.hang
+	cut, hang, refuse := s.cut, s.hang, s.refuse
 	s.asked = append(s.asked, req.MaxChunkSize)
 	s.mu.Unlock()
+	if refuse != nil {
+		return refuse
+	}
 	if !ok {
 		return status.Errorf(codes.NotFound, "no artifact has digest %s", req.Digest)
 	}
