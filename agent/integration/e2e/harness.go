@@ -18,7 +18,8 @@
 //	h.WaitNode("web-1", 5*time.Second, "not healthy", func(n e2e.Node) bool { return n.State != e2e.Healthy })
 //
 // A Harness belongs to one test (or subtest): its failures call t.Fatal, so
-// create one per t.Run rather than sharing it.
+// create one per t.Run rather than sharing it, or give each subtest
+// h.Sub(t), which shares h's controller and fleet.
 package e2e
 
 import (
@@ -84,6 +85,21 @@ func New(t testing.TB) *Harness {
 	}
 	t.Cleanup(h.cleanup)
 	return h
+}
+
+// Sub returns a harness for t, a subtest of h's test, so that subtests
+// can share one controller and fleet: it talks to h's controller and
+// lives in h's folder, and its commands and waits fail t, not the parent.
+// Processes started on it are stopped when t ends; those started on h
+// (and their methods, which fail h's test) keep running.
+func (h *Harness) Sub(t testing.TB) *Harness {
+	t.Helper()
+	h.mu.Lock()
+	ctl := h.ctl
+	h.mu.Unlock()
+	sub := &Harness{t: t, bin: h.bin, dir: h.dir, ctl: ctl}
+	t.Cleanup(sub.cleanup)
+	return sub
 }
 
 // Dir is the test's temporary folder; every state dir, root and log is
