@@ -120,21 +120,13 @@ func TestHostilePeerWithoutCertificate(t *testing.T) {
 	close(stop)
 	wg.Wait()
 
-	refused, exhausted, sent := 0, 0, 0
-	for _, s := range held {
-		sent += s.Sent
-		switch {
-		case s.Refused:
-			refused++
-		case s.Status != nil && *s.Status == codes.ResourceExhausted:
-			exhausted++
-		default:
-			t.Errorf("%v; want refused, or answered ResourceExhausted", s)
-		}
+	o := rpctest.Summarize(held)
+	for _, s := range o.Other {
+		t.Errorf("%v; want refused, or answered ResourceExhausted", s)
 	}
-	t.Logf("%d streams refused, %d answered ResourceExhausted; the server let %d bytes through; heap grew %.1f MiB", refused, exhausted, sent, float64(growth)/(1<<20))
-	if refused < streams-int(rpc.DefaultLimits.PublicMaxStreams) {
-		t.Errorf("%d of %d streams refused: the streams of one connection are not capped at %d", refused, streams, rpc.DefaultLimits.PublicMaxStreams)
+	t.Logf("%d streams refused, %d answered ResourceExhausted; the server let %d bytes through; heap grew %.1f MiB", o.Refused, o.Exhausted, o.Sent, float64(growth)/(1<<20))
+	if o.Refused < streams-int(rpc.DefaultLimits.PublicMaxStreams) {
+		t.Errorf("%d of %d streams refused: the streams of one connection are not capped at %d", o.Refused, streams, rpc.DefaultLimits.PublicMaxStreams)
 	}
 	if growth > 32<<20 {
 		t.Errorf("heap grew %.1f MiB under one hostile connection, want at most 32 MiB", float64(growth)/(1<<20))

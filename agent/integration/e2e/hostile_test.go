@@ -137,25 +137,17 @@ steps:
 			t.Fatalf("flood: %v", res.err)
 		}
 
-		refused, exhausted, sent := 0, 0, 0
-		for _, s := range res.streams {
-			sent += s.Sent
-			switch {
-			case s.Refused:
-				refused++
-			case s.Status != nil && *s.Status == codes.ResourceExhausted:
-				exhausted++
-			default:
-				t.Errorf("%v; want refused, or answered ResourceExhausted", s)
-			}
+		o := rpctest.Summarize(res.streams)
+		for _, s := range o.Other {
+			t.Errorf("%v; want refused, or answered ResourceExhausted", s)
 		}
 		growth := peak - base
 		slices.Sort(latencies)
 		t.Logf("%d streams refused, %d answered ResourceExhausted; the controller let %d bytes through; its heap in use grew %.1f MiB at most (from %.1f MiB)",
-			refused, exhausted, sent, growth/(1<<20), base/(1<<20))
+			o.Refused, o.Exhausted, o.Sent, growth/(1<<20), base/(1<<20))
 		t.Logf("ferryctl nodes during the attack: %d calls, median %v, max %v", len(latencies), latencies[len(latencies)/2], latencies[len(latencies)-1])
-		if refused < streams-int(rpc.DefaultLimits.PublicMaxStreams) {
-			t.Errorf("%d of %d streams refused: the streams of one connection are not capped at %d", refused, streams, rpc.DefaultLimits.PublicMaxStreams)
+		if o.Refused < streams-int(rpc.DefaultLimits.PublicMaxStreams) {
+			t.Errorf("%d of %d streams refused: the streams of one connection are not capped at %d", o.Refused, streams, rpc.DefaultLimits.PublicMaxStreams)
 		}
 		if growth > 32<<20 {
 			t.Errorf("the controller's heap in use grew %.1f MiB under one hostile connection, want less than 32 MiB", growth/(1<<20))
@@ -377,12 +369,12 @@ steps:
 		})
 		t.Logf("the controller ended hog-1's stalled downloads within %v of the attack", time.Since(attack).Round(time.Second))
 		for _, s := range held {
-			err := drain(s)
+			_, err := drain(s)
 			if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "download stalled") {
 				t.Errorf("hog-1's held download ended with %v, want Unavailable: download stalled", err)
 			}
 		}
-		full, err := downloadAll(hog, blobDigest)
+		full, err := download(hog, blobDigest)
 		if err != nil || full != fileSize(t, blob) {
 			t.Errorf("hog-1's download after the stall: %d of %d bytes, %v; want its slots back", full, fileSize(t, blob), err)
 		}
@@ -398,16 +390,7 @@ steps:
 // receives nothing.
 func wantDownloadRefused(t *testing.T, client ferryv1.AgentServiceClient, node, digest string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := client.DownloadArtifact(ctx, &ferryv1.DownloadArtifactRequest{Digest: digest})
-	var got int
-	for err == nil {
-		var msg *ferryv1.DownloadArtifactResponse
-		if msg, err = s.Recv(); err == nil {
-			got += len(msg.GetData())
-		}
-	}
+	got, err := download(client, digest)
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "node "+node+" has no job that uses artifact "+digest) {
 		t.Errorf("%s's download of %s: %v; want PermissionDenied naming the node and the artifact", node, digest, err)
 	}
@@ -416,23 +399,21 @@ func wantDownloadRefused(t *testing.T, client ferryv1.AgentServiceClient, node, 
 	}
 }
 
-// drain reads a download to its end and returns how it ended.
-func drain(s grpc.ServerStreamingClient[ferryv1.DownloadArtifactResponse]) error {
-	for {
-		if _, err := s.Recv(); err != nil {
-			return err
-		}
-	}
-}
-
-// downloadAll downloads digest whole and returns its size.
-func downloadAll(client ferryv1.AgentServiceClient, digest string) (int64, error) {
+// download downloads digest and returns how many bytes arrived, and the
+// error that ended it (nil when the artifact came whole).
+func download(client ferryv1.AgentServiceClient, digest string) (int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	s, err := client.DownloadArtifact(ctx, &ferryv1.DownloadArtifactRequest{Digest: digest})
 	if err != nil {
 		return 0, err
 	}
+	return drain(s)
+}
+
+// drain reads a download to its end; it returns the bytes that arrived
+// and how it ended (nil at the artifact's end).
+func drain(s grpc.ServerStreamingClient[ferryv1.DownloadArtifactResponse]) (int64, error) {
 	var n int64
 	for {
 		msg, err := s.Recv()

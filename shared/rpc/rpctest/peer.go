@@ -330,6 +330,32 @@ func decodeMessage(v string) string {
 	return string(b)
 }
 
+// Outcome sums up the streams of a flood.
+type Outcome struct {
+	Refused   int      // reset with REFUSED_STREAM: over the server's stream cap
+	Exhausted int      // answered ResourceExhausted: over its message size
+	Sent      int      // DATA bytes the server let through, in all
+	Other     []Stream // ended any other way, or still open
+}
+
+// Summarize sorts streams by how the server ended them. A server that
+// holds its limits leaves Other empty.
+func Summarize(streams []Stream) Outcome {
+	var o Outcome
+	for _, s := range streams {
+		o.Sent += s.Sent
+		switch {
+		case s.Refused:
+			o.Refused++
+		case s.Status != nil && *s.Status == codes.ResourceExhausted:
+			o.Exhausted++
+		default:
+			o.Other = append(o.Other, s)
+		}
+	}
+	return o
+}
+
 // String sums a stream up for test logs.
 func (s Stream) String() string {
 	switch {
