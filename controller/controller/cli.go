@@ -51,6 +51,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.GossipAddr, "gossip-listen", ":7946", `gossip (memberlist) bind address; "" disables gossip`)
 	fs.StringVar(&cfg.GossipAdvertise, "gossip-advertise", "", "gossip address agents dial (default: the bound address)")
 	fs.StringVar(&cfg.GossipProfile, "gossip-profile", "lan", "gossip timings: lan, local or wan")
+	fs.DurationVar(&cfg.GossipKeyGrace, "gossip-key-grace", 0, "how long after a rotation the previous gossip key (e.g. a removed node's) still works, so agents switch without dropping out (default 30s)")
 	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn, error")
 	fs.BoolVar(&cfg.AllowNewStore, "new-store", false, "start with a new, empty store when ferry.db is missing or empty although the data dir holds a CA, admin credential or artifacts (every node must enroll again); without it that is an error")
 	if err := fs.Parse(args); err != nil {

@@ -6,7 +6,6 @@ package controller
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -26,6 +25,7 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/artifact"
 	"github.com/ferrydeploy/ferry/controller/internal/credential"
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
+	"github.com/ferrydeploy/ferry/controller/internal/gossipkey"
 	"github.com/ferrydeploy/ferry/controller/internal/health"
 	"github.com/ferrydeploy/ferry/controller/internal/metrics"
 	"github.com/ferrydeploy/ferry/controller/internal/packages"
@@ -33,7 +33,6 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/server"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
-	"github.com/ferrydeploy/ferry/shared/atomicfile"
 	"github.com/ferrydeploy/ferry/shared/gossip"
 	"github.com/ferrydeploy/ferry/shared/pki"
 	"github.com/ferrydeploy/ferry/shared/rpc"
@@ -55,6 +54,7 @@ type Config struct {
 	GossipAddr        string        // memberlist bind address; "" disables gossip
 	GossipAdvertise   string        // host:port peers dial (default: the bound address)
 	GossipProfile     string        // lan (default), local or wan
+	GossipKeyGrace    time.Duration // how long after a rotation the previous gossip key still works (default 30s)
 	AllowNewStore     bool          // create ferry.db although the data dir holds earlier state (store.go)
 	Logger            *slog.Logger
 	Now               func() time.Time
@@ -85,6 +85,9 @@ func (c *Config) setDefaults() error {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.GossipKeyGrace <= 0 {
+		c.GossipKeyGrace = defaultGossipKeyGrace
+	}
 	return nil
 }
 
@@ -100,7 +103,7 @@ type Controller struct {
 	httpLis   net.Listener
 	grpc      *grpc.Server
 	ready     atomic.Bool
-	gossipKey []byte
+	gossipKey *gossipkey.Ring
 	packages  *packages.Store
 	engine    *rollout.Engine
 	artifacts *artifact.Store
@@ -142,7 +145,7 @@ func New(cfg Config) (*Controller, error) {
 	if created {
 		c.log.Info("created a new CA", "dir", cfg.DataDir, "ca_pin", ca.Pin())
 	}
-	if c.gossipKey, err = loadOrCreateKey(filepath.Join(cfg.DataDir, "gossip.key")); err != nil {
+	if c.gossipKey, err = gossipkey.Open(filepath.Join(cfg.DataDir, "gossip.key")); err != nil {
 		return nil, err
 	}
 	if c.fleet, err = fleet.New(fleet.Config{Store: c.store, Logger: c.log, Now: cfg.Now, HeartbeatInterval: cfg.HeartbeatInterval, Evaluate: health.Evaluate}); err != nil {
@@ -214,7 +217,7 @@ func New(cfg Config) (*Controller, error) {
 	c.reg.MustRegister(rolloutCollector{engine: c.engine})
 	deps := &server.Deps{
 		Store: c.store, Fleet: c.fleet, CA: ca, Logger: c.log, Now: cfg.Now,
-		GossipKey: c.gossipKey, GossipLabel: gossipLabel(ca),
+		Gossip: c.gossipKeys(), GossipLabel: gossipLabel(ca),
 		AgentCertTTL: cfg.AgentCertTTL, AdminCertTTL: cfg.AdminCertTTL,
 		AdvertiseAddress: c.advertise, Observer: m, Admins: admins, GossipSeeds: c.gossipSeeds, OnHello: c.rejoin,
 		Jobs:      jobSink{engine: c.engine, store: c.store, metrics: m, log: c.log, now: cfg.Now},
@@ -251,24 +254,6 @@ func advertiseFrom(a *net.TCPAddr) string {
 		host = h
 	}
 	return net.JoinHostPort(host, fmt.Sprint(a.Port))
-}
-
-func loadOrCreateKey(path string) ([]byte, error) {
-	data, err := os.ReadFile(path)
-	if err == nil {
-		if len(data) != 32 {
-			return nil, fmt.Errorf("gossip key %s has %d bytes, want 32; restore it from backup (agents hold the same key)", path, len(data))
-		}
-		return data, nil
-	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("read gossip key: %w", err)
-	}
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		return nil, err
-	}
-	return key, atomicfile.WriteFile(path, key, 0o600)
 }
 
 // ensureAdminCredential writes the bootstrap admin credential on first

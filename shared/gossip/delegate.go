@@ -51,3 +51,17 @@ func (d wakeDelegate) signal() {
 func (d wakeDelegate) NotifyJoin(*memberlist.Node)   { d.signal() }
 func (d wakeDelegate) NotifyLeave(*memberlist.Node)  { d.signal() }
 func (d wakeDelegate) NotifyUpdate(*memberlist.Node) { d.signal() }
+
+// admitDelegate puts Config.Admit in front of memberlist's alive messages.
+// This member's own name is always admitted: memberlist announces it too.
+type admitDelegate struct {
+	self  string
+	admit func(name, addr string) error
+}
+
+func (d admitDelegate) NotifyAlive(n *memberlist.Node) error {
+	if n.Name == d.self {
+		return nil
+	}
+	return d.admit(n.Name, n.Address())
+}

@@ -65,8 +65,16 @@ type Config struct {
 	AdvertiseAddr string
 	AdvertisePort int
 	// Key encrypts and authenticates every gossip packet (AES, 16, 24 or 32
-	// bytes; NewKey makes 32). Agents receive it at enrollment.
+	// bytes; NewKey makes 32). Agents receive it at enrollment and each new
+	// one over their stream; RotateKey replaces it.
 	Key []byte
+	// Admit, when set, is asked about every alive message for another
+	// member, with the member's name and "host:port": an error drops the
+	// message, so this member never records that name alive at that
+	// address. The controller admits only enrolled nodes at the address
+	// their authenticated stream reported. memberlist calls it with its
+	// member table locked: it must be quick and must not block.
+	Admit func(name, addr string) error
 	// Label is written into every packet and checked on receipt, so two
 	// Ferry installations never merge even if they can reach each other.
 	// Derive it from something per installation, e.g. the CA's fingerprint.
@@ -143,6 +151,7 @@ type Member struct {
 	logger *slog.Logger
 	meta   *metaDelegate
 	wake   chan struct{}
+	keys   *keySchedule
 
 	mu      sync.Mutex
 	members map[string]entry
@@ -182,12 +191,8 @@ func (cfg Config) memberlistConfig() (*memberlist.Config, error) {
 	if cfg.NodeName == "" {
 		return nil, errors.New("gossip: node name is empty; set it to the node ID (agents) or \"controller\"")
 	}
-	switch len(cfg.Key) {
-	case 16, 24, 32:
-	case 0:
-		return nil, errors.New("gossip: no key; agents receive it at enrollment, the controller generates one with gossip.NewKey")
-	default:
-		return nil, fmt.Errorf("gossip: key is %d bytes; it must be 16, 24 or 32 (gossip.NewKey makes %d)", len(cfg.Key), KeySize)
+	if err := checkKey(cfg.Key); err != nil {
+		return nil, err
 	}
 	if cfg.Label == "" {
 		return nil, errors.New("gossip: label is empty; set one per installation (e.g. from the CA fingerprint) so two installations never merge")
@@ -266,8 +271,13 @@ func Start(cfg Config) (*Member, error) {
 	if buf <= 0 {
 		buf = defaultEventBuffer
 	}
+	keys, err := newKeySchedule(cfg.Key)
+	if err != nil {
+		return nil, err
+	}
 	wake := make(chan struct{}, 1)
 	m := &Member{
+		keys:      keys,
 		logger:    logger,
 		meta:      &metaDelegate{meta: meta},
 		wake:      wake,
@@ -280,6 +290,10 @@ func Start(cfg Config) (*Member, error) {
 	mc.Logger = newStdLogger(logger)
 	mc.Delegate = m.meta
 	mc.Events = wakeDelegate{wake: wake}
+	mc.Keyring = keys.ring // memberlist adds SecretKey to it as the primary
+	if cfg.Admit != nil {
+		mc.Alive = admitDelegate{self: cfg.NodeName, admit: cfg.Admit}
+	}
 
 	ml, err := memberlist.Create(mc)
 	if err != nil {
@@ -423,6 +437,7 @@ func (m *Member) Shutdown() error {
 		return nil
 	}
 	m.shutdown = true
+	m.keys.stop()
 	close(m.stop)
 	<-m.pollDone
 	err := m.ml.Shutdown()

@@ -146,11 +146,22 @@ func record(m *Member) *recorder {
 }
 
 // kinds lists the kinds of the events about one member.
-func (r *recorder) kinds(name string) []EventKind {
+func (r *recorder) kinds(name string) []EventKind { return r.kindsSince(0, name) }
+
+// count is how many events were recorded so far, for kindsSince.
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.events)
+}
+
+// kindsSince lists the kinds of the events about one member from the
+// mark-th event on.
+func (r *recorder) kindsSince(mark int, name string) []EventKind {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []EventKind
-	for _, e := range r.events {
+	for _, e := range r.events[mark:] {
 		if e.Member.Name == name {
 			out = append(out, e.Kind)
 		}
@@ -489,6 +500,7 @@ func TestMemberlistLogsReachSlog(t *testing.T) {
 		{"[ERR] memberlist: Failed to send UDP ping: x", slog.LevelError, "Failed to send UDP ping: x"},
 		{"[DEBUG] memberlist: Stream connection from=1.2.3.4", slog.LevelDebug, "Stream connection from=1.2.3.4"},
 		{"[INFO] memberlist: Suspect b has failed", slog.LevelInfo, "Suspect b has failed"},
+		{"[WARN] memberlist: ignoring alive message for 'x': not enrolled", slog.LevelDebug, "ignoring alive message for 'x': not enrolled"},
 		{"no prefix at all", slog.LevelInfo, "no prefix at all"},
 	}
 	for _, l := range lines {

@@ -29,6 +29,10 @@ var levelPrefixes = []struct {
 	{"[ERROR]", slog.LevelError},
 }
 
+// admitRefusal starts memberlist's line for an alive message an
+// AliveDelegate (Config.Admit) refused.
+const admitRefusal = "ignoring alive message for"
+
 func (w slogWriter) Write(p []byte) (int, error) {
 	line := bytes.TrimSpace(p)
 	level := slog.LevelInfo
@@ -40,6 +44,11 @@ func (w slogWriter) Write(p []byte) (int, error) {
 		}
 	}
 	line = bytes.TrimPrefix(line, []byte("memberlist: "))
+	if level > slog.LevelDebug && bytes.HasPrefix(line, []byte(admitRefusal)) {
+		// Config.Admit's refusals, repeated at every push/pull: whoever
+		// set Admit reports them as it sees fit.
+		level = slog.LevelDebug
+	}
 	ctx := context.Background()
 	if w.logger.Enabled(ctx, level) {
 		w.logger.Log(ctx, level, string(line))

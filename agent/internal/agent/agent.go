@@ -391,7 +391,7 @@ func (a *Agent) session(ctx context.Context, client *swapClient, welcomedAt *tim
 		a.sendMu.Unlock()
 	}()
 	a.log.Info("connected to controller", "controller", a.cfg.Controller, "heartbeat_interval", interval)
-	a.joinGossip(ctx, welcome.GetGossipSeeds())
+	a.welcomeGossip(ctx, welcome)
 
 	recvErr := make(chan error, 1)
 	go func() {
@@ -514,6 +514,8 @@ func (a *Agent) handle(m *ferryv1.ConnectResponse) {
 	case *ferryv1.ConnectResponse_Cancel:
 		a.log.Info("job cancel received", "job", msg.Cancel.GetJobId())
 		a.jobs.cancel(msg.Cancel.GetJobId())
+	case *ferryv1.ConnectResponse_GossipKey:
+		a.applyGossipKey(msg.GossipKey)
 	}
 }
 

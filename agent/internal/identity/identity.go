@@ -28,7 +28,8 @@ const (
 	stateFile = "identity.json"
 )
 
-// Info is what enrollment granted.
+// Info is what enrollment granted. GossipKey changes when the controller
+// rotates it (SetGossipKey).
 type Info struct {
 	NodeID      string            `json:"node_id"`
 	Group       string            `json:"group"`
@@ -37,6 +38,10 @@ type Info struct {
 	GossipLabel string            `json:"gossip_label"`
 	Labels      map[string]string `json:"labels,omitempty"`
 	EnrolledAt  time.Time         `json:"enrolled_at"`
+
+	// GossipKeyGeneration is the controller's generation of GossipKey: 0
+	// for the key from enrollment until a welcome names its generation.
+	GossipKeyGeneration uint64 `json:"gossip_key_generation,omitempty"`
 }
 
 // Identity is a loaded identity. The certificate can be swapped at runtime

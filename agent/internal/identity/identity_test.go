@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"testing"
@@ -67,5 +68,44 @@ func TestReplace(t *testing.T) {
 	again, err := Load(id.Dir)
 	if err != nil || again.Certificate().Leaf.SerialNumber.Cmp(cert.SerialNumber) != 0 {
 		t.Fatalf("reload after Replace: %v", err)
+	}
+}
+
+// A gossip key from the controller is stored with its generation and
+// survives a restart; sending it again writes nothing.
+func TestSetGossipKey(t *testing.T) {
+	id, _ := newIdentity(t)
+	key := bytes.Repeat([]byte{7}, 32)
+	tests := []struct {
+		name        string
+		key         []byte
+		generation  uint64
+		wantChanged bool
+	}{
+		{"a new key", key, 2, true},
+		{"the same key again", key, 2, false},
+		{"the same key, generation named", key, 3, false},
+		{"another key", bytes.Repeat([]byte{8}, 32), 4, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			changed, err := id.SetGossipKey(tt.key, tt.generation)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if changed != tt.wantChanged {
+				t.Errorf("changed = %v, want %v", changed, tt.wantChanged)
+			}
+			again, err := Load(id.Dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if k, gen := again.GossipKey(); !bytes.Equal(k, tt.key) || gen != tt.generation {
+				t.Errorf("after a restart: key %x generation %d, want %x generation %d", k, gen, tt.key, tt.generation)
+			}
+			if again.Info.NodeID != "n1" || again.Info.Group != "g" {
+				t.Errorf("the rest of the identity changed: %+v", again.Info)
+			}
+		})
 	}
 }

@@ -110,6 +110,7 @@ func (a *app) rootCmd() *cobra.Command {
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 30*time.Second, "time limit for each request")
 	root.AddCommand(a.nodesCmd(), a.nodeCmd(), a.tokenCmd(), a.certCmd(), a.auditCmd(), a.versionCmd())
 	root.AddCommand(a.packageCmd(), a.rolloutCmd(), a.logsCmd(), a.artifactCmd())
+	root.AddCommand(a.gossipCmd())
 	return root
 }
 

@@ -87,6 +87,10 @@ type Session struct {
 	send   chan *ferryv1.ConnectResponse
 	ctx    context.Context
 	cancel context.CancelCauseFunc
+
+	// GossipAddr is the gossip address this stream vouches for (see
+	// GossipAddr), "" when the agent does not gossip.
+	GossipAddr string
 }
 
 // Outbox is the channel the stream's writer drains.
@@ -215,7 +219,7 @@ func (r *Registry) Attach(ctx context.Context, nodeID, addr string, hello *ferry
 	}
 	// Recorded outside the registry lock and batched with other connects:
 	// a reconnect storm of thousands of agents costs a few transactions.
-	if err := r.cfg.Store.TouchNode(nodeID, r.cfg.Now()); err != nil {
+	if err := r.cfg.Store.TouchNode(nodeID, r.cfg.Now(), s.GossipAddr); err != nil {
 		r.cfg.Logger.Warn("record node connection", "node", nodeID, "err", err)
 	}
 	return s, nil
@@ -239,7 +243,9 @@ func (r *Registry) attach(ctx context.Context, nodeID, addr string, hello *ferry
 	}
 	e.rec.LastConnectedAt = r.cfg.Now()
 	sctx, cancel := context.WithCancelCause(ctx)
-	s := &Session{NodeID: nodeID, Addr: addr, send: make(chan *ferryv1.ConnectResponse, 64), ctx: sctx, cancel: cancel}
+	s := &Session{NodeID: nodeID, Addr: addr, GossipAddr: GossipAddr(addr, hello.GetGossipAddress()),
+		send: make(chan *ferryv1.ConnectResponse, 64), ctx: sctx, cancel: cancel}
+	e.rec.GossipAddress = s.GossipAddr
 	e.session = s
 	e.everConnected = true
 	e.left = false

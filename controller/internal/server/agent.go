@@ -88,11 +88,13 @@ func (s *agentServer) Connect(stream grpc.BidiStreamingServer[ferryv1.ConnectReq
 		GossipSeeds:       seeds,
 		Group:             nodeGroup,
 		ServerTime:        timestamppb.New(s.d.Now()),
+		// Read after Attach: a rotation from now on reaches this stream.
+		GossipKey: s.d.gossipKey(),
 	}}}); err != nil {
 		return err
 	}
 	if s.d.OnHello != nil {
-		s.d.OnHello(nodeID, hello.GetGossipAddress())
+		s.d.OnHello(nodeID, sess.GossipAddr)
 	}
 	if s.d.Jobs != nil {
 		s.d.Jobs.AgentHello(nodeID, hello.GetRecentJobs())

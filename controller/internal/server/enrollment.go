@@ -150,7 +150,7 @@ func (s *enrollmentServer) Enroll(ctx context.Context, req *ferryv1.EnrollReques
 		Group:              rec.Group,
 		CertificateDer:     cert,
 		CaCertificateDer:   s.d.CA.Cert.Raw,
-		GossipKey:          s.d.GossipKey,
+		GossipKey:          s.d.gossipKey().GetKey(),
 		GossipClusterLabel: s.d.GossipLabel,
 		Labels:             rec.Labels,
 	}, nil

@@ -174,7 +174,8 @@ func (s *nodeServer) RemoveNode(ctx context.Context, req *ferryv1.RemoveNodeRequ
 	n, ok := s.d.Fleet.Node(id)
 	if !req.GetPurge() || !ok || n.GetState() != ferryv1.NodeState_NODE_STATE_REMOVED {
 		ev := s.d.auditEvent(ctx, "node.remove", id, "")
-		n, err = s.d.Fleet.Remove(id, c.Identity.String(), ev)
+		var rotateErr error
+		n, rotateErr, err = s.d.removeNode(id, c.Identity.String(), ev)
 		if err != nil {
 			s.d.refused(ev, err)
 			if _, ok := s.d.Fleet.Node(id); ok && !errors.Is(err, store.ErrAudit) {
@@ -183,6 +184,9 @@ func (s *nodeServer) RemoveNode(ctx context.Context, req *ferryv1.RemoveNodeRequ
 			return nil, toStatus(err)
 		}
 		s.d.streams.recheck(pki.Identity{Role: pki.RoleAgent, Name: id})
+		if rotateErr != nil {
+			return nil, status.Errorf(codes.Internal, "node %s was removed, but the gossip key was not rotated (%v), so its copy still works in gossip; run `ferryctl gossip rotate-key`", id, rotateErr)
+		}
 	}
 	if !req.GetPurge() {
 		return &ferryv1.RemoveNodeResponse{Node: n}, nil

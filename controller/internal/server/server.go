@@ -54,7 +54,7 @@ type Deps struct {
 	CA               *pki.CA
 	Logger           *slog.Logger
 	Now              func() time.Time
-	GossipKey        []byte
+	Gossip           GossipKeys // nil: no gossip key to hand out or rotate
 	GossipLabel      string
 	GossipSeeds      func() []string
 	AgentCertTTL     time.Duration
@@ -65,7 +65,8 @@ type Deps struct {
 	TokenDefaultTTL  time.Duration
 	// Admins tracks revoked admin credentials.
 	Admins *Admins
-	// OnHello is told each connecting node's gossip address.
+	// OnHello is told each connecting node's gossip address, as its stream
+	// vouches for it (fleet.GossipAddr): never a host the hello names.
 	OnHello func(nodeID, gossipAddr string)
 
 	Artifacts *artifact.Store
@@ -100,6 +101,7 @@ func Register(s *grpc.Server, d *Deps) {
 	ferryv1.RegisterPackageServiceServer(reg, &packageServer{d: d})
 	ferryv1.RegisterRolloutServiceServer(reg, &rolloutServer{d: d, r: d.Rollouts})
 	ferryv1.RegisterLogServiceServer(reg, &logServer{d: d, r: d.Rollouts})
+	ferryv1.RegisterGossipServiceServer(reg, &gossipServer{d: d})
 }
 
 // caller returns the authenticated caller; handlers behind the auth

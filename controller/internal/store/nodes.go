@@ -33,6 +33,9 @@ type NodeRecord struct {
 	Removed         bool      `json:"removed,omitempty"`
 	RemovedAt       time.Time `json:"removed_at,omitempty"`
 	RemovedBy       string    `json:"removed_by,omitempty"`
+	// GossipAddress is where the node's last stream said it gossips: the
+	// stream's peer IP and the port its hello named (fleet.GossipAddr).
+	GossipAddress string `json:"gossip_address,omitempty"`
 }
 
 // ErrNodeExists is returned when enrolling an ID an active node holds.
@@ -133,16 +136,17 @@ func (s *Store) DeleteNode(id string, ev *ferryv1.AuditEvent) error {
 	})
 }
 
-// TouchNode records when a node last connected. Concurrent calls are
-// coalesced into one transaction (bbolt's Batch).
-func (s *Store) TouchNode(id string, at time.Time) error {
+// TouchNode records when a node last connected and the gossip address of
+// that stream. Concurrent calls are coalesced into one transaction
+// (bbolt's Batch).
+func (s *Store) TouchNode(id string, at time.Time, gossipAddr string) error {
 	return s.db.Batch(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketNodes)
 		n, err := getNode(b, id)
 		if err != nil {
 			return err
 		}
-		n.LastConnectedAt = at
+		n.LastConnectedAt, n.GossipAddress = at, gossipAddr
 		return putNode(b, n)
 	})
 }
@@ -161,7 +165,7 @@ func nodeToProto(n NodeRecord) *ferryv1.NodeRecord {
 	return &ferryv1.NodeRecord{
 		Id: n.ID, Group: n.Group, Labels: n.Labels, EnrolledAt: timestamp(n.EnrolledAt), TokenId: n.TokenID,
 		CertSerials: n.CertSerials, CertExpiresAt: timestamp(n.CertExpiresAt), LastConnectedAt: timestamp(n.LastConnectedAt),
-		Removed: n.Removed, RemovedAt: timestamp(n.RemovedAt), RemovedBy: n.RemovedBy,
+		Removed: n.Removed, RemovedAt: timestamp(n.RemovedAt), RemovedBy: n.RemovedBy, GossipAddress: n.GossipAddress,
 	}
 }
 
@@ -169,6 +173,6 @@ func nodeFromProto(r *ferryv1.NodeRecord) NodeRecord {
 	return NodeRecord{
 		ID: r.GetId(), Group: r.GetGroup(), Labels: r.GetLabels(), EnrolledAt: fromTimestamp(r.GetEnrolledAt()), TokenID: r.GetTokenId(),
 		CertSerials: r.GetCertSerials(), CertExpiresAt: fromTimestamp(r.GetCertExpiresAt()), LastConnectedAt: fromTimestamp(r.GetLastConnectedAt()),
-		Removed: r.GetRemoved(), RemovedAt: fromTimestamp(r.GetRemovedAt()), RemovedBy: r.GetRemovedBy(),
+		Removed: r.GetRemoved(), RemovedAt: fromTimestamp(r.GetRemovedAt()), RemovedBy: r.GetRemovedBy(), GossipAddress: r.GetGossipAddress(),
 	}
 }

@@ -284,6 +284,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_Welcome
 	//	*ConnectResponse_Job
 	//	*ConnectResponse_Cancel
+	//	*ConnectResponse_GossipKey
 	Msg           isConnectResponse_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -353,6 +354,15 @@ func (x *ConnectResponse) GetCancel() *JobCancel {
 	return nil
 }
 
+func (x *ConnectResponse) GetGossipKey() *GossipKey {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectResponse_GossipKey); ok {
+			return x.GossipKey
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Msg interface {
 	isConnectResponse_Msg()
 }
@@ -372,11 +382,19 @@ type ConnectResponse_Cancel struct {
 	Cancel *JobCancel `protobuf:"bytes,3,opt,name=cancel,proto3,oneof"`
 }
 
+type ConnectResponse_GossipKey struct {
+	// A new gossip key, sent to every connected agent when the controller
+	// rotates it.
+	GossipKey *GossipKey `protobuf:"bytes,4,opt,name=gossip_key,json=gossipKey,proto3,oneof"`
+}
+
 func (*ConnectResponse_Welcome) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_Job) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_Cancel) isConnectResponse_Msg() {}
+
+func (*ConnectResponse_GossipKey) isConnectResponse_Msg() {}
 
 // AgentHello opens a stream.
 type AgentHello struct {
@@ -391,7 +409,8 @@ type AgentHello struct {
 	// learns results it missed and never sends a job twice.
 	RecentJobs []*JobUpdate `protobuf:"bytes,4,rep,name=recent_jobs,json=recentJobs,proto3" json:"recent_jobs,omitempty"`
 	// Address the agent's gossip member listens on ("host:port"), empty when
-	// gossip is off.
+	// gossip is off. The controller uses only its port: the host is the
+	// address the stream comes from.
 	GossipAddress string `protobuf:"bytes,5,opt,name=gossip_address,json=gossipAddress,proto3" json:"gossip_address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -475,7 +494,10 @@ type Welcome struct {
 	// far its own clock is off from it and judges its certificate's lifetime
 	// (renewal, expiry) by the controller's clock, which is the one that
 	// accepts or refuses the certificate.
-	ServerTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"`
+	ServerTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"`
+	// The gossip key members use now, so an agent that was offline during a
+	// rotation has it before it joins gossip.
+	GossipKey     *GossipKey `protobuf:"bytes,5,opt,name=gossip_key,json=gossipKey,proto3" json:"gossip_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -534,6 +556,13 @@ func (x *Welcome) GetGroup() string {
 func (x *Welcome) GetServerTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.ServerTime
+	}
+	return nil
+}
+
+func (x *Welcome) GetGossipKey() *GossipKey {
+	if x != nil {
+		return x.GossipKey
 	}
 	return nil
 }
@@ -1442,18 +1471,20 @@ var File_ferry_v1_agent_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x14ferry/v1/agent.proto\x12\bferry.v1\x1a\x15ferry/v1/common.proto\x1a\x16ferry/v1/package.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x01\n" +
+	"\x14ferry/v1/agent.proto\x12\bferry.v1\x1a\x15ferry/v1/common.proto\x1a\x15ferry/v1/gossip.proto\x1a\x16ferry/v1/package.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x01\n" +
 	"\x0eConnectRequest\x12,\n" +
 	"\x05hello\x18\x01 \x01(\v2\x14.ferry.v1.AgentHelloH\x00R\x05hello\x123\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x13.ferry.v1.HeartbeatH\x00R\theartbeat\x124\n" +
 	"\n" +
 	"job_update\x18\x03 \x01(\v2\x13.ferry.v1.JobUpdateH\x00R\tjobUpdate\x12+\n" +
 	"\ajob_log\x18\x04 \x01(\v2\x10.ferry.v1.JobLogH\x00R\x06jobLogB\x05\n" +
-	"\x03msg\"\x99\x01\n" +
+	"\x03msg\"\xcf\x01\n" +
 	"\x0fConnectResponse\x12-\n" +
 	"\awelcome\x18\x01 \x01(\v2\x11.ferry.v1.WelcomeH\x00R\awelcome\x12!\n" +
 	"\x03job\x18\x02 \x01(\v2\r.ferry.v1.JobH\x00R\x03job\x12-\n" +
-	"\x06cancel\x18\x03 \x01(\v2\x13.ferry.v1.JobCancelH\x00R\x06cancelB\x05\n" +
+	"\x06cancel\x18\x03 \x01(\v2\x13.ferry.v1.JobCancelH\x00R\x06cancel\x124\n" +
+	"\n" +
+	"gossip_key\x18\x04 \x01(\v2\x13.ferry.v1.GossipKeyH\x00R\tgossipKeyB\x05\n" +
 	"\x03msg\"\xef\x01\n" +
 	"\n" +
 	"AgentHello\x12#\n" +
@@ -1462,13 +1493,15 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\tinstalled\x18\x03 \x03(\v2\x1a.ferry.v1.InstalledPackageR\tinstalled\x124\n" +
 	"\vrecent_jobs\x18\x04 \x03(\v2\x13.ferry.v1.JobUpdateR\n" +
 	"recentJobs\x12%\n" +
-	"\x0egossip_address\x18\x05 \x01(\tR\rgossipAddress\"\xc9\x01\n" +
+	"\x0egossip_address\x18\x05 \x01(\tR\rgossipAddress\"\xfd\x01\n" +
 	"\aWelcome\x12H\n" +
 	"\x12heartbeat_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12!\n" +
 	"\fgossip_seeds\x18\x02 \x03(\tR\vgossipSeeds\x12\x14\n" +
 	"\x05group\x18\x03 \x01(\tR\x05group\x12;\n" +
 	"\vserver_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"serverTime\"\xa2\x03\n" +
+	"serverTime\x122\n" +
+	"\n" +
+	"gossip_key\x18\x05 \x01(\v2\x13.ferry.v1.GossipKeyR\tgossipKey\"\xa2\x03\n" +
 	"\tHeartbeat\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x123\n" +
 	"\asent_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\x12#\n" +
@@ -1595,12 +1628,13 @@ var file_ferry_v1_agent_proto_goTypes = []any{
 	(*DownloadArtifactResponse)(nil),       // 15: ferry.v1.DownloadArtifactResponse
 	(*ReportArtifactMismatchRequest)(nil),  // 16: ferry.v1.ReportArtifactMismatchRequest
 	(*ReportArtifactMismatchResponse)(nil), // 17: ferry.v1.ReportArtifactMismatchResponse
-	(*Facts)(nil),                          // 18: ferry.v1.Facts
-	(*InstalledPackage)(nil),               // 19: ferry.v1.InstalledPackage
-	(*durationpb.Duration)(nil),            // 20: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),          // 21: google.protobuf.Timestamp
-	(*DiskSpace)(nil),                      // 22: ferry.v1.DiskSpace
-	(*Package)(nil),                        // 23: ferry.v1.Package
+	(*GossipKey)(nil),                      // 18: ferry.v1.GossipKey
+	(*Facts)(nil),                          // 19: ferry.v1.Facts
+	(*InstalledPackage)(nil),               // 20: ferry.v1.InstalledPackage
+	(*durationpb.Duration)(nil),            // 21: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),          // 22: google.protobuf.Timestamp
+	(*DiskSpace)(nil),                      // 23: ferry.v1.DiskSpace
+	(*Package)(nil),                        // 24: ferry.v1.Package
 }
 var file_ferry_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: ferry.v1.ConnectRequest.hello:type_name -> ferry.v1.AgentHello
@@ -1610,37 +1644,39 @@ var file_ferry_v1_agent_proto_depIdxs = []int32{
 	5,  // 4: ferry.v1.ConnectResponse.welcome:type_name -> ferry.v1.Welcome
 	7,  // 5: ferry.v1.ConnectResponse.job:type_name -> ferry.v1.Job
 	8,  // 6: ferry.v1.ConnectResponse.cancel:type_name -> ferry.v1.JobCancel
-	18, // 7: ferry.v1.AgentHello.facts:type_name -> ferry.v1.Facts
-	19, // 8: ferry.v1.AgentHello.installed:type_name -> ferry.v1.InstalledPackage
-	10, // 9: ferry.v1.AgentHello.recent_jobs:type_name -> ferry.v1.JobUpdate
-	20, // 10: ferry.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	21, // 11: ferry.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
-	21, // 12: ferry.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	20, // 13: ferry.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
-	18, // 14: ferry.v1.Heartbeat.facts:type_name -> ferry.v1.Facts
-	19, // 15: ferry.v1.Heartbeat.installed:type_name -> ferry.v1.InstalledPackage
-	22, // 16: ferry.v1.Heartbeat.disks:type_name -> ferry.v1.DiskSpace
-	0,  // 17: ferry.v1.Job.kind:type_name -> ferry.v1.JobKind
-	23, // 18: ferry.v1.Job.package:type_name -> ferry.v1.Package
-	20, // 19: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
-	20, // 20: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
-	1,  // 21: ferry.v1.JobUpdate.phase:type_name -> ferry.v1.JobPhase
-	9,  // 22: ferry.v1.JobUpdate.steps:type_name -> ferry.v1.StepResult
-	21, // 23: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
-	21, // 24: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
-	2,  // 25: ferry.v1.AgentService.Connect:input_type -> ferry.v1.ConnectRequest
-	12, // 26: ferry.v1.AgentService.RenewCertificate:input_type -> ferry.v1.RenewCertificateRequest
-	14, // 27: ferry.v1.AgentService.DownloadArtifact:input_type -> ferry.v1.DownloadArtifactRequest
-	16, // 28: ferry.v1.AgentService.ReportArtifactMismatch:input_type -> ferry.v1.ReportArtifactMismatchRequest
-	3,  // 29: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
-	13, // 30: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
-	15, // 31: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
-	17, // 32: ferry.v1.AgentService.ReportArtifactMismatch:output_type -> ferry.v1.ReportArtifactMismatchResponse
-	29, // [29:33] is the sub-list for method output_type
-	25, // [25:29] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	18, // 7: ferry.v1.ConnectResponse.gossip_key:type_name -> ferry.v1.GossipKey
+	19, // 8: ferry.v1.AgentHello.facts:type_name -> ferry.v1.Facts
+	20, // 9: ferry.v1.AgentHello.installed:type_name -> ferry.v1.InstalledPackage
+	10, // 10: ferry.v1.AgentHello.recent_jobs:type_name -> ferry.v1.JobUpdate
+	21, // 11: ferry.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	22, // 12: ferry.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
+	18, // 13: ferry.v1.Welcome.gossip_key:type_name -> ferry.v1.GossipKey
+	22, // 14: ferry.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	21, // 15: ferry.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
+	19, // 16: ferry.v1.Heartbeat.facts:type_name -> ferry.v1.Facts
+	20, // 17: ferry.v1.Heartbeat.installed:type_name -> ferry.v1.InstalledPackage
+	23, // 18: ferry.v1.Heartbeat.disks:type_name -> ferry.v1.DiskSpace
+	0,  // 19: ferry.v1.Job.kind:type_name -> ferry.v1.JobKind
+	24, // 20: ferry.v1.Job.package:type_name -> ferry.v1.Package
+	21, // 21: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
+	21, // 22: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
+	1,  // 23: ferry.v1.JobUpdate.phase:type_name -> ferry.v1.JobPhase
+	9,  // 24: ferry.v1.JobUpdate.steps:type_name -> ferry.v1.StepResult
+	22, // 25: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
+	22, // 26: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
+	2,  // 27: ferry.v1.AgentService.Connect:input_type -> ferry.v1.ConnectRequest
+	12, // 28: ferry.v1.AgentService.RenewCertificate:input_type -> ferry.v1.RenewCertificateRequest
+	14, // 29: ferry.v1.AgentService.DownloadArtifact:input_type -> ferry.v1.DownloadArtifactRequest
+	16, // 30: ferry.v1.AgentService.ReportArtifactMismatch:input_type -> ferry.v1.ReportArtifactMismatchRequest
+	3,  // 31: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
+	13, // 32: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
+	15, // 33: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
+	17, // 34: ferry.v1.AgentService.ReportArtifactMismatch:output_type -> ferry.v1.ReportArtifactMismatchResponse
+	31, // [31:35] is the sub-list for method output_type
+	27, // [27:31] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_agent_proto_init() }
@@ -1649,6 +1685,7 @@ func file_ferry_v1_agent_proto_init() {
 		return
 	}
 	file_ferry_v1_common_proto_init()
+	file_ferry_v1_gossip_proto_init()
 	file_ferry_v1_package_proto_init()
 	file_ferry_v1_agent_proto_msgTypes[0].OneofWrappers = []any{
 		(*ConnectRequest_Hello)(nil),
@@ -1660,6 +1697,7 @@ func file_ferry_v1_agent_proto_init() {
 		(*ConnectResponse_Welcome)(nil),
 		(*ConnectResponse_Job)(nil),
 		(*ConnectResponse_Cancel)(nil),
+		(*ConnectResponse_GossipKey)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

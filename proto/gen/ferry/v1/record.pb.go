@@ -49,7 +49,11 @@ type NodeRecord struct {
 	// When it was removed.
 	RemovedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=removed_at,json=removedAt,proto3" json:"removed_at,omitempty"`
 	// Admin who removed it.
-	RemovedBy     string `protobuf:"bytes,11,opt,name=removed_by,json=removedBy,proto3" json:"removed_by,omitempty"`
+	RemovedBy string `protobuf:"bytes,11,opt,name=removed_by,json=removedBy,proto3" json:"removed_by,omitempty"`
+	// Gossip address ("host:port") of the node's last stream: the host the
+	// stream came from and the port its hello named. The controller admits
+	// gossip about the node only from this address.
+	GossipAddress string `protobuf:"bytes,12,opt,name=gossip_address,json=gossipAddress,proto3" json:"gossip_address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -157,6 +161,13 @@ func (x *NodeRecord) GetRemovedAt() *timestamppb.Timestamp {
 func (x *NodeRecord) GetRemovedBy() string {
 	if x != nil {
 		return x.RemovedBy
+	}
+	return ""
+}
+
+func (x *NodeRecord) GetGossipAddress() string {
+	if x != nil {
+		return x.GossipAddress
 	}
 	return ""
 }
@@ -349,7 +360,7 @@ var File_ferry_v1_record_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_record_proto_rawDesc = "" +
 	"\n" +
-	"\x15ferry/v1/record.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x04\n" +
+	"\x15ferry/v1/record.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x04\n" +
 	"\n" +
 	"NodeRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
@@ -366,7 +377,8 @@ const file_ferry_v1_record_proto_rawDesc = "" +
 	"removed_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\tremovedAt\x12\x1d\n" +
 	"\n" +
-	"removed_by\x18\v \x01(\tR\tremovedBy\x1a9\n" +
+	"removed_by\x18\v \x01(\tR\tremovedBy\x12%\n" +
+	"\x0egossip_address\x18\f \x01(\tR\rgossipAddress\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcb\x03\n" +
