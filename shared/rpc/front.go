@@ -57,6 +57,12 @@ type Front struct {
 	mu      sync.Mutex
 	open    map[string]int // open public connections per peer address
 	openAll int            // open public connections in all
+	// TLS handshakes in progress, per peer address and in all: a peer that
+	// opens connections and never finishes the handshake holds a goroutine
+	// and a file descriptor each until HandshakeTimeout, so their number is
+	// capped before the handshake starts.
+	shaking    map[string]int
+	shakingAll int
 
 	ctx        context.Context // ends with Close
 	cancel     context.CancelFunc
@@ -84,6 +90,7 @@ func NewFront(lis net.Listener, o ServerOptions) *Front {
 		logs:       ratelimit.New(ratelimit.Rate{PerSecond: 1.0 / 60, Burst: 1}, nil),
 		refusing:   make(chan struct{}, maxRefusals),
 		open:       map[string]int{},
+		shaking:    map[string]int{},
 		acceptDone: make(chan struct{}),
 	}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
@@ -187,8 +194,44 @@ func (f *Front) acceptLoop() {
 			f.acceptErr = err
 			return
 		}
+		key, limited := f.peerKey(raw.RemoteAddr())
+		if !f.startHandshake(key, limited) {
+			f.warn("closed a connection: too many TLS handshakes in progress", key)
+			_ = raw.Close() // refused before a byte was read; nothing to tell
+			continue
+		}
 		f.wg.Add(1)
-		go f.handshake(raw)
+		go func() {
+			defer f.endHandshake(key, limited)
+			f.handshake(raw)
+		}()
+	}
+}
+
+// startHandshake counts a handshake about to start, unless the peer
+// (PublicConnsPerPeer, when it is limited) or everyone together
+// (MaxHandshakes) already has as many in progress as allowed.
+func (f *Front) startHandshake(key string, limited bool) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.shakingAll >= f.limits.MaxHandshakes || (limited && f.shaking[key] >= f.limits.PublicConnsPerPeer) {
+		return false
+	}
+	f.shakingAll++
+	if limited {
+		f.shaking[key]++
+	}
+	return true
+}
+
+func (f *Front) endHandshake(key string, limited bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.shakingAll--
+	if limited {
+		if f.shaking[key]--; f.shaking[key] <= 0 {
+			delete(f.shaking, key)
+		}
 	}
 }
 

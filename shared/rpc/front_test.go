@@ -3,8 +3,10 @@ package rpc_test
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -261,4 +263,56 @@ func TestFrontPerAddressLimits(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestFrontCapsHandshakes: connections that never finish the TLS handshake
+// are capped per address before the handshake starts, so one peer cannot
+// hold thousands of goroutines and file descriptors; a client that
+// handshakes gets through again once they are gone.
+func TestFrontCapsHandshakes(t *testing.T) {
+	unlimited := ratelimit.Rate{PerSecond: 1000, Burst: 1000}
+	tf := startFront(t, rpc.Limits{LimitLoopback: true, PublicConnsPerPeer: 4, PublicConnRate: unlimited, PublicCallRate: unlimited, HandshakeTimeout: 30 * time.Second})
+	var stalled []net.Conn
+	defer func() {
+		for _, c := range stalled {
+			c.Close()
+		}
+	}()
+	for range 4 {
+		c, err := net.Dial("tcp", tf.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stalled = append(stalled, c)
+	}
+	// Past the cap: closed at once, before any byte is read.
+	closed := 0
+	for range 6 {
+		c, err := net.Dial("tcp", tf.addr)
+		if err != nil {
+			closed++
+			continue
+		}
+		if err := c.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Read(make([]byte, 1)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			closed++
+		}
+		c.Close()
+	}
+	if closed != 6 {
+		t.Errorf("%d of 6 connections past the handshake cap were closed, want all", closed)
+	}
+	for _, c := range stalled {
+		c.Close()
+	}
+	stalled = nil
+	deadline := time.Now().Add(10 * time.Second)
+	for err := enroll(tf.dial(t, tf.anonTLS), nil); err != nil; err = enroll(tf.dial(t, tf.anonTLS), nil) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the stalled handshakes are gone but the address is still refused: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

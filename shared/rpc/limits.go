@@ -18,6 +18,10 @@ type Limits struct {
 	MaxStreams       uint32        // concurrent streams per authenticated connection
 	UnaryTimeout     time.Duration // deadline of unary calls that set none (public calls: including reading the request)
 	HandshakeTimeout time.Duration // TLS and HTTP/2 handshakes together
+	// MaxHandshakes bounds TLS handshakes in progress from everyone
+	// together; per peer address they are bounded by PublicConnsPerPeer.
+	// Past either, a new connection is closed at once.
+	MaxHandshakes int
 
 	// Connections without a client certificate (enrollment).
 	PublicMaxRecvMsgSize int            // largest request message, bytes
@@ -37,6 +41,7 @@ var DefaultLimits = Limits{
 	MaxStreams:           100,
 	UnaryTimeout:         30 * time.Second,
 	HandshakeTimeout:     10 * time.Second,
+	MaxHandshakes:        4096,
 	PublicMaxRecvMsgSize: 16 << 10,
 	PublicMaxStreams:     4,
 	PublicConns:          1024,
@@ -86,6 +91,7 @@ func (l Limits) withDefaults() Limits {
 		MaxStreams:           cmp.Or(l.MaxStreams, d.MaxStreams),
 		UnaryTimeout:         cmp.Or(l.UnaryTimeout, d.UnaryTimeout),
 		HandshakeTimeout:     cmp.Or(l.HandshakeTimeout, d.HandshakeTimeout),
+		MaxHandshakes:        cmp.Or(l.MaxHandshakes, d.MaxHandshakes),
 		PublicMaxRecvMsgSize: cmp.Or(l.PublicMaxRecvMsgSize, d.PublicMaxRecvMsgSize),
 		PublicMaxStreams:     cmp.Or(l.PublicMaxStreams, d.PublicMaxStreams),
 		PublicConns:          cmp.Or(l.PublicConns, d.PublicConns),
