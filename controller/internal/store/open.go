@@ -159,7 +159,7 @@ func check(db *bolt.DB, path string) error {
 		if tx.Size() > fi.Size() {
 			return truncated(path, fi.Size(), tx.Size())
 		}
-		if err := tx.ForEach(func(_ []byte, b *bolt.Bucket) error { walk(b); return nil }); err != nil {
+		if err := tx.ForEach(func(_ []byte, b *bolt.Bucket) error { return walk(b, 1) }); err != nil {
 			return damaged(path, "%v", err)
 		}
 		var problems []error
@@ -179,7 +179,12 @@ func check(db *bolt.DB, path string) error {
 // walk reads every key and value of b and its nested buckets: hashing
 // them touches every byte, so a damaged page panics or faults here, under
 // guard.
-func walk(b *bolt.Bucket) {
+func walk(b *bolt.Bucket, depth int) error {
+	// Ferry nests buckets a level or two deep; a damaged file could nest
+	// them deep enough to overflow the stack, which no recover catches.
+	if depth > maxBucketDepth {
+		return fmt.Errorf("buckets nested more than %d deep, which Ferry never writes", maxBucketDepth)
+	}
 	h := crc32.NewIEEE()
 	c := b.Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
@@ -187,10 +192,16 @@ func walk(b *bolt.Bucket) {
 		if v != nil {
 			_, _ = h.Write(v)
 		} else if nested := b.Bucket(k); nested != nil {
-			walk(nested)
+			if err := walk(nested, depth+1); err != nil {
+				return err
+			}
 		}
 	}
+	return nil
 }
+
+// maxBucketDepth bounds how deep check follows nested buckets.
+const maxBucketDepth = 16
 
 // bbolt's file layout (go.etcd.io/bbolt/internal/common): pages start
 // with a 16-byte header (id, flags, count, overflow); pages 0 and 1 are

@@ -230,3 +230,31 @@ func TestOpenSurvivesRandomDamage(t *testing.T) {
 		t.Error("no damaged copy was refused")
 	}
 }
+
+// TestOpenRefusesDeeplyNestedBuckets: a file whose buckets nest deeper
+// than Ferry ever writes is refused as damaged rather than walked until
+// the stack overflows.
+func TestOpenRefusesDeeplyNestedBuckets(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ferry.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucket([]byte("deep"))
+		for i := 0; err == nil && i < maxBucketDepth+4; i++ {
+			b, err = b.CreateBucket([]byte("deeper"))
+		}
+		return err
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(path, Options{})
+	if err == nil || !strings.Contains(err.Error(), "nested more than") || !strings.Contains(err.Error(), path) {
+		t.Fatalf("Open = %v, want it refused as damaged, naming %s", err, path)
+	}
+}
