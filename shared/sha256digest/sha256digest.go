@@ -15,6 +15,15 @@ const Prefix = "sha256:"
 // Format returns the digest of a SHA-256 sum.
 func Format(sum []byte) string { return Prefix + hex.EncodeToString(sum) }
 
+// Short is a digest cut to "sha256:" and its first 12 hex digits, for
+// messages and tables; anything shorter is returned as it is.
+func Short(d string) string {
+	if len(d) > len(Prefix)+12 {
+		return d[:len(Prefix)+12]
+	}
+	return d
+}
+
 // Parse checks a digest in its canonical form, "sha256:" and 64 lowercase
 // hex digits, and returns the hex.
 func Parse(d string) (string, error) {

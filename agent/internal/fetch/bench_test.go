@@ -26,6 +26,7 @@ import (
 	"github.com/ferrydeploy/ferry/shared/pki/pkitest"
 	"github.com/ferrydeploy/ferry/shared/proctest"
 	"github.com/ferrydeploy/ferry/shared/rpc"
+	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
 
 // genBlob is size pseudo-random bytes computed from their offset, so a
@@ -61,7 +62,7 @@ func (g genBlob) ReadAt(p []byte, off int64) (int, error) {
 func (g genBlob) digest() string {
 	h := sha256.New()
 	_, _ = io.CopyBuffer(h, io.NewSectionReader(g, 0, g.size), make([]byte, 1<<20)) // genBlob and hashes never fail
-	return digestPrefix + hex.EncodeToString(h.Sum(nil))
+	return sha256digest.Prefix + hex.EncodeToString(h.Sum(nil))
 }
 
 // benchServerEnv makes the test binary a fake controller in a process of

@@ -89,8 +89,6 @@ const (
 	growAfter   = 16
 )
 
-const digestPrefix = sha256digest.Prefix
-
 // Config configures a Fetcher.
 type Config struct {
 	// StateDir is the agent's state dir; downloads/ and cache/ are made
@@ -318,7 +316,7 @@ func (f *Fetcher) Ensure(ctx context.Context, digest string, size uint64, progre
 		}
 		lastGot = got
 		f.log.Warn("downloaded artifact does not match its digest; discarding it and fetching again",
-			"artifact", digest, "got", digestPrefix+got, "attempt", attempt, "of", f.cfg.Attempts)
+			"artifact", digest, "got", sha256digest.Prefix+got, "attempt", attempt, "of", f.cfg.Attempts)
 		if err := os.Remove(f.stagePath(h)); err != nil {
 			return "", fmt.Errorf("artifact %s: discard the download that did not match its digest: %w", digest, err)
 		}
@@ -327,7 +325,7 @@ func (f *Fetcher) Ensure(ctx context.Context, digest string, size uint64, progre
 		}
 	}
 	return "", fmt.Errorf("%w: artifact %s: downloaded %d times and it never matched its digest (last got %s); the controller's copy may be damaged: check it with `ferryctl artifact verify %s` or push it again",
-		ErrVerify, digest, f.cfg.Attempts, digestPrefix+lastGot, digest[:len(digestPrefix)+12])
+		ErrVerify, digest, f.cfg.Attempts, sha256digest.Prefix+lastGot, sha256digest.Short(digest))
 }
 
 func (f *Fetcher) stagePath(h string) string { return filepath.Join(f.stageDir, h+".partial") }
@@ -336,10 +334,10 @@ func (f *Fetcher) stagePath(h string) string { return filepath.Join(f.stageDir, 
 func (f *Fetcher) install(h string) error {
 	final := filepath.Join(f.cacheDir, h)
 	if err := os.Chmod(f.stagePath(h), 0o400); err != nil {
-		return fmt.Errorf("artifact %s%s: %w", digestPrefix, h, err)
+		return fmt.Errorf("artifact %s%s: %w", sha256digest.Prefix, h, err)
 	}
 	if err := os.Rename(f.stagePath(h), final); err != nil {
-		return fmt.Errorf("artifact %s%s: move into the cache: %w", digestPrefix, h, err)
+		return fmt.Errorf("artifact %s%s: move into the cache: %w", sha256digest.Prefix, h, err)
 	}
 	// The times order collection and the directory sync makes the rename
 	// durable; the verified file is in the cache either way.
@@ -369,7 +367,7 @@ func errTooLarge(digest string, size uint64) error {
 // download brings the staging file to the artifact's full length and
 // returns the SHA-256 (hex) of the file as read back from disk.
 func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress func(done, total uint64)) (string, error) {
-	digest := digestPrefix + h
+	digest := sha256digest.Prefix + h
 	if size > math.MaxInt64 {
 		return "", errTooLarge(digest, size)
 	}
@@ -509,7 +507,7 @@ func (f *Fetcher) checkRoom(digest string, need uint64) error {
 // removed, so the file system is not left full for everything else,
 // unless there is room now for the rest of the artifact.
 func (f *Fetcher) noSpace(h string, file *os.File, off, total uint64, cause error) error {
-	digest := digestPrefix + h
+	digest := sha256digest.Prefix + h
 	free, ferr := f.free(f.stageDir)
 	if ferr == nil && free >= total-off {
 		return fmt.Errorf("%w: artifact %s: the state dir %s filled up after %s of %s; %s are free now, so the partial download is kept to resume: %w",
@@ -681,12 +679,12 @@ func (f *Fetcher) collect() {
 	for _, e := range all {
 		over := (f.cfg.MaxCacheEntries > 0 && count+1 > f.cfg.MaxCacheEntries) ||
 			(f.cfg.MaxCacheBytes > 0 && bytes+e.size > f.cfg.MaxCacheBytes)
-		if over && f.held[digestPrefix+e.name] == 0 {
+		if over && f.held[sha256digest.Prefix+e.name] == 0 {
 			if err := os.Remove(filepath.Join(f.cacheDir, e.name)); err != nil {
-				f.log.Warn("remove cached artifact", "artifact", digestPrefix+e.name, "err", err)
+				f.log.Warn("remove cached artifact", "artifact", sha256digest.Prefix+e.name, "err", err)
 				continue
 			}
-			f.log.Info("removed cached artifact (cache limit)", "artifact", digestPrefix+e.name, "size", e.size)
+			f.log.Info("removed cached artifact (cache limit)", "artifact", sha256digest.Prefix+e.name, "size", e.size)
 			continue
 		}
 		count++

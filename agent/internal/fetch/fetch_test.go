@@ -15,6 +15,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/shared/faultproxy"
 	"github.com/ferrydeploy/ferry/shared/pki/pkitest"
+	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
 
 func readFile(t *testing.T, path string) []byte {
@@ -69,7 +70,7 @@ func TestEnsureDownloadsVerifiesAndCaches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if path != filepath.Join(dir, "cache", digest[len(digestPrefix):]) || !bytes.Equal(readFile(t, path), data) {
+	if path != filepath.Join(dir, "cache", digest[len(sha256digest.Prefix):]) || !bytes.Equal(readFile(t, path), data) {
 		t.Fatalf("Ensure returned %s; want the cached, complete file", path)
 	}
 	if !monotonic || last != uint64(len(data)) || total != uint64(len(data)) {
@@ -218,7 +219,7 @@ func interrupt(t *testing.T, f *Fetcher, digest string, size uint64, n uint64) u
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("interrupted Ensure: %v, want context.Canceled", err)
 	}
-	fi, err := os.Stat(f.stagePath(digest[len(digestPrefix):]))
+	fi, err := os.Stat(f.stagePath(digest[len(sha256digest.Prefix):]))
 	if err != nil {
 		t.Fatalf("no staging file after an interrupted download: %v", err)
 	}
@@ -261,7 +262,7 @@ func TestEnsureCompleteStagingFileIsVerifiedWithoutFetching(t *testing.T) {
 	dir := t.TempDir()
 	// A crash after the last byte was written, before the file was moved
 	// into the cache.
-	writeFile(t, filepath.Join(dir, "downloads", digest[len(digestPrefix):]+".partial"), data)
+	writeFile(t, filepath.Join(dir, "downloads", digest[len(sha256digest.Prefix):]+".partial"), data)
 	path, err := newFetcher(t, dir, dial(t, p, serve(t, p, fake)), nil).Ensure(context.Background(), digest, uint64(len(data)), nil)
 	if err != nil || !bytes.Equal(readFile(t, path), data) {
 		t.Fatalf("Ensure = %s, %v", path, err)
@@ -294,7 +295,7 @@ func TestEnsureDetectsCorruptStagingFile(t *testing.T) {
 			client := dial(t, p, serve(t, p, fake))
 			dir := t.TempDir()
 			have := interrupt(t, newFetcher(t, dir, client, nil), digest, uint64(len(data)), 1<<20)
-			tc.corrupt(t, filepath.Join(dir, "downloads", digest[len(digestPrefix):]+".partial"), int64(have))
+			tc.corrupt(t, filepath.Join(dir, "downloads", digest[len(sha256digest.Prefix):]+".partial"), int64(have))
 
 			path, err := newFetcher(t, dir, client, nil).Ensure(context.Background(), digest, uint64(len(data)), nil)
 			if err != nil {

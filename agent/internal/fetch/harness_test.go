@@ -24,6 +24,7 @@ import (
 	"github.com/ferrydeploy/ferry/shared/chunk"
 	"github.com/ferrydeploy/ferry/shared/pki/pkitest"
 	"github.com/ferrydeploy/ferry/shared/rpc"
+	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
 
 // blob is what the fake controller serves for a digest.
@@ -144,7 +145,7 @@ func (s *fakeController) DownloadArtifact(req *ferryv1.DownloadArtifactRequest, 
 
 func digestOf(data []byte) string {
 	s := sha256.Sum256(data)
-	return digestPrefix + hex.EncodeToString(s[:])
+	return sha256digest.Prefix + hex.EncodeToString(s[:])
 }
 
 func randomBytes(seed uint64, n int) []byte {

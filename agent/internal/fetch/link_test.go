@@ -15,6 +15,7 @@ import (
 	"github.com/ferrydeploy/ferry/shared/chunk"
 	"github.com/ferrydeploy/ferry/shared/faultproxy"
 	"github.com/ferrydeploy/ferry/shared/pki/pkitest"
+	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
 
 // A link that resets after every 512 KiB never carries a whole 1 MiB
@@ -115,7 +116,7 @@ func TestEnsureChecksFreeSpace(t *testing.T) {
 			f := newFetcher(t, dir, client, nil)
 			f.free = func(string) (uint64, error) { return tc.free, nil }
 			if tc.partial > 0 {
-				writeFile(t, f.stagePath(digest[len(digestPrefix):]), data[:tc.partial])
+				writeFile(t, f.stagePath(digest[len(sha256digest.Prefix):]), data[:tc.partial])
 			}
 			streams := fake.streams.Load()
 			_, err := f.Ensure(context.Background(), digest, tc.size, nil)

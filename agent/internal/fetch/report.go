@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
 
 // reportTimeout bounds a mismatch report: to answer it the controller may
@@ -30,7 +31,7 @@ func (e *damagedError) Is(target error) bool { return target == ErrDamaged }
 func (f *Fetcher) reportMismatch(ctx context.Context, digest, got string) error {
 	rctx, cancel := context.WithTimeout(ctx, reportTimeout)
 	defer cancel()
-	resp, err := f.cfg.Client.ReportArtifactMismatch(rctx, &ferryv1.ReportArtifactMismatchRequest{Digest: digest, GotDigest: digestPrefix + got})
+	resp, err := f.cfg.Client.ReportArtifactMismatch(rctx, &ferryv1.ReportArtifactMismatchRequest{Digest: digest, GotDigest: sha256digest.Prefix + got})
 	switch {
 	case ctx.Err() != nil:
 		return ctx.Err()

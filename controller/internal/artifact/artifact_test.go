@@ -24,6 +24,7 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/chunk"
+	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
 
 func TestPushThenDownload(t *testing.T) {
@@ -38,7 +39,7 @@ func TestPushThenDownload(t *testing.T) {
 	if !resp.Created || a.Digest != want || a.Size != uint64(len(data)) || a.PushedBy != "admin/alice" || a.PushedAt == nil {
 		t.Fatalf("push response = %v", resp)
 	}
-	blob, err := os.ReadFile(filepath.Join(h.dir, "artifacts", "sha256", strings.TrimPrefix(want, artifact.DigestPrefix)))
+	blob, err := os.ReadFile(filepath.Join(h.dir, "artifacts", "sha256", strings.TrimPrefix(want, sha256digest.Prefix)))
 	if err != nil || !bytes.Equal(blob, data) {
 		t.Fatalf("blob on disk: %d bytes, err %v; want the pushed bytes", len(blob), err)
 	}
@@ -170,7 +171,7 @@ func TestPushRefusals(t *testing.T) {
 	}{
 		{
 			name: "wrong checksum",
-			hdr:  &ferryv1.PushArtifactHeader{Name: "b", Version: "1", Sha256: strings.TrimPrefix(sha(other), artifact.DigestPrefix)},
+			hdr:  &ferryv1.PushArtifactHeader{Name: "b", Version: "1", Sha256: strings.TrimPrefix(sha(other), sha256digest.Prefix)},
 			body: good, code: codes.InvalidArgument,
 			want:    []string{"sha256 mismatch", "got " + sha(good), "want " + sha(other), "the upload was discarded"},
 			records: 1,
@@ -508,7 +509,7 @@ func TestStartupRemovesLeftovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	orphan := []byte("orphan")
-	if err := os.WriteFile(filepath.Join(h.st.BlobDir(), strings.TrimPrefix(sha(orphan), artifact.DigestPrefix)), orphan, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(h.st.BlobDir(), strings.TrimPrefix(sha(orphan), sha256digest.Prefix)), orphan, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	h.open(harnessOpts{})
@@ -528,7 +529,7 @@ func TestResolve(t *testing.T) {
 	seen := map[byte][]byte{}
 	for i := 0; second == nil; i++ {
 		b := []byte(fmt.Sprint("content ", i))
-		c := sha(b)[len(artifact.DigestPrefix)]
+		c := sha(b)[len(sha256digest.Prefix)]
 		if prev, ok := seen[c]; ok {
 			first, second = prev, b
 		}
@@ -552,10 +553,10 @@ func TestResolve(t *testing.T) {
 		{"app@3.0", "!not found", "!not found"},
 		{"app", "app@2.0", "!matches 2 artifacts"},
 		{"solo", "solo@1", "solo@1"},
-		{d1[:len(artifact.DigestPrefix)+20], "app@1.0", "app@1.0"},
-		{d2[:len(artifact.DigestPrefix)+20], "app@2.0", "app@2.0"},
-		{d1[:len(artifact.DigestPrefix)+1], "!matches", "!app@1.0"},
-		{ds[:len(artifact.DigestPrefix)+10], "!matches 2 artifacts", "!alias@1 ("},
+		{d1[:len(sha256digest.Prefix)+20], "app@1.0", "app@1.0"},
+		{d2[:len(sha256digest.Prefix)+20], "app@2.0", "app@2.0"},
+		{d1[:len(sha256digest.Prefix)+1], "!matches", "!app@1.0"},
+		{ds[:len(sha256digest.Prefix)+10], "!matches 2 artifacts", "!alias@1 ("},
 		{"sha256:", "!give hex digits", "!give hex digits"},
 		{"sha256:xyz", "!give hex digits", "!give hex digits"},
 		{"", "!empty", "!empty"},

@@ -27,6 +27,7 @@ import (
 	"github.com/ferrydeploy/ferry/shared/pki"
 	"github.com/ferrydeploy/ferry/shared/pki/pkitest"
 	"github.com/ferrydeploy/ferry/shared/rpc"
+	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
 
 // harness is a controller with the artifact services over real mTLS on
@@ -214,7 +215,7 @@ func (h *harness) checkConsistent() {
 	}
 	seen := map[string]bool{}
 	for _, e := range blobs {
-		d := artifact.DigestPrefix + e.Name()
+		d := sha256digest.Prefix + e.Name()
 		seen[d] = true
 		a, ok := byDigest[d]
 		if !ok {
@@ -238,7 +239,7 @@ func (h *harness) checkConsistent() {
 
 func sha(data []byte) string {
 	s := sha256.Sum256(data)
-	return artifact.DigestPrefix + hex.EncodeToString(s[:])
+	return sha256digest.Prefix + hex.EncodeToString(s[:])
 }
 
 func randomBytes(seed uint64, n int) []byte {

@@ -27,6 +27,7 @@ import (
 	"github.com/ferrydeploy/ferry/shared/pki/pkitest"
 	"github.com/ferrydeploy/ferry/shared/proctest"
 	"github.com/ferrydeploy/ferry/shared/rpc"
+	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
 
 // memServerEnv makes the test binary a controller for the memory
@@ -159,7 +160,7 @@ func BenchmarkMemory1GiB(b *testing.B) {
 			h.Write(m.Data)
 			n += int64(len(m.Data))
 		}
-		if got := artifact.DigestPrefix + hex.EncodeToString(h.Sum(nil)); n != size || got != resp.Artifact.Digest {
+		if got := sha256digest.Prefix + hex.EncodeToString(h.Sum(nil)); n != size || got != resp.Artifact.Digest {
 			b.Fatalf("downloaded %d bytes hashing to %s, want %d bytes of %s", n, got, size, resp.Artifact.Digest)
 		}
 	}

@@ -44,9 +44,6 @@ import (
 // ChunkSize is the size of the messages a push and a download carry.
 const ChunkSize = 1 << 20
 
-// DigestPrefix starts every digest string.
-const DigestPrefix = sha256digest.Prefix
-
 // Errors callers tell apart with errors.Is; the wrapped messages name the
 // artifact and the fix.
 var (
@@ -177,7 +174,7 @@ func (s *Store) cleanup() error {
 		return err
 	}
 	for _, a := range all {
-		known[strings.TrimPrefix(a.Digest, DigestPrefix)] = true
+		known[strings.TrimPrefix(a.Digest, sha256digest.Prefix)] = true
 	}
 	blobs, err := os.ReadDir(s.blobDir)
 	if err != nil {
@@ -190,11 +187,11 @@ func (s *Store) cleanup() error {
 			if err := os.Remove(filepath.Join(s.blobDir, e.Name())); err != nil {
 				return fmt.Errorf("artifact store: remove unreferenced blob: %w", err)
 			}
-			s.log.Info("removed an artifact blob no record points to (an interrupted push or removal)", "artifact", DigestPrefix+e.Name())
+			s.log.Info("removed an artifact blob no record points to (an interrupted push or removal)", "artifact", sha256digest.Prefix+e.Name())
 		}
 	}
 	for _, a := range all {
-		if !present[strings.TrimPrefix(a.Digest, DigestPrefix)] {
+		if !present[strings.TrimPrefix(a.Digest, sha256digest.Prefix)] {
 			s.log.Error("artifact blob is missing; agents cannot download it: push the file again or remove the record", "artifact", key(a.Name, a.Version), "digest", a.Digest)
 		}
 	}
@@ -356,10 +353,10 @@ func (s *Store) Put(ctx context.Context, req PutRequest, body io.Reader) (a *fer
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
 	if req.SHA256 != "" && sum != req.SHA256 {
-		return nil, Unchanged, fmt.Errorf("%w: %s: got %s, want %s; the upload was discarded", ErrChecksumMismatch, label, DigestPrefix+sum, DigestPrefix+req.SHA256)
+		return nil, Unchanged, fmt.Errorf("%w: %s: got %s, want %s; the upload was discarded", ErrChecksumMismatch, label, sha256digest.Prefix+sum, sha256digest.Prefix+req.SHA256)
 	}
 	a = &ferryv1.Artifact{
-		Digest: DigestPrefix + sum, Name: req.Name, Version: req.Version, Os: req.OS, Arch: req.Arch,
+		Digest: sha256digest.Prefix + sum, Name: req.Name, Version: req.Version, Os: req.OS, Arch: req.Arch,
 		Size: out.n, PushedBy: req.PushedBy, PushedAt: timestamppb.New(s.now()),
 	}
 	kept = true // commit owns the temp file from here
@@ -376,7 +373,7 @@ func (s *Store) putKnown(req PutRequest) (a *ferryv1.Artifact, pushed Pushed, do
 	}
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
-	digest := DigestPrefix + req.SHA256
+	digest := sha256digest.Prefix + req.SHA256
 	all, err := s.records.Artifacts()
 	if err != nil {
 		return nil, Unchanged, true, err
@@ -429,7 +426,7 @@ func conflict(old *ferryv1.Artifact, digest string) error {
 func (s *Store) commit(a *ferryv1.Artifact, tmp string, audit func(*ferryv1.Artifact, Pushed) *ferryv1.AuditEvent) (*ferryv1.Artifact, Pushed, error) {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
-	hexsum := strings.TrimPrefix(a.Digest, DigestPrefix)
+	hexsum := strings.TrimPrefix(a.Digest, sha256digest.Prefix)
 	removeTmp := true
 	defer func() {
 		if removeTmp {
@@ -574,13 +571,13 @@ func (s *Store) resolve(ref string, latest bool) (*ferryv1.Artifact, error) {
 	switch {
 	case ref == "":
 		return nil, fmt.Errorf("%w: empty artifact reference; use NAME@VERSION or sha256:PREFIX", ErrInvalid)
-	case strings.HasPrefix(ref, DigestPrefix):
-		prefix := strings.ToLower(strings.TrimPrefix(ref, DigestPrefix))
+	case strings.HasPrefix(ref, sha256digest.Prefix):
+		prefix := strings.ToLower(strings.TrimPrefix(ref, sha256digest.Prefix))
 		if prefix == "" || strings.Trim(prefix, "0123456789abcdef") != "" || len(prefix) > 64 {
-			return nil, fmt.Errorf("%w: %q: after %q give hex digits of the digest", ErrInvalid, ref, DigestPrefix)
+			return nil, fmt.Errorf("%w: %q: after %q give hex digits of the digest", ErrInvalid, ref, sha256digest.Prefix)
 		}
 		matches, err := s.matching(func(a *ferryv1.Artifact) bool {
-			return strings.HasPrefix(strings.TrimPrefix(a.Digest, DigestPrefix), prefix)
+			return strings.HasPrefix(strings.TrimPrefix(a.Digest, sha256digest.Prefix), prefix)
 		})
 		if err != nil {
 			return nil, err
@@ -614,17 +611,9 @@ func one(ref string, matches []*ferryv1.Artifact) (*ferryv1.Artifact, error) {
 	sortNewestFirst(matches)
 	names := make([]string, len(matches))
 	for i, a := range matches {
-		names[i] = Key(a) + " (" + ShortDigest(a.Digest) + ")"
+		names[i] = Key(a) + " (" + sha256digest.Short(a.Digest) + ")"
 	}
 	return nil, fmt.Errorf("%w: %s matches %d artifacts: %s; name one as NAME@VERSION or give more digits", ErrAmbiguous, ref, len(matches), strings.Join(names, ", "))
-}
-
-// ShortDigest is "sha256:" and the first 12 hex digits.
-func ShortDigest(d string) string {
-	if len(d) > len(DigestPrefix)+12 {
-		return d[:len(DigestPrefix)+12]
-	}
-	return d
 }
 
 // ReferencedBy lists the packages ("name@version") whose artifact is digest.
@@ -657,14 +646,14 @@ func (s *Store) Delete(ref string, audit func(*ferryv1.Artifact) *ferryv1.AuditE
 		return nil, err
 	}
 	if len(refs) > 0 {
-		return nil, fmt.Errorf("%w: artifact %s (%s) is used by package %s; remove or replace those packages first", ErrReferenced, Key(a), ShortDigest(a.Digest), strings.Join(refs, ", "))
+		return nil, fmt.Errorf("%w: artifact %s (%s) is used by package %s; remove or replace those packages first", ErrReferenced, Key(a), sha256digest.Short(a.Digest), strings.Join(refs, ", "))
 	}
 	shared, err := s.matching(func(o *ferryv1.Artifact) bool { return o.Digest == a.Digest })
 	if err != nil {
 		return nil, err
 	}
 	if len(shared) == 0 {
-		if err := os.Remove(s.blobPath(strings.TrimPrefix(a.Digest, DigestPrefix))); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := os.Remove(s.blobPath(strings.TrimPrefix(a.Digest, sha256digest.Prefix))); err != nil && !errors.Is(err, os.ErrNotExist) {
 			// The record is gone; the blob is collected at the next start.
 			s.log.Warn("remove artifact blob", "artifact", Key(a), "err", err)
 		}
@@ -684,7 +673,7 @@ func (s *Store) Lookup(digest string) (*ferryv1.Artifact, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	recs, err := s.matching(func(a *ferryv1.Artifact) bool { return a.Digest == DigestPrefix+hexsum })
+	recs, err := s.matching(func(a *ferryv1.Artifact) bool { return a.Digest == sha256digest.Prefix+hexsum })
 	if err != nil {
 		return nil, err
 	}
@@ -705,7 +694,7 @@ func (s *Store) discard(path string) {
 
 // OpenBlob opens the blob of a record Lookup returned.
 func (s *Store) OpenBlob(rec *ferryv1.Artifact) (*Blob, error) {
-	f, err := os.Open(s.blobPath(strings.TrimPrefix(rec.Digest, DigestPrefix)))
+	f, err := os.Open(s.blobPath(strings.TrimPrefix(rec.Digest, sha256digest.Prefix)))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("%w: artifact %s: its blob was removed", ErrNotFound, Key(rec))

@@ -77,10 +77,10 @@ func Quarantined(a *ferryv1.Artifact) error {
 func damagedErr(a *ferryv1.Artifact) error {
 	found := "its blob file is missing"
 	if a.StoredDigest != "" {
-		found = "sha256 mismatch: its stored bytes hash to " + ShortDigest(a.StoredDigest)
+		found = "sha256 mismatch: its stored bytes hash to " + sha256digest.Short(a.StoredDigest)
 	}
 	return fmt.Errorf("artifact %s (%s) is %w (%s); re-push it from the original file with `ferryctl artifact push FILE --name %s --version %s` and agents get it again",
-		Key(a), ShortDigest(a.Digest), ErrDamaged, found, a.Name, a.Version)
+		Key(a), sha256digest.Short(a.Digest), ErrDamaged, found, a.Name, a.Version)
 }
 
 var (
@@ -315,7 +315,7 @@ func (s *Store) hash(ctx context.Context, digest string, rate int64) (got string
 		return "", nil, nil, ctx.Err()
 	}
 	defer func() { <-s.checks.sem }()
-	f, err := os.Open(s.blobPath(strings.TrimPrefix(digest, DigestPrefix)))
+	f, err := os.Open(s.blobPath(strings.TrimPrefix(digest, sha256digest.Prefix)))
 	if err != nil {
 		readErr, err = unreadable(err)
 		return "", nil, readErr, err
@@ -359,7 +359,7 @@ func unreadable(err error) (readErr, other error) {
 func (s *Store) record(digest, got string, readErr error, hashed os.FileInfo) (shared []*ferryv1.Artifact, replaced bool, err error) {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
-	now, statErr := os.Stat(s.blobPath(strings.TrimPrefix(digest, DigestPrefix)))
+	now, statErr := os.Stat(s.blobPath(strings.TrimPrefix(digest, sha256digest.Prefix)))
 	if hashed != nil && (statErr != nil || !os.SameFile(hashed, now)) || hashed == nil && errors.Is(readErr, errBlobMissing) && statErr == nil {
 		shared, err := s.matching(func(a *ferryv1.Artifact) bool { return a.Digest == digest })
 		return shared, true, err

@@ -17,6 +17,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/controller/internal/artifact"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
 
 const (
@@ -26,7 +27,7 @@ const (
 
 // blobFile is where the blob of digest lies.
 func (h *harness) blobFile(digest string) string {
-	return filepath.Join(h.st.BlobDir(), strings.TrimPrefix(digest, artifact.DigestPrefix))
+	return filepath.Join(h.st.BlobDir(), strings.TrimPrefix(digest, sha256digest.Prefix))
 }
 
 // flip flips one byte of digest's stored blob, as a failing disk does,

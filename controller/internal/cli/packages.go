@@ -103,9 +103,4 @@ func (a *app) packageCmd() *cobra.Command {
 }
 
 // shortDigest abbreviates "sha256:<hex>" to 12 hex digits ("-" when empty).
-func shortDigest(d string) string {
-	if n := len(sha256digest.Prefix) + 12; len(d) > n {
-		d = d[:n]
-	}
-	return orDash(d)
-}
+func shortDigest(d string) string { return orDash(sha256digest.Short(d)) }

@@ -232,5 +232,5 @@ func (s *agentServer) ReportArtifactMismatch(ctx context.Context, req *ferryv1.R
 	}
 	a := check.Artifact
 	return &ferryv1.ReportArtifactMismatchResponse{Message: fmt.Sprintf(
-		"the controller's copy of artifact %s (%s) matches its digest: the bytes changed on the way or on the node; download it again", artifact.Key(a), artifact.ShortDigest(a.Digest))}, nil
+		"the controller's copy of artifact %s (%s) matches its digest: the bytes changed on the way or on the node; download it again", artifact.Key(a), sha256digest.Short(a.Digest))}, nil
 }
