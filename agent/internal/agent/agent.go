@@ -486,6 +486,7 @@ func (a *Agent) heartbeat() error {
 	seq := a.seq
 	a.mu.Unlock()
 	l1, l5, l15 := facts.Load()
+	disks := facts.Disks(a.cfg.StateDir, a.cfg.Root, a.jobs.inst.Destinations()) // one statfs per file system, the root's free space included
 	hb := &ferryv1.Heartbeat{
 		Seq:           seq,
 		SentAt:        timestamppb.New(a.cfg.Now()),
@@ -494,10 +495,10 @@ func (a *Agent) heartbeat() error {
 		Load1:         l1,
 		Load5:         l5,
 		Load15:        l15,
-		DiskFreeBytes: facts.DiskFree(a.cfg.Root),
+		DiskFreeBytes: facts.FreeFor(disks, facts.UseRoot),
 		Facts:         a.facts(),
 		Installed:     a.jobs.inst.Installed(),
-		Disks:         facts.Disks(a.cfg.StateDir, a.cfg.Root, a.jobs.inst.Destinations()),
+		Disks:         disks,
 	}
 	if err := a.send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Heartbeat{Heartbeat: hb}}); err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -68,7 +69,7 @@ func Space(path string) (free, total uint64, err error) {
 // left out.
 func Disks(stateDir, root string, dests []string) []*ferryv1.DiskSpace {
 	type use struct{ path, what string }
-	uses := []use{{stateDir, "state dir"}, {root, "install root"}}
+	uses := []use{{stateDir, "state dir"}, {root, UseRoot}}
 	for _, d := range dests {
 		uses = append(uses, use{d, d})
 	}
@@ -94,6 +95,20 @@ func Disks(stateDir, root string, dests []string) []*ferryv1.DiskSpace {
 		out = append(out, d)
 	}
 	return out
+}
+
+// UseRoot names the install root in a DiskSpace's Uses.
+const UseRoot = "install root"
+
+// FreeFor is the free space Disks found for the file system holding use
+// (0 if none).
+func FreeFor(disks []*ferryv1.DiskSpace, use string) uint64 {
+	for _, d := range disks {
+		if slices.Contains(d.GetUses(), use) {
+			return d.GetFreeBytes()
+		}
+	}
+	return 0
 }
 
 // existing returns path or its nearest parent that exists.

@@ -628,15 +628,12 @@ func (f *Fetcher) adapt(size, chunks int, broke bool) {
 	}
 }
 
+// backoff is the wait after a failed attempt: the agent's reconnect rule
+// (backoff.FullJitter), so a download retries like the stream does.
 func (f *Fetcher) backoff(failures int) time.Duration {
-	d := f.cfg.BackoffBase << min(failures-1, 20)
-	if d > f.cfg.BackoffMax || d <= 0 {
-		d = f.cfg.BackoffMax
-	}
 	f.mu.Lock()
-	j := time.Duration(f.rng.Int64N(int64(d)/2 + 1))
-	f.mu.Unlock()
-	return d/2 + j
+	defer f.mu.Unlock()
+	return backoff.FullJitter(f.rng, f.cfg.BackoffBase, f.cfg.BackoffMax, failures-1)
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
