@@ -27,6 +27,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/agent/internal/identity"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/clocktest"
 	"github.com/ferrydeploy/ferry/shared/pki"
 	"github.com/ferrydeploy/ferry/shared/rpc"
 )
@@ -34,24 +35,6 @@ import (
 // waitFor bounds every wait of these tests; reaching it is a failure, not
 // part of what a test measures.
 const waitFor = 10 * time.Second
-
-// fakeClock is the agent's clock (Config.Now); tests move it by hand.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // constSource is a jitter source that always draws the same number:
 // lowDraw gives the shortest delays, highDraw the longest.
@@ -421,7 +404,7 @@ type testAgent struct {
 	pki     *testPKI
 	cert    *x509.Certificate // the enrolled certificate
 	root    string            // install root
-	clock   *fakeClock
+	clock   *clocktest.Clock
 	ctl     *fakeController
 	fetcher *fakeFetcher
 	logs    *logBuffer
@@ -450,7 +433,7 @@ func newTestAgent(t *testing.T, o agentOptions) *testAgent {
 	}
 	p := newPKI(t)
 	stateDir, cert := p.enroll(t, o.certAge, o.certTTL)
-	ta := &testAgent{t: t, pki: p, cert: cert, root: t.TempDir(), clock: &fakeClock{now: time.Now()},
+	ta := &testAgent{t: t, pki: p, cert: cert, root: t.TempDir(), clock: clocktest.New(time.Now()),
 		fetcher: &fakeFetcher{}, logs: newLogBuffer(),
 		waits: make(chan time.Duration, 100), wake: make(chan time.Time)}
 	ta.ctl = &fakeController{script: o.script, streams: make(chan *agentStream, 16)}

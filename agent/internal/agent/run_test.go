@@ -13,6 +13,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/agent/internal/backoff"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/clocktest"
 	"github.com/ferrydeploy/ferry/shared/pki"
 )
 
@@ -30,7 +31,7 @@ var endedWith = map[codes.Code]string{
 	codes.Unauthenticated:  "certificate 12345 is no longer valid for node n1 (replaced by a renewal or re-enrollment)",
 }
 
-func (o outcome) play(clock *fakeClock, s *agentStream) error {
+func (o outcome) play(clock *clocktest.Clock, s *agentStream) error {
 	if o.welcome {
 		if err := s.welcome(); err != nil {
 			return err

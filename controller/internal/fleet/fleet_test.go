@@ -17,6 +17,7 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/health"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/clocktest"
 	"github.com/ferrydeploy/ferry/shared/pki"
 )
 
@@ -37,24 +38,6 @@ var (
 	removed     = ferryv1.NodeState_NODE_STATE_REMOVED
 	pending     = ferryv1.NodeState_NODE_STATE_PENDING
 )
-
-// fakeClock is the registry's clock; tests move it by hand.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // fakeGossip is gossip's view of the members, as the test sets it.
 type fakeGossip struct {
@@ -87,7 +70,7 @@ func (g *fakeGossip) set(name, state string) { //nolint:unparam // keyed by node
 type testFleet struct {
 	*Registry
 	t      *testing.T
-	clock  *fakeClock
+	clock  *clocktest.Clock
 	gossip *fakeGossip
 	store  *store.Store
 }
@@ -109,7 +92,7 @@ func newFleet(t *testing.T, nodes ...store.NodeRecord) *testFleet {
 			t.Fatal(err)
 		}
 	}
-	f := &testFleet{t: t, clock: &fakeClock{now: t0}, gossip: &fakeGossip{states: map[string]string{}}, store: st}
+	f := &testFleet{t: t, clock: clocktest.New(t0), gossip: &fakeGossip{states: map[string]string{}}, store: st}
 	f.Registry = f.open()
 	return f
 }

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/clocktest"
 )
 
 const (
@@ -31,24 +32,6 @@ const (
 	actAbort    = ferryv1.FailureAction_FAILURE_ACTION_ABORT
 	actRollback = ferryv1.FailureAction_FAILURE_ACTION_ROLLBACK
 )
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-	return c.t
-}
 
 // fakeStore keeps rollouts marshalled, as bbolt would, so nothing aliases.
 type fakeStore struct {
@@ -141,7 +124,7 @@ const fakeHeartbeatGap = 10 * time.Second
 // healthy (its heartbeats stopped).
 type fakeFleet struct {
 	mu    sync.Mutex
-	clock *fakeClock
+	clock *clocktest.Clock
 	nodes map[string]*ferryv1.Node
 	runs  map[string]time.Time // when each node's run of heartbeats began
 }
@@ -382,7 +365,7 @@ func (a *fakeAuditor) list() []string {
 type harness struct {
 	t     *testing.T
 	grace time.Duration // Config.ReconnectGrace (default: none)
-	clock *fakeClock
+	clock *clocktest.Clock
 	store *fakeStore
 	fleet *fakeFleet
 	disp  *fakeDispatcher
@@ -399,7 +382,7 @@ type harness struct {
 // stores go@1.20.2 and go@1.20.3.
 func newHarness(t *testing.T, count int) *harness {
 	t.Helper()
-	clock := &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	clock := clocktest.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	fleet := &fakeFleet{clock: clock, nodes: map[string]*ferryv1.Node{}}
 	for i := range count {
 		fleet.add(fmt.Sprintf("n%02d", i), "prod")

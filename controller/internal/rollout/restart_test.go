@@ -16,6 +16,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/controller/internal/rolloutstate"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/clocktest"
 )
 
 // world is a fleet of simulated agents and a controller that can be killed
@@ -25,7 +26,7 @@ import (
 // their jobs, as they do after a controller restart.
 type world struct {
 	t       *testing.T
-	clock   *fakeClock
+	clock   *clocktest.Clock
 	fleet   *fakeFleet
 	store   *fakeStore
 	pkgs    *fakePackages
@@ -56,7 +57,7 @@ type simJob struct {
 var errCrashed = errors.New("controller killed")
 
 func newWorld(t *testing.T, nodes int, failing ...string) *world {
-	clock := &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	clock := clocktest.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	w := &world{
 		t:         t,
 		clock:     clock,
