@@ -6,6 +6,7 @@
 package pushclient
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -73,6 +74,13 @@ func Push(ctx context.Context, c ferryv1.ArtifactServiceClient, hdr *ferryv1.Pus
 			break
 		}
 		if rerr != nil {
+			if ctx.Err() != nil {
+				// The push was cancelled and the read failed because of it
+				// (a reader tied to the same context): the stream, opened
+				// with ctx, reports the cancellation as the gRPC status.
+				_, err := stream.CloseAndRecv()
+				return nil, cmp.Or(err, ctx.Err())
+			}
 			return nil, fmt.Errorf("read %s: %w", hdr.GetName(), rerr)
 		}
 	}
