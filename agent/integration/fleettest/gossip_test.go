@@ -52,7 +52,11 @@ func TestRemovedNodeKeyStopsWorking(t *testing.T) {
 	// The victim dies as a SIGKILL kills it: no goodbye on its stream, no
 	// leave in gossip.
 	victim.kill()
-	f.waitGossip("victim", down, "dead", 20*time.Second)
+	// memberlist declares a suspect dead after its suspicion timeout, which
+	// without confirmations from other members is up to
+	// SuspicionMaxTimeoutMult (6) x SuspicionMult (3) x ProbeInterval (1s)
+	// on the local profile: 18 s, plus the probe that raised the suspicion.
+	f.waitGossip("victim", down, "dead", 45*time.Second)
 	offline.stop()
 	f.waitState("g3", left, 5*time.Second)
 
