@@ -768,7 +768,11 @@ func TestE2ERolloutKilledAgentDoesNotBlockTheRest(t *testing.T) {
 
 	// Back up, the agent has undone the job the kill interrupted.
 	f.agents["prod-3"].Start()
-	f.h.WaitNode("prod-3", healthyWithin, "healthy and alive in gossip after a restart", healthyAndAlive)
+	// A member gossip declared dead comes back alive at once when the
+	// controller takes its rejoin; when the rejoin beats the new stream's
+	// hello (which vouches for its gossip address), the controller's next
+	// push/pull (15 s on the local profile) brings it: wait past that.
+	f.h.WaitNode("prod-3", healthyWithin+20*time.Second, "healthy and alive in gossip after a restart", healthyAndAlive)
 	f.wantVersions("prod-3 after its restart", map[string]string{"prod-3": "1.0.0"})
 	if r := f.mustStatus(id); r.node("prod-3").Outcome != "unreachable" {
 		t.Errorf("prod-3 changed outcome after the rollout ended: %s", r.outcomes())
