@@ -319,15 +319,15 @@ served again. Exits 1 when an artifact is damaged or could not be checked.
 				case r.Error != "":
 					unchecked = append(unchecked, key)
 				}
-				if a.output == "json" {
-					if err := a.printJSON(r); err != nil {
+				if a.machine() {
+					if err := a.emit(r); err != nil {
 						return err
 					}
 					continue
 				}
 				fmt.Fprintln(a.stdout, verifyLine(r))
 			}
-			if a.output != "json" {
+			if !a.machine() {
 				fmt.Fprintf(a.stdout, "verified %d artifact(s): %d ok, %d damaged, %d not checked\n", checked, checked-len(bad)-len(unchecked), len(bad), len(unchecked))
 			}
 			switch {

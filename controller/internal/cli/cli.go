@@ -5,7 +5,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,9 +16,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrydeploy/ferry/controller/internal/credential"
 	"github.com/ferrydeploy/ferry/shared/rpc"
@@ -35,6 +33,9 @@ type app struct {
 	stderr     io.Writer
 	cred       *credential.Credential
 	conn       *grpc.ClientConn
+	// emitted is set once a YAML document was written, so the next one in
+	// a stream is separated by "---".
+	emitted bool
 }
 
 // ExitError carries a specific exit code (e.g. a failed rollout).
@@ -106,12 +107,79 @@ func (a *app) rootCmd() *cobra.Command {
 	}
 	root.SetVersionTemplate("{{.Version}}\n")
 	root.PersistentFlags().StringVar(&a.configPath, "config", defaultConfig(), "admin credential file (env FERRY_CONFIG)")
-	root.PersistentFlags().StringVarP(&a.output, "output", "o", "table", "output format: table or json")
+	root.PersistentFlags().StringVarP(&a.output, "output", "o", "table", "output format: table, wide (more columns), json or yaml")
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 30*time.Second, "time limit for each request")
 	root.AddCommand(a.nodesCmd(), a.nodeCmd(), a.tokenCmd(), a.certCmd(), a.auditCmd(), a.versionCmd())
 	root.AddCommand(a.packageCmd(), a.rolloutCmd(), a.logsCmd(), a.artifactCmd())
 	root.AddCommand(a.gossipCmd())
+	strictCommands(root)
+	a.addCompletions(root)
 	return root
+}
+
+// strictCommands makes every command that has subcommands refuse an
+// unknown one with exit 1 and a "did you mean" (cobra checks only at the
+// root, and a nested group would print its help and exit 0). A group run
+// alone prints its help.
+func strictCommands(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		switch sub.Name() {
+		case "list":
+			sub.SuggestFor = append(sub.SuggestFor, "ls")
+		case "remove", "rm":
+			sub.SuggestFor = append(sub.SuggestFor, "rm", "delete", "del")
+		case "show", "inspect":
+			sub.SuggestFor = append(sub.SuggestFor, "get", "describe")
+		}
+		strictCommands(sub)
+	}
+	if !c.HasSubCommands() {
+		return
+	}
+	c.SuggestionsMinimumDistance = 2 // cobra sets it only on its own path
+	if !c.Runnable() {
+		c.Args = unknownCommand
+		c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+		return
+	}
+	own := c.Args
+	c.Args = func(cmd *cobra.Command, args []string) error {
+		if own == nil {
+			return nil
+		}
+		if err := own(cmd, args); err != nil {
+			if len(args) > 0 {
+				return unknownCommand(cmd, args)
+			}
+			return err
+		}
+		return nil
+	}
+}
+
+// unknownCommand refuses the first argument as a subcommand of cmd, with
+// the closest names.
+func unknownCommand(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+		return fmt.Errorf("%s; did you mean %s?", msg, quotedList(s, cmd.CommandPath()))
+	}
+	return fmt.Errorf("%s; run '%s --help' to list its commands", msg, cmd.CommandPath())
+}
+
+// quotedList is "'a b'", "'a b' or 'a c'", "'a b', 'a c' or 'a d'".
+func quotedList(names []string, prefix string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = "'" + prefix + " " + n + "'"
+	}
+	if len(q) == 1 {
+		return q[0]
+	}
+	return strings.Join(q[:len(q)-1], ", ") + " or " + q[len(q)-1]
 }
 
 func (a *app) versionCmd() *cobra.Command {
@@ -133,7 +201,13 @@ func (a *app) connect() (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(cred.Controller, rpc.DialOptions(cred.TLS())...)
+	// One connection attempt may take as long as --timeout, no more: a
+	// controller that accepts but never answers the handshake is given up
+	// on within the limit the operator set.
+	opts := append(rpc.DialOptions(cred.TLS()), grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff: backoff.DefaultConfig, MinConnectTimeout: a.timeout,
+	}))
+	conn, err := grpc.NewClient(cred.Controller, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("controller %s: %w", cred.Controller, err)
 	}
@@ -155,7 +229,7 @@ func (a *app) rpcWithin(cmd *cobra.Command, limit time.Duration, fn func(ctx con
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), limit)
 	defer cancel()
-	return fn(ctx, conn)
+	return a.reach(fn(ctx, conn), limit)
 }
 
 // call makes one unary RPC within --timeout. newClient is the service's
@@ -171,39 +245,6 @@ func call[C, Req, Resp any](a *app, cmd *cobra.Command, newClient func(grpc.Clie
 		return err
 	})
 	return resp, err
-}
-
-func (a *app) checkOutput() error {
-	switch a.output {
-	case "table", "json":
-		return nil
-	}
-	return fmt.Errorf("--output %q is not supported: use table or json", a.output)
-}
-
-// printJSON writes protobuf messages as JSON (proto field names).
-func (a *app) printJSON(m proto.Message) error {
-	data, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: true, EmitUnpopulated: false}.Marshal(m)
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintln(a.stdout, string(data))
-	return err
-}
-
-// show prints m as JSON with -o json, and otherwise runs text, the
-// command's human-readable form.
-func (a *app) show(m proto.Message, text func() error) error {
-	if a.output == "json" {
-		return a.printJSON(m)
-	}
-	return text()
-}
-
-func (a *app) printRawJSON(v any) error {
-	enc := json.NewEncoder(a.stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }
 
 // printTable writes a header and one row per item as aligned columns.

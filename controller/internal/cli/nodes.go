@@ -1,12 +1,14 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrydeploy/ferry/controller/internal/nodestate"
@@ -90,35 +92,30 @@ func (a *app) listNodes(cmd *cobra.Command, req *ferryv1.ListNodesRequest) (*fer
 	}
 }
 
-// watchNodes prints each change to a node until the stream ends (without
-// --timeout: a watch lasts until interrupted).
+// watchNodes prints each change to a node until interrupted (without
+// --timeout: a watch lasts until interrupted), reconnecting when the
+// controller restarts; the controller then sends every node's state again.
 func (a *app) watchNodes(cmd *cobra.Command, req *ferryv1.WatchNodesRequest) error {
 	conn, err := a.connect()
 	if err != nil {
 		return err
 	}
-	stream, err := ferryv1.NewNodeServiceClient(conn).WatchNodes(cmd.Context(), req)
-	if err != nil {
-		return err
+	client := ferryv1.NewNodeServiceClient(conn)
+	open := func(ctx context.Context, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ferryv1.WatchNodesResponse], error) {
+		return client.WatchNodes(ctx, req, opts...)
 	}
-	for {
-		m, err := stream.Recv()
-		if err != nil {
-			return err
-		}
+	return watch(a, cmd.Context(), open, func(m *ferryv1.WatchNodesResponse) error {
 		ev := m.GetEvent()
-		if a.output == "json" {
-			if err := a.printJSON(ev); err != nil {
-				return err
-			}
-			continue
+		if a.machine() {
+			return a.emit(ev)
 		}
 		state, reason := nodestate.Name(ev.GetState()), ev.GetStateReason()
 		if ev.GetPurged() {
 			state, reason = "purged", "its record was deleted"
 		}
-		fmt.Fprintf(a.stdout, "%s  %-10s %-12s %s\n", time.Now().Format("15:04:05"), ev.GetId(), state, reason)
-	}
+		_, err := fmt.Fprintf(a.stdout, "%s  %-10s %-12s %s\n", time.Now().Format("15:04:05"), ev.GetId(), state, reason)
+		return err
+	})
 }
 
 func (a *app) printNodes(nodes []*ferryv1.Node, showLabels bool) error {

@@ -147,8 +147,8 @@ returns at once; --plan shows what would change and changes nothing.`,
 }
 
 func (a *app) printPlan(plan []*ferryv1.NodePlan) error {
-	if a.output == "json" {
-		return a.printRawJSON(plan)
+	if a.machine() {
+		return a.emit(plan)
 	}
 	sort.SliceStable(plan, func(i, j int) bool { return plan[i].Wave < plan[j].Wave })
 	for _, p := range plan {
@@ -193,29 +193,20 @@ func (a *app) follow(ctx context.Context, id string, started bool) error {
 	if err != nil {
 		return err
 	}
-	stream, err := ferryv1.NewRolloutServiceClient(conn).WatchRollout(ctx, &ferryv1.WatchRolloutRequest{Id: id})
-	if err != nil {
-		return err
+	client := ferryv1.NewRolloutServiceClient(conn)
+	open := func(ctx context.Context, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ferryv1.WatchRolloutResponse], error) {
+		return client.WatchRollout(ctx, &ferryv1.WatchRolloutRequest{Id: id}, opts...)
 	}
-	tty := a.output != "json" && isTerminal(a.stdout)
+	tty := !a.machine() && isTerminal(a.stdout)
 	var last *ferryv1.Rollout
-	if a.output != "json" && started {
+	if !a.machine() && started {
 		fmt.Fprintf(a.stdout, "rollout %s started; follow it elsewhere with `ferryctl rollout status %s --watch`\n", id, id)
 	}
-	for {
-		ev, err := stream.Recv()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			return err
-		}
+	err = watch(a, ctx, open, func(ev *ferryv1.WatchRolloutResponse) error {
 		last = ev.Rollout
 		switch {
-		case a.output == "json":
-			if err := a.printJSON(ev); err != nil {
-				return err
-			}
+		case a.machine():
+			return a.emit(ev)
 		case tty:
 			fmt.Fprint(a.stdout, "\r\033[K")
 			if ev.Event != "" {
@@ -227,6 +218,10 @@ func (a *app) follow(ctx context.Context, id string, started bool) error {
 				fmt.Fprintln(a.stdout, eventLine(ev))
 			}
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if last == nil {
 		return fmt.Errorf("rollout %s: the watch ended without events", id)
@@ -234,7 +229,7 @@ func (a *app) follow(ctx context.Context, id string, started bool) error {
 	if tty {
 		fmt.Fprintln(a.stdout)
 	}
-	if a.output != "json" {
+	if !a.machine() {
 		fmt.Fprintln(a.stdout, progressLine(last, false))
 		a.printFailures(last)
 	}
