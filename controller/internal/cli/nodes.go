@@ -2,8 +2,10 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -33,42 +35,120 @@ func parseStates(s string) ([]ferryv1.NodeState, error) {
 }
 
 func (a *app) nodesCmd() *cobra.Command {
-	var group, states string
+	var group, states, selector string
 	var watch, disks, all, showLabels bool
+	var hasPkg, lacksPkg []string
 	cmd := &cobra.Command{
 		Use:   "nodes",
 		Short: "List nodes with their health state (and why)",
 		Long: `List nodes with their health state and why. Removed nodes are left out
 unless --all (or --state removed) is given. Large fleets are fetched a page
-at a time.`,
+at a time.
+
+--selector picks nodes by label as a rollout does; --package and
+--not-package pick them by what they run (NAME for any version,
+NAME@VERSION for one). -o wide adds the stream and gossip signals, the
+platform and the installed packages; 'ferryctl node show ID' shows one
+node in full.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, err := parseStates(states)
 			if err != nil {
 				return err
 			}
+			f, err := newNodeFilter(selector, hasPkg, lacksPkg)
+			if err != nil {
+				return err
+			}
 			if watch {
+				if !f.empty() {
+					return errors.New("--selector, --package and --not-package do not apply to --watch: watch a --group or --state")
+				}
 				return a.watchNodes(cmd, &ferryv1.WatchNodesRequest{Group: group, States: st, HideRemoved: !all})
 			}
 			resp, err := a.listNodes(cmd, &ferryv1.ListNodesRequest{Group: group, States: st, HideRemoved: !all})
 			if err != nil {
 				return err
 			}
+			resp.Nodes = slices.DeleteFunc(resp.Nodes, func(n *ferryv1.Node) bool { return !f.match(n) })
 			return a.show(resp, func() error {
 				if disks {
 					return a.printDisks(resp.Nodes)
 				}
-				return a.printNodes(resp.Nodes, showLabels)
+				return a.printNodes(resp.Nodes, a.output == outWide)
 			})
 		},
 	}
 	cmd.Flags().StringVar(&group, "group", "", "only nodes of this group")
 	cmd.Flags().StringVar(&states, "state", "", "only nodes in these states (comma separated)")
-	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "watch for changes")
+	cmd.Flags().StringVar(&selector, "selector", "", "only nodes whose labels match key=value[,key=value] (all must match), as rollout --selector")
+	cmd.Flags().StringArrayVar(&hasPkg, "package", nil, "only nodes that have this package installed: NAME (any version) or NAME@VERSION (repeatable)")
+	cmd.Flags().StringArrayVar(&lacksPkg, "not-package", nil, "only nodes that do not have this package: NAME (no version) or NAME@VERSION (not that version) (repeatable)")
+	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "watch for changes (reconnects when the controller restarts)")
 	cmd.Flags().BoolVar(&disks, "disk", false, "list the free space of each file system the nodes' agents write to (state dir, install root, archive destinations)")
 	cmd.Flags().BoolVar(&all, "all", false, "include removed nodes")
-	cmd.Flags().BoolVar(&showLabels, "show-labels", false, "add a LABELS column (the labels rollout selectors match)")
+	cmd.Flags().BoolVar(&showLabels, "show-labels", false, "the LABELS column is always shown now")
+	_ = cmd.Flags().MarkDeprecated("show-labels", "the LABELS column is always shown") // the flag exists
 	return cmd
+}
+
+// nodeFilter is what `ferryctl nodes` picks by on the client: labels and
+// installed packages.
+type nodeFilter struct {
+	selector   map[string]string
+	has, lacks []pkgRef
+}
+
+// pkgRef is NAME or NAME@VERSION; an empty version matches any.
+type pkgRef struct{ name, version string }
+
+func newNodeFilter(selector string, has, lacks []string) (nodeFilter, error) {
+	sel, err := parseSelector(selector)
+	if err != nil {
+		return nodeFilter{}, err
+	}
+	f := nodeFilter{selector: sel}
+	for _, in := range []struct {
+		flag string
+		refs []string
+		dst  *[]pkgRef
+	}{{"--package", has, &f.has}, {"--not-package", lacks, &f.lacks}} {
+		for _, r := range in.refs {
+			name, version, at := strings.Cut(r, "@")
+			if name == "" || (at && version == "") {
+				return nodeFilter{}, fmt.Errorf("%s %q: want NAME or NAME@VERSION, e.g. go or go@1.20.3", in.flag, r)
+			}
+			*in.dst = append(*in.dst, pkgRef{name, version})
+		}
+	}
+	return f, nil
+}
+
+func (f nodeFilter) empty() bool { return len(f.selector) == 0 && len(f.has) == 0 && len(f.lacks) == 0 }
+
+func (f nodeFilter) match(n *ferryv1.Node) bool {
+	for k, v := range f.selector {
+		if got, ok := n.Labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	for _, r := range f.has {
+		if !r.installedOn(n) {
+			return false
+		}
+	}
+	for _, r := range f.lacks {
+		if r.installedOn(n) {
+			return false
+		}
+	}
+	return true
+}
+
+func (r pkgRef) installedOn(n *ferryv1.Node) bool {
+	return slices.ContainsFunc(n.Installed, func(p *ferryv1.InstalledPackage) bool {
+		return p.Name == r.name && (r.version == "" || p.Version == r.version)
+	})
 }
 
 // listNodes fetches every page of a listing, each page one call within
@@ -118,25 +198,53 @@ func (a *app) watchNodes(cmd *cobra.Command, req *ferryv1.WatchNodesRequest) err
 	})
 }
 
-func (a *app) printNodes(nodes []*ferryv1.Node, showLabels bool) error {
+// printNodes is the nodes table; wide adds the two health signals apart,
+// the platform and the installed packages.
+func (a *app) printNodes(nodes []*ferryv1.Node, wide bool) error {
 	now := time.Now()
-	header := []string{"NODE", "GROUP", "STATE", "HEARTBEAT", "VERSION", "ADDRESS", "REASON"}
-	if showLabels {
-		header = append(header, "LABELS")
+	header := []string{"NODE", "GROUP", "STATE", "HEARTBEAT", "VERSION", "ADDRESS", "LABELS", "REASON"}
+	if wide {
+		header = []string{"NODE", "GROUP", "STATE", "HEARTBEAT", "STREAM", "GOSSIP", "VERSION", "ADDRESS", "PLATFORM", "PACKAGES", "LABELS", "REASON"}
 	}
 	return printTable(a, header, nodes, func(n *ferryv1.Node) []string {
 		hb := "-"
 		if n.LastHeartbeat != nil {
 			hb = age(now.Sub(n.LastHeartbeat.AsTime())) + " ago"
 		}
-		row := []string{n.Id, n.Group, nodestate.Name(n.State), hb, orDash(n.AgentVersion), orDash(n.Address), n.StateReason}
-		if showLabels {
-			l := maps.Clone(n.Labels)
-			delete(l, labels.Reserved) // the GROUP column
-			row = append(row, orDash(labels.Format(l)))
+		if !wide {
+			return []string{n.Id, n.Group, nodestate.Name(n.State), hb, orDash(n.AgentVersion), orDash(n.Address), nodeLabels(n), n.StateReason}
 		}
-		return row
+		platform := "-"
+		if f := n.GetFacts(); f.GetOs() != "" {
+			platform = f.GetOs() + "/" + f.GetArch()
+		}
+		return []string{n.Id, n.Group, nodestate.Name(n.State), hb, streamWord(n), orDash(n.GossipState), orDash(n.AgentVersion), orDash(n.Address),
+			platform, orDash(installedList(n)), nodeLabels(n), n.StateReason}
 	})
+}
+
+// nodeLabels is a node's labels but "group" (the GROUP column).
+func nodeLabels(n *ferryv1.Node) string {
+	l := maps.Clone(n.Labels)
+	delete(l, labels.Reserved)
+	return orDash(labels.Format(l))
+}
+
+func streamWord(n *ferryv1.Node) string {
+	if n.Connected {
+		return "connected"
+	}
+	return "disconnected"
+}
+
+// installedList is "go@1.20.3,node@20.1.0".
+func installedList(n *ferryv1.Node) string {
+	refs := make([]string, 0, len(n.Installed))
+	for _, p := range n.Installed {
+		refs = append(refs, p.Name+"@"+p.Version)
+	}
+	slices.Sort(refs)
+	return strings.Join(refs, ",")
 }
 
 // printDisks lists each node's file systems, one row each, with what the
@@ -202,9 +310,7 @@ removed node can be purged later the same way.`,
 				return err
 			}
 			return a.show(resp, func() error {
-				l := maps.Clone(resp.Node.GetLabels())
-				delete(l, labels.Reserved)
-				fmt.Fprintf(a.stdout, "node %s labeled: %s\n", args[0], orDash(labels.Format(l)))
+				fmt.Fprintf(a.stdout, "node %s labeled: %s\n", args[0], nodeLabels(resp.Node))
 				return nil
 			})
 		},
@@ -229,6 +335,6 @@ removed node can be purged later the same way.`,
 		},
 	}
 	move.Flags().StringVar(&group, "group", "", "the new group (required)")
-	cmd.AddCommand(remove, label, move)
+	cmd.AddCommand(remove, label, move, a.nodeShowCmd())
 	return cmd
 }

@@ -289,11 +289,7 @@ func (a *app) printFailures(r *ferryv1.Rollout) {
 	for _, n := range r.Nodes {
 		switch n.Outcome {
 		case ferryv1.NodeOutcome_NODE_OUTCOME_FAILED, ferryv1.NodeOutcome_NODE_OUTCOME_UNREACHABLE:
-			msg := n.Message
-			if n.FailedStep != "" {
-				msg = "step " + n.FailedStep + ": " + msg
-			}
-			fmt.Fprintf(a.stdout, "  %s %s: %s (logs: ferryctl logs %s %s)\n", n.NodeId, enumword.Spaced(n.Outcome), msg, r.Id, n.NodeId)
+			fmt.Fprintf(a.stdout, "  %s %s: %s (logs: ferryctl logs %s %s)\n", n.NodeId, enumword.Spaced(n.Outcome), jobDetail(n), r.Id, n.NodeId)
 		}
 	}
 }

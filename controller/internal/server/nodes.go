@@ -58,6 +58,45 @@ func (s *nodeServer) ListNodes(ctx context.Context, req *ferryv1.ListNodesReques
 	return resp, nil
 }
 
+// GetNode jobs: the default and the most a request may ask for.
+const (
+	defaultNodeJobs = 10
+	maxNodeJobs     = 100
+)
+
+// GetNode returns a node with its history from the rollout records.
+func (s *nodeServer) GetNode(ctx context.Context, req *ferryv1.GetNodeRequest) (*ferryv1.GetNodeResponse, error) {
+	n, ok := s.d.Fleet.Node(req.GetId())
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "node %q: not found; list nodes with `ferryctl nodes --all`", req.GetId())
+	}
+	limit := int(req.GetJobs())
+	switch {
+	case limit == 0:
+		limit = defaultNodeJobs
+	case limit > maxNodeJobs:
+		limit = maxNodeJobs
+	}
+	resp := &ferryv1.GetNodeResponse{Node: n, InstalledBy: map[string]string{}}
+	all := s.d.Rollouts.NodeJobs(n.Id)
+	resp.Jobs = all[:min(limit, len(all))]
+	installed := map[string]bool{}
+	for _, p := range n.GetInstalled() {
+		installed[p.GetName()+"@"+p.GetVersion()] = true
+	}
+	for _, j := range all {
+		if resp.LastFailure == nil && j.GetJob().GetOutcome() == ferryv1.NodeOutcome_NODE_OUTCOME_FAILED {
+			resp.LastFailure = j
+		}
+		ref := j.GetPackageName() + "@" + j.GetPackageVersion()
+		if _, seen := resp.InstalledBy[ref]; !seen && installed[ref] && j.GetJobKind() == ferryv1.JobKind_JOB_KIND_INSTALL &&
+			j.GetJob().GetOutcome() == ferryv1.NodeOutcome_NODE_OUTCOME_SUCCEEDED {
+			resp.InstalledBy[ref] = j.GetRolloutId()
+		}
+	}
+	return resp, nil
+}
+
 func decodePageToken(tok string) (string, error) {
 	if tok == "" {
 		return "", nil

@@ -19,6 +19,7 @@ type Rollouts interface {
 	Get(id string) (*ferryv1.Rollout, error)
 	NodeJob(rolloutID, nodeID string) (*ferryv1.NodeJob, bool)
 	List(pkg string, limit int) []*ferryv1.Rollout
+	NodeJobs(nodeID string) []*ferryv1.NodeJobRecord
 	Watch(ctx context.Context, id string) (<-chan *ferryv1.WatchRolloutResponse, error)
 	Promote(actor, id string) (*ferryv1.Rollout, error)
 	Pause(actor, id string) (*ferryv1.Rollout, error)

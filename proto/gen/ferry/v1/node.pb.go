@@ -977,11 +977,224 @@ func (x *MoveNodeResponse) GetNode() *Node {
 	return nil
 }
 
+// GetNodeRequest names the node.
+type GetNodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Node ID.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Most recent jobs to return (0: 10; at most 100).
+	Jobs          uint32 `protobuf:"varint,2,opt,name=jobs,proto3" json:"jobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetNodeRequest) Reset() {
+	*x = GetNodeRequest{}
+	mi := &file_ferry_v1_node_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetNodeRequest) ProtoMessage() {}
+
+func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_node_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
+func (*GetNodeRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_node_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *GetNodeRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *GetNodeRequest) GetJobs() uint32 {
+	if x != nil {
+		return x.Jobs
+	}
+	return 0
+}
+
+// GetNodeResponse is one node and its history.
+type GetNodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node.
+	Node *Node `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// The node's jobs, newest first.
+	Jobs []*NodeJobRecord `protobuf:"bytes,2,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	// The node's latest failed job, also when older than jobs reaches;
+	// unset when none failed.
+	LastFailure *NodeJobRecord `protobuf:"bytes,3,opt,name=last_failure,json=lastFailure,proto3" json:"last_failure,omitempty"`
+	// For each installed package the node reports, the latest rollout that
+	// put that version there (key "name@version"); a version installed some
+	// other way, or by a rollout no longer kept, has no entry.
+	InstalledBy   map[string]string `protobuf:"bytes,4,rep,name=installed_by,json=installedBy,proto3" json:"installed_by,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetNodeResponse) Reset() {
+	*x = GetNodeResponse{}
+	mi := &file_ferry_v1_node_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetNodeResponse) ProtoMessage() {}
+
+func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_node_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetNodeResponse.ProtoReflect.Descriptor instead.
+func (*GetNodeResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_node_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *GetNodeResponse) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+func (x *GetNodeResponse) GetJobs() []*NodeJobRecord {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+func (x *GetNodeResponse) GetLastFailure() *NodeJobRecord {
+	if x != nil {
+		return x.LastFailure
+	}
+	return nil
+}
+
+func (x *GetNodeResponse) GetInstalledBy() map[string]string {
+	if x != nil {
+		return x.InstalledBy
+	}
+	return nil
+}
+
+// NodeJobRecord is one node's job in one rollout.
+type NodeJobRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Rollout ID.
+	RolloutId string `protobuf:"bytes,1,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	// Package name.
+	PackageName string `protobuf:"bytes,2,opt,name=package_name,json=packageName,proto3" json:"package_name,omitempty"`
+	// Package version the rollout installs (or, for an undo, leaves).
+	PackageVersion string `protobuf:"bytes,3,opt,name=package_version,json=packageVersion,proto3" json:"package_version,omitempty"`
+	// What the rollout's jobs do.
+	JobKind JobKind `protobuf:"varint,4,opt,name=job_kind,json=jobKind,proto3,enum=ferry.v1.JobKind" json:"job_kind,omitempty"`
+	// The node's part of the rollout.
+	Job           *NodeJob `protobuf:"bytes,5,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeJobRecord) Reset() {
+	*x = NodeJobRecord{}
+	mi := &file_ferry_v1_node_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeJobRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeJobRecord) ProtoMessage() {}
+
+func (x *NodeJobRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_node_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeJobRecord.ProtoReflect.Descriptor instead.
+func (*NodeJobRecord) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_node_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *NodeJobRecord) GetRolloutId() string {
+	if x != nil {
+		return x.RolloutId
+	}
+	return ""
+}
+
+func (x *NodeJobRecord) GetPackageName() string {
+	if x != nil {
+		return x.PackageName
+	}
+	return ""
+}
+
+func (x *NodeJobRecord) GetPackageVersion() string {
+	if x != nil {
+		return x.PackageVersion
+	}
+	return ""
+}
+
+func (x *NodeJobRecord) GetJobKind() JobKind {
+	if x != nil {
+		return x.JobKind
+	}
+	return JobKind_JOB_KIND_UNSPECIFIED
+}
+
+func (x *NodeJobRecord) GetJob() *NodeJob {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
 var File_ferry_v1_node_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_node_proto_rawDesc = "" +
 	"\n" +
-	"\x13ferry/v1/node.proto\x12\bferry.v1\x1a\x15ferry/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb8\x06\n" +
+	"\x13ferry/v1/node.proto\x12\bferry.v1\x1a\x14ferry/v1/agent.proto\x1a\x15ferry/v1/common.proto\x1a\x16ferry/v1/rollout.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb8\x06\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x122\n" +
@@ -1049,7 +1262,25 @@ const file_ferry_v1_node_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\"6\n" +
 	"\x10MoveNodeResponse\x12\"\n" +
-	"\x04node\x18\x01 \x01(\v2\x0e.ferry.v1.NodeR\x04node*\xe3\x01\n" +
+	"\x04node\x18\x01 \x01(\v2\x0e.ferry.v1.NodeR\x04node\"4\n" +
+	"\x0eGetNodeRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04jobs\x18\x02 \x01(\rR\x04jobs\"\xad\x02\n" +
+	"\x0fGetNodeResponse\x12\"\n" +
+	"\x04node\x18\x01 \x01(\v2\x0e.ferry.v1.NodeR\x04node\x12+\n" +
+	"\x04jobs\x18\x02 \x03(\v2\x17.ferry.v1.NodeJobRecordR\x04jobs\x12:\n" +
+	"\flast_failure\x18\x03 \x01(\v2\x17.ferry.v1.NodeJobRecordR\vlastFailure\x12M\n" +
+	"\finstalled_by\x18\x04 \x03(\v2*.ferry.v1.GetNodeResponse.InstalledByEntryR\vinstalledBy\x1a>\n" +
+	"\x10InstalledByEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcd\x01\n" +
+	"\rNodeJobRecord\x12\x1d\n" +
+	"\n" +
+	"rollout_id\x18\x01 \x01(\tR\trolloutId\x12!\n" +
+	"\fpackage_name\x18\x02 \x01(\tR\vpackageName\x12'\n" +
+	"\x0fpackage_version\x18\x03 \x01(\tR\x0epackageVersion\x12,\n" +
+	"\bjob_kind\x18\x04 \x01(\x0e2\x11.ferry.v1.JobKindR\ajobKind\x12#\n" +
+	"\x03job\x18\x05 \x01(\v2\x11.ferry.v1.NodeJobR\x03job*\xe3\x01\n" +
 	"\tNodeState\x12\x1a\n" +
 	"\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12NODE_STATE_HEALTHY\x10\x01\x12\x14\n" +
@@ -1059,7 +1290,7 @@ const file_ferry_v1_node_proto_rawDesc = "" +
 	"\x0fNODE_STATE_DOWN\x10\x05\x12\x13\n" +
 	"\x0fNODE_STATE_LEFT\x10\x06\x12\x16\n" +
 	"\x12NODE_STATE_REMOVED\x10\a\x12\x16\n" +
-	"\x12NODE_STATE_PENDING\x10\b2\xf0\x02\n" +
+	"\x12NODE_STATE_PENDING\x10\b2\xb0\x03\n" +
 	"\vNodeService\x12D\n" +
 	"\tListNodes\x12\x1a.ferry.v1.ListNodesRequest\x1a\x1b.ferry.v1.ListNodesResponse\x12I\n" +
 	"\n" +
@@ -1067,7 +1298,8 @@ const file_ferry_v1_node_proto_rawDesc = "" +
 	"\n" +
 	"RemoveNode\x12\x1b.ferry.v1.RemoveNodeRequest\x1a\x1c.ferry.v1.RemoveNodeResponse\x12D\n" +
 	"\tLabelNode\x12\x1a.ferry.v1.LabelNodeRequest\x1a\x1b.ferry.v1.LabelNodeResponse\x12A\n" +
-	"\bMoveNode\x12\x19.ferry.v1.MoveNodeRequest\x1a\x1a.ferry.v1.MoveNodeResponseB\x93\x01\n" +
+	"\bMoveNode\x12\x19.ferry.v1.MoveNodeRequest\x1a\x1a.ferry.v1.MoveNodeResponse\x12>\n" +
+	"\aGetNode\x12\x18.ferry.v1.GetNodeRequest\x1a\x19.ferry.v1.GetNodeResponseB\x93\x01\n" +
 	"\fcom.ferry.v1B\tNodeProtoP\x01Z7github.com/ferrydeploy/ferry/proto/gen/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -1083,7 +1315,7 @@ func file_ferry_v1_node_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_node_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ferry_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_ferry_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_ferry_v1_node_proto_goTypes = []any{
 	(NodeState)(0),                // 0: ferry.v1.NodeState
 	(*Node)(nil),                  // 1: ferry.v1.Node
@@ -1098,24 +1330,30 @@ var file_ferry_v1_node_proto_goTypes = []any{
 	(*LabelNodeResponse)(nil),     // 10: ferry.v1.LabelNodeResponse
 	(*MoveNodeRequest)(nil),       // 11: ferry.v1.MoveNodeRequest
 	(*MoveNodeResponse)(nil),      // 12: ferry.v1.MoveNodeResponse
-	nil,                           // 13: ferry.v1.Node.LabelsEntry
-	nil,                           // 14: ferry.v1.LabelNodeRequest.SetEntry
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
-	(*Facts)(nil),                 // 16: ferry.v1.Facts
-	(*InstalledPackage)(nil),      // 17: ferry.v1.InstalledPackage
-	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
-	(*DiskSpace)(nil),             // 19: ferry.v1.DiskSpace
+	(*GetNodeRequest)(nil),        // 13: ferry.v1.GetNodeRequest
+	(*GetNodeResponse)(nil),       // 14: ferry.v1.GetNodeResponse
+	(*NodeJobRecord)(nil),         // 15: ferry.v1.NodeJobRecord
+	nil,                           // 16: ferry.v1.Node.LabelsEntry
+	nil,                           // 17: ferry.v1.LabelNodeRequest.SetEntry
+	nil,                           // 18: ferry.v1.GetNodeResponse.InstalledByEntry
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(*Facts)(nil),                 // 20: ferry.v1.Facts
+	(*InstalledPackage)(nil),      // 21: ferry.v1.InstalledPackage
+	(*durationpb.Duration)(nil),   // 22: google.protobuf.Duration
+	(*DiskSpace)(nil),             // 23: ferry.v1.DiskSpace
+	(JobKind)(0),                  // 24: ferry.v1.JobKind
+	(*NodeJob)(nil),               // 25: ferry.v1.NodeJob
 }
 var file_ferry_v1_node_proto_depIdxs = []int32{
-	13, // 0: ferry.v1.Node.labels:type_name -> ferry.v1.Node.LabelsEntry
+	16, // 0: ferry.v1.Node.labels:type_name -> ferry.v1.Node.LabelsEntry
 	0,  // 1: ferry.v1.Node.state:type_name -> ferry.v1.NodeState
-	15, // 2: ferry.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
-	16, // 3: ferry.v1.Node.facts:type_name -> ferry.v1.Facts
-	15, // 4: ferry.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
-	17, // 5: ferry.v1.Node.installed:type_name -> ferry.v1.InstalledPackage
-	18, // 6: ferry.v1.Node.uptime:type_name -> google.protobuf.Duration
-	15, // 7: ferry.v1.Node.certificate_expires_at:type_name -> google.protobuf.Timestamp
-	19, // 8: ferry.v1.Node.disks:type_name -> ferry.v1.DiskSpace
+	19, // 2: ferry.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
+	20, // 3: ferry.v1.Node.facts:type_name -> ferry.v1.Facts
+	19, // 4: ferry.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
+	21, // 5: ferry.v1.Node.installed:type_name -> ferry.v1.InstalledPackage
+	22, // 6: ferry.v1.Node.uptime:type_name -> google.protobuf.Duration
+	19, // 7: ferry.v1.Node.certificate_expires_at:type_name -> google.protobuf.Timestamp
+	23, // 8: ferry.v1.Node.disks:type_name -> ferry.v1.DiskSpace
 	0,  // 9: ferry.v1.ListNodesRequest.states:type_name -> ferry.v1.NodeState
 	1,  // 10: ferry.v1.ListNodesResponse.nodes:type_name -> ferry.v1.Node
 	0,  // 11: ferry.v1.WatchNodesRequest.states:type_name -> ferry.v1.NodeState
@@ -1123,24 +1361,32 @@ var file_ferry_v1_node_proto_depIdxs = []int32{
 	6,  // 13: ferry.v1.WatchNodesResponse.event:type_name -> ferry.v1.NodeEvent
 	0,  // 14: ferry.v1.NodeEvent.state:type_name -> ferry.v1.NodeState
 	1,  // 15: ferry.v1.RemoveNodeResponse.node:type_name -> ferry.v1.Node
-	14, // 16: ferry.v1.LabelNodeRequest.set:type_name -> ferry.v1.LabelNodeRequest.SetEntry
+	17, // 16: ferry.v1.LabelNodeRequest.set:type_name -> ferry.v1.LabelNodeRequest.SetEntry
 	1,  // 17: ferry.v1.LabelNodeResponse.node:type_name -> ferry.v1.Node
 	1,  // 18: ferry.v1.MoveNodeResponse.node:type_name -> ferry.v1.Node
-	2,  // 19: ferry.v1.NodeService.ListNodes:input_type -> ferry.v1.ListNodesRequest
-	4,  // 20: ferry.v1.NodeService.WatchNodes:input_type -> ferry.v1.WatchNodesRequest
-	7,  // 21: ferry.v1.NodeService.RemoveNode:input_type -> ferry.v1.RemoveNodeRequest
-	9,  // 22: ferry.v1.NodeService.LabelNode:input_type -> ferry.v1.LabelNodeRequest
-	11, // 23: ferry.v1.NodeService.MoveNode:input_type -> ferry.v1.MoveNodeRequest
-	3,  // 24: ferry.v1.NodeService.ListNodes:output_type -> ferry.v1.ListNodesResponse
-	5,  // 25: ferry.v1.NodeService.WatchNodes:output_type -> ferry.v1.WatchNodesResponse
-	8,  // 26: ferry.v1.NodeService.RemoveNode:output_type -> ferry.v1.RemoveNodeResponse
-	10, // 27: ferry.v1.NodeService.LabelNode:output_type -> ferry.v1.LabelNodeResponse
-	12, // 28: ferry.v1.NodeService.MoveNode:output_type -> ferry.v1.MoveNodeResponse
-	24, // [24:29] is the sub-list for method output_type
-	19, // [19:24] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	1,  // 19: ferry.v1.GetNodeResponse.node:type_name -> ferry.v1.Node
+	15, // 20: ferry.v1.GetNodeResponse.jobs:type_name -> ferry.v1.NodeJobRecord
+	15, // 21: ferry.v1.GetNodeResponse.last_failure:type_name -> ferry.v1.NodeJobRecord
+	18, // 22: ferry.v1.GetNodeResponse.installed_by:type_name -> ferry.v1.GetNodeResponse.InstalledByEntry
+	24, // 23: ferry.v1.NodeJobRecord.job_kind:type_name -> ferry.v1.JobKind
+	25, // 24: ferry.v1.NodeJobRecord.job:type_name -> ferry.v1.NodeJob
+	2,  // 25: ferry.v1.NodeService.ListNodes:input_type -> ferry.v1.ListNodesRequest
+	4,  // 26: ferry.v1.NodeService.WatchNodes:input_type -> ferry.v1.WatchNodesRequest
+	7,  // 27: ferry.v1.NodeService.RemoveNode:input_type -> ferry.v1.RemoveNodeRequest
+	9,  // 28: ferry.v1.NodeService.LabelNode:input_type -> ferry.v1.LabelNodeRequest
+	11, // 29: ferry.v1.NodeService.MoveNode:input_type -> ferry.v1.MoveNodeRequest
+	13, // 30: ferry.v1.NodeService.GetNode:input_type -> ferry.v1.GetNodeRequest
+	3,  // 31: ferry.v1.NodeService.ListNodes:output_type -> ferry.v1.ListNodesResponse
+	5,  // 32: ferry.v1.NodeService.WatchNodes:output_type -> ferry.v1.WatchNodesResponse
+	8,  // 33: ferry.v1.NodeService.RemoveNode:output_type -> ferry.v1.RemoveNodeResponse
+	10, // 34: ferry.v1.NodeService.LabelNode:output_type -> ferry.v1.LabelNodeResponse
+	12, // 35: ferry.v1.NodeService.MoveNode:output_type -> ferry.v1.MoveNodeResponse
+	14, // 36: ferry.v1.NodeService.GetNode:output_type -> ferry.v1.GetNodeResponse
+	31, // [31:37] is the sub-list for method output_type
+	25, // [25:31] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_node_proto_init() }
@@ -1148,14 +1394,16 @@ func file_ferry_v1_node_proto_init() {
 	if File_ferry_v1_node_proto != nil {
 		return
 	}
+	file_ferry_v1_agent_proto_init()
 	file_ferry_v1_common_proto_init()
+	file_ferry_v1_rollout_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_node_proto_rawDesc), len(file_ferry_v1_node_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const (
 	NodeService_RemoveNode_FullMethodName = "/ferry.v1.NodeService/RemoveNode"
 	NodeService_LabelNode_FullMethodName  = "/ferry.v1.NodeService/LabelNode"
 	NodeService_MoveNode_FullMethodName   = "/ferry.v1.NodeService/MoveNode"
+	NodeService_GetNode_FullMethodName    = "/ferry.v1.NodeService/GetNode"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -48,6 +49,10 @@ type NodeServiceClient interface {
 	LabelNode(ctx context.Context, in *LabelNodeRequest, opts ...grpc.CallOption) (*LabelNodeResponse, error)
 	// MoveNode puts a node in another group. Audited.
 	MoveNode(ctx context.Context, in *MoveNodeRequest, opts ...grpc.CallOption) (*MoveNodeResponse, error)
+	// GetNode returns one node with what the controller's rollout records
+	// say about it: its recent jobs, its last failure and the rollout that
+	// installed each package it reports.
+	GetNode(ctx context.Context, in *GetNodeRequest, opts ...grpc.CallOption) (*GetNodeResponse, error)
 }
 
 type nodeServiceClient struct {
@@ -117,6 +122,16 @@ func (c *nodeServiceClient) MoveNode(ctx context.Context, in *MoveNodeRequest, o
 	return out, nil
 }
 
+func (c *nodeServiceClient) GetNode(ctx context.Context, in *GetNodeRequest, opts ...grpc.CallOption) (*GetNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetNodeResponse)
+	err := c.cc.Invoke(ctx, NodeService_GetNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
@@ -139,6 +154,10 @@ type NodeServiceServer interface {
 	LabelNode(context.Context, *LabelNodeRequest) (*LabelNodeResponse, error)
 	// MoveNode puts a node in another group. Audited.
 	MoveNode(context.Context, *MoveNodeRequest) (*MoveNodeResponse, error)
+	// GetNode returns one node with what the controller's rollout records
+	// say about it: its recent jobs, its last failure and the rollout that
+	// installed each package it reports.
+	GetNode(context.Context, *GetNodeRequest) (*GetNodeResponse, error)
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -163,6 +182,9 @@ func (UnimplementedNodeServiceServer) LabelNode(context.Context, *LabelNodeReque
 }
 func (UnimplementedNodeServiceServer) MoveNode(context.Context, *MoveNodeRequest) (*MoveNodeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method MoveNode not implemented")
+}
+func (UnimplementedNodeServiceServer) GetNode(context.Context, *GetNodeRequest) (*GetNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetNode not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -268,6 +290,24 @@ func _NodeService_MoveNode_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_GetNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).GetNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_GetNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).GetNode(ctx, req.(*GetNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -290,6 +330,10 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "MoveNode",
 			Handler:    _NodeService_MoveNode_Handler,
+		},
+		{
+			MethodName: "GetNode",
+			Handler:    _NodeService_GetNode_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
