@@ -234,7 +234,7 @@ func TestArtifactVerify(t *testing.T) {
 	if code, out, _ = run(t, cfg, "artifact", "inspect", "go1.20.3.linux-amd64.tar.gz@1.20.3"); code != 0 || !strings.Contains(out, "State:     damaged (found ") || !strings.Contains(out, "its stored bytes hash to "+got) {
 		t.Errorf("inspect: exit %d\n%s", code, out)
 	}
-	if code, out, errOut = run(t, cfg, "-o", "json", "artifact", "verify", "--all"); code != 1 || !strings.Contains(out, `"ARTIFACT_STATE_DAMAGED"`) || !strings.Contains(out, `"`+got+`"`) {
+	if code, out, errOut = run(t, cfg, "-o", "json", "artifact", "verify", "--all"); code != 1 || !strings.Contains(out, `"state": "damaged"`) || !strings.Contains(out, `"`+got+`"`) {
 		t.Errorf("verify -o json: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
 	}
 

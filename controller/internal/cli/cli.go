@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -164,7 +165,13 @@ func unknownCommand(cmd *cobra.Command, args []string) error {
 		return nil
 	}
 	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
-	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+	var s []string
+	for _, name := range cmd.SuggestionsFor(args[0]) {
+		if !slices.Contains(s, name) { // a close name that also lists the word in SuggestFor
+			s = append(s, name)
+		}
+	}
+	if len(s) > 0 {
 		return fmt.Errorf("%s; did you mean %s?", msg, quotedList(s, cmd.CommandPath()))
 	}
 	return fmt.Errorf("%s; run '%s --help' to list its commands", msg, cmd.CommandPath())

@@ -195,7 +195,11 @@ func TestLabelsAreTheAdmins(t *testing.T) {
 	if want := map[string]string{"rack": "r1", "tier": "web"}; !maps.Equal(resp.Labels, want) {
 		t.Errorf("granted labels %v, want %v", resp.Labels, want)
 	}
-	mustRun(t, cfg, []string{"nodes", "--show-labels"}, "n1  ", "  rack=r1,tier=web\n")
+	mustRun(t, cfg, []string{"nodes"}, "n1  ", "  rack=r1,tier=web  ")
+	mustRun(t, cfg, []string{"nodes", "--selector", "rack=r1"}, "\nn1  ")
+	if out := mustRun(t, cfg, []string{"nodes", "--selector", "rack=r2"}); strings.Contains(out, "n1") {
+		t.Errorf("nodes --selector rack=r2 lists n1 (rack=r1):\n%s", out)
+	}
 
 	plan := func(target ...string) (int, string) {
 		code, out, errOut := run(t, cfg, append([]string{"rollout", "--package", "go@1.20.3", "--plan"}, target...)...)

@@ -87,8 +87,9 @@ node in full.`,
 	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "watch for changes (reconnects when the controller restarts)")
 	cmd.Flags().BoolVar(&disks, "disk", false, "list the free space of each file system the nodes' agents write to (state dir, install root, archive destinations)")
 	cmd.Flags().BoolVar(&all, "all", false, "include removed nodes")
-	cmd.Flags().BoolVar(&showLabels, "show-labels", false, "the LABELS column is always shown now")
-	_ = cmd.Flags().MarkDeprecated("show-labels", "the LABELS column is always shown") // the flag exists
+	// --show-labels is kept for scripts written before LABELS was always shown.
+	cmd.Flags().BoolVar(&showLabels, "show-labels", false, "no effect: the LABELS column is always shown")
+	_ = cmd.Flags().MarkHidden("show-labels") // the flag exists
 	return cmd
 }
 
@@ -128,7 +129,11 @@ func (f nodeFilter) empty() bool { return len(f.selector) == 0 && len(f.has) == 
 
 func (f nodeFilter) match(n *ferryv1.Node) bool {
 	for k, v := range f.selector {
-		if got, ok := n.Labels[k]; !ok || got != v {
+		got, ok := n.Labels[k]
+		if k == labels.Reserved {
+			got, ok = n.Group, true
+		}
+		if !ok || got != v {
 			return false
 		}
 	}

@@ -32,7 +32,7 @@ type strategyFlags struct {
 
 func (s *strategyFlags) add(cmd *cobra.Command) {
 	f := cmd.Flags()
-	f.Uint32Var(&s.canary, "canary", 1, "nodes that go first, alone; the rollout then waits for `rollout promote` unless --auto-promote (0: no canary wave)")
+	f.Uint32Var(&s.canary, "canary", 1, "`N` nodes go first, alone; the rollout then waits for 'ferryctl rollout promote ID' unless --auto-promote (0: no canary wave)")
 	f.BoolVar(&s.autoPromote, "auto-promote", false, "continue after the canaries without waiting for promotion")
 	f.StringVar(&s.maxParallel, "max-parallel", "1", "jobs in flight at once: a count (2) or a percent of the targets (25%); a sliding window")
 	f.StringVar(&s.maxFailures, "max-failures", "0", "failures tolerated over the whole rollout: a count or a percent")
@@ -146,11 +146,30 @@ returns at once; --plan shows what would change and changes nothing.`,
 	return cmd
 }
 
+// printPlan shows the plan and returns an ExitError when it failed on a
+// node: a script that plans first stops there.
 func (a *app) printPlan(plan []*ferryv1.NodePlan) error {
-	if a.machine() {
-		return a.emit(plan)
-	}
 	sort.SliceStable(plan, func(i, j int) bool { return plan[i].Wave < plan[j].Wave })
+	var failed []string
+	for _, p := range plan {
+		if p.Failed {
+			failed = append(failed, p.NodeId)
+		}
+	}
+	if a.machine() {
+		if err := a.emit(plan); err != nil {
+			return err
+		}
+	} else {
+		a.printPlanText(plan)
+	}
+	if len(failed) > 0 {
+		return &ExitError{Code: 1, Err: fmt.Errorf("the plan failed on %d of %d nodes (%s); nothing was changed", len(failed), len(plan), strings.Join(failed, ", "))}
+	}
+	return nil
+}
+
+func (a *app) printPlanText(plan []*ferryv1.NodePlan) {
 	for _, p := range plan {
 		wave := "canary"
 		if p.Wave > 0 {
@@ -163,18 +182,23 @@ func (a *app) printPlan(plan []*ferryv1.NodePlan) error {
 		fmt.Fprintln(a.stdout)
 		for _, s := range p.Steps {
 			mark := "  unchanged"
-			if s.Changed {
+			switch {
+			case s.Error != "":
+				mark = "  ! failed  "
+			case s.Changed:
 				mark = "  ~ change "
 			}
 			line := s.Name
 			if s.Detail != "" {
 				line += ": " + s.Detail
 			}
+			if s.Error != "" {
+				line += ": " + s.Error
+			}
 			fmt.Fprintf(a.stdout, "  %s %s\n", mark, line)
 		}
 	}
 	fmt.Fprintln(a.stdout, "\nplan only: nothing was changed")
-	return nil
 }
 
 func isTerminal(w io.Writer) bool {

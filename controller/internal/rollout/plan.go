@@ -118,9 +118,11 @@ func (e *Engine) Plan(ctx context.Context, req *ferryv1.CreateRolloutRequest) ([
 			np := byNode[rep.nodeID]
 			np.Steps = cloneSteps(rep.u.GetSteps())
 			np.Note = planNote(rep.u, req.GetPackageName(), req.GetPackageVersion(), installed[rep.nodeID])
+			np.Failed = rep.u.GetPhase() == ferryv1.JobPhase_JOB_PHASE_FAILED
 		case <-ctx.Done():
 			for id := range waiting {
 				byNode[id].Note = fmt.Sprintf("no plan from the agent within %s", e.cfg.PlanTimeout.Round(time.Millisecond))
+				byNode[id].Failed = true
 				if err := e.cfg.Dispatcher.Cancel(id, planJobID(planID, id)); err != nil {
 					e.log.Debug("cancel plan job", "node", id, "err", err)
 				}

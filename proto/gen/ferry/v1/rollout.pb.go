@@ -699,7 +699,10 @@ type NodePlan struct {
 	// Planned step results from the agent's plan mode.
 	Steps []*StepResult `protobuf:"bytes,3,rep,name=steps,proto3" json:"steps,omitempty"`
 	// Why the node would not be changed (unreachable, already installed...).
-	Note          string `protobuf:"bytes,4,opt,name=note,proto3" json:"note,omitempty"`
+	Note string `protobuf:"bytes,4,opt,name=note,proto3" json:"note,omitempty"`
+	// The plan failed on the node (a step refused, or no plan came back in
+	// time): the rollout would fail there. ferryctl exits non-zero.
+	Failed        bool `protobuf:"varint,5,opt,name=failed,proto3" json:"failed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -760,6 +763,13 @@ func (x *NodePlan) GetNote() string {
 		return x.Note
 	}
 	return ""
+}
+
+func (x *NodePlan) GetFailed() bool {
+	if x != nil {
+		return x.Failed
+	}
+	return false
 }
 
 // CreateRolloutRequest describes the rollout.
@@ -1745,12 +1755,13 @@ const file_ferry_v1_rollout_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x18\n" +
 	"\amessage\x18\v \x01(\tR\amessage\x12,\n" +
 	"\bjob_kind\x18\f \x01(\x0e2\x11.ferry.v1.JobKindR\ajobKind\x12\x17\n" +
-	"\aundo_of\x18\r \x01(\tR\x06undoOf\"w\n" +
+	"\aundo_of\x18\r \x01(\tR\x06undoOf\"\x8f\x01\n" +
 	"\bNodePlan\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04wave\x18\x02 \x01(\rR\x04wave\x12*\n" +
 	"\x05steps\x18\x03 \x03(\v2\x14.ferry.v1.StepResultR\x05steps\x12\x12\n" +
-	"\x04note\x18\x04 \x01(\tR\x04note\"\xd0\x01\n" +
+	"\x04note\x18\x04 \x01(\tR\x04note\x12\x16\n" +
+	"\x06failed\x18\x05 \x01(\bR\x06failed\"\xd0\x01\n" +
 	"\x14CreateRolloutRequest\x12!\n" +
 	"\fpackage_name\x18\x01 \x01(\tR\vpackageName\x12'\n" +
 	"\x0fpackage_version\x18\x02 \x01(\tR\x0epackageVersion\x12(\n" +
