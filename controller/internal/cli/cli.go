@@ -49,12 +49,17 @@ func (e *ExitError) Error() string { return e.Err.Error() }
 
 // Main runs ferryctl and returns its exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
+	return Run(context.Background(), args, stdout, stderr)
+}
+
+// Run is Main until ctx ends (a watch stops there).
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	a := &app{stdout: stdout, stderr: stderr}
 	root := a.rootCmd()
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	err := root.Execute()
+	err := root.ExecuteContext(ctx)
 	if a.conn != nil {
 		_ = a.conn.Close() // ferryctl exits next; the command's error is what it reports
 	}
