@@ -18,7 +18,7 @@ func TestEmitVocabulary(t *testing.T) {
 	canary := uint32(1)
 	r := &ferryv1.Rollout{
 		Id: "ro-1", PackageName: "go", State: ferryv1.RolloutState_ROLLOUT_STATE_ROLLED_BACK,
-		Strategy: &ferryv1.Strategy{Canary: &canary, OnFailure: ferryv1.FailureAction_FAILURE_ACTION_PAUSE, ProgressDeadline: durationpb.New(10 * time.Minute)},
+		Strategy:  &ferryv1.Strategy{Canary: &canary, OnFailure: ferryv1.FailureAction_FAILURE_ACTION_PAUSE, ProgressDeadline: durationpb.New(10 * time.Minute)},
 		Nodes:     []*ferryv1.NodeJob{{NodeId: "n1", Outcome: ferryv1.NodeOutcome_NODE_OUTCOME_SUCCEEDED, BytesDone: 1 << 40}},
 		CreatedAt: timestamppb.New(at),
 	}

@@ -5,6 +5,7 @@ package rollout
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -42,6 +43,13 @@ func (e *Engine) onFailure(ru *run, now time.Time, fx *effects) {
 		skipPending(ru, now, "skipped: the rollout is rolling back")
 		cancelRunning(ru, fx)
 	default:
+		if !slices.ContainsFunc(ru.r.GetNodes(), func(n *ferryv1.NodeJob) bool { return n.GetOutcome() == ocPending }) {
+			// Nothing is left to start: a pause would hold a rollout that can
+			// only end failed (and resume would then refuse it), so it says
+			// so and ends failed as soon as its last job is done.
+			ru.setState(now, ru.r.GetState(), why+"; nothing is left to start, so it ends failed once the jobs still running finish")
+			return
+		}
 		ru.setState(now, stPaused, fmt.Sprintf("%s; paused: fix the cause, then `ferryctl rollout resume %s` or `ferryctl rollout abort %s`", why, ru.r.GetId(), ru.r.GetId()))
 	}
 }

@@ -46,12 +46,22 @@ func TestFailureThresholdTripsExactlyWhenExceeded(t *testing.T) {
 							t.Fatalf("after %d failures state = %v (%s), want running", k, got.State, got.Message)
 						}
 					case k == tt.trip:
-						want := map[ferryv1.FailureAction]ferryv1.RolloutState{actPause: stPaused, actAbort: stAborted}[action]
+						// Every node is already started: a pause would hold a
+						// rollout that can only fail, so it goes on running.
+						want := map[ferryv1.FailureAction]ferryv1.RolloutState{actPause: stRunning, actAbort: stAborted}[action]
 						if got.State != want {
 							t.Fatalf("after %d failures state = %v, want %v", k, got.State, want)
 						}
 						if !strings.Contains(got.Message, fmt.Sprintf("%d of 10 nodes failed, more than max-failures %s", k, tt.failures)) {
 							t.Errorf("message = %q", got.Message)
+						}
+						if action == actPause {
+							for j := k + 1; j <= 9; j++ {
+								h.fail(r.Id, fmt.Sprintf("n%02d", j))
+							}
+							if got := h.get(r.Id); got.State != stFailed || strings.Contains(got.Message, "resume") {
+								t.Errorf("after the last job: state %v (%s), want failed without a word of resume", got.State, got.Message)
+							}
 						}
 						return
 					}
