@@ -86,9 +86,9 @@ func runEnroll(args []string, stdout, stderr io.Writer) error {
 	host, _ := os.Hostname()
 	o := enroll.Options{Labels: map[string]string{}}
 	fs.StringVar(&o.Controller, "controller", "", "controller gRPC address, HOST:PORT (required)")
-	fs.StringVar(&o.Token, "token", "", "join token from `ferryctl token create` (required)")
-	fs.StringVar(&o.CAPin, "ca-pin", "", "CA pin sha256:HEX from `ferryctl token create` (required)")
-	fs.StringVar(&o.NodeID, "node-id", strings.ToLower(host), "node ID (default: host name)")
+	fs.StringVar(&o.Token, "token", "", "join token that 'ferryctl token create' printed (required)")
+	fs.StringVar(&o.CAPin, "ca-pin", "", "`sha256:HEX` CA pin that 'ferryctl token create' printed (required)")
+	fs.StringVar(&o.NodeID, "node-id", strings.ToLower(host), "node `ID`, lowercase (the host name when not given)")
 	fs.StringVar(&o.StateDir, "state-dir", defaultStateDir, "where the agent keeps its identity and state")
 	fs.Var(labelFlag(o.Labels), "label", "label key=value to ask for (repeatable); the join token must allow it")
 	if err := fs.Parse(args); err != nil {

@@ -92,7 +92,7 @@ func TestCommands(t *testing.T) {
 		{name: "package show json", args: []string{"-o", "json", "package", "show", "go@1.20.3"}, stdout: []string{`"name":`, `"content_digest":`}},
 		{name: "package show bad ref", args: []string{"package", "show", "go"}, code: 1, stderr: "Error: \"go\" is not a package reference: want NAME@VERSION, e.g. go@1.20.3\n"},
 		{name: "token create needs group", args: []string{"token", "create"}, code: 1, stderr: "Error: --group is required: the group nodes enrolled with this token join (e.g. --group production)\n"},
-		{name: "token create", args: []string{"token", "create", "--group", "staging", "--uses", "2"}, stdout: []string{" for group staging, expires ", ", 2 use(s)\n\nOn the node, run:\n\n  ferry-agent enroll --controller 127.0.0.1:", " --token ", " --ca-pin sha256:"}},
+		{name: "token create", args: []string{"token", "create", "--group", "staging", "--uses", "2"}, stdout: []string{" for group staging, expires ", ", 2 use(s)\n\nOn the node, run (NODE-ID: ", "\n\n  ferry-agent enroll --controller 127.0.0.1:", " --token ", " --ca-pin sha256:", " \\\n      --node-id NODE-ID --state-dir /var/lib/ferry-agent\n  ferry-agent run --state-dir /var/lib/ferry-agent\n"}},
 		{name: "token list", args: []string{"token", "list"}, stdout: []string{"ID      GROUP    USES  EXPIRES   ", "  staging  0/2   ", "  active  admin/admin\n"}},
 		{name: "token revoke unknown", args: []string{"-o", "json", "token", "revoke", "nope"}, code: 1, stderr: "Error: token \"nope\": not found; list tokens with `ferryctl token list`\n"},
 		{name: "nodes", args: []string{"nodes"}, stdoutOnly: "NODE  GROUP  STATE  HEARTBEAT  VERSION  ADDRESS  LABELS  REASON\n"},

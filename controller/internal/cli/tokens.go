@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/controller/internal/credential"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/installpolicy"
 	"github.com/ferrydeploy/ferry/shared/labels"
 	"github.com/ferrydeploy/ferry/shared/pki"
 )
@@ -61,8 +62,10 @@ node reports.`,
 				if uses > 0 {
 					limit = fmt.Sprintf("%d use(s)", uses)
 				}
-				fmt.Fprintf(a.stdout, "token %s for group %s, expires %s, %s\n\nOn the node, run:\n\n  ferry-agent enroll --controller %s --token %s --ca-pin %s\n",
-					resp.Token.Id, group, resp.Token.ExpiresAt.AsTime().Local().Format(time.RFC3339), limit, a.cred.Controller, resp.Secret, resp.CaPin)
+				fmt.Fprintf(a.stdout, "token %s for group %s, expires %s, %s\n\nOn the node, run (NODE-ID: the node's name in lowercase; its host name when left out):\n\n"+
+					"  ferry-agent enroll --controller %s --token %s --ca-pin %s \\\n      --node-id NODE-ID --state-dir %s\n  ferry-agent run --state-dir %s\n",
+					resp.Token.Id, group, resp.Token.ExpiresAt.AsTime().Local().Format(time.RFC3339), limit, a.cred.Controller, resp.Secret, resp.CaPin,
+					installpolicy.DefaultStateDir, installpolicy.DefaultStateDir)
 				if len(set) > 0 || len(allow) > 0 {
 					fmt.Fprintf(a.stdout, "\nNodes get the labels %s and may ask for %s (with --label KEY=VALUE); any other label is refused.\n",
 						orDash(labels.Format(set)), orNothing(strings.Join(allow, ", ")))
