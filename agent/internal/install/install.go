@@ -376,7 +376,7 @@ func (i *Installer) recover() error {
 				undoErrs = append(undoErrs, err)
 			}
 		}
-		msg := fmt.Sprintf("interrupted: the agent stopped during this %s job (crash, kill or power loss); the %d changes it had applied were undone", j.Kind, len(j.Actions))
+		msg := fmt.Sprintf("interrupted: the agent stopped during this %s job (crash, kill or power loss); %s", j.Kind, changesUndone(len(j.Actions), "it had applied"))
 		if len(undoErrs) > 0 {
 			msg = fmt.Sprintf("interrupted: the agent stopped during this %s job, and undoing its changes failed: %v", j.Kind, errors.Join(undoErrs...))
 		}
@@ -503,4 +503,13 @@ func (i *Installer) update(jc *jobCtx, phase ferryv1.JobPhase, msg string) *ferr
 		u.Steps = append(u.Steps, proto.Clone(r).(*ferryv1.StepResult))
 	}
 	return u
+}
+
+// changesUndone is "the change already applied was undone" or "the 3
+// changes already applied were undone".
+func changesUndone(n int, which string) string {
+	if n == 1 {
+		return "the change " + which + " was undone"
+	}
+	return fmt.Sprintf("the %d changes %s were undone", n, which)
 }

@@ -240,7 +240,7 @@ func (i *Installer) fail(jc *jobCtx, failedStep string, cause error) *ferryv1.Jo
 	case len(undoErrs) > 0:
 		msg += fmt.Sprintf("; UNDO FAILED, the node may be half changed: %v", errors.Join(undoErrs...))
 	case len(acts) > 0:
-		msg += fmt.Sprintf("; the %d changes already applied were undone", len(acts))
+		msg += "; " + changesUndone(len(acts), "already applied")
 	}
 	u := i.update(jc, ferryv1.JobPhase_JOB_PHASE_FAILED, msg)
 	u.FailedStep = failedStep
