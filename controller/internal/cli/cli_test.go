@@ -73,6 +73,14 @@ func TestCommands(t *testing.T) {
 	if err := os.WriteFile(pkg, []byte("name: go\nversion: 1.20.3\nartifact: go1.20.3.linux-amd64.tar.gz@1.20.3\nsteps:\n  - archive: {dest: /usr/local/go, strip_components: 1}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	big := filepath.Join(dir, "big.yaml")
+	if err := os.WriteFile(big, []byte("name: go\n# "+strings.Repeat("x", 10<<20)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	latin1 := filepath.Join(dir, "latin1.yaml")
+	if err := os.WriteFile(latin1, []byte("name: go\nversion: 1.20.3\n# caf\xe9\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	notFound := "Error: rollout \"nope\": not found; list rollouts with `ferryctl rollout list`\n"
 	for _, tc := range []struct {
 		name       string
@@ -95,6 +103,8 @@ func TestCommands(t *testing.T) {
 		{name: "token create", args: []string{"token", "create", "--group", "staging", "--uses", "2"}, stdout: []string{" for group staging, expires ", ", 2 use(s)\n\nOn the node, run (NODE-ID: ", "\n\n  ferry-agent enroll --controller 127.0.0.1:", " --token ", " --ca-pin sha256:", " \\\n      --node-id NODE-ID --state-dir /var/lib/ferry-agent\n  ferry-agent run --state-dir /var/lib/ferry-agent\n"}},
 		{name: "token list", args: []string{"token", "list"}, stdout: []string{"ID      GROUP    USES  EXPIRES   ", "  staging  0/2   ", "  active  admin/admin\n"}},
 		{name: "token revoke unknown", args: []string{"-o", "json", "token", "revoke", "nope"}, code: 1, stderr: "Error: token \"nope\": not found; list tokens with `ferryctl token list`\n"},
+		{name: "package 10 MB", args: []string{"package", "apply", "-f", big}, code: 1, stderr: "Error: big.yaml: the file is 10485772 bytes, more than the 4194304 allowed; ship large content in the artifact instead\n"},
+		{name: "package not UTF-8", args: []string{"package", "apply", "-f", latin1}, code: 1, stderr: "Error: latin1.yaml:3: byte 0xe9 at column 6 is not UTF-8 text; save the file as UTF-8 (iconv -t UTF-8), and put binary content in the artifact\n"},
 		{name: "nodes", args: []string{"nodes"}, stdoutOnly: "NODE  GROUP  STATE  HEARTBEAT  VERSION  ADDRESS  LABELS  REASON\n"},
 		{name: "nodes wide", args: []string{"-o", "wide", "nodes"}, stdoutOnly: "NODE  GROUP  STATE  HEARTBEAT  STREAM  GOSSIP  VERSION  ADDRESS  PLATFORM  PACKAGES  LABELS  REASON\n"},
 		{name: "nodes yaml", args: []string{"-o", "yaml", "nodes"}, stdoutOnly: "{}\n"},

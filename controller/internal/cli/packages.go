@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ferrydeploy/ferry/controller/internal/pkgspec"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
@@ -36,6 +37,12 @@ func (a *app) packageCmd() *cobra.Command {
 			}
 			data, err := os.ReadFile(file)
 			if err != nil {
+				return err
+			}
+			// The controller checks the same; here it is checked before a
+			// 10 MB file meets gRPC's message limit, or invalid UTF-8
+			// protobuf's string check, neither of which names the file.
+			if err := pkgspec.CheckFile(filepath.Base(file), data); err != nil {
 				return err
 			}
 			resp, err := call(a, cmd, ferryv1.NewPackageServiceClient, ferryv1.PackageServiceClient.ApplyPackage,

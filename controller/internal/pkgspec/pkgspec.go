@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 
@@ -226,10 +227,33 @@ func (p *parser) decode(data []byte) (doc *yaml.Node) {
 	return &root
 }
 
+// CheckFile refuses what no package file can be before it is parsed or
+// sent: more than MaxFileSize bytes, or text that is not UTF-8 (named by
+// line). ferryctl runs it before the upload, so the answer names the file
+// instead of a gRPC size or encoding error.
+func CheckFile(filename string, data []byte) error {
+	file := displayName(filename)
+	if len(data) > MaxFileSize {
+		return ErrorList{{File: file, Problem: fmt.Sprintf("the file is %d bytes, more than the %d allowed", len(data), MaxFileSize), Fix: "ship large content in the artifact instead"}}
+	}
+	if !utf8.Valid(data) {
+		for off := 0; off < len(data); {
+			r, size := utf8.DecodeRune(data[off:])
+			if r == utf8.RuneError && size <= 1 {
+				line := bytes.Count(data[:off], []byte("\n")) + 1
+				return ErrorList{{File: file, Line: line, Problem: fmt.Sprintf("byte 0x%02x at column %d is not UTF-8 text", data[off], off-bytes.LastIndexByte(data[:off], '\n')),
+					Fix: "save the file as UTF-8 (iconv -t UTF-8), and put binary content in the artifact"}}
+			}
+			off += size
+		}
+	}
+	return nil
+}
+
 func parse(filename string, data []byte) (*ferryv1.Package, *yaml.Node, error) {
 	p := &parser{file: displayName(filename)}
-	if len(data) > MaxFileSize {
-		return nil, nil, ErrorList{{File: p.file, Problem: fmt.Sprintf("the file is %d bytes, more than the %d allowed", len(data), MaxFileSize), Fix: "ship large content in the artifact instead"}}
+	if err := CheckFile(filename, data); err != nil {
+		return nil, nil, err
 	}
 	doc := p.decode(data)
 	if doc == nil {
