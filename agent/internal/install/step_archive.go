@@ -101,6 +101,7 @@ func (k archiveKind) work(r stepRequest) (archiveWork, error) {
 		MaxBytes:        k.i.maxBytes,
 		MaxEntries:      k.i.maxEnts,
 		AllowSetuid:     s.GetAllowSetuid(),
+		Name:            jc.pkg.GetArtifact().GetName(),
 	}
 	if s.GetMaxBytes() > 0 {
 		w.opts.MaxBytes = int64(min(s.GetMaxBytes(), 1<<62))

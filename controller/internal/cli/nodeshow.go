@@ -119,10 +119,11 @@ func printLastFailure(w io.Writer, node string, f *ferryv1.NodeJobRecord) {
 		f.RolloutId, f.PackageName, f.PackageVersion, at, oneLine(jobDetail(f.Job)), f.RolloutId, node)
 }
 
-// jobDetail is a job's message with the step that failed.
+// jobDetail is a job's message with the step that failed, once (the
+// agent's message may already start with it).
 func jobDetail(j *ferryv1.NodeJob) string {
-	if j.GetFailedStep() != "" {
-		return "step " + j.GetFailedStep() + ": " + j.GetMessage()
+	if step := j.GetFailedStep(); step != "" {
+		return "step " + step + ": " + strings.TrimPrefix(j.GetMessage(), step+": ")
 	}
 	return j.GetMessage()
 }

@@ -75,3 +75,16 @@ func TestPrintNode(t *testing.T) {
 		}
 	}
 }
+
+// A failed step is named once, and a long reason keeps its end in a table.
+func TestJobDetailAndOneLine(t *testing.T) {
+	j := &ferryv1.NodeJob{FailedStep: "archive -> /usr/local/go", Message: "archive -> /usr/local/go: extract go1.20.3.linux-amd64.tar.gz: entry ../etc/passwd escapes the destination"}
+	if got, want := jobDetail(j), "step archive -> /usr/local/go: extract go1.20.3.linux-amd64.tar.gz: entry ../etc/passwd escapes the destination"; got != want {
+		t.Errorf("jobDetail = %q, want %q", got, want)
+	}
+	long := "step archive -> /usr/local/go: extract go1.20.3.linux-amd64.tar.gz: " + strings.Repeat("nested cause: ", 20) + "entry ../etc/passwd escapes the destination"
+	got := oneLine(long)
+	if !strings.HasPrefix(got, "step archive -> /usr/local/go") || !strings.HasSuffix(got, "entry ../etc/passwd escapes the destination") || len([]rune(got)) != 160 {
+		t.Errorf("oneLine = %q (%d runes): want the start and the reason, 160 runes", got, len([]rune(got)))
+	}
+}

@@ -355,20 +355,21 @@ func (a *app) printRollout(r *ferryv1.Rollout) error {
 		if n.StartedAt != nil && n.FinishedAt != nil {
 			took = n.FinishedAt.AsTime().Sub(n.StartedAt.AsTime()).Round(100 * time.Millisecond).String()
 		}
-		detail := n.Message
-		if n.FailedStep != "" {
-			detail = n.FailedStep + ": " + detail
-		}
-		return []string{n.NodeId, fmt.Sprint(n.Wave), enumword.Spaced(n.Outcome), took, orDash(n.PreviousVersion), oneLine(detail)}
+		return []string{n.NodeId, fmt.Sprint(n.Wave), enumword.Spaced(n.Outcome), took, orDash(n.PreviousVersion), oneLine(jobDetail(n))}
 	})
 }
 
+// oneLine puts s on one line of at most 160 characters for a table cell.
+// A longer one loses its middle, not its end: an error's reason comes last
+// ("step archive -> /usr/local/go: extract go.tar.gz: ...: entry ../x
+// escapes dest").
 func oneLine(s string) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > 120 {
-		s = s[:117] + "..."
+	const limit, head = 160, 60
+	r := []rune(strings.Join(strings.Fields(s), " "))
+	if len(r) <= limit {
+		return string(r)
 	}
-	return s
+	return string(r[:head]) + " … " + string(r[len(r)-(limit-head-3):])
 }
 
 func targetString(t *ferryv1.Target) string {

@@ -117,7 +117,8 @@ func (e *Engine) finish(ru *run, n *ferryv1.NodeJob, o ferryv1.NodeOutcome, now 
 	n.Message = msg
 	delete(ru.healthySince, n.GetNodeId())
 	if o == ocFailed && n.GetFailedStep() != "" {
-		ru.event(now, n.GetNodeId(), "failed at %s: %s", n.GetFailedStep(), msg)
+		// The agent's message already starts with the step.
+		ru.event(now, n.GetNodeId(), "failed at %s: %s", n.GetFailedStep(), strings.TrimPrefix(msg, n.GetFailedStep()+": "))
 	} else {
 		ru.event(now, n.GetNodeId(), "%s: %s", enumword.Of(o), msg)
 	}

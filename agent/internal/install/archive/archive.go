@@ -73,6 +73,9 @@ type Options struct {
 	AllowSetuid bool
 	// DryRun reads and checks every entry but writes nothing; dest may be "".
 	DryRun bool
+	// Name is what errors call the archive, e.g. the artifact's name;
+	// default: its path (a cache path means nothing to an operator).
+	Name string
 }
 
 // Result summarizes an extraction.
@@ -85,11 +88,15 @@ type Result struct {
 // Extract extracts the archive file src into the directory dest, which
 // must exist (it is normally a fresh, empty staging directory).
 func Extract(ctx context.Context, src, dest string, opts Options) (Result, error) {
+	name := src
+	if opts.Name != "" {
+		name = opts.Name
+	}
 	if opts.MaxBytes <= 0 || opts.MaxEntries <= 0 {
-		return Result{}, fmt.Errorf("extract %s: MaxBytes and MaxEntries must be positive", src)
+		return Result{}, fmt.Errorf("extract %s: MaxBytes and MaxEntries must be positive", name)
 	}
 	if opts.StripComponents < 0 {
-		return Result{}, fmt.Errorf("extract %s: negative strip_components", src)
+		return Result{}, fmt.Errorf("extract %s: negative strip_components", name)
 	}
 	f, err := os.Open(src)
 	if err != nil {
@@ -104,14 +111,14 @@ func Extract(ctx context.Context, src, dest string, opts Options) (Result, error
 	if format == "" {
 		format, err = Detect(f)
 		if err != nil {
-			return Result{}, fmt.Errorf("extract %s: %w", src, err)
+			return Result{}, fmt.Errorf("extract %s: %w", name, err)
 		}
 	}
 	x := &extractor{ctx: ctx, opts: opts, seen: map[string]kind{}, links: map[string]string{}}
 	if !opts.DryRun {
 		root, err := os.OpenRoot(dest)
 		if err != nil {
-			return Result{}, fmt.Errorf("extract %s: open destination: %w", src, err)
+			return Result{}, fmt.Errorf("extract %s: open destination: %w", name, err)
 		}
 		defer func() { _ = root.Close() }() // each file written is closed and checked on its own
 		x.root = root
@@ -143,7 +150,7 @@ func Extract(ctx context.Context, src, dest string, opts Options) (Result, error
 		}
 		err = x.zip(zr)
 	default:
-		return Result{}, fmt.Errorf("extract %s: unknown archive format %q; use tar, tar.gz or zip", src, format)
+		return Result{}, fmt.Errorf("extract %s: unknown archive format %q; use tar, tar.gz or zip", name, format)
 	}
 	if ferr := x.flush(); err == nil {
 		err = ferr
@@ -158,7 +165,7 @@ func Extract(ctx context.Context, src, dest string, opts Options) (Result, error
 		err = x.finishDirs()
 	}
 	if err != nil {
-		return Result{}, fmt.Errorf("extract %s: %w", src, err)
+		return Result{}, fmt.Errorf("extract %s: %w", name, err)
 	}
 	return Result{Format: format, Entries: x.entries, Bytes: x.bytes}, nil
 }

@@ -497,3 +497,19 @@ func FuzzExtract(f *testing.F) {
 		}
 	})
 }
+
+// Errors name the archive as the operator knows it (the artifact), not
+// the agent's cache path.
+func TestExtractErrorNamesTheArtifact(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "cache", "sha256-0123")
+	if err := os.MkdirAll(filepath.Dir(src), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(src, []byte("not an archive at all"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Extract(context.Background(), src, t.TempDir(), Options{Format: FormatTarGz, MaxBytes: 1 << 20, MaxEntries: 10, Name: "go1.20.3.linux-amd64.tar.gz"})
+	if err == nil || !strings.Contains(err.Error(), "extract go1.20.3.linux-amd64.tar.gz: ") || strings.Contains(err.Error(), src) {
+		t.Errorf("Extract of a bad archive: %v, want it named go1.20.3.linux-amd64.tar.gz, not %s", err, src)
+	}
+}
