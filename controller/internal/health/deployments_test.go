@@ -29,6 +29,7 @@ var (
 // in deployments/prometheus/README.md), histograms with their series suffixes.
 var exportedMetrics = map[string]bool{
 	"ferry_nodes":                                   true,
+	"ferry_node_unhealthy":                          true,
 	"ferry_heartbeats_received_total":               true,
 	"ferry_heartbeat_age_seconds_bucket":            true,
 	"ferry_heartbeat_age_seconds_sum":               true,

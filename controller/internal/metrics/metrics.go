@@ -64,6 +64,10 @@ func (m *Metrics) HeartbeatReceived(age time.Duration) {
 var (
 	nodesDesc = prometheus.NewDesc("ferry_nodes", "Enrolled nodes by health state and group.", []string{"state", "group"}, nil)
 	maxAge    = prometheus.NewDesc("ferry_heartbeat_max_age_seconds", "Age of the oldest heartbeat among connected-or-stale nodes that are not removed or left.", nil, nil)
+	// unhealthyDesc names the node, so an alert can; it has a series only
+	// for a node that is stale, unreachable, suspect or down, so a healthy
+	// fleet exports none and the count follows the incident, not the fleet.
+	unhealthyDesc = prometheus.NewDesc("ferry_node_unhealthy", "1 for each enrolled node that is stale, unreachable, suspect or down, with its state; healthy, pending, left and removed nodes have no series.", []string{"node", "group", "state"}, nil)
 )
 
 type nodeCollector struct {
@@ -74,6 +78,7 @@ type nodeCollector struct {
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- nodesDesc
 	ch <- maxAge
+	ch <- unhealthyDesc
 }
 
 func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
@@ -83,6 +88,10 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	var oldest time.Duration
 	for _, n := range c.nodes() {
 		counts[key{nodestate.Name(n.State), n.Group}]++
+		switch n.State {
+		case ferryv1.NodeState_NODE_STATE_STALE, ferryv1.NodeState_NODE_STATE_UNREACHABLE, ferryv1.NodeState_NODE_STATE_SUSPECT, ferryv1.NodeState_NODE_STATE_DOWN:
+			ch <- prometheus.MustNewConstMetric(unhealthyDesc, prometheus.GaugeValue, 1, n.Id, n.Group, nodestate.Name(n.State))
+		}
 		switch n.State {
 		case ferryv1.NodeState_NODE_STATE_REMOVED, ferryv1.NodeState_NODE_STATE_LEFT, ferryv1.NodeState_NODE_STATE_PENDING:
 			continue
