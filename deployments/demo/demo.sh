@@ -312,9 +312,11 @@ rollout_production() {
 	id=$("${start[@]}")
 	echo "$id"
 	say_cmd ferryctl rollout status "$id" --watch
-	ferryctl rollout status "$id" --watch &
+	# The watcher runs beside the promotion below; its lines are marked so
+	# the two outputs do not read as one.
+	ferryctl rollout status "$id" --watch > >(sed -u 's/^/  watch | /') &
 	watcher=$!
-	wait_for "the canary to finish" rollout_state "$id" ROLLOUT_STATE_WAITING_PROMOTION
+	wait_for "the canary to finish" rollout_state "$id" waiting_promotion
 	show ferryctl rollout promote "$id"
 	wait "$watcher" || die "the production rollout did not succeed"
 	show ferryctl rollout status "$id"
@@ -326,6 +328,12 @@ check_node() {
 	show "$root/usr/local/go/bin/go" version
 	show cat "$root/etc/profile.d/go.sh"
 	show ls -l "$root/etc/sudoers.d/deploy"
+}
+
+inventory() {
+	step "Node inventory: what prod-1 runs, since when, and from which rollout"
+	show ferryctl node show prod-1
+	show ferryctl nodes --package "go@$GO_VERSION"
 }
 
 undo_production() {
@@ -365,6 +373,7 @@ main() {
 	rollout_staging
 	rollout_production
 	check_node
+	inventory
 	undo_production
 	if [[ ${DEMO_KEEP:-} == 1 ]]; then
 		step "Fleet running; press Ctrl-C to stop it"

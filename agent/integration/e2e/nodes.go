@@ -3,7 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 )
 
@@ -39,14 +38,20 @@ const (
 	Removed     State = "removed"
 )
 
-// UnmarshalJSON accepts the protojson enum name (NODE_STATE_HEALTHY).
+// UnmarshalJSON takes the word ferryctl prints (healthy), the one
+// --state takes; anything else is an error, so a change of vocabulary fails
+// the tests.
 func (s *State) UnmarshalJSON(b []byte) error {
 	var v string
 	if err := json.Unmarshal(b, &v); err != nil {
 		return fmt.Errorf("node state %s: want a string: %w", b, err)
 	}
-	*s = State(strings.ToLower(strings.TrimPrefix(v, "NODE_STATE_")))
-	return nil
+	switch st := State(v); st {
+	case Pending, Healthy, Stale, Unreachable, Suspect, Down, Left, Removed:
+		*s = st
+		return nil
+	}
+	return fmt.Errorf("node state %q is not one of the words --state takes", v)
 }
 
 // Nodes runs `ferryctl nodes -o json --all` (with extra flags such as --group)

@@ -345,11 +345,6 @@ func (f *rolloutFleet) status(id string) (rolloutStatus, error) {
 	if err := json.Unmarshal([]byte(out), &r); err != nil {
 		return r, fmt.Errorf("ferryctl rollout status %s -o json: exit %d: %w\nstdout: %s\nstderr: %s", id, code, err, out, stderr)
 	}
-	r.State = strings.ToLower(strings.TrimPrefix(r.State, "ROLLOUT_STATE_"))
-	r.JobKind = strings.ToLower(strings.TrimPrefix(r.JobKind, "JOB_KIND_"))
-	for i := range r.Nodes {
-		r.Nodes[i].Outcome = strings.ToLower(strings.TrimPrefix(r.Nodes[i].Outcome, "NODE_OUTCOME_"))
-	}
 	return r, nil
 }
 
@@ -653,7 +648,7 @@ func TestE2ERolloutFailingCheckKeepsPreviousVersion(t *testing.T) {
 	f := newRolloutFleet(t)
 	f.publish("1.0.0", 0)
 	f.publish("2.0.0", 0)
-	f.mustRollout(rolloutArgs("production", "tool@1.0.0", "--canary", "1", "--auto-promote", "--max-parallel", "4")...)
+	first := f.mustRollout(rolloutArgs("production", "tool@1.0.0", "--canary", "1", "--auto-promote", "--max-parallel", "4")...)
 	if err := os.WriteFile(filepath.Join(f.root("prod-3"), "fail-check"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -718,6 +713,64 @@ func TestE2ERolloutFailingCheckKeepsPreviousVersion(t *testing.T) {
 	logs := f.h.MustCtl("logs", id, "prod-3")
 	if !strings.Contains(logs, "fail-check marker present") {
 		t.Errorf("ferryctl logs %s prod-3 lacks the failed check's output:\n%s", id, logs)
+	}
+	wantNodeShow(t, f, "prod-3", first.ID, id)
+}
+
+// wantNodeShow checks `ferryctl node show` of a node that got tool@1.0.0
+// from rollout installedBy and then failed its check in rollout failedIn,
+// and the nodes filters by package.
+func wantNodeShow(t *testing.T, f *rolloutFleet, node, installedBy, failedIn string) {
+	t.Helper()
+	text := f.h.MustCtl("node", "show", node)
+	for _, want := range []string{
+		"Node:         " + node + "\n", "Group:        production\n", "State:        healthy: ", "Stream:       connected from ", "Gossip:       alive\n",
+		"Facts:        linux/", "\n  tool     1.0.0    ", "  " + installedBy + "  ",
+		"\n  " + failedIn + "  tool@2.0.0  install  failed ",
+		"Last error:   rollout " + failedIn + " (tool@2.0.0) at ", "logs: ferryctl logs " + failedIn + " " + node + "\n",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("ferryctl node show %s lacks %q:\n%s", node, want, text)
+		}
+	}
+	var shown struct {
+		Node struct {
+			State     string `json:"state"`
+			Installed []struct {
+				Name, Version string
+			} `json:"installed"`
+		} `json:"node"`
+		Jobs []struct {
+			RolloutID string `json:"rollout_id"`
+			Job       struct {
+				Outcome string `json:"outcome"`
+			} `json:"job"`
+		} `json:"jobs"`
+		LastFailure struct {
+			RolloutID string `json:"rollout_id"`
+			Job       struct {
+				FailedStep string `json:"failed_step"`
+			} `json:"job"`
+		} `json:"last_failure"`
+		InstalledBy map[string]string `json:"installed_by"`
+	}
+	out := f.h.MustCtl("-o", "json", "node", "show", node)
+	if err := json.Unmarshal([]byte(out), &shown); err != nil {
+		t.Fatalf("ferryctl -o json node show %s: %v\n%s", node, err, out)
+	}
+	if shown.Node.State != "healthy" || shown.InstalledBy["tool@1.0.0"] != installedBy || len(shown.Jobs) < 3 ||
+		shown.Jobs[0].RolloutID != failedIn || shown.Jobs[0].Job.Outcome != "failed" ||
+		shown.LastFailure.RolloutID != failedIn || !strings.Contains(shown.LastFailure.Job.FailedStep, "check") {
+		t.Errorf("ferryctl -o json node show %s: want healthy, tool@1.0.0 by %s, newest job %s failed at the check:\n%s", node, installedBy, failedIn, out)
+	}
+	// prod-1 and prod-2 took 2.0.0 before the abort; prod-3 failed, prod-4 was skipped.
+	has := f.h.MustCtl("nodes", "--package", "tool@2.0.0")
+	lacks := f.h.MustCtl("nodes", "--group", "production", "--not-package", "tool@2.0.0")
+	for _, n := range productionNodes {
+		on2 := n == "prod-1" || n == "prod-2"
+		if strings.Contains(has, "\n"+n+" ") != on2 || strings.Contains(lacks, "\n"+n+" ") == on2 {
+			t.Errorf("%s (has tool@2.0.0: %v) is misfiled:\nnodes --package tool@2.0.0:\n%s\nnodes --not-package tool@2.0.0:\n%s", n, on2, has, lacks)
+		}
 	}
 }
 

@@ -443,19 +443,19 @@ type rolloutReply interface{ GetRollout() *ferryv1.Rollout }
 func (a *app) rolloutActionCmds() []*cobra.Command {
 	type rolloutAction func(context.Context, ferryv1.RolloutServiceClient, string) (rolloutReply, error)
 	actions := []struct {
-		verb, short string
-		act         rolloutAction
+		verb, done, short string
+		act               rolloutAction
 	}{
-		{"promote", "Let a rollout waiting after its canaries go on", func(ctx context.Context, c ferryv1.RolloutServiceClient, id string) (rolloutReply, error) {
+		{"promote", "promoted", "Let a rollout waiting after its canaries go on", func(ctx context.Context, c ferryv1.RolloutServiceClient, id string) (rolloutReply, error) {
 			return c.PromoteRollout(ctx, &ferryv1.PromoteRolloutRequest{Id: id})
 		}},
-		{"pause", "Stop starting new jobs; running jobs finish", func(ctx context.Context, c ferryv1.RolloutServiceClient, id string) (rolloutReply, error) {
+		{"pause", "paused", "Stop starting new jobs; running jobs finish", func(ctx context.Context, c ferryv1.RolloutServiceClient, id string) (rolloutReply, error) {
 			return c.PauseRollout(ctx, &ferryv1.PauseRolloutRequest{Id: id})
 		}},
-		{"resume", "Continue a paused rollout", func(ctx context.Context, c ferryv1.RolloutServiceClient, id string) (rolloutReply, error) {
+		{"resume", "resumed", "Continue a paused rollout", func(ctx context.Context, c ferryv1.RolloutServiceClient, id string) (rolloutReply, error) {
 			return c.ResumeRollout(ctx, &ferryv1.ResumeRolloutRequest{Id: id})
 		}},
-		{"abort", "Stop a rollout; nodes not started are skipped", func(ctx context.Context, c ferryv1.RolloutServiceClient, id string) (rolloutReply, error) {
+		{"abort", "aborted", "Stop a rollout; nodes not started are skipped", func(ctx context.Context, c ferryv1.RolloutServiceClient, id string) (rolloutReply, error) {
 			return c.AbortRollout(ctx, &ferryv1.AbortRolloutRequest{Id: id})
 		}},
 	}
@@ -479,7 +479,7 @@ func (a *app) rolloutActionCmds() []*cobra.Command {
 					return err
 				}
 				return a.show(r, func() error {
-					fmt.Fprintf(a.stdout, "rollout %s: %s\n", r.Id, enumword.Spaced(r.State))
+					fmt.Fprintf(a.stdout, "rollout %s %s; now %s\n", r.Id, ac.done, enumword.Spaced(r.State))
 					return nil
 				})
 			},
