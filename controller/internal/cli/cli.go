@@ -118,6 +118,10 @@ func (a *app) rootCmd() *cobra.Command {
 	root.AddCommand(a.nodesCmd(), a.nodeCmd(), a.tokenCmd(), a.certCmd(), a.auditCmd(), a.versionCmd())
 	root.AddCommand(a.packageCmd(), a.rolloutCmd(), a.logsCmd(), a.artifactCmd())
 	root.AddCommand(a.gossipCmd())
+	// cobra adds these when it runs; added now, they are held to the same
+	// rules (an unknown `ferryctl completion x` is an error too).
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
 	strictCommands(root)
 	a.addCompletions(root)
 	return root

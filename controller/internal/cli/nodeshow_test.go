@@ -88,3 +88,31 @@ func TestJobDetailAndOneLine(t *testing.T) {
 		t.Errorf("oneLine = %q (%d runes): want the start and the reason, 160 runes", got, len([]rune(got)))
 	}
 }
+
+// Shell completion asks the controller: node IDs, groups, labels and
+// packages; --state and -o offer their words.
+func TestCompletionFromController(t *testing.T) {
+	cfg := startController(t)
+	tok := createToken(t, cfg, "--group", "staging", "--label", "dc=east")
+	if _, err := newEnroller(t, dialAdmin(t, cfg)).enroll(tok, "n1", nil); err != nil {
+		t.Fatal(err)
+	}
+	applyGoPackage(t, cfg)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"node", "show", ""}, "n1\n"},
+		{[]string{"logs", "x", ""}, "n1\n"},
+		{[]string{"nodes", "--group", ""}, "staging\n"},
+		{[]string{"nodes", "--selector", ""}, "dc=east\n"},
+		{[]string{"rollout", "--package", ""}, "go@1.20.3\n"},
+		{[]string{"rollout", "history", "--package", ""}, "go\n"},
+		{[]string{"rollout", "--on-failure", ""}, "pause\nabort\nrollback\n"},
+	} {
+		out := mustRun(t, cfg, append([]string{"__complete"}, tc.args...))
+		if !strings.HasPrefix(out, tc.want) {
+			t.Errorf("completion of %q: got %q, want it to start with %q", tc.args, out, tc.want)
+		}
+	}
+}
