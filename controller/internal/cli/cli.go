@@ -55,7 +55,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 // Run is Main until ctx ends (a watch stops there).
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	a := &app{stdout: stdout, stderr: stderr}
-	root := a.rootCmd()
+	root := a.rootCmd() //nolint:contextcheck // each command gets ctx from cobra: ExecuteContext below, cmd.Context() in the command
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)

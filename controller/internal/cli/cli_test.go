@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -148,5 +149,26 @@ func TestCommands(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A plan that failed on a node exits 1 after showing it, so a script that
+// plans first stops; a clean plan exits 0.
+func TestPlanExit(t *testing.T) {
+	ok := &ferryv1.NodePlan{NodeId: "n1", Note: "go: not installed -> 1.20.3; 1 of 1 steps would change", Steps: []*ferryv1.StepResult{{Name: "archive -> /usr/local/go", Changed: true}}}
+	bad := &ferryv1.NodePlan{NodeId: "n2", Wave: 1, Failed: true, Note: "plan failed at sudoers deploy: rule 1: unknown user", Steps: []*ferryv1.StepResult{{Name: "sudoers deploy", Error: "rule 1: unknown user"}}}
+	var out bytes.Buffer
+	a := &app{stdout: &out}
+	if err := a.printPlan([]*ferryv1.NodePlan{ok}); err != nil {
+		t.Errorf("clean plan: %v", err)
+	}
+	out.Reset()
+	err := a.printPlan([]*ferryv1.NodePlan{bad, ok})
+	var ee *ExitError
+	if !errors.As(err, &ee) || ee.Code != 1 || ee.Err.Error() != "the plan failed on 1 of 2 nodes (n2); nothing was changed" {
+		t.Errorf("failed plan: %v, want exit 1 naming n2", err)
+	}
+	if !strings.Contains(out.String(), "n2 (wave 1): plan failed at sudoers deploy") || !strings.Contains(out.String(), "  ! failed   sudoers deploy: rule 1: unknown user\n") {
+		t.Errorf("failed plan output:\n%s", out.String())
 	}
 }

@@ -189,7 +189,7 @@ func (a *app) watchNodes(cmd *cobra.Command, req *ferryv1.WatchNodesRequest) err
 	open := func(ctx context.Context, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ferryv1.WatchNodesResponse], error) {
 		return client.WatchNodes(ctx, req, opts...)
 	}
-	return watch(a, cmd.Context(), open, func(m *ferryv1.WatchNodesResponse) error {
+	return watch(cmd.Context(), a, open, func(m *ferryv1.WatchNodesResponse) error {
 		ev := m.GetEvent()
 		if a.machine() {
 			return a.emit(ev)

@@ -94,7 +94,7 @@ func lastPart(msg string) string {
 // watch lasts until it ends or is interrupted, not until the first
 // restart. The first open is not retried: a wrong address or credential
 // is reported at once.
-func watch[M any](a *app, ctx context.Context, open func(context.Context, ...grpc.CallOption) (grpc.ServerStreamingClient[M], error), each func(*M) error) error {
+func watch[M any](ctx context.Context, a *app, open func(context.Context, ...grpc.CallOption) (grpc.ServerStreamingClient[M], error), each func(*M) error) error {
 	stream, err := open(ctx)
 	if err != nil {
 		return a.reach(err, a.timeout)

@@ -226,7 +226,7 @@ func (a *app) follow(ctx context.Context, id string, started bool) error {
 	if !a.machine() && started {
 		fmt.Fprintf(a.stdout, "rollout %s started; follow it elsewhere with `ferryctl rollout status %s --watch`\n", id, id)
 	}
-	err = watch(a, ctx, open, func(ev *ferryv1.WatchRolloutResponse) error {
+	err = watch(ctx, a, open, func(ev *ferryv1.WatchRolloutResponse) error {
 		last = ev.Rollout
 		switch {
 		case a.machine():

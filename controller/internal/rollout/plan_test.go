@@ -4,6 +4,7 @@ package rollout
 
 import (
 	"context"
+	"maps"
 	"strings"
 	"testing"
 
@@ -40,9 +41,16 @@ func TestPlan(t *testing.T) {
 	}
 	notes := map[string]string{}
 	waves := map[string]uint32{}
+	failed := map[string]bool{}
 	for _, p := range resp.Plan {
 		notes[p.NodeId] = p.Note
 		waves[p.NodeId] = p.Wave
+		failed[p.NodeId] = p.Failed
+	}
+	// No answer is a failed plan (ferryctl exits 1); an unreachable node is
+	// not: the rollout would report it, not fail on it.
+	if want := map[string]bool{"n00": true, "n01": false, "n02": false, "n03": false}; !maps.Equal(failed, want) {
+		t.Errorf("failed = %v, want %v", failed, want)
 	}
 	wantNotes := map[string]string{
 		"n00": "no plan from the agent within 200ms",
