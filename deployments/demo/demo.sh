@@ -176,7 +176,9 @@ enroll_group() {
 	out=$("${create[@]}")
 	printf '%s\n' "$out"
 	local -a enroll
-	read -ra enroll <<<"$(printf '%s\n' "$out" | grep -o 'ferry-agent enroll .*')"
+	# The printed line ends with --node-id NODE-ID --state-dir DIR, which the
+	# demo gives per node below.
+	read -ra enroll <<<"$(printf '%s\n' "$out" | grep -o 'ferry-agent enroll .*' | sed 's/ --node-id .*//')"
 	((${#enroll[@]} > 0)) || die "ferryctl token create printed no enroll command"
 	[[ " ${enroll[*]} " == *" --ca-pin $CA_PIN "* ]] || die "the token's CA pin is not the controller's ($CA_PIN)"
 	local id

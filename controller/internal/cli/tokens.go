@@ -63,7 +63,7 @@ node reports.`,
 					limit = fmt.Sprintf("%d use(s)", uses)
 				}
 				fmt.Fprintf(a.stdout, "token %s for group %s, expires %s, %s\n\nOn the node, run (NODE-ID: the node's name in lowercase; its host name when left out):\n\n"+
-					"  ferry-agent enroll --controller %s --token %s --ca-pin %s \\\n      --node-id NODE-ID --state-dir %s\n  ferry-agent run --state-dir %s\n",
+					"  ferry-agent enroll --controller %s --token %s --ca-pin %s --node-id NODE-ID --state-dir %s\n  ferry-agent run --state-dir %s\n",
 					resp.Token.Id, group, resp.Token.ExpiresAt.AsTime().Local().Format(time.RFC3339), limit, a.cred.Controller, resp.Secret, resp.CaPin,
 					installpolicy.DefaultStateDir, installpolicy.DefaultStateDir)
 				if len(set) > 0 || len(allow) > 0 {
