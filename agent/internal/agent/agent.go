@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +30,7 @@ import (
 	"github.com/ferrydeploy/ferry/agent/internal/fetch"
 	"github.com/ferrydeploy/ferry/agent/internal/identity"
 	"github.com/ferrydeploy/ferry/agent/internal/install"
+	"github.com/ferrydeploy/ferry/agent/internal/logbuf"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/gossip"
 	"github.com/ferrydeploy/ferry/shared/pki"
@@ -69,6 +71,8 @@ type Agent struct {
 	stream  grpc.BidiStreamingClient[ferryv1.ConnectRequest, ferryv1.ConnectResponse]
 	member  *gossip.Member
 	jobs    *jobRunner
+	logs    *logbuf.Buffer // job output until the controller has it
+	logSend sync.Mutex     // one sender of buffered output at a time, in order
 	metrics *agentMetrics
 	renewed chan struct{} // a renewal asks the session to redial
 	fatal   chan error    // the certificate expired: Run ends
@@ -123,6 +127,9 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("installer: %w", err)
 	}
 	a.jobs = newJobRunner(a, inst)
+	if a.logs, err = logbuf.New(logbuf.Config{Dir: filepath.Join(cfg.StateDir, "joblogs"), Now: cfg.Now, Logger: a.log.With("component", "joblogs")}); err != nil {
+		return nil, err
+	}
 	a.metrics = newAgentMetrics()
 	a.metrics.reg.MustRegister(a.clockSkewMetric())
 	a.renewed = make(chan struct{}, 1)
@@ -208,6 +215,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	jobsCtx, stopJobs := context.WithCancel(context.WithoutCancel(ctx))
 	jobsDone := make(chan struct{})
 	go func() { a.jobs.run(jobsCtx); close(jobsDone) }()
+	go a.logLoop(jobsCtx)
 	defer func() {
 		if !a.jobs.drain(jobDrainTimeout) {
 			a.log.Warn("a job is still running after the stop timeout; cancelling it", "timeout", jobDrainTimeout)
@@ -391,6 +399,8 @@ func (a *Agent) session(ctx context.Context, client *swapClient, welcomedAt *tim
 		a.sendMu.Unlock()
 	}()
 	a.log.Info("connected to controller", "controller", a.cfg.Controller, "heartbeat_interval", interval)
+	a.logs.Resend() // what the controller may not have yet: it drops what it has
+	go a.sendLogs()
 	a.welcomeGossip(ctx, welcome)
 
 	recvErr := make(chan error, 1)
@@ -517,6 +527,8 @@ func (a *Agent) handle(m *ferryv1.ConnectResponse) {
 		a.jobs.cancel(msg.Cancel.GetJobId())
 	case *ferryv1.ConnectResponse_GossipKey:
 		a.applyGossipKey(msg.GossipKey)
+	case *ferryv1.ConnectResponse_LogAck:
+		a.logs.Ack(msg.LogAck.GetJobId(), msg.LogAck.GetSeq())
 	}
 }
 

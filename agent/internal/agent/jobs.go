@@ -116,11 +116,16 @@ func (r *jobRunner) report(u *ferryv1.JobUpdate) {
 	}
 }
 
-func (r *jobRunner) logf(job *ferryv1.Job) func(string) {
-	return func(text string) {
-		_ = r.a.send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_JobLog{JobLog: &ferryv1.JobLog{
-			JobId: job.GetId(), RolloutId: job.GetRolloutId(), Text: text, At: timestamppb.Now()}}})
+// logf buffers a job's output lines (logbuf) and wakes the sender.
+func (r *jobRunner) logf(job *ferryv1.Job) install.LogFunc {
+	return func(l install.LogLine) {
+		r.a.logs.Append(job.GetId(), job.GetRolloutId(), l.Step, l.Stream, l.Text)
 	}
+}
+
+// note logs a line of the agent's own about the job.
+func note(logf install.LogFunc, format string, args ...any) {
+	logf(install.LogLine{Stream: ferryv1.LogStream_LOG_STREAM_FERRY, Text: fmt.Sprintf(format, args...)})
 }
 
 // run processes jobs until ctx ends.
@@ -170,6 +175,15 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 	r.report(update(ferryv1.JobPhase_JOB_PHASE_ACCEPTED, "accepted"))
 	logf := r.logf(job)
 	progress := func(u *ferryv1.JobUpdate) { r.report(u) }
+	pkgName := job.GetPackage().GetName() + "@" + job.GetPackage().GetVersion()
+	switch job.GetKind() {
+	case ferryv1.JobKind_JOB_KIND_ROLLBACK:
+		note(logf, "rollback of %s started (agent %s)", job.GetPackage().GetName(), version.Version)
+	case ferryv1.JobKind_JOB_KIND_PLAN:
+		note(logf, "plan of %s started (agent %s)", pkgName, version.Version)
+	default:
+		note(logf, "install of %s started (agent %s)", pkgName, version.Version)
+	}
 
 	var final *ferryv1.JobUpdate
 	record := true // a final result the installer did not record itself
@@ -186,7 +200,7 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 		if err != nil {
 			final = update(ferryv1.JobPhase_JOB_PHASE_FAILED, err.Error())
 			final.FailedStep = "download " + job.GetPackage().GetArtifact().GetName()
-			logf(fmt.Sprintf("download failed: %v\n", err))
+			logf(install.LogLine{Step: final.FailedStep, Stream: ferryv1.LogStream_LOG_STREAM_FERRY, Text: "FAILED: " + err.Error()})
 			release()
 			break
 		}
@@ -213,6 +227,14 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 	}
 	r.a.metrics.jobs.WithLabelValues(enumword.Of(final.GetPhase())).Inc()
 	log.Info("job finished", "phase", final.GetPhase(), "failed_step", final.GetFailedStep(), "message", final.GetMessage())
+	if ctx.Err() == nil {
+		note(logf, "job %s: %s", enumword.Of(final.GetPhase()), final.GetMessage())
+		r.a.logs.Finish(job.GetId())
+	}
+	// The output goes first on the stream, so the controller has all of it
+	// when it learns the job ended (unless the link is down: then both
+	// wait for the next stream).
+	r.a.sendLogs()
 	r.report(final)
 }
 

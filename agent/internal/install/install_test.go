@@ -2,9 +2,11 @@ package install
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -648,16 +650,24 @@ func TestJobsRunOnce(t *testing.T) {
 func TestProgressAndLogs(t *testing.T) {
 	e := newEnv(t)
 	var phases []ferryv1.JobPhase
-	var lines []string
-	p := pkg("app", "1", "", fileStep("/etc/app", "1", 0), checkStep("echo one; echo two", "two", 0))
+	var lines []LogLine
+	logf := func(l LogLine) { lines = append(lines, l) }
+	p := pkg("app", "1", "", fileStep("/etc/app", "1", 0), checkStep("echo one; echo two >&2", "one", 0))
 	u := e.inst.Install(context.Background(), Request{JobID: "p", Package: p},
-		func(u *ferryv1.JobUpdate) { phases = append(phases, u.GetPhase()) },
-		func(l string) { lines = append(lines, l) })
+		func(u *ferryv1.JobUpdate) { phases = append(phases, u.GetPhase()) }, logf)
 	wantPhase(t, u, succeeded)
-	joined := strings.Join(lines, "\n")
-	if !strings.Contains(joined, "one\ntwo") {
-		t.Errorf("logs %q lack the check output", joined)
+	check := u.GetSteps()[1].GetName()
+	wantLine := func(l LogLine) {
+		t.Helper()
+		if !slices.Contains(lines, l) {
+			t.Errorf("logs lack %+v:\n%s", l, showLines(lines))
+		}
 	}
+	ferry, stdout, stderr := ferryv1.LogStream_LOG_STREAM_FERRY, ferryv1.LogStream_LOG_STREAM_STDOUT, ferryv1.LogStream_LOG_STREAM_STDERR
+	wantLine(LogLine{Step: check, Stream: ferry, Text: "started"})
+	wantLine(LogLine{Step: check, Stream: stdout, Text: "one"})
+	wantLine(LogLine{Step: check, Stream: stderr, Text: "two"})
+	wantLine(LogLine{Step: check, Stream: ferry, Text: `passed (output contains "one")`})
 	var sawChecking bool
 	for _, ph := range phases {
 		sawChecking = sawChecking || ph == ferryv1.JobPhase_JOB_PHASE_CHECKING
@@ -668,6 +678,26 @@ func TestProgressAndLogs(t *testing.T) {
 	if u.GetSteps()[0].GetDuration() == nil || u.GetAt() == nil {
 		t.Errorf("missing duration or time: %v", u)
 	}
+
+	// A failed job logs the failure and each undo; a rollback each restore.
+	lines = nil
+	u = e.inst.Install(context.Background(), Request{JobID: "p2", Package: pkg("app", "2", "", fileStep("/etc/app", "2", 0), checkStep("exit 3", "", 0))}, nil, logf)
+	wantPhase(t, u, failed)
+	wantLine(LogLine{Step: u.GetSteps()[1].GetName(), Stream: ferry, Text: "FAILED: " + u.GetSteps()[1].GetError()})
+	wantLine(LogLine{Step: "undo: /etc/app", Stream: ferry, Text: "restored what the job had changed"})
+	lines = nil
+	u = e.inst.Rollback(context.Background(), "rb", "r", "app", nil, logf)
+	wantPhase(t, u, succeeded)
+	wantLine(LogLine{Step: "rollback", Stream: ferry, Text: "rolling back app from 1 to nothing (first install removed)"})
+	wantLine(LogLine{Step: "rollback: restore /etc/app", Stream: ferry, Text: "started"})
+}
+
+func showLines(ls []LogLine) string {
+	var b strings.Builder
+	for _, l := range ls {
+		fmt.Fprintf(&b, "  [%s] %s %q\n", l.Step, l.Stream, l.Text)
+	}
+	return b.String()
 }
 
 func TestKeepPrevious(t *testing.T) {

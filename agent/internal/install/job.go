@@ -31,7 +31,7 @@ type jobCtx struct {
 	results   []*ferryv1.StepResult
 	changed   bool
 	progress  func(*ferryv1.JobUpdate)
-	logf      func(string)
+	logf      LogFunc
 }
 
 // addAction journals a change before it is made.
@@ -68,12 +68,12 @@ func (jc *jobCtx) actions() []*action {
 // failure it undoes the steps it applied so the node is as before.
 // progress receives intermediate updates, logf output lines; both may be
 // nil.
-func (i *Installer) Install(ctx context.Context, req Request, progress func(*ferryv1.JobUpdate), logf func(string)) *ferryv1.JobUpdate {
+func (i *Installer) Install(ctx context.Context, req Request, progress func(*ferryv1.JobUpdate), logf LogFunc) *ferryv1.JobUpdate {
 	if progress == nil {
 		progress = func(*ferryv1.JobUpdate) {}
 	}
 	if logf == nil {
-		logf = func(string) {}
+		logf = func(LogLine) {}
 	}
 	jc := &jobCtx{
 		ctx:       ctx,
@@ -228,9 +228,13 @@ func (i *Installer) fail(jc *jobCtx, failedStep string, cause error) *ferryv1.Jo
 	acts := jc.actions()
 	var undoErrs []error
 	for k := len(acts) - 1; k >= 0; k-- {
+		step := "undo: " + i.display(acts[k].Target)
 		if err := i.undoAction(acts[k]); err != nil {
 			undoErrs = append(undoErrs, err)
+			jc.note(step, "FAILED: "+err.Error())
+			continue
 		}
+		jc.note(step, "restored what the job had changed")
 	}
 	msg := cause.Error()
 	if failedStep != "" {
@@ -306,6 +310,11 @@ func (i *Installer) runStep(jc *jobCtx, idx int, step *ferryv1.Step) (*ferryv1.S
 	}
 	u := i.update(jc, phase, "running "+res.Name)
 	jc.progress(u)
+	if jc.plan {
+		jc.note(res.Name, "planning")
+	} else {
+		jc.note(res.Name, "started")
+	}
 	start := time.Now()
 	var out stepResponse
 	err := jc.ctx.Err()
@@ -331,11 +340,13 @@ func (i *Installer) runStep(jc *jobCtx, idx int, step *ferryv1.Step) (*ferryv1.S
 		jc.changed = true
 	}
 	jc.results = append(jc.results, res)
-	if out.detail != "" {
-		jc.logf(res.Name + ": " + out.detail)
-	}
-	if err != nil {
-		jc.logf(res.Name + ": FAILED: " + err.Error())
+	switch {
+	case err != nil:
+		jc.note(res.Name, "FAILED: "+err.Error())
+	case out.detail != "":
+		jc.note(res.Name, out.detail)
+	case !out.changed:
+		jc.note(res.Name, "unchanged")
 	}
 	return res, err
 }

@@ -17,12 +17,12 @@ import (
 // sudoers and other files get their previous content back, and the
 // restored version's checks run. If anything fails, the rollback itself
 // is undone. Rolling back a first install removes what it added.
-func (i *Installer) Rollback(ctx context.Context, jobID, rolloutID, pkgName string, progress func(*ferryv1.JobUpdate), logf func(string)) *ferryv1.JobUpdate {
+func (i *Installer) Rollback(ctx context.Context, jobID, rolloutID, pkgName string, progress func(*ferryv1.JobUpdate), logf LogFunc) *ferryv1.JobUpdate {
 	if progress == nil {
 		progress = func(*ferryv1.JobUpdate) {}
 	}
 	if logf == nil {
-		logf = func(string) {}
+		logf = func(LogLine) {}
 	}
 	jc := &jobCtx{
 		ctx: ctx, jobID: jobID, rolloutID: rolloutID, key: jobKey(jobID),
@@ -61,11 +61,14 @@ func (i *Installer) Rollback(ctx context.Context, jobID, rolloutID, pkgName stri
 		}
 	}
 	progress(i.update(jc, ferryv1.JobPhase_JOB_PHASE_INSTALLING, "rolling back"))
+	jc.note("rollback", fmt.Sprintf("rolling back %s from %s to %s", pkgName, cur.Version, prev.versionOrNone()))
 	var displaced []string
 	for k := len(cur.Undo) - 1; k >= 0; k-- {
 		a := cur.Undo[k]
 		start := time.Now()
 		res := &ferryv1.StepResult{Index: stepIndex(a.Step), Kind: "rollback", Name: "restore " + i.display(a.Target), Changed: true}
+		step := "rollback: " + res.Name
+		jc.note(step, "started")
 		var err error
 		if u, ok := i.undoer(a.Kind); ok {
 			var out restoreResponse
@@ -81,10 +84,11 @@ func (i *Installer) Rollback(ctx context.Context, jobID, rolloutID, pkgName stri
 		if err != nil {
 			res.Error = err.Error()
 			jc.results = append(jc.results, res)
+			jc.note(step, "FAILED: "+err.Error())
 			return i.fail(jc, res.Name, err)
 		}
 		jc.results = append(jc.results, res)
-		logf(res.Name + ": " + res.Detail)
+		jc.note(step, res.Detail)
 		progress(i.update(jc, ferryv1.JobPhase_JOB_PHASE_INSTALLING, ""))
 	}
 	if prevPkg != nil {

@@ -76,8 +76,14 @@ func (k checkKind) Apply(ctx context.Context, r stepRequest) (stepResponse, erro
 		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	}
 	cmd.WaitDelay = 2 * time.Second
-	out := &outputLog{max: maxCheckOutput, logf: jc.logf}
-	cmd.Stdout, cmd.Stderr = out, out
+	out := &outputLog{max: maxCheckOutput}
+	step := i.describe(r.step)
+	cmd.Stdout = out.stream(func(text string) {
+		jc.logf(LogLine{Step: step, Stream: ferryv1.LogStream_LOG_STREAM_STDOUT, Text: text})
+	})
+	cmd.Stderr = out.stream(func(text string) {
+		jc.logf(LogLine{Step: step, Stream: ferryv1.LogStream_LOG_STREAM_STDERR, Text: text})
+	})
 	err = cmd.Run()
 	out.flush()
 	output := out.String()
@@ -180,18 +186,38 @@ func (i *Installer) checkEnv(pkg *ferryv1.Package) []string {
 	return env
 }
 
-// outputLog keeps the first max bytes of a command's output and passes
-// complete lines to logf as they arrive.
+// outputLog keeps the first max bytes of a command's output (stdout and
+// stderr together, as the check's expect sees them) and passes each
+// stream's complete lines to its own log function as they arrive.
 type outputLog struct {
 	mu        sync.Mutex
 	max       int
 	buf       bytes.Buffer
 	truncated bool
-	line      []byte
-	logf      func(string)
+	streams   []*outputStream
 }
 
-func (o *outputLog) Write(p []byte) (int, error) {
+// outputStream is one of the command's output streams.
+type outputStream struct {
+	o    *outputLog
+	line []byte
+	logf func(string)
+}
+
+// maxLogLine is the longest line passed on: a longer one is passed in
+// pieces, so one record stays small.
+const maxLogLine = 4096
+
+func (o *outputLog) stream(logf func(string)) *outputStream {
+	st := &outputStream{o: o, logf: logf}
+	o.mu.Lock()
+	o.streams = append(o.streams, st)
+	o.mu.Unlock()
+	return st
+}
+
+func (st *outputStream) Write(p []byte) (int, error) {
+	o := st.o
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if room := o.max - o.buf.Len(); room > 0 {
@@ -200,18 +226,18 @@ func (o *outputLog) Write(p []byte) (int, error) {
 	if o.buf.Len() >= o.max && len(p) > 0 {
 		o.truncated = true
 	}
-	o.line = append(o.line, p...)
+	st.line = append(st.line, p...)
 	for {
-		k := bytes.IndexByte(o.line, '\n')
+		k := bytes.IndexByte(st.line, '\n')
 		if k < 0 {
 			break
 		}
-		o.logf(string(o.line[:k]))
-		o.line = o.line[k+1:]
+		st.logf(string(st.line[:k]))
+		st.line = st.line[k+1:]
 	}
-	if len(o.line) > 4096 {
-		o.logf(string(o.line))
-		o.line = o.line[:0]
+	for len(st.line) > maxLogLine {
+		st.logf(string(st.line[:maxLogLine]))
+		st.line = st.line[maxLogLine:]
 	}
 	return len(p), nil
 }
@@ -219,9 +245,11 @@ func (o *outputLog) Write(p []byte) (int, error) {
 func (o *outputLog) flush() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if len(o.line) > 0 {
-		o.logf(string(o.line))
-		o.line = nil
+	for _, st := range o.streams {
+		if len(st.line) > 0 {
+			st.logf(string(st.line))
+			st.line = nil
+		}
 	}
 }
 

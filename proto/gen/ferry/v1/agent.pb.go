@@ -285,6 +285,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_Job
 	//	*ConnectResponse_Cancel
 	//	*ConnectResponse_GossipKey
+	//	*ConnectResponse_LogAck
 	Msg           isConnectResponse_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -363,6 +364,15 @@ func (x *ConnectResponse) GetGossipKey() *GossipKey {
 	return nil
 }
 
+func (x *ConnectResponse) GetLogAck() *JobLogAck {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectResponse_LogAck); ok {
+			return x.LogAck
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Msg interface {
 	isConnectResponse_Msg()
 }
@@ -388,6 +398,12 @@ type ConnectResponse_GossipKey struct {
 	GossipKey *GossipKey `protobuf:"bytes,4,opt,name=gossip_key,json=gossipKey,proto3,oneof"`
 }
 
+type ConnectResponse_LogAck struct {
+	// The job output the controller has stored, so the agent can drop it
+	// from its buffer.
+	LogAck *JobLogAck `protobuf:"bytes,5,opt,name=log_ack,json=logAck,proto3,oneof"`
+}
+
 func (*ConnectResponse_Welcome) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_Job) isConnectResponse_Msg() {}
@@ -395,6 +411,8 @@ func (*ConnectResponse_Job) isConnectResponse_Msg() {}
 func (*ConnectResponse_Cancel) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_GossipKey) isConnectResponse_Msg() {}
+
+func (*ConnectResponse_LogAck) isConnectResponse_Msg() {}
 
 // AgentHello opens a stream.
 type AgentHello struct {
@@ -1060,17 +1078,24 @@ func (x *JobUpdate) GetAt() *timestamppb.Timestamp {
 	return nil
 }
 
-// JobLog carries output lines of a job.
+// JobLog carries output lines of a job. Agents since records were added
+// send records only; text and at are what older agents send, and the
+// controller stores each of their lines as a record it numbers itself.
 type JobLog struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The job.
 	JobId string `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
 	// The rollout the job belongs to.
 	RolloutId string `protobuf:"bytes,2,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
-	// Output text (one or more lines).
+	// Output text (one or more lines), from older agents.
 	Text string `protobuf:"bytes,3,opt,name=text,proto3" json:"text,omitempty"`
-	// When the output was produced.
-	At            *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=at,proto3" json:"at,omitempty"`
+	// When the output was produced, from older agents.
+	At *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=at,proto3" json:"at,omitempty"`
+	// Output lines in order, each with the job's sequence number. The agent
+	// keeps them on disk until the controller acknowledges them, and sends
+	// the unacknowledged ones again after a reconnect: the controller drops
+	// any with a sequence number it has already stored.
+	Records       []*LogRecord `protobuf:"bytes,5,rep,name=records,proto3" json:"records,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1133,6 +1158,69 @@ func (x *JobLog) GetAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *JobLog) GetRecords() []*LogRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+// JobLogAck says the controller has stored (or, over its limits, dropped)
+// a job's output up to a sequence number.
+type JobLogAck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The job.
+	JobId string `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// Highest sequence number the controller has.
+	Seq           uint64 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobLogAck) Reset() {
+	*x = JobLogAck{}
+	mi := &file_ferry_v1_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobLogAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobLogAck) ProtoMessage() {}
+
+func (x *JobLogAck) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobLogAck.ProtoReflect.Descriptor instead.
+func (*JobLogAck) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *JobLogAck) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *JobLogAck) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
 // RenewCertificateRequest asks for a new certificate.
 type RenewCertificateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1144,7 +1232,7 @@ type RenewCertificateRequest struct {
 
 func (x *RenewCertificateRequest) Reset() {
 	*x = RenewCertificateRequest{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[10]
+	mi := &file_ferry_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1156,7 +1244,7 @@ func (x *RenewCertificateRequest) String() string {
 func (*RenewCertificateRequest) ProtoMessage() {}
 
 func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[10]
+	mi := &file_ferry_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1169,7 +1257,7 @@ func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RenewCertificateRequest) GetCsrDer() []byte {
@@ -1190,7 +1278,7 @@ type RenewCertificateResponse struct {
 
 func (x *RenewCertificateResponse) Reset() {
 	*x = RenewCertificateResponse{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[11]
+	mi := &file_ferry_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1202,7 +1290,7 @@ func (x *RenewCertificateResponse) String() string {
 func (*RenewCertificateResponse) ProtoMessage() {}
 
 func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[11]
+	mi := &file_ferry_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1215,7 +1303,7 @@ func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RenewCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RenewCertificateResponse) GetCertificateDer() []byte {
@@ -1243,7 +1331,7 @@ type DownloadArtifactRequest struct {
 
 func (x *DownloadArtifactRequest) Reset() {
 	*x = DownloadArtifactRequest{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[12]
+	mi := &file_ferry_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1255,7 +1343,7 @@ func (x *DownloadArtifactRequest) String() string {
 func (*DownloadArtifactRequest) ProtoMessage() {}
 
 func (x *DownloadArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[12]
+	mi := &file_ferry_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1268,7 +1356,7 @@ func (x *DownloadArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownloadArtifactRequest.ProtoReflect.Descriptor instead.
 func (*DownloadArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DownloadArtifactRequest) GetDigest() string {
@@ -1307,7 +1395,7 @@ type DownloadArtifactResponse struct {
 
 func (x *DownloadArtifactResponse) Reset() {
 	*x = DownloadArtifactResponse{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[13]
+	mi := &file_ferry_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1319,7 +1407,7 @@ func (x *DownloadArtifactResponse) String() string {
 func (*DownloadArtifactResponse) ProtoMessage() {}
 
 func (x *DownloadArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[13]
+	mi := &file_ferry_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1332,7 +1420,7 @@ func (x *DownloadArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownloadArtifactResponse.ProtoReflect.Descriptor instead.
 func (*DownloadArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DownloadArtifactResponse) GetOffset() uint64 {
@@ -1369,7 +1457,7 @@ type ReportArtifactMismatchRequest struct {
 
 func (x *ReportArtifactMismatchRequest) Reset() {
 	*x = ReportArtifactMismatchRequest{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +1469,7 @@ func (x *ReportArtifactMismatchRequest) String() string {
 func (*ReportArtifactMismatchRequest) ProtoMessage() {}
 
 func (x *ReportArtifactMismatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +1482,7 @@ func (x *ReportArtifactMismatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportArtifactMismatchRequest.ProtoReflect.Descriptor instead.
 func (*ReportArtifactMismatchRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReportArtifactMismatchRequest) GetDigest() string {
@@ -1425,7 +1513,7 @@ type ReportArtifactMismatchResponse struct {
 
 func (x *ReportArtifactMismatchResponse) Reset() {
 	*x = ReportArtifactMismatchResponse{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[15]
+	mi := &file_ferry_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1437,7 +1525,7 @@ func (x *ReportArtifactMismatchResponse) String() string {
 func (*ReportArtifactMismatchResponse) ProtoMessage() {}
 
 func (x *ReportArtifactMismatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[15]
+	mi := &file_ferry_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1450,7 +1538,7 @@ func (x *ReportArtifactMismatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportArtifactMismatchResponse.ProtoReflect.Descriptor instead.
 func (*ReportArtifactMismatchResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReportArtifactMismatchResponse) GetDamaged() bool {
@@ -1471,20 +1559,21 @@ var File_ferry_v1_agent_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x14ferry/v1/agent.proto\x12\bferry.v1\x1a\x15ferry/v1/common.proto\x1a\x15ferry/v1/gossip.proto\x1a\x16ferry/v1/package.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x01\n" +
+	"\x14ferry/v1/agent.proto\x12\bferry.v1\x1a\x15ferry/v1/common.proto\x1a\x15ferry/v1/gossip.proto\x1a\x12ferry/v1/log.proto\x1a\x16ferry/v1/package.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x01\n" +
 	"\x0eConnectRequest\x12,\n" +
 	"\x05hello\x18\x01 \x01(\v2\x14.ferry.v1.AgentHelloH\x00R\x05hello\x123\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x13.ferry.v1.HeartbeatH\x00R\theartbeat\x124\n" +
 	"\n" +
 	"job_update\x18\x03 \x01(\v2\x13.ferry.v1.JobUpdateH\x00R\tjobUpdate\x12+\n" +
 	"\ajob_log\x18\x04 \x01(\v2\x10.ferry.v1.JobLogH\x00R\x06jobLogB\x05\n" +
-	"\x03msg\"\xcf\x01\n" +
+	"\x03msg\"\xff\x01\n" +
 	"\x0fConnectResponse\x12-\n" +
 	"\awelcome\x18\x01 \x01(\v2\x11.ferry.v1.WelcomeH\x00R\awelcome\x12!\n" +
 	"\x03job\x18\x02 \x01(\v2\r.ferry.v1.JobH\x00R\x03job\x12-\n" +
 	"\x06cancel\x18\x03 \x01(\v2\x13.ferry.v1.JobCancelH\x00R\x06cancel\x124\n" +
 	"\n" +
-	"gossip_key\x18\x04 \x01(\v2\x13.ferry.v1.GossipKeyH\x00R\tgossipKeyB\x05\n" +
+	"gossip_key\x18\x04 \x01(\v2\x13.ferry.v1.GossipKeyH\x00R\tgossipKey\x12.\n" +
+	"\alog_ack\x18\x05 \x01(\v2\x13.ferry.v1.JobLogAckH\x00R\x06logAckB\x05\n" +
 	"\x03msg\"\xef\x01\n" +
 	"\n" +
 	"AgentHello\x12#\n" +
@@ -1547,13 +1636,17 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"bytes_done\x18\a \x01(\x04R\tbytesDone\x12\x1f\n" +
 	"\vbytes_total\x18\b \x01(\x04R\n" +
 	"bytesTotal\x12*\n" +
-	"\x02at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"~\n" +
+	"\x02at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xad\x01\n" +
 	"\x06JobLog\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1d\n" +
 	"\n" +
 	"rollout_id\x18\x02 \x01(\tR\trolloutId\x12\x12\n" +
 	"\x04text\x18\x03 \x01(\tR\x04text\x12*\n" +
-	"\x02at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"2\n" +
+	"\x02at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12-\n" +
+	"\arecords\x18\x05 \x03(\v2\x13.ferry.v1.LogRecordR\arecords\"4\n" +
+	"\tJobLogAck\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\"2\n" +
 	"\x17RenewCertificateRequest\x12\x17\n" +
 	"\acsr_der\x18\x01 \x01(\fR\x06csrDer\"C\n" +
 	"\x18RenewCertificateResponse\x12'\n" +
@@ -1608,7 +1701,7 @@ func file_ferry_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ferry_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_ferry_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_ferry_v1_agent_proto_goTypes = []any{
 	(JobKind)(0),                           // 0: ferry.v1.JobKind
 	(JobPhase)(0),                          // 1: ferry.v1.JobPhase
@@ -1622,19 +1715,21 @@ var file_ferry_v1_agent_proto_goTypes = []any{
 	(*StepResult)(nil),                     // 9: ferry.v1.StepResult
 	(*JobUpdate)(nil),                      // 10: ferry.v1.JobUpdate
 	(*JobLog)(nil),                         // 11: ferry.v1.JobLog
-	(*RenewCertificateRequest)(nil),        // 12: ferry.v1.RenewCertificateRequest
-	(*RenewCertificateResponse)(nil),       // 13: ferry.v1.RenewCertificateResponse
-	(*DownloadArtifactRequest)(nil),        // 14: ferry.v1.DownloadArtifactRequest
-	(*DownloadArtifactResponse)(nil),       // 15: ferry.v1.DownloadArtifactResponse
-	(*ReportArtifactMismatchRequest)(nil),  // 16: ferry.v1.ReportArtifactMismatchRequest
-	(*ReportArtifactMismatchResponse)(nil), // 17: ferry.v1.ReportArtifactMismatchResponse
-	(*GossipKey)(nil),                      // 18: ferry.v1.GossipKey
-	(*Facts)(nil),                          // 19: ferry.v1.Facts
-	(*InstalledPackage)(nil),               // 20: ferry.v1.InstalledPackage
-	(*durationpb.Duration)(nil),            // 21: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),          // 22: google.protobuf.Timestamp
-	(*DiskSpace)(nil),                      // 23: ferry.v1.DiskSpace
-	(*Package)(nil),                        // 24: ferry.v1.Package
+	(*JobLogAck)(nil),                      // 12: ferry.v1.JobLogAck
+	(*RenewCertificateRequest)(nil),        // 13: ferry.v1.RenewCertificateRequest
+	(*RenewCertificateResponse)(nil),       // 14: ferry.v1.RenewCertificateResponse
+	(*DownloadArtifactRequest)(nil),        // 15: ferry.v1.DownloadArtifactRequest
+	(*DownloadArtifactResponse)(nil),       // 16: ferry.v1.DownloadArtifactResponse
+	(*ReportArtifactMismatchRequest)(nil),  // 17: ferry.v1.ReportArtifactMismatchRequest
+	(*ReportArtifactMismatchResponse)(nil), // 18: ferry.v1.ReportArtifactMismatchResponse
+	(*GossipKey)(nil),                      // 19: ferry.v1.GossipKey
+	(*Facts)(nil),                          // 20: ferry.v1.Facts
+	(*InstalledPackage)(nil),               // 21: ferry.v1.InstalledPackage
+	(*durationpb.Duration)(nil),            // 22: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),          // 23: google.protobuf.Timestamp
+	(*DiskSpace)(nil),                      // 24: ferry.v1.DiskSpace
+	(*Package)(nil),                        // 25: ferry.v1.Package
+	(*LogRecord)(nil),                      // 26: ferry.v1.LogRecord
 }
 var file_ferry_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: ferry.v1.ConnectRequest.hello:type_name -> ferry.v1.AgentHello
@@ -1644,39 +1739,41 @@ var file_ferry_v1_agent_proto_depIdxs = []int32{
 	5,  // 4: ferry.v1.ConnectResponse.welcome:type_name -> ferry.v1.Welcome
 	7,  // 5: ferry.v1.ConnectResponse.job:type_name -> ferry.v1.Job
 	8,  // 6: ferry.v1.ConnectResponse.cancel:type_name -> ferry.v1.JobCancel
-	18, // 7: ferry.v1.ConnectResponse.gossip_key:type_name -> ferry.v1.GossipKey
-	19, // 8: ferry.v1.AgentHello.facts:type_name -> ferry.v1.Facts
-	20, // 9: ferry.v1.AgentHello.installed:type_name -> ferry.v1.InstalledPackage
-	10, // 10: ferry.v1.AgentHello.recent_jobs:type_name -> ferry.v1.JobUpdate
-	21, // 11: ferry.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	22, // 12: ferry.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
-	18, // 13: ferry.v1.Welcome.gossip_key:type_name -> ferry.v1.GossipKey
-	22, // 14: ferry.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	21, // 15: ferry.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
-	19, // 16: ferry.v1.Heartbeat.facts:type_name -> ferry.v1.Facts
-	20, // 17: ferry.v1.Heartbeat.installed:type_name -> ferry.v1.InstalledPackage
-	23, // 18: ferry.v1.Heartbeat.disks:type_name -> ferry.v1.DiskSpace
-	0,  // 19: ferry.v1.Job.kind:type_name -> ferry.v1.JobKind
-	24, // 20: ferry.v1.Job.package:type_name -> ferry.v1.Package
-	21, // 21: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
-	21, // 22: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
-	1,  // 23: ferry.v1.JobUpdate.phase:type_name -> ferry.v1.JobPhase
-	9,  // 24: ferry.v1.JobUpdate.steps:type_name -> ferry.v1.StepResult
-	22, // 25: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
-	22, // 26: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
-	2,  // 27: ferry.v1.AgentService.Connect:input_type -> ferry.v1.ConnectRequest
-	12, // 28: ferry.v1.AgentService.RenewCertificate:input_type -> ferry.v1.RenewCertificateRequest
-	14, // 29: ferry.v1.AgentService.DownloadArtifact:input_type -> ferry.v1.DownloadArtifactRequest
-	16, // 30: ferry.v1.AgentService.ReportArtifactMismatch:input_type -> ferry.v1.ReportArtifactMismatchRequest
-	3,  // 31: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
-	13, // 32: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
-	15, // 33: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
-	17, // 34: ferry.v1.AgentService.ReportArtifactMismatch:output_type -> ferry.v1.ReportArtifactMismatchResponse
-	31, // [31:35] is the sub-list for method output_type
-	27, // [27:31] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	19, // 7: ferry.v1.ConnectResponse.gossip_key:type_name -> ferry.v1.GossipKey
+	12, // 8: ferry.v1.ConnectResponse.log_ack:type_name -> ferry.v1.JobLogAck
+	20, // 9: ferry.v1.AgentHello.facts:type_name -> ferry.v1.Facts
+	21, // 10: ferry.v1.AgentHello.installed:type_name -> ferry.v1.InstalledPackage
+	10, // 11: ferry.v1.AgentHello.recent_jobs:type_name -> ferry.v1.JobUpdate
+	22, // 12: ferry.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	23, // 13: ferry.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
+	19, // 14: ferry.v1.Welcome.gossip_key:type_name -> ferry.v1.GossipKey
+	23, // 15: ferry.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	22, // 16: ferry.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
+	20, // 17: ferry.v1.Heartbeat.facts:type_name -> ferry.v1.Facts
+	21, // 18: ferry.v1.Heartbeat.installed:type_name -> ferry.v1.InstalledPackage
+	24, // 19: ferry.v1.Heartbeat.disks:type_name -> ferry.v1.DiskSpace
+	0,  // 20: ferry.v1.Job.kind:type_name -> ferry.v1.JobKind
+	25, // 21: ferry.v1.Job.package:type_name -> ferry.v1.Package
+	22, // 22: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
+	22, // 23: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
+	1,  // 24: ferry.v1.JobUpdate.phase:type_name -> ferry.v1.JobPhase
+	9,  // 25: ferry.v1.JobUpdate.steps:type_name -> ferry.v1.StepResult
+	23, // 26: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
+	23, // 27: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
+	26, // 28: ferry.v1.JobLog.records:type_name -> ferry.v1.LogRecord
+	2,  // 29: ferry.v1.AgentService.Connect:input_type -> ferry.v1.ConnectRequest
+	13, // 30: ferry.v1.AgentService.RenewCertificate:input_type -> ferry.v1.RenewCertificateRequest
+	15, // 31: ferry.v1.AgentService.DownloadArtifact:input_type -> ferry.v1.DownloadArtifactRequest
+	17, // 32: ferry.v1.AgentService.ReportArtifactMismatch:input_type -> ferry.v1.ReportArtifactMismatchRequest
+	3,  // 33: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
+	14, // 34: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
+	16, // 35: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
+	18, // 36: ferry.v1.AgentService.ReportArtifactMismatch:output_type -> ferry.v1.ReportArtifactMismatchResponse
+	33, // [33:37] is the sub-list for method output_type
+	29, // [29:33] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_agent_proto_init() }
@@ -1686,6 +1783,7 @@ func file_ferry_v1_agent_proto_init() {
 	}
 	file_ferry_v1_common_proto_init()
 	file_ferry_v1_gossip_proto_init()
+	file_ferry_v1_log_proto_init()
 	file_ferry_v1_package_proto_init()
 	file_ferry_v1_agent_proto_msgTypes[0].OneofWrappers = []any{
 		(*ConnectRequest_Hello)(nil),
@@ -1698,6 +1796,7 @@ func file_ferry_v1_agent_proto_init() {
 		(*ConnectResponse_Job)(nil),
 		(*ConnectResponse_Cancel)(nil),
 		(*ConnectResponse_GossipKey)(nil),
+		(*ConnectResponse_LogAck)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1705,7 +1804,7 @@ func file_ferry_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_agent_proto_rawDesc), len(file_ferry_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,15 +22,78 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// GetJobLogsRequest names a job.
+// LogStream says where a line of job output came from.
+type LogStream int32
+
+const (
+	// Not known (output of an older agent).
+	LogStream_LOG_STREAM_UNSPECIFIED LogStream = 0
+	// A command's standard output.
+	LogStream_LOG_STREAM_STDOUT LogStream = 1
+	// A command's standard error.
+	LogStream_LOG_STREAM_STDERR LogStream = 2
+	// Ferry itself: a step starting, what it changed, why it failed, an
+	// undo or a rollback.
+	LogStream_LOG_STREAM_FERRY LogStream = 3
+)
+
+// Enum value maps for LogStream.
+var (
+	LogStream_name = map[int32]string{
+		0: "LOG_STREAM_UNSPECIFIED",
+		1: "LOG_STREAM_STDOUT",
+		2: "LOG_STREAM_STDERR",
+		3: "LOG_STREAM_FERRY",
+	}
+	LogStream_value = map[string]int32{
+		"LOG_STREAM_UNSPECIFIED": 0,
+		"LOG_STREAM_STDOUT":      1,
+		"LOG_STREAM_STDERR":      2,
+		"LOG_STREAM_FERRY":       3,
+	}
+)
+
+func (x LogStream) Enum() *LogStream {
+	p := new(LogStream)
+	*p = x
+	return p
+}
+
+func (x LogStream) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LogStream) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_log_proto_enumTypes[0].Descriptor()
+}
+
+func (LogStream) Type() protoreflect.EnumType {
+	return &file_ferry_v1_log_proto_enumTypes[0]
+}
+
+func (x LogStream) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LogStream.Descriptor instead.
+func (LogStream) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_log_proto_rawDescGZIP(), []int{0}
+}
+
+// GetJobLogsRequest names a rollout and which of its nodes' output to send.
 type GetJobLogsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Rollout ID.
 	RolloutId string `protobuf:"bytes,1,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
-	// Node ID.
+	// Node ID; empty for every node of the rollout.
 	NodeId string `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	// Keep streaming new output.
-	Follow        bool `protobuf:"varint,3,opt,name=follow,proto3" json:"follow,omitempty"`
+	// Keep streaming new output until the selected nodes' jobs have ended.
+	Follow bool `protobuf:"varint,3,opt,name=follow,proto3" json:"follow,omitempty"`
+	// Only nodes whose outcome is failed or unreachable.
+	Failed bool `protobuf:"varint,4,opt,name=failed,proto3" json:"failed,omitempty"`
+	// Only lines of steps whose name contains this (case-insensitive), e.g.
+	// "check" or "env go"; markers of cut output are always sent.
+	Step          string `protobuf:"bytes,5,opt,name=step,proto3" json:"step,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -86,13 +149,29 @@ func (x *GetJobLogsRequest) GetFollow() bool {
 	return false
 }
 
+func (x *GetJobLogsRequest) GetFailed() bool {
+	if x != nil {
+		return x.Failed
+	}
+	return false
+}
+
+func (x *GetJobLogsRequest) GetStep() string {
+	if x != nil {
+		return x.Step
+	}
+	return ""
+}
+
 // GetJobLogsResponse is a piece of output.
 type GetJobLogsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Output text.
+	// Not set by this controller; older ones sent the output as text.
 	Text string `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
-	// When it was produced.
-	At            *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=at,proto3" json:"at,omitempty"`
+	// Not set by this controller; when an older one sent the text.
+	At *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=at,proto3" json:"at,omitempty"`
+	// Output lines, in order per job; jobs in the order they started.
+	Records       []*LogRecord `protobuf:"bytes,3,rep,name=records,proto3" json:"records,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -141,19 +220,165 @@ func (x *GetJobLogsResponse) GetAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *GetJobLogsResponse) GetRecords() []*LogRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+// LogRecord is one line of a job's output.
+type LogRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Position in the job's output, from 1, set by the agent. A gap means
+	// lines were cut (see cut_lines).
+	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// When the line was produced, by the agent's clock.
+	At *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=at,proto3" json:"at,omitempty"`
+	// The step the line belongs to, e.g. "check: go version" or
+	// "rollback: restore /usr/local/go"; empty for the job itself.
+	Step string `protobuf:"bytes,3,opt,name=step,proto3" json:"step,omitempty"`
+	// Where the line came from.
+	Stream LogStream `protobuf:"varint,4,opt,name=stream,proto3,enum=ferry.v1.LogStream" json:"stream,omitempty"`
+	// The line, without its newline (at most 4 KiB; longer lines are split).
+	Text string `protobuf:"bytes,5,opt,name=text,proto3" json:"text,omitempty"`
+	// Set by the controller when reading: the node.
+	NodeId string `protobuf:"bytes,6,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Set by the controller when reading: the job.
+	JobId string `protobuf:"bytes,7,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// Set by the controller when reading, on a marker line standing for
+	// lines that are not kept: how many lines were cut here.
+	CutLines uint64 `protobuf:"varint,8,opt,name=cut_lines,json=cutLines,proto3" json:"cut_lines,omitempty"`
+	// On a marker line, how many bytes were cut, when known.
+	CutBytes      uint64 `protobuf:"varint,9,opt,name=cut_bytes,json=cutBytes,proto3" json:"cut_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogRecord) Reset() {
+	*x = LogRecord{}
+	mi := &file_ferry_v1_log_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogRecord) ProtoMessage() {}
+
+func (x *LogRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_log_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
+func (*LogRecord) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_log_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *LogRecord) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *LogRecord) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *LogRecord) GetStep() string {
+	if x != nil {
+		return x.Step
+	}
+	return ""
+}
+
+func (x *LogRecord) GetStream() LogStream {
+	if x != nil {
+		return x.Stream
+	}
+	return LogStream_LOG_STREAM_UNSPECIFIED
+}
+
+func (x *LogRecord) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *LogRecord) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *LogRecord) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *LogRecord) GetCutLines() uint64 {
+	if x != nil {
+		return x.CutLines
+	}
+	return 0
+}
+
+func (x *LogRecord) GetCutBytes() uint64 {
+	if x != nil {
+		return x.CutBytes
+	}
+	return 0
+}
+
 var File_ferry_v1_log_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_log_proto_rawDesc = "" +
 	"\n" +
-	"\x12ferry/v1/log.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"c\n" +
+	"\x12ferry/v1/log.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x01\n" +
 	"\x11GetJobLogsRequest\x12\x1d\n" +
 	"\n" +
 	"rollout_id\x18\x01 \x01(\tR\trolloutId\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x16\n" +
-	"\x06follow\x18\x03 \x01(\bR\x06follow\"T\n" +
+	"\x06follow\x18\x03 \x01(\bR\x06follow\x12\x16\n" +
+	"\x06failed\x18\x04 \x01(\bR\x06failed\x12\x12\n" +
+	"\x04step\x18\x05 \x01(\tR\x04step\"\x83\x01\n" +
 	"\x12GetJobLogsResponse\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12*\n" +
-	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at2W\n" +
+	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12-\n" +
+	"\arecords\x18\x03 \x03(\v2\x13.ferry.v1.LogRecordR\arecords\"\x88\x02\n" +
+	"\tLogRecord\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12*\n" +
+	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x12\n" +
+	"\x04step\x18\x03 \x01(\tR\x04step\x12+\n" +
+	"\x06stream\x18\x04 \x01(\x0e2\x13.ferry.v1.LogStreamR\x06stream\x12\x12\n" +
+	"\x04text\x18\x05 \x01(\tR\x04text\x12\x17\n" +
+	"\anode_id\x18\x06 \x01(\tR\x06nodeId\x12\x15\n" +
+	"\x06job_id\x18\a \x01(\tR\x05jobId\x12\x1b\n" +
+	"\tcut_lines\x18\b \x01(\x04R\bcutLines\x12\x1b\n" +
+	"\tcut_bytes\x18\t \x01(\x04R\bcutBytes*k\n" +
+	"\tLogStream\x12\x1a\n" +
+	"\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n" +
+	"\x11LOG_STREAM_STDERR\x10\x02\x12\x14\n" +
+	"\x10LOG_STREAM_FERRY\x10\x032W\n" +
 	"\n" +
 	"LogService\x12I\n" +
 	"\n" +
@@ -172,21 +397,27 @@ func file_ferry_v1_log_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_log_proto_rawDescData
 }
 
-var file_ferry_v1_log_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_ferry_v1_log_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_ferry_v1_log_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_ferry_v1_log_proto_goTypes = []any{
-	(*GetJobLogsRequest)(nil),     // 0: ferry.v1.GetJobLogsRequest
-	(*GetJobLogsResponse)(nil),    // 1: ferry.v1.GetJobLogsResponse
-	(*timestamppb.Timestamp)(nil), // 2: google.protobuf.Timestamp
+	(LogStream)(0),                // 0: ferry.v1.LogStream
+	(*GetJobLogsRequest)(nil),     // 1: ferry.v1.GetJobLogsRequest
+	(*GetJobLogsResponse)(nil),    // 2: ferry.v1.GetJobLogsResponse
+	(*LogRecord)(nil),             // 3: ferry.v1.LogRecord
+	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
 }
 var file_ferry_v1_log_proto_depIdxs = []int32{
-	2, // 0: ferry.v1.GetJobLogsResponse.at:type_name -> google.protobuf.Timestamp
-	0, // 1: ferry.v1.LogService.GetJobLogs:input_type -> ferry.v1.GetJobLogsRequest
-	1, // 2: ferry.v1.LogService.GetJobLogs:output_type -> ferry.v1.GetJobLogsResponse
-	2, // [2:3] is the sub-list for method output_type
-	1, // [1:2] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	4, // 0: ferry.v1.GetJobLogsResponse.at:type_name -> google.protobuf.Timestamp
+	3, // 1: ferry.v1.GetJobLogsResponse.records:type_name -> ferry.v1.LogRecord
+	4, // 2: ferry.v1.LogRecord.at:type_name -> google.protobuf.Timestamp
+	0, // 3: ferry.v1.LogRecord.stream:type_name -> ferry.v1.LogStream
+	1, // 4: ferry.v1.LogService.GetJobLogs:input_type -> ferry.v1.GetJobLogsRequest
+	2, // 5: ferry.v1.LogService.GetJobLogs:output_type -> ferry.v1.GetJobLogsResponse
+	5, // [5:6] is the sub-list for method output_type
+	4, // [4:5] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_log_proto_init() }
@@ -199,13 +430,14 @@ func file_ferry_v1_log_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_log_proto_rawDesc), len(file_ferry_v1_log_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   2,
+			NumEnums:      1,
+			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_ferry_v1_log_proto_goTypes,
 		DependencyIndexes: file_ferry_v1_log_proto_depIdxs,
+		EnumInfos:         file_ferry_v1_log_proto_enumTypes,
 		MessageInfos:      file_ferry_v1_log_proto_msgTypes,
 	}.Build()
 	File_ferry_v1_log_proto = out.File
