@@ -9,9 +9,11 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
+	"github.com/ferrydeploy/ferry/shared/bytesize"
 	"github.com/ferrydeploy/ferry/shared/version"
 )
 
@@ -53,6 +55,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.GossipProfile, "gossip-profile", "lan", "gossip timings: lan, local or wan")
 	fs.DurationVar(&cfg.GossipKeyGrace, "gossip-key-grace", 0, "how long after a rotation the previous gossip key (e.g. a removed node's) still works, so agents switch without dropping out (default 30s)")
 	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn, error")
+	fs.Var(sizeFlag{&cfg.Logs.MaxJobBytes}, "log-max-per-job", "job output kept per node and job: its first quarter and its newest lines, with a marker of what was cut between (default 256KiB)")
+	fs.DurationVar(&cfg.Logs.MaxAge, "log-max-age", 0, "delete a job's output this long after its last line (default 720h)")
+	fs.Var(totalFlag{&cfg.Logs.MaxTotalBytes}, "log-max-total", "job output kept in all; past it the oldest jobs' output is deleted (default 1GiB)")
 	fs.BoolVar(&cfg.AllowNewStore, "new-store", false, "start with a new, empty store when ferry.db is missing or empty although the data dir holds a CA, admin credential or artifacts (every node must enroll again); without it that is an error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -95,4 +100,40 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// sizeFlag and totalFlag read a byte count with an optional unit (256KiB).
+type sizeFlag struct{ v *int }
+
+func (f sizeFlag) String() string {
+	if f.v == nil || *f.v == 0 {
+		return ""
+	}
+	return strconv.Itoa(*f.v)
+}
+
+func (f sizeFlag) Set(s string) error {
+	n, err := bytesize.Parse(s)
+	if err != nil {
+		return err
+	}
+	if n > 1<<30 {
+		return fmt.Errorf("%s is more than 1GiB", s)
+	}
+	*f.v = int(n)
+	return nil
+}
+
+type totalFlag struct{ v *uint64 }
+
+func (f totalFlag) String() string {
+	if f.v == nil || *f.v == 0 {
+		return ""
+	}
+	return strconv.FormatUint(*f.v, 10)
+}
+
+func (f totalFlag) Set(s string) (err error) {
+	*f.v, err = bytesize.Parse(s)
+	return err
 }

@@ -56,6 +56,7 @@ type Config struct {
 	GossipProfile     string        // lan (default), local or wan
 	GossipKeyGrace    time.Duration // how long after a rotation the previous gossip key still works (default 30s)
 	AllowNewStore     bool          // create ferry.db although the data dir holds earlier state (store.go)
+	Logs              LogLimits     // job output kept (joblogs.go)
 	Logger            *slog.Logger
 	Now               func() time.Time
 }
@@ -88,7 +89,7 @@ func (c *Config) setDefaults() error {
 	if c.GossipKeyGrace <= 0 {
 		c.GossipKeyGrace = defaultGossipKeyGrace
 	}
-	return nil
+	return c.Logs.setDefaults()
 }
 
 // Controller is a running controller.
@@ -220,7 +221,7 @@ func New(cfg Config) (*Controller, error) {
 		Gossip: c.gossipKeys(), GossipLabel: gossipLabel(ca),
 		AgentCertTTL: cfg.AgentCertTTL, AdminCertTTL: cfg.AdminCertTTL,
 		AdvertiseAddress: c.advertise, Observer: m, Admins: admins, GossipSeeds: c.gossipSeeds, OnHello: c.rejoin,
-		Jobs:      jobSink{engine: c.engine, store: c.store, metrics: m, log: c.log, now: cfg.Now},
+		Jobs:      jobSink{engine: c.engine, store: c.store, metrics: m, log: c.log, now: cfg.Now, logs: cfg.Logs, logRate: newLogRate(cfg.Now)},
 		Artifacts: c.artifacts,
 		Downloads: artifact.NewDownloader(artifact.DownloaderConfig{Store: c.artifacts, MaxConcurrent: cfg.MaxDownloads, MaxPerNode: cfg.MaxNodeDownloads, StallTimeout: cfg.DownloadStall, BytesServed: m.ArtifactBytesServed, Logger: c.log.With("component", "artifact")}),
 		Packages:  c.packages,

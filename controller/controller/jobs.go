@@ -2,6 +2,7 @@ package controller
 
 import (
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
@@ -10,6 +11,7 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/enumword"
+	"github.com/ferrydeploy/ferry/shared/rpc/ratelimit"
 )
 
 // dispatcher sends the engine's jobs on the agents' streams.
@@ -31,6 +33,8 @@ type jobSink struct {
 	metrics *metrics.Metrics
 	log     *slog.Logger
 	now     func() time.Time
+	logs    LogLimits
+	logRate *ratelimit.Limiter // output lines per node
 }
 
 func (j jobSink) AgentHello(nodeID string, recent []*ferryv1.JobUpdate) {
@@ -59,14 +63,49 @@ func (j jobSink) HandleJobUpdate(nodeID string, u *ferryv1.JobUpdate) {
 	j.engine.HandleJobUpdate(nodeID, u)
 }
 
-func (j jobSink) HandleJobLog(nodeID string, l *ferryv1.JobLog) {
-	// Only output of a job the engine gave this node is kept: an agent
-	// cannot fill the store under other rollouts' names.
-	n, ok := j.engine.NodeJob(l.GetRolloutId(), nodeID)
-	if !ok || n.GetJobId() == "" || n.GetJobId() != l.GetJobId() {
-		return
+// HandleJobLog stores a job's output lines. Only output of a job the
+// engine gave this node is kept (an agent cannot fill the store under
+// other rollouts' names); lines past the node's rate wait on the agent,
+// which sends what was not acknowledged again.
+func (j jobSink) HandleJobLog(nodeID string, l *ferryv1.JobLog) *ferryv1.JobLogAck {
+	recs := l.GetRecords()
+	if len(recs) == 0 && l.GetText() != "" {
+		recs = legacyRecords(l)
 	}
-	if err := j.store.AppendJobLog(l.GetRolloutId(), nodeID, l.GetText(), j.now()); err != nil {
+	if len(recs) == 0 {
+		return nil
+	}
+	if !j.engine.NodeRanJob(l.GetRolloutId(), nodeID, l.GetJobId()) {
+		// Acknowledged all the same, so the agent stops sending it.
+		return &ferryv1.JobLogAck{JobId: l.GetJobId(), Seq: recs[len(recs)-1].GetSeq()}
+	}
+	allowed := 0
+	for allowed < len(recs) && j.logRate.Allow(nodeID) {
+		allowed++
+	}
+	if allowed < len(recs) {
+		j.log.Debug("job output over the node's rate; the agent sends it again", "node", nodeID, "lines", len(recs)-allowed)
+	}
+	if allowed == 0 {
+		return nil
+	}
+	last, err := j.store.AppendJobLog(l.GetRolloutId(), nodeID, l.GetJobId(), recs[:allowed], j.now(), j.logs.MaxJobBytes)
+	if err != nil {
 		j.log.Warn("store job log", "node", nodeID, "rollout", l.GetRolloutId(), "err", err)
+		return nil
 	}
+	if l.GetRecords() == nil {
+		return nil // an older agent: it has nothing to acknowledge
+	}
+	return &ferryv1.JobLogAck{JobId: l.GetJobId(), Seq: last}
+}
+
+// legacyRecords splits the text an older agent sends into lines; the
+// store numbers them.
+func legacyRecords(l *ferryv1.JobLog) []*ferryv1.LogRecord {
+	var recs []*ferryv1.LogRecord
+	for _, line := range strings.Split(strings.TrimSuffix(l.GetText(), "\n"), "\n") {
+		recs = append(recs, &ferryv1.LogRecord{At: l.GetAt(), Text: line})
+	}
+	return recs
 }

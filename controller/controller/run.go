@@ -97,6 +97,13 @@ func (c *Controller) Run(ctx context.Context) (err error) {
 		stopVerify()
 		<-verifyDone
 	}()
+	logsCtx, stopLogs := context.WithCancel(ctx)
+	logsDone := make(chan struct{})
+	go func() { defer close(logsDone); c.expireLogsLoop(logsCtx) }()
+	defer func() {
+		stopLogs()
+		<-logsDone
+	}()
 	stopBackups := c.serveBackups(ctx)
 	defer stopBackups()
 	servingCtx, stopServing := context.WithCancel(ctx)

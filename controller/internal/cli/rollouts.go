@@ -316,6 +316,9 @@ func (a *app) printFailures(r *ferryv1.Rollout) {
 			fmt.Fprintf(a.stdout, "  %s %s: %s (logs: ferryctl logs %s %s)\n", n.NodeId, enumword.Spaced(n.Outcome), jobDetail(n), r.Id, n.NodeId)
 		}
 	}
+	if failedNodes(r) > 0 {
+		fmt.Fprintf(a.stdout, "see why: ferryctl logs %s --failed\n", r.Id)
+	}
 }
 
 func (a *app) rolloutStatusCmd() *cobra.Command {
@@ -521,36 +524,5 @@ func (a *app) rolloutUndoCmd() *cobra.Command {
 	cmd.Flags().StringVar(&pkg, "package", "", "package name (required)")
 	cmd.Flags().BoolVar(&detach, "detach", false, "print the undo rollout's ID and return")
 	strat.add(cmd)
-	return cmd
-}
-
-func (a *app) logsCmd() *cobra.Command {
-	var follow bool
-	cmd := &cobra.Command{
-		Use:   "logs ROLLOUT NODE",
-		Short: "Print a node's job output for a rollout",
-		Args:  cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			conn, err := a.connect()
-			if err != nil {
-				return err
-			}
-			stream, err := ferryv1.NewLogServiceClient(conn).GetJobLogs(cmd.Context(), &ferryv1.GetJobLogsRequest{RolloutId: args[0], NodeId: args[1], Follow: follow})
-			if err != nil {
-				return err
-			}
-			for {
-				m, err := stream.Recv()
-				if errors.Is(err, io.EOF) {
-					return nil
-				}
-				if err != nil {
-					return err
-				}
-				fmt.Fprint(a.stdout, m.Text)
-			}
-		},
-	}
-	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing until the job ends")
 	return cmd
 }

@@ -32,6 +32,12 @@ const (
 	// what each says the agent keeps there.
 	MaxDisks    = 64
 	MaxDiskUses = 64
+	// MaxJobLogRecords bounds the output lines of one job log message,
+	// MaxLogText one line and MaxLogStep its step name (the agent sends
+	// at most 256 lines a message, 4 KiB a line, 200 bytes a step name).
+	MaxJobLogRecords = 1024
+	MaxLogText       = 8 << 10
+	MaxLogStep       = MaxFactLen
 )
 
 // ErrReportTooLarge is matched (errors.Is) by the errors of the Check
@@ -98,11 +104,23 @@ func CheckJobUpdate(u *ferryv1.JobUpdate) error {
 	return nil
 }
 
-// CheckJobLog refuses a piece of job output over MaxJobUpdate (the log
-// kept per job is bounded by the store as well).
+// CheckJobLog refuses a piece of job output over MaxJobUpdate, with more
+// than MaxJobLogRecords lines or a line over MaxLogText (the log kept per
+// job is bounded by the store as well).
 func CheckJobLog(l *ferryv1.JobLog) error {
-	if n := len(l.GetText()); n > MaxJobUpdate {
+	if n := proto.Size(l); n > MaxJobUpdate {
 		return tooLargef("job %.64s output of %d bytes in one message: at most %d are accepted", l.GetJobId(), n, MaxJobUpdate)
+	}
+	if n := len(l.GetRecords()); n > MaxJobLogRecords {
+		return tooLargef("job %.64s output of %d lines in one message: at most %d are accepted", l.GetJobId(), n, MaxJobLogRecords)
+	}
+	for _, r := range l.GetRecords() {
+		if n := len(r.GetText()); n > MaxLogText {
+			return tooLargef("job %.64s output line %d is %d bytes: at most %d are accepted", l.GetJobId(), r.GetSeq(), n, MaxLogText)
+		}
+		if n := len(r.GetStep()); n > MaxLogStep {
+			return tooLargef("job %.64s output line %d names a step of %d bytes: at most %d are accepted", l.GetJobId(), r.GetSeq(), n, MaxLogStep)
+		}
 	}
 	return nil
 }

@@ -11,6 +11,8 @@ import (
 	"unicode"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/ferrydeploy/ferry/shared/bytesize"
 )
 
 // field is one key and its value in a mapping.
@@ -136,38 +138,20 @@ func (p *parser) bool(n *yaml.Node, path string) bool {
 	return strings.EqualFold(n.Value, "true")
 }
 
-// sizeUnits are the suffixes a size may carry, decimal and binary.
-var sizeUnits = []struct {
-	suffix string
-	mult   uint64
-}{
-	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
-	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
-	{"B", 1},
-}
-
 // size reads a byte count: a whole number of bytes or a number with a unit
 // (2GiB, 500MB).
 func (p *parser) size(n *yaml.Node, path string) (uint64, bool) {
-	const fix = "write a number of bytes, or a number with a unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 2GiB"
+	const fix = "write a number of bytes, or a number with a unit (" + bytesize.Units + "), e.g. 2GiB"
 	if n.Kind != yaml.ScalarNode || (n.ShortTag() != "!!int" && n.ShortTag() != "!!str") {
 		p.add(n, path, "expected a size, got "+describe(n), fix)
 		return 0, false
 	}
-	s := strings.TrimSpace(n.Value)
-	mult := uint64(1)
-	for _, u := range sizeUnits {
-		if num, ok := strings.CutSuffix(s, u.suffix); ok {
-			s, mult = strings.TrimSpace(num), u.mult
-			break
-		}
-	}
-	v, err := strconv.ParseUint(s, 10, 64)
-	if err != nil || v == 0 || v > (1<<63)/mult {
+	v, err := bytesize.Parse(n.Value)
+	if err != nil || v == 0 {
 		p.add(n, path, fmt.Sprintf("%q is not a valid size", n.Value), fix+"; it must be more than 0 (leave it out for the agent's default)")
 		return 0, false
 	}
-	return v * mult, true
+	return v, true
 }
 
 // mode reads permission bits, always in octal as chmod does: "0644", 644,

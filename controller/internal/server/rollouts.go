@@ -2,12 +2,8 @@ package server
 
 import (
 	"context"
-	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/rpc"
@@ -106,68 +102,4 @@ func (s *rolloutServer) UndoRollout(ctx context.Context, req *ferryv1.UndoRollou
 		return nil, toStatus(err)
 	}
 	return &ferryv1.UndoRolloutResponse{Rollout: r}, nil
-}
-
-type logServer struct {
-	ferryv1.UnimplementedLogServiceServer
-	d *Deps
-	r Rollouts
-}
-
-// GetJobLogs sends the stored output, then (with follow) new output until
-// the node's job in the rollout has ended.
-func (s *logServer) GetJobLogs(req *ferryv1.GetJobLogsRequest, stream grpc.ServerStreamingServer[ferryv1.GetJobLogsResponse]) error {
-	if _, err := s.r.Get(req.GetRolloutId()); err != nil {
-		return toStatus(err)
-	}
-	if _, ok := s.r.NodeJob(req.GetRolloutId(), req.GetNodeId()); !ok {
-		return status.Errorf(codes.NotFound, "node %s is not part of rollout %s", req.GetNodeId(), req.GetRolloutId())
-	}
-	var sent uint64 // bytes of the log already sent, by total offset
-	final := false
-	for {
-		text, total, err := s.d.Store.JobLog(req.GetRolloutId(), req.GetNodeId())
-		if err != nil {
-			return toStatus(err)
-		}
-		if total > sent {
-			chunk := text
-			if n := total - sent; n < uint64(len(text)) {
-				chunk = text[uint64(len(text))-n:]
-			} else if sent > 0 {
-				chunk = "[... output dropped: the stored log keeps the last 256 KiB ...]\n" + text
-			}
-			if err := stream.Send(&ferryv1.GetJobLogsResponse{Text: chunk, At: timestamppb.New(s.d.Now())}); err != nil {
-				return err
-			}
-			sent = total
-		}
-		if !req.GetFollow() || final {
-			return nil
-		}
-		// Output appended just before the job ended may land after its
-		// outcome: read once more after the end is seen.
-		final = jobEnded(s.r, req.GetRolloutId(), req.GetNodeId())
-		if final {
-			continue
-		}
-		select {
-		case <-stream.Context().Done():
-			return nil
-		case <-time.After(300 * time.Millisecond):
-		}
-	}
-}
-
-func jobEnded(r Rollouts, rolloutID, nodeID string) bool {
-	n, ok := r.NodeJob(rolloutID, nodeID)
-	if !ok {
-		return true
-	}
-	switch n.GetOutcome() {
-	case ferryv1.NodeOutcome_NODE_OUTCOME_PENDING, ferryv1.NodeOutcome_NODE_OUTCOME_DOWNLOADING,
-		ferryv1.NodeOutcome_NODE_OUTCOME_INSTALLING, ferryv1.NodeOutcome_NODE_OUTCOME_CHECKING:
-		return false
-	}
-	return true
 }

@@ -31,7 +31,9 @@ type JobSink interface {
 	// re-reports, so a restarted controller learns outcomes it missed.
 	AgentHello(nodeID string, recent []*ferryv1.JobUpdate)
 	HandleJobUpdate(nodeID string, u *ferryv1.JobUpdate)
-	HandleJobLog(nodeID string, l *ferryv1.JobLog)
+	// HandleJobLog stores a job's output and returns the acknowledgement
+	// to send back (nil for none: the agent sends the lines again later).
+	HandleJobLog(nodeID string, l *ferryv1.JobLog) *ferryv1.JobLogAck
 }
 
 // JobArtifacts says which artifacts a node may download (the rollout

@@ -1,69 +1,232 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
+	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/bytesize"
 )
 
+// bucketJobLogs holds the output stored before it was kept as records:
+// raw text per rollout and node (read as records by JobLogs).
 var bucketJobLogs = []byte("joblogs")
 
-// MaxJobLog bounds the output kept per rollout and node; older output is
-// dropped first, with a marker.
-const MaxJobLog = 256 << 10
+// bucketJobLines holds job output as records: one nested bucket per job
+// (jobLinesKey) with its JobLogMeta under metaKey and its LogRecords under
+// recordKey(seq).
+var bucketJobLines = []byte("joblines")
 
-const truncatedMarker = "[... earlier output dropped ...]\n"
+var metaKey = []byte("m")
 
-func jobLogKey(rolloutID, nodeID string) []byte { return []byte(rolloutID + "/" + nodeID) }
+// DefaultMaxJobLog bounds the output kept per job.
+const DefaultMaxJobLog = 256 << 10
 
-// jobLogTotalKey holds how many bytes were ever appended, so a follower
-// can page by offset even after the front was dropped.
-func jobLogTotalKey(rolloutID, nodeID string) []byte {
-	return []byte(rolloutID + "/" + nodeID + "#total")
+func jobLinesPrefix(rolloutID, nodeID string) []byte {
+	return []byte(rolloutID + "\x00" + nodeID + "\x00")
 }
 
-// AppendJobLog adds output to a job's log. Concurrent appends are batched.
-func (s *Store) AppendJobLog(rolloutID, nodeID, text string, at time.Time) error {
-	return s.db.Batch(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucketJobLogs)
+func jobLinesKey(rolloutID, nodeID, jobID string) []byte {
+	return append(jobLinesPrefix(rolloutID, nodeID), jobID...)
+}
+
+func recordKey(seq uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{'r'}, seq)
+}
+
+// AppendJobLog stores lines of a job's output, in order, dropping those
+// whose sequence number it already has (an agent sends again what it is
+// not sure arrived). A line without a sequence number (from an older
+// agent) is numbered after the last. The job keeps its head, a quarter of
+// maxJobBytes (DefaultMaxJobLog when 0), and its newest lines; what falls
+// between is cut and counted. It returns the highest sequence number the
+// job has.
+func (s *Store) AppendJobLog(rolloutID, nodeID, jobID string, recs []*ferryv1.LogRecord, now time.Time, maxJobBytes int) (uint64, error) {
+	if maxJobBytes <= 0 {
+		maxJobBytes = DefaultMaxJobLog
+	}
+	headMax, tailMax := uint64(maxJobBytes/4), uint64(maxJobBytes-maxJobBytes/4)
+	var last uint64
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		jb, err := tx.Bucket(bucketJobLines).CreateBucketIfNotExists(jobLinesKey(rolloutID, nodeID, jobID))
 		if err != nil {
 			return err
 		}
-		k := jobLogKey(rolloutID, nodeID)
-		old := b.Get(k)
-		buf := make([]byte, 0, len(old)+len(text))
-		buf = append(buf, old...)
-		buf = append(buf, text...)
-		if len(buf) > MaxJobLog {
-			cut := len(buf) - MaxJobLog + len(truncatedMarker)
-			buf = append([]byte(truncatedMarker), buf[cut:]...)
+		meta := &ferryv1.JobLogMeta{RolloutId: rolloutID, NodeId: nodeID, JobId: jobID, FirstAt: timestamp(now)}
+		if data := jb.Get(metaKey); data != nil {
+			if meta, err = decode[ferryv1.JobLogMeta]("job log", metaKey, data); err != nil {
+				return err
+			}
 		}
-		var total [8]byte
-		if t := b.Get(jobLogTotalKey(rolloutID, nodeID)); len(t) == 8 {
-			copy(total[:], t)
+		for _, r := range recs {
+			seq := r.GetSeq()
+			if seq == 0 {
+				seq = meta.GetLastSeq() + 1
+			}
+			if seq <= meta.GetLastSeq() {
+				continue // sent again
+			}
+			r = &ferryv1.LogRecord{Seq: seq, At: r.GetAt(), Step: r.GetStep(), Stream: r.GetStream(), Text: r.GetText()}
+			data, err := proto.Marshal(r)
+			if err != nil {
+				return err
+			}
+			n := uint64(len(data))
+			meta.LastSeq = seq
+			if meta.GetTailBytes() == 0 && meta.GetCutLines() == 0 && meta.GetHeadBytes()+n <= headMax {
+				meta.HeadEnd, meta.HeadBytes = seq, meta.GetHeadBytes()+n
+			} else {
+				meta.TailBytes += n
+			}
+			if err := jb.Put(recordKey(seq), data); err != nil {
+				return err
+			}
+			// Cut the oldest tail lines past the bound (collected first: a
+			// bbolt cursor may skip a key after a delete).
+			var cut [][]byte
+			c := jb.Cursor()
+			for k, v := c.Seek(recordKey(meta.GetHeadEnd() + 1)); k != nil && k[0] == 'r' && meta.GetTailBytes() > tailMax; k, v = c.Next() {
+				meta.TailBytes -= uint64(len(v))
+				meta.CutLines++
+				meta.CutBytes += uint64(len(v))
+				cut = append(cut, slices.Clone(k))
+			}
+			for _, k := range cut {
+				if err := jb.Delete(k); err != nil {
+					return err
+				}
+			}
 		}
-		binary.BigEndian.PutUint64(total[:], binary.BigEndian.Uint64(total[:])+uint64(len(text)))
-		if err := b.Put(jobLogTotalKey(rolloutID, nodeID), total[:]); err != nil {
-			return err
-		}
-		return b.Put(k, buf)
+		meta.UpdatedAt = timestamp(now)
+		last = meta.GetLastSeq()
+		return put(jb, "job log", string(metaKey), meta)
 	})
+	return last, err
 }
 
-// JobLog returns a job's stored output (its most recent MaxJobLog bytes)
-// and how many bytes were appended in all.
-func (s *Store) JobLog(rolloutID, nodeID string) (text string, total uint64, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketJobLogs)
-		if b == nil {
-			return nil
+// JobLogs returns the stored output of a node's jobs in a rollout, the
+// jobs in the order their output began, each record with its node and job
+// set; a marker record (cut_lines set, stream ferry) stands where lines
+// were cut or never arrived.
+func (s *Store) JobLogs(rolloutID, nodeID string) ([]*ferryv1.LogRecord, error) {
+	var out []*ferryv1.LogRecord
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if legacy := tx.Bucket(bucketJobLogs).Get([]byte(rolloutID + "/" + nodeID)); len(legacy) > 0 {
+			for k, line := range strings.Split(strings.TrimSuffix(string(legacy), "\n"), "\n") {
+				out = append(out, &ferryv1.LogRecord{Seq: uint64(k) + 1, Text: line, NodeId: nodeID}) //nolint:gosec // k is a slice index
+			}
 		}
-		text = string(b.Get(jobLogKey(rolloutID, nodeID)))
-		if t := b.Get(jobLogTotalKey(rolloutID, nodeID)); len(t) == 8 {
-			total = binary.BigEndian.Uint64(t)
+		type jobRecs struct {
+			first time.Time
+			recs  []*ferryv1.LogRecord
+		}
+		var jobs []jobRecs
+		prefix := jobLinesPrefix(rolloutID, nodeID)
+		c := tx.Bucket(bucketJobLines).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			jb := tx.Bucket(bucketJobLines).Bucket(k)
+			if jb == nil {
+				continue
+			}
+			meta, err := decode[ferryv1.JobLogMeta]("job log", k, jb.Get(metaKey))
+			if err != nil {
+				return err
+			}
+			recs, err := readJob(jb, meta)
+			if err != nil {
+				return err
+			}
+			jobs = append(jobs, jobRecs{fromTimestamp(meta.GetFirstAt()), recs})
+		}
+		slices.SortStableFunc(jobs, func(a, b jobRecs) int { return a.first.Compare(b.first) })
+		for _, j := range jobs {
+			out = append(out, j.recs...)
 		}
 		return nil
 	})
-	return text, total, err
+	return out, err
+}
+
+// readJob reads one job's records, with markers in the gaps.
+func readJob(jb *bolt.Bucket, meta *ferryv1.JobLogMeta) ([]*ferryv1.LogRecord, error) {
+	var out []*ferryv1.LogRecord
+	var prev uint64
+	gap := func(next uint64) {
+		if next <= prev+1 {
+			return
+		}
+		m := &ferryv1.LogRecord{Seq: prev + 1, NodeId: meta.GetNodeId(), JobId: meta.GetJobId(), Stream: ferryv1.LogStream_LOG_STREAM_FERRY, CutLines: next - prev - 1}
+		if prev == meta.GetHeadEnd() && meta.GetCutLines() > 0 {
+			m.CutBytes = meta.GetCutBytes()
+			m.Text = fmt.Sprintf("[... %d lines (%s) cut here: the controller keeps the first and the last lines of each job's output ...]", m.CutLines, bytesize.IEC(m.CutBytes))
+		} else {
+			m.Text = fmt.Sprintf("[... %d lines missing here: the node dropped them (its log buffer was full) or sent them faster than the controller accepts ...]", m.CutLines)
+		}
+		out = append(out, m)
+	}
+	c := jb.Cursor()
+	for k, v := c.Seek([]byte{'r'}); k != nil && k[0] == 'r'; k, v = c.Next() {
+		r, err := decode[ferryv1.LogRecord]("job log line", k, v)
+		if err != nil {
+			return nil, err
+		}
+		gap(r.GetSeq())
+		r.NodeId, r.JobId = meta.GetNodeId(), meta.GetJobId()
+		out = append(out, r)
+		prev = r.GetSeq()
+	}
+	gap(meta.GetLastSeq() + 1)
+	return out, nil
+}
+
+// ExpireJobLogs deletes the output of jobs last written before now-maxAge
+// (none when maxAge is 0), then that of the oldest jobs until what is left
+// takes at most maxTotal bytes (no bound when 0). It returns how many
+// jobs' output it deleted.
+func (s *Store) ExpireJobLogs(now time.Time, maxAge time.Duration, maxTotal uint64) (int, error) {
+	deleted := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		lines := tx.Bucket(bucketJobLines)
+		type jobSize struct {
+			key     []byte
+			updated time.Time
+			size    uint64
+		}
+		var jobs []jobSize
+		var total uint64
+		err := lines.ForEachBucket(func(k []byte) error {
+			meta, err := decode[ferryv1.JobLogMeta]("job log", k, lines.Bucket(k).Get(metaKey))
+			if err != nil {
+				return err
+			}
+			j := jobSize{slices.Clone(k), fromTimestamp(meta.GetUpdatedAt()), meta.GetHeadBytes() + meta.GetTailBytes()}
+			jobs = append(jobs, j)
+			total += j.size
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		slices.SortFunc(jobs, func(a, b jobSize) int { return a.updated.Compare(b.updated) })
+		for _, j := range jobs {
+			old := maxAge > 0 && now.Sub(j.updated) > maxAge
+			if !old && (maxTotal == 0 || total <= maxTotal) {
+				break
+			}
+			if err := lines.DeleteBucket(j.key); err != nil {
+				return err
+			}
+			total -= j.size
+			deleted++
+		}
+		return nil
+	})
+	return deleted, err
 }

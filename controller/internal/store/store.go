@@ -4,8 +4,8 @@
 //
 // Each domain reaches its records only through this package's methods for
 // it; no other package opens a bucket. Every record is a protobuf message
-// from proto/ferry/v1 (records.go); job output is kept as the raw text
-// with a byte counter. Writes that belong together happen in one
+// from proto/ferry/v1 (records.go); job output is kept as LogRecords per
+// job, bounded (joblogs.go). Writes that belong together happen in one
 // transaction, so a rejected request changes nothing.
 //
 // Open never replaces a store silently: a missing or empty file is
@@ -34,7 +34,7 @@ type Store struct {
 
 var allBuckets = [][]byte{
 	bucketNodes, bucketTokens, bucketRevokedAdmins, bucketAudit, bucketMeta,
-	bucketJobLogs, bucketArtifacts, bucketPackages, bucketRollouts,
+	bucketJobLogs, bucketJobLines, bucketArtifacts, bucketPackages, bucketRollouts,
 }
 
 // Options say what Open may do besides opening an existing store.

@@ -356,6 +356,146 @@ func (x *AdminRevocation) GetRevokedBefore() *timestamppb.Timestamp {
 	return nil
 }
 
+// JobLogMeta is what the controller keeps about one job's stored output,
+// keyed by rollout, node and job; the lines are LogRecords beside it,
+// keyed by sequence number. A job keeps its head (the first lines, up to a
+// quarter of the per-job bound) and its tail; lines between are cut and
+// counted here.
+type JobLogMeta struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The rollout.
+	RolloutId string `protobuf:"bytes,1,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	// The node.
+	NodeId string `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// The job.
+	JobId string `protobuf:"bytes,3,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// When the first line was stored.
+	FirstAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=first_at,json=firstAt,proto3" json:"first_at,omitempty"`
+	// When a line was last stored.
+	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// Highest sequence number stored: lines at or below it are duplicates.
+	LastSeq uint64 `protobuf:"varint,6,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	// Highest sequence number of the head.
+	HeadEnd uint64 `protobuf:"varint,7,opt,name=head_end,json=headEnd,proto3" json:"head_end,omitempty"`
+	// Bytes of the head's lines.
+	HeadBytes uint64 `protobuf:"varint,8,opt,name=head_bytes,json=headBytes,proto3" json:"head_bytes,omitempty"`
+	// Bytes of the tail's lines.
+	TailBytes uint64 `protobuf:"varint,9,opt,name=tail_bytes,json=tailBytes,proto3" json:"tail_bytes,omitempty"`
+	// Lines cut between head and tail.
+	CutLines uint64 `protobuf:"varint,10,opt,name=cut_lines,json=cutLines,proto3" json:"cut_lines,omitempty"`
+	// Bytes cut between head and tail.
+	CutBytes      uint64 `protobuf:"varint,11,opt,name=cut_bytes,json=cutBytes,proto3" json:"cut_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobLogMeta) Reset() {
+	*x = JobLogMeta{}
+	mi := &file_ferry_v1_record_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobLogMeta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobLogMeta) ProtoMessage() {}
+
+func (x *JobLogMeta) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_record_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobLogMeta.ProtoReflect.Descriptor instead.
+func (*JobLogMeta) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_record_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *JobLogMeta) GetRolloutId() string {
+	if x != nil {
+		return x.RolloutId
+	}
+	return ""
+}
+
+func (x *JobLogMeta) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *JobLogMeta) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *JobLogMeta) GetFirstAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstAt
+	}
+	return nil
+}
+
+func (x *JobLogMeta) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
+func (x *JobLogMeta) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *JobLogMeta) GetHeadEnd() uint64 {
+	if x != nil {
+		return x.HeadEnd
+	}
+	return 0
+}
+
+func (x *JobLogMeta) GetHeadBytes() uint64 {
+	if x != nil {
+		return x.HeadBytes
+	}
+	return 0
+}
+
+func (x *JobLogMeta) GetTailBytes() uint64 {
+	if x != nil {
+		return x.TailBytes
+	}
+	return 0
+}
+
+func (x *JobLogMeta) GetCutLines() uint64 {
+	if x != nil {
+		return x.CutLines
+	}
+	return 0
+}
+
+func (x *JobLogMeta) GetCutBytes() uint64 {
+	if x != nil {
+		return x.CutBytes
+	}
+	return 0
+}
+
 var File_ferry_v1_record_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_record_proto_rawDesc = "" +
@@ -403,7 +543,25 @@ const file_ferry_v1_record_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"T\n" +
 	"\x0fAdminRevocation\x12A\n" +
-	"\x0erevoked_before\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\rrevokedBeforeB\x95\x01\n" +
+	"\x0erevoked_before\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\rrevokedBefore\"\xfb\x02\n" +
+	"\n" +
+	"JobLogMeta\x12\x1d\n" +
+	"\n" +
+	"rollout_id\x18\x01 \x01(\tR\trolloutId\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x15\n" +
+	"\x06job_id\x18\x03 \x01(\tR\x05jobId\x125\n" +
+	"\bfirst_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\afirstAt\x129\n" +
+	"\n" +
+	"updated_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x19\n" +
+	"\blast_seq\x18\x06 \x01(\x04R\alastSeq\x12\x19\n" +
+	"\bhead_end\x18\a \x01(\x04R\aheadEnd\x12\x1d\n" +
+	"\n" +
+	"head_bytes\x18\b \x01(\x04R\theadBytes\x12\x1d\n" +
+	"\n" +
+	"tail_bytes\x18\t \x01(\x04R\ttailBytes\x12\x1b\n" +
+	"\tcut_lines\x18\n" +
+	" \x01(\x04R\bcutLines\x12\x1b\n" +
+	"\tcut_bytes\x18\v \x01(\x04R\bcutBytesB\x95\x01\n" +
 	"\fcom.ferry.v1B\vRecordProtoP\x01Z7github.com/ferrydeploy/ferry/proto/gen/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -418,30 +576,33 @@ func file_ferry_v1_record_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_record_proto_rawDescData
 }
 
-var file_ferry_v1_record_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_ferry_v1_record_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_ferry_v1_record_proto_goTypes = []any{
 	(*NodeRecord)(nil),            // 0: ferry.v1.NodeRecord
 	(*TokenRecord)(nil),           // 1: ferry.v1.TokenRecord
 	(*AdminRevocation)(nil),       // 2: ferry.v1.AdminRevocation
-	nil,                           // 3: ferry.v1.NodeRecord.LabelsEntry
-	nil,                           // 4: ferry.v1.TokenRecord.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(*JobLogMeta)(nil),            // 3: ferry.v1.JobLogMeta
+	nil,                           // 4: ferry.v1.NodeRecord.LabelsEntry
+	nil,                           // 5: ferry.v1.TokenRecord.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
 }
 var file_ferry_v1_record_proto_depIdxs = []int32{
-	3, // 0: ferry.v1.NodeRecord.labels:type_name -> ferry.v1.NodeRecord.LabelsEntry
-	5, // 1: ferry.v1.NodeRecord.enrolled_at:type_name -> google.protobuf.Timestamp
-	5, // 2: ferry.v1.NodeRecord.cert_expires_at:type_name -> google.protobuf.Timestamp
-	5, // 3: ferry.v1.NodeRecord.last_connected_at:type_name -> google.protobuf.Timestamp
-	5, // 4: ferry.v1.NodeRecord.removed_at:type_name -> google.protobuf.Timestamp
-	5, // 5: ferry.v1.TokenRecord.expires_at:type_name -> google.protobuf.Timestamp
-	5, // 6: ferry.v1.TokenRecord.created_at:type_name -> google.protobuf.Timestamp
-	4, // 7: ferry.v1.TokenRecord.labels:type_name -> ferry.v1.TokenRecord.LabelsEntry
-	5, // 8: ferry.v1.AdminRevocation.revoked_before:type_name -> google.protobuf.Timestamp
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	4,  // 0: ferry.v1.NodeRecord.labels:type_name -> ferry.v1.NodeRecord.LabelsEntry
+	6,  // 1: ferry.v1.NodeRecord.enrolled_at:type_name -> google.protobuf.Timestamp
+	6,  // 2: ferry.v1.NodeRecord.cert_expires_at:type_name -> google.protobuf.Timestamp
+	6,  // 3: ferry.v1.NodeRecord.last_connected_at:type_name -> google.protobuf.Timestamp
+	6,  // 4: ferry.v1.NodeRecord.removed_at:type_name -> google.protobuf.Timestamp
+	6,  // 5: ferry.v1.TokenRecord.expires_at:type_name -> google.protobuf.Timestamp
+	6,  // 6: ferry.v1.TokenRecord.created_at:type_name -> google.protobuf.Timestamp
+	5,  // 7: ferry.v1.TokenRecord.labels:type_name -> ferry.v1.TokenRecord.LabelsEntry
+	6,  // 8: ferry.v1.AdminRevocation.revoked_before:type_name -> google.protobuf.Timestamp
+	6,  // 9: ferry.v1.JobLogMeta.first_at:type_name -> google.protobuf.Timestamp
+	6,  // 10: ferry.v1.JobLogMeta.updated_at:type_name -> google.protobuf.Timestamp
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_record_proto_init() }
@@ -455,7 +616,7 @@ func file_ferry_v1_record_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_record_proto_rawDesc), len(file_ferry_v1_record_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
