@@ -108,21 +108,7 @@ func TestRolloutInstallsAndUndoes(t *testing.T) {
 		t.Fatalf("rollout 2.0 ended %s: %s", r.State, r.Message)
 	}
 	// The job log reached the controller.
-	logs, err := ferryv1.NewLogServiceClient(f.admin).GetJobLogs(context.Background(), &ferryv1.GetJobLogsRequest{RolloutId: r.Id, NodeId: "r1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var text strings.Builder
-	for {
-		m, err := logs.Recv()
-		if err != nil {
-			break
-		}
-		text.WriteString(m.Text)
-	}
-	if !strings.Contains(text.String(), "2.0") {
-		t.Errorf("job log of r1 lacks the check output: %q", text.String())
-	}
+	f.waitLine(r.Id, "r1", "2.0")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"time"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
@@ -11,6 +12,8 @@ import (
 const (
 	logBatchRecords = 256
 	logBatchBytes   = 256 << 10
+	// logResendEvery is how often unacknowledged output is sent again.
+	logResendEvery = 15 * time.Second
 )
 
 // logLoop sends buffered job output whenever there is some, until ctx
@@ -18,12 +21,22 @@ const (
 // next session, which sends again everything the controller has not
 // acknowledged.
 func (a *Agent) logLoop(ctx context.Context) {
+	t := time.NewTicker(logResendEvery)
+	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.logs.Notify():
 			a.sendLogs()
+		case <-t.C:
+			// Lines sent but never acknowledged (the controller was over
+			// its rate, or dropped the acknowledgement) go again; the
+			// controller drops the ones it has.
+			if a.logs.Unacked() {
+				a.logs.Resend()
+				a.sendLogs()
+			}
 		}
 	}
 }

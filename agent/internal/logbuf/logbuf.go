@@ -314,6 +314,18 @@ func (b *Buffer) settle(j *job) {
 	}
 }
 
+// Unacked reports whether any job has lines sent but not acknowledged.
+func (b *Buffer) Unacked() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, j := range b.jobs {
+		if (len(j.head) > 0 || len(j.tail) > 0) && j.sent > j.acked {
+			return true
+		}
+	}
+	return false
+}
+
 // Len returns the unacknowledged lines of a job (for tests and metrics).
 func (b *Buffer) Len(jobID string) int {
 	b.mu.Lock()

@@ -1,0 +1,134 @@
+package fleettest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+)
+
+// jobLogs reads a node's stored output of a rollout.
+func (f *fleet) jobLogs(rolloutID, nodeID string) []*ferryv1.LogRecord {
+	f.t.Helper()
+	s, err := ferryv1.NewLogServiceClient(f.admin).GetJobLogs(context.Background(), &ferryv1.GetJobLogsRequest{RolloutId: rolloutID, NodeId: nodeID})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	var out []*ferryv1.LogRecord
+	for {
+		m, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			f.t.Fatalf("read the logs of %s in %s: %v", nodeID, rolloutID, err)
+		}
+		out = append(out, m.GetRecords()...)
+	}
+}
+
+func hasLine(recs []*ferryv1.LogRecord, text string) bool {
+	for _, r := range recs {
+		if r.GetText() == text {
+			return true
+		}
+	}
+	return false
+}
+
+// waitLine polls the stored output until a line with text is there.
+func (f *fleet) waitLine(rolloutID, nodeID, text string) []*ferryv1.LogRecord {
+	f.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		recs := f.jobLogs(rolloutID, nodeID)
+		if hasLine(recs, text) {
+			return recs
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("the output of %s in %s lacks %q after 20s; it has %d lines", nodeID, rolloutID, text, len(recs))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestJobOutputSurvivesALinkDown cuts the agent's link to the controller in
+// the middle of a check: the lines printed while it is down wait in the
+// agent's buffer and all arrive, once each and in order, after it
+// reconnects.
+func TestJobOutputSurvivesALinkDown(t *testing.T) {
+	f := newFleet(t, nil)
+	a := f.enroll("l1", f.token("staging", 1))
+	f.start(a)
+	f.waitState(a.id, healthy, 5*time.Second)
+	const lines = 300
+	f.apply(`name: chatty
+version: "1"
+steps:
+  - check: {run: 'echo before; while [ ! -e "$FERRY_ROOT/gate" ]; do sleep 0.05; done; i=1; while [ $i -le ` + fmt.Sprint(lines) + ` ]; do echo "line $i"; i=$((i+1)); done; echo oops >&2; echo done; touch "$FERRY_ROOT/finished"', expect: done}
+`)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	resp, err := ferryv1.NewRolloutServiceClient(f.admin).CreateRollout(ctx, &ferryv1.CreateRolloutRequest{PackageName: "chatty", PackageVersion: "1", Target: &ferryv1.Target{Group: "staging"}, Strategy: fast()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.Rollout.Id
+	f.waitLine(id, a.id, "before")
+
+	a.proxy.cut()
+	root := filepath.Join(f.dir, "roots", a.id)
+	if err := os.WriteFile(filepath.Join(root, "gate"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(root, "finished")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the check did not finish within 20s")
+		}
+	}
+	if recs := f.jobLogs(id, a.id); hasLine(recs, "done") {
+		t.Fatal("the controller has the check's last line though the link was cut before it was printed")
+	}
+	a.proxy.restore()
+	if r := f.wait(ctx, id); r.GetState() != ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+		t.Fatalf("rollout ended %s: %s", r.GetState(), r.GetMessage())
+	}
+	recs := f.waitLine(id, a.id, "done")
+	for deadline := time.Now().Add(20 * time.Second); !strings.HasPrefix(recs[len(recs)-1].GetText(), "job succeeded: "); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the output's last line is %q, want the job's end", recs[len(recs)-1].GetText())
+		}
+		recs = f.jobLogs(id, a.id)
+	}
+	next, last := 1, uint64(0)
+	for _, r := range recs {
+		if r.GetSeq() <= last || r.GetCutLines() > 0 {
+			t.Errorf("line %d %q after line %d (cut %d): want one sequence without gaps", r.GetSeq(), r.GetText(), last, r.GetCutLines())
+		}
+		last = r.GetSeq()
+		if want := fmt.Sprintf("line %d", next); r.GetText() == want {
+			if r.GetStream() != ferryv1.LogStream_LOG_STREAM_STDOUT || !strings.HasPrefix(r.GetStep(), "check: ") {
+				t.Errorf("%q: stream %s step %q, want stdout of the check", want, r.GetStream(), r.GetStep())
+			}
+			next++
+		} else if strings.HasPrefix(r.GetText(), "line ") {
+			t.Errorf("%q where %q was due", r.GetText(), want)
+		}
+		if r.GetText() == "oops" && r.GetStream() != ferryv1.LogStream_LOG_STREAM_STDERR {
+			t.Errorf("oops is on %s, want stderr", r.GetStream())
+		}
+	}
+	if next != lines+1 {
+		t.Errorf("%d of the %d lines arrived", next-1, lines)
+	}
+}
