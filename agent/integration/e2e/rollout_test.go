@@ -661,9 +661,10 @@ func TestE2ERolloutFailingCheckKeepsPreviousVersion(t *testing.T) {
 	if res.Exit != 1 {
 		t.Errorf("ferryctl rollout with a failing node and --on-failure rollback: exit %d, want 1\n%s", res.Exit, res)
 	}
-	if !strings.Contains(res.Stdout, "prod-3") || !strings.Contains(res.Stdout, "ferryctl logs "+id+" prod-3") {
-		t.Errorf("ferryctl rollout output does not name the failed node and its logs command:\n%s", res.Stdout)
+	if !strings.Contains(res.Stdout, "prod-3") || !strings.Contains(res.Stdout, "ferryctl logs "+id+" prod-3") || !strings.Contains(res.Stdout, "ferryctl logs "+id+" --failed") {
+		t.Errorf("ferryctl rollout output does not name the failed node and the logs command that shows why:\n%s", res.Stdout)
 	}
+	wantFailedLogs(t, f.h, id)
 	r := f.mustStatus(id)
 	if r.State != "rolled_back" {
 		t.Errorf("rollout with --on-failure rollback: %s; want rolled_back", r.outcomes())
@@ -771,6 +772,61 @@ func wantNodeShow(t *testing.T, f *rolloutFleet, node, installedBy, failedIn str
 		if strings.Contains(has, "\n"+n+" ") != on2 || strings.Contains(lacks, "\n"+n+" ") == on2 {
 			t.Errorf("%s (has tool@2.0.0: %v) is misfiled:\nnodes --package tool@2.0.0:\n%s\nnodes --not-package tool@2.0.0:\n%s", n, on2, has, lacks)
 		}
+	}
+}
+
+// logLine is a line of ferryctl logs: TIME NODE STREAM [STEP] TEXT.
+var logLine = regexp.MustCompile(`^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (\S+) (stdout|stderr|ferry) +(\[[^]]*\] )?(.*)$`)
+
+// wantFailedLogs checks ferryctl logs of rollout id, whose only failed node
+// is prod-3 (its check failed, the other nodes were rolled back): one
+// record a line, the check's output under its step, -o json one object a
+// line, and the rollback jobs' steps in the other nodes' logs.
+func wantFailedLogs(t *testing.T, h *e2e.Harness, id string) {
+	t.Helper()
+	out := h.MustCtl("logs", id, "--failed")
+	var sawOutput, sawFailed bool
+	for _, l := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
+		m := logLine.FindStringSubmatch(l)
+		if m == nil {
+			t.Errorf("ferryctl logs %s --failed: line %q is not TIME NODE STREAM [STEP] TEXT", id, l)
+			continue
+		}
+		if m[2] != "prod-3" {
+			t.Errorf("ferryctl logs %s --failed shows node %s, which did not fail: %q", id, m[2], l)
+		}
+		step := strings.TrimSuffix(strings.TrimPrefix(m[4], "["), "] ")
+		sawOutput = sawOutput || m[3] == "stdout" && strings.HasPrefix(step, "check") && m[5] == "fail-check marker present"
+		sawFailed = sawFailed || m[3] == "ferry" && strings.HasPrefix(step, "check") && strings.HasPrefix(m[5], "FAILED: ") && strings.Contains(m[5], "status 7")
+	}
+	if !sawOutput || !sawFailed {
+		t.Errorf("ferryctl logs %s --failed lacks the failing check's output (%v) or its failure (%v):\n%s", id, sawOutput, sawFailed, out)
+	}
+	js := h.MustCtl("logs", id, "--failed", "-o", "json")
+	n := 0
+	for _, l := range strings.Split(strings.TrimSuffix(js, "\n"), "\n") {
+		var rec struct{ At, NodeID, Stream, Step, Text string }
+		var raw map[string]any
+		if err := json.Unmarshal([]byte(l), &raw); err != nil {
+			t.Fatalf("ferryctl logs -o json: line %q: %v", l, err)
+		}
+		rec.At, _ = raw["at"].(string)
+		rec.NodeID, _ = raw["node_id"].(string)
+		rec.Stream, _ = raw["stream"].(string)
+		rec.Text, _ = raw["text"].(string)
+		if _, err := time.Parse(time.RFC3339, rec.At); err != nil || rec.NodeID != "prod-3" || rec.Stream == "" {
+			t.Errorf("ferryctl logs -o json: record %s", l)
+		}
+		if rec.Text == "fail-check marker present" && rec.Stream == "stdout" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("ferryctl logs -o json has the check's output line %d times, want once:\n%s", n, js)
+	}
+	rb := h.MustCtl("logs", id, "prod-1")
+	if !strings.Contains(rb, "ferry  rollback of tool started") || !strings.Contains(rb, "[rollback: restore /opt/tool]") {
+		t.Errorf("ferryctl logs %s prod-1 lacks the rollback job's steps:\n%s", id, rb)
 	}
 }
 

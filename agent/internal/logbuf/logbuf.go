@@ -135,7 +135,7 @@ func (b *Buffer) Append(jobID, rolloutID, step string, stream ferryv1.LogStream,
 		j = &job{id: jobID, rollout: rolloutID, key: jobKey(jobID), created: b.cfg.Now(), next: 1}
 		b.jobs[jobID] = j
 	}
-	r := &ferryv1.LogRecord{Seq: j.next, At: timestamppb.New(b.cfg.Now()), Step: cut(step, MaxStep), Stream: stream, Text: cut(text, MaxText)}
+	r := &ferryv1.LogRecord{Seq: j.next, At: timestamppb.New(b.cfg.Now()), Step: cut(oneLine(step), MaxStep), Stream: stream, Text: cut(text, MaxText)}
 	j.next++
 	b.add(j, r)
 	b.write(j, r)
@@ -151,6 +151,15 @@ func cut(s string, n int) string {
 		return strings.ToValidUTF8(s, "")
 	}
 	return strings.ToValidUTF8(s, "\uFFFD")
+}
+
+// oneLine is a step name as records carry it: its first line (a check's
+// script may have many), marked when there were more.
+func oneLine(s string) string {
+	if first, rest, ok := strings.Cut(strings.TrimRight(s, "\n"), "\n"); ok && rest != "" {
+		return strings.TrimSpace(first) + " …"
+	}
+	return strings.TrimRight(s, "\n")
 }
 
 // add puts a record in memory (not on disk).

@@ -100,6 +100,22 @@ func TestBufferIsBoundedKeepingHeadAndNewest(t *testing.T) {
 	}
 }
 
+func TestStepNamesAreOneLine(t *testing.T) {
+	b, err := New(Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Append("j", "r", "check: echo a\nexit 7\n", stdout, "a")
+	b.Append("j", "r", "check: true\n", stdout, "b")
+	m := b.Next(10, 1<<20)
+	if got := m.GetRecords()[0].GetStep(); got != "check: echo a …" {
+		t.Errorf("step of a two-line check: %q", got)
+	}
+	if got := m.GetRecords()[1].GetStep(); got != "check: true" {
+		t.Errorf("step of a one-line check: %q", got)
+	}
+}
+
 func TestCutKeepsValidUTF8(t *testing.T) {
 	long := strings.Repeat("é", MaxText) // 2 bytes each
 	for _, s := range []string{long, "bad \xff byte", "ok"} {

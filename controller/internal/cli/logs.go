@@ -159,13 +159,14 @@ func formatLogLine(r *ferryv1.LogRecord) string {
 	} else {
 		b.WriteString(strings.Repeat("-", len("2006-01-02T15:04:05.000Z"))) // as wide as a time
 	}
+	// One record, one line: a stray carriage return or newline cannot
+	// start a line that looks like another record.
+	esc := strings.NewReplacer("\r", `\r`, "\n", `\n`)
 	fmt.Fprintf(&b, " %s %-6s ", r.GetNodeId(), streamWord(r.GetStream()))
 	if r.GetStep() != "" {
-		fmt.Fprintf(&b, "[%s] ", r.GetStep())
+		fmt.Fprintf(&b, "[%s] ", esc.Replace(r.GetStep()))
 	}
-	// One record, one line: a stray carriage return or newline in the
-	// text cannot start a line that looks like another record.
-	b.WriteString(strings.NewReplacer("\r", `\r`, "\n", `\n`).Replace(r.GetText()))
+	b.WriteString(esc.Replace(r.GetText()))
 	return b.String()
 }
 
