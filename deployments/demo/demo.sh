@@ -351,6 +351,31 @@ undo_production() {
 	show ferryctl audit --limit 8
 }
 
+# failed_logs rolls out a package whose check fails on prod-2 only, then
+# shows why with ferryctl logs --failed.
+failed_logs() {
+	step "A check that fails on one node: the rollout says where to look, ferryctl logs shows why"
+	cat >"$DEMO/release/motd.yaml" <<'YAML'
+name: motd
+version: "1.0"
+steps:
+  - file: {path: /etc/motd, content: "welcome\n", mode: "0644"}
+  - check: {run: 'if [ -e "$FERRY_ROOT/etc/motd.broken" ]; then echo "motd.broken is present" >&2; exit 3; fi; cat "$FERRY_ROOT/etc/motd"', expect: welcome}
+YAML
+	show ferryctl package apply -f "$DEMO/release/motd.yaml"
+	mkdir -p "$DEMO/agents/prod-2/root/etc"
+	show touch "$DEMO/agents/prod-2/root/etc/motd.broken"
+	local id
+	local -a start=(ferryctl rollout --group production --package motd@1.0 --auto-promote --max-parallel 3 --max-failures 0 --on-failure rollback --healthy-for 1s --detach)
+	say_cmd "${start[@]}"
+	id=$("${start[@]}")
+	echo "$id"
+	if show ferryctl rollout status "$id" --watch; then
+		die "the rollout of motd@1.0 succeeded although its check fails on prod-2"
+	fi
+	show ferryctl logs "$id" --failed
+}
+
 shutdown_fleet() {
 	step "Stopping the agents (SIGTERM: they leave gracefully)"
 	stop_agents
@@ -377,6 +402,7 @@ main() {
 	check_node
 	inventory
 	undo_production
+	failed_logs
 	if [[ ${DEMO_KEEP:-} == 1 ]]; then
 		step "Fleet running; press Ctrl-C to stop it"
 		while true; do sleep 1; done

@@ -164,10 +164,21 @@ func formatLogLine(r *ferryv1.LogRecord) string {
 	esc := strings.NewReplacer("\r", `\r`, "\n", `\n`)
 	fmt.Fprintf(&b, " %s %-6s ", r.GetNodeId(), streamWord(r.GetStream()))
 	if r.GetStep() != "" {
-		fmt.Fprintf(&b, "[%s] ", esc.Replace(r.GetStep()))
+		fmt.Fprintf(&b, "[%s] ", esc.Replace(shortStep(r.GetStep())))
 	}
 	b.WriteString(esc.Replace(r.GetText()))
 	return b.String()
+}
+
+// maxStepShown bounds a step name in a text line (a check's command can be
+// long); -o json has it whole.
+const maxStepShown = 60
+
+func shortStep(s string) string {
+	if r := []rune(s); len(r) > maxStepShown {
+		return string(r[:maxStepShown-1]) + "…"
+	}
+	return s
 }
 
 func failedNodes(r *ferryv1.Rollout) int {
