@@ -50,8 +50,8 @@ func (l *LogLimits) setDefaults() error {
 		return fmt.Errorf("--log-max-per-job %s is too small to be useful: use at least 4KiB", bytesize.IEC(uint64(l.MaxJobBytes))) //nolint:gosec // positive here
 	case l.MaxAge < 0:
 		return fmt.Errorf("--log-max-age %s is negative: use a duration such as 720h", l.MaxAge)
-	case l.MaxTotalBytes < uint64(l.MaxJobBytes): //nolint:gosec // positive here
-		return fmt.Errorf("--log-max-total %s is smaller than --log-max-per-job %s: raise it", bytesize.IEC(l.MaxTotalBytes), bytesize.IEC(uint64(l.MaxJobBytes))) //nolint:gosec // positive here
+	case l.MaxTotalBytes < uint64(l.MaxJobBytes):
+		return fmt.Errorf("--log-max-total %s is smaller than --log-max-per-job %s: raise it", bytesize.IEC(l.MaxTotalBytes), bytesize.IEC(uint64(l.MaxJobBytes)))
 	}
 	return nil
 }

@@ -19,3 +19,26 @@ func TestIEC(t *testing.T) {
 		}
 	}
 }
+
+func TestParse(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want uint64
+		bad  bool
+	}{
+		{in: "256KiB", want: 256 << 10},
+		{in: "1 GiB", want: 1 << 30},
+		{in: "500MB", want: 500e6},
+		{in: "4096", want: 4096},
+		{in: "12B", want: 12},
+		{in: "1.5GiB", bad: true},
+		{in: "lots", bad: true},
+		{in: "-1KiB", bad: true},
+		{in: "99999999999TiB", bad: true},
+	} {
+		got, err := Parse(c.in)
+		if c.bad != (err != nil) || got != c.want {
+			t.Errorf("Parse(%q) = %d, %v; want %d (error: %v)", c.in, got, err, c.want, c.bad)
+		}
+	}
+}

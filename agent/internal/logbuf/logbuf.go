@@ -453,7 +453,7 @@ func (b *Buffer) loadJob(key string, mtime time.Time) (*job, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only
 	r := bufio.NewReader(f)
 	var hdr ferryv1.JobLog
 	if err := readFrame(r, &hdr); err != nil {

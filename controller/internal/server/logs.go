@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ferrydeploy/ferry/controller/internal/rolloutstate"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
@@ -117,7 +118,7 @@ func (s *logServer) allEnded(rolloutID string, req *ferryv1.GetJobLogsRequest) b
 	if err != nil {
 		return true
 	}
-	if req.GetFailed() && !rolloutEnded(r.GetState()) {
+	if req.GetFailed() && !rolloutstate.Terminal(r.GetState()) {
 		return false
 	}
 	for _, n := range r.GetNodes() {
@@ -133,13 +134,4 @@ func (s *logServer) allEnded(rolloutID string, req *ferryv1.GetJobLogsRequest) b
 		}
 	}
 	return true
-}
-
-func rolloutEnded(st ferryv1.RolloutState) bool {
-	switch st {
-	case ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED, ferryv1.RolloutState_ROLLOUT_STATE_FAILED,
-		ferryv1.RolloutState_ROLLOUT_STATE_ABORTED, ferryv1.RolloutState_ROLLOUT_STATE_ROLLED_BACK:
-		return true
-	}
-	return false
 }

@@ -120,7 +120,7 @@ func (s *Store) JobLogs(rolloutID, nodeID string) ([]*ferryv1.LogRecord, error) 
 	err := s.db.View(func(tx *bolt.Tx) error {
 		if legacy := tx.Bucket(bucketJobLogs).Get([]byte(rolloutID + "/" + nodeID)); len(legacy) > 0 {
 			for k, line := range strings.Split(strings.TrimSuffix(string(legacy), "\n"), "\n") {
-				out = append(out, &ferryv1.LogRecord{Seq: uint64(k) + 1, Text: line, NodeId: nodeID}) //nolint:gosec // k is a slice index
+				out = append(out, &ferryv1.LogRecord{Seq: uint64(k) + 1, Text: line, NodeId: nodeID})
 			}
 		}
 		type jobRecs struct {

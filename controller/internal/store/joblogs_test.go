@@ -40,11 +40,11 @@ func texts(rs []*ferryv1.LogRecord) []string {
 
 func TestJobLogKeepsHeadAndTailWithAMarker(t *testing.T) {
 	s := openTestStore(t)
-	const max = 64 << 10
+	const bound = 64 << 10
 	pad := strings.Repeat("x", 1000)
 	now := time.Now()
 	for seq := uint64(1); seq <= 300; seq += 10 { // ~300 KB in batches of 10
-		if _, err := s.AppendJobLog("ro-1", "n1", "ro-1/job/n1", lines(seq, seq+9, pad), now, max); err != nil {
+		if _, err := s.AppendJobLog("ro-1", "n1", "ro-1/job/n1", lines(seq, seq+9, pad), now, bound); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -66,8 +66,8 @@ func TestJobLogKeepsHeadAndTailWithAMarker(t *testing.T) {
 			t.Errorf("record %d names node %q job %q", r.GetSeq(), r.GetNodeId(), r.GetJobId())
 		}
 	}
-	if size > max {
-		t.Errorf("kept %d bytes of output, over the bound of %d", size, max)
+	if size > bound {
+		t.Errorf("kept %d bytes of output, over the bound of %d", size, bound)
 	}
 	first, last := recs[0], recs[len(recs)-1]
 	if first.GetText() != pad+" 1" || last.GetText() != pad+" 300" {
