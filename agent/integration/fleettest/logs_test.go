@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
@@ -130,5 +133,84 @@ steps:
 	}
 	if next != lines+1 {
 		t.Errorf("%d of the %d lines arrived", next-1, lines)
+	}
+}
+
+// TestJobOutputIsStoredOnlyUnderTheNodesOwnJobs speaks for l2 with its own
+// certificate: output it sends under l1's job is acknowledged (so an agent
+// stops sending it) but not stored, output under its own job is stored even
+// after the rollout ended (a node that was offline sends it late), and a
+// message over the limits ends the stream.
+func TestJobOutputIsStoredOnlyUnderTheNodesOwnJobs(t *testing.T) {
+	f := newFleet(t, nil)
+	tok := f.token("staging", 2)
+	l1, l2 := f.enroll("l1", tok), f.enroll("l2", tok)
+	f.start(l1)
+	f.start(l2)
+	f.waitState(l1.id, healthy, 5*time.Second)
+	f.waitState(l2.id, healthy, 5*time.Second)
+	f.apply(motdPackage("1.0", `echo "$MOTD_VERSION"`))
+	r := f.rollout(&ferryv1.CreateRolloutRequest{PackageName: "motd", PackageVersion: "1.0", Target: &ferryv1.Target{Group: "staging"}, Strategy: fast()})
+	if r.State != ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+		t.Fatalf("rollout ended %s: %s", r.State, r.Message)
+	}
+	l2.stop()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := f.agentDownloads(l2).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(m *ferryv1.ConnectRequest) {
+		t.Helper()
+		if err := s.Send(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ack := func() *ferryv1.JobLogAck {
+		t.Helper()
+		for {
+			m, err := s.Recv()
+			if err != nil {
+				t.Fatalf("waiting for an acknowledgement: %v", err)
+			}
+			if a := m.GetLogAck(); a != nil {
+				return a
+			}
+		}
+	}
+	logMsg := func(job string, recs ...*ferryv1.LogRecord) *ferryv1.ConnectRequest {
+		return &ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_JobLog{JobLog: &ferryv1.JobLog{JobId: job, RolloutId: r.Id, Records: recs}}}
+	}
+	send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Hello{Hello: &ferryv1.AgentHello{AgentVersion: "test"}}})
+	send(logMsg(r.Id+"/job/l1", &ferryv1.LogRecord{Seq: 1000, Text: "forged"}))
+	if a := ack(); a.GetSeq() != 1000 {
+		t.Errorf("output under another node's job: acknowledged up to %d, want 1000", a.GetSeq())
+	}
+	send(logMsg(r.Id+"/job/l2", &ferryv1.LogRecord{Seq: 1000, Text: "late line"}))
+	if a := ack(); a.GetSeq() != 1000 || a.GetJobId() != r.Id+"/job/l2" {
+		t.Errorf("late output of its own job: acknowledged %v", a)
+	}
+	if hasLine(f.jobLogs(r.Id, "l1"), "forged") {
+		t.Error("l2 stored output under l1's job")
+	}
+	if !hasLine(f.jobLogs(r.Id, "l2"), "late line") {
+		t.Error("l2's late output of its own job was not stored")
+	}
+	big := make([]*ferryv1.LogRecord, 1025)
+	for k := range big {
+		big[k] = &ferryv1.LogRecord{Seq: uint64(2000 + k), Text: "x"} //nolint:gosec // k is small
+	}
+	send(logMsg(r.Id+"/job/l2", big...))
+	for {
+		_, err := s.Recv()
+		if err == nil {
+			continue
+		}
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "1025 lines") {
+			t.Errorf("a message of 1025 lines ended the stream with %v, want InvalidArgument naming the count", err)
+		}
+		break
 	}
 }
