@@ -146,9 +146,9 @@ func (s *agentServer) Connect(stream grpc.BidiStreamingServer[ferryv1.ConnectReq
 					break
 				}
 				if ack := s.d.Jobs.HandleJobLog(nodeID, msg.JobLog); ack != nil {
-					// A full queue drops the ack: the agent sends the lines
+					// A busy queue drops the ack: the agent sends the lines
 					// again and the store drops them as duplicates.
-					_ = s.d.Fleet.Dispatch(nodeID, &ferryv1.ConnectResponse{Msg: &ferryv1.ConnectResponse_LogAck{LogAck: ack}})
+					_ = s.d.Fleet.DispatchSpare(nodeID, &ferryv1.ConnectResponse{Msg: &ferryv1.ConnectResponse_LogAck{LogAck: ack}})
 				}
 			case *ferryv1.ConnectRequest_Hello:
 				recvErr <- status.Error(codes.InvalidArgument, "hello sent twice on one stream")
