@@ -20,18 +20,31 @@ import (
 // jobLogs reads a node's stored output of a rollout.
 func (f *fleet) jobLogs(rolloutID, nodeID string) []*ferryv1.LogRecord {
 	f.t.Helper()
-	s, err := ferryv1.NewLogServiceClient(f.admin).GetJobLogs(context.Background(), &ferryv1.GetJobLogsRequest{RolloutId: rolloutID, NodeId: nodeID})
+	return f.readLogs(&ferryv1.GetJobLogsRequest{RolloutId: rolloutID, NodeId: nodeID})
+}
+
+func (f *fleet) readLogs(req *ferryv1.GetJobLogsRequest) []*ferryv1.LogRecord {
+	f.t.Helper()
+	out, err := f.readLogsErr(req)
 	if err != nil {
-		f.t.Fatal(err)
+		f.t.Fatalf("read the logs %v: %v", req, err)
+	}
+	return out
+}
+
+func (f *fleet) readLogsErr(req *ferryv1.GetJobLogsRequest) ([]*ferryv1.LogRecord, error) {
+	s, err := ferryv1.NewLogServiceClient(f.admin).GetJobLogs(context.Background(), req)
+	if err != nil {
+		return nil, err
 	}
 	var out []*ferryv1.LogRecord
 	for {
 		m, err := s.Recv()
 		if errors.Is(err, io.EOF) {
-			return out
+			return out, nil
 		}
 		if err != nil {
-			f.t.Fatalf("read the logs of %s in %s: %v", nodeID, rolloutID, err)
+			return out, err
 		}
 		out = append(out, m.GetRecords()...)
 	}
@@ -153,6 +166,27 @@ func TestJobOutputIsStoredOnlyUnderTheNodesOwnJobs(t *testing.T) {
 	r := f.rollout(&ferryv1.CreateRolloutRequest{PackageName: "motd", PackageVersion: "1.0", Target: &ferryv1.Target{Group: "staging"}, Strategy: fast()})
 	if r.State != ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
 		t.Fatalf("rollout ended %s: %s", r.State, r.Message)
+	}
+	// Filters: every node, one step, only failed nodes.
+	all := f.readLogs(&ferryv1.GetJobLogsRequest{RolloutId: r.Id})
+	nodes := map[string]bool{}
+	for _, rec := range all {
+		nodes[rec.GetNodeId()] = true
+	}
+	if !nodes["l1"] || !nodes["l2"] || len(nodes) != 2 {
+		t.Errorf("the logs of every node name nodes %v, want l1 and l2", nodes)
+	}
+	steps := f.readLogs(&ferryv1.GetJobLogsRequest{RolloutId: r.Id, NodeId: "l1", Step: "FILE /etc"})
+	if len(steps) == 0 {
+		t.Error("--step 'FILE /etc' matched no line of the file step")
+	}
+	for _, rec := range steps {
+		if rec.GetStep() != "file /etc/motd" || rec.GetNodeId() != "l1" {
+			t.Errorf("--step 'FILE /etc' --node l1 sent %s [%s] %q", rec.GetNodeId(), rec.GetStep(), rec.GetText())
+		}
+	}
+	if _, err := f.readLogsErr(&ferryv1.GetJobLogsRequest{RolloutId: r.Id, Failed: true}); status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), "no node of rollout") {
+		t.Errorf("--failed of a rollout without failures: %v, want NotFound saying no node failed", err)
 	}
 	l2.stop()
 
