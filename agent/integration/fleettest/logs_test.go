@@ -234,7 +234,7 @@ func TestJobOutputIsStoredOnlyUnderTheNodesOwnJobs(t *testing.T) {
 	}
 	big := make([]*ferryv1.LogRecord, 1025)
 	for k := range big {
-		big[k] = &ferryv1.LogRecord{Seq: uint64(2000 + k), Text: "x"} //nolint:gosec // k is small
+		big[k] = &ferryv1.LogRecord{Seq: uint64(2000 + k), Text: "x"}
 	}
 	send(logMsg(r.Id+"/job/l2", big...))
 	for {
