@@ -97,6 +97,17 @@ steps:
 		t.Fatal(err)
 	}
 	id := resp.Rollout.Id
+	// A follower from the start sees every line and returns when the job
+	// has ended.
+	type followed struct {
+		recs []*ferryv1.LogRecord
+		err  error
+	}
+	follow := make(chan followed, 1)
+	go func() {
+		recs, err := f.readLogsErr(&ferryv1.GetJobLogsRequest{RolloutId: id, NodeId: a.id, Follow: true})
+		follow <- followed{recs, err}
+	}()
 	f.waitLine(id, a.id, "before")
 
 	a.proxy.cut()
@@ -146,6 +157,14 @@ steps:
 	}
 	if next != lines+1 {
 		t.Errorf("%d of the %d lines arrived", next-1, lines)
+	}
+	select {
+	case fl := <-follow:
+		if fl.err != nil || len(fl.recs) != len(recs) {
+			t.Errorf("the follower got %d lines (%v), want the %d stored", len(fl.recs), fl.err, len(recs))
+		}
+	case <-time.After(20 * time.Second):
+		t.Error("the follower did not return within 20s of the job's end")
 	}
 }
 

@@ -22,8 +22,12 @@ type logServer struct {
 // logBatch bounds the records of one response.
 const logBatch = 512
 
-// logPoll is how often a follower looks for new output.
-const logPoll = 300 * time.Millisecond
+// logPoll is how often a follower looks for new output, and endPolls how
+// many polls without any after the jobs have ended end the follow.
+const (
+	logPoll  = 300 * time.Millisecond
+	endPolls = 3
+)
 
 // GetJobLogs sends the stored output of the selected nodes of a rollout,
 // node by node, then (with follow) new output until their jobs have ended.
@@ -39,8 +43,13 @@ func (s *logServer) GetJobLogs(req *ferryv1.GetJobLogsRequest, stream grpc.Serve
 	}
 	sent := map[string]uint64{} // node and job -> highest sequence number sent
 	step := strings.ToLower(req.GetStep())
-	final := false
+	quiet := 0 // polls since the jobs ended that brought nothing new
 	for {
+		sentBefore := len(sent)
+		var total uint64
+		for _, v := range sent {
+			total += v
+		}
 		nodes := s.selected(r.GetId(), req)
 		if len(nodes) == 0 && req.GetFailed() && !req.GetFollow() {
 			return status.Errorf(codes.NotFound, "no node of rollout %s failed or is unreachable; leave out --failed for every node's output", r.GetId())
@@ -70,14 +79,27 @@ func (s *logServer) GetJobLogs(req *ferryv1.GetJobLogsRequest, stream grpc.Serve
 				out = out[k:]
 			}
 		}
-		if !req.GetFollow() || final {
+		if !req.GetFollow() {
 			return nil
 		}
-		// Output sent just before a job ended may land after its outcome:
-		// read once more after the end is seen.
-		final = s.allEnded(r.GetId(), req)
-		if final {
-			continue
+		// Output may land after the job's outcome (an agent that was
+		// offline reports the outcome in its hello, then sends the lines
+		// it kept): after the end, follow until endPolls polls in a row
+		// bring nothing new.
+		var now uint64
+		for _, v := range sent {
+			now += v
+		}
+		switch {
+		case !s.allEnded(r.GetId(), req):
+			quiet = 0
+		case len(sent) != sentBefore || now != total:
+			quiet = 0
+		default:
+			quiet++
+		}
+		if quiet >= endPolls {
+			return nil
 		}
 		select {
 		case <-stream.Context().Done():
