@@ -362,10 +362,16 @@ func TestE2EDemoScript(t *testing.T) {
 		"3/3 done  succeeded 3  | succeeded",
 		"undo ro-",
 		"/usr/local/go is gone again",
+		"see why: ferryctl logs ro-",
 	} {
 		if !strings.Contains(r.Stdout+r.Stderr, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, r)
 		}
+	}
+	// ferryctl logs --failed of the node whose check failed: its stderr
+	// line under the check's step.
+	if !regexp.MustCompile(`(?m)^\d{4}-\d\d-\d\dT[\d:.]+Z prod-2 stderr \[check: .*\] motd\.broken is present$`).MatchString(r.Stdout) {
+		t.Errorf("demo output lacks prod-2's failing check in ferryctl logs --failed:\n%s", r.Stdout)
 	}
 	// Nothing it started is still running.
 	if out, _ := exec.Command("pgrep", "-f", demoDir).Output(); len(bytes.TrimSpace(out)) > 0 {
