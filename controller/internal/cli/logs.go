@@ -31,7 +31,8 @@ Where the controller cut a long job's middle, or a node dropped lines, a
 marker line says how many.
 
 -o json prints one JSON object per line (at, node_id, job_id, step,
-stream, seq, text; cut_lines and cut_bytes on a marker).`,
+stream, seq, text; cut_lines and cut_bytes on a marker), -o yaml one
+document per record.`,
 		Example: `  ferryctl logs ro-1a2b3c4d --failed          # why the failed nodes failed
   ferryctl logs ro-1a2b3c4d web-03 --step check
   ferryctl logs ro-1a2b3c4d -f -o json`,
@@ -70,7 +71,7 @@ stream, seq, text; cut_lines and cut_bytes on a marker).`,
 					fmt.Fprint(a.stdout, m.GetText())
 				}
 			}
-			if p.n == 0 && p.format != "json" && p.format != "yaml" {
+			if p.n == 0 && !a.machine() {
 				fmt.Fprintf(a.stderr, "no output stored for %s\n", describeLogRequest(&req))
 			}
 			return nil
@@ -119,7 +120,7 @@ type logDoc struct {
 	CutBytes uint64 `json:"cut_bytes,omitempty" yaml:"cut_bytes,omitempty"`
 }
 
-func streamWord(s ferryv1.LogStream) string {
+func logStreamWord(s ferryv1.LogStream) string {
 	if s == ferryv1.LogStream_LOG_STREAM_UNSPECIFIED {
 		return "-"
 	}
@@ -132,14 +133,14 @@ func (p *logPrinter) print(r *ferryv1.LogRecord) error {
 	if r.GetAt() != nil {
 		at = r.GetAt().AsTime().UTC().Format(logTime)
 	}
-	doc := logDoc{At: at, NodeID: r.GetNodeId(), JobID: r.GetJobId(), Step: r.GetStep(), Stream: streamWord(r.GetStream()),
+	doc := logDoc{At: at, NodeID: r.GetNodeId(), JobID: r.GetJobId(), Step: r.GetStep(), Stream: logStreamWord(r.GetStream()),
 		Seq: r.GetSeq(), Text: r.GetText(), CutLines: r.GetCutLines(), CutBytes: r.GetCutBytes()}
 	switch p.format {
-	case "json":
+	case outJSON:
 		enc := json.NewEncoder(p.w) // one compact object a line
 		enc.SetEscapeHTML(false)
 		return enc.Encode(doc)
-	case "yaml":
+	case outYAML:
 		if p.n > 1 {
 			if _, err := fmt.Fprintln(p.w, "---"); err != nil {
 				return err
@@ -162,7 +163,7 @@ func formatLogLine(r *ferryv1.LogRecord) string {
 	// One record, one line: a stray carriage return or newline cannot
 	// start a line that looks like another record.
 	esc := strings.NewReplacer("\r", `\r`, "\n", `\n`)
-	fmt.Fprintf(&b, " %s %-6s ", r.GetNodeId(), streamWord(r.GetStream()))
+	fmt.Fprintf(&b, " %s %-6s ", r.GetNodeId(), logStreamWord(r.GetStream()))
 	if r.GetStep() != "" {
 		fmt.Fprintf(&b, "[%s] ", esc.Replace(shortStep(r.GetStep())))
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
@@ -50,5 +51,25 @@ func TestLogLines(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(lines[2]), &doc); err != nil || doc["cut_lines"] != float64(40) {
 		t.Errorf("-o json marker: %v, %v", doc, err)
+	}
+
+	var ys bytes.Buffer
+	yp := logPrinter{w: &ys, format: outYAML}
+	for _, r := range recs {
+		if err := yp.print(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dec := yaml.NewDecoder(&ys)
+	var docs []map[string]any
+	for {
+		var d map[string]any
+		if err := dec.Decode(&d); err != nil {
+			break
+		}
+		docs = append(docs, d)
+	}
+	if len(docs) != len(recs) || docs[1]["stream"] != "stderr" || docs[1]["at"] != "2026-12-02T06:30:01.234Z" {
+		t.Errorf("-o yaml: %d documents %v", len(docs), docs)
 	}
 }
