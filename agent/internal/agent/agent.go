@@ -161,7 +161,9 @@ func (a *Agent) backoff(attempt int) time.Duration {
 // at most 10 s, or it answers these pings with GOAWAY "too_many_pings".
 var agentKeepalive = keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}
 
-func (a *Agent) dial() (*grpc.ClientConn, error) {
+// dial makes a connection to the controller; extra adds to the agent's
+// dial options (fetch.BrokenLinkDialOptions for the second connection).
+func (a *Agent) dial(extra ...grpc.DialOption) (*grpc.ClientConn, error) {
 	tlsConf := rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 		return a.id.Certificate(), nil
 	}, a.id.Pool())
@@ -172,7 +174,7 @@ func (a *Agent) dial() (*grpc.ClientConn, error) {
 	if a.dialer != nil {
 		opts = append(opts, grpc.WithContextDialer(a.dialer))
 	}
-	return grpc.NewClient(a.cfg.Controller, opts...)
+	return grpc.NewClient(a.cfg.Controller, append(opts, extra...)...)
 }
 
 // jobDrainTimeout bounds how long a graceful stop waits for a running job
@@ -192,10 +194,20 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Close fails only on a connection already closed; at shutdown there
 	// is nothing left to do about it.
 	defer func() { _ = client.current().Close() }()
+	// Downloads over a link that keeps breaking streams move to a second
+	// connection with small static windows (see package fetch). gRPC
+	// connects it only when it is first used.
+	bconn, err := a.dial(fetch.BrokenLinkDialOptions()...)
+	if err != nil {
+		return fmt.Errorf("controller %s: %w", a.cfg.Controller, err)
+	}
+	brokenLink := &swapClient{}
+	brokenLink.set(bconn)
+	defer func() { _ = brokenLink.current().Close() }()
 	newFetcher := a.cfg.NewFetcher
 	if newFetcher == nil {
 		newFetcher = func(c ferryv1.AgentServiceClient) (Fetcher, error) {
-			return fetch.New(fetch.Config{StateDir: a.cfg.StateDir, Client: c, Logger: a.log.With("component", "fetch")})
+			return fetch.New(fetch.Config{StateDir: a.cfg.StateDir, Client: c, BrokenLinkClient: brokenLink, Logger: a.log.With("component", "fetch")})
 		}
 	}
 	f, err := newFetcher(client)
@@ -235,7 +247,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	attempt := 0 // attempts since the last established session
 	for {
 		var welcomedAt time.Time
-		err := a.session(ctx, client, &welcomedAt)
+		err := a.session(ctx, client, brokenLink, &welcomedAt)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -324,8 +336,9 @@ func (a *Agent) send(m *ferryv1.ConnectRequest) error {
 const connectTimeout = 10 * time.Second
 
 // session runs one stream until it fails or ctx ends. It sets *welcomedAt
-// to the agent's time when the controller's welcome arrives.
-func (a *Agent) session(ctx context.Context, client *swapClient, welcomedAt *time.Time) error {
+// to the agent's time when the controller's welcome arrives. A renewed
+// certificate moves client and brokenLink to new connections.
+func (a *Agent) session(ctx context.Context, client, brokenLink *swapClient, welcomedAt *time.Time) error {
 	conn := client.current()
 	var retired []*grpc.ClientConn // connections replaced during this session
 	defer func() {
@@ -444,8 +457,15 @@ func (a *Agent) session(ctx context.Context, client *swapClient, welcomedAt *tim
 				a.log.Warn("dial with the renewed certificate", "err", err)
 				break
 			}
-			retired = append(retired, client.current())
+			nextBroken, err := a.dial(fetch.BrokenLinkDialOptions()...)
+			if err != nil {
+				_ = next.Close() // unused, never connected
+				a.log.Warn("dial with the renewed certificate", "err", err)
+				break
+			}
+			retired = append(retired, client.current(), brokenLink.current())
 			client.set(next)
+			brokenLink.set(nextBroken)
 			a.log.Info("new calls use the renewed certificate")
 		case err := <-a.fatal:
 			return backoff.Permanent(err) // ends Run (e.g. the certificate expired)

@@ -18,9 +18,17 @@
 // from then on) and is not hashed again on every Ensure.
 //
 // Progress on a bad link: gRPC hands over whole messages only, so what a
-// broken stream carried of its last chunk is lost. The chunk size asked
-// for adapts to the link (see adapt): a stream that breaks within a few
-// chunks halves it, down to chunk.Min; one that lasts doubles it again.
+// broken stream carried of its last chunk is lost, and so is what the
+// controller had already handed to its transport: the message gRPC was
+// writing, its send queue (64 KiB a stream) and what the HTTP/2 window let
+// into the network. The chunk size asked for adapts to the link (see
+// adapt): a stream that breaks within a few chunks halves it, down to
+// chunk.Min; one that lasts doubles it again. While the link breaks
+// streams (the chunk size is below chunk.Max) downloads use
+// Config.BrokenLinkClient, a connection with small static windows, so
+// little is in flight when a stream breaks: gRPC's window estimate grows
+// with the delay of a queueing link and would let a megabyte or more out
+// per stream. A healthy link keeps the default, estimated window.
 // Every chunk is written to the staging file as it arrives, a stream that
 // brought bytes is resumed at once, and only streams that brought nothing
 // count against the retry budget. A stream that brings nothing for
@@ -44,6 +52,7 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -81,13 +90,27 @@ var errStalled = errors.New("download stalled")
 
 // The chunk size adapts to the link by what each stream brought. A stream
 // that broke within shrinkBelow chunks lost a large share of what the
-// controller sent (the chunk it was in, and those queued behind it), so
-// the next asks for half; one that brought growAfter chunks asks for
-// twice. Bounded by chunk.Min and chunk.Max.
+// controller sent (the chunk it was in, and about one more queued behind
+// it: some 1.5 chunks in shrinkBelow), so the next asks for half; one
+// that brought growAfter chunks, or completed the artifact after
+// shrinkBelow, asks for twice. Bounded by chunk.Min and chunk.Max.
 const (
-	shrinkBelow = 4
-	growAfter   = 16
+	shrinkBelow = 16
+	growAfter   = 64
 )
+
+// BrokenLinkWindow is the HTTP/2 stream and connection window of the
+// connection downloads use while the link breaks streams: HTTP/2's initial
+// window, where every connection starts before gRPC's estimate grows it.
+// It bounds what a broken stream loses in flight, at the price of a
+// throughput of at most this much per round trip on that link.
+const BrokenLinkWindow = 64 << 10
+
+// BrokenLinkDialOptions are the options, added to the agent's own, of the
+// connection for Config.BrokenLinkClient.
+func BrokenLinkDialOptions() []grpc.DialOption {
+	return []grpc.DialOption{grpc.WithStaticStreamWindowSize(BrokenLinkWindow), grpc.WithStaticConnWindowSize(BrokenLinkWindow)}
+}
 
 // Config configures a Fetcher.
 type Config struct {
@@ -96,6 +119,10 @@ type Config struct {
 	StateDir string
 	// Client is the agent's connection to the controller.
 	Client ferryv1.AgentServiceClient
+	// BrokenLinkClient, if set, is a second connection to the controller,
+	// dialled with BrokenLinkDialOptions, that downloads use while the
+	// link breaks streams (see the package doc).
+	BrokenLinkClient ferryv1.AgentServiceClient
 	// MaxCacheEntries caps how many verified artifacts are kept (the most
 	// recently used win). 0 means 4; negative means no limit.
 	MaxCacheEntries int
@@ -532,7 +559,11 @@ func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off,
 	f.mu.Lock()
 	size := f.chunk
 	f.mu.Unlock()
-	s, err := f.cfg.Client.DownloadArtifact(ctx, &ferryv1.DownloadArtifactRequest{Digest: digest, Offset: *off, MaxChunkSize: uint32(size)}) //nolint:gosec // G115: adapt keeps size within chunk.Min..chunk.Max.
+	client := f.cfg.Client
+	if size < chunk.Max && f.cfg.BrokenLinkClient != nil {
+		client = f.cfg.BrokenLinkClient
+	}
+	s, err := client.DownloadArtifact(ctx, &ferryv1.DownloadArtifactRequest{Digest: digest, Offset: *off, MaxChunkSize: uint32(size)}) //nolint:gosec // G115: adapt keeps size within chunk.Min..chunk.Max.
 	if err != nil {
 		return err
 	}
@@ -543,8 +574,8 @@ func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off,
 	defer func() {
 		// A stall or the caller's end says nothing about the link's
 		// breaks; only a stream that broke on its own does.
-		broke := (*total == 0 || *off < *total) && ctx.Err() == nil
-		f.adapt(size, chunks, broke)
+		complete := *total > 0 && *off == *total
+		f.adapt(size, chunks, !complete && ctx.Err() == nil, complete)
 	}()
 	var stall *time.Timer // armed by the first chunk, reset by each
 	defer func() {
@@ -608,12 +639,12 @@ func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off,
 }
 
 // adapt learns the chunk size from a stream that asked for size and
-// brought chunks of it before it ended (broke: before the artifact was
-// complete).
-func (f *Fetcher) adapt(size, chunks int, broke bool) {
+// brought chunks of it before it ended: broke (on its own, before the
+// artifact was complete) or complete.
+func (f *Fetcher) adapt(size, chunks int, broke, complete bool) {
 	var next int
 	switch {
-	case chunks >= growAfter:
+	case chunks >= growAfter, complete && chunks >= shrinkBelow:
 		next = min(size*2, chunk.Max)
 	case broke && chunks < shrinkBelow:
 		next = max(size/2, chunk.Min)

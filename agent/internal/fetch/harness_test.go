@@ -172,12 +172,13 @@ func serve(t testing.TB, p *pkitest.PKI, fake ferryv1.AgentServiceServer) string
 
 // dial connects as the agent; reconnects are fast so tests that break
 // connections stay quick.
-func dial(t testing.TB, p *pkitest.PKI, addr string) ferryv1.AgentServiceClient {
+func dial(t testing.TB, p *pkitest.PKI, addr string, extra ...grpc.DialOption) ferryv1.AgentServiceClient {
 	t.Helper()
 	opts := append(rpc.DialOptions(p.ClientTLS(p.Agent)), grpc.WithConnectParams(grpc.ConnectParams{
 		Backoff:           backoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 1.5, MaxDelay: 50 * time.Millisecond},
 		MinConnectTimeout: time.Second,
 	}))
+	opts = append(opts, extra...)
 	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		t.Fatal(err)
