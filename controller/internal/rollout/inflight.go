@@ -52,7 +52,8 @@ func (e *Engine) checkInFlight(ru *run, n *ferryv1.NodeJob, now time.Time, fx *e
 // HeartbeatsSince), it was HEALTHY at every look while its stream was up,
 // and it was never gone (down, left, removed). A stream that drops and is
 // redialled within that gap, as on a flapping link, does not restart the
-// period.
+// period. With healthy_for 0 the report itself, from a node that is
+// connected and healthy, is the sign of life: no heartbeat is waited for.
 func (e *Engine) healthyDone(ru *run, n *ferryv1.NodeJob, now time.Time) bool {
 	id := n.GetNodeId()
 	fn, ok := e.cfg.Fleet.Node(id)
@@ -60,6 +61,9 @@ func (e *Engine) healthyDone(ru *run, n *ferryv1.NodeJob, now time.Time) bool {
 	if !ok || beating.IsZero() || gone(fn) || fn.GetConnected() && !reachable(fn) {
 		ru.healthySince[id] = time.Time{}
 		return false
+	}
+	if ru.st.healthyFor == 0 && reachable(fn) {
+		return true
 	}
 	since, seen := ru.healthySince[id]
 	switch {

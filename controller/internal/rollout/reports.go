@@ -122,6 +122,33 @@ func cloneSteps(in []*ferryv1.StepResult) []*ferryv1.StepResult {
 	return out
 }
 
+// NodeHeartbeat is called for each heartbeat of a node's agent. A node
+// serving out its healthy period succeeds on the first heartbeat after the
+// period (which healthyDone asks for), and the window moves on at once,
+// rather than at the next Tick.
+func (e *Engine) NodeHeartbeat(nodeID string) {
+	e.mu.Lock()
+	now := e.cfg.Clock.Now()
+	fx := &e.queue
+	settled := false
+	for _, ru := range e.runs {
+		// healthySince holds the nodes that reported success and have
+		// not finished yet: a heartbeat of any other node changes nothing.
+		if _, waiting := ru.healthySince[nodeID]; !waiting || ru.frozen {
+			continue
+		}
+		if n := ru.node(nodeID); n != nil && waitingHealthy(n) && e.healthyDone(ru, n, now) {
+			e.settle(ru, now, fx)
+			_ = e.commit(ru, now, fx) // logged; retried at the next tick
+			settled = true
+		}
+	}
+	e.mu.Unlock()
+	if settled {
+		e.drain()
+	}
+}
+
 // NodeConnected is called when a node's agent opens its stream, with the
 // job outcomes its hello re-reports. They are handled first; then every job
 // the engine has in flight on the node that the agent did not mention is
