@@ -85,6 +85,10 @@ var (
 	ErrRefused = errors.New("the controller refused the download")
 )
 
+// syncEvery is how often, at most, a download over a link that breaks
+// streams makes what arrived durable as its resume point.
+const syncEvery = time.Second
+
 // errStalled ends a stream that brought nothing for StallTimeout.
 var errStalled = errors.New("download stalled")
 
@@ -434,6 +438,17 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 	}
 
 	failures := 0
+	synced, unsynced := f.cfg.Now(), false // resume points made durable
+	syncStaged := func() error {
+		if err := file.Sync(); err != nil {
+			if errors.Is(err, syscall.ENOSPC) {
+				return f.noSpace(h, file, off, total, err)
+			}
+			return fmt.Errorf("artifact %s: sync staging file: %w", digest, err)
+		}
+		synced, unsynced = f.cfg.Now(), false
+		return nil
+	}
 	for total == 0 || off < total {
 		before := off
 		err := f.stream(ctx, digest, file, &off, &total, hasher, progress)
@@ -480,17 +495,26 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 		}
 		if off > before {
 			// Bytes arrived: the controller is there and the link moves
-			// data. Make them the resume point (a restart keeps only what
-			// is on disk) and go on at once.
+			// data; go on at once. What arrived is made durable at most
+			// every syncEvery (a link that breaks streams many times a
+			// second would otherwise wait for the disk at each break), and
+			// before any wait: a power loss costs at most that much of
+			// the download, never its correctness (the digest is checked
+			// on what is on disk).
 			failures = 0
-			if err := file.Sync(); err != nil {
-				if errors.Is(err, syscall.ENOSPC) {
-					return "", f.noSpace(h, file, off, total, err)
+			unsynced = true
+			if f.cfg.Now().Sub(synced) >= syncEvery {
+				if err := syncStaged(); err != nil {
+					return "", err
 				}
-				return "", fmt.Errorf("artifact %s: sync staging file: %w", digest, err)
 			}
 			f.log.Debug("artifact stream broke after bringing bytes; resuming", "artifact", digest, "offset", off, "size", total, "err", err)
 			continue
+		}
+		if unsynced {
+			if err := syncStaged(); err != nil {
+				return "", err
+			}
 		}
 		failures++
 		if failures > f.cfg.Retries {
@@ -506,11 +530,8 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 	if off != total {
 		return "", fmt.Errorf("artifact %s: stream ended at %d of %d bytes", digest, off, total)
 	}
-	if err := file.Sync(); err != nil {
-		if errors.Is(err, syscall.ENOSPC) {
-			return "", f.noSpace(h, file, off, total, err)
-		}
-		return "", fmt.Errorf("artifact %s: sync staging file: %w", digest, err)
+	if err := syncStaged(); err != nil {
+		return "", err
 	}
 	sum, err := hasher.finish(ctx, fileOffset(total))
 	if err != nil {
