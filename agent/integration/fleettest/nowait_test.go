@@ -125,6 +125,7 @@ func TestRolloutWithoutFixedWaits(t *testing.T) {
 			}
 		}
 	}
+	t.Logf("create call to %s's final report (its whole job): %v", order[0], reported[order[0]].Sub(asked).Round(time.Microsecond))
 	lastNode := order[len(order)-1]
 	t.Logf("last report to rollout success: %v", done.Sub(reported[lastNode]))
 	if !done.Equal(reported[lastNode]) {
