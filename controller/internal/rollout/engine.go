@@ -123,6 +123,9 @@ type Engine struct {
 	runs  map[string]*run
 	plans map[string]*planWait // plan ID -> waiter
 	queue effects              // dispatcher calls not made yet, in commit order
+	// healthyWaits: per node, the runs in which it waits out its healthy
+	// period (see waitHealthy), so a heartbeat looks only at those.
+	healthyWaits map[string]map[*run]struct{}
 
 	draining sync.Mutex // held by the goroutine performing the queue
 }
@@ -177,6 +180,8 @@ func New(cfg Config) (*Engine, error) {
 		started: cfg.Clock.Now(),
 		runs:    map[string]*run{},
 		plans:   map[string]*planWait{},
+
+		healthyWaits: map[string]map[*run]struct{}{},
 	}
 	stored, err := cfg.Store.Rollouts()
 	if err != nil {

@@ -59,7 +59,7 @@ func (e *Engine) healthyDone(ru *run, n *ferryv1.NodeJob, now time.Time) bool {
 	fn, ok := e.cfg.Fleet.Node(id)
 	beating := e.cfg.Fleet.HeartbeatsSince(id)
 	if !ok || beating.IsZero() || gone(fn) || fn.GetConnected() && !reachable(fn) {
-		ru.healthySince[id] = time.Time{}
+		e.waitHealthy(ru, id, time.Time{})
 		return false
 	}
 	if ru.st.healthyFor == 0 && reachable(fn) {
@@ -74,10 +74,10 @@ func (e *Engine) healthyDone(ru *run, n *ferryv1.NodeJob, now time.Time) bool {
 		if e.started.After(since) {
 			since = e.started
 		}
-		ru.healthySince[id] = since
+		e.waitHealthy(ru, id, since)
 	case since.IsZero():
 		since = now
-		ru.healthySince[id] = since
+		e.waitHealthy(ru, id, since)
 	}
 	if beating.After(since) {
 		since = beating
@@ -90,4 +90,28 @@ func (e *Engine) healthyDone(ru *run, n *ferryv1.NodeJob, now time.Time) bool {
 		return false
 	}
 	return true
+}
+
+// waitHealthy records since in ru.healthySince for node id, which waits
+// out its healthy period, and indexes it for NodeHeartbeat.
+func (e *Engine) waitHealthy(ru *run, id string, since time.Time) {
+	ru.healthySince[id] = since
+	rs := e.healthyWaits[id]
+	if rs == nil {
+		rs = map[*run]struct{}{}
+		e.healthyWaits[id] = rs
+	}
+	rs[ru] = struct{}{}
+}
+
+// stopWaitingHealthy forgets node id's healthy period in ru: it has its
+// final outcome.
+func (e *Engine) stopWaitingHealthy(ru *run, id string) {
+	delete(ru.healthySince, id)
+	if rs := e.healthyWaits[id]; rs != nil {
+		delete(rs, ru)
+		if len(rs) == 0 {
+			delete(e.healthyWaits, id)
+		}
+	}
 }

@@ -76,7 +76,7 @@ func (e *Engine) update(ru *run, n *ferryv1.NodeJob, u *ferryv1.JobUpdate, now t
 			n.Outcome = ocChecking
 			n.FinishedAt = timestamppb.New(now)
 			n.Message = fmt.Sprintf("checks passed; waiting for %s of heartbeats", ru.st.healthyFor)
-			ru.healthySince[n.GetNodeId()] = now
+			e.waitHealthy(ru, n.GetNodeId(), now)
 			ru.event(now, n.GetNodeId(), "checking: %s", n.GetMessage())
 		}
 	case ferryv1.JobPhase_JOB_PHASE_UNCHANGED:
@@ -131,9 +131,11 @@ func (e *Engine) NodeHeartbeat(nodeID string) {
 	now := e.cfg.Clock.Now()
 	fx := &e.queue
 	settled := false
-	for _, ru := range e.runs {
-		// healthySince holds the nodes that reported success and have
-		// not finished yet: a heartbeat of any other node changes nothing.
+	// Only the runs in which the node waits out a healthy period: for
+	// any other node a heartbeat changes nothing. (An admin action that
+	// could not be saved may leave a run out of the index; the next Tick
+	// looks at it.)
+	for ru := range e.healthyWaits[nodeID] {
 		if _, waiting := ru.healthySince[nodeID]; !waiting || ru.frozen {
 			continue
 		}
