@@ -222,7 +222,7 @@ func BenchmarkEnsure256MiB(b *testing.B) {
 // BenchmarkEnsureOverResettingLink downloads a generated 100 MiB artifact
 // through a proxy that resets every connection after a fixed number of
 // bytes and caps the rate at 25 MiB/s, with the agent's own dial options,
-// (and the broken-link connection) and reports the bytes the controller
+// (and its broken-link connections) and reports the bytes the controller
 // served per artifact byte and the time against the ideal (the size at
 // the capped rate). The goals: at most 1.3× the bytes over a 512
 // KiB-reset link, within 2× the ideal time over a 1.5 MiB one. What a
@@ -251,16 +251,12 @@ func BenchmarkEnsureOverResettingLink(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer conn.Close()
-			broken, err := grpc.NewClient(proxy.Addr(), append(opts, BrokenLinkDialOptions()...)...)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer broken.Close()
+			brokenLink := brokenLinks(b, proxy.Addr(), opts)
 			client := ferryv1.NewAgentServiceClient(conn)
 			b.ResetTimer()
 			elapsed := timeEnsures(b, client, digest, uint64(g.size), func(c *Config) {
 				c.BackoffBase, c.BackoffMax = 0, 0 // the agent's defaults
-				c.BrokenLinkClient = ferryv1.NewAgentServiceClient(broken)
+				c.BrokenLink = brokenLink
 			})
 			b.StopTimer()
 			fake.idle(b)

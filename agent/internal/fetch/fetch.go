@@ -25,10 +25,11 @@
 // adapt): a stream that breaks within a few chunks halves it, down to
 // chunk.Min; one that lasts doubles it again. While the link breaks
 // streams (the chunk size is below chunk.Max) downloads use
-// Config.BrokenLinkClient, a connection with small static windows, so
-// little is in flight when a stream breaks: gRPC's window estimate grows
-// with the delay of a queueing link and would let a megabyte or more out
-// per stream. A healthy link keeps the default, estimated window.
+// Config.BrokenLink, connections with static windows of about a quarter of
+// what a stream brought before it broke (see brokenLinkWindow), so little
+// is in flight when a stream breaks: gRPC's window estimate grows with the
+// delay of a queueing link and would let a megabyte or more out per
+// stream. A healthy link keeps the default, estimated window.
 // Every chunk is written to the staging file as it arrives, a stream that
 // brought bytes is resumed at once, and only streams that brought nothing
 // count against the retry budget. A stream that brings nothing for
@@ -103,17 +104,34 @@ const (
 	growAfter   = 64
 )
 
-// BrokenLinkWindow is the HTTP/2 stream and connection window of the
-// connection downloads use while the link breaks streams: HTTP/2's initial
-// window, where every connection starts before gRPC's estimate grows it.
-// It bounds what a broken stream loses in flight, at the price of a
-// throughput of at most this much per round trip on that link.
-const BrokenLinkWindow = 64 << 10
+// The HTTP/2 stream and connection windows of the connections downloads
+// use while the link breaks streams. A window bounds what a broken stream
+// loses in flight, at the price of a throughput of at most one window per
+// round trip on that link. The smallest is HTTP/2's initial window (grpc-go
+// allows no less), where every connection starts before gRPC's estimate
+// grows it.
+const (
+	MinBrokenLinkWindow = 64 << 10
+	MaxBrokenLinkWindow = 1 << 20
+)
+
+// brokenLinkWindow is the window for a link whose last broken stream
+// brought got bytes: the largest power of two up to a quarter of that,
+// within [MinBrokenLinkWindow, MaxBrokenLinkWindow], so a few sizes serve
+// every link and a stream loses at most about a quarter of what it brings
+// in flight.
+func brokenLinkWindow(got uint64) int32 {
+	w := int32(MinBrokenLinkWindow)
+	for w < MaxBrokenLinkWindow && uint64(w)*2 <= got/4 {
+		w *= 2
+	}
+	return w
+}
 
 // BrokenLinkDialOptions are the options, added to the agent's own, of the
-// connection for Config.BrokenLinkClient.
-func BrokenLinkDialOptions() []grpc.DialOption {
-	return []grpc.DialOption{grpc.WithStaticStreamWindowSize(BrokenLinkWindow), grpc.WithStaticConnWindowSize(BrokenLinkWindow)}
+// connection Config.BrokenLink returns for window.
+func BrokenLinkDialOptions(window int32) []grpc.DialOption {
+	return []grpc.DialOption{grpc.WithStaticStreamWindowSize(window), grpc.WithStaticConnWindowSize(window)}
 }
 
 // Config configures a Fetcher.
@@ -123,10 +141,11 @@ type Config struct {
 	StateDir string
 	// Client is the agent's connection to the controller.
 	Client ferryv1.AgentServiceClient
-	// BrokenLinkClient, if set, is a second connection to the controller,
-	// dialled with BrokenLinkDialOptions, that downloads use while the
-	// link breaks streams (see the package doc).
-	BrokenLinkClient ferryv1.AgentServiceClient
+	// BrokenLink, if set, returns a connection to the controller dialled
+	// with BrokenLinkDialOptions(window), one per window, which downloads
+	// use while the link breaks streams (see the package doc); nil means
+	// Client.
+	BrokenLink func(window int32) ferryv1.AgentServiceClient
 	// MaxCacheEntries caps how many verified artifacts are kept (the most
 	// recently used win). 0 means 4; negative means no limit.
 	MaxCacheEntries int
@@ -169,6 +188,9 @@ type Fetcher struct {
 	held  map[string]int           // digests in use: never collected
 	rng   *rand.Rand
 	chunk int // chunk size to ask for, learnt from the link (see adapt)
+	// window is the broken-link connection's window, learnt from what the
+	// last broken stream brought (brokenLinkWindow).
+	window int32
 
 	// free and writeAt reach the file system; tests replace them.
 	free    func(dir string) (uint64, error)
@@ -218,6 +240,7 @@ func New(cfg Config) (*Fetcher, error) {
 		locks:    map[string]chan struct{}{},
 		held:     map[string]int{},
 		chunk:    chunk.Max,
+		window:   MinBrokenLinkWindow,
 		free: func(dir string) (uint64, error) {
 			free, _, err := facts.Space(dir)
 			return free, err
@@ -578,11 +601,13 @@ func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off,
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	f.mu.Lock()
-	size := f.chunk
+	size, window := f.chunk, f.window
 	f.mu.Unlock()
 	client := f.cfg.Client
-	if size < chunk.Max && f.cfg.BrokenLinkClient != nil {
-		client = f.cfg.BrokenLinkClient
+	if size < chunk.Max && f.cfg.BrokenLink != nil {
+		if c := f.cfg.BrokenLink(window); c != nil {
+			client = c
+		}
 	}
 	s, err := client.DownloadArtifact(ctx, &ferryv1.DownloadArtifactRequest{Digest: digest, Offset: *off, MaxChunkSize: uint32(size)}) //nolint:gosec // G115: adapt keeps size within chunk.Min..chunk.Max.
 	if err != nil {
@@ -591,12 +616,12 @@ func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off,
 	if _, err := s.Header(); err != nil {
 		return err // the stream never opened: no bytes moved, nothing to learn
 	}
-	chunks := 0
+	chunks, from := 0, *off
 	defer func() {
 		// A stall or the caller's end says nothing about the link's
 		// breaks; only a stream that broke on its own does.
 		complete := *total > 0 && *off == *total
-		f.adapt(size, chunks, !complete && ctx.Err() == nil, complete)
+		f.adapt(size, chunks, *off-from, !complete && ctx.Err() == nil, complete)
 	}()
 	var stall *time.Timer // armed by the first chunk, reset by each
 	defer func() {
@@ -660,22 +685,24 @@ func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off,
 }
 
 // adapt learns the chunk size from a stream that asked for size and
-// brought chunks of it before it ended: broke (on its own, before the
-// artifact was complete) or complete.
-func (f *Fetcher) adapt(size, chunks int, broke, complete bool) {
-	var next int
+// brought chunks of it (got bytes) before it ended: broke (on its own,
+// before the artifact was complete) or complete; and the broken-link
+// window from a stream that broke.
+func (f *Fetcher) adapt(size, chunks int, got uint64, broke, complete bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if broke {
+		f.window = brokenLinkWindow(got)
+	}
+	next := f.chunk
 	switch {
 	case chunks >= growAfter, complete && chunks >= shrinkBelow:
 		next = min(size*2, chunk.Max)
 	case broke && chunks < shrinkBelow:
 		next = max(size/2, chunk.Min)
-	default:
-		return
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	if next != f.chunk {
-		f.log.Debug("download chunk size adapted to the link", "from", f.chunk, "to", next, "chunks", chunks, "broke", broke)
+		f.log.Debug("download chunk size adapted to the link", "from", f.chunk, "to", next, "chunks", chunks, "broke", broke, "window", f.window)
 		f.chunk = next
 	}
 }

@@ -20,7 +20,7 @@ import (
 
 // A link that resets after every 512 KiB never carries a whole 1 MiB
 // chunk. The fetcher asks for smaller chunks until streams bring some,
-// moves to the broken-link connection, keeps every chunk that arrived,
+// moves to a broken-link connection, keeps every chunk that arrived,
 // and finishes; a link that is healthy again gets larger chunks back.
 // Each broken stream still loses the chunk it was in and what gRPC had
 // queued and in flight (the 64 KiB window and send queue here), and the
@@ -46,14 +46,14 @@ func TestEnsureOverLinkResettingEvery512KiB(t *testing.T) {
 	proxy := faultproxy.New(t, faultproxy.Config{Target: target, Faults: faults})
 	brokenLink := faultproxy.New(t, faultproxy.Config{Target: target, Faults: faults})
 	f := newFetcher(t, t.TempDir(), dial(t, p, proxy.Addr()), func(c *Config) {
-		c.BrokenLinkClient = dial(t, p, brokenLink.Addr(), BrokenLinkDialOptions()...)
+		c.BrokenLink = brokenLinks(t, brokenLink.Addr(), dialOptions(p))
 	})
 	ensureWithin(t, f, 2*time.Minute, digest, data)
 	fake.idle(t)
 	ratio := float64(fake.served.Load()) / float64(len(data))
 	t.Logf("%d streams over %d+%d connections; served %.2f× the artifact", fake.streams.Load(), proxy.Conns(), brokenLink.Conns(), ratio)
 	// The first stream, asking for 1 MiB chunks, broke with none: every
-	// later one went over the broken-link connection.
+	// later one went over a broken-link connection (64 KiB windows here).
 	if proxy.Conns() != 1 || brokenLink.Conns() != fake.streams.Load()-1 {
 		t.Errorf("%d streams went over %d default and %d broken-link connections, want 1 and the rest", fake.streams.Load(), proxy.Conns(), brokenLink.Conns())
 	}
@@ -268,6 +268,23 @@ func fill(t *testing.T, path string) {
 	for {
 		if _, err := file.Write(buf); err != nil {
 			return
+		}
+	}
+}
+
+func TestBrokenLinkWindow(t *testing.T) {
+	for _, tc := range []struct {
+		got  uint64
+		want int32
+	}{
+		{0, MinBrokenLinkWindow},
+		{480 << 10, 64 << 10},  // a 512 KiB-reset link: a quarter is 120 KiB
+		{512 << 10, 128 << 10}, // a quarter is exactly 128 KiB
+		{1440 << 10, 256 << 10},
+		{64 << 20, MaxBrokenLinkWindow},
+	} {
+		if got := brokenLinkWindow(tc.got); got != tc.want {
+			t.Errorf("brokenLinkWindow(%d) = %d, want %d", tc.got, got, tc.want)
 		}
 	}
 }
