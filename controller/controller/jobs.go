@@ -41,6 +41,8 @@ func (j jobSink) AgentHello(nodeID string, recent []*ferryv1.JobUpdate) {
 	j.engine.NodeConnected(nodeID, recent)
 }
 
+func (j jobSink) AgentHeartbeat(nodeID string) { j.engine.NodeHeartbeat(nodeID) }
+
 func (j jobSink) HandleJobUpdate(nodeID string, u *ferryv1.JobUpdate) {
 	switch u.GetPhase() {
 	case ferryv1.JobPhase_JOB_PHASE_SUCCEEDED, ferryv1.JobPhase_JOB_PHASE_UNCHANGED, ferryv1.JobPhase_JOB_PHASE_FAILED:

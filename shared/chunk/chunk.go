@@ -7,7 +7,7 @@ package chunk
 // The bounds of a download chunk, in bytes.
 const (
 	// Min is the smallest chunk the controller sends (but for the last).
-	Min = 64 << 10
+	Min = 32 << 10
 	// Max is the largest, and what an agent that asks for no size gets.
 	Max = 1 << 20
 )

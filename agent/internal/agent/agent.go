@@ -168,7 +168,9 @@ func (a *Agent) backoff(attempt int) time.Duration {
 // at most 10 s, or it answers these pings with GOAWAY "too_many_pings".
 var agentKeepalive = keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}
 
-func (a *Agent) dial() (*grpc.ClientConn, error) {
+// dial makes a connection to the controller; extra adds to the agent's
+// dial options (fetch.BrokenLinkDialOptions for a broken-link connection).
+func (a *Agent) dial(extra ...grpc.DialOption) (*grpc.ClientConn, error) {
 	tlsConf := rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 		return a.id.Certificate(), nil
 	}, a.id.Pool())
@@ -179,7 +181,7 @@ func (a *Agent) dial() (*grpc.ClientConn, error) {
 	if a.dialer != nil {
 		opts = append(opts, grpc.WithContextDialer(a.dialer))
 	}
-	return grpc.NewClient(a.cfg.Controller, opts...)
+	return grpc.NewClient(a.cfg.Controller, append(opts, extra...)...)
 }
 
 // jobDrainTimeout bounds how long a graceful stop waits for a running job
@@ -199,10 +201,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Close fails only on a connection already closed; at shutdown there
 	// is nothing left to do about it.
 	defer func() { _ = client.current().Close() }()
+	// Downloads over a link that keeps breaking streams move to
+	// connections with static windows (see package fetch).
+	brokenLink := &brokenLinks{a: a, conns: map[int32]*swapClient{}}
+	defer brokenLink.close()
 	newFetcher := a.cfg.NewFetcher
 	if newFetcher == nil {
 		newFetcher = func(c ferryv1.AgentServiceClient) (Fetcher, error) {
-			return fetch.New(fetch.Config{StateDir: a.cfg.StateDir, Client: c, Logger: a.log.With("component", "fetch")})
+			return fetch.New(fetch.Config{StateDir: a.cfg.StateDir, Client: c, BrokenLink: brokenLink.client, Logger: a.log.With("component", "fetch")})
 		}
 	}
 	f, err := newFetcher(client)
@@ -243,7 +249,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	attempt := 0 // attempts since the last established session
 	for {
 		var welcomedAt time.Time
-		err := a.session(ctx, client, &welcomedAt)
+		err := a.session(ctx, client, brokenLink, &welcomedAt)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -282,6 +288,60 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		case <-a.after(delay):
 		}
+	}
+}
+
+// brokenLinks are the agent's connections for downloads over a link that
+// breaks streams, one per static window (fetch.BrokenLinkDialOptions),
+// each dialled when first asked for; gRPC connects it at its first call.
+type brokenLinks struct {
+	a     *Agent
+	mu    sync.Mutex
+	conns map[int32]*swapClient
+}
+
+// client is fetch.Config.BrokenLink: nil (use the main connection) if the
+// connection cannot be made.
+func (b *brokenLinks) client(window int32) ferryv1.AgentServiceClient {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if c := b.conns[window]; c != nil {
+		return c
+	}
+	conn, err := b.a.dial(fetch.BrokenLinkDialOptions(window)...)
+	if err != nil {
+		b.a.log.Warn("dial a broken-link download connection; downloading over the main one", "window", window, "err", err)
+		return nil
+	}
+	c := &swapClient{}
+	c.set(conn)
+	b.conns[window] = c
+	return c
+}
+
+// redial moves every connection to a new one (a renewed certificate) and
+// returns the old ones, to be closed when the session ends.
+func (b *brokenLinks) redial() []*grpc.ClientConn {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var old []*grpc.ClientConn
+	for window, c := range b.conns {
+		conn, err := b.a.dial(fetch.BrokenLinkDialOptions(window)...)
+		if err != nil {
+			b.a.log.Warn("dial a broken-link download connection with the renewed certificate", "window", window, "err", err)
+			continue
+		}
+		old = append(old, c.current())
+		c.set(conn)
+	}
+	return old
+}
+
+func (b *brokenLinks) close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, c := range b.conns {
+		_ = c.current().Close() // fails only when already closed
 	}
 }
 
@@ -332,8 +392,9 @@ func (a *Agent) send(m *ferryv1.ConnectRequest) error {
 const connectTimeout = 10 * time.Second
 
 // session runs one stream until it fails or ctx ends. It sets *welcomedAt
-// to the agent's time when the controller's welcome arrives.
-func (a *Agent) session(ctx context.Context, client *swapClient, welcomedAt *time.Time) error {
+// to the agent's time when the controller's welcome arrives. A renewed
+// certificate moves client and brokenLink to new connections.
+func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *brokenLinks, welcomedAt *time.Time) error {
 	conn := client.current()
 	var retired []*grpc.ClientConn // connections replaced during this session
 	defer func() {
@@ -455,6 +516,7 @@ func (a *Agent) session(ctx context.Context, client *swapClient, welcomedAt *tim
 				break
 			}
 			retired = append(retired, client.current())
+			retired = append(retired, brokenLink.redial()...)
 			client.set(next)
 			a.log.Info("new calls use the renewed certificate")
 		case err := <-a.fatal:

@@ -222,12 +222,13 @@ func BenchmarkEnsure256MiB(b *testing.B) {
 // BenchmarkEnsureOverResettingLink downloads a generated 100 MiB artifact
 // through a proxy that resets every connection after a fixed number of
 // bytes and caps the rate at 25 MiB/s, with the agent's own dial options,
-// and reports the bytes the controller served per artifact byte and the
-// time against the ideal (the size at the capped rate). The goals: at
-// most 1.3× the bytes over a 512 KiB-reset link, within 2× the ideal
-// time over a 1.5 MiB one. What a broken stream loses is the chunk it was
-// in plus what gRPC had queued and the HTTP/2 window had in flight, so
-// the bytes served stay above what the chunk size alone would suggest.
+// (and its broken-link connections) and reports the bytes the controller
+// served per artifact byte and the time against the ideal (the size at
+// the capped rate). The goals: at most 1.3× the bytes over a 512
+// KiB-reset link, within 2× the ideal time over a 1.5 MiB one. What a
+// broken stream loses is the chunk it was in plus what gRPC had queued
+// and the HTTP/2 window had in flight, so the bytes served stay above what
+// the chunk size alone would suggest.
 func BenchmarkEnsureOverResettingLink(b *testing.B) {
 	const rate = 25 << 20
 	g := genBlob{seed: 5, size: 100 << 20}
@@ -244,15 +245,18 @@ func BenchmarkEnsureOverResettingLink(b *testing.B) {
 			fake := newFake()
 			fake.serveAs(digest, g)
 			proxy := faultproxy.New(b, faultproxy.Config{Target: serve(b, p, fake), Faults: faultproxy.ResetEvery(link.reset), Rate: rate})
-			conn, err := grpc.NewClient(proxy.Addr(), rpc.DialOptions(p.ClientTLS(p.Agent))...)
+			opts := rpc.DialOptions(p.ClientTLS(p.Agent))
+			conn, err := grpc.NewClient(proxy.Addr(), opts...)
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer conn.Close()
+			brokenLink := brokenLinks(b, proxy.Addr(), opts)
 			client := ferryv1.NewAgentServiceClient(conn)
 			b.ResetTimer()
 			elapsed := timeEnsures(b, client, digest, uint64(g.size), func(c *Config) {
 				c.BackoffBase, c.BackoffMax = 0, 0 // the agent's defaults
+				c.BrokenLink = brokenLink
 			})
 			b.StopTimer()
 			fake.idle(b)

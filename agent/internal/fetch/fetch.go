@@ -18,9 +18,18 @@
 // from then on) and is not hashed again on every Ensure.
 //
 // Progress on a bad link: gRPC hands over whole messages only, so what a
-// broken stream carried of its last chunk is lost. The chunk size asked
-// for adapts to the link (see adapt): a stream that breaks within a few
-// chunks halves it, down to chunk.Min; one that lasts doubles it again.
+// broken stream carried of its last chunk is lost, and so is what the
+// controller had already handed to its transport: the message gRPC was
+// writing, its send queue (64 KiB a stream) and what the HTTP/2 window let
+// into the network. The chunk size asked for adapts to the link (see
+// adapt): a stream that breaks within a few chunks halves it, down to
+// chunk.Min; one that lasts doubles it again. While the link breaks
+// streams (the chunk size is below chunk.Max) downloads use
+// Config.BrokenLink, connections with static windows of about a quarter of
+// what a stream brought before it broke (see brokenLinkWindow), so little
+// is in flight when a stream breaks: gRPC's window estimate grows with the
+// delay of a queueing link and would let a megabyte or more out per
+// stream. A healthy link keeps the default, estimated window.
 // Every chunk is written to the staging file as it arrives, a stream that
 // brought bytes is resumed at once, and only streams that brought nothing
 // count against the retry budget. A stream that brings nothing for
@@ -44,6 +53,7 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -76,18 +86,53 @@ var (
 	ErrRefused = errors.New("the controller refused the download")
 )
 
+// syncEvery is how often, at most, a download over a link that breaks
+// streams makes what arrived durable as its resume point.
+const syncEvery = time.Second
+
 // errStalled ends a stream that brought nothing for StallTimeout.
 var errStalled = errors.New("download stalled")
 
 // The chunk size adapts to the link by what each stream brought. A stream
 // that broke within shrinkBelow chunks lost a large share of what the
-// controller sent (the chunk it was in, and those queued behind it), so
-// the next asks for half; one that brought growAfter chunks asks for
-// twice. Bounded by chunk.Min and chunk.Max.
+// controller sent (the chunk it was in, and about one more queued behind
+// it: some 1.5 chunks in shrinkBelow), so the next asks for half; one
+// that brought growAfter chunks, or completed the artifact after
+// shrinkBelow, asks for twice. Bounded by chunk.Min and chunk.Max.
 const (
-	shrinkBelow = 4
-	growAfter   = 16
+	shrinkBelow = 16
+	growAfter   = 64
 )
+
+// The HTTP/2 stream and connection windows of the connections downloads
+// use while the link breaks streams. A window bounds what a broken stream
+// loses in flight, at the price of a throughput of at most one window per
+// round trip on that link. The smallest is HTTP/2's initial window (grpc-go
+// allows no less), where every connection starts before gRPC's estimate
+// grows it.
+const (
+	MinBrokenLinkWindow = 64 << 10
+	MaxBrokenLinkWindow = 1 << 20
+)
+
+// brokenLinkWindow is the window for a link whose last broken stream
+// brought got bytes: the largest power of two up to a quarter of that,
+// within [MinBrokenLinkWindow, MaxBrokenLinkWindow], so a few sizes serve
+// every link and a stream loses at most about a quarter of what it brings
+// in flight.
+func brokenLinkWindow(got uint64) int32 {
+	w := int32(MinBrokenLinkWindow)
+	for w < MaxBrokenLinkWindow && uint64(w)*2 <= got/4 {
+		w *= 2
+	}
+	return w
+}
+
+// BrokenLinkDialOptions are the options, added to the agent's own, of the
+// connection Config.BrokenLink returns for window.
+func BrokenLinkDialOptions(window int32) []grpc.DialOption {
+	return []grpc.DialOption{grpc.WithStaticStreamWindowSize(window), grpc.WithStaticConnWindowSize(window)}
+}
 
 // Config configures a Fetcher.
 type Config struct {
@@ -96,6 +141,11 @@ type Config struct {
 	StateDir string
 	// Client is the agent's connection to the controller.
 	Client ferryv1.AgentServiceClient
+	// BrokenLink, if set, returns a connection to the controller dialled
+	// with BrokenLinkDialOptions(window), one per window, which downloads
+	// use while the link breaks streams (see the package doc); nil means
+	// Client.
+	BrokenLink func(window int32) ferryv1.AgentServiceClient
 	// MaxCacheEntries caps how many verified artifacts are kept (the most
 	// recently used win). 0 means 4; negative means no limit.
 	MaxCacheEntries int
@@ -138,6 +188,9 @@ type Fetcher struct {
 	held  map[string]int           // digests in use: never collected
 	rng   *rand.Rand
 	chunk int // chunk size to ask for, learnt from the link (see adapt)
+	// window is the broken-link connection's window, learnt from what the
+	// last broken stream brought (brokenLinkWindow).
+	window int32
 
 	// free and writeAt reach the file system; tests replace them.
 	free    func(dir string) (uint64, error)
@@ -187,6 +240,7 @@ func New(cfg Config) (*Fetcher, error) {
 		locks:    map[string]chan struct{}{},
 		held:     map[string]int{},
 		chunk:    chunk.Max,
+		window:   MinBrokenLinkWindow,
 		free: func(dir string) (uint64, error) {
 			free, _, err := facts.Space(dir)
 			return free, err
@@ -407,6 +461,17 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 	}
 
 	failures := 0
+	synced, unsynced := f.cfg.Now(), false // resume points made durable
+	syncStaged := func() error {
+		if err := file.Sync(); err != nil {
+			if errors.Is(err, syscall.ENOSPC) {
+				return f.noSpace(h, file, off, total, err)
+			}
+			return fmt.Errorf("artifact %s: sync staging file: %w", digest, err)
+		}
+		synced, unsynced = f.cfg.Now(), false
+		return nil
+	}
 	for total == 0 || off < total {
 		before := off
 		err := f.stream(ctx, digest, file, &off, &total, hasher, progress)
@@ -453,17 +518,26 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 		}
 		if off > before {
 			// Bytes arrived: the controller is there and the link moves
-			// data. Make them the resume point (a restart keeps only what
-			// is on disk) and go on at once.
+			// data; go on at once. What arrived is made durable at most
+			// every syncEvery (a link that breaks streams many times a
+			// second would otherwise wait for the disk at each break), and
+			// before any wait: a power loss costs at most that much of
+			// the download, never its correctness (the digest is checked
+			// on what is on disk).
 			failures = 0
-			if err := file.Sync(); err != nil {
-				if errors.Is(err, syscall.ENOSPC) {
-					return "", f.noSpace(h, file, off, total, err)
+			unsynced = true
+			if f.cfg.Now().Sub(synced) >= syncEvery {
+				if err := syncStaged(); err != nil {
+					return "", err
 				}
-				return "", fmt.Errorf("artifact %s: sync staging file: %w", digest, err)
 			}
 			f.log.Debug("artifact stream broke after bringing bytes; resuming", "artifact", digest, "offset", off, "size", total, "err", err)
 			continue
+		}
+		if unsynced {
+			if err := syncStaged(); err != nil {
+				return "", err
+			}
 		}
 		failures++
 		if failures > f.cfg.Retries {
@@ -479,11 +553,8 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 	if off != total {
 		return "", fmt.Errorf("artifact %s: stream ended at %d of %d bytes", digest, off, total)
 	}
-	if err := file.Sync(); err != nil {
-		if errors.Is(err, syscall.ENOSPC) {
-			return "", f.noSpace(h, file, off, total, err)
-		}
-		return "", fmt.Errorf("artifact %s: sync staging file: %w", digest, err)
+	if err := syncStaged(); err != nil {
+		return "", err
 	}
 	sum, err := hasher.finish(ctx, fileOffset(total))
 	if err != nil {
@@ -530,21 +601,27 @@ func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off,
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	f.mu.Lock()
-	size := f.chunk
+	size, window := f.chunk, f.window
 	f.mu.Unlock()
-	s, err := f.cfg.Client.DownloadArtifact(ctx, &ferryv1.DownloadArtifactRequest{Digest: digest, Offset: *off, MaxChunkSize: uint32(size)}) //nolint:gosec // G115: adapt keeps size within chunk.Min..chunk.Max.
+	client := f.cfg.Client
+	if size < chunk.Max && f.cfg.BrokenLink != nil {
+		if c := f.cfg.BrokenLink(window); c != nil {
+			client = c
+		}
+	}
+	s, err := client.DownloadArtifact(ctx, &ferryv1.DownloadArtifactRequest{Digest: digest, Offset: *off, MaxChunkSize: uint32(size)}) //nolint:gosec // G115: adapt keeps size within chunk.Min..chunk.Max.
 	if err != nil {
 		return err
 	}
 	if _, err := s.Header(); err != nil {
 		return err // the stream never opened: no bytes moved, nothing to learn
 	}
-	chunks := 0
+	chunks, from := 0, *off
 	defer func() {
 		// A stall or the caller's end says nothing about the link's
 		// breaks; only a stream that broke on its own does.
-		broke := (*total == 0 || *off < *total) && ctx.Err() == nil
-		f.adapt(size, chunks, broke)
+		complete := *total > 0 && *off == *total
+		f.adapt(size, chunks, *off-from, !complete && ctx.Err() == nil, complete)
 	}()
 	var stall *time.Timer // armed by the first chunk, reset by each
 	defer func() {
@@ -608,22 +685,24 @@ func (f *Fetcher) stream(ctx context.Context, digest string, file *os.File, off,
 }
 
 // adapt learns the chunk size from a stream that asked for size and
-// brought chunks of it before it ended (broke: before the artifact was
-// complete).
-func (f *Fetcher) adapt(size, chunks int, broke bool) {
-	var next int
+// brought chunks of it (got bytes) before it ended: broke (on its own,
+// before the artifact was complete) or complete; and the broken-link
+// window from a stream that broke.
+func (f *Fetcher) adapt(size, chunks int, got uint64, broke, complete bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if broke {
+		f.window = brokenLinkWindow(got)
+	}
+	next := f.chunk
 	switch {
-	case chunks >= growAfter:
+	case chunks >= growAfter, complete && chunks >= shrinkBelow:
 		next = min(size*2, chunk.Max)
 	case broke && chunks < shrinkBelow:
 		next = max(size/2, chunk.Min)
-	default:
-		return
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	if next != f.chunk {
-		f.log.Debug("download chunk size adapted to the link", "from", f.chunk, "to", next, "chunks", chunks, "broke", broke)
+		f.log.Debug("download chunk size adapted to the link", "from", f.chunk, "to", next, "chunks", chunks, "broke", broke, "window", f.window)
 		f.chunk = next
 	}
 }

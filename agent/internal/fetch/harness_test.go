@@ -174,16 +174,41 @@ func serve(t testing.TB, p *pkitest.PKI, fake ferryv1.AgentServiceServer) string
 // connections stay quick.
 func dial(t testing.TB, p *pkitest.PKI, addr string) ferryv1.AgentServiceClient {
 	t.Helper()
-	opts := append(rpc.DialOptions(p.ClientTLS(p.Agent)), grpc.WithConnectParams(grpc.ConnectParams{
-		Backoff:           backoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 1.5, MaxDelay: 50 * time.Millisecond},
-		MinConnectTimeout: time.Second,
-	}))
-	conn, err := grpc.NewClient(addr, opts...)
+	conn, err := grpc.NewClient(addr, dialOptions(p)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
 	return ferryv1.NewAgentServiceClient(conn)
+}
+
+func dialOptions(p *pkitest.PKI) []grpc.DialOption {
+	return append(rpc.DialOptions(p.ClientTLS(p.Agent)), grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 1.5, MaxDelay: 50 * time.Millisecond},
+		MinConnectTimeout: time.Second,
+	}))
+}
+
+// brokenLinks is a Config.BrokenLink dialling addr with opts, one
+// connection per window, as the agent does.
+func brokenLinks(t testing.TB, addr string, opts []grpc.DialOption) func(int32) ferryv1.AgentServiceClient {
+	var mu sync.Mutex
+	conns := map[int32]ferryv1.AgentServiceClient{}
+	return func(window int32) ferryv1.AgentServiceClient {
+		mu.Lock()
+		defer mu.Unlock()
+		if c, ok := conns[window]; ok {
+			return c
+		}
+		conn, err := grpc.NewClient(addr, append(opts, BrokenLinkDialOptions(window)...)...)
+		if err != nil {
+			t.Error(err)
+			return nil
+		}
+		t.Cleanup(func() { conn.Close() })
+		conns[window] = ferryv1.NewAgentServiceClient(conn)
+		return conns[window]
+	}
 }
 
 func newFetcher(t testing.TB, dir string, client ferryv1.AgentServiceClient, mod func(*Config)) *Fetcher {

@@ -69,7 +69,7 @@ func TestPushThenDownload(t *testing.T) {
 }
 
 // An agent may ask for smaller chunks; the controller bounds what it
-// asks for to [64 KiB, 1 MiB], and 0 (an agent from before the field)
+// asks for to [32 KiB, 1 MiB], and 0 (an agent from before the field)
 // gets 1 MiB.
 func TestDownloadChunkSize(t *testing.T) {
 	h := newHarness(t, harnessOpts{})

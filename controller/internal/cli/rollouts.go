@@ -38,7 +38,7 @@ func (s *strategyFlags) add(cmd *cobra.Command) {
 	f.StringVar(&s.maxFailures, "max-failures", "0", "failures tolerated over the whole rollout: a count or a percent")
 	f.StringVar(&s.onFailure, "on-failure", "pause", "what to do when max-failures is exceeded: pause, abort or rollback")
 	f.DurationVar(&s.progressDeadline, "progress-deadline", 10*time.Minute, "how long one node may take before it counts as failed")
-	f.DurationVar(&s.healthyFor, "healthy-for", 10*time.Second, "how long a node must keep heartbeating after its checks pass")
+	f.DurationVar(&s.healthyFor, "healthy-for", 10*time.Second, "how long a node must keep heartbeating after its checks pass (0s: it succeeds on its job report)")
 }
 
 func (s *strategyFlags) proto() (*ferryv1.Strategy, error) {

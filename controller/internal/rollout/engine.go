@@ -12,8 +12,11 @@
 // The engine is a state machine over *ferryv1.Rollout records. It talks to
 // the rest of the controller only through the small interfaces in deps.go
 // (Store, Dispatcher, Fleet, Packages, Clock, Auditor) and is driven by
-// Tick (Run calls it on a ticker), by agents' job updates (HandleJobUpdate)
-// and by admin calls (Create, Promote, Pause, Resume, Abort, Undo).
+// Tick (Run calls it on a ticker, for deadlines and grace periods), by
+// agents' job updates (HandleJobUpdate) and heartbeats (NodeHeartbeat), and
+// by admin calls (Create, Promote, Pause, Resume, Abort, Undo): a job is sent
+// and a freed slot refilled in the call that made it possible, never on the
+// next tick.
 //
 // Node outcomes:
 //
@@ -23,7 +26,8 @@
 //     time of the report, until it has been healthy for healthy_for (its
 //     heartbeats continuous and its state HEALTHY whenever its stream was
 //     up; brief reconnects do not count against it, see healthyDone) and a
-//     heartbeat arrived after that period; then SUCCEEDED.
+//     heartbeat arrived after that period; then SUCCEEDED. With healthy_for
+//     0 the report itself is enough: SUCCEEDED at once.
 //   - UNCHANGED from the agent is a success. FAILED: a step failed, or the
 //     progress deadline passed while the node was connected (the job is then
 //     cancelled). UNREACHABLE: the node was not connected and healthy when
@@ -119,6 +123,9 @@ type Engine struct {
 	runs  map[string]*run
 	plans map[string]*planWait // plan ID -> waiter
 	queue effects              // dispatcher calls not made yet, in commit order
+	// healthyWaits: per node, the runs in which it waits out its healthy
+	// period (see waitHealthy), so a heartbeat looks only at those.
+	healthyWaits map[string]map[*run]struct{}
 
 	draining sync.Mutex // held by the goroutine performing the queue
 }
@@ -173,6 +180,8 @@ func New(cfg Config) (*Engine, error) {
 		started: cfg.Clock.Now(),
 		runs:    map[string]*run{},
 		plans:   map[string]*planWait{},
+
+		healthyWaits: map[string]map[*run]struct{}{},
 	}
 	stored, err := cfg.Store.Rollouts()
 	if err != nil {

@@ -446,6 +446,7 @@ type strat struct {
 	onFailure    ferryv1.FailureAction
 	deadline     time.Duration
 	healthy      time.Duration
+	healthyZero  bool // explicit --healthy-for 0s
 	group        string
 	selector     map[string]string
 	pkg, version string
@@ -476,7 +477,7 @@ func (s strat) request() *ferryv1.CreateRolloutRequest {
 	if s.deadline != 0 {
 		req.Strategy.ProgressDeadline = durationpb.New(s.deadline)
 	}
-	if s.healthy != 0 {
+	if s.healthy != 0 || s.healthyZero {
 		req.Strategy.HealthyFor = durationpb.New(s.healthy)
 	}
 	return req

@@ -52,14 +52,18 @@ func (e *Engine) checkInFlight(ru *run, n *ferryv1.NodeJob, now time.Time, fx *e
 // HeartbeatsSince), it was HEALTHY at every look while its stream was up,
 // and it was never gone (down, left, removed). A stream that drops and is
 // redialled within that gap, as on a flapping link, does not restart the
-// period.
+// period. With healthy_for 0 the report itself, from a node that is
+// connected and healthy, is the sign of life: no heartbeat is waited for.
 func (e *Engine) healthyDone(ru *run, n *ferryv1.NodeJob, now time.Time) bool {
 	id := n.GetNodeId()
 	fn, ok := e.cfg.Fleet.Node(id)
 	beating := e.cfg.Fleet.HeartbeatsSince(id)
 	if !ok || beating.IsZero() || gone(fn) || fn.GetConnected() && !reachable(fn) {
-		ru.healthySince[id] = time.Time{}
+		e.waitHealthy(ru, id, time.Time{})
 		return false
+	}
+	if ru.st.healthyFor == 0 && reachable(fn) {
+		return true
 	}
 	since, seen := ru.healthySince[id]
 	switch {
@@ -70,10 +74,10 @@ func (e *Engine) healthyDone(ru *run, n *ferryv1.NodeJob, now time.Time) bool {
 		if e.started.After(since) {
 			since = e.started
 		}
-		ru.healthySince[id] = since
+		e.waitHealthy(ru, id, since)
 	case since.IsZero():
 		since = now
-		ru.healthySince[id] = since
+		e.waitHealthy(ru, id, since)
 	}
 	if beating.After(since) {
 		since = beating
@@ -86,4 +90,28 @@ func (e *Engine) healthyDone(ru *run, n *ferryv1.NodeJob, now time.Time) bool {
 		return false
 	}
 	return true
+}
+
+// waitHealthy records since in ru.healthySince for node id, which waits
+// out its healthy period, and indexes it for NodeHeartbeat.
+func (e *Engine) waitHealthy(ru *run, id string, since time.Time) {
+	ru.healthySince[id] = since
+	rs := e.healthyWaits[id]
+	if rs == nil {
+		rs = map[*run]struct{}{}
+		e.healthyWaits[id] = rs
+	}
+	rs[ru] = struct{}{}
+}
+
+// stopWaitingHealthy forgets node id's healthy period in ru: it has its
+// final outcome.
+func (e *Engine) stopWaitingHealthy(ru *run, id string) {
+	delete(ru.healthySince, id)
+	if rs := e.healthyWaits[id]; rs != nil {
+		delete(rs, ru)
+		if len(rs) == 0 {
+			delete(e.healthyWaits, id)
+		}
+	}
 }

@@ -170,3 +170,55 @@ func (f *staleHeartbeatFleet) Node(id string) (*ferryv1.Node, bool) {
 	}
 	return n, ok
 }
+
+// With healthy-for 0 the job report is the sign of life: on a clock that
+// never moves and with no Tick, every node of a one-slot window succeeds
+// on its report (its last heartbeat came before it), the next starts at
+// once, and the rollout ends with the last report. A wait for a heartbeat
+// or a tick would leave the first node checking.
+func TestHealthyForZeroSucceedsOnTheReport(t *testing.T) {
+	h := newHarness(t, 3)
+	h.e.cfg.Fleet = &staleHeartbeatFleet{fakeFleet: h.fleet, at: h.clock.Now().Add(-time.Second)}
+	r := h.create(strat{noCanary: true, parallel: "1", healthyZero: true})
+	for i, id := range []string{"n00", "n01", "n02"} {
+		if sent := h.sentTo(r.Id); len(sent) != i+1 || sent[i] != id {
+			t.Fatalf("before %s's report jobs went to %v, want n00..%s one at a time", id, sent, id)
+		}
+		h.succeed(r.Id, id)
+		if got := h.outcome(r.Id, id); got != ocSucceeded {
+			t.Fatalf("%s after its report = %v, want succeeded without a heartbeat or tick", id, got)
+		}
+	}
+	if got := h.state(r.Id); got != stSucceeded {
+		t.Fatalf("rollout after the last report = %v, want succeeded", got)
+	}
+}
+
+// A node waiting out a healthy period succeeds on the heartbeat that ends
+// it (NodeHeartbeat), and the window moves on, without a Tick.
+func TestHeartbeatEndsTheHealthyPeriod(t *testing.T) {
+	h := newHarness(t, 2)
+	stale := &staleHeartbeatFleet{fakeFleet: h.fleet, at: h.clock.Now()}
+	h.e.cfg.Fleet = stale
+	r := h.create(strat{noCanary: true, parallel: "1", healthy: 10 * time.Second})
+	h.succeed(r.Id, "n00")
+	h.clock.Advance(5 * time.Second)
+	stale.at = h.clock.Now()
+	h.e.NodeHeartbeat("n00")
+	if got := h.outcome(r.Id, "n00"); got != ocChecking {
+		t.Fatalf("after a heartbeat within the period n00 = %v, want checking", got)
+	}
+	h.clock.Advance(6 * time.Second)
+	h.e.NodeHeartbeat("n01") // not waiting: changes nothing
+	if got := h.outcome(r.Id, "n00"); got != ocChecking {
+		t.Fatalf("after another node's heartbeat n00 = %v, want checking", got)
+	}
+	stale.at = h.clock.Now()
+	h.e.NodeHeartbeat("n00")
+	if got := h.outcome(r.Id, "n00"); got != ocSucceeded {
+		t.Fatalf("after the heartbeat that ends the period n00 = %v, want succeeded", got)
+	}
+	if sent := h.sentTo(r.Id); len(sent) != 2 || sent[1] != "n01" {
+		t.Fatalf("jobs went to %v, want n01 started when n00's slot freed", sent)
+	}
+}

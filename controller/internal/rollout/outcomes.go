@@ -115,7 +115,7 @@ func (e *Engine) finish(ru *run, n *ferryv1.NodeJob, o ferryv1.NodeOutcome, now 
 	n.Outcome = o
 	n.FinishedAt = timestamppb.New(now)
 	n.Message = msg
-	delete(ru.healthySince, n.GetNodeId())
+	e.stopWaitingHealthy(ru, n.GetNodeId())
 	if o == ocFailed && n.GetFailedStep() != "" {
 		// The agent's message already starts with the step.
 		ru.event(now, n.GetNodeId(), "failed at %s: %s", n.GetFailedStep(), strings.TrimPrefix(msg, n.GetFailedStep()+": "))

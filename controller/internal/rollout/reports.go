@@ -76,7 +76,7 @@ func (e *Engine) update(ru *run, n *ferryv1.NodeJob, u *ferryv1.JobUpdate, now t
 			n.Outcome = ocChecking
 			n.FinishedAt = timestamppb.New(now)
 			n.Message = fmt.Sprintf("checks passed; waiting for %s of heartbeats", ru.st.healthyFor)
-			ru.healthySince[n.GetNodeId()] = now
+			e.waitHealthy(ru, n.GetNodeId(), now)
 			ru.event(now, n.GetNodeId(), "checking: %s", n.GetMessage())
 		}
 	case ferryv1.JobPhase_JOB_PHASE_UNCHANGED:
@@ -120,6 +120,35 @@ func cloneSteps(in []*ferryv1.StepResult) []*ferryv1.StepResult {
 		out[i] = proto.Clone(s).(*ferryv1.StepResult)
 	}
 	return out
+}
+
+// NodeHeartbeat is called for each heartbeat of a node's agent. A node
+// serving out its healthy period succeeds on the first heartbeat after the
+// period (which healthyDone asks for), and the window moves on at once,
+// rather than at the next Tick.
+func (e *Engine) NodeHeartbeat(nodeID string) {
+	e.mu.Lock()
+	now := e.cfg.Clock.Now()
+	fx := &e.queue
+	settled := false
+	// Only the runs in which the node waits out a healthy period: for
+	// any other node a heartbeat changes nothing. (An admin action that
+	// could not be saved may leave a run out of the index; the next Tick
+	// looks at it.)
+	for ru := range e.healthyWaits[nodeID] {
+		if _, waiting := ru.healthySince[nodeID]; !waiting || ru.frozen {
+			continue
+		}
+		if n := ru.node(nodeID); n != nil && waitingHealthy(n) && e.healthyDone(ru, n, now) {
+			e.settle(ru, now, fx)
+			_ = e.commit(ru, now, fx) // logged; retried at the next tick
+			settled = true
+		}
+	}
+	e.mu.Unlock()
+	if settled {
+		e.drain()
+	}
 }
 
 // NodeConnected is called when a node's agent opens its stream, with the

@@ -137,6 +137,9 @@ func (s *agentServer) Connect(stream grpc.BidiStreamingServer[ferryv1.ConnectReq
 				if s.d.Observer != nil {
 					s.d.Observer.HeartbeatReceived(age)
 				}
+				if s.d.Jobs != nil {
+					s.d.Jobs.AgentHeartbeat(nodeID)
+				}
 			case *ferryv1.ConnectRequest_JobUpdate:
 				if s.d.Jobs != nil {
 					s.d.Jobs.HandleJobUpdate(nodeID, msg.JobUpdate)

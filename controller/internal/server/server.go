@@ -30,6 +30,10 @@ type JobSink interface {
 	// AgentHello is called when a node connects, with the jobs it
 	// re-reports, so a restarted controller learns outcomes it missed.
 	AgentHello(nodeID string, recent []*ferryv1.JobUpdate)
+	// AgentHeartbeat is called after each heartbeat is recorded, so a
+	// node waiting out its healthy period is done on the heartbeat that
+	// ends it.
+	AgentHeartbeat(nodeID string)
 	HandleJobUpdate(nodeID string, u *ferryv1.JobUpdate)
 	// HandleJobLog stores a job's output and returns the acknowledgement
 	// to send back (nil for none: the agent sends the lines again later).

@@ -1323,7 +1323,7 @@ type DownloadArtifactRequest struct {
 	// Largest chunk the agent wants, in bytes: a link that breaks often
 	// keeps more of what it received with smaller chunks. 0 means the
 	// controller's default of 1 MiB; the controller bounds it to
-	// [64 KiB, 1 MiB].
+	// [32 KiB, 1 MiB].
 	MaxChunkSize  uint32 `protobuf:"varint,3,opt,name=max_chunk_size,json=maxChunkSize,proto3" json:"max_chunk_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
