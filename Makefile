@@ -100,6 +100,23 @@ check-generate: generate ## Fail if regenerating the code would change it
 demo: build ## Run the whole story on a local demo fleet (controller + agents on loopback)
 	./deployments/demo/demo.sh
 
+# Release bundles (deployments/dist/dist.sh says what is in them). VERSION
+# must be a release version here, not git describe's.
+PLATFORMS ?= linux/amd64 linux/arm64
+.PHONY: dist
+dist: ## Release bundles dist/ferry-VERSION-linux-{amd64,arm64}.tar.gz + SHA256SUMS (VERSION=x.y.z [SIGNING_KEY=ed25519 key])
+	PLATFORMS='$(PLATFORMS)' SIGNING_KEY='$(SIGNING_KEY)' GO='$(GO)' ./deployments/dist/dist.sh '$(VERSION)' dist
+
+.PHONY: dist-check
+dist-check: ## Build the bundles twice (the second with an empty Go build cache) and fail unless the bytes are the same
+	./deployments/dist/dist-check.sh '$(VERSION)'
+
+# The controller's container image (deployments/container/Containerfile).
+IMAGE ?= ferry-controller:$(VERSION)
+.PHONY: image
+image: ## Build the controller's container image IMAGE with podman, buildah or docker (whichever is installed)
+	./deployments/container/build.sh '$(IMAGE)' '$(VERSION)' '$(COMMIT)'
+
 .PHONY: clean
-clean: ## Remove build outputs and demo state
-	rm -rf bin .demo
+clean: ## Remove build outputs, bundles and demo state
+	rm -rf bin dist .demo
