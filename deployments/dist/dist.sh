@@ -66,7 +66,8 @@ sign() {
 # sums DIR writes DIR/SHA256SUMS over every other file under DIR, sorted.
 sums() {
 	(cd "$1" && find . -type f ! -name SHA256SUMS ! -name SHA256SUMS.sig -printf '%P\n' | sort |
-		xargs -d '\n' sha256sum >SHA256SUMS)
+		xargs -d '\n' sha256sum >"$1.sums")
+	mv "$1.sums" "$1/SHA256SUMS"
 }
 
 LDFLAGS="-s -w -buildid= -X github.com/ferrydeploy/ferry/shared/version.Version=$VERSION -X github.com/ferrydeploy/ferry/shared/version.Commit=$COMMIT"

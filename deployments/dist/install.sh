@@ -15,7 +15,7 @@
 #   /usr/lib/sysusers.d/ferry.conf                 0644 root:root   (controller; the ferry user)
 #   /etc/ferry/                                    0755 root:root
 #   /etc/ferry/controller.yaml                     0640 root:ferry  (controller)
-#   /etc/ferry/agent.yaml                          0640 root:root   (agent)
+#   /etc/ferry/agent.yaml                          0644 root:root   (agent)
 #   /var/lib/ferry-controller/                     0700 ferry:ferry (controller data: CA, store, artifacts)
 #   /var/lib/ferry-agent/                          0700 root:root   (agent state: identity, installed packages)
 #
@@ -217,7 +217,7 @@ change() {
 		return 0
 	fi
 	note "  $what"
-	"$@"
+	"$@" || die "could not $what (see the message above)"
 }
 
 # id_of KIND NAME prints the numeric ID of a user (passwd) or group
@@ -362,6 +362,23 @@ render() {
 	done
 }
 
+# setting FILE KEY VALUE adds KEY=VALUE to the caller's settings; without a
+# VALUE (the option was not given), the value install.sh wrote into the
+# installed FILE before is kept, so a second run or an upgrade without the
+# option does not take the setting back.
+setting() {
+	local file=$1 key=$2 val=$3 cur
+	if [[ -z $val ]]; then
+		cur=$(at "$CONF_DIR/$file")
+		[[ -r $cur ]] || return 0
+		val=$(awk -v key="$key" 'index($0, key ": \"") == 1 {
+				v = substr($0, length(key) + 4); sub(/"$/, "", v)
+				gsub(/\\"/, "\"", v); gsub(/\\\\/, "\\", v); print v; exit }' "$cur")
+		[[ -n $val ]] || return 0
+	fi
+	settings+=("$key=$val")
+}
+
 # example NAME prints the bundle's example config NAME (controller.yaml,
 # agent.yaml), or nothing if the bundle has none.
 example() {
@@ -449,9 +466,9 @@ install_common_dirs() {
 
 install_controller() {
 	local before
+	install_common_dirs
 	ensure_file "$BUNDLE/deployments/systemd/ferry.sysusers" "$(at "$SYSUSERS")" 0644 root root
 	ensure_user
-	install_common_dirs
 	ensure_dir "$(at "$CONTROLLER_DATA")" 0700 "$USER_NAME" "$USER_NAME"
 	before=$CHANGES
 	ensure_file "$BUNDLE/bin/ferry-controller" "$(at "$BIN_DIR/ferry-controller")" 0755 root root
@@ -463,10 +480,10 @@ install_controller() {
 	ex=$(example controller.yaml)
 	if [[ -n $ex ]]; then
 		[[ $ROOT == / ]] || settings+=("data-dir=$(at "$CONTROLLER_DATA")")
-		[[ -z $LISTEN ]] || settings+=("listen=$LISTEN")
-		[[ -z $HTTP_LISTEN ]] || settings+=("http-listen=$HTTP_LISTEN")
-		[[ -z $ADVERTISE ]] || settings+=("advertise=$ADVERTISE")
-		[[ -z $GOSSIP_LISTEN ]] || settings+=("gossip-listen=$GOSSIP_LISTEN")
+		setting controller.yaml listen "$LISTEN"
+		setting controller.yaml http-listen "$HTTP_LISTEN"
+		setting controller.yaml advertise "$ADVERTISE"
+		setting controller.yaml gossip-listen "$GOSSIP_LISTEN"
 		render "$ex" "$WORK/controller.yaml" "${settings[@]}"
 		ensure_conffile "$WORK/controller.yaml" "$CONF_DIR/controller.yaml" 0640 root "$USER_NAME"
 	else
@@ -490,9 +507,9 @@ install_agent() {
 	ex=$(example agent.yaml)
 	if [[ -n $ex ]]; then
 		[[ $ROOT == / ]] || settings+=("state-dir=$(at "$AGENT_STATE")" "root=$ROOT")
-		[[ -z $GOSSIP_LISTEN ]] || settings+=("gossip-listen=$GOSSIP_LISTEN")
+		setting agent.yaml gossip-listen "$GOSSIP_LISTEN"
 		render "$ex" "$WORK/agent.yaml" "${settings[@]}"
-		ensure_conffile "$WORK/agent.yaml" "$CONF_DIR/agent.yaml" 0640 root root
+		ensure_conffile "$WORK/agent.yaml" "$CONF_DIR/agent.yaml" 0644 root root
 	else
 		[[ -z $GOSSIP_LISTEN ]] || die "this bundle has no deployments/config/agent.yaml to write --gossip-listen into"
 		note "note: this bundle has no example agent.yaml; the daemon runs with its defaults"
@@ -523,7 +540,7 @@ enroll() {
 		return 0
 	fi
 	note "  ferry-agent $shown"
-	"$(at "$BIN_DIR/ferry-agent")" "${args[@]}" || die "enrollment failed (see above); nothing else was changed by it, and running install.sh again retries it"
+	"$(at "$BIN_DIR/ferry-agent")" "${args[@]}" || die "enrollment failed (see above); the files listed above are installed, and install.sh run again with a token that works enrolls the node"
 	RESTART_NEEDED=1
 }
 

@@ -25,6 +25,14 @@ type AgentOptions struct {
 	// Prefix runs the agent (enroll and run) under another command,
 	// e.g. []string{"ip", "netns", "exec", "ns2"}.
 	Prefix []string
+	// Binary is the ferry-agent to run (default: FERRY_BIN's), e.g. one
+	// install.sh installed.
+	Binary string
+	// Config runs the agent as its unit does, `run --config Config`
+	// followed by Args, instead of with the harness's flags: the file
+	// names the state dir and install root (StateDir and Root say where,
+	// for the test). NoGossip and Controller are not used.
+	Config, StateDir, Root string
 }
 
 // Agent is one ferry-agent with its own state dir and install root.
@@ -42,6 +50,15 @@ type Agent struct {
 // starting it.
 func (h *Harness) NewAgent(nodeID string, opts AgentOptions) *Agent {
 	h.t.Helper()
+	bin := opts.Binary
+	if bin == "" {
+		bin = h.Bin(AgentBinary)
+	}
+	if opts.Config != "" {
+		a := &Agent{opts: opts, NodeID: nodeID, StateDir: opts.StateDir, Root: opts.Root}
+		a.Process = h.newProcess(nodeID, bin, append([]string{"run", "--config", opts.Config}, opts.Args...), opts.Prefix)
+		return a
+	}
 	a := &Agent{opts: opts, NodeID: nodeID, StateDir: h.path("agents", nodeID, "state"), Root: h.path("agents", nodeID, "root")}
 	if err := os.MkdirAll(a.Root, 0o755); err != nil {
 		h.t.Fatal(err)
@@ -53,7 +70,7 @@ func (h *Harness) NewAgent(nodeID string, opts AgentOptions) *Agent {
 	if opts.Controller != "" {
 		args = append(args, "--controller", opts.Controller)
 	}
-	a.Process = h.newProcess(nodeID, h.Bin(AgentBinary), append(args, opts.Args...), opts.Prefix)
+	a.Process = h.newProcess(nodeID, bin, append(args, opts.Args...), opts.Prefix)
 	return a
 }
 

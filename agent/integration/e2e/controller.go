@@ -28,6 +28,15 @@ type ControllerOptions struct {
 	Prefix []string
 	// StartTimeout bounds each start until /readyz answers (default 15s).
 	StartTimeout time.Duration
+	// Binary is the ferry-controller to run (default: FERRY_BIN's), e.g.
+	// one install.sh installed.
+	Binary string
+	// Config runs the controller as its unit does, `--config Config`
+	// followed by Args, instead of with the harness's flags: the file
+	// names the data dir (DataDir says where, for the test) and the
+	// addresses. Host, HeartbeatInterval and NoGossip are not used.
+	Config  string
+	DataDir string
 }
 
 // Controller is a running (or stopped) ferry-controller process. Its
@@ -63,13 +72,26 @@ func (h *Harness) StartController(opts ControllerOptions) *Controller {
 	if opts.StartTimeout == 0 {
 		opts.StartTimeout = 15 * time.Second
 	}
+	bin := opts.Binary
+	if bin == "" {
+		bin = h.Bin(ControllerBinary)
+	}
+	if opts.Config != "" {
+		c := &Controller{opts: opts, DataDir: opts.DataDir}
+		c.Process = h.newProcess("controller", bin, append([]string{"--config", opts.Config}, opts.Args...), opts.Prefix)
+		h.mu.Lock()
+		h.ctl = c
+		h.mu.Unlock()
+		c.Start()
+		return c
+	}
 	c := &Controller{opts: opts, DataDir: h.path("controller")}
 	if !opts.NoGossip {
 		c.GossipAddr = net.JoinHostPort(opts.Host, strconv.Itoa(h.FreePort(opts.Host)))
 	}
 	// Port 0 on the first start: the kernel picks free ports and the
 	// controller prints them, so parallel tests never race for a port.
-	c.Process = h.newProcess("controller", h.Bin(ControllerBinary), c.args(net.JoinHostPort(opts.Host, "0"), net.JoinHostPort(opts.Host, "0")), opts.Prefix)
+	c.Process = h.newProcess("controller", bin, c.args(net.JoinHostPort(opts.Host, "0"), net.JoinHostPort(opts.Host, "0")), opts.Prefix)
 	h.mu.Lock()
 	h.ctl = c
 	h.mu.Unlock()
