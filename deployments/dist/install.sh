@@ -164,7 +164,7 @@ verify_signature() {
 	printf '%s namespaces="%s" %s %s\n' "$NAMESPACE" "$NAMESPACE" "$keytype" "$key" >"$signers"
 	if ! out=$(ssh-keygen -Y verify -f "$signers" -I "$NAMESPACE" -n "$NAMESPACE" -s "$BUNDLE/SHA256SUMS.sig" <"$BUNDLE/SHA256SUMS" 2>&1); then
 		rm -f "$signers"
-		die "SHA256SUMS.sig: the signature over SHA256SUMS does not verify with $PUBKEY ($out); the bundle may have been altered; refusing to install"
+		die "SHA256SUMS.sig: the signature over SHA256SUMS does not verify with $PUBKEY (ssh-keygen: ${out%%$'\n'*}); the bundle may have been altered; refusing to install"
 	fi
 	rm -f "$signers"
 	note "verified: SHA256SUMS is signed by $PUBKEY"
@@ -379,6 +379,17 @@ setting() {
 	settings+=("$key=$val")
 }
 
+# check_settings refuses, before anything changes, settings this bundle has
+# no config file to write into.
+check_settings() {
+	if [[ $ROLE == controller && -z $(example controller.yaml) && -n $LISTEN$HTTP_LISTEN$ADVERTISE$GOSSIP_LISTEN ]]; then
+		die "this bundle has no deployments/config/controller.yaml to write --listen, --http-listen, --advertise or --gossip-listen into"
+	fi
+	if [[ $ROLE == agent && -z $(example agent.yaml) && -n $GOSSIP_LISTEN ]]; then
+		die "this bundle has no deployments/config/agent.yaml to write --gossip-listen into"
+	fi
+}
+
 # example NAME prints the bundle's example config NAME (controller.yaml,
 # agent.yaml), or nothing if the bundle has none.
 example() {
@@ -487,7 +498,6 @@ install_controller() {
 		render "$ex" "$WORK/controller.yaml" "${settings[@]}"
 		ensure_conffile "$WORK/controller.yaml" "$CONF_DIR/controller.yaml" 0640 root "$USER_NAME"
 	else
-		[[ -z $LISTEN$HTTP_LISTEN$ADVERTISE$GOSSIP_LISTEN ]] || die "this bundle has no deployments/config/controller.yaml to write --listen, --http-listen, --advertise or --gossip-listen into"
 		note "note: this bundle has no example controller.yaml; the daemon runs with its defaults"
 	fi
 	track "$before"
@@ -511,7 +521,6 @@ install_agent() {
 		render "$ex" "$WORK/agent.yaml" "${settings[@]}"
 		ensure_conffile "$WORK/agent.yaml" "$CONF_DIR/agent.yaml" 0644 root root
 	else
-		[[ -z $GOSSIP_LISTEN ]] || die "this bundle has no deployments/config/agent.yaml to write --gossip-listen into"
 		note "note: this bundle has no example agent.yaml; the daemon runs with its defaults"
 	fi
 	track "$before"
@@ -549,6 +558,7 @@ main() {
 	verify_signature
 	verify_sums
 	check_platform
+	check_settings
 	if [[ -z $DRY_RUN && $ROOT == / ]] && ((EUID != 0)); then
 		die "installing on this host needs root (or use --root DIR for a trial, --dry-run to see what it would do)"
 	fi

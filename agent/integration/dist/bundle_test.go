@@ -210,6 +210,7 @@ func resum(t *testing.T, b string) {
 // their modes, static binaries stamped with the version, SHA256SUMS beside
 // it that matches, and a signature ssh-keygen -Y verify accepts.
 func TestDistBundle(t *testing.T) {
+	t.Parallel()
 	r := bundle(t)
 	fi, err := os.Stat(r.tarball())
 	if err != nil {
@@ -339,6 +340,7 @@ func runIn(t *testing.T, dir, name string, args ...string) result {
 // folder, and wants the same bytes. (make dist-check does this for both
 // platforms with an empty Go build cache.)
 func TestDistReproducible(t *testing.T) {
+	t.Parallel()
 	r := bundle(t)
 	again := filepath.Join(t.TempDir(), "dist")
 	start := time.Now()
