@@ -415,7 +415,14 @@ ensure_user() {
 	else
 		command -v useradd >/dev/null || die "neither systemd-sysusers nor useradd is here to create the $USER_NAME user (Debian: apt-get install passwd)"
 		local args=(--system --user-group --home-dir "$CONTROLLER_DATA" --no-create-home --shell /usr/sbin/nologin --comment "Ferry controller")
-		[[ $ROOT == / ]] || args+=(--prefix "$ROOT")
+		if [[ $ROOT != / ]]; then
+			args+=(--prefix "$ROOT")
+			# useradd --prefix edits the root's files but does not create them.
+			local f
+			for f in passwd group shadow gshadow; do
+				[[ -e $(at "/etc/$f") || -n $DRY_RUN ]] || install -m "$([[ $f == *shadow ]] && echo 0600 || echo 0644)" /dev/null "$(at "/etc/$f")"
+			done
+		fi
 		change "create the $USER_NAME user (useradd)" useradd "${args[@]}" "$USER_NAME"
 	fi
 	if [[ -z $DRY_RUN && -z $(id_of passwd "$USER_NAME") ]]; then

@@ -2,6 +2,7 @@ package dist
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -370,4 +371,45 @@ func snapshot(t *testing.T, root string) string {
 		t.Fatal(err)
 	}
 	return b.String()
+}
+
+// TestInstallControllerWithUseradd: without systemd-sysusers, install.sh
+// creates the ferry user with useradd.
+func TestInstallControllerWithUseradd(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: install.sh sets owners (ferry, root) under the temporary root")
+	}
+	if _, err := exec.LookPath("useradd"); err != nil {
+		t.Skip("useradd not found (Debian: apt-get install passwd)")
+	}
+	r := bundle(t)
+	b := extract(t, r)
+	// A PATH with every command of this machine but systemd-sysusers.
+	path := t.TempDir()
+	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if e.Name() == "systemd-sysusers" {
+				continue
+			}
+			_ = os.Symlink(filepath.Join(dir, e.Name()), filepath.Join(path, e.Name())) // the first one on PATH wins
+		}
+	}
+	root := filepath.Join(t.TempDir(), "root")
+	res := run(t, "env", "PATH="+path, filepath.Join(b, "install.sh"), "controller", "--root", root)
+	if res.exit != 0 || !strings.Contains(res.stdout, "create the ferry user (useradd)") {
+		t.Fatalf("install.sh without systemd-sysusers: %s", res)
+	}
+	uid := lookupID(t, filepath.Join(root, "etc/passwd"), "ferry")
+	fi, err := os.Stat(filepath.Join(root, "var/lib/ferry-controller"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); int(st.Uid) != uid || fi.Mode().Perm() != 0o700 {
+		t.Errorf("data dir is %v owned by %d, want 0700 owned by ferry (%d)", fi.Mode(), st.Uid, uid)
+	}
+	if !strings.Contains(readFile(t, filepath.Join(root, "etc/passwd")), ":/var/lib/ferry-controller:/usr/sbin/nologin") {
+		t.Errorf("the ferry user's home or shell is not the data dir and nologin:\n%s", readFile(t, filepath.Join(root, "etc/passwd")))
+	}
 }
