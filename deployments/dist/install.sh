@@ -220,6 +220,11 @@ change() {
 	"$@" || die "could not $what (see the message above)"
 }
 
+# indented CMD... runs CMD with its output indented under the change.
+indented() {
+	"$@" 2>&1 | sed 's/^/    /'
+}
+
 # id_of KIND NAME prints the numeric ID of a user (passwd) or group
 # (group) under the root, or nothing.
 id_of() {
@@ -261,21 +266,39 @@ fix_meta() {
 	change "chown $user:$group $path (was $have)" chown "$owner" "$path"
 }
 
+# own PATH USER GROUP gives a path just created its owner (as root; a
+# run as another user leaves it, and fix_meta says so).
+own() {
+	local owner
+	((EUID == 0)) || return 0
+	owner=$(numeric "$2" "$3")
+	[[ -n $owner ]] || die "user $2 or group $3 does not exist under $ROOT"
+	chown "$owner" "$1"
+}
+
+# mkdir_owned PATH MODE USER GROUP
+mkdir_owned() {
+	install -d -m "$2" "$1"
+	own "$1" "$3" "$4"
+}
+
 ensure_dir() {
 	local path=$1 mode=$2 user=$3 group=$4
 	if [[ ! -d $path ]]; then
-		change "create $path ($mode $user:$group)" install -d -m "$mode" "$path"
+		change "create $path ($mode $user:$group)" mkdir_owned "$path" "$mode" "$user" "$group"
 	fi
 	fix_meta "$path" "$mode" "$user" "$group"
 }
 
-# put SRC DEST MODE: copy atomically (a temporary file beside DEST, then a
-# rename), so a running binary or a reader never sees half a file.
+# put SRC DEST MODE USER GROUP: copy atomically (a temporary file beside
+# DEST with its mode and owner, then a rename), so a running binary or a
+# reader never sees half a file.
 put() {
 	local src=$1 dest=$2 mode=$3
 	install -d -m 0755 "$(dirname "$dest")"
 	cp "$src" "$dest.ferry-tmp"
 	chmod "$mode" "$dest.ferry-tmp"
+	own "$dest.ferry-tmp" "$4" "$5"
 	mv -f "$dest.ferry-tmp" "$dest"
 }
 
@@ -284,9 +307,9 @@ put() {
 ensure_file() {
 	local src=$1 dest=$2 mode=$3 user=$4 group=$5
 	if [[ ! -e $dest ]]; then
-		change "install $dest ($mode $user:$group)" put "$src" "$dest" "$mode"
+		change "install $dest ($mode $user:$group)" put "$src" "$dest" "$mode" "$user" "$group"
 	elif ! cmp -s "$src" "$dest"; then
-		change "update $dest" put "$src" "$dest" "$mode"
+		change "update $dest" put "$src" "$dest" "$mode" "$user" "$group"
 	fi
 	fix_meta "$dest" "$mode" "$user" "$group"
 }
@@ -321,14 +344,14 @@ ensure_conffile() {
 	local src=$1 path=$2 mode=$3 user=$4 group=$5 dest cur rec
 	dest=$(at "$path")
 	if [[ ! -e $dest ]]; then
-		change "install $dest ($mode $user:$group)" put "$src" "$dest" "$mode"
+		change "install $dest ($mode $user:$group)" put "$src" "$dest" "$mode" "$user" "$group"
 	elif ! cmp -s "$src" "$dest"; then
 		cur=$(sha256sum <"$dest" | cut -d' ' -f1)
 		rec=$(recorded_sum "$path")
 		if [[ $cur == "$rec" ]]; then
-			change "update $dest (not edited since it was installed)" put "$src" "$dest" "$mode"
+			change "update $dest (not edited since it was installed)" put "$src" "$dest" "$mode" "$user" "$group"
 		elif [[ ! -e $dest.new ]] || ! cmp -s "$src" "$dest.new"; then
-			change "keep $dest (edited here); the bundle's version is written to $dest.new" put "$src" "$dest.new" "$mode"
+			change "keep $dest (edited here); the bundle's version is written to $dest.new" put "$src" "$dest.new" "$mode" "$user" "$group"
 			fix_meta "$dest.new" "$mode" "$user" "$group"
 		else
 			note "kept $dest (edited here); the bundle's version is in $dest.new"
@@ -411,7 +434,7 @@ ensure_user() {
 		fi
 		local args=()
 		[[ $ROOT == / ]] || args+=("--root=$ROOT")
-		change "create the $USER_NAME user (systemd-sysusers $SYSUSERS)" systemd-sysusers "${args[@]}" "$(at "$SYSUSERS")"
+		change "create the $USER_NAME user (systemd-sysusers $SYSUSERS)" indented systemd-sysusers "${args[@]}" "$(at "$SYSUSERS")"
 	else
 		command -v useradd >/dev/null || die "neither systemd-sysusers nor useradd is here to create the $USER_NAME user (Debian: apt-get install passwd)"
 		local args=(--system --user-group --home-dir "$CONTROLLER_DATA" --no-create-home --shell /usr/sbin/nologin --comment "Ferry controller")
@@ -423,7 +446,7 @@ ensure_user() {
 				[[ -e $(at "/etc/$f") || -n $DRY_RUN ]] || install -m "$([[ $f == *shadow ]] && echo 0600 || echo 0644)" /dev/null "$(at "/etc/$f")"
 			done
 		fi
-		change "create the $USER_NAME user (useradd)" useradd "${args[@]}" "$USER_NAME"
+		change "create the $USER_NAME user (useradd)" indented useradd "${args[@]}" "$USER_NAME"
 	fi
 	if [[ -z $DRY_RUN && -z $(id_of passwd "$USER_NAME") ]]; then
 		die "the $USER_NAME user was not created under $ROOT (see the messages above)"
@@ -556,7 +579,7 @@ enroll() {
 		return 0
 	fi
 	note "  ferry-agent $shown"
-	"$(at "$BIN_DIR/ferry-agent")" "${args[@]}" || die "enrollment failed (see above); the files listed above are installed, and install.sh run again with a token that works enrolls the node"
+	indented "$(at "$BIN_DIR/ferry-agent")" "${args[@]}" || die "enrollment failed (see above); the files listed above are installed, and install.sh run again with a token that works enrolls the node"
 	RESTART_NEEDED=1
 }
 
