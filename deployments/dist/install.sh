@@ -385,7 +385,7 @@ render() {
 	done
 }
 
-# setting FILE KEY VALUE adds KEY=VALUE to the caller's settings; without a
+# setting FILE KEY VALUE adds KEY=VALUE to SETTINGS; without a
 # VALUE (the option was not given), the value install.sh wrote into the
 # installed FILE before is kept, so a second run or an upgrade without the
 # option does not take the setting back.
@@ -399,8 +399,9 @@ setting() {
 				gsub(/\\"/, "\"", v); gsub(/\\\\/, "\\", v); print v; exit }' "$cur")
 		[[ -n $val ]] || return 0
 	fi
-	settings+=("$key=$val")
+	SETTINGS+=("$key=$val")
 }
+SETTINGS=()
 
 # check_settings refuses, before anything changes, settings this bundle has
 # no config file to write into.
@@ -505,6 +506,30 @@ install_common_dirs() {
 	ensure_dir "$(at "$CONF_DIR")" 0755 root root
 }
 
+# install_unit NAME installs the systemd unit NAME, noting a change for
+# daemon-reload.
+install_unit() {
+	local before=$CHANGES
+	ensure_file "$BUNDLE/deployments/systemd/$1" "$(at "$UNIT_DIR/$1")" 0644 root root
+	((CHANGES == before)) || UNIT_CHANGED=1
+}
+
+# install_config NAME MODE GROUP renders the bundle's example NAME with
+# SETTINGS into /etc/ferry/NAME (see ensure_conffile) and sets CONFIG_ARGS
+# to the daemon's --config flag; without an example it says so.
+CONFIG_ARGS=()
+install_config() {
+	local name=$1 mode=$2 group=$3 ex
+	ex=$(example "$name")
+	if [[ -z $ex ]]; then
+		note "note: this bundle has no example $name; the daemon runs with its defaults"
+		return 0
+	fi
+	render "$ex" "$WORK/$name" ${SETTINGS[@]+"${SETTINGS[@]}"}
+	ensure_conffile "$WORK/$name" "$CONF_DIR/$name" "$mode" root "$group"
+	CONFIG_ARGS=(--config "$(at "$CONF_DIR/$name")")
+}
+
 install_controller() {
 	local before
 	install_common_dirs
@@ -514,24 +539,15 @@ install_controller() {
 	before=$CHANGES
 	ensure_file "$BUNDLE/bin/ferry-controller" "$(at "$BIN_DIR/ferry-controller")" 0755 root root
 	ensure_file "$BUNDLE/bin/ferryctl" "$(at "$BIN_DIR/ferryctl")" 0755 root root
-	local unit_before=$CHANGES
-	ensure_file "$BUNDLE/deployments/systemd/ferry-controller.service" "$(at "$UNIT_DIR/ferry-controller.service")" 0644 root root
-	((CHANGES == unit_before)) || UNIT_CHANGED=1
-	local ex settings=()
-	ex=$(example controller.yaml)
-	if [[ -n $ex ]]; then
-		[[ $ROOT == / ]] || settings+=("data-dir=$(at "$CONTROLLER_DATA")")
-		setting controller.yaml listen "$LISTEN"
-		setting controller.yaml http-listen "$HTTP_LISTEN"
-		setting controller.yaml advertise "$ADVERTISE"
-		setting controller.yaml gossip-listen "$GOSSIP_LISTEN"
-		render "$ex" "$WORK/controller.yaml" "${settings[@]}"
-		ensure_conffile "$WORK/controller.yaml" "$CONF_DIR/controller.yaml" 0640 root "$USER_NAME"
-	else
-		note "note: this bundle has no example controller.yaml; the daemon runs with its defaults"
-	fi
+	install_unit ferry-controller.service
+	[[ $ROOT == / ]] || SETTINGS+=("data-dir=$(at "$CONTROLLER_DATA")")
+	setting controller.yaml listen "$LISTEN"
+	setting controller.yaml http-listen "$HTTP_LISTEN"
+	setting controller.yaml advertise "$ADVERTISE"
+	setting controller.yaml gossip-listen "$GOSSIP_LISTEN"
+	install_config controller.yaml 0640 "$USER_NAME"
 	track "$before"
-	start_service ferry-controller.service "$(at "$BIN_DIR/ferry-controller")" --config "$(at "$CONF_DIR/controller.yaml")"
+	start_service ferry-controller.service "$(at "$BIN_DIR/ferry-controller")" ${CONFIG_ARGS[@]+"${CONFIG_ARGS[@]}"}
 }
 
 install_agent() {
@@ -540,22 +556,13 @@ install_agent() {
 	ensure_dir "$(at "$AGENT_STATE")" 0700 root root
 	before=$CHANGES
 	ensure_file "$BUNDLE/bin/ferry-agent" "$(at "$BIN_DIR/ferry-agent")" 0755 root root
-	local unit_before=$CHANGES
-	ensure_file "$BUNDLE/deployments/systemd/ferry-agent.service" "$(at "$UNIT_DIR/ferry-agent.service")" 0644 root root
-	((CHANGES == unit_before)) || UNIT_CHANGED=1
-	local ex settings=()
-	ex=$(example agent.yaml)
-	if [[ -n $ex ]]; then
-		[[ $ROOT == / ]] || settings+=("state-dir=$(at "$AGENT_STATE")" "root=$ROOT")
-		setting agent.yaml gossip-listen "$GOSSIP_LISTEN"
-		render "$ex" "$WORK/agent.yaml" "${settings[@]}"
-		ensure_conffile "$WORK/agent.yaml" "$CONF_DIR/agent.yaml" 0644 root root
-	else
-		note "note: this bundle has no example agent.yaml; the daemon runs with its defaults"
-	fi
+	install_unit ferry-agent.service
+	[[ $ROOT == / ]] || SETTINGS+=("state-dir=$(at "$AGENT_STATE")" "root=$ROOT")
+	setting agent.yaml gossip-listen "$GOSSIP_LISTEN"
+	install_config agent.yaml 0644 root
 	track "$before"
 	enroll
-	start_service ferry-agent.service "$(at "$BIN_DIR/ferry-agent")" run --config "$(at "$CONF_DIR/agent.yaml")"
+	start_service ferry-agent.service "$(at "$BIN_DIR/ferry-agent")" run ${CONFIG_ARGS[@]+"${CONFIG_ARGS[@]}"}
 }
 
 enroll() {

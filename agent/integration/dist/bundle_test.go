@@ -58,7 +58,7 @@ var (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if scratch != "" {
-		os.RemoveAll(scratch)
+		_ = os.RemoveAll(scratch)
 	}
 	os.Exit(code)
 }
@@ -86,7 +86,7 @@ func bundle(t *testing.T) *release {
 			built.key = filepath.Join(scratch, "release-key")
 			built.pub = built.key + ".pub"
 			if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ferry release test", "-f", built.key).CombinedOutput(); err != nil {
-				built.err = fmt.Errorf("ssh-keygen: %v\n%s", err, out)
+				built.err = fmt.Errorf("ssh-keygen: %w\n%s", err, out)
 				return
 			}
 		}
@@ -107,7 +107,7 @@ func runDist(out, key string) error {
 	cmd := exec.CommandContext(ctx, filepath.Join(repo, "deployments/dist/dist.sh"), version, out)
 	cmd.Env = append(os.Environ(), "PLATFORMS=linux/amd64", "SIGNING_KEY="+key)
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("dist.sh %s: %v\n%s", version, err, b)
+		return fmt.Errorf("dist.sh %s: %w\n%s", version, err, b)
 	}
 	return nil
 }
