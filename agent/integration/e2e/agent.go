@@ -25,14 +25,17 @@ type AgentOptions struct {
 	// Prefix runs the agent (enroll and run) under another command,
 	// e.g. []string{"ip", "netns", "exec", "ns2"}.
 	Prefix []string
+	// ConfigFile is passed to run as --config.
+	ConfigFile string
+	// ConfigOnly runs the agent as its unit does, `run --config
+	// ConfigFile` followed by Args, without the harness's flags: the file
+	// names the state dir and install root (StateDir and Root say where,
+	// for the test). NoGossip and Controller are not used.
+	ConfigOnly     bool
+	StateDir, Root string
 	// Binary is the ferry-agent to run (default: FERRY_BIN's), e.g. one
 	// install.sh installed.
 	Binary string
-	// Config runs the agent as its unit does, `run --config Config`
-	// followed by Args, instead of with the harness's flags: the file
-	// names the state dir and install root (StateDir and Root say where,
-	// for the test). NoGossip and Controller are not used.
-	Config, StateDir, Root string
 }
 
 // Agent is one ferry-agent with its own state dir and install root.
@@ -54,9 +57,9 @@ func (h *Harness) NewAgent(nodeID string, opts AgentOptions) *Agent {
 	if bin == "" {
 		bin = h.Bin(AgentBinary)
 	}
-	if opts.Config != "" {
+	if opts.ConfigOnly {
 		a := &Agent{opts: opts, NodeID: nodeID, StateDir: opts.StateDir, Root: opts.Root}
-		a.Process = h.newProcess(nodeID, bin, append([]string{"run", "--config", opts.Config}, opts.Args...), opts.Prefix)
+		a.Process = h.newProcess(nodeID, bin, append([]string{"run", "--config", opts.ConfigFile}, opts.Args...), opts.Prefix)
 		return a
 	}
 	a := &Agent{opts: opts, NodeID: nodeID, StateDir: h.path("agents", nodeID, "state"), Root: h.path("agents", nodeID, "root")}
