@@ -37,8 +37,7 @@ func TestInstallFleetAndRollOutGo(t *testing.T) {
 	mustInstall(t, b, "controller", "--root", ctlRoot, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--gossip-listen", free())
 	c := h.StartController(e2e.ControllerOptions{
 		Binary:     filepath.Join(ctlRoot, "usr/local/bin/ferry-controller"),
-		ConfigFile: filepath.Join(ctlRoot, "etc/ferry/controller.yaml"),
-		ConfigOnly: true,
+		UnitConfig: filepath.Join(ctlRoot, "etc/ferry/controller.yaml"),
 		DataDir:    filepath.Join(ctlRoot, "var/lib/ferry-controller"),
 		// Only to keep the test short: 1 s heartbeats instead of 5 s.
 		Args: []string{"--heartbeat-interval", "1s"},
@@ -71,8 +70,7 @@ func TestInstallFleetAndRollOutGo(t *testing.T) {
 		}
 		a := h.NewAgent(id, e2e.AgentOptions{
 			Binary:     filepath.Join(root, "usr/local/bin/ferry-agent"),
-			ConfigFile: filepath.Join(root, "etc/ferry/agent.yaml"),
-			ConfigOnly: true,
+			UnitConfig: filepath.Join(root, "etc/ferry/agent.yaml"),
 			StateDir:   filepath.Join(root, "var/lib/ferry-agent"),
 			Root:       root,
 		})

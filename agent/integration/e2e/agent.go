@@ -22,20 +22,18 @@ type AgentOptions struct {
 	NoGossip bool
 	// Args are extra flags for `ferry-agent run`.
 	Args []string
-	// Prefix runs the agent (enroll and run) under another command,
-	// e.g. []string{"ip", "netns", "exec", "ns2"}.
-	Prefix []string
-	// ConfigFile is passed to run as --config.
-	ConfigFile string
-	// ConfigOnly runs the agent as its unit does, `run --config
-	// ConfigFile` followed by Args, without the harness's flags: the file
+	// UnitConfig runs the agent as its unit does, `run --config
+	// UnitConfig` followed by Args, without the harness's flags: the file
 	// names the state dir and install root (StateDir and Root say where,
 	// for the test). NoGossip and Controller are not used.
-	ConfigOnly     bool
+	UnitConfig     string
 	StateDir, Root string
 	// Binary is the ferry-agent to run (default: FERRY_BIN's), e.g. one
 	// install.sh installed.
 	Binary string
+	// Prefix runs the agent (enroll and run) under another command,
+	// e.g. []string{"ip", "netns", "exec", "ns2"}.
+	Prefix []string
 }
 
 // Agent is one ferry-agent with its own state dir and install root.
@@ -57,9 +55,9 @@ func (h *Harness) NewAgent(nodeID string, opts AgentOptions) *Agent {
 	if bin == "" {
 		bin = h.Bin(AgentBinary)
 	}
-	if opts.ConfigOnly {
+	if opts.UnitConfig != "" {
 		a := &Agent{opts: opts, NodeID: nodeID, StateDir: opts.StateDir, Root: opts.Root}
-		a.Process = h.newProcess(nodeID, bin, append([]string{"run", "--config", opts.ConfigFile}, opts.Args...), opts.Prefix)
+		a.Process = h.newProcess(nodeID, bin, append([]string{"run", "--config", opts.UnitConfig}, opts.Args...), opts.Prefix)
 		return a
 	}
 	a := &Agent{opts: opts, NodeID: nodeID, StateDir: h.path("agents", nodeID, "state"), Root: h.path("agents", nodeID, "root")}

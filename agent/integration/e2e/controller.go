@@ -23,22 +23,20 @@ type ControllerOptions struct {
 	NoGossip bool
 	// Args are extra flags.
 	Args []string
+	// UnitConfig runs the controller as its unit does, `--config
+	// UnitConfig` followed by Args, without the harness's flags: the file
+	// names the data dir (DataDir says where, for the test) and the
+	// addresses. Host, HeartbeatInterval and NoGossip are not used.
+	UnitConfig string
+	DataDir    string
+	// Binary is the ferry-controller to run (default: FERRY_BIN's), e.g.
+	// one install.sh installed.
+	Binary string
 	// Prefix runs the controller under another command, e.g.
 	// []string{"ip", "netns", "exec", "ns1"}.
 	Prefix []string
 	// StartTimeout bounds each start until /readyz answers (default 15s).
 	StartTimeout time.Duration
-	// ConfigFile is passed as --config.
-	ConfigFile string
-	// ConfigOnly runs the controller as its unit does, `--config
-	// ConfigFile` followed by Args, without the harness's flags: the file
-	// names the data dir (DataDir says where, for the test) and the
-	// addresses. Host, HeartbeatInterval and NoGossip are not used.
-	ConfigOnly bool
-	DataDir    string
-	// Binary is the ferry-controller to run (default: FERRY_BIN's), e.g.
-	// one install.sh installed.
-	Binary string
 }
 
 // Controller is a running (or stopped) ferry-controller process. Its
@@ -78,9 +76,9 @@ func (h *Harness) StartController(opts ControllerOptions) *Controller {
 	if bin == "" {
 		bin = h.Bin(ControllerBinary)
 	}
-	if opts.ConfigOnly {
+	if opts.UnitConfig != "" {
 		c := &Controller{opts: opts, DataDir: opts.DataDir}
-		c.Process = h.newProcess("controller", bin, append([]string{"--config", opts.ConfigFile}, opts.Args...), opts.Prefix)
+		c.Process = h.newProcess("controller", bin, append([]string{"--config", opts.UnitConfig}, opts.Args...), opts.Prefix)
 		h.mu.Lock()
 		h.ctl = c
 		h.mu.Unlock()
