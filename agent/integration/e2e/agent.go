@@ -22,6 +22,9 @@ type AgentOptions struct {
 	NoGossip bool
 	// Args are extra flags for `ferry-agent run`.
 	Args []string
+	// Prefix runs the agent (enroll and run) under another command,
+	// e.g. []string{"ip", "netns", "exec", "ns2"}.
+	Prefix []string
 	// UnitConfig runs the agent as its unit does, `run --config
 	// UnitConfig` followed by Args, without the harness's flags: the file
 	// names the state dir and install root (StateDir and Root say where,
@@ -31,9 +34,6 @@ type AgentOptions struct {
 	// Binary is the ferry-agent to run (default: FERRY_BIN's), e.g. one
 	// install.sh installed.
 	Binary string
-	// Prefix runs the agent (enroll and run) under another command,
-	// e.g. []string{"ip", "netns", "exec", "ns2"}.
-	Prefix []string
 }
 
 // Agent is one ferry-agent with its own state dir and install root.
