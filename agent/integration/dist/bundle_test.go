@@ -222,7 +222,14 @@ func TestDistBundle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	epoch, _ := strconv.ParseInt(strings.TrimSpace(string(commitTime)), 10, 64)
+	stamp := strings.TrimSpace(string(commitTime))
+	if e := os.Getenv("SOURCE_DATE_EPOCH"); e != "" {
+		stamp = e // dist.sh takes it over the commit's time
+	}
+	epoch, err := strconv.ParseInt(stamp, 10, 64)
+	if err != nil {
+		t.Fatalf("the bundle's time %q: %v", stamp, err)
+	}
 	f, err := os.Open(r.tarball())
 	if err != nil {
 		t.Fatal(err)
