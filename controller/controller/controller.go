@@ -33,6 +33,7 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/server"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/dirlock"
 	"github.com/ferrydeploy/ferry/shared/gossip"
 	"github.com/ferrydeploy/ferry/shared/pki"
 	"github.com/ferrydeploy/ferry/shared/rpc"
@@ -108,9 +109,11 @@ type Controller struct {
 	packages  *packages.Store
 	engine    *rollout.Engine
 	artifacts *artifact.Store
+	downloads *artifact.Downloader
 	member    *gossip.Member
 	adminPath string
 	advertise string
+	dirLock   *dirlock.Lock // held while the controller uses its data dir
 	// serving is the controller's TLS certificate, replaced while running
 	// before it expires (serving.go).
 	serving    atomic.Pointer[tls.Certificate]
@@ -126,10 +129,14 @@ func New(cfg Config) (*Controller, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
+	var err error
+	if c.dirLock, err = lockDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	// The store first: what else the data dir holds tells a first start
 	// from a lost store only before anything is created.
-	var err error
 	if c.store, err = openStore(cfg); err != nil {
+		_ = c.dirLock.Release() // the store's error is the one to report
 		return nil, err
 	}
 	ok := false
@@ -216,6 +223,7 @@ func New(cfg Config) (*Controller, error) {
 		return nil, err
 	}
 	c.reg.MustRegister(rolloutCollector{engine: c.engine})
+	c.downloads = artifact.NewDownloader(artifact.DownloaderConfig{Store: c.artifacts, MaxConcurrent: cfg.MaxDownloads, MaxPerNode: cfg.MaxNodeDownloads, StallTimeout: cfg.DownloadStall, BytesServed: m.ArtifactBytesServed, Logger: c.log.With("component", "artifact")})
 	deps := &server.Deps{
 		Store: c.store, Fleet: c.fleet, CA: ca, Logger: c.log, Now: cfg.Now,
 		Gossip: c.gossipKeys(), GossipLabel: gossipLabel(ca),
@@ -223,7 +231,7 @@ func New(cfg Config) (*Controller, error) {
 		AdvertiseAddress: c.advertise, Observer: m, Admins: admins, GossipSeeds: c.gossipSeeds, OnHello: c.rejoin,
 		Jobs:      jobSink{engine: c.engine, store: c.store, metrics: m, log: c.log, now: cfg.Now, logs: cfg.Logs, logRate: newLogRate(cfg.Now)},
 		Artifacts: c.artifacts,
-		Downloads: artifact.NewDownloader(artifact.DownloaderConfig{Store: c.artifacts, MaxConcurrent: cfg.MaxDownloads, MaxPerNode: cfg.MaxNodeDownloads, StallTimeout: cfg.DownloadStall, BytesServed: m.ArtifactBytesServed, Logger: c.log.With("component", "artifact")}),
+		Downloads: c.downloads,
 		Packages:  c.packages,
 		Rollouts:  c.engine,
 

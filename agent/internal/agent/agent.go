@@ -32,6 +32,7 @@ import (
 	"github.com/ferrydeploy/ferry/agent/internal/install"
 	"github.com/ferrydeploy/ferry/agent/internal/logbuf"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/dirlock"
 	"github.com/ferrydeploy/ferry/shared/gossip"
 	"github.com/ferrydeploy/ferry/shared/pki"
 	"github.com/ferrydeploy/ferry/shared/rpc"
@@ -57,6 +58,9 @@ type Config struct {
 	NewFetcher func(ferryv1.AgentServiceClient) (Fetcher, error)
 }
 
+// lockFile in the state dir is held by the running agent (package dirlock).
+const lockFile = "agent.lock"
+
 // Agent is a running agent.
 type Agent struct {
 	cfg     Config
@@ -75,7 +79,10 @@ type Agent struct {
 	logSend sync.Mutex     // one sender of buffered output at a time, in order
 	metrics *agentMetrics
 	renewed chan struct{} // a renewal asks the session to redial
-	fatal   chan error    // the certificate expired: Run ends
+	// intervals carries a heartbeat interval the controller sent while
+	// connected (AgentSettings), the newest only.
+	intervals chan time.Duration
+	fatal     chan error // the certificate expired: Run ends
 
 	// Seams for tests: dialer, when set, makes the controller's
 	// connections (TLS still on top); after waits out a reconnect delay.
@@ -133,6 +140,7 @@ func New(cfg Config) (*Agent, error) {
 	a.metrics = newAgentMetrics()
 	a.metrics.reg.MustRegister(a.clockSkewMetric())
 	a.renewed = make(chan struct{}, 1)
+	a.intervals = make(chan time.Duration, 1)
 	a.fatal = make(chan error, 1)
 	a.after = time.After
 	return a, nil
@@ -159,6 +167,25 @@ func (a *Agent) backoff(attempt int) time.Duration {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return backoff.FullJitter(a.rng, a.cfg.BackoffBase, a.cfg.BackoffMax, attempt)
+}
+
+// backoffMax is the longest reconnect delay now.
+func (a *Agent) backoffMax() time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cfg.BackoffMax
+}
+
+// SetBackoffMax changes the longest reconnect delay (a config reload of
+// --reconnect-max; zero or less: the default, 30s). The delay being
+// waited out stays; the next one uses it.
+func (a *Agent) SetBackoffMax(d time.Duration) {
+	if d <= 0 {
+		d = 30 * time.Second
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.cfg.BackoffMax = d
 }
 
 // agentKeepalive notices a half-open stream (the controller's host died,
@@ -192,6 +219,17 @@ const jobDrainTimeout = 60 * time.Second
 // running job finish (bounded), then closes its stream gracefully so the
 // controller records the node as left.
 func (a *Agent) Run(ctx context.Context) error {
+	// Two agents on one state dir would replace each other's stream and
+	// race on the packages they install: the second refuses to start.
+	lock, err := dirlock.Acquire(a.cfg.StateDir, lockFile)
+	var held *dirlock.HeldError
+	if errors.As(err, &held) {
+		return fmt.Errorf("state dir %v; another ferry-agent runs on it: stop that one, or give this one its own --state-dir", held)
+	}
+	if err != nil {
+		return fmt.Errorf("lock the state dir: %w", err)
+	}
+	defer func() { _ = lock.Release() }() // the process may end instead: the kernel releases it then
 	conn, err := a.dial()
 	if err != nil {
 		return fmt.Errorf("controller %s: %w", a.cfg.Controller, err)
@@ -271,12 +309,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		switch {
 		case hint != "":
 			// Retrying fast cannot help until a clock is fixed.
-			delay = a.cfg.BackoffMax
+			delay = a.backoffMax()
 			a.log.Error(hint, "err", err, "retry_in", delay)
 		case status.Code(err) == codes.PermissionDenied, status.Code(err) == codes.Unauthenticated:
 			// Retrying fast cannot help (the node was removed, or its
 			// certificate is refused): wait the longest delay.
-			delay = a.cfg.BackoffMax
+			delay = a.backoffMax()
 			a.log.Error("controller refused this node; it must be re-enrolled if it was removed", "err", err, "retry_in", delay)
 		default:
 			a.log.Warn("stream to controller ended", "err", err, "retry_in", delay)
@@ -459,6 +497,10 @@ func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *bro
 		a.stream = nil
 		a.sendMu.Unlock()
 	}()
+	select { // a change sent to an earlier session: the welcome is newer
+	case <-a.intervals:
+	default:
+	}
 	a.log.Info("connected to controller", "controller", a.cfg.Controller, "heartbeat_interval", interval)
 	a.logs.Resend() // what the controller may not have yet: it drops what it has
 	go a.sendLogs()
@@ -521,6 +563,12 @@ func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *bro
 			a.log.Info("new calls use the renewed certificate")
 		case err := <-a.fatal:
 			return backoff.Permanent(err) // ends Run (e.g. the certificate expired)
+		case d := <-a.intervals:
+			if d != interval {
+				a.log.Info("controller changed the heartbeat interval", "old", interval, "new", d)
+				interval = d
+				timer.Reset(a.jitter(interval, 0.1))
+			}
 		case <-timer.C:
 			now := a.cfg.Now()
 			if identity.ClockStep(ticked, now) > clockWarnAfter {
@@ -591,6 +639,14 @@ func (a *Agent) handle(m *ferryv1.ConnectResponse) {
 		a.applyGossipKey(msg.GossipKey)
 	case *ferryv1.ConnectResponse_LogAck:
 		a.logs.Ack(msg.LogAck.GetJobId(), msg.LogAck.GetSeq())
+	case *ferryv1.ConnectResponse_Settings:
+		if d := msg.Settings.GetHeartbeatInterval().AsDuration(); d > 0 {
+			select { // keep only the newest
+			case <-a.intervals:
+			default:
+			}
+			a.intervals <- d
+		}
 	}
 }
 

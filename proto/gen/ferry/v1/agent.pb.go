@@ -286,6 +286,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_Cancel
 	//	*ConnectResponse_GossipKey
 	//	*ConnectResponse_LogAck
+	//	*ConnectResponse_Settings
 	Msg           isConnectResponse_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -373,6 +374,15 @@ func (x *ConnectResponse) GetLogAck() *JobLogAck {
 	return nil
 }
 
+func (x *ConnectResponse) GetSettings() *AgentSettings {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectResponse_Settings); ok {
+			return x.Settings
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Msg interface {
 	isConnectResponse_Msg()
 }
@@ -404,6 +414,12 @@ type ConnectResponse_LogAck struct {
 	LogAck *JobLogAck `protobuf:"bytes,5,opt,name=log_ack,json=logAck,proto3,oneof"`
 }
 
+type ConnectResponse_Settings struct {
+	// New settings for a connected agent, sent when the controller's
+	// config is reloaded.
+	Settings *AgentSettings `protobuf:"bytes,6,opt,name=settings,proto3,oneof"`
+}
+
 func (*ConnectResponse_Welcome) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_Job) isConnectResponse_Msg() {}
@@ -413,6 +429,54 @@ func (*ConnectResponse_Cancel) isConnectResponse_Msg() {}
 func (*ConnectResponse_GossipKey) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_LogAck) isConnectResponse_Msg() {}
+
+func (*ConnectResponse_Settings) isConnectResponse_Msg() {}
+
+// AgentSettings changes what a connected agent was told in its welcome.
+type AgentSettings struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How often the agent should heartbeat from now on (it adds jitter).
+	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,1,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *AgentSettings) Reset() {
+	*x = AgentSettings{}
+	mi := &file_ferry_v1_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentSettings) ProtoMessage() {}
+
+func (x *AgentSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentSettings.ProtoReflect.Descriptor instead.
+func (*AgentSettings) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AgentSettings) GetHeartbeatInterval() *durationpb.Duration {
+	if x != nil {
+		return x.HeartbeatInterval
+	}
+	return nil
+}
 
 // AgentHello opens a stream.
 type AgentHello struct {
@@ -436,7 +500,7 @@ type AgentHello struct {
 
 func (x *AgentHello) Reset() {
 	*x = AgentHello{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[2]
+	mi := &file_ferry_v1_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -448,7 +512,7 @@ func (x *AgentHello) String() string {
 func (*AgentHello) ProtoMessage() {}
 
 func (x *AgentHello) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[2]
+	mi := &file_ferry_v1_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -461,7 +525,7 @@ func (x *AgentHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentHello.ProtoReflect.Descriptor instead.
 func (*AgentHello) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *AgentHello) GetAgentVersion() string {
@@ -522,7 +586,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[3]
+	mi := &file_ferry_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -534,7 +598,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[3]
+	mi := &file_ferry_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -547,7 +611,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Welcome) GetHeartbeatInterval() *durationpb.Duration {
@@ -618,7 +682,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[4]
+	mi := &file_ferry_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -630,7 +694,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[4]
+	mi := &file_ferry_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -643,7 +707,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Heartbeat) GetSeq() uint64 {
@@ -742,7 +806,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[5]
+	mi := &file_ferry_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -754,7 +818,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[5]
+	mi := &file_ferry_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -767,7 +831,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Job) GetId() string {
@@ -816,7 +880,7 @@ type JobCancel struct {
 
 func (x *JobCancel) Reset() {
 	*x = JobCancel{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[6]
+	mi := &file_ferry_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -828,7 +892,7 @@ func (x *JobCancel) String() string {
 func (*JobCancel) ProtoMessage() {}
 
 func (x *JobCancel) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[6]
+	mi := &file_ferry_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -841,7 +905,7 @@ func (x *JobCancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobCancel.ProtoReflect.Descriptor instead.
 func (*JobCancel) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *JobCancel) GetJobId() string {
@@ -876,7 +940,7 @@ type StepResult struct {
 
 func (x *StepResult) Reset() {
 	*x = StepResult{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[7]
+	mi := &file_ferry_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -888,7 +952,7 @@ func (x *StepResult) String() string {
 func (*StepResult) ProtoMessage() {}
 
 func (x *StepResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[7]
+	mi := &file_ferry_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -901,7 +965,7 @@ func (x *StepResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepResult.ProtoReflect.Descriptor instead.
 func (*StepResult) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StepResult) GetIndex() uint32 {
@@ -987,7 +1051,7 @@ type JobUpdate struct {
 
 func (x *JobUpdate) Reset() {
 	*x = JobUpdate{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[8]
+	mi := &file_ferry_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -999,7 +1063,7 @@ func (x *JobUpdate) String() string {
 func (*JobUpdate) ProtoMessage() {}
 
 func (x *JobUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[8]
+	mi := &file_ferry_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1012,7 +1076,7 @@ func (x *JobUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobUpdate.ProtoReflect.Descriptor instead.
 func (*JobUpdate) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *JobUpdate) GetJobId() string {
@@ -1102,7 +1166,7 @@ type JobLog struct {
 
 func (x *JobLog) Reset() {
 	*x = JobLog{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[9]
+	mi := &file_ferry_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1178,7 @@ func (x *JobLog) String() string {
 func (*JobLog) ProtoMessage() {}
 
 func (x *JobLog) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[9]
+	mi := &file_ferry_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1191,7 @@ func (x *JobLog) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobLog.ProtoReflect.Descriptor instead.
 func (*JobLog) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *JobLog) GetJobId() string {
@@ -1179,7 +1243,7 @@ type JobLogAck struct {
 
 func (x *JobLogAck) Reset() {
 	*x = JobLogAck{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[10]
+	mi := &file_ferry_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1191,7 +1255,7 @@ func (x *JobLogAck) String() string {
 func (*JobLogAck) ProtoMessage() {}
 
 func (x *JobLogAck) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[10]
+	mi := &file_ferry_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1204,7 +1268,7 @@ func (x *JobLogAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobLogAck.ProtoReflect.Descriptor instead.
 func (*JobLogAck) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *JobLogAck) GetJobId() string {
@@ -1232,7 +1296,7 @@ type RenewCertificateRequest struct {
 
 func (x *RenewCertificateRequest) Reset() {
 	*x = RenewCertificateRequest{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[11]
+	mi := &file_ferry_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1244,7 +1308,7 @@ func (x *RenewCertificateRequest) String() string {
 func (*RenewCertificateRequest) ProtoMessage() {}
 
 func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[11]
+	mi := &file_ferry_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1257,7 +1321,7 @@ func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RenewCertificateRequest) GetCsrDer() []byte {
@@ -1278,7 +1342,7 @@ type RenewCertificateResponse struct {
 
 func (x *RenewCertificateResponse) Reset() {
 	*x = RenewCertificateResponse{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[12]
+	mi := &file_ferry_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1290,7 +1354,7 @@ func (x *RenewCertificateResponse) String() string {
 func (*RenewCertificateResponse) ProtoMessage() {}
 
 func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[12]
+	mi := &file_ferry_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1303,7 +1367,7 @@ func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RenewCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RenewCertificateResponse) GetCertificateDer() []byte {
@@ -1331,7 +1395,7 @@ type DownloadArtifactRequest struct {
 
 func (x *DownloadArtifactRequest) Reset() {
 	*x = DownloadArtifactRequest{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[13]
+	mi := &file_ferry_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1343,7 +1407,7 @@ func (x *DownloadArtifactRequest) String() string {
 func (*DownloadArtifactRequest) ProtoMessage() {}
 
 func (x *DownloadArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[13]
+	mi := &file_ferry_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1356,7 +1420,7 @@ func (x *DownloadArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownloadArtifactRequest.ProtoReflect.Descriptor instead.
 func (*DownloadArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DownloadArtifactRequest) GetDigest() string {
@@ -1395,7 +1459,7 @@ type DownloadArtifactResponse struct {
 
 func (x *DownloadArtifactResponse) Reset() {
 	*x = DownloadArtifactResponse{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1407,7 +1471,7 @@ func (x *DownloadArtifactResponse) String() string {
 func (*DownloadArtifactResponse) ProtoMessage() {}
 
 func (x *DownloadArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1420,7 +1484,7 @@ func (x *DownloadArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownloadArtifactResponse.ProtoReflect.Descriptor instead.
 func (*DownloadArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DownloadArtifactResponse) GetOffset() uint64 {
@@ -1457,7 +1521,7 @@ type ReportArtifactMismatchRequest struct {
 
 func (x *ReportArtifactMismatchRequest) Reset() {
 	*x = ReportArtifactMismatchRequest{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[15]
+	mi := &file_ferry_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1469,7 +1533,7 @@ func (x *ReportArtifactMismatchRequest) String() string {
 func (*ReportArtifactMismatchRequest) ProtoMessage() {}
 
 func (x *ReportArtifactMismatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[15]
+	mi := &file_ferry_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1482,7 +1546,7 @@ func (x *ReportArtifactMismatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportArtifactMismatchRequest.ProtoReflect.Descriptor instead.
 func (*ReportArtifactMismatchRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReportArtifactMismatchRequest) GetDigest() string {
@@ -1513,7 +1577,7 @@ type ReportArtifactMismatchResponse struct {
 
 func (x *ReportArtifactMismatchResponse) Reset() {
 	*x = ReportArtifactMismatchResponse{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[16]
+	mi := &file_ferry_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1525,7 +1589,7 @@ func (x *ReportArtifactMismatchResponse) String() string {
 func (*ReportArtifactMismatchResponse) ProtoMessage() {}
 
 func (x *ReportArtifactMismatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[16]
+	mi := &file_ferry_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1538,7 +1602,7 @@ func (x *ReportArtifactMismatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportArtifactMismatchResponse.ProtoReflect.Descriptor instead.
 func (*ReportArtifactMismatchResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReportArtifactMismatchResponse) GetDamaged() bool {
@@ -1566,15 +1630,18 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"job_update\x18\x03 \x01(\v2\x13.ferry.v1.JobUpdateH\x00R\tjobUpdate\x12+\n" +
 	"\ajob_log\x18\x04 \x01(\v2\x10.ferry.v1.JobLogH\x00R\x06jobLogB\x05\n" +
-	"\x03msg\"\xff\x01\n" +
+	"\x03msg\"\xb6\x02\n" +
 	"\x0fConnectResponse\x12-\n" +
 	"\awelcome\x18\x01 \x01(\v2\x11.ferry.v1.WelcomeH\x00R\awelcome\x12!\n" +
 	"\x03job\x18\x02 \x01(\v2\r.ferry.v1.JobH\x00R\x03job\x12-\n" +
 	"\x06cancel\x18\x03 \x01(\v2\x13.ferry.v1.JobCancelH\x00R\x06cancel\x124\n" +
 	"\n" +
 	"gossip_key\x18\x04 \x01(\v2\x13.ferry.v1.GossipKeyH\x00R\tgossipKey\x12.\n" +
-	"\alog_ack\x18\x05 \x01(\v2\x13.ferry.v1.JobLogAckH\x00R\x06logAckB\x05\n" +
-	"\x03msg\"\xef\x01\n" +
+	"\alog_ack\x18\x05 \x01(\v2\x13.ferry.v1.JobLogAckH\x00R\x06logAck\x125\n" +
+	"\bsettings\x18\x06 \x01(\v2\x17.ferry.v1.AgentSettingsH\x00R\bsettingsB\x05\n" +
+	"\x03msg\"Y\n" +
+	"\rAgentSettings\x12H\n" +
+	"\x12heartbeat_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"\xef\x01\n" +
 	"\n" +
 	"AgentHello\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12%\n" +
@@ -1701,79 +1768,82 @@ func file_ferry_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ferry_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_ferry_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_ferry_v1_agent_proto_goTypes = []any{
 	(JobKind)(0),                           // 0: ferry.v1.JobKind
 	(JobPhase)(0),                          // 1: ferry.v1.JobPhase
 	(*ConnectRequest)(nil),                 // 2: ferry.v1.ConnectRequest
 	(*ConnectResponse)(nil),                // 3: ferry.v1.ConnectResponse
-	(*AgentHello)(nil),                     // 4: ferry.v1.AgentHello
-	(*Welcome)(nil),                        // 5: ferry.v1.Welcome
-	(*Heartbeat)(nil),                      // 6: ferry.v1.Heartbeat
-	(*Job)(nil),                            // 7: ferry.v1.Job
-	(*JobCancel)(nil),                      // 8: ferry.v1.JobCancel
-	(*StepResult)(nil),                     // 9: ferry.v1.StepResult
-	(*JobUpdate)(nil),                      // 10: ferry.v1.JobUpdate
-	(*JobLog)(nil),                         // 11: ferry.v1.JobLog
-	(*JobLogAck)(nil),                      // 12: ferry.v1.JobLogAck
-	(*RenewCertificateRequest)(nil),        // 13: ferry.v1.RenewCertificateRequest
-	(*RenewCertificateResponse)(nil),       // 14: ferry.v1.RenewCertificateResponse
-	(*DownloadArtifactRequest)(nil),        // 15: ferry.v1.DownloadArtifactRequest
-	(*DownloadArtifactResponse)(nil),       // 16: ferry.v1.DownloadArtifactResponse
-	(*ReportArtifactMismatchRequest)(nil),  // 17: ferry.v1.ReportArtifactMismatchRequest
-	(*ReportArtifactMismatchResponse)(nil), // 18: ferry.v1.ReportArtifactMismatchResponse
-	(*GossipKey)(nil),                      // 19: ferry.v1.GossipKey
-	(*Facts)(nil),                          // 20: ferry.v1.Facts
-	(*InstalledPackage)(nil),               // 21: ferry.v1.InstalledPackage
-	(*durationpb.Duration)(nil),            // 22: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),          // 23: google.protobuf.Timestamp
-	(*DiskSpace)(nil),                      // 24: ferry.v1.DiskSpace
-	(*Package)(nil),                        // 25: ferry.v1.Package
-	(*LogRecord)(nil),                      // 26: ferry.v1.LogRecord
+	(*AgentSettings)(nil),                  // 4: ferry.v1.AgentSettings
+	(*AgentHello)(nil),                     // 5: ferry.v1.AgentHello
+	(*Welcome)(nil),                        // 6: ferry.v1.Welcome
+	(*Heartbeat)(nil),                      // 7: ferry.v1.Heartbeat
+	(*Job)(nil),                            // 8: ferry.v1.Job
+	(*JobCancel)(nil),                      // 9: ferry.v1.JobCancel
+	(*StepResult)(nil),                     // 10: ferry.v1.StepResult
+	(*JobUpdate)(nil),                      // 11: ferry.v1.JobUpdate
+	(*JobLog)(nil),                         // 12: ferry.v1.JobLog
+	(*JobLogAck)(nil),                      // 13: ferry.v1.JobLogAck
+	(*RenewCertificateRequest)(nil),        // 14: ferry.v1.RenewCertificateRequest
+	(*RenewCertificateResponse)(nil),       // 15: ferry.v1.RenewCertificateResponse
+	(*DownloadArtifactRequest)(nil),        // 16: ferry.v1.DownloadArtifactRequest
+	(*DownloadArtifactResponse)(nil),       // 17: ferry.v1.DownloadArtifactResponse
+	(*ReportArtifactMismatchRequest)(nil),  // 18: ferry.v1.ReportArtifactMismatchRequest
+	(*ReportArtifactMismatchResponse)(nil), // 19: ferry.v1.ReportArtifactMismatchResponse
+	(*GossipKey)(nil),                      // 20: ferry.v1.GossipKey
+	(*durationpb.Duration)(nil),            // 21: google.protobuf.Duration
+	(*Facts)(nil),                          // 22: ferry.v1.Facts
+	(*InstalledPackage)(nil),               // 23: ferry.v1.InstalledPackage
+	(*timestamppb.Timestamp)(nil),          // 24: google.protobuf.Timestamp
+	(*DiskSpace)(nil),                      // 25: ferry.v1.DiskSpace
+	(*Package)(nil),                        // 26: ferry.v1.Package
+	(*LogRecord)(nil),                      // 27: ferry.v1.LogRecord
 }
 var file_ferry_v1_agent_proto_depIdxs = []int32{
-	4,  // 0: ferry.v1.ConnectRequest.hello:type_name -> ferry.v1.AgentHello
-	6,  // 1: ferry.v1.ConnectRequest.heartbeat:type_name -> ferry.v1.Heartbeat
-	10, // 2: ferry.v1.ConnectRequest.job_update:type_name -> ferry.v1.JobUpdate
-	11, // 3: ferry.v1.ConnectRequest.job_log:type_name -> ferry.v1.JobLog
-	5,  // 4: ferry.v1.ConnectResponse.welcome:type_name -> ferry.v1.Welcome
-	7,  // 5: ferry.v1.ConnectResponse.job:type_name -> ferry.v1.Job
-	8,  // 6: ferry.v1.ConnectResponse.cancel:type_name -> ferry.v1.JobCancel
-	19, // 7: ferry.v1.ConnectResponse.gossip_key:type_name -> ferry.v1.GossipKey
-	12, // 8: ferry.v1.ConnectResponse.log_ack:type_name -> ferry.v1.JobLogAck
-	20, // 9: ferry.v1.AgentHello.facts:type_name -> ferry.v1.Facts
-	21, // 10: ferry.v1.AgentHello.installed:type_name -> ferry.v1.InstalledPackage
-	10, // 11: ferry.v1.AgentHello.recent_jobs:type_name -> ferry.v1.JobUpdate
-	22, // 12: ferry.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	23, // 13: ferry.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
-	19, // 14: ferry.v1.Welcome.gossip_key:type_name -> ferry.v1.GossipKey
-	23, // 15: ferry.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	22, // 16: ferry.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
-	20, // 17: ferry.v1.Heartbeat.facts:type_name -> ferry.v1.Facts
-	21, // 18: ferry.v1.Heartbeat.installed:type_name -> ferry.v1.InstalledPackage
-	24, // 19: ferry.v1.Heartbeat.disks:type_name -> ferry.v1.DiskSpace
-	0,  // 20: ferry.v1.Job.kind:type_name -> ferry.v1.JobKind
-	25, // 21: ferry.v1.Job.package:type_name -> ferry.v1.Package
-	22, // 22: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
-	22, // 23: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
-	1,  // 24: ferry.v1.JobUpdate.phase:type_name -> ferry.v1.JobPhase
-	9,  // 25: ferry.v1.JobUpdate.steps:type_name -> ferry.v1.StepResult
-	23, // 26: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
-	23, // 27: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
-	26, // 28: ferry.v1.JobLog.records:type_name -> ferry.v1.LogRecord
-	2,  // 29: ferry.v1.AgentService.Connect:input_type -> ferry.v1.ConnectRequest
-	13, // 30: ferry.v1.AgentService.RenewCertificate:input_type -> ferry.v1.RenewCertificateRequest
-	15, // 31: ferry.v1.AgentService.DownloadArtifact:input_type -> ferry.v1.DownloadArtifactRequest
-	17, // 32: ferry.v1.AgentService.ReportArtifactMismatch:input_type -> ferry.v1.ReportArtifactMismatchRequest
-	3,  // 33: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
-	14, // 34: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
-	16, // 35: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
-	18, // 36: ferry.v1.AgentService.ReportArtifactMismatch:output_type -> ferry.v1.ReportArtifactMismatchResponse
-	33, // [33:37] is the sub-list for method output_type
-	29, // [29:33] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	5,  // 0: ferry.v1.ConnectRequest.hello:type_name -> ferry.v1.AgentHello
+	7,  // 1: ferry.v1.ConnectRequest.heartbeat:type_name -> ferry.v1.Heartbeat
+	11, // 2: ferry.v1.ConnectRequest.job_update:type_name -> ferry.v1.JobUpdate
+	12, // 3: ferry.v1.ConnectRequest.job_log:type_name -> ferry.v1.JobLog
+	6,  // 4: ferry.v1.ConnectResponse.welcome:type_name -> ferry.v1.Welcome
+	8,  // 5: ferry.v1.ConnectResponse.job:type_name -> ferry.v1.Job
+	9,  // 6: ferry.v1.ConnectResponse.cancel:type_name -> ferry.v1.JobCancel
+	20, // 7: ferry.v1.ConnectResponse.gossip_key:type_name -> ferry.v1.GossipKey
+	13, // 8: ferry.v1.ConnectResponse.log_ack:type_name -> ferry.v1.JobLogAck
+	4,  // 9: ferry.v1.ConnectResponse.settings:type_name -> ferry.v1.AgentSettings
+	21, // 10: ferry.v1.AgentSettings.heartbeat_interval:type_name -> google.protobuf.Duration
+	22, // 11: ferry.v1.AgentHello.facts:type_name -> ferry.v1.Facts
+	23, // 12: ferry.v1.AgentHello.installed:type_name -> ferry.v1.InstalledPackage
+	11, // 13: ferry.v1.AgentHello.recent_jobs:type_name -> ferry.v1.JobUpdate
+	21, // 14: ferry.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	24, // 15: ferry.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
+	20, // 16: ferry.v1.Welcome.gossip_key:type_name -> ferry.v1.GossipKey
+	24, // 17: ferry.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	21, // 18: ferry.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
+	22, // 19: ferry.v1.Heartbeat.facts:type_name -> ferry.v1.Facts
+	23, // 20: ferry.v1.Heartbeat.installed:type_name -> ferry.v1.InstalledPackage
+	25, // 21: ferry.v1.Heartbeat.disks:type_name -> ferry.v1.DiskSpace
+	0,  // 22: ferry.v1.Job.kind:type_name -> ferry.v1.JobKind
+	26, // 23: ferry.v1.Job.package:type_name -> ferry.v1.Package
+	21, // 24: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
+	21, // 25: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
+	1,  // 26: ferry.v1.JobUpdate.phase:type_name -> ferry.v1.JobPhase
+	10, // 27: ferry.v1.JobUpdate.steps:type_name -> ferry.v1.StepResult
+	24, // 28: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
+	24, // 29: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
+	27, // 30: ferry.v1.JobLog.records:type_name -> ferry.v1.LogRecord
+	2,  // 31: ferry.v1.AgentService.Connect:input_type -> ferry.v1.ConnectRequest
+	14, // 32: ferry.v1.AgentService.RenewCertificate:input_type -> ferry.v1.RenewCertificateRequest
+	16, // 33: ferry.v1.AgentService.DownloadArtifact:input_type -> ferry.v1.DownloadArtifactRequest
+	18, // 34: ferry.v1.AgentService.ReportArtifactMismatch:input_type -> ferry.v1.ReportArtifactMismatchRequest
+	3,  // 35: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
+	15, // 36: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
+	17, // 37: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
+	19, // 38: ferry.v1.AgentService.ReportArtifactMismatch:output_type -> ferry.v1.ReportArtifactMismatchResponse
+	35, // [35:39] is the sub-list for method output_type
+	31, // [31:35] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_agent_proto_init() }
@@ -1797,6 +1867,7 @@ func file_ferry_v1_agent_proto_init() {
 		(*ConnectResponse_Cancel)(nil),
 		(*ConnectResponse_GossipKey)(nil),
 		(*ConnectResponse_LogAck)(nil),
+		(*ConnectResponse_Settings)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1804,7 +1875,7 @@ func file_ferry_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_agent_proto_rawDesc), len(file_ferry_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
