@@ -10,10 +10,12 @@ import (
 	"os/signal"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/ferrydeploy/ferry/controller/internal/artifact"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	"github.com/ferrydeploy/ferry/shared/bytesize"
 	"github.com/ferrydeploy/ferry/shared/daemonconfig"
@@ -74,16 +76,16 @@ func (o *options) define(fs *pflag.FlagSet) {
 	fs.StringVar(&o.cfg.HTTPAddr, "http-listen", "127.0.0.1:7080", "HTTP listen address for /metrics, /healthz, /readyz")
 	fs.StringVar(&o.cfg.AdvertiseAddress, "advertise", "", "HOST:PORT agents and ferryctl dial (default: host name and the gRPC port)")
 	fs.StringSliceVar(&o.names, "server-names", nil, "extra comma-separated DNS names or IPs for the serving certificate")
-	fs.DurationVar(&o.cfg.HeartbeatInterval, "heartbeat-interval", 0, "heartbeat interval agents are told to use (default 5s; live on reload)")
-	fs.DurationVar(&o.cfg.AgentCertTTL, "agent-cert-ttl", 0, "agent certificate lifetime (default 720h; agents renew at two thirds)")
-	fs.IntVar(&o.cfg.MaxDownloads, "max-downloads", 0, "artifact downloads streamed at once; more agents wait their turn (default 8; live on reload)")
-	fs.IntVar(&o.cfg.MaxNodeDownloads, "max-downloads-per-node", 0, "artifact downloads one node may stream or wait for at once; more are refused (default 2; live on reload)")
-	fs.DurationVar(&o.cfg.DownloadStall, "download-stall-timeout", 0, "end a download whose agent has taken no data for this long, so its slot serves others; the agent resumes later (default 15s; live on reload)")
+	fs.DurationVar(&o.cfg.HeartbeatInterval, "heartbeat-interval", 5*time.Second, "heartbeat interval agents are told to use (live on reload)")
+	fs.DurationVar(&o.cfg.AgentCertTTL, "agent-cert-ttl", 30*24*time.Hour, "agent certificate lifetime; agents renew at two thirds")
+	fs.IntVar(&o.cfg.MaxDownloads, "max-downloads", artifact.DefaultMaxDownloads, "artifact downloads streamed at once; more agents wait their turn (live on reload)")
+	fs.IntVar(&o.cfg.MaxNodeDownloads, "max-downloads-per-node", artifact.DefaultMaxDownloadsPerNode, "artifact downloads one node may stream or wait for at once; more are refused (live on reload)")
+	fs.DurationVar(&o.cfg.DownloadStall, "download-stall-timeout", artifact.DefaultStallTimeout, "end a download whose agent has taken no data for this long, so its slot serves others; the agent resumes later (live on reload)")
 	fs.StringVar(&o.cfg.GossipAddr, "gossip-listen", ":7946", `gossip (memberlist) bind address; "" disables gossip`)
 	fs.StringVar(&o.cfg.GossipAdvertise, "gossip-advertise", "", "gossip address agents dial (default: the bound address)")
 	o.cfg.GossipProfile = gossip.ProfileLAN
 	fs.Var(daemonconfig.ChoiceValue{S: &o.cfg.GossipProfile, Choices: []string{gossip.ProfileLAN, gossip.ProfileLocal, gossip.ProfileWAN}}, "gossip-profile", "gossip timings: lan, local or wan")
-	fs.DurationVar(&o.cfg.GossipKeyGrace, "gossip-key-grace", 0, "how long after a rotation the previous gossip key (e.g. a removed node's) still works, so agents switch without dropping out (default 30s)")
+	fs.DurationVar(&o.cfg.GossipKeyGrace, "gossip-key-grace", defaultGossipKeyGrace, "how long after a rotation the previous gossip key (e.g. a removed node's) still works, so agents switch without dropping out")
 	o.cfg.Logs.MaxJobBytes = store.DefaultMaxJobLog
 	fs.Var(sizeFlag{&o.cfg.Logs.MaxJobBytes}, "log-max-per-job", "job output kept per node and job: its first quarter and its newest lines, with a marker of what was cut between")
 	fs.DurationVar(&o.cfg.Logs.MaxAge, "log-max-age", DefaultLogMaxAge, "delete a job's output this long after its last line")

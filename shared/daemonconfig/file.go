@@ -174,7 +174,7 @@ func set(fl *pflag.Flag, node *yaml.Node) error {
 		}
 		return sv.Replace(items)
 	default:
-		return fmt.Errorf("takes a %s, not %s", fl.Value.Type(), kindName(node))
+		return fmt.Errorf("takes one %s, not %s", fl.Value.Type(), kindName(node))
 	}
 }
 
