@@ -260,7 +260,7 @@ func runAgent(o *runOptions, fs *pflag.FlagSet, args []string, stderr io.Writer)
 			return nil
 		},
 		Running: fs,
-		Logger:  cfg.Logger,
+		Logger:  cfg.Logger.With("node", a.NodeID()),
 	}
 	go hup.Serve(ctx, r.Reload)
 	cfg.Logger.Info("ferry-agent starting", "version", version.Version, "node", a.NodeID(), "root", cfg.Root)
