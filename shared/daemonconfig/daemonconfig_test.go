@@ -78,8 +78,8 @@ func TestApplyErrors(t *testing.T) {
 		name, text, want string
 	}{
 		{"unknown key", "log-level: info\nlisten-addr: :1\n", `x.yaml:2: unknown key "listen-addr"; the keys are the flags: data-dir, gossip-profile, heartbeat-interval, log-level, max-downloads, server-names`},
-		{"bad duration", "\n\nheartbeat-interval: 5\n", `x.yaml:3: heartbeat-interval: time: missing unit in duration "5"`},
-		{"bad int", "max-downloads: many\n", `x.yaml:1: max-downloads: strconv.ParseInt: parsing "many"`},
+		{"bad duration", "\n\nheartbeat-interval: 5\n", `x.yaml:3: heartbeat-interval: "5" is not a duration; write it like 5s, 1m30s or 720h`},
+		{"bad int", "max-downloads: many\n", `x.yaml:1: max-downloads: "many" is not a whole number`},
 		{"bad level", "log-level: verbose\n", `x.yaml:1: log-level: "verbose" is not a log level; use debug, info, warn or error`},
 		{"bad choice", "gossip-profile: fast\n", `x.yaml:1: gossip-profile: "fast" is not one of lan, local, wan`},
 		{"no value", "data-dir:\n", `x.yaml:1: data-dir: has no value`},

@@ -159,7 +159,7 @@ func set(fl *pflag.Flag, node *yaml.Node) error {
 		if node.Tag == "!!null" {
 			return fmt.Errorf(`has no value; give one (e.g. "" for an empty %s) or remove the line`, fl.Value.Type())
 		}
-		return fl.Value.Set(node.Value)
+		return setValue(fl, node.Value)
 	case yaml.SequenceNode:
 		sv, ok := fl.Value.(pflag.SliceValue)
 		if !ok {
@@ -176,6 +176,24 @@ func set(fl *pflag.Flag, node *yaml.Node) error {
 	default:
 		return fmt.Errorf("takes one %s, not %s", fl.Value.Type(), kindName(node))
 	}
+}
+
+// setValue sets one value; the plain types' parse errors are said in
+// words, the flags' own types (log levels, choices) say theirs.
+func setValue(fl *pflag.Flag, v string) error {
+	err := fl.Value.Set(v)
+	if err == nil {
+		return nil
+	}
+	switch fl.Value.Type() {
+	case "duration":
+		return fmt.Errorf("%q is not a duration; write it like 5s, 1m30s or 720h", v)
+	case "int", "uint", "int64", "uint64":
+		return fmt.Errorf("%q is not a whole number", v)
+	case "bool":
+		return fmt.Errorf("%q is not true or false", v)
+	}
+	return err
 }
 
 func kindName(n *yaml.Node) string {
