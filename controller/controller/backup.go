@@ -172,13 +172,13 @@ func (f *fileCommand) cmd(use, short, fileFlag, fileUsage string, run func(dataD
 		Short: short,
 		Args: func(_ *cobra.Command, a []string) error {
 			if len(a) > 0 {
-				return usageError{fmt.Errorf("%s takes no arguments, got %q", use, a)}
+				return daemonconfig.Usage(fmt.Errorf("%s takes no arguments, got %q", use, a))
 			}
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.file == "" {
-				return usageError{fmt.Errorf("%s: --%s FILE is required", use, fileFlag)}
+				return daemonconfig.Usage(fmt.Errorf("%s: --%s FILE is required", use, fileFlag))
 			}
 			// Only data-dir: the other keys of controller.yaml are the
 			// daemon's and known to it.
@@ -186,7 +186,7 @@ func (f *fileCommand) cmd(use, short, fileFlag, fileUsage string, run func(dataD
 			known := pflag.NewFlagSet("", pflag.ContinueOnError)
 			all.define(known)
 			if err := daemonconfig.Load(f.o.configPath, cmd.Flags().Changed("config"), cmd.Flags(), func(k string) bool { return known.Lookup(k) != nil }); err != nil {
-				return usageError{err}
+				return daemonconfig.Usage(err)
 			}
 			if err := run(f.o.cfg.DataDir, f.file); err != nil {
 				return fmt.Errorf("%s: %w", use, err)
@@ -194,7 +194,6 @@ func (f *fileCommand) cmd(use, short, fileFlag, fileUsage string, run func(dataD
 			return nil
 		},
 	}
-	c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	c.Flags().StringVar(&f.o.configPath, "config", defaultConfig, "config file whose data-dir is used unless --data-dir is given")
 	c.Flags().StringVar(&f.o.cfg.DataDir, "data-dir", defaultDataDir, "the controller's data dir")
 	c.Flags().StringVar(&f.file, fileFlag, "", fileUsage+" (required)")

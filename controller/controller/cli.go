@@ -2,7 +2,6 @@ package controller
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -32,30 +31,11 @@ const (
 // controller runs; every other key needs a restart.
 var liveKeys = []string{"log-level", "heartbeat-interval", "max-downloads", "max-downloads-per-node", "download-stall-timeout"}
 
-// usageError is a command line or config file the controller cannot run
-// with: exit code 2.
-type usageError struct{ error }
-
-func (e usageError) Unwrap() error { return e.error }
-
 // Main is the ferry-controller command line; it returns the exit code.
 // Without a command it runs the controller; `backup` and `restore` copy
 // its store (backup.go).
 func Main(args []string, stdout, stderr io.Writer) int {
-	root := rootCmd(args, stdout, stderr)
-	root.SetArgs(args)
-	root.SetOut(stdout)
-	root.SetErr(stderr)
-	err := root.Execute()
-	if err == nil {
-		return 0
-	}
-	fmt.Fprintf(stderr, "ferry-controller: %v\n", err)
-	var ue usageError
-	if errors.As(err, &ue) {
-		return 2
-	}
-	return 1
+	return daemonconfig.Execute(rootCmd(args, stdout, stderr), "ferry-controller", args, stdout, stderr)
 }
 
 // options is what the root command's flags and the config file set.
@@ -100,7 +80,7 @@ func (o *options) define(fs *pflag.FlagSet) {
 // loadConfig applies the config file under the flags already parsed.
 func (o *options) loadConfig(fs *pflag.FlagSet) error {
 	if err := daemonconfig.Load(o.configPath, fs.Changed("config"), fs, nil); err != nil {
-		return usageError{err}
+		return daemonconfig.Usage(err)
 	}
 	o.cfg.ServerNames = o.names
 	return nil
@@ -140,13 +120,11 @@ and download-stall-timeout at once; other changed keys are logged as needing
 a restart.`,
 		Args: func(_ *cobra.Command, a []string) error {
 			if len(a) > 0 {
-				return usageError{fmt.Errorf("takes no arguments but the commands backup, restore and version, got %q", a)}
+				return daemonconfig.Usage(fmt.Errorf("takes no arguments but the commands backup, restore and version, got %q", a))
 			}
 			return nil
 		},
-		SilenceUsage:  true,
-		SilenceErrors: true,
-		Version:       version.String("ferry-controller"),
+		Version: version.String("ferry-controller"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.loadConfig(cmd.Flags()); err != nil {
 				return err
@@ -155,8 +133,6 @@ a restart.`,
 		},
 	}
 	root.SetVersionTemplate("{{.Version}}\n")
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.CompletionOptions.DisableDefaultCmd = true
 	o.define(root.Flags())
 	root.AddCommand(backupCmd(stdout), restoreCmd(stdout), versionCmd(stdout))
 	return root

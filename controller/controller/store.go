@@ -80,7 +80,7 @@ func lockDataDir(dir string) (*dirlock.Lock, error) {
 	l, err := dirlock.Acquire(dir, lockFile)
 	var held *dirlock.HeldError
 	if errors.As(err, &held) {
-		return nil, fmt.Errorf("data dir %v; another ferry-controller (or a restore) uses it: stop that one, or give this one its own --data-dir", held)
+		return nil, fmt.Errorf("data dir %w; another ferry-controller (or a restore) uses it: stop that one, or give this one its own --data-dir", held)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("lock the data dir: %w", err)

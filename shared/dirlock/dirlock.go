@@ -67,7 +67,7 @@ func Acquire(dir, name string) (*Lock, error) {
 
 func flock(f *os.File) error {
 	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) //nolint:gosec // a file descriptor fits an int
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if !errors.Is(err, syscall.EINTR) {
 			return err
 		}
@@ -86,7 +86,7 @@ func writePID(f *os.File) error {
 // line from /proc when this process may read it.
 func holder(dir, path string) *HeldError {
 	e := &HeldError{Dir: dir}
-	data, err := os.ReadFile(path) //nolint:gosec // our own lock file
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return e
 	}

@@ -224,7 +224,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	lock, err := dirlock.Acquire(a.cfg.StateDir, lockFile)
 	var held *dirlock.HeldError
 	if errors.As(err, &held) {
-		return fmt.Errorf("state dir %v; another ferry-agent runs on it: stop that one, or give this one its own --state-dir", held)
+		return fmt.Errorf("state dir %w; another ferry-agent runs on it: stop that one, or give this one its own --state-dir", held)
 	}
 	if err != nil {
 		return fmt.Errorf("lock the state dir: %w", err)

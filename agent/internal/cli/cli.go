@@ -35,28 +35,9 @@ const defaultConfig = "/etc/ferry/agent.yaml"
 // agent runs; every other key needs a restart.
 var liveKeys = []string{"log-level", "reconnect-max"}
 
-// usageError is a command line or config file the agent cannot run with:
-// exit code 2.
-type usageError struct{ error }
-
-func (e usageError) Unwrap() error { return e.error }
-
 // Main runs the command line and returns the exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
-	root := rootCmd(args, stdout, stderr)
-	root.SetArgs(args)
-	root.SetOut(stdout)
-	root.SetErr(stderr)
-	err := root.Execute()
-	if err == nil {
-		return 0
-	}
-	fmt.Fprintf(stderr, "ferry-agent: %v\n", err)
-	var ue usageError
-	if errors.As(err, &ue) {
-		return 2
-	}
-	return 1
+	return daemonconfig.Execute(rootCmd(args, stdout, stderr), "ferry-agent", args, stdout, stderr)
 }
 
 func rootCmd(args []string, stdout, stderr io.Writer) *cobra.Command {
@@ -72,24 +53,20 @@ whose keys are the flags' names; a flag given on the command line overrides
 the file.`,
 		Args: func(_ *cobra.Command, a []string) error {
 			if len(a) > 0 {
-				return usageError{fmt.Errorf("unknown command %q; the commands are enroll, run and version", a[0])}
+				return daemonconfig.Usage(fmt.Errorf("unknown command %q; the commands are enroll, run and version", a[0]))
 			}
 			return nil
 		},
-		SilenceUsage:  true,
-		SilenceErrors: true,
-		Version:       version.String("ferry-agent"),
+		Version: version.String("ferry-agent"),
 		// Without a command: the help, and exit code 2 as for any
 		// command line it cannot run.
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cmd.SetOut(stderr)
 			_ = cmd.Help() // writes to stderr; nothing to do if that fails
-			return usageError{errors.New("a command is required: enroll, run or version")}
+			return daemonconfig.Usage(errors.New("a command is required: enroll, run or version"))
 		},
 	}
 	root.SetVersionTemplate("{{.Version}}\n")
-	root.SetFlagErrorFunc(flagError)
-	root.CompletionOptions.DisableDefaultCmd = true
 	runArgs := args
 	if len(runArgs) > 0 {
 		runArgs = runArgs[1:] // reload parses run's flags again
@@ -103,11 +80,9 @@ the file.`,
 	return root
 }
 
-func flagError(_ *cobra.Command, err error) error { return usageError{err} }
-
 func noArgs(cmd *cobra.Command, a []string) error {
 	if len(a) > 0 {
-		return usageError{fmt.Errorf("%s takes no arguments, got %q", cmd.Name(), a)}
+		return daemonconfig.Usage(fmt.Errorf("%s takes no arguments, got %q", cmd.Name(), a))
 	}
 	return nil
 }
@@ -181,11 +156,11 @@ func enrollCmd(stdout io.Writer) *cobra.Command {
 			runFlags := pflag.NewFlagSet("", pflag.ContinueOnError)
 			known.define(runFlags)
 			if err := daemonconfig.Load(configPath, cmd.Flags().Changed("config"), cmd.Flags(), func(k string) bool { return runFlags.Lookup(k) != nil }); err != nil {
-				return usageError{err}
+				return daemonconfig.Usage(err)
 			}
 			for _, f := range []string{"controller", "token", "ca-pin"} {
 				if cmd.Flags().Lookup(f).Value.String() == "" {
-					return usageError{fmt.Errorf("enroll needs --%s (the line `ferryctl token create` prints has it)", f)}
+					return daemonconfig.Usage(fmt.Errorf("enroll needs --%s (the line `ferryctl token create` prints has it)", f))
 				}
 			}
 			if o.NodeID == "" {
@@ -205,7 +180,6 @@ func enrollCmd(stdout io.Writer) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.SetFlagErrorFunc(flagError)
 	fs := cmd.Flags()
 	fs.StringVar(&configPath, "config", defaultConfig, "config file whose state-dir and controller are used unless given here")
 	fs.StringVar(&o.Controller, "controller", "", "controller gRPC address, HOST:PORT (required)")
@@ -229,12 +203,11 @@ A second agent on the same state dir refuses to start, naming the first.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := daemonconfig.Load(o.configPath, cmd.Flags().Changed("config"), cmd.Flags(), nil); err != nil {
-				return usageError{err}
+				return daemonconfig.Usage(err)
 			}
 			return runAgent(o, cmd.Flags(), args, stderr)
 		},
 	}
-	cmd.SetFlagErrorFunc(flagError)
 	o.define(cmd.Flags())
 	return cmd
 }

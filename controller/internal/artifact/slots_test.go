@@ -26,7 +26,8 @@ func granted(ch <-chan error) bool {
 
 func waiting(ch <-chan error) bool {
 	select {
-	case <-ch:
+	case err := <-ch:
+		_ = err // returned at all: not waiting
 		return false
 	case <-time.After(50 * time.Millisecond):
 		return true
