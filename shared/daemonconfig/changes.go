@@ -113,9 +113,9 @@ func NotifyHUP() *HUP {
 }
 
 // Serve calls reload on every SIGHUP (one pending at most) until ctx
-// ends; then SIGHUP is no longer caught.
+// ends. SIGHUP stays caught after that, and is dropped: a reload sent
+// while the daemon stops must not kill it before it has said goodbye.
 func (h *HUP) Serve(ctx context.Context, reload func() (applied, needRestart []Change, err error)) {
-	defer signal.Stop(h.ch)
 	for {
 		select {
 		case <-ctx.Done():
