@@ -93,7 +93,7 @@ func TestHelp(t *testing.T) {
 			t.Errorf("enroll --help shows %q:\n%s", bad, out)
 		}
 	}
-	for _, want := range []string{"--ca-pin string", "node ID (default: this host's name, in lower case)\n", "--config string"} {
+	for _, want := range []string{"--ca-pin sha256:HEX ", "--node-id ID ", "node ID, lowercase (default: this host's name)\n", "--config string"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("enroll --help lacks %q:\n%s", want, out)
 		}
