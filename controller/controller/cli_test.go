@@ -71,3 +71,24 @@ func TestConfigFileErrors(t *testing.T) {
 		t.Errorf("a missing --config file: exit %d: %s", code, errOut)
 	}
 }
+
+// A size reads back as it prints, so a reload compares like with like.
+func TestSizeFlags(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"256KiB", "256KiB"}, {"262144", "256KiB"}, {"1GiB", "1GiB"}, {"1000", "1000"}, {"3MiB", "3MiB"},
+	} {
+		var n int
+		f := sizeFlag{&n}
+		if err := f.Set(tc.in); err != nil || f.String() != tc.want {
+			t.Errorf("Set(%q): %v, String() = %q, want %q", tc.in, err, f.String(), tc.want)
+		}
+	}
+	var n int
+	if err := (sizeFlag{&n}).Set("2GiB"); err == nil {
+		t.Error("log-max-per-job accepted 2GiB, more than 1GiB")
+	}
+	var total uint64
+	if err := (totalFlag{&total}).Set("10GiB"); err != nil || (totalFlag{&total}).String() != "10GiB" {
+		t.Errorf("log-max-total 10GiB: %v, %q", err, totalFlag{&total}.String())
+	}
+}
