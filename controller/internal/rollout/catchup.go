@@ -351,34 +351,30 @@ func (e *Engine) behindLocked(g *ferryv1.GroupRecord, d *ferryv1.DesiredPackage,
 		setStatus := func(s ferryv1.CatchUpStatus, rolloutID, format string, args ...any) {
 			v.Status, v.RolloutId, v.Reason = s, rolloutID, fmt.Sprintf(format, args...)
 		}
+		last, lj := e.lastJobLocked(g, d, n)
 		switch {
 		case catchingUp:
-			what := enumword.Of(nj.GetOutcome())
-			if nj.GetMessage() != "" {
-				what += ": " + nj.GetMessage()
+			st := ferryv1.CatchUpStatus_CATCH_UP_STATUS_RUNNING
+			if isFailure(nj) {
+				st = ferryv1.CatchUpStatus_CATCH_UP_STATUS_FAILED
 			}
-			setStatus(ferryv1.CatchUpStatus_CATCH_UP_STATUS_RUNNING, active.r.GetId(), "catch-up %s is %s; this node: %s", active.r.GetId(), enumword.Of(active.r.GetState()), what)
-		case active != nil:
+			setStatus(st, active.r.GetId(), "catch-up %s is %s; this node: %s", active.r.GetId(), enumword.Of(active.r.GetState()), jobText(nj))
+		case active != nil && (nj != nil || last == nil):
 			setStatus(ferryv1.CatchUpStatus_CATCH_UP_STATUS_BLOCKED, active.r.GetId(), "rollout %s (%s) is %s; catch-up waits for it to end", active.r.GetId(), active.pkgRef(), enumword.Of(active.r.GetState()))
+		case last != nil:
+			held(v, g, d, last, lj)
+		case !reachable(n):
+			setStatus(ferryv1.CatchUpStatus_CATCH_UP_STATUS_WAITING, "", "%s; caught up once it is connected and healthy", nodeStatus(n, true))
+		case g.GetCatchUpDisabled():
+			setStatus(ferryv1.CatchUpStatus_CATCH_UP_STATUS_OFF, "", "catch-up is off for group %s; turn it on with `ferryctl group set %s --catch-up=true`", name, name)
+		case d.GetRemoved():
+			setStatus(ferryv1.CatchUpStatus_CATCH_UP_STATUS_HELD, d.GetRolloutId(), "the group should not have %s, and catch-up cannot remove packages yet; remove it with a rollout", d.GetName())
+		case pkgErr != nil:
+			setStatus(ferryv1.CatchUpStatus_CATCH_UP_STATUS_HELD, d.GetRolloutId(), "%v", pkgErr)
+		case groupCatchUp != nil:
+			setStatus(ferryv1.CatchUpStatus_CATCH_UP_STATUS_BLOCKED, groupCatchUp.r.GetId(), "catch-up %s (%s) is %s in the group; this node's comes after it", groupCatchUp.r.GetId(), groupCatchUp.pkgRef(), enumword.Of(groupCatchUp.r.GetState()))
 		default:
-			if last, lj := e.lastJobLocked(g, d, n); last != nil {
-				held(v, g, d, last, lj)
-				break
-			}
-			switch {
-			case !reachable(n):
-				setStatus(ferryv1.CatchUpStatus_CATCH_UP_STATUS_WAITING, "", "%s; caught up once it is connected and healthy", nodeStatus(n, true))
-			case g.GetCatchUpDisabled():
-				setStatus(ferryv1.CatchUpStatus_CATCH_UP_STATUS_OFF, "", "catch-up is off for group %s; turn it on with `ferryctl group set %s --catch-up=true`", name, name)
-			case d.GetRemoved():
-				setStatus(ferryv1.CatchUpStatus_CATCH_UP_STATUS_HELD, d.GetRolloutId(), "the group should not have %s, and catch-up cannot remove packages yet; remove it with a rollout", d.GetName())
-			case pkgErr != nil:
-				setStatus(ferryv1.CatchUpStatus_CATCH_UP_STATUS_HELD, d.GetRolloutId(), "%v", pkgErr)
-			case groupCatchUp != nil:
-				setStatus(ferryv1.CatchUpStatus_CATCH_UP_STATUS_BLOCKED, groupCatchUp.r.GetId(), "catch-up %s (%s) is %s in the group; this node's comes after it", groupCatchUp.r.GetId(), groupCatchUp.pkgRef(), enumword.Of(groupCatchUp.r.GetState()))
-			default:
-				setStatus(ferryv1.CatchUpStatus_CATCH_UP_STATUS_PENDING, "", "gets a catch-up job shortly")
-			}
+			setStatus(ferryv1.CatchUpStatus_CATCH_UP_STATUS_PENDING, "", "gets a catch-up job shortly")
 		}
 		out = append(out, behind{node: n, view: v})
 	}
@@ -392,13 +388,7 @@ func held(v *ferryv1.BehindNode, g *ferryv1.GroupRecord, d *ferryv1.DesiredPacka
 	retry := fmt.Sprintf("`ferryctl group set %s --retry` gives it another catch-up", g.GetName())
 	v.RolloutId = id
 	v.Status = ferryv1.CatchUpStatus_CATCH_UP_STATUS_HELD
-	what := enumword.Of(nj.GetOutcome())
-	if nj.GetFailedStep() != "" {
-		what += " at " + nj.GetFailedStep()
-	}
-	if nj.GetMessage() != "" {
-		what += ": " + nj.GetMessage()
-	}
+	what := jobText(nj)
 	switch {
 	case last.r.GetKind() == rkCatchUp && isFailure(nj):
 		v.Status = ferryv1.CatchUpStatus_CATCH_UP_STATUS_FAILED
@@ -412,6 +402,19 @@ func held(v *ferryv1.BehindNode, g *ferryv1.GroupRecord, d *ferryv1.DesiredPacka
 	default:
 		v.Reason = fmt.Sprintf("rollout %s (%s, %s) changed it after the desired state was set, so catch-up leaves it: node %s; %s", id, last.pkgRef(), enumword.Of(last.r.GetState()), what, retry)
 	}
+}
+
+// jobText is a node's outcome in a rollout in words, e.g. "failed at
+// check: go version: exit status 1".
+func jobText(nj *ferryv1.NodeJob) string {
+	what := enumword.Of(nj.GetOutcome())
+	if nj.GetFailedStep() != "" {
+		what += " at " + nj.GetFailedStep()
+	}
+	if nj.GetMessage() != "" {
+		what += ": " + nj.GetMessage()
+	}
+	return what
 }
 
 func versionOrAbsent(v string) string {
