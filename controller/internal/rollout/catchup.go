@@ -526,7 +526,7 @@ func (e *Engine) startCatchUpLocked(g *ferryv1.GroupRecord, d *ferryv1.DesiredPa
 // nodes behind, with why.
 func (e *Engine) Group(name string) (*ferryv1.Group, error) {
 	if name == "" {
-		return nil, fmt.Errorf("%w: no group: name one, e.g. `ferryctl group show production`", ErrInvalid)
+		return nil, invalidGroup("no group: name one, e.g. `ferryctl group show production`")
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -536,6 +536,17 @@ func (e *Engine) Group(name string) (*ferryv1.Group, error) {
 		return nil, unknownGroup(name)
 	}
 	return e.groupViewLocked(name, g, members), nil
+}
+
+// groupError is a refused group request: it matches ErrInvalid (so the
+// API answers InvalidArgument) without ErrInvalid's "invalid rollout".
+type groupError struct{ msg string }
+
+func (e groupError) Error() string        { return e.msg }
+func (e groupError) Is(target error) bool { return target == ErrInvalid }
+
+func invalidGroup(format string, args ...any) error {
+	return groupError{fmt.Sprintf(format, args...)}
 }
 
 func unknownGroup(name string) error {
@@ -601,11 +612,11 @@ func (e *Engine) updateGroup(actor string, req *ferryv1.UpdateGroupRequest) (*fe
 	name := req.GetName()
 	switch {
 	case name == "":
-		return nil, fmt.Errorf("%w: no group: name one, e.g. `ferryctl group set production --catch-up=false`", ErrInvalid)
+		return nil, invalidGroup("no group: name one, e.g. `ferryctl group set production --catch-up=false`")
 	case req.CatchUp == nil && req.CatchUpParallel == nil && !req.GetRetry():
-		return nil, fmt.Errorf("%w: group %s: nothing to change: set --catch-up, --catch-up-parallel or --retry", ErrInvalid, name)
+		return nil, invalidGroup("group %s: nothing to change: set --catch-up, --catch-up-parallel or --retry", name)
 	case req.CatchUpParallel != nil && (req.GetCatchUpParallel() < 1 || req.GetCatchUpParallel() > maxCatchUpParallel):
-		return nil, fmt.Errorf("%w: group %s: --catch-up-parallel %d: want 1 to %d catch-up jobs at once", ErrInvalid, name, req.GetCatchUpParallel(), maxCatchUpParallel)
+		return nil, invalidGroup("group %s: --catch-up-parallel %d: want 1 to %d catch-up jobs at once", name, req.GetCatchUpParallel(), maxCatchUpParallel)
 	case e.cfg.Groups == nil:
 		return nil, fmt.Errorf("%w: this controller keeps no group records", ErrState)
 	}
