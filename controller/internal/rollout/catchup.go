@@ -26,6 +26,7 @@
 //     failed node is not retried in a loop, an admin's later rollout of
 //     another version is not undone, and a restart or a late heartbeat never
 //     sends the same node a second job.
+
 package rollout
 
 import (
@@ -560,8 +561,8 @@ func (e *Engine) groupViewLocked(name string, g *ferryv1.GroupRecord, members []
 	out := &ferryv1.Group{
 		Name:            name,
 		CatchUp:         !g.GetCatchUpDisabled(),
-		CatchUpParallel: uint32(catchUpParallel(g)),
-		NodeCount:       uint32(len(members)),
+		CatchUpParallel: max(g.GetCatchUpParallel(), 1),
+		NodeCount:       uint32(len(members)), //nolint:gosec // a fleet is far below 2^32 nodes
 		UpdatedAt:       g.GetUpdatedAt(),
 		UpdatedBy:       g.GetUpdatedBy(),
 	}

@@ -100,11 +100,12 @@ func (h *harness) catchUps() []*ferryv1.Rollout {
 	return out
 }
 
-func (h *harness) group(name string) *ferryv1.Group {
+// group is h.e.Group("prod").
+func (h *harness) group() *ferryv1.Group {
 	h.t.Helper()
-	g, err := h.e.Group(name)
+	g, err := h.e.Group("prod")
 	if err != nil {
-		h.t.Fatalf("Group(%s): %v", name, err)
+		h.t.Fatalf("Group(prod): %v", err)
 	}
 	return g
 }
@@ -149,7 +150,7 @@ const (
 func TestCatchUpLateNode(t *testing.T) {
 	h := newCatchUpHarness(t, 2)
 	r := h.rollOut("1.20.3")
-	g := h.group("prod")
+	g := h.group()
 	if len(g.Desired) != 1 || g.Desired[0].Name != "go" || g.Desired[0].Version != "1.20.3" || g.Desired[0].RolloutId != r.Id || g.Desired[0].SetBy != "admin/alice" {
 		t.Fatalf("desired = %v", g.Desired)
 	}
@@ -173,7 +174,7 @@ func TestCatchUpLateNode(t *testing.T) {
 	if job := h.disp.job(cu.Id, "n02"); job == nil || job.Kind != kindInstall || job.Package.Version != "1.20.3" {
 		t.Fatalf("n02 job = %v", job)
 	}
-	if st := behindStatus(h.group("prod")); st["n02"] != cuRunning {
+	if st := behindStatus(h.group()); st["n02"] != cuRunning {
 		t.Errorf("n02 status %v, want running", st["n02"])
 	}
 	h.succeed(cu.Id, "n02")
@@ -181,7 +182,7 @@ func TestCatchUpLateNode(t *testing.T) {
 	if got := h.state(cu.Id); got != stSucceeded {
 		t.Fatalf("catch-up ended %v", got)
 	}
-	if g := h.group("prod"); len(g.Behind) != 0 || g.Desired[0].RolloutId != r.Id {
+	if g := h.group(); len(g.Behind) != 0 || g.Desired[0].RolloutId != r.Id {
 		t.Errorf("after catch-up: behind %v, desired %v (a catch-up does not set the desired state)", g.Behind, g.Desired)
 	}
 	h.tick(time.Second)
@@ -203,7 +204,7 @@ func TestCatchUpUnreachableDuringRollout(t *testing.T) {
 	if r.State != stFailed {
 		t.Fatalf("rollout %v, want failed (n02 unreachable)", r.State)
 	}
-	g := h.group("prod")
+	g := h.group()
 	if len(g.Desired) != 1 || g.Desired[0].Version != "1.20.3" {
 		t.Fatalf("desired = %v: a rollout that failed only to reach nodes sets it", g.Desired)
 	}
@@ -236,7 +237,7 @@ func TestCatchUpNotForFailedRollouts(t *testing.T) {
 	if _, err := h.e.Group("prod"); err != nil {
 		t.Fatal(err)
 	}
-	if g := h.group("prod"); len(g.Desired) != 0 || len(h.catchUps()) != 0 {
+	if g := h.group(); len(g.Desired) != 0 || len(h.catchUps()) != 0 {
 		t.Errorf("desired %v, catch-ups %d: a rollout with a failed node sets no desired state", g.Desired, len(h.catchUps()))
 	}
 	// Neither does a selector rollout (it is not the group's version).
@@ -245,7 +246,7 @@ func TestCatchUpNotForFailedRollouts(t *testing.T) {
 		h.succeed(s.Id, n.NodeId)
 	}
 	h.tick(time.Second)
-	if g := h.group("prod"); len(g.Desired) != 0 {
+	if g := h.group(); len(g.Desired) != 0 {
 		t.Errorf("desired %v after a selector rollout", g.Desired)
 	}
 }
@@ -264,7 +265,7 @@ func TestCatchUpParallelLimit(t *testing.T) {
 	if got := inFlightNodes(cus[0]); len(got) != 1 {
 		t.Fatalf("in flight %v, want 1 (default catch-up parallelism)", got)
 	}
-	st := behindStatus(h.group("prod"))
+	st := behindStatus(h.group())
 	if st["n01"] != cuRunning || st["n02"] != cuRunning {
 		t.Errorf("status %v", st)
 	}
@@ -287,7 +288,7 @@ func TestCatchUpParallelLimit(t *testing.T) {
 	if got := inFlightNodes(cus[1]); len(got) != 2 || !slices.Equal(nodeIDs(cus[1]), []string{"n04", "n05"}) {
 		t.Errorf("second catch-up nodes %v, in flight %v: want n04, n05 both in flight (n02, n03 were skipped by the abort and are held)", nodeIDs(cus[1]), got)
 	}
-	if st := behindStatus(h.group("prod")); st["n02"] != cuHeld {
+	if st := behindStatus(h.group()); st["n02"] != cuHeld {
 		t.Errorf("n02 %v, want held after its catch-up was aborted", st["n02"])
 	}
 	if _, err := h.e.UpdateGroup("admin/alice", &ferryv1.UpdateGroupRequest{Name: "prod", CatchUpParallel: proto.Uint32(0)}); !errors.Is(err, ErrInvalid) {
@@ -312,7 +313,7 @@ func TestCatchUpFailurePausesAndRetry(t *testing.T) {
 	if len(h.catchUps()) != 1 || h.jobsTo("n02") != 0 {
 		t.Fatalf("catch-ups %d, jobs to n02 %d: nothing may start while the group's catch-up is paused", len(h.catchUps()), h.jobsTo("n02"))
 	}
-	g := h.group("prod")
+	g := h.group()
 	st := behindStatus(g)
 	if st["n01"] != cuFailed || st["n02"] != cuRunning || st["n03"] != cuBlocked {
 		t.Fatalf("status %v, want n01 failed, n02 running (its catch-up is paused), n03 blocked", g.Behind)
@@ -332,7 +333,7 @@ func TestCatchUpFailurePausesAndRetry(t *testing.T) {
 	}
 	h.succeed(cus[1].Id, "n03")
 	h.tick(time.Second)
-	if st := behindStatus(h.group("prod")); st["n01"] != cuFailed || st["n02"] != cuHeld || len(st) != 2 {
+	if st := behindStatus(h.group()); st["n01"] != cuFailed || st["n02"] != cuHeld || len(st) != 2 {
 		t.Fatalf("status %v", st)
 	}
 	if _, err := h.e.UpdateGroup("admin/alice", &ferryv1.UpdateGroupRequest{Name: "prod", Retry: true}); err != nil {
@@ -359,7 +360,7 @@ func TestCatchUpOffPerGroup(t *testing.T) {
 	if len(h.catchUps()) != 0 {
 		t.Fatal("catch-up while off")
 	}
-	g := h.group("prod")
+	g := h.group()
 	if g.CatchUp || behindStatus(g)["n01"] != cuOff {
 		t.Fatalf("group %v", g)
 	}
@@ -387,7 +388,7 @@ func TestCatchUpOffPerGroup(t *testing.T) {
 	if _, err := h.e.UpdateGroup("admin/alice", &ferryv1.UpdateGroupRequest{Name: "prod"}); !errors.Is(err, ErrInvalid) {
 		t.Errorf("nothing to change: %v", err)
 	}
-	if !h.group("prod").CatchUp {
+	if !h.group().CatchUp {
 		t.Error("a refused update changed the group")
 	}
 	if ev := h.audit.list(); !strings.HasPrefix(ev[len(ev)-1], "admin/alice group.update prod ") || strings.HasSuffix(ev[len(ev)-1], " ok") {
@@ -405,7 +406,7 @@ func TestNoCatchUpDuringActiveRollout(t *testing.T) {
 	if len(h.catchUps()) != 0 {
 		t.Fatal("catch-up while a rollout of the package is active in the group")
 	}
-	if st := behindStatus(h.group("prod")); st["n02"] != cuBlocked {
+	if st := behindStatus(h.group()); st["n02"] != cuBlocked {
 		t.Fatalf("n02 %v, want blocked", st)
 	}
 	if _, err := h.e.Abort("admin/alice", r.Id); err != nil {
@@ -448,7 +449,7 @@ func TestCatchUpRestartDoesNotDuplicate(t *testing.T) {
 	if len(h.catchUps()) != 1 || h.jobsTo("n01") != 1 {
 		t.Fatalf("after success and restart: catch-ups %d, jobs to n01 %d, want 1 and 1", len(h.catchUps()), h.jobsTo("n01"))
 	}
-	if st := behindStatus(h.group("prod")); st["n01"] != cuHeld {
+	if st := behindStatus(h.group()); st["n01"] != cuHeld {
 		t.Errorf("n01 %v, want held (its catch-up succeeded, the fleet shows otherwise)", st)
 	}
 }
@@ -461,7 +462,7 @@ func TestDesiredRecordedAfterRestart(t *testing.T) {
 	h.groups = &fakeGroups{data: map[string][]byte{}, audit: h.audit}
 	h.restart()
 	h.tick(time.Second)
-	if g := h.group("prod"); len(g.Desired) != 1 || g.Desired[0].RolloutId != r.Id {
+	if g := h.group(); len(g.Desired) != 1 || g.Desired[0].RolloutId != r.Id {
 		t.Fatalf("desired %v", g.Desired)
 	}
 	// A failing store leaves it for the next look.
@@ -469,12 +470,12 @@ func TestDesiredRecordedAfterRestart(t *testing.T) {
 	h.groups.fail = errors.New("disk full")
 	r2 := h.rollOut("1.20.2")
 	h.tick(time.Second)
-	if g := h.group("prod"); g.Desired[0].RolloutId != r.Id {
+	if g := h.group(); g.Desired[0].RolloutId != r.Id {
 		t.Fatalf("desired %v changed though the save failed", g.Desired)
 	}
 	h.groups.fail = nil
 	h.tick(time.Second)
-	if g := h.group("prod"); g.Desired[0].RolloutId != r2.Id || g.Desired[0].Version != "1.20.2" {
+	if g := h.group(); g.Desired[0].RolloutId != r2.Id || g.Desired[0].Version != "1.20.2" {
 		t.Fatalf("desired %v, want 1.20.2 from %s", g.Desired, r2.Id)
 	}
 }
@@ -497,7 +498,7 @@ func TestCatchUpAfterUndoAndMove(t *testing.T) {
 		t.Fatalf("undo %v", got)
 	}
 	h.tick(time.Second)
-	g := h.group("prod")
+	g := h.group()
 	if len(g.Desired) != 1 || g.Desired[0].Version != "1.20.2" || g.Desired[0].RolloutId != u.Id {
 		t.Fatalf("desired after undo of %s: %v, want 1.20.2 from %s", r.Id, g.Desired, u.Id)
 	}
@@ -527,7 +528,7 @@ func TestGroupUnknown(t *testing.T) {
 	if _, err := h.e.Group(""); !errors.Is(err, ErrInvalid) {
 		t.Errorf("Group(\"\") = %v", err)
 	}
-	if g := h.group("prod"); len(g.Desired) != 0 || !g.CatchUp {
+	if g := h.group(); len(g.Desired) != 0 || !g.CatchUp {
 		t.Errorf("fresh group %v", g)
 	}
 }
