@@ -363,6 +363,9 @@ func TestE2EDemoScript(t *testing.T) {
 		"undo ro-",
 		"/usr/local/go is gone again",
 		"see why: ferryctl logs ro-",
+		// prod-4, enrolled after the production rollout, caught up by itself.
+		"catch-up ro-",
+		"every node is on the desired versions",
 	} {
 		if !strings.Contains(r.Stdout+r.Stderr, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, r)

@@ -195,6 +195,17 @@ func TestCatchUpLateNode(t *testing.T) {
 			t.Errorf("audit %v lacks %q", ev, want)
 		}
 	}
+	// Undo treats the catch-up as part of the rollout: n02 goes back too.
+	u, err := h.e.Undo("admin/alice", &ferryv1.UndoRolloutRequest{Group: "prod", PackageName: "go", Strategy: &ferryv1.Strategy{Canary: proto.Uint32(0), MaxParallel: "3"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.UndoOf != r.Id || !slices.Equal(nodeIDs(u), []string{"n00", "n01", "n02"}) {
+		t.Fatalf("undo of %s on %v, want %s on n00, n01, n02", u.UndoOf, nodeIDs(u), r.Id)
+	}
+	if n := nodeOf(h.get(u.Id), "n02"); !strings.Contains(n.Message, "rolling back to no previous version") {
+		t.Errorf("n02 undo message %q", n.Message)
+	}
 }
 
 func TestCatchUpUnreachableDuringRollout(t *testing.T) {
