@@ -71,11 +71,15 @@ const (
 type catchUp struct {
 	groups map[string]*ferryv1.GroupRecord
 	last   time.Time
+	// done: ended rollouts whose desired state is recorded, superseded,
+	// or that set none (an ended rollout no longer changes).
+	done map[string]bool
 }
 
 // loadGroups reads the group records at New.
 func (e *Engine) loadGroups() error {
 	e.cu.groups = map[string]*ferryv1.GroupRecord{}
+	e.cu.done = map[string]bool{}
 	if e.cfg.CatchUpEvery <= 0 {
 		e.cfg.CatchUpEvery = defaultCatchUpEvery
 	}
@@ -199,12 +203,18 @@ func desiredFor(g *ferryv1.GroupRecord, pkg string) *ferryv1.DesiredPackage {
 // after the restart.
 func (e *Engine) recordDesiredLocked(now time.Time) {
 	best := map[[2]string]*ferryv1.DesiredPackage{}
-	for _, ru := range e.runs {
+	candidates := map[[2]string][]string{}
+	for id, ru := range e.runs {
+		if e.cu.done[id] || !ru.ended() {
+			continue
+		}
 		group, d, ok := e.desiredOf(ru)
 		if !ok {
+			e.cu.done[id] = true
 			continue
 		}
 		key := [2]string{group, d.GetName()}
+		candidates[key] = append(candidates[key], id)
 		if newerDesired(d, best[key]) {
 			best[key] = d
 		}
@@ -219,6 +229,7 @@ func (e *Engine) recordDesiredLocked(now time.Time) {
 		g := e.cu.groups[k[0]]
 		cur := desiredFor(g, d.GetName())
 		if cur.GetRolloutId() == d.GetRolloutId() || !newerDesired(d, cur) {
+			e.markDone(candidates[k])
 			continue
 		}
 		d.RecordedAt = timestamppb.New(now)
@@ -235,7 +246,14 @@ func (e *Engine) recordDesiredLocked(now time.Time) {
 			continue
 		}
 		e.cu.groups[k[0]] = next
+		e.markDone(candidates[k])
 		e.log.Info("group desired state recorded", "group", k[0], "package", desiredText(d), "rollout", d.GetRolloutId())
+	}
+}
+
+func (e *Engine) markDone(ids []string) {
+	for _, id := range ids {
+		e.cu.done[id] = true
 	}
 }
 
@@ -273,54 +291,77 @@ func (e *Engine) activeCatchUpLocked(group string) *run {
 	return nil
 }
 
-// activeOnLocked is a rollout of pkg that has not ended and targets the
-// group or has the node.
-func (e *Engine) activeOnLocked(pkg, group, nodeID string) *run {
-	var found *run
+// jobRef is a node's record in a rollout.
+type jobRef struct {
+	ru *run
+	nj *ferryv1.NodeJob
+}
+
+// pkgIndex is what one look needs to know, per node of a group, about the
+// rollouts of the desired package, gathered in one pass over them.
+type pkgIndex struct {
+	// active: per node, a rollout of the package that has not ended and
+	// has the node.
+	active map[string]jobRef
+	// groupActive is a rollout of the package that has not ended and
+	// targets the group.
+	groupActive *run
+	// last: per node, the newest rollout created since the desired state
+	// was set (or the group's retry), targeting the group or no group,
+	// that gave the node a job or, for a catch-up, skipped it: what counts
+	// against catching it up (see the package rules above).
+	last map[string]jobRef
+}
+
+func newerRun(a, b *run) bool {
+	if c := a.r.GetCreatedAt().AsTime().Compare(b.r.GetCreatedAt().AsTime()); c != 0 {
+		return c > 0
+	}
+	return a.r.GetId() > b.r.GetId()
+}
+
+func (e *Engine) pkgIndexLocked(g *ferryv1.GroupRecord, d *ferryv1.DesiredPackage) pkgIndex {
+	from := d.GetSince().AsTime()
+	if ts := g.GetRetryAfter(); ts != nil && ts.AsTime().After(from) {
+		from = ts.AsTime()
+	}
+	ix := pkgIndex{active: map[string]jobRef{}, last: map[string]jobRef{}}
 	for _, ru := range e.runs {
-		if ru.r.GetPackageName() != pkg || ru.ended() {
+		r := ru.r
+		if r.GetPackageName() != d.GetName() {
 			continue
 		}
-		if ru.r.GetTarget().GetGroup() == group || ru.node(nodeID) != nil {
-			// Prefer the rollout that has the node.
-			if found == nil || ru.node(nodeID) != nil {
-				found = ru
+		tg := r.GetTarget().GetGroup()
+		ended := ru.ended()
+		if !ended && tg == g.GetName() {
+			ix.groupActive = ru
+		}
+		counts := !r.GetCreatedAt().AsTime().Before(from) && (tg == "" || tg == g.GetName())
+		for _, nj := range r.GetNodes() {
+			id := nj.GetNodeId()
+			if !ended {
+				ix.active[id] = jobRef{ru, nj}
+			}
+			if !counts || (nj.GetJobId() == "" && (r.GetKind() != rkCatchUp || nj.GetOutcome() != ocSkipped)) {
+				continue
+			}
+			if cur, ok := ix.last[id]; !ok || newerRun(ru, cur.ru) {
+				ix.last[id] = jobRef{ru, nj}
 			}
 		}
 	}
-	return found
+	return ix
 }
 
-// lastJobLocked is the newest rollout of the desired package that counts
-// against catching the node up (see the package rules above), with the
-// node's record in it.
-func (e *Engine) lastJobLocked(g *ferryv1.GroupRecord, d *ferryv1.DesiredPackage, n *ferryv1.Node) (*run, *ferryv1.NodeJob) {
-	from := d.GetSince().AsTime()
-	for _, ts := range []*timestamppb.Timestamp{n.GetEnrolledAt(), g.GetRetryAfter()} {
-		if ts != nil && ts.AsTime().After(from) {
-			from = ts.AsTime()
-		}
+// lastFor is the node's entry in last, unless it is from before the node
+// enrolled (a re-enrolled node starts afresh): the newest entry is the one
+// to compare, since every older one is older still.
+func (ix pkgIndex) lastFor(n *ferryv1.Node) (jobRef, bool) {
+	j, ok := ix.last[n.GetId()]
+	if ok && n.GetEnrolledAt() != nil && j.ru.r.GetCreatedAt().AsTime().Before(n.GetEnrolledAt().AsTime()) {
+		return jobRef{}, false
 	}
-	var best *run
-	var bestNJ *ferryv1.NodeJob
-	for _, ru := range e.runs {
-		r := ru.r
-		if r.GetPackageName() != d.GetName() || r.GetCreatedAt().AsTime().Before(from) {
-			continue
-		}
-		if tg := r.GetTarget().GetGroup(); tg != "" && tg != g.GetName() {
-			continue
-		}
-		nj := ru.node(n.GetId())
-		if nj == nil || (nj.GetJobId() == "" && (r.GetKind() != rkCatchUp || nj.GetOutcome() != ocSkipped)) {
-			continue
-		}
-		if best == nil || r.GetCreatedAt().AsTime().After(best.r.GetCreatedAt().AsTime()) ||
-			(r.GetCreatedAt().AsTime().Equal(best.r.GetCreatedAt().AsTime()) && r.GetId() > best.r.GetId()) {
-			best, bestNJ = ru, nj
-		}
-	}
-	return best, bestNJ
+	return j, ok
 }
 
 // behind is one node of a group that is not on a desired version.
@@ -335,16 +376,17 @@ type behind struct {
 func (e *Engine) behindLocked(g *ferryv1.GroupRecord, d *ferryv1.DesiredPackage, members []*ferryv1.Node, pkgErr error) []behind {
 	name := g.GetName()
 	groupCatchUp := e.activeCatchUpLocked(name)
+	ix := e.pkgIndexLocked(g, d)
 	var out []behind
 	for _, n := range members {
 		have := installedVersion(n, d.GetName())
 		atDesired := have == d.GetVersion() && !d.GetRemoved() || d.GetRemoved() && have == ""
-		active := e.activeOnLocked(d.GetName(), name, n.GetId())
-		var nj *ferryv1.NodeJob
-		if active != nil {
-			nj = active.node(n.GetId())
+		a, onNode := ix.active[n.GetId()]
+		active, nj := a.ru, a.nj
+		if !onNode {
+			active = ix.groupActive
 		}
-		catchingUp := active != nil && active.r.GetKind() == rkCatchUp && nj != nil
+		catchingUp := onNode && active.r.GetKind() == rkCatchUp
 		if atDesired && (!catchingUp || terminalOutcome(nj.GetOutcome())) {
 			continue
 		}
@@ -352,7 +394,7 @@ func (e *Engine) behindLocked(g *ferryv1.GroupRecord, d *ferryv1.DesiredPackage,
 		setStatus := func(s ferryv1.CatchUpStatus, rolloutID, format string, args ...any) {
 			v.Status, v.RolloutId, v.Reason = s, rolloutID, fmt.Sprintf(format, args...)
 		}
-		last, lj := e.lastJobLocked(g, d, n)
+		lj, hasLast := ix.lastFor(n)
 		switch {
 		case catchingUp:
 			st := ferryv1.CatchUpStatus_CATCH_UP_STATUS_RUNNING
@@ -360,10 +402,10 @@ func (e *Engine) behindLocked(g *ferryv1.GroupRecord, d *ferryv1.DesiredPackage,
 				st = ferryv1.CatchUpStatus_CATCH_UP_STATUS_FAILED
 			}
 			setStatus(st, active.r.GetId(), "catch-up %s is %s; this node: %s", active.r.GetId(), enumword.Of(active.r.GetState()), jobText(nj))
-		case active != nil && (nj != nil || last == nil):
+		case active != nil && (onNode || !hasLast):
 			setStatus(ferryv1.CatchUpStatus_CATCH_UP_STATUS_BLOCKED, active.r.GetId(), "rollout %s (%s) is %s; catch-up waits for it to end", active.r.GetId(), active.pkgRef(), enumword.Of(active.r.GetState()))
-		case last != nil:
-			held(v, g, d, last, lj)
+		case hasLast:
+			held(v, g, d, lj.ru, lj.nj)
 		case !reachable(n):
 			setStatus(ferryv1.CatchUpStatus_CATCH_UP_STATUS_WAITING, "", "%s; caught up once it is connected and healthy", nodeStatus(n, true))
 		case g.GetCatchUpDisabled():
