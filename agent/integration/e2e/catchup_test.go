@@ -58,7 +58,7 @@ func (f *rolloutFleet) catchUps() []rolloutStatus {
 	}
 	var cus []rolloutStatus
 	for _, r := range list.Rollouts {
-		if r.Kind == "ROLLOUT_KIND_CATCH_UP" {
+		if r.Kind == "catch_up" {
 			cus = append(cus, f.mustStatus(r.ID))
 		}
 	}
@@ -163,7 +163,7 @@ func TestE2ELateNodeCatchesUp(t *testing.T) {
 			return false, err.Error()
 		}
 		for _, b := range g.Group.Behind {
-			if b.NodeID == "stage-5" && b.Status == "CATCH_UP_STATUS_OFF" {
+			if b.NodeID == "stage-5" && b.Status == "off" {
 				return true, ""
 			}
 		}
