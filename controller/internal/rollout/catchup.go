@@ -481,8 +481,11 @@ func (e *Engine) catchUpGroupLocked(g *ferryv1.GroupRecord, now time.Time, fx *e
 		if members == nil {
 			members = e.groupMembersLocked(g.GetName())
 		}
+		// A version no longer stored leaves its nodes held (group show
+		// says why) rather than retried and logged at every look.
+		_, pkgErr := e.catchUpPackage(d)
 		var todo []*ferryv1.Node
-		for _, b := range e.behindLocked(g, d, members, nil) {
+		for _, b := range e.behindLocked(g, d, members, pkgErr) {
 			if b.view.GetStatus() == ferryv1.CatchUpStatus_CATCH_UP_STATUS_PENDING {
 				todo = append(todo, b.node)
 			}
@@ -497,10 +500,10 @@ func (e *Engine) catchUpGroupLocked(g *ferryv1.GroupRecord, now time.Time, fx *e
 func (e *Engine) catchUpPackage(d *ferryv1.DesiredPackage) (*ferryv1.Package, error) {
 	pkg, err := e.cfg.Packages.Package(d.GetName(), d.GetVersion())
 	if err == nil && pkg == nil {
-		err = ErrNotFound
+		err = fmt.Errorf("package %s@%s: %w", d.GetName(), d.GetVersion(), ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("package %s@%s cannot be loaded (%w); apply it again with `ferryctl package apply` or roll out another version", d.GetName(), d.GetVersion(), err)
+		return nil, fmt.Errorf("cannot be caught up: %w; apply %s@%s again with `ferryctl package apply`, or roll out another version", err, d.GetName(), d.GetVersion())
 	}
 	return pkg, nil
 }

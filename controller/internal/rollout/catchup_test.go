@@ -596,3 +596,18 @@ func BenchmarkCatchUpLook(b *testing.B) {
 		b.Fatalf("group %v, %v", g, err)
 	}
 }
+
+func TestCatchUpPackageGone(t *testing.T) {
+	h := newCatchUpHarness(t, 1)
+	h.rollOut("1.20.3")
+	delete(h.pkgs.pkgs, "go@1.20.3") // `package rm` (refused while in use; here by hand)
+	h.fleet.add("n01", "prod")
+	h.tick(time.Second)
+	if len(h.catchUps()) != 0 {
+		t.Fatal("catch-up of a package version that is no longer stored")
+	}
+	g := h.group()
+	if st := behindStatus(g); st["n01"] != cuHeld || g.Behind[0].Reason != "cannot be caught up: package go@1.20.3: not found; apply go@1.20.3 again with `ferryctl package apply`, or roll out another version" {
+		t.Errorf("behind %v, want n01 held naming the package", g.Behind)
+	}
+}
