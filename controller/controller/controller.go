@@ -218,6 +218,7 @@ func New(cfg Config) (*Controller, error) {
 	c.engine, err = rollout.New(rollout.Config{
 		Store: c.store, Dispatcher: dispatcher{c.fleet}, Fleet: c.fleet, Packages: c.packages,
 		Auditor: c.store, Logger: c.log.With("component", "rollout"),
+		Groups: c.store, // desired state per group and catch-up
 	})
 	if err != nil {
 		return nil, err
@@ -234,6 +235,7 @@ func New(cfg Config) (*Controller, error) {
 		Downloads: c.downloads,
 		Packages:  c.packages,
 		Rollouts:  c.engine,
+		Groups:    c.engine,
 
 		JobArtifacts: c.engine, // downloads follow the jobs the engine sent
 	}

@@ -4,7 +4,8 @@
 # .sha256, push it with checksum verification (and see a tampered copy
 # refused), apply the package, roll it out to staging and then, with a
 # canary and a promotion, to production, run `go version` from a node's
-# install root, and undo the production rollout.
+# install root, enroll one more production node that catches up by itself,
+# and undo the production rollout.
 #
 #   make demo          (builds first; or run this script after `make build`)
 #
@@ -338,6 +339,27 @@ inventory() {
 	show ferryctl nodes --package "go@$GO_VERSION"
 }
 
+# caught_up ID succeeds when ferryctl group show lists no node behind and
+# the node's install root has the toolchain.
+caught_up() {
+	[[ -x "$DEMO/agents/$1/root/usr/local/go/bin/go" ]] &&
+		ferryctl group show production 2>/dev/null | grep -q '^every node is on the desired versions$'
+}
+
+catch_up_production() {
+	step "A node enrolled after the production rollout catches up by itself"
+	echo "The rollout recorded go@$GO_VERSION as production's desired version. prod-4 joins"
+	echo "production only now; the controller gives it a catch-up job (same steps and checks)."
+	enroll_group production prod-4
+	NODES+=(prod-4:production)
+	start_agent prod-4
+	wait_for "node prod-4 to be healthy (see $(rel "$DEMO/logs/agent-prod-4.log"))" node_healthy prod-4
+	wait_for "prod-4 to catch up to go@$GO_VERSION" caught_up prod-4
+	show ferryctl group show production
+	show ferryctl rollout list --package go --limit 3
+	show "$DEMO/agents/prod-4/root/usr/local/go/bin/go" version
+}
+
 undo_production() {
 	step "Undoing the production rollout (back to what each node had before)"
 	show ferryctl rollout undo --group production --package go --canary 1 --auto-promote --max-parallel 3 --healthy-for 1s
@@ -345,7 +367,10 @@ undo_production() {
 	if [[ -e $root/usr/local/go/bin/go ]]; then
 		die "prod-1 still has the toolchain after the undo"
 	fi
-	echo "prod-1: /usr/local/go is gone again; staging-1 keeps go$GO_VERSION:"
+	if [[ -e $DEMO/agents/prod-4/root/usr/local/go/bin/go ]]; then
+		die "prod-4 (caught up) still has the toolchain after the undo"
+	fi
+	echo "prod-1 and prod-4: /usr/local/go is gone again; staging-1 keeps go$GO_VERSION:"
 	show "$DEMO/agents/staging-1/root/usr/local/go/bin/go" version
 	show ferryctl rollout history --package go
 	show ferryctl audit --limit 8
@@ -401,6 +426,7 @@ main() {
 	rollout_production
 	check_node
 	inventory
+	catch_up_production
 	undo_production
 	failed_logs
 	if [[ ${DEMO_KEEP:-} == 1 ]]; then

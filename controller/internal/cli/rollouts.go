@@ -402,6 +402,9 @@ func (a *app) listRollouts(cmd *cobra.Command, pkg string, limit uint32) error {
 			if r.JobKind == ferryv1.JobKind_JOB_KIND_ROLLBACK {
 				kind = "undo " + r.UndoOf
 			}
+			if r.Kind == ferryv1.RolloutKind_ROLLOUT_KIND_CATCH_UP {
+				kind = "catch-up " + r.CatchUpOf
+			}
 			return []string{r.Id, r.PackageName + "@" + r.PackageVersion, kind, targetString(r.Target), enumword.Spaced(r.State), r.CreatedAt.AsTime().Local().Format(time.RFC3339), r.CreatedBy}
 		})
 	})

@@ -373,6 +373,8 @@ type harness struct {
 	audit *fakeAuditor
 	e     *Engine
 	ids   int
+	// groups is Config.Groups (default: none, catch-up off; catchup_test.go).
+	groups *fakeGroups
 
 	// disconnectGrace is Config.DisconnectGrace (default: none).
 	disconnectGrace time.Duration
@@ -409,7 +411,7 @@ func newHarness(t *testing.T, count int) *harness {
 
 func (h *harness) newEngine() *Engine {
 	h.t.Helper()
-	e, err := New(Config{
+	cfg := Config{
 		Store:       h.store,
 		Dispatcher:  h.disp,
 		Fleet:       h.fleet,
@@ -426,7 +428,11 @@ func (h *harness) newEngine() *Engine {
 		},
 		// Likewise for nodes whose stream dropped moments ago.
 		DisconnectGrace: h.disconnectGrace,
-	})
+	}
+	if h.groups != nil {
+		cfg.Groups, cfg.CatchUpEvery = h.groups, time.Nanosecond
+	}
+	e, err := New(cfg)
 	if err != nil {
 		h.t.Fatalf("New: %v", err)
 	}

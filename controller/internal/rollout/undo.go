@@ -99,7 +99,7 @@ func (e *Engine) undoTargetsLocked(name, group string) (*ferryv1.Rollout, []*fer
 	var installs []*ferryv1.Rollout
 	for _, ru := range e.runs {
 		r := ru.r
-		if r.GetPackageName() != name || r.GetJobKind() == kindRollback {
+		if r.GetPackageName() != name || r.GetJobKind() == kindRollback || r.GetKind() == rkCatchUp {
 			continue
 		}
 		touches := r.GetTarget().GetGroup() == group
@@ -121,7 +121,8 @@ func (e *Engine) undoTargetsLocked(name, group string) (*ferryv1.Rollout, []*fer
 		return nil, nil, fmt.Errorf("package %s: %w: its last rollout %s in group %s is still %s; abort it first with `ferryctl rollout abort %s`", name, ErrConflict, last.GetId(), group, enumword.Of(last.GetState()), last.GetId())
 	}
 	var nodes []*ferryv1.Node
-	for _, nj := range last.GetNodes() {
+	for _, id := range e.nodesWithCatchUpsLocked(e.runs[last.GetId()]) {
+		nj := e.nodeRecordLocked(e.runs[last.GetId()], id)
 		fn := inGroup[nj.GetNodeId()]
 		if fn == nil || nj.GetJobId() == "" {
 			continue
@@ -145,7 +146,7 @@ func (e *Engine) undoTargetsLocked(name, group string) (*ferryv1.Rollout, []*fer
 // as the undone rollout recorded it.
 func (e *Engine) undoTarget(ru *run, nodeID string) string {
 	if o := e.runs[ru.r.GetUndoOf()]; o != nil {
-		if n := o.node(nodeID); n != nil {
+		if n := e.nodeRecordLocked(o, nodeID); n != nil {
 			return n.GetPreviousVersion()
 		}
 	}

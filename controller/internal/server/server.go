@@ -79,6 +79,8 @@ type Deps struct {
 	Downloads *artifact.Downloader // nil: agents are told there is no artifact store
 	Packages  *packages.Store
 	Rollouts  Rollouts
+	// Groups serves GroupService; nil: not registered.
+	Groups Groups
 
 	// JobArtifacts scopes downloads to the nodes' jobs; nil: every
 	// download is refused.
@@ -108,6 +110,9 @@ func Register(s *grpc.Server, d *Deps) {
 	ferryv1.RegisterRolloutServiceServer(reg, &rolloutServer{d: d, r: d.Rollouts})
 	ferryv1.RegisterLogServiceServer(reg, &logServer{d: d, r: d.Rollouts})
 	ferryv1.RegisterGossipServiceServer(reg, &gossipServer{d: d})
+	if d.Groups != nil {
+		ferryv1.RegisterGroupServiceServer(reg, &groupServer{g: d.Groups})
+	}
 }
 
 // caller returns the authenticated caller; handlers behind the auth

@@ -243,6 +243,57 @@ func (NodeOutcome) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_rollout_proto_rawDescGZIP(), []int{2}
 }
 
+// RolloutKind says who started a rollout and why.
+type RolloutKind int32
+
+const (
+	// Started by an admin (a rollout or an undo).
+	RolloutKind_ROLLOUT_KIND_UNSPECIFIED RolloutKind = 0
+	// Started by the controller: brings nodes of a group that are behind its
+	// desired version (enrolled later, unreachable during the rollout, moved
+	// in) to it, with the steps and checks of the rollout that set it.
+	RolloutKind_ROLLOUT_KIND_CATCH_UP RolloutKind = 1
+)
+
+// Enum value maps for RolloutKind.
+var (
+	RolloutKind_name = map[int32]string{
+		0: "ROLLOUT_KIND_UNSPECIFIED",
+		1: "ROLLOUT_KIND_CATCH_UP",
+	}
+	RolloutKind_value = map[string]int32{
+		"ROLLOUT_KIND_UNSPECIFIED": 0,
+		"ROLLOUT_KIND_CATCH_UP":    1,
+	}
+)
+
+func (x RolloutKind) Enum() *RolloutKind {
+	p := new(RolloutKind)
+	*p = x
+	return p
+}
+
+func (x RolloutKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RolloutKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_rollout_proto_enumTypes[3].Descriptor()
+}
+
+func (RolloutKind) Type() protoreflect.EnumType {
+	return &file_ferry_v1_rollout_proto_enumTypes[3]
+}
+
+func (x RolloutKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RolloutKind.Descriptor instead.
+func (RolloutKind) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_rollout_proto_rawDescGZIP(), []int{3}
+}
+
 // Target selects nodes.
 type Target struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -563,7 +614,13 @@ type Rollout struct {
 	// Kind of job it sends (install, or rollback for an undo).
 	JobKind JobKind `protobuf:"varint,12,opt,name=job_kind,json=jobKind,proto3,enum=ferry.v1.JobKind" json:"job_kind,omitempty"`
 	// For an undo: the rollout it undoes.
-	UndoOf        string `protobuf:"bytes,13,opt,name=undo_of,json=undoOf,proto3" json:"undo_of,omitempty"`
+	UndoOf string `protobuf:"bytes,13,opt,name=undo_of,json=undoOf,proto3" json:"undo_of,omitempty"`
+	// What started it: an admin (unset) or the controller catching a
+	// group's nodes up with its desired state. (High numbers leave room for
+	// fields added beside it.)
+	Kind RolloutKind `protobuf:"varint,30,opt,name=kind,proto3,enum=ferry.v1.RolloutKind" json:"kind,omitempty"`
+	// For a catch-up: the rollout that set the desired state it applies.
+	CatchUpOf     string `protobuf:"bytes,31,opt,name=catch_up_of,json=catchUpOf,proto3" json:"catch_up_of,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -685,6 +742,20 @@ func (x *Rollout) GetJobKind() JobKind {
 func (x *Rollout) GetUndoOf() string {
 	if x != nil {
 		return x.UndoOf
+	}
+	return ""
+}
+
+func (x *Rollout) GetKind() RolloutKind {
+	if x != nil {
+		return x.Kind
+	}
+	return RolloutKind_ROLLOUT_KIND_UNSPECIFIED
+}
+
+func (x *Rollout) GetCatchUpOf() string {
+	if x != nil {
+		return x.CatchUpOf
 	}
 	return ""
 }
@@ -1737,7 +1808,7 @@ const file_ferry_v1_rollout_proto_rawDesc = "" +
 	"\n" +
 	"bytes_done\x18\n" +
 	" \x01(\x04R\tbytesDone\x12*\n" +
-	"\x05steps\x18\v \x03(\v2\x14.ferry.v1.StepResultR\x05steps\"\x8c\x04\n" +
+	"\x05steps\x18\v \x03(\v2\x14.ferry.v1.StepResultR\x05steps\"\xd7\x04\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fpackage_name\x18\x02 \x01(\tR\vpackageName\x12'\n" +
@@ -1755,7 +1826,9 @@ const file_ferry_v1_rollout_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x18\n" +
 	"\amessage\x18\v \x01(\tR\amessage\x12,\n" +
 	"\bjob_kind\x18\f \x01(\x0e2\x11.ferry.v1.JobKindR\ajobKind\x12\x17\n" +
-	"\aundo_of\x18\r \x01(\tR\x06undoOf\"\x8f\x01\n" +
+	"\aundo_of\x18\r \x01(\tR\x06undoOf\x12)\n" +
+	"\x04kind\x18\x1e \x01(\x0e2\x15.ferry.v1.RolloutKindR\x04kind\x12\x1e\n" +
+	"\vcatch_up_of\x18\x1f \x01(\tR\tcatchUpOf\"\x8f\x01\n" +
 	"\bNodePlan\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04wave\x18\x02 \x01(\rR\x04wave\x12*\n" +
@@ -1836,7 +1909,10 @@ const file_ferry_v1_rollout_proto_rawDesc = "" +
 	"\x18NODE_OUTCOME_UNREACHABLE\x10\b\x12\x18\n" +
 	"\x14NODE_OUTCOME_SKIPPED\x10\t\x12\x1c\n" +
 	"\x18NODE_OUTCOME_ROLLED_BACK\x10\n" +
-	"2\xdc\x05\n" +
+	"*F\n" +
+	"\vRolloutKind\x12\x1c\n" +
+	"\x18ROLLOUT_KIND_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15ROLLOUT_KIND_CATCH_UP\x10\x012\xdc\x05\n" +
 	"\x0eRolloutService\x12P\n" +
 	"\rCreateRollout\x12\x1e.ferry.v1.CreateRolloutRequest\x1a\x1f.ferry.v1.CreateRolloutResponse\x12G\n" +
 	"\n" +
@@ -1862,95 +1938,97 @@ func file_ferry_v1_rollout_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_rollout_proto_rawDescData
 }
 
-var file_ferry_v1_rollout_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_ferry_v1_rollout_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_ferry_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_ferry_v1_rollout_proto_goTypes = []any{
 	(FailureAction)(0),             // 0: ferry.v1.FailureAction
 	(RolloutState)(0),              // 1: ferry.v1.RolloutState
 	(NodeOutcome)(0),               // 2: ferry.v1.NodeOutcome
-	(*Target)(nil),                 // 3: ferry.v1.Target
-	(*Strategy)(nil),               // 4: ferry.v1.Strategy
-	(*NodeJob)(nil),                // 5: ferry.v1.NodeJob
-	(*Rollout)(nil),                // 6: ferry.v1.Rollout
-	(*NodePlan)(nil),               // 7: ferry.v1.NodePlan
-	(*CreateRolloutRequest)(nil),   // 8: ferry.v1.CreateRolloutRequest
-	(*CreateRolloutResponse)(nil),  // 9: ferry.v1.CreateRolloutResponse
-	(*GetRolloutRequest)(nil),      // 10: ferry.v1.GetRolloutRequest
-	(*GetRolloutResponse)(nil),     // 11: ferry.v1.GetRolloutResponse
-	(*WatchRolloutRequest)(nil),    // 12: ferry.v1.WatchRolloutRequest
-	(*WatchRolloutResponse)(nil),   // 13: ferry.v1.WatchRolloutResponse
-	(*ListRolloutsRequest)(nil),    // 14: ferry.v1.ListRolloutsRequest
-	(*ListRolloutsResponse)(nil),   // 15: ferry.v1.ListRolloutsResponse
-	(*PromoteRolloutRequest)(nil),  // 16: ferry.v1.PromoteRolloutRequest
-	(*PromoteRolloutResponse)(nil), // 17: ferry.v1.PromoteRolloutResponse
-	(*PauseRolloutRequest)(nil),    // 18: ferry.v1.PauseRolloutRequest
-	(*PauseRolloutResponse)(nil),   // 19: ferry.v1.PauseRolloutResponse
-	(*ResumeRolloutRequest)(nil),   // 20: ferry.v1.ResumeRolloutRequest
-	(*ResumeRolloutResponse)(nil),  // 21: ferry.v1.ResumeRolloutResponse
-	(*AbortRolloutRequest)(nil),    // 22: ferry.v1.AbortRolloutRequest
-	(*AbortRolloutResponse)(nil),   // 23: ferry.v1.AbortRolloutResponse
-	(*UndoRolloutRequest)(nil),     // 24: ferry.v1.UndoRolloutRequest
-	(*UndoRolloutResponse)(nil),    // 25: ferry.v1.UndoRolloutResponse
-	nil,                            // 26: ferry.v1.Target.SelectorEntry
-	(*durationpb.Duration)(nil),    // 27: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 28: google.protobuf.Timestamp
-	(*StepResult)(nil),             // 29: ferry.v1.StepResult
-	(JobKind)(0),                   // 30: ferry.v1.JobKind
+	(RolloutKind)(0),               // 3: ferry.v1.RolloutKind
+	(*Target)(nil),                 // 4: ferry.v1.Target
+	(*Strategy)(nil),               // 5: ferry.v1.Strategy
+	(*NodeJob)(nil),                // 6: ferry.v1.NodeJob
+	(*Rollout)(nil),                // 7: ferry.v1.Rollout
+	(*NodePlan)(nil),               // 8: ferry.v1.NodePlan
+	(*CreateRolloutRequest)(nil),   // 9: ferry.v1.CreateRolloutRequest
+	(*CreateRolloutResponse)(nil),  // 10: ferry.v1.CreateRolloutResponse
+	(*GetRolloutRequest)(nil),      // 11: ferry.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),     // 12: ferry.v1.GetRolloutResponse
+	(*WatchRolloutRequest)(nil),    // 13: ferry.v1.WatchRolloutRequest
+	(*WatchRolloutResponse)(nil),   // 14: ferry.v1.WatchRolloutResponse
+	(*ListRolloutsRequest)(nil),    // 15: ferry.v1.ListRolloutsRequest
+	(*ListRolloutsResponse)(nil),   // 16: ferry.v1.ListRolloutsResponse
+	(*PromoteRolloutRequest)(nil),  // 17: ferry.v1.PromoteRolloutRequest
+	(*PromoteRolloutResponse)(nil), // 18: ferry.v1.PromoteRolloutResponse
+	(*PauseRolloutRequest)(nil),    // 19: ferry.v1.PauseRolloutRequest
+	(*PauseRolloutResponse)(nil),   // 20: ferry.v1.PauseRolloutResponse
+	(*ResumeRolloutRequest)(nil),   // 21: ferry.v1.ResumeRolloutRequest
+	(*ResumeRolloutResponse)(nil),  // 22: ferry.v1.ResumeRolloutResponse
+	(*AbortRolloutRequest)(nil),    // 23: ferry.v1.AbortRolloutRequest
+	(*AbortRolloutResponse)(nil),   // 24: ferry.v1.AbortRolloutResponse
+	(*UndoRolloutRequest)(nil),     // 25: ferry.v1.UndoRolloutRequest
+	(*UndoRolloutResponse)(nil),    // 26: ferry.v1.UndoRolloutResponse
+	nil,                            // 27: ferry.v1.Target.SelectorEntry
+	(*durationpb.Duration)(nil),    // 28: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 29: google.protobuf.Timestamp
+	(*StepResult)(nil),             // 30: ferry.v1.StepResult
+	(JobKind)(0),                   // 31: ferry.v1.JobKind
 }
 var file_ferry_v1_rollout_proto_depIdxs = []int32{
-	26, // 0: ferry.v1.Target.selector:type_name -> ferry.v1.Target.SelectorEntry
+	27, // 0: ferry.v1.Target.selector:type_name -> ferry.v1.Target.SelectorEntry
 	0,  // 1: ferry.v1.Strategy.on_failure:type_name -> ferry.v1.FailureAction
-	27, // 2: ferry.v1.Strategy.progress_deadline:type_name -> google.protobuf.Duration
-	27, // 3: ferry.v1.Strategy.healthy_for:type_name -> google.protobuf.Duration
+	28, // 2: ferry.v1.Strategy.progress_deadline:type_name -> google.protobuf.Duration
+	28, // 3: ferry.v1.Strategy.healthy_for:type_name -> google.protobuf.Duration
 	2,  // 4: ferry.v1.NodeJob.outcome:type_name -> ferry.v1.NodeOutcome
-	28, // 5: ferry.v1.NodeJob.started_at:type_name -> google.protobuf.Timestamp
-	28, // 6: ferry.v1.NodeJob.finished_at:type_name -> google.protobuf.Timestamp
-	29, // 7: ferry.v1.NodeJob.steps:type_name -> ferry.v1.StepResult
-	3,  // 8: ferry.v1.Rollout.target:type_name -> ferry.v1.Target
-	4,  // 9: ferry.v1.Rollout.strategy:type_name -> ferry.v1.Strategy
+	29, // 5: ferry.v1.NodeJob.started_at:type_name -> google.protobuf.Timestamp
+	29, // 6: ferry.v1.NodeJob.finished_at:type_name -> google.protobuf.Timestamp
+	30, // 7: ferry.v1.NodeJob.steps:type_name -> ferry.v1.StepResult
+	4,  // 8: ferry.v1.Rollout.target:type_name -> ferry.v1.Target
+	5,  // 9: ferry.v1.Rollout.strategy:type_name -> ferry.v1.Strategy
 	1,  // 10: ferry.v1.Rollout.state:type_name -> ferry.v1.RolloutState
-	5,  // 11: ferry.v1.Rollout.nodes:type_name -> ferry.v1.NodeJob
-	28, // 12: ferry.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	28, // 13: ferry.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	30, // 14: ferry.v1.Rollout.job_kind:type_name -> ferry.v1.JobKind
-	29, // 15: ferry.v1.NodePlan.steps:type_name -> ferry.v1.StepResult
-	3,  // 16: ferry.v1.CreateRolloutRequest.target:type_name -> ferry.v1.Target
-	4,  // 17: ferry.v1.CreateRolloutRequest.strategy:type_name -> ferry.v1.Strategy
-	6,  // 18: ferry.v1.CreateRolloutResponse.rollout:type_name -> ferry.v1.Rollout
-	7,  // 19: ferry.v1.CreateRolloutResponse.plan:type_name -> ferry.v1.NodePlan
-	6,  // 20: ferry.v1.GetRolloutResponse.rollout:type_name -> ferry.v1.Rollout
-	6,  // 21: ferry.v1.WatchRolloutResponse.rollout:type_name -> ferry.v1.Rollout
-	28, // 22: ferry.v1.WatchRolloutResponse.at:type_name -> google.protobuf.Timestamp
-	6,  // 23: ferry.v1.ListRolloutsResponse.rollouts:type_name -> ferry.v1.Rollout
-	6,  // 24: ferry.v1.PromoteRolloutResponse.rollout:type_name -> ferry.v1.Rollout
-	6,  // 25: ferry.v1.PauseRolloutResponse.rollout:type_name -> ferry.v1.Rollout
-	6,  // 26: ferry.v1.ResumeRolloutResponse.rollout:type_name -> ferry.v1.Rollout
-	6,  // 27: ferry.v1.AbortRolloutResponse.rollout:type_name -> ferry.v1.Rollout
-	4,  // 28: ferry.v1.UndoRolloutRequest.strategy:type_name -> ferry.v1.Strategy
-	6,  // 29: ferry.v1.UndoRolloutResponse.rollout:type_name -> ferry.v1.Rollout
-	8,  // 30: ferry.v1.RolloutService.CreateRollout:input_type -> ferry.v1.CreateRolloutRequest
-	10, // 31: ferry.v1.RolloutService.GetRollout:input_type -> ferry.v1.GetRolloutRequest
-	12, // 32: ferry.v1.RolloutService.WatchRollout:input_type -> ferry.v1.WatchRolloutRequest
-	14, // 33: ferry.v1.RolloutService.ListRollouts:input_type -> ferry.v1.ListRolloutsRequest
-	16, // 34: ferry.v1.RolloutService.PromoteRollout:input_type -> ferry.v1.PromoteRolloutRequest
-	18, // 35: ferry.v1.RolloutService.PauseRollout:input_type -> ferry.v1.PauseRolloutRequest
-	20, // 36: ferry.v1.RolloutService.ResumeRollout:input_type -> ferry.v1.ResumeRolloutRequest
-	22, // 37: ferry.v1.RolloutService.AbortRollout:input_type -> ferry.v1.AbortRolloutRequest
-	24, // 38: ferry.v1.RolloutService.UndoRollout:input_type -> ferry.v1.UndoRolloutRequest
-	9,  // 39: ferry.v1.RolloutService.CreateRollout:output_type -> ferry.v1.CreateRolloutResponse
-	11, // 40: ferry.v1.RolloutService.GetRollout:output_type -> ferry.v1.GetRolloutResponse
-	13, // 41: ferry.v1.RolloutService.WatchRollout:output_type -> ferry.v1.WatchRolloutResponse
-	15, // 42: ferry.v1.RolloutService.ListRollouts:output_type -> ferry.v1.ListRolloutsResponse
-	17, // 43: ferry.v1.RolloutService.PromoteRollout:output_type -> ferry.v1.PromoteRolloutResponse
-	19, // 44: ferry.v1.RolloutService.PauseRollout:output_type -> ferry.v1.PauseRolloutResponse
-	21, // 45: ferry.v1.RolloutService.ResumeRollout:output_type -> ferry.v1.ResumeRolloutResponse
-	23, // 46: ferry.v1.RolloutService.AbortRollout:output_type -> ferry.v1.AbortRolloutResponse
-	25, // 47: ferry.v1.RolloutService.UndoRollout:output_type -> ferry.v1.UndoRolloutResponse
-	39, // [39:48] is the sub-list for method output_type
-	30, // [30:39] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	6,  // 11: ferry.v1.Rollout.nodes:type_name -> ferry.v1.NodeJob
+	29, // 12: ferry.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	29, // 13: ferry.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	31, // 14: ferry.v1.Rollout.job_kind:type_name -> ferry.v1.JobKind
+	3,  // 15: ferry.v1.Rollout.kind:type_name -> ferry.v1.RolloutKind
+	30, // 16: ferry.v1.NodePlan.steps:type_name -> ferry.v1.StepResult
+	4,  // 17: ferry.v1.CreateRolloutRequest.target:type_name -> ferry.v1.Target
+	5,  // 18: ferry.v1.CreateRolloutRequest.strategy:type_name -> ferry.v1.Strategy
+	7,  // 19: ferry.v1.CreateRolloutResponse.rollout:type_name -> ferry.v1.Rollout
+	8,  // 20: ferry.v1.CreateRolloutResponse.plan:type_name -> ferry.v1.NodePlan
+	7,  // 21: ferry.v1.GetRolloutResponse.rollout:type_name -> ferry.v1.Rollout
+	7,  // 22: ferry.v1.WatchRolloutResponse.rollout:type_name -> ferry.v1.Rollout
+	29, // 23: ferry.v1.WatchRolloutResponse.at:type_name -> google.protobuf.Timestamp
+	7,  // 24: ferry.v1.ListRolloutsResponse.rollouts:type_name -> ferry.v1.Rollout
+	7,  // 25: ferry.v1.PromoteRolloutResponse.rollout:type_name -> ferry.v1.Rollout
+	7,  // 26: ferry.v1.PauseRolloutResponse.rollout:type_name -> ferry.v1.Rollout
+	7,  // 27: ferry.v1.ResumeRolloutResponse.rollout:type_name -> ferry.v1.Rollout
+	7,  // 28: ferry.v1.AbortRolloutResponse.rollout:type_name -> ferry.v1.Rollout
+	5,  // 29: ferry.v1.UndoRolloutRequest.strategy:type_name -> ferry.v1.Strategy
+	7,  // 30: ferry.v1.UndoRolloutResponse.rollout:type_name -> ferry.v1.Rollout
+	9,  // 31: ferry.v1.RolloutService.CreateRollout:input_type -> ferry.v1.CreateRolloutRequest
+	11, // 32: ferry.v1.RolloutService.GetRollout:input_type -> ferry.v1.GetRolloutRequest
+	13, // 33: ferry.v1.RolloutService.WatchRollout:input_type -> ferry.v1.WatchRolloutRequest
+	15, // 34: ferry.v1.RolloutService.ListRollouts:input_type -> ferry.v1.ListRolloutsRequest
+	17, // 35: ferry.v1.RolloutService.PromoteRollout:input_type -> ferry.v1.PromoteRolloutRequest
+	19, // 36: ferry.v1.RolloutService.PauseRollout:input_type -> ferry.v1.PauseRolloutRequest
+	21, // 37: ferry.v1.RolloutService.ResumeRollout:input_type -> ferry.v1.ResumeRolloutRequest
+	23, // 38: ferry.v1.RolloutService.AbortRollout:input_type -> ferry.v1.AbortRolloutRequest
+	25, // 39: ferry.v1.RolloutService.UndoRollout:input_type -> ferry.v1.UndoRolloutRequest
+	10, // 40: ferry.v1.RolloutService.CreateRollout:output_type -> ferry.v1.CreateRolloutResponse
+	12, // 41: ferry.v1.RolloutService.GetRollout:output_type -> ferry.v1.GetRolloutResponse
+	14, // 42: ferry.v1.RolloutService.WatchRollout:output_type -> ferry.v1.WatchRolloutResponse
+	16, // 43: ferry.v1.RolloutService.ListRollouts:output_type -> ferry.v1.ListRolloutsResponse
+	18, // 44: ferry.v1.RolloutService.PromoteRollout:output_type -> ferry.v1.PromoteRolloutResponse
+	20, // 45: ferry.v1.RolloutService.PauseRollout:output_type -> ferry.v1.PauseRolloutResponse
+	22, // 46: ferry.v1.RolloutService.ResumeRollout:output_type -> ferry.v1.ResumeRolloutResponse
+	24, // 47: ferry.v1.RolloutService.AbortRollout:output_type -> ferry.v1.AbortRolloutResponse
+	26, // 48: ferry.v1.RolloutService.UndoRollout:output_type -> ferry.v1.UndoRolloutResponse
+	40, // [40:49] is the sub-list for method output_type
+	31, // [31:40] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_rollout_proto_init() }
@@ -1965,7 +2043,7 @@ func file_ferry_v1_rollout_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_rollout_proto_rawDesc), len(file_ferry_v1_rollout_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      4,
 			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
