@@ -799,7 +799,11 @@ type Job struct {
 	// The package to install, roll back or plan.
 	Package *Package `protobuf:"bytes,4,opt,name=package,proto3" json:"package,omitempty"`
 	// How long the job may take before the controller gives up on it.
-	Deadline      *durationpb.Duration `protobuf:"bytes,5,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	Deadline *durationpb.Duration `protobuf:"bytes,5,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	// Site-local mirrors to fetch the package's artifact from first, in
+	// order; the agent falls back to the controller when a mirror fails or
+	// serves bytes that do not match the digest.
+	Mirrors       []*MirrorSource `protobuf:"bytes,6,rep,name=mirrors,proto3" json:"mirrors,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -869,6 +873,68 @@ func (x *Job) GetDeadline() *durationpb.Duration {
 	return nil
 }
 
+func (x *Job) GetMirrors() []*MirrorSource {
+	if x != nil {
+		return x.Mirrors
+	}
+	return nil
+}
+
+// MirrorSource is one URL a job's artifact may be fetched from.
+type MirrorSource struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The artifact's full URL on the mirror.
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// PEM CA certificates to verify an https mirror with (empty: system roots).
+	CaBundle      []byte `protobuf:"bytes,2,opt,name=ca_bundle,json=caBundle,proto3" json:"ca_bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MirrorSource) Reset() {
+	*x = MirrorSource{}
+	mi := &file_ferry_v1_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MirrorSource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MirrorSource) ProtoMessage() {}
+
+func (x *MirrorSource) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MirrorSource.ProtoReflect.Descriptor instead.
+func (*MirrorSource) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *MirrorSource) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *MirrorSource) GetCaBundle() []byte {
+	if x != nil {
+		return x.CaBundle
+	}
+	return nil
+}
+
 // JobCancel asks the agent to stop a job; steps already applied are undone.
 type JobCancel struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -880,7 +946,7 @@ type JobCancel struct {
 
 func (x *JobCancel) Reset() {
 	*x = JobCancel{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[7]
+	mi := &file_ferry_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -892,7 +958,7 @@ func (x *JobCancel) String() string {
 func (*JobCancel) ProtoMessage() {}
 
 func (x *JobCancel) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[7]
+	mi := &file_ferry_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -905,7 +971,7 @@ func (x *JobCancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobCancel.ProtoReflect.Descriptor instead.
 func (*JobCancel) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *JobCancel) GetJobId() string {
@@ -940,7 +1006,7 @@ type StepResult struct {
 
 func (x *StepResult) Reset() {
 	*x = StepResult{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[8]
+	mi := &file_ferry_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -952,7 +1018,7 @@ func (x *StepResult) String() string {
 func (*StepResult) ProtoMessage() {}
 
 func (x *StepResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[8]
+	mi := &file_ferry_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -965,7 +1031,7 @@ func (x *StepResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepResult.ProtoReflect.Descriptor instead.
 func (*StepResult) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StepResult) GetIndex() uint32 {
@@ -1051,7 +1117,7 @@ type JobUpdate struct {
 
 func (x *JobUpdate) Reset() {
 	*x = JobUpdate{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[9]
+	mi := &file_ferry_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1129,7 @@ func (x *JobUpdate) String() string {
 func (*JobUpdate) ProtoMessage() {}
 
 func (x *JobUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[9]
+	mi := &file_ferry_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1142,7 @@ func (x *JobUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobUpdate.ProtoReflect.Descriptor instead.
 func (*JobUpdate) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *JobUpdate) GetJobId() string {
@@ -1166,7 +1232,7 @@ type JobLog struct {
 
 func (x *JobLog) Reset() {
 	*x = JobLog{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[10]
+	mi := &file_ferry_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1178,7 +1244,7 @@ func (x *JobLog) String() string {
 func (*JobLog) ProtoMessage() {}
 
 func (x *JobLog) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[10]
+	mi := &file_ferry_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1191,7 +1257,7 @@ func (x *JobLog) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobLog.ProtoReflect.Descriptor instead.
 func (*JobLog) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *JobLog) GetJobId() string {
@@ -1243,7 +1309,7 @@ type JobLogAck struct {
 
 func (x *JobLogAck) Reset() {
 	*x = JobLogAck{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[11]
+	mi := &file_ferry_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1255,7 +1321,7 @@ func (x *JobLogAck) String() string {
 func (*JobLogAck) ProtoMessage() {}
 
 func (x *JobLogAck) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[11]
+	mi := &file_ferry_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1268,7 +1334,7 @@ func (x *JobLogAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobLogAck.ProtoReflect.Descriptor instead.
 func (*JobLogAck) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *JobLogAck) GetJobId() string {
@@ -1296,7 +1362,7 @@ type RenewCertificateRequest struct {
 
 func (x *RenewCertificateRequest) Reset() {
 	*x = RenewCertificateRequest{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[12]
+	mi := &file_ferry_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1308,7 +1374,7 @@ func (x *RenewCertificateRequest) String() string {
 func (*RenewCertificateRequest) ProtoMessage() {}
 
 func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[12]
+	mi := &file_ferry_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1321,7 +1387,7 @@ func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RenewCertificateRequest) GetCsrDer() []byte {
@@ -1342,7 +1408,7 @@ type RenewCertificateResponse struct {
 
 func (x *RenewCertificateResponse) Reset() {
 	*x = RenewCertificateResponse{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[13]
+	mi := &file_ferry_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1354,7 +1420,7 @@ func (x *RenewCertificateResponse) String() string {
 func (*RenewCertificateResponse) ProtoMessage() {}
 
 func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[13]
+	mi := &file_ferry_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1367,7 +1433,7 @@ func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RenewCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RenewCertificateResponse) GetCertificateDer() []byte {
@@ -1395,7 +1461,7 @@ type DownloadArtifactRequest struct {
 
 func (x *DownloadArtifactRequest) Reset() {
 	*x = DownloadArtifactRequest{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1407,7 +1473,7 @@ func (x *DownloadArtifactRequest) String() string {
 func (*DownloadArtifactRequest) ProtoMessage() {}
 
 func (x *DownloadArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1420,7 +1486,7 @@ func (x *DownloadArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownloadArtifactRequest.ProtoReflect.Descriptor instead.
 func (*DownloadArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DownloadArtifactRequest) GetDigest() string {
@@ -1459,7 +1525,7 @@ type DownloadArtifactResponse struct {
 
 func (x *DownloadArtifactResponse) Reset() {
 	*x = DownloadArtifactResponse{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[15]
+	mi := &file_ferry_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1471,7 +1537,7 @@ func (x *DownloadArtifactResponse) String() string {
 func (*DownloadArtifactResponse) ProtoMessage() {}
 
 func (x *DownloadArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[15]
+	mi := &file_ferry_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1484,7 +1550,7 @@ func (x *DownloadArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownloadArtifactResponse.ProtoReflect.Descriptor instead.
 func (*DownloadArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DownloadArtifactResponse) GetOffset() uint64 {
@@ -1521,7 +1587,7 @@ type ReportArtifactMismatchRequest struct {
 
 func (x *ReportArtifactMismatchRequest) Reset() {
 	*x = ReportArtifactMismatchRequest{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[16]
+	mi := &file_ferry_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1533,7 +1599,7 @@ func (x *ReportArtifactMismatchRequest) String() string {
 func (*ReportArtifactMismatchRequest) ProtoMessage() {}
 
 func (x *ReportArtifactMismatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[16]
+	mi := &file_ferry_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1546,7 +1612,7 @@ func (x *ReportArtifactMismatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportArtifactMismatchRequest.ProtoReflect.Descriptor instead.
 func (*ReportArtifactMismatchRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReportArtifactMismatchRequest) GetDigest() string {
@@ -1577,7 +1643,7 @@ type ReportArtifactMismatchResponse struct {
 
 func (x *ReportArtifactMismatchResponse) Reset() {
 	*x = ReportArtifactMismatchResponse{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[17]
+	mi := &file_ferry_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1589,7 +1655,7 @@ func (x *ReportArtifactMismatchResponse) String() string {
 func (*ReportArtifactMismatchResponse) ProtoMessage() {}
 
 func (x *ReportArtifactMismatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[17]
+	mi := &file_ferry_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1602,7 +1668,7 @@ func (x *ReportArtifactMismatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportArtifactMismatchResponse.ProtoReflect.Descriptor instead.
 func (*ReportArtifactMismatchResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReportArtifactMismatchResponse) GetDamaged() bool {
@@ -1670,14 +1736,18 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\x05facts\x18\t \x01(\v2\x0f.ferry.v1.FactsR\x05facts\x128\n" +
 	"\tinstalled\x18\n" +
 	" \x03(\v2\x1a.ferry.v1.InstalledPackageR\tinstalled\x12)\n" +
-	"\x05disks\x18\v \x03(\v2\x13.ferry.v1.DiskSpaceR\x05disks\"\xbf\x01\n" +
+	"\x05disks\x18\v \x03(\v2\x13.ferry.v1.DiskSpaceR\x05disks\"\xf1\x01\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
 	"rollout_id\x18\x02 \x01(\tR\trolloutId\x12%\n" +
 	"\x04kind\x18\x03 \x01(\x0e2\x11.ferry.v1.JobKindR\x04kind\x12+\n" +
 	"\apackage\x18\x04 \x01(\v2\x11.ferry.v1.PackageR\apackage\x125\n" +
-	"\bdeadline\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\bdeadline\"\"\n" +
+	"\bdeadline\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\bdeadline\x120\n" +
+	"\amirrors\x18\x06 \x03(\v2\x16.ferry.v1.MirrorSourceR\amirrors\"=\n" +
+	"\fMirrorSource\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12\x1b\n" +
+	"\tca_bundle\x18\x02 \x01(\fR\bcaBundle\"\"\n" +
 	"\tJobCancel\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"\xe1\x01\n" +
 	"\n" +
@@ -1768,7 +1838,7 @@ func file_ferry_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ferry_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_ferry_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_ferry_v1_agent_proto_goTypes = []any{
 	(JobKind)(0),                           // 0: ferry.v1.JobKind
 	(JobPhase)(0),                          // 1: ferry.v1.JobPhase
@@ -1779,71 +1849,73 @@ var file_ferry_v1_agent_proto_goTypes = []any{
 	(*Welcome)(nil),                        // 6: ferry.v1.Welcome
 	(*Heartbeat)(nil),                      // 7: ferry.v1.Heartbeat
 	(*Job)(nil),                            // 8: ferry.v1.Job
-	(*JobCancel)(nil),                      // 9: ferry.v1.JobCancel
-	(*StepResult)(nil),                     // 10: ferry.v1.StepResult
-	(*JobUpdate)(nil),                      // 11: ferry.v1.JobUpdate
-	(*JobLog)(nil),                         // 12: ferry.v1.JobLog
-	(*JobLogAck)(nil),                      // 13: ferry.v1.JobLogAck
-	(*RenewCertificateRequest)(nil),        // 14: ferry.v1.RenewCertificateRequest
-	(*RenewCertificateResponse)(nil),       // 15: ferry.v1.RenewCertificateResponse
-	(*DownloadArtifactRequest)(nil),        // 16: ferry.v1.DownloadArtifactRequest
-	(*DownloadArtifactResponse)(nil),       // 17: ferry.v1.DownloadArtifactResponse
-	(*ReportArtifactMismatchRequest)(nil),  // 18: ferry.v1.ReportArtifactMismatchRequest
-	(*ReportArtifactMismatchResponse)(nil), // 19: ferry.v1.ReportArtifactMismatchResponse
-	(*GossipKey)(nil),                      // 20: ferry.v1.GossipKey
-	(*durationpb.Duration)(nil),            // 21: google.protobuf.Duration
-	(*Facts)(nil),                          // 22: ferry.v1.Facts
-	(*InstalledPackage)(nil),               // 23: ferry.v1.InstalledPackage
-	(*timestamppb.Timestamp)(nil),          // 24: google.protobuf.Timestamp
-	(*DiskSpace)(nil),                      // 25: ferry.v1.DiskSpace
-	(*Package)(nil),                        // 26: ferry.v1.Package
-	(*LogRecord)(nil),                      // 27: ferry.v1.LogRecord
+	(*MirrorSource)(nil),                   // 9: ferry.v1.MirrorSource
+	(*JobCancel)(nil),                      // 10: ferry.v1.JobCancel
+	(*StepResult)(nil),                     // 11: ferry.v1.StepResult
+	(*JobUpdate)(nil),                      // 12: ferry.v1.JobUpdate
+	(*JobLog)(nil),                         // 13: ferry.v1.JobLog
+	(*JobLogAck)(nil),                      // 14: ferry.v1.JobLogAck
+	(*RenewCertificateRequest)(nil),        // 15: ferry.v1.RenewCertificateRequest
+	(*RenewCertificateResponse)(nil),       // 16: ferry.v1.RenewCertificateResponse
+	(*DownloadArtifactRequest)(nil),        // 17: ferry.v1.DownloadArtifactRequest
+	(*DownloadArtifactResponse)(nil),       // 18: ferry.v1.DownloadArtifactResponse
+	(*ReportArtifactMismatchRequest)(nil),  // 19: ferry.v1.ReportArtifactMismatchRequest
+	(*ReportArtifactMismatchResponse)(nil), // 20: ferry.v1.ReportArtifactMismatchResponse
+	(*GossipKey)(nil),                      // 21: ferry.v1.GossipKey
+	(*durationpb.Duration)(nil),            // 22: google.protobuf.Duration
+	(*Facts)(nil),                          // 23: ferry.v1.Facts
+	(*InstalledPackage)(nil),               // 24: ferry.v1.InstalledPackage
+	(*timestamppb.Timestamp)(nil),          // 25: google.protobuf.Timestamp
+	(*DiskSpace)(nil),                      // 26: ferry.v1.DiskSpace
+	(*Package)(nil),                        // 27: ferry.v1.Package
+	(*LogRecord)(nil),                      // 28: ferry.v1.LogRecord
 }
 var file_ferry_v1_agent_proto_depIdxs = []int32{
 	5,  // 0: ferry.v1.ConnectRequest.hello:type_name -> ferry.v1.AgentHello
 	7,  // 1: ferry.v1.ConnectRequest.heartbeat:type_name -> ferry.v1.Heartbeat
-	11, // 2: ferry.v1.ConnectRequest.job_update:type_name -> ferry.v1.JobUpdate
-	12, // 3: ferry.v1.ConnectRequest.job_log:type_name -> ferry.v1.JobLog
+	12, // 2: ferry.v1.ConnectRequest.job_update:type_name -> ferry.v1.JobUpdate
+	13, // 3: ferry.v1.ConnectRequest.job_log:type_name -> ferry.v1.JobLog
 	6,  // 4: ferry.v1.ConnectResponse.welcome:type_name -> ferry.v1.Welcome
 	8,  // 5: ferry.v1.ConnectResponse.job:type_name -> ferry.v1.Job
-	9,  // 6: ferry.v1.ConnectResponse.cancel:type_name -> ferry.v1.JobCancel
-	20, // 7: ferry.v1.ConnectResponse.gossip_key:type_name -> ferry.v1.GossipKey
-	13, // 8: ferry.v1.ConnectResponse.log_ack:type_name -> ferry.v1.JobLogAck
+	10, // 6: ferry.v1.ConnectResponse.cancel:type_name -> ferry.v1.JobCancel
+	21, // 7: ferry.v1.ConnectResponse.gossip_key:type_name -> ferry.v1.GossipKey
+	14, // 8: ferry.v1.ConnectResponse.log_ack:type_name -> ferry.v1.JobLogAck
 	4,  // 9: ferry.v1.ConnectResponse.settings:type_name -> ferry.v1.AgentSettings
-	21, // 10: ferry.v1.AgentSettings.heartbeat_interval:type_name -> google.protobuf.Duration
-	22, // 11: ferry.v1.AgentHello.facts:type_name -> ferry.v1.Facts
-	23, // 12: ferry.v1.AgentHello.installed:type_name -> ferry.v1.InstalledPackage
-	11, // 13: ferry.v1.AgentHello.recent_jobs:type_name -> ferry.v1.JobUpdate
-	21, // 14: ferry.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	24, // 15: ferry.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
-	20, // 16: ferry.v1.Welcome.gossip_key:type_name -> ferry.v1.GossipKey
-	24, // 17: ferry.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	21, // 18: ferry.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
-	22, // 19: ferry.v1.Heartbeat.facts:type_name -> ferry.v1.Facts
-	23, // 20: ferry.v1.Heartbeat.installed:type_name -> ferry.v1.InstalledPackage
-	25, // 21: ferry.v1.Heartbeat.disks:type_name -> ferry.v1.DiskSpace
+	22, // 10: ferry.v1.AgentSettings.heartbeat_interval:type_name -> google.protobuf.Duration
+	23, // 11: ferry.v1.AgentHello.facts:type_name -> ferry.v1.Facts
+	24, // 12: ferry.v1.AgentHello.installed:type_name -> ferry.v1.InstalledPackage
+	12, // 13: ferry.v1.AgentHello.recent_jobs:type_name -> ferry.v1.JobUpdate
+	22, // 14: ferry.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	25, // 15: ferry.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
+	21, // 16: ferry.v1.Welcome.gossip_key:type_name -> ferry.v1.GossipKey
+	25, // 17: ferry.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	22, // 18: ferry.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
+	23, // 19: ferry.v1.Heartbeat.facts:type_name -> ferry.v1.Facts
+	24, // 20: ferry.v1.Heartbeat.installed:type_name -> ferry.v1.InstalledPackage
+	26, // 21: ferry.v1.Heartbeat.disks:type_name -> ferry.v1.DiskSpace
 	0,  // 22: ferry.v1.Job.kind:type_name -> ferry.v1.JobKind
-	26, // 23: ferry.v1.Job.package:type_name -> ferry.v1.Package
-	21, // 24: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
-	21, // 25: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
-	1,  // 26: ferry.v1.JobUpdate.phase:type_name -> ferry.v1.JobPhase
-	10, // 27: ferry.v1.JobUpdate.steps:type_name -> ferry.v1.StepResult
-	24, // 28: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
-	24, // 29: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
-	27, // 30: ferry.v1.JobLog.records:type_name -> ferry.v1.LogRecord
-	2,  // 31: ferry.v1.AgentService.Connect:input_type -> ferry.v1.ConnectRequest
-	14, // 32: ferry.v1.AgentService.RenewCertificate:input_type -> ferry.v1.RenewCertificateRequest
-	16, // 33: ferry.v1.AgentService.DownloadArtifact:input_type -> ferry.v1.DownloadArtifactRequest
-	18, // 34: ferry.v1.AgentService.ReportArtifactMismatch:input_type -> ferry.v1.ReportArtifactMismatchRequest
-	3,  // 35: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
-	15, // 36: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
-	17, // 37: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
-	19, // 38: ferry.v1.AgentService.ReportArtifactMismatch:output_type -> ferry.v1.ReportArtifactMismatchResponse
-	35, // [35:39] is the sub-list for method output_type
-	31, // [31:35] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	27, // 23: ferry.v1.Job.package:type_name -> ferry.v1.Package
+	22, // 24: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
+	9,  // 25: ferry.v1.Job.mirrors:type_name -> ferry.v1.MirrorSource
+	22, // 26: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
+	1,  // 27: ferry.v1.JobUpdate.phase:type_name -> ferry.v1.JobPhase
+	11, // 28: ferry.v1.JobUpdate.steps:type_name -> ferry.v1.StepResult
+	25, // 29: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
+	25, // 30: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
+	28, // 31: ferry.v1.JobLog.records:type_name -> ferry.v1.LogRecord
+	2,  // 32: ferry.v1.AgentService.Connect:input_type -> ferry.v1.ConnectRequest
+	15, // 33: ferry.v1.AgentService.RenewCertificate:input_type -> ferry.v1.RenewCertificateRequest
+	17, // 34: ferry.v1.AgentService.DownloadArtifact:input_type -> ferry.v1.DownloadArtifactRequest
+	19, // 35: ferry.v1.AgentService.ReportArtifactMismatch:input_type -> ferry.v1.ReportArtifactMismatchRequest
+	3,  // 36: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
+	16, // 37: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
+	18, // 38: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
+	20, // 39: ferry.v1.AgentService.ReportArtifactMismatch:output_type -> ferry.v1.ReportArtifactMismatchResponse
+	36, // [36:40] is the sub-list for method output_type
+	32, // [32:36] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_agent_proto_init() }
@@ -1875,7 +1947,7 @@ func file_ferry_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_agent_proto_rawDesc), len(file_ferry_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
