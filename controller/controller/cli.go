@@ -71,6 +71,7 @@ func (o *options) define(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.cfg.Logs.MaxAge, "log-max-age", DefaultLogMaxAge, "delete a job's output this long after its last line")
 	o.cfg.Logs.MaxTotalBytes = DefaultLogMaxTotalBytes
 	fs.Var(totalFlag{&o.cfg.Logs.MaxTotalBytes}, "log-max-total", "job output kept in all; past it the oldest jobs' output is deleted")
+	fs.StringArrayVar(&o.cfg.ImportDirs, "import-dir", nil, "a directory (e.g. a mounted NFS share) `ferryctl artifact import` may read files below; repeat for several (default: none, path imports are refused)")
 	o.level = slog.LevelInfo
 	fs.Var(daemonconfig.LevelValue{L: &o.level}, "log-level", "log level: debug, info, warn, error (live on reload)")
 	fs.BoolVar(&o.cfg.AllowNewStore, "new-store", false, "start with a new, empty store when ferry.db is missing or empty although the data dir holds a CA, admin credential or artifacts (every node must enroll again); without it that is an error; command line only")

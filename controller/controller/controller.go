@@ -27,6 +27,7 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
 	"github.com/ferrydeploy/ferry/controller/internal/gossipkey"
 	"github.com/ferrydeploy/ferry/controller/internal/health"
+	"github.com/ferrydeploy/ferry/controller/internal/importer"
 	"github.com/ferrydeploy/ferry/controller/internal/metrics"
 	"github.com/ferrydeploy/ferry/controller/internal/packages"
 	"github.com/ferrydeploy/ferry/controller/internal/rollout"
@@ -58,6 +59,7 @@ type Config struct {
 	GossipKeyGrace    time.Duration // how long after a rotation the previous gossip key still works (default 30s)
 	AllowNewStore     bool          // create ferry.db although the data dir holds earlier state (store.go)
 	Logs              LogLimits     // job output kept (joblogs.go)
+	ImportDirs        []string      // directories `artifact import` may read files below (none: path imports refused)
 	Logger            *slog.Logger
 	Now               func() time.Time
 }
@@ -212,6 +214,10 @@ func New(cfg Config) (*Controller, error) {
 		return nil, err
 	}
 	metrics.RegisterArtifacts(c.reg, c.artifacts.Damaged)
+	imports, err := importer.New(importer.Config{Store: c.artifacts, Dirs: cfg.ImportDirs, Logger: c.log.With("component", "import"), Now: cfg.Now})
+	if err != nil {
+		return nil, err
+	}
 	if c.packages, err = packages.New(c.store, c.artifacts, cfg.Now); err != nil {
 		return nil, err
 	}
@@ -233,6 +239,7 @@ func New(cfg Config) (*Controller, error) {
 		Jobs:      jobSink{engine: c.engine, store: c.store, metrics: m, log: c.log, now: cfg.Now, logs: cfg.Logs, logRate: newLogRate(cfg.Now)},
 		Artifacts: c.artifacts,
 		Downloads: c.downloads,
+		Importer:  imports,
 		Packages:  c.packages,
 		Rollouts:  c.engine,
 		Groups:    c.engine,

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/controller/internal/artifact"
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
+	"github.com/ferrydeploy/ferry/controller/internal/importer"
 	"github.com/ferrydeploy/ferry/controller/internal/packages"
 	"github.com/ferrydeploy/ferry/controller/internal/pkgspec"
 	"github.com/ferrydeploy/ferry/controller/internal/rollout"
@@ -46,6 +47,10 @@ var errorCodes = []struct {
 	{is(artifact.ErrPastEnd), codes.OutOfRange},
 	{is(artifact.ErrNodeBusy), codes.ResourceExhausted},
 	{is(artifact.ErrStalled), codes.Unavailable},
+	{is(importer.ErrRefused), codes.PermissionDenied},
+	{is(importer.ErrFetch), codes.FailedPrecondition},
+	{is(importer.ErrTooLarge), codes.InvalidArgument},
+	{is(importer.ErrBusy), codes.AlreadyExists},
 
 	{is(rollout.ErrInvalid), codes.InvalidArgument},
 	{is(rollout.ErrNotFound), codes.NotFound},

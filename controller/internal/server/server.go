@@ -18,6 +18,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/controller/internal/artifact"
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
+	"github.com/ferrydeploy/ferry/controller/internal/importer"
 	"github.com/ferrydeploy/ferry/controller/internal/packages"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
@@ -77,6 +78,7 @@ type Deps struct {
 
 	Artifacts *artifact.Store
 	Downloads *artifact.Downloader // nil: agents are told there is no artifact store
+	Importer  *importer.Importer   // nil: imports are refused
 	Packages  *packages.Store
 	Rollouts  Rollouts
 	// Groups serves GroupService; nil: not registered.
