@@ -189,6 +189,9 @@ func (d *download) run(ctx context.Context) (resumed uint64, err error) {
 		switch {
 		case err == nil && done:
 			return d.resumed, nil
+		case ctx.Err() != nil && d.have == 0:
+			d.discard()
+			return d.resumed, ctx.Err()
 		case ctx.Err() != nil:
 			d.savePartial()
 			return d.resumed, fmt.Errorf("import of %s stopped with %d bytes kept; run it again to resume: %w", d.u.Redacted(), d.have, ctx.Err())
@@ -202,6 +205,10 @@ func (d *download) run(ctx context.Context) (resumed uint64, err error) {
 		}
 		failures++
 		if failures >= d.im.cfg.Attempts {
+			if d.have == 0 {
+				d.discard()
+				return d.resumed, fmt.Errorf("%w; gave up after %d attempts", err, failures)
+			}
 			return d.resumed, fmt.Errorf("%w; gave up after %d attempts without progress, %d bytes kept: run the import again to resume", err, failures, d.have)
 		}
 		d.im.log.Warn("artifact import transfer broke; resuming", "source", d.u.Redacted(), "have", d.have, "attempt", failures, "err", err)
