@@ -337,3 +337,12 @@ func (im *Importer) expectedDigest(ctx context.Context, client *httpClient, req 
 	}
 	return h, nil
 }
+
+// Display is how a source may be shown and audited: a URL without its
+// password.
+func Display(src string) string {
+	if s, err := parseSource("source", src); err == nil {
+		return s.String()
+	}
+	return src
+}

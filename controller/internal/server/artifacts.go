@@ -245,12 +245,15 @@ func (s *artifactServer) ImportArtifact(req *ferryv1.ImportArtifactRequest, stre
 		return status.Error(codes.Unimplemented, "this controller does not import artifacts")
 	}
 	actor := rpc.CallerName(ctx)
-	ev := s.d.auditEvent(ctx, "artifact.import", req.GetSource(), "")
-	var source string
+	source := importer.Display(req.GetSource())
+	ev := s.d.auditEvent(ctx, "artifact.import", source, "")
 	var resumed uint64
 	audit := func(a *ferryv1.Artifact, p artifact.Pushed) *ferryv1.AuditEvent {
 		ev.Target = artifact.Key(a)
 		ev.Detail = fmt.Sprintf("source=%s digest=%s size=%d created=%v", source, a.Digest, a.Size, p != artifact.Unchanged)
+		if resumed > 0 {
+			ev.Detail += fmt.Sprintf(" resumed_from=%d", resumed)
+		}
 		if p == artifact.Restored {
 			ev.Detail += " restored=true"
 		}
@@ -273,10 +276,6 @@ func (s *artifactServer) ImportArtifact(req *ferryv1.ImportArtifactRequest, stre
 			}
 		},
 	})
-	source = res.Source
-	if source == "" {
-		source = req.GetSource()
-	}
 	if err == nil && res.Pushed == artifact.Unchanged {
 		err = s.d.unchanged(audit(res.Artifact, res.Pushed))
 	}
