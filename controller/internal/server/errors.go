@@ -10,6 +10,7 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/artifact"
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
 	"github.com/ferrydeploy/ferry/controller/internal/importer"
+	"github.com/ferrydeploy/ferry/controller/internal/mirror"
 	"github.com/ferrydeploy/ferry/controller/internal/packages"
 	"github.com/ferrydeploy/ferry/controller/internal/pkgspec"
 	"github.com/ferrydeploy/ferry/controller/internal/rollout"
@@ -51,6 +52,7 @@ var errorCodes = []struct {
 	{is(importer.ErrFetch), codes.FailedPrecondition},
 	{is(importer.ErrTooLarge), codes.InvalidArgument},
 	{is(importer.ErrBusy), codes.AlreadyExists},
+	{is(mirror.ErrInvalid), codes.InvalidArgument},
 
 	{is(rollout.ErrInvalid), codes.InvalidArgument},
 	{is(rollout.ErrNotFound), codes.NotFound},
