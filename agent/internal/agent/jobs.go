@@ -256,7 +256,7 @@ func (r *jobRunner) fetch(ctx context.Context, job *ferryv1.Job, update func(fer
 	}
 	r.report(update(ferryv1.JobPhase_JOB_PHASE_DOWNLOADING, "downloading "+art.GetName()))
 	var last time.Time
-	return r.fetcher.Ensure(ctx, art.GetDigest(), art.GetSize(), func(done, total uint64) {
+	progress := func(done, total uint64) {
 		if time.Since(last) < 500*time.Millisecond && done < total {
 			return
 		}
@@ -264,5 +264,15 @@ func (r *jobRunner) fetch(ctx context.Context, job *ferryv1.Job, update func(fer
 		u := update(ferryv1.JobPhase_JOB_PHASE_DOWNLOADING, fmt.Sprintf("downloading %s: %d of %d bytes", art.GetName(), done, total))
 		u.BytesDone, u.BytesTotal = done, total
 		r.report(u)
-	})
+	}
+	if mf, ok := r.fetcher.(mirrorFetcher); ok && len(job.GetMirrors()) > 0 {
+		return mf.EnsureMirrored(ctx, art.GetDigest(), art.GetSize(), job.GetMirrors(), r.logf(job), progress)
+	}
+	return r.fetcher.Ensure(ctx, art.GetDigest(), art.GetSize(), progress)
+}
+
+// mirrorFetcher is a Fetcher that tries a job's site-local mirrors before
+// the controller (fetch.Fetcher).
+type mirrorFetcher interface {
+	EnsureMirrored(ctx context.Context, digest string, size uint64, mirrors []*ferryv1.MirrorSource, note func(string), progress func(done, total uint64)) (string, error)
 }
