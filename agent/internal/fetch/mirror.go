@@ -131,7 +131,7 @@ func (f *Fetcher) mirrorGet(ctx context.Context, h string, size uint64, m *ferry
 			_ = os.Remove(path)
 		}
 	}()
-	n, err := f.mirrorCopy(ctx, cancel, file, resp.Body, size, progress)
+	n, err := f.mirrorCopy(cancel, file, resp.Body, size, progress)
 	if err != nil {
 		return n, mirrorErr(ctx, err)
 	}
@@ -168,7 +168,7 @@ func (f *Fetcher) mirrorGet(ctx context.Context, h string, size uint64, m *ferry
 // mirrorCopy writes body to file, at most size bytes (0: unbounded), and
 // ends the request when no bytes arrive for StallTimeout or the average
 // falls below mirrorMinRate after mirrorGrace.
-func (f *Fetcher) mirrorCopy(ctx context.Context, cancel context.CancelCauseFunc, file *os.File, body io.Reader, size uint64, progress func(done, total uint64)) (uint64, error) {
+func (f *Fetcher) mirrorCopy(cancel context.CancelCauseFunc, file *os.File, body io.Reader, size uint64, progress func(done, total uint64)) (uint64, error) {
 	stall := time.AfterFunc(f.cfg.StallTimeout, func() {
 		cancel(fmt.Errorf("no bytes for %v", f.cfg.StallTimeout))
 	})
@@ -180,13 +180,13 @@ func (f *Fetcher) mirrorCopy(ctx context.Context, cancel context.CancelCauseFunc
 		k, rerr := body.Read(buf)
 		if k > 0 {
 			stall.Reset(f.cfg.StallTimeout)
-			if size > 0 && n+uint64(k) > size { //nolint:gosec // Read never returns a negative count
+			if size > 0 && n+uint64(k) > size {
 				return n, fmt.Errorf("%w: it served more than the artifact's %d bytes", errMismatch, size)
 			}
 			if _, err := file.Write(buf[:k]); err != nil {
 				return n, err
 			}
-			n += uint64(k) //nolint:gosec // Read never returns a negative count
+			n += uint64(k)
 			progress(n, size)
 			if el := time.Since(start); el > mirrorGrace && float64(n)/el.Seconds() < mirrorMinRate {
 				return n, fmt.Errorf("too slow: %s in %.0fs, below %s/s", bytesize.IEC(n), el.Seconds(), bytesize.IEC(mirrorMinRate))

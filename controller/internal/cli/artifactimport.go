@@ -131,7 +131,7 @@ func readCABundle(path string) ([]byte, error) {
 		return nil, fmt.Errorf("--ca-bundle: %w", err)
 	}
 	if fi.Size() > 1<<20 {
-		return nil, fmt.Errorf("--ca-bundle %s is %s; a CA bundle is a few KiB of PEM certificates", path, bytesize.IEC(uint64(fi.Size())))
+		return nil, fmt.Errorf("--ca-bundle %s is %s; a CA bundle is a few KiB of PEM certificates", path, bytesize.IEC(uint64(fi.Size()))) //nolint:gosec // a file's size is never negative
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {

@@ -67,7 +67,7 @@ func (hc *httpClient) fetchErr(u *url.URL, err error) error {
 	case errors.As(err, &hostname):
 		return fatal{fmt.Errorf("%w: %s: TLS verification failed: the server's certificate is not valid for %s (%v); use the host name the certificate names", ErrFetch, u.Redacted(), u.Hostname(), hostname.Error())}
 	case errors.As(err, &unknown), errors.As(err, &invalid), errors.As(err, &verify):
-		return fatal{fmt.Errorf("%w: %s: TLS verification failed: the server's certificate is not signed by a trusted CA (%v); %s", ErrFetch, u.Redacted(), err, fix)}
+		return fatal{fmt.Errorf("%w: %s: TLS verification failed: the server's certificate is not signed by a trusted CA (%w); %s", ErrFetch, u.Redacted(), err, fix)}
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return fmt.Errorf("%w: %s: connection refused by %s; is the repository up?", ErrFetch, u.Redacted(), u.Host)
 	}
@@ -78,7 +78,7 @@ func (hc *httpClient) fetchErr(u *url.URL, err error) error {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
 		return fmt.Errorf("%w: %s: no answer in time", ErrFetch, u.Redacted())
 	}
-	return fmt.Errorf("%w: %s: %v", ErrFetch, u.Redacted(), err)
+	return fmt.Errorf("%w: %s: %w", ErrFetch, u.Redacted(), err)
 }
 
 func statusErr(u *url.URL, resp *http.Response) error {
@@ -86,10 +86,10 @@ func statusErr(u *url.URL, resp *http.Response) error {
 }
 
 // getSmall fetches a small file (a checksum file) whole.
-func (hc *httpClient) getSmall(ctx context.Context, u *url.URL, max int64) ([]byte, error) {
+func (hc *httpClient) getSmall(ctx context.Context, u *url.URL, limit int64) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", artifact.ErrInvalid, u.Redacted(), err)
+		return nil, fmt.Errorf("%w: %s: %w", artifact.ErrInvalid, u.Redacted(), err)
 	}
 	resp, err := hc.c.Do(req)
 	if err != nil {
@@ -99,12 +99,12 @@ func (hc *httpClient) getSmall(ctx context.Context, u *url.URL, max int64) ([]by
 	if resp.StatusCode != http.StatusOK {
 		return nil, statusErr(u, resp)
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, max+1))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
 		return nil, hc.fetchErr(u, err)
 	}
-	if int64(len(data)) > max {
-		return nil, fmt.Errorf("%w: %s is larger than %d bytes, too large for a checksum file", artifact.ErrInvalid, u.Redacted(), max)
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%w: %s is larger than %d bytes, too large for a checksum file", artifact.ErrInvalid, u.Redacted(), limit)
 	}
 	return data, nil
 }
@@ -235,7 +235,7 @@ func (d *download) attempt(ctx context.Context) (done, progressed bool, err erro
 	defer cancel(nil)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.u.String(), nil)
 	if err != nil {
-		return false, false, fatal{fmt.Errorf("%w: %s: %v", artifact.ErrInvalid, d.u.Redacted(), err)}
+		return false, false, fatal{fmt.Errorf("%w: %s: %w", artifact.ErrInvalid, d.u.Redacted(), err)}
 	}
 	// Ask for the raw bytes: the digest is over the file, not an encoding.
 	req.Header.Set("Accept-Encoding", "identity")
@@ -289,11 +289,11 @@ func (d *download) attempt(ctx context.Context) (done, progressed bool, err erro
 	if err != nil {
 		return false, false, fatal{fmt.Errorf("%s: open the partial download: %w", d.u.Redacted(), err)}
 	}
-	if err := f.Truncate(int64(offset)); err != nil { //nolint:gosec // bounded by MaxSize
+	if err := f.Truncate(int64(offset)); err != nil {
 		_ = f.Close()
 		return false, false, fatal{fmt.Errorf("%s: %w", d.u.Redacted(), err)}
 	}
-	if _, err := f.Seek(int64(offset), io.SeekStart); err != nil { //nolint:gosec // bounded by MaxSize
+	if _, err := f.Seek(int64(offset), io.SeekStart); err != nil {
 		_ = f.Close()
 		return false, false, fatal{fmt.Errorf("%s: %w", d.u.Redacted(), err)}
 	}

@@ -216,7 +216,7 @@ func parseSource(what, v string) (source, error) {
 	case strings.HasPrefix(v, "http://") || strings.HasPrefix(v, "https://"):
 		u, err := url.Parse(v)
 		if err != nil {
-			return source{}, fmt.Errorf("%w: %s %q is not a URL: %v", artifact.ErrInvalid, what, v, err)
+			return source{}, fmt.Errorf("%w: %s %q is not a URL: %w", artifact.ErrInvalid, what, v, err)
 		}
 		if u.Host == "" {
 			return source{}, fmt.Errorf("%w: %s %q names no host", artifact.ErrInvalid, what, u.Redacted())

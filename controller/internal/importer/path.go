@@ -2,6 +2,7 @@ package importer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -40,7 +41,7 @@ func (im *Importer) open(p string) (*os.File, uint64, error) {
 	}
 	r, err := os.OpenRoot(dir)
 	if err != nil {
-		return nil, 0, fmt.Errorf("%w: import directory %s: %v", ErrFetch, dir, err)
+		return nil, 0, fmt.Errorf("%w: import directory %s: %w", ErrFetch, dir, err)
 	}
 	defer func() { _ = r.Close() }() // the file stays open
 	f, err := r.Open(rel)
@@ -48,12 +49,12 @@ func (im *Importer) open(p string) (*os.File, uint64, error) {
 	case os.IsNotExist(err):
 		return nil, 0, fmt.Errorf("%w: %s: no such file on the controller", ErrFetch, p)
 	case err != nil:
-		return nil, 0, fmt.Errorf("%w: %s: %v; a path, or a symbolic link in it, may not lead out of the import directory %s", ErrRefused, p, unwrapPath(err), dir)
+		return nil, 0, fmt.Errorf("%w: %s: %w; a path, or a symbolic link in it, may not lead out of the import directory %s", ErrRefused, p, unwrapPath(err), dir)
 	}
 	fi, err := f.Stat()
 	if err != nil {
 		_ = f.Close()
-		return nil, 0, fmt.Errorf("%w: %s: %v", ErrFetch, p, err)
+		return nil, 0, fmt.Errorf("%w: %s: %w", ErrFetch, p, err)
 	}
 	if !fi.Mode().IsRegular() {
 		_ = f.Close()
@@ -64,7 +65,8 @@ func (im *Importer) open(p string) (*os.File, uint64, error) {
 
 // unwrapPath drops the operation and path a PathError repeats.
 func unwrapPath(err error) error {
-	if pe, ok := err.(*os.PathError); ok {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
 		return pe.Err
 	}
 	return err
@@ -86,23 +88,23 @@ func (im *Importer) readFile(ctx context.Context, src source, put artifact.PutRe
 	return im.cfg.Store.Put(ctx, put, body)
 }
 
-func tooLarge(src source, size, max uint64) error {
-	return fmt.Errorf("%w: %s is %d bytes, more than the import limit of %d", ErrTooLarge, src, size, max)
+func tooLarge(src source, size, limit uint64) error {
+	return fmt.Errorf("%w: %s is %d bytes, more than the import limit of %d", ErrTooLarge, src, size, limit)
 }
 
 // readSmall reads a small file (a checksum file) under an import directory.
-func (im *Importer) readSmall(p string, max int64) ([]byte, error) {
+func (im *Importer) readSmall(p string, limit int64) ([]byte, error) {
 	f, size, err := im.open(p)
 	if err != nil {
 		return nil, err
 	}
 	defer func() { _ = f.Close() }() // read-only
-	if size > uint64(max) {          //nolint:gosec // max is a positive constant
+	if size > uint64(limit) {        //nolint:gosec // limit is a positive constant
 		return nil, fmt.Errorf("%w: %s is %d bytes, too large for a checksum file", artifact.ErrInvalid, p, size)
 	}
-	data, err := io.ReadAll(io.LimitReader(f, max))
+	data, err := io.ReadAll(io.LimitReader(f, limit))
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrFetch, p, err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrFetch, p, err)
 	}
 	return data, nil
 }

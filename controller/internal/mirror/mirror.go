@@ -42,7 +42,7 @@ func Normalize(m *ferryv1.Mirror) error {
 	u, err := url.Parse(strings.TrimSpace(m.GetUrlPrefix()))
 	switch {
 	case err != nil:
-		return fmt.Errorf("%w: URL prefix %q: %v", ErrInvalid, m.GetUrlPrefix(), err)
+		return fmt.Errorf("%w: URL prefix %q: %w", ErrInvalid, m.GetUrlPrefix(), err)
 	case u.Scheme != "http" && u.Scheme != "https":
 		return fmt.Errorf("%w: URL prefix %q: give an http:// or https:// URL", ErrInvalid, m.GetUrlPrefix())
 	case u.Host == "":
