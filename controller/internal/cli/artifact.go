@@ -66,15 +66,7 @@ read as amd64 and aarch64 as arm64). --timeout does not limit the upload.`,
 				return fmt.Errorf("%s is not a regular file", path)
 			}
 			inferred := pushclient.InferMeta(path)
-			m := inferred
-			for _, o := range []struct {
-				dst *string
-				v   string
-			}{{&m.Name, meta.Name}, {&m.Version, meta.Version}, {&m.OS, meta.OS}, {&m.Arch, meta.Arch}} {
-				if o.v != "" {
-					*o.dst = o.v
-				}
-			}
+			m := inferred.Override(meta)
 			if m.Version == "" {
 				return fmt.Errorf("cannot tell a version from the file name %q; give one with --version", inferred.Name)
 			}

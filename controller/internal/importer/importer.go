@@ -285,15 +285,7 @@ func (im *Importer) Import(ctx context.Context, req Request) (Result, error) {
 }
 
 func (im *Importer) putRequest(req Request, src source) (artifact.PutRequest, error) {
-	m := pushclient.InferMeta(src.base())
-	for _, o := range []struct {
-		dst *string
-		v   string
-	}{{&m.Name, req.Name}, {&m.Version, req.Version}, {&m.OS, req.OS}, {&m.Arch, req.Arch}} {
-		if o.v != "" {
-			*o.dst = o.v
-		}
-	}
+	m := pushclient.InferMeta(src.base()).Override(pushclient.Meta{Name: req.Name, Version: req.Version, OS: req.OS, Arch: req.Arch})
 	if m.Name == "" {
 		return artifact.PutRequest{}, fmt.Errorf("%w: %s names no file; give the artifact a name with --name", artifact.ErrInvalid, src)
 	}
