@@ -39,20 +39,14 @@ func (m *siteMirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(data)
 }
 
+// jobLog is a node's stored output of a rollout, one line a record.
 func (f *fleet) jobLog(rolloutID, nodeID string) string {
 	f.t.Helper()
-	logs, err := ferryv1.NewLogServiceClient(f.admin).GetJobLogs(context.Background(), &ferryv1.GetJobLogsRequest{RolloutId: rolloutID, NodeId: nodeID})
-	if err != nil {
-		f.t.Fatal(err)
-	}
 	var text strings.Builder
-	for {
-		m, err := logs.Recv()
-		if err != nil {
-			return text.String()
-		}
-		text.WriteString(m.Text + "\n")
+	for _, r := range f.jobLogs(rolloutID, nodeID) {
+		text.WriteString(r.GetText() + "\n")
 	}
+	return text.String()
 }
 
 // Agents of a group with a mirror fetch from it; others, and all of them

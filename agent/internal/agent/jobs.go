@@ -266,7 +266,8 @@ func (r *jobRunner) fetch(ctx context.Context, job *ferryv1.Job, update func(fer
 		r.report(u)
 	}
 	if mf, ok := r.fetcher.(mirrorFetcher); ok && len(job.GetMirrors()) > 0 {
-		return mf.EnsureMirrored(ctx, art.GetDigest(), art.GetSize(), job.GetMirrors(), r.logf(job), progress)
+		logf := r.logf(job)
+		return mf.EnsureMirrored(ctx, art.GetDigest(), art.GetSize(), job.GetMirrors(), func(text string) { note(logf, "%s", text) }, progress)
 	}
 	return r.fetcher.Ensure(ctx, art.GetDigest(), art.GetSize(), progress)
 }
