@@ -64,6 +64,10 @@ type Config struct {
 // lockFile in the state dir is held by the running agent (package dirlock).
 const lockFile = "agent.lock"
 
+// LockFile is lockFile for the command line, which holds it while it
+// restores a previous agent that could not start.
+const LockFile = lockFile
+
 // Agent is a running agent.
 type Agent struct {
 	cfg     Config

@@ -20,6 +20,7 @@ import (
 	"github.com/ferrydeploy/ferry/agent/internal/enroll"
 	"github.com/ferrydeploy/ferry/agent/internal/selfupdate"
 	"github.com/ferrydeploy/ferry/shared/daemonconfig"
+	"github.com/ferrydeploy/ferry/shared/dirlock"
 	"github.com/ferrydeploy/ferry/shared/gossip"
 	"github.com/ferrydeploy/ferry/shared/installpolicy"
 	"github.com/ferrydeploy/ferry/shared/labels"
@@ -260,6 +261,14 @@ func runAgent(o *runOptions, fs *pflag.FlagSet, args []string, stderr io.Writer,
 // restartIfRestored restarts the previous agent when this one, on
 // probation after an update, could not start; otherwise it returns err.
 func restartIfRestored(cfg agent.Config, err error, systemdRestart *bool) error {
+	// Only while no agent runs on the state dir: a second process started
+	// by hand must not replace the binary under the one on probation. The
+	// exec or the exit releases the lock.
+	lock, lerr := dirlock.Acquire(cfg.StateDir, agent.LockFile)
+	if lerr != nil {
+		return err
+	}
+	defer func() { _ = lock.Release() }()
 	m, ok := selfupdate.RestoreAfterFailedStart(cfg.StateDir, version.Version, err)
 	if !ok {
 		return err
