@@ -56,10 +56,17 @@ type Config struct {
 	MetricsAddr string
 	// NewFetcher builds the artifact downloader on the agent's connection.
 	NewFetcher func(ferryv1.AgentServiceClient) (Fetcher, error)
+	// Executable is the agent's own binary (symlinks resolved), which an
+	// agent_update step replaces; "" refuses agent_update steps.
+	Executable string
 }
 
 // lockFile in the state dir is held by the running agent (package dirlock).
 const lockFile = "agent.lock"
+
+// LockFile is lockFile for the command line, which holds it while it
+// restores a previous agent that could not start.
+const LockFile = lockFile
 
 // Agent is a running agent.
 type Agent struct {
@@ -83,6 +90,7 @@ type Agent struct {
 	// connected (AgentSettings), the newest only.
 	intervals chan time.Duration
 	fatal     chan error // the certificate expired: Run ends
+	upd       *updateState
 
 	// Seams for tests: dialer, when set, makes the controller's
 	// connections (TLS still on top); after waits out a reconnect delay.
@@ -129,11 +137,12 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a.warnClock("when its certificate arrived")
-	inst, err := install.New(install.Config{Root: cfg.Root, StateDir: cfg.StateDir, Logger: a.log.With("component", "install")})
+	inst, err := install.New(install.Config{Root: cfg.Root, StateDir: cfg.StateDir, Logger: a.log.With("component", "install"), Executable: cfg.Executable})
 	if err != nil {
 		return nil, fmt.Errorf("installer: %w", err)
 	}
 	a.jobs = newJobRunner(a, inst)
+	a.upd = newUpdateState()
 	if a.logs, err = logbuf.New(logbuf.Config{Dir: filepath.Join(cfg.StateDir, "joblogs"), Now: cfg.Now, Logger: a.log.With("component", "joblogs")}); err != nil {
 		return nil, err
 	}
@@ -230,6 +239,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("lock the state dir: %w", err)
 	}
 	defer func() { _ = lock.Release() }() // the process may end instead: the kernel releases it then
+	// After the lock: only the agent that owns the state dir acts on an
+	// update's marker.
+	if err := a.settleUpdate(); err != nil {
+		return fmt.Errorf("agent update marker: %w", err)
+	}
+	if a.restarting() {
+		return a.restartError() // a new agent past its deadline restored the previous one
+	}
 	conn, err := a.dial()
 	if err != nil {
 		return fmt.Errorf("controller %s: %w", a.cfg.Controller, err)
@@ -284,10 +301,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}()
 
+	go a.watchProbation(ctx.Done())
+
 	attempt := 0 // attempts since the last established session
 	for {
 		var welcomedAt time.Time
 		err := a.session(ctx, client, brokenLink, &welcomedAt)
+		if a.restarting() {
+			return a.restartError()
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -324,6 +346,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case err := <-a.fatal:
 			return err
+		case <-a.upd.restart:
+			return a.restartError()
 		case <-a.after(delay):
 		}
 	}
@@ -459,13 +483,20 @@ func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *bro
 			cancel()
 		case <-ctx.Done():
 			cancel()
+		case <-a.upd.restart:
+			cancel()
 		}
 	}()
 	stream, err := client.Connect(sctx, grpc.WaitForReady(true))
 	if err != nil {
 		return err
 	}
-	recent := append(a.jobs.inst.Interrupted(), a.jobs.inst.RecentResults()...)
+	var recent []*ferryv1.JobUpdate
+	for _, u := range append(a.jobs.inst.Interrupted(), a.jobs.inst.RecentResults()...) {
+		if !a.onProbation(u.GetJobId()) { // reported once welcomed
+			recent = append(recent, u)
+		}
+	}
 	hello := &ferryv1.AgentHello{AgentVersion: version.Version, Facts: a.facts(), GossipAddress: a.gossipAddr(),
 		Installed: a.jobs.inst.Installed(), RecentJobs: recent}
 	helloSent := a.cfg.Now()
@@ -502,6 +533,7 @@ func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *bro
 	default:
 	}
 	a.log.Info("connected to controller", "controller", a.cfg.Controller, "heartbeat_interval", interval)
+	a.confirmUpdate()
 	a.logs.Resend() // what the controller may not have yet: it drops what it has
 	go a.sendLogs()
 	a.welcomeGossip(ctx, welcome)
@@ -569,6 +601,8 @@ func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *bro
 				interval = d
 				timer.Reset(a.jitter(interval, 0.1))
 			}
+		case <-a.upd.restart:
+			return a.restartError()
 		case <-timer.C:
 			now := a.cfg.Now()
 			if identity.ClockStep(ticked, now) > clockWarnAfter {

@@ -48,6 +48,9 @@ func newJobRunner(a *Agent, inst *install.Installer) *jobRunner {
 
 // submit queues a job, or re-reports its result if it already ran.
 func (r *jobRunner) submit(job *ferryv1.Job) {
+	if r.a.onProbation(job.GetId()) {
+		return // its result goes out once the controller welcomed this agent
+	}
 	if res, ok := r.inst.JobResult(job.GetId()); ok {
 		r.a.log.Info("job already ran; re-reporting its result", "job", job.GetId(), "phase", res.GetPhase())
 		r.report(res)
@@ -216,6 +219,14 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 	if final.JobId == "" {
 		final.JobId, final.RolloutId = job.GetId(), job.GetRolloutId()
 	}
+	if up, ok := r.inst.TakeAgentUpdate(job.GetId(), final.GetPhase() == ferryv1.JobPhase_JOB_PHASE_SUCCEEDED && ctx.Err() == nil); ok {
+		// The result stays unreported until the new agent is welcomed
+		// (or the restored one reports the failure).
+		if r.a.swapAgent(job, up, logf) {
+			return
+		}
+		final = r.a.failAgentUpdate(job.GetId(), final, "the new agent could not be swapped in; ferry-agent "+up.OldVersion+" keeps running (see the job's log)")
+	}
 	// A job the agent's own stop interrupted is not over: the controller
 	// sends it again and the download resumes. Any other end is final and
 	// kept before it is sent, since the stream may be down.
@@ -238,17 +249,11 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 	r.report(final)
 }
 
-// fetch downloads the package's artifact when it has an archive step,
+// fetch downloads the package's artifact when a step uses it,
 // reporting progress at most twice a second.
 func (r *jobRunner) fetch(ctx context.Context, job *ferryv1.Job, update func(ferryv1.JobPhase, string) *ferryv1.JobUpdate) (string, error) {
 	art := job.GetPackage().GetArtifact()
-	needs := false
-	for _, s := range job.GetPackage().GetSteps() {
-		if s.GetArchive() != nil {
-			needs = true
-		}
-	}
-	if !needs || art.GetDigest() == "" {
+	if !r.inst.NeedsArtifact(job.GetPackage()) {
 		return "", nil
 	}
 	if r.fetcher == nil {

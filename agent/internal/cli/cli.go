@@ -18,7 +18,9 @@ import (
 
 	"github.com/ferrydeploy/ferry/agent/internal/agent"
 	"github.com/ferrydeploy/ferry/agent/internal/enroll"
+	"github.com/ferrydeploy/ferry/agent/internal/selfupdate"
 	"github.com/ferrydeploy/ferry/shared/daemonconfig"
+	"github.com/ferrydeploy/ferry/shared/dirlock"
 	"github.com/ferrydeploy/ferry/shared/gossip"
 	"github.com/ferrydeploy/ferry/shared/installpolicy"
 	"github.com/ferrydeploy/ferry/shared/labels"
@@ -37,10 +39,15 @@ var liveKeys = []string{"log-level", "reconnect-max"}
 
 // Main runs the command line and returns the exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
-	return daemonconfig.Execute(rootCmd(args, stdout, stderr), "ferry-agent", args, stdout, stderr)
+	var systemdRestart bool // run ended for systemd to start the agent again
+	code := daemonconfig.Execute(rootCmd(args, stdout, stderr, &systemdRestart), "ferry-agent", args, stdout, stderr)
+	if systemdRestart {
+		return selfupdate.ExitRestart // the unit starts the swapped (or restored) binary
+	}
+	return code
 }
 
-func rootCmd(args []string, stdout, stderr io.Writer) *cobra.Command {
+func rootCmd(args []string, stdout, stderr io.Writer, systemdRestart *bool) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "ferry-agent",
 		Short: "ferry-agent runs on every node: it enrolls once, then keeps a stream to the Ferry controller, heartbeats, and installs what rollouts send it",
@@ -71,7 +78,7 @@ the file.`,
 	if len(runArgs) > 0 {
 		runArgs = runArgs[1:] // reload parses run's flags again
 	}
-	root.AddCommand(enrollCmd(stdout), runCmd(runArgs, stderr), &cobra.Command{
+	root.AddCommand(enrollCmd(stdout), runCmd(runArgs, stderr, systemdRestart), &cobra.Command{
 		Use:   "version",
 		Short: "Print the ferry-agent version",
 		Args:  cobra.NoArgs,
@@ -191,7 +198,7 @@ func enrollCmd(stdout io.Writer) *cobra.Command {
 	return cmd
 }
 
-func runCmd(args []string, stderr io.Writer) *cobra.Command {
+func runCmd(args []string, stderr io.Writer, systemdRestart *bool) *cobra.Command {
 	o := &runOptions{}
 	cmd := &cobra.Command{
 		Use:   "run [flags]",
@@ -205,22 +212,27 @@ A second agent on the same state dir refuses to start, naming the first.`,
 			if err := daemonconfig.Load(o.configPath, cmd.Flags().Changed("config"), cmd.Flags(), nil); err != nil {
 				return daemonconfig.Usage(err)
 			}
-			return runAgent(o, cmd.Flags(), args, stderr)
+			return runAgent(o, cmd.Flags(), args, stderr, systemdRestart)
 		},
 	}
 	o.define(cmd.Flags())
 	return cmd
 }
 
-func runAgent(o *runOptions, fs *pflag.FlagSet, args []string, stderr io.Writer) error {
+func runAgent(o *runOptions, fs *pflag.FlagSet, args []string, stderr io.Writer, systemdRestart *bool) error {
 	hup := daemonconfig.NotifyHUP()
 	var level slog.LevelVar
 	level.Set(o.level)
 	cfg := o.cfg
 	cfg.Logger = slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: &level}))
+	if exe, err := selfupdate.Executable(); err == nil {
+		cfg.Executable = exe
+	} else {
+		cfg.Logger.Warn("cannot find the agent's own executable; agent_update steps will fail", "err", err)
+	}
 	a, err := agent.New(cfg)
 	if err != nil {
-		return err
+		return restartIfRestored(cfg, err, systemdRestart)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -237,5 +249,43 @@ func runAgent(o *runOptions, fs *pflag.FlagSet, args []string, stderr io.Writer)
 	}
 	go hup.Serve(ctx, r.Reload)
 	cfg.Logger.Info("ferry-agent starting", "version", version.Version, "node", a.NodeID(), "root", cfg.Root)
-	return a.Run(ctx)
+	err = a.Run(ctx)
+	var re *agent.RestartError
+	if errors.As(err, &re) {
+		stop()
+		return restart(cfg, re.Exe, re.Args, systemdRestart)
+	}
+	return err
+}
+
+// restartIfRestored restarts the previous agent when this one, on
+// probation after an update, could not start; otherwise it returns err.
+func restartIfRestored(cfg agent.Config, err error, systemdRestart *bool) error {
+	// Only while no agent runs on the state dir: a second process started
+	// by hand must not replace the binary under the one on probation. The
+	// exec or the exit releases the lock.
+	lock, lerr := dirlock.Acquire(cfg.StateDir, agent.LockFile)
+	if lerr != nil {
+		return err
+	}
+	defer func() { _ = lock.Release() }()
+	m, ok := selfupdate.RestoreAfterFailedStart(cfg.StateDir, version.Version, err)
+	if !ok {
+		return err
+	}
+	cfg.Logger.Error("the new agent could not start; previous agent restored", "err", err)
+	return restart(cfg, m.Exe, m.Args, systemdRestart)
+}
+
+// restart starts the binary at exe in place of this process: systemd
+// does it when it runs the agent (the unit restarts on this exit status),
+// an exec otherwise.
+func restart(cfg agent.Config, exe string, args []string, systemdRestart *bool) error {
+	if selfupdate.UnderSystemd() {
+		cfg.Logger.Info("exiting for systemd to start the agent again", "exit_status", selfupdate.ExitRestart)
+		*systemdRestart = true
+		return errors.New("restarting as the new binary (systemd starts it again)")
+	}
+	cfg.Logger.Info("re-executing the agent", "exe", exe)
+	return selfupdate.Exec(exe, args)
 }

@@ -92,14 +92,17 @@ type Config struct {
 	Shell string
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Executable is the agent's own binary (symlinks resolved), which an
+	// agent_update step replaces; "" refuses agent_update steps.
+	Executable string
 }
 
 // Request is one install (or plan) job.
 type Request struct {
 	JobID, RolloutID string
 	Package          *ferryv1.Package
-	// ArtifactPath is the verified artifact on disk; "" when the package
-	// has no archive step.
+	// ArtifactPath is the verified artifact on disk; "" when no step of
+	// the package uses it (NeedsArtifact).
 	ArtifactPath string
 	// Plan reports what would change and changes nothing.
 	Plan bool
@@ -117,6 +120,7 @@ type Installer struct {
 	maxBytes int64
 	maxEnts  int64
 	kinds    map[protoreflect.Name]stepKind
+	exe      string
 
 	// stateNode is the state directory as a node path, "" when it is
 	// outside the install root (no step path can reach it then).
@@ -132,6 +136,7 @@ type Installer struct {
 	st          *state
 	results     map[string]*ferryv1.JobUpdate
 	interrupted []*ferryv1.JobUpdate
+	staged      map[string]*AgentUpdate // by job: new agent binaries to swap in
 }
 
 // New validates cfg, loads the records, undoes and reports any job a crash
@@ -166,6 +171,8 @@ func New(cfg Config) (*Installer, error) {
 		maxBytes: cfg.MaxArchiveBytes,
 		maxEnts:  cfg.MaxArchiveEntries,
 		results:  map[string]*ferryv1.JobUpdate{},
+		exe:      cfg.Executable,
+		staged:   map[string]*AgentUpdate{},
 	}
 	i.kinds = stepKinds(i)
 	if i.log == nil {

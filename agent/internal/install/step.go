@@ -51,6 +51,28 @@ type undoer interface {
 	Restore(restoreRequest) (restoreResponse, error)
 }
 
+// An artifactUser is a kind whose steps read the package's artifact
+// (archive, agent_update): the agent downloads it for them.
+type artifactUser interface {
+	UsesArtifact()
+}
+
+// NeedsArtifact reports whether a step of p reads its artifact, which
+// the agent then downloads before the job runs.
+func (i *Installer) NeedsArtifact(p *ferryv1.Package) bool {
+	if p.GetArtifact().GetDigest() == "" {
+		return false
+	}
+	for _, s := range p.GetSteps() {
+		if _, k := i.kindOf(s); k != nil {
+			if _, ok := k.(artifactUser); ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // A verifier is a kind whose steps change nothing and test the installed
 // version (check): they run in the CHECKING phase, and a rollback runs
 // them again against the version it restored.
@@ -132,6 +154,8 @@ func stepKinds(i *Installer) map[protoreflect.Name]stepKind {
 		"sudoers": sudoersKind{managedFile{i, wantSudoersFile}},
 		"file":    fileKind{managedFile{i, wantFileStep}},
 		"check":   checkKind{i},
+
+		"agent_update": agentUpdateKind{i},
 	}
 }
 

@@ -26,6 +26,9 @@ type archiveKind struct{ i *Installer }
 // Change: archive changes are journaled as tree switches.
 func (archiveKind) Change() string { return "tree" }
 
+// UsesArtifact: the archive step extracts the artifact.
+func (archiveKind) UsesArtifact() {}
+
 func (archiveKind) Describe(s *ferryv1.Step) string { return "archive -> " + s.GetArchive().GetDest() }
 
 func (archiveKind) KeepPrevious(s *ferryv1.Step) int { return int(s.GetArchive().GetKeepPrevious()) }

@@ -349,7 +349,16 @@ func TestParseInline(t *testing.T) {
 		{"artifact sha256 not hex", "name: go\nversion: 1\nartifact: sha256:xyz12345\nsteps: [{archive: {dest: /opt/go}}]\n", []wantErr{{3, "artifact", "not a sha256 digest"}}},
 		{"artifact with space", "name: go\nversion: 1\nartifact: go 1.20\nsteps: [{archive: {dest: /opt/go}}]\n", []wantErr{{3, "artifact", "not a valid artifact reference"}}},
 		{"artifact empty version", "name: go\nversion: 1\nartifact: go@\nsteps: [{archive: {dest: /opt/go}}]\n", []wantErr{{3, "artifact", "not a valid artifact reference"}}},
-		{"artifact unused", "name: go\nversion: 1\nartifact: go.tar.gz\nsteps: [{check: {run: x}}]\n", []wantErr{{3, "artifact", "no archive step uses the artifact"}}},
+		{"artifact unused", "name: go\nversion: 1\nartifact: go.tar.gz\nsteps: [{check: {run: x}}]\n", []wantErr{{3, "artifact", "no step uses the artifact"}}},
+
+		// agent_update
+		{"agent_update", "name: ferry-agent\nversion: 1.4.0\nartifact: ferry-agent-1.4.0\nsteps:\n  - agent_update: {expect_version: 1.4.0, reconnect_timeout: 90s}\n", nil},
+		{"agent_update bare", "name: ferry-agent\nversion: 1.4.0\nartifact: ferry-agent-1.4.0\nsteps:\n  - agent_update:\n", nil},
+		{"agent_update without artifact", "name: ferry-agent\nversion: 1\nsteps:\n  - agent_update: {}\n", []wantErr{{4, "steps[0].agent_update", "needs the package's artifact"}}},
+		{"agent_update with archive", "name: ferry-agent\nversion: 1\nartifact: a.tar.gz\nsteps:\n  - archive: {dest: /opt/a}\n  - agent_update: {}\n", []wantErr{{6, "steps[1].agent_update", "also used by steps[0].archive"}}},
+		{"agent_update not last", "name: ferry-agent\nversion: 1\nartifact: a\nsteps:\n  - agent_update: {}\n  - check: {run: x}\n", []wantErr{{6, "steps[1].check", "a step after steps[0].agent_update"}}},
+		{"agent_update timeout too short", "name: ferry-agent\nversion: 1\nartifact: a\nsteps:\n  - agent_update: {reconnect_timeout: 1s}\n", []wantErr{{5, "steps[0].agent_update.reconnect_timeout", "between 5s and 30m"}}},
+		{"agent_update unknown field", "name: ferry-agent\nversion: 1\nartifact: a\nsteps:\n  - agent_update: {path: /x}\n", []wantErr{{5, "steps[0].agent_update.path", "unknown field"}}},
 		{"archive without artifact", "name: go\nversion: 1\nsteps:\n  - archive: {dest: /opt/go}\n", []wantErr{{4, "steps[0].archive", "needs the package's artifact"}}},
 
 		// archive

@@ -208,6 +208,7 @@ type Step struct {
 	//	*Step_Sudoers
 	//	*Step_File
 	//	*Step_Check
+	//	*Step_AgentUpdate
 	Kind          isStep_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -295,6 +296,15 @@ func (x *Step) GetCheck() *CheckStep {
 	return nil
 }
 
+func (x *Step) GetAgentUpdate() *AgentUpdateStep {
+	if x != nil {
+		if x, ok := x.Kind.(*Step_AgentUpdate); ok {
+			return x.AgentUpdate
+		}
+	}
+	return nil
+}
+
 type isStep_Kind interface {
 	isStep_Kind()
 }
@@ -324,6 +334,12 @@ type Step_Check struct {
 	Check *CheckStep `protobuf:"bytes,5,opt,name=check,proto3,oneof"`
 }
 
+type Step_AgentUpdate struct {
+	// Replace the running ferry-agent with the package's artifact and
+	// restart it (field 6 is left for the service step).
+	AgentUpdate *AgentUpdateStep `protobuf:"bytes,7,opt,name=agent_update,json=agentUpdate,proto3,oneof"`
+}
+
 func (*Step_Archive) isStep_Kind() {}
 
 func (*Step_Env) isStep_Kind() {}
@@ -333,6 +349,8 @@ func (*Step_Sudoers) isStep_Kind() {}
 func (*Step_File) isStep_Kind() {}
 
 func (*Step_Check) isStep_Kind() {}
+
+func (*Step_AgentUpdate) isStep_Kind() {}
 
 // ArchiveStep extracts the package's artifact (tar, tar.gz or zip) into a
 // directory, atomically.
@@ -765,6 +783,68 @@ func (x *CheckStep) GetTimeout() *durationpb.Duration {
 	return nil
 }
 
+// AgentUpdateStep replaces the agent's own executable with the package's
+// artifact (a ferry-agent binary): the agent checks the new binary's
+// --version, keeps the running one as ferry-agent.prev beside it, swaps
+// the new one in with one rename and restarts. The new agent is on
+// probation until the controller welcomes it; if that does not happen
+// within reconnect_timeout, the previous binary is put back and started,
+// and the job is reported failed. It is the package's last step.
+type AgentUpdateStep struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Substring the new binary's --version output must contain, e.g.
+	// "1.4.0"; empty: any version other than the running one.
+	ExpectVersion string `protobuf:"bytes,1,opt,name=expect_version,json=expectVersion,proto3" json:"expect_version,omitempty"`
+	// How long the new agent has to reach the controller (default 60s).
+	ReconnectTimeout *durationpb.Duration `protobuf:"bytes,2,opt,name=reconnect_timeout,json=reconnectTimeout,proto3" json:"reconnect_timeout,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *AgentUpdateStep) Reset() {
+	*x = AgentUpdateStep{}
+	mi := &file_ferry_v1_package_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentUpdateStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentUpdateStep) ProtoMessage() {}
+
+func (x *AgentUpdateStep) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_package_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentUpdateStep.ProtoReflect.Descriptor instead.
+func (*AgentUpdateStep) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *AgentUpdateStep) GetExpectVersion() string {
+	if x != nil {
+		return x.ExpectVersion
+	}
+	return ""
+}
+
+func (x *AgentUpdateStep) GetReconnectTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.ReconnectTimeout
+	}
+	return nil
+}
+
 // ApplyPackageRequest carries a package file.
 type ApplyPackageRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -778,7 +858,7 @@ type ApplyPackageRequest struct {
 
 func (x *ApplyPackageRequest) Reset() {
 	*x = ApplyPackageRequest{}
-	mi := &file_ferry_v1_package_proto_msgTypes[9]
+	mi := &file_ferry_v1_package_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +870,7 @@ func (x *ApplyPackageRequest) String() string {
 func (*ApplyPackageRequest) ProtoMessage() {}
 
 func (x *ApplyPackageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[9]
+	mi := &file_ferry_v1_package_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +883,7 @@ func (x *ApplyPackageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPackageRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPackageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ApplyPackageRequest) GetYaml() string {
@@ -833,7 +913,7 @@ type ApplyPackageResponse struct {
 
 func (x *ApplyPackageResponse) Reset() {
 	*x = ApplyPackageResponse{}
-	mi := &file_ferry_v1_package_proto_msgTypes[10]
+	mi := &file_ferry_v1_package_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -845,7 +925,7 @@ func (x *ApplyPackageResponse) String() string {
 func (*ApplyPackageResponse) ProtoMessage() {}
 
 func (x *ApplyPackageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[10]
+	mi := &file_ferry_v1_package_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -858,7 +938,7 @@ func (x *ApplyPackageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPackageResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPackageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ApplyPackageResponse) GetPackage() *Package {
@@ -886,7 +966,7 @@ type ListPackagesRequest struct {
 
 func (x *ListPackagesRequest) Reset() {
 	*x = ListPackagesRequest{}
-	mi := &file_ferry_v1_package_proto_msgTypes[11]
+	mi := &file_ferry_v1_package_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -898,7 +978,7 @@ func (x *ListPackagesRequest) String() string {
 func (*ListPackagesRequest) ProtoMessage() {}
 
 func (x *ListPackagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[11]
+	mi := &file_ferry_v1_package_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -911,7 +991,7 @@ func (x *ListPackagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPackagesRequest.ProtoReflect.Descriptor instead.
 func (*ListPackagesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListPackagesRequest) GetName() string {
@@ -932,7 +1012,7 @@ type ListPackagesResponse struct {
 
 func (x *ListPackagesResponse) Reset() {
 	*x = ListPackagesResponse{}
-	mi := &file_ferry_v1_package_proto_msgTypes[12]
+	mi := &file_ferry_v1_package_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -944,7 +1024,7 @@ func (x *ListPackagesResponse) String() string {
 func (*ListPackagesResponse) ProtoMessage() {}
 
 func (x *ListPackagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[12]
+	mi := &file_ferry_v1_package_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -957,7 +1037,7 @@ func (x *ListPackagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPackagesResponse.ProtoReflect.Descriptor instead.
 func (*ListPackagesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListPackagesResponse) GetPackages() []*Package {
@@ -980,7 +1060,7 @@ type GetPackageRequest struct {
 
 func (x *GetPackageRequest) Reset() {
 	*x = GetPackageRequest{}
-	mi := &file_ferry_v1_package_proto_msgTypes[13]
+	mi := &file_ferry_v1_package_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -992,7 +1072,7 @@ func (x *GetPackageRequest) String() string {
 func (*GetPackageRequest) ProtoMessage() {}
 
 func (x *GetPackageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[13]
+	mi := &file_ferry_v1_package_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1005,7 +1085,7 @@ func (x *GetPackageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPackageRequest.ProtoReflect.Descriptor instead.
 func (*GetPackageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetPackageRequest) GetName() string {
@@ -1033,7 +1113,7 @@ type GetPackageResponse struct {
 
 func (x *GetPackageResponse) Reset() {
 	*x = GetPackageResponse{}
-	mi := &file_ferry_v1_package_proto_msgTypes[14]
+	mi := &file_ferry_v1_package_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1045,7 +1125,7 @@ func (x *GetPackageResponse) String() string {
 func (*GetPackageResponse) ProtoMessage() {}
 
 func (x *GetPackageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[14]
+	mi := &file_ferry_v1_package_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1058,7 +1138,7 @@ func (x *GetPackageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPackageResponse.ProtoReflect.Descriptor instead.
 func (*GetPackageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetPackageResponse) GetPackage() *Package {
@@ -1087,13 +1167,14 @@ const file_ferry_v1_package_proto_rawDesc = "" +
 	"\vArtifactRef\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
-	"\x04size\x18\x03 \x01(\x04R\x04size\"\xf2\x01\n" +
+	"\x04size\x18\x03 \x01(\x04R\x04size\"\xb2\x02\n" +
 	"\x04Step\x121\n" +
 	"\aarchive\x18\x01 \x01(\v2\x15.ferry.v1.ArchiveStepH\x00R\aarchive\x12%\n" +
 	"\x03env\x18\x02 \x01(\v2\x11.ferry.v1.EnvStepH\x00R\x03env\x121\n" +
 	"\asudoers\x18\x03 \x01(\v2\x15.ferry.v1.SudoersStepH\x00R\asudoers\x12(\n" +
 	"\x04file\x18\x04 \x01(\v2\x12.ferry.v1.FileStepH\x00R\x04file\x12+\n" +
-	"\x05check\x18\x05 \x01(\v2\x13.ferry.v1.CheckStepH\x00R\x05checkB\x06\n" +
+	"\x05check\x18\x05 \x01(\v2\x13.ferry.v1.CheckStepH\x00R\x05check\x12>\n" +
+	"\fagent_update\x18\a \x01(\v2\x19.ferry.v1.AgentUpdateStepH\x00R\vagentUpdateB\x06\n" +
 	"\x04kind\"\xea\x01\n" +
 	"\vArchiveStep\x12\x12\n" +
 	"\x04dest\x18\x01 \x01(\tR\x04dest\x12)\n" +
@@ -1124,7 +1205,10 @@ const file_ferry_v1_package_proto_rawDesc = "" +
 	"\tCheckStep\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12\x16\n" +
 	"\x06expect\x18\x02 \x01(\tR\x06expect\x123\n" +
-	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"E\n" +
+	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\x80\x01\n" +
+	"\x0fAgentUpdateStep\x12%\n" +
+	"\x0eexpect_version\x18\x01 \x01(\tR\rexpectVersion\x12F\n" +
+	"\x11reconnect_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x10reconnectTimeout\"E\n" +
 	"\x13ApplyPackageRequest\x12\x12\n" +
 	"\x04yaml\x18\x01 \x01(\tR\x04yaml\x12\x1a\n" +
 	"\bfilename\x18\x02 \x01(\tR\bfilename\"]\n" +
@@ -1159,7 +1243,7 @@ func file_ferry_v1_package_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_package_proto_rawDescData
 }
 
-var file_ferry_v1_package_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_ferry_v1_package_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_ferry_v1_package_proto_goTypes = []any{
 	(*Package)(nil),               // 0: ferry.v1.Package
 	(*ArtifactRef)(nil),           // 1: ferry.v1.ArtifactRef
@@ -1170,40 +1254,43 @@ var file_ferry_v1_package_proto_goTypes = []any{
 	(*SudoersStep)(nil),           // 6: ferry.v1.SudoersStep
 	(*FileStep)(nil),              // 7: ferry.v1.FileStep
 	(*CheckStep)(nil),             // 8: ferry.v1.CheckStep
-	(*ApplyPackageRequest)(nil),   // 9: ferry.v1.ApplyPackageRequest
-	(*ApplyPackageResponse)(nil),  // 10: ferry.v1.ApplyPackageResponse
-	(*ListPackagesRequest)(nil),   // 11: ferry.v1.ListPackagesRequest
-	(*ListPackagesResponse)(nil),  // 12: ferry.v1.ListPackagesResponse
-	(*GetPackageRequest)(nil),     // 13: ferry.v1.GetPackageRequest
-	(*GetPackageResponse)(nil),    // 14: ferry.v1.GetPackageResponse
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
+	(*AgentUpdateStep)(nil),       // 9: ferry.v1.AgentUpdateStep
+	(*ApplyPackageRequest)(nil),   // 10: ferry.v1.ApplyPackageRequest
+	(*ApplyPackageResponse)(nil),  // 11: ferry.v1.ApplyPackageResponse
+	(*ListPackagesRequest)(nil),   // 12: ferry.v1.ListPackagesRequest
+	(*ListPackagesResponse)(nil),  // 13: ferry.v1.ListPackagesResponse
+	(*GetPackageRequest)(nil),     // 14: ferry.v1.GetPackageRequest
+	(*GetPackageResponse)(nil),    // 15: ferry.v1.GetPackageResponse
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
 }
 var file_ferry_v1_package_proto_depIdxs = []int32{
 	1,  // 0: ferry.v1.Package.artifact:type_name -> ferry.v1.ArtifactRef
 	2,  // 1: ferry.v1.Package.steps:type_name -> ferry.v1.Step
-	15, // 2: ferry.v1.Package.created_at:type_name -> google.protobuf.Timestamp
+	16, // 2: ferry.v1.Package.created_at:type_name -> google.protobuf.Timestamp
 	3,  // 3: ferry.v1.Step.archive:type_name -> ferry.v1.ArchiveStep
 	5,  // 4: ferry.v1.Step.env:type_name -> ferry.v1.EnvStep
 	6,  // 5: ferry.v1.Step.sudoers:type_name -> ferry.v1.SudoersStep
 	7,  // 6: ferry.v1.Step.file:type_name -> ferry.v1.FileStep
 	8,  // 7: ferry.v1.Step.check:type_name -> ferry.v1.CheckStep
-	4,  // 8: ferry.v1.EnvStep.vars:type_name -> ferry.v1.EnvVar
-	16, // 9: ferry.v1.CheckStep.timeout:type_name -> google.protobuf.Duration
-	0,  // 10: ferry.v1.ApplyPackageResponse.package:type_name -> ferry.v1.Package
-	0,  // 11: ferry.v1.ListPackagesResponse.packages:type_name -> ferry.v1.Package
-	0,  // 12: ferry.v1.GetPackageResponse.package:type_name -> ferry.v1.Package
-	9,  // 13: ferry.v1.PackageService.ApplyPackage:input_type -> ferry.v1.ApplyPackageRequest
-	11, // 14: ferry.v1.PackageService.ListPackages:input_type -> ferry.v1.ListPackagesRequest
-	13, // 15: ferry.v1.PackageService.GetPackage:input_type -> ferry.v1.GetPackageRequest
-	10, // 16: ferry.v1.PackageService.ApplyPackage:output_type -> ferry.v1.ApplyPackageResponse
-	12, // 17: ferry.v1.PackageService.ListPackages:output_type -> ferry.v1.ListPackagesResponse
-	14, // 18: ferry.v1.PackageService.GetPackage:output_type -> ferry.v1.GetPackageResponse
-	16, // [16:19] is the sub-list for method output_type
-	13, // [13:16] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	9,  // 8: ferry.v1.Step.agent_update:type_name -> ferry.v1.AgentUpdateStep
+	4,  // 9: ferry.v1.EnvStep.vars:type_name -> ferry.v1.EnvVar
+	17, // 10: ferry.v1.CheckStep.timeout:type_name -> google.protobuf.Duration
+	17, // 11: ferry.v1.AgentUpdateStep.reconnect_timeout:type_name -> google.protobuf.Duration
+	0,  // 12: ferry.v1.ApplyPackageResponse.package:type_name -> ferry.v1.Package
+	0,  // 13: ferry.v1.ListPackagesResponse.packages:type_name -> ferry.v1.Package
+	0,  // 14: ferry.v1.GetPackageResponse.package:type_name -> ferry.v1.Package
+	10, // 15: ferry.v1.PackageService.ApplyPackage:input_type -> ferry.v1.ApplyPackageRequest
+	12, // 16: ferry.v1.PackageService.ListPackages:input_type -> ferry.v1.ListPackagesRequest
+	14, // 17: ferry.v1.PackageService.GetPackage:input_type -> ferry.v1.GetPackageRequest
+	11, // 18: ferry.v1.PackageService.ApplyPackage:output_type -> ferry.v1.ApplyPackageResponse
+	13, // 19: ferry.v1.PackageService.ListPackages:output_type -> ferry.v1.ListPackagesResponse
+	15, // 20: ferry.v1.PackageService.GetPackage:output_type -> ferry.v1.GetPackageResponse
+	18, // [18:21] is the sub-list for method output_type
+	15, // [15:18] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_package_proto_init() }
@@ -1217,6 +1304,7 @@ func file_ferry_v1_package_proto_init() {
 		(*Step_Sudoers)(nil),
 		(*Step_File)(nil),
 		(*Step_Check)(nil),
+		(*Step_AgentUpdate)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1224,7 +1312,7 @@ func file_ferry_v1_package_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_package_proto_rawDesc), len(file_ferry_v1_package_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
