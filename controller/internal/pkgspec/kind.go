@@ -68,6 +68,7 @@ var stepKinds = map[protoreflect.Name]kind{
 	"sudoers": sudoersKind{},
 	"file":    fileKind{},
 	"check":   checkKind{},
+	"service": serviceKind{},
 }
 
 // kindNames lists the registered kinds in the oneof's order, the order
