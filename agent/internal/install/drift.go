@@ -1,0 +1,111 @@
+package install
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/ferrydeploy/ferry/agent/internal/install/archive"
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+)
+
+const (
+	// maxDriftExamples bounds the differences a report names per package.
+	maxDriftExamples = 5
+	// maxDriftPackages bounds the packages a report lists.
+	maxDriftPackages = 100
+)
+
+// ErrBusy is CheckDrift's answer while a job runs: the trees are changing
+// on purpose, so a check now would report the job as drift.
+var ErrBusy = errors.New("a job is running; check again when it is done")
+
+// CheckDrift compares every installed package's trees with the manifests
+// recorded when they were installed: sizes, modes, owners, times and link
+// targets; with full, also the SHA-256 of every file (for trees installed
+// by an agent that records hashes). It changes nothing.
+func (i *Installer) CheckDrift(full bool) (*ferryv1.DriftReport, error) {
+	if !i.run.TryLock() {
+		return nil, ErrBusy
+	}
+	defer i.run.Unlock()
+	i.mu.Lock()
+	type tree struct {
+		pkg, version string
+		t            treeRecord
+	}
+	var trees []tree
+	checked := map[string]bool{}
+	for name, rs := range i.st.Packages {
+		if len(rs) == 0 {
+			continue
+		}
+		r := rs[len(rs)-1]
+		checked[name] = true
+		for _, t := range r.Trees {
+			trees = append(trees, tree{name, r.Version, t})
+		}
+	}
+	i.mu.Unlock()
+	sort.Slice(trees, func(a, b int) bool { return trees[a].pkg < trees[b].pkg })
+
+	rep := &ferryv1.DriftReport{CheckedAt: timestamppb.New(i.now()), Full: full, Checked: uint32(min(len(checked), 1<<31))} //nolint:gosec // bounded just before
+	byPkg := map[string]*ferryv1.PackageDrift{}
+	for _, t := range trees {
+		n, examples, err := i.treeDrift(t.t, full)
+		if err != nil {
+			n, examples = 1, []string{err.Error()}
+		}
+		if n == 0 {
+			continue
+		}
+		d := byPkg[t.pkg]
+		if d == nil {
+			if len(rep.Packages) >= maxDriftPackages {
+				continue
+			}
+			d = &ferryv1.PackageDrift{Name: t.pkg, Version: t.version}
+			byPkg[t.pkg] = d
+			rep.Packages = append(rep.Packages, d)
+		}
+		d.Changed += uint32(min(n, 1<<31)) //nolint:gosec // bounded just before
+		for _, e := range examples {
+			if len(d.Examples) < maxDriftExamples {
+				d.Examples = append(d.Examples, i.display(e))
+			}
+		}
+	}
+	return rep, nil
+}
+
+func (i *Installer) treeDrift(t treeRecord, full bool) (int, []string, error) {
+	b, err := os.ReadFile(filepath.Join(i.dir, "manifests", t.Manifest))
+	if err != nil {
+		return 0, nil, fmt.Errorf("%s: the manifest recorded at install time is missing: %w", i.display(t.Dest), err)
+	}
+	m, err := archive.DecodeManifest(b)
+	if err != nil {
+		return 0, nil, fmt.Errorf("%s: %w", i.display(t.Dest), err)
+	}
+	return m.Diff(t.Dest, full, maxDriftExamples)
+}
+
+// CheckDriftIn checks the trees recorded in stateDir without opening an
+// Installer: it reads state.json and the manifests and writes nothing, so
+// it is safe while the agent runs (ferry-agent verify, doctor).
+func CheckDriftIn(root, stateDir string, full bool) (*ferryv1.DriftReport, error) {
+	if root == "" {
+		root = "/"
+	}
+	i := &Installer{root: filepath.Clean(root), dir: filepath.Join(stateDir, "install"), results: map[string]*ferryv1.JobUpdate{}}
+	i.now = time.Now
+	if err := i.loadState(); err != nil {
+		return nil, err
+	}
+	return i.CheckDrift(full)
+}
