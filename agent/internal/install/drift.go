@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sort"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -19,7 +20,22 @@ const (
 	maxDriftExamples = 5
 	// maxDriftPackages bounds the packages a report lists.
 	maxDriftPackages = 100
+	// maxDriftExample bounds one of them, in bytes (the controller refuses
+	// longer report strings).
+	maxDriftExample = 200
 )
+
+// clip cuts s to at most n bytes on a rune boundary, marking the cut.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len("...")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
+}
 
 // ErrBusy is CheckDrift's answer while a job runs: the trees are changing
 // on purpose, so a check now would report the job as drift.
@@ -76,7 +92,7 @@ func (i *Installer) CheckDrift(full bool) (*ferryv1.DriftReport, error) {
 		d.Changed += uint32(min(n, 1<<31)) //nolint:gosec // bounded just before
 		for _, e := range examples {
 			if len(d.Examples) < maxDriftExamples {
-				d.Examples = append(d.Examples, i.display(e))
+				d.Examples = append(d.Examples, clip(i.display(e), maxDriftExample))
 			}
 		}
 	}
