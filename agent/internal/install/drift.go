@@ -111,17 +111,16 @@ func (i *Installer) treeDrift(t treeRecord, full bool) (int, []string, error) {
 	return m.Diff(t.Dest, full, maxDriftExamples)
 }
 
-// CheckDriftIn checks the trees recorded in stateDir without opening an
-// Installer: it reads state.json and the manifests and writes nothing, so
-// it is safe while the agent runs (ferry-agent verify, doctor).
-func CheckDriftIn(root, stateDir string, full bool) (*ferryv1.DriftReport, error) {
+// ReadOnly opens the records in stateDir without recovering or cleaning
+// anything, for reading beside a running agent (ferry-agent verify,
+// doctor): only Installed, Destinations and CheckDrift may be used on it.
+func ReadOnly(root, stateDir string) (*Installer, error) {
 	if root == "" {
 		root = "/"
 	}
-	i := &Installer{root: filepath.Clean(root), dir: filepath.Join(stateDir, "install"), results: map[string]*ferryv1.JobUpdate{}}
-	i.now = time.Now
+	i := &Installer{root: filepath.Clean(root), dir: filepath.Join(stateDir, "install"), results: map[string]*ferryv1.JobUpdate{}, now: time.Now}
 	if err := i.loadState(); err != nil {
 		return nil, err
 	}
-	return i.CheckDrift(full)
+	return i, nil
 }

@@ -29,7 +29,9 @@ func TestCheckDrift(t *testing.T) {
 	if len(rep.GetPackages()) != 0 {
 		t.Fatalf("a cheap check hashed the files: %v", rep)
 	}
-	rep, err = CheckDriftIn(e.root, e.state, true)
+	ro, err := ReadOnly(e.root, e.state)
+	must(t, err)
+	rep, err = ro.CheckDrift(true)
 	must(t, err)
 	if len(rep.GetPackages()) != 1 || rep.GetPackages()[0].GetChanged() != 1 || rep.GetPackages()[0].GetExamples()[0] != "/opt/tool/VERSION: content changed (same size and time)" {
 		t.Fatalf("full check: %v", rep)
