@@ -66,10 +66,10 @@ const (
 
 // Result is one check's outcome.
 type Result struct {
-	Check   string
-	OK      bool
-	Detail  string
-	Fix     string // problems only
+	Check  string
+	OK     bool
+	Detail string
+	Fix    string // problems only
 }
 
 // Run runs every check, writes one line each to w, and returns the number
