@@ -148,7 +148,7 @@ func checkCertificate(cfg Config, id *identity.Identity) Result {
 		r.Fix = "the agent renews over its stream: check that ferry-agent is running and reaches the controller (see the lines below)"
 	default:
 		r.OK = true
-		r.Detail = fmt.Sprintf("node %s, valid until %s (%s left; renewed from %s)", id.Info.NodeID, leaf.NotAfter.UTC().Format(time.RFC3339), approxdur.String(left), id.RenewAt().UTC().Format(time.RFC3339))
+		r.Detail = fmt.Sprintf("node %s, valid until %s (%s left; renews from %s)", id.Info.NodeID, leaf.NotAfter.UTC().Format(time.RFC3339), approxdur.String(left), id.RenewAt().UTC().Format(time.RFC3339))
 	}
 	return r
 }
@@ -173,7 +173,7 @@ func checkController(ctx context.Context, cfg Config, id *identity.Identity) Res
 	defer func() { _ = conn.Close() }()
 	cctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	stream, err := ferryv1.NewAgentServiceClient(conn).Connect(cctx, grpc.WaitForReady(true))
+	stream, err := ferryv1.NewAgentServiceClient(conn).Connect(cctx)
 	if err == nil {
 		_ = stream.CloseSend()
 		_, err = stream.Recv()
@@ -187,6 +187,9 @@ func checkController(ctx context.Context, cfg Config, id *identity.Identity) Res
 		r.Fix = "if the node was removed, re-enroll it with a new token (ferryctl token create), after removing " + cfg.StateDir
 	case cctx.Err() != nil:
 		r.Detail = fmt.Sprintf("no answer within %v", cfg.Timeout)
+		r.Fix = "check that the controller runs and that this node reaches " + addr + " (firewall, DNS, routes)"
+	case code == codes.Unavailable:
+		r.Detail = "nothing answers there (connection refused, no route, or a TLS handshake that failed)"
 		r.Fix = "check that the controller runs and that this node reaches " + addr + " (firewall, DNS, routes)"
 	default:
 		r.Detail = "unreachable: " + status.Convert(err).Message()
@@ -274,11 +277,11 @@ func checkDrift(cfg Config, ro *install.Installer) Result {
 		return r
 	}
 	if len(rep.GetPackages()) == 0 {
-		r.OK, r.Detail = true, fmt.Sprintf("%d packages match what Ferry installed (%s)", rep.GetChecked(), how)
+		r.OK, r.Detail = true, fmt.Sprintf("%s checked, all as Ferry installed them (%s)", plural(int(rep.GetChecked()), "package"), how)
 		return r
 	}
 	p := rep.GetPackages()[0]
-	r.Detail = fmt.Sprintf("%d of %d packages differ from what Ferry installed, e.g. %s %s: %d entries (%s)", len(rep.GetPackages()), rep.GetChecked(), p.GetName(), p.GetVersion(), p.GetChanged(), strings.Join(p.GetExamples(), "; "))
+	r.Detail = fmt.Sprintf("drift in %d of %s checked, e.g. %s %s: %s (%s)", len(rep.GetPackages()), plural(int(rep.GetChecked()), "package"), p.GetName(), p.GetVersion(), plural(int(p.GetChanged()), "entry"), strings.Join(p.GetExamples(), "; "))
 	r.Fix = "run ferry-agent verify for the list; roll the version out again to repair it (ferryctl rollout --group GROUP --package " + p.GetName() + "@" + p.GetVersion() + ")"
 	return r
 }
@@ -300,4 +303,15 @@ func checkVisudo(cfg Config) Result {
 	}
 	r.OK, r.Detail = true, p
 	return r
+}
+
+// plural is "1 package", "2 packages", "1 entry", "3 entries".
+func plural(n int, noun string) string {
+	switch {
+	case n == 1:
+		return "1 " + noun
+	case strings.HasSuffix(noun, "y"):
+		return fmt.Sprintf("%d %sies", n, strings.TrimSuffix(noun, "y"))
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
