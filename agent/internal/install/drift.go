@@ -70,7 +70,7 @@ func (i *Installer) CheckDrift(full bool) (*ferryv1.DriftReport, error) {
 	i.mu.Unlock()
 	sort.Slice(trees, func(a, b int) bool { return trees[a].pkg < trees[b].pkg })
 
-	rep := &ferryv1.DriftReport{CheckedAt: timestamppb.New(i.now()), Full: full, Checked: uint32(min(len(checked), 1<<31))} //nolint:gosec // bounded just before
+	rep := &ferryv1.DriftReport{CheckedAt: timestamppb.New(i.now()), Full: full, Checked: uint32(min(len(checked), 1<<31))}
 	byPkg := map[string]*ferryv1.PackageDrift{}
 	for _, t := range trees {
 		n, examples, err := i.treeDrift(t.t, full)
@@ -89,7 +89,7 @@ func (i *Installer) CheckDrift(full bool) (*ferryv1.DriftReport, error) {
 			byPkg[t.pkg] = d
 			rep.Packages = append(rep.Packages, d)
 		}
-		d.Changed += uint32(min(n, 1<<31)) //nolint:gosec // bounded just before
+		d.Changed += uint32(min(n, 1<<31))
 		for _, e := range examples {
 			if len(d.Examples) < maxDriftExamples {
 				d.Examples = append(d.Examples, clip(i.display(e), maxDriftExample))

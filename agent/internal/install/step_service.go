@@ -205,7 +205,7 @@ func (k serviceKind) Apply(ctx context.Context, r stepRequest) (stepResponse, er
 		return stepResponse{}, err
 	}
 	if err := i.waitActive(ctx, unit, timeout); err != nil {
-		return stepResponse{output: out.String() + i.unitStatus(unit)}, err
+		return stepResponse{output: out.String() + i.unitStatus(context.WithoutCancel(ctx), unit)}, err
 	}
 	return stepResponse{changed: true, detail: fmt.Sprintf("ran systemctl %s (%s); %s is active", joinCmds(cmds), why(st, jc.changed), unit), output: out.String()}, nil
 }
@@ -313,9 +313,10 @@ func (i *Installer) waitActive(ctx context.Context, unit string, timeout time.Du
 	}
 }
 
-// unitStatus is the end of systemctl status for a failed step's output.
-func (i *Installer) unitStatus(unit string) string {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+// unitStatus is the end of systemctl status for a failed step's output
+// (even when the job was cancelled: ctx should not be).
+func (i *Installer) unitStatus(ctx context.Context, unit string) string {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	_, out, _ := i.systemctl(ctx, "status", "--no-pager", "--lines=10", unit)
 	return out

@@ -30,12 +30,12 @@ func (serviceKind) Digest(c *canon, s *ferryv1.Step) {
 	if action == ferryv1.ServiceAction_SERVICE_ACTION_UNSPECIFIED {
 		action = ferryv1.ServiceAction_SERVICE_ACTION_RESTART
 	}
-	c.num("action", uint64(action)) //nolint:gosec // an enum value, never negative here
+	c.num("action", uint64(action))
 	timeout := DefaultServiceTimeout
 	if sv.GetTimeout() != nil {
 		timeout = sv.GetTimeout().AsDuration()
 	}
-	c.num("timeout_ns", uint64(timeout)) //nolint:gosec // p.duration keeps it positive
+	c.num("timeout_ns", uint64(timeout))
 }
 
 var serviceFields = []string{"unit", "action", "timeout"}

@@ -81,11 +81,11 @@ func hashFile(p string) (string, error) {
 }
 
 // Diff compares the tree under dir with m and returns how many entries
-// differ (changed, missing, or not in m) and the first max of them, each
+// differ (changed, missing, or not in m) and the first limit of them, each
 // as "PATH: what", PATH joined to dir. Cheap by default (types, modes,
 // owners, sizes, times, link targets); full also hashes every regular
 // file m has a hash for.
-func (m Manifest) Diff(dir string, full bool, max int) (int, []string, error) {
+func (m Manifest) Diff(dir string, full bool, limit int) (int, []string, error) {
 	if _, err := os.Lstat(dir); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return len(m), []string{dir + ": missing"}, nil
@@ -96,7 +96,7 @@ func (m Manifest) Diff(dir string, full bool, max int) (int, []string, error) {
 	var examples []string
 	report := func(path, what string) {
 		n++
-		if len(examples) < max {
+		if len(examples) < limit {
 			examples = append(examples, filepath.Join(dir, filepath.FromSlash(path))+": "+what)
 		}
 	}
