@@ -17,12 +17,8 @@ import (
 
 func TestE2EDriftAndDoctor(t *testing.T) {
 	t.Parallel()
-	h := e2e.New(t)
-	f := &rolloutFleet{t: t, h: h, agents: map[string]*e2e.Agent{}, work: filepath.Join(h.Dir(), "work")}
-	if err := os.MkdirAll(f.work, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	f.c = h.StartController(e2e.ControllerOptions{HeartbeatInterval: hb})
+	f := newEmptyFleet(t)
+	h := f.h
 	a := h.NewAgent("node-1", e2e.AgentOptions{Args: []string{"--drift-interval", "1s"}})
 	a.MustEnroll(h.Token("staging", 1))
 	a.Start()

@@ -22,12 +22,8 @@ import (
 
 func TestE2EServiceStepRestartsAndRollsBack(t *testing.T) {
 	t.Parallel()
-	h := e2e.New(t)
-	f := &rolloutFleet{t: t, h: h, agents: map[string]*e2e.Agent{}, work: filepath.Join(h.Dir(), "work")}
-	if err := os.MkdirAll(f.work, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	f.c = h.StartController(e2e.ControllerOptions{HeartbeatInterval: hb})
+	f := newEmptyFleet(t)
+	h := f.h
 	ids := []string{"web-1", "web-2"}
 	stubs := map[string]*systemctltest.Stub{}
 	tok := h.CreateToken(e2e.TokenOptions{Group: "web", Uses: len(ids)})
