@@ -69,6 +69,14 @@ func TestE2EDriftAndDoctor(t *testing.T) {
 		t.Errorf("doctor on a drifted node: %s", r)
 	}
 
+	// Rolling the same version out again repairs the node; the next check
+	// finds no drift.
+	f.mustRollout(rolloutArgs("staging", "tool@1.0.0")...)
+	if got, err := f.installed("node-1"); err != nil || got != "1.0.0" {
+		t.Errorf("after the repair: tool %q, %v", got, err)
+	}
+	h.WaitNode("node-1", healthyWithin, "without drift after the repair", func(n e2e.Node) bool { return n.Drift != nil && len(n.Drift.Packages) == 0 })
+
 	// The controller gone: doctor says so, within its timeout.
 	f.c.Stop()
 	r = doctor()
