@@ -143,21 +143,12 @@ func (k serviceKind) Plan(ctx context.Context, r stepRequest) (stepResponse, err
 	if err != nil {
 		return stepResponse{}, err
 	}
-	cmds := todo(s, st, planChanged(r.job))
+	// In a plan, changed says whether a step before would change the node.
+	cmds := todo(s, st, r.job.changed)
 	if len(cmds) == 0 {
 		return stepResponse{detail: s.GetUnit() + " is active and nothing before it would change"}, nil
 	}
-	return stepResponse{changed: true, detail: fmt.Sprintf("would run systemctl %s (%s)", joinCmds(cmds), why(st, planChanged(r.job)))}, nil
-}
-
-// planChanged reports whether a step planned so far would change the node.
-func planChanged(jc *jobCtx) bool {
-	for _, res := range jc.results {
-		if res.GetChanged() {
-			return true
-		}
-	}
-	return false
+	return stepResponse{changed: true, detail: fmt.Sprintf("would run systemctl %s (%s)", joinCmds(cmds), why(st, r.job.changed))}, nil
 }
 
 func joinCmds(cmds [][]string) string {

@@ -1,8 +1,10 @@
 package install
 
 import (
+	"context"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -245,5 +247,44 @@ func TestServiceWithoutSystemctl(t *testing.T) {
 	wantPhase(t, u, failed)
 	if !strings.Contains(u.GetMessage(), "systemctl is not in the agent's PATH") {
 		t.Fatalf("message %q", u.GetMessage())
+	}
+}
+
+// TestServiceUndoneAfterACrash: the agent dies after the unit was
+// restarted on the new config; the next start puts the config back, then
+// restarts the unit on it.
+func TestServiceUndoneAfterACrash(t *testing.T) {
+	e := newEnv(t)
+	conf := e.path("/etc/myapp/config")
+	s := stubSystemctl(t, conf)
+	must(t, s.SetActive("active"))
+	step := serviceStep("myapp.service", restart, time.Second)
+	wantPhase(t, e.install(pkg("myapp", "1", "", fileStep("/etc/myapp/config", "ok v1\n", 0o644), step), ""), succeeded)
+
+	e.inst.hook = func(p string) {
+		if p == "commit" {
+			runtime.Goexit()
+		}
+	}
+	crashed := make(chan struct{})
+	go func() {
+		defer close(crashed)
+		e.inst.Install(context.Background(), Request{JobID: "crash", Package: pkg("myapp", "2", "", fileStep("/etc/myapp/config", "ok v2\n", 0o644), step)}, nil, nil)
+	}()
+	<-crashed
+	wantActions(t, s, "restart -- myapp.service", "restart -- myapp.service")
+	// Only v1 lets the unit come up now: the restart must follow the restore.
+	must(t, s.Watch(conf, "v1"))
+
+	i2 := e.open()
+	if got := i2.Interrupted(); len(got) != 1 || got[0].GetPhase() != failed {
+		t.Fatalf("Interrupted() = %v", got)
+	}
+	if got := readText(t, conf); got != "ok v1\n" {
+		t.Fatalf("config %q after the restart, want v1 back", got)
+	}
+	wantActions(t, s, "restart -- myapp.service", "restart -- myapp.service", "restart -- myapp.service")
+	if s.Active() != "active" {
+		t.Fatalf("unit %s after the recovery", s.Active())
 	}
 }
