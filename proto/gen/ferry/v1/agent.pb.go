@@ -930,7 +930,7 @@ type StepResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Position of the step in the package (0-based).
 	Index uint32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
-	// Step kind: archive, env, sudoers, file, check.
+	// Step kind: archive, env, sudoers, file, check, service.
 	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
 	// One-line description of the step, e.g. "archive -> /usr/local/go".
 	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
