@@ -78,6 +78,17 @@ steps:
 		}
 	}
 
+	// A unit name that systemctl would read as an option, or a shell as
+	// a command, is refused at apply, with the file and line.
+	bad := filepath.Join(f.work, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("name: myapp\nversion: \"0\"\nsteps:\n  - service: {unit: \"--now\"}\n  - service: {unit: \"myapp;reboot\"}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, stderr, code := h.Ctl("package", "apply", "-f", bad)
+	if code == 0 || !strings.Contains(stderr, "bad.yaml:4: steps[0].service.unit: unit \"--now\" starts with '-'") || !strings.Contains(stderr, "bad.yaml:5: steps[1].service.unit:") {
+		t.Errorf("ferryctl package apply of bad unit names: exit %d\n%s%s", code, out, stderr)
+	}
+
 	apply("1", "ok 1")
 	f.mustRollout(rolloutArgs("web", "myapp@1", "--canary", "1", "--auto-promote")...)
 	for _, id := range ids {

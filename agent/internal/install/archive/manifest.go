@@ -10,8 +10,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -56,13 +58,38 @@ func ScanHashed(dir string) (Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
-	for k, e := range m {
-		if e.Type != 'f' {
-			continue
+	// Hashing is most of the cost of a scan: spread it over the CPUs.
+	work := make(chan int)
+	errs := make(chan error, 1)
+	var wg sync.WaitGroup
+	for range min(runtime.NumCPU(), 8) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range work {
+				h, err := hashFile(filepath.Join(dir, filepath.FromSlash(m[k].Path)))
+				if err != nil {
+					select {
+					case errs <- err:
+					default:
+					}
+					continue
+				}
+				m[k].Hash = h
+			}
+		}()
+	}
+	for k := range m {
+		if m[k].Type == 'f' {
+			work <- k
 		}
-		if m[k].Hash, err = hashFile(filepath.Join(dir, filepath.FromSlash(e.Path))); err != nil {
-			return nil, fmt.Errorf("scan %s: %w", dir, err)
-		}
+	}
+	close(work)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return nil, fmt.Errorf("scan %s: %w", dir, err)
+	default:
 	}
 	return m, nil
 }
