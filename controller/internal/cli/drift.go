@@ -37,13 +37,13 @@ func driftLines(d *ferryv1.DriftReport) []string {
 	if d.GetFull() {
 		how = "full, with hashes"
 	}
-	head := fmt.Sprintf("checked %s (%s), %d packages", d.GetCheckedAt().AsTime().Format("2006-01-02 15:04:05Z07:00"), how, d.GetChecked())
+	head := fmt.Sprintf("checked %s (%s; packages checked: %d)", d.GetCheckedAt().AsTime().Format("2006-01-02 15:04:05Z07:00"), how, d.GetChecked())
 	if len(d.GetPackages()) == 0 {
 		return []string{head + ": no drift"}
 	}
 	lines := []string{head + ":"}
 	for _, p := range d.GetPackages() {
-		lines = append(lines, fmt.Sprintf("  %s %s: %d entries differ from what Ferry installed", p.GetName(), p.GetVersion(), p.GetChanged()))
+		lines = append(lines, fmt.Sprintf("  %s %s: %d changed since Ferry installed it", p.GetName(), p.GetVersion(), p.GetChanged()))
 		for _, e := range p.GetExamples() {
 			lines = append(lines, "    "+e)
 		}

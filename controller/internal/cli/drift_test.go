@@ -19,7 +19,7 @@ func TestDriftSummaryAndLines(t *testing.T) {
 	if got := driftSummary(clean); got != "" {
 		t.Errorf("no drift: %q", got)
 	}
-	if got := strings.Join(driftLines(clean), "\n"); got != "checked 2026-12-02 07:00:00Z (sizes, modes and times), 2 packages: no drift" {
+	if got := strings.Join(driftLines(clean), "\n"); got != "checked 2026-12-02 07:00:00Z (sizes, modes and times; packages checked: 2): no drift" {
 		t.Errorf("clean lines %q", got)
 	}
 	if got := driftLines(nil); len(got) != 1 || got[0] != "not checked yet" {
@@ -33,7 +33,7 @@ func TestDriftSummaryAndLines(t *testing.T) {
 		t.Errorf("summary %q, want %q", got, want)
 	}
 	lines := driftLines(d)
-	if !strings.Contains(lines[0], "(full, with hashes), 5 packages:") || lines[1] != "  a 1: 2 entries differ from what Ferry installed" || lines[2] != "    /opt/a/x: missing" {
+	if !strings.Contains(lines[0], "(full, with hashes; packages checked: 5):") || lines[1] != "  a 1: 2 changed since Ferry installed it" || lines[2] != "    /opt/a/x: missing" {
 		t.Errorf("lines %q", lines)
 	}
 }
