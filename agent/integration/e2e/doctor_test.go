@@ -42,7 +42,13 @@ func TestE2EDriftAndDoctor(t *testing.T) {
 			}
 		}
 	}
-	r := doctor()
+	// The daemon rewrites status.json at the heartbeat after its view
+	// changes: wait for the one that has seen the controller in gossip.
+	var r e2e.Result
+	h.WaitFor("doctor to see the gossip peer", healthyWithin, func() (bool, string) {
+		r = doctor()
+		return strings.Contains(r.Stdout, "ok       gossip"), r.Stdout
+	})
 	t.Logf("ferry-agent doctor on a fresh node:\n%s", r.Stdout)
 	wantOK(r, "certificate: node node-1, valid until", "controller "+f.c.Advertise+": reachable over mTLS", "agent: running, connected", "clock: within", "gossip:", "installed files: 1 package checked, all as Ferry installed them", "disk ")
 	if strings.Count(r.Stdout, "PROBLEM") != strings.Count(r.Stdout, "PROBLEM  visudo") {
@@ -59,6 +65,9 @@ func TestE2EDriftAndDoctor(t *testing.T) {
 	}
 	if out := h.MustCtl("nodes"); !strings.Contains(out, "DRIFT: tool 1.0.0 (1 changed)") {
 		t.Errorf("ferryctl nodes does not show the drift:\n%s", out)
+	}
+	if out := h.MustCtl("node", "show", "node-1"); !strings.Contains(out, "Drift:\n") || !strings.Contains(out, "tool 1.0.0: 1 changed since Ferry installed it\n      /opt/tool/VERSION: ") {
+		t.Errorf("ferryctl node show does not show the drift:\n%s", out)
 	}
 	v := h.Exec(nil, h.Bin(e2e.AgentBinary), "verify", "--state-dir", a.StateDir, "--root", a.Root, "--full")
 	if v.Exit != 1 || !strings.Contains(v.Stdout, "tool 1.0.0: 1 entries differ") || !strings.Contains(v.Stdout, "/opt/tool/VERSION") {

@@ -84,9 +84,10 @@ type Agent struct {
 	drift   atomic.Pointer[ferryv1.DriftReport] // the last drift check
 	// statusAt is when status.json was last written; welcomed when the
 	// last session was welcomed (both under mu).
-	statusAt time.Time
-	welcomed time.Time
-	renewed  chan struct{} // a renewal asks the session to redial
+	statusAt   time.Time
+	lastStatus statusKey // what was written then
+	welcomed   time.Time
+	renewed    chan struct{} // a renewal asks the session to redial
 	// intervals carries a heartbeat interval the controller sent while
 	// connected (AgentSettings), the newest only.
 	intervals chan time.Duration

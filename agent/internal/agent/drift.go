@@ -7,6 +7,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/agent/internal/agentstatus"
 	"github.com/ferrydeploy/ferry/agent/internal/install"
+	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/gossip"
 )
 
@@ -47,20 +48,16 @@ func (a *Agent) driftLoop(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// writeStatus records the daemon's view for ferry-agent doctor, at most
-// every statusEvery unless force.
+// writeStatus records the daemon's view for ferry-agent doctor: when it
+// changed (or force), and otherwise every statusEvery so its age shows the
+// daemon is alive.
 func (a *Agent) writeStatus(connected, force bool) {
 	now := a.cfg.Now()
 	a.mu.Lock()
-	if !force && now.Sub(a.statusAt) < statusEvery {
-		a.mu.Unlock()
-		return
-	}
-	a.statusAt = now
 	m := a.member
-	welcome := a.welcomed
+	st := agentstatus.Status{Controller: a.cfg.Controller, Connected: connected, LastWelcome: a.welcomed, Gossip: m != nil}
 	a.mu.Unlock()
-	st := agentstatus.Status{WrittenAt: now, Controller: a.cfg.Controller, Connected: connected, LastWelcome: welcome, ClockSkew: a.id.Skew(now), Gossip: m != nil}
+	st.ClockSkew = a.id.Skew(now)
 	if m != nil {
 		for _, ms := range m.Members() {
 			st.GossipMembers++
@@ -69,7 +66,27 @@ func (a *Agent) writeStatus(connected, force bool) {
 			}
 		}
 	}
-	if err := agentstatus.Write(a.cfg.StateDir, st, a.drift.Load()); err != nil {
+	drift := a.drift.Load()
+	key := statusKey{st.Connected, st.LastWelcome, st.ClockSkew, st.Gossip, st.GossipAlive, st.GossipMembers, drift}
+	a.mu.Lock()
+	if !force && key == a.lastStatus && now.Sub(a.statusAt) < statusEvery {
+		a.mu.Unlock()
+		return
+	}
+	a.statusAt, a.lastStatus = now, key
+	a.mu.Unlock()
+	st.WrittenAt = now
+	if err := agentstatus.Write(a.cfg.StateDir, st, drift); err != nil {
 		a.log.Warn("could not write the status file ferry-agent doctor reads", "err", err)
 	}
+}
+
+// statusKey is what status.json says, to tell when it changed.
+type statusKey struct {
+	connected      bool
+	welcome        time.Time
+	skew           time.Duration
+	gossip         bool
+	alive, members int
+	drift          *ferryv1.DriftReport
 }
