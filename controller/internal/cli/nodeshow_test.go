@@ -45,7 +45,7 @@ func TestPrintNode(t *testing.T) {
 			LastHeartbeat: ts(2 * time.Second), GossipState: "alive", AgentVersion: "0.4.0", Uptime: durationpb.New(90 * time.Minute), Load1: 0.25,
 			Facts:     &ferryv1.Facts{Os: "linux", Arch: "amd64", Hostname: "web1", Cpus: 2},
 			Installed: []*ferryv1.InstalledPackage{{Name: "go", Version: "1.20.3", InstalledAt: ts(time.Hour), PreviousVersion: "1.19.0"}},
-			Drift: &ferryv1.DriftReport{CheckedAt: ts(time.Minute), Checked: 1, Packages: []*ferryv1.PackageDrift{{Name: "go", Version: "1.20.3", Changed: 1, Examples: []string{"/usr/local/go/bin/go: modified since install"}}}}},
+			Drift:     &ferryv1.DriftReport{CheckedAt: ts(time.Minute), Checked: 1, Packages: []*ferryv1.PackageDrift{{Name: "go", Version: "1.20.3", Changed: 1, Examples: []string{"/usr/local/go/bin/go: modified since install"}}}}},
 		Jobs: []*ferryv1.NodeJobRecord{failed, {RolloutId: "ro-a", PackageName: "go", PackageVersion: "1.20.3", JobKind: ferryv1.JobKind_JOB_KIND_INSTALL,
 			Job: &ferryv1.NodeJob{NodeId: "n1", Outcome: ferryv1.NodeOutcome_NODE_OUTCOME_SUCCEEDED, FinishedAt: ts(time.Hour)}}},
 		LastFailure: failed,
