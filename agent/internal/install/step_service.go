@@ -189,7 +189,7 @@ func (k serviceKind) Apply(ctx context.Context, r stepRequest) (stepResponse, er
 		if err != nil {
 			return stepResponse{output: out.String()}, err
 		}
-		jc.logf(fmt.Sprintf("service %s: ran systemctl %s", unit, strings.Join(c, " ")))
+		jc.note(k.Describe(r.step), "ran systemctl "+strings.Join(c, " "))
 	}
 	a.State = "applied"
 	if err := jc.save(); err != nil {
@@ -331,8 +331,9 @@ func (i *Installer) systemctl(ctx context.Context, args ...string) (string, stri
 	defer cancel()
 	cmd := exec.CommandContext(cctx, bin, argv...)
 	cmd.WaitDelay = 2 * time.Second
-	out := &outputLog{max: maxCheckOutput, logf: func(string) {}}
-	cmd.Stdout, cmd.Stderr = out, out
+	out := &outputLog{max: maxCheckOutput}
+	discard := out.stream(func(string) {}) // kept in the step's output, not logged line by line
+	cmd.Stdout, cmd.Stderr = discard, discard
 	err := cmd.Run()
 	text := out.String()
 	first := strings.TrimSpace(text)
