@@ -71,17 +71,18 @@ type Agent struct {
 	id      *identity.Identity
 	started time.Time
 
-	mu      sync.Mutex
-	rng     *rand.Rand
-	seq     uint64
-	sendMu  sync.Mutex
-	stream  grpc.BidiStreamingClient[ferryv1.ConnectRequest, ferryv1.ConnectResponse]
-	member  *gossip.Member
-	jobs    *jobRunner
-	logs    *logbuf.Buffer // job output until the controller has it
-	logSend sync.Mutex     // one sender of buffered output at a time, in order
-	metrics *agentMetrics
-	drift   atomic.Pointer[ferryv1.DriftReport] // the last drift check
+	mu        sync.Mutex
+	rng       *rand.Rand
+	seq       uint64
+	sendMu    sync.Mutex
+	stream    grpc.BidiStreamingClient[ferryv1.ConnectRequest, ferryv1.ConnectResponse]
+	member    *gossip.Member
+	jobs      *jobRunner
+	logs      *logbuf.Buffer // job output until the controller has it
+	logSend   sync.Mutex     // one sender of buffered output at a time, in order
+	metrics   *agentMetrics
+	drift     atomic.Pointer[ferryv1.DriftReport] // the last drift check
+	driftKick chan struct{}                       // a job ended: check again
 	// statusAt is when status.json was last written; welcomed when the
 	// last session was welcomed (both under mu).
 	statusAt   time.Time
@@ -150,6 +151,7 @@ func New(cfg Config) (*Agent, error) {
 	a.metrics.reg.MustRegister(a.clockSkewMetric())
 	a.renewed = make(chan struct{}, 1)
 	a.intervals = make(chan time.Duration, 1)
+	a.driftKick = make(chan struct{}, 1)
 	a.fatal = make(chan error, 1)
 	a.after = time.After
 	return a, nil

@@ -19,9 +19,10 @@ const DefaultDriftInterval = 10 * time.Minute
 const statusEvery = 30 * time.Second
 
 // driftLoop checks the installed trees (cheaply: sizes, modes, times)
-// once at start and then every interval, jittered; heartbeats carry the
-// last report. A check that meets a running job is tried again a minute
-// later.
+// once at start, after every job, and every interval, jittered;
+// heartbeats carry the last report. Before each check it records the
+// hashes of trees installed since (RecordHashes), for full checks later. A
+// round that meets a running job is tried again a minute later.
 func (a *Agent) driftLoop(ctx context.Context, interval time.Duration) {
 	t := time.NewTimer(0)
 	defer t.Stop()
@@ -30,8 +31,16 @@ func (a *Agent) driftLoop(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-a.driftKick:
 		}
-		rep, err := a.jobs.inst.CheckDrift(false)
+		err := a.jobs.inst.RecordHashes()
+		var rep *ferryv1.DriftReport
+		if err == nil || !errors.Is(err, install.ErrBusy) {
+			if err != nil {
+				a.log.Warn("could not record the hashes of installed files", "err", err)
+			}
+			rep, err = a.jobs.inst.CheckDrift(false)
+		}
 		switch {
 		case errors.Is(err, install.ErrBusy):
 			t.Reset(min(time.Minute, interval))
@@ -45,6 +54,14 @@ func (a *Agent) driftLoop(ctx context.Context, interval time.Duration) {
 			a.drift.Store(rep)
 		}
 		t.Reset(a.jitter(interval, 0.1))
+	}
+}
+
+// kickDrift asks the drift loop for a round now (after a job).
+func (a *Agent) kickDrift() {
+	select {
+	case a.driftKick <- struct{}{}:
+	default:
 	}
 }
 

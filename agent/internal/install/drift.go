@@ -99,6 +99,50 @@ func (i *Installer) CheckDrift(full bool) (*ferryv1.DriftReport, error) {
 	return rep, nil
 }
 
+// RecordHashes adds the SHA-256 of every file to the manifests of the
+// installed trees that lack them: new trees (the install records sizes and
+// times only, so hashing stays off the rollout's critical path) and trees
+// installed by an agent that recorded no hashes. A tree that no longer
+// matches its manifest is left unhashed (its drift is reported instead).
+// It returns ErrBusy while a job runs.
+func (i *Installer) RecordHashes() error {
+	if !i.run.TryLock() {
+		return ErrBusy
+	}
+	defer i.run.Unlock()
+	i.mu.Lock()
+	var trees []treeRecord
+	for _, rs := range i.st.Packages {
+		if len(rs) > 0 {
+			trees = append(trees, rs[len(rs)-1].Trees...)
+		}
+	}
+	i.mu.Unlock()
+	var errs []error
+	for _, t := range trees {
+		p := filepath.Join(i.dir, "manifests", t.Manifest)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue // reported by CheckDrift
+		}
+		m, err := archive.DecodeManifest(b)
+		if err != nil || m.Hashed() {
+			continue
+		}
+		if n, _, err := m.Diff(t.Dest, false, 0); err != nil || n > 0 {
+			continue
+		}
+		if err := m.AddHashes(t.Dest); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := writeFileSync(p, m.Encode()); err != nil {
+			errs = append(errs, fmt.Errorf("record the hashes of %s: %w", i.display(t.Dest), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 func (i *Installer) treeDrift(t treeRecord, full bool) (int, []string, error) {
 	b, err := os.ReadFile(filepath.Join(i.dir, "manifests", t.Manifest))
 	if err != nil {

@@ -12,6 +12,7 @@ func TestCheckDrift(t *testing.T) {
 	a, d := artifact(t, map[string]string{"tool/": "", "tool/bin/": "", "tool/bin/tool": "#!/bin/sh\necho 1\n", "tool/VERSION": "1\n"})
 	wantPhase(t, e.install(pkg("tool", "1", d, archiveStep("/opt/tool", 1)), a), succeeded)
 
+	must(t, e.inst.RecordHashes())
 	rep, err := e.inst.CheckDrift(false)
 	must(t, err)
 	if rep.GetChecked() != 1 || len(rep.GetPackages()) != 0 || rep.GetFull() {

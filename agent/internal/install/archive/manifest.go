@@ -58,7 +58,22 @@ func ScanHashed(dir string) (Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Hashing is most of the cost of a scan: spread it over the CPUs.
+	return m, m.AddHashes(dir)
+}
+
+// Hashed reports whether every regular file of m has its hash.
+func (m Manifest) Hashed() bool {
+	for _, e := range m {
+		if e.Type == 'f' && e.Hash == "" {
+			return false
+		}
+	}
+	return true
+}
+
+// AddHashes hashes the regular files of the tree under dir that m has
+// no hash for, spread over the CPUs.
+func (m Manifest) AddHashes(dir string) error {
 	work := make(chan int)
 	errs := make(chan error, 1)
 	var wg sync.WaitGroup
@@ -80,7 +95,7 @@ func ScanHashed(dir string) (Manifest, error) {
 		}()
 	}
 	for k := range m {
-		if m[k].Type == 'f' {
+		if m[k].Type == 'f' && m[k].Hash == "" {
 			work <- k
 		}
 	}
@@ -88,10 +103,10 @@ func ScanHashed(dir string) (Manifest, error) {
 	wg.Wait()
 	select {
 	case err := <-errs:
-		return nil, fmt.Errorf("scan %s: %w", dir, err)
+		return fmt.Errorf("hash %s: %w", dir, err)
 	default:
 	}
-	return m, nil
+	return nil
 }
 
 func hashFile(p string) (string, error) {
