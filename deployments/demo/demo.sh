@@ -5,7 +5,8 @@
 # refused), apply the package, roll it out to staging and then, with a
 # canary and a promotion, to production, run `go version` from a node's
 # install root, enroll one more production node that catches up by itself,
-# and undo the production rollout.
+# restart a service with a service step (and watch a broken config roll
+# back), and undo the production rollout.
 #
 #   make demo          (builds first; or run this script after `make build`)
 #
@@ -189,12 +190,38 @@ enroll_group() {
 	done
 }
 
+# write_stub_systemctl ID puts a stand-in for systemctl in the node's
+# stub-bin folder: this demo runs without systemd, so each agent gets this
+# script first on its PATH. It records every call in calls.log and plays a
+# unit that comes up only when the node's /etc/myapp/config starts with
+# "ok" (like a daemon that refuses a broken config).
+write_stub_systemctl() {
+	local dir="$DEMO/agents/$1/stub-bin"
+	mkdir -p "$dir"
+	cat >"$dir/systemctl" <<'SH'
+#!/bin/sh
+# Demo stand-in for systemctl (no systemd here); see demo.sh.
+d=$(dirname "$0")
+printf 'systemctl %s\n' "$*" >>"$d/calls.log"
+config_ok() { grep -q '^ok' "$d/../root/etc/myapp/config" 2>/dev/null; }
+case $1 in
+is-active) s=$(cat "$d/state" 2>/dev/null || echo inactive); echo "$s"; [ "$s" = active ] ;;
+is-enabled) echo enabled ;;
+start | restart | reload) if config_ok; then echo active; else echo activating; fi >"$d/state" ;;
+stop) echo inactive >"$d/state" ;;
+status) echo "myapp.service (demo stub): $(cat "$d/state" 2>/dev/null || echo inactive)" ;;
+esac
+SH
+	chmod 755 "$dir/systemctl"
+}
+
 start_agent() {
 	local id=$1
+	write_stub_systemctl "$id"
 	local -a cmd=(ferry-agent run --state-dir "$DEMO/agents/$id/state" --root "$DEMO/agents/$id/root"
 		--gossip-listen 127.0.0.1:0)
-	say_cmd "${cmd[@]}"
-	"${cmd[@]}" >>"$DEMO/logs/agent-$id.log" 2>&1 &
+	say_cmd PATH="$(rel "$DEMO/agents/$id/stub-bin"):\$PATH" "${cmd[@]}"
+	PATH="$DEMO/agents/$id/stub-bin:$PATH" "${cmd[@]}" >>"$DEMO/logs/agent-$id.log" 2>&1 &
 	AGENT_PID[$id]=$!
 }
 
@@ -360,6 +387,47 @@ catch_up_production() {
 	show "$DEMO/agents/prod-4/root/usr/local/go/bin/go" version
 }
 
+# service_step rolls out a config file and a service restart to staging,
+# then a broken config whose service never comes up: the node puts the old
+# config back and restarts the service on it.
+service_step() {
+	local stub="$DEMO/agents/staging-1/stub-bin"
+	step "A service step: write a config, restart the unit that reads it, wait until it is active"
+	echo "(this machine has no systemd: each agent runs with a stub systemctl first on its PATH,"
+	echo " $(rel "$stub/systemctl"), which records its calls and says active once the config starts with ok)"
+	local v config
+	for v in 1 2; do
+		config="ok: listen = :8080"
+		[[ $v == 2 ]] && config="listen = :80 80   # broken"
+		cat >"$DEMO/release/myapp-$v.yaml" <<YAML
+name: myapp
+version: "$v"
+steps:
+  - file: {path: /etc/myapp/config, content: "$config\n", mode: "0644"}
+  - service: {unit: myapp, action: restart, timeout: 3s}
+YAML
+	done
+	show cat "$DEMO/release/myapp-1.yaml"
+	show ferryctl package apply -f "$DEMO/release/myapp-1.yaml"
+	show ferryctl rollout --group staging --package myapp@1 --auto-promote --healthy-for 1s
+	show grep -v is-active "$stub/calls.log"
+
+	step "A broken config: the unit never becomes active, so the node rolls back and restarts it on the old config"
+	show ferryctl package apply -f "$DEMO/release/myapp-2.yaml"
+	local out
+	say_cmd ferryctl rollout --group staging --package myapp@2 --auto-promote --healthy-for 1s
+	if out=$(ferryctl rollout --group staging --package myapp@2 --auto-promote --healthy-for 1s 2>&1); then
+		printf '%s\n' "$out"
+		die "the rollout of a config that keeps the service down succeeded"
+	fi
+	printf '%s\n' "$out"
+	show cat "$DEMO/agents/staging-1/root/etc/myapp/config"
+	show grep -v is-active "$stub/calls.log"
+	grep -q '^ok' "$DEMO/agents/staging-1/root/etc/myapp/config" || die "staging-1 did not get its old config back"
+	[[ $(cat "$stub/state") == active ]] || die "the service is not active again on staging-1"
+	echo "staging-1: the old config is back and myapp.service was restarted on it (active)"
+}
+
 undo_production() {
 	step "Undoing the production rollout (back to what each node had before)"
 	show ferryctl rollout undo --group production --package go --canary 1 --auto-promote --max-parallel 3 --healthy-for 1s
@@ -427,6 +495,7 @@ main() {
 	check_node
 	inventory
 	catch_up_production
+	service_step
 	undo_production
 	failed_logs
 	if [[ ${DEMO_KEEP:-} == 1 ]]; then

@@ -38,6 +38,9 @@ type AgentOptions struct {
 	// Binary is the ferry-agent to run (default: FERRY_BIN's), e.g. one
 	// install.sh installed.
 	Binary string
+	// Env are extra KEY=value variables for `ferry-agent run`, e.g. a PATH
+	// with a stub systemctl first.
+	Env []string
 }
 
 // Agent is one ferry-agent with its own state dir and install root.
@@ -62,6 +65,7 @@ func (h *Harness) NewAgent(nodeID string, opts AgentOptions) *Agent {
 	if opts.UnitConfig != "" {
 		a := &Agent{opts: opts, NodeID: nodeID, StateDir: opts.StateDir, Root: opts.Root}
 		a.Process = h.newProcess(nodeID, bin, append([]string{"run", "--config", opts.UnitConfig}, opts.Args...), opts.Prefix)
+		a.env = opts.Env
 		return a
 	}
 	a := &Agent{opts: opts, NodeID: nodeID, StateDir: h.path("agents", nodeID, "state"), Root: h.path("agents", nodeID, "root")}
@@ -76,6 +80,7 @@ func (h *Harness) NewAgent(nodeID string, opts AgentOptions) *Agent {
 		args = append(args, "--controller", opts.Controller)
 	}
 	a.Process = h.newProcess(nodeID, bin, append(args, opts.Args...), opts.Prefix)
+	a.env = opts.Env
 	return a
 }
 

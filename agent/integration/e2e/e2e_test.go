@@ -366,6 +366,8 @@ func TestE2EDemoScript(t *testing.T) {
 		// prod-4, enrolled after the production rollout, caught up by itself.
 		"catch-up ro-",
 		"every node is on the desired versions",
+		"systemctl restart -- myapp.service",
+		"myapp.service was restarted on it (active)",
 	} {
 		if !strings.Contains(r.Stdout+r.Stderr, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, r)

@@ -52,6 +52,9 @@ type Config struct {
 	Now               func() time.Time
 	Rand              *rand.Rand // jitter source
 	Gossip            GossipConfig
+	// DriftInterval is how often the installed trees are checked against
+	// their manifests (0: DefaultDriftInterval; negative: never).
+	DriftInterval time.Duration
 	// MetricsAddr serves the agent's /metrics there ("" = off, the default).
 	MetricsAddr string
 	// NewFetcher builds the artifact downloader on the agent's connection.
@@ -75,17 +78,24 @@ type Agent struct {
 	id      *identity.Identity
 	started time.Time
 
-	mu      sync.Mutex
-	rng     *rand.Rand
-	seq     uint64
-	sendMu  sync.Mutex
-	stream  grpc.BidiStreamingClient[ferryv1.ConnectRequest, ferryv1.ConnectResponse]
-	member  *gossip.Member
-	jobs    *jobRunner
-	logs    *logbuf.Buffer // job output until the controller has it
-	logSend sync.Mutex     // one sender of buffered output at a time, in order
-	metrics *agentMetrics
-	renewed chan struct{} // a renewal asks the session to redial
+	mu        sync.Mutex
+	rng       *rand.Rand
+	seq       uint64
+	sendMu    sync.Mutex
+	stream    grpc.BidiStreamingClient[ferryv1.ConnectRequest, ferryv1.ConnectResponse]
+	member    *gossip.Member
+	jobs      *jobRunner
+	logs      *logbuf.Buffer // job output until the controller has it
+	logSend   sync.Mutex     // one sender of buffered output at a time, in order
+	metrics   *agentMetrics
+	drift     atomic.Pointer[ferryv1.DriftReport] // the last drift check
+	driftKick chan struct{}                       // a job ended: check again
+	// statusAt is when status.json was last written; welcomed when the
+	// last session was welcomed (both under mu).
+	statusAt   time.Time
+	lastStatus statusKey // what was written then
+	welcomed   time.Time
+	renewed    chan struct{} // a renewal asks the session to redial
 	// intervals carries a heartbeat interval the controller sent while
 	// connected (AgentSettings), the newest only.
 	intervals chan time.Duration
@@ -150,6 +160,7 @@ func New(cfg Config) (*Agent, error) {
 	a.metrics.reg.MustRegister(a.clockSkewMetric())
 	a.renewed = make(chan struct{}, 1)
 	a.intervals = make(chan time.Duration, 1)
+	a.driftKick = make(chan struct{}, 1)
 	a.fatal = make(chan error, 1)
 	a.after = time.After
 	return a, nil
@@ -300,6 +311,14 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.fatal <- err
 		}
 	}()
+	if a.cfg.DriftInterval >= 0 {
+		interval := a.cfg.DriftInterval
+		if interval == 0 {
+			interval = DefaultDriftInterval
+		}
+		go a.driftLoop(ctx, interval)
+	}
+	defer a.writeStatus(false, true)
 
 	go a.watchProbation(ctx.Done())
 
@@ -313,6 +332,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		a.writeStatus(false, true)
 		var fe *backoff.PermanentError
 		if errors.As(err, &fe) {
 			return fe.Err
@@ -514,6 +534,9 @@ func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *bro
 	markWelcomed()
 	a.measureSkew(helloSent, a.cfg.Now(), welcome.GetServerTime())
 	*welcomedAt = a.cfg.Now()
+	a.mu.Lock()
+	a.welcomed = *welcomedAt
+	a.mu.Unlock()
 	interval := a.cfg.HeartbeatInterval
 	if d := welcome.GetHeartbeatInterval().AsDuration(); d > 0 {
 		interval = d
@@ -653,10 +676,12 @@ func (a *Agent) heartbeat() error {
 		Facts:         a.facts(),
 		Installed:     a.jobs.inst.Installed(),
 		Disks:         disks,
+		Drift:         a.drift.Load(),
 	}
 	if err := a.send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Heartbeat{Heartbeat: hb}}); err != nil {
 		return err
 	}
+	a.writeStatus(true, seq == 1)
 	a.metrics.heartbeats.Inc()
 	return nil
 }

@@ -238,6 +238,7 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 	}
 	r.a.metrics.jobs.WithLabelValues(enumword.Of(final.GetPhase())).Inc()
 	log.Info("job finished", "phase", final.GetPhase(), "failed_step", final.GetFailedStep(), "message", final.GetMessage())
+	r.a.kickDrift()
 	if ctx.Err() == nil {
 		note(logf, "job %s: %s", enumword.Of(final.GetPhase()), final.GetMessage())
 		r.a.logs.Finish(job.GetId())

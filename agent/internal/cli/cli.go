@@ -1,4 +1,4 @@
-// Package cli is the ferry-agent command line: enroll, run, version.
+// Package cli is the ferry-agent command line: enroll, run, doctor, verify, version.
 package cli
 
 import (
@@ -60,7 +60,7 @@ whose keys are the flags' names; a flag given on the command line overrides
 the file.`,
 		Args: func(_ *cobra.Command, a []string) error {
 			if len(a) > 0 {
-				return daemonconfig.Usage(fmt.Errorf("unknown command %q; the commands are enroll, run and version", a[0]))
+				return daemonconfig.Usage(fmt.Errorf("unknown command %q; the commands are enroll, run, doctor, verify and version", a[0]))
 			}
 			return nil
 		},
@@ -70,7 +70,7 @@ the file.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cmd.SetOut(stderr)
 			_ = cmd.Help() // writes to stderr; nothing to do if that fails
-			return daemonconfig.Usage(errors.New("a command is required: enroll, run or version"))
+			return daemonconfig.Usage(errors.New("a command is required: enroll, run, doctor, verify or version"))
 		},
 	}
 	root.SetVersionTemplate("{{.Version}}\n")
@@ -78,7 +78,7 @@ the file.`,
 	if len(runArgs) > 0 {
 		runArgs = runArgs[1:] // reload parses run's flags again
 	}
-	root.AddCommand(enrollCmd(stdout), runCmd(runArgs, stderr, systemdRestart), &cobra.Command{
+	root.AddCommand(enrollCmd(stdout), runCmd(runArgs, stderr, systemdRestart), doctorCmd(stdout), verifyCmd(stdout), &cobra.Command{
 		Use:   "version",
 		Short: "Print the ferry-agent version",
 		Args:  cobra.NoArgs,
@@ -128,6 +128,7 @@ func (o *runOptions) define(fs *pflag.FlagSet) {
 	fs.StringVar(&o.cfg.Gossip.AdvertiseAddr, "gossip-advertise", "", "gossip address peers dial (default: the bound address)")
 	o.cfg.Gossip.Profile = gossip.ProfileLAN
 	fs.Var(daemonconfig.ChoiceValue{S: &o.cfg.Gossip.Profile, Choices: []string{gossip.ProfileLAN, gossip.ProfileLocal, gossip.ProfileWAN}}, "gossip-profile", "gossip timings: lan, local or wan")
+	fs.DurationVar(&o.cfg.DriftInterval, "drift-interval", agent.DefaultDriftInterval, "how often to check the installed files against what Ferry installed (sizes, modes, times); 0 = never")
 	fs.StringVar(&o.cfg.MetricsAddr, "metrics-listen", "", `serve the agent's /metrics on this address, e.g. 127.0.0.1:9481 ("" = off)`)
 	o.level = slog.LevelInfo
 	fs.Var(daemonconfig.LevelValue{L: &o.level}, "log-level", "log level: debug, info, warn, error (live on reload)")
@@ -229,6 +230,9 @@ func runAgent(o *runOptions, fs *pflag.FlagSet, args []string, stderr io.Writer,
 		cfg.Executable = exe
 	} else {
 		cfg.Logger.Warn("cannot find the agent's own executable; agent_update steps will fail", "err", err)
+	}
+	if cfg.DriftInterval == 0 {
+		cfg.DriftInterval = -1 // Config's "never"
 	}
 	a, err := agent.New(cfg)
 	if err != nil {

@@ -58,7 +58,7 @@ func TestConfigFileErrors(t *testing.T) {
 		text string
 		want string
 	}{
-		{"run unknown key", []string{"run"}, "root: /\nheartbeat-interval: 1s\n", `agent.yaml:2: unknown key "heartbeat-interval"; the keys are the flags: controller, gossip-advertise,`},
+		{"run unknown key", []string{"run"}, "root: /\nheartbeat-interval: 1s\n", `agent.yaml:2: unknown key "heartbeat-interval"; the keys are the flags: controller, drift-interval, gossip-advertise,`},
 		{"run bad value", []string{"run"}, "\nreconnect-max: soon\n", `agent.yaml:2: reconnect-max: "soon" is not a duration; write it like 5s, 1m30s or 720h`},
 		{"run bad profile", []string{"run"}, "gossip-profile: lanx\n", `agent.yaml:1: gossip-profile: "lanx" is not one of lan, local, wan`},
 		{"enroll unknown key", []string{"enroll", "--token", "t"}, "state-dir: /x\nnode: a\n", `agent.yaml:2: unknown key "node"`},

@@ -90,6 +90,9 @@ type Config struct {
 	Visudo string
 	// Shell runs checks and validates env files (default "sh" from PATH).
 	Shell string
+	// Systemctl is the path of systemctl for service steps; "" looks it up
+	// in PATH when a service step runs.
+	Systemctl string
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// Executable is the agent's own binary (symlinks resolved), which an
@@ -116,11 +119,14 @@ type Installer struct {
 	log      *slog.Logger
 	now      func() time.Time
 	visudo   string
-	shell    string
-	maxBytes int64
-	maxEnts  int64
-	kinds    map[protoreflect.Name]stepKind
-	exe      string
+	// systemctlPath is Config.Systemctl.
+	systemctlPath string
+	shell         string
+	maxBytes      int64
+	maxEnts       int64
+	kinds         map[protoreflect.Name]stepKind
+	// exe is the agent's own executable (agent_update steps).
+	exe string
 
 	// stateNode is the state directory as a node path, "" when it is
 	// outside the install root (no step path can reach it then).
@@ -188,6 +194,7 @@ func New(cfg Config) (*Installer, error) {
 		i.maxEnts = 200000
 	}
 	i.shell = cfg.Shell
+	i.systemctlPath = cfg.Systemctl
 	if i.shell == "" {
 		if i.shell, err = exec.LookPath("sh"); err != nil {
 			return nil, fmt.Errorf("install: no sh in PATH to run checks and validate env files: %w", err)
@@ -378,8 +385,8 @@ func (i *Installer) recover() error {
 			continue
 		}
 		var undoErrs []error
-		for k := len(j.Actions) - 1; k >= 0; k-- {
-			if err := i.undoAction(j.Actions[k]); err != nil {
+		for _, a := range i.undoOrder(j.Actions) {
+			if err := i.undoAction(a); err != nil {
 				undoErrs = append(undoErrs, err)
 			}
 		}

@@ -63,8 +63,7 @@ func (i *Installer) Rollback(ctx context.Context, jobID, rolloutID, pkgName stri
 	progress(i.update(jc, ferryv1.JobPhase_JOB_PHASE_INSTALLING, "rolling back"))
 	jc.note("rollback", fmt.Sprintf("rolling back %s from %s to %s", pkgName, cur.Version, prev.versionOrNone()))
 	var displaced []string
-	for k := len(cur.Undo) - 1; k >= 0; k-- {
-		a := cur.Undo[k]
+	for _, a := range i.undoOrder(cur.Undo) {
 		start := time.Now()
 		res := &ferryv1.StepResult{Index: stepIndex(a.Step), Kind: "rollback", Name: "restore " + i.display(a.Target), Changed: true}
 		step := "rollback: " + res.Name

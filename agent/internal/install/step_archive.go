@@ -186,7 +186,7 @@ func (k archiveKind) Apply(ctx context.Context, r stepRequest) (stepResponse, er
 	if err != nil {
 		return stepResponse{}, err
 	}
-	m, err := archive.Scan(a.Stage)
+	m, err := archive.Scan(a.Stage) // hashed after the job (RecordHashes): off the rollout's critical path
 	if err != nil {
 		return stepResponse{}, err
 	}

@@ -578,6 +578,7 @@ func (r *Registry) nodeLocked(e *entry, now time.Time) *ferryv1.Node {
 		n.Load1 = e.hb.GetLoad1()
 		n.DiskFreeBytes = e.hb.GetDiskFreeBytes()
 		n.Disks = e.hb.GetDisks()
+		n.Drift = e.hb.GetDrift()
 	}
 	return n
 }

@@ -75,12 +75,12 @@ var stepOneof = (&ferryv1.Step{}).ProtoReflect().Descriptor().Oneofs().ByName("k
 // under its field of the Step oneof. TestStepKindsRegistered fails when a
 // field has no kind here.
 var stepKinds = map[protoreflect.Name]kind{
-	"archive": archiveKind{},
-	"env":     envKind{},
-	"sudoers": sudoersKind{},
-	"file":    fileKind{},
-	"check":   checkKind{},
-
+	"archive":      archiveKind{},
+	"env":          envKind{},
+	"sudoers":      sudoersKind{},
+	"file":         fileKind{},
+	"check":        checkKind{},
+	"service":      serviceKind{},
 	"agent_update": agentUpdateKind{},
 }
 

@@ -29,6 +29,10 @@ func checkStep(c *ferryv1.CheckStep) *ferryv1.Step {
 	return &ferryv1.Step{Kind: &ferryv1.Step_Check{Check: c}}
 }
 
+func serviceStep(u string, a ferryv1.ServiceAction, timeout time.Duration) *ferryv1.Step {
+	return &ferryv1.Step{Kind: &ferryv1.Step_Service{Service: &ferryv1.ServiceStep{Unit: u, Action: a, Timeout: durationpb.New(timeout)}}}
+}
+
 func readFile(t *testing.T, name string) []byte {
 	t.Helper()
 	data, err := os.ReadFile(name)
@@ -90,6 +94,18 @@ func TestParseValidFiles(t *testing.T) {
 			Version: "1",
 			// No mode in the file: the default, 0600 (it was 0644).
 			Steps: []*ferryv1.Step{fileStep(&ferryv1.FileStep{Path: "/etc/motd", Content: []byte("Managed by Ferry.\n"), Mode: 0o600})},
+		}},
+		{"myapp-service.yaml", &ferryv1.Package{
+			Name:    "myapp-config",
+			Version: "3",
+			Steps: []*ferryv1.Step{
+				fileStep(&ferryv1.FileStep{Path: "/etc/myapp/config.toml", Content: []byte("listen = \":8080\"\n"), Mode: 0o644}),
+				// A name without a type is a .service.
+				serviceStep("myapp.service", ferryv1.ServiceAction_SERVICE_ACTION_RESTART, 45*time.Second),
+				serviceStep("nginx.service", ferryv1.ServiceAction_SERVICE_ACTION_RELOAD, 30*time.Second),
+				serviceStep("myapp-worker@blue.service", ferryv1.ServiceAction_SERVICE_ACTION_ENABLE, 30*time.Second),
+				checkStep(&ferryv1.CheckStep{Run: "curl -fsS http://127.0.0.1:8080/healthz", Timeout: durationpb.New(30 * time.Second)}),
+			},
 		}},
 	}
 	for _, tt := range tests {
@@ -214,6 +230,17 @@ func TestParseInvalidFiles(t *testing.T) {
 			{12, "steps[3].sudoers.rules[2]", "include directives are not allowed"},
 			{13, "steps[3].sudoers.rules[3]", "spans several lines"},
 			{14, "steps[4].sudoers.name", "/etc/sudoers.d/deploy is also written by steps[3].sudoers.name (line 8)"},
+		}},
+		{"service.yaml", []wantErr{
+			{4, "steps[0].service.unit", "starts with '-', so systemctl would read it as an option"},
+			{5, "steps[1].service.unit", "a shell metacharacter"},
+			{6, "steps[2].service.unit", "is a path"},
+			{7, "steps[3].service.unit", "a shell metacharacter"},
+			{8, "steps[4].service.unit", "a template without an instance"},
+			{9, "steps[5].service.action", `"restrat" is not a service action`},
+			{10, "steps[6].service.timeout", "not more than zero"},
+			{11, "steps[7].service.unit", "missing"},
+			{12, "steps[8].service.unit", "cannot restart ferry-agent itself"},
 		}},
 		{"steps.yaml", []wantErr{
 			{6, "steps[1].archive", "a second archive step"},

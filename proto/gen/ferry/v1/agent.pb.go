@@ -675,7 +675,10 @@ type Heartbeat struct {
 	// Space on each file system the agent writes to: its state dir (where
 	// downloads are staged), the install root and each installed archive's
 	// destination, one entry per file system.
-	Disks         []*DiskSpace `protobuf:"bytes,11,rep,name=disks,proto3" json:"disks,omitempty"`
+	Disks []*DiskSpace `protobuf:"bytes,11,rep,name=disks,proto3" json:"disks,omitempty"`
+	// The last check of the installed trees against their manifests; unset
+	// until the first check has run.
+	Drift         *DriftReport `protobuf:"bytes,12,opt,name=drift,proto3" json:"drift,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -783,6 +786,13 @@ func (x *Heartbeat) GetInstalled() []*InstalledPackage {
 func (x *Heartbeat) GetDisks() []*DiskSpace {
 	if x != nil {
 		return x.Disks
+	}
+	return nil
+}
+
+func (x *Heartbeat) GetDrift() *DriftReport {
+	if x != nil {
+		return x.Drift
 	}
 	return nil
 }
@@ -986,7 +996,7 @@ type StepResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Position of the step in the package (0-based).
 	Index uint32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
-	// Step kind: archive, env, sudoers, file, check, agent_update.
+	// Step kind: archive, env, sudoers, file, check, service, agent_update.
 	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
 	// One-line description of the step, e.g. "archive -> /usr/local/go".
 	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
@@ -1723,7 +1733,7 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\vserver_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"serverTime\x122\n" +
 	"\n" +
-	"gossip_key\x18\x05 \x01(\v2\x13.ferry.v1.GossipKeyR\tgossipKey\"\xa2\x03\n" +
+	"gossip_key\x18\x05 \x01(\v2\x13.ferry.v1.GossipKeyR\tgossipKey\"\xcf\x03\n" +
 	"\tHeartbeat\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x123\n" +
 	"\asent_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\x12#\n" +
@@ -1736,7 +1746,8 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\x05facts\x18\t \x01(\v2\x0f.ferry.v1.FactsR\x05facts\x128\n" +
 	"\tinstalled\x18\n" +
 	" \x03(\v2\x1a.ferry.v1.InstalledPackageR\tinstalled\x12)\n" +
-	"\x05disks\x18\v \x03(\v2\x13.ferry.v1.DiskSpaceR\x05disks\"\xf1\x01\n" +
+	"\x05disks\x18\v \x03(\v2\x13.ferry.v1.DiskSpaceR\x05disks\x12+\n" +
+	"\x05drift\x18\f \x01(\v2\x15.ferry.v1.DriftReportR\x05drift\"\xf1\x01\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
@@ -1867,8 +1878,9 @@ var file_ferry_v1_agent_proto_goTypes = []any{
 	(*InstalledPackage)(nil),               // 24: ferry.v1.InstalledPackage
 	(*timestamppb.Timestamp)(nil),          // 25: google.protobuf.Timestamp
 	(*DiskSpace)(nil),                      // 26: ferry.v1.DiskSpace
-	(*Package)(nil),                        // 27: ferry.v1.Package
-	(*LogRecord)(nil),                      // 28: ferry.v1.LogRecord
+	(*DriftReport)(nil),                    // 27: ferry.v1.DriftReport
+	(*Package)(nil),                        // 28: ferry.v1.Package
+	(*LogRecord)(nil),                      // 29: ferry.v1.LogRecord
 }
 var file_ferry_v1_agent_proto_depIdxs = []int32{
 	5,  // 0: ferry.v1.ConnectRequest.hello:type_name -> ferry.v1.AgentHello
@@ -1893,29 +1905,30 @@ var file_ferry_v1_agent_proto_depIdxs = []int32{
 	23, // 19: ferry.v1.Heartbeat.facts:type_name -> ferry.v1.Facts
 	24, // 20: ferry.v1.Heartbeat.installed:type_name -> ferry.v1.InstalledPackage
 	26, // 21: ferry.v1.Heartbeat.disks:type_name -> ferry.v1.DiskSpace
-	0,  // 22: ferry.v1.Job.kind:type_name -> ferry.v1.JobKind
-	27, // 23: ferry.v1.Job.package:type_name -> ferry.v1.Package
-	22, // 24: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
-	9,  // 25: ferry.v1.Job.mirrors:type_name -> ferry.v1.MirrorSource
-	22, // 26: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
-	1,  // 27: ferry.v1.JobUpdate.phase:type_name -> ferry.v1.JobPhase
-	11, // 28: ferry.v1.JobUpdate.steps:type_name -> ferry.v1.StepResult
-	25, // 29: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
-	25, // 30: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
-	28, // 31: ferry.v1.JobLog.records:type_name -> ferry.v1.LogRecord
-	2,  // 32: ferry.v1.AgentService.Connect:input_type -> ferry.v1.ConnectRequest
-	15, // 33: ferry.v1.AgentService.RenewCertificate:input_type -> ferry.v1.RenewCertificateRequest
-	17, // 34: ferry.v1.AgentService.DownloadArtifact:input_type -> ferry.v1.DownloadArtifactRequest
-	19, // 35: ferry.v1.AgentService.ReportArtifactMismatch:input_type -> ferry.v1.ReportArtifactMismatchRequest
-	3,  // 36: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
-	16, // 37: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
-	18, // 38: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
-	20, // 39: ferry.v1.AgentService.ReportArtifactMismatch:output_type -> ferry.v1.ReportArtifactMismatchResponse
-	36, // [36:40] is the sub-list for method output_type
-	32, // [32:36] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	27, // 22: ferry.v1.Heartbeat.drift:type_name -> ferry.v1.DriftReport
+	0,  // 23: ferry.v1.Job.kind:type_name -> ferry.v1.JobKind
+	28, // 24: ferry.v1.Job.package:type_name -> ferry.v1.Package
+	22, // 25: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
+	9,  // 26: ferry.v1.Job.mirrors:type_name -> ferry.v1.MirrorSource
+	22, // 27: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
+	1,  // 28: ferry.v1.JobUpdate.phase:type_name -> ferry.v1.JobPhase
+	11, // 29: ferry.v1.JobUpdate.steps:type_name -> ferry.v1.StepResult
+	25, // 30: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
+	25, // 31: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
+	29, // 32: ferry.v1.JobLog.records:type_name -> ferry.v1.LogRecord
+	2,  // 33: ferry.v1.AgentService.Connect:input_type -> ferry.v1.ConnectRequest
+	15, // 34: ferry.v1.AgentService.RenewCertificate:input_type -> ferry.v1.RenewCertificateRequest
+	17, // 35: ferry.v1.AgentService.DownloadArtifact:input_type -> ferry.v1.DownloadArtifactRequest
+	19, // 36: ferry.v1.AgentService.ReportArtifactMismatch:input_type -> ferry.v1.ReportArtifactMismatchRequest
+	3,  // 37: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
+	16, // 38: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
+	18, // 39: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
+	20, // 40: ferry.v1.AgentService.ReportArtifactMismatch:output_type -> ferry.v1.ReportArtifactMismatchResponse
+	37, // [37:41] is the sub-list for method output_type
+	33, // [33:37] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_agent_proto_init() }

@@ -23,6 +23,64 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ServiceAction is what a service step does to its unit.
+type ServiceAction int32
+
+const (
+	// Not set; read as SERVICE_ACTION_RESTART.
+	ServiceAction_SERVICE_ACTION_UNSPECIFIED ServiceAction = 0
+	// systemctl restart: stop and start the unit.
+	ServiceAction_SERVICE_ACTION_RESTART ServiceAction = 1
+	// systemctl reload: ask the running unit to reload its configuration.
+	ServiceAction_SERVICE_ACTION_RELOAD ServiceAction = 2
+	// systemctl enable, then start the unit (restart it when an earlier step
+	// of the job changed something).
+	ServiceAction_SERVICE_ACTION_ENABLE ServiceAction = 3
+)
+
+// Enum value maps for ServiceAction.
+var (
+	ServiceAction_name = map[int32]string{
+		0: "SERVICE_ACTION_UNSPECIFIED",
+		1: "SERVICE_ACTION_RESTART",
+		2: "SERVICE_ACTION_RELOAD",
+		3: "SERVICE_ACTION_ENABLE",
+	}
+	ServiceAction_value = map[string]int32{
+		"SERVICE_ACTION_UNSPECIFIED": 0,
+		"SERVICE_ACTION_RESTART":     1,
+		"SERVICE_ACTION_RELOAD":      2,
+		"SERVICE_ACTION_ENABLE":      3,
+	}
+)
+
+func (x ServiceAction) Enum() *ServiceAction {
+	p := new(ServiceAction)
+	*p = x
+	return p
+}
+
+func (x ServiceAction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ServiceAction) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_package_proto_enumTypes[0].Descriptor()
+}
+
+func (ServiceAction) Type() protoreflect.EnumType {
+	return &file_ferry_v1_package_proto_enumTypes[0]
+}
+
+func (x ServiceAction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ServiceAction.Descriptor instead.
+func (ServiceAction) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{0}
+}
+
 // Package is a named, versioned install recipe.
 type Package struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -208,6 +266,7 @@ type Step struct {
 	//	*Step_Sudoers
 	//	*Step_File
 	//	*Step_Check
+	//	*Step_Service
 	//	*Step_AgentUpdate
 	Kind          isStep_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
@@ -296,6 +355,15 @@ func (x *Step) GetCheck() *CheckStep {
 	return nil
 }
 
+func (x *Step) GetService() *ServiceStep {
+	if x != nil {
+		if x, ok := x.Kind.(*Step_Service); ok {
+			return x.Service
+		}
+	}
+	return nil
+}
+
 func (x *Step) GetAgentUpdate() *AgentUpdateStep {
 	if x != nil {
 		if x, ok := x.Kind.(*Step_AgentUpdate); ok {
@@ -334,9 +402,14 @@ type Step_Check struct {
 	Check *CheckStep `protobuf:"bytes,5,opt,name=check,proto3,oneof"`
 }
 
+type Step_Service struct {
+	// Restart, reload or enable a systemd unit and wait until it is active.
+	Service *ServiceStep `protobuf:"bytes,6,opt,name=service,proto3,oneof"`
+}
+
 type Step_AgentUpdate struct {
 	// Replace the running ferry-agent with the package's artifact and
-	// restart it (field 6 is left for the service step).
+	// restart it.
 	AgentUpdate *AgentUpdateStep `protobuf:"bytes,7,opt,name=agent_update,json=agentUpdate,proto3,oneof"`
 }
 
@@ -349,6 +422,8 @@ func (*Step_Sudoers) isStep_Kind() {}
 func (*Step_File) isStep_Kind() {}
 
 func (*Step_Check) isStep_Kind() {}
+
+func (*Step_Service) isStep_Kind() {}
 
 func (*Step_AgentUpdate) isStep_Kind() {}
 
@@ -845,6 +920,73 @@ func (x *AgentUpdateStep) GetReconnectTimeout() *durationpb.Duration {
 	return nil
 }
 
+// ServiceStep acts on a systemd unit after the steps before it, waits
+// until the unit is active, and is undone (files restored, the unit
+// restarted again) when it or a later step fails.
+type ServiceStep struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unit name, e.g. "myapp.service" (a name without a suffix means
+	// .service).
+	Unit string `protobuf:"bytes,1,opt,name=unit,proto3" json:"unit,omitempty"`
+	// What to do (default restart).
+	Action ServiceAction `protobuf:"varint,2,opt,name=action,proto3,enum=ferry.v1.ServiceAction" json:"action,omitempty"`
+	// How long the unit may take to become active (default 30s).
+	Timeout       *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceStep) Reset() {
+	*x = ServiceStep{}
+	mi := &file_ferry_v1_package_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceStep) ProtoMessage() {}
+
+func (x *ServiceStep) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_package_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceStep.ProtoReflect.Descriptor instead.
+func (*ServiceStep) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ServiceStep) GetUnit() string {
+	if x != nil {
+		return x.Unit
+	}
+	return ""
+}
+
+func (x *ServiceStep) GetAction() ServiceAction {
+	if x != nil {
+		return x.Action
+	}
+	return ServiceAction_SERVICE_ACTION_UNSPECIFIED
+}
+
+func (x *ServiceStep) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
 // ApplyPackageRequest carries a package file.
 type ApplyPackageRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -858,7 +1000,7 @@ type ApplyPackageRequest struct {
 
 func (x *ApplyPackageRequest) Reset() {
 	*x = ApplyPackageRequest{}
-	mi := &file_ferry_v1_package_proto_msgTypes[10]
+	mi := &file_ferry_v1_package_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -870,7 +1012,7 @@ func (x *ApplyPackageRequest) String() string {
 func (*ApplyPackageRequest) ProtoMessage() {}
 
 func (x *ApplyPackageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[10]
+	mi := &file_ferry_v1_package_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -883,7 +1025,7 @@ func (x *ApplyPackageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPackageRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPackageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ApplyPackageRequest) GetYaml() string {
@@ -913,7 +1055,7 @@ type ApplyPackageResponse struct {
 
 func (x *ApplyPackageResponse) Reset() {
 	*x = ApplyPackageResponse{}
-	mi := &file_ferry_v1_package_proto_msgTypes[11]
+	mi := &file_ferry_v1_package_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1067,7 @@ func (x *ApplyPackageResponse) String() string {
 func (*ApplyPackageResponse) ProtoMessage() {}
 
 func (x *ApplyPackageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[11]
+	mi := &file_ferry_v1_package_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1080,7 @@ func (x *ApplyPackageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPackageResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPackageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ApplyPackageResponse) GetPackage() *Package {
@@ -966,7 +1108,7 @@ type ListPackagesRequest struct {
 
 func (x *ListPackagesRequest) Reset() {
 	*x = ListPackagesRequest{}
-	mi := &file_ferry_v1_package_proto_msgTypes[12]
+	mi := &file_ferry_v1_package_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -978,7 +1120,7 @@ func (x *ListPackagesRequest) String() string {
 func (*ListPackagesRequest) ProtoMessage() {}
 
 func (x *ListPackagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[12]
+	mi := &file_ferry_v1_package_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -991,7 +1133,7 @@ func (x *ListPackagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPackagesRequest.ProtoReflect.Descriptor instead.
 func (*ListPackagesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListPackagesRequest) GetName() string {
@@ -1012,7 +1154,7 @@ type ListPackagesResponse struct {
 
 func (x *ListPackagesResponse) Reset() {
 	*x = ListPackagesResponse{}
-	mi := &file_ferry_v1_package_proto_msgTypes[13]
+	mi := &file_ferry_v1_package_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1024,7 +1166,7 @@ func (x *ListPackagesResponse) String() string {
 func (*ListPackagesResponse) ProtoMessage() {}
 
 func (x *ListPackagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[13]
+	mi := &file_ferry_v1_package_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1037,7 +1179,7 @@ func (x *ListPackagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPackagesResponse.ProtoReflect.Descriptor instead.
 func (*ListPackagesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListPackagesResponse) GetPackages() []*Package {
@@ -1060,7 +1202,7 @@ type GetPackageRequest struct {
 
 func (x *GetPackageRequest) Reset() {
 	*x = GetPackageRequest{}
-	mi := &file_ferry_v1_package_proto_msgTypes[14]
+	mi := &file_ferry_v1_package_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1214,7 @@ func (x *GetPackageRequest) String() string {
 func (*GetPackageRequest) ProtoMessage() {}
 
 func (x *GetPackageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[14]
+	mi := &file_ferry_v1_package_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +1227,7 @@ func (x *GetPackageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPackageRequest.ProtoReflect.Descriptor instead.
 func (*GetPackageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetPackageRequest) GetName() string {
@@ -1113,7 +1255,7 @@ type GetPackageResponse struct {
 
 func (x *GetPackageResponse) Reset() {
 	*x = GetPackageResponse{}
-	mi := &file_ferry_v1_package_proto_msgTypes[15]
+	mi := &file_ferry_v1_package_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1125,7 +1267,7 @@ func (x *GetPackageResponse) String() string {
 func (*GetPackageResponse) ProtoMessage() {}
 
 func (x *GetPackageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[15]
+	mi := &file_ferry_v1_package_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1138,7 +1280,7 @@ func (x *GetPackageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPackageResponse.ProtoReflect.Descriptor instead.
 func (*GetPackageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetPackageResponse) GetPackage() *Package {
@@ -1167,13 +1309,14 @@ const file_ferry_v1_package_proto_rawDesc = "" +
 	"\vArtifactRef\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
-	"\x04size\x18\x03 \x01(\x04R\x04size\"\xb2\x02\n" +
+	"\x04size\x18\x03 \x01(\x04R\x04size\"\xe5\x02\n" +
 	"\x04Step\x121\n" +
 	"\aarchive\x18\x01 \x01(\v2\x15.ferry.v1.ArchiveStepH\x00R\aarchive\x12%\n" +
 	"\x03env\x18\x02 \x01(\v2\x11.ferry.v1.EnvStepH\x00R\x03env\x121\n" +
 	"\asudoers\x18\x03 \x01(\v2\x15.ferry.v1.SudoersStepH\x00R\asudoers\x12(\n" +
 	"\x04file\x18\x04 \x01(\v2\x12.ferry.v1.FileStepH\x00R\x04file\x12+\n" +
-	"\x05check\x18\x05 \x01(\v2\x13.ferry.v1.CheckStepH\x00R\x05check\x12>\n" +
+	"\x05check\x18\x05 \x01(\v2\x13.ferry.v1.CheckStepH\x00R\x05check\x121\n" +
+	"\aservice\x18\x06 \x01(\v2\x15.ferry.v1.ServiceStepH\x00R\aservice\x12>\n" +
 	"\fagent_update\x18\a \x01(\v2\x19.ferry.v1.AgentUpdateStepH\x00R\vagentUpdateB\x06\n" +
 	"\x04kind\"\xea\x01\n" +
 	"\vArchiveStep\x12\x12\n" +
@@ -1208,7 +1351,11 @@ const file_ferry_v1_package_proto_rawDesc = "" +
 	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\x80\x01\n" +
 	"\x0fAgentUpdateStep\x12%\n" +
 	"\x0eexpect_version\x18\x01 \x01(\tR\rexpectVersion\x12F\n" +
-	"\x11reconnect_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x10reconnectTimeout\"E\n" +
+	"\x11reconnect_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x10reconnectTimeout\"\x87\x01\n" +
+	"\vServiceStep\x12\x12\n" +
+	"\x04unit\x18\x01 \x01(\tR\x04unit\x12/\n" +
+	"\x06action\x18\x02 \x01(\x0e2\x17.ferry.v1.ServiceActionR\x06action\x123\n" +
+	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"E\n" +
 	"\x13ApplyPackageRequest\x12\x12\n" +
 	"\x04yaml\x18\x01 \x01(\tR\x04yaml\x12\x1a\n" +
 	"\bfilename\x18\x02 \x01(\tR\bfilename\"]\n" +
@@ -1223,7 +1370,12 @@ const file_ferry_v1_package_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\"A\n" +
 	"\x12GetPackageResponse\x12+\n" +
-	"\apackage\x18\x01 \x01(\v2\x11.ferry.v1.PackageR\apackage2\xf7\x01\n" +
+	"\apackage\x18\x01 \x01(\v2\x11.ferry.v1.PackageR\apackage*\x81\x01\n" +
+	"\rServiceAction\x12\x1e\n" +
+	"\x1aSERVICE_ACTION_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16SERVICE_ACTION_RESTART\x10\x01\x12\x19\n" +
+	"\x15SERVICE_ACTION_RELOAD\x10\x02\x12\x19\n" +
+	"\x15SERVICE_ACTION_ENABLE\x10\x032\xf7\x01\n" +
 	"\x0ePackageService\x12M\n" +
 	"\fApplyPackage\x12\x1d.ferry.v1.ApplyPackageRequest\x1a\x1e.ferry.v1.ApplyPackageResponse\x12M\n" +
 	"\fListPackages\x12\x1d.ferry.v1.ListPackagesRequest\x1a\x1e.ferry.v1.ListPackagesResponse\x12G\n" +
@@ -1243,54 +1395,60 @@ func file_ferry_v1_package_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_package_proto_rawDescData
 }
 
-var file_ferry_v1_package_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_ferry_v1_package_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_ferry_v1_package_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_ferry_v1_package_proto_goTypes = []any{
-	(*Package)(nil),               // 0: ferry.v1.Package
-	(*ArtifactRef)(nil),           // 1: ferry.v1.ArtifactRef
-	(*Step)(nil),                  // 2: ferry.v1.Step
-	(*ArchiveStep)(nil),           // 3: ferry.v1.ArchiveStep
-	(*EnvVar)(nil),                // 4: ferry.v1.EnvVar
-	(*EnvStep)(nil),               // 5: ferry.v1.EnvStep
-	(*SudoersStep)(nil),           // 6: ferry.v1.SudoersStep
-	(*FileStep)(nil),              // 7: ferry.v1.FileStep
-	(*CheckStep)(nil),             // 8: ferry.v1.CheckStep
-	(*AgentUpdateStep)(nil),       // 9: ferry.v1.AgentUpdateStep
-	(*ApplyPackageRequest)(nil),   // 10: ferry.v1.ApplyPackageRequest
-	(*ApplyPackageResponse)(nil),  // 11: ferry.v1.ApplyPackageResponse
-	(*ListPackagesRequest)(nil),   // 12: ferry.v1.ListPackagesRequest
-	(*ListPackagesResponse)(nil),  // 13: ferry.v1.ListPackagesResponse
-	(*GetPackageRequest)(nil),     // 14: ferry.v1.GetPackageRequest
-	(*GetPackageResponse)(nil),    // 15: ferry.v1.GetPackageResponse
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
+	(ServiceAction)(0),            // 0: ferry.v1.ServiceAction
+	(*Package)(nil),               // 1: ferry.v1.Package
+	(*ArtifactRef)(nil),           // 2: ferry.v1.ArtifactRef
+	(*Step)(nil),                  // 3: ferry.v1.Step
+	(*ArchiveStep)(nil),           // 4: ferry.v1.ArchiveStep
+	(*EnvVar)(nil),                // 5: ferry.v1.EnvVar
+	(*EnvStep)(nil),               // 6: ferry.v1.EnvStep
+	(*SudoersStep)(nil),           // 7: ferry.v1.SudoersStep
+	(*FileStep)(nil),              // 8: ferry.v1.FileStep
+	(*CheckStep)(nil),             // 9: ferry.v1.CheckStep
+	(*AgentUpdateStep)(nil),       // 10: ferry.v1.AgentUpdateStep
+	(*ServiceStep)(nil),           // 11: ferry.v1.ServiceStep
+	(*ApplyPackageRequest)(nil),   // 12: ferry.v1.ApplyPackageRequest
+	(*ApplyPackageResponse)(nil),  // 13: ferry.v1.ApplyPackageResponse
+	(*ListPackagesRequest)(nil),   // 14: ferry.v1.ListPackagesRequest
+	(*ListPackagesResponse)(nil),  // 15: ferry.v1.ListPackagesResponse
+	(*GetPackageRequest)(nil),     // 16: ferry.v1.GetPackageRequest
+	(*GetPackageResponse)(nil),    // 17: ferry.v1.GetPackageResponse
+	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 19: google.protobuf.Duration
 }
 var file_ferry_v1_package_proto_depIdxs = []int32{
-	1,  // 0: ferry.v1.Package.artifact:type_name -> ferry.v1.ArtifactRef
-	2,  // 1: ferry.v1.Package.steps:type_name -> ferry.v1.Step
-	16, // 2: ferry.v1.Package.created_at:type_name -> google.protobuf.Timestamp
-	3,  // 3: ferry.v1.Step.archive:type_name -> ferry.v1.ArchiveStep
-	5,  // 4: ferry.v1.Step.env:type_name -> ferry.v1.EnvStep
-	6,  // 5: ferry.v1.Step.sudoers:type_name -> ferry.v1.SudoersStep
-	7,  // 6: ferry.v1.Step.file:type_name -> ferry.v1.FileStep
-	8,  // 7: ferry.v1.Step.check:type_name -> ferry.v1.CheckStep
-	9,  // 8: ferry.v1.Step.agent_update:type_name -> ferry.v1.AgentUpdateStep
-	4,  // 9: ferry.v1.EnvStep.vars:type_name -> ferry.v1.EnvVar
-	17, // 10: ferry.v1.CheckStep.timeout:type_name -> google.protobuf.Duration
-	17, // 11: ferry.v1.AgentUpdateStep.reconnect_timeout:type_name -> google.protobuf.Duration
-	0,  // 12: ferry.v1.ApplyPackageResponse.package:type_name -> ferry.v1.Package
-	0,  // 13: ferry.v1.ListPackagesResponse.packages:type_name -> ferry.v1.Package
-	0,  // 14: ferry.v1.GetPackageResponse.package:type_name -> ferry.v1.Package
-	10, // 15: ferry.v1.PackageService.ApplyPackage:input_type -> ferry.v1.ApplyPackageRequest
-	12, // 16: ferry.v1.PackageService.ListPackages:input_type -> ferry.v1.ListPackagesRequest
-	14, // 17: ferry.v1.PackageService.GetPackage:input_type -> ferry.v1.GetPackageRequest
-	11, // 18: ferry.v1.PackageService.ApplyPackage:output_type -> ferry.v1.ApplyPackageResponse
-	13, // 19: ferry.v1.PackageService.ListPackages:output_type -> ferry.v1.ListPackagesResponse
-	15, // 20: ferry.v1.PackageService.GetPackage:output_type -> ferry.v1.GetPackageResponse
-	18, // [18:21] is the sub-list for method output_type
-	15, // [15:18] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	2,  // 0: ferry.v1.Package.artifact:type_name -> ferry.v1.ArtifactRef
+	3,  // 1: ferry.v1.Package.steps:type_name -> ferry.v1.Step
+	18, // 2: ferry.v1.Package.created_at:type_name -> google.protobuf.Timestamp
+	4,  // 3: ferry.v1.Step.archive:type_name -> ferry.v1.ArchiveStep
+	6,  // 4: ferry.v1.Step.env:type_name -> ferry.v1.EnvStep
+	7,  // 5: ferry.v1.Step.sudoers:type_name -> ferry.v1.SudoersStep
+	8,  // 6: ferry.v1.Step.file:type_name -> ferry.v1.FileStep
+	9,  // 7: ferry.v1.Step.check:type_name -> ferry.v1.CheckStep
+	11, // 8: ferry.v1.Step.service:type_name -> ferry.v1.ServiceStep
+	10, // 9: ferry.v1.Step.agent_update:type_name -> ferry.v1.AgentUpdateStep
+	5,  // 10: ferry.v1.EnvStep.vars:type_name -> ferry.v1.EnvVar
+	19, // 11: ferry.v1.CheckStep.timeout:type_name -> google.protobuf.Duration
+	19, // 12: ferry.v1.AgentUpdateStep.reconnect_timeout:type_name -> google.protobuf.Duration
+	0,  // 13: ferry.v1.ServiceStep.action:type_name -> ferry.v1.ServiceAction
+	19, // 14: ferry.v1.ServiceStep.timeout:type_name -> google.protobuf.Duration
+	1,  // 15: ferry.v1.ApplyPackageResponse.package:type_name -> ferry.v1.Package
+	1,  // 16: ferry.v1.ListPackagesResponse.packages:type_name -> ferry.v1.Package
+	1,  // 17: ferry.v1.GetPackageResponse.package:type_name -> ferry.v1.Package
+	12, // 18: ferry.v1.PackageService.ApplyPackage:input_type -> ferry.v1.ApplyPackageRequest
+	14, // 19: ferry.v1.PackageService.ListPackages:input_type -> ferry.v1.ListPackagesRequest
+	16, // 20: ferry.v1.PackageService.GetPackage:input_type -> ferry.v1.GetPackageRequest
+	13, // 21: ferry.v1.PackageService.ApplyPackage:output_type -> ferry.v1.ApplyPackageResponse
+	15, // 22: ferry.v1.PackageService.ListPackages:output_type -> ferry.v1.ListPackagesResponse
+	17, // 23: ferry.v1.PackageService.GetPackage:output_type -> ferry.v1.GetPackageResponse
+	21, // [21:24] is the sub-list for method output_type
+	18, // [18:21] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_package_proto_init() }
@@ -1304,6 +1462,7 @@ func file_ferry_v1_package_proto_init() {
 		(*Step_Sudoers)(nil),
 		(*Step_File)(nil),
 		(*Step_Check)(nil),
+		(*Step_Service)(nil),
 		(*Step_AgentUpdate)(nil),
 	}
 	type x struct{}
@@ -1311,13 +1470,14 @@ func file_ferry_v1_package_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_package_proto_rawDesc), len(file_ferry_v1_package_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   16,
+			NumEnums:      1,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_ferry_v1_package_proto_goTypes,
 		DependencyIndexes: file_ferry_v1_package_proto_depIdxs,
+		EnumInfos:         file_ferry_v1_package_proto_enumTypes,
 		MessageInfos:      file_ferry_v1_package_proto_msgTypes,
 	}.Build()
 	File_ferry_v1_package_proto = out.File
