@@ -77,6 +77,107 @@ func (ArtifactState) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{0}
 }
 
+// CollectArtifactsRequest asks for a garbage collection.
+type CollectArtifactsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only list what would be removed; change nothing.
+	Plan          bool `protobuf:"varint,1,opt,name=plan,proto3" json:"plan,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CollectArtifactsRequest) Reset() {
+	*x = CollectArtifactsRequest{}
+	mi := &file_ferry_v1_artifact_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CollectArtifactsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CollectArtifactsRequest) ProtoMessage() {}
+
+func (x *CollectArtifactsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_artifact_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CollectArtifactsRequest.ProtoReflect.Descriptor instead.
+func (*CollectArtifactsRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *CollectArtifactsRequest) GetPlan() bool {
+	if x != nil {
+		return x.Plan
+	}
+	return false
+}
+
+// CollectArtifactsResponse lists what was (or would be) removed.
+type CollectArtifactsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The unreferenced artifacts, removed unless plan was set.
+	Removed []*Artifact `protobuf:"bytes,1,rep,name=removed,proto3" json:"removed,omitempty"`
+	// Bytes they held.
+	Bytes         uint64 `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CollectArtifactsResponse) Reset() {
+	*x = CollectArtifactsResponse{}
+	mi := &file_ferry_v1_artifact_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CollectArtifactsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CollectArtifactsResponse) ProtoMessage() {}
+
+func (x *CollectArtifactsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_artifact_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CollectArtifactsResponse.ProtoReflect.Descriptor instead.
+func (*CollectArtifactsResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CollectArtifactsResponse) GetRemoved() []*Artifact {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
+func (x *CollectArtifactsResponse) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
 // Artifact is an immutable blob's metadata.
 type Artifact struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -110,7 +211,7 @@ type Artifact struct {
 
 func (x *Artifact) Reset() {
 	*x = Artifact{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[0]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -122,7 +223,7 @@ func (x *Artifact) String() string {
 func (*Artifact) ProtoMessage() {}
 
 func (x *Artifact) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[0]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -135,7 +236,7 @@ func (x *Artifact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Artifact.ProtoReflect.Descriptor instead.
 func (*Artifact) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Artifact) GetDigest() string {
@@ -236,7 +337,7 @@ type PushArtifactHeader struct {
 
 func (x *PushArtifactHeader) Reset() {
 	*x = PushArtifactHeader{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[1]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -248,7 +349,7 @@ func (x *PushArtifactHeader) String() string {
 func (*PushArtifactHeader) ProtoMessage() {}
 
 func (x *PushArtifactHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[1]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -261,7 +362,7 @@ func (x *PushArtifactHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushArtifactHeader.ProtoReflect.Descriptor instead.
 func (*PushArtifactHeader) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PushArtifactHeader) GetName() string {
@@ -322,7 +423,7 @@ type PushArtifactRequest struct {
 
 func (x *PushArtifactRequest) Reset() {
 	*x = PushArtifactRequest{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[2]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -334,7 +435,7 @@ func (x *PushArtifactRequest) String() string {
 func (*PushArtifactRequest) ProtoMessage() {}
 
 func (x *PushArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[2]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -347,7 +448,7 @@ func (x *PushArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushArtifactRequest.ProtoReflect.Descriptor instead.
 func (*PushArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PushArtifactRequest) GetMsg() isPushArtifactRequest_Msg {
@@ -409,7 +510,7 @@ type PushArtifactResponse struct {
 
 func (x *PushArtifactResponse) Reset() {
 	*x = PushArtifactResponse{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[3]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -421,7 +522,7 @@ func (x *PushArtifactResponse) String() string {
 func (*PushArtifactResponse) ProtoMessage() {}
 
 func (x *PushArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[3]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -434,7 +535,7 @@ func (x *PushArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushArtifactResponse.ProtoReflect.Descriptor instead.
 func (*PushArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PushArtifactResponse) GetArtifact() *Artifact {
@@ -469,7 +570,7 @@ type ListArtifactsRequest struct {
 
 func (x *ListArtifactsRequest) Reset() {
 	*x = ListArtifactsRequest{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[4]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -481,7 +582,7 @@ func (x *ListArtifactsRequest) String() string {
 func (*ListArtifactsRequest) ProtoMessage() {}
 
 func (x *ListArtifactsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[4]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -494,7 +595,7 @@ func (x *ListArtifactsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListArtifactsRequest.ProtoReflect.Descriptor instead.
 func (*ListArtifactsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListArtifactsRequest) GetName() string {
@@ -515,7 +616,7 @@ type ListArtifactsResponse struct {
 
 func (x *ListArtifactsResponse) Reset() {
 	*x = ListArtifactsResponse{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[5]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -527,7 +628,7 @@ func (x *ListArtifactsResponse) String() string {
 func (*ListArtifactsResponse) ProtoMessage() {}
 
 func (x *ListArtifactsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[5]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -540,7 +641,7 @@ func (x *ListArtifactsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListArtifactsResponse.ProtoReflect.Descriptor instead.
 func (*ListArtifactsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListArtifactsResponse) GetArtifacts() []*Artifact {
@@ -561,7 +662,7 @@ type GetArtifactRequest struct {
 
 func (x *GetArtifactRequest) Reset() {
 	*x = GetArtifactRequest{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[6]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -573,7 +674,7 @@ func (x *GetArtifactRequest) String() string {
 func (*GetArtifactRequest) ProtoMessage() {}
 
 func (x *GetArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[6]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -586,7 +687,7 @@ func (x *GetArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetArtifactRequest.ProtoReflect.Descriptor instead.
 func (*GetArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetArtifactRequest) GetRef() string {
@@ -609,7 +710,7 @@ type GetArtifactResponse struct {
 
 func (x *GetArtifactResponse) Reset() {
 	*x = GetArtifactResponse{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[7]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -621,7 +722,7 @@ func (x *GetArtifactResponse) String() string {
 func (*GetArtifactResponse) ProtoMessage() {}
 
 func (x *GetArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[7]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -634,7 +735,7 @@ func (x *GetArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetArtifactResponse.ProtoReflect.Descriptor instead.
 func (*GetArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetArtifactResponse) GetArtifact() *Artifact {
@@ -662,7 +763,7 @@ type DeleteArtifactRequest struct {
 
 func (x *DeleteArtifactRequest) Reset() {
 	*x = DeleteArtifactRequest{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[8]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +775,7 @@ func (x *DeleteArtifactRequest) String() string {
 func (*DeleteArtifactRequest) ProtoMessage() {}
 
 func (x *DeleteArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[8]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +788,7 @@ func (x *DeleteArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteArtifactRequest.ProtoReflect.Descriptor instead.
 func (*DeleteArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeleteArtifactRequest) GetRef() string {
@@ -708,7 +809,7 @@ type DeleteArtifactResponse struct {
 
 func (x *DeleteArtifactResponse) Reset() {
 	*x = DeleteArtifactResponse{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[9]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -720,7 +821,7 @@ func (x *DeleteArtifactResponse) String() string {
 func (*DeleteArtifactResponse) ProtoMessage() {}
 
 func (x *DeleteArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[9]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -733,7 +834,7 @@ func (x *DeleteArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteArtifactResponse.ProtoReflect.Descriptor instead.
 func (*DeleteArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DeleteArtifactResponse) GetArtifact() *Artifact {
@@ -757,7 +858,7 @@ type VerifyArtifactsRequest struct {
 
 func (x *VerifyArtifactsRequest) Reset() {
 	*x = VerifyArtifactsRequest{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[10]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -769,7 +870,7 @@ func (x *VerifyArtifactsRequest) String() string {
 func (*VerifyArtifactsRequest) ProtoMessage() {}
 
 func (x *VerifyArtifactsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[10]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -782,7 +883,7 @@ func (x *VerifyArtifactsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyArtifactsRequest.ProtoReflect.Descriptor instead.
 func (*VerifyArtifactsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *VerifyArtifactsRequest) GetRef() string {
@@ -816,7 +917,7 @@ type VerifyArtifactsResponse struct {
 
 func (x *VerifyArtifactsResponse) Reset() {
 	*x = VerifyArtifactsResponse{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[11]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -828,7 +929,7 @@ func (x *VerifyArtifactsResponse) String() string {
 func (*VerifyArtifactsResponse) ProtoMessage() {}
 
 func (x *VerifyArtifactsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[11]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -841,7 +942,7 @@ func (x *VerifyArtifactsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyArtifactsResponse.ProtoReflect.Descriptor instead.
 func (*VerifyArtifactsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *VerifyArtifactsResponse) GetArtifact() *Artifact {
@@ -869,7 +970,12 @@ var File_ferry_v1_artifact_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_artifact_proto_rawDesc = "" +
 	"\n" +
-	"\x17ferry/v1/artifact.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xed\x02\n" +
+	"\x17ferry/v1/artifact.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"-\n" +
+	"\x17CollectArtifactsRequest\x12\x12\n" +
+	"\x04plan\x18\x01 \x01(\bR\x04plan\"^\n" +
+	"\x18CollectArtifactsResponse\x12,\n" +
+	"\aremoved\x18\x01 \x03(\v2\x12.ferry.v1.ArtifactR\aremoved\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\"\xed\x02\n" +
 	"\bArtifact\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -923,13 +1029,14 @@ const file_ferry_v1_artifact_proto_rawDesc = "" +
 	"\rArtifactState\x12\x1e\n" +
 	"\x1aARTIFACT_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11ARTIFACT_STATE_OK\x10\x01\x12\x1a\n" +
-	"\x16ARTIFACT_STATE_DAMAGED\x10\x022\xaf\x03\n" +
+	"\x16ARTIFACT_STATE_DAMAGED\x10\x022\x8a\x04\n" +
 	"\x0fArtifactService\x12O\n" +
 	"\fPushArtifact\x12\x1d.ferry.v1.PushArtifactRequest\x1a\x1e.ferry.v1.PushArtifactResponse(\x01\x12P\n" +
 	"\rListArtifacts\x12\x1e.ferry.v1.ListArtifactsRequest\x1a\x1f.ferry.v1.ListArtifactsResponse\x12J\n" +
 	"\vGetArtifact\x12\x1c.ferry.v1.GetArtifactRequest\x1a\x1d.ferry.v1.GetArtifactResponse\x12S\n" +
 	"\x0eDeleteArtifact\x12\x1f.ferry.v1.DeleteArtifactRequest\x1a .ferry.v1.DeleteArtifactResponse\x12X\n" +
-	"\x0fVerifyArtifacts\x12 .ferry.v1.VerifyArtifactsRequest\x1a!.ferry.v1.VerifyArtifactsResponse0\x01B\x97\x01\n" +
+	"\x0fVerifyArtifacts\x12 .ferry.v1.VerifyArtifactsRequest\x1a!.ferry.v1.VerifyArtifactsResponse0\x01\x12Y\n" +
+	"\x10CollectArtifacts\x12!.ferry.v1.CollectArtifactsRequest\x1a\".ferry.v1.CollectArtifactsResponseB\x97\x01\n" +
 	"\fcom.ferry.v1B\rArtifactProtoP\x01Z7github.com/ferrydeploy/ferry/proto/gen/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -945,48 +1052,53 @@ func file_ferry_v1_artifact_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_artifact_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ferry_v1_artifact_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_ferry_v1_artifact_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_ferry_v1_artifact_proto_goTypes = []any{
-	(ArtifactState)(0),              // 0: ferry.v1.ArtifactState
-	(*Artifact)(nil),                // 1: ferry.v1.Artifact
-	(*PushArtifactHeader)(nil),      // 2: ferry.v1.PushArtifactHeader
-	(*PushArtifactRequest)(nil),     // 3: ferry.v1.PushArtifactRequest
-	(*PushArtifactResponse)(nil),    // 4: ferry.v1.PushArtifactResponse
-	(*ListArtifactsRequest)(nil),    // 5: ferry.v1.ListArtifactsRequest
-	(*ListArtifactsResponse)(nil),   // 6: ferry.v1.ListArtifactsResponse
-	(*GetArtifactRequest)(nil),      // 7: ferry.v1.GetArtifactRequest
-	(*GetArtifactResponse)(nil),     // 8: ferry.v1.GetArtifactResponse
-	(*DeleteArtifactRequest)(nil),   // 9: ferry.v1.DeleteArtifactRequest
-	(*DeleteArtifactResponse)(nil),  // 10: ferry.v1.DeleteArtifactResponse
-	(*VerifyArtifactsRequest)(nil),  // 11: ferry.v1.VerifyArtifactsRequest
-	(*VerifyArtifactsResponse)(nil), // 12: ferry.v1.VerifyArtifactsResponse
-	(*timestamppb.Timestamp)(nil),   // 13: google.protobuf.Timestamp
+	(ArtifactState)(0),               // 0: ferry.v1.ArtifactState
+	(*CollectArtifactsRequest)(nil),  // 1: ferry.v1.CollectArtifactsRequest
+	(*CollectArtifactsResponse)(nil), // 2: ferry.v1.CollectArtifactsResponse
+	(*Artifact)(nil),                 // 3: ferry.v1.Artifact
+	(*PushArtifactHeader)(nil),       // 4: ferry.v1.PushArtifactHeader
+	(*PushArtifactRequest)(nil),      // 5: ferry.v1.PushArtifactRequest
+	(*PushArtifactResponse)(nil),     // 6: ferry.v1.PushArtifactResponse
+	(*ListArtifactsRequest)(nil),     // 7: ferry.v1.ListArtifactsRequest
+	(*ListArtifactsResponse)(nil),    // 8: ferry.v1.ListArtifactsResponse
+	(*GetArtifactRequest)(nil),       // 9: ferry.v1.GetArtifactRequest
+	(*GetArtifactResponse)(nil),      // 10: ferry.v1.GetArtifactResponse
+	(*DeleteArtifactRequest)(nil),    // 11: ferry.v1.DeleteArtifactRequest
+	(*DeleteArtifactResponse)(nil),   // 12: ferry.v1.DeleteArtifactResponse
+	(*VerifyArtifactsRequest)(nil),   // 13: ferry.v1.VerifyArtifactsRequest
+	(*VerifyArtifactsResponse)(nil),  // 14: ferry.v1.VerifyArtifactsResponse
+	(*timestamppb.Timestamp)(nil),    // 15: google.protobuf.Timestamp
 }
 var file_ferry_v1_artifact_proto_depIdxs = []int32{
-	13, // 0: ferry.v1.Artifact.pushed_at:type_name -> google.protobuf.Timestamp
-	0,  // 1: ferry.v1.Artifact.state:type_name -> ferry.v1.ArtifactState
-	13, // 2: ferry.v1.Artifact.checked_at:type_name -> google.protobuf.Timestamp
-	2,  // 3: ferry.v1.PushArtifactRequest.header:type_name -> ferry.v1.PushArtifactHeader
-	1,  // 4: ferry.v1.PushArtifactResponse.artifact:type_name -> ferry.v1.Artifact
-	1,  // 5: ferry.v1.ListArtifactsResponse.artifacts:type_name -> ferry.v1.Artifact
-	1,  // 6: ferry.v1.GetArtifactResponse.artifact:type_name -> ferry.v1.Artifact
-	1,  // 7: ferry.v1.DeleteArtifactResponse.artifact:type_name -> ferry.v1.Artifact
-	1,  // 8: ferry.v1.VerifyArtifactsResponse.artifact:type_name -> ferry.v1.Artifact
-	3,  // 9: ferry.v1.ArtifactService.PushArtifact:input_type -> ferry.v1.PushArtifactRequest
-	5,  // 10: ferry.v1.ArtifactService.ListArtifacts:input_type -> ferry.v1.ListArtifactsRequest
-	7,  // 11: ferry.v1.ArtifactService.GetArtifact:input_type -> ferry.v1.GetArtifactRequest
-	9,  // 12: ferry.v1.ArtifactService.DeleteArtifact:input_type -> ferry.v1.DeleteArtifactRequest
-	11, // 13: ferry.v1.ArtifactService.VerifyArtifacts:input_type -> ferry.v1.VerifyArtifactsRequest
-	4,  // 14: ferry.v1.ArtifactService.PushArtifact:output_type -> ferry.v1.PushArtifactResponse
-	6,  // 15: ferry.v1.ArtifactService.ListArtifacts:output_type -> ferry.v1.ListArtifactsResponse
-	8,  // 16: ferry.v1.ArtifactService.GetArtifact:output_type -> ferry.v1.GetArtifactResponse
-	10, // 17: ferry.v1.ArtifactService.DeleteArtifact:output_type -> ferry.v1.DeleteArtifactResponse
-	12, // 18: ferry.v1.ArtifactService.VerifyArtifacts:output_type -> ferry.v1.VerifyArtifactsResponse
-	14, // [14:19] is the sub-list for method output_type
-	9,  // [9:14] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	3,  // 0: ferry.v1.CollectArtifactsResponse.removed:type_name -> ferry.v1.Artifact
+	15, // 1: ferry.v1.Artifact.pushed_at:type_name -> google.protobuf.Timestamp
+	0,  // 2: ferry.v1.Artifact.state:type_name -> ferry.v1.ArtifactState
+	15, // 3: ferry.v1.Artifact.checked_at:type_name -> google.protobuf.Timestamp
+	4,  // 4: ferry.v1.PushArtifactRequest.header:type_name -> ferry.v1.PushArtifactHeader
+	3,  // 5: ferry.v1.PushArtifactResponse.artifact:type_name -> ferry.v1.Artifact
+	3,  // 6: ferry.v1.ListArtifactsResponse.artifacts:type_name -> ferry.v1.Artifact
+	3,  // 7: ferry.v1.GetArtifactResponse.artifact:type_name -> ferry.v1.Artifact
+	3,  // 8: ferry.v1.DeleteArtifactResponse.artifact:type_name -> ferry.v1.Artifact
+	3,  // 9: ferry.v1.VerifyArtifactsResponse.artifact:type_name -> ferry.v1.Artifact
+	5,  // 10: ferry.v1.ArtifactService.PushArtifact:input_type -> ferry.v1.PushArtifactRequest
+	7,  // 11: ferry.v1.ArtifactService.ListArtifacts:input_type -> ferry.v1.ListArtifactsRequest
+	9,  // 12: ferry.v1.ArtifactService.GetArtifact:input_type -> ferry.v1.GetArtifactRequest
+	11, // 13: ferry.v1.ArtifactService.DeleteArtifact:input_type -> ferry.v1.DeleteArtifactRequest
+	13, // 14: ferry.v1.ArtifactService.VerifyArtifacts:input_type -> ferry.v1.VerifyArtifactsRequest
+	1,  // 15: ferry.v1.ArtifactService.CollectArtifacts:input_type -> ferry.v1.CollectArtifactsRequest
+	6,  // 16: ferry.v1.ArtifactService.PushArtifact:output_type -> ferry.v1.PushArtifactResponse
+	8,  // 17: ferry.v1.ArtifactService.ListArtifacts:output_type -> ferry.v1.ListArtifactsResponse
+	10, // 18: ferry.v1.ArtifactService.GetArtifact:output_type -> ferry.v1.GetArtifactResponse
+	12, // 19: ferry.v1.ArtifactService.DeleteArtifact:output_type -> ferry.v1.DeleteArtifactResponse
+	14, // 20: ferry.v1.ArtifactService.VerifyArtifacts:output_type -> ferry.v1.VerifyArtifactsResponse
+	2,  // 21: ferry.v1.ArtifactService.CollectArtifacts:output_type -> ferry.v1.CollectArtifactsResponse
+	16, // [16:22] is the sub-list for method output_type
+	10, // [10:16] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_artifact_proto_init() }
@@ -994,7 +1106,7 @@ func file_ferry_v1_artifact_proto_init() {
 	if File_ferry_v1_artifact_proto != nil {
 		return
 	}
-	file_ferry_v1_artifact_proto_msgTypes[2].OneofWrappers = []any{
+	file_ferry_v1_artifact_proto_msgTypes[4].OneofWrappers = []any{
 		(*PushArtifactRequest_Header)(nil),
 		(*PushArtifactRequest_Chunk)(nil),
 	}
@@ -1004,7 +1116,7 @@ func file_ferry_v1_artifact_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_artifact_proto_rawDesc), len(file_ferry_v1_artifact_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,11 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ArtifactService_PushArtifact_FullMethodName    = "/ferry.v1.ArtifactService/PushArtifact"
-	ArtifactService_ListArtifacts_FullMethodName   = "/ferry.v1.ArtifactService/ListArtifacts"
-	ArtifactService_GetArtifact_FullMethodName     = "/ferry.v1.ArtifactService/GetArtifact"
-	ArtifactService_DeleteArtifact_FullMethodName  = "/ferry.v1.ArtifactService/DeleteArtifact"
-	ArtifactService_VerifyArtifacts_FullMethodName = "/ferry.v1.ArtifactService/VerifyArtifacts"
+	ArtifactService_PushArtifact_FullMethodName     = "/ferry.v1.ArtifactService/PushArtifact"
+	ArtifactService_ListArtifacts_FullMethodName    = "/ferry.v1.ArtifactService/ListArtifacts"
+	ArtifactService_GetArtifact_FullMethodName      = "/ferry.v1.ArtifactService/GetArtifact"
+	ArtifactService_DeleteArtifact_FullMethodName   = "/ferry.v1.ArtifactService/DeleteArtifact"
+	ArtifactService_VerifyArtifacts_FullMethodName  = "/ferry.v1.ArtifactService/VerifyArtifacts"
+	ArtifactService_CollectArtifacts_FullMethodName = "/ferry.v1.ArtifactService/CollectArtifacts"
 )
 
 // ArtifactServiceClient is the client API for ArtifactService service.
@@ -48,6 +49,9 @@ type ArtifactServiceClient interface {
 	// digest is quarantined (agents are refused it) until the same bytes are
 	// pushed again; a quarantined blob that matches again is served again.
 	VerifyArtifacts(ctx context.Context, in *VerifyArtifactsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[VerifyArtifactsResponse], error)
+	// CollectArtifacts removes every artifact nothing references: no stored
+	// package, and no rollout whose jobs may still fetch it.
+	CollectArtifacts(ctx context.Context, in *CollectArtifactsRequest, opts ...grpc.CallOption) (*CollectArtifactsResponse, error)
 }
 
 type artifactServiceClient struct {
@@ -120,6 +124,16 @@ func (c *artifactServiceClient) VerifyArtifacts(ctx context.Context, in *VerifyA
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ArtifactService_VerifyArtifactsClient = grpc.ServerStreamingClient[VerifyArtifactsResponse]
 
+func (c *artifactServiceClient) CollectArtifacts(ctx context.Context, in *CollectArtifactsRequest, opts ...grpc.CallOption) (*CollectArtifactsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CollectArtifactsResponse)
+	err := c.cc.Invoke(ctx, ArtifactService_CollectArtifacts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ArtifactServiceServer is the server API for ArtifactService service.
 // All implementations must embed UnimplementedArtifactServiceServer
 // for forward compatibility.
@@ -142,6 +156,9 @@ type ArtifactServiceServer interface {
 	// digest is quarantined (agents are refused it) until the same bytes are
 	// pushed again; a quarantined blob that matches again is served again.
 	VerifyArtifacts(*VerifyArtifactsRequest, grpc.ServerStreamingServer[VerifyArtifactsResponse]) error
+	// CollectArtifacts removes every artifact nothing references: no stored
+	// package, and no rollout whose jobs may still fetch it.
+	CollectArtifacts(context.Context, *CollectArtifactsRequest) (*CollectArtifactsResponse, error)
 	mustEmbedUnimplementedArtifactServiceServer()
 }
 
@@ -166,6 +183,9 @@ func (UnimplementedArtifactServiceServer) DeleteArtifact(context.Context, *Delet
 }
 func (UnimplementedArtifactServiceServer) VerifyArtifacts(*VerifyArtifactsRequest, grpc.ServerStreamingServer[VerifyArtifactsResponse]) error {
 	return status.Error(codes.Unimplemented, "method VerifyArtifacts not implemented")
+}
+func (UnimplementedArtifactServiceServer) CollectArtifacts(context.Context, *CollectArtifactsRequest) (*CollectArtifactsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CollectArtifacts not implemented")
 }
 func (UnimplementedArtifactServiceServer) mustEmbedUnimplementedArtifactServiceServer() {}
 func (UnimplementedArtifactServiceServer) testEmbeddedByValue()                         {}
@@ -260,6 +280,24 @@ func _ArtifactService_VerifyArtifacts_Handler(srv interface{}, stream grpc.Serve
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ArtifactService_VerifyArtifactsServer = grpc.ServerStreamingServer[VerifyArtifactsResponse]
 
+func _ArtifactService_CollectArtifacts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CollectArtifactsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).CollectArtifacts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ArtifactService_CollectArtifacts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).CollectArtifacts(ctx, req.(*CollectArtifactsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ArtifactService_ServiceDesc is the grpc.ServiceDesc for ArtifactService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -278,6 +316,10 @@ var ArtifactService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteArtifact",
 			Handler:    _ArtifactService_DeleteArtifact_Handler,
+		},
+		{
+			MethodName: "CollectArtifacts",
+			Handler:    _ArtifactService_CollectArtifacts_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -23,6 +23,107 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// DeletePackageRequest names a package version to remove.
+type DeletePackageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Package name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Version.
+	Version       string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeletePackageRequest) Reset() {
+	*x = DeletePackageRequest{}
+	mi := &file_ferry_v1_package_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeletePackageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeletePackageRequest) ProtoMessage() {}
+
+func (x *DeletePackageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_package_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeletePackageRequest.ProtoReflect.Descriptor instead.
+func (*DeletePackageRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *DeletePackageRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeletePackageRequest) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+// DeletePackageResponse confirms a removal.
+type DeletePackageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The removed package.
+	Package       *Package `protobuf:"bytes,1,opt,name=package,proto3" json:"package,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeletePackageResponse) Reset() {
+	*x = DeletePackageResponse{}
+	mi := &file_ferry_v1_package_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeletePackageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeletePackageResponse) ProtoMessage() {}
+
+func (x *DeletePackageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_package_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeletePackageResponse.ProtoReflect.Descriptor instead.
+func (*DeletePackageResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DeletePackageResponse) GetPackage() *Package {
+	if x != nil {
+		return x.Package
+	}
+	return nil
+}
+
 // Package is a named, versioned install recipe.
 type Package struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -48,7 +149,7 @@ type Package struct {
 
 func (x *Package) Reset() {
 	*x = Package{}
-	mi := &file_ferry_v1_package_proto_msgTypes[0]
+	mi := &file_ferry_v1_package_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -60,7 +161,7 @@ func (x *Package) String() string {
 func (*Package) ProtoMessage() {}
 
 func (x *Package) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[0]
+	mi := &file_ferry_v1_package_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -73,7 +174,7 @@ func (x *Package) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Package.ProtoReflect.Descriptor instead.
 func (*Package) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Package) GetName() string {
@@ -147,7 +248,7 @@ type ArtifactRef struct {
 
 func (x *ArtifactRef) Reset() {
 	*x = ArtifactRef{}
-	mi := &file_ferry_v1_package_proto_msgTypes[1]
+	mi := &file_ferry_v1_package_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -159,7 +260,7 @@ func (x *ArtifactRef) String() string {
 func (*ArtifactRef) ProtoMessage() {}
 
 func (x *ArtifactRef) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[1]
+	mi := &file_ferry_v1_package_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -172,7 +273,7 @@ func (x *ArtifactRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArtifactRef.ProtoReflect.Descriptor instead.
 func (*ArtifactRef) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ArtifactRef) GetDigest() string {
@@ -215,7 +316,7 @@ type Step struct {
 
 func (x *Step) Reset() {
 	*x = Step{}
-	mi := &file_ferry_v1_package_proto_msgTypes[2]
+	mi := &file_ferry_v1_package_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -227,7 +328,7 @@ func (x *Step) String() string {
 func (*Step) ProtoMessage() {}
 
 func (x *Step) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[2]
+	mi := &file_ferry_v1_package_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -240,7 +341,7 @@ func (x *Step) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Step.ProtoReflect.Descriptor instead.
 func (*Step) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Step) GetKind() isStep_Kind {
@@ -358,7 +459,7 @@ type ArchiveStep struct {
 
 func (x *ArchiveStep) Reset() {
 	*x = ArchiveStep{}
-	mi := &file_ferry_v1_package_proto_msgTypes[3]
+	mi := &file_ferry_v1_package_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -370,7 +471,7 @@ func (x *ArchiveStep) String() string {
 func (*ArchiveStep) ProtoMessage() {}
 
 func (x *ArchiveStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[3]
+	mi := &file_ferry_v1_package_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -383,7 +484,7 @@ func (x *ArchiveStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArchiveStep.ProtoReflect.Descriptor instead.
 func (*ArchiveStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ArchiveStep) GetDest() string {
@@ -448,7 +549,7 @@ type EnvVar struct {
 
 func (x *EnvVar) Reset() {
 	*x = EnvVar{}
-	mi := &file_ferry_v1_package_proto_msgTypes[4]
+	mi := &file_ferry_v1_package_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -460,7 +561,7 @@ func (x *EnvVar) String() string {
 func (*EnvVar) ProtoMessage() {}
 
 func (x *EnvVar) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[4]
+	mi := &file_ferry_v1_package_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -473,7 +574,7 @@ func (x *EnvVar) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvVar.ProtoReflect.Descriptor instead.
 func (*EnvVar) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *EnvVar) GetName() string {
@@ -505,7 +606,7 @@ type EnvStep struct {
 
 func (x *EnvStep) Reset() {
 	*x = EnvStep{}
-	mi := &file_ferry_v1_package_proto_msgTypes[5]
+	mi := &file_ferry_v1_package_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -517,7 +618,7 @@ func (x *EnvStep) String() string {
 func (*EnvStep) ProtoMessage() {}
 
 func (x *EnvStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[5]
+	mi := &file_ferry_v1_package_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -530,7 +631,7 @@ func (x *EnvStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvStep.ProtoReflect.Descriptor instead.
 func (*EnvStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *EnvStep) GetName() string {
@@ -567,7 +668,7 @@ type SudoersStep struct {
 
 func (x *SudoersStep) Reset() {
 	*x = SudoersStep{}
-	mi := &file_ferry_v1_package_proto_msgTypes[6]
+	mi := &file_ferry_v1_package_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -579,7 +680,7 @@ func (x *SudoersStep) String() string {
 func (*SudoersStep) ProtoMessage() {}
 
 func (x *SudoersStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[6]
+	mi := &file_ferry_v1_package_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -592,7 +693,7 @@ func (x *SudoersStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SudoersStep.ProtoReflect.Descriptor instead.
 func (*SudoersStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SudoersStep) GetName() string {
@@ -631,7 +732,7 @@ type FileStep struct {
 
 func (x *FileStep) Reset() {
 	*x = FileStep{}
-	mi := &file_ferry_v1_package_proto_msgTypes[7]
+	mi := &file_ferry_v1_package_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -643,7 +744,7 @@ func (x *FileStep) String() string {
 func (*FileStep) ProtoMessage() {}
 
 func (x *FileStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[7]
+	mi := &file_ferry_v1_package_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -656,7 +757,7 @@ func (x *FileStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileStep.ProtoReflect.Descriptor instead.
 func (*FileStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *FileStep) GetPath() string {
@@ -716,7 +817,7 @@ type CheckStep struct {
 
 func (x *CheckStep) Reset() {
 	*x = CheckStep{}
-	mi := &file_ferry_v1_package_proto_msgTypes[8]
+	mi := &file_ferry_v1_package_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +829,7 @@ func (x *CheckStep) String() string {
 func (*CheckStep) ProtoMessage() {}
 
 func (x *CheckStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[8]
+	mi := &file_ferry_v1_package_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +842,7 @@ func (x *CheckStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckStep.ProtoReflect.Descriptor instead.
 func (*CheckStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CheckStep) GetRun() string {
@@ -778,7 +879,7 @@ type ApplyPackageRequest struct {
 
 func (x *ApplyPackageRequest) Reset() {
 	*x = ApplyPackageRequest{}
-	mi := &file_ferry_v1_package_proto_msgTypes[9]
+	mi := &file_ferry_v1_package_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +891,7 @@ func (x *ApplyPackageRequest) String() string {
 func (*ApplyPackageRequest) ProtoMessage() {}
 
 func (x *ApplyPackageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[9]
+	mi := &file_ferry_v1_package_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +904,7 @@ func (x *ApplyPackageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPackageRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPackageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ApplyPackageRequest) GetYaml() string {
@@ -833,7 +934,7 @@ type ApplyPackageResponse struct {
 
 func (x *ApplyPackageResponse) Reset() {
 	*x = ApplyPackageResponse{}
-	mi := &file_ferry_v1_package_proto_msgTypes[10]
+	mi := &file_ferry_v1_package_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -845,7 +946,7 @@ func (x *ApplyPackageResponse) String() string {
 func (*ApplyPackageResponse) ProtoMessage() {}
 
 func (x *ApplyPackageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[10]
+	mi := &file_ferry_v1_package_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -858,7 +959,7 @@ func (x *ApplyPackageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPackageResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPackageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ApplyPackageResponse) GetPackage() *Package {
@@ -886,7 +987,7 @@ type ListPackagesRequest struct {
 
 func (x *ListPackagesRequest) Reset() {
 	*x = ListPackagesRequest{}
-	mi := &file_ferry_v1_package_proto_msgTypes[11]
+	mi := &file_ferry_v1_package_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -898,7 +999,7 @@ func (x *ListPackagesRequest) String() string {
 func (*ListPackagesRequest) ProtoMessage() {}
 
 func (x *ListPackagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[11]
+	mi := &file_ferry_v1_package_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -911,7 +1012,7 @@ func (x *ListPackagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPackagesRequest.ProtoReflect.Descriptor instead.
 func (*ListPackagesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListPackagesRequest) GetName() string {
@@ -932,7 +1033,7 @@ type ListPackagesResponse struct {
 
 func (x *ListPackagesResponse) Reset() {
 	*x = ListPackagesResponse{}
-	mi := &file_ferry_v1_package_proto_msgTypes[12]
+	mi := &file_ferry_v1_package_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -944,7 +1045,7 @@ func (x *ListPackagesResponse) String() string {
 func (*ListPackagesResponse) ProtoMessage() {}
 
 func (x *ListPackagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[12]
+	mi := &file_ferry_v1_package_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -957,7 +1058,7 @@ func (x *ListPackagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPackagesResponse.ProtoReflect.Descriptor instead.
 func (*ListPackagesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListPackagesResponse) GetPackages() []*Package {
@@ -980,7 +1081,7 @@ type GetPackageRequest struct {
 
 func (x *GetPackageRequest) Reset() {
 	*x = GetPackageRequest{}
-	mi := &file_ferry_v1_package_proto_msgTypes[13]
+	mi := &file_ferry_v1_package_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -992,7 +1093,7 @@ func (x *GetPackageRequest) String() string {
 func (*GetPackageRequest) ProtoMessage() {}
 
 func (x *GetPackageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[13]
+	mi := &file_ferry_v1_package_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1005,7 +1106,7 @@ func (x *GetPackageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPackageRequest.ProtoReflect.Descriptor instead.
 func (*GetPackageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetPackageRequest) GetName() string {
@@ -1033,7 +1134,7 @@ type GetPackageResponse struct {
 
 func (x *GetPackageResponse) Reset() {
 	*x = GetPackageResponse{}
-	mi := &file_ferry_v1_package_proto_msgTypes[14]
+	mi := &file_ferry_v1_package_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1045,7 +1146,7 @@ func (x *GetPackageResponse) String() string {
 func (*GetPackageResponse) ProtoMessage() {}
 
 func (x *GetPackageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[14]
+	mi := &file_ferry_v1_package_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1058,7 +1159,7 @@ func (x *GetPackageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPackageResponse.ProtoReflect.Descriptor instead.
 func (*GetPackageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetPackageResponse) GetPackage() *Package {
@@ -1072,7 +1173,12 @@ var File_ferry_v1_package_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_package_proto_rawDesc = "" +
 	"\n" +
-	"\x16ferry/v1/package.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\x02\n" +
+	"\x16ferry/v1/package.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"D\n" +
+	"\x14DeletePackageRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\"D\n" +
+	"\x15DeletePackageResponse\x12+\n" +
+	"\apackage\x18\x01 \x01(\v2\x11.ferry.v1.PackageR\apackage\"\xa9\x02\n" +
 	"\aPackage\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x121\n" +
@@ -1139,12 +1245,13 @@ const file_ferry_v1_package_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\"A\n" +
 	"\x12GetPackageResponse\x12+\n" +
-	"\apackage\x18\x01 \x01(\v2\x11.ferry.v1.PackageR\apackage2\xf7\x01\n" +
+	"\apackage\x18\x01 \x01(\v2\x11.ferry.v1.PackageR\apackage2\xc9\x02\n" +
 	"\x0ePackageService\x12M\n" +
 	"\fApplyPackage\x12\x1d.ferry.v1.ApplyPackageRequest\x1a\x1e.ferry.v1.ApplyPackageResponse\x12M\n" +
 	"\fListPackages\x12\x1d.ferry.v1.ListPackagesRequest\x1a\x1e.ferry.v1.ListPackagesResponse\x12G\n" +
 	"\n" +
-	"GetPackage\x12\x1b.ferry.v1.GetPackageRequest\x1a\x1c.ferry.v1.GetPackageResponseB\x96\x01\n" +
+	"GetPackage\x12\x1b.ferry.v1.GetPackageRequest\x1a\x1c.ferry.v1.GetPackageResponse\x12P\n" +
+	"\rDeletePackage\x12\x1e.ferry.v1.DeletePackageRequest\x1a\x1f.ferry.v1.DeletePackageResponseB\x96\x01\n" +
 	"\fcom.ferry.v1B\fPackageProtoP\x01Z7github.com/ferrydeploy/ferry/proto/gen/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -1159,51 +1266,56 @@ func file_ferry_v1_package_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_package_proto_rawDescData
 }
 
-var file_ferry_v1_package_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_ferry_v1_package_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_ferry_v1_package_proto_goTypes = []any{
-	(*Package)(nil),               // 0: ferry.v1.Package
-	(*ArtifactRef)(nil),           // 1: ferry.v1.ArtifactRef
-	(*Step)(nil),                  // 2: ferry.v1.Step
-	(*ArchiveStep)(nil),           // 3: ferry.v1.ArchiveStep
-	(*EnvVar)(nil),                // 4: ferry.v1.EnvVar
-	(*EnvStep)(nil),               // 5: ferry.v1.EnvStep
-	(*SudoersStep)(nil),           // 6: ferry.v1.SudoersStep
-	(*FileStep)(nil),              // 7: ferry.v1.FileStep
-	(*CheckStep)(nil),             // 8: ferry.v1.CheckStep
-	(*ApplyPackageRequest)(nil),   // 9: ferry.v1.ApplyPackageRequest
-	(*ApplyPackageResponse)(nil),  // 10: ferry.v1.ApplyPackageResponse
-	(*ListPackagesRequest)(nil),   // 11: ferry.v1.ListPackagesRequest
-	(*ListPackagesResponse)(nil),  // 12: ferry.v1.ListPackagesResponse
-	(*GetPackageRequest)(nil),     // 13: ferry.v1.GetPackageRequest
-	(*GetPackageResponse)(nil),    // 14: ferry.v1.GetPackageResponse
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
+	(*DeletePackageRequest)(nil),  // 0: ferry.v1.DeletePackageRequest
+	(*DeletePackageResponse)(nil), // 1: ferry.v1.DeletePackageResponse
+	(*Package)(nil),               // 2: ferry.v1.Package
+	(*ArtifactRef)(nil),           // 3: ferry.v1.ArtifactRef
+	(*Step)(nil),                  // 4: ferry.v1.Step
+	(*ArchiveStep)(nil),           // 5: ferry.v1.ArchiveStep
+	(*EnvVar)(nil),                // 6: ferry.v1.EnvVar
+	(*EnvStep)(nil),               // 7: ferry.v1.EnvStep
+	(*SudoersStep)(nil),           // 8: ferry.v1.SudoersStep
+	(*FileStep)(nil),              // 9: ferry.v1.FileStep
+	(*CheckStep)(nil),             // 10: ferry.v1.CheckStep
+	(*ApplyPackageRequest)(nil),   // 11: ferry.v1.ApplyPackageRequest
+	(*ApplyPackageResponse)(nil),  // 12: ferry.v1.ApplyPackageResponse
+	(*ListPackagesRequest)(nil),   // 13: ferry.v1.ListPackagesRequest
+	(*ListPackagesResponse)(nil),  // 14: ferry.v1.ListPackagesResponse
+	(*GetPackageRequest)(nil),     // 15: ferry.v1.GetPackageRequest
+	(*GetPackageResponse)(nil),    // 16: ferry.v1.GetPackageResponse
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
 }
 var file_ferry_v1_package_proto_depIdxs = []int32{
-	1,  // 0: ferry.v1.Package.artifact:type_name -> ferry.v1.ArtifactRef
-	2,  // 1: ferry.v1.Package.steps:type_name -> ferry.v1.Step
-	15, // 2: ferry.v1.Package.created_at:type_name -> google.protobuf.Timestamp
-	3,  // 3: ferry.v1.Step.archive:type_name -> ferry.v1.ArchiveStep
-	5,  // 4: ferry.v1.Step.env:type_name -> ferry.v1.EnvStep
-	6,  // 5: ferry.v1.Step.sudoers:type_name -> ferry.v1.SudoersStep
-	7,  // 6: ferry.v1.Step.file:type_name -> ferry.v1.FileStep
-	8,  // 7: ferry.v1.Step.check:type_name -> ferry.v1.CheckStep
-	4,  // 8: ferry.v1.EnvStep.vars:type_name -> ferry.v1.EnvVar
-	16, // 9: ferry.v1.CheckStep.timeout:type_name -> google.protobuf.Duration
-	0,  // 10: ferry.v1.ApplyPackageResponse.package:type_name -> ferry.v1.Package
-	0,  // 11: ferry.v1.ListPackagesResponse.packages:type_name -> ferry.v1.Package
-	0,  // 12: ferry.v1.GetPackageResponse.package:type_name -> ferry.v1.Package
-	9,  // 13: ferry.v1.PackageService.ApplyPackage:input_type -> ferry.v1.ApplyPackageRequest
-	11, // 14: ferry.v1.PackageService.ListPackages:input_type -> ferry.v1.ListPackagesRequest
-	13, // 15: ferry.v1.PackageService.GetPackage:input_type -> ferry.v1.GetPackageRequest
-	10, // 16: ferry.v1.PackageService.ApplyPackage:output_type -> ferry.v1.ApplyPackageResponse
-	12, // 17: ferry.v1.PackageService.ListPackages:output_type -> ferry.v1.ListPackagesResponse
-	14, // 18: ferry.v1.PackageService.GetPackage:output_type -> ferry.v1.GetPackageResponse
-	16, // [16:19] is the sub-list for method output_type
-	13, // [13:16] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	2,  // 0: ferry.v1.DeletePackageResponse.package:type_name -> ferry.v1.Package
+	3,  // 1: ferry.v1.Package.artifact:type_name -> ferry.v1.ArtifactRef
+	4,  // 2: ferry.v1.Package.steps:type_name -> ferry.v1.Step
+	17, // 3: ferry.v1.Package.created_at:type_name -> google.protobuf.Timestamp
+	5,  // 4: ferry.v1.Step.archive:type_name -> ferry.v1.ArchiveStep
+	7,  // 5: ferry.v1.Step.env:type_name -> ferry.v1.EnvStep
+	8,  // 6: ferry.v1.Step.sudoers:type_name -> ferry.v1.SudoersStep
+	9,  // 7: ferry.v1.Step.file:type_name -> ferry.v1.FileStep
+	10, // 8: ferry.v1.Step.check:type_name -> ferry.v1.CheckStep
+	6,  // 9: ferry.v1.EnvStep.vars:type_name -> ferry.v1.EnvVar
+	18, // 10: ferry.v1.CheckStep.timeout:type_name -> google.protobuf.Duration
+	2,  // 11: ferry.v1.ApplyPackageResponse.package:type_name -> ferry.v1.Package
+	2,  // 12: ferry.v1.ListPackagesResponse.packages:type_name -> ferry.v1.Package
+	2,  // 13: ferry.v1.GetPackageResponse.package:type_name -> ferry.v1.Package
+	11, // 14: ferry.v1.PackageService.ApplyPackage:input_type -> ferry.v1.ApplyPackageRequest
+	13, // 15: ferry.v1.PackageService.ListPackages:input_type -> ferry.v1.ListPackagesRequest
+	15, // 16: ferry.v1.PackageService.GetPackage:input_type -> ferry.v1.GetPackageRequest
+	0,  // 17: ferry.v1.PackageService.DeletePackage:input_type -> ferry.v1.DeletePackageRequest
+	12, // 18: ferry.v1.PackageService.ApplyPackage:output_type -> ferry.v1.ApplyPackageResponse
+	14, // 19: ferry.v1.PackageService.ListPackages:output_type -> ferry.v1.ListPackagesResponse
+	16, // 20: ferry.v1.PackageService.GetPackage:output_type -> ferry.v1.GetPackageResponse
+	1,  // 21: ferry.v1.PackageService.DeletePackage:output_type -> ferry.v1.DeletePackageResponse
+	18, // [18:22] is the sub-list for method output_type
+	14, // [14:18] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_package_proto_init() }
@@ -1211,7 +1323,7 @@ func file_ferry_v1_package_proto_init() {
 	if File_ferry_v1_package_proto != nil {
 		return
 	}
-	file_ferry_v1_package_proto_msgTypes[2].OneofWrappers = []any{
+	file_ferry_v1_package_proto_msgTypes[4].OneofWrappers = []any{
 		(*Step_Archive)(nil),
 		(*Step_Env)(nil),
 		(*Step_Sudoers)(nil),
@@ -1224,7 +1336,7 @@ func file_ferry_v1_package_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_package_proto_rawDesc), len(file_ferry_v1_package_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
