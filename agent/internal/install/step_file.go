@@ -210,7 +210,7 @@ func (m managedFile) Apply(ctx context.Context, r stepRequest) (stepResponse, er
 		Kind:    fileKind{}.Change(),
 		Step:    idx,
 		Target:  w.target,
-		Temp:    filepath.Join(filepath.Dir(w.target), "."+filepath.Base(w.target)+".ferry-tmp"),
+		Temp:    tempBeside(w.target),
 		Existed: d.existed,
 		State:   "prepared",
 		Created: missingDirs(filepath.Dir(w.target)),
@@ -336,6 +336,11 @@ func (k fileKind) rollbackFile(jc *jobCtx, a *action) error {
 	}
 	b.State = "applied"
 	return jc.save()
+}
+
+// tempBeside is the temporary file a write of target goes through.
+func tempBeside(target string) string {
+	return filepath.Join(filepath.Dir(target), "."+filepath.Base(target)+".ferry-tmp")
 }
 
 // restoreFile writes a file's previous content back through a.Temp, with
