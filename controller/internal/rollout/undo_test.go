@@ -171,7 +171,6 @@ func TestUndoAfterAbortedNoopRollout(t *testing.T) {
 	}
 }
 
-
 // --to-version takes every node to one stored version: a rollback where the
 // node keeps that version, an install of it elsewhere; nodes on it already
 // are left alone. --selector narrows the group.
