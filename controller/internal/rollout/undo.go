@@ -58,6 +58,7 @@ type undoNode struct {
 	from, to string // to "" with remove
 	kind     ferryv1.JobKind
 	note     string // set when the node is left alone, saying why
+	stuck    bool   // it should change but cannot: the undo is refused
 }
 
 func (u undoNode) changes() bool { return u.note == "" }
@@ -113,20 +114,28 @@ func (e *Engine) undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.U
 			pkgs[u.to] = p
 		}
 		if pkgs[u.to] == nil {
+			plan[i].stuck = true
 			plan[i].note = fmt.Sprintf("cannot go back to %s: the node keeps no copy of it and package %s@%s is not stored; apply it again with `ferryctl package apply`, or name another version with --to-version", u.to, name, u.to)
 		}
 	}
-	if req.GetPlan() {
-		return &ferryv1.UndoRolloutResponse{Plan: undoPlans(plan, int(strat.GetCanary()), e.cfg.Clock.Now(), e.cfg.DisconnectGrace)}, nil
-	}
 	var nodes []*ferryv1.Node
+	var stuck []undoNode
 	for _, u := range plan {
 		if u.changes() {
 			nodes = append(nodes, u.node)
 		}
+		if u.stuck {
+			stuck = append(stuck, u)
+		}
+	}
+	if len(stuck) > 0 {
+		return nil, fmt.Errorf("%w: undo %s in %s: %s; leave such nodes out with --selector", ErrState, name, group, leftAlone(stuck))
 	}
 	if len(nodes) == 0 {
 		return nil, fmt.Errorf("%w: nothing to undo: %s", ErrState, leftAlone(plan))
+	}
+	if req.GetPlan() {
+		return &ferryv1.UndoRolloutResponse{Plan: undoPlans(plan, int(strat.GetCanary()), e.cfg.Clock.Now(), e.cfg.DisconnectGrace)}, nil
 	}
 	e.mu.Lock()
 	// Look again under the lock: something may have started meanwhile.
@@ -426,7 +435,7 @@ func undoPlans(plan []undoNode, canary int, now time.Time, grace time.Duration) 
 	}
 	for _, u := range plan {
 		if !u.changes() {
-			out = append(out, &ferryv1.NodePlan{NodeId: u.node.GetId(), FromVersion: u.from, ToVersion: u.from, Note: "left alone: " + u.note})
+			out = append(out, &ferryv1.NodePlan{NodeId: u.node.GetId(), FromVersion: u.from, Note: "left alone: " + u.note})
 		}
 	}
 	return out
