@@ -22,6 +22,12 @@ type Rollouts interface {
 	Resume(actor, id string) (*ferryv1.Rollout, error)
 	Abort(actor, id string) (*ferryv1.Rollout, error)
 	Undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.UndoRolloutResponse, error)
+	// PackageUsers lists the active rollouts that use a package version
+	// and the nodes that have it installed.
+	PackageUsers(name, version string) (rollouts, nodes []string)
+	// ArtifactsInUse maps the digests rollouts may still send to nodes to
+	// those rollouts.
+	ArtifactsInUse() map[string][]string
 }
 
 type rolloutServer struct {
