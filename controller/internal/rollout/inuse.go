@@ -71,21 +71,13 @@ func usesVersion(ru *run, version string) bool {
 }
 
 // ArtifactsInUse returns the digests of the artifacts that rollouts which
-// have not ended, or whose jobs ended less than FetchGrace ago, may still
-// send to a node, each with those rollouts' IDs.
+// have not ended may still send to a node, each with those rollouts' IDs.
 func (e *Engine) ArtifactsInUse() map[string][]string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	now := e.cfg.Clock.Now()
 	out := map[string][]string{}
 	for id, ru := range e.runs {
-		recent := false
-		for _, n := range ru.r.GetNodes() {
-			if n.GetJobId() != "" && e.jobRecent(ru, n, now) {
-				recent = true
-			}
-		}
-		if !recent && ru.ended() {
+		if ru.ended() || ru.frozen {
 			continue
 		}
 		digests := map[string]bool{}
