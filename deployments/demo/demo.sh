@@ -4,7 +4,8 @@
 # .sha256, push it with checksum verification (and see a tampered copy
 # refused), apply the package, roll it out to staging and then, with a
 # canary and a promotion, to production, run `go version` from a node's
-# install root, and undo the production rollout.
+# install root, abort a rollout that changes nothing, plan the undo and
+# undo the production rollout anyway.
 #
 #   make demo          (builds first; or run this script after `make build`)
 #
@@ -338,6 +339,27 @@ inventory() {
 	show ferryctl nodes --package "go@$GO_VERSION"
 }
 
+rollout_busy() {
+	ferryctl rollout status "$1" -o json 2>/dev/null | grep -qiE '"outcome": *"(node_outcome_)?(pending|downloading|installing|checking)"'
+}
+
+# An aborted rollout that changes nothing must not stand in the way of the
+# undo: the undo goes by what each node had before its latest change.
+aborted_noop_rollout() {
+	step "An aborted rollout that changes nothing (every node has go$GO_VERSION already)"
+	local id
+	local -a start=(ferryctl rollout --group production --package "go@$GO_VERSION" --canary 1 --detach)
+	say_cmd "${start[@]}"
+	id=$("${start[@]}")
+	show ferryctl rollout abort "$id" || true # it may have ended already
+	wait_for "the aborted rollout's canary to report" not_busy "$id"
+	show ferryctl rollout status "$id" || true
+	step "Planning the undo: per node, from what to what (changes nothing)"
+	show ferryctl rollout undo --group production --package go --plan
+}
+
+not_busy() { ! rollout_busy "$1"; }
+
 undo_production() {
 	step "Undoing the production rollout (back to what each node had before)"
 	show ferryctl rollout undo --group production --package go --canary 1 --auto-promote --max-parallel 3 --healthy-for 1s
@@ -401,6 +423,7 @@ main() {
 	rollout_production
 	check_node
 	inventory
+	aborted_noop_rollout
 	undo_production
 	failed_logs
 	if [[ ${DEMO_KEEP:-} == 1 ]]; then
