@@ -131,7 +131,7 @@ func TestCommands(t *testing.T) {
 		{name: "pause unknown", args: []string{"rollout", "pause", "nope"}, code: 1, stderr: notFound},
 		{name: "resume unknown", args: []string{"rollout", "resume", "nope"}, code: 1, stderr: notFound},
 		{name: "abort unknown", args: []string{"-o", "json", "rollout", "abort", "nope"}, code: 1, stderr: notFound},
-		{name: "undo nothing", args: []string{"rollout", "undo", "--group", "staging", "--package", "go"}, code: 1, stderr: "Error: wrong rollout state: nothing to undo: package go was never rolled out to group staging\n"},
+		{name: "undo nothing", args: []string{"rollout", "undo", "--group", "staging", "--package", "go"}, code: 1, stderr: "Error: invalid rollout: no enrolled node matches group=staging; list nodes with `ferryctl nodes`\n"},
 		{name: "audit", args: []string{"audit", "--limit", "2"}, stdout: []string{"TIME  ", "ACTOR        ACTION ", "admin/admin  rollout.undo ", "admin/admin  rollout.abort "}},
 		{name: "no credential", args: []string{"--config", filepath.Join(dir, "none.yaml"), "rollout", "pause", "x"}, code: 1, stderr: "Error: admin credential " + filepath.Join(dir, "none.yaml") + " does not exist; pass --config or set FERRY_CONFIG to the admin.yaml the controller wrote in its data dir\n"},
 	} {
