@@ -279,7 +279,7 @@ func TestEveryAdminActionIsAuditedOrNotDone(t *testing.T) {
 			_, err := pkgs.DeletePackage(ctx, &ferryv1.DeletePackageRequest{Name: "motd", Version: "2"})
 			return err
 		}},
-		{name: "artifact push unused", action: "artifact.push", detail: "created=true", do: func() error { return push(conn, "junk.txt", "1", []byte("junk")) }},
+		{name: "artifact push unused", action: "artifact.push", detail: "created=true", do: func() error { return push(conn, "junk.txt", "0.1", []byte("junk")) }},
 		{name: "artifact gc", action: "artifact.gc", detail: "digest=sha256:", do: func() error {
 			_, err := arts.CollectArtifacts(ctx, &ferryv1.CollectArtifactsRequest{})
 			return err

@@ -10,9 +10,10 @@ import (
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
-func (e *env) remove(name string) *ferryv1.JobUpdate {
+// removeGo removes the go package, as a removal job does.
+func (e *env) removeGo() *ferryv1.JobUpdate {
 	e.t.Helper()
-	return e.inst.Remove(context.Background(), e.nextJob(), "r1", name, nil, nil)
+	return e.inst.Remove(context.Background(), e.nextJob(), "r1", "go", nil, nil)
 }
 
 // TestRemove removes a package installed in two versions, with a file
@@ -28,7 +29,7 @@ func TestRemove(t *testing.T) {
 	a2, d2 := artifact(t, goV2)
 	wantPhase(t, e.install(goPackage("1.20.2", d1), a1), succeeded)
 	wantPhase(t, e.install(goPackage("1.20.3", d2, fileStep("/etc/go/config", "x=1", 0o644)), a2), succeeded)
-	u := e.remove("go")
+	u := e.removeGo()
 	wantPhase(t, u, succeeded)
 	if u.GetMessage() != "removed go 1.20.3" {
 		t.Errorf("message %q", u.GetMessage())
@@ -49,7 +50,7 @@ func TestRemove(t *testing.T) {
 	if got := snapshot(t, e.root); strings.Contains(got, "go.sh") || strings.Contains(got, "VERSION") || !strings.Contains(before, "hosts") {
 		t.Errorf("left after remove:\n%s", got)
 	}
-	u = e.remove("go")
+	u = e.removeGo()
 	wantPhase(t, u, unchanged)
 	if !strings.Contains(u.GetMessage(), "not installed") {
 		t.Errorf("second remove: %q", u.GetMessage())
@@ -75,7 +76,7 @@ func TestRemoveFailureRestores(t *testing.T) {
 	// step fails on a directory where its file was; the two are put back.
 	must(t, os.Remove(e.path("/etc/go/config")))
 	must(t, os.MkdirAll(e.path("/etc/go/config/sub"), 0o755))
-	u := e.remove("go")
+	u := e.removeGo()
 	wantPhase(t, u, failed)
 	if !strings.Contains(u.GetMessage(), "not a regular file") {
 		t.Errorf("message %q", u.GetMessage())
@@ -117,6 +118,6 @@ func TestCrashDuringRemove(t *testing.T) {
 		t.Fatalf("node not restored after a crash mid-removal:\n%s\nvs\n%s", before, after)
 	}
 	e.inst = i2
-	wantPhase(t, e.remove("go"), succeeded)
+	wantPhase(t, e.removeGo(), succeeded)
 	assertAbsent(t, e.path("/usr/local/go"))
 }
