@@ -20,24 +20,6 @@ type remover interface {
 	Removal(stepRequest) (*action, error)
 }
 
-// Removal: the step's tree, as if it had not existed before.
-func (k archiveKind) Removal(r stepRequest) (*action, error) {
-	res, err := k.dest(r.step.GetArchive())
-	if err != nil {
-		return nil, err
-	}
-	return &action{Kind: k.Change(), Step: r.index, Target: res.host}, nil
-}
-
-// Removal: the step's file, as if it had not existed before.
-func (m managedFile) Removal(r stepRequest) (*action, error) {
-	w, err := m.want(m.i, r)
-	if err != nil {
-		return nil, err
-	}
-	return &action{Kind: "file", Step: r.index, Target: w.target, Temp: tempBeside(w.target)}, nil
-}
-
 // Remove uninstalls a package: the trees its installed version's archive
 // steps put in place and the files its file, env and sudoers steps wrote
 // are deleted, newest step first, each journaled as a rollback change so
@@ -45,24 +27,12 @@ func (m managedFile) Removal(r stepRequest) (*action, error) {
 // of the package goes, with the earlier versions kept for rollback. A file
 // that existed before Ferry first wrote it is deleted too: it belongs to
 // the package now. A package that is not installed is UNCHANGED.
-func (i *Installer) Remove(ctx context.Context, jobID, rolloutID, pkgName string, progress func(*ferryv1.JobUpdate), logf func(string)) *ferryv1.JobUpdate {
-	if progress == nil {
-		progress = func(*ferryv1.JobUpdate) {}
-	}
-	if logf == nil {
-		logf = func(string) {}
-	}
-	jc := &jobCtx{
-		ctx: ctx, jobID: jobID, rolloutID: rolloutID, key: jobKey(jobID),
-		pkg: &ferryv1.Package{Name: pkgName}, progress: progress, logf: logf,
-	}
-	if jobID == "" {
-		return i.update(jc, ferryv1.JobPhase_JOB_PHASE_FAILED, "job has no ID")
-	}
+func (i *Installer) Remove(ctx context.Context, jobID, rolloutID, pkgName string, progress func(*ferryv1.JobUpdate), logf LogFunc) *ferryv1.JobUpdate {
 	i.run.Lock()
 	defer i.run.Unlock()
-	if u, ok := i.JobResult(jobID); ok {
-		return u
+	jc, done := i.packageJob(ctx, jobID, rolloutID, pkgName, progress, logf)
+	if done != nil {
+		return done
 	}
 	i.mu.Lock()
 	cur := i.current(pkgName)
@@ -75,7 +45,8 @@ func (i *Installer) Remove(ctx context.Context, jobID, rolloutID, pkgName string
 	if err := proto.Unmarshal(cur.Package, installed); err != nil {
 		return i.finish(jc, i.update(jc, ferryv1.JobPhase_JOB_PHASE_FAILED, fmt.Sprintf("record of %s %s is unreadable: %v", pkgName, cur.Version, err)), nil)
 	}
-	progress(i.update(jc, ferryv1.JobPhase_JOB_PHASE_INSTALLING, "removing "+pkgName+" "+cur.Version))
+	jc.progress(i.update(jc, ferryv1.JobPhase_JOB_PHASE_INSTALLING, "removing "+pkgName+" "+cur.Version))
+	jc.note("remove", "removing "+pkgName+" "+cur.Version)
 	steps := installed.GetSteps()
 	var displaced []string
 	for idx := len(steps) - 1; idx >= 0; idx-- {
@@ -109,8 +80,8 @@ func (i *Installer) Remove(ctx context.Context, jobID, rolloutID, pkgName string
 			return i.fail(jc, name, err)
 		}
 		jc.results = append(jc.results, res)
-		logf(name + ": removed\n")
-		progress(i.update(jc, ferryv1.JobPhase_JOB_PHASE_INSTALLING, ""))
+		jc.note(name, "removed")
+		jc.progress(i.update(jc, ferryv1.JobPhase_JOB_PHASE_INSTALLING, ""))
 	}
 	msg := fmt.Sprintf("removed %s %s", pkgName, cur.Version)
 	var garbage []string

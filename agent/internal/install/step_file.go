@@ -408,3 +408,12 @@ func lookupOwner(owner, group string) (int, int, error) {
 	}
 	return uid, gid, nil
 }
+
+// Removal: the step's file, as if it had not existed before.
+func (m managedFile) Removal(r stepRequest) (*action, error) {
+	w, err := m.want(m.i, r)
+	if err != nil {
+		return nil, err
+	}
+	return &action{Kind: "file", Step: r.index, Target: w.target, Temp: tempBeside(w.target)}, nil
+}
