@@ -133,6 +133,17 @@ func TestCommands(t *testing.T) {
 		{name: "abort unknown", args: []string{"-o", "json", "rollout", "abort", "nope"}, code: 1, stderr: notFound},
 		{name: "undo nothing", args: []string{"rollout", "undo", "--group", "staging", "--package", "go"}, code: 1, stderr: "Error: invalid rollout: no enrolled node matches group=staging; list nodes with `ferryctl nodes`\n"},
 		{name: "audit", args: []string{"audit", "--limit", "2"}, stdout: []string{"TIME  ", "ACTOR        ACTION ", "admin/admin  rollout.undo ", "admin/admin  rollout.abort "}},
+		{name: "undo two targets", args: []string{"rollout", "undo", "--group", "staging", "--package", "go", "--to-version", "1", "--to-rollout", "x"}, code: 1, stderr: "Error: use --to-version or --to-rollout, not both\n"},
+		{name: "undo versioned package", args: []string{"rollout", "undo", "--group", "staging", "--package", "go@1.20.3"}, code: 1, stderr: "Error: --package go@1.20.3: name the package without a version; to go to a version use --to-version\n"},
+		{name: "remove versioned", args: []string{"rollout", "--group", "staging", "--remove", "go@1.20.3"}, code: 1, stderr: "Error: --remove go@1.20.3: name the package without a version; a node removes whichever version it has\n"},
+		{name: "remove and install", args: []string{"rollout", "--group", "staging", "--remove", "go", "--package", "go@1.20.3"}, code: 1, stderr: "Error: use --package NAME@VERSION to install or --remove NAME to remove, not both\n"},
+		{name: "package rm bad ref", args: []string{"package", "rm", "go"}, code: 1, stderr: "Error: \"go\" is not a package reference: want NAME@VERSION, e.g. go@1.20.3\n"},
+		{name: "gc nothing", args: []string{"artifact", "gc", "--plan"}, stdoutOnly: "nothing to remove: every artifact is referenced by a package or a rollout\n"},
+		{name: "package rm", args: []string{"package", "rm", "go@1.20.3"}, stdoutOnly: "package go@1.20.3 removed; its artifact go1.20.3.linux-amd64.tar.gz stays until `ferryctl artifact gc` or `ferryctl artifact rm`\n"},
+		{name: "package rm again", args: []string{"package", "rm", "go@1.20.3"}, code: 1, stderr: "Error: package not found: go@1.20.3; list packages with `ferryctl package list`\n"},
+		{name: "gc plan", args: []string{"artifact", "gc", "--plan"}, stdout: []string{"would remove go1.20.3.linux-amd64.tar.gz@1.20.3 (sha256:", "plan only: 1 artifacts ("}},
+		{name: "gc", args: []string{"artifact", "gc"}, stdout: []string{"removed go1.20.3.linux-amd64.tar.gz@1.20.3 (sha256:", "1 artifacts removed, "}},
+		{name: "gc again", args: []string{"artifact", "gc"}, stdoutOnly: "nothing to remove: every artifact is referenced by a package or a rollout\n"},
 		{name: "no credential", args: []string{"--config", filepath.Join(dir, "none.yaml"), "rollout", "pause", "x"}, code: 1, stderr: "Error: admin credential " + filepath.Join(dir, "none.yaml") + " does not exist; pass --config or set FERRY_CONFIG to the admin.yaml the controller wrote in its data dir\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
