@@ -59,6 +59,9 @@ type undoNode struct {
 	kind     ferryv1.JobKind
 	note     string // set when the node is left alone, saying why
 	stuck    bool   // it should change but cannot: the undo is refused
+	// undoes is the node's latest recorded change, when the undo goes
+	// back from the version it left.
+	undoes change
 }
 
 func (u undoNode) changes() bool { return u.note == "" }
@@ -168,6 +171,9 @@ func (e *Engine) undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.U
 		JobKind:        kindRollback,
 		UndoOf:         req.GetToRollout(),
 	}
+	if r.UndoOf == "" {
+		r.UndoOf = newestUndone(plan)
+	}
 	r.Nodes = buildNodes(nodes, int(strat.GetCanary()), now, e.cfg.DisconnectGrace, func(n *ferryv1.Node) string { return by[n.GetId()].from })
 	for _, nj := range r.GetNodes() {
 		u := by[nj.GetNodeId()]
@@ -177,7 +183,7 @@ func (e *Engine) undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.U
 		}
 	}
 	r.Message = fmt.Sprintf("undo by %s: %s: %s", actor, name, transitionsText(r.GetNodes()))
-	if r.GetUndoOf() != "" {
+	if req.GetToRollout() != "" {
 		r.Message = fmt.Sprintf("undo of %s by %s: %s: %s", r.GetUndoOf(), actor, name, transitionsText(r.GetNodes()))
 	}
 	ru, err := e.insertLocked(r, nil, now, e.auditEntry(actor, "rollout.undo", r.GetId(), undoDetail(req)+": "+transitionsText(r.GetNodes())))
@@ -191,6 +197,18 @@ func (e *Engine) undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.U
 		}
 	}
 	return &ferryv1.UndoRolloutResponse{Rollout: e.advanceAndRelease(ru, now)}, nil
+}
+
+// newestUndone is the newest rollout whose change on some node the undo
+// takes back (for listings: "undo ro-…"); "" when none is recorded.
+func newestUndone(plan []undoNode) string {
+	var best change
+	for _, u := range plan {
+		if u.changes() && u.undoes.rollout != "" && (best.rollout == "" || u.undoes.at.After(best.at)) {
+			best = u.undoes
+		}
+	}
+	return best.rollout
 }
 
 // samePlan refuses an undo whose nodes changed between the two looks.
@@ -254,6 +272,9 @@ func (e *Engine) undoNodeLocked(n *ferryv1.Node, name, toVersion string, from *r
 	case !reported && haveLast:
 		u.from = last.to // not heard from since the controller started
 	}
+	if haveLast && last.to == u.from {
+		u.undoes = last
+	}
 	switch {
 	case toVersion != "":
 		u.to = toVersion
@@ -298,6 +319,7 @@ func (e *Engine) undoNodeLocked(n *ferryv1.Node, name, toVersion string, from *r
 type change struct {
 	from, to string
 	at       time.Time
+	rollout  string
 }
 
 // lastChangeLocked is the newest change of the package on the node that
@@ -314,7 +336,7 @@ func (e *Engine) lastChangeLocked(name, nodeID string) (change, bool) {
 		if nj == nil || !changedBy(ru, nj) {
 			continue
 		}
-		c := change{from: nj.GetPreviousVersion(), to: versionAfter(ru, nj), at: nj.GetFinishedAt().AsTime()}
+		c := change{from: nj.GetPreviousVersion(), to: versionAfter(ru, nj), at: nj.GetFinishedAt().AsTime(), rollout: ru.r.GetId()}
 		if !found || c.at.After(best.at) {
 			best, found = c, true
 		}

@@ -157,6 +157,9 @@ func TestUndoAfterAbortedNoopRollout(t *testing.T) {
 		t.Fatal(err)
 	}
 	u := resp.Rollout
+	if u.UndoOf != r.Id {
+		t.Errorf("undo_of %q, want %s, the newest rollout whose change it takes back (not the no-op %s)", u.UndoOf, r.Id, noop.Id)
+	}
 	if want := "undo by admin/alice: go: 1.20.3 → removed on n00, n02; 1.20.3 → 1.20.2 on n01"; u.Message != want {
 		t.Errorf("announcement %q, want %q", u.Message, want)
 	}
