@@ -339,8 +339,12 @@ inventory() {
 	show ferryctl nodes --package "go@$GO_VERSION"
 }
 
+# rollout_busy ID: a node of the rollout still has a job in flight (or the
+# controller did not answer: keep waiting).
 rollout_busy() {
-	ferryctl rollout status "$1" -o json 2>/dev/null | grep -qiE '"outcome": *"(node_outcome_)?(pending|downloading|installing|checking)"'
+	local out
+	out=$(ferryctl rollout status "$1" -o json 2>/dev/null) || true
+	[[ -z $out ]] || grep -qiE '"outcome": *"(node_outcome_)?(pending|downloading|installing|checking)"' <<<"$out"
 }
 
 # An aborted rollout that changes nothing must not stand in the way of the

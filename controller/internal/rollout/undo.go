@@ -138,6 +138,13 @@ func (e *Engine) undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.U
 		return nil, fmt.Errorf("%w: nothing to undo: %s", ErrState, leftAlone(plan))
 	}
 	if req.GetPlan() {
+		// A plan fails as the undo would: an active rollout in the way.
+		e.mu.Lock()
+		err := e.conflictLocked(name, nodes)
+		e.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
 		return &ferryv1.UndoRolloutResponse{Plan: undoPlans(plan, int(strat.GetCanary()), e.cfg.Clock.Now(), e.cfg.DisconnectGrace)}, nil
 	}
 	e.mu.Lock()

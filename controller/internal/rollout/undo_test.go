@@ -69,6 +69,9 @@ func TestUndo(t *testing.T) {
 	if _, err := h.undo(&ferryv1.UndoRolloutRequest{ToRollout: r.Id}); !errors.Is(err, ErrConflict) {
 		t.Errorf("undo during the rollout: %v, want ErrConflict", err)
 	}
+	if _, err := h.undo(&ferryv1.UndoRolloutRequest{Plan: true}); !errors.Is(err, ErrConflict) {
+		t.Errorf("undo plan during the rollout: %v, want ErrConflict (the plan fails as the undo would)", err)
+	}
 	h.succeed(r.Id, "n01")
 	h.fail(r.Id, "n02")
 	h.report(r.Id, "n03", phUnchanged, "")
