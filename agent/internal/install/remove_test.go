@@ -3,7 +3,6 @@ package install
 import (
 	"context"
 	"os"
-	"runtime"
 	"strings"
 	"testing"
 
@@ -99,25 +98,10 @@ func TestCrashDuringRemove(t *testing.T) {
 	a1, d1 := artifact(t, goV1)
 	wantPhase(t, e.install(goPackage("1.20.2", d1), a1), succeeded)
 	before := snapshot(t, e.root)
-	e.inst.hook = func(p string) {
-		if p == "rollback:switched" {
-			runtime.Goexit()
-		}
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		e.inst.Remove(context.Background(), "rm", "r", "go", nil, nil)
-	}()
-	<-done
-	i2 := e.open()
-	if got := i2.Interrupted(); len(got) != 1 || got[0].GetJobId() != "rm" {
-		t.Fatalf("Interrupted() = %v", got)
-	}
+	e.crashAt(t, "rollback:switched", "rm", func(i *Installer) { i.Remove(context.Background(), "rm", "r", "go", nil, nil) })
 	if after := snapshot(t, e.root); after != before {
 		t.Fatalf("node not restored after a crash mid-removal:\n%s\nvs\n%s", before, after)
 	}
-	e.inst = i2
 	wantPhase(t, e.removeGo(), succeeded)
 	assertAbsent(t, e.path("/usr/local/go"))
 }
