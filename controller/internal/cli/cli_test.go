@@ -115,7 +115,7 @@ func TestCommands(t *testing.T) {
 		{name: "nodes bad package", args: []string{"nodes", "--package", "go@"}, code: 1, stderr: "Error: --package \"go@\": want NAME or NAME@VERSION, e.g. go or go@1.20.3\n"},
 		{name: "nodes watch selector", args: []string{"nodes", "-w", "--selector", "dc=east"}, code: 1, stderr: "Error: --selector, --package and --not-package do not apply to --watch: watch a --group or --state\n"},
 		{name: "node show unknown", args: []string{"node", "show", "nope"}, code: 1, stderr: "Error: node \"nope\": not found; list nodes with `ferryctl nodes --all`\n"},
-		{name: "unknown nested", args: []string{"artifact", "ls"}, code: 1, stderr: "Error: unknown command \"ls\" for \"ferryctl artifact\"; did you mean 'ferryctl artifact list' or 'ferryctl artifact rm'?\n"},
+		{name: "unknown nested", args: []string{"artifact", "ls"}, code: 1, stderr: "Error: unknown command \"ls\" for \"ferryctl artifact\"; did you mean 'ferryctl artifact gc', 'ferryctl artifact list' or 'ferryctl artifact rm'?\n"},
 		{name: "unknown nested typo", args: []string{"token", "lst"}, code: 1, stderr: "Error: unknown command \"lst\" for \"ferryctl token\"; did you mean 'ferryctl token list'?\n"},
 		{name: "unknown nested rm", args: []string{"node", "rm", "n1"}, code: 1, stderr: "Error: unknown command \"rm\" for \"ferryctl node\"; did you mean 'ferryctl node remove'?\n"},
 		{name: "unknown nested none", args: []string{"gossip", "zzz"}, code: 1, stderr: "Error: unknown command \"zzz\" for \"ferryctl gossip\"; run 'ferryctl gossip --help' to list its commands\n"},

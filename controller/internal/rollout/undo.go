@@ -464,7 +464,7 @@ func undoPlans(plan []undoNode, canary int, now time.Time, grace time.Duration) 
 	}
 	for _, u := range plan {
 		if !u.changes() {
-			out = append(out, &ferryv1.NodePlan{NodeId: u.node.GetId(), FromVersion: u.from, Note: "left alone: " + u.note})
+			out = append(out, &ferryv1.NodePlan{NodeId: u.node.GetId(), Wave: 1, FromVersion: u.from, Note: "left alone: " + u.note})
 		}
 	}
 	return out
