@@ -6,7 +6,8 @@
 # canary and a promotion, to production, run `go version` from a node's
 # install root, enroll one more production node that catches up by itself,
 # restart a service with a service step (and watch a broken config roll
-# back), and undo the production rollout.
+# back), abort a rollout that changes nothing, plan the undo and undo the
+# production rollout anyway.
 #
 #   make demo          (builds first; or run this script after `make build`)
 #
@@ -428,6 +429,31 @@ YAML
 	echo "staging-1: the old config is back and myapp.service was restarted on it (active)"
 }
 
+# rollout_busy ID: a node of the rollout still has a job in flight (or the
+# controller did not answer: keep waiting).
+rollout_busy() {
+	local out
+	out=$(ferryctl rollout status "$1" -o json 2>/dev/null) || true
+	[[ -z $out ]] || grep -qiE '"outcome": *"(node_outcome_)?(pending|downloading|installing|checking)"' <<<"$out"
+}
+
+# An aborted rollout that changes nothing must not stand in the way of the
+# undo: the undo goes by what each node had before its latest change.
+aborted_noop_rollout() {
+	step "An aborted rollout that changes nothing (every node has go$GO_VERSION already)"
+	local id
+	local -a start=(ferryctl rollout --group production --package "go@$GO_VERSION" --canary 1 --detach)
+	say_cmd "${start[@]}"
+	id=$("${start[@]}")
+	show ferryctl rollout abort "$id" || true # it may have ended already
+	wait_for "the aborted rollout's canary to report" not_busy "$id"
+	show ferryctl rollout status "$id" || true
+	step "Planning the undo: per node, from what to what (changes nothing)"
+	show ferryctl rollout undo --group production --package go --plan
+}
+
+not_busy() { ! rollout_busy "$1"; }
+
 undo_production() {
 	step "Undoing the production rollout (back to what each node had before)"
 	show ferryctl rollout undo --group production --package go --canary 1 --auto-promote --max-parallel 3 --healthy-for 1s
@@ -496,6 +522,7 @@ main() {
 	inventory
 	catch_up_production
 	service_step
+	aborted_noop_rollout
 	undo_production
 	failed_logs
 	if [[ ${DEMO_KEEP:-} == 1 ]]; then

@@ -361,6 +361,7 @@ func TestE2EDemoScript(t *testing.T) {
 		"go version go",
 		"3/3 done  succeeded 3  | succeeded",
 		"undo ro-",
+		" → removed: rollback", // the undo plan, per node, after an aborted rollout
 		"/usr/local/go is gone again",
 		"see why: ferryctl logs ro-",
 		// prod-4, enrolled after the production rollout, caught up by itself.

@@ -622,7 +622,10 @@ func TestE2ERolloutStagingThenProductionAndUndo(t *testing.T) {
 		t.Errorf("prod-2 already had 2.0.0, but the rollout that found it unchanged replaced its /opt/tool tree")
 	}
 
-	out, stderr, code := f.h.Ctl("rollout", "undo", "--group", "production", "--package", "tool",
+	// Undo that rollout: the nodes it changed go back to what they had
+	// before it (a plain undo would take prod-2 back too: its latest
+	// change was 1.0.0 → 2.0.0).
+	out, stderr, code := f.h.Ctl("rollout", "undo", "--group", "production", "--package", "tool", "--to-rollout", v2.ID,
 		"--canary", "1", "--auto-promote", "--max-parallel", "3", "--healthy-for", "1s", "--progress-deadline", "30s")
 	if code != 0 {
 		t.Fatalf("ferryctl rollout undo: exit %d\n%s\n%s", code, out, stderr)

@@ -194,6 +194,9 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 	case ferryv1.JobKind_JOB_KIND_ROLLBACK:
 		final = r.inst.Rollback(jctx, job.GetId(), job.GetRolloutId(), job.GetPackage().GetName(), progress, logf)
 		record = false
+	case ferryv1.JobKind_JOB_KIND_REMOVE:
+		final = r.inst.Remove(jctx, job.GetId(), job.GetRolloutId(), job.GetPackage().GetName(), progress, logf)
+		record = false
 	case ferryv1.JobKind_JOB_KIND_INSTALL, ferryv1.JobKind_JOB_KIND_PLAN:
 		release := func() {}
 		if d := job.GetPackage().GetArtifact().GetDigest(); d != "" && r.fetcher != nil {

@@ -259,6 +259,7 @@ func (i *Installer) Installed() []*ferryv1.InstalledPackage {
 		if !r.Pruned && len(rs) > 1 {
 			p.PreviousVersion = rs[len(rs)-2].Version
 		}
+		p.Pruned = r.Pruned
 		out = append(out, p)
 	}
 	sort.Slice(out, func(a, b int) bool { return out[a].GetName() < out[b].GetName() })

@@ -475,3 +475,12 @@ func (k archiveKind) rollbackTree(jc *jobCtx, a *action) (*action, error) {
 	}
 	return b, nil
 }
+
+// Removal: the step's tree, as if it had not existed before.
+func (k archiveKind) Removal(r stepRequest) (*action, error) {
+	res, err := k.dest(r.step.GetArchive())
+	if err != nil {
+		return nil, err
+	}
+	return &action{Kind: k.Change(), Step: r.index, Target: res.host}, nil
+}

@@ -21,7 +21,7 @@ import (
 
 func (a *app) artifactCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "artifact", Aliases: []string{"artifacts"}, Short: "Manage artifacts (release tarballs, binaries) on the controller"}
-	cmd.AddCommand(a.artifactPushCmd(), a.artifactImportCmd(), a.artifactListCmd(), a.artifactInspectCmd(), a.artifactRmCmd(), a.artifactVerifyCmd())
+	cmd.AddCommand(a.artifactPushCmd(), a.artifactImportCmd(), a.artifactListCmd(), a.artifactInspectCmd(), a.artifactRmCmd(), a.artifactVerifyCmd(), a.artifactGcCmd())
 	return cmd
 }
 

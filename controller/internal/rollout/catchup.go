@@ -150,6 +150,8 @@ func (e *Engine) desiredOf(ru *run) (string, *ferryv1.DesiredPackage, bool) {
 			return "", nil, false
 		}
 		d.Version, d.Removed = v, v == ""
+	case kindRemove:
+		d.Removed = true
 	default:
 		return "", nil, false
 	}
@@ -159,16 +161,13 @@ func (e *Engine) desiredOf(ru *run) (string, *ferryv1.DesiredPackage, bool) {
 // undoneTo is the version an undo returned its nodes to, when they all
 // went back to the same one ("" is "removed"); nodes that went back to
 // different versions leave no single desired version.
-//
-// Removal rollouts (`rollout --remove P`) should set Removed here once they
-// exist: a rollout whose job removes the package desires "P absent".
 func (e *Engine) undoneTo(ru *run) (string, bool) {
 	to, seen := "", false
 	for _, n := range ru.r.GetNodes() {
 		if n.GetOutcome() != ocSucceeded && n.GetOutcome() != ocUnchanged {
 			continue
 		}
-		v := e.undoTarget(ru, n.GetNodeId())
+		v := n.GetTargetVersion() // the version the undo job took the node to ("" is removed)
 		if seen && v != to {
 			return "", false
 		}

@@ -199,14 +199,17 @@ func TestCatchUpLateNode(t *testing.T) {
 		}
 	}
 	// Undo treats the catch-up as part of the rollout: n02 goes back too.
-	u, err := h.e.Undo("admin/alice", &ferryv1.UndoRolloutRequest{Group: "prod", PackageName: "go", Strategy: &ferryv1.Strategy{Canary: proto.Uint32(0), MaxParallel: "3"}})
+	ur, err := h.e.Undo("admin/alice", &ferryv1.UndoRolloutRequest{Group: "prod", PackageName: "go", Strategy: &ferryv1.Strategy{Canary: proto.Uint32(0), MaxParallel: "3"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u.UndoOf != r.Id || !slices.Equal(nodeIDs(u), []string{"n00", "n01", "n02"}) {
-		t.Fatalf("undo of %s on %v, want %s on n00, n01, n02", u.UndoOf, nodeIDs(u), r.Id)
+	u := ur.GetRollout()
+	// Each node goes back from its own latest change: the rollout's for
+	// n00 and n01, the catch-up's for n02 (the undo names the newest).
+	if (u.UndoOf != r.Id && u.UndoOf != cu.Id) || !slices.Equal(nodeIDs(u), []string{"n00", "n01", "n02"}) {
+		t.Fatalf("undo of %s on %v, want %s or %s on n00, n01, n02", u.UndoOf, nodeIDs(u), r.Id, cu.Id)
 	}
-	if n := nodeOf(h.get(u.Id), "n02"); !strings.Contains(n.Message, "rolling back to no previous version") {
+	if n := nodeOf(h.get(u.Id), "n02"); !strings.Contains(n.Message, "1.20.3 → removed") {
 		t.Errorf("n02 undo message %q", n.Message)
 	}
 }
@@ -501,10 +504,11 @@ func TestCatchUpAfterUndoAndMove(t *testing.T) {
 		h.fleet.setInstalled(n, "go", "1.20.2", "")
 	}
 	r := h.rollOut("1.20.3")
-	u, err := h.e.Undo("admin/alice", &ferryv1.UndoRolloutRequest{Group: "prod", PackageName: "go", Strategy: &ferryv1.Strategy{Canary: proto.Uint32(0), MaxParallel: "2"}})
+	ur, err := h.e.Undo("admin/alice", &ferryv1.UndoRolloutRequest{Group: "prod", PackageName: "go", Strategy: &ferryv1.Strategy{Canary: proto.Uint32(0), MaxParallel: "2"}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	u := ur.GetRollout()
 	h.succeed(u.Id, "n00")
 	h.succeed(u.Id, "n01")
 	h.tick(20 * time.Second)

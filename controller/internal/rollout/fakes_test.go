@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
@@ -171,6 +172,13 @@ func (f *fakeFleet) setInstalled(id, pkg, version, previous string) {
 		}
 	}
 	n.Installed = append(n.Installed, &ferryv1.InstalledPackage{Name: pkg, Version: version, PreviousVersion: previous})
+}
+
+func (f *fakeFleet) uninstall(id, pkg string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := f.nodes[id]
+	n.Installed = slices.DeleteFunc(n.Installed, func(p *ferryv1.InstalledPackage) bool { return p.Name == pkg })
 }
 
 func (f *fakeFleet) installed(id, pkg string) string {
@@ -550,6 +558,8 @@ func (h *harness) report(rolloutID, nodeID string, phase ferryv1.JobPhase, msg s
 			h.fleet.setInstalled(nodeID, job.Package.Name, job.Package.Version, h.fleet.installed(nodeID, job.Package.Name))
 		case kindRollback:
 			h.fleet.setInstalled(nodeID, job.Package.Name, "1.20.2", "")
+		case kindRemove:
+			h.fleet.uninstall(nodeID, job.Package.Name)
 		}
 	}
 }

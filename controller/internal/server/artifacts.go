@@ -290,3 +290,42 @@ func (s *artifactServer) ImportArtifact(req *ferryv1.ImportArtifactRequest, stre
 	s.log.Info("artifact imported", "artifact", artifact.Key(a), "source", source, "digest", a.Digest, "size", a.Size, "resumed_from", resumed, "created", created, "restored", restored, "by", actor)
 	return stream.Send(&ferryv1.ImportArtifactResponse{Msg: &ferryv1.ImportArtifactResponse_Result{Result: &ferryv1.PushArtifactResponse{Artifact: a, Created: created, Restored: restored}}})
 }
+
+// CollectArtifacts removes every artifact that no stored package
+// references and no rollout may still send to a node (one that has not
+// ended, or whose jobs ended within the fetch grace). Each removal is
+// audited as artifact.gc; with plan set it only lists them. An artifact
+// that gains a reference meanwhile is kept (the store checks again in
+// the transaction that removes it).
+func (s *artifactServer) CollectArtifacts(ctx context.Context, req *ferryv1.CollectArtifactsRequest) (*ferryv1.CollectArtifactsResponse, error) {
+	all, err := s.d.Artifacts.List("")
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	inUse := s.d.Rollouts.ArtifactsInUse()
+	resp := &ferryv1.CollectArtifactsResponse{}
+	for _, a := range all {
+		refs, err := s.d.Artifacts.ReferencedBy(a.Digest)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		if len(refs) > 0 || len(inUse[a.Digest]) > 0 {
+			continue
+		}
+		if !req.GetPlan() {
+			ev := s.d.auditEvent(ctx, "artifact.gc", artifact.Key(a), "digest="+a.Digest)
+			_, err := s.d.Artifacts.Delete(artifact.Key(a), func(*ferryv1.Artifact) *ferryv1.AuditEvent { return ev })
+			if errors.Is(err, artifact.ErrReferenced) {
+				continue
+			}
+			if err != nil {
+				s.d.refused(ev, err)
+				return nil, toStatus(fmt.Errorf("artifact gc: %s: %w; %d removed before it", artifact.Key(a), err, len(resp.Removed)))
+			}
+			s.log.Info("artifact collected", "artifact", artifact.Key(a), "digest", a.Digest)
+		}
+		resp.Removed = append(resp.Removed, a)
+		resp.Bytes += a.GetSize()
+	}
+	return resp, nil
+}

@@ -35,6 +35,7 @@ var errorCodes = []struct {
 	{as[pkgspec.ErrorList], codes.InvalidArgument},
 	{is(packages.ErrImmutable), codes.AlreadyExists},
 	{is(packages.ErrNotFound), codes.NotFound},
+	{is(packages.ErrInUse), codes.FailedPrecondition},
 
 	{is(artifact.ErrNotFound), codes.NotFound},
 	{is(artifact.ErrInvalid), codes.InvalidArgument},

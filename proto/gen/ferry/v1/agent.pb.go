@@ -35,6 +35,9 @@ const (
 	JobKind_JOB_KIND_ROLLBACK JobKind = 2
 	// Report what an install would change, changing nothing.
 	JobKind_JOB_KIND_PLAN JobKind = 3
+	// Remove the package: delete the trees and files its installed version
+	// put in place, and forget its records.
+	JobKind_JOB_KIND_REMOVE JobKind = 4
 )
 
 // Enum value maps for JobKind.
@@ -44,12 +47,14 @@ var (
 		1: "JOB_KIND_INSTALL",
 		2: "JOB_KIND_ROLLBACK",
 		3: "JOB_KIND_PLAN",
+		4: "JOB_KIND_REMOVE",
 	}
 	JobKind_value = map[string]int32{
 		"JOB_KIND_UNSPECIFIED": 0,
 		"JOB_KIND_INSTALL":     1,
 		"JOB_KIND_ROLLBACK":    2,
 		"JOB_KIND_PLAN":        3,
+		"JOB_KIND_REMOVE":      4,
 	}
 )
 
@@ -1813,12 +1818,13 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"got_digest\x18\x02 \x01(\tR\tgotDigest\"T\n" +
 	"\x1eReportArtifactMismatchResponse\x12\x18\n" +
 	"\adamaged\x18\x01 \x01(\bR\adamaged\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage*c\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage*x\n" +
 	"\aJobKind\x12\x18\n" +
 	"\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10JOB_KIND_INSTALL\x10\x01\x12\x15\n" +
 	"\x11JOB_KIND_ROLLBACK\x10\x02\x12\x11\n" +
-	"\rJOB_KIND_PLAN\x10\x03*\xd2\x01\n" +
+	"\rJOB_KIND_PLAN\x10\x03\x12\x13\n" +
+	"\x0fJOB_KIND_REMOVE\x10\x04*\xd2\x01\n" +
 	"\bJobPhase\x12\x19\n" +
 	"\x15JOB_PHASE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12JOB_PHASE_ACCEPTED\x10\x01\x12\x19\n" +

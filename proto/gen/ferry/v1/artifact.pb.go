@@ -130,6 +130,107 @@ func (MirrorLayout) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{1}
 }
 
+// CollectArtifactsRequest asks for a garbage collection.
+type CollectArtifactsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only list what would be removed; change nothing.
+	Plan          bool `protobuf:"varint,1,opt,name=plan,proto3" json:"plan,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CollectArtifactsRequest) Reset() {
+	*x = CollectArtifactsRequest{}
+	mi := &file_ferry_v1_artifact_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CollectArtifactsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CollectArtifactsRequest) ProtoMessage() {}
+
+func (x *CollectArtifactsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_artifact_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CollectArtifactsRequest.ProtoReflect.Descriptor instead.
+func (*CollectArtifactsRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *CollectArtifactsRequest) GetPlan() bool {
+	if x != nil {
+		return x.Plan
+	}
+	return false
+}
+
+// CollectArtifactsResponse lists what was (or would be) removed.
+type CollectArtifactsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The unreferenced artifacts, removed unless plan was set.
+	Removed []*Artifact `protobuf:"bytes,1,rep,name=removed,proto3" json:"removed,omitempty"`
+	// Bytes they held.
+	Bytes         uint64 `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CollectArtifactsResponse) Reset() {
+	*x = CollectArtifactsResponse{}
+	mi := &file_ferry_v1_artifact_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CollectArtifactsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CollectArtifactsResponse) ProtoMessage() {}
+
+func (x *CollectArtifactsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_artifact_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CollectArtifactsResponse.ProtoReflect.Descriptor instead.
+func (*CollectArtifactsResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CollectArtifactsResponse) GetRemoved() []*Artifact {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
+func (x *CollectArtifactsResponse) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
 // Artifact is an immutable blob's metadata.
 type Artifact struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -163,7 +264,7 @@ type Artifact struct {
 
 func (x *Artifact) Reset() {
 	*x = Artifact{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[0]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -175,7 +276,7 @@ func (x *Artifact) String() string {
 func (*Artifact) ProtoMessage() {}
 
 func (x *Artifact) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[0]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -188,7 +289,7 @@ func (x *Artifact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Artifact.ProtoReflect.Descriptor instead.
 func (*Artifact) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Artifact) GetDigest() string {
@@ -289,7 +390,7 @@ type PushArtifactHeader struct {
 
 func (x *PushArtifactHeader) Reset() {
 	*x = PushArtifactHeader{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[1]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -301,7 +402,7 @@ func (x *PushArtifactHeader) String() string {
 func (*PushArtifactHeader) ProtoMessage() {}
 
 func (x *PushArtifactHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[1]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -314,7 +415,7 @@ func (x *PushArtifactHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushArtifactHeader.ProtoReflect.Descriptor instead.
 func (*PushArtifactHeader) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PushArtifactHeader) GetName() string {
@@ -375,7 +476,7 @@ type PushArtifactRequest struct {
 
 func (x *PushArtifactRequest) Reset() {
 	*x = PushArtifactRequest{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[2]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -387,7 +488,7 @@ func (x *PushArtifactRequest) String() string {
 func (*PushArtifactRequest) ProtoMessage() {}
 
 func (x *PushArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[2]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -400,7 +501,7 @@ func (x *PushArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushArtifactRequest.ProtoReflect.Descriptor instead.
 func (*PushArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PushArtifactRequest) GetMsg() isPushArtifactRequest_Msg {
@@ -462,7 +563,7 @@ type PushArtifactResponse struct {
 
 func (x *PushArtifactResponse) Reset() {
 	*x = PushArtifactResponse{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[3]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -474,7 +575,7 @@ func (x *PushArtifactResponse) String() string {
 func (*PushArtifactResponse) ProtoMessage() {}
 
 func (x *PushArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[3]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -487,7 +588,7 @@ func (x *PushArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushArtifactResponse.ProtoReflect.Descriptor instead.
 func (*PushArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PushArtifactResponse) GetArtifact() *Artifact {
@@ -522,7 +623,7 @@ type ListArtifactsRequest struct {
 
 func (x *ListArtifactsRequest) Reset() {
 	*x = ListArtifactsRequest{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[4]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -534,7 +635,7 @@ func (x *ListArtifactsRequest) String() string {
 func (*ListArtifactsRequest) ProtoMessage() {}
 
 func (x *ListArtifactsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[4]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -547,7 +648,7 @@ func (x *ListArtifactsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListArtifactsRequest.ProtoReflect.Descriptor instead.
 func (*ListArtifactsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListArtifactsRequest) GetName() string {
@@ -568,7 +669,7 @@ type ListArtifactsResponse struct {
 
 func (x *ListArtifactsResponse) Reset() {
 	*x = ListArtifactsResponse{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[5]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -580,7 +681,7 @@ func (x *ListArtifactsResponse) String() string {
 func (*ListArtifactsResponse) ProtoMessage() {}
 
 func (x *ListArtifactsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[5]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -593,7 +694,7 @@ func (x *ListArtifactsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListArtifactsResponse.ProtoReflect.Descriptor instead.
 func (*ListArtifactsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListArtifactsResponse) GetArtifacts() []*Artifact {
@@ -614,7 +715,7 @@ type GetArtifactRequest struct {
 
 func (x *GetArtifactRequest) Reset() {
 	*x = GetArtifactRequest{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[6]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -626,7 +727,7 @@ func (x *GetArtifactRequest) String() string {
 func (*GetArtifactRequest) ProtoMessage() {}
 
 func (x *GetArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[6]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -639,7 +740,7 @@ func (x *GetArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetArtifactRequest.ProtoReflect.Descriptor instead.
 func (*GetArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetArtifactRequest) GetRef() string {
@@ -662,7 +763,7 @@ type GetArtifactResponse struct {
 
 func (x *GetArtifactResponse) Reset() {
 	*x = GetArtifactResponse{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[7]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +775,7 @@ func (x *GetArtifactResponse) String() string {
 func (*GetArtifactResponse) ProtoMessage() {}
 
 func (x *GetArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[7]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +788,7 @@ func (x *GetArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetArtifactResponse.ProtoReflect.Descriptor instead.
 func (*GetArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetArtifactResponse) GetArtifact() *Artifact {
@@ -715,7 +816,7 @@ type DeleteArtifactRequest struct {
 
 func (x *DeleteArtifactRequest) Reset() {
 	*x = DeleteArtifactRequest{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[8]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -727,7 +828,7 @@ func (x *DeleteArtifactRequest) String() string {
 func (*DeleteArtifactRequest) ProtoMessage() {}
 
 func (x *DeleteArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[8]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -740,7 +841,7 @@ func (x *DeleteArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteArtifactRequest.ProtoReflect.Descriptor instead.
 func (*DeleteArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeleteArtifactRequest) GetRef() string {
@@ -761,7 +862,7 @@ type DeleteArtifactResponse struct {
 
 func (x *DeleteArtifactResponse) Reset() {
 	*x = DeleteArtifactResponse{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[9]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -773,7 +874,7 @@ func (x *DeleteArtifactResponse) String() string {
 func (*DeleteArtifactResponse) ProtoMessage() {}
 
 func (x *DeleteArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[9]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -786,7 +887,7 @@ func (x *DeleteArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteArtifactResponse.ProtoReflect.Descriptor instead.
 func (*DeleteArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DeleteArtifactResponse) GetArtifact() *Artifact {
@@ -810,7 +911,7 @@ type VerifyArtifactsRequest struct {
 
 func (x *VerifyArtifactsRequest) Reset() {
 	*x = VerifyArtifactsRequest{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[10]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -822,7 +923,7 @@ func (x *VerifyArtifactsRequest) String() string {
 func (*VerifyArtifactsRequest) ProtoMessage() {}
 
 func (x *VerifyArtifactsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[10]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -835,7 +936,7 @@ func (x *VerifyArtifactsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyArtifactsRequest.ProtoReflect.Descriptor instead.
 func (*VerifyArtifactsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *VerifyArtifactsRequest) GetRef() string {
@@ -869,7 +970,7 @@ type VerifyArtifactsResponse struct {
 
 func (x *VerifyArtifactsResponse) Reset() {
 	*x = VerifyArtifactsResponse{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[11]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -881,7 +982,7 @@ func (x *VerifyArtifactsResponse) String() string {
 func (*VerifyArtifactsResponse) ProtoMessage() {}
 
 func (x *VerifyArtifactsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[11]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -894,7 +995,7 @@ func (x *VerifyArtifactsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyArtifactsResponse.ProtoReflect.Descriptor instead.
 func (*VerifyArtifactsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *VerifyArtifactsResponse) GetArtifact() *Artifact {
@@ -946,7 +1047,7 @@ type ImportArtifactRequest struct {
 
 func (x *ImportArtifactRequest) Reset() {
 	*x = ImportArtifactRequest{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[12]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -958,7 +1059,7 @@ func (x *ImportArtifactRequest) String() string {
 func (*ImportArtifactRequest) ProtoMessage() {}
 
 func (x *ImportArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[12]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -971,7 +1072,7 @@ func (x *ImportArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportArtifactRequest.ProtoReflect.Descriptor instead.
 func (*ImportArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ImportArtifactRequest) GetSource() string {
@@ -1048,7 +1149,7 @@ type ImportProgress struct {
 
 func (x *ImportProgress) Reset() {
 	*x = ImportProgress{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[13]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1060,7 +1161,7 @@ func (x *ImportProgress) String() string {
 func (*ImportProgress) ProtoMessage() {}
 
 func (x *ImportProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[13]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1073,7 +1174,7 @@ func (x *ImportProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportProgress.ProtoReflect.Descriptor instead.
 func (*ImportProgress) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ImportProgress) GetReceived() uint64 {
@@ -1120,7 +1221,7 @@ type ImportArtifactResponse struct {
 
 func (x *ImportArtifactResponse) Reset() {
 	*x = ImportArtifactResponse{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[14]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1233,7 @@ func (x *ImportArtifactResponse) String() string {
 func (*ImportArtifactResponse) ProtoMessage() {}
 
 func (x *ImportArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[14]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1246,7 @@ func (x *ImportArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportArtifactResponse.ProtoReflect.Descriptor instead.
 func (*ImportArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ImportArtifactResponse) GetMsg() isImportArtifactResponse_Msg {
@@ -1213,7 +1314,7 @@ type Mirror struct {
 
 func (x *Mirror) Reset() {
 	*x = Mirror{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[15]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1225,7 +1326,7 @@ func (x *Mirror) String() string {
 func (*Mirror) ProtoMessage() {}
 
 func (x *Mirror) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[15]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1238,7 +1339,7 @@ func (x *Mirror) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mirror.ProtoReflect.Descriptor instead.
 func (*Mirror) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Mirror) GetGroup() string {
@@ -1294,7 +1395,7 @@ type SetMirrorRequest struct {
 
 func (x *SetMirrorRequest) Reset() {
 	*x = SetMirrorRequest{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[16]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1306,7 +1407,7 @@ func (x *SetMirrorRequest) String() string {
 func (*SetMirrorRequest) ProtoMessage() {}
 
 func (x *SetMirrorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[16]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1319,7 +1420,7 @@ func (x *SetMirrorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMirrorRequest.ProtoReflect.Descriptor instead.
 func (*SetMirrorRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SetMirrorRequest) GetMirror() *Mirror {
@@ -1342,7 +1443,7 @@ type SetMirrorResponse struct {
 
 func (x *SetMirrorResponse) Reset() {
 	*x = SetMirrorResponse{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[17]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1354,7 +1455,7 @@ func (x *SetMirrorResponse) String() string {
 func (*SetMirrorResponse) ProtoMessage() {}
 
 func (x *SetMirrorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[17]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1367,7 +1468,7 @@ func (x *SetMirrorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMirrorResponse.ProtoReflect.Descriptor instead.
 func (*SetMirrorResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SetMirrorResponse) GetMirror() *Mirror {
@@ -1393,7 +1494,7 @@ type ListMirrorsRequest struct {
 
 func (x *ListMirrorsRequest) Reset() {
 	*x = ListMirrorsRequest{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[18]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1405,7 +1506,7 @@ func (x *ListMirrorsRequest) String() string {
 func (*ListMirrorsRequest) ProtoMessage() {}
 
 func (x *ListMirrorsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[18]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1418,7 +1519,7 @@ func (x *ListMirrorsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMirrorsRequest.ProtoReflect.Descriptor instead.
 func (*ListMirrorsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{20}
 }
 
 // ListMirrorsResponse lists mirrors, by group.
@@ -1432,7 +1533,7 @@ type ListMirrorsResponse struct {
 
 func (x *ListMirrorsResponse) Reset() {
 	*x = ListMirrorsResponse{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[19]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1444,7 +1545,7 @@ func (x *ListMirrorsResponse) String() string {
 func (*ListMirrorsResponse) ProtoMessage() {}
 
 func (x *ListMirrorsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[19]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1457,7 +1558,7 @@ func (x *ListMirrorsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMirrorsResponse.ProtoReflect.Descriptor instead.
 func (*ListMirrorsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListMirrorsResponse) GetMirrors() []*Mirror {
@@ -1478,7 +1579,7 @@ type DeleteMirrorRequest struct {
 
 func (x *DeleteMirrorRequest) Reset() {
 	*x = DeleteMirrorRequest{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[20]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1490,7 +1591,7 @@ func (x *DeleteMirrorRequest) String() string {
 func (*DeleteMirrorRequest) ProtoMessage() {}
 
 func (x *DeleteMirrorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[20]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1503,7 +1604,7 @@ func (x *DeleteMirrorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMirrorRequest.ProtoReflect.Descriptor instead.
 func (*DeleteMirrorRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteMirrorRequest) GetGroup() string {
@@ -1524,7 +1625,7 @@ type DeleteMirrorResponse struct {
 
 func (x *DeleteMirrorResponse) Reset() {
 	*x = DeleteMirrorResponse{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[21]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1536,7 +1637,7 @@ func (x *DeleteMirrorResponse) String() string {
 func (*DeleteMirrorResponse) ProtoMessage() {}
 
 func (x *DeleteMirrorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[21]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1549,7 +1650,7 @@ func (x *DeleteMirrorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMirrorResponse.ProtoReflect.Descriptor instead.
 func (*DeleteMirrorResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeleteMirrorResponse) GetMirror() *Mirror {
@@ -1563,7 +1664,12 @@ var File_ferry_v1_artifact_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_artifact_proto_rawDesc = "" +
 	"\n" +
-	"\x17ferry/v1/artifact.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xed\x02\n" +
+	"\x17ferry/v1/artifact.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"-\n" +
+	"\x17CollectArtifactsRequest\x12\x12\n" +
+	"\x04plan\x18\x01 \x01(\bR\x04plan\"^\n" +
+	"\x18CollectArtifactsResponse\x12,\n" +
+	"\aremoved\x18\x01 \x03(\v2\x12.ferry.v1.ArtifactR\aremoved\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\"\xed\x02\n" +
 	"\bArtifact\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -1659,7 +1765,7 @@ const file_ferry_v1_artifact_proto_rawDesc = "" +
 	"\fMirrorLayout\x12\x1d\n" +
 	"\x19MIRROR_LAYOUT_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12MIRROR_LAYOUT_NAME\x10\x01\x12\x18\n" +
-	"\x14MIRROR_LAYOUT_SHA256\x10\x022\xe7\x05\n" +
+	"\x14MIRROR_LAYOUT_SHA256\x10\x022\xc2\x06\n" +
 	"\x0fArtifactService\x12O\n" +
 	"\fPushArtifact\x12\x1d.ferry.v1.PushArtifactRequest\x1a\x1e.ferry.v1.PushArtifactResponse(\x01\x12P\n" +
 	"\rListArtifacts\x12\x1e.ferry.v1.ListArtifactsRequest\x1a\x1f.ferry.v1.ListArtifactsResponse\x12J\n" +
@@ -1669,7 +1775,8 @@ const file_ferry_v1_artifact_proto_rawDesc = "" +
 	"\x0eImportArtifact\x12\x1f.ferry.v1.ImportArtifactRequest\x1a .ferry.v1.ImportArtifactResponse0\x01\x12D\n" +
 	"\tSetMirror\x12\x1a.ferry.v1.SetMirrorRequest\x1a\x1b.ferry.v1.SetMirrorResponse\x12J\n" +
 	"\vListMirrors\x12\x1c.ferry.v1.ListMirrorsRequest\x1a\x1d.ferry.v1.ListMirrorsResponse\x12M\n" +
-	"\fDeleteMirror\x12\x1d.ferry.v1.DeleteMirrorRequest\x1a\x1e.ferry.v1.DeleteMirrorResponseB\x97\x01\n" +
+	"\fDeleteMirror\x12\x1d.ferry.v1.DeleteMirrorRequest\x1a\x1e.ferry.v1.DeleteMirrorResponse\x12Y\n" +
+	"\x10CollectArtifacts\x12!.ferry.v1.CollectArtifactsRequest\x1a\".ferry.v1.CollectArtifactsResponseB\x97\x01\n" +
 	"\fcom.ferry.v1B\rArtifactProtoP\x01Z7github.com/ferrydeploy/ferry/proto/gen/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -1685,75 +1792,80 @@ func file_ferry_v1_artifact_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_artifact_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ferry_v1_artifact_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_ferry_v1_artifact_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_ferry_v1_artifact_proto_goTypes = []any{
-	(ArtifactState)(0),              // 0: ferry.v1.ArtifactState
-	(MirrorLayout)(0),               // 1: ferry.v1.MirrorLayout
-	(*Artifact)(nil),                // 2: ferry.v1.Artifact
-	(*PushArtifactHeader)(nil),      // 3: ferry.v1.PushArtifactHeader
-	(*PushArtifactRequest)(nil),     // 4: ferry.v1.PushArtifactRequest
-	(*PushArtifactResponse)(nil),    // 5: ferry.v1.PushArtifactResponse
-	(*ListArtifactsRequest)(nil),    // 6: ferry.v1.ListArtifactsRequest
-	(*ListArtifactsResponse)(nil),   // 7: ferry.v1.ListArtifactsResponse
-	(*GetArtifactRequest)(nil),      // 8: ferry.v1.GetArtifactRequest
-	(*GetArtifactResponse)(nil),     // 9: ferry.v1.GetArtifactResponse
-	(*DeleteArtifactRequest)(nil),   // 10: ferry.v1.DeleteArtifactRequest
-	(*DeleteArtifactResponse)(nil),  // 11: ferry.v1.DeleteArtifactResponse
-	(*VerifyArtifactsRequest)(nil),  // 12: ferry.v1.VerifyArtifactsRequest
-	(*VerifyArtifactsResponse)(nil), // 13: ferry.v1.VerifyArtifactsResponse
-	(*ImportArtifactRequest)(nil),   // 14: ferry.v1.ImportArtifactRequest
-	(*ImportProgress)(nil),          // 15: ferry.v1.ImportProgress
-	(*ImportArtifactResponse)(nil),  // 16: ferry.v1.ImportArtifactResponse
-	(*Mirror)(nil),                  // 17: ferry.v1.Mirror
-	(*SetMirrorRequest)(nil),        // 18: ferry.v1.SetMirrorRequest
-	(*SetMirrorResponse)(nil),       // 19: ferry.v1.SetMirrorResponse
-	(*ListMirrorsRequest)(nil),      // 20: ferry.v1.ListMirrorsRequest
-	(*ListMirrorsResponse)(nil),     // 21: ferry.v1.ListMirrorsResponse
-	(*DeleteMirrorRequest)(nil),     // 22: ferry.v1.DeleteMirrorRequest
-	(*DeleteMirrorResponse)(nil),    // 23: ferry.v1.DeleteMirrorResponse
-	(*timestamppb.Timestamp)(nil),   // 24: google.protobuf.Timestamp
+	(ArtifactState)(0),               // 0: ferry.v1.ArtifactState
+	(MirrorLayout)(0),                // 1: ferry.v1.MirrorLayout
+	(*CollectArtifactsRequest)(nil),  // 2: ferry.v1.CollectArtifactsRequest
+	(*CollectArtifactsResponse)(nil), // 3: ferry.v1.CollectArtifactsResponse
+	(*Artifact)(nil),                 // 4: ferry.v1.Artifact
+	(*PushArtifactHeader)(nil),       // 5: ferry.v1.PushArtifactHeader
+	(*PushArtifactRequest)(nil),      // 6: ferry.v1.PushArtifactRequest
+	(*PushArtifactResponse)(nil),     // 7: ferry.v1.PushArtifactResponse
+	(*ListArtifactsRequest)(nil),     // 8: ferry.v1.ListArtifactsRequest
+	(*ListArtifactsResponse)(nil),    // 9: ferry.v1.ListArtifactsResponse
+	(*GetArtifactRequest)(nil),       // 10: ferry.v1.GetArtifactRequest
+	(*GetArtifactResponse)(nil),      // 11: ferry.v1.GetArtifactResponse
+	(*DeleteArtifactRequest)(nil),    // 12: ferry.v1.DeleteArtifactRequest
+	(*DeleteArtifactResponse)(nil),   // 13: ferry.v1.DeleteArtifactResponse
+	(*VerifyArtifactsRequest)(nil),   // 14: ferry.v1.VerifyArtifactsRequest
+	(*VerifyArtifactsResponse)(nil),  // 15: ferry.v1.VerifyArtifactsResponse
+	(*ImportArtifactRequest)(nil),    // 16: ferry.v1.ImportArtifactRequest
+	(*ImportProgress)(nil),           // 17: ferry.v1.ImportProgress
+	(*ImportArtifactResponse)(nil),   // 18: ferry.v1.ImportArtifactResponse
+	(*Mirror)(nil),                   // 19: ferry.v1.Mirror
+	(*SetMirrorRequest)(nil),         // 20: ferry.v1.SetMirrorRequest
+	(*SetMirrorResponse)(nil),        // 21: ferry.v1.SetMirrorResponse
+	(*ListMirrorsRequest)(nil),       // 22: ferry.v1.ListMirrorsRequest
+	(*ListMirrorsResponse)(nil),      // 23: ferry.v1.ListMirrorsResponse
+	(*DeleteMirrorRequest)(nil),      // 24: ferry.v1.DeleteMirrorRequest
+	(*DeleteMirrorResponse)(nil),     // 25: ferry.v1.DeleteMirrorResponse
+	(*timestamppb.Timestamp)(nil),    // 26: google.protobuf.Timestamp
 }
 var file_ferry_v1_artifact_proto_depIdxs = []int32{
-	24, // 0: ferry.v1.Artifact.pushed_at:type_name -> google.protobuf.Timestamp
-	0,  // 1: ferry.v1.Artifact.state:type_name -> ferry.v1.ArtifactState
-	24, // 2: ferry.v1.Artifact.checked_at:type_name -> google.protobuf.Timestamp
-	3,  // 3: ferry.v1.PushArtifactRequest.header:type_name -> ferry.v1.PushArtifactHeader
-	2,  // 4: ferry.v1.PushArtifactResponse.artifact:type_name -> ferry.v1.Artifact
-	2,  // 5: ferry.v1.ListArtifactsResponse.artifacts:type_name -> ferry.v1.Artifact
-	2,  // 6: ferry.v1.GetArtifactResponse.artifact:type_name -> ferry.v1.Artifact
-	2,  // 7: ferry.v1.DeleteArtifactResponse.artifact:type_name -> ferry.v1.Artifact
-	2,  // 8: ferry.v1.VerifyArtifactsResponse.artifact:type_name -> ferry.v1.Artifact
-	15, // 9: ferry.v1.ImportArtifactResponse.progress:type_name -> ferry.v1.ImportProgress
-	5,  // 10: ferry.v1.ImportArtifactResponse.result:type_name -> ferry.v1.PushArtifactResponse
-	1,  // 11: ferry.v1.Mirror.layout:type_name -> ferry.v1.MirrorLayout
-	24, // 12: ferry.v1.Mirror.set_at:type_name -> google.protobuf.Timestamp
-	17, // 13: ferry.v1.SetMirrorRequest.mirror:type_name -> ferry.v1.Mirror
-	17, // 14: ferry.v1.SetMirrorResponse.mirror:type_name -> ferry.v1.Mirror
-	17, // 15: ferry.v1.ListMirrorsResponse.mirrors:type_name -> ferry.v1.Mirror
-	17, // 16: ferry.v1.DeleteMirrorResponse.mirror:type_name -> ferry.v1.Mirror
-	4,  // 17: ferry.v1.ArtifactService.PushArtifact:input_type -> ferry.v1.PushArtifactRequest
-	6,  // 18: ferry.v1.ArtifactService.ListArtifacts:input_type -> ferry.v1.ListArtifactsRequest
-	8,  // 19: ferry.v1.ArtifactService.GetArtifact:input_type -> ferry.v1.GetArtifactRequest
-	10, // 20: ferry.v1.ArtifactService.DeleteArtifact:input_type -> ferry.v1.DeleteArtifactRequest
-	12, // 21: ferry.v1.ArtifactService.VerifyArtifacts:input_type -> ferry.v1.VerifyArtifactsRequest
-	14, // 22: ferry.v1.ArtifactService.ImportArtifact:input_type -> ferry.v1.ImportArtifactRequest
-	18, // 23: ferry.v1.ArtifactService.SetMirror:input_type -> ferry.v1.SetMirrorRequest
-	20, // 24: ferry.v1.ArtifactService.ListMirrors:input_type -> ferry.v1.ListMirrorsRequest
-	22, // 25: ferry.v1.ArtifactService.DeleteMirror:input_type -> ferry.v1.DeleteMirrorRequest
-	5,  // 26: ferry.v1.ArtifactService.PushArtifact:output_type -> ferry.v1.PushArtifactResponse
-	7,  // 27: ferry.v1.ArtifactService.ListArtifacts:output_type -> ferry.v1.ListArtifactsResponse
-	9,  // 28: ferry.v1.ArtifactService.GetArtifact:output_type -> ferry.v1.GetArtifactResponse
-	11, // 29: ferry.v1.ArtifactService.DeleteArtifact:output_type -> ferry.v1.DeleteArtifactResponse
-	13, // 30: ferry.v1.ArtifactService.VerifyArtifacts:output_type -> ferry.v1.VerifyArtifactsResponse
-	16, // 31: ferry.v1.ArtifactService.ImportArtifact:output_type -> ferry.v1.ImportArtifactResponse
-	19, // 32: ferry.v1.ArtifactService.SetMirror:output_type -> ferry.v1.SetMirrorResponse
-	21, // 33: ferry.v1.ArtifactService.ListMirrors:output_type -> ferry.v1.ListMirrorsResponse
-	23, // 34: ferry.v1.ArtifactService.DeleteMirror:output_type -> ferry.v1.DeleteMirrorResponse
-	26, // [26:35] is the sub-list for method output_type
-	17, // [17:26] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	4,  // 0: ferry.v1.CollectArtifactsResponse.removed:type_name -> ferry.v1.Artifact
+	26, // 1: ferry.v1.Artifact.pushed_at:type_name -> google.protobuf.Timestamp
+	0,  // 2: ferry.v1.Artifact.state:type_name -> ferry.v1.ArtifactState
+	26, // 3: ferry.v1.Artifact.checked_at:type_name -> google.protobuf.Timestamp
+	5,  // 4: ferry.v1.PushArtifactRequest.header:type_name -> ferry.v1.PushArtifactHeader
+	4,  // 5: ferry.v1.PushArtifactResponse.artifact:type_name -> ferry.v1.Artifact
+	4,  // 6: ferry.v1.ListArtifactsResponse.artifacts:type_name -> ferry.v1.Artifact
+	4,  // 7: ferry.v1.GetArtifactResponse.artifact:type_name -> ferry.v1.Artifact
+	4,  // 8: ferry.v1.DeleteArtifactResponse.artifact:type_name -> ferry.v1.Artifact
+	4,  // 9: ferry.v1.VerifyArtifactsResponse.artifact:type_name -> ferry.v1.Artifact
+	17, // 10: ferry.v1.ImportArtifactResponse.progress:type_name -> ferry.v1.ImportProgress
+	7,  // 11: ferry.v1.ImportArtifactResponse.result:type_name -> ferry.v1.PushArtifactResponse
+	1,  // 12: ferry.v1.Mirror.layout:type_name -> ferry.v1.MirrorLayout
+	26, // 13: ferry.v1.Mirror.set_at:type_name -> google.protobuf.Timestamp
+	19, // 14: ferry.v1.SetMirrorRequest.mirror:type_name -> ferry.v1.Mirror
+	19, // 15: ferry.v1.SetMirrorResponse.mirror:type_name -> ferry.v1.Mirror
+	19, // 16: ferry.v1.ListMirrorsResponse.mirrors:type_name -> ferry.v1.Mirror
+	19, // 17: ferry.v1.DeleteMirrorResponse.mirror:type_name -> ferry.v1.Mirror
+	6,  // 18: ferry.v1.ArtifactService.PushArtifact:input_type -> ferry.v1.PushArtifactRequest
+	8,  // 19: ferry.v1.ArtifactService.ListArtifacts:input_type -> ferry.v1.ListArtifactsRequest
+	10, // 20: ferry.v1.ArtifactService.GetArtifact:input_type -> ferry.v1.GetArtifactRequest
+	12, // 21: ferry.v1.ArtifactService.DeleteArtifact:input_type -> ferry.v1.DeleteArtifactRequest
+	14, // 22: ferry.v1.ArtifactService.VerifyArtifacts:input_type -> ferry.v1.VerifyArtifactsRequest
+	16, // 23: ferry.v1.ArtifactService.ImportArtifact:input_type -> ferry.v1.ImportArtifactRequest
+	20, // 24: ferry.v1.ArtifactService.SetMirror:input_type -> ferry.v1.SetMirrorRequest
+	22, // 25: ferry.v1.ArtifactService.ListMirrors:input_type -> ferry.v1.ListMirrorsRequest
+	24, // 26: ferry.v1.ArtifactService.DeleteMirror:input_type -> ferry.v1.DeleteMirrorRequest
+	2,  // 27: ferry.v1.ArtifactService.CollectArtifacts:input_type -> ferry.v1.CollectArtifactsRequest
+	7,  // 28: ferry.v1.ArtifactService.PushArtifact:output_type -> ferry.v1.PushArtifactResponse
+	9,  // 29: ferry.v1.ArtifactService.ListArtifacts:output_type -> ferry.v1.ListArtifactsResponse
+	11, // 30: ferry.v1.ArtifactService.GetArtifact:output_type -> ferry.v1.GetArtifactResponse
+	13, // 31: ferry.v1.ArtifactService.DeleteArtifact:output_type -> ferry.v1.DeleteArtifactResponse
+	15, // 32: ferry.v1.ArtifactService.VerifyArtifacts:output_type -> ferry.v1.VerifyArtifactsResponse
+	18, // 33: ferry.v1.ArtifactService.ImportArtifact:output_type -> ferry.v1.ImportArtifactResponse
+	21, // 34: ferry.v1.ArtifactService.SetMirror:output_type -> ferry.v1.SetMirrorResponse
+	23, // 35: ferry.v1.ArtifactService.ListMirrors:output_type -> ferry.v1.ListMirrorsResponse
+	25, // 36: ferry.v1.ArtifactService.DeleteMirror:output_type -> ferry.v1.DeleteMirrorResponse
+	3,  // 37: ferry.v1.ArtifactService.CollectArtifacts:output_type -> ferry.v1.CollectArtifactsResponse
+	28, // [28:38] is the sub-list for method output_type
+	18, // [18:28] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_artifact_proto_init() }
@@ -1761,11 +1873,11 @@ func file_ferry_v1_artifact_proto_init() {
 	if File_ferry_v1_artifact_proto != nil {
 		return
 	}
-	file_ferry_v1_artifact_proto_msgTypes[2].OneofWrappers = []any{
+	file_ferry_v1_artifact_proto_msgTypes[4].OneofWrappers = []any{
 		(*PushArtifactRequest_Header)(nil),
 		(*PushArtifactRequest_Chunk)(nil),
 	}
-	file_ferry_v1_artifact_proto_msgTypes[14].OneofWrappers = []any{
+	file_ferry_v1_artifact_proto_msgTypes[16].OneofWrappers = []any{
 		(*ImportArtifactResponse_Progress)(nil),
 		(*ImportArtifactResponse_Result)(nil),
 	}
@@ -1775,7 +1887,7 @@ func file_ferry_v1_artifact_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_artifact_proto_rawDesc), len(file_ferry_v1_artifact_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,15 +19,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ArtifactService_PushArtifact_FullMethodName    = "/ferry.v1.ArtifactService/PushArtifact"
-	ArtifactService_ListArtifacts_FullMethodName   = "/ferry.v1.ArtifactService/ListArtifacts"
-	ArtifactService_GetArtifact_FullMethodName     = "/ferry.v1.ArtifactService/GetArtifact"
-	ArtifactService_DeleteArtifact_FullMethodName  = "/ferry.v1.ArtifactService/DeleteArtifact"
-	ArtifactService_VerifyArtifacts_FullMethodName = "/ferry.v1.ArtifactService/VerifyArtifacts"
-	ArtifactService_ImportArtifact_FullMethodName  = "/ferry.v1.ArtifactService/ImportArtifact"
-	ArtifactService_SetMirror_FullMethodName       = "/ferry.v1.ArtifactService/SetMirror"
-	ArtifactService_ListMirrors_FullMethodName     = "/ferry.v1.ArtifactService/ListMirrors"
-	ArtifactService_DeleteMirror_FullMethodName    = "/ferry.v1.ArtifactService/DeleteMirror"
+	ArtifactService_PushArtifact_FullMethodName     = "/ferry.v1.ArtifactService/PushArtifact"
+	ArtifactService_ListArtifacts_FullMethodName    = "/ferry.v1.ArtifactService/ListArtifacts"
+	ArtifactService_GetArtifact_FullMethodName      = "/ferry.v1.ArtifactService/GetArtifact"
+	ArtifactService_DeleteArtifact_FullMethodName   = "/ferry.v1.ArtifactService/DeleteArtifact"
+	ArtifactService_VerifyArtifacts_FullMethodName  = "/ferry.v1.ArtifactService/VerifyArtifacts"
+	ArtifactService_ImportArtifact_FullMethodName   = "/ferry.v1.ArtifactService/ImportArtifact"
+	ArtifactService_SetMirror_FullMethodName        = "/ferry.v1.ArtifactService/SetMirror"
+	ArtifactService_ListMirrors_FullMethodName      = "/ferry.v1.ArtifactService/ListMirrors"
+	ArtifactService_DeleteMirror_FullMethodName     = "/ferry.v1.ArtifactService/DeleteMirror"
+	ArtifactService_CollectArtifacts_FullMethodName = "/ferry.v1.ArtifactService/CollectArtifacts"
 )
 
 // ArtifactServiceClient is the client API for ArtifactService service.
@@ -66,6 +67,9 @@ type ArtifactServiceClient interface {
 	ListMirrors(ctx context.Context, in *ListMirrorsRequest, opts ...grpc.CallOption) (*ListMirrorsResponse, error)
 	// DeleteMirror removes a group's mirror.
 	DeleteMirror(ctx context.Context, in *DeleteMirrorRequest, opts ...grpc.CallOption) (*DeleteMirrorResponse, error)
+	// CollectArtifacts removes every artifact nothing references: no stored
+	// package, and no rollout whose jobs may still fetch it.
+	CollectArtifacts(ctx context.Context, in *CollectArtifactsRequest, opts ...grpc.CallOption) (*CollectArtifactsResponse, error)
 }
 
 type artifactServiceClient struct {
@@ -187,6 +191,16 @@ func (c *artifactServiceClient) DeleteMirror(ctx context.Context, in *DeleteMirr
 	return out, nil
 }
 
+func (c *artifactServiceClient) CollectArtifacts(ctx context.Context, in *CollectArtifactsRequest, opts ...grpc.CallOption) (*CollectArtifactsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CollectArtifactsResponse)
+	err := c.cc.Invoke(ctx, ArtifactService_CollectArtifacts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ArtifactServiceServer is the server API for ArtifactService service.
 // All implementations must embed UnimplementedArtifactServiceServer
 // for forward compatibility.
@@ -223,6 +237,9 @@ type ArtifactServiceServer interface {
 	ListMirrors(context.Context, *ListMirrorsRequest) (*ListMirrorsResponse, error)
 	// DeleteMirror removes a group's mirror.
 	DeleteMirror(context.Context, *DeleteMirrorRequest) (*DeleteMirrorResponse, error)
+	// CollectArtifacts removes every artifact nothing references: no stored
+	// package, and no rollout whose jobs may still fetch it.
+	CollectArtifacts(context.Context, *CollectArtifactsRequest) (*CollectArtifactsResponse, error)
 	mustEmbedUnimplementedArtifactServiceServer()
 }
 
@@ -259,6 +276,9 @@ func (UnimplementedArtifactServiceServer) ListMirrors(context.Context, *ListMirr
 }
 func (UnimplementedArtifactServiceServer) DeleteMirror(context.Context, *DeleteMirrorRequest) (*DeleteMirrorResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteMirror not implemented")
+}
+func (UnimplementedArtifactServiceServer) CollectArtifacts(context.Context, *CollectArtifactsRequest) (*CollectArtifactsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CollectArtifacts not implemented")
 }
 func (UnimplementedArtifactServiceServer) mustEmbedUnimplementedArtifactServiceServer() {}
 func (UnimplementedArtifactServiceServer) testEmbeddedByValue()                         {}
@@ -418,6 +438,24 @@ func _ArtifactService_DeleteMirror_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ArtifactService_CollectArtifacts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CollectArtifactsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).CollectArtifacts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ArtifactService_CollectArtifacts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).CollectArtifacts(ctx, req.(*CollectArtifactsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ArtifactService_ServiceDesc is the grpc.ServiceDesc for ArtifactService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -448,6 +486,10 @@ var ArtifactService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteMirror",
 			Handler:    _ArtifactService_DeleteMirror_Handler,
+		},
+		{
+			MethodName: "CollectArtifacts",
+			Handler:    _ArtifactService_CollectArtifacts_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

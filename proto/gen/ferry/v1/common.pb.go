@@ -207,8 +207,11 @@ type InstalledPackage struct {
 	// The version this one replaced, empty for a first install; a rollback
 	// restores it.
 	PreviousVersion string `protobuf:"bytes,5,opt,name=previous_version,json=previousVersion,proto3" json:"previous_version,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The version's rollback data was dropped (keep_previous): a rollback
+	// cannot go back past it, and previous_version is empty.
+	Pruned        bool `protobuf:"varint,6,opt,name=pruned,proto3" json:"pruned,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InstalledPackage) Reset() {
@@ -274,6 +277,13 @@ func (x *InstalledPackage) GetPreviousVersion() string {
 		return x.PreviousVersion
 	}
 	return ""
+}
+
+func (x *InstalledPackage) GetPruned() bool {
+	if x != nil {
+		return x.Pruned
+	}
+	return false
 }
 
 // DriftReport is an agent's check of its installed packages against the
@@ -445,13 +455,14 @@ const file_ferry_v1_common_proto_rawDesc = "" +
 	"\n" +
 	"free_bytes\x18\x03 \x01(\x04R\tfreeBytes\x12\x1f\n" +
 	"\vtotal_bytes\x18\x04 \x01(\x04R\n" +
-	"totalBytes\"\xd3\x01\n" +
+	"totalBytes\"\xeb\x01\n" +
 	"\x10InstalledPackage\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12'\n" +
 	"\x0fartifact_digest\x18\x03 \x01(\tR\x0eartifactDigest\x12=\n" +
 	"\finstalled_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vinstalledAt\x12)\n" +
-	"\x10previous_version\x18\x05 \x01(\tR\x0fpreviousVersion\"\xaa\x01\n" +
+	"\x10previous_version\x18\x05 \x01(\tR\x0fpreviousVersion\x12\x16\n" +
+	"\x06pruned\x18\x06 \x01(\bR\x06pruned\"\xaa\x01\n" +
 	"\vDriftReport\x129\n" +
 	"\n" +
 	"checked_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tcheckedAt\x12\x12\n" +

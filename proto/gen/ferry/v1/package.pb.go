@@ -81,6 +81,107 @@ func (ServiceAction) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_package_proto_rawDescGZIP(), []int{0}
 }
 
+// DeletePackageRequest names a package version to remove.
+type DeletePackageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Package name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Version.
+	Version       string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeletePackageRequest) Reset() {
+	*x = DeletePackageRequest{}
+	mi := &file_ferry_v1_package_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeletePackageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeletePackageRequest) ProtoMessage() {}
+
+func (x *DeletePackageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_package_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeletePackageRequest.ProtoReflect.Descriptor instead.
+func (*DeletePackageRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *DeletePackageRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeletePackageRequest) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+// DeletePackageResponse confirms a removal.
+type DeletePackageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The removed package.
+	Package       *Package `protobuf:"bytes,1,opt,name=package,proto3" json:"package,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeletePackageResponse) Reset() {
+	*x = DeletePackageResponse{}
+	mi := &file_ferry_v1_package_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeletePackageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeletePackageResponse) ProtoMessage() {}
+
+func (x *DeletePackageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_package_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeletePackageResponse.ProtoReflect.Descriptor instead.
+func (*DeletePackageResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DeletePackageResponse) GetPackage() *Package {
+	if x != nil {
+		return x.Package
+	}
+	return nil
+}
+
 // Package is a named, versioned install recipe.
 type Package struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -106,7 +207,7 @@ type Package struct {
 
 func (x *Package) Reset() {
 	*x = Package{}
-	mi := &file_ferry_v1_package_proto_msgTypes[0]
+	mi := &file_ferry_v1_package_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -118,7 +219,7 @@ func (x *Package) String() string {
 func (*Package) ProtoMessage() {}
 
 func (x *Package) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[0]
+	mi := &file_ferry_v1_package_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -131,7 +232,7 @@ func (x *Package) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Package.ProtoReflect.Descriptor instead.
 func (*Package) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Package) GetName() string {
@@ -205,7 +306,7 @@ type ArtifactRef struct {
 
 func (x *ArtifactRef) Reset() {
 	*x = ArtifactRef{}
-	mi := &file_ferry_v1_package_proto_msgTypes[1]
+	mi := &file_ferry_v1_package_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -217,7 +318,7 @@ func (x *ArtifactRef) String() string {
 func (*ArtifactRef) ProtoMessage() {}
 
 func (x *ArtifactRef) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[1]
+	mi := &file_ferry_v1_package_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -230,7 +331,7 @@ func (x *ArtifactRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArtifactRef.ProtoReflect.Descriptor instead.
 func (*ArtifactRef) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ArtifactRef) GetDigest() string {
@@ -275,7 +376,7 @@ type Step struct {
 
 func (x *Step) Reset() {
 	*x = Step{}
-	mi := &file_ferry_v1_package_proto_msgTypes[2]
+	mi := &file_ferry_v1_package_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -287,7 +388,7 @@ func (x *Step) String() string {
 func (*Step) ProtoMessage() {}
 
 func (x *Step) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[2]
+	mi := &file_ferry_v1_package_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -300,7 +401,7 @@ func (x *Step) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Step.ProtoReflect.Descriptor instead.
 func (*Step) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Step) GetKind() isStep_Kind {
@@ -451,7 +552,7 @@ type ArchiveStep struct {
 
 func (x *ArchiveStep) Reset() {
 	*x = ArchiveStep{}
-	mi := &file_ferry_v1_package_proto_msgTypes[3]
+	mi := &file_ferry_v1_package_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -463,7 +564,7 @@ func (x *ArchiveStep) String() string {
 func (*ArchiveStep) ProtoMessage() {}
 
 func (x *ArchiveStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[3]
+	mi := &file_ferry_v1_package_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -476,7 +577,7 @@ func (x *ArchiveStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArchiveStep.ProtoReflect.Descriptor instead.
 func (*ArchiveStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ArchiveStep) GetDest() string {
@@ -541,7 +642,7 @@ type EnvVar struct {
 
 func (x *EnvVar) Reset() {
 	*x = EnvVar{}
-	mi := &file_ferry_v1_package_proto_msgTypes[4]
+	mi := &file_ferry_v1_package_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -553,7 +654,7 @@ func (x *EnvVar) String() string {
 func (*EnvVar) ProtoMessage() {}
 
 func (x *EnvVar) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[4]
+	mi := &file_ferry_v1_package_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -566,7 +667,7 @@ func (x *EnvVar) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvVar.ProtoReflect.Descriptor instead.
 func (*EnvVar) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *EnvVar) GetName() string {
@@ -598,7 +699,7 @@ type EnvStep struct {
 
 func (x *EnvStep) Reset() {
 	*x = EnvStep{}
-	mi := &file_ferry_v1_package_proto_msgTypes[5]
+	mi := &file_ferry_v1_package_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -610,7 +711,7 @@ func (x *EnvStep) String() string {
 func (*EnvStep) ProtoMessage() {}
 
 func (x *EnvStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[5]
+	mi := &file_ferry_v1_package_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -623,7 +724,7 @@ func (x *EnvStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvStep.ProtoReflect.Descriptor instead.
 func (*EnvStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *EnvStep) GetName() string {
@@ -660,7 +761,7 @@ type SudoersStep struct {
 
 func (x *SudoersStep) Reset() {
 	*x = SudoersStep{}
-	mi := &file_ferry_v1_package_proto_msgTypes[6]
+	mi := &file_ferry_v1_package_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -672,7 +773,7 @@ func (x *SudoersStep) String() string {
 func (*SudoersStep) ProtoMessage() {}
 
 func (x *SudoersStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[6]
+	mi := &file_ferry_v1_package_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -685,7 +786,7 @@ func (x *SudoersStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SudoersStep.ProtoReflect.Descriptor instead.
 func (*SudoersStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SudoersStep) GetName() string {
@@ -724,7 +825,7 @@ type FileStep struct {
 
 func (x *FileStep) Reset() {
 	*x = FileStep{}
-	mi := &file_ferry_v1_package_proto_msgTypes[7]
+	mi := &file_ferry_v1_package_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -736,7 +837,7 @@ func (x *FileStep) String() string {
 func (*FileStep) ProtoMessage() {}
 
 func (x *FileStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[7]
+	mi := &file_ferry_v1_package_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -749,7 +850,7 @@ func (x *FileStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileStep.ProtoReflect.Descriptor instead.
 func (*FileStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *FileStep) GetPath() string {
@@ -809,7 +910,7 @@ type CheckStep struct {
 
 func (x *CheckStep) Reset() {
 	*x = CheckStep{}
-	mi := &file_ferry_v1_package_proto_msgTypes[8]
+	mi := &file_ferry_v1_package_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -821,7 +922,7 @@ func (x *CheckStep) String() string {
 func (*CheckStep) ProtoMessage() {}
 
 func (x *CheckStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[8]
+	mi := &file_ferry_v1_package_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -834,7 +935,7 @@ func (x *CheckStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckStep.ProtoReflect.Descriptor instead.
 func (*CheckStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CheckStep) GetRun() string {
@@ -878,7 +979,7 @@ type AgentUpdateStep struct {
 
 func (x *AgentUpdateStep) Reset() {
 	*x = AgentUpdateStep{}
-	mi := &file_ferry_v1_package_proto_msgTypes[9]
+	mi := &file_ferry_v1_package_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -890,7 +991,7 @@ func (x *AgentUpdateStep) String() string {
 func (*AgentUpdateStep) ProtoMessage() {}
 
 func (x *AgentUpdateStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[9]
+	mi := &file_ferry_v1_package_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -903,7 +1004,7 @@ func (x *AgentUpdateStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentUpdateStep.ProtoReflect.Descriptor instead.
 func (*AgentUpdateStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AgentUpdateStep) GetExpectVersion() string {
@@ -938,7 +1039,7 @@ type ServiceStep struct {
 
 func (x *ServiceStep) Reset() {
 	*x = ServiceStep{}
-	mi := &file_ferry_v1_package_proto_msgTypes[10]
+	mi := &file_ferry_v1_package_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -950,7 +1051,7 @@ func (x *ServiceStep) String() string {
 func (*ServiceStep) ProtoMessage() {}
 
 func (x *ServiceStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[10]
+	mi := &file_ferry_v1_package_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -963,7 +1064,7 @@ func (x *ServiceStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStep.ProtoReflect.Descriptor instead.
 func (*ServiceStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ServiceStep) GetUnit() string {
@@ -1000,7 +1101,7 @@ type ApplyPackageRequest struct {
 
 func (x *ApplyPackageRequest) Reset() {
 	*x = ApplyPackageRequest{}
-	mi := &file_ferry_v1_package_proto_msgTypes[11]
+	mi := &file_ferry_v1_package_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1012,7 +1113,7 @@ func (x *ApplyPackageRequest) String() string {
 func (*ApplyPackageRequest) ProtoMessage() {}
 
 func (x *ApplyPackageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[11]
+	mi := &file_ferry_v1_package_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1126,7 @@ func (x *ApplyPackageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPackageRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPackageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ApplyPackageRequest) GetYaml() string {
@@ -1055,7 +1156,7 @@ type ApplyPackageResponse struct {
 
 func (x *ApplyPackageResponse) Reset() {
 	*x = ApplyPackageResponse{}
-	mi := &file_ferry_v1_package_proto_msgTypes[12]
+	mi := &file_ferry_v1_package_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1067,7 +1168,7 @@ func (x *ApplyPackageResponse) String() string {
 func (*ApplyPackageResponse) ProtoMessage() {}
 
 func (x *ApplyPackageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[12]
+	mi := &file_ferry_v1_package_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1080,7 +1181,7 @@ func (x *ApplyPackageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPackageResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPackageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ApplyPackageResponse) GetPackage() *Package {
@@ -1108,7 +1209,7 @@ type ListPackagesRequest struct {
 
 func (x *ListPackagesRequest) Reset() {
 	*x = ListPackagesRequest{}
-	mi := &file_ferry_v1_package_proto_msgTypes[13]
+	mi := &file_ferry_v1_package_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1120,7 +1221,7 @@ func (x *ListPackagesRequest) String() string {
 func (*ListPackagesRequest) ProtoMessage() {}
 
 func (x *ListPackagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[13]
+	mi := &file_ferry_v1_package_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1133,7 +1234,7 @@ func (x *ListPackagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPackagesRequest.ProtoReflect.Descriptor instead.
 func (*ListPackagesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListPackagesRequest) GetName() string {
@@ -1154,7 +1255,7 @@ type ListPackagesResponse struct {
 
 func (x *ListPackagesResponse) Reset() {
 	*x = ListPackagesResponse{}
-	mi := &file_ferry_v1_package_proto_msgTypes[14]
+	mi := &file_ferry_v1_package_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1166,7 +1267,7 @@ func (x *ListPackagesResponse) String() string {
 func (*ListPackagesResponse) ProtoMessage() {}
 
 func (x *ListPackagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[14]
+	mi := &file_ferry_v1_package_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1179,7 +1280,7 @@ func (x *ListPackagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPackagesResponse.ProtoReflect.Descriptor instead.
 func (*ListPackagesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListPackagesResponse) GetPackages() []*Package {
@@ -1202,7 +1303,7 @@ type GetPackageRequest struct {
 
 func (x *GetPackageRequest) Reset() {
 	*x = GetPackageRequest{}
-	mi := &file_ferry_v1_package_proto_msgTypes[15]
+	mi := &file_ferry_v1_package_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1214,7 +1315,7 @@ func (x *GetPackageRequest) String() string {
 func (*GetPackageRequest) ProtoMessage() {}
 
 func (x *GetPackageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[15]
+	mi := &file_ferry_v1_package_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1227,7 +1328,7 @@ func (x *GetPackageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPackageRequest.ProtoReflect.Descriptor instead.
 func (*GetPackageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetPackageRequest) GetName() string {
@@ -1255,7 +1356,7 @@ type GetPackageResponse struct {
 
 func (x *GetPackageResponse) Reset() {
 	*x = GetPackageResponse{}
-	mi := &file_ferry_v1_package_proto_msgTypes[16]
+	mi := &file_ferry_v1_package_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1267,7 +1368,7 @@ func (x *GetPackageResponse) String() string {
 func (*GetPackageResponse) ProtoMessage() {}
 
 func (x *GetPackageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[16]
+	mi := &file_ferry_v1_package_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1280,7 +1381,7 @@ func (x *GetPackageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPackageResponse.ProtoReflect.Descriptor instead.
 func (*GetPackageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetPackageResponse) GetPackage() *Package {
@@ -1294,7 +1395,12 @@ var File_ferry_v1_package_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_package_proto_rawDesc = "" +
 	"\n" +
-	"\x16ferry/v1/package.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\x02\n" +
+	"\x16ferry/v1/package.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"D\n" +
+	"\x14DeletePackageRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\"D\n" +
+	"\x15DeletePackageResponse\x12+\n" +
+	"\apackage\x18\x01 \x01(\v2\x11.ferry.v1.PackageR\apackage\"\xa9\x02\n" +
 	"\aPackage\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x121\n" +
@@ -1375,12 +1481,13 @@ const file_ferry_v1_package_proto_rawDesc = "" +
 	"\x1aSERVICE_ACTION_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SERVICE_ACTION_RESTART\x10\x01\x12\x19\n" +
 	"\x15SERVICE_ACTION_RELOAD\x10\x02\x12\x19\n" +
-	"\x15SERVICE_ACTION_ENABLE\x10\x032\xf7\x01\n" +
+	"\x15SERVICE_ACTION_ENABLE\x10\x032\xc9\x02\n" +
 	"\x0ePackageService\x12M\n" +
 	"\fApplyPackage\x12\x1d.ferry.v1.ApplyPackageRequest\x1a\x1e.ferry.v1.ApplyPackageResponse\x12M\n" +
 	"\fListPackages\x12\x1d.ferry.v1.ListPackagesRequest\x1a\x1e.ferry.v1.ListPackagesResponse\x12G\n" +
 	"\n" +
-	"GetPackage\x12\x1b.ferry.v1.GetPackageRequest\x1a\x1c.ferry.v1.GetPackageResponseB\x96\x01\n" +
+	"GetPackage\x12\x1b.ferry.v1.GetPackageRequest\x1a\x1c.ferry.v1.GetPackageResponse\x12P\n" +
+	"\rDeletePackage\x12\x1e.ferry.v1.DeletePackageRequest\x1a\x1f.ferry.v1.DeletePackageResponseB\x96\x01\n" +
 	"\fcom.ferry.v1B\fPackageProtoP\x01Z7github.com/ferrydeploy/ferry/proto/gen/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -1396,59 +1503,64 @@ func file_ferry_v1_package_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_package_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ferry_v1_package_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_ferry_v1_package_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_ferry_v1_package_proto_goTypes = []any{
 	(ServiceAction)(0),            // 0: ferry.v1.ServiceAction
-	(*Package)(nil),               // 1: ferry.v1.Package
-	(*ArtifactRef)(nil),           // 2: ferry.v1.ArtifactRef
-	(*Step)(nil),                  // 3: ferry.v1.Step
-	(*ArchiveStep)(nil),           // 4: ferry.v1.ArchiveStep
-	(*EnvVar)(nil),                // 5: ferry.v1.EnvVar
-	(*EnvStep)(nil),               // 6: ferry.v1.EnvStep
-	(*SudoersStep)(nil),           // 7: ferry.v1.SudoersStep
-	(*FileStep)(nil),              // 8: ferry.v1.FileStep
-	(*CheckStep)(nil),             // 9: ferry.v1.CheckStep
-	(*AgentUpdateStep)(nil),       // 10: ferry.v1.AgentUpdateStep
-	(*ServiceStep)(nil),           // 11: ferry.v1.ServiceStep
-	(*ApplyPackageRequest)(nil),   // 12: ferry.v1.ApplyPackageRequest
-	(*ApplyPackageResponse)(nil),  // 13: ferry.v1.ApplyPackageResponse
-	(*ListPackagesRequest)(nil),   // 14: ferry.v1.ListPackagesRequest
-	(*ListPackagesResponse)(nil),  // 15: ferry.v1.ListPackagesResponse
-	(*GetPackageRequest)(nil),     // 16: ferry.v1.GetPackageRequest
-	(*GetPackageResponse)(nil),    // 17: ferry.v1.GetPackageResponse
-	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 19: google.protobuf.Duration
+	(*DeletePackageRequest)(nil),  // 1: ferry.v1.DeletePackageRequest
+	(*DeletePackageResponse)(nil), // 2: ferry.v1.DeletePackageResponse
+	(*Package)(nil),               // 3: ferry.v1.Package
+	(*ArtifactRef)(nil),           // 4: ferry.v1.ArtifactRef
+	(*Step)(nil),                  // 5: ferry.v1.Step
+	(*ArchiveStep)(nil),           // 6: ferry.v1.ArchiveStep
+	(*EnvVar)(nil),                // 7: ferry.v1.EnvVar
+	(*EnvStep)(nil),               // 8: ferry.v1.EnvStep
+	(*SudoersStep)(nil),           // 9: ferry.v1.SudoersStep
+	(*FileStep)(nil),              // 10: ferry.v1.FileStep
+	(*CheckStep)(nil),             // 11: ferry.v1.CheckStep
+	(*AgentUpdateStep)(nil),       // 12: ferry.v1.AgentUpdateStep
+	(*ServiceStep)(nil),           // 13: ferry.v1.ServiceStep
+	(*ApplyPackageRequest)(nil),   // 14: ferry.v1.ApplyPackageRequest
+	(*ApplyPackageResponse)(nil),  // 15: ferry.v1.ApplyPackageResponse
+	(*ListPackagesRequest)(nil),   // 16: ferry.v1.ListPackagesRequest
+	(*ListPackagesResponse)(nil),  // 17: ferry.v1.ListPackagesResponse
+	(*GetPackageRequest)(nil),     // 18: ferry.v1.GetPackageRequest
+	(*GetPackageResponse)(nil),    // 19: ferry.v1.GetPackageResponse
+	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
 }
 var file_ferry_v1_package_proto_depIdxs = []int32{
-	2,  // 0: ferry.v1.Package.artifact:type_name -> ferry.v1.ArtifactRef
-	3,  // 1: ferry.v1.Package.steps:type_name -> ferry.v1.Step
-	18, // 2: ferry.v1.Package.created_at:type_name -> google.protobuf.Timestamp
-	4,  // 3: ferry.v1.Step.archive:type_name -> ferry.v1.ArchiveStep
-	6,  // 4: ferry.v1.Step.env:type_name -> ferry.v1.EnvStep
-	7,  // 5: ferry.v1.Step.sudoers:type_name -> ferry.v1.SudoersStep
-	8,  // 6: ferry.v1.Step.file:type_name -> ferry.v1.FileStep
-	9,  // 7: ferry.v1.Step.check:type_name -> ferry.v1.CheckStep
-	11, // 8: ferry.v1.Step.service:type_name -> ferry.v1.ServiceStep
-	10, // 9: ferry.v1.Step.agent_update:type_name -> ferry.v1.AgentUpdateStep
-	5,  // 10: ferry.v1.EnvStep.vars:type_name -> ferry.v1.EnvVar
-	19, // 11: ferry.v1.CheckStep.timeout:type_name -> google.protobuf.Duration
-	19, // 12: ferry.v1.AgentUpdateStep.reconnect_timeout:type_name -> google.protobuf.Duration
-	0,  // 13: ferry.v1.ServiceStep.action:type_name -> ferry.v1.ServiceAction
-	19, // 14: ferry.v1.ServiceStep.timeout:type_name -> google.protobuf.Duration
-	1,  // 15: ferry.v1.ApplyPackageResponse.package:type_name -> ferry.v1.Package
-	1,  // 16: ferry.v1.ListPackagesResponse.packages:type_name -> ferry.v1.Package
-	1,  // 17: ferry.v1.GetPackageResponse.package:type_name -> ferry.v1.Package
-	12, // 18: ferry.v1.PackageService.ApplyPackage:input_type -> ferry.v1.ApplyPackageRequest
-	14, // 19: ferry.v1.PackageService.ListPackages:input_type -> ferry.v1.ListPackagesRequest
-	16, // 20: ferry.v1.PackageService.GetPackage:input_type -> ferry.v1.GetPackageRequest
-	13, // 21: ferry.v1.PackageService.ApplyPackage:output_type -> ferry.v1.ApplyPackageResponse
-	15, // 22: ferry.v1.PackageService.ListPackages:output_type -> ferry.v1.ListPackagesResponse
-	17, // 23: ferry.v1.PackageService.GetPackage:output_type -> ferry.v1.GetPackageResponse
-	21, // [21:24] is the sub-list for method output_type
-	18, // [18:21] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	3,  // 0: ferry.v1.DeletePackageResponse.package:type_name -> ferry.v1.Package
+	4,  // 1: ferry.v1.Package.artifact:type_name -> ferry.v1.ArtifactRef
+	5,  // 2: ferry.v1.Package.steps:type_name -> ferry.v1.Step
+	20, // 3: ferry.v1.Package.created_at:type_name -> google.protobuf.Timestamp
+	6,  // 4: ferry.v1.Step.archive:type_name -> ferry.v1.ArchiveStep
+	8,  // 5: ferry.v1.Step.env:type_name -> ferry.v1.EnvStep
+	9,  // 6: ferry.v1.Step.sudoers:type_name -> ferry.v1.SudoersStep
+	10, // 7: ferry.v1.Step.file:type_name -> ferry.v1.FileStep
+	11, // 8: ferry.v1.Step.check:type_name -> ferry.v1.CheckStep
+	13, // 9: ferry.v1.Step.service:type_name -> ferry.v1.ServiceStep
+	12, // 10: ferry.v1.Step.agent_update:type_name -> ferry.v1.AgentUpdateStep
+	7,  // 11: ferry.v1.EnvStep.vars:type_name -> ferry.v1.EnvVar
+	21, // 12: ferry.v1.CheckStep.timeout:type_name -> google.protobuf.Duration
+	21, // 13: ferry.v1.AgentUpdateStep.reconnect_timeout:type_name -> google.protobuf.Duration
+	0,  // 14: ferry.v1.ServiceStep.action:type_name -> ferry.v1.ServiceAction
+	21, // 15: ferry.v1.ServiceStep.timeout:type_name -> google.protobuf.Duration
+	3,  // 16: ferry.v1.ApplyPackageResponse.package:type_name -> ferry.v1.Package
+	3,  // 17: ferry.v1.ListPackagesResponse.packages:type_name -> ferry.v1.Package
+	3,  // 18: ferry.v1.GetPackageResponse.package:type_name -> ferry.v1.Package
+	14, // 19: ferry.v1.PackageService.ApplyPackage:input_type -> ferry.v1.ApplyPackageRequest
+	16, // 20: ferry.v1.PackageService.ListPackages:input_type -> ferry.v1.ListPackagesRequest
+	18, // 21: ferry.v1.PackageService.GetPackage:input_type -> ferry.v1.GetPackageRequest
+	1,  // 22: ferry.v1.PackageService.DeletePackage:input_type -> ferry.v1.DeletePackageRequest
+	15, // 23: ferry.v1.PackageService.ApplyPackage:output_type -> ferry.v1.ApplyPackageResponse
+	17, // 24: ferry.v1.PackageService.ListPackages:output_type -> ferry.v1.ListPackagesResponse
+	19, // 25: ferry.v1.PackageService.GetPackage:output_type -> ferry.v1.GetPackageResponse
+	2,  // 26: ferry.v1.PackageService.DeletePackage:output_type -> ferry.v1.DeletePackageResponse
+	23, // [23:27] is the sub-list for method output_type
+	19, // [19:23] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_package_proto_init() }
@@ -1456,7 +1568,7 @@ func file_ferry_v1_package_proto_init() {
 	if File_ferry_v1_package_proto != nil {
 		return
 	}
-	file_ferry_v1_package_proto_msgTypes[2].OneofWrappers = []any{
+	file_ferry_v1_package_proto_msgTypes[4].OneofWrappers = []any{
 		(*Step_Archive)(nil),
 		(*Step_Env)(nil),
 		(*Step_Sudoers)(nil),
@@ -1471,7 +1583,7 @@ func file_ferry_v1_package_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_package_proto_rawDesc), len(file_ferry_v1_package_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
