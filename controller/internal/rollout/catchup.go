@@ -567,56 +567,8 @@ func (e *Engine) startCatchUpLocked(g *ferryv1.GroupRecord, d *ferryv1.DesiredPa
 	return true
 }
 
-// Undo treats a rollout's catch-ups as part of it: the nodes they caught
-// up go back too (undo.go).
-
-// catchUpsOfLocked are the catch-up rollouts that applied the desired
-// state rollout o set, oldest first.
-func (e *Engine) catchUpsOfLocked(o *run) []*run {
-	var out []*run
-	for _, ru := range e.runs {
-		if ru.r.GetKind() == rkCatchUp && ru.r.GetCatchUpOf() == o.r.GetId() {
-			out = append(out, ru)
-		}
-	}
-	slices.SortFunc(out, func(a, b *run) int {
-		return cmp.Or(a.r.GetCreatedAt().AsTime().Compare(b.r.GetCreatedAt().AsTime()), cmp.Compare(a.r.GetId(), b.r.GetId()))
-	})
-	return out
-}
-
-// nodesWithCatchUpsLocked are the IDs of o's nodes and of the nodes its
-// catch-ups added, in that order.
-func (e *Engine) nodesWithCatchUpsLocked(o *run) []string {
-	var ids []string
-	for _, n := range o.r.GetNodes() {
-		ids = append(ids, n.GetNodeId())
-	}
-	for _, cu := range e.catchUpsOfLocked(o) {
-		for _, n := range cu.r.GetNodes() {
-			if !slices.Contains(ids, n.GetNodeId()) {
-				ids = append(ids, n.GetNodeId())
-			}
-		}
-	}
-	return ids
-}
-
-// nodeRecordLocked is the node's record in o or, when o sent it no job,
-// in the newest of o's catch-ups that did; nil when neither has the node.
-func (e *Engine) nodeRecordLocked(o *run, nodeID string) *ferryv1.NodeJob {
-	nj := o.node(nodeID)
-	if nj != nil && nj.GetJobId() != "" {
-		return nj
-	}
-	cus := e.catchUpsOfLocked(o)
-	for i := len(cus) - 1; i >= 0; i-- {
-		if c := cus[i].node(nodeID); c != nil && c.GetJobId() != "" {
-			return c
-		}
-	}
-	return nj
-}
+// Undo takes a node back from its own latest change, which may be a
+// catch-up's job (undo.go, lastChangeLocked): catch-ups need no special case.
 
 // Group returns a group's desired versions, catch-up settings and the
 // nodes behind, with why.
