@@ -271,6 +271,19 @@ func TestEveryAdminActionIsAuditedOrNotDone(t *testing.T) {
 			_, err := rollouts.AbortRollout(ctx, &ferryv1.AbortRolloutRequest{Id: rolloutID})
 			return err
 		}},
+		{name: "package apply 2", action: "package.apply", detail: "created=true", do: func() error {
+			_, err := pkgs.ApplyPackage(ctx, &ferryv1.ApplyPackageRequest{Filename: "motd.yaml", Yaml: strings.Replace(motdYAML, `"1"`, `"2"`, 1)})
+			return err
+		}},
+		{name: "package rm", action: "package.rm", do: func() error {
+			_, err := pkgs.DeletePackage(ctx, &ferryv1.DeletePackageRequest{Name: "motd", Version: "2"})
+			return err
+		}},
+		{name: "artifact push unused", action: "artifact.push", detail: "created=true", do: func() error { return push(conn, "junk.txt", "0.1", []byte("junk")) }},
+		{name: "artifact gc", action: "artifact.gc", detail: "digest=sha256:", do: func() error {
+			_, err := arts.CollectArtifacts(ctx, &ferryv1.CollectArtifactsRequest{})
+			return err
+		}},
 		{name: "node label", action: "node.label", detail: "set role=db", do: func() error {
 			_, err := ferryv1.NewNodeServiceClient(conn).LabelNode(ctx, &ferryv1.LabelNodeRequest{Id: "web-01", Set: map[string]string{"role": "db"}})
 			return err

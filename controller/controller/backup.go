@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -13,8 +12,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	"github.com/ferrydeploy/ferry/shared/atomicfile"
+	"github.com/ferrydeploy/ferry/shared/daemonconfig"
 )
 
 // A running controller holds bbolt's exclusive lock on ferry.db, so no
@@ -156,62 +159,80 @@ func fetchBackup(sock string, w io.Writer) (int64, error) {
 	return n, nil
 }
 
-// backupMain is `ferry-controller backup`.
-func backupMain(args []string, stdout, stderr io.Writer) int {
-	dataDir, out, code, done := parseFileCommand("backup", "out", "file to write the backup to", args, stderr)
-	if done {
-		return code
-	}
-	source, size, counts, err := backupTo(dataDir, out)
-	if err != nil {
-		fmt.Fprintf(stderr, "ferry-controller backup: %v\n", err)
-		return 1
-	}
-	fmt.Fprintf(stdout, "wrote %s (%d bytes, %s): %s\n", out, size, source, counts)
-	return 0
+// fileCommand is what backup and restore share: --data-dir, which
+// controller.yaml may set (--config), and a required file flag.
+type fileCommand struct {
+	o    options
+	file string
 }
 
-// restoreMain is `ferry-controller restore`.
-func restoreMain(args []string, stdout, stderr io.Writer) int {
-	dataDir, from, code, done := parseFileCommand("restore", "from", "backup file written by `ferry-controller backup`", args, stderr)
-	if done {
-		return code
+func (f *fileCommand) cmd(use, short, fileFlag, fileUsage string, run func(dataDir, file string) error) *cobra.Command {
+	c := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args: func(_ *cobra.Command, a []string) error {
+			if len(a) > 0 {
+				return daemonconfig.Usage(fmt.Errorf("%s takes no arguments, got %q", use, a))
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.file == "" {
+				return daemonconfig.Usage(fmt.Errorf("%s: --%s FILE is required", use, fileFlag))
+			}
+			// Only data-dir: the other keys of controller.yaml are the
+			// daemon's and known to it.
+			var all options
+			known := pflag.NewFlagSet("", pflag.ContinueOnError)
+			all.define(known)
+			if err := daemonconfig.Load(f.o.configPath, cmd.Flags().Changed("config"), cmd.Flags(), func(k string) bool { return known.Lookup(k) != nil }); err != nil {
+				return daemonconfig.Usage(err)
+			}
+			if err := run(f.o.cfg.DataDir, f.file); err != nil {
+				return fmt.Errorf("%s: %w", use, err)
+			}
+			return nil
+		},
 	}
-	path := filepath.Join(dataDir, storeFile)
-	kept, counts, err := store.Restore(from, path, time.Now())
-	if err != nil {
-		fmt.Fprintf(stderr, "ferry-controller restore: %v\n", err)
-		return 1
-	}
-	fmt.Fprintf(stdout, "restored %s from %s: %s\n", path, from, counts)
-	if kept != "" {
-		fmt.Fprintf(stdout, "the store it replaced is kept as %s\n", kept)
-	}
-	fmt.Fprintln(stdout, "start the controller; what changed after the backup was taken is not in it (docs/operations.md says what to redo)")
-	return 0
+	c.Flags().StringVar(&f.o.configPath, "config", defaultConfig, "config file whose data-dir is used unless --data-dir is given")
+	c.Flags().StringVar(&f.o.cfg.DataDir, "data-dir", defaultDataDir, "the controller's data dir")
+	c.Flags().StringVar(&f.file, fileFlag, "", fileUsage+" (required)")
+	return c
 }
 
-// parseFileCommand parses the flags both commands take: --data-dir and
-// the required file flag. done is true when the command should exit with
-// code.
-func parseFileCommand(name, fileFlag, fileUsage string, args []string, stderr io.Writer) (dataDir, file string, code int, done bool) {
-	fs := flag.NewFlagSet("ferry-controller "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.StringVar(&dataDir, "data-dir", defaultDataDir, "the controller's data dir")
-	fs.StringVar(&file, fileFlag, "", fileUsage+" (required)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return "", "", 0, true
+// backupCmd is `ferry-controller backup`.
+func backupCmd(stdout io.Writer) *cobra.Command {
+	return (&fileCommand{}).cmd("backup", "Copy the store to a file, also while the controller runs", "out", "file to write the backup to", func(dataDir, out string) error {
+		source, size, counts, err := backupTo(dataDir, out)
+		if err != nil {
+			return err
 		}
-		return "", "", 2, true
-	}
-	switch {
-	case fs.NArg() > 0:
-		fmt.Fprintf(stderr, "%s takes no arguments, got %q\n", fs.Name(), fs.Args())
-		return "", "", 2, true
-	case file == "":
-		fmt.Fprintf(stderr, "%s: --%s FILE is required\n", fs.Name(), fileFlag)
-		return "", "", 2, true
-	}
-	return dataDir, file, 0, false
+		fmt.Fprintf(stdout, "wrote %s (%d bytes, %s): %s\n", out, size, source, counts)
+		return nil
+	})
+}
+
+// restoreCmd is `ferry-controller restore`.
+func restoreCmd(stdout io.Writer) *cobra.Command {
+	return (&fileCommand{}).cmd("restore", "Replace the stopped controller's store with a backup", "from", "backup file written by ferry-controller backup", func(dataDir, from string) error {
+		if err := os.MkdirAll(dataDir, 0o700); err != nil { // a new host's empty data dir
+			return fmt.Errorf("create data dir: %w", err)
+		}
+		lock, err := lockDataDir(dataDir)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = lock.Release() }() // the process ends next
+		path := filepath.Join(dataDir, storeFile)
+		kept, counts, err := store.Restore(from, path, time.Now())
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "restored %s from %s: %s\n", path, from, counts)
+		if kept != "" {
+			fmt.Fprintf(stdout, "the store it replaced is kept as %s\n", kept)
+		}
+		fmt.Fprintln(stdout, "start the controller; what changed after the backup was taken is not in it (docs/operations.md says what to redo)")
+		return nil
+	})
 }

@@ -3,6 +3,7 @@ package controller
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -80,8 +81,9 @@ func TestBackupWhileRunningThenRestore(t *testing.T) {
 	}
 	createToken(t, conn, "after-the-backup")
 
-	if code, _, errOut := main(t, "restore", "--data-dir", dir, "--from", backup); code != 1 || !strings.Contains(errOut, "stop it before restoring") {
-		t.Errorf("restore while running: exit %d: %s; want a refusal", code, errOut)
+	// The running controller holds the data dir: restore names it.
+	if code, _, errOut := main(t, "restore", "--data-dir", dir, "--from", backup); code != 1 || !strings.Contains(errOut, fmt.Sprintf("in use by process %d", os.Getpid())) || !strings.Contains(errOut, "stop that one") {
+		t.Errorf("restore while running: exit %d: %s; want a refusal naming process %d", code, errOut, os.Getpid())
 	}
 	stop()
 	if _, err := os.Stat(filepath.Join(dir, backupSocket)); !os.IsNotExist(err) {

@@ -27,12 +27,14 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
 	"github.com/ferrydeploy/ferry/controller/internal/gossipkey"
 	"github.com/ferrydeploy/ferry/controller/internal/health"
+	"github.com/ferrydeploy/ferry/controller/internal/importer"
 	"github.com/ferrydeploy/ferry/controller/internal/metrics"
 	"github.com/ferrydeploy/ferry/controller/internal/packages"
 	"github.com/ferrydeploy/ferry/controller/internal/rollout"
 	"github.com/ferrydeploy/ferry/controller/internal/server"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/dirlock"
 	"github.com/ferrydeploy/ferry/shared/gossip"
 	"github.com/ferrydeploy/ferry/shared/pki"
 	"github.com/ferrydeploy/ferry/shared/rpc"
@@ -57,6 +59,7 @@ type Config struct {
 	GossipKeyGrace    time.Duration // how long after a rotation the previous gossip key still works (default 30s)
 	AllowNewStore     bool          // create ferry.db although the data dir holds earlier state (store.go)
 	Logs              LogLimits     // job output kept (joblogs.go)
+	ImportDirs        []string      // directories `artifact import` may read files below (none: path imports refused)
 	Logger            *slog.Logger
 	Now               func() time.Time
 }
@@ -108,9 +111,11 @@ type Controller struct {
 	packages  *packages.Store
 	engine    *rollout.Engine
 	artifacts *artifact.Store
+	downloads *artifact.Downloader
 	member    *gossip.Member
 	adminPath string
 	advertise string
+	dirLock   *dirlock.Lock // held while the controller uses its data dir
 	// serving is the controller's TLS certificate, replaced while running
 	// before it expires (serving.go).
 	serving    atomic.Pointer[tls.Certificate]
@@ -126,10 +131,14 @@ func New(cfg Config) (*Controller, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
+	var err error
+	if c.dirLock, err = lockDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	// The store first: what else the data dir holds tells a first start
 	// from a lost store only before anything is created.
-	var err error
 	if c.store, err = openStore(cfg); err != nil {
+		_ = c.dirLock.Release() // the store's error is the one to report
 		return nil, err
 	}
 	ok := false
@@ -205,17 +214,23 @@ func New(cfg Config) (*Controller, error) {
 		return nil, err
 	}
 	metrics.RegisterArtifacts(c.reg, c.artifacts.Damaged)
+	imports, err := importer.New(importer.Config{Store: c.artifacts, Dirs: cfg.ImportDirs, Logger: c.log.With("component", "import"), Now: cfg.Now})
+	if err != nil {
+		return nil, err
+	}
 	if c.packages, err = packages.New(c.store, c.artifacts, cfg.Now); err != nil {
 		return nil, err
 	}
 	c.engine, err = rollout.New(rollout.Config{
-		Store: c.store, Dispatcher: dispatcher{c.fleet}, Fleet: c.fleet, Packages: c.packages,
+		Store: c.store, Dispatcher: dispatcher{fleet: c.fleet, store: c.store, log: c.log.With("component", "rollout")}, Fleet: c.fleet, Packages: c.packages,
 		Auditor: c.store, Logger: c.log.With("component", "rollout"),
+		Groups: c.store, // desired state per group and catch-up
 	})
 	if err != nil {
 		return nil, err
 	}
 	c.reg.MustRegister(rolloutCollector{engine: c.engine})
+	c.downloads = artifact.NewDownloader(artifact.DownloaderConfig{Store: c.artifacts, MaxConcurrent: cfg.MaxDownloads, MaxPerNode: cfg.MaxNodeDownloads, StallTimeout: cfg.DownloadStall, BytesServed: m.ArtifactBytesServed, Logger: c.log.With("component", "artifact")})
 	deps := &server.Deps{
 		Store: c.store, Fleet: c.fleet, CA: ca, Logger: c.log, Now: cfg.Now,
 		Gossip: c.gossipKeys(), GossipLabel: gossipLabel(ca),
@@ -223,9 +238,11 @@ func New(cfg Config) (*Controller, error) {
 		AdvertiseAddress: c.advertise, Observer: m, Admins: admins, GossipSeeds: c.gossipSeeds, OnHello: c.rejoin,
 		Jobs:      jobSink{engine: c.engine, store: c.store, metrics: m, log: c.log, now: cfg.Now, logs: cfg.Logs, logRate: newLogRate(cfg.Now)},
 		Artifacts: c.artifacts,
-		Downloads: artifact.NewDownloader(artifact.DownloaderConfig{Store: c.artifacts, MaxConcurrent: cfg.MaxDownloads, MaxPerNode: cfg.MaxNodeDownloads, StallTimeout: cfg.DownloadStall, BytesServed: m.ArtifactBytesServed, Logger: c.log.With("component", "artifact")}),
+		Downloads: c.downloads,
+		Importer:  imports,
 		Packages:  c.packages,
 		Rollouts:  c.engine,
+		Groups:    c.engine,
 
 		JobArtifacts: c.engine, // downloads follow the jobs the engine sent
 	}

@@ -1,12 +1,16 @@
 package controller
 
 import (
+	"errors"
 	"log/slog"
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
 	"github.com/ferrydeploy/ferry/controller/internal/metrics"
+	"github.com/ferrydeploy/ferry/controller/internal/mirror"
 	"github.com/ferrydeploy/ferry/controller/internal/rollout"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
@@ -15,9 +19,25 @@ import (
 )
 
 // dispatcher sends the engine's jobs on the agents' streams.
-type dispatcher struct{ fleet *fleet.Registry }
+type dispatcher struct {
+	fleet *fleet.Registry
+	store *store.Store
+	log   *slog.Logger
+}
 
+// Dispatch sends a job, naming the artifact's URL on the mirror of the
+// node's group when it has one (package mirror).
 func (d dispatcher) Dispatch(nodeID string, job *ferryv1.Job) error {
+	if n, ok := d.fleet.Node(nodeID); ok && n.GetGroup() != "" && job.GetPackage().GetArtifact() != nil {
+		m, err := d.store.Mirror(n.GetGroup())
+		switch {
+		case err == nil:
+			job = proto.Clone(job).(*ferryv1.Job) // the engine's copy stays as it saved it
+			job.Mirrors = mirror.Sources(m, job.GetPackage())
+		case !errors.Is(err, store.ErrNotFound):
+			d.log.Warn("read the group's mirror; the job goes without it", "node", nodeID, "group", n.GetGroup(), "err", err)
+		}
+	}
 	return d.fleet.Dispatch(nodeID, &ferryv1.ConnectResponse{Msg: &ferryv1.ConnectResponse_Job{Job: job}})
 }
 

@@ -41,10 +41,16 @@ func (c *Controller) Close() error {
 	if c.httpLis != nil {
 		_ = c.httpLis.Close() // already closed once the HTTP server has shut down
 	}
+	var err error
 	if c.store != nil {
-		return c.store.Close()
+		err = c.store.Close()
+		c.store = nil
 	}
-	return nil
+	if c.dirLock != nil {
+		err = errors.Join(err, c.dirLock.Release())
+		c.dirLock = nil
+	}
+	return err
 }
 
 // Run serves until ctx ends, then stops gracefully: new RPCs are refused,

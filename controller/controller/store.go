@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/ferrydeploy/ferry/controller/internal/store"
+	"github.com/ferrydeploy/ferry/shared/dirlock"
 )
 
 // storeFile is the store's name in the data dir.
@@ -68,4 +69,21 @@ func earlierState(dataDir string) ([]string, error) {
 		held = append(held, fmt.Sprintf("%d artifact blobs", n))
 	}
 	return held, nil
+}
+
+// lockFile in the data dir is held by the running controller and by
+// restore (package dirlock); bbolt's own lock on ferry.db cannot say who
+// holds it.
+const lockFile = "controller.lock"
+
+func lockDataDir(dir string) (*dirlock.Lock, error) {
+	l, err := dirlock.Acquire(dir, lockFile)
+	var held *dirlock.HeldError
+	if errors.As(err, &held) {
+		return nil, fmt.Errorf("data dir %w; another ferry-controller (or a restore) uses it: stop that one, or give this one its own --data-dir", held)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lock the data dir: %w", err)
+	}
+	return l, nil
 }

@@ -4,7 +4,10 @@
 # .sha256, push it with checksum verification (and see a tampered copy
 # refused), apply the package, roll it out to staging and then, with a
 # canary and a promotion, to production, run `go version` from a node's
-# install root, and undo the production rollout.
+# install root, enroll one more production node that catches up by itself,
+# restart a service with a service step (and watch a broken config roll
+# back), abort a rollout that changes nothing, plan the undo and undo the
+# production rollout anyway.
 #
 #   make demo          (builds first; or run this script after `make build`)
 #
@@ -188,12 +191,38 @@ enroll_group() {
 	done
 }
 
+# write_stub_systemctl ID puts a stand-in for systemctl in the node's
+# stub-bin folder: this demo runs without systemd, so each agent gets this
+# script first on its PATH. It records every call in calls.log and plays a
+# unit that comes up only when the node's /etc/myapp/config starts with
+# "ok" (like a daemon that refuses a broken config).
+write_stub_systemctl() {
+	local dir="$DEMO/agents/$1/stub-bin"
+	mkdir -p "$dir"
+	cat >"$dir/systemctl" <<'SH'
+#!/bin/sh
+# Demo stand-in for systemctl (no systemd here); see demo.sh.
+d=$(dirname "$0")
+printf 'systemctl %s\n' "$*" >>"$d/calls.log"
+config_ok() { grep -q '^ok' "$d/../root/etc/myapp/config" 2>/dev/null; }
+case $1 in
+is-active) s=$(cat "$d/state" 2>/dev/null || echo inactive); echo "$s"; [ "$s" = active ] ;;
+is-enabled) echo enabled ;;
+start | restart | reload) if config_ok; then echo active; else echo activating; fi >"$d/state" ;;
+stop) echo inactive >"$d/state" ;;
+status) echo "myapp.service (demo stub): $(cat "$d/state" 2>/dev/null || echo inactive)" ;;
+esac
+SH
+	chmod 755 "$dir/systemctl"
+}
+
 start_agent() {
 	local id=$1
+	write_stub_systemctl "$id"
 	local -a cmd=(ferry-agent run --state-dir "$DEMO/agents/$id/state" --root "$DEMO/agents/$id/root"
 		--gossip-listen 127.0.0.1:0)
-	say_cmd "${cmd[@]}"
-	"${cmd[@]}" >>"$DEMO/logs/agent-$id.log" 2>&1 &
+	say_cmd PATH="$(rel "$DEMO/agents/$id/stub-bin"):\$PATH" "${cmd[@]}"
+	PATH="$DEMO/agents/$id/stub-bin:$PATH" "${cmd[@]}" >>"$DEMO/logs/agent-$id.log" 2>&1 &
 	AGENT_PID[$id]=$!
 }
 
@@ -338,6 +367,93 @@ inventory() {
 	show ferryctl nodes --package "go@$GO_VERSION"
 }
 
+# caught_up ID succeeds when ferryctl group show lists no node behind and
+# the node's install root has the toolchain.
+caught_up() {
+	[[ -x "$DEMO/agents/$1/root/usr/local/go/bin/go" ]] &&
+		ferryctl group show production 2>/dev/null | grep -q '^every node is on the desired versions$'
+}
+
+catch_up_production() {
+	step "A node enrolled after the production rollout catches up by itself"
+	echo "The rollout recorded go@$GO_VERSION as production's desired version. prod-4 joins"
+	echo "production only now; the controller gives it a catch-up job (same steps and checks)."
+	enroll_group production prod-4
+	NODES+=(prod-4:production)
+	start_agent prod-4
+	wait_for "node prod-4 to be healthy (see $(rel "$DEMO/logs/agent-prod-4.log"))" node_healthy prod-4
+	wait_for "prod-4 to catch up to go@$GO_VERSION" caught_up prod-4
+	show ferryctl group show production
+	show ferryctl rollout list --package go --limit 3
+	show "$DEMO/agents/prod-4/root/usr/local/go/bin/go" version
+}
+
+# service_step rolls out a config file and a service restart to staging,
+# then a broken config whose service never comes up: the node puts the old
+# config back and restarts the service on it.
+service_step() {
+	local stub="$DEMO/agents/staging-1/stub-bin"
+	step "A service step: write a config, restart the unit that reads it, wait until it is active"
+	echo "(this machine has no systemd: each agent runs with a stub systemctl first on its PATH,"
+	echo " $(rel "$stub/systemctl"), which records its calls and says active once the config starts with ok)"
+	local v config
+	for v in 1 2; do
+		config="ok: listen = :8080"
+		[[ $v == 2 ]] && config="listen = :80 80   # broken"
+		cat >"$DEMO/release/myapp-$v.yaml" <<YAML
+name: myapp
+version: "$v"
+steps:
+  - file: {path: /etc/myapp/config, content: "$config\n", mode: "0644"}
+  - service: {unit: myapp, action: restart, timeout: 3s}
+YAML
+	done
+	show cat "$DEMO/release/myapp-1.yaml"
+	show ferryctl package apply -f "$DEMO/release/myapp-1.yaml"
+	show ferryctl rollout --group staging --package myapp@1 --auto-promote --healthy-for 1s
+	show grep -v is-active "$stub/calls.log"
+
+	step "A broken config: the unit never becomes active, so the node rolls back and restarts it on the old config"
+	show ferryctl package apply -f "$DEMO/release/myapp-2.yaml"
+	local out
+	say_cmd ferryctl rollout --group staging --package myapp@2 --auto-promote --healthy-for 1s
+	if out=$(ferryctl rollout --group staging --package myapp@2 --auto-promote --healthy-for 1s 2>&1); then
+		printf '%s\n' "$out"
+		die "the rollout of a config that keeps the service down succeeded"
+	fi
+	printf '%s\n' "$out"
+	show cat "$DEMO/agents/staging-1/root/etc/myapp/config"
+	show grep -v is-active "$stub/calls.log"
+	grep -q '^ok' "$DEMO/agents/staging-1/root/etc/myapp/config" || die "staging-1 did not get its old config back"
+	[[ $(cat "$stub/state") == active ]] || die "the service is not active again on staging-1"
+	echo "staging-1: the old config is back and myapp.service was restarted on it (active)"
+}
+
+# rollout_busy ID: a node of the rollout still has a job in flight (or the
+# controller did not answer: keep waiting).
+rollout_busy() {
+	local out
+	out=$(ferryctl rollout status "$1" -o json 2>/dev/null) || true
+	[[ -z $out ]] || grep -qiE '"outcome": *"(node_outcome_)?(pending|downloading|installing|checking)"' <<<"$out"
+}
+
+# An aborted rollout that changes nothing must not stand in the way of the
+# undo: the undo goes by what each node had before its latest change.
+aborted_noop_rollout() {
+	step "An aborted rollout that changes nothing (every node has go$GO_VERSION already)"
+	local id
+	local -a start=(ferryctl rollout --group production --package "go@$GO_VERSION" --canary 1 --detach)
+	say_cmd "${start[@]}"
+	id=$("${start[@]}")
+	show ferryctl rollout abort "$id" || true # it may have ended already
+	wait_for "the aborted rollout's canary to report" not_busy "$id"
+	show ferryctl rollout status "$id" || true
+	step "Planning the undo: per node, from what to what (changes nothing)"
+	show ferryctl rollout undo --group production --package go --plan
+}
+
+not_busy() { ! rollout_busy "$1"; }
+
 undo_production() {
 	step "Undoing the production rollout (back to what each node had before)"
 	show ferryctl rollout undo --group production --package go --canary 1 --auto-promote --max-parallel 3 --healthy-for 1s
@@ -345,7 +461,10 @@ undo_production() {
 	if [[ -e $root/usr/local/go/bin/go ]]; then
 		die "prod-1 still has the toolchain after the undo"
 	fi
-	echo "prod-1: /usr/local/go is gone again; staging-1 keeps go$GO_VERSION:"
+	if [[ -e $DEMO/agents/prod-4/root/usr/local/go/bin/go ]]; then
+		die "prod-4 (caught up) still has the toolchain after the undo"
+	fi
+	echo "prod-1 and prod-4: /usr/local/go is gone again; staging-1 keeps go$GO_VERSION:"
 	show "$DEMO/agents/staging-1/root/usr/local/go/bin/go" version
 	show ferryctl rollout history --package go
 	show ferryctl audit --limit 8
@@ -401,6 +520,9 @@ main() {
 	rollout_production
 	check_node
 	inventory
+	catch_up_production
+	service_step
+	aborted_noop_rollout
 	undo_production
 	failed_logs
 	if [[ ${DEMO_KEEP:-} == 1 ]]; then

@@ -13,8 +13,12 @@ import (
 	"time"
 )
 
-// unitDir is deployments/systemd, relative to this package.
-const unitDir = "../../../deployments/systemd"
+// unitDir is deployments/systemd, relative to this package, and configDir
+// the example config files the bundle installs to /etc/ferry.
+const (
+	unitDir   = "../../../deployments/systemd"
+	configDir = "../../../deployments/config"
+)
 
 var units = []struct {
 	file, binary string
@@ -64,6 +68,7 @@ func TestSystemdUnitsVerify(t *testing.T) {
 		writeFile(t, filepath.Join(root, "usr/local/bin", u.binary), []byte("#!/bin/sh\nexit 0\n"), 0o755)
 		names = append(names, u.file)
 	}
+	writeFile(t, filepath.Join(root, "bin/kill"), []byte("#!/bin/sh\nexit 0\n"), 0o755) // ExecReload
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, analyze, append([]string{"verify", "--root=" + root}, names...)...)
@@ -148,16 +153,16 @@ func (u unit) get(k string) string {
 
 // TestSystemdUnitsContent checks what the units promise an operator: the
 // installed binaries, restart on failure, a state directory matching the
-// --state-dir/--data-dir flag, config from /etc/ferry, and hardening that
-// fits each daemon.
+// data-dir/state-dir default of the shipped config file, config from
+// /etc/ferry, reload by SIGHUP, and hardening that fits each daemon.
 func TestSystemdUnitsContent(t *testing.T) {
 	for _, tc := range []struct {
-		file, binary, stateDir, flag, envFile, protectSystem string
+		file, binary, stateDir, key, config, protectSystem string
 	}{
-		{"ferry-controller.service", "ferry-controller", "ferry-controller", "--data-dir", "/etc/ferry/controller.env", "strict"},
+		{"ferry-controller.service", "ferry-controller", "ferry-controller", "data-dir", "controller.yaml", "strict"},
 		// The agent installs into /usr/local, /opt and /etc: ProtectSystem
 		// must stay off.
-		{"ferry-agent.service", "ferry-agent", "ferry-agent", "--state-dir", "/etc/ferry/agent.env", ""},
+		{"ferry-agent.service", "ferry-agent", "ferry-agent", "state-dir", "agent.yaml", ""},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
 			u := parseUnit(t, tc.file)
@@ -165,32 +170,32 @@ func TestSystemdUnitsContent(t *testing.T) {
 			if !strings.HasPrefix(exec, "/usr/local/bin/"+tc.binary+" ") {
 				t.Errorf("ExecStart = %q, want /usr/local/bin/%s", exec, tc.binary)
 			}
-			if want := tc.flag + " /var/lib/" + tc.stateDir; !strings.Contains(exec, want) {
-				t.Errorf("ExecStart = %q, want %q (the StateDirectory)", exec, want)
+			if want := "--config /etc/ferry/" + tc.config; !strings.HasSuffix(exec, want) {
+				t.Errorf("ExecStart = %q, want it to end with %q", exec, want)
+			}
+			// The shipped config file leaves the state dir at its default,
+			// which must be the StateDirectory systemd creates.
+			example, err := os.ReadFile(filepath.Join(configDir, tc.config))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := "#" + tc.key + ": /var/lib/" + tc.stateDir + "\n"; !strings.Contains(string(example), want) {
+				t.Errorf("%s does not show the default %q, the unit's StateDirectory", tc.config, strings.TrimSpace(want))
 			}
 			for k, want := range map[string]string{
-				"Type":            "notify",
-				"Restart":         "on-failure",
-				"StateDirectory":  tc.stateDir,
-				"EnvironmentFile": "-" + tc.envFile,
-				"ProtectSystem":   tc.protectSystem,
-				"WantedBy":        "multi-user.target",
+				"Type":           "notify",
+				"Restart":        "on-failure",
+				"StateDirectory": tc.stateDir,
+				"ExecReload":     "/bin/kill -HUP $MAINPID",
+				"ProtectSystem":  tc.protectSystem,
+				"WantedBy":       "multi-user.target",
 			} {
 				if got := u.get(k); got != want {
 					t.Errorf("%s=%q, want %q", k, got, want)
 				}
 			}
-			// Every ${VAR} ExecStart uses has a default, so an absent or
-			// partial env file never leaves a flag without its value.
-			defined := map[string]bool{}
-			for _, e := range u["Environment"] {
-				k, _, _ := strings.Cut(e, "=")
-				defined[k] = true
-			}
-			for _, m := range regexp.MustCompile(`\$\{?([A-Z_]+)\}?`).FindAllStringSubmatch(exec, -1) {
-				if !defined[m[1]] {
-					t.Errorf("ExecStart uses $%s but no Environment= line gives it a default", m[1])
-				}
+			if _, ok := u["EnvironmentFile"]; ok {
+				t.Errorf("EnvironmentFile= is set; settings come from /etc/ferry/%s", tc.config)
 			}
 		})
 	}
@@ -219,8 +224,8 @@ func TestSystemdUnitsFlagsExist(t *testing.T) {
 				if !strings.HasPrefix(a, "--") {
 					continue
 				}
-				// The flag package prints "  -name value".
-				if !regexp.MustCompile(`(?m)^\s+-` + regexp.QuoteMeta(strings.TrimPrefix(a, "--")) + `\b`).Match(out) {
+				// cobra prints "  -x, --name value" or "      --name value".
+				if !regexp.MustCompile(`(?m)^\s+(-\w, )?` + regexp.QuoteMeta(a) + `\b`).Match(out) {
 					t.Errorf("ExecStart passes %s, which %s %s does not list:\n%s", a, u.binary, strings.Join(helpArgs, " "), out)
 				}
 			}

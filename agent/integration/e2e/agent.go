@@ -22,6 +22,10 @@ type AgentOptions struct {
 	NoGossip bool
 	// Args are extra flags for `ferry-agent run`.
 	Args []string
+	// ConfigFile is passed to run and enroll as --config. Without one the
+	// agent reads no config file (--config=), so a host's
+	// /etc/ferry/agent.yaml never leaks into a test.
+	ConfigFile string
 	// Prefix runs the agent (enroll and run) under another command,
 	// e.g. []string{"ip", "netns", "exec", "ns2"}.
 	Prefix []string
@@ -34,6 +38,9 @@ type AgentOptions struct {
 	// Binary is the ferry-agent to run (default: FERRY_BIN's), e.g. one
 	// install.sh installed.
 	Binary string
+	// Env are extra KEY=value variables for `ferry-agent run`, e.g. a PATH
+	// with a stub systemctl first.
+	Env []string
 }
 
 // Agent is one ferry-agent with its own state dir and install root.
@@ -58,6 +65,7 @@ func (h *Harness) NewAgent(nodeID string, opts AgentOptions) *Agent {
 	if opts.UnitConfig != "" {
 		a := &Agent{opts: opts, NodeID: nodeID, StateDir: opts.StateDir, Root: opts.Root}
 		a.Process = h.newProcess(nodeID, bin, append([]string{"run", "--config", opts.UnitConfig}, opts.Args...), opts.Prefix)
+		a.env = opts.Env
 		return a
 	}
 	a := &Agent{opts: opts, NodeID: nodeID, StateDir: h.path("agents", nodeID, "state"), Root: h.path("agents", nodeID, "root")}
@@ -67,11 +75,12 @@ func (h *Harness) NewAgent(nodeID string, opts AgentOptions) *Agent {
 	if !opts.NoGossip {
 		a.GossipAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(h.FreePort("127.0.0.1")))
 	}
-	args := []string{"run", "--state-dir", a.StateDir, "--root", a.Root, "--gossip-listen", a.GossipAddr}
+	args := []string{"run", "--config=" + opts.ConfigFile, "--state-dir", a.StateDir, "--root", a.Root, "--gossip-listen", a.GossipAddr}
 	if opts.Controller != "" {
 		args = append(args, "--controller", opts.Controller)
 	}
 	a.Process = h.newProcess(nodeID, bin, append(args, opts.Args...), opts.Prefix)
+	a.env = opts.Env
 	return a
 }
 
@@ -93,7 +102,7 @@ func (a *Agent) Enroll(tok Token) Result {
 	if addr == "" {
 		addr = a.h.Controller().Advertise
 	}
-	args := []string{"enroll", "--controller", addr, "--token", tok.Secret, "--ca-pin", tok.CAPin, "--node-id", a.NodeID, "--state-dir", a.StateDir}
+	args := []string{"enroll", "--config=" + a.opts.ConfigFile, "--controller", addr, "--token", tok.Secret, "--ca-pin", tok.CAPin, "--node-id", a.NodeID, "--state-dir", a.StateDir}
 	for _, k := range slices.Sorted(maps.Keys(a.opts.Labels)) {
 		args = append(args, "--label", k+"="+a.opts.Labels[k])
 	}

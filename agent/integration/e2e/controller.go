@@ -37,6 +37,10 @@ type ControllerOptions struct {
 	Prefix []string
 	// StartTimeout bounds each start until /readyz answers (default 15s).
 	StartTimeout time.Duration
+	// ConfigFile is passed as --config, and the heartbeat interval is left
+	// to it. Without one the controller reads no config file (--config=),
+	// so a host's /etc/ferry/controller.yaml never leaks into a test.
+	ConfigFile string
 }
 
 // Controller is a running (or stopped) ferry-controller process. Its
@@ -101,12 +105,14 @@ func (h *Harness) StartController(opts ControllerOptions) *Controller {
 }
 
 func (c *Controller) args(grpcAddr, httpAddr string) []string {
-	args := []string{
+	args := []string{"--config=" + c.opts.ConfigFile,
 		"--data-dir", c.DataDir,
 		"--listen", grpcAddr,
 		"--http-listen", httpAddr,
-		"--heartbeat-interval", c.opts.HeartbeatInterval.String(),
 		"--gossip-listen", c.GossipAddr,
+	}
+	if c.opts.ConfigFile == "" {
+		args = append(args, "--heartbeat-interval", c.opts.HeartbeatInterval.String())
 	}
 	return append(args, c.opts.Args...)
 }

@@ -341,7 +341,7 @@ func TestE2EDemoScript(t *testing.T) {
 		t.Fatal(err)
 	}
 	demoDir := filepath.Join(h.Dir(), "demo")
-	r := h.ExecTimeout(4*time.Minute, []string{"FERRY_BIN=" + filepath.Dir(h.Bin(e2e.CtlBinary)), "DEMO_DIR=" + demoDir, "DEMO_TIMEOUT=20"}, "bash", script)
+	r := h.ExecTimeout(5*time.Minute, []string{"FERRY_BIN=" + filepath.Dir(h.Bin(e2e.CtlBinary)), "DEMO_DIR=" + demoDir, "DEMO_TIMEOUT=20"}, "bash", script)
 	if r.Exit != 0 {
 		t.Fatalf("demo.sh failed: %s", r)
 	}
@@ -361,8 +361,14 @@ func TestE2EDemoScript(t *testing.T) {
 		"go version go",
 		"3/3 done  succeeded 3  | succeeded",
 		"undo ro-",
+		" → removed: rollback", // the undo plan, per node, after an aborted rollout
 		"/usr/local/go is gone again",
 		"see why: ferryctl logs ro-",
+		// prod-4, enrolled after the production rollout, caught up by itself.
+		"catch-up ro-",
+		"every node is on the desired versions",
+		"systemctl restart -- myapp.service",
+		"myapp.service was restarted on it (active)",
 	} {
 		if !strings.Contains(r.Stdout+r.Stderr, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, r)

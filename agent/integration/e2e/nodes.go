@@ -20,6 +20,20 @@ type Node struct {
 	// GossipState is memberlist's view: alive, suspect, dead, left, or ""
 	// when gossip does not know the node.
 	GossipState string `json:"gossip_state"`
+	// Drift is the agent's last check of its installed files, nil before
+	// the first.
+	Drift *Drift `json:"drift"`
+}
+
+// Drift is a node's drift report as `ferryctl nodes -o json` prints it.
+type Drift struct {
+	Checked  int `json:"checked"`
+	Packages []struct {
+		Name     string   `json:"name"`
+		Version  string   `json:"version"`
+		Changed  int      `json:"changed"`
+		Examples []string `json:"examples"`
+	} `json:"packages"`
 }
 
 // State is a node state in the short form the table prints: healthy,

@@ -25,6 +25,7 @@ type Process struct {
 	path    string   // the binary
 	args    []string // its arguments
 	prefix  []string // a command prefix, e.g. ip netns exec NS
+	env     []string // extra environment, KEY=value
 	logPath string
 
 	mu     sync.Mutex
@@ -89,6 +90,9 @@ func (p *Process) start() {
 	argv := p.argv()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = p.h.dir
+	if len(p.env) > 0 {
+		cmd.Env = append(os.Environ(), p.env...)
+	}
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	// Own process group, so signals reach the daemon and anything it

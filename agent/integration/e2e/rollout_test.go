@@ -65,12 +65,8 @@ type rolloutFleet struct {
 // all are healthy; agentArgs are extra `ferry-agent run` flags for each.
 func newRolloutFleet(t *testing.T, agentArgs ...string) *rolloutFleet {
 	t.Helper()
-	h := e2e.New(t)
-	f := &rolloutFleet{t: t, h: h, agents: map[string]*e2e.Agent{}, work: filepath.Join(h.Dir(), "work")}
-	if err := os.MkdirAll(f.work, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	f.c = h.StartController(e2e.ControllerOptions{HeartbeatInterval: hb})
+	f := newEmptyFleet(t)
+	h := f.h
 	groups := map[string][]string{"staging": stagingNodes, "production": productionNodes}
 	for group, ids := range groups {
 		// Each node asks for its own node=ID label, which rollouts select.
@@ -87,6 +83,19 @@ func newRolloutFleet(t *testing.T, agentArgs ...string) *rolloutFleet {
 			h.WaitNode(id, healthyWithin, "healthy and alive in gossip", healthyAndAlive)
 		}
 	}
+	return f
+}
+
+// newEmptyFleet starts a controller with no agents yet; tests add their
+// own to f.agents.
+func newEmptyFleet(t *testing.T) *rolloutFleet {
+	t.Helper()
+	h := e2e.New(t)
+	f := &rolloutFleet{t: t, h: h, agents: map[string]*e2e.Agent{}, work: filepath.Join(h.Dir(), "work")}
+	if err := os.MkdirAll(f.work, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f.c = h.StartController(e2e.ControllerOptions{HeartbeatInterval: hb})
 	return f
 }
 
@@ -613,7 +622,10 @@ func TestE2ERolloutStagingThenProductionAndUndo(t *testing.T) {
 		t.Errorf("prod-2 already had 2.0.0, but the rollout that found it unchanged replaced its /opt/tool tree")
 	}
 
-	out, stderr, code := f.h.Ctl("rollout", "undo", "--group", "production", "--package", "tool",
+	// Undo that rollout: the nodes it changed go back to what they had
+	// before it (a plain undo would take prod-2 back too: its latest
+	// change was 1.0.0 → 2.0.0).
+	out, stderr, code := f.h.Ctl("rollout", "undo", "--group", "production", "--package", "tool", "--to-rollout", v2.ID,
 		"--canary", "1", "--auto-promote", "--max-parallel", "3", "--healthy-for", "1s", "--progress-deadline", "30s")
 	if code != 0 {
 		t.Fatalf("ferryctl rollout undo: exit %d\n%s\n%s", code, out, stderr)

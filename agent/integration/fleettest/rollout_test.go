@@ -125,6 +125,19 @@ func TestRolloutInstallsAndUndoes(t *testing.T) {
 			t.Errorf("%s after undo: /etc/motd = %q, %v; want 1.0 back", a.id, b, err)
 		}
 	}
+	// A removal rollout deletes the package's files on every node.
+	rm, err := ferryv1.NewRolloutServiceClient(f.admin).CreateRollout(ctx, &ferryv1.CreateRolloutRequest{PackageName: "motd", Remove: true, Target: &ferryv1.Target{Group: "staging"}, Strategy: fast()})
+	if err != nil {
+		t.Fatalf("remove: %v", err)
+	}
+	if r := f.wait(ctx, rm.Rollout.Id); r.State != ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED || r.JobKind != ferryv1.JobKind_JOB_KIND_REMOVE {
+		t.Fatalf("removal ended %s (%s): %s %v", r.State, r.JobKind, r.Message, r.Nodes)
+	}
+	for _, a := range agents {
+		if _, err := os.Lstat(filepath.Join(f.dir, "roots", a.id, "etc/motd")); !os.IsNotExist(err) {
+			t.Errorf("%s after the removal: /etc/motd is still there (%v)", a.id, err)
+		}
+	}
 }
 
 func TestRolloutFailingCheckPausesAndKeepsPreviousVersion(t *testing.T) {

@@ -32,6 +32,7 @@ import (
 	"github.com/ferrydeploy/ferry/agent/internal/install"
 	"github.com/ferrydeploy/ferry/agent/internal/logbuf"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/dirlock"
 	"github.com/ferrydeploy/ferry/shared/gossip"
 	"github.com/ferrydeploy/ferry/shared/pki"
 	"github.com/ferrydeploy/ferry/shared/rpc"
@@ -51,11 +52,24 @@ type Config struct {
 	Now               func() time.Time
 	Rand              *rand.Rand // jitter source
 	Gossip            GossipConfig
+	// DriftInterval is how often the installed trees are checked against
+	// their manifests (0: DefaultDriftInterval; negative: never).
+	DriftInterval time.Duration
 	// MetricsAddr serves the agent's /metrics there ("" = off, the default).
 	MetricsAddr string
 	// NewFetcher builds the artifact downloader on the agent's connection.
 	NewFetcher func(ferryv1.AgentServiceClient) (Fetcher, error)
+	// Executable is the agent's own binary (symlinks resolved), which an
+	// agent_update step replaces; "" refuses agent_update steps.
+	Executable string
 }
+
+// lockFile in the state dir is held by the running agent (package dirlock).
+const lockFile = "agent.lock"
+
+// LockFile is lockFile for the command line, which holds it while it
+// restores a previous agent that could not start.
+const LockFile = lockFile
 
 // Agent is a running agent.
 type Agent struct {
@@ -64,18 +78,29 @@ type Agent struct {
 	id      *identity.Identity
 	started time.Time
 
-	mu      sync.Mutex
-	rng     *rand.Rand
-	seq     uint64
-	sendMu  sync.Mutex
-	stream  grpc.BidiStreamingClient[ferryv1.ConnectRequest, ferryv1.ConnectResponse]
-	member  *gossip.Member
-	jobs    *jobRunner
-	logs    *logbuf.Buffer // job output until the controller has it
-	logSend sync.Mutex     // one sender of buffered output at a time, in order
-	metrics *agentMetrics
-	renewed chan struct{} // a renewal asks the session to redial
-	fatal   chan error    // the certificate expired: Run ends
+	mu        sync.Mutex
+	rng       *rand.Rand
+	seq       uint64
+	sendMu    sync.Mutex
+	stream    grpc.BidiStreamingClient[ferryv1.ConnectRequest, ferryv1.ConnectResponse]
+	member    *gossip.Member
+	jobs      *jobRunner
+	logs      *logbuf.Buffer // job output until the controller has it
+	logSend   sync.Mutex     // one sender of buffered output at a time, in order
+	metrics   *agentMetrics
+	drift     atomic.Pointer[ferryv1.DriftReport] // the last drift check
+	driftKick chan struct{}                       // a job ended: check again
+	// statusAt is when status.json was last written; welcomed when the
+	// last session was welcomed (both under mu).
+	statusAt   time.Time
+	lastStatus statusKey // what was written then
+	welcomed   time.Time
+	renewed    chan struct{} // a renewal asks the session to redial
+	// intervals carries a heartbeat interval the controller sent while
+	// connected (AgentSettings), the newest only.
+	intervals chan time.Duration
+	fatal     chan error // the certificate expired: Run ends
+	upd       *updateState
 
 	// Seams for tests: dialer, when set, makes the controller's
 	// connections (TLS still on top); after waits out a reconnect delay.
@@ -122,17 +147,20 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a.warnClock("when its certificate arrived")
-	inst, err := install.New(install.Config{Root: cfg.Root, StateDir: cfg.StateDir, Logger: a.log.With("component", "install")})
+	inst, err := install.New(install.Config{Root: cfg.Root, StateDir: cfg.StateDir, Logger: a.log.With("component", "install"), Executable: cfg.Executable})
 	if err != nil {
 		return nil, fmt.Errorf("installer: %w", err)
 	}
 	a.jobs = newJobRunner(a, inst)
+	a.upd = newUpdateState()
 	if a.logs, err = logbuf.New(logbuf.Config{Dir: filepath.Join(cfg.StateDir, "joblogs"), Now: cfg.Now, Logger: a.log.With("component", "joblogs")}); err != nil {
 		return nil, err
 	}
 	a.metrics = newAgentMetrics()
 	a.metrics.reg.MustRegister(a.clockSkewMetric())
 	a.renewed = make(chan struct{}, 1)
+	a.intervals = make(chan time.Duration, 1)
+	a.driftKick = make(chan struct{}, 1)
 	a.fatal = make(chan error, 1)
 	a.after = time.After
 	return a, nil
@@ -159,6 +187,25 @@ func (a *Agent) backoff(attempt int) time.Duration {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return backoff.FullJitter(a.rng, a.cfg.BackoffBase, a.cfg.BackoffMax, attempt)
+}
+
+// backoffMax is the longest reconnect delay now.
+func (a *Agent) backoffMax() time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cfg.BackoffMax
+}
+
+// SetBackoffMax changes the longest reconnect delay (a config reload of
+// --reconnect-max; zero or less: the default, 30s). The delay being
+// waited out stays; the next one uses it.
+func (a *Agent) SetBackoffMax(d time.Duration) {
+	if d <= 0 {
+		d = 30 * time.Second
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.cfg.BackoffMax = d
 }
 
 // agentKeepalive notices a half-open stream (the controller's host died,
@@ -192,6 +239,25 @@ const jobDrainTimeout = 60 * time.Second
 // running job finish (bounded), then closes its stream gracefully so the
 // controller records the node as left.
 func (a *Agent) Run(ctx context.Context) error {
+	// Two agents on one state dir would replace each other's stream and
+	// race on the packages they install: the second refuses to start.
+	lock, err := dirlock.Acquire(a.cfg.StateDir, lockFile)
+	var held *dirlock.HeldError
+	if errors.As(err, &held) {
+		return fmt.Errorf("state dir %w; another ferry-agent runs on it: stop that one, or give this one its own --state-dir", held)
+	}
+	if err != nil {
+		return fmt.Errorf("lock the state dir: %w", err)
+	}
+	defer func() { _ = lock.Release() }() // the process may end instead: the kernel releases it then
+	// After the lock: only the agent that owns the state dir acts on an
+	// update's marker.
+	if err := a.settleUpdate(); err != nil {
+		return fmt.Errorf("agent update marker: %w", err)
+	}
+	if a.restarting() {
+		return a.restartError() // a new agent past its deadline restored the previous one
+	}
 	conn, err := a.dial()
 	if err != nil {
 		return fmt.Errorf("controller %s: %w", a.cfg.Controller, err)
@@ -245,14 +311,28 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.fatal <- err
 		}
 	}()
+	if a.cfg.DriftInterval >= 0 {
+		interval := a.cfg.DriftInterval
+		if interval == 0 {
+			interval = DefaultDriftInterval
+		}
+		go a.driftLoop(ctx, interval)
+	}
+	defer a.writeStatus(false, true)
+
+	go a.watchProbation(ctx.Done())
 
 	attempt := 0 // attempts since the last established session
 	for {
 		var welcomedAt time.Time
 		err := a.session(ctx, client, brokenLink, &welcomedAt)
+		if a.restarting() {
+			return a.restartError()
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
+		a.writeStatus(false, true)
 		var fe *backoff.PermanentError
 		if errors.As(err, &fe) {
 			return fe.Err
@@ -271,12 +351,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		switch {
 		case hint != "":
 			// Retrying fast cannot help until a clock is fixed.
-			delay = a.cfg.BackoffMax
+			delay = a.backoffMax()
 			a.log.Error(hint, "err", err, "retry_in", delay)
 		case status.Code(err) == codes.PermissionDenied, status.Code(err) == codes.Unauthenticated:
 			// Retrying fast cannot help (the node was removed, or its
 			// certificate is refused): wait the longest delay.
-			delay = a.cfg.BackoffMax
+			delay = a.backoffMax()
 			a.log.Error("controller refused this node; it must be re-enrolled if it was removed", "err", err, "retry_in", delay)
 		default:
 			a.log.Warn("stream to controller ended", "err", err, "retry_in", delay)
@@ -286,6 +366,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case err := <-a.fatal:
 			return err
+		case <-a.upd.restart:
+			return a.restartError()
 		case <-a.after(delay):
 		}
 	}
@@ -421,13 +503,20 @@ func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *bro
 			cancel()
 		case <-ctx.Done():
 			cancel()
+		case <-a.upd.restart:
+			cancel()
 		}
 	}()
 	stream, err := client.Connect(sctx, grpc.WaitForReady(true))
 	if err != nil {
 		return err
 	}
-	recent := append(a.jobs.inst.Interrupted(), a.jobs.inst.RecentResults()...)
+	var recent []*ferryv1.JobUpdate
+	for _, u := range append(a.jobs.inst.Interrupted(), a.jobs.inst.RecentResults()...) {
+		if !a.onProbation(u.GetJobId()) { // reported once welcomed
+			recent = append(recent, u)
+		}
+	}
 	hello := &ferryv1.AgentHello{AgentVersion: version.Version, Facts: a.facts(), GossipAddress: a.gossipAddr(),
 		Installed: a.jobs.inst.Installed(), RecentJobs: recent}
 	helloSent := a.cfg.Now()
@@ -445,6 +534,9 @@ func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *bro
 	markWelcomed()
 	a.measureSkew(helloSent, a.cfg.Now(), welcome.GetServerTime())
 	*welcomedAt = a.cfg.Now()
+	a.mu.Lock()
+	a.welcomed = *welcomedAt
+	a.mu.Unlock()
 	interval := a.cfg.HeartbeatInterval
 	if d := welcome.GetHeartbeatInterval().AsDuration(); d > 0 {
 		interval = d
@@ -459,7 +551,12 @@ func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *bro
 		a.stream = nil
 		a.sendMu.Unlock()
 	}()
+	select { // a change sent to an earlier session: the welcome is newer
+	case <-a.intervals:
+	default:
+	}
 	a.log.Info("connected to controller", "controller", a.cfg.Controller, "heartbeat_interval", interval)
+	a.confirmUpdate()
 	a.logs.Resend() // what the controller may not have yet: it drops what it has
 	go a.sendLogs()
 	a.welcomeGossip(ctx, welcome)
@@ -521,6 +618,14 @@ func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *bro
 			a.log.Info("new calls use the renewed certificate")
 		case err := <-a.fatal:
 			return backoff.Permanent(err) // ends Run (e.g. the certificate expired)
+		case d := <-a.intervals:
+			if d != interval {
+				a.log.Info("controller changed the heartbeat interval", "old", interval, "new", d)
+				interval = d
+				timer.Reset(a.jitter(interval, 0.1))
+			}
+		case <-a.upd.restart:
+			return a.restartError()
 		case <-timer.C:
 			now := a.cfg.Now()
 			if identity.ClockStep(ticked, now) > clockWarnAfter {
@@ -571,10 +676,12 @@ func (a *Agent) heartbeat() error {
 		Facts:         a.facts(),
 		Installed:     a.jobs.inst.Installed(),
 		Disks:         disks,
+		Drift:         a.drift.Load(),
 	}
 	if err := a.send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Heartbeat{Heartbeat: hb}}); err != nil {
 		return err
 	}
+	a.writeStatus(true, seq == 1)
 	a.metrics.heartbeats.Inc()
 	return nil
 }
@@ -591,6 +698,14 @@ func (a *Agent) handle(m *ferryv1.ConnectResponse) {
 		a.applyGossipKey(msg.GossipKey)
 	case *ferryv1.ConnectResponse_LogAck:
 		a.logs.Ack(msg.LogAck.GetJobId(), msg.LogAck.GetSeq())
+	case *ferryv1.ConnectResponse_Settings:
+		if d := msg.Settings.GetHeartbeatInterval().AsDuration(); d > 0 {
+			select { // keep only the newest
+			case <-a.intervals:
+			default:
+			}
+			a.intervals <- d
+		}
 	}
 }
 

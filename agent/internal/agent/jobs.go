@@ -48,6 +48,9 @@ func newJobRunner(a *Agent, inst *install.Installer) *jobRunner {
 
 // submit queues a job, or re-reports its result if it already ran.
 func (r *jobRunner) submit(job *ferryv1.Job) {
+	if r.a.onProbation(job.GetId()) {
+		return // its result goes out once the controller welcomed this agent
+	}
 	if res, ok := r.inst.JobResult(job.GetId()); ok {
 		r.a.log.Info("job already ran; re-reporting its result", "job", job.GetId(), "phase", res.GetPhase())
 		r.report(res)
@@ -191,6 +194,9 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 	case ferryv1.JobKind_JOB_KIND_ROLLBACK:
 		final = r.inst.Rollback(jctx, job.GetId(), job.GetRolloutId(), job.GetPackage().GetName(), progress, logf)
 		record = false
+	case ferryv1.JobKind_JOB_KIND_REMOVE:
+		final = r.inst.Remove(jctx, job.GetId(), job.GetRolloutId(), job.GetPackage().GetName(), progress, logf)
+		record = false
 	case ferryv1.JobKind_JOB_KIND_INSTALL, ferryv1.JobKind_JOB_KIND_PLAN:
 		release := func() {}
 		if d := job.GetPackage().GetArtifact().GetDigest(); d != "" && r.fetcher != nil {
@@ -216,6 +222,14 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 	if final.JobId == "" {
 		final.JobId, final.RolloutId = job.GetId(), job.GetRolloutId()
 	}
+	if up, ok := r.inst.TakeAgentUpdate(job.GetId(), final.GetPhase() == ferryv1.JobPhase_JOB_PHASE_SUCCEEDED && ctx.Err() == nil); ok {
+		// The result stays unreported until the new agent is welcomed
+		// (or the restored one reports the failure).
+		if r.a.swapAgent(job, up, logf) {
+			return
+		}
+		final = r.a.failAgentUpdate(job.GetId(), final, "the new agent could not be swapped in; ferry-agent "+up.OldVersion+" keeps running (see the job's log)")
+	}
 	// A job the agent's own stop interrupted is not over: the controller
 	// sends it again and the download resumes. Any other end is final and
 	// kept before it is sent, since the stream may be down.
@@ -227,6 +241,7 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 	}
 	r.a.metrics.jobs.WithLabelValues(enumword.Of(final.GetPhase())).Inc()
 	log.Info("job finished", "phase", final.GetPhase(), "failed_step", final.GetFailedStep(), "message", final.GetMessage())
+	r.a.kickDrift()
 	if ctx.Err() == nil {
 		note(logf, "job %s: %s", enumword.Of(final.GetPhase()), final.GetMessage())
 		r.a.logs.Finish(job.GetId())
@@ -238,17 +253,11 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 	r.report(final)
 }
 
-// fetch downloads the package's artifact when it has an archive step,
+// fetch downloads the package's artifact when a step uses it,
 // reporting progress at most twice a second.
 func (r *jobRunner) fetch(ctx context.Context, job *ferryv1.Job, update func(ferryv1.JobPhase, string) *ferryv1.JobUpdate) (string, error) {
 	art := job.GetPackage().GetArtifact()
-	needs := false
-	for _, s := range job.GetPackage().GetSteps() {
-		if s.GetArchive() != nil {
-			needs = true
-		}
-	}
-	if !needs || art.GetDigest() == "" {
+	if !r.inst.NeedsArtifact(job.GetPackage()) {
 		return "", nil
 	}
 	if r.fetcher == nil {
@@ -256,7 +265,7 @@ func (r *jobRunner) fetch(ctx context.Context, job *ferryv1.Job, update func(fer
 	}
 	r.report(update(ferryv1.JobPhase_JOB_PHASE_DOWNLOADING, "downloading "+art.GetName()))
 	var last time.Time
-	return r.fetcher.Ensure(ctx, art.GetDigest(), art.GetSize(), func(done, total uint64) {
+	progress := func(done, total uint64) {
 		if time.Since(last) < 500*time.Millisecond && done < total {
 			return
 		}
@@ -264,5 +273,16 @@ func (r *jobRunner) fetch(ctx context.Context, job *ferryv1.Job, update func(fer
 		u := update(ferryv1.JobPhase_JOB_PHASE_DOWNLOADING, fmt.Sprintf("downloading %s: %d of %d bytes", art.GetName(), done, total))
 		u.BytesDone, u.BytesTotal = done, total
 		r.report(u)
-	})
+	}
+	if mf, ok := r.fetcher.(mirrorFetcher); ok && len(job.GetMirrors()) > 0 {
+		logf := r.logf(job)
+		return mf.EnsureMirrored(ctx, art.GetDigest(), art.GetSize(), job.GetMirrors(), func(text string) { note(logf, "%s", text) }, progress)
+	}
+	return r.fetcher.Ensure(ctx, art.GetDigest(), art.GetSize(), progress)
+}
+
+// mirrorFetcher is a Fetcher that tries a job's site-local mirrors before
+// the controller (fetch.Fetcher).
+type mirrorFetcher interface {
+	EnsureMirrored(ctx context.Context, digest string, size uint64, mirrors []*ferryv1.MirrorSource, note func(string), progress func(done, total uint64)) (string, error)
 }

@@ -83,27 +83,35 @@ func TestCrashDuringRollback(t *testing.T) {
 	wantPhase(t, e.install(goPackage("1.20.2", d1), a1), succeeded)
 	wantPhase(t, e.install(goPackage("1.20.3", d2), a2), succeeded)
 	before := snapshot(t, e.root)
+	e.crashAt(t, "rollback:switched", "rb", func(i *Installer) { i.Rollback(context.Background(), "rb", "r", "go", nil, nil) })
+	if after := snapshot(t, e.root); after != before {
+		t.Fatalf("node not restored after a crash mid-rollback:\n%s\nvs\n%s", before, after)
+	}
+	wantPhase(t, e.rollback("go"), succeeded)
+	verifyTree(t, e.path("/usr/local/go"), stripGo(goV1))
+}
+
+// crashAt runs job until it reaches point, where the agent "crashes" (the
+// job's goroutine exits), then starts a new installer on the same state,
+// which must report jobID interrupted, and goes on with it.
+func (e *env) crashAt(t *testing.T, point, jobID string, job func(*Installer)) {
+	t.Helper()
 	e.inst.hook = func(p string) {
-		if p == "rollback:switched" {
+		if p == point {
 			runtime.Goexit()
 		}
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		e.inst.Rollback(context.Background(), "rb", "r", "go", nil, nil)
+		job(e.inst)
 	}()
 	<-done
 	i2 := e.open()
-	if got := i2.Interrupted(); len(got) != 1 || got[0].GetJobId() != "rb" {
-		t.Fatalf("Interrupted() = %v", got)
-	}
-	if after := snapshot(t, e.root); after != before {
-		t.Fatalf("node not restored after a crash mid-rollback:\n%s\nvs\n%s", before, after)
+	if got := i2.Interrupted(); len(got) != 1 || got[0].GetJobId() != jobID {
+		t.Fatalf("Interrupted() = %v, want %s", got, jobID)
 	}
 	e.inst = i2
-	wantPhase(t, e.rollback("go"), succeeded)
-	verifyTree(t, e.path("/usr/local/go"), stripGo(goV1))
 }
 
 // TestUndoTreeFromEveryPosition undoes a tree switch from each state a

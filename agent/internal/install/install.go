@@ -90,16 +90,22 @@ type Config struct {
 	Visudo string
 	// Shell runs checks and validates env files (default "sh" from PATH).
 	Shell string
+	// Systemctl is the path of systemctl for service steps; "" looks it up
+	// in PATH when a service step runs.
+	Systemctl string
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Executable is the agent's own binary (symlinks resolved), which an
+	// agent_update step replaces; "" refuses agent_update steps.
+	Executable string
 }
 
 // Request is one install (or plan) job.
 type Request struct {
 	JobID, RolloutID string
 	Package          *ferryv1.Package
-	// ArtifactPath is the verified artifact on disk; "" when the package
-	// has no archive step.
+	// ArtifactPath is the verified artifact on disk; "" when no step of
+	// the package uses it (NeedsArtifact).
 	ArtifactPath string
 	// Plan reports what would change and changes nothing.
 	Plan bool
@@ -113,10 +119,14 @@ type Installer struct {
 	log      *slog.Logger
 	now      func() time.Time
 	visudo   string
-	shell    string
-	maxBytes int64
-	maxEnts  int64
-	kinds    map[protoreflect.Name]stepKind
+	// systemctlPath is Config.Systemctl.
+	systemctlPath string
+	shell         string
+	maxBytes      int64
+	maxEnts       int64
+	kinds         map[protoreflect.Name]stepKind
+	// exe is the agent's own executable (agent_update steps).
+	exe string
 
 	// stateNode is the state directory as a node path, "" when it is
 	// outside the install root (no step path can reach it then).
@@ -132,6 +142,7 @@ type Installer struct {
 	st          *state
 	results     map[string]*ferryv1.JobUpdate
 	interrupted []*ferryv1.JobUpdate
+	staged      map[string]*AgentUpdate // by job: new agent binaries to swap in
 }
 
 // New validates cfg, loads the records, undoes and reports any job a crash
@@ -166,6 +177,8 @@ func New(cfg Config) (*Installer, error) {
 		maxBytes: cfg.MaxArchiveBytes,
 		maxEnts:  cfg.MaxArchiveEntries,
 		results:  map[string]*ferryv1.JobUpdate{},
+		exe:      cfg.Executable,
+		staged:   map[string]*AgentUpdate{},
 	}
 	i.kinds = stepKinds(i)
 	if i.log == nil {
@@ -181,6 +194,7 @@ func New(cfg Config) (*Installer, error) {
 		i.maxEnts = 200000
 	}
 	i.shell = cfg.Shell
+	i.systemctlPath = cfg.Systemctl
 	if i.shell == "" {
 		if i.shell, err = exec.LookPath("sh"); err != nil {
 			return nil, fmt.Errorf("install: no sh in PATH to run checks and validate env files: %w", err)
@@ -245,6 +259,7 @@ func (i *Installer) Installed() []*ferryv1.InstalledPackage {
 		if !r.Pruned && len(rs) > 1 {
 			p.PreviousVersion = rs[len(rs)-2].Version
 		}
+		p.Pruned = r.Pruned
 		out = append(out, p)
 	}
 	sort.Slice(out, func(a, b int) bool { return out[a].GetName() < out[b].GetName() })
@@ -371,8 +386,8 @@ func (i *Installer) recover() error {
 			continue
 		}
 		var undoErrs []error
-		for k := len(j.Actions) - 1; k >= 0; k-- {
-			if err := i.undoAction(j.Actions[k]); err != nil {
+		for _, a := range i.undoOrder(j.Actions) {
+			if err := i.undoAction(a); err != nil {
 				undoErrs = append(undoErrs, err)
 			}
 		}

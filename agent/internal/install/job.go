@@ -227,9 +227,9 @@ func (i *Installer) finish(jc *jobCtx, u *ferryv1.JobUpdate, commit func()) *fer
 func (i *Installer) fail(jc *jobCtx, failedStep string, cause error) *ferryv1.JobUpdate {
 	acts := jc.actions()
 	var undoErrs []error
-	for k := len(acts) - 1; k >= 0; k-- {
-		step := "undo: " + i.display(acts[k].Target)
-		if err := i.undoAction(acts[k]); err != nil {
+	for _, a := range i.undoOrder(acts) {
+		step := "undo: " + i.display(a.Target)
+		if err := i.undoAction(a); err != nil {
 			undoErrs = append(undoErrs, err)
 			jc.note(step, "FAILED: "+err.Error())
 			continue

@@ -18,23 +18,11 @@ import (
 // restored version's checks run. If anything fails, the rollback itself
 // is undone. Rolling back a first install removes what it added.
 func (i *Installer) Rollback(ctx context.Context, jobID, rolloutID, pkgName string, progress func(*ferryv1.JobUpdate), logf LogFunc) *ferryv1.JobUpdate {
-	if progress == nil {
-		progress = func(*ferryv1.JobUpdate) {}
-	}
-	if logf == nil {
-		logf = func(LogLine) {}
-	}
-	jc := &jobCtx{
-		ctx: ctx, jobID: jobID, rolloutID: rolloutID, key: jobKey(jobID),
-		pkg: &ferryv1.Package{Name: pkgName}, progress: progress, logf: logf,
-	}
-	if jobID == "" {
-		return i.update(jc, ferryv1.JobPhase_JOB_PHASE_FAILED, "job has no ID")
-	}
 	i.run.Lock()
 	defer i.run.Unlock()
-	if u, ok := i.JobResult(jobID); ok {
-		return u
+	jc, done := i.packageJob(ctx, jobID, rolloutID, pkgName, progress, logf)
+	if done != nil {
+		return done
 	}
 	i.mu.Lock()
 	rs := i.st.Packages[pkgName]
@@ -60,11 +48,10 @@ func (i *Installer) Rollback(ctx context.Context, jobID, rolloutID, pkgName stri
 			return i.finish(jc, i.update(jc, ferryv1.JobPhase_JOB_PHASE_FAILED, fmt.Sprintf("record of %s %s is unreadable: %v", pkgName, prev.Version, err)), nil)
 		}
 	}
-	progress(i.update(jc, ferryv1.JobPhase_JOB_PHASE_INSTALLING, "rolling back"))
+	jc.progress(i.update(jc, ferryv1.JobPhase_JOB_PHASE_INSTALLING, "rolling back"))
 	jc.note("rollback", fmt.Sprintf("rolling back %s from %s to %s", pkgName, cur.Version, prev.versionOrNone()))
 	var displaced []string
-	for k := len(cur.Undo) - 1; k >= 0; k-- {
-		a := cur.Undo[k]
+	for _, a := range i.undoOrder(cur.Undo) {
 		start := time.Now()
 		res := &ferryv1.StepResult{Index: stepIndex(a.Step), Kind: "rollback", Name: "restore " + i.display(a.Target), Changed: true}
 		step := "rollback: " + res.Name
@@ -89,7 +76,7 @@ func (i *Installer) Rollback(ctx context.Context, jobID, rolloutID, pkgName stri
 		}
 		jc.results = append(jc.results, res)
 		jc.note(step, res.Detail)
-		progress(i.update(jc, ferryv1.JobPhase_JOB_PHASE_INSTALLING, ""))
+		jc.progress(i.update(jc, ferryv1.JobPhase_JOB_PHASE_INSTALLING, ""))
 	}
 	if prevPkg != nil {
 		// The restored version must pass its own checks.
@@ -131,6 +118,29 @@ func (i *Installer) Rollback(ctx context.Context, jobID, rolloutID, pkgName stri
 	}
 	i.log.Info("rollback finished", "job", jobID, "package", pkgName, "phase", u.GetPhase().String(), "message", u.GetMessage())
 	return u
+}
+
+// packageJob sets up a job on an installed package (a rollback or a
+// removal), or returns the result to report at once: the job has no ID,
+// or it ran already. Callers hold i.run.
+func (i *Installer) packageJob(ctx context.Context, jobID, rolloutID, pkgName string, progress func(*ferryv1.JobUpdate), logf LogFunc) (*jobCtx, *ferryv1.JobUpdate) {
+	if progress == nil {
+		progress = func(*ferryv1.JobUpdate) {}
+	}
+	if logf == nil {
+		logf = func(LogLine) {}
+	}
+	jc := &jobCtx{
+		ctx: ctx, jobID: jobID, rolloutID: rolloutID, key: jobKey(jobID),
+		pkg: &ferryv1.Package{Name: pkgName}, progress: progress, logf: logf,
+	}
+	if jobID == "" {
+		return nil, i.update(jc, ferryv1.JobPhase_JOB_PHASE_FAILED, "job has no ID")
+	}
+	if u, ok := i.JobResult(jobID); ok {
+		return nil, u
+	}
+	return jc, nil
 }
 
 func (r *record) versionOrNone() string {

@@ -103,6 +103,9 @@ type action struct {
 	GID     int         `json:"gid,omitempty"`
 	Temp    string      `json:"temp,omitempty"`
 
+	// Service: the unit (Target) as it was before the change.
+	Service *serviceChange `json:"service,omitempty"`
+
 	// Created lists directories created for the change, outermost first.
 	Created []string `json:"created,omitempty"`
 }

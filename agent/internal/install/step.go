@@ -51,6 +51,51 @@ type undoer interface {
 	Restore(restoreRequest) (restoreResponse, error)
 }
 
+// An artifactUser is a kind whose steps read the package's artifact
+// (archive, agent_update): the agent downloads it for them.
+type artifactUser interface {
+	UsesArtifact()
+}
+
+// NeedsArtifact reports whether a step of p reads its artifact, which
+// the agent then downloads before the job runs.
+func (i *Installer) NeedsArtifact(p *ferryv1.Package) bool {
+	if p.GetArtifact().GetDigest() == "" {
+		return false
+	}
+	for _, s := range p.GetSteps() {
+		if _, k := i.kindOf(s); k != nil {
+			if _, ok := k.(artifactUser); ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// A settler is an undoer whose changes are undone (and restored, in a
+// rollback) after every other change of the job, whatever their order:
+// a service is restarted once the files it reads are back.
+type settler interface {
+	Settles()
+}
+
+// undoOrder is the order a job's changes are undone or restored in: the
+// newest first, settlers last.
+func (i *Installer) undoOrder(acts []*action) []*action {
+	var first, last []*action
+	for k := len(acts) - 1; k >= 0; k-- {
+		if u, ok := i.undoer(acts[k].Kind); ok {
+			if _, settles := u.(settler); settles {
+				last = append(last, acts[k])
+				continue
+			}
+		}
+		first = append(first, acts[k])
+	}
+	return append(first, last...)
+}
+
 // A verifier is a kind whose steps change nothing and test the installed
 // version (check): they run in the CHECKING phase, and a rollback runs
 // them again against the version it restored.
@@ -127,11 +172,13 @@ var stepOneof = (&ferryv1.Step{}).ProtoReflect().Descriptor().Oneofs().ByName("k
 // has no kind here.
 func stepKinds(i *Installer) map[protoreflect.Name]stepKind {
 	return map[protoreflect.Name]stepKind{
-		"archive": archiveKind{i},
-		"env":     envKind{managedFile{i, wantEnvFile}},
-		"sudoers": sudoersKind{managedFile{i, wantSudoersFile}},
-		"file":    fileKind{managedFile{i, wantFileStep}},
-		"check":   checkKind{i},
+		"archive":      archiveKind{i},
+		"env":          envKind{managedFile{i, wantEnvFile}},
+		"sudoers":      sudoersKind{managedFile{i, wantSudoersFile}},
+		"file":         fileKind{managedFile{i, wantFileStep}},
+		"check":        checkKind{i},
+		"service":      serviceKind{i},
+		"agent_update": agentUpdateKind{i},
 	}
 }
 

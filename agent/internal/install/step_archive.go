@@ -26,6 +26,9 @@ type archiveKind struct{ i *Installer }
 // Change: archive changes are journaled as tree switches.
 func (archiveKind) Change() string { return "tree" }
 
+// UsesArtifact: the archive step extracts the artifact.
+func (archiveKind) UsesArtifact() {}
+
 func (archiveKind) Describe(s *ferryv1.Step) string { return "archive -> " + s.GetArchive().GetDest() }
 
 func (archiveKind) KeepPrevious(s *ferryv1.Step) int { return int(s.GetArchive().GetKeepPrevious()) }
@@ -183,7 +186,7 @@ func (k archiveKind) Apply(ctx context.Context, r stepRequest) (stepResponse, er
 	if err != nil {
 		return stepResponse{}, err
 	}
-	m, err := archive.Scan(a.Stage)
+	m, err := archive.Scan(a.Stage) // hashed after the job (RecordHashes): off the rollout's critical path
 	if err != nil {
 		return stepResponse{}, err
 	}
@@ -471,4 +474,13 @@ func (k archiveKind) rollbackTree(jc *jobCtx, a *action) (*action, error) {
 		return nil, err
 	}
 	return b, nil
+}
+
+// Removal: the step's tree, as if it had not existed before.
+func (k archiveKind) Removal(r stepRequest) (*action, error) {
+	res, err := k.dest(r.step.GetArchive())
+	if err != nil {
+		return nil, err
+	}
+	return &action{Kind: k.Change(), Step: r.index, Target: res.host}, nil
 }

@@ -210,7 +210,7 @@ func (m managedFile) Apply(ctx context.Context, r stepRequest) (stepResponse, er
 		Kind:    fileKind{}.Change(),
 		Step:    idx,
 		Target:  w.target,
-		Temp:    filepath.Join(filepath.Dir(w.target), "."+filepath.Base(w.target)+".ferry-tmp"),
+		Temp:    tempBeside(w.target),
 		Existed: d.existed,
 		State:   "prepared",
 		Created: missingDirs(filepath.Dir(w.target)),
@@ -338,6 +338,11 @@ func (k fileKind) rollbackFile(jc *jobCtx, a *action) error {
 	return jc.save()
 }
 
+// tempBeside is the temporary file a write of target goes through.
+func tempBeside(target string) string {
+	return filepath.Join(filepath.Dir(target), "."+filepath.Base(target)+".ferry-tmp")
+}
+
 // restoreFile writes a file's previous content back through a.Temp, with
 // the mode and owner a recorded, recreating missing directories (a
 // rollback may have removed those the install had created).
@@ -402,4 +407,13 @@ func lookupOwner(owner, group string) (int, int, error) {
 		}
 	}
 	return uid, gid, nil
+}
+
+// Removal: the step's file, as if it had not existed before.
+func (m managedFile) Removal(r stepRequest) (*action, error) {
+	w, err := m.want(m.i, r)
+	if err != nil {
+		return nil, err
+	}
+	return &action{Kind: "file", Step: r.index, Target: w.target, Temp: tempBeside(w.target)}, nil
 }

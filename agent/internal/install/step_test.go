@@ -60,7 +60,7 @@ func TestStepKindsRegistered(t *testing.T) {
 			t.Errorf("kindName(%v) = %q", s, got)
 		}
 	}
-	if got, want := i.validateStep(Request{}, &ferryv1.Step{}).Error(), "step has no kind (archive, env, sudoers, file or check)"; got != want {
+	if got, want := i.validateStep(Request{}, &ferryv1.Step{}).Error(), "step has no kind (archive, env, sudoers, file, check, service or agent_update)"; got != want {
 		t.Errorf("validateStep of a step with no kind: %q, want %q", got, want)
 	}
 }

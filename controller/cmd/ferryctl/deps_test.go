@@ -28,6 +28,7 @@ var clientPackages = map[string]bool{
 	module + "/cmd/ferryctl":          true,
 	module + "/internal/cli":          true,
 	module + "/internal/credential":   true, // the admin credential file
+	module + "/internal/mirror":       true, // mirror layouts and URLs, checked on both sides
 	module + "/internal/nodestate":    true, // node state words
 	module + "/internal/pkgspec":      true, // package file parser, for file:line errors
 	module + "/internal/pushclient":   true, // the client side of an artifact push

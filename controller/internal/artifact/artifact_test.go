@@ -620,7 +620,7 @@ func TestDelete(t *testing.T) {
 	if err != nil || len(got.ReferencedBy) != 1 || got.ReferencedBy[0] != "go@1.20.3" {
 		t.Fatalf("inspect go@1 = %v, %v; want referenced by go@1.20.3", got, err)
 	}
-	if err := h.db.DeletePackage("go", "1.20.3"); err != nil {
+	if _, err := h.db.DeletePackage("go", "1.20.3", nil); err != nil {
 		t.Fatal(err)
 	}
 	// Removing one of two names keeps the shared blob.

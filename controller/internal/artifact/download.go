@@ -55,35 +55,52 @@ type DownloaderConfig struct {
 // Downloader streams artifact bytes to agents, a bounded number at once
 // and a bounded number per node, and ends downloads that stall.
 type Downloader struct {
-	store      *Store
-	sem        chan struct{}
+	store  *Store
+	slots  *slots
+	served Counter
+	log    *slog.Logger
+
+	mu         sync.Mutex
+	byNode     map[string]int // downloads streaming or waiting, per node
 	maxPerNode int
 	stall      time.Duration
-	served     Counter
-	log        *slog.Logger
-
-	mu     sync.Mutex
-	byNode map[string]int // downloads streaming or waiting, per node
 }
 
 // NewDownloader returns a downloader.
 func NewDownloader(cfg DownloaderConfig) *Downloader {
-	if cfg.MaxConcurrent <= 0 {
-		cfg.MaxConcurrent = DefaultMaxDownloads
-	}
-	if cfg.MaxPerNode <= 0 {
-		cfg.MaxPerNode = DefaultMaxDownloadsPerNode
-	}
-	if cfg.StallTimeout <= 0 {
-		cfg.StallTimeout = DefaultStallTimeout
-	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Downloader{
-		store: cfg.Store, sem: make(chan struct{}, cfg.MaxConcurrent), maxPerNode: cfg.MaxPerNode, stall: cfg.StallTimeout,
-		served: cfg.BytesServed, log: cfg.Logger, byNode: map[string]int{},
+	d := &Downloader{store: cfg.Store, slots: newSlots(0), served: cfg.BytesServed, log: cfg.Logger, byNode: map[string]int{}}
+	d.SetLimits(cfg.MaxConcurrent, cfg.MaxPerNode, cfg.StallTimeout)
+	return d
+}
+
+// SetLimits changes MaxConcurrent, MaxPerNode and StallTimeout (zero or
+// less: their defaults) while downloads run: waiting downloads take new
+// slots at once; a smaller limit lets running ones finish, and a new
+// stall timeout applies to downloads that start from now on.
+func (d *Downloader) SetLimits(maxConcurrent, maxPerNode int, stall time.Duration) {
+	if maxConcurrent <= 0 {
+		maxConcurrent = DefaultMaxDownloads
 	}
+	if maxPerNode <= 0 {
+		maxPerNode = DefaultMaxDownloadsPerNode
+	}
+	if stall <= 0 {
+		stall = DefaultStallTimeout
+	}
+	d.mu.Lock()
+	d.maxPerNode, d.stall = maxPerNode, stall
+	d.mu.Unlock()
+	d.slots.setLimit(maxConcurrent)
+}
+
+// Limits returns MaxConcurrent, MaxPerNode and StallTimeout in force.
+func (d *Downloader) Limits() (maxConcurrent, maxPerNode int, stall time.Duration) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.slots.size(), d.maxPerNode, d.stall
 }
 
 // The pool's ChunkSize buffers must hold the largest chunk an agent may
@@ -141,19 +158,20 @@ func (d *Downloader) Download(ctx context.Context, node, digest string, off uint
 	defer leave()
 	// Wait for a slot before opening anything: a queue of thousands of
 	// agents holds no file descriptors.
-	select {
-	case d.sem <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := d.slots.acquire(ctx); err != nil {
+		return err
 	}
-	defer func() { <-d.sem }()
+	defer d.slots.release()
 	blob, err := d.store.OpenBlob(rec)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = blob.Close() }() // read-only
 
-	guard := newStallGuard(d.stall, send, d.log.With("node", node, "artifact", digest))
+	d.mu.Lock()
+	stall := d.stall
+	d.mu.Unlock()
+	guard := newStallGuard(stall, send, d.log.With("node", node, "artifact", digest))
 	defer guard.stop()
 	send = guard.send
 	bufp := d.store.chunks.Get().(*[]byte)
@@ -187,7 +205,7 @@ func (d *Downloader) Download(ctx context.Context, node, digest string, off uint
 }
 
 // Active is how many downloads hold a slot now.
-func (d *Downloader) Active() int { return len(d.sem) }
+func (d *Downloader) Active() int { return d.slots.inUse() }
 
 // enter counts a download of node against MaxPerNode, or refuses it.
 func (d *Downloader) enter(node string) (leave func(), err error) {

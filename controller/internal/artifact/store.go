@@ -107,6 +107,7 @@ type Config struct {
 type Store struct {
 	blobDir  string
 	tmpDir   string
+	stageDir string // imports' partial downloads (staged.go)
 	records  Records
 	log      *slog.Logger
 	now      func() time.Time
@@ -135,6 +136,7 @@ func Open(cfg Config) (*Store, error) {
 	s := &Store{
 		blobDir:  filepath.Join(cfg.Dir, "sha256"),
 		tmpDir:   filepath.Join(cfg.Dir, "tmp"),
+		stageDir: filepath.Join(cfg.Dir, "staging"),
 		records:  cfg.Records,
 		log:      cfg.Logger,
 		now:      cfg.Now,
@@ -142,7 +144,7 @@ func Open(cfg Config) (*Store, error) {
 		chunks:   newChunkPool(),
 		checks:   newChecks(cfg.RecheckEvery, cfg.VerifyRate),
 	}
-	for _, d := range []string{s.blobDir, s.tmpDir} {
+	for _, d := range []string{s.blobDir, s.tmpDir, s.stageDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("artifact store: %w", err)
 		}

@@ -21,7 +21,7 @@ import (
 
 func (a *app) artifactCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "artifact", Aliases: []string{"artifacts"}, Short: "Manage artifacts (release tarballs, binaries) on the controller"}
-	cmd.AddCommand(a.artifactPushCmd(), a.artifactListCmd(), a.artifactInspectCmd(), a.artifactRmCmd(), a.artifactVerifyCmd())
+	cmd.AddCommand(a.artifactPushCmd(), a.artifactImportCmd(), a.artifactListCmd(), a.artifactInspectCmd(), a.artifactRmCmd(), a.artifactVerifyCmd(), a.artifactGcCmd())
 	return cmd
 }
 
@@ -50,6 +50,9 @@ read as amd64 and aarch64 as arm64). --timeout does not limit the upload.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path := args[0]
+			if strings.HasPrefix(path, "http://") || strings.HasPrefix(path, "https://") {
+				return fmt.Errorf("artifact push uploads a file from this machine; to have the controller fetch %s itself, run `ferryctl artifact import %s --checksum-url URL.sha256` (or --checksum sha256:HEX)", path, path)
+			}
 			f, err := os.Open(path)
 			if err != nil {
 				return err
@@ -63,15 +66,7 @@ read as amd64 and aarch64 as arm64). --timeout does not limit the upload.`,
 				return fmt.Errorf("%s is not a regular file", path)
 			}
 			inferred := pushclient.InferMeta(path)
-			m := inferred
-			for _, o := range []struct {
-				dst *string
-				v   string
-			}{{&m.Name, meta.Name}, {&m.Version, meta.Version}, {&m.OS, meta.OS}, {&m.Arch, meta.Arch}} {
-				if o.v != "" {
-					*o.dst = o.v
-				}
-			}
+			m := inferred.Override(meta)
 			if m.Version == "" {
 				return fmt.Errorf("cannot tell a version from the file name %q; give one with --version", inferred.Name)
 			}

@@ -21,12 +21,22 @@ import (
 // of its admin credential.
 func startController(t *testing.T) string {
 	t.Helper()
-	ctl, err := controller.New(controller.Config{
+	return startControllerWith(t, nil)
+}
+
+// startControllerWith is startController with mod applied to its config.
+func startControllerWith(t *testing.T, mod func(*controller.Config)) string {
+	t.Helper()
+	cfg := controller.Config{
 		DataDir:  filepath.Join(t.TempDir(), "controller"),
 		GRPCAddr: "127.0.0.1:0",
 		HTTPAddr: "127.0.0.1:0",
 		Logger:   slog.New(slog.DiscardHandler),
-	})
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	ctl, err := controller.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

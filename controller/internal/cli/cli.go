@@ -117,7 +117,7 @@ func (a *app) rootCmd() *cobra.Command {
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 30*time.Second, "time limit for each request")
 	root.AddCommand(a.nodesCmd(), a.nodeCmd(), a.tokenCmd(), a.certCmd(), a.auditCmd(), a.versionCmd())
 	root.AddCommand(a.packageCmd(), a.rolloutCmd(), a.logsCmd(), a.artifactCmd())
-	root.AddCommand(a.gossipCmd())
+	root.AddCommand(a.gossipCmd(), a.groupCmd(), a.mirrorCmd())
 	// cobra adds these when it runs; added now, they are held to the same
 	// rules (an unknown `ferryctl completion x` is an error too).
 	root.InitDefaultHelpCmd()

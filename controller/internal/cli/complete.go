@@ -31,6 +31,7 @@ var flagCompleters = map[string]completer{
 		return []string{"healthy", "stale", "unreachable", "suspect", "down", "left", "removed", "pending"}
 	},
 	"on-failure": func(*app, *cobra.Command) []string { return []string{"pause", "abort", "rollback"} },
+	"catch-up":   func(*app, *cobra.Command) []string { return []string{"true", "false"} },
 	"output":     func(*app, *cobra.Command) []string { return []string{outTable, outWide, outJSON, outYAML} },
 }
 
@@ -48,6 +49,8 @@ var argCompleters = map[string][]completer{
 	"node label":      {completeNodes},
 	"node move":       {completeNodes},
 	"package show":    {completePackageRefs},
+	"group show":      {completeGroups},
+	"group set":       {completeGroups},
 }
 
 // addCompletions wires the completers into the command tree.

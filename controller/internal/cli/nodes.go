@@ -216,15 +216,19 @@ func (a *app) printNodes(nodes []*ferryv1.Node, wide bool) error {
 		if n.LastHeartbeat != nil {
 			hb = age(now.Sub(n.LastHeartbeat.AsTime())) + " ago"
 		}
+		reason := n.StateReason
+		if d := driftSummary(n.Drift); d != "" {
+			reason += "; " + d
+		}
 		if !wide {
-			return []string{n.Id, n.Group, nodestate.Name(n.State), hb, orDash(n.AgentVersion), orDash(n.Address), nodeLabels(n), n.StateReason}
+			return []string{n.Id, n.Group, nodestate.Name(n.State), hb, orDash(n.AgentVersion), orDash(n.Address), nodeLabels(n), reason}
 		}
 		platform := "-"
 		if f := n.GetFacts(); f.GetOs() != "" {
 			platform = f.GetOs() + "/" + f.GetArch()
 		}
 		return []string{n.Id, n.Group, nodestate.Name(n.State), hb, streamWord(n), orDash(n.GossipState), orDash(n.AgentVersion), orDash(n.Address),
-			platform, orDash(installedList(n)), nodeLabels(n), n.StateReason}
+			platform, orDash(installedList(n)), nodeLabels(n), reason}
 	})
 }
 

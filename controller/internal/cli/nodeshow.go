@@ -88,6 +88,11 @@ func (a *app) printNode(resp *ferryv1.GetNodeResponse, now time.Time) error {
 		}
 	}
 
+	fmt.Fprintln(w, "\nDrift:")
+	for _, l := range driftLines(n.Drift) {
+		fmt.Fprintln(w, "  "+l)
+	}
+
 	fmt.Fprintln(w, "\nRecent jobs:")
 	if len(resp.Jobs) == 0 {
 		fmt.Fprintln(w, "  none: no rollout kept has included this node")

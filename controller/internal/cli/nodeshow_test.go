@@ -44,7 +44,8 @@ func TestPrintNode(t *testing.T) {
 			State: ferryv1.NodeState_NODE_STATE_HEALTHY, StateReason: "heartbeat 2s old; gossip alive", Connected: true, Address: "10.0.0.5:40000",
 			LastHeartbeat: ts(2 * time.Second), GossipState: "alive", AgentVersion: "0.4.0", Uptime: durationpb.New(90 * time.Minute), Load1: 0.25,
 			Facts:     &ferryv1.Facts{Os: "linux", Arch: "amd64", Hostname: "web1", Cpus: 2},
-			Installed: []*ferryv1.InstalledPackage{{Name: "go", Version: "1.20.3", InstalledAt: ts(time.Hour), PreviousVersion: "1.19.0"}}},
+			Installed: []*ferryv1.InstalledPackage{{Name: "go", Version: "1.20.3", InstalledAt: ts(time.Hour), PreviousVersion: "1.19.0"}},
+			Drift:     &ferryv1.DriftReport{CheckedAt: ts(time.Minute), Checked: 1, Packages: []*ferryv1.PackageDrift{{Name: "go", Version: "1.20.3", Changed: 1, Examples: []string{"/usr/local/go/bin/go: modified since install"}}}}},
 		Jobs: []*ferryv1.NodeJobRecord{failed, {RolloutId: "ro-a", PackageName: "go", PackageVersion: "1.20.3", JobKind: ferryv1.JobKind_JOB_KIND_INSTALL,
 			Job: &ferryv1.NodeJob{NodeId: "n1", Outcome: ferryv1.NodeOutcome_NODE_OUTCOME_SUCCEEDED, FinishedAt: ts(time.Hour)}}},
 		LastFailure: failed,
@@ -67,6 +68,7 @@ func TestPrintNode(t *testing.T) {
 		"  ro-a     1.19.0\n",
 		"  ro-b     go@1.21.0  install  failed     1m ago    step check: go version printed go1.20.3\n",
 		"  ro-a     go@1.20.3  install  succeeded  1h ago    -\n",
+		"\nDrift:\n  checked 2026-12-02 07:59:00Z (sizes, modes and times; packages checked: 1):\n    go 1.20.3: 1 changed since Ferry installed it\n      /usr/local/go/bin/go: modified since install\n",
 		"Last error:   rollout ro-b (go@1.21.0) at ",
 		": step check: go version printed go1.20.3\n              logs: ferryctl logs ro-b n1\n",
 	} {

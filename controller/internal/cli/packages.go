@@ -105,7 +105,7 @@ func (a *app) packageCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(apply, list, show)
+	cmd.AddCommand(apply, list, show, a.packageRmCmd())
 	return cmd
 }
 

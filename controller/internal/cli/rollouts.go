@@ -75,11 +75,11 @@ func parseSelector(s string) (map[string]string, error) {
 }
 
 func (a *app) rolloutCmd() *cobra.Command {
-	var group, selector, pkg string
+	var group, selector, pkg, remove string
 	var plan, detach bool
 	var strat strategyFlags
 	cmd := &cobra.Command{
-		Use:   "rollout --group G --package NAME@VERSION",
+		Use:   "rollout --group G (--package NAME@VERSION | --remove NAME)",
 		Short: "Roll a package out to a group (or a label selector) and watch it",
 		Long: `Roll a package out to a group and/or the nodes matching a label selector.
 
@@ -90,15 +90,30 @@ connected at the start are reported unreachable, never waited on.
 
 On a terminal the command shows live progress until the rollout ends; it
 exits 0 only if the rollout succeeded. --detach prints the rollout ID and
-returns at once; --plan shows what would change and changes nothing.`,
+returns at once; --plan shows what would change and changes nothing.
+
+--remove NAME removes a package instead: each node deletes the trees and
+files its installed version put in place (nodes without it are unchanged),
+under the same canary, window and failure policy (pause or abort; a
+removal is not rolled back).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if pkg == "" {
-				return errors.New("--package NAME@VERSION is required (e.g. --package go@1.20.3)")
-			}
-			name, version, err := splitRef(pkg)
-			if err != nil {
-				return err
+			var name, version string
+			switch {
+			case remove != "" && pkg != "":
+				return errors.New("use --package NAME@VERSION to install or --remove NAME to remove, not both")
+			case remove != "":
+				if strings.Contains(remove, "@") {
+					return fmt.Errorf("--remove %s: name the package without a version; a node removes whichever version it has", remove)
+				}
+				name = remove
+			case pkg == "":
+				return errors.New("--package NAME@VERSION is required (e.g. --package go@1.20.3), or --remove NAME to remove a package")
+			default:
+				var err error
+				if name, version, err = splitRef(pkg); err != nil {
+					return err
+				}
 			}
 			sel, err := parseSelector(selector)
 			if err != nil {
@@ -116,7 +131,7 @@ returns at once; --plan shows what would change and changes nothing.`,
 			err = a.rpcWithin(cmd, a.timeout+time.Minute, func(ctx context.Context, conn *grpc.ClientConn) error {
 				var err error
 				resp, err = ferryv1.NewRolloutServiceClient(conn).CreateRollout(ctx, &ferryv1.CreateRolloutRequest{
-					PackageName: name, PackageVersion: version, Target: &ferryv1.Target{Group: group, Selector: sel}, Strategy: st, Plan: plan,
+					PackageName: name, PackageVersion: version, Target: &ferryv1.Target{Group: group, Selector: sel}, Strategy: st, Plan: plan, Remove: remove != "",
 				})
 				return err
 			})
@@ -137,7 +152,8 @@ returns at once; --plan shows what would change and changes nothing.`,
 	}
 	cmd.Flags().StringVar(&group, "group", "", "target group")
 	cmd.Flags().StringVar(&selector, "selector", "", "target labels key=value[,key=value] (all must match)")
-	cmd.Flags().StringVar(&pkg, "package", "", "package NAME@VERSION (required)")
+	cmd.Flags().StringVar(&pkg, "package", "", "package NAME@VERSION to install")
+	cmd.Flags().StringVar(&remove, "remove", "", "package NAME to remove from the nodes instead")
 	cmd.Flags().BoolVar(&plan, "plan", false, "print the nodes, waves and per-node changes; change nothing")
 	cmd.Flags().BoolVar(&detach, "detach", false, "print the rollout ID and return without watching")
 	strat.add(cmd)
@@ -176,6 +192,9 @@ func (a *app) printPlanText(plan []*ferryv1.NodePlan) {
 			wave = fmt.Sprintf("wave %d", p.Wave)
 		}
 		fmt.Fprintf(a.stdout, "%s (%s)", p.NodeId, wave)
+		if p.ToVersion != "" || p.Removed {
+			fmt.Fprintf(a.stdout, ": %s", planTransition(p))
+		}
 		if p.Note != "" {
 			fmt.Fprintf(a.stdout, ": %s", p.Note)
 		}
@@ -199,6 +218,18 @@ func (a *app) printPlanText(plan []*ferryv1.NodePlan) {
 		}
 	}
 	fmt.Fprintln(a.stdout, "\nplan only: nothing was changed")
+}
+
+// planTransition is "1.26.8 → 1.20.3" or "1.26.8 → removed".
+func planTransition(p *ferryv1.NodePlan) string {
+	from, to := p.FromVersion, p.ToVersion
+	if from == "" {
+		from = "none"
+	}
+	if p.Removed {
+		to = "removed"
+	}
+	return from + " → " + to
 }
 
 func isTerminal(w io.Writer) bool {
@@ -350,16 +381,33 @@ func (a *app) rolloutStatusCmd() *cobra.Command {
 }
 
 func (a *app) printRollout(r *ferryv1.Rollout) error {
-	fmt.Fprintf(a.stdout, "Rollout:  %s\nPackage:  %s@%s\nTarget:   %s\nState:    %s  %s\nCreated:  %s by %s\n\n",
-		r.Id, r.PackageName, r.PackageVersion, targetString(r.Target), enumword.Spaced(r.State), r.Message,
+	fmt.Fprintf(a.stdout, "Rollout:  %s\nPackage:  %s\nTarget:   %s\nState:    %s  %s\nCreated:  %s by %s\n\n",
+		r.Id, rolloutPackage(r), targetString(r.Target), enumword.Spaced(r.State), r.Message,
 		r.CreatedAt.AsTime().Local().Format(time.RFC3339), r.CreatedBy)
 	return printTable(a, []string{"NODE", "WAVE", "OUTCOME", "TOOK", "PREVIOUS", "DETAIL"}, r.Nodes, func(n *ferryv1.NodeJob) []string {
 		took := "-"
 		if n.StartedAt != nil && n.FinishedAt != nil {
 			took = n.FinishedAt.AsTime().Sub(n.StartedAt.AsTime()).Round(100 * time.Millisecond).String()
 		}
-		return []string{n.NodeId, fmt.Sprint(n.Wave), enumword.Spaced(n.Outcome), took, orDash(n.PreviousVersion), oneLine(jobDetail(n))}
+		prev := orDash(n.PreviousVersion)
+		if r.JobKind != ferryv1.JobKind_JOB_KIND_INSTALL {
+			// An undo or removal: from what to what.
+			prev = planTransition(&ferryv1.NodePlan{FromVersion: n.PreviousVersion, ToVersion: n.TargetVersion, Removed: n.TargetVersion == ""})
+		}
+		return []string{n.NodeId, fmt.Sprint(n.Wave), enumword.Spaced(n.Outcome), took, prev, oneLine(jobDetail(n))}
 	})
+}
+
+// rolloutPackage names what a rollout applies: "go@1.20.3", "go (undo)",
+// "go (remove)".
+func rolloutPackage(r *ferryv1.Rollout) string {
+	switch r.JobKind {
+	case ferryv1.JobKind_JOB_KIND_ROLLBACK:
+		return r.PackageName + " (undo)"
+	case ferryv1.JobKind_JOB_KIND_REMOVE:
+		return r.PackageName + " (remove)"
+	}
+	return r.PackageName + "@" + r.PackageVersion
 }
 
 // oneLine puts s on one line of at most 160 characters for a table cell.
@@ -398,11 +446,17 @@ func (a *app) listRollouts(cmd *cobra.Command, pkg string, limit uint32) error {
 	}
 	return a.show(resp, func() error {
 		return printTable(a, []string{"ROLLOUT", "PACKAGE", "KIND", "TARGET", "STATE", "CREATED", "BY"}, resp.Rollouts, func(r *ferryv1.Rollout) []string {
-			kind := "install"
-			if r.JobKind == ferryv1.JobKind_JOB_KIND_ROLLBACK {
-				kind = "undo " + r.UndoOf
+			kind, pkg := "install", r.PackageName+"@"+r.PackageVersion
+			switch r.JobKind {
+			case ferryv1.JobKind_JOB_KIND_ROLLBACK:
+				kind = strings.TrimSpace("undo " + r.UndoOf)
+			case ferryv1.JobKind_JOB_KIND_REMOVE:
+				kind, pkg = "remove", r.PackageName
 			}
-			return []string{r.Id, r.PackageName + "@" + r.PackageVersion, kind, targetString(r.Target), enumword.Spaced(r.State), r.CreatedAt.AsTime().Local().Format(time.RFC3339), r.CreatedBy}
+			if r.Kind == ferryv1.RolloutKind_ROLLOUT_KIND_CATCH_UP {
+				kind = "catch-up " + r.CatchUpOf
+			}
+			return []string{r.Id, pkg, kind, targetString(r.Target), enumword.Spaced(r.State), r.CreatedAt.AsTime().Local().Format(time.RFC3339), r.CreatedBy}
 		})
 	})
 }
@@ -492,24 +546,53 @@ func (a *app) rolloutActionCmds() []*cobra.Command {
 }
 
 func (a *app) rolloutUndoCmd() *cobra.Command {
-	var group, pkg string
-	var detach bool
+	var group, pkg, toVersion, toRollout, selector string
+	var detach, plan bool
 	var strat strategyFlags
 	cmd := &cobra.Command{
-		Use:   "undo --group G --package NAME",
-		Short: "Return every node the package's last rollout changed in a group to its previous version",
-		Args:  cobra.NoArgs,
+		Use:   "undo --group G --package NAME [--to-version V | --to-rollout ID] [--selector k=v] [--plan]",
+		Short: "Take a group's nodes back to the version of a package they had before its latest change",
+		Long: `Take the nodes of a group back, each to the version of the package it had
+before its latest change, whatever rollouts came since (aborted or no-op
+rollouts change nothing, so they are not in the way). --to-version V takes
+every node to that stored version; --to-rollout ID takes each node that
+rollout changed back to the version it had before it. --selector narrows
+the group.
+
+A node goes back by a rollback when its agent keeps the target version
+(or the target is "removed" and it was the first install), else by an
+install of the stored target version, or by removing the package. The
+announcement and --plan say per node from what to what, e.g.
+"1.26.8 → 1.20.3" or "1.26.8 → removed"; --plan changes nothing and exits
+non-zero when the undo would be refused. The undo is a rollout: the
+strategy flags apply as they do to 'ferryctl rollout'.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if group == "" || pkg == "" {
-				return errors.New("--group and --package are required")
+				return errors.New("--group and --package are required, e.g. ferryctl rollout undo --group production --package go")
+			}
+			if strings.Contains(pkg, "@") {
+				return fmt.Errorf("--package %s: name the package without a version; to go to a version use --to-version", pkg)
+			}
+			if toVersion != "" && toRollout != "" {
+				return errors.New("use --to-version or --to-rollout, not both")
+			}
+			sel, err := parseSelector(selector)
+			if err != nil {
+				return err
 			}
 			st, err := strat.proto()
 			if err != nil {
 				return err
 			}
-			resp, err := call(a, cmd, ferryv1.NewRolloutServiceClient, ferryv1.RolloutServiceClient.UndoRollout, &ferryv1.UndoRolloutRequest{Group: group, PackageName: pkg, Strategy: st})
+			resp, err := call(a, cmd, ferryv1.NewRolloutServiceClient, ferryv1.RolloutServiceClient.UndoRollout, &ferryv1.UndoRolloutRequest{
+				Group: group, PackageName: pkg, Strategy: st, ToVersion: toVersion, ToRollout: toRollout, Selector: sel, Plan: plan,
+			})
 			if err != nil {
 				return err
+			}
+			if plan {
+				return a.printPlan(resp.Plan)
 			}
 			if detach {
 				return a.show(resp.Rollout, func() error {
@@ -517,11 +600,18 @@ func (a *app) rolloutUndoCmd() *cobra.Command {
 					return nil
 				})
 			}
+			if a.output != "json" {
+				fmt.Fprintln(a.stdout, resp.Rollout.Message)
+			}
 			return a.follow(cmd.Context(), resp.Rollout.Id, true)
 		},
 	}
 	cmd.Flags().StringVar(&group, "group", "", "group whose nodes go back (required)")
 	cmd.Flags().StringVar(&pkg, "package", "", "package name (required)")
+	cmd.Flags().StringVar(&toVersion, "to-version", "", "take every node to this stored version")
+	cmd.Flags().StringVar(&toRollout, "to-rollout", "", "take the nodes this rollout changed back to what they had before it")
+	cmd.Flags().StringVar(&selector, "selector", "", "only the group's nodes with these labels key=value[,key=value]")
+	cmd.Flags().BoolVar(&plan, "plan", false, "print per node from what to what; change nothing")
 	cmd.Flags().BoolVar(&detach, "detach", false, "print the undo rollout's ID and return")
 	strat.add(cmd)
 	return cmd

@@ -121,7 +121,7 @@ func (r *Registry) Statuses(f Filter) []Status {
 	r.mu.RLock()
 	out := make([]Status, 0, len(r.nodes))
 	for _, e := range r.nodes {
-		state, reason := r.cfg.Evaluate(now, r.signalsLocked(e))
+		state, reason := r.cfg.Evaluate(now, r.signalsLocked(e, now))
 		if f.Match(e.rec.Group, state) {
 			out = append(out, Status{ID: e.rec.ID, Group: e.rec.Group, State: state, Reason: reason, Connected: e.session != nil})
 		}

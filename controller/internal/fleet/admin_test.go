@@ -188,6 +188,18 @@ func TestCheckReports(t *testing.T) {
 		{"long disk use", func() error {
 			return CheckHeartbeat(&ferryv1.Heartbeat{Disks: []*ferryv1.DiskSpace{{Path: "/", Uses: []string{long}}}})
 		}, "file system use is 257 bytes"},
+		{"heartbeat with drift", func() error {
+			return CheckHeartbeat(&ferryv1.Heartbeat{Drift: &ferryv1.DriftReport{Packages: []*ferryv1.PackageDrift{{Name: "go", Version: "1", Changed: 3, Examples: []string{"/usr/local/go/bin/go: missing"}}}}})
+		}, ""},
+		{"drift of too many packages", func() error {
+			return CheckHeartbeat(&ferryv1.Heartbeat{Drift: &ferryv1.DriftReport{Packages: make([]*ferryv1.PackageDrift, MaxInstalled+1)}})
+		}, "drift report lists 257 packages"},
+		{"too many drift examples", func() error {
+			return CheckHeartbeat(&ferryv1.Heartbeat{Drift: &ferryv1.DriftReport{Packages: []*ferryv1.PackageDrift{{Name: "go", Examples: make([]string, MaxDriftExamples+1)}}}})
+		}, "drift of go names 9 differences"},
+		{"long drift example", func() error {
+			return CheckHeartbeat(&ferryv1.Heartbeat{Drift: &ferryv1.DriftReport{Packages: []*ferryv1.PackageDrift{{Name: "go", Examples: []string{long}}}}})
+		}, "drift example is 257 bytes"},
 		{"long gossip address", func() error { return CheckHello(&ferryv1.AgentHello{GossipAddress: long}) }, "gossip address is 257 bytes"},
 		{"huge job report", func() error {
 			return CheckJobUpdate(&ferryv1.JobUpdate{JobId: "j1", Message: strings.Repeat("m", MaxJobUpdate)})

@@ -56,7 +56,13 @@ type Config struct {
 type Registry struct {
 	cfg Config
 
-	mu     sync.RWMutex
+	mu sync.RWMutex
+	// interval is what agents are told now (cfg.HeartbeatInterval until
+	// SetHeartbeatInterval); until prevUntil, heartbeats are judged by the
+	// longer of it and prev, the interval connected agents used before.
+	interval, prev time.Duration
+	prevUntil      time.Time
+
 	nodes  map[string]*entry
 	closed bool // CloseAll was called: no new sessions
 	cond   chan struct{}
@@ -116,7 +122,7 @@ func New(cfg Config) (*Registry, error) {
 	if cfg.Evaluate == nil {
 		return nil, errors.New("fleet: Config.Evaluate is required")
 	}
-	r := &Registry{cfg: cfg, nodes: map[string]*entry{}, cond: make(chan struct{})}
+	r := &Registry{cfg: cfg, interval: cfg.HeartbeatInterval, nodes: map[string]*entry{}, cond: make(chan struct{})}
 	recs, err := cfg.Store.Nodes()
 	if err != nil {
 		return nil, fmt.Errorf("load nodes: %w", err)
@@ -300,7 +306,7 @@ func (r *Registry) Heartbeat(nodeID string, hb *ferryv1.Heartbeat) time.Duration
 		return 0
 	}
 	age := now.Sub(e.lastHeartbeat)
-	wasFresh := age <= 3*r.cfg.HeartbeatInterval
+	wasFresh := age <= 3*r.judgedLocked(now)
 	r.heard(e, now)
 	e.hb = hb
 	if hb.GetFacts() != nil {
@@ -333,7 +339,7 @@ func (r *Registry) heard(e *entry, now time.Time) {
 
 // continuous: a heartbeat at now would continue the node's run.
 func (r *Registry) continuous(e *entry, now time.Time) bool {
-	return !e.lastHeartbeat.IsZero() && now.Sub(e.lastHeartbeat) <= MaxHeartbeatGap*r.cfg.HeartbeatInterval
+	return !e.lastHeartbeat.IsZero() && now.Sub(e.lastHeartbeat) <= MaxHeartbeatGap*r.judgedLocked(now)
 }
 
 // HeartbeatsSince is when the node's heartbeats became continuous: the
@@ -487,16 +493,51 @@ func (r *Registry) Match(t *ferryv1.Target) []*ferryv1.Node {
 }
 
 // HeartbeatInterval is the interval agents are told to use.
-func (r *Registry) HeartbeatInterval() time.Duration { return r.cfg.HeartbeatInterval }
+func (r *Registry) HeartbeatInterval() time.Duration {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.interval
+}
 
-func (r *Registry) signalsLocked(e *entry) Signals {
+// SetHeartbeatInterval changes the interval agents are told (a config
+// reload) and reports whether it changed; the caller tells the connected
+// agents. They switch at their next heartbeat, so for three of the old
+// intervals a node is judged by the longer of the two and a longer
+// interval never makes a node look silent.
+func (r *Registry) SetHeartbeatInterval(d time.Duration) bool {
+	if d <= 0 {
+		d = 5 * time.Second
+	}
+	now := r.cfg.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if d == r.interval {
+		return false
+	}
+	old := r.judgedLocked(now)
+	r.prev, r.prevUntil = old, now.Add(3*old)
+	r.interval = d
+	r.changed() // verdicts may change with the interval
+	return true
+}
+
+// judgedLocked is the interval heartbeats are judged by at now. Called
+// with r.mu held.
+func (r *Registry) judgedLocked(now time.Time) time.Duration {
+	if now.Before(r.prevUntil) && r.prev > r.interval {
+		return r.prev
+	}
+	return r.interval
+}
+
+func (r *Registry) signalsLocked(e *entry, now time.Time) Signals {
 	sig := Signals{
 		Removed:           e.rec.Removed,
 		Left:              e.left,
 		Connected:         e.session != nil,
 		EverConnected:     e.everConnected,
 		LastHeartbeat:     e.lastHeartbeat,
-		HeartbeatInterval: r.cfg.HeartbeatInterval,
+		HeartbeatInterval: r.judgedLocked(now),
 		ClockSkew:         e.facts.GetClockSkew().AsDuration(),
 	}
 	if r.cfg.Gossip != nil {
@@ -506,7 +547,7 @@ func (r *Registry) signalsLocked(e *entry) Signals {
 }
 
 func (r *Registry) nodeLocked(e *entry, now time.Time) *ferryv1.Node {
-	sig := r.signalsLocked(e)
+	sig := r.signalsLocked(e, now)
 	state, reason := r.cfg.Evaluate(now, sig)
 	// Labels are the admin's only (the record's and the group): facts are
 	// what the node says and stay in Facts, out of reach of selectors.
@@ -537,6 +578,7 @@ func (r *Registry) nodeLocked(e *entry, now time.Time) *ferryv1.Node {
 		n.Load1 = e.hb.GetLoad1()
 		n.DiskFreeBytes = e.hb.GetDiskFreeBytes()
 		n.Disks = e.hb.GetDisks()
+		n.Drift = e.hb.GetDrift()
 	}
 	return n
 }

@@ -38,6 +38,9 @@ const (
 	MaxJobLogRecords = 1024
 	MaxLogText       = 8 << 10
 	MaxLogStep       = MaxFactLen
+	// MaxDriftExamples bounds the differences a drift report names per
+	// package (its packages are bounded by MaxInstalled).
+	MaxDriftExamples = 8
 )
 
 // ErrReportTooLarge is matched (errors.Is) by the errors of the Check
@@ -77,6 +80,9 @@ func CheckHeartbeat(hb *ferryv1.Heartbeat) error {
 	if n := len(hb.GetDisks()); n > MaxDisks {
 		return tooLargef("heartbeat reports %d file systems: at most %d are accepted", n, MaxDisks)
 	}
+	if err := checkDrift(hb.GetDrift()); err != nil {
+		return err
+	}
 	for _, d := range hb.GetDisks() {
 		if err := checkString("heartbeat", "file system path", d.GetPath()); err != nil {
 			return err
@@ -86,6 +92,27 @@ func CheckHeartbeat(hb *ferryv1.Heartbeat) error {
 		}
 		for _, u := range d.GetUses() {
 			if err := checkString("heartbeat", "file system use", u); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// checkDrift refuses a drift report over a limit.
+func checkDrift(d *ferryv1.DriftReport) error {
+	if n := len(d.GetPackages()); n > MaxInstalled {
+		return tooLargef("heartbeat: drift report lists %d packages: at most %d are accepted", n, MaxInstalled)
+	}
+	for _, p := range d.GetPackages() {
+		if err := errors.Join(checkString("heartbeat", "drifted package name", p.GetName()), checkString("heartbeat", "drifted package version", p.GetVersion())); err != nil {
+			return err
+		}
+		if n := len(p.GetExamples()); n > MaxDriftExamples {
+			return tooLargef("heartbeat: drift of %.64s names %d differences: at most %d are accepted", p.GetName(), n, MaxDriftExamples)
+		}
+		for _, e := range p.GetExamples() {
+			if err := checkString("heartbeat", "drift example", e); err != nil {
 				return err
 			}
 		}

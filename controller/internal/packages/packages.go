@@ -24,6 +24,9 @@ var (
 	// ErrImmutable is returned when a version is applied again with other
 	// content.
 	ErrImmutable = errors.New("package versions are immutable")
+	// ErrInUse is returned when a version to remove is installed on a
+	// node or used by a rollout.
+	ErrInUse = errors.New("package version is in use")
 )
 
 // Store is the package store.
@@ -78,6 +81,24 @@ func (s *Store) Package(name, version string) (*ferryv1.Package, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// Delete removes a stored version, with the audit entry ev, after
+// inUse (which names what still uses the version, or nil) found nothing.
+// inUse runs before the record is removed; a version that is not stored
+// is ErrNotFound.
+func (s *Store) Delete(name, version string, inUse func() error, ev *ferryv1.AuditEvent) (*ferryv1.Package, error) {
+	if _, err := s.Package(name, version); err != nil {
+		return nil, err
+	}
+	if err := inUse(); err != nil {
+		return nil, err
+	}
+	p, err := s.db.DeletePackage(name, version, ev)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s@%s; list packages with `ferryctl package list`", ErrNotFound, name, version)
+	}
+	return p, err
 }
 
 // Packages lists versions of a package, or all packages for name "",

@@ -131,6 +131,12 @@ func checkPackage(t *testing.T, p *ferryv1.Package) {
 			if strings.TrimSpace(k.Check.Run) == "" || d <= 0 || d > MaxCheckTimeout {
 				t.Fatalf("accepted check %v", k.Check)
 			}
+		case *ferryv1.Step_Service:
+			d := k.Service.Timeout.AsDuration()
+			if u, r := installpolicy.ServiceUnit(k.Service.Unit); r != nil || u != k.Service.Unit || d <= 0 || d > MaxCheckTimeout ||
+				k.Service.Action == ferryv1.ServiceAction_SERVICE_ACTION_UNSPECIFIED {
+				t.Fatalf("accepted service %v", k.Service)
+			}
 		default:
 			t.Fatalf("step %d has no kind", i)
 		}

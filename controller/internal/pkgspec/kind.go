@@ -39,6 +39,18 @@ type artifactUser interface {
 	UsesArtifact()
 }
 
+// A finalStep is a kind after whose step nothing can run (agent_update:
+// the agent restarts).
+type finalStep interface {
+	Last()
+}
+
+func isFinal(s *ferryv1.Step) bool {
+	_, k := kindOf(s)
+	_, ok := k.(finalStep)
+	return ok
+}
+
 // validateRequest is a parsed step in its package.
 type validateRequest struct {
 	// node is the step's mapping and path its kind's field path, e.g.
@@ -63,11 +75,13 @@ var stepOneof = (&ferryv1.Step{}).ProtoReflect().Descriptor().Oneofs().ByName("k
 // under its field of the Step oneof. TestStepKindsRegistered fails when a
 // field has no kind here.
 var stepKinds = map[protoreflect.Name]kind{
-	"archive": archiveKind{},
-	"env":     envKind{},
-	"sudoers": sudoersKind{},
-	"file":    fileKind{},
-	"check":   checkKind{},
+	"archive":      archiveKind{},
+	"env":          envKind{},
+	"sudoers":      sudoersKind{},
+	"file":         fileKind{},
+	"check":        checkKind{},
+	"service":      serviceKind{},
+	"agent_update": agentUpdateKind{},
 }
 
 // kindNames lists the registered kinds in the oneof's order, the order

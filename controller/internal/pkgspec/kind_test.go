@@ -48,7 +48,7 @@ func TestStepKindsRegistered(t *testing.T) {
 			}
 		})
 	}
-	if got, want := strings.Join(kindNames(), ", "), "archive, env, sudoers, file, check"; got != want {
+	if got, want := strings.Join(kindNames(), ", "), "archive, env, sudoers, file, check, service, agent_update"; got != want {
 		t.Errorf("kindNames = %s, want %s (the oneof's order, which messages use)", got, want)
 	}
 }

@@ -29,6 +29,10 @@ func checkStep(c *ferryv1.CheckStep) *ferryv1.Step {
 	return &ferryv1.Step{Kind: &ferryv1.Step_Check{Check: c}}
 }
 
+func serviceStep(u string, a ferryv1.ServiceAction, timeout time.Duration) *ferryv1.Step {
+	return &ferryv1.Step{Kind: &ferryv1.Step_Service{Service: &ferryv1.ServiceStep{Unit: u, Action: a, Timeout: durationpb.New(timeout)}}}
+}
+
 func readFile(t *testing.T, name string) []byte {
 	t.Helper()
 	data, err := os.ReadFile(name)
@@ -90,6 +94,18 @@ func TestParseValidFiles(t *testing.T) {
 			Version: "1",
 			// No mode in the file: the default, 0600 (it was 0644).
 			Steps: []*ferryv1.Step{fileStep(&ferryv1.FileStep{Path: "/etc/motd", Content: []byte("Managed by Ferry.\n"), Mode: 0o600})},
+		}},
+		{"myapp-service.yaml", &ferryv1.Package{
+			Name:    "myapp-config",
+			Version: "3",
+			Steps: []*ferryv1.Step{
+				fileStep(&ferryv1.FileStep{Path: "/etc/myapp/config.toml", Content: []byte("listen = \":8080\"\n"), Mode: 0o644}),
+				// A name without a type is a .service.
+				serviceStep("myapp.service", ferryv1.ServiceAction_SERVICE_ACTION_RESTART, 45*time.Second),
+				serviceStep("nginx.service", ferryv1.ServiceAction_SERVICE_ACTION_RELOAD, 30*time.Second),
+				serviceStep("myapp-worker@blue.service", ferryv1.ServiceAction_SERVICE_ACTION_ENABLE, 30*time.Second),
+				checkStep(&ferryv1.CheckStep{Run: "curl -fsS http://127.0.0.1:8080/healthz", Timeout: durationpb.New(30 * time.Second)}),
+			},
 		}},
 	}
 	for _, tt := range tests {
@@ -214,6 +230,17 @@ func TestParseInvalidFiles(t *testing.T) {
 			{12, "steps[3].sudoers.rules[2]", "include directives are not allowed"},
 			{13, "steps[3].sudoers.rules[3]", "spans several lines"},
 			{14, "steps[4].sudoers.name", "/etc/sudoers.d/deploy is also written by steps[3].sudoers.name (line 8)"},
+		}},
+		{"service.yaml", []wantErr{
+			{4, "steps[0].service.unit", "starts with '-', so systemctl would read it as an option"},
+			{5, "steps[1].service.unit", "a shell metacharacter"},
+			{6, "steps[2].service.unit", "is a path"},
+			{7, "steps[3].service.unit", "a shell metacharacter"},
+			{8, "steps[4].service.unit", "a template without an instance"},
+			{9, "steps[5].service.action", `"restrat" is not a service action`},
+			{10, "steps[6].service.timeout", "not more than zero"},
+			{11, "steps[7].service.unit", "missing"},
+			{12, "steps[8].service.unit", "cannot restart ferry-agent itself"},
 		}},
 		{"steps.yaml", []wantErr{
 			{6, "steps[1].archive", "a second archive step"},
@@ -349,7 +376,16 @@ func TestParseInline(t *testing.T) {
 		{"artifact sha256 not hex", "name: go\nversion: 1\nartifact: sha256:xyz12345\nsteps: [{archive: {dest: /opt/go}}]\n", []wantErr{{3, "artifact", "not a sha256 digest"}}},
 		{"artifact with space", "name: go\nversion: 1\nartifact: go 1.20\nsteps: [{archive: {dest: /opt/go}}]\n", []wantErr{{3, "artifact", "not a valid artifact reference"}}},
 		{"artifact empty version", "name: go\nversion: 1\nartifact: go@\nsteps: [{archive: {dest: /opt/go}}]\n", []wantErr{{3, "artifact", "not a valid artifact reference"}}},
-		{"artifact unused", "name: go\nversion: 1\nartifact: go.tar.gz\nsteps: [{check: {run: x}}]\n", []wantErr{{3, "artifact", "no archive step uses the artifact"}}},
+		{"artifact unused", "name: go\nversion: 1\nartifact: go.tar.gz\nsteps: [{check: {run: x}}]\n", []wantErr{{3, "artifact", "no step uses the artifact"}}},
+
+		// agent_update
+		{"agent_update", "name: ferry-agent\nversion: 1.4.0\nartifact: ferry-agent-1.4.0\nsteps:\n  - agent_update: {expect_version: 1.4.0, reconnect_timeout: 90s}\n", nil},
+		{"agent_update bare", "name: ferry-agent\nversion: 1.4.0\nartifact: ferry-agent-1.4.0\nsteps:\n  - agent_update:\n", nil},
+		{"agent_update without artifact", "name: ferry-agent\nversion: 1\nsteps:\n  - agent_update: {}\n", []wantErr{{4, "steps[0].agent_update", "needs the package's artifact"}}},
+		{"agent_update with archive", "name: ferry-agent\nversion: 1\nartifact: a.tar.gz\nsteps:\n  - archive: {dest: /opt/a}\n  - agent_update: {}\n", []wantErr{{6, "steps[1].agent_update", "also used by steps[0].archive"}}},
+		{"agent_update not last", "name: ferry-agent\nversion: 1\nartifact: a\nsteps:\n  - agent_update: {}\n  - check: {run: x}\n", []wantErr{{6, "steps[1].check", "a step after steps[0].agent_update"}}},
+		{"agent_update timeout too short", "name: ferry-agent\nversion: 1\nartifact: a\nsteps:\n  - agent_update: {reconnect_timeout: 1s}\n", []wantErr{{5, "steps[0].agent_update.reconnect_timeout", "between 5s and 30m"}}},
+		{"agent_update unknown field", "name: ferry-agent\nversion: 1\nartifact: a\nsteps:\n  - agent_update: {path: /x}\n", []wantErr{{5, "steps[0].agent_update.path", "unknown field"}}},
 		{"archive without artifact", "name: go\nversion: 1\nsteps:\n  - archive: {dest: /opt/go}\n", []wantErr{{4, "steps[0].archive", "needs the package's artifact"}}},
 
 		// archive

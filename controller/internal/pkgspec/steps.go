@@ -34,6 +34,9 @@ func (p *parser) steps(n *yaml.Node, artifact *yaml.Node) []*ferryv1.Step {
 			broken = true
 			continue
 		}
+		if len(parsed) > 0 && isFinal(parsed[len(parsed)-1].step) {
+			p.add(sn, path, "a step after "+parsed[len(parsed)-1].path, "the agent restarts after it; make it the package's last step")
+		}
 		_, k := kindOf(st)
 		if v, ok := k.(validator); ok {
 			v.Validate(p, validateRequest{node: sn, path: path, artifact: artifact, prior: parsed})
@@ -42,7 +45,7 @@ func (p *parser) steps(n *yaml.Node, artifact *yaml.Node) []*ferryv1.Step {
 		steps = append(steps, st)
 	}
 	if artifact != nil && !broken && !slices.ContainsFunc(steps, usesArtifact) {
-		p.add(artifact, "artifact", "no archive step uses the artifact", "add an archive step to extract it, or remove artifact:")
+		p.add(artifact, "artifact", "no step uses the artifact", "add an archive step to extract it (or agent_update for a ferry-agent binary), or remove artifact:")
 	}
 	return steps
 }

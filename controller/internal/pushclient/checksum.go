@@ -91,6 +91,20 @@ type Meta struct {
 	Name, Version, OS, Arch string
 }
 
+// Override returns m with the fields over sets (an admin's --name,
+// --version, --os, --arch) in place of those read from the name.
+func (m Meta) Override(over Meta) Meta {
+	for _, o := range []struct {
+		dst *string
+		v   string
+	}{{&m.Name, over.Name}, {&m.Version, over.Version}, {&m.OS, over.OS}, {&m.Arch, over.Arch}} {
+		if o.v != "" {
+			*o.dst = o.v
+		}
+	}
+	return m
+}
+
 var (
 	// A version is the first run of dot-separated numbers (at least two),
 	// optionally led by "v" and followed by a pre-release tag, that starts

@@ -37,7 +37,7 @@ func (e *Engine) NodeMayFetch(nodeID, digest string) bool {
 		if n == nil || n.GetJobId() == "" || !e.jobRecent(ru, n, now) {
 			continue
 		}
-		if pkg, err := e.loadPackage(ru); err == nil && pkg.GetArtifact().GetDigest() == digest {
+		if _, pkg, err := e.nodeJob(ru, n, ru.r.GetJobKind()); err == nil && pkg.GetArtifact().GetDigest() == digest {
 			return true
 		}
 	}

@@ -71,10 +71,11 @@ func TestNodeMayFetchRollbackJobs(t *testing.T) {
 	h.tick(defaultFetchGrace)
 	h.mayFetch("rollout long over", map[[2]string]bool{{"n00", digest1203}: false})
 
-	u, err := h.e.Undo("admin/alice", &ferryv1.UndoRolloutRequest{Group: "prod", PackageName: "go", Strategy: &ferryv1.Strategy{AutoPromote: true, MaxParallel: "1", HealthyFor: durationpb.New(time.Second)}})
+	resp, err := h.e.Undo("admin/alice", &ferryv1.UndoRolloutRequest{Group: "prod", PackageName: "go", Strategy: &ferryv1.Strategy{AutoPromote: true, MaxParallel: "1", HealthyFor: durationpb.New(time.Second)}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	u := resp.Rollout
 	if job := h.disp.job(u.Id, "n00"); job == nil || job.Kind != kindRollback {
 		t.Fatalf("n00 got %v, want a rollback job", job)
 	}

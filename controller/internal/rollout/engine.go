@@ -111,6 +111,13 @@ type Config struct {
 	// NewID returns a fresh rollout ID (default "ro-" and 8 random hex
 	// digits). IDs must not contain "/".
 	NewID func() string
+	// Groups, when set, turns on desired state and catch-up (catchup.go):
+	// successful rollouts record their group's desired versions there,
+	// and nodes behind them get catch-up rollouts.
+	Groups GroupStore
+	// CatchUpEvery is how often the engine looks for desired states to
+	// record and nodes to catch up (default 2s).
+	CatchUpEvery time.Duration
 }
 
 // Engine runs rollouts. All methods are safe for concurrent use.
@@ -126,6 +133,8 @@ type Engine struct {
 	// healthyWaits: per node, the runs in which it waits out its healthy
 	// period (see waitHealthy), so a heartbeat looks only at those.
 	healthyWaits map[string]map[*run]struct{}
+	// cu: groups' desired state (catchup.go).
+	cu catchUp
 
 	draining sync.Mutex // held by the goroutine performing the queue
 }
@@ -182,6 +191,9 @@ func New(cfg Config) (*Engine, error) {
 		plans:   map[string]*planWait{},
 
 		healthyWaits: map[string]map[*run]struct{}{},
+	}
+	if err := e.loadGroups(); err != nil {
+		return nil, err
 	}
 	stored, err := cfg.Store.Rollouts()
 	if err != nil {
@@ -245,6 +257,7 @@ func (e *Engine) Tick(now time.Time) {
 		e.settle(ru, now, fx)
 		_ = e.commit(ru, now, fx) // logged; retried at the next tick
 	}
+	e.catchUpLocked(now, fx)
 	e.mu.Unlock()
 	e.drain()
 }

@@ -29,10 +29,11 @@ func (e *Engine) onFailure(ru *run, now time.Time, fx *effects) {
 	}
 	why := fmt.Sprintf("%d of %d nodes failed, more than max-failures %s", f, total, ru.st.maxFailures)
 	action := ru.st.onFailure
-	if action == ferryv1.FailureAction_FAILURE_ACTION_ROLLBACK && ru.r.GetJobKind() == kindRollback {
-		// An undo cannot be rolled back; stop and let an admin decide.
+	if action == ferryv1.FailureAction_FAILURE_ACTION_ROLLBACK && ru.r.GetJobKind() != kindInstall {
+		// An undo or a removal cannot be rolled back; stop and let an
+		// admin decide.
 		action = ferryv1.FailureAction_FAILURE_ACTION_PAUSE
-		why += " (an undo is not rolled back)"
+		why += " (an undo or a removal is not rolled back)"
 	}
 	e.log.Warn("rollout failure threshold exceeded", "rollout", ru.r.GetId(), "failures", f, "max_failures", ru.st.maxFailures.String(), "action", action.String())
 	switch action {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
@@ -171,6 +172,13 @@ func (f *fakeFleet) setInstalled(id, pkg, version, previous string) {
 		}
 	}
 	n.Installed = append(n.Installed, &ferryv1.InstalledPackage{Name: pkg, Version: version, PreviousVersion: previous})
+}
+
+func (f *fakeFleet) uninstall(id, pkg string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := f.nodes[id]
+	n.Installed = slices.DeleteFunc(n.Installed, func(p *ferryv1.InstalledPackage) bool { return p.Name == pkg })
 }
 
 func (f *fakeFleet) installed(id, pkg string) string {
@@ -373,6 +381,8 @@ type harness struct {
 	audit *fakeAuditor
 	e     *Engine
 	ids   int
+	// groups is Config.Groups (default: none, catch-up off; catchup_test.go).
+	groups *fakeGroups
 
 	// disconnectGrace is Config.DisconnectGrace (default: none).
 	disconnectGrace time.Duration
@@ -409,7 +419,7 @@ func newHarness(t *testing.T, count int) *harness {
 
 func (h *harness) newEngine() *Engine {
 	h.t.Helper()
-	e, err := New(Config{
+	cfg := Config{
 		Store:       h.store,
 		Dispatcher:  h.disp,
 		Fleet:       h.fleet,
@@ -426,7 +436,11 @@ func (h *harness) newEngine() *Engine {
 		},
 		// Likewise for nodes whose stream dropped moments ago.
 		DisconnectGrace: h.disconnectGrace,
-	})
+	}
+	if h.groups != nil {
+		cfg.Groups, cfg.CatchUpEvery = h.groups, time.Nanosecond
+	}
+	e, err := New(cfg)
 	if err != nil {
 		h.t.Fatalf("New: %v", err)
 	}
@@ -544,6 +558,8 @@ func (h *harness) report(rolloutID, nodeID string, phase ferryv1.JobPhase, msg s
 			h.fleet.setInstalled(nodeID, job.Package.Name, job.Package.Version, h.fleet.installed(nodeID, job.Package.Name))
 		case kindRollback:
 			h.fleet.setInstalled(nodeID, job.Package.Name, "1.20.2", "")
+		case kindRemove:
+			h.fleet.uninstall(nodeID, job.Package.Name)
 		}
 	}
 }

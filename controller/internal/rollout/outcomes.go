@@ -40,6 +40,7 @@ const (
 	kindInstall  = ferryv1.JobKind_JOB_KIND_INSTALL
 	kindRollback = ferryv1.JobKind_JOB_KIND_ROLLBACK
 	kindPlan     = ferryv1.JobKind_JOB_KIND_PLAN
+	kindRemove   = ferryv1.JobKind_JOB_KIND_REMOVE
 )
 
 func terminalOutcome(o ferryv1.NodeOutcome) bool {

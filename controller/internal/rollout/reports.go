@@ -179,14 +179,14 @@ func (e *Engine) NodeConnected(nodeID string, reported []*ferryv1.JobUpdate) {
 		default:
 			continue
 		}
-		pkg, err := e.loadPackage(ru)
-		if err != nil {
-			e.log.Error("cannot resend job", "rollout", ru.r.GetId(), "node", nodeID, "err", err)
-			continue
-		}
 		kind := ru.r.GetJobKind()
 		if n.GetJobId() == rollbackJobID(ru.r.GetId(), nodeID) {
 			kind = kindRollback
+		}
+		kind, pkg, err := e.nodeJob(ru, n, kind)
+		if err != nil {
+			e.log.Error("cannot resend job", "rollout", ru.r.GetId(), "node", nodeID, "err", err)
+			continue
 		}
 		e.log.Info("resending in-flight job to a reconnected node", "rollout", ru.r.GetId(), "node", nodeID, "job", n.GetJobId())
 		e.queue.ops = append(e.queue.ops, sendOp(ru, nodeID, n.GetJobId(), kind, pkg, n.GetOutcome()))

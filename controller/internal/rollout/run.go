@@ -21,6 +21,9 @@ type run struct {
 	frozen bool // unreadable record: kept for history, never advanced
 
 	pkg *ferryv1.Package // loaded when the first job is sent
+	// pkgs are the versions an undo installs on some nodes, by version,
+	// loaded when first needed.
+	pkgs map[string]*ferryv1.Package
 	// healthySince: for nodes waiting out healthy_for, when their current
 	// healthy stretch began; the zero time means "not healthy now".
 	healthySince map[string]time.Time
@@ -43,7 +46,7 @@ func newRun(r *ferryv1.Rollout) (*run, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &run{r: r, st: st, healthySince: map[string]time.Time{}}, nil
+	return &run{r: r, st: st, healthySince: map[string]time.Time{}, pkgs: map[string]*ferryv1.Package{}}, nil
 }
 
 // Job IDs are derived from the rollout and node so they are stable across
@@ -60,7 +63,12 @@ func (ru *run) node(id string) *ferryv1.NodeJob {
 	return nil
 }
 
-func (ru *run) pkgRef() string { return ru.r.GetPackageName() + "@" + ru.r.GetPackageVersion() }
+func (ru *run) pkgRef() string {
+	if ru.r.GetJobKind() == kindRemove {
+		return "removal of " + ru.r.GetPackageName()
+	}
+	return ru.r.GetPackageName() + "@" + ru.r.GetPackageVersion()
+}
 
 func (e *Engine) loadPackage(ru *run) (*ferryv1.Package, error) {
 	if ru.pkg == nil {

@@ -90,7 +90,7 @@ func (e *Engine) start(ru *run, n *ferryv1.NodeJob, now time.Time, fx *effects, 
 		e.finish(ru, n, ocUnreachable, now, fx, "not connected when its turn came ("+nodeStatus(fn, ok)+"); no job sent")
 		return false
 	}
-	pkg, err := e.loadPackage(ru)
+	kind, pkg, err := e.nodeJob(ru, n, kind)
 	if err != nil {
 		n.StartedAt = before.GetStartedAt()
 		e.log.Error("cannot send rollout job", "rollout", ru.r.GetId(), "node", n.GetNodeId(), "err", err)
@@ -105,14 +105,7 @@ func (e *Engine) start(ru *run, n *ferryv1.NodeJob, now time.Time, fx *effects, 
 	n.FailedStep = ""
 	n.BytesDone = 0
 	n.Steps = nil
-	msg := ""
-	if kind == kindRollback {
-		to := n.GetPreviousVersion()
-		if ru.r.GetJobKind() == kindRollback {
-			to = e.undoTarget(ru, n.GetNodeId())
-		}
-		msg = "rolling back to " + versionOrNone(to)
-	}
+	msg := jobMessage(ru, n, kind)
 	setOutcome(ru, n, o, now, msg)
 	ru.sent = append(ru.sent, sentNode{n: n, before: before})
 	fx.ops = append(fx.ops, sendOp(ru, n.GetNodeId(), jobID, kind, pkg, o))

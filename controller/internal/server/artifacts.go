@@ -7,12 +7,14 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydeploy/ferry/controller/internal/artifact"
+	"github.com/ferrydeploy/ferry/controller/internal/importer"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/rpc"
 	"github.com/ferrydeploy/ferry/shared/sha256digest"
@@ -233,4 +235,97 @@ func (s *agentServer) ReportArtifactMismatch(ctx context.Context, req *ferryv1.R
 	a := check.Artifact
 	return &ferryv1.ReportArtifactMismatchResponse{Message: fmt.Sprintf(
 		"the controller's copy of artifact %s (%s) matches its digest: the bytes changed on the way or on the node; download it again", artifact.Key(a), sha256digest.Short(a.Digest))}, nil
+}
+
+// ImportArtifact has the controller fetch an artifact itself (package
+// importer) and store it as a push does, streaming progress.
+func (s *artifactServer) ImportArtifact(req *ferryv1.ImportArtifactRequest, stream grpc.ServerStreamingServer[ferryv1.ImportArtifactResponse]) error {
+	ctx := stream.Context()
+	if s.d.Importer == nil {
+		return status.Error(codes.Unimplemented, "this controller does not import artifacts")
+	}
+	actor := rpc.CallerName(ctx)
+	source := importer.Display(req.GetSource())
+	ev := s.d.auditEvent(ctx, "artifact.import", source, "")
+	var resumed uint64
+	audit := func(a *ferryv1.Artifact, p artifact.Pushed) *ferryv1.AuditEvent {
+		ev.Target = artifact.Key(a)
+		ev.Detail = fmt.Sprintf("source=%s digest=%s size=%d created=%v", source, a.Digest, a.Size, p != artifact.Unchanged)
+		if resumed > 0 {
+			ev.Detail += fmt.Sprintf(" resumed_from=%d", resumed)
+		}
+		if p == artifact.Restored {
+			ev.Detail += " restored=true"
+		}
+		return ev
+	}
+	var last time.Time
+	var sendErr error
+	res, err := s.d.Importer.Import(ctx, importer.Request{
+		Source: req.GetSource(), SHA256: req.GetSha256(), ChecksumURL: req.GetChecksumUrl(), CABundle: req.GetCaBundle(),
+		Name: req.GetName(), Version: req.GetVersion(), OS: req.GetOs(), Arch: req.GetArch(), PushedBy: actor,
+		Audit: func(a *ferryv1.Artifact, p artifact.Pushed) *ferryv1.AuditEvent { return audit(a, p) },
+		Progress: func(p importer.Progress) {
+			resumed = p.ResumedFrom
+			// At most five a second, but every change of stage.
+			if now := time.Now(); sendErr == nil && (now.Sub(last) >= 200*time.Millisecond || p.Stage != "fetching") {
+				last = now
+				sendErr = stream.Send(&ferryv1.ImportArtifactResponse{Msg: &ferryv1.ImportArtifactResponse_Progress{Progress: &ferryv1.ImportProgress{
+					Received: p.Received, Total: p.Total, ResumedFrom: p.ResumedFrom, Stage: p.Stage,
+				}}})
+			}
+		},
+	})
+	if err == nil && res.Pushed == artifact.Unchanged {
+		err = s.d.unchanged(audit(res.Artifact, res.Pushed))
+	}
+	if err != nil {
+		s.log.Info("artifact import refused", "source", source, "by", actor, "err", err)
+		ev.Target, ev.Detail = source, ""
+		s.d.refused(ev, err)
+		return toStatus(err)
+	}
+	a := res.Artifact
+	created, restored := res.Pushed != artifact.Unchanged, res.Pushed == artifact.Restored
+	s.log.Info("artifact imported", "artifact", artifact.Key(a), "source", source, "digest", a.Digest, "size", a.Size, "resumed_from", resumed, "created", created, "restored", restored, "by", actor)
+	return stream.Send(&ferryv1.ImportArtifactResponse{Msg: &ferryv1.ImportArtifactResponse_Result{Result: &ferryv1.PushArtifactResponse{Artifact: a, Created: created, Restored: restored}}})
+}
+
+// CollectArtifacts removes every artifact that no stored package
+// references and no rollout may still send to a node (one that has not
+// ended, or whose jobs ended within the fetch grace). Each removal is
+// audited as artifact.gc; with plan set it only lists them. An artifact
+// that gains a reference meanwhile is kept (the store checks again in
+// the transaction that removes it).
+func (s *artifactServer) CollectArtifacts(ctx context.Context, req *ferryv1.CollectArtifactsRequest) (*ferryv1.CollectArtifactsResponse, error) {
+	all, err := s.d.Artifacts.List("")
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	inUse := s.d.Rollouts.ArtifactsInUse()
+	resp := &ferryv1.CollectArtifactsResponse{}
+	for _, a := range all {
+		refs, err := s.d.Artifacts.ReferencedBy(a.Digest)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		if len(refs) > 0 || len(inUse[a.Digest]) > 0 {
+			continue
+		}
+		if !req.GetPlan() {
+			ev := s.d.auditEvent(ctx, "artifact.gc", artifact.Key(a), "digest="+a.Digest)
+			_, err := s.d.Artifacts.Delete(artifact.Key(a), func(*ferryv1.Artifact) *ferryv1.AuditEvent { return ev })
+			if errors.Is(err, artifact.ErrReferenced) {
+				continue
+			}
+			if err != nil {
+				s.d.refused(ev, err)
+				return nil, toStatus(fmt.Errorf("artifact gc: %s: %w; %d removed before it", artifact.Key(a), err, len(resp.Removed)))
+			}
+			s.log.Info("artifact collected", "artifact", artifact.Key(a), "digest", a.Digest)
+		}
+		resp.Removed = append(resp.Removed, a)
+		resp.Bytes += a.GetSize()
+	}
+	return resp, nil
 }

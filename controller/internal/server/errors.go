@@ -9,6 +9,8 @@ import (
 
 	"github.com/ferrydeploy/ferry/controller/internal/artifact"
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
+	"github.com/ferrydeploy/ferry/controller/internal/importer"
+	"github.com/ferrydeploy/ferry/controller/internal/mirror"
 	"github.com/ferrydeploy/ferry/controller/internal/packages"
 	"github.com/ferrydeploy/ferry/controller/internal/pkgspec"
 	"github.com/ferrydeploy/ferry/controller/internal/rollout"
@@ -33,6 +35,7 @@ var errorCodes = []struct {
 	{as[pkgspec.ErrorList], codes.InvalidArgument},
 	{is(packages.ErrImmutable), codes.AlreadyExists},
 	{is(packages.ErrNotFound), codes.NotFound},
+	{is(packages.ErrInUse), codes.FailedPrecondition},
 
 	{is(artifact.ErrNotFound), codes.NotFound},
 	{is(artifact.ErrInvalid), codes.InvalidArgument},
@@ -46,6 +49,11 @@ var errorCodes = []struct {
 	{is(artifact.ErrPastEnd), codes.OutOfRange},
 	{is(artifact.ErrNodeBusy), codes.ResourceExhausted},
 	{is(artifact.ErrStalled), codes.Unavailable},
+	{is(importer.ErrRefused), codes.PermissionDenied},
+	{is(importer.ErrFetch), codes.FailedPrecondition},
+	{is(importer.ErrTooLarge), codes.InvalidArgument},
+	{is(importer.ErrBusy), codes.AlreadyExists},
+	{is(mirror.ErrInvalid), codes.InvalidArgument},
 
 	{is(rollout.ErrInvalid), codes.InvalidArgument},
 	{is(rollout.ErrNotFound), codes.NotFound},

@@ -21,7 +21,13 @@ type Rollouts interface {
 	Pause(actor, id string) (*ferryv1.Rollout, error)
 	Resume(actor, id string) (*ferryv1.Rollout, error)
 	Abort(actor, id string) (*ferryv1.Rollout, error)
-	Undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.Rollout, error)
+	Undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.UndoRolloutResponse, error)
+	// PackageUsers lists the active rollouts that use a package version
+	// and the nodes that have it installed.
+	PackageUsers(name, version string) (rollouts, nodes []string)
+	// ArtifactsInUse maps the digests rollouts may still send to nodes to
+	// those rollouts.
+	ArtifactsInUse() map[string][]string
 }
 
 type rolloutServer struct {
@@ -97,9 +103,9 @@ func (s *rolloutServer) AbortRollout(ctx context.Context, req *ferryv1.AbortRoll
 }
 
 func (s *rolloutServer) UndoRollout(ctx context.Context, req *ferryv1.UndoRolloutRequest) (*ferryv1.UndoRolloutResponse, error) {
-	r, err := s.r.Undo(rpc.CallerName(ctx), req)
+	resp, err := s.r.Undo(rpc.CallerName(ctx), req)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &ferryv1.UndoRolloutResponse{Rollout: r}, nil
+	return resp, nil
 }

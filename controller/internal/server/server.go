@@ -18,6 +18,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/controller/internal/artifact"
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
+	"github.com/ferrydeploy/ferry/controller/internal/importer"
 	"github.com/ferrydeploy/ferry/controller/internal/packages"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
@@ -77,8 +78,11 @@ type Deps struct {
 
 	Artifacts *artifact.Store
 	Downloads *artifact.Downloader // nil: agents are told there is no artifact store
+	Importer  *importer.Importer   // nil: imports are refused
 	Packages  *packages.Store
 	Rollouts  Rollouts
+	// Groups serves GroupService; nil: not registered.
+	Groups Groups
 
 	// JobArtifacts scopes downloads to the nodes' jobs; nil: every
 	// download is refused.
@@ -108,6 +112,9 @@ func Register(s *grpc.Server, d *Deps) {
 	ferryv1.RegisterRolloutServiceServer(reg, &rolloutServer{d: d, r: d.Rollouts})
 	ferryv1.RegisterLogServiceServer(reg, &logServer{d: d, r: d.Rollouts})
 	ferryv1.RegisterGossipServiceServer(reg, &gossipServer{d: d})
+	if d.Groups != nil {
+		ferryv1.RegisterGroupServiceServer(reg, &groupServer{g: d.Groups})
+	}
 }
 
 // caller returns the authenticated caller; handlers behind the auth

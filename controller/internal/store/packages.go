@@ -57,10 +57,18 @@ func (s *Store) AddPackage(p *ferryv1.Package, ev *ferryv1.AuditEvent) (existing
 	return existing, err
 }
 
-// DeletePackage removes a package version. The API has no way to remove
-// one yet; tests use it to drop an artifact's last reference.
-func (s *Store) DeletePackage(name, version string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketPackages).Delete([]byte(VersionKey(name, version)))
+// DeletePackage removes a package version with its audit entry ev, in
+// one transaction; ErrNotFound when it is not stored (then ev is not
+// written). It returns the removed record.
+func (s *Store) DeletePackage(name, version string, ev *ferryv1.AuditEvent) (*ferryv1.Package, error) {
+	var p *ferryv1.Package
+	err := s.audited(ev, func(tx *bolt.Tx) (err error) {
+		b := tx.Bucket(bucketPackages)
+		key := VersionKey(name, version)
+		if p, err = get[ferryv1.Package](b, packageRecord, key); err != nil {
+			return err
+		}
+		return b.Delete([]byte(key))
 	})
+	return p, err
 }

@@ -34,7 +34,7 @@ type Store struct {
 
 var allBuckets = [][]byte{
 	bucketNodes, bucketTokens, bucketRevokedAdmins, bucketAudit, bucketMeta,
-	bucketJobLogs, bucketJobLines, bucketArtifacts, bucketPackages, bucketRollouts,
+	bucketJobLogs, bucketJobLines, bucketArtifacts, bucketPackages, bucketRollouts, bucketGroups, bucketMirrors,
 }
 
 // Options say what Open may do besides opening an existing store.

@@ -2,13 +2,18 @@ package archive
 
 import (
 	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -22,6 +27,9 @@ type Entry struct {
 	UID    uint32
 	GID    uint32
 	Target string // symbolic links only
+	// Hash is the SHA-256 of a regular file's content, hex; "" when the
+	// manifest was recorded without hashes (before they were added).
+	Hash string
 }
 
 // Manifest describes a tree as it was when recorded, in walk order. It is
@@ -41,6 +49,135 @@ func Scan(dir string) (Manifest, error) {
 		return nil, fmt.Errorf("scan %s: %w", dir, err)
 	}
 	return m, nil
+}
+
+// ScanHashed records the tree under dir with the hash of every regular
+// file, for a full check later (Diff with full).
+func ScanHashed(dir string) (Manifest, error) {
+	m, err := Scan(dir)
+	if err != nil {
+		return nil, err
+	}
+	return m, m.AddHashes(dir)
+}
+
+// Hashed reports whether every regular file of m has its hash.
+func (m Manifest) Hashed() bool {
+	for _, e := range m {
+		if e.Type == 'f' && e.Hash == "" {
+			return false
+		}
+	}
+	return true
+}
+
+// AddHashes hashes the regular files of the tree under dir that m has
+// no hash for, spread over the CPUs.
+func (m Manifest) AddHashes(dir string) error {
+	work := make(chan int)
+	errs := make(chan error, 1)
+	var wg sync.WaitGroup
+	for range min(runtime.NumCPU(), 8) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range work {
+				h, err := hashFile(filepath.Join(dir, filepath.FromSlash(m[k].Path)))
+				if err != nil {
+					select {
+					case errs <- err:
+					default:
+					}
+					continue
+				}
+				m[k].Hash = h
+			}
+		}()
+	}
+	for k := range m {
+		if m[k].Type == 'f' && m[k].Hash == "" {
+			work <- k
+		}
+	}
+	close(work)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return fmt.Errorf("hash %s: %w", dir, err)
+	default:
+	}
+	return nil
+}
+
+func hashFile(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = f.Close() }() // read-only
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// Diff compares the tree under dir with m and returns how many entries
+// differ (changed, missing, or not in m) and the first limit of them, each
+// as "PATH: what", PATH joined to dir. Cheap by default (types, modes,
+// owners, sizes, times, link targets); full also hashes every regular
+// file m has a hash for.
+func (m Manifest) Diff(dir string, full bool, limit int) (int, []string, error) {
+	if _, err := os.Lstat(dir); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return len(m), []string{dir + ": missing"}, nil
+		}
+		return 0, nil, err
+	}
+	var n int
+	var examples []string
+	report := func(path, what string) {
+		n++
+		if len(examples) < limit {
+			examples = append(examples, filepath.Join(dir, filepath.FromSlash(path))+": "+what)
+		}
+	}
+	want := make(map[string]Entry, len(m))
+	for _, e := range m {
+		want[e.Path] = e
+	}
+	seen := make(map[string]bool, len(m))
+	err := walk(dir, func(e Entry) error {
+		w, ok := want[e.Path]
+		if !ok {
+			report(e.Path, "not part of the installed tree")
+			return nil
+		}
+		seen[e.Path] = true
+		if d := diff(w, e); d != "" {
+			report(e.Path, d)
+			return nil
+		}
+		if full && w.Type == 'f' && w.Hash != "" {
+			h, err := hashFile(filepath.Join(dir, filepath.FromSlash(e.Path)))
+			if err != nil {
+				return err
+			}
+			if h != w.Hash {
+				report(e.Path, "content changed (same size and time)")
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return n, examples, fmt.Errorf("check %s: %w", dir, err)
+	}
+	for _, e := range m {
+		if !seen[e.Path] {
+			report(e.Path, "missing")
+		}
+	}
+	return n, examples, nil
 }
 
 // Verify reports the first difference between the tree under dir and m,
@@ -131,8 +268,12 @@ func walk(dir string, fn func(Entry) error) error {
 func (m Manifest) Encode() []byte {
 	var b strings.Builder
 	for _, e := range m {
-		fmt.Fprintf(&b, "%c %o %d %d %d %d %s %s\n", e.Type, uint32(e.Mode), e.Size, e.Mtime, e.UID, e.GID,
+		fmt.Fprintf(&b, "%c %o %d %d %d %d %s %s", e.Type, uint32(e.Mode), e.Size, e.Mtime, e.UID, e.GID,
 			strconv.Quote(e.Path), strconv.Quote(e.Target))
+		if e.Hash != "" {
+			b.WriteString(" " + e.Hash)
+		}
+		b.WriteByte('\n')
 	}
 	return []byte(b.String())
 }
@@ -163,8 +304,16 @@ func DecodeManifest(data []byte) (Manifest, error) {
 		if err != nil {
 			return nil, fmt.Errorf("manifest line %d: %w", line, err)
 		}
-		if t, err = strconv.QuotedPrefix(strings.TrimPrefix(rest[len(p):], " ")); err != nil {
+		rest = strings.TrimPrefix(rest[len(p):], " ")
+		if t, err = strconv.QuotedPrefix(rest); err != nil {
 			return nil, fmt.Errorf("manifest line %d: %w", line, err)
+		}
+		// An optional hash follows (manifests recorded before hashes have none).
+		if h := strings.TrimPrefix(rest[len(t):], " "); h != "" {
+			if len(h) != sha256.Size*2 || strings.Trim(h, "0123456789abcdef") != "" {
+				return nil, fmt.Errorf("manifest line %d: malformed hash", line)
+			}
+			e.Hash = h
 		}
 		e.Path, _ = strconv.Unquote(p)
 		e.Target, _ = strconv.Unquote(t)

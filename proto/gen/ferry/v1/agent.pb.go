@@ -35,6 +35,9 @@ const (
 	JobKind_JOB_KIND_ROLLBACK JobKind = 2
 	// Report what an install would change, changing nothing.
 	JobKind_JOB_KIND_PLAN JobKind = 3
+	// Remove the package: delete the trees and files its installed version
+	// put in place, and forget its records.
+	JobKind_JOB_KIND_REMOVE JobKind = 4
 )
 
 // Enum value maps for JobKind.
@@ -44,12 +47,14 @@ var (
 		1: "JOB_KIND_INSTALL",
 		2: "JOB_KIND_ROLLBACK",
 		3: "JOB_KIND_PLAN",
+		4: "JOB_KIND_REMOVE",
 	}
 	JobKind_value = map[string]int32{
 		"JOB_KIND_UNSPECIFIED": 0,
 		"JOB_KIND_INSTALL":     1,
 		"JOB_KIND_ROLLBACK":    2,
 		"JOB_KIND_PLAN":        3,
+		"JOB_KIND_REMOVE":      4,
 	}
 )
 
@@ -286,6 +291,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_Cancel
 	//	*ConnectResponse_GossipKey
 	//	*ConnectResponse_LogAck
+	//	*ConnectResponse_Settings
 	Msg           isConnectResponse_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -373,6 +379,15 @@ func (x *ConnectResponse) GetLogAck() *JobLogAck {
 	return nil
 }
 
+func (x *ConnectResponse) GetSettings() *AgentSettings {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectResponse_Settings); ok {
+			return x.Settings
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Msg interface {
 	isConnectResponse_Msg()
 }
@@ -404,6 +419,12 @@ type ConnectResponse_LogAck struct {
 	LogAck *JobLogAck `protobuf:"bytes,5,opt,name=log_ack,json=logAck,proto3,oneof"`
 }
 
+type ConnectResponse_Settings struct {
+	// New settings for a connected agent, sent when the controller's
+	// config is reloaded.
+	Settings *AgentSettings `protobuf:"bytes,6,opt,name=settings,proto3,oneof"`
+}
+
 func (*ConnectResponse_Welcome) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_Job) isConnectResponse_Msg() {}
@@ -413,6 +434,54 @@ func (*ConnectResponse_Cancel) isConnectResponse_Msg() {}
 func (*ConnectResponse_GossipKey) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_LogAck) isConnectResponse_Msg() {}
+
+func (*ConnectResponse_Settings) isConnectResponse_Msg() {}
+
+// AgentSettings changes what a connected agent was told in its welcome.
+type AgentSettings struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How often the agent should heartbeat from now on (it adds jitter).
+	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,1,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *AgentSettings) Reset() {
+	*x = AgentSettings{}
+	mi := &file_ferry_v1_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentSettings) ProtoMessage() {}
+
+func (x *AgentSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentSettings.ProtoReflect.Descriptor instead.
+func (*AgentSettings) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AgentSettings) GetHeartbeatInterval() *durationpb.Duration {
+	if x != nil {
+		return x.HeartbeatInterval
+	}
+	return nil
+}
 
 // AgentHello opens a stream.
 type AgentHello struct {
@@ -436,7 +505,7 @@ type AgentHello struct {
 
 func (x *AgentHello) Reset() {
 	*x = AgentHello{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[2]
+	mi := &file_ferry_v1_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -448,7 +517,7 @@ func (x *AgentHello) String() string {
 func (*AgentHello) ProtoMessage() {}
 
 func (x *AgentHello) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[2]
+	mi := &file_ferry_v1_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -461,7 +530,7 @@ func (x *AgentHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentHello.ProtoReflect.Descriptor instead.
 func (*AgentHello) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *AgentHello) GetAgentVersion() string {
@@ -522,7 +591,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[3]
+	mi := &file_ferry_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -534,7 +603,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[3]
+	mi := &file_ferry_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -547,7 +616,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Welcome) GetHeartbeatInterval() *durationpb.Duration {
@@ -611,14 +680,17 @@ type Heartbeat struct {
 	// Space on each file system the agent writes to: its state dir (where
 	// downloads are staged), the install root and each installed archive's
 	// destination, one entry per file system.
-	Disks         []*DiskSpace `protobuf:"bytes,11,rep,name=disks,proto3" json:"disks,omitempty"`
+	Disks []*DiskSpace `protobuf:"bytes,11,rep,name=disks,proto3" json:"disks,omitempty"`
+	// The last check of the installed trees against their manifests; unset
+	// until the first check has run.
+	Drift         *DriftReport `protobuf:"bytes,12,opt,name=drift,proto3" json:"drift,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[4]
+	mi := &file_ferry_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -630,7 +702,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[4]
+	mi := &file_ferry_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -643,7 +715,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Heartbeat) GetSeq() uint64 {
@@ -723,6 +795,13 @@ func (x *Heartbeat) GetDisks() []*DiskSpace {
 	return nil
 }
 
+func (x *Heartbeat) GetDrift() *DriftReport {
+	if x != nil {
+		return x.Drift
+	}
+	return nil
+}
+
 // Job is one node's part of a rollout.
 type Job struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -735,14 +814,18 @@ type Job struct {
 	// The package to install, roll back or plan.
 	Package *Package `protobuf:"bytes,4,opt,name=package,proto3" json:"package,omitempty"`
 	// How long the job may take before the controller gives up on it.
-	Deadline      *durationpb.Duration `protobuf:"bytes,5,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	Deadline *durationpb.Duration `protobuf:"bytes,5,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	// Site-local mirrors to fetch the package's artifact from first, in
+	// order; the agent falls back to the controller when a mirror fails or
+	// serves bytes that do not match the digest.
+	Mirrors       []*MirrorSource `protobuf:"bytes,6,rep,name=mirrors,proto3" json:"mirrors,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[5]
+	mi := &file_ferry_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -754,7 +837,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[5]
+	mi := &file_ferry_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -767,7 +850,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Job) GetId() string {
@@ -805,6 +888,68 @@ func (x *Job) GetDeadline() *durationpb.Duration {
 	return nil
 }
 
+func (x *Job) GetMirrors() []*MirrorSource {
+	if x != nil {
+		return x.Mirrors
+	}
+	return nil
+}
+
+// MirrorSource is one URL a job's artifact may be fetched from.
+type MirrorSource struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The artifact's full URL on the mirror.
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// PEM CA certificates to verify an https mirror with (empty: system roots).
+	CaBundle      []byte `protobuf:"bytes,2,opt,name=ca_bundle,json=caBundle,proto3" json:"ca_bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MirrorSource) Reset() {
+	*x = MirrorSource{}
+	mi := &file_ferry_v1_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MirrorSource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MirrorSource) ProtoMessage() {}
+
+func (x *MirrorSource) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MirrorSource.ProtoReflect.Descriptor instead.
+func (*MirrorSource) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *MirrorSource) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *MirrorSource) GetCaBundle() []byte {
+	if x != nil {
+		return x.CaBundle
+	}
+	return nil
+}
+
 // JobCancel asks the agent to stop a job; steps already applied are undone.
 type JobCancel struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -816,7 +961,7 @@ type JobCancel struct {
 
 func (x *JobCancel) Reset() {
 	*x = JobCancel{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[6]
+	mi := &file_ferry_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -828,7 +973,7 @@ func (x *JobCancel) String() string {
 func (*JobCancel) ProtoMessage() {}
 
 func (x *JobCancel) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[6]
+	mi := &file_ferry_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -841,7 +986,7 @@ func (x *JobCancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobCancel.ProtoReflect.Descriptor instead.
 func (*JobCancel) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *JobCancel) GetJobId() string {
@@ -856,7 +1001,7 @@ type StepResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Position of the step in the package (0-based).
 	Index uint32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
-	// Step kind: archive, env, sudoers, file, check.
+	// Step kind: archive, env, sudoers, file, check, service, agent_update.
 	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
 	// One-line description of the step, e.g. "archive -> /usr/local/go".
 	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
@@ -876,7 +1021,7 @@ type StepResult struct {
 
 func (x *StepResult) Reset() {
 	*x = StepResult{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[7]
+	mi := &file_ferry_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -888,7 +1033,7 @@ func (x *StepResult) String() string {
 func (*StepResult) ProtoMessage() {}
 
 func (x *StepResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[7]
+	mi := &file_ferry_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -901,7 +1046,7 @@ func (x *StepResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepResult.ProtoReflect.Descriptor instead.
 func (*StepResult) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StepResult) GetIndex() uint32 {
@@ -987,7 +1132,7 @@ type JobUpdate struct {
 
 func (x *JobUpdate) Reset() {
 	*x = JobUpdate{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[8]
+	mi := &file_ferry_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -999,7 +1144,7 @@ func (x *JobUpdate) String() string {
 func (*JobUpdate) ProtoMessage() {}
 
 func (x *JobUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[8]
+	mi := &file_ferry_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1012,7 +1157,7 @@ func (x *JobUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobUpdate.ProtoReflect.Descriptor instead.
 func (*JobUpdate) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *JobUpdate) GetJobId() string {
@@ -1102,7 +1247,7 @@ type JobLog struct {
 
 func (x *JobLog) Reset() {
 	*x = JobLog{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[9]
+	mi := &file_ferry_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1259,7 @@ func (x *JobLog) String() string {
 func (*JobLog) ProtoMessage() {}
 
 func (x *JobLog) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[9]
+	mi := &file_ferry_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1272,7 @@ func (x *JobLog) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobLog.ProtoReflect.Descriptor instead.
 func (*JobLog) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *JobLog) GetJobId() string {
@@ -1179,7 +1324,7 @@ type JobLogAck struct {
 
 func (x *JobLogAck) Reset() {
 	*x = JobLogAck{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[10]
+	mi := &file_ferry_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1191,7 +1336,7 @@ func (x *JobLogAck) String() string {
 func (*JobLogAck) ProtoMessage() {}
 
 func (x *JobLogAck) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[10]
+	mi := &file_ferry_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1204,7 +1349,7 @@ func (x *JobLogAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobLogAck.ProtoReflect.Descriptor instead.
 func (*JobLogAck) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *JobLogAck) GetJobId() string {
@@ -1232,7 +1377,7 @@ type RenewCertificateRequest struct {
 
 func (x *RenewCertificateRequest) Reset() {
 	*x = RenewCertificateRequest{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[11]
+	mi := &file_ferry_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1244,7 +1389,7 @@ func (x *RenewCertificateRequest) String() string {
 func (*RenewCertificateRequest) ProtoMessage() {}
 
 func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[11]
+	mi := &file_ferry_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1257,7 +1402,7 @@ func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RenewCertificateRequest) GetCsrDer() []byte {
@@ -1278,7 +1423,7 @@ type RenewCertificateResponse struct {
 
 func (x *RenewCertificateResponse) Reset() {
 	*x = RenewCertificateResponse{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[12]
+	mi := &file_ferry_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1290,7 +1435,7 @@ func (x *RenewCertificateResponse) String() string {
 func (*RenewCertificateResponse) ProtoMessage() {}
 
 func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[12]
+	mi := &file_ferry_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1303,7 +1448,7 @@ func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RenewCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RenewCertificateResponse) GetCertificateDer() []byte {
@@ -1331,7 +1476,7 @@ type DownloadArtifactRequest struct {
 
 func (x *DownloadArtifactRequest) Reset() {
 	*x = DownloadArtifactRequest{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[13]
+	mi := &file_ferry_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1343,7 +1488,7 @@ func (x *DownloadArtifactRequest) String() string {
 func (*DownloadArtifactRequest) ProtoMessage() {}
 
 func (x *DownloadArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[13]
+	mi := &file_ferry_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1356,7 +1501,7 @@ func (x *DownloadArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownloadArtifactRequest.ProtoReflect.Descriptor instead.
 func (*DownloadArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DownloadArtifactRequest) GetDigest() string {
@@ -1395,7 +1540,7 @@ type DownloadArtifactResponse struct {
 
 func (x *DownloadArtifactResponse) Reset() {
 	*x = DownloadArtifactResponse{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1407,7 +1552,7 @@ func (x *DownloadArtifactResponse) String() string {
 func (*DownloadArtifactResponse) ProtoMessage() {}
 
 func (x *DownloadArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1420,7 +1565,7 @@ func (x *DownloadArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownloadArtifactResponse.ProtoReflect.Descriptor instead.
 func (*DownloadArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DownloadArtifactResponse) GetOffset() uint64 {
@@ -1457,7 +1602,7 @@ type ReportArtifactMismatchRequest struct {
 
 func (x *ReportArtifactMismatchRequest) Reset() {
 	*x = ReportArtifactMismatchRequest{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[15]
+	mi := &file_ferry_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1469,7 +1614,7 @@ func (x *ReportArtifactMismatchRequest) String() string {
 func (*ReportArtifactMismatchRequest) ProtoMessage() {}
 
 func (x *ReportArtifactMismatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[15]
+	mi := &file_ferry_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1482,7 +1627,7 @@ func (x *ReportArtifactMismatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportArtifactMismatchRequest.ProtoReflect.Descriptor instead.
 func (*ReportArtifactMismatchRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReportArtifactMismatchRequest) GetDigest() string {
@@ -1513,7 +1658,7 @@ type ReportArtifactMismatchResponse struct {
 
 func (x *ReportArtifactMismatchResponse) Reset() {
 	*x = ReportArtifactMismatchResponse{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[16]
+	mi := &file_ferry_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1525,7 +1670,7 @@ func (x *ReportArtifactMismatchResponse) String() string {
 func (*ReportArtifactMismatchResponse) ProtoMessage() {}
 
 func (x *ReportArtifactMismatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[16]
+	mi := &file_ferry_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1538,7 +1683,7 @@ func (x *ReportArtifactMismatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportArtifactMismatchResponse.ProtoReflect.Descriptor instead.
 func (*ReportArtifactMismatchResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReportArtifactMismatchResponse) GetDamaged() bool {
@@ -1566,15 +1711,18 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"job_update\x18\x03 \x01(\v2\x13.ferry.v1.JobUpdateH\x00R\tjobUpdate\x12+\n" +
 	"\ajob_log\x18\x04 \x01(\v2\x10.ferry.v1.JobLogH\x00R\x06jobLogB\x05\n" +
-	"\x03msg\"\xff\x01\n" +
+	"\x03msg\"\xb6\x02\n" +
 	"\x0fConnectResponse\x12-\n" +
 	"\awelcome\x18\x01 \x01(\v2\x11.ferry.v1.WelcomeH\x00R\awelcome\x12!\n" +
 	"\x03job\x18\x02 \x01(\v2\r.ferry.v1.JobH\x00R\x03job\x12-\n" +
 	"\x06cancel\x18\x03 \x01(\v2\x13.ferry.v1.JobCancelH\x00R\x06cancel\x124\n" +
 	"\n" +
 	"gossip_key\x18\x04 \x01(\v2\x13.ferry.v1.GossipKeyH\x00R\tgossipKey\x12.\n" +
-	"\alog_ack\x18\x05 \x01(\v2\x13.ferry.v1.JobLogAckH\x00R\x06logAckB\x05\n" +
-	"\x03msg\"\xef\x01\n" +
+	"\alog_ack\x18\x05 \x01(\v2\x13.ferry.v1.JobLogAckH\x00R\x06logAck\x125\n" +
+	"\bsettings\x18\x06 \x01(\v2\x17.ferry.v1.AgentSettingsH\x00R\bsettingsB\x05\n" +
+	"\x03msg\"Y\n" +
+	"\rAgentSettings\x12H\n" +
+	"\x12heartbeat_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"\xef\x01\n" +
 	"\n" +
 	"AgentHello\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12%\n" +
@@ -1590,7 +1738,7 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\vserver_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"serverTime\x122\n" +
 	"\n" +
-	"gossip_key\x18\x05 \x01(\v2\x13.ferry.v1.GossipKeyR\tgossipKey\"\xa2\x03\n" +
+	"gossip_key\x18\x05 \x01(\v2\x13.ferry.v1.GossipKeyR\tgossipKey\"\xcf\x03\n" +
 	"\tHeartbeat\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x123\n" +
 	"\asent_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\x12#\n" +
@@ -1603,14 +1751,19 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\x05facts\x18\t \x01(\v2\x0f.ferry.v1.FactsR\x05facts\x128\n" +
 	"\tinstalled\x18\n" +
 	" \x03(\v2\x1a.ferry.v1.InstalledPackageR\tinstalled\x12)\n" +
-	"\x05disks\x18\v \x03(\v2\x13.ferry.v1.DiskSpaceR\x05disks\"\xbf\x01\n" +
+	"\x05disks\x18\v \x03(\v2\x13.ferry.v1.DiskSpaceR\x05disks\x12+\n" +
+	"\x05drift\x18\f \x01(\v2\x15.ferry.v1.DriftReportR\x05drift\"\xf1\x01\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
 	"rollout_id\x18\x02 \x01(\tR\trolloutId\x12%\n" +
 	"\x04kind\x18\x03 \x01(\x0e2\x11.ferry.v1.JobKindR\x04kind\x12+\n" +
 	"\apackage\x18\x04 \x01(\v2\x11.ferry.v1.PackageR\apackage\x125\n" +
-	"\bdeadline\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\bdeadline\"\"\n" +
+	"\bdeadline\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\bdeadline\x120\n" +
+	"\amirrors\x18\x06 \x03(\v2\x16.ferry.v1.MirrorSourceR\amirrors\"=\n" +
+	"\fMirrorSource\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12\x1b\n" +
+	"\tca_bundle\x18\x02 \x01(\fR\bcaBundle\"\"\n" +
 	"\tJobCancel\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"\xe1\x01\n" +
 	"\n" +
@@ -1665,12 +1818,13 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"got_digest\x18\x02 \x01(\tR\tgotDigest\"T\n" +
 	"\x1eReportArtifactMismatchResponse\x12\x18\n" +
 	"\adamaged\x18\x01 \x01(\bR\adamaged\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage*c\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage*x\n" +
 	"\aJobKind\x12\x18\n" +
 	"\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10JOB_KIND_INSTALL\x10\x01\x12\x15\n" +
 	"\x11JOB_KIND_ROLLBACK\x10\x02\x12\x11\n" +
-	"\rJOB_KIND_PLAN\x10\x03*\xd2\x01\n" +
+	"\rJOB_KIND_PLAN\x10\x03\x12\x13\n" +
+	"\x0fJOB_KIND_REMOVE\x10\x04*\xd2\x01\n" +
 	"\bJobPhase\x12\x19\n" +
 	"\x15JOB_PHASE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12JOB_PHASE_ACCEPTED\x10\x01\x12\x19\n" +
@@ -1701,79 +1855,86 @@ func file_ferry_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ferry_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_ferry_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_ferry_v1_agent_proto_goTypes = []any{
 	(JobKind)(0),                           // 0: ferry.v1.JobKind
 	(JobPhase)(0),                          // 1: ferry.v1.JobPhase
 	(*ConnectRequest)(nil),                 // 2: ferry.v1.ConnectRequest
 	(*ConnectResponse)(nil),                // 3: ferry.v1.ConnectResponse
-	(*AgentHello)(nil),                     // 4: ferry.v1.AgentHello
-	(*Welcome)(nil),                        // 5: ferry.v1.Welcome
-	(*Heartbeat)(nil),                      // 6: ferry.v1.Heartbeat
-	(*Job)(nil),                            // 7: ferry.v1.Job
-	(*JobCancel)(nil),                      // 8: ferry.v1.JobCancel
-	(*StepResult)(nil),                     // 9: ferry.v1.StepResult
-	(*JobUpdate)(nil),                      // 10: ferry.v1.JobUpdate
-	(*JobLog)(nil),                         // 11: ferry.v1.JobLog
-	(*JobLogAck)(nil),                      // 12: ferry.v1.JobLogAck
-	(*RenewCertificateRequest)(nil),        // 13: ferry.v1.RenewCertificateRequest
-	(*RenewCertificateResponse)(nil),       // 14: ferry.v1.RenewCertificateResponse
-	(*DownloadArtifactRequest)(nil),        // 15: ferry.v1.DownloadArtifactRequest
-	(*DownloadArtifactResponse)(nil),       // 16: ferry.v1.DownloadArtifactResponse
-	(*ReportArtifactMismatchRequest)(nil),  // 17: ferry.v1.ReportArtifactMismatchRequest
-	(*ReportArtifactMismatchResponse)(nil), // 18: ferry.v1.ReportArtifactMismatchResponse
-	(*GossipKey)(nil),                      // 19: ferry.v1.GossipKey
-	(*Facts)(nil),                          // 20: ferry.v1.Facts
-	(*InstalledPackage)(nil),               // 21: ferry.v1.InstalledPackage
+	(*AgentSettings)(nil),                  // 4: ferry.v1.AgentSettings
+	(*AgentHello)(nil),                     // 5: ferry.v1.AgentHello
+	(*Welcome)(nil),                        // 6: ferry.v1.Welcome
+	(*Heartbeat)(nil),                      // 7: ferry.v1.Heartbeat
+	(*Job)(nil),                            // 8: ferry.v1.Job
+	(*MirrorSource)(nil),                   // 9: ferry.v1.MirrorSource
+	(*JobCancel)(nil),                      // 10: ferry.v1.JobCancel
+	(*StepResult)(nil),                     // 11: ferry.v1.StepResult
+	(*JobUpdate)(nil),                      // 12: ferry.v1.JobUpdate
+	(*JobLog)(nil),                         // 13: ferry.v1.JobLog
+	(*JobLogAck)(nil),                      // 14: ferry.v1.JobLogAck
+	(*RenewCertificateRequest)(nil),        // 15: ferry.v1.RenewCertificateRequest
+	(*RenewCertificateResponse)(nil),       // 16: ferry.v1.RenewCertificateResponse
+	(*DownloadArtifactRequest)(nil),        // 17: ferry.v1.DownloadArtifactRequest
+	(*DownloadArtifactResponse)(nil),       // 18: ferry.v1.DownloadArtifactResponse
+	(*ReportArtifactMismatchRequest)(nil),  // 19: ferry.v1.ReportArtifactMismatchRequest
+	(*ReportArtifactMismatchResponse)(nil), // 20: ferry.v1.ReportArtifactMismatchResponse
+	(*GossipKey)(nil),                      // 21: ferry.v1.GossipKey
 	(*durationpb.Duration)(nil),            // 22: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),          // 23: google.protobuf.Timestamp
-	(*DiskSpace)(nil),                      // 24: ferry.v1.DiskSpace
-	(*Package)(nil),                        // 25: ferry.v1.Package
-	(*LogRecord)(nil),                      // 26: ferry.v1.LogRecord
+	(*Facts)(nil),                          // 23: ferry.v1.Facts
+	(*InstalledPackage)(nil),               // 24: ferry.v1.InstalledPackage
+	(*timestamppb.Timestamp)(nil),          // 25: google.protobuf.Timestamp
+	(*DiskSpace)(nil),                      // 26: ferry.v1.DiskSpace
+	(*DriftReport)(nil),                    // 27: ferry.v1.DriftReport
+	(*Package)(nil),                        // 28: ferry.v1.Package
+	(*LogRecord)(nil),                      // 29: ferry.v1.LogRecord
 }
 var file_ferry_v1_agent_proto_depIdxs = []int32{
-	4,  // 0: ferry.v1.ConnectRequest.hello:type_name -> ferry.v1.AgentHello
-	6,  // 1: ferry.v1.ConnectRequest.heartbeat:type_name -> ferry.v1.Heartbeat
-	10, // 2: ferry.v1.ConnectRequest.job_update:type_name -> ferry.v1.JobUpdate
-	11, // 3: ferry.v1.ConnectRequest.job_log:type_name -> ferry.v1.JobLog
-	5,  // 4: ferry.v1.ConnectResponse.welcome:type_name -> ferry.v1.Welcome
-	7,  // 5: ferry.v1.ConnectResponse.job:type_name -> ferry.v1.Job
-	8,  // 6: ferry.v1.ConnectResponse.cancel:type_name -> ferry.v1.JobCancel
-	19, // 7: ferry.v1.ConnectResponse.gossip_key:type_name -> ferry.v1.GossipKey
-	12, // 8: ferry.v1.ConnectResponse.log_ack:type_name -> ferry.v1.JobLogAck
-	20, // 9: ferry.v1.AgentHello.facts:type_name -> ferry.v1.Facts
-	21, // 10: ferry.v1.AgentHello.installed:type_name -> ferry.v1.InstalledPackage
-	10, // 11: ferry.v1.AgentHello.recent_jobs:type_name -> ferry.v1.JobUpdate
-	22, // 12: ferry.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	23, // 13: ferry.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
-	19, // 14: ferry.v1.Welcome.gossip_key:type_name -> ferry.v1.GossipKey
-	23, // 15: ferry.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	22, // 16: ferry.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
-	20, // 17: ferry.v1.Heartbeat.facts:type_name -> ferry.v1.Facts
-	21, // 18: ferry.v1.Heartbeat.installed:type_name -> ferry.v1.InstalledPackage
-	24, // 19: ferry.v1.Heartbeat.disks:type_name -> ferry.v1.DiskSpace
-	0,  // 20: ferry.v1.Job.kind:type_name -> ferry.v1.JobKind
-	25, // 21: ferry.v1.Job.package:type_name -> ferry.v1.Package
-	22, // 22: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
-	22, // 23: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
-	1,  // 24: ferry.v1.JobUpdate.phase:type_name -> ferry.v1.JobPhase
-	9,  // 25: ferry.v1.JobUpdate.steps:type_name -> ferry.v1.StepResult
-	23, // 26: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
-	23, // 27: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
-	26, // 28: ferry.v1.JobLog.records:type_name -> ferry.v1.LogRecord
-	2,  // 29: ferry.v1.AgentService.Connect:input_type -> ferry.v1.ConnectRequest
-	13, // 30: ferry.v1.AgentService.RenewCertificate:input_type -> ferry.v1.RenewCertificateRequest
-	15, // 31: ferry.v1.AgentService.DownloadArtifact:input_type -> ferry.v1.DownloadArtifactRequest
-	17, // 32: ferry.v1.AgentService.ReportArtifactMismatch:input_type -> ferry.v1.ReportArtifactMismatchRequest
-	3,  // 33: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
-	14, // 34: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
-	16, // 35: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
-	18, // 36: ferry.v1.AgentService.ReportArtifactMismatch:output_type -> ferry.v1.ReportArtifactMismatchResponse
-	33, // [33:37] is the sub-list for method output_type
-	29, // [29:33] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	5,  // 0: ferry.v1.ConnectRequest.hello:type_name -> ferry.v1.AgentHello
+	7,  // 1: ferry.v1.ConnectRequest.heartbeat:type_name -> ferry.v1.Heartbeat
+	12, // 2: ferry.v1.ConnectRequest.job_update:type_name -> ferry.v1.JobUpdate
+	13, // 3: ferry.v1.ConnectRequest.job_log:type_name -> ferry.v1.JobLog
+	6,  // 4: ferry.v1.ConnectResponse.welcome:type_name -> ferry.v1.Welcome
+	8,  // 5: ferry.v1.ConnectResponse.job:type_name -> ferry.v1.Job
+	10, // 6: ferry.v1.ConnectResponse.cancel:type_name -> ferry.v1.JobCancel
+	21, // 7: ferry.v1.ConnectResponse.gossip_key:type_name -> ferry.v1.GossipKey
+	14, // 8: ferry.v1.ConnectResponse.log_ack:type_name -> ferry.v1.JobLogAck
+	4,  // 9: ferry.v1.ConnectResponse.settings:type_name -> ferry.v1.AgentSettings
+	22, // 10: ferry.v1.AgentSettings.heartbeat_interval:type_name -> google.protobuf.Duration
+	23, // 11: ferry.v1.AgentHello.facts:type_name -> ferry.v1.Facts
+	24, // 12: ferry.v1.AgentHello.installed:type_name -> ferry.v1.InstalledPackage
+	12, // 13: ferry.v1.AgentHello.recent_jobs:type_name -> ferry.v1.JobUpdate
+	22, // 14: ferry.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	25, // 15: ferry.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
+	21, // 16: ferry.v1.Welcome.gossip_key:type_name -> ferry.v1.GossipKey
+	25, // 17: ferry.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	22, // 18: ferry.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
+	23, // 19: ferry.v1.Heartbeat.facts:type_name -> ferry.v1.Facts
+	24, // 20: ferry.v1.Heartbeat.installed:type_name -> ferry.v1.InstalledPackage
+	26, // 21: ferry.v1.Heartbeat.disks:type_name -> ferry.v1.DiskSpace
+	27, // 22: ferry.v1.Heartbeat.drift:type_name -> ferry.v1.DriftReport
+	0,  // 23: ferry.v1.Job.kind:type_name -> ferry.v1.JobKind
+	28, // 24: ferry.v1.Job.package:type_name -> ferry.v1.Package
+	22, // 25: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
+	9,  // 26: ferry.v1.Job.mirrors:type_name -> ferry.v1.MirrorSource
+	22, // 27: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
+	1,  // 28: ferry.v1.JobUpdate.phase:type_name -> ferry.v1.JobPhase
+	11, // 29: ferry.v1.JobUpdate.steps:type_name -> ferry.v1.StepResult
+	25, // 30: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
+	25, // 31: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
+	29, // 32: ferry.v1.JobLog.records:type_name -> ferry.v1.LogRecord
+	2,  // 33: ferry.v1.AgentService.Connect:input_type -> ferry.v1.ConnectRequest
+	15, // 34: ferry.v1.AgentService.RenewCertificate:input_type -> ferry.v1.RenewCertificateRequest
+	17, // 35: ferry.v1.AgentService.DownloadArtifact:input_type -> ferry.v1.DownloadArtifactRequest
+	19, // 36: ferry.v1.AgentService.ReportArtifactMismatch:input_type -> ferry.v1.ReportArtifactMismatchRequest
+	3,  // 37: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
+	16, // 38: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
+	18, // 39: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
+	20, // 40: ferry.v1.AgentService.ReportArtifactMismatch:output_type -> ferry.v1.ReportArtifactMismatchResponse
+	37, // [37:41] is the sub-list for method output_type
+	33, // [33:37] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_agent_proto_init() }
@@ -1797,6 +1958,7 @@ func file_ferry_v1_agent_proto_init() {
 		(*ConnectResponse_Cancel)(nil),
 		(*ConnectResponse_GossipKey)(nil),
 		(*ConnectResponse_LogAck)(nil),
+		(*ConnectResponse_Settings)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1804,7 +1966,7 @@ func file_ferry_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_agent_proto_rawDesc), len(file_ferry_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

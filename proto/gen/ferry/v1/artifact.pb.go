@@ -77,6 +77,160 @@ func (ArtifactState) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{0}
 }
 
+// MirrorLayout says how a mirror's URLs name artifacts.
+type MirrorLayout int32
+
+const (
+	// Not set: NAME.
+	MirrorLayout_MIRROR_LAYOUT_UNSPECIFIED MirrorLayout = 0
+	// <prefix>/<artifact name>, e.g. .../go1.20.3.linux-amd64.tar.gz.
+	MirrorLayout_MIRROR_LAYOUT_NAME MirrorLayout = 1
+	// <prefix>/sha256/<hex digest>.
+	MirrorLayout_MIRROR_LAYOUT_SHA256 MirrorLayout = 2
+)
+
+// Enum value maps for MirrorLayout.
+var (
+	MirrorLayout_name = map[int32]string{
+		0: "MIRROR_LAYOUT_UNSPECIFIED",
+		1: "MIRROR_LAYOUT_NAME",
+		2: "MIRROR_LAYOUT_SHA256",
+	}
+	MirrorLayout_value = map[string]int32{
+		"MIRROR_LAYOUT_UNSPECIFIED": 0,
+		"MIRROR_LAYOUT_NAME":        1,
+		"MIRROR_LAYOUT_SHA256":      2,
+	}
+)
+
+func (x MirrorLayout) Enum() *MirrorLayout {
+	p := new(MirrorLayout)
+	*p = x
+	return p
+}
+
+func (x MirrorLayout) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MirrorLayout) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_artifact_proto_enumTypes[1].Descriptor()
+}
+
+func (MirrorLayout) Type() protoreflect.EnumType {
+	return &file_ferry_v1_artifact_proto_enumTypes[1]
+}
+
+func (x MirrorLayout) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MirrorLayout.Descriptor instead.
+func (MirrorLayout) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{1}
+}
+
+// CollectArtifactsRequest asks for a garbage collection.
+type CollectArtifactsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only list what would be removed; change nothing.
+	Plan          bool `protobuf:"varint,1,opt,name=plan,proto3" json:"plan,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CollectArtifactsRequest) Reset() {
+	*x = CollectArtifactsRequest{}
+	mi := &file_ferry_v1_artifact_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CollectArtifactsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CollectArtifactsRequest) ProtoMessage() {}
+
+func (x *CollectArtifactsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_artifact_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CollectArtifactsRequest.ProtoReflect.Descriptor instead.
+func (*CollectArtifactsRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *CollectArtifactsRequest) GetPlan() bool {
+	if x != nil {
+		return x.Plan
+	}
+	return false
+}
+
+// CollectArtifactsResponse lists what was (or would be) removed.
+type CollectArtifactsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The unreferenced artifacts, removed unless plan was set.
+	Removed []*Artifact `protobuf:"bytes,1,rep,name=removed,proto3" json:"removed,omitempty"`
+	// Bytes they held.
+	Bytes         uint64 `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CollectArtifactsResponse) Reset() {
+	*x = CollectArtifactsResponse{}
+	mi := &file_ferry_v1_artifact_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CollectArtifactsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CollectArtifactsResponse) ProtoMessage() {}
+
+func (x *CollectArtifactsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_artifact_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CollectArtifactsResponse.ProtoReflect.Descriptor instead.
+func (*CollectArtifactsResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CollectArtifactsResponse) GetRemoved() []*Artifact {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
+func (x *CollectArtifactsResponse) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
 // Artifact is an immutable blob's metadata.
 type Artifact struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -110,7 +264,7 @@ type Artifact struct {
 
 func (x *Artifact) Reset() {
 	*x = Artifact{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[0]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -122,7 +276,7 @@ func (x *Artifact) String() string {
 func (*Artifact) ProtoMessage() {}
 
 func (x *Artifact) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[0]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -135,7 +289,7 @@ func (x *Artifact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Artifact.ProtoReflect.Descriptor instead.
 func (*Artifact) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Artifact) GetDigest() string {
@@ -236,7 +390,7 @@ type PushArtifactHeader struct {
 
 func (x *PushArtifactHeader) Reset() {
 	*x = PushArtifactHeader{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[1]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -248,7 +402,7 @@ func (x *PushArtifactHeader) String() string {
 func (*PushArtifactHeader) ProtoMessage() {}
 
 func (x *PushArtifactHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[1]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -261,7 +415,7 @@ func (x *PushArtifactHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushArtifactHeader.ProtoReflect.Descriptor instead.
 func (*PushArtifactHeader) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PushArtifactHeader) GetName() string {
@@ -322,7 +476,7 @@ type PushArtifactRequest struct {
 
 func (x *PushArtifactRequest) Reset() {
 	*x = PushArtifactRequest{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[2]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -334,7 +488,7 @@ func (x *PushArtifactRequest) String() string {
 func (*PushArtifactRequest) ProtoMessage() {}
 
 func (x *PushArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[2]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -347,7 +501,7 @@ func (x *PushArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushArtifactRequest.ProtoReflect.Descriptor instead.
 func (*PushArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PushArtifactRequest) GetMsg() isPushArtifactRequest_Msg {
@@ -409,7 +563,7 @@ type PushArtifactResponse struct {
 
 func (x *PushArtifactResponse) Reset() {
 	*x = PushArtifactResponse{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[3]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -421,7 +575,7 @@ func (x *PushArtifactResponse) String() string {
 func (*PushArtifactResponse) ProtoMessage() {}
 
 func (x *PushArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[3]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -434,7 +588,7 @@ func (x *PushArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushArtifactResponse.ProtoReflect.Descriptor instead.
 func (*PushArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PushArtifactResponse) GetArtifact() *Artifact {
@@ -469,7 +623,7 @@ type ListArtifactsRequest struct {
 
 func (x *ListArtifactsRequest) Reset() {
 	*x = ListArtifactsRequest{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[4]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -481,7 +635,7 @@ func (x *ListArtifactsRequest) String() string {
 func (*ListArtifactsRequest) ProtoMessage() {}
 
 func (x *ListArtifactsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[4]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -494,7 +648,7 @@ func (x *ListArtifactsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListArtifactsRequest.ProtoReflect.Descriptor instead.
 func (*ListArtifactsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListArtifactsRequest) GetName() string {
@@ -515,7 +669,7 @@ type ListArtifactsResponse struct {
 
 func (x *ListArtifactsResponse) Reset() {
 	*x = ListArtifactsResponse{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[5]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -527,7 +681,7 @@ func (x *ListArtifactsResponse) String() string {
 func (*ListArtifactsResponse) ProtoMessage() {}
 
 func (x *ListArtifactsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[5]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -540,7 +694,7 @@ func (x *ListArtifactsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListArtifactsResponse.ProtoReflect.Descriptor instead.
 func (*ListArtifactsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListArtifactsResponse) GetArtifacts() []*Artifact {
@@ -561,7 +715,7 @@ type GetArtifactRequest struct {
 
 func (x *GetArtifactRequest) Reset() {
 	*x = GetArtifactRequest{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[6]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -573,7 +727,7 @@ func (x *GetArtifactRequest) String() string {
 func (*GetArtifactRequest) ProtoMessage() {}
 
 func (x *GetArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[6]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -586,7 +740,7 @@ func (x *GetArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetArtifactRequest.ProtoReflect.Descriptor instead.
 func (*GetArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetArtifactRequest) GetRef() string {
@@ -609,7 +763,7 @@ type GetArtifactResponse struct {
 
 func (x *GetArtifactResponse) Reset() {
 	*x = GetArtifactResponse{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[7]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -621,7 +775,7 @@ func (x *GetArtifactResponse) String() string {
 func (*GetArtifactResponse) ProtoMessage() {}
 
 func (x *GetArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[7]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -634,7 +788,7 @@ func (x *GetArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetArtifactResponse.ProtoReflect.Descriptor instead.
 func (*GetArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetArtifactResponse) GetArtifact() *Artifact {
@@ -662,7 +816,7 @@ type DeleteArtifactRequest struct {
 
 func (x *DeleteArtifactRequest) Reset() {
 	*x = DeleteArtifactRequest{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[8]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +828,7 @@ func (x *DeleteArtifactRequest) String() string {
 func (*DeleteArtifactRequest) ProtoMessage() {}
 
 func (x *DeleteArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[8]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +841,7 @@ func (x *DeleteArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteArtifactRequest.ProtoReflect.Descriptor instead.
 func (*DeleteArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeleteArtifactRequest) GetRef() string {
@@ -708,7 +862,7 @@ type DeleteArtifactResponse struct {
 
 func (x *DeleteArtifactResponse) Reset() {
 	*x = DeleteArtifactResponse{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[9]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -720,7 +874,7 @@ func (x *DeleteArtifactResponse) String() string {
 func (*DeleteArtifactResponse) ProtoMessage() {}
 
 func (x *DeleteArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[9]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -733,7 +887,7 @@ func (x *DeleteArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteArtifactResponse.ProtoReflect.Descriptor instead.
 func (*DeleteArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DeleteArtifactResponse) GetArtifact() *Artifact {
@@ -757,7 +911,7 @@ type VerifyArtifactsRequest struct {
 
 func (x *VerifyArtifactsRequest) Reset() {
 	*x = VerifyArtifactsRequest{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[10]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -769,7 +923,7 @@ func (x *VerifyArtifactsRequest) String() string {
 func (*VerifyArtifactsRequest) ProtoMessage() {}
 
 func (x *VerifyArtifactsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[10]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -782,7 +936,7 @@ func (x *VerifyArtifactsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyArtifactsRequest.ProtoReflect.Descriptor instead.
 func (*VerifyArtifactsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *VerifyArtifactsRequest) GetRef() string {
@@ -816,7 +970,7 @@ type VerifyArtifactsResponse struct {
 
 func (x *VerifyArtifactsResponse) Reset() {
 	*x = VerifyArtifactsResponse{}
-	mi := &file_ferry_v1_artifact_proto_msgTypes[11]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -828,7 +982,7 @@ func (x *VerifyArtifactsResponse) String() string {
 func (*VerifyArtifactsResponse) ProtoMessage() {}
 
 func (x *VerifyArtifactsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_artifact_proto_msgTypes[11]
+	mi := &file_ferry_v1_artifact_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -841,7 +995,7 @@ func (x *VerifyArtifactsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyArtifactsResponse.ProtoReflect.Descriptor instead.
 func (*VerifyArtifactsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *VerifyArtifactsResponse) GetArtifact() *Artifact {
@@ -865,11 +1019,657 @@ func (x *VerifyArtifactsResponse) GetError() string {
 	return ""
 }
 
+// ImportArtifactRequest names what the controller fetches.
+type ImportArtifactRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An http:// or https:// URL, or an absolute path on the controller
+	// under one of its --import-dir directories.
+	Source string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	// Expected SHA-256 ("sha256:<hex>" or hex); or give checksum_url.
+	Sha256 string `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// A checksum file (sha256sum output, BSD style or a bare digest) to read
+	// the expected digest from: a URL or a path, as source.
+	ChecksumUrl string `protobuf:"bytes,3,opt,name=checksum_url,json=checksumUrl,proto3" json:"checksum_url,omitempty"`
+	// PEM CA certificates to verify HTTPS servers with instead of the
+	// controller's system roots (internal PKI).
+	CaBundle []byte `protobuf:"bytes,4,opt,name=ca_bundle,json=caBundle,proto3" json:"ca_bundle,omitempty"`
+	// Artifact name (default: the source's base name).
+	Name string `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`
+	// Artifact version (default: read from the name).
+	Version string `protobuf:"bytes,6,opt,name=version,proto3" json:"version,omitempty"`
+	// Target OS (default: read from the name).
+	Os string `protobuf:"bytes,7,opt,name=os,proto3" json:"os,omitempty"`
+	// Target architecture (default: read from the name).
+	Arch          string `protobuf:"bytes,8,opt,name=arch,proto3" json:"arch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportArtifactRequest) Reset() {
+	*x = ImportArtifactRequest{}
+	mi := &file_ferry_v1_artifact_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportArtifactRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportArtifactRequest) ProtoMessage() {}
+
+func (x *ImportArtifactRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_artifact_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportArtifactRequest.ProtoReflect.Descriptor instead.
+func (*ImportArtifactRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ImportArtifactRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *ImportArtifactRequest) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *ImportArtifactRequest) GetChecksumUrl() string {
+	if x != nil {
+		return x.ChecksumUrl
+	}
+	return ""
+}
+
+func (x *ImportArtifactRequest) GetCaBundle() []byte {
+	if x != nil {
+		return x.CaBundle
+	}
+	return nil
+}
+
+func (x *ImportArtifactRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ImportArtifactRequest) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *ImportArtifactRequest) GetOs() string {
+	if x != nil {
+		return x.Os
+	}
+	return ""
+}
+
+func (x *ImportArtifactRequest) GetArch() string {
+	if x != nil {
+		return x.Arch
+	}
+	return ""
+}
+
+// ImportProgress is how far an import is.
+type ImportProgress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bytes of the file the controller holds so far.
+	Received uint64 `protobuf:"varint,1,opt,name=received,proto3" json:"received,omitempty"`
+	// The file's size; 0 while unknown.
+	Total uint64 `protobuf:"varint,2,opt,name=total,proto3" json:"total,omitempty"`
+	// Bytes an earlier, interrupted transfer had kept, which this one
+	// resumed from (0: from the start).
+	ResumedFrom uint64 `protobuf:"varint,3,opt,name=resumed_from,json=resumedFrom,proto3" json:"resumed_from,omitempty"`
+	// What the controller is doing, e.g. "fetching", "verifying".
+	Stage         string `protobuf:"bytes,4,opt,name=stage,proto3" json:"stage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportProgress) Reset() {
+	*x = ImportProgress{}
+	mi := &file_ferry_v1_artifact_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportProgress) ProtoMessage() {}
+
+func (x *ImportProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_artifact_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportProgress.ProtoReflect.Descriptor instead.
+func (*ImportProgress) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ImportProgress) GetReceived() uint64 {
+	if x != nil {
+		return x.Received
+	}
+	return 0
+}
+
+func (x *ImportProgress) GetTotal() uint64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *ImportProgress) GetResumedFrom() uint64 {
+	if x != nil {
+		return x.ResumedFrom
+	}
+	return 0
+}
+
+func (x *ImportProgress) GetStage() string {
+	if x != nil {
+		return x.Stage
+	}
+	return ""
+}
+
+// ImportArtifactResponse is one message of an import.
+type ImportArtifactResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Progress, then the result in the last message.
+	//
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*ImportArtifactResponse_Progress
+	//	*ImportArtifactResponse_Result
+	Msg           isImportArtifactResponse_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportArtifactResponse) Reset() {
+	*x = ImportArtifactResponse{}
+	mi := &file_ferry_v1_artifact_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportArtifactResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportArtifactResponse) ProtoMessage() {}
+
+func (x *ImportArtifactResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_artifact_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportArtifactResponse.ProtoReflect.Descriptor instead.
+func (*ImportArtifactResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ImportArtifactResponse) GetMsg() isImportArtifactResponse_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *ImportArtifactResponse) GetProgress() *ImportProgress {
+	if x != nil {
+		if x, ok := x.Msg.(*ImportArtifactResponse_Progress); ok {
+			return x.Progress
+		}
+	}
+	return nil
+}
+
+func (x *ImportArtifactResponse) GetResult() *PushArtifactResponse {
+	if x != nil {
+		if x, ok := x.Msg.(*ImportArtifactResponse_Result); ok {
+			return x.Result
+		}
+	}
+	return nil
+}
+
+type isImportArtifactResponse_Msg interface {
+	isImportArtifactResponse_Msg()
+}
+
+type ImportArtifactResponse_Progress struct {
+	// How far the import is.
+	Progress *ImportProgress `protobuf:"bytes,1,opt,name=progress,proto3,oneof"`
+}
+
+type ImportArtifactResponse_Result struct {
+	// The stored artifact, as a push reports it.
+	Result *PushArtifactResponse `protobuf:"bytes,2,opt,name=result,proto3,oneof"`
+}
+
+func (*ImportArtifactResponse_Progress) isImportArtifactResponse_Msg() {}
+
+func (*ImportArtifactResponse_Result) isImportArtifactResponse_Msg() {}
+
+// Mirror is a group's site-local artifact mirror (a stored record).
+type Mirror struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The group whose agents use it.
+	Group string `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// http:// or https:// URL prefix.
+	UrlPrefix string `protobuf:"bytes,2,opt,name=url_prefix,json=urlPrefix,proto3" json:"url_prefix,omitempty"`
+	// How URLs below the prefix name artifacts.
+	Layout MirrorLayout `protobuf:"varint,3,opt,name=layout,proto3,enum=ferry.v1.MirrorLayout" json:"layout,omitempty"`
+	// PEM CA certificates agents verify an https mirror with (empty: the
+	// node's system roots).
+	CaBundle []byte `protobuf:"bytes,4,opt,name=ca_bundle,json=caBundle,proto3" json:"ca_bundle,omitempty"`
+	// Admin who set it.
+	SetBy string `protobuf:"bytes,5,opt,name=set_by,json=setBy,proto3" json:"set_by,omitempty"`
+	// When it was set.
+	SetAt         *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=set_at,json=setAt,proto3" json:"set_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Mirror) Reset() {
+	*x = Mirror{}
+	mi := &file_ferry_v1_artifact_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Mirror) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Mirror) ProtoMessage() {}
+
+func (x *Mirror) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_artifact_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Mirror.ProtoReflect.Descriptor instead.
+func (*Mirror) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Mirror) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *Mirror) GetUrlPrefix() string {
+	if x != nil {
+		return x.UrlPrefix
+	}
+	return ""
+}
+
+func (x *Mirror) GetLayout() MirrorLayout {
+	if x != nil {
+		return x.Layout
+	}
+	return MirrorLayout_MIRROR_LAYOUT_UNSPECIFIED
+}
+
+func (x *Mirror) GetCaBundle() []byte {
+	if x != nil {
+		return x.CaBundle
+	}
+	return nil
+}
+
+func (x *Mirror) GetSetBy() string {
+	if x != nil {
+		return x.SetBy
+	}
+	return ""
+}
+
+func (x *Mirror) GetSetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SetAt
+	}
+	return nil
+}
+
+// SetMirrorRequest sets a group's mirror.
+type SetMirrorRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The mirror; set_by and set_at are filled in by the controller.
+	Mirror        *Mirror `protobuf:"bytes,1,opt,name=mirror,proto3" json:"mirror,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetMirrorRequest) Reset() {
+	*x = SetMirrorRequest{}
+	mi := &file_ferry_v1_artifact_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetMirrorRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetMirrorRequest) ProtoMessage() {}
+
+func (x *SetMirrorRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_artifact_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetMirrorRequest.ProtoReflect.Descriptor instead.
+func (*SetMirrorRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *SetMirrorRequest) GetMirror() *Mirror {
+	if x != nil {
+		return x.Mirror
+	}
+	return nil
+}
+
+// SetMirrorResponse confirms it.
+type SetMirrorResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The mirror as stored.
+	Mirror *Mirror `protobuf:"bytes,1,opt,name=mirror,proto3" json:"mirror,omitempty"`
+	// False when the same mirror was already set.
+	Changed       bool `protobuf:"varint,2,opt,name=changed,proto3" json:"changed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetMirrorResponse) Reset() {
+	*x = SetMirrorResponse{}
+	mi := &file_ferry_v1_artifact_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetMirrorResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetMirrorResponse) ProtoMessage() {}
+
+func (x *SetMirrorResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_artifact_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetMirrorResponse.ProtoReflect.Descriptor instead.
+func (*SetMirrorResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *SetMirrorResponse) GetMirror() *Mirror {
+	if x != nil {
+		return x.Mirror
+	}
+	return nil
+}
+
+func (x *SetMirrorResponse) GetChanged() bool {
+	if x != nil {
+		return x.Changed
+	}
+	return false
+}
+
+// ListMirrorsRequest lists mirrors.
+type ListMirrorsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListMirrorsRequest) Reset() {
+	*x = ListMirrorsRequest{}
+	mi := &file_ferry_v1_artifact_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListMirrorsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListMirrorsRequest) ProtoMessage() {}
+
+func (x *ListMirrorsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_artifact_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListMirrorsRequest.ProtoReflect.Descriptor instead.
+func (*ListMirrorsRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{20}
+}
+
+// ListMirrorsResponse lists mirrors, by group.
+type ListMirrorsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The mirrors.
+	Mirrors       []*Mirror `protobuf:"bytes,1,rep,name=mirrors,proto3" json:"mirrors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListMirrorsResponse) Reset() {
+	*x = ListMirrorsResponse{}
+	mi := &file_ferry_v1_artifact_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListMirrorsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListMirrorsResponse) ProtoMessage() {}
+
+func (x *ListMirrorsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_artifact_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListMirrorsResponse.ProtoReflect.Descriptor instead.
+func (*ListMirrorsResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ListMirrorsResponse) GetMirrors() []*Mirror {
+	if x != nil {
+		return x.Mirrors
+	}
+	return nil
+}
+
+// DeleteMirrorRequest names the group whose mirror to remove.
+type DeleteMirrorRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The group.
+	Group         string `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteMirrorRequest) Reset() {
+	*x = DeleteMirrorRequest{}
+	mi := &file_ferry_v1_artifact_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteMirrorRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteMirrorRequest) ProtoMessage() {}
+
+func (x *DeleteMirrorRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_artifact_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteMirrorRequest.ProtoReflect.Descriptor instead.
+func (*DeleteMirrorRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *DeleteMirrorRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+// DeleteMirrorResponse confirms a removal.
+type DeleteMirrorResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The removed mirror.
+	Mirror        *Mirror `protobuf:"bytes,1,opt,name=mirror,proto3" json:"mirror,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteMirrorResponse) Reset() {
+	*x = DeleteMirrorResponse{}
+	mi := &file_ferry_v1_artifact_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteMirrorResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteMirrorResponse) ProtoMessage() {}
+
+func (x *DeleteMirrorResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_artifact_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteMirrorResponse.ProtoReflect.Descriptor instead.
+func (*DeleteMirrorResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_artifact_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *DeleteMirrorResponse) GetMirror() *Mirror {
+	if x != nil {
+		return x.Mirror
+	}
+	return nil
+}
+
 var File_ferry_v1_artifact_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_artifact_proto_rawDesc = "" +
 	"\n" +
-	"\x17ferry/v1/artifact.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xed\x02\n" +
+	"\x17ferry/v1/artifact.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"-\n" +
+	"\x17CollectArtifactsRequest\x12\x12\n" +
+	"\x04plan\x18\x01 \x01(\bR\x04plan\"^\n" +
+	"\x18CollectArtifactsResponse\x12,\n" +
+	"\aremoved\x18\x01 \x03(\v2\x12.ferry.v1.ArtifactR\aremoved\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\"\xed\x02\n" +
 	"\bArtifact\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -919,17 +1719,64 @@ const file_ferry_v1_artifact_proto_rawDesc = "" +
 	"\bartifact\x18\x01 \x01(\v2\x12.ferry.v1.ArtifactR\bartifact\x12\x1d\n" +
 	"\n" +
 	"got_digest\x18\x02 \x01(\tR\tgotDigest\x12\x14\n" +
-	"\x05error\x18\x03 \x01(\tR\x05error*b\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"\xd9\x01\n" +
+	"\x15ImportArtifactRequest\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12\x16\n" +
+	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12!\n" +
+	"\fchecksum_url\x18\x03 \x01(\tR\vchecksumUrl\x12\x1b\n" +
+	"\tca_bundle\x18\x04 \x01(\fR\bcaBundle\x12\x12\n" +
+	"\x04name\x18\x05 \x01(\tR\x04name\x12\x18\n" +
+	"\aversion\x18\x06 \x01(\tR\aversion\x12\x0e\n" +
+	"\x02os\x18\a \x01(\tR\x02os\x12\x12\n" +
+	"\x04arch\x18\b \x01(\tR\x04arch\"{\n" +
+	"\x0eImportProgress\x12\x1a\n" +
+	"\breceived\x18\x01 \x01(\x04R\breceived\x12\x14\n" +
+	"\x05total\x18\x02 \x01(\x04R\x05total\x12!\n" +
+	"\fresumed_from\x18\x03 \x01(\x04R\vresumedFrom\x12\x14\n" +
+	"\x05stage\x18\x04 \x01(\tR\x05stage\"\x91\x01\n" +
+	"\x16ImportArtifactResponse\x126\n" +
+	"\bprogress\x18\x01 \x01(\v2\x18.ferry.v1.ImportProgressH\x00R\bprogress\x128\n" +
+	"\x06result\x18\x02 \x01(\v2\x1e.ferry.v1.PushArtifactResponseH\x00R\x06resultB\x05\n" +
+	"\x03msg\"\xd4\x01\n" +
+	"\x06Mirror\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x1d\n" +
+	"\n" +
+	"url_prefix\x18\x02 \x01(\tR\turlPrefix\x12.\n" +
+	"\x06layout\x18\x03 \x01(\x0e2\x16.ferry.v1.MirrorLayoutR\x06layout\x12\x1b\n" +
+	"\tca_bundle\x18\x04 \x01(\fR\bcaBundle\x12\x15\n" +
+	"\x06set_by\x18\x05 \x01(\tR\x05setBy\x121\n" +
+	"\x06set_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05setAt\"<\n" +
+	"\x10SetMirrorRequest\x12(\n" +
+	"\x06mirror\x18\x01 \x01(\v2\x10.ferry.v1.MirrorR\x06mirror\"W\n" +
+	"\x11SetMirrorResponse\x12(\n" +
+	"\x06mirror\x18\x01 \x01(\v2\x10.ferry.v1.MirrorR\x06mirror\x12\x18\n" +
+	"\achanged\x18\x02 \x01(\bR\achanged\"\x14\n" +
+	"\x12ListMirrorsRequest\"A\n" +
+	"\x13ListMirrorsResponse\x12*\n" +
+	"\amirrors\x18\x01 \x03(\v2\x10.ferry.v1.MirrorR\amirrors\"+\n" +
+	"\x13DeleteMirrorRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\"@\n" +
+	"\x14DeleteMirrorResponse\x12(\n" +
+	"\x06mirror\x18\x01 \x01(\v2\x10.ferry.v1.MirrorR\x06mirror*b\n" +
 	"\rArtifactState\x12\x1e\n" +
 	"\x1aARTIFACT_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11ARTIFACT_STATE_OK\x10\x01\x12\x1a\n" +
-	"\x16ARTIFACT_STATE_DAMAGED\x10\x022\xaf\x03\n" +
+	"\x16ARTIFACT_STATE_DAMAGED\x10\x02*_\n" +
+	"\fMirrorLayout\x12\x1d\n" +
+	"\x19MIRROR_LAYOUT_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12MIRROR_LAYOUT_NAME\x10\x01\x12\x18\n" +
+	"\x14MIRROR_LAYOUT_SHA256\x10\x022\xc2\x06\n" +
 	"\x0fArtifactService\x12O\n" +
 	"\fPushArtifact\x12\x1d.ferry.v1.PushArtifactRequest\x1a\x1e.ferry.v1.PushArtifactResponse(\x01\x12P\n" +
 	"\rListArtifacts\x12\x1e.ferry.v1.ListArtifactsRequest\x1a\x1f.ferry.v1.ListArtifactsResponse\x12J\n" +
 	"\vGetArtifact\x12\x1c.ferry.v1.GetArtifactRequest\x1a\x1d.ferry.v1.GetArtifactResponse\x12S\n" +
 	"\x0eDeleteArtifact\x12\x1f.ferry.v1.DeleteArtifactRequest\x1a .ferry.v1.DeleteArtifactResponse\x12X\n" +
-	"\x0fVerifyArtifacts\x12 .ferry.v1.VerifyArtifactsRequest\x1a!.ferry.v1.VerifyArtifactsResponse0\x01B\x97\x01\n" +
+	"\x0fVerifyArtifacts\x12 .ferry.v1.VerifyArtifactsRequest\x1a!.ferry.v1.VerifyArtifactsResponse0\x01\x12U\n" +
+	"\x0eImportArtifact\x12\x1f.ferry.v1.ImportArtifactRequest\x1a .ferry.v1.ImportArtifactResponse0\x01\x12D\n" +
+	"\tSetMirror\x12\x1a.ferry.v1.SetMirrorRequest\x1a\x1b.ferry.v1.SetMirrorResponse\x12J\n" +
+	"\vListMirrors\x12\x1c.ferry.v1.ListMirrorsRequest\x1a\x1d.ferry.v1.ListMirrorsResponse\x12M\n" +
+	"\fDeleteMirror\x12\x1d.ferry.v1.DeleteMirrorRequest\x1a\x1e.ferry.v1.DeleteMirrorResponse\x12Y\n" +
+	"\x10CollectArtifacts\x12!.ferry.v1.CollectArtifactsRequest\x1a\".ferry.v1.CollectArtifactsResponseB\x97\x01\n" +
 	"\fcom.ferry.v1B\rArtifactProtoP\x01Z7github.com/ferrydeploy/ferry/proto/gen/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -944,49 +1791,81 @@ func file_ferry_v1_artifact_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_artifact_proto_rawDescData
 }
 
-var file_ferry_v1_artifact_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ferry_v1_artifact_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_ferry_v1_artifact_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_ferry_v1_artifact_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_ferry_v1_artifact_proto_goTypes = []any{
-	(ArtifactState)(0),              // 0: ferry.v1.ArtifactState
-	(*Artifact)(nil),                // 1: ferry.v1.Artifact
-	(*PushArtifactHeader)(nil),      // 2: ferry.v1.PushArtifactHeader
-	(*PushArtifactRequest)(nil),     // 3: ferry.v1.PushArtifactRequest
-	(*PushArtifactResponse)(nil),    // 4: ferry.v1.PushArtifactResponse
-	(*ListArtifactsRequest)(nil),    // 5: ferry.v1.ListArtifactsRequest
-	(*ListArtifactsResponse)(nil),   // 6: ferry.v1.ListArtifactsResponse
-	(*GetArtifactRequest)(nil),      // 7: ferry.v1.GetArtifactRequest
-	(*GetArtifactResponse)(nil),     // 8: ferry.v1.GetArtifactResponse
-	(*DeleteArtifactRequest)(nil),   // 9: ferry.v1.DeleteArtifactRequest
-	(*DeleteArtifactResponse)(nil),  // 10: ferry.v1.DeleteArtifactResponse
-	(*VerifyArtifactsRequest)(nil),  // 11: ferry.v1.VerifyArtifactsRequest
-	(*VerifyArtifactsResponse)(nil), // 12: ferry.v1.VerifyArtifactsResponse
-	(*timestamppb.Timestamp)(nil),   // 13: google.protobuf.Timestamp
+	(ArtifactState)(0),               // 0: ferry.v1.ArtifactState
+	(MirrorLayout)(0),                // 1: ferry.v1.MirrorLayout
+	(*CollectArtifactsRequest)(nil),  // 2: ferry.v1.CollectArtifactsRequest
+	(*CollectArtifactsResponse)(nil), // 3: ferry.v1.CollectArtifactsResponse
+	(*Artifact)(nil),                 // 4: ferry.v1.Artifact
+	(*PushArtifactHeader)(nil),       // 5: ferry.v1.PushArtifactHeader
+	(*PushArtifactRequest)(nil),      // 6: ferry.v1.PushArtifactRequest
+	(*PushArtifactResponse)(nil),     // 7: ferry.v1.PushArtifactResponse
+	(*ListArtifactsRequest)(nil),     // 8: ferry.v1.ListArtifactsRequest
+	(*ListArtifactsResponse)(nil),    // 9: ferry.v1.ListArtifactsResponse
+	(*GetArtifactRequest)(nil),       // 10: ferry.v1.GetArtifactRequest
+	(*GetArtifactResponse)(nil),      // 11: ferry.v1.GetArtifactResponse
+	(*DeleteArtifactRequest)(nil),    // 12: ferry.v1.DeleteArtifactRequest
+	(*DeleteArtifactResponse)(nil),   // 13: ferry.v1.DeleteArtifactResponse
+	(*VerifyArtifactsRequest)(nil),   // 14: ferry.v1.VerifyArtifactsRequest
+	(*VerifyArtifactsResponse)(nil),  // 15: ferry.v1.VerifyArtifactsResponse
+	(*ImportArtifactRequest)(nil),    // 16: ferry.v1.ImportArtifactRequest
+	(*ImportProgress)(nil),           // 17: ferry.v1.ImportProgress
+	(*ImportArtifactResponse)(nil),   // 18: ferry.v1.ImportArtifactResponse
+	(*Mirror)(nil),                   // 19: ferry.v1.Mirror
+	(*SetMirrorRequest)(nil),         // 20: ferry.v1.SetMirrorRequest
+	(*SetMirrorResponse)(nil),        // 21: ferry.v1.SetMirrorResponse
+	(*ListMirrorsRequest)(nil),       // 22: ferry.v1.ListMirrorsRequest
+	(*ListMirrorsResponse)(nil),      // 23: ferry.v1.ListMirrorsResponse
+	(*DeleteMirrorRequest)(nil),      // 24: ferry.v1.DeleteMirrorRequest
+	(*DeleteMirrorResponse)(nil),     // 25: ferry.v1.DeleteMirrorResponse
+	(*timestamppb.Timestamp)(nil),    // 26: google.protobuf.Timestamp
 }
 var file_ferry_v1_artifact_proto_depIdxs = []int32{
-	13, // 0: ferry.v1.Artifact.pushed_at:type_name -> google.protobuf.Timestamp
-	0,  // 1: ferry.v1.Artifact.state:type_name -> ferry.v1.ArtifactState
-	13, // 2: ferry.v1.Artifact.checked_at:type_name -> google.protobuf.Timestamp
-	2,  // 3: ferry.v1.PushArtifactRequest.header:type_name -> ferry.v1.PushArtifactHeader
-	1,  // 4: ferry.v1.PushArtifactResponse.artifact:type_name -> ferry.v1.Artifact
-	1,  // 5: ferry.v1.ListArtifactsResponse.artifacts:type_name -> ferry.v1.Artifact
-	1,  // 6: ferry.v1.GetArtifactResponse.artifact:type_name -> ferry.v1.Artifact
-	1,  // 7: ferry.v1.DeleteArtifactResponse.artifact:type_name -> ferry.v1.Artifact
-	1,  // 8: ferry.v1.VerifyArtifactsResponse.artifact:type_name -> ferry.v1.Artifact
-	3,  // 9: ferry.v1.ArtifactService.PushArtifact:input_type -> ferry.v1.PushArtifactRequest
-	5,  // 10: ferry.v1.ArtifactService.ListArtifacts:input_type -> ferry.v1.ListArtifactsRequest
-	7,  // 11: ferry.v1.ArtifactService.GetArtifact:input_type -> ferry.v1.GetArtifactRequest
-	9,  // 12: ferry.v1.ArtifactService.DeleteArtifact:input_type -> ferry.v1.DeleteArtifactRequest
-	11, // 13: ferry.v1.ArtifactService.VerifyArtifacts:input_type -> ferry.v1.VerifyArtifactsRequest
-	4,  // 14: ferry.v1.ArtifactService.PushArtifact:output_type -> ferry.v1.PushArtifactResponse
-	6,  // 15: ferry.v1.ArtifactService.ListArtifacts:output_type -> ferry.v1.ListArtifactsResponse
-	8,  // 16: ferry.v1.ArtifactService.GetArtifact:output_type -> ferry.v1.GetArtifactResponse
-	10, // 17: ferry.v1.ArtifactService.DeleteArtifact:output_type -> ferry.v1.DeleteArtifactResponse
-	12, // 18: ferry.v1.ArtifactService.VerifyArtifacts:output_type -> ferry.v1.VerifyArtifactsResponse
-	14, // [14:19] is the sub-list for method output_type
-	9,  // [9:14] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	4,  // 0: ferry.v1.CollectArtifactsResponse.removed:type_name -> ferry.v1.Artifact
+	26, // 1: ferry.v1.Artifact.pushed_at:type_name -> google.protobuf.Timestamp
+	0,  // 2: ferry.v1.Artifact.state:type_name -> ferry.v1.ArtifactState
+	26, // 3: ferry.v1.Artifact.checked_at:type_name -> google.protobuf.Timestamp
+	5,  // 4: ferry.v1.PushArtifactRequest.header:type_name -> ferry.v1.PushArtifactHeader
+	4,  // 5: ferry.v1.PushArtifactResponse.artifact:type_name -> ferry.v1.Artifact
+	4,  // 6: ferry.v1.ListArtifactsResponse.artifacts:type_name -> ferry.v1.Artifact
+	4,  // 7: ferry.v1.GetArtifactResponse.artifact:type_name -> ferry.v1.Artifact
+	4,  // 8: ferry.v1.DeleteArtifactResponse.artifact:type_name -> ferry.v1.Artifact
+	4,  // 9: ferry.v1.VerifyArtifactsResponse.artifact:type_name -> ferry.v1.Artifact
+	17, // 10: ferry.v1.ImportArtifactResponse.progress:type_name -> ferry.v1.ImportProgress
+	7,  // 11: ferry.v1.ImportArtifactResponse.result:type_name -> ferry.v1.PushArtifactResponse
+	1,  // 12: ferry.v1.Mirror.layout:type_name -> ferry.v1.MirrorLayout
+	26, // 13: ferry.v1.Mirror.set_at:type_name -> google.protobuf.Timestamp
+	19, // 14: ferry.v1.SetMirrorRequest.mirror:type_name -> ferry.v1.Mirror
+	19, // 15: ferry.v1.SetMirrorResponse.mirror:type_name -> ferry.v1.Mirror
+	19, // 16: ferry.v1.ListMirrorsResponse.mirrors:type_name -> ferry.v1.Mirror
+	19, // 17: ferry.v1.DeleteMirrorResponse.mirror:type_name -> ferry.v1.Mirror
+	6,  // 18: ferry.v1.ArtifactService.PushArtifact:input_type -> ferry.v1.PushArtifactRequest
+	8,  // 19: ferry.v1.ArtifactService.ListArtifacts:input_type -> ferry.v1.ListArtifactsRequest
+	10, // 20: ferry.v1.ArtifactService.GetArtifact:input_type -> ferry.v1.GetArtifactRequest
+	12, // 21: ferry.v1.ArtifactService.DeleteArtifact:input_type -> ferry.v1.DeleteArtifactRequest
+	14, // 22: ferry.v1.ArtifactService.VerifyArtifacts:input_type -> ferry.v1.VerifyArtifactsRequest
+	16, // 23: ferry.v1.ArtifactService.ImportArtifact:input_type -> ferry.v1.ImportArtifactRequest
+	20, // 24: ferry.v1.ArtifactService.SetMirror:input_type -> ferry.v1.SetMirrorRequest
+	22, // 25: ferry.v1.ArtifactService.ListMirrors:input_type -> ferry.v1.ListMirrorsRequest
+	24, // 26: ferry.v1.ArtifactService.DeleteMirror:input_type -> ferry.v1.DeleteMirrorRequest
+	2,  // 27: ferry.v1.ArtifactService.CollectArtifacts:input_type -> ferry.v1.CollectArtifactsRequest
+	7,  // 28: ferry.v1.ArtifactService.PushArtifact:output_type -> ferry.v1.PushArtifactResponse
+	9,  // 29: ferry.v1.ArtifactService.ListArtifacts:output_type -> ferry.v1.ListArtifactsResponse
+	11, // 30: ferry.v1.ArtifactService.GetArtifact:output_type -> ferry.v1.GetArtifactResponse
+	13, // 31: ferry.v1.ArtifactService.DeleteArtifact:output_type -> ferry.v1.DeleteArtifactResponse
+	15, // 32: ferry.v1.ArtifactService.VerifyArtifacts:output_type -> ferry.v1.VerifyArtifactsResponse
+	18, // 33: ferry.v1.ArtifactService.ImportArtifact:output_type -> ferry.v1.ImportArtifactResponse
+	21, // 34: ferry.v1.ArtifactService.SetMirror:output_type -> ferry.v1.SetMirrorResponse
+	23, // 35: ferry.v1.ArtifactService.ListMirrors:output_type -> ferry.v1.ListMirrorsResponse
+	25, // 36: ferry.v1.ArtifactService.DeleteMirror:output_type -> ferry.v1.DeleteMirrorResponse
+	3,  // 37: ferry.v1.ArtifactService.CollectArtifacts:output_type -> ferry.v1.CollectArtifactsResponse
+	28, // [28:38] is the sub-list for method output_type
+	18, // [18:28] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_artifact_proto_init() }
@@ -994,17 +1873,21 @@ func file_ferry_v1_artifact_proto_init() {
 	if File_ferry_v1_artifact_proto != nil {
 		return
 	}
-	file_ferry_v1_artifact_proto_msgTypes[2].OneofWrappers = []any{
+	file_ferry_v1_artifact_proto_msgTypes[4].OneofWrappers = []any{
 		(*PushArtifactRequest_Header)(nil),
 		(*PushArtifactRequest_Chunk)(nil),
+	}
+	file_ferry_v1_artifact_proto_msgTypes[16].OneofWrappers = []any{
+		(*ImportArtifactResponse_Progress)(nil),
+		(*ImportArtifactResponse_Result)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_artifact_proto_rawDesc), len(file_ferry_v1_artifact_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   12,
+			NumEnums:      2,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

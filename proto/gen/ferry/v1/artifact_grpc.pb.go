@@ -19,11 +19,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ArtifactService_PushArtifact_FullMethodName    = "/ferry.v1.ArtifactService/PushArtifact"
-	ArtifactService_ListArtifacts_FullMethodName   = "/ferry.v1.ArtifactService/ListArtifacts"
-	ArtifactService_GetArtifact_FullMethodName     = "/ferry.v1.ArtifactService/GetArtifact"
-	ArtifactService_DeleteArtifact_FullMethodName  = "/ferry.v1.ArtifactService/DeleteArtifact"
-	ArtifactService_VerifyArtifacts_FullMethodName = "/ferry.v1.ArtifactService/VerifyArtifacts"
+	ArtifactService_PushArtifact_FullMethodName     = "/ferry.v1.ArtifactService/PushArtifact"
+	ArtifactService_ListArtifacts_FullMethodName    = "/ferry.v1.ArtifactService/ListArtifacts"
+	ArtifactService_GetArtifact_FullMethodName      = "/ferry.v1.ArtifactService/GetArtifact"
+	ArtifactService_DeleteArtifact_FullMethodName   = "/ferry.v1.ArtifactService/DeleteArtifact"
+	ArtifactService_VerifyArtifacts_FullMethodName  = "/ferry.v1.ArtifactService/VerifyArtifacts"
+	ArtifactService_ImportArtifact_FullMethodName   = "/ferry.v1.ArtifactService/ImportArtifact"
+	ArtifactService_SetMirror_FullMethodName        = "/ferry.v1.ArtifactService/SetMirror"
+	ArtifactService_ListMirrors_FullMethodName      = "/ferry.v1.ArtifactService/ListMirrors"
+	ArtifactService_DeleteMirror_FullMethodName     = "/ferry.v1.ArtifactService/DeleteMirror"
+	ArtifactService_CollectArtifacts_FullMethodName = "/ferry.v1.ArtifactService/CollectArtifacts"
 )
 
 // ArtifactServiceClient is the client API for ArtifactService service.
@@ -48,6 +53,23 @@ type ArtifactServiceClient interface {
 	// digest is quarantined (agents are refused it) until the same bytes are
 	// pushed again; a quarantined blob that matches again is served again.
 	VerifyArtifacts(ctx context.Context, in *VerifyArtifactsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[VerifyArtifactsResponse], error)
+	// ImportArtifact has the controller fetch an artifact itself, from an
+	// HTTP(S) URL or a file under one of its import directories, and store
+	// it as a push does. The digest is required (given, or read from a
+	// checksum file) and checked before anything is recorded; an interrupted
+	// HTTP transfer resumes. Progress messages stream while it runs; the last
+	// message carries the result.
+	ImportArtifact(ctx context.Context, in *ImportArtifactRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImportArtifactResponse], error)
+	// SetMirror sets a group's site-local mirror: agents of the group fetch
+	// artifacts from it first and fall back to the controller.
+	SetMirror(ctx context.Context, in *SetMirrorRequest, opts ...grpc.CallOption) (*SetMirrorResponse, error)
+	// ListMirrors lists the mirrors set per group.
+	ListMirrors(ctx context.Context, in *ListMirrorsRequest, opts ...grpc.CallOption) (*ListMirrorsResponse, error)
+	// DeleteMirror removes a group's mirror.
+	DeleteMirror(ctx context.Context, in *DeleteMirrorRequest, opts ...grpc.CallOption) (*DeleteMirrorResponse, error)
+	// CollectArtifacts removes every artifact nothing references: no stored
+	// package, and no rollout whose jobs may still fetch it.
+	CollectArtifacts(ctx context.Context, in *CollectArtifactsRequest, opts ...grpc.CallOption) (*CollectArtifactsResponse, error)
 }
 
 type artifactServiceClient struct {
@@ -120,6 +142,65 @@ func (c *artifactServiceClient) VerifyArtifacts(ctx context.Context, in *VerifyA
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ArtifactService_VerifyArtifactsClient = grpc.ServerStreamingClient[VerifyArtifactsResponse]
 
+func (c *artifactServiceClient) ImportArtifact(ctx context.Context, in *ImportArtifactRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImportArtifactResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ArtifactService_ServiceDesc.Streams[2], ArtifactService_ImportArtifact_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ImportArtifactRequest, ImportArtifactResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ArtifactService_ImportArtifactClient = grpc.ServerStreamingClient[ImportArtifactResponse]
+
+func (c *artifactServiceClient) SetMirror(ctx context.Context, in *SetMirrorRequest, opts ...grpc.CallOption) (*SetMirrorResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetMirrorResponse)
+	err := c.cc.Invoke(ctx, ArtifactService_SetMirror_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *artifactServiceClient) ListMirrors(ctx context.Context, in *ListMirrorsRequest, opts ...grpc.CallOption) (*ListMirrorsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListMirrorsResponse)
+	err := c.cc.Invoke(ctx, ArtifactService_ListMirrors_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *artifactServiceClient) DeleteMirror(ctx context.Context, in *DeleteMirrorRequest, opts ...grpc.CallOption) (*DeleteMirrorResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteMirrorResponse)
+	err := c.cc.Invoke(ctx, ArtifactService_DeleteMirror_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *artifactServiceClient) CollectArtifacts(ctx context.Context, in *CollectArtifactsRequest, opts ...grpc.CallOption) (*CollectArtifactsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CollectArtifactsResponse)
+	err := c.cc.Invoke(ctx, ArtifactService_CollectArtifacts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ArtifactServiceServer is the server API for ArtifactService service.
 // All implementations must embed UnimplementedArtifactServiceServer
 // for forward compatibility.
@@ -142,6 +223,23 @@ type ArtifactServiceServer interface {
 	// digest is quarantined (agents are refused it) until the same bytes are
 	// pushed again; a quarantined blob that matches again is served again.
 	VerifyArtifacts(*VerifyArtifactsRequest, grpc.ServerStreamingServer[VerifyArtifactsResponse]) error
+	// ImportArtifact has the controller fetch an artifact itself, from an
+	// HTTP(S) URL or a file under one of its import directories, and store
+	// it as a push does. The digest is required (given, or read from a
+	// checksum file) and checked before anything is recorded; an interrupted
+	// HTTP transfer resumes. Progress messages stream while it runs; the last
+	// message carries the result.
+	ImportArtifact(*ImportArtifactRequest, grpc.ServerStreamingServer[ImportArtifactResponse]) error
+	// SetMirror sets a group's site-local mirror: agents of the group fetch
+	// artifacts from it first and fall back to the controller.
+	SetMirror(context.Context, *SetMirrorRequest) (*SetMirrorResponse, error)
+	// ListMirrors lists the mirrors set per group.
+	ListMirrors(context.Context, *ListMirrorsRequest) (*ListMirrorsResponse, error)
+	// DeleteMirror removes a group's mirror.
+	DeleteMirror(context.Context, *DeleteMirrorRequest) (*DeleteMirrorResponse, error)
+	// CollectArtifacts removes every artifact nothing references: no stored
+	// package, and no rollout whose jobs may still fetch it.
+	CollectArtifacts(context.Context, *CollectArtifactsRequest) (*CollectArtifactsResponse, error)
 	mustEmbedUnimplementedArtifactServiceServer()
 }
 
@@ -166,6 +264,21 @@ func (UnimplementedArtifactServiceServer) DeleteArtifact(context.Context, *Delet
 }
 func (UnimplementedArtifactServiceServer) VerifyArtifacts(*VerifyArtifactsRequest, grpc.ServerStreamingServer[VerifyArtifactsResponse]) error {
 	return status.Error(codes.Unimplemented, "method VerifyArtifacts not implemented")
+}
+func (UnimplementedArtifactServiceServer) ImportArtifact(*ImportArtifactRequest, grpc.ServerStreamingServer[ImportArtifactResponse]) error {
+	return status.Error(codes.Unimplemented, "method ImportArtifact not implemented")
+}
+func (UnimplementedArtifactServiceServer) SetMirror(context.Context, *SetMirrorRequest) (*SetMirrorResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetMirror not implemented")
+}
+func (UnimplementedArtifactServiceServer) ListMirrors(context.Context, *ListMirrorsRequest) (*ListMirrorsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListMirrors not implemented")
+}
+func (UnimplementedArtifactServiceServer) DeleteMirror(context.Context, *DeleteMirrorRequest) (*DeleteMirrorResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteMirror not implemented")
+}
+func (UnimplementedArtifactServiceServer) CollectArtifacts(context.Context, *CollectArtifactsRequest) (*CollectArtifactsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CollectArtifacts not implemented")
 }
 func (UnimplementedArtifactServiceServer) mustEmbedUnimplementedArtifactServiceServer() {}
 func (UnimplementedArtifactServiceServer) testEmbeddedByValue()                         {}
@@ -260,6 +373,89 @@ func _ArtifactService_VerifyArtifacts_Handler(srv interface{}, stream grpc.Serve
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ArtifactService_VerifyArtifactsServer = grpc.ServerStreamingServer[VerifyArtifactsResponse]
 
+func _ArtifactService_ImportArtifact_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ImportArtifactRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ArtifactServiceServer).ImportArtifact(m, &grpc.GenericServerStream[ImportArtifactRequest, ImportArtifactResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ArtifactService_ImportArtifactServer = grpc.ServerStreamingServer[ImportArtifactResponse]
+
+func _ArtifactService_SetMirror_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetMirrorRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).SetMirror(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ArtifactService_SetMirror_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).SetMirror(ctx, req.(*SetMirrorRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ArtifactService_ListMirrors_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListMirrorsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).ListMirrors(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ArtifactService_ListMirrors_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).ListMirrors(ctx, req.(*ListMirrorsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ArtifactService_DeleteMirror_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteMirrorRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).DeleteMirror(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ArtifactService_DeleteMirror_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).DeleteMirror(ctx, req.(*DeleteMirrorRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ArtifactService_CollectArtifacts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CollectArtifactsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArtifactServiceServer).CollectArtifacts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ArtifactService_CollectArtifacts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArtifactServiceServer).CollectArtifacts(ctx, req.(*CollectArtifactsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ArtifactService_ServiceDesc is the grpc.ServiceDesc for ArtifactService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -279,6 +475,22 @@ var ArtifactService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "DeleteArtifact",
 			Handler:    _ArtifactService_DeleteArtifact_Handler,
 		},
+		{
+			MethodName: "SetMirror",
+			Handler:    _ArtifactService_SetMirror_Handler,
+		},
+		{
+			MethodName: "ListMirrors",
+			Handler:    _ArtifactService_ListMirrors_Handler,
+		},
+		{
+			MethodName: "DeleteMirror",
+			Handler:    _ArtifactService_DeleteMirror_Handler,
+		},
+		{
+			MethodName: "CollectArtifacts",
+			Handler:    _ArtifactService_CollectArtifacts_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -289,6 +501,11 @@ var ArtifactService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "VerifyArtifacts",
 			Handler:       _ArtifactService_VerifyArtifacts_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ImportArtifact",
+			Handler:       _ArtifactService_ImportArtifact_Handler,
 			ServerStreams: true,
 		},
 	},

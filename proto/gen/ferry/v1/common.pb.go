@@ -207,8 +207,11 @@ type InstalledPackage struct {
 	// The version this one replaced, empty for a first install; a rollback
 	// restores it.
 	PreviousVersion string `protobuf:"bytes,5,opt,name=previous_version,json=previousVersion,proto3" json:"previous_version,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The version's rollback data was dropped (keep_previous): a rollback
+	// cannot go back past it, and previous_version is empty.
+	Pruned        bool `protobuf:"varint,6,opt,name=pruned,proto3" json:"pruned,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InstalledPackage) Reset() {
@@ -276,6 +279,163 @@ func (x *InstalledPackage) GetPreviousVersion() string {
 	return ""
 }
 
+func (x *InstalledPackage) GetPruned() bool {
+	if x != nil {
+		return x.Pruned
+	}
+	return false
+}
+
+// DriftReport is an agent's check of its installed packages against the
+// manifests it recorded at install time.
+type DriftReport struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When the check ran (agent clock).
+	CheckedAt *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=checked_at,json=checkedAt,proto3" json:"checked_at,omitempty"`
+	// Whether file contents were hashed; false: sizes, modes, link targets
+	// and modification times only.
+	Full bool `protobuf:"varint,2,opt,name=full,proto3" json:"full,omitempty"`
+	// Packages whose installed trees differ from their manifests; empty when
+	// nothing drifted.
+	Packages []*PackageDrift `protobuf:"bytes,3,rep,name=packages,proto3" json:"packages,omitempty"`
+	// Packages checked.
+	Checked       uint32 `protobuf:"varint,4,opt,name=checked,proto3" json:"checked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DriftReport) Reset() {
+	*x = DriftReport{}
+	mi := &file_ferry_v1_common_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DriftReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DriftReport) ProtoMessage() {}
+
+func (x *DriftReport) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_common_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DriftReport.ProtoReflect.Descriptor instead.
+func (*DriftReport) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_common_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *DriftReport) GetCheckedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CheckedAt
+	}
+	return nil
+}
+
+func (x *DriftReport) GetFull() bool {
+	if x != nil {
+		return x.Full
+	}
+	return false
+}
+
+func (x *DriftReport) GetPackages() []*PackageDrift {
+	if x != nil {
+		return x.Packages
+	}
+	return nil
+}
+
+func (x *DriftReport) GetChecked() uint32 {
+	if x != nil {
+		return x.Checked
+	}
+	return 0
+}
+
+// PackageDrift is one package whose installed tree differs from its
+// manifest.
+type PackageDrift struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Package name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Installed version.
+	Version string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	// Entries that differ (changed, missing or added).
+	Changed uint32 `protobuf:"varint,3,opt,name=changed,proto3" json:"changed,omitempty"`
+	// A few of them, e.g. "/usr/local/go/bin/go: content changed".
+	Examples      []string `protobuf:"bytes,4,rep,name=examples,proto3" json:"examples,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PackageDrift) Reset() {
+	*x = PackageDrift{}
+	mi := &file_ferry_v1_common_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PackageDrift) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PackageDrift) ProtoMessage() {}
+
+func (x *PackageDrift) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_common_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PackageDrift.ProtoReflect.Descriptor instead.
+func (*PackageDrift) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_common_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PackageDrift) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PackageDrift) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *PackageDrift) GetChanged() uint32 {
+	if x != nil {
+		return x.Changed
+	}
+	return 0
+}
+
+func (x *PackageDrift) GetExamples() []string {
+	if x != nil {
+		return x.Examples
+	}
+	return nil
+}
+
 var File_ferry_v1_common_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_common_proto_rawDesc = "" +
@@ -295,13 +455,25 @@ const file_ferry_v1_common_proto_rawDesc = "" +
 	"\n" +
 	"free_bytes\x18\x03 \x01(\x04R\tfreeBytes\x12\x1f\n" +
 	"\vtotal_bytes\x18\x04 \x01(\x04R\n" +
-	"totalBytes\"\xd3\x01\n" +
+	"totalBytes\"\xeb\x01\n" +
 	"\x10InstalledPackage\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12'\n" +
 	"\x0fartifact_digest\x18\x03 \x01(\tR\x0eartifactDigest\x12=\n" +
 	"\finstalled_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vinstalledAt\x12)\n" +
-	"\x10previous_version\x18\x05 \x01(\tR\x0fpreviousVersionB\x95\x01\n" +
+	"\x10previous_version\x18\x05 \x01(\tR\x0fpreviousVersion\x12\x16\n" +
+	"\x06pruned\x18\x06 \x01(\bR\x06pruned\"\xaa\x01\n" +
+	"\vDriftReport\x129\n" +
+	"\n" +
+	"checked_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tcheckedAt\x12\x12\n" +
+	"\x04full\x18\x02 \x01(\bR\x04full\x122\n" +
+	"\bpackages\x18\x03 \x03(\v2\x16.ferry.v1.PackageDriftR\bpackages\x12\x18\n" +
+	"\achecked\x18\x04 \x01(\rR\achecked\"r\n" +
+	"\fPackageDrift\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12\x18\n" +
+	"\achanged\x18\x03 \x01(\rR\achanged\x12\x1a\n" +
+	"\bexamples\x18\x04 \x03(\tR\bexamplesB\x95\x01\n" +
 	"\fcom.ferry.v1B\vCommonProtoP\x01Z7github.com/ferrydeploy/ferry/proto/gen/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -316,22 +488,26 @@ func file_ferry_v1_common_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_common_proto_rawDescData
 }
 
-var file_ferry_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_ferry_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_ferry_v1_common_proto_goTypes = []any{
 	(*Facts)(nil),                 // 0: ferry.v1.Facts
 	(*DiskSpace)(nil),             // 1: ferry.v1.DiskSpace
 	(*InstalledPackage)(nil),      // 2: ferry.v1.InstalledPackage
-	(*durationpb.Duration)(nil),   // 3: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
+	(*DriftReport)(nil),           // 3: ferry.v1.DriftReport
+	(*PackageDrift)(nil),          // 4: ferry.v1.PackageDrift
+	(*durationpb.Duration)(nil),   // 5: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
 }
 var file_ferry_v1_common_proto_depIdxs = []int32{
-	3, // 0: ferry.v1.Facts.clock_skew:type_name -> google.protobuf.Duration
-	4, // 1: ferry.v1.InstalledPackage.installed_at:type_name -> google.protobuf.Timestamp
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	5, // 0: ferry.v1.Facts.clock_skew:type_name -> google.protobuf.Duration
+	6, // 1: ferry.v1.InstalledPackage.installed_at:type_name -> google.protobuf.Timestamp
+	6, // 2: ferry.v1.DriftReport.checked_at:type_name -> google.protobuf.Timestamp
+	4, // 3: ferry.v1.DriftReport.packages:type_name -> ferry.v1.PackageDrift
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_common_proto_init() }
@@ -345,7 +521,7 @@ func file_ferry_v1_common_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_common_proto_rawDesc), len(file_ferry_v1_common_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -143,7 +143,11 @@ type Node struct {
 	// When the node's agent certificate expires.
 	CertificateExpiresAt *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=certificate_expires_at,json=certificateExpiresAt,proto3" json:"certificate_expires_at,omitempty"`
 	// Space on the file systems the agent writes to, at the last heartbeat.
-	Disks         []*DiskSpace `protobuf:"bytes,18,rep,name=disks,proto3" json:"disks,omitempty"`
+	Disks []*DiskSpace `protobuf:"bytes,18,rep,name=disks,proto3" json:"disks,omitempty"`
+	// The agent's last check of its installed trees against their
+	// manifests, as it reported it (bounded by the controller); unset when
+	// the agent has not reported one.
+	Drift         *DriftReport `protobuf:"bytes,19,opt,name=drift,proto3" json:"drift,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -300,6 +304,13 @@ func (x *Node) GetCertificateExpiresAt() *timestamppb.Timestamp {
 func (x *Node) GetDisks() []*DiskSpace {
 	if x != nil {
 		return x.Disks
+	}
+	return nil
+}
+
+func (x *Node) GetDrift() *DriftReport {
+	if x != nil {
+		return x.Drift
 	}
 	return nil
 }
@@ -1194,7 +1205,7 @@ var File_ferry_v1_node_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_node_proto_rawDesc = "" +
 	"\n" +
-	"\x13ferry/v1/node.proto\x12\bferry.v1\x1a\x14ferry/v1/agent.proto\x1a\x15ferry/v1/common.proto\x1a\x16ferry/v1/rollout.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb8\x06\n" +
+	"\x13ferry/v1/node.proto\x12\bferry.v1\x1a\x14ferry/v1/agent.proto\x1a\x15ferry/v1/common.proto\x1a\x16ferry/v1/rollout.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x06\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x122\n" +
@@ -1215,7 +1226,8 @@ const file_ferry_v1_node_proto_rawDesc = "" +
 	"\x0fdisk_free_bytes\x18\x0f \x01(\x04R\rdiskFreeBytes\x12!\n" +
 	"\fgossip_state\x18\x10 \x01(\tR\vgossipState\x12P\n" +
 	"\x16certificate_expires_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\x14certificateExpiresAt\x12)\n" +
-	"\x05disks\x18\x12 \x03(\v2\x13.ferry.v1.DiskSpaceR\x05disks\x1a9\n" +
+	"\x05disks\x18\x12 \x03(\v2\x13.ferry.v1.DiskSpaceR\x05disks\x12+\n" +
+	"\x05drift\x18\x13 \x01(\v2\x15.ferry.v1.DriftReportR\x05drift\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb4\x01\n" +
@@ -1341,8 +1353,9 @@ var file_ferry_v1_node_proto_goTypes = []any{
 	(*InstalledPackage)(nil),      // 21: ferry.v1.InstalledPackage
 	(*durationpb.Duration)(nil),   // 22: google.protobuf.Duration
 	(*DiskSpace)(nil),             // 23: ferry.v1.DiskSpace
-	(JobKind)(0),                  // 24: ferry.v1.JobKind
-	(*NodeJob)(nil),               // 25: ferry.v1.NodeJob
+	(*DriftReport)(nil),           // 24: ferry.v1.DriftReport
+	(JobKind)(0),                  // 25: ferry.v1.JobKind
+	(*NodeJob)(nil),               // 26: ferry.v1.NodeJob
 }
 var file_ferry_v1_node_proto_depIdxs = []int32{
 	16, // 0: ferry.v1.Node.labels:type_name -> ferry.v1.Node.LabelsEntry
@@ -1354,39 +1367,40 @@ var file_ferry_v1_node_proto_depIdxs = []int32{
 	22, // 6: ferry.v1.Node.uptime:type_name -> google.protobuf.Duration
 	19, // 7: ferry.v1.Node.certificate_expires_at:type_name -> google.protobuf.Timestamp
 	23, // 8: ferry.v1.Node.disks:type_name -> ferry.v1.DiskSpace
-	0,  // 9: ferry.v1.ListNodesRequest.states:type_name -> ferry.v1.NodeState
-	1,  // 10: ferry.v1.ListNodesResponse.nodes:type_name -> ferry.v1.Node
-	0,  // 11: ferry.v1.WatchNodesRequest.states:type_name -> ferry.v1.NodeState
-	1,  // 12: ferry.v1.WatchNodesResponse.node:type_name -> ferry.v1.Node
-	6,  // 13: ferry.v1.WatchNodesResponse.event:type_name -> ferry.v1.NodeEvent
-	0,  // 14: ferry.v1.NodeEvent.state:type_name -> ferry.v1.NodeState
-	1,  // 15: ferry.v1.RemoveNodeResponse.node:type_name -> ferry.v1.Node
-	17, // 16: ferry.v1.LabelNodeRequest.set:type_name -> ferry.v1.LabelNodeRequest.SetEntry
-	1,  // 17: ferry.v1.LabelNodeResponse.node:type_name -> ferry.v1.Node
-	1,  // 18: ferry.v1.MoveNodeResponse.node:type_name -> ferry.v1.Node
-	1,  // 19: ferry.v1.GetNodeResponse.node:type_name -> ferry.v1.Node
-	15, // 20: ferry.v1.GetNodeResponse.jobs:type_name -> ferry.v1.NodeJobRecord
-	15, // 21: ferry.v1.GetNodeResponse.last_failure:type_name -> ferry.v1.NodeJobRecord
-	18, // 22: ferry.v1.GetNodeResponse.installed_by:type_name -> ferry.v1.GetNodeResponse.InstalledByEntry
-	24, // 23: ferry.v1.NodeJobRecord.job_kind:type_name -> ferry.v1.JobKind
-	25, // 24: ferry.v1.NodeJobRecord.job:type_name -> ferry.v1.NodeJob
-	2,  // 25: ferry.v1.NodeService.ListNodes:input_type -> ferry.v1.ListNodesRequest
-	4,  // 26: ferry.v1.NodeService.WatchNodes:input_type -> ferry.v1.WatchNodesRequest
-	7,  // 27: ferry.v1.NodeService.RemoveNode:input_type -> ferry.v1.RemoveNodeRequest
-	9,  // 28: ferry.v1.NodeService.LabelNode:input_type -> ferry.v1.LabelNodeRequest
-	11, // 29: ferry.v1.NodeService.MoveNode:input_type -> ferry.v1.MoveNodeRequest
-	13, // 30: ferry.v1.NodeService.GetNode:input_type -> ferry.v1.GetNodeRequest
-	3,  // 31: ferry.v1.NodeService.ListNodes:output_type -> ferry.v1.ListNodesResponse
-	5,  // 32: ferry.v1.NodeService.WatchNodes:output_type -> ferry.v1.WatchNodesResponse
-	8,  // 33: ferry.v1.NodeService.RemoveNode:output_type -> ferry.v1.RemoveNodeResponse
-	10, // 34: ferry.v1.NodeService.LabelNode:output_type -> ferry.v1.LabelNodeResponse
-	12, // 35: ferry.v1.NodeService.MoveNode:output_type -> ferry.v1.MoveNodeResponse
-	14, // 36: ferry.v1.NodeService.GetNode:output_type -> ferry.v1.GetNodeResponse
-	31, // [31:37] is the sub-list for method output_type
-	25, // [25:31] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	24, // 9: ferry.v1.Node.drift:type_name -> ferry.v1.DriftReport
+	0,  // 10: ferry.v1.ListNodesRequest.states:type_name -> ferry.v1.NodeState
+	1,  // 11: ferry.v1.ListNodesResponse.nodes:type_name -> ferry.v1.Node
+	0,  // 12: ferry.v1.WatchNodesRequest.states:type_name -> ferry.v1.NodeState
+	1,  // 13: ferry.v1.WatchNodesResponse.node:type_name -> ferry.v1.Node
+	6,  // 14: ferry.v1.WatchNodesResponse.event:type_name -> ferry.v1.NodeEvent
+	0,  // 15: ferry.v1.NodeEvent.state:type_name -> ferry.v1.NodeState
+	1,  // 16: ferry.v1.RemoveNodeResponse.node:type_name -> ferry.v1.Node
+	17, // 17: ferry.v1.LabelNodeRequest.set:type_name -> ferry.v1.LabelNodeRequest.SetEntry
+	1,  // 18: ferry.v1.LabelNodeResponse.node:type_name -> ferry.v1.Node
+	1,  // 19: ferry.v1.MoveNodeResponse.node:type_name -> ferry.v1.Node
+	1,  // 20: ferry.v1.GetNodeResponse.node:type_name -> ferry.v1.Node
+	15, // 21: ferry.v1.GetNodeResponse.jobs:type_name -> ferry.v1.NodeJobRecord
+	15, // 22: ferry.v1.GetNodeResponse.last_failure:type_name -> ferry.v1.NodeJobRecord
+	18, // 23: ferry.v1.GetNodeResponse.installed_by:type_name -> ferry.v1.GetNodeResponse.InstalledByEntry
+	25, // 24: ferry.v1.NodeJobRecord.job_kind:type_name -> ferry.v1.JobKind
+	26, // 25: ferry.v1.NodeJobRecord.job:type_name -> ferry.v1.NodeJob
+	2,  // 26: ferry.v1.NodeService.ListNodes:input_type -> ferry.v1.ListNodesRequest
+	4,  // 27: ferry.v1.NodeService.WatchNodes:input_type -> ferry.v1.WatchNodesRequest
+	7,  // 28: ferry.v1.NodeService.RemoveNode:input_type -> ferry.v1.RemoveNodeRequest
+	9,  // 29: ferry.v1.NodeService.LabelNode:input_type -> ferry.v1.LabelNodeRequest
+	11, // 30: ferry.v1.NodeService.MoveNode:input_type -> ferry.v1.MoveNodeRequest
+	13, // 31: ferry.v1.NodeService.GetNode:input_type -> ferry.v1.GetNodeRequest
+	3,  // 32: ferry.v1.NodeService.ListNodes:output_type -> ferry.v1.ListNodesResponse
+	5,  // 33: ferry.v1.NodeService.WatchNodes:output_type -> ferry.v1.WatchNodesResponse
+	8,  // 34: ferry.v1.NodeService.RemoveNode:output_type -> ferry.v1.RemoveNodeResponse
+	10, // 35: ferry.v1.NodeService.LabelNode:output_type -> ferry.v1.LabelNodeResponse
+	12, // 36: ferry.v1.NodeService.MoveNode:output_type -> ferry.v1.MoveNodeResponse
+	14, // 37: ferry.v1.NodeService.GetNode:output_type -> ferry.v1.GetNodeResponse
+	32, // [32:38] is the sub-list for method output_type
+	26, // [26:32] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_node_proto_init() }

@@ -23,6 +23,165 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ServiceAction is what a service step does to its unit.
+type ServiceAction int32
+
+const (
+	// Not set; read as SERVICE_ACTION_RESTART.
+	ServiceAction_SERVICE_ACTION_UNSPECIFIED ServiceAction = 0
+	// systemctl restart: stop and start the unit.
+	ServiceAction_SERVICE_ACTION_RESTART ServiceAction = 1
+	// systemctl reload: ask the running unit to reload its configuration.
+	ServiceAction_SERVICE_ACTION_RELOAD ServiceAction = 2
+	// systemctl enable, then start the unit (restart it when an earlier step
+	// of the job changed something).
+	ServiceAction_SERVICE_ACTION_ENABLE ServiceAction = 3
+)
+
+// Enum value maps for ServiceAction.
+var (
+	ServiceAction_name = map[int32]string{
+		0: "SERVICE_ACTION_UNSPECIFIED",
+		1: "SERVICE_ACTION_RESTART",
+		2: "SERVICE_ACTION_RELOAD",
+		3: "SERVICE_ACTION_ENABLE",
+	}
+	ServiceAction_value = map[string]int32{
+		"SERVICE_ACTION_UNSPECIFIED": 0,
+		"SERVICE_ACTION_RESTART":     1,
+		"SERVICE_ACTION_RELOAD":      2,
+		"SERVICE_ACTION_ENABLE":      3,
+	}
+)
+
+func (x ServiceAction) Enum() *ServiceAction {
+	p := new(ServiceAction)
+	*p = x
+	return p
+}
+
+func (x ServiceAction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ServiceAction) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_package_proto_enumTypes[0].Descriptor()
+}
+
+func (ServiceAction) Type() protoreflect.EnumType {
+	return &file_ferry_v1_package_proto_enumTypes[0]
+}
+
+func (x ServiceAction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ServiceAction.Descriptor instead.
+func (ServiceAction) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{0}
+}
+
+// DeletePackageRequest names a package version to remove.
+type DeletePackageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Package name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Version.
+	Version       string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeletePackageRequest) Reset() {
+	*x = DeletePackageRequest{}
+	mi := &file_ferry_v1_package_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeletePackageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeletePackageRequest) ProtoMessage() {}
+
+func (x *DeletePackageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_package_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeletePackageRequest.ProtoReflect.Descriptor instead.
+func (*DeletePackageRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *DeletePackageRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeletePackageRequest) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+// DeletePackageResponse confirms a removal.
+type DeletePackageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The removed package.
+	Package       *Package `protobuf:"bytes,1,opt,name=package,proto3" json:"package,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeletePackageResponse) Reset() {
+	*x = DeletePackageResponse{}
+	mi := &file_ferry_v1_package_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeletePackageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeletePackageResponse) ProtoMessage() {}
+
+func (x *DeletePackageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_package_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeletePackageResponse.ProtoReflect.Descriptor instead.
+func (*DeletePackageResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DeletePackageResponse) GetPackage() *Package {
+	if x != nil {
+		return x.Package
+	}
+	return nil
+}
+
 // Package is a named, versioned install recipe.
 type Package struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -48,7 +207,7 @@ type Package struct {
 
 func (x *Package) Reset() {
 	*x = Package{}
-	mi := &file_ferry_v1_package_proto_msgTypes[0]
+	mi := &file_ferry_v1_package_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -60,7 +219,7 @@ func (x *Package) String() string {
 func (*Package) ProtoMessage() {}
 
 func (x *Package) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[0]
+	mi := &file_ferry_v1_package_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -73,7 +232,7 @@ func (x *Package) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Package.ProtoReflect.Descriptor instead.
 func (*Package) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Package) GetName() string {
@@ -147,7 +306,7 @@ type ArtifactRef struct {
 
 func (x *ArtifactRef) Reset() {
 	*x = ArtifactRef{}
-	mi := &file_ferry_v1_package_proto_msgTypes[1]
+	mi := &file_ferry_v1_package_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -159,7 +318,7 @@ func (x *ArtifactRef) String() string {
 func (*ArtifactRef) ProtoMessage() {}
 
 func (x *ArtifactRef) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[1]
+	mi := &file_ferry_v1_package_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -172,7 +331,7 @@ func (x *ArtifactRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArtifactRef.ProtoReflect.Descriptor instead.
 func (*ArtifactRef) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ArtifactRef) GetDigest() string {
@@ -208,6 +367,8 @@ type Step struct {
 	//	*Step_Sudoers
 	//	*Step_File
 	//	*Step_Check
+	//	*Step_Service
+	//	*Step_AgentUpdate
 	Kind          isStep_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -215,7 +376,7 @@ type Step struct {
 
 func (x *Step) Reset() {
 	*x = Step{}
-	mi := &file_ferry_v1_package_proto_msgTypes[2]
+	mi := &file_ferry_v1_package_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -227,7 +388,7 @@ func (x *Step) String() string {
 func (*Step) ProtoMessage() {}
 
 func (x *Step) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[2]
+	mi := &file_ferry_v1_package_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -240,7 +401,7 @@ func (x *Step) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Step.ProtoReflect.Descriptor instead.
 func (*Step) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Step) GetKind() isStep_Kind {
@@ -295,6 +456,24 @@ func (x *Step) GetCheck() *CheckStep {
 	return nil
 }
 
+func (x *Step) GetService() *ServiceStep {
+	if x != nil {
+		if x, ok := x.Kind.(*Step_Service); ok {
+			return x.Service
+		}
+	}
+	return nil
+}
+
+func (x *Step) GetAgentUpdate() *AgentUpdateStep {
+	if x != nil {
+		if x, ok := x.Kind.(*Step_AgentUpdate); ok {
+			return x.AgentUpdate
+		}
+	}
+	return nil
+}
+
 type isStep_Kind interface {
 	isStep_Kind()
 }
@@ -324,6 +503,17 @@ type Step_Check struct {
 	Check *CheckStep `protobuf:"bytes,5,opt,name=check,proto3,oneof"`
 }
 
+type Step_Service struct {
+	// Restart, reload or enable a systemd unit and wait until it is active.
+	Service *ServiceStep `protobuf:"bytes,6,opt,name=service,proto3,oneof"`
+}
+
+type Step_AgentUpdate struct {
+	// Replace the running ferry-agent with the package's artifact and
+	// restart it.
+	AgentUpdate *AgentUpdateStep `protobuf:"bytes,7,opt,name=agent_update,json=agentUpdate,proto3,oneof"`
+}
+
 func (*Step_Archive) isStep_Kind() {}
 
 func (*Step_Env) isStep_Kind() {}
@@ -333,6 +523,10 @@ func (*Step_Sudoers) isStep_Kind() {}
 func (*Step_File) isStep_Kind() {}
 
 func (*Step_Check) isStep_Kind() {}
+
+func (*Step_Service) isStep_Kind() {}
+
+func (*Step_AgentUpdate) isStep_Kind() {}
 
 // ArchiveStep extracts the package's artifact (tar, tar.gz or zip) into a
 // directory, atomically.
@@ -358,7 +552,7 @@ type ArchiveStep struct {
 
 func (x *ArchiveStep) Reset() {
 	*x = ArchiveStep{}
-	mi := &file_ferry_v1_package_proto_msgTypes[3]
+	mi := &file_ferry_v1_package_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -370,7 +564,7 @@ func (x *ArchiveStep) String() string {
 func (*ArchiveStep) ProtoMessage() {}
 
 func (x *ArchiveStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[3]
+	mi := &file_ferry_v1_package_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -383,7 +577,7 @@ func (x *ArchiveStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArchiveStep.ProtoReflect.Descriptor instead.
 func (*ArchiveStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ArchiveStep) GetDest() string {
@@ -448,7 +642,7 @@ type EnvVar struct {
 
 func (x *EnvVar) Reset() {
 	*x = EnvVar{}
-	mi := &file_ferry_v1_package_proto_msgTypes[4]
+	mi := &file_ferry_v1_package_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -460,7 +654,7 @@ func (x *EnvVar) String() string {
 func (*EnvVar) ProtoMessage() {}
 
 func (x *EnvVar) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[4]
+	mi := &file_ferry_v1_package_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -473,7 +667,7 @@ func (x *EnvVar) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvVar.ProtoReflect.Descriptor instead.
 func (*EnvVar) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *EnvVar) GetName() string {
@@ -505,7 +699,7 @@ type EnvStep struct {
 
 func (x *EnvStep) Reset() {
 	*x = EnvStep{}
-	mi := &file_ferry_v1_package_proto_msgTypes[5]
+	mi := &file_ferry_v1_package_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -517,7 +711,7 @@ func (x *EnvStep) String() string {
 func (*EnvStep) ProtoMessage() {}
 
 func (x *EnvStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[5]
+	mi := &file_ferry_v1_package_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -530,7 +724,7 @@ func (x *EnvStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvStep.ProtoReflect.Descriptor instead.
 func (*EnvStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *EnvStep) GetName() string {
@@ -567,7 +761,7 @@ type SudoersStep struct {
 
 func (x *SudoersStep) Reset() {
 	*x = SudoersStep{}
-	mi := &file_ferry_v1_package_proto_msgTypes[6]
+	mi := &file_ferry_v1_package_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -579,7 +773,7 @@ func (x *SudoersStep) String() string {
 func (*SudoersStep) ProtoMessage() {}
 
 func (x *SudoersStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[6]
+	mi := &file_ferry_v1_package_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -592,7 +786,7 @@ func (x *SudoersStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SudoersStep.ProtoReflect.Descriptor instead.
 func (*SudoersStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SudoersStep) GetName() string {
@@ -631,7 +825,7 @@ type FileStep struct {
 
 func (x *FileStep) Reset() {
 	*x = FileStep{}
-	mi := &file_ferry_v1_package_proto_msgTypes[7]
+	mi := &file_ferry_v1_package_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -643,7 +837,7 @@ func (x *FileStep) String() string {
 func (*FileStep) ProtoMessage() {}
 
 func (x *FileStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[7]
+	mi := &file_ferry_v1_package_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -656,7 +850,7 @@ func (x *FileStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileStep.ProtoReflect.Descriptor instead.
 func (*FileStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *FileStep) GetPath() string {
@@ -716,7 +910,7 @@ type CheckStep struct {
 
 func (x *CheckStep) Reset() {
 	*x = CheckStep{}
-	mi := &file_ferry_v1_package_proto_msgTypes[8]
+	mi := &file_ferry_v1_package_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +922,7 @@ func (x *CheckStep) String() string {
 func (*CheckStep) ProtoMessage() {}
 
 func (x *CheckStep) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[8]
+	mi := &file_ferry_v1_package_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +935,7 @@ func (x *CheckStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckStep.ProtoReflect.Descriptor instead.
 func (*CheckStep) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CheckStep) GetRun() string {
@@ -765,6 +959,135 @@ func (x *CheckStep) GetTimeout() *durationpb.Duration {
 	return nil
 }
 
+// AgentUpdateStep replaces the agent's own executable with the package's
+// artifact (a ferry-agent binary): the agent checks the new binary's
+// --version, keeps the running one as ferry-agent.prev beside it, swaps
+// the new one in with one rename and restarts. The new agent is on
+// probation until the controller welcomes it; if that does not happen
+// within reconnect_timeout, the previous binary is put back and started,
+// and the job is reported failed. It is the package's last step.
+type AgentUpdateStep struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Substring the new binary's --version output must contain, e.g.
+	// "1.4.0"; empty: any version other than the running one.
+	ExpectVersion string `protobuf:"bytes,1,opt,name=expect_version,json=expectVersion,proto3" json:"expect_version,omitempty"`
+	// How long the new agent has to reach the controller (default 60s).
+	ReconnectTimeout *durationpb.Duration `protobuf:"bytes,2,opt,name=reconnect_timeout,json=reconnectTimeout,proto3" json:"reconnect_timeout,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *AgentUpdateStep) Reset() {
+	*x = AgentUpdateStep{}
+	mi := &file_ferry_v1_package_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentUpdateStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentUpdateStep) ProtoMessage() {}
+
+func (x *AgentUpdateStep) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_package_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentUpdateStep.ProtoReflect.Descriptor instead.
+func (*AgentUpdateStep) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *AgentUpdateStep) GetExpectVersion() string {
+	if x != nil {
+		return x.ExpectVersion
+	}
+	return ""
+}
+
+func (x *AgentUpdateStep) GetReconnectTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.ReconnectTimeout
+	}
+	return nil
+}
+
+// ServiceStep acts on a systemd unit after the steps before it, waits
+// until the unit is active, and is undone (files restored, the unit
+// restarted again) when it or a later step fails.
+type ServiceStep struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unit name, e.g. "myapp.service" (a name without a suffix means
+	// .service).
+	Unit string `protobuf:"bytes,1,opt,name=unit,proto3" json:"unit,omitempty"`
+	// What to do (default restart).
+	Action ServiceAction `protobuf:"varint,2,opt,name=action,proto3,enum=ferry.v1.ServiceAction" json:"action,omitempty"`
+	// How long the unit may take to become active (default 30s).
+	Timeout       *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceStep) Reset() {
+	*x = ServiceStep{}
+	mi := &file_ferry_v1_package_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceStep) ProtoMessage() {}
+
+func (x *ServiceStep) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_package_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceStep.ProtoReflect.Descriptor instead.
+func (*ServiceStep) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ServiceStep) GetUnit() string {
+	if x != nil {
+		return x.Unit
+	}
+	return ""
+}
+
+func (x *ServiceStep) GetAction() ServiceAction {
+	if x != nil {
+		return x.Action
+	}
+	return ServiceAction_SERVICE_ACTION_UNSPECIFIED
+}
+
+func (x *ServiceStep) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
 // ApplyPackageRequest carries a package file.
 type ApplyPackageRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -778,7 +1101,7 @@ type ApplyPackageRequest struct {
 
 func (x *ApplyPackageRequest) Reset() {
 	*x = ApplyPackageRequest{}
-	mi := &file_ferry_v1_package_proto_msgTypes[9]
+	mi := &file_ferry_v1_package_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +1113,7 @@ func (x *ApplyPackageRequest) String() string {
 func (*ApplyPackageRequest) ProtoMessage() {}
 
 func (x *ApplyPackageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[9]
+	mi := &file_ferry_v1_package_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +1126,7 @@ func (x *ApplyPackageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPackageRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPackageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ApplyPackageRequest) GetYaml() string {
@@ -833,7 +1156,7 @@ type ApplyPackageResponse struct {
 
 func (x *ApplyPackageResponse) Reset() {
 	*x = ApplyPackageResponse{}
-	mi := &file_ferry_v1_package_proto_msgTypes[10]
+	mi := &file_ferry_v1_package_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -845,7 +1168,7 @@ func (x *ApplyPackageResponse) String() string {
 func (*ApplyPackageResponse) ProtoMessage() {}
 
 func (x *ApplyPackageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[10]
+	mi := &file_ferry_v1_package_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -858,7 +1181,7 @@ func (x *ApplyPackageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPackageResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPackageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ApplyPackageResponse) GetPackage() *Package {
@@ -886,7 +1209,7 @@ type ListPackagesRequest struct {
 
 func (x *ListPackagesRequest) Reset() {
 	*x = ListPackagesRequest{}
-	mi := &file_ferry_v1_package_proto_msgTypes[11]
+	mi := &file_ferry_v1_package_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -898,7 +1221,7 @@ func (x *ListPackagesRequest) String() string {
 func (*ListPackagesRequest) ProtoMessage() {}
 
 func (x *ListPackagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[11]
+	mi := &file_ferry_v1_package_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -911,7 +1234,7 @@ func (x *ListPackagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPackagesRequest.ProtoReflect.Descriptor instead.
 func (*ListPackagesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListPackagesRequest) GetName() string {
@@ -932,7 +1255,7 @@ type ListPackagesResponse struct {
 
 func (x *ListPackagesResponse) Reset() {
 	*x = ListPackagesResponse{}
-	mi := &file_ferry_v1_package_proto_msgTypes[12]
+	mi := &file_ferry_v1_package_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -944,7 +1267,7 @@ func (x *ListPackagesResponse) String() string {
 func (*ListPackagesResponse) ProtoMessage() {}
 
 func (x *ListPackagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[12]
+	mi := &file_ferry_v1_package_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -957,7 +1280,7 @@ func (x *ListPackagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPackagesResponse.ProtoReflect.Descriptor instead.
 func (*ListPackagesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListPackagesResponse) GetPackages() []*Package {
@@ -980,7 +1303,7 @@ type GetPackageRequest struct {
 
 func (x *GetPackageRequest) Reset() {
 	*x = GetPackageRequest{}
-	mi := &file_ferry_v1_package_proto_msgTypes[13]
+	mi := &file_ferry_v1_package_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -992,7 +1315,7 @@ func (x *GetPackageRequest) String() string {
 func (*GetPackageRequest) ProtoMessage() {}
 
 func (x *GetPackageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[13]
+	mi := &file_ferry_v1_package_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1005,7 +1328,7 @@ func (x *GetPackageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPackageRequest.ProtoReflect.Descriptor instead.
 func (*GetPackageRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetPackageRequest) GetName() string {
@@ -1033,7 +1356,7 @@ type GetPackageResponse struct {
 
 func (x *GetPackageResponse) Reset() {
 	*x = GetPackageResponse{}
-	mi := &file_ferry_v1_package_proto_msgTypes[14]
+	mi := &file_ferry_v1_package_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1045,7 +1368,7 @@ func (x *GetPackageResponse) String() string {
 func (*GetPackageResponse) ProtoMessage() {}
 
 func (x *GetPackageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_package_proto_msgTypes[14]
+	mi := &file_ferry_v1_package_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1058,7 +1381,7 @@ func (x *GetPackageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPackageResponse.ProtoReflect.Descriptor instead.
 func (*GetPackageResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_package_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_package_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetPackageResponse) GetPackage() *Package {
@@ -1072,7 +1395,12 @@ var File_ferry_v1_package_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_package_proto_rawDesc = "" +
 	"\n" +
-	"\x16ferry/v1/package.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\x02\n" +
+	"\x16ferry/v1/package.proto\x12\bferry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"D\n" +
+	"\x14DeletePackageRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\"D\n" +
+	"\x15DeletePackageResponse\x12+\n" +
+	"\apackage\x18\x01 \x01(\v2\x11.ferry.v1.PackageR\apackage\"\xa9\x02\n" +
 	"\aPackage\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x121\n" +
@@ -1087,13 +1415,15 @@ const file_ferry_v1_package_proto_rawDesc = "" +
 	"\vArtifactRef\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
-	"\x04size\x18\x03 \x01(\x04R\x04size\"\xf2\x01\n" +
+	"\x04size\x18\x03 \x01(\x04R\x04size\"\xe5\x02\n" +
 	"\x04Step\x121\n" +
 	"\aarchive\x18\x01 \x01(\v2\x15.ferry.v1.ArchiveStepH\x00R\aarchive\x12%\n" +
 	"\x03env\x18\x02 \x01(\v2\x11.ferry.v1.EnvStepH\x00R\x03env\x121\n" +
 	"\asudoers\x18\x03 \x01(\v2\x15.ferry.v1.SudoersStepH\x00R\asudoers\x12(\n" +
 	"\x04file\x18\x04 \x01(\v2\x12.ferry.v1.FileStepH\x00R\x04file\x12+\n" +
-	"\x05check\x18\x05 \x01(\v2\x13.ferry.v1.CheckStepH\x00R\x05checkB\x06\n" +
+	"\x05check\x18\x05 \x01(\v2\x13.ferry.v1.CheckStepH\x00R\x05check\x121\n" +
+	"\aservice\x18\x06 \x01(\v2\x15.ferry.v1.ServiceStepH\x00R\aservice\x12>\n" +
+	"\fagent_update\x18\a \x01(\v2\x19.ferry.v1.AgentUpdateStepH\x00R\vagentUpdateB\x06\n" +
 	"\x04kind\"\xea\x01\n" +
 	"\vArchiveStep\x12\x12\n" +
 	"\x04dest\x18\x01 \x01(\tR\x04dest\x12)\n" +
@@ -1124,6 +1454,13 @@ const file_ferry_v1_package_proto_rawDesc = "" +
 	"\tCheckStep\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12\x16\n" +
 	"\x06expect\x18\x02 \x01(\tR\x06expect\x123\n" +
+	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\x80\x01\n" +
+	"\x0fAgentUpdateStep\x12%\n" +
+	"\x0eexpect_version\x18\x01 \x01(\tR\rexpectVersion\x12F\n" +
+	"\x11reconnect_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x10reconnectTimeout\"\x87\x01\n" +
+	"\vServiceStep\x12\x12\n" +
+	"\x04unit\x18\x01 \x01(\tR\x04unit\x12/\n" +
+	"\x06action\x18\x02 \x01(\x0e2\x17.ferry.v1.ServiceActionR\x06action\x123\n" +
 	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"E\n" +
 	"\x13ApplyPackageRequest\x12\x12\n" +
 	"\x04yaml\x18\x01 \x01(\tR\x04yaml\x12\x1a\n" +
@@ -1139,12 +1476,18 @@ const file_ferry_v1_package_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\"A\n" +
 	"\x12GetPackageResponse\x12+\n" +
-	"\apackage\x18\x01 \x01(\v2\x11.ferry.v1.PackageR\apackage2\xf7\x01\n" +
+	"\apackage\x18\x01 \x01(\v2\x11.ferry.v1.PackageR\apackage*\x81\x01\n" +
+	"\rServiceAction\x12\x1e\n" +
+	"\x1aSERVICE_ACTION_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16SERVICE_ACTION_RESTART\x10\x01\x12\x19\n" +
+	"\x15SERVICE_ACTION_RELOAD\x10\x02\x12\x19\n" +
+	"\x15SERVICE_ACTION_ENABLE\x10\x032\xc9\x02\n" +
 	"\x0ePackageService\x12M\n" +
 	"\fApplyPackage\x12\x1d.ferry.v1.ApplyPackageRequest\x1a\x1e.ferry.v1.ApplyPackageResponse\x12M\n" +
 	"\fListPackages\x12\x1d.ferry.v1.ListPackagesRequest\x1a\x1e.ferry.v1.ListPackagesResponse\x12G\n" +
 	"\n" +
-	"GetPackage\x12\x1b.ferry.v1.GetPackageRequest\x1a\x1c.ferry.v1.GetPackageResponseB\x96\x01\n" +
+	"GetPackage\x12\x1b.ferry.v1.GetPackageRequest\x1a\x1c.ferry.v1.GetPackageResponse\x12P\n" +
+	"\rDeletePackage\x12\x1e.ferry.v1.DeletePackageRequest\x1a\x1f.ferry.v1.DeletePackageResponseB\x96\x01\n" +
 	"\fcom.ferry.v1B\fPackageProtoP\x01Z7github.com/ferrydeploy/ferry/proto/gen/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -1159,51 +1502,65 @@ func file_ferry_v1_package_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_package_proto_rawDescData
 }
 
-var file_ferry_v1_package_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_ferry_v1_package_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_ferry_v1_package_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_ferry_v1_package_proto_goTypes = []any{
-	(*Package)(nil),               // 0: ferry.v1.Package
-	(*ArtifactRef)(nil),           // 1: ferry.v1.ArtifactRef
-	(*Step)(nil),                  // 2: ferry.v1.Step
-	(*ArchiveStep)(nil),           // 3: ferry.v1.ArchiveStep
-	(*EnvVar)(nil),                // 4: ferry.v1.EnvVar
-	(*EnvStep)(nil),               // 5: ferry.v1.EnvStep
-	(*SudoersStep)(nil),           // 6: ferry.v1.SudoersStep
-	(*FileStep)(nil),              // 7: ferry.v1.FileStep
-	(*CheckStep)(nil),             // 8: ferry.v1.CheckStep
-	(*ApplyPackageRequest)(nil),   // 9: ferry.v1.ApplyPackageRequest
-	(*ApplyPackageResponse)(nil),  // 10: ferry.v1.ApplyPackageResponse
-	(*ListPackagesRequest)(nil),   // 11: ferry.v1.ListPackagesRequest
-	(*ListPackagesResponse)(nil),  // 12: ferry.v1.ListPackagesResponse
-	(*GetPackageRequest)(nil),     // 13: ferry.v1.GetPackageRequest
-	(*GetPackageResponse)(nil),    // 14: ferry.v1.GetPackageResponse
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
+	(ServiceAction)(0),            // 0: ferry.v1.ServiceAction
+	(*DeletePackageRequest)(nil),  // 1: ferry.v1.DeletePackageRequest
+	(*DeletePackageResponse)(nil), // 2: ferry.v1.DeletePackageResponse
+	(*Package)(nil),               // 3: ferry.v1.Package
+	(*ArtifactRef)(nil),           // 4: ferry.v1.ArtifactRef
+	(*Step)(nil),                  // 5: ferry.v1.Step
+	(*ArchiveStep)(nil),           // 6: ferry.v1.ArchiveStep
+	(*EnvVar)(nil),                // 7: ferry.v1.EnvVar
+	(*EnvStep)(nil),               // 8: ferry.v1.EnvStep
+	(*SudoersStep)(nil),           // 9: ferry.v1.SudoersStep
+	(*FileStep)(nil),              // 10: ferry.v1.FileStep
+	(*CheckStep)(nil),             // 11: ferry.v1.CheckStep
+	(*AgentUpdateStep)(nil),       // 12: ferry.v1.AgentUpdateStep
+	(*ServiceStep)(nil),           // 13: ferry.v1.ServiceStep
+	(*ApplyPackageRequest)(nil),   // 14: ferry.v1.ApplyPackageRequest
+	(*ApplyPackageResponse)(nil),  // 15: ferry.v1.ApplyPackageResponse
+	(*ListPackagesRequest)(nil),   // 16: ferry.v1.ListPackagesRequest
+	(*ListPackagesResponse)(nil),  // 17: ferry.v1.ListPackagesResponse
+	(*GetPackageRequest)(nil),     // 18: ferry.v1.GetPackageRequest
+	(*GetPackageResponse)(nil),    // 19: ferry.v1.GetPackageResponse
+	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
 }
 var file_ferry_v1_package_proto_depIdxs = []int32{
-	1,  // 0: ferry.v1.Package.artifact:type_name -> ferry.v1.ArtifactRef
-	2,  // 1: ferry.v1.Package.steps:type_name -> ferry.v1.Step
-	15, // 2: ferry.v1.Package.created_at:type_name -> google.protobuf.Timestamp
-	3,  // 3: ferry.v1.Step.archive:type_name -> ferry.v1.ArchiveStep
-	5,  // 4: ferry.v1.Step.env:type_name -> ferry.v1.EnvStep
-	6,  // 5: ferry.v1.Step.sudoers:type_name -> ferry.v1.SudoersStep
-	7,  // 6: ferry.v1.Step.file:type_name -> ferry.v1.FileStep
-	8,  // 7: ferry.v1.Step.check:type_name -> ferry.v1.CheckStep
-	4,  // 8: ferry.v1.EnvStep.vars:type_name -> ferry.v1.EnvVar
-	16, // 9: ferry.v1.CheckStep.timeout:type_name -> google.protobuf.Duration
-	0,  // 10: ferry.v1.ApplyPackageResponse.package:type_name -> ferry.v1.Package
-	0,  // 11: ferry.v1.ListPackagesResponse.packages:type_name -> ferry.v1.Package
-	0,  // 12: ferry.v1.GetPackageResponse.package:type_name -> ferry.v1.Package
-	9,  // 13: ferry.v1.PackageService.ApplyPackage:input_type -> ferry.v1.ApplyPackageRequest
-	11, // 14: ferry.v1.PackageService.ListPackages:input_type -> ferry.v1.ListPackagesRequest
-	13, // 15: ferry.v1.PackageService.GetPackage:input_type -> ferry.v1.GetPackageRequest
-	10, // 16: ferry.v1.PackageService.ApplyPackage:output_type -> ferry.v1.ApplyPackageResponse
-	12, // 17: ferry.v1.PackageService.ListPackages:output_type -> ferry.v1.ListPackagesResponse
-	14, // 18: ferry.v1.PackageService.GetPackage:output_type -> ferry.v1.GetPackageResponse
-	16, // [16:19] is the sub-list for method output_type
-	13, // [13:16] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	3,  // 0: ferry.v1.DeletePackageResponse.package:type_name -> ferry.v1.Package
+	4,  // 1: ferry.v1.Package.artifact:type_name -> ferry.v1.ArtifactRef
+	5,  // 2: ferry.v1.Package.steps:type_name -> ferry.v1.Step
+	20, // 3: ferry.v1.Package.created_at:type_name -> google.protobuf.Timestamp
+	6,  // 4: ferry.v1.Step.archive:type_name -> ferry.v1.ArchiveStep
+	8,  // 5: ferry.v1.Step.env:type_name -> ferry.v1.EnvStep
+	9,  // 6: ferry.v1.Step.sudoers:type_name -> ferry.v1.SudoersStep
+	10, // 7: ferry.v1.Step.file:type_name -> ferry.v1.FileStep
+	11, // 8: ferry.v1.Step.check:type_name -> ferry.v1.CheckStep
+	13, // 9: ferry.v1.Step.service:type_name -> ferry.v1.ServiceStep
+	12, // 10: ferry.v1.Step.agent_update:type_name -> ferry.v1.AgentUpdateStep
+	7,  // 11: ferry.v1.EnvStep.vars:type_name -> ferry.v1.EnvVar
+	21, // 12: ferry.v1.CheckStep.timeout:type_name -> google.protobuf.Duration
+	21, // 13: ferry.v1.AgentUpdateStep.reconnect_timeout:type_name -> google.protobuf.Duration
+	0,  // 14: ferry.v1.ServiceStep.action:type_name -> ferry.v1.ServiceAction
+	21, // 15: ferry.v1.ServiceStep.timeout:type_name -> google.protobuf.Duration
+	3,  // 16: ferry.v1.ApplyPackageResponse.package:type_name -> ferry.v1.Package
+	3,  // 17: ferry.v1.ListPackagesResponse.packages:type_name -> ferry.v1.Package
+	3,  // 18: ferry.v1.GetPackageResponse.package:type_name -> ferry.v1.Package
+	14, // 19: ferry.v1.PackageService.ApplyPackage:input_type -> ferry.v1.ApplyPackageRequest
+	16, // 20: ferry.v1.PackageService.ListPackages:input_type -> ferry.v1.ListPackagesRequest
+	18, // 21: ferry.v1.PackageService.GetPackage:input_type -> ferry.v1.GetPackageRequest
+	1,  // 22: ferry.v1.PackageService.DeletePackage:input_type -> ferry.v1.DeletePackageRequest
+	15, // 23: ferry.v1.PackageService.ApplyPackage:output_type -> ferry.v1.ApplyPackageResponse
+	17, // 24: ferry.v1.PackageService.ListPackages:output_type -> ferry.v1.ListPackagesResponse
+	19, // 25: ferry.v1.PackageService.GetPackage:output_type -> ferry.v1.GetPackageResponse
+	2,  // 26: ferry.v1.PackageService.DeletePackage:output_type -> ferry.v1.DeletePackageResponse
+	23, // [23:27] is the sub-list for method output_type
+	19, // [19:23] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_package_proto_init() }
@@ -1211,25 +1568,28 @@ func file_ferry_v1_package_proto_init() {
 	if File_ferry_v1_package_proto != nil {
 		return
 	}
-	file_ferry_v1_package_proto_msgTypes[2].OneofWrappers = []any{
+	file_ferry_v1_package_proto_msgTypes[4].OneofWrappers = []any{
 		(*Step_Archive)(nil),
 		(*Step_Env)(nil),
 		(*Step_Sudoers)(nil),
 		(*Step_File)(nil),
 		(*Step_Check)(nil),
+		(*Step_Service)(nil),
+		(*Step_AgentUpdate)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_package_proto_rawDesc), len(file_ferry_v1_package_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   15,
+			NumEnums:      1,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_ferry_v1_package_proto_goTypes,
 		DependencyIndexes: file_ferry_v1_package_proto_depIdxs,
+		EnumInfos:         file_ferry_v1_package_proto_enumTypes,
 		MessageInfos:      file_ferry_v1_package_proto_msgTypes,
 	}.Build()
 	File_ferry_v1_package_proto = out.File

@@ -19,9 +19,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	PackageService_ApplyPackage_FullMethodName = "/ferry.v1.PackageService/ApplyPackage"
-	PackageService_ListPackages_FullMethodName = "/ferry.v1.PackageService/ListPackages"
-	PackageService_GetPackage_FullMethodName   = "/ferry.v1.PackageService/GetPackage"
+	PackageService_ApplyPackage_FullMethodName  = "/ferry.v1.PackageService/ApplyPackage"
+	PackageService_ListPackages_FullMethodName  = "/ferry.v1.PackageService/ListPackages"
+	PackageService_GetPackage_FullMethodName    = "/ferry.v1.PackageService/GetPackage"
+	PackageService_DeletePackage_FullMethodName = "/ferry.v1.PackageService/DeletePackage"
 )
 
 // PackageServiceClient is the client API for PackageService service.
@@ -39,6 +40,9 @@ type PackageServiceClient interface {
 	ListPackages(ctx context.Context, in *ListPackagesRequest, opts ...grpc.CallOption) (*ListPackagesResponse, error)
 	// GetPackage returns one package version.
 	GetPackage(ctx context.Context, in *GetPackageRequest, opts ...grpc.CallOption) (*GetPackageResponse, error)
+	// DeletePackage removes a stored package version that no node has
+	// installed and no rollout uses; the refusal names them.
+	DeletePackage(ctx context.Context, in *DeletePackageRequest, opts ...grpc.CallOption) (*DeletePackageResponse, error)
 }
 
 type packageServiceClient struct {
@@ -79,6 +83,16 @@ func (c *packageServiceClient) GetPackage(ctx context.Context, in *GetPackageReq
 	return out, nil
 }
 
+func (c *packageServiceClient) DeletePackage(ctx context.Context, in *DeletePackageRequest, opts ...grpc.CallOption) (*DeletePackageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeletePackageResponse)
+	err := c.cc.Invoke(ctx, PackageService_DeletePackage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PackageServiceServer is the server API for PackageService service.
 // All implementations must embed UnimplementedPackageServiceServer
 // for forward compatibility.
@@ -94,6 +108,9 @@ type PackageServiceServer interface {
 	ListPackages(context.Context, *ListPackagesRequest) (*ListPackagesResponse, error)
 	// GetPackage returns one package version.
 	GetPackage(context.Context, *GetPackageRequest) (*GetPackageResponse, error)
+	// DeletePackage removes a stored package version that no node has
+	// installed and no rollout uses; the refusal names them.
+	DeletePackage(context.Context, *DeletePackageRequest) (*DeletePackageResponse, error)
 	mustEmbedUnimplementedPackageServiceServer()
 }
 
@@ -112,6 +129,9 @@ func (UnimplementedPackageServiceServer) ListPackages(context.Context, *ListPack
 }
 func (UnimplementedPackageServiceServer) GetPackage(context.Context, *GetPackageRequest) (*GetPackageResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetPackage not implemented")
+}
+func (UnimplementedPackageServiceServer) DeletePackage(context.Context, *DeletePackageRequest) (*DeletePackageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeletePackage not implemented")
 }
 func (UnimplementedPackageServiceServer) mustEmbedUnimplementedPackageServiceServer() {}
 func (UnimplementedPackageServiceServer) testEmbeddedByValue()                        {}
@@ -188,6 +208,24 @@ func _PackageService_GetPackage_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PackageService_DeletePackage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeletePackageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PackageServiceServer).DeletePackage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PackageService_DeletePackage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PackageServiceServer).DeletePackage(ctx, req.(*DeletePackageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PackageService_ServiceDesc is the grpc.ServiceDesc for PackageService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -206,6 +244,10 @@ var PackageService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetPackage",
 			Handler:    _PackageService_GetPackage_Handler,
+		},
+		{
+			MethodName: "DeletePackage",
+			Handler:    _PackageService_DeletePackage_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -243,6 +243,57 @@ func (NodeOutcome) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_v1_rollout_proto_rawDescGZIP(), []int{2}
 }
 
+// RolloutKind says who started a rollout and why.
+type RolloutKind int32
+
+const (
+	// Started by an admin (a rollout or an undo).
+	RolloutKind_ROLLOUT_KIND_UNSPECIFIED RolloutKind = 0
+	// Started by the controller: brings nodes of a group that are behind its
+	// desired version (enrolled later, unreachable during the rollout, moved
+	// in) to it, with the steps and checks of the rollout that set it.
+	RolloutKind_ROLLOUT_KIND_CATCH_UP RolloutKind = 1
+)
+
+// Enum value maps for RolloutKind.
+var (
+	RolloutKind_name = map[int32]string{
+		0: "ROLLOUT_KIND_UNSPECIFIED",
+		1: "ROLLOUT_KIND_CATCH_UP",
+	}
+	RolloutKind_value = map[string]int32{
+		"ROLLOUT_KIND_UNSPECIFIED": 0,
+		"ROLLOUT_KIND_CATCH_UP":    1,
+	}
+)
+
+func (x RolloutKind) Enum() *RolloutKind {
+	p := new(RolloutKind)
+	*p = x
+	return p
+}
+
+func (x RolloutKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RolloutKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_ferry_v1_rollout_proto_enumTypes[3].Descriptor()
+}
+
+func (RolloutKind) Type() protoreflect.EnumType {
+	return &file_ferry_v1_rollout_proto_enumTypes[3]
+}
+
+func (x RolloutKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RolloutKind.Descriptor instead.
+func (RolloutKind) EnumDescriptor() ([]byte, []int) {
+	return file_ferry_v1_rollout_proto_rawDescGZIP(), []int{3}
+}
+
 // Target selects nodes.
 type Target struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -423,7 +474,14 @@ type NodeJob struct {
 	// Artifact bytes downloaded so far.
 	BytesDone uint64 `protobuf:"varint,10,opt,name=bytes_done,json=bytesDone,proto3" json:"bytes_done,omitempty"`
 	// Step results reported by the agent.
-	Steps         []*StepResult `protobuf:"bytes,11,rep,name=steps,proto3" json:"steps,omitempty"`
+	Steps []*StepResult `protobuf:"bytes,11,rep,name=steps,proto3" json:"steps,omitempty"`
+	// For an undo or a removal: the version the node goes to; empty when the
+	// package is removed from it.
+	TargetVersion string `protobuf:"bytes,12,opt,name=target_version,json=targetVersion,proto3" json:"target_version,omitempty"`
+	// The kind of job this node gets when it differs from the rollout's
+	// job_kind: an undo that installs a stored version or removes the
+	// package on this node. Unset: the rollout's.
+	JobKind       JobKind `protobuf:"varint,13,opt,name=job_kind,json=jobKind,proto3,enum=ferry.v1.JobKind" json:"job_kind,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -535,6 +593,20 @@ func (x *NodeJob) GetSteps() []*StepResult {
 	return nil
 }
 
+func (x *NodeJob) GetTargetVersion() string {
+	if x != nil {
+		return x.TargetVersion
+	}
+	return ""
+}
+
+func (x *NodeJob) GetJobKind() JobKind {
+	if x != nil {
+		return x.JobKind
+	}
+	return JobKind_JOB_KIND_UNSPECIFIED
+}
+
 // Rollout is a package applied to a target.
 type Rollout struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -563,7 +635,13 @@ type Rollout struct {
 	// Kind of job it sends (install, or rollback for an undo).
 	JobKind JobKind `protobuf:"varint,12,opt,name=job_kind,json=jobKind,proto3,enum=ferry.v1.JobKind" json:"job_kind,omitempty"`
 	// For an undo: the rollout it undoes.
-	UndoOf        string `protobuf:"bytes,13,opt,name=undo_of,json=undoOf,proto3" json:"undo_of,omitempty"`
+	UndoOf string `protobuf:"bytes,13,opt,name=undo_of,json=undoOf,proto3" json:"undo_of,omitempty"`
+	// What started it: an admin (unset) or the controller catching a
+	// group's nodes up with its desired state. (High numbers leave room for
+	// fields added beside it.)
+	Kind RolloutKind `protobuf:"varint,30,opt,name=kind,proto3,enum=ferry.v1.RolloutKind" json:"kind,omitempty"`
+	// For a catch-up: the rollout that set the desired state it applies.
+	CatchUpOf     string `protobuf:"bytes,31,opt,name=catch_up_of,json=catchUpOf,proto3" json:"catch_up_of,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -689,6 +767,20 @@ func (x *Rollout) GetUndoOf() string {
 	return ""
 }
 
+func (x *Rollout) GetKind() RolloutKind {
+	if x != nil {
+		return x.Kind
+	}
+	return RolloutKind_ROLLOUT_KIND_UNSPECIFIED
+}
+
+func (x *Rollout) GetCatchUpOf() string {
+	if x != nil {
+		return x.CatchUpOf
+	}
+	return ""
+}
+
 // NodePlan is what a rollout would do on one node.
 type NodePlan struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -702,7 +794,14 @@ type NodePlan struct {
 	Note string `protobuf:"bytes,4,opt,name=note,proto3" json:"note,omitempty"`
 	// The plan failed on the node (a step refused, or no plan came back in
 	// time): the rollout would fail there. ferryctl exits non-zero.
-	Failed        bool `protobuf:"varint,5,opt,name=failed,proto3" json:"failed,omitempty"`
+	Failed bool `protobuf:"varint,5,opt,name=failed,proto3" json:"failed,omitempty"`
+	// The package version the node has now; empty when it has none.
+	FromVersion string `protobuf:"bytes,6,opt,name=from_version,json=fromVersion,proto3" json:"from_version,omitempty"`
+	// The version it would have after the rollout; empty when the package
+	// would be removed (removed set) or the node is not changed.
+	ToVersion string `protobuf:"bytes,7,opt,name=to_version,json=toVersion,proto3" json:"to_version,omitempty"`
+	// The rollout would remove the package from the node.
+	Removed       bool `protobuf:"varint,8,opt,name=removed,proto3" json:"removed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -772,6 +871,27 @@ func (x *NodePlan) GetFailed() bool {
 	return false
 }
 
+func (x *NodePlan) GetFromVersion() string {
+	if x != nil {
+		return x.FromVersion
+	}
+	return ""
+}
+
+func (x *NodePlan) GetToVersion() string {
+	if x != nil {
+		return x.ToVersion
+	}
+	return ""
+}
+
+func (x *NodePlan) GetRemoved() bool {
+	if x != nil {
+		return x.Removed
+	}
+	return false
+}
+
 // CreateRolloutRequest describes the rollout.
 type CreateRolloutRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -784,7 +904,11 @@ type CreateRolloutRequest struct {
 	// Strategy; unset fields take the cautious defaults.
 	Strategy *Strategy `protobuf:"bytes,4,opt,name=strategy,proto3" json:"strategy,omitempty"`
 	// Only plan: report nodes, waves and changes; change nothing.
-	Plan          bool `protobuf:"varint,5,opt,name=plan,proto3" json:"plan,omitempty"`
+	Plan bool `protobuf:"varint,5,opt,name=plan,proto3" json:"plan,omitempty"`
+	// Remove the package from the target's nodes instead of installing a
+	// version (package_version must be empty): the agents delete the trees
+	// and files its installed version put in place.
+	Remove        bool `protobuf:"varint,6,opt,name=remove,proto3" json:"remove,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -850,6 +974,13 @@ func (x *CreateRolloutRequest) GetStrategy() *Strategy {
 func (x *CreateRolloutRequest) GetPlan() bool {
 	if x != nil {
 		return x.Plan
+	}
+	return false
+}
+
+func (x *CreateRolloutRequest) GetRemove() bool {
+	if x != nil {
+		return x.Remove
 	}
 	return false
 }
@@ -1597,7 +1728,17 @@ type UndoRolloutRequest struct {
 	// Package name.
 	PackageName string `protobuf:"bytes,2,opt,name=package_name,json=packageName,proto3" json:"package_name,omitempty"`
 	// Strategy for the undo rollout.
-	Strategy      *Strategy `protobuf:"bytes,3,opt,name=strategy,proto3" json:"strategy,omitempty"`
+	Strategy *Strategy `protobuf:"bytes,3,opt,name=strategy,proto3" json:"strategy,omitempty"`
+	// Go back to this version instead of each node's version before its
+	// latest change (a stored version; nodes already on it are left alone).
+	ToVersion string `protobuf:"bytes,4,opt,name=to_version,json=toVersion,proto3" json:"to_version,omitempty"`
+	// Go back to the version each node had before this rollout changed it
+	// (nodes it did not change are left alone).
+	ToRollout string `protobuf:"bytes,5,opt,name=to_rollout,json=toRollout,proto3" json:"to_rollout,omitempty"`
+	// Only the group's nodes with all these labels.
+	Selector map[string]string `protobuf:"bytes,6,rep,name=selector,proto3" json:"selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Only plan: say per node from what to what; change nothing.
+	Plan          bool `protobuf:"varint,7,opt,name=plan,proto3" json:"plan,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1653,11 +1794,41 @@ func (x *UndoRolloutRequest) GetStrategy() *Strategy {
 	return nil
 }
 
+func (x *UndoRolloutRequest) GetToVersion() string {
+	if x != nil {
+		return x.ToVersion
+	}
+	return ""
+}
+
+func (x *UndoRolloutRequest) GetToRollout() string {
+	if x != nil {
+		return x.ToRollout
+	}
+	return ""
+}
+
+func (x *UndoRolloutRequest) GetSelector() map[string]string {
+	if x != nil {
+		return x.Selector
+	}
+	return nil
+}
+
+func (x *UndoRolloutRequest) GetPlan() bool {
+	if x != nil {
+		return x.Plan
+	}
+	return false
+}
+
 // UndoRolloutResponse returns the undo rollout.
 type UndoRolloutResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The rollout that performs the undo.
-	Rollout       *Rollout `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// The rollout that performs the undo; unset for a plan.
+	Rollout *Rollout `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// Per-node plan: from what to what, or why a node is left alone.
+	Plan          []*NodePlan `protobuf:"bytes,2,rep,name=plan,proto3" json:"plan,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1699,6 +1870,13 @@ func (x *UndoRolloutResponse) GetRollout() *Rollout {
 	return nil
 }
 
+func (x *UndoRolloutResponse) GetPlan() []*NodePlan {
+	if x != nil {
+		return x.Plan
+	}
+	return nil
+}
+
 var File_ferry_v1_rollout_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_rollout_proto_rawDesc = "" +
@@ -1720,7 +1898,7 @@ const file_ferry_v1_rollout_proto_rawDesc = "" +
 	"\x11progress_deadline\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x10progressDeadline\x12:\n" +
 	"\vhealthy_for\x18\a \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"healthyForB\t\n" +
-	"\a_canary\"\xa7\x03\n" +
+	"\a_canary\"\xfc\x03\n" +
 	"\aNodeJob\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12/\n" +
@@ -1737,7 +1915,9 @@ const file_ferry_v1_rollout_proto_rawDesc = "" +
 	"\n" +
 	"bytes_done\x18\n" +
 	" \x01(\x04R\tbytesDone\x12*\n" +
-	"\x05steps\x18\v \x03(\v2\x14.ferry.v1.StepResultR\x05steps\"\x8c\x04\n" +
+	"\x05steps\x18\v \x03(\v2\x14.ferry.v1.StepResultR\x05steps\x12%\n" +
+	"\x0etarget_version\x18\f \x01(\tR\rtargetVersion\x12,\n" +
+	"\bjob_kind\x18\r \x01(\x0e2\x11.ferry.v1.JobKindR\ajobKind\"\xd7\x04\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fpackage_name\x18\x02 \x01(\tR\vpackageName\x12'\n" +
@@ -1755,19 +1935,26 @@ const file_ferry_v1_rollout_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x18\n" +
 	"\amessage\x18\v \x01(\tR\amessage\x12,\n" +
 	"\bjob_kind\x18\f \x01(\x0e2\x11.ferry.v1.JobKindR\ajobKind\x12\x17\n" +
-	"\aundo_of\x18\r \x01(\tR\x06undoOf\"\x8f\x01\n" +
+	"\aundo_of\x18\r \x01(\tR\x06undoOf\x12)\n" +
+	"\x04kind\x18\x1e \x01(\x0e2\x15.ferry.v1.RolloutKindR\x04kind\x12\x1e\n" +
+	"\vcatch_up_of\x18\x1f \x01(\tR\tcatchUpOf\"\xeb\x01\n" +
 	"\bNodePlan\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04wave\x18\x02 \x01(\rR\x04wave\x12*\n" +
 	"\x05steps\x18\x03 \x03(\v2\x14.ferry.v1.StepResultR\x05steps\x12\x12\n" +
 	"\x04note\x18\x04 \x01(\tR\x04note\x12\x16\n" +
-	"\x06failed\x18\x05 \x01(\bR\x06failed\"\xd0\x01\n" +
+	"\x06failed\x18\x05 \x01(\bR\x06failed\x12!\n" +
+	"\ffrom_version\x18\x06 \x01(\tR\vfromVersion\x12\x1d\n" +
+	"\n" +
+	"to_version\x18\a \x01(\tR\ttoVersion\x12\x18\n" +
+	"\aremoved\x18\b \x01(\bR\aremoved\"\xe8\x01\n" +
 	"\x14CreateRolloutRequest\x12!\n" +
 	"\fpackage_name\x18\x01 \x01(\tR\vpackageName\x12'\n" +
 	"\x0fpackage_version\x18\x02 \x01(\tR\x0epackageVersion\x12(\n" +
 	"\x06target\x18\x03 \x01(\v2\x10.ferry.v1.TargetR\x06target\x12.\n" +
 	"\bstrategy\x18\x04 \x01(\v2\x12.ferry.v1.StrategyR\bstrategy\x12\x12\n" +
-	"\x04plan\x18\x05 \x01(\bR\x04plan\"l\n" +
+	"\x04plan\x18\x05 \x01(\bR\x04plan\x12\x16\n" +
+	"\x06remove\x18\x06 \x01(\bR\x06remove\"l\n" +
 	"\x15CreateRolloutResponse\x12+\n" +
 	"\arollout\x18\x01 \x01(\v2\x11.ferry.v1.RolloutR\arollout\x12&\n" +
 	"\x04plan\x18\x02 \x03(\v2\x12.ferry.v1.NodePlanR\x04plan\"#\n" +
@@ -1802,13 +1989,23 @@ const file_ferry_v1_rollout_proto_rawDesc = "" +
 	"\x13AbortRolloutRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"C\n" +
 	"\x14AbortRolloutResponse\x12+\n" +
-	"\arollout\x18\x01 \x01(\v2\x11.ferry.v1.RolloutR\arollout\"}\n" +
+	"\arollout\x18\x01 \x01(\v2\x11.ferry.v1.RolloutR\arollout\"\xd4\x02\n" +
 	"\x12UndoRolloutRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12!\n" +
 	"\fpackage_name\x18\x02 \x01(\tR\vpackageName\x12.\n" +
-	"\bstrategy\x18\x03 \x01(\v2\x12.ferry.v1.StrategyR\bstrategy\"B\n" +
+	"\bstrategy\x18\x03 \x01(\v2\x12.ferry.v1.StrategyR\bstrategy\x12\x1d\n" +
+	"\n" +
+	"to_version\x18\x04 \x01(\tR\ttoVersion\x12\x1d\n" +
+	"\n" +
+	"to_rollout\x18\x05 \x01(\tR\ttoRollout\x12F\n" +
+	"\bselector\x18\x06 \x03(\v2*.ferry.v1.UndoRolloutRequest.SelectorEntryR\bselector\x12\x12\n" +
+	"\x04plan\x18\a \x01(\bR\x04plan\x1a;\n" +
+	"\rSelectorEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"j\n" +
 	"\x13UndoRolloutResponse\x12+\n" +
-	"\arollout\x18\x01 \x01(\v2\x11.ferry.v1.RolloutR\arollout*\x80\x01\n" +
+	"\arollout\x18\x01 \x01(\v2\x11.ferry.v1.RolloutR\arollout\x12&\n" +
+	"\x04plan\x18\x02 \x03(\v2\x12.ferry.v1.NodePlanR\x04plan*\x80\x01\n" +
 	"\rFailureAction\x12\x1e\n" +
 	"\x1aFAILURE_ACTION_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14FAILURE_ACTION_PAUSE\x10\x01\x12\x18\n" +
@@ -1836,7 +2033,10 @@ const file_ferry_v1_rollout_proto_rawDesc = "" +
 	"\x18NODE_OUTCOME_UNREACHABLE\x10\b\x12\x18\n" +
 	"\x14NODE_OUTCOME_SKIPPED\x10\t\x12\x1c\n" +
 	"\x18NODE_OUTCOME_ROLLED_BACK\x10\n" +
-	"2\xdc\x05\n" +
+	"*F\n" +
+	"\vRolloutKind\x12\x1c\n" +
+	"\x18ROLLOUT_KIND_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15ROLLOUT_KIND_CATCH_UP\x10\x012\xdc\x05\n" +
 	"\x0eRolloutService\x12P\n" +
 	"\rCreateRollout\x12\x1e.ferry.v1.CreateRolloutRequest\x1a\x1f.ferry.v1.CreateRolloutResponse\x12G\n" +
 	"\n" +
@@ -1862,95 +2062,101 @@ func file_ferry_v1_rollout_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_rollout_proto_rawDescData
 }
 
-var file_ferry_v1_rollout_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ferry_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_ferry_v1_rollout_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_ferry_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_ferry_v1_rollout_proto_goTypes = []any{
 	(FailureAction)(0),             // 0: ferry.v1.FailureAction
 	(RolloutState)(0),              // 1: ferry.v1.RolloutState
 	(NodeOutcome)(0),               // 2: ferry.v1.NodeOutcome
-	(*Target)(nil),                 // 3: ferry.v1.Target
-	(*Strategy)(nil),               // 4: ferry.v1.Strategy
-	(*NodeJob)(nil),                // 5: ferry.v1.NodeJob
-	(*Rollout)(nil),                // 6: ferry.v1.Rollout
-	(*NodePlan)(nil),               // 7: ferry.v1.NodePlan
-	(*CreateRolloutRequest)(nil),   // 8: ferry.v1.CreateRolloutRequest
-	(*CreateRolloutResponse)(nil),  // 9: ferry.v1.CreateRolloutResponse
-	(*GetRolloutRequest)(nil),      // 10: ferry.v1.GetRolloutRequest
-	(*GetRolloutResponse)(nil),     // 11: ferry.v1.GetRolloutResponse
-	(*WatchRolloutRequest)(nil),    // 12: ferry.v1.WatchRolloutRequest
-	(*WatchRolloutResponse)(nil),   // 13: ferry.v1.WatchRolloutResponse
-	(*ListRolloutsRequest)(nil),    // 14: ferry.v1.ListRolloutsRequest
-	(*ListRolloutsResponse)(nil),   // 15: ferry.v1.ListRolloutsResponse
-	(*PromoteRolloutRequest)(nil),  // 16: ferry.v1.PromoteRolloutRequest
-	(*PromoteRolloutResponse)(nil), // 17: ferry.v1.PromoteRolloutResponse
-	(*PauseRolloutRequest)(nil),    // 18: ferry.v1.PauseRolloutRequest
-	(*PauseRolloutResponse)(nil),   // 19: ferry.v1.PauseRolloutResponse
-	(*ResumeRolloutRequest)(nil),   // 20: ferry.v1.ResumeRolloutRequest
-	(*ResumeRolloutResponse)(nil),  // 21: ferry.v1.ResumeRolloutResponse
-	(*AbortRolloutRequest)(nil),    // 22: ferry.v1.AbortRolloutRequest
-	(*AbortRolloutResponse)(nil),   // 23: ferry.v1.AbortRolloutResponse
-	(*UndoRolloutRequest)(nil),     // 24: ferry.v1.UndoRolloutRequest
-	(*UndoRolloutResponse)(nil),    // 25: ferry.v1.UndoRolloutResponse
-	nil,                            // 26: ferry.v1.Target.SelectorEntry
-	(*durationpb.Duration)(nil),    // 27: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 28: google.protobuf.Timestamp
-	(*StepResult)(nil),             // 29: ferry.v1.StepResult
-	(JobKind)(0),                   // 30: ferry.v1.JobKind
+	(RolloutKind)(0),               // 3: ferry.v1.RolloutKind
+	(*Target)(nil),                 // 4: ferry.v1.Target
+	(*Strategy)(nil),               // 5: ferry.v1.Strategy
+	(*NodeJob)(nil),                // 6: ferry.v1.NodeJob
+	(*Rollout)(nil),                // 7: ferry.v1.Rollout
+	(*NodePlan)(nil),               // 8: ferry.v1.NodePlan
+	(*CreateRolloutRequest)(nil),   // 9: ferry.v1.CreateRolloutRequest
+	(*CreateRolloutResponse)(nil),  // 10: ferry.v1.CreateRolloutResponse
+	(*GetRolloutRequest)(nil),      // 11: ferry.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),     // 12: ferry.v1.GetRolloutResponse
+	(*WatchRolloutRequest)(nil),    // 13: ferry.v1.WatchRolloutRequest
+	(*WatchRolloutResponse)(nil),   // 14: ferry.v1.WatchRolloutResponse
+	(*ListRolloutsRequest)(nil),    // 15: ferry.v1.ListRolloutsRequest
+	(*ListRolloutsResponse)(nil),   // 16: ferry.v1.ListRolloutsResponse
+	(*PromoteRolloutRequest)(nil),  // 17: ferry.v1.PromoteRolloutRequest
+	(*PromoteRolloutResponse)(nil), // 18: ferry.v1.PromoteRolloutResponse
+	(*PauseRolloutRequest)(nil),    // 19: ferry.v1.PauseRolloutRequest
+	(*PauseRolloutResponse)(nil),   // 20: ferry.v1.PauseRolloutResponse
+	(*ResumeRolloutRequest)(nil),   // 21: ferry.v1.ResumeRolloutRequest
+	(*ResumeRolloutResponse)(nil),  // 22: ferry.v1.ResumeRolloutResponse
+	(*AbortRolloutRequest)(nil),    // 23: ferry.v1.AbortRolloutRequest
+	(*AbortRolloutResponse)(nil),   // 24: ferry.v1.AbortRolloutResponse
+	(*UndoRolloutRequest)(nil),     // 25: ferry.v1.UndoRolloutRequest
+	(*UndoRolloutResponse)(nil),    // 26: ferry.v1.UndoRolloutResponse
+	nil,                            // 27: ferry.v1.Target.SelectorEntry
+	nil,                            // 28: ferry.v1.UndoRolloutRequest.SelectorEntry
+	(*durationpb.Duration)(nil),    // 29: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 30: google.protobuf.Timestamp
+	(*StepResult)(nil),             // 31: ferry.v1.StepResult
+	(JobKind)(0),                   // 32: ferry.v1.JobKind
 }
 var file_ferry_v1_rollout_proto_depIdxs = []int32{
-	26, // 0: ferry.v1.Target.selector:type_name -> ferry.v1.Target.SelectorEntry
+	27, // 0: ferry.v1.Target.selector:type_name -> ferry.v1.Target.SelectorEntry
 	0,  // 1: ferry.v1.Strategy.on_failure:type_name -> ferry.v1.FailureAction
-	27, // 2: ferry.v1.Strategy.progress_deadline:type_name -> google.protobuf.Duration
-	27, // 3: ferry.v1.Strategy.healthy_for:type_name -> google.protobuf.Duration
+	29, // 2: ferry.v1.Strategy.progress_deadline:type_name -> google.protobuf.Duration
+	29, // 3: ferry.v1.Strategy.healthy_for:type_name -> google.protobuf.Duration
 	2,  // 4: ferry.v1.NodeJob.outcome:type_name -> ferry.v1.NodeOutcome
-	28, // 5: ferry.v1.NodeJob.started_at:type_name -> google.protobuf.Timestamp
-	28, // 6: ferry.v1.NodeJob.finished_at:type_name -> google.protobuf.Timestamp
-	29, // 7: ferry.v1.NodeJob.steps:type_name -> ferry.v1.StepResult
-	3,  // 8: ferry.v1.Rollout.target:type_name -> ferry.v1.Target
-	4,  // 9: ferry.v1.Rollout.strategy:type_name -> ferry.v1.Strategy
-	1,  // 10: ferry.v1.Rollout.state:type_name -> ferry.v1.RolloutState
-	5,  // 11: ferry.v1.Rollout.nodes:type_name -> ferry.v1.NodeJob
-	28, // 12: ferry.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	28, // 13: ferry.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	30, // 14: ferry.v1.Rollout.job_kind:type_name -> ferry.v1.JobKind
-	29, // 15: ferry.v1.NodePlan.steps:type_name -> ferry.v1.StepResult
-	3,  // 16: ferry.v1.CreateRolloutRequest.target:type_name -> ferry.v1.Target
-	4,  // 17: ferry.v1.CreateRolloutRequest.strategy:type_name -> ferry.v1.Strategy
-	6,  // 18: ferry.v1.CreateRolloutResponse.rollout:type_name -> ferry.v1.Rollout
-	7,  // 19: ferry.v1.CreateRolloutResponse.plan:type_name -> ferry.v1.NodePlan
-	6,  // 20: ferry.v1.GetRolloutResponse.rollout:type_name -> ferry.v1.Rollout
-	6,  // 21: ferry.v1.WatchRolloutResponse.rollout:type_name -> ferry.v1.Rollout
-	28, // 22: ferry.v1.WatchRolloutResponse.at:type_name -> google.protobuf.Timestamp
-	6,  // 23: ferry.v1.ListRolloutsResponse.rollouts:type_name -> ferry.v1.Rollout
-	6,  // 24: ferry.v1.PromoteRolloutResponse.rollout:type_name -> ferry.v1.Rollout
-	6,  // 25: ferry.v1.PauseRolloutResponse.rollout:type_name -> ferry.v1.Rollout
-	6,  // 26: ferry.v1.ResumeRolloutResponse.rollout:type_name -> ferry.v1.Rollout
-	6,  // 27: ferry.v1.AbortRolloutResponse.rollout:type_name -> ferry.v1.Rollout
-	4,  // 28: ferry.v1.UndoRolloutRequest.strategy:type_name -> ferry.v1.Strategy
-	6,  // 29: ferry.v1.UndoRolloutResponse.rollout:type_name -> ferry.v1.Rollout
-	8,  // 30: ferry.v1.RolloutService.CreateRollout:input_type -> ferry.v1.CreateRolloutRequest
-	10, // 31: ferry.v1.RolloutService.GetRollout:input_type -> ferry.v1.GetRolloutRequest
-	12, // 32: ferry.v1.RolloutService.WatchRollout:input_type -> ferry.v1.WatchRolloutRequest
-	14, // 33: ferry.v1.RolloutService.ListRollouts:input_type -> ferry.v1.ListRolloutsRequest
-	16, // 34: ferry.v1.RolloutService.PromoteRollout:input_type -> ferry.v1.PromoteRolloutRequest
-	18, // 35: ferry.v1.RolloutService.PauseRollout:input_type -> ferry.v1.PauseRolloutRequest
-	20, // 36: ferry.v1.RolloutService.ResumeRollout:input_type -> ferry.v1.ResumeRolloutRequest
-	22, // 37: ferry.v1.RolloutService.AbortRollout:input_type -> ferry.v1.AbortRolloutRequest
-	24, // 38: ferry.v1.RolloutService.UndoRollout:input_type -> ferry.v1.UndoRolloutRequest
-	9,  // 39: ferry.v1.RolloutService.CreateRollout:output_type -> ferry.v1.CreateRolloutResponse
-	11, // 40: ferry.v1.RolloutService.GetRollout:output_type -> ferry.v1.GetRolloutResponse
-	13, // 41: ferry.v1.RolloutService.WatchRollout:output_type -> ferry.v1.WatchRolloutResponse
-	15, // 42: ferry.v1.RolloutService.ListRollouts:output_type -> ferry.v1.ListRolloutsResponse
-	17, // 43: ferry.v1.RolloutService.PromoteRollout:output_type -> ferry.v1.PromoteRolloutResponse
-	19, // 44: ferry.v1.RolloutService.PauseRollout:output_type -> ferry.v1.PauseRolloutResponse
-	21, // 45: ferry.v1.RolloutService.ResumeRollout:output_type -> ferry.v1.ResumeRolloutResponse
-	23, // 46: ferry.v1.RolloutService.AbortRollout:output_type -> ferry.v1.AbortRolloutResponse
-	25, // 47: ferry.v1.RolloutService.UndoRollout:output_type -> ferry.v1.UndoRolloutResponse
-	39, // [39:48] is the sub-list for method output_type
-	30, // [30:39] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	30, // 5: ferry.v1.NodeJob.started_at:type_name -> google.protobuf.Timestamp
+	30, // 6: ferry.v1.NodeJob.finished_at:type_name -> google.protobuf.Timestamp
+	31, // 7: ferry.v1.NodeJob.steps:type_name -> ferry.v1.StepResult
+	32, // 8: ferry.v1.NodeJob.job_kind:type_name -> ferry.v1.JobKind
+	4,  // 9: ferry.v1.Rollout.target:type_name -> ferry.v1.Target
+	5,  // 10: ferry.v1.Rollout.strategy:type_name -> ferry.v1.Strategy
+	1,  // 11: ferry.v1.Rollout.state:type_name -> ferry.v1.RolloutState
+	6,  // 12: ferry.v1.Rollout.nodes:type_name -> ferry.v1.NodeJob
+	30, // 13: ferry.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	30, // 14: ferry.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	32, // 15: ferry.v1.Rollout.job_kind:type_name -> ferry.v1.JobKind
+	3,  // 16: ferry.v1.Rollout.kind:type_name -> ferry.v1.RolloutKind
+	31, // 17: ferry.v1.NodePlan.steps:type_name -> ferry.v1.StepResult
+	4,  // 18: ferry.v1.CreateRolloutRequest.target:type_name -> ferry.v1.Target
+	5,  // 19: ferry.v1.CreateRolloutRequest.strategy:type_name -> ferry.v1.Strategy
+	7,  // 20: ferry.v1.CreateRolloutResponse.rollout:type_name -> ferry.v1.Rollout
+	8,  // 21: ferry.v1.CreateRolloutResponse.plan:type_name -> ferry.v1.NodePlan
+	7,  // 22: ferry.v1.GetRolloutResponse.rollout:type_name -> ferry.v1.Rollout
+	7,  // 23: ferry.v1.WatchRolloutResponse.rollout:type_name -> ferry.v1.Rollout
+	30, // 24: ferry.v1.WatchRolloutResponse.at:type_name -> google.protobuf.Timestamp
+	7,  // 25: ferry.v1.ListRolloutsResponse.rollouts:type_name -> ferry.v1.Rollout
+	7,  // 26: ferry.v1.PromoteRolloutResponse.rollout:type_name -> ferry.v1.Rollout
+	7,  // 27: ferry.v1.PauseRolloutResponse.rollout:type_name -> ferry.v1.Rollout
+	7,  // 28: ferry.v1.ResumeRolloutResponse.rollout:type_name -> ferry.v1.Rollout
+	7,  // 29: ferry.v1.AbortRolloutResponse.rollout:type_name -> ferry.v1.Rollout
+	5,  // 30: ferry.v1.UndoRolloutRequest.strategy:type_name -> ferry.v1.Strategy
+	28, // 31: ferry.v1.UndoRolloutRequest.selector:type_name -> ferry.v1.UndoRolloutRequest.SelectorEntry
+	7,  // 32: ferry.v1.UndoRolloutResponse.rollout:type_name -> ferry.v1.Rollout
+	8,  // 33: ferry.v1.UndoRolloutResponse.plan:type_name -> ferry.v1.NodePlan
+	9,  // 34: ferry.v1.RolloutService.CreateRollout:input_type -> ferry.v1.CreateRolloutRequest
+	11, // 35: ferry.v1.RolloutService.GetRollout:input_type -> ferry.v1.GetRolloutRequest
+	13, // 36: ferry.v1.RolloutService.WatchRollout:input_type -> ferry.v1.WatchRolloutRequest
+	15, // 37: ferry.v1.RolloutService.ListRollouts:input_type -> ferry.v1.ListRolloutsRequest
+	17, // 38: ferry.v1.RolloutService.PromoteRollout:input_type -> ferry.v1.PromoteRolloutRequest
+	19, // 39: ferry.v1.RolloutService.PauseRollout:input_type -> ferry.v1.PauseRolloutRequest
+	21, // 40: ferry.v1.RolloutService.ResumeRollout:input_type -> ferry.v1.ResumeRolloutRequest
+	23, // 41: ferry.v1.RolloutService.AbortRollout:input_type -> ferry.v1.AbortRolloutRequest
+	25, // 42: ferry.v1.RolloutService.UndoRollout:input_type -> ferry.v1.UndoRolloutRequest
+	10, // 43: ferry.v1.RolloutService.CreateRollout:output_type -> ferry.v1.CreateRolloutResponse
+	12, // 44: ferry.v1.RolloutService.GetRollout:output_type -> ferry.v1.GetRolloutResponse
+	14, // 45: ferry.v1.RolloutService.WatchRollout:output_type -> ferry.v1.WatchRolloutResponse
+	16, // 46: ferry.v1.RolloutService.ListRollouts:output_type -> ferry.v1.ListRolloutsResponse
+	18, // 47: ferry.v1.RolloutService.PromoteRollout:output_type -> ferry.v1.PromoteRolloutResponse
+	20, // 48: ferry.v1.RolloutService.PauseRollout:output_type -> ferry.v1.PauseRolloutResponse
+	22, // 49: ferry.v1.RolloutService.ResumeRollout:output_type -> ferry.v1.ResumeRolloutResponse
+	24, // 50: ferry.v1.RolloutService.AbortRollout:output_type -> ferry.v1.AbortRolloutResponse
+	26, // 51: ferry.v1.RolloutService.UndoRollout:output_type -> ferry.v1.UndoRolloutResponse
+	43, // [43:52] is the sub-list for method output_type
+	34, // [34:43] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_rollout_proto_init() }
@@ -1965,8 +2171,8 @@ func file_ferry_v1_rollout_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_rollout_proto_rawDesc), len(file_ferry_v1_rollout_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   24,
+			NumEnums:      4,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -53,8 +53,10 @@ type RolloutServiceClient interface {
 	ResumeRollout(ctx context.Context, in *ResumeRolloutRequest, opts ...grpc.CallOption) (*ResumeRolloutResponse, error)
 	// AbortRollout stops a rollout; nodes not started are skipped.
 	AbortRollout(ctx context.Context, in *AbortRolloutRequest, opts ...grpc.CallOption) (*AbortRolloutResponse, error)
-	// UndoRollout starts a rollout that returns every node a package's last
-	// rollout changed in a group to its previous version.
+	// UndoRollout starts a rollout that takes a group's nodes back, each to
+	// the version of the package it had before its latest change (or to
+	// to_version, or to what it had before to_rollout), or with plan only
+	// says per node from what to what.
 	UndoRollout(ctx context.Context, in *UndoRolloutRequest, opts ...grpc.CallOption) (*UndoRolloutResponse, error)
 }
 
@@ -188,8 +190,10 @@ type RolloutServiceServer interface {
 	ResumeRollout(context.Context, *ResumeRolloutRequest) (*ResumeRolloutResponse, error)
 	// AbortRollout stops a rollout; nodes not started are skipped.
 	AbortRollout(context.Context, *AbortRolloutRequest) (*AbortRolloutResponse, error)
-	// UndoRollout starts a rollout that returns every node a package's last
-	// rollout changed in a group to its previous version.
+	// UndoRollout starts a rollout that takes a group's nodes back, each to
+	// the version of the package it had before its latest change (or to
+	// to_version, or to what it had before to_rollout), or with plan only
+	// says per node from what to what.
 	UndoRollout(context.Context, *UndoRolloutRequest) (*UndoRolloutResponse, error)
 	mustEmbedUnimplementedRolloutServiceServer()
 }
