@@ -392,13 +392,12 @@ func (f *ferryFleet) prepare(b *testing.B, bn *bench, ids []string) {
 	}
 }
 
-func (f *ferryFleet) ctl(b *testing.B, timeout time.Duration, args ...string) e2e.Result {
+func (f *ferryFleet) ctl(b *testing.B, timeout time.Duration, args ...string) {
 	b.Helper()
 	res := f.h.ExecTimeout(timeout, []string{"FERRY_CONFIG=" + f.c.AdminConfig}, f.h.Bin(e2e.CtlBinary), append([]string{"--timeout", "1m"}, args...)...)
 	if res.Exit != 0 {
 		b.Fatalf("ferryctl %s: %s", strings.Join(args, " "), res)
 	}
-	return res
 }
 
 // rollout times `ferryctl rollout` to the whole group and returns the
