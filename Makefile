@@ -48,6 +48,18 @@ e2e: build ## Run only the end-to-end tests against the built binaries
 bench: build ## Run the benchmarks (throughput, memory, fleet scale) and print their figures
 	@set -e; for m in $(MODULES); do (cd $$m && FERRY_BIN=$(CURDIR)/bin $(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./...); done
 
+# The rollout benchmark alone (agent/integration/bench, issue 15): the
+# parallel tar -xzf floor, a shell loop over HTTP and a Ferry rollout, for
+# local fleets and a capped network (root: network namespaces and tc).
+# BENCH_N / BENCH_NETNS_N pick the fleet sizes (0 skips), BENCH_RATE the cap.
+BENCH_N ?= 8,16
+BENCH_NETNS_N ?= 8
+BENCH_RATE ?= 200mbit
+.PHONY: bench-rollout
+bench-rollout: build ## Time a rollout against the tar -xzf floor and a shell loop (BENCH_N=8,16 BENCH_NETNS_N=8 BENCH_RATE=200mbit)
+	cd agent/integration && FERRY_BIN=$(CURDIR)/bin FERRY_BENCH_ROLLOUT_N='$(BENCH_N)' FERRY_BENCH_NETNS_N='$(BENCH_NETNS_N)' FERRY_BENCH_RATE='$(BENCH_RATE)' \
+		$(GO) test -run '^$$' -bench '^BenchmarkRollout$$' -benchtime 1x -timeout 30m ./bench/
+
 .PHONY: lint
 lint: tools ## golangci-lint (.golangci.yaml) over every module, buf lint, buf breaking
 	@failed=""; \

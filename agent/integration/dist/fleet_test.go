@@ -88,7 +88,7 @@ func TestInstallFleetAndRollOutGo(t *testing.T) {
 
 	// The Go toolchain, as its release tarball is laid out, with the
 	// .sha256 file release pages publish.
-	tarball, goVersion := packGo(t, dir)
+	tarball, goVersion := e2e.PackGoToolchain(t, dir)
 	ctl("artifact", "push", tarball, "--checksum-file", tarball+".sha256")
 	pkg := filepath.Join(dir, "go.yaml")
 	writeFile(t, pkg, fmt.Sprintf(`name: go
@@ -115,30 +115,4 @@ steps:
 			t.Errorf("%s: go env GOROOT = %q (%v), want the toolchain under its root", id, out, err)
 		}
 	}
-}
-
-// packGo packs the local Go toolchain as the official
-// go1.X.Y.linux-amd64.tar.gz lays it out (a top-level go/), as the demo
-// does, and writes the .sha256 release pages publish beside it.
-func packGo(t *testing.T, dir string) (tarball, version string) {
-	t.Helper()
-	out, err := exec.Command("go", "env", "GOROOT", "GOVERSION").Output()
-	if err != nil {
-		t.Fatalf("go env: %v", err)
-	}
-	f := strings.Fields(string(out))
-	if len(f) != 2 {
-		t.Fatalf("go env GOROOT GOVERSION printed %q", out)
-	}
-	goroot, version := f[0], strings.TrimPrefix(f[1], "go")
-	if filepath.Base(goroot) != "go" {
-		t.Skipf("GOROOT %s is not a folder named go, as the release tarball's top level is", goroot)
-	}
-	tarball = filepath.Join(dir, "go"+version+".linux-amd64.tar.gz")
-	res := run(t, "sh", "-c", `tar -C "$1" -cf - go | gzip -1 >"$2"`, "sh", filepath.Dir(goroot), tarball)
-	if res.exit != 0 {
-		t.Fatalf("pack %s: %s", goroot, res)
-	}
-	writeFile(t, tarball+".sha256", sha256File(t, tarball)+"  "+filepath.Base(tarball)+"\n", 0o644)
-	return tarball, version
 }

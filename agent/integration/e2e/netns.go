@@ -88,6 +88,19 @@ const fwTable = "ferry_e2e"
 // network namespaces refused.
 func NewNetwork(t testing.TB) *Network {
 	t.Helper()
+	return newNetwork(t, true)
+}
+
+// NewNetworkNoCut is NewNetwork for a test that never calls Host.Cut or
+// Host.Restore (a benchmark shaping a link with tc): it does not need the
+// nft command.
+func NewNetworkNoCut(t testing.TB) *Network {
+	t.Helper()
+	return newNetwork(t, false)
+}
+
+func newNetwork(t testing.TB, cuts bool) *Network {
+	t.Helper()
 	if runtime.GOOS != "linux" {
 		t.Skip("network namespace test skipped: needs Linux")
 	}
@@ -95,8 +108,11 @@ func NewNetwork(t testing.TB) *Network {
 		t.Skip("network namespace test skipped: needs root to create network namespaces and nftables rules (CI runs as root)")
 	}
 	ipCmd, nftCmd := findTool("ip"), findTool("nft")
-	if ipCmd == "" || nftCmd == "" {
-		t.Skip("network namespace test skipped: needs the ip and nft commands (install iproute2 and nftables)")
+	if ipCmd == "" {
+		t.Skip("network namespace test skipped: needs the ip command (install iproute2)")
+	}
+	if cuts && nftCmd == "" {
+		t.Skip("network namespace test skipped: needs the nft command (install nftables)")
 	}
 	sweepStaleNamespaces(t, ipCmd)
 
@@ -222,6 +238,9 @@ func (h *Host) ensureFirewall() {
 	defer h.mu.Unlock()
 	if h.fw {
 		return
+	}
+	if h.n.nft == "" {
+		h.n.t.Fatal("Host.Cut needs the nft command: build the network with NewNetwork, not NewNetworkNoCut")
 	}
 	script := `table inet ` + fwTable + ` {
 	set cut_drop { type ipv4_addr . inet_service; }
