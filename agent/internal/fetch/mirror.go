@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -149,8 +148,8 @@ func (f *Fetcher) mirrorGet(ctx context.Context, h string, size uint64, m *ferry
 	if _, err := io.Copy(hash, file); err != nil {
 		return n, err
 	}
-	if got := hex.EncodeToString(hash.Sum(nil)); got != h {
-		return n, fmt.Errorf("%w: got %s%s, want %s%s", errMismatch, sha256digest.Prefix, got, sha256digest.Prefix, h)
+	if got := sha256digest.Format(hash.Sum(nil)); got != sha256digest.Prefix+h {
+		return n, fmt.Errorf("%w: got %s, want %s%s", errMismatch, got, sha256digest.Prefix, h)
 	}
 	// The verified file takes the place of any partial download from the
 	// controller, and goes into the cache as that would.
