@@ -365,13 +365,21 @@ func (b *Buffer) write(j *job, r *ferryv1.LogRecord) {
 	b.frame(j, r)
 }
 
-func (b *Buffer) frame(j *job, m proto.Message) {
+// appendFrame appends m to buf as the files hold it: its length as a
+// uvarint, then its bytes.
+func appendFrame(buf []byte, m proto.Message) ([]byte, error) {
 	data, err := proto.Marshal(m)
+	if err != nil {
+		return buf, err
+	}
+	return append(binary.AppendUvarint(buf, uint64(len(data))), data...), nil
+}
+
+func (b *Buffer) frame(j *job, m proto.Message) {
+	buf, err := appendFrame(nil, m)
 	if err != nil {
 		return
 	}
-	buf := binary.AppendUvarint(nil, uint64(len(data)))
-	buf = append(buf, data...)
 	n, err := j.f.Write(buf)
 	j.fileBytes += n
 	if err != nil {
@@ -387,11 +395,11 @@ func (b *Buffer) compact(j *job) {
 	}
 	err := atomicfile.Write(b.path(j.key, ".log"), 0o600, func(w io.Writer) error {
 		for _, m := range append([]proto.Message{&ferryv1.JobLog{JobId: j.id, RolloutId: j.rollout}}, recs(j)...) {
-			data, err := proto.Marshal(m)
+			buf, err := appendFrame(nil, m)
 			if err != nil {
 				return err
 			}
-			if _, err := w.Write(append(binary.AppendUvarint(nil, uint64(len(data))), data...)); err != nil {
+			if _, err := w.Write(buf); err != nil {
 				return err
 			}
 		}
