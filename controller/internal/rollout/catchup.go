@@ -482,14 +482,14 @@ func (e *Engine) catchUpGroupLocked(g *ferryv1.GroupRecord, now time.Time, fx *e
 		}
 		// A version no longer stored leaves its nodes held (group show
 		// says why) rather than retried and logged at every look.
-		_, pkgErr := e.catchUpPackage(d)
+		pkg, pkgErr := e.catchUpPackage(d)
 		var todo []*ferryv1.Node
 		for _, b := range e.behindLocked(g, d, members, pkgErr) {
 			if b.view.GetStatus() == ferryv1.CatchUpStatus_CATCH_UP_STATUS_PENDING {
 				todo = append(todo, b.node)
 			}
 		}
-		if len(todo) > 0 && e.startCatchUpLocked(g, d, todo, now, fx) {
+		if len(todo) > 0 && e.startCatchUpLocked(g, d, pkg, todo, now, fx) {
 			return
 		}
 	}
@@ -507,15 +507,10 @@ func (e *Engine) catchUpPackage(d *ferryv1.DesiredPackage) (*ferryv1.Package, er
 	return pkg, nil
 }
 
-// startCatchUpLocked creates and starts a catch-up rollout of d to nodes.
-// It reports whether one started.
-func (e *Engine) startCatchUpLocked(g *ferryv1.GroupRecord, d *ferryv1.DesiredPackage, nodes []*ferryv1.Node, now time.Time, fx *effects) bool {
+// startCatchUpLocked creates and starts a catch-up rollout of d (stored
+// as pkg, loaded by the caller) to nodes. It reports whether one started.
+func (e *Engine) startCatchUpLocked(g *ferryv1.GroupRecord, d *ferryv1.DesiredPackage, pkg *ferryv1.Package, nodes []*ferryv1.Node, now time.Time, fx *effects) bool {
 	name := g.GetName()
-	pkg, err := e.catchUpPackage(d)
-	if err != nil {
-		e.log.Warn("catch-up not started", "group", name, "err", err)
-		return false
-	}
 	// The strategy of the rollout that set the desired state (its
 	// failure policy, deadline and healthy period), without canaries and
 	// within the group's catch-up parallelism.

@@ -88,8 +88,12 @@ func (s *Store) AppendJobLog(rolloutID, nodeID, jobID string, recs []*ferryv1.Lo
 			if err := jb.Put(recordKey(seq), data); err != nil {
 				return err
 			}
-			// Cut the oldest tail lines past the bound (collected first: a
-			// bbolt cursor may skip a key after a delete).
+		}
+		// Cut the oldest tail lines past the bound, once per batch and only
+		// when over it (the tail only grows above, so this cuts what cutting
+		// after each line would). Collected first: a bbolt cursor may skip a
+		// key after a delete.
+		if meta.GetTailBytes() > tailMax {
 			var cut [][]byte
 			c := jb.Cursor()
 			for k, v := c.Seek(recordKey(meta.GetHeadEnd() + 1)); k != nil && k[0] == 'r' && meta.GetTailBytes() > tailMax; k, v = c.Next() {
