@@ -18,7 +18,6 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	"github.com/ferrydeploy/ferry/shared/bytesize"
 	"github.com/ferrydeploy/ferry/shared/daemonconfig"
-	"github.com/ferrydeploy/ferry/shared/gossip"
 	"github.com/ferrydeploy/ferry/shared/version"
 )
 
@@ -61,10 +60,7 @@ func (o *options) define(fs *pflag.FlagSet) {
 	fs.IntVar(&o.cfg.MaxDownloads, "max-downloads", artifact.DefaultMaxDownloads, "artifact downloads streamed at once; more agents wait their turn (live on reload)")
 	fs.IntVar(&o.cfg.MaxNodeDownloads, "max-downloads-per-node", artifact.DefaultMaxDownloadsPerNode, "artifact downloads one node may stream or wait for at once; more are refused (live on reload)")
 	fs.DurationVar(&o.cfg.DownloadStall, "download-stall-timeout", artifact.DefaultStallTimeout, "end a download whose agent has taken no data for this long, so its slot serves others; the agent resumes later (live on reload)")
-	fs.StringVar(&o.cfg.GossipAddr, "gossip-listen", ":7946", `gossip (memberlist) bind address; "" disables gossip`)
-	fs.StringVar(&o.cfg.GossipAdvertise, "gossip-advertise", "", "gossip address agents dial (default: the bound address)")
-	o.cfg.GossipProfile = gossip.ProfileLAN
-	fs.Var(daemonconfig.ChoiceValue{S: &o.cfg.GossipProfile, Choices: []string{gossip.ProfileLAN, gossip.ProfileLocal, gossip.ProfileWAN}}, "gossip-profile", "gossip timings: lan, local or wan")
+	daemonconfig.GossipFlags(fs, &o.cfg.GossipAddr, &o.cfg.GossipAdvertise, &o.cfg.GossipProfile, "agents")
 	fs.DurationVar(&o.cfg.GossipKeyGrace, "gossip-key-grace", defaultGossipKeyGrace, "how long after a rotation the previous gossip key (e.g. a removed node's) still works, so agents switch without dropping out")
 	o.cfg.Logs.MaxJobBytes = store.DefaultMaxJobLog
 	fs.Var(sizeFlag{&o.cfg.Logs.MaxJobBytes}, "log-max-per-job", "job output kept per node and job: its first quarter and its newest lines, with a marker of what was cut between")

@@ -5,6 +5,10 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/ferrydeploy/ferry/shared/gossip"
 )
 
 // LevelValue is a log-level flag: debug, info, warn or error.
@@ -59,3 +63,13 @@ func (v ChoiceValue) Set(s string) error {
 }
 
 func (ChoiceValue) Type() string { return "string" }
+
+// GossipFlags defines gossip-listen, gossip-advertise and gossip-profile,
+// the gossip settings both daemons take; dialers names who dials the
+// advertised address ("agents", "peers").
+func GossipFlags(fs *pflag.FlagSet, addr, advertise, profile *string, dialers string) {
+	fs.StringVar(addr, "gossip-listen", ":7946", `gossip (memberlist) bind address; "" disables gossip`)
+	fs.StringVar(advertise, "gossip-advertise", "", "gossip address "+dialers+" dial (default: the bound address)")
+	*profile = gossip.ProfileLAN
+	fs.Var(ChoiceValue{S: profile, Choices: []string{gossip.ProfileLAN, gossip.ProfileLocal, gossip.ProfileWAN}}, "gossip-profile", "gossip timings: lan, local or wan")
+}

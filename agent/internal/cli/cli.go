@@ -21,7 +21,6 @@ import (
 	"github.com/ferrydeploy/ferry/agent/internal/selfupdate"
 	"github.com/ferrydeploy/ferry/shared/daemonconfig"
 	"github.com/ferrydeploy/ferry/shared/dirlock"
-	"github.com/ferrydeploy/ferry/shared/gossip"
 	"github.com/ferrydeploy/ferry/shared/installpolicy"
 	"github.com/ferrydeploy/ferry/shared/labels"
 	"github.com/ferrydeploy/ferry/shared/version"
@@ -124,10 +123,7 @@ func (o *runOptions) define(fs *pflag.FlagSet) {
 	fs.StringVar(&o.cfg.Root, "root", "/", "install root every package path resolves under")
 	fs.StringVar(&o.cfg.Controller, "controller", "", "controller address (default: the one used at enrollment)")
 	fs.DurationVar(&o.cfg.BackoffMax, "reconnect-max", 30*time.Second, "longest delay between reconnect attempts (live on reload)")
-	fs.StringVar(&o.cfg.Gossip.Addr, "gossip-listen", ":7946", `gossip (memberlist) bind address; "" disables gossip`)
-	fs.StringVar(&o.cfg.Gossip.AdvertiseAddr, "gossip-advertise", "", "gossip address peers dial (default: the bound address)")
-	o.cfg.Gossip.Profile = gossip.ProfileLAN
-	fs.Var(daemonconfig.ChoiceValue{S: &o.cfg.Gossip.Profile, Choices: []string{gossip.ProfileLAN, gossip.ProfileLocal, gossip.ProfileWAN}}, "gossip-profile", "gossip timings: lan, local or wan")
+	daemonconfig.GossipFlags(fs, &o.cfg.Gossip.Addr, &o.cfg.Gossip.AdvertiseAddr, &o.cfg.Gossip.Profile, "peers")
 	fs.DurationVar(&o.cfg.DriftInterval, "drift-interval", agent.DefaultDriftInterval, "how often to check the installed files against what Ferry installed (sizes, modes, times); 0 = never")
 	fs.StringVar(&o.cfg.MetricsAddr, "metrics-listen", "", `serve the agent's /metrics on this address, e.g. 127.0.0.1:9481 ("" = off)`)
 	o.level = slog.LevelInfo
