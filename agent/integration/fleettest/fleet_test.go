@@ -101,7 +101,7 @@ func TestTokensRefusedWithoutStateChange(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			before := f.snapshot()
 			dir := filepath.Join(t.TempDir(), "state")
-			_, err := enroll.Enroll(ctx, enroll.Options{Controller: f.ctl.GRPCAddr(), Token: tc.tok.Secret, CAPin: tc.tok.CaPin, NodeID: "new-" + strings.ReplaceAll(tc.name, " ", "-"), StateDir: dir})
+			_, err := enroll.Enroll(ctx, enroll.Options{Controllers: []string{f.ctl.GRPCAddr()}, Token: tc.tok.Secret, CAPin: tc.tok.CaPin, NodeID: "new-" + strings.ReplaceAll(tc.name, " ", "-"), StateDir: dir})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("enroll error = %v, want one mentioning %q", err, tc.want)
 			}
@@ -141,7 +141,7 @@ func TestCAPinMismatchRefusedByAgent(t *testing.T) {
 	tok := f.token("staging", 1)
 	dir := filepath.Join(t.TempDir(), "state")
 	wrongPin := "sha256:" + strings.Repeat("ab", 32)
-	_, err := enroll.Enroll(context.Background(), enroll.Options{Controller: f.ctl.GRPCAddr(), Token: tok.Secret, CAPin: wrongPin, NodeID: "n1", StateDir: dir})
+	_, err := enroll.Enroll(context.Background(), enroll.Options{Controllers: []string{f.ctl.GRPCAddr()}, Token: tok.Secret, CAPin: wrongPin, NodeID: "n1", StateDir: dir})
 	if err == nil || !strings.Contains(err.Error(), "CA pin mismatch") {
 		t.Fatalf("enroll with a wrong pin: err = %v, want a CA pin mismatch", err)
 	}

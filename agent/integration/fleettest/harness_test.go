@@ -155,7 +155,7 @@ func (f *fleet) enroll(id string, tok *ferryv1.CreateTokenResponse) *testAgent {
 	f.t.Helper()
 	a := &testAgent{t: f.t, id: id, stateDir: filepath.Join(f.dir, "agents", id)}
 	_, err := enroll.Enroll(context.Background(), enroll.Options{
-		Controller: f.ctl.GRPCAddr(), Token: tok.Secret, CAPin: tok.CaPin, NodeID: id, StateDir: a.stateDir,
+		Controllers: []string{f.ctl.GRPCAddr()}, Token: tok.Secret, CAPin: tok.CaPin, NodeID: id, StateDir: a.stateDir,
 	})
 	if err != nil {
 		f.t.Fatalf("enroll %s: %v", id, err)
@@ -179,7 +179,7 @@ func (f *fleet) startWith(a *testAgent, mod func(*agent.Config)) {
 		f.t.Fatal(err)
 	}
 	cfg := agent.Config{
-		StateDir: a.stateDir, Root: root, Controller: a.proxy.addr(),
+		StateDir: a.stateDir, Root: root, Controllers: []string{a.proxy.addr()},
 		BackoffBase: 50 * time.Millisecond, BackoffMax: 300 * time.Millisecond, Logger: testLogger().With("agent", a.id),
 		Gossip: gossipConfig(f.gossip), MetricsAddr: a.metricsAddr,
 	}

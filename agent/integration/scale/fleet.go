@@ -57,7 +57,7 @@ func Enroll(ctx context.Context, e Enrollment, ids []string) (*Enrolled, error) 
 					return
 				}
 				dir := filepath.Join(e.Dir, ids[i])
-				_, err := enroll.Enroll(ctx, enroll.Options{Controller: e.Controller, Token: e.Token, CAPin: e.CAPin, NodeID: ids[i], StateDir: dir})
+				_, err := enroll.Enroll(ctx, enroll.Options{Controllers: []string{e.Controller}, Token: e.Token, CAPin: e.CAPin, NodeID: ids[i], StateDir: dir})
 				var id *identity.Identity
 				if err == nil {
 					id, err = identity.Load(dir)

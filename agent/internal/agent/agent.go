@@ -1,6 +1,8 @@
-// Package agent is the ferry-agent daemon: it keeps one stream to the
-// controller (reconnecting with jittered exponential backoff), heartbeats,
-// renews its certificate before expiry, and runs the jobs it receives.
+// Package agent is the ferry-agent daemon: it keeps one stream to a
+// controller (reconnecting with jittered exponential backoff, moving to
+// another controller when it has several; package controllers chooses),
+// heartbeats, renews its certificate before expiry, and runs the jobs it
+// receives.
 package agent
 
 import (
@@ -26,6 +28,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/ferrydeploy/ferry/agent/internal/backoff"
+	"github.com/ferrydeploy/ferry/agent/internal/controllers"
 	"github.com/ferrydeploy/ferry/agent/internal/facts"
 	"github.com/ferrydeploy/ferry/agent/internal/fetch"
 	"github.com/ferrydeploy/ferry/agent/internal/identity"
@@ -44,7 +47,13 @@ import (
 type Config struct {
 	StateDir          string        // identity, installed packages, downloads
 	Root              string        // install root (default "/")
-	Controller        string        // overrides the address recorded at enrollment
+	// Controllers override the addresses recorded at enrollment: each
+	// HOST:PORT, a controller of the installation (or a name resolving
+	// to several); items may be comma-separated.
+	Controllers []string
+	// Resolve looks controller names up, at every connection attempt
+	// (default: the system resolver).
+	Resolve           func(ctx context.Context, host string) ([]string, error)
 	HeartbeatInterval time.Duration // used until the controller's welcome says otherwise (default 5s)
 	BackoffBase       time.Duration // first reconnect delay (default 500ms)
 	BackoffMax        time.Duration // longest reconnect delay (default 30s)
@@ -78,8 +87,12 @@ type Agent struct {
 	id      *identity.Identity
 	started time.Time
 
+	ctls *controllers.List // used by Run's loop only
+
 	mu        sync.Mutex
 	rng       *rand.Rand
+	endpoint  controllers.Endpoint // the controller dialled now (under mu)
+	connected controllers.Endpoint // the one that welcomed the last session (under mu)
 	seq       uint64
 	sendMu    sync.Mutex
 	stream    grpc.BidiStreamingClient[ferryv1.ConnectRequest, ferryv1.ConnectResponse]
@@ -138,11 +151,22 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.Controller == "" {
-		cfg.Controller = id.Info.Controller
+	entries := cfg.Controllers
+	if len(entries) == 0 {
+		entries = id.Info.ControllerList()
 	}
+	if entries, err = controllers.Parse(entries); err != nil {
+		return nil, fmt.Errorf("%w (--controller, or the addresses recorded at enrollment in %s)", err, filepath.Join(cfg.StateDir, "identity.json"))
+	}
+	cfg.Controllers = entries
 	a := &Agent{cfg: cfg, id: id, rng: cfg.Rand, started: cfg.Now(),
 		log: cfg.Logger.With("node", id.Info.NodeID)}
+	if a.ctls, err = controllers.New(controllers.Config{
+		Entries: entries, Backoff: a.backoff, Start: cfg.Rand.IntN(1 << 20),
+		Resolve: cfg.Resolve, Now: cfg.Now, Logger: a.log,
+	}); err != nil {
+		return nil, err
+	}
 	if err := a.id.CheckClock(cfg.Now()); err != nil {
 		return nil, err
 	}
@@ -215,9 +239,12 @@ func (a *Agent) SetBackoffMax(d time.Duration) {
 // at most 10 s, or it answers these pings with GOAWAY "too_many_pings".
 var agentKeepalive = keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}
 
-// dial makes a connection to the controller; extra adds to the agent's
-// dial options (fetch.BrokenLinkDialOptions for a broken-link connection).
-func (a *Agent) dial(extra ...grpc.DialOption) (*grpc.ClientConn, error) {
+// dial makes a connection to the controller at ep; extra adds to the
+// agent's dial options (fetch.BrokenLinkDialOptions for a broken-link
+// connection). A resolved address is dialled as it is: the controller's
+// certificate is verified under pki.ControllerServerName, whatever the
+// address.
+func (a *Agent) dial(ep controllers.Endpoint, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
 	tlsConf := rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 		return a.id.Certificate(), nil
 	}, a.id.Pool())
@@ -228,7 +255,49 @@ func (a *Agent) dial(extra ...grpc.DialOption) (*grpc.ClientConn, error) {
 	if a.dialer != nil {
 		opts = append(opts, grpc.WithContextDialer(a.dialer))
 	}
-	return grpc.NewClient(a.cfg.Controller, append(opts, extra...)...)
+	target := ep.Addr
+	if ep.Resolved() {
+		target = "passthrough:///" + ep.Addr
+	}
+	return grpc.NewClient(target, append(opts, extra...)...)
+}
+
+// currentEndpoint is the controller the agent dials now.
+func (a *Agent) currentEndpoint() controllers.Endpoint {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.endpoint
+}
+
+// Controllers are the configured controller addresses.
+func (a *Agent) Controllers() []string { return a.cfg.Controllers }
+
+// moveTo points the agent's connections at ep before an attempt: a new
+// connection when ep is another controller, or when the current one is
+// failing (gRPC would wait out its own backoff on it, on top of the
+// agent's). Downloads and renewals running on the old connection fail
+// and resume on the new one (downloads by digest, from their offset).
+func (a *Agent) moveTo(ep controllers.Endpoint, client *swapClient, brokenLink *brokenLinks) error {
+	cur := client.current()
+	if cur != nil && a.currentEndpoint().Addr == ep.Addr && cur.GetState() != connectivity.TransientFailure {
+		return nil
+	}
+	conn, err := a.dial(ep)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.endpoint = ep
+	a.mu.Unlock()
+	client.set(conn)
+	old := brokenLink.redial(ep)
+	if cur != nil {
+		old = append(old, cur)
+	}
+	for _, c := range old {
+		_ = c.Close() // fails only when already closed
+	}
+	return nil
 }
 
 // jobDrainTimeout bounds how long a graceful stop waits for a running job
@@ -258,18 +327,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.restarting() {
 		return a.restartError() // a new agent past its deadline restored the previous one
 	}
-	conn, err := a.dial()
-	if err != nil {
-		return fmt.Errorf("controller %s: %w", a.cfg.Controller, err)
-	}
+	ep, _ := a.ctls.Next(ctx)
 	client := &swapClient{}
-	client.set(conn)
-	// Close fails only on a connection already closed; at shutdown there
-	// is nothing left to do about it.
-	defer func() { _ = client.current().Close() }()
 	// Downloads over a link that keeps breaking streams move to
 	// connections with static windows (see package fetch).
 	brokenLink := &brokenLinks{a: a, conns: map[int32]*swapClient{}}
+	if err := a.moveTo(ep, client, brokenLink); err != nil {
+		return fmt.Errorf("controller %s: %w", ep, err)
+	}
+	// Close fails only on a connection already closed; at shutdown there
+	// is nothing left to do about it.
+	defer func() { _ = client.current().Close() }()
 	defer brokenLink.close()
 	newFetcher := a.cfg.NewFetcher
 	if newFetcher == nil {
@@ -322,10 +390,13 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	go a.watchProbation(ctx.Done())
 
-	attempt := 0 // attempts since the last established session
 	for {
 		var welcomedAt time.Time
-		err := a.session(ctx, client, brokenLink, &welcomedAt)
+		a.ctls.Tried(ep)
+		err := a.moveTo(ep, client, brokenLink)
+		if err == nil {
+			err = a.session(ctx, client, brokenLink, ep, &welcomedAt)
+		}
 		if a.restarting() {
 			return a.restartError()
 		}
@@ -337,30 +408,41 @@ func (a *Agent) Run(ctx context.Context) error {
 		if errors.As(err, &fe) {
 			return fe.Err
 		}
-		// An established session starts the count over, so a link that
-		// drops every few seconds reconnects after the shortest delays
-		// (still fully jittered); a stream dropped within MinSession of
-		// its welcome counts as a failure (see package backoff).
+		// An established session starts the controller's count over, so
+		// a link that drops every few seconds reconnects after the
+		// shortest delays (still fully jittered); a stream dropped within
+		// MinSession of its welcome counts as a failure (see package
+		// backoff). Each controller counts its own failures.
 		if !welcomedAt.IsZero() && a.cfg.Now().Sub(welcomedAt) >= backoff.MinSession {
-			attempt = 0
+			a.ctls.Established(ep)
 		}
-		delay := a.backoff(attempt)
-		attempt++
-		a.metrics.reconnects.Inc()
 		hint := a.clockHint(err)
+		refused := status.Code(err) == codes.PermissionDenied || status.Code(err) == codes.Unauthenticated
+		var hold time.Duration
+		if hint != "" || refused {
+			// Retrying fast cannot help until a clock is fixed, or when
+			// the node was removed or its certificate is refused: the
+			// controller waits the longest delay.
+			hold = a.backoffMax()
+		}
+		a.ctls.Failed(ep, hold)
+		next, delay := a.ctls.Next(ctx)
+		a.metrics.reconnects.Inc()
+		logArgs := []any{"controller", ep.String(), "err", err, "retry_in", delay}
+		if next.Addr != ep.Addr {
+			logArgs = append(logArgs, "next", next.String())
+		}
 		switch {
 		case hint != "":
-			// Retrying fast cannot help until a clock is fixed.
-			delay = a.backoffMax()
-			a.log.Error(hint, "err", err, "retry_in", delay)
-		case status.Code(err) == codes.PermissionDenied, status.Code(err) == codes.Unauthenticated:
-			// Retrying fast cannot help (the node was removed, or its
-			// certificate is refused): wait the longest delay.
-			delay = a.backoffMax()
-			a.log.Error("controller refused this node; it must be re-enrolled if it was removed", "err", err, "retry_in", delay)
+			a.log.Error(hint, logArgs...)
+		case refused:
+			a.log.Error("controller refused this node; it must be re-enrolled if it was removed", logArgs...)
+		case next.Addr != ep.Addr:
+			a.log.Warn(fmt.Sprintf("stream to controller ended (%s); moving to controller %s", lostReason(err), next), logArgs...)
 		default:
-			a.log.Warn("stream to controller ended", "err", err, "retry_in", delay)
+			a.log.Warn(fmt.Sprintf("stream to controller ended (%s)", lostReason(err)), logArgs...)
 		}
+		ep = next
 		select {
 		case <-ctx.Done():
 			return nil
@@ -390,7 +472,7 @@ func (b *brokenLinks) client(window int32) ferryv1.AgentServiceClient {
 	if c := b.conns[window]; c != nil {
 		return c
 	}
-	conn, err := b.a.dial(fetch.BrokenLinkDialOptions(window)...)
+	conn, err := b.a.dial(b.a.currentEndpoint(), fetch.BrokenLinkDialOptions(window)...)
 	if err != nil {
 		b.a.log.Warn("dial a broken-link download connection; downloading over the main one", "window", window, "err", err)
 		return nil
@@ -401,16 +483,20 @@ func (b *brokenLinks) client(window int32) ferryv1.AgentServiceClient {
 	return c
 }
 
-// redial moves every connection to a new one (a renewed certificate) and
-// returns the old ones, to be closed when the session ends.
-func (b *brokenLinks) redial() []*grpc.ClientConn {
+// redial moves every connection to a new one to ep (a renewed
+// certificate, another controller) and returns the old ones, to be
+// closed by the caller. One that cannot be dialled is dropped: the next
+// download that needs it dials it again.
+func (b *brokenLinks) redial(ep controllers.Endpoint) []*grpc.ClientConn {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var old []*grpc.ClientConn
 	for window, c := range b.conns {
-		conn, err := b.a.dial(fetch.BrokenLinkDialOptions(window)...)
+		conn, err := b.a.dial(ep, fetch.BrokenLinkDialOptions(window)...)
 		if err != nil {
-			b.a.log.Warn("dial a broken-link download connection with the renewed certificate", "window", window, "err", err)
+			b.a.log.Warn("dial a broken-link download connection", "controller", ep.String(), "window", window, "err", err)
+			old = append(old, c.current())
+			delete(b.conns, window)
 			continue
 		}
 		old = append(old, c.current())
@@ -473,11 +559,13 @@ func (a *Agent) send(m *ferryv1.ConnectRequest) error {
 // accept the stream (TLS handshake, hello, welcome).
 const connectTimeout = 10 * time.Second
 
-// session runs one stream until it fails or ctx ends. It sets *welcomedAt
-// to the agent's time when the controller's welcome arrives. A renewed
-// certificate moves client and brokenLink to new connections.
-func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *brokenLinks, welcomedAt *time.Time) error {
-	conn := client.current()
+// errNoWelcome is an attempt the controller did not answer in time.
+var errNoWelcome = fmt.Errorf("no welcome within %v", connectTimeout)
+
+// session runs one stream to ep until it fails or ctx ends. It sets
+// *welcomedAt to the agent's time when the controller's welcome arrives.
+// A renewed certificate moves client and brokenLink to new connections.
+func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *brokenLinks, ep controllers.Endpoint, welcomedAt *time.Time) (err error) {
 	var retired []*grpc.ClientConn // connections replaced during this session
 	defer func() {
 		for _, c := range retired {
@@ -486,20 +574,22 @@ func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *bro
 	}()
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	// Our own jittered backoff paces the attempts: cut gRPC's and let this
-	// attempt wait for the connection, up to connectTimeout or until the
-	// agent stops.
-	resetConnectBackoff(conn)
+	// The attempt waits for the connection (a failed dial fails it at
+	// once: the agent's backoff, per controller, paces the next), the
+	// stream and the welcome, up to connectTimeout or until the agent
+	// stops.
 	welcomed := make(chan struct{})
 	var welcomeOnce sync.Once
 	markWelcomed := func() { welcomeOnce.Do(func() { close(welcomed) }) }
 	defer markWelcomed()
+	var timedOut atomic.Bool
 	go func() {
 		t := time.NewTimer(connectTimeout)
 		defer t.Stop()
 		select {
 		case <-welcomed:
 		case <-t.C:
+			timedOut.Store(true)
 			cancel()
 		case <-ctx.Done():
 			cancel()
@@ -507,7 +597,12 @@ func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *bro
 			cancel()
 		}
 	}()
-	stream, err := client.Connect(sctx, grpc.WaitForReady(true))
+	defer func() {
+		if err != nil && timedOut.Load() {
+			err = errNoWelcome
+		}
+	}()
+	stream, err := client.Connect(sctx)
 	if err != nil {
 		return err
 	}
@@ -555,7 +650,16 @@ func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *bro
 	case <-a.intervals:
 	default:
 	}
-	a.log.Info("connected to controller", "controller", a.cfg.Controller, "heartbeat_interval", interval)
+	a.mu.Lock()
+	prev := a.connected
+	a.connected = ep
+	a.mu.Unlock()
+	switch {
+	case prev.Addr != "" && prev.Addr != ep.Addr:
+		a.log.Info(fmt.Sprintf("connected to controller %s, moved from %s", ep, prev), "controller", ep.String(), "previous", prev.String(), "heartbeat_interval", interval)
+	default:
+		a.log.Info("connected to controller", "controller", ep.String(), "heartbeat_interval", interval)
+	}
 	a.confirmUpdate()
 	a.logs.Resend() // what the controller may not have yet: it drops what it has
 	go a.sendLogs()
@@ -607,13 +711,13 @@ func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *bro
 			// Switch new calls to a connection with the new certificate
 			// now; this stream stays on the old one (it was authenticated
 			// when it opened), which is closed when the session ends.
-			next, err := a.dial()
+			next, err := a.dial(ep)
 			if err != nil {
 				a.log.Warn("dial with the renewed certificate", "err", err)
 				break
 			}
 			retired = append(retired, client.current())
-			retired = append(retired, brokenLink.redial()...)
+			retired = append(retired, brokenLink.redial(ep)...)
 			client.set(next)
 			a.log.Info("new calls use the renewed certificate")
 		case err := <-a.fatal:
@@ -637,23 +741,6 @@ func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *bro
 			}
 			timer.Reset(a.jitter(interval, 0.1))
 		}
-	}
-}
-
-// resetConnectBackoff cuts gRPC's own reconnect backoff, which would
-// otherwise stack on top of the agent's (an attempt would wait out the
-// channel's delay as well). Only a channel in TRANSIENT_FAILURE is backing
-// off; in any other state there is nothing to cut and the call is skipped
-// on purpose: grpc-go 1.85, the newest release, reads the channel's
-// subchannel map in ResetConnectBackoff without its lock
-// (grpc/grpc-go#9155), and a channel that is idle or connecting may be
-// adding its subchannel at that moment, for a renewal or download that
-// starts with the session. A channel in TRANSIENT_FAILURE already has its
-// subchannel, replaced only if the controller's name resolves to other
-// addresses. Drop the guard once a grpc-go release has the fix.
-func resetConnectBackoff(conn *grpc.ClientConn) {
-	if conn.GetState() == connectivity.TransientFailure {
-		conn.ResetConnectBackoff()
 	}
 }
 

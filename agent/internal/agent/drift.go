@@ -72,7 +72,7 @@ func (a *Agent) writeStatus(connected, force bool) {
 	now := a.cfg.Now()
 	a.mu.Lock()
 	m := a.member
-	st := agentstatus.Status{Controller: a.cfg.Controller, Connected: connected, LastWelcome: a.welcomed, Gossip: m != nil}
+	st := agentstatus.Status{Controller: a.endpoint.String(), Controllers: a.cfg.Controllers, Connected: connected, LastWelcome: a.welcomed, Gossip: m != nil}
 	a.mu.Unlock()
 	st.ClockSkew = a.id.Skew(now)
 	if m != nil {
@@ -84,7 +84,7 @@ func (a *Agent) writeStatus(connected, force bool) {
 		}
 	}
 	drift := a.drift.Load()
-	key := statusKey{st.Connected, st.LastWelcome, st.ClockSkew, st.Gossip, st.GossipAlive, st.GossipMembers, drift}
+	key := statusKey{st.Controller, st.Connected, st.LastWelcome, st.ClockSkew, st.Gossip, st.GossipAlive, st.GossipMembers, drift}
 	a.mu.Lock()
 	if !force && key == a.lastStatus && now.Sub(a.statusAt) < statusEvery {
 		a.mu.Unlock()
@@ -100,6 +100,7 @@ func (a *Agent) writeStatus(connected, force bool) {
 
 // statusKey is what status.json says, to tell when it changed.
 type statusKey struct {
+	controller     string
 	connected      bool
 	welcome        time.Time
 	skew           time.Duration

@@ -28,8 +28,12 @@ type Status struct {
 	// WrittenAt is when the daemon wrote it (node clock); a stale file
 	// means the daemon is not running or is stuck.
 	WrittenAt time.Time `json:"written_at"`
-	// Controller is the address the agent dials.
+	// Controller is the controller the agent dials now (connected to it
+	// when Connected): the configured address, and the address it
+	// resolved to when that differs.
 	Controller string `json:"controller"`
+	// Controllers are every configured controller address.
+	Controllers []string `json:"controllers,omitempty"`
 	// Connected is whether its stream was up when written.
 	Connected bool `json:"connected"`
 	// LastWelcome is when the controller last accepted its stream.

@@ -32,6 +32,10 @@ const defaultStateDir = installpolicy.DefaultStateDir
 
 const defaultConfig = "/etc/ferry/agent.yaml"
 
+// controllerUsage is the help of --controller, which run, enroll and
+// doctor share.
+const controllerUsage = "controller gRPC address `HOST:PORT`; with several controllers give each (a:7443,b:7443, or the flag repeated) or one name that resolves to several"
+
 // liveKeys are the settings of `run` a reload (SIGHUP) applies while the
 // agent runs; every other key needs a restart.
 var liveKeys = []string{"log-level", "reconnect-max"}
@@ -121,7 +125,7 @@ func (o *runOptions) define(fs *pflag.FlagSet) {
 	fs.StringVar(&o.configPath, "config", defaultConfig, "config file; its keys are these flags, which override it (a missing default file is no error)")
 	fs.StringVar(&o.cfg.StateDir, "state-dir", defaultStateDir, "where the agent keeps its identity and state")
 	fs.StringVar(&o.cfg.Root, "root", "/", "install root every package path resolves under")
-	fs.StringVar(&o.cfg.Controller, "controller", "", "controller address (default: the one used at enrollment)")
+	fs.StringSliceVar(&o.cfg.Controllers, "controller", nil, controllerUsage+" (default: the ones given at enrollment)")
 	fs.DurationVar(&o.cfg.BackoffMax, "reconnect-max", 30*time.Second, "longest delay between reconnect attempts (live on reload)")
 	daemonconfig.GossipFlags(fs, &o.cfg.Gossip.Addr, &o.cfg.Gossip.AdvertiseAddr, &o.cfg.Gossip.Profile, "peers")
 	fs.DurationVar(&o.cfg.DriftInterval, "drift-interval", agent.DefaultDriftInterval, "how often to check the installed files against what Ferry installed (sizes, modes, times); 0 = never")
@@ -163,7 +167,7 @@ func enrollCmd(stdout io.Writer) *cobra.Command {
 				return daemonconfig.Usage(err)
 			}
 			for _, f := range []string{"controller", "token", "ca-pin"} {
-				if cmd.Flags().Lookup(f).Value.String() == "" {
+				if v := cmd.Flags().Lookup(f).Value.String(); v == "" || v == "[]" {
 					return daemonconfig.Usage(fmt.Errorf("enroll needs --%s (the line `ferryctl token create` prints has it)", f))
 				}
 			}
@@ -186,7 +190,7 @@ func enrollCmd(stdout io.Writer) *cobra.Command {
 	}
 	fs := cmd.Flags()
 	fs.StringVar(&configPath, "config", defaultConfig, "config file whose state-dir and controller are used unless given here")
-	fs.StringVar(&o.Controller, "controller", "", "controller gRPC address, HOST:PORT (required)")
+	fs.StringSliceVar(&o.Controllers, "controller", nil, controllerUsage+"; enrollment goes through the first that answers, and run dials them all (required)")
 	fs.StringVar(&o.Token, "token", "", "join token that 'ferryctl token create' printed (required)")
 	fs.StringVar(&o.CAPin, "ca-pin", "", "`sha256:HEX` CA pin that 'ferryctl token create' printed (required)")
 	fs.StringVar(&o.NodeID, "node-id", "", "node `ID`, lowercase (default: this host's name)")

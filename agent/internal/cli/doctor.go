@@ -33,7 +33,7 @@ func doctorCmd(stdout io.Writer) *cobra.Command {
 	fs := cmd.Flags()
 	fs.StringVar(&cfg.StateDir, "state-dir", defaultStateDir, "the agent's state dir")
 	fs.StringVar(&cfg.Root, "root", "/", "the agent's install root")
-	fs.StringVar(&cfg.Controller, "controller", "", "controller address (default: the one used at enrollment)")
+	fs.StringSliceVar(&cfg.Controllers, "controller", nil, controllerUsage+" (default: the ones given at enrollment); each is checked")
 	fs.BoolVar(&cfg.Full, "full", false, "hash every installed file (default: sizes, modes and times)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 10*time.Second, "how long to wait for the controller")
 	fs.StringVar(&cfg.Visudo, "visudo", "", "path of visudo (default: looked up)")

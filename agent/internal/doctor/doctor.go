@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydeploy/ferry/agent/internal/agentstatus"
+	"github.com/ferrydeploy/ferry/agent/internal/controllers"
 	"github.com/ferrydeploy/ferry/agent/internal/facts"
 	"github.com/ferrydeploy/ferry/agent/internal/identity"
 	"github.com/ferrydeploy/ferry/agent/internal/install"
@@ -41,8 +42,9 @@ import (
 type Config struct {
 	StateDir string
 	Root     string
-	// Controller overrides the address recorded at enrollment.
-	Controller string
+	// Controllers override the addresses recorded at enrollment; each is
+	// checked.
+	Controllers []string
 	// Full hashes every installed file (default: sizes, modes and times).
 	Full bool
 	// Timeout bounds the controller check (default 10s).
@@ -97,10 +99,9 @@ func Run(ctx context.Context, cfg Config, w io.Writer) int {
 		if st != nil {
 			id.SetSkew(st.ClockSkew, cfg.Now())
 		}
-		results = append(results,
-			checkCertificate(cfg, id),
-			checkController(ctx, cfg, id),
-			checkDaemon(cfg, st, stErr))
+		results = append(results, checkCertificate(cfg, id))
+		results = append(results, checkControllers(ctx, cfg, id)...)
+		results = append(results, checkDaemon(cfg, st, stErr))
 		if st != nil && cfg.Now().Sub(st.WrittenAt) < staleStatus {
 			results = append(results, checkClock(st), checkGossip(st))
 		}
@@ -153,15 +154,30 @@ func checkCertificate(cfg Config, id *identity.Identity) Result {
 	return r
 }
 
+// checkControllers checks each configured controller address (a name
+// that resolves to several addresses is checked as the agent's first
+// attempt would dial it).
+func checkControllers(ctx context.Context, cfg Config, id *identity.Identity) []Result {
+	addrs := cfg.Controllers
+	if len(addrs) == 0 {
+		addrs = id.Info.ControllerList()
+	}
+	addrs, err := controllers.Parse(addrs)
+	if err != nil {
+		return []Result{{Check: "controller", Detail: err.Error(), Fix: "give --controller HOST:PORT, or enroll the node again (" + cfg.StateDir + "/identity.json records no controller)"}}
+	}
+	out := make([]Result, 0, len(addrs))
+	for _, a := range addrs {
+		out = append(out, checkController(ctx, cfg, id, a))
+	}
+	return out
+}
+
 // checkController opens an agent stream with the node's certificate and
 // closes it without a hello: the controller authenticates the node and
 // then refuses the stream (InvalidArgument or Unknown), which is the
 // answer that proves both ends accept each other.
-func checkController(ctx context.Context, cfg Config, id *identity.Identity) Result {
-	addr := cfg.Controller
-	if addr == "" {
-		addr = id.Info.Controller
-	}
+func checkController(ctx context.Context, cfg Config, id *identity.Identity, addr string) Result {
 	r := Result{Check: "controller " + addr}
 	tlsConf := rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return id.Certificate(), nil }, id.Pool())
 	tlsConf.Time = func() time.Time { return id.ControllerTime(time.Now()) }
@@ -208,9 +224,14 @@ func checkDaemon(cfg Config, st *agentstatus.Status, err error) Result {
 		r.Detail, r.Fix = err.Error(), fix
 	case cfg.Now().Sub(st.WrittenAt) > staleStatus:
 		r.Detail, r.Fix = fmt.Sprintf("not running: its status was last written %s ago", approxdur.String(cfg.Now().Sub(st.WrittenAt))), fix
+	case !st.Connected && len(st.Controllers) > 1:
+		r.Detail = fmt.Sprintf("running, but not connected to any of its controllers (%s); it is trying %s", strings.Join(st.Controllers, ", "), st.Controller)
+		r.Fix = "see journalctl -u ferry-agent for why; the controller lines above say which are reachable"
 	case !st.Connected:
 		r.Detail = "running, but its stream to " + st.Controller + " is down"
 		r.Fix = "see journalctl -u ferry-agent for why; the controller line above says whether it is reachable"
+	case len(st.Controllers) > 1:
+		r.OK, r.Detail = true, fmt.Sprintf("running, connected to %s since %s (controllers: %s)", st.Controller, st.LastWelcome.Format(time.RFC3339), strings.Join(st.Controllers, ", "))
 	default:
 		r.OK, r.Detail = true, fmt.Sprintf("running, connected to %s since %s", st.Controller, st.LastWelcome.Format(time.RFC3339))
 	}

@@ -31,9 +31,14 @@ const (
 // Info is what enrollment granted. GossipKey changes when the controller
 // rotates it (SetGossipKey).
 type Info struct {
-	NodeID      string            `json:"node_id"`
-	Group       string            `json:"group"`
-	Controller  string            `json:"controller"`
+	NodeID     string `json:"node_id"`
+	Group      string `json:"group"`
+	Controller string `json:"controller"` // the address enrollment went through
+	// Controllers are every controller address the node was enrolled
+	// with (--controller a:7443,b:7443), which `run` dials unless given
+	// others; empty in identities from before several controllers:
+	// Controller alone then.
+	Controllers []string          `json:"controllers,omitempty"`
 	GossipKey   []byte            `json:"gossip_key"`
 	GossipLabel string            `json:"gossip_label"`
 	Labels      map[string]string `json:"labels,omitempty"`
@@ -42,6 +47,17 @@ type Info struct {
 	// GossipKeyGeneration is the controller's generation of GossipKey: 0
 	// for the key from enrollment until a welcome names its generation.
 	GossipKeyGeneration uint64 `json:"gossip_key_generation,omitempty"`
+}
+
+// ControllerList is the controller addresses recorded at enrollment.
+func (i Info) ControllerList() []string {
+	if len(i.Controllers) > 0 {
+		return i.Controllers
+	}
+	if i.Controller == "" {
+		return nil
+	}
+	return []string{i.Controller}
 }
 
 // Identity is a loaded identity. The certificate can be swapped at runtime
