@@ -121,7 +121,11 @@ func (f *fleet) stop() {
 	f.stopController()
 }
 
+// stopController stops the controller; once stopped, it does nothing.
 func (f *fleet) stopController() {
+	if f.done == nil {
+		return
+	}
 	f.cancel()
 	select {
 	case err := <-f.done:
@@ -131,6 +135,7 @@ func (f *fleet) stopController() {
 	case <-time.After(15 * time.Second):
 		f.t.Error("controller did not stop within 15s")
 	}
+	f.done = nil
 }
 
 // caPool is the controller's CA, as a client trusts it.

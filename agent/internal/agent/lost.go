@@ -39,6 +39,8 @@ func lostReason(err error) string {
 		return "the connection dropped: the controller stopped, or the network cut it"
 	case strings.Contains(msg, "tls:"), strings.Contains(msg, "x509:"), strings.Contains(msg, "handshake"):
 		return "the TLS handshake failed: " + msg
+	case strings.Contains(msg, "connection error"), strings.Contains(msg, "transport"):
+		return "the controller is unavailable: " + msg
 	}
-	return "controller unavailable: " + msg
+	return msg // the controller's own words ("controller is shutting down; reconnect later")
 }
