@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -20,8 +21,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -158,8 +161,9 @@ type fakeController struct {
 	ferryv1.UnimplementedAgentServiceServer
 	script  func(s *agentStream) error
 	renew   func(*ferryv1.RenewCertificateRequest) (*ferryv1.RenewCertificateResponse, error)
-	streams chan *agentStream
-	opened  atomic.Int32
+	streams   chan *agentStream
+	opened    atomic.Int32
+	downloads atomic.Int32
 }
 
 func (c *fakeController) Connect(stream grpc.BidiStreamingServer[ferryv1.ConnectRequest, ferryv1.ConnectResponse]) error {
@@ -178,6 +182,13 @@ func (c *fakeController) Connect(stream grpc.BidiStreamingServer[ferryv1.Connect
 		return c.script(s)
 	}
 	return s.serve(c.streams)
+}
+
+// DownloadArtifact counts the downloads asked of this controller; it has
+// no artifacts.
+func (c *fakeController) DownloadArtifact(*ferryv1.DownloadArtifactRequest, grpc.ServerStreamingServer[ferryv1.DownloadArtifactResponse]) error {
+	c.downloads.Add(1)
+	return status.Error(codes.NotFound, "no such artifact")
 }
 
 func (c *fakeController) RenewCertificate(_ context.Context, req *ferryv1.RenewCertificateRequest) (*ferryv1.RenewCertificateResponse, error) {
@@ -406,6 +417,8 @@ type testAgent struct {
 	root    string            // install root
 	clock   *clocktest.Clock
 	ctl     *fakeController
+	peers   []*fakeController // more controllers, at 127.0.0.2:7443, 127.0.0.3:7443, ...
+	client  ferryv1.AgentServiceClient // what the fetcher was given
 	fetcher *fakeFetcher
 	logs    *logBuffer
 	waits   chan time.Duration
@@ -421,6 +434,9 @@ type agentOptions struct {
 	rand    rand.Source   // default a seeded PCG
 	script  func(s *agentStream) error
 	config  func(*Config)
+	// peers adds this many controllers (each with script) to the agent's
+	// list, after the enrolled 127.0.0.1:7443.
+	peers int
 }
 
 func newTestAgent(t *testing.T, o agentOptions) *testAgent {
@@ -436,19 +452,30 @@ func newTestAgent(t *testing.T, o agentOptions) *testAgent {
 	ta := &testAgent{t: t, pki: p, cert: cert, root: t.TempDir(), clock: clocktest.New(time.Now()),
 		fetcher: &fakeFetcher{}, logs: newLogBuffer(),
 		waits: make(chan time.Duration, 100), wake: make(chan time.Time)}
-	ta.ctl = &fakeController{script: o.script, streams: make(chan *agentStream, 16)}
-
-	lis := bufconn.Listen(1 << 20)
-	serverTLS := rpc.ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &p.server, nil }, p.ca.Pool())
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(serverTLS)))
-	ferryv1.RegisterAgentServiceServer(srv, ta.ctl)
-	go func() {
-		// Serve returns nil once the cleanup's Stop ends it.
-		if err := srv.Serve(lis); err != nil {
-			t.Errorf("fake controller: serve: %v", err)
-		}
-	}()
-	t.Cleanup(srv.Stop)
+	listeners := map[string]*bufconn.Listener{}
+	serve := func(addr string) *fakeController {
+		ctl := &fakeController{script: o.script, streams: make(chan *agentStream, 16)}
+		lis := bufconn.Listen(1 << 20)
+		serverTLS := rpc.ServerTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &p.server, nil }, p.ca.Pool())
+		srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(serverTLS)))
+		ferryv1.RegisterAgentServiceServer(srv, ctl)
+		go func() {
+			// Serve returns nil once the cleanup's Stop ends it.
+			if err := srv.Serve(lis); err != nil {
+				t.Errorf("fake controller: serve: %v", err)
+			}
+		}()
+		t.Cleanup(srv.Stop)
+		listeners[addr] = lis
+		return ctl
+	}
+	ta.ctl = serve("127.0.0.1:7443")
+	var addrs []string
+	for i := range o.peers {
+		addr := fmt.Sprintf("127.0.0.%d:7443", i+2)
+		ta.peers = append(ta.peers, serve(addr))
+		addrs = append(addrs, addr)
+	}
 
 	cfg := Config{
 		StateDir: stateDir, Root: ta.root,
@@ -456,8 +483,12 @@ func newTestAgent(t *testing.T, o agentOptions) *testAgent {
 		Logger: slog.New(slog.NewTextHandler(ta.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Now:    ta.clock.Now, Rand: rand.New(o.rand),
 		NewFetcher: func(c ferryv1.AgentServiceClient) (Fetcher, error) {
+			ta.client = c
 			return ta.fetcher, nil
 		},
+	}
+	if len(addrs) > 0 {
+		cfg.Controllers = append([]string{"127.0.0.1:7443"}, addrs...)
 	}
 	if o.config != nil {
 		o.config(&cfg)
@@ -466,7 +497,13 @@ func newTestAgent(t *testing.T, o agentOptions) *testAgent {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	a.dialer = func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }
+	a.dialer = func(ctx context.Context, addr string) (net.Conn, error) {
+		lis, ok := listeners[addr]
+		if !ok {
+			return nil, fmt.Errorf("dial tcp %s: connect: connection refused", addr)
+		}
+		return lis.DialContext(ctx)
+	}
 	a.after = func(d time.Duration) <-chan time.Time {
 		ta.waits <- d
 		return ta.wake

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -103,5 +104,44 @@ func TestHelp(t *testing.T) {
 	}
 	if code, _, errOut := main(t, "nope"); code != 2 || !strings.Contains(errOut, `unknown command "nope"`) {
 		t.Errorf("unknown command: exit %d: %s", code, errOut)
+	}
+}
+
+// The controllers are a list: a YAML list or one comma-separated value in
+// agent.yaml, and --controller a,b or the flag repeated on the command
+// line, which replaces the file's.
+func TestControllerList(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		file string
+		args []string
+		want []string
+	}{
+		{"YAML list", "controller:\n  - a.example:7443\n  - b.example:7443\n", nil, []string{"a.example:7443", "b.example:7443"}},
+		{"YAML flow list", "controller: [a.example:7443, b.example:7443]\n", nil, []string{"a.example:7443", "b.example:7443"}},
+		{"one comma-separated value", "controller: a.example:7443,b.example:7443\n", nil, []string{"a.example:7443", "b.example:7443"}},
+		{"one name", "controller: ctl.example:7443\n", nil, []string{"ctl.example:7443"}},
+		{"the flag repeated overrides the file", "controller: [a.example:7443]\n", []string{"--controller", "c.example:7443", "--controller", "d.example:7443"}, []string{"c.example:7443", "d.example:7443"}},
+		{"the flag comma-separated", "", []string{"--controller", "c.example:7443,d.example:7443"}, []string{"c.example:7443", "d.example:7443"}},
+		{"none: the ones recorded at enrollment", "root: /\n", nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o, _, err := parseRun(append([]string{"--config", writeFile(t, tc.file)}, tc.args...))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(o.cfg.Controllers, tc.want) {
+				t.Errorf("controllers %q, want %q", o.cfg.Controllers, tc.want)
+			}
+		})
+	}
+}
+
+// An address without a port is refused when the agent starts, naming it.
+func TestControllerWithoutPort(t *testing.T) {
+	dir := t.TempDir()
+	code, _, errOut := main(t, "enroll", "--config", writeFile(t, ""), "--state-dir", dir, "--controller", "a.example:7443,b.example", "--token", "t.s", "--ca-pin", "sha256:"+strings.Repeat("0", 64), "--node-id", "n1")
+	if code == 0 || !strings.Contains(errOut, `controller address "b.example" is not HOST:PORT`) {
+		t.Errorf("exit %d: %s; want the address without a port named", code, errOut)
 	}
 }
