@@ -47,8 +47,8 @@
 #   --advertise HOST:PORT  the address agents and ferryctl dial
 #   agent only:
 #   --controller HOST:PORT, --token T, --ca-pin sha256:HEX  as `ferryctl token create` prints
-#                        (--controller A:PORT,B:PORT with several controllers; enrollment records them all)
 #                       them (needed only until the node is enrolled)
+#                       (several controllers: --controller A:PORT,B:PORT; enrollment records them all)
 #   --node-id ID        node ID (default: the host name)
 #   --label k=v         a label to ask for at enrollment (repeatable)
 #
