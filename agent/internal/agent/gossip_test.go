@@ -3,6 +3,9 @@ package agent
 import (
 	"bytes"
 	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +16,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/agent/internal/identity"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/gossip"
 )
 
 // The agent takes the gossip key from its welcome (a rotation it missed)
@@ -111,5 +115,48 @@ func (ta *testAgent) wantStoredKey(t *testing.T, key []byte, generation uint64) 
 	}
 	if k, gen := id.GossipKey(); !bytes.Equal(k, key) || gen != generation {
 		t.Errorf("stored gossip key of generation %d (right key %v), want generation %d", gen, bytes.Equal(k, key), generation)
+	}
+}
+
+// With several controllers a welcome's seeds may name one that is gone:
+// the agent joins through those that answer, and sees them alive.
+func TestGossipJoinsPastADeadSeed(t *testing.T) {
+	key := bytes.Repeat([]byte{4}, 32)
+	live, err := gossip.Start(gossip.Config{NodeName: "controller-b", BindAddr: "127.0.0.1", Key: key, Label: "ferry-test", Profile: gossip.ProfileLocal,
+		Meta: gossip.Meta{NodeID: "controller-b", Role: gossip.RoleController}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = live.Shutdown() })
+	dead, err := net.Listen("tcp", "127.0.0.1:0") // a port nothing answers on once closed
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close()
+
+	ta := newTestAgent(t, agentOptions{
+		config: func(c *Config) {
+			c.Gossip = GossipConfig{Addr: "127.0.0.1:0", Profile: "local"}
+			giveGossipKey(t, c.StateDir, key)
+		},
+		script: func(s *agentStream) error {
+			if err := s.stream.Send(&ferryv1.ConnectResponse{Msg: &ferryv1.ConnectResponse_Welcome{Welcome: &ferryv1.Welcome{
+				HeartbeatInterval: durationpb.New(time.Hour), GossipSeeds: []string{deadAddr, live.Addr()},
+			}}}); err != nil {
+				return err
+			}
+			return <-s.end
+		},
+	})
+	ta.run()
+	ta.logs.wait(t, "INFO", "joined gossip cluster")
+	for deadline := time.Now().Add(waitFor); ; time.Sleep(10 * time.Millisecond) {
+		if st, ok := live.State("n1"); ok && st == gossip.StateAlive {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the live controller's member never saw the agent alive")
+		}
 	}
 }
