@@ -30,6 +30,7 @@ import (
 // it knows the enrolled nodes. Until the store is shared (etcd), the copy
 // stands in for it.
 type peer struct {
+	t      *testing.T
 	ctl    *controller.Controller
 	admin  *grpc.ClientConn
 	cancel context.CancelFunc
@@ -64,7 +65,7 @@ func (f *fleet) addPeer(grpcAddr string) *peer {
 		f.t.Fatalf("start the second controller: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &peer{ctl: ctl, cancel: cancel, done: make(chan error, 1)}
+	p := &peer{t: f.t, ctl: ctl, cancel: cancel, done: make(chan error, 1)}
 	go func() { p.done <- ctl.Run(ctx) }()
 	f.t.Cleanup(p.stop)
 	tlsConf, err := ctl.AdminTLS()
@@ -83,7 +84,9 @@ func (p *peer) stop() {
 		return
 	}
 	p.cancel()
-	<-p.done
+	if err := <-p.done; err != nil {
+		p.t.Errorf("second controller Run: %v", err)
+	}
 	p.cancel = nil
 }
 

@@ -45,8 +45,8 @@ import (
 
 // Config is the agent's configuration.
 type Config struct {
-	StateDir          string        // identity, installed packages, downloads
-	Root              string        // install root (default "/")
+	StateDir string // identity, installed packages, downloads
+	Root     string // install root (default "/")
 	// Controllers override the addresses recorded at enrollment: each
 	// HOST:PORT, a controller of the installation (or a name resolving
 	// to several); items may be comma-separated.

@@ -159,8 +159,8 @@ func (p *testPKI) enroll(t *testing.T, age, ttl time.Duration) (stateDir string,
 // every stream is welcomed and handed to the test on streams.
 type fakeController struct {
 	ferryv1.UnimplementedAgentServiceServer
-	script  func(s *agentStream) error
-	renew   func(*ferryv1.RenewCertificateRequest) (*ferryv1.RenewCertificateResponse, error)
+	script    func(s *agentStream) error
+	renew     func(*ferryv1.RenewCertificateRequest) (*ferryv1.RenewCertificateResponse, error)
 	streams   chan *agentStream
 	opened    atomic.Int32
 	downloads atomic.Int32
@@ -417,7 +417,7 @@ type testAgent struct {
 	root    string            // install root
 	clock   *clocktest.Clock
 	ctl     *fakeController
-	peers   []*fakeController // more controllers, at 127.0.0.2:7443, 127.0.0.3:7443, ...
+	peers   []*fakeController          // more controllers, at 127.0.0.2:7443, 127.0.0.3:7443, ...
 	client  ferryv1.AgentServiceClient // what the fetcher was given
 	fetcher *fakeFetcher
 	logs    *logBuffer

@@ -33,12 +33,12 @@ type Options struct {
 	// (items may be comma-separated); the first that answers enrolls
 	// the node.
 	Controllers []string
-	Token      string
-	CAPin      string // sha256:<hex>
-	NodeID     string
-	StateDir   string
-	Labels     map[string]string
-	Now        func() time.Time
+	Token       string
+	CAPin       string // sha256:<hex>
+	NodeID      string
+	StateDir    string
+	Labels      map[string]string
+	Now         func() time.Time
 }
 
 // Enroll enrolls the node and saves its identity.
