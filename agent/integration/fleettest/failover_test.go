@@ -1,16 +1,12 @@
 package fleettest
 
 import (
-	"bytes"
 	"context"
-	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -90,28 +86,11 @@ func (p *peer) stop() {
 	p.cancel = nil
 }
 
-// syncBuffer is a log the test reads while the agent writes it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // An agent with two controllers, given as two addresses or as one name
 // that resolves to both, is connected to one; that one stops, and the
-// agent moves to the other within seconds, says so in its log and its
-// status (what `ferry-agent doctor` reads), and keeps heartbeating there.
+// agent moves to the other within seconds, says so in its status (what
+// `ferry-agent doctor` reads), and keeps heartbeating there. (The agent's
+// own tests check what its log says about the move.)
 func TestAgentMovesToAnotherController(t *testing.T) {
 	if l, err := net.Listen("tcp", "127.0.0.2:0"); err != nil {
 		t.Skipf("this host has no 127.0.0.2 for a second controller: %v", err)
@@ -142,7 +121,6 @@ func TestAgentMovesToAnotherController(t *testing.T) {
 			f.agents[a.id] = a
 			b := f.addPeer(addrB)
 
-			logs := &syncBuffer{}
 			f.startWith(a, func(c *agent.Config) {
 				c.Controllers = nil // the ones recorded at enrollment
 				if byName {
@@ -154,11 +132,6 @@ func TestAgentMovesToAnotherController(t *testing.T) {
 						return []string{"127.0.0.1", "127.0.0.2"}, nil
 					}
 				}
-				var w io.Writer = logs
-				if testing.Verbose() {
-					w = io.MultiWriter(logs, os.Stderr)
-				}
-				c.Logger = slog.New(slog.NewTextHandler(w, nil))
 			})
 
 			// Which controller holds the stream: the agent's status says.
@@ -188,14 +161,6 @@ func TestAgentMovesToAnotherController(t *testing.T) {
 			waitNode(t, otherAdmin, "n1", func(n *ferryv1.Node) bool {
 				return n.GetLastHeartbeat().AsTime().After(since) && n.GetState() == healthy
 			})
-
-			log := logs.String()
-			if !strings.Contains(log, "moved from "+first) && !strings.Contains(log, "moved from ferry.test:"+port+" ("+first+")") {
-				t.Errorf("the agent's log does not say it moved from %s:\n%s", first, log)
-			}
-			if !strings.Contains(log, "stream to controller ended") {
-				t.Errorf("the agent's log does not say why it left %s:\n%s", first, log)
-			}
 		})
 	}
 }
