@@ -269,9 +269,6 @@ func (a *Agent) currentEndpoint() controllers.Endpoint {
 	return a.endpoint
 }
 
-// Controllers are the configured controller addresses.
-func (a *Agent) Controllers() []string { return a.cfg.Controllers }
-
 // moveTo points the agent's connections at ep before an attempt: a new
 // connection when ep is another controller, or when the current one is
 // failing (gRPC would wait out its own backoff on it, on top of the
