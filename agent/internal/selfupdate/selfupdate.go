@@ -265,17 +265,11 @@ func Executable() (string, error) {
 // on probation in stateDir (of version running) could not start at all,
 // and reports whether it did: the caller then restarts the executable.
 func RestoreAfterFailedStart(stateDir, running string, cause error) (*Marker, bool) {
-	m, err := Load(stateDir)
-	if err != nil || m == nil || m.State != Probation || m.NewVersion != running {
-		return nil, false
-	}
-	if err := Restore(m.Exe, m.Prev); err != nil {
-		return nil, false
-	}
-	m.State = Restored
-	m.Reason = fmt.Sprintf("new agent could not start (%v); restored ferry-agent %s", cause, m.OldVersion)
-	if err := m.Save(stateDir); err != nil {
-		return nil, false
-	}
-	return m, true
+	m, err := RestoreOnProbation(stateDir, RestoreRequest{
+		Match: func(m *Marker) bool { return m.NewVersion == running },
+		Reason: func(m *Marker) string {
+			return fmt.Sprintf("new agent could not start (%v); restored ferry-agent %s", cause, m.OldVersion)
+		},
+	})
+	return m, err == nil && m != nil
 }
