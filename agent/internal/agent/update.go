@@ -210,7 +210,9 @@ func (a *Agent) swapAgent(job *ferryv1.Job, up *install.AgentUpdate, logf instal
 	// The watchdog restores the previous agent if the new one dies or
 	// hangs before its own timer can; without one, no swap.
 	spec := selfupdate.WatchSpec{Binary: m.Prev, StateDir: a.cfg.StateDir, JobID: m.JobID, Systemd: selfupdate.UnderSystemd()}
-	if !spec.Systemd {
+	if spec.Systemd {
+		spec.Unit = selfupdate.Unit()
+	} else {
 		spec.PID = os.Getpid()
 	}
 	if err := a.cfg.StartWatchdog(context.Background(), spec); err != nil {

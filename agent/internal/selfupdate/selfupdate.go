@@ -238,6 +238,31 @@ func UnderSystemd() bool {
 	return os.Getenv("INVOCATION_ID") != "" || os.Getenv("NOTIFY_SOCKET") != ""
 }
 
+// Unit is the systemd service this process runs in ("" when none).
+func Unit() string {
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return ""
+	}
+	return unitOf(string(b))
+}
+
+// unitOf reads the service from /proc/self/cgroup: the last element of
+// the systemd hierarchy's path (cgroup v2: 0::/system.slice/x.service;
+// v1: N:name=systemd:/system.slice/x.service).
+func unitOf(cgroup string) string {
+	for _, line := range strings.Split(strings.TrimSpace(cgroup), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 || (f[1] != "" && f[1] != "name=systemd") {
+			continue
+		}
+		if name := filepath.Base(f[2]); strings.HasSuffix(name, ".service") {
+			return name
+		}
+	}
+	return ""
+}
+
 // Exec replaces this process with exe run with args (os.Args[1:] when
 // nil) and the same environment. It returns only on error.
 func Exec(exe string, args []string) error {

@@ -55,9 +55,11 @@ type Watch struct {
 	// names its pid (under systemd, the process to stop when it hangs).
 	AgentLock string
 	Logger    *slog.Logger
-	// Exec starts the restored agent in place of the watchdog (re-exec);
-	// nil under systemd.
-	Exec func(exe string, args []string) error
+	// Start starts the restored agent: re-exec, by executing it in place
+	// of the watchdog; under systemd, by starting the unit should its
+	// restarts have stopped (Restart=on-failure restarts it otherwise).
+	// nil: nothing to do.
+	Start func(*Marker) error
 	// Seams for tests; zero values are the real ones.
 	Now  func() time.Time
 	Poll time.Duration // 0: 100ms
@@ -102,8 +104,14 @@ func (w *Watch) Run(ctx context.Context) error {
 				return fmt.Sprintf("new agent exited before it reached the controller; restored ferry-agent %s", m.OldVersion)
 			}}))
 		case !w.Now().Before(m.Deadline.Add(WatchGrace)):
-			return w.restored(RestoreOnProbation(w.StateDir, RestoreRequest{Match: match, Stop: func(m *Marker) error { return w.stop(m, start) },
+			stopped := false
+			return w.restored(RestoreOnProbation(w.StateDir, RestoreRequest{Match: match,
+				Stop: func(m *Marker) (err error) { stopped, err = w.stop(m, start); return err },
 				Reason: func(m *Marker) string {
+					if !stopped { // under systemd: the new agent keeps failing to start
+						return fmt.Sprintf("new agent did not reconnect within %s (it does not keep running: see its journal); restored ferry-agent %s",
+							Seconds(m.Timeout), m.OldVersion)
+					}
 					return fmt.Sprintf("new agent did not reconnect within %s and did not restore itself (it hung); stopped it and restored ferry-agent %s",
 						Seconds(m.Timeout), m.OldVersion)
 				}}))
@@ -127,38 +135,39 @@ func (w *Watch) restored(m *Marker, err error) error {
 		return nil
 	}
 	w.Logger.Warn("previous agent restored by the watchdog", "job", w.JobID, "reason", m.Reason, "restored_after_swap", w.Now().Sub(m.Deadline.Add(-m.Timeout)))
-	if w.Exec == nil {
-		return nil // systemd starts the unit again (Restart=on-failure)
+	if w.Start == nil {
+		return nil
 	}
 	w.Logger.Info("watchdog starts the previous agent", "exe", m.Exe)
-	return w.Exec(m.Exe, m.Args)
+	return w.Start(m)
 }
 
 // stop ends a hung new agent before the restore: the watched pid, or
-// under systemd the agent lock's holder when it runs the new binary.
-func (w *Watch) stop(m *Marker, start uint64) error {
+// under systemd the agent lock's holder when it runs the new binary. It
+// reports whether there was one to stop.
+func (w *Watch) stop(m *Marker, start uint64) (bool, error) {
 	pid := w.PID
 	if pid == 0 {
 		pid = dirlock.HolderPID(w.StateDir, w.AgentLock)
 		if pid == 0 || !runs(pid, m.Exe) {
-			return nil // no new agent runs (systemd restarting a crashing one)
+			return false, nil // no new agent runs (systemd restarting one that fails)
 		}
 		start, _ = procStart(pid)
 	}
 	if !alive(pid, start) {
-		return nil
+		return false, nil
 	}
 	w.Logger.Warn("stopping the hung new agent", "pid", pid)
 	if err := w.Kill(pid); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("stop the hung new agent (pid %d): %w", pid, err)
+		return false, fmt.Errorf("stop the hung new agent (pid %d): %w", pid, err)
 	}
 	for end := time.Now().Add(stopWait); alive(pid, start); {
 		if time.Now().After(end) {
-			return fmt.Errorf("the hung new agent (pid %d) did not end within %s of SIGKILL", pid, stopWait)
+			return false, fmt.Errorf("the hung new agent (pid %d) did not end within %s of SIGKILL", pid, stopWait)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return nil
+	return true, nil
 }
 
 // procStart reads a process's start time (clock ticks after boot), which
@@ -201,8 +210,9 @@ type WatchSpec struct {
 	Binary   string // the previous agent's binary (the marker's Prev)
 	StateDir string
 	JobID    string
-	PID      int  // the agent's pid (re-exec); 0 under systemd
-	Systemd  bool // start it as a transient systemd unit
+	PID      int    // the agent's pid (re-exec); 0 under systemd
+	Systemd  bool   // start it as a transient systemd unit
+	Unit     string // under systemd: the agent's unit, started again after a restore
 }
 
 // args are the watchdog's command line after the binary.
@@ -210,6 +220,9 @@ func (s WatchSpec) args() []string {
 	a := []string{WatchCommand, "--state-dir", s.StateDir, "--job", s.JobID}
 	if s.PID > 0 {
 		a = append(a, "--pid", strconv.Itoa(s.PID))
+	}
+	if s.Unit != "" {
+		a = append(a, "--unit", s.Unit)
 	}
 	return a
 }
@@ -255,6 +268,19 @@ func Detach(args []string) error {
 		return fmt.Errorf("start the update watchdog: %w", err)
 	}
 	return cmd.Process.Release()
+}
+
+// StartUnit starts a systemd unit that is not running (its restarts
+// stopped: the start limit, a failed state); a running or restarting one
+// is left as it is.
+func StartUnit(ctx context.Context, unit string) error {
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	_ = exec.CommandContext(ctx, "systemctl", "reset-failed", unit).Run() // only clears a start limit
+	if out, err := exec.CommandContext(ctx, "systemctl", "start", "--no-block", unit).CombinedOutput(); err != nil {
+		return fmt.Errorf("systemctl start %s: %w: %s", unit, err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
 
 // Seconds writes d as operators set a timeout, e.g. 60s.

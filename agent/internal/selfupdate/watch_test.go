@@ -51,10 +51,10 @@ type execRecorder struct {
 	args []string
 }
 
-func (e *execRecorder) exec(exe string, args []string) error {
+func (e *execRecorder) start(m *Marker) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.exe, e.args = exe, args
+	e.exe, e.args = m.Exe, m.Args
 	return nil
 }
 
@@ -91,7 +91,7 @@ func TestWatchRestoresWhenTheNewAgentExits(t *testing.T) {
 				_ = p.Wait()
 			}
 			var ex execRecorder
-			w := &Watch{StateDir: state, JobID: "j1", PID: p.Process.Pid, Exec: ex.exec,
+			w := &Watch{StateDir: state, JobID: "j1", PID: p.Process.Pid, Start: ex.start,
 				Kill: func(int) error { t.Error("the watchdog killed a process that had exited"); return nil }}
 			if err := runWatch(t, w); err != nil {
 				t.Fatalf("Run: %v", err)
@@ -111,7 +111,7 @@ func TestWatchStopsAHungAgent(t *testing.T) {
 	p := sleeper(t, "sleep")
 	var killed []int
 	var ex execRecorder
-	w := &Watch{StateDir: state, JobID: "j1", PID: p.Process.Pid, Exec: ex.exec, Kill: func(pid int) error {
+	w := &Watch{StateDir: state, JobID: "j1", PID: p.Process.Pid, Start: ex.start, Kill: func(pid int) error {
 		killed = append(killed, pid)
 		return syscall.Kill(pid, syscall.SIGKILL)
 	}}
@@ -173,7 +173,8 @@ func TestWatchUnderSystemd(t *testing.T) {
 }
 
 // Under systemd, a lock file naming a process that is not the new agent
-// (a stale pid) is left alone.
+// (a stale pid) is left alone: systemd is restarting a new agent that
+// fails to start, which the reason says.
 func TestWatchUnderSystemdLeavesOtherProcesses(t *testing.T) {
 	state, exe := probation(t, time.Now().Add(-WatchGrace))
 	p := sleeper(t, "sleep")
@@ -187,7 +188,7 @@ func TestWatchUnderSystemdLeavesOtherProcesses(t *testing.T) {
 	if err := runWatch(t, w); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	wantRestored(t, state, exe, "new agent did not reconnect within 10s and did not restore itself (it hung); stopped it and restored ferry-agent 1.0.0")
+	wantRestored(t, state, exe, "new agent did not reconnect within 10s (it does not keep running: see its journal); restored ferry-agent 1.0.0")
 }
 
 // A probation that ends otherwise (confirmed, or restored by the new
@@ -214,7 +215,7 @@ func TestWatchLeavesWhenTheProbationEnds(t *testing.T) {
 			tc.end(t, state)
 			before, _ := Load(state)
 			w := &Watch{StateDir: state, JobID: "j1", PID: p.Process.Pid,
-				Exec: func(string, []string) error { t.Error("the watchdog started an agent"); return nil },
+				Start: func(*Marker) error { t.Error("the watchdog started an agent"); return nil },
 				Kill: func(int) error { t.Error("the watchdog killed the agent"); return nil }}
 			if err := runWatch(t, w); err != nil {
 				t.Fatalf("Run: %v", err)
@@ -227,7 +228,7 @@ func TestWatchLeavesWhenTheProbationEnds(t *testing.T) {
 	}
 	// Another job's marker: not this watchdog's.
 	state, exe := probation(t, time.Now().Add(-time.Hour))
-	w := &Watch{StateDir: state, JobID: "other", Exec: func(string, []string) error { t.Error("started an agent"); return nil }}
+	w := &Watch{StateDir: state, JobID: "other", Start: func(*Marker) error { t.Error("started an agent"); return nil }}
 	if err := runWatch(t, w); err != nil {
 		t.Fatal(err)
 	}
