@@ -189,7 +189,7 @@ func (a *Agent) confirmUpdate() {
 // swapAgent swaps a staged binary in after its job succeeded and asks
 // for the restart. It reports false, having removed the staged binary,
 // when the swap could not be made; the running agent is intact then.
-func (a *Agent) swapAgent(job *ferryv1.Job, up *install.AgentUpdate, logf install.LogFunc) bool {
+func (a *Agent) swapAgent(ctx context.Context, job *ferryv1.Job, up *install.AgentUpdate, logf install.LogFunc) bool {
 	m := &selfupdate.Marker{JobID: job.GetId(), RolloutID: job.GetRolloutId(), Exe: up.Exe, Prev: selfupdate.PrevPath(up.Exe),
 		OldVersion: up.OldVersion, NewVersion: up.NewVersion, Timeout: up.Timeout, Deadline: time.Now().Add(up.Timeout), State: selfupdate.Probation,
 		Args: os.Args[1:]}
@@ -215,7 +215,7 @@ func (a *Agent) swapAgent(job *ferryv1.Job, up *install.AgentUpdate, logf instal
 	} else {
 		spec.PID = os.Getpid()
 	}
-	if err := a.cfg.StartWatchdog(context.Background(), spec); err != nil {
+	if err := a.cfg.StartWatchdog(ctx, spec); err != nil {
 		if rerr := selfupdate.Restore(up.Exe, m.Prev); rerr != nil {
 			a.log.Error("agent update: no watchdog, and the previous binary could not be put back", "job", job.GetId(), "err", rerr)
 		}

@@ -239,8 +239,9 @@ func StartWatchdog(ctx context.Context, s WatchSpec) error {
 	defer cancel()
 	if s.Systemd {
 		unit := "ferry-agent-update-watch-" + strconv.FormatInt(time.Now().UnixNano(), 36)
-		cmd := exec.CommandContext(ctx, "systemd-run", append([]string{"--unit", unit, "--collect", "--quiet", "--description",
-			"Ferry agent update watchdog (restores the previous ferry-agent if the new one fails)", "--", s.Binary}, s.args()...)...)
+		args := append([]string{"--unit", unit, "--collect", "--quiet", "--description",
+			"Ferry agent update watchdog (restores the previous ferry-agent if the new one fails)", "--", s.Binary}, s.args()...)
+		cmd := exec.CommandContext(ctx, "systemd-run", args...) //nolint:gosec // the agent's own previous binary and its state dir
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("start the update watchdog with systemd-run: %w: %s", err, strings.TrimSpace(string(out)))
 		}
@@ -276,8 +277,8 @@ func Detach(args []string) error {
 func StartUnit(ctx context.Context, unit string) error {
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
-	_ = exec.CommandContext(ctx, "systemctl", "reset-failed", unit).Run() // only clears a start limit
-	if out, err := exec.CommandContext(ctx, "systemctl", "start", "--no-block", unit).CombinedOutput(); err != nil {
+	_ = exec.CommandContext(ctx, "systemctl", "reset-failed", unit).Run()                                            //nolint:gosec // the agent's own unit; only clears a start limit
+	if out, err := exec.CommandContext(ctx, "systemctl", "start", "--no-block", unit).CombinedOutput(); err != nil { //nolint:gosec // the agent's own unit
 		return fmt.Errorf("systemctl start %s: %w: %s", unit, err, strings.TrimSpace(string(out)))
 	}
 	return nil

@@ -216,7 +216,7 @@ func TestWatchLeavesWhenTheProbationEnds(t *testing.T) {
 			before, _ := Load(state)
 			w := &Watch{StateDir: state, JobID: "j1", PID: p.Process.Pid,
 				Start: func(*Marker) error { t.Error("the watchdog started an agent"); return nil },
-				Kill: func(int) error { t.Error("the watchdog killed the agent"); return nil }}
+				Kill:  func(int) error { t.Error("the watchdog killed the agent"); return nil }}
 			if err := runWatch(t, w); err != nil {
 				t.Fatalf("Run: %v", err)
 			}
