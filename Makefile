@@ -123,11 +123,20 @@ dist: ## Release bundles dist/ferry-VERSION-linux-{amd64,arm64}.tar.gz + SHA256S
 dist-check: ## Build the bundles twice (the second with an empty Go build cache) and fail unless the bytes are the same
 	./deployments/dist/dist-check.sh '$(VERSION)'
 
-# The controller's container image (deployments/container/Containerfile).
+# The controller's container image (deployments/container/Containerfile),
+# built offline from the release bundle: FROM scratch stages only, no base
+# image to pull, nothing run during the build (build.sh says more). BUNDLE
+# picks the bundle (default: dist/ferry-VERSION-linux-ARCH.tar.gz, built
+# when missing), ARCH the platform (default this host's).
 IMAGE ?= ferry-controller:$(VERSION)
 .PHONY: image
-image: ## Build the controller's container image IMAGE with podman, buildah or docker (whichever is installed)
-	./deployments/container/build.sh '$(IMAGE)' '$(VERSION)' '$(COMMIT)'
+image: ## Build the controller's image IMAGE offline from the release bundle with podman, buildah or docker (VERSION=x.y.z [BUNDLE=...] [ARCH=arm64])
+	BUNDLE='$(BUNDLE)' ARCH='$(ARCH)' ./deployments/container/build.sh '$(IMAGE)' '$(VERSION)' '$(COMMIT)'
+
+# Not part of `make test`: it builds a bundle and an image (over 30 s).
+.PHONY: image-test
+image-test: build ## Build the image with podman or buildah and check it (user, volume, files); run it where containers can run
+	cd agent/integration && FERRY_BIN=$(CURDIR)/bin FERRY_IMAGE_TEST=1 $(GO) test -count=1 -v -run '^TestContainerImage$$' -timeout 15m ./dist/
 
 .PHONY: clean
 clean: ## Remove build outputs, bundles and demo state

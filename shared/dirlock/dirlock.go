@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // Lock is a held directory lock.
@@ -65,6 +66,35 @@ func Acquire(dir, name string) (*Lock, error) {
 	return &Lock{f: f}, nil
 }
 
+// AcquireWithin is Acquire retried until the lock is free or wait has
+// passed; then the error is Acquire's *HeldError.
+func AcquireWithin(dir, name string, wait time.Duration) (*Lock, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		l, err := Acquire(dir, name)
+		var held *HeldError
+		if err == nil || !errors.As(err, &held) || !time.Now().Before(deadline) {
+			return l, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// HolderPID is the pid the last holder of the lock file wrote (0 when
+// none): the process that holds it now if it is held, so check the
+// process before acting on it.
+func HolderPID(dir, name string) int {
+	data, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 0 {
+		return 0
+	}
+	return pid
+}
+
 func flock(f *os.File) error {
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
@@ -86,12 +116,8 @@ func writePID(f *os.File) error {
 // line from /proc when this process may read it.
 func holder(dir, path string) *HeldError {
 	e := &HeldError{Dir: dir}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return e
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil || pid <= 0 {
+	pid := HolderPID(dir, filepath.Base(path))
+	if pid == 0 {
 		return e
 	}
 	e.PID = pid

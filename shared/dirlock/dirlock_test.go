@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ferrydeploy/ferry/shared/dirlock"
 )
@@ -64,5 +65,35 @@ func TestAcquireStaleFile(t *testing.T) {
 func TestAcquireMissingDir(t *testing.T) {
 	if _, err := dirlock.Acquire(filepath.Join(t.TempDir(), "none"), "x.lock"); err == nil {
 		t.Fatal("Acquire in a missing dir succeeded")
+	}
+}
+
+func TestAcquireWithinWaitsForTheHolder(t *testing.T) {
+	dir := t.TempDir()
+	first, err := dirlock.Acquire(dir, "x.lock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pid := dirlock.HolderPID(dir, "x.lock"); pid != os.Getpid() {
+		t.Errorf("HolderPID = %d, want %d", pid, os.Getpid())
+	}
+	var held *dirlock.HeldError
+	if _, err := dirlock.AcquireWithin(dir, "x.lock", 50*time.Millisecond); !errors.As(err, &held) {
+		t.Fatalf("AcquireWithin while held: %v, want a HeldError after the wait", err)
+	}
+	released := make(chan struct{})
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		_ = first.Release()
+		close(released)
+	}()
+	l, err := dirlock.AcquireWithin(dir, "x.lock", 10*time.Second)
+	if err != nil {
+		t.Fatalf("AcquireWithin after the holder released: %v", err)
+	}
+	<-released
+	_ = l.Release()
+	if pid := dirlock.HolderPID(t.TempDir(), "x.lock"); pid != 0 {
+		t.Errorf("HolderPID without a lock file = %d, want 0", pid)
 	}
 }

@@ -135,7 +135,13 @@ func (r result) String() string {
 // run runs a command to completion (1 minute at most).
 func run(t *testing.T, name string, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	return runFor(t, time.Minute, name, args...)
+}
+
+// runFor runs a command to completion, d at most.
+func runFor(t *testing.T, d time.Duration, name string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -147,7 +153,7 @@ func run(t *testing.T, name string, args ...string) result {
 	var ee *exec.ExitError
 	switch {
 	case ctx.Err() != nil:
-		t.Fatalf("%s %s: still running after a minute\n%s", name, strings.Join(args, " "), res)
+		t.Fatalf("%s %s: still running after %s\n%s", name, strings.Join(args, " "), d, res)
 	case errors.As(err, &ee):
 		res.exit = ee.ExitCode()
 	case err != nil:
@@ -177,6 +183,10 @@ func sha256File(t *testing.T, path string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return sha256Bytes(data)
+}
+
+func sha256Bytes(data []byte) string {
 	sum := sha256.Sum256(data)
 	return hex.EncodeToString(sum[:])
 }

@@ -6,9 +6,15 @@ package e2e_test
 // is rolled out to two of them, which swap it in, restart and reconnect
 // reporting the new version. The third is given binaries that cannot do
 // the job: one that cannot even start (--version exits 1: refused before
-// the swap) and one that starts but never reaches the controller (the
-// watchdog of the new process restores the previous binary and starts
-// it, and the restored agent reports the job failed with the reason).
+// the swap); one that starts but never reaches the controller (the new
+// process's own timer restores the previous binary and starts it, and
+// the restored agent reports the job failed with the reason); one that
+// passes --version but exits as soon as it runs, and one that hangs
+// there (both: the watchdog the previous agent left, outside its process
+// group, restores the previous binary and starts it). The node stays
+// connected through all of it, and the rollout records each failure
+// with its reason. The timings of the swap, the reconnect and each
+// restore are logged.
 
 import (
 	"bytes"
@@ -20,7 +26,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -115,6 +123,64 @@ func logTime(t *testing.T, log, after, msg string) time.Time {
 	}
 	t.Fatalf("no log line %q after %q", msg, after)
 	return time.Time{}
+}
+
+// watchGrace is selfupdate.WatchGrace, for the log.
+const watchGrace = 3 * time.Second
+
+// checkRestored: the node runs the previous agent again, healthy, from
+// the previous binary, with no update marker left, in a live process.
+func checkRestored(t *testing.T, h *e2e.Harness, a *e2e.Agent, exe, old, oldSum string) {
+	t.Helper()
+	h.WaitNode(a.NodeID, healthyWithin, "healthy, running "+old, func(n e2e.Node) bool {
+		return n.State == e2e.Healthy && n.AgentVersion == old
+	})
+	if got := fileSum(t, exe); got != oldSum {
+		t.Errorf("%s: the binary is not the previous one after the restore", a.NodeID)
+	}
+	if _, err := os.Stat(filepath.Join(a.StateDir, "agent-update.json")); !os.IsNotExist(err) {
+		t.Errorf("%s: the update marker is still there: %v", a.NodeID, err)
+	}
+	if pid := lockHolder(a); pid == 0 || syscall.Kill(pid, 0) != nil {
+		t.Errorf("%s: no agent process holds the state dir (lock names pid %d)", a.NodeID, pid)
+	}
+}
+
+// lockHolder is the pid the agent's state-dir lock names.
+func lockHolder(a *e2e.Agent) int {
+	b, err := os.ReadFile(filepath.Join(a.StateDir, "agent.lock"))
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
+}
+
+// stopOrphan stops an agent the watchdog started (not the harness's
+// child): SIGTERM, then SIGKILL.
+func stopOrphan(t *testing.T, a *e2e.Agent) {
+	pid := lockHolder(a)
+	if pid <= 0 || a.Running() && a.PID() == pid {
+		return
+	}
+	if syscall.Kill(pid, syscall.SIGTERM) != nil {
+		return
+	}
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if syscall.Kill(pid, 0) != nil {
+			return
+		}
+	}
+	t.Logf("%s: the agent the watchdog started (pid %d) did not stop on SIGTERM; killing it", a.NodeID, pid)
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 func TestE2EAgentSelfUpdate(t *testing.T) {
@@ -262,6 +328,63 @@ func TestE2EAgentSelfUpdate(t *testing.T) {
 	if !regexp.MustCompile(`agent update failed; the previous agent runs again`).MatchString(log) {
 		t.Errorf("the restored agent did not log the failed update:\n%s", agents["upd-3"].Tail(30))
 	}
+
+	// Both failures below kill the process the harness started: the
+	// agent that runs afterwards was started by the watchdog, in a
+	// session of its own. The cleanup stops it by the pid in its lock.
+	t.Cleanup(func() { stopOrphan(t, agents["upd-3"]) })
+
+	t.Log("a binary that passes --version but exits as soon as it runs")
+	crash := filepath.Join(work, "ferry-agent-crash")
+	script = fmt.Sprintf("#!/bin/sh\nif [ \"$1\" = run ]; then echo 'the new agent crashes at start' >&2; exit 2; fi\nexec %s \"$@\"\n", nextBin)
+	if err := os.WriteFile(crash, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A long deadline: the restore must come from the watchdog seeing
+	// the process gone, not from the deadline.
+	publish(crash, "2.0.3", "reconnect_timeout: 120s")
+	mark := len(agents["upd-3"].FullLog())
+	start = time.Now()
+	r, res = rollout("node=upd-3", "ferry-agent@2.0.3")
+	t.Logf("rollout to the node whose new agent exits at start ended after %s", time.Since(start).Round(time.Millisecond))
+	want = "new agent exited before it reached the controller; restored ferry-agent " + old
+	if n := r.node("upd-3"); res.Exit == 0 || n.Outcome != "failed" || n.Message != want {
+		t.Errorf("rollout of an agent that exits at start: exit %d, upd-3 %s (%q); want failed (%q)\n%s", res.Exit, n.Outcome, n.Message, want, res)
+	}
+	checkRestored(t, h, agents["upd-3"], exes["upd-3"], old, oldSum)
+	log = agents["upd-3"].FullLog()[mark:]
+	if !strings.Contains(log, "the new agent crashes at start") {
+		t.Errorf("the new agent did not run (its crash is not in the log):\n%s", tail(log, 30))
+	}
+	swapped := logTime(t, log, "", "new binary swapped in")
+	restored = logTime(t, log, "new binary swapped in", "previous agent restored by the watchdog")
+	back = logTime(t, log, "previous agent restored by the watchdog", "connected to controller")
+	t.Logf("upd-3 (exits at start): swap %s; the watchdog restored %s after the swap (deadline 120s); the restored agent connected %s after the restore",
+		logDuration(log, "new binary swapped in", "swap_took"), restored.Sub(swapped).Round(time.Millisecond), back.Sub(restored).Round(time.Millisecond))
+
+	t.Log("a binary that passes --version but hangs when it runs")
+	hang := filepath.Join(work, "ferry-agent-hang")
+	script = fmt.Sprintf("#!/bin/sh\nif [ \"$1\" = run ]; then exec sleep 120; fi\nexec %s \"$@\"\n", nextBin)
+	if err := os.WriteFile(hang, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	publish(hang, "2.0.4", "reconnect_timeout: 5s")
+	mark = len(agents["upd-3"].FullLog())
+	start = time.Now()
+	r, res = rollout("node=upd-3", "ferry-agent@2.0.4")
+	t.Logf("rollout to the node whose new agent hangs ended after %s", time.Since(start).Round(time.Millisecond))
+	want = "new agent did not reconnect within 5s and did not restore itself (it hung); stopped it and restored ferry-agent " + old
+	if n := r.node("upd-3"); res.Exit == 0 || n.Outcome != "failed" || n.Message != want {
+		t.Errorf("rollout of an agent that hangs: exit %d, upd-3 %s (%q); want failed (%q)\n%s", res.Exit, n.Outcome, n.Message, want, res)
+	}
+	checkRestored(t, h, agents["upd-3"], exes["upd-3"], old, oldSum)
+	log = agents["upd-3"].FullLog()[mark:]
+	swapped = logTime(t, log, "", "new binary swapped in")
+	restored = logTime(t, log, "new binary swapped in", "previous agent restored by the watchdog")
+	back = logTime(t, log, "previous agent restored by the watchdog", "connected to controller")
+	t.Logf("upd-3 (hangs): swap %s; the watchdog stopped it and restored %s after the swap (deadline 5s + %s grace); the restored agent connected %s after the restore",
+		logDuration(log, "new binary swapped in", "swap_took"), restored.Sub(swapped).Round(time.Millisecond), watchGrace, back.Sub(restored).Round(time.Millisecond))
+
 	// The two updated nodes are untouched by the third's rollouts.
 	for _, id := range []string{"upd-1", "upd-2"} {
 		if n := h.Nodes()[id]; n.AgentVersion != next || !bytes.Contains([]byte(n.State), []byte("healthy")) {

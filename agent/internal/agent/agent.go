@@ -34,6 +34,7 @@ import (
 	"github.com/ferrydeploy/ferry/agent/internal/identity"
 	"github.com/ferrydeploy/ferry/agent/internal/install"
 	"github.com/ferrydeploy/ferry/agent/internal/logbuf"
+	"github.com/ferrydeploy/ferry/agent/internal/selfupdate"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/dirlock"
 	"github.com/ferrydeploy/ferry/shared/gossip"
@@ -71,6 +72,9 @@ type Config struct {
 	// Executable is the agent's own binary (symlinks resolved), which an
 	// agent_update step replaces; "" refuses agent_update steps.
 	Executable string
+	// StartWatchdog starts the watchdog of a swap before the restart
+	// (default selfupdate.StartWatchdog).
+	StartWatchdog func(context.Context, selfupdate.WatchSpec) error
 }
 
 // lockFile in the state dir is held by the running agent (package dirlock).
@@ -143,6 +147,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.StartWatchdog == nil {
+		cfg.StartWatchdog = selfupdate.StartWatchdog
 	}
 	if cfg.Rand == nil {
 		cfg.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())) //nolint:gosec // jitters backoff and timers; nothing secret depends on it
@@ -657,7 +664,6 @@ func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *bro
 	default:
 		a.log.Info("connected to controller", "controller", ep.String(), "heartbeat_interval", interval)
 	}
-	a.confirmUpdate()
 	a.logs.Resend() // what the controller may not have yet: it drops what it has
 	go a.sendLogs()
 	a.welcomeGossip(ctx, welcome)
@@ -677,6 +683,7 @@ func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *bro
 	if err := a.heartbeat(); err != nil {
 		return err
 	}
+	a.confirmUpdate() // welcomed and heartbeating: a new agent passed
 	timer := time.NewTimer(a.jitter(interval, 0.1))
 	defer timer.Stop()
 	ticked := a.cfg.Now() // to notice this node's clock stepping forward

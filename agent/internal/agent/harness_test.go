@@ -29,6 +29,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/ferrydeploy/ferry/agent/internal/identity"
+	"github.com/ferrydeploy/ferry/agent/internal/selfupdate"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/clocktest"
 	"github.com/ferrydeploy/ferry/shared/pki"
@@ -425,6 +426,17 @@ type testAgent struct {
 	wake    chan time.Time
 	done    chan error // Run's result
 	stop    context.CancelFunc
+
+	watchMu  sync.Mutex
+	watches  []selfupdate.WatchSpec // the update watchdogs the agent started
+	watchErr error                  // what starting one returns
+}
+
+// watchdogs are the update watchdogs the agent started.
+func (ta *testAgent) watchdogs() []selfupdate.WatchSpec {
+	ta.watchMu.Lock()
+	defer ta.watchMu.Unlock()
+	return append([]selfupdate.WatchSpec(nil), ta.watches...)
 }
 
 // agentOptions adjust a test agent before it is created.
@@ -485,6 +497,15 @@ func newTestAgent(t *testing.T, o agentOptions) *testAgent {
 		NewFetcher: func(c ferryv1.AgentServiceClient) (Fetcher, error) {
 			ta.client = c
 			return ta.fetcher, nil
+		},
+		StartWatchdog: func(_ context.Context, s selfupdate.WatchSpec) error {
+			ta.watchMu.Lock()
+			defer ta.watchMu.Unlock()
+			if ta.watchErr != nil {
+				return ta.watchErr
+			}
+			ta.watches = append(ta.watches, s)
+			return nil
 		},
 	}
 	if len(addrs) > 0 {

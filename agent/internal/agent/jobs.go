@@ -225,7 +225,7 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 	if up, ok := r.inst.TakeAgentUpdate(job.GetId(), final.GetPhase() == ferryv1.JobPhase_JOB_PHASE_SUCCEEDED && ctx.Err() == nil); ok {
 		// The result stays unreported until the new agent is welcomed
 		// (or the restored one reports the failure).
-		if r.a.swapAgent(job, up, logf) {
+		if r.a.swapAgent(ctx, job, up, logf) {
 			return
 		}
 		final = r.a.failAgentUpdate(job.GetId(), final, "the new agent could not be swapped in; ferry-agent "+up.OldVersion+" keeps running (see the job's log)")

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"sync"
@@ -133,25 +134,31 @@ func (a *Agent) restorePrevious() {
 	if m == nil {
 		return // welcomed in the meantime
 	}
-	m.Reason = fmt.Sprintf("new agent did not reconnect within %s; restored ferry-agent %s", seconds(m.Timeout), m.OldVersion)
 	start := time.Now()
-	if err := selfupdate.Restore(m.Exe, m.Prev); err != nil {
+	restored, err := selfupdate.RestoreOnProbation(a.cfg.StateDir, selfupdate.RestoreRequest{
+		Match: func(on *selfupdate.Marker) bool { return on.JobID == m.JobID },
+		Reason: func(on *selfupdate.Marker) string {
+			return fmt.Sprintf("new agent did not reconnect within %s; restored ferry-agent %s", selfupdate.Seconds(on.Timeout), on.OldVersion)
+		},
+	})
+	if err != nil {
 		a.log.Error("could not restore the previous agent; this one keeps running", "err", err)
 		return
 	}
-	m.State = selfupdate.Restored
-	if err := m.Save(a.cfg.StateDir); err != nil {
-		a.log.Error("could not record the restore", "err", err)
-	}
 	a.upd.probation = nil
 	close(a.upd.confirmed)
+	if restored == nil {
+		a.log.Warn("the update's probation had already ended (the watchdog restored the previous agent)", "job", m.JobID)
+		return
+	}
 	a.log.Warn("the controller did not welcome the new agent in time; previous agent restored, restarting it", "job", m.JobID,
 		"previous", m.OldVersion, "restore_took", time.Since(start))
-	a.requestRestart(m.Exe, m.Args)
+	a.requestRestart(restored.Exe, restored.Args)
 }
 
-// confirmUpdate ends a probation at the controller's welcome: the marker
-// goes and the job's result (succeeded) is reported.
+// confirmUpdate ends a probation once the new agent was welcomed and
+// sent its first heartbeat: the marker goes and the job's result
+// (succeeded) is reported.
 func (a *Agent) confirmUpdate() {
 	a.upd.mu.Lock()
 	m := a.upd.probation
@@ -159,11 +166,18 @@ func (a *Agent) confirmUpdate() {
 		a.upd.mu.Unlock()
 		return
 	}
+	ok, err := selfupdate.Confirm(a.cfg.StateDir, m.JobID)
+	if err != nil {
+		a.upd.mu.Unlock()
+		a.log.Error("could not confirm the agent update; trying again at the next connection", "job", m.JobID, "err", err)
+		return
+	}
 	a.upd.probation = nil
 	close(a.upd.confirmed)
 	a.upd.mu.Unlock()
-	if err := selfupdate.Remove(a.cfg.StateDir); err != nil {
-		a.log.Error("could not remove the agent update marker", "err", err)
+	if !ok {
+		a.log.Error("the update's probation had already ended: the watchdog restored the previous agent", "job", m.JobID)
+		return
 	}
 	a.log.Info("the controller welcomed the new agent; update confirmed", "job", m.JobID, "previous", m.OldVersion,
 		"since_swap", time.Since(m.Deadline.Add(-m.Timeout)))
@@ -175,7 +189,7 @@ func (a *Agent) confirmUpdate() {
 // swapAgent swaps a staged binary in after its job succeeded and asks
 // for the restart. It reports false, having removed the staged binary,
 // when the swap could not be made; the running agent is intact then.
-func (a *Agent) swapAgent(job *ferryv1.Job, up *install.AgentUpdate, logf install.LogFunc) bool {
+func (a *Agent) swapAgent(ctx context.Context, job *ferryv1.Job, up *install.AgentUpdate, logf install.LogFunc) bool {
 	m := &selfupdate.Marker{JobID: job.GetId(), RolloutID: job.GetRolloutId(), Exe: up.Exe, Prev: selfupdate.PrevPath(up.Exe),
 		OldVersion: up.OldVersion, NewVersion: up.NewVersion, Timeout: up.Timeout, Deadline: time.Now().Add(up.Timeout), State: selfupdate.Probation,
 		Args: os.Args[1:]}
@@ -193,8 +207,25 @@ func (a *Agent) swapAgent(job *ferryv1.Job, up *install.AgentUpdate, logf instal
 		return false
 	}
 	took := time.Since(start)
+	// The watchdog restores the previous agent if the new one dies or
+	// hangs before its own timer can; without one, no swap.
+	spec := selfupdate.WatchSpec{Binary: m.Prev, StateDir: a.cfg.StateDir, JobID: m.JobID, Systemd: selfupdate.UnderSystemd()}
+	if spec.Systemd {
+		spec.Unit = selfupdate.Unit()
+	} else {
+		spec.PID = os.Getpid()
+	}
+	if err := a.cfg.StartWatchdog(ctx, spec); err != nil {
+		if rerr := selfupdate.Restore(up.Exe, m.Prev); rerr != nil {
+			a.log.Error("agent update: no watchdog, and the previous binary could not be put back", "job", job.GetId(), "err", rerr)
+		}
+		_ = selfupdate.Remove(a.cfg.StateDir)
+		a.log.Error("agent update: the watchdog did not start; the swap was undone", "job", job.GetId(), "err", err)
+		note(logf, "agent_update: the update watchdog did not start (%v); ferry-agent %s was put back", err, up.OldVersion)
+		return false
+	}
 	note(logf, "ferry-agent %s swapped in at %s in %s (ferry-agent %s kept as %s); restarting; it must reach the controller within %s",
-		up.NewVersion, up.Exe, took.Round(time.Microsecond), up.OldVersion, m.Prev, seconds(up.Timeout))
+		up.NewVersion, up.Exe, took.Round(time.Microsecond), up.OldVersion, m.Prev, selfupdate.Seconds(up.Timeout))
 	a.logs.Finish(job.GetId())
 	a.sendLogs()
 	a.log.Info("agent update: new binary swapped in; restarting", "job", job.GetId(), "version", up.NewVersion, "swap_took", took)
@@ -213,6 +244,3 @@ func (a *Agent) failAgentUpdate(jobID string, final *ferryv1.JobUpdate, reason s
 	}
 	return u
 }
-
-// seconds writes d as operators set it, e.g. 60s.
-func seconds(d time.Duration) string { return fmt.Sprintf("%ds", int(d.Round(time.Second).Seconds())) }

@@ -112,6 +112,12 @@ func TestAgentUpdateSwapAndRestore(t *testing.T) {
 	if err != nil || m == nil || m.State != selfupdate.Probation || m.JobID != "upd" || m.OldVersion != version.Version || m.NewVersion != "9.9.9" {
 		t.Fatalf("marker after the swap: %+v, %v", m, err)
 	}
+	// The watchdog: the previous binary, watching this process (re-exec:
+	// the test does not run under systemd).
+	want := selfupdate.WatchSpec{Binary: exe + ".prev", StateDir: ta.cfg.StateDir, JobID: "upd", PID: os.Getpid()}
+	if w := ta.watchdogs(); len(w) != 1 || w[0] != want {
+		t.Errorf("watchdogs started: %+v, want one %+v", w, want)
+	}
 
 	// This test binary plays the new agent, started after its deadline.
 	m.NewVersion, m.Deadline, m.Args = version.Version, time.Now().Add(-time.Second), []string{"run", "--previous"}
@@ -127,8 +133,8 @@ func TestAgentUpdateSwapAndRestore(t *testing.T) {
 		t.Errorf("%s is %s after the restore, want %s", exe, got, version.Version)
 	}
 	m, err = selfupdate.Load(ta.cfg.StateDir)
-	want := "new agent did not reconnect within 60s; restored ferry-agent " + version.Version
-	if err != nil || m == nil || m.State != selfupdate.Restored || m.Reason != want {
+	reason := "new agent did not reconnect within 60s; restored ferry-agent " + version.Version
+	if err != nil || m == nil || m.State != selfupdate.Restored || m.Reason != reason {
 		t.Fatalf("marker after the restore: %+v, %v", m, err)
 	}
 
@@ -141,8 +147,8 @@ func TestAgentUpdateSwapAndRestore(t *testing.T) {
 			res = u
 		}
 	}
-	if res.GetPhase() != ferryv1.JobPhase_JOB_PHASE_FAILED || res.GetMessage() != want {
-		t.Errorf("the restored agent's hello carries %v for the update, want it failed with %q", res, want)
+	if res.GetPhase() != ferryv1.JobPhase_JOB_PHASE_FAILED || res.GetMessage() != reason {
+		t.Errorf("the restored agent's hello carries %v for the update, want it failed with %q", res, reason)
 	}
 	if m, _ := selfupdate.Load(ta.cfg.StateDir); m != nil {
 		t.Errorf("the marker is still there after the restored agent started: %+v", m)
@@ -151,5 +157,41 @@ func TestAgentUpdateSwapAndRestore(t *testing.T) {
 		if p.GetName() == "ferry-agent" {
 			t.Errorf("the restored agent lists %v as installed", p)
 		}
+	}
+}
+
+// TestAgentUpdateWithoutWatchdog: when the watchdog cannot start, the
+// swap is undone: the running binary is back, no marker, no restart, and
+// the job reports failed.
+func TestAgentUpdateWithoutWatchdog(t *testing.T) {
+	exe := filepath.Join(t.TempDir(), "ferry-agent")
+	fakeAgentBinary(t, exe, version.Version)
+	newBin := filepath.Join(t.TempDir(), "artifact")
+	fakeAgentBinary(t, newBin, "9.9.9")
+	ta := newTestAgent(t, agentOptions{config: func(c *Config) { c.Executable = exe }})
+	ta.watchErr = errors.New("no processes left")
+	ta.run()
+	s := ta.stream()
+
+	digest := "sha256:" + strings.Repeat("9", 64)
+	dl := ta.fetcher.download(digest)
+	s.send(t, jobMsg(&ferryv1.Job{Id: "upd", RolloutId: "r1", Kind: ferryv1.JobKind_JOB_KIND_INSTALL, Package: &ferryv1.Package{
+		Name: "ferry-agent", Version: "9.9.9", Artifact: &ferryv1.ArtifactRef{Digest: digest, Name: "ferry-agent", Size: 100},
+		Steps: []*ferryv1.Step{{Kind: &ferryv1.Step_AgentUpdate{AgentUpdate: &ferryv1.AgentUpdateStep{}}}},
+	}}))
+	waitClosed(t, dl.started, "the new agent's download")
+	dl.finish <- fetched{path: newBin}
+	u := s.result(t, "upd")
+	if u.GetPhase() != ferryv1.JobPhase_JOB_PHASE_FAILED || !strings.Contains(u.GetMessage(), "could not be swapped in") {
+		t.Errorf("the update job ended %s (%q), want failed: the swap could not be made", u.GetPhase(), u.GetMessage())
+	}
+	if got := binVersion(t, exe); got != version.Version {
+		t.Errorf("%s is %s after the undone swap, want %s", exe, got, version.Version)
+	}
+	if m, err := selfupdate.Load(ta.cfg.StateDir); m != nil || err != nil {
+		t.Errorf("marker after the undone swap: %+v, %v", m, err)
+	}
+	if ta.restarting() {
+		t.Error("the agent asked for a restart although the swap was undone")
 	}
 }

@@ -81,7 +81,7 @@ the file.`,
 	if len(runArgs) > 0 {
 		runArgs = runArgs[1:] // reload parses run's flags again
 	}
-	root.AddCommand(enrollCmd(stdout), runCmd(runArgs, stderr, systemdRestart), doctorCmd(stdout), verifyCmd(stdout), &cobra.Command{
+	root.AddCommand(enrollCmd(stdout), runCmd(runArgs, stderr, systemdRestart), doctorCmd(stdout), verifyCmd(stdout), watchCmd(stderr), &cobra.Command{
 		Use:   "version",
 		Short: "Print the ferry-agent version",
 		Args:  cobra.NoArgs,

@@ -238,6 +238,31 @@ func UnderSystemd() bool {
 	return os.Getenv("INVOCATION_ID") != "" || os.Getenv("NOTIFY_SOCKET") != ""
 }
 
+// Unit is the systemd service this process runs in ("" when none).
+func Unit() string {
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return ""
+	}
+	return unitOf(string(b))
+}
+
+// unitOf reads the service from /proc/self/cgroup: the last element of
+// the systemd hierarchy's path (cgroup v2: 0::/system.slice/x.service;
+// v1: N:name=systemd:/system.slice/x.service).
+func unitOf(cgroup string) string {
+	for _, line := range strings.Split(strings.TrimSpace(cgroup), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 || (f[1] != "" && f[1] != "name=systemd") {
+			continue
+		}
+		if name := filepath.Base(f[2]); strings.HasSuffix(name, ".service") {
+			return name
+		}
+	}
+	return ""
+}
+
 // Exec replaces this process with exe run with args (os.Args[1:] when
 // nil) and the same environment. It returns only on error.
 func Exec(exe string, args []string) error {
@@ -265,17 +290,11 @@ func Executable() (string, error) {
 // on probation in stateDir (of version running) could not start at all,
 // and reports whether it did: the caller then restarts the executable.
 func RestoreAfterFailedStart(stateDir, running string, cause error) (*Marker, bool) {
-	m, err := Load(stateDir)
-	if err != nil || m == nil || m.State != Probation || m.NewVersion != running {
-		return nil, false
-	}
-	if err := Restore(m.Exe, m.Prev); err != nil {
-		return nil, false
-	}
-	m.State = Restored
-	m.Reason = fmt.Sprintf("new agent could not start (%v); restored ferry-agent %s", cause, m.OldVersion)
-	if err := m.Save(stateDir); err != nil {
-		return nil, false
-	}
-	return m, true
+	m, err := RestoreOnProbation(stateDir, RestoreRequest{
+		Match: func(m *Marker) bool { return m.NewVersion == running },
+		Reason: func(m *Marker) string {
+			return fmt.Sprintf("new agent could not start (%v); restored ferry-agent %s", cause, m.OldVersion)
+		},
+	})
+	return m, err == nil && m != nil
 }

@@ -163,3 +163,17 @@ func TestRestoreAfterFailedStart(t *testing.T) {
 		t.Fatalf("marker after the restore: %+v, %v", after, err)
 	}
 }
+
+func TestUnitOf(t *testing.T) {
+	for _, tc := range []struct{ cgroup, want string }{
+		{"0::/system.slice/ferry-agent.service\n", "ferry-agent.service"},
+		{"12:pids:/\n1:name=systemd:/system.slice/ferry-agent.service\n0::/\n", "ferry-agent.service"},
+		{"0::/user.slice/user-0.slice/session-3.scope\n", ""},
+		{"4:memory:/x.service\n0::/\n", ""}, // not the systemd hierarchy
+		{"", ""},
+	} {
+		if got := unitOf(tc.cgroup); got != tc.want {
+			t.Errorf("unitOf(%q) = %q, want %q", tc.cgroup, got, tc.want)
+		}
+	}
+}
