@@ -19,7 +19,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/ferrydeploy/ferry/agent/internal/install/archive"
+	"github.com/ferrydeploy/ferry/shared/archive"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferrydeploy/ferry/agent/internal/install/archive"
+	"github.com/ferrydeploy/ferry/shared/archive"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 

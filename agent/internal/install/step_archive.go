@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ferrydeploy/ferry/agent/internal/install/archive"
+	"github.com/ferrydeploy/ferry/shared/archive"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/atomicfile"
 	"github.com/ferrydeploy/ferry/shared/installpolicy"
