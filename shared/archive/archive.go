@@ -131,20 +131,38 @@ func Extract(ctx context.Context, src, dest string, opts Options) (Result, error
 	return x.stream(name, format, f)
 }
 
-// ExtractStream extracts a tar, tar.gz or tar.zst archive (opts.Format,
-// required) read from r into dest, as Extract does; r is read once, front
-// to back, so it may be a file still being written (a download).
+// ErrNotStreamable: ExtractStream found a zip, which is read from its
+// end: extract the complete file with Extract.
+var ErrNotStreamable = errors.New("a zip archive cannot be extracted from a stream")
+
+// ExtractStream extracts a tar, tar.gz or tar.zst archive read from r into
+// dest, as Extract does; r is read once, front to back, so it may be a
+// file still being written (a download). Without opts.Format the format
+// is detected from the first bytes.
 func ExtractStream(ctx context.Context, r io.Reader, dest string, opts Options) (Result, error) {
 	name := opts.Name
 	if name == "" {
 		name = "archive"
+	}
+	format := opts.Format
+	if format == "" {
+		br := bufio.NewReaderSize(r, 1<<20)
+		head, _ := br.Peek(512) // a shorter archive shows all it has; a read error recurs below
+		var err error
+		if format, err = detect(head); err != nil {
+			return Result{}, fmt.Errorf("extract %s: %w", name, err)
+		}
+		r = br
+	}
+	if format == FormatZip {
+		return Result{}, ErrNotStreamable
 	}
 	x, done, err := newExtractor(ctx, name, dest, opts)
 	if err != nil {
 		return Result{}, err
 	}
 	defer done()
-	return x.stream(name, opts.Format, r)
+	return x.stream(name, format, r)
 }
 
 // newExtractor checks opts and opens dest (unless a dry run).

@@ -105,8 +105,18 @@ type Request struct {
 	JobID, RolloutID string
 	Package          *ferryv1.Package
 	// ArtifactPath is the verified artifact on disk; "" when no step of
-	// the package uses it (NeedsArtifact).
+	// the package uses it (NeedsArtifact), or when Stream brings it.
 	ArtifactPath string
+	// ArtifactFormat, when set, is the archive format of the artifact the
+	// job carries, whatever the steps say: archive.FormatTarZst for the
+	// zstd form the controller transcoded the original into (the same tar
+	// stream; see TakesTranscoded).
+	ArtifactFormat string
+	// Stream, when set (and ArtifactPath is not), is the artifact still
+	// downloading: an archive step extracts it as it arrives and switches
+	// the tree in only once the whole file is verified; every other step
+	// waits for the verified file first.
+	Stream ArtifactStream
 	// Plan reports what would change and changes nothing.
 	Plan bool
 }
