@@ -401,6 +401,15 @@ func (i *Installer) recover() error {
 				undoErrs = append(undoErrs, err)
 			}
 		}
+		if j.Downloading && len(undoErrs) == 0 {
+			// Stopped while the artifact streamed in: as a download
+			// interrupted before the install, the job is not over.
+			i.log.Info("removed the staging tree of a job interrupted while its artifact downloaded; the download resumes when the job is sent again", "job", j.JobID, "rollout", j.RolloutID, "package", j.Package)
+			if err := j.remove(); err != nil {
+				return err
+			}
+			continue
+		}
 		msg := fmt.Sprintf("interrupted: the agent stopped during this %s job (crash, kill or power loss); %s", j.Kind, changesUndone(len(j.Actions), "it had applied"))
 		if len(undoErrs) > 0 {
 			msg = fmt.Sprintf("interrupted: the agent stopped during this %s job, and undoing its changes failed: %v", j.Kind, errors.Join(undoErrs...))

@@ -46,6 +46,9 @@ func (i *Installer) addAction(jc *jobCtx, kind string, a *action) error {
 			Package:   jc.pkg.GetName(),
 			Version:   jc.pkg.GetVersion(),
 			path:      filepath.Join(i.dir, "jobs", jc.key+".json"),
+			// Only an archive's staging tree is built before a streamed
+			// artifact is verified (awaitArtifact clears it).
+			Downloading: jc.stream != nil,
 		}
 	}
 	jc.j.Actions = append(jc.j.Actions, a)

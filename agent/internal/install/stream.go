@@ -39,6 +39,10 @@ func (jc *jobCtx) awaitArtifact() error {
 		return &DownloadError{Err: err}
 	}
 	jc.artifact, jc.stream = path, nil
+	if jc.j != nil && jc.j.Downloading {
+		jc.j.Downloading = false
+		return jc.j.save()
+	}
 	return nil
 }
 

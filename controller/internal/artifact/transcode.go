@@ -215,4 +215,3 @@ func (s *Store) openForm(f Form) (*Blob, error) {
 	}
 	return s.openBlobFile(Key(f.Rec)+" (zstd form)", strings.TrimPrefix(f.Digest, sha256digest.Prefix), f.Size)
 }
-
