@@ -222,7 +222,7 @@ func New(cfg Config) (*Controller, error) {
 		return nil, err
 	}
 	c.engine, err = rollout.New(rollout.Config{
-		Store: c.store, Dispatcher: dispatcher{fleet: c.fleet, store: c.store, log: c.log.With("component", "rollout")}, Fleet: c.fleet, Packages: c.packages,
+		Store: c.store, Dispatcher: dispatcher{fleet: c.fleet, store: c.store, artifacts: c.artifacts, log: c.log.With("component", "rollout")}, Fleet: c.fleet, Packages: c.packages,
 		Auditor: c.store, Logger: c.log.With("component", "rollout"),
 		Groups: c.store, // desired state per group and catch-up
 	})

@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrydeploy/ferry/controller/internal/artifact"
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
 	"github.com/ferrydeploy/ferry/controller/internal/metrics"
 	"github.com/ferrydeploy/ferry/controller/internal/mirror"
@@ -20,22 +21,36 @@ import (
 
 // dispatcher sends the engine's jobs on the agents' streams.
 type dispatcher struct {
-	fleet *fleet.Registry
-	store *store.Store
-	log   *slog.Logger
+	fleet     *fleet.Registry
+	store     *store.Store
+	artifacts *artifact.Store
+	log       *slog.Logger
 }
 
 // Dispatch sends a job, naming the artifact's URL on the mirror of the
-// node's group when it has one (package mirror).
+// node's group when it has one (package mirror), and its zstd form when
+// the artifact has one and the node's agent advertised zstd (an older
+// agent gets the original only).
 func (d dispatcher) Dispatch(nodeID string, job *ferryv1.Job) error {
+	orig := job
+	edit := func() *ferryv1.Job {
+		if job == orig {
+			job = proto.Clone(job).(*ferryv1.Job) // the engine's copy stays as it saved it
+		}
+		return job
+	}
 	if n, ok := d.fleet.Node(nodeID); ok && n.GetGroup() != "" && job.GetPackage().GetArtifact() != nil {
 		m, err := d.store.Mirror(n.GetGroup())
 		switch {
 		case err == nil:
-			job = proto.Clone(job).(*ferryv1.Job) // the engine's copy stays as it saved it
-			job.Mirrors = mirror.Sources(m, job.GetPackage())
+			edit().Mirrors = mirror.Sources(m, job.GetPackage())
 		case !errors.Is(err, store.ErrNotFound):
 			d.log.Warn("read the group's mirror; the job goes without it", "node", nodeID, "group", n.GetGroup(), "err", err)
+		}
+	}
+	if digest := job.GetPackage().GetArtifact().GetDigest(); digest != "" && d.artifacts != nil && d.fleet.SupportsCodec(nodeID, artifact.CodecZstd) {
+		if enc, ok := d.artifacts.ZstdForm(digest); ok {
+			edit().ArtifactEncoding = enc
 		}
 	}
 	return d.fleet.Dispatch(nodeID, &ferryv1.ConnectResponse{Msg: &ferryv1.ConnectResponse_Job{Job: job}})

@@ -2,6 +2,7 @@ package bench_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -38,6 +39,7 @@ type result struct {
 // bench holds what every case shares: the artifact and where roots go.
 type bench struct {
 	tarball   string // the Go toolchain tar.gz, with tarball.sha256 beside it
+	zst       string // the same tar stream as tar.zst (zstd -3), for the zstd floor; "" without the zstd command
 	version   string // its Go version, e.g. 1.26.8
 	size      int64  // the tarball's size
 	scratch   string // where hosts' roots go (tmpfs when possible)
@@ -95,10 +97,23 @@ func BenchmarkRollout(b *testing.B) {
 	}
 	bn.size = fi.Size()
 	curl, _ := exec.LookPath("curl")
+	if _, err := exec.LookPath("zstd"); err == nil {
+		bn.zst = strings.TrimSuffix(bn.tarball, ".tar.gz") + ".tar.zst"
+		if out, err := exec.Command("sh", "-c", `gzip -dc "$1" | zstd -3 -q -o "$2"`, "sh", bn.tarball, bn.zst).CombinedOutput(); err != nil {
+			b.Fatalf("pack the zstd floor's tarball: %v: %s", err, out)
+		}
+	}
 
 	for _, n := range sizes {
 		fleet := fmt.Sprintf("local N=%d", n)
 		b.Run(fmt.Sprintf("local/N=%d/tar-floor", n), func(b *testing.B) { bn.add(bn.floor(b, fleet, n)) })
+		b.Run(fmt.Sprintf("local/N=%d/zstd-floor", n), func(b *testing.B) {
+			if bn.zst == "" {
+				bn.add(result{fleet: fleet, name: zstdFloorName, served: -1, note: "skipped: needs the zstd command"})
+				b.Skip("needs the zstd command")
+			}
+			bn.add(bn.zstdFloor(b, fleet, n))
+		})
 		b.Run(fmt.Sprintf("local/N=%d/shell-loop", n), func(b *testing.B) {
 			defer bn.noteSkip(b, fleet, "shell loop")
 			if curl == "" {
@@ -263,6 +278,23 @@ func (bn *bench) floor(b *testing.B, fleet string, n int) result {
 	return result{fleet: fleet, name: "parallel tar -xzf (gzip floor)", wall: wall, served: -1}
 }
 
+const zstdFloorName = "parallel zstd -d | tar -x (zstd floor)"
+
+// zstdFloor is N concurrent `zstd -dc | tar -x` of the same tree as
+// tar.zst, nothing else: the floor of the codec agents are given.
+func (bn *bench) zstdFloor(b *testing.B, fleet string, n int) result {
+	roots := bn.roots(b, n)
+	wall := parallel(b, n, func(i int) *exec.Cmd {
+		dest := filepath.Join(roots[i], "usr/local/go")
+		return exec.Command("sh", "-c", `mkdir -p "$1" && zstd -dcq "$2" | tar -xf - -C "$1" --strip-components 1`, "sh", dest, bn.zst)
+	})
+	fi, err := os.Stat(bn.zst)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return result{fleet: fleet, name: zstdFloorName, wall: wall, served: -1, note: fmt.Sprintf("tar.zst %.1f MiB (zstd -3)", float64(fi.Size())/(1<<20))}
+}
+
 // hostScript is what the shell loop does on each host: fetch the tarball
 // and its .sha256 over plain HTTP, check it, extract it, write a
 // profile.d file and a sudoers fragment (checked with visudo -cf where
@@ -378,10 +410,12 @@ func (bn *bench) newHarness(b *testing.B) *e2e.Harness {
 }
 
 // prepare pushes the artifact and applies the package, then waits until
-// every agent is healthy.
-func (f *ferryFleet) prepare(b *testing.B, bn *bench, ids []string) {
+// every agent is healthy. It returns how long the push took.
+func (f *ferryFleet) prepare(b *testing.B, bn *bench, ids []string) time.Duration {
 	b.Helper()
+	start := time.Now()
 	f.ctl(b, time.Minute, "artifact", "push", bn.tarball, "--checksum-file", bn.tarball+".sha256")
+	push := time.Since(start)
 	pkg := filepath.Join(f.h.Dir(), "go.yaml")
 	if err := os.WriteFile(pkg, []byte(bn.packageYAML()), 0o644); err != nil {
 		b.Fatal(err)
@@ -390,6 +424,7 @@ func (f *ferryFleet) prepare(b *testing.B, bn *bench, ids []string) {
 	for _, id := range ids {
 		f.h.WaitNodeState(id, e2e.Healthy, 2*time.Minute)
 	}
+	return push
 }
 
 func (f *ferryFleet) ctl(b *testing.B, timeout time.Duration, args ...string) {
@@ -465,10 +500,35 @@ func (bn *bench) ferryLocal(b *testing.B, fleet string, n int) result {
 		a.Start()
 		ids, roots = append(ids, id), append(roots, a.Root)
 	}
-	f.prepare(b, bn, ids)
+	cpu0 := processCPU(b, f.c.PID())
+	push := f.prepare(b, bn, ids)
+	cpu1 := processCPU(b, f.c.PID())
 	wall, served := f.rollout(b, bn)
+	cpu2 := processCPU(b, f.c.PID())
 	bn.checkRoots(b, roots)
-	return result{fleet: fleet, name: "Ferry rollout (archive, env, sudoers, check)", wall: wall, served: served}
+	return result{fleet: fleet, name: "Ferry rollout (archive, env, sudoers, check)", wall: wall, served: served,
+		note: fmt.Sprintf("controller CPU %.2fs in the rollout; the push took %.2fs and %.2fs of CPU, transcoding included", (cpu2 - cpu1).Seconds(), push.Seconds(), (cpu1 - cpu0).Seconds())}
+}
+
+// processCPU is the user and system CPU time process pid has used, from
+// /proc/PID/stat (clock ticks of 1/100 s, as on every Linux).
+func processCPU(b *testing.B, pid int) time.Duration {
+	b.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatalf("controller CPU time: %v", err)
+	}
+	// The fields after the command name, which ends with the last ')'.
+	f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+1:]))
+	if len(f) < 13 {
+		b.Fatalf("controller CPU time: /proc/%d/stat has %d fields", pid, len(f))
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		b.Fatalf("controller CPU time: /proc/%d/stat: %v %v", pid, err1, err2)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
 // netns is a network of namespaces: a server host whose egress is capped
@@ -616,27 +676,33 @@ func (bn *bench) print(w io.Writer) {
 	fmt.Fprintf(w, "\nRollout benchmark (issue 15): artifact %s, %.1f MiB; Go %s; roots on %s\n",
 		filepath.Base(bn.tarball), float64(bn.size)/(1<<20), bn.version, bn.scratchFS)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "fleet\tcase\twall\tserved/size\tper host MiB/s\t× floor\tnote")
-	floors := map[string]time.Duration{}
+	fmt.Fprintln(tw, "fleet\tcase\twall\tserved/size\tper host MiB/s\t× floor\t× zstd floor\tnote")
+	floors, zfloors := map[string]time.Duration{}, map[string]time.Duration{}
 	for _, r := range bn.results {
 		if strings.HasPrefix(r.name, "parallel tar") {
 			floors[r.fleet] = r.wall
 		}
+		if r.name == zstdFloorName {
+			zfloors[r.fleet] = r.wall
+		}
 	}
 	for _, r := range bn.results {
 		if r.wall == 0 {
-			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t%s\n", r.fleet, r.name, r.note)
+			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t%s\n", r.fleet, r.name, r.note)
 			continue
 		}
-		served, ratio := "-", "-"
+		served, ratio, zratio := "-", "-", "-"
 		if r.served >= 0 {
 			served = fmt.Sprintf("%.2f", float64(r.served)/float64(bn.size))
 		}
 		if fl := floors[r.fleet]; fl > 0 {
 			ratio = fmt.Sprintf("%.2f", r.wall.Seconds()/fl.Seconds())
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.2fs\t%s\t%.1f\t%s\t%s\n", r.fleet, r.name, r.wall.Seconds(), served,
-			float64(bn.size)/(1<<20)/r.wall.Seconds(), ratio, r.note)
+		if fl := zfloors[r.fleet]; fl > 0 {
+			zratio = fmt.Sprintf("%.2f", r.wall.Seconds()/fl.Seconds())
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.2fs\t%s\t%.1f\t%s\t%s\t%s\n", r.fleet, r.name, r.wall.Seconds(), served,
+			float64(bn.size)/(1<<20)/r.wall.Seconds(), ratio, zratio, r.note)
 	}
 	_ = tw.Flush()
 }

@@ -87,7 +87,7 @@ func TestE2EAgentKilledMidDownloadResumes(t *testing.T) {
 	h.WaitNodeState("dl-1", e2e.Healthy, 20*time.Second)
 
 	const size = 192 << 20
-	tarball, digest := bigTarball(t, h.Dir(), "1.0.0", size)
+	tarball, _ := bigTarball(t, h.Dir(), "1.0.0", size)
 	h.MustCtl("artifact", "push", tarball, "--checksum-file", tarball+".sha256")
 	pkg := filepath.Join(h.Dir(), "blob.yaml")
 	err := os.WriteFile(pkg, []byte(fmt.Sprintf(`name: blob
@@ -101,14 +101,16 @@ steps:
 		t.Fatal(err)
 	}
 	h.MustCtl("package", "apply", "-f", pkg)
-	artifactSize := fileSize(t, tarball)
+	// The agent downloads the zstd form the controller transcoded (about
+	// as large: the data is incompressible), by its own digest.
+	formDigest, artifactSize := zstdForm(t, h, filepath.Base(tarball)+"@1.0.0")
 
 	before := bytesServed(t, c)
 	id := strings.TrimSpace(h.MustCtl("rollout", "--group", "staging", "--package", "blob@1.0.0", "--canary", "0", "--healthy-for", "1s", "--detach"))
 
 	// Freeze the controller as soon as the agent has part of the file, so
 	// the kill lands mid-download whatever the speed of this machine.
-	partial := filepath.Join(a.StateDir, "downloads", digest+".partial")
+	partial := filepath.Join(a.StateDir, "downloads", formDigest+".partial")
 	deadline := time.Now().Add(30 * time.Second)
 	for fileSizeOr0(partial) < 48<<20 {
 		if time.Now().After(deadline) {
@@ -150,6 +152,24 @@ steps:
 	if _, err := os.Stat(partial); !os.IsNotExist(err) {
 		t.Errorf("staging file still there after a verified download: %v", err)
 	}
+}
+
+var zstdFormRE = regexp.MustCompile(`(?m)^Zstd form: .* \((\d+) bytes\), sha256:([0-9a-f]{64});`)
+
+// zstdForm returns the digest (hex) and size of an artifact's zstd form,
+// as `ferryctl artifact inspect` shows them.
+func zstdForm(t *testing.T, h *e2e.Harness, ref string) (string, int64) {
+	t.Helper()
+	out := h.MustCtl("artifact", "inspect", ref)
+	m := zstdFormRE.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("artifact %s has no zstd form:\n%s", ref, out)
+	}
+	n, err := strconv.ParseInt(m[1], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m[2], n
 }
 
 func fileSize(t *testing.T, p string) int64 {

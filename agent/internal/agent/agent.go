@@ -617,7 +617,7 @@ func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *bro
 		}
 	}
 	hello := &ferryv1.AgentHello{AgentVersion: version.Version, Facts: a.facts(), GossipAddress: a.gossipAddr(),
-		Installed: a.jobs.inst.Installed(), RecentJobs: recent}
+		Installed: a.jobs.inst.Installed(), RecentJobs: recent, Codecs: []string{codecZstd}}
 	helloSent := a.cfg.Now()
 	if err := stream.Send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Hello{Hello: hello}}); err != nil {
 		return err

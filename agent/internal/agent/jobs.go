@@ -9,8 +9,10 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/ferrydeploy/ferry/agent/internal/fetch"
 	"github.com/ferrydeploy/ferry/agent/internal/install"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/archive"
 	"github.com/ferrydeploy/ferry/shared/enumword"
 	"github.com/ferrydeploy/ferry/shared/version"
 )
@@ -202,20 +204,24 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 		if d := job.GetPackage().GetArtifact().GetDigest(); d != "" && r.fetcher != nil {
 			release = r.fetcher.Hold(d)
 		}
-		path, err := r.fetch(jctx, job, update)
+		if d := job.GetArtifactEncoding().GetDigest(); d != "" && r.fetcher != nil {
+			rel, more := release, r.fetcher.Hold(d)
+			release = func() { more(); rel() }
+		}
+		req := install.Request{JobID: job.GetId(), RolloutID: job.GetRolloutId(), Package: job.GetPackage(), Plan: job.GetKind() == ferryv1.JobKind_JOB_KIND_PLAN}
+		err := r.fetch(jctx, job, &req, update)
 		if err != nil {
 			final = update(ferryv1.JobPhase_JOB_PHASE_FAILED, err.Error())
-			final.FailedStep = "download " + job.GetPackage().GetArtifact().GetName()
+			final.FailedStep = install.DownloadStep(job.GetPackage())
 			logf(install.LogLine{Step: final.FailedStep, Stream: ferryv1.LogStream_LOG_STREAM_FERRY, Text: "FAILED: " + err.Error()})
 			release()
 			break
 		}
-		final = r.inst.Install(jctx, install.Request{
-			JobID: job.GetId(), RolloutID: job.GetRolloutId(), Package: job.GetPackage(), ArtifactPath: path,
-			Plan: job.GetKind() == ferryv1.JobKind_JOB_KIND_PLAN,
-		}, progress, logf)
+		final = r.inst.Install(jctx, req, progress, logf)
 		release()
-		record = false
+		// A streamed download that failed is recorded here, as one that
+		// failed before Install (it resumes after the agent's own stop).
+		record = req.Stream != nil && final.GetPhase() == ferryv1.JobPhase_JOB_PHASE_FAILED && final.GetFailedStep() == install.DownloadStep(job.GetPackage())
 	default:
 		final = update(ferryv1.JobPhase_JOB_PHASE_FAILED, fmt.Sprintf("job kind %s is not supported by agent version %s", job.GetKind(), version.Version))
 	}
@@ -253,15 +259,22 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 	r.report(final)
 }
 
-// fetch downloads the package's artifact when a step uses it,
-// reporting progress at most twice a second.
-func (r *jobRunner) fetch(ctx context.Context, job *ferryv1.Job, update func(ferryv1.JobPhase, string) *ferryv1.JobUpdate) (string, error) {
+// fetch makes the package's artifact available to req when a step uses
+// it, reporting progress at most twice a second: the zstd form when the
+// job offers one and every step can take it, else the original; streamed
+// (req.Stream, extracted while it arrives) for an install without
+// mirrors, else downloaded and verified first (req.ArtifactPath).
+func (r *jobRunner) fetch(ctx context.Context, job *ferryv1.Job, req *install.Request, update func(ferryv1.JobPhase, string) *ferryv1.JobUpdate) error {
 	art := job.GetPackage().GetArtifact()
 	if !r.inst.NeedsArtifact(job.GetPackage()) {
-		return "", nil
+		return nil
 	}
 	if r.fetcher == nil {
-		return "", fmt.Errorf("artifact %s: this agent cannot download artifacts", art.GetName())
+		return fmt.Errorf("artifact %s: this agent cannot download artifacts", art.GetName())
+	}
+	digest, size := art.GetDigest(), art.GetSize()
+	if enc := job.GetArtifactEncoding(); enc.GetCodec() == codecZstd && enc.GetDigest() != "" && len(job.GetMirrors()) == 0 && r.inst.TakesTranscoded(job.GetPackage()) {
+		digest, size, req.ArtifactFormat = enc.GetDigest(), enc.GetSize(), archive.FormatTarZst
 	}
 	r.report(update(ferryv1.JobPhase_JOB_PHASE_DOWNLOADING, "downloading "+art.GetName()))
 	var last time.Time
@@ -274,12 +287,37 @@ func (r *jobRunner) fetch(ctx context.Context, job *ferryv1.Job, update func(fer
 		u.BytesDone, u.BytesTotal = done, total
 		r.report(u)
 	}
-	if mf, ok := r.fetcher.(mirrorFetcher); ok && len(job.GetMirrors()) > 0 {
+	var err error
+	mf, mirrored := r.fetcher.(mirrorFetcher)
+	sf, streams := r.fetcher.(streamFetcher)
+	switch {
+	case mirrored && len(job.GetMirrors()) > 0:
 		logf := r.logf(job)
-		return mf.EnsureMirrored(ctx, art.GetDigest(), art.GetSize(), job.GetMirrors(), func(text string) { note(logf, "%s", text) }, progress)
+		req.ArtifactPath, err = mf.EnsureMirrored(ctx, art.GetDigest(), art.GetSize(), job.GetMirrors(), func(text string) { note(logf, "%s", text) }, progress)
+	case streams && !req.Plan:
+		req.Stream = streamAdapter{sf.Stream(ctx, digest, size, progress)}
+	default:
+		req.ArtifactPath, err = r.fetcher.Ensure(ctx, digest, size, progress)
 	}
-	return r.fetcher.Ensure(ctx, art.GetDigest(), art.GetSize(), progress)
+	return err
 }
+
+// codecZstd is the encoding this agent extracts besides the original:
+// the zstd-compressed tar the controller transcodes tar and tar.gz
+// artifacts into (advertised in the hello).
+const codecZstd = "zstd"
+
+// streamFetcher is a Fetcher that downloads on a goroutine of its own
+// while the job extracts what arrived (fetch.Fetcher).
+type streamFetcher interface {
+	Stream(ctx context.Context, digest string, size uint64, progress func(done, total uint64)) *fetch.Download
+}
+
+// streamAdapter is a fetch.Download as the installer takes it.
+type streamAdapter struct{ d *fetch.Download }
+
+func (s streamAdapter) Reader() install.StreamReader             { return s.d.Reader() }
+func (s streamAdapter) Wait(ctx context.Context) (string, error) { return s.d.Wait(ctx) }
 
 // mirrorFetcher is a Fetcher that tries a job's site-local mirrors before
 // the controller (fetch.Fetcher).

@@ -19,8 +19,8 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/ferrydeploy/ferry/agent/internal/install/archive"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/archive"
 )
 
 // env is one test node: an install root and a state dir.

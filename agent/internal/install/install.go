@@ -105,8 +105,18 @@ type Request struct {
 	JobID, RolloutID string
 	Package          *ferryv1.Package
 	// ArtifactPath is the verified artifact on disk; "" when no step of
-	// the package uses it (NeedsArtifact).
+	// the package uses it (NeedsArtifact), or when Stream brings it.
 	ArtifactPath string
+	// ArtifactFormat, when set, is the archive format of the artifact the
+	// job carries, whatever the steps say: archive.FormatTarZst for the
+	// zstd form the controller transcoded the original into (the same tar
+	// stream; see TakesTranscoded).
+	ArtifactFormat string
+	// Stream, when set (and ArtifactPath is not), is the artifact still
+	// downloading: an archive step extracts it as it arrives and switches
+	// the tree in only once the whole file is verified; every other step
+	// waits for the verified file first.
+	Stream ArtifactStream
 	// Plan reports what would change and changes nothing.
 	Plan bool
 }
@@ -390,6 +400,15 @@ func (i *Installer) recover() error {
 			if err := i.undoAction(a); err != nil {
 				undoErrs = append(undoErrs, err)
 			}
+		}
+		if j.Downloading && len(undoErrs) == 0 {
+			// Stopped while the artifact streamed in: as a download
+			// interrupted before the install, the job is not over.
+			i.log.Info("removed the staging tree of a job interrupted while its artifact downloaded; the download resumes when the job is sent again", "job", j.JobID, "rollout", j.RolloutID, "package", j.Package)
+			if err := j.remove(); err != nil {
+				return err
+			}
+			continue
 		}
 		msg := fmt.Sprintf("interrupted: the agent stopped during this %s job (crash, kill or power loss); %s", j.Kind, changesUndone(len(j.Actions), "it had applied"))
 		if len(undoErrs) > 0 {

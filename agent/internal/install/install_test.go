@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferrydeploy/ferry/agent/internal/install/archive"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/archive"
 )
 
 const (

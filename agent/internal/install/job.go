@@ -24,6 +24,8 @@ type jobCtx struct {
 	key       string
 	pkg       *ferryv1.Package
 	artifact  string
+	format    string         // Request.ArtifactFormat
+	stream    ArtifactStream // Request.Stream, until the artifact is verified
 	plan      bool
 	cur       *record // the package's installed record before the job
 	j         *journal
@@ -44,6 +46,9 @@ func (i *Installer) addAction(jc *jobCtx, kind string, a *action) error {
 			Package:   jc.pkg.GetName(),
 			Version:   jc.pkg.GetVersion(),
 			path:      filepath.Join(i.dir, "jobs", jc.key+".json"),
+			// Only an archive's staging tree is built before a streamed
+			// artifact is verified (awaitArtifact clears it).
+			Downloading: jc.stream != nil,
 		}
 	}
 	jc.j.Actions = append(jc.j.Actions, a)
@@ -82,6 +87,8 @@ func (i *Installer) Install(ctx context.Context, req Request, progress func(*fer
 		key:       jobKey(req.JobID),
 		pkg:       req.Package,
 		artifact:  req.ArtifactPath,
+		format:    req.ArtifactFormat,
+		stream:    req.Stream,
 		plan:      req.Plan,
 		progress:  progress,
 		logf:      logf,
@@ -104,11 +111,25 @@ func (i *Installer) Install(ctx context.Context, req Request, progress func(*fer
 
 	progress(i.update(jc, ferryv1.JobPhase_JOB_PHASE_INSTALLING, ""))
 	for idx, step := range req.Package.GetSteps() {
+		if _, k := i.kindOf(step); !streams(k) || jc.plan {
+			// Nothing but an archive's staging tree is built before the
+			// artifact is verified.
+			if err := jc.awaitArtifact(); err != nil {
+				return i.fail(jc, DownloadStep(req.Package), err)
+			}
+		}
 		res, err := i.runStep(jc, idx, step)
+		if errors.As(err, new(*DownloadError)) {
+			log.Warn("download failed while extracting; undoing the job", "err", err)
+			return i.fail(jc, DownloadStep(req.Package), err)
+		}
 		if err != nil {
 			log.Warn("step failed; undoing the job", "step", res.GetName(), "err", err)
 			return i.fail(jc, res.GetName(), err)
 		}
+	}
+	if err := jc.awaitArtifact(); err != nil {
+		return i.fail(jc, DownloadStep(req.Package), err)
 	}
 	if jc.plan {
 		var n int
@@ -263,6 +284,19 @@ func (i *Installer) fail(jc *jobCtx, failedStep string, cause error) *ferryv1.Jo
 		i.mu.Lock()
 		i.results[u.GetJobId()] = proto.Clone(u).(*ferryv1.JobUpdate)
 		i.mu.Unlock()
+		return u
+	}
+	var dl *DownloadError
+	if errors.As(cause, &dl) {
+		// A streamed download that failed is the caller's to record, as
+		// any failed download: it resumes when the job comes again after
+		// the agent's own stop. The undone job leaves nothing behind.
+		if jc.j != nil {
+			if err := jc.j.remove(); err != nil {
+				i.log.Error("could not remove a job journal", "job", jc.jobID, "err", err)
+			}
+		}
+		removeAll(i.log, garbage)
 		return u
 	}
 	u = i.finish(jc, u, nil)

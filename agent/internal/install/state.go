@@ -128,7 +128,12 @@ type journal struct {
 	Package   string    `json:"package"`
 	Version   string    `json:"version"`
 	Actions   []*action `json:"actions"`
-	path      string
+	// Downloading: the job's artifact is still streaming in (nothing
+	// but a staging tree was built). A job interrupted then is not over:
+	// its staging trees are removed, no result is kept, and the download
+	// resumes when the controller sends the job again.
+	Downloading bool `json:"downloading,omitempty"`
+	path        string
 }
 
 func (j *journal) save() error {

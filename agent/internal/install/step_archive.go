@@ -11,8 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ferrydeploy/ferry/agent/internal/install/archive"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/archive"
 	"github.com/ferrydeploy/ferry/shared/atomicfile"
 	"github.com/ferrydeploy/ferry/shared/installpolicy"
 )
@@ -29,6 +29,20 @@ func (archiveKind) Change() string { return "tree" }
 // UsesArtifact: the archive step extracts the artifact.
 func (archiveKind) UsesArtifact() {}
 
+// ReadsStream: the archive step extracts a streamed artifact into its
+// staging tree as it arrives and switches it in once verified (extract).
+func (archiveKind) ReadsStream() {}
+
+// TakesTranscoded: a tar or tar.gz step extracts the zstd form's tar
+// stream, the same as the original's.
+func (archiveKind) TakesTranscoded(s *ferryv1.Step) bool {
+	switch s.GetArchive().GetFormat() {
+	case "", archive.FormatTar, archive.FormatTarGz, "tgz":
+		return true
+	}
+	return false
+}
+
 func (archiveKind) Describe(s *ferryv1.Step) string { return "archive -> " + s.GetArchive().GetDest() }
 
 func (archiveKind) KeepPrevious(s *ferryv1.Step) int { return int(s.GetArchive().GetKeepPrevious()) }
@@ -43,7 +57,7 @@ func (k archiveKind) Validate(r validateRequest) error {
 	if r.job.Package.GetArtifact().GetDigest() == "" {
 		return errors.New("the package has an archive step but no artifact")
 	}
-	if r.job.ArtifactPath == "" && !r.job.Plan {
+	if r.job.ArtifactPath == "" && r.job.Stream == nil && !r.job.Plan {
 		return errors.New("the job carries no artifact file for the archive step")
 	}
 	_, err := k.dest(s)
@@ -105,6 +119,9 @@ func (k archiveKind) work(r stepRequest) (archiveWork, error) {
 		MaxEntries:      k.i.maxEnts,
 		AllowSetuid:     s.GetAllowSetuid(),
 		Name:            jc.pkg.GetArtifact().GetName(),
+	}
+	if jc.format != "" {
+		w.opts.Format = jc.format // the transcoded form
 	}
 	if s.GetMaxBytes() > 0 {
 		w.opts.MaxBytes = int64(min(s.GetMaxBytes(), 1<<62))
@@ -182,7 +199,7 @@ func (k archiveKind) Apply(ctx context.Context, r stepRequest) (stepResponse, er
 	if err := os.Mkdir(a.Stage, 0o755); err != nil {
 		return stepResponse{}, fmt.Errorf("create staging directory: %w", err)
 	}
-	res, err := archive.Extract(ctx, jc.artifact, a.Stage, w.opts)
+	res, err := k.extract(ctx, jc, a.Stage, w.opts)
 	if err != nil {
 		return stepResponse{}, err
 	}
@@ -230,6 +247,38 @@ func (k archiveKind) Apply(ctx context.Context, r stepRequest) (stepResponse, er
 	jc.trees = append(jc.trees, treeRecord{Dest: dest, Digest: jc.pkg.GetArtifact().GetDigest(), Strip: s.GetStripComponents(), AllowSetuid: s.GetAllowSetuid(), Manifest: manifest})
 	past := strings.Replace(strings.Replace(strings.Replace(w.current, "create", "created", 1), "replace", "replaced", 1), "repair", "repaired", 1)
 	return stepResponse{changed: true, detail: fmt.Sprintf("%s: %d entries, %d bytes (%s)", past, res.Entries, res.Bytes, res.Format)}, nil
+}
+
+// extract builds the new tree in stage: from the artifact as it downloads
+// when it is streamed, else from the verified file. A streamed tree is
+// kept only when the download verified and the extraction read the very
+// bytes verified; otherwise it is built again from the verified file (the
+// download started over while it was read) or the step fails (the
+// download failed), and nothing is switched in either way.
+func (k archiveKind) extract(ctx context.Context, jc *jobCtx, stage string, opts archive.Options) (archive.Result, error) {
+	if jc.stream == nil {
+		return archive.Extract(ctx, jc.artifact, stage, opts)
+	}
+	r := jc.stream.Reader()
+	res, err := archive.ExtractStream(ctx, r, stage, opts)
+	_ = r.Close() // read-only
+	if werr := jc.awaitArtifact(); werr != nil {
+		return archive.Result{}, werr
+	}
+	switch {
+	case errors.Is(err, archive.ErrNotStreamable): // a zip: extracted from the verified file
+	case r.Verified():
+		return res, err
+	default:
+		k.i.log.Info("the download started over while it was extracted; extracting the verified file again", "artifact", jc.pkg.GetArtifact().GetName())
+	}
+	if err := os.RemoveAll(stage); err != nil {
+		return archive.Result{}, err
+	}
+	if err := os.Mkdir(stage, 0o755); err != nil {
+		return archive.Result{}, fmt.Errorf("create staging directory: %w", err)
+	}
+	return archive.Extract(ctx, jc.artifact, stage, opts)
 }
 
 func (jc *jobCtx) curTree(dest string) (treeRecord, bool) {

@@ -140,15 +140,15 @@ type Chunk struct {
 // its own: the caller must then end the stream, which must make that send
 // return.
 func (d *Downloader) Download(ctx context.Context, node, digest string, off uint64, maxChunk uint32, send func(Chunk) error) error {
-	rec, err := d.store.Lookup(digest)
+	form, err := d.store.LookupForm(digest)
 	if err != nil {
 		return err
 	}
-	if err := Quarantined(rec); err != nil {
+	if err := Quarantined(form.Rec); err != nil {
 		return err
 	}
-	if off > rec.Size {
-		return fmt.Errorf("artifact %s has %d bytes; offset %d is %w: discard the partial download and start again", digest, rec.Size, off, ErrPastEnd)
+	if off > form.Size {
+		return fmt.Errorf("artifact %s has %d bytes; offset %d is %w: discard the partial download and start again", digest, form.Size, off, ErrPastEnd)
 	}
 
 	leave, err := d.enter(node)
@@ -162,7 +162,7 @@ func (d *Downloader) Download(ctx context.Context, node, digest string, off uint
 		return err
 	}
 	defer d.slots.release()
-	blob, err := d.store.OpenBlob(rec)
+	blob, err := d.store.openForm(form)
 	if err != nil {
 		return err
 	}

@@ -54,8 +54,15 @@ func (s *Store) PutStaged(ctx context.Context, req PutRequest, path string) (*fe
 		return nil, Unchanged, fmt.Errorf("%s: open the downloaded file: %w", label, err)
 	}
 	h := sha256.New()
+	tc := s.newTranscoder(ctx, label, req.Name)
+	finished := false
+	defer func() {
+		if !finished {
+			tc.abort()
+		}
+	}()
 	bufp := s.chunks.Get().(*[]byte)
-	n, err := io.CopyBuffer(h, ctxio.NewReader(ctx, f), *bufp)
+	n, err := io.CopyBuffer(io.MultiWriter(h, tc), ctxio.NewReader(ctx, f), *bufp)
 	s.chunks.Put(bufp)
 	_ = f.Close() // read-only
 	if err != nil {
@@ -69,10 +76,15 @@ func (s *Store) PutStaged(ctx context.Context, req PutRequest, path string) (*fe
 	if req.SHA256 != "" && sum != req.SHA256 {
 		return nil, Unchanged, fmt.Errorf("%w: %s: got %s, want %s; the download was discarded", ErrChecksumMismatch, label, sha256digest.Prefix+sum, sha256digest.Prefix+req.SHA256)
 	}
+	finished = true
+	z, err := tc.finish()
+	if err != nil {
+		return nil, Unchanged, err
+	}
 	a := &ferryv1.Artifact{
 		Digest: sha256digest.Prefix + sum, Name: req.Name, Version: req.Version, Os: req.OS, Arch: req.Arch,
 		Size: size, PushedBy: req.PushedBy, PushedAt: timestamppb.New(s.now()),
 	}
-	kept = true // commit owns the file from here
-	return s.commit(a, path, req.audit)
+	kept = true // commit owns the files from here
+	return s.commit(a, path, z, req.audit)
 }

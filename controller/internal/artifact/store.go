@@ -58,6 +58,10 @@ var (
 	// ErrDamaged: the stored bytes no longer match the digest; the
 	// artifact is quarantined until the same bytes are pushed again.
 	ErrDamaged = errors.New("damaged on the controller")
+	// ErrUnsafeArchive: a tarball the agents' extractor would refuse
+	// (damaged, or with entries that escape or are device files), found
+	// while transcoding it; the push or import keeps nothing.
+	ErrUnsafeArchive = errors.New("unsafe or damaged archive")
 )
 
 // Records keeps artifact metadata, keyed "name@version" (several records
@@ -177,6 +181,9 @@ func (s *Store) cleanup() error {
 	}
 	for _, a := range all {
 		known[strings.TrimPrefix(a.Digest, sha256digest.Prefix)] = true
+		if a.ZstdDigest != "" {
+			known[strings.TrimPrefix(a.ZstdDigest, sha256digest.Prefix)] = true
+		}
 	}
 	blobs, err := os.ReadDir(s.blobDir)
 	if err != nil {
@@ -328,7 +335,14 @@ func (s *Store) Put(ctx context.Context, req PutRequest, body io.Reader) (a *fer
 	}
 	h := sha256.New()
 	out := &sink{w: w, max: req.Size}
-	dst := io.MultiWriter(out, h)
+	tc := s.newTranscoder(ctx, label, req.Name)
+	finished := false
+	defer func() {
+		if !finished {
+			tc.abort()
+		}
+	}()
+	dst := io.MultiWriter(out, h, tc)
 	if src, ok := body.(ChunkSource); ok {
 		err = src.CopyChunks(dst)
 	} else {
@@ -357,12 +371,17 @@ func (s *Store) Put(ctx context.Context, req PutRequest, body io.Reader) (a *fer
 	if req.SHA256 != "" && sum != req.SHA256 {
 		return nil, Unchanged, fmt.Errorf("%w: %s: got %s, want %s; the upload was discarded", ErrChecksumMismatch, label, sha256digest.Prefix+sum, sha256digest.Prefix+req.SHA256)
 	}
+	finished = true
+	z, err := tc.finish()
+	if err != nil {
+		return nil, Unchanged, err
+	}
 	a = &ferryv1.Artifact{
 		Digest: sha256digest.Prefix + sum, Name: req.Name, Version: req.Version, Os: req.OS, Arch: req.Arch,
 		Size: out.n, PushedBy: req.PushedBy, PushedAt: timestamppb.New(s.now()),
 	}
-	kept = true // commit owns the temp file from here
-	return s.commit(a, tmp, req.audit)
+	kept = true // commit owns the temp files from here
+	return s.commit(a, tmp, z, req.audit)
 }
 
 // putKnown settles a push without reading its body when the declared
@@ -408,6 +427,7 @@ func (s *Store) putKnown(req PutRequest) (a *ferryv1.Artifact, pushed Pushed, do
 		Digest: digest, Name: req.Name, Version: req.Version, Os: req.OS, Arch: req.Arch,
 		Size: blobRec.Size, PushedBy: req.PushedBy, PushedAt: timestamppb.New(s.now()),
 		State: blobRec.State, CheckedAt: blobRec.CheckedAt, // the blob's, which this record shares
+		ZstdDigest: blobRec.ZstdDigest, ZstdSize: blobRec.ZstdSize,
 	}
 	if err := s.records.PutArtifact(a, req.audit(a, Created)); err != nil {
 		return nil, Unchanged, true, fmt.Errorf("artifact %s: record metadata: %w", Key(a), err)
@@ -425,14 +445,20 @@ func conflict(old *ferryv1.Artifact, digest string) error {
 // is none (or no record vouches for the one there), and when the stored
 // copy is damaged: then every record sharing it is served again. A new
 // blob is removed again when the record and entry cannot be written.
-func (s *Store) commit(a *ferryv1.Artifact, tmp string, audit func(*ferryv1.Artifact, Pushed) *ferryv1.AuditEvent) (*ferryv1.Artifact, Pushed, error) {
+// z, when not nil, is the artifact's zstd form (transcode.go): it is
+// placed with a new blob and named in the record, and discarded when the
+// blob is already there.
+func (s *Store) commit(a *ferryv1.Artifact, tmp string, z *zstdForm, audit func(*ferryv1.Artifact, Pushed) *ferryv1.AuditEvent) (*ferryv1.Artifact, Pushed, error) {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 	hexsum := strings.TrimPrefix(a.Digest, sha256digest.Prefix)
-	removeTmp := true
+	removeTmp, removeZstd := true, true
 	defer func() {
 		if removeTmp {
 			s.discard(tmp)
+		}
+		if removeZstd {
+			z.discard(s)
 		}
 	}()
 	old, err := s.records.Artifact(Key(a))
@@ -461,15 +487,23 @@ func (s *Store) commit(a *ferryv1.Artifact, tmp string, audit func(*ferryv1.Arti
 			return nil, Unchanged, fmt.Errorf("artifact %s: move into place: %w; the upload was discarded", Key(a), err)
 		}
 		removeTmp = false
-		if err := atomicfile.SyncDir(s.blobDir); err != nil {
+		if err := s.placeZstd(a, z); err != nil {
 			if newBlob {
 				s.discard(blob)
+			}
+			return nil, Unchanged, err
+		}
+		removeZstd = false
+		if err := atomicfile.SyncDir(s.blobDir); err != nil {
+			if newBlob {
+				s.discardBlobs(a)
 			}
 			return nil, Unchanged, diskErr("artifact "+Key(a), s.blobDir, a.Size, err)
 		}
 		a.State, a.CheckedAt = ferryv1.ArtifactState_ARTIFACT_STATE_OK, timestamppb.New(s.now())
 	} else {
 		a.State, a.CheckedAt = shared[0].State, shared[0].CheckedAt // the blob's, which this record shares
+		a.ZstdDigest, a.ZstdSize = shared[0].ZstdDigest, shared[0].ZstdSize
 	}
 	if restore {
 		// The push's entry goes with the restore when it names a damaged
@@ -480,6 +514,7 @@ func (s *Store) commit(a *ferryv1.Artifact, tmp string, audit func(*ferryv1.Arti
 		}
 		restored, err := s.records.UpdateArtifacts(a.Digest, func(r *ferryv1.Artifact) {
 			r.State, r.CheckedAt, r.StoredDigest = a.State, a.CheckedAt, ""
+			r.ZstdDigest, r.ZstdSize = a.ZstdDigest, a.ZstdSize
 		}, ev)
 		if err != nil {
 			return nil, Unchanged, fmt.Errorf("artifact %s: the pushed bytes replaced the damaged copy, but recording that failed: %w; push again", Key(a), err)
@@ -495,7 +530,7 @@ func (s *Store) commit(a *ferryv1.Artifact, tmp string, audit func(*ferryv1.Arti
 	}
 	if err := s.records.PutArtifact(a, audit(a, pushed)); err != nil {
 		if newBlob {
-			s.discard(blob)
+			s.discardBlobs(a)
 		}
 		return nil, Unchanged, fmt.Errorf("artifact %s: record metadata: %w; the upload was discarded", Key(a), err)
 	}
@@ -655,9 +690,14 @@ func (s *Store) Delete(ref string, audit func(*ferryv1.Artifact) *ferryv1.AuditE
 		return nil, err
 	}
 	if len(shared) == 0 {
-		if err := os.Remove(s.blobPath(strings.TrimPrefix(a.Digest, sha256digest.Prefix))); err != nil && !errors.Is(err, os.ErrNotExist) {
-			// The record is gone; the blob is collected at the next start.
-			s.log.Warn("remove artifact blob", "artifact", Key(a), "err", err)
+		for _, d := range []string{a.Digest, a.ZstdDigest} {
+			if d == "" {
+				continue
+			}
+			if err := os.Remove(s.blobPath(strings.TrimPrefix(d, sha256digest.Prefix))); err != nil && !errors.Is(err, os.ErrNotExist) {
+				// The record is gone; the blob is collected at the next start.
+				s.log.Warn("remove artifact blob", "artifact", Key(a), "digest", d, "err", err)
+			}
 		}
 	}
 	return a, nil
@@ -696,23 +736,38 @@ func (s *Store) discard(path string) {
 
 // OpenBlob opens the blob of a record Lookup returned.
 func (s *Store) OpenBlob(rec *ferryv1.Artifact) (*Blob, error) {
-	f, err := os.Open(s.blobPath(strings.TrimPrefix(rec.Digest, sha256digest.Prefix)))
+	return s.openBlobFile(Key(rec), strings.TrimPrefix(rec.Digest, sha256digest.Prefix), rec.Size)
+}
+
+// openBlobFile opens the blob hexsum, which its record says has size
+// bytes; label names it in errors.
+func (s *Store) openBlobFile(label, hexsum string, size uint64) (*Blob, error) {
+	f, err := os.Open(s.blobPath(hexsum))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("%w: artifact %s: its blob was removed", ErrNotFound, Key(rec))
+			return nil, fmt.Errorf("%w: artifact %s: its blob was removed", ErrNotFound, label)
 		}
-		return nil, fmt.Errorf("artifact %s: %w", Key(rec), err)
+		return nil, fmt.Errorf("artifact %s: %w", label, err)
 	}
 	fi, err := f.Stat()
 	if err != nil {
 		_ = f.Close() // read-only
-		return nil, fmt.Errorf("artifact %s: %w", Key(rec), err)
+		return nil, fmt.Errorf("artifact %s: %w", label, err)
 	}
-	if uint64(fi.Size()) != rec.Size { //nolint:gosec // a file's size is never negative
+	if uint64(fi.Size()) != size { //nolint:gosec // a file's size is never negative
 		_ = f.Close() // read-only
-		return nil, fmt.Errorf("artifact %s: blob %s has %d bytes, its record says %d; the store is damaged: push the file again", Key(rec), f.Name(), fi.Size(), rec.Size)
+		return nil, fmt.Errorf("artifact %s: blob %s has %d bytes, its record says %d; the store is damaged: push the file again", label, f.Name(), fi.Size(), size)
 	}
-	return &Blob{File: f, Size: rec.Size}, nil
+	return &Blob{File: f, Size: size}, nil
+}
+
+// discardBlobs removes a new artifact's blobs (the original and its zstd
+// form) when its record could not be written.
+func (s *Store) discardBlobs(a *ferryv1.Artifact) {
+	s.discard(s.blobPath(strings.TrimPrefix(a.Digest, sha256digest.Prefix)))
+	if a.ZstdDigest != "" {
+		s.discard(s.blobPath(strings.TrimPrefix(a.ZstdDigest, sha256digest.Prefix)))
+	}
 }
 
 // ChunkSource is a body that hands over its own chunks (a push stream),

@@ -237,6 +237,9 @@ func (a *app) artifactInspectCmd() *cobra.Command {
 				fmt.Fprintf(a.stdout, "Name:      %s\nVersion:   %s\nOS/Arch:   %s/%s\nSize:      %s (%d bytes)\nDigest:    %s\nState:     %s\nPushed:    %s by %s\nUsed by:   %s\n",
 					art.Name, art.Version, orDash(art.Os), orDash(art.Arch), bytesize.IEC(art.Size), art.Size, art.Digest, stateLine(art),
 					art.PushedAt.AsTime().Local().Format(time.RFC3339), orDash(art.PushedBy), refs)
+				if art.ZstdDigest != "" {
+					fmt.Fprintf(a.stdout, "Zstd form: %s (%d bytes), %s; agents that support zstd download this\n", bytesize.IEC(art.ZstdSize), art.ZstdSize, art.ZstdDigest)
+				}
 				return nil
 			})
 		},

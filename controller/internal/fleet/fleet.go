@@ -97,6 +97,8 @@ type Session struct {
 	// GossipAddr is the gossip address this stream vouches for (see
 	// GossipAddr), "" when the agent does not gossip.
 	GossipAddr string
+	// codecs are the artifact encodings the agent advertised in its hello.
+	codecs []string
 }
 
 // Outbox is the channel the stream's writer drains.
@@ -250,7 +252,7 @@ func (r *Registry) attach(ctx context.Context, nodeID, addr string, hello *ferry
 	e.rec.LastConnectedAt = r.cfg.Now()
 	sctx, cancel := context.WithCancelCause(ctx)
 	s := &Session{NodeID: nodeID, Addr: addr, GossipAddr: GossipAddr(addr, hello.GetGossipAddress()),
-		send: make(chan *ferryv1.ConnectResponse, 64), ctx: sctx, cancel: cancel}
+		send: make(chan *ferryv1.ConnectResponse, 64), ctx: sctx, cancel: cancel, codecs: hello.GetCodecs()}
 	e.rec.GossipAddress = s.GossipAddr
 	e.session = s
 	e.everConnected = true
@@ -455,6 +457,18 @@ func (r *Registry) List(f Filter) []*ferryv1.Node {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
 	return out
+}
+
+// SupportsCodec reports whether the node's current stream advertised the
+// artifact encoding codec (an agent too old to know any advertises none).
+func (r *Registry) SupportsCodec(nodeID, codec string) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	e, ok := r.nodes[nodeID]
+	if !ok || e.session == nil {
+		return false
+	}
+	return slices.Contains(e.session.codecs, codec)
 }
 
 // Node returns one node.

@@ -21,6 +21,8 @@ const (
 	MaxFactLen = 256
 	// MaxInstalled bounds the installed packages a node reports.
 	MaxInstalled = 256
+	// MaxCodecs bounds the artifact encodings a hello advertises.
+	MaxCodecs = 8
 	// MaxRecentJobs bounds the job outcomes a hello re-reports.
 	MaxRecentJobs = 256
 	// MaxJobUpdate bounds one job report's encoded size (its steps carry
@@ -60,6 +62,14 @@ func CheckHello(h *ferryv1.AgentHello) error {
 	}
 	if err := checkString("hello", "gossip address", h.GetGossipAddress()); err != nil {
 		return err
+	}
+	if n := len(h.GetCodecs()); n > MaxCodecs {
+		return tooLargef("hello advertises %d codecs: at most %d are accepted", n, MaxCodecs)
+	}
+	for _, c := range h.GetCodecs() {
+		if err := checkString("hello", "codec", c); err != nil {
+			return err
+		}
 	}
 	if n := len(h.GetRecentJobs()); n > MaxRecentJobs {
 		return tooLargef("hello reports %d recent jobs: at most %d are accepted", n, MaxRecentJobs)

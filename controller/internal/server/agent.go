@@ -268,6 +268,13 @@ func (s *agentServer) mayFetch(node, digest string) error {
 	if _, err := sha256digest.Parse(digest); err != nil {
 		return status.Errorf(codes.InvalidArgument, "download artifact: %v", err)
 	}
+	// A transcoded form goes with its original: a node may fetch it when
+	// its jobs use the original.
+	if s.d.Artifacts != nil {
+		if orig, ok := s.d.Artifacts.OriginalOf(digest); ok {
+			digest = orig
+		}
+	}
 	if s.d.JobArtifacts == nil || !s.d.JobArtifacts.NodeMayFetch(node, digest) {
 		return status.Errorf(codes.PermissionDenied, "node %s has no job that uses artifact %s; a node downloads only the artifacts of the rollout jobs sent to it", node, digest)
 	}

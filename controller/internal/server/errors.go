@@ -40,6 +40,7 @@ var errorCodes = []struct {
 	{is(artifact.ErrNotFound), codes.NotFound},
 	{is(artifact.ErrInvalid), codes.InvalidArgument},
 	{is(artifact.ErrChecksumMismatch), codes.InvalidArgument},
+	{is(artifact.ErrUnsafeArchive), codes.InvalidArgument},
 	{is(artifact.ErrSizeMismatch), codes.InvalidArgument},
 	{is(artifact.ErrAmbiguous), codes.InvalidArgument},
 	{is(artifact.ErrConflict), codes.AlreadyExists},

@@ -499,6 +499,10 @@ type AgentHello struct {
 	// gossip is off. The controller uses only its port: the host is the
 	// address the stream comes from.
 	GossipAddress string `protobuf:"bytes,5,opt,name=gossip_address,json=gossipAddress,proto3" json:"gossip_address,omitempty"`
+	// Artifact encodings the agent can extract besides the original
+	// ("zstd": a zstd-compressed tar the controller transcoded); the
+	// controller offers only these.
+	Codecs        []string `protobuf:"bytes,6,rep,name=codecs,proto3" json:"codecs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -566,6 +570,13 @@ func (x *AgentHello) GetGossipAddress() string {
 		return x.GossipAddress
 	}
 	return ""
+}
+
+func (x *AgentHello) GetCodecs() []string {
+	if x != nil {
+		return x.Codecs
+	}
+	return nil
 }
 
 // Welcome answers a hello.
@@ -818,9 +829,14 @@ type Job struct {
 	// Site-local mirrors to fetch the package's artifact from first, in
 	// order; the agent falls back to the controller when a mirror fails or
 	// serves bytes that do not match the digest.
-	Mirrors       []*MirrorSource `protobuf:"bytes,6,rep,name=mirrors,proto3" json:"mirrors,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Mirrors []*MirrorSource `protobuf:"bytes,6,rep,name=mirrors,proto3" json:"mirrors,omitempty"`
+	// The package's artifact in an encoding the agent advertised, complete
+	// and verified on the controller: the agent downloads this instead of
+	// the original, verifies it against its own digest and extracts it.
+	// Unset when there is none, or the agent did not advertise it.
+	ArtifactEncoding *ArtifactEncoding `protobuf:"bytes,7,opt,name=artifact_encoding,json=artifactEncoding,proto3" json:"artifact_encoding,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -895,6 +911,77 @@ func (x *Job) GetMirrors() []*MirrorSource {
 	return nil
 }
 
+func (x *Job) GetArtifactEncoding() *ArtifactEncoding {
+	if x != nil {
+		return x.ArtifactEncoding
+	}
+	return nil
+}
+
+// ArtifactEncoding is an artifact transcoded by the controller.
+type ArtifactEncoding struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The codec: "zstd" (a zstd-compressed tar of the original's tar stream).
+	Codec string `protobuf:"bytes,1,opt,name=codec,proto3" json:"codec,omitempty"`
+	// Digest of the encoded bytes ("sha256:<hex>"); downloaded by it.
+	Digest string `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	// Size in bytes of the encoded bytes.
+	Size          uint64 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArtifactEncoding) Reset() {
+	*x = ArtifactEncoding{}
+	mi := &file_ferry_v1_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArtifactEncoding) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArtifactEncoding) ProtoMessage() {}
+
+func (x *ArtifactEncoding) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArtifactEncoding.ProtoReflect.Descriptor instead.
+func (*ArtifactEncoding) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ArtifactEncoding) GetCodec() string {
+	if x != nil {
+		return x.Codec
+	}
+	return ""
+}
+
+func (x *ArtifactEncoding) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *ArtifactEncoding) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
 // MirrorSource is one URL a job's artifact may be fetched from.
 type MirrorSource struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -908,7 +995,7 @@ type MirrorSource struct {
 
 func (x *MirrorSource) Reset() {
 	*x = MirrorSource{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[7]
+	mi := &file_ferry_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -920,7 +1007,7 @@ func (x *MirrorSource) String() string {
 func (*MirrorSource) ProtoMessage() {}
 
 func (x *MirrorSource) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[7]
+	mi := &file_ferry_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -933,7 +1020,7 @@ func (x *MirrorSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MirrorSource.ProtoReflect.Descriptor instead.
 func (*MirrorSource) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *MirrorSource) GetUrl() string {
@@ -961,7 +1048,7 @@ type JobCancel struct {
 
 func (x *JobCancel) Reset() {
 	*x = JobCancel{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[8]
+	mi := &file_ferry_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1060,7 @@ func (x *JobCancel) String() string {
 func (*JobCancel) ProtoMessage() {}
 
 func (x *JobCancel) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[8]
+	mi := &file_ferry_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1073,7 @@ func (x *JobCancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobCancel.ProtoReflect.Descriptor instead.
 func (*JobCancel) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *JobCancel) GetJobId() string {
@@ -1021,7 +1108,7 @@ type StepResult struct {
 
 func (x *StepResult) Reset() {
 	*x = StepResult{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[9]
+	mi := &file_ferry_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1120,7 @@ func (x *StepResult) String() string {
 func (*StepResult) ProtoMessage() {}
 
 func (x *StepResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[9]
+	mi := &file_ferry_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1133,7 @@ func (x *StepResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepResult.ProtoReflect.Descriptor instead.
 func (*StepResult) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StepResult) GetIndex() uint32 {
@@ -1132,7 +1219,7 @@ type JobUpdate struct {
 
 func (x *JobUpdate) Reset() {
 	*x = JobUpdate{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[10]
+	mi := &file_ferry_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1144,7 +1231,7 @@ func (x *JobUpdate) String() string {
 func (*JobUpdate) ProtoMessage() {}
 
 func (x *JobUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[10]
+	mi := &file_ferry_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1157,7 +1244,7 @@ func (x *JobUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobUpdate.ProtoReflect.Descriptor instead.
 func (*JobUpdate) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *JobUpdate) GetJobId() string {
@@ -1247,7 +1334,7 @@ type JobLog struct {
 
 func (x *JobLog) Reset() {
 	*x = JobLog{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[11]
+	mi := &file_ferry_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1259,7 +1346,7 @@ func (x *JobLog) String() string {
 func (*JobLog) ProtoMessage() {}
 
 func (x *JobLog) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[11]
+	mi := &file_ferry_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1272,7 +1359,7 @@ func (x *JobLog) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobLog.ProtoReflect.Descriptor instead.
 func (*JobLog) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *JobLog) GetJobId() string {
@@ -1324,7 +1411,7 @@ type JobLogAck struct {
 
 func (x *JobLogAck) Reset() {
 	*x = JobLogAck{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[12]
+	mi := &file_ferry_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1336,7 +1423,7 @@ func (x *JobLogAck) String() string {
 func (*JobLogAck) ProtoMessage() {}
 
 func (x *JobLogAck) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[12]
+	mi := &file_ferry_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1349,7 +1436,7 @@ func (x *JobLogAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobLogAck.ProtoReflect.Descriptor instead.
 func (*JobLogAck) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *JobLogAck) GetJobId() string {
@@ -1377,7 +1464,7 @@ type RenewCertificateRequest struct {
 
 func (x *RenewCertificateRequest) Reset() {
 	*x = RenewCertificateRequest{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[13]
+	mi := &file_ferry_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1389,7 +1476,7 @@ func (x *RenewCertificateRequest) String() string {
 func (*RenewCertificateRequest) ProtoMessage() {}
 
 func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[13]
+	mi := &file_ferry_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1402,7 +1489,7 @@ func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RenewCertificateRequest) GetCsrDer() []byte {
@@ -1423,7 +1510,7 @@ type RenewCertificateResponse struct {
 
 func (x *RenewCertificateResponse) Reset() {
 	*x = RenewCertificateResponse{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1435,7 +1522,7 @@ func (x *RenewCertificateResponse) String() string {
 func (*RenewCertificateResponse) ProtoMessage() {}
 
 func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1448,7 +1535,7 @@ func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RenewCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RenewCertificateResponse) GetCertificateDer() []byte {
@@ -1476,7 +1563,7 @@ type DownloadArtifactRequest struct {
 
 func (x *DownloadArtifactRequest) Reset() {
 	*x = DownloadArtifactRequest{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[15]
+	mi := &file_ferry_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1488,7 +1575,7 @@ func (x *DownloadArtifactRequest) String() string {
 func (*DownloadArtifactRequest) ProtoMessage() {}
 
 func (x *DownloadArtifactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[15]
+	mi := &file_ferry_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1501,7 +1588,7 @@ func (x *DownloadArtifactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownloadArtifactRequest.ProtoReflect.Descriptor instead.
 func (*DownloadArtifactRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DownloadArtifactRequest) GetDigest() string {
@@ -1540,7 +1627,7 @@ type DownloadArtifactResponse struct {
 
 func (x *DownloadArtifactResponse) Reset() {
 	*x = DownloadArtifactResponse{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[16]
+	mi := &file_ferry_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1552,7 +1639,7 @@ func (x *DownloadArtifactResponse) String() string {
 func (*DownloadArtifactResponse) ProtoMessage() {}
 
 func (x *DownloadArtifactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[16]
+	mi := &file_ferry_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1565,7 +1652,7 @@ func (x *DownloadArtifactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownloadArtifactResponse.ProtoReflect.Descriptor instead.
 func (*DownloadArtifactResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DownloadArtifactResponse) GetOffset() uint64 {
@@ -1602,7 +1689,7 @@ type ReportArtifactMismatchRequest struct {
 
 func (x *ReportArtifactMismatchRequest) Reset() {
 	*x = ReportArtifactMismatchRequest{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[17]
+	mi := &file_ferry_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1614,7 +1701,7 @@ func (x *ReportArtifactMismatchRequest) String() string {
 func (*ReportArtifactMismatchRequest) ProtoMessage() {}
 
 func (x *ReportArtifactMismatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[17]
+	mi := &file_ferry_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1627,7 +1714,7 @@ func (x *ReportArtifactMismatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportArtifactMismatchRequest.ProtoReflect.Descriptor instead.
 func (*ReportArtifactMismatchRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReportArtifactMismatchRequest) GetDigest() string {
@@ -1658,7 +1745,7 @@ type ReportArtifactMismatchResponse struct {
 
 func (x *ReportArtifactMismatchResponse) Reset() {
 	*x = ReportArtifactMismatchResponse{}
-	mi := &file_ferry_v1_agent_proto_msgTypes[18]
+	mi := &file_ferry_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1670,7 +1757,7 @@ func (x *ReportArtifactMismatchResponse) String() string {
 func (*ReportArtifactMismatchResponse) ProtoMessage() {}
 
 func (x *ReportArtifactMismatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_agent_proto_msgTypes[18]
+	mi := &file_ferry_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1683,7 +1770,7 @@ func (x *ReportArtifactMismatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportArtifactMismatchResponse.ProtoReflect.Descriptor instead.
 func (*ReportArtifactMismatchResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReportArtifactMismatchResponse) GetDamaged() bool {
@@ -1722,7 +1809,7 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\bsettings\x18\x06 \x01(\v2\x17.ferry.v1.AgentSettingsH\x00R\bsettingsB\x05\n" +
 	"\x03msg\"Y\n" +
 	"\rAgentSettings\x12H\n" +
-	"\x12heartbeat_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"\xef\x01\n" +
+	"\x12heartbeat_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"\x87\x02\n" +
 	"\n" +
 	"AgentHello\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12%\n" +
@@ -1730,7 +1817,8 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\tinstalled\x18\x03 \x03(\v2\x1a.ferry.v1.InstalledPackageR\tinstalled\x124\n" +
 	"\vrecent_jobs\x18\x04 \x03(\v2\x13.ferry.v1.JobUpdateR\n" +
 	"recentJobs\x12%\n" +
-	"\x0egossip_address\x18\x05 \x01(\tR\rgossipAddress\"\xfd\x01\n" +
+	"\x0egossip_address\x18\x05 \x01(\tR\rgossipAddress\x12\x16\n" +
+	"\x06codecs\x18\x06 \x03(\tR\x06codecs\"\xfd\x01\n" +
 	"\aWelcome\x12H\n" +
 	"\x12heartbeat_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12!\n" +
 	"\fgossip_seeds\x18\x02 \x03(\tR\vgossipSeeds\x12\x14\n" +
@@ -1752,7 +1840,7 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\tinstalled\x18\n" +
 	" \x03(\v2\x1a.ferry.v1.InstalledPackageR\tinstalled\x12)\n" +
 	"\x05disks\x18\v \x03(\v2\x13.ferry.v1.DiskSpaceR\x05disks\x12+\n" +
-	"\x05drift\x18\f \x01(\v2\x15.ferry.v1.DriftReportR\x05drift\"\xf1\x01\n" +
+	"\x05drift\x18\f \x01(\v2\x15.ferry.v1.DriftReportR\x05drift\"\xba\x02\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
@@ -1760,7 +1848,12 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\x04kind\x18\x03 \x01(\x0e2\x11.ferry.v1.JobKindR\x04kind\x12+\n" +
 	"\apackage\x18\x04 \x01(\v2\x11.ferry.v1.PackageR\apackage\x125\n" +
 	"\bdeadline\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\bdeadline\x120\n" +
-	"\amirrors\x18\x06 \x03(\v2\x16.ferry.v1.MirrorSourceR\amirrors\"=\n" +
+	"\amirrors\x18\x06 \x03(\v2\x16.ferry.v1.MirrorSourceR\amirrors\x12G\n" +
+	"\x11artifact_encoding\x18\a \x01(\v2\x1a.ferry.v1.ArtifactEncodingR\x10artifactEncoding\"T\n" +
+	"\x10ArtifactEncoding\x12\x14\n" +
+	"\x05codec\x18\x01 \x01(\tR\x05codec\x12\x16\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x04R\x04size\"=\n" +
 	"\fMirrorSource\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\x12\x1b\n" +
 	"\tca_bundle\x18\x02 \x01(\fR\bcaBundle\"\"\n" +
@@ -1855,7 +1948,7 @@ func file_ferry_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ferry_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_ferry_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_ferry_v1_agent_proto_goTypes = []any{
 	(JobKind)(0),                           // 0: ferry.v1.JobKind
 	(JobPhase)(0),                          // 1: ferry.v1.JobPhase
@@ -1866,75 +1959,77 @@ var file_ferry_v1_agent_proto_goTypes = []any{
 	(*Welcome)(nil),                        // 6: ferry.v1.Welcome
 	(*Heartbeat)(nil),                      // 7: ferry.v1.Heartbeat
 	(*Job)(nil),                            // 8: ferry.v1.Job
-	(*MirrorSource)(nil),                   // 9: ferry.v1.MirrorSource
-	(*JobCancel)(nil),                      // 10: ferry.v1.JobCancel
-	(*StepResult)(nil),                     // 11: ferry.v1.StepResult
-	(*JobUpdate)(nil),                      // 12: ferry.v1.JobUpdate
-	(*JobLog)(nil),                         // 13: ferry.v1.JobLog
-	(*JobLogAck)(nil),                      // 14: ferry.v1.JobLogAck
-	(*RenewCertificateRequest)(nil),        // 15: ferry.v1.RenewCertificateRequest
-	(*RenewCertificateResponse)(nil),       // 16: ferry.v1.RenewCertificateResponse
-	(*DownloadArtifactRequest)(nil),        // 17: ferry.v1.DownloadArtifactRequest
-	(*DownloadArtifactResponse)(nil),       // 18: ferry.v1.DownloadArtifactResponse
-	(*ReportArtifactMismatchRequest)(nil),  // 19: ferry.v1.ReportArtifactMismatchRequest
-	(*ReportArtifactMismatchResponse)(nil), // 20: ferry.v1.ReportArtifactMismatchResponse
-	(*GossipKey)(nil),                      // 21: ferry.v1.GossipKey
-	(*durationpb.Duration)(nil),            // 22: google.protobuf.Duration
-	(*Facts)(nil),                          // 23: ferry.v1.Facts
-	(*InstalledPackage)(nil),               // 24: ferry.v1.InstalledPackage
-	(*timestamppb.Timestamp)(nil),          // 25: google.protobuf.Timestamp
-	(*DiskSpace)(nil),                      // 26: ferry.v1.DiskSpace
-	(*DriftReport)(nil),                    // 27: ferry.v1.DriftReport
-	(*Package)(nil),                        // 28: ferry.v1.Package
-	(*LogRecord)(nil),                      // 29: ferry.v1.LogRecord
+	(*ArtifactEncoding)(nil),               // 9: ferry.v1.ArtifactEncoding
+	(*MirrorSource)(nil),                   // 10: ferry.v1.MirrorSource
+	(*JobCancel)(nil),                      // 11: ferry.v1.JobCancel
+	(*StepResult)(nil),                     // 12: ferry.v1.StepResult
+	(*JobUpdate)(nil),                      // 13: ferry.v1.JobUpdate
+	(*JobLog)(nil),                         // 14: ferry.v1.JobLog
+	(*JobLogAck)(nil),                      // 15: ferry.v1.JobLogAck
+	(*RenewCertificateRequest)(nil),        // 16: ferry.v1.RenewCertificateRequest
+	(*RenewCertificateResponse)(nil),       // 17: ferry.v1.RenewCertificateResponse
+	(*DownloadArtifactRequest)(nil),        // 18: ferry.v1.DownloadArtifactRequest
+	(*DownloadArtifactResponse)(nil),       // 19: ferry.v1.DownloadArtifactResponse
+	(*ReportArtifactMismatchRequest)(nil),  // 20: ferry.v1.ReportArtifactMismatchRequest
+	(*ReportArtifactMismatchResponse)(nil), // 21: ferry.v1.ReportArtifactMismatchResponse
+	(*GossipKey)(nil),                      // 22: ferry.v1.GossipKey
+	(*durationpb.Duration)(nil),            // 23: google.protobuf.Duration
+	(*Facts)(nil),                          // 24: ferry.v1.Facts
+	(*InstalledPackage)(nil),               // 25: ferry.v1.InstalledPackage
+	(*timestamppb.Timestamp)(nil),          // 26: google.protobuf.Timestamp
+	(*DiskSpace)(nil),                      // 27: ferry.v1.DiskSpace
+	(*DriftReport)(nil),                    // 28: ferry.v1.DriftReport
+	(*Package)(nil),                        // 29: ferry.v1.Package
+	(*LogRecord)(nil),                      // 30: ferry.v1.LogRecord
 }
 var file_ferry_v1_agent_proto_depIdxs = []int32{
 	5,  // 0: ferry.v1.ConnectRequest.hello:type_name -> ferry.v1.AgentHello
 	7,  // 1: ferry.v1.ConnectRequest.heartbeat:type_name -> ferry.v1.Heartbeat
-	12, // 2: ferry.v1.ConnectRequest.job_update:type_name -> ferry.v1.JobUpdate
-	13, // 3: ferry.v1.ConnectRequest.job_log:type_name -> ferry.v1.JobLog
+	13, // 2: ferry.v1.ConnectRequest.job_update:type_name -> ferry.v1.JobUpdate
+	14, // 3: ferry.v1.ConnectRequest.job_log:type_name -> ferry.v1.JobLog
 	6,  // 4: ferry.v1.ConnectResponse.welcome:type_name -> ferry.v1.Welcome
 	8,  // 5: ferry.v1.ConnectResponse.job:type_name -> ferry.v1.Job
-	10, // 6: ferry.v1.ConnectResponse.cancel:type_name -> ferry.v1.JobCancel
-	21, // 7: ferry.v1.ConnectResponse.gossip_key:type_name -> ferry.v1.GossipKey
-	14, // 8: ferry.v1.ConnectResponse.log_ack:type_name -> ferry.v1.JobLogAck
+	11, // 6: ferry.v1.ConnectResponse.cancel:type_name -> ferry.v1.JobCancel
+	22, // 7: ferry.v1.ConnectResponse.gossip_key:type_name -> ferry.v1.GossipKey
+	15, // 8: ferry.v1.ConnectResponse.log_ack:type_name -> ferry.v1.JobLogAck
 	4,  // 9: ferry.v1.ConnectResponse.settings:type_name -> ferry.v1.AgentSettings
-	22, // 10: ferry.v1.AgentSettings.heartbeat_interval:type_name -> google.protobuf.Duration
-	23, // 11: ferry.v1.AgentHello.facts:type_name -> ferry.v1.Facts
-	24, // 12: ferry.v1.AgentHello.installed:type_name -> ferry.v1.InstalledPackage
-	12, // 13: ferry.v1.AgentHello.recent_jobs:type_name -> ferry.v1.JobUpdate
-	22, // 14: ferry.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	25, // 15: ferry.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
-	21, // 16: ferry.v1.Welcome.gossip_key:type_name -> ferry.v1.GossipKey
-	25, // 17: ferry.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	22, // 18: ferry.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
-	23, // 19: ferry.v1.Heartbeat.facts:type_name -> ferry.v1.Facts
-	24, // 20: ferry.v1.Heartbeat.installed:type_name -> ferry.v1.InstalledPackage
-	26, // 21: ferry.v1.Heartbeat.disks:type_name -> ferry.v1.DiskSpace
-	27, // 22: ferry.v1.Heartbeat.drift:type_name -> ferry.v1.DriftReport
+	23, // 10: ferry.v1.AgentSettings.heartbeat_interval:type_name -> google.protobuf.Duration
+	24, // 11: ferry.v1.AgentHello.facts:type_name -> ferry.v1.Facts
+	25, // 12: ferry.v1.AgentHello.installed:type_name -> ferry.v1.InstalledPackage
+	13, // 13: ferry.v1.AgentHello.recent_jobs:type_name -> ferry.v1.JobUpdate
+	23, // 14: ferry.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	26, // 15: ferry.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
+	22, // 16: ferry.v1.Welcome.gossip_key:type_name -> ferry.v1.GossipKey
+	26, // 17: ferry.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	23, // 18: ferry.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
+	24, // 19: ferry.v1.Heartbeat.facts:type_name -> ferry.v1.Facts
+	25, // 20: ferry.v1.Heartbeat.installed:type_name -> ferry.v1.InstalledPackage
+	27, // 21: ferry.v1.Heartbeat.disks:type_name -> ferry.v1.DiskSpace
+	28, // 22: ferry.v1.Heartbeat.drift:type_name -> ferry.v1.DriftReport
 	0,  // 23: ferry.v1.Job.kind:type_name -> ferry.v1.JobKind
-	28, // 24: ferry.v1.Job.package:type_name -> ferry.v1.Package
-	22, // 25: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
-	9,  // 26: ferry.v1.Job.mirrors:type_name -> ferry.v1.MirrorSource
-	22, // 27: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
-	1,  // 28: ferry.v1.JobUpdate.phase:type_name -> ferry.v1.JobPhase
-	11, // 29: ferry.v1.JobUpdate.steps:type_name -> ferry.v1.StepResult
-	25, // 30: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
-	25, // 31: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
-	29, // 32: ferry.v1.JobLog.records:type_name -> ferry.v1.LogRecord
-	2,  // 33: ferry.v1.AgentService.Connect:input_type -> ferry.v1.ConnectRequest
-	15, // 34: ferry.v1.AgentService.RenewCertificate:input_type -> ferry.v1.RenewCertificateRequest
-	17, // 35: ferry.v1.AgentService.DownloadArtifact:input_type -> ferry.v1.DownloadArtifactRequest
-	19, // 36: ferry.v1.AgentService.ReportArtifactMismatch:input_type -> ferry.v1.ReportArtifactMismatchRequest
-	3,  // 37: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
-	16, // 38: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
-	18, // 39: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
-	20, // 40: ferry.v1.AgentService.ReportArtifactMismatch:output_type -> ferry.v1.ReportArtifactMismatchResponse
-	37, // [37:41] is the sub-list for method output_type
-	33, // [33:37] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	29, // 24: ferry.v1.Job.package:type_name -> ferry.v1.Package
+	23, // 25: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
+	10, // 26: ferry.v1.Job.mirrors:type_name -> ferry.v1.MirrorSource
+	9,  // 27: ferry.v1.Job.artifact_encoding:type_name -> ferry.v1.ArtifactEncoding
+	23, // 28: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
+	1,  // 29: ferry.v1.JobUpdate.phase:type_name -> ferry.v1.JobPhase
+	12, // 30: ferry.v1.JobUpdate.steps:type_name -> ferry.v1.StepResult
+	26, // 31: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
+	26, // 32: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
+	30, // 33: ferry.v1.JobLog.records:type_name -> ferry.v1.LogRecord
+	2,  // 34: ferry.v1.AgentService.Connect:input_type -> ferry.v1.ConnectRequest
+	16, // 35: ferry.v1.AgentService.RenewCertificate:input_type -> ferry.v1.RenewCertificateRequest
+	18, // 36: ferry.v1.AgentService.DownloadArtifact:input_type -> ferry.v1.DownloadArtifactRequest
+	20, // 37: ferry.v1.AgentService.ReportArtifactMismatch:input_type -> ferry.v1.ReportArtifactMismatchRequest
+	3,  // 38: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
+	17, // 39: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
+	19, // 40: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
+	21, // 41: ferry.v1.AgentService.ReportArtifactMismatch:output_type -> ferry.v1.ReportArtifactMismatchResponse
+	38, // [38:42] is the sub-list for method output_type
+	34, // [34:38] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_agent_proto_init() }
@@ -1966,7 +2061,7 @@ func file_ferry_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_agent_proto_rawDesc), len(file_ferry_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -257,7 +257,15 @@ type Artifact struct {
 	CheckedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=checked_at,json=checkedAt,proto3" json:"checked_at,omitempty"`
 	// For a damaged artifact: the digest its stored bytes hash to
 	// ("sha256:<hex>"); empty when the blob file is missing.
-	StoredDigest  string `protobuf:"bytes,11,opt,name=stored_digest,json=storedDigest,proto3" json:"stored_digest,omitempty"`
+	StoredDigest string `protobuf:"bytes,11,opt,name=stored_digest,json=storedDigest,proto3" json:"stored_digest,omitempty"`
+	// For a tar or tar.gz: the digest ("sha256:<hex>") of the same tar
+	// stream, zstd-compressed, which the controller transcoded from the
+	// verified original at push or import and keeps beside it. Agents that
+	// support zstd download and extract this form; the original's digest
+	// stays the artifact's identity. Empty when there is no such form.
+	ZstdDigest string `protobuf:"bytes,12,opt,name=zstd_digest,json=zstdDigest,proto3" json:"zstd_digest,omitempty"`
+	// Size in bytes of the zstd form.
+	ZstdSize      uint64 `protobuf:"varint,13,opt,name=zstd_size,json=zstdSize,proto3" json:"zstd_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -367,6 +375,20 @@ func (x *Artifact) GetStoredDigest() string {
 		return x.StoredDigest
 	}
 	return ""
+}
+
+func (x *Artifact) GetZstdDigest() string {
+	if x != nil {
+		return x.ZstdDigest
+	}
+	return ""
+}
+
+func (x *Artifact) GetZstdSize() uint64 {
+	if x != nil {
+		return x.ZstdSize
+	}
+	return 0
 }
 
 // PushArtifactHeader opens a push.
@@ -1669,7 +1691,7 @@ const file_ferry_v1_artifact_proto_rawDesc = "" +
 	"\x04plan\x18\x01 \x01(\bR\x04plan\"^\n" +
 	"\x18CollectArtifactsResponse\x12,\n" +
 	"\aremoved\x18\x01 \x03(\v2\x12.ferry.v1.ArtifactR\aremoved\x12\x14\n" +
-	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\"\xed\x02\n" +
+	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\"\xab\x03\n" +
 	"\bArtifact\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -1683,7 +1705,10 @@ const file_ferry_v1_artifact_proto_rawDesc = "" +
 	"\n" +
 	"checked_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\tcheckedAt\x12#\n" +
-	"\rstored_digest\x18\v \x01(\tR\fstoredDigest\"\x92\x01\n" +
+	"\rstored_digest\x18\v \x01(\tR\fstoredDigest\x12\x1f\n" +
+	"\vzstd_digest\x18\f \x01(\tR\n" +
+	"zstdDigest\x12\x1b\n" +
+	"\tzstd_size\x18\r \x01(\x04R\bzstdSize\"\x92\x01\n" +
 	"\x12PushArtifactHeader\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x0e\n" +

@@ -1,6 +1,9 @@
-// Package archive extracts tar, tar.gz and zip artifacts into a directory
-// without ever writing outside it, and records and verifies a manifest of
-// the tree it produced.
+// Package archive extracts tar, tar.gz, tar.zst and zip artifacts into a
+// directory without ever writing outside it, records and verifies a
+// manifest of the tree it produced, and transcodes a tar or tar.gz into the
+// zstd-compressed tar agents extract faster (transcode.go), refusing with
+// the extractor's own checks what the extractor would refuse. The agent
+// extracts with it; the controller transcodes with it at push and import.
 //
 // Every write goes through an os.Root opened on the destination, so even a
 // bug in the checks below cannot place a file outside it. On top of that the
@@ -43,7 +46,10 @@ import (
 const (
 	FormatTar   = "tar"
 	FormatTarGz = "tar.gz"
-	FormatZip   = "zip"
+	// FormatTarZst is the zstd-compressed tar the controller transcodes
+	// tar and tar.gz artifacts into.
+	FormatTarZst = "tar.zst"
+	FormatZip    = "zip"
 )
 
 // Limits on names, as Linux enforces them (PATH_MAX, NAME_MAX).
@@ -59,8 +65,8 @@ var ErrUnsafe = errors.New("unsafe archive")
 
 // Options control one extraction.
 type Options struct {
-	// Format is FormatTar, FormatTarGz, FormatZip, or "" to detect it from
-	// the file's first bytes.
+	// Format is FormatTar, FormatTarGz, FormatTarZst, FormatZip, or "" to
+	// detect it from the file's first bytes.
 	Format string
 	// StripComponents drops this many leading path components from every
 	// entry; entries with no more components than that are skipped.
@@ -92,12 +98,11 @@ func Extract(ctx context.Context, src, dest string, opts Options) (Result, error
 	if opts.Name != "" {
 		name = opts.Name
 	}
-	if opts.MaxBytes <= 0 || opts.MaxEntries <= 0 {
-		return Result{}, fmt.Errorf("extract %s: MaxBytes and MaxEntries must be positive", name)
+	x, done, err := newExtractor(ctx, name, dest, opts)
+	if err != nil {
+		return Result{}, err
 	}
-	if opts.StripComponents < 0 {
-		return Result{}, fmt.Errorf("extract %s: negative strip_components", name)
-	}
+	defer done()
 	f, err := os.Open(src)
 	if err != nil {
 		return Result{}, fmt.Errorf("extract: %w", err)
@@ -114,44 +119,111 @@ func Extract(ctx context.Context, src, dest string, opts Options) (Result, error
 			return Result{}, fmt.Errorf("extract %s: %w", name, err)
 		}
 	}
-	x := &extractor{ctx: ctx, opts: opts, seen: map[string]kind{}, links: map[string]string{}}
+	if format == FormatZip {
+		return x.run(name, format, func() error {
+			zr, err := zip.NewReader(f, st.Size())
+			if err != nil {
+				return fmt.Errorf("%w: not a zip file: %w", ErrUnsafe, err)
+			}
+			return x.zip(zr)
+		})
+	}
+	return x.stream(name, format, f)
+}
+
+// ErrNotStreamable: ExtractStream found a zip, which is read from its
+// end: extract the complete file with Extract.
+var ErrNotStreamable = errors.New("a zip archive cannot be extracted from a stream")
+
+// ExtractStream extracts a tar, tar.gz or tar.zst archive read from r into
+// dest, as Extract does; r is read once, front to back, so it may be a
+// file still being written (a download). Without opts.Format the format
+// is detected from the first bytes.
+func ExtractStream(ctx context.Context, r io.Reader, dest string, opts Options) (Result, error) {
+	name := opts.Name
+	if name == "" {
+		name = "archive"
+	}
+	format := opts.Format
+	if format == "" {
+		br := bufio.NewReaderSize(r, 1<<20)
+		head, _ := br.Peek(512) // a shorter archive shows all it has; a read error recurs below
+		var err error
+		if format, err = detect(head); err != nil {
+			return Result{}, fmt.Errorf("extract %s: %w", name, err)
+		}
+		r = br
+	}
+	if format == FormatZip {
+		return Result{}, ErrNotStreamable
+	}
+	x, done, err := newExtractor(ctx, name, dest, opts)
+	if err != nil {
+		return Result{}, err
+	}
+	defer done()
+	return x.stream(name, format, r)
+}
+
+// newExtractor checks opts and opens dest (unless a dry run).
+func newExtractor(ctx context.Context, name, dest string, opts Options) (*extractor, func(), error) {
+	if opts.MaxBytes <= 0 || opts.MaxEntries <= 0 {
+		return nil, nil, fmt.Errorf("extract %s: MaxBytes and MaxEntries must be positive", name)
+	}
+	if opts.StripComponents < 0 {
+		return nil, nil, fmt.Errorf("extract %s: negative strip_components", name)
+	}
+	x := &extractor{ctx: ctx, opts: opts, seen: map[string]kind{}, links: map[string]string{}, buf: make([]byte, 256<<10)}
 	if !opts.DryRun {
 		root, err := os.OpenRoot(dest)
 		if err != nil {
-			return Result{}, fmt.Errorf("extract %s: open destination: %w", name, err)
+			return nil, nil, fmt.Errorf("extract %s: open destination: %w", name, err)
 		}
-		defer func() { _ = root.Close() }() // each file written is closed and checked on its own
 		x.root = root
 	}
-	x.buf = make([]byte, 256<<10)
-	defer x.stopWriters()
+	return x, func() {
+		x.stopWriters()
+		if x.root != nil {
+			_ = x.root.Close() // each file written is closed and checked on its own
+		}
+	}, nil
+}
+
+// stream extracts a tar stream, compressed as format says, from r.
+func (x *extractor) stream(name, format string, r io.Reader) (Result, error) {
 	switch format {
 	case FormatTar:
-		err = x.tar(bufio.NewReaderSize(f, 1<<20))
+		return x.run(name, format, func() error { return x.tar(bufio.NewReaderSize(r, 1<<20)) })
 	case FormatTarGz, "tgz":
-		format = FormatTarGz
-		var zr *pgzip.Reader
-		zr, err = pgzip.NewReaderN(bufio.NewReaderSize(f, 1<<20), 1<<20, 8)
-		if err != nil {
-			err = fmt.Errorf("%w: not gzip: %w", ErrUnsafe, err)
-			break
-		}
-		err = x.tar(zr)
-		// Close stops the read-ahead. What it can report is the state
-		// of blocks read ahead past the tar's end, which vary from run
-		// to run; corruption the entries hit failed x.tar already.
-		_ = zr.Close()
-	case FormatZip:
-		var zr *zip.Reader
-		zr, err = zip.NewReader(f, st.Size())
-		if err != nil {
-			err = fmt.Errorf("%w: not a zip file: %w", ErrUnsafe, err)
-			break
-		}
-		err = x.zip(zr)
-	default:
-		return Result{}, fmt.Errorf("extract %s: unknown archive format %q; use tar, tar.gz or zip", name, format)
+		return x.run(name, FormatTarGz, func() error {
+			zr, err := pgzip.NewReaderN(bufio.NewReaderSize(r, 1<<20), 1<<20, 8)
+			if err != nil {
+				return fmt.Errorf("%w: not gzip: %w", ErrUnsafe, err)
+			}
+			// Close stops the read-ahead. What it can report is the state
+			// of blocks read ahead past the tar's end, which vary from run
+			// to run; corruption the entries hit failed x.tar already.
+			defer func() { _ = zr.Close() }()
+			return x.tar(zr)
+		})
+	case FormatTarZst:
+		return x.run(name, format, func() error {
+			zr, err := newZstdReader(r)
+			if err != nil {
+				return fmt.Errorf("%w: not zstd: %w", ErrUnsafe, err)
+			}
+			defer zr.Close()
+			return x.tar(zr)
+		})
 	}
+	return Result{}, fmt.Errorf("extract %s: unknown archive format %q; use tar, tar.gz or zip", name, format)
+}
+
+// run reads the archive's entries with read, then finishes the tree: the
+// queued files written, the links checked and created, the directories'
+// modes and times set.
+func (x *extractor) run(name, format string, read func() error) (Result, error) {
+	err := read()
 	if ferr := x.flush(); err == nil {
 		err = ferr
 	}
@@ -181,10 +253,17 @@ func Detect(f io.ReadSeeker) (string, error) {
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return "", fmt.Errorf("detect format: %w", err)
 	}
-	h := head[:n]
+	return detect(head[:n])
+}
+
+// detect names the format from an archive's first bytes (up to 512).
+func detect(h []byte) (string, error) {
+	n := len(h)
 	switch {
 	case bytes.HasPrefix(h, []byte{0x1f, 0x8b}):
 		return FormatTarGz, nil
+	case bytes.HasPrefix(h, zstdMagic):
+		return FormatTarZst, nil
 	case bytes.HasPrefix(h, []byte("PK\x03\x04")), bytes.HasPrefix(h, []byte("PK\x05\x06")):
 		return FormatZip, nil
 	case n >= 262 && bytes.HasPrefix(h[257:], []byte("ustar")):
@@ -491,8 +570,14 @@ func (x *extractor) stopWriters() {
 }
 
 func (x *extractor) tooBig() error {
-	return fmt.Errorf("%w: expands past %d bytes; raise the step's max_bytes if this is expected", ErrUnsafe, x.opts.MaxBytes)
+	return &limitError{fmt.Sprintf("expands past %d bytes; raise the step's max_bytes if this is expected", x.opts.MaxBytes)}
 }
+
+// limitError refuses an archive past a byte or entry limit.
+type limitError struct{ msg string }
+
+func (e *limitError) Error() string { return ErrUnsafe.Error() + ": " + e.msg }
+func (e *limitError) Unwrap() error { return ErrUnsafe }
 
 func (x *extractor) symlink(rel, target string) error {
 	if err := x.admit(rel, kindSymlink); err != nil {
@@ -684,7 +769,7 @@ func (x *extractor) tar(r io.Reader) error {
 func (x *extractor) count() error {
 	x.total++
 	if x.total > x.opts.MaxEntries {
-		return fmt.Errorf("%w: more than %d entries; raise the step's max_entries if this is expected", ErrUnsafe, x.opts.MaxEntries)
+		return &limitError{fmt.Sprintf("more than %d entries; raise the step's max_entries if this is expected", x.opts.MaxEntries)}
 	}
 	return x.ctx.Err()
 }
