@@ -27,7 +27,7 @@ func OpenReadOnly(path string) (*Store, error) {
 		_ = db.Close() // read-only; the error returned is the one that matters
 		return nil, err
 	}
-	return &Store{db: db}, nil
+	return &Store{kv: boltKV{db}, db: db}, nil
 }
 
 // Backup writes a consistent copy of the store to w, a bbolt file that
