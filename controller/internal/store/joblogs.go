@@ -46,10 +46,42 @@ func recordKey(seq uint64) []byte {
 // maxJobBytes (DefaultMaxJobLog when 0), and its newest lines; what falls
 // between is cut and counted. It returns the highest sequence number the
 // job has.
+//
+// The lines are written in transactions of at most jobLogTxLines lines and
+// jobLogTxBytes of text, so that one stays within etcd's limits on the
+// operations and bytes of a transaction.
 func (s *Store) AppendJobLog(rolloutID, nodeID, jobID string, recs []*ferryv1.LogRecord, now time.Time, maxJobBytes int) (uint64, error) {
 	if maxJobBytes <= 0 {
 		maxJobBytes = DefaultMaxJobLog
 	}
+	var last uint64
+	for len(recs) > 0 {
+		n, size := 0, 0
+		for n < len(recs) && n < jobLogTxLines && (n == 0 || size+len(recs[n].GetText()) <= jobLogTxBytes) {
+			size += len(recs[n].GetText())
+			n++
+		}
+		var err error
+		if last, err = s.appendJobLog(rolloutID, nodeID, jobID, recs[:n], now, maxJobBytes); err != nil {
+			return last, err
+		}
+		recs = recs[n:]
+	}
+	if last == 0 { // nothing to write: say what the job has
+		return s.appendJobLog(rolloutID, nodeID, jobID, nil, now, maxJobBytes)
+	}
+	return last, nil
+}
+
+// jobLogTxLines and jobLogTxBytes bound one AppendJobLog transaction:
+// etcd allows 128 operations (one per line) and 1.5 MiB per request by
+// default.
+const (
+	jobLogTxLines = 64
+	jobLogTxBytes = 512 << 10
+)
+
+func (s *Store) appendJobLog(rolloutID, nodeID, jobID string, recs []*ferryv1.LogRecord, now time.Time, maxJobBytes int) (uint64, error) {
 	headMax, tailMax := uint64(maxJobBytes/4), uint64(maxJobBytes-maxJobBytes/4)
 	var last uint64
 	err := s.kv.Batch(func(tx kvTx) error {
@@ -208,8 +240,22 @@ func readJob(jb kvBucket, meta *ferryv1.JobLogMeta) ([]*ferryv1.LogRecord, error
 // ExpireJobLogs deletes the output of jobs last written before now-maxAge
 // (none when maxAge is 0), then that of the oldest jobs until what is left
 // takes at most maxTotal bytes (no bound when 0). It returns how many
-// jobs' output it deleted.
+// jobs' output it deleted. It deletes at most expireTxJobs jobs per
+// transaction (etcd's limit on a transaction's operations).
 func (s *Store) ExpireJobLogs(now time.Time, maxAge time.Duration, maxTotal uint64) (int, error) {
+	total := 0
+	for {
+		n, err := s.expireJobLogs(now, maxAge, maxTotal)
+		total += n
+		if err != nil || n < expireTxJobs {
+			return total, err
+		}
+	}
+}
+
+const expireTxJobs = 48
+
+func (s *Store) expireJobLogs(now time.Time, maxAge time.Duration, maxTotal uint64) (int, error) {
 	deleted := 0
 	err := s.kv.Update(func(tx kvTx) error {
 		deleted = 0 // a run again (etcd) starts over
@@ -236,6 +282,9 @@ func (s *Store) ExpireJobLogs(now time.Time, maxAge time.Duration, maxTotal uint
 		}
 		slices.SortFunc(jobs, func(a, b jobSize) int { return a.updated.Compare(b.updated) })
 		for _, j := range jobs {
+			if deleted == expireTxJobs {
+				break
+			}
 			old := maxAge > 0 && now.Sub(j.updated) > maxAge
 			if !old && (maxTotal == 0 || total <= maxTotal) {
 				break
