@@ -44,6 +44,10 @@ type kvBucket interface {
 	ScanReverse(fn func(k, v []byte) (bool, error)) error
 	// NextSequence returns the bucket's next sequence number, from 1.
 	NextSequence() (uint64, error)
+	// Sequence is the last number NextSequence returned; SetSequence
+	// sets it (a migration carries the audit log's on).
+	Sequence() uint64
+	SetSequence(v uint64) error
 
 	// Bucket returns the nested bucket name, nil when there is none.
 	Bucket(name []byte) kvBucket

@@ -88,6 +88,8 @@ func (b boltBucket) ScanReverse(fn func(k, v []byte) (bool, error)) error {
 }
 
 func (b boltBucket) NextSequence() (uint64, error) { return b.b.NextSequence() }
+func (b boltBucket) Sequence() uint64              { return b.b.Sequence() }
+func (b boltBucket) SetSequence(v uint64) error    { return b.b.SetSequence(v) }
 
 func (b boltBucket) Bucket(name []byte) kvBucket {
 	if n := b.b.Bucket(name); n != nil {

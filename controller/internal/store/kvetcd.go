@@ -455,16 +455,23 @@ func (b *etcdBucket) ScanReverse(fn func(k, v []byte) (bool, error)) error {
 }
 
 func (b *etcdBucket) NextSequence() (uint64, error) {
-	k := b.path() + "/!s"
-	var seq uint64
-	if v := b.t.get(k); len(v) == 8 {
-		seq = binary.BigEndian.Uint64(v)
-	}
+	seq := b.Sequence()
 	if b.t.err != nil {
 		return 0, b.t.err
 	}
 	seq++
-	return seq, b.t.put(k, binary.BigEndian.AppendUint64(nil, seq))
+	return seq, b.SetSequence(seq)
+}
+
+func (b *etcdBucket) Sequence() uint64 {
+	if v := b.t.get(b.path() + "/!s"); len(v) == 8 {
+		return binary.BigEndian.Uint64(v)
+	}
+	return 0
+}
+
+func (b *etcdBucket) SetSequence(v uint64) error {
+	return b.t.put(b.path()+"/!s", binary.BigEndian.AppendUint64(nil, v))
 }
 
 func (b *etcdBucket) marker(name []byte) string { return b.path() + "/!b/" + string(name) }
