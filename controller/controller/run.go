@@ -46,6 +46,10 @@ func (c *Controller) Close() error {
 		err = c.store.Close()
 		c.store = nil
 	}
+	if c.etcd != nil {
+		err = errors.Join(err, c.etcd.Close())
+		c.etcd = nil
+	}
 	if c.dirLock != nil {
 		err = errors.Join(err, c.dirLock.Release())
 		c.dirLock = nil

@@ -9,7 +9,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/ferrydeploy/ferry/controller/internal/etcdtest"
+	"github.com/ferrydeploy/ferry/controller/etcdtest"
 )
 
 // The domain tests run against both backends; one embedded etcd serves the

@@ -11,7 +11,7 @@ import (
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 
-	"github.com/ferrydeploy/ferry/controller/internal/etcdtest"
+	"github.com/ferrydeploy/ferry/controller/etcdtest"
 )
 
 // twoControllers opens two stores on one etcd prefix, each with its own

@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/ferrydeploy/ferry/controller/internal/etcdclient"
-	"github.com/ferrydeploy/ferry/controller/internal/etcdtest"
+	"github.com/ferrydeploy/ferry/controller/etcdtest"
 )
 
 func TestStartServesAndEtcdclientConnects(t *testing.T) {
