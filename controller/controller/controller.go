@@ -124,6 +124,7 @@ type Controller struct {
 	adminPath string
 	advertise string
 	dirLock   *dirlock.Lock // held while the controller uses its data dir
+	admins    *server.Admins
 	// etcd is the client of an etcd store (nil on bbolt); Close closes it.
 	etcd *clientv3.Client
 	// serving is the controller's TLS certificate, replaced while running
@@ -207,6 +208,7 @@ func New(cfg Config) (*Controller, error) {
 	m := metrics.New(c.reg, func() []*ferryv1.Node { return c.fleet.List(fleet.Filter{}) }, cfg.Now)
 
 	admins, err := server.NewAdmins(c.store)
+	c.admins = admins
 	if err != nil {
 		return nil, err
 	}

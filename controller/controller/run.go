@@ -114,6 +114,17 @@ func (c *Controller) Run(ctx context.Context) (err error) {
 		stopLogs()
 		<-logsDone
 	}()
+	// On etcd, revocations made through another controller apply here too.
+	followCtx, stopFollow := context.WithCancel(ctx)
+	followDone := make(chan struct{})
+	go func() {
+		defer close(followDone)
+		c.admins.Follow(followCtx, func(err error) { c.log.Warn("reread admin revocations", "err", err) })
+	}()
+	defer func() {
+		stopFollow()
+		<-followDone
+	}()
 	stopBackups := c.serveBackups(ctx)
 	defer stopBackups()
 	servingCtx, stopServing := context.WithCancel(ctx)

@@ -3,7 +3,6 @@ package store
 import (
 	"time"
 
-
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 

@@ -1,9 +1,11 @@
 package store
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"strings"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -50,3 +52,37 @@ func OpenEtcd(cli *clientv3.Client, prefix string) (*Store, error) {
 
 // OnEtcd says whether the store is kept in etcd.
 func (s *Store) OnEtcd() bool { return s.db == nil }
+
+// Follow calls changed each time another controller may have written
+// records of domain (a top-level bucket: "revoked_admins", "nodes", ...),
+// until ctx ends, so a controller that keeps some records in memory
+// rereads them. On bbolt only this process writes: it returns at once and
+// never calls changed. changed runs on Follow's goroutine, one call at a
+// time.
+func (s *Store) Follow(ctx context.Context, domain string, changed func()) {
+	e, ok := s.kv.(*etcdKV)
+	if !ok {
+		return
+	}
+	// Every write below a bucket bumps its version key (kvetcd.go).
+	key := e.prefix + "/" + escName([]byte(domain)) + "/!v"
+	for ctx.Err() == nil {
+		for resp := range e.cli.Watch(clientv3.WithRequireLeader(ctx), key) {
+			if resp.Canceled {
+				break
+			}
+			if len(resp.Events) > 0 {
+				changed()
+			}
+		}
+		// The watch ended (etcd lost its leader, or was compacted past
+		// it): reread once, since changes may have been missed, and watch
+		// again after a pause.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+		changed()
+	}
+}

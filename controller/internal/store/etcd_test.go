@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -182,5 +183,40 @@ func TestEtcdUnreachableSaysSo(t *testing.T) {
 	want := "etcd at " + srv.Endpoints[0] + " unreachable"
 	if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "refuses writes until it is back") || strings.Contains(err.Error(), "context deadline exceeded") {
 		t.Fatalf("write with etcd down: %v; want it to say %q and that writes are refused", err, want)
+	}
+}
+
+// A controller following a domain hears of another controller's write to
+// it, and not of writes elsewhere.
+func TestEtcdFollowHearsOtherControllersWrites(t *testing.T) {
+	a, b := twoControllers(t)
+	changed := make(chan struct{}, 16)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b.Follow(ctx, "revoked_admins", func() { changed <- struct{}{} })
+	}()
+	defer func() { cancel(); <-done }()
+	time.Sleep(200 * time.Millisecond) // let the watch start; a write before it is not what this tests
+	if err := a.PutToken(TokenRecord{ID: "t1", ExpiresAt: time.Now().Add(time.Hour)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.RevokeAdmin("bob", time.Now(), nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-changed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the follower never heard of the revocation")
+	}
+	got, err := b.RevokedAdmins()
+	if err != nil || got["bob"].IsZero() {
+		t.Fatalf("revocations on the other controller: %v, %v", got, err)
+	}
+	select {
+	case <-changed:
+		t.Error("the follower heard of more than the one revocation (the token is another domain)")
+	case <-time.After(300 * time.Millisecond):
 	}
 }

@@ -408,7 +408,7 @@ type etcdBucket struct {
 	paths []string
 }
 
-func (b *etcdBucket) path() string      { return b.paths[len(b.paths)-1] }
+func (b *etcdBucket) path() string       { return b.paths[len(b.paths)-1] }
 func (b *etcdBucket) dataPrefix() string { return b.path() + "/!k/" }
 
 func (b *etcdBucket) written() {

@@ -1,7 +1,6 @@
 package store
 
 import (
-
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 

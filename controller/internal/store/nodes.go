@@ -6,7 +6,6 @@ import (
 	"sort"
 	"time"
 
-
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
