@@ -66,9 +66,6 @@ record that differs and exits 1. Then start the controllers with
 const migrateDiffs = 20
 
 func migrate(ctx context.Context, path string, ec etcdclient.Config, overwrite bool, stdout io.Writer) error {
-	if ctx == nil {
-		ctx = context.Background()
-	}
 	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
 		path = filepath.Join(path, storeFile)
 	}
@@ -95,7 +92,7 @@ func migrate(ctx context.Context, path string, ec etcdclient.Config, overwrite b
 			return err
 		}
 	}
-	dst, err := store.OpenEtcd(cli, prefix)
+	dst, err := store.OpenEtcd(cli, prefix) //nolint:contextcheck // the store bounds each etcd request itself (etcdOpTimeout)
 	if err != nil {
 		return err
 	}

@@ -99,7 +99,7 @@ func openEtcdStore(ctx context.Context, cfg Config) (*store.Store, *clientv3.Cli
 	if err != nil {
 		return nil, nil, err
 	}
-	s, err := store.OpenEtcd(cli, cfg.Store.Etcd.KeyPrefix())
+	s, err := store.OpenEtcd(cli, cfg.Store.Etcd.KeyPrefix()) //nolint:contextcheck // the store bounds each etcd request itself (etcdOpTimeout)
 	if err != nil {
 		_ = cli.Close() // the store's error is the one to report
 		return nil, nil, err

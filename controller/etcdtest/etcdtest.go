@@ -89,13 +89,13 @@ func Shared(t testing.TB) (endpoints []string, prefix string) {
 }
 
 // Main runs the tests of a package and stops the Shared server afterwards:
-// func TestMain(m *testing.M) { etcdtest.Main(m) }.
+// func TestMain(m *testing.M) { etcdtest.Main(m) }. (A TestMain that
+// returns exits with m.Run's code.)
 func Main(m *testing.M) {
-	code := m.Run()
+	m.Run()
 	if shared != nil {
 		shared.Close()
 	}
-	os.Exit(code)
 }
 
 // StartServer runs a single-member etcd with its data in dir, listening on

@@ -4,8 +4,8 @@ import (
 	"context"
 	"testing"
 
-	"github.com/ferrydeploy/ferry/controller/internal/etcdclient"
 	"github.com/ferrydeploy/ferry/controller/etcdtest"
+	"github.com/ferrydeploy/ferry/controller/internal/etcdclient"
 )
 
 func TestStartServesAndEtcdclientConnects(t *testing.T) {

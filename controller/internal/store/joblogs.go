@@ -82,6 +82,9 @@ const (
 )
 
 func (s *Store) appendJobLog(rolloutID, nodeID, jobID string, recs []*ferryv1.LogRecord, now time.Time, maxJobBytes int) (uint64, error) {
+	if maxJobBytes <= 0 {
+		maxJobBytes = DefaultMaxJobLog
+	}
 	headMax, tailMax := uint64(maxJobBytes/4), uint64(maxJobBytes-maxJobBytes/4)
 	var last uint64
 	err := s.kv.Batch(func(tx kvTx) error {
