@@ -36,6 +36,9 @@ const (
 // dir whose socket path is too long for a Unix socket only loses backups
 // while running: that is logged, not fatal.
 func (c *Controller) serveBackups(ctx context.Context) (stop func()) {
+	if c.store.OnEtcd() {
+		return func() {} // etcd's own snapshots back it up (store.ErrEtcdBackup)
+	}
 	path := filepath.Join(c.cfg.DataDir, backupSocket)
 	// A socket left by a crash: no other controller uses this data dir,
 	// since this one holds the store's lock.
@@ -188,6 +191,9 @@ func (f *fileCommand) cmd(use, short, fileFlag, fileUsage string, run func(dataD
 			if err := daemonconfig.Load(f.o.configPath, cmd.Flags().Changed("config"), cmd.Flags(), func(k string) bool { return known.Lookup(k) != nil }); err != nil {
 				return daemonconfig.Usage(err)
 			}
+			if f.o.cfg.Store.Backend == StoreEtcd {
+				return fmt.Errorf("%s: %w", use, errEtcdStore(use))
+			}
 			if err := run(f.o.cfg.DataDir, f.file); err != nil {
 				return fmt.Errorf("%s: %w", use, err)
 			}
@@ -197,7 +203,17 @@ func (f *fileCommand) cmd(use, short, fileFlag, fileUsage string, run func(dataD
 	c.Flags().StringVar(&f.o.configPath, "config", defaultConfig, "config file whose data-dir is used unless --data-dir is given")
 	c.Flags().StringVar(&f.o.cfg.DataDir, "data-dir", defaultDataDir, "the controller's data dir")
 	c.Flags().StringVar(&f.file, fileFlag, "", fileUsage+" (required)")
+	f.o.cfg.Store.Backend = StoreBbolt
+	c.Flags().Var(daemonconfig.ChoiceValue{S: &f.o.cfg.Store.Backend, Choices: []string{StoreBbolt, StoreEtcd}}, "store", "the controller's store (controller.yaml's store key): backup and restore copy a bbolt store; an etcd store is backed up with etcdctl")
 	return c
+}
+
+// errEtcdStore is what backup and restore say about a store in etcd.
+func errEtcdStore(use string) error {
+	if use == "restore" {
+		return errors.New("the store is kept in etcd: restore etcd itself with `etcdutl snapshot restore FILE` on each member (docs/operations.md, \"The store\"); the data dirs hold only the CA and artifacts")
+	}
+	return store.ErrEtcdBackup
 }
 
 // backupCmd is `ferry-controller backup`.

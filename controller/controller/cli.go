@@ -70,6 +70,7 @@ func (o *options) define(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&o.cfg.ImportDirs, "import-dir", nil, "a directory (e.g. a mounted NFS share) `ferryctl artifact import` may read files below; repeat for several (default: none, path imports are refused)")
 	o.level = slog.LevelInfo
 	fs.Var(daemonconfig.LevelValue{L: &o.level}, "log-level", "log level: debug, info, warn, error (live on reload)")
+	storeFlags(fs, &o.cfg.Store)
 	fs.BoolVar(&o.cfg.AllowNewStore, "new-store", false, "start with a new, empty store when ferry.db is missing or empty although the data dir holds a CA, admin credential or artifacts (every node must enroll again); without it that is an error; command line only")
 	daemonconfig.MarkCommandLineOnly(fs, "new-store")
 }
@@ -80,6 +81,9 @@ func (o *options) loadConfig(fs *pflag.FlagSet) error {
 		return daemonconfig.Usage(err)
 	}
 	o.cfg.ServerNames = o.names
+	if o.cfg.Store.Backend == StoreEtcd && !fs.Changed("log-max-total") {
+		o.cfg.Logs.MaxTotalBytes = DefaultEtcdLogMaxTotalBytes
+	}
 	return nil
 }
 
@@ -117,7 +121,7 @@ and download-stall-timeout at once; other changed keys are logged as needing
 a restart.`,
 		Args: func(_ *cobra.Command, a []string) error {
 			if len(a) > 0 {
-				return daemonconfig.Usage(fmt.Errorf("takes no arguments but the commands backup, restore and version, got %q", a))
+				return daemonconfig.Usage(fmt.Errorf("takes no arguments but the commands backup, restore, migrate and version, got %q", a))
 			}
 			return nil
 		},
@@ -131,7 +135,7 @@ a restart.`,
 	}
 	root.SetVersionTemplate("{{.Version}}\n")
 	o.define(root.Flags())
-	root.AddCommand(backupCmd(stdout), restoreCmd(stdout), versionCmd(stdout))
+	root.AddCommand(backupCmd(stdout), restoreCmd(stdout), migrateCmd(stdout), versionCmd(stdout))
 	return root
 }
 

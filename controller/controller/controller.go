@@ -20,6 +20,7 @@ import (
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 
 	"github.com/ferrydeploy/ferry/controller/internal/artifact"
@@ -58,6 +59,7 @@ type Config struct {
 	GossipProfile     string        // lan (default), local or wan
 	GossipKeyGrace    time.Duration // how long after a rotation the previous gossip key still works (default 30s)
 	AllowNewStore     bool          // create ferry.db although the data dir holds earlier state (store.go)
+	Store             StoreConfig   // bbolt in the data dir, or etcd (store.go)
 	Logs              LogLimits     // job output kept (joblogs.go)
 	ImportDirs        []string      // directories `artifact import` may read files below (none: path imports refused)
 	Logger            *slog.Logger
@@ -92,6 +94,12 @@ func (c *Config) setDefaults() error {
 	if c.GossipKeyGrace <= 0 {
 		c.GossipKeyGrace = defaultGossipKeyGrace
 	}
+	if err := c.Store.setDefaults(); err != nil {
+		return err
+	}
+	if c.Store.Backend == StoreEtcd && c.Logs.MaxTotalBytes == 0 {
+		c.Logs.MaxTotalBytes = DefaultEtcdLogMaxTotalBytes
+	}
 	return c.Logs.setDefaults()
 }
 
@@ -116,6 +124,9 @@ type Controller struct {
 	adminPath string
 	advertise string
 	dirLock   *dirlock.Lock // held while the controller uses its data dir
+	admins    *server.Admins
+	// etcd is the client of an etcd store (nil on bbolt); Close closes it.
+	etcd *clientv3.Client
 	// serving is the controller's TLS certificate, replaced while running
 	// before it expires (serving.go).
 	serving    atomic.Pointer[tls.Certificate]
@@ -137,7 +148,12 @@ func New(cfg Config) (*Controller, error) {
 	}
 	// The store first: what else the data dir holds tells a first start
 	// from a lost store only before anything is created.
-	if c.store, err = openStore(cfg); err != nil {
+	if cfg.Store.Backend == StoreEtcd {
+		c.store, c.etcd, err = openEtcdStore(context.Background(), cfg)
+	} else {
+		c.store, err = openStore(cfg)
+	}
+	if err != nil {
 		_ = c.dirLock.Release() // the store's error is the one to report
 		return nil, err
 	}
@@ -192,6 +208,7 @@ func New(cfg Config) (*Controller, error) {
 	m := metrics.New(c.reg, func() []*ferryv1.Node { return c.fleet.List(fleet.Filter{}) }, cfg.Now)
 
 	admins, err := server.NewAdmins(c.store)
+	c.admins = admins
 	if err != nil {
 		return nil, err
 	}

@@ -46,6 +46,10 @@ func (c *Controller) Close() error {
 		err = c.store.Close()
 		c.store = nil
 	}
+	if c.etcd != nil {
+		err = errors.Join(err, c.etcd.Close())
+		c.etcd = nil
+	}
 	if c.dirLock != nil {
 		err = errors.Join(err, c.dirLock.Release())
 		c.dirLock = nil
@@ -109,6 +113,17 @@ func (c *Controller) Run(ctx context.Context) (err error) {
 	defer func() {
 		stopLogs()
 		<-logsDone
+	}()
+	// On etcd, revocations made through another controller apply here too.
+	followCtx, stopFollow := context.WithCancel(ctx)
+	followDone := make(chan struct{})
+	go func() {
+		defer close(followDone)
+		c.admins.Follow(followCtx, func(err error) { c.log.Warn("reread admin revocations", "err", err) })
+	}()
+	defer func() {
+		stopFollow()
+		<-followDone
 	}()
 	stopBackups := c.serveBackups(ctx)
 	defer stopBackups()

@@ -1,15 +1,64 @@
 package controller
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/spf13/pflag"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/ferrydeploy/ferry/controller/internal/etcdclient"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
+	"github.com/ferrydeploy/ferry/shared/daemonconfig"
 	"github.com/ferrydeploy/ferry/shared/dirlock"
 )
+
+// The store's backends: a bbolt file in the data dir (the default, one
+// controller) or etcd, which several controllers share.
+const (
+	StoreBbolt = "bbolt"
+	StoreEtcd  = "etcd"
+)
+
+// StoreConfig says where the controller keeps its store.
+type StoreConfig struct {
+	Backend string            // StoreBbolt (default) or StoreEtcd
+	Etcd    etcdclient.Config // for StoreEtcd
+}
+
+// DefaultEtcdLogMaxTotalBytes is --log-max-total's default on etcd: etcd
+// keeps its whole data set in memory-mapped pages under a 2 GiB quota by
+// default, and old revisions until it compacts them.
+const DefaultEtcdLogMaxTotalBytes = 128 << 20
+
+// storeFlags defines the flags (and so the config keys) naming the store.
+func storeFlags(fs *pflag.FlagSet, sc *StoreConfig) {
+	sc.Backend = StoreBbolt
+	fs.Var(daemonconfig.ChoiceValue{S: &sc.Backend, Choices: []string{StoreBbolt, StoreEtcd}}, "store", "where the store is: bbolt (ferry.db in the data dir, one controller) or etcd (shared by several controllers; --etcd-endpoints)")
+	fs.StringSliceVar(&sc.Etcd.Endpoints, "etcd-endpoints", nil, "comma-separated etcd client URLs, e.g. https://10.0.0.1:2379,https://10.0.0.2:2379 (with --store etcd)")
+	fs.StringVar(&sc.Etcd.CA, "etcd-ca", "", "PEM file of the CA that signed etcd's serving certificates")
+	fs.StringVar(&sc.Etcd.Cert, "etcd-cert", "", "PEM client certificate the controller presents to etcd (with --etcd-key)")
+	fs.StringVar(&sc.Etcd.Key, "etcd-key", "", "PEM key of --etcd-cert")
+	fs.StringVar(&sc.Etcd.Prefix, "etcd-prefix", etcdclient.DefaultPrefix, "key prefix of this installation's store in etcd; controllers sharing a store use the same one")
+}
+
+func (sc *StoreConfig) setDefaults() error {
+	switch sc.Backend {
+	case "", StoreBbolt:
+		sc.Backend = StoreBbolt
+	case StoreEtcd:
+		if err := sc.Etcd.Validate(); err != nil {
+			return fmt.Errorf("--store etcd: %w", err)
+		}
+	default:
+		return fmt.Errorf("--store %q: use bbolt or etcd", sc.Backend)
+	}
+	return nil
+}
 
 // storeFile is the store's name in the data dir.
 const storeFile = "ferry.db"
@@ -21,6 +70,9 @@ const storeFile = "ferry.db"
 // node would be refused as not enrolled.
 func openStore(cfg Config) (*store.Store, error) {
 	path := filepath.Join(cfg.DataDir, storeFile)
+	if cfg.Store.Backend == StoreEtcd {
+		return nil, errors.New("openStore: the etcd store is opened by openEtcdStore")
+	}
 	held, err := earlierState(cfg.DataDir)
 	if err != nil {
 		return nil, err
@@ -36,6 +88,46 @@ func openStore(cfg Config) (*store.Store, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// openEtcdStore connects to etcd and opens the store under the prefix. A
+// prefix without records beside a data dir that holds earlier state is
+// refused like a lost ferry.db: the records are in the data dir's
+// ferry.db until `ferry-controller migrate` copies them.
+func openEtcdStore(ctx context.Context, cfg Config) (*store.Store, *clientv3.Client, error) {
+	cli, err := etcdclient.New(ctx, cfg.Store.Etcd)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := store.OpenEtcd(cli, cfg.Store.Etcd.KeyPrefix()) //nolint:contextcheck // the store bounds each etcd request itself (etcdOpTimeout)
+	if err != nil {
+		_ = cli.Close() // the store's error is the one to report
+		return nil, nil, err
+	}
+	fail := func(err error) (*store.Store, *clientv3.Client, error) {
+		_ = s.Close()
+		_ = cli.Close()
+		return nil, nil, err
+	}
+	empty, err := s.Empty()
+	if err != nil {
+		return fail(err)
+	}
+	if !empty || cfg.AllowNewStore {
+		return s, cli, nil
+	}
+	held, err := earlierState(cfg.DataDir)
+	if err != nil {
+		return fail(err)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, storeFile)); err == nil {
+		held = append(held, "a bbolt store ("+storeFile+")")
+	}
+	if len(held) > 0 {
+		return fail(fmt.Errorf("etcd prefix %s at %s holds no store, but %s holds %s from earlier runs: copy the bbolt store into etcd first with `ferry-controller migrate --from bbolt:%s --to etcd:%s` (docs/operations.md, \"The store\"); a controller joining others must use their --etcd-prefix; to start over with an empty store instead, start once with --new-store",
+			cfg.Store.Etcd.KeyPrefix(), strings.Join(cfg.Store.Etcd.Endpoints, ","), cfg.DataDir, strings.Join(held, ", "), cfg.DataDir, strings.Join(cfg.Store.Etcd.Endpoints, ",")))
+	}
+	return s, cli, nil
 }
 
 func restoreSteps(dataDir string) string {

@@ -33,6 +33,22 @@ func NewAdmins(s *store.Store) (*Admins, error) {
 	return &Admins{store: s, revoked: rv}, nil
 }
 
+// Follow keeps the revocations current while ctx lasts: with the store in
+// etcd, a revocation made through another controller applies here as soon
+// as etcd tells of it (store.Follow; on bbolt it returns at once).
+func (a *Admins) Follow(ctx context.Context, log func(err error)) {
+	a.store.Follow(ctx, "revoked_admins", func() {
+		rv, err := a.store.RevokedAdmins()
+		if err != nil {
+			log(err)
+			return
+		}
+		a.mu.Lock()
+		a.revoked = rv
+		a.mu.Unlock()
+	})
+}
+
 // Check refuses an admin certificate issued before its name was revoked.
 func (a *Admins) Check(id pki.Identity, cert *x509.Certificate) error {
 	if id.Role != pki.RoleAdmin {

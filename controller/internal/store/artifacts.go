@@ -3,8 +3,6 @@ package store
 import (
 	"sort"
 
-	bolt "go.etcd.io/bbolt"
-
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
@@ -18,7 +16,7 @@ const artifactRecord = "artifact record"
 // when there is none.
 func (s *Store) Artifact(key string) (*ferryv1.Artifact, error) {
 	var a *ferryv1.Artifact
-	err := s.db.View(func(tx *bolt.Tx) (err error) {
+	err := s.kv.View(func(tx kvTx) (err error) {
 		a, err = get[ferryv1.Artifact](tx.Bucket(bucketArtifacts), artifactRecord, key)
 		return err
 	})
@@ -28,7 +26,7 @@ func (s *Store) Artifact(key string) (*ferryv1.Artifact, error) {
 // Artifacts returns every artifact record, in key order.
 func (s *Store) Artifacts() ([]*ferryv1.Artifact, error) {
 	var out []*ferryv1.Artifact
-	err := s.db.View(func(tx *bolt.Tx) (err error) {
+	err := s.kv.View(func(tx kvTx) (err error) {
 		out, err = list[ferryv1.Artifact](tx.Bucket(bucketArtifacts), artifactRecord)
 		return err
 	})
@@ -38,7 +36,7 @@ func (s *Store) Artifacts() ([]*ferryv1.Artifact, error) {
 // PutArtifact writes a's record under its name@version, with the push's
 // audit entry (audit.go).
 func (s *Store) PutArtifact(a *ferryv1.Artifact, ev *ferryv1.AuditEvent) error {
-	return s.audited(ev, func(tx *bolt.Tx) error {
+	return s.audited(ev, func(tx kvTx) error {
 		return put(tx.Bucket(bucketArtifacts), artifactRecord, VersionKey(a.GetName(), a.GetVersion()), a)
 	})
 }
@@ -49,7 +47,8 @@ func (s *Store) PutArtifact(a *ferryv1.Artifact, ev *ferryv1.AuditEvent) error {
 // key order.
 func (s *Store) UpdateArtifacts(digest string, update func(*ferryv1.Artifact), ev *ferryv1.AuditEvent) ([]*ferryv1.Artifact, error) {
 	var out []*ferryv1.Artifact
-	err := s.audited(ev, func(tx *bolt.Tx) error {
+	err := s.audited(ev, func(tx kvTx) error {
+		out = nil // a run again (etcd) starts over
 		b := tx.Bucket(bucketArtifacts)
 		all, err := list[ferryv1.Artifact](b, artifactRecord)
 		if err != nil {
@@ -76,7 +75,7 @@ func (s *Store) UpdateArtifacts(digest string, update func(*ferryv1.Artifact), e
 // ev (audit.go) are one transaction. ErrNotFound when there is no such
 // record.
 func (s *Store) DeleteArtifact(key string, ev *ferryv1.AuditEvent) (usedBy []string, err error) {
-	err = s.audited(ev, func(tx *bolt.Tx) error {
+	err = s.audited(ev, func(tx kvTx) error {
 		b := tx.Bucket(bucketArtifacts)
 		a, err := get[ferryv1.Artifact](b, artifactRecord, key)
 		if err != nil {
@@ -97,14 +96,14 @@ func (s *Store) DeleteArtifact(key string, ev *ferryv1.AuditEvent) (usedBy []str
 // artifact has digest.
 func (s *Store) PackagesUsing(digest string) ([]string, error) {
 	var out []string
-	err := s.db.View(func(tx *bolt.Tx) (err error) {
+	err := s.kv.View(func(tx kvTx) (err error) {
 		out, err = packagesUsing(tx, digest)
 		return err
 	})
 	return out, err
 }
 
-func packagesUsing(tx *bolt.Tx, digest string) ([]string, error) {
+func packagesUsing(tx kvTx, digest string) ([]string, error) {
 	var out []string
 	err := forEach(tx.Bucket(bucketPackages), packageRecord, func(k string, p *ferryv1.Package) error {
 		if p.GetArtifact().GetDigest() == digest {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
@@ -23,7 +22,7 @@ import (
 // A new audited method looks like this:
 //
 //	func (s *Store) SetThing(id string, v Thing, ev *ferryv1.AuditEvent) error {
-//		return s.audited(ev, func(tx *bolt.Tx) error {
+//		return s.audited(ev, func(tx kvTx) error {
 //			return put(tx.Bucket(bucketThings), "thing", id, v)
 //		})
 //	}
@@ -54,9 +53,10 @@ var errNoChange = errors.New("no change")
 // audited runs change and writes ev in one read-write transaction: both
 // or neither. A failure to write ev or to commit is an auditError; an
 // error of change itself (a refusal) is returned as it is.
-func (s *Store) audited(ev *ferryv1.AuditEvent, change func(tx *bolt.Tx) error) error {
+func (s *Store) audited(ev *ferryv1.AuditEvent, change func(tx kvTx) error) error {
 	changed := false
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.kv.Update(func(tx kvTx) error {
+		changed = false // a run again (etcd) starts over
 		if err := change(tx); err != nil {
 			return err
 		}
@@ -82,7 +82,7 @@ func (s *Store) audited(ev *ferryv1.AuditEvent, change func(tx *bolt.Tx) error) 
 // or one that succeeded without changing anything. Its error is an
 // auditError.
 func (s *Store) AppendAudit(ev *ferryv1.AuditEvent) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.kv.Update(func(tx kvTx) error {
 		if err := s.injectedFault(); err != nil {
 			return err
 		}
@@ -96,7 +96,7 @@ func (s *Store) AppendAudit(ev *ferryv1.AuditEvent) error {
 
 // appendAudit adds ev in tx under the next sequence number (the log is
 // append-only, in order). Methods call it through audited.
-func appendAudit(tx *bolt.Tx, ev *ferryv1.AuditEvent) error {
+func appendAudit(tx kvTx, ev *ferryv1.AuditEvent) error {
 	data, err := proto.Marshal(ev)
 	if err != nil {
 		return err
@@ -132,16 +132,16 @@ func (s *Store) injectedFault() error {
 // AuditEvents returns up to limit events, newest first.
 func (s *Store) AuditEvents(limit int) ([]*ferryv1.AuditEvent, error) {
 	var out []*ferryv1.AuditEvent
-	err := s.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketAudit).Cursor()
-		for k, v := c.Last(); k != nil && (limit <= 0 || len(out) < limit); k, v = c.Prev() {
+	err := s.kv.View(func(tx kvTx) error {
+		out = nil // a run again (etcd) starts over
+		return tx.Bucket(bucketAudit).ScanReverse(func(_, v []byte) (bool, error) {
 			ev := &ferryv1.AuditEvent{}
 			if err := proto.Unmarshal(v, ev); err != nil {
-				return err
+				return false, err
 			}
 			out = append(out, ev)
-		}
-		return nil
+			return limit <= 0 || len(out) < limit, nil
+		})
 	})
 	return out, err
 }

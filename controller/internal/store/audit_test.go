@@ -3,7 +3,6 @@ package store
 import (
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,13 +15,9 @@ import (
 
 // auditedStore is a store holding a token, an artifact and a node for the
 // audited methods to change.
-func auditedStore(t *testing.T, now time.Time) *Store {
+func auditedStore(t *testing.T, backend string, now time.Time) *Store {
 	t.Helper()
-	s, err := Open(filepath.Join(t.TempDir(), "ferry.db"), Options{Create: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s := openBackend(t, backend)
 	if err := s.PutToken(TokenRecord{ID: "tok001", Group: "staging", ExpiresAt: now.Add(time.Hour)}, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -39,6 +34,9 @@ func auditedStore(t *testing.T, now time.Time) *Store {
 // changed anything.
 func dump(t *testing.T, s *Store) string {
 	t.Helper()
+	if s.db == nil {
+		return dumpEtcd(t, s)
+	}
 	var b strings.Builder
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.ForEach(func(name []byte, bk *bolt.Bucket) error {
@@ -91,59 +89,63 @@ func TestAuditedChangesWriteTheirEntryOrNothing(t *testing.T) {
 		}},
 	}
 	diskFull := errors.New("write ferry.db: no space left on device")
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			s := auditedStore(t, now)
-			ev := &ferryv1.AuditEvent{Actor: "admin/alice", Action: tc.name, Target: "x", Outcome: "ok"}
-			before := dump(t, s)
-			s.FailAuditWrites(diskFull)
-			err := tc.change(s, ev)
-			want := "could not record the audit entry: " + diskFull.Error() + "; nothing was changed"
-			if !errors.Is(err, ErrAudit) || !errors.Is(err, diskFull) || err.Error() != want {
-				t.Fatalf("with the audit log failing: %v, want %q", err, want)
-			}
-			if after := dump(t, s); after != before {
-				t.Errorf("a failed audit write left changes:\nbefore\n%s\nafter\n%s", before, after)
-			}
+	eachBackend(t, func(t *testing.T, backend string) {
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				s := auditedStore(t, backend, now)
+				ev := &ferryv1.AuditEvent{Actor: "admin/alice", Action: tc.name, Target: "x", Outcome: "ok"}
+				before := dump(t, s)
+				s.FailAuditWrites(diskFull)
+				err := tc.change(s, ev)
+				want := "could not record the audit entry: " + diskFull.Error() + "; nothing was changed"
+				if !errors.Is(err, ErrAudit) || !errors.Is(err, diskFull) || err.Error() != want {
+					t.Fatalf("with the audit log failing: %v, want %q", err, want)
+				}
+				if after := dump(t, s); after != before {
+					t.Errorf("a failed audit write left changes:\nbefore\n%s\nafter\n%s", before, after)
+				}
 
-			s.FailAuditWrites(nil)
-			if err := tc.change(s, ev); err != nil {
-				t.Fatal(err)
-			}
-			if dump(t, s) == before {
-				t.Error("nothing changed")
-			}
-			evs, err := s.AuditEvents(0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(evs) != 1 || !proto.Equal(evs[0], ev) {
-				t.Errorf("audit log %v, want only %v", evs, ev)
-			}
-		})
-	}
+				s.FailAuditWrites(nil)
+				if err := tc.change(s, ev); err != nil {
+					t.Fatal(err)
+				}
+				if dump(t, s) == before {
+					t.Error("nothing changed")
+				}
+				evs, err := s.AuditEvents(0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(evs) != 1 || !proto.Equal(evs[0], ev) {
+					t.Errorf("audit log %v, want only %v", evs, ev)
+				}
+			})
+		}
+	})
 }
 
 // A change that finds nothing to do, and one that is refused, write no
 // entry: their callers record the outcome.
 func TestUnchangedAndRefusedWriteNoEntry(t *testing.T) {
 	now := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
-	s := auditedStore(t, now)
-	ev := &ferryv1.AuditEvent{Actor: "admin/alice", Action: "x", Outcome: "ok"}
-	if _, err := s.AddPackage(&ferryv1.Package{Name: "go", Version: "1", Artifact: &ferryv1.ArtifactRef{Digest: "sha256:aa"}}, nil); err != nil {
-		t.Fatal(err)
-	}
-	before := dump(t, s)
-	if existing, err := s.AddPackage(&ferryv1.Package{Name: "go", Version: "1"}, ev); err != nil || existing == nil {
-		t.Errorf("AddPackage of an existing version = %v, %v; want the existing one", existing, err)
-	}
-	if used, err := s.DeleteArtifact("old@1", ev); err != nil || len(used) != 1 {
-		t.Errorf("DeleteArtifact of a used artifact = %v, %v; want its user", used, err)
-	}
-	if _, err := s.RevokeToken("nope", ev); !errors.Is(err, ErrNotFound) || errors.Is(err, ErrAudit) {
-		t.Errorf("RevokeToken of an unknown token = %v, want ErrNotFound", err)
-	}
-	if after := dump(t, s); after != before {
-		t.Errorf("store changed:\nbefore\n%s\nafter\n%s", before, after)
-	}
+	eachBackend(t, func(t *testing.T, backend string) {
+		s := auditedStore(t, backend, now)
+		ev := &ferryv1.AuditEvent{Actor: "admin/alice", Action: "x", Outcome: "ok"}
+		if _, err := s.AddPackage(&ferryv1.Package{Name: "go", Version: "1", Artifact: &ferryv1.ArtifactRef{Digest: "sha256:aa"}}, nil); err != nil {
+			t.Fatal(err)
+		}
+		before := dump(t, s)
+		if existing, err := s.AddPackage(&ferryv1.Package{Name: "go", Version: "1"}, ev); err != nil || existing == nil {
+			t.Errorf("AddPackage of an existing version = %v, %v; want the existing one", existing, err)
+		}
+		if used, err := s.DeleteArtifact("old@1", ev); err != nil || len(used) != 1 {
+			t.Errorf("DeleteArtifact of a used artifact = %v, %v; want its user", used, err)
+		}
+		if _, err := s.RevokeToken("nope", ev); !errors.Is(err, ErrNotFound) || errors.Is(err, ErrAudit) {
+			t.Errorf("RevokeToken of an unknown token = %v, want ErrNotFound", err)
+		}
+		if after := dump(t, s); after != before {
+			t.Errorf("store changed:\nbefore\n%s\nafter\n%s", before, after)
+		}
+	})
 }

@@ -27,13 +27,16 @@ func OpenReadOnly(path string) (*Store, error) {
 		_ = db.Close() // read-only; the error returned is the one that matters
 		return nil, err
 	}
-	return &Store{db: db}, nil
+	return &Store{kv: boltKV{db}, db: db}, nil
 }
 
 // Backup writes a consistent copy of the store to w, a bbolt file that
 // Open accepts, and returns its size. It runs in one read transaction, so
 // the controller keeps serving (and writing) while it runs.
 func (s *Store) Backup(w io.Writer) (int64, error) {
+	if s.db == nil {
+		return 0, ErrEtcdBackup
+	}
 	var n int64
 	err := s.db.View(func(tx *bolt.Tx) (err error) {
 		n, err = tx.WriteTo(w)
@@ -44,6 +47,10 @@ func (s *Store) Backup(w io.Writer) (int64, error) {
 	}
 	return n, nil
 }
+
+// ErrEtcdBackup is Backup's error on a store kept in etcd: etcd's own
+// snapshot is the backup there.
+var ErrEtcdBackup = errors.New("the store is kept in etcd, which Backup does not copy: back it up with `etcdctl snapshot save FILE` (docs/operations.md, \"The store\")")
 
 // Counts is how many records of each kind a store holds.
 type Counts struct {
@@ -68,13 +75,16 @@ func (c Counts) String() string {
 // Count counts the store's records.
 func (s *Store) Count() (Counts, error) {
 	var c Counts
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.kv.View(func(tx kvTx) error {
 		for _, f := range []struct {
 			bucket []byte
 			n      *int
 		}{{bucketNodes, &c.Nodes}, {bucketTokens, &c.Tokens}, {bucketPackages, &c.Packages}, {bucketArtifacts, &c.Artifacts}, {bucketRollouts, &c.Rollouts}, {bucketAudit, &c.AuditEvents}} {
+			*f.n = 0
 			if b := tx.Bucket(f.bucket); b != nil {
-				*f.n = b.Stats().KeyN
+				if err := forEachKV(b, func(_, _ []byte) error { *f.n++; return nil }); err != nil {
+					return err
+				}
 			}
 		}
 		return nil

@@ -1,8 +1,6 @@
 package store
 
 import (
-	bolt "go.etcd.io/bbolt"
-
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
@@ -14,7 +12,7 @@ var bucketGroups = []byte("groups")
 // SaveGroup writes a group's record with the audit entry of the change
 // (audit.go), both or neither.
 func (s *Store) SaveGroup(g *ferryv1.GroupRecord, ev *ferryv1.AuditEvent) error {
-	return s.audited(ev, func(tx *bolt.Tx) error {
+	return s.audited(ev, func(tx kvTx) error {
 		return put(tx.Bucket(bucketGroups), "group", g.GetName(), g)
 	})
 }
@@ -22,7 +20,7 @@ func (s *Store) SaveGroup(g *ferryv1.GroupRecord, ev *ferryv1.AuditEvent) error 
 // Groups returns every stored group record, by name.
 func (s *Store) Groups() ([]*ferryv1.GroupRecord, error) {
 	var out []*ferryv1.GroupRecord
-	err := s.db.View(func(tx *bolt.Tx) (err error) {
+	err := s.kv.View(func(tx kvTx) (err error) {
 		out, err = list[ferryv1.GroupRecord](tx.Bucket(bucketGroups), "group")
 		return err
 	})

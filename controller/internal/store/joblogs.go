@@ -1,14 +1,12 @@
 package store
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
@@ -48,13 +46,48 @@ func recordKey(seq uint64) []byte {
 // maxJobBytes (DefaultMaxJobLog when 0), and its newest lines; what falls
 // between is cut and counted. It returns the highest sequence number the
 // job has.
+//
+// The lines are written in transactions of at most jobLogTxLines lines and
+// jobLogTxBytes of text, so that one stays within etcd's limits on the
+// operations and bytes of a transaction.
 func (s *Store) AppendJobLog(rolloutID, nodeID, jobID string, recs []*ferryv1.LogRecord, now time.Time, maxJobBytes int) (uint64, error) {
+	if maxJobBytes <= 0 {
+		maxJobBytes = DefaultMaxJobLog
+	}
+	var last uint64
+	for len(recs) > 0 {
+		n, size := 0, 0
+		for n < len(recs) && n < jobLogTxLines && (n == 0 || size+len(recs[n].GetText()) <= jobLogTxBytes) {
+			size += len(recs[n].GetText())
+			n++
+		}
+		var err error
+		if last, err = s.appendJobLog(rolloutID, nodeID, jobID, recs[:n], now, maxJobBytes); err != nil {
+			return last, err
+		}
+		recs = recs[n:]
+	}
+	if last == 0 { // nothing to write: say what the job has
+		return s.appendJobLog(rolloutID, nodeID, jobID, nil, now, maxJobBytes)
+	}
+	return last, nil
+}
+
+// jobLogTxLines and jobLogTxBytes bound one AppendJobLog transaction:
+// etcd allows 128 operations (one per line) and 1.5 MiB per request by
+// default.
+const (
+	jobLogTxLines = 64
+	jobLogTxBytes = 512 << 10
+)
+
+func (s *Store) appendJobLog(rolloutID, nodeID, jobID string, recs []*ferryv1.LogRecord, now time.Time, maxJobBytes int) (uint64, error) {
 	if maxJobBytes <= 0 {
 		maxJobBytes = DefaultMaxJobLog
 	}
 	headMax, tailMax := uint64(maxJobBytes/4), uint64(maxJobBytes-maxJobBytes/4)
 	var last uint64
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.kv.Batch(func(tx kvTx) error {
 		jb, err := tx.Bucket(bucketJobLines).CreateBucketIfNotExists(jobLinesKey(rolloutID, nodeID, jobID))
 		if err != nil {
 			return err
@@ -91,19 +124,26 @@ func (s *Store) AppendJobLog(rolloutID, nodeID, jobID string, recs []*ferryv1.Lo
 		}
 		// Cut the oldest tail lines past the bound, once per batch and only
 		// when over it (the tail only grows above, so this cuts what cutting
-		// after each line would). Collected first: a bbolt cursor may skip a
-		// key after a delete.
+		// after each line would).
 		if meta.GetTailBytes() > tailMax {
-			var cut [][]byte
-			c := jb.Cursor()
-			for k, v := c.Seek(recordKey(meta.GetHeadEnd() + 1)); k != nil && k[0] == 'r' && meta.GetTailBytes() > tailMax; k, v = c.Next() {
+			from := recordKey(meta.GetHeadEnd() + 1)
+			var to []byte
+			err := jb.Scan(from, func(k, v []byte) (bool, error) {
+				if k[0] != 'r' || meta.GetTailBytes() <= tailMax {
+					return false, nil
+				}
 				meta.TailBytes -= uint64(len(v))
 				meta.CutLines++
 				meta.CutBytes += uint64(len(v))
-				cut = append(cut, slices.Clone(k))
+				to = append(slices.Clone(k), 0) // just past k
+				return true, nil
+			})
+			if err != nil {
+				return err
 			}
-			for _, k := range cut {
-				if err := jb.Delete(k); err != nil {
+			// One range: the cut lines are the oldest of the tail, in a row.
+			if to != nil {
+				if err := jb.DeleteRange(from, to); err != nil {
 					return err
 				}
 			}
@@ -121,7 +161,8 @@ func (s *Store) AppendJobLog(rolloutID, nodeID, jobID string, recs []*ferryv1.Lo
 // were cut or never arrived.
 func (s *Store) JobLogs(rolloutID, nodeID string) ([]*ferryv1.LogRecord, error) {
 	var out []*ferryv1.LogRecord
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.kv.View(func(tx kvTx) error {
+		out = nil // a run again (etcd) starts over
 		if legacy := tx.Bucket(bucketJobLogs).Get([]byte(rolloutID + "/" + nodeID)); len(legacy) > 0 {
 			for k, line := range strings.Split(strings.TrimSuffix(string(legacy), "\n"), "\n") {
 				out = append(out, &ferryv1.LogRecord{Seq: uint64(k) + 1, Text: line, NodeId: nodeID})
@@ -132,12 +173,11 @@ func (s *Store) JobLogs(rolloutID, nodeID string) ([]*ferryv1.LogRecord, error) 
 			recs  []*ferryv1.LogRecord
 		}
 		var jobs []jobRecs
-		prefix := jobLinesPrefix(rolloutID, nodeID)
-		c := tx.Bucket(bucketJobLines).Cursor()
-		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			jb := tx.Bucket(bucketJobLines).Bucket(k)
+		lines := tx.Bucket(bucketJobLines)
+		err := lines.Buckets(jobLinesPrefix(rolloutID, nodeID), func(k []byte) error {
+			jb := lines.Bucket(k)
 			if jb == nil {
-				continue
+				return nil
 			}
 			meta, err := decode[ferryv1.JobLogMeta]("job log", k, jb.Get(metaKey))
 			if err != nil {
@@ -148,6 +188,10 @@ func (s *Store) JobLogs(rolloutID, nodeID string) ([]*ferryv1.LogRecord, error) 
 				return err
 			}
 			jobs = append(jobs, jobRecs{fromTimestamp(meta.GetFirstAt()), recs})
+			return nil
+		})
+		if err != nil {
+			return err
 		}
 		slices.SortStableFunc(jobs, func(a, b jobRecs) int { return a.first.Compare(b.first) })
 		for _, j := range jobs {
@@ -159,7 +203,7 @@ func (s *Store) JobLogs(rolloutID, nodeID string) ([]*ferryv1.LogRecord, error) 
 }
 
 // readJob reads one job's records, with markers in the gaps.
-func readJob(jb *bolt.Bucket, meta *ferryv1.JobLogMeta) ([]*ferryv1.LogRecord, error) {
+func readJob(jb kvBucket, meta *ferryv1.JobLogMeta) ([]*ferryv1.LogRecord, error) {
 	var out []*ferryv1.LogRecord
 	var prev uint64
 	gap := func(next uint64) {
@@ -175,16 +219,22 @@ func readJob(jb *bolt.Bucket, meta *ferryv1.JobLogMeta) ([]*ferryv1.LogRecord, e
 		}
 		out = append(out, m)
 	}
-	c := jb.Cursor()
-	for k, v := c.Seek([]byte{'r'}); k != nil && k[0] == 'r'; k, v = c.Next() {
+	err := jb.Scan([]byte{'r'}, func(k, v []byte) (bool, error) {
+		if k[0] != 'r' {
+			return false, nil
+		}
 		r, err := decode[ferryv1.LogRecord]("job log line", k, v)
 		if err != nil {
-			return nil, err
+			return false, err
 		}
 		gap(r.GetSeq())
 		r.NodeId, r.JobId = meta.GetNodeId(), meta.GetJobId()
 		out = append(out, r)
 		prev = r.GetSeq()
+		return true, nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	gap(meta.GetLastSeq() + 1)
 	return out, nil
@@ -193,10 +243,25 @@ func readJob(jb *bolt.Bucket, meta *ferryv1.JobLogMeta) ([]*ferryv1.LogRecord, e
 // ExpireJobLogs deletes the output of jobs last written before now-maxAge
 // (none when maxAge is 0), then that of the oldest jobs until what is left
 // takes at most maxTotal bytes (no bound when 0). It returns how many
-// jobs' output it deleted.
+// jobs' output it deleted. It deletes at most expireTxJobs jobs per
+// transaction (etcd's limit on a transaction's operations).
 func (s *Store) ExpireJobLogs(now time.Time, maxAge time.Duration, maxTotal uint64) (int, error) {
+	total := 0
+	for {
+		n, err := s.expireJobLogs(now, maxAge, maxTotal)
+		total += n
+		if err != nil || n < expireTxJobs {
+			return total, err
+		}
+	}
+}
+
+const expireTxJobs = 48
+
+func (s *Store) expireJobLogs(now time.Time, maxAge time.Duration, maxTotal uint64) (int, error) {
 	deleted := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.kv.Update(func(tx kvTx) error {
+		deleted = 0 // a run again (etcd) starts over
 		lines := tx.Bucket(bucketJobLines)
 		type jobSize struct {
 			key     []byte
@@ -205,7 +270,7 @@ func (s *Store) ExpireJobLogs(now time.Time, maxAge time.Duration, maxTotal uint
 		}
 		var jobs []jobSize
 		var total uint64
-		err := lines.ForEachBucket(func(k []byte) error {
+		err := lines.Buckets(nil, func(k []byte) error {
 			meta, err := decode[ferryv1.JobLogMeta]("job log", k, lines.Bucket(k).Get(metaKey))
 			if err != nil {
 				return err
@@ -220,6 +285,9 @@ func (s *Store) ExpireJobLogs(now time.Time, maxAge time.Duration, maxTotal uint
 		}
 		slices.SortFunc(jobs, func(a, b jobSize) int { return a.updated.Compare(b.updated) })
 		for _, j := range jobs {
+			if deleted == expireTxJobs {
+				break
+			}
 			old := maxAge > 0 && now.Sub(j.updated) > maxAge
 			if !old && (maxTotal == 0 || total <= maxTotal) {
 				break

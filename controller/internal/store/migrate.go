@@ -90,7 +90,7 @@ func fromJSON(tx *bolt.Tx) error {
 		if err := json.Unmarshal(v, &n); err != nil {
 			return fmt.Errorf("node %s: %w", k, err)
 		}
-		return putNode(nodes, n)
+		return putNode(boltBucket{nodes}, n)
 	}); err != nil {
 		return err
 	}
@@ -99,7 +99,7 @@ func fromJSON(tx *bolt.Tx) error {
 		if err := json.Unmarshal(v, &t); err != nil {
 			return fmt.Errorf("token %s: %w", k, err)
 		}
-		return putToken(tokens, t)
+		return putToken(boltBucket{tokens}, t)
 	}); err != nil {
 		return err
 	}
@@ -108,7 +108,7 @@ func fromJSON(tx *bolt.Tx) error {
 		if err != nil {
 			return fmt.Errorf("admin revocation %s: %w", k, err)
 		}
-		return put(admins, "admin revocation", string(k), &ferryv1.AdminRevocation{RevokedBefore: timestamp(at)})
+		return put(boltBucket{admins}, "admin revocation", string(k), &ferryv1.AdminRevocation{RevokedBefore: timestamp(at)})
 	})
 }
 

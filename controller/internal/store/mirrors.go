@@ -1,8 +1,6 @@
 package store
 
 import (
-	bolt "go.etcd.io/bbolt"
-
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
@@ -15,7 +13,7 @@ const mirrorRecord = "mirror record"
 // Mirror returns the mirror of group; ErrNotFound when it has none.
 func (s *Store) Mirror(group string) (*ferryv1.Mirror, error) {
 	var m *ferryv1.Mirror
-	err := s.db.View(func(tx *bolt.Tx) (err error) {
+	err := s.kv.View(func(tx kvTx) (err error) {
 		m, err = get[ferryv1.Mirror](tx.Bucket(bucketMirrors), mirrorRecord, group)
 		return err
 	})
@@ -25,7 +23,7 @@ func (s *Store) Mirror(group string) (*ferryv1.Mirror, error) {
 // Mirrors returns every group's mirror, by group.
 func (s *Store) Mirrors() ([]*ferryv1.Mirror, error) {
 	var out []*ferryv1.Mirror
-	err := s.db.View(func(tx *bolt.Tx) (err error) {
+	err := s.kv.View(func(tx kvTx) (err error) {
 		out, err = list[ferryv1.Mirror](tx.Bucket(bucketMirrors), mirrorRecord)
 		return err
 	})
@@ -35,7 +33,7 @@ func (s *Store) Mirrors() ([]*ferryv1.Mirror, error) {
 // PutMirror sets m as its group's mirror, with the audit entry ev
 // (audit.go).
 func (s *Store) PutMirror(m *ferryv1.Mirror, ev *ferryv1.AuditEvent) error {
-	return s.audited(ev, func(tx *bolt.Tx) error {
+	return s.audited(ev, func(tx kvTx) error {
 		return put(tx.Bucket(bucketMirrors), mirrorRecord, m.GetGroup(), m)
 	})
 }
@@ -44,7 +42,7 @@ func (s *Store) PutMirror(m *ferryv1.Mirror, ev *ferryv1.AuditEvent) error {
 // ev; ErrNotFound (and nothing written) when it has none.
 func (s *Store) DeleteMirror(group string, ev *ferryv1.AuditEvent) (*ferryv1.Mirror, error) {
 	var m *ferryv1.Mirror
-	err := s.audited(ev, func(tx *bolt.Tx) (err error) {
+	err := s.audited(ev, func(tx kvTx) (err error) {
 		b := tx.Bucket(bucketMirrors)
 		if m, err = get[ferryv1.Mirror](b, mirrorRecord, group); err != nil {
 			return err

@@ -6,8 +6,6 @@ import (
 	"sort"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
@@ -44,7 +42,8 @@ var ErrNodeExists = errors.New("node exists")
 // Nodes returns every node record sorted by ID.
 func (s *Store) Nodes() ([]NodeRecord, error) {
 	var out []NodeRecord
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.kv.View(func(tx kvTx) error {
+		out = nil // a run again (etcd) starts over
 		recs, err := list[ferryv1.NodeRecord](tx.Bucket(bucketNodes), "node")
 		for _, r := range recs {
 			out = append(out, nodeFromProto(r))
@@ -58,7 +57,7 @@ func (s *Store) Nodes() ([]NodeRecord, error) {
 // PutNode writes a node record, with the audit entry of the admin action
 // that changed it (audit.go; nil for a renewal).
 func (s *Store) PutNode(n NodeRecord, ev *ferryv1.AuditEvent) error {
-	return s.audited(ev, func(tx *bolt.Tx) error {
+	return s.audited(ev, func(tx kvTx) error {
 		return putNode(tx.Bucket(bucketNodes), n)
 	})
 }
@@ -68,7 +67,7 @@ func (s *Store) PutNode(n NodeRecord, ev *ferryv1.AuditEvent) error {
 // fails, none happens.
 func (s *Store) EnrollNode(tokenID string, checkSecret func(TokenRecord) error, now time.Time, build func(TokenRecord) (NodeRecord, error), ev *ferryv1.AuditEvent) (NodeRecord, error) {
 	var out NodeRecord
-	err := s.audited(ev, func(tx *bolt.Tx) error {
+	err := s.audited(ev, func(tx kvTx) error {
 		tb := tx.Bucket(bucketTokens)
 		tok, err := getToken(tb, tokenID)
 		if err != nil {
@@ -106,7 +105,7 @@ func (s *Store) EnrollNode(tokenID string, checkSecret func(TokenRecord) error, 
 // nothing is.
 func (s *Store) UpdateNode(id string, change func(*NodeRecord) error, ev *ferryv1.AuditEvent) (NodeRecord, error) {
 	var out NodeRecord
-	err := s.audited(ev, func(tx *bolt.Tx) error {
+	err := s.audited(ev, func(tx kvTx) error {
 		b := tx.Bucket(bucketNodes)
 		n, err := getNode(b, id)
 		if err != nil {
@@ -127,7 +126,7 @@ func (s *Store) UpdateNode(id string, change func(*NodeRecord) error, ev *ferryv
 // DeleteNode deletes a node's record, with the audit entry ev of the
 // admin action (audit.go).
 func (s *Store) DeleteNode(id string, ev *ferryv1.AuditEvent) error {
-	return s.audited(ev, func(tx *bolt.Tx) error {
+	return s.audited(ev, func(tx kvTx) error {
 		b := tx.Bucket(bucketNodes)
 		if b.Get([]byte(id)) == nil {
 			return ErrNotFound
@@ -140,7 +139,7 @@ func (s *Store) DeleteNode(id string, ev *ferryv1.AuditEvent) error {
 // that stream. Concurrent calls are coalesced into one transaction
 // (bbolt's Batch).
 func (s *Store) TouchNode(id string, at time.Time, gossipAddr string) error {
-	return s.db.Batch(func(tx *bolt.Tx) error {
+	return s.kv.Batch(func(tx kvTx) error {
 		b := tx.Bucket(bucketNodes)
 		n, err := getNode(b, id)
 		if err != nil {
@@ -151,7 +150,7 @@ func (s *Store) TouchNode(id string, at time.Time, gossipAddr string) error {
 	})
 }
 
-func getNode(b *bolt.Bucket, id string) (NodeRecord, error) {
+func getNode(b kvBucket, id string) (NodeRecord, error) {
 	r, err := get[ferryv1.NodeRecord](b, "node", id)
 	if err != nil {
 		return NodeRecord{}, err
@@ -159,7 +158,7 @@ func getNode(b *bolt.Bucket, id string) (NodeRecord, error) {
 	return nodeFromProto(r), nil
 }
 
-func putNode(b *bolt.Bucket, n NodeRecord) error { return put(b, "node", n.ID, nodeToProto(n)) }
+func putNode(b kvBucket, n NodeRecord) error { return put(b, "node", n.ID, nodeToProto(n)) }
 
 func nodeToProto(n NodeRecord) *ferryv1.NodeRecord {
 	return &ferryv1.NodeRecord{

@@ -3,8 +3,6 @@ package store
 import (
 	"strings"
 
-	bolt "go.etcd.io/bbolt"
-
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
@@ -16,7 +14,7 @@ const packageRecord = "package"
 // Package returns one package version; ErrNotFound when absent.
 func (s *Store) Package(name, version string) (*ferryv1.Package, error) {
 	var p *ferryv1.Package
-	err := s.db.View(func(tx *bolt.Tx) (err error) {
+	err := s.kv.View(func(tx kvTx) (err error) {
 		p, err = get[ferryv1.Package](tx.Bucket(bucketPackages), packageRecord, VersionKey(name, version))
 		return err
 	})
@@ -27,7 +25,8 @@ func (s *Store) Package(name, version string) (*ferryv1.Package, error) {
 // package for "", in key order.
 func (s *Store) Packages(name string) ([]*ferryv1.Package, error) {
 	var out []*ferryv1.Package
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.kv.View(func(tx kvTx) error {
+		out = nil // a run again (etcd) starts over
 		return forEach(tx.Bucket(bucketPackages), packageRecord, func(k string, p *ferryv1.Package) error {
 			if name == "" || strings.HasPrefix(k, name+"@") {
 				out = append(out, p)
@@ -43,7 +42,7 @@ func (s *Store) Packages(name string) ([]*ferryv1.Package, error) {
 // ev either, and returns the existing record (versions are immutable; the
 // caller tells an identical re-apply from a conflict and records it).
 func (s *Store) AddPackage(p *ferryv1.Package, ev *ferryv1.AuditEvent) (existing *ferryv1.Package, err error) {
-	err = s.audited(ev, func(tx *bolt.Tx) error {
+	err = s.audited(ev, func(tx kvTx) error {
 		b := tx.Bucket(bucketPackages)
 		key := VersionKey(p.GetName(), p.GetVersion())
 		if b.Get([]byte(key)) != nil {
@@ -62,7 +61,7 @@ func (s *Store) AddPackage(p *ferryv1.Package, ev *ferryv1.AuditEvent) (existing
 // written). It returns the removed record.
 func (s *Store) DeletePackage(name, version string, ev *ferryv1.AuditEvent) (*ferryv1.Package, error) {
 	var p *ferryv1.Package
-	err := s.audited(ev, func(tx *bolt.Tx) (err error) {
+	err := s.audited(ev, func(tx kvTx) (err error) {
 		b := tx.Bucket(bucketPackages)
 		key := VersionKey(name, version)
 		if p, err = get[ferryv1.Package](b, packageRecord, key); err != nil {

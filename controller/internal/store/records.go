@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -18,7 +17,7 @@ type message[T any] interface {
 	proto.Message
 }
 
-func put(b *bolt.Bucket, what, key string, m proto.Message) error {
+func put(b kvBucket, what, key string, m proto.Message) error {
 	data, err := proto.Marshal(m)
 	if err != nil {
 		return fmt.Errorf("encode %s %s: %w", what, key, err)
@@ -35,7 +34,7 @@ func decode[T any, M message[T]](what string, key, data []byte) (M, error) {
 }
 
 // get decodes the record under key; ErrNotFound when absent.
-func get[T any, M message[T]](b *bolt.Bucket, what, key string) (M, error) {
+func get[T any, M message[T]](b kvBucket, what, key string) (M, error) {
 	data := b.Get([]byte(key))
 	if data == nil {
 		return nil, ErrNotFound
@@ -44,8 +43,8 @@ func get[T any, M message[T]](b *bolt.Bucket, what, key string) (M, error) {
 }
 
 // forEach decodes every record of b in key order and calls fn with it.
-func forEach[T any, M message[T]](b *bolt.Bucket, what string, fn func(key string, m M) error) error {
-	return b.ForEach(func(k, v []byte) error {
+func forEach[T any, M message[T]](b kvBucket, what string, fn func(key string, m M) error) error {
+	return forEachKV(b, func(k, v []byte) error {
 		m, err := decode[T, M](what, k, v)
 		if err != nil {
 			return err
@@ -55,7 +54,7 @@ func forEach[T any, M message[T]](b *bolt.Bucket, what string, fn func(key strin
 }
 
 // list decodes every record of b in key order.
-func list[T any, M message[T]](b *bolt.Bucket, what string) ([]M, error) {
+func list[T any, M message[T]](b kvBucket, what string) ([]M, error) {
 	var out []M
 	err := forEach[T, M](b, what, func(_ string, m M) error {
 		out = append(out, m)

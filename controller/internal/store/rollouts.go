@@ -1,8 +1,6 @@
 package store
 
 import (
-	bolt "go.etcd.io/bbolt"
-
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
@@ -12,7 +10,7 @@ var bucketRollouts = []byte("rollouts")
 // with the audit entry of the admin action that made the transition
 // (audit.go; nil for the engine's own).
 func (s *Store) SaveRollout(r *ferryv1.Rollout, ev *ferryv1.AuditEvent) error {
-	return s.audited(ev, func(tx *bolt.Tx) error {
+	return s.audited(ev, func(tx kvTx) error {
 		return put(tx.Bucket(bucketRollouts), "rollout", r.GetId(), r)
 	})
 }
@@ -20,7 +18,7 @@ func (s *Store) SaveRollout(r *ferryv1.Rollout, ev *ferryv1.AuditEvent) error {
 // Rollouts returns every stored rollout.
 func (s *Store) Rollouts() ([]*ferryv1.Rollout, error) {
 	var out []*ferryv1.Rollout
-	err := s.db.View(func(tx *bolt.Tx) (err error) {
+	err := s.kv.View(func(tx kvTx) (err error) {
 		out, err = list[ferryv1.Rollout](tx.Bucket(bucketRollouts), "rollout")
 		return err
 	})

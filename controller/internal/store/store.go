@@ -25,8 +25,11 @@ import (
 // ErrNotFound is returned when a record does not exist.
 var ErrNotFound = errors.New("not found")
 
-// Store wraps the bbolt database.
+// Store is the controller's state on one of two backends (kv.go): a bbolt
+// file (Open) or an etcd prefix shared by several controllers (OpenEtcd).
 type Store struct {
+	kv kvStore
+	// db is the bbolt database; nil on etcd (Backup, Count's file).
 	db *bolt.DB
 	// auditFault is the error FailAuditWrites set; nil normally.
 	auditFault atomic.Pointer[error]
@@ -62,11 +65,11 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	return &Store{kv: boltKV{db}, db: db}, nil
 }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error { return s.kv.Close() }
 
 // VersionKey is how versioned records (artifacts, packages) are keyed:
 // "name@version".

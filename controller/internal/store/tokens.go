@@ -6,8 +6,6 @@ import (
 	"sort"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
 
@@ -61,7 +59,7 @@ func (t TokenRecord) Usable(now time.Time) error {
 // PutToken stores a new token, with the action's audit entry (audit.go);
 // an existing ID is an error.
 func (s *Store) PutToken(t TokenRecord, ev *ferryv1.AuditEvent) error {
-	return s.audited(ev, func(tx *bolt.Tx) error {
+	return s.audited(ev, func(tx kvTx) error {
 		b := tx.Bucket(bucketTokens)
 		if b.Get([]byte(t.ID)) != nil {
 			return fmt.Errorf("token %s exists", t.ID)
@@ -73,7 +71,8 @@ func (s *Store) PutToken(t TokenRecord, ev *ferryv1.AuditEvent) error {
 // Tokens lists tokens, newest first.
 func (s *Store) Tokens() ([]TokenRecord, error) {
 	var out []TokenRecord
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.kv.View(func(tx kvTx) error {
+		out = nil // a run again (etcd) starts over
 		recs, err := list[ferryv1.TokenRecord](tx.Bucket(bucketTokens), "token")
 		for _, r := range recs {
 			out = append(out, tokenFromProto(r))
@@ -88,7 +87,7 @@ func (s *Store) Tokens() ([]TokenRecord, error) {
 // (audit.go).
 func (s *Store) RevokeToken(id string, ev *ferryv1.AuditEvent) (TokenRecord, error) {
 	var t TokenRecord
-	err := s.audited(ev, func(tx *bolt.Tx) (err error) {
+	err := s.audited(ev, func(tx kvTx) (err error) {
 		b := tx.Bucket(bucketTokens)
 		if t, err = getToken(b, id); err != nil {
 			if errors.Is(err, ErrNotFound) {
@@ -102,7 +101,7 @@ func (s *Store) RevokeToken(id string, ev *ferryv1.AuditEvent) (TokenRecord, err
 	return t, err
 }
 
-func getToken(b *bolt.Bucket, id string) (TokenRecord, error) {
+func getToken(b kvBucket, id string) (TokenRecord, error) {
 	r, err := get[ferryv1.TokenRecord](b, "token", id)
 	if err != nil {
 		return TokenRecord{}, err
@@ -110,7 +109,7 @@ func getToken(b *bolt.Bucket, id string) (TokenRecord, error) {
 	return tokenFromProto(r), nil
 }
 
-func putToken(b *bolt.Bucket, t TokenRecord) error { return put(b, "token", t.ID, tokenToProto(t)) }
+func putToken(b kvBucket, t TokenRecord) error { return put(b, "token", t.ID, tokenToProto(t)) }
 
 func tokenToProto(t TokenRecord) *ferryv1.TokenRecord {
 	return &ferryv1.TokenRecord{

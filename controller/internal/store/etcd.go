@@ -1,0 +1,88 @@
+package store
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// OpenEtcd opens the store kept in etcd under prefix (etcdclient's
+// Config.KeyPrefix), through cli, which stays its caller's to close.
+// Several controllers open the same prefix and share every record: each
+// method's transaction is atomic across them (kvetcd.go). A prefix with no
+// keys becomes a new store; one holding keys that are not a Ferry store,
+// or a store of a newer record format, is refused.
+func OpenEtcd(cli *clientv3.Client, prefix string) (*Store, error) {
+	kv := newEtcdKV(cli, strings.TrimRight(prefix, "/"))
+	where := fmt.Sprintf("etcd store %s at %s", kv.prefix, strings.Join(kv.endpoints, ","))
+	err := kv.Update(func(tx kvTx) error {
+		meta := tx.Bucket(bucketMeta)
+		data := meta.Get(schemaKey)
+		switch {
+		case data == nil:
+			empty := true
+			for _, b := range allBuckets {
+				if err := tx.Bucket(b).Scan(nil, func(_, _ []byte) (bool, error) { empty = false; return false, nil }); err != nil {
+					return err
+				}
+			}
+			if !empty {
+				return &openError{ErrDamaged, fmt.Sprintf("%s holds records but no record format marker: it is not a Ferry store; use another --etcd-prefix", where)}
+			}
+			var v [8]byte
+			binary.BigEndian.PutUint64(v[:], schemaCurrent)
+			return meta.Put(schemaKey, v[:])
+		case len(data) != 8:
+			return &openError{ErrDamaged, fmt.Sprintf("%s: its record format marker has %d bytes, want 8", where, len(data))}
+		}
+		if v := binary.BigEndian.Uint64(data); v > schemaCurrent {
+			return &openError{ErrDamaged, fmt.Sprintf("%s was written by a newer ferry-controller (record format %d; this one reads up to %d): run that version", where, v, schemaCurrent)}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", where, err)
+	}
+	return &Store{kv: kv}, nil
+}
+
+// OnEtcd says whether the store is kept in etcd.
+func (s *Store) OnEtcd() bool { return s.db == nil }
+
+// Follow calls changed each time another controller may have written
+// records of domain (a top-level bucket: "revoked_admins", "nodes", ...),
+// until ctx ends, so a controller that keeps some records in memory
+// rereads them. On bbolt only this process writes: it returns at once and
+// never calls changed. changed runs on Follow's goroutine, one call at a
+// time.
+func (s *Store) Follow(ctx context.Context, domain string, changed func()) {
+	e, ok := s.kv.(*etcdKV)
+	if !ok {
+		return
+	}
+	// Every write below a bucket bumps its version key (kvetcd.go).
+	key := e.prefix + "/" + escName([]byte(domain)) + "/!v"
+	for ctx.Err() == nil {
+		for resp := range e.cli.Watch(clientv3.WithRequireLeader(ctx), key) {
+			if resp.Canceled {
+				break
+			}
+			if len(resp.Events) > 0 {
+				changed()
+			}
+		}
+		// The watch ended (etcd lost its leader, or was compacted past
+		// it): reread once, since changes may have been missed, and watch
+		// again after a pause.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+		changed()
+	}
+}
