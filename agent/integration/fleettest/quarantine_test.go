@@ -1,7 +1,6 @@
 package fleettest
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net/http"
@@ -21,17 +20,23 @@ import (
 
 func (f *fleet) artifactState(ref string) ferryv1.ArtifactState {
 	f.t.Helper()
+	return f.artifactRecord(ref).GetState()
+}
+
+// artifactRecord is ref's artifact as the admin's list shows it.
+func (f *fleet) artifactRecord(ref string) *ferryv1.Artifact {
+	f.t.Helper()
 	resp, err := ferryv1.NewArtifactServiceClient(f.admin).ListArtifacts(context.Background(), &ferryv1.ListArtifactsRequest{})
 	if err != nil {
 		f.t.Fatal(err)
 	}
 	for _, a := range resp.Artifacts {
 		if a.Name+"@"+a.Version == ref {
-			return a.State
+			return a
 		}
 	}
 	f.t.Fatalf("artifact list lacks %s", ref)
-	return 0
+	return nil
 }
 
 // metric reads one unlabelled series from the controller's /metrics.
@@ -61,7 +66,7 @@ steps:
   - archive: {dest: /opt/tool, strip_components: 1}
 `
 
-// A byte flipped in a stored blob: the first agent's download fails
+// A byte flipped in a stored blob (the zstd form agents download): the first agent's download fails
 // verification once and the agent reports it; the controller hashes its
 // own copy and quarantines it; a second agent is refused it with a clear
 // FailedPrecondition and no byte sent; the artifact lists as damaged and
@@ -78,8 +83,18 @@ func TestDamagedBlobIsQuarantined(t *testing.T) {
 	digest := f.push("tool.tar.gz", "1.0", data)
 	f.apply(quarantinePackage)
 
-	blob := filepath.Join(f.dir, "controller", "artifacts", "sha256", strings.TrimPrefix(digest, "sha256:"))
-	bad := bytes.Clone(data)
+	// The agents take the zstd form the controller made at push: that is
+	// the blob they download, so that is the one damaged. The controller
+	// hashes both forms of the artifact when a node reports either.
+	zstdForm := f.artifactRecord("tool.tar.gz@1.0")
+	if zstdForm.GetZstdDigest() == "" {
+		t.Fatal("the pushed tar.gz has no zstd form")
+	}
+	blob := filepath.Join(f.dir, "controller", "artifacts", "sha256", strings.TrimPrefix(zstdForm.GetZstdDigest(), "sha256:"))
+	bad, err := os.ReadFile(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
 	bad[len(bad)/2] ^= 0x01
 	if err := os.WriteFile(blob, bad, 0o600); err != nil {
 		t.Fatal(err)
@@ -106,8 +121,8 @@ func TestDamagedBlobIsQuarantined(t *testing.T) {
 	servedBefore := f.metric("ferry_artifact_bytes_served_total")
 	failed("canary")
 	servedOnce := f.metric("ferry_artifact_bytes_served_total")
-	if servedOnce != servedBefore+float64(len(data)) {
-		t.Errorf("served %.0f bytes to the first agent, want one download (%d): it refuses the bytes once and stops", servedOnce-servedBefore, len(data))
+	if servedOnce != servedBefore+float64(zstdForm.GetZstdSize()) {
+		t.Errorf("served %.0f bytes to the first agent, want one download of the zstd form (%d): it refuses the bytes once and stops", servedOnce-servedBefore, zstdForm.GetZstdSize())
 	}
 	if s := f.artifactState("tool.tar.gz@1.0"); s != ferryv1.ArtifactState_ARTIFACT_STATE_DAMAGED {
 		t.Fatalf("artifact list shows tool.tar.gz@1.0 as %s after the agent's report, want damaged", s)
@@ -119,7 +134,7 @@ func TestDamagedBlobIsQuarantined(t *testing.T) {
 	failed("production")
 	// The second node's job lets it fetch the artifact; what it gets is
 	// the refusal, before any byte.
-	_, err := download(f.agentDownloads(second), digest)
+	_, err = download(f.agentDownloads(second), digest)
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), "is damaged on the controller") {
 		t.Errorf("download of the quarantined artifact: %v, want FailedPrecondition saying it is damaged", err)
 	}

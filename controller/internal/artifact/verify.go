@@ -196,16 +196,17 @@ func (s *Store) current(a *ferryv1.Artifact) *ferryv1.Artifact {
 	return a
 }
 
-// ReportMismatch answers a node whose download of digest hashed to got.
-// The stored blob is hashed again, unless it was within RecheckEvery
+// ReportMismatch answers a node whose download of digest (an artifact's
+// original or its zstd form) hashed to got. The stored blobs are hashed again, unless it was within RecheckEvery
 // (whoever asked: then that check answers), and quarantined only when it
 // is damaged too. Reports about one blob wait for each other, so a burst
 // of them costs one read.
 func (s *Store) ReportMismatch(ctx context.Context, digest, got, node string) (Check, error) {
-	rec, err := s.Lookup(digest)
+	form, err := s.LookupForm(digest) // the original or its zstd form: verify hashes both
 	if err != nil {
 		return Check{}, err
 	}
+	rec := form.Rec
 	if damaged(rec) {
 		return Check{Artifact: rec, Got: rec.StoredDigest}, nil
 	}
@@ -292,6 +293,13 @@ func (s *Store) verify(ctx context.Context, digest string, rate int64) (got stri
 		if err != nil {
 			return "", nil, nil, err
 		}
+		if readErr == nil && got == digest {
+			// The artifact is intact only when every form agents download
+			// is: a damaged zstd form quarantines it like a damaged original.
+			if got, readErr, err = s.hashZstdForm(ctx, digest, rate); err != nil {
+				return "", nil, nil, err
+			}
+		}
 		shared, replaced, err := s.record(digest, got, readErr, file)
 		switch {
 		case err != nil:
@@ -303,6 +311,28 @@ func (s *Store) verify(ctx context.Context, digest string, rate int64) (got stri
 		}
 		return got, readErr, shared, nil
 	}
+}
+
+// hashZstdForm hashes the zstd form of the artifact whose original (digest)
+// matched, when it has one. It returns digest when the form matches too
+// (or there is none), else what the form's bytes hash to, or why they
+// cannot be read.
+func (s *Store) hashZstdForm(ctx context.Context, digest string, rate int64) (got string, readErr, err error) {
+	recs, err := s.matching(func(a *ferryv1.Artifact) bool { return a.Digest == digest && a.ZstdDigest != "" })
+	if err != nil || len(recs) == 0 {
+		return digest, nil, err
+	}
+	zd := recs[0].ZstdDigest
+	zgot, _, readErr, err := s.hash(ctx, zd, rate)
+	switch {
+	case err != nil:
+		return "", nil, err
+	case readErr != nil:
+		return "", fmt.Errorf("its zstd form %s: %w", sha256digest.Short(zd), readErr), nil
+	case zgot != zd:
+		return zgot, nil, nil
+	}
+	return digest, nil, nil
 }
 
 // hash reads digest's blob as it lies on disk and returns its digest and

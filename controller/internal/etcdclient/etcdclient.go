@@ -14,8 +14,11 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // DefaultPrefix is the key prefix under which a controller keeps everything in
@@ -149,6 +152,20 @@ func (e *UnreachableError) Error() string {
 }
 
 func (e *UnreachableError) Unwrap() error { return e.Err }
+
+// IsUnreachable reports whether err from an etcd call means etcd did not
+// answer (no leader, a timeout, the connection down), as opposed to a refusal
+// of the request itself. It reads the client's gRPC codes here, so the
+// store's domain code needs none.
+func IsUnreachable(err error) bool {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled),
+		errors.Is(err, rpctypes.ErrNoLeader), errors.Is(err, rpctypes.ErrTimeout):
+		return true
+	}
+	c := status.Code(err)
+	return c == codes.Unavailable || c == codes.DeadlineExceeded
+}
 
 // Unreachable wraps err from talking to endpoints as an *UnreachableError.
 func Unreachable(endpoints []string, err error) error {

@@ -13,8 +13,6 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/ferrydeploy/ferry/controller/internal/etcdclient"
 )
@@ -116,9 +114,7 @@ func (e *etcdKV) fail(err error) error {
 		return fmt.Errorf("etcd at %s refused a transaction with too many operations (its --max-txn-ops; 128 by default): %w", strings.Join(e.endpoints, ","), err)
 	case errors.Is(err, rpctypes.ErrRequestTooLarge):
 		return fmt.Errorf("etcd at %s refused a request as too large (its --max-request-bytes; 1.5 MiB by default): %w", strings.Join(e.endpoints, ","), err)
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled),
-		errors.Is(err, rpctypes.ErrNoLeader), errors.Is(err, rpctypes.ErrTimeout),
-		status.Code(err) == codes.Unavailable, status.Code(err) == codes.DeadlineExceeded:
+	case etcdclient.IsUnreachable(err):
 		return etcdclient.Unreachable(e.endpoints, err)
 	}
 	return fmt.Errorf("etcd at %s: %w", strings.Join(e.endpoints, ","), err)
