@@ -613,8 +613,11 @@ func (s *Store) resolve(ref string, latest bool) (*ferryv1.Artifact, error) {
 		if prefix == "" || strings.Trim(prefix, "0123456789abcdef") != "" || len(prefix) > 64 {
 			return nil, fmt.Errorf("%w: %q: after %q give hex digits of the digest", ErrInvalid, ref, sha256digest.Prefix)
 		}
+		// Either form's digest names the artifact: an agent's failed
+		// download names the zstd form's, and its message says to verify it.
 		matches, err := s.matching(func(a *ferryv1.Artifact) bool {
-			return strings.HasPrefix(strings.TrimPrefix(a.Digest, sha256digest.Prefix), prefix)
+			return strings.HasPrefix(strings.TrimPrefix(a.Digest, sha256digest.Prefix), prefix) ||
+				a.ZstdDigest != "" && strings.HasPrefix(strings.TrimPrefix(a.ZstdDigest, sha256digest.Prefix), prefix)
 		})
 		if err != nil {
 			return nil, err

@@ -7,12 +7,16 @@ import (
 	"context"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/ferrydeploy/ferry/controller/internal/artifact"
+	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
 
 func tarball(t *testing.T, hdrs ...*tar.Header) (tarBytes, gz []byte) {
@@ -81,6 +85,33 @@ func TestPushTranscodesTarball(t *testing.T) {
 		t.Fatalf("download of the original: %d bytes, %v", len(got), err)
 	}
 	h.checkConsistent()
+	// The zstd form's digest names the artifact too (an agent's failed
+	// download prints it), and a byte flipped in the zstd form quarantines
+	// the artifact: agents download that form.
+	byZstd, err := h.st.Resolve(sha256digest.Short(a.ZstdDigest))
+	if err != nil || byZstd.Digest != a.Digest {
+		t.Fatalf("resolve %s: %v, %v; want the artifact %s", sha256digest.Short(a.ZstdDigest), byZstd, err, a.Digest)
+	}
+	zpath := filepath.Join(h.st.BlobDir(), strings.TrimPrefix(a.ZstdDigest, sha256digest.Prefix))
+	bad := bytes.Clone(zst)
+	bad[len(bad)/2] ^= 1
+	if err := os.WriteFile(zpath, bad, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var checked []artifact.Check
+	if err := h.st.Verify(context.Background(), a.Name+"@"+a.Version, func(c artifact.Check) error { checked = append(checked, c); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(checked) != 1 || !checked[0].Damaged() {
+		t.Fatalf("verify after the zstd form was damaged: %+v, want the artifact damaged", checked)
+	}
+	if err := os.WriteFile(zpath, zst, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	checked = nil
+	if err := h.st.Verify(context.Background(), a.Name+"@"+a.Version, func(c artifact.Check) error { checked = append(checked, c); return nil }); err != nil || len(checked) != 1 || checked[0].Damaged() {
+		t.Fatalf("verify after the zstd form's bytes came back: %+v, %v; want it ok", checked, err)
+	}
 	// After a restart, cleanup keeps the zstd form (its record names it).
 	h.open(harnessOpts{})
 	h.checkConsistent()
