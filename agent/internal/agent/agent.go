@@ -60,7 +60,7 @@ type Config struct {
 	BackoffMax        time.Duration // longest reconnect delay (default 30s)
 	Logger            *slog.Logger
 	Now               func() time.Time
-	Rand              *rand.Rand // jitter source
+	Rand              *rand.Rand // jitter source; the agent's own (not safe to share with another agent)
 	Gossip            GossipConfig
 	// DriftInterval is how often the installed trees are checked against
 	// their manifests (0: DefaultDriftInterval; negative: never).

@@ -51,7 +51,9 @@ func TestSecondAgentOnOneStateDir(t *testing.T) {
 	ta := newTestAgent(t, agentOptions{})
 	ta.run()
 	ta.stream()
-	second, err := New(ta.cfg)
+	cfg := ta.cfg
+	cfg.Rand = nil // its own jitter source: a *rand.Rand is not safe to share with the running agent
+	second, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
