@@ -34,7 +34,9 @@ func binVersion(t *testing.T, path string) string {
 // restart would start) and returns Run's result channel.
 func (ta *testAgent) runAnother(t *testing.T) chan error {
 	t.Helper()
-	a, err := New(ta.cfg)
+	cfg := ta.cfg
+	cfg.Rand = nil // its own jitter source: a *rand.Rand is not safe to share
+	a, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
