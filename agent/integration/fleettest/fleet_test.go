@@ -279,7 +279,12 @@ func TestRemoveClosesLiveStream(t *testing.T) {
 }
 
 func TestAgentRenewsCertificate(t *testing.T) {
-	f := newFleet(t, func(c *controller.Config) { c.AgentCertTTL = 6 * time.Second })
+	// Heartbeats every 500 ms (stale after 1.5 s): the node must stay
+	// healthy through each renewal, and 200 ms left too little room for a
+	// loaded 2-core CI machine under -race (a 700 ms gap once).
+	f := newFleet(t, func(c *controller.Config) {
+		c.AgentCertTTL, c.HeartbeatInterval = 6*time.Second, 500*time.Millisecond
+	})
 	a := f.enroll("n1", f.token("staging", 1))
 	certPath := filepath.Join(a.stateDir, "node.crt")
 	f.start(a)

@@ -32,8 +32,12 @@ const down = ferryv1.NodeState_NODE_STATE_DOWN
 // unreachable.
 func TestRemovedNodeKeyStopsWorking(t *testing.T) {
 	const grace = 2 * time.Second
+	// Heartbeats every 500 ms (stale after 1.5 s): the others must stay
+	// healthy through the rotation, and 200 ms left too little room for a
+	// loaded 2-core CI machine under -race (gaps of 0.6–1.2 s in two runs).
 	f := newFleet(t, func(c *controller.Config) {
 		c.GossipAddr, c.GossipProfile, c.GossipKeyGrace = "127.0.0.1:0", "local", grace
+		c.HeartbeatInterval = 500 * time.Millisecond
 	})
 	tok := f.token("production", 5)
 	g1, g2, offline, gone := f.enroll("g1", tok), f.enroll("g2", tok), f.enroll("g3", tok), f.enroll("gone", tok)

@@ -70,6 +70,7 @@ func newFleet(t *testing.T, mod func(*controller.Config)) *fleet {
 	if mod != nil {
 		mod(&cfg)
 	}
+	f.hbEvery = cfg.HeartbeatInterval // a test may ask for another
 	f.gossip = cfg.GossipAddr != ""
 	f.cfg = cfg
 	f.startController()
