@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -68,6 +69,10 @@ func TestE2EConfigReload(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, _ = conn.Write([]byte("not TLS\r\n\r\n"))
+		// The controller logs the failure, then closes: waiting for the
+		// close orders its log line before the reload below.
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, _ = io.Copy(io.Discard, conn)
 		_ = conn.Close()
 	}
 	handshakeFails()
