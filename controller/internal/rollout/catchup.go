@@ -160,10 +160,15 @@ func (e *Engine) desiredOf(ru *run) (string, *ferryv1.DesiredPackage, bool) {
 
 // undoneTo is the version an undo returned its nodes to, when they all
 // went back to the same one ("" is "removed"); nodes that went back to
-// different versions leave no single desired version.
+// different versions leave no single desired version. Nor does an undo of
+// a rollout that found some nodes already at its version: the undo leaves
+// those nodes where they were, so the group ends on two versions, and
+// catch-up must not take them back (the undo said they keep theirs).
 func (e *Engine) undoneTo(ru *run) (string, bool) {
 	to, seen := "", false
+	mine := map[string]bool{}
 	for _, n := range ru.r.GetNodes() {
+		mine[n.GetNodeId()] = true
 		if n.GetOutcome() != ocSucceeded && n.GetOutcome() != ocUnchanged {
 			continue
 		}
@@ -172,6 +177,13 @@ func (e *Engine) undoneTo(ru *run) (string, bool) {
 			return "", false
 		}
 		to, seen = v, true
+	}
+	if undone := e.runs[ru.r.GetUndoOf()]; seen && undone != nil && undone.r.GetJobKind() == kindInstall && undone.r.GetPackageVersion() != to {
+		for _, n := range undone.r.GetNodes() {
+			if n.GetOutcome() == ocUnchanged && !mine[n.GetNodeId()] {
+				return "", false
+			}
+		}
 	}
 	return to, seen
 }

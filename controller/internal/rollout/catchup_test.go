@@ -538,6 +538,53 @@ func TestCatchUpAfterUndoAndMove(t *testing.T) {
 	}
 }
 
+// An undo of a rollout that found a node already at its version leaves
+// that node there, so the group ends on two versions: the undo sets no
+// desired state, and catch-up does not take the node it left alone back.
+func TestCatchUpLeavesWhatAnUndoLeftAlone(t *testing.T) {
+	h := newCatchUpHarness(t, 3)
+	for _, n := range []string{"n00", "n01"} {
+		h.fleet.setInstalled(n, "go", "1.20.2", "")
+	}
+	h.fleet.setInstalled("n02", "go", "1.20.3", "1.20.2")
+	r := h.create(strat{noCanary: true, parallel: "10", healthy: time.Second})
+	h.succeed(r.Id, "n00")
+	h.succeed(r.Id, "n01")
+	h.report(r.Id, "n02", phUnchanged, "")
+	h.tick(time.Second)
+	h.tick(time.Second)
+	if got := h.state(r.Id); got != stSucceeded {
+		t.Fatalf("rollout %v", got)
+	}
+	if g := h.group(); len(g.Desired) != 1 || g.Desired[0].RolloutId != r.Id {
+		t.Fatalf("desired after the rollout: %v, want 1.20.3 from %s", g.Desired, r.Id)
+	}
+	resp, err := h.undo(&ferryv1.UndoRolloutRequest{ToRollout: r.Id, Strategy: noCanary})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := resp.Rollout
+	if !slices.Equal(nodeIDs(u), []string{"n00", "n01"}) {
+		t.Fatalf("undo nodes %v, want n00 and n01 (n02 was unchanged)", nodeIDs(u))
+	}
+	h.finishAll(u.Id)
+	if got := h.state(u.Id); got != stSucceeded {
+		t.Fatalf("undo %v", got)
+	}
+	for range 3 {
+		h.tick(3 * time.Second)
+	}
+	if cus := h.catchUps(); len(cus) != 0 {
+		t.Errorf("catch-ups after the undo: %v on %v, want none (n02 keeps 1.20.3, the undo left it alone)", cus[0].PackageVersion, nodeIDs(cus[0]))
+	}
+	if got := h.jobsTo("n02"); got != 1 {
+		t.Errorf("n02 got %d jobs, want 1 (the rollout's only)", got)
+	}
+	if g := h.group(); len(g.Desired) != 1 || g.Desired[0].RolloutId != r.Id {
+		t.Errorf("desired after the undo: %v, want still 1.20.3 from %s (the group is on two versions)", g.Desired, r.Id)
+	}
+}
+
 func TestGroupUnknown(t *testing.T) {
 	h := newCatchUpHarness(t, 1)
 	if _, err := h.e.Group("nope"); !errors.Is(err, ErrNotFound) {
