@@ -82,8 +82,8 @@ type Deps struct {
 	// Replicas copies pushed and imported artifacts to the other
 	// controllers; nil: one controller, no copies.
 	Replicas Replicas
-	Packages  *packages.Store
-	Rollouts  Rollouts
+	Packages *packages.Store
+	Rollouts Rollouts
 	// Groups serves GroupService; nil: not registered.
 	Groups Groups
 
