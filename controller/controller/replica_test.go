@@ -33,6 +33,7 @@ type cluster struct {
 	eps    []string
 	prefix string
 	caDir  string
+	mod    func(*Config) // when set, adjusts each controller's config
 }
 
 func newCluster(t *testing.T) *cluster {
@@ -63,6 +64,9 @@ func (cl *cluster) start(announce bool) (c *Controller, dir string, stop func())
 	// The first controller may not have written a record yet: a joiner
 	// with the CA beside an empty prefix would be refused as a lost store.
 	cfg.AllowNewStore = cl.caDir != ""
+	if cl.mod != nil {
+		cl.mod(&cfg)
+	}
 	c, stop = start(t, cfg)
 	if cl.caDir == "" { // the installation's CA, kept apart from any one controller
 		cl.caDir = t.TempDir()
@@ -166,6 +170,29 @@ func TestPushIsOnTwoControllersWhenItReturns(t *testing.T) {
 		}
 	}
 
+	// B's copy goes bad on its disk: a check on B replaces it with A's
+	// instead of quarantining the artifact for every controller.
+	zhex := strings.TrimPrefix(art.GetZstdDigest(), sha256digest.Prefix)
+	zpath := filepath.Join(b.cfg.DataDir, "artifacts", "sha256", zhex)
+	good, err := os.ReadFile(zpath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(zpath, bytes.Repeat([]byte{'x'}, len(good)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.artifacts.Verify(t.Context(), "app.tar.gz@1", func(c artifact.Check) error {
+		if c.Damaged() || c.Err != nil {
+			t.Errorf("check on B of its damaged zstd form: damaged=%v err=%v; want it repaired from A", c.Damaged(), c.Err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if now, err := os.ReadFile(zpath); err != nil || !bytes.Equal(now, good) {
+		t.Errorf("B's zstd form was not replaced by A's copy (%v)", err)
+	}
+
 	stopA()
 	if err := os.RemoveAll(dirA); err != nil {
 		t.Fatal(err)
@@ -256,5 +283,37 @@ func TestControllerFetchesWhatItLacksAndRefusesBadCopies(t *testing.T) {
 	b.replicas.Pass(t.Context())
 	if !b.artifacts.HasBlob(third.GetDigest()) {
 		t.Error("B's pass did not fetch the blob it lacked")
+	}
+}
+
+// An import to A with B up is on B when it returns, as a push is.
+func TestImportIsOnTwoControllersWhenItReturns(t *testing.T) {
+	src := t.TempDir()
+	cl := newCluster(t)
+	cl.mod = func(c *Config) { c.ImportDirs = []string{src} }
+	a, _, _ := cl.start(true)
+	b, _, _ := cl.start(true)
+	data := []byte("an imported file\n")
+	path := filepath.Join(src, "imported-1.0.bin")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(data)
+	stream, err := ferryv1.NewArtifactServiceClient(adminConn(t, a)).ImportArtifact(t.Context(), &ferryv1.ImportArtifactRequest{
+		Source: path, Sha256: hex.EncodeToString(sum[:]), Name: "imported", Version: "1.0",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res *ferryv1.PushArtifactResponse
+	for res == nil {
+		msg, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("import: %v", err)
+		}
+		res = msg.GetResult()
+	}
+	if res.GetCopies() != 2 || res.GetWarning() != "" || !b.artifacts.HasBlob(res.GetArtifact().GetDigest()) {
+		t.Fatalf("import to A with B up: copies=%d warning=%q, on B: %v; want 2 copies, B holding it", res.GetCopies(), res.GetWarning(), b.artifacts.HasBlob(res.GetArtifact().GetDigest()))
 	}
 }
