@@ -155,12 +155,28 @@ func (r *Replicator) sendLater(a *ferryv1.Artifact, peers []Peer) {
 	}
 }
 
+// A copy to or from one controller may take sendBase plus the time its
+// bytes take at minRate: one that stalls (a controller that hangs, a
+// link that drops everything) gives way to the next instead of holding
+// the push.
+const (
+	sendBase = 30 * time.Second
+	minRate  = 4 << 20 // bytes per second
+)
+
+func transferTimeout(size uint64) time.Duration {
+	secs := min(size/minRate, 1<<30) // a bound no artifact reaches
+	return sendBase + time.Duration(secs)*time.Second //nolint:gosec // bounded above
+}
+
 // send sends each of a's blobs to p; p keeps its own copy of one it holds.
 func (r *Replicator) send(ctx context.Context, p Peer, a *ferryv1.Artifact) error {
 	conn, err := r.conn(p)
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithTimeout(ctx, transferTimeout(a.GetSize()+a.GetZstdSize()))
+	defer cancel()
 	client := ferryv1.NewReplicaServiceClient(conn)
 	for _, d := range artifact.Forms(a) {
 		if err := r.sendBlob(ctx, client, d); err != nil {
@@ -265,7 +281,11 @@ func (r *Replicator) fetchFrom(ctx context.Context, p Peer, digest string) error
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
+	var size uint64
+	if form, err := r.cfg.Store.LookupForm(digest); err == nil {
+		size = form.Size
+	}
+	ctx, cancel := context.WithTimeout(ctx, transferTimeout(size))
 	defer cancel()
 	stream, err := ferryv1.NewReplicaServiceClient(conn).FetchArtifact(ctx, &ferryv1.FetchArtifactRequest{Digest: digest})
 	if err != nil {
