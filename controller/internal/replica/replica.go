@@ -165,8 +165,8 @@ const (
 )
 
 func transferTimeout(size uint64) time.Duration {
-	secs := min(size/minRate, 1<<30)                  // a bound no artifact reaches
-	return sendBase + time.Duration(secs) * time.Second
+	secs := min(size/minRate, 1<<30) // a bound no artifact reaches
+	return sendBase + time.Duration(secs)*time.Second
 }
 
 // send sends each of a's blobs to p; p keeps its own copy of one it holds.
