@@ -31,6 +31,7 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/importer"
 	"github.com/ferrydeploy/ferry/controller/internal/metrics"
 	"github.com/ferrydeploy/ferry/controller/internal/packages"
+	"github.com/ferrydeploy/ferry/controller/internal/replica"
 	"github.com/ferrydeploy/ferry/controller/internal/rollout"
 	"github.com/ferrydeploy/ferry/controller/internal/server"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
@@ -119,6 +120,7 @@ type Controller struct {
 	packages  *packages.Store
 	engine    *rollout.Engine
 	artifacts *artifact.Store
+	replicas  *replica.Replicator // on etcd: copies blobs between controllers
 	downloads *artifact.Downloader
 	member    *gossip.Member
 	adminPath string
@@ -227,8 +229,19 @@ func New(cfg Config) (*Controller, error) {
 	if err := c.startGossip(); err != nil {
 		return nil, fmt.Errorf("start gossip on %s: %w", cfg.GossipAddr, err)
 	}
-	if c.artifacts, err = artifact.Open(artifact.Config{Dir: filepath.Join(cfg.DataDir, "artifacts"), Records: c.store, Logger: c.log.With("component", "artifact"), Now: cfg.Now}); err != nil {
+	onEtcd := cfg.Store.Backend == StoreEtcd
+	if c.artifacts, err = artifact.Open(artifact.Config{Dir: filepath.Join(cfg.DataDir, "artifacts"), Records: c.store, Logger: c.log.With("component", "artifact"), Now: cfg.Now, Shared: onEtcd}); err != nil {
 		return nil, err
+	}
+	if onEtcd {
+		// Controllers sharing the store copy the blobs between them
+		// (package replica), calling each other with this certificate.
+		clientTLS := rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return c.serving.Load(), nil }, ca.Pool())
+		c.replicas = replica.New(replica.Config{
+			Store: c.artifacts, TLS: clientTLS, Logger: c.log.With("component", "replica"),
+			Peers: replica.NewMembers(c.etcd, cfg.Store.Etcd.KeyPrefix(), replica.Peer{ID: c.advertise, Addr: c.advertise}, c.log.With("component", "replica")),
+		})
+		c.artifacts.SetFetcher(c.replicas)
 	}
 	metrics.RegisterArtifacts(c.reg, c.artifacts.Damaged)
 	imports, err := importer.New(importer.Config{Store: c.artifacts, Dirs: cfg.ImportDirs, Logger: c.log.With("component", "import"), Now: cfg.Now})
@@ -257,6 +270,7 @@ func New(cfg Config) (*Controller, error) {
 		Artifacts: c.artifacts,
 		Downloads: c.downloads,
 		Importer:  imports,
+		Replicas:  c.replicasOrNil(),
 		Packages:  c.packages,
 		Rollouts:  c.engine,
 		Groups:    c.engine,
@@ -315,4 +329,13 @@ func (c *Controller) ensureAdminCredential() error {
 		return err
 	}
 	return credential.Write(c.adminPath, c.advertise, c.ca.Cert, cert, keyPEM)
+}
+
+// replicasOrNil is the replicator as the server takes it: a nil interface
+// without one.
+func (c *Controller) replicasOrNil() server.Replicas {
+	if c.replicas == nil {
+		return nil
+	}
+	return c.replicas
 }

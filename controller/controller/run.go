@@ -107,6 +107,17 @@ func (c *Controller) Run(ctx context.Context) (err error) {
 		stopVerify()
 		<-verifyDone
 	}()
+	if c.replicas != nil {
+		// Blobs the other controllers hold and this one lacks are fetched
+		// in the background, at start and then periodically.
+		replCtx, stopRepl := context.WithCancel(ctx)
+		replDone := make(chan struct{})
+		go func() { defer close(replDone); c.replicas.Run(replCtx) }()
+		defer func() {
+			stopRepl()
+			<-replDone
+		}()
+	}
 	logsCtx, stopLogs := context.WithCancel(ctx)
 	logsDone := make(chan struct{})
 	go func() { defer close(logsDone); c.expireLogsLoop(logsCtx) }()

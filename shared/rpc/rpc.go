@@ -36,6 +36,7 @@ import (
 const (
 	enrollmentPrefix = "/ferry.v1.EnrollmentService/"
 	agentPrefix      = "/ferry.v1.AgentService/"
+	replicaPrefix    = "/ferry.v1.ReplicaService/"
 )
 
 // Access is what a method requires.
@@ -47,16 +48,21 @@ type Access struct {
 // Policy maps a full method name to its access rule.
 type Policy func(fullMethod string) Access
 
-// DefaultPolicy: enrollment is public, the agent service is for agents, and
-// everything else is for admins. Least privilege: an agent certificate can
-// call nothing but its own service, an admin certificate nothing of the
-// agent's.
+// DefaultPolicy: enrollment is public, the agent service is for agents, the
+// replica service (artifact blobs copied between controllers) for
+// controllers, and everything else is for admins. Least privilege: an agent
+// certificate can call nothing but its own service, an admin certificate
+// nothing of the agent's or the controllers', and a controller certificate
+// (which the CA issues only to controllers, for serving and as their client
+// certificate towards each other) nothing but the replica service.
 func DefaultPolicy(fullMethod string) Access {
 	switch {
 	case strings.HasPrefix(fullMethod, enrollmentPrefix):
 		return Access{Public: true}
 	case strings.HasPrefix(fullMethod, agentPrefix):
 		return Access{Roles: []pki.Role{pki.RoleAgent}}
+	case strings.HasPrefix(fullMethod, replicaPrefix):
+		return Access{Roles: []pki.Role{pki.RoleController}}
 	default:
 		return Access{Roles: []pki.Role{pki.RoleAdmin}}
 	}

@@ -57,6 +57,12 @@ func toolTarball(t *testing.T, version string, size int) []byte {
 // push stores an artifact and returns its digest.
 func (f *fleet) push(name, version string, data []byte) string {
 	f.t.Helper()
+	return f.pushResp(name, version, data).GetArtifact().GetDigest()
+}
+
+// pushResp stores an artifact and returns the controller's answer.
+func (f *fleet) pushResp(name, version string, data []byte) *ferryv1.PushArtifactResponse {
+	f.t.Helper()
 	sum := sha256.Sum256(data)
 	digest := sha256digest.Format(sum[:])
 	stream, err := ferryv1.NewArtifactServiceClient(f.admin).PushArtifact(context.Background())
@@ -74,10 +80,11 @@ func (f *fleet) push(name, version string, data []byte) string {
 			f.t.Fatalf("push %s: %v", name, err)
 		}
 	}
-	if _, err := stream.CloseAndRecv(); err != nil {
+	resp, err := stream.CloseAndRecv()
+	if err != nil {
 		f.t.Fatalf("push %s: %v", name, err)
 	}
-	return digest
+	return resp
 }
 
 // agentDownloads returns a client presenting the agent's own certificate.

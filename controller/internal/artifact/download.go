@@ -162,6 +162,10 @@ func (d *Downloader) Download(ctx context.Context, node, digest string, off uint
 		return err
 	}
 	defer d.slots.release()
+	// Bytes another controller holds are fetched first (replicas.go).
+	if err := d.store.ensureLocal(ctx, form); err != nil {
+		return err
+	}
 	blob, err := d.store.openForm(form)
 	if err != nil {
 		return err

@@ -29,6 +29,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -102,6 +103,11 @@ type Config struct {
 	// (default DefaultVerifyRate; negative: no cap).
 	VerifyRate int64
 
+	// Shared says the records are shared with other controllers (an etcd
+	// store), which keep copies of the blobs: a blob missing here is
+	// fetched from them (SetFetcher) rather than an error.
+	Shared bool
+
 	// wrapTemp wraps the writer of a push's temp file; tests use it to
 	// simulate a full disk.
 	wrapTemp func(io.Writer) io.Writer
@@ -118,6 +124,8 @@ type Store struct {
 	wrapTemp func(io.Writer) io.Writer
 	chunks   *sync.Pool // ChunkSize buffers, shared by pushes and downloads
 	checks   *checks    // re-hashing stored blobs (verify.go)
+	shared   bool       // Config.Shared
+	fetcher  atomic.Pointer[Fetcher]
 
 	// commitMu serialises what links blobs and metadata: renaming a blob
 	// into place with writing its record, and deleting a record with
@@ -147,6 +155,7 @@ func Open(cfg Config) (*Store, error) {
 		wrapTemp: cfg.wrapTemp,
 		chunks:   newChunkPool(),
 		checks:   newChecks(cfg.RecheckEvery, cfg.VerifyRate),
+		shared:   cfg.Shared,
 	}
 	for _, d := range []string{s.blobDir, s.tmpDir, s.stageDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -174,16 +183,12 @@ func (s *Store) cleanup() error {
 		}
 		s.log.Info("removed an interrupted artifact upload", "file", p)
 	}
-	known := map[string]bool{}
+	if _, err := s.removeUnrecorded(); err != nil {
+		return err
+	}
 	all, err := s.List("")
 	if err != nil {
 		return err
-	}
-	for _, a := range all {
-		known[strings.TrimPrefix(a.Digest, sha256digest.Prefix)] = true
-		if a.ZstdDigest != "" {
-			known[strings.TrimPrefix(a.ZstdDigest, sha256digest.Prefix)] = true
-		}
 	}
 	blobs, err := os.ReadDir(s.blobDir)
 	if err != nil {
@@ -192,15 +197,13 @@ func (s *Store) cleanup() error {
 	present := map[string]bool{}
 	for _, e := range blobs {
 		present[e.Name()] = true
-		if !known[e.Name()] {
-			if err := os.Remove(filepath.Join(s.blobDir, e.Name())); err != nil {
-				return fmt.Errorf("artifact store: remove unreferenced blob: %w", err)
-			}
-			s.log.Info("removed an artifact blob no record points to (an interrupted push or removal)", "artifact", sha256digest.Prefix+e.Name())
-		}
 	}
 	for _, a := range all {
-		if !present[strings.TrimPrefix(a.Digest, sha256digest.Prefix)] {
+		switch {
+		case present[strings.TrimPrefix(a.Digest, sha256digest.Prefix)]:
+		case s.shared:
+			s.log.Info("artifact blob not held here yet; it is fetched from another controller", "artifact", key(a.Name, a.Version), "digest", a.Digest)
+		default:
 			s.log.Error("artifact blob is missing; agents cannot download it: push the file again or remove the record", "artifact", key(a.Name, a.Version), "digest", a.Digest)
 		}
 	}

@@ -287,7 +287,13 @@ func (s *Store) Damaged() (int, error) {
 // and records what it found on every record sharing it, returned as
 // written. readErr says why the bytes could not be read (damaged, too);
 // err is for failures that say nothing about the blob.
+//
+// With other controllers (SetFetcher), a blob missing or damaged here is
+// first replaced by a verified copy from one of them and hashed again; a
+// blob this controller merely lacks, and cannot get now, says nothing of
+// the copies the others hold, so the records are left as they are.
 func (s *Store) verify(ctx context.Context, digest string, rate int64) (got string, readErr error, shared []*ferryv1.Artifact, err error) {
+	repaired := false
 	for attempt := 0; ; attempt++ {
 		got, file, readErr, err := s.hash(ctx, digest, rate)
 		if err != nil {
@@ -298,6 +304,18 @@ func (s *Store) verify(ctx context.Context, digest string, rate int64) (got stri
 			// is: a damaged zstd form quarantines it like a damaged original.
 			if got, readErr, err = s.hashZstdForm(ctx, digest, rate); err != nil {
 				return "", nil, nil, err
+			}
+		}
+		if f := s.fetcherOf(); f != nil && !repaired && (readErr != nil || got != digest) {
+			repaired = true
+			rerr := s.repair(ctx, f, digest)
+			if rerr == nil {
+				continue // hash the copy
+			}
+			if errors.Is(readErr, errBlobMissing) {
+				s.log.Warn("artifact blob not held here, and no other controller could send it now; checked again later", "digest", digest, "err", rerr)
+				shared, err := s.matching(func(a *ferryv1.Artifact) bool { return a.Digest == digest })
+				return "", readErr, shared, err
 			}
 		}
 		shared, replaced, err := s.record(digest, got, readErr, file)

@@ -102,6 +102,7 @@ read as amd64 and aarch64 as arm64). --timeout does not limit the upload.`,
 				return err
 			}
 			return a.show(resp, func() error {
+				defer a.copiesNote(resp)
 				art := resp.Artifact
 				if resp.Restored {
 					fmt.Fprintf(a.stdout, "artifact %s restored: these bytes (%s) replaced the damaged copy on the controller, which serves it again\n", pushclient.Key(art), art.Digest)
@@ -426,5 +427,16 @@ func (p *progressBar) update(done uint64) {
 func (p *progressBar) done() {
 	if p.w != nil && p.drawn {
 		fmt.Fprint(p.w, "\r\033[K")
+	}
+}
+
+// copiesNote says, after a push or import, how many controllers hold the
+// bytes when there are several, and warns when it is only one.
+func (a *app) copiesNote(resp *ferryv1.PushArtifactResponse) {
+	switch {
+	case resp.GetWarning() != "":
+		fmt.Fprintf(a.stderr, "warning: %s\n", resp.GetWarning())
+	case resp.GetCopies() > 1:
+		fmt.Fprintf(a.stdout, "on %d controllers\n", resp.GetCopies())
 	}
 }

@@ -94,6 +94,7 @@ Name, version, OS and architecture are read from the file name as for
 					bar = nil
 				}
 				return a.show(resp, func() error {
+					defer a.copiesNote(resp)
 					art := resp.GetArtifact()
 					switch {
 					case resp.Restored:

@@ -68,7 +68,10 @@ func (s *artifactServer) PushArtifact(stream grpc.ClientStreamingServer[ferryv1.
 	}
 	created, restored := pushed != artifact.Unchanged, pushed == artifact.Restored
 	s.log.Info("artifact pushed", "artifact", target, "digest", a.Digest, "size", a.Size, "created", created, "restored", restored, "by", actor)
-	return stream.SendAndClose(&ferryv1.PushArtifactResponse{Artifact: a, Created: created, Restored: restored})
+	resp := &ferryv1.PushArtifactResponse{Artifact: a, Created: created, Restored: restored}
+	// Pushing the same bytes again copies them too: it repairs a copy lost.
+	s.d.replicate(ctx, resp)
+	return stream.SendAndClose(resp)
 }
 
 // pushReader reads the chunks of a push stream. It is an
@@ -288,7 +291,9 @@ func (s *artifactServer) ImportArtifact(req *ferryv1.ImportArtifactRequest, stre
 	a := res.Artifact
 	created, restored := res.Pushed != artifact.Unchanged, res.Pushed == artifact.Restored
 	s.log.Info("artifact imported", "artifact", artifact.Key(a), "source", source, "digest", a.Digest, "size", a.Size, "resumed_from", resumed, "created", created, "restored", restored, "by", actor)
-	return stream.Send(&ferryv1.ImportArtifactResponse{Msg: &ferryv1.ImportArtifactResponse_Result{Result: &ferryv1.PushArtifactResponse{Artifact: a, Created: created, Restored: restored}}})
+	result := &ferryv1.PushArtifactResponse{Artifact: a, Created: created, Restored: restored}
+	s.d.replicate(ctx, result)
+	return stream.Send(&ferryv1.ImportArtifactResponse{Msg: &ferryv1.ImportArtifactResponse_Result{Result: result}})
 }
 
 // CollectArtifacts removes every artifact that no stored package

@@ -22,6 +22,9 @@ func TestOnlyServerMakesStatusErrors(t *testing.T) {
 		// etcd's client speaks gRPC: etcdclient reads its codes to tell
 		// "etcd did not answer" from a refusal (IsUnreachable) and makes none.
 		module + "/internal/etcdclient": true,
+		// replica is a client of the other controllers' ReplicaService:
+		// it reads their status messages (to say them in words) and makes none.
+		module + "/internal/replica": true,
 	}
 	g := deptest.List(t, false, module+"/...")
 	if _, ok := g[module+"/internal/server"]; !ok {

@@ -79,8 +79,11 @@ type Deps struct {
 	Artifacts *artifact.Store
 	Downloads *artifact.Downloader // nil: agents are told there is no artifact store
 	Importer  *importer.Importer   // nil: imports are refused
-	Packages  *packages.Store
-	Rollouts  Rollouts
+	// Replicas copies pushed and imported artifacts to the other
+	// controllers; nil: one controller, no copies.
+	Replicas Replicas
+	Packages *packages.Store
+	Rollouts Rollouts
 	// Groups serves GroupService; nil: not registered.
 	Groups Groups
 
@@ -112,6 +115,9 @@ func Register(s *grpc.Server, d *Deps) {
 	ferryv1.RegisterRolloutServiceServer(reg, &rolloutServer{d: d, r: d.Rollouts})
 	ferryv1.RegisterLogServiceServer(reg, &logServer{d: d, r: d.Rollouts})
 	ferryv1.RegisterGossipServiceServer(reg, &gossipServer{d: d})
+	if d.Artifacts != nil {
+		ferryv1.RegisterReplicaServiceServer(reg, newReplicaServer(d))
+	}
 	if d.Groups != nil {
 		ferryv1.RegisterGroupServiceServer(reg, &groupServer{g: d.Groups})
 	}

@@ -578,7 +578,14 @@ type PushArtifactResponse struct {
 	Created bool `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
 	// True when these bytes replaced a damaged copy of them, which the
 	// controller serves again.
-	Restored      bool `protobuf:"varint,3,opt,name=restored,proto3" json:"restored,omitempty"`
+	Restored bool `protobuf:"varint,3,opt,name=restored,proto3" json:"restored,omitempty"`
+	// How many controllers hold the bytes when the call returns (with several
+	// controllers on one etcd store); 0 from a controller that does not count.
+	Copies uint32 `protobuf:"varint,4,opt,name=copies,proto3" json:"copies,omitempty"`
+	// Set when the bytes are on fewer controllers than asked (no other
+	// controller was up, or none took them): the artifact is kept, and the
+	// controllers copy it between them later in the background.
+	Warning       string `protobuf:"bytes,5,opt,name=warning,proto3" json:"warning,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -632,6 +639,20 @@ func (x *PushArtifactResponse) GetRestored() bool {
 		return x.Restored
 	}
 	return false
+}
+
+func (x *PushArtifactResponse) GetCopies() uint32 {
+	if x != nil {
+		return x.Copies
+	}
+	return 0
+}
+
+func (x *PushArtifactResponse) GetWarning() string {
+	if x != nil {
+		return x.Warning
+	}
+	return ""
 }
 
 // ListArtifactsRequest filters the listing.
@@ -1719,11 +1740,13 @@ const file_ferry_v1_artifact_proto_rawDesc = "" +
 	"\x13PushArtifactRequest\x126\n" +
 	"\x06header\x18\x01 \x01(\v2\x1c.ferry.v1.PushArtifactHeaderH\x00R\x06header\x12\x16\n" +
 	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunkB\x05\n" +
-	"\x03msg\"|\n" +
+	"\x03msg\"\xae\x01\n" +
 	"\x14PushArtifactResponse\x12.\n" +
 	"\bartifact\x18\x01 \x01(\v2\x12.ferry.v1.ArtifactR\bartifact\x12\x18\n" +
 	"\acreated\x18\x02 \x01(\bR\acreated\x12\x1a\n" +
-	"\brestored\x18\x03 \x01(\bR\brestored\"*\n" +
+	"\brestored\x18\x03 \x01(\bR\brestored\x12\x16\n" +
+	"\x06copies\x18\x04 \x01(\rR\x06copies\x12\x18\n" +
+	"\awarning\x18\x05 \x01(\tR\awarning\"*\n" +
 	"\x14ListArtifactsRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"I\n" +
 	"\x15ListArtifactsResponse\x120\n" +
