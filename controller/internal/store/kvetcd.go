@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -43,6 +44,13 @@ type etcdKV struct {
 	prefix    string
 	endpoints []string
 	timeout   time.Duration
+	// wmu runs this process's write transactions one at a time, as bbolt
+	// does: optimistic transactions of one controller that write the same
+	// keys (every enrollment bumps its token's uses and the audit
+	// sequence) would otherwise race each other until they give up (64
+	// enrollments at once exhausted etcdAttempts). Races with other
+	// controllers stay optimistic.
+	wmu sync.Mutex
 }
 
 const (
@@ -82,6 +90,8 @@ func (e *etcdKV) View(fn func(kvTx) error) error {
 func (e *etcdKV) Batch(fn func(kvTx) error) error { return e.Update(fn) }
 
 func (e *etcdKV) Update(fn func(kvTx) error) error {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
 	for attempt := range etcdAttempts {
 		t := e.begin(true)
 		err := fn(t)
