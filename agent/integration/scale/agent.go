@@ -114,6 +114,7 @@ type Agent struct {
 	sessions    atomic.Int64 // streams established (welcome received)
 	failures    atomic.Int64 // streams that failed or ended, and failed attempts
 	heartbeats  atomic.Int64
+	interval    atomic.Int64 // the heartbeat interval in use, nanoseconds
 	jobs        atomic.Int64 // jobs received
 	jobUpdates  atomic.Int64 // job updates sent
 	lastWelcome atomic.Int64 // unix nanoseconds
@@ -140,6 +141,10 @@ func (a *Agent) Failures() int64 { return a.failures.Load() }
 // updates it sent about them.
 func (a *Agent) Jobs() int64       { return a.jobs.Load() }
 func (a *Agent) JobUpdates() int64 { return a.jobUpdates.Load() }
+
+// Interval is the heartbeat interval the agent uses now (0 before its
+// first welcome).
+func (a *Agent) Interval() time.Duration { return time.Duration(a.interval.Load()) }
 
 // Heartbeats is how many heartbeats the agent has sent.
 func (a *Agent) Heartbeats() int64 { return a.heartbeats.Load() }
@@ -285,6 +290,7 @@ func (a *Agent) session(ctx context.Context, conn *grpc.ClientConn) error {
 	for _, f := range disarm {
 		f()
 	}
+	a.interval.Store(int64(interval))
 	a.lastWelcome.Store(time.Now().UnixNano())
 	a.sessions.Add(1)
 
@@ -339,6 +345,7 @@ func (a *Agent) session(ctx context.Context, conn *grpc.ClientConn) error {
 		case d := <-settings:
 			// The real agent's rule: the new interval from the next beat on.
 			interval = d
+			a.interval.Store(int64(interval))
 			timer.Reset(backoff.Jitter(a.rng, interval, 0.1))
 		case job := <-jobs:
 			if err := a.runJob(stream, job); err != nil {
