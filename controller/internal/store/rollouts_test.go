@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
@@ -187,6 +188,7 @@ func TestRolloutSaveAfterAnotherControllers(t *testing.T) {
 // its nodes had reported their steps the record was larger than etcd's
 // request limit. Chunked, every node finishes and each save stays small.
 func TestRolloutOf5000NodesOnEtcd(t *testing.T) {
+	t.Parallel() // the package's longest: it overlaps the others
 	s := openBackend(t, "etcd")
 	const n = 5000
 	r := testRollout("ro-big", n)
@@ -215,6 +217,11 @@ func TestRolloutOf5000NodesOnEtcd(t *testing.T) {
 	t.Logf("rollout of %d finished nodes: %d bytes as one record; chunks of %d nodes, the largest %d bytes", n, len(whole), chunkSize(n), largest)
 	if len(whole) <= 1572864 {
 		t.Errorf("the finished rollout is %d bytes as one record; this test wants one above etcd's 1.5 MiB request limit", len(whole))
+	}
+	// Format 2 wrote it as one record: etcd refuses that save.
+	err = s.kv.Update(func(tx kvTx) error { return tx.Bucket(bucketRollouts).Put([]byte("ro-whole"), whole) })
+	if err == nil || !strings.Contains(err.Error(), "refused a request as too large") {
+		t.Errorf("saving the rollout as one record of %d bytes: %v; want etcd to refuse it as too large", len(whole), err)
 	}
 	if largest > 64<<10 {
 		t.Errorf("the largest chunk is %d bytes, want at most 64 KiB", largest)
