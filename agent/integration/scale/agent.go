@@ -55,13 +55,21 @@ const ResetWait = 10 * time.Second
 
 // AgentConfig is what every simulated agent shares.
 type AgentConfig struct {
-	Controller        string         // host:port
+	Controller string // host:port
+	// Controllers, when set, replaces Controller: several controllers'
+	// addresses. Agent i starts on Controllers[i mod len] (so a fleet is
+	// spread evenly) and moves to the next address after a failed attempt
+	// or a lost stream, as the real agent does with --controller a,b,c.
+	Controllers       []string
 	CA                *x509.CertPool // the Ferry CA
 	HeartbeatInterval time.Duration  // used until the welcome names one (default 5s)
 	BackoffBase       time.Duration  // default 500ms, as the real agent
 	BackoffMax        time.Duration  // default 30s, as the real agent
 	Facts             *ferryv1.Facts // template; the hostname is set to the node ID
 	Reconnect         Reconnect      // default ReconnectAgent
+	// JobSteps is how many step results a simulated install reports (a
+	// real package's archive, env, sudoers and check steps: default 4).
+	JobSteps int
 }
 
 func (c *AgentConfig) defaults() {
@@ -77,6 +85,12 @@ func (c *AgentConfig) defaults() {
 	if c.Reconnect == "" {
 		c.Reconnect = ReconnectAgent
 	}
+	if len(c.Controllers) == 0 && c.Controller != "" {
+		c.Controllers = []string{c.Controller}
+	}
+	if c.JobSteps <= 0 {
+		c.JobSteps = 4
+	}
 	if c.Facts == nil {
 		c.Facts = &ferryv1.Facts{Os: "linux", Arch: "amd64"}
 	}
@@ -84,10 +98,14 @@ func (c *AgentConfig) defaults() {
 
 // Agent is one simulated agent: its own certificate and TLS connection,
 // the real agent's stream protocol (hello, welcome, heartbeats) and its
-// reconnect loop. It runs no jobs and does not gossip.
+// reconnect loop. It does not gossip. A job it is sent it answers as an
+// install that succeeds at once (accepted, installing, succeeded with
+// JobSteps step results), without touching the disk; a JobCancel it
+// ignores.
 type Agent struct {
 	ID    string
 	cfg   *AgentConfig
+	first int // index of the controller address it starts on
 	cert  *tls.Certificate
 	facts *ferryv1.Facts
 	rng   *rand.Rand // used by the agent's own goroutine only
@@ -96,6 +114,9 @@ type Agent struct {
 	sessions    atomic.Int64 // streams established (welcome received)
 	failures    atomic.Int64 // streams that failed or ended, and failed attempts
 	heartbeats  atomic.Int64
+	interval    atomic.Int64 // the heartbeat interval in use, nanoseconds
+	jobs        atomic.Int64 // jobs received
+	jobUpdates  atomic.Int64 // job updates sent
 	lastWelcome atomic.Int64 // unix nanoseconds
 	lastAttempt atomic.Int64 // unix nanoseconds: the latest session's start
 	lastStream  atomic.Int64 // unix nanoseconds: the latest Connect call's return
@@ -115,6 +136,15 @@ func (a *Agent) Sessions() int64 { return a.sessions.Load() }
 
 // Failures counts streams that ended and connection attempts that failed.
 func (a *Agent) Failures() int64 { return a.failures.Load() }
+
+// Jobs is how many jobs the agent has been sent; JobUpdates how many
+// updates it sent about them.
+func (a *Agent) Jobs() int64       { return a.jobs.Load() }
+func (a *Agent) JobUpdates() int64 { return a.jobUpdates.Load() }
+
+// Interval is the heartbeat interval the agent uses now (0 before its
+// first welcome).
+func (a *Agent) Interval() time.Duration { return time.Duration(a.interval.Load()) }
 
 // Heartbeats is how many heartbeats the agent has sent.
 func (a *Agent) Heartbeats() int64 { return a.heartbeats.Load() }
@@ -157,11 +187,23 @@ func (a *Agent) Run(ctx context.Context) error {
 			MinConnectTimeout: 20 * time.Second,
 		}))
 	}
-	conn, err := grpc.NewClient(a.cfg.Controller, opts...)
-	if err != nil {
-		return fmt.Errorf("agent %s: dial %s: %w", a.ID, a.cfg.Controller, err)
+	addrs := a.cfg.Controllers
+	if len(addrs) == 0 {
+		return fmt.Errorf("agent %s: no controller address", a.ID)
 	}
-	defer conn.Close()
+	cur := a.first % len(addrs)
+	dial := func() (*grpc.ClientConn, error) {
+		conn, err := grpc.NewClient(addrs[cur], opts...)
+		if err != nil {
+			return nil, fmt.Errorf("agent %s: dial %s: %w", a.ID, addrs[cur], err)
+		}
+		return conn, nil
+	}
+	conn, err := dial()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = conn.Close() }()
 	attempt := 0
 	for {
 		welcomesBefore := a.sessions.Load()
@@ -173,6 +215,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			msg := err.Error()
 			a.lastErr.Store(&msg)
+		}
+		if len(addrs) > 1 { // the next controller, as the real agent moves on
+			_ = conn.Close()
+			cur = (cur + 1) % len(addrs)
+			if conn, err = dial(); err != nil {
+				return err
+			}
 		}
 		// The real agent's rule: a welcomed session that stayed up for
 		// backoff.MinSession resets the counter.
@@ -234,18 +283,38 @@ func (a *Agent) session(ctx context.Context, conn *grpc.ClientConn) error {
 	if d := welcome.GetHeartbeatInterval().AsDuration(); d > 0 {
 		interval = d
 	}
+	// Only this goroutine sends on the stream; what the controller sends
+	// comes over these from the receiving one.
+	jobs := make(chan *ferryv1.Job, 4)
+	settings := make(chan time.Duration, 1)
 	for _, f := range disarm {
 		f()
 	}
+	a.interval.Store(int64(interval))
 	a.lastWelcome.Store(time.Now().UnixNano())
 	a.sessions.Add(1)
 
 	recvErr := make(chan error, 1)
 	go func() {
 		for {
-			if _, err := stream.Recv(); err != nil {
+			msg, err := stream.Recv()
+			if err != nil {
 				recvErr <- err
 				return
+			}
+			switch {
+			case msg.GetJob() != nil:
+				select {
+				case jobs <- msg.GetJob():
+				case <-sctx.Done():
+					return
+				}
+			case msg.GetSettings().GetHeartbeatInterval().AsDuration() > 0:
+				select {
+				case <-settings:
+				default:
+				}
+				settings <- msg.GetSettings().GetHeartbeatInterval().AsDuration()
 			}
 		}
 	}()
@@ -273,8 +342,43 @@ func (a *Agent) session(ctx context.Context, conn *grpc.ClientConn) error {
 				return err
 			}
 			timer.Reset(backoff.Jitter(a.rng, interval, 0.1))
+		case d := <-settings:
+			// The real agent's rule: the new interval from the next beat on.
+			interval = d
+			a.interval.Store(int64(interval))
+			timer.Reset(backoff.Jitter(a.rng, interval, 0.1))
+		case job := <-jobs:
+			if err := a.runJob(stream, job); err != nil {
+				return err
+			}
 		}
 	}
+}
+
+// runJob answers a job as an install that succeeds: accepted,
+// installing, then succeeded with the step results a real package's
+// steps report (each a few dozen bytes of name and detail).
+func (a *Agent) runJob(stream grpc.BidiStreamingClient[ferryv1.ConnectRequest, ferryv1.ConnectResponse], job *ferryv1.Job) error {
+	a.jobs.Add(1)
+	send := func(u *ferryv1.JobUpdate) error {
+		u.JobId, u.RolloutId, u.At = job.GetId(), job.GetRolloutId(), timestamppb.Now()
+		a.jobUpdates.Add(1)
+		return stream.Send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_JobUpdate{JobUpdate: u}})
+	}
+	if err := send(&ferryv1.JobUpdate{Phase: ferryv1.JobPhase_JOB_PHASE_ACCEPTED}); err != nil {
+		return err
+	}
+	if err := send(&ferryv1.JobUpdate{Phase: ferryv1.JobPhase_JOB_PHASE_INSTALLING}); err != nil {
+		return err
+	}
+	steps := make([]*ferryv1.StepResult, a.cfg.JobSteps)
+	kinds := []string{"archive", "env", "sudoers", "check"}
+	for i := range steps {
+		k := kinds[i%len(kinds)]
+		steps[i] = &ferryv1.StepResult{Index: uint32(i), Kind: k, Name: fmt.Sprintf("%s -> /opt/%s/step-%d", k, job.GetPackage().GetName(), i), Changed: true,
+			Detail: fmt.Sprintf("installed %s %s", job.GetPackage().GetName(), job.GetPackage().GetVersion())}
+	}
+	return send(&ferryv1.JobUpdate{Phase: ferryv1.JobPhase_JOB_PHASE_SUCCEEDED, Steps: steps, Message: "installed " + job.GetPackage().GetVersion()})
 }
 
 // heartbeat sends what the real agent sends: sequence, time, version,

@@ -100,13 +100,14 @@ func NewFleet(cfg AgentConfig, ids []string, certs []*tls.Certificate) (*Fleet, 
 	if len(ids) != len(certs) {
 		return nil, fmt.Errorf("fleet: %d node IDs but %d certificates", len(ids), len(certs))
 	}
-	if cfg.Controller == "" || cfg.CA == nil {
+	if (cfg.Controller == "" && len(cfg.Controllers) == 0) || cfg.CA == nil {
 		return nil, errors.New("fleet: AgentConfig needs the controller address and the CA")
 	}
 	cfg.defaults()
 	f := &Fleet{byID: make(map[string]*Agent, len(ids))}
 	for i, id := range ids {
 		a := NewAgent(&cfg, id, certs[i], uint64(i)+1)
+		a.first = i
 		f.Agents = append(f.Agents, a)
 		f.byID[id] = a
 	}
@@ -159,6 +160,15 @@ func (f *Fleet) ConnectedSince(t time.Time) int {
 		}
 	}
 	return n
+}
+
+// JobTotals sums the jobs the agents were sent and the updates they sent.
+func (f *Fleet) JobTotals() (jobs, updates int64) {
+	for _, a := range f.Agents {
+		jobs += a.Jobs()
+		updates += a.JobUpdates()
+	}
+	return jobs, updates
 }
 
 // Totals sums the agents' counters.

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+
 	"github.com/ferrydeploy/ferry/controller/controller"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 )
@@ -141,4 +143,86 @@ func waitNodes(t *testing.T, ctx context.Context, nodes ferryv1.NodeServiceClien
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("waiting for %s: %v", what, last)
+}
+
+// Simulated agents answer a rollout's jobs (every node succeeds with the
+// step results they report) and follow a new heartbeat interval the
+// controller sends, over a list of controller addresses.
+func TestSimulatedFleetRunsJobs(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+	ctl, _ := runController(t, filepath.Join(dir, "controller"), "127.0.0.1:0")
+	addr := ctl.GRPCAddr()
+	admin, err := DialAdmin(ctl.AdminCredentialPath(), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	tok, err := ferryv1.NewTokenServiceClient(admin).CreateToken(ctx, &ferryv1.CreateTokenRequest{Group: "sim", MaxUses: 3})
+	if err != nil {
+		t.Fatalf("create token: %v", err)
+	}
+	ids := []string{"sim-0", "sim-1", "sim-2"}
+	enrolled, err := Enroll(ctx, Enrollment{Controller: addr, Token: tok.GetSecret(), CAPin: tok.GetCaPin(), Dir: filepath.Join(dir, "nodes"), Parallel: 2}, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleet, err := NewFleet(AgentConfig{Controllers: []string{addr, addr}, CA: enrolled.CA, BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond, JobSteps: 3}, ids, enrolled.Certs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleet.Start(ctx, 50*time.Millisecond)
+	defer fleet.Stop()
+	if _, err := fleet.WaitConnected(ctx, time.Time{}, 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ferryv1.NewPackageServiceClient(admin).ApplyPackage(ctx, &ferryv1.ApplyPackageRequest{Filename: "sim.yaml", Yaml: `name: sim
+version: 1.0.0
+steps:
+  - file: {path: /etc/sim.conf, content: "sim\n"}
+`}); err != nil {
+		t.Fatalf("apply package: %v", err)
+	}
+	canary, parallel, healthy := uint32(0), "100%", durationpb.New(0)
+	created, err := ferryv1.NewRolloutServiceClient(admin).CreateRollout(ctx, &ferryv1.CreateRolloutRequest{PackageName: "sim", PackageVersion: "1.0.0",
+		Target: &ferryv1.Target{Group: "sim"}, Strategy: &ferryv1.Strategy{Canary: &canary, MaxParallel: parallel, HealthyFor: healthy}})
+	if err != nil {
+		t.Fatalf("create rollout: %v", err)
+	}
+	var r *ferryv1.Rollout
+	for ctx.Err() == nil {
+		resp, err := ferryv1.NewRolloutServiceClient(admin).GetRollout(ctx, &ferryv1.GetRolloutRequest{Id: created.GetRollout().GetId()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r = resp.GetRollout(); r.GetState() != ferryv1.RolloutState_ROLLOUT_STATE_RUNNING {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if r.GetState() != ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+		t.Fatalf("rollout ended %v: %s", r.GetState(), r.GetMessage())
+	}
+	for _, nj := range r.GetNodes() {
+		if len(nj.GetSteps()) != 3 || nj.GetOutcome() != ferryv1.NodeOutcome_NODE_OUTCOME_SUCCEEDED {
+			t.Errorf("node %s: outcome %v with %d steps, want succeeded with the 3 the simulator reports", nj.GetNodeId(), nj.GetOutcome(), len(nj.GetSteps()))
+		}
+	}
+	if jobs, updates := fleet.JobTotals(); jobs != 3 || updates != 9 {
+		t.Errorf("the agents got %d jobs and sent %d updates, want 3 and 9", jobs, updates)
+	}
+
+	// A new interval reaches the connected agents.
+	if told := ctl.SetHeartbeatInterval(time.Second); told != 3 {
+		t.Errorf("the new interval was sent to %d agents, want 3", told)
+	}
+	for _, a := range fleet.Agents {
+		for a.Interval() != time.Second && ctx.Err() == nil {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if a.Interval() != time.Second {
+			t.Errorf("%s heartbeats every %v, want the 1s the controller sent", a.ID, a.Interval())
+		}
+	}
 }

@@ -39,8 +39,17 @@ func OpenEtcd(cli *clientv3.Client, prefix string) (*Store, error) {
 		case len(data) != 8:
 			return &openError{ErrDamaged, fmt.Sprintf("%s: its record format marker has %d bytes, want 8", where, len(data))}
 		}
-		if v := binary.BigEndian.Uint64(data); v > schemaCurrent {
+		v := binary.BigEndian.Uint64(data)
+		if v > schemaCurrent {
 			return &openError{ErrDamaged, fmt.Sprintf("%s was written by a newer ferry-controller (record format %d; this one reads up to %d): run that version", where, v, schemaCurrent)}
+		}
+		if v < schemaCurrent {
+			// Format 2's rollout records (nodes inside) are read as they
+			// are and split at their next save (rollouts.go); the marker
+			// makes older controllers refuse the store from now on.
+			var cur [8]byte
+			binary.BigEndian.PutUint64(cur[:], schemaCurrent)
+			return meta.Put(schemaKey, cur[:])
 		}
 		return nil
 	})

@@ -220,3 +220,59 @@ func TestEtcdFollowHearsOtherControllersWrites(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 }
+
+// Batch calls made at once share transactions; one call that fails gets
+// its own error and the others' writes are all stored.
+func TestEtcdBatchSharesTransactionsAndKeepsErrorsApart(t *testing.T) {
+	s := openBackend(t, "etcd")
+	e := s.kv.(*etcdKV)
+	rev := func() int64 {
+		resp, err := e.cli.Get(context.Background(), e.prefix+"/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Header.Revision
+	}
+	before := rev()
+	const n = 100
+	errs := make(chan error, n)
+	refused := errors.New("refused")
+	for i := range n {
+		go func() {
+			errs <- e.Batch(func(tx kvTx) error {
+				if i == 42 {
+					return refused
+				}
+				return tx.Bucket(bucketMeta).Put([]byte(fmt.Sprintf("batch-%03d", i)), []byte("x"))
+			})
+		}()
+	}
+	failed := 0
+	for range n {
+		if err := <-errs; err != nil {
+			if !errors.Is(err, refused) {
+				t.Fatalf("batch call: %v", err)
+			}
+			failed++
+		}
+	}
+	if failed != 1 {
+		t.Fatalf("%d calls failed, want 1", failed)
+	}
+	stored := 0
+	err := s.kv.View(func(tx kvTx) error {
+		stored = 0
+		return tx.Bucket(bucketMeta).Scan([]byte("batch-"), func(k, _ []byte) (bool, error) {
+			if strings.HasPrefix(string(k), "batch-") {
+				stored++
+			}
+			return true, nil
+		})
+	})
+	if err != nil || stored != n-1 {
+		t.Fatalf("%d records stored (%v), want %d", stored, err, n-1)
+	}
+	if txns := rev() - before; txns >= n-1 {
+		t.Errorf("%d write transactions for %d batch calls; want them shared", txns, n-1)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -43,7 +44,37 @@ type etcdKV struct {
 	prefix    string
 	endpoints []string
 	timeout   time.Duration
+	// wmu queues this process's raced write transactions: a transaction
+	// runs first without it, and after a conflict it runs again only in
+	// turn with this process's other raced ones. Transactions of one
+	// controller that write the same keys (every enrollment bumps its
+	// token's uses and the audit sequence) would otherwise race each
+	// other until they give up (64 enrollments at once exhausted
+	// etcdAttempts), while those that touch different keys (a node's
+	// connection) still run side by side. Races with other controllers
+	// stay optimistic.
+	wmu sync.Mutex
+
+	// Batch gathers calls for up to batchDelay or batchMax calls and runs
+	// them as one transaction (batch.go's rules are bbolt's).
+	bmu     sync.Mutex
+	pending []batchCall
+	btimer  *time.Timer
 }
+
+// batchCall is one Batch call waiting for its batch.
+type batchCall struct {
+	fn  func(kvTx) error
+	err chan error
+}
+
+const (
+	// batchDelay and batchMax bound a batch: bbolt's delay; few enough
+	// calls that their reads and writes stay within one transaction's
+	// compares and operations.
+	batchDelay = 10 * time.Millisecond
+	batchMax   = 32
+)
 
 const (
 	// etcdAttempts bounds how often a raced transaction is run again.
@@ -79,9 +110,71 @@ func (e *etcdKV) View(fn func(kvTx) error) error {
 	return e.exhausted()
 }
 
-func (e *etcdKV) Batch(fn func(kvTx) error) error { return e.Update(fn) }
+// Batch runs fn in a transaction shared with other Batch calls made at
+// about the same time (a reconnect storm's thousands of connection
+// records become a few hundred transactions). As with bbolt's Batch, if
+// one call's fn fails the batch is discarded and each call runs on its
+// own, so fn may run more than once and one call's error is its own.
+func (e *etcdKV) Batch(fn func(kvTx) error) error {
+	errc := make(chan error, 1)
+	e.bmu.Lock()
+	e.pending = append(e.pending, batchCall{fn, errc})
+	switch {
+	case len(e.pending) >= batchMax:
+		calls := e.pending
+		e.pending = nil
+		if e.btimer != nil {
+			e.btimer.Stop()
+			e.btimer = nil
+		}
+		go e.runBatch(calls)
+	case e.btimer == nil:
+		e.btimer = time.AfterFunc(batchDelay, e.flushBatch)
+	}
+	e.bmu.Unlock()
+	return <-errc
+}
+
+func (e *etcdKV) flushBatch() {
+	e.bmu.Lock()
+	calls := e.pending
+	e.pending, e.btimer = nil, nil
+	e.bmu.Unlock()
+	if len(calls) > 0 {
+		e.runBatch(calls)
+	}
+}
+
+// errBatchCall says one call of a batch failed: the calls run alone.
+var errBatchCall = errors.New("a call of the batch failed")
+
+func (e *etcdKV) runBatch(calls []batchCall) {
+	err := e.Update(func(tx kvTx) error {
+		for _, c := range calls {
+			if err := c.fn(tx); err != nil {
+				return errBatchCall
+			}
+		}
+		return nil
+	})
+	if err == nil || len(calls) == 1 && !errors.Is(err, errBatchCall) {
+		for _, c := range calls {
+			c.err <- err
+		}
+		return
+	}
+	for _, c := range calls {
+		c.err <- e.Update(c.fn)
+	}
+}
 
 func (e *etcdKV) Update(fn func(kvTx) error) error {
+	locked := false
+	defer func() {
+		if locked {
+			e.wmu.Unlock()
+		}
+	}()
 	for attempt := range etcdAttempts {
 		t := e.begin(true)
 		err := fn(t)
@@ -93,6 +186,13 @@ func (e *etcdKV) Update(fn func(kvTx) error) error {
 		}
 		if !errors.Is(err, errEtcdConflict) {
 			return err
+		}
+		if !locked {
+			// Raced: again at once, in turn with this process's other
+			// raced transactions.
+			e.wmu.Lock()
+			locked = true
+			continue
 		}
 		// Another controller won the race; back off a little, with jitter,
 		// so two that keep racing part.

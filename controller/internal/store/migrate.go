@@ -23,8 +23,11 @@ const (
 	schemaJSON = 1
 	// schema 2: every record a protobuf message (records.go).
 	schemaProto = 2
+	// schema 3: a rollout's node records in chunks beside its header
+	// (rollouts.go), not inside it.
+	schemaSplitRollouts = 3
 
-	schemaCurrent = schemaProto
+	schemaCurrent = schemaSplitRollouts
 )
 
 // format checks that the store at path is a Ferry store this version
@@ -71,6 +74,11 @@ func prepare(tx *bolt.Tx, path string) error {
 	if v == schemaJSON {
 		if err := fromJSON(tx); err != nil {
 			return damaged(path, "converting its records to protobuf failed: %v", err)
+		}
+	}
+	if v < schemaSplitRollouts {
+		if err := splitRecords(boltBucket{tx.Bucket(bucketRollouts)}, boltBucket{tx.Bucket(bucketRolloutNodes)}); err != nil {
+			return damaged(path, "splitting its rollout records failed: %v", err)
 		}
 	}
 	return setSchema(tx.Bucket(bucketMeta), schemaCurrent)

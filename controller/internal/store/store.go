@@ -33,11 +33,14 @@ type Store struct {
 	db *bolt.DB
 	// auditFault is the error FailAuditWrites set; nil normally.
 	auditFault atomic.Pointer[error]
+	// rollouts is what this process last wrote of each rollout
+	// (rollouts.go).
+	rollouts rolloutCache
 }
 
 var allBuckets = [][]byte{
 	bucketNodes, bucketTokens, bucketRevokedAdmins, bucketAudit, bucketMeta,
-	bucketJobLogs, bucketJobLines, bucketArtifacts, bucketPackages, bucketRollouts, bucketGroups, bucketMirrors,
+	bucketJobLogs, bucketJobLines, bucketArtifacts, bucketPackages, bucketRollouts, bucketGroups, bucketMirrors, bucketRolloutNodes,
 }
 
 // Options say what Open may do besides opening an existing store.
