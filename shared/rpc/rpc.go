@@ -36,6 +36,7 @@ import (
 const (
 	enrollmentPrefix = "/ferry.v1.EnrollmentService/"
 	agentPrefix      = "/ferry.v1.AgentService/"
+	clusterPrefix    = "/ferry.v1.ClusterService/"
 )
 
 // Access is what a method requires.
@@ -47,16 +48,20 @@ type Access struct {
 // Policy maps a full method name to its access rule.
 type Policy func(fullMethod string) Access
 
-// DefaultPolicy: enrollment is public, the agent service is for agents, and
+// DefaultPolicy: enrollment is public, the agent service is for agents, the
+// cluster service (controller to controller) for controllers, and
 // everything else is for admins. Least privilege: an agent certificate can
 // call nothing but its own service, an admin certificate nothing of the
-// agent's.
+// agent's or the controllers', and a controller certificate nothing but the
+// cluster service.
 func DefaultPolicy(fullMethod string) Access {
 	switch {
 	case strings.HasPrefix(fullMethod, enrollmentPrefix):
 		return Access{Public: true}
 	case strings.HasPrefix(fullMethod, agentPrefix):
 		return Access{Roles: []pki.Role{pki.RoleAgent}}
+	case strings.HasPrefix(fullMethod, clusterPrefix):
+		return Access{Roles: []pki.Role{pki.RoleController}}
 	default:
 		return Access{Roles: []pki.Role{pki.RoleAdmin}}
 	}

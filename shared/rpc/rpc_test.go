@@ -17,6 +17,8 @@ func TestDefaultPolicy(t *testing.T) {
 		{"/ferry.v1.AgentService/DownloadArtifact", false, []pki.Role{pki.RoleAgent}},
 		{"/ferry.v1.TokenService/CreateToken", false, []pki.Role{pki.RoleAdmin}},
 		{"/ferry.v1.RolloutService/CreateRollout", false, []pki.Role{pki.RoleAdmin}},
+		// Controller to controller only.
+		{"/ferry.v1.ClusterService/Relay", false, []pki.Role{pki.RoleController}},
 		// Unknown services default to admin-only, never public.
 		{"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", false, []pki.Role{pki.RoleAdmin}},
 		{"/ferry.v1.EnrollmentServiceX/Enroll", false, []pki.Role{pki.RoleAdmin}},
