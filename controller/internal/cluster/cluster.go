@@ -159,7 +159,7 @@ func (c *Cluster) Join(ctx context.Context) error {
 
 func (c *Cluster) register(ctx context.Context, wait time.Duration) (*concurrency.Session, error) {
 	ttl := int((c.cfg.TTL + time.Second - 1) / time.Second)
-	sess, err := concurrency.NewSession(c.cfg.Client, concurrency.WithTTL(ttl), concurrency.WithContext(ctx))
+	sess, err := concurrency.NewSession(c.cfg.Client, concurrency.WithTTL(ttl), concurrency.WithContext(context.WithoutCancel(ctx)))
 	if err != nil {
 		return nil, fmt.Errorf("controller %s: open an etcd lease: %w", c.cfg.ID, err)
 	}
