@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/ferrydeploy/ferry/controller/internal/artifact"
+	"github.com/ferrydeploy/ferry/controller/internal/cluster"
 	"github.com/ferrydeploy/ferry/controller/internal/credential"
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
 	"github.com/ferrydeploy/ferry/controller/internal/gossipkey"
@@ -63,8 +64,12 @@ type Config struct {
 	Store             StoreConfig   // bbolt in the data dir, or etcd (store.go)
 	Logs              LogLimits     // job output kept (joblogs.go)
 	ImportDirs        []string      // directories `artifact import` may read files below (none: path imports refused)
-	Logger            *slog.Logger
-	Now               func() time.Time
+	ControllerID      string        // with --store etcd: this controller's ID among those sharing the store (default: the host name)
+	ClusterTTL        time.Duration // with --store etcd: lease of membership and leadership (default cluster.DefaultTTL)
+	// peerFilter (tests) hides controllers from the replicator.
+	peerFilter func(replica.Peer) bool
+	Logger     *slog.Logger
+	Now        func() time.Time
 }
 
 func (c *Config) setDefaults() error {
@@ -133,6 +138,9 @@ type Controller struct {
 	// before it expires (serving.go).
 	serving    atomic.Pointer[tls.Certificate]
 	renewEvery time.Duration // how often Run checks whether it is due
+	// clusterState is set on etcd: membership, leadership, relay
+	// (cluster.go).
+	clusterState atomic.Pointer[clustered]
 }
 
 // New prepares the data dir, opens the store and binds the listeners.
@@ -158,6 +166,11 @@ func New(cfg Config) (*Controller, error) {
 	if err != nil {
 		_ = c.dirLock.Release() // the store's error is the one to report
 		return nil, err
+	}
+	if c.etcd != nil {
+		// Cut off from etcd, writes fail at once with a clear message
+		// rather than after etcd's timeouts (cluster.CutOffError).
+		c.store = c.store.Fenced(func() ([]clientv3.Cmp, error) { return nil, c.gate() })
 	}
 	ok := false
 	defer func() {
@@ -239,7 +252,7 @@ func New(cfg Config) (*Controller, error) {
 		clientTLS := rpc.ClientTLS(func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return c.serving.Load(), nil }, ca.Pool())
 		c.replicas = replica.New(replica.Config{
 			Store: c.artifacts, TLS: clientTLS, Logger: c.log.With("component", "replica"),
-			Peers: replica.NewMembers(c.etcd, cfg.Store.Etcd.KeyPrefix(), replica.Peer{ID: c.advertise, Addr: c.advertise}, c.log.With("component", "replica")),
+			Peers: clusterPeers{c: c},
 		})
 		c.artifacts.SetFetcher(c.replicas)
 	}
@@ -251,22 +264,39 @@ func New(cfg Config) (*Controller, error) {
 	if c.packages, err = packages.New(c.store, c.artifacts, cfg.Now); err != nil {
 		return nil, err
 	}
+	engineStore := c.store
+	var leading func() error
+	if c.etcd != nil {
+		if err := c.newCluster(); err != nil {
+			return nil, err
+		}
+		// The engine's writes hold only while this controller leads.
+		engineStore, leading = c.store.Fenced(c.leaderFence), c.engineLeading
+	}
 	c.engine, err = rollout.New(rollout.Config{
-		Store: c.store, Dispatcher: dispatcher{fleet: c.fleet, store: c.store, artifacts: c.artifacts, log: c.log.With("component", "rollout")}, Fleet: c.fleet, Packages: c.packages,
-		Auditor: c.store, Logger: c.log.With("component", "rollout"),
-		Groups: c.store, // desired state per group and catch-up
+		Store: engineStore, Dispatcher: dispatcher{fleet: c.fleet, store: c.store, artifacts: c.artifacts, log: c.log.With("component", "rollout"), leading: leading}, Fleet: c.fleet, Packages: c.packages,
+		Auditor: engineStore, Logger: c.log.With("component", "rollout"),
+		Groups:  engineStore, // desired state per group and catch-up
+		Leading: leading,
 	})
 	if err != nil {
 		return nil, err
 	}
 	c.reg.MustRegister(rolloutCollector{engine: c.engine})
 	c.downloads = artifact.NewDownloader(artifact.DownloaderConfig{Store: c.artifacts, MaxConcurrent: cfg.MaxDownloads, MaxPerNode: cfg.MaxNodeDownloads, StallTimeout: cfg.DownloadStall, BytesServed: m.ArtifactBytesServed, Logger: c.log.With("component", "artifact")})
+	js := jobSink{engine: c.engine, store: c.store, metrics: m, log: c.log, now: cfg.Now, logs: cfg.Logs, logRate: newLogRate(cfg.Now)}
+	var jobs server.JobSink = js
+	var events server.AgentEvents
+	if cc := c.clusterState.Load(); cc != nil {
+		jobs, events = clusterJobs{local: js, cc: cc}, clusterEvents{cc: cc}
+		ferryv1.RegisterClusterServiceServer(c.grpc, cluster.NewService(cc.cl, leaderSink{fleet: c.fleet, jobs: js}))
+	}
 	deps := &server.Deps{
 		Store: c.store, Fleet: c.fleet, CA: ca, Logger: c.log, Now: cfg.Now,
 		Gossip: c.gossipKeys(), GossipLabel: gossipLabel(ca),
 		AgentCertTTL: cfg.AgentCertTTL, AdminCertTTL: cfg.AdminCertTTL,
 		AdvertiseAddress: c.advertise, Observer: m, Admins: admins, GossipSeeds: c.gossipSeeds, OnHello: c.rejoin,
-		Jobs:      jobSink{engine: c.engine, store: c.store, metrics: m, log: c.log, now: cfg.Now, logs: cfg.Logs, logRate: newLogRate(cfg.Now)},
+		Jobs:      jobs,
 		Artifacts: c.artifacts,
 		Downloads: c.downloads,
 		Importer:  imports,
@@ -276,6 +306,7 @@ func New(cfg Config) (*Controller, error) {
 		Groups:    c.engine,
 
 		JobArtifacts: c.engine, // downloads follow the jobs the engine sent
+		Events:       events,
 	}
 	server.Register(c.grpc, deps)
 	// c.grpc serves only peers with a client certificate; the others reach

@@ -25,6 +25,9 @@ type dispatcher struct {
 	store     *store.Store
 	artifacts *artifact.Store
 	log       *slog.Logger
+	// leading, when set, refuses sends while this controller does not
+	// lead: no job goes out from a deposed leader's memory.
+	leading func() error
 }
 
 // Dispatch sends a job, naming the artifact's URL on the mirror of the
@@ -32,6 +35,11 @@ type dispatcher struct {
 // the artifact has one and the node's agent advertised zstd (an older
 // agent gets the original only).
 func (d dispatcher) Dispatch(nodeID string, job *ferryv1.Job) error {
+	if d.leading != nil {
+		if err := d.leading(); err != nil {
+			return err
+		}
+	}
 	orig := job
 	edit := func() *ferryv1.Job {
 		if job == orig {

@@ -8,9 +8,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -20,30 +22,33 @@ import (
 	"github.com/ferrydeploy/ferry/controller/etcdtest"
 	"github.com/ferrydeploy/ferry/controller/internal/artifact"
 	"github.com/ferrydeploy/ferry/controller/internal/replica"
-	"github.com/ferrydeploy/ferry/controller/internal/replica/replicatest"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
 
-// cluster is controllers sharing one etcd prefix and one CA, as a second
+// replicaSet is controllers sharing one etcd prefix and one CA, as a second
 // controller joins the first: its data dir gets the first's ca.crt and
 // ca.key.
-type cluster struct {
+type replicaSet struct {
 	t      *testing.T
 	eps    []string
 	prefix string
 	caDir  string
 	mod    func(*Config) // when set, adjusts each controller's config
+
+	mu     sync.Mutex
+	n      int             // controllers started
+	hidden map[string]bool // IDs the replicators do not see
 }
 
-func newCluster(t *testing.T) *cluster {
+func newCluster(t *testing.T) *replicaSet {
 	eps, prefix := etcdtest.Shared(t)
-	return &cluster{t: t, eps: eps, prefix: prefix}
+	return &replicaSet{t: t, eps: eps, prefix: prefix, hidden: map[string]bool{}}
 }
 
-// start runs one more controller on the cluster's store; announce writes
-// its member key, so the others copy artifacts to it.
-func (cl *cluster) start(announce bool) (c *Controller, dir string, stop func()) {
+// start runs one more controller on the cluster's store; unless announce,
+// the others' replicators do not see it, so they copy nothing to it.
+func (cl *replicaSet) start(announce bool) (c *Controller, dir string, stop func()) {
 	t := cl.t
 	dir = t.TempDir()
 	if cl.caDir != "" {
@@ -64,6 +69,18 @@ func (cl *cluster) start(announce bool) (c *Controller, dir string, stop func())
 	// The first controller may not have written a record yet: a joiner
 	// with the CA beside an empty prefix would be refused as a lost store.
 	cfg.AllowNewStore = cl.caDir != ""
+	cl.mu.Lock()
+	cl.n++
+	cfg.ControllerID = fmt.Sprintf("c%d", cl.n)
+	if !announce {
+		cl.hidden[cfg.ControllerID] = true
+	}
+	cl.mu.Unlock()
+	cfg.peerFilter = func(p replica.Peer) bool {
+		cl.mu.Lock()
+		defer cl.mu.Unlock()
+		return !cl.hidden[p.ID]
+	}
 	if cl.mod != nil {
 		cl.mod(&cfg)
 	}
@@ -80,16 +97,7 @@ func (cl *cluster) start(announce bool) (c *Controller, dir string, stop func())
 			}
 		}
 	}
-	if announce {
-		cl.announce(c)
-	}
 	return c, dir, stop
-}
-
-// announce writes c's member key, as controller membership does; the
-// returned function removes it (c went down).
-func (cl *cluster) announce(c *Controller) (remove func()) {
-	return replicatest.PutMember(cl.t, etcdtest.Client(cl.t, cl.eps), c.cfg.Store.Etcd.KeyPrefix(), replica.Peer{ID: c.AdvertiseAddress(), Addr: c.AdvertiseAddress()})
 }
 
 // pushTo pushes data as name@version and returns the controller's answer.

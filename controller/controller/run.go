@@ -86,8 +86,20 @@ func (c *Controller) Run(ctx context.Context) (err error) {
 	}()
 	engineCtx, stopEngine := context.WithCancel(ctx)
 	engineDone := make(chan struct{})
+	cc := c.clusterState.Load()
 	go func() {
 		defer close(engineDone)
+		if cc != nil {
+			// Several controllers: the engine and job log expiry run on
+			// the leader only, while it leads.
+			c.runCluster(engineCtx, cc, func(lctx context.Context) {
+				logsDone := make(chan struct{})
+				go func() { defer close(logsDone); c.expireLogsLoop(lctx) }()
+				_ = c.engine.Run(lctx)
+				<-logsDone
+			})
+			return
+		}
 		if err := c.engine.Run(engineCtx); err != nil && engineCtx.Err() == nil {
 			errc <- err
 		}
@@ -120,7 +132,12 @@ func (c *Controller) Run(ctx context.Context) (err error) {
 	}
 	logsCtx, stopLogs := context.WithCancel(ctx)
 	logsDone := make(chan struct{})
-	go func() { defer close(logsDone); c.expireLogsLoop(logsCtx) }()
+	go func() {
+		defer close(logsDone)
+		if cc == nil {
+			c.expireLogsLoop(logsCtx)
+		}
+	}()
 	defer func() {
 		stopLogs()
 		<-logsDone

@@ -123,11 +123,25 @@ func openEtcdStore(ctx context.Context, cfg Config) (*store.Store, *clientv3.Cli
 	if _, err := os.Stat(filepath.Join(cfg.DataDir, storeFile)); err == nil {
 		held = append(held, "a bbolt store ("+storeFile+")")
 	}
+	if joining(held) {
+		// Only the installation's CA, copied in to join the controllers
+		// already on this prefix (README, "Running several controllers").
+		return s, cli, nil
+	}
 	if len(held) > 0 {
 		return fail(fmt.Errorf("etcd prefix %s at %s holds no store, but %s holds %s from earlier runs: copy the bbolt store into etcd first with `ferry-controller migrate --from bbolt:%s --to etcd:%s` (docs/operations.md, \"The store\"); a controller joining others must use their --etcd-prefix; to start over with an empty store instead, start once with --new-store",
 			cfg.Store.Etcd.KeyPrefix(), strings.Join(cfg.Store.Etcd.Endpoints, ","), cfg.DataDir, strings.Join(held, ", "), cfg.DataDir, strings.Join(cfg.Store.Etcd.Endpoints, ",")))
 	}
 	return s, cli, nil
+}
+
+// joining: what the data dir holds is the CA alone (ca.crt and ca.key),
+// as the join step copies it, and no state of its own.
+func joining(held []string) bool {
+	if len(held) != 2 {
+		return false
+	}
+	return held[0] == "the CA certificate (ca.crt)" && held[1] == "the CA key (ca.key)"
 }
 
 func restoreSteps(dataDir string) string {

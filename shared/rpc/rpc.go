@@ -37,6 +37,7 @@ const (
 	enrollmentPrefix = "/ferry.v1.EnrollmentService/"
 	agentPrefix      = "/ferry.v1.AgentService/"
 	replicaPrefix    = "/ferry.v1.ReplicaService/"
+	clusterPrefix    = "/ferry.v1.ClusterService/"
 )
 
 // Access is what a method requires.
@@ -49,19 +50,20 @@ type Access struct {
 type Policy func(fullMethod string) Access
 
 // DefaultPolicy: enrollment is public, the agent service is for agents, the
-// replica service (artifact blobs copied between controllers) for
-// controllers, and everything else is for admins. Least privilege: an agent
-// certificate can call nothing but its own service, an admin certificate
-// nothing of the agent's or the controllers', and a controller certificate
-// (which the CA issues only to controllers, for serving and as their client
-// certificate towards each other) nothing but the replica service.
+// replica service (artifact blobs copied between controllers) and the
+// cluster service (relay to the leader) for controllers, and everything
+// else is for admins. Least privilege: an agent certificate can call
+// nothing but its own service, an admin certificate nothing of the
+// agent's or the controllers', and a controller certificate (which the CA
+// issues only to controllers, for serving and as their client certificate
+// towards each other) nothing but the replica and cluster services.
 func DefaultPolicy(fullMethod string) Access {
 	switch {
 	case strings.HasPrefix(fullMethod, enrollmentPrefix):
 		return Access{Public: true}
 	case strings.HasPrefix(fullMethod, agentPrefix):
 		return Access{Roles: []pki.Role{pki.RoleAgent}}
-	case strings.HasPrefix(fullMethod, replicaPrefix):
+	case strings.HasPrefix(fullMethod, replicaPrefix), strings.HasPrefix(fullMethod, clusterPrefix):
 		return Access{Roles: []pki.Role{pki.RoleController}}
 	default:
 		return Access{Roles: []pki.Role{pki.RoleAdmin}}

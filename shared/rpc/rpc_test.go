@@ -19,6 +19,8 @@ func TestDefaultPolicy(t *testing.T) {
 		{"/ferry.v1.RolloutService/CreateRollout", false, []pki.Role{pki.RoleAdmin}},
 		{"/ferry.v1.ReplicaService/ReplicateArtifact", false, []pki.Role{pki.RoleController}},
 		{"/ferry.v1.ReplicaService/FetchArtifact", false, []pki.Role{pki.RoleController}},
+		// Controller to controller only.
+		{"/ferry.v1.ClusterService/Relay", false, []pki.Role{pki.RoleController}},
 		// Unknown services default to admin-only, never public.
 		{"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", false, []pki.Role{pki.RoleAdmin}},
 		{"/ferry.v1.EnrollmentServiceX/Enroll", false, []pki.Role{pki.RoleAdmin}},

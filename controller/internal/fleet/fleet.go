@@ -64,7 +64,8 @@ type Registry struct {
 	prevUntil      time.Time
 
 	nodes  map[string]*entry
-	closed bool // CloseAll was called: no new sessions
+	remote RemoteView // nil: one controller
+	closed bool       // CloseAll was called: no new sessions
 	cond   chan struct{}
 }
 
@@ -99,6 +100,9 @@ type Session struct {
 	GossipAddr string
 	// codecs are the artifact encodings the agent advertised in its hello.
 	codecs []string
+	// Via is the controller that holds the agent's stream and relays it
+	// to this one (package cluster); "" for a stream held here.
+	Via string
 }
 
 // Outbox is the channel the stream's writer drains.
@@ -231,6 +235,81 @@ func (r *Registry) Attach(ctx context.Context, nodeID, addr string, hello *ferry
 		r.cfg.Logger.Warn("record node connection", "node", nodeID, "err", err)
 	}
 	return s, nil
+}
+
+// AttachRelayed opens a session for a node whose stream another
+// controller (via) holds and relays to this one; its outbox goes back
+// through the relay.
+func (r *Registry) AttachRelayed(ctx context.Context, via, nodeID, addr string, hello *ferryv1.AgentHello) (*Session, error) {
+	s, err := r.attach(ctx, nodeID, addr, hello)
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	s.Via = via
+	r.mu.Unlock()
+	return s, nil
+}
+
+// Via says whether the node's stream is up here and, for a relayed one,
+// which controller holds it.
+func (r *Registry) Via(nodeID string) (via string, connected bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	e, ok := r.nodes[nodeID]
+	if !ok || e.session == nil {
+		return "", false
+	}
+	return e.session.Via, true
+}
+
+// RemoteView answers for a node whose stream is on another controller:
+// its state there and that controller's ID (the session table, package
+// cluster); ok is false when no other controller holds it.
+type RemoteView func(nodeID string) (state ferryv1.NodeState, reason, controller string, ok bool)
+
+// SetRemote attaches the other controllers' view.
+func (r *Registry) SetRemote(v RemoteView) {
+	r.mu.Lock()
+	r.remote = v
+	r.mu.Unlock()
+}
+
+// Reload rereads the node records (enrollments, removals, labels and
+// certificates another controller wrote) and keeps each node's live state.
+func (r *Registry) Reload() error {
+	recs, err := r.cfg.Store.Nodes()
+	if err != nil {
+		return fmt.Errorf("load nodes: %w", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	seen := make(map[string]bool, len(recs))
+	for _, rec := range recs {
+		seen[rec.ID] = true
+		e, ok := r.nodes[rec.ID]
+		if !ok {
+			r.nodes[rec.ID] = &entry{rec: rec, everConnected: !rec.LastConnectedAt.IsZero()}
+			continue
+		}
+		if rec.LastConnectedAt.Before(e.rec.LastConnectedAt) {
+			rec.LastConnectedAt = e.rec.LastConnectedAt
+		}
+		if e.session != nil {
+			rec.GossipAddress = e.rec.GossipAddress
+		}
+		e.rec = rec
+		if rec.Removed {
+			r.disconnectLocked(e)
+		}
+	}
+	for id, e := range r.nodes {
+		if !seen[id] && e.session == nil {
+			delete(r.nodes, id) // purged
+		}
+	}
+	r.changed()
+	return nil
 }
 
 func (r *Registry) attach(ctx context.Context, nodeID, addr string, hello *ferryv1.AgentHello) (*Session, error) {
@@ -563,6 +642,12 @@ func (r *Registry) signalsLocked(e *entry, now time.Time) Signals {
 func (r *Registry) nodeLocked(e *entry, now time.Time) *ferryv1.Node {
 	sig := r.signalsLocked(e, now)
 	state, reason := r.cfg.Evaluate(now, sig)
+	connected := e.session != nil
+	if !connected && r.remote != nil && !e.rec.Removed {
+		if st, why, ctl, ok := r.remote(e.rec.ID); ok {
+			state, reason, connected = st, fmt.Sprintf("%s (its stream is on controller %s)", why, ctl), true
+		}
+	}
 	// Labels are the admin's only (the record's and the group): facts are
 	// what the node says and stay in Facts, out of reach of selectors.
 	labels := map[string]string{"group": e.rec.Group}
@@ -577,7 +662,7 @@ func (r *Registry) nodeLocked(e *entry, now time.Time) *ferryv1.Node {
 		StateReason:          reason,
 		AgentVersion:         e.version,
 		Address:              e.addr,
-		Connected:            e.session != nil,
+		Connected:            connected,
 		Facts:                e.facts,
 		EnrolledAt:           timestamppb.New(e.rec.EnrolledAt),
 		Installed:            e.installed,

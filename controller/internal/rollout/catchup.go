@@ -642,6 +642,9 @@ func (e *Engine) groupViewLocked(name string, g *ferryv1.GroupRecord, members []
 // another one (jobs before now no longer count against them). A refused
 // request changes nothing.
 func (e *Engine) UpdateGroup(actor string, req *ferryv1.UpdateGroupRequest) (*ferryv1.Group, error) {
+	if err := e.leading(); err != nil {
+		return nil, err
+	}
 	g, err := e.updateGroup(actor, req)
 	if err != nil {
 		e.refused(e.auditEntry(actor, "group.update", req.GetName(), updateDetail(req)), err)

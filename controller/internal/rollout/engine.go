@@ -55,6 +55,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/enumword"
 )
 
 // Errors the API returns, wrapped with the details; the gRPC layer maps them
@@ -70,6 +71,9 @@ var (
 	// ErrState: the rollout is not in a state that allows the action
 	// (FailedPrecondition).
 	ErrState = errors.New("wrong rollout state")
+	// ErrNotLeading: with several controllers, this one does not run
+	// the engine now (Unavailable); the error names the one that does.
+	ErrNotLeading = errors.New("not leading")
 )
 
 // Config configures an Engine.
@@ -118,6 +122,11 @@ type Config struct {
 	// CatchUpEvery is how often the engine looks for desired states to
 	// record and nodes to catch up (default 2s).
 	CatchUpEvery time.Duration
+	// Leading, when set, says whether this controller runs the engine
+	// now (several controllers on etcd, package cluster): its error
+	// refuses admin actions, and Tick, job reports and heartbeats do
+	// nothing while it fails. Nil: always.
+	Leading func() error
 }
 
 // Engine runs rollouts. All methods are safe for concurrent use.
@@ -137,6 +146,73 @@ type Engine struct {
 	cu catchUp
 
 	draining sync.Mutex // held by the goroutine performing the queue
+}
+
+// leading returns nil when this engine may act, else why not (wrapping
+// ErrNotLeading).
+func (e *Engine) leading() error {
+	if e.cfg.Leading == nil {
+		return nil
+	}
+	if err := e.cfg.Leading(); err != nil {
+		return fmt.Errorf("%w: %w", ErrNotLeading, err)
+	}
+	return nil
+}
+
+// Reload rereads the stored rollouts and groups, as New does: a
+// controller that did not lead follows the leader's writes with it, and
+// one that starts leading reloads before its first Tick. In-flight jobs
+// are not sent again; reconnect grace runs from now.
+func (e *Engine) Reload() error {
+	stored, err := e.cfg.Store.Rollouts()
+	if err != nil {
+		return fmt.Errorf("rollout engine: load rollouts: %w", err)
+	}
+	var gs []*ferryv1.GroupRecord
+	if e.cfg.Groups != nil {
+		if gs, err = e.cfg.Groups.Groups(); err != nil {
+			return fmt.Errorf("rollout engine: load groups: %w", err)
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.started = e.cfg.Clock.Now()
+	e.queue = effects{}
+	e.healthyWaits = map[string]map[*run]struct{}{}
+	e.cu.groups = map[string]*ferryv1.GroupRecord{}
+	e.cu.done = map[string]bool{}
+	e.cu.last = time.Time{}
+	for _, g := range gs {
+		e.cu.groups[g.GetName()] = g
+	}
+	old := e.runs
+	e.runs = map[string]*run{}
+	for _, r := range stored {
+		ru, err := newRun(r)
+		if err != nil {
+			ru = &run{r: r, frozen: true}
+		}
+		switch r.GetState() {
+		case stAborted, stRolling:
+			ru.recancel = true
+		}
+		if o := old[r.GetId()]; o != nil && len(o.watchers) > 0 {
+			ru.watchers = o.watchers
+			snap := &ferryv1.WatchRolloutResponse{Rollout: proto.Clone(r).(*ferryv1.Rollout), Event: enumword.Of(r.GetState()) + ": " + r.GetMessage(), At: timestamppb.New(e.cfg.Clock.Now())}
+			for w := range ru.watchers {
+				w.send(snap)
+				if ru.ended() {
+					w.close()
+				}
+			}
+			if ru.ended() {
+				ru.watchers = nil
+			}
+		}
+		e.runs[r.GetId()] = ru
+	}
+	return nil
 }
 
 // New checks cfg and loads the stored rollouts; non-terminal ones carry on
@@ -243,6 +319,9 @@ func (e *Engine) Run(ctx context.Context) error {
 // Tick advances every rollout that has not ended to time now: deadlines,
 // healthy periods, the sliding window, the canary gate, the end state.
 func (e *Engine) Tick(now time.Time) {
+	if e.leading() != nil {
+		return
+	}
 	e.mu.Lock()
 	fx := &e.queue
 	ids := make([]string, 0, len(e.runs))

@@ -20,6 +20,9 @@ import (
 // re-reports after a controller restart are harmless. The server should also
 // pass every entry of AgentHello.recent_jobs here.
 func (e *Engine) HandleJobUpdate(nodeID string, u *ferryv1.JobUpdate) {
+	if e.leading() != nil {
+		return
+	}
 	e.mu.Lock()
 	if pw := e.plans[u.GetRolloutId()]; pw != nil {
 		pw.deliver(nodeID, u)
@@ -127,6 +130,9 @@ func cloneSteps(in []*ferryv1.StepResult) []*ferryv1.StepResult {
 // period (which healthyDone asks for), and the window moves on at once,
 // rather than at the next Tick.
 func (e *Engine) NodeHeartbeat(nodeID string) {
+	if e.leading() != nil {
+		return
+	}
 	e.mu.Lock()
 	now := e.cfg.Clock.Now()
 	fx := &e.queue
@@ -160,6 +166,9 @@ func (e *Engine) NodeHeartbeat(nodeID string) {
 // sent just before a controller crash, or one whose download an agent
 // restart interrupted (the download then resumes from what is on disk).
 func (e *Engine) NodeConnected(nodeID string, reported []*ferryv1.JobUpdate) {
+	if e.leading() != nil {
+		return
+	}
 	known := map[string]bool{}
 	for _, u := range reported {
 		known[u.GetJobId()] = true

@@ -69,6 +69,9 @@ func (s *agentServer) Connect(stream grpc.BidiStreamingServer[ferryv1.ConnectReq
 	writerStarted := false
 	defer func() {
 		s.d.Fleet.Detach(sess, left) // ends the session: the writer stops
+		if _, still := s.d.Fleet.Via(nodeID); s.d.Events != nil && !still {
+			s.d.Events.Detached(nodeID, left) // not when a newer stream replaced this one
+		}
 		if writerStarted {
 			<-writerDone // never Send after the handler returned
 		}
@@ -95,6 +98,9 @@ func (s *agentServer) Connect(stream grpc.BidiStreamingServer[ferryv1.ConnectReq
 	}
 	if s.d.OnHello != nil {
 		s.d.OnHello(nodeID, sess.GossipAddr)
+	}
+	if s.d.Events != nil {
+		s.d.Events.Attached(nodeID, c.Addr, hello)
 	}
 	if s.d.Jobs != nil {
 		s.d.Jobs.AgentHello(nodeID, hello.GetRecentJobs())
@@ -134,6 +140,9 @@ func (s *agentServer) Connect(stream grpc.BidiStreamingServer[ferryv1.ConnectReq
 			switch msg := m.Msg.(type) {
 			case *ferryv1.ConnectRequest_Heartbeat:
 				age := s.d.Fleet.Heartbeat(nodeID, msg.Heartbeat)
+				if s.d.Events != nil {
+					s.d.Events.Heartbeat(nodeID, msg.Heartbeat)
+				}
 				if s.d.Observer != nil {
 					s.d.Observer.HeartbeatReceived(age)
 				}

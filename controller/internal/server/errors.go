@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ferrydeploy/ferry/controller/internal/artifact"
+	"github.com/ferrydeploy/ferry/controller/internal/cluster"
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
 	"github.com/ferrydeploy/ferry/controller/internal/importer"
 	"github.com/ferrydeploy/ferry/controller/internal/mirror"
@@ -60,6 +61,10 @@ var errorCodes = []struct {
 	{is(rollout.ErrNotFound), codes.NotFound},
 	{is(rollout.ErrConflict), codes.AlreadyExists},
 	{is(rollout.ErrState), codes.FailedPrecondition},
+	{is(rollout.ErrNotLeading), codes.Unavailable},
+	{is(store.ErrFenced), codes.Unavailable},
+	{as[*cluster.CutOffError], codes.Unavailable},
+	{as[*cluster.NotLeaderError], codes.Unavailable},
 
 	{is(store.ErrNotFound), codes.NotFound},
 	{is(store.ErrNodeExists), codes.AlreadyExists},

@@ -49,6 +49,14 @@ type JobArtifacts interface {
 	NodeMayFetch(nodeID, digest string) bool
 }
 
+// AgentEvents hears of agent streams: opened (after the welcome), each
+// heartbeat, closed (left: the agent shut down).
+type AgentEvents interface {
+	Attached(nodeID, addr string, hello *ferryv1.AgentHello)
+	Heartbeat(nodeID string, hb *ferryv1.Heartbeat)
+	Detached(nodeID string, left bool)
+}
+
 // Observer receives per-heartbeat measurements (metrics).
 type Observer interface {
 	HeartbeatReceived(age time.Duration)
@@ -75,6 +83,9 @@ type Deps struct {
 	// OnHello is told each connecting node's gossip address, as its stream
 	// vouches for it (fleet.GossipAddr): never a host the hello names.
 	OnHello func(nodeID, gossipAddr string)
+	// Events, when set, hears of each agent stream's life (with several
+	// controllers, to relay it to the leader: package cluster).
+	Events AgentEvents
 
 	Artifacts *artifact.Store
 	Downloads *artifact.Downloader // nil: agents are told there is no artifact store

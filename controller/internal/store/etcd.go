@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -57,6 +58,23 @@ func OpenEtcd(cli *clientv3.Client, prefix string) (*Store, error) {
 		return nil, fmt.Errorf("open %s: %w", where, err)
 	}
 	return &Store{kv: kv}, nil
+}
+
+// ErrFenced is the error of a write made through a Fenced store after its
+// fence stopped holding: the controller is no longer the leader.
+var ErrFenced = errors.New("this controller is no longer the leader; the write was not made")
+
+// Fenced returns the store with every write transaction on etcd made only
+// while fence's compares hold (checked by etcd in the same transaction),
+// so a controller that lost its leadership cannot overwrite what the new
+// leader wrote. fence returns the compares, or an error (the write's) when
+// it knows they cannot hold. On bbolt it returns s.
+func (s *Store) Fenced(fence func() ([]clientv3.Cmp, error)) *Store {
+	e, ok := s.kv.(*etcdKV)
+	if !ok {
+		return s
+	}
+	return &Store{kv: &etcdKV{cli: e.cli, prefix: e.prefix, endpoints: e.endpoints, timeout: e.timeout, fence: fence}}
 }
 
 // OnEtcd says whether the store is kept in etcd.

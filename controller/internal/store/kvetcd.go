@@ -60,6 +60,11 @@ type etcdKV struct {
 	bmu     sync.Mutex
 	pending []batchCall
 	btimer  *time.Timer
+
+	// fence, when set, gives compares every write transaction must also
+	// pass (the leader key's revision, so a deposed leader's writes fail);
+	// its error, or ErrFenced when they fail, is the transaction's.
+	fence func() ([]clientv3.Cmp, error)
 }
 
 // batchCall is one Batch call waiting for its batch.
@@ -487,11 +492,35 @@ func (t *etcdTx) commit() error {
 	}
 	ctx, cancel := t.ctx()
 	defer cancel()
+	if t.kv.fence != nil {
+		return t.commitFenced(ctx, cmps, ops)
+	}
 	resp, err := t.kv.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
 		return t.kv.fail(err)
 	}
 	if !resp.Succeeded {
+		return errEtcdConflict
+	}
+	return nil
+}
+
+// commitFenced commits the transaction nested in one whose compares are
+// the fence's: the outer result says whether the fence held, the inner
+// one whether what the transaction read is unchanged.
+func (t *etcdTx) commitFenced(ctx context.Context, cmps []clientv3.Cmp, ops []clientv3.Op) error {
+	fence, err := t.kv.fence()
+	if err != nil {
+		return err
+	}
+	resp, err := t.kv.cli.Txn(ctx).If(fence...).Then(clientv3.OpTxn(cmps, ops, nil)).Commit()
+	if err != nil {
+		return t.kv.fail(err)
+	}
+	if !resp.Succeeded {
+		return ErrFenced
+	}
+	if len(resp.Responses) != 1 || resp.Responses[0].GetResponseTxn() == nil || !resp.Responses[0].GetResponseTxn().GetSucceeded() {
 		return errEtcdConflict
 	}
 	return nil
