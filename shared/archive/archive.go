@@ -5,8 +5,9 @@
 // the extractor's own checks what the extractor would refuse. The agent
 // extracts with it; the controller transcodes with it at push and import.
 //
-// Every write goes through an os.Root opened on the destination, so even a
-// bug in the checks below cannot place a file outside it. On top of that the
+// Every write goes through an os.Root opened on the destination, or on one
+// of its directories reached from it root by root (dirs.go), so even a bug
+// in the checks below cannot place a file outside it. On top of that the
 // extractor refuses, with an error naming the entry: absolute names, names
 // with "..", symbolic links whose target (followed through the archive's own
 // links) leaves the destination, hard links to anything but a regular file
@@ -179,11 +180,12 @@ func newExtractor(ctx context.Context, name, dest string, opts Options) (*extrac
 		if err != nil {
 			return nil, nil, fmt.Errorf("extract %s: open destination: %w", name, err)
 		}
-		x.root = root
+		x.root, x.tree = root, newDirCache(root)
 	}
 	return x, func() {
 		x.stopWriters()
 		if x.root != nil {
+			x.tree.close()
 			_ = x.root.Close() // each file written is closed and checked on its own
 		}
 	}, nil
@@ -290,7 +292,8 @@ type dirMeta struct {
 type extractor struct {
 	ctx   context.Context
 	opts  Options
-	root  *os.Root // nil in dry-run mode
+	root  *os.Root  // nil in dry-run mode
+	tree  *dirCache // root's directories; nil in dry-run mode
 	buf   []byte
 	seen  map[string]kind
 	links map[string]string // symlink path -> target
@@ -368,7 +371,7 @@ func (x *extractor) admit(rel string, k kind) error {
 		case 0:
 			x.seen[parent] = kindImplicitDir
 			if x.root != nil {
-				if err := x.root.Mkdir(parent, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+				if err := x.tree.mkdir(parent, 0o755); err != nil {
 					return fmt.Errorf("entry %q: %w", rel, err)
 				}
 			}
@@ -400,7 +403,7 @@ func (x *extractor) dir(rel string, mode fs.FileMode, mtime time.Time) error {
 	if x.root == nil {
 		return nil
 	}
-	if err := x.root.Mkdir(rel, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+	if err := x.tree.mkdir(rel, 0o700); err != nil {
 		return fmt.Errorf("entry %q: %w", rel, err)
 	}
 	return nil
@@ -419,12 +422,15 @@ func (x *extractor) file(rel string, mode fs.FileMode, mtime time.Time, size int
 	}
 	w := io.Discard
 	var f *os.File
+	var dir *os.Root
 	if x.root != nil {
+		var release func()
 		var err error
-		f, err = x.root.OpenFile(rel, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		f, dir, release, err = x.create(rel)
 		if err != nil {
-			return fmt.Errorf("entry %q: %w", rel, err)
+			return err
 		}
+		defer release()
 		w = f
 	}
 	n, err := io.CopyBuffer(w, ctxio.NewReader(x.ctx, io.LimitReader(r, remaining+1)), x.buf)
@@ -444,11 +450,28 @@ func (x *extractor) file(rel string, mode fs.FileMode, mtime time.Time, size int
 	if f == nil {
 		return nil
 	}
-	return x.finishFile(f, rel, mode, mtime)
+	return x.finishFile(f, dir, rel, mode, mtime)
 }
 
-// finishFile sets the mode and time of a written file and closes it.
-func (x *extractor) finishFile(f *os.File, rel string, mode fs.FileMode, mtime time.Time) error {
+// create creates the regular file rel, opened for writing, in its
+// directory's root dir; release lets the root go once the file is
+// finished.
+func (x *extractor) create(rel string) (f *os.File, dir *os.Root, release func(), err error) {
+	dir, release, err = x.tree.open(path.Dir(rel))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("entry %q: %w", rel, err)
+	}
+	f, err = dir.OpenFile(path.Base(rel), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		release()
+		return nil, nil, nil, fmt.Errorf("entry %q: %w", rel, inTree(err, rel))
+	}
+	return f, dir, release, nil
+}
+
+// finishFile sets the mode and time of a written file, created in dir,
+// and closes it.
+func (x *extractor) finishFile(f *os.File, dir *os.Root, rel string, mode fs.FileMode, mtime time.Time) error {
 	if err := f.Chmod(x.mode(mode)); err != nil {
 		_ = f.Close() // err says what went wrong; the staging tree is discarded
 		return fmt.Errorf("entry %q: %w", rel, err)
@@ -457,8 +480,10 @@ func (x *extractor) finishFile(f *os.File, rel string, mode fs.FileMode, mtime t
 		return fmt.Errorf("entry %q: %w", rel, err)
 	}
 	if !mtime.IsZero() {
-		if err := x.root.Chtimes(rel, mtime, mtime); err != nil {
-			return fmt.Errorf("entry %q: %w", rel, err)
+		// By name in the file's own directory, not following a link: the
+		// file was created there, O_EXCL, a moment ago.
+		if err := dir.Chtimes(path.Base(rel), mtime, mtime); err != nil {
+			return fmt.Errorf("entry %q: %w", rel, inTree(err, rel))
 		}
 	}
 	return nil
@@ -537,15 +562,16 @@ func (x *extractor) writer() {
 }
 
 func (x *extractor) writeSmall(j writeJob) error {
-	f, err := x.root.OpenFile(j.rel, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	f, dir, release, err := x.create(j.rel)
 	if err != nil {
-		return fmt.Errorf("entry %q: %w", j.rel, err)
+		return err
 	}
+	defer release()
 	if _, err := f.Write(*j.data); err != nil {
 		_ = f.Close() // err says what went wrong; the staging tree is discarded
 		return fmt.Errorf("entry %q: %w", j.rel, err)
 	}
-	return x.finishFile(f, j.rel, j.mode, j.mtime)
+	return x.finishFile(f, dir, j.rel, j.mode, j.mtime)
 }
 
 func (x *extractor) writeErr() error {
@@ -644,7 +670,8 @@ func (x *extractor) createLinks() error {
 		return nil
 	}
 	for l, target := range x.links {
-		if err := x.root.Symlink(target, l); err != nil {
+		err := x.tree.in(l, func(dir *os.Root, name string) error { return dir.Symlink(target, name) })
+		if err != nil {
 			return fmt.Errorf("entry %q: %w", l, err)
 		}
 	}
@@ -700,13 +727,17 @@ func (x *extractor) finishDirs() error {
 	sort.Slice(names, func(i, j int) bool { return names[i] > names[j] })
 	for _, d := range names {
 		m := x.dirs[d]
-		if err := x.root.Chmod(d, m.mode); err != nil {
-			return fmt.Errorf("directory %q: %w", d, err)
-		}
-		if !m.mtime.IsZero() {
-			if err := x.root.Chtimes(d, m.mtime, m.mtime); err != nil {
-				return fmt.Errorf("directory %q: %w", d, err)
+		err := x.tree.in(d, func(dir *os.Root, name string) error {
+			if err := dir.Chmod(name, m.mode); err != nil {
+				return err
 			}
+			if m.mtime.IsZero() {
+				return nil
+			}
+			return dir.Chtimes(name, m.mtime, m.mtime)
+		})
+		if err != nil {
+			return fmt.Errorf("directory %q: %w", d, err)
 		}
 	}
 	return nil
