@@ -27,8 +27,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -83,6 +86,10 @@ type Options struct {
 	// Name is what errors call the archive, e.g. the artifact's name;
 	// default: its path (a cache path means nothing to an operator).
 	Name string
+	// Hash records the SHA-256 of every regular file written
+	// (Result.Hashes), hashed from the bytes as they are written, so the
+	// tree need not be read again to be hashed.
+	Hash bool
 }
 
 // Result summarizes an extraction.
@@ -90,6 +97,10 @@ type Result struct {
 	Format  string
 	Entries int64 // entries extracted (after strip_components)
 	Bytes   int64 // bytes of regular file content written
+	// Hashes maps the path of every regular file written (relative,
+	// "/"-separated, as a Manifest's entries) to its SHA-256 in hex, with
+	// Options.Hash; nil otherwise.
+	Hashes map[string]string
 }
 
 // Extract extracts the archive file src into the directory dest, which
@@ -176,6 +187,9 @@ func newExtractor(ctx context.Context, name, dest string, opts Options) (*extrac
 	}
 	x := &extractor{ctx: ctx, opts: opts, seen: map[string]kind{}, links: map[string]string{}, buf: make([]byte, 256<<10)}
 	if !opts.DryRun {
+		if opts.Hash {
+			x.hashes = map[string]string{}
+		}
 		root, err := os.OpenRoot(dest)
 		if err != nil {
 			return nil, nil, fmt.Errorf("extract %s: open destination: %w", name, err)
@@ -241,7 +255,7 @@ func (x *extractor) run(name, format string, read func() error) (Result, error) 
 	if err != nil {
 		return Result{}, fmt.Errorf("extract %s: %w", name, err)
 	}
-	return Result{Format: format, Entries: x.entries, Bytes: x.bytes}, nil
+	return Result{Format: format, Entries: x.entries, Bytes: x.bytes, Hashes: x.hashes}, nil
 }
 
 // Detect names the format of an archive from its first bytes; the file
@@ -303,7 +317,8 @@ type extractor struct {
 	pending sync.WaitGroup // queued, not yet written
 	workers sync.WaitGroup
 	errMu   sync.Mutex
-	werr    error // first writer error
+	werr    error             // first writer error
+	hashes  map[string]string // with opts.Hash; under errMu
 	dirs    map[string]dirMeta
 	total   int64 // entries read, stripped ones included
 	entries int64 // entries extracted
@@ -423,6 +438,7 @@ func (x *extractor) file(rel string, mode fs.FileMode, mtime time.Time, size int
 	w := io.Discard
 	var f *os.File
 	var dir *os.Root
+	var h hash.Hash
 	if x.root != nil {
 		var release func()
 		var err error
@@ -432,6 +448,10 @@ func (x *extractor) file(rel string, mode fs.FileMode, mtime time.Time, size int
 		}
 		defer release()
 		w = f
+		if x.hashes != nil {
+			h = sha256.New()
+			w = io.MultiWriter(f, h)
+		}
 	}
 	n, err := io.CopyBuffer(w, ctxio.NewReader(x.ctx, io.LimitReader(r, remaining+1)), x.buf)
 	x.bytes += n
@@ -450,7 +470,16 @@ func (x *extractor) file(rel string, mode fs.FileMode, mtime time.Time, size int
 	if f == nil {
 		return nil
 	}
+	if h != nil {
+		x.setHash(rel, hex.EncodeToString(h.Sum(nil)))
+	}
 	return x.finishFile(f, dir, rel, mode, mtime)
+}
+
+func (x *extractor) setHash(rel, sum string) {
+	x.errMu.Lock()
+	x.hashes[rel] = sum
+	x.errMu.Unlock()
 }
 
 // create creates the regular file rel, opened for writing, in its
@@ -571,6 +600,10 @@ func (x *extractor) writeSmall(j writeJob) error {
 		_ = f.Close() // err says what went wrong; the staging tree is discarded
 		return fmt.Errorf("entry %q: %w", j.rel, err)
 	}
+	if x.hashes != nil {
+		sum := sha256.Sum256(*j.data)
+		x.setHash(j.rel, hex.EncodeToString(sum[:]))
+	}
 	return x.finishFile(f, dir, j.rel, j.mode, j.mtime)
 }
 
@@ -644,6 +677,11 @@ func (x *extractor) hardlink(rel, linkname string) error {
 	}
 	if err := x.root.Link(target, rel); err != nil {
 		return fmt.Errorf("entry %q: %w", rel, err)
+	}
+	if x.hashes != nil {
+		x.errMu.Lock()
+		x.hashes[rel] = x.hashes[target] // flushed above: the target's is set
+		x.errMu.Unlock()
 	}
 	return nil
 }

@@ -61,6 +61,19 @@ func ScanHashed(dir string) (Manifest, error) {
 	return m, m.AddHashes(dir)
 }
 
+// SetHashes records the hashes an extraction with Options.Hash computed
+// (Result.Hashes) in the manifest of the tree it wrote; a regular file it
+// has none for is left to AddHashes.
+func (m Manifest) SetHashes(hashes map[string]string) {
+	for k := range m {
+		if m[k].Type == 'f' {
+			if h, ok := hashes[m[k].Path]; ok {
+				m[k].Hash = h
+			}
+		}
+	}
+}
+
 // Hashed reports whether every regular file of m has its hash.
 func (m Manifest) Hashed() bool {
 	for _, e := range m {
