@@ -2,6 +2,7 @@ package archive
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -291,45 +292,21 @@ func (m Manifest) Encode() []byte {
 	return []byte(b.String())
 }
 
-// DecodeManifest parses what Encode wrote.
+// DecodeManifest parses what Encode wrote. It parses with strconv, not
+// fmt's scanner: an agent decodes every installed tree's manifest (a line
+// per file, some 17000 for a Go toolchain) after each job and at every
+// drift check.
 func DecodeManifest(data []byte) (Manifest, error) {
-	var m Manifest
-	sc := bufio.NewScanner(strings.NewReader(string(data)))
+	m := make(Manifest, 0, bytes.Count(data, []byte{'\n'}))
+	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 64<<10), 64<<10)
 	line := 0
 	for sc.Scan() {
 		line++
-		var e Entry
-		var mode uint32
-		var p, t string
-		f := strings.SplitN(sc.Text(), " ", 7)
-		if len(f) != 7 || len(f[0]) != 1 {
-			return nil, fmt.Errorf("manifest line %d: malformed", line)
-		}
-		e.Type = f[0][0]
-		_, err := fmt.Sscanf(strings.Join(f[1:6], " "), "%o %d %d %d %d", &mode, &e.Size, &e.Mtime, &e.UID, &e.GID)
+		e, err := decodeEntry(sc.Text())
 		if err != nil {
 			return nil, fmt.Errorf("manifest line %d: %w", line, err)
 		}
-		e.Mode = fs.FileMode(mode)
-		rest := f[6]
-		p, err = strconv.QuotedPrefix(rest)
-		if err != nil {
-			return nil, fmt.Errorf("manifest line %d: %w", line, err)
-		}
-		rest = strings.TrimPrefix(rest[len(p):], " ")
-		if t, err = strconv.QuotedPrefix(rest); err != nil {
-			return nil, fmt.Errorf("manifest line %d: %w", line, err)
-		}
-		// An optional hash follows (manifests recorded before hashes have none).
-		if h := strings.TrimPrefix(rest[len(t):], " "); h != "" {
-			if len(h) != sha256.Size*2 || strings.Trim(h, "0123456789abcdef") != "" {
-				return nil, fmt.Errorf("manifest line %d: malformed hash", line)
-			}
-			e.Hash = h
-		}
-		e.Path, _ = strconv.Unquote(p)
-		e.Target, _ = strconv.Unquote(t)
 		m = append(m, e)
 	}
 	if err := sc.Err(); err != nil {
@@ -339,4 +316,47 @@ func DecodeManifest(data []byte) (Manifest, error) {
 		return nil, errors.New("manifest: empty")
 	}
 	return m, nil
+}
+
+var errMalformed = errors.New("malformed")
+
+// decodeEntry parses one line of Encode's: type, octal mode, size, mtime,
+// uid, gid, quoted path, quoted target and an optional hash.
+func decodeEntry(text string) (Entry, error) {
+	var e Entry
+	f := strings.SplitN(text, " ", 7)
+	if len(f) != 7 || len(f[0]) != 1 {
+		return e, errMalformed
+	}
+	e.Type = f[0][0]
+	mode, err1 := strconv.ParseUint(f[1], 8, 32)
+	size, err2 := strconv.ParseInt(f[2], 10, 64)
+	mtime, err3 := strconv.ParseInt(f[3], 10, 64)
+	uid, err4 := strconv.ParseUint(f[4], 10, 32)
+	gid, err5 := strconv.ParseUint(f[5], 10, 32)
+	if errors.Join(err1, err2, err3, err4, err5) != nil {
+		return e, errMalformed
+	}
+	e.Mode, e.Size, e.Mtime = fs.FileMode(mode), size, mtime
+	e.UID, e.GID = uint32(uid), uint32(gid) // parsed as 32 bits
+	rest := f[6]
+	p, err := strconv.QuotedPrefix(rest)
+	if err != nil {
+		return e, errMalformed
+	}
+	rest = strings.TrimPrefix(rest[len(p):], " ")
+	t, err := strconv.QuotedPrefix(rest)
+	if err != nil {
+		return e, errMalformed
+	}
+	// An optional hash follows (manifests recorded before hashes have none).
+	if h := strings.TrimPrefix(rest[len(t):], " "); h != "" {
+		if len(h) != sha256.Size*2 || strings.Trim(h, "0123456789abcdef") != "" {
+			return e, errors.New("malformed hash")
+		}
+		e.Hash = h
+	}
+	e.Path, _ = strconv.Unquote(p)
+	e.Target, _ = strconv.Unquote(t)
+	return e, nil
 }

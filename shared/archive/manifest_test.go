@@ -50,3 +50,36 @@ func TestManifestHashes(t *testing.T) {
 		t.Fatalf("full diff: %d %v %v", n, ex, err)
 	}
 }
+
+// Every field survives Encode and DecodeManifest, odd names and times
+// included, and malformed lines are refused with their number.
+func TestManifestRoundTrip(t *testing.T) {
+	m := Manifest{
+		{Path: ".", Type: 'd', Mode: 0o755, UID: 0, GID: 0},
+		{Path: "a b/\"quoted\"\n", Type: 'f', Mode: 0o4755 | 0o1000, Size: 1 << 40, Mtime: -1234567890123, UID: 4294967295, GID: 7,
+			Hash: "2c8b08da5ce60398e1f19af0e5dccc744df274b826abe585eaba68c525434806"},
+		{Path: "l", Type: 'l', Mode: 0o777, Target: "../x y"},
+		{Path: "é", Type: 'f', Mode: 0o600, Size: 0, Mtime: 1700000000123456789},
+	}
+	back, err := DecodeManifest(m.Encode())
+	if err != nil || !reflect.DeepEqual(back, m) {
+		t.Fatalf("round trip: %v\n%#v\nwant\n%#v", err, back, m)
+	}
+	good := "f 644 1 2 3 4 \"p\" \"\""
+	for _, bad := range []string{
+		"f 648 1 2 3 4 \"p\" \"\"",          // not octal
+		"f 644 x 2 3 4 \"p\" \"\"",          // size
+		"f 644 1 2 -3 4 \"p\" \"\"",         // uid
+		"f 644 1 2 3 4294967296 \"p\" \"\"", // gid past 32 bits
+		"f 644 1 2 3 4 p \"\"",              // unquoted path
+		"f 644 1 2 3 4 \"p\"",               // no target
+		"ff 644 1 2 3 4 \"p\" \"\"",         // type
+	} {
+		if _, err := DecodeManifest([]byte(good + "\n" + bad + "\n")); err == nil || !strings.Contains(err.Error(), "manifest line 2: malformed") {
+			t.Errorf("%q: %v, want it refused as malformed", bad, err)
+		}
+	}
+	if _, err := DecodeManifest([]byte(good + "\n")); err != nil {
+		t.Errorf("%q: %v", good, err)
+	}
+}
