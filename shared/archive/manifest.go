@@ -12,10 +12,12 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Entry is one file system object of an extracted tree.
@@ -243,39 +245,119 @@ func diff(want, got Entry) string {
 }
 
 // walk visits dir and everything below it in lexical order without
-// following symbolic links.
+// following symbolic links. Each directory is opened (not following a
+// link) and its entries are looked up relative to it, rather than by a
+// path the kernel walks from the top each time: a tree is walked at every
+// install (Scan) and every drift check (Diff).
 func walk(dir string, fn func(Entry) error) error {
-	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(dir, &st); err != nil {
+		return &fs.PathError{Op: "lstat", Path: dir, Err: err}
+	}
+	e, err := entryOf(".", &st, func() (string, error) { return os.Readlink(dir) })
+	if err != nil {
+		return fmt.Errorf("%s: %w", dir, err)
+	}
+	if err := fn(e); err != nil || e.Type != 'd' {
+		return err
+	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &fs.PathError{Op: "open", Path: dir, Err: err}
+	}
+	return walkDir(dir, fd, "", fn)
+}
+
+// walkDir visits the entries of the directory open as fd (dir/rel; ""
+// for dir itself) and below, and closes fd.
+func walkDir(dir string, fd int, rel string, fn func(Entry) error) error {
+	d := os.NewFile(uintptr(fd), filepath.Join(dir, rel))
+	defer func() { _ = d.Close() }() // read-only
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return err
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		p := name
+		if rel != "" {
+			p = rel + "/" + name
+		}
+		var st unix.Stat_t
+		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return &fs.PathError{Op: "lstat", Path: filepath.Join(dir, p), Err: err}
+		}
+		e, err := entryOf(p, &st, func() (string, error) { return readlinkAt(fd, name) })
 		if err != nil {
+			return fmt.Errorf("%s: %w", filepath.Join(dir, p), err)
+		}
+		if err := fn(e); err != nil {
 			return err
 		}
-		rel, err := filepath.Rel(dir, p)
+		if e.Type != 'd' {
+			continue
+		}
+		child, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
+			return &fs.PathError{Op: "open", Path: filepath.Join(dir, p), Err: err}
+		}
+		if err := walkDir(dir, child, p, fn); err != nil {
 			return err
 		}
-		info, err := d.Info()
+	}
+	return nil
+}
+
+// entryOf makes the Entry at path p of a file's status; target reads a
+// link's.
+func entryOf(p string, st *unix.Stat_t, target func() (string, error)) (Entry, error) {
+	mode := st.Mode
+	e := Entry{Path: p, Mode: fs.FileMode(mode & 0o777), UID: st.Uid, GID: st.Gid}
+	if mode&unix.S_ISUID != 0 {
+		e.Mode |= fs.ModeSetuid
+	}
+	if mode&unix.S_ISGID != 0 {
+		e.Mode |= fs.ModeSetgid
+	}
+	if mode&unix.S_ISVTX != 0 {
+		e.Mode |= fs.ModeSticky
+	}
+	switch mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		e.Type = 'd'
+	case unix.S_IFREG:
+		e.Type, e.Size, e.Mtime = 'f', st.Size, st.Mtim.Nano()
+	case unix.S_IFLNK:
+		e.Type = 'l'
+		t, err := target()
 		if err != nil {
-			return err
+			return e, err
 		}
-		e := Entry{Path: filepath.ToSlash(rel), Mode: info.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)}
-		if st, ok := info.Sys().(*syscall.Stat_t); ok {
-			e.UID, e.GID = st.Uid, st.Gid
+		e.Target = t
+	case unix.S_IFIFO:
+		return e, errors.New("unexpected fifo")
+	case unix.S_IFSOCK:
+		return e, errors.New("unexpected socket")
+	case unix.S_IFCHR, unix.S_IFBLK:
+		return e, errors.New("unexpected device file")
+	default:
+		return e, fmt.Errorf("unexpected file type %o", mode&unix.S_IFMT)
+	}
+	return e, nil
+}
+
+// readlinkAt reads the target of the link name in the directory fd.
+func readlinkAt(fd int, name string) (string, error) {
+	for size := 256; ; size *= 2 {
+		b := make([]byte, size)
+		n, err := unix.Readlinkat(fd, name, b)
+		if err != nil {
+			return "", &fs.PathError{Op: "readlinkat", Path: name, Err: err}
 		}
-		switch {
-		case info.IsDir():
-			e.Type = 'd'
-		case info.Mode().IsRegular():
-			e.Type, e.Size, e.Mtime = 'f', info.Size(), info.ModTime().UnixNano()
-		case info.Mode()&fs.ModeSymlink != 0:
-			e.Type = 'l'
-			if e.Target, err = os.Readlink(p); err != nil {
-				return err
-			}
-		default:
-			return fmt.Errorf("%s: unexpected file type %v", p, info.Mode().Type())
+		if n < size {
+			return string(b[:n]), nil
 		}
-		return fn(e)
-	})
+	}
 }
 
 // Encode renders the manifest as text, one entry a line.

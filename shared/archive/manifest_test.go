@@ -1,10 +1,12 @@
 package archive
 
 import (
+	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -81,5 +83,95 @@ func TestManifestRoundTrip(t *testing.T) {
 	}
 	if _, err := DecodeManifest([]byte(good + "\n")); err != nil {
 		t.Errorf("%q: %v", good, err)
+	}
+}
+
+// walkReference is walk as filepath.WalkDir and Lstat by path give it,
+// what the directory-relative walk must match.
+func walkReference(dir string) (Manifest, error) {
+	var m Manifest
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		e := Entry{Path: filepath.ToSlash(rel), Mode: info.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)}
+		if st, ok := info.Sys().(*syscall.Stat_t); ok {
+			e.UID, e.GID = st.Uid, st.Gid
+		}
+		switch {
+		case info.IsDir():
+			e.Type = 'd'
+		case info.Mode().IsRegular():
+			e.Type, e.Size, e.Mtime = 'f', info.Size(), info.ModTime().UnixNano()
+		case info.Mode()&fs.ModeSymlink != 0:
+			e.Type = 'l'
+			e.Target, _ = os.Readlink(p)
+		}
+		m = append(m, e)
+		return nil
+	})
+	return m, err
+}
+
+func TestScanMatchesPathWalk(t *testing.T) {
+	dir := t.TempDir()
+	mk := func(p string, mode fs.FileMode) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Join(dir, p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(filepath.Join(dir, p), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write := func(p, body string, mode fs.FileMode) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, p), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(filepath.Join(dir, p), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("b/deep/er/est", 0o755)
+	mk("a", 0o700|fs.ModeSetgid)
+	mk("tmp", 0o777|fs.ModeSticky)
+	mk("empty", 0o555)
+	write("B", "upper", 0o644)
+	write("b/deep/er/est/f", strings.Repeat("x", 5000), 0o755|fs.ModeSetuid)
+	write("a/.hidden", "", 0o400)
+	write("a/é", "unicode", 0o640)
+	write("b.txt", "dot after b", 0o644)
+	for name, target := range map[string]string{"b/link": "deep/er", "dangling": "nothere", "long": strings.Repeat("t", 300)} {
+		if err := os.Symlink(target, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := Scan(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := walkReference(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("Scan:\n%s\nwant (WalkDir):\n%s", got.Encode(), want.Encode())
+	}
+	if err := got.Verify(dir); err != nil {
+		t.Errorf("Verify: %v", err)
+	}
+
+	// What a manifest cannot hold is refused, naming it.
+	if err := syscall.Mkfifo(filepath.Join(dir, "b/deep/fifo"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Scan(dir); err == nil || !strings.Contains(err.Error(), filepath.Join(dir, "b/deep/fifo")+": unexpected fifo") {
+		t.Errorf("Scan of a tree with a fifo: %v", err)
 	}
 }
