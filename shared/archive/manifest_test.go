@@ -1,10 +1,12 @@
 package archive
 
 import (
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -173,5 +175,28 @@ func TestScanMatchesPathWalk(t *testing.T) {
 	}
 	if _, err := Scan(dir); err == nil || !strings.Contains(err.Error(), filepath.Join(dir, "b/deep/fifo")+": unexpected fifo") {
 		t.Errorf("Scan of a tree with a fifo: %v", err)
+	}
+}
+
+// Encode writes what the fmt-based encoder of earlier agents wrote, byte
+// for byte, so manifests stay readable both ways across an upgrade.
+func TestManifestEncodeAsBefore(t *testing.T) {
+	m := Manifest{
+		{Path: ".", Type: 'd', Mode: 0o755},
+		{Path: "a b/\"q\"\n\x01é", Type: 'f', Mode: 0o4755 | fs.ModeSetuid | fs.ModeSticky, Size: 1 << 40, Mtime: -1234567890123, UID: 4294967295, GID: 7,
+			Hash: "2c8b08da5ce60398e1f19af0e5dccc744df274b826abe585eaba68c525434806"},
+		{Path: "l", Type: 'l', Mode: 0o777, Target: "../x y\t"},
+	}
+	var b strings.Builder
+	for _, e := range m {
+		fmt.Fprintf(&b, "%c %o %d %d %d %d %s %s", e.Type, uint32(e.Mode), e.Size, e.Mtime, e.UID, e.GID,
+			strconv.Quote(e.Path), strconv.Quote(e.Target))
+		if e.Hash != "" {
+			b.WriteString(" " + e.Hash)
+		}
+		b.WriteByte('\n')
+	}
+	if got := string(m.Encode()); got != b.String() {
+		t.Errorf("Encode:\n%q\nwant:\n%q", got, b.String())
 	}
 }
