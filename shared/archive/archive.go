@@ -39,6 +39,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/pgzip"
@@ -319,10 +320,12 @@ type extractor struct {
 	errMu   sync.Mutex
 	werr    error             // first writer error
 	hashes  map[string]string // with opts.Hash; under errMu
-	dirs    map[string]dirMeta
-	total   int64 // entries read, stripped ones included
-	entries int64 // entries extracted
-	bytes   int64
+	// timesByName: file times cannot be set through the open file here.
+	timesByName atomic.Bool
+	dirs        map[string]dirMeta
+	total       int64 // entries read, stripped ones included
+	entries     int64 // entries extracted
+	bytes       int64
 }
 
 // entryName turns an archive name into a clean relative path, applying
@@ -499,18 +502,29 @@ func (x *extractor) create(rel string) (f *os.File, dir *os.Root, release func()
 }
 
 // finishFile sets the mode and time of a written file, created in dir,
-// and closes it.
+// and closes it. The times are set through the open file where the
+// system can, else by name once it is closed.
 func (x *extractor) finishFile(f *os.File, dir *os.Root, rel string, mode fs.FileMode, mtime time.Time) error {
-	if err := f.Chmod(x.mode(mode)); err != nil {
+	err := f.Chmod(x.mode(mode))
+	byName := !mtime.IsZero()
+	if err == nil && byName && !x.timesByName.Load() {
+		var ok bool
+		ok, err = setTimesFD(f, mtime)
+		byName = !ok
+		if err == nil && !ok {
+			x.timesByName.Store(true) // not supported: by name from now on
+		}
+	}
+	if err != nil {
 		_ = f.Close() // err says what went wrong; the staging tree is discarded
 		return fmt.Errorf("entry %q: %w", rel, err)
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("entry %q: %w", rel, err)
 	}
-	if !mtime.IsZero() {
-		// By name in the file's own directory, not following a link: the
-		// file was created there, O_EXCL, a moment ago.
+	if byName {
+		// In the file's own directory, not following a link: the file was
+		// created there, O_EXCL, a moment ago.
 		if err := dir.Chtimes(path.Base(rel), mtime, mtime); err != nil {
 			return fmt.Errorf("entry %q: %w", rel, inTree(err, rel))
 		}

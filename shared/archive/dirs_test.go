@@ -1,6 +1,7 @@
 package archive
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // onRead calls fn at its first read and then reads as empty: between two
@@ -115,4 +117,33 @@ func TestExtractManyDirectories(t *testing.T) {
 		}
 	}
 	assertContained(t, parent, dest)
+}
+
+// File times are kept whether they are set through the open file or, on
+// a system that cannot, by name.
+func TestExtractTimes(t *testing.T) {
+	mt := time.Unix(1600000000, 123456789)
+	data := tarBytes(t, ent{name: "d/small", typ: tar.TypeReg, mode: 0o644, body: "x", mtime: mt},
+		ent{name: "d/big", typ: tar.TypeReg, mode: 0o600, body: strings.Repeat("y", smallFile+1), mtime: mt})
+	for _, byName := range []bool{false, true} {
+		t.Run(fmt.Sprint("by name ", byName), func(t *testing.T) {
+			dest := t.TempDir()
+			x, done, err := newExtractor(context.Background(), "test", dest, Options{MaxBytes: 8 << 20, MaxEntries: 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			x.timesByName.Store(byName)
+			_, err = x.stream("test", FormatTar, bytes.NewReader(data))
+			done()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range []string{"d/small", "d/big"} {
+				st, err := os.Stat(filepath.Join(dest, p))
+				if err != nil || !st.ModTime().Equal(mt) {
+					t.Errorf("%s: mtime %v (%v), want %v", p, st.ModTime(), err, mt)
+				}
+			}
+		})
+	}
 }
