@@ -5,8 +5,9 @@
 // the extractor's own checks what the extractor would refuse. The agent
 // extracts with it; the controller transcodes with it at push and import.
 //
-// Every write goes through an os.Root opened on the destination, so even a
-// bug in the checks below cannot place a file outside it. On top of that the
+// Every write goes through an os.Root opened on the destination, or on one
+// of its directories reached from it root by root (dirs.go), so even a bug
+// in the checks below cannot place a file outside it. On top of that the
 // extractor refuses, with an error naming the entry: absolute names, names
 // with "..", symbolic links whose target (followed through the archive's own
 // links) leaves the destination, hard links to anything but a regular file
@@ -26,8 +27,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -35,6 +39,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/pgzip"
@@ -82,6 +87,10 @@ type Options struct {
 	// Name is what errors call the archive, e.g. the artifact's name;
 	// default: its path (a cache path means nothing to an operator).
 	Name string
+	// Hash records the SHA-256 of every regular file written
+	// (Result.Hashes), hashed from the bytes as they are written, so the
+	// tree need not be read again to be hashed.
+	Hash bool
 }
 
 // Result summarizes an extraction.
@@ -89,6 +98,10 @@ type Result struct {
 	Format  string
 	Entries int64 // entries extracted (after strip_components)
 	Bytes   int64 // bytes of regular file content written
+	// Hashes maps the path of every regular file written (relative,
+	// "/"-separated, as a Manifest's entries) to its SHA-256 in hex, with
+	// Options.Hash; nil otherwise.
+	Hashes map[string]string
 }
 
 // Extract extracts the archive file src into the directory dest, which
@@ -175,15 +188,19 @@ func newExtractor(ctx context.Context, name, dest string, opts Options) (*extrac
 	}
 	x := &extractor{ctx: ctx, opts: opts, seen: map[string]kind{}, links: map[string]string{}, buf: make([]byte, 256<<10)}
 	if !opts.DryRun {
+		if opts.Hash {
+			x.hashes = map[string]string{}
+		}
 		root, err := os.OpenRoot(dest)
 		if err != nil {
 			return nil, nil, fmt.Errorf("extract %s: open destination: %w", name, err)
 		}
-		x.root = root
+		x.root, x.tree = root, newDirCache(root)
 	}
 	return x, func() {
 		x.stopWriters()
 		if x.root != nil {
+			x.tree.close()
 			_ = x.root.Close() // each file written is closed and checked on its own
 		}
 	}, nil
@@ -239,7 +256,7 @@ func (x *extractor) run(name, format string, read func() error) (Result, error) 
 	if err != nil {
 		return Result{}, fmt.Errorf("extract %s: %w", name, err)
 	}
-	return Result{Format: format, Entries: x.entries, Bytes: x.bytes}, nil
+	return Result{Format: format, Entries: x.entries, Bytes: x.bytes, Hashes: x.hashes}, nil
 }
 
 // Detect names the format of an archive from its first bytes; the file
@@ -290,7 +307,8 @@ type dirMeta struct {
 type extractor struct {
 	ctx   context.Context
 	opts  Options
-	root  *os.Root // nil in dry-run mode
+	root  *os.Root  // nil in dry-run mode
+	tree  *dirCache // root's directories; nil in dry-run mode
 	buf   []byte
 	seen  map[string]kind
 	links map[string]string // symlink path -> target
@@ -300,11 +318,14 @@ type extractor struct {
 	pending sync.WaitGroup // queued, not yet written
 	workers sync.WaitGroup
 	errMu   sync.Mutex
-	werr    error // first writer error
-	dirs    map[string]dirMeta
-	total   int64 // entries read, stripped ones included
-	entries int64 // entries extracted
-	bytes   int64
+	werr    error             // first writer error
+	hashes  map[string]string // with opts.Hash; under errMu
+	// timesByName: file times cannot be set through the open file here.
+	timesByName atomic.Bool
+	dirs        map[string]dirMeta
+	total       int64 // entries read, stripped ones included
+	entries     int64 // entries extracted
+	bytes       int64
 }
 
 // entryName turns an archive name into a clean relative path, applying
@@ -368,7 +389,7 @@ func (x *extractor) admit(rel string, k kind) error {
 		case 0:
 			x.seen[parent] = kindImplicitDir
 			if x.root != nil {
-				if err := x.root.Mkdir(parent, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+				if err := x.tree.mkdir(parent, 0o755); err != nil {
 					return fmt.Errorf("entry %q: %w", rel, err)
 				}
 			}
@@ -400,7 +421,7 @@ func (x *extractor) dir(rel string, mode fs.FileMode, mtime time.Time) error {
 	if x.root == nil {
 		return nil
 	}
-	if err := x.root.Mkdir(rel, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+	if err := x.tree.mkdir(rel, 0o700); err != nil {
 		return fmt.Errorf("entry %q: %w", rel, err)
 	}
 	return nil
@@ -419,13 +440,21 @@ func (x *extractor) file(rel string, mode fs.FileMode, mtime time.Time, size int
 	}
 	w := io.Discard
 	var f *os.File
+	var dir *os.Root
+	var h hash.Hash
 	if x.root != nil {
+		var release func()
 		var err error
-		f, err = x.root.OpenFile(rel, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		f, dir, release, err = x.create(rel)
 		if err != nil {
-			return fmt.Errorf("entry %q: %w", rel, err)
+			return err
 		}
+		defer release()
 		w = f
+		if x.hashes != nil {
+			h = sha256.New()
+			w = io.MultiWriter(f, h)
+		}
 	}
 	n, err := io.CopyBuffer(w, ctxio.NewReader(x.ctx, io.LimitReader(r, remaining+1)), x.buf)
 	x.bytes += n
@@ -444,21 +473,60 @@ func (x *extractor) file(rel string, mode fs.FileMode, mtime time.Time, size int
 	if f == nil {
 		return nil
 	}
-	return x.finishFile(f, rel, mode, mtime)
+	if h != nil {
+		x.setHash(rel, hex.EncodeToString(h.Sum(nil)))
+	}
+	return x.finishFile(f, dir, rel, mode, mtime)
 }
 
-// finishFile sets the mode and time of a written file and closes it.
-func (x *extractor) finishFile(f *os.File, rel string, mode fs.FileMode, mtime time.Time) error {
-	if err := f.Chmod(x.mode(mode)); err != nil {
+func (x *extractor) setHash(rel, sum string) {
+	x.errMu.Lock()
+	x.hashes[rel] = sum
+	x.errMu.Unlock()
+}
+
+// create creates the regular file rel, opened for writing, in its
+// directory's root dir; release lets the root go once the file is
+// finished.
+func (x *extractor) create(rel string) (f *os.File, dir *os.Root, release func(), err error) {
+	dir, release, err = x.tree.open(path.Dir(rel))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("entry %q: %w", rel, err)
+	}
+	f, err = dir.OpenFile(path.Base(rel), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		release()
+		return nil, nil, nil, fmt.Errorf("entry %q: %w", rel, inTree(err, rel))
+	}
+	return f, dir, release, nil
+}
+
+// finishFile sets the mode and time of a written file, created in dir,
+// and closes it. The times are set through the open file where the
+// system can, else by name once it is closed.
+func (x *extractor) finishFile(f *os.File, dir *os.Root, rel string, mode fs.FileMode, mtime time.Time) error {
+	err := f.Chmod(x.mode(mode))
+	byName := !mtime.IsZero()
+	if err == nil && byName && !x.timesByName.Load() {
+		var ok bool
+		ok, err = setTimesFD(f, mtime)
+		byName = !ok
+		if err == nil && !ok {
+			x.timesByName.Store(true) // not supported: by name from now on
+		}
+	}
+	if err != nil {
 		_ = f.Close() // err says what went wrong; the staging tree is discarded
 		return fmt.Errorf("entry %q: %w", rel, err)
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("entry %q: %w", rel, err)
 	}
-	if !mtime.IsZero() {
-		if err := x.root.Chtimes(rel, mtime, mtime); err != nil {
-			return fmt.Errorf("entry %q: %w", rel, err)
+	if byName {
+		// In the file's own directory, not following a link: the file was
+		// created there, O_EXCL, a moment ago.
+		if err := dir.Chtimes(path.Base(rel), mtime, mtime); err != nil {
+			return fmt.Errorf("entry %q: %w", rel, inTree(err, rel))
 		}
 	}
 	return nil
@@ -537,15 +605,20 @@ func (x *extractor) writer() {
 }
 
 func (x *extractor) writeSmall(j writeJob) error {
-	f, err := x.root.OpenFile(j.rel, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	f, dir, release, err := x.create(j.rel)
 	if err != nil {
-		return fmt.Errorf("entry %q: %w", j.rel, err)
+		return err
 	}
+	defer release()
 	if _, err := f.Write(*j.data); err != nil {
 		_ = f.Close() // err says what went wrong; the staging tree is discarded
 		return fmt.Errorf("entry %q: %w", j.rel, err)
 	}
-	return x.finishFile(f, j.rel, j.mode, j.mtime)
+	if x.hashes != nil {
+		sum := sha256.Sum256(*j.data)
+		x.setHash(j.rel, hex.EncodeToString(sum[:]))
+	}
+	return x.finishFile(f, dir, j.rel, j.mode, j.mtime)
 }
 
 func (x *extractor) writeErr() error {
@@ -619,6 +692,11 @@ func (x *extractor) hardlink(rel, linkname string) error {
 	if err := x.root.Link(target, rel); err != nil {
 		return fmt.Errorf("entry %q: %w", rel, err)
 	}
+	if x.hashes != nil {
+		x.errMu.Lock()
+		x.hashes[rel] = x.hashes[target] // flushed above: the target's is set
+		x.errMu.Unlock()
+	}
 	return nil
 }
 
@@ -644,7 +722,8 @@ func (x *extractor) createLinks() error {
 		return nil
 	}
 	for l, target := range x.links {
-		if err := x.root.Symlink(target, l); err != nil {
+		err := x.tree.in(l, func(dir *os.Root, name string) error { return dir.Symlink(target, name) })
+		if err != nil {
 			return fmt.Errorf("entry %q: %w", l, err)
 		}
 	}
@@ -700,13 +779,17 @@ func (x *extractor) finishDirs() error {
 	sort.Slice(names, func(i, j int) bool { return names[i] > names[j] })
 	for _, d := range names {
 		m := x.dirs[d]
-		if err := x.root.Chmod(d, m.mode); err != nil {
-			return fmt.Errorf("directory %q: %w", d, err)
-		}
-		if !m.mtime.IsZero() {
-			if err := x.root.Chtimes(d, m.mtime, m.mtime); err != nil {
-				return fmt.Errorf("directory %q: %w", d, err)
+		err := x.tree.in(d, func(dir *os.Root, name string) error {
+			if err := dir.Chmod(name, m.mode); err != nil {
+				return err
 			}
+			if m.mtime.IsZero() {
+				return nil
+			}
+			return dir.Chtimes(name, m.mtime, m.mtime)
+		})
+		if err != nil {
+			return fmt.Errorf("directory %q: %w", d, err)
 		}
 	}
 	return nil

@@ -208,6 +208,65 @@ func TestExtractTree(t *testing.T) {
 	}
 }
 
+// Options.Hash: the hashes taken while writing are those of the files
+// on disk, for small files (written by the writers), large ones (written
+// at once) and hard links alike, and fill a manifest as ScanHashed would.
+func TestExtractHashes(t *testing.T) {
+	big := strings.Repeat("0123456789abcdef", smallFile/16+100)
+	ents := []ent{
+		dir("go/"),
+		file("go/small", "a small file"),
+		file("go/empty", ""),
+		file("go/bin/big", big),
+		hardlink("go/bin/big2", "go/bin/big"),
+		hardlink("go/small2", "go/small"),
+		symlink("go/link", "small"),
+	}
+	for _, format := range []string{FormatTar, FormatZip} {
+		t.Run(format, func(t *testing.T) {
+			data := tarBytes(t, ents...)
+			want := 5
+			if format == FormatZip {
+				data = zipBytes(t, ents[0], ents[1], ents[2], ents[3], ents[6])
+				want = 3
+			}
+			src, _, dest := setup(t, data)
+			o := opts()
+			o.MaxBytes = 8 << 20
+			o.StripComponents = 1
+			o.Hash = true
+			res, err := Extract(context.Background(), src, dest, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Hashes) != want {
+				t.Errorf("%d hashes, want %d: %v", len(res.Hashes), want, res.Hashes)
+			}
+			m, err := Scan(dest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.SetHashes(res.Hashes)
+			if !m.Hashed() {
+				t.Errorf("manifest not fully hashed from the extraction's hashes: %v", res.Hashes)
+			}
+			full, err := ScanHashed(dest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(m.Encode()) != string(full.Encode()) {
+				t.Errorf("manifest with the extraction's hashes:\n%s\nwant (hashed from disk):\n%s", m.Encode(), full.Encode())
+			}
+		})
+	}
+	// Without Hash, none are taken.
+	src, _, dest := setup(t, tarBytes(t, file("a", "x")))
+	res, err := Extract(context.Background(), src, dest, opts())
+	if err != nil || res.Hashes != nil {
+		t.Errorf("Extract without Hash = %v, %v; want no hashes", res.Hashes, err)
+	}
+}
+
 func TestExtractAllowSetuid(t *testing.T) {
 	src, _, dest := setup(t, tarBytes(t, ent{name: "suid", typ: tar.TypeReg, mode: 0o6755, body: "x"}))
 	o := opts()

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -179,4 +180,103 @@ func writeTree(b *testing.B, dst, src, prefix string) {
 	}
 	tw.Close()
 	zw.Close()
+}
+
+// BenchmarkExtractToolchainZstd extracts the tar.zst form of the local Go
+// toolchain (what agents download when the controller transcoded it) into
+// a tmpfs (/dev/shm when there is one) and compares it with `zstd -dc |
+// tar -x` of the same file in the same run, in wall time and in CPU time
+// (user + system, the extracting process's or the pipeline's). Skipped
+// with -short, or without the zstd command.
+func BenchmarkExtractToolchainZstd(b *testing.B) {
+	if testing.Short() {
+		b.Skip("builds a toolchain-sized tarball")
+	}
+	if _, err := exec.LookPath("zstd"); err != nil {
+		b.Skip("zstd not installed")
+	}
+	dir := b.TempDir()
+	gz := filepath.Join(dir, "go.tar.gz")
+	writeTree(b, gz, goroot(b), "go")
+	zst := filepath.Join(dir, "go.tar.zst")
+	src, err := os.Open(gz)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dst, err := os.Create(zst)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := Transcode(context.Background(), src, "go.tar.gz", dst); err != nil {
+		b.Fatal(err)
+	}
+	_ = src.Close()
+	if err := dst.Close(); err != nil {
+		b.Fatal(err)
+	}
+	shm := "/dev/shm"
+	if st, err := os.Stat(shm); err != nil || !st.IsDir() {
+		shm = ""
+	}
+	work, err := os.MkdirTemp(shm, "ferry-bench-zst1-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = os.RemoveAll(work) })
+	st, _ := os.Stat(zst)
+	b.SetBytes(st.Size())
+	var ferry, gnu, ferryCPU, gnuCPU time.Duration
+	b.ResetTimer()
+	for n := 0; n < b.N; n++ {
+		dest := filepath.Join(work, fmt.Sprintf("ferry-%d", n))
+		if err := os.Mkdir(dest, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		cpu0 := cpuTime(syscall.RUSAGE_SELF)
+		start := time.Now()
+		f, err := os.Open(zst)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := ExtractStream(context.Background(), f, dest, Options{Format: FormatTarZst, MaxBytes: 8 << 30, MaxEntries: 1 << 20, StripComponents: 1}); err != nil {
+			b.Fatal(err)
+		}
+		_ = f.Close()
+		ferry += time.Since(start)
+		ferryCPU += cpuTime(syscall.RUSAGE_SELF) - cpu0
+
+		b.StopTimer()
+		tdest := filepath.Join(work, fmt.Sprintf("tar-%d", n))
+		if err := os.Mkdir(tdest, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		cpu0 = cpuTime(syscall.RUSAGE_CHILDREN)
+		start = time.Now()
+		cmd := exec.Command("sh", "-c", `zstd -dc "$1" | tar -x -C "$2" --strip-components=1`, "sh", zst, tdest)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("zstd | tar: %v: %s", err, out)
+		}
+		gnu += time.Since(start)
+		gnuCPU += cpuTime(syscall.RUSAGE_CHILDREN) - cpu0
+		if err := errors.Join(os.RemoveAll(dest), os.RemoveAll(tdest)); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(ferry.Milliseconds())/float64(b.N), "ferry-ms/op")
+	b.ReportMetric(float64(gnu.Milliseconds())/float64(b.N), "zstdtar-ms/op")
+	b.ReportMetric(float64(ferryCPU.Milliseconds())/float64(b.N), "ferry-cpu-ms/op")
+	b.ReportMetric(float64(gnuCPU.Milliseconds())/float64(b.N), "zstdtar-cpu-ms/op")
+	b.ReportMetric(float64(ferry)/float64(gnu), "ferry/zstdtar")
+	b.ReportMetric(float64(ferryCPU)/float64(gnuCPU), "ferry/zstdtar-cpu")
+}
+
+// cpuTime is the user and system time of who (RUSAGE_SELF or
+// RUSAGE_CHILDREN, the children waited for).
+func cpuTime(who int) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(who, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

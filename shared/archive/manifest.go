@@ -2,6 +2,7 @@ package archive
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -11,10 +12,12 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Entry is one file system object of an extracted tree.
@@ -59,6 +62,19 @@ func ScanHashed(dir string) (Manifest, error) {
 		return nil, err
 	}
 	return m, m.AddHashes(dir)
+}
+
+// SetHashes records the hashes an extraction with Options.Hash computed
+// (Result.Hashes) in the manifest of the tree it wrote; a regular file it
+// has none for is left to AddHashes.
+func (m Manifest) SetHashes(hashes map[string]string) {
+	for k := range m {
+		if m[k].Type == 'f' {
+			if h, ok := hashes[m[k].Path]; ok {
+				m[k].Hash = h
+			}
+		}
+	}
 }
 
 // Hashed reports whether every regular file of m has its hash.
@@ -229,94 +245,167 @@ func diff(want, got Entry) string {
 }
 
 // walk visits dir and everything below it in lexical order without
-// following symbolic links.
+// following symbolic links. Each directory is opened (not following a
+// link) and its entries are looked up relative to it, rather than by a
+// path the kernel walks from the top each time: a tree is walked at every
+// install (Scan) and every drift check (Diff).
 func walk(dir string, fn func(Entry) error) error {
-	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		e := Entry{Path: filepath.ToSlash(rel), Mode: info.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)}
-		if st, ok := info.Sys().(*syscall.Stat_t); ok {
-			e.UID, e.GID = st.Uid, st.Gid
-		}
-		switch {
-		case info.IsDir():
-			e.Type = 'd'
-		case info.Mode().IsRegular():
-			e.Type, e.Size, e.Mtime = 'f', info.Size(), info.ModTime().UnixNano()
-		case info.Mode()&fs.ModeSymlink != 0:
-			e.Type = 'l'
-			if e.Target, err = os.Readlink(p); err != nil {
-				return err
-			}
-		default:
-			return fmt.Errorf("%s: unexpected file type %v", p, info.Mode().Type())
-		}
-		return fn(e)
-	})
-}
-
-// Encode renders the manifest as text, one entry a line.
-func (m Manifest) Encode() []byte {
-	var b strings.Builder
-	for _, e := range m {
-		fmt.Fprintf(&b, "%c %o %d %d %d %d %s %s", e.Type, uint32(e.Mode), e.Size, e.Mtime, e.UID, e.GID,
-			strconv.Quote(e.Path), strconv.Quote(e.Target))
-		if e.Hash != "" {
-			b.WriteString(" " + e.Hash)
-		}
-		b.WriteByte('\n')
+	var st unix.Stat_t
+	if err := unix.Lstat(dir, &st); err != nil {
+		return &fs.PathError{Op: "lstat", Path: dir, Err: err}
 	}
-	return []byte(b.String())
+	e, err := entryOf(".", &st, func() (string, error) { return os.Readlink(dir) })
+	if err != nil {
+		return fmt.Errorf("%s: %w", dir, err)
+	}
+	if err := fn(e); err != nil || e.Type != 'd' {
+		return err
+	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &fs.PathError{Op: "open", Path: dir, Err: err}
+	}
+	return walkDir(dir, fd, "", fn)
 }
 
-// DecodeManifest parses what Encode wrote.
+// walkDir visits the entries of the directory open as fd (dir/rel; ""
+// for dir itself) and below, and closes fd.
+func walkDir(dir string, fd int, rel string, fn func(Entry) error) error {
+	d := os.NewFile(uintptr(fd), filepath.Join(dir, rel))
+	defer func() { _ = d.Close() }() // read-only
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return err
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		p := name
+		if rel != "" {
+			p = rel + "/" + name
+		}
+		var st unix.Stat_t
+		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return &fs.PathError{Op: "lstat", Path: filepath.Join(dir, p), Err: err}
+		}
+		e, err := entryOf(p, &st, func() (string, error) { return readlinkAt(fd, name) })
+		if err != nil {
+			return fmt.Errorf("%s: %w", filepath.Join(dir, p), err)
+		}
+		if err := fn(e); err != nil {
+			return err
+		}
+		if e.Type != 'd' {
+			continue
+		}
+		child, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return &fs.PathError{Op: "open", Path: filepath.Join(dir, p), Err: err}
+		}
+		if err := walkDir(dir, child, p, fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// entryOf makes the Entry at path p of a file's status; target reads a
+// link's.
+func entryOf(p string, st *unix.Stat_t, target func() (string, error)) (Entry, error) {
+	mode := st.Mode
+	e := Entry{Path: p, Mode: fs.FileMode(mode & 0o777), UID: st.Uid, GID: st.Gid}
+	if mode&unix.S_ISUID != 0 {
+		e.Mode |= fs.ModeSetuid
+	}
+	if mode&unix.S_ISGID != 0 {
+		e.Mode |= fs.ModeSetgid
+	}
+	if mode&unix.S_ISVTX != 0 {
+		e.Mode |= fs.ModeSticky
+	}
+	switch mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		e.Type = 'd'
+	case unix.S_IFREG:
+		e.Type, e.Size, e.Mtime = 'f', st.Size, st.Mtim.Nano()
+	case unix.S_IFLNK:
+		e.Type = 'l'
+		t, err := target()
+		if err != nil {
+			return e, err
+		}
+		e.Target = t
+	case unix.S_IFIFO:
+		return e, errors.New("unexpected fifo")
+	case unix.S_IFSOCK:
+		return e, errors.New("unexpected socket")
+	case unix.S_IFCHR, unix.S_IFBLK:
+		return e, errors.New("unexpected device file")
+	default:
+		return e, fmt.Errorf("unexpected file type %o", mode&unix.S_IFMT)
+	}
+	return e, nil
+}
+
+// readlinkAt reads the target of the link name in the directory fd.
+func readlinkAt(fd int, name string) (string, error) {
+	for size := 256; ; size *= 2 {
+		b := make([]byte, size)
+		n, err := unix.Readlinkat(fd, name, b)
+		if err != nil {
+			return "", &fs.PathError{Op: "readlinkat", Path: name, Err: err}
+		}
+		if n < size {
+			return string(b[:n]), nil
+		}
+	}
+}
+
+// Encode renders the manifest as text, one entry a line: type, octal
+// mode, size, mtime, uid, gid, quoted path, quoted target and, when
+// recorded, the hash. It appends with strconv rather than formatting with
+// fmt: every install encodes its tree's (some 17000 lines for a Go
+// toolchain) before the tree is switched in.
+func (m Manifest) Encode() []byte {
+	b := make([]byte, 0, len(m)*160)
+	for _, e := range m {
+		b = append(b, e.Type, ' ')
+		b = strconv.AppendUint(b, uint64(uint32(e.Mode)), 8)
+		b = append(b, ' ')
+		b = strconv.AppendInt(b, e.Size, 10)
+		b = append(b, ' ')
+		b = strconv.AppendInt(b, e.Mtime, 10)
+		b = append(b, ' ')
+		b = strconv.AppendUint(b, uint64(e.UID), 10)
+		b = append(b, ' ')
+		b = strconv.AppendUint(b, uint64(e.GID), 10)
+		b = append(b, ' ')
+		b = strconv.AppendQuote(b, e.Path)
+		b = append(b, ' ')
+		b = strconv.AppendQuote(b, e.Target)
+		if e.Hash != "" {
+			b = append(b, ' ')
+			b = append(b, e.Hash...)
+		}
+		b = append(b, '\n')
+	}
+	return b
+}
+
+// DecodeManifest parses what Encode wrote. It parses with strconv, not
+// fmt's scanner: an agent decodes every installed tree's manifest (a line
+// per file, some 17000 for a Go toolchain) after each job and at every
+// drift check.
 func DecodeManifest(data []byte) (Manifest, error) {
-	var m Manifest
-	sc := bufio.NewScanner(strings.NewReader(string(data)))
+	m := make(Manifest, 0, bytes.Count(data, []byte{'\n'}))
+	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 64<<10), 64<<10)
 	line := 0
 	for sc.Scan() {
 		line++
-		var e Entry
-		var mode uint32
-		var p, t string
-		f := strings.SplitN(sc.Text(), " ", 7)
-		if len(f) != 7 || len(f[0]) != 1 {
-			return nil, fmt.Errorf("manifest line %d: malformed", line)
-		}
-		e.Type = f[0][0]
-		_, err := fmt.Sscanf(strings.Join(f[1:6], " "), "%o %d %d %d %d", &mode, &e.Size, &e.Mtime, &e.UID, &e.GID)
+		e, err := decodeEntry(sc.Text())
 		if err != nil {
 			return nil, fmt.Errorf("manifest line %d: %w", line, err)
 		}
-		e.Mode = fs.FileMode(mode)
-		rest := f[6]
-		p, err = strconv.QuotedPrefix(rest)
-		if err != nil {
-			return nil, fmt.Errorf("manifest line %d: %w", line, err)
-		}
-		rest = strings.TrimPrefix(rest[len(p):], " ")
-		if t, err = strconv.QuotedPrefix(rest); err != nil {
-			return nil, fmt.Errorf("manifest line %d: %w", line, err)
-		}
-		// An optional hash follows (manifests recorded before hashes have none).
-		if h := strings.TrimPrefix(rest[len(t):], " "); h != "" {
-			if len(h) != sha256.Size*2 || strings.Trim(h, "0123456789abcdef") != "" {
-				return nil, fmt.Errorf("manifest line %d: malformed hash", line)
-			}
-			e.Hash = h
-		}
-		e.Path, _ = strconv.Unquote(p)
-		e.Target, _ = strconv.Unquote(t)
 		m = append(m, e)
 	}
 	if err := sc.Err(); err != nil {
@@ -326,4 +415,47 @@ func DecodeManifest(data []byte) (Manifest, error) {
 		return nil, errors.New("manifest: empty")
 	}
 	return m, nil
+}
+
+var errMalformed = errors.New("malformed")
+
+// decodeEntry parses one line of Encode's: type, octal mode, size, mtime,
+// uid, gid, quoted path, quoted target and an optional hash.
+func decodeEntry(text string) (Entry, error) {
+	var e Entry
+	f := strings.SplitN(text, " ", 7)
+	if len(f) != 7 || len(f[0]) != 1 {
+		return e, errMalformed
+	}
+	e.Type = f[0][0]
+	mode, err1 := strconv.ParseUint(f[1], 8, 32)
+	size, err2 := strconv.ParseInt(f[2], 10, 64)
+	mtime, err3 := strconv.ParseInt(f[3], 10, 64)
+	uid, err4 := strconv.ParseUint(f[4], 10, 32)
+	gid, err5 := strconv.ParseUint(f[5], 10, 32)
+	if errors.Join(err1, err2, err3, err4, err5) != nil {
+		return e, errMalformed
+	}
+	e.Mode, e.Size, e.Mtime = fs.FileMode(mode), size, mtime
+	e.UID, e.GID = uint32(uid), uint32(gid) // parsed as 32 bits
+	rest := f[6]
+	p, err := strconv.QuotedPrefix(rest)
+	if err != nil {
+		return e, errMalformed
+	}
+	rest = strings.TrimPrefix(rest[len(p):], " ")
+	t, err := strconv.QuotedPrefix(rest)
+	if err != nil {
+		return e, errMalformed
+	}
+	// An optional hash follows (manifests recorded before hashes have none).
+	if h := strings.TrimPrefix(rest[len(t):], " "); h != "" {
+		if len(h) != sha256.Size*2 || strings.Trim(h, "0123456789abcdef") != "" {
+			return e, errors.New("malformed hash")
+		}
+		e.Hash = h
+	}
+	e.Path, _ = strconv.Unquote(p)
+	e.Target, _ = strconv.Unquote(t)
+	return e, nil
 }

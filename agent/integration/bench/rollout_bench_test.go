@@ -493,40 +493,50 @@ func (bn *bench) ferryLocal(b *testing.B, fleet string, n int) result {
 	f := &ferryFleet{h: h, c: h.StartController(e2e.ControllerOptions{HeartbeatInterval: 5 * time.Second})}
 	tok := h.CreateToken(e2e.TokenOptions{Group: "bench", Uses: n})
 	var ids, roots []string
+	var agents []*e2e.Agent
 	for i := range n {
 		id := fmt.Sprintf("host-%02d", i+1)
 		a := h.NewAgent(id, e2e.AgentOptions{})
 		a.MustEnroll(tok)
 		a.Start()
-		ids, roots = append(ids, id), append(roots, a.Root)
+		ids, roots, agents = append(ids, id), append(roots, a.Root), append(agents, a)
+	}
+	agentsCPU := func() time.Duration {
+		var sum time.Duration
+		for _, a := range agents {
+			sum += processCPU(b, a.PID())
+		}
+		return sum
 	}
 	cpu0 := processCPU(b, f.c.PID())
 	push := f.prepare(b, bn, ids)
-	cpu1 := processCPU(b, f.c.PID())
+	cpu1, acpu1 := processCPU(b, f.c.PID()), agentsCPU()
 	wall, served := f.rollout(b, bn)
-	cpu2 := processCPU(b, f.c.PID())
+	cpu2, acpu2 := processCPU(b, f.c.PID()), agentsCPU()
 	bn.checkRoots(b, roots)
 	return result{fleet: fleet, name: "Ferry rollout (archive, env, sudoers, check)", wall: wall, served: served,
-		note: fmt.Sprintf("controller CPU %.2fs in the rollout; the push took %.2fs and %.2fs of CPU, transcoding included", (cpu2 - cpu1).Seconds(), push.Seconds(), (cpu1 - cpu0).Seconds())}
+		note: fmt.Sprintf("controller CPU %.2fs in the rollout, agents' %.2fs (%.2fs each); the push took %.2fs and %.2fs of CPU, transcoding included",
+			(cpu2 - cpu1).Seconds(), (acpu2 - acpu1).Seconds(), (acpu2-acpu1).Seconds()/float64(n), push.Seconds(), (cpu1 - cpu0).Seconds())}
 }
 
-// processCPU is the user and system CPU time process pid has used, from
-// /proc/PID/stat (clock ticks of 1/100 s, as on every Linux).
+// processCPU is the user and system CPU time process pid (the controller
+// or an agent) has used, from /proc/PID/stat (clock ticks of 1/100 s, as
+// on every Linux).
 func processCPU(b *testing.B, pid int) time.Duration {
 	b.Helper()
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		b.Fatalf("controller CPU time: %v", err)
+		b.Fatalf("CPU time of process %d: %v", pid, err)
 	}
 	// The fields after the command name, which ends with the last ')'.
 	f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+1:]))
 	if len(f) < 13 {
-		b.Fatalf("controller CPU time: /proc/%d/stat has %d fields", pid, len(f))
+		b.Fatalf("CPU time: /proc/%d/stat has %d fields", pid, len(f))
 	}
 	utime, err1 := strconv.ParseInt(f[11], 10, 64)
 	stime, err2 := strconv.ParseInt(f[12], 10, 64)
 	if err1 != nil || err2 != nil {
-		b.Fatalf("controller CPU time: /proc/%d/stat: %v %v", pid, err1, err2)
+		b.Fatalf("CPU time: /proc/%d/stat: %v %v", pid, err1, err2)
 	}
 	return time.Duration(utime+stime) * 10 * time.Millisecond
 }

@@ -100,9 +100,9 @@ func (i *Installer) CheckDrift(full bool) (*ferryv1.DriftReport, error) {
 }
 
 // RecordHashes adds the SHA-256 of every file to the manifests of the
-// installed trees that lack them: new trees (the install records sizes and
-// times only, so hashing stays off the rollout's critical path) and trees
-// installed by an agent that recorded no hashes. A tree that no longer
+// installed trees that lack them: trees installed by an agent that
+// recorded no hashes (an archive step now records each file's as it
+// extracts it, archive.Options.Hash). A tree that no longer
 // matches its manifest is left unhashed (its drift is reported instead).
 // It returns ErrBusy while a job runs.
 func (i *Installer) RecordHashes() error {

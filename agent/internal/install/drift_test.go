@@ -62,3 +62,24 @@ func TestCheckDrift(t *testing.T) {
 		t.Fatalf("removed tree: %v", rep)
 	}
 }
+
+// An archive's files are hashed as they are extracted: a full check sees
+// a change of content alone without RecordHashes having run.
+func TestInstallRecordsHashes(t *testing.T) {
+	e := newEnv(t)
+	a, d := artifact(t, map[string]string{"tool/": "", "tool/bin/": "", "tool/bin/tool": "#!/bin/sh\necho 1\n", "tool/VERSION": "1\n"})
+	wantPhase(t, e.install(pkg("tool", "1", d, archiveStep("/opt/tool", 1)), a), succeeded)
+
+	p := e.path("/opt/tool/VERSION")
+	st, err := os.Stat(p)
+	must(t, err)
+	must(t, os.WriteFile(p, []byte("2\n"), 0o644))
+	must(t, os.Chtimes(p, st.ModTime(), st.ModTime()))
+	ro, err := ReadOnly(e.root, e.state)
+	must(t, err)
+	rep, err := ro.CheckDrift(true)
+	must(t, err)
+	if len(rep.GetPackages()) != 1 || rep.GetPackages()[0].GetChanged() != 1 || rep.GetPackages()[0].GetExamples()[0] != "/opt/tool/VERSION: content changed (same size and time)" {
+		t.Fatalf("full check without RecordHashes: %v", rep)
+	}
+}

@@ -119,6 +119,9 @@ func (k archiveKind) work(r stepRequest) (archiveWork, error) {
 		MaxEntries:      k.i.maxEnts,
 		AllowSetuid:     s.GetAllowSetuid(),
 		Name:            jc.pkg.GetArtifact().GetName(),
+		// Hashed as written, so the tree is not read again to be hashed
+		// (RecordHashes) while other work wants the CPU.
+		Hash: true,
 	}
 	if jc.format != "" {
 		w.opts.Format = jc.format // the transcoded form
@@ -203,10 +206,11 @@ func (k archiveKind) Apply(ctx context.Context, r stepRequest) (stepResponse, er
 	if err != nil {
 		return stepResponse{}, err
 	}
-	m, err := archive.Scan(a.Stage) // hashed after the job (RecordHashes): off the rollout's critical path
+	m, err := archive.Scan(a.Stage)
 	if err != nil {
 		return stepResponse{}, err
 	}
+	m.SetHashes(res.Hashes) // any file without one is hashed after the job (RecordHashes)
 	manifest := fmt.Sprintf("%s-%d", jc.key, idx)
 	if err := writeFileSync(filepath.Join(i.dir, "manifests", manifest), m.Encode()); err != nil {
 		return stepResponse{}, fmt.Errorf("record manifest: %w", err)
