@@ -121,12 +121,18 @@ func startEtcd(b *testing.B, dir string) *etcdServer {
 func freePorts(b *testing.B, n int) []int {
 	b.Helper()
 	var ports []int
+	var held []net.Listener // kept open until all are picked, so none repeats
+	defer func() {
+		for _, l := range held {
+			_ = l.Close()
+		}
+	}()
 	for range n {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			b.Fatal(err)
 		}
-		defer l.Close()
+		held = append(held, l)
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports
