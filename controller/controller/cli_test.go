@@ -46,7 +46,7 @@ func TestConfigFileErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name, text, want string
 	}{
-		{"unknown key", "# c\nlisten: 127.0.0.1:0\nmax_downloads: 3\n", `controller.yaml:3: unknown key "max_downloads"; the keys are the flags: advertise, agent-cert-ttl, data-dir,`},
+		{"unknown key", "# c\nlisten: 127.0.0.1:0\nmax_downloads: 3\n", `controller.yaml:3: unknown key "max_downloads"; the keys are the flags: advertise, agent-cert-ttl, controller-id, data-dir,`},
 		{"bad value", "log-level: info\n\nheartbeat-interval: often\n", `controller.yaml:3: heartbeat-interval: "often" is not a duration; write it like 5s, 1m30s or 720h`},
 		{"one-off flag", "new-store: true\n", `controller.yaml:1: new-store: is a command-line flag only`},
 	} {

@@ -13,6 +13,7 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/cluster"
 	"github.com/ferrydeploy/ferry/controller/internal/fleet"
 	"github.com/ferrydeploy/ferry/controller/internal/replica"
+	"github.com/ferrydeploy/ferry/controller/internal/rollout"
 	"github.com/ferrydeploy/ferry/controller/internal/server"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/rpc"
@@ -71,6 +72,10 @@ func (c *Controller) engineLeading() error {
 		return nil
 	}
 	l, _ := cc.cl.Leader()
+	if cc.cl.Leading() || l.ID == cc.cl.ID() {
+		// Elected, loading what the previous leader stored.
+		return rollout.ErrTakingOver
+	}
 	return &cluster.NotLeaderError{ID: cc.cl.ID(), Leader: l}
 }
 

@@ -2,11 +2,12 @@ package fleettest
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ferrydeploy/ferry/controller/controller"
 	"github.com/ferrydeploy/ferry/controller/etcdtest"
@@ -40,7 +41,7 @@ func TestArtifactSurvivesItsController(t *testing.T) {
 		}
 	}
 	cfgB := f.cfg
-	cfgB.DataDir, cfgB.GRPCAddr = dirB, "127.0.0.1:0"
+	cfgB.DataDir, cfgB.GRPCAddr, cfgB.ControllerID = dirB, "127.0.0.1:0", "controller-b"
 	ctlB, err := controller.New(cfgB)
 	if err != nil {
 		t.Fatalf("start controller B: %v", err)
@@ -54,16 +55,20 @@ func TestArtifactSurvivesItsController(t *testing.T) {
 			t.Errorf("controller B: %v", err)
 		}
 	})
-	// Membership (package cluster) announces live controllers in etcd;
-	// written here as it would.
-	for id, addr := range map[string]string{"a": f.ctl.AdvertiseAddress(), "b": ctlB.AdvertiseAddress()} {
-		v, _ := json.Marshal(map[string]string{"id": id, "addr": addr})
-		pctx, pcancel := context.WithTimeout(context.Background(), 5*time.Second)
-		if _, err := cli.Put(pctx, "/ferry/members/"+id, string(v)); err != nil {
-			t.Fatal(err)
+	// Membership (package cluster) announces both in etcd; A's watch of
+	// it follows at once.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		gctx, gcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		r, err := cli.Get(gctx, "/ferry/members/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		gcancel()
+		if err == nil && r.Count == 2 {
+			break
 		}
-		pcancel()
+		if time.Now().After(deadline) {
+			t.Fatalf("A and B are not both members after 10 s: %v, %v", r, err)
+		}
 	}
+	time.Sleep(300 * time.Millisecond)
 
 	resp := f.pushResp("tool-1.0.tar.gz", "1.0", toolTarball(t, "1.0", 256<<10))
 	if resp.GetCopies() != 2 || resp.GetWarning() != "" {

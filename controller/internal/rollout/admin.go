@@ -72,7 +72,7 @@ func (e *Engine) Abort(actor, id string) (*ferryv1.Rollout, error) {
 // changed with the action's audit entry (commitAction): if the two cannot
 // be saved together, the action fails and changes nothing.
 func (e *Engine) admin(actor, action, id string, fn func(ru *run, now time.Time, fx *effects) error) (*ferryv1.Rollout, error) {
-	if err := e.leading(); err != nil {
+	if err := e.adminLeading(); err != nil {
 		return nil, err
 	}
 	ev := e.auditEntry(actor, action, id, "")

@@ -642,7 +642,7 @@ func (e *Engine) groupViewLocked(name string, g *ferryv1.GroupRecord, members []
 // another one (jobs before now no longer count against them). A refused
 // request changes nothing.
 func (e *Engine) UpdateGroup(actor string, req *ferryv1.UpdateGroupRequest) (*ferryv1.Group, error) {
-	if err := e.leading(); err != nil {
+	if err := e.adminLeading(); err != nil {
 		return nil, err
 	}
 	g, err := e.updateGroup(actor, req)

@@ -29,7 +29,7 @@ import (
 // dropped within DisconnectGrace (they are waited for that long, see
 // reconnecting). The canaries' jobs are sent before Create returns.
 func (e *Engine) Create(ctx context.Context, actor string, req *ferryv1.CreateRolloutRequest) (*ferryv1.CreateRolloutResponse, error) {
-	if err := e.leading(); err != nil {
+	if err := e.adminLeading(); err != nil {
 		return nil, err
 	}
 	if req.GetRemove() {

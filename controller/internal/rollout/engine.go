@@ -74,7 +74,15 @@ var (
 	// ErrNotLeading: with several controllers, this one does not run
 	// the engine now (Unavailable); the error names the one that does.
 	ErrNotLeading = errors.New("not leading")
+	// ErrTakingOver is what Config.Leading returns while this controller
+	// has won the election and is loading what the previous leader
+	// stored: an admin's call waits for that (takeOverWait) instead of
+	// being refused.
+	ErrTakingOver = errors.New("this controller is taking over as leader")
 )
+
+// takeOverWait bounds how long an admin's call waits for a take-over.
+const takeOverWait = 15 * time.Second
 
 // Config configures an Engine.
 type Config struct {
@@ -158,6 +166,20 @@ func (e *Engine) leading() error {
 		return fmt.Errorf("%w: %w", ErrNotLeading, err)
 	}
 	return nil
+}
+
+// adminLeading is leading for an admin's call (not under e.mu): while
+// this controller is taking over as leader it waits until it leads,
+// rather than refusing a call it is about to be able to serve.
+func (e *Engine) adminLeading() error {
+	deadline := time.Now().Add(takeOverWait)
+	for {
+		err := e.leading()
+		if !errors.Is(err, ErrTakingOver) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // Reload rereads the stored rollouts and groups, as New does: a

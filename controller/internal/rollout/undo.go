@@ -31,7 +31,7 @@ import (
 // (previous_version) and to (target_version) and, when it is not a
 // rollback, its job_kind.
 func (e *Engine) Undo(actor string, req *ferryv1.UndoRolloutRequest) (*ferryv1.UndoRolloutResponse, error) {
-	if err := e.leading(); err != nil {
+	if err := e.adminLeading(); err != nil {
 		return nil, err
 	}
 	resp, err := e.undo(actor, req)

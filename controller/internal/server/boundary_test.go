@@ -25,6 +25,9 @@ func TestOnlyServerMakesStatusErrors(t *testing.T) {
 		// replica is a client of the other controllers' ReplicaService:
 		// it reads their status messages (to say them in words) and makes none.
 		module + "/internal/replica": true,
+		// cluster serves ClusterService (relay.go), controller to
+		// controller: a gRPC server of its own, as this package is.
+		module + "/internal/cluster": true,
 	}
 	g := deptest.List(t, false, module+"/...")
 	if _, ok := g[module+"/internal/server"]; !ok {
