@@ -56,7 +56,7 @@ func (s *artifactServer) PushArtifact(stream grpc.ClientStreamingServer[ferryv1.
 		Name: h.GetName(), Version: h.GetVersion(), OS: h.GetOs(), Arch: h.GetArch(), Size: h.GetSize(), SHA256: h.GetSha256(), PushedBy: actor,
 		Audit: audit,
 	}
-	a, pushed, err := s.d.Artifacts.Put(ctx, req, &pushReader{stream: stream})
+	a, pushed, err := s.d.Artifacts.Put(ctx, req, pushChunks(stream))
 	if err == nil && pushed == artifact.Unchanged {
 		err = s.d.unchanged(audit(a, pushed))
 	}
@@ -74,31 +74,14 @@ func (s *artifactServer) PushArtifact(stream grpc.ClientStreamingServer[ferryv1.
 	return stream.SendAndClose(resp)
 }
 
-// pushReader reads the chunks of a push stream. It is an
-// artifact.ChunkSource, so the store takes the chunks as they arrive.
-type pushReader struct {
-	stream grpc.ClientStreamingServer[ferryv1.PushArtifactRequest, ferryv1.PushArtifactResponse]
-	rest   []byte
-	msg    ferryv1.PushArtifactRequest
+// chunkReader reads a client stream's chunks, one message at a time
+// (next), as an artifact.ChunkSource: pushes and replications.
+type chunkReader struct {
+	next func() ([]byte, error)
+	rest []byte
 }
 
-func (r *pushReader) next() ([]byte, error) {
-	// RecvMsg does not see the stream's context end when the pusher's
-	// credential is revoked (streams.go); the push stops here.
-	if ctx := r.stream.Context(); ctx.Err() != nil {
-		return nil, context.Cause(ctx)
-	}
-	r.msg.Reset()
-	if err := r.stream.RecvMsg(&r.msg); err != nil {
-		return nil, err
-	}
-	if r.msg.GetHeader() != nil {
-		return nil, status.Error(codes.InvalidArgument, "a push carries one header, in its first message")
-	}
-	return r.msg.GetChunk(), nil
-}
-
-func (r *pushReader) Read(p []byte) (int, error) {
+func (r *chunkReader) Read(p []byte) (int, error) {
 	for len(r.rest) == 0 {
 		b, err := r.next()
 		if err != nil {
@@ -111,7 +94,7 @@ func (r *pushReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (r *pushReader) CopyChunks(w io.Writer) error {
+func (r *chunkReader) CopyChunks(w io.Writer) error {
 	for {
 		b, err := r.next()
 		if errors.Is(err, io.EOF) {
@@ -124,6 +107,26 @@ func (r *pushReader) CopyChunks(w io.Writer) error {
 			return err
 		}
 	}
+}
+
+// pushChunks reads the chunks of a push stream after its header.
+func pushChunks(stream grpc.ClientStreamingServer[ferryv1.PushArtifactRequest, ferryv1.PushArtifactResponse]) *chunkReader {
+	var msg ferryv1.PushArtifactRequest
+	return &chunkReader{next: func() ([]byte, error) {
+		// RecvMsg does not see the stream's context end when the pusher's
+		// credential is revoked (streams.go); the push stops here.
+		if ctx := stream.Context(); ctx.Err() != nil {
+			return nil, context.Cause(ctx)
+		}
+		msg.Reset()
+		if err := stream.RecvMsg(&msg); err != nil {
+			return nil, err
+		}
+		if msg.GetHeader() != nil {
+			return nil, status.Error(codes.InvalidArgument, "a push carries one header, in its first message")
+		}
+		return msg.GetChunk(), nil
+	}}
 }
 
 // ListArtifacts lists artifacts, newest first.

@@ -91,7 +91,7 @@ func (s *replicaServer) ReplicateArtifact(stream grpc.ClientStreamingServer[ferr
 		return err
 	}
 	defer release()
-	if err := s.d.Artifacts.PutBlob(ctx, form.Digest, &replicaReader{stream: stream}); err != nil {
+	if err := s.d.Artifacts.PutBlob(ctx, form.Digest, replicaChunks(stream)); err != nil {
 		s.log.Warn("copy of an artifact from another controller refused", "digest", form.Digest, "from", peerName(ctx), "err", err)
 		return toStatus(err)
 	}
@@ -99,51 +99,19 @@ func (s *replicaServer) ReplicateArtifact(stream grpc.ClientStreamingServer[ferr
 	return stream.SendAndClose(&ferryv1.ReplicateArtifactResponse{})
 }
 
-// replicaReader reads the chunks of a replication; it is an
-// artifact.ChunkSource.
-type replicaReader struct {
-	stream grpc.ClientStreamingServer[ferryv1.ReplicateArtifactRequest, ferryv1.ReplicateArtifactResponse]
-	msg    ferryv1.ReplicateArtifactRequest
-	rest   []byte
-}
-
-func (r *replicaReader) next() ([]byte, error) {
-	r.msg.Reset()
-	if err := r.stream.RecvMsg(&r.msg); err != nil {
-		return nil, err
-	}
-	if r.msg.GetHeader() != nil {
-		return nil, status.Error(codes.InvalidArgument, "a replication carries one header, in its first message")
-	}
-	return r.msg.GetChunk(), nil
-}
-
-func (r *replicaReader) Read(p []byte) (int, error) {
-	for len(r.rest) == 0 {
-		b, err := r.next()
-		if err != nil {
-			return 0, err
+// replicaChunks reads the chunks of a replication after its header.
+func replicaChunks(stream grpc.ClientStreamingServer[ferryv1.ReplicateArtifactRequest, ferryv1.ReplicateArtifactResponse]) *chunkReader {
+	var msg ferryv1.ReplicateArtifactRequest
+	return &chunkReader{next: func() ([]byte, error) {
+		msg.Reset()
+		if err := stream.RecvMsg(&msg); err != nil {
+			return nil, err
 		}
-		r.rest = b
-	}
-	n := copy(p, r.rest)
-	r.rest = r.rest[n:]
-	return n, nil
-}
-
-func (r *replicaReader) CopyChunks(w io.Writer) error {
-	for {
-		b, err := r.next()
-		if errors.Is(err, io.EOF) {
-			return nil
+		if msg.GetHeader() != nil {
+			return nil, status.Error(codes.InvalidArgument, "a replication carries one header, in its first message")
 		}
-		if err != nil {
-			return err
-		}
-		if _, err := w.Write(b); err != nil {
-			return err
-		}
-	}
+		return msg.GetChunk(), nil
+	}}
 }
 
 // FetchArtifact streams one blob this controller holds to another.
