@@ -25,7 +25,8 @@ import (
 // when the agent exits). The watchdog polls the marker until the
 // probation ends: confirmed or restored by the new agent, it leaves;
 // the new agent's process gone (re-exec: the pid stays the same across
-// the exec) or the deadline passed by WatchGrace with the marker still
+// the exec, and a process in the middle of its exec is not gone: see
+// procStart) or the deadline passed by WatchGrace with the marker still
 // on probation, it stops what is left of the new agent, restores the
 // previous binary (RestoreOnProbation: under the same lock as the new
 // agent's own restore and confirmation) and starts it: re-exec, by
@@ -171,26 +172,62 @@ func (w *Watch) stop(m *Marker, start uint64) (bool, error) {
 }
 
 // procStart reads a process's start time (clock ticks after boot), which
-// with the pid names one process even if the pid is reused; a zombie (or
-// dead) process is an error.
+// with the pid names one process even if the pid is reused; a process
+// that has exited (a zombie, or gone) is an error.
+//
+// The main thread showing as a zombie is not enough to say so: when a
+// thread other than the main one executes a new binary (the agent's
+// re-exec, from whichever thread its goroutine runs on), the kernel
+// ends the other threads and shows the main one as a zombie until the
+// executing thread takes over its pid and start time. Seen then, the
+// process is starting the new binary, not gone: it has a thread that
+// is not a zombie.
 func procStart(pid int) (uint64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	dir := "/proc/" + strconv.Itoa(pid)
+	state, start, err := readStat(dir + "/stat")
 	if err != nil {
 		return 0, err
+	}
+	if exited(state) && !liveThread(dir) {
+		return 0, fmt.Errorf("process %d has exited", pid)
+	}
+	return start, nil
+}
+
+// liveThread reports whether the process at dir (/proc/PID) has a
+// thread that has not exited.
+func liveThread(dir string) bool {
+	tasks, err := os.ReadDir(dir + "/task")
+	if err != nil {
+		return false
+	}
+	for _, t := range tasks {
+		if state, _, err := readStat(dir + "/task/" + t.Name() + "/stat"); err == nil && !exited(state) {
+			return true
+		}
+	}
+	return false
+}
+
+func exited(state string) bool { return state == "Z" || state == "X" }
+
+// readStat reads the state and the start time of a /proc stat file.
+func readStat(path string) (state string, start uint64, err error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", 0, err
 	}
 	// pid (comm) state ppid ... : comm may hold spaces and parentheses.
 	i := strings.LastIndexByte(string(b), ')')
 	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+		return "", 0, fmt.Errorf("%s: unexpected format", path)
 	}
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 20 {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+		return "", 0, fmt.Errorf("%s: unexpected format", path)
 	}
-	if f[0] == "Z" || f[0] == "X" {
-		return 0, fmt.Errorf("process %d has exited", pid)
-	}
-	return strconv.ParseUint(f[19], 10, 64) // field 22, starttime
+	start, err = strconv.ParseUint(f[19], 10, 64) // field 22, starttime
+	return f[0], start, err
 }
 
 // alive reports whether pid is still the process that started at start.

@@ -3,9 +3,11 @@ package selfupdate
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -275,5 +277,83 @@ func TestConfirmAndRestoreRace(t *testing.T) {
 		default:
 			t.Fatalf("round %d: confirmed %v and restored %v: want exactly one", i, confirmed, restored)
 		}
+	}
+}
+
+// leaderExitEnv makes the test binary a process whose main thread has
+// exited while its other threads run (see TestMain): what the kernel
+// shows while a thread other than the main one executes a new binary.
+const leaderExitEnv = "FERRY_SELFUPDATE_TEST_LEADER_EXIT"
+
+func init() {
+	if os.Getenv(leaderExitEnv) == "1" {
+		runtime.LockOSThread() // TestMain then runs on the main thread
+	}
+}
+
+func TestMain(m *testing.M) {
+	if os.Getenv(leaderExitEnv) == "1" {
+		fmt.Println("main thread exits")
+		// SYS_EXIT ends this thread only (os.Exit would end them all);
+		// the runtime's other threads keep the process until it is killed.
+		_, _, _ = syscall.RawSyscall(syscall.SYS_EXIT, 0, 0, 0)
+	}
+	os.Exit(m.Run())
+}
+
+// A new agent executed from a thread other than its main one (Go runs
+// syscall.Exec on any thread) shows its main thread as a zombie until
+// the exec takes over the pid. The watchdog must see that process as
+// alive, not restore the previous binary under the starting agent (an
+// ELF would run beside the restored agent; a script's shell would read
+// the restored binary as its script); once it has exited, it is gone.
+func TestAliveDuringAnExecFromAnotherThread(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), leaderExitEnv+"=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	line := make([]byte, len("main thread exits\n"))
+	if _, err := io.ReadFull(out, line); err != nil {
+		t.Fatalf("the helper process did not start: %v", err)
+	}
+	pid := cmd.Process.Pid
+	// The main thread is a zombie once the kernel has ended it.
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if state, _, err := readStat(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && state == "Z" {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("the helper's main thread did not exit")
+		}
+	}
+	start, err := procStart(pid)
+	if err != nil {
+		t.Fatalf("procStart of a process whose main thread is a zombie and whose other threads run: %v; want its start time", err)
+	}
+	if !alive(pid, start) {
+		t.Fatal("alive: false for a process with running threads")
+	}
+	_ = cmd.Process.Kill()
+	for end := time.Now().Add(10 * time.Second); alive(pid, start); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("alive: still true after the process was killed (a zombie, not yet reaped)")
+		}
+	}
+	_ = cmd.Wait()
+	if alive(pid, start) {
+		t.Error("alive: true after the process was reaped")
 	}
 }
