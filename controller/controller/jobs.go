@@ -15,6 +15,7 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/rollout"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/archive"
 	"github.com/ferrydeploy/ferry/shared/enumword"
 	"github.com/ferrydeploy/ferry/shared/rpc/ratelimit"
 )
@@ -56,7 +57,7 @@ func (d dispatcher) Dispatch(nodeID string, job *ferryv1.Job) error {
 			d.log.Warn("read the group's mirror; the job goes without it", "node", nodeID, "group", n.GetGroup(), "err", err)
 		}
 	}
-	if digest := job.GetPackage().GetArtifact().GetDigest(); digest != "" && d.artifacts != nil && d.fleet.SupportsCodec(nodeID, artifact.CodecZstd) {
+	if digest := job.GetPackage().GetArtifact().GetDigest(); digest != "" && d.artifacts != nil && d.fleet.SupportsCodec(nodeID, archive.CodecZstd) {
 		if enc, ok := d.artifacts.ZstdForm(digest); ok {
 			edit().ArtifactEncoding = enc
 		}

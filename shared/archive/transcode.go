@@ -13,6 +13,11 @@ import (
 	"github.com/klauspost/pgzip"
 )
 
+// CodecZstd names Transcode's output (a FormatTarZst archive) on the
+// wire: the codec agents advertise in their hello and a job's artifact
+// encoding carries.
+const CodecZstd = "zstd"
+
 // zstdMagic starts every zstd frame.
 var zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
 

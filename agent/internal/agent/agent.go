@@ -36,6 +36,7 @@ import (
 	"github.com/ferrydeploy/ferry/agent/internal/logbuf"
 	"github.com/ferrydeploy/ferry/agent/internal/selfupdate"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/archive"
 	"github.com/ferrydeploy/ferry/shared/dirlock"
 	"github.com/ferrydeploy/ferry/shared/gossip"
 	"github.com/ferrydeploy/ferry/shared/pki"
@@ -616,8 +617,10 @@ func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *bro
 			recent = append(recent, u)
 		}
 	}
+	// Codecs: the encoding this agent extracts besides the original (the
+	// zstd tar the controller transcodes tar and tar.gz artifacts into).
 	hello := &ferryv1.AgentHello{AgentVersion: version.Version, Facts: a.facts(), GossipAddress: a.gossipAddr(),
-		Installed: a.jobs.inst.Installed(), RecentJobs: recent, Codecs: []string{codecZstd}}
+		Installed: a.jobs.inst.Installed(), RecentJobs: recent, Codecs: []string{archive.CodecZstd}}
 	helloSent := a.cfg.Now()
 	if err := stream.Send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Hello{Hello: hello}}); err != nil {
 		return err

@@ -273,7 +273,7 @@ func (r *jobRunner) fetch(ctx context.Context, job *ferryv1.Job, req *install.Re
 		return fmt.Errorf("artifact %s: this agent cannot download artifacts", art.GetName())
 	}
 	digest, size := art.GetDigest(), art.GetSize()
-	if enc := job.GetArtifactEncoding(); enc.GetCodec() == codecZstd && enc.GetDigest() != "" && len(job.GetMirrors()) == 0 && r.inst.TakesTranscoded(job.GetPackage()) {
+	if enc := job.GetArtifactEncoding(); enc.GetCodec() == archive.CodecZstd && enc.GetDigest() != "" && len(job.GetMirrors()) == 0 && r.inst.TakesTranscoded(job.GetPackage()) {
 		digest, size, req.ArtifactFormat = enc.GetDigest(), enc.GetSize(), archive.FormatTarZst
 	}
 	r.report(update(ferryv1.JobPhase_JOB_PHASE_DOWNLOADING, "downloading "+art.GetName()))
@@ -301,11 +301,6 @@ func (r *jobRunner) fetch(ctx context.Context, job *ferryv1.Job, req *install.Re
 	}
 	return err
 }
-
-// codecZstd is the encoding this agent extracts besides the original:
-// the zstd-compressed tar the controller transcodes tar and tar.gz
-// artifacts into (advertised in the hello).
-const codecZstd = "zstd"
 
 // streamFetcher is a Fetcher that downloads on a goroutine of its own
 // while the job extracts what arrived (fetch.Fetcher).

@@ -192,11 +192,8 @@ func (s *Store) ZstdForm(digest string) (*ferryv1.ArtifactEncoding, bool) {
 	if err != nil || rec.GetZstdDigest() == "" || Quarantined(rec) != nil {
 		return nil, false
 	}
-	return &ferryv1.ArtifactEncoding{Codec: CodecZstd, Digest: rec.GetZstdDigest(), Size: rec.GetZstdSize()}, true
+	return &ferryv1.ArtifactEncoding{Codec: archive.CodecZstd, Digest: rec.GetZstdDigest(), Size: rec.GetZstdSize()}, true
 }
-
-// CodecZstd is the codec name agents advertise and jobs carry.
-const CodecZstd = "zstd"
 
 // OriginalOf returns the original digest of an artifact whose form has
 // this digest: itself for an original.
