@@ -126,6 +126,7 @@ type Store struct {
 	checks   *checks    // re-hashing stored blobs (verify.go)
 	shared   bool       // Config.Shared
 	fetcher  atomic.Pointer[Fetcher]
+	digests  digestIndex // record keys by digest, for Lookup and LookupForm
 
 	// commitMu serialises what links blobs and metadata: renaming a blob
 	// into place with writing its record, and deleting a record with
@@ -721,14 +722,7 @@ func (s *Store) Lookup(digest string) (*ferryv1.Artifact, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	recs, err := s.matching(func(a *ferryv1.Artifact) bool { return a.Digest == sha256digest.Prefix+hexsum })
-	if err != nil {
-		return nil, err
-	}
-	if len(recs) == 0 {
-		return nil, fmt.Errorf("%w: no artifact has digest %s; push it with `ferryctl artifact push`", ErrNotFound, digest)
-	}
-	return recs[len(recs)-1], nil
+	return s.withDigest(sha256digest.Prefix+hexsum, false)
 }
 
 // discard removes a file a failed push leaves behind. One it cannot

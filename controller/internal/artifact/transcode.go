@@ -170,14 +170,10 @@ func (s *Store) LookupForm(digest string) (Form, error) {
 		return Form{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	d := sha256digest.Prefix + hexsum
-	recs, err := s.matching(func(a *ferryv1.Artifact) bool { return a.Digest == d || a.ZstdDigest == d })
+	rec, err := s.withDigest(d, true)
 	if err != nil {
 		return Form{}, err
 	}
-	if len(recs) == 0 {
-		return Form{}, fmt.Errorf("%w: no artifact has digest %s; push it with `ferryctl artifact push`", ErrNotFound, digest)
-	}
-	rec := recs[len(recs)-1]
 	if rec.Digest == d {
 		return Form{Rec: rec, Digest: d, Size: rec.Size}, nil
 	}
