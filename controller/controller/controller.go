@@ -287,9 +287,9 @@ func New(cfg Config) (*Controller, error) {
 	js := jobSink{engine: c.engine, store: c.store, metrics: m, log: c.log, now: cfg.Now, logs: cfg.Logs, logRate: newLogRate(cfg.Now)}
 	var jobs server.JobSink = js
 	var events server.AgentEvents
-	if cc := c.clusterState.Load(); cc != nil {
+	cc := c.clusterState.Load()
+	if cc != nil {
 		jobs, events = clusterJobs{local: js, cc: cc}, clusterEvents{cc: cc}
-		ferryv1.RegisterClusterServiceServer(c.grpc, cluster.NewService(cc.cl, leaderSink{fleet: c.fleet, jobs: js}))
 	}
 	deps := &server.Deps{
 		Store: c.store, Fleet: c.fleet, CA: ca, Logger: c.log, Now: cfg.Now,
@@ -307,6 +307,11 @@ func New(cfg Config) (*Controller, error) {
 
 		JobArtifacts: c.engine, // downloads follow the jobs the engine sent
 		Events:       events,
+	}
+	if cc != nil {
+		// Calls only the leader serves go to it (server/forward.go).
+		deps.Leader, deps.ControllerID = c.forwardTo, cc.cl.ID()
+		ferryv1.RegisterClusterServiceServer(c.grpc, clusterService{Service: cluster.NewService(cc.cl, leaderSink{fleet: c.fleet, jobs: js}), deps: deps})
 	}
 	server.Register(c.grpc, deps)
 	// c.grpc serves only peers with a client certificate; the others reach
