@@ -361,6 +361,14 @@ func (l leaderSink) Attach(ctx context.Context, via, node, addr string, hello *f
 		return nil, err
 	}
 	s, err := l.fleet.AttachRelayed(ctx, via, node, addr, hello)
+	if errors.Is(err, fleet.ErrNotEnrolled) {
+		// Enrolled on another controller a moment ago, before this one
+		// reread the nodes (Follow coalesces): reread now, as the relay
+		// does not send the node again.
+		if err = l.fleet.Reload(); err == nil {
+			s, err = l.fleet.AttachRelayed(ctx, via, node, addr, hello)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}

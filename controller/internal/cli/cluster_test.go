@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/ferrydeploy/ferry/controller/controller"
@@ -70,13 +71,26 @@ func clusterController(t *testing.T, eps []string, id, dir, from string) (ctl *c
 // and heartbeats, on its stream to the controller at addr.
 func runJobs(t *testing.T, ctx context.Context, e *enroller, addr string, resp *ferryv1.EnrollResponse) {
 	t.Helper()
-	stream, err := ferryv1.NewAgentServiceClient(e.dialAgent(t, addr, resp)).Connect(ctx)
-	if err != nil {
-		t.Fatal(err)
+	agent := ferryv1.NewAgentServiceClient(e.dialAgent(t, addr, resp))
+	// As an agent does, it tries again while the controller does not know
+	// the node yet (it was enrolled on the other one a moment ago).
+	var stream grpc.BidiStreamingClient[ferryv1.ConnectRequest, ferryv1.ConnectResponse]
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		var err error
+		if stream, err = agent.Connect(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err = stream.Send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Hello{Hello: &ferryv1.AgentHello{AgentVersion: "test", Facts: &ferryv1.Facts{Os: "linux"}}}}); err == nil {
+			var m *ferryv1.ConnectResponse
+			if m, err = stream.Recv(); err == nil && m.GetWelcome() != nil {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent stream to %s: %v", addr, err)
+		}
 	}
-	if err := stream.Send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Hello{Hello: &ferryv1.AgentHello{AgentVersion: "test", Facts: &ferryv1.Facts{Os: "linux"}}}}); err != nil {
-		t.Fatal(err)
-	}
+	var installed []*ferryv1.InstalledPackage // what the jobs installed, as heartbeats report it
 	jobs := make(chan *ferryv1.Job, 16)
 	go func() {
 		defer close(jobs)
@@ -102,11 +116,17 @@ func runJobs(t *testing.T, ctx context.Context, e *enroller, addr string, resp *
 				if !ok {
 					return
 				}
+				installed = []*ferryv1.InstalledPackage{{Name: j.GetPackage().GetName(), Version: j.GetPackage().GetVersion()}}
+				// The heartbeat that reports it comes first, as the job's
+				// end is reported after the install.
+				if err := stream.Send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Heartbeat{Heartbeat: &ferryv1.Heartbeat{Installed: installed}}}); err != nil {
+					return
+				}
 				msg = &ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_JobUpdate{JobUpdate: &ferryv1.JobUpdate{
 					JobId: j.GetId(), RolloutId: j.GetRolloutId(), Phase: ferryv1.JobPhase_JOB_PHASE_SUCCEEDED, Message: "done", At: timestamppb.Now(),
 				}}}
 			case <-tick.C:
-				msg = &ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Heartbeat{Heartbeat: &ferryv1.Heartbeat{}}}
+				msg = &ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Heartbeat{Heartbeat: &ferryv1.Heartbeat{Installed: installed}}}
 			}
 			if err := stream.Send(msg); err != nil {
 				return
@@ -206,6 +226,13 @@ func TestRolloutOnTheControllerThatDoesNotLead(t *testing.T) {
 	}
 	if !created {
 		t.Errorf("no rollout.create in the audit:\n%s", out)
+	}
+
+	// The removals that must know every rollout are the leader's too:
+	// through c2 they are judged there, not refused.
+	mustRun(t, alice, []string{"artifact", "gc"})
+	if code, _, errOut := run(t, alice, "package", "rm", "motd@1"); code != 1 || !strings.Contains(errOut, "installed on node n1, n2") {
+		t.Errorf("package rm of a version the nodes have, through c2: exit %d: %s; want a refusal naming n1 and n2", code, errOut)
 	}
 
 	// The leader goes; c2 takes over and the same command works there.

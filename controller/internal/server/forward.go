@@ -35,19 +35,26 @@ import (
 // admin call this way.
 
 // forwarded are the methods a controller that does not lead forwards to
-// the leader: the rollout engine's admin actions, and the rollout watch,
-// whose events only the leader's engine produces. Reads the engine
-// answers from what it follows in the store (get, list, history, logs)
-// are served where they are called.
+// the leader: the rollout engine's admin actions; the rollout watch,
+// whose events only the leader's engine produces, and the read of one
+// rollout (what `ferryctl rollout` just reported is what `rollout
+// status` shows, not this controller's copy a moment behind); and the
+// removals that must know every rollout in flight (artifact gc, package
+// rm), which only the leader's engine knows for sure. The other reads
+// (list, history, logs, nodes) are answered here from what this
+// controller follows in the store.
 var forwarded = map[string]bool{
-	ferryv1.RolloutService_CreateRollout_FullMethodName:  true,
-	ferryv1.RolloutService_PromoteRollout_FullMethodName: true,
-	ferryv1.RolloutService_PauseRollout_FullMethodName:   true,
-	ferryv1.RolloutService_ResumeRollout_FullMethodName:  true,
-	ferryv1.RolloutService_AbortRollout_FullMethodName:   true,
-	ferryv1.RolloutService_UndoRollout_FullMethodName:    true,
-	ferryv1.RolloutService_WatchRollout_FullMethodName:   true,
-	ferryv1.GroupService_UpdateGroup_FullMethodName:      true,
+	ferryv1.RolloutService_GetRollout_FullMethodName:        true,
+	ferryv1.ArtifactService_CollectArtifacts_FullMethodName: true,
+	ferryv1.PackageService_DeletePackage_FullMethodName:     true,
+	ferryv1.RolloutService_CreateRollout_FullMethodName:     true,
+	ferryv1.RolloutService_PromoteRollout_FullMethodName:    true,
+	ferryv1.RolloutService_PauseRollout_FullMethodName:      true,
+	ferryv1.RolloutService_ResumeRollout_FullMethodName:     true,
+	ferryv1.RolloutService_AbortRollout_FullMethodName:      true,
+	ferryv1.RolloutService_UndoRollout_FullMethodName:       true,
+	ferryv1.RolloutService_WatchRollout_FullMethodName:      true,
+	ferryv1.GroupService_UpdateGroup_FullMethodName:         true,
 }
 
 // Leader is where the calls only the leader serves go.

@@ -4,8 +4,10 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -14,6 +16,9 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrydeploy/ferry/controller/internal/artifact"
+	"github.com/ferrydeploy/ferry/controller/internal/cluster"
+	"github.com/ferrydeploy/ferry/controller/internal/store"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/pki"
 	"github.com/ferrydeploy/ferry/shared/pki/pkitest"
@@ -147,5 +152,51 @@ func TestForwardToALeaderThatIsGone(t *testing.T) {
 	want := "controller c2 could not forward CreateRollout to the leader, c1 at " + addr
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "nothing was changed: try again") {
 		t.Errorf("got %v; want Unavailable saying %q, that nothing was changed and to try again", err, want)
+	}
+}
+
+// leadingEngine is a rollout engine with nothing in use that leads or
+// not.
+type leadingEngine struct {
+	Rollouts
+	leading error
+}
+
+func (e *leadingEngine) Leading() error                      { return e.leading }
+func (e *leadingEngine) ArtifactsInUse() map[string][]string { return nil }
+
+// Artifact gc removes what nothing uses only where the rollouts run: a
+// controller that does not lead (its leader unreachable, so the call was
+// not forwarded) refuses and removes nothing, since a rollout in flight
+// on the leader may need the artifact.
+func TestArtifactGCOnlyWhereTheRolloutsRun(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.Open(filepath.Join(dir, "ferry.db"), store.Options{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	arts, err := artifact.Open(artifact.Config{Dir: filepath.Join(dir, "artifacts"), Records: st, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := arts.Put(context.Background(), artifact.PutRequest{Name: "tool", Version: "1"}, strings.NewReader("bytes")); err != nil {
+		t.Fatal(err)
+	}
+	engine := &leadingEngine{leading: &cluster.NotLeaderError{ID: "c2", Leader: cluster.Member{ID: "c1", Addr: "10.0.0.1:7443"}}}
+	d := &Deps{Store: st, Artifacts: arts, Rollouts: engine, Logger: slog.New(slog.DiscardHandler), Now: time.Now}
+	srv := &artifactServer{d: d, log: d.Logger}
+	ctx := rpc.WithCaller(context.Background(), rpc.Caller{Identity: pki.Identity{Role: pki.RoleAdmin, Name: "alice"}})
+	_, err = srv.CollectArtifacts(ctx, &ferryv1.CollectArtifactsRequest{})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "artifact gc: ") || !strings.Contains(err.Error(), "c1 at 10.0.0.1:7443") {
+		t.Errorf("gc on a controller that does not lead: %v; want Unavailable naming the leader", err)
+	}
+	if all, _ := arts.List(""); len(all) != 1 {
+		t.Fatalf("the refused gc left %d artifacts, want the 1", len(all))
+	}
+	engine.leading = nil
+	resp, err := srv.CollectArtifacts(ctx, &ferryv1.CollectArtifactsRequest{})
+	if err != nil || len(resp.GetRemoved()) != 1 {
+		t.Fatalf("gc on the leader: %v, %v; want tool@1 removed", resp, err)
 	}
 }
