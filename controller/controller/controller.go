@@ -61,6 +61,7 @@ type Config struct {
 	GossipProfile     string        // lan (default), local or wan
 	GossipKeyGrace    time.Duration // how long after a rotation the previous gossip key still works (default 30s)
 	AllowNewStore     bool          // create ferry.db although the data dir holds earlier state (store.go)
+	Join              bool          // with --store etcd: join the controllers already on the etcd store, with the CA copied into the data dir (store.go)
 	Store             StoreConfig   // bbolt in the data dir, or etcd (store.go)
 	Logs              LogLimits     // job output kept (joblogs.go)
 	ImportDirs        []string      // directories `artifact import` may read files below (none: path imports refused)
@@ -102,6 +103,9 @@ func (c *Config) setDefaults() error {
 	}
 	if err := c.Store.setDefaults(); err != nil {
 		return err
+	}
+	if c.Join && c.Store.Backend != StoreEtcd {
+		return errors.New("--join: a controller joins others that share one etcd store: add --store etcd --etcd-endpoints ... (on bbolt each controller has a store of its own, and a data dir holding a CA but no ferry.db is a lost store)")
 	}
 	if c.Store.Backend == StoreEtcd && c.Logs.MaxTotalBytes == 0 {
 		c.Logs.MaxTotalBytes = DefaultEtcdLogMaxTotalBytes

@@ -45,6 +45,7 @@ func clusterController(t *testing.T, eps []string, id, dir, from string) (ctl *c
 	}
 	cfg.Store.Backend = controller.StoreEtcd
 	cfg.Store.Etcd.Endpoints = eps
+	cfg.Join = from != ""
 	ctl, err := controller.New(cfg)
 	if err != nil {
 		t.Fatalf("start controller %s: %v", id, err)
