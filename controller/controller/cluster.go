@@ -68,7 +68,8 @@ func (c *Controller) forwardTo(ctx context.Context) (server.Leader, bool) {
 				c.log.Warn("connect to the leader to forward a call", "leader", l.ID, "addr", l.Addr, "err", err)
 				return server.Leader{}, false
 			}
-			return server.Leader{ID: l.ID, Addr: l.Addr, Conn: conn}, true
+			addr := l.Addr
+			return server.Leader{ID: l.ID, Addr: addr, Conn: conn, Dial: func() (grpc.ClientConnInterface, func(), error) { return c.dialPeer(addr) }}, true
 		}
 		select {
 		case <-ctx.Done():

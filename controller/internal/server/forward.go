@@ -61,8 +61,13 @@ var forwarded = map[string]bool{
 type Leader struct {
 	ID   string
 	Addr string
-	// Conn reaches it with this controller's certificate.
+	// Conn reaches it with this controller's certificate; unary calls
+	// share it.
 	Conn grpc.ClientConnInterface
+	// Dial opens a connection of its own for a streaming call (nil: use
+	// Conn), so that long watches never take up the streams a connection
+	// may carry (rpc.Limits.MaxStreams) and hold the other calls back.
+	Dial func() (grpc.ClientConnInterface, func(), error)
 }
 
 // Metadata of a forwarded call, from the leader: the header once it has
@@ -195,6 +200,14 @@ func (f *forwarding) serverStream(method string, h grpc.StreamHandler, reqType, 
 		if err := ss.RecvMsg(req); err != nil {
 			return err
 		}
+		if to.Dial != nil {
+			conn, closeConn, err := to.Dial()
+			if err != nil {
+				return f.notAnswered(to, method, false, err)
+			}
+			defer closeConn()
+			to.Conn = conn
+		}
 		return f.forward(ss.Context(), to, method, req, out, func(m proto.Message) error { return ss.SendMsg(m) })
 	}
 }
@@ -288,7 +301,7 @@ func (d *Deps) ServeForward(stream grpc.BidiStreamingServer[ferryv1.ForwardReque
 	if err := stream.SendHeader(metadata.Pairs(forwardAccepted, "1")); err != nil {
 		return err
 	}
-	d.Logger.Info("serving a forwarded call", "method", call.GetMethod(), "admin", admin.Identity.String(), "via", via.Identity.Name, "addr", via.Addr)
+	d.Logger.Debug("serving a forwarded call", "method", call.GetMethod(), "admin", admin.Identity.String(), "via", via.Identity.Name, "addr", via.Addr)
 	ctx := rpc.WithCaller(stream.Context(), admin)
 	fs := &forwardedStream{ctx: ctx, s: stream}
 	if m.stream != nil {
