@@ -57,6 +57,12 @@ var forwarded = map[string]bool{
 	ferryv1.GroupService_UpdateGroup_FullMethodName:         true,
 }
 
+// forwardedReads are the forwarded calls that change nothing.
+var forwardedReads = map[string]bool{
+	ferryv1.RolloutService_GetRollout_FullMethodName:   true,
+	ferryv1.RolloutService_WatchRollout_FullMethodName: true,
+}
+
 // Leader is where the calls only the leader serves go.
 type Leader struct {
 	ID   string
@@ -95,6 +101,8 @@ type localMethod struct {
 type forwarding struct {
 	d     *Deps
 	local map[string]localMethod
+	// onAccepted (tests) runs when the leader has accepted a call.
+	onAccepted func()
 }
 
 func newForwarding(d *Deps) *forwarding { return &forwarding{d: d, local: map[string]localMethod{}} }
@@ -233,6 +241,12 @@ func (f *forwarding) forward(ctx context.Context, to Leader, method string, req 
 	}}})
 	_ = st.Send(&ferryv1.ForwardRequest{Msg: &ferryv1.ForwardRequest_Message{Message: body}})
 	_ = st.CloseSend()
+	// The leader's header says it accepted the call (or the stream failed).
+	hdr, herr := st.Header()
+	accepted := herr == nil && len(hdr.Get(forwardAccepted)) > 0
+	if accepted && f.onAccepted != nil {
+		f.onAccepted()
+	}
 	for {
 		m, err := st.Recv()
 		if errors.Is(err, io.EOF) {
@@ -242,8 +256,7 @@ func (f *forwarding) forward(ctx context.Context, to Leader, method string, req 
 			if ctx.Err() != nil || len(st.Trailer().Get(forwardAnswered)) > 0 {
 				return err // the caller went away, or the leader's answer
 			}
-			hdr, _ := st.Header()
-			return f.notAnswered(to, method, len(hdr.Get(forwardAccepted)) > 0, err)
+			return f.notAnswered(to, method, accepted, err)
 		}
 		resp := out.New().Interface()
 		if err := proto.Unmarshal(m.GetMessage(), resp); err != nil {
@@ -264,6 +277,10 @@ func (f *forwarding) notAnswered(to Leader, method string, accepted bool, err er
 	self := "this controller"
 	if f.d.ControllerID != "" {
 		self = "controller " + f.d.ControllerID
+	}
+	if accepted && forwardedReads[method] {
+		return status.Errorf(codes.Unavailable, "%s forwarded %s to the leader, %s at %s, which stopped answering (%s); try again: another controller leads within seconds if %s is gone",
+			self, path.Base(method), to.ID, to.Addr, why, to.ID)
 	}
 	if accepted {
 		return status.Errorf(codes.Unavailable, "%s forwarded %s to the leader, %s at %s, which stopped answering before it finished (%s); it may have been applied: check (e.g. ferryctl rollout list) and try again, another controller leads within seconds if %s is gone",

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -198,5 +199,63 @@ func TestArtifactGCOnlyWhereTheRolloutsRun(t *testing.T) {
 	resp, err := srv.CollectArtifacts(ctx, &ferryv1.CollectArtifactsRequest{})
 	if err != nil || len(resp.GetRemoved()) != 1 {
 		t.Fatalf("gc on the leader: %v, %v; want tool@1 removed", resp, err)
+	}
+}
+
+// hangingLeader accepts a forwarded call and then never answers.
+type hangingLeader struct {
+	ferryv1.UnimplementedClusterServiceServer
+	accepted chan struct{}
+}
+
+func (h *hangingLeader) Forward(stream grpc.BidiStreamingServer[ferryv1.ForwardRequest, ferryv1.ForwardResponse]) error {
+	if err := stream.SendHeader(metadata.Pairs(forwardAccepted, "1")); err != nil {
+		return err
+	}
+	close(h.accepted)
+	<-stream.Context().Done()
+	return stream.Context().Err()
+}
+
+// A leader that stops while it serves a forwarded call: the caller hears
+// that the call may have been applied and how to check before trying
+// again; a watch is only told to try again.
+func TestForwardToALeaderThatStopsMidCall(t *testing.T) {
+	for _, tc := range []struct {
+		method string
+		req    proto.Message
+		want   string
+	}{
+		{ferryv1.RolloutService_AbortRollout_FullMethodName, &ferryv1.AbortRolloutRequest{Id: "ro-1"}, "which stopped answering before it finished"},
+		{ferryv1.RolloutService_WatchRollout_FullMethodName, &ferryv1.WatchRolloutRequest{Id: "ro-1"}, "which stopped answering ("},
+	} {
+		t.Run(tc.method, func(t *testing.T) {
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := grpc.NewServer()
+			leader := &hangingLeader{accepted: make(chan struct{})}
+			ferryv1.RegisterClusterServiceServer(srv, leader)
+			go func() { _ = srv.Serve(lis) }()
+			defer srv.Stop()
+			conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			p := pkitest.New(t)
+			f := newForwarding(&Deps{ControllerID: "c2"})
+			f.onAccepted = srv.Stop // the leader goes once it has the call
+			ctx := rpc.WithCaller(context.Background(), rpc.Caller{Identity: pki.Identity{Role: pki.RoleAdmin, Name: "alice"}, Cert: p.Admin.Leaf})
+			_, out := messageTypes("ferry.v1.RolloutService", path.Base(tc.method))
+			err = f.forward(ctx, Leader{ID: "c1", Addr: lis.Addr().String(), Conn: conn}, tc.method, tc.req, out, func(proto.Message) error { return nil })
+			if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "controller c2 forwarded "+path.Base(tc.method)+" to the leader, c1 at ") || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v; want Unavailable saying %q", err, tc.want)
+			}
+			if applied := strings.Contains(err.Error(), "it may have been applied"); applied != (tc.method == ferryv1.RolloutService_AbortRollout_FullMethodName) {
+				t.Errorf("%v: says it may have been applied: %v", err, applied)
+			}
+		})
 	}
 }
