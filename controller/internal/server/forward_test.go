@@ -70,8 +70,21 @@ func TestServeForwardAuthorizesTheAdmin(t *testing.T) {
 	p := pkitest.New(t)
 	other := pkitest.New(t) // another installation
 	engine := &pauseRecorder{}
-	d := &Deps{CA: p.CA, Rollouts: engine, Logger: slog.New(slog.DiscardHandler)}
+	st, err := store.Open(filepath.Join(t.TempDir(), "ferry.db"), store.Options{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	admins, err := NewAdmins(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &Deps{CA: p.CA, Rollouts: engine, Store: st, Admins: admins, Logger: slog.New(slog.DiscardHandler)}
 	Register(grpc.NewServer(), d)
+	revoked := p.Issue(t, pki.Identity{Role: pki.RoleAdmin, Name: "bob"})
+	if err := admins.revoke("bob", time.Now().Add(time.Minute), nil); err != nil {
+		t.Fatal(err)
+	}
 	controller := rpc.Caller{Identity: pki.Identity{Role: pki.RoleController}, Cert: p.Server.Leaf}
 	pause, err := proto.Marshal(&ferryv1.PauseRolloutRequest{Id: "ro-1"})
 	if err != nil {
@@ -113,6 +126,8 @@ func TestServeForwardAuthorizesTheAdmin(t *testing.T) {
 			ferryv1.RolloutService_PauseRollout_FullMethodName, p.Agent.Leaf.Raw, codes.PermissionDenied, "is not allowed for agent/n1"},
 		{"another CA's admin", controller,
 			ferryv1.RolloutService_PauseRollout_FullMethodName, other.Admin.Leaf.Raw, codes.Unauthenticated, "does not verify against this installation's CA"},
+		{"a revoked admin", controller,
+			ferryv1.RolloutService_PauseRollout_FullMethodName, revoked.Leaf.Raw, codes.PermissionDenied, "the credential of admin bob was revoked"},
 		{"no certificate", controller,
 			ferryv1.RolloutService_PauseRollout_FullMethodName, nil, codes.InvalidArgument, "carries the admin's certificate"},
 	} {
