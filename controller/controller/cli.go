@@ -72,6 +72,7 @@ func (o *options) define(fs *pflag.FlagSet) {
 	fs.Var(daemonconfig.LevelValue{L: &o.level}, "log-level", "log level: debug, info, warn, error (live on reload)")
 	storeFlags(fs, &o.cfg.Store)
 	fs.StringVar(&o.cfg.ControllerID, "controller-id", "", "with --store etcd: this controller's ID among the controllers sharing the store, unique (default: the host name)")
+	fs.BoolVar(&o.cfg.Join, "join", false, "with --store etcd: join the controllers already on the etcd store; the data dir holds the installation's CA (ca.crt, ca.key, gossip.key) copied from another controller's")
 	fs.BoolVar(&o.cfg.AllowNewStore, "new-store", false, "start with a new, empty store when ferry.db is missing or empty although the data dir holds a CA, admin credential or artifacts (every node must enroll again); without it that is an error; command line only")
 	daemonconfig.MarkCommandLineOnly(fs, "new-store")
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -30,6 +31,95 @@ type clustered struct {
 	// engineOn: this controller leads and its engine has reloaded what
 	// the previous leader stored; until then the engine does nothing.
 	engineOn atomic.Bool
+
+	// toLeader is the connection calls are forwarded on (forwardTo), to
+	// the leader at toLeaderAddr.
+	toLeaderMu    sync.Mutex
+	toLeaderAddr  string
+	toLeader      grpc.ClientConnInterface
+	closeToLeader func()
+}
+
+// forwardWait bounds how long a call only the leader serves waits for an
+// election under way before it is answered here (and refused).
+func forwardWait(cl *cluster.Cluster) time.Duration { return 2*cl.TTL() + time.Second }
+
+// forwardTo is server.Deps.Leader: the leader when another controller
+// leads, to forward the calls only the leader serves. While an election
+// is under way it waits for its outcome (forwardWait); this controller
+// serves the call itself when it leads or is taking over (the engine
+// waits for that), and when it is cut off from etcd or no leader is
+// known (the engine refuses, saying why).
+func (c *Controller) forwardTo(ctx context.Context) (server.Leader, bool) {
+	cc := c.clusterState.Load()
+	if cc == nil {
+		return server.Leader{}, false
+	}
+	wait := time.NewTimer(forwardWait(cc.cl))
+	defer wait.Stop()
+	for {
+		ch := cc.cl.Changes()
+		if cc.cl.CutOff() != nil || cc.cl.Leading() || cc.engineOn.Load() {
+			return server.Leader{}, false
+		}
+		if l, ok := cc.cl.Leader(); ok && l.ID != cc.cl.ID() {
+			conn, err := cc.connTo(l.Addr, c.dialPeer)
+			if err != nil {
+				c.log.Warn("connect to the leader to forward a call", "leader", l.ID, "addr", l.Addr, "err", err)
+				return server.Leader{}, false
+			}
+			addr := l.Addr
+			return server.Leader{ID: l.ID, Addr: addr, Conn: conn, Dial: func() (grpc.ClientConnInterface, func(), error) { return c.dialPeer(addr) }}, true
+		}
+		select {
+		case <-ctx.Done():
+			return server.Leader{}, false
+		case <-wait.C:
+			return server.Leader{}, false
+		case <-ch:
+		}
+	}
+}
+
+// connTo returns the connection to the leader at addr, dialled once per
+// leader; the one to the previous leader is closed.
+func (cc *clustered) connTo(addr string, dial func(string) (grpc.ClientConnInterface, func(), error)) (grpc.ClientConnInterface, error) {
+	cc.toLeaderMu.Lock()
+	defer cc.toLeaderMu.Unlock()
+	if cc.toLeader != nil && cc.toLeaderAddr == addr {
+		return cc.toLeader, nil
+	}
+	conn, closeConn, err := dial(addr)
+	if err != nil {
+		return nil, err
+	}
+	if cc.closeToLeader != nil {
+		cc.closeToLeader()
+	}
+	cc.toLeaderAddr, cc.toLeader, cc.closeToLeader = addr, conn, closeConn
+	return conn, nil
+}
+
+// closeLeaderConn closes the connection calls are forwarded on.
+func (cc *clustered) closeLeaderConn() {
+	cc.toLeaderMu.Lock()
+	defer cc.toLeaderMu.Unlock()
+	if cc.closeToLeader != nil {
+		cc.closeToLeader()
+	}
+	cc.toLeaderAddr, cc.toLeader, cc.closeToLeader = "", nil, nil
+}
+
+// clusterService is ClusterService: the relay (package cluster) and the
+// forwarded calls, which the leader runs through its API (package
+// server).
+type clusterService struct {
+	*cluster.Service
+	deps *server.Deps
+}
+
+func (s clusterService) Forward(stream grpc.BidiStreamingServer[ferryv1.ForwardRequest, ferryv1.ForwardResponse]) error {
+	return s.deps.ServeForward(stream)
 }
 
 // gate refuses store writes while the controller is cut off from etcd.
@@ -166,6 +256,7 @@ func (c *Controller) runCluster(ctx context.Context, cc *clustered, lead func(co
 	for range 5 {
 		<-done
 	}
+	cc.closeLeaderConn()
 }
 
 // publishSessions keeps the session table's records of the agent streams
@@ -271,6 +362,14 @@ func (l leaderSink) Attach(ctx context.Context, via, node, addr string, hello *f
 		return nil, err
 	}
 	s, err := l.fleet.AttachRelayed(ctx, via, node, addr, hello)
+	if errors.Is(err, fleet.ErrNotEnrolled) {
+		// Enrolled on another controller a moment ago, before this one
+		// reread the nodes (Follow coalesces): reread now, as the relay
+		// does not send the node again.
+		if err = l.fleet.Reload(); err == nil {
+			s, err = l.fleet.AttachRelayed(ctx, via, node, addr, hello)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -304,4 +403,12 @@ func (p clusterPeers) Peers() []replica.Peer {
 		}
 	}
 	return out
+}
+
+// Leading says whether this controller runs the rollout engine now: on
+// bbolt always; on etcd while it leads and has loaded what the previous
+// leader stored.
+func (c *Controller) Leading() bool {
+	cc := c.clusterState.Load()
+	return cc == nil || cc.engineOn.Load()
 }

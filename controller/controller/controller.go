@@ -61,6 +61,7 @@ type Config struct {
 	GossipProfile     string        // lan (default), local or wan
 	GossipKeyGrace    time.Duration // how long after a rotation the previous gossip key still works (default 30s)
 	AllowNewStore     bool          // create ferry.db although the data dir holds earlier state (store.go)
+	Join              bool          // with --store etcd: join the controllers already on the etcd store, with the CA copied into the data dir (store.go)
 	Store             StoreConfig   // bbolt in the data dir, or etcd (store.go)
 	Logs              LogLimits     // job output kept (joblogs.go)
 	ImportDirs        []string      // directories `artifact import` may read files below (none: path imports refused)
@@ -102,6 +103,9 @@ func (c *Config) setDefaults() error {
 	}
 	if err := c.Store.setDefaults(); err != nil {
 		return err
+	}
+	if c.Join && c.Store.Backend != StoreEtcd {
+		return errors.New("--join: a controller joins others that share one etcd store: add --store etcd --etcd-endpoints ... (on bbolt each controller has a store of its own, and a data dir holding a CA but no ferry.db is a lost store)")
 	}
 	if c.Store.Backend == StoreEtcd && c.Logs.MaxTotalBytes == 0 {
 		c.Logs.MaxTotalBytes = DefaultEtcdLogMaxTotalBytes
@@ -287,9 +291,9 @@ func New(cfg Config) (*Controller, error) {
 	js := jobSink{engine: c.engine, store: c.store, metrics: m, log: c.log, now: cfg.Now, logs: cfg.Logs, logRate: newLogRate(cfg.Now)}
 	var jobs server.JobSink = js
 	var events server.AgentEvents
-	if cc := c.clusterState.Load(); cc != nil {
+	cc := c.clusterState.Load()
+	if cc != nil {
 		jobs, events = clusterJobs{local: js, cc: cc}, clusterEvents{cc: cc}
-		ferryv1.RegisterClusterServiceServer(c.grpc, cluster.NewService(cc.cl, leaderSink{fleet: c.fleet, jobs: js}))
 	}
 	deps := &server.Deps{
 		Store: c.store, Fleet: c.fleet, CA: ca, Logger: c.log, Now: cfg.Now,
@@ -307,6 +311,11 @@ func New(cfg Config) (*Controller, error) {
 
 		JobArtifacts: c.engine, // downloads follow the jobs the engine sent
 		Events:       events,
+	}
+	if cc != nil {
+		// Calls only the leader serves go to it (server/forward.go).
+		deps.Leader, deps.ControllerID = c.forwardTo, cc.cl.ID()
+		ferryv1.RegisterClusterServiceServer(c.grpc, clusterService{Service: cluster.NewService(cc.cl, leaderSink{fleet: c.fleet, jobs: js}), deps: deps})
 	}
 	server.Register(c.grpc, deps)
 	// c.grpc serves only peers with a client certificate; the others reach

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -93,13 +95,47 @@ func openStore(cfg Config) (*store.Store, error) {
 // openEtcdStore connects to etcd and opens the store under the prefix. A
 // prefix without records beside a data dir that holds earlier state is
 // refused like a lost ferry.db: the records are in the data dir's
-// ferry.db until `ferry-controller migrate` copies them.
+// ferry.db until `ferry-controller migrate` copies them, or the prefix is
+// not this installation's. A controller joins others only when told
+// (Config.Join): its data dir then holds the installation's CA and
+// nothing else of its own, and the prefix must already hold the store
+// the others created. Refusals on an empty prefix are made before the
+// store is opened, so a refused start leaves nothing in etcd that a
+// later start could take for a store.
 func openEtcdStore(ctx context.Context, cfg Config) (*store.Store, *clientv3.Client, error) {
 	cli, err := etcdclient.New(ctx, cfg.Store.Etcd)
 	if err != nil {
 		return nil, nil, err
 	}
-	s, err := store.OpenEtcd(cli, cfg.Store.Etcd.KeyPrefix()) //nolint:contextcheck // the store bounds each etcd request itself (etcdOpTimeout)
+	prefix, endpoints := cfg.Store.Etcd.KeyPrefix(), strings.Join(cfg.Store.Etcd.Endpoints, ",")
+	closeFail := func(err error) (*store.Store, *clientv3.Client, error) {
+		_ = cli.Close()
+		return nil, nil, err
+	}
+	held, err := earlierState(cfg.DataDir)
+	if err != nil {
+		return closeFail(err)
+	}
+	hasCA := slices.Contains(held, heldCACert) && slices.Contains(held, heldCAKey)
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, storeFile)); err == nil {
+		held = append(held, "a bbolt store ("+storeFile+")")
+	}
+	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	resp, err := cli.Get(gctx, prefix+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	cancel()
+	if err != nil {
+		return closeFail(fmt.Errorf("etcd at %s: read prefix %s: %w", endpoints, prefix, err))
+	}
+	existed := resp.Count > 0
+	switch {
+	case cfg.Join && !existed:
+		return closeFail(fmt.Errorf("--join: etcd prefix %s at %s holds no store, so there are no controllers to join there: give this controller the --etcd-endpoints and --etcd-prefix the others use, or start the installation's first controller without --join", prefix, endpoints))
+	case cfg.Join && !hasCA:
+		return closeFail(fmt.Errorf("--join: %s does not hold the installation's CA: copy ca.crt, ca.key and gossip.key from another controller's data dir into it first (README, \"Running several controllers\")", cfg.DataDir))
+	case !existed && len(held) > 0 && !cfg.AllowNewStore:
+		return closeFail(noStoreError(cfg, held))
+	}
+	s, err := store.OpenEtcd(cli, prefix) //nolint:contextcheck // the store bounds each etcd request itself (etcdOpTimeout)
 	if err != nil {
 		_ = cli.Close() // the store's error is the one to report
 		return nil, nil, err
@@ -109,40 +145,35 @@ func openEtcdStore(ctx context.Context, cfg Config) (*store.Store, *clientv3.Cli
 		_ = cli.Close()
 		return nil, nil, err
 	}
+	if cfg.Join || cfg.AllowNewStore {
+		return s, cli, nil
+	}
 	empty, err := s.Empty()
 	if err != nil {
 		return fail(err)
 	}
-	if !empty || cfg.AllowNewStore {
-		return s, cli, nil
+	if !empty && !hasCA {
+		return fail(fmt.Errorf("etcd prefix %s at %s holds an installation's store, but %s holds no CA: this controller would make a CA of its own that none of the installation's agents and admins trust. To join the controllers on this store, copy ca.crt, ca.key and gossip.key from another controller's data dir into it and start with --join", prefix, endpoints, cfg.DataDir))
 	}
-	held, err := earlierState(cfg.DataDir)
-	if err != nil {
-		return fail(err)
-	}
-	if _, err := os.Stat(filepath.Join(cfg.DataDir, storeFile)); err == nil {
-		held = append(held, "a bbolt store ("+storeFile+")")
-	}
-	if joining(held) {
-		// Only the installation's CA, copied in to join the controllers
-		// already on this prefix (README, "Running several controllers").
-		return s, cli, nil
-	}
-	if len(held) > 0 {
-		return fail(fmt.Errorf("etcd prefix %s at %s holds no store, but %s holds %s from earlier runs: copy the bbolt store into etcd first with `ferry-controller migrate --from bbolt:%s --to etcd:%s` (docs/operations.md, \"The store\"); a controller joining others must use their --etcd-prefix; to start over with an empty store instead, start once with --new-store",
-			cfg.Store.Etcd.KeyPrefix(), strings.Join(cfg.Store.Etcd.Endpoints, ","), cfg.DataDir, strings.Join(held, ", "), cfg.DataDir, strings.Join(cfg.Store.Etcd.Endpoints, ",")))
+	if empty && len(held) > 0 {
+		return fail(noStoreError(cfg, held))
 	}
 	return s, cli, nil
 }
 
-// joining: what the data dir holds is the CA alone (ca.crt and ca.key),
-// as the join step copies it, and no state of its own.
-func joining(held []string) bool {
-	if len(held) != 2 {
-		return false
-	}
-	return held[0] == "the CA certificate (ca.crt)" && held[1] == "the CA key (ca.key)"
+// noStoreError refuses an etcd prefix without records beside a data dir
+// that holds earlier state.
+func noStoreError(cfg Config, held []string) error {
+	endpoints := strings.Join(cfg.Store.Etcd.Endpoints, ",")
+	return fmt.Errorf("etcd prefix %s at %s holds no store, but %s holds %s from earlier runs: copy the bbolt store into etcd first with `ferry-controller migrate --from bbolt:%s --to etcd:%s` (docs/operations.md, \"The store\"); a controller joining others must use their --etcd-endpoints and --etcd-prefix, and --join; to start over with an empty store instead, start once with --new-store",
+		cfg.Store.Etcd.KeyPrefix(), endpoints, cfg.DataDir, strings.Join(held, ", "), cfg.DataDir, endpoints)
 }
+
+// What earlierState names the CA's files.
+const (
+	heldCACert = "the CA certificate (ca.crt)"
+	heldCAKey  = "the CA key (ca.key)"
+)
 
 func restoreSteps(dataDir string) string {
 	return fmt.Sprintf("stop the controller, run `ferry-controller restore --data-dir %s --from BACKUP` and start it again (docs/operations.md)", dataDir)
@@ -153,8 +184,8 @@ func restoreSteps(dataDir string) string {
 func earlierState(dataDir string) ([]string, error) {
 	var held []string
 	for _, f := range []struct{ name, what string }{
-		{"ca.crt", "the CA certificate (ca.crt)"},
-		{"ca.key", "the CA key (ca.key)"},
+		{"ca.crt", heldCACert},
+		{"ca.key", heldCAKey},
 		{"admin.yaml", "the admin credential (admin.yaml)"},
 	} {
 		if _, err := os.Stat(filepath.Join(dataDir, f.name)); err == nil {

@@ -45,6 +45,7 @@ func (f *fleet) addController(id string) *peer {
 	}
 	cfg := f.cfg
 	cfg.DataDir, cfg.GRPCAddr, cfg.HTTPAddr, cfg.ControllerID = dir, "127.0.0.1:0", "127.0.0.1:0", id
+	cfg.Join = true
 	ctl, err := controller.New(cfg)
 	if err != nil {
 		f.t.Fatalf("start controller %s: %v", id, err)

@@ -41,7 +41,7 @@ func TestArtifactSurvivesItsController(t *testing.T) {
 		}
 	}
 	cfgB := f.cfg
-	cfgB.DataDir, cfgB.GRPCAddr, cfgB.ControllerID = dirB, "127.0.0.1:0", "controller-b"
+	cfgB.DataDir, cfgB.GRPCAddr, cfgB.ControllerID, cfgB.Join = dirB, "127.0.0.1:0", "controller-b", true
 	ctlB, err := controller.New(cfgB)
 	if err != nil {
 		t.Fatalf("start controller B: %v", err)

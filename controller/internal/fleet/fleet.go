@@ -29,6 +29,10 @@ var ErrNotConnected = errors.New("node is not connected")
 // ErrRemoved is returned for a node an admin removed.
 var ErrRemoved = errors.New("node was removed")
 
+// ErrNotEnrolled: no node of that ID is known here (with several
+// controllers, it may have enrolled on another a moment ago: Reload).
+var ErrNotEnrolled = errors.New("not enrolled")
+
 // GossipView answers what gossip thinks of a member: "alive", "suspect",
 // "dead", "left"; ok is false when gossip has never seen it.
 type GossipView interface {
@@ -320,7 +324,7 @@ func (r *Registry) attach(ctx context.Context, nodeID, addr string, hello *ferry
 	}
 	e, ok := r.nodes[nodeID]
 	if !ok {
-		return nil, fmt.Errorf("node %s is not enrolled", nodeID)
+		return nil, fmt.Errorf("node %s is %w", nodeID, ErrNotEnrolled)
 	}
 	if e.rec.Removed {
 		return nil, ErrRemoved

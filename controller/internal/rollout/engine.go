@@ -168,6 +168,12 @@ func (e *Engine) leading() error {
 	return nil
 }
 
+// Leading returns nil while this engine runs the rollouts (waiting out a
+// take-over, as an admin's call does), else why not: what only the
+// engine that runs them knows completely (what is in use) is asked of it
+// only then.
+func (e *Engine) Leading() error { return e.adminLeading() }
+
 // adminLeading is leading for an admin's call (not under e.mu): while
 // this controller is taking over as leader it waits until it leads,
 // rather than refusing a call it is about to be able to serve.

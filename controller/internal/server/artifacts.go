@@ -305,7 +305,14 @@ func (s *artifactServer) ImportArtifact(req *ferryv1.ImportArtifactRequest, stre
 // audited as artifact.gc; with plan set it only lists them. An artifact
 // that gains a reference meanwhile is kept (the store checks again in
 // the transaction that removes it).
+//
+// With several controllers it runs on the leader (forwarded), whose
+// engine knows every rollout in flight; a controller that does not lead
+// refuses rather than judge from its own, possibly late, copy.
 func (s *artifactServer) CollectArtifacts(ctx context.Context, req *ferryv1.CollectArtifactsRequest) (*ferryv1.CollectArtifactsResponse, error) {
+	if err := s.d.Rollouts.Leading(); err != nil {
+		return nil, toStatus(fmt.Errorf("artifact gc: %w", err))
+	}
 	all, err := s.d.Artifacts.List("")
 	if err != nil {
 		return nil, toStatus(err)

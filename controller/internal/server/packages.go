@@ -73,6 +73,11 @@ func (s *packageServer) DeletePackage(ctx context.Context, req *ferryv1.DeletePa
 		return nil, err
 	}
 	inUse := func() error {
+		// Only the engine that runs the rollouts knows them all (several
+		// controllers: the leader, where this call is forwarded).
+		if err := s.d.Rollouts.Leading(); err != nil {
+			return err
+		}
 		rollouts, nodes := s.d.Rollouts.PackageUsers(name, version)
 		var why []string
 		if len(nodes) > 0 {

@@ -28,6 +28,10 @@ type Rollouts interface {
 	// ArtifactsInUse maps the digests rollouts may still send to nodes to
 	// those rollouts.
 	ArtifactsInUse() map[string][]string
+	// Leading is nil while this controller runs the rollouts: the users
+	// and the in-use set above are complete only then (several
+	// controllers: only on the leader, where such calls are forwarded).
+	Leading() error
 }
 
 type rolloutServer struct {

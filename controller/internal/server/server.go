@@ -102,7 +102,16 @@ type Deps struct {
 	// download is refused.
 	JobArtifacts JobArtifacts
 
-	streams *streams // set by Register
+	// Leader, with several controllers on etcd, says where the calls
+	// only the leader serves (the rollout engine's) go: ok is false to
+	// serve them here (this controller leads or is taking over, is cut
+	// off from etcd, or no leader is elected). Nil: always here.
+	Leader func(ctx context.Context) (Leader, bool)
+	// ControllerID names this controller in errors of forwarded calls.
+	ControllerID string
+
+	streams *streams    // set by Register
+	fwd     *forwarding // set by Register
 }
 
 // Register adds every Ferry service to a gRPC server.
@@ -114,7 +123,8 @@ func Register(s *grpc.Server, d *Deps) {
 		d.Logger = slog.Default()
 	}
 	d.streams = newStreams(d.recheck)
-	reg := streamRegistrar{s: s, streams: d.streams}
+	d.fwd = newForwarding(d)
+	reg := streamRegistrar{s: s, streams: d.streams, fwd: d.fwd}
 	ferryv1.RegisterEnrollmentServiceServer(reg, &enrollmentServer{d: d})
 	ferryv1.RegisterAgentServiceServer(reg, &agentServer{d: d})
 	ferryv1.RegisterNodeServiceServer(reg, &nodeServer{d: d, watches: newWatchLimit(maxWatchesPerAdmin)})

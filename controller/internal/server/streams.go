@@ -112,18 +112,19 @@ type trackedStream struct {
 
 func (t trackedStream) Context() context.Context { return t.ctx }
 
-// streamRegistrar registers services with their stream handlers tracked.
+// streamRegistrar registers services with their stream handlers tracked,
+// and the methods only the leader serves forwarded (forward.go).
 type streamRegistrar struct {
 	s       grpc.ServiceRegistrar
 	streams *streams
+	fwd     *forwarding
 }
 
 func (r streamRegistrar) RegisterService(desc *grpc.ServiceDesc, impl any) {
 	d := *desc
 	d.Streams = slices.Clone(desc.Streams)
-	for i := range d.Streams {
-		d.Streams[i].Handler = r.streams.track(d.Streams[i].Handler)
-	}
+	d.Methods = slices.Clone(desc.Methods)
+	r.fwd.wrap(&d, impl, r.streams.track)
 	r.s.RegisterService(&d, impl)
 }
 

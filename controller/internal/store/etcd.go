@@ -80,17 +80,33 @@ func (s *Store) Fenced(fence func() ([]clientv3.Cmp, error)) *Store {
 // OnEtcd says whether the store is kept in etcd.
 func (s *Store) OnEtcd() bool { return s.db == nil }
 
-// Follow calls changed each time another controller may have written
+// Follow calls changed after another controller may have written
 // records of domain (a top-level bucket: "revoked_admins", "nodes", ...),
 // until ctx ends, so a controller that keeps some records in memory
-// rereads them. On bbolt only this process writes: it returns at once and
-// never calls changed. changed runs on Follow's goroutine, one call at a
-// time.
+// rereads them. Writes are coalesced: changed runs one call at a time, at
+// most once per followGap, and a write it may have missed always brings
+// one more call, so the last state is never lost. On bbolt only this
+// process writes: it returns at once and never calls changed.
 func (s *Store) Follow(ctx context.Context, domain string, changed func()) {
 	e, ok := s.kv.(*etcdKV)
 	if !ok {
 		return
 	}
+	c := newCoalescer(followGap)
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		e.watchDomain(wctx, domain, c.trigger)
+	}()
+	c.run(ctx, changed)
+	cancel()
+	<-done
+}
+
+// watchDomain calls changed for each batch of writes to domain, and once
+// after each gap in its watch (writes may have been missed).
+func (e *etcdKV) watchDomain(ctx context.Context, domain string, changed func()) {
 	// Every write below a bucket bumps its version key (kvetcd.go).
 	key := e.prefix + "/" + escName([]byte(domain)) + "/!v"
 	for ctx.Err() == nil {

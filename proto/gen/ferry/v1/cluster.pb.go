@@ -22,6 +22,203 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ForwardRequest is one message of a forwarded call, from the controller
+// the admin called.
+type ForwardRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*ForwardRequest_Call
+	//	*ForwardRequest_Message
+	Msg           isForwardRequest_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardRequest) Reset() {
+	*x = ForwardRequest{}
+	mi := &file_ferry_v1_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardRequest) ProtoMessage() {}
+
+func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardRequest.ProtoReflect.Descriptor instead.
+func (*ForwardRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ForwardRequest) GetMsg() isForwardRequest_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *ForwardRequest) GetCall() *ForwardCall {
+	if x != nil {
+		if x, ok := x.Msg.(*ForwardRequest_Call); ok {
+			return x.Call
+		}
+	}
+	return nil
+}
+
+func (x *ForwardRequest) GetMessage() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*ForwardRequest_Message); ok {
+			return x.Message
+		}
+	}
+	return nil
+}
+
+type isForwardRequest_Msg interface {
+	isForwardRequest_Msg()
+}
+
+type ForwardRequest_Call struct {
+	// Call is the first message: what is called, and by whom.
+	Call *ForwardCall `protobuf:"bytes,1,opt,name=call,proto3,oneof"`
+}
+
+type ForwardRequest_Message struct {
+	// One request message of the call, encoded (protobuf).
+	Message []byte `protobuf:"bytes,2,opt,name=message,proto3,oneof"`
+}
+
+func (*ForwardRequest_Call) isForwardRequest_Msg() {}
+
+func (*ForwardRequest_Message) isForwardRequest_Msg() {}
+
+// ForwardCall names a forwarded call and its admin.
+type ForwardCall struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The full gRPC method, e.g. "/ferry.v1.RolloutService/CreateRollout".
+	Method string `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`
+	// The admin's client certificate (DER), as the forwarding controller's
+	// TLS handshake received it.
+	AdminCertificateDer []byte `protobuf:"bytes,2,opt,name=admin_certificate_der,json=adminCertificateDer,proto3" json:"admin_certificate_der,omitempty"`
+	// The admin's address as the forwarding controller saw it.
+	AdminAddress  string `protobuf:"bytes,3,opt,name=admin_address,json=adminAddress,proto3" json:"admin_address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardCall) Reset() {
+	*x = ForwardCall{}
+	mi := &file_ferry_v1_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardCall) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardCall) ProtoMessage() {}
+
+func (x *ForwardCall) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardCall.ProtoReflect.Descriptor instead.
+func (*ForwardCall) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ForwardCall) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *ForwardCall) GetAdminCertificateDer() []byte {
+	if x != nil {
+		return x.AdminCertificateDer
+	}
+	return nil
+}
+
+func (x *ForwardCall) GetAdminAddress() string {
+	if x != nil {
+		return x.AdminAddress
+	}
+	return ""
+}
+
+// ForwardResponse is one response message of a forwarded call.
+type ForwardResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Encoded (protobuf).
+	Message       []byte `protobuf:"bytes,1,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardResponse) Reset() {
+	*x = ForwardResponse{}
+	mi := &file_ferry_v1_cluster_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardResponse) ProtoMessage() {}
+
+func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_cluster_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardResponse.ProtoReflect.Descriptor instead.
+func (*ForwardResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ForwardResponse) GetMessage() []byte {
+	if x != nil {
+		return x.Message
+	}
+	return nil
+}
+
 // RelayRequest is one message a controller relays to the leader.
 type RelayRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -39,7 +236,7 @@ type RelayRequest struct {
 
 func (x *RelayRequest) Reset() {
 	*x = RelayRequest{}
-	mi := &file_ferry_v1_cluster_proto_msgTypes[0]
+	mi := &file_ferry_v1_cluster_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -51,7 +248,7 @@ func (x *RelayRequest) String() string {
 func (*RelayRequest) ProtoMessage() {}
 
 func (x *RelayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_cluster_proto_msgTypes[0]
+	mi := &file_ferry_v1_cluster_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -64,7 +261,7 @@ func (x *RelayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayRequest.ProtoReflect.Descriptor instead.
 func (*RelayRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RelayRequest) GetMsg() isRelayRequest_Msg {
@@ -171,7 +368,7 @@ type RelayHello struct {
 
 func (x *RelayHello) Reset() {
 	*x = RelayHello{}
-	mi := &file_ferry_v1_cluster_proto_msgTypes[1]
+	mi := &file_ferry_v1_cluster_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -183,7 +380,7 @@ func (x *RelayHello) String() string {
 func (*RelayHello) ProtoMessage() {}
 
 func (x *RelayHello) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_cluster_proto_msgTypes[1]
+	mi := &file_ferry_v1_cluster_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -196,7 +393,7 @@ func (x *RelayHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayHello.ProtoReflect.Descriptor instead.
 func (*RelayHello) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RelayHello) GetControllerId() string {
@@ -219,7 +416,7 @@ type RelayAttached struct {
 
 func (x *RelayAttached) Reset() {
 	*x = RelayAttached{}
-	mi := &file_ferry_v1_cluster_proto_msgTypes[2]
+	mi := &file_ferry_v1_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -231,7 +428,7 @@ func (x *RelayAttached) String() string {
 func (*RelayAttached) ProtoMessage() {}
 
 func (x *RelayAttached) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_cluster_proto_msgTypes[2]
+	mi := &file_ferry_v1_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -244,7 +441,7 @@ func (x *RelayAttached) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayAttached.ProtoReflect.Descriptor instead.
 func (*RelayAttached) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RelayAttached) GetNodeId() string {
@@ -279,7 +476,7 @@ type RelayHeartbeat struct {
 
 func (x *RelayHeartbeat) Reset() {
 	*x = RelayHeartbeat{}
-	mi := &file_ferry_v1_cluster_proto_msgTypes[3]
+	mi := &file_ferry_v1_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -291,7 +488,7 @@ func (x *RelayHeartbeat) String() string {
 func (*RelayHeartbeat) ProtoMessage() {}
 
 func (x *RelayHeartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_cluster_proto_msgTypes[3]
+	mi := &file_ferry_v1_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -304,7 +501,7 @@ func (x *RelayHeartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayHeartbeat.ProtoReflect.Descriptor instead.
 func (*RelayHeartbeat) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RelayHeartbeat) GetNodeId() string {
@@ -332,7 +529,7 @@ type RelayJobUpdate struct {
 
 func (x *RelayJobUpdate) Reset() {
 	*x = RelayJobUpdate{}
-	mi := &file_ferry_v1_cluster_proto_msgTypes[4]
+	mi := &file_ferry_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -344,7 +541,7 @@ func (x *RelayJobUpdate) String() string {
 func (*RelayJobUpdate) ProtoMessage() {}
 
 func (x *RelayJobUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_cluster_proto_msgTypes[4]
+	mi := &file_ferry_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -357,7 +554,7 @@ func (x *RelayJobUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayJobUpdate.ProtoReflect.Descriptor instead.
 func (*RelayJobUpdate) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RelayJobUpdate) GetNodeId() string {
@@ -386,7 +583,7 @@ type RelayDetached struct {
 
 func (x *RelayDetached) Reset() {
 	*x = RelayDetached{}
-	mi := &file_ferry_v1_cluster_proto_msgTypes[5]
+	mi := &file_ferry_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -398,7 +595,7 @@ func (x *RelayDetached) String() string {
 func (*RelayDetached) ProtoMessage() {}
 
 func (x *RelayDetached) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_cluster_proto_msgTypes[5]
+	mi := &file_ferry_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -411,7 +608,7 @@ func (x *RelayDetached) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayDetached.ProtoReflect.Descriptor instead.
 func (*RelayDetached) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RelayDetached) GetNodeId() string {
@@ -439,7 +636,7 @@ type RelayResponse struct {
 
 func (x *RelayResponse) Reset() {
 	*x = RelayResponse{}
-	mi := &file_ferry_v1_cluster_proto_msgTypes[6]
+	mi := &file_ferry_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -451,7 +648,7 @@ func (x *RelayResponse) String() string {
 func (*RelayResponse) ProtoMessage() {}
 
 func (x *RelayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_cluster_proto_msgTypes[6]
+	mi := &file_ferry_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -464,7 +661,7 @@ func (x *RelayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayResponse.ProtoReflect.Descriptor instead.
 func (*RelayResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RelayResponse) GetNodeId() string {
@@ -495,7 +692,7 @@ type ControllerMember struct {
 
 func (x *ControllerMember) Reset() {
 	*x = ControllerMember{}
-	mi := &file_ferry_v1_cluster_proto_msgTypes[7]
+	mi := &file_ferry_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -507,7 +704,7 @@ func (x *ControllerMember) String() string {
 func (*ControllerMember) ProtoMessage() {}
 
 func (x *ControllerMember) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_cluster_proto_msgTypes[7]
+	mi := &file_ferry_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -520,7 +717,7 @@ func (x *ControllerMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControllerMember.ProtoReflect.Descriptor instead.
 func (*ControllerMember) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ControllerMember) GetId() string {
@@ -561,7 +758,7 @@ type NodeSession struct {
 
 func (x *NodeSession) Reset() {
 	*x = NodeSession{}
-	mi := &file_ferry_v1_cluster_proto_msgTypes[8]
+	mi := &file_ferry_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -573,7 +770,7 @@ func (x *NodeSession) String() string {
 func (*NodeSession) ProtoMessage() {}
 
 func (x *NodeSession) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_cluster_proto_msgTypes[8]
+	mi := &file_ferry_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -586,7 +783,7 @@ func (x *NodeSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeSession.ProtoReflect.Descriptor instead.
 func (*NodeSession) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *NodeSession) GetNodeId() string {
@@ -628,7 +825,17 @@ var File_ferry_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x16ferry/v1/cluster.proto\x12\bferry.v1\x1a\x14ferry/v1/agent.proto\x1a\x13ferry/v1/node.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa6\x02\n" +
+	"\x16ferry/v1/cluster.proto\x12\bferry.v1\x1a\x14ferry/v1/agent.proto\x1a\x13ferry/v1/node.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n" +
+	"\x0eForwardRequest\x12+\n" +
+	"\x04call\x18\x01 \x01(\v2\x15.ferry.v1.ForwardCallH\x00R\x04call\x12\x1a\n" +
+	"\amessage\x18\x02 \x01(\fH\x00R\amessageB\x05\n" +
+	"\x03msg\"~\n" +
+	"\vForwardCall\x12\x16\n" +
+	"\x06method\x18\x01 \x01(\tR\x06method\x122\n" +
+	"\x15admin_certificate_der\x18\x02 \x01(\fR\x13adminCertificateDer\x12#\n" +
+	"\radmin_address\x18\x03 \x01(\tR\fadminAddress\"+\n" +
+	"\x0fForwardResponse\x12\x18\n" +
+	"\amessage\x18\x01 \x01(\fR\amessage\"\xa6\x02\n" +
 	"\fRelayRequest\x12,\n" +
 	"\x05hello\x18\x01 \x01(\v2\x14.ferry.v1.RelayHelloH\x00R\x05hello\x125\n" +
 	"\battached\x18\x02 \x01(\v2\x17.ferry.v1.RelayAttachedH\x00R\battached\x128\n" +
@@ -667,9 +874,10 @@ const file_ferry_v1_cluster_proto_rawDesc = "" +
 	"\x05state\x18\x03 \x01(\x0e2\x13.ferry.v1.NodeStateR\x05state\x12!\n" +
 	"\fstate_reason\x18\x04 \x01(\tR\vstateReason\x129\n" +
 	"\n" +
-	"changed_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tchangedAt2N\n" +
+	"changed_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tchangedAt2\x92\x01\n" +
 	"\x0eClusterService\x12<\n" +
-	"\x05Relay\x12\x16.ferry.v1.RelayRequest\x1a\x17.ferry.v1.RelayResponse(\x010\x01B\x96\x01\n" +
+	"\x05Relay\x12\x16.ferry.v1.RelayRequest\x1a\x17.ferry.v1.RelayResponse(\x010\x01\x12B\n" +
+	"\aForward\x12\x18.ferry.v1.ForwardRequest\x1a\x19.ferry.v1.ForwardResponse(\x010\x01B\x96\x01\n" +
 	"\fcom.ferry.v1B\fClusterProtoP\x01Z7github.com/ferrydeploy/ferry/proto/gen/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
 var (
@@ -684,44 +892,50 @@ func file_ferry_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_cluster_proto_rawDescData
 }
 
-var file_ferry_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_ferry_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_ferry_v1_cluster_proto_goTypes = []any{
-	(*RelayRequest)(nil),          // 0: ferry.v1.RelayRequest
-	(*RelayHello)(nil),            // 1: ferry.v1.RelayHello
-	(*RelayAttached)(nil),         // 2: ferry.v1.RelayAttached
-	(*RelayHeartbeat)(nil),        // 3: ferry.v1.RelayHeartbeat
-	(*RelayJobUpdate)(nil),        // 4: ferry.v1.RelayJobUpdate
-	(*RelayDetached)(nil),         // 5: ferry.v1.RelayDetached
-	(*RelayResponse)(nil),         // 6: ferry.v1.RelayResponse
-	(*ControllerMember)(nil),      // 7: ferry.v1.ControllerMember
-	(*NodeSession)(nil),           // 8: ferry.v1.NodeSession
-	(*AgentHello)(nil),            // 9: ferry.v1.AgentHello
-	(*Heartbeat)(nil),             // 10: ferry.v1.Heartbeat
-	(*JobUpdate)(nil),             // 11: ferry.v1.JobUpdate
-	(*ConnectResponse)(nil),       // 12: ferry.v1.ConnectResponse
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(NodeState)(0),                // 14: ferry.v1.NodeState
+	(*ForwardRequest)(nil),        // 0: ferry.v1.ForwardRequest
+	(*ForwardCall)(nil),           // 1: ferry.v1.ForwardCall
+	(*ForwardResponse)(nil),       // 2: ferry.v1.ForwardResponse
+	(*RelayRequest)(nil),          // 3: ferry.v1.RelayRequest
+	(*RelayHello)(nil),            // 4: ferry.v1.RelayHello
+	(*RelayAttached)(nil),         // 5: ferry.v1.RelayAttached
+	(*RelayHeartbeat)(nil),        // 6: ferry.v1.RelayHeartbeat
+	(*RelayJobUpdate)(nil),        // 7: ferry.v1.RelayJobUpdate
+	(*RelayDetached)(nil),         // 8: ferry.v1.RelayDetached
+	(*RelayResponse)(nil),         // 9: ferry.v1.RelayResponse
+	(*ControllerMember)(nil),      // 10: ferry.v1.ControllerMember
+	(*NodeSession)(nil),           // 11: ferry.v1.NodeSession
+	(*AgentHello)(nil),            // 12: ferry.v1.AgentHello
+	(*Heartbeat)(nil),             // 13: ferry.v1.Heartbeat
+	(*JobUpdate)(nil),             // 14: ferry.v1.JobUpdate
+	(*ConnectResponse)(nil),       // 15: ferry.v1.ConnectResponse
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(NodeState)(0),                // 17: ferry.v1.NodeState
 }
 var file_ferry_v1_cluster_proto_depIdxs = []int32{
-	1,  // 0: ferry.v1.RelayRequest.hello:type_name -> ferry.v1.RelayHello
-	2,  // 1: ferry.v1.RelayRequest.attached:type_name -> ferry.v1.RelayAttached
-	3,  // 2: ferry.v1.RelayRequest.heartbeat:type_name -> ferry.v1.RelayHeartbeat
-	4,  // 3: ferry.v1.RelayRequest.job_update:type_name -> ferry.v1.RelayJobUpdate
-	5,  // 4: ferry.v1.RelayRequest.detached:type_name -> ferry.v1.RelayDetached
-	9,  // 5: ferry.v1.RelayAttached.hello:type_name -> ferry.v1.AgentHello
-	10, // 6: ferry.v1.RelayHeartbeat.heartbeat:type_name -> ferry.v1.Heartbeat
-	11, // 7: ferry.v1.RelayJobUpdate.update:type_name -> ferry.v1.JobUpdate
-	12, // 8: ferry.v1.RelayResponse.msg:type_name -> ferry.v1.ConnectResponse
-	13, // 9: ferry.v1.ControllerMember.started_at:type_name -> google.protobuf.Timestamp
-	14, // 10: ferry.v1.NodeSession.state:type_name -> ferry.v1.NodeState
-	13, // 11: ferry.v1.NodeSession.changed_at:type_name -> google.protobuf.Timestamp
-	0,  // 12: ferry.v1.ClusterService.Relay:input_type -> ferry.v1.RelayRequest
-	6,  // 13: ferry.v1.ClusterService.Relay:output_type -> ferry.v1.RelayResponse
-	13, // [13:14] is the sub-list for method output_type
-	12, // [12:13] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	1,  // 0: ferry.v1.ForwardRequest.call:type_name -> ferry.v1.ForwardCall
+	4,  // 1: ferry.v1.RelayRequest.hello:type_name -> ferry.v1.RelayHello
+	5,  // 2: ferry.v1.RelayRequest.attached:type_name -> ferry.v1.RelayAttached
+	6,  // 3: ferry.v1.RelayRequest.heartbeat:type_name -> ferry.v1.RelayHeartbeat
+	7,  // 4: ferry.v1.RelayRequest.job_update:type_name -> ferry.v1.RelayJobUpdate
+	8,  // 5: ferry.v1.RelayRequest.detached:type_name -> ferry.v1.RelayDetached
+	12, // 6: ferry.v1.RelayAttached.hello:type_name -> ferry.v1.AgentHello
+	13, // 7: ferry.v1.RelayHeartbeat.heartbeat:type_name -> ferry.v1.Heartbeat
+	14, // 8: ferry.v1.RelayJobUpdate.update:type_name -> ferry.v1.JobUpdate
+	15, // 9: ferry.v1.RelayResponse.msg:type_name -> ferry.v1.ConnectResponse
+	16, // 10: ferry.v1.ControllerMember.started_at:type_name -> google.protobuf.Timestamp
+	17, // 11: ferry.v1.NodeSession.state:type_name -> ferry.v1.NodeState
+	16, // 12: ferry.v1.NodeSession.changed_at:type_name -> google.protobuf.Timestamp
+	3,  // 13: ferry.v1.ClusterService.Relay:input_type -> ferry.v1.RelayRequest
+	0,  // 14: ferry.v1.ClusterService.Forward:input_type -> ferry.v1.ForwardRequest
+	9,  // 15: ferry.v1.ClusterService.Relay:output_type -> ferry.v1.RelayResponse
+	2,  // 16: ferry.v1.ClusterService.Forward:output_type -> ferry.v1.ForwardResponse
+	15, // [15:17] is the sub-list for method output_type
+	13, // [13:15] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_cluster_proto_init() }
@@ -732,6 +946,10 @@ func file_ferry_v1_cluster_proto_init() {
 	file_ferry_v1_agent_proto_init()
 	file_ferry_v1_node_proto_init()
 	file_ferry_v1_cluster_proto_msgTypes[0].OneofWrappers = []any{
+		(*ForwardRequest_Call)(nil),
+		(*ForwardRequest_Message)(nil),
+	}
+	file_ferry_v1_cluster_proto_msgTypes[3].OneofWrappers = []any{
 		(*RelayRequest_Hello)(nil),
 		(*RelayRequest_Attached)(nil),
 		(*RelayRequest_Heartbeat)(nil),
@@ -744,7 +962,7 @@ func file_ferry_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_cluster_proto_rawDesc), len(file_ferry_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ClusterService_Relay_FullMethodName = "/ferry.v1.ClusterService/Relay"
+	ClusterService_Relay_FullMethodName   = "/ferry.v1.ClusterService/Relay"
+	ClusterService_Forward_FullMethodName = "/ferry.v1.ClusterService/Forward"
 )
 
 // ClusterServiceClient is the client API for ClusterService service.
@@ -37,6 +38,15 @@ type ClusterServiceClient interface {
 	// updates, disconnects); the leader answers with the messages for those
 	// agents' streams (jobs, cancels).
 	Relay(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RelayRequest, RelayResponse], error)
+	// Forward carries an admin's call that only the leader serves (those of
+	// the rollout engine: create, promote, pause, resume, abort and undo a
+	// rollout, watch one, update a group) from the controller the admin
+	// called to the leader. The first message names the method and the
+	// admin (with their certificate, which the leader verifies against the
+	// CA and authorizes and audits as if the admin had called it directly);
+	// the call's request follows. The leader answers with the call's
+	// response messages, or ends the stream with the call's error.
+	Forward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardRequest, ForwardResponse], error)
 }
 
 type clusterServiceClient struct {
@@ -60,6 +70,19 @@ func (c *clusterServiceClient) Relay(ctx context.Context, opts ...grpc.CallOptio
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ClusterService_RelayClient = grpc.BidiStreamingClient[RelayRequest, RelayResponse]
 
+func (c *clusterServiceClient) Forward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardRequest, ForwardResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ClusterService_ServiceDesc.Streams[1], ClusterService_Forward_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ForwardRequest, ForwardResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ClusterService_ForwardClient = grpc.BidiStreamingClient[ForwardRequest, ForwardResponse]
+
 // ClusterServiceServer is the server API for ClusterService service.
 // All implementations must embed UnimplementedClusterServiceServer
 // for forward compatibility.
@@ -75,6 +98,15 @@ type ClusterServiceServer interface {
 	// updates, disconnects); the leader answers with the messages for those
 	// agents' streams (jobs, cancels).
 	Relay(grpc.BidiStreamingServer[RelayRequest, RelayResponse]) error
+	// Forward carries an admin's call that only the leader serves (those of
+	// the rollout engine: create, promote, pause, resume, abort and undo a
+	// rollout, watch one, update a group) from the controller the admin
+	// called to the leader. The first message names the method and the
+	// admin (with their certificate, which the leader verifies against the
+	// CA and authorizes and audits as if the admin had called it directly);
+	// the call's request follows. The leader answers with the call's
+	// response messages, or ends the stream with the call's error.
+	Forward(grpc.BidiStreamingServer[ForwardRequest, ForwardResponse]) error
 	mustEmbedUnimplementedClusterServiceServer()
 }
 
@@ -87,6 +119,9 @@ type UnimplementedClusterServiceServer struct{}
 
 func (UnimplementedClusterServiceServer) Relay(grpc.BidiStreamingServer[RelayRequest, RelayResponse]) error {
 	return status.Error(codes.Unimplemented, "method Relay not implemented")
+}
+func (UnimplementedClusterServiceServer) Forward(grpc.BidiStreamingServer[ForwardRequest, ForwardResponse]) error {
+	return status.Error(codes.Unimplemented, "method Forward not implemented")
 }
 func (UnimplementedClusterServiceServer) mustEmbedUnimplementedClusterServiceServer() {}
 func (UnimplementedClusterServiceServer) testEmbeddedByValue()                        {}
@@ -116,6 +151,13 @@ func _ClusterService_Relay_Handler(srv interface{}, stream grpc.ServerStream) er
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ClusterService_RelayServer = grpc.BidiStreamingServer[RelayRequest, RelayResponse]
 
+func _ClusterService_Forward_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ClusterServiceServer).Forward(&grpc.GenericServerStream[ForwardRequest, ForwardResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ClusterService_ForwardServer = grpc.BidiStreamingServer[ForwardRequest, ForwardResponse]
+
 // ClusterService_ServiceDesc is the grpc.ServiceDesc for ClusterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -127,6 +169,12 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Relay",
 			Handler:       _ClusterService_Relay_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Forward",
+			Handler:       _ClusterService_Forward_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},
