@@ -550,6 +550,18 @@ func (c *swapClient) ReportArtifactMismatch(ctx context.Context, in *ferryv1.Rep
 	return (*c.p.Load()).ReportArtifactMismatch(ctx, in, opts...)
 }
 
+func (c *swapClient) GetPieces(ctx context.Context, in *ferryv1.GetPiecesRequest, opts ...grpc.CallOption) (*ferryv1.GetPiecesResponse, error) {
+	return (*c.p.Load()).GetPieces(ctx, in, opts...)
+}
+
+func (c *swapClient) AuthorizePeer(ctx context.Context, in *ferryv1.AuthorizePeerRequest, opts ...grpc.CallOption) (*ferryv1.AuthorizePeerResponse, error) {
+	return (*c.p.Load()).AuthorizePeer(ctx, in, opts...)
+}
+
+func (c *swapClient) ReportBadPeer(ctx context.Context, in *ferryv1.ReportBadPeerRequest, opts ...grpc.CallOption) (*ferryv1.ReportBadPeerResponse, error) {
+	return (*c.p.Load()).ReportBadPeer(ctx, in, opts...)
+}
+
 func (a *Agent) send(m *ferryv1.ConnectRequest) error {
 	a.sendMu.Lock()
 	defer a.sendMu.Unlock()
