@@ -171,6 +171,15 @@ type Config struct {
 	// StaleAfter removes staging files untouched for this long when the
 	// fetcher starts (default 7 days).
 	StaleAfter time.Duration
+	// Peers, when set, turns peer exchange on: a download the controller
+	// gives in pieces (GetPieces) is fetched from the agents holding them
+	// (see pieces.go); nil downloads from the controller only.
+	Peers PeerClient
+	// ServeFor and ServeBlobs bound how long, and for how many downloads,
+	// the pieces of a verified download stay offered to peers (defaults
+	// DefaultServeFor and DefaultServeBlobs; see serve.go).
+	ServeFor   time.Duration
+	ServeBlobs int
 	Logger     *slog.Logger
 	Now        func() time.Time
 	Rand       *rand.Rand // backoff jitter
@@ -186,6 +195,7 @@ type Fetcher struct {
 	mu    sync.Mutex
 	locks map[string]chan struct{} // one download per digest at a time
 	held  map[string]int           // digests in use: never collected
+	blobs map[string]*servedBlob   // downloads whose pieces are offered (serve.go)
 	rng   *rand.Rand
 	chunk int // chunk size to ask for, learnt from the link (see adapt)
 	// window is the broken-link connection's window, learnt from what the
@@ -223,6 +233,12 @@ func New(cfg Config) (*Fetcher, error) {
 	if cfg.StaleAfter <= 0 {
 		cfg.StaleAfter = 7 * 24 * time.Hour
 	}
+	if cfg.ServeFor <= 0 {
+		cfg.ServeFor = DefaultServeFor
+	}
+	if cfg.ServeBlobs <= 0 {
+		cfg.ServeBlobs = DefaultServeBlobs
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -239,6 +255,7 @@ func New(cfg Config) (*Fetcher, error) {
 		cacheDir: filepath.Join(cfg.StateDir, "cache"),
 		locks:    map[string]chan struct{}{},
 		held:     map[string]int{},
+		blobs:    map[string]*servedBlob{},
 		chunk:    chunk.Max,
 		window:   MinBrokenLinkWindow,
 		free: func(dir string) (uint64, error) {
@@ -363,11 +380,14 @@ func (f *Fetcher) Ensure(ctx context.Context, digest string, size uint64, progre
 		}
 		if got == h {
 			if err := f.install(h); err != nil {
+				f.unserve(digest)
 				return "", err
 			}
+			f.serveCached(digest)
 			f.collect()
 			return final, nil
 		}
+		f.unserve(digest)
 		lastGot = got
 		f.log.Warn("downloaded artifact does not match its digest; discarding it and fetching again",
 			"artifact", digest, "got", sha256digest.Prefix+got, "attempt", attempt, "of", f.cfg.Attempts)
@@ -383,6 +403,8 @@ func (f *Fetcher) Ensure(ctx context.Context, digest string, size uint64, progre
 }
 
 func (f *Fetcher) stagePath(h string) string { return filepath.Join(f.stageDir, h+".partial") }
+
+func (f *Fetcher) cachePath(h string) string { return filepath.Join(f.cacheDir, h) }
 
 // install moves a verified staging file into the cache.
 func (f *Fetcher) install(h string) error {
@@ -424,6 +446,11 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 	digest := sha256digest.Prefix + h
 	if size > math.MaxInt64 {
 		return "", errTooLarge(digest, size)
+	}
+	if f.cfg.Peers != nil {
+		if sum, ok, err := f.downloadPieces(ctx, h, size, progress); ok || err != nil {
+			return sum, err
+		}
 	}
 	file, err := os.OpenFile(f.stagePath(h), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
