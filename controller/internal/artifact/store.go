@@ -126,6 +126,7 @@ type Store struct {
 	checks   *checks    // re-hashing stored blobs (verify.go)
 	shared   bool       // Config.Shared
 	fetcher  atomic.Pointer[Fetcher]
+	pieces   *pieceCache // piece digests for peer exchange (pieces.go)
 
 	// commitMu serialises what links blobs and metadata: renaming a blob
 	// into place with writing its record, and deleting a record with
@@ -156,6 +157,7 @@ func Open(cfg Config) (*Store, error) {
 		chunks:   newChunkPool(),
 		checks:   newChecks(cfg.RecheckEvery, cfg.VerifyRate),
 		shared:   cfg.Shared,
+		pieces:   newPieceCache(),
 	}
 	for _, d := range []string{s.blobDir, s.tmpDir, s.stageDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
