@@ -39,10 +39,12 @@ import (
 // download, reported to the controller (ReportBadPeer) and named in the
 // job's log (WithNote); one that refuses, fails or sends nothing for
 // exchange's stall time is left for the next holder, finally the
-// controller. A piece nobody holds yet is waited for (GetPieces is asked
-// again every pollFast, with the pieces this agent has) up to
-// noHolderWait, then fetched from the controller, so a download never
-// stalls on the peers.
+// controller; one that answers NOT_FOUND (a seeder still fetching the
+// piece) or is busy is asked again after the next GetPieces answer. A
+// piece nobody holds yet is waited for (GetPieces is asked again every
+// pollFast, with the pieces this agent has) while other pieces arrive,
+// and fetched from the controller once the download had no piece for
+// noHolderWait, so a download never stalls on the peers.
 //
 // A controller without GetPieces (Unimplemented) or with peer exchange
 // off (FailedPrecondition), or any table that does not fit the download,
@@ -149,17 +151,18 @@ type pieceDownload struct {
 	note     func(string)
 
 	// mu guards what follows; it is taken before f.mu, never after.
-	mu       chan struct{} // a one-slot lock
-	have     []bool
-	busy     []bool
-	prefix   int // pieces 0..prefix-1 are all held
-	holders  [][]string
-	seed     []bool
-	addrs    map[string]string
-	dropped  map[string]bool // peers that served bad bytes
-	noPeers  bool            // the controller turned peer exchange off meanwhile
-	updated  chan struct{}   // closed and replaced on every GetPieces answer
-	announce chan struct{}   // a piece arrived: tell the controller soon
+	mu        chan struct{} // a one-slot lock
+	have      []bool
+	busy      []bool
+	prefix    int // pieces 0..prefix-1 are all held
+	holders   [][]string
+	seed      []bool
+	addrs     map[string]string
+	dropped   map[string]bool // peers that served bad bytes
+	noPeers   bool            // the controller turned peer exchange off meanwhile
+	updated   chan struct{}   // closed and replaced on every GetPieces answer
+	lastPiece time.Time       // when the last piece arrived
+	announce  chan struct{}   // a piece arrived: tell the controller soon
 
 	// Where the bytes came from, for the job's log.
 	bytesPeers, bytesController uint64
@@ -457,10 +460,12 @@ type source struct {
 }
 
 // choose picks the next source of piece i: the controller when it asks
-// this agent to seed it, when peer exchange went off, when every holder
-// failed or after noHolderWait without a holder; else a holder not yet
-// tried (at random), else a wait.
-func (d *pieceDownload) choose(i int, tried map[string]bool, since time.Time) source {
+// this agent to seed it or peer exchange went off; else a holder not yet
+// tried nor waiting for the piece itself (at random); else the
+// controller when every holder failed, or when nothing arrived for
+// noHolderWait (the download would stall); else a wait for the next
+// GetPieces answer.
+func (d *pieceDownload) choose(i int, tried, notYet map[string]bool, since time.Time) source {
 	d.lock()
 	defer d.unlock()
 	if d.seed[i] || d.noPeers {
@@ -468,7 +473,7 @@ func (d *pieceDownload) choose(i int, tried map[string]bool, since time.Time) so
 	}
 	var cands []string
 	for _, n := range d.holders[i] {
-		if addr := d.addrs[n]; addr != "" && !d.dropped[n] && !tried[n] {
+		if addr := d.addrs[n]; addr != "" && !d.dropped[n] && !tried[n] && !notYet[n] {
 			cands = append(cands, n)
 		}
 	}
@@ -478,21 +483,34 @@ func (d *pieceDownload) choose(i int, tried map[string]bool, since time.Time) so
 		d.f.mu.Unlock()
 		return source{node: n, addr: d.addrs[n]}
 	}
-	if len(tried) > 0 || time.Since(since) >= noHolderWait {
+	if (len(tried) > 0 && len(notYet) == 0) || time.Since(d.stalledSince(since)) >= noHolderWait {
 		return source{controller: true}
 	}
 	return source{wait: d.updated}
 }
 
+// stalledSince is when the download last made progress (a piece
+// arrived), or since when later. Under d.mu.
+func (d *pieceDownload) stalledSince(since time.Time) time.Time {
+	if d.lastPiece.After(since) {
+		return d.lastPiece
+	}
+	return since
+}
+
 // fetch brings piece i, verified, into the staging file.
 func (d *pieceDownload) fetch(ctx context.Context, i int) error {
 	p := d.table[i]
-	tried := map[string]bool{}
+	tried := map[string]bool{}  // holders that failed
+	notYet := map[string]bool{} // holders that do not have it yet (NOT_FOUND, busy): asked again after the next answer
 	since := time.Now()
 	for {
-		src := d.choose(i, tried, since)
+		src := d.choose(i, tried, notYet, since)
 		if src.wait != nil {
-			t := time.NewTimer(time.Until(since.Add(noHolderWait)))
+			d.lock()
+			until := d.stalledSince(since).Add(noHolderWait)
+			d.unlock()
+			t := time.NewTimer(time.Until(until))
 			select {
 			case <-src.wait:
 			case <-t.C:
@@ -501,6 +519,7 @@ func (d *pieceDownload) fetch(ctx context.Context, i int) error {
 				return ctx.Err()
 			}
 			t.Stop()
+			clear(notYet)
 			continue
 		}
 		var data []byte
@@ -519,6 +538,10 @@ func (d *pieceDownload) fetch(ctx context.Context, i int) error {
 			got, err := d.f.cfg.Peers.FetchPiece(ctx, src.node, src.addr, d.digest, uint32(i), p.n) //nolint:gosec // G115: at most maxPieceCount pieces.
 			if ctx.Err() != nil {
 				return ctx.Err()
+			}
+			if c := status.Code(err); c == codes.NotFound || c == codes.ResourceExhausted {
+				notYet[src.node] = true // a seeder still fetching it, or busy
+				continue
 			}
 			tried[src.node] = true
 			if err != nil {
@@ -577,6 +600,7 @@ func (d *pieceDownload) write(i int, data []byte) error {
 	}
 	d.lock()
 	d.have[i] = true
+	d.lastPiece = time.Now()
 	for d.prefix < len(d.have) && d.have[d.prefix] {
 		d.prefix++
 	}

@@ -367,3 +367,31 @@ func TestOpenPiece(t *testing.T) {
 		t.Errorf("a piece of a download no longer offered: %v, want ErrNoPiece", err)
 	}
 }
+
+// A holder that answers NOT_FOUND (a seeder still fetching the piece) is
+// asked again after the next GetPieces answer, not left for the
+// controller.
+func TestPiecesSeederStillFetching(t *testing.T) {
+	data := randomBytes(9, 3*testPieceLen)
+	c := newPieceController(data)
+	c.holders = func(int, int) []string { return []string{"seeder"} }
+	var mu sync.Mutex
+	asked := map[int]int{}
+	seeder := func(i int) ([]byte, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if asked[i]++; asked[i] <= 2 {
+			return nil, status.Error(codes.NotFound, "this agent holds no verified piece yet")
+		}
+		return bytes.Clone(c.piece(i)), nil
+	}
+	peers := &fakePeers{calls: map[string]int{}, behave: map[string]func(int) ([]byte, error){"seeder": seeder}}
+	f := pieceRig(t, c, peers)
+	ensureNoted(t, f, c.digest, data)
+	if got := c.served.Load(); got != 0 {
+		t.Errorf("the controller served %d bytes; the pieces should have come from the seeder once it had them", got)
+	}
+	if n := peers.called("seeder"); n != 9 {
+		t.Errorf("the seeder was asked %d times, want 3 per piece", n)
+	}
+}
