@@ -27,14 +27,6 @@ func seeds(ans []Piece) []int {
 	return out
 }
 
-func upTo(n int) []uint32 {
-	var out []uint32
-	for i := range n {
-		out = append(out, uint32(i))
-	}
-	return out
-}
-
 // The first askers split the pieces between them, a window each, and no
 // piece is assigned twice; asking again keeps one's assignments.
 func TestSeedingSpreadsOverAskers(t *testing.T) {
