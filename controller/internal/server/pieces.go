@@ -1,6 +1,6 @@
 package server
 
-// Peer exchange, the controller's side (docs/artifacts.md "Peer
+// Peer exchange, the controller's side (docs/packages.md "Peer
 // exchange"): agents ask which pieces of a download they should fetch
 // from the controller and which from peers (GetPieces), whether a peer
 // may have a download's pieces (AuthorizePeer), and report a peer that

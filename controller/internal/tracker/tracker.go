@@ -166,7 +166,7 @@ func (t *Tracker) Ask(digest, node string, pieces int, have []uint32, serves boo
 			}
 			// Each asker starts at another place in the list, so the
 			// load of a popular piece spreads over its holders.
-			h := hs[(int(rot)+i+k)%len(hs)] //nolint:gosec // a modulo of a small count
+			h := hs[(int(rot)+i+k)%len(hs)]
 			if h != node {
 				holders = append(holders, h)
 			}
