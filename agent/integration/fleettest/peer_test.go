@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 
 	"github.com/ferrydeploy/ferry/agent/internal/agent"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
+	"github.com/ferrydeploy/ferry/shared/sha256digest"
 )
 
 // Peer exchange over real TLS: agents with a piece server on loopback
@@ -53,19 +55,7 @@ steps:
   - check: {run: "$FERRY_ROOT/opt/tool/bin/tool", expect: "tool 2.0"}
 `)
 	served := f.metric("ferry_artifact_bytes_served_total")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	resp, err := ferryv1.NewRolloutServiceClient(f.admin).CreateRollout(ctx, &ferryv1.CreateRolloutRequest{
-		PackageName: "tool", PackageVersion: "2.0", Target: &ferryv1.Target{Group: "staging"},
-		Strategy: &ferryv1.Strategy{Canary: proto.Uint32(0), MaxParallel: "100%", HealthyFor: durationpb.New(0), ProgressDeadline: durationpb.New(90 * time.Second)},
-	})
-	if err != nil {
-		t.Fatalf("create rollout: %v", err)
-	}
-	r := f.wait(ctx, resp.GetRollout().GetId())
-	if r.GetState() != ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
-		t.Fatalf("rollout ended %s: %s (nodes %v)", r.GetState(), r.GetMessage(), r.GetNodes())
-	}
+	f.rolloutGroup("staging", "2.0")
 	for _, id := range ids {
 		got, err := os.ReadFile(filepath.Join(f.dir, "roots", id, "opt", "tool", "bin", "tool"))
 		if err != nil || string(got) != "#!/bin/sh\necho tool 2.0\n" {
@@ -80,5 +70,112 @@ steps:
 	t.Logf("the controller served %.2f copies of the %d-byte download to %d nodes", copies, download, n)
 	if copies > 2 {
 		t.Errorf("the controller served %.2f copies of the download to %d nodes with peer exchange; want at most 2", copies, n)
+	}
+}
+
+// peerAgent enrolls and starts an agent with a piece server on loopback.
+func (f *fleet) peerAgent(id, group string) *testAgent {
+	a := f.enroll(id, f.token(group, 1))
+	a.configure = func(c *agent.Config) { c.PeerListen = "127.0.0.1:0" }
+	f.start(a)
+	f.waitState(id, healthy, 10*time.Second)
+	return a
+}
+
+// rolloutGroup rolls tool@version out to group at once and waits for it
+// to succeed.
+func (f *fleet) rolloutGroup(group, version string) *ferryv1.Rollout {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	resp, err := ferryv1.NewRolloutServiceClient(f.admin).CreateRollout(ctx, &ferryv1.CreateRolloutRequest{
+		PackageName: "tool", PackageVersion: version, Target: &ferryv1.Target{Group: group},
+		Strategy: &ferryv1.Strategy{Canary: proto.Uint32(0), MaxParallel: "100%", HealthyFor: durationpb.New(0), ProgressDeadline: durationpb.New(90 * time.Second)},
+	})
+	if err != nil {
+		f.t.Fatalf("create rollout: %v", err)
+	}
+	r := f.wait(ctx, resp.GetRollout().GetId())
+	if r.GetState() != ferryv1.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+		f.t.Fatalf("rollout to %s ended %s: %s (nodes %v)", group, r.GetState(), r.GetMessage(), r.GetNodes())
+	}
+	return r
+}
+
+// A holder whose copy went bad on disk serves a corrupt piece: the
+// fetching agent drops it, reports it, says so in its job's log, fetches
+// the piece from the controller and installs the right bytes; the
+// controller names the bad peer in its node's state reason.
+func TestPeerExchangeCorruptHolder(t *testing.T) {
+	f := newFleet(t, nil)
+	holder := f.peerAgent("holder", "first")
+	fetcher := f.peerAgent("fetcher", "second")
+	tarball := toolTarball(t, "3.0", 10<<20)
+	f.push("tool-3.0.tar.gz", "3.0", tarball)
+	art, err := ferryv1.NewArtifactServiceClient(f.admin).ListArtifacts(context.Background(), &ferryv1.ListArtifactsRequest{})
+	if err != nil || len(art.GetArtifacts()) != 1 {
+		t.Fatalf("list artifacts: %v %v", art, err)
+	}
+	download, size := art.GetArtifacts()[0].GetZstdDigest(), art.GetArtifacts()[0].GetZstdSize()
+	if download == "" {
+		download, size = art.GetArtifacts()[0].GetDigest(), art.GetArtifacts()[0].GetSize()
+	}
+	f.apply(`name: tool
+version: "3.0"
+artifact: tool-3.0.tar.gz
+steps:
+  - archive: {dest: /opt/tool, strip_components: 1}
+  - check: {run: "$FERRY_ROOT/opt/tool/bin/tool", expect: "tool 3.0"}
+`)
+	f.rolloutGroup("first", "3.0")
+
+	// The holder's disk flips a byte of its cached download.
+	h, _ := sha256digest.Parse(download)
+	cached := filepath.Join(holder.stateDir, "cache", h)
+	if err := os.Chmod(cached, 0o600); err != nil {
+		t.Fatalf("the holder has not kept its download in its cache: %v", err)
+	}
+	file, err := os.OpenFile(cached, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	at := int64(size / 2)
+	if _, err := file.ReadAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := file.WriteAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+	file.Close()
+
+	r := f.rolloutGroup("second", "3.0")
+	got, err := os.ReadFile(filepath.Join(f.dir, "roots", fetcher.id, "opt", "tool", "bin", "tool"))
+	if err != nil || string(got) != "#!/bin/sh\necho tool 3.0\n" {
+		t.Errorf("the fetcher's tool/bin/tool holds %q (%v)", got, err)
+	}
+	if fi, err := os.Stat(filepath.Join(f.dir, "roots", fetcher.id, "opt", "tool", "data")); err != nil || fi.Size() != 10<<20 {
+		t.Errorf("the fetcher's tool/data: %v (%v)", fi, err)
+	}
+	named := false
+	for _, rec := range f.jobLogs(r.GetId(), fetcher.id) {
+		if strings.Contains(rec.GetText(), "peer holder") && strings.Contains(rec.GetText(), "wrong bytes") {
+			named = true
+		}
+	}
+	if !named {
+		t.Errorf("the fetcher's job log does not name the peer that served a corrupt piece: %v", f.jobLogs(r.GetId(), fetcher.id))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		reason := f.node(holder.id).GetStateReason()
+		if strings.Contains(reason, "served a corrupt piece") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the holder's state reason does not say it served a corrupt piece: %q", reason)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
