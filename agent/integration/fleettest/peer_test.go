@@ -3,8 +3,12 @@ package fleettest
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -26,11 +30,14 @@ func TestPeerExchangeRollout(t *testing.T) {
 	f := newFleet(t, nil)
 	tok := f.token("staging", n)
 	var ids []string
+	var agents []*testAgent
 	for i := range n {
 		a := f.enroll(fmt.Sprintf("peer-%d", i+1), tok)
 		a.configure = func(c *agent.Config) { c.PeerListen = "127.0.0.1:0" }
+		a.metricsAddr = freeAddr(t)
 		f.start(a)
 		ids = append(ids, a.id)
+		agents = append(agents, a)
 	}
 	for _, id := range ids {
 		f.waitState(id, healthy, 10*time.Second)
@@ -65,6 +72,16 @@ steps:
 		if err != nil || fi.Size() != 18<<20 {
 			t.Errorf("node %s: tool/data: %v (%v)", id, fi, err)
 		}
+	}
+	// What the agents' metrics say they passed to each other: the rest of
+	// the n copies.
+	var fromPeers, servedPeers float64
+	for _, a := range agents {
+		fromPeers += agentMetric(t, a, `ferry_agent_piece_bytes_total{source="peer"}`)
+		servedPeers += agentMetric(t, a, "ferry_agent_piece_bytes_served_total")
+	}
+	if fromPeers < float64((n-2)*int(download)) || servedPeers < fromPeers {
+		t.Errorf("the agents fetched %.0f bytes from peers and served %.0f; want at least %d copies of %d bytes each way", fromPeers, servedPeers, n-2, download)
 	}
 	copies := (f.metric("ferry_artifact_bytes_served_total") - served) / float64(download)
 	t.Logf("the controller served %.2f copies of the %d-byte download to %d nodes", copies, download, n)
@@ -178,4 +195,36 @@ steps:
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// freeAddr is a loopback address nothing listens on now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	return lis.Addr().String()
+}
+
+// agentMetric reads one sample from an agent's /metrics (0 when absent).
+func agentMetric(t *testing.T, a *testAgent, sample string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + a.metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, sample+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("agent %s: %s: %v", a.id, line, err)
+			}
+			return f
+		}
+	}
+	return 0
 }

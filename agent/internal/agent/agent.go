@@ -364,6 +364,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			fc := fetch.Config{StateDir: a.cfg.StateDir, Client: c, BrokenLink: brokenLink.client, Logger: a.log.With("component", "fetch")}
 			if peers != nil {
 				fc.Peers = peers
+				fc.PieceFetched = func(source string, n int) { a.metrics.pieceBytes.WithLabelValues(source).Add(float64(n)) }
+				fc.BadPiece = a.metrics.badPieces.Inc
 			}
 			return fetch.New(fc)
 		}

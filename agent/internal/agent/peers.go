@@ -45,7 +45,8 @@ func (a *Agent) startPieceServer(ctx context.Context, controller exchange.Author
 		return nil
 	}
 	s, err := exchange.Listen(exchange.ServerConfig{Addr: a.cfg.PeerListen, Certificate: a.id.Certificate, Pool: a.id.Pool(),
-		Controller: controller, Source: src, Logger: a.log.With("component", "pieces")})
+		Controller: controller, Source: src, Logger: a.log.With("component", "pieces"),
+		Served: func(n int) { a.metrics.servedBytes.Add(float64(n)) }})
 	if err != nil {
 		return err
 	}

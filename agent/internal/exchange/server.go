@@ -70,8 +70,10 @@ type ServerConfig struct {
 	// MaxServing bounds the pieces streamed at once (default
 	// DefaultMaxServing).
 	MaxServing int
-	Logger     *slog.Logger
-	Now        func() time.Time
+	// Served, if set, counts the piece bytes sent to peers.
+	Served func(bytes int)
+	Logger *slog.Logger
+	Now    func() time.Time
 }
 
 // Server is a running piece server.
@@ -178,6 +180,9 @@ func (s *Server) FetchPiece(req *ferryv1.FetchPieceRequest, stream grpc.ServerSt
 		if n > 0 {
 			if err := stream.Send(&ferryv1.FetchPieceResponse{Data: buf[:n]}); err != nil {
 				return err
+			}
+			if s.cfg.Served != nil {
+				s.cfg.Served(n)
 			}
 		}
 		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {

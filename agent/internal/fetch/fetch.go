@@ -180,9 +180,14 @@ type Config struct {
 	// DefaultServeFor and DefaultServeBlobs; see serve.go).
 	ServeFor   time.Duration
 	ServeBlobs int
-	Logger     *slog.Logger
-	Now        func() time.Time
-	Rand       *rand.Rand // backoff jitter
+	// PieceFetched, if set, counts the bytes of each verified piece by
+	// where it came from ("peer" or "controller"); BadPiece, if set,
+	// counts pieces a peer served with the wrong bytes.
+	PieceFetched func(source string, bytes int)
+	BadPiece     func()
+	Logger       *slog.Logger
+	Now          func() time.Time
+	Rand         *rand.Rand // backoff jitter
 }
 
 // Fetcher downloads and caches artifacts. It is safe for concurrent use.

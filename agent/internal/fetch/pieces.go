@@ -557,6 +557,13 @@ func (d *pieceDownload) fetch(ctx context.Context, i int) error {
 		if err := d.write(i, data); err != nil {
 			return err
 		}
+		if count := d.f.cfg.PieceFetched; count != nil {
+			if src.controller {
+				count("controller", len(data))
+			} else {
+				count("peer", len(data))
+			}
+		}
 		d.lock()
 		if src.controller {
 			d.bytesController += uint64(len(data))
@@ -573,6 +580,9 @@ func (d *pieceDownload) fetch(ctx context.Context, i int) error {
 // it to the controller and says so in the job's log.
 func (d *pieceDownload) badPeer(ctx context.Context, src source, i int, got []byte) {
 	gotDigest := sha256digest.Format(got)
+	if d.f.cfg.BadPiece != nil {
+		d.f.cfg.BadPiece()
+	}
 	d.lock()
 	d.dropped[src.node] = true
 	d.unlock()
