@@ -201,8 +201,11 @@ type Fetcher struct {
 	locks map[string]chan struct{} // one download per digest at a time
 	held  map[string]int           // digests in use: never collected
 	blobs map[string]*servedBlob   // downloads whose pieces are offered (serve.go)
-	rng   *rand.Rand
-	chunk int // chunk size to ask for, learnt from the link (see adapt)
+	// ctlPieces bounds the piece streams from the controller at once
+	// (pieces.go): the controller refuses a node more than 2 downloads.
+	ctlPieces chan struct{}
+	rng       *rand.Rand
+	chunk     int // chunk size to ask for, learnt from the link (see adapt)
 	// window is the broken-link connection's window, learnt from what the
 	// last broken stream brought (brokenLinkWindow).
 	window int32
@@ -256,13 +259,14 @@ func New(cfg Config) (*Fetcher, error) {
 	}
 	f := &Fetcher{
 		cfg: cfg, log: cfg.Logger, rng: rng,
-		stageDir: filepath.Join(cfg.StateDir, "downloads"),
-		cacheDir: filepath.Join(cfg.StateDir, "cache"),
-		locks:    map[string]chan struct{}{},
-		held:     map[string]int{},
-		blobs:    map[string]*servedBlob{},
-		chunk:    chunk.Max,
-		window:   MinBrokenLinkWindow,
+		stageDir:  filepath.Join(cfg.StateDir, "downloads"),
+		cacheDir:  filepath.Join(cfg.StateDir, "cache"),
+		locks:     map[string]chan struct{}{},
+		held:      map[string]int{},
+		blobs:     map[string]*servedBlob{},
+		ctlPieces: make(chan struct{}, controllerPieceStreams),
+		chunk:     chunk.Max,
+		window:    MinBrokenLinkWindow,
 		free: func(dir string) (uint64, error) {
 			free, _, err := facts.Space(dir)
 			return free, err

@@ -54,12 +54,15 @@ import (
 
 // Peer exchange's pacing and bounds.
 const (
-	pieceWindow       = 4
-	pollFast          = 250 * time.Millisecond
-	pollSlow          = 2 * time.Second
-	noHolderWait      = 15 * time.Second
-	getPiecesTimeout  = 10 * time.Second
-	reportPeerTimeout = 10 * time.Second
+	pieceWindow = 4
+	// controllerPieceStreams is how many pieces are fetched from the
+	// controller at once: its default --max-downloads-per-node.
+	controllerPieceStreams = 2
+	pollFast               = 250 * time.Millisecond
+	pollSlow               = 2 * time.Second
+	noHolderWait           = 15 * time.Second
+	getPiecesTimeout       = 10 * time.Second
+	reportPeerTimeout      = 10 * time.Second
 	// maxPieceLen and maxPieceCount bound a table from the controller
 	// (it uses 4 MiB pieces, at most 4096 of them).
 	maxPieceLen   = 64 << 20
@@ -218,6 +221,11 @@ func (f *Fetcher) downloadPieces(ctx context.Context, h string, size uint64, pro
 	}
 	if kept > 0 {
 		f.log.Info("resuming download: kept the verified pieces of the partial download", "artifact", digest, "bytes", kept, "size", total)
+		// Told what is here, the controller neither assigns those pieces
+		// to this agent nor hides it as their holder.
+		if again, err := f.getPieces(ctx, digest, d.haveList()); err == nil && len(again.GetPieces()) == len(table) {
+			resp = again
+		}
 	}
 	d.update(resp)
 	if err := f.checkRoom(digest, total-kept); err != nil {
@@ -637,7 +645,13 @@ func (d *pieceDownload) fromController(ctx context.Context, i int) ([]byte, erro
 	p := d.table[i]
 	failures := 0
 	for {
+		select {
+		case d.f.ctlPieces <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 		data, err := d.controllerPiece(ctx, p)
+		<-d.f.ctlPieces
 		if err == nil {
 			return data, nil
 		}
