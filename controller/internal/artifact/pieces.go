@@ -119,7 +119,7 @@ func (s *Store) Pieces(ctx context.Context, digest string) (*Pieces, error) {
 	case <-e.done:
 		return e.p, e.err
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, fmt.Errorf("the piece digests of %s are still being computed (the controller reads the blob once for them); ask again shortly: %w", formLabel(form), ctx.Err())
 	}
 }
 

@@ -236,3 +236,21 @@ func TestRolloutServesEachPieceOnce(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkAsk is one GetPieces of the largest download (MaxPieces-sized
+// piece lists) in a swarm of 100 nodes that each hold half of it.
+func BenchmarkAsk(b *testing.B) {
+	const pieces, nodes = 4096, 100
+	tr := New(Config{})
+	half := make([]uint32, 0, pieces/2)
+	for i := range pieces / 2 {
+		half = append(half, uint32(2*i))
+	}
+	for n := range nodes {
+		tr.Ask(dig, fmt.Sprint("n", n), pieces, half, true)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		tr.Ask(dig, "n0", pieces, half, true)
+	}
+}

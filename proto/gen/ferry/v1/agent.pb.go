@@ -1936,7 +1936,9 @@ type Piece struct {
 	Length uint32 `protobuf:"varint,2,opt,name=length,proto3" json:"length,omitempty"`
 	// Digest of the piece's bytes ("sha256:<hex>").
 	Digest string `protobuf:"bytes,3,opt,name=digest,proto3" json:"digest,omitempty"`
-	// Node IDs that hold it (never the caller).
+	// Node IDs that hold it (never the caller), first the node fetching it
+	// from the controller when that one does not hold it yet: ask it with a
+	// wait.
 	Holders []string `protobuf:"bytes,4,rep,name=holders,proto3" json:"holders,omitempty"`
 	// True when the caller should fetch it from the controller.
 	Seed          bool `protobuf:"varint,5,opt,name=seed,proto3" json:"seed,omitempty"`
