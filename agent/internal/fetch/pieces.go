@@ -166,6 +166,7 @@ type pieceDownload struct {
 	updated   chan struct{}   // closed and replaced on every GetPieces answer
 	lastPiece time.Time       // when the last piece arrived
 	announce  chan struct{}   // a piece arrived: tell the controller soon
+	assigned  chan struct{}   // a GetPieces answer came: run may start seeds
 
 	// Where the bytes came from, for the job's log.
 	bytesPeers, bytesController uint64
@@ -214,7 +215,7 @@ func (f *Fetcher) downloadPieces(ctx context.Context, h string, size uint64, pro
 	d := &pieceDownload{f: f, digest: digest, file: file, table: table, total: total, progress: progress, note: noteFrom(ctx),
 		mu: make(chan struct{}, 1), have: make([]bool, len(table)), busy: make([]bool, len(table)),
 		holders: make([][]string, len(table)), seed: make([]bool, len(table)), addrs: map[string]string{},
-		dropped: map[string]bool{}, updated: make(chan struct{}), announce: make(chan struct{}, 1), peersUsed: map[string]bool{}, progMu: make(chan struct{}, 1)}
+		dropped: map[string]bool{}, updated: make(chan struct{}), announce: make(chan struct{}, 1), assigned: make(chan struct{}, 1), peersUsed: map[string]bool{}, progMu: make(chan struct{}, 1)}
 	kept, err := d.resume()
 	if err != nil {
 		return "", true, err
@@ -340,6 +341,10 @@ func (d *pieceDownload) update(resp *ferryv1.GetPiecesResponse) {
 	}
 	close(d.updated)
 	d.updated = make(chan struct{})
+	select {
+	case d.assigned <- struct{}{}:
+	default:
+	}
 }
 
 // haveList is the pieces held, for GetPieces.
@@ -356,7 +361,9 @@ func (d *pieceDownload) haveList() []uint32 {
 }
 
 // run fetches every missing piece, pieceWindow at a time from the first
-// missing one, while poll keeps the holders fresh.
+// missing one, while poll keeps the holders fresh. Pieces the controller
+// asked this agent to seed are fetched also beyond the window (at most
+// controllerPieceStreams of them at once): other agents wait for them.
 func (d *pieceDownload) run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -364,35 +371,56 @@ func (d *pieceDownload) run(ctx context.Context) error {
 	go func() { d.poll(ctx); close(polled) }()
 	defer func() { cancel(); <-polled }()
 	type result struct {
-		i   int
-		err error
+		i     int
+		ahead bool // a seed piece started beyond the window
+		err   error
 	}
-	results := make(chan result, pieceWindow)
-	inflight := 0
+	results := make(chan result, pieceWindow+controllerPieceStreams)
+	inWindow, ahead := 0, 0
 	var failure error
+	start := func(i int, beyond bool) {
+		d.busy[i] = true
+		if beyond {
+			ahead++
+		} else {
+			inWindow++
+		}
+		go func() { results <- result{i, beyond, d.fetch(ctx, i)} }()
+	}
 	for {
 		if failure == nil {
 			d.lock()
-			for i := d.prefix; i < len(d.table) && i < d.prefix+pieceWindow && inflight < pieceWindow; i++ {
-				if d.have[i] || d.busy[i] {
-					continue
+			for i := d.prefix; i < len(d.table) && i < d.prefix+pieceWindow && inWindow < pieceWindow; i++ {
+				if !d.have[i] && !d.busy[i] {
+					start(i, false)
 				}
-				d.busy[i] = true
-				inflight++
-				go func(i int) { results <- result{i, d.fetch(ctx, i)} }(i)
+			}
+			for i := d.prefix + pieceWindow; i < len(d.table) && ahead < controllerPieceStreams; i++ {
+				if d.seed[i] && !d.have[i] && !d.busy[i] {
+					start(i, true)
+				}
 			}
 			done := d.prefix == len(d.table)
 			d.unlock()
-			if done && inflight == 0 {
+			if done && inWindow+ahead == 0 {
 				d.announceNow(ctx)
 				return nil
 			}
 		}
-		if inflight == 0 {
+		if inWindow+ahead == 0 {
 			return failure
 		}
-		r := <-results
-		inflight--
+		var r result
+		select {
+		case r = <-results:
+		case <-d.assigned:
+			continue // new seed assignments may start
+		}
+		if r.ahead {
+			ahead--
+		} else {
+			inWindow--
+		}
 		d.lock()
 		d.busy[r.i] = false
 		d.unlock()

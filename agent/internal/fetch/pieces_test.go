@@ -35,6 +35,7 @@ type pieceController struct {
 	holders func(call, index int) []string
 	seed    func(call, index int) bool
 	calls   int
+	have    []uint32 // the last GetPieces's have (holders and seed may read it)
 	reports []*ferryv1.ReportBadPeerRequest
 }
 
@@ -55,6 +56,7 @@ func (c *pieceController) GetPieces(_ context.Context, req *ferryv1.GetPiecesReq
 	}
 	call := c.calls
 	c.calls++
+	c.have = req.GetHave()
 	resp := &ferryv1.GetPiecesResponse{Size: uint64(len(c.data))}
 	seen := map[string]bool{}
 	for i := 0; i*testPieceLen < len(c.data); i++ {
@@ -393,5 +395,28 @@ func TestPiecesSeederStillFetching(t *testing.T) {
 	}
 	if n := peers.called("seeder"); n != 9 {
 		t.Errorf("the seeder was asked %d times, want 3 per piece", n)
+	}
+}
+
+// Pieces the controller asks this agent to seed are fetched even beyond
+// the window, while the window waits for holders: here the other agents
+// give the first pieces only once they have the seeded ones (they wait
+// for them).
+func TestPiecesSeedsBeyondTheWindow(t *testing.T) {
+	data := randomBytes(10, 8*testPieceLen)
+	c := newPieceController(data)
+	seeded := func(i int) bool { return i >= 6 }
+	c.seed = func(_, i int) bool { return seeded(i) }
+	c.holders = func(_, i int) []string {
+		if seeded(i) || !slices.Contains(c.have, 6) || !slices.Contains(c.have, 7) {
+			return nil
+		}
+		return []string{"other"}
+	}
+	peers := &fakePeers{calls: map[string]int{}, behave: map[string]func(int) ([]byte, error){"other": honest(c)}}
+	f := pieceRig(t, c, peers)
+	ensureNoted(t, f, c.digest, data)
+	if got, want := c.served.Load(), int64(2*testPieceLen); got != want {
+		t.Errorf("the controller served %d bytes, want the 2 seeded pieces' %d (the others from the peer)", got, want)
 	}
 }
