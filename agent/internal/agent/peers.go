@@ -46,7 +46,8 @@ func (a *Agent) startPieceServer(ctx context.Context, controller exchange.Author
 	}
 	s, err := exchange.Listen(exchange.ServerConfig{Addr: a.cfg.PeerListen, Certificate: a.id.Certificate, Pool: a.id.Pool(),
 		Controller: controller, Source: src, Logger: a.log.With("component", "pieces"),
-		Served: func(n int) { a.metrics.servedBytes.Add(float64(n)) }})
+		Served: func(n int) { a.metrics.servedBytes.Add(float64(n)) },
+		Now:    func() time.Time { return a.id.ControllerTime(time.Now()) }})
 	if err != nil {
 		return err
 	}

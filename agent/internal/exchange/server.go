@@ -73,7 +73,9 @@ type ServerConfig struct {
 	// Served, if set, counts the piece bytes sent to peers.
 	Served func(bytes int)
 	Logger *slog.Logger
-	Now    func() time.Time
+	// Now is the clock of the answers kept and of certificates (the
+	// agent's: the controller's time, the node's clock plus its skew).
+	Now func() time.Time
 }
 
 // Server is a running piece server.
@@ -120,7 +122,7 @@ func Listen(cfg ServerConfig) (*Server, error) {
 		return nil, fmt.Errorf("--peer-listen %s: %w", cfg.Addr, err)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, lis: lis, slots: make(chan struct{}, cfg.MaxServing), answers: map[answerKey]answer{}}
-	s.grpc = rpc.NewServer(rpc.ServerOptions{TLS: serverTLS(cfg.Certificate, cfg.Pool), Logger: cfg.Logger, Policy: piecePolicy})
+	s.grpc = rpc.NewServer(rpc.ServerOptions{TLS: serverTLS(cfg.Certificate, cfg.Pool, cfg.Now), Logger: cfg.Logger, Policy: piecePolicy})
 	ferryv1.RegisterPieceServiceServer(s.grpc, s)
 	return s, nil
 }

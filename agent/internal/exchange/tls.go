@@ -25,10 +25,12 @@ import (
 )
 
 // serverTLS is the piece server's TLS config: TLS 1.3, the agent's own
-// (current) certificate, and a client certificate of the CA required.
-func serverTLS(cert func() *tls.Certificate, pool *x509.CertPool) *tls.Config {
+// (current) certificate, and a client certificate of the CA required;
+// now is the clock certificates are judged by (the controller's).
+func serverTLS(cert func() *tls.Certificate, pool *x509.CertPool, now func() time.Time) *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS13,
+		Time:           now,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert(), nil },
 		ClientAuth:     tls.RequireAndVerifyClientCert,
 		ClientCAs:      pool,
