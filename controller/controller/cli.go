@@ -39,10 +39,11 @@ func Main(args []string, stdout, stderr io.Writer) int {
 
 // options is what the root command's flags and the config file set.
 type options struct {
-	cfg        Config
-	names      []string
-	level      slog.Level
-	configPath string
+	cfg          Config
+	names        []string
+	peerExchange bool
+	level        slog.Level
+	configPath   string
 }
 
 // define binds every flag of the controller to o. A flag is a key of
@@ -67,6 +68,7 @@ func (o *options) define(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.cfg.Logs.MaxAge, "log-max-age", DefaultLogMaxAge, "delete a job's output this long after its last line")
 	o.cfg.Logs.MaxTotalBytes = DefaultLogMaxTotalBytes
 	fs.Var(totalFlag{&o.cfg.Logs.MaxTotalBytes}, "log-max-total", "job output kept in all; past it the oldest jobs' output is deleted")
+	fs.BoolVar(&o.peerExchange, "peer-exchange", true, "let agents fetch artifact pieces from each other (those started with --peer-listen), the controller serving each piece about once per rollout; false: every agent downloads from the controller, for sites that forbid node-to-node traffic")
 	fs.StringArrayVar(&o.cfg.ImportDirs, "import-dir", nil, "a directory (e.g. a mounted NFS share) `ferryctl artifact import` may read files below; repeat for several (default: none, path imports are refused)")
 	o.level = slog.LevelInfo
 	fs.Var(daemonconfig.LevelValue{L: &o.level}, "log-level", "log level: debug, info, warn, error (live on reload)")
@@ -83,6 +85,7 @@ func (o *options) loadConfig(fs *pflag.FlagSet) error {
 		return daemonconfig.Usage(err)
 	}
 	o.cfg.ServerNames = o.names
+	o.cfg.PeerExchangeOff = !o.peerExchange
 	if o.cfg.Store.Backend == StoreEtcd && !fs.Changed("log-max-total") {
 		o.cfg.Logs.MaxTotalBytes = DefaultEtcdLogMaxTotalBytes
 	}

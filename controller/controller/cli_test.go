@@ -26,7 +26,7 @@ func TestExampleConfigHasEveryFlag(t *testing.T) {
 
 func TestConfigFileUnderFlags(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "controller.yaml")
-	if err := os.WriteFile(p, []byte("log-level: debug\nmax-downloads: 3\nserver-names: [a.example, 10.0.0.9]\nheartbeat-interval: 2s\n"), 0o600); err != nil {
+	if err := os.WriteFile(p, []byte("log-level: debug\nmax-downloads: 3\nserver-names: [a.example, 10.0.0.9]\nheartbeat-interval: 2s\npeer-exchange: false\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	o, _, err := parseOptions([]string{"--config", p, "--log-level", "warn", "--data-dir", "/srv/ferry"})
@@ -38,6 +38,16 @@ func TestConfigFileUnderFlags(t *testing.T) {
 	}
 	if o.cfg.MaxDownloads != 3 || o.cfg.HeartbeatInterval.String() != "2s" || strings.Join(o.cfg.ServerNames, ",") != "a.example,10.0.0.9" || o.cfg.DataDir != "/srv/ferry" {
 		t.Errorf("settings %+v", o.cfg)
+	}
+	if !o.cfg.PeerExchangeOff {
+		t.Error("peer-exchange: false in the file left peer exchange on")
+	}
+	empty := filepath.Join(t.TempDir(), "empty.yaml")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if o, _, err := parseOptions([]string{"--config", empty}); err != nil || o.cfg.PeerExchangeOff {
+		t.Errorf("no peer-exchange key: %v, off %v; peer exchange must be on by default", err, o != nil && o.cfg.PeerExchangeOff)
 	}
 }
 

@@ -36,6 +36,7 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/rollout"
 	"github.com/ferrydeploy/ferry/controller/internal/server"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
+	"github.com/ferrydeploy/ferry/controller/internal/tracker"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/dirlock"
 	"github.com/ferrydeploy/ferry/shared/gossip"
@@ -67,6 +68,7 @@ type Config struct {
 	ImportDirs        []string      // directories `artifact import` may read files below (none: path imports refused)
 	ControllerID      string        // with --store etcd: this controller's ID among those sharing the store (default: the host name)
 	ClusterTTL        time.Duration // with --store etcd: lease of membership and leadership (default cluster.DefaultTTL)
+	PeerExchangeOff   bool          // --peer-exchange=false: GetPieces is refused and agents download from the controller
 	// peerFilter (tests) hides controllers from the replicator.
 	peerFilter func(replica.Peer) bool
 	Logger     *slog.Logger
@@ -311,6 +313,10 @@ func New(cfg Config) (*Controller, error) {
 
 		JobArtifacts: c.engine, // downloads follow the jobs the engine sent
 		Events:       events,
+		BadPieces:    m.PeerBadPieces,
+	}
+	if !cfg.PeerExchangeOff {
+		deps.Tracker = tracker.New(tracker.Config{Now: cfg.Now})
 	}
 	if cc != nil {
 		// Calls only the leader serves go to it (server/forward.go).

@@ -135,10 +135,13 @@ func BenchmarkRollout(b *testing.B) {
 			bn.netnsShellLoop(b, fleet, n, rate)
 		})
 		b.Run(fmt.Sprintf("netns/N=%d/ferry", n), func(b *testing.B) {
-			defer bn.noteSkip(b, fleet, "Ferry rollout, no peer exchange")
-			bn.netnsFerry(b, fleet, n, rate)
+			defer bn.noteSkip(b, fleet, ferryNoPeers)
+			bn.netnsFerry(b, fleet, n, rate, false)
 		})
-		bn.add(result{fleet: fleet, name: "Ferry with peer exchange", served: -1, note: "not available: peer exchange (issue 15 item 3) is not built yet"})
+		b.Run(fmt.Sprintf("netns/N=%d/ferry-peers", n), func(b *testing.B) {
+			defer bn.noteSkip(b, fleet, ferryPeers)
+			bn.netnsFerry(b, fleet, n, rate, true)
+		})
 	}
 	bn.print(os.Stdout)
 }
@@ -648,12 +651,20 @@ func waitHTTP(b *testing.B, url string) {
 	}
 }
 
+// The netns Ferry cases.
+const (
+	ferryNoPeers = "Ferry rollout, no peer exchange"
+	ferryPeers   = "Ferry rollout, peer exchange"
+)
+
 // netnsFerry runs the controller in the capped server namespace and one
-// agent in each client namespace.
-func (bn *bench) netnsFerry(b *testing.B, fleet string, n int, rate string) {
+// agent in each client namespace; with peers, each agent serves pieces
+// on its namespace's address (--peer-listen), so the agents exchange the
+// download over the bridge, beside the cap.
+func (bn *bench) netnsFerry(b *testing.B, fleet string, n int, rate string, peers bool) {
 	ns := bn.newNetns(b, n, rate) // before the harness: its cleanup must run last
 	h := bn.newHarness(b)
-	const gossipPort = 7946 // each namespace has its own address
+	const gossipPort, peerPort = 7946, 7947 // each namespace has its own address
 	f := &ferryFleet{h: h, c: h.StartController(e2e.ControllerOptions{
 		Host:              ns.server.IP.String(),
 		HeartbeatInterval: 5 * time.Second,
@@ -665,7 +676,11 @@ func (bn *bench) netnsFerry(b *testing.B, fleet string, n int, rate string) {
 	var ids, roots []string
 	for i, host := range ns.clients {
 		id := fmt.Sprintf("host-%02d", i+1)
-		a := h.NewAgent(id, e2e.AgentOptions{Prefix: host.Prefix(), Args: []string{"--gossip-listen", host.Addr(gossipPort)}})
+		args := []string{"--gossip-listen", host.Addr(gossipPort)}
+		if peers {
+			args = append(args, "--peer-listen", host.Addr(peerPort))
+		}
+		a := h.NewAgent(id, e2e.AgentOptions{Prefix: host.Prefix(), Args: args})
 		a.MustEnroll(tok)
 		a.Start()
 		ids, roots = append(ids, id), append(roots, a.Root)
@@ -675,7 +690,11 @@ func (bn *bench) netnsFerry(b *testing.B, fleet string, n int, rate string) {
 	wall, served := f.rollout(b, bn)
 	tx = ns.txBytes(b) - tx
 	bn.checkRoots(b, roots)
-	bn.add(result{fleet: fleet, name: "Ferry rollout, no peer exchange", wall: wall, served: served,
+	name := ferryNoPeers
+	if peers {
+		name = ferryPeers
+	}
+	bn.add(result{fleet: fleet, name: name, wall: wall, served: served,
 		note: fmt.Sprintf("eth0 tx %.2f× the artifact", float64(tx)/float64(bn.size))})
 }
 

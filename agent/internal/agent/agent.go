@@ -68,6 +68,14 @@ type Config struct {
 	DriftInterval time.Duration
 	// MetricsAddr serves the agent's /metrics there ("" = off, the default).
 	MetricsAddr string
+	// PeerListen serves this agent's verified pieces to other agents
+	// there (peer exchange, package exchange), and lets it fetch pieces
+	// from them; "" (the default) does neither.
+	PeerListen string
+	// NoPeerExchange turns peer exchange off even with PeerListen set
+	// (--peer-exchange=false): no piece server, downloads from the
+	// controller only.
+	NoPeerExchange bool
 	// NewFetcher builds the artifact downloader on the agent's connection.
 	NewFetcher func(ferryv1.AgentServiceClient) (Fetcher, error)
 	// Executable is the agent's own binary (symlinks resolved), which an
@@ -119,6 +127,9 @@ type Agent struct {
 	intervals chan time.Duration
 	fatal     chan error // the certificate expired: Run ends
 	upd       *updateState
+	// peerAddr is the piece server's address for the hello ("" without
+	// one); set by Run before the first session.
+	peerAddr string
 
 	// Seams for tests: dialer, when set, makes the controller's
 	// connections (TLS still on top); after waits out a reconnect delay.
@@ -344,10 +355,20 @@ func (a *Agent) Run(ctx context.Context) error {
 	// is nothing left to do about it.
 	defer func() { _ = client.current().Close() }()
 	defer brokenLink.close()
+	peers := a.peerClient()
+	if peers != nil {
+		defer peers.Close()
+	}
 	newFetcher := a.cfg.NewFetcher
 	if newFetcher == nil {
 		newFetcher = func(c ferryv1.AgentServiceClient) (Fetcher, error) {
-			return fetch.New(fetch.Config{StateDir: a.cfg.StateDir, Client: c, BrokenLink: brokenLink.client, Logger: a.log.With("component", "fetch")})
+			fc := fetch.Config{StateDir: a.cfg.StateDir, Client: c, BrokenLink: brokenLink.client, Logger: a.log.With("component", "fetch")}
+			if peers != nil {
+				fc.Peers = peers
+				fc.PieceFetched = func(source string, n int) { a.metrics.pieceBytes.WithLabelValues(source).Add(float64(n)) }
+				fc.BadPiece = a.metrics.badPieces.Inc
+			}
+			return fetch.New(fc)
 		}
 	}
 	f, err := newFetcher(client)
@@ -355,6 +376,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("artifact fetcher: %w", err)
 	}
 	a.jobs.fetcher = f
+	if err := a.startPieceServer(ctx, client, f); err != nil {
+		return err
+	}
 	// Jobs are not cancelled by the stop signal: Run waits for the running
 	// one (bounded) so a routine restart does not turn it into a failure.
 	jobsCtx, stopJobs := context.WithCancel(context.WithoutCancel(ctx))
@@ -551,6 +575,18 @@ func (c *swapClient) ReportArtifactMismatch(ctx context.Context, in *ferryv1.Rep
 	return (*c.p.Load()).ReportArtifactMismatch(ctx, in, opts...)
 }
 
+func (c *swapClient) GetPieces(ctx context.Context, in *ferryv1.GetPiecesRequest, opts ...grpc.CallOption) (*ferryv1.GetPiecesResponse, error) {
+	return (*c.p.Load()).GetPieces(ctx, in, opts...)
+}
+
+func (c *swapClient) AuthorizePeer(ctx context.Context, in *ferryv1.AuthorizePeerRequest, opts ...grpc.CallOption) (*ferryv1.AuthorizePeerResponse, error) {
+	return (*c.p.Load()).AuthorizePeer(ctx, in, opts...)
+}
+
+func (c *swapClient) ReportBadPeer(ctx context.Context, in *ferryv1.ReportBadPeerRequest, opts ...grpc.CallOption) (*ferryv1.ReportBadPeerResponse, error) {
+	return (*c.p.Load()).ReportBadPeer(ctx, in, opts...)
+}
+
 func (a *Agent) send(m *ferryv1.ConnectRequest) error {
 	a.sendMu.Lock()
 	defer a.sendMu.Unlock()
@@ -620,7 +656,7 @@ func (a *Agent) session(ctx context.Context, client *swapClient, brokenLink *bro
 	// Codecs: the encoding this agent extracts besides the original (the
 	// zstd tar the controller transcodes tar and tar.gz artifacts into).
 	hello := &ferryv1.AgentHello{AgentVersion: version.Version, Facts: a.facts(), GossipAddress: a.gossipAddr(),
-		Installed: a.jobs.inst.Installed(), RecentJobs: recent, Codecs: []string{archive.CodecZstd}}
+		Installed: a.jobs.inst.Installed(), RecentJobs: recent, Codecs: []string{archive.CodecZstd}, PeerAddress: a.peerAddr}
 	helloSent := a.cfg.Now()
 	if err := stream.Send(&ferryv1.ConnectRequest{Msg: &ferryv1.ConnectRequest_Hello{Hello: hello}}); err != nil {
 		return err

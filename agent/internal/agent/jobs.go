@@ -287,12 +287,15 @@ func (r *jobRunner) fetch(ctx context.Context, job *ferryv1.Job, req *install.Re
 		u.BytesDone, u.BytesTotal = done, total
 		r.report(u)
 	}
+	// The download names in the job's log the peers that served bad
+	// bytes, and where its pieces came from (peer exchange).
+	logf := r.logf(job)
+	ctx = fetch.WithNote(ctx, func(text string) { note(logf, "%s", text) })
 	var err error
 	mf, mirrored := r.fetcher.(mirrorFetcher)
 	sf, streams := r.fetcher.(streamFetcher)
 	switch {
 	case mirrored && len(job.GetMirrors()) > 0:
-		logf := r.logf(job)
 		req.ArtifactPath, err = mf.EnsureMirrored(ctx, art.GetDigest(), art.GetSize(), job.GetMirrors(), func(text string) { note(logf, "%s", text) }, progress)
 	case streams && !req.Plan:
 		req.Stream = streamAdapter{sf.Stream(ctx, digest, size, progress)}

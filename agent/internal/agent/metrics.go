@@ -24,6 +24,10 @@ type agentMetrics struct {
 	heartbeats prometheus.Counter
 	reconnects prometheus.Counter
 	jobs       *prometheus.CounterVec
+	// Peer exchange.
+	pieceBytes  *prometheus.CounterVec
+	servedBytes prometheus.Counter
+	badPieces   prometheus.Counter
 }
 
 func newAgentMetrics() *agentMetrics {
@@ -41,12 +45,21 @@ func newAgentMetrics() *agentMetrics {
 		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ferry_agent_jobs_total", Help: "Jobs finished, by final phase.",
 		}, []string{"phase"}),
+		pieceBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_agent_piece_bytes_total", Help: "Bytes of verified download pieces fetched with peer exchange, by source (peer or controller).",
+		}, []string{"source"}),
+		servedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ferry_agent_piece_bytes_served_total", Help: "Bytes of download pieces this agent served to other agents.",
+		}),
+		badPieces: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ferry_agent_bad_peer_pieces_total", Help: "Pieces a peer served that did not match their digest (the peer was dropped and reported).",
+		}),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "ferry_agent_build_info", Help: "Build information of the agent; the value is always 1.",
 	}, []string{"version", "commit", "goversion"})
 	build.WithLabelValues(version.Version, version.Commit, runtime.Version()).Set(1)
-	m.reg.MustRegister(m.connected, m.heartbeats, m.reconnects, m.jobs, build,
+	m.reg.MustRegister(m.connected, m.heartbeats, m.reconnects, m.jobs, m.pieceBytes, m.servedBytes, m.badPieces, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

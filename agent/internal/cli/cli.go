@@ -114,9 +114,10 @@ func (labelFlag) Type() string { return "key=value" }
 
 // runOptions is what run's flags and the config file set.
 type runOptions struct {
-	cfg        agent.Config
-	level      slog.Level
-	configPath string
+	cfg          agent.Config
+	level        slog.Level
+	configPath   string
+	peerExchange bool // cfg.NoPeerExchange inverted, as the flag reads
 }
 
 // define binds every flag of run to o. A flag is a key of agent.yaml by
@@ -130,6 +131,8 @@ func (o *runOptions) define(fs *pflag.FlagSet) {
 	daemonconfig.GossipFlags(fs, &o.cfg.Gossip.Addr, &o.cfg.Gossip.AdvertiseAddr, &o.cfg.Gossip.Profile, "peers")
 	fs.DurationVar(&o.cfg.DriftInterval, "drift-interval", agent.DefaultDriftInterval, "how often to check the installed files against what Ferry installed (sizes, modes, times); 0 = never")
 	fs.StringVar(&o.cfg.MetricsAddr, "metrics-listen", "", `serve the agent's /metrics on this address, e.g. 127.0.0.1:9481 ("" = off)`)
+	fs.StringVar(&o.cfg.PeerListen, "peer-listen", "", `serve verified pieces of this agent's downloads to other agents on this address, e.g. :7947, and fetch pieces from them (peer exchange; "" = off)`)
+	fs.BoolVar(&o.peerExchange, "peer-exchange", true, "peer exchange with --peer-listen; false: serve no pieces and download from the controller only")
 	o.level = slog.LevelInfo
 	fs.Var(daemonconfig.LevelValue{L: &o.level}, "log-level", "log level: debug, info, warn, error (live on reload)")
 }
@@ -225,6 +228,7 @@ func runAgent(o *runOptions, fs *pflag.FlagSet, args []string, stderr io.Writer,
 	var level slog.LevelVar
 	level.Set(o.level)
 	cfg := o.cfg
+	cfg.NoPeerExchange = !o.peerExchange
 	cfg.Logger = slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: &level}))
 	if exe, err := selfupdate.Executable(); err == nil {
 		cfg.Executable = exe

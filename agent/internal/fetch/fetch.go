@@ -171,9 +171,23 @@ type Config struct {
 	// StaleAfter removes staging files untouched for this long when the
 	// fetcher starts (default 7 days).
 	StaleAfter time.Duration
-	Logger     *slog.Logger
-	Now        func() time.Time
-	Rand       *rand.Rand // backoff jitter
+	// Peers, when set, turns peer exchange on: a download the controller
+	// gives in pieces (GetPieces) is fetched from the agents holding them
+	// (see pieces.go); nil downloads from the controller only.
+	Peers PeerClient
+	// ServeFor and ServeBlobs bound how long, and for how many downloads,
+	// the pieces of a verified download stay offered to peers (defaults
+	// DefaultServeFor and DefaultServeBlobs; see serve.go).
+	ServeFor   time.Duration
+	ServeBlobs int
+	// PieceFetched, if set, counts the bytes of each verified piece by
+	// where it came from ("peer" or "controller"); BadPiece, if set,
+	// counts pieces a peer served with the wrong bytes.
+	PieceFetched func(source string, bytes int)
+	BadPiece     func()
+	Logger       *slog.Logger
+	Now          func() time.Time
+	Rand         *rand.Rand // backoff jitter
 }
 
 // Fetcher downloads and caches artifacts. It is safe for concurrent use.
@@ -186,8 +200,12 @@ type Fetcher struct {
 	mu    sync.Mutex
 	locks map[string]chan struct{} // one download per digest at a time
 	held  map[string]int           // digests in use: never collected
-	rng   *rand.Rand
-	chunk int // chunk size to ask for, learnt from the link (see adapt)
+	blobs map[string]*servedBlob   // downloads whose pieces are offered (serve.go)
+	// ctlPieces bounds the piece streams from the controller at once
+	// (pieces.go): the controller refuses a node more than 2 downloads.
+	ctlPieces chan struct{}
+	rng       *rand.Rand
+	chunk     int // chunk size to ask for, learnt from the link (see adapt)
 	// window is the broken-link connection's window, learnt from what the
 	// last broken stream brought (brokenLinkWindow).
 	window int32
@@ -223,6 +241,12 @@ func New(cfg Config) (*Fetcher, error) {
 	if cfg.StaleAfter <= 0 {
 		cfg.StaleAfter = 7 * 24 * time.Hour
 	}
+	if cfg.ServeFor <= 0 {
+		cfg.ServeFor = DefaultServeFor
+	}
+	if cfg.ServeBlobs <= 0 {
+		cfg.ServeBlobs = DefaultServeBlobs
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -235,12 +259,14 @@ func New(cfg Config) (*Fetcher, error) {
 	}
 	f := &Fetcher{
 		cfg: cfg, log: cfg.Logger, rng: rng,
-		stageDir: filepath.Join(cfg.StateDir, "downloads"),
-		cacheDir: filepath.Join(cfg.StateDir, "cache"),
-		locks:    map[string]chan struct{}{},
-		held:     map[string]int{},
-		chunk:    chunk.Max,
-		window:   MinBrokenLinkWindow,
+		stageDir:  filepath.Join(cfg.StateDir, "downloads"),
+		cacheDir:  filepath.Join(cfg.StateDir, "cache"),
+		locks:     map[string]chan struct{}{},
+		held:      map[string]int{},
+		blobs:     map[string]*servedBlob{},
+		ctlPieces: make(chan struct{}, controllerPieceStreams),
+		chunk:     chunk.Max,
+		window:    MinBrokenLinkWindow,
 		free: func(dir string) (uint64, error) {
 			free, _, err := facts.Space(dir)
 			return free, err
@@ -363,11 +389,14 @@ func (f *Fetcher) Ensure(ctx context.Context, digest string, size uint64, progre
 		}
 		if got == h {
 			if err := f.install(h); err != nil {
+				f.unserve(digest)
 				return "", err
 			}
+			f.serveCached(digest)
 			f.collect()
 			return final, nil
 		}
+		f.unserve(digest)
 		lastGot = got
 		f.log.Warn("downloaded artifact does not match its digest; discarding it and fetching again",
 			"artifact", digest, "got", sha256digest.Prefix+got, "attempt", attempt, "of", f.cfg.Attempts)
@@ -383,6 +412,8 @@ func (f *Fetcher) Ensure(ctx context.Context, digest string, size uint64, progre
 }
 
 func (f *Fetcher) stagePath(h string) string { return filepath.Join(f.stageDir, h+".partial") }
+
+func (f *Fetcher) cachePath(h string) string { return filepath.Join(f.cacheDir, h) }
 
 // install moves a verified staging file into the cache.
 func (f *Fetcher) install(h string) error {
@@ -424,6 +455,11 @@ func (f *Fetcher) download(ctx context.Context, h string, size uint64, progress 
 	digest := sha256digest.Prefix + h
 	if size > math.MaxInt64 {
 		return "", errTooLarge(digest, size)
+	}
+	if f.cfg.Peers != nil {
+		if sum, ok, err := f.downloadPieces(ctx, h, size, progress); ok || err != nil {
+			return sum, err
+		}
 	}
 	file, err := os.OpenFile(f.stagePath(h), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {

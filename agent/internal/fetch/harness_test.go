@@ -115,12 +115,16 @@ func (s *fakeController) DownloadArtifact(req *ferryv1.DownloadArtifactRequest, 
 	if off == size {
 		return stream.Send(&ferryv1.DownloadArtifactResponse{Offset: off, Size: size})
 	}
-	for off < size {
+	end := size
+	if req.Length > 0 && req.Length < size-off {
+		end = off + req.Length
+	}
+	for off < end {
 		if hangAt >= 0 && sent >= hangAt {
 			<-stream.Context().Done()
 			return stream.Context().Err()
 		}
-		n := int(min(uint64(len(buf)), size-off))
+		n := int(min(uint64(len(buf)), end-off))
 		broken := false
 		if limit >= 0 && sent+int64(n) > limit {
 			n, broken = int(limit-sent), true

@@ -140,6 +140,14 @@ type Chunk struct {
 // its own: the caller must then end the stream, which must make that send
 // return.
 func (d *Downloader) Download(ctx context.Context, node, digest string, off uint64, maxChunk uint32, send func(Chunk) error) error {
+	return d.DownloadRange(ctx, node, digest, off, 0, maxChunk, send)
+}
+
+// DownloadRange is Download of length bytes from off (0: to the end), for
+// an agent that fetches one piece from the controller (peer exchange). A
+// range past the artifact's end is refused with ErrPastEnd before
+// anything is sent.
+func (d *Downloader) DownloadRange(ctx context.Context, node, digest string, off, length uint64, maxChunk uint32, send func(Chunk) error) error {
 	form, err := d.store.LookupForm(digest)
 	if err != nil {
 		return err
@@ -149,6 +157,13 @@ func (d *Downloader) Download(ctx context.Context, node, digest string, off uint
 	}
 	if off > form.Size {
 		return fmt.Errorf("artifact %s has %d bytes; offset %d is %w: discard the partial download and start again", digest, form.Size, off, ErrPastEnd)
+	}
+	end := form.Size
+	if length > 0 {
+		if length > form.Size-off {
+			return fmt.Errorf("artifact %s has %d bytes; %d bytes from offset %d go %w: ask for the piece ranges GetPieces gives", digest, form.Size, length, off, ErrPastEnd)
+		}
+		end = off + length
 	}
 
 	leave, err := d.enter(node)
@@ -188,8 +203,8 @@ func (d *Downloader) Download(ctx context.Context, node, digest string, off uint
 	if off == blob.Size {
 		return send(Chunk{Offset: off, Size: blob.Size})
 	}
-	for off < blob.Size {
-		n, err := blob.ReadAt(buf, int64(off)) //nolint:gosec // off < blob.Size, which came from an int64 file size
+	for off < end {
+		n, err := blob.ReadAt(buf[:min(uint64(len(buf)), end-off)], int64(off)) //nolint:gosec // off < blob.Size, which came from an int64 file size
 		if n == 0 && err != nil {
 			if errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF

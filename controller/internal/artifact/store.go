@@ -127,6 +127,7 @@ type Store struct {
 	shared   bool       // Config.Shared
 	fetcher  atomic.Pointer[Fetcher]
 	digests  digestIndex // record keys by digest, for Lookup and LookupForm
+	pieces   *pieceCache // piece digests for peer exchange (pieces.go)
 
 	// commitMu serialises what links blobs and metadata: renaming a blob
 	// into place with writing its record, and deleting a record with
@@ -157,6 +158,7 @@ func Open(cfg Config) (*Store, error) {
 		chunks:   newChunkPool(),
 		checks:   newChecks(cfg.RecheckEvery, cfg.VerifyRate),
 		shared:   cfg.Shared,
+		pieces:   newPieceCache(),
 	}
 	for _, d := range []string{s.blobDir, s.tmpDir, s.stageDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {

@@ -89,6 +89,11 @@ type entry struct {
 	// more than MaxHeartbeatGap intervals after the one before, across
 	// stream reconnects (see HeartbeatsSince).
 	heartbeatsSince time.Time
+
+	// badPiece is what the last report of a corrupt piece the node served
+	// to a peer said (NoteBadPiece), at badPieceAt.
+	badPiece   string
+	badPieceAt time.Time
 }
 
 // Session is one agent stream.
@@ -102,6 +107,9 @@ type Session struct {
 	// GossipAddr is the gossip address this stream vouches for (see
 	// GossipAddr), "" when the agent does not gossip.
 	GossipAddr string
+	// PeerAddr is the address of the agent's piece server this stream
+	// vouches for, as GossipAddr ("" when it serves no pieces).
+	PeerAddr string
 	// codecs are the artifact encodings the agent advertised in its hello.
 	codecs []string
 	// Via is the controller that holds the agent's stream and relays it
@@ -255,6 +263,33 @@ func (r *Registry) AttachRelayed(ctx context.Context, via, nodeID, addr string, 
 	return s, nil
 }
 
+// PeerAddr is where the node's piece server listens, as its open stream
+// vouches for it; "" when the stream is not open here or the agent serves
+// no pieces.
+func (r *Registry) PeerAddr(nodeID string) string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if e, ok := r.nodes[nodeID]; ok && e.session != nil {
+		return e.session.PeerAddr
+	}
+	return ""
+}
+
+// BadPieceShownFor is how long the node's state reason names the last
+// corrupt piece it served to a peer.
+const BadPieceShownFor = 24 * time.Hour
+
+// NoteBadPiece records that the node served a corrupt piece to a peer;
+// what says so, for its state reason (health.Signals.BadPiece).
+func (r *Registry) NoteBadPiece(nodeID, what string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.nodes[nodeID]; ok {
+		e.badPiece, e.badPieceAt = what, r.cfg.Now()
+		r.changed()
+	}
+}
+
 // Via says whether the node's stream is up here and, for a relayed one,
 // which controller holds it.
 func (r *Registry) Via(nodeID string) (via string, connected bool) {
@@ -334,7 +369,7 @@ func (r *Registry) attach(ctx context.Context, nodeID, addr string, hello *ferry
 	}
 	e.rec.LastConnectedAt = r.cfg.Now()
 	sctx, cancel := context.WithCancelCause(ctx)
-	s := &Session{NodeID: nodeID, Addr: addr, GossipAddr: GossipAddr(addr, hello.GetGossipAddress()),
+	s := &Session{NodeID: nodeID, Addr: addr, GossipAddr: GossipAddr(addr, hello.GetGossipAddress()), PeerAddr: GossipAddr(addr, hello.GetPeerAddress()),
 		send: make(chan *ferryv1.ConnectResponse, 64), ctx: sctx, cancel: cancel, codecs: hello.GetCodecs()}
 	e.rec.GossipAddress = s.GossipAddr
 	e.session = s
@@ -636,6 +671,9 @@ func (r *Registry) signalsLocked(e *entry, now time.Time) Signals {
 		LastHeartbeat:     e.lastHeartbeat,
 		HeartbeatInterval: r.judgedLocked(now),
 		ClockSkew:         e.facts.GetClockSkew().AsDuration(),
+	}
+	if e.badPiece != "" && now.Sub(e.badPieceAt) < BadPieceShownFor {
+		sig.BadPiece = e.badPiece
 	}
 	if r.cfg.Gossip != nil {
 		sig.GossipState, _ = r.cfg.Gossip.State(e.rec.ID)

@@ -63,6 +63,9 @@ func CheckHello(h *ferryv1.AgentHello) error {
 	if err := checkString("hello", "gossip address", h.GetGossipAddress()); err != nil {
 		return err
 	}
+	if err := checkString("hello", "peer address", h.GetPeerAddress()); err != nil {
+		return err
+	}
 	if n := len(h.GetCodecs()); n > MaxCodecs {
 		return tooLargef("hello advertises %d codecs: at most %d are accepted", n, MaxCodecs)
 	}

@@ -40,6 +40,7 @@ var exportedMetrics = map[string]bool{
 	"ferry_rollout_last_progress_timestamp_seconds": true,
 	"ferry_artifact_bytes_served_total":             true,
 	"ferry_artifacts_damaged":                       true,
+	"ferry_peer_bad_pieces_total":                   true,
 	"ferry_install_duration_seconds_bucket":         true,
 	"ferry_install_duration_seconds_sum":            true,
 	"ferry_install_duration_seconds_count":          true,

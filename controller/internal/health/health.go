@@ -90,6 +90,10 @@ type Signals struct {
 	// ClockSkew is how far the controller's clock is ahead of the node's
 	// (negative: the node's is ahead), as the agent last measured it.
 	ClockSkew time.Duration
+	// BadPiece says when and to whom the node last served a corrupt piece
+	// of an artifact to a peer (peer exchange), "" for never: its disk or
+	// memory may be failing. The state stays; the reason says so.
+	BadPiece string
 }
 
 // Evaluate returns the node's state and a short reason naming the signals,
@@ -99,6 +103,9 @@ func Evaluate(now time.Time, s Signals) (ferryv1.NodeState, string) {
 	state, reason := evaluate(now, s)
 	if clock := describeClock(s.ClockSkew); clock != "" && state != ferryv1.NodeState_NODE_STATE_REMOVED {
 		reason += "; " + clock
+	}
+	if s.BadPiece != "" && state != ferryv1.NodeState_NODE_STATE_REMOVED {
+		reason += "; " + s.BadPiece
 	}
 	return state, reason
 }

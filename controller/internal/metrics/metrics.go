@@ -21,7 +21,10 @@ type Metrics struct {
 	HeartbeatsReceived  prometheus.Counter
 	HeartbeatAge        prometheus.Histogram
 	ArtifactBytesServed prometheus.Counter
-	InstallDuration     *prometheus.HistogramVec
+	// PeerBadPieces counts reports of agents that served a corrupt piece
+	// to a peer (peer exchange).
+	PeerBadPieces   prometheus.Counter
+	InstallDuration *prometheus.HistogramVec
 }
 
 // New registers the metrics on reg.
@@ -38,6 +41,9 @@ func New(reg prometheus.Registerer, nodes func() []*ferryv1.Node, now func() tim
 		ArtifactBytesServed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ferry_artifact_bytes_served_total", Help: "Artifact bytes streamed to agents.",
 		}),
+		PeerBadPieces: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ferry_peer_bad_pieces_total", Help: "Reports of agents that served a piece of an artifact whose bytes did not match its digest to a peer.",
+		}),
 		InstallDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "ferry_install_duration_seconds",
 			Help:    "Duration of install jobs, from dispatch to final report, by outcome.",
@@ -48,7 +54,7 @@ func New(reg prometheus.Registerer, nodes func() []*ferryv1.Node, now func() tim
 		Name: "ferry_build_info", Help: "Build information of the controller; the value is always 1.",
 	}, []string{"version", "commit", "goversion"})
 	build.WithLabelValues(version.Version, version.Commit, runtime.Version()).Set(1)
-	reg.MustRegister(m.HeartbeatsReceived, m.HeartbeatAge, m.ArtifactBytesServed, m.InstallDuration, build,
+	reg.MustRegister(m.HeartbeatsReceived, m.HeartbeatAge, m.ArtifactBytesServed, m.PeerBadPieces, m.InstallDuration, build,
 		&nodeCollector{nodes: nodes, now: now})
 	return m
 }

@@ -69,8 +69,12 @@ func (s *agentServer) Connect(stream grpc.BidiStreamingServer[ferryv1.ConnectReq
 	writerStarted := false
 	defer func() {
 		s.d.Fleet.Detach(sess, left) // ends the session: the writer stops
-		if _, still := s.d.Fleet.Via(nodeID); s.d.Events != nil && !still {
+		_, still := s.d.Fleet.Via(nodeID)
+		if s.d.Events != nil && !still {
 			s.d.Events.Detached(nodeID, left) // not when a newer stream replaced this one
+		}
+		if s.d.Tracker != nil && !still {
+			s.d.Tracker.Forget(nodeID) // its piece server is not named to peers any more
 		}
 		if writerStarted {
 			<-writerDone // never Send after the handler returned
@@ -261,7 +265,7 @@ func (s *agentServer) DownloadArtifact(req *ferryv1.DownloadArtifactRequest, str
 	// messages, so the downloader may refill the buffer afterwards.
 	msg := &ferryv1.DownloadArtifactResponse{}
 	ctx := stream.Context()
-	return toStatus(s.d.Downloads.Download(ctx, node, digest, req.GetOffset(), req.GetMaxChunkSize(), func(c artifact.Chunk) error {
+	return toStatus(s.d.Downloads.DownloadRange(ctx, node, digest, req.GetOffset(), req.GetLength(), req.GetMaxChunkSize(), func(c artifact.Chunk) error {
 		if err := ctx.Err(); err != nil { // the node was removed (streams.go)
 			return err
 		}

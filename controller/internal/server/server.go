@@ -21,6 +21,7 @@ import (
 	"github.com/ferrydeploy/ferry/controller/internal/importer"
 	"github.com/ferrydeploy/ferry/controller/internal/packages"
 	"github.com/ferrydeploy/ferry/controller/internal/store"
+	"github.com/ferrydeploy/ferry/controller/internal/tracker"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/pki"
 	"github.com/ferrydeploy/ferry/shared/rpc"
@@ -110,8 +111,17 @@ type Deps struct {
 	// ControllerID names this controller in errors of forwarded calls.
 	ControllerID string
 
-	streams *streams    // set by Register
-	fwd     *forwarding // set by Register
+	// Tracker answers GetPieces (peer exchange, pieces.go); nil: peer
+	// exchange is off (--peer-exchange=false) and agents download from
+	// the controller.
+	Tracker *tracker.Tracker
+	// BadPieces counts the reports of peers that served bad bytes; may be
+	// nil.
+	BadPieces Counter
+
+	streams    *streams    // set by Register
+	fwd        *forwarding // set by Register
+	badReports reportLimit
 }
 
 // Register adds every Ferry service to a gRPC server.

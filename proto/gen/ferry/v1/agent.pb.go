@@ -502,7 +502,11 @@ type AgentHello struct {
 	// Artifact encodings the agent can extract besides the original
 	// ("zstd": a zstd-compressed tar the controller transcoded); the
 	// controller offers only these.
-	Codecs        []string `protobuf:"bytes,6,rep,name=codecs,proto3" json:"codecs,omitempty"`
+	Codecs []string `protobuf:"bytes,6,rep,name=codecs,proto3" json:"codecs,omitempty"`
+	// Address the agent's piece server listens on ("host:port"), empty when
+	// it does not serve pieces to peers. The controller uses only its port:
+	// the host is the address the stream comes from.
+	PeerAddress   string `protobuf:"bytes,7,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -577,6 +581,13 @@ func (x *AgentHello) GetCodecs() []string {
 		return x.Codecs
 	}
 	return nil
+}
+
+func (x *AgentHello) GetPeerAddress() string {
+	if x != nil {
+		return x.PeerAddress
+	}
+	return ""
 }
 
 // Welcome answers a hello.
@@ -1556,7 +1567,10 @@ type DownloadArtifactRequest struct {
 	// keeps more of what it received with smaller chunks. 0 means the
 	// controller's default of 1 MiB; the controller bounds it to
 	// [32 KiB, 1 MiB].
-	MaxChunkSize  uint32 `protobuf:"varint,3,opt,name=max_chunk_size,json=maxChunkSize,proto3" json:"max_chunk_size,omitempty"`
+	MaxChunkSize uint32 `protobuf:"varint,3,opt,name=max_chunk_size,json=maxChunkSize,proto3" json:"max_chunk_size,omitempty"`
+	// Bytes wanted from offset (one piece, for peer exchange); 0 means to
+	// the end.
+	Length        uint64 `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1608,6 +1622,13 @@ func (x *DownloadArtifactRequest) GetOffset() uint64 {
 func (x *DownloadArtifactRequest) GetMaxChunkSize() uint32 {
 	if x != nil {
 		return x.MaxChunkSize
+	}
+	return 0
+}
+
+func (x *DownloadArtifactRequest) GetLength() uint64 {
+	if x != nil {
+		return x.Length
 	}
 	return 0
 }
@@ -1787,6 +1808,484 @@ func (x *ReportArtifactMismatchResponse) GetMessage() string {
 	return ""
 }
 
+// GetPiecesRequest asks for the pieces of a download.
+type GetPiecesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Download digest ("sha256:<hex>").
+	Digest string `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
+	// Indexes of the pieces the caller holds, verified.
+	Have          []uint32 `protobuf:"varint,2,rep,packed,name=have,proto3" json:"have,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPiecesRequest) Reset() {
+	*x = GetPiecesRequest{}
+	mi := &file_ferry_v1_agent_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPiecesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPiecesRequest) ProtoMessage() {}
+
+func (x *GetPiecesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_agent_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPiecesRequest.ProtoReflect.Descriptor instead.
+func (*GetPiecesRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *GetPiecesRequest) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *GetPiecesRequest) GetHave() []uint32 {
+	if x != nil {
+		return x.Have
+	}
+	return nil
+}
+
+// GetPiecesResponse lists a download's pieces and who holds them.
+type GetPiecesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bytes of the download.
+	Size uint64 `protobuf:"varint,1,opt,name=size,proto3" json:"size,omitempty"`
+	// The pieces, in order of offset; the index of a piece is its position.
+	Pieces []*Piece `protobuf:"bytes,2,rep,name=pieces,proto3" json:"pieces,omitempty"`
+	// Addresses of the node IDs named in pieces.
+	Peers         []*PeerAddress `protobuf:"bytes,3,rep,name=peers,proto3" json:"peers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPiecesResponse) Reset() {
+	*x = GetPiecesResponse{}
+	mi := &file_ferry_v1_agent_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPiecesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPiecesResponse) ProtoMessage() {}
+
+func (x *GetPiecesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_agent_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPiecesResponse.ProtoReflect.Descriptor instead.
+func (*GetPiecesResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *GetPiecesResponse) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *GetPiecesResponse) GetPieces() []*Piece {
+	if x != nil {
+		return x.Pieces
+	}
+	return nil
+}
+
+func (x *GetPiecesResponse) GetPeers() []*PeerAddress {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+// Piece is one byte range of a download.
+type Piece struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Offset of the piece in the download.
+	Offset uint64 `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
+	// Bytes in the piece.
+	Length uint32 `protobuf:"varint,2,opt,name=length,proto3" json:"length,omitempty"`
+	// Digest of the piece's bytes ("sha256:<hex>").
+	Digest string `protobuf:"bytes,3,opt,name=digest,proto3" json:"digest,omitempty"`
+	// Node IDs that hold it (never the caller), first the node fetching it
+	// from the controller when that one does not hold it yet: ask it with a
+	// wait.
+	Holders []string `protobuf:"bytes,4,rep,name=holders,proto3" json:"holders,omitempty"`
+	// True when the caller should fetch it from the controller.
+	Seed          bool `protobuf:"varint,5,opt,name=seed,proto3" json:"seed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Piece) Reset() {
+	*x = Piece{}
+	mi := &file_ferry_v1_agent_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Piece) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Piece) ProtoMessage() {}
+
+func (x *Piece) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_agent_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Piece.ProtoReflect.Descriptor instead.
+func (*Piece) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *Piece) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *Piece) GetLength() uint32 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+func (x *Piece) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *Piece) GetHolders() []string {
+	if x != nil {
+		return x.Holders
+	}
+	return nil
+}
+
+func (x *Piece) GetSeed() bool {
+	if x != nil {
+		return x.Seed
+	}
+	return false
+}
+
+// PeerAddress is where a node's piece server listens.
+type PeerAddress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node.
+	NodeId string `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// "host:port" of its piece server.
+	Address       string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PeerAddress) Reset() {
+	*x = PeerAddress{}
+	mi := &file_ferry_v1_agent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeerAddress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeerAddress) ProtoMessage() {}
+
+func (x *PeerAddress) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_agent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeerAddress.ProtoReflect.Descriptor instead.
+func (*PeerAddress) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *PeerAddress) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *PeerAddress) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+// AuthorizePeerRequest asks whether a peer may fetch pieces.
+type AuthorizePeerRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node asking the caller for pieces.
+	NodeId string `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Download digest ("sha256:<hex>").
+	Digest        string `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorizePeerRequest) Reset() {
+	*x = AuthorizePeerRequest{}
+	mi := &file_ferry_v1_agent_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorizePeerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorizePeerRequest) ProtoMessage() {}
+
+func (x *AuthorizePeerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_agent_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorizePeerRequest.ProtoReflect.Descriptor instead.
+func (*AuthorizePeerRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *AuthorizePeerRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *AuthorizePeerRequest) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+// AuthorizePeerResponse is the controller's answer.
+type AuthorizePeerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True when the peer may have the download.
+	Allowed bool `protobuf:"varint,1,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	// Why not, for the serving agent's log.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorizePeerResponse) Reset() {
+	*x = AuthorizePeerResponse{}
+	mi := &file_ferry_v1_agent_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorizePeerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorizePeerResponse) ProtoMessage() {}
+
+func (x *AuthorizePeerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_agent_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorizePeerResponse.ProtoReflect.Descriptor instead.
+func (*AuthorizePeerResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *AuthorizePeerResponse) GetAllowed() bool {
+	if x != nil {
+		return x.Allowed
+	}
+	return false
+}
+
+func (x *AuthorizePeerResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// ReportBadPeerRequest reports a peer that served a corrupt piece.
+type ReportBadPeerRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The peer that served bad bytes.
+	NodeId string `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Download digest ("sha256:<hex>").
+	Digest string `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	// Index of the piece.
+	Index uint32 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`
+	// What the bytes hashed to ("sha256:<hex>").
+	GotDigest     string `protobuf:"bytes,4,opt,name=got_digest,json=gotDigest,proto3" json:"got_digest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportBadPeerRequest) Reset() {
+	*x = ReportBadPeerRequest{}
+	mi := &file_ferry_v1_agent_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportBadPeerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportBadPeerRequest) ProtoMessage() {}
+
+func (x *ReportBadPeerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_agent_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportBadPeerRequest.ProtoReflect.Descriptor instead.
+func (*ReportBadPeerRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ReportBadPeerRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *ReportBadPeerRequest) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *ReportBadPeerRequest) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ReportBadPeerRequest) GetGotDigest() string {
+	if x != nil {
+		return x.GotDigest
+	}
+	return ""
+}
+
+// ReportBadPeerResponse is empty.
+type ReportBadPeerResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportBadPeerResponse) Reset() {
+	*x = ReportBadPeerResponse{}
+	mi := &file_ferry_v1_agent_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportBadPeerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportBadPeerResponse) ProtoMessage() {}
+
+func (x *ReportBadPeerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_agent_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportBadPeerResponse.ProtoReflect.Descriptor instead.
+func (*ReportBadPeerResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_agent_proto_rawDescGZIP(), []int{27}
+}
+
 var File_ferry_v1_agent_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_agent_proto_rawDesc = "" +
@@ -1809,7 +2308,7 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\bsettings\x18\x06 \x01(\v2\x17.ferry.v1.AgentSettingsH\x00R\bsettingsB\x05\n" +
 	"\x03msg\"Y\n" +
 	"\rAgentSettings\x12H\n" +
-	"\x12heartbeat_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"\x87\x02\n" +
+	"\x12heartbeat_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"\xaa\x02\n" +
 	"\n" +
 	"AgentHello\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12%\n" +
@@ -1818,7 +2317,8 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\vrecent_jobs\x18\x04 \x03(\v2\x13.ferry.v1.JobUpdateR\n" +
 	"recentJobs\x12%\n" +
 	"\x0egossip_address\x18\x05 \x01(\tR\rgossipAddress\x12\x16\n" +
-	"\x06codecs\x18\x06 \x03(\tR\x06codecs\"\xfd\x01\n" +
+	"\x06codecs\x18\x06 \x03(\tR\x06codecs\x12!\n" +
+	"\fpeer_address\x18\a \x01(\tR\vpeerAddress\"\xfd\x01\n" +
 	"\aWelcome\x12H\n" +
 	"\x12heartbeat_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12!\n" +
 	"\fgossip_seeds\x18\x02 \x03(\tR\vgossipSeeds\x12\x14\n" +
@@ -1896,11 +2396,12 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\x17RenewCertificateRequest\x12\x17\n" +
 	"\acsr_der\x18\x01 \x01(\fR\x06csrDer\"C\n" +
 	"\x18RenewCertificateResponse\x12'\n" +
-	"\x0fcertificate_der\x18\x01 \x01(\fR\x0ecertificateDer\"o\n" +
+	"\x0fcertificate_der\x18\x01 \x01(\fR\x0ecertificateDer\"\x87\x01\n" +
 	"\x17DownloadArtifactRequest\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12$\n" +
-	"\x0emax_chunk_size\x18\x03 \x01(\rR\fmaxChunkSize\"Z\n" +
+	"\x0emax_chunk_size\x18\x03 \x01(\rR\fmaxChunkSize\x12\x16\n" +
+	"\x06length\x18\x04 \x01(\x04R\x06length\"Z\n" +
 	"\x18DownloadArtifactResponse\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x12\n" +
@@ -1911,7 +2412,36 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"got_digest\x18\x02 \x01(\tR\tgotDigest\"T\n" +
 	"\x1eReportArtifactMismatchResponse\x12\x18\n" +
 	"\adamaged\x18\x01 \x01(\bR\adamaged\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage*x\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\">\n" +
+	"\x10GetPiecesRequest\x12\x16\n" +
+	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
+	"\x04have\x18\x02 \x03(\rR\x04have\"}\n" +
+	"\x11GetPiecesResponse\x12\x12\n" +
+	"\x04size\x18\x01 \x01(\x04R\x04size\x12'\n" +
+	"\x06pieces\x18\x02 \x03(\v2\x0f.ferry.v1.PieceR\x06pieces\x12+\n" +
+	"\x05peers\x18\x03 \x03(\v2\x15.ferry.v1.PeerAddressR\x05peers\"}\n" +
+	"\x05Piece\x12\x16\n" +
+	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x16\n" +
+	"\x06length\x18\x02 \x01(\rR\x06length\x12\x16\n" +
+	"\x06digest\x18\x03 \x01(\tR\x06digest\x12\x18\n" +
+	"\aholders\x18\x04 \x03(\tR\aholders\x12\x12\n" +
+	"\x04seed\x18\x05 \x01(\bR\x04seed\"@\n" +
+	"\vPeerAddress\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\"G\n" +
+	"\x14AuthorizePeerRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x16\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest\"I\n" +
+	"\x15AuthorizePeerResponse\x12\x18\n" +
+	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"|\n" +
+	"\x14ReportBadPeerRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x16\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x14\n" +
+	"\x05index\x18\x03 \x01(\rR\x05index\x12\x1d\n" +
+	"\n" +
+	"got_digest\x18\x04 \x01(\tR\tgotDigest\"\x17\n" +
+	"\x15ReportBadPeerResponse*x\n" +
 	"\aJobKind\x12\x18\n" +
 	"\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10JOB_KIND_INSTALL\x10\x01\x12\x15\n" +
@@ -1926,12 +2456,15 @@ const file_ferry_v1_agent_proto_rawDesc = "" +
 	"\x12JOB_PHASE_CHECKING\x10\x04\x12\x17\n" +
 	"\x13JOB_PHASE_SUCCEEDED\x10\x05\x12\x17\n" +
 	"\x13JOB_PHASE_UNCHANGED\x10\x06\x12\x14\n" +
-	"\x10JOB_PHASE_FAILED\x10\a2\xf7\x02\n" +
+	"\x10JOB_PHASE_FAILED\x10\a2\xe1\x04\n" +
 	"\fAgentService\x12B\n" +
 	"\aConnect\x12\x18.ferry.v1.ConnectRequest\x1a\x19.ferry.v1.ConnectResponse(\x010\x01\x12Y\n" +
 	"\x10RenewCertificate\x12!.ferry.v1.RenewCertificateRequest\x1a\".ferry.v1.RenewCertificateResponse\x12[\n" +
 	"\x10DownloadArtifact\x12!.ferry.v1.DownloadArtifactRequest\x1a\".ferry.v1.DownloadArtifactResponse0\x01\x12k\n" +
-	"\x16ReportArtifactMismatch\x12'.ferry.v1.ReportArtifactMismatchRequest\x1a(.ferry.v1.ReportArtifactMismatchResponseB\x94\x01\n" +
+	"\x16ReportArtifactMismatch\x12'.ferry.v1.ReportArtifactMismatchRequest\x1a(.ferry.v1.ReportArtifactMismatchResponse\x12D\n" +
+	"\tGetPieces\x12\x1a.ferry.v1.GetPiecesRequest\x1a\x1b.ferry.v1.GetPiecesResponse\x12P\n" +
+	"\rAuthorizePeer\x12\x1e.ferry.v1.AuthorizePeerRequest\x1a\x1f.ferry.v1.AuthorizePeerResponse\x12P\n" +
+	"\rReportBadPeer\x12\x1e.ferry.v1.ReportBadPeerRequest\x1a\x1f.ferry.v1.ReportBadPeerResponseB\x94\x01\n" +
 	"\fcom.ferry.v1B\n" +
 	"AgentProtoP\x01Z7github.com/ferrydeploy/ferry/proto/gen/ferry/v1;ferryv1\xa2\x02\x03FXX\xaa\x02\bFerry.V1\xca\x02\bFerry\\V1\xe2\x02\x14Ferry\\V1\\GPBMetadata\xea\x02\tFerry::V1b\x06proto3"
 
@@ -1948,7 +2481,7 @@ func file_ferry_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ferry_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_ferry_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_ferry_v1_agent_proto_goTypes = []any{
 	(JobKind)(0),                           // 0: ferry.v1.JobKind
 	(JobPhase)(0),                          // 1: ferry.v1.JobPhase
@@ -1972,15 +2505,23 @@ var file_ferry_v1_agent_proto_goTypes = []any{
 	(*DownloadArtifactResponse)(nil),       // 19: ferry.v1.DownloadArtifactResponse
 	(*ReportArtifactMismatchRequest)(nil),  // 20: ferry.v1.ReportArtifactMismatchRequest
 	(*ReportArtifactMismatchResponse)(nil), // 21: ferry.v1.ReportArtifactMismatchResponse
-	(*GossipKey)(nil),                      // 22: ferry.v1.GossipKey
-	(*durationpb.Duration)(nil),            // 23: google.protobuf.Duration
-	(*Facts)(nil),                          // 24: ferry.v1.Facts
-	(*InstalledPackage)(nil),               // 25: ferry.v1.InstalledPackage
-	(*timestamppb.Timestamp)(nil),          // 26: google.protobuf.Timestamp
-	(*DiskSpace)(nil),                      // 27: ferry.v1.DiskSpace
-	(*DriftReport)(nil),                    // 28: ferry.v1.DriftReport
-	(*Package)(nil),                        // 29: ferry.v1.Package
-	(*LogRecord)(nil),                      // 30: ferry.v1.LogRecord
+	(*GetPiecesRequest)(nil),               // 22: ferry.v1.GetPiecesRequest
+	(*GetPiecesResponse)(nil),              // 23: ferry.v1.GetPiecesResponse
+	(*Piece)(nil),                          // 24: ferry.v1.Piece
+	(*PeerAddress)(nil),                    // 25: ferry.v1.PeerAddress
+	(*AuthorizePeerRequest)(nil),           // 26: ferry.v1.AuthorizePeerRequest
+	(*AuthorizePeerResponse)(nil),          // 27: ferry.v1.AuthorizePeerResponse
+	(*ReportBadPeerRequest)(nil),           // 28: ferry.v1.ReportBadPeerRequest
+	(*ReportBadPeerResponse)(nil),          // 29: ferry.v1.ReportBadPeerResponse
+	(*GossipKey)(nil),                      // 30: ferry.v1.GossipKey
+	(*durationpb.Duration)(nil),            // 31: google.protobuf.Duration
+	(*Facts)(nil),                          // 32: ferry.v1.Facts
+	(*InstalledPackage)(nil),               // 33: ferry.v1.InstalledPackage
+	(*timestamppb.Timestamp)(nil),          // 34: google.protobuf.Timestamp
+	(*DiskSpace)(nil),                      // 35: ferry.v1.DiskSpace
+	(*DriftReport)(nil),                    // 36: ferry.v1.DriftReport
+	(*Package)(nil),                        // 37: ferry.v1.Package
+	(*LogRecord)(nil),                      // 38: ferry.v1.LogRecord
 }
 var file_ferry_v1_agent_proto_depIdxs = []int32{
 	5,  // 0: ferry.v1.ConnectRequest.hello:type_name -> ferry.v1.AgentHello
@@ -1990,46 +2531,54 @@ var file_ferry_v1_agent_proto_depIdxs = []int32{
 	6,  // 4: ferry.v1.ConnectResponse.welcome:type_name -> ferry.v1.Welcome
 	8,  // 5: ferry.v1.ConnectResponse.job:type_name -> ferry.v1.Job
 	11, // 6: ferry.v1.ConnectResponse.cancel:type_name -> ferry.v1.JobCancel
-	22, // 7: ferry.v1.ConnectResponse.gossip_key:type_name -> ferry.v1.GossipKey
+	30, // 7: ferry.v1.ConnectResponse.gossip_key:type_name -> ferry.v1.GossipKey
 	15, // 8: ferry.v1.ConnectResponse.log_ack:type_name -> ferry.v1.JobLogAck
 	4,  // 9: ferry.v1.ConnectResponse.settings:type_name -> ferry.v1.AgentSettings
-	23, // 10: ferry.v1.AgentSettings.heartbeat_interval:type_name -> google.protobuf.Duration
-	24, // 11: ferry.v1.AgentHello.facts:type_name -> ferry.v1.Facts
-	25, // 12: ferry.v1.AgentHello.installed:type_name -> ferry.v1.InstalledPackage
+	31, // 10: ferry.v1.AgentSettings.heartbeat_interval:type_name -> google.protobuf.Duration
+	32, // 11: ferry.v1.AgentHello.facts:type_name -> ferry.v1.Facts
+	33, // 12: ferry.v1.AgentHello.installed:type_name -> ferry.v1.InstalledPackage
 	13, // 13: ferry.v1.AgentHello.recent_jobs:type_name -> ferry.v1.JobUpdate
-	23, // 14: ferry.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	26, // 15: ferry.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
-	22, // 16: ferry.v1.Welcome.gossip_key:type_name -> ferry.v1.GossipKey
-	26, // 17: ferry.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	23, // 18: ferry.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
-	24, // 19: ferry.v1.Heartbeat.facts:type_name -> ferry.v1.Facts
-	25, // 20: ferry.v1.Heartbeat.installed:type_name -> ferry.v1.InstalledPackage
-	27, // 21: ferry.v1.Heartbeat.disks:type_name -> ferry.v1.DiskSpace
-	28, // 22: ferry.v1.Heartbeat.drift:type_name -> ferry.v1.DriftReport
+	31, // 14: ferry.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	34, // 15: ferry.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
+	30, // 16: ferry.v1.Welcome.gossip_key:type_name -> ferry.v1.GossipKey
+	34, // 17: ferry.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	31, // 18: ferry.v1.Heartbeat.uptime:type_name -> google.protobuf.Duration
+	32, // 19: ferry.v1.Heartbeat.facts:type_name -> ferry.v1.Facts
+	33, // 20: ferry.v1.Heartbeat.installed:type_name -> ferry.v1.InstalledPackage
+	35, // 21: ferry.v1.Heartbeat.disks:type_name -> ferry.v1.DiskSpace
+	36, // 22: ferry.v1.Heartbeat.drift:type_name -> ferry.v1.DriftReport
 	0,  // 23: ferry.v1.Job.kind:type_name -> ferry.v1.JobKind
-	29, // 24: ferry.v1.Job.package:type_name -> ferry.v1.Package
-	23, // 25: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
+	37, // 24: ferry.v1.Job.package:type_name -> ferry.v1.Package
+	31, // 25: ferry.v1.Job.deadline:type_name -> google.protobuf.Duration
 	10, // 26: ferry.v1.Job.mirrors:type_name -> ferry.v1.MirrorSource
 	9,  // 27: ferry.v1.Job.artifact_encoding:type_name -> ferry.v1.ArtifactEncoding
-	23, // 28: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
+	31, // 28: ferry.v1.StepResult.duration:type_name -> google.protobuf.Duration
 	1,  // 29: ferry.v1.JobUpdate.phase:type_name -> ferry.v1.JobPhase
 	12, // 30: ferry.v1.JobUpdate.steps:type_name -> ferry.v1.StepResult
-	26, // 31: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
-	26, // 32: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
-	30, // 33: ferry.v1.JobLog.records:type_name -> ferry.v1.LogRecord
-	2,  // 34: ferry.v1.AgentService.Connect:input_type -> ferry.v1.ConnectRequest
-	16, // 35: ferry.v1.AgentService.RenewCertificate:input_type -> ferry.v1.RenewCertificateRequest
-	18, // 36: ferry.v1.AgentService.DownloadArtifact:input_type -> ferry.v1.DownloadArtifactRequest
-	20, // 37: ferry.v1.AgentService.ReportArtifactMismatch:input_type -> ferry.v1.ReportArtifactMismatchRequest
-	3,  // 38: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
-	17, // 39: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
-	19, // 40: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
-	21, // 41: ferry.v1.AgentService.ReportArtifactMismatch:output_type -> ferry.v1.ReportArtifactMismatchResponse
-	38, // [38:42] is the sub-list for method output_type
-	34, // [34:38] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	34, // 31: ferry.v1.JobUpdate.at:type_name -> google.protobuf.Timestamp
+	34, // 32: ferry.v1.JobLog.at:type_name -> google.protobuf.Timestamp
+	38, // 33: ferry.v1.JobLog.records:type_name -> ferry.v1.LogRecord
+	24, // 34: ferry.v1.GetPiecesResponse.pieces:type_name -> ferry.v1.Piece
+	25, // 35: ferry.v1.GetPiecesResponse.peers:type_name -> ferry.v1.PeerAddress
+	2,  // 36: ferry.v1.AgentService.Connect:input_type -> ferry.v1.ConnectRequest
+	16, // 37: ferry.v1.AgentService.RenewCertificate:input_type -> ferry.v1.RenewCertificateRequest
+	18, // 38: ferry.v1.AgentService.DownloadArtifact:input_type -> ferry.v1.DownloadArtifactRequest
+	20, // 39: ferry.v1.AgentService.ReportArtifactMismatch:input_type -> ferry.v1.ReportArtifactMismatchRequest
+	22, // 40: ferry.v1.AgentService.GetPieces:input_type -> ferry.v1.GetPiecesRequest
+	26, // 41: ferry.v1.AgentService.AuthorizePeer:input_type -> ferry.v1.AuthorizePeerRequest
+	28, // 42: ferry.v1.AgentService.ReportBadPeer:input_type -> ferry.v1.ReportBadPeerRequest
+	3,  // 43: ferry.v1.AgentService.Connect:output_type -> ferry.v1.ConnectResponse
+	17, // 44: ferry.v1.AgentService.RenewCertificate:output_type -> ferry.v1.RenewCertificateResponse
+	19, // 45: ferry.v1.AgentService.DownloadArtifact:output_type -> ferry.v1.DownloadArtifactResponse
+	21, // 46: ferry.v1.AgentService.ReportArtifactMismatch:output_type -> ferry.v1.ReportArtifactMismatchResponse
+	23, // 47: ferry.v1.AgentService.GetPieces:output_type -> ferry.v1.GetPiecesResponse
+	27, // 48: ferry.v1.AgentService.AuthorizePeer:output_type -> ferry.v1.AuthorizePeerResponse
+	29, // 49: ferry.v1.AgentService.ReportBadPeer:output_type -> ferry.v1.ReportBadPeerResponse
+	43, // [43:50] is the sub-list for method output_type
+	36, // [36:43] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_agent_proto_init() }
@@ -2061,7 +2610,7 @@ func file_ferry_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_agent_proto_rawDesc), len(file_ferry_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   20,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

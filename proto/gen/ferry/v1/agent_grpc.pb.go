@@ -23,6 +23,9 @@ const (
 	AgentService_RenewCertificate_FullMethodName       = "/ferry.v1.AgentService/RenewCertificate"
 	AgentService_DownloadArtifact_FullMethodName       = "/ferry.v1.AgentService/DownloadArtifact"
 	AgentService_ReportArtifactMismatch_FullMethodName = "/ferry.v1.AgentService/ReportArtifactMismatch"
+	AgentService_GetPieces_FullMethodName              = "/ferry.v1.AgentService/GetPieces"
+	AgentService_AuthorizePeer_FullMethodName          = "/ferry.v1.AgentService/AuthorizePeer"
+	AgentService_ReportBadPeer_FullMethodName          = "/ferry.v1.AgentService/ReportBadPeer"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -50,6 +53,17 @@ type AgentServiceClient interface {
 	// its stored copy again (at most once a minute per artifact, whoever
 	// reports) and quarantines it only when that copy is damaged too.
 	ReportArtifactMismatch(ctx context.Context, in *ReportArtifactMismatchRequest, opts ...grpc.CallOption) (*ReportArtifactMismatchResponse, error)
+	// GetPieces returns the piece digests of a download the caller has a job
+	// for and, per piece, the peers that hold it or whether the caller should
+	// fetch it from the controller. FAILED_PRECONDITION when peer exchange is
+	// off on the controller.
+	GetPieces(ctx context.Context, in *GetPiecesRequest, opts ...grpc.CallOption) (*GetPiecesResponse, error)
+	// AuthorizePeer asks whether node_id may fetch pieces of digest from the
+	// calling agent.
+	AuthorizePeer(ctx context.Context, in *AuthorizePeerRequest, opts ...grpc.CallOption) (*AuthorizePeerResponse, error)
+	// ReportBadPeer reports that a peer served bytes that did not match a
+	// piece's digest.
+	ReportBadPeer(ctx context.Context, in *ReportBadPeerRequest, opts ...grpc.CallOption) (*ReportBadPeerResponse, error)
 }
 
 type agentServiceClient struct {
@@ -112,6 +126,36 @@ func (c *agentServiceClient) ReportArtifactMismatch(ctx context.Context, in *Rep
 	return out, nil
 }
 
+func (c *agentServiceClient) GetPieces(ctx context.Context, in *GetPiecesRequest, opts ...grpc.CallOption) (*GetPiecesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetPiecesResponse)
+	err := c.cc.Invoke(ctx, AgentService_GetPieces_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentServiceClient) AuthorizePeer(ctx context.Context, in *AuthorizePeerRequest, opts ...grpc.CallOption) (*AuthorizePeerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AuthorizePeerResponse)
+	err := c.cc.Invoke(ctx, AgentService_AuthorizePeer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentServiceClient) ReportBadPeer(ctx context.Context, in *ReportBadPeerRequest, opts ...grpc.CallOption) (*ReportBadPeerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportBadPeerResponse)
+	err := c.cc.Invoke(ctx, AgentService_ReportBadPeer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
@@ -137,6 +181,17 @@ type AgentServiceServer interface {
 	// its stored copy again (at most once a minute per artifact, whoever
 	// reports) and quarantines it only when that copy is damaged too.
 	ReportArtifactMismatch(context.Context, *ReportArtifactMismatchRequest) (*ReportArtifactMismatchResponse, error)
+	// GetPieces returns the piece digests of a download the caller has a job
+	// for and, per piece, the peers that hold it or whether the caller should
+	// fetch it from the controller. FAILED_PRECONDITION when peer exchange is
+	// off on the controller.
+	GetPieces(context.Context, *GetPiecesRequest) (*GetPiecesResponse, error)
+	// AuthorizePeer asks whether node_id may fetch pieces of digest from the
+	// calling agent.
+	AuthorizePeer(context.Context, *AuthorizePeerRequest) (*AuthorizePeerResponse, error)
+	// ReportBadPeer reports that a peer served bytes that did not match a
+	// piece's digest.
+	ReportBadPeer(context.Context, *ReportBadPeerRequest) (*ReportBadPeerResponse, error)
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -158,6 +213,15 @@ func (UnimplementedAgentServiceServer) DownloadArtifact(*DownloadArtifactRequest
 }
 func (UnimplementedAgentServiceServer) ReportArtifactMismatch(context.Context, *ReportArtifactMismatchRequest) (*ReportArtifactMismatchResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportArtifactMismatch not implemented")
+}
+func (UnimplementedAgentServiceServer) GetPieces(context.Context, *GetPiecesRequest) (*GetPiecesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetPieces not implemented")
+}
+func (UnimplementedAgentServiceServer) AuthorizePeer(context.Context, *AuthorizePeerRequest) (*AuthorizePeerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AuthorizePeer not implemented")
+}
+func (UnimplementedAgentServiceServer) ReportBadPeer(context.Context, *ReportBadPeerRequest) (*ReportBadPeerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportBadPeer not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -234,6 +298,60 @@ func _AgentService_ReportArtifactMismatch_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentService_GetPieces_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPiecesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).GetPieces(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_GetPieces_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).GetPieces(ctx, req.(*GetPiecesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentService_AuthorizePeer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuthorizePeerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).AuthorizePeer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_AuthorizePeer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).AuthorizePeer(ctx, req.(*AuthorizePeerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentService_ReportBadPeer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportBadPeerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).ReportBadPeer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_ReportBadPeer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).ReportBadPeer(ctx, req.(*ReportBadPeerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -248,6 +366,18 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReportArtifactMismatch",
 			Handler:    _AgentService_ReportArtifactMismatch_Handler,
+		},
+		{
+			MethodName: "GetPieces",
+			Handler:    _AgentService_GetPieces_Handler,
+		},
+		{
+			MethodName: "AuthorizePeer",
+			Handler:    _AgentService_AuthorizePeer_Handler,
+		},
+		{
+			MethodName: "ReportBadPeer",
+			Handler:    _AgentService_ReportBadPeer_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
