@@ -327,11 +327,11 @@ type extractor struct {
 	timesByName atomic.Bool
 	// umask is the process's umask as the extraction started
 	// (currentUmask), -1 if unknown.
-	umask int
-	dirs        map[string]dirMeta
-	total       int64 // entries read, stripped ones included
-	entries     int64 // entries extracted
-	bytes       int64
+	umask   int
+	dirs    map[string]dirMeta
+	total   int64 // entries read, stripped ones included
+	entries int64 // entries extracted
+	bytes   int64
 }
 
 // entryName turns an archive name into a clean relative path, applying

@@ -52,7 +52,7 @@ func (d *dirRef) fd() (int, error) {
 		}
 		d.dir = f
 	}
-	return int(d.dir.Fd()), nil //nolint:gosec // a descriptor fits an int
+	return int(d.dir.Fd()), nil
 }
 
 // close closes d's root and its directory.

@@ -15,12 +15,12 @@ func setTimesFD(fd int, mtime time.Time) (ok bool, err error) {
 	ts := [2]unix.Timespec{unix.NsecToTimespec(mtime.UnixNano()), unix.NsecToTimespec(mtime.UnixNano())}
 	for {
 		_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0) //nolint:gosec // a descriptor is not negative
-		switch {
-		case e == 0:
+		switch e {
+		case 0:
 			return true, nil
-		case e == unix.EINTR:
+		case unix.EINTR:
 			continue
-		case e == unix.EINVAL || e == unix.ENOSYS:
+		case unix.EINVAL, unix.ENOSYS:
 			return false, nil
 		}
 		return false, e
