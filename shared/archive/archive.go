@@ -6,8 +6,10 @@
 // extracts with it; the controller transcodes with it at push and import.
 //
 // Every write goes through an os.Root opened on the destination, or on one
-// of its directories reached from it root by root (dirs.go), so even a bug
-// in the checks below cannot place a file outside it. On top of that the
+// of its directories reached from it root by root (dirs.go), or a
+// descriptor of such a directory opened through its root, relative to
+// which a file is created by a name of one component (fd.go), so even a
+// bug in the checks below cannot place a file outside it. On top of that the
 // extractor refuses, with an error naming the entry: absolute names, names
 // with "..", symbolic links whose target (followed through the archive's own
 // links) leaves the destination, hard links to anything but a regular file
@@ -43,6 +45,7 @@ import (
 	"time"
 
 	"github.com/klauspost/pgzip"
+	"golang.org/x/sys/unix"
 
 	"github.com/ferrydeploy/ferry/shared/ctxio"
 )
@@ -195,7 +198,7 @@ func newExtractor(ctx context.Context, name, dest string, opts Options) (*extrac
 		if err != nil {
 			return nil, nil, fmt.Errorf("extract %s: open destination: %w", name, err)
 		}
-		x.root, x.tree = root, newDirCache(root)
+		x.root, x.tree, x.umask = root, newDirCache(root), currentUmask()
 	}
 	return x, func() {
 		x.stopWriters()
@@ -322,10 +325,13 @@ type extractor struct {
 	hashes  map[string]string // with opts.Hash; under errMu
 	// timesByName: file times cannot be set through the open file here.
 	timesByName atomic.Bool
-	dirs        map[string]dirMeta
-	total       int64 // entries read, stripped ones included
-	entries     int64 // entries extracted
-	bytes       int64
+	// umask is the process's umask as the extraction started
+	// (currentUmask), -1 if unknown.
+	umask   int
+	dirs    map[string]dirMeta
+	total   int64 // entries read, stripped ones included
+	entries int64 // entries extracted
+	bytes   int64
 }
 
 // entryName turns an archive name into a clean relative path, applying
@@ -439,21 +445,21 @@ func (x *extractor) file(rel string, mode fs.FileMode, mtime time.Time, size int
 		return x.smallFile(rel, mode, mtime, size, r)
 	}
 	w := io.Discard
-	var f *os.File
+	fd := -1
 	var dir *os.Root
 	var h hash.Hash
 	if x.root != nil {
 		var release func()
 		var err error
-		f, dir, release, err = x.create(rel)
+		fd, dir, release, err = x.create(rel, mode)
 		if err != nil {
 			return err
 		}
 		defer release()
-		w = f
+		w = fdWriter(fd)
 		if x.hashes != nil {
 			h = sha256.New()
-			w = io.MultiWriter(f, h)
+			w = io.MultiWriter(w, h)
 		}
 	}
 	n, err := io.CopyBuffer(w, ctxio.NewReader(x.ctx, io.LimitReader(r, remaining+1)), x.buf)
@@ -462,21 +468,21 @@ func (x *extractor) file(rel string, mode fs.FileMode, mtime time.Time, size int
 		err = x.tooBig()
 	}
 	if err != nil {
-		if f != nil {
-			_ = f.Close() // err says what went wrong; the staging tree is discarded
+		if fd >= 0 {
+			_ = unix.Close(fd) // err says what went wrong; the staging tree is discarded
 		}
 		if errors.Is(err, ErrUnsafe) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			return err
 		}
 		return fmt.Errorf("entry %q: %w", rel, err)
 	}
-	if f == nil {
+	if fd < 0 {
 		return nil
 	}
 	if h != nil {
 		x.setHash(rel, hex.EncodeToString(h.Sum(nil)))
 	}
-	return x.finishFile(f, dir, rel, mode, mtime)
+	return x.finishFile(fd, dir, rel, mode, mtime)
 }
 
 func (x *extractor) setHash(rel, sum string) {
@@ -486,41 +492,50 @@ func (x *extractor) setHash(rel, sum string) {
 }
 
 // create creates the regular file rel, opened for writing, in its
-// directory's root dir; release lets the root go once the file is
-// finished.
-func (x *extractor) create(rel string) (f *os.File, dir *os.Root, release func(), err error) {
-	dir, release, err = x.tree.open(path.Dir(rel))
+// directory (dir, a root, and the descriptor of that directory); release
+// lets the directory go once the file is finished. The file is created
+// with the permission bits of mode, so that finishFile need not change
+// them where the umask left them whole.
+func (x *extractor) create(rel string, mode fs.FileMode) (fd int, dir *os.Root, release func(), err error) {
+	dir, dirfd, release, err := x.tree.openFD(path.Dir(rel))
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("entry %q: %w", rel, err)
+		return -1, nil, nil, fmt.Errorf("entry %q: %w", rel, err)
 	}
-	f, err = dir.OpenFile(path.Base(rel), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	// The name is one component, checked by entryName: no "/", "." or
+	// "..". O_EXCL creates it or fails, never following a link there.
+	fd, err = createAt(dirfd, path.Base(rel), unixMode(x.mode(mode).Perm()))
 	if err != nil {
 		release()
-		return nil, nil, nil, fmt.Errorf("entry %q: %w", rel, inTree(err, rel))
+		return -1, nil, nil, fmt.Errorf("entry %q: %w", rel, &fs.PathError{Op: "create", Path: rel, Err: err})
 	}
-	return f, dir, release, nil
+	return fd, dir, release, nil
 }
 
-// finishFile sets the mode and time of a written file, created in dir,
-// and closes it. The times are set through the open file where the
-// system can, else by name once it is closed.
-func (x *extractor) finishFile(f *os.File, dir *os.Root, rel string, mode fs.FileMode, mtime time.Time) error {
-	err := f.Chmod(x.mode(mode))
+// finishFile sets the mode and time of a written file fd, created in dir,
+// and closes it. The mode is set unless the file was created with it (no
+// special bits, none the umask took away); the times through the open
+// file where the system can, else by name once it is closed.
+func (x *extractor) finishFile(fd int, dir *os.Root, rel string, mode fs.FileMode, mtime time.Time) error {
+	var err error
+	perm := x.mode(mode)
+	if x.umask < 0 || perm != perm.Perm() || uint32(perm)&uint32(x.umask) != 0 { //nolint:gosec // umask is 0 to 0777 here
+		err = unix.Fchmod(fd, unixMode(perm))
+	}
 	byName := !mtime.IsZero()
 	if err == nil && byName && !x.timesByName.Load() {
 		var ok bool
-		ok, err = setTimesFD(f, mtime)
+		ok, err = setTimesFD(fd, mtime)
 		byName = !ok
 		if err == nil && !ok {
 			x.timesByName.Store(true) // not supported: by name from now on
 		}
 	}
 	if err != nil {
-		_ = f.Close() // err says what went wrong; the staging tree is discarded
+		_ = unix.Close(fd) // err says what went wrong; the staging tree is discarded
 		return fmt.Errorf("entry %q: %w", rel, err)
 	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("entry %q: %w", rel, err)
+	if err := unix.Close(fd); err != nil {
+		return fmt.Errorf("entry %q: close: %w", rel, err)
 	}
 	if byName {
 		// In the file's own directory, not following a link: the file was
@@ -605,20 +620,20 @@ func (x *extractor) writer() {
 }
 
 func (x *extractor) writeSmall(j writeJob) error {
-	f, dir, release, err := x.create(j.rel)
+	fd, dir, release, err := x.create(j.rel, j.mode)
 	if err != nil {
 		return err
 	}
 	defer release()
-	if _, err := f.Write(*j.data); err != nil {
-		_ = f.Close() // err says what went wrong; the staging tree is discarded
-		return fmt.Errorf("entry %q: %w", j.rel, err)
+	if _, err := fdWriter(fd).Write(*j.data); err != nil {
+		_ = unix.Close(fd) // err says what went wrong; the staging tree is discarded
+		return fmt.Errorf("entry %q: write: %w", j.rel, err)
 	}
 	if x.hashes != nil {
 		sum := sha256.Sum256(*j.data)
 		x.setHash(j.rel, hex.EncodeToString(sum[:]))
 	}
-	return x.finishFile(f, dir, j.rel, j.mode, j.mtime)
+	return x.finishFile(fd, dir, j.rel, j.mode, j.mtime)
 }
 
 func (x *extractor) writeErr() error {

@@ -7,11 +7,13 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -570,5 +572,43 @@ func TestExtractErrorNamesTheArtifact(t *testing.T) {
 	_, err := Extract(context.Background(), src, t.TempDir(), Options{Format: FormatTarGz, MaxBytes: 1 << 20, MaxEntries: 10, Name: "go1.20.3.linux-amd64.tar.gz"})
 	if err == nil || !strings.Contains(err.Error(), "extract go1.20.3.linux-amd64.tar.gz: ") || strings.Contains(err.Error(), src) {
 		t.Errorf("Extract of a bad archive: %v, want it named go1.20.3.linux-amd64.tar.gz, not %s", err, src)
+	}
+}
+
+// Files are created with their mode and changed after only where the
+// umask took bits away (or special bits are kept): whatever the umask,
+// every file ends with the archive's mode, small or large (written by
+// the decoding goroutine), and the umask is what the process had before.
+func TestExtractModesWhateverTheUmask(t *testing.T) {
+	big := strings.Repeat("x", smallFile+1)
+	modes := []int64{0o755, 0o644, 0o666, 0o600, 0o777, 0o444, 0o2755}
+	for _, umask := range []int{0, 0o022, 0o077, 0o027} {
+		t.Run(fmt.Sprintf("umask %04o", umask), func(t *testing.T) {
+			var ents []ent
+			for _, m := range modes {
+				ents = append(ents,
+					ent{name: fmt.Sprintf("small-%o", m), typ: tar.TypeReg, mode: m, body: "x"},
+					ent{name: fmt.Sprintf("large-%o", m), typ: tar.TypeReg, mode: m, body: big})
+			}
+			src, _, dest := setup(t, tarBytes(t, ents...))
+			o := opts()
+			o.MaxBytes, o.AllowSetuid = 1<<30, true
+			old := syscall.Umask(umask)
+			_, err := Extract(context.Background(), src, dest, o)
+			if got := syscall.Umask(old); got != umask {
+				t.Errorf("umask after the extraction = %04o, want %04o", got, umask)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range modes {
+				want := fs.FileMode(m & 0o777)
+				if m&0o2000 != 0 {
+					want |= fs.ModeSetgid
+				}
+				mustMode(t, filepath.Join(dest, fmt.Sprintf("small-%o", m)), want)
+				mustMode(t, filepath.Join(dest, fmt.Sprintf("large-%o", m)), want)
+			}
+		})
 	}
 }

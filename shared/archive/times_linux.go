@@ -1,31 +1,28 @@
 package archive
 
 import (
-	"errors"
-	"os"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// setTimesFD sets the access and modification times of the open file f
-// (utimensat with AT_EMPTY_PATH): no name is looked up again, and no
-// check for a link at it is needed. ok is false where the kernel does not
-// take AT_EMPTY_PATH for utimensat (before Linux 5.8?), and nothing was set.
-func setTimesFD(f *os.File, mtime time.Time) (ok bool, err error) {
-	ts := unix.NsecToTimespec(mtime.UnixNano())
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return false, err
+// setTimesFD sets the access and modification times of the open file fd
+// (futimens: utimensat with no name), so no name is looked up again and
+// no check for a link at it is needed. ok is false where the kernel does
+// not take it, and nothing was set.
+func setTimesFD(fd int, mtime time.Time) (ok bool, err error) {
+	ts := [2]unix.Timespec{unix.NsecToTimespec(mtime.UnixNano()), unix.NsecToTimespec(mtime.UnixNano())}
+	for {
+		_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0) //nolint:gosec // a descriptor is not negative
+		switch e {
+		case 0:
+			return true, nil
+		case unix.EINTR:
+			continue
+		case unix.EINVAL, unix.ENOSYS:
+			return false, nil
+		}
+		return false, e
 	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = unix.UtimesNanoAt(int(fd), "", []unix.Timespec{ts, ts}, unix.AT_EMPTY_PATH)
-	}); err != nil {
-		return false, err
-	}
-	if errors.Is(serr, unix.EINVAL) || errors.Is(serr, unix.ENOENT) {
-		return false, nil
-	}
-	return serr == nil, serr
 }

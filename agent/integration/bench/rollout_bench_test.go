@@ -33,7 +33,12 @@ type result struct {
 	name   string        // the case
 	wall   time.Duration // from the first host's start to the last host's end
 	served int64         // bytes the server sent; -1: not measured
-	note   string
+	// cpu is the user and system time the case's processes used (the
+	// commands and what they waited for; Ferry's agents and controller
+	// during the rollout); 0: not measured. On a machine shared with
+	// other work it moves less than the wall time does.
+	cpu  time.Duration
+	note string
 }
 
 // bench holds what every case shares: the artifact and where roots go.
@@ -231,9 +236,10 @@ func (bn *bench) roots(b *testing.B, n int) []string {
 }
 
 // parallel runs n commands at once, each in its own process group, and
-// returns the wall time from the first start to the last end. Any failure
-// fails b with that host's output.
-func parallel(b *testing.B, n int, cmdFor func(i int) *exec.Cmd) time.Duration {
+// returns the wall time from the first start to the last end and the CPU
+// time they used (with the children each waited for). Any failure fails b
+// with that host's output.
+func parallel(b *testing.B, n int, cmdFor func(i int) *exec.Cmd) (time.Duration, time.Duration) {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), caseTimeout)
 	defer cancel()
@@ -263,22 +269,24 @@ func parallel(b *testing.B, n int, cmdFor func(i int) *exec.Cmd) time.Duration {
 	wg.Wait()
 	wall := time.Since(start)
 	b.StopTimer()
+	var cpu time.Duration
 	for i, err := range errs {
 		if err != nil {
 			b.Fatalf("host %d: %s: %v\n%s", i+1, strings.Join(cmds[i].Args, " "), err, outs[i])
 		}
+		cpu += cmds[i].ProcessState.UserTime() + cmds[i].ProcessState.SystemTime()
 	}
-	return wall
+	return wall, cpu
 }
 
 // floor is N concurrent `tar -xzf` of the tarball, nothing else.
 func (bn *bench) floor(b *testing.B, fleet string, n int) result {
 	roots := bn.roots(b, n)
-	wall := parallel(b, n, func(i int) *exec.Cmd {
+	wall, cpu := parallel(b, n, func(i int) *exec.Cmd {
 		dest := filepath.Join(roots[i], "usr/local/go")
 		return exec.Command("sh", "-c", `mkdir -p "$1" && exec tar -xzf "$2" -C "$1" --strip-components 1`, "sh", dest, bn.tarball)
 	})
-	return result{fleet: fleet, name: "parallel tar -xzf (gzip floor)", wall: wall, served: -1}
+	return result{fleet: fleet, name: "parallel tar -xzf (gzip floor)", wall: wall, cpu: cpu, served: -1}
 }
 
 const zstdFloorName = "parallel zstd -d | tar -x (zstd floor)"
@@ -287,7 +295,7 @@ const zstdFloorName = "parallel zstd -d | tar -x (zstd floor)"
 // tar.zst, nothing else: the floor of the codec agents are given.
 func (bn *bench) zstdFloor(b *testing.B, fleet string, n int) result {
 	roots := bn.roots(b, n)
-	wall := parallel(b, n, func(i int) *exec.Cmd {
+	wall, cpu := parallel(b, n, func(i int) *exec.Cmd {
 		dest := filepath.Join(roots[i], "usr/local/go")
 		return exec.Command("sh", "-c", `mkdir -p "$1" && zstd -dcq "$2" | tar -xf - -C "$1" --strip-components 1`, "sh", dest, bn.zst)
 	})
@@ -295,7 +303,7 @@ func (bn *bench) zstdFloor(b *testing.B, fleet string, n int) result {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return result{fleet: fleet, name: zstdFloorName, wall: wall, served: -1, note: fmt.Sprintf("tar.zst %.1f MiB (zstd -3)", float64(fi.Size())/(1<<20))}
+	return result{fleet: fleet, name: zstdFloorName, wall: wall, cpu: cpu, served: -1, note: fmt.Sprintf("tar.zst %.1f MiB (zstd -3)", float64(fi.Size())/(1<<20))}
 }
 
 // hostScript is what the shell loop does on each host: fetch the tarball
@@ -329,14 +337,14 @@ func (bn *bench) shellLoop(b *testing.B, fleet string, n int, url string, prefix
 	if served != nil {
 		before = served()
 	}
-	wall := parallel(b, n, func(i int) *exec.Cmd {
+	wall, cpu := parallel(b, n, func(i int) *exec.Cmd {
 		argv := []string{"sh", "-c", hostScript, "sh", roots[i], url, filepath.Base(bn.tarball), bn.version}
 		if prefix != nil {
 			argv = append(prefix(i), argv...)
 		}
 		return exec.Command(argv[0], argv[1:]...)
 	})
-	r := result{fleet: fleet, name: "shell loop: curl, sha256sum -c, tar -xzf, profile.d, " + visudoNote() + ", go version", wall: wall, served: -1}
+	r := result{fleet: fleet, name: "shell loop: curl, sha256sum -c, tar -xzf, profile.d, " + visudoNote() + ", go version", wall: wall, cpu: cpu, served: -1}
 	if served != nil {
 		r.served = served() - before
 	}
@@ -517,7 +525,7 @@ func (bn *bench) ferryLocal(b *testing.B, fleet string, n int) result {
 	wall, served := f.rollout(b, bn)
 	cpu2, acpu2 := processCPU(b, f.c.PID()), agentsCPU()
 	bn.checkRoots(b, roots)
-	return result{fleet: fleet, name: "Ferry rollout (archive, env, sudoers, check)", wall: wall, served: served,
+	return result{fleet: fleet, name: "Ferry rollout (archive, env, sudoers, check)", wall: wall, served: served, cpu: (cpu2 - cpu1) + (acpu2 - acpu1),
 		note: fmt.Sprintf("controller CPU %.2fs in the rollout, agents' %.2fs (%.2fs each); the push took %.2fs and %.2fs of CPU, transcoding included",
 			(cpu2 - cpu1).Seconds(), (acpu2 - acpu1).Seconds(), (acpu2-acpu1).Seconds()/float64(n), push.Seconds(), (cpu1 - cpu0).Seconds())}
 }
@@ -705,20 +713,27 @@ func (bn *bench) print(w io.Writer) {
 	fmt.Fprintf(w, "\nRollout benchmark (issue 15): artifact %s, %.1f MiB; Go %s; roots on %s\n",
 		filepath.Base(bn.tarball), float64(bn.size)/(1<<20), bn.version, bn.scratchFS)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "fleet\tcase\twall\tserved/size\tper host MiB/s\t× floor\t× zstd floor\tnote")
-	floors, zfloors := map[string]time.Duration{}, map[string]time.Duration{}
+	fmt.Fprintln(tw, "fleet\tcase\twall\tserved/size\tper host MiB/s\t× floor\t× zstd floor\tCPU\tCPU × zstd floor\tnote")
+	floors, zfloors, zcpu := map[string]time.Duration{}, map[string]time.Duration{}, map[string]time.Duration{}
 	for _, r := range bn.results {
 		if strings.HasPrefix(r.name, "parallel tar") {
 			floors[r.fleet] = r.wall
 		}
 		if r.name == zstdFloorName {
-			zfloors[r.fleet] = r.wall
+			zfloors[r.fleet], zcpu[r.fleet] = r.wall, r.cpu
 		}
 	}
 	for _, r := range bn.results {
 		if r.wall == 0 {
-			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t%s\n", r.fleet, r.name, r.note)
+			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t-\t-\t%s\n", r.fleet, r.name, r.note)
 			continue
+		}
+		cpu, zcpuRatio := "-", "-"
+		if r.cpu > 0 {
+			cpu = fmt.Sprintf("%.2fs", r.cpu.Seconds())
+			if z := zcpu[r.fleet]; z > 0 {
+				zcpuRatio = fmt.Sprintf("%.2f", r.cpu.Seconds()/z.Seconds())
+			}
 		}
 		served, ratio, zratio := "-", "-", "-"
 		if r.served >= 0 {
@@ -730,8 +745,8 @@ func (bn *bench) print(w io.Writer) {
 		if fl := zfloors[r.fleet]; fl > 0 {
 			zratio = fmt.Sprintf("%.2f", r.wall.Seconds()/fl.Seconds())
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.2fs\t%s\t%.1f\t%s\t%s\t%s\n", r.fleet, r.name, r.wall.Seconds(), served,
-			float64(bn.size)/(1<<20)/r.wall.Seconds(), ratio, zratio, r.note)
+		fmt.Fprintf(tw, "%s\t%s\t%.2fs\t%s\t%.1f\t%s\t%s\t%s\t%s\t%s\n", r.fleet, r.name, r.wall.Seconds(), served,
+			float64(bn.size)/(1<<20)/r.wall.Seconds(), ratio, zratio, cpu, zcpuRatio, r.note)
 	}
 	_ = tw.Flush()
 }

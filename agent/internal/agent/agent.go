@@ -190,7 +190,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a.warnClock("when its certificate arrived")
-	inst, err := install.New(install.Config{Root: cfg.Root, StateDir: cfg.StateDir, Logger: a.log.With("component", "install"), Executable: cfg.Executable})
+	inst, err := install.New(install.Config{Root: cfg.Root, StateDir: cfg.StateDir, Logger: a.log.With("component", "install"), Executable: cfg.Executable, SweepInBackground: true})
 	if err != nil {
 		return nil, fmt.Errorf("installer: %w", err)
 	}
@@ -335,6 +335,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("lock the state dir: %w", err)
 	}
 	defer func() { _ = lock.Release() }() // the process may end instead: the kernel releases it then
+	// A finished job's old tree may still be being removed: done before
+	// the lock goes (a leftover would be removed at the next start).
+	defer a.jobs.inst.Settle()
 	// After the lock: only the agent that owns the state dir acts on an
 	// update's marker.
 	if err := a.settleUpdate(); err != nil {

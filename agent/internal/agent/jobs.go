@@ -247,7 +247,6 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 	}
 	r.a.metrics.jobs.WithLabelValues(enumword.Of(final.GetPhase())).Inc()
 	log.Info("job finished", "phase", final.GetPhase(), "failed_step", final.GetFailedStep(), "message", final.GetMessage())
-	r.a.kickDrift()
 	if ctx.Err() == nil {
 		note(logf, "job %s: %s", enumword.Of(final.GetPhase()), final.GetMessage())
 		r.a.logs.Finish(job.GetId())
@@ -257,6 +256,9 @@ func (r *jobRunner) runJob(ctx context.Context, job *ferryv1.Job) {
 	// wait for the next stream).
 	r.a.sendLogs()
 	r.report(final)
+	// The drift check walks every installed tree: after the report, which
+	// it would delay.
+	r.a.kickDrift()
 }
 
 // fetch makes the package's artifact available to req when a step uses

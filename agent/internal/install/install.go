@@ -98,6 +98,13 @@ type Config struct {
 	// Executable is the agent's own binary (symlinks resolved), which an
 	// agent_update step replaces; "" refuses agent_update steps.
 	Executable string
+	// SweepInBackground removes what a successful install no longer keeps
+	// (the tree before the previous one, its backups and manifest) on a
+	// goroutine of its own after Install returned, so the job's result is
+	// reported without waiting for a tree of thousands of files to be
+	// deleted. The next job waits for it; Settle waits for it. Without
+	// it Install removes them itself before it returns.
+	SweepInBackground bool
 }
 
 // Request is one install (or plan) job.
@@ -144,6 +151,12 @@ type Installer struct {
 
 	run sync.Mutex // held for the whole of a job
 
+	// sweepInBackground is Config.SweepInBackground; sweeps counts the
+	// removals running in the background (Add under run, so no job starts
+	// while one runs: each waits for them first).
+	sweepInBackground bool
+	sweeps            sync.WaitGroup
+
 	// hook, when set by tests, is called at named points of a job (to
 	// simulate a crash there).
 	hook func(point string)
@@ -189,6 +202,8 @@ func New(cfg Config) (*Installer, error) {
 		results:  map[string]*ferryv1.JobUpdate{},
 		exe:      cfg.Executable,
 		staged:   map[string]*AgentUpdate{},
+
+		sweepInBackground: cfg.SweepInBackground,
 	}
 	i.kinds = stepKinds(i)
 	if i.log == nil {
@@ -513,6 +528,36 @@ func (i *Installer) at(point string) {
 		i.hook(point)
 	}
 }
+
+// sweep removes garbage, then the directories of dirs that are left
+// empty: what a successful job no longer keeps. The state committed
+// before it names none of it, so a crash half-way leaves leftovers that
+// the next start's gc removes. With SweepInBackground it runs on its own
+// goroutine, after the job's result is reported; i.run is held (by the
+// job that calls it), so no other job starts before Add.
+func (i *Installer) sweep(garbage, dirs []string) {
+	run := func() {
+		i.at("sweep")
+		removeAll(i.log, garbage)
+		for _, d := range dirs {
+			removeIfEmpty(d)
+		}
+	}
+	if !i.sweepInBackground {
+		run()
+		return
+	}
+	i.sweeps.Add(1)
+	go func() {
+		defer i.sweeps.Done()
+		run()
+	}()
+}
+
+// Settle waits until what finished jobs left to remove in the background
+// (Config.SweepInBackground) is removed. A job waits for it before it
+// starts; the agent, before it exits.
+func (i *Installer) Settle() { i.sweeps.Wait() }
 
 func removeAll(log *slog.Logger, paths []string) {
 	for _, p := range paths {

@@ -894,3 +894,70 @@ func TestSudoersWholePolicy(t *testing.T) {
 		t.Errorf("a refused fragment replaced the old one:\n%s", c)
 	}
 }
+
+// With SweepInBackground, Install reports before the tree it no longer
+// keeps is removed; the next job waits for that removal, and a tree a
+// crash left behind before it (the process ended first) is removed by the
+// next start. Rollback still finds the version kept.
+func TestSweepInBackground(t *testing.T) {
+	e := newEnv(t)
+	open := func() *Installer {
+		t.Helper()
+		i, err := New(Config{Root: e.root, StateDir: e.state, MaxArchiveBytes: 64 << 20, MaxArchiveEntries: 10000, SweepInBackground: true})
+		if err != nil {
+			t.Fatalf("New: %v", err)
+		}
+		return i
+	}
+	e.inst = open()
+	kept := func() int {
+		t.Helper()
+		ents, _ := os.ReadDir(e.path("/opt/.ferry-app"))
+		return len(ents)
+	}
+	var digests, artifacts []string
+	for v := 1; v <= 4; v++ {
+		a, d := artifact(t, map[string]string{"VERSION": string(rune('0' + v))})
+		artifacts, digests = append(artifacts, a), append(digests, d)
+	}
+	for v := 1; v <= 2; v++ {
+		wantPhase(t, e.install(pkg("app", string(rune('0'+v)), digests[v-1], archiveStep("/opt/app", 0)), artifacts[v-1]), succeeded)
+	}
+	e.inst.Settle()
+	if n := kept(); n != 1 {
+		t.Fatalf("%d trees kept after two installs, want 1", n)
+	}
+
+	// The sweep of the third install waits until release: Install has
+	// returned by then, so the result did not wait for the removal.
+	release := make(chan struct{})
+	e.inst.hook = func(p string) {
+		if p == "sweep" {
+			<-release
+		}
+	}
+	wantPhase(t, e.install(pkg("app", "3", digests[2], archiveStep("/opt/app", 0)), artifacts[2]), succeeded)
+	if n := kept(); n != 2 {
+		t.Errorf("%d trees in the hold directory while the sweep waits, want 2 (version 1's not yet removed)", n)
+	}
+	// A restart before the sweep ran removes the leftover.
+	i2 := open()
+	if n := kept(); n != 1 {
+		t.Errorf("%d trees kept after a restart, want 1: the leftover of version 1 was not removed", n)
+	}
+	close(release)
+	e.inst.Settle()
+	e.inst = i2
+
+	// The next job starts once the sweep is done, and rollback finds the
+	// version kept.
+	wantPhase(t, e.install(pkg("app", "4", digests[3], archiveStep("/opt/app", 0)), artifacts[3]), succeeded)
+	e.inst.Settle()
+	if n := kept(); n != 1 {
+		t.Errorf("%d trees kept after the fourth install, want 1", n)
+	}
+	wantPhase(t, e.rollback("app"), succeeded)
+	if got := readFile(t, e.path("/opt/app/VERSION")); got != "3" {
+		t.Errorf("VERSION after rollback = %s, want 3", got)
+	}
+}

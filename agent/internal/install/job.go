@@ -98,6 +98,7 @@ func (i *Installer) Install(ctx context.Context, req Request, progress func(*fer
 	}
 	i.run.Lock()
 	defer i.run.Unlock()
+	i.Settle() // the last job's garbage first: it may be in the hold directories this one uses
 	if u, ok := i.JobResult(req.JobID); ok {
 		return u
 	}
@@ -199,10 +200,11 @@ func (i *Installer) Install(ctx context.Context, req Request, progress func(*fer
 			}
 		}
 	})
-	removeAll(i.log, garbage)
+	holds := make([]string, 0, len(jc.trees))
 	for _, t := range jc.trees {
-		removeIfEmpty(holdDir(t.Dest)) // nothing kept
+		holds = append(holds, holdDir(t.Dest)) // removed if nothing is kept
 	}
+	i.sweep(garbage, holds)
 	log.Info("job finished", "phase", u.GetPhase().String(), "message", u.GetMessage())
 	return u
 }

@@ -30,6 +30,7 @@ type remover interface {
 func (i *Installer) Remove(ctx context.Context, jobID, rolloutID, pkgName string, progress func(*ferryv1.JobUpdate), logf LogFunc) *ferryv1.JobUpdate {
 	i.run.Lock()
 	defer i.run.Unlock()
+	i.Settle()
 	jc, done := i.packageJob(ctx, jobID, rolloutID, pkgName, progress, logf)
 	if done != nil {
 		return done

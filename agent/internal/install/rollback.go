@@ -20,6 +20,7 @@ import (
 func (i *Installer) Rollback(ctx context.Context, jobID, rolloutID, pkgName string, progress func(*ferryv1.JobUpdate), logf LogFunc) *ferryv1.JobUpdate {
 	i.run.Lock()
 	defer i.run.Unlock()
+	i.Settle()
 	jc, done := i.packageJob(ctx, jobID, rolloutID, pkgName, progress, logf)
 	if done != nil {
 		return done
