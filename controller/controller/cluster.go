@@ -139,6 +139,13 @@ func (c *Controller) runCluster(ctx context.Context, cc *clustered, lead func(co
 			}
 			cc.engineOn.Store(true)
 			defer cc.engineOn.Store(false)
+			// The reports this controller's own agents made while another
+			// led went to that one, which may have died before storing
+			// them: the engine takes them now, as it takes a relayed
+			// agent's hello.
+			for node, recent := range cc.relay.Latest() {
+				c.engine.NodeConnected(node, recent)
+			}
 			c.log.Info("running the rollout engine", "controller", cc.cl.ID())
 			lead(lctx)
 		})
