@@ -287,8 +287,10 @@ func New(cfg Config) (*Controller, error) {
 	js := jobSink{engine: c.engine, store: c.store, metrics: m, log: c.log, now: cfg.Now, logs: cfg.Logs, logRate: newLogRate(cfg.Now)}
 	var jobs server.JobSink = js
 	var events server.AgentEvents
+	var jobArtifacts server.JobArtifacts = c.engine // downloads follow the jobs the engine sent
 	if cc := c.clusterState.Load(); cc != nil {
 		jobs, events = clusterJobs{local: js, cc: cc}, clusterEvents{cc: cc}
+		jobArtifacts = &clusterArtifacts{engine: c.engine, cc: cc}
 		ferryv1.RegisterClusterServiceServer(c.grpc, cluster.NewService(cc.cl, leaderSink{fleet: c.fleet, jobs: js}))
 	}
 	deps := &server.Deps{
@@ -305,7 +307,7 @@ func New(cfg Config) (*Controller, error) {
 		Rollouts:  c.engine,
 		Groups:    c.engine,
 
-		JobArtifacts: c.engine, // downloads follow the jobs the engine sent
+		JobArtifacts: jobArtifacts,
 		Events:       events,
 	}
 	server.Register(c.grpc, deps)
