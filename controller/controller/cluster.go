@@ -229,6 +229,13 @@ func (c *Controller) runCluster(ctx context.Context, cc *clustered, lead func(co
 			}
 			cc.engineOn.Store(true)
 			defer cc.engineOn.Store(false)
+			// The reports this controller's own agents made while another
+			// led went to that one, which may have died before storing
+			// them: the engine takes them now, as it takes a relayed
+			// agent's hello.
+			for node, recent := range cc.relay.Latest() {
+				c.engine.NodeConnected(node, recent)
+			}
 			c.log.Info("running the rollout engine", "controller", cc.cl.ID())
 			lead(lctx)
 		})
@@ -306,6 +313,37 @@ func (e clusterEvents) Attached(node, addr string, hello *ferryv1.AgentHello) {
 }
 func (e clusterEvents) Heartbeat(node string, hb *ferryv1.Heartbeat) { e.cc.relay.Heartbeat(node, hb) }
 func (e clusterEvents) Detached(node string, left bool)              { e.cc.relay.Detached(node, left) }
+
+// clusterArtifacts is the servers' JobArtifacts on etcd. A follower's
+// engine learns a job the leader sent a moment after it was sent (from
+// the store), and the agent, on the follower, may ask for the job's
+// artifact before that: on a refusal the follower reads the rollouts
+// again and asks once more (at most every 100 ms, so refused downloads
+// cannot make it reread the store at will).
+type clusterArtifacts struct {
+	engine *rollout.Engine
+	cc     *clustered
+	mu     sync.Mutex
+	last   time.Time
+}
+
+func (a *clusterArtifacts) NodeMayFetch(node, digest string) bool {
+	if a.engine.NodeMayFetch(node, digest) {
+		return true
+	}
+	if a.cc.engineOn.Load() {
+		return false // the leader's engine is the store's source
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if time.Since(a.last) >= 100*time.Millisecond {
+		a.last = time.Now()
+		if err := a.engine.Reload(); err != nil {
+			return false
+		}
+	}
+	return a.engine.NodeMayFetch(node, digest)
+}
 
 // clusterJobs routes agents' reports: to the engine on the leader, through
 // the relay elsewhere (job output is stored by whichever controller holds

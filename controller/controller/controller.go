@@ -293,9 +293,11 @@ func New(cfg Config) (*Controller, error) {
 	js := jobSink{engine: c.engine, store: c.store, metrics: m, log: c.log, now: cfg.Now, logs: cfg.Logs, logRate: newLogRate(cfg.Now)}
 	var jobs server.JobSink = js
 	var events server.AgentEvents
+	var jobArtifacts server.JobArtifacts = c.engine // downloads follow the jobs the engine sent
 	cc := c.clusterState.Load()
 	if cc != nil {
 		jobs, events = clusterJobs{local: js, cc: cc}, clusterEvents{cc: cc}
+		jobArtifacts = &clusterArtifacts{engine: c.engine, cc: cc}
 	}
 	deps := &server.Deps{
 		Store: c.store, Fleet: c.fleet, CA: ca, Logger: c.log, Now: cfg.Now,
@@ -311,7 +313,7 @@ func New(cfg Config) (*Controller, error) {
 		Rollouts:  c.engine,
 		Groups:    c.engine,
 
-		JobArtifacts: c.engine, // downloads follow the jobs the engine sent
+		JobArtifacts: jobArtifacts,
 		Events:       events,
 		BadPieces:    m.PeerBadPieces,
 	}

@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -41,6 +43,13 @@ type ControllerOptions struct {
 	// to it. Without one the controller reads no config file (--config=),
 	// so a host's /etc/ferry/controller.yaml never leaks into a test.
 	ConfigFile string
+	// Name names the controller's process, log and data dir, for a test
+	// with several (default "controller").
+	Name string
+	// JoinFrom is a controller of the same installation (on one etcd
+	// store): its ca.crt, ca.key and gossip.key are copied into this one's
+	// data dir before the first start, the documented join step.
+	JoinFrom *Controller
 }
 
 // Controller is a running (or stopped) ferry-controller process. Its
@@ -89,13 +98,20 @@ func (h *Harness) StartController(opts ControllerOptions) *Controller {
 		c.Start()
 		return c
 	}
-	c := &Controller{opts: opts, DataDir: h.path("controller")}
+	name := opts.Name
+	if name == "" {
+		name = "controller"
+	}
+	c := &Controller{opts: opts, DataDir: h.path(name)}
+	if opts.JoinFrom != nil {
+		h.copySecrets(opts.JoinFrom.DataDir, c.DataDir)
+	}
 	if !opts.NoGossip {
 		c.GossipAddr = net.JoinHostPort(opts.Host, strconv.Itoa(h.FreePort(opts.Host)))
 	}
 	// Port 0 on the first start: the kernel picks free ports and the
 	// controller prints them, so parallel tests never race for a port.
-	c.Process = h.newProcess("controller", bin, c.args(net.JoinHostPort(opts.Host, "0"), net.JoinHostPort(opts.Host, "0")), opts.Prefix)
+	c.Process = h.newProcess(name, bin, c.args(net.JoinHostPort(opts.Host, "0"), net.JoinHostPort(opts.Host, "0")), opts.Prefix)
 	h.mu.Lock()
 	h.ctl = c
 	h.mu.Unlock()
@@ -115,6 +131,32 @@ func (c *Controller) args(grpcAddr, httpAddr string) []string {
 		args = append(args, "--heartbeat-interval", c.opts.HeartbeatInterval.String())
 	}
 	return append(args, c.opts.Args...)
+}
+
+// copySecrets copies the installation's CA and gossip key from one data
+// dir into a new one.
+func (h *Harness) copySecrets(from, to string) {
+	h.t.Helper()
+	if err := os.MkdirAll(to, 0o700); err != nil {
+		h.t.Fatal(err)
+	}
+	for _, name := range []string{"ca.crt", "ca.key", "gossip.key"} {
+		b, err := os.ReadFile(filepath.Join(from, name))
+		if err != nil {
+			h.t.Fatalf("join a controller: %v", err)
+		}
+		if err := os.WriteFile(filepath.Join(to, name), b, 0o600); err != nil {
+			h.t.Fatal(err)
+		}
+	}
+}
+
+// Use makes c the controller ferryctl talks to (with c's own admin
+// credential).
+func (h *Harness) Use(c *Controller) {
+	h.mu.Lock()
+	h.ctl = c
+	h.mu.Unlock()
 }
 
 // Controller is the controller ferryctl talks to; it fails the test if none

@@ -49,6 +49,9 @@ func (h *Harness) newProcess(name, path string, args, prefix []string) *Process 
 	return p
 }
 
+// Name is the process's name in the harness (its log is logs/NAME.log).
+func (p *Process) Name() string { return p.name }
+
 // CommandLine is what the harness runs, for messages.
 func (p *Process) CommandLine() string { return strings.Join(p.argv(), " ") }
 

@@ -90,6 +90,11 @@ type Cluster struct {
 	sessions  map[string]*ferryv1.NodeSession
 	published map[string]*ferryv1.NodeSession // ours, written again on a new lease
 	notify    chan struct{}                   // closed at the next change
+
+	// life is the context of the leases' keepalives: from New until Run
+	// returns (Join's context only bounds the registration).
+	life context.Context
+	end  context.CancelFunc
 }
 
 func (c *Cluster) key(parts ...string) string {
@@ -116,10 +121,12 @@ func New(cfg Config) (*Cluster, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	life, end := context.WithCancel(context.Background())
 	return &Cluster{
 		cfg: cfg, log: cfg.Logger,
 		members: map[string]Member{}, sessions: map[string]*ferryv1.NodeSession{}, published: map[string]*ferryv1.NodeSession{},
 		notify: make(chan struct{}),
+		life:   life, end: end,
 	}, nil
 }
 
@@ -158,8 +165,17 @@ func (c *Cluster) Join(ctx context.Context) error {
 }
 
 func (c *Cluster) register(ctx context.Context, wait time.Duration) (*concurrency.Session, error) {
-	ttl := int((c.cfg.TTL + time.Second - 1) / time.Second)
-	sess, err := concurrency.NewSession(c.cfg.Client, concurrency.WithTTL(ttl), concurrency.WithContext(context.WithoutCancel(ctx)))
+	ttl := int64((c.cfg.TTL + time.Second - 1) / time.Second)
+	// The grant is bounded by ctx and a TTL: etcd unreachable must not
+	// hold Join, nor Run's shutdown, for ever. The keepalive lives as long
+	// as the Cluster (not ctx, which may only bound the registration).
+	gctx, gcancel := context.WithTimeout(ctx, c.cfg.TTL)
+	lease, err := c.cfg.Client.Grant(gctx, ttl)
+	gcancel()
+	if err != nil {
+		return nil, fmt.Errorf("controller %s: open an etcd lease: %w", c.cfg.ID, err)
+	}
+	sess, err := concurrency.NewSession(c.cfg.Client, concurrency.WithLease(lease.ID), concurrency.WithTTL(int(ttl)), concurrency.WithContext(c.life)) //nolint:contextcheck // the keepalive outlives ctx, which bounds the registration only: it ends when Run returns
 	if err != nil {
 		return nil, fmt.Errorf("controller %s: open an etcd lease: %w", c.cfg.ID, err)
 	}
@@ -214,15 +230,16 @@ func (c *Cluster) Run(ctx context.Context, lead func(ctx context.Context)) error
 	if sess == nil {
 		return errors.New("cluster: Run before Join")
 	}
+	defer c.end()
 	for {
 		c.serve(ctx, sess, lead)
 		if ctx.Err() != nil {
 			// Revoke: the members, sessions and leadership go at once,
 			// not a TTL later.
+			sess.Orphan()
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 			_, _ = c.cfg.Client.Revoke(rctx, sess.Lease())
 			cancel()
-			_ = sess.Close()
 			return nil
 		}
 		c.mu.Lock()
@@ -232,8 +249,13 @@ func (c *Cluster) Run(ctx context.Context, lead func(ctx context.Context)) error
 		c.sess = nil
 		c.changedLocked()
 		c.mu.Unlock()
-		c.log.Error("lost the etcd lease: not leading, and admin writes are refused until etcd answers again")
-		_ = sess.Close()
+		c.log.Error("lost the etcd lease: not leading, and admin writes are refused until etcd answers again", "controller", c.cfg.ID)
+		// Give the lease up (at once if etcd still answers; it expires
+		// on its own otherwise) without waiting a TTL on a cut link.
+		sess.Orphan()
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, _ = c.cfg.Client.Revoke(rctx, sess.Lease())
+		cancel()
 		for {
 			var err error
 			sess, err = c.register(ctx, 2*c.cfg.TTL+time.Second)
@@ -272,7 +294,9 @@ func (c *Cluster) serve(ctx context.Context, sess *concurrency.Session, lead fun
 	go func() {
 		defer wg.Done()
 		defer cancel()
-		c.checkEtcd(sctx, sess)
+		if why := c.checkEtcd(sctx, sess); why != "" {
+			c.log.Error("stepping down: "+why, "controller", c.cfg.ID)
+		}
 	}()
 	c.republish(sctx, sess)
 	el := concurrency.NewElection(sess, c.key("leader"))
@@ -309,8 +333,9 @@ func (c *Cluster) serve(ctx context.Context, sess *concurrency.Session, lead fun
 
 // checkEtcd ends (and so the session's work and any leadership) when the
 // lease is gone or etcd has not answered for half a TTL: well before the
-// lease expires on etcd and another controller could be elected.
-func (c *Cluster) checkEtcd(ctx context.Context, sess *concurrency.Session) {
+// lease expires on etcd and another controller could be elected. It says
+// why (empty when ctx ended).
+func (c *Cluster) checkEtcd(ctx context.Context, sess *concurrency.Session) string {
 	every := c.cfg.TTL / 5
 	misses := 0
 	t := time.NewTicker(every)
@@ -318,21 +343,29 @@ func (c *Cluster) checkEtcd(ctx context.Context, sess *concurrency.Session) {
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return ""
 		case <-sess.Done():
-			return
+			if ctx.Err() != nil {
+				return ""
+			}
+			return "the etcd lease's keepalive ended"
 		case <-t.C:
 		}
 		tctx, cancel := context.WithTimeout(ctx, every)
 		resp, err := c.cfg.Client.TimeToLive(tctx, sess.Lease())
 		cancel()
 		switch {
-		case err == nil && resp.TTL <= 0:
-			return // expired
+		case ctx.Err() != nil:
+			return ""
+		case err == nil && resp.TTL < 0:
+			// -1: gone. (0 is less than a second left, the seconds
+			// truncated: with a short TTL that is a keepalive due, not
+			// an expiry.)
+			return "the etcd lease expired"
 		case err != nil:
 			misses++
 			if misses >= 2 {
-				return
+				return fmt.Sprintf("etcd did not answer twice in %v (%v)", 2*every, err)
 			}
 		default:
 			misses = 0

@@ -257,6 +257,21 @@ func (r *Relay) JobUpdate(node string, u *ferryv1.JobUpdate) {
 	r.enqueue(&ferryv1.RelayRequest{Msg: &ferryv1.RelayRequest_JobUpdate{JobUpdate: &ferryv1.RelayJobUpdate{NodeId: node, Update: u}}})
 }
 
+// Latest is, for each local agent stream, the last report of each of its
+// recent jobs (its hello's, then those relayed since): what a controller
+// that starts leading gives its own engine, which did not see the reports
+// its agents made while another controller led (that one may have died
+// before it stored them).
+func (r *Relay) Latest() map[string][]*ferryv1.JobUpdate {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string][]*ferryv1.JobUpdate, len(r.nodes))
+	for node, n := range r.nodes {
+		out[node] = append([]*ferryv1.JobUpdate(nil), n.latest...)
+	}
+	return out
+}
+
 // Detached records that a local agent stream ended.
 func (r *Relay) Detached(node string, left bool) {
 	r.mu.Lock()

@@ -181,6 +181,13 @@ func (e *etcdKV) Update(fn func(kvTx) error) error {
 		}
 	}()
 	for attempt := range etcdAttempts {
+		if e.fence != nil {
+			// Refused before the transaction's reads, which would wait
+			// for etcd's timeouts when this controller is cut off.
+			if _, err := e.fence(); err != nil {
+				return err
+			}
+		}
 		t := e.begin(true)
 		err := fn(t)
 		if t.err != nil {
