@@ -11,9 +11,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -38,6 +40,7 @@ type replicaSet struct {
 
 	mu     sync.Mutex
 	n      int             // controllers started
+	up     []*Controller   // controllers running, in order
 	hidden map[string]bool // IDs the replicators do not see
 }
 
@@ -85,6 +88,32 @@ func (cl *replicaSet) start(announce bool) (c *Controller, dir string, stop func
 		cl.mod(&cfg)
 	}
 	c, stop = start(t, cfg)
+	if announce {
+		// The others copy to it once their membership shows it: wait for
+		// that, as a push right after it started would otherwise find it
+		// missing (and rightly say it is on one controller only).
+		id := cfg.ControllerID
+		cl.mu.Lock()
+		up := slices.Clone(cl.up)
+		cl.mu.Unlock()
+		for _, o := range up {
+			for deadline := time.Now().Add(10 * time.Second); !slices.ContainsFunc(clusterPeers{o}.Peers(), func(p replica.Peer) bool { return p.ID == id }); time.Sleep(20 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("controller %s does not see %s in the cluster's membership", o.cfg.ControllerID, id)
+				}
+			}
+		}
+	}
+	cl.mu.Lock()
+	cl.up = append(cl.up, c)
+	cl.mu.Unlock()
+	stopIt := stop
+	stop = func() {
+		cl.mu.Lock()
+		cl.up = slices.DeleteFunc(cl.up, func(o *Controller) bool { return o == c })
+		cl.mu.Unlock()
+		stopIt()
+	}
 	if cl.caDir == "" { // the installation's CA, kept apart from any one controller
 		cl.caDir = t.TempDir()
 		for _, f := range []string{"ca.crt", "ca.key"} {

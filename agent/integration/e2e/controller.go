@@ -48,7 +48,8 @@ type ControllerOptions struct {
 	Name string
 	// JoinFrom is a controller of the same installation (on one etcd
 	// store): its ca.crt, ca.key and gossip.key are copied into this one's
-	// data dir before the first start, the documented join step.
+	// data dir before the first start and it starts with --join, the
+	// documented join step.
 	JoinFrom *Controller
 }
 
@@ -129,6 +130,9 @@ func (c *Controller) args(grpcAddr, httpAddr string) []string {
 	}
 	if c.opts.ConfigFile == "" {
 		args = append(args, "--heartbeat-interval", c.opts.HeartbeatInterval.String())
+	}
+	if c.opts.JoinFrom != nil {
+		args = append(args, "--join") // the documented join step's flag
 	}
 	return append(args, c.opts.Args...)
 }
