@@ -114,12 +114,13 @@ type Agent struct {
 	sessions    atomic.Int64 // streams established (welcome received)
 	failures    atomic.Int64 // streams that failed or ended, and failed attempts
 	heartbeats  atomic.Int64
-	interval    atomic.Int64 // the heartbeat interval in use, nanoseconds
-	jobs        atomic.Int64 // jobs received
-	jobUpdates  atomic.Int64 // job updates sent
-	lastWelcome atomic.Int64 // unix nanoseconds
-	lastAttempt atomic.Int64 // unix nanoseconds: the latest session's start
-	lastStream  atomic.Int64 // unix nanoseconds: the latest Connect call's return
+	interval    atomic.Int64           // the heartbeat interval in use, nanoseconds
+	jobs        atomic.Int64           // jobs received
+	jobUpdates  atomic.Int64           // job updates sent
+	lastWelcome atomic.Int64           // unix nanoseconds
+	lastAttempt atomic.Int64           // unix nanoseconds: the latest session's start
+	lastStream  atomic.Int64           // unix nanoseconds: the latest Connect call's return
+	addr        atomic.Pointer[string] // the controller address of the latest attempt
 	lastErr     atomic.Pointer[string]
 }
 
@@ -173,6 +174,16 @@ func (a *Agent) LastAttempt() (began, streamed time.Time) {
 	return time.Unix(0, a.lastAttempt.Load()), time.Unix(0, a.lastStream.Load())
 }
 
+// Controller is the address of the controller the agent's latest stream
+// attempt went to ("" before its first): the controller it is on when
+// LastWelcome is newer than LastAttempt's began.
+func (a *Agent) Controller() string {
+	if p := a.addr.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
 // SentAt maps the uptime a heartbeat carried back to when it was sent.
 func (a *Agent) SentAt(uptime time.Duration) time.Time { return a.start.Add(uptime) }
 
@@ -207,6 +218,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	attempt := 0
 	for {
 		welcomesBefore := a.sessions.Load()
+		a.addr.Store(&addrs[cur])
 		err := a.session(ctx, conn)
 		if ctx.Err() != nil {
 			return nil

@@ -231,7 +231,17 @@ func (s *etcdServer) keyBytes(b *testing.B, prefix string) (keys int, bytes int,
 // leads its engine through etcd (issue 16, internal/cluster), a
 // controllers=3 case starts three on the same etcd and prefix.
 func BenchmarkFleetEtcd(b *testing.B) {
-	sizes := []int{5000}
+	sizes, intervals, window := etcdKnobs(b)
+	for _, n := range sizes {
+		b.Run(fmt.Sprintf("agents=%d/controllers=1", n), func(b *testing.B) { runEtcdScale(b, n, intervals, window) })
+	}
+}
+
+// etcdKnobs reads the etcd benchmarks' fleet sizes, heartbeat intervals
+// and steady-state window from the environment.
+func etcdKnobs(b *testing.B) (sizes []int, intervals []time.Duration, window time.Duration) {
+	b.Helper()
+	sizes = []int{5000}
 	if s := os.Getenv(envEtcdAgents); s != "" {
 		sizes = nil
 		for _, f := range strings.Split(s, ",") {
@@ -242,7 +252,7 @@ func BenchmarkFleetEtcd(b *testing.B) {
 			sizes = append(sizes, n)
 		}
 	}
-	intervals := []time.Duration{5 * time.Second, 2 * time.Second}
+	intervals = []time.Duration{5 * time.Second, 2 * time.Second}
 	if s := os.Getenv(envEtcdHeartbeats); s != "" {
 		intervals = nil
 		for _, f := range strings.Split(s, ",") {
@@ -253,7 +263,7 @@ func BenchmarkFleetEtcd(b *testing.B) {
 			intervals = append(intervals, d)
 		}
 	}
-	window := 30 * time.Second
+	window = 30 * time.Second
 	if s := os.Getenv(envWindow); s != "" {
 		d, err := time.ParseDuration(s)
 		if err != nil || d < time.Second {
@@ -261,9 +271,7 @@ func BenchmarkFleetEtcd(b *testing.B) {
 		}
 		window = d
 	}
-	for _, n := range sizes {
-		b.Run(fmt.Sprintf("agents=%d/controllers=1", n), func(b *testing.B) { runEtcdScale(b, n, intervals, window) })
-	}
+	return sizes, intervals, window
 }
 
 func runEtcdScale(b *testing.B, n int, intervals []time.Duration, window time.Duration) {
@@ -271,11 +279,7 @@ func runEtcdScale(b *testing.B, n int, intervals []time.Duration, window time.Du
 	raiseNoFile(b, uint64(n)+1024)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	etcdDir := filepath.Join(h.Dir(), "etcd")
-	if err := os.MkdirAll(etcdDir, 0o755); err != nil {
-		b.Fatal(err)
-	}
-	etcd := startEtcd(b, etcdDir)
+	etcd := startEtcdIn(b, h)
 
 	// The heartbeat interval comes from a config file, so a reload
 	// (SIGHUP) changes it for the connected fleet without a restart.
@@ -304,18 +308,8 @@ func runEtcdScale(b *testing.B, n int, intervals []time.Duration, window time.Du
 	time.Sleep(time.Second)
 	idle := procMemory(b, c.PID())
 
-	tok := h.CreateToken(e2e.TokenOptions{Group: "scale", Uses: n, TTL: time.Hour})
-	ids := make([]string, n)
-	for i := range ids {
-		ids[i] = fmt.Sprintf("sim-%05d", i)
-	}
-	began := time.Now()
 	e0 := etcd.counters(b)
-	enrolled, err := Enroll(ctx, Enrollment{Controller: c.Advertise, Token: tok.Secret, CAPin: tok.CAPin, Dir: filepath.Join(h.Dir(), "nodes"), Parallel: enrollParallel}, ids)
-	if err != nil {
-		b.Fatal(err)
-	}
-	enrollTime := time.Since(began)
+	ids, enrolled, enrollTime := enrollSim(ctx, b, h, c, n)
 	enrollW := rates(e0, etcd.counters(b))
 
 	admin, err := DialAdmin(c.AdminConfig, c.Advertise)
@@ -328,7 +322,7 @@ func runEtcdScale(b *testing.B, n int, intervals []time.Duration, window time.Du
 	if err != nil {
 		b.Fatal(err)
 	}
-	began = time.Now()
+	began := time.Now()
 	e0 = etcd.counters(b)
 	fleet.Start(ctx, intervals[0])
 	defer fleet.Stop()
@@ -373,6 +367,34 @@ func runEtcdScale(b *testing.B, n int, intervals []time.Duration, window time.Du
 	b.ReportMetric(steadyRSS, "rss_MiB")
 
 	rolloutOnEtcd(b, ctx, h, c, etcd, fleet, admin)
+}
+
+// startEtcdIn starts the benchmark's etcd (startEtcd) in the harness's
+// directory.
+func startEtcdIn(b *testing.B, h *e2e.Harness) *etcdServer {
+	b.Helper()
+	dir := filepath.Join(h.Dir(), "etcd")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	return startEtcd(b, dir)
+}
+
+// enrollSim enrolls n simulated nodes sim-00000... in group scale through
+// controller c, enrollParallel at a time, and says how long it took.
+func enrollSim(ctx context.Context, b *testing.B, h *e2e.Harness, c *e2e.Controller, n int) ([]string, *Enrolled, time.Duration) {
+	b.Helper()
+	tok := h.CreateToken(e2e.TokenOptions{Group: "scale", Uses: n, TTL: time.Hour})
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("sim-%05d", i)
+	}
+	began := time.Now()
+	enrolled, err := Enroll(ctx, Enrollment{Controller: c.Advertise, Token: tok.Secret, CAPin: tok.CAPin, Dir: filepath.Join(h.Dir(), "nodes"), Parallel: enrollParallel}, ids)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return ids, enrolled, time.Since(began)
 }
 
 // rolloutOnEtcd runs a rollout of a package with no artifact (a file step

@@ -340,20 +340,35 @@ type steady struct {
 // window, and the controller's RSS every second.
 func measure(b *testing.B, pid int, window time.Duration) steady {
 	b.Helper()
+	return measureAll(b, []int{pid}, window)[0]
+}
+
+// measureAll is measure for several controllers over the same window.
+func measureAll(b *testing.B, pids []int, window time.Duration) []steady {
+	b.Helper()
 	self := os.Getpid()
-	st := steady{pid: pid}
+	st := make([]steady, len(pids))
+	c0 := make([]time.Duration, len(pids))
 	mb0, mt0 := machineCPU(b)
-	c0, s0, t0 := procCPU(b, pid), procCPU(b, self), time.Now()
+	for i, pid := range pids {
+		st[i].pid, c0[i] = pid, procCPU(b, pid)
+	}
+	s0, t0 := procCPU(b, self), time.Now()
 	for time.Since(t0) < window {
 		time.Sleep(min(time.Second, window-time.Since(t0)))
-		if m := procMemory(b, pid); m.RSS > st.rss.RSS {
-			st.rss = m
+		for i, pid := range pids {
+			if m := procMemory(b, pid); m.RSS > st[i].rss.RSS {
+				st[i].rss = m
+			}
 		}
 	}
-	c1, s1, t1 := procCPU(b, pid), procCPU(b, self), time.Now()
+	s1, t1 := procCPU(b, self), time.Now()
 	mb1, mt1 := machineCPU(b)
-	st.wall, st.cpu, st.selfCPU = t1.Sub(t0), c1-c0, s1-s0
-	st.machine = float64(mb1-mb0) / float64(mt1-mt0) * float64(runtime.NumCPU())
+	machine := float64(mb1-mb0) / float64(mt1-mt0) * float64(runtime.NumCPU())
+	for i, pid := range pids {
+		st[i].wall, st[i].cpu, st[i].selfCPU = t1.Sub(t0), procCPU(b, pid)-c0[i], s1-s0
+		st[i].machine = machine
+	}
 	return st
 }
 
