@@ -119,13 +119,15 @@ func runEtcdCluster(b *testing.B, n int, hb, window time.Duration) {
 		m0[i] = scrape(b, c)
 	}
 	e0 := etcd.counters(b)
+	stopWatch := etcd.watchPuts(ctx, etcdPrefix+"/")
 	st := measureAll(b, pids, window)
+	puts := stopWatch()
 	e1 := etcd.counters(b)
 	w := rates(e0, e1)
 	b.ReportMetric(0, "ns/op")
 	b.ReportMetric(w.revPerS, "etcd_writes/s")
-	b.Logf("steady %v at heartbeat %v: etcd %.2f write txns/s (revision %+.0f), %.2f keys put/s, %.2f deletes/s, %.0f B/s received; whole machine %.2f cores busy",
-		st[0].wall.Round(time.Millisecond), hb, w.revPerS, w.revs, w.putPerS, w.dels/w.wall.Seconds(), w.bs, st[0].machine)
+	b.Logf("steady %v at heartbeat %v: etcd %.2f write txns/s (revision %+.0f), %.2f keys put/s, %.2f deletes/s, %.0f B/s received; whole machine %.2f cores busy; keys put by kind: %s",
+		st[0].wall.Round(time.Millisecond), hb, w.revPerS, w.revs, w.putPerS, w.dels/w.wall.Seconds(), w.bs, st[0].machine, topCounts(puts, 6))
 	for i, c := range ctls {
 		m1 := scrape(b, c)
 		beats := (m1["ferry_heartbeats_received_total"] - m0[i]["ferry_heartbeats_received_total"]) / st[i].wall.Seconds()

@@ -1,6 +1,7 @@
 package scale
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -192,6 +194,57 @@ func rates(a, b etcdCounters) etcdRates {
 	s := r.wall.Seconds()
 	r.revPerS, r.putPerS, r.bs = r.revs/s, r.puts/s, r.recvd/s
 	return r
+}
+
+// watchPuts counts the keys put under prefix from now until the returned
+// function is called, by kind: the key without its last segment
+// ("/ferry/nodes/*"), so a steady state that writes shows what it writes.
+func (s *etcdServer) watchPuts(ctx context.Context, prefix string) func() map[string]int {
+	ctx, cancel := context.WithCancel(ctx)
+	counts := map[string]int{}
+	done := make(chan struct{})
+	wch := s.cli.Watch(ctx, prefix, clientv3.WithPrefix())
+	go func() {
+		defer close(done)
+		for resp := range wch {
+			for _, ev := range resp.Events {
+				if ev.Type != clientv3.EventTypePut {
+					continue
+				}
+				k := string(ev.Kv.Key)
+				if i := strings.LastIndexByte(k, '/'); i > len(prefix) {
+					k = k[:i] + "/*"
+				}
+				counts[k]++
+			}
+		}
+	}()
+	return func() map[string]int {
+		cancel()
+		<-done
+		return counts
+	}
+}
+
+// topCounts formats the largest counts of m, "key n, ...".
+func topCounts(m map[string]int, most int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b string) int { return cmp.Or(m[b]-m[a], strings.Compare(a, b)) })
+	var parts []string
+	for i, k := range keys {
+		if i == most {
+			parts = append(parts, fmt.Sprintf("%d kinds more", len(keys)-most))
+			break
+		}
+		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
 }
 
 // keyBytes sums the keys and values stored under prefix (current
