@@ -279,10 +279,7 @@ func (s *etcdServer) keyBytes(b *testing.B, prefix string) (keys int, bytes int,
 // measurement. Without an etcd binary and with the embedded one failing it
 // skips with the reason.
 //
-// Several controllers: the simulated agents take a list of addresses
-// (AgentConfig.Controllers) and spread over them; once the controller
-// leads its engine through etcd (issue 16, internal/cluster), a
-// controllers=3 case starts three on the same etcd and prefix.
+// Several controllers on one etcd: BenchmarkFleetEtcdThreeControllers.
 func BenchmarkFleetEtcd(b *testing.B) {
 	sizes, intervals, window := etcdKnobs(b)
 	for _, n := range sizes {
