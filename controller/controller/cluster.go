@@ -199,7 +199,13 @@ func (c *Controller) newCluster() error {
 		if !ok || ns.GetControllerId() == cl.ID() {
 			return 0, "", "", false
 		}
-		return ns.GetState(), ns.GetStateReason(), ns.GetControllerId(), true
+		// The record is rewritten when the state or the reason changes,
+		// not when only the ages in the reason do: say when it was.
+		why := ns.GetStateReason()
+		if at := ns.GetChangedAt(); at != nil && why != "" {
+			why += ", as of " + at.AsTime().UTC().Format(time.TimeOnly) + " UTC"
+		}
+		return ns.GetState(), why, ns.GetControllerId(), true
 	})
 	return nil
 }

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -584,6 +585,14 @@ func (c *Cluster) CutOff() error {
 	return &CutOffError{ID: c.cfg.ID, Since: lost, Others: c.Others()}
 }
 
+// ageRE matches the durations a node's state reason holds (Go's
+// time.Duration format: "0.3s", "21s", "1m30s", "250ms").
+var ageRE = regexp.MustCompile(`\b[0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h)([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))*`)
+
+// withoutAges is reason with its durations taken out, for comparing two
+// reasons: the heartbeat's age in it changes with every evaluation.
+func withoutAges(reason string) string { return ageRE.ReplaceAllString(reason, "_") }
+
 // Session is the session table's record of a node: which controller holds
 // its stream, and its state there.
 func (c *Cluster) Session(node string) (*ferryv1.NodeSession, bool) {
@@ -594,11 +603,14 @@ func (c *Cluster) Session(node string) (*ferryv1.NodeSession, bool) {
 }
 
 // Publish records that this controller holds node's stream, in state
-// (written only when it changed).
+// (written only when it changed). A reason that differs only in its ages
+// ("heartbeat 1.2s old" a second after "heartbeat 0.2s old") is no
+// change: the record keeps the reason of its write, and ChangedAt says
+// when that was.
 func (c *Cluster) Publish(ctx context.Context, node string, state ferryv1.NodeState, reason string) error {
 	ns := &ferryv1.NodeSession{NodeId: node, ControllerId: c.cfg.ID, State: state, StateReason: reason, ChangedAt: timestamppb.New(c.cfg.Now())}
 	c.mu.Lock()
-	if old, ok := c.published[node]; ok && old.GetState() == state && old.GetStateReason() == reason {
+	if old, ok := c.published[node]; ok && old.GetState() == state && withoutAges(old.GetStateReason()) == withoutAges(reason) {
 		c.mu.Unlock()
 		return nil
 	}

@@ -240,6 +240,26 @@ func TestSessionTable(t *testing.T) {
 	if after := rev(); after != before {
 		t.Errorf("publishing an unchanged state wrote the record again (revision %d -> %d)", before, after)
 	}
+	// The reasons the health evaluation gives carry the heartbeat's age,
+	// new at every evaluation: only the ages changing is no change.
+	if err := a.Publish(ctx, "n1", ferryv1.NodeState_NODE_STATE_HEALTHY, "stream up, heartbeat 0.2s old; gossip alive"); err != nil {
+		t.Fatal(err)
+	}
+	before = rev()
+	for _, age := range []string{"1.2s", "4.9s", "12s", "1m30s"} {
+		if err := a.Publish(ctx, "n1", ferryv1.NodeState_NODE_STATE_HEALTHY, "stream up, heartbeat "+age+" old; gossip alive"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := rev(); after != before {
+		t.Errorf("publishing the same reason with a newer heartbeat age wrote the record again (revision %d -> %d)", before, after)
+	}
+	if err := a.Publish(ctx, "n1", ferryv1.NodeState_NODE_STATE_HEALTHY, "stream up, heartbeat 2s old; gossip suspect: gossip-only problem, the stream is up"); err != nil {
+		t.Fatal(err)
+	}
+	if after := rev(); after == before {
+		t.Errorf("publishing a reason that changed beyond its ages wrote nothing (revision %d)", after)
+	}
 	if err := a.Publish(ctx, "n1", ferryv1.NodeState_NODE_STATE_STALE, "no heartbeat for 3s"); err != nil {
 		t.Fatal(err)
 	}
