@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -215,6 +216,11 @@ func TestClusterMergedHealthView(t *testing.T) {
 	n := waitNode(t, other.admin, "m1", func(n *ferryv1.Node) bool { return n.GetState() == healthy })
 	if want := "its stream is on controller " + holder; !strings.Contains(n.GetStateReason(), want) {
 		t.Errorf("m1 on a follower without its stream: %q; want it to say %q", n.GetStateReason(), want)
+	}
+	// The record is not rewritten as the heartbeat ages: the reason says
+	// when the holder wrote it.
+	if want := regexp.MustCompile(`heartbeat [0-9.]+m?s old; .*, as of \d\d:\d\d:\d\d UTC \(its stream`); !want.MatchString(n.GetStateReason()) {
+		t.Errorf("m1 on a follower without its stream: %q; want the holder's reason with when it wrote it, matching %s", n.GetStateReason(), want)
 	}
 	// The controller holding m1's stream stops: m1 moves to the other.
 	holderPeer.stop()
