@@ -284,6 +284,9 @@ func New(cfg Config) (*Controller, error) {
 		Auditor: engineStore, Logger: c.log.With("component", "rollout"),
 		Groups:  engineStore, // desired state per group and catch-up
 		Leading: leading,
+		// Job reports arriving together are saved together: one etcd
+		// transaction for up to 256 of them (rollout/savebatch.go).
+		SaveWindow: 50 * time.Millisecond,
 	})
 	if err != nil {
 		return nil, err

@@ -135,6 +135,15 @@ type Config struct {
 	// refuses admin actions, and Tick, job reports and heartbeats do
 	// nothing while it fails. Nil: always.
 	Leading func() error
+	// SaveWindow, when set, coalesces job reports: a report that sends or
+	// cancels nothing and ends nothing leaves its rollout to be saved
+	// with the others that arrive within this window (or with the
+	// SaveBatch-th one), in one store transaction per rollout
+	// (savebatch.go). Zero: every report is saved on its own, before
+	// HandleJobUpdate returns.
+	SaveWindow time.Duration
+	// SaveBatch caps the reports one coalesced save takes (default 256).
+	SaveBatch int
 }
 
 // Engine runs rollouts. All methods are safe for concurrent use.
@@ -154,6 +163,10 @@ type Engine struct {
 	cu catchUp
 
 	draining sync.Mutex // held by the goroutine performing the queue
+
+	// saves: runs whose job reports wait for a coalesced save
+	// (savebatch.go); under mu.
+	saves saveBatch
 }
 
 // leading returns nil when this engine may act, else why not (wrapping
@@ -337,6 +350,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			e.mu.Lock()
+			e.flushSaves(e.cfg.Clock.Now()) // the reports waiting for a save
+			e.mu.Unlock()
 			return nil
 		case <-t.C:
 			e.Tick(e.cfg.Clock.Now())

@@ -386,6 +386,10 @@ type harness struct {
 
 	// disconnectGrace is Config.DisconnectGrace (default: none).
 	disconnectGrace time.Duration
+	// saveWindow and saveBatch are Config.SaveWindow and SaveBatch
+	// (default: every report saved on its own).
+	saveWindow time.Duration
+	saveBatch  int
 }
 
 // newHarness enrolls nodes n00..n(count-1) in group "prod", all healthy, and
@@ -436,6 +440,8 @@ func (h *harness) newEngine() *Engine {
 		},
 		// Likewise for nodes whose stream dropped moments ago.
 		DisconnectGrace: h.disconnectGrace,
+		SaveWindow:      h.saveWindow,
+		SaveBatch:       h.saveBatch,
 	}
 	if h.groups != nil {
 		cfg.Groups, cfg.CatchUpEvery = h.groups, time.Nanosecond

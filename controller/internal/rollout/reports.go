@@ -41,8 +41,14 @@ func (e *Engine) HandleJobUpdate(nodeID string, u *ferryv1.JobUpdate) {
 	}
 	now := e.cfg.Clock.Now()
 	fx := &e.queue
+	ops := len(fx.ops)
 	e.update(ru, n, u, now, fx)
 	e.settle(ru, now, fx)
+	if len(fx.ops) == ops && len(ru.sent) == 0 && !ru.ended() && e.deferSave(ru) {
+		e.mu.Unlock()
+		return
+	}
+	e.saved(ru)
 	_ = e.commit(ru, now, fx) // logged; retried at the next tick
 	e.mu.Unlock()
 	e.drain()
