@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -18,6 +19,7 @@ import (
 	"github.com/ferrydeploy/ferry/agent/internal/agent"
 	"github.com/ferrydeploy/ferry/agent/internal/enroll"
 	"github.com/ferrydeploy/ferry/controller/controller"
+	"github.com/ferrydeploy/ferry/controller/etcdtest"
 	ferryv1 "github.com/ferrydeploy/ferry/proto/gen/ferry/v1"
 	"github.com/ferrydeploy/ferry/shared/rpc"
 )
@@ -56,6 +58,34 @@ func testLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
+// storeEnv names the store the suite's controllers use: FERRY_TEST_STORE=etcd
+// runs every fleet whose test does not pick a store itself on the shared
+// embedded etcd (make test runs the package once more that way); unset or
+// bbolt, they use ferry.db in their data dir.
+const storeEnv = "FERRY_TEST_STORE"
+
+func TestMain(m *testing.M) {
+	switch v := os.Getenv(storeEnv); v {
+	case "", controller.StoreBbolt, controller.StoreEtcd:
+	default:
+		fmt.Fprintf(os.Stderr, "%s=%q: use bbolt or etcd\n", storeEnv, v)
+		os.Exit(2)
+	}
+	etcdtest.Main(m)
+}
+
+// onEtcd reports whether the suite runs on the etcd store.
+func onEtcd() bool { return os.Getenv(storeEnv) == controller.StoreEtcd }
+
+// bboltOnly skips a test on the etcd run: what it checks is a property of
+// ferry.db (why says which), not of the store's domain.
+func bboltOnly(t *testing.T, why string) {
+	t.Helper()
+	if onEtcd() {
+		t.Skipf("bbolt only: %s", why)
+	}
+}
+
 // newFleet starts a controller on loopback with a short heartbeat interval.
 func newFleet(t *testing.T, mod func(*controller.Config)) *fleet {
 	t.Helper()
@@ -69,6 +99,14 @@ func newFleet(t *testing.T, mod func(*controller.Config)) *fleet {
 	}
 	if mod != nil {
 		mod(&cfg)
+	}
+	if onEtcd() && cfg.Store.Backend == "" {
+		// A prefix of its own on the shared etcd, kept in f.cfg so a
+		// restarted controller finds its store again.
+		eps, prefix := etcdtest.Shared(t)
+		cfg.Store.Backend = controller.StoreEtcd
+		cfg.Store.Etcd.Endpoints = eps
+		cfg.Store.Etcd.Prefix = prefix
 	}
 	f.hbEvery = cfg.HeartbeatInterval // a test may ask for another
 	f.gossip = cfg.GossipAddr != ""
