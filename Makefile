@@ -33,11 +33,13 @@ build: ## Build bin/ferry-controller, bin/ferry-agent and bin/ferryctl (static, 
 	cd agent && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o ../bin/ferry-agent ./cmd/ferry-agent
 
 .PHONY: test
-test: build ## Run every module's tests with -race (unit, in-process integration, end-to-end)
+test: build ## Run every module's tests with -race (unit, in-process integration, end-to-end), and the fleet tests once more on the etcd store
 	@# The integration module drives the built binaries, which the test cache
 	@# cannot see: it always runs (-count=1).
 	@failed=""; for m in $(MODULES); do echo "== $$m"; count=""; [ "$$m" = agent/integration ] && count=-count=1; \
 		(cd $$m && FERRY_BIN=$(CURDIR)/bin $(GO) test -race $$count -timeout $(TEST_TIMEOUT) ./...) || failed="$$failed $$m"; done; \
+	echo "== agent/integration/fleettest on the etcd store (FERRY_TEST_STORE=etcd)"; \
+	(cd agent/integration && FERRY_BIN=$(CURDIR)/bin FERRY_TEST_STORE=etcd $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./fleettest/) || failed="$$failed fleettest-on-etcd"; \
 	if [ -n "$$failed" ]; then echo "FAILED modules:$$failed"; exit 1; fi
 
 .PHONY: e2e

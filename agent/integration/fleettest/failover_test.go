@@ -22,9 +22,9 @@ import (
 
 // peer is a second controller of the installation: its own data dir,
 // holding the first one's CA (ca.crt and ca.key, the documented step that
-// makes a controller part of an installation) and a copy of its store, so
-// it knows the enrolled nodes. Until the store is shared (etcd), the copy
-// stands in for it.
+// makes a controller part of an installation) and, on bbolt, a copy of its
+// store, so it knows the enrolled nodes: the copy stands in for the store
+// that controllers on etcd share (there the peer joins the same prefix).
 type peer struct {
 	t      *testing.T
 	ctl    *controller.Controller
@@ -33,8 +33,8 @@ type peer struct {
 	done   chan error
 }
 
-// addPeer stops the fleet's controller, copies its CA and store into a
-// new data dir, starts the fleet's controller again on its address and
+// addPeer stops the fleet's controller, copies its CA (and on bbolt its
+// store) into a new data dir, starts the fleet's controller again on its address and
 // the peer on grpcAddr, and returns the peer.
 func (f *fleet) addPeer(grpcAddr string) *peer {
 	f.t.Helper()
@@ -44,7 +44,12 @@ func (f *fleet) addPeer(grpcAddr string) *peer {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		f.t.Fatal(err)
 	}
-	for _, name := range []string{"ca.crt", "ca.key", "ferry.db"} {
+	files := []string{"ca.crt", "ca.key", "ferry.db"}
+	onEtcd := f.cfg.Store.Backend == controller.StoreEtcd
+	if onEtcd {
+		files = files[:2] // the store is shared already
+	}
+	for _, name := range files {
 		data, err := os.ReadFile(filepath.Join(f.cfg.DataDir, name))
 		if err != nil {
 			f.t.Fatal(err)
@@ -56,6 +61,9 @@ func (f *fleet) addPeer(grpcAddr string) *peer {
 	f.startController()
 	cfg := f.cfg
 	cfg.DataDir, cfg.GRPCAddr, cfg.HTTPAddr = dir, grpcAddr, "127.0.0.1:0"
+	if onEtcd {
+		cfg.ControllerID, cfg.Join = "controller-b", true
+	}
 	ctl, err := controller.New(cfg)
 	if err != nil {
 		f.t.Fatalf("start the second controller: %v", err)

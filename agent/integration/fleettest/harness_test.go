@@ -77,15 +77,6 @@ func TestMain(m *testing.M) {
 // onEtcd reports whether the suite runs on the etcd store.
 func onEtcd() bool { return os.Getenv(storeEnv) == controller.StoreEtcd }
 
-// bboltOnly skips a test on the etcd run: what it checks is a property of
-// ferry.db (why says which), not of the store's domain.
-func bboltOnly(t *testing.T, why string) {
-	t.Helper()
-	if onEtcd() {
-		t.Skipf("bbolt only: %s", why)
-	}
-}
-
 // newFleet starts a controller on loopback with a short heartbeat interval.
 func newFleet(t *testing.T, mod func(*controller.Config)) *fleet {
 	t.Helper()
